@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything quantd needs to build, run and test on Debian 12. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+DEB_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git curl ca-certificates
+  libtorch-dev python3-torch python3-numpy
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libgtest-dev libgmock-dev
+  prometheus-cpp-dev libsqlite3-dev sqlite3 nlohmann-json3-dev
+  libopenblas0-pthread
+  prometheus
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: Debian packages already installed"
+fi
+
+# Node.js drives the third-party gRPC reflection client used by the integration tests.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q nodejs npm
+fi
+if [ ! -d tests/node/node_modules/grpc-js-reflection-client ]; then
+  echo "setup: installing npm test tools into tests/node"
+  (cd tests/node && npm install --no-audit --no-fund --loglevel=error)
+fi
+echo "setup: done"
