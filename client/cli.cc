@@ -1,0 +1,112 @@
+#include "client/cli.h"
+
+#include <cmath>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace quantd::cli {
+namespace {
+
+// Splits "--name=value" into name and value; "--name" has no value.
+void SplitFlag(absl::string_view arg, absl::string_view* name,
+               std::optional<absl::string_view>* value) {
+  arg.remove_prefix(2);
+  size_t eq = arg.find('=');
+  if (eq == absl::string_view::npos) {
+    *name = arg;
+    value->reset();
+  } else {
+    *name = arg.substr(0, eq);
+    *value = arg.substr(eq + 1);
+  }
+}
+
+absl::StatusOr<bool> ParseBool(absl::string_view name, absl::string_view value) {
+  bool result = false;
+  if (!absl::SimpleAtob(value, &result)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " expects true or false, got \"", value, "\""));
+  }
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv) {
+  Invocation invocation;
+  bool flags_done = false;
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string& arg = argv[i];
+    if (flags_done || !absl::StartsWith(arg, "--") || arg == "--") {
+      if (arg == "--" && !flags_done) {
+        flags_done = true;
+        continue;
+      }
+      if (invocation.command.empty() && !absl::StartsWith(arg, "-")) {
+        invocation.command = arg;
+      } else {
+        invocation.args.push_back(arg);
+      }
+      continue;
+    }
+    absl::string_view name;
+    std::optional<absl::string_view> value;
+    SplitFlag(arg, &name, &value);
+    // A value-taking global flag may also be written "--flag VALUE".
+    auto take_value = [&]() -> absl::StatusOr<std::string> {
+      if (value.has_value()) return std::string(*value);
+      if (i + 1 >= argv.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      }
+      return argv[++i];
+    };
+    if (name == "server") {
+      absl::StatusOr<std::string> server = take_value();
+      if (!server.ok()) return server.status();
+      if (server->empty()) return absl::InvalidArgumentError("--server must not be empty");
+      invocation.options.server = *server;
+    } else if (name == "timeout") {
+      absl::StatusOr<std::string> text = take_value();
+      if (!text.ok()) return text.status();
+      double seconds = 0;
+      if (!absl::SimpleAtod(*text, &seconds) || !std::isfinite(seconds) || seconds <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--timeout expects a positive number of seconds, got \"", *text, "\""));
+      }
+      invocation.options.timeout_seconds = seconds;
+    } else if (name == "json") {
+      if (value.has_value()) {
+        absl::StatusOr<bool> json = ParseBool(name, *value);
+        if (!json.ok()) return json.status();
+        invocation.options.json = *json;
+      } else {
+        invocation.options.json = true;
+      }
+    } else if (name == "help") {
+      invocation.help = true;
+    } else {
+      invocation.args.push_back(arg);  // the command's own flag
+    }
+  }
+  if (invocation.command.empty() && !invocation.help) {
+    return absl::InvalidArgumentError("no command given (try --help)");
+  }
+  return invocation;
+}
+
+std::string GlobalUsage() {
+  return "usage: quantctl [--server=HOST:PORT] [--timeout=SECONDS] [--json] COMMAND [ARGS...]\n"
+         "\n"
+         "global flags:\n"
+         "  --server=HOST:PORT  quantd gRPC address (default localhost:50051)\n"
+         "  --timeout=SECONDS   deadline of each RPC (default 10)\n"
+         "  --json              print responses as JSON\n"
+         "  --help              this text\n";
+}
+
+}  // namespace quantd::cli

@@ -1,0 +1,73 @@
+#include "client/commands.h"
+
+#include <ostream>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace quantd::cli {
+
+void CommandContext::SetDeadline(grpc::ClientContext& context) const {
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                           std::chrono::duration<double>(options.timeout_seconds)));
+}
+
+void CommandContext::Print(const google::protobuf::Message& message,
+                           const std::string& text) const {
+  if (!options.json) {
+    *out << text << "\n";
+    return;
+  }
+  google::protobuf::util::JsonPrintOptions json_options;
+  json_options.add_whitespace = true;
+  json_options.always_print_primitive_fields = true;
+  std::string json;
+  auto status = google::protobuf::util::MessageToJsonString(message, &json, json_options);
+  if (!status.ok()) {
+    *err << "quantctl: cannot print response as JSON: " << status.ToString() << "\n";
+    *out << text << "\n";
+    return;
+  }
+  *out << json;
+  if (json.empty() || json.back() != '\n') *out << "\n";
+}
+
+int CommandContext::RpcFailed(const std::string& what, const grpc::Status& status) const {
+  *err << "quantctl: " << what << " failed (server " << options.server << "): code "
+       << static_cast<int>(status.error_code()) << ": " << status.error_message() << "\n";
+  return kExitFailure;
+}
+
+int CommandContext::UsageError(const std::string& message) const {
+  *err << "quantctl: " << message << "\n";
+  return kExitUsage;
+}
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command>* commands = new std::vector<Command>{
+      {"health", "[--service=NAME]",
+       "check quantd's health (grpc.health.v1); exit 0 if SERVING", &RunHealth},
+  };
+  return *commands;
+}
+
+const Command* FindCommand(const std::string& name) {
+  for (const Command& command : Commands()) {
+    if (name == command.name) return &command;
+  }
+  return nullptr;
+}
+
+std::string Usage() {
+  std::string usage = GlobalUsage();
+  absl::StrAppend(&usage, "\ncommands:\n");
+  for (const Command& command : Commands()) {
+    absl::StrAppend(&usage, "  ", command.name, " ", command.args, "\n      ",
+                    command.summary, "\n");
+  }
+  return usage;
+}
+
+}  // namespace quantd::cli

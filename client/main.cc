@@ -1,0 +1,37 @@
+// quantctl: command-line client of quantd. See client/commands.cc for the
+// command table.
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "client/cli.h"
+#include "client/commands.h"
+
+int main(int argc, char** argv) {
+  using namespace quantd::cli;
+  std::vector<std::string> argv_rest(argv + 1, argv + argc);
+  auto invocation = ParseInvocation(argv_rest);
+  if (!invocation.ok()) {
+    std::cerr << "quantctl: " << invocation.status().message() << "\n\n" << Usage();
+    return kExitUsage;
+  }
+  if (invocation->help) {
+    std::cout << Usage();
+    return kExitOk;
+  }
+  const Command* command = FindCommand(invocation->command);
+  if (command == nullptr) {
+    std::cerr << "quantctl: unknown command \"" << invocation->command << "\"\n\n" << Usage();
+    return kExitUsage;
+  }
+  CommandContext context;
+  context.options = invocation->options;
+  context.channel = grpc::CreateChannel(invocation->options.server,
+                                        grpc::InsecureChannelCredentials());
+  context.out = &std::cout;
+  context.err = &std::cerr;
+  return command->run(context, invocation->args);
+}

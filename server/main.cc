@@ -1,0 +1,126 @@
+// quantd: the gRPC edge of the quantization service. Flags -> Options ->
+// QuantdServer::Start -> wait for SIGTERM/SIGINT -> graceful Shutdown.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/log.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, bind_address, "0.0.0.0",
+          "Address the gRPC and metrics listeners bind to.");
+ABSL_FLAG(int, grpc_port, 50051, "gRPC port; 0 = pick a free port.");
+ABSL_FLAG(int, metrics_port, 9464,
+          "Prometheus /metrics port; 0 = pick a free port; -1 = disabled.");
+ABSL_FLAG(std::string, data_dir, "./data",
+          "Root folder for blobs, jobs and artifacts; created if missing.");
+ABSL_FLAG(int, workers, 1, "Quantization jobs run concurrently.");
+ABSL_FLAG(std::string, port_file, "",
+          "If set, write the bound ports as JSON to this file once serving.");
+ABSL_FLAG(double, shutdown_grace_seconds, 10,
+          "On SIGTERM/SIGINT, how long in-flight RPCs may take to finish.");
+ABSL_FLAG(bool, log_rpcs, false, "Log one debug line per finished RPC.");
+
+namespace {
+
+// Self-pipe: the handler only write()s the signal number (async-signal-safe);
+// main() blocks reading it. Works whichever thread the kernel picks, also the
+// ones gRPC may start before main().
+int signal_pipe[2] = {-1, -1};
+
+void OnShutdownSignal(int signal_number) {
+  const unsigned char byte = static_cast<unsigned char>(signal_number);
+  const int saved_errno = errno;
+  [[maybe_unused]] ssize_t ignored = ::write(signal_pipe[1], &byte, 1);
+  errno = saved_errno;
+}
+
+bool InstallSignalHandlers() {
+  if (::pipe(signal_pipe) != 0) return false;
+  struct sigaction action = {};
+  action.sa_handler = OnShutdownSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  return ::sigaction(SIGTERM, &action, nullptr) == 0 &&
+         ::sigaction(SIGINT, &action, nullptr) == 0;
+}
+
+int WaitForShutdownSignal() {
+  unsigned char byte = 0;
+  while (true) {
+    ssize_t n = ::read(signal_pipe[0], &byte, 1);
+    if (n == 1) return byte;
+    if (n < 0 && errno == EINTR) continue;
+    return SIGTERM;  // pipe broken: treat like a termination request
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "quantd: quantizes FP32 TorchScript models to int8 and serves them over gRPC.\n"
+      "  quantd --grpc_port=50051 --metrics_port=9464 --data_dir=./data");
+  absl::ParseCommandLine(argc, argv);
+  quantd::SetDebugLogging(absl::GetFlag(FLAGS_log_rpcs));
+
+  if (!InstallSignalHandlers()) {
+    quantd::LogLine(quantd::LogLevel::kError, "quantd: cannot install signal handlers");
+    return EXIT_FAILURE;
+  }
+
+  quantd::QuantdServer::Options options;
+  options.bind_address = absl::GetFlag(FLAGS_bind_address);
+  options.grpc_port = absl::GetFlag(FLAGS_grpc_port);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.workers = absl::GetFlag(FLAGS_workers);
+
+  quantd::LogLine(quantd::LogLevel::kInfo,
+                  absl::StrCat("quantd: starting version=", quantd::QuantdVersion(),
+                               " data_dir=", options.data_dir,
+                               " workers=", options.workers));
+  auto server = quantd::QuantdServer::Start(options);
+  if (!server.ok()) {
+    quantd::LogLine(quantd::LogLevel::kError,
+                    absl::StrCat("quantd: failed to start: ", server.status().ToString()));
+    return EXIT_FAILURE;
+  }
+  std::string metrics =
+      (*server)->metrics_port() < 0
+          ? std::string("off")
+          : absl::StrCat(options.bind_address, ":", (*server)->metrics_port(), "/metrics");
+  quantd::LogLine(quantd::LogLevel::kInfo,
+                  absl::StrCat("quantd: listening grpc=", options.bind_address, ":",
+                               (*server)->grpc_port(), " metrics=", metrics));
+
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty()) {
+    absl::Status status = quantd::WritePortFile(port_file, (*server)->grpc_port(),
+                                                (*server)->metrics_port());
+    if (!status.ok()) {
+      quantd::LogLine(quantd::LogLevel::kError,
+                      absl::StrCat("quantd: ", status.ToString()));
+      (*server)->Shutdown(absl::ZeroDuration());
+      return EXIT_FAILURE;
+    }
+  }
+
+  const int signal_number = WaitForShutdownSignal();
+  const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
+  quantd::LogLine(quantd::LogLevel::kInfo,
+                  absl::StrCat("quantd: received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+                               ", shutting down (grace ", absl::FormatDuration(grace), ")"));
+  (*server)->Shutdown(grace);
+  quantd::LogLine(quantd::LogLevel::kInfo, "quantd: stopped");
+  return EXIT_SUCCESS;
+}

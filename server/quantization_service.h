@@ -1,0 +1,61 @@
+#ifndef QUANTD_SERVER_QUANTIZATION_SERVICE_H_
+#define QUANTD_SERVER_QUANTIZATION_SERVICE_H_
+
+// quantd.v1.QuantizationService on the gRPC callback API. Handlers only
+// validate, enqueue and reply: quantization itself runs in worker/.
+//
+// Foundation (issue #2): every RPC answers UNIMPLEMENTED with a message that
+// names the feature that lands it.
+
+#include "quantd/v1/quantd.grpc.pb.h"
+
+namespace quantd {
+
+class QuantizationServiceImpl final
+    : public quantd::v1::QuantizationService::CallbackService {
+ public:
+  QuantizationServiceImpl() = default;
+
+  grpc::ServerUnaryReactor* QuantizeJob(grpc::CallbackServerContext* context,
+                                        const v1::QuantizeJobRequest* request,
+                                        v1::Job* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                   const v1::GetJobRequest* request,
+                                   v1::Job* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
+                                     const v1::ListJobsRequest* request,
+                                     v1::ListJobsResponse* response) override;
+  grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(
+      grpc::CallbackServerContext* context,
+      const v1::WatchJobRequest* request) override;
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
+                                      const v1::CancelJobRequest* request,
+                                      v1::Job* response) override;
+  grpc::ServerUnaryReactor* DeleteJob(grpc::CallbackServerContext* context,
+                                      const v1::DeleteJobRequest* request,
+                                      v1::DeleteJobResponse* response) override;
+  grpc::ServerReadReactor<v1::UploadModelRequest>* UploadModel(
+      grpc::CallbackServerContext* context, v1::BlobInfo* response) override;
+  grpc::ServerReadReactor<v1::UploadDatasetRequest>* UploadDataset(
+      grpc::CallbackServerContext* context, v1::BlobInfo* response) override;
+  grpc::ServerUnaryReactor* GetArtifact(grpc::CallbackServerContext* context,
+                                        const v1::GetArtifactRequest* request,
+                                        v1::Artifact* response) override;
+  grpc::ServerUnaryReactor* ListArtifacts(
+      grpc::CallbackServerContext* context,
+      const v1::ListArtifactsRequest* request,
+      v1::ListArtifactsResponse* response) override;
+  grpc::ServerWriteReactor<v1::DownloadArtifactResponse>* DownloadArtifact(
+      grpc::CallbackServerContext* context,
+      const v1::DownloadArtifactRequest* request) override;
+  grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
+                                  const v1::InferRequest* request,
+                                  v1::InferResponse* response) override;
+  grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext* context,
+                                     const v1::EvaluateRequest* request,
+                                     v1::EvaluateResponse* response) override;
+};
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_QUANTIZATION_SERVICE_H_

@@ -1,0 +1,200 @@
+#include "server/server.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <utility>
+#include <vector>
+
+#include <google/protobuf/descriptor.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/log.h"
+#include "server/metrics_interceptor.h"
+
+#ifndef QUANTD_VERSION
+#error "QUANTD_VERSION must be defined by the build"
+#endif
+
+namespace quantd {
+namespace {
+
+constexpr char kReflectionService[] = "grpc.reflection.v1alpha.ServerReflection";
+
+// "/<service>/<method>" for every method of the given services.
+std::vector<std::string> FullMethodNames(const std::vector<std::string>& services) {
+  std::vector<std::string> methods;
+  const google::protobuf::DescriptorPool* pool =
+      google::protobuf::DescriptorPool::generated_pool();
+  for (const std::string& name : services) {
+    const google::protobuf::ServiceDescriptor* service = pool->FindServiceByName(name);
+    if (service == nullptr) continue;  // e.g. reflection is compiled elsewhere
+    for (int i = 0; i < service->method_count(); ++i) {
+      methods.push_back(absl::StrCat("/", name, "/", service->method(i)->name()));
+    }
+  }
+  methods.push_back(absl::StrCat("/", kReflectionService, "/ServerReflectionInfo"));
+  return methods;
+}
+
+ServerMetrics::Options MetricsOptions() {
+  ServerMetrics::Options options;
+  options.version = QuantdVersion();
+  options.methods = FullMethodNames({quantd::v1::QuantizationService::service_full_name(),
+                                     grpc::health::v1::Health::service_full_name()});
+  return options;
+}
+
+absl::Status ValidateOptions(const QuantdServer::Options& options) {
+  if (options.bind_address.empty()) {
+    return absl::InvalidArgumentError("bind address must not be empty");
+  }
+  if (options.grpc_port < 0 || options.grpc_port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grpc port ", options.grpc_port, " is not in 0..65535"));
+  }
+  if (options.metrics_port < -1 || options.metrics_port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics port ", options.metrics_port, " is not in -1..65535 (-1 = off)"));
+  }
+  if (options.workers < 1 || options.workers > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("workers must be in 1..256, got ", options.workers));
+  }
+  if (options.data_dir.empty()) {
+    return absl::InvalidArgumentError("data dir must not be empty");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EnsureDataDir(const std::string& data_dir) {
+  std::error_code error;
+  std::filesystem::create_directories(data_dir, error);
+  if (error) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create data dir \"", data_dir, "\": ", error.message()));
+  }
+  if (!std::filesystem::is_directory(data_dir, error)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("data dir \"", data_dir, "\" is not a directory"));
+  }
+  if (::access(data_dir.c_str(), W_OK) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "data dir \"", data_dir, "\" is not writable: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+std::string HostPort(const std::string& host, int port) {
+  if (host.find(':') != std::string::npos && host.front() != '[') {
+    return absl::StrCat("[", host, "]:", port);  // bare IPv6 address
+  }
+  return absl::StrCat(host, ":", port);
+}
+
+}  // namespace
+
+const char* QuantdVersion() { return QUANTD_VERSION; }
+
+QuantdServer::QuantdServer(const Options& options)
+    : options_(options),
+      metrics_(MetricsOptions()),
+      health_({quantd::v1::QuantizationService::service_full_name()}) {}
+
+absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
+    const Options& options) {
+  if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
+  if (absl::Status status = EnsureDataDir(options.data_dir); !status.ok()) {
+    return status;
+  }
+  std::unique_ptr<QuantdServer> server(new QuantdServer(options));
+
+  if (options.metrics_port >= 0) {
+    std::string address = HostPort(options.bind_address, options.metrics_port);
+    try {
+      server->exposer_ = std::make_unique<prometheus::Exposer>(address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot serve metrics on ", address, ": ", e.what()));
+    }
+    server->exposer_->RegisterCollectable(server->metrics_.registry());
+    std::vector<int> ports = server->exposer_->GetListeningPorts();
+    if (ports.empty()) {
+      return absl::InternalError(
+          absl::StrCat("metrics endpoint on ", address, " has no listening port"));
+    }
+    server->metrics_port_ = ports.front();
+  }
+
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::string grpc_address = HostPort(options.bind_address, options.grpc_port);
+  builder.AddListeningPort(grpc_address, grpc::InsecureServerCredentials(),
+                           &server->grpc_port_);
+  builder.RegisterService(&server->quantization_service_);
+  builder.RegisterService(&server->health_);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<MetricsInterceptorFactory>(&server->metrics_));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot serve gRPC on ", grpc_address, " (address in use or not local?)"));
+  }
+  return server;
+}
+
+QuantdServer::~QuantdServer() { Shutdown(absl::ZeroDuration()); }
+
+void QuantdServer::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  health_.Shutdown();
+  if (server_ != nullptr) {
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    LogLine(LogLevel::kDebug, "quantd: grpc server shut down");
+    server_->Wait();
+  }
+  exposer_.reset();
+  LogLine(LogLevel::kDebug, "quantd: metrics endpoint stopped");
+}
+
+std::shared_ptr<grpc::Channel> QuantdServer::InProcessChannel() {
+  return server_->InProcessChannel(grpc::ChannelArguments());
+}
+
+absl::Status WritePortFile(const std::string& path, int grpc_port,
+                           int metrics_port) {
+  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!out) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot write port file \"", tmp, "\": ", std::strerror(errno)));
+    }
+    out << "{\"grpc_port\": " << grpc_port << ", \"metrics_port\": " << metrics_port
+        << ", \"pid\": " << ::getpid() << "}\n";
+    out.close();
+    if (!out) {
+      return absl::DataLossError(absl::StrCat("cannot finish port file \"", tmp, "\""));
+    }
+  }
+  std::error_code error;
+  std::filesystem::rename(tmp, path, error);
+  if (error) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot rename \"", tmp, "\" to \"", path, "\": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace quantd

@@ -1,0 +1,89 @@
+#ifndef QUANTD_SERVER_SERVER_H_
+#define QUANTD_SERVER_SERVER_H_
+
+// Wires quantd together: gRPC server (QuantizationService, health,
+// reflection, metrics interceptor) and the Prometheus /metrics endpoint.
+
+#include <prometheus/exposer.h>
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/health_service.h"
+#include "server/metrics.h"
+#include "server/quantization_service.h"
+
+namespace quantd {
+
+// The build's version string (the CMake project version).
+const char* QuantdVersion();
+
+class QuantdServer {
+ public:
+  struct Options {
+    // Address both listeners bind to ("0.0.0.0" = all IPv4 interfaces).
+    std::string bind_address = "0.0.0.0";
+    // gRPC port; 0 = pick a free one (see grpc_port()).
+    int grpc_port = 50051;
+    // Prometheus /metrics port; 0 = pick a free one; -1 = no endpoint.
+    int metrics_port = 9464;
+    // Root of stored blobs, jobs and artifacts; created if missing.
+    std::string data_dir = "./data";
+    // Concurrent quantization jobs.
+    int workers = 1;
+  };
+
+  // Validates `options`, binds both ports and starts serving.
+  static absl::StatusOr<std::unique_ptr<QuantdServer>> Start(const Options& options);
+
+  ~QuantdServer();
+  QuantdServer(const QuantdServer&) = delete;
+  QuantdServer& operator=(const QuantdServer&) = delete;
+
+  int grpc_port() const { return grpc_port_; }
+  // -1 when the metrics endpoint is off.
+  int metrics_port() const { return metrics_port_; }
+  const Options& options() const { return options_; }
+
+  // Health turns NOT_SERVING, new RPCs are refused, in-flight ones get up to
+  // `grace` to finish (then they are cancelled), the metrics endpoint stops.
+  // Safe to call more than once; later calls do nothing.
+  void Shutdown(absl::Duration grace);
+
+  HealthService& health() { return health_; }
+  ServerMetrics& metrics() { return metrics_; }
+  // A channel to this server that bypasses the network (for tests).
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+
+ private:
+  explicit QuantdServer(const Options& options);
+
+  const Options options_;
+  ServerMetrics metrics_;
+  HealthService health_;
+  QuantizationServiceImpl quantization_service_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+  int metrics_port_ = -1;
+
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+// Writes {"grpc_port": N, "metrics_port": M, "pid": P} to `path` atomically
+// (temporary file + rename), for tests and scripts that start quantd on
+// ephemeral ports.
+absl::Status WritePortFile(const std::string& path, int grpc_port,
+                           int metrics_port);
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_SERVER_H_

@@ -1,0 +1,273 @@
+#include "server/server.h"
+
+#include <prometheus/text_serializer.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "quantd/v1/quantd.grpc.pb.h"
+
+namespace quantd {
+namespace {
+
+using ::grpc::health::v1::Health;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+using ::testing::HasSubstr;
+
+std::string TempDir(const std::string& name) {
+  std::string dir = std::filesystem::temp_directory_path() /
+                    ("quantd_server_test_" + std::to_string(::getpid()) + "_" + name);
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+void SetDeadline(grpc::ClientContext& context) {
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    data_dir_ = TempDir(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    QuantdServer::Options options;
+    options.bind_address = "127.0.0.1";
+    options.grpc_port = 0;
+    // The metrics endpoint (civetweb) takes ~2 s to stop; only the test that
+    // needs it turns it on.
+    options.metrics_port = -1;
+    options.data_dir = data_dir_ + "/nested/data";
+    auto server = QuantdServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    channel_ = server_->InProcessChannel();
+  }
+
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(5));
+    std::filesystem::remove_all(data_dir_);
+  }
+
+  grpc::Status Check(const std::string& service, HealthCheckResponse* response) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    HealthCheckRequest request;
+    request.set_service(service);
+    return Health::NewStub(channel_)->Check(&context, request, response);
+  }
+
+  std::string Scrape() {
+    return prometheus::TextSerializer().Serialize(server_->metrics().registry()->Collect());
+  }
+
+  std::string data_dir_;
+  std::unique_ptr<QuantdServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+TEST_F(ServerTest, BindsEphemeralPortAndCreatesDataDir) {
+  EXPECT_GT(server_->grpc_port(), 0);
+  EXPECT_EQ(server_->metrics_port(), -1);
+  EXPECT_TRUE(std::filesystem::is_directory(data_dir_ + "/nested/data"));
+}
+
+TEST(ServerMetricsEndpointTest, BindsEphemeralMetricsPort) {
+  QuantdServer::Options options;
+  options.bind_address = "127.0.0.1";
+  options.grpc_port = 0;
+  options.metrics_port = 0;
+  options.data_dir = TempDir("metrics_endpoint");
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_GT((*server)->metrics_port(), 0);
+  EXPECT_NE((*server)->metrics_port(), (*server)->grpc_port());
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+}
+
+TEST_F(ServerTest, HealthServingForServerAndService) {
+  for (const std::string service : {"", "quantd.v1.QuantizationService"}) {
+    HealthCheckResponse response;
+    grpc::Status status = Check(service, &response);
+    ASSERT_TRUE(status.ok()) << service << ": " << status.error_message();
+    EXPECT_EQ(response.status(), HealthCheckResponse::SERVING) << service;
+  }
+}
+
+TEST_F(ServerTest, HealthUnknownServiceIsNotFound) {
+  HealthCheckResponse response;
+  EXPECT_EQ(Check("no.such.Service", &response).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServerTest, HealthNotServingOnceShuttingDown) {
+  server_->health().Shutdown();
+  HealthCheckResponse response;
+  ASSERT_TRUE(Check("", &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  ASSERT_TRUE(Check("quantd.v1.QuantizationService", &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+}
+
+TEST_F(ServerTest, HealthWatchStreamsChangesAndEndsOnShutdown) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  HealthCheckRequest request;
+  request.set_service("quantd.v1.QuantizationService");
+  auto reader = Health::NewStub(channel_)->Watch(&context, request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+
+  server_->health().SetServingStatus("quantd.v1.QuantizationService",
+                                     HealthCheckResponse::NOT_SERVING);
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  server_->health().SetServingStatus("quantd.v1.QuantizationService",
+                                     HealthCheckResponse::SERVING);
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+
+  server_->health().Shutdown();
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(reader->Read(&response));
+  EXPECT_TRUE(reader->Finish().ok());
+}
+
+TEST_F(ServerTest, UnaryRpcsAreUnimplementedWithAReason) {
+  auto stub = v1::QuantizationService::NewStub(channel_);
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetJobRequest request;
+  request.set_id("job-1");
+  v1::Job job;
+  grpc::Status status = stub->GetJob(&context, request, &job);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("GetJob"));
+  EXPECT_THAT(status.error_message(), HasSubstr("job manager"));
+
+  grpc::ClientContext infer_context;
+  SetDeadline(infer_context);
+  v1::InferResponse infer_response;
+  status = stub->Infer(&infer_context, v1::InferRequest(), &infer_response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("Infer"));
+}
+
+TEST_F(ServerTest, ServerStreamingRpcsAreUnimplemented) {
+  auto stub = v1::QuantizationService::NewStub(channel_);
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    auto reader = stub->WatchJob(&context, v1::WatchJobRequest());
+    v1::JobEvent event;
+    EXPECT_FALSE(reader->Read(&event));
+    grpc::Status status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("WatchJob"));
+  }
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    auto reader = stub->DownloadArtifact(&context, v1::DownloadArtifactRequest());
+    v1::DownloadArtifactResponse chunk;
+    EXPECT_FALSE(reader->Read(&chunk));
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  }
+}
+
+TEST_F(ServerTest, ClientStreamingRpcsAreUnimplemented) {
+  auto stub = v1::QuantizationService::NewStub(channel_);
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::BlobInfo blob;
+  auto writer = stub->UploadModel(&context, &blob);
+  v1::UploadModelRequest first;
+  first.mutable_metadata()->set_filename("model.pt");
+  writer->Write(first);  // may fail once the server has finished: fine
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("UploadModel"));
+}
+
+TEST_F(ServerTest, InterceptorRecordsRequests) {
+  HealthCheckResponse response;
+  ASSERT_TRUE(Check("", &response).ok());
+  ASSERT_TRUE(Check("", &response).ok());
+  auto stub = v1::QuantizationService::NewStub(channel_);
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::Job job;
+  stub->GetJob(&context, v1::GetJobRequest(), &job);
+
+  std::string text = Scrape();
+  EXPECT_THAT(text, HasSubstr("quantd_grpc_requests_total{code=\"OK\","
+                              "method=\"grpc.health.v1.Health/Check\"} 2"));
+  EXPECT_THAT(text, HasSubstr("quantd_grpc_requests_total{code=\"UNIMPLEMENTED\","
+                              "method=\"quantd.v1.QuantizationService/GetJob\"} 1"));
+  EXPECT_THAT(text, HasSubstr("quantd_grpc_request_duration_seconds_count{"
+                              "method=\"grpc.health.v1.Health/Check\"} 2"));
+}
+
+TEST_F(ServerTest, ShutdownIsIdempotent) {
+  server_->Shutdown(absl::Seconds(1));
+  server_->Shutdown(absl::Seconds(1));
+}
+
+TEST(ServerOptionsTest, RejectsBadOptions) {
+  QuantdServer::Options options;
+  options.grpc_port = 0;
+  options.metrics_port = -1;
+  options.data_dir = TempDir("bad_options");
+
+  QuantdServer::Options bad = options;
+  bad.workers = 0;
+  EXPECT_EQ(QuantdServer::Start(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = options;
+  bad.grpc_port = 70000;
+  EXPECT_EQ(QuantdServer::Start(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = options;
+  bad.metrics_port = -2;
+  EXPECT_EQ(QuantdServer::Start(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ServerOptionsTest, DataDirThatIsAFileFails) {
+  std::string file = TempDir("data_is_file");
+  std::ofstream(file) << "x";
+  QuantdServer::Options options;
+  options.grpc_port = 0;
+  options.metrics_port = -1;
+  options.data_dir = file;
+  auto server = QuantdServer::Start(options);
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr(file));
+  std::filesystem::remove(file);
+}
+
+TEST(PortFileTest, WritesJson) {
+  std::string path = TempDir("ports.json");
+  ASSERT_TRUE(WritePortFile(path, 1234, 5678).ok());
+  std::ifstream in(path);
+  std::stringstream content;
+  content << in.rdbuf();
+  EXPECT_THAT(content.str(), HasSubstr("\"grpc_port\": 1234"));
+  EXPECT_THAT(content.str(), HasSubstr("\"metrics_port\": 5678"));
+  std::filesystem::remove(path);
+}
+
+TEST(PortFileTest, UnwritableDirectoryFails) {
+  EXPECT_FALSE(WritePortFile("/nonexistent-dir/ports.json", 1, 2).ok());
+}
+
+}  // namespace
+}  // namespace quantd
