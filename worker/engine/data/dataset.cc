@@ -1,0 +1,363 @@
+#include "worker/engine/data/dataset.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "worker/engine/base/sha256.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
+
+namespace quantd::engine {
+namespace {
+
+// Fixed-size records in one file: image i starts at offset(i).
+class RecordFile {
+ public:
+  absl::Status Open(const std::string& path) {
+    path_ = path;
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) return absl::NotFoundError(absl::StrCat("dataset file not found: ", path));
+    size_ = static_cast<int64_t>(std::filesystem::file_size(path, ec));
+    in_.open(path, std::ios::binary);
+    if (!in_) return absl::NotFoundError(absl::StrCat("cannot open dataset file ", path));
+    return absl::OkStatus();
+  }
+  absl::Status Read(int64_t offset, char* out, int64_t n) {
+    in_.clear();
+    in_.seekg(offset);
+    in_.read(out, n);
+    if (in_.gcount() != n) return absl::DataLossError(absl::StrCat("short read in ", path_, " at byte ", offset));
+    return absl::OkStatus();
+  }
+  int64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::ifstream in_;
+  int64_t size_ = 0;
+};
+
+// Shared by both formats: selection, batching, preprocessing.
+class FileDataset : public Dataset {
+ public:
+  int64_t size() const override { return static_cast<int64_t>(selection_.size()); }
+  bool has_labels() const override { return !labels_.empty(); }
+  std::vector<int64_t> sample_shape() const override { return {channels_, height_, width_}; }
+
+  absl::StatusOr<Batch> ReadBatch(int64_t start, int64_t count) override {
+    if (start < 0 || count <= 0 || start + count > size()) {
+      return absl::OutOfRangeError(absl::StrCat("batch [", start, ", ", start + count, ") outside dataset of ", size()));
+    }
+    const int64_t pixels = channels_ * height_ * width_;
+    std::vector<char> record(static_cast<size_t>(pixels * element_size_));
+    at::Tensor images = at::empty({count, channels_, height_, width_}, at::kFloat);
+    float* dst = images.data_ptr<float>();
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t index = selection_[static_cast<size_t>(start + i)];
+      QUANTD_RETURN_IF_ERROR(images_.Read(ImageOffset(index), record.data(), pixels * element_size_));
+      float* out = dst + i * pixels;
+      for (int64_t c = 0; c < channels_; ++c) {
+        for (int64_t p = 0; p < height_ * width_; ++p) {
+          // Source element for channel c, pixel p in the file's layout.
+          const int64_t src = channels_last_ ? p * channels_ + c : c * height_ * width_ + p;
+          float v;
+          if (element_size_ == 1) {
+            v = static_cast<float>(static_cast<unsigned char>(record[static_cast<size_t>(src)]));
+          } else {
+            std::memcpy(&v, record.data() + src * 4, 4);
+          }
+          out[c * height_ * width_ + p] = v;
+        }
+      }
+    }
+    QUANTD_RETURN_IF_ERROR(ApplyPreprocessing(&images));
+    Batch batch;
+    batch.images = images;
+    if (has_labels()) {
+      batch.labels = at::empty({count}, at::kLong);
+      for (int64_t i = 0; i < count; ++i) {
+        batch.labels[i] = labels_[static_cast<size_t>(selection_[static_cast<size_t>(start + i)])];
+      }
+    }
+    return batch;
+  }
+
+  absl::StatusOr<std::string> Fingerprint() const override {
+    Sha256 hasher;
+    for (const std::string& path : files_) {
+      QUANTD_ASSIGN_OR_RETURN(std::string digest, Sha256File(path));
+      hasher.Update(digest);
+    }
+    hasher.Update(absl::StrJoin(selection_, ","));
+    return hasher.HexDigest();
+  }
+
+ protected:
+  absl::Status Select(const DatasetSpec& spec, int64_t total) {
+    if (total == 0) return absl::InvalidArgumentError(absl::StrCat("dataset ", spec.path, " is empty"));
+    if (spec.samples_per_class > 0) {
+      if (labels_.empty()) {
+        return absl::InvalidArgumentError("samples_per_class needs labels: the dataset has none");
+      }
+      QUANTD_ASSIGN_OR_RETURN(selection_, StratifiedSelection(labels_, spec.samples_per_class, spec.seed));
+    } else {
+      selection_.resize(static_cast<size_t>(total));
+      for (int64_t i = 0; i < total; ++i) selection_[static_cast<size_t>(i)] = i;
+    }
+    if (spec.limit > 0 && static_cast<int64_t>(selection_.size()) > spec.limit) {
+      selection_.resize(static_cast<size_t>(spec.limit));
+    }
+    preprocessing_ = spec.preprocessing;
+    const auto channels = static_cast<size_t>(channels_);
+    if (!preprocessing_.mean.empty() && preprocessing_.mean.size() != channels) {
+      return absl::InvalidArgumentError(absl::StrCat("preprocessing.mean has ", preprocessing_.mean.size(),
+                                                     " values, the images have ", channels_, " channels"));
+    }
+    if (!preprocessing_.std.empty() && preprocessing_.std.size() != channels) {
+      return absl::InvalidArgumentError(absl::StrCat("preprocessing.std has ", preprocessing_.std.size(),
+                                                     " values, the images have ", channels_, " channels"));
+    }
+    for (double s : preprocessing_.std) {
+      if (s == 0.0) return absl::InvalidArgumentError("preprocessing.std has a zero");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ApplyPreprocessing(at::Tensor* images) const {
+    if (preprocessing_.scale != 1.0) images->mul_(preprocessing_.scale);
+    if (!preprocessing_.mean.empty()) {
+      images->sub_(at::tensor(preprocessing_.mean, at::kDouble).to(at::kFloat).view({1, channels_, 1, 1}));
+    }
+    if (!preprocessing_.std.empty()) {
+      images->div_(at::tensor(preprocessing_.std, at::kDouble).to(at::kFloat).view({1, channels_, 1, 1}));
+    }
+    return absl::OkStatus();
+  }
+
+  virtual int64_t ImageOffset(int64_t index) const = 0;
+
+  RecordFile images_;
+  std::vector<std::string> files_;
+  std::vector<int64_t> labels_;
+  std::vector<int64_t> selection_;
+  Preprocessing preprocessing_;
+  int64_t channels_ = 0, height_ = 0, width_ = 0;
+  int64_t element_size_ = 1;
+  bool channels_last_ = false;
+};
+
+class Cifar10Dataset : public FileDataset {
+ public:
+  static constexpr int64_t kRecord = 1 + 3 * 32 * 32;
+
+  absl::Status Open(const DatasetSpec& spec) {
+    QUANTD_RETURN_IF_ERROR(images_.Open(spec.path));
+    files_.push_back(spec.path);
+    if (images_.size() % kRecord != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("CIFAR-10 file ", spec.path, " is truncated or not CIFAR-10 binary: ",
+                                                     images_.size(), " bytes is not a multiple of ", kRecord));
+    }
+    const int64_t total = images_.size() / kRecord;
+    channels_ = 3;
+    height_ = width_ = 32;
+    labels_.resize(static_cast<size_t>(total));
+    std::ifstream in(spec.path, std::ios::binary);
+    std::vector<char> record(kRecord);
+    for (int64_t i = 0; i < total; ++i) {
+      in.read(record.data(), kRecord);
+      const int label = static_cast<unsigned char>(record[0]);
+      if (label > 9) {
+        return absl::InvalidArgumentError(absl::StrCat("CIFAR-10 file ", spec.path, ": record ", i, " has label ", label,
+                                                       " (must be 0..9)"));
+      }
+      labels_[static_cast<size_t>(i)] = label;
+    }
+    return Select(spec, total);
+  }
+
+ protected:
+  int64_t ImageOffset(int64_t index) const override { return index * kRecord + 1; }
+};
+
+struct NpyHeader {
+  std::string descr;
+  bool fortran_order = false;
+  std::vector<int64_t> shape;
+  int64_t data_offset = 0;
+};
+
+absl::StatusOr<NpyHeader> ReadNpyHeader(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open .npy file ", path));
+  char magic[8];
+  in.read(magic, 8);
+  if (in.gcount() != 8 || std::string(magic, 6) != "\x93NUMPY") {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a .npy file (bad magic)"));
+  }
+  const int major = static_cast<unsigned char>(magic[6]);
+  uint32_t header_len = 0;
+  int64_t prefix = 0;
+  if (major == 1) {
+    unsigned char len[2];
+    in.read(reinterpret_cast<char*>(len), 2);
+    header_len = len[0] | (len[1] << 8);
+    prefix = 10;
+  } else {
+    unsigned char len[4];
+    in.read(reinterpret_cast<char*>(len), 4);
+    header_len = len[0] | (len[1] << 8) | (len[2] << 16) | (static_cast<uint32_t>(len[3]) << 24);
+    prefix = 12;
+  }
+  if (!in || header_len > (1u << 20)) return absl::InvalidArgumentError(absl::StrCat(path, ": bad .npy header"));
+  std::string header(header_len, '\0');
+  in.read(header.data(), header_len);
+  if (static_cast<uint32_t>(in.gcount()) != header_len) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated .npy header"));
+  NpyHeader h;
+  h.data_offset = prefix + header_len;
+  auto field = [&](const std::string& key) -> std::string {
+    const auto pos = header.find("'" + key + "'");
+    if (pos == std::string::npos) return "";
+    const auto colon = header.find(':', pos);
+    return std::string(absl::StripLeadingAsciiWhitespace(header.substr(colon + 1)));
+  };
+  std::string descr = field("descr");
+  if (descr.size() < 2) return absl::InvalidArgumentError(absl::StrCat(path, ": .npy header has no descr"));
+  h.descr = descr.substr(1, descr.find('\'', 1) - 1);
+  h.fortran_order = field("fortran_order").rfind("True", 0) == 0;
+  std::string shape = field("shape");
+  shape = shape.substr(1, shape.find(')') - 1);
+  for (absl::string_view part : absl::StrSplit(shape, ',', absl::SkipWhitespace())) {
+    int64_t dim;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &dim)) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": bad shape in .npy header"));
+    }
+    h.shape.push_back(dim);
+  }
+  return h;
+}
+
+class NpyDataset : public FileDataset {
+ public:
+  absl::Status Open(const DatasetSpec& spec) {
+    QUANTD_ASSIGN_OR_RETURN(NpyHeader h, ReadNpyHeader(spec.path));
+    if (h.fortran_order) return absl::InvalidArgumentError(absl::StrCat(spec.path, ": Fortran-order arrays are not supported"));
+    if (h.descr == "|u1" || h.descr == "<u1") {
+      element_size_ = 1;
+    } else if (h.descr == "<f4") {
+      element_size_ = 4;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(spec.path, ": image dtype ", h.descr, " is not supported (uint8 or float32)"));
+    }
+    if (h.shape.size() != 4) return absl::InvalidArgumentError(absl::StrCat(spec.path, ": images must be 4-D (N,C,H,W or N,H,W,C)"));
+    std::string layout = spec.layout;
+    if (layout == "auto" || layout.empty()) layout = (h.shape[3] <= 4 && h.shape[1] > 4) ? "NHWC" : "NCHW";
+    if (layout == "NHWC") {
+      channels_last_ = true;
+      height_ = h.shape[1];
+      width_ = h.shape[2];
+      channels_ = h.shape[3];
+    } else if (layout == "NCHW") {
+      channels_ = h.shape[1];
+      height_ = h.shape[2];
+      width_ = h.shape[3];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("layout must be NCHW, NHWC or auto, not '", spec.layout, "'"));
+    }
+    data_offset_ = h.data_offset;
+    QUANTD_RETURN_IF_ERROR(images_.Open(spec.path));
+    files_.push_back(spec.path);
+    const int64_t total = h.shape[0];
+    const int64_t need = data_offset_ + total * channels_ * height_ * width_ * element_size_;
+    if (images_.size() < need) {
+      return absl::InvalidArgumentError(absl::StrCat(".npy file ", spec.path, " is truncated: ", images_.size(),
+                                                     " bytes, the header promises ", need));
+    }
+    if (!spec.labels_path.empty()) QUANTD_RETURN_IF_ERROR(ReadLabels(spec.labels_path, total));
+    return Select(spec, total);
+  }
+
+ protected:
+  int64_t ImageOffset(int64_t index) const override {
+    return data_offset_ + index * channels_ * height_ * width_ * element_size_;
+  }
+
+ private:
+  absl::Status ReadLabels(const std::string& path, int64_t total) {
+    QUANTD_ASSIGN_OR_RETURN(NpyHeader h, ReadNpyHeader(path));
+    if (h.shape.size() != 1 || h.shape[0] != total) {
+      return absl::InvalidArgumentError(absl::StrCat("labels ", path, " must be 1-D with ", total, " entries"));
+    }
+    int64_t width = 0;
+    if (h.descr == "<i8") width = 8;
+    else if (h.descr == "<i4") width = 4;
+    else if (h.descr == "|u1" || h.descr == "<u1" || h.descr == "|i1") width = 1;
+    else return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": dtype ", h.descr, " is not supported"));
+    RecordFile file;
+    QUANTD_RETURN_IF_ERROR(file.Open(path));
+    std::vector<char> raw(static_cast<size_t>(total * width));
+    QUANTD_RETURN_IF_ERROR(file.Read(h.data_offset, raw.data(), total * width));
+    labels_.resize(static_cast<size_t>(total));
+    for (int64_t i = 0; i < total; ++i) {
+      int64_t v = 0;
+      if (width == 8) std::memcpy(&v, raw.data() + i * 8, 8);
+      else if (width == 4) { int32_t x; std::memcpy(&x, raw.data() + i * 4, 4); v = x; }
+      else v = static_cast<unsigned char>(raw[static_cast<size_t>(i)]);
+      if (v < 0) return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": negative label at ", i));
+      labels_[static_cast<size_t>(i)] = v;
+    }
+    files_.push_back(path);
+    return absl::OkStatus();
+  }
+
+  int64_t data_offset_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::vector<int64_t>> StratifiedSelection(const std::vector<int64_t>& labels, int64_t per_class,
+                                                         uint64_t seed) {
+  std::map<int64_t, std::vector<int64_t>> by_class;
+  for (size_t i = 0; i < labels.size(); ++i) by_class[labels[i]].push_back(static_cast<int64_t>(i));
+  std::vector<int64_t> chosen;
+  std::mt19937_64 rng(seed);
+  for (auto& [label, indices] : by_class) {
+    if (per_class > 0 && static_cast<int64_t>(indices.size()) < per_class) {
+      return absl::InvalidArgumentError(absl::StrCat("samples_per_class=", per_class, " but class ", label, " has only ",
+                                                     indices.size(), " samples"));
+    }
+    // Fisher-Yates with our own draws: std::shuffle's output is not portable.
+    for (size_t i = indices.size(); i > 1; --i) {
+      const size_t j = static_cast<size_t>(rng() % i);
+      std::swap(indices[i - 1], indices[j]);
+    }
+    const size_t take = per_class > 0 ? static_cast<size_t>(per_class) : indices.size();
+    chosen.insert(chosen.end(), indices.begin(), indices.begin() + static_cast<std::ptrdiff_t>(take));
+  }
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec) {
+  if (spec.path.empty()) return absl::InvalidArgumentError("dataset path is empty");
+  if (spec.format == DatasetFormat::kCifar10Binary) {
+    auto dataset = std::make_unique<Cifar10Dataset>();
+    QUANTD_RETURN_IF_ERROR(dataset->Open(spec));
+    return std::unique_ptr<Dataset>(std::move(dataset));
+  }
+  auto dataset = std::make_unique<NpyDataset>();
+  QUANTD_RETURN_IF_ERROR(dataset->Open(spec));
+  return std::unique_ptr<Dataset>(std::move(dataset));
+}
+
+}  // namespace quantd::engine

@@ -1,0 +1,45 @@
+#ifndef QUANTD_WORKER_ENGINE_DATA_DATASET_H_
+#define QUANTD_WORKER_ENGINE_DATA_DATASET_H_
+
+// Labeled image datasets read in batches from disk, so memory does not grow
+// with the size of the set: CIFAR-10 binary and NumPy .npy.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/data/dataset_spec.h"
+
+namespace quantd::engine {
+
+struct Batch {
+  at::Tensor images;  // float32 [N, C, H, W]
+  at::Tensor labels;  // int64 [N], or undefined when the set has no labels
+};
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  virtual int64_t size() const = 0;  // number of selected samples
+  virtual bool has_labels() const = 0;
+  virtual std::vector<int64_t> sample_shape() const = 0;  // {C, H, W}
+  // Selected samples [start, start + count), in selection order.
+  virtual absl::StatusOr<Batch> ReadBatch(int64_t start, int64_t count) = 0;
+  // sha256 of the underlying file(s) and of the selection.
+  virtual absl::StatusOr<std::string> Fingerprint() const = 0;
+};
+
+absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec);
+
+// Indices of a stratified sample: `per_class` of each label (all when 0),
+// chosen with a fixed-seed shuffle, returned in increasing order.
+absl::StatusOr<std::vector<int64_t>> StratifiedSelection(const std::vector<int64_t>& labels, int64_t per_class,
+                                                         uint64_t seed);
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_DATA_DATASET_H_

@@ -1,0 +1,464 @@
+#include "worker/engine/ir/import_torchscript.h"
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <map>
+#include <regex>
+#include <unordered_map>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
+
+namespace quantd::engine {
+namespace {
+
+namespace jit = torch::jit;
+
+// What a TorchScript value stands for during the symbolic walk.
+struct Sym {
+  enum class Kind { kConstant, kValue, kModule, kFunction, kList, kTuple };
+  Kind kind = Kind::kConstant;
+  c10::IValue constant;
+  std::string constant_name;
+  int value = -1;
+  c10::intrusive_ptr<c10::ivalue::Object> object;  // kModule
+  std::string path;                                 // kModule
+  jit::Function* function = nullptr;                // kFunction
+  std::vector<Sym> items;                           // kList / kTuple
+  c10::TypePtr type;
+
+  bool IsConstant() const { return kind == Kind::kConstant; }
+};
+
+Sym ConstantSym(c10::IValue v, std::string name = "") {
+  Sym s;
+  s.kind = Sym::Kind::kConstant;
+  s.constant = std::move(v);
+  s.constant_name = std::move(name);
+  return s;
+}
+
+OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
+  const std::string op = node->kind().toQualString();
+  auto is_value = [&](size_t i) { return i < args.size() && args[i].kind == Sym::Kind::kValue; };
+  if (op == "aten::conv2d" && args.size() == 7 && is_value(0) && args[1].IsConstant()) return OpKind::kConv2d;
+  if (op == "aten::linear" && is_value(0) && args[1].IsConstant()) return OpKind::kLinear;
+  if (op == "aten::batch_norm" && is_value(0)) {
+    for (size_t i = 1; i <= 4; ++i) {
+      if (!args[i].IsConstant()) return OpKind::kGeneric;
+    }
+    if (args[5].IsConstant() && args[5].constant.isBool() && !args[5].constant.toBool()) return OpKind::kBatchNorm;
+    return OpKind::kGeneric;
+  }
+  if (op == "aten::relu" || op == "aten::relu_") return OpKind::kRelu;
+  if ((op == "aten::add" || op == "aten::add_") && args.size() == 3 && is_value(0) && is_value(1) &&
+      args[2].IsConstant() && args[2].constant.isInt() && args[2].constant.toInt() == 1) {
+    return OpKind::kAdd;
+  }
+  if (op == "aten::pad" && args.size() == 4 && args[1].IsConstant() && args[2].IsConstant() &&
+      args[2].constant.isString() && args[2].constant.toStringRef() == "constant" && args[3].IsConstant()) {
+    const c10::IValue& fill = args[3].constant;
+    if (fill.isNone() || (fill.isDouble() && fill.toDouble() == 0.0)) return OpKind::kPad;
+  }
+  if (op == "aten::constant_pad_nd" && args.size() == 3 && args[1].IsConstant() && args[2].IsConstant() &&
+      args[2].constant.isScalar() && args[2].constant.toScalar().toDouble() == 0.0) {
+    return OpKind::kPad;
+  }
+  if (op == "aten::avg_pool2d") return OpKind::kAvgPool2d;
+  if (op == "aten::adaptive_avg_pool2d") return OpKind::kAdaptiveAvgPool2d;
+  if (op == "aten::max_pool2d") return OpKind::kMaxPool2d;
+  if (op == "aten::flatten") return OpKind::kFlatten;
+  if (op == "aten::softmax") return OpKind::kSoftmax;
+  if (op == "aten::dropout" && args.size() == 3 && args[2].IsConstant() && args[2].constant.isBool() &&
+      !args[2].constant.toBool()) {
+    return OpKind::kDropout;
+  }
+  return OpKind::kGeneric;
+}
+
+bool BlockRaises(const jit::Block* block) {
+  for (const jit::Node* n : block->nodes()) {
+    if (n->kind() == c10::prim::RaiseException) return true;
+  }
+  return false;
+}
+
+class Importer {
+ public:
+  explicit Importer(Graph* graph) : graph_(graph) {}
+
+  absl::Status Run() {
+    auto object = graph_->module._ivalue();
+    jit::Function* forward = object->type()->findMethod("forward");
+    if (forward == nullptr) return absl::InvalidArgumentError("model has no forward method");
+    std::shared_ptr<jit::Graph> fg = jit::toGraphFunction(*forward).graph();
+    std::vector<Sym> args;
+    Sym self;
+    self.kind = Sym::Kind::kModule;
+    self.object = object;
+    self.path = "";
+    args.push_back(self);
+    for (size_t i = 1; i < fg->inputs().size(); ++i) {
+      const jit::Value* in = fg->inputs()[i];
+      Sym s;
+      s.kind = Sym::Kind::kValue;
+      s.value = graph_->NewValue();
+      graph_->inputs.push_back(s.value);
+      graph_->input_types.push_back(in->type());
+      // "x.1" -> "x": TorchScript's SSA suffix means nothing to a reader.
+      std::string name = in->debugName();
+      const auto dot = name.rfind('.');
+      if (dot != std::string::npos && dot > 0) name = name.substr(0, dot);
+      graph_->input_names.push_back(name);
+      args.push_back(s);
+    }
+    std::vector<Sym> outs;
+    QUANTD_RETURN_IF_ERROR(WalkGraph(*fg, args, self, &outs));
+    if (outs.size() != 1) return absl::InternalError("forward must return one value");
+    const Sym& out = outs[0];
+    if (out.kind == Sym::Kind::kTuple) {
+      graph_->output_is_tuple = true;
+      for (const Sym& item : out.items) {
+        QUANTD_ASSIGN_OR_RETURN(Operand o, ToOperand(item, "model output"));
+        graph_->outputs.push_back(o);
+      }
+    } else {
+      QUANTD_ASSIGN_OR_RETURN(Operand o, ToOperand(out, "model output"));
+      graph_->outputs.push_back(o);
+    }
+    RemoveDeadNodes();
+    NameNodes();
+    return absl::OkStatus();
+  }
+
+ private:
+  using Env = std::unordered_map<const jit::Value*, Sym>;
+
+  absl::Status WalkGraph(const jit::Graph& g, const std::vector<Sym>& args, const Sym& module,
+                         std::vector<Sym>* outs) {
+    if (++depth_ > 64) return absl::InvalidArgumentError("call depth over 64 (recursion?)");
+    Env env;
+    for (size_t i = 0; i < g.inputs().size() && i < args.size(); ++i) env[g.inputs()[i]] = args[i];
+    QUANTD_RETURN_IF_ERROR(WalkBlock(g.block(), &env, module));
+    for (const jit::Value* v : g.outputs()) outs->push_back(env.at(v));
+    --depth_;
+    return absl::OkStatus();
+  }
+
+  absl::Status WalkBlock(const jit::Block* block, Env* env, const Sym& module) {
+    for (const jit::Node* node : block->nodes()) {
+      QUANTD_RETURN_IF_ERROR(WalkNode(node, env, module));
+    }
+    return absl::OkStatus();
+  }
+
+  std::string Where(const Sym& module) const {
+    return module.path.empty() ? std::string("the model's forward") : absl::StrCat("module '", module.path, "'");
+  }
+
+  absl::Status WalkNode(const jit::Node* node, Env* env, const Sym& module) {
+    const c10::Symbol kind = node->kind();
+    auto in = [&](size_t i) -> const Sym& { return env->at(node->inputs()[i]); };
+
+    if (kind == c10::prim::Constant) {
+      const jit::Value* out = node->output();
+      if (auto fn = out->type()->cast<c10::FunctionType>()) {
+        Sym s;
+        s.kind = Sym::Kind::kFunction;
+        s.function = fn->function();
+        (*env)[out] = s;
+        return absl::OkStatus();
+      }
+      auto value = jit::toIValue(out);
+      if (!value) return absl::InvalidArgumentError(absl::StrCat("unsupported constant in ", Where(module)));
+      (*env)[out] = ConstantSym(*value);
+      return absl::OkStatus();
+    }
+    if (kind == c10::prim::GetAttr) {
+      const Sym& owner = in(0);
+      const std::string name = node->s(c10::attr::name);
+      if (owner.kind != Sym::Kind::kModule) {
+        return absl::InvalidArgumentError(absl::StrCat("attribute '", name, "' read from a non-module in ", Where(module)));
+      }
+      c10::IValue attr = owner.object->getAttr(name);
+      const std::string path = owner.path.empty() ? name : absl::StrCat(owner.path, ".", name);
+      if (attr.isObject() && attr.toObjectRef().type()->is_module()) {
+        Sym s;
+        s.kind = Sym::Kind::kModule;
+        s.object = attr.toObject();
+        s.path = path;
+        (*env)[node->output()] = s;
+      } else {
+        (*env)[node->output()] = ConstantSym(attr, path);
+      }
+      return absl::OkStatus();
+    }
+    if (kind == c10::prim::CallMethod) {
+      const Sym& self = in(0);
+      const std::string name = node->s(c10::attr::name);
+      if (self.kind != Sym::Kind::kModule) {
+        return absl::InvalidArgumentError(absl::StrCat("method '", name, "' called on a non-module in ", Where(module)));
+      }
+      jit::Function* fn = self.object->type()->findMethod(name);
+      if (fn == nullptr) return absl::InvalidArgumentError(absl::StrCat("no method '", name, "' on '", self.path, "'"));
+      std::vector<Sym> args;
+      for (size_t i = 0; i < node->inputs().size(); ++i) args.push_back(in(i));
+      std::vector<Sym> outs;
+      QUANTD_RETURN_IF_ERROR(WalkGraph(*jit::toGraphFunction(*fn).graph(), args, self, &outs));
+      return BindOutputs(node, outs, env);
+    }
+    if (kind == c10::prim::CallFunction) {
+      const Sym& fn = in(0);
+      if (fn.kind != Sym::Kind::kFunction) return absl::InvalidArgumentError(absl::StrCat("indirect call in ", Where(module)));
+      std::vector<Sym> args;
+      for (size_t i = 1; i < node->inputs().size(); ++i) args.push_back(in(i));
+      std::vector<Sym> outs;
+      QUANTD_RETURN_IF_ERROR(WalkGraph(*jit::toGraphFunction(*fn.function).graph(), args, module, &outs));
+      return BindOutputs(node, outs, env);
+    }
+    if (kind == c10::prim::If) {
+      const Sym& cond = in(0);
+      const jit::Block* taken = nullptr;
+      if (cond.IsConstant() && cond.constant.isBool()) {
+        taken = node->blocks()[cond.constant.toBool() ? 0 : 1];
+      } else if (BlockRaises(node->blocks()[0]) && !BlockRaises(node->blocks()[1])) {
+        taken = node->blocks()[1];  // an input check: assume it passes
+      } else if (BlockRaises(node->blocks()[1]) && !BlockRaises(node->blocks()[0])) {
+        taken = node->blocks()[0];
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat("data-dependent control flow (prim::If) in ", Where(module), " is not supported"));
+      }
+      QUANTD_RETURN_IF_ERROR(WalkBlock(taken, env, module));
+      std::vector<Sym> outs;
+      for (const jit::Value* v : taken->outputs()) outs.push_back(env->at(v));
+      return BindOutputs(node, outs, env);
+    }
+    if (kind == c10::prim::Loop) {
+      return absl::InvalidArgumentError(absl::StrCat("loops (prim::Loop) in ", Where(module), " are not supported"));
+    }
+    if (kind == c10::prim::RaiseException) {
+      return absl::InvalidArgumentError(absl::StrCat("the model raises an exception in ", Where(module)));
+    }
+    if (kind == c10::prim::ListConstruct || kind == c10::prim::TupleConstruct) {
+      const bool is_list = kind == c10::prim::ListConstruct;
+      bool all_constant = true;
+      for (size_t i = 0; i < node->inputs().size(); ++i) all_constant = all_constant && in(i).IsConstant();
+      if (all_constant) {
+        std::vector<c10::IValue> items;
+        for (size_t i = 0; i < node->inputs().size(); ++i) items.push_back(in(i).constant);
+        if (is_list) {
+          c10::impl::GenericList list(node->output()->type()->expectRef<c10::ListType>().getElementType());
+          for (auto& item : items) list.push_back(std::move(item));
+          (*env)[node->output()] = ConstantSym(list);
+        } else {
+          (*env)[node->output()] = ConstantSym(c10::ivalue::Tuple::create(std::move(items)));
+        }
+        return absl::OkStatus();
+      }
+      Sym s;
+      s.kind = is_list ? Sym::Kind::kList : Sym::Kind::kTuple;
+      s.type = node->output()->type();
+      for (size_t i = 0; i < node->inputs().size(); ++i) s.items.push_back(in(i));
+      (*env)[node->output()] = s;
+      return absl::OkStatus();
+    }
+    if (kind == c10::prim::ListUnpack || kind == c10::prim::TupleUnpack) {
+      const Sym& src = in(0);
+      if (src.kind == Sym::Kind::kList || src.kind == Sym::Kind::kTuple) {
+        if (src.items.size() != node->outputs().size()) return absl::InvalidArgumentError("unpack size mismatch");
+        for (size_t i = 0; i < src.items.size(); ++i) (*env)[node->outputs()[i]] = src.items[i];
+        return absl::OkStatus();
+      }
+    }
+    if (kind == c10::prim::TupleIndex && in(0).kind == Sym::Kind::kTuple && in(1).IsConstant()) {
+      (*env)[node->output()] = in(0).items.at(static_cast<size_t>(in(1).constant.toInt()));
+      return absl::OkStatus();
+    }
+    if (kind == c10::prim::unchecked_cast) {
+      (*env)[node->output()] = in(0);
+      return absl::OkStatus();
+    }
+    if (kind == c10::prim::Uninitialized) {
+      (*env)[node->output()] = ConstantSym(c10::IValue());
+      return absl::OkStatus();
+    }
+    if (kind == c10::aten::warn || kind == c10::prim::Print) return absl::OkStatus();
+
+    bool all_constant = true;
+    for (size_t i = 0; i < node->inputs().size(); ++i) {
+      const Sym& s = in(i);
+      if (s.kind == Sym::Kind::kModule || s.kind == Sym::Kind::kFunction) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("op ", kind.toQualString(), " takes a module or function in ", Where(module)));
+      }
+      all_constant = all_constant && s.IsConstant();
+    }
+    if (all_constant && node->outputs().size() > 0 && !node->kind().is_prim()) {
+      // Module attributes fed to pure ops (e.g. reading a buffer's shape).
+      return FoldWithOperator(node, env, module);
+    }
+    if (all_constant && node->kind().is_prim()) return FoldWithOperator(node, env, module);
+    return Emit(node, env, module);
+  }
+
+  absl::Status BindOutputs(const jit::Node* node, const std::vector<Sym>& outs, Env* env) {
+    if (outs.size() != node->outputs().size()) return absl::InternalError("call arity mismatch");
+    for (size_t i = 0; i < outs.size(); ++i) (*env)[node->outputs()[i]] = outs[i];
+    return absl::OkStatus();
+  }
+
+  absl::Status FoldWithOperator(const jit::Node* node, Env* env, const Sym& module) {
+    if (node->maybeOperator() == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported TorchScript op ", node->kind().toQualString(), " in ", Where(module)));
+    }
+    return TorchTry(absl::StrCat("folding ", node->kind().toQualString(), " in ", Where(module)), [&]() {
+      jit::Operation op = node->getOperation();
+      jit::Stack stack;
+      for (const jit::Value* v : node->inputs()) stack.push_back(env->at(v).constant);
+      op(stack);
+      if (stack.size() != node->outputs().size()) return absl::InternalError("folded op arity mismatch");
+      for (size_t i = 0; i < stack.size(); ++i) (*env)[node->outputs()[i]] = ConstantSym(stack[i]);
+      return absl::OkStatus();
+    });
+  }
+
+  absl::StatusOr<Operand> ToOperand(const Sym& s, const std::string& where) {
+    switch (s.kind) {
+      case Sym::Kind::kValue: return Operand::Value(s.value);
+      case Sym::Kind::kConstant: return Operand::Constant(s.constant, s.constant_name);
+      case Sym::Kind::kList:
+      case Sym::Kind::kTuple: {
+        if (s.kind == Sym::Kind::kTuple && where != "model output") {
+          return absl::InvalidArgumentError(absl::StrCat("tuples of tensors as op inputs are not supported (", where, ")"));
+        }
+        Operand o;
+        o.kind = Operand::Kind::kList;
+        o.list_type = s.type;
+        for (const Sym& item : s.items) {
+          QUANTD_ASSIGN_OR_RETURN(Operand sub, ToOperand(item, where));
+          o.items.push_back(std::move(sub));
+        }
+        return o;
+      }
+      default:
+        return absl::InvalidArgumentError(absl::StrCat("a module or function is used as a value (", where, ")"));
+    }
+  }
+
+  absl::Status Emit(const jit::Node* node, Env* env, const Sym& module) {
+    if (node->maybeOperator() == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported TorchScript op ", node->kind().toQualString(), " in ", Where(module)));
+    }
+    std::vector<Sym> args;
+    for (const jit::Value* v : node->inputs()) args.push_back(env->at(v));
+    Node ir;
+    ir.id = static_cast<int>(graph_->nodes.size());
+    ir.kind = ClassifyOp(node, args);
+    ir.module_path = module.path;
+    ir.module_type = module.object ? UnmangledTypeName(module.object->type()) : "";
+    ir.jit_node = const_cast<jit::Node*>(node);
+    for (const Sym& s : args) {
+      QUANTD_ASSIGN_OR_RETURN(Operand o, ToOperand(s, absl::StrCat(node->kind().toQualString(), " in ", Where(module))));
+      ir.inputs.push_back(std::move(o));
+    }
+    for (const jit::Value* out : node->outputs()) {
+      Sym s;
+      s.kind = Sym::Kind::kValue;
+      s.value = graph_->NewValue();
+      ir.outputs.push_back(s.value);
+      (*env)[out] = s;
+    }
+    graph_->nodes.push_back(std::move(ir));
+    return absl::OkStatus();
+  }
+
+  // Drops side-effect-free nodes whose results nothing reads, such as the
+  // shape queries behind elided input checks, and renumbers the rest.
+  void RemoveDeadNodes() {
+    std::vector<bool> live_value(static_cast<size_t>(graph_->num_values), false);
+    std::vector<int> read;
+    for (const Operand& o : graph_->outputs) CollectValues(o, &read);
+    for (int v : read) live_value[static_cast<size_t>(v)] = true;
+    std::vector<bool> keep(graph_->nodes.size(), false);
+    for (size_t i = graph_->nodes.size(); i-- > 0;) {
+      const Node& n = graph_->nodes[i];
+      bool live = n.jit_node->schema().is_mutable();
+      for (int out : n.outputs) live = live || live_value[static_cast<size_t>(out)];
+      if (!live) continue;
+      keep[i] = true;
+      read.clear();
+      for (const Operand& in : n.inputs) CollectValues(in, &read);
+      for (int v : read) live_value[static_cast<size_t>(v)] = true;
+    }
+    std::vector<Node> kept;
+    for (size_t i = 0; i < graph_->nodes.size(); ++i) {
+      if (!keep[i]) continue;
+      kept.push_back(std::move(graph_->nodes[i]));
+      kept.back().id = static_cast<int>(kept.size()) - 1;
+    }
+    graph_->nodes = std::move(kept);
+  }
+
+  // A module that emitted exactly one node is named by its path; otherwise
+  // nodes are "path:op" (with a counter when an op repeats).
+  void NameNodes() {
+    std::map<std::string, int> per_module;
+    for (const Node& n : graph_->nodes) per_module[n.module_path]++;
+    std::map<std::string, int> seen;
+    for (Node& n : graph_->nodes) {
+      const std::string op = n.jit_node->kind().toUnqualString();
+      if (per_module[n.module_path] == 1 && !n.module_path.empty()) {
+        n.name = n.module_path;
+        continue;
+      }
+      std::string base = n.module_path.empty() ? op : absl::StrCat(n.module_path, ":", op);
+      const int index = seen[base]++;
+      n.name = index == 0 ? base : absl::StrCat(base, "_", index);
+    }
+  }
+
+  Graph* graph_;
+  int depth_ = 0;
+};
+
+}  // namespace
+
+std::string UnmangledTypeName(const c10::ClassTypePtr& type) {
+  if (!type || !type->name()) return "";
+  static const std::regex kMangle(R"(___torch_mangle_\d+\.)");
+  std::string name = std::regex_replace(type->name()->qualifiedName(), kMangle, "");
+  const std::string prefix = "__torch__.";
+  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  return name;
+}
+
+absl::StatusOr<Graph> ImportTorchScript(torch::jit::Module module) {
+  Graph graph;
+  QUANTD_RETURN_IF_ERROR(TorchTry("switching the model to eval mode", [&]() {
+    module.eval();
+    return absl::OkStatus();
+  }));
+  graph.module = std::move(module);
+  Importer importer(&graph);
+  absl::Status status = TorchTry("reading the model's forward", [&]() { return importer.Run(); });
+  if (!status.ok()) return status;
+  return graph;
+}
+
+absl::StatusOr<Graph> ImportTorchScriptFile(const std::string& path) {
+  torch::jit::Module module;
+  absl::Status loaded = TorchTry(absl::StrCat("loading TorchScript model ", path), [&]() {
+    module = torch::jit::load(path);
+    return absl::OkStatus();
+  });
+  if (!loaded.ok()) return absl::InvalidArgumentError(loaded.message());
+  return ImportTorchScript(std::move(module));
+}
+
+}  // namespace quantd::engine

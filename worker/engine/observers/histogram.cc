@@ -1,0 +1,189 @@
+// HistogramObserver: a running 2048-bin histogram, merged across batches by
+// upsampling onto a common grid, then a greedy search for the [min, max] that
+// minimizes the L2 quantization error. Mirrors PyTorch 1.13 step by step,
+// including its quirk of building histograms over int()-truncated ranges.
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "worker/engine/observers/observer.h"
+
+namespace quantd::engine {
+namespace {
+
+class HistogramObserver : public Observer {
+ public:
+  explicit HistogramObserver(const ObserverSpec& spec)
+      : spec_(spec),
+        bins_(spec.bins),
+        dst_nbins_(256),
+        histogram_(at::zeros({spec.bins}, at::kFloat)),
+        min_val_(at::scalar_tensor(std::numeric_limits<float>::infinity(), at::kFloat)),
+        max_val_(at::scalar_tensor(-std::numeric_limits<float>::infinity(), at::kFloat)) {}
+
+  void Observe(const at::Tensor& x_in) override {
+    if (x_in.numel() == 0) return;
+    at::Tensor x = x_in.detach().to(at::kFloat);
+    const float min_f = min_val_.item<float>();
+    const float max_f = max_val_.item<float>();
+    const bool same_values = min_f == max_f;
+    const bool uninitialized = std::isinf(min_f) && min_f > 0 && std::isinf(max_f) && max_f < 0;
+    if (uninitialized || same_values) {
+      auto [mn, mx] = at::aminmax(x);
+      min_val_ = mn.clone();
+      max_val_ = mx.clone();
+      histogram_ = at::histc(x, bins_, Truncate(mn), Truncate(mx));
+      return;
+    }
+    auto [new_min, new_max] = at::aminmax(x);
+    at::Tensor combined_min = at::min(new_min, min_val_);
+    at::Tensor combined_max = at::max(new_max, max_val_);
+    // _adjust_min_max: align the old histogram on a grid `upsample_rate`
+    // times finer; only the max is relaxed.
+    at::Tensor hist_bin_width = (max_val_ - min_val_) / static_cast<double>(bins_ * spec_.upsample_rate);
+    const int64_t downsample_rate = static_cast<int64_t>(
+        at::ceil((combined_max - combined_min) / (static_cast<double>(bins_) * hist_bin_width)).item<float>());
+    at::Tensor e = static_cast<double>(downsample_rate) * (static_cast<double>(bins_) * hist_bin_width) -
+                   (combined_max - combined_min);
+    combined_max = combined_max + e;
+    const int64_t start_idx = static_cast<int64_t>(at::round((min_val_ - combined_min) / hist_bin_width).item<float>());
+
+    at::Tensor combined = at::histc(x, bins_, Truncate(combined_min), Truncate(combined_max));
+    const bool same_range = combined_min.item<float>() == min_f && combined_max.item<float>() == max_f;
+    if (same_range) {
+      combined += histogram_;
+    } else {
+      combined = Combine(combined, histogram_, downsample_rate, start_idx);
+    }
+    histogram_ = combined;
+    min_val_ = combined_min;
+    max_val_ = combined_max;
+  }
+
+  absl::StatusOr<QParams> Compute() const override {
+    const float min_f = min_val_.item<float>();
+    const float max_f = max_val_.item<float>();
+    if (std::isinf(min_f) && std::isinf(max_f)) return absl::FailedPreconditionError("observer saw no data");
+    auto [new_min, new_max] = NonLinearParamSearch();
+    searched_min_ = new_min.item<float>();
+    searched_max_ = new_max.item<float>();
+    return CalculateQParams(spec_, new_min, new_max);
+  }
+
+  std::pair<float, float> ObservedRange() const override { return {searched_min_, searched_max_}; }
+
+ private:
+  // Python's int() on a 0-d tensor: truncation toward zero.
+  static double Truncate(const at::Tensor& t) { return static_cast<double>(static_cast<int64_t>(t.item<float>())); }
+
+  at::Tensor Combine(const at::Tensor& orig_hist, const at::Tensor& new_hist, int64_t downsample_rate,
+                     int64_t start_idx) const {
+    const int64_t upsample = spec_.upsample_rate;
+    at::Tensor upsampled = new_hist.repeat_interleave(upsample);
+    at::Tensor wide = at::zeros({bins_ * downsample_rate}, at::kFloat);
+    const int64_t begin = std::max<int64_t>(0, std::min(start_idx, wide.numel()));
+    const int64_t end = std::min<int64_t>(wide.numel(), start_idx + bins_ * upsample);
+    if (end > begin) wide.slice(0, begin, end).copy_(upsampled.slice(0, 0, end - begin));
+    at::Tensor integral = at::cumsum(wide, 0, at::kDouble).slice(0, downsample_rate - 1, c10::nullopt, downsample_rate);
+    at::Tensor shifted = at::zeros({bins_}, at::kFloat);
+    shifted.slice(0, 1, bins_).copy_(integral.slice(0, 0, -1));
+    at::Tensor interpolated = (integral - shifted) / static_cast<double>(upsample);
+    return orig_hist + interpolated.to(at::kFloat);
+  }
+
+  // _compute_quantization_error, element by element in float32 as PyTorch's
+  // tensor expressions compute it.
+  double QuantizationError(const float* hist, int64_t next_start_bin, int64_t next_end_bin) const {
+    const double bin_width = (static_cast<double>(max_val_.item<float>()) - static_cast<double>(min_val_.item<float>())) /
+                             static_cast<double>(bins_);
+    const double dst_bin_width = bin_width * static_cast<double>(next_end_bin - next_start_bin + 1) /
+                                 static_cast<double>(dst_nbins_);
+    if (dst_bin_width == 0.0) return 0.0;
+    const float bw = static_cast<float>(bin_width);
+    const float dbw = static_cast<float>(dst_bin_width);
+    const float half = static_cast<float>(dst_bin_width / 2);
+    const float neg_half = static_cast<float>(-dst_bin_width / 2);
+    const float max_dst = static_cast<float>(dst_nbins_ - 1);
+    const float full_norm = (half * half * half - neg_half * neg_half * neg_half) / 3.0f;
+    double total = 0.0;
+    for (int64_t i = 0; i < bins_; ++i) {
+      const float src_begin = static_cast<float>(i - next_start_bin) * bw;
+      const float src_end = src_begin + bw;
+      const float dst_of_begin = std::min(std::max(std::floor(src_begin / dbw), 0.0f), max_dst);
+      const float dst_of_begin_center = (dst_of_begin + 0.5f) * dbw;
+      const float dst_of_end = std::min(std::max(std::floor(src_end / dbw), 0.0f), max_dst);
+      const float density = hist[i] / bw;
+      float norm = 0.0f;
+      const float db1 = src_begin - dst_of_begin_center;
+      norm += density * ((half * half * half - db1 * db1 * db1) / 3.0f);
+      norm += (dst_of_end - dst_of_begin - 1.0f) * (density * full_norm);
+      const float dst_of_end_center = dst_of_end * dbw + half;
+      const float de3 = src_end - dst_of_end_center;
+      norm += density * ((de3 * de3 * de3 - neg_half * neg_half * neg_half) / 3.0f);
+      total += norm;
+    }
+    return static_cast<double>(static_cast<float>(total));
+  }
+
+  std::pair<at::Tensor, at::Tensor> NonLinearParamSearch() const {
+    at::Tensor bin_width = (max_val_ - min_val_) / static_cast<double>(bins_);
+    at::Tensor hist = histogram_.contiguous();
+    const float* h = hist.data_ptr<float>();
+    const double total = hist.sum().item<double>();
+    at::Tensor csum_t = at::cumsum(hist, 0).contiguous();
+    const float* csum = csum_t.data_ptr<float>();
+    const double stepsize = 1e-5;
+    double alpha = 0.0, beta = 1.0;
+    int64_t start_bin = 0, end_bin = bins_ - 1;
+    double norm_min = std::numeric_limits<double>::infinity();
+    while (alpha < beta) {
+      const double next_alpha = alpha + stepsize;
+      const double next_beta = beta - stepsize;
+      // cSum is non-decreasing, so PyTorch's linear scans are binary searches.
+      const float lo_threshold = static_cast<float>(next_alpha * total);
+      const float hi_threshold = static_cast<float>(next_beta * total);
+      int64_t l = std::lower_bound(csum + start_bin, csum + end_bin, lo_threshold) - csum;
+      // r: scanning down from end_bin while cSum[r] > hi and r > start_bin.
+      int64_t r = end_bin;
+      {
+        const float* first_above = std::upper_bound(csum + start_bin + 1, csum + end_bin + 1, hi_threshold);
+        r = std::max<int64_t>(start_bin, (first_above - csum) - 1);
+        if (first_above == csum + start_bin + 1) r = start_bin;
+      }
+      int64_t next_start_bin = start_bin, next_end_bin = end_bin;
+      if ((l - start_bin) > (end_bin - r)) {
+        next_start_bin = l;
+        alpha = next_alpha;
+      } else {
+        next_end_bin = r;
+        beta = next_beta;
+      }
+      if (next_start_bin == start_bin && next_end_bin == end_bin) continue;
+      const double norm = QuantizationError(h, next_start_bin, next_end_bin);
+      if (norm > norm_min) break;
+      norm_min = norm;
+      start_bin = next_start_bin;
+      end_bin = next_end_bin;
+    }
+    at::Tensor new_min = min_val_ + bin_width * static_cast<double>(start_bin);
+    at::Tensor new_max = min_val_ + bin_width * static_cast<double>(end_bin + 1);
+    return {new_min, new_max};
+  }
+
+  ObserverSpec spec_;
+  int64_t bins_;
+  int64_t dst_nbins_;
+  at::Tensor histogram_;
+  at::Tensor min_val_, max_val_;
+  mutable float searched_min_ = 0, searched_max_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Observer> NewHistogramObserver(const ObserverSpec& spec) {
+  return std::make_unique<HistogramObserver>(spec);
+}
+
+}  // namespace quantd::engine

@@ -1,0 +1,66 @@
+#ifndef QUANTD_WORKER_ENGINE_OBSERVERS_OBSERVER_H_
+#define QUANTD_WORKER_ENGINE_OBSERVERS_OBSERVER_H_
+
+// Observers record statistics of a tensor during calibration and turn them
+// into quantization parameters, with PyTorch 1.13's numerics
+// (torch/ao/quantization/observer.py): same float32 arithmetic, same order.
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace quantd::engine {
+
+enum class ObserverKind { kMinMax, kMovingAverageMinMax, kHistogram, kPerChannelMinMax };
+enum class QScheme { kPerTensorAffine, kPerTensorSymmetric, kPerChannelSymmetric, kPerChannelAffine };
+
+struct ObserverSpec {
+  ObserverKind kind = ObserverKind::kHistogram;
+  QScheme qscheme = QScheme::kPerTensorAffine;
+  bool signed_int8 = false;  // qint8 (weights) instead of quint8 (activations)
+  bool reduce_range = false; // 7-bit range: 0..127 or -64..63
+  double averaging_constant = 0.01;  // moving average
+  int64_t bins = 2048;               // histogram
+  int64_t upsample_rate = 128;       // histogram
+
+  std::string Describe() const;
+  int64_t quant_min() const;
+  int64_t quant_max() const;
+};
+
+struct QParams {
+  std::vector<float> scale;  // one per tensor, or one per output channel
+  std::vector<int64_t> zero_point;
+  bool per_channel = false;
+  bool signed_int8 = false;
+  int64_t quant_min = 0;
+  int64_t quant_max = 255;
+};
+
+class Observer {
+ public:
+  virtual ~Observer() = default;
+  virtual void Observe(const at::Tensor& x) = 0;
+  virtual absl::StatusOr<QParams> Compute() const = 0;
+  // The range the qparams were computed from (after any search).
+  virtual std::pair<float, float> ObservedRange() const = 0;
+};
+
+absl::StatusOr<std::unique_ptr<Observer>> MakeObserver(const ObserverSpec& spec);
+
+// UniformQuantizationObserverBase._calculate_qparams on float32 min/max
+// tensors (0-d for per-tensor, 1-d for per-channel).
+QParams CalculateQParams(const ObserverSpec& spec, const at::Tensor& min_val, const at::Tensor& max_val);
+
+std::unique_ptr<Observer> NewMinMaxObserver(const ObserverSpec& spec);
+std::unique_ptr<Observer> NewMovingAverageMinMaxObserver(const ObserverSpec& spec);
+std::unique_ptr<Observer> NewHistogramObserver(const ObserverSpec& spec);
+std::unique_ptr<Observer> NewPerChannelMinMaxObserver(const ObserverSpec& spec);
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_OBSERVERS_OBSERVER_H_

@@ -1,0 +1,34 @@
+#ifndef QUANTD_WORKER_ENGINE_PASSES_CALIBRATE_H_
+#define QUANTD_WORKER_ENGINE_PASSES_CALIBRATE_H_
+
+// Calibration: run the fused FP32 graph over the calibration set batch by
+// batch, feeding each observed value to its activation observer.
+
+#include <functional>
+#include <map>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/data/dataset.h"
+#include "worker/engine/ir/graph.h"
+#include "worker/engine/observers/observer.h"
+#include "worker/engine/passes/insert_observers.h"
+
+namespace quantd::engine {
+
+// Called after each batch with (batches done, total batches); returning
+// false cancels calibration at that batch boundary.
+using BatchProgress = std::function<bool(int64_t done, int64_t total)>;
+
+struct CalibrationResult {
+  std::map<int, QParams> qparams;                  // by observed value id
+  std::map<int, std::pair<float, float>> ranges;   // observer's chosen range
+  int64_t samples = 0;
+};
+
+absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,
+                                            const ObserverSpec& activation, Dataset* dataset, int64_t batch_size,
+                                            const BatchProgress& progress);
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_PASSES_CALIBRATE_H_

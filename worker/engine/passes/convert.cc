@@ -1,0 +1,172 @@
+#include "worker/engine/passes/convert.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
+
+namespace quantd::engine {
+namespace {
+
+struct QuantizedWeight {
+  at::Tensor weight;
+  QParams qparams;
+};
+
+absl::StatusOr<QuantizedWeight> QuantizeWeight(const Node& node, const QConfig& qconfig, const std::string& engine) {
+  const at::Tensor& w = node.inputs[1].constant.toTensor();
+  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Observer> observer, MakeObserver(qconfig.weight));
+  observer->Observe(w);
+  QUANTD_ASSIGN_OR_RETURN(QParams q, observer->Compute());
+  for (int64_t zp : q.zero_point) {
+    if (zp != 0 && engine == "onednn") {
+      return absl::InvalidArgumentError(absl::StrCat("'", node.name, "': weight observer ", qconfig.weight.Describe(),
+                                                     " gives non-zero weight zero points, which the onednn kernels "
+                                                     "reject; use a symmetric weight observer or kernel engine qnnpack"));
+    }
+  }
+  QuantizedWeight out;
+  out.qparams = q;
+  if (q.per_channel) {
+    at::Tensor scales = at::tensor(q.scale, at::kFloat).to(at::kDouble);
+    at::Tensor zps = at::tensor(q.zero_point, at::kLong);
+    out.weight = at::quantize_per_channel(w, scales, zps, 0, at::kQInt8);
+  } else {
+    out.weight = at::quantize_per_tensor(w, static_cast<double>(q.scale[0]), q.zero_point[0], at::kQInt8);
+  }
+  return out;
+}
+
+c10::IValue Prepack(const Node& node, const at::Tensor& qweight) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  torch::jit::Stack stack;
+  c10::IValue bias = node.inputs[2].constant;  // Tensor or None
+  if (node.kind == OpKind::kConv2d) {
+    stack = {qweight, bias, node.inputs[3].constant, node.inputs[4].constant, node.inputs[5].constant,
+             node.inputs[6].constant};
+    dispatcher.findSchemaOrThrow("quantized::conv2d_prepack", "").callBoxed(stack);
+  } else {
+    stack = {qweight, bias};
+    dispatcher.findSchemaOrThrow("quantized::linear_prepack", "").callBoxed(stack);
+  }
+  return stack.at(0);
+}
+
+std::string Int8OpName(const Node& node) {
+  return absl::StrCat(OpKindName(node.kind), node.fused_relu ? "_relu" : "");
+}
+
+}  // namespace
+
+absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan,
+                                const std::map<int, QParams>& activation_qparams, const QConfig& qconfig,
+                                const std::string& kernel_engine, std::vector<LayerQParams>* layers) {
+  Program program;
+  program.inputs = graph.inputs;
+  program.input_types = graph.input_types;
+  program.output_is_tuple = graph.output_is_tuple;
+  program.num_slots = graph.num_values;
+  program.kernel_engine = kernel_engine;
+
+  std::map<int, std::string> producer;  // value -> name, for instruction names
+  for (size_t i = 0; i < graph.inputs.size(); ++i) producer[graph.inputs[i]] = graph.input_names[i];
+  for (const Node& node : graph.nodes) {
+    if (!node.removed) {
+      for (int v : node.outputs) producer[v] = node.name;
+    }
+  }
+  auto qparams_of = [&](int value) -> absl::StatusOr<const QParams*> {
+    auto it = activation_qparams.find(value);
+    if (it == activation_qparams.end()) {
+      return absl::InternalError(absl::StrCat("no observer for the output of '", producer[value], "'"));
+    }
+    return &it->second;
+  };
+
+  std::map<int, int> quantized_slot, dequantized_slot;
+  auto int8_input = [&](int value) -> absl::StatusOr<int> {
+    if (plan.int8_value[static_cast<size_t>(value)]) return value;
+    auto it = quantized_slot.find(value);
+    if (it != quantized_slot.end()) return it->second;
+    QUANTD_ASSIGN_OR_RETURN(const QParams* q, qparams_of(value));
+    Instr instr;
+    instr.kind = InstrKind::kQuantize;
+    instr.name = absl::StrCat("quantize:", producer[value]);
+    instr.inputs = {Operand::Value(value)};
+    instr.scale = static_cast<double>(q->scale[0]);
+    instr.zero_point = q->zero_point[0];
+    instr.outputs = {program.num_slots++};
+    quantized_slot[value] = instr.outputs[0];
+    layers->push_back({instr.name, "quantize", instr.scale, instr.zero_point, {}, {}});
+    program.instrs.push_back(std::move(instr));
+    return quantized_slot[value];
+  };
+  std::function<void(Operand*)> to_fp32 = [&](Operand* operand) {
+    if (operand->kind == Operand::Kind::kValue && plan.int8_value[static_cast<size_t>(operand->value)]) {
+      auto it = dequantized_slot.find(operand->value);
+      if (it == dequantized_slot.end()) {
+        Instr instr;
+        instr.kind = InstrKind::kDequantize;
+        instr.name = absl::StrCat("dequantize:", producer[operand->value]);
+        instr.inputs = {Operand::Value(operand->value)};
+        instr.outputs = {program.num_slots++};
+        it = dequantized_slot.emplace(operand->value, instr.outputs[0]).first;
+        program.instrs.push_back(std::move(instr));
+      }
+      operand->value = it->second;
+    }
+    for (Operand& item : operand->items) to_fp32(&item);
+  };
+
+  for (const Node& node : graph.nodes) {
+    if (node.removed) continue;
+    const NodeRole role = plan.roles[static_cast<size_t>(node.id)];
+    Instr instr;
+    instr.name = node.name;
+    instr.node_id = node.id;
+    instr.outputs = node.outputs;
+    instr.jit_node = node.jit_node;
+    if (role == NodeRole::kInt8) {
+      QUANTD_ASSIGN_OR_RETURN(const QParams* out_q, qparams_of(node.outputs[0]));
+      instr.scale = static_cast<double>(out_q->scale[0]);
+      instr.zero_point = out_q->zero_point[0];
+      instr.relu = node.fused_relu;
+      LayerQParams layer{node.name, Int8OpName(node), instr.scale, instr.zero_point, {}, {}};
+      if (node.kind == OpKind::kAdd) {
+        instr.kind = InstrKind::kAdd;
+        QUANTD_ASSIGN_OR_RETURN(int a, int8_input(node.inputs[0].value));
+        QUANTD_ASSIGN_OR_RETURN(int b, int8_input(node.inputs[1].value));
+        instr.inputs = {Operand::Value(a), Operand::Value(b)};
+      } else {
+        instr.kind = node.kind == OpKind::kConv2d ? InstrKind::kConv2d : InstrKind::kLinear;
+        QUANTD_ASSIGN_OR_RETURN(int x, int8_input(node.inputs[0].value));
+        instr.inputs = {Operand::Value(x)};
+        QUANTD_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeWeight(node, qconfig, kernel_engine));
+        absl::Status packed = TorchTry(absl::StrCat("prepacking the weights of '", node.name, "'"), [&]() {
+          instr.packed = Prepack(node, qw.weight);
+          return absl::OkStatus();
+        });
+        if (!packed.ok()) return packed;
+        layer.weight_scales = qw.qparams.scale;
+        layer.weight_zero_points = qw.qparams.zero_point;
+      }
+      layers->push_back(std::move(layer));
+    } else {
+      instr.kind = InstrKind::kOp;
+      instr.inputs = node.inputs;
+      if (role == NodeRole::kPassThrough) {
+        instr.on_int8 = true;
+      } else {
+        for (Operand& in : instr.inputs) to_fp32(&in);
+      }
+    }
+    program.instrs.push_back(std::move(instr));
+  }
+  program.outputs = graph.outputs;
+  for (Operand& out : program.outputs) to_fp32(&out);
+  return program;
+}
+
+}  // namespace quantd::engine

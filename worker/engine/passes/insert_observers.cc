@@ -1,0 +1,82 @@
+#include "worker/engine/passes/insert_observers.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace quantd::engine {
+namespace {
+
+bool IsPassThrough(OpKind kind) {
+  switch (kind) {
+    case OpKind::kRelu:
+    case OpKind::kPad:
+    case OpKind::kAvgPool2d:
+    case OpKind::kAdaptiveAvgPool2d:
+    case OpKind::kMaxPool2d:
+    case OpKind::kFlatten:
+    case OpKind::kDropout:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The activation inputs an int8 op reads (weights are constants).
+std::vector<int> ActivationInputs(const Node& node) {
+  if (node.kind == OpKind::kAdd) return {node.inputs[0].value, node.inputs[1].value};
+  return {node.inputs[0].value};
+}
+
+bool ProducesTensor(const Node& node) {
+  return !node.outputs.empty() && node.jit_node->outputs()[0]->type()->isSubtypeOf(*c10::TensorType::get());
+}
+
+std::string Fp32Reason(const Node& node, bool input_is_int8) {
+  switch (node.kind) {
+    case OpKind::kSoftmax:
+      return "softmax stays FP32 in this recipe (eager mode dequantizes before it)";
+    case OpKind::kBatchNorm:
+      return "batch_norm not fused into a conv has no int8 kernel here";
+    case OpKind::kGeneric:
+      return absl::StrCat("no int8 kernel for ", node.OpName());
+    default:
+      return input_is_int8 ? "unsupported arguments for the int8 kernel" : "its input is FP32";
+  }
+}
+
+}  // namespace
+
+QuantizationPlan PlanQuantization(const Graph& graph) {
+  QuantizationPlan plan;
+  plan.roles.assign(graph.nodes.size(), NodeRole::kFp32);
+  plan.int8_value.assign(static_cast<size_t>(graph.num_values), false);
+  auto observe = [&](int value) {
+    if (std::find(plan.observed_values.begin(), plan.observed_values.end(), value) == plan.observed_values.end()) {
+      plan.observed_values.push_back(value);
+    }
+  };
+  for (const Node& node : graph.nodes) {
+    if (node.removed) continue;
+    const bool int8_kernel =
+        node.kind == OpKind::kConv2d || node.kind == OpKind::kLinear || node.kind == OpKind::kAdd;
+    const bool first_input_int8 = !node.inputs.empty() && node.inputs[0].kind == Operand::Kind::kValue &&
+                                  plan.int8_value[static_cast<size_t>(node.inputs[0].value)];
+    if (int8_kernel) {
+      plan.roles[static_cast<size_t>(node.id)] = NodeRole::kInt8;
+      for (int v : ActivationInputs(node)) {
+        if (!plan.int8_value[static_cast<size_t>(v)]) observe(v);
+      }
+      plan.int8_value[static_cast<size_t>(node.outputs[0])] = true;
+      observe(node.outputs[0]);
+    } else if (IsPassThrough(node.kind) && first_input_int8) {
+      plan.roles[static_cast<size_t>(node.id)] = NodeRole::kPassThrough;
+      plan.int8_value[static_cast<size_t>(node.outputs[0])] = true;
+    } else if (ProducesTensor(node)) {
+      plan.fallbacks.push_back({node.name, node.OpName(), Fp32Reason(node, first_input_int8)});
+    }
+  }
+  return plan;
+}
+
+}  // namespace quantd::engine

@@ -1,0 +1,40 @@
+#ifndef QUANTD_WORKER_ENGINE_PASSES_INSERT_OBSERVERS_H_
+#define QUANTD_WORKER_ENGINE_PASSES_INSERT_OBSERVERS_H_
+
+// Decides, for the fused graph, which ops run on int8 kernels, which values
+// are int8 and which FP32 values need an activation observer: the output of
+// every int8 op, and every FP32 value an int8 op reads (the model input
+// plays the part of eager mode's QuantStub, a fallback's output re-enters).
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "worker/engine/ir/graph.h"
+
+namespace quantd::engine {
+
+enum class NodeRole {
+  kInt8,         // conv2d / linear / add on int8 kernels with own output qparams
+  kPassThrough,  // runs on the int8 tensor, keeps its qparams (relu, pad, pooling, flatten)
+  kFp32,         // runs in FP32
+};
+
+struct Fallback {
+  std::string node;
+  std::string op;
+  std::string reason;
+};
+
+struct QuantizationPlan {
+  std::vector<NodeRole> roles;      // by node id
+  std::vector<bool> int8_value;     // by value id: int8 in the converted model
+  std::vector<int> observed_values; // FP32 values that get an activation observer, in graph order
+  std::vector<Fallback> fallbacks;  // every tensor op left in FP32
+};
+
+QuantizationPlan PlanQuantization(const Graph& graph);
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_PASSES_INSERT_OBSERVERS_H_

@@ -1,0 +1,314 @@
+#include "worker/engine/quantizer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/api/include/torch/version.h>
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <cmath>
+#include <map>
+#include <mutex>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "worker/engine/base/sha256.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
+#include "worker/engine/data/dataset.h"
+#include "worker/engine/ir/import_torchscript.h"
+#include "worker/engine/passes/calibrate.h"
+#include "worker/engine/passes/convert.h"
+#include "worker/engine/passes/fuse_modules.h"
+#include "worker/engine/passes/insert_observers.h"
+#include "worker/engine/qconfig/qconfig.h"
+#include "worker/engine/runtime/fp32_executor.h"
+#include "worker/engine/runtime/int8_program.h"
+#include "worker/engine/serialization/torchscript_writer.h"
+
+namespace quantd::engine {
+
+const char* PhaseName(Phase phase) {
+  switch (phase) {
+    case Phase::kLoading: return "loading";
+    case Phase::kFusing: return "fusing";
+    case Phase::kCalibrating: return "calibrating";
+    case Phase::kConverting: return "converting";
+    case Phase::kEvaluating: return "evaluating";
+    case Phase::kStoring: return "storing";
+  }
+  return "?";
+}
+
+namespace {
+
+// LibTorch's quantized engine is process-global and packs are made for the
+// engine current at prepack time: switching and prepacking are serialized.
+std::mutex& EngineMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+absl::StatusOr<at::QEngine> ParseEngine(const std::string& name) {
+  for (at::QEngine e : at::globalContext().supportedQEngines()) {
+    if (c10::toString(e) == name || (name == "onednn" && c10::toString(e) == "ONEDNN") ||
+        absl::AsciiStrToLower(c10::toString(e)) == name) {
+      return e;
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat("kernel engine '", name, "' is not compiled into this LibTorch (available: ",
+                                                 absl::StrJoin(AvailableKernelEngines(), ", "), ")"));
+}
+
+class PhaseClock {
+ public:
+  explicit PhaseClock(QuantizeReport* report) : report_(report) {}
+  void Start(const char* phase) {
+    Stop();
+    phase_ = phase;
+    start_ = absl::Now();
+  }
+  void Stop() {
+    if (phase_ != nullptr) report_->timings.push_back({phase_, absl::ToDoubleSeconds(absl::Now() - start_)});
+    phase_ = nullptr;
+  }
+
+ private:
+  QuantizeReport* report_;
+  const char* phase_ = nullptr;
+  absl::Time start_;
+};
+
+double Sqnr(double signal, double noise) {
+  if (noise <= 0) return std::numeric_limits<double>::infinity();
+  return 10.0 * std::log10(signal / noise);
+}
+
+}  // namespace
+
+struct QuantizedModel::Impl {
+  Graph fused;            // the fused FP32 graph (observers' view)
+  torch::jit::Module fp32_module;  // the untouched FP32 model
+  Program program;
+  std::unique_ptr<Int8Executor> executor;
+  QuantizeReport report;
+
+  // Runs `fn(logits, labels)` over a dataset in batches.
+  template <typename Fn>
+  absl::Status ForEachBatch(const DatasetSpec& spec, int64_t batch_size, const ProgressCallback& progress, Fn&& fn) const {
+    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(spec));
+    if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
+    const int64_t total = (dataset->size() + batch_size - 1) / batch_size;
+    at::NoGradGuard no_grad;
+    for (int64_t b = 0; b < total; ++b) {
+      const int64_t start = b * batch_size;
+      QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset->ReadBatch(start, std::min(batch_size, dataset->size() - start)));
+      QUANTD_RETURN_IF_ERROR(fn(batch));
+      if (progress && !progress({Phase::kEvaluating, b + 1, total})) return absl::CancelledError("evaluation cancelled");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Accuracy> Evaluate(const DatasetSpec& spec, int64_t batch_size, bool int8,
+                                    const ProgressCallback& progress) const {
+    Accuracy acc;
+    QUANTD_RETURN_IF_ERROR(ForEachBatch(spec, batch_size, progress, [&](const Batch& batch) -> absl::Status {
+      if (!batch.labels.defined()) return absl::InvalidArgumentError("the evaluation set has no labels");
+      at::Tensor out;
+      if (int8) {
+        QUANTD_ASSIGN_OR_RETURN(out, executor->Forward(batch.images));
+      } else {
+        QUANTD_RETURN_IF_ERROR(TorchTry("running the FP32 model", [&]() {
+          out = const_cast<torch::jit::Module&>(fp32_module).forward({batch.images}).toTensor();
+          return absl::OkStatus();
+        }));
+      }
+      acc.correct += out.argmax(1).eq(batch.labels).sum().item<int64_t>();
+      acc.total += batch.labels.numel();
+      return absl::OkStatus();
+    }));
+    return acc;
+  }
+};
+
+QuantizedModel::QuantizedModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+QuantizedModel::~QuantizedModel() = default;
+
+const QuantizeReport& QuantizedModel::report() const { return impl_->report; }
+
+absl::StatusOr<std::string> QuantizedModel::SerializeArtifact() {
+  QUANTD_ASSIGN_OR_RETURN(std::string bytes, SerializeProgram(impl_->program));
+  impl_->report.artifact_sha256 = Sha256Hex(bytes);
+  impl_->report.artifact_size_bytes = static_cast<int64_t>(bytes.size());
+  return bytes;
+}
+
+absl::StatusOr<Accuracy> QuantizedModel::EvaluateInt8(const DatasetSpec& dataset, int64_t batch_size,
+                                                      const ProgressCallback& progress) const {
+  return impl_->Evaluate(dataset, batch_size, /*int8=*/true, progress);
+}
+
+absl::StatusOr<Accuracy> QuantizedModel::EvaluateFp32(const DatasetSpec& dataset, int64_t batch_size,
+                                                      const ProgressCallback& progress) const {
+  return impl_->Evaluate(dataset, batch_size, /*int8=*/false, progress);
+}
+
+absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8(const DatasetSpec& dataset, int64_t batch_size) const {
+  std::vector<int64_t> predictions;
+  QUANTD_RETURN_IF_ERROR(impl_->ForEachBatch(dataset, batch_size, nullptr, [&](const Batch& batch) -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(at::Tensor out, impl_->executor->Forward(batch.images));
+    at::Tensor arg = out.argmax(1).contiguous();
+    predictions.insert(predictions.end(), arg.data_ptr<int64_t>(), arg.data_ptr<int64_t>() + arg.numel());
+    return absl::OkStatus();
+  }));
+  return predictions;
+}
+
+void SetIntraOpThreads(int threads) { at::set_num_threads(std::max(1, threads)); }
+int IntraOpThreads() { return at::get_num_threads(); }
+
+std::vector<std::string> AvailableKernelEngines() {
+  std::vector<std::string> names;
+  for (at::QEngine e : at::globalContext().supportedQEngines()) {
+    if (e == at::QEngine::NoQEngine) continue;
+    names.push_back(absl::AsciiStrToLower(c10::toString(e)));
+  }
+  return names;
+}
+
+absl::StatusOr<std::string> KernelEngineFor(const std::string& preset, const std::string& requested) {
+  const std::vector<std::string> available = AvailableKernelEngines();
+  auto has = [&](const std::string& e) { return std::find(available.begin(), available.end(), e) != available.end(); };
+  if (!requested.empty()) {
+    if (!has(requested)) {
+      return absl::InvalidArgumentError(absl::StrCat("kernel_engine '", requested, "' is not compiled into this LibTorch (available: ",
+                                                     absl::StrJoin(available, ", "), ")"));
+    }
+    return requested;
+  }
+  std::vector<std::string> preference;
+  if (preset == "x86") preference = {"x86", "fbgemm", "onednn", "qnnpack"};
+  else if (preset == "fbgemm") preference = {"fbgemm", "x86", "onednn", "qnnpack"};
+  else preference = {"onednn", "x86", "fbgemm", "qnnpack"};
+  for (const std::string& e : preference) {
+    if (has(e)) return e;
+  }
+  return absl::FailedPreconditionError("this LibTorch has no quantized kernel engine");
+}
+
+std::string TorchVersion() { return TORCH_VERSION; }
+
+absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options) {
+  auto impl = std::make_unique<QuantizedModel::Impl>();
+  QuantizeReport& report = impl->report;
+  report.torch_version = TorchVersion();
+  report.quantd_version = "0.1.0";
+  report.intra_op_threads = IntraOpThreads();
+  report.calibration_batch_size = options.batch_size;
+  PhaseClock clock(&report);
+  auto enter = [&](Phase phase) -> absl::Status {
+    clock.Start(PhaseName(phase));
+    if (options.progress && !options.progress({phase, 0, 0})) {
+      return absl::CancelledError(absl::StrCat("cancelled before ", PhaseName(phase)));
+    }
+    return absl::OkStatus();
+  };
+
+  QConfig qconfig;
+  if (!options.qconfig.preset.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(qconfig, QConfigPreset(options.qconfig.preset));
+  } else {
+    QUANTD_ASSIGN_OR_RETURN(qconfig, CustomQConfig(options.qconfig.activation_observer, options.qconfig.weight_observer,
+                                                   options.qconfig.reduce_range));
+  }
+  report.qconfig_name = qconfig.name;
+  report.qconfig_description = qconfig.Describe();
+  QUANTD_ASSIGN_OR_RETURN(report.kernel_engine, KernelEngineFor(options.qconfig.preset, options.kernel_engine));
+  QUANTD_ASSIGN_OR_RETURN(at::QEngine engine, ParseEngine(report.kernel_engine));
+
+  QUANTD_RETURN_IF_ERROR(enter(Phase::kLoading));
+  QUANTD_ASSIGN_OR_RETURN(report.model_sha256, Sha256File(options.model_path));
+  QUANTD_ASSIGN_OR_RETURN(impl->fused, ImportTorchScriptFile(options.model_path));
+  // A second, untouched load is the FP32 reference.
+  QUANTD_RETURN_IF_ERROR(TorchTry("loading the FP32 model", [&]() {
+    impl->fp32_module = torch::jit::load(options.model_path);
+    impl->fp32_module.eval();
+    return absl::OkStatus();
+  }));
+  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> calibration, OpenDataset(options.calibration));
+  QUANTD_ASSIGN_OR_RETURN(report.calibration_sha256, calibration->Fingerprint());
+
+  QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));
+  QUANTD_ASSIGN_OR_RETURN(report.fused_groups, FuseModules(&impl->fused, options.fusion));
+  const QuantizationPlan plan = PlanQuantization(impl->fused);
+  for (const Fallback& f : plan.fallbacks) report.fallbacks.push_back({f.node, f.op, f.reason});
+
+  QUANTD_RETURN_IF_ERROR(enter(Phase::kCalibrating));
+  const BatchProgress batch_progress = [&](int64_t done, int64_t total) {
+    return !options.progress || options.progress({Phase::kCalibrating, done, total});
+  };
+  QUANTD_ASSIGN_OR_RETURN(CalibrationResult calibrated, Calibrate(impl->fused, plan, qconfig.activation, calibration.get(),
+                                                                 options.batch_size, batch_progress));
+  report.calibration_samples = calibrated.samples;
+
+  QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));
+  std::vector<LayerQParams> layers;
+  {
+    std::lock_guard<std::mutex> lock(EngineMutex());
+    at::globalContext().setQEngine(engine);
+    QUANTD_ASSIGN_OR_RETURN(impl->program, Convert(impl->fused, plan, calibrated.qparams, qconfig, report.kernel_engine, &layers));
+  }
+  QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&impl->program));
+  impl->executor = std::make_unique<Int8Executor>(std::move(executor));
+
+  // Per-layer SQNR of each int8 op's output against the fused FP32 graph.
+  std::map<std::string, std::pair<double, double>> energy;  // name -> (signal, noise)
+  {
+    QUANTD_ASSIGN_OR_RETURN(Fp32Executor fp32, Fp32Executor::Create(&impl->fused));
+    std::map<int, std::string> int8_value_names;
+    for (const Node& n : impl->fused.nodes) {
+      if (!n.removed && plan.roles[static_cast<size_t>(n.id)] == NodeRole::kInt8) int8_value_names[n.outputs[0]] = n.name;
+    }
+    const int64_t batches = std::min<int64_t>(options.sqnr_batches, (calibration->size() + options.batch_size - 1) / options.batch_size);
+    at::NoGradGuard no_grad;
+    for (int64_t b = 0; b < batches; ++b) {
+      const int64_t start = b * options.batch_size;
+      QUANTD_ASSIGN_OR_RETURN(Batch batch, calibration->ReadBatch(start, std::min(options.batch_size, calibration->size() - start)));
+      std::map<int, at::Tensor> reference;
+      auto fp32_out = fp32.Run({batch.images}, [&](int value, const at::Tensor& t) {
+        if (int8_value_names.count(value)) reference[value] = t;
+      });
+      if (!fp32_out.ok()) return fp32_out.status();
+      auto int8_out = impl->executor->Run({batch.images}, [&](const Instr& instr, const at::Tensor& t) {
+        if (instr.kind == InstrKind::kQuantize || instr.kind == InstrKind::kDequantize || instr.kind == InstrKind::kOp) return;
+        auto it = reference.find(instr.outputs[0]);
+        if (it == reference.end()) return;
+        at::Tensor ref = it->second.to(at::kDouble);
+        at::Tensor got = t.dequantize().to(at::kDouble);
+        auto& e = energy[instr.name];
+        e.first += ref.pow(2).sum().item<double>();
+        e.second += (ref - got).pow(2).sum().item<double>();
+      });
+      if (!int8_out.ok()) return int8_out.status();
+    }
+  }
+  for (const LayerQParams& l : layers) {
+    LayerReport layer{l.name, l.op, l.output_scale, l.output_zero_point, l.weight_scales, std::nullopt};
+    auto it = energy.find(l.name);
+    if (it != energy.end()) layer.sqnr_db = Sqnr(it->second.first, it->second.second);
+    report.layers.push_back(std::move(layer));
+  }
+
+  if (options.evaluation) {
+    QUANTD_RETURN_IF_ERROR(enter(Phase::kEvaluating));
+    QUANTD_ASSIGN_OR_RETURN(Accuracy fp32, impl->Evaluate(*options.evaluation, options.evaluation_batch_size, false, options.progress));
+    QUANTD_ASSIGN_OR_RETURN(Accuracy int8, impl->Evaluate(*options.evaluation, options.evaluation_batch_size, true, options.progress));
+    report.fp32_accuracy = fp32;
+    report.int8_accuracy = int8;
+  }
+  clock.Stop();
+  return std::unique_ptr<QuantizedModel>(new QuantizedModel(std::move(impl)));
+}
+
+}  // namespace quantd::engine

@@ -1,0 +1,95 @@
+#ifndef QUANTD_WORKER_ENGINE_QUANTIZER_H_
+#define QUANTD_WORKER_ENGINE_QUANTIZER_H_
+
+// The engine's front door: post-training static int8 quantization of a
+// TorchScript model (fuse -> insert observers -> calibrate -> convert), the
+// int8 runtime, and the artifact. No LibTorch types in this header.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/data/dataset_spec.h"
+#include "worker/engine/passes/fusion_spec.h"
+#include "worker/engine/report.h"
+
+namespace quantd::engine {
+
+// A preset (fbgemm | x86 | onednn | qnnpack), or, with `preset` empty, a custom
+// choice of observers.
+struct QConfigChoice {
+  std::string preset = "fbgemm";
+  std::string activation_observer = "histogram";  // minmax | moving_average_minmax | histogram
+  std::string weight_observer = "per_channel_symmetric";  // | per_tensor_symmetric | per_tensor_affine
+  bool reduce_range = false;
+};
+
+enum class Phase { kLoading, kFusing, kCalibrating, kConverting, kEvaluating, kStoring };
+const char* PhaseName(Phase phase);
+
+struct ProgressEvent {
+  Phase phase = Phase::kLoading;
+  int64_t batches_done = 0;
+  int64_t batches_total = 0;
+};
+// Called at each phase start and after each calibration/evaluation batch;
+// returning false cancels the run at that point (absl::CancelledError).
+using ProgressCallback = std::function<bool(const ProgressEvent&)>;
+
+struct QuantizeOptions {
+  std::string model_path;
+  DatasetSpec calibration;
+  QConfigChoice qconfig;
+  FusionSpec fusion;
+  int64_t batch_size = 100;        // calibration batches (PyTorch's recipe uses 100)
+  int64_t sqnr_batches = 2;        // calibration batches used for the per-layer SQNR
+  std::string kernel_engine;       // "" = the best one compiled in for the preset
+  std::optional<DatasetSpec> evaluation;  // FP32 and int8 top-1 on this labeled set
+  int64_t evaluation_batch_size = 256;
+  ProgressCallback progress;
+};
+
+class QuantizedModel {
+ public:
+  ~QuantizedModel();
+  QuantizedModel(const QuantizedModel&) = delete;
+  QuantizedModel& operator=(const QuantizedModel&) = delete;
+
+  const QuantizeReport& report() const;
+  // The TorchScript artifact's bytes; fills the report's artifact sha256/size.
+  absl::StatusOr<std::string> SerializeArtifact();
+  // Top-1 of the int8 model on a labeled dataset.
+  absl::StatusOr<Accuracy> EvaluateInt8(const DatasetSpec& dataset, int64_t batch_size,
+                                        const ProgressCallback& progress = nullptr) const;
+  absl::StatusOr<Accuracy> EvaluateFp32(const DatasetSpec& dataset, int64_t batch_size,
+                                        const ProgressCallback& progress = nullptr) const;
+  // Argmax predictions of the int8 model for every sample of a dataset.
+  absl::StatusOr<std::vector<int64_t>> PredictInt8(const DatasetSpec& dataset, int64_t batch_size) const;
+
+  struct Impl;
+
+ private:
+  friend absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options);
+  explicit QuantizedModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options);
+
+// Process-wide LibTorch settings: intra-op threads (LibTorch defaults to 1
+// here; 2 OpenMP threads on a busy 2-core machine can be 100x slower).
+void SetIntraOpThreads(int threads);
+int IntraOpThreads();
+std::vector<std::string> AvailableKernelEngines();
+// The kernel engine a preset runs on: its own engine where compiled in,
+// otherwise the best one available (onednn for fbgemm/x86 numerics here).
+absl::StatusOr<std::string> KernelEngineFor(const std::string& preset, const std::string& requested);
+std::string TorchVersion();
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_QUANTIZER_H_

@@ -1,0 +1,64 @@
+#ifndef QUANTD_WORKER_ENGINE_RUNTIME_INT8_PROGRAM_H_
+#define QUANTD_WORKER_ENGINE_RUNTIME_INT8_PROGRAM_H_
+
+// The converted model: a straight-line program of LibTorch quantized kernel
+// calls on prepacked weights, plus quantize/dequantize around FP32 fallbacks.
+// Executed directly (no TorchScript interpreter); serialization turns the
+// same program into a TorchScript module.
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/ir/graph.h"
+
+namespace quantd::engine {
+
+enum class InstrKind { kQuantize, kDequantize, kConv2d, kLinear, kAdd, kOp };
+
+struct Instr {
+  InstrKind kind = InstrKind::kOp;
+  std::string name;  // the IR node (or, for quantize/dequantize, the value) it stands for
+  int node_id = -1;
+  std::vector<Operand> inputs;  // value ids are program slots
+  std::vector<int> outputs;
+  bool relu = false;           // conv2d_relu / linear_relu / add_relu
+  double scale = 1.0;          // output (or quantize) scale
+  int64_t zero_point = 0;
+  c10::ScalarType dtype = c10::ScalarType::QUInt8;
+  c10::IValue packed;          // prepacked weights (conv2d / linear)
+  torch::jit::Node* jit_node = nullptr;  // kOp: the original op
+  bool on_int8 = false;        // kOp that runs on int8 tensors (relu, pooling, ...)
+};
+
+struct Program {
+  std::vector<Instr> instrs;
+  std::vector<int> inputs;
+  std::vector<c10::TypePtr> input_types;
+  std::vector<Operand> outputs;
+  bool output_is_tuple = false;
+  int num_slots = 0;
+  std::string kernel_engine;
+};
+
+using SlotTap = std::function<void(const Instr& instr, const at::Tensor& output)>;
+
+class Int8Executor {
+ public:
+  static absl::StatusOr<Int8Executor> Create(const Program* program);
+  absl::StatusOr<std::vector<c10::IValue>> Run(const std::vector<c10::IValue>& inputs, const SlotTap& tap = nullptr) const;
+  // Convenience for single-input, single-output models.
+  absl::StatusOr<at::Tensor> Forward(const at::Tensor& input) const;
+
+ private:
+  const Program* program_ = nullptr;
+  mutable std::vector<torch::jit::Operation> ops_;  // kOp, by instruction index
+  std::vector<c10::OperatorHandle> kernels_;    // quantized::*, by instruction index
+};
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_RUNTIME_INT8_PROGRAM_H_

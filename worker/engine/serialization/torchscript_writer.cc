@@ -1,0 +1,226 @@
+#include "worker/engine/serialization/torchscript_writer.h"
+
+#include <torch/csrc/jit/frontend/resolver.h>
+#include <torch/csrc/jit/frontend/sugared_value.h>
+#include <torch/csrc/jit/serialization/export.h>
+
+#include <cctype>
+#include <cstdio>
+#include <map>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
+
+namespace quantd::engine {
+namespace {
+
+namespace jit = torch::jit;
+
+// `ops.<namespace>.<op>` in the generated source, as TorchScript's own
+// importer resolves it.
+struct OpsNamespaces : public jit::SugaredValue {
+  std::string kind() const override { return "ops"; }
+  std::shared_ptr<jit::SugaredValue> attr(const jit::SourceRange&, jit::GraphFunction&, const std::string& field) override {
+    return std::make_shared<jit::BuiltinModule>(field);
+  }
+};
+
+struct ArtifactResolver : public jit::Resolver {
+  std::shared_ptr<jit::SugaredValue> resolveValue(const std::string& name, jit::GraphFunction&,
+                                                  const jit::SourceRange&) override {
+    if (name == "torch") return std::make_shared<jit::BuiltinModule>("aten");
+    if (name == "ops") return std::make_shared<OpsNamespaces>();
+    return nullptr;
+  }
+  c10::TypePtr resolveType(const std::string&, const jit::SourceRange&) override { return nullptr; }
+};
+
+std::string Identifier(const std::string& name) {
+  std::string out;
+  for (char c : name) out.push_back(std::isalnum(static_cast<unsigned char>(c)) ? c : '_');
+  if (out.empty() || std::isdigit(static_cast<unsigned char>(out[0]))) out = "_" + out;
+  return out;
+}
+
+std::string DoubleLiteral(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%.17g", v);
+  std::string s = buf;
+  if (s.find_first_of(".eE") == std::string::npos && s.find("inf") == std::string::npos && s.find("nan") == std::string::npos) {
+    s += ".0";
+  }
+  return s;
+}
+
+class SourceBuilder {
+ public:
+  explicit SourceBuilder(jit::Module* module) : module_(module) {}
+
+  absl::StatusOr<std::string> Build(const Program& program) {
+    std::vector<std::string> params;
+    for (size_t i = 0; i < program.inputs.size(); ++i) {
+      params.push_back(absl::StrCat(Slot(program.inputs[i]), ": ", program.input_types[i]->annotation_str()));
+    }
+    std::ostringstream src;
+    src << "def forward(self, " << absl::StrJoin(params, ", ") << "):\n";
+    for (const Instr& instr : program.instrs) {
+      QUANTD_ASSIGN_OR_RETURN(std::string line, Line(instr));
+      src << "    " << line << "\n";
+    }
+    std::vector<std::string> outs;
+    for (const Operand& o : program.outputs) {
+      QUANTD_ASSIGN_OR_RETURN(std::string text, Literal(o, nullptr));
+      outs.push_back(text);
+    }
+    if (program.output_is_tuple) {
+      src << "    return (" << absl::StrJoin(outs, ", ") << (outs.size() == 1 ? ",)" : ")") << "\n";
+    } else {
+      src << "    return " << outs.at(0) << "\n";
+    }
+    return src.str();
+  }
+
+ private:
+  static std::string Slot(int id) { return absl::StrCat("v", id); }
+
+  std::string Attribute(const std::string& base, const c10::TypePtr& type, const c10::IValue& value) {
+    std::string name = Identifier(base);
+    for (int i = 1; module_->hasattr(name); ++i) name = absl::StrCat(Identifier(base), "_", i);
+    module_->register_attribute(name, type, value);
+    return absl::StrCat("self.", name);
+  }
+
+  absl::StatusOr<std::string> Line(const Instr& instr) {
+    std::vector<std::string> outs;
+    for (int o : instr.outputs) outs.push_back(Slot(o));
+    const std::string lhs = absl::StrJoin(outs, ", ");
+    auto in = [&](size_t i) { return Slot(instr.inputs[i].value); };
+    auto qparams = [&]() {
+      const std::string s = Attribute(instr.name + "_scale", c10::FloatType::get(), instr.scale);
+      const std::string z = Attribute(instr.name + "_zero_point", c10::IntType::get(), instr.zero_point);
+      return absl::StrCat(s, ", ", z);
+    };
+    const std::string relu = instr.relu ? "_relu" : "";
+    switch (instr.kind) {
+      case InstrKind::kQuantize:
+        return absl::StrCat(lhs, " = torch.quantize_per_tensor(", in(0), ", ", qparams(), ", ",
+                            static_cast<int>(instr.dtype), ")");
+      case InstrKind::kDequantize:
+        return absl::StrCat(lhs, " = torch.dequantize(", in(0), ")");
+      case InstrKind::kConv2d:
+      case InstrKind::kLinear: {
+        const std::string packed = Attribute(instr.name + "_packed", instr.packed.type(), instr.packed);
+        const char* op = instr.kind == InstrKind::kConv2d ? "conv2d" : "linear";
+        return absl::StrCat(lhs, " = ops.quantized.", op, relu, "(", in(0), ", ", packed, ", ", qparams(), ")");
+      }
+      case InstrKind::kAdd:
+        return absl::StrCat(lhs, " = ops.quantized.add", relu, "(", in(0), ", ", in(1), ", ", qparams(), ")");
+      case InstrKind::kOp: {
+        const c10::Symbol op = instr.jit_node->kind();
+        std::vector<std::string> args;
+        const auto& schema_args = instr.jit_node->schema().arguments();
+        for (size_t i = 0; i < instr.inputs.size(); ++i) {
+          const c10::Argument* arg = i < schema_args.size() ? &schema_args[i] : nullptr;
+          QUANTD_ASSIGN_OR_RETURN(std::string text, Literal(instr.inputs[i], arg));
+          args.push_back(text);
+        }
+        std::string overload_free = op.toUnqualString();
+        return absl::StrCat(lhs, " = ops.", op.ns().toUnqualString(), ".", overload_free, "(",
+                            absl::StrJoin(args, ", "), ")");
+      }
+    }
+    return absl::InternalError("unknown instruction");
+  }
+
+  absl::StatusOr<std::string> Literal(const Operand& o, const c10::Argument* arg) {
+    if (o.kind == Operand::Kind::kValue) return Slot(o.value);
+    if (o.kind == Operand::Kind::kList) {
+      std::vector<std::string> items;
+      for (const Operand& item : o.items) {
+        QUANTD_ASSIGN_OR_RETURN(std::string text, Literal(item, nullptr));
+        items.push_back(text);
+      }
+      if (o.list_type->kind() == c10::TypeKind::TupleType) {
+        return absl::StrCat("(", absl::StrJoin(items, ", "), items.size() == 1 ? ",)" : ")");
+      }
+      return absl::StrCat("[", absl::StrJoin(items, ", "), "]");
+    }
+    return ConstantLiteral(o.constant, o.constant_name, arg);
+  }
+
+  absl::StatusOr<std::string> ConstantLiteral(const c10::IValue& v, const std::string& name, const c10::Argument* arg) {
+    if (v.isNone()) return std::string("None");
+    if (v.isBool()) return std::string(v.toBool() ? "True" : "False");
+    if (v.isInt()) return absl::StrCat(v.toInt());
+    if (v.isDouble()) return DoubleLiteral(v.toDouble());
+    if (v.isString()) {
+      std::string s = "\"";
+      for (char c : v.toStringRef()) {
+        if (c == '"' || c == '\\') s.push_back('\\');
+        s.push_back(c);
+      }
+      return s + "\"";
+    }
+    if (v.isTensor()) {
+      return Attribute(name.empty() ? "constant" : name, c10::TensorType::get(), v);
+    }
+    if (v.isList()) {
+      auto list = v.toListRef();
+      if (list.empty()) {
+        if (arg == nullptr) return absl::InvalidArgumentError("cannot write an untyped empty list");
+        return absl::StrCat("annotate(", arg->type()->annotation_str(), ", [])");
+      }
+      std::vector<std::string> items;
+      for (const c10::IValue& item : list) {
+        QUANTD_ASSIGN_OR_RETURN(std::string text, ConstantLiteral(item, name, nullptr));
+        items.push_back(text);
+      }
+      return absl::StrCat("[", absl::StrJoin(items, ", "), "]");
+    }
+    if (v.isTuple()) {
+      std::vector<std::string> items;
+      for (const c10::IValue& item : v.toTupleRef().elements()) {
+        QUANTD_ASSIGN_OR_RETURN(std::string text, ConstantLiteral(item, name, nullptr));
+        items.push_back(text);
+      }
+      return absl::StrCat("(", absl::StrJoin(items, ", "), items.size() == 1 ? ",)" : ")");
+    }
+    return absl::InvalidArgumentError(absl::StrCat("cannot write a constant of type ", v.tagKind(), " into the artifact"));
+  }
+
+  jit::Module* module_;
+};
+
+}  // namespace
+
+absl::StatusOr<torch::jit::Module> ProgramToModule(const Program& program) {
+  jit::Module module(c10::QualifiedName("__torch__.quantd.Int8Model"));
+  std::string source;
+  absl::Status status = TorchTry("building the TorchScript artifact", [&]() {
+    SourceBuilder builder(&module);
+    QUANTD_ASSIGN_OR_RETURN(source, builder.Build(program));
+    module.define(source, std::make_shared<ArtifactResolver>());
+    module.eval();
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return absl::InternalError(absl::StrCat(status.message(), "\n", source));
+  return module;
+}
+
+absl::StatusOr<std::string> SerializeProgram(const Program& program) {
+  QUANTD_ASSIGN_OR_RETURN(jit::Module module, ProgramToModule(program));
+  std::string bytes;
+  absl::Status status = TorchTry("saving the TorchScript artifact", [&]() {
+    std::ostringstream out;
+    module.save(out);
+    bytes = out.str();
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return bytes;
+}
+
+}  // namespace quantd::engine
