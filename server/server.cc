@@ -133,6 +133,9 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default on Linux: a second quantd on the same
+  // port would then start "fine" and steal half the connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   std::string grpc_address = HostPort(options.bind_address, options.grpc_port);
   builder.AddListeningPort(grpc_address, grpc::InsecureServerCredentials(),
                            &server->grpc_port_);

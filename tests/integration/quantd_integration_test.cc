@@ -1,0 +1,277 @@
+// Starts the real quantd binary on ephemeral ports and talks to it only with
+// outside tools: a third-party Node.js reflection client, quantctl, plain
+// HTTP for /metrics, promtool, and signals.
+
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "tests/integration/test_util/http_get.h"
+#include "tests/integration/test_util/subprocess.h"
+
+namespace quantd {
+namespace {
+
+using ::quantd::test_util::HttpGet;
+using ::quantd::test_util::MakeTempDir;
+using ::quantd::test_util::ReadFileOrEmpty;
+using ::quantd::test_util::RunCommand;
+using ::quantd::test_util::Subprocess;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::IsSupersetOf;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(30);
+constexpr absl::Duration kCommandTimeout = absl::Seconds(60);
+// civetweb (behind prometheus::Exposer) needs ~2 s to stop.
+constexpr absl::Duration kShutdownTimeout = absl::Seconds(15);
+
+// A quantd process on ephemeral ports with its own data dir.
+class QuantdProcess {
+ public:
+  // `extra_flags` are appended to the command line.
+  static std::unique_ptr<QuantdProcess> Start(const std::vector<std::string>& extra_flags = {}) {
+    auto process = std::unique_ptr<QuantdProcess>(new QuantdProcess());
+    process->dir_ = MakeTempDir("quantd_it");
+    EXPECT_FALSE(process->dir_.empty());
+    std::vector<std::string> argv = {QUANTD_BIN,
+                                     "--bind_address=127.0.0.1",
+                                     "--grpc_port=0",
+                                     "--metrics_port=0",
+                                     "--data_dir=" + process->dir_ + "/data",
+                                     "--port_file=" + process->port_file(),
+                                     "--shutdown_grace_seconds=5"};
+    argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+    Subprocess::Options options;
+    options.stderr_path = process->log_path();
+    auto child = Subprocess::Start(argv, options);
+    EXPECT_TRUE(child.ok()) << child.status();
+    if (!child.ok()) return nullptr;
+    process->child_ = std::move(*child);
+    return process;
+  }
+
+  ~QuantdProcess() {
+    child_.reset();  // kills it if a test left it running
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  // Polls until the port file appears (or the process dies, or time runs
+  // out). Returns false with the log in the failure message otherwise.
+  ::testing::AssertionResult WaitUntilListening() {
+    const absl::Time deadline = absl::Now() + kStartTimeout;
+    while (absl::Now() < deadline) {
+      if (std::optional<int> code = child_->Poll(); code.has_value()) {
+        return ::testing::AssertionFailure()
+               << "quantd exited with " << *code << " before listening; log:\n" << log();
+      }
+      if (std::filesystem::exists(port_file())) {
+        auto ports = nlohmann::json::parse(ReadFileOrEmpty(port_file()), nullptr, false);
+        if (ports.is_discarded()) {
+          return ::testing::AssertionFailure() << "bad port file " << ReadFileOrEmpty(port_file());
+        }
+        grpc_port_ = ports.at("grpc_port").get<int>();
+        metrics_port_ = ports.at("metrics_port").get<int>();
+        return ::testing::AssertionSuccess();
+      }
+      child_->WaitFor(absl::Milliseconds(20));  // poll interval; returns early on exit
+    }
+    return ::testing::AssertionFailure() << "quantd did not listen within "
+                                         << absl::FormatDuration(kStartTimeout) << "; log:\n"
+                                         << log();
+  }
+
+  std::string grpc_target() const { return absl::StrCat("127.0.0.1:", grpc_port_); }
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }
+  Subprocess& child() { return *child_; }
+  std::string log() const { return ReadFileOrEmpty(log_path()); }
+  std::string dir() const { return dir_; }
+
+ private:
+  QuantdProcess() = default;
+  std::string port_file() const { return dir_ + "/ports.json"; }
+  std::string log_path() const { return dir_ + "/quantd.log"; }
+
+  std::string dir_;
+  std::unique_ptr<Subprocess> child_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+};
+
+class QuantdIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    quantd_ = QuantdProcess::Start();
+    ASSERT_NE(quantd_, nullptr);
+    ASSERT_TRUE(quantd_->WaitUntilListening());
+  }
+
+  // quantctl against the server under test.
+  test_util::RunResult Quantctl(std::vector<std::string> args) {
+    std::vector<std::string> argv = {QUANTCTL_BIN, "--server=" + quantd_->grpc_target(),
+                                     "--timeout=10"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto result = RunCommand(argv, kCommandTimeout);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : test_util::RunResult{};
+  }
+
+  std::unique_ptr<QuantdProcess> quantd_;
+};
+
+TEST_F(QuantdIntegrationTest, ThirdPartyReflectionClientSeesTheApi) {
+  ASSERT_TRUE(std::filesystem::exists(NODE_BIN))
+      << "node not found at configure time (" << NODE_BIN << "); run scripts/setup.sh";
+  ASSERT_TRUE(std::filesystem::exists(std::string(NODE_DIR) + "/node_modules/grpc-js-reflection-client"))
+      << "npm packages missing in " << NODE_DIR << "; run scripts/setup.sh";
+  auto result = RunCommand({NODE_BIN, std::string(NODE_DIR) + "/reflection_probe.js", quantd_->grpc_target()},
+                    kCommandTimeout);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->exit_code, 0) << "stdout:\n" << result->out << "\nstderr:\n" << result->err;
+  auto report = nlohmann::json::parse(result->out, nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << result->out;
+  SCOPED_TRACE(report.dump(2));
+
+  // Listed by reflection.
+  EXPECT_THAT(report["services"].get<std::vector<std::string>>(),
+              IsSupersetOf({"quantd.v1.QuantizationService", "grpc.health.v1.Health"}));
+  // Described by reflection.
+  EXPECT_THAT(report["quantd_methods"].get<std::vector<std::string>>(),
+              IsSupersetOf({"QuantizeJob", "GetJob", "ListJobs", "WatchJob", "CancelJob",
+                            "DeleteJob", "UploadModel", "UploadDataset", "GetArtifact",
+                            "ListArtifacts", "DownloadArtifact", "Infer", "Evaluate"}));
+  EXPECT_EQ(report["quantize_job"]["request_type"], "quantd.v1.QuantizeJobRequest");
+  EXPECT_EQ(report["quantize_job"]["response_type"], "quantd.v1.Job");
+  EXPECT_THAT(report["quantize_job"]["request_fields"].get<std::vector<std::string>>(),
+              IsSupersetOf({"model", "qconfig", "fusion", "calibration", "preprocessing",
+                            "evaluation", "idempotency_key", "deadline"}));
+  EXPECT_THAT(report["health_methods"].get<std::vector<std::string>>(),
+              IsSupersetOf({"Check", "Watch"}));
+  // Health Check through the reflected descriptor.
+  EXPECT_EQ(report["health_check"]["server"], "SERVING");
+  EXPECT_EQ(report["health_check"]["quantd.v1.QuantizationService"], "SERVING");
+  EXPECT_EQ(report["health_check_unknown_code"], 5);  // NOT_FOUND
+  // Unimplemented RPCs say so, with a reason.
+  EXPECT_EQ(report["get_job"]["code"], 12);  // UNIMPLEMENTED
+  EXPECT_THAT(report["get_job"]["details"].get<std::string>(), HasSubstr("GetJob"));
+}
+
+TEST_F(QuantdIntegrationTest, QuantctlHealthPrintsServing) {
+  test_util::RunResult text = Quantctl({"health"});
+  EXPECT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_EQ(text.out, "SERVING\n");
+
+  test_util::RunResult json = Quantctl({"--json", "health"});
+  EXPECT_EQ(json.exit_code, 0) << json.err;
+  auto parsed = nlohmann::json::parse(json.out, nullptr, false);
+  ASSERT_FALSE(parsed.is_discarded()) << json.out;
+  EXPECT_EQ(parsed["status"], "SERVING");
+
+  test_util::RunResult service = Quantctl({"health", "--service=quantd.v1.QuantizationService"});
+  EXPECT_EQ(service.exit_code, 0) << service.err;
+  EXPECT_EQ(service.out, "SERVING\n");
+
+  test_util::RunResult unknown = Quantctl({"health", "--service=no.such.Service"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("unknown service"));
+}
+
+TEST_F(QuantdIntegrationTest, QuantctlFailsClearlyWithoutAServer) {
+  auto result = RunCommand({QUANTCTL_BIN, "--server=127.0.0.1:1", "--timeout=2", "health"},
+                    kCommandTimeout);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->exit_code, 1);
+  EXPECT_THAT(result->err, HasSubstr("127.0.0.1:1"));
+}
+
+TEST_F(QuantdIntegrationTest, MetricsEndpointPassesPromtool) {
+  ASSERT_TRUE(std::filesystem::exists(PROMTOOL_BIN))
+      << "promtool not found at configure time (" << PROMTOOL_BIN << "); run scripts/setup.sh";
+  // Some traffic first, so the per-RPC series exist.
+  EXPECT_EQ(Quantctl({"health"}).exit_code, 0);
+  EXPECT_EQ(Quantctl({"health"}).exit_code, 0);
+
+  auto response = HttpGet("127.0.0.1", quantd_->metrics_port(), "/metrics", absl::Seconds(10));
+  ASSERT_TRUE(response.ok()) << response.status();
+  ASSERT_EQ(response->status_code, 200) << response->headers;
+  const std::string& body = response->body;
+  EXPECT_THAT(body, HasSubstr("quantd_build_info{version=\""));
+  EXPECT_THAT(body, HasSubstr("quantd_grpc_requests_total{code=\"OK\","
+                              "method=\"grpc.health.v1.Health/Check\"} 2"));
+  EXPECT_THAT(body, HasSubstr("quantd_grpc_request_duration_seconds_bucket{"
+                              "method=\"grpc.health.v1.Health/Check\",le=\"+Inf\"} 2"));
+
+  std::string metrics_file = quantd_->dir() + "/metrics.txt";
+  {
+    std::ofstream out(metrics_file);
+    out << body;
+  }
+  auto check = RunCommand({PROMTOOL_BIN, "check", "metrics"}, kCommandTimeout, metrics_file);
+  ASSERT_TRUE(check.ok()) << check.status();
+  // promtool: 0 = fine, 1 = parse error, 3 = lint problems.
+  EXPECT_EQ(check->exit_code, 0) << "promtool check metrics:\n"
+                                 << check->out << check->err << "\nmetrics:\n" << body;
+}
+
+TEST_F(QuantdIntegrationTest, SigtermShutsDownGracefullyWithExitZero) {
+  ASSERT_EQ(Quantctl({"health"}).exit_code, 0);
+  ASSERT_TRUE(quantd_->child().Signal(SIGTERM));
+  std::optional<int> code = quantd_->child().WaitFor(kShutdownTimeout);
+  ASSERT_TRUE(code.has_value()) << "quantd still running "
+                                << absl::FormatDuration(kShutdownTimeout)
+                                << " after SIGTERM; log:\n" << quantd_->log();
+  EXPECT_EQ(*code, 0) << quantd_->log();
+  std::string log = quantd_->log();
+  EXPECT_THAT(log, HasSubstr("quantd: listening grpc=127.0.0.1:" +
+                             std::to_string(quantd_->grpc_port())));
+  EXPECT_THAT(log, HasSubstr("received SIGTERM"));
+  EXPECT_THAT(log, HasSubstr("quantd: stopped"));
+  // The port is closed now.
+  test_util::RunResult after = Quantctl({"--timeout=2", "health"});
+  EXPECT_NE(after.exit_code, 0);
+}
+
+TEST_F(QuantdIntegrationTest, SigintAlsoExitsZero) {
+  ASSERT_TRUE(quantd_->child().Signal(SIGINT));
+  std::optional<int> code = quantd_->child().WaitFor(kShutdownTimeout);
+  ASSERT_TRUE(code.has_value()) << quantd_->log();
+  EXPECT_EQ(*code, 0) << quantd_->log();
+}
+
+TEST_F(QuantdIntegrationTest, SecondServerOnTheSamePortFailsClearly) {
+  auto second = QuantdProcess::Start({"--grpc_port=" + std::to_string(quantd_->grpc_port()),
+                                      "--metrics_port=-1"});
+  ASSERT_NE(second, nullptr);
+  // QuantdProcess passes --grpc_port=0 first; the later flag wins.
+  std::optional<int> code = second->child().WaitFor(kStartTimeout);
+  ASSERT_TRUE(code.has_value()) << "second quantd did not exit; log:\n" << second->log();
+  EXPECT_EQ(*code, 1);
+  EXPECT_THAT(second->log(), HasSubstr("cannot serve gRPC on 127.0.0.1:" +
+                                       std::to_string(quantd_->grpc_port())));
+}
+
+TEST(QuantdFlagsTest, InvalidWorkersFailsClearly) {
+  std::string dir = MakeTempDir("quantd_flags");
+  auto result = RunCommand({QUANTD_BIN, "--grpc_port=0", "--metrics_port=-1", "--workers=0",
+                     "--data_dir=" + dir + "/data"},
+                    kCommandTimeout);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->exit_code, 1);
+  EXPECT_THAT(result->err, HasSubstr("workers must be in 1..256"));
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace quantd
