@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The 30-second tour: sets up, builds, starts quantd on a free port with
+# ./data, checks its health with quantctl, and — once the engine's CLI is
+# built — quantizes the ResNet8 fixture to int8 and evaluates it.
+#
+#   scripts/demo.sh [FIXTURES_DIR]     (or QUANTD_FIXTURES=...; default ../shared/fixtures)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fixtures="${1:-${QUANTD_FIXTURES:-../shared/fixtures}}"
+build_dir="${QUANTD_BUILD_DIR:-build}"
+
+scripts/build.sh
+
+mkdir -p data
+port_file="$(mktemp -t quantd-demo-ports.XXXXXX)"
+rm -f "$port_file"
+log_file="data/quantd-demo.log"
+
+"$build_dir/server/quantd" --bind_address=127.0.0.1 --grpc_port=0 --metrics_port=0 \
+  --data_dir=./data --port_file="$port_file" 2>"$log_file" &
+quantd_pid=$!
+
+stop_quantd() {
+  if kill -0 "$quantd_pid" 2>/dev/null; then
+    kill -TERM "$quantd_pid"
+    if wait "$quantd_pid"; then
+      echo "demo: quantd stopped cleanly (exit 0)"
+    else
+      echo "demo: quantd exited with $?" >&2
+    fi
+  fi
+  rm -f "$port_file"
+}
+trap stop_quantd EXIT
+
+# Wait (bounded) for quantd to write its ports.
+for _ in $(seq 1 300); do
+  [ -s "$port_file" ] && break
+  if ! kill -0 "$quantd_pid" 2>/dev/null; then
+    echo "demo: quantd failed to start:" >&2
+    cat "$log_file" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+if [ ! -s "$port_file" ]; then
+  echo "demo: quantd did not start listening within 30 s" >&2
+  cat "$log_file" >&2
+  exit 1
+fi
+grpc_port="$(sed -n 's/.*"grpc_port": *\([0-9]*\).*/\1/p' "$port_file")"
+metrics_port="$(sed -n 's/.*"metrics_port": *\([0-9]*\).*/\1/p' "$port_file")"
+cat "$log_file"
+
+echo
+echo "\$ quantctl --server=127.0.0.1:$grpc_port health"
+"$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" health
+echo "\$ quantctl --server=127.0.0.1:$grpc_port --json health"
+"$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --json health
+echo "metrics: http://127.0.0.1:$metrics_port/metrics"
+
+quantize="$build_dir/worker/quantd-quantize"
+if [ -x "$quantize" ]; then
+  if [ ! -f "$fixtures/models/resnet8_fp32.torchscript.pt" ]; then
+    echo "demo: fixtures not found in $fixtures (see README, 'Fixtures')" >&2
+    exit 1
+  fi
+  echo
+  echo "\$ $quantize --model $fixtures/models/resnet8_fp32.torchscript.pt ..."
+  "$quantize" \
+    --model "$fixtures/models/resnet8_fp32.torchscript.pt" \
+    --calibration "$fixtures/cifar10/calib_batch.bin" \
+    --qconfig fbgemm --fusion auto \
+    --output data/resnet8_int8.pt --report data/report.json \
+    --eval "$fixtures/cifar10/test_batch.bin"
+  echo "demo: artifact data/resnet8_int8.pt, report data/report.json"
+else
+  echo "demo: $quantize not built yet; skipping the quantization step"
+fi

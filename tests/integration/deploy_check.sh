@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Offline checks of deploy/: Prometheus config and rules (promtool), the
+# Kubernetes manifests render with kustomize and contain what the docs
+# promise, and the Grafana dashboard is valid JSON.
+#   tests/integration/deploy_check.sh [REPO_ROOT]
+set -euo pipefail
+root="${1:-$(cd "$(dirname "$0")/../.." && pwd)}"
+deploy="$root/deploy"
+fail() { echo "deploy_check: FAIL: $*" >&2; exit 1; }
+
+command -v promtool >/dev/null || fail "promtool missing (scripts/setup.sh installs prometheus)"
+promtool check config "$deploy/prometheus/prometheus.yml"
+promtool check rules "$deploy/prometheus/rules.yml"
+
+node -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' \
+  "$deploy/grafana/quantd-dashboard.json" || fail "dashboard is not valid JSON"
+
+if ! command -v kubectl >/dev/null; then
+  echo "deploy_check: kubectl not installed; skipping the kustomize render"
+  exit 77
+fi
+rendered="$(kubectl kustomize "$deploy")"
+for expected in "kind: Deployment" "kind: Service" "kind: ServiceMonitor" "kind: ConfigMap" \
+    "runAsNonRoot: true" "readOnlyRootFilesystem: true" "startupProbe:" "readinessProbe:" \
+    "livenessProbe:" "service: quantd.v1.QuantizationService" "name: metrics"; do
+  grep -qF -- "$expected" <<<"$rendered" || fail "rendered manifests lack '$expected'"
+done
+echo "deploy_check: OK"
