@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/log.h"
 #include "server/metrics_interceptor.h"
+#include "worker/engine/base/status_macros.h"
 
 #ifndef QUANTD_VERSION
 #error "QUANTD_VERSION must be defined by the build"
@@ -108,10 +109,8 @@ QuantdServer::QuantdServer(const Options& options)
 
 absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     const Options& options) {
-  if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
-  if (absl::Status status = EnsureDataDir(options.data_dir); !status.ok()) {
-    return status;
-  }
+  QUANTD_RETURN_IF_ERROR(ValidateOptions(options));
+  QUANTD_RETURN_IF_ERROR(EnsureDataDir(options.data_dir));
   std::unique_ptr<QuantdServer> server(new QuantdServer(options));
 
   if (options.metrics_port >= 0) {
