@@ -25,6 +25,7 @@
 #include "worker/engine/qconfig/qconfig.h"
 #include "worker/engine/runtime/fp32_executor.h"
 #include "worker/engine/runtime/int8_program.h"
+#include "worker/engine/quantizer_internal.h"
 #include "worker/engine/serialization/torchscript_writer.h"
 
 namespace quantd::engine {
@@ -86,51 +87,6 @@ double Sqnr(double signal, double noise) {
 }
 
 }  // namespace
-
-struct QuantizedModel::Impl {
-  Graph fused;            // the fused FP32 graph (observers' view)
-  torch::jit::Module fp32_module;  // the untouched FP32 model
-  Program program;
-  std::unique_ptr<Int8Executor> executor;
-  QuantizeReport report;
-
-  // Runs `fn(logits, labels)` over a dataset in batches.
-  template <typename Fn>
-  absl::Status ForEachBatch(const DatasetSpec& spec, int64_t batch_size, const ProgressCallback& progress, Fn&& fn) const {
-    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(spec));
-    if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
-    const int64_t total = (dataset->size() + batch_size - 1) / batch_size;
-    at::NoGradGuard no_grad;
-    for (int64_t b = 0; b < total; ++b) {
-      const int64_t start = b * batch_size;
-      QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset->ReadBatch(start, std::min(batch_size, dataset->size() - start)));
-      QUANTD_RETURN_IF_ERROR(fn(batch));
-      if (progress && !progress({Phase::kEvaluating, b + 1, total})) return absl::CancelledError("evaluation cancelled");
-    }
-    return absl::OkStatus();
-  }
-
-  absl::StatusOr<Accuracy> Evaluate(const DatasetSpec& spec, int64_t batch_size, bool int8,
-                                    const ProgressCallback& progress) const {
-    Accuracy acc;
-    QUANTD_RETURN_IF_ERROR(ForEachBatch(spec, batch_size, progress, [&](const Batch& batch) -> absl::Status {
-      if (!batch.labels.defined()) return absl::InvalidArgumentError("the evaluation set has no labels");
-      at::Tensor out;
-      if (int8) {
-        QUANTD_ASSIGN_OR_RETURN(out, executor->Forward(batch.images));
-      } else {
-        QUANTD_RETURN_IF_ERROR(TorchTry("running the FP32 model", [&]() {
-          out = const_cast<torch::jit::Module&>(fp32_module).forward({batch.images}).toTensor();
-          return absl::OkStatus();
-        }));
-      }
-      acc.correct += out.argmax(1).eq(batch.labels).sum().item<int64_t>();
-      acc.total += batch.labels.numel();
-      return absl::OkStatus();
-    }));
-    return acc;
-  }
-};
 
 QuantizedModel::QuantizedModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 QuantizedModel::~QuantizedModel() = default;
@@ -261,6 +217,15 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   }
   QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&impl->program));
   impl->executor = std::make_unique<Int8Executor>(std::move(executor));
+  // onednn packs cache a kernel primitive for the first input shape they
+  // see: make that batch 1, the latency-critical case.
+  {
+    std::vector<int64_t> shape = calibration->sample_shape();
+    shape.insert(shape.begin(), 1);
+    at::NoGradGuard no_grad;
+    auto warm = impl->executor->Forward(at::zeros(shape, at::kFloat));
+    if (!warm.ok()) return warm.status();
+  }
 
   // Per-layer SQNR of each int8 op's output against the fused FP32 graph.
   std::map<std::string, std::pair<double, double>> energy;  // name -> (signal, noise)

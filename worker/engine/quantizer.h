@@ -71,6 +71,7 @@ class QuantizedModel {
   absl::StatusOr<std::vector<int64_t>> PredictInt8(const DatasetSpec& dataset, int64_t batch_size) const;
 
   struct Impl;
+  Impl& impl() { return *impl_; }
 
  private:
   friend absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options);

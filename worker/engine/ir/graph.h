@@ -63,6 +63,7 @@ struct Node {
   std::string name;         // unique, e.g. "layer1.conv1" or "layer1:add"
   std::string module_path;  // module whose code emitted the op ("" = root)
   std::string module_type;  // unmangled class name, e.g. "torch.nn.modules.conv.Conv2d"
+  bool module_is_leaf = false;  // the module has no submodules (Conv2d, ReLU, ...)
   torch::jit::Node* jit_node = nullptr;  // schema and FP32 operator
   std::vector<Operand> inputs;
   std::vector<int> outputs;

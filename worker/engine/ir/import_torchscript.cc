@@ -362,6 +362,10 @@ class Importer {
     ir.kind = ClassifyOp(node, args);
     ir.module_path = module.path;
     ir.module_type = module.object ? UnmangledTypeName(module.object->type()) : "";
+    ir.module_is_leaf = true;
+    for (const c10::TypePtr& attr : module.object->type()->containedTypes()) {
+      if (auto cls = attr->cast<c10::ClassType>(); cls && cls->is_module()) ir.module_is_leaf = false;
+    }
     ir.jit_node = const_cast<jit::Node*>(node);
     for (const Sym& s : args) {
       QUANTD_ASSIGN_OR_RETURN(Operand o, ToOperand(s, absl::StrCat(node->kind().toQualString(), " in ", Where(module))));
@@ -405,15 +409,16 @@ class Importer {
     graph_->nodes = std::move(kept);
   }
 
-  // A module that emitted exactly one node is named by its path; otherwise
-  // nodes are "path:op" (with a counter when an op repeats).
+  // A leaf module that emitted exactly one op is named by its path (it is
+  // what a fusion spec names); other ops are "path:op", with a counter when
+  // an op repeats in the same module.
   void NameNodes() {
     std::map<std::string, int> per_module;
     for (const Node& n : graph_->nodes) per_module[n.module_path]++;
     std::map<std::string, int> seen;
     for (Node& n : graph_->nodes) {
       const std::string op = n.jit_node->kind().toUnqualString();
-      if (per_module[n.module_path] == 1 && !n.module_path.empty()) {
+      if (per_module[n.module_path] == 1 && n.module_is_leaf && !n.module_path.empty()) {
         n.name = n.module_path;
         continue;
       }

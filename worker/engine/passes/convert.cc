@@ -158,6 +158,10 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
       instr.inputs = node.inputs;
       if (role == NodeRole::kPassThrough) {
         instr.on_int8 = true;
+        if (node.kind == OpKind::kPad) {
+          instr.kind = InstrKind::kPad;
+          instr.inputs = {node.inputs[0], node.inputs[1]};
+        }
       } else {
         for (Operand& in : instr.inputs) to_fp32(&in);
       }

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/runtime/fp32_executor.h"
@@ -29,7 +31,20 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
   Int8Executor executor;
   executor.program_ = program;
   absl::Status status = TorchTry("preparing the int8 kernels", [&]() {
+    std::map<int, size_t> last_use;
+    for (size_t k = 0; k < program->instrs.size(); ++k) {
+      std::vector<int> read;
+      for (const Operand& in : program->instrs[k].inputs) CollectValues(in, &read);
+      for (int v : read) last_use[v] = k;
+    }
+    std::vector<int> outputs;
+    for (const Operand& out : program->outputs) CollectValues(out, &outputs);
+    for (int v : outputs) last_use.erase(v);
+    executor.dead_after_.resize(program->instrs.size());
+    for (const auto& [value, k] : last_use) executor.dead_after_[k].push_back(value);
     for (const Instr& instr : program->instrs) {
+      executor.pads_.push_back(instr.kind == InstrKind::kPad ? instr.inputs[1].constant.toIntVector()
+                                                             : std::vector<int64_t>());
       executor.ops_.push_back(instr.kind == InstrKind::kOp ? instr.jit_node->getOperation() : torch::jit::Operation(nullptr));
       executor.kernels_.push_back(KernelFor(instr));
     }
@@ -48,15 +63,18 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
   std::vector<c10::IValue> slots(static_cast<size_t>(program_->num_slots));
   for (size_t i = 0; i < inputs.size(); ++i) slots[static_cast<size_t>(program_->inputs[i])] = inputs[i];
   torch::jit::Stack stack;
-  for (size_t k = 0; k < program_->instrs.size(); ++k) {
-    const Instr& instr = program_->instrs[k];
-    absl::Status status = TorchTry(absl::StrCat("running '", instr.name, "'"), [&]() {
+  size_t k = 0;
+  try {
+    for (; k < program_->instrs.size(); ++k) {
+      const Instr& instr = program_->instrs[k];
       stack.clear();
       switch (instr.kind) {
-        case InstrKind::kQuantize:
-          stack.push_back(at::quantize_per_tensor(EvaluateOperand(instr.inputs[0], slots).toTensor(), instr.scale,
-                                                  instr.zero_point, instr.dtype));
+        case InstrKind::kQuantize: {
+          at::Tensor x = EvaluateOperand(instr.inputs[0], slots).toTensor();
+          if (x.dim() == 4) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+          stack.push_back(at::quantize_per_tensor(x, instr.scale, instr.zero_point, instr.dtype));
           break;
+        }
         case InstrKind::kDequantize:
           stack.push_back(EvaluateOperand(instr.inputs[0], slots).toTensor().dequantize());
           break;
@@ -75,19 +93,30 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           stack.push_back(instr.zero_point);
           kernels_[k].callBoxed(stack);
           break;
+        case InstrKind::kPad: {
+          const at::Tensor q = EvaluateOperand(instr.inputs[0], slots).toTensor();
+          const int64_t zero_point = q.q_zero_point();
+          at::Tensor padded = at::constant_pad_nd(q.int_repr(), pads_[k], zero_point);
+          stack.push_back(at::_make_per_tensor_quantized_tensor(padded, q.q_scale(), zero_point));
+          break;
+        }
         case InstrKind::kOp:
           for (const Operand& in : instr.inputs) stack.push_back(EvaluateOperand(in, slots));
           ops_[k](stack);
           break;
       }
-      if (stack.size() != instr.outputs.size()) return absl::InternalError("kernel arity mismatch");
+      if (stack.size() != instr.outputs.size()) {
+        return absl::InternalError(absl::StrCat("'", instr.name, "': kernel arity mismatch"));
+      }
       for (size_t i = 0; i < stack.size(); ++i) slots[static_cast<size_t>(instr.outputs[i])] = std::move(stack[i]);
-      return absl::OkStatus();
-    });
-    if (!status.ok()) return status;
-    if (tap && !instr.outputs.empty() && slots[static_cast<size_t>(instr.outputs[0])].isTensor()) {
-      tap(instr, slots[static_cast<size_t>(instr.outputs[0])].toTensor());
+      if (tap && !instr.outputs.empty() && slots[static_cast<size_t>(instr.outputs[0])].isTensor()) {
+        tap(instr, slots[static_cast<size_t>(instr.outputs[0])].toTensor());
+      }
+      // Free what no later instruction reads, as an interpreter would.
+      for (int dead : dead_after_[k]) slots[static_cast<size_t>(dead)] = c10::IValue();
     }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("running '", program_->instrs[k].name, "': ", FirstLine(e.what())));
   }
   std::vector<c10::IValue> outputs;
   for (const Operand& out : program_->outputs) outputs.push_back(EvaluateOperand(out, slots));

@@ -17,7 +17,10 @@
 
 namespace quantd::engine {
 
-enum class InstrKind { kQuantize, kDequantize, kConv2d, kLinear, kAdd, kOp };
+// kPad is a zero pad of an int8 tensor done on its integer representation
+// (filled with the zero point): LibTorch's quantized constant_pad_nd goes
+// through a slow elementwise requantizing copy.
+enum class InstrKind { kQuantize, kDequantize, kConv2d, kLinear, kAdd, kPad, kOp };
 
 struct Instr {
   InstrKind kind = InstrKind::kOp;
@@ -57,6 +60,8 @@ class Int8Executor {
   const Program* program_ = nullptr;
   mutable std::vector<torch::jit::Operation> ops_;  // kOp, by instruction index
   std::vector<c10::OperatorHandle> kernels_;    // quantized::*, by instruction index
+  std::vector<std::vector<int64_t>> pads_;      // kPad amounts, by instruction index
+  std::vector<std::vector<int>> dead_after_;    // slots last read by each instruction
 };
 
 }  // namespace quantd::engine

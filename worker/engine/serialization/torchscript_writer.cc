@@ -118,6 +118,13 @@ class SourceBuilder {
       }
       case InstrKind::kAdd:
         return absl::StrCat(lhs, " = ops.quantized.add", relu, "(", in(0), ", ", in(1), ", ", qparams(), ")");
+      case InstrKind::kPad: {
+        QUANTD_ASSIGN_OR_RETURN(std::string pad, Literal(instr.inputs[1], nullptr));
+        const std::string x = in(0);
+        return absl::StrCat(lhs, " = torch._make_per_tensor_quantized_tensor(torch.constant_pad_nd(torch.int_repr(", x,
+                            "), ", pad, ", torch.q_zero_point(", x, ")), torch.q_scale(", x, "), torch.q_zero_point(", x,
+                            "))");
+      }
       case InstrKind::kOp: {
         const c10::Symbol op = instr.jit_node->kind();
         std::vector<std::string> args;

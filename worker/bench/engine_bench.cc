@@ -1,0 +1,117 @@
+// quantd-engine-bench: times quantd's engine on the ResNet8 fixture and
+// prints figures as JSON (scripts/bench.sh puts them beside PyTorch's,
+// measured in the same run, and prints the ratios).
+//
+// usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5]
+
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "worker/engine/quantizer.h"
+#include "worker/engine/quantizer_internal.h"
+#include "worker/engine/runtime/fp32_executor.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// batch-1 median latency (ms) and batch-256 throughput (images/s).
+template <typename Fn>
+nlohmann::json Time(const at::Tensor& images, Fn&& forward) {
+  at::NoGradGuard no_grad;
+  at::Tensor one = images.slice(0, 0, 1).contiguous();
+  for (int i = 0; i < 50; ++i) forward(one);
+  std::vector<double> times;
+  for (int i = 0; i < 500; ++i) {
+    const auto t = Clock::now();
+    forward(one);
+    times.push_back(Seconds(Clock::now() - t));
+  }
+  at::Tensor batch = images.slice(0, 0, 256).contiguous();
+  for (int i = 0; i < 3; ++i) forward(batch);
+  const int iters = 20;
+  const auto t = Clock::now();
+  for (int i = 0; i < iters; ++i) forward(batch);
+  const double dt = Seconds(Clock::now() - t);
+  return {{"batch1_latency_ms", 1000 * Median(times)}, {"batch256_images_per_s", iters * 256 / dt}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5]\n";
+    return 2;
+  }
+  const std::string fixtures = argv[1];
+  std::string qconfig = "fbgemm";
+  int runs = 5;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (flag == "--qconfig") qconfig = argv[i + 1];
+    if (flag == "--runs") runs = std::max(1, std::atoi(argv[i + 1]));
+  }
+  using namespace quantd::engine;
+  SetIntraOpThreads(1);
+  QuantizeOptions options;
+  options.model_path = fixtures + "/models/resnet8_fp32.torchscript.pt";
+  options.calibration.path = fixtures + "/cifar10/calib_batch.bin";
+  options.qconfig.preset = qconfig;
+  options.fusion.groups = {{"conv1", "bn1", "relu1"},
+                           {"layer1.conv1", "layer1.bn1", "layer1.relu1"}, {"layer1.conv2", "layer1.bn2"},
+                           {"layer2.conv1", "layer2.bn1", "layer2.relu1"}, {"layer2.conv2", "layer2.bn2"},
+                           {"layer3.conv1", "layer3.bn1", "layer3.relu1"}, {"layer3.conv2", "layer3.bn2"}};
+  nlohmann::json out;
+  out["qconfig"] = qconfig;
+  std::vector<double> quantize_times;
+  std::unique_ptr<QuantizedModel> model;
+  nlohmann::json phases;
+  for (int r = 0; r < runs; ++r) {
+    const auto t = Clock::now();
+    auto quantized = Quantize(options);
+    quantize_times.push_back(Seconds(Clock::now() - t));
+    if (!quantized.ok()) {
+      std::cerr << quantized.status().message() << "\n";
+      return 1;
+    }
+    model = std::move(quantized).value();
+    for (const auto& p : model->report().timings) phases[p.phase] = p.seconds;
+  }
+  out["quantize_s"] = Median(quantize_times);
+  out["quantize_phases_s_last_run"] = phases;
+  out["kernel_engine"] = model->report().kernel_engine;
+
+  DatasetSpec test;
+  test.path = fixtures + "/cifar10/test_batch.bin";
+  auto dataset = OpenDataset(test);
+  auto batch = (*dataset)->ReadBatch(0, 256);
+  const at::Tensor images = batch->images;
+
+  auto& impl = model->impl();
+  if (std::getenv("QUANTD_BENCH_PROFILE_DIRECT") != nullptr) {  // for perf record
+    at::Tensor one = images.slice(0, 0, 1).contiguous();
+    for (int i = 0; i < 20000; ++i) (void)impl.executor->Forward(one);
+    return 0;
+  }
+  out["int8_direct"] = Time(images, [&](const at::Tensor& x) { (void)impl.executor->Forward(x); });
+  auto bytes = model->SerializeArtifact();
+  std::istringstream stream(*bytes);
+  torch::jit::Module artifact = torch::jit::load(stream);
+  out["int8_torchscript_artifact"] = Time(images, [&](const at::Tensor& x) { artifact.forward({x}); });
+  out["fp32_torchscript"] = Time(images, [&](const at::Tensor& x) { impl.fp32_module.forward({x}); });
+  std::cout << out.dump() << std::endl;
+  return 0;
+}

@@ -1,0 +1,66 @@
+#ifndef QUANTD_WORKER_ENGINE_QUANTIZER_INTERNAL_H_
+#define QUANTD_WORKER_ENGINE_QUANTIZER_INTERNAL_H_
+
+// QuantizedModel's insides, for the engine's own tests and benchmarks.
+
+#include <ATen/ATen.h>
+
+#include <memory>
+
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
+#include "worker/engine/data/dataset.h"
+#include "worker/engine/ir/graph.h"
+#include "worker/engine/quantizer.h"
+#include "worker/engine/runtime/int8_program.h"
+
+namespace quantd::engine {
+
+struct QuantizedModel::Impl {
+  Graph fused;            // the fused FP32 graph (observers' view)
+  torch::jit::Module fp32_module;  // the untouched FP32 model
+  Program program;
+  std::unique_ptr<Int8Executor> executor;
+  QuantizeReport report;
+
+  // Runs `fn(logits, labels)` over a dataset in batches.
+  template <typename Fn>
+  absl::Status ForEachBatch(const DatasetSpec& spec, int64_t batch_size, const ProgressCallback& progress, Fn&& fn) const {
+    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(spec));
+    if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
+    const int64_t total = (dataset->size() + batch_size - 1) / batch_size;
+    at::NoGradGuard no_grad;
+    for (int64_t b = 0; b < total; ++b) {
+      const int64_t start = b * batch_size;
+      QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset->ReadBatch(start, std::min(batch_size, dataset->size() - start)));
+      QUANTD_RETURN_IF_ERROR(fn(batch));
+      if (progress && !progress({Phase::kEvaluating, b + 1, total})) return absl::CancelledError("evaluation cancelled");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Accuracy> Evaluate(const DatasetSpec& spec, int64_t batch_size, bool int8,
+                                    const ProgressCallback& progress) const {
+    Accuracy acc;
+    QUANTD_RETURN_IF_ERROR(ForEachBatch(spec, batch_size, progress, [&](const Batch& batch) -> absl::Status {
+      if (!batch.labels.defined()) return absl::InvalidArgumentError("the evaluation set has no labels");
+      at::Tensor out;
+      if (int8) {
+        QUANTD_ASSIGN_OR_RETURN(out, executor->Forward(batch.images));
+      } else {
+        QUANTD_RETURN_IF_ERROR(TorchTry("running the FP32 model", [&]() {
+          out = const_cast<torch::jit::Module&>(fp32_module).forward({batch.images}).toTensor();
+          return absl::OkStatus();
+        }));
+      }
+      acc.correct += out.argmax(1).eq(batch.labels).sum().item<int64_t>();
+      acc.total += batch.labels.numel();
+      return absl::OkStatus();
+    }));
+    return acc;
+  }
+};
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_QUANTIZER_INTERNAL_H_
