@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "worker/engine/observers/histc.h"
 #include "worker/engine/observers/observer.h"
 
 namespace quantd::engine {
@@ -25,21 +26,24 @@ class HistogramObserver : public Observer {
 
   void Observe(const at::Tensor& x_in) override {
     if (x_in.numel() == 0) return;
+    // Element order does not matter here, so any dense layout is read as is.
     at::Tensor x = x_in.detach().to(at::kFloat);
+    if (!x.is_non_overlapping_and_dense()) x = x.contiguous();
+    const float* data = x.data_ptr<float>();
+    const int64_t n = x.numel();
     const float min_f = min_val_.item<float>();
     const float max_f = max_val_.item<float>();
     const bool same_values = min_f == max_f;
     const bool uninitialized = std::isinf(min_f) && min_f > 0 && std::isinf(max_f) && max_f < 0;
+    const MinMax batch = FindMinMax(data, n);
     if (uninitialized || same_values) {
-      auto [mn, mx] = at::aminmax(x);
-      min_val_ = mn.clone();
-      max_val_ = mx.clone();
-      histogram_ = at::histc(x, bins_, Truncate(mn), Truncate(mx));
+      min_val_ = at::scalar_tensor(batch.min, at::kFloat);
+      max_val_ = at::scalar_tensor(batch.max, at::kFloat);
+      histogram_ = HistTensor(Histc(data, n, bins_, Truncate(batch.min), Truncate(batch.max)));
       return;
     }
-    auto [new_min, new_max] = at::aminmax(x);
-    at::Tensor combined_min = at::min(new_min, min_val_);
-    at::Tensor combined_max = at::max(new_max, max_val_);
+    at::Tensor combined_min = at::min(at::scalar_tensor(batch.min, at::kFloat), min_val_);
+    at::Tensor combined_max = at::max(at::scalar_tensor(batch.max, at::kFloat), max_val_);
     // _adjust_min_max: align the old histogram on a grid `upsample_rate`
     // times finer; only the max is relaxed.
     at::Tensor hist_bin_width = (max_val_ - min_val_) / static_cast<double>(bins_ * spec_.upsample_rate);
@@ -50,7 +54,8 @@ class HistogramObserver : public Observer {
     combined_max = combined_max + e;
     const int64_t start_idx = static_cast<int64_t>(at::round((min_val_ - combined_min) / hist_bin_width).item<float>());
 
-    at::Tensor combined = at::histc(x, bins_, Truncate(combined_min), Truncate(combined_max));
+    at::Tensor combined = HistTensor(
+        Histc(data, n, bins_, Truncate(combined_min.item<float>()), Truncate(combined_max.item<float>())));
     const bool same_range = combined_min.item<float>() == min_f && combined_max.item<float>() == max_f;
     if (same_range) {
       combined += histogram_;
@@ -76,7 +81,11 @@ class HistogramObserver : public Observer {
 
  private:
   // Python's int() on a 0-d tensor: truncation toward zero.
-  static double Truncate(const at::Tensor& t) { return static_cast<double>(static_cast<int64_t>(t.item<float>())); }
+  static double Truncate(float v) { return static_cast<double>(static_cast<int64_t>(v)); }
+
+  static at::Tensor HistTensor(const std::vector<float>& counts) {
+    return at::tensor(counts, at::kFloat);
+  }
 
   at::Tensor Combine(const at::Tensor& orig_hist, const at::Tensor& new_hist, int64_t downsample_rate,
                      int64_t start_idx) const {
