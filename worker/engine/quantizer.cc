@@ -5,6 +5,8 @@
 #include <torch/csrc/api/include/torch/version.h>
 #include <torch/csrc/jit/serialization/import.h>
 
+#include <malloc.h>
+
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -122,6 +124,12 @@ absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8(const DatasetSp
 }
 
 void SetIntraOpThreads(int threads) { at::set_num_threads(std::max(1, threads)); }
+
+void InitializeRuntime(int intra_op_threads) {
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  SetIntraOpThreads(intra_op_threads);
+}
 int IntraOpThreads() { return at::get_num_threads(); }
 
 std::vector<std::string> AvailableKernelEngines() {
@@ -186,12 +194,9 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kLoading));
   QUANTD_ASSIGN_OR_RETURN(report.model_sha256, Sha256File(options.model_path));
   QUANTD_ASSIGN_OR_RETURN(impl->fused, ImportTorchScriptFile(options.model_path));
-  // A second, untouched load is the FP32 reference.
-  QUANTD_RETURN_IF_ERROR(TorchTry("loading the FP32 model", [&]() {
-    impl->fp32_module = torch::jit::load(options.model_path);
-    impl->fp32_module.eval();
-    return absl::OkStatus();
-  }));
+  // Fusion builds new tensors and never mutates the module, so the loaded
+  // module itself stays the FP32 reference.
+  impl->fp32_module = impl->fused.module;
   QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> calibration, OpenDataset(options.calibration));
   QUANTD_ASSIGN_OR_RETURN(report.calibration_sha256, calibration->Fingerprint());
 
@@ -205,7 +210,8 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
     return !options.progress || options.progress({Phase::kCalibrating, done, total});
   };
   QUANTD_ASSIGN_OR_RETURN(CalibrationResult calibrated, Calibrate(impl->fused, plan, qconfig.activation, calibration.get(),
-                                                                 options.batch_size, batch_progress));
+                                                                 options.batch_size, options.overlap_observers,
+                                                                 batch_progress));
   report.calibration_samples = calibrated.samples;
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));
@@ -249,11 +255,10 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
         if (instr.kind == InstrKind::kQuantize || instr.kind == InstrKind::kDequantize || instr.kind == InstrKind::kOp) return;
         auto it = reference.find(instr.outputs[0]);
         if (it == reference.end()) return;
-        at::Tensor ref = it->second.to(at::kDouble);
-        at::Tensor got = t.dequantize().to(at::kDouble);
+        const at::Tensor& ref = it->second;
         auto& e = energy[instr.name];
-        e.first += ref.pow(2).sum().item<double>();
-        e.second += (ref - got).pow(2).sum().item<double>();
+        e.first += ref.square().sum(at::kDouble).item<double>();
+        e.second += (ref - t.dequantize()).square().sum(at::kDouble).item<double>();
       });
       if (!int8_out.ok()) return int8_out.status();
     }

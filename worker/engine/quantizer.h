@@ -46,7 +46,10 @@ struct QuantizeOptions {
   QConfigChoice qconfig;
   FusionSpec fusion;
   int64_t batch_size = 100;        // calibration batches (PyTorch's recipe uses 100)
-  int64_t sqnr_batches = 2;        // calibration batches used for the per-layer SQNR
+  int64_t sqnr_batches = 1;        // calibration batches used for the per-layer SQNR
+  // Gather observer statistics on a second thread while the next batch runs
+  // forward (same results; uses two cores during calibration).
+  bool overlap_observers = false;
   std::string kernel_engine;       // "" = the best one compiled in for the preset
   std::optional<DatasetSpec> evaluation;  // FP32 and int8 top-1 on this labeled set
   int64_t evaluation_batch_size = 256;
@@ -84,6 +87,10 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
 // Process-wide LibTorch settings: intra-op threads (LibTorch defaults to 1
 // here; 2 OpenMP threads on a busy 2-core machine can be 100x slower).
 void SetIntraOpThreads(int threads);
+// Once at process start: SetIntraOpThreads plus allocator settings that keep
+// the large activation buffers of calibration from being returned to the OS
+// and page-faulted back in on every batch.
+void InitializeRuntime(int intra_op_threads);
 int IntraOpThreads();
 std::vector<std::string> AvailableKernelEngines();
 // The kernel engine a preset runs on: its own engine where compiled in,

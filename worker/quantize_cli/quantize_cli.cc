@@ -59,6 +59,7 @@ std::string QuantizeUsage() {
   --report PATH              manifest JSON (qconfig, fused groups, fallbacks, per-layer qparams and SQNR)
   --eval PATH                labeled set (.bin, or .npy with --eval-labels) for FP32 and int8 top-1
   --threads N                intra-op threads (default 1)
+  --overlap-observers        gather calibration statistics on a second thread (same result, faster)
   --quiet                    print only errors
 )";
 }
@@ -92,7 +93,7 @@ absl::StatusOr<engine::FusionSpec> ParseFusionSpec(const std::string& value) {
 }
 
 absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>& args) {
-  static const std::set<std::string> kBoolFlags = {"reduce-range", "quiet", "help"};
+  static const std::set<std::string> kBoolFlags = {"reduce-range", "quiet", "help", "overlap-observers"};
   std::map<std::string, std::string> flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -115,7 +116,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   static const std::set<std::string> kKnown = {
       "model", "calibration", "calibration-labels", "samples-per-class", "seed", "batch-size", "qconfig",
       "activation-observer", "weight-observer", "reduce-range", "kernel-engine", "fusion", "layout", "scale",
-      "mean", "std", "output", "report", "eval", "eval-labels", "threads", "quiet", "help"};
+      "mean", "std", "output", "report", "eval", "eval-labels", "threads", "quiet", "help", "overlap-observers"};
   for (const auto& [name, value] : flags) {
     if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -181,11 +182,12 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   QUANTD_ASSIGN_OR_RETURN(int64_t threads, get_int("threads", 1));
   cmd.threads = static_cast<int>(std::max<int64_t>(1, threads));
   cmd.quiet = get("quiet") == "true";
+  o.overlap_observers = get("overlap-observers") == "true";
   return cmd;
 }
 
 absl::Status RunQuantize(const QuantizeCommand& command, std::ostream& out) {
-  engine::SetIntraOpThreads(command.threads);
+  engine::InitializeRuntime(command.threads);
   QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<engine::QuantizedModel> model, engine::Quantize(command.options));
   QUANTD_ASSIGN_OR_RETURN(std::string bytes, model->SerializeArtifact());
   const engine::QuantizeReport& r = model->report();

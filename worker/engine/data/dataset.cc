@@ -261,7 +261,9 @@ class NpyDataset : public FileDataset {
     }
     if (h.shape.size() != 4) return absl::InvalidArgumentError(absl::StrCat(spec.path, ": images must be 4-D (N,C,H,W or N,H,W,C)"));
     std::string layout = spec.layout;
-    if (layout == "auto" || layout.empty()) layout = (h.shape[3] <= 4 && h.shape[1] > 4) ? "NHWC" : "NCHW";
+    // Channel counts are 1 or 3: a trailing 1/3 after a non-1/3 dim means NHWC.
+    auto is_channels = [](int64_t d) { return d == 1 || d == 3; };
+    if (layout == "auto" || layout.empty()) layout = (is_channels(h.shape[3]) && !is_channels(h.shape[1])) ? "NHWC" : "NCHW";
     if (layout == "NHWC") {
       channels_last_ = true;
       height_ = h.shape[1];

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <limits>
 
-#include "worker/engine/observers/histc.h"
+#include "worker/engine/observers/histogram_kernels.h"
 #include "worker/engine/observers/observer.h"
 
 namespace quantd::engine {
@@ -20,7 +20,7 @@ class HistogramObserver : public Observer {
       : spec_(spec),
         bins_(spec.bins),
         dst_nbins_(256),
-        histogram_(at::zeros({spec.bins}, at::kFloat)),
+        histogram_(static_cast<size_t>(spec.bins), 0.0f),
         min_val_(at::scalar_tensor(std::numeric_limits<float>::infinity(), at::kFloat)),
         max_val_(at::scalar_tensor(-std::numeric_limits<float>::infinity(), at::kFloat)) {}
 
@@ -39,7 +39,7 @@ class HistogramObserver : public Observer {
     if (uninitialized || same_values) {
       min_val_ = at::scalar_tensor(batch.min, at::kFloat);
       max_val_ = at::scalar_tensor(batch.max, at::kFloat);
-      histogram_ = HistTensor(Histc(data, n, bins_, Truncate(batch.min), Truncate(batch.max)));
+      histogram_ = Histc(data, n, bins_, Truncate(batch.min), Truncate(batch.max));
       return;
     }
     at::Tensor combined_min = at::min(at::scalar_tensor(batch.min, at::kFloat), min_val_);
@@ -54,15 +54,15 @@ class HistogramObserver : public Observer {
     combined_max = combined_max + e;
     const int64_t start_idx = static_cast<int64_t>(at::round((min_val_ - combined_min) / hist_bin_width).item<float>());
 
-    at::Tensor combined = HistTensor(
-        Histc(data, n, bins_, Truncate(combined_min.item<float>()), Truncate(combined_max.item<float>())));
+    std::vector<float> combined =
+        Histc(data, n, bins_, Truncate(combined_min.item<float>()), Truncate(combined_max.item<float>()));
     const bool same_range = combined_min.item<float>() == min_f && combined_max.item<float>() == max_f;
     if (same_range) {
-      combined += histogram_;
+      for (int64_t b = 0; b < bins_; ++b) combined[static_cast<size_t>(b)] += histogram_[static_cast<size_t>(b)];
     } else {
-      combined = Combine(combined, histogram_, downsample_rate, start_idx);
+      CombineHistograms(&combined, histogram_, spec_.upsample_rate, downsample_rate, start_idx);
     }
-    histogram_ = combined;
+    histogram_ = std::move(combined);
     min_val_ = combined_min;
     max_val_ = combined_max;
   }
@@ -83,64 +83,17 @@ class HistogramObserver : public Observer {
   // Python's int() on a 0-d tensor: truncation toward zero.
   static double Truncate(float v) { return static_cast<double>(static_cast<int64_t>(v)); }
 
-  static at::Tensor HistTensor(const std::vector<float>& counts) {
-    return at::tensor(counts, at::kFloat);
-  }
 
-  at::Tensor Combine(const at::Tensor& orig_hist, const at::Tensor& new_hist, int64_t downsample_rate,
-                     int64_t start_idx) const {
-    const int64_t upsample = spec_.upsample_rate;
-    at::Tensor upsampled = new_hist.repeat_interleave(upsample);
-    at::Tensor wide = at::zeros({bins_ * downsample_rate}, at::kFloat);
-    const int64_t begin = std::max<int64_t>(0, std::min(start_idx, wide.numel()));
-    const int64_t end = std::min<int64_t>(wide.numel(), start_idx + bins_ * upsample);
-    if (end > begin) wide.slice(0, begin, end).copy_(upsampled.slice(0, 0, end - begin));
-    at::Tensor integral = at::cumsum(wide, 0, at::kDouble).slice(0, downsample_rate - 1, c10::nullopt, downsample_rate);
-    at::Tensor shifted = at::zeros({bins_}, at::kFloat);
-    shifted.slice(0, 1, bins_).copy_(integral.slice(0, 0, -1));
-    at::Tensor interpolated = (integral - shifted) / static_cast<double>(upsample);
-    return orig_hist + interpolated.to(at::kFloat);
-  }
-
-  // _compute_quantization_error, element by element in float32 as PyTorch's
-  // tensor expressions compute it.
-  double QuantizationError(const float* hist, int64_t next_start_bin, int64_t next_end_bin) const {
-    const double bin_width = (static_cast<double>(max_val_.item<float>()) - static_cast<double>(min_val_.item<float>())) /
-                             static_cast<double>(bins_);
-    const double dst_bin_width = bin_width * static_cast<double>(next_end_bin - next_start_bin + 1) /
-                                 static_cast<double>(dst_nbins_);
-    if (dst_bin_width == 0.0) return 0.0;
-    const float bw = static_cast<float>(bin_width);
-    const float dbw = static_cast<float>(dst_bin_width);
-    const float half = static_cast<float>(dst_bin_width / 2);
-    const float neg_half = static_cast<float>(-dst_bin_width / 2);
-    const float max_dst = static_cast<float>(dst_nbins_ - 1);
-    const float full_norm = (half * half * half - neg_half * neg_half * neg_half) / 3.0f;
-    double total = 0.0;
-    for (int64_t i = 0; i < bins_; ++i) {
-      const float src_begin = static_cast<float>(i - next_start_bin) * bw;
-      const float src_end = src_begin + bw;
-      const float dst_of_begin = std::min(std::max(std::floor(src_begin / dbw), 0.0f), max_dst);
-      const float dst_of_begin_center = (dst_of_begin + 0.5f) * dbw;
-      const float dst_of_end = std::min(std::max(std::floor(src_end / dbw), 0.0f), max_dst);
-      const float density = hist[i] / bw;
-      float norm = 0.0f;
-      const float db1 = src_begin - dst_of_begin_center;
-      norm += density * ((half * half * half - db1 * db1 * db1) / 3.0f);
-      norm += (dst_of_end - dst_of_begin - 1.0f) * (density * full_norm);
-      const float dst_of_end_center = dst_of_end * dbw + half;
-      const float de3 = src_end - dst_of_end_center;
-      norm += density * ((de3 * de3 * de3 - neg_half * neg_half * neg_half) / 3.0f);
-      total += norm;
-    }
-    return static_cast<double>(static_cast<float>(total));
-  }
 
   std::pair<at::Tensor, at::Tensor> NonLinearParamSearch() const {
     at::Tensor bin_width = (max_val_ - min_val_) / static_cast<double>(bins_);
-    at::Tensor hist = histogram_.contiguous();
-    const float* h = hist.data_ptr<float>();
+    const float* h = histogram_.data();
+    at::Tensor hist = at::tensor(histogram_, at::kFloat);
     const double total = hist.sum().item<double>();
+    // _compute_quantization_error reads the range back with .item().
+    const double error_bin_width =
+        (static_cast<double>(max_val_.item<float>()) - static_cast<double>(min_val_.item<float>())) /
+        static_cast<double>(bins_);
     at::Tensor csum_t = at::cumsum(hist, 0).contiguous();
     const float* csum = csum_t.data_ptr<float>();
     const double stepsize = 1e-5;
@@ -170,7 +123,7 @@ class HistogramObserver : public Observer {
         beta = next_beta;
       }
       if (next_start_bin == start_bin && next_end_bin == end_bin) continue;
-      const double norm = QuantizationError(h, next_start_bin, next_end_bin);
+      const double norm = QuantizationError(h, bins_, error_bin_width, next_start_bin, next_end_bin, dst_nbins_);
       if (norm > norm_min) break;
       norm_min = norm;
       start_bin = next_start_bin;
@@ -184,7 +137,7 @@ class HistogramObserver : public Observer {
   ObserverSpec spec_;
   int64_t bins_;
   int64_t dst_nbins_;
-  at::Tensor histogram_;
+  std::vector<float> histogram_;
   at::Tensor min_val_, max_val_;
   mutable float searched_min_ = 0, searched_max_ = 0;
 };

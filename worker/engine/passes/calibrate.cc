@@ -2,15 +2,18 @@
 
 #include <ATen/ATen.h>
 
+#include <future>
+
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
 #include "worker/engine/runtime/fp32_executor.h"
 
 namespace quantd::engine {
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,
                                             const ObserverSpec& activation, Dataset* dataset, int64_t batch_size,
-                                            const BatchProgress& progress) {
+                                            bool overlap, const BatchProgress& progress) {
   if (dataset->size() == 0) return absl::InvalidArgumentError("the calibration set is empty");
   if (batch_size <= 0) return absl::InvalidArgumentError("calibration batch_size must be positive");
   if (graph.inputs.size() != 1) {
@@ -22,20 +25,49 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     QUANTD_ASSIGN_OR_RETURN(observers[static_cast<size_t>(v)], MakeObserver(activation));
   }
   QUANTD_ASSIGN_OR_RETURN(Fp32Executor executor, Fp32Executor::Create(&graph));
-  const ValueTap tap = [&](int value, const at::Tensor& t) {
-    if (Observer* o = observers[static_cast<size_t>(value)].get()) o->Observe(t);
+  // With `overlap`, batch b's statistics are gathered on a second thread
+  // while batch b+1 runs forward; each observer still sees batches in order,
+  // so the result is identical.
+  using Observed = std::vector<std::pair<Observer*, at::Tensor>>;
+  auto observe_all = [](const Observed& observed) {
+    for (const auto& [observer, tensor] : observed) observer->Observe(tensor);
+  };
+  std::future<void> pending;
+  auto finish_pending = [&]() -> absl::Status {
+    if (!pending.valid()) return absl::OkStatus();
+    return TorchTry("observing calibration activations", [&]() {
+      pending.get();
+      return absl::OkStatus();
+    });
   };
   const int64_t total = (dataset->size() + batch_size - 1) / batch_size;
   at::NoGradGuard no_grad;
   for (int64_t b = 0; b < total; ++b) {
     const int64_t start = b * batch_size;
     QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset->ReadBatch(start, std::min(batch_size, dataset->size() - start)));
-    auto outputs = executor.Run({batch.images}, tap);
-    if (!outputs.ok()) return outputs.status();
+    Observed observed;
+    auto outputs = executor.Run({batch.images}, [&](int value, const at::Tensor& t) {
+      if (Observer* o = observers[static_cast<size_t>(value)].get()) observed.emplace_back(o, t);
+    });
+    if (!outputs.ok()) {
+      (void)finish_pending();
+      return outputs.status();
+    }
+    QUANTD_RETURN_IF_ERROR(finish_pending());
+    if (overlap) {
+      pending = std::async(std::launch::async, [observed = std::move(observed), &observe_all]() { observe_all(observed); });
+    } else {
+      QUANTD_RETURN_IF_ERROR(TorchTry("observing calibration activations", [&]() {
+        observe_all(observed);
+        return absl::OkStatus();
+      }));
+    }
     if (progress && !progress(b + 1, total)) {
+      (void)finish_pending();
       return absl::CancelledError(absl::StrCat("calibration cancelled after ", b + 1, " of ", total, " batches"));
     }
   }
+  QUANTD_RETURN_IF_ERROR(finish_pending());
   CalibrationResult result;
   result.samples = dataset->size();
   for (int v : plan.observed_values) {

@@ -2,7 +2,8 @@
 #define QUANTD_WORKER_ENGINE_PASSES_CALIBRATE_H_
 
 // Calibration: run the fused FP32 graph over the calibration set batch by
-// batch, feeding each observed value to its activation observer.
+// batch, feeding each observed value to its activation observer. With
+// `overlap`, observers work on a second thread while the next batch runs.
 
 #include <functional>
 #include <map>
@@ -27,7 +28,7 @@ struct CalibrationResult {
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,
                                             const ObserverSpec& activation, Dataset* dataset, int64_t batch_size,
-                                            const BatchProgress& progress);
+                                            bool overlap, const BatchProgress& progress);
 
 }  // namespace quantd::engine
 

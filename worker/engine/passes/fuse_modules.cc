@@ -21,6 +21,11 @@ absl::StatusOr<int> ResolveNode(const Graph& graph, const std::string& entry, co
     if (!n.removed && n.name == entry) return n.id;
   }
   std::vector<int> nodes = graph.NodesOfModule(entry);
+  if (!nodes.empty() && !graph.nodes[nodes[0]].module_is_leaf) {
+    return absl::InvalidArgumentError(absl::StrCat("fusion group ", group, ": '", entry, "' is a container module (",
+                                                   graph.nodes[nodes[0]].module_type, "); name one of its ops, e.g. '",
+                                                   graph.nodes[nodes[0]].name, "'"));
+  }
   if (nodes.size() == 1) return nodes[0];
   if (nodes.empty()) {
     return absl::InvalidArgumentError(

@@ -1,0 +1,139 @@
+#include "worker/blob_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "worker/local_artifact_store.h"
+
+namespace quantd::worker {
+
+namespace fs = std::filesystem;
+
+absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& dir, int64_t max_bytes) {
+  std::error_code error;
+  fs::create_directories(dir, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create blob dir \"", dir, "\": ", error.message()));
+  }
+  RemoveTemporaryFiles(dir);
+  return std::unique_ptr<BlobStore>(new BlobStore(dir, max_bytes));
+}
+
+absl::StatusOr<std::unique_ptr<BlobUpload>> BlobStore::BeginUpload(
+    const std::string& expected_sha256, int64_t declared_size) const {
+  if (!expected_sha256.empty() && !IsSha256Hex(expected_sha256)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metadata.expected_sha256: \"", expected_sha256, "\" is not 64 lower-case hex digits"));
+  }
+  if (declared_size > max_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "metadata.size_bytes: ", declared_size, " bytes exceeds the upload limit of ", max_bytes_));
+  }
+  std::string tmp = (fs::path(dir_) / ".tmp.upload.XXXXXX").string();
+  int fd = ::mkstemp(tmp.data());
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("cannot create upload file: ", std::strerror(errno)));
+  }
+  return std::unique_ptr<BlobUpload>(new BlobUpload(this, tmp, fd, expected_sha256));
+}
+
+absl::StatusOr<std::string> BlobStore::PathOf(const std::string& blob_id,
+                                              const std::string& field) const {
+  if (!IsSha256Hex(blob_id)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": \"", blob_id, "\" is not a blob id (64 lower-case hex digits)"));
+  }
+  std::string path = (fs::path(dir_) / blob_id).string();
+  std::error_code error;
+  if (!fs::is_regular_file(path, error)) {
+    return absl::NotFoundError(absl::StrCat(field, ": blob ", blob_id, " was never uploaded"));
+  }
+  return path;
+}
+
+BlobUpload::BlobUpload(const BlobStore* store, std::string tmp_path, int fd,
+                       std::string expected_sha256)
+    : store_(store), tmp_path_(std::move(tmp_path)), fd_(fd),
+      expected_sha256_(std::move(expected_sha256)) {}
+
+BlobUpload::~BlobUpload() { Discard(); }
+
+void BlobUpload::Discard() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  if (!tmp_path_.empty()) {
+    ::unlink(tmp_path_.c_str());
+    tmp_path_.clear();
+  }
+}
+
+absl::Status BlobUpload::Append(const std::string& chunk) {
+  if (fd_ < 0) return absl::FailedPreconditionError("upload already finished");
+  size_ += static_cast<int64_t>(chunk.size());
+  if (size_ > store_->max_bytes()) {
+    Discard();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "upload exceeds the server's limit of ", store_->max_bytes(), " bytes (--max_upload_bytes)"));
+  }
+  hash_.Update(chunk);
+  size_t written = 0;
+  while (written < chunk.size()) {
+    ssize_t n = ::write(fd_, chunk.data() + written, chunk.size() - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      absl::Status status =
+          absl::InternalError(absl::StrCat("cannot write upload: ", std::strerror(errno)));
+      Discard();
+      return status;
+    }
+    written += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BlobInfo> BlobUpload::Commit() {
+  if (fd_ < 0) return absl::FailedPreconditionError("upload already finished");
+  BlobInfo info{hash_.HexDigest(), size_, false};
+  if (!expected_sha256_.empty() && expected_sha256_ != info.sha256) {
+    Discard();
+    return absl::DataLossError(absl::StrCat("upload corrupted: received ", info.size_bytes,
+                                            " bytes with sha256 ", info.sha256,
+                                            ", but metadata.expected_sha256 is ",
+                                            expected_sha256_));
+  }
+  if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0) {
+    absl::Status status =
+        absl::InternalError(absl::StrCat("cannot sync upload: ", std::strerror(errno)));
+    Discard();
+    return status;
+  }
+  ::close(fd_);
+  fd_ = -1;
+  std::string target = (fs::path(store_->dir()) / info.sha256).string();
+  std::error_code error;
+  info.already_existed = fs::is_regular_file(target, error);
+  if (::rename(tmp_path_.c_str(), target.c_str()) != 0) {
+    absl::Status status =
+        absl::InternalError(absl::StrCat("cannot store upload: ", std::strerror(errno)));
+    Discard();
+    return status;
+  }
+  tmp_path_.clear();
+  int dir_fd = ::open(store_->dir().c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+  return info;
+}
+
+}  // namespace quantd::worker

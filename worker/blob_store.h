@@ -1,0 +1,75 @@
+#ifndef QUANTD_WORKER_BLOB_STORE_H_
+#define QUANTD_WORKER_BLOB_STORE_H_
+
+// Uploaded models and datasets, content-addressed: <dir>/<sha256>. An upload
+// streams into a temporary file while it is hashed; it becomes visible only
+// after the size limit and the expected sha256 are checked, fsynced and
+// renamed into place.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "worker/engine/base/sha256.h"
+
+namespace quantd::worker {
+
+struct BlobInfo {
+  std::string sha256;  // also the blob id
+  int64_t size_bytes = 0;
+  bool already_existed = false;
+};
+
+class BlobStore;
+
+// One upload in progress. Destroying it without Commit() discards it.
+class BlobUpload {
+ public:
+  ~BlobUpload();
+  BlobUpload(const BlobUpload&) = delete;
+  BlobUpload& operator=(const BlobUpload&) = delete;
+
+  // RESOURCE_EXHAUSTED once the upload exceeds the store's limit.
+  absl::Status Append(const std::string& chunk);
+  // DATA_LOSS if `expected_sha256` (non-empty) does not match.
+  absl::StatusOr<BlobInfo> Commit();
+
+ private:
+  friend class BlobStore;
+  BlobUpload(const BlobStore* store, std::string tmp_path, int fd, std::string expected_sha256);
+  void Discard();
+
+  const BlobStore* store_;
+  std::string tmp_path_;
+  int fd_;
+  std::string expected_sha256_;
+  int64_t size_ = 0;
+  engine::Sha256 hash_;
+};
+
+class BlobStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<BlobStore>> Open(const std::string& dir, int64_t max_bytes);
+
+  // `expected_sha256` may be empty; `declared_size` 0 = unknown (otherwise
+  // checked against the limit at once).
+  absl::StatusOr<std::unique_ptr<BlobUpload>> BeginUpload(const std::string& expected_sha256,
+                                                          int64_t declared_size) const;
+  // Local path of a stored blob; INVALID_ARGUMENT for a malformed id,
+  // NOT_FOUND for an unknown one. `field` names the request field in errors.
+  absl::StatusOr<std::string> PathOf(const std::string& blob_id, const std::string& field) const;
+
+  int64_t max_bytes() const { return max_bytes_; }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  BlobStore(std::string dir, int64_t max_bytes) : dir_(std::move(dir)), max_bytes_(max_bytes) {}
+  const std::string dir_;
+  const int64_t max_bytes_;
+};
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_BLOB_STORE_H_

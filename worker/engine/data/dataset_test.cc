@@ -1,0 +1,145 @@
+#include "worker/engine/data/dataset.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "worker/engine/testing/test_env.h"
+
+namespace quantd::engine {
+namespace {
+
+DatasetSpec Cifar(const std::string& path) {
+  DatasetSpec spec;
+  spec.path = path;
+  return spec;
+}
+
+TEST(Cifar10DatasetTest, ReadsTheRealTestSet) {
+  auto dataset = OpenDataset(Cifar(testing::TestSetPath()));
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  EXPECT_EQ((*dataset)->size(), 10000);
+  auto batch = (*dataset)->ReadBatch(0, 10);
+  ASSERT_TRUE(batch.ok());
+  EXPECT_EQ(batch->images.sizes(), (std::vector<int64_t>{10, 3, 32, 32}));
+  const std::vector<int64_t> first = {3, 8, 8, 0, 6, 6, 1, 6, 3, 1};  // cat, ship, ship, airplane, ...
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(batch->labels[i].item<int64_t>(), first[static_cast<size_t>(i)]);
+  EXPECT_GE(batch->images.min().item<float>(), 0.0f);
+  EXPECT_LE(batch->images.max().item<float>(), 255.0f);  // raw pixels, no scaling
+  EXPECT_EQ((*dataset)->ReadBatch(9995, 10).status().code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST(Cifar10DatasetTest, TruncatedFileNamesTheProblem) {
+  const std::string path = testing::MakeTempDir("truncated") + "/part.bin";
+  std::ifstream in(testing::CalibrationPath(), std::ios::binary);
+  std::vector<char> bytes(3073 * 2 + 100);
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  auto dataset = OpenDataset(Cifar(path));
+  EXPECT_EQ(dataset.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(dataset.status().message().find("truncated"), std::string::npos) << dataset.status();
+}
+
+TEST(Cifar10DatasetTest, EmptyAndMissingFiles) {
+  const std::string path = testing::MakeTempDir("empty") + "/empty.bin";
+  std::ofstream(path).close();
+  EXPECT_EQ(OpenDataset(Cifar(path)).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(OpenDataset(Cifar("/nonexistent.bin")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(Cifar10DatasetTest, StratifiedSelectionIsBalancedAndDeterministic) {
+  DatasetSpec spec = Cifar(testing::TestSetPath());
+  spec.samples_per_class = 7;
+  spec.seed = 42;
+  auto a = OpenDataset(spec);
+  auto b = OpenDataset(spec);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ((*a)->size(), 70);
+  auto batch_a = (*a)->ReadBatch(0, 70);
+  auto batch_b = (*b)->ReadBatch(0, 70);
+  EXPECT_TRUE(at::equal(batch_a->images, batch_b->images));
+  std::map<int64_t, int> per_class;
+  for (int i = 0; i < 70; ++i) per_class[batch_a->labels[i].item<int64_t>()]++;
+  for (const auto& [label, count] : per_class) EXPECT_EQ(count, 7) << label;
+  spec.seed = 43;
+  auto c = OpenDataset(spec);
+  EXPECT_NE(*(*a)->Fingerprint(), *(*c)->Fingerprint());
+}
+
+TEST(StratifiedSelectionTest, TooFewSamplesInAClass) {
+  auto s = StratifiedSelection({0, 0, 1}, 2, 0);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("class 1 has only 1"), std::string::npos);
+}
+
+void WriteNpy(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape, const void* data,
+              size_t bytes) {
+  std::string dims;
+  for (int64_t d : shape) dims += std::to_string(d) + ", ";
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::ofstream out(path, std::ios::binary);
+  out.write("\x93NUMPY\x01\x00", 8);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  out.write(reinterpret_cast<const char*>(&len), 2);
+  out << header;
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+}
+
+TEST(NpyDatasetTest, ReadsNhwcUint8AndNchwFloat) {
+  const std::string dir = testing::MakeTempDir("npy");
+  std::vector<uint8_t> nhwc(2 * 4 * 4 * 3);
+  for (size_t i = 0; i < nhwc.size(); ++i) nhwc[i] = static_cast<uint8_t>(i);
+  WriteNpy(dir + "/nhwc.npy", "|u1", {2, 4, 4, 3}, nhwc.data(), nhwc.size());
+  std::vector<int64_t> labels = {1, 0};
+  WriteNpy(dir + "/labels.npy", "<i8", {2}, labels.data(), labels.size() * 8);
+  DatasetSpec spec;
+  spec.format = DatasetFormat::kNpy;
+  spec.path = dir + "/nhwc.npy";
+  spec.labels_path = dir + "/labels.npy";
+  auto dataset = OpenDataset(spec);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  EXPECT_EQ((*dataset)->sample_shape(), (std::vector<int64_t>{3, 4, 4}));
+  auto batch = (*dataset)->ReadBatch(0, 2);
+  ASSERT_TRUE(batch.ok());
+  // Element (n=1, c=2, h=0, w=1) sits at NHWC offset ((1*4+0)*4+1)*3+2.
+  EXPECT_EQ(batch->images[1][2][0][1].item<float>(), static_cast<float>(((1 * 4 + 0) * 4 + 1) * 3 + 2));
+  EXPECT_EQ(batch->labels[0].item<int64_t>(), 1);
+
+  std::vector<float> nchw(1 * 3 * 2 * 2);
+  for (size_t i = 0; i < nchw.size(); ++i) nchw[i] = 0.5f * static_cast<float>(i);
+  WriteNpy(dir + "/nchw.npy", "<f4", {1, 3, 2, 2}, nchw.data(), nchw.size() * 4);
+  spec.path = dir + "/nchw.npy";
+  spec.labels_path.clear();
+  spec.preprocessing.mean = {1.0, 1.0, 1.0};
+  spec.preprocessing.std = {2.0, 2.0, 2.0};
+  auto floats = OpenDataset(spec);
+  ASSERT_TRUE(floats.ok()) << floats.status();
+  EXPECT_FALSE((*floats)->has_labels());
+  EXPECT_FLOAT_EQ((*floats)->ReadBatch(0, 1)->images[0][1][1][0].item<float>(), (0.5f * 6 - 1.0f) / 2.0f);
+}
+
+TEST(NpyDatasetTest, RejectsBadFiles) {
+  const std::string dir = testing::MakeTempDir("npy_bad");
+  std::ofstream(dir + "/bad.npy") << "not numpy";
+  DatasetSpec spec;
+  spec.format = DatasetFormat::kNpy;
+  spec.path = dir + "/bad.npy";
+  EXPECT_EQ(OpenDataset(spec).status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<int32_t> ints(4);
+  WriteNpy(dir + "/ints.npy", "<i4", {1, 1, 2, 2}, ints.data(), 16);
+  spec.path = dir + "/ints.npy";
+  auto s = OpenDataset(spec).status();
+  EXPECT_NE(s.message().find("<i4"), std::string::npos) << s;
+  std::vector<uint8_t> few(10);
+  WriteNpy(dir + "/short.npy", "|u1", {2, 3, 4, 4}, few.data(), few.size());
+  spec.path = dir + "/short.npy";
+  EXPECT_NE(OpenDataset(spec).status().message().find("truncated"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace quantd::engine

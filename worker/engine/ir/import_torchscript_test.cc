@@ -1,0 +1,59 @@
+#include "worker/engine/ir/import_torchscript.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "worker/engine/testing/test_env.h"
+
+namespace quantd::engine {
+namespace {
+
+TEST(ImportTorchScriptTest, ResNet8OpsKeepTheirModulePaths) {
+  auto graph = ImportTorchScriptFile(testing::ResNet8Path());
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  std::map<OpKind, int> kinds;
+  std::map<std::string, OpKind> by_name;
+  for (const Node& n : graph->nodes) {
+    kinds[n.kind]++;
+    by_name[n.name] = n.kind;
+  }
+  EXPECT_EQ(kinds[OpKind::kConv2d], 9);
+  EXPECT_EQ(kinds[OpKind::kBatchNorm], 7);
+  EXPECT_EQ(kinds[OpKind::kRelu], 7);
+  EXPECT_EQ(kinds[OpKind::kAdd], 3);
+  EXPECT_EQ(kinds[OpKind::kPad], 2);
+  EXPECT_EQ(kinds[OpKind::kGeneric], 0) << graph->Dump();  // the BN input checks are elided
+  EXPECT_EQ(by_name["layer2.shortcut"], OpKind::kConv2d);
+  EXPECT_EQ(by_name["layer3.bn2"], OpKind::kBatchNorm);
+  EXPECT_EQ(by_name["layer1:add"], OpKind::kAdd);
+  EXPECT_EQ(by_name["layer2.pad"], OpKind::kPad);
+  EXPECT_EQ(by_name["softmax"], OpKind::kSoftmax);
+  EXPECT_EQ(graph->inputs.size(), 1u);
+  EXPECT_EQ(graph->input_names[0], "x");
+}
+
+TEST(ImportTorchScriptTest, MissingFileIsInvalidArgument) {
+  auto graph = ImportTorchScriptFile("/nonexistent/model.pt");
+  EXPECT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(graph.status().message().find("/nonexistent/model.pt"), std::string::npos);
+}
+
+TEST(ImportTorchScriptTest, CorruptFileIsInvalidArgument) {
+  const std::string path = testing::MakeTempDir("corrupt_model") + "/model.pt";
+  std::ofstream(path) << "this is not a zip archive";
+  auto graph = ImportTorchScriptFile(path);
+  EXPECT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(graph.status().message().find("loading TorchScript model"), std::string::npos);
+}
+
+TEST(UnmangledTypeNameTest, StripsManglingAndPrefix) {
+  auto cu = std::make_shared<torch::jit::CompilationUnit>();
+  auto type = c10::ClassType::create(c10::QualifiedName("__torch__.torch.nn.modules.conv.___torch_mangle_3.Conv2d"), cu, true);
+  EXPECT_EQ(UnmangledTypeName(type), "torch.nn.modules.conv.Conv2d");
+}
+
+}  // namespace
+}  // namespace quantd::engine

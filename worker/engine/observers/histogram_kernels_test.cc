@@ -1,0 +1,87 @@
+#include "worker/engine/observers/histogram_kernels.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+namespace quantd::engine {
+namespace {
+
+std::vector<float> TorchHistc(const at::Tensor& x, int64_t bins, double lo, double hi) {
+  at::Tensor h = at::histc(x, bins, lo, hi).contiguous();
+  return std::vector<float>(h.data_ptr<float>(), h.data_ptr<float>() + h.numel());
+}
+
+class HistcTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(HistcTest, MatchesTorchHistcBitForBit) {
+  at::manual_seed(GetParam());
+  at::Tensor relu_like = at::relu(at::randn({100, 16, 9, 7}) * 3.7);  // many exact zeros
+  at::Tensor wide = at::randn({50000}) * 100 + 3;
+  at::Tensor uniform = at::rand({4097}) * 255;
+  for (const at::Tensor& x : {relu_like, wide, uniform}) {
+    const float* data = x.data_ptr<float>();
+    auto [mn, mx] = at::aminmax(x);
+    // As HistogramObserver calls it: int()-truncated ranges, some narrower
+    // than the data (values outside are skipped) and some wider.
+    for (auto [lo, hi] : std::vector<std::pair<double, double>>{
+             {std::trunc(mn.item<float>()), std::trunc(mx.item<float>())},
+             {-5.0, 7.0},
+             {0.0, 0.0},
+             {mn.item<float>(), mx.item<float>() * 1.25}}) {
+      EXPECT_EQ(Histc(data, x.numel(), 2048, lo, hi), TorchHistc(x, 2048, lo, hi)) << "range " << lo << ".." << hi;
+    }
+    const MinMax found = FindMinMax(data, x.numel());
+    EXPECT_EQ(found.min, mn.item<float>());
+    EXPECT_EQ(found.max, mx.item<float>());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, HistcTest, ::testing::Values(1, 2, 3));
+
+TEST(HistcTest, EmptyRangeIsWidened) {
+  std::vector<float> x(10, 4.0f);
+  const std::vector<float> hist = Histc(x.data(), 10, 4, 4.0, 4.0);
+  EXPECT_EQ(hist, TorchHistc(at::full({10}, 4.0f), 4, 4.0, 4.0));
+}
+
+// PyTorch 1.13's HistogramObserver._combine_histograms, in tensor ops.
+std::vector<float> ReferenceCombine(const std::vector<float>& new_hist, const std::vector<float>& old_hist,
+                                    int64_t upsample, int64_t downsample, int64_t start_idx) {
+  const int64_t bins = static_cast<int64_t>(old_hist.size());
+  at::Tensor orig = at::tensor(new_hist);
+  at::Tensor upsampled = at::tensor(old_hist).repeat_interleave(upsample);
+  at::Tensor wide = at::zeros({bins * downsample});
+  wide.slice(0, start_idx, start_idx + bins * upsample).copy_(upsampled);
+  at::Tensor integral = at::cumsum(wide, 0, at::kDouble).slice(0, downsample - 1, c10::nullopt, downsample);
+  at::Tensor shifted = at::zeros({bins});
+  shifted.slice(0, 1, bins).copy_(integral.slice(0, 0, -1));
+  at::Tensor result = (orig + ((integral - shifted) / static_cast<double>(upsample)).to(at::kFloat)).contiguous();
+  return std::vector<float>(result.data_ptr<float>(), result.data_ptr<float>() + bins);
+}
+
+TEST(CombineHistogramsTest, MatchesPyTorchsTensorExpression) {
+  at::manual_seed(7);
+  const int64_t bins = 64;
+  at::Tensor old_t = at::floor(at::rand({bins}) * 1000).contiguous();
+  at::Tensor new_t = at::floor(at::rand({bins}) * 1000).contiguous();
+  std::vector<float> old_hist(old_t.data_ptr<float>(), old_t.data_ptr<float>() + bins);
+  const std::vector<float> new_hist(new_t.data_ptr<float>(), new_t.data_ptr<float>() + bins);
+  for (auto [downsample, start] : std::vector<std::pair<int64_t, int64_t>>{{16, 0}, {23, 5}, {20, 100}, {40, 17}}) {
+    std::vector<float> ours = new_hist;
+    CombineHistograms(&ours, old_hist, 16, downsample, start);
+    EXPECT_EQ(ours, ReferenceCombine(new_hist, old_hist, 16, downsample, start)) << downsample << " " << start;
+  }
+}
+
+TEST(QuantizationErrorTest, GrowsWhenTheRangeClipsMass) {
+  std::vector<float> hist(2048, 0.0f);
+  for (int i = 0; i < 2048; ++i) hist[static_cast<size_t>(i)] = static_cast<float>(1000 - std::abs(i - 1024) / 2);
+  const double full = QuantizationError(hist.data(), 2048, 0.01, 0, 2047, 256);
+  const double clipped = QuantizationError(hist.data(), 2048, 0.01, 700, 1300, 256);
+  EXPECT_GT(full, 0.0);
+  EXPECT_GT(clipped, full);  // clipping 40% of a wide distribution costs more than coarse steps
+  EXPECT_EQ(QuantizationError(hist.data(), 2048, 0.0, 0, 2047, 256), 0.0);
+}
+
+}  // namespace
+}  // namespace quantd::engine

@@ -1,0 +1,56 @@
+#include "worker/job.h"
+
+namespace quantd::worker {
+
+const char* JobStateName(JobState state) {
+  switch (state) {
+    case JobState::kQueued: return "QUEUED";
+    case JobState::kRunning: return "RUNNING";
+    case JobState::kSucceeded: return "SUCCEEDED";
+    case JobState::kFailed: return "FAILED";
+    case JobState::kCancelled: return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+
+const char* JobPhaseName(JobPhase phase) {
+  switch (phase) {
+    case JobPhase::kNone: return "none";
+    case JobPhase::kLoading: return "loading";
+    case JobPhase::kFusing: return "fusing";
+    case JobPhase::kCalibrating: return "calibrating";
+    case JobPhase::kConverting: return "converting";
+    case JobPhase::kEvaluating: return "evaluating";
+    case JobPhase::kStoring: return "storing";
+  }
+  return "none";
+}
+
+JobPhase JobPhaseFromName(const std::string& name) {
+  for (JobPhase phase : {JobPhase::kLoading, JobPhase::kFusing, JobPhase::kCalibrating,
+                         JobPhase::kConverting, JobPhase::kEvaluating, JobPhase::kStoring}) {
+    if (name == JobPhaseName(phase)) return phase;
+  }
+  return JobPhase::kNone;
+}
+
+bool IsTerminal(JobState state) {
+  return state == JobState::kSucceeded || state == JobState::kFailed ||
+         state == JobState::kCancelled;
+}
+
+JobPhase FromEnginePhase(engine::Phase phase) {
+  switch (phase) {
+    case engine::Phase::kLoading: return JobPhase::kLoading;
+    case engine::Phase::kFusing: return JobPhase::kFusing;
+    case engine::Phase::kCalibrating: return JobPhase::kCalibrating;
+    case engine::Phase::kConverting: return JobPhase::kConverting;
+    case engine::Phase::kEvaluating: return JobPhase::kEvaluating;
+    case engine::Phase::kStoring: return JobPhase::kStoring;
+  }
+  return JobPhase::kNone;
+}
+
+std::string ArtifactIdFor(const std::string& sha256) { return "art-" + sha256.substr(0, 16); }
+
+}  // namespace quantd::worker

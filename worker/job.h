@@ -1,0 +1,86 @@
+#ifndef QUANTD_WORKER_JOB_H_
+#define QUANTD_WORKER_JOB_H_
+
+// A quantization job as the worker sees it: plain C++ (no protos, no gRPC).
+// The server converts to and from quantd.v1 messages.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "worker/engine/data/dataset_spec.h"
+#include "worker/engine/passes/fusion_spec.h"
+#include "worker/engine/quantizer.h"
+#include "worker/engine/report.h"
+
+namespace quantd::worker {
+
+enum class JobState { kQueued = 1, kRunning = 2, kSucceeded = 3, kFailed = 4, kCancelled = 5 };
+// Same order as quantd.v1.Phase (0 = none yet).
+enum class JobPhase { kNone = 0, kLoading, kFusing, kCalibrating, kConverting, kEvaluating, kStoring };
+
+const char* JobStateName(JobState state);
+const char* JobPhaseName(JobPhase phase);
+bool IsTerminal(JobState state);
+JobPhase FromEnginePhase(engine::Phase phase);
+// "loading" -> kLoading ...; kNone for unknown names.
+JobPhase JobPhaseFromName(const std::string& name);
+
+// What to run, with every reference already resolved to a local file.
+struct JobSpec {
+  std::string model_path;
+  engine::DatasetSpec calibration;
+  engine::QConfigChoice qconfig;
+  std::string kernel_engine;
+  engine::FusionSpec fusion;
+  int64_t batch_size = 100;
+  std::optional<engine::DatasetSpec> evaluation;
+  int64_t evaluation_batch_size = 256;
+};
+
+struct PhaseTiming {
+  JobPhase phase = JobPhase::kNone;
+  double seconds = 0;
+};
+
+struct JobResult {
+  std::string artifact_id;
+  std::string artifact_sha256;
+  int64_t artifact_size_bytes = 0;
+  // The engine's report (fused groups, fallbacks, layers, accuracies, ...).
+  engine::QuantizeReport report;
+  std::vector<PhaseTiming> phase_timings;
+  absl::StatusCode error_code = absl::StatusCode::kOk;
+  std::string error_message;
+};
+
+struct Job {
+  std::string id;
+  JobState state = JobState::kQueued;
+  JobPhase phase = JobPhase::kNone;
+  absl::Time create_time = absl::InfinitePast();
+  std::optional<absl::Time> start_time;
+  std::optional<absl::Time> finish_time;
+  // Absolute deadline from the request (none = no client deadline).
+  std::optional<absl::Time> deadline;
+  JobSpec spec;
+  // The request as the client sent it, opaque to the worker (the server
+  // stores its serialized proto here and echoes it back).
+  std::string request_echo;
+  // Client idempotency key ("" = none) and a fingerprint of the request it
+  // came with, to tell a retry from a different request.
+  std::string idempotency_key;
+  std::string request_fingerprint;
+  uint32_t attempt_count = 0;
+  std::optional<JobResult> result;  // set once the job has finished
+};
+
+// "art-" + the first 16 hex digits of the artifact's sha256.
+std::string ArtifactIdFor(const std::string& sha256);
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_JOB_H_

@@ -1,0 +1,174 @@
+#include "worker/job_codec.h"
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace quantd::worker {
+namespace {
+
+using nlohmann::json;
+
+json EncodeDataset(const engine::DatasetSpec& d) {
+  return json{{"format", d.format == engine::DatasetFormat::kNpy ? "npy" : "cifar10"},
+              {"path", d.path},
+              {"labels_path", d.labels_path},
+              {"layout", d.layout},
+              {"scale", d.preprocessing.scale},
+              {"mean", d.preprocessing.mean},
+              {"std", d.preprocessing.std},
+              {"samples_per_class", d.samples_per_class},
+              {"seed", d.seed},
+              {"limit", d.limit}};
+}
+
+engine::DatasetSpec DecodeDataset(const json& j) {
+  engine::DatasetSpec d;
+  d.format = j.at("format").get<std::string>() == "npy" ? engine::DatasetFormat::kNpy
+                                                        : engine::DatasetFormat::kCifar10Binary;
+  d.path = j.at("path").get<std::string>();
+  d.labels_path = j.at("labels_path").get<std::string>();
+  d.layout = j.at("layout").get<std::string>();
+  d.preprocessing.scale = j.at("scale").get<double>();
+  d.preprocessing.mean = j.at("mean").get<std::vector<double>>();
+  d.preprocessing.std = j.at("std").get<std::vector<double>>();
+  d.samples_per_class = j.at("samples_per_class").get<int64_t>();
+  d.seed = j.at("seed").get<uint64_t>();
+  d.limit = j.at("limit").get<int64_t>();
+  return d;
+}
+
+json EncodeAccuracy(const std::optional<engine::Accuracy>& a) {
+  if (!a.has_value()) return nullptr;
+  return json{{"correct", a->correct}, {"total", a->total}};
+}
+
+std::optional<engine::Accuracy> DecodeAccuracy(const json& j) {
+  if (j.is_null()) return std::nullopt;
+  engine::Accuracy a;
+  a.correct = j.at("correct").get<int64_t>();
+  a.total = j.at("total").get<int64_t>();
+  return a;
+}
+
+}  // namespace
+
+std::string EncodeJobSpec(const JobSpec& spec) {
+  json j{{"model_path", spec.model_path},
+         {"calibration", EncodeDataset(spec.calibration)},
+         {"preset", spec.qconfig.preset},
+         {"activation_observer", spec.qconfig.activation_observer},
+         {"weight_observer", spec.qconfig.weight_observer},
+         {"reduce_range", spec.qconfig.reduce_range},
+         {"kernel_engine", spec.kernel_engine},
+         {"fusion_auto", spec.fusion.automatic},
+         {"fusion_groups", spec.fusion.groups},
+         {"batch_size", spec.batch_size},
+         {"evaluation", spec.evaluation.has_value() ? EncodeDataset(*spec.evaluation) : json()},
+         {"evaluation_batch_size", spec.evaluation_batch_size}};
+  return j.dump();
+}
+
+absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {
+  try {
+    json j = json::parse(text);
+    JobSpec spec;
+    spec.model_path = j.at("model_path").get<std::string>();
+    spec.calibration = DecodeDataset(j.at("calibration"));
+    spec.qconfig.preset = j.at("preset").get<std::string>();
+    spec.qconfig.activation_observer = j.at("activation_observer").get<std::string>();
+    spec.qconfig.weight_observer = j.at("weight_observer").get<std::string>();
+    spec.qconfig.reduce_range = j.at("reduce_range").get<bool>();
+    spec.kernel_engine = j.at("kernel_engine").get<std::string>();
+    spec.fusion.automatic = j.at("fusion_auto").get<bool>();
+    spec.fusion.groups = j.at("fusion_groups").get<std::vector<std::vector<std::string>>>();
+    spec.batch_size = j.at("batch_size").get<int64_t>();
+    if (!j.at("evaluation").is_null()) spec.evaluation = DecodeDataset(j.at("evaluation"));
+    spec.evaluation_batch_size = j.at("evaluation_batch_size").get<int64_t>();
+    return spec;
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("stored job spec is unreadable: ", e.what()));
+  }
+}
+
+std::string EncodeJobResult(const JobResult& result) {
+  const engine::QuantizeReport& r = result.report;
+  json layers = json::array();
+  for (const engine::LayerReport& l : r.layers) {
+    layers.push_back(json{{"name", l.name},
+                          {"op", l.op},
+                          {"output_scale", l.output_scale},
+                          {"output_zero_point", l.output_zero_point},
+                          {"weight_scales", l.weight_scales},
+                          {"sqnr_db", l.sqnr_db.has_value() ? json(*l.sqnr_db) : json()}});
+  }
+  json fallbacks = json::array();
+  for (const engine::FallbackReport& f : r.fallbacks) {
+    fallbacks.push_back(json{{"node", f.node}, {"op", f.op}, {"reason", f.reason}});
+  }
+  json timings = json::array();
+  for (const PhaseTiming& t : result.phase_timings) {
+    timings.push_back(json{{"phase", JobPhaseName(t.phase)}, {"seconds", t.seconds}});
+  }
+  json j{{"artifact_id", result.artifact_id},
+         {"artifact_sha256", result.artifact_sha256},
+         {"artifact_size_bytes", result.artifact_size_bytes},
+         {"qconfig_name", r.qconfig_name},
+         {"qconfig_description", r.qconfig_description},
+         {"kernel_engine", r.kernel_engine},
+         {"fused_groups", r.fused_groups},
+         {"fallbacks", fallbacks},
+         {"layers", layers},
+         {"calibration_samples", r.calibration_samples},
+         {"fp32_accuracy", EncodeAccuracy(r.fp32_accuracy)},
+         {"int8_accuracy", EncodeAccuracy(r.int8_accuracy)},
+         {"phase_timings", timings},
+         {"error_code", static_cast<int>(result.error_code)},
+         {"error_message", result.error_message}};
+  return j.dump();
+}
+
+absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
+  try {
+    json j = json::parse(text);
+    JobResult result;
+    result.artifact_id = j.at("artifact_id").get<std::string>();
+    result.artifact_sha256 = j.at("artifact_sha256").get<std::string>();
+    result.artifact_size_bytes = j.at("artifact_size_bytes").get<int64_t>();
+    engine::QuantizeReport& r = result.report;
+    r.qconfig_name = j.at("qconfig_name").get<std::string>();
+    r.qconfig_description = j.at("qconfig_description").get<std::string>();
+    r.kernel_engine = j.at("kernel_engine").get<std::string>();
+    r.fused_groups = j.at("fused_groups").get<std::vector<std::vector<std::string>>>();
+    for (const json& f : j.at("fallbacks")) {
+      r.fallbacks.push_back({f.at("node").get<std::string>(), f.at("op").get<std::string>(),
+                             f.at("reason").get<std::string>()});
+    }
+    for (const json& l : j.at("layers")) {
+      engine::LayerReport layer;
+      layer.name = l.at("name").get<std::string>();
+      layer.op = l.at("op").get<std::string>();
+      layer.output_scale = l.at("output_scale").get<double>();
+      layer.output_zero_point = l.at("output_zero_point").get<int64_t>();
+      layer.weight_scales = l.at("weight_scales").get<std::vector<float>>();
+      if (!l.at("sqnr_db").is_null()) layer.sqnr_db = l.at("sqnr_db").get<double>();
+      r.layers.push_back(std::move(layer));
+    }
+    r.calibration_samples = j.at("calibration_samples").get<int64_t>();
+    r.fp32_accuracy = DecodeAccuracy(j.at("fp32_accuracy"));
+    r.int8_accuracy = DecodeAccuracy(j.at("int8_accuracy"));
+    r.artifact_sha256 = result.artifact_sha256;
+    r.artifact_size_bytes = result.artifact_size_bytes;
+    for (const json& t : j.at("phase_timings")) {
+      result.phase_timings.push_back(
+          {JobPhaseFromName(t.at("phase").get<std::string>()), t.at("seconds").get<double>()});
+    }
+    result.error_code = static_cast<absl::StatusCode>(j.at("error_code").get<int>());
+    result.error_message = j.at("error_message").get<std::string>();
+    return result;
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("stored job result is unreadable: ", e.what()));
+  }
+}
+
+}  // namespace quantd::worker

@@ -1,0 +1,70 @@
+#include "worker/job_events.h"
+
+#include <utility>
+
+namespace quantd::worker {
+
+void JobEventHub::Publish(const Job& job, JobEvent event) {
+  absl::MutexLock lock(&mu_);
+  Followed& followed = jobs_[job.id];
+  followed.job = job;
+  event.job_id = job.id;
+  event.time = clock_->Now();
+  event.sequence = ++followed.sequence;
+  for (const auto& [token, watcher] : followed.watchers) watcher->OnJobEvent(event);
+  if (event.kind == JobEvent::Kind::kResult) jobs_.erase(job.id);
+}
+
+absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,
+                                                const std::function<absl::StatusOr<Job>()>& load,
+                                                JobWatcher* watcher) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    absl::StatusOr<Job> job = load();
+    if (!job.ok()) return job.status();
+    JobEvent snapshot;
+    snapshot.kind = JobEvent::Kind::kSnapshot;
+    snapshot.job_id = job_id;
+    snapshot.time = clock_->Now();
+    snapshot.sequence = 1;
+    snapshot.snapshot = *job;
+    if (IsTerminal(job->state)) {
+      watcher->OnJobEvent(snapshot);
+      JobEvent result;
+      result.kind = JobEvent::Kind::kResult;
+      result.job_id = job_id;
+      result.time = snapshot.time;
+      result.sequence = 2;
+      if (job->result.has_value()) result.result = *job->result;
+      watcher->OnJobEvent(result);
+      return 0;
+    }
+    it = jobs_.emplace(job_id, Followed{*job, 0, {}}).first;
+  }
+  Followed& followed = it->second;
+  JobEvent snapshot;
+  snapshot.kind = JobEvent::Kind::kSnapshot;
+  snapshot.job_id = job_id;
+  snapshot.time = clock_->Now();
+  snapshot.sequence = followed.sequence;
+  snapshot.snapshot = followed.job;
+  watcher->OnJobEvent(snapshot);
+  uint64_t token = next_token_++;
+  followed.watchers[token] = watcher;
+  return token;
+}
+
+void JobEventHub::Unsubscribe(const std::string& job_id, uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it != jobs_.end()) it->second.watchers.erase(token);
+}
+
+int JobEventHub::WatcherCount(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  return it == jobs_.end() ? 0 : static_cast<int>(it->second.watchers.size());
+}
+
+}  // namespace quantd::worker

@@ -1,0 +1,80 @@
+#ifndef QUANTD_WORKER_JOB_EVENTS_H_
+#define QUANTD_WORKER_JOB_EVENTS_H_
+
+// Fan-out of job events to any number of watchers. A watcher that subscribes
+// gets a snapshot of the job's current state first, then every later event,
+// with no gap and no reordering between the two (both happen under one lock).
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "worker/clock.h"
+#include "worker/job.h"
+
+namespace quantd::worker {
+
+struct JobEvent {
+  enum class Kind { kSnapshot, kStateChanged, kPhaseStarted, kPhaseFinished, kCalibrationProgress, kResult };
+  Kind kind = Kind::kSnapshot;
+  std::string job_id;
+  absl::Time time;
+  uint64_t sequence = 0;  // per job, from 1
+  Job snapshot;           // kSnapshot
+  JobState state = JobState::kQueued;  // kStateChanged
+  PhaseTiming phase;      // kPhaseStarted (phase), kPhaseFinished (phase, seconds)
+  int64_t batches_done = 0, batches_total = 0, samples_done = 0;  // kCalibrationProgress
+  JobResult result;       // kResult: the stream's last event
+};
+
+// Receives events. Called with the hub's lock held: must not block and must
+// not call back into the hub.
+class JobWatcher {
+ public:
+  virtual ~JobWatcher() = default;
+  virtual void OnJobEvent(const JobEvent& event) = 0;
+};
+
+class JobEventHub {
+ public:
+  explicit JobEventHub(Clock* clock) : clock_(clock) {}
+
+  // Publishes `event` about `job` (its state after the event). A kResult
+  // event ends the job's stream: its watchers are dropped afterwards.
+  void Publish(const Job& job, JobEvent event);
+
+  // Subscribes `watcher` to `job_id` and delivers the snapshot at once. If
+  // the hub does not follow the job yet, `load` reads it (e.g. from the job
+  // store). A finished job's snapshot is followed by its result and no
+  // subscription is kept (returns 0). Otherwise returns a token for
+  // Unsubscribe.
+  absl::StatusOr<uint64_t> Subscribe(const std::string& job_id,
+                                     const std::function<absl::StatusOr<Job>()>& load,
+                                     JobWatcher* watcher);
+  // After it returns, `watcher` gets no more calls.
+  void Unsubscribe(const std::string& job_id, uint64_t token);
+
+  int WatcherCount(const std::string& job_id);
+
+ private:
+  struct Followed {
+    Job job;
+    uint64_t sequence = 0;
+    std::map<uint64_t, JobWatcher*> watchers;
+  };
+
+  Clock* const clock_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Followed> jobs_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_JOB_EVENTS_H_

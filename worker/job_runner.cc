@@ -1,0 +1,158 @@
+#include "worker/job_runner.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/base/status_macros.h"
+
+namespace quantd::worker {
+namespace {
+
+class RealEngine final : public QuantizationEngine {
+ public:
+  absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<engine::QuantizedModel> model, engine::Quantize(options));
+    if (options.progress && !options.progress({engine::Phase::kStoring, 0, 0})) {
+      return absl::CancelledError("cancelled before storing");
+    }
+    EngineOutput output;
+    QUANTD_ASSIGN_OR_RETURN(output.artifact, model->SerializeArtifact());
+    output.report = model->report();
+    output.manifest_json = engine::ManifestJson(output.report);
+    return output;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<QuantizationEngine> NewRealEngine() { return std::make_unique<RealEngine>(); }
+
+engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec) {
+  engine::QuantizeOptions options;
+  options.model_path = spec.model_path;
+  options.calibration = spec.calibration;
+  options.qconfig = spec.qconfig;
+  options.fusion = spec.fusion;
+  options.batch_size = spec.batch_size;
+  options.kernel_engine = spec.kernel_engine;
+  options.evaluation = spec.evaluation;
+  options.evaluation_batch_size = spec.evaluation_batch_size;
+  return options;
+}
+
+Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
+  job.state = JobState::kRunning;
+  job.phase = JobPhase::kNone;
+  {
+    JobEvent event;
+    event.kind = JobEvent::Kind::kStateChanged;
+    event.state = JobState::kRunning;
+    events_->Publish(job, event);
+  }
+
+  JobResult result;
+  JobPhase current = JobPhase::kNone;
+  absl::Time phase_start = clock_->Now();
+  bool deadline_hit = false;
+
+  auto enter_phase = [&](JobPhase phase) {
+    const absl::Time now = clock_->Now();
+    if (current != JobPhase::kNone) {
+      PhaseTiming timing{current, absl::ToDoubleSeconds(now - phase_start)};
+      result.phase_timings.push_back(timing);
+      JobEvent event;
+      event.kind = JobEvent::Kind::kPhaseFinished;
+      event.phase = timing;
+      events_->Publish(job, event);
+    }
+    current = phase;
+    phase_start = now;
+    if (phase == JobPhase::kNone) return;
+    job.phase = phase;
+    (void)store_->SetPhase(job.id, job.attempt_count, phase);  // best effort: display only
+    JobEvent event;
+    event.kind = JobEvent::Kind::kPhaseStarted;
+    event.phase.phase = phase;
+    events_->Publish(job, event);
+  };
+
+  engine::QuantizeOptions options = ToQuantizeOptions(job.spec);
+  options.progress = [&](const engine::ProgressEvent& progress) {
+    const JobPhase phase = FromEnginePhase(progress.phase);
+    if (phase != current) enter_phase(phase);
+    if (phase == JobPhase::kCalibrating && progress.batches_total > 0) {
+      JobEvent event;
+      event.kind = JobEvent::Kind::kCalibrationProgress;
+      event.batches_done = progress.batches_done;
+      event.batches_total = progress.batches_total;
+      event.samples_done = progress.batches_done * job.spec.batch_size;
+      events_->Publish(job, event);
+    }
+    if (stop->cancelled.load() || stop->shutting_down.load()) return false;
+    if (clock_->Now() > deadline) {
+      deadline_hit = true;
+      return false;
+    }
+    return true;
+  };
+
+  JobState final_state = JobState::kSucceeded;
+  absl::StatusOr<EngineOutput> output = engine_->Run(options);
+  if (output.ok()) {
+    if (current != JobPhase::kStoring) enter_phase(JobPhase::kStoring);
+    absl::StatusOr<StoredArtifact> stored = artifacts_->Put(output->artifact, output->manifest_json);
+    if (stored.ok()) {
+      result.report = std::move(output->report);
+      result.artifact_sha256 = stored->sha256;
+      result.artifact_size_bytes = stored->size_bytes;
+      result.artifact_id = ArtifactIdFor(stored->sha256);
+    } else {
+      final_state = JobState::kFailed;
+      result.error_code = stored.status().code();
+      result.error_message = absl::StrCat("storing the artifact failed: ", stored.status().message());
+    }
+  } else if (stop->shutting_down.load() && !stop->cancelled.load()) {
+    // Interrupted by a graceful shutdown: back to the queue for the next start.
+    (void)store_->Release(job.id, job.attempt_count);
+    job.state = JobState::kQueued;
+    return job;
+  } else if (stop->cancelled.load() && output.status().code() == absl::StatusCode::kCancelled) {
+    final_state = JobState::kCancelled;
+    result.error_code = absl::StatusCode::kCancelled;
+    result.error_message = stop->cancel_reason.empty()
+                               ? std::string("cancelled by CancelJob")
+                               : absl::StrCat("cancelled: ", stop->cancel_reason);
+  } else if (deadline_hit) {
+    final_state = JobState::kFailed;
+    result.error_code = absl::StatusCode::kDeadlineExceeded;
+    result.error_message = absl::StrCat("the job's deadline passed during ", JobPhaseName(current));
+  } else {
+    final_state = JobState::kFailed;
+    result.error_code = output.status().code();
+    if (result.error_code == absl::StatusCode::kOk) result.error_code = absl::StatusCode::kUnknown;
+    result.error_message = absl::StrCat(JobPhaseName(current), ": ", output.status().message());
+  }
+  enter_phase(JobPhase::kNone);
+
+  const absl::Time now = clock_->Now();
+  absl::Status finished = store_->Finish(job.id, job.attempt_count, final_state, result, now);
+  if (!finished.ok()) {
+    // Someone else owns the job now (another attempt); report what is stored.
+    absl::StatusOr<Job> stored = store_->Get(job.id);
+    return stored.ok() ? *stored : job;
+  }
+  job.state = final_state;
+  job.finish_time = now;
+  job.result = result;
+  JobEvent state_event;
+  state_event.kind = JobEvent::Kind::kStateChanged;
+  state_event.state = final_state;
+  events_->Publish(job, state_event);
+  JobEvent result_event;
+  result_event.kind = JobEvent::Kind::kResult;
+  result_event.result = result;
+  events_->Publish(job, result_event);
+  return job;
+}
+
+}  // namespace quantd::worker

@@ -1,0 +1,69 @@
+#ifndef QUANTD_WORKER_JOB_RUNNER_H_
+#define QUANTD_WORKER_JOB_RUNNER_H_
+
+// Runs one claimed job through the engine: maps engine progress to job
+// events and phases, stops at the next batch boundary when cancelled or past
+// its deadline, stores the artifact (STORING) and records the outcome.
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "worker/artifact_store.h"
+#include "worker/clock.h"
+#include "worker/engine/quantizer.h"
+#include "worker/job.h"
+#include "worker/job_events.h"
+#include "worker/job_store.h"
+
+namespace quantd::worker {
+
+// What the engine hands back for a successful run.
+struct EngineOutput {
+  engine::QuantizeReport report;
+  std::string artifact;
+  std::string manifest_json;
+};
+
+// The engine behind an interface, so worker tests can use a fake.
+class QuantizationEngine {
+ public:
+  virtual ~QuantizationEngine() = default;
+  virtual absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) = 0;
+};
+
+// engine::Quantize + SerializeArtifact + ManifestJson.
+std::unique_ptr<QuantizationEngine> NewRealEngine();
+
+// Why a run should stop early.
+struct StopSignals {
+  std::atomic<bool> cancelled{false};
+  std::string cancel_reason;  // set before `cancelled`
+  std::atomic<bool> shutting_down{false};
+};
+
+class JobRunner {
+ public:
+  JobRunner(JobStore* store, ArtifactStore* artifacts, QuantizationEngine* engine,
+            JobEventHub* events, Clock* clock)
+      : store_(store), artifacts_(artifacts), engine_(engine), events_(events), clock_(clock) {}
+
+  // `job` has just been claimed (RUNNING). `deadline` is absolute
+  // (InfiniteFuture = none). Returns the job as recorded at the end.
+  Job Run(Job job, absl::Time deadline, StopSignals* stop);
+
+ private:
+  JobStore* const store_;
+  ArtifactStore* const artifacts_;
+  QuantizationEngine* const engine_;
+  JobEventHub* const events_;
+  Clock* const clock_;
+};
+
+engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec);
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_JOB_RUNNER_H_

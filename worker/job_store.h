@@ -1,0 +1,72 @@
+#ifndef QUANTD_WORKER_JOB_STORE_H_
+#define QUANTD_WORKER_JOB_STORE_H_
+
+// Durable job records. Every state change is a conditional update on the
+// current state (and attempt), so several worker processes could share one
+// store (e.g. a PostgreSQL implementation): the row is the source of truth,
+// not any process's memory.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "worker/job.h"
+
+namespace quantd::worker {
+
+struct JobPage {
+  std::vector<Job> jobs;
+  std::string next_page_token;  // "" on the last page
+};
+
+class JobStore {
+ public:
+  virtual ~JobStore() = default;
+
+  // Inserts a new QUEUED job. If `job.idempotency_key` is already used, the
+  // existing job is returned instead (ALREADY_EXISTS if its fingerprint
+  // differs). RESOURCE_EXHAUSTED if `max_queued` jobs are already QUEUED.
+  virtual absl::StatusOr<Job> Create(const Job& job, int64_t max_queued) = 0;
+  virtual absl::StatusOr<Job> Get(const std::string& id) = 0;
+  // Newest first. `states` empty = all.
+  virtual absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,
+                                       const std::string& page_token) = 0;
+  // Atomically moves the oldest QUEUED job to RUNNING, increments its
+  // attempt count and returns it; nullopt if none is queued.
+  virtual absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now) = 0;
+  // Records the phase of a RUNNING job (attempt must match).
+  virtual absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) = 0;
+  // RUNNING (this attempt) -> terminal state with result.
+  virtual absl::Status Finish(const std::string& id, uint32_t attempt, JobState state,
+                              const JobResult& result, absl::Time now) = 0;
+  // RUNNING (this attempt) -> QUEUED again, not counting the attempt (a
+  // graceful shutdown interrupted it).
+  virtual absl::Status Release(const std::string& id, uint32_t attempt) = 0;
+  // QUEUED -> CANCELLED. FAILED_PRECONDITION if the job is not QUEUED.
+  virtual absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason,
+                                           absl::Time now) = 0;
+  // Deletes a finished job. FAILED_PRECONDITION if it has not finished.
+  virtual absl::Status Delete(const std::string& id) = 0;
+  // Succeeded jobs that produced this artifact, oldest first.
+  virtual absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) = 0;
+  // Distinct artifacts of succeeded jobs, newest first: the oldest job of
+  // each. `job_id` non-empty = only that job's artifact.
+  virtual absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
+                                                   const std::string& page_token) = 0;
+  // After a restart: RUNNING jobs go back to QUEUED, or to FAILED once they
+  // have been started `max_attempts` times. Returns how many of each.
+  struct RecoveryCounts {
+    int requeued = 0;
+    int failed = 0;
+  };
+  virtual absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts,
+                                                            absl::Time now) = 0;
+};
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_JOB_STORE_H_

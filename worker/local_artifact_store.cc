@@ -1,0 +1,87 @@
+#include "worker/local_artifact_store.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "worker/engine/base/sha256.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/serialization/artifact_file.h"
+
+namespace quantd::worker {
+
+namespace fs = std::filesystem;
+
+bool IsSha256Hex(const std::string& s) {
+  if (s.size() != 64) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+int RemoveTemporaryFiles(const std::string& dir) {
+  int removed = 0;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(dir, error)) {
+    if (absl::StartsWith(entry.path().filename().string(), ".tmp.")) {
+      if (fs::remove(entry.path(), error)) ++removed;
+    }
+  }
+  return removed;
+}
+
+absl::StatusOr<std::unique_ptr<LocalArtifactStore>> LocalArtifactStore::Open(const std::string& dir) {
+  std::error_code error;
+  fs::create_directories(dir, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create artifact dir \"", dir, "\": ", error.message()));
+  }
+  RemoveTemporaryFiles(dir);
+  return std::unique_ptr<LocalArtifactStore>(new LocalArtifactStore(dir));
+}
+
+std::string LocalArtifactStore::ArtifactPath(const std::string& sha256) const {
+  return (fs::path(dir_) / (sha256 + ".pt")).string();
+}
+
+absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& bytes,
+                                                       const std::string& manifest_json) {
+  StoredArtifact stored{engine::Sha256Hex(bytes), static_cast<int64_t>(bytes.size())};
+  // Manifest first: an artifact file that is visible always has its manifest.
+  QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(
+      (fs::path(dir_) / (stored.sha256 + ".manifest.json")).string(), manifest_json));
+  if (!Contains(stored.sha256)) {
+    QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(ArtifactPath(stored.sha256), bytes));
+  }
+  return stored;
+}
+
+absl::StatusOr<std::string> LocalArtifactStore::Read(const std::string& sha256) {
+  if (!IsSha256Hex(sha256) || !Contains(sha256)) {
+    return absl::NotFoundError(absl::StrCat("artifact file ", sha256, " is not in the store"));
+  }
+  std::ifstream in(ArtifactPath(sha256), std::ios::binary);
+  std::ostringstream data;
+  data << in.rdbuf();
+  if (!in) return absl::DataLossError(absl::StrCat("cannot read artifact ", sha256));
+  return data.str();
+}
+
+absl::Status LocalArtifactStore::Remove(const std::string& sha256) {
+  if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("bad artifact sha256");
+  std::error_code error;
+  fs::remove(ArtifactPath(sha256), error);
+  fs::remove(fs::path(dir_) / (sha256 + ".manifest.json"), error);
+  return absl::OkStatus();
+}
+
+bool LocalArtifactStore::Contains(const std::string& sha256) {
+  std::error_code error;
+  return IsSha256Hex(sha256) && fs::is_regular_file(ArtifactPath(sha256), error);
+}
+
+}  // namespace quantd::worker

@@ -1,0 +1,41 @@
+#ifndef QUANTD_WORKER_LOCAL_ARTIFACT_STORE_H_
+#define QUANTD_WORKER_LOCAL_ARTIFACT_STORE_H_
+
+// ArtifactStore in a local folder: <dir>/<sha256>.pt and
+// <dir>/<sha256>.manifest.json, each written to a temporary file, fsynced
+// and renamed into place. Temporary files left by a crash are removed when
+// the store is opened.
+
+#include <memory>
+#include <string>
+
+#include "worker/artifact_store.h"
+
+namespace quantd::worker {
+
+class LocalArtifactStore final : public ArtifactStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<LocalArtifactStore>> Open(const std::string& dir);
+
+  absl::StatusOr<StoredArtifact> Put(const std::string& bytes,
+                                     const std::string& manifest_json) override;
+  absl::StatusOr<std::string> Read(const std::string& sha256) override;
+  absl::Status Remove(const std::string& sha256) override;
+  bool Contains(const std::string& sha256) override;
+
+  std::string ArtifactPath(const std::string& sha256) const;
+
+ private:
+  explicit LocalArtifactStore(std::string dir) : dir_(std::move(dir)) {}
+  const std::string dir_;
+};
+
+// Removes files named ".tmp.*" directly in `dir` (left by a crash during an
+// atomic write). Returns how many.
+int RemoveTemporaryFiles(const std::string& dir);
+// Whether `s` is 64 lower-case hex digits.
+bool IsSha256Hex(const std::string& s);
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_LOCAL_ARTIFACT_STORE_H_

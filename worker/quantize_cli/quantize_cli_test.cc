@@ -1,0 +1,108 @@
+#include "worker/quantize_cli/quantize_cli.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "worker/engine/testing/test_env.h"
+
+namespace quantd::cli {
+namespace {
+
+namespace testing = engine::testing;
+
+std::vector<std::string> BaseArgs(const std::string& out_dir) {
+  return {"--model", testing::ResNet8Path(), "--calibration", testing::CalibrationPath(), "--samples-per-class", "5",
+          "--output", out_dir + "/int8.pt", "--report", out_dir + "/report.json"};
+}
+
+bool DirIsEmpty(const std::string& dir) { return std::filesystem::is_empty(dir); }
+
+TEST(ParseQuantizeArgsTest, DefaultsAndErrors) {
+  auto cmd = ParseQuantizeArgs({"--model=m.pt", "--calibration", "c.bin", "--output", "o.pt"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->options.qconfig.preset, "fbgemm");
+  EXPECT_TRUE(cmd->options.fusion.automatic);
+  EXPECT_EQ(cmd->options.batch_size, 100);
+  EXPECT_EQ(ParseQuantizeArgs({"--calibration", "c.bin", "--output", "o.pt"}).status().message(), "--model is required");
+  EXPECT_NE(ParseQuantizeArgs({"--model", "m.pt", "--calibration", "c.txt", "--output", "o.pt"}).status().message().find("c.txt"),
+            std::string::npos);
+  EXPECT_NE(ParseQuantizeArgs({"--model", "m.pt", "--calibration", "c.bin", "--output", "o.pt", "--bogus", "1"})
+                .status()
+                .message()
+                .find("--bogus"),
+            std::string::npos);
+  EXPECT_FALSE(ParseQuantizeArgs({"--model", "m.pt", "--calibration", "c.bin", "--output", "o.pt", "--samples-per-class", "x"}).ok());
+}
+
+TEST(ParseFusionSpecTest, ReadsGroupsFromJson) {
+  const std::string dir = testing::MakeTempDir("fusion_spec");
+  std::ofstream(dir + "/spec.json") << R"([["conv1","bn1","relu1"],["layer1.conv2","layer1.bn2"]])";
+  auto spec = ParseFusionSpec(dir + "/spec.json");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->groups.size(), 2u);
+  std::ofstream(dir + "/bad.json") << R"([["conv1", 3]])";
+  EXPECT_FALSE(ParseFusionSpec(dir + "/bad.json").ok());
+  std::ofstream(dir + "/broken.json") << "[[";
+  EXPECT_NE(ParseFusionSpec(dir + "/broken.json").status().message().find("not valid JSON"), std::string::npos);
+  EXPECT_EQ(ParseFusionSpec(dir + "/missing.json").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(RunQuantizeTest, WritesArtifactAndReport) {
+  const std::string dir = testing::MakeTempDir("cli_ok");
+  auto cmd = ParseQuantizeArgs(BaseArgs(dir));
+  ASSERT_TRUE(cmd.ok());
+  std::ostringstream out;
+  ASSERT_TRUE(RunQuantize(*cmd, out).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir + "/int8.pt"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/report.json"));
+  EXPECT_NE(out.str().find("kernel engine: onednn"), std::string::npos) << out.str();
+  EXPECT_NE(out.str().find("fused groups: [conv1, bn1, relu1]"), std::string::npos) << out.str();
+  // Only the two outputs: no temporary files left behind.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator()), 2);
+}
+
+// Each bad input fails with a message naming the problem and leaves nothing behind.
+TEST(RunQuantizeTest, BadInputsLeaveNoPartialArtifact) {
+  const std::string inputs = testing::MakeTempDir("cli_bad_inputs");
+  std::ofstream(inputs + "/corrupt.pt") << "garbage";
+  {
+    std::ifstream in(testing::CalibrationPath(), std::ios::binary);
+    std::vector<char> bytes(3073 * 3 - 7);
+    in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(inputs + "/truncated.bin", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  std::ofstream(inputs + "/empty.bin").close();
+  std::ofstream(inputs + "/spec.json") << R"([["conv1","bn1","relu1"],["layer1.convX","layer1.bn1"]])";
+  struct Case {
+    std::string flag, value, expected;
+  };
+  const std::vector<Case> cases = {
+      {"--model", inputs + "/corrupt.pt", "corrupt.pt"},
+      {"--calibration", inputs + "/truncated.bin", "truncated"},
+      {"--calibration", inputs + "/empty.bin", "empty"},
+      {"--fusion", inputs + "/spec.json", "layer1.convX"},
+  };
+  for (const Case& c : cases) {
+    const std::string dir = testing::MakeTempDir("cli_bad_out");
+    std::vector<std::string> args = BaseArgs(dir);
+    for (size_t i = 0; i + 1 < args.size(); ++i) {
+      if (args[i] == c.flag) args[i + 1] = c.value;
+    }
+    if (c.flag == "--fusion") args.insert(args.end(), {c.flag, c.value});
+    args.erase(std::remove(args.begin(), args.end(), "--samples-per-class"), args.end());
+    args.erase(std::remove(args.begin(), args.end(), "5"), args.end());
+    auto cmd = ParseQuantizeArgs(args);
+    ASSERT_TRUE(cmd.ok()) << cmd.status();
+    std::ostringstream out;
+    absl::Status s = RunQuantize(*cmd, out);
+    EXPECT_FALSE(s.ok()) << c.value;
+    EXPECT_NE(s.message().find(c.expected), std::string::npos) << s;
+    EXPECT_TRUE(DirIsEmpty(dir)) << c.value;
+  }
+}
+
+}  // namespace
+}  // namespace quantd::cli

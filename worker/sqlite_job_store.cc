@@ -1,0 +1,383 @@
+#include "worker/sqlite_job_store.h"
+
+#include <sqlite3.h>
+
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/job_codec.h"
+
+namespace quantd::worker {
+namespace {
+
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  state INTEGER NOT NULL,
+  phase INTEGER NOT NULL DEFAULT 0,
+  create_us INTEGER NOT NULL,
+  start_us INTEGER,
+  finish_us INTEGER,
+  deadline_us INTEGER,
+  spec TEXT NOT NULL,
+  request BLOB NOT NULL,
+  idempotency_key TEXT UNIQUE,
+  fingerprint TEXT NOT NULL,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  result TEXT,
+  artifact_id TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
+CREATE INDEX IF NOT EXISTS jobs_artifact ON jobs(artifact_id);
+)sql";
+
+constexpr char kColumns[] =
+    "seq, id, state, phase, create_us, start_us, finish_us, deadline_us, spec, request, "
+    "idempotency_key, fingerprint, attempt, result";
+
+// A prepared statement, finalized on destruction.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const std::string& sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  absl::Status status() const {
+    if (rc_ == SQLITE_OK) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("sqlite prepare: ", sqlite3_errmsg(db_)));
+  }
+  Stmt& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Stmt& BindNull(int i) {
+    sqlite3_bind_null(stmt_, i);
+    return *this;
+  }
+  // SQLITE_ROW, SQLITE_DONE or an error.
+  absl::StatusOr<bool> Step() {
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return absl::InternalError(absl::StrCat("sqlite step: ", sqlite3_errmsg(db_)));
+  }
+  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+  bool IsNull(int col) { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  std::string Text(int col) {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    int n = sqlite3_column_bytes(stmt_, col);
+    return p == nullptr ? std::string() : std::string(static_cast<const char*>(p), n);
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+int64_t ToUs(absl::Time t) { return absl::ToUnixMicros(t); }
+absl::Time FromUs(int64_t us) { return absl::FromUnixMicros(us); }
+
+absl::StatusOr<Job> ReadJob(Stmt& s) {
+  Job job;
+  job.id = s.Text(1);
+  job.state = static_cast<JobState>(s.Int(2));
+  job.phase = static_cast<JobPhase>(s.Int(3));
+  job.create_time = FromUs(s.Int(4));
+  if (!s.IsNull(5)) job.start_time = FromUs(s.Int(5));
+  if (!s.IsNull(6)) job.finish_time = FromUs(s.Int(6));
+  if (!s.IsNull(7)) job.deadline = FromUs(s.Int(7));
+  QUANTD_ASSIGN_OR_RETURN(job.spec, DecodeJobSpec(s.Text(8)));
+  job.request_echo = s.Text(9);
+  job.idempotency_key = s.Text(10);
+  job.request_fingerprint = s.Text(11);
+  job.attempt_count = static_cast<uint32_t>(s.Int(12));
+  if (!s.IsNull(13)) {
+    QUANTD_ASSIGN_OR_RETURN(JobResult result, DecodeJobResult(s.Text(13)));
+    job.result = std::move(result);
+  }
+  return job;
+}
+
+// Reads all rows of `s` into a page of at most `page_size` (one extra row
+// tells whether there is a next page; its token is the last row's seq).
+absl::StatusOr<JobPage> ReadPage(Stmt& s, int page_size) {
+  JobPage page;
+  int64_t last_seq = 0;
+  while (true) {
+    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    if (static_cast<int>(page.jobs.size()) == page_size) {
+      page.next_page_token = absl::StrCat(last_seq);
+      break;
+    }
+    last_seq = s.Int(0);
+    QUANTD_ASSIGN_OR_RETURN(Job job, ReadJob(s));
+    page.jobs.push_back(std::move(job));
+  }
+  return page;
+}
+
+absl::StatusOr<int64_t> ParsePageToken(const std::string& token) {
+  if (token.empty()) return INT64_MAX;
+  int64_t seq = 0;
+  if (!absl::SimpleAtoi(token, &seq) || seq <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("page_token: \"", token, "\" is not a token this server issued"));
+  }
+  return seq;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string message = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open job database \"", path, "\": ", message));
+  }
+  sqlite3_busy_timeout(db, 5000);
+  std::unique_ptr<SqliteJobStore> store(new SqliteJobStore(db));
+  absl::MutexLock lock(&store->mu_);
+  QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
+  QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
+  QUANTD_RETURN_IF_ERROR(store->Exec(kSchema));
+  return store;
+}
+
+SqliteJobStore::~SqliteJobStore() {
+  absl::MutexLock lock(&mu_);
+  sqlite3_close(db_);
+}
+
+absl::Status SqliteJobStore::Exec(const char* sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+    std::string message = error ? error : "unknown error";
+    sqlite3_free(error);
+    return absl::InternalError(absl::StrCat("sqlite: ", message, " (in ", sql, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Job> SqliteJobStore::GetLocked(const std::string& id) {
+  Stmt s(db_, absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = ?1"));
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id);
+  QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
+  return ReadJob(s);
+}
+
+absl::StatusOr<Job> SqliteJobStore::Get(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  return GetLocked(id);
+}
+
+absl::StatusOr<Job> SqliteJobStore::Create(const Job& job, int64_t max_queued) {
+  absl::MutexLock lock(&mu_);
+  QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  auto body = [&]() -> absl::StatusOr<Job> {
+    if (!job.idempotency_key.empty()) {
+      Stmt s(db_, absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE idempotency_key = ?1"));
+      QUANTD_RETURN_IF_ERROR(s.status());
+      s.Bind(1, job.idempotency_key);
+      QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (row) {
+        QUANTD_ASSIGN_OR_RETURN(Job existing, ReadJob(s));
+        if (existing.request_fingerprint != job.request_fingerprint) {
+          return absl::AlreadyExistsError(absl::StrCat(
+              "idempotency_key \"", job.idempotency_key, "\" was already used by job ",
+              existing.id, " with a different request"));
+        }
+        return existing;
+      }
+    }
+    Stmt count(db_, "SELECT COUNT(*) FROM jobs WHERE state = 1");
+    QUANTD_RETURN_IF_ERROR(count.status());
+    QUANTD_RETURN_IF_ERROR(count.Step().status());
+    if (count.Int(0) >= max_queued) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the job queue is full (", count.Int(0), " queued, capacity ", max_queued,
+          "); retry later"));
+    }
+    Stmt s(db_,
+           "INSERT INTO jobs (id, state, phase, create_us, deadline_us, spec, request, "
+           "idempotency_key, fingerprint, attempt) VALUES (?1, 1, 0, ?2, ?3, ?4, ?5, ?6, ?7, 0)");
+    QUANTD_RETURN_IF_ERROR(s.status());
+    s.Bind(1, job.id).Bind(2, ToUs(job.create_time));
+    if (job.deadline.has_value()) s.Bind(3, ToUs(*job.deadline)); else s.BindNull(3);
+    s.Bind(4, EncodeJobSpec(job.spec)).BindBlob(5, job.request_echo);
+    if (job.idempotency_key.empty()) s.BindNull(6); else s.Bind(6, job.idempotency_key);
+    s.Bind(7, job.request_fingerprint);
+    QUANTD_RETURN_IF_ERROR(s.Step().status());
+    return GetLocked(job.id);
+  };
+  absl::StatusOr<Job> result = body();
+  QUANTD_RETURN_IF_ERROR(Exec(result.ok() ? "COMMIT" : "ROLLBACK"));
+  return result;
+}
+
+absl::StatusOr<JobPage> SqliteJobStore::List(const std::vector<JobState>& states, int page_size,
+                                             const std::string& page_token) {
+  QUANTD_ASSIGN_OR_RETURN(int64_t before, ParsePageToken(page_token));
+  std::string filter;
+  if (!states.empty()) {
+    std::vector<int> values;
+    for (JobState state : states) values.push_back(static_cast<int>(state));
+    filter = absl::StrCat(" AND state IN (", absl::StrJoin(values, ","), ")");
+  }
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE seq < ?1", filter,
+                           " ORDER BY seq DESC LIMIT ?2"));
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, before).Bind(2, static_cast<int64_t>(page_size) + 1);
+  return ReadPage(s, page_size);
+}
+
+absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  // One statement: only the process whose UPDATE matched a QUEUED row owns it.
+  Stmt s(db_,
+         "UPDATE jobs SET state = 2, phase = 0, attempt = attempt + 1, start_us = ?1 "
+         "WHERE seq = (SELECT seq FROM jobs WHERE state = 1 ORDER BY seq LIMIT 1) AND state = 1 "
+         "RETURNING id");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, ToUs(now));
+  QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::optional<Job>();
+  std::string id = s.Text(0);
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
+  return std::optional<Job>(std::move(job));
+}
+
+absl::Status SqliteJobStore::SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "UPDATE jobs SET phase = ?1 WHERE id = ?2 AND state = 2 AND attempt = ?3");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, static_cast<int64_t>(phase)).Bind(2, id).Bind(3, static_cast<int64_t>(attempt));
+  return s.Step().status();
+}
+
+absl::Status SqliteJobStore::Finish(const std::string& id, uint32_t attempt, JobState state,
+                                    const JobResult& result, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "UPDATE jobs SET state = ?1, finish_us = ?2, result = ?3, artifact_id = ?4 "
+         "WHERE id = ?5 AND state = 2 AND attempt = ?6");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, static_cast<int64_t>(state)).Bind(2, ToUs(now)).Bind(3, EncodeJobResult(result));
+  if (result.artifact_id.empty()) s.BindNull(4); else s.Bind(4, result.artifact_id);
+  s.Bind(5, id).Bind(6, static_cast<int64_t>(attempt));
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  if (sqlite3_changes(db_) != 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " attempt ", attempt, " is no longer running"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteJobStore::Release(const std::string& id, uint32_t attempt) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "UPDATE jobs SET state = 1, phase = 0, attempt = attempt - 1 "
+         "WHERE id = ?1 AND state = 2 AND attempt = ?2");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id).Bind(2, static_cast<int64_t>(attempt));
+  return s.Step().status();
+}
+
+absl::StatusOr<Job> SqliteJobStore::CancelQueued(const std::string& id, const std::string& reason,
+                                                 absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  JobResult result;
+  result.error_code = absl::StatusCode::kCancelled;
+  result.error_message = reason;
+  Stmt s(db_, "UPDATE jobs SET state = 5, finish_us = ?1, result = ?2 WHERE id = ?3 AND state = 1");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(result)).Bind(3, id);
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
+  if (sqlite3_changes(db_) != 1 && job.state != JobState::kCancelled) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " is ", JobStateName(job.state), ", not QUEUED"));
+  }
+  return job;
+}
+
+absl::Status SqliteJobStore::Delete(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
+  if (!IsTerminal(job.state)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " is ", JobStateName(job.state), "; cancel it before deleting it"));
+  }
+  Stmt s(db_, "DELETE FROM jobs WHERE id = ?1 AND state IN (3, 4, 5)");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id);
+  return s.Step().status();
+}
+
+absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::string& artifact_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, absl::StrCat("SELECT ", kColumns,
+                           " FROM jobs WHERE artifact_id = ?1 AND state = 3 ORDER BY seq"));
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, artifact_id);
+  QUANTD_ASSIGN_OR_RETURN(JobPage page, ReadPage(s, INT32_MAX));
+  return std::move(page.jobs);
+}
+
+absl::StatusOr<JobPage> SqliteJobStore::ListArtifactJobs(const std::string& job_id, int page_size,
+                                                         const std::string& page_token) {
+  QUANTD_ASSIGN_OR_RETURN(int64_t before, ParsePageToken(page_token));
+  absl::MutexLock lock(&mu_);
+  std::string job_filter = job_id.empty() ? "" : " AND artifact_id = (SELECT artifact_id FROM jobs WHERE id = ?3)";
+  Stmt s(db_, absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE seq IN (SELECT MIN(seq) FROM jobs "
+                           "WHERE state = 3 AND artifact_id IS NOT NULL GROUP BY artifact_id) "
+                           "AND seq < ?1", job_filter, " ORDER BY seq DESC LIMIT ?2"));
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, before).Bind(2, static_cast<int64_t>(page_size) + 1);
+  if (!job_id.empty()) s.Bind(3, job_id);
+  return ReadPage(s, page_size);
+}
+
+absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterrupted(uint32_t max_attempts,
+                                                                            absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  RecoveryCounts counts;
+  JobResult failed;
+  failed.error_code = absl::StatusCode::kAborted;
+  failed.error_message = absl::StrCat("the job crashed the server ", max_attempts,
+                                      " times (interrupted while running); not retried again");
+  Stmt fail(db_,
+            "UPDATE jobs SET state = 4, finish_us = ?1, result = ?2 WHERE state = 2 AND attempt >= ?3");
+  QUANTD_RETURN_IF_ERROR(fail.status());
+  fail.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(failed)).Bind(3, static_cast<int64_t>(max_attempts));
+  QUANTD_RETURN_IF_ERROR(fail.Step().status());
+  counts.failed = sqlite3_changes(db_);
+  Stmt requeue(db_, "UPDATE jobs SET state = 1, phase = 0 WHERE state = 2");
+  QUANTD_RETURN_IF_ERROR(requeue.status());
+  QUANTD_RETURN_IF_ERROR(requeue.Step().status());
+  counts.requeued = sqlite3_changes(db_);
+  return counts;
+}
+
+}  // namespace quantd::worker

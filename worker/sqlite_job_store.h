@@ -1,0 +1,53 @@
+#ifndef QUANTD_WORKER_SQLITE_JOB_STORE_H_
+#define QUANTD_WORKER_SQLITE_JOB_STORE_H_
+
+// JobStore on one SQLite file (WAL journal, synchronous=FULL), e.g.
+// <data_dir>/jobs.db. State changes are conditional UPDATEs, as a shared
+// PostgreSQL store would do them.
+
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "worker/job_store.h"
+
+struct sqlite3;
+
+namespace quantd::worker {
+
+class SqliteJobStore final : public JobStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<SqliteJobStore>> Open(const std::string& path);
+  ~SqliteJobStore() override;
+
+  absl::StatusOr<Job> Create(const Job& job, int64_t max_queued) override;
+  absl::StatusOr<Job> Get(const std::string& id) override;
+  absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,
+                               const std::string& page_token) override;
+  absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now) override;
+  absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) override;
+  absl::Status Finish(const std::string& id, uint32_t attempt, JobState state,
+                      const JobResult& result, absl::Time now) override;
+  absl::Status Release(const std::string& id, uint32_t attempt) override;
+  absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason,
+                                   absl::Time now) override;
+  absl::Status Delete(const std::string& id) override;
+  absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override;
+  absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
+                                           const std::string& page_token) override;
+  absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts,
+                                                    absl::Time now) override;
+
+ private:
+  explicit SqliteJobStore(sqlite3* db) : db_(db) {}
+  absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<Job> GetLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);
+};
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_SQLITE_JOB_STORE_H_

@@ -1,0 +1,248 @@
+// SqliteJobStore, BlobStore, LocalArtifactStore and JobEventHub.
+
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "worker/blob_store.h"
+#include "worker/engine/base/sha256.h"
+#include "worker/job_events.h"
+#include "worker/local_artifact_store.h"
+#include "worker/sqlite_job_store.h"
+
+namespace quantd::worker {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+std::string TempDir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() /
+                 (name + "_" + std::to_string(::getpid()) + "_" +
+                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+Job NewJob(const std::string& id, int64_t seconds, const std::string& key = "") {
+  Job job;
+  job.id = id;
+  job.create_time = absl::FromUnixSeconds(seconds);
+  job.spec.model_path = "/m.pt";
+  job.spec.calibration.path = "/c.bin";
+  job.request_echo = std::string("\x01\x00\x02", 3);
+  job.idempotency_key = key;
+  job.request_fingerprint = "fp-" + id;
+  return job;
+}
+
+TEST(SqliteJobStoreTest, CreateGetListClaimFinish) {
+  auto store = SqliteJobStore::Open(TempDir("jobs") + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (int i = 1; i <= 3; ++i) ASSERT_TRUE((*store)->Create(NewJob("j" + std::to_string(i), i), 10).ok());
+  auto job = (*store)->Get("j2");
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state, JobState::kQueued);
+  EXPECT_EQ(job->request_echo, std::string("\x01\x00\x02", 3));
+  EXPECT_EQ(job->spec.model_path, "/m.pt");
+  EXPECT_EQ((*store)->Get("nope").status().code(), absl::StatusCode::kNotFound);
+
+  auto page = (*store)->List({}, 2, "");
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->jobs.size(), 2u);
+  EXPECT_EQ(page->jobs[0].id, "j3");
+  EXPECT_EQ(page->jobs[1].id, "j2");
+  ASSERT_FALSE(page->next_page_token.empty());
+  auto page2 = (*store)->List({}, 2, page->next_page_token);
+  ASSERT_TRUE(page2.ok());
+  ASSERT_EQ(page2->jobs.size(), 1u);
+  EXPECT_EQ(page2->jobs[0].id, "j1");
+  EXPECT_TRUE(page2->next_page_token.empty());
+  EXPECT_EQ((*store)->List({}, 2, "garbage").status().code(), absl::StatusCode::kInvalidArgument);
+
+  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(10));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  EXPECT_EQ((*claimed)->id, "j1");  // oldest first
+  EXPECT_EQ((*claimed)->state, JobState::kRunning);
+  EXPECT_EQ((*claimed)->attempt_count, 1u);
+  EXPECT_TRUE((*store)->Delete("j1").code() == absl::StatusCode::kFailedPrecondition);
+
+  JobResult result;
+  result.artifact_id = "art-0123";
+  result.artifact_sha256 = std::string(64, 'a');
+  result.report.layers.push_back({"conv1", "conv2d_relu", 0.5, 3, {0.1f, 0.2f}, 31.5});
+  result.phase_timings.push_back({JobPhase::kCalibrating, 1.25});
+  ASSERT_TRUE((*store)->Finish("j1", 1, JobState::kSucceeded, result, absl::FromUnixSeconds(11)).ok());
+  // A stale attempt cannot finish it again.
+  EXPECT_FALSE((*store)->Finish("j1", 1, JobState::kFailed, result, absl::FromUnixSeconds(12)).ok());
+  auto done = (*store)->Get("j1");
+  ASSERT_TRUE(done.ok() && done->result.has_value());
+  EXPECT_EQ(done->state, JobState::kSucceeded);
+  EXPECT_EQ(done->result->report.layers[0].sqnr_db, 31.5);
+  EXPECT_EQ(done->result->phase_timings[0].phase, JobPhase::kCalibrating);
+  auto users = (*store)->JobsWithArtifact("art-0123");
+  ASSERT_TRUE(users.ok());
+  EXPECT_EQ(users->size(), 1u);
+  auto artifacts = (*store)->ListArtifactJobs("", 10, "");
+  ASSERT_TRUE(artifacts.ok());
+  EXPECT_EQ(artifacts->jobs.size(), 1u);
+
+  auto filtered = (*store)->List({JobState::kSucceeded}, 10, "");
+  ASSERT_TRUE(filtered.ok());
+  ASSERT_EQ(filtered->jobs.size(), 1u);
+  EXPECT_TRUE((*store)->Delete("j1").ok());
+  EXPECT_EQ((*store)->Get("j1").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {
+  auto store = SqliteJobStore::Open(TempDir("jobs") + "/jobs.db");
+  ASSERT_TRUE(store.ok());
+  Job first = NewJob("a", 1, "key-1");
+  ASSERT_TRUE((*store)->Create(first, 2).ok());
+  Job retry = NewJob("b", 2, "key-1");
+  retry.request_fingerprint = first.request_fingerprint;
+  auto same = (*store)->Create(retry, 2);
+  ASSERT_TRUE(same.ok());
+  EXPECT_EQ(same->id, "a");
+  Job other = NewJob("c", 3, "key-1");
+  EXPECT_EQ((*store)->Create(other, 2).status().code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_TRUE((*store)->Create(NewJob("d", 4), 2).ok());
+  auto full = (*store)->Create(NewJob("e", 5), 2);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.status().message()), HasSubstr("queue is full"));
+  auto cancelled = (*store)->CancelQueued("d", "no longer needed", absl::FromUnixSeconds(6));
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_EQ(cancelled->state, JobState::kCancelled);
+  EXPECT_TRUE((*store)->Create(NewJob("e", 5), 2).ok());
+}
+
+TEST(SqliteJobStoreTest, RecoveryRequeuesThenFailsAfterTwoCrashes) {
+  std::string path = TempDir("jobs") + "/jobs.db";
+  {
+    auto store = SqliteJobStore::Open(path);
+    ASSERT_TRUE((*store)->Create(NewJob("x", 1), 10).ok());
+    ASSERT_TRUE((*store)->ClaimNext(absl::FromUnixSeconds(2)).ok());  // then "crash"
+  }
+  {
+    auto store = SqliteJobStore::Open(path);
+    auto counts = (*store)->RecoverInterrupted(2, absl::FromUnixSeconds(3));
+    ASSERT_TRUE(counts.ok());
+    EXPECT_EQ(counts->requeued, 1);
+    EXPECT_EQ((*store)->Get("x")->state, JobState::kQueued);
+    auto again = (*store)->ClaimNext(absl::FromUnixSeconds(4));
+    EXPECT_EQ((*again)->attempt_count, 2u);  // crash again
+  }
+  auto store = SqliteJobStore::Open(path);
+  auto counts = (*store)->RecoverInterrupted(2, absl::FromUnixSeconds(5));
+  ASSERT_TRUE(counts.ok());
+  EXPECT_EQ(counts->failed, 1);
+  auto job = (*store)->Get("x");
+  EXPECT_EQ(job->state, JobState::kFailed);
+  EXPECT_THAT(job->result->error_message, HasSubstr("crashed the server 2 times"));
+}
+
+TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {
+  std::string dir = TempDir("blobs");
+  auto store = BlobStore::Open(dir, 10);
+  ASSERT_TRUE(store.ok());
+  const std::string sha = engine::Sha256Hex("hello world");
+  EXPECT_EQ((*store)->BeginUpload("", 11).status().code(), absl::StatusCode::kResourceExhausted);
+  {
+    auto upload = (*store)->BeginUpload("", 0);
+    ASSERT_TRUE(upload.ok());
+    EXPECT_TRUE((*upload)->Append("hello ").ok());
+    EXPECT_EQ((*upload)->Append("world").code(), absl::StatusCode::kResourceExhausted);
+  }
+  auto big = BlobStore::Open(dir, 100);
+  {
+    auto upload = (*big)->BeginUpload(std::string(64, '0'), 0);
+    ASSERT_TRUE((*upload)->Append("hello world").ok());
+    EXPECT_EQ((*upload)->Commit().status().code(), absl::StatusCode::kDataLoss);
+  }
+  auto upload = (*big)->BeginUpload(sha, 11);
+  ASSERT_TRUE((*upload)->Append("hello ").ok() && (*upload)->Append("world").ok());
+  auto info = (*upload)->Commit();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->sha256, sha);
+  EXPECT_EQ(info->size_bytes, 11);
+  EXPECT_TRUE((*big)->PathOf(sha, "model.blob_id").ok());
+  EXPECT_EQ((*big)->PathOf(std::string(64, 'b'), "model.blob_id").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ((*big)->PathOf("xyz", "model.blob_id").status().code(), absl::StatusCode::kInvalidArgument);
+  // No temporary files are left behind.
+  int files = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    (void)entry;
+    ++files;
+  }
+  EXPECT_EQ(files, 1);
+}
+
+TEST(LocalArtifactStoreTest, PutReadRemoveAndCleansTemporaries) {
+  std::string dir = TempDir("artifacts");
+  std::ofstream(dir + "/.tmp.leftover.pt.ABCDEF") << "half";
+  auto store = LocalArtifactStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  EXPECT_FALSE(fs::exists(dir + "/.tmp.leftover.pt.ABCDEF"));
+  auto stored = (*store)->Put("artifact bytes", "{}");
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->sha256, engine::Sha256Hex("artifact bytes"));
+  EXPECT_EQ(*(*store)->Read(stored->sha256), "artifact bytes");
+  EXPECT_TRUE((*store)->Put("artifact bytes", "{}").ok());  // idempotent
+  EXPECT_TRUE((*store)->Remove(stored->sha256).ok());
+  EXPECT_EQ((*store)->Read(stored->sha256).status().code(), absl::StatusCode::kNotFound);
+}
+
+class RecordingWatcher : public JobWatcher {
+ public:
+  void OnJobEvent(const JobEvent& event) override { events.push_back(event); }
+  std::vector<JobEvent> events;
+};
+
+TEST(JobEventHubTest, LateWatcherGetsSnapshotFirstThenEvents) {
+  FakeClock clock;
+  JobEventHub hub(&clock);
+  Job job = NewJob("j", 1);
+  job.state = JobState::kRunning;
+  JobEvent phase;
+  phase.kind = JobEvent::Kind::kPhaseStarted;
+  phase.phase.phase = JobPhase::kCalibrating;
+  job.phase = JobPhase::kCalibrating;
+  hub.Publish(job, phase);
+
+  RecordingWatcher early, late;
+  auto never = []() -> absl::StatusOr<Job> { return absl::InternalError("not called"); };
+  auto token = hub.Subscribe("j", never, &late);
+  ASSERT_TRUE(token.ok());
+  ASSERT_EQ(late.events.size(), 1u);
+  EXPECT_EQ(late.events[0].kind, JobEvent::Kind::kSnapshot);
+  EXPECT_EQ(late.events[0].snapshot.phase, JobPhase::kCalibrating);
+  auto token2 = hub.Subscribe("j", never, &early);
+  EXPECT_EQ(hub.WatcherCount("j"), 2);
+
+  JobEvent result;
+  result.kind = JobEvent::Kind::kResult;
+  job.state = JobState::kSucceeded;
+  hub.Publish(job, result);
+  ASSERT_EQ(late.events.size(), 2u);
+  EXPECT_EQ(late.events[1].kind, JobEvent::Kind::kResult);
+  EXPECT_EQ(late.events[1].sequence, 2u);
+  EXPECT_EQ(early.events.size(), 2u);
+  EXPECT_EQ(hub.WatcherCount("j"), 0);
+
+  RecordingWatcher after_end;
+  auto loaded = [&]() -> absl::StatusOr<Job> { return job; };
+  auto token3 = hub.Subscribe("j", loaded, &after_end);
+  ASSERT_TRUE(token3.ok());
+  EXPECT_EQ(*token3, 0u);
+  ASSERT_EQ(after_end.events.size(), 2u);
+  EXPECT_EQ(after_end.events[0].kind, JobEvent::Kind::kSnapshot);
+  EXPECT_EQ(after_end.events[1].kind, JobEvent::Kind::kResult);
+}
+
+}  // namespace
+}  // namespace quantd::worker

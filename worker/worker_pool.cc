@@ -1,0 +1,163 @@
+#include "worker/worker_pool.h"
+
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "worker/engine/base/status_macros.h"
+
+namespace quantd::worker {
+
+absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
+    const Options& options, JobStore* store, ArtifactStore* artifacts, QuantizationEngine* engine,
+    Clock* clock) {
+  if (options.workers < 1) return absl::InvalidArgumentError("workers must be at least 1");
+  if (options.queue_capacity < 1) return absl::InvalidArgumentError("queue capacity must be at least 1");
+  std::unique_ptr<WorkerPool> pool(new WorkerPool(options, store, artifacts, engine, clock));
+  QUANTD_ASSIGN_OR_RETURN(pool->recovered_,
+                          store->RecoverInterrupted(options.max_attempts, clock->Now()));
+  return pool;
+}
+
+WorkerPool::WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
+                       QuantizationEngine* engine, Clock* clock)
+    : options_(options), store_(store), artifacts_(artifacts), clock_(clock), events_(clock),
+      runner_(store, artifacts, engine, &events_, clock) {}
+
+WorkerPool::~WorkerPool() { Stop(); }
+
+void WorkerPool::Start() {
+  absl::MutexLock lock(&mu_);
+  if (!threads_.empty() || stopping_) return;
+  for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
+}
+
+void WorkerPool::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    for (auto& [id, stop] : running_) stop->shutting_down.store(true);
+  }
+  for (std::thread& thread : threads_) thread.join();
+  threads_.clear();
+}
+
+std::string WorkerPool::NewJobId() {
+  static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
+  static absl::Mutex* rng_mu = new absl::Mutex();
+  uint64_t random;
+  {
+    absl::MutexLock lock(rng_mu);
+    random = (*rng)();
+  }
+  return absl::StrFormat("job-%012x%08x", absl::ToUnixMillis(clock_->Now()),
+                         static_cast<uint32_t>(random));
+}
+
+absl::StatusOr<Job> WorkerPool::Submit(Job job) {
+  job.id = NewJobId();
+  job.state = JobState::kQueued;
+  job.phase = JobPhase::kNone;
+  job.create_time = clock_->Now();
+  job.attempt_count = 0;
+  job.result.reset();
+  QUANTD_ASSIGN_OR_RETURN(Job stored, store_->Create(job, options_.queue_capacity));
+  {
+    absl::MutexLock lock(&mu_);
+    ++wakeups_;
+  }
+  return stored;
+}
+
+absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string& reason) {
+  QUANTD_ASSIGN_OR_RETURN(Job job, store_->Get(id));
+  if (job.state == JobState::kQueued) {
+    absl::StatusOr<Job> cancelled =
+        store_->CancelQueued(id, reason.empty() ? "cancelled by CancelJob" : "cancelled: " + reason,
+                             clock_->Now());
+    if (cancelled.ok()) {
+      JobEvent state_event;
+      state_event.kind = JobEvent::Kind::kStateChanged;
+      state_event.state = JobState::kCancelled;
+      events_.Publish(*cancelled, state_event);
+      JobEvent result_event;
+      result_event.kind = JobEvent::Kind::kResult;
+      if (cancelled->result.has_value()) result_event.result = *cancelled->result;
+      events_.Publish(*cancelled, result_event);
+      return cancelled;
+    }
+    // A worker claimed it meanwhile: fall through to the running case.
+    QUANTD_ASSIGN_OR_RETURN(job, store_->Get(id));
+  }
+  if (job.state == JobState::kRunning) {
+    absl::MutexLock lock(&mu_);
+    auto it = running_.find(id);
+    if (it != running_.end()) {
+      if (!it->second->cancelled.load()) {
+        it->second->cancel_reason = reason;
+        it->second->cancelled.store(true);
+      }
+      return job;
+    }
+    return absl::UnavailableError(absl::StrCat(
+        "job ", id, " is running in another server process; cancel it there"));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("job ", id, " has already finished (", JobStateName(job.state), ")"));
+}
+
+absl::Status WorkerPool::Delete(const std::string& id) {
+  QUANTD_ASSIGN_OR_RETURN(Job job, store_->Get(id));
+  QUANTD_RETURN_IF_ERROR(store_->Delete(id));
+  if (job.result.has_value() && !job.result->artifact_id.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(std::vector<Job> users, store_->JobsWithArtifact(job.result->artifact_id));
+    if (users.empty()) QUANTD_RETURN_IF_ERROR(artifacts_->Remove(job.result->artifact_sha256));
+  }
+  return absl::OkStatus();
+}
+
+void WorkerPool::WorkerLoop() {
+  uint64_t seen_wakeups = 0;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      seen_wakeups = wakeups_;
+    }
+    absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock_->Now());
+    if (!claimed.ok() || !claimed->has_value()) {
+      absl::MutexLock lock(&mu_);
+      auto woken = [this, seen_wakeups]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || wakeups_ != seen_wakeups;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&woken), options_.idle_poll);
+      continue;
+    }
+    Job job = std::move(**claimed);
+    StopSignals stop;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) {
+        (void)store_->Release(job.id, job.attempt_count);
+        return;
+      }
+      running_[job.id] = &stop;
+    }
+    absl::Time deadline = absl::InfiniteFuture();
+    if (options_.job_deadline != absl::InfiniteDuration()) {
+      deadline = clock_->Now() + options_.job_deadline;
+    }
+    if (job.deadline.has_value() && *job.deadline < deadline) deadline = *job.deadline;
+    runner_.Run(std::move(job), deadline, &stop);
+    absl::MutexLock lock(&mu_);
+    for (auto it = running_.begin(); it != running_.end(); ++it) {
+      if (it->second == &stop) {
+        running_.erase(it);
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace quantd::worker

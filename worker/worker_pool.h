@@ -1,0 +1,91 @@
+#ifndef QUANTD_WORKER_WORKER_POOL_H_
+#define QUANTD_WORKER_WORKER_POOL_H_
+
+// N worker threads take jobs from the job store's queue (oldest first),
+// bounded by a queue capacity, and run them with JobRunner. On creation,
+// jobs interrupted by a crash are re-queued (or failed after too many
+// attempts). Cancel and delete go through here too.
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "worker/artifact_store.h"
+#include "worker/clock.h"
+#include "worker/job.h"
+#include "worker/job_events.h"
+#include "worker/job_runner.h"
+#include "worker/job_store.h"
+
+namespace quantd::worker {
+
+class WorkerPool {
+ public:
+  struct Options {
+    int workers = 1;
+    // QUEUED jobs allowed at once; Submit beyond it is RESOURCE_EXHAUSTED.
+    int64_t queue_capacity = 64;
+    // Longest a job may run (from its start); InfiniteDuration = no limit.
+    absl::Duration job_deadline = absl::InfiniteDuration();
+    // A job found RUNNING after this many starts is failed, not retried.
+    uint32_t max_attempts = 2;
+    // How often idle workers look at the store without being woken (another
+    // process may have queued something).
+    absl::Duration idle_poll = absl::Seconds(1);
+  };
+
+  // Recovers interrupted jobs; the threads start with Start().
+  static absl::StatusOr<std::unique_ptr<WorkerPool>> Create(
+      const Options& options, JobStore* store, ArtifactStore* artifacts,
+      QuantizationEngine* engine, Clock* clock);
+  // Stops the workers; running jobs are interrupted at their next batch and
+  // go back to the queue.
+  ~WorkerPool();
+
+  void Start();
+  void Stop();
+
+  // Queues a new job (id, create time and attempt are filled in here) or
+  // returns the job already submitted with the same idempotency key.
+  absl::StatusOr<Job> Submit(Job job);
+  // Queued: CANCELLED at once. Running: stops at the next batch boundary
+  // (the returned job may still say RUNNING). Finished: FAILED_PRECONDITION.
+  absl::StatusOr<Job> Cancel(const std::string& id, const std::string& reason);
+  // Removes a finished job and its artifact if no other job uses it.
+  absl::Status Delete(const std::string& id);
+
+  JobStore& store() { return *store_; }
+  JobEventHub& events() { return events_; }
+  const JobStore::RecoveryCounts& recovered() const { return recovered_; }
+
+ private:
+  WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
+             QuantizationEngine* engine, Clock* clock);
+  void WorkerLoop();
+  std::string NewJobId();
+
+  const Options options_;
+  JobStore* const store_;
+  ArtifactStore* const artifacts_;
+  Clock* const clock_;
+  JobEventHub events_;
+  JobRunner runner_;
+  JobStore::RecoveryCounts recovered_;
+
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<std::string, StopSignals*> running_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_WORKER_POOL_H_

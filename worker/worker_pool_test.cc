@@ -1,0 +1,245 @@
+// WorkerPool + JobRunner with a fake engine: order, cancellation at a batch
+// boundary, deadlines on a fake clock, restart recovery, delete.
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/notification.h"
+#include "worker/local_artifact_store.h"
+#include "worker/sqlite_job_store.h"
+#include "worker/worker_pool.h"
+
+namespace quantd::worker {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+// Pretends to quantize: LOADING, FUSING, `batches` CALIBRATING batches,
+// CONVERTING, STORING. Can stop before a batch until released, and moves a
+// fake clock per batch.
+class FakeEngine : public QuantizationEngine {
+ public:
+  absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+    {
+      absl::MutexLock lock(&mu_);
+      order_.push_back(options.model_path);
+    }
+    if (options.model_path == "bad") return absl::InvalidArgumentError("not a TorchScript file");
+    auto& progress = options.progress;
+    if (!progress({engine::Phase::kLoading, 0, 0})) return absl::CancelledError("c");
+    if (!progress({engine::Phase::kFusing, 0, 0})) return absl::CancelledError("c");
+    if (!progress({engine::Phase::kCalibrating, 0, batches})) return absl::CancelledError("c");
+    for (int b = 1; b <= batches; ++b) {
+      if (b == pause_at_batch && !paused.HasBeenNotified()) {
+        paused.Notify();
+        release.WaitForNotificationWithTimeout(absl::Seconds(30));
+      }
+      if (clock != nullptr) clock->Advance(absl::Seconds(1));
+      batches_run.fetch_add(1);
+      {
+        absl::MutexLock lock(&mu_);
+        ++batches_by_model_[options.model_path];
+      }
+      if (!progress({engine::Phase::kCalibrating, b, batches})) return absl::CancelledError("c");
+    }
+    if (!progress({engine::Phase::kConverting, 0, 0})) return absl::CancelledError("c");
+    EngineOutput output;
+    output.artifact = "int8 of " + options.model_path;
+    output.manifest_json = "{}";
+    output.report.kernel_engine = "onednn";
+    return output;
+  }
+  int batches_of(const std::string& model) {
+    absl::MutexLock lock(&mu_);
+    return batches_by_model_[model];
+  }
+  std::vector<std::string> order() {
+    absl::MutexLock lock(&mu_);
+    return order_;
+  }
+
+  int batches = 10;
+  int pause_at_batch = 0;
+  FakeClock* clock = nullptr;
+  absl::Notification paused, release;
+  std::atomic<int> batches_run{0};
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> batches_by_model_ ABSL_GUARDED_BY(mu_);
+};
+
+class WorkerPoolTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() /
+            ("pool_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name())).string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    store_ = *SqliteJobStore::Open(dir_ + "/jobs.db");
+    artifacts_ = *LocalArtifactStore::Open(dir_ + "/artifacts");
+  }
+
+  std::unique_ptr<WorkerPool> NewPool(WorkerPool::Options options = {}, Clock* clock = Clock::Real()) {
+    options.idle_poll = absl::Milliseconds(20);
+    auto pool = WorkerPool::Create(options, store_.get(), artifacts_.get(), &engine_, clock);
+    EXPECT_TRUE(pool.ok()) << pool.status();
+    return std::move(*pool);
+  }
+
+  static Job NewJob(const std::string& model) {
+    Job job;
+    job.spec.model_path = model;
+    job.request_fingerprint = model;
+    return job;
+  }
+
+  // Polls the store until the job is in `state` (bounded).
+  Job WaitForState(const std::string& id, JobState state) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    Job job;
+    while (absl::Now() < deadline) {
+      job = *store_->Get(id);
+      if (job.state == state) return job;
+      absl::SleepFor(absl::Milliseconds(5));  // poll interval
+    }
+    ADD_FAILURE() << "job " << id << " stayed " << JobStateName(job.state);
+    return job;
+  }
+
+  std::string dir_;
+  FakeEngine engine_;
+  std::unique_ptr<SqliteJobStore> store_;
+  std::unique_ptr<LocalArtifactStore> artifacts_;
+};
+
+TEST_F(WorkerPoolTest, RunsJobsInOrderAndRecordsResults) {
+  auto pool = NewPool();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(pool->Submit(NewJob("m" + std::to_string(i)))->id);
+  pool->Start();
+  for (const std::string& id : ids) {
+    Job job = WaitForState(id, JobState::kSucceeded);
+    ASSERT_TRUE(job.result.has_value());
+    EXPECT_EQ(job.attempt_count, 1u);
+    EXPECT_EQ(job.phase, JobPhase::kStoring);
+    EXPECT_EQ(job.result->artifact_sha256.size(), 64u);
+    EXPECT_TRUE(artifacts_->Contains(job.result->artifact_sha256));
+    std::vector<JobPhase> phases;
+    for (const PhaseTiming& t : job.result->phase_timings) phases.push_back(t.phase);
+    EXPECT_EQ(phases, (std::vector<JobPhase>{JobPhase::kLoading, JobPhase::kFusing,
+                                             JobPhase::kCalibrating, JobPhase::kConverting,
+                                             JobPhase::kStoring}));
+  }
+  EXPECT_EQ(engine_.order(), (std::vector<std::string>{"m0", "m1", "m2", "m3", "m4"}));
+}
+
+TEST_F(WorkerPoolTest, EngineErrorFailsTheJobWithItsCode) {
+  auto pool = NewPool();
+  pool->Start();
+  Job job = WaitForState(pool->Submit(NewJob("bad"))->id, JobState::kFailed);
+  EXPECT_EQ(job.result->error_code, absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(job.result->error_message, HasSubstr("not a TorchScript file"));
+}
+
+TEST_F(WorkerPoolTest, QueueCapacityIsEnforced) {
+  WorkerPool::Options options;
+  options.queue_capacity = 2;
+  auto pool = NewPool(options);  // not started: everything stays queued
+  EXPECT_TRUE(pool->Submit(NewJob("a")).ok());
+  EXPECT_TRUE(pool->Submit(NewJob("b")).ok());
+  EXPECT_EQ(pool->Submit(NewJob("c")).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(WorkerPoolTest, CancelQueuedAtOnceAndRunningAtNextBatch) {
+  engine_.pause_at_batch = 3;
+  auto pool = NewPool();
+  std::string running = pool->Submit(NewJob("first"))->id;
+  std::string queued = pool->Submit(NewJob("second"))->id;
+  std::string next = pool->Submit(NewJob("third"))->id;
+  pool->Start();
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  auto cancelled = pool->Cancel(queued, "");
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_EQ(cancelled->state, JobState::kCancelled);
+  ASSERT_TRUE(pool->Cancel(running, "user asked").ok());
+  engine_.release.Notify();
+  Job job = WaitForState(running, JobState::kCancelled);
+  EXPECT_EQ(engine_.batches_of("first"), 3);  // stopped right after the batch in flight
+  EXPECT_THAT(job.result->error_message, HasSubstr("user asked"));
+  WaitForState(next, JobState::kSucceeded);  // the worker goes on
+  EXPECT_EQ(pool->Cancel(next, "").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(pool->Cancel("job-unknown", "").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(WorkerPoolTest, DeadlineFailsTheJobOnTheFakeClock) {
+  FakeClock clock;
+  engine_.clock = &clock;
+  WorkerPool::Options options;
+  options.job_deadline = absl::Seconds(4);
+  auto pool = NewPool(options, &clock);
+  pool->Start();
+  Job job = WaitForState(pool->Submit(NewJob("slow"))->id, JobState::kFailed);
+  EXPECT_EQ(job.result->error_code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(engine_.batches_run.load(), 5);
+}
+
+TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
+  std::string id;
+  {
+    auto pool = NewPool();
+    id = pool->Submit(NewJob("m"))->id;
+  }
+  ASSERT_TRUE(store_->ClaimNext(absl::Now()).ok());  // a worker took it, then the process died
+  auto pool = NewPool();
+  EXPECT_EQ(pool->recovered().requeued, 1);
+  pool->Start();
+  Job job = WaitForState(id, JobState::kSucceeded);
+  EXPECT_EQ(job.attempt_count, 2u);
+  std::string sha = job.result->artifact_sha256;
+  EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kOk);
+  EXPECT_FALSE(artifacts_->Contains(sha));
+  EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kNotFound);
+}
+
+class CountingWatcher : public JobWatcher {
+ public:
+  void OnJobEvent(const JobEvent& event) override {
+    absl::MutexLock lock(&mu);
+    kinds.push_back(event.kind);
+    if (event.kind == JobEvent::Kind::kResult) done.Notify();
+  }
+  absl::Mutex mu;
+  std::vector<JobEvent::Kind> kinds;
+  absl::Notification done;
+};
+
+TEST_F(WorkerPoolTest, WatchersSeeProgressAndResult) {
+  auto pool = NewPool();
+  std::string id = pool->Submit(NewJob("m"))->id;
+  CountingWatcher a, b;
+  auto load = [&]() { return pool->store().Get(id); };
+  ASSERT_TRUE(pool->events().Subscribe(id, load, &a).ok());
+  ASSERT_TRUE(pool->events().Subscribe(id, load, &b).ok());
+  pool->Start();
+  ASSERT_TRUE(a.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(b.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  absl::MutexLock lock(&a.mu);
+  EXPECT_EQ(a.kinds.front(), JobEvent::Kind::kSnapshot);
+  EXPECT_EQ(a.kinds.back(), JobEvent::Kind::kResult);
+  int progress = 0;
+  for (auto kind : a.kinds) progress += kind == JobEvent::Kind::kCalibrationProgress;
+  EXPECT_EQ(progress, 11);  // 0/10 at the phase start, then one per batch
+}
+
+}  // namespace
+}  // namespace quantd::worker
