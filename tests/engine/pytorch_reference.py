@@ -25,8 +25,16 @@ def read_cifar(path):
     return torch.from_numpy(raw[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32)), raw[:, 0].astype(np.int64)
 
 
+def make_qconfig(name):
+    from torch.ao.quantization import QConfig, get_default_qconfig
+    from torch.ao.quantization.observer import MinMaxObserver, default_per_channel_weight_observer
+    if name == 'minmax':  # custom: MinMax activations, per-channel symmetric weights
+        return QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8), weight=default_per_channel_weight_observer)
+    return get_default_qconfig(name)
+
+
 def quantize(fixtures, qconfig_name, calib):
-    from torch.ao.quantization import convert, fuse_modules, get_default_qconfig, prepare
+    from torch.ao.quantization import convert, fuse_modules, prepare
     sys.path.insert(0, os.path.join(fixtures, 'tools'))
     from resnet8 import ResNet8
     fp32 = torch.jit.load(os.path.join(fixtures, 'models', 'resnet8_fp32.torchscript.pt'))
@@ -36,7 +44,7 @@ def quantize(fixtures, qconfig_name, calib):
     assert not unexpected and all('quant' in k for k in missing), (missing, unexpected)
     m.eval()
     m = fuse_modules(m, FUSE_GROUPS)
-    m.qconfig = get_default_qconfig(qconfig_name)
+    m.qconfig = make_qconfig(qconfig_name)
     p = prepare(m)
     with torch.no_grad():
         for i in range(0, calib.shape[0], 100):
@@ -89,7 +97,7 @@ def bench(model, x):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--fixtures', required=True)
-    ap.add_argument('--qconfig', default='fbgemm')
+    ap.add_argument('--qconfig', default='fbgemm', help='fbgemm|x86|onednn|qnnpack, or minmax (custom)')
     ap.add_argument('--engine', default='onednn')
     ap.add_argument('--preds')
     ap.add_argument('--bench', action='store_true')
