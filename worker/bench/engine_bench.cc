@@ -107,12 +107,15 @@ int main(int argc, char** argv) {
 
   auto& impl = model->impl();
   {
-    // The FP32 work calibration cannot avoid: 1000 images in batches of 100.
+    // The FP32 work calibration cannot avoid: 1000 images, in the sub-batches
+    // calibration runs forward in.
     DatasetSpec calib;
     calib.path = options.calibration.path;
     auto set = OpenDataset(calib);
     std::vector<at::Tensor> batches;
-    for (int64_t s = 0; s < (*set)->size(); s += 100) batches.push_back((*set)->ReadBatch(s, 100)->images);
+    for (int64_t s = 0; s < (*set)->size(); s += options.forward_batch_size) {
+      batches.push_back((*set)->ReadBatch(s, options.forward_batch_size)->images);
+    }
     auto executor = Fp32Executor::Create(&impl.fused);
     at::NoGradGuard no_grad;
     auto t = Clock::now();

@@ -24,6 +24,7 @@
 #include "worker/engine/passes/convert.h"
 #include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/passes/insert_observers.h"
+#include "worker/engine/passes/measure_sqnr.h"
 #include "worker/engine/qconfig/qconfig.h"
 #include "worker/engine/runtime/fp32_executor.h"
 #include "worker/engine/runtime/int8_program.h"
@@ -82,11 +83,6 @@ class PhaseClock {
   const char* phase_ = nullptr;
   absl::Time start_;
 };
-
-double Sqnr(double signal, double noise) {
-  if (noise <= 0) return std::numeric_limits<double>::infinity();
-  return 10.0 * std::log10(signal / noise);
-}
 
 }  // namespace
 
@@ -209,9 +205,12 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   const BatchProgress batch_progress = [&](int64_t done, int64_t total) {
     return !options.progress || options.progress({Phase::kCalibrating, done, total});
   };
+  CalibrationOptions calibration_options;
+  calibration_options.batch_size = options.batch_size;
+  calibration_options.forward_batch_size = options.forward_batch_size;
+  calibration_options.overlap = options.overlap_observers;
   QUANTD_ASSIGN_OR_RETURN(CalibrationResult calibrated, Calibrate(impl->fused, plan, qconfig.activation, calibration.get(),
-                                                                 options.batch_size, options.overlap_observers,
-                                                                 batch_progress));
+                                                                 calibration_options, batch_progress));
   report.calibration_samples = calibrated.samples;
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));
@@ -233,40 +232,16 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
     if (!warm.ok()) return warm.status();
   }
 
-  // Per-layer SQNR of each int8 op's output against the fused FP32 graph.
-  std::map<std::string, std::pair<double, double>> energy;  // name -> (signal, noise)
-  {
-    QUANTD_ASSIGN_OR_RETURN(Fp32Executor fp32, Fp32Executor::Create(&impl->fused));
-    std::map<int, std::string> int8_value_names;
-    for (const Node& n : impl->fused.nodes) {
-      if (!n.removed && plan.roles[static_cast<size_t>(n.id)] == NodeRole::kInt8) int8_value_names[n.outputs[0]] = n.name;
-    }
-    const int64_t batches = std::min<int64_t>(options.sqnr_batches, (calibration->size() + options.batch_size - 1) / options.batch_size);
-    at::NoGradGuard no_grad;
-    for (int64_t b = 0; b < batches; ++b) {
-      const int64_t start = b * options.batch_size;
-      QUANTD_ASSIGN_OR_RETURN(Batch batch, calibration->ReadBatch(start, std::min(options.batch_size, calibration->size() - start)));
-      std::map<int, at::Tensor> reference;
-      auto fp32_out = fp32.Run({batch.images}, [&](int value, const at::Tensor& t) {
-        if (int8_value_names.count(value)) reference[value] = t;
-      });
-      if (!fp32_out.ok()) return fp32_out.status();
-      auto int8_out = impl->executor->Run({batch.images}, [&](const Instr& instr, const at::Tensor& t) {
-        if (instr.kind == InstrKind::kQuantize || instr.kind == InstrKind::kDequantize || instr.kind == InstrKind::kOp) return;
-        auto it = reference.find(instr.outputs[0]);
-        if (it == reference.end()) return;
-        const at::Tensor& ref = it->second;
-        auto& e = energy[instr.name];
-        e.first += ref.square().sum(at::kDouble).item<double>();
-        e.second += (ref - t.dequantize()).square().sum(at::kDouble).item<double>();
-      });
-      if (!int8_out.ok()) return int8_out.status();
-    }
+  // Per-layer SQNR on the first calibration samples.
+  std::map<std::string, double> sqnr;
+  if (options.sqnr_samples > 0) {
+    QUANTD_ASSIGN_OR_RETURN(Batch batch, calibration->ReadBatch(0, std::min(options.sqnr_samples, calibration->size())));
+    QUANTD_ASSIGN_OR_RETURN(sqnr, MeasureSqnr(impl->fused, plan, *impl->executor, batch.images));
   }
   for (const LayerQParams& l : layers) {
     LayerReport layer{l.name, l.op, l.output_scale, l.output_zero_point, l.weight_scales, std::nullopt};
-    auto it = energy.find(l.name);
-    if (it != energy.end()) layer.sqnr_db = Sqnr(it->second.first, it->second.second);
+    auto it = sqnr.find(l.name);
+    if (it != sqnr.end()) layer.sqnr_db = it->second;
     report.layers.push_back(std::move(layer));
   }
 

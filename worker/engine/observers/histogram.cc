@@ -24,22 +24,40 @@ class HistogramObserver : public Observer {
         min_val_(at::scalar_tensor(std::numeric_limits<float>::infinity(), at::kFloat)),
         max_val_(at::scalar_tensor(-std::numeric_limits<float>::infinity(), at::kFloat)) {}
 
-  void Observe(const at::Tensor& x_in) override {
-    if (x_in.numel() == 0) return;
+  void ObserveChunks(const std::vector<at::Tensor>& chunks) override {
     // Element order does not matter here, so any dense layout is read as is.
-    at::Tensor x = x_in.detach().to(at::kFloat);
-    if (!x.is_non_overlapping_and_dense()) x = x.contiguous();
-    const float* data = x.data_ptr<float>();
-    const int64_t n = x.numel();
+    std::vector<at::Tensor> dense;
+    int64_t n = 0;
+    for (const at::Tensor& chunk : chunks) {
+      at::Tensor x = chunk.detach().to(at::kFloat);
+      if (!x.is_non_overlapping_and_dense()) x = x.contiguous();
+      n += x.numel();
+      if (x.numel() > 0) dense.push_back(x);
+    }
+    if (n == 0) return;
+    MinMax batch{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+    for (const at::Tensor& x : dense) {
+      const MinMax m = FindMinMax(x.data_ptr<float>(), x.numel());
+      batch.min = std::min(batch.min, m.min);
+      batch.max = std::max(batch.max, m.max);
+    }
+    // torch.histc over the whole batch == the sum of its chunks' counts.
+    auto histc = [&](double lo, double hi) {
+      std::vector<float> total(static_cast<size_t>(bins_), 0.0f);
+      for (const at::Tensor& x : dense) {
+        const std::vector<float> part = Histc(x.data_ptr<float>(), x.numel(), bins_, lo, hi);
+        for (int64_t b = 0; b < bins_; ++b) total[static_cast<size_t>(b)] += part[static_cast<size_t>(b)];
+      }
+      return total;
+    };
     const float min_f = min_val_.item<float>();
     const float max_f = max_val_.item<float>();
     const bool same_values = min_f == max_f;
     const bool uninitialized = std::isinf(min_f) && min_f > 0 && std::isinf(max_f) && max_f < 0;
-    const MinMax batch = FindMinMax(data, n);
     if (uninitialized || same_values) {
       min_val_ = at::scalar_tensor(batch.min, at::kFloat);
       max_val_ = at::scalar_tensor(batch.max, at::kFloat);
-      histogram_ = Histc(data, n, bins_, Truncate(batch.min), Truncate(batch.max));
+      histogram_ = histc(Truncate(batch.min), Truncate(batch.max));
       return;
     }
     at::Tensor combined_min = at::min(at::scalar_tensor(batch.min, at::kFloat), min_val_);
@@ -54,8 +72,7 @@ class HistogramObserver : public Observer {
     combined_max = combined_max + e;
     const int64_t start_idx = static_cast<int64_t>(at::round((min_val_ - combined_min) / hist_bin_width).item<float>());
 
-    std::vector<float> combined =
-        Histc(data, n, bins_, Truncate(combined_min.item<float>()), Truncate(combined_max.item<float>()));
+    std::vector<float> combined = histc(Truncate(combined_min.item<float>()), Truncate(combined_max.item<float>()));
     const bool same_range = combined_min.item<float>() == min_f && combined_max.item<float>() == max_f;
     if (same_range) {
       for (int64_t b = 0; b < bins_; ++b) combined[static_cast<size_t>(b)] += histogram_[static_cast<size_t>(b)];

@@ -13,8 +13,8 @@ namespace {
 #define QUANTD_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 QUANTD_VECTOR_CLONES
-void BinIndices(const float* x, int64_t m, float left, float right, float scale, float width, int32_t last,
-                int32_t dump, int32_t* index) {
+void BinIndices(const float* __restrict x, int64_t m, float left, float right, float scale, float width, int32_t last,
+                int32_t dump, int32_t* __restrict index) {
   for (int64_t i = 0; i < m; ++i) {
     const float v = x[i];
     const bool inside = (v >= left) & (v <= right);
@@ -26,14 +26,23 @@ void BinIndices(const float* x, int64_t m, float left, float right, float scale,
 }
 
 QUANTD_VECTOR_CLONES
-void MinMaxLanes(const float* data, int64_t n, float* lo, float* hi) {
+void MinMaxLanes(const float* __restrict data, int64_t n, float* __restrict lo_out, float* __restrict hi_out) {
   constexpr int kLanes = 16;
+  float lo[kLanes], hi[kLanes];  // locals, so they live in vector registers
+  for (int l = 0; l < kLanes; ++l) {
+    lo[l] = lo_out[l];
+    hi[l] = hi_out[l];
+  }
   for (int64_t i = 0; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
       const float v = data[i + l];
       lo[l] = v < lo[l] ? v : lo[l];
       hi[l] = v > hi[l] ? v : hi[l];
     }
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    lo_out[l] = lo[l];
+    hi_out[l] = hi[l];
   }
 }
 

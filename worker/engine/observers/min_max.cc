@@ -18,10 +18,15 @@ class MinMaxObserver : public Observer {
         min_val_(at::scalar_tensor(std::numeric_limits<float>::infinity(), at::kFloat)),
         max_val_(at::scalar_tensor(-std::numeric_limits<float>::infinity(), at::kFloat)) {}
 
-  void Observe(const at::Tensor& x_in) override {
-    if (x_in.numel() == 0) return;
-    at::Tensor x = x_in.detach().to(at::kFloat);
-    auto [cur_min, cur_max] = at::aminmax(x);
+  void ObserveChunks(const std::vector<at::Tensor>& chunks) override {
+    at::Tensor cur_min, cur_max;
+    for (const at::Tensor& chunk : chunks) {
+      if (chunk.numel() == 0) continue;
+      auto [mn, mx] = at::aminmax(chunk.detach().to(at::kFloat));
+      cur_min = cur_min.defined() ? at::min(cur_min, mn) : mn;
+      cur_max = cur_max.defined() ? at::max(cur_max, mx) : mx;
+    }
+    if (!cur_min.defined()) return;
     if (!moving_average_) {
       min_val_ = at::min(cur_min, min_val_);
       max_val_ = at::max(cur_max, max_val_);
@@ -56,7 +61,9 @@ class PerChannelMinMaxObserver : public Observer {
  public:
   explicit PerChannelMinMaxObserver(const ObserverSpec& spec) : spec_(spec) {}
 
-  void Observe(const at::Tensor& x_in) override {
+  void ObserveChunks(const std::vector<at::Tensor>& chunks) override {
+    if (chunks.empty()) return;
+    at::Tensor x_in = chunks.size() == 1 ? chunks[0] : at::cat(chunks, 0);
     if (x_in.numel() == 0) return;
     at::Tensor y = at::flatten(x_in.detach().to(at::kFloat), 1);
     auto [cur_min, cur_max] = at::aminmax(y, 1);

@@ -44,7 +44,12 @@ struct QParams {
 class Observer {
  public:
   virtual ~Observer() = default;
-  virtual void Observe(const at::Tensor& x) = 0;
+  // One calibration batch, given in pieces (the batch's rows split along
+  // dim 0): statistics are the same as for the whole batch at once, which
+  // lets calibration run forward in cache-friendly sub-batches while the
+  // observers still see PyTorch's batches.
+  virtual void ObserveChunks(const std::vector<at::Tensor>& chunks) = 0;
+  void Observe(const at::Tensor& x) { ObserveChunks({x}); }
   virtual absl::StatusOr<QParams> Compute() const = 0;
   // The range the qparams were computed from (after any search).
   virtual std::pair<float, float> ObservedRange() const = 0;

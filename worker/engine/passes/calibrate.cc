@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <future>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
@@ -12,8 +13,10 @@
 namespace quantd::engine {
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,
-                                            const ObserverSpec& activation, Dataset* dataset, int64_t batch_size,
-                                            bool overlap, const BatchProgress& progress) {
+                                            const ObserverSpec& activation, Dataset* dataset,
+                                            const CalibrationOptions& options, const BatchProgress& progress) {
+  const int64_t batch_size = options.batch_size;
+  const int64_t forward_batch = options.forward_batch_size > 0 ? options.forward_batch_size : batch_size;
   if (dataset->size() == 0) return absl::InvalidArgumentError("the calibration set is empty");
   if (batch_size <= 0) return absl::InvalidArgumentError("calibration batch_size must be positive");
   if (graph.inputs.size() != 1) {
@@ -28,9 +31,9 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
   // With `overlap`, batch b's statistics are gathered on a second thread
   // while batch b+1 runs forward; each observer still sees batches in order,
   // so the result is identical.
-  using Observed = std::vector<std::pair<Observer*, at::Tensor>>;
+  using Observed = std::map<Observer*, std::vector<at::Tensor>>;
   auto observe_all = [](const Observed& observed) {
-    for (const auto& [observer, tensor] : observed) observer->Observe(tensor);
+    for (const auto& [observer, chunks] : observed) observer->ObserveChunks(chunks);
   };
   std::future<void> pending;
   auto finish_pending = [&]() -> absl::Status {
@@ -46,15 +49,17 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     const int64_t start = b * batch_size;
     QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset->ReadBatch(start, std::min(batch_size, dataset->size() - start)));
     Observed observed;
-    auto outputs = executor.Run({batch.images}, [&](int value, const at::Tensor& t) {
-      if (Observer* o = observers[static_cast<size_t>(value)].get()) observed.emplace_back(o, t);
-    });
-    if (!outputs.ok()) {
-      (void)finish_pending();
-      return outputs.status();
+    for (int64_t first = 0; first < batch.images.size(0); first += forward_batch) {
+      auto outputs = executor.Run({batch.images.slice(0, first, first + forward_batch)}, [&](int value, const at::Tensor& t) {
+        if (Observer* o = observers[static_cast<size_t>(value)].get()) observed[o].push_back(t);
+      });
+      if (!outputs.ok()) {
+        (void)finish_pending();
+        return outputs.status();
+      }
     }
     QUANTD_RETURN_IF_ERROR(finish_pending());
-    if (overlap) {
+    if (options.overlap) {
       pending = std::async(std::launch::async, [observed = std::move(observed), &observe_all]() { observe_all(observed); });
     } else {
       QUANTD_RETURN_IF_ERROR(TorchTry("observing calibration activations", [&]() {

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Benchmarks quantd's engine against PyTorch 1.13 eager mode on this machine, in one run,
+# and prints the ratios. Needs a build (scripts/build.sh) and the fixtures.
+#
+#   scripts/bench.sh [FIXTURES_DIR]     (default ../shared/fixtures)
+#
+# PyTorch side: tests/engine/pytorch_reference.py --bench (fbgemm qconfig, onednn kernels,
+# 1 thread): prepare+calibrate+convert time, int8 TorchScript batch-1 latency and
+# batch-256 throughput. quantd side: build/worker/quantd-engine-bench (same model, data,
+# qconfig and fusion groups, 1 intra-op thread).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fixtures="${1:-${QUANTD_FIXTURES:-../shared/fixtures}}"
+build_dir="${QUANTD_BUILD_DIR:-build}"
+out="$(mktemp -d -t quantd-bench.XXXXXX)"
+trap 'rm -rf "$out"' EXIT
+
+echo "bench: PyTorch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)') eager mode ..." >&2
+/usr/bin/python3 tests/engine/pytorch_reference.py --fixtures "$fixtures" --qconfig fbgemm --bench \
+  2>/dev/null >"$out/pytorch.json"
+echo "bench: quantd ..." >&2
+"$build_dir/worker/quantd-engine-bench" "$fixtures" --qconfig fbgemm --runs 5 >"$out/quantd.json"
+
+/usr/bin/python3 - "$out/pytorch.json" "$out/quantd.json" <<'PY'
+import json, sys
+torch_result = json.load(open(sys.argv[1]))
+ours = json.load(open(sys.argv[2]))
+t = torch_result['timing']
+rows = [
+    ('quantize ResNet8, 1000 calibration images (s)', t['quantize_s'], ours['quantize_1_thread']['median_s'], 'lower'),
+    ('  ... observers overlapped on a 2nd thread (s)', t['quantize_s'], ours['quantize_overlapped_observers']['median_s'], 'lower'),
+    ('int8 batch-1 latency, 1 thread (ms)', t['int8_torchscript']['batch1_latency_ms'], ours['int8_direct']['batch1_latency_ms'], 'lower'),
+    ('int8 batch-256 throughput, 1 thread (img/s)', t['int8_torchscript']['batch256_images_per_s'], ours['int8_direct']['batch256_images_per_s'], 'higher'),
+    ('  ... quantd artifact in the TorchScript interpreter (img/s)', t['int8_torchscript']['batch256_images_per_s'], ours['int8_torchscript_artifact']['batch256_images_per_s'], 'higher'),
+]
+print(f"{'':62s} {'PyTorch':>10s} {'quantd':>10s} {'speed-up':>9s}")
+for name, base, mine, better in rows:
+    ratio = base / mine if better == 'lower' else mine / base
+    print(f"{name:62s} {base:10.3f} {mine:10.3f} {ratio:8.2f}x")
+print(f"\nquantd phases (1 thread, last run): {ours['quantize_1_thread']['phases_s_last_run']}")
+print(f"FP32 forward over the calibration set alone: {ours['fp32_pass_over_calibration_set_s']:.3f} s; "
+      f"kernel engine {ours['kernel_engine']}")
+PY

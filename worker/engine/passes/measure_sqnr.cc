@@ -1,0 +1,40 @@
+#include "worker/engine/passes/measure_sqnr.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/runtime/fp32_executor.h"
+
+namespace quantd::engine {
+
+absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Graph& fused, const QuantizationPlan& plan,
+                                                          const Int8Executor& int8, const at::Tensor& images) {
+  std::map<int, bool> int8_outputs;
+  for (const Node& n : fused.nodes) {
+    if (!n.removed && plan.roles[static_cast<size_t>(n.id)] == NodeRole::kInt8) int8_outputs[n.outputs[0]] = true;
+  }
+  QUANTD_ASSIGN_OR_RETURN(Fp32Executor fp32, Fp32Executor::Create(&fused));
+  at::NoGradGuard no_grad;
+  std::map<int, at::Tensor> reference;
+  auto fp32_out = fp32.Run({images}, [&](int value, const at::Tensor& t) {
+    if (int8_outputs.count(value)) reference[value] = t;
+  });
+  if (!fp32_out.ok()) return fp32_out.status();
+  std::map<std::string, double> sqnr;
+  auto int8_out = int8.Run({images}, [&](const Instr& instr, const at::Tensor& t) {
+    if (instr.kind != InstrKind::kConv2d && instr.kind != InstrKind::kLinear && instr.kind != InstrKind::kAdd) return;
+    auto it = reference.find(instr.outputs[0]);
+    if (it == reference.end()) return;
+    const at::Tensor& ref = it->second;
+    const double signal = ref.square().sum(at::kDouble).item<double>();
+    const double noise = (ref - t.dequantize()).square().sum(at::kDouble).item<double>();
+    sqnr[instr.name] = noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
+  });
+  if (!int8_out.ok()) return int8_out.status();
+  return sqnr;
+}
+
+}  // namespace quantd::engine
