@@ -154,8 +154,13 @@ TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   EXPECT_EQ(FindLayer(r, "dw")->weight_scales.size(), 1u);  // qnnpack preset: per-tensor weights
   // erf has no int8 kernel: it runs in FP32 and is listed, the model is re-quantized after it.
   bool erf_listed = false;
-  for (const auto& f : r.fallbacks) erf_listed = erf_listed || f.op == "aten::erf";
+  for (const auto& f : r.fallbacks) {
+    erf_listed = erf_listed || f.op == "aten::erf";
+    EXPECT_NE(f.node, "pool") << "max-pool runs on the int8 tensor";
+  }
   EXPECT_TRUE(erf_listed);
+  // ... and after the FP32 erf, the residual add re-quantizes its FP32 input.
+  EXPECT_NE(FindLayer(r, "quantize:erf"), nullptr);
   std::vector<std::vector<std::string>> expected_groups = {{"conv", "bn", "relu"}, {"fc", "fc_relu"}};
   for (const auto& g : expected_groups) {
     EXPECT_NE(std::find(r.fused_groups.begin(), r.fused_groups.end(), g), r.fused_groups.end()) << g[0];
