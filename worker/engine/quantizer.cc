@@ -214,7 +214,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   report.calibration_samples = calibrated.samples;
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));
-  std::vector<LayerQParams> layers;
+  std::vector<LayerReport> layers;
   {
     std::lock_guard<std::mutex> lock(EngineMutex());
     at::globalContext().setQEngine(engine);
@@ -238,9 +238,8 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
     QUANTD_ASSIGN_OR_RETURN(Batch batch, calibration->ReadBatch(0, std::min(options.sqnr_samples, calibration->size())));
     QUANTD_ASSIGN_OR_RETURN(sqnr, MeasureSqnr(impl->fused, plan, *impl->executor, batch.images));
   }
-  for (const LayerQParams& l : layers) {
-    LayerReport layer{l.name, l.op, l.output_scale, l.output_zero_point, l.weight_scales, std::nullopt};
-    auto it = sqnr.find(l.name);
+  for (LayerReport& layer : layers) {
+    auto it = sqnr.find(layer.name);
     if (it != sqnr.end()) layer.sqnr_db = it->second;
     report.layers.push_back(std::move(layer));
   }

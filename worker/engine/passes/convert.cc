@@ -62,7 +62,7 @@ std::string Int8OpName(const Node& node) {
 
 absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan,
                                 const std::map<int, QParams>& activation_qparams, const QConfig& qconfig,
-                                const std::string& kernel_engine, std::vector<LayerQParams>* layers) {
+                                const std::string& kernel_engine, std::vector<LayerReport>* layers) {
   Program program;
   program.inputs = graph.inputs;
   program.input_types = graph.input_types;
@@ -99,7 +99,7 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
     instr.zero_point = q->zero_point[0];
     instr.outputs = {program.num_slots++};
     quantized_slot[value] = instr.outputs[0];
-    layers->push_back({instr.name, "quantize", instr.scale, instr.zero_point, {}, {}});
+    layers->push_back({instr.name, "quantize", instr.scale, instr.zero_point, {}, std::nullopt});
     program.instrs.push_back(std::move(instr));
     return quantized_slot[value];
   };
@@ -133,7 +133,7 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
       instr.scale = static_cast<double>(out_q->scale[0]);
       instr.zero_point = out_q->zero_point[0];
       instr.relu = node.fused_relu;
-      LayerQParams layer{node.name, Int8OpName(node), instr.scale, instr.zero_point, {}, {}};
+      LayerReport layer{node.name, Int8OpName(node), instr.scale, instr.zero_point, {}, std::nullopt};
       if (node.kind == OpKind::kAdd) {
         instr.kind = InstrKind::kAdd;
         QUANTD_ASSIGN_OR_RETURN(int a, int8_input(node.inputs[0].value));
@@ -150,7 +150,6 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         });
         if (!packed.ok()) return packed;
         layer.weight_scales = qw.qparams.scale;
-        layer.weight_zero_points = qw.qparams.zero_point;
       }
       layers->push_back(std::move(layer));
     } else {
