@@ -47,8 +47,23 @@ int CommandContext::UsageError(const std::string& message) const {
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command>* commands = new std::vector<Command>{
+      {"artifacts", "[ARTIFACT_ID] [--job=JOB_ID]",
+       "list int8 artifacts, newest first, or show one", &RunArtifacts},
+      {"cancel", "JOB_ID [--reason=TEXT]",
+       "cancel a queued job at once, a running one at its next batch", &RunCancel},
+      {"delete", "JOB_ID", "delete a finished job (and its artifact if unused)", &RunDelete},
+      {"download", "ARTIFACT_ID -o FILE", "download an artifact, verifying its sha256",
+       &RunDownload},
       {"health", "[--service=NAME]",
        "check quantd's health (grpc.health.v1); exit 0 if SERVING", &RunHealth},
+      {"job", "JOB_ID", "show one job with its result", &RunJob},
+      {"jobs", "[--state=S,...] [--page_size=N] [--page_token=T]",
+       "list jobs, newest first", &RunJobs},
+      {"submit", "(--file=JOB.json | --model=PATH --calib=PATH ...) [--wait]",
+       "submit a quantization job (see `submit --help`); --wait follows it", &RunSubmit},
+      {"upload", "FILE [--kind=model|dataset] [--format=cifar10|npy]",
+       "upload a model or dataset; prints its blob id", &RunUpload},
+      {"watch", "JOB_ID", "stream a job's events until it ends", &RunWatch},
   };
   return *commands;
 }

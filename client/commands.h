@@ -55,6 +55,15 @@ std::string Usage();
 
 // Commands (one file each).
 int RunHealth(const CommandContext& context, const std::vector<std::string>& args);
+int RunArtifacts(const CommandContext& context, const std::vector<std::string>& args);
+int RunCancel(const CommandContext& context, const std::vector<std::string>& args);
+int RunDelete(const CommandContext& context, const std::vector<std::string>& args);
+int RunDownload(const CommandContext& context, const std::vector<std::string>& args);
+int RunJob(const CommandContext& context, const std::vector<std::string>& args);
+int RunJobs(const CommandContext& context, const std::vector<std::string>& args);
+int RunSubmit(const CommandContext& context, const std::vector<std::string>& args);
+int RunUpload(const CommandContext& context, const std::vector<std::string>& args);
+int RunWatch(const CommandContext& context, const std::vector<std::string>& args);
 
 }  // namespace quantd::cli
 

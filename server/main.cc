@@ -24,6 +24,12 @@ ABSL_FLAG(int, metrics_port, 9464,
 ABSL_FLAG(std::string, data_dir, "./data",
           "Root folder for blobs, jobs and artifacts; created if missing.");
 ABSL_FLAG(int, workers, 1, "Quantization jobs run concurrently.");
+ABSL_FLAG(int, queue_capacity, 100,
+          "Jobs that may wait in the queue; QuantizeJob beyond it is RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_upload_bytes, int64_t{512} << 20,
+          "Largest UploadModel/UploadDataset accepted, in bytes.");
+ABSL_FLAG(double, job_deadline_seconds, 3600,
+          "Longest a job may run once started (it then FAILS with DEADLINE_EXCEEDED); 0 = none.");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound ports as JSON to this file once serving.");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
@@ -84,11 +90,15 @@ int main(int argc, char** argv) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.workers = absl::GetFlag(FLAGS_workers);
+  options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
+  options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  options.job_deadline_seconds = absl::GetFlag(FLAGS_job_deadline_seconds);
 
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: starting version=", quantd::QuantdVersion(),
                                " data_dir=", options.data_dir,
-                               " workers=", options.workers));
+                               " workers=", options.workers,
+                               " queue_capacity=", options.queue_capacity));
   auto server = quantd::QuantdServer::Start(options);
   if (!server.ok()) {
     quantd::LogLine(quantd::LogLevel::kError,

@@ -1,26 +1,32 @@
 #include "server/quantization_service.h"
 
+#include <algorithm>
+#include <deque>
+#include <memory>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "server/status_conversion.h"
+#include "worker/engine/base/sha256.h"
+#include "worker/engine/base/status_macros.h"
 
 namespace quantd {
 namespace {
 
-// Which planned feature implements each RPC.
-constexpr absl::string_view kJobs = "the job manager (queue, worker pool, job store)";
-constexpr absl::string_view kBlobs = "the blob store (content-addressed uploads)";
-constexpr absl::string_view kArtifacts = "the artifact store";
 constexpr absl::string_view kServing = "int8 serving (Infer/Evaluate on artifacts)";
+constexpr uint32_t kDefaultPageSize = 50;
+constexpr uint32_t kMaxPageSize = 1000;
+constexpr uint32_t kDefaultChunk = 1 << 20;
+constexpr uint32_t kMaxChunk = 4 << 20;
 
 absl::Status NotYet(absl::string_view method, absl::string_view feature) {
   return absl::UnimplementedError(absl::StrCat(
-      "quantd.v1.QuantizationService/", method,
-      " is not implemented yet: it lands with ", feature,
-      ". This build (issue #2, foundation) serves health checks and reflection only."));
+      "quantd.v1.QuantizationService/", method, " is not implemented yet: it lands with ",
+      feature, "."));
 }
 
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
@@ -28,6 +34,16 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
+}
+
+absl::Status RequireId(const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id: required");
+  return absl::OkStatus();
+}
+
+int PageSize(uint32_t requested) {
+  if (requested == 0) return kDefaultPageSize;
+  return static_cast<int>(std::min(requested, kMaxPageSize));
 }
 
 // A server-streaming reactor that ends the call at once with `status`.
@@ -40,95 +56,311 @@ class RejectedWriteReactor final : public grpc::ServerWriteReactor<Response> {
   void OnDone() override { delete this; }
 };
 
-// A client-streaming reactor that ends the call at once with `status`,
-// without reading the request stream.
+// UploadModel / UploadDataset: metadata first, then chunks streamed into the
+// blob store (hashed on the way); the blob appears only once verified.
 template <typename Request>
-class RejectedReadReactor final : public grpc::ServerReadReactor<Request> {
+class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
-  explicit RejectedReadReactor(const absl::Status& status) {
+  UploadReactor(const worker::BlobStore* blobs, v1::BlobInfo* response)
+      : blobs_(blobs), response_(response) {
+    this->StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client is done sending (or went away)
+      if (upload_ == nullptr) return Fail(absl::InvalidArgumentError("metadata: required as the first message"));
+      absl::StatusOr<worker::BlobInfo> info = upload_->Commit();
+      if (!info.ok()) return Fail(info.status());
+      response_->set_blob_id(info->sha256);
+      response_->set_sha256(info->sha256);
+      response_->set_size_bytes(static_cast<uint64_t>(info->size_bytes));
+      response_->set_already_existed(info->already_existed);
+      upload_.reset();
+      this->Finish(grpc::Status::OK);
+      return;
+    }
+    if (request_.has_metadata()) {
+      if (upload_ != nullptr) return Fail(absl::InvalidArgumentError("metadata: sent twice"));
+      auto upload = blobs_->BeginUpload(request_.metadata().expected_sha256(),
+                                        static_cast<int64_t>(request_.metadata().size_bytes()));
+      if (!upload.ok()) return Fail(upload.status());
+      upload_ = std::move(*upload);
+    } else {
+      if (upload_ == nullptr) return Fail(absl::InvalidArgumentError("metadata: required as the first message"));
+      absl::Status status = upload_->Append(request_.chunk_data());
+      if (!status.ok()) return Fail(status);
+    }
+    this->StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Fail(const absl::Status& status) {
+    upload_.reset();  // discards the temporary file
     this->Finish(ToGrpcStatus(status));
   }
-  void OnDone() override { delete this; }
+
+  const worker::BlobStore* blobs_;
+  v1::BlobInfo* response_;
+  Request request_;
+  std::unique_ptr<worker::BlobUpload> upload_;
 };
+
+// WatchJob: a snapshot first, then each event, until the job's result.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
+                           public worker::JobWatcher {
+ public:
+  WatchReactor(worker::WorkerPool* pool, const v1::WatchJobRequest& request)
+      : pool_(pool), job_id_(request.id()), after_sequence_(request.after_sequence()) {
+    if (job_id_.empty()) {
+      FinishOnce(absl::InvalidArgumentError("id: required"));
+      return;
+    }
+    auto load = [pool, id = job_id_]() { return pool->store().Get(id); };
+    absl::StatusOr<uint64_t> token = pool_->events().Subscribe(job_id_, load, this);
+    absl::MutexLock lock(&mu_);
+    if (!token.ok()) {
+      FinishLocked(ToGrpcStatus(token.status()));
+      return;
+    }
+    token_ = *token;
+  }
+
+  // Called under the hub's lock: queue and return.
+  void OnJobEvent(const worker::JobEvent& event) override {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    const bool last = event.kind == worker::JobEvent::Kind::kResult;
+    if (event.kind == worker::JobEvent::Kind::kSnapshot || event.sequence > after_sequence_) {
+      v1::JobEvent proto;
+      ToProto(event, &proto);
+      pending_.push_back(std::move(proto));
+    }
+    if (last) ending_ = true;
+    WriteNextLocked();
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!pending_.empty()) pending_.pop_front();
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away"));
+      return;
+    }
+    WriteNextLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+  }
+
+  void OnDone() override {
+    uint64_t token;
+    {
+      absl::MutexLock lock(&mu_);
+      token = token_;
+    }
+    if (token != 0) pool_->events().Unsubscribe(job_id_, token);
+    delete this;
+  }
+
+ private:
+  void FinishOnce(const absl::Status& status) {
+    absl::MutexLock lock(&mu_);
+    FinishLocked(ToGrpcStatus(status));
+  }
+
+  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || writing_) return;
+    if (!pending_.empty()) {
+      writing_ = true;
+      StartWrite(&pending_.front());
+    } else if (ending_) {
+      FinishLocked(grpc::Status::OK);
+    }
+  }
+
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  worker::WorkerPool* const pool_;
+  const std::string job_id_;
+  const uint64_t after_sequence_;
+  absl::Mutex mu_;
+  uint64_t token_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<v1::JobEvent> pending_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// DownloadArtifact: header, chunks, trailer.
+class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifactResponse> {
+ public:
+  DownloadReactor(const v1::Artifact& artifact, std::string bytes, uint32_t chunk_size)
+      : bytes_(std::move(bytes)), chunk_size_(chunk_size) {
+    auto* header = message_.mutable_header();
+    *header->mutable_artifact() = artifact;
+    header->set_sha256(engine::Sha256Hex(bytes_));
+    header->set_size_bytes(bytes_.size());
+    sha256_ = header->sha256();
+    StartWrite(&message_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "download interrupted"));
+    if (trailer_sent_) return Finish(grpc::Status::OK);
+    message_.Clear();
+    if (offset_ < bytes_.size()) {
+      size_t n = std::min<size_t>(chunk_size_, bytes_.size() - offset_);
+      message_.set_chunk_data(bytes_.substr(offset_, n));
+      offset_ += n;
+    } else {
+      message_.mutable_trailer()->set_sha256(sha256_);
+      message_.mutable_trailer()->set_size_bytes(bytes_.size());
+      trailer_sent_ = true;
+    }
+    StartWrite(&message_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  const std::string bytes_;
+  const uint32_t chunk_size_;
+  std::string sha256_;
+  v1::DownloadArtifactResponse message_;
+  size_t offset_ = 0;
+  bool trailer_sent_ = false;
+};
+
+absl::StatusOr<worker::Job> ArtifactJob(worker::JobStore& store, const std::string& id) {
+  if (id.empty()) return absl::InvalidArgumentError("id: required");
+  QUANTD_ASSIGN_OR_RETURN(std::vector<worker::Job> jobs, store.JobsWithArtifact(id));
+  if (jobs.empty()) return absl::NotFoundError(absl::StrCat("artifact \"", id, "\" not found"));
+  return jobs.front();
+}
 
 }  // namespace
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
-    grpc::CallbackServerContext* context, const v1::QuantizeJobRequest*,
-    v1::Job*) {
-  return FinishUnary(context, NotYet("QuantizeJob", kJobs));
+    grpc::CallbackServerContext* context, const v1::QuantizeJobRequest* request,
+    v1::Job* response) {
+  absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
+  if (!job.ok()) return FinishUnary(context, job.status());
+  absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
+  if (!submitted.ok()) return FinishUnary(context, submitted.status());
+  ToProto(*submitted, response);
+  return FinishUnary(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetJob(
-    grpc::CallbackServerContext* context, const v1::GetJobRequest*, v1::Job*) {
-  return FinishUnary(context, NotYet("GetJob", kJobs));
+    grpc::CallbackServerContext* context, const v1::GetJobRequest* request, v1::Job* response) {
+  if (absl::Status status = RequireId(request->id()); !status.ok()) return FinishUnary(context, status);
+  absl::StatusOr<worker::Job> job = deps_.pool->store().Get(request->id());
+  if (!job.ok()) return FinishUnary(context, job.status());
+  ToProto(*job, response);
+  return FinishUnary(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListJobs(
-    grpc::CallbackServerContext* context, const v1::ListJobsRequest*,
-    v1::ListJobsResponse*) {
-  return FinishUnary(context, NotYet("ListJobs", kJobs));
+    grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
+    v1::ListJobsResponse* response) {
+  std::vector<worker::JobState> states;
+  for (int state : request->states()) {
+    absl::StatusOr<worker::JobState> s = FromProto(static_cast<v1::JobState>(state));
+    if (!s.ok()) return FinishUnary(context, s.status());
+    states.push_back(*s);
+  }
+  absl::StatusOr<worker::JobPage> page =
+      deps_.pool->store().List(states, PageSize(request->page_size()), request->page_token());
+  if (!page.ok()) return FinishUnary(context, page.status());
+  for (const worker::Job& job : page->jobs) ToProto(job, response->add_jobs());
+  response->set_next_page_token(page->next_page_token);
+  return FinishUnary(context, absl::OkStatus());
 }
 
 grpc::ServerWriteReactor<v1::JobEvent>* QuantizationServiceImpl::WatchJob(
-    grpc::CallbackServerContext*, const v1::WatchJobRequest*) {
-  return new RejectedWriteReactor<v1::JobEvent>(NotYet("WatchJob", kJobs));
+    grpc::CallbackServerContext*, const v1::WatchJobRequest* request) {
+  return new WatchReactor(deps_.pool, *request);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
-    grpc::CallbackServerContext* context, const v1::CancelJobRequest*,
-    v1::Job*) {
-  return FinishUnary(context, NotYet("CancelJob", kJobs));
+    grpc::CallbackServerContext* context, const v1::CancelJobRequest* request, v1::Job* response) {
+  if (absl::Status status = RequireId(request->id()); !status.ok()) return FinishUnary(context, status);
+  absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
+  if (!job.ok()) return FinishUnary(context, job.status());
+  ToProto(*job, response);
+  return FinishUnary(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
-    grpc::CallbackServerContext* context, const v1::DeleteJobRequest*,
+    grpc::CallbackServerContext* context, const v1::DeleteJobRequest* request,
     v1::DeleteJobResponse*) {
-  return FinishUnary(context, NotYet("DeleteJob", kJobs));
+  if (absl::Status status = RequireId(request->id()); !status.ok()) return FinishUnary(context, status);
+  return FinishUnary(context, deps_.pool->Delete(request->id()));
 }
 
-grpc::ServerReadReactor<v1::UploadModelRequest>*
-QuantizationServiceImpl::UploadModel(grpc::CallbackServerContext*,
-                                     v1::BlobInfo*) {
-  return new RejectedReadReactor<v1::UploadModelRequest>(
-      NotYet("UploadModel", kBlobs));
+grpc::ServerReadReactor<v1::UploadModelRequest>* QuantizationServiceImpl::UploadModel(
+    grpc::CallbackServerContext*, v1::BlobInfo* response) {
+  return new UploadReactor<v1::UploadModelRequest>(deps_.blobs, response);
 }
 
-grpc::ServerReadReactor<v1::UploadDatasetRequest>*
-QuantizationServiceImpl::UploadDataset(grpc::CallbackServerContext*,
-                                       v1::BlobInfo*) {
-  return new RejectedReadReactor<v1::UploadDatasetRequest>(
-      NotYet("UploadDataset", kBlobs));
+grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::UploadDataset(
+    grpc::CallbackServerContext*, v1::BlobInfo* response) {
+  return new UploadReactor<v1::UploadDatasetRequest>(deps_.blobs, response);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(
-    grpc::CallbackServerContext* context, const v1::GetArtifactRequest*,
-    v1::Artifact*) {
-  return FinishUnary(context, NotYet("GetArtifact", kArtifacts));
+    grpc::CallbackServerContext* context, const v1::GetArtifactRequest* request,
+    v1::Artifact* response) {
+  absl::StatusOr<worker::Job> job = ArtifactJob(deps_.pool->store(), request->id());
+  if (!job.ok()) return FinishUnary(context, job.status());
+  ArtifactToProto(*job, response);
+  return FinishUnary(context, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListArtifacts(
-    grpc::CallbackServerContext* context, const v1::ListArtifactsRequest*,
-    v1::ListArtifactsResponse*) {
-  return FinishUnary(context, NotYet("ListArtifacts", kArtifacts));
+    grpc::CallbackServerContext* context, const v1::ListArtifactsRequest* request,
+    v1::ListArtifactsResponse* response) {
+  absl::StatusOr<worker::JobPage> page = deps_.pool->store().ListArtifactJobs(
+      request->job_id(), PageSize(request->page_size()), request->page_token());
+  if (!page.ok()) return FinishUnary(context, page.status());
+  for (const worker::Job& job : page->jobs) ArtifactToProto(job, response->add_artifacts());
+  response->set_next_page_token(page->next_page_token);
+  return FinishUnary(context, absl::OkStatus());
 }
 
 grpc::ServerWriteReactor<v1::DownloadArtifactResponse>*
 QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext*,
-                                          const v1::DownloadArtifactRequest*) {
-  return new RejectedWriteReactor<v1::DownloadArtifactResponse>(
-      NotYet("DownloadArtifact", kArtifacts));
+                                          const v1::DownloadArtifactRequest* request) {
+  absl::StatusOr<worker::Job> job = ArtifactJob(deps_.pool->store(), request->id());
+  if (!job.ok()) return new RejectedWriteReactor<v1::DownloadArtifactResponse>(job.status());
+  v1::Artifact artifact;
+  ArtifactToProto(*job, &artifact);
+  absl::StatusOr<std::string> bytes = deps_.artifacts->Read(artifact.sha256());
+  if (!bytes.ok()) return new RejectedWriteReactor<v1::DownloadArtifactResponse>(bytes.status());
+  if (engine::Sha256Hex(*bytes) != artifact.sha256()) {
+    return new RejectedWriteReactor<v1::DownloadArtifactResponse>(absl::DataLossError(
+        absl::StrCat("artifact ", artifact.id(), " is corrupted in the store")));
+  }
+  uint32_t chunk = request->chunk_size() == 0 ? kDefaultChunk : std::min(request->chunk_size(), kMaxChunk);
+  return new DownloadReactor(artifact, std::move(*bytes), chunk);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Infer(
-    grpc::CallbackServerContext* context, const v1::InferRequest*,
-    v1::InferResponse*) {
+    grpc::CallbackServerContext* context, const v1::InferRequest*, v1::InferResponse*) {
   return FinishUnary(context, NotYet("Infer", kServing));
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(
-    grpc::CallbackServerContext* context, const v1::EvaluateRequest*,
-    v1::EvaluateResponse*) {
+    grpc::CallbackServerContext* context, const v1::EvaluateRequest*, v1::EvaluateResponse*) {
   return FinishUnary(context, NotYet("Evaluate", kServing));
 }
 

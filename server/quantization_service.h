@@ -4,17 +4,30 @@
 // quantd.v1.QuantizationService on the gRPC callback API. Handlers only
 // validate, enqueue and reply: quantization itself runs in worker/.
 //
-// Foundation (issue #2): every RPC answers UNIMPLEMENTED with a message that
-// names the feature that lands it.
+// Jobs, uploads and artifacts are served (issue #4); Infer and Evaluate
+// still answer UNIMPLEMENTED with a message that names the feature.
+
+#include <string>
 
 #include "quantd/v1/quantd.grpc.pb.h"
+#include "server/job_conversion.h"
+#include "worker/artifact_store.h"
+#include "worker/blob_store.h"
+#include "worker/worker_pool.h"
 
 namespace quantd {
 
 class QuantizationServiceImpl final
     : public quantd::v1::QuantizationService::CallbackService {
  public:
-  QuantizationServiceImpl() = default;
+  struct Deps {
+    std::string data_dir;
+    worker::WorkerPool* pool = nullptr;
+    worker::BlobStore* blobs = nullptr;
+    worker::ArtifactStore* artifacts = nullptr;
+  };
+  explicit QuantizationServiceImpl(const Deps& deps)
+      : deps_(deps), resolver_(deps.data_dir, deps.blobs) {}
 
   grpc::ServerUnaryReactor* QuantizeJob(grpc::CallbackServerContext* context,
                                         const v1::QuantizeJobRequest* request,
@@ -54,6 +67,10 @@ class QuantizationServiceImpl final
   grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext* context,
                                      const v1::EvaluateRequest* request,
                                      v1::EvaluateResponse* response) override;
+
+ private:
+  const Deps deps_;
+  const ReferenceResolver resolver_;
 };
 
 }  // namespace quantd

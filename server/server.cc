@@ -17,6 +17,9 @@
 #include "server/log.h"
 #include "server/metrics_interceptor.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/quantizer.h"
+#include "worker/local_artifact_store.h"
+#include "worker/sqlite_job_store.h"
 
 #ifndef QUANTD_VERSION
 #error "QUANTD_VERSION must be defined by the build"
@@ -67,6 +70,17 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("workers must be in 1..256, got ", options.workers));
   }
+  if (options.queue_capacity < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("queue capacity must be at least 1, got ", options.queue_capacity));
+  }
+  if (options.max_upload_bytes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max upload bytes must be at least 1, got ", options.max_upload_bytes));
+  }
+  if (!(options.job_deadline_seconds >= 0)) {
+    return absl::InvalidArgumentError("job deadline seconds must be >= 0 (0 = none)");
+  }
   if (options.data_dir.empty()) {
     return absl::InvalidArgumentError("data dir must not be empty");
   }
@@ -112,22 +126,13 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
   QUANTD_RETURN_IF_ERROR(ValidateOptions(options));
   QUANTD_RETURN_IF_ERROR(EnsureDataDir(options.data_dir));
   std::unique_ptr<QuantdServer> server(new QuantdServer(options));
+  QUANTD_RETURN_IF_ERROR(server->OpenStores());
 
   if (options.metrics_port >= 0) {
-    std::string address = HostPort(options.bind_address, options.metrics_port);
-    try {
-      server->exposer_ = std::make_unique<prometheus::Exposer>(address);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot serve metrics on ", address, ": ", e.what()));
-    }
-    server->exposer_->RegisterCollectable(server->metrics_.registry());
-    std::vector<int> ports = server->exposer_->GetListeningPorts();
-    if (ports.empty()) {
-      return absl::InternalError(
-          absl::StrCat("metrics endpoint on ", address, " has no listening port"));
-    }
-    server->metrics_port_ = ports.front();
+    QUANTD_ASSIGN_OR_RETURN(server->metrics_http_,
+                            MetricsHttpServer::Start(options.bind_address, options.metrics_port,
+                                                     server->metrics_.registry()));
+    server->metrics_port_ = server->metrics_http_->port();
   }
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -138,7 +143,9 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
   std::string grpc_address = HostPort(options.bind_address, options.grpc_port);
   builder.AddListeningPort(grpc_address, grpc::InsecureServerCredentials(),
                            &server->grpc_port_);
-  builder.RegisterService(&server->quantization_service_);
+  builder.RegisterService(server->quantization_service_.get());
+  // Upload chunks may be 4 MiB plus framing.
+  builder.SetMaxReceiveMessageSize(8 << 20);
   builder.RegisterService(&server->health_);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
@@ -149,7 +156,38 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     return absl::UnavailableError(absl::StrCat(
         "cannot serve gRPC on ", grpc_address, " (address in use or not local?)"));
   }
+  server->pool_->Start();
   return server;
+}
+
+absl::Status QuantdServer::OpenStores() {
+  const std::filesystem::path root(options_.data_dir);
+  QUANTD_ASSIGN_OR_RETURN(job_store_, worker::SqliteJobStore::Open((root / "jobs.db").string()));
+  QUANTD_ASSIGN_OR_RETURN(artifact_store_, worker::LocalArtifactStore::Open((root / "artifacts").string()));
+  QUANTD_ASSIGN_OR_RETURN(blob_store_,
+                          worker::BlobStore::Open((root / "blobs").string(), options_.max_upload_bytes));
+  engine_ = worker::NewRealEngine();
+  worker::WorkerPool::Options pool_options;
+  pool_options.workers = options_.workers;
+  pool_options.queue_capacity = options_.queue_capacity;
+  if (options_.job_deadline_seconds > 0) {
+    pool_options.job_deadline = absl::Seconds(options_.job_deadline_seconds);
+  }
+  QUANTD_ASSIGN_OR_RETURN(pool_, worker::WorkerPool::Create(pool_options, job_store_.get(),
+                                                            artifact_store_.get(), engine_.get(),
+                                                            worker::Clock::Real()));
+  if (pool_->recovered().requeued > 0 || pool_->recovered().failed > 0) {
+    LogLine(LogLevel::kInfo, absl::StrCat("quantd: recovered interrupted jobs: requeued=",
+                                          pool_->recovered().requeued,
+                                          " failed=", pool_->recovered().failed));
+  }
+  QuantizationServiceImpl::Deps deps;
+  deps.data_dir = options_.data_dir;
+  deps.pool = pool_.get();
+  deps.blobs = blob_store_.get();
+  deps.artifacts = artifact_store_.get();
+  quantization_service_ = std::make_unique<QuantizationServiceImpl>(deps);
+  return absl::OkStatus();
 }
 
 QuantdServer::~QuantdServer() { Shutdown(absl::ZeroDuration()); }
@@ -166,7 +204,11 @@ void QuantdServer::Shutdown(absl::Duration grace) {
     LogLine(LogLevel::kDebug, "quantd: grpc server shut down");
     server_->Wait();
   }
-  exposer_.reset();
+  if (pool_ != nullptr) {
+    pool_->Stop();  // a running job is interrupted and goes back to the queue
+    LogLine(LogLevel::kDebug, "quantd: workers stopped");
+  }
+  metrics_http_.reset();
   LogLine(LogLevel::kDebug, "quantd: metrics endpoint stopped");
 }
 

@@ -4,8 +4,6 @@
 // Wires quantd together: gRPC server (QuantizationService, health,
 // reflection, metrics interceptor) and the Prometheus /metrics endpoint.
 
-#include <prometheus/exposer.h>
-
 #include <memory>
 #include <string>
 
@@ -18,7 +16,13 @@
 #include "absl/time/time.h"
 #include "server/health_service.h"
 #include "server/metrics.h"
+#include "server/metrics_http_server.h"
 #include "server/quantization_service.h"
+#include "worker/artifact_store.h"
+#include "worker/blob_store.h"
+#include "worker/job_runner.h"
+#include "worker/job_store.h"
+#include "worker/worker_pool.h"
 
 namespace quantd {
 
@@ -38,6 +42,12 @@ class QuantdServer {
     std::string data_dir = "./data";
     // Concurrent quantization jobs.
     int workers = 1;
+    // QUEUED jobs allowed at once; QuantizeJob beyond it is RESOURCE_EXHAUSTED.
+    int queue_capacity = 100;
+    // Largest accepted UploadModel/UploadDataset, in bytes.
+    int64_t max_upload_bytes = int64_t{512} << 20;
+    // Longest a job may run once started; 0 = no limit.
+    double job_deadline_seconds = 3600;
   };
 
   // Validates `options`, binds both ports and starts serving.
@@ -58,18 +68,25 @@ class QuantdServer {
   void Shutdown(absl::Duration grace);
 
   HealthService& health() { return health_; }
+  worker::WorkerPool& pool() { return *pool_; }
   ServerMetrics& metrics() { return metrics_; }
   // A channel to this server that bypasses the network (for tests).
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
  private:
   explicit QuantdServer(const Options& options);
+  absl::Status OpenStores();
 
   const Options options_;
   ServerMetrics metrics_;
   HealthService health_;
-  QuantizationServiceImpl quantization_service_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<worker::JobStore> job_store_;
+  std::unique_ptr<worker::ArtifactStore> artifact_store_;
+  std::unique_ptr<worker::BlobStore> blob_store_;
+  std::unique_ptr<worker::QuantizationEngine> engine_;
+  std::unique_ptr<worker::WorkerPool> pool_;
+  std::unique_ptr<QuantizationServiceImpl> quantization_service_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
   int metrics_port_ = -1;

@@ -143,7 +143,7 @@ TEST_F(ServerTest, HealthWatchStreamsChangesAndEndsOnShutdown) {
   EXPECT_TRUE(reader->Finish().ok());
 }
 
-TEST_F(ServerTest, UnaryRpcsAreUnimplementedWithAReason) {
+TEST_F(ServerTest, UnknownJobIsNotFoundAndServingRpcsAreUnimplemented) {
   auto stub = v1::QuantizationService::NewStub(channel_);
   grpc::ClientContext context;
   SetDeadline(context);
@@ -151,9 +151,8 @@ TEST_F(ServerTest, UnaryRpcsAreUnimplementedWithAReason) {
   request.set_id("job-1");
   v1::Job job;
   grpc::Status status = stub->GetJob(&context, request, &job);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("GetJob"));
-  EXPECT_THAT(status.error_message(), HasSubstr("job manager"));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(status.error_message(), HasSubstr("job-1"));
 
   grpc::ClientContext infer_context;
   SetDeadline(infer_context);
@@ -163,41 +162,86 @@ TEST_F(ServerTest, UnaryRpcsAreUnimplementedWithAReason) {
   EXPECT_THAT(status.error_message(), HasSubstr("Infer"));
 }
 
-TEST_F(ServerTest, ServerStreamingRpcsAreUnimplemented) {
+TEST_F(ServerTest, QuantizeJobValidatesWithoutLoadingTheModel) {
+  auto stub = v1::QuantizationService::NewStub(channel_);
+  auto submit = [&](const v1::QuantizeJobRequest& request) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::Job job;
+    return stub->QuantizeJob(&context, request, &job);
+  };
+  v1::QuantizeJobRequest request;
+  grpc::Status status = submit(request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model"));
+
+  request.mutable_model()->set_path("../../etc/passwd");
+  status = submit(request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model.path"));
+
+  request.mutable_model()->set_blob_id(std::string(64, 'a'));
+  status = submit(request);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(status.error_message(), HasSubstr("model.blob_id"));
+}
+
+TEST_F(ServerTest, StreamingRpcsOnUnknownIdsAreNotFound) {
   auto stub = v1::QuantizationService::NewStub(channel_);
   {
     grpc::ClientContext context;
     SetDeadline(context);
-    auto reader = stub->WatchJob(&context, v1::WatchJobRequest());
+    v1::WatchJobRequest request;
+    request.set_id("job-nope");
+    auto reader = stub->WatchJob(&context, request);
     v1::JobEvent event;
     EXPECT_FALSE(reader->Read(&event));
     grpc::Status status = reader->Finish();
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-    EXPECT_THAT(status.error_message(), HasSubstr("WatchJob"));
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(status.error_message(), HasSubstr("job-nope"));
   }
   {
     grpc::ClientContext context;
     SetDeadline(context);
-    auto reader = stub->DownloadArtifact(&context, v1::DownloadArtifactRequest());
+    v1::DownloadArtifactRequest request;
+    request.set_id("art-nope");
+    auto reader = stub->DownloadArtifact(&context, request);
     v1::DownloadArtifactResponse chunk;
     EXPECT_FALSE(reader->Read(&chunk));
-    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
   }
 }
 
-TEST_F(ServerTest, ClientStreamingRpcsAreUnimplemented) {
+TEST_F(ServerTest, UploadModelStoresContentAddressedAndChecksSha) {
   auto stub = v1::QuantizationService::NewStub(channel_);
-  grpc::ClientContext context;
-  SetDeadline(context);
+  auto upload = [&](const std::string& expected, v1::BlobInfo* blob) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    auto writer = stub->UploadModel(&context, blob);
+    v1::UploadModelRequest first;
+    first.mutable_metadata()->set_filename("model.pt");
+    first.mutable_metadata()->set_expected_sha256(expected);
+    writer->Write(first);
+    v1::UploadModelRequest chunk;
+    chunk.set_chunk_data("hello ");
+    writer->Write(chunk);
+    chunk.set_chunk_data("world");
+    writer->Write(chunk);
+    writer->WritesDone();
+    return writer->Finish();
+  };
   v1::BlobInfo blob;
-  auto writer = stub->UploadModel(&context, &blob);
-  v1::UploadModelRequest first;
-  first.mutable_metadata()->set_filename("model.pt");
-  writer->Write(first);  // may fail once the server has finished: fine
-  writer->WritesDone();
-  grpc::Status status = writer->Finish();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("UploadModel"));
+  grpc::Status status = upload(std::string(64, '0'), &blob);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(status.error_message(), HasSubstr("expected_sha256"));
+  const std::string sha = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
+  status = upload(sha, &blob);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(blob.blob_id(), sha);
+  EXPECT_EQ(blob.size_bytes(), 11u);
+  EXPECT_FALSE(blob.already_existed());
+  EXPECT_TRUE(upload("", &blob).ok());
+  EXPECT_TRUE(blob.already_existed());
 }
 
 TEST_F(ServerTest, InterceptorRecordsRequests) {
@@ -213,7 +257,7 @@ TEST_F(ServerTest, InterceptorRecordsRequests) {
   std::string text = Scrape();
   EXPECT_THAT(text, HasSubstr("quantd_grpc_requests_total{code=\"OK\","
                               "method=\"grpc.health.v1.Health/Check\"} 2"));
-  EXPECT_THAT(text, HasSubstr("quantd_grpc_requests_total{code=\"UNIMPLEMENTED\","
+  EXPECT_THAT(text, HasSubstr("quantd_grpc_requests_total{code=\"INVALID_ARGUMENT\","
                               "method=\"quantd.v1.QuantizationService/GetJob\"} 1"));
   EXPECT_THAT(text, HasSubstr("quantd_grpc_request_duration_seconds_count{"
                               "method=\"grpc.health.v1.Health/Check\"} 2"));

@@ -164,8 +164,8 @@ TEST_F(QuantdIntegrationTest, ThirdPartyReflectionClientSeesTheApi) {
   EXPECT_EQ(report["health_check"]["quantd.v1.QuantizationService"], "SERVING");
   EXPECT_EQ(report["health_check_unknown_code"], 5);  // NOT_FOUND
   // Unimplemented RPCs say so, with a reason.
-  EXPECT_EQ(report["get_job"]["code"], 12);  // UNIMPLEMENTED
-  EXPECT_THAT(report["get_job"]["details"].get<std::string>(), HasSubstr("GetJob"));
+  EXPECT_EQ(report["get_job"]["code"], 5);  // NOT_FOUND
+  EXPECT_THAT(report["get_job"]["details"].get<std::string>(), HasSubstr("job-does-not-exist"));
 }
 
 TEST_F(QuantdIntegrationTest, QuantctlHealthPrintsServing) {

@@ -1,0 +1,39 @@
+// quantctl artifacts [ID] [--job=JOB_ID]: ListArtifacts, or GetArtifact.
+
+#include "absl/strings/str_cat.h"
+#include "client/job_format.h"
+
+namespace quantd::cli {
+
+int RunArtifacts(const CommandContext& context, const std::vector<std::string>& args) {
+  std::string error;
+  auto a = ParseCommandArgs(args, {"job", "page_token"}, &error);
+  if (!a.has_value() || a->positional.size() > 1) {
+    return context.UsageError(absl::StrCat("artifacts: ", error, "\nusage: artifacts [ARTIFACT_ID] [--job=JOB_ID]"));
+  }
+  auto stub = v1::QuantizationService::NewStub(context.channel);
+  grpc::ClientContext client_context;
+  context.SetDeadline(client_context);
+  if (a->positional.size() == 1) {
+    v1::GetArtifactRequest request;
+    request.set_id(a->positional[0]);
+    v1::Artifact artifact;
+    grpc::Status status = stub->GetArtifact(&client_context, request, &artifact);
+    if (!status.ok()) return context.RpcFailed("get artifact", status);
+    context.Print(artifact, ArtifactText(artifact));
+    return kExitOk;
+  }
+  v1::ListArtifactsRequest request;
+  request.set_job_id(a->Get("job"));
+  request.set_page_token(a->Get("page_token"));
+  v1::ListArtifactsResponse response;
+  grpc::Status status = stub->ListArtifacts(&client_context, request, &response);
+  if (!status.ok()) return context.RpcFailed("list artifacts", status);
+  std::string text;
+  for (const v1::Artifact& artifact : response.artifacts()) absl::StrAppend(&text, ArtifactText(artifact), "\n");
+  if (!text.empty()) text.pop_back();
+  context.Print(response, text);
+  return kExitOk;
+}
+
+}  // namespace quantd::cli

@@ -1,0 +1,75 @@
+// quantctl download ARTIFACT_ID -o FILE: streams the artifact, checks its
+// sha256 and size against the header and trailer, then renames it into place.
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <ostream>
+
+#include "absl/strings/str_cat.h"
+#include "client/file_sha256.h"
+#include "client/job_format.h"
+
+namespace quantd::cli {
+
+int RunDownload(const CommandContext& context, const std::vector<std::string>& args) {
+  std::string error;
+  auto a = ParseCommandArgs(args, {"o", "chunk_size"}, &error);
+  if (!a.has_value() || a->positional.size() != 1 || !a->Has("o")) {
+    return context.UsageError(absl::StrCat("download: ", error, "\nusage: download ARTIFACT_ID -o FILE"));
+  }
+  const std::string target = a->Get("o");
+  const std::string tmp = target + ".part";
+  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+  if (!out) return context.UsageError(absl::StrCat("download: cannot write ", tmp));
+
+  auto stub = v1::QuantizationService::NewStub(context.channel);
+  grpc::ClientContext client_context;
+  context.SetDeadline(client_context);
+  v1::DownloadArtifactRequest request;
+  request.set_id(a->positional[0]);
+  auto reader = stub->DownloadArtifact(&client_context, request);
+  v1::DownloadArtifactResponse message;
+  v1::DownloadHeader header;
+  v1::DownloadTrailer trailer;
+  bool have_trailer = false;
+  Sha256Hasher hasher;
+  uint64_t received = 0;
+  while (reader->Read(&message)) {
+    if (message.has_header()) header = message.header();
+    if (message.has_trailer()) {
+      trailer = message.trailer();
+      have_trailer = true;
+    }
+    if (message.payload_case() == v1::DownloadArtifactResponse::kChunkData) {
+      out.write(message.chunk_data().data(), static_cast<std::streamsize>(message.chunk_data().size()));
+      hasher.Update(message.chunk_data());
+      received += message.chunk_data().size();
+    }
+  }
+  grpc::Status status = reader->Finish();
+  out.close();
+  if (!status.ok()) {
+    std::remove(tmp.c_str());
+    return context.RpcFailed("download", status);
+  }
+  const std::string sha256 = hasher.HexDigest();
+  if (!have_trailer || sha256 != header.sha256() || sha256 != trailer.sha256() ||
+      received != header.size_bytes() || !out) {
+    std::remove(tmp.c_str());
+    *context.err << "quantctl: download of " << a->positional[0] << " is corrupt: got " << received
+                 << " bytes with sha256 " << sha256 << ", expected " << header.size_bytes()
+                 << " bytes with sha256 " << header.sha256() << "\n";
+    return kExitFailure;
+  }
+  std::error_code rename_error;
+  std::filesystem::rename(tmp, target, rename_error);
+  if (rename_error) {
+    *context.err << "quantctl: cannot rename " << tmp << " to " << target << ": " << rename_error.message() << "\n";
+    return kExitFailure;
+  }
+  context.Print(header, absl::StrCat(sha256, "  ", received, "  ", target));
+  return kExitOk;
+}
+
+}  // namespace quantd::cli

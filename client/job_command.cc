@@ -1,0 +1,21 @@
+// quantctl job ID: GetJob.
+
+#include "client/job_format.h"
+
+namespace quantd::cli {
+
+int RunJob(const CommandContext& context, const std::vector<std::string>& args) {
+  if (args.size() != 1) return context.UsageError("usage: job JOB_ID");
+  auto stub = v1::QuantizationService::NewStub(context.channel);
+  grpc::ClientContext client_context;
+  context.SetDeadline(client_context);
+  v1::GetJobRequest request;
+  request.set_id(args[0]);
+  v1::Job job;
+  grpc::Status status = stub->GetJob(&client_context, request, &job);
+  if (!status.ok()) return context.RpcFailed("get job", status);
+  context.Print(job, JobText(job));
+  return kExitOk;
+}
+
+}  // namespace quantd::cli

@@ -1,0 +1,174 @@
+#include "client/job_format.h"
+
+#include <chrono>
+#include <ostream>
+
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace quantd::cli {
+
+std::string CommandArgs::Get(const std::string& name, const std::string& fallback) const {
+  auto it = flags.find(name);
+  return it == flags.end() ? fallback : it->second;
+}
+
+std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args,
+                                            const std::vector<std::string>& allowed,
+                                            std::string* error) {
+  CommandArgs parsed;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string arg = args[i];
+    if (arg == "-o") {
+      if (i + 1 >= args.size()) {
+        *error = "-o needs a file name";
+        return std::nullopt;
+      }
+      arg = "--o=" + args[++i];
+    }
+    if (!absl::StartsWith(arg, "--")) {
+      parsed.positional.push_back(arg);
+      continue;
+    }
+    std::string name = arg.substr(2), value = "true";
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    bool known = false;
+    for (const std::string& a : allowed) known = known || a == name;
+    if (!known) {
+      *error = absl::StrCat("unknown flag --", name);
+      return std::nullopt;
+    }
+    parsed.flags[name] = value;
+  }
+  return parsed;
+}
+
+std::string ShortEnum(const std::string& name, const std::string& prefix) {
+  return absl::StartsWith(name, prefix) ? name.substr(prefix.size()) : name;
+}
+
+namespace {
+
+std::string State(v1::JobState s) { return ShortEnum(v1::JobState_Name(s), "JOB_STATE_"); }
+std::string Phase(v1::Phase p) { return ShortEnum(v1::Phase_Name(p), "PHASE_"); }
+
+std::string AccuracyText(const v1::Accuracy& a) {
+  return absl::StrFormat("%d/%d (%.2f%%)", a.correct(), a.total(), 100.0 * a.top1());
+}
+
+}  // namespace
+
+std::string JobLine(const v1::Job& job) {
+  return absl::StrCat(job.id(), "  ", State(job.state()), "  ", Phase(job.phase()), "  ",
+                      google::protobuf::util::TimeUtil::ToString(job.create_time()),
+                      job.result().artifact_id().empty() ? "" : "  " + job.result().artifact_id());
+}
+
+std::string JobText(const v1::Job& job) {
+  std::string text = absl::StrCat("job ", job.id(), "\n  state: ", State(job.state()),
+                                  "\n  phase: ", Phase(job.phase()),
+                                  "\n  attempts: ", job.attempt_count(), "\n  created: ",
+                                  google::protobuf::util::TimeUtil::ToString(job.create_time()));
+  if (!job.has_result()) return text;
+  const v1::JobResult& r = job.result();
+  if (!r.artifact_id().empty()) {
+    absl::StrAppend(&text, "\n  artifact: ", r.artifact_id(), "\n  sha256: ", r.artifact_sha256(),
+                    "\n  size_bytes: ", r.artifact_size_bytes(), "\n  kernel_engine: ",
+                    r.kernel_engine(), "\n  qconfig: ", r.qconfig_description(),
+                    "\n  calibration_samples: ", r.calibration_samples());
+    std::vector<std::string> groups;
+    for (const auto& g : r.fused_groups()) groups.push_back("[" + absl::StrJoin(g.modules(), ",") + "]");
+    absl::StrAppend(&text, "\n  fused: ", absl::StrJoin(groups, " "));
+    for (const auto& f : r.fallbacks()) {
+      absl::StrAppend(&text, "\n  fallback: ", f.node(), " (", f.op(), "): ", f.reason());
+    }
+    for (const auto& l : r.layers()) {
+      absl::StrAppend(&text, absl::StrFormat("\n  layer %-24s %-16s scale=%.6g zp=%d", l.name(),
+                                             l.op(), l.output_scale(), l.output_zero_point()));
+      if (l.has_sqnr_db()) absl::StrAppend(&text, absl::StrFormat(" sqnr=%.1fdB", l.sqnr_db()));
+    }
+    if (r.has_fp32_accuracy()) absl::StrAppend(&text, "\n  fp32_top1: ", AccuracyText(r.fp32_accuracy()));
+    if (r.has_int8_accuracy()) absl::StrAppend(&text, "\n  int8_top1: ", AccuracyText(r.int8_accuracy()));
+  }
+  for (const auto& t : r.phase_timings()) {
+    absl::StrAppend(&text, absl::StrFormat("\n  time %-12s %.3fs", Phase(t.phase()), t.seconds()));
+  }
+  if (!r.error_message().empty()) {
+    absl::StrAppend(&text, "\n  error: ", r.error_message(), " (code ", r.error_code(), ")");
+  }
+  return text;
+}
+
+std::string EventText(const v1::JobEvent& e) {
+  switch (e.event_case()) {
+    case v1::JobEvent::kSnapshot:
+      return absl::StrCat(e.job_id(), " ", State(e.snapshot().state()),
+                          e.snapshot().phase() == v1::PHASE_UNSPECIFIED ? "" : " " + Phase(e.snapshot().phase()));
+    case v1::JobEvent::kStateChanged: return absl::StrCat(e.job_id(), " state ", State(e.state_changed()));
+    case v1::JobEvent::kPhaseStarted: return absl::StrCat(e.job_id(), " phase ", Phase(e.phase_started()));
+    case v1::JobEvent::kPhaseFinished:
+      return absl::StrFormat("%s phase %s done in %.3fs", e.job_id(), Phase(e.phase_finished().phase()),
+                             e.phase_finished().seconds());
+    case v1::JobEvent::kCalibrationProgress:
+      return absl::StrCat(e.job_id(), " calibration ", e.calibration_progress().batches_done(), "/",
+                          e.calibration_progress().batches_total());
+    case v1::JobEvent::kResult: {
+      const v1::JobResult& r = e.result();
+      if (!r.error_message().empty()) return absl::StrCat(e.job_id(), " error: ", r.error_message());
+      std::string text = absl::StrCat(e.job_id(), " result artifact ", r.artifact_id(), " sha256 ",
+                                      r.artifact_sha256(), " size ", r.artifact_size_bytes());
+      if (r.has_int8_accuracy()) {
+        absl::StrAppend(&text, " int8 ", AccuracyText(r.int8_accuracy()), " fp32 ",
+                        AccuracyText(r.fp32_accuracy()));
+      }
+      return text;
+    }
+    default: return absl::StrCat(e.job_id(), " (unknown event)");
+  }
+}
+
+std::string ArtifactText(const v1::Artifact& a) {
+  std::string text = absl::StrCat(a.id(), "  sha256=", a.sha256(), "  size=", a.size_bytes(),
+                                  "  job=", a.job_id(), "  engine=", a.kernel_engine());
+  if (a.has_int8_accuracy()) absl::StrAppend(&text, "  int8=", AccuracyText(a.int8_accuracy()));
+  return text;
+}
+
+std::string JsonLine(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
+
+int FollowJob(const CommandContext& context, const std::string& job_id) {
+  auto stub = v1::QuantizationService::NewStub(context.channel);
+  grpc::ClientContext client_context;
+  // A job may queue and run for long: the watch gets a day, not --timeout.
+  client_context.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
+  v1::WatchJobRequest request;
+  request.set_id(job_id);
+  auto reader = stub->WatchJob(&client_context, request);
+  v1::JobEvent event;
+  v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
+  while (reader->Read(&event)) {
+    *context.out << (context.options.json ? JsonLine(event) : EventText(event)) << "\n";
+    context.out->flush();
+    if (event.has_snapshot()) state = event.snapshot().state();
+    if (event.event_case() == v1::JobEvent::kStateChanged) state = event.state_changed();
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return context.RpcFailed("watch", status);
+  return state == v1::JOB_STATE_SUCCEEDED ? kExitOk : kExitFailure;
+}
+
+}  // namespace quantd::cli

@@ -1,0 +1,47 @@
+#ifndef QUANTD_CLIENT_JOB_FORMAT_H_
+#define QUANTD_CLIENT_JOB_FORMAT_H_
+
+// Shared pieces of quantctl's job/artifact commands: flag parsing, text
+// rendering of jobs, events and artifacts, and following a job's events.
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/message.h>
+
+#include "client/commands.h"
+#include "quantd/v1/quantd.grpc.pb.h"
+
+namespace quantd::cli {
+
+// "--name=value" / "--name" flags and positional arguments of a command.
+struct CommandArgs {
+  std::map<std::string, std::string> flags;  // "--name" alone maps to "true"
+  std::vector<std::string> positional;
+  bool Has(const std::string& name) const { return flags.count(name) > 0; }
+  std::string Get(const std::string& name, const std::string& fallback = "") const;
+};
+// Flags not in `allowed` are a usage error (message in *error). "-o FILE"
+// is accepted as "--o=FILE".
+std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args,
+                                            const std::vector<std::string>& allowed,
+                                            std::string* error);
+
+std::string JobText(const v1::Job& job);
+std::string JobLine(const v1::Job& job);
+std::string EventText(const v1::JobEvent& event);
+std::string ArtifactText(const v1::Artifact& artifact);
+// Compact one-line JSON (for streams under --json).
+std::string JsonLine(const google::protobuf::Message& message);
+
+// Streams WatchJob until the job ends, printing each event. Returns kExitOk
+// if the job SUCCEEDED, kExitFailure otherwise.
+int FollowJob(const CommandContext& context, const std::string& job_id);
+
+std::string ShortEnum(const std::string& name, const std::string& prefix);
+
+}  // namespace quantd::cli
+
+#endif  // QUANTD_CLIENT_JOB_FORMAT_H_

@@ -1,0 +1,47 @@
+// quantctl jobs: ListJobs, newest first.
+
+#include <ostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "client/job_format.h"
+
+namespace quantd::cli {
+
+int RunJobs(const CommandContext& context, const std::vector<std::string>& args) {
+  std::string error;
+  auto a = ParseCommandArgs(args, {"state", "page_size", "page_token"}, &error);
+  if (!a.has_value() || !a->positional.empty()) {
+    return context.UsageError(absl::StrCat("jobs: ", error,
+                                           "\nusage: jobs [--state=queued,running,...] [--page_size=N] [--page_token=T]"));
+  }
+  v1::ListJobsRequest request;
+  for (absl::string_view s : absl::StrSplit(a->Get("state"), ',', absl::SkipEmpty())) {
+    std::string name = absl::StrCat("JOB_STATE_", s);
+    for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    v1::JobState state;
+    if (!v1::JobState_Parse(name, &state)) return context.UsageError(absl::StrCat("jobs: unknown state ", s));
+    request.add_states(state);
+  }
+  uint32_t page_size = 0;
+  if (a->Has("page_size") && !absl::SimpleAtoi(a->Get("page_size"), &page_size)) {
+    return context.UsageError("jobs: --page_size must be a number");
+  }
+  request.set_page_size(page_size);
+  request.set_page_token(a->Get("page_token"));
+  auto stub = v1::QuantizationService::NewStub(context.channel);
+  grpc::ClientContext client_context;
+  context.SetDeadline(client_context);
+  v1::ListJobsResponse response;
+  grpc::Status status = stub->ListJobs(&client_context, request, &response);
+  if (!status.ok()) return context.RpcFailed("list jobs", status);
+  std::string text;
+  for (const v1::Job& job : response.jobs()) absl::StrAppend(&text, JobLine(job), "\n");
+  if (!response.next_page_token().empty()) absl::StrAppend(&text, "next page: --page_token=", response.next_page_token(), "\n");
+  if (!text.empty()) text.pop_back();
+  context.Print(response, text);
+  return kExitOk;
+}
+
+}  // namespace quantd::cli

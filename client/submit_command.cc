@@ -1,0 +1,175 @@
+// quantctl submit: QuantizeJob from flags or a JSON job file; --wait follows
+// the job until it ends (exit 0 only if it SUCCEEDED).
+
+#include <fstream>
+#include <ostream>
+#include <sstream>
+
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "client/job_format.h"
+
+namespace quantd::cli {
+namespace {
+
+constexpr char kUsage[] =
+    "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
+    "[--calib_format=cifar10|npy] [--calib_labels=PATH] [--batch_size=N] [--samples_per_class=N] "
+    "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack] [--kernel_engine=E] "
+    "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
+    "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
+    "[--deadline_seconds=N] [--wait]";
+
+bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error) {
+  if (a.Has(prefix)) ref->set_path(a.Get(prefix));
+  if (a.Has(prefix + "_blob")) ref->set_blob_id(a.Get(prefix + "_blob"));
+  const std::string format = a.Get(prefix + "_format", "cifar10");
+  if (format == "cifar10") {
+    ref->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  } else if (format == "npy") {
+    ref->set_format(v1::DATASET_FORMAT_NPY);
+  } else {
+    *error = absl::StrCat("--", prefix, "_format must be cifar10 or npy");
+    return false;
+  }
+  if (a.Has(prefix + "_labels")) ref->set_labels_path(a.Get(prefix + "_labels"));
+  return true;
+}
+
+bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>* out) {
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    float v = 0;
+    if (!absl::SimpleAtof(part, &v)) return false;
+    out->Add(v);
+  }
+  return true;
+}
+
+bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* error) {
+  if (a.Has("model")) r->mutable_model()->set_path(a.Get("model"));
+  if (a.Has("model_blob")) r->mutable_model()->set_blob_id(a.Get("model_blob"));
+  if (a.Has("calib") || a.Has("calib_blob")) {
+    if (!SetDataset(a, "calib", r->mutable_calibration()->mutable_dataset(), error)) return false;
+  }
+  uint32_t n = 0;
+  if (a.Has("batch_size")) {
+    if (!absl::SimpleAtoi(a.Get("batch_size"), &n)) return (*error = "--batch_size: not a number", false);
+    r->mutable_calibration()->set_batch_size(n);
+  }
+  if (a.Has("samples_per_class")) {
+    if (!absl::SimpleAtoi(a.Get("samples_per_class"), &n)) return (*error = "--samples_per_class: not a number", false);
+    r->mutable_calibration()->set_samples_per_class(n);
+  }
+  if (a.Has("seed")) {
+    uint64_t seed = 0;
+    if (!absl::SimpleAtoi(a.Get("seed"), &seed)) return (*error = "--seed: not a number", false);
+    r->mutable_calibration()->set_seed(seed);
+  }
+  if (a.Has("preset")) {
+    v1::QConfigPreset preset;
+    std::string name = "QCONFIG_PRESET_" + a.Get("preset");
+    for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    if (!v1::QConfigPreset_Parse(name, &preset)) {
+      return (*error = absl::StrCat("--preset: unknown preset \"", a.Get("preset"), "\""), false);
+    }
+    r->mutable_qconfig()->set_preset(preset);
+  }
+  if (a.Has("kernel_engine")) r->mutable_qconfig()->set_kernel_engine(a.Get("kernel_engine"));
+  if (a.Has("fusion")) {
+    const std::string fusion = a.Get("fusion");
+    if (fusion == "auto") {
+      r->mutable_fusion()->set_auto_(true);
+    } else if (fusion == "none") {
+      r->mutable_fusion()->set_auto_(false);
+    } else {
+      auto* groups = r->mutable_fusion()->mutable_groups();
+      for (absl::string_view group : absl::StrSplit(fusion, ';', absl::SkipEmpty())) {
+        auto* g = groups->add_groups();
+        for (absl::string_view m : absl::StrSplit(group, ',')) g->add_modules(std::string(m));
+      }
+    }
+  }
+  if (a.Has("eval") || a.Has("eval_blob")) {
+    if (!SetDataset(a, "eval", r->mutable_evaluation()->mutable_dataset(), error)) return false;
+    if (a.Has("eval_max_samples")) {
+      if (!absl::SimpleAtoi(a.Get("eval_max_samples"), &n)) return (*error = "--eval_max_samples: not a number", false);
+      r->mutable_evaluation()->set_max_samples(n);
+    }
+  }
+  if (a.Has("scale")) {
+    float scale = 0;
+    if (!absl::SimpleAtof(a.Get("scale"), &scale)) return (*error = "--scale: not a number", false);
+    r->mutable_preprocessing()->set_scale(scale);
+  }
+  if (a.Has("mean") && !ParseFloats(a.Get("mean"), r->mutable_preprocessing()->mutable_mean())) {
+    return (*error = "--mean: comma-separated numbers expected", false);
+  }
+  if (a.Has("std") && !ParseFloats(a.Get("std"), r->mutable_preprocessing()->mutable_std())) {
+    return (*error = "--std: comma-separated numbers expected", false);
+  }
+  if (a.Has("idempotency_key")) r->set_idempotency_key(a.Get("idempotency_key"));
+  if (a.Has("deadline_seconds")) {
+    double seconds = 0;
+    if (!absl::SimpleAtod(a.Get("deadline_seconds"), &seconds) || seconds <= 0) {
+      return (*error = "--deadline_seconds: a positive number expected", false);
+    }
+    *r->mutable_deadline() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
+        static_cast<int64_t>((absl::ToUnixSeconds(absl::Now()) + seconds) * 1000));
+  }
+  return true;
+}
+
+}  // namespace
+
+int RunSubmit(const CommandContext& context, const std::vector<std::string>& args) {
+  std::string error;
+  auto a = ParseCommandArgs(
+      args,
+      {"file", "model", "model_blob", "calib", "calib_blob", "calib_format", "calib_labels",
+       "batch_size", "samples_per_class", "seed", "preset", "kernel_engine", "fusion", "eval",
+       "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
+       "idempotency_key", "deadline_seconds", "wait"},
+      &error);
+  if (!a.has_value()) return context.UsageError(absl::StrCat("submit: ", error, "\nusage: ", kUsage));
+  if (!a->positional.empty()) return context.UsageError(absl::StrCat("usage: ", kUsage));
+  v1::QuantizeJobRequest request;
+  if (a->Has("file")) {
+    std::ifstream in(a->Get("file"));
+    if (!in) return context.UsageError(absl::StrCat("submit: cannot read ", a->Get("file")));
+    std::stringstream json;
+    json << in.rdbuf();
+    auto status = google::protobuf::util::JsonStringToMessage(json.str(), &request);
+    if (!status.ok()) {
+      return context.UsageError(absl::StrCat("submit: ", a->Get("file"), ": ", status.ToString()));
+    }
+  }
+  if (!FromFlags(*a, &request, &error)) return context.UsageError(absl::StrCat("submit: ", error));
+
+  auto stub = v1::QuantizationService::NewStub(context.channel);
+  grpc::ClientContext client_context;
+  context.SetDeadline(client_context);
+  v1::Job job;
+  grpc::Status status = stub->QuantizeJob(&client_context, request, &job);
+  if (!status.ok()) return context.RpcFailed("submit", status);
+  if (context.options.json) {
+    *context.out << JsonLine(job) << "\n";
+  } else {
+    *context.out << job.id() << " " << ShortEnum(v1::JobState_Name(job.state()), "JOB_STATE_") << "\n";
+  }
+  if (!a->Has("wait")) return kExitOk;
+  int rc = FollowJob(context, job.id());
+  if (!context.options.json) {
+    grpc::ClientContext get_context;
+    context.SetDeadline(get_context);
+    v1::GetJobRequest get;
+    get.set_id(job.id());
+    if (stub->GetJob(&get_context, get, &job).ok()) *context.out << JobText(job) << "\n";
+  }
+  return rc;
+}
+
+}  // namespace quantd::cli

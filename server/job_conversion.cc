@@ -1,0 +1,406 @@
+#include "server/job_conversion.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <set>
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/engine/base/sha256.h"
+#include "worker/engine/base/status_macros.h"
+
+namespace quantd {
+namespace {
+
+namespace fs = std::filesystem;
+using google::protobuf::util::TimeUtil;
+
+constexpr int64_t kCifarRecordBytes = 1 + 3 * 32 * 32;
+constexpr uint32_t kMaxBatchSize = 10000;
+
+google::protobuf::Timestamp ToTimestamp(absl::Time t) {
+  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
+}
+
+std::string DeterministicBytes(const google::protobuf::Message& message) {
+  std::string bytes;
+  google::protobuf::io::StringOutputStream stream(&bytes);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return bytes;
+}
+
+absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref,
+                                                   const std::string& field,
+                                                   const ReferenceResolver& resolver,
+                                                   const worker::BlobStore* blobs) {
+  engine::DatasetSpec spec;
+  switch (ref.format()) {
+    case v1::DATASET_FORMAT_CIFAR10_BINARY:
+      spec.format = engine::DatasetFormat::kCifar10Binary;
+      break;
+    case v1::DATASET_FORMAT_NPY:
+      spec.format = engine::DatasetFormat::kNpy;
+      break;
+    case v1::DATASET_FORMAT_UNSPECIFIED:
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".format: required (DATASET_FORMAT_CIFAR10_BINARY or DATASET_FORMAT_NPY)"));
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".format: unknown dataset format ", static_cast<int>(ref.format())));
+  }
+  switch (ref.source_case()) {
+    case v1::DatasetRef::kBlobId: {
+      QUANTD_ASSIGN_OR_RETURN(spec.path, blobs->PathOf(ref.blob_id(), field + ".blob_id"));
+      break;
+    }
+    case v1::DatasetRef::kPath: {
+      QUANTD_ASSIGN_OR_RETURN(spec.path, resolver.ResolvePath(ref.path(), field + ".path"));
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(field, ": required (blob_id or path)"));
+  }
+  if (ref.labels_case() == v1::DatasetRef::kLabelsBlobId) {
+    QUANTD_ASSIGN_OR_RETURN(spec.labels_path, blobs->PathOf(ref.labels_blob_id(), field + ".labels_blob_id"));
+  } else if (ref.labels_case() == v1::DatasetRef::kLabelsPath) {
+    QUANTD_ASSIGN_OR_RETURN(spec.labels_path, resolver.ResolvePath(ref.labels_path(), field + ".labels_path"));
+  }
+  if (spec.format == engine::DatasetFormat::kCifar10Binary) {
+    std::error_code error;
+    const auto size = static_cast<int64_t>(fs::file_size(spec.path, error));
+    if (error || size == 0 || size % kCifarRecordBytes != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": the file is ", error ? 0 : size, " bytes, not a whole number of ",
+          kCifarRecordBytes, "-byte CIFAR-10 records (truncated or not CIFAR-10 binary?)"));
+    }
+  }
+  return spec;
+}
+
+absl::StatusOr<engine::Preprocessing> ToPreprocessing(const v1::Preprocessing& p, std::string* layout) {
+  engine::Preprocessing out;
+  if (p.has_scale()) {
+    if (!(p.scale() > 0) && !(p.scale() < 0)) {
+      return absl::InvalidArgumentError("preprocessing.scale: must not be 0 or NaN");
+    }
+    out.scale = p.scale();
+  }
+  for (float m : p.mean()) out.mean.push_back(m);
+  for (int i = 0; i < p.std_size(); ++i) {
+    if (p.std(i) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("preprocessing.std[", i, "]: must not be 0"));
+    }
+    out.std.push_back(p.std(i));
+  }
+  if (!out.mean.empty() && !out.std.empty() && out.mean.size() != out.std.size()) {
+    return absl::InvalidArgumentError("preprocessing: mean and std must have one value per channel each");
+  }
+  switch (p.input_layout()) {
+    case v1::TENSOR_LAYOUT_UNSPECIFIED:
+    case v1::TENSOR_LAYOUT_NCHW:
+      *layout = "NCHW";
+      break;
+    case v1::TENSOR_LAYOUT_NHWC:
+      *layout = "NHWC";
+      break;
+    default:
+      return absl::InvalidArgumentError("preprocessing.input_layout: unknown layout");
+  }
+  return out;
+}
+
+absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
+  static const std::set<std::string> kEngines = {"", "onednn", "qnnpack", "fbgemm", "x86"};
+  if (kEngines.count(q.kernel_engine()) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "qconfig.kernel_engine: unknown kernel engine \"", q.kernel_engine(),
+        "\" (onednn, qnnpack, fbgemm, x86, or empty)"));
+  }
+  spec->kernel_engine = q.kernel_engine();
+  if (q.config_case() == v1::QConfig::kPreset) {
+    switch (q.preset()) {
+      case v1::QCONFIG_PRESET_FBGEMM: spec->qconfig.preset = "fbgemm"; break;
+      case v1::QCONFIG_PRESET_X86: spec->qconfig.preset = "x86"; break;
+      case v1::QCONFIG_PRESET_ONEDNN: spec->qconfig.preset = "onednn"; break;
+      case v1::QCONFIG_PRESET_QNNPACK: spec->qconfig.preset = "qnnpack"; break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "qconfig.preset: unknown preset ", static_cast<int>(q.preset()),
+            " (QCONFIG_PRESET_FBGEMM, _X86, _ONEDNN or _QNNPACK)"));
+    }
+  } else if (q.config_case() == v1::QConfig::kCustom) {
+    spec->qconfig.preset.clear();
+    const v1::CustomQConfig& c = q.custom();
+    switch (c.activation_observer()) {
+      case v1::ACTIVATION_OBSERVER_UNSPECIFIED:
+      case v1::ACTIVATION_OBSERVER_HISTOGRAM: spec->qconfig.activation_observer = "histogram"; break;
+      case v1::ACTIVATION_OBSERVER_MINMAX: spec->qconfig.activation_observer = "minmax"; break;
+      case v1::ACTIVATION_OBSERVER_MOVING_AVERAGE_MINMAX:
+        spec->qconfig.activation_observer = "moving_average_minmax";
+        break;
+      default:
+        return absl::InvalidArgumentError("qconfig.custom.activation_observer: unknown observer");
+    }
+    switch (c.weight_observer()) {
+      case v1::WEIGHT_OBSERVER_UNSPECIFIED:
+      case v1::WEIGHT_OBSERVER_PER_CHANNEL_SYMMETRIC:
+        spec->qconfig.weight_observer = "per_channel_symmetric";
+        break;
+      case v1::WEIGHT_OBSERVER_PER_TENSOR_SYMMETRIC:
+        spec->qconfig.weight_observer = "per_tensor_symmetric";
+        break;
+      case v1::WEIGHT_OBSERVER_PER_TENSOR_AFFINE:
+        spec->qconfig.weight_observer = "per_tensor_affine";
+        break;
+      default:
+        return absl::InvalidArgumentError("qconfig.custom.weight_observer: unknown observer");
+    }
+    spec->qconfig.reduce_range = c.reduce_range();
+  } else {
+    spec->qconfig.preset = "fbgemm";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyFusion(const v1::QuantizeJobRequest& request, worker::JobSpec* spec) {
+  if (!request.has_fusion() || request.fusion().spec_case() == v1::FusionSpec::SPEC_NOT_SET) {
+    spec->fusion.automatic = true;
+    return absl::OkStatus();
+  }
+  if (request.fusion().spec_case() == v1::FusionSpec::kAuto) {
+    spec->fusion.automatic = request.fusion().auto_();
+    return absl::OkStatus();
+  }
+  std::set<std::string> seen;
+  const auto& groups = request.fusion().groups().groups();
+  for (int i = 0; i < groups.size(); ++i) {
+    const std::string field = absl::StrCat("fusion.groups.groups[", i, "]");
+    if (groups[i].modules_size() < 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": a fusion group needs at least two modules, got ",
+                       groups[i].modules_size()));
+    }
+    std::vector<std::string> group;
+    for (const std::string& module : groups[i].modules()) {
+      if (module.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": empty module name"));
+      }
+      if (!seen.insert(module).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": module \"", module, "\" is in more than one group"));
+      }
+      group.push_back(module);
+    }
+    spec->fusion.groups.push_back(std::move(group));
+  }
+  spec->fusion.automatic = false;
+  return absl::OkStatus();
+}
+
+v1::Phase ToProtoPhase(worker::JobPhase phase) { return static_cast<v1::Phase>(static_cast<int>(phase)); }
+
+void AccuracyToProto(const engine::Accuracy& a, v1::Accuracy* out) {
+  out->set_correct(static_cast<uint64_t>(a.correct));
+  out->set_total(static_cast<uint64_t>(a.total));
+  out->set_top1(a.top1());
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReferenceResolver::ResolvePath(const std::string& path,
+                                                           const std::string& field) const {
+  if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty path"));
+  fs::path relative(path);
+  bool escapes = relative.is_absolute();
+  for (const fs::path& part : relative) escapes = escapes || part == "..";
+  if (escapes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": \"", path, "\" is outside the data root (paths must be relative to --data_dir, "
+        "without \"..\")"));
+  }
+  fs::path full = fs::path(data_dir_) / relative;
+  std::error_code error;
+  if (!fs::is_regular_file(full, error)) {
+    return absl::NotFoundError(
+        absl::StrCat(field, ": \"", path, "\" does not exist under the data root"));
+  }
+  return full.string();
+}
+
+absl::StatusOr<std::string> ReferenceResolver::ResolveModel(const v1::ModelRef& model,
+                                                            const std::string& field) const {
+  switch (model.source_case()) {
+    case v1::ModelRef::kBlobId: return blobs_->PathOf(model.blob_id(), field + ".blob_id");
+    case v1::ModelRef::kPath: return ResolvePath(model.path(), field + ".path");
+    default: return absl::InvalidArgumentError(absl::StrCat(field, ": required (blob_id or path)"));
+  }
+}
+
+absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request,
+                                           const ReferenceResolver& resolver) {
+  worker::Job job;
+  worker::JobSpec& spec = job.spec;
+  if (!request.has_model()) return absl::InvalidArgumentError("model: required (blob_id or path)");
+  QUANTD_ASSIGN_OR_RETURN(spec.model_path, resolver.ResolveModel(request.model(), "model"));
+  QUANTD_RETURN_IF_ERROR(ApplyQConfig(request.qconfig(), &spec));
+  QUANTD_RETURN_IF_ERROR(ApplyFusion(request, &spec));
+
+  std::string layout;
+  QUANTD_ASSIGN_OR_RETURN(engine::Preprocessing preprocessing,
+                          ToPreprocessing(request.preprocessing(), &layout));
+
+  if (!request.has_calibration() || !request.calibration().has_dataset()) {
+    return absl::InvalidArgumentError("calibration.dataset: required");
+  }
+  const v1::CalibrationSpec& calibration = request.calibration();
+  QUANTD_ASSIGN_OR_RETURN(spec.calibration, ResolveDataset(calibration.dataset(), "calibration.dataset",
+                                                           resolver, resolver.blobs_));
+  if (calibration.batch_size() > kMaxBatchSize) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration.batch_size: at most ", kMaxBatchSize));
+  }
+  spec.batch_size = calibration.batch_size() == 0 ? 100 : calibration.batch_size();
+  spec.calibration.samples_per_class = calibration.samples_per_class();
+  spec.calibration.seed = calibration.seed();
+  spec.calibration.preprocessing = preprocessing;
+  spec.calibration.layout = layout;
+
+  if (request.has_evaluation()) {
+    const v1::EvaluationSpec& evaluation = request.evaluation();
+    if (!evaluation.has_dataset()) return absl::InvalidArgumentError("evaluation.dataset: required");
+    QUANTD_ASSIGN_OR_RETURN(engine::DatasetSpec eval, ResolveDataset(evaluation.dataset(), "evaluation.dataset",
+                                                                     resolver, resolver.blobs_));
+    if (evaluation.batch_size() > kMaxBatchSize) {
+      return absl::InvalidArgumentError(absl::StrCat("evaluation.batch_size: at most ", kMaxBatchSize));
+    }
+    eval.limit = evaluation.max_samples();
+    eval.preprocessing = preprocessing;
+    eval.layout = layout;
+    spec.evaluation = eval;
+    spec.evaluation_batch_size = evaluation.batch_size() == 0 ? 256 : evaluation.batch_size();
+  }
+
+  const std::string& key = request.idempotency_key();
+  if (key.size() > 128) return absl::InvalidArgumentError("idempotency_key: at most 128 characters");
+  for (char c : key) {
+    if (c < 0x20 || c > 0x7e) {
+      return absl::InvalidArgumentError("idempotency_key: printable ASCII characters only");
+    }
+  }
+  if (request.labels_size() > 16) return absl::InvalidArgumentError("labels: at most 16");
+  job.idempotency_key = key;
+  if (request.has_deadline()) {
+    job.deadline = absl::FromUnixMicros(TimeUtil::TimestampToMicroseconds(request.deadline()));
+  }
+  job.request_echo = DeterministicBytes(request);
+  job.request_fingerprint = engine::Sha256Hex(job.request_echo);
+  return job;
+}
+
+void ToProto(const worker::JobResult& r, v1::JobResult* out) {
+  out->set_artifact_id(r.artifact_id);
+  out->set_artifact_sha256(r.artifact_sha256);
+  out->set_artifact_size_bytes(static_cast<uint64_t>(r.artifact_size_bytes));
+  out->set_kernel_engine(r.report.kernel_engine);
+  out->set_qconfig_description(r.report.qconfig_description);
+  for (const auto& group : r.report.fused_groups) {
+    auto* g = out->add_fused_groups();
+    for (const std::string& m : group) g->add_modules(m);
+  }
+  for (const auto& f : r.report.fallbacks) {
+    auto* fb = out->add_fallbacks();
+    fb->set_node(f.node);
+    fb->set_op(f.op);
+    fb->set_reason(f.reason);
+  }
+  for (const auto& l : r.report.layers) {
+    auto* layer = out->add_layers();
+    layer->set_name(l.name);
+    layer->set_op(l.op);
+    layer->set_output_scale(l.output_scale);
+    layer->set_output_zero_point(l.output_zero_point);
+    for (float s : l.weight_scales) layer->add_weight_scales(s);
+    if (l.sqnr_db.has_value()) layer->set_sqnr_db(*l.sqnr_db);
+  }
+  if (r.report.fp32_accuracy.has_value()) AccuracyToProto(*r.report.fp32_accuracy, out->mutable_fp32_accuracy());
+  if (r.report.int8_accuracy.has_value()) AccuracyToProto(*r.report.int8_accuracy, out->mutable_int8_accuracy());
+  for (const auto& t : r.phase_timings) {
+    auto* timing = out->add_phase_timings();
+    timing->set_phase(ToProtoPhase(t.phase));
+    timing->set_seconds(t.seconds);
+  }
+  out->set_calibration_samples(static_cast<uint64_t>(r.report.calibration_samples));
+  out->set_error_message(r.error_message);
+  out->set_error_code(static_cast<int32_t>(r.error_code));
+}
+
+void ToProto(const worker::Job& job, v1::Job* out) {
+  out->set_id(job.id);
+  out->set_state(static_cast<v1::JobState>(static_cast<int>(job.state)));
+  out->set_phase(ToProtoPhase(job.phase));
+  *out->mutable_create_time() = ToTimestamp(job.create_time);
+  if (job.start_time.has_value()) *out->mutable_start_time() = ToTimestamp(*job.start_time);
+  if (job.finish_time.has_value()) *out->mutable_finish_time() = ToTimestamp(*job.finish_time);
+  out->mutable_request()->ParseFromString(job.request_echo);
+  if (job.result.has_value()) ToProto(*job.result, out->mutable_result());
+  out->set_attempt_count(job.attempt_count);
+}
+
+void ToProto(const worker::JobEvent& event, v1::JobEvent* out) {
+  using Kind = worker::JobEvent::Kind;
+  out->set_job_id(event.job_id);
+  *out->mutable_event_time() = ToTimestamp(event.time);
+  out->set_sequence(event.sequence);
+  switch (event.kind) {
+    case Kind::kSnapshot: ToProto(event.snapshot, out->mutable_snapshot()); break;
+    case Kind::kStateChanged:
+      out->set_state_changed(static_cast<v1::JobState>(static_cast<int>(event.state)));
+      break;
+    case Kind::kPhaseStarted: out->set_phase_started(ToProtoPhase(event.phase.phase)); break;
+    case Kind::kPhaseFinished:
+      out->mutable_phase_finished()->set_phase(ToProtoPhase(event.phase.phase));
+      out->mutable_phase_finished()->set_seconds(event.phase.seconds);
+      break;
+    case Kind::kCalibrationProgress: {
+      auto* p = out->mutable_calibration_progress();
+      p->set_batches_done(static_cast<uint32_t>(event.batches_done));
+      p->set_batches_total(static_cast<uint32_t>(event.batches_total));
+      p->set_samples_done(static_cast<uint64_t>(event.samples_done));
+      break;
+    }
+    case Kind::kResult: ToProto(event.result, out->mutable_result()); break;
+  }
+}
+
+void ArtifactToProto(const worker::Job& job, v1::Artifact* out) {
+  v1::QuantizeJobRequest request;
+  request.ParseFromString(job.request_echo);
+  const worker::JobResult& r = *job.result;
+  out->set_id(r.artifact_id);
+  out->set_sha256(r.artifact_sha256);
+  out->set_size_bytes(static_cast<uint64_t>(r.artifact_size_bytes));
+  out->set_job_id(job.id);
+  if (job.finish_time.has_value()) *out->mutable_create_time() = ToTimestamp(*job.finish_time);
+  out->set_kernel_engine(r.report.kernel_engine);
+  out->set_qconfig_description(r.report.qconfig_description);
+  *out->mutable_source_model() = request.model();
+  *out->mutable_preprocessing() = request.preprocessing();
+  if (r.report.fp32_accuracy.has_value()) AccuracyToProto(*r.report.fp32_accuracy, out->mutable_fp32_accuracy());
+  if (r.report.int8_accuracy.has_value()) AccuracyToProto(*r.report.int8_accuracy, out->mutable_int8_accuracy());
+}
+
+absl::StatusOr<worker::JobState> FromProto(v1::JobState state) {
+  if (state >= v1::JOB_STATE_QUEUED && state <= v1::JOB_STATE_CANCELLED) {
+    return static_cast<worker::JobState>(static_cast<int>(state));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("states: unknown job state ", static_cast<int>(state)));
+}
+
+}  // namespace quantd

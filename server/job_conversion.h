@@ -1,0 +1,51 @@
+#ifndef QUANTD_SERVER_JOB_CONVERSION_H_
+#define QUANTD_SERVER_JOB_CONVERSION_H_
+
+// quantd.v1 messages <-> worker structs, and the validation of a
+// QuantizeJobRequest that needs no model loading (missing fields, enums,
+// fusion spec shape, blob ids, paths under the data root, dataset sizes).
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "quantd/v1/quantd.pb.h"
+#include "worker/blob_store.h"
+#include "worker/job.h"
+#include "worker/job_events.h"
+
+namespace quantd {
+
+// Resolves model and dataset references to local files.
+class ReferenceResolver {
+ public:
+  ReferenceResolver(std::string data_dir, const worker::BlobStore* blobs)
+      : data_dir_(std::move(data_dir)), blobs_(blobs) {}
+
+  // `field` names the request field in error messages ("model.path", ...).
+  // INVALID_ARGUMENT for an absolute path or one with "..", NOT_FOUND for a
+  // missing file or blob.
+  absl::StatusOr<std::string> ResolvePath(const std::string& path, const std::string& field) const;
+  absl::StatusOr<std::string> ResolveModel(const v1::ModelRef& model, const std::string& field) const;
+
+ private:
+  friend absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest&,
+                                                    const ReferenceResolver&);
+  std::string data_dir_;
+  const worker::BlobStore* blobs_;
+};
+
+// Validates `request` and builds the job to submit (no id yet).
+absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request,
+                                           const ReferenceResolver& resolver);
+
+void ToProto(const worker::Job& job, v1::Job* out);
+void ToProto(const worker::JobResult& result, v1::JobResult* out);
+void ToProto(const worker::JobEvent& event, v1::JobEvent* out);
+// The artifact made by `job` (a SUCCEEDED job).
+void ArtifactToProto(const worker::Job& job, v1::Artifact* out);
+
+absl::StatusOr<worker::JobState> FromProto(v1::JobState state);
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_JOB_CONVERSION_H_
