@@ -1,0 +1,411 @@
+// Issue #4 end to end: the real quantd and quantctl, the real ResNet8 and
+// CIFAR-10 fixtures (linked into the server's data dir), a third-party JSON
+// reflection client, PyTorch loading the artifact, kill -9 and restart.
+
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "tests/integration/test_util/subprocess.h"
+
+namespace quantd {
+namespace {
+
+namespace fs = std::filesystem;
+using ::quantd::test_util::MakeTempDir;
+using ::quantd::test_util::ReadFileOrEmpty;
+using ::quantd::test_util::RunCommand;
+using ::quantd::test_util::RunResult;
+using ::quantd::test_util::Subprocess;
+using ::testing::HasSubstr;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(30);
+constexpr absl::Duration kJobTimeout = absl::Seconds(120);
+constexpr char kFusion[] =
+    "conv1,bn1,relu1;layer1.conv1,layer1.bn1,layer1.relu1;layer1.conv2,layer1.bn2;"
+    "layer2.conv1,layer2.bn1,layer2.relu1;layer2.conv2,layer2.bn2;"
+    "layer3.conv1,layer3.bn1,layer3.relu1;layer3.conv2,layer3.bn2";
+constexpr char kModel[] = "fixtures/models/resnet8_fp32.torchscript.pt";
+constexpr char kCalib[] = "fixtures/cifar10/calib_batch.bin";
+constexpr char kTest[] = "fixtures/cifar10/test_batch.bin";
+
+// One quantd on ephemeral ports over a data dir that survives restarts.
+class Quantd {
+ public:
+  explicit Quantd(std::vector<std::string> flags = {}) : flags_(std::move(flags)) {
+    dir_ = MakeTempDir("quantd_jobs");
+    fs::create_directories(dir_ + "/data");
+    fs::create_directory_symlink(fs::absolute(FIXTURES_DIR), dir_ + "/data/fixtures");
+  }
+  ~Quantd() {
+    child_.reset();
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+
+  ::testing::AssertionResult Start() {
+    fs::remove(dir_ + "/ports.json");
+    std::vector<std::string> argv = {QUANTD_BIN, "--bind_address=127.0.0.1", "--grpc_port=0",
+                                     "--metrics_port=-1", "--data_dir=" + dir_ + "/data",
+                                     "--port_file=" + dir_ + "/ports.json",
+                                     "--shutdown_grace_seconds=2"};
+    argv.insert(argv.end(), flags_.begin(), flags_.end());
+    Subprocess::Options options;
+    options.stderr_path = dir_ + "/quantd.log." + std::to_string(++starts_);
+    auto child = Subprocess::Start(argv, options);
+    if (!child.ok()) return ::testing::AssertionFailure() << child.status();
+    child_ = std::move(*child);
+    const absl::Time deadline = absl::Now() + kStartTimeout;
+    while (absl::Now() < deadline) {
+      if (auto code = child_->Poll(); code.has_value()) {
+        return ::testing::AssertionFailure() << "quantd exited " << *code << ": " << log();
+      }
+      if (fs::exists(dir_ + "/ports.json")) {
+        port_ = nlohmann::json::parse(ReadFileOrEmpty(dir_ + "/ports.json"))["grpc_port"].get<int>();
+        return ::testing::AssertionSuccess();
+      }
+      child_->WaitFor(absl::Milliseconds(20));
+    }
+    return ::testing::AssertionFailure() << "quantd did not start: " << log();
+  }
+
+  RunResult Ctl(std::vector<std::string> args, absl::Duration timeout = kJobTimeout) {
+    std::vector<std::string> argv = {QUANTCTL_BIN, absl::StrCat("--server=127.0.0.1:", port_)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto result = RunCommand(argv, timeout);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : RunResult{};
+  }
+
+  nlohmann::json Job(const std::string& id) {
+    RunResult r = Ctl({"--json", "job", id});
+    auto json = nlohmann::json::parse(r.out, nullptr, false);
+    return json.is_discarded() ? nlohmann::json::object() : json;
+  }
+
+  // Polls GetJob until the job is in a terminal state.
+  nlohmann::json WaitDone(const std::string& id) {
+    const absl::Time deadline = absl::Now() + kJobTimeout;
+    nlohmann::json job;
+    while (absl::Now() < deadline) {
+      job = Job(id);
+      std::string state = job.value("state", "");
+      if (state == "JOB_STATE_SUCCEEDED" || state == "JOB_STATE_FAILED" || state == "JOB_STATE_CANCELLED") {
+        return job;
+      }
+      absl::SleepFor(absl::Milliseconds(50));  // poll interval
+    }
+    ADD_FAILURE() << "job " << id << " did not finish: " << job.dump();
+    return job;
+  }
+
+  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
+  std::string log() const { return ReadFileOrEmpty(dir_ + "/quantd.log." + std::to_string(starts_)); }
+  std::string dir() const { return dir_; }
+  Subprocess& child() { return *child_; }
+
+ private:
+  std::vector<std::string> flags_;
+  std::string dir_;
+  std::unique_ptr<Subprocess> child_;
+  int port_ = 0;
+  int starts_ = 0;
+};
+
+// "job-... QUEUED" -> "job-...".
+std::string JobIdFrom(const std::string& submit_out) { return submit_out.substr(0, submit_out.find(' ')); }
+
+std::vector<std::string> SubmitArgs(std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {"submit", absl::StrCat("--model=", kModel),
+                                   absl::StrCat("--calib=", kCalib), "--preset=fbgemm",
+                                   absl::StrCat("--fusion=", kFusion)};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+std::vector<std::string> TemporaryFiles(const std::string& root) {
+  std::vector<std::string> found;
+  for (const auto& entry : fs::recursive_directory_iterator(root)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind(".tmp.", 0) == 0 || name.find(".part") != std::string::npos) found.push_back(name);
+  }
+  return found;
+}
+
+TEST(JobsIntegrationTest, SubmitWaitEvaluateDownloadAndLoadInPyTorch) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  RunResult submit = quantd.Ctl(SubmitArgs({absl::StrCat("--eval=", kTest), "--wait"}));
+  ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
+  EXPECT_THAT(submit.out, HasSubstr("state SUCCEEDED"));
+  EXPECT_THAT(submit.out, HasSubstr("phase CALIBRATING"));
+  EXPECT_THAT(submit.out, HasSubstr("calibration 10/10"));
+  EXPECT_THAT(submit.out, HasSubstr("phase EVALUATING"));
+  nlohmann::json job = quantd.Job(JobIdFrom(submit.out));
+  const nlohmann::json& result = job["result"];
+  EXPECT_EQ(result["fusedGroups"].size(), 7u);
+  EXPECT_GT(result["layers"].size(), 5u);
+  EXPECT_EQ(result["int8Accuracy"]["total"], "10000");
+  EXPECT_EQ(result["fp32Accuracy"]["correct"], "8719");
+  EXPECT_EQ(result["phaseTimings"].size(), 6u);
+  const std::string sha = result["artifactSha256"];
+  const std::string artifact = result["artifactId"];
+
+  const std::string file = quantd.dir() + "/int8.pt";
+  RunResult download = quantd.Ctl({"download", artifact, "-o", file});
+  ASSERT_EQ(download.exit_code, 0) << download.err;
+  auto sum = RunCommand({"/usr/bin/sha256sum", file}, absl::Seconds(30));
+  ASSERT_TRUE(sum.ok());
+  EXPECT_EQ(sum->out.substr(0, 64), sha);
+
+  auto python = RunCommand(
+      {"/usr/bin/python3", "-c",
+       "import sys, torch\n"
+       "torch.backends.quantized.engine = 'onednn'\n"
+       "m = torch.jit.load(sys.argv[1])\n"
+       "y = m(torch.rand(4, 3, 32, 32) * 255)\n"
+       "print(tuple(y.shape))\n",
+       file},
+      absl::Seconds(120));
+  ASSERT_TRUE(python.ok());
+  EXPECT_EQ(python->exit_code, 0) << python->err;
+  EXPECT_THAT(python->out, HasSubstr("(4, 10)"));
+
+  RunResult artifacts = quantd.Ctl({"artifacts"});
+  EXPECT_THAT(artifacts.out, HasSubstr(artifact));
+  // Delete removes the job and, unused now, its artifact.
+  EXPECT_EQ(quantd.Ctl({"delete", JobIdFrom(submit.out)}).exit_code, 0);
+  RunResult gone = quantd.Ctl({"artifacts", artifact});
+  EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_THAT(gone.err, HasSubstr("code 5"));
+}
+
+TEST(JobsIntegrationTest, ThirdPartyJsonClientRunsTheSameJob) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  nlohmann::json groups = nlohmann::json::array();
+  for (const char* g : {"conv1,bn1,relu1", "layer1.conv1,layer1.bn1,layer1.relu1", "layer1.conv2,layer1.bn2"}) {
+    nlohmann::json modules = nlohmann::json::array();
+    std::string s = g;
+    size_t start = 0;
+    while (true) {
+      size_t comma = s.find(',', start);
+      modules.push_back(s.substr(start, comma - start));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    groups.push_back({{"modules", modules}});
+  }
+  nlohmann::json request = {
+      {"model", {{"path", kModel}}},
+      {"qconfig", {{"preset", "QCONFIG_PRESET_FBGEMM"}}},
+      {"fusion", {{"groups", {{"groups", groups}}}}},
+      {"calibration", {{"dataset", {{"path", kCalib}, {"format", "DATASET_FORMAT_CIFAR10_BINARY"}}},
+                       {"batch_size", 100}}},
+      {"idempotency_key", "json-client-1"}};
+  auto node = RunCommand({NODE_BIN, std::string(NODE_DIR) + "/submit_job.js", quantd.target(), request.dump()},
+                         kJobTimeout);
+  ASSERT_TRUE(node.ok());
+  ASSERT_EQ(node->exit_code, 0) << node->out << node->err;
+  auto report = nlohmann::json::parse(node->out, nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << node->out;
+  EXPECT_EQ(report["submitted"]["state"], "JOB_STATE_QUEUED");
+  EXPECT_EQ(report["final"]["state"], "JOB_STATE_SUCCEEDED") << node->out;
+  EXPECT_EQ(report["final"]["result"]["artifact_sha256"].get<std::string>().size(), 64u);
+  // Same idempotency key, same request: the same job.
+  auto again = RunCommand({NODE_BIN, std::string(NODE_DIR) + "/submit_job.js", quantd.target(), request.dump()},
+                          kJobTimeout);
+  ASSERT_TRUE(again.ok());
+  auto second = nlohmann::json::parse(again->out, nullptr, false);
+  EXPECT_EQ(second["submitted"]["id"], report["submitted"]["id"]);
+}
+
+TEST(JobsIntegrationTest, TwentyJobsRunInOrderAndAFullQueueRejects) {
+  Quantd quantd({"--workers=1", "--queue_capacity=5"});
+  ASSERT_TRUE(quantd.Start());
+  std::vector<std::unique_ptr<Subprocess>> clients;
+  for (int i = 0; i < 20; ++i) {
+    std::vector<std::string> argv = {QUANTCTL_BIN, "--server=" + quantd.target()};
+    for (const std::string& a : SubmitArgs({"--samples_per_class=5"})) argv.push_back(a);
+    Subprocess::Options options;
+    options.stdout_path = absl::StrCat(quantd.dir(), "/submit", i, ".out");
+    options.stderr_path = absl::StrCat(quantd.dir(), "/submit", i, ".err");
+    auto child = Subprocess::Start(argv, options);
+    ASSERT_TRUE(child.ok());
+    clients.push_back(std::move(*child));
+  }
+  std::vector<std::string> accepted;
+  int rejected = 0;
+  for (int i = 0; i < 20; ++i) {
+    std::optional<int> code = clients[i]->WaitFor(absl::Seconds(60));
+    ASSERT_TRUE(code.has_value());
+    if (*code == 0) {
+      accepted.push_back(JobIdFrom(ReadFileOrEmpty(absl::StrCat(quantd.dir(), "/submit", i, ".out"))));
+    } else {
+      EXPECT_THAT(ReadFileOrEmpty(absl::StrCat(quantd.dir(), "/submit", i, ".err")), HasSubstr("code 8"));
+      ++rejected;
+    }
+  }
+  EXPECT_GT(rejected, 0);
+  EXPECT_GE(accepted.size(), 5u);
+  for (const std::string& id : accepted) EXPECT_EQ(quantd.WaitDone(id)["state"], "JOB_STATE_SUCCEEDED");
+  EXPECT_EQ(quantd.Ctl({"health"}).out, "SERVING\n");
+}
+
+TEST(JobsIntegrationTest, TwentyJobsWithOneWorkerAllFinishInOrder) {
+  Quantd quantd({"--workers=1"});
+  ASSERT_TRUE(quantd.Start());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 20; ++i) {
+    RunResult r = quantd.Ctl(SubmitArgs({"--samples_per_class=5"}));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ids.push_back(JobIdFrom(r.out));
+  }
+  std::string previous_start;
+  for (const std::string& id : ids) {
+    nlohmann::json job = quantd.WaitDone(id);
+    EXPECT_EQ(job["state"], "JOB_STATE_SUCCEEDED");
+    std::string start = job.value("startTime", "");
+    EXPECT_LT(previous_start, start) << "job " << id << " started before an older one";
+    previous_start = start;
+  }
+  RunResult list = quantd.Ctl({"--json", "jobs", "--page_size=1000"});
+  EXPECT_EQ(nlohmann::json::parse(list.out)["jobs"].size(), 20u);
+}
+
+// Starts `quantctl watch ID` into a file and waits for `needle` in it.
+bool WatchUntil(Quantd& quantd, const std::string& id, const std::string& needle,
+                std::unique_ptr<Subprocess>* watcher) {
+  Subprocess::Options options;
+  options.stdout_path = quantd.dir() + "/watch." + id;
+  auto child = Subprocess::Start({QUANTCTL_BIN, "--server=" + quantd.target(), "watch", id}, options);
+  if (!child.ok()) return false;
+  *watcher = std::move(*child);
+  const absl::Time deadline = absl::Now() + kJobTimeout;
+  while (absl::Now() < deadline) {
+    if (ReadFileOrEmpty(options.stdout_path).find(needle) != std::string::npos) return true;
+    absl::SleepFor(absl::Milliseconds(2));  // poll interval
+  }
+  return false;
+}
+
+TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) {
+  std::string reference;
+  {
+    Quantd quantd;
+    ASSERT_TRUE(quantd.Start());
+    RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10", "--wait"}));
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    reference = quantd.Job(JobIdFrom(r.out))["result"]["artifactSha256"];
+  }
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string id = JobIdFrom(r.out);
+  std::unique_ptr<Subprocess> watcher;
+  ASSERT_TRUE(WatchUntil(quantd, id, " calibration ", &watcher)) << quantd.log();
+  ASSERT_TRUE(quantd.child().Signal(SIGKILL));
+  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(10)).has_value());
+  ASSERT_TRUE(quantd.Start());
+  EXPECT_THAT(quantd.log(), HasSubstr("requeued=1"));
+  nlohmann::json job = quantd.WaitDone(id);
+  EXPECT_EQ(job["state"], "JOB_STATE_SUCCEEDED");
+  EXPECT_EQ(job["attemptCount"], 2);
+  EXPECT_EQ(job["result"]["artifactSha256"], reference);
+  EXPECT_TRUE(TemporaryFiles(quantd.dir() + "/data/artifacts").empty());
+  EXPECT_TRUE(TemporaryFiles(quantd.dir() + "/data/blobs").empty());
+}
+
+TEST(JobsIntegrationTest, CancelDuringCalibrationAndTheWorkerGoesOn) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  const std::string first = JobIdFrom(quantd.Ctl(SubmitArgs({"--batch_size=10"})).out);
+  const std::string second = JobIdFrom(quantd.Ctl(SubmitArgs({"--samples_per_class=5"})).out);
+  std::unique_ptr<Subprocess> watcher;
+  ASSERT_TRUE(WatchUntil(quantd, first, " calibration ", &watcher));
+  RunResult cancel = quantd.Ctl({"cancel", first, "--reason=test"});
+  EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
+  nlohmann::json job = quantd.WaitDone(first);
+  EXPECT_EQ(job["state"], "JOB_STATE_CANCELLED");
+  EXPECT_EQ(job["phase"], "PHASE_CALIBRATING");
+  EXPECT_THAT(job["result"]["errorMessage"].get<std::string>(), HasSubstr("test"));
+  ASSERT_TRUE(watcher->WaitFor(absl::Seconds(10)).has_value());
+  std::string events = ReadFileOrEmpty(quantd.dir() + "/watch." + first);
+  EXPECT_THAT(events, HasSubstr("state CANCELLED"));
+  EXPECT_EQ(events.find("calibration 100/100"), std::string::npos);
+  EXPECT_EQ(quantd.WaitDone(second)["state"], "JOB_STATE_SUCCEEDED");
+}
+
+TEST(JobsIntegrationTest, BadInputsGetTheRightCodeAndTheServerKeepsServing) {
+  Quantd quantd({"--max_upload_bytes=40000000"});
+  ASSERT_TRUE(quantd.Start());
+  const std::string dir = quantd.dir();
+  // A corrupt model file: uploads fine, the job FAILS with INVALID_ARGUMENT.
+  std::ofstream(dir + "/corrupt.pt") << "this is not a TorchScript archive";
+  RunResult upload = quantd.Ctl({"upload", dir + "/corrupt.pt"});
+  ASSERT_EQ(upload.exit_code, 0) << upload.err;
+  const std::string blob = upload.out.substr(0, 64);
+  RunResult bad_model = quantd.Ctl({"submit", "--model_blob=" + blob, absl::StrCat("--calib=", kCalib), "--wait"});
+  EXPECT_EQ(bad_model.exit_code, 1);
+  nlohmann::json failed = quantd.Job(JobIdFrom(bad_model.out));
+  EXPECT_EQ(failed["state"], "JOB_STATE_FAILED");
+  EXPECT_EQ(failed["result"]["errorCode"], 3);
+  EXPECT_FALSE(failed["result"]["errorMessage"].get<std::string>().empty());
+
+  // A truncated dataset: rejected at submit.
+  {
+    std::ifstream in(std::string(FIXTURES_DIR) + "/cifar10/calib_batch.bin", std::ios::binary);
+    std::string bytes(5000, '\0');
+    in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(dir + "/truncated.bin", std::ios::binary) << bytes;
+  }
+  RunResult data = quantd.Ctl({"upload", dir + "/truncated.bin", "--kind=dataset"});
+  ASSERT_EQ(data.exit_code, 0) << data.err;
+  RunResult truncated = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), "--calib_blob=" + data.out.substr(0, 64)});
+  EXPECT_EQ(truncated.exit_code, 1);
+  EXPECT_THAT(truncated.err, HasSubstr("code 3"));
+  EXPECT_THAT(truncated.err, HasSubstr("calibration.dataset"));
+
+  // An upload whose sha256 does not match.
+  RunResult mismatch = quantd.Ctl({"upload", dir + "/corrupt.pt", "--sha256=" + std::string(64, 'a')});
+  EXPECT_EQ(mismatch.exit_code, 1);
+  EXPECT_THAT(mismatch.err, HasSubstr("code 15"));  // DATA_LOSS
+
+  // A fusion spec naming a missing module: the job FAILS with INVALID_ARGUMENT.
+  RunResult missing = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
+                                  "--samples_per_class=5", "--fusion=conv1,bn9", "--wait"});
+  EXPECT_EQ(missing.exit_code, 1);
+  nlohmann::json fusion = quantd.Job(JobIdFrom(missing.out));
+  EXPECT_EQ(fusion["state"], "JOB_STATE_FAILED");
+  EXPECT_EQ(fusion["result"]["errorCode"], 3);
+  EXPECT_THAT(fusion["result"]["errorMessage"].get<std::string>(), HasSubstr("bn9"));
+
+  // A path outside the data root.
+  RunResult escape = quantd.Ctl({"submit", "--model=../../etc/passwd", absl::StrCat("--calib=", kCalib)});
+  EXPECT_EQ(escape.exit_code, 1);
+  EXPECT_THAT(escape.err, HasSubstr("code 3"));
+  EXPECT_THAT(escape.err, HasSubstr("model.path"));
+
+  // Unknown ids.
+  RunResult unknown = quantd.Ctl({"job", "job-does-not-exist"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("code 5"));
+  EXPECT_THAT(quantd.Ctl({"cancel", "job-does-not-exist"}).err, HasSubstr("code 5"));
+  EXPECT_THAT(quantd.Ctl({"watch", "job-does-not-exist"}).err, HasSubstr("code 5"));
+
+  EXPECT_EQ(quantd.Ctl({"health"}).out, "SERVING\n");
+}
+
+}  // namespace
+}  // namespace quantd
