@@ -56,10 +56,7 @@ std::mutex& EngineMutex() {
 
 absl::StatusOr<at::QEngine> ParseEngine(const std::string& name) {
   for (at::QEngine e : at::globalContext().supportedQEngines()) {
-    if (c10::toString(e) == name || (name == "onednn" && c10::toString(e) == "ONEDNN") ||
-        absl::AsciiStrToLower(c10::toString(e)) == name) {
-      return e;
-    }
+    if (absl::AsciiStrToLower(c10::toString(e)) == name) return e;
   }
   return absl::InvalidArgumentError(absl::StrCat("kernel engine '", name, "' is not compiled into this LibTorch (available: ",
                                                  absl::StrJoin(AvailableKernelEngines(), ", "), ")"));
