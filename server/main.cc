@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "server/log.h"
 #include "server/server.h"
+#include "worker/engine/quantizer.h"
 
 ABSL_FLAG(std::string, bind_address, "0.0.0.0",
           "Address the gRPC and metrics listeners bind to.");
@@ -35,6 +36,9 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
           "On SIGTERM/SIGINT, how long in-flight RPCs may take to finish.");
 ABSL_FLAG(bool, log_rpcs, false, "Log one debug line per finished RPC.");
+ABSL_FLAG(int, intra_op_threads, 1,
+          "LibTorch intra-op threads per job (set explicitly: 2 OpenMP threads on a busy "
+          "2-core machine can be 10-100x slower).");
 
 namespace {
 
@@ -78,6 +82,7 @@ int main(int argc, char** argv) {
       "  quantd --grpc_port=50051 --metrics_port=9464 --data_dir=./data");
   absl::ParseCommandLine(argc, argv);
   quantd::SetDebugLogging(absl::GetFlag(FLAGS_log_rpcs));
+  quantd::engine::InitializeRuntime(absl::GetFlag(FLAGS_intra_op_threads));
 
   if (!InstallSignalHandlers()) {
     quantd::LogLine(quantd::LogLevel::kError, "quantd: cannot install signal handlers");
