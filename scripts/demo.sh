@@ -60,21 +60,29 @@ echo "\$ quantctl --server=127.0.0.1:$grpc_port --json health"
 "$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --json health
 echo "metrics: http://127.0.0.1:$metrics_port/metrics"
 
-quantize="$build_dir/worker/quantd-quantize"
-if [ -x "$quantize" ]; then
-  if [ ! -f "$fixtures/models/resnet8_fp32.torchscript.pt" ]; then
-    echo "demo: fixtures not found in $fixtures (see README, 'Fixtures')" >&2
-    exit 1
-  fi
-  echo
-  echo "\$ $quantize --model $fixtures/models/resnet8_fp32.torchscript.pt ..."
-  "$quantize" \
-    --model "$fixtures/models/resnet8_fp32.torchscript.pt" \
-    --calibration "$fixtures/cifar10/calib_batch.bin" \
-    --qconfig fbgemm --fusion auto \
-    --output data/resnet8_int8.pt --report data/report.json \
-    --eval "$fixtures/cifar10/test_batch.bin"
-  echo "demo: artifact data/resnet8_int8.pt, report data/report.json"
-else
-  echo "demo: $quantize not built yet; skipping the quantization step"
+if [ ! -f "$fixtures/models/resnet8_fp32.torchscript.pt" ]; then
+  echo "demo: fixtures not found in $fixtures (see README, 'Fixtures')" >&2
+  exit 1
+fi
+quantctl=("$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --timeout=600)
+
+# The main job: upload the MLPerf Tiny ResNet8 and CIFAR-10, quantize with the
+# embedded defaults (fbgemm preset, auto fusion, 1000 calibration images),
+# evaluate on the 10000 test images, download the int8 artifact.
+echo
+echo "\$ quantctl upload ... (model, calibration set, test set)"
+model_blob="$("${quantctl[@]}" upload "$fixtures/models/resnet8_fp32.torchscript.pt" --kind=model | awk '{print $1}')"
+calib_blob="$("${quantctl[@]}" upload "$fixtures/cifar10/calib_batch.bin" --kind=dataset --format=cifar10 | awk '{print $1}')"
+test_blob="$("${quantctl[@]}" upload "$fixtures/cifar10/test_batch.bin" --kind=dataset --format=cifar10 | awk '{print $1}')"
+echo "model $model_blob"
+echo "calibration $calib_blob"
+echo "test $test_blob"
+echo
+echo "\$ quantctl submit --model_blob=... --calib_blob=... --eval_blob=... --preset=fbgemm --fusion=auto --wait"
+"${quantctl[@]}" submit --model_blob="$model_blob" --calib_blob="$calib_blob" --eval_blob="$test_blob" \
+  --preset=fbgemm --fusion=auto --wait | tee data/demo-job.txt
+artifact_id="$(grep -o 'result artifact art-[0-9a-f]*' data/demo-job.txt | awk '{print $3}' | head -n 1)"
+if [ -n "$artifact_id" ]; then
+  "${quantctl[@]}" download "$artifact_id" -o data/resnet8_int8.pt
+  echo "demo: int8 artifact data/resnet8_int8.pt (load it in Python with torch.backends.quantized.engine = 'onednn')"
 fi
