@@ -22,6 +22,8 @@ struct ParityCase {
   bool histogram;
 };
 
+void PrintTo(const ParityCase& c, std::ostream* os) { *os << c.reference_qconfig; }
+
 class PyTorchParityTest : public ::testing::TestWithParam<ParityCase> {};
 
 // PyTorch module names -> quantd layer names.
