@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/runtime/fp32_executor.h"
+#include "worker/engine/runtime/int8_kernels.h"
 
 namespace quantd::engine {
 namespace {
@@ -69,12 +70,13 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
       const Instr& instr = program_->instrs[k];
       stack.clear();
       switch (instr.kind) {
-        case InstrKind::kQuantize: {
-          at::Tensor x = EvaluateOperand(instr.inputs[0], slots).toTensor();
-          if (x.dim() == 4) x = x.contiguous(at::MemoryFormat::ChannelsLast);
-          stack.push_back(at::quantize_per_tensor(x, instr.scale, instr.zero_point, instr.dtype));
+        case InstrKind::kQuantize:
+          stack.push_back(instr.dtype == at::kQUInt8
+                              ? QuantizeToChannelsLast(EvaluateOperand(instr.inputs[0], slots).toTensor(), instr.scale,
+                                                       instr.zero_point)
+                              : at::quantize_per_tensor(EvaluateOperand(instr.inputs[0], slots).toTensor(), instr.scale,
+                                                        instr.zero_point, instr.dtype));
           break;
-        }
         case InstrKind::kDequantize:
           stack.push_back(EvaluateOperand(instr.inputs[0], slots).toTensor().dequantize());
           break;
@@ -93,13 +95,9 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           stack.push_back(instr.zero_point);
           kernels_[k].callBoxed(stack);
           break;
-        case InstrKind::kPad: {
-          const at::Tensor q = EvaluateOperand(instr.inputs[0], slots).toTensor();
-          const int64_t zero_point = q.q_zero_point();
-          at::Tensor padded = at::constant_pad_nd(q.int_repr(), pads_[k], zero_point);
-          stack.push_back(at::_make_per_tensor_quantized_tensor(padded, q.q_scale(), zero_point));
+        case InstrKind::kPad:
+          stack.push_back(ZeroPadInt8(EvaluateOperand(instr.inputs[0], slots).toTensor(), pads_[k]));
           break;
-        }
         case InstrKind::kOp:
           for (const Operand& in : instr.inputs) stack.push_back(EvaluateOperand(in, slots));
           ops_[k](stack);
