@@ -2,7 +2,7 @@
 // prints figures as JSON (scripts/bench.sh puts them beside PyTorch's,
 // measured in the same run, and prints the ratios).
 //
-// usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5]
+// usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5] [--sqnr-samples 32]
 
 #include <torch/csrc/jit/serialization/import.h>
 
@@ -53,16 +53,18 @@ nlohmann::json Time(const at::Tensor& images, Fn&& forward) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5]\n";
+    std::cerr << "usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5] [--sqnr-samples 32]\n";
     return 2;
   }
   const std::string fixtures = argv[1];
   std::string qconfig = "fbgemm";
   int runs = 5;
+  int sqnr_samples = 32;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--qconfig") qconfig = argv[i + 1];
     if (flag == "--runs") runs = std::max(1, std::atoi(argv[i + 1]));
+    if (flag == "--sqnr-samples") sqnr_samples = std::atoi(argv[i + 1]);
   }
   using namespace quantd::engine;
   InitializeRuntime(1);
@@ -70,6 +72,7 @@ int main(int argc, char** argv) {
   options.model_path = fixtures + "/models/resnet8_fp32.torchscript.pt";
   options.calibration.path = fixtures + "/cifar10/calib_batch.bin";
   options.qconfig.preset = qconfig;
+  options.sqnr_samples = sqnr_samples;
   options.fusion.groups = {{"conv1", "bn1", "relu1"},
                            {"layer1.conv1", "layer1.bn1", "layer1.relu1"}, {"layer1.conv2", "layer1.bn2"},
                            {"layer2.conv1", "layer2.bn1", "layer2.relu1"}, {"layer2.conv2", "layer2.bn2"},

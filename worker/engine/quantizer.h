@@ -47,7 +47,7 @@ struct QuantizeOptions {
   FusionSpec fusion;
   int64_t batch_size = 100;        // calibration batches (PyTorch's recipe uses 100)
   int64_t forward_batch_size = 25; // FP32 forward sub-batches during calibration (speed only)
-  int64_t sqnr_samples = 64;       // first calibration samples used for the per-layer SQNR (0: none)
+  int64_t sqnr_samples = 32;       // first calibration samples used for the per-layer SQNR (0: none)
   // Gather observer statistics on a second thread while the next batch runs
   // forward (same results; uses two cores during calibration).
   bool overlap_observers = false;

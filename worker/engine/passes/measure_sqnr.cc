@@ -28,9 +28,17 @@ absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Graph& fused, co
     if (instr.kind != InstrKind::kConv2d && instr.kind != InstrKind::kLinear && instr.kind != InstrKind::kAdd) return;
     auto it = reference.find(instr.outputs[0]);
     if (it == reference.end()) return;
-    const at::Tensor& ref = it->second;
-    const double signal = ref.square().sum(at::kDouble).item<double>();
-    const double noise = (ref - t.dequantize()).square().sum(at::kDouble).item<double>();
+    // One pass in plain C++ over both tensors in the same (contiguous) order.
+    const at::Tensor ref = it->second.contiguous();
+    const at::Tensor got = t.dequantize().contiguous();
+    const float* r = ref.data_ptr<float>();
+    const float* g = got.data_ptr<float>();
+    double signal = 0, noise = 0;
+    for (int64_t i = 0, n = ref.numel(); i < n; ++i) {
+      const double d = static_cast<double>(r[i]) - static_cast<double>(g[i]);
+      signal += static_cast<double>(r[i]) * static_cast<double>(r[i]);
+      noise += d * d;
+    }
     sqnr[instr.name] = noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
   });
   if (!int8_out.ok()) return int8_out.status();
