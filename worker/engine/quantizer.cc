@@ -160,7 +160,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   auto impl = std::make_unique<QuantizedModel::Impl>();
   QuantizeReport& report = impl->report;
   report.torch_version = TorchVersion();
-  report.quantd_version = "0.1.0";
+  report.quantd_version = QUANTD_VERSION;
   report.intra_op_threads = IntraOpThreads();
   report.calibration_batch_size = options.batch_size;
   PhaseClock clock(&report);
@@ -196,7 +196,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));
   QUANTD_ASSIGN_OR_RETURN(report.fused_groups, FuseModules(&impl->fused, options.fusion));
   const QuantizationPlan plan = PlanQuantization(impl->fused);
-  for (const Fallback& f : plan.fallbacks) report.fallbacks.push_back({f.node, f.op, f.reason});
+  report.fallbacks = plan.fallbacks;
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kCalibrating));
   const BatchProgress batch_progress = [&](int64_t done, int64_t total) {

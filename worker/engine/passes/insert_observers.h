@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "worker/engine/ir/graph.h"
+#include "worker/engine/report.h"
 
 namespace quantd::engine {
 
@@ -20,11 +21,7 @@ enum class NodeRole {
   kFp32,         // runs in FP32
 };
 
-struct Fallback {
-  std::string node;
-  std::string op;
-  std::string reason;
-};
+using Fallback = FallbackReport;  // node, op, reason
 
 struct QuantizationPlan {
   std::vector<NodeRole> roles;      // by node id
