@@ -31,6 +31,7 @@ rows = [
     ('  ... observers overlapped on a 2nd thread (s)', t['quantize_s'], ours['quantize_overlapped_observers']['median_s'], 'lower'),
     ('int8 batch-1 latency, 1 thread (ms)', t['int8_torchscript']['batch1_latency_ms'], ours['int8_direct']['batch1_latency_ms'], 'lower'),
     ('int8 batch-256 throughput, 1 thread (img/s)', t['int8_torchscript']['batch256_images_per_s'], ours['int8_direct']['batch256_images_per_s'], 'higher'),
+    ('  ... with auto fusion (residual add+ReLU fused) (img/s)', t['int8_torchscript']['batch256_images_per_s'], ours['int8_direct_auto_fusion']['batch256_images_per_s'], 'higher'),
     ('  ... quantd artifact in the TorchScript interpreter (img/s)', t['int8_torchscript']['batch256_images_per_s'], ours['int8_torchscript_artifact']['batch256_images_per_s'], 'higher'),
 ]
 print(f"{'':62s} {'PyTorch':>10s} {'quantd':>10s} {'speed-up':>9s}")

@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <map>
-#include <mutex>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +27,7 @@
 #include "worker/engine/qconfig/qconfig.h"
 #include "worker/engine/runtime/fp32_executor.h"
 #include "worker/engine/runtime/int8_program.h"
+#include "worker/engine/runtime/prepack.h"
 #include "worker/engine/quantizer_internal.h"
 #include "worker/engine/serialization/torchscript_writer.h"
 
@@ -46,21 +46,6 @@ const char* PhaseName(Phase phase) {
 }
 
 namespace {
-
-// LibTorch's quantized engine is process-global and packs are made for the
-// engine current at prepack time: switching and prepacking are serialized.
-std::mutex& EngineMutex() {
-  static std::mutex mu;
-  return mu;
-}
-
-absl::StatusOr<at::QEngine> ParseEngine(const std::string& name) {
-  for (at::QEngine e : at::globalContext().supportedQEngines()) {
-    if (absl::AsciiStrToLower(c10::toString(e)) == name) return e;
-  }
-  return absl::InvalidArgumentError(absl::StrCat("kernel engine '", name, "' is not compiled into this LibTorch (available: ",
-                                                 absl::StrJoin(AvailableKernelEngines(), ", "), ")"));
-}
 
 class PhaseClock {
  public:
@@ -125,14 +110,7 @@ void InitializeRuntime(int intra_op_threads) {
 }
 int IntraOpThreads() { return at::get_num_threads(); }
 
-std::vector<std::string> AvailableKernelEngines() {
-  std::vector<std::string> names;
-  for (at::QEngine e : at::globalContext().supportedQEngines()) {
-    if (e == at::QEngine::NoQEngine) continue;
-    names.push_back(absl::AsciiStrToLower(c10::toString(e)));
-  }
-  return names;
-}
+std::vector<std::string> AvailableKernelEngines() { return AvailableKernelEngineNames(); }
 
 absl::StatusOr<std::string> KernelEngineFor(const std::string& preset, const std::string& requested) {
   const std::vector<std::string> available = AvailableKernelEngines();
@@ -182,7 +160,6 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   report.qconfig_name = qconfig.name;
   report.qconfig_description = qconfig.Describe();
   QUANTD_ASSIGN_OR_RETURN(report.kernel_engine, KernelEngineFor(options.qconfig.preset, options.kernel_engine));
-  QUANTD_ASSIGN_OR_RETURN(at::QEngine engine, ParseEngine(report.kernel_engine));
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kLoading));
   QUANTD_ASSIGN_OR_RETURN(report.model_sha256, Sha256File(options.model_path));
@@ -212,15 +189,10 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));
   std::vector<LayerReport> layers;
-  {
-    std::lock_guard<std::mutex> lock(EngineMutex());
-    at::globalContext().setQEngine(engine);
-    QUANTD_ASSIGN_OR_RETURN(impl->program, Convert(impl->fused, plan, calibrated.qparams, qconfig, report.kernel_engine, &layers));
-  }
+  QUANTD_ASSIGN_OR_RETURN(impl->program, Convert(impl->fused, plan, calibrated.qparams, qconfig, report.kernel_engine, &layers));
   QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&impl->program));
   impl->executor = std::make_unique<Int8Executor>(std::move(executor));
-  // onednn packs cache a kernel primitive for the first input shape they
-  // see: make that batch 1, the latency-critical case.
+  // Make the batch-1 packs now: they serve the latency-critical case.
   {
     std::vector<int64_t> shape = calibration->sample_shape();
     shape.insert(shape.begin(), 1);

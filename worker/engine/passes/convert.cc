@@ -1,11 +1,11 @@
 #include "worker/engine/passes/convert.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
+#include "worker/engine/runtime/prepack.h"
 
 namespace quantd::engine {
 namespace {
@@ -39,19 +39,14 @@ absl::StatusOr<QuantizedWeight> QuantizeWeight(const Node& node, const QConfig& 
   return out;
 }
 
-c10::IValue Prepack(const Node& node, const at::Tensor& qweight) {
-  auto& dispatcher = c10::Dispatcher::singleton();
-  torch::jit::Stack stack;
-  c10::IValue bias = node.inputs[2].constant;  // Tensor or None
+// quantized::conv2d_prepack / linear_prepack arguments for a node.
+std::vector<c10::IValue> PrepackArgs(const Node& node, const at::Tensor& qweight) {
+  const c10::IValue& bias = node.inputs[2].constant;  // Tensor or None
   if (node.kind == OpKind::kConv2d) {
-    stack = {qweight, bias, node.inputs[3].constant, node.inputs[4].constant, node.inputs[5].constant,
-             node.inputs[6].constant};
-    dispatcher.findSchemaOrThrow("quantized::conv2d_prepack", "").callBoxed(stack);
-  } else {
-    stack = {qweight, bias};
-    dispatcher.findSchemaOrThrow("quantized::linear_prepack", "").callBoxed(stack);
+    return {qweight, bias, node.inputs[3].constant, node.inputs[4].constant, node.inputs[5].constant,
+            node.inputs[6].constant};
   }
-  return stack.at(0);
+  return {qweight, bias};
 }
 
 std::string Int8OpName(const Node& node) {
@@ -144,11 +139,14 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         QUANTD_ASSIGN_OR_RETURN(int x, int8_input(node.inputs[0].value));
         instr.inputs = {Operand::Value(x)};
         QUANTD_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeWeight(node, qconfig, kernel_engine));
-        absl::Status packed = TorchTry(absl::StrCat("prepacking the weights of '", node.name, "'"), [&]() {
-          instr.packed = Prepack(node, qw.weight);
-          return absl::OkStatus();
-        });
-        if (!packed.ok()) return packed;
+        instr.prepack_args = PrepackArgs(node, qw.weight);
+        auto packed = node.kind == OpKind::kConv2d ? PrepackConv2d(kernel_engine, instr.prepack_args)
+                                                   : PrepackLinear(kernel_engine, instr.prepack_args);
+        if (!packed.ok()) {
+          return absl::Status(packed.status().code(),
+                              absl::StrCat("prepacking the weights of '", node.name, "': ", packed.status().message()));
+        }
+        instr.packed = *packed;
         layer.weight_scales = qw.qparams.scale;
       }
       layers->push_back(std::move(layer));

@@ -8,6 +8,7 @@
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/runtime/fp32_executor.h"
 #include "worker/engine/runtime/int8_kernels.h"
+#include "worker/engine/runtime/prepack.h"
 
 namespace quantd::engine {
 namespace {
@@ -55,6 +56,33 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
   return executor;
 }
 
+Int8Executor::Int8Executor(Int8Executor&& other) noexcept
+    : program_(other.program_),
+      ops_(std::move(other.ops_)),
+      kernels_(std::move(other.kernels_)),
+      pads_(std::move(other.pads_)),
+      dead_after_(std::move(other.dead_after_)) {
+  std::lock_guard<std::mutex> lock(other.packs_mu_);
+  packs_by_batch_ = std::move(other.packs_by_batch_);
+}
+
+const std::vector<c10::IValue>* Int8Executor::PacksFor(int64_t batch_size) const {
+  std::lock_guard<std::mutex> lock(packs_mu_);
+  auto it = packs_by_batch_.find(batch_size);
+  if (it != packs_by_batch_.end()) return it->second.get();
+  if (packs_by_batch_.size() >= kMaxPackedBatchSizes) return nullptr;
+  auto packs = std::make_unique<std::vector<c10::IValue>>(program_->instrs.size());
+  for (size_t k = 0; k < program_->instrs.size(); ++k) {
+    const Instr& instr = program_->instrs[k];
+    if (instr.prepack_args.empty()) continue;
+    auto packed = instr.kind == InstrKind::kConv2d ? PrepackConv2d(program_->kernel_engine, instr.prepack_args)
+                                                   : PrepackLinear(program_->kernel_engine, instr.prepack_args);
+    if (!packed.ok()) return nullptr;  // the program's own packs still work
+    (*packs)[k] = *packed;
+  }
+  return packs_by_batch_.emplace(batch_size, std::move(packs)).first->second.get();
+}
+
 absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10::IValue>& inputs,
                                                              const SlotTap& tap) const {
   if (inputs.size() != program_->inputs.size()) {
@@ -62,6 +90,9 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
         absl::StrCat("the model takes ", program_->inputs.size(), " inputs, got ", inputs.size()));
   }
   std::vector<c10::IValue> slots(static_cast<size_t>(program_->num_slots));
+  const std::vector<c10::IValue>* packs =
+      !inputs.empty() && inputs[0].isTensor() && inputs[0].toTensor().dim() > 0 ? PacksFor(inputs[0].toTensor().size(0))
+                                                                                 : nullptr;
   for (size_t i = 0; i < inputs.size(); ++i) slots[static_cast<size_t>(program_->inputs[i])] = inputs[i];
   torch::jit::Stack stack;
   size_t k = 0;
@@ -83,7 +114,7 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
         case InstrKind::kConv2d:
         case InstrKind::kLinear:
           stack.push_back(EvaluateOperand(instr.inputs[0], slots));
-          stack.push_back(instr.packed);
+          stack.push_back(packs != nullptr && !(*packs)[k].isNone() ? (*packs)[k] : instr.packed);
           stack.push_back(instr.scale);
           stack.push_back(instr.zero_point);
           kernels_[k].callBoxed(stack);

@@ -9,9 +9,13 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "worker/engine/ir/graph.h"
 
@@ -33,6 +37,7 @@ struct Instr {
   int64_t zero_point = 0;
   c10::ScalarType dtype = c10::ScalarType::QUInt8;
   c10::IValue packed;          // prepacked weights (conv2d / linear)
+  std::vector<c10::IValue> prepack_args;  // what `packed` was made from (to pack again)
   torch::jit::Node* jit_node = nullptr;  // kOp: the original op
   bool on_int8 = false;        // kOp that runs on int8 tensors (relu, pooling, ...)
 };
@@ -49,9 +54,16 @@ struct Program {
 
 using SlotTap = std::function<void(const Instr& instr, const at::Tensor& output)>;
 
+// Runs a Program. onednn packs cache their kernel primitive for the first
+// input shape they see and rebuild it on every call with another one, so the
+// executor keeps one set of packs per batch size (a few; the program's own
+// packs serve the rest). Thread-safe.
 class Int8Executor {
  public:
   static absl::StatusOr<Int8Executor> Create(const Program* program);
+  Int8Executor(Int8Executor&& other) noexcept;
+  Int8Executor& operator=(Int8Executor&&) = delete;
+  Int8Executor() = default;
   absl::StatusOr<std::vector<c10::IValue>> Run(const std::vector<c10::IValue>& inputs, const SlotTap& tap = nullptr) const;
   // Convenience for single-input, single-output models.
   absl::StatusOr<at::Tensor> Forward(const at::Tensor& input) const;
@@ -62,6 +74,12 @@ class Int8Executor {
   std::vector<c10::OperatorHandle> kernels_;    // quantized::*, by instruction index
   std::vector<std::vector<int64_t>> pads_;      // kPad amounts, by instruction index
   std::vector<std::vector<int>> dead_after_;    // slots last read by each instruction
+
+  // Packs for one batch size, by instruction index (empty for non-kernels).
+  const std::vector<c10::IValue>* PacksFor(int64_t batch_size) const;
+  static constexpr size_t kMaxPackedBatchSizes = 4;
+  mutable std::mutex packs_mu_;
+  mutable std::map<int64_t, std::unique_ptr<std::vector<c10::IValue>>> packs_by_batch_ ABSL_GUARDED_BY(packs_mu_);
 };
 
 }  // namespace quantd::engine

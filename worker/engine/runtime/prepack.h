@@ -1,0 +1,27 @@
+#ifndef QUANTD_WORKER_ENGINE_RUNTIME_PREPACK_H_
+#define QUANTD_WORKER_ENGINE_RUNTIME_PREPACK_H_
+
+// Prepacking quantized weights for LibTorch's int8 kernels. Packs are made
+// for the quantized engine current at prepack time, which is process-global:
+// every prepack goes through here, under one lock, with the engine set.
+
+#include <ATen/core/ivalue.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace quantd::engine {
+
+// `args` as quantized::conv2d_prepack (weight, bias, stride, padding,
+// dilation, groups) or quantized::linear_prepack (weight, bias) take them.
+absl::StatusOr<c10::IValue> PrepackConv2d(const std::string& kernel_engine, const std::vector<c10::IValue>& args);
+absl::StatusOr<c10::IValue> PrepackLinear(const std::string& kernel_engine, const std::vector<c10::IValue>& args);
+
+// "onednn", "qnnpack", ... as compiled into this LibTorch.
+std::vector<std::string> AvailableKernelEngineNames();
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_RUNTIME_PREPACK_H_
