@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/torch_status.h"
@@ -13,7 +14,8 @@
 namespace quantd::engine {
 namespace {
 
-c10::OperatorHandle KernelFor(const Instr& instr) {
+// The quantized kernel an instruction calls; none for the others.
+std::optional<c10::OperatorHandle> KernelFor(const Instr& instr) {
   auto& dispatcher = c10::Dispatcher::singleton();
   switch (instr.kind) {
     case InstrKind::kConv2d:
@@ -23,7 +25,7 @@ c10::OperatorHandle KernelFor(const Instr& instr) {
     case InstrKind::kAdd:
       return dispatcher.findSchemaOrThrow(instr.relu ? "quantized::add_relu" : "quantized::add", "");
     default:
-      return dispatcher.findSchemaOrThrow("aten::dequantize", "self");
+      return std::nullopt;
   }
 }
 
@@ -117,14 +119,14 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           stack.push_back(packs != nullptr && !(*packs)[k].isNone() ? (*packs)[k] : instr.packed);
           stack.push_back(instr.scale);
           stack.push_back(instr.zero_point);
-          kernels_[k].callBoxed(stack);
+          kernels_[k]->callBoxed(stack);
           break;
         case InstrKind::kAdd:
           stack.push_back(EvaluateOperand(instr.inputs[0], slots));
           stack.push_back(EvaluateOperand(instr.inputs[1], slots));
           stack.push_back(instr.scale);
           stack.push_back(instr.zero_point);
-          kernels_[k].callBoxed(stack);
+          kernels_[k]->callBoxed(stack);
           break;
         case InstrKind::kPad:
           stack.push_back(ZeroPadInt8(EvaluateOperand(instr.inputs[0], slots).toTensor(), pads_[k]));

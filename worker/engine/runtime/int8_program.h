@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -71,7 +72,7 @@ class Int8Executor {
  private:
   const Program* program_ = nullptr;
   mutable std::vector<torch::jit::Operation> ops_;  // kOp, by instruction index
-  std::vector<c10::OperatorHandle> kernels_;    // quantized::*, by instruction index
+  std::vector<std::optional<c10::OperatorHandle>> kernels_;  // quantized::*, by instruction index
   std::vector<std::vector<int64_t>> pads_;      // kPad amounts, by instruction index
   std::vector<std::vector<int>> dead_after_;    // slots last read by each instruction
 
