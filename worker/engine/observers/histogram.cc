@@ -4,6 +4,7 @@
 // including its quirk of building histograms over int()-truncated ranges.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <limits>
@@ -17,78 +18,62 @@ namespace {
 class HistogramObserver : public Observer {
  public:
   explicit HistogramObserver(const ObserverSpec& spec)
-      : spec_(spec),
-        bins_(spec.bins),
-        dst_nbins_(256),
-        histogram_(static_cast<size_t>(spec.bins), 0.0f),
-        min_val_(at::scalar_tensor(std::numeric_limits<float>::infinity(), at::kFloat)),
-        max_val_(at::scalar_tensor(-std::numeric_limits<float>::infinity(), at::kFloat)) {}
+      : spec_(spec), bins_(spec.bins), dst_nbins_(256), histogram_(static_cast<size_t>(spec.bins), 0.0f),
+        counter_(spec.bins) {}
 
-  void ObserveChunks(const std::vector<at::Tensor>& chunks) override {
-    // Element order does not matter here, so any dense layout is read as is.
-    std::vector<at::Tensor> dense;
-    int64_t n = 0;
-    for (const at::Tensor& chunk : chunks) {
-      at::Tensor x = chunk.detach().to(at::kFloat);
-      if (!x.is_non_overlapping_and_dense()) x = x.contiguous();
-      n += x.numel();
-      if (x.numel() > 0) dense.push_back(x);
+  // Each chunk is binned at once, while it is hot in cache, over the range
+  // the batch would get if it ended here. A later chunk that moves that
+  // range sends the earlier ones to be recounted at EndBatch.
+  void ObserveChunk(const at::Tensor& chunk) override {
+    at::Tensor x = chunk.detach().to(at::kFloat);
+    if (!x.is_non_overlapping_and_dense()) x = x.contiguous();  // element order does not matter here
+    if (x.numel() == 0) return;
+    const MinMax m = ParallelMinMax(x.data_ptr<float>(), x.numel());
+    batch_.min = std::min(batch_.min, m.min);
+    batch_.max = std::max(batch_.max, m.max);
+    chunks_.push_back(x);
+    const HistcRange range = PlanBatch().range;
+    if (!counting_ || range != counted_range_) {
+      counter_.Clear();
+      counting_ = true;
+      counted_range_ = range;
+      first_counted_ = chunks_.size() - 1;
     }
-    if (n == 0) return;
-    MinMax batch{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
-    for (const at::Tensor& x : dense) {
-      const MinMax m = FindMinMax(x.data_ptr<float>(), x.numel());
-      batch.min = std::min(batch.min, m.min);
-      batch.max = std::max(batch.max, m.max);
-    }
-    // torch.histc over the whole batch == the sum of its chunks' counts.
-    auto histc = [&](double lo, double hi) {
-      std::vector<float> total(static_cast<size_t>(bins_), 0.0f);
-      for (const at::Tensor& x : dense) {
-        const std::vector<float> part = Histc(x.data_ptr<float>(), x.numel(), bins_, lo, hi);
-        for (int64_t b = 0; b < bins_; ++b) total[static_cast<size_t>(b)] += part[static_cast<size_t>(b)];
-      }
-      return total;
-    };
-    const float min_f = min_val_.item<float>();
-    const float max_f = max_val_.item<float>();
-    const bool same_values = min_f == max_f;
-    const bool uninitialized = std::isinf(min_f) && min_f > 0 && std::isinf(max_f) && max_f < 0;
-    if (uninitialized || same_values) {
-      min_val_ = at::scalar_tensor(batch.min, at::kFloat);
-      max_val_ = at::scalar_tensor(batch.max, at::kFloat);
-      histogram_ = histc(Truncate(batch.min), Truncate(batch.max));
-      return;
-    }
-    at::Tensor combined_min = at::min(at::scalar_tensor(batch.min, at::kFloat), min_val_);
-    at::Tensor combined_max = at::max(at::scalar_tensor(batch.max, at::kFloat), max_val_);
-    // _adjust_min_max: align the old histogram on a grid `upsample_rate`
-    // times finer; only the max is relaxed.
-    at::Tensor hist_bin_width = (max_val_ - min_val_) / static_cast<double>(bins_ * spec_.upsample_rate);
-    const int64_t downsample_rate = static_cast<int64_t>(
-        at::ceil((combined_max - combined_min) / (static_cast<double>(bins_) * hist_bin_width)).item<float>());
-    at::Tensor e = static_cast<double>(downsample_rate) * (static_cast<double>(bins_) * hist_bin_width) -
-                   (combined_max - combined_min);
-    combined_max = combined_max + e;
-    const int64_t start_idx = static_cast<int64_t>(at::round((min_val_ - combined_min) / hist_bin_width).item<float>());
+    ParallelCount(x.data_ptr<float>(), x.numel(), range);
+  }
 
-    std::vector<float> combined = histc(Truncate(combined_min.item<float>()), Truncate(combined_max.item<float>()));
-    const bool same_range = combined_min.item<float>() == min_f && combined_max.item<float>() == max_f;
-    if (same_range) {
-      for (int64_t b = 0; b < bins_; ++b) combined[static_cast<size_t>(b)] += histogram_[static_cast<size_t>(b)];
+  void EndBatch() override {
+    if (chunks_.empty()) return;
+    const BatchPlan plan = PlanBatch();  // its range is counted_range_: the last chunk saw the whole batch
+    for (size_t i = 0; i < first_counted_; ++i) {
+      ParallelCount(chunks_[i].data_ptr<float>(), chunks_[i].numel(), plan.range);
+    }
+    std::vector<float> combined(static_cast<size_t>(bins_), 0.0f);
+    counter_.AddTo(&combined);
+    if (plan.restart) {
+      min_val_ = batch_.min;
+      max_val_ = batch_.max;
     } else {
-      CombineHistograms(&combined, histogram_, spec_.upsample_rate, downsample_rate, start_idx);
+      if (plan.adjusted.min == min_val_ && plan.adjusted.max == max_val_) {
+        for (int64_t b = 0; b < bins_; ++b) combined[static_cast<size_t>(b)] += histogram_[static_cast<size_t>(b)];
+      } else {
+        CombineHistograms(&combined, histogram_, spec_.upsample_rate, plan.adjusted.downsample_rate,
+                          plan.adjusted.start_idx);
+      }
+      min_val_ = plan.adjusted.min;
+      max_val_ = plan.adjusted.max;
     }
     histogram_ = std::move(combined);
-    min_val_ = combined_min;
-    max_val_ = combined_max;
+    chunks_.clear();
+    batch_ = kNoData;
+    counting_ = false;
+    first_counted_ = 0;
   }
 
   absl::StatusOr<QParams> Compute() const override {
-    const float min_f = min_val_.item<float>();
-    const float max_f = max_val_.item<float>();
-    if (std::isinf(min_f) && std::isinf(max_f)) return absl::FailedPreconditionError("observer saw no data");
-    auto [new_min, new_max] = NonLinearParamSearch();
+    if (Uninitialized()) return absl::FailedPreconditionError("observer saw no data");
+    auto [new_min, new_max] = NonLinearParamSearch(at::scalar_tensor(min_val_, at::kFloat),
+                                                   at::scalar_tensor(max_val_, at::kFloat));
     searched_min_ = new_min.item<float>();
     searched_max_ = new_max.item<float>();
     return CalculateQParams(spec_, new_min, new_max);
@@ -97,19 +82,81 @@ class HistogramObserver : public Observer {
   std::pair<float, float> ObservedRange() const override { return {searched_min_, searched_max_}; }
 
  private:
+  // Large chunks are split across the intra-op threads: extrema and integer
+  // counts combine exactly in any order.
+  static constexpr int64_t kGrain = 1 << 16;
+
+  MinMax ParallelMinMax(const float* data, int64_t n) {
+    if (n < 2 * kGrain || at::get_num_threads() == 1) return FindMinMax(data, n);
+    std::vector<MinMax> parts(static_cast<size_t>(at::get_num_threads()), kNoData);
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      const MinMax m = FindMinMax(data + begin, end - begin);
+      MinMax& part = parts[static_cast<size_t>(at::get_thread_num())];
+      part.min = std::min(part.min, m.min);
+      part.max = std::max(part.max, m.max);
+    });
+    MinMax all = kNoData;
+    for (const MinMax& part : parts) {
+      all.min = std::min(all.min, part.min);
+      all.max = std::max(all.max, part.max);
+    }
+    return all;
+  }
+
+  void ParallelCount(const float* data, int64_t n, HistcRange range) {
+    if (n < 2 * kGrain || at::get_num_threads() == 1) {
+      counter_.Add(data, n, range);
+      return;
+    }
+    const auto threads = static_cast<size_t>(at::get_num_threads());
+    while (thread_counters_.size() < threads) thread_counters_.emplace_back(bins_);
+    std::vector<char> used(threads, 0);  // one byte per thread: no shared words
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      const auto t = static_cast<size_t>(at::get_thread_num());
+      if (!used[t]) thread_counters_[t].Clear();
+      used[t] = 1;
+      thread_counters_[t].Add(data + begin, end - begin, range);
+    });
+    for (size_t t = 0; t < threads; ++t) {
+      if (used[t]) counter_.Merge(thread_counters_[t]);
+    }
+  }
+
+  static constexpr MinMax kNoData{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+
   // Python's int() on a 0-d tensor: truncation toward zero.
   static double Truncate(float v) { return static_cast<double>(static_cast<int64_t>(v)); }
 
+  bool Uninitialized() const { return std::isinf(min_val_) && min_val_ > 0 && std::isinf(max_val_) && max_val_ < 0; }
 
+  // HistogramObserver.forward for the open batch: restart from it (first
+  // batch, or all values seen so far equal), or merge onto an adjusted range;
+  // either way torch.histc over int()-truncated bounds.
+  struct BatchPlan {
+    bool restart = false;
+    AdjustedRange adjusted;
+    HistcRange range;
+  };
+  BatchPlan PlanBatch() const {
+    BatchPlan plan;
+    plan.restart = Uninitialized() || min_val_ == max_val_;
+    if (plan.restart) {
+      plan.range = ResolveHistcRange(Truncate(batch_.min), Truncate(batch_.max), batch_);
+      return plan;
+    }
+    plan.adjusted = AdjustMinMax(min_val_, max_val_, batch_, bins_, spec_.upsample_rate);
+    plan.range = ResolveHistcRange(Truncate(plan.adjusted.min), Truncate(plan.adjusted.max), batch_);
+    return plan;
+  }
 
-  std::pair<at::Tensor, at::Tensor> NonLinearParamSearch() const {
-    at::Tensor bin_width = (max_val_ - min_val_) / static_cast<double>(bins_);
+  std::pair<at::Tensor, at::Tensor> NonLinearParamSearch(const at::Tensor& min_val, const at::Tensor& max_val) const {
+    at::Tensor bin_width = (max_val - min_val) / static_cast<double>(bins_);
     const float* h = histogram_.data();
     at::Tensor hist = at::tensor(histogram_, at::kFloat);
     const double total = hist.sum().item<double>();
     // _compute_quantization_error reads the range back with .item().
     const double error_bin_width =
-        (static_cast<double>(max_val_.item<float>()) - static_cast<double>(min_val_.item<float>())) /
+        (static_cast<double>(max_val_) - static_cast<double>(min_val_)) /
         static_cast<double>(bins_);
     at::Tensor csum_t = at::cumsum(hist, 0).contiguous();
     const float* csum = csum_t.data_ptr<float>();
@@ -146,8 +193,8 @@ class HistogramObserver : public Observer {
       start_bin = next_start_bin;
       end_bin = next_end_bin;
     }
-    at::Tensor new_min = min_val_ + bin_width * static_cast<double>(start_bin);
-    at::Tensor new_max = min_val_ + bin_width * static_cast<double>(end_bin + 1);
+    at::Tensor new_min = min_val + bin_width * static_cast<double>(start_bin);
+    at::Tensor new_max = min_val + bin_width * static_cast<double>(end_bin + 1);
     return {new_min, new_max};
   }
 
@@ -155,8 +202,17 @@ class HistogramObserver : public Observer {
   int64_t bins_;
   int64_t dst_nbins_;
   std::vector<float> histogram_;
-  at::Tensor min_val_, max_val_;
+  float min_val_ = kNoData.min;  // float32 as PyTorch's min_val/max_val buffers
+  float max_val_ = kNoData.max;
   mutable float searched_min_ = 0, searched_max_ = 0;
+  // The open batch.
+  MinMax batch_ = kNoData;
+  std::vector<at::Tensor> chunks_;
+  BinCounter counter_;          // counts of chunks_[first_counted_..] over counted_range_
+  bool counting_ = false;
+  HistcRange counted_range_;
+  size_t first_counted_ = 0;
+  std::vector<BinCounter> thread_counters_;  // scratch for ParallelCount
 };
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include <immintrin.h>
+
 namespace quantd::engine {
 namespace {
 
@@ -69,6 +71,115 @@ double ErrorTerms(const float* hist, int64_t bins, float bw, float dbw, float ha
   return total;
 }
 
+// GCC 12 flags the "undefined" vectors inside its own AVX-512 intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// Bins of 16 floats per step, as BinIndices computes them; writes the
+// indices of in-range elements outside `zero_bin` to `out` and counts those
+// in `zero_bin`. Returns how many indices it wrote.
+__attribute__((target("avx512f"))) int64_t CompactBinIndicesAvx512(const float* x, int64_t m, float left, float right,
+                                                                      float scale, float width, int32_t last,
+                                                                      int32_t zero_bin, int32_t* out,
+                                                                      int64_t* in_zero_bin) {
+  const __m512 v_left = _mm512_set1_ps(left);
+  const __m512 v_right = _mm512_set1_ps(right);
+  const __m512 v_scale = _mm512_set1_ps(scale);
+  const __m512 v_width = _mm512_set1_ps(width);
+  const __m512 v_inverse_width = _mm512_set1_ps(1.0f / width);
+  const __m512 v_half = _mm512_set1_ps(0.5f);
+  const __m512 v_margin = _mm512_set1_ps(0x1p-21f);  // 4 ulp, relative
+  const __m512i v_last = _mm512_set1_epi32(last);
+  const __m512i v_zero_bin = _mm512_set1_epi32(zero_bin);
+  int64_t written = 0;
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < m; i += 16) {
+    const __mmask16 valid = m - i >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (m - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(valid, x + i);
+    const __mmask16 inside = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(valid, v, v_left, _CMP_GE_OQ), v,
+                                                     v_right, _CMP_LE_OQ);
+    // (x - left) * bins / width, truncated. A multiply by the reciprocal is
+    // within 1.5 ulp of the correctly rounded quotient, so it truncates the
+    // same unless it lies that close to an integer; those rare lanes divide.
+    const __m512 t = _mm512_mul_ps(_mm512_sub_ps(v, v_left), v_scale);
+    __m512 q = _mm512_mul_ps(t, v_inverse_width);
+    const __m512 nearest = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 distance = _mm512_abs_ps(_mm512_sub_ps(q, nearest));
+    const __mmask16 close = _mm512_mask_cmp_ps_mask(
+        _mm512_mask_cmp_ps_mask(inside, q, v_half, _CMP_GE_OQ), distance, _mm512_mul_ps(q, v_margin), _CMP_LE_OQ);
+    if (close != 0) q = _mm512_mask_div_ps(q, close, t, v_width);
+    const __m512i pos = _mm512_min_epi32(_mm512_cvttps_epi32(q), v_last);
+    const __mmask16 in_zero = _mm512_mask_cmpeq_epi32_mask(inside, pos, v_zero_bin);
+    const __mmask16 keep = inside & static_cast<__mmask16>(~in_zero);
+    _mm512_storeu_si512(out + written, _mm512_maskz_compress_epi32(keep, pos));
+    written += __builtin_popcount(keep);
+    zeros += __builtin_popcount(in_zero);
+  }
+  *in_zero_bin += zeros;
+  return written;
+}
+
+// Running extrema of 64 floats per step; the masked tail keeps the identity.
+__attribute__((target("avx512f"))) void MinMaxAvx512(const float* data, int64_t n, float* lo_out, float* hi_out) {
+  __m512 lo[4], hi[4];
+  for (int k = 0; k < 4; ++k) {
+    lo[k] = _mm512_set1_ps(*lo_out);
+    hi[k] = _mm512_set1_ps(*hi_out);
+  }
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    for (int k = 0; k < 4; ++k) {
+      const __m512 v = _mm512_loadu_ps(data + i + 16 * k);
+      lo[k] = _mm512_min_ps(v, lo[k]);
+      hi[k] = _mm512_max_ps(v, hi[k]);
+    }
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 valid = n - i >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(valid, data + i);
+    lo[0] = _mm512_mask_min_ps(lo[0], valid, v, lo[0]);
+    hi[0] = _mm512_mask_max_ps(hi[0], valid, v, hi[0]);
+  }
+  *lo_out = _mm512_reduce_min_ps(_mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3])));
+  *hi_out = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3])));
+}
+#pragma GCC diagnostic pop
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+
+}  // namespace
+
+namespace {
+
+// Exponent of the lowest set bit of a finite, nonzero double.
+int LowestBitExponent(double d) {
+  int exponent = 0;
+  const double mantissa = std::frexp(std::fabs(d), &exponent);  // d = mantissa * 2^exponent, mantissa in [0.5, 1)
+  const auto bits = static_cast<uint64_t>(std::ldexp(mantissa, 53));
+  return exponent - 53 + __builtin_ctzll(bits);
+}
+
+// integral + v + v + ... (`count` times), rounded after every addition as a
+// sequential float64 cumsum does. When every partial sum is exactly
+// representable (all terms are multiples of one power of two and the total
+// stays well inside 53 bits), that equals one multiply-add.
+double AddRepeated(double integral, float v, int64_t count) {
+  if (v == 0.0f || count <= 0) return integral;
+  const double term = static_cast<double>(v);
+  int q = LowestBitExponent(term);
+  if (integral != 0.0) q = std::min(q, LowestBitExponent(integral));
+  const double total = integral + static_cast<double>(count) * term;  // count * v is exact: 24 + 29 bits
+  if (count < (int64_t{1} << 29) && std::fabs(integral) + std::fabs(static_cast<double>(count) * term) <
+                                        std::ldexp(1.0, 52 + q)) {
+    return total;
+  }
+  for (int64_t i = 0; i < count; ++i) integral += term;
+  return integral;
+}
+
 }  // namespace
 
 void CombineHistograms(std::vector<float>* new_hist, const std::vector<float>& old_hist, int64_t upsample,
@@ -76,15 +187,20 @@ void CombineHistograms(std::vector<float>* new_hist, const std::vector<float>& o
   const int64_t bins = static_cast<int64_t>(old_hist.size());
   const int64_t fine = bins * downsample;
   // Fine bin j holds old_hist[(j - start_idx) / upsample] inside the old
-  // range, 0 outside. Integrate in order, as torch.cumsum(dtype=double) does.
+  // range, 0 outside. Integrate in order, as torch.cumsum(dtype=double) does,
+  // one run of equal fine bins at a time.
+  const int64_t old_begin = start_idx;
+  const int64_t old_end = start_idx + bins * upsample;
   double integral = 0.0;
   float shifted = 0.0f;  // the previous integral, stored in a float tensor by PyTorch
   for (int64_t k = 0; k < bins; ++k) {
-    const int64_t begin = k * downsample;
-    const int64_t end = std::min(fine, begin + downsample);
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t src = j - start_idx;
-      if (src >= 0 && src < bins * upsample) integral += static_cast<double>(old_hist[static_cast<size_t>(src / upsample)]);
+    const int64_t begin = std::max(k * downsample, old_begin);
+    const int64_t end = std::min({fine, k * downsample + downsample, old_end});
+    for (int64_t j = begin; j < end;) {
+      const int64_t src = (j - start_idx) / upsample;
+      const int64_t run_end = std::min(end, start_idx + (src + 1) * upsample);
+      integral = AddRepeated(integral, old_hist[static_cast<size_t>(src)], run_end - j);
+      j = run_end;
     }
     const double interpolated = (integral - static_cast<double>(shifted)) / static_cast<double>(upsample);
     (*new_hist)[static_cast<size_t>(k)] += static_cast<float>(interpolated);
@@ -105,6 +221,11 @@ double QuantizationError(const float* hist, int64_t bins, double bin_width, int6
 }
 
 MinMax FindMinMax(const float* data, int64_t n) {
+  if (HasAvx512()) {
+    MinMax result{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+    MinMaxAvx512(data, n, &result.min, &result.max);
+    return result;
+  }
   // Several independent accumulators so the compiler can vectorize.
   constexpr int kLanes = 16;
   std::array<float, kLanes> lo, hi;
@@ -123,47 +244,97 @@ MinMax FindMinMax(const float* data, int64_t n) {
   return result;
 }
 
-std::vector<float> Histc(const float* data, int64_t n, int64_t bins, double lo, double hi) {
-  if (lo == hi && n > 0) {
-    const MinMax mm = FindMinMax(data, n);
-    lo = mm.min;
-    hi = mm.max;
+HistcRange ResolveHistcRange(double lo, double hi, MinMax data) {
+  if (lo == hi && data.min <= data.max) {
+    lo = data.min;
+    hi = data.max;
   }
   if (lo == hi) {
     lo -= 1;
     hi += 1;
   }
-  // LibTorch keeps the outer bin edges in the input's dtype and maps
-  // pos = int64((x - left) * bins / (right - left)) in float arithmetic.
-  const float left = static_cast<float>(lo);
-  const float right = static_cast<float>(hi);
+  return {static_cast<float>(lo), static_cast<float>(hi)};
+}
+
+BinCounter::BinCounter(int64_t bins) : bins_(bins), counts_(static_cast<size_t>((bins + 1) * kCopies), 0) {}
+
+void BinCounter::Clear() { std::fill(counts_.begin(), counts_.end(), 0u); }
+
+void BinCounter::Add(const float* data, int64_t n, HistcRange range) {
+  // LibTorch maps pos = int64((x - left) * bins / (right - left)) in float
+  // arithmetic, the closed last bin taking x == right.
+  const float left = range.left;
+  const float right = range.right;
   const float width = right - left;
-  const float scale = static_cast<float>(bins);
-  const int32_t last = static_cast<int32_t>(bins - 1);
-  const int32_t dump = static_cast<int32_t>(bins);  // out-of-range elements land here
-  // Four interleaved count arrays: long runs of one value (ReLU zeros) would
-  // otherwise serialize on a single counter.
-  constexpr int kCopies = 4;
-  std::vector<uint32_t> counts(static_cast<size_t>((bins + 1) * kCopies), 0);
-  constexpr int64_t kChunk = 1024;
-  int32_t index[kChunk];
-  for (int64_t start = 0; start < n; start += kChunk) {
-    const int64_t m = std::min(kChunk, n - start);
-    const float* x = data + start;
-    BinIndices(x, m, left, right, scale, width, last, dump, index);
+  const float scale = static_cast<float>(bins_);
+  const int32_t last = static_cast<int32_t>(bins_ - 1);
+  const int32_t dump = static_cast<int32_t>(bins_);
+  constexpr int64_t kBlock = 1024;
+  int32_t index[kBlock + 16];
+  auto scatter = [&](int64_t m) {
     int64_t i = 0;
     for (; i + kCopies <= m; i += kCopies) {
-      for (int c = 0; c < kCopies; ++c) ++counts[static_cast<size_t>(index[i + c] * kCopies + c)];
+      for (int c = 0; c < kCopies; ++c) ++counts_[static_cast<size_t>(index[i + c] * kCopies + c)];
     }
-    for (; i < m; ++i) ++counts[static_cast<size_t>(index[i] * kCopies)];
+    for (; i < m; ++i) ++counts_[static_cast<size_t>(index[i] * kCopies)];
+  };
+  if (HasAvx512()) {
+    // Elements in the bin of 0.0 (ReLU's spike) are only counted, and
+    // out-of-range ones dropped, before the scalar scatter.
+    const bool zero_inside = left <= 0.0f && 0.0f <= right;
+    const int32_t zero_bin =
+        zero_inside ? std::min(last, static_cast<int32_t>((0.0f - left) * scale / width)) : -1;
+    int64_t in_zero_bin = 0;
+    for (int64_t start = 0; start < n; start += kBlock) {
+      const int64_t m = std::min(kBlock, n - start);
+      scatter(CompactBinIndicesAvx512(data + start, m, left, right, scale, width, last, zero_bin, index, &in_zero_bin));
+    }
+    if (zero_bin >= 0) counts_[static_cast<size_t>(zero_bin * kCopies)] += static_cast<uint32_t>(in_zero_bin);
+    return;
   }
-  std::vector<float> hist(static_cast<size_t>(bins));
-  for (int64_t b = 0; b < bins; ++b) {
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t m = std::min(kBlock, n - start);
+    BinIndices(data + start, m, left, right, scale, width, last, dump, index);
+    scatter(m);
+  }
+}
+
+void BinCounter::Merge(const BinCounter& other) {
+  for (size_t i = 0; i < counts_.size(); ++i) counts_[i] += other.counts_[i];
+}
+
+void BinCounter::AddTo(std::vector<float>* hist) const {
+  for (int64_t b = 0; b < bins_; ++b) {
     uint64_t total = 0;
-    for (int c = 0; c < kCopies; ++c) total += counts[static_cast<size_t>(b * kCopies + c)];
-    hist[static_cast<size_t>(b)] = static_cast<float>(total);
+    for (int c = 0; c < kCopies; ++c) total += counts_[static_cast<size_t>(b * kCopies + c)];
+    (*hist)[static_cast<size_t>(b)] += static_cast<float>(total);
   }
+}
+
+std::vector<float> Histc(const float* data, int64_t n, int64_t bins, double lo, double hi) {
+  MinMax extrema{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+  if (lo == hi && n > 0) extrema = FindMinMax(data, n);
+  BinCounter counter(bins);
+  counter.Add(data, n, ResolveHistcRange(lo, hi, extrema));
+  std::vector<float> hist(static_cast<size_t>(bins), 0.0f);
+  counter.AddTo(&hist);
   return hist;
+}
+
+AdjustedRange AdjustMinMax(float old_min, float old_max, MinMax batch, int64_t bins, int64_t upsample) {
+  // One float32 operation per statement, as the tensor expression evaluates
+  // (this file is compiled with -ffp-contract=off: no fused multiply-adds).
+  AdjustedRange r;
+  r.min = std::min(batch.min, old_min);
+  const float combined_max = std::max(batch.max, old_max);
+  const float hist_bin_width = (old_max - old_min) / static_cast<float>(bins * upsample);
+  const float coarse_width = static_cast<float>(bins) * hist_bin_width;
+  const float span = combined_max - r.min;
+  r.downsample_rate = static_cast<int64_t>(std::ceil(span / coarse_width));
+  const float e = static_cast<float>(r.downsample_rate) * coarse_width - span;
+  r.max = combined_max + e;
+  r.start_idx = static_cast<int64_t>(std::nearbyint((old_min - r.min) / hist_bin_width));
+  return r;
 }
 
 }  // namespace quantd::engine

@@ -20,10 +20,51 @@ struct MinMax {
 // NaNs are ignored (the observers never see them in practice).
 MinMax FindMinMax(const float* data, int64_t n);
 
+// The float32 outer bin edges torch.histc(x, bins, min=lo, max=hi) uses for
+// data whose extrema are `data`: when lo == hi the data's own range, and an
+// empty range widened by 1 on each side.
+struct HistcRange {
+  float left = 0;
+  float right = 0;
+  bool operator==(const HistcRange& o) const { return left == o.left && right == o.right; }
+  bool operator!=(const HistcRange& o) const { return !(*this == o); }
+};
+HistcRange ResolveHistcRange(double lo, double hi, MinMax data);
+
+// torch.histc's counting loop, accumulated over any number of buffers that
+// share one range (e.g. the sub-batches of a batch). Counts are exact
+// integers; the bin of every element is computed in float32 as LibTorch does.
+class BinCounter {
+ public:
+  explicit BinCounter(int64_t bins);
+  void Clear();
+  void Add(const float* data, int64_t n, HistcRange range);
+  // Adds another counter's counts (same number of bins).
+  void Merge(const BinCounter& other);
+  // hist[b] += count of bin b, in float as torch.histc returns it.
+  void AddTo(std::vector<float>* hist) const;
+
+ private:
+  static constexpr int kCopies = 4;  // interleaved counters: runs of one bin do not serialize
+  int64_t bins_;
+  std::vector<uint32_t> counts_;  // (bins + 1) * kCopies; bin `bins` collects out-of-range elements
+};
+
 // Counts of `data` in `bins` equal-width bins over [lo, hi] (the last bin
-// closed), as torch.histc(x, bins, min=lo, max=hi): when lo == hi the data's
-// own range is used, and an empty range is widened by 1 on each side.
+// closed), as torch.histc(x, bins, min=lo, max=hi).
 std::vector<float> Histc(const float* data, int64_t n, int64_t bins, double lo, double hi);
+
+// HistogramObserver._adjust_min_max in PyTorch's float32 tensor arithmetic:
+// the old histogram's range [old_min, old_max] and the batch's extrema give
+// the combined range (its max relaxed so the old bins map onto a grid
+// `upsample` times finer), the downsample rate and the old range's start bin.
+struct AdjustedRange {
+  float min = 0;
+  float max = 0;
+  int64_t downsample_rate = 1;
+  int64_t start_idx = 0;
+};
+AdjustedRange AdjustMinMax(float old_min, float old_max, MinMax batch, int64_t bins, int64_t upsample);
 
 // HistogramObserver._combine_histograms: spreads `old_hist` (bins wide) on a
 // grid `upsample` times finer starting at `start_idx`, integrates it in

@@ -38,10 +38,78 @@ TEST_P(HistcTest, MatchesTorchHistcBitForBit) {
 
 INSTANTIATE_TEST_SUITE_P(Seeds, HistcTest, ::testing::Values(1, 2, 3));
 
+// Bin edges and their float neighbours: where a shortcut for the division
+// in (x - left) * bins / width would truncate differently.
+TEST(HistcTest, ValuesOnAndBesideBinEdgesMatchTorch) {
+  for (auto [lo, hi] : std::vector<std::pair<float, float>>{{0.0f, 37.0f}, {-3.0f, 5.0f}, {-11.0f, 0.0f}, {2.0f, 2.3f}}) {
+    std::vector<float> values;
+    const float width = hi - lo;
+    for (int k = 0; k <= 2048; ++k) {
+      const float edge = lo + static_cast<float>(k) * width / 2048.0f;
+      values.push_back(edge);
+      values.push_back(std::nextafter(edge, -INFINITY));
+      values.push_back(std::nextafter(edge, INFINITY));
+    }
+    at::Tensor x = at::tensor(values);
+    EXPECT_EQ(Histc(values.data(), static_cast<int64_t>(values.size()), 2048, lo, hi), TorchHistc(x, 2048, lo, hi))
+        << "range " << lo << ".." << hi;
+  }
+}
+
 TEST(HistcTest, EmptyRangeIsWidened) {
   std::vector<float> x(10, 4.0f);
   const std::vector<float> hist = Histc(x.data(), 10, 4, 4.0, 4.0);
   EXPECT_EQ(hist, TorchHistc(at::full({10}, 4.0f), 4, 4.0, 4.0));
+}
+
+TEST(BinCounterTest, PiecesAddUpToTheWhole) {
+  at::manual_seed(5);
+  at::Tensor x = at::relu(at::randn({3001}) * 7.0);
+  const float* data = x.data_ptr<float>();
+  const std::vector<float> whole = Histc(data, x.numel(), 2048, 0.0, 21.0);
+  BinCounter counter(2048);
+  for (int64_t start = 0; start < x.numel(); start += 1000) {
+    counter.Add(data + start, std::min<int64_t>(1000, x.numel() - start), ResolveHistcRange(0.0, 21.0, MinMax{}));
+  }
+  std::vector<float> pieces(2048, 0.0f);
+  counter.AddTo(&pieces);
+  EXPECT_EQ(pieces, whole);
+}
+
+// HistogramObserver._adjust_min_max, in PyTorch's float32 tensor ops.
+AdjustedRange ReferenceAdjust(float old_min, float old_max, MinMax batch, int64_t bins, int64_t upsample) {
+  at::Tensor min_val = at::scalar_tensor(old_min, at::kFloat);
+  at::Tensor max_val = at::scalar_tensor(old_max, at::kFloat);
+  at::Tensor combined_min = at::min(at::scalar_tensor(batch.min, at::kFloat), min_val);
+  at::Tensor combined_max = at::max(at::scalar_tensor(batch.max, at::kFloat), max_val);
+  at::Tensor hist_bin_width = (max_val - min_val) / static_cast<double>(bins * upsample);
+  AdjustedRange r;
+  r.downsample_rate = static_cast<int64_t>(
+      at::ceil((combined_max - combined_min) / (static_cast<double>(bins) * hist_bin_width)).item<float>());
+  at::Tensor e = static_cast<double>(r.downsample_rate) * (static_cast<double>(bins) * hist_bin_width) -
+                 (combined_max - combined_min);
+  r.min = combined_min.item<float>();
+  r.max = (combined_max + e).item<float>();
+  r.start_idx = static_cast<int64_t>(at::round((min_val - combined_min) / hist_bin_width).item<float>());
+  return r;
+}
+
+TEST(AdjustMinMaxTest, MatchesPyTorchsTensorArithmetic) {
+  at::manual_seed(11);
+  at::Tensor draws = at::rand({400, 4}).contiguous();
+  const float* d = draws.data_ptr<float>();
+  for (int i = 0; i < 400; ++i) {
+    const float old_min = -10.0f * d[4 * i] * (i % 3 == 0 ? 0.0f : 1.0f);
+    const float old_max = old_min + 0.01f + 50.0f * d[4 * i + 1];
+    // Batches inside the old range, reaching past either end, or both.
+    const MinMax batch{old_min - (i % 2) * 5.0f * d[4 * i + 2], old_max + ((i / 2) % 2) * 30.0f * d[4 * i + 3]};
+    const AdjustedRange ours = AdjustMinMax(old_min, old_max, batch, 2048, 128);
+    const AdjustedRange ref = ReferenceAdjust(old_min, old_max, batch, 2048, 128);
+    EXPECT_EQ(ours.min, ref.min) << i;
+    EXPECT_EQ(ours.max, ref.max) << i;
+    EXPECT_EQ(ours.downsample_rate, ref.downsample_rate) << i;
+    EXPECT_EQ(ours.start_idx, ref.start_idx) << i;
+  }
 }
 
 // PyTorch 1.13's HistogramObserver._combine_histograms, in tensor ops.
@@ -70,6 +138,21 @@ TEST(CombineHistogramsTest, MatchesPyTorchsTensorExpression) {
     std::vector<float> ours = new_hist;
     CombineHistograms(&ours, old_hist, 16, downsample, start);
     EXPECT_EQ(ours, ReferenceCombine(new_hist, old_hist, 16, downsample, start)) << downsample << " " << start;
+  }
+}
+
+// At the real sizes, with the fractional counts earlier merges leave behind.
+TEST(CombineHistogramsTest, MatchesPyTorchAtObserverSizes) {
+  at::manual_seed(9);
+  const int64_t bins = 2048;
+  at::Tensor old_t = (at::floor(at::rand({bins}) * 5000) / 128 + at::rand({bins}) * 1e-3).contiguous();
+  at::Tensor new_t = at::floor(at::rand({bins}) * 5000).contiguous();
+  std::vector<float> old_hist(old_t.data_ptr<float>(), old_t.data_ptr<float>() + bins);
+  const std::vector<float> new_hist(new_t.data_ptr<float>(), new_t.data_ptr<float>() + bins);
+  for (auto [downsample, start] : std::vector<std::pair<int64_t, int64_t>>{{128, 0}, {129, 0}, {131, 300}, {200, 40000}}) {
+    std::vector<float> ours = new_hist;
+    CombineHistograms(&ours, old_hist, 128, downsample, start);
+    EXPECT_EQ(ours, ReferenceCombine(new_hist, old_hist, 128, downsample, start)) << downsample << " " << start;
   }
 }
 

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <limits>
+#include <utility>
 
 #include "worker/engine/observers/observer.h"
 
@@ -18,15 +19,17 @@ class MinMaxObserver : public Observer {
         min_val_(at::scalar_tensor(std::numeric_limits<float>::infinity(), at::kFloat)),
         max_val_(at::scalar_tensor(-std::numeric_limits<float>::infinity(), at::kFloat)) {}
 
-  void ObserveChunks(const std::vector<at::Tensor>& chunks) override {
-    at::Tensor cur_min, cur_max;
-    for (const at::Tensor& chunk : chunks) {
-      if (chunk.numel() == 0) continue;
-      auto [mn, mx] = at::aminmax(chunk.detach().to(at::kFloat));
-      cur_min = cur_min.defined() ? at::min(cur_min, mn) : mn;
-      cur_max = cur_max.defined() ? at::max(cur_max, mx) : mx;
-    }
-    if (!cur_min.defined()) return;
+  void ObserveChunk(const at::Tensor& chunk) override {
+    if (chunk.numel() == 0) return;
+    auto [mn, mx] = at::aminmax(chunk.detach().to(at::kFloat));
+    cur_min_ = cur_min_.defined() ? at::min(cur_min_, mn) : mn;
+    cur_max_ = cur_max_.defined() ? at::max(cur_max_, mx) : mx;
+  }
+
+  void EndBatch() override {
+    if (!cur_min_.defined()) return;
+    const at::Tensor cur_min = std::exchange(cur_min_, at::Tensor());
+    const at::Tensor cur_max = std::exchange(cur_max_, at::Tensor());
     if (!moving_average_) {
       min_val_ = at::min(cur_min, min_val_);
       max_val_ = at::max(cur_max, max_val_);
@@ -54,6 +57,7 @@ class MinMaxObserver : public Observer {
   bool moving_average_;
   bool seen_ = false;
   at::Tensor min_val_, max_val_;
+  at::Tensor cur_min_, cur_max_;  // the open batch's extrema
 };
 
 // Per output channel (axis 0), as used for weights.
@@ -61,8 +65,11 @@ class PerChannelMinMaxObserver : public Observer {
  public:
   explicit PerChannelMinMaxObserver(const ObserverSpec& spec) : spec_(spec) {}
 
-  void ObserveChunks(const std::vector<at::Tensor>& chunks) override {
-    if (chunks.empty()) return;
+  void ObserveChunk(const at::Tensor& chunk) override { chunks_.push_back(chunk); }
+
+  void EndBatch() override {
+    if (chunks_.empty()) return;
+    const std::vector<at::Tensor> chunks = std::exchange(chunks_, {});
     at::Tensor x_in = chunks.size() == 1 ? chunks[0] : at::cat(chunks, 0);
     if (x_in.numel() == 0) return;
     at::Tensor y = at::flatten(x_in.detach().to(at::kFloat), 1);
@@ -88,6 +95,7 @@ class PerChannelMinMaxObserver : public Observer {
  private:
   ObserverSpec spec_;
   at::Tensor min_val_, max_val_;
+  std::vector<at::Tensor> chunks_;  // the open batch
 };
 
 }  // namespace

@@ -44,11 +44,16 @@ struct QParams {
 class Observer {
  public:
   virtual ~Observer() = default;
-  // One calibration batch, given in pieces (the batch's rows split along
-  // dim 0): statistics are the same as for the whole batch at once, which
-  // lets calibration run forward in cache-friendly sub-batches while the
-  // observers still see PyTorch's batches.
-  virtual void ObserveChunks(const std::vector<at::Tensor>& chunks) = 0;
+  // One calibration batch arrives in pieces (its rows split along dim 0),
+  // each observed as soon as it is computed, while it is still in cache;
+  // EndBatch closes the batch. The statistics are those of the whole batch
+  // at once: the observers still see PyTorch's batches.
+  virtual void ObserveChunk(const at::Tensor& chunk) = 0;
+  virtual void EndBatch() = 0;
+  void ObserveChunks(const std::vector<at::Tensor>& chunks) {
+    for (const at::Tensor& chunk : chunks) ObserveChunk(chunk);
+    EndBatch();
+  }
   void Observe(const at::Tensor& x) { ObserveChunks({x}); }
   virtual absl::StatusOr<QParams> Compute() const = 0;
   // The range the qparams were computed from (after any search).

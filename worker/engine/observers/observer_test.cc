@@ -93,6 +93,33 @@ TEST(HistogramObserverTest, MatchesPyTorchOnALoneOutlier) {
   EXPECT_EQ(q->zero_point[0], 1);
 }
 
+// Calibration observes each sub-batch as soon as it is computed. Batches fed
+// that way, in pieces, must give what the same batches give whole, also when
+// a late piece moves the batch's range (its earlier pieces are recounted) and
+// when the int()-truncated range is empty (histc then uses the batch's own
+// extrema, not a piece's).
+TEST(HistogramObserverTest, BatchesInPiecesEqualWholeBatches) {
+  const ObserverSpec spec = Spec(ObserverKind::kHistogram, QScheme::kPerTensorAffine, false, true);
+  at::manual_seed(3);
+  for (double magnitude : {40.0, 0.8}) {
+    auto whole = MakeObserver(spec);
+    auto pieces = MakeObserver(spec);
+    for (int b = 0; b < 6; ++b) {
+      at::Tensor batch = at::relu(at::randn({8, 16, 5, 5}) * magnitude);
+      batch[7][3][2][2] = static_cast<float>(magnitude * (2 + b));  // the last piece extends the range
+      (*whole)->Observe(batch);
+      for (int64_t row = 0; row < 8; row += 2) (*pieces)->ObserveChunk(batch.slice(0, row, row + 2));
+      (*pieces)->EndBatch();
+    }
+    auto q_whole = (*whole)->Compute();
+    auto q_pieces = (*pieces)->Compute();
+    ASSERT_TRUE(q_whole.ok() && q_pieces.ok());
+    EXPECT_EQ(q_pieces->scale, q_whole->scale) << magnitude;
+    EXPECT_EQ(q_pieces->zero_point, q_whole->zero_point) << magnitude;
+    EXPECT_EQ((*pieces)->ObservedRange(), (*whole)->ObservedRange()) << magnitude;
+  }
+}
+
 TEST(MakeObserverTest, RejectsMismatchedSchemes) {
   EXPECT_FALSE(MakeObserver(Spec(ObserverKind::kHistogram, QScheme::kPerChannelSymmetric, false)).ok());
   EXPECT_FALSE(MakeObserver(Spec(ObserverKind::kPerChannelMinMax, QScheme::kPerTensorAffine, true)).ok());

@@ -28,13 +28,11 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     QUANTD_ASSIGN_OR_RETURN(observers[static_cast<size_t>(v)], MakeObserver(activation));
   }
   QUANTD_ASSIGN_OR_RETURN(Fp32Executor executor, Fp32Executor::Create(&graph));
-  // With `overlap`, batch b's statistics are gathered on a second thread
-  // while batch b+1 runs forward; each observer still sees batches in order,
-  // so the result is identical.
+  // Each sub-batch's activations are observed as soon as they are computed,
+  // while still in cache. With `overlap`, batch b's statistics are gathered
+  // on a second thread while batch b+1 runs forward instead; each observer
+  // still sees batches in order, so the result is identical.
   using Observed = std::map<Observer*, std::vector<at::Tensor>>;
-  auto observe_all = [](const Observed& observed) {
-    for (const auto& [observer, chunks] : observed) observer->ObserveChunks(chunks);
-  };
   std::future<void> pending;
   auto finish_pending = [&]() -> absl::Status {
     if (!pending.valid()) return absl::OkStatus();
@@ -49,23 +47,34 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     const int64_t start = b * batch_size;
     QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset->ReadBatch(start, std::min(batch_size, dataset->size() - start)));
     Observed observed;
-    for (int64_t first = 0; first < batch.images.size(0); first += forward_batch) {
-      auto outputs = executor.Run({batch.images.slice(0, first, first + forward_batch)}, [&](int value, const at::Tensor& t) {
-        if (Observer* o = observers[static_cast<size_t>(value)].get()) observed[o].push_back(t);
-      });
-      if (!outputs.ok()) {
-        (void)finish_pending();
-        return outputs.status();
+    absl::Status status = TorchTry("observing calibration activations", [&]() -> absl::Status {
+      for (int64_t first = 0; first < batch.images.size(0); first += forward_batch) {
+        auto outputs =
+            executor.Run({batch.images.slice(0, first, first + forward_batch)}, [&](int value, const at::Tensor& t) {
+              Observer* o = observers[static_cast<size_t>(value)].get();
+              if (o == nullptr) return;
+              if (options.overlap) {
+                observed[o].push_back(t);
+              } else {
+                o->ObserveChunk(t);
+              }
+            });
+        if (!outputs.ok()) return outputs.status();
       }
+      if (!options.overlap) {
+        for (int v : plan.observed_values) observers[static_cast<size_t>(v)]->EndBatch();
+      }
+      return absl::OkStatus();
+    });
+    if (!status.ok()) {
+      (void)finish_pending();
+      return status;
     }
     QUANTD_RETURN_IF_ERROR(finish_pending());
     if (options.overlap) {
-      pending = std::async(std::launch::async, [observed = std::move(observed), &observe_all]() { observe_all(observed); });
-    } else {
-      QUANTD_RETURN_IF_ERROR(TorchTry("observing calibration activations", [&]() {
-        observe_all(observed);
-        return absl::OkStatus();
-      }));
+      pending = std::async(std::launch::async, [observed = std::move(observed)]() {
+        for (const auto& [observer, chunks] : observed) observer->ObserveChunks(chunks);
+      });
     }
     if (progress && !progress(b + 1, total)) {
       (void)finish_pending();

@@ -61,7 +61,15 @@ absl::StatusOr<std::vector<c10::IValue>> Fp32Executor::Run(const std::vector<c10
       for (const Operand& in : node.inputs) stack.push_back(EvaluateOperand(in, values));
       ops_[static_cast<size_t>(node.id)](stack);
       if (stack.size() != node.outputs.size()) return absl::InternalError("operator arity mismatch");
-      if (node.fused_relu) stack[0] = at::relu(stack[0].toTensor());
+      if (node.fused_relu) {
+        // In place when nothing else can see the op's output (no alias of an input).
+        const at::Tensor& out = stack[0].toTensor();
+        if (out.use_count() == 1 && out.storage().use_count() == 1) {
+          at::relu_(stack[0].toTensor());
+        } else {
+          stack[0] = at::relu(out);
+        }
+      }
       for (size_t i = 0; i < stack.size(); ++i) values[static_cast<size_t>(node.outputs[i])] = std::move(stack[i]);
       return absl::OkStatus();
     });
