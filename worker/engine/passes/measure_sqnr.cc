@@ -28,16 +28,34 @@ absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Graph& fused, co
     if (instr.kind != InstrKind::kConv2d && instr.kind != InstrKind::kLinear && instr.kind != InstrKind::kAdd) return;
     auto it = reference.find(instr.outputs[0]);
     if (it == reference.end()) return;
-    // One pass in plain C++ over both tensors in the same (contiguous) order.
-    const at::Tensor ref = it->second.contiguous();
-    const at::Tensor got = t.dequantize().contiguous();
+    // One pass in plain C++ over both tensors in the int8 tensor's memory
+    // order, reading its codes directly rather than dequantizing a copy.
+    const at::Tensor got = t.contiguous(t.suggest_memory_format());
+    const at::Tensor ref = it->second.contiguous(t.suggest_memory_format());
     const float* r = ref.data_ptr<float>();
-    const float* g = got.data_ptr<float>();
     double signal = 0, noise = 0;
-    for (int64_t i = 0, n = ref.numel(); i < n; ++i) {
-      const double d = static_cast<double>(r[i]) - static_cast<double>(g[i]);
-      signal += static_cast<double>(r[i]) * static_cast<double>(r[i]);
-      noise += d * d;
+    auto accumulate = [&](auto* codes) {
+      const double scale = got.q_scale();
+      const auto zero_point = got.q_zero_point();
+      for (int64_t i = 0, n = ref.numel(); i < n; ++i) {
+        const double value = static_cast<double>(static_cast<int64_t>(codes[i].val_) - zero_point) * scale;
+        const double d = static_cast<double>(r[i]) - value;
+        signal += static_cast<double>(r[i]) * static_cast<double>(r[i]);
+        noise += d * d;
+      }
+    };
+    if (got.qscheme() == at::kPerTensorAffine && got.scalar_type() == at::kQUInt8) {
+      accumulate(got.data_ptr<c10::quint8>());
+    } else if (got.qscheme() == at::kPerTensorAffine && got.scalar_type() == at::kQInt8) {
+      accumulate(got.data_ptr<c10::qint8>());
+    } else {
+      const at::Tensor dense = got.dequantize().contiguous(t.suggest_memory_format());
+      const float* g = dense.data_ptr<float>();
+      for (int64_t i = 0, n = ref.numel(); i < n; ++i) {
+        const double d = static_cast<double>(r[i]) - static_cast<double>(g[i]);
+        signal += static_cast<double>(r[i]) * static_cast<double>(r[i]);
+        noise += d * d;
+      }
     }
     sqnr[instr.name] = noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
   });

@@ -2,9 +2,12 @@
 
 #include <ATen/ATen.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace quantd::engine {
@@ -42,7 +45,184 @@ void Interleave(const uint8_t* __restrict planes, int64_t c, int64_t hw, uint8_t
   }
 }
 
+// The operands of LibTorch's quint8 add, as its kernel prepares them.
+struct AddParams {
+  float a_scale, a_premul;  // premul = scale * -zero_point, for a fused multiply-add
+  float b_scale, b_premul;
+  float a_zp, b_zp;         // for the scalar tail
+  float out_scale, inverse_scale;
+  int32_t zero_point;
+  bool relu;
+};
+
+// The vectorized path: dequantize = fma(scale, q, premul); requantize =
+// round-half-even(min(x * inverse_scale, 2^31 - 128)) + zero point (int32,
+// wrapping), saturated to 0..255.
+inline uint8_t AddVectorFormula(uint8_t qa, uint8_t qb, const AddParams& p) {
+  const float da = std::fma(p.a_scale, static_cast<float>(qa), p.a_premul);
+  const float db = std::fma(p.b_scale, static_cast<float>(qb), p.b_premul);
+  float c = da + db;
+  if (p.relu) c = std::max(c, 0.0f);
+  const float t = std::min(c * p.inverse_scale, 2147483520.0f);
+  const auto r = static_cast<int32_t>(static_cast<uint32_t>(static_cast<int32_t>(std::nearbyint(t))) +
+                                      static_cast<uint32_t>(p.zero_point));
+  return static_cast<uint8_t>(std::min(std::max(r, 0), 255));
+}
+
+// The scalar tail: dequantize_val and quantize_val.
+inline uint8_t AddScalarFormula(uint8_t qa, uint8_t qb, const AddParams& p) {
+  const auto da = static_cast<float>(static_cast<double>(static_cast<float>(qa) - p.a_zp) * p.a_scale);
+  const auto db = static_cast<float>(static_cast<double>(static_cast<float>(qb) - p.b_zp) * p.b_scale);
+  float c = da + db;
+  if (p.relu) c = std::max(c, 0.0f);
+  const float shifted = static_cast<float>(p.zero_point) + std::nearbyint(c * p.inverse_scale);
+  return static_cast<uint8_t>(std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(shifted), 0), 255));
+}
+
+// GCC 12 flags the "undefined" vectors inside its own AVX-512 intrinsics.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// Returns how many leading elements it did (a multiple of 16).
+__attribute__((target("avx512f,fma"))) int64_t AddAvx512(const uint8_t* a, const uint8_t* b, uint8_t* out,
+                                                          int64_t n, const AddParams& p) {
+  const __m512 a_scale = _mm512_set1_ps(p.a_scale), a_premul = _mm512_set1_ps(p.a_premul);
+  const __m512 b_scale = _mm512_set1_ps(p.b_scale), b_premul = _mm512_set1_ps(p.b_premul);
+  const __m512 inverse_scale = _mm512_set1_ps(p.inverse_scale);
+  const __m512 limit = _mm512_set1_ps(2147483520.0f);
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i zero_point = _mm512_set1_epi32(p.zero_point);
+  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 qa = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i))));
+    const __m512 qb = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i))));
+    __m512 c = _mm512_add_ps(_mm512_fmadd_ps(a_scale, qa, a_premul), _mm512_fmadd_ps(b_scale, qb, b_premul));
+    if (p.relu) c = _mm512_max_ps(c, zero);
+    const __m512 t = _mm512_min_ps(_mm512_mul_ps(c, inverse_scale), limit);
+    __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(t), zero_point);
+    r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(r));
+  }
+  return i;
+}
+
+__attribute__((target("avx512f,avx512bw"))) void ReluAvx512Bw(const uint8_t* in, uint8_t* out, int64_t n, uint8_t zero_point) {
+  const __m512i floor = _mm512_set1_epi8(static_cast<char>(zero_point));
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    _mm512_storeu_si512(out + i, _mm512_max_epu8(_mm512_loadu_si512(in + i), floor));
+  }
+  for (; i < n; ++i) out[i] = std::max(in[i], zero_point);
+}
+
+// Three channel planes of one image quantized straight into pixel-major
+// bytes, 16 pixels per step: the same float arithmetic as QuantizePlane, then
+// one byte permute to interleave. Returns how many pixels it did.
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) int64_t QuantizeRgbAvx512Vbmi(
+    const float* image, int64_t hw, float inv_scale, float zp, uint8_t* out) {
+  const __m512 v_inv = _mm512_set1_ps(inv_scale), v_zp = _mm512_set1_ps(zp);
+  const __m512 v_lo = _mm512_setzero_ps(), v_hi = _mm512_set1_ps(255.0f);
+  alignas(64) uint8_t order[64];
+  for (int p = 0; p < 16; ++p) {
+    for (int ch = 0; ch < 3; ++ch) order[p * 3 + ch] = static_cast<uint8_t>(ch * 16 + p);
+  }
+  for (int p = 48; p < 64; ++p) order[p] = 0;
+  const __m512i v_order = _mm512_load_si512(order);
+#define QUANTD_CODES(plane)                                                                                \
+  _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_min_ps(                                                   \
+      _mm512_max_ps(_mm512_add_ps(v_zp, _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(plane), v_inv), \
+                                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)), \
+                    v_lo),                                                                                  \
+      v_hi)))
+  int64_t p = 0;
+  for (; p + 16 <= hw; p += 16) {
+    __m512i planes = _mm512_castsi128_si512(QUANTD_CODES(image + p));
+    planes = _mm512_inserti32x4(planes, QUANTD_CODES(image + hw + p), 1);
+    planes = _mm512_inserti32x4(planes, QUANTD_CODES(image + 2 * hw + p), 2);
+    _mm512_mask_storeu_epi8(out + p * 3, (__mmask64{1} << 48) - 1, _mm512_permutexvar_epi8(v_order, planes));
+  }
+  return p;
+}
+#undef QUANTD_CODES
+#pragma GCC diagnostic pop
+
+bool HasAvx512Vbmi() {
+  static const bool has = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+
+bool HasAvx512Bw() {
+  static const bool has = __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+// Dense in one of the two layouts the int8 runtime produces.
+std::optional<at::MemoryFormat> DenseLayout(const at::Tensor& t) {
+  if (t.is_contiguous()) return at::MemoryFormat::Contiguous;
+  if (t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast)) return at::MemoryFormat::ChannelsLast;
+  return std::nullopt;
+}
+
+bool IsQuint8PerTensor(const at::Tensor& t) {
+  return t.is_quantized() && t.scalar_type() == at::kQUInt8 && t.qscheme() == at::kPerTensorAffine;
+}
+
 }  // namespace
+
+at::Tensor AddInt8(const at::Tensor& a, const at::Tensor& b, double scale, int64_t zero_point, bool relu) {
+  if (!IsQuint8PerTensor(a) || !IsQuint8PerTensor(b) || a.sizes() != b.sizes()) return at::Tensor();
+  const auto layout = DenseLayout(a);
+  // Both in one layout and, for 4-D tensors, one the tensor is unambiguously in
+  // (TensorIterator then walks memory in order, as here).
+  if (!layout || DenseLayout(b) != layout || a.strides() != b.strides()) return at::Tensor();
+  AddParams p;
+  p.a_scale = static_cast<float>(a.q_scale());
+  p.b_scale = static_cast<float>(b.q_scale());
+  p.a_zp = static_cast<float>(a.q_zero_point());
+  p.b_zp = static_cast<float>(b.q_zero_point());
+  p.a_premul = p.a_scale * -p.a_zp;
+  p.b_premul = p.b_scale * -p.b_zp;
+  p.out_scale = static_cast<float>(scale);
+  p.inverse_scale = 1.0f / p.out_scale;
+  p.zero_point = static_cast<int32_t>(zero_point);
+  p.relu = relu;
+  at::Tensor out = at::_empty_affine_quantized(a.sizes(), at::TensorOptions().dtype(at::kQUInt8), scale, zero_point,
+                                               a.suggest_memory_format());
+  if (out.strides() != a.strides()) return at::Tensor();
+  const auto* pa = reinterpret_cast<const uint8_t*>(a.data_ptr());
+  const auto* pb = reinterpret_cast<const uint8_t*>(b.data_ptr());
+  auto* po = reinterpret_cast<uint8_t*>(out.data_ptr());
+  const int64_t n = a.numel();
+  // LibTorch (AVX2 build) runs whole pairs of 32-byte vectors, then the rest
+  // element by element with the scalar formulas.
+  const int64_t vector_part = n / 64 * 64;
+  int64_t i = HasAvx512() ? AddAvx512(pa, pb, po, vector_part, p) : 0;
+  for (; i < vector_part; ++i) po[i] = AddVectorFormula(pa[i], pb[i], p);
+  for (; i < n; ++i) po[i] = AddScalarFormula(pa[i], pb[i], p);
+  return out;
+}
+
+at::Tensor ReluInt8(const at::Tensor& q) {
+  if (!IsQuint8PerTensor(q) || !DenseLayout(q)) return at::Tensor();
+  at::Tensor out = at::_empty_affine_quantized(q.sizes(), at::TensorOptions().dtype(at::kQUInt8), q.q_scale(),
+                                               q.q_zero_point(), q.suggest_memory_format());
+  if (out.strides() != q.strides()) return at::Tensor();
+  const auto zero_point = static_cast<uint8_t>(std::min<int64_t>(std::max<int64_t>(q.q_zero_point(), 0), 255));
+  const auto* in = reinterpret_cast<const uint8_t*>(q.data_ptr());
+  auto* po = reinterpret_cast<uint8_t*>(out.data_ptr());
+  if (HasAvx512Bw()) {
+    ReluAvx512Bw(in, po, q.numel(), zero_point);
+  } else {
+    for (int64_t i = 0; i < q.numel(); ++i) po[i] = std::max(in[i], zero_point);
+  }
+  return out;
+}
 
 at::Tensor QuantizeToChannelsLast(const at::Tensor& x_in, double scale, int64_t zero_point) {
   if (x_in.dim() != 4 || x_in.scalar_type() != at::kFloat) {
@@ -58,6 +238,10 @@ at::Tensor QuantizeToChannelsLast(const at::Tensor& x_in, double scale, int64_t 
   const float inv_scale = 1.0f / static_cast<float>(scale);
   const float zp = static_cast<float>(zero_point);
   std::vector<uint8_t> planes(static_cast<size_t>(c * hw));
+  if (c == 3 && hw % 16 == 0 && HasAvx512Vbmi()) {
+    for (int64_t b = 0; b < n; ++b) QuantizeRgbAvx512Vbmi(src + b * c * hw, hw, inv_scale, zp, dst + b * c * hw);
+    return q;
+  }
   for (int64_t b = 0; b < n; ++b) {
     for (int64_t ch = 0; ch < c; ++ch) QuantizePlane(src + (b * c + ch) * hw, hw, inv_scale, zp, planes.data() + ch * hw);
     Interleave(planes.data(), c, hw, dst + b * c * hw);
@@ -85,22 +269,25 @@ at::Tensor ZeroPadInt8(const at::Tensor& q, const std::vector<int64_t>& pad) {
   const uint8_t* src = reinterpret_cast<const uint8_t*>(q.data_ptr());
   const bool channels_last = q.dim() == 4 && q.is_contiguous(at::MemoryFormat::ChannelsLast);
   if (pad.size() == 4 && (channels_last || q.is_contiguous())) {
-    // Rows of the input are contiguous runs in both layouts: memset the fill,
-    // then copy each row into place.
-    std::memset(dst, static_cast<int>(zero_point), static_cast<size_t>(out.numel()));
+    // Rows are contiguous runs in both layouts: write each output row once,
+    // fill and copied interior side by side.
     const int64_t n = q.size(0), c = q.size(1), h = q.size(2), w = q.size(3);
-    const int64_t left = pad[0], top = pad[2], w2 = sizes[3], h2 = sizes[2];
-    if (channels_last) {
-      for (int64_t b = 0; b < n; ++b) {
-        for (int64_t y = 0; y < h; ++y) {
-          std::memcpy(dst + ((b * h2 + y + top) * w2 + left) * c, src + (b * h + y) * w * c, static_cast<size_t>(w * c));
+    const int64_t left = pad[0], right = pad[1], top = pad[2], h2 = sizes[2];
+    const int64_t unit = channels_last ? c : 1;                // bytes per pixel in a row
+    const int64_t planes = channels_last ? n : n * c;          // independent [h][w(*c)] planes
+    const int fill = static_cast<int>(zero_point);
+    const auto row_out = static_cast<size_t>((left + w + right) * unit);
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      for (int64_t y = 0; y < h2; ++y) {
+        uint8_t* row = dst + (plane * h2 + y) * static_cast<int64_t>(row_out);
+        const int64_t src_y = y - top;
+        if (src_y < 0 || src_y >= h) {
+          std::memset(row, fill, row_out);
+          continue;
         }
-      }
-    } else {
-      for (int64_t plane = 0; plane < n * c; ++plane) {
-        for (int64_t y = 0; y < h; ++y) {
-          std::memcpy(dst + (plane * h2 + y + top) * w2 + left, src + (plane * h + y) * w, static_cast<size_t>(w));
-        }
+        std::memset(row, fill, static_cast<size_t>(left * unit));
+        std::memcpy(row + left * unit, src + (plane * h + src_y) * w * unit, static_cast<size_t>(w * unit));
+        std::memset(row + (left + w) * unit, fill, static_cast<size_t>(right * unit));
       }
     }
     return out;

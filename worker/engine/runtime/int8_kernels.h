@@ -1,8 +1,8 @@
 #ifndef QUANTD_WORKER_ENGINE_RUNTIME_INT8_KERNELS_H_
 #define QUANTD_WORKER_ENGINE_RUNTIME_INT8_KERNELS_H_
 
-// Two int8 data-movement kernels where LibTorch 1.13 (without fbgemm) is
-// slow; both give exactly LibTorch's values (unit-tested against it).
+// int8 kernels where LibTorch 1.13 (without fbgemm) is slow; each gives
+// exactly LibTorch's values (unit-tested against it).
 
 #include <ATen/core/Tensor.h>
 
@@ -16,6 +16,16 @@ at::Tensor QuantizeToChannelsLast(const at::Tensor& x, double scale, int64_t zer
 // Constant zero pad of an int8 tensor (F.pad order: last dim first), done on
 // the raw bytes with the zero point as fill, in the input's memory layout.
 at::Tensor ZeroPadInt8(const at::Tensor& q, const std::vector<int64_t>& pad);
+
+// quantized::add / add_relu as LibTorch 1.13 computes them on one thread
+// outside QNNPACK (dequantize with a fused multiply-add, add, requantize),
+// for two quint8 per-tensor tensors of one shape and one dense layout.
+// Returns an undefined tensor for any other case: call the operator then.
+at::Tensor AddInt8(const at::Tensor& a, const at::Tensor& b, double scale, int64_t zero_point, bool relu);
+
+// ReLU on a quint8 per-tensor tensor: max(code, zero point), same qparams
+// and layout. Undefined tensor for other cases.
+at::Tensor ReluInt8(const at::Tensor& q);
 
 }  // namespace quantd::engine
 

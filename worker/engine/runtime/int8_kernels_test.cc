@@ -1,6 +1,8 @@
 #include "worker/engine/runtime/int8_kernels.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 
 namespace quantd::engine {
@@ -34,6 +36,60 @@ TEST(ZeroPadInt8Test, SameAsPaddingTheFloatTensor) {
       EXPECT_TRUE(at::equal(ours.int_repr(), expected.int_repr()));
       EXPECT_EQ(ours.q_zero_point(), 130);
     }
+  }
+}
+
+// quantized::add(_relu) through the dispatcher, as the operator runs it.
+at::Tensor TorchAdd(const at::Tensor& a, const at::Tensor& b, double scale, int64_t zero_point, bool relu) {
+  static const auto add = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::add", "");
+  static const auto add_relu = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::add_relu", "");
+  torch::jit::Stack stack{a, b, scale, zero_point};
+  (relu ? add_relu : add).callBoxed(stack);
+  return stack[0].toTensor();
+}
+
+TEST(AddInt8Test, SameCodesAsLibTorch) {
+  at::set_num_threads(1);  // LibTorch's own tail handling depends on how threads split the range
+  at::manual_seed(5);
+  // 64-multiples (all vectorized) and odd sizes (a scalar tail), both layouts.
+  for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{{4, 16, 8, 8}, {3, 5, 7, 9}, {2, 3, 1, 1}}) {
+    const at::Tensor x = at::randn(shape) * 4, y = at::randn(shape) * 2 + 1;
+    for (auto format : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+      const at::Tensor a = at::quantize_per_tensor(x, 0.0371, 131, at::kQUInt8).contiguous(format);
+      const at::Tensor b = at::quantize_per_tensor(y, 0.0229, 64, at::kQUInt8).contiguous(format);
+      for (auto [scale, zero_point] : std::vector<std::pair<double, int64_t>>{{0.05, 120}, {0.0123, 3}, {0.5, 250}}) {
+        for (bool relu : {false, true}) {
+          const at::Tensor ours = AddInt8(a, b, scale, zero_point, relu);
+          const at::Tensor theirs = TorchAdd(a, b, scale, zero_point, relu);
+          ASSERT_TRUE(ours.defined());
+          EXPECT_EQ(ours.strides(), theirs.strides());
+          EXPECT_EQ(ours.q_scale(), theirs.q_scale());
+          EXPECT_EQ(ours.q_zero_point(), theirs.q_zero_point());
+          EXPECT_TRUE(at::equal(ours.int_repr(), theirs.int_repr()))
+              << "shape " << at::IntArrayRef(shape) << " scale " << scale << " relu " << relu;
+        }
+      }
+    }
+  }
+}
+
+TEST(AddInt8Test, OtherCasesAreLeftToTheOperator) {
+  const at::Tensor a = at::quantize_per_tensor(at::randn({2, 4, 3, 3}), 0.1, 128, at::kQUInt8);
+  const at::Tensor signed_b = at::quantize_per_tensor(at::randn({2, 4, 3, 3}), 0.1, 0, at::kQInt8);
+  EXPECT_FALSE(AddInt8(a, signed_b, 0.1, 128, false).defined());
+  EXPECT_FALSE(AddInt8(a, a.contiguous(at::MemoryFormat::ChannelsLast), 0.1, 128, false).defined());
+  EXPECT_FALSE(AddInt8(a, a.slice(0, 0, 1), 0.1, 128, false).defined());
+}
+
+TEST(ReluInt8Test, SameAsQuantizedRelu) {
+  const at::Tensor q = at::quantize_per_tensor(at::randn({3, 8, 5, 5}) * 3, 0.04, 100, at::kQUInt8);
+  for (const at::Tensor& input : {q, q.contiguous(at::MemoryFormat::ChannelsLast)}) {
+    const at::Tensor ours = ReluInt8(input);
+    const at::Tensor theirs = at::relu(input);
+    ASSERT_TRUE(ours.defined());
+    EXPECT_EQ(ours.strides(), theirs.strides());
+    EXPECT_EQ(ours.q_zero_point(), 100);
+    EXPECT_TRUE(at::equal(ours.int_repr(), theirs.int_repr()));
   }
 }
 

@@ -51,6 +51,8 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
                                                              : std::vector<int64_t>());
       executor.ops_.push_back(instr.kind == InstrKind::kOp ? instr.jit_node->getOperation() : torch::jit::Operation(nullptr));
       executor.kernels_.push_back(KernelFor(instr));
+      executor.int8_relu_.push_back(instr.kind == InstrKind::kOp && instr.on_int8 &&
+                                    instr.jit_node->kind() == c10::Symbol::fromQualString("aten::relu"));
     }
     return absl::OkStatus();
   });
@@ -63,6 +65,7 @@ Int8Executor::Int8Executor(Int8Executor&& other) noexcept
       ops_(std::move(other.ops_)),
       kernels_(std::move(other.kernels_)),
       pads_(std::move(other.pads_)),
+      int8_relu_(std::move(other.int8_relu_)),
       dead_after_(std::move(other.dead_after_)) {
   std::lock_guard<std::mutex> lock(other.packs_mu_);
   packs_by_batch_ = std::move(other.packs_by_batch_);
@@ -121,18 +124,36 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           stack.push_back(instr.zero_point);
           kernels_[k]->callBoxed(stack);
           break;
-        case InstrKind::kAdd:
-          stack.push_back(EvaluateOperand(instr.inputs[0], slots));
-          stack.push_back(EvaluateOperand(instr.inputs[1], slots));
+        case InstrKind::kAdd: {
+          c10::IValue a = EvaluateOperand(instr.inputs[0], slots);
+          c10::IValue b = EvaluateOperand(instr.inputs[1], slots);
+          // QNNPACK's add has its own fixed-point arithmetic: leave it to the operator.
+          if (at::globalContext().qEngine() != at::QEngine::QNNPACK && a.isTensor() && b.isTensor()) {
+            at::Tensor sum = AddInt8(a.toTensor(), b.toTensor(), instr.scale, instr.zero_point, instr.relu);
+            if (sum.defined()) {
+              stack.push_back(std::move(sum));
+              break;
+            }
+          }
+          stack.push_back(std::move(a));
+          stack.push_back(std::move(b));
           stack.push_back(instr.scale);
           stack.push_back(instr.zero_point);
           kernels_[k]->callBoxed(stack);
           break;
+        }
         case InstrKind::kPad:
           stack.push_back(ZeroPadInt8(EvaluateOperand(instr.inputs[0], slots).toTensor(), pads_[k]));
           break;
         case InstrKind::kOp:
           for (const Operand& in : instr.inputs) stack.push_back(EvaluateOperand(in, slots));
+          if (int8_relu_[k] && stack.size() == 1 && stack[0].isTensor()) {
+            at::Tensor out = ReluInt8(stack[0].toTensor());
+            if (out.defined()) {
+              stack[0] = std::move(out);
+              break;
+            }
+          }
           ops_[k](stack);
           break;
       }

@@ -74,6 +74,7 @@ class Int8Executor {
   mutable std::vector<torch::jit::Operation> ops_;  // kOp, by instruction index
   std::vector<std::optional<c10::OperatorHandle>> kernels_;  // quantized::*, by instruction index
   std::vector<std::vector<int64_t>> pads_;      // kPad amounts, by instruction index
+  std::vector<bool> int8_relu_;                 // kOp aten::relu on int8 (own kernel), by instruction index
   std::vector<std::vector<int>> dead_after_;    // slots last read by each instruction
 
   // Packs for one batch size, by instruction index (empty for non-kernels).
