@@ -4,10 +4,11 @@
 #
 #   scripts/bench.sh [FIXTURES_DIR]     (default ../shared/fixtures)
 #
-# PyTorch side: tests/engine/pytorch_reference.py --bench (fbgemm qconfig, onednn kernels,
-# 1 thread): prepare+calibrate+convert time, int8 TorchScript batch-1 latency and
-# batch-256 throughput. quantd side: build/worker/quantd-engine-bench (same model, data,
-# qconfig and fusion groups, 1 intra-op thread).
+# PyTorch side: tests/engine/pytorch_reference.py --bench (fbgemm qconfig, onednn kernels):
+# prepare+calibrate+convert time on 1 and 2 threads, int8 TorchScript batch-1 latency and
+# batch-256 throughput on 1 thread. quantd side: build/worker/quantd-engine-bench (same
+# model, data, qconfig and fusion groups; quantization on 1 and 2 intra-op threads, the
+# int8 runtime on 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fixtures="${1:-${QUANTD_FIXTURES:-../shared/fixtures}}"
@@ -27,8 +28,9 @@ torch_result = json.load(open(sys.argv[1]))
 ours = json.load(open(sys.argv[2]))
 t = torch_result['timing']
 rows = [
-    ('quantize ResNet8, 1000 calibration images (s)', t['quantize_s'], ours['quantize_1_thread']['median_s'], 'lower'),
-    ('  ... observers overlapped on a 2nd thread (s)', t['quantize_s'], ours['quantize_overlapped_observers']['median_s'], 'lower'),
+    ('quantize ResNet8, 1000 calibration images, 1 thread (s)', t['quantize_s'], ours['quantize_1_thread']['median_s'], 'lower'),
+    ('  ... both sides on 2 threads (s)', t['quantize_2_threads_s'], ours['quantize_2_threads']['median_s'], 'lower'),
+    ('  ... quantd on 2 threads vs PyTorch on 1 (s)', t['quantize_s'], ours['quantize_2_threads']['median_s'], 'lower'),
     ('int8 batch-1 latency, 1 thread (ms)', t['int8_torchscript']['batch1_latency_ms'], ours['int8_direct']['batch1_latency_ms'], 'lower'),
     ('int8 batch-256 throughput, 1 thread (img/s)', t['int8_torchscript']['batch256_images_per_s'], ours['int8_direct']['batch256_images_per_s'], 'higher'),
     ('  ... with auto fusion (residual add+ReLU fused) (img/s)', t['int8_torchscript']['batch256_images_per_s'], ours['int8_direct_auto_fusion']['batch256_images_per_s'], 'higher'),
@@ -39,6 +41,7 @@ for name, base, mine, better in rows:
     ratio = base / mine if better == 'lower' else mine / base
     print(f"{name:62s} {base:10.3f} {mine:10.3f} {ratio:8.2f}x")
 print(f"\nquantd phases (1 thread, last run): {ours['quantize_1_thread']['phases_s_last_run']}")
+print(f"quantd phases (2 threads, last run): {ours['quantize_2_threads']['phases_s_last_run']}")
 print(f"FP32 forward over the calibration set alone: {ours['fp32_pass_over_calibration_set_s']:.3f} s; "
       f"kernel engine {ours['kernel_engine']}")
 PY

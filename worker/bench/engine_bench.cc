@@ -3,12 +3,18 @@
 // measured in the same run, and prints the ratios).
 //
 // usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5] [--sqnr-samples 32]
+//
+// Profiling aids (environment): QUANTD_BENCH_QUANTIZE_ONLY=1 stops after the
+// quantization timings; QUANTD_BENCH_PER_INSTR=1 prints the int8 runtime's
+// time per instruction at batch 256; QUANTD_BENCH_PROFILE_DIRECT=1 runs the
+// int8 batch-256 loop for perf record.
 
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -81,11 +87,10 @@ int main(int argc, char** argv) {
                            {"layer3.conv1", "layer3.bn1", "layer3.relu1"}, {"layer3.conv2", "layer3.bn2"}};
   nlohmann::json out;
   out["qconfig"] = qconfig;
-  // Quantization time, median of `runs`: one thread, and with observers
-  // overlapped on a second thread.
+  // Quantization time, median of `runs`, on 1 and on 2 intra-op threads.
   std::unique_ptr<QuantizedModel> model;
-  for (bool overlap : {false, true}) {
-    options.overlap_observers = overlap;
+  for (int threads : {2, 1}) {
+    InitializeRuntime(threads);
     std::vector<double> quantize_times;
     nlohmann::json phases;
     for (int r = 0; r < runs; ++r) {
@@ -99,10 +104,14 @@ int main(int argc, char** argv) {
       model = std::move(quantized).value();
       for (const auto& p : model->report().timings) phases[p.phase] = p.seconds;
     }
-    const std::string key = overlap ? "quantize_overlapped_observers" : "quantize_1_thread";
+    const std::string key = threads == 1 ? "quantize_1_thread" : "quantize_2_threads";
     out[key] = {{"median_s", Median(quantize_times)}, {"phases_s_last_run", phases}};
   }
   out["kernel_engine"] = model->report().kernel_engine;
+  if (std::getenv("QUANTD_BENCH_QUANTIZE_ONLY") != nullptr) {  // for perf record
+    std::cout << out.dump() << std::endl;
+    return 0;
+  }
 
   DatasetSpec test;
   test.path = fixtures + "/cifar10/test_batch.bin";
@@ -129,6 +138,20 @@ int main(int argc, char** argv) {
     t = Clock::now();
     for (const auto& b : batches) impl.fp32_module.forward({b});
     out["fp32_torchscript_over_calibration_set_s"] = Seconds(Clock::now() - t);
+  }
+  if (std::getenv("QUANTD_BENCH_PER_INSTR") != nullptr) {  // where int8 batch-256 time goes
+    at::Tensor batch = images.slice(0, 0, 256).contiguous();
+    std::map<std::string, double> spent;
+    for (int i = 0; i < 30; ++i) {
+      auto last = Clock::now();
+      (void)impl.executor->Run({batch}, [&](const Instr& instr, const at::Tensor&) {
+        const auto now = Clock::now();
+        if (i >= 10) spent[std::to_string(static_cast<int>(instr.kind)) + " " + instr.name] += Seconds(now - last);
+        last = Clock::now();
+      });
+    }
+    for (const auto& [k, v] : spent) std::cout << k << " " << v / 20 * 1000 << " ms\n";
+    return 0;
   }
   if (std::getenv("QUANTD_BENCH_PROFILE_DIRECT") != nullptr) {  // for perf record
     at::Tensor batch = images.slice(0, 0, 256).contiguous();

@@ -59,6 +59,19 @@ TEST(QuantizeTest, ResNet8ReportAndDeterministicArtifact) {
   EXPECT_EQ(r.artifact_size_bytes, static_cast<int64_t>(bytes_a->size()));
 }
 
+// Splitting calibration across intra-op threads (convolutions, observers'
+// extrema and counts) must not change a single quantization parameter.
+TEST(QuantizeTest, TwoThreadsGiveTheSameArtifactAsOne) {
+  QuantizeOptions options = ResNet8Options("fbgemm");
+  options.overlap_observers = false;
+  InitializeRuntime(2);
+  auto two = Quantize(options);
+  InitializeRuntime(1);
+  auto one = Quantize(options);
+  ASSERT_TRUE(two.ok() && one.ok());
+  EXPECT_EQ(*(*two)->SerializeArtifact(), *(*one)->SerializeArtifact());
+}
+
 TEST(QuantizeTest, ArtifactRunsInTheTorchScriptInterpreterLikeTheRuntime) {
   auto model = Quantize(ResNet8Options("onednn"));
   ASSERT_TRUE(model.ok()) << model.status();
