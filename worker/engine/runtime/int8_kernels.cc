@@ -118,16 +118,19 @@ __attribute__((target("avx512f,avx512bw"))) void ReluAvx512Bw(const uint8_t* in,
 
 // Three channel planes of one image quantized straight into pixel-major
 // bytes, 16 pixels per step: the same float arithmetic as QuantizePlane, then
-// one byte permute to interleave. Returns how many pixels it did.
+// one byte permute to interleave. With `rgbx` every pixel gets a fourth byte,
+// `fill`. Returns how many pixels it did.
 __attribute__((target("avx512f,avx512bw,avx512vbmi"))) int64_t QuantizeRgbAvx512Vbmi(
-    const float* image, int64_t hw, float inv_scale, float zp, uint8_t* out) {
+    const float* image, int64_t hw, float inv_scale, float zp, bool rgbx, uint8_t fill, uint8_t* out) {
   const __m512 v_inv = _mm512_set1_ps(inv_scale), v_zp = _mm512_set1_ps(zp);
   const __m512 v_lo = _mm512_setzero_ps(), v_hi = _mm512_set1_ps(255.0f);
-  alignas(64) uint8_t order[64];
+  const int stride = rgbx ? 4 : 3;
+  alignas(64) uint8_t order[64] = {};
   for (int p = 0; p < 16; ++p) {
-    for (int ch = 0; ch < 3; ++ch) order[p * 3 + ch] = static_cast<uint8_t>(ch * 16 + p);
+    for (int ch = 0; ch < stride; ++ch) order[p * stride + ch] = static_cast<uint8_t>(ch * 16 + p);
   }
-  for (int p = 48; p < 64; ++p) order[p] = 0;
+  const __mmask64 store = rgbx ? ~__mmask64{0} : (__mmask64{1} << 48) - 1;
+  const __m128i v_fill = _mm_set1_epi8(static_cast<char>(fill));
   const __m512i v_order = _mm512_load_si512(order);
 #define QUANTD_CODES(plane)                                                                                \
   _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_min_ps(                                                   \
@@ -140,7 +143,8 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) int64_t QuantizeRgbAvx512
     __m512i planes = _mm512_castsi128_si512(QUANTD_CODES(image + p));
     planes = _mm512_inserti32x4(planes, QUANTD_CODES(image + hw + p), 1);
     planes = _mm512_inserti32x4(planes, QUANTD_CODES(image + 2 * hw + p), 2);
-    _mm512_mask_storeu_epi8(out + p * 3, (__mmask64{1} << 48) - 1, _mm512_permutexvar_epi8(v_order, planes));
+    planes = _mm512_inserti32x4(planes, v_fill, 3);
+    _mm512_mask_storeu_epi8(out + p * stride, store, _mm512_permutexvar_epi8(v_order, planes));
   }
   return p;
 }
@@ -224,27 +228,31 @@ at::Tensor ReluInt8(const at::Tensor& q) {
   return out;
 }
 
-at::Tensor QuantizeToChannelsLast(const at::Tensor& x_in, double scale, int64_t zero_point) {
-  if (x_in.dim() != 4 || x_in.scalar_type() != at::kFloat) {
+at::Tensor QuantizeToChannelsLast(const at::Tensor& x_in, double scale, int64_t zero_point, int64_t channels) {
+  if (x_in.dim() != 4 || x_in.scalar_type() != at::kFloat || (channels != 0 && channels < x_in.size(1))) {
     return at::quantize_per_tensor(x_in, scale, zero_point, at::kQUInt8);
   }
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  at::Tensor q = at::_empty_affine_quantized(x.sizes(), at::TensorOptions().dtype(at::kQUInt8), scale, zero_point,
-                                             at::MemoryFormat::ChannelsLast);
+  const int64_t c_out = channels == 0 ? c : channels;
+  at::Tensor q = at::_empty_affine_quantized({n, c_out, x.size(2), x.size(3)}, at::TensorOptions().dtype(at::kQUInt8),
+                                             scale, zero_point, at::MemoryFormat::ChannelsLast);
   const float* src = x.data_ptr<float>();
   uint8_t* dst = reinterpret_cast<uint8_t*>(q.data_ptr());
   // LibTorch's quantize_val: zero_point + nearbyint(x * (1.0f / float(scale))), clamped.
   const float inv_scale = 1.0f / static_cast<float>(scale);
   const float zp = static_cast<float>(zero_point);
-  std::vector<uint8_t> planes(static_cast<size_t>(c * hw));
-  if (c == 3 && hw % 16 == 0 && HasAvx512Vbmi()) {
-    for (int64_t b = 0; b < n; ++b) QuantizeRgbAvx512Vbmi(src + b * c * hw, hw, inv_scale, zp, dst + b * c * hw);
+  const auto fill = static_cast<uint8_t>(std::min<int64_t>(std::max<int64_t>(zero_point, 0), 255));  // the code of 0.0
+  if (c == 3 && (c_out == 3 || c_out == 4) && hw % 16 == 0 && HasAvx512Vbmi()) {
+    for (int64_t b = 0; b < n; ++b) {
+      QuantizeRgbAvx512Vbmi(src + b * c * hw, hw, inv_scale, zp, c_out == 4, fill, dst + b * c_out * hw);
+    }
     return q;
   }
+  std::vector<uint8_t> planes(static_cast<size_t>(c_out * hw), fill);
   for (int64_t b = 0; b < n; ++b) {
     for (int64_t ch = 0; ch < c; ++ch) QuantizePlane(src + (b * c + ch) * hw, hw, inv_scale, zp, planes.data() + ch * hw);
-    Interleave(planes.data(), c, hw, dst + b * c * hw);
+    Interleave(planes.data(), c_out, hw, dst + b * c_out * hw);
   }
   return q;
 }

@@ -10,8 +10,9 @@ namespace quantd::engine {
 
 // at::quantize_per_tensor(x, scale, zero_point, quint8) for a 4-D float
 // tensor, written straight into channels-last layout (what oneDNN's int8
-// convolutions read), without LibTorch's scalar loop and reorder.
-at::Tensor QuantizeToChannelsLast(const at::Tensor& x, double scale, int64_t zero_point);
+// convolutions read), without LibTorch's scalar loop and reorder. With
+// `channels` larger than x's, the extra channels hold the code of 0.0.
+at::Tensor QuantizeToChannelsLast(const at::Tensor& x, double scale, int64_t zero_point, int64_t channels = 0);
 
 // Constant zero pad of an int8 tensor (F.pad order: last dim first), done on
 // the raw bytes with the zero point as fill, in the input's memory layout.

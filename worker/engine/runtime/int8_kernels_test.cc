@@ -24,6 +24,20 @@ TEST(QuantizeToChannelsLastTest, SameCodesAsLibTorch) {
   }
 }
 
+TEST(QuantizeToChannelsLastTest, ExtraChannelsHoldTheZeroPoint) {
+  at::manual_seed(6);
+  const at::Tensor pixels = at::floor(at::rand({2, 3, 4, 8}) * 256);  // 32 pixels: the vector path
+  const at::Tensor odd = at::floor(at::rand({2, 3, 3, 3}) * 256);     // 9 pixels: the plain path
+  for (const at::Tensor& x : {pixels, odd}) {
+    const at::Tensor ours = QuantizeToChannelsLast(x, 2.0078, 7, 4);
+    ASSERT_EQ(ours.size(1), 4);
+    EXPECT_TRUE(ours.is_contiguous(at::MemoryFormat::ChannelsLast));
+    const at::Tensor expected = at::quantize_per_tensor(x, 2.0078, 7, at::kQUInt8);
+    EXPECT_TRUE(at::equal(ours.int_repr().slice(1, 0, 3), expected.int_repr()));
+    EXPECT_TRUE(at::equal(ours.int_repr().select(1, 3), at::full_like(ours.int_repr().select(1, 3), 7)));
+  }
+}
+
 TEST(ZeroPadInt8Test, SameAsPaddingTheFloatTensor) {
   at::manual_seed(4);
   const at::Tensor q = at::quantize_per_tensor(at::randn({2, 4, 5, 6}), 0.05, 130, at::kQUInt8);

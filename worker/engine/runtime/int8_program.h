@@ -75,8 +75,22 @@ class Int8Executor {
   std::vector<std::optional<c10::OperatorHandle>> kernels_;  // quantized::*, by instruction index
   std::vector<std::vector<int64_t>> pads_;      // kPad amounts, by instruction index
   std::vector<bool> int8_relu_;                 // kOp aten::relu on int8 (own kernel), by instruction index
+  // RGB inputs widened to RGBX for the convolutions that read them (see
+  // WidenRgbInputs), by instruction index: the quantize's channel count (0:
+  // as is), and the conv packs' arguments and default packs.
+  std::vector<int64_t> quantize_channels_;
+  std::vector<std::vector<c10::IValue>> prepack_args_;
+  std::vector<c10::IValue> own_packs_;
+  // An int8 add whose only reader is an int8 ReLU runs as add_relu when no tap
+  // watches (the ReLU keeps the add's qparams, so the codes are the same) and
+  // the ReLU passes its input on, by instruction index.
+  std::optional<c10::OperatorHandle> add_relu_kernel_;
+  std::vector<char> add_then_relu_;
+  std::vector<char> relu_after_add_;
   std::vector<std::vector<int>> dead_after_;    // slots last read by each instruction
 
+  void WidenRgbInputs();
+  void FuseAddRelu();
   // Packs for one batch size, by instruction index (empty for non-kernels).
   const std::vector<c10::IValue>* PacksFor(int64_t batch_size) const;
   static constexpr size_t kMaxPackedBatchSizes = 4;
