@@ -97,7 +97,11 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   };
 
   JobState final_state = JobState::kSucceeded;
-  absl::StatusOr<EngineOutput> output = engine_->Run(options);
+  // A job whose own deadline passed before a worker got to it never starts.
+  const bool expired_while_queued = clock_->Now() > deadline;
+  absl::StatusOr<EngineOutput> output =
+      expired_while_queued ? absl::StatusOr<EngineOutput>(absl::CancelledError("deadline passed while queued"))
+                           : engine_->Run(options);
   if (output.ok()) {
     if (current != JobPhase::kStoring) enter_phase(JobPhase::kStoring);
     absl::StatusOr<StoredArtifact> stored = artifacts_->Put(output->artifact, output->manifest_json);
@@ -122,6 +126,10 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     result.error_message = stop->cancel_reason.empty()
                                ? std::string("cancelled by CancelJob")
                                : absl::StrCat("cancelled: ", stop->cancel_reason);
+  } else if (expired_while_queued) {
+    final_state = JobState::kCancelled;
+    result.error_code = absl::StatusCode::kDeadlineExceeded;
+    result.error_message = "the job's deadline passed while it was queued";
   } else if (deadline_hit) {
     final_state = JobState::kFailed;
     result.error_code = absl::StatusCode::kDeadlineExceeded;

@@ -193,6 +193,21 @@ TEST_F(WorkerPoolTest, DeadlineFailsTheJobOnTheFakeClock) {
   EXPECT_EQ(engine_.batches_run.load(), 5);
 }
 
+// job.proto: a job whose deadline passes while it is still queued is cancelled.
+TEST_F(WorkerPoolTest, DeadlinePassedWhileQueuedCancelsWithoutRunning) {
+  FakeClock clock;
+  auto pool = NewPool({}, &clock);
+  Job late = NewJob("late");
+  late.deadline = clock.Now() - absl::Seconds(1);
+  const std::string id = pool->Submit(late)->id;
+  pool->Start();
+  Job job = WaitForState(id, JobState::kCancelled);
+  ASSERT_TRUE(job.result.has_value());
+  EXPECT_EQ(job.result->error_code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(job.result->error_message, HasSubstr("while it was queued"));
+  EXPECT_TRUE(engine_.order().empty());  // the engine never saw it
+}
+
 TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
   std::string id;
   {
