@@ -54,6 +54,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   JobPhase current = JobPhase::kNone;
   absl::Time phase_start = clock_->Now();
   bool deadline_hit = false;
+  std::optional<std::string> cancel_requested;  // the reason, when requested through the store
 
   auto enter_phase = [&](JobPhase phase) {
     const absl::Time now = clock_->Now();
@@ -89,6 +90,12 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       events_->Publish(job, event);
     }
     if (stop->cancelled.load() || stop->shutting_down.load()) return false;
+    // A cancel requested through the store, possibly by another server process.
+    if (absl::StatusOr<std::optional<std::string>> requested = store_->CancelRequest(job.id);
+        requested.ok() && requested->has_value()) {
+      cancel_requested = **requested;
+      return false;
+    }
     if (clock_->Now() > deadline) {
       deadline_hit = true;
       return false;
@@ -120,12 +127,12 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     (void)store_->Release(job.id, job.attempt_count);
     job.state = JobState::kQueued;
     return job;
-  } else if (stop->cancelled.load() && output.status().code() == absl::StatusCode::kCancelled) {
+  } else if ((stop->cancelled.load() || cancel_requested.has_value()) &&
+             output.status().code() == absl::StatusCode::kCancelled) {
     final_state = JobState::kCancelled;
     result.error_code = absl::StatusCode::kCancelled;
-    result.error_message = stop->cancel_reason.empty()
-                               ? std::string("cancelled by CancelJob")
-                               : absl::StrCat("cancelled: ", stop->cancel_reason);
+    const std::string reason = stop->cancelled.load() ? stop->cancel_reason : *cancel_requested;
+    result.error_message = reason.empty() ? std::string("cancelled by CancelJob") : absl::StrCat("cancelled: ", reason);
   } else if (expired_while_queued) {
     final_state = JobState::kCancelled;
     result.error_code = absl::StatusCode::kDeadlineExceeded;

@@ -49,6 +49,12 @@ class JobStore {
   // QUEUED -> CANCELLED. FAILED_PRECONDITION if the job is not QUEUED.
   virtual absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason,
                                            absl::Time now) = 0;
+  // Records a request to cancel a RUNNING job, for whichever process runs it:
+  // its runner polls CancelRequest between batches. FAILED_PRECONDITION if
+  // the job is not RUNNING.
+  virtual absl::Status RequestCancel(const std::string& id, const std::string& reason) = 0;
+  // The reason given with a pending cancel request; nullopt if there is none.
+  virtual absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) = 0;
   // Deletes a finished job. FAILED_PRECONDITION if it has not finished.
   virtual absl::Status Delete(const std::string& id) = 0;
   // Succeeded jobs that produced this artifact, oldest first.

@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_artifact ON jobs(artifact_id);
+CREATE TABLE IF NOT EXISTS cancel_requests (
+  id TEXT PRIMARY KEY,
+  reason TEXT NOT NULL
+);
 )sql";
 
 constexpr char kColumns[] =
@@ -291,7 +295,38 @@ absl::Status SqliteJobStore::Finish(const std::string& id, uint32_t attempt, Job
     return absl::FailedPreconditionError(
         absl::StrCat("job ", id, " attempt ", attempt, " is no longer running"));
   }
+  return ClearCancelRequestLocked(id);
+}
+
+absl::Status SqliteJobStore::ClearCancelRequestLocked(const std::string& id) {
+  Stmt s(db_, "DELETE FROM cancel_requests WHERE id = ?1");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id);
+  return s.Step().status();
+}
+
+absl::Status SqliteJobStore::RequestCancel(const std::string& id, const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "INSERT OR REPLACE INTO cancel_requests (id, reason) "
+         "SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND state = 2)");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id).Bind(2, reason);
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  if (sqlite3_changes(db_) != 1) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is not RUNNING"));
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<std::string>> SqliteJobStore::CancelRequest(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT reason FROM cancel_requests WHERE id = ?1");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id);
+  QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::optional<std::string>();
+  return std::optional<std::string>(s.Text(0));
 }
 
 absl::Status SqliteJobStore::Release(const std::string& id, uint32_t attempt) {
@@ -332,7 +367,8 @@ absl::Status SqliteJobStore::Delete(const std::string& id) {
   Stmt s(db_, "DELETE FROM jobs WHERE id = ?1 AND state IN (3, 4, 5)");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id);
-  return s.Step().status();
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  return ClearCancelRequestLocked(id);  // one left by a crashed runner
 }
 
 absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::string& artifact_id) {

@@ -30,6 +30,8 @@ class SqliteJobStore final : public JobStore {
   absl::Status Finish(const std::string& id, uint32_t attempt, JobState state,
                       const JobResult& result, absl::Time now) override;
   absl::Status Release(const std::string& id, uint32_t attempt) override;
+  absl::Status RequestCancel(const std::string& id, const std::string& reason) override;
+  absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) override;
   absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason,
                                    absl::Time now) override;
   absl::Status Delete(const std::string& id) override;
@@ -43,6 +45,7 @@ class SqliteJobStore final : public JobStore {
   explicit SqliteJobStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Job> GetLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ClearCancelRequestLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);

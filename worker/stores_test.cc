@@ -120,6 +120,29 @@ TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {
   EXPECT_TRUE((*store)->Create(NewJob("e", 5), 2).ok());
 }
 
+TEST(SqliteJobStoreTest, CancelRequestsAreForRunningJobsAndClearedByFinish) {
+  const std::string path = TempDir("cancel") + "/jobs.db";
+  auto store = SqliteJobStore::Open(path);
+  ASSERT_TRUE(store.ok());
+  ASSERT_TRUE((*store)->Create(NewJob("a", 1), 10).ok());
+  EXPECT_EQ((*store)->RequestCancel("a", "too early").code(), absl::StatusCode::kFailedPrecondition);  // QUEUED
+  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(2));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  EXPECT_FALSE((*store)->CancelRequest("a")->has_value());
+  ASSERT_TRUE((*store)->RequestCancel("a", "user asked").ok());
+  // Another process opening the same file sees the request.
+  auto other = SqliteJobStore::Open(path);
+  ASSERT_TRUE(other.ok());
+  auto seen = (*other)->CancelRequest("a");
+  ASSERT_TRUE(seen.ok() && seen->has_value());
+  EXPECT_EQ(**seen, "user asked");
+  JobResult result;
+  result.error_code = absl::StatusCode::kCancelled;
+  ASSERT_TRUE((*store)->Finish("a", 1, JobState::kCancelled, result, absl::FromUnixSeconds(3)).ok());
+  EXPECT_FALSE((*store)->CancelRequest("a")->has_value());
+  EXPECT_EQ((*store)->RequestCancel("a", "late").code(), absl::StatusCode::kFailedPrecondition);  // finished
+}
+
 TEST(SqliteJobStoreTest, RecoveryRequeuesThenFailsAfterTwoCrashes) {
   std::string path = TempDir("jobs") + "/jobs.db";
   {

@@ -91,17 +91,23 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
     QUANTD_ASSIGN_OR_RETURN(job, store_->Get(id));
   }
   if (job.state == JobState::kRunning) {
-    absl::MutexLock lock(&mu_);
-    auto it = running_.find(id);
-    if (it != running_.end()) {
-      if (!it->second->cancelled.load()) {
-        it->second->cancel_reason = reason;
-        it->second->cancelled.store(true);
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = running_.find(id);
+      if (it != running_.end()) {
+        if (!it->second->cancelled.load()) {
+          it->second->cancel_reason = reason;
+          it->second->cancelled.store(true);
+        }
+        return job;
       }
-      return job;
     }
-    return absl::UnavailableError(absl::StrCat(
-        "job ", id, " is running in another server process; cancel it there"));
+    // Another process runs it: leave the request in the shared store, which
+    // that process's runner polls between batches.
+    const absl::Status requested = store_->RequestCancel(id, reason);
+    if (requested.ok()) return job;
+    if (requested.code() != absl::StatusCode::kFailedPrecondition) return requested;
+    QUANTD_ASSIGN_OR_RETURN(job, store_->Get(id));  // it finished meanwhile
   }
   return absl::FailedPreconditionError(
       absl::StrCat("job ", id, " has already finished (", JobStateName(job.state), ")"));

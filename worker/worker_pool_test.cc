@@ -181,6 +181,25 @@ TEST_F(WorkerPoolTest, CancelQueuedAtOnceAndRunningAtNextBatch) {
   EXPECT_EQ(pool->Cancel("job-unknown", "").status().code(), absl::StatusCode::kNotFound);
 }
 
+// Two server processes share one store: the one that did not claim the job
+// can still cancel it, through the store.
+TEST_F(WorkerPoolTest, CancelReachesAJobRunningInAnotherProcess) {
+  engine_.pause_at_batch = 2;
+  auto runner = NewPool();
+  auto other = NewPool();  // never started: it only serves RPCs
+  const std::string id = runner->Submit(NewJob("shared"))->id;
+  runner->Start();
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  auto accepted = other->Cancel(id, "from replica b");
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  EXPECT_EQ(accepted->state, JobState::kRunning);  // stops at the next batch boundary
+  engine_.release.Notify();
+  Job job = WaitForState(id, JobState::kCancelled);
+  EXPECT_EQ(engine_.batches_of("shared"), 2);
+  EXPECT_THAT(job.result->error_message, HasSubstr("from replica b"));
+  EXPECT_FALSE(store_->CancelRequest(id)->has_value());  // cleared with the result
+}
+
 TEST_F(WorkerPoolTest, DeadlineFailsTheJobOnTheFakeClock) {
   FakeClock clock;
   engine_.clock = &clock;
