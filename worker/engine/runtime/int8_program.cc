@@ -227,8 +227,10 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           c10::IValue a = EvaluateOperand(instr.inputs[0], slots);
           c10::IValue b = EvaluateOperand(instr.inputs[1], slots);
           const bool relu = instr.relu || (add_then_relu_[k] && !tap);
-          // QNNPACK's add has its own fixed-point arithmetic: leave it to the operator.
-          if (at::globalContext().qEngine() != at::QEngine::QNNPACK && a.isTensor() && b.isTensor()) {
+          // quantized::add's arithmetic follows the global quantized engine
+          // (QNNPACK has its own fixed-point add), not a pack: it is the
+          // program's kernel engine, as when Python runs the artifact.
+          if (program_->kernel_engine != "qnnpack" && a.isTensor() && b.isTensor()) {
             at::Tensor sum = AddInt8(a.toTensor(), b.toTensor(), instr.scale, instr.zero_point, relu);
             if (sum.defined()) {
               stack.push_back(std::move(sum));
@@ -239,11 +241,10 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           stack.push_back(std::move(b));
           stack.push_back(instr.scale);
           stack.push_back(instr.zero_point);
-          if (relu && !instr.relu) {
-            add_relu_kernel_->callBoxed(stack);
-          } else {
-            kernels_[k]->callBoxed(stack);
-          }
+          const c10::OperatorHandle& add = relu && !instr.relu ? *add_relu_kernel_ : *kernels_[k];
+          absl::Status added =
+              WithKernelEngine(program_->kernel_engine, instr.name, [&]() { add.callBoxed(stack); });
+          if (!added.ok()) return added;
           break;
         }
         case InstrKind::kPad:

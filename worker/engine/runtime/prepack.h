@@ -7,6 +7,7 @@
 
 #include <ATen/core/ivalue.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,12 @@ namespace quantd::engine {
 // dilation, groups) or quantized::linear_prepack (weight, bias) take them.
 absl::StatusOr<c10::IValue> PrepackConv2d(const std::string& kernel_engine, const std::vector<c10::IValue>& args);
 absl::StatusOr<c10::IValue> PrepackLinear(const std::string& kernel_engine, const std::vector<c10::IValue>& args);
+
+// Runs `fn` with the process-global quantized engine set to `kernel_engine`,
+// under the same lock: for operators (quantized::add) whose arithmetic
+// follows the global engine rather than a pack. `what` names it in errors.
+absl::Status WithKernelEngine(const std::string& kernel_engine, const std::string& what,
+                              const std::function<void()>& fn);
 
 // "onednn", "qnnpack", ... as compiled into this LibTorch.
 std::vector<std::string> AvailableKernelEngineNames();
