@@ -104,8 +104,9 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   };
 
   JobState final_state = JobState::kSucceeded;
-  // A job whose own deadline passed before a worker got to it never starts.
-  const bool expired_while_queued = clock_->Now() > deadline;
+  // A job whose own deadline passed before a worker got to it never starts
+  // (the server-wide limit counts from the start, so only the job's own).
+  const bool expired_while_queued = job.deadline.has_value() && clock_->Now() > *job.deadline;
   absl::StatusOr<EngineOutput> output =
       expired_while_queued ? absl::StatusOr<EngineOutput>(absl::CancelledError("deadline passed while queued"))
                            : engine_->Run(options);

@@ -71,12 +71,16 @@ absl::StatusOr<Job> WorkerPool::Submit(Job job) {
 }
 
 absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string& reason) {
-  QUANTD_ASSIGN_OR_RETURN(Job job, store_->Get(id));
-  if (job.state == JobState::kQueued) {
-    absl::StatusOr<Job> cancelled =
-        store_->CancelQueued(id, reason.empty() ? "cancelled by CancelJob" : "cancelled: " + reason,
-                             clock_->Now());
-    if (cancelled.ok()) {
+  // The job may move between states while we look (claimed, or requeued by a
+  // stopping server): try again from its new state a few times.
+  for (int round = 0; round < 3; ++round) {
+    QUANTD_ASSIGN_OR_RETURN(Job job, store_->Get(id));
+    if (job.state == JobState::kQueued) {
+      absl::StatusOr<Job> cancelled =
+          store_->CancelQueued(id, reason.empty() ? "cancelled by CancelJob" : "cancelled: " + reason,
+                               clock_->Now());
+      if (cancelled.status().code() == absl::StatusCode::kFailedPrecondition) continue;  // claimed meanwhile
+      if (!cancelled.ok()) return cancelled.status();
       JobEvent state_event;
       state_event.kind = JobEvent::Kind::kStateChanged;
       state_event.state = JobState::kCancelled;
@@ -87,10 +91,10 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
       events_.Publish(*cancelled, result_event);
       return cancelled;
     }
-    // A worker claimed it meanwhile: fall through to the running case.
-    QUANTD_ASSIGN_OR_RETURN(job, store_->Get(id));
-  }
-  if (job.state == JobState::kRunning) {
+    if (job.state != JobState::kRunning) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("job ", id, " has already finished (", JobStateName(job.state), ")"));
+    }
     {
       absl::MutexLock lock(&mu_);
       auto it = running_.find(id);
@@ -107,10 +111,8 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
     const absl::Status requested = store_->RequestCancel(id, reason);
     if (requested.ok()) return job;
     if (requested.code() != absl::StatusCode::kFailedPrecondition) return requested;
-    QUANTD_ASSIGN_OR_RETURN(job, store_->Get(id));  // it finished meanwhile
   }
-  return absl::FailedPreconditionError(
-      absl::StrCat("job ", id, " has already finished (", JobStateName(job.state), ")"));
+  return absl::UnavailableError(absl::StrCat("job ", id, " kept changing state; try again"));
 }
 
 absl::Status WorkerPool::Delete(const std::string& id) {

@@ -110,7 +110,7 @@ class HistogramObserver : public Observer {
     }
     const auto threads = static_cast<size_t>(at::get_num_threads());
     while (thread_counters_.size() < threads) thread_counters_.emplace_back(bins_);
-    std::vector<char> used(threads, 0);  // one byte per thread: no shared words
+    std::vector<char> used(threads, 0);  // a byte per thread: no bit-packed words shared
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       const auto t = static_cast<size_t>(at::get_thread_num());
       if (!used[t]) thread_counters_[t].Clear();

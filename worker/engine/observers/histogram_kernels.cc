@@ -21,9 +21,11 @@ void BinIndices(const float* __restrict x, int64_t m, float left, float right, f
     const float v = x[i];
     const bool inside = (v >= left) & (v <= right);
     const float clamped = inside ? v : left;
-    int32_t pos = static_cast<int32_t>((clamped - left) * scale / width);
-    pos = pos > last ? last : pos;
-    index[i] = inside ? pos : dump;
+    // Clamped in float before the cast, so a degenerate range (zero or
+    // subnormal width: NaN or inf quotients) stays in bounds instead of UB.
+    const float q = (clamped - left) * scale / width;
+    const float bounded = std::min(std::max(0.0f, q), static_cast<float>(last));  // NaN -> 0
+    index[i] = inside ? static_cast<int32_t>(bounded) : dump;
   }
 }
 
@@ -90,6 +92,7 @@ __attribute__((target("avx512f"))) int64_t CompactBinIndicesAvx512(const float* 
   const __m512 v_half = _mm512_set1_ps(0.5f);
   const __m512 v_margin = _mm512_set1_ps(0x1p-21f);  // 4 ulp, relative
   const __m512i v_last = _mm512_set1_epi32(last);
+  const __m512i v_zero_index = _mm512_setzero_si512();
   const __m512i v_zero_bin = _mm512_set1_epi32(zero_bin);
   int64_t written = 0;
   int64_t zeros = 0;
@@ -99,7 +102,7 @@ __attribute__((target("avx512f"))) int64_t CompactBinIndicesAvx512(const float* 
     const __mmask16 inside = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(valid, v, v_left, _CMP_GE_OQ), v,
                                                      v_right, _CMP_LE_OQ);
     // (x - left) * bins / width, truncated. A multiply by the reciprocal is
-    // within 1.5 ulp of the correctly rounded quotient, so it truncates the
+    // within 3 ulp of the correctly rounded quotient, so it truncates the
     // same unless it lies that close to an integer; those rare lanes divide.
     const __m512 t = _mm512_mul_ps(_mm512_sub_ps(v, v_left), v_scale);
     __m512 q = _mm512_mul_ps(t, v_inverse_width);
@@ -108,7 +111,7 @@ __attribute__((target("avx512f"))) int64_t CompactBinIndicesAvx512(const float* 
     const __mmask16 close = _mm512_mask_cmp_ps_mask(
         _mm512_mask_cmp_ps_mask(inside, q, v_half, _CMP_GE_OQ), distance, _mm512_mul_ps(q, v_margin), _CMP_LE_OQ);
     if (close != 0) q = _mm512_mask_div_ps(q, close, t, v_width);
-    const __m512i pos = _mm512_min_epi32(_mm512_cvttps_epi32(q), v_last);
+    const __m512i pos = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvttps_epi32(q), v_zero_index), v_last);
     const __mmask16 in_zero = _mm512_mask_cmpeq_epi32_mask(inside, pos, v_zero_bin);
     const __mmask16 keep = inside & static_cast<__mmask16>(~in_zero);
     _mm512_storeu_si512(out + written, _mm512_maskz_compress_epi32(keep, pos));
@@ -278,12 +281,16 @@ void BinCounter::Add(const float* data, int64_t n, HistcRange range) {
     }
     for (; i < m; ++i) ++counts_[static_cast<size_t>(index[i] * kCopies)];
   };
-  if (HasAvx512()) {
+  // The reciprocal shortcut needs a normal reciprocal (its error bound).
+  const float inverse_width = 1.0f / width;
+  if (HasAvx512() && std::isnormal(inverse_width) && std::isnormal(width)) {
     // Elements in the bin of 0.0 (ReLU's spike) are only counted, and
     // out-of-range ones dropped, before the scalar scatter.
     const bool zero_inside = left <= 0.0f && 0.0f <= right;
     const int32_t zero_bin =
-        zero_inside ? std::min(last, static_cast<int32_t>((0.0f - left) * scale / width)) : -1;
+        zero_inside ? static_cast<int32_t>(std::min(std::max(0.0f, (0.0f - left) * scale / width),
+                                                    static_cast<float>(last)))
+                    : -1;
     int64_t in_zero_bin = 0;
     for (int64_t start = 0; start < n; start += kBlock) {
       const int64_t m = std::min(kBlock, n - start);

@@ -56,6 +56,17 @@ TEST(HistcTest, ValuesOnAndBesideBinEdgesMatchTorch) {
   }
 }
 
+// A ReLU output of zeros and a few subnormals: the data's own range is
+// subnormal, its reciprocal infinite. Counted like torch.histc, in bounds.
+TEST(HistcTest, SubnormalRangeMatchesTorch) {
+  std::vector<float> values(100, 0.0f);
+  values[7] = 1e-40f;
+  values[50] = 5e-41f;
+  values[99] = 3e-42f;
+  at::Tensor x = at::tensor(values);
+  EXPECT_EQ(Histc(values.data(), 100, 2048, 0.0, 0.0), TorchHistc(x, 2048, 0.0, 0.0));
+}
+
 TEST(HistcTest, EmptyRangeIsWidened) {
   std::vector<float> x(10, 4.0f);
   const std::vector<float> hist = Histc(x.data(), 10, 4, 4.0, 4.0);

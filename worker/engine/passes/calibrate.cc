@@ -42,6 +42,7 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     });
   };
   const int64_t total = (dataset->size() + batch_size - 1) / batch_size;
+  const bool copy_observed = executor.MutatesValues();
   at::NoGradGuard no_grad;
   for (int64_t b = 0; b < total; ++b) {
     const int64_t start = b * batch_size;
@@ -53,10 +54,13 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
             executor.Run({batch.images.slice(0, first, first + forward_batch)}, [&](int value, const at::Tensor& t) {
               Observer* o = observers[static_cast<size_t>(value)].get();
               if (o == nullptr) return;
+              // Observers see a value as produced, as PyTorch's forward hooks
+              // do: a copy when a later in-place op could overwrite it.
+              const at::Tensor seen = copy_observed ? t.clone() : t;
               if (options.overlap) {
-                observed[o].push_back(t);
+                observed[o].push_back(seen);
               } else {
-                o->ObserveChunk(t);
+                o->ObserveChunk(seen);
               }
             });
         if (!outputs.ok()) return outputs.status();

@@ -34,7 +34,10 @@ absl::StatusOr<Fp32Executor> Fp32Executor::Create(const Graph* graph) {
   absl::Status status = TorchTry("preparing the FP32 operators", [&]() {
     executor.ops_.assign(graph->nodes.size(), torch::jit::Operation(nullptr));
     for (const Node& node : graph->nodes) {
-      if (!node.removed) executor.ops_[static_cast<size_t>(node.id)] = node.jit_node->getOperation();
+      if (node.removed) continue;
+      executor.ops_[static_cast<size_t>(node.id)] = node.jit_node->getOperation();
+      const c10::FunctionSchema* schema = node.jit_node->maybeSchema();
+      if (schema != nullptr && schema->is_mutable()) executor.mutates_values_ = true;
     }
     return absl::OkStatus();
   });

@@ -23,12 +23,17 @@ class Fp32Executor {
  public:
   static absl::StatusOr<Fp32Executor> Create(const Graph* graph);
 
+  // Whether some op writes into one of its inputs (aten::add_, relu_, ...):
+  // a tapped tensor may then change after the tap saw it.
+  bool MutatesValues() const { return mutates_values_; }
+
   // Runs forward on `inputs` (one per graph input). Returns the outputs.
   absl::StatusOr<std::vector<c10::IValue>> Run(const std::vector<c10::IValue>& inputs, const ValueTap& tap = nullptr) const;
 
  private:
   const Graph* graph_ = nullptr;
   mutable std::vector<torch::jit::Operation> ops_;  // by node id (calling one is non-const)
+  bool mutates_values_ = false;
 };
 
 }  // namespace quantd::engine

@@ -1,13 +1,16 @@
 #include "worker/engine/runtime/int8_kernels.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace quantd::engine {
@@ -49,7 +52,6 @@ void Interleave(const uint8_t* __restrict planes, int64_t c, int64_t hw, uint8_t
 struct AddParams {
   float a_scale, a_premul;  // premul = scale * -zero_point, for a fused multiply-add
   float b_scale, b_premul;
-  float a_zp, b_zp;         // for the scalar tail
   float out_scale, inverse_scale;
   int32_t zero_point;
   bool relu;
@@ -67,16 +69,6 @@ inline uint8_t AddVectorFormula(uint8_t qa, uint8_t qb, const AddParams& p) {
   const auto r = static_cast<int32_t>(static_cast<uint32_t>(static_cast<int32_t>(std::nearbyint(t))) +
                                       static_cast<uint32_t>(p.zero_point));
   return static_cast<uint8_t>(std::min(std::max(r, 0), 255));
-}
-
-// The scalar tail: dequantize_val and quantize_val.
-inline uint8_t AddScalarFormula(uint8_t qa, uint8_t qb, const AddParams& p) {
-  const auto da = static_cast<float>(static_cast<double>(static_cast<float>(qa) - p.a_zp) * p.a_scale);
-  const auto db = static_cast<float>(static_cast<double>(static_cast<float>(qb) - p.b_zp) * p.b_scale);
-  float c = da + db;
-  if (p.relu) c = std::max(c, 0.0f);
-  const float shifted = static_cast<float>(p.zero_point) + std::nearbyint(c * p.inverse_scale);
-  return static_cast<uint8_t>(std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(shifted), 0), 255));
 }
 
 // GCC 12 flags the "undefined" vectors inside its own AVX-512 intrinsics.
@@ -166,6 +158,29 @@ bool HasAvx512Bw() {
   return has;
 }
 
+// LibTorch computes an element with the vectorized formula unless it falls in
+// the tail of a range its TensorIterator hands to one thread (ranges are split
+// as at::parallel_for does past GRAIN_SIZE elements; the tail is what is left
+// after whole 64- or 128-byte steps, by CPU capability). The vector path needs
+// AVX2 kernels (an FMA dequantize); ATEN_CPU_CAPABILITY=default turns them off.
+// So: covered when every range is a multiple of 128 elements.
+bool VectorizedAddCovers(int64_t n) {
+  static const bool avx2_kernels = [] {
+    const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
+    const bool vector_capability = forced == nullptr || std::string(forced) == "avx2" || std::string(forced) == "avx512";
+    return vector_capability && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  if (!avx2_kernels) return false;
+  constexpr int64_t kStep = 128;
+  constexpr int64_t kGrain = 32768;  // at::internal::GRAIN_SIZE
+  const int64_t threads = at::get_num_threads();
+  if (n < kGrain || threads == 1) return n % kStep == 0;
+  const int64_t teams = std::min(threads, (n + kGrain - 1) / kGrain);
+  const int64_t chunk = (n + teams - 1) / teams;
+  const int64_t last = n - (teams - 1) * chunk;
+  return chunk % kStep == 0 && last > 0 && last % kStep == 0;
+}
+
 // Dense in one of the two layouts the int8 runtime produces.
 std::optional<at::MemoryFormat> DenseLayout(const at::Tensor& t) {
   if (t.is_contiguous()) return at::MemoryFormat::Contiguous;
@@ -185,13 +200,12 @@ at::Tensor AddInt8(const at::Tensor& a, const at::Tensor& b, double scale, int64
   // Both in one layout and, for 4-D tensors, one the tensor is unambiguously in
   // (TensorIterator then walks memory in order, as here).
   if (!layout || DenseLayout(b) != layout || a.strides() != b.strides()) return at::Tensor();
+  if (!VectorizedAddCovers(a.numel())) return at::Tensor();
   AddParams p;
   p.a_scale = static_cast<float>(a.q_scale());
   p.b_scale = static_cast<float>(b.q_scale());
-  p.a_zp = static_cast<float>(a.q_zero_point());
-  p.b_zp = static_cast<float>(b.q_zero_point());
-  p.a_premul = p.a_scale * -p.a_zp;
-  p.b_premul = p.b_scale * -p.b_zp;
+  p.a_premul = p.a_scale * -static_cast<float>(a.q_zero_point());
+  p.b_premul = p.b_scale * -static_cast<float>(b.q_zero_point());
   p.out_scale = static_cast<float>(scale);
   p.inverse_scale = 1.0f / p.out_scale;
   p.zero_point = static_cast<int32_t>(zero_point);
@@ -203,12 +217,8 @@ at::Tensor AddInt8(const at::Tensor& a, const at::Tensor& b, double scale, int64
   const auto* pb = reinterpret_cast<const uint8_t*>(b.data_ptr());
   auto* po = reinterpret_cast<uint8_t*>(out.data_ptr());
   const int64_t n = a.numel();
-  // LibTorch (AVX2 build) runs whole pairs of 32-byte vectors, then the rest
-  // element by element with the scalar formulas.
-  const int64_t vector_part = n / 64 * 64;
-  int64_t i = HasAvx512() ? AddAvx512(pa, pb, po, vector_part, p) : 0;
-  for (; i < vector_part; ++i) po[i] = AddVectorFormula(pa[i], pb[i], p);
-  for (; i < n; ++i) po[i] = AddScalarFormula(pa[i], pb[i], p);
+  int64_t i = HasAvx512() ? AddAvx512(pa, pb, po, n, p) : 0;
+  for (; i < n; ++i) po[i] = AddVectorFormula(pa[i], pb[i], p);
   return out;
 }
 
@@ -271,11 +281,15 @@ at::Tensor ZeroPadInt8(const at::Tensor& q, const std::vector<int64_t>& pad) {
     const size_t dim = sizes.size() - 1 - i;
     sizes[dim] += pad[2 * i] + pad[2 * i + 1];
   }
+  // A tensor that is both (e.g. [N, C, 1, 1]) is read, and padded, as NCHW.
+  const bool channels_last = q.dim() == 4 && !q.is_contiguous() && q.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::MemoryFormat out_format = channels_last ? at::MemoryFormat::ChannelsLast
+                                      : q.is_contiguous() ? at::MemoryFormat::Contiguous
+                                                          : q.suggest_memory_format();
   at::Tensor out = at::_empty_affine_quantized(sizes, at::TensorOptions().dtype(q.scalar_type()), q.q_scale(),
-                                               zero_point, q.suggest_memory_format());
+                                               zero_point, out_format);
   uint8_t* dst = reinterpret_cast<uint8_t*>(out.data_ptr());
   const uint8_t* src = reinterpret_cast<const uint8_t*>(q.data_ptr());
-  const bool channels_last = q.dim() == 4 && q.is_contiguous(at::MemoryFormat::ChannelsLast);
   if (pad.size() == 4 && (channels_last || q.is_contiguous())) {
     // Rows are contiguous runs in both layouts: write each output row once,
     // fill and copied interior side by side.

@@ -18,10 +18,12 @@ at::Tensor QuantizeToChannelsLast(const at::Tensor& x, double scale, int64_t zer
 // the raw bytes with the zero point as fill, in the input's memory layout.
 at::Tensor ZeroPadInt8(const at::Tensor& q, const std::vector<int64_t>& pad);
 
-// quantized::add / add_relu as LibTorch 1.13 computes them on one thread
-// outside QNNPACK (dequantize with a fused multiply-add, add, requantize),
-// for two quint8 per-tensor tensors of one shape and one dense layout.
-// Returns an undefined tensor for any other case: call the operator then.
+// quantized::add / add_relu as LibTorch 1.13 computes them outside QNNPACK
+// (dequantize with a fused multiply-add, add, requantize), for two quint8
+// per-tensor tensors of one shape and one dense layout whose size LibTorch
+// runs wholly through its vector formula (no scalar tails at the current
+// intra-op thread count). Returns an undefined tensor for any other case:
+// call the operator then.
 at::Tensor AddInt8(const at::Tensor& a, const at::Tensor& b, double scale, int64_t zero_point, bool relu);
 
 // ReLU on a quint8 per-tensor tensor: max(code, zero point), same qparams

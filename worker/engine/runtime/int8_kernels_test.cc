@@ -41,11 +41,13 @@ TEST(QuantizeToChannelsLastTest, ExtraChannelsHoldTheZeroPoint) {
 TEST(ZeroPadInt8Test, SameAsPaddingTheFloatTensor) {
   at::manual_seed(4);
   const at::Tensor q = at::quantize_per_tensor(at::randn({2, 4, 5, 6}), 0.05, 130, at::kQUInt8);
-  for (const at::Tensor& input : {q, q.contiguous(at::MemoryFormat::ChannelsLast)}) {
+  const at::Tensor pixel = at::quantize_per_tensor(at::randn({3, 4, 1, 1}), 0.05, 130, at::kQUInt8);  // both layouts
+  for (const at::Tensor& input : {q, q.contiguous(at::MemoryFormat::ChannelsLast), pixel}) {
     for (const std::vector<int64_t>& pad : std::vector<std::vector<int64_t>>{{0, 1, 0, 1}, {2, 0, 1, 3}, {1, 1}}) {
       const at::Tensor ours = ZeroPadInt8(input, pad);
       const at::Tensor expected = at::quantize_per_tensor(at::constant_pad_nd(input.dequantize(), pad, 0.0), 0.05, 130,
                                                           at::kQUInt8);
+      ASSERT_EQ(ours.sizes(), expected.sizes());
       EXPECT_EQ(ours.sizes(), expected.sizes());
       EXPECT_TRUE(at::equal(ours.int_repr(), expected.int_repr()));
       EXPECT_EQ(ours.q_zero_point(), 130);
@@ -63,10 +65,11 @@ at::Tensor TorchAdd(const at::Tensor& a, const at::Tensor& b, double scale, int6
 }
 
 TEST(AddInt8Test, SameCodesAsLibTorch) {
-  at::set_num_threads(1);  // LibTorch's own tail handling depends on how threads split the range
   at::manual_seed(5);
-  // 64-multiples (all vectorized) and odd sizes (a scalar tail), both layouts.
-  for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{{4, 16, 8, 8}, {3, 5, 7, 9}, {2, 3, 1, 1}}) {
+  // One thread and a small tensor; two threads and a tensor LibTorch splits.
+  for (auto [threads, shape] : std::vector<std::pair<int, std::vector<int64_t>>>{{1, {4, 16, 8, 8}},
+                                                                                 {2, {8, 16, 32, 32}}}) {
+    at::set_num_threads(threads);
     const at::Tensor x = at::randn(shape) * 4, y = at::randn(shape) * 2 + 1;
     for (auto format : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
       const at::Tensor a = at::quantize_per_tensor(x, 0.0371, 131, at::kQUInt8).contiguous(format);
@@ -80,11 +83,12 @@ TEST(AddInt8Test, SameCodesAsLibTorch) {
           EXPECT_EQ(ours.q_scale(), theirs.q_scale());
           EXPECT_EQ(ours.q_zero_point(), theirs.q_zero_point());
           EXPECT_TRUE(at::equal(ours.int_repr(), theirs.int_repr()))
-              << "shape " << at::IntArrayRef(shape) << " scale " << scale << " relu " << relu;
+              << threads << " threads, scale " << scale << " relu " << relu;
         }
       }
     }
   }
+  at::set_num_threads(1);
 }
 
 TEST(AddInt8Test, OtherCasesAreLeftToTheOperator) {
@@ -93,6 +97,8 @@ TEST(AddInt8Test, OtherCasesAreLeftToTheOperator) {
   EXPECT_FALSE(AddInt8(a, signed_b, 0.1, 128, false).defined());
   EXPECT_FALSE(AddInt8(a, a.contiguous(at::MemoryFormat::ChannelsLast), 0.1, 128, false).defined());
   EXPECT_FALSE(AddInt8(a, a.slice(0, 0, 1), 0.1, 128, false).defined());
+  // 72 elements: LibTorch computes the last 8 with its scalar formula.
+  EXPECT_FALSE(AddInt8(a, a, 0.1, 128, false).defined());
 }
 
 TEST(ReluInt8Test, SameAsQuantizedRelu) {

@@ -82,16 +82,22 @@ void Int8Executor::WidenRgbInputs() {
       }
     }
     if (!all_rgb_convs || readers.empty()) continue;
-    std::vector<c10::IValue> packs;
-    for (size_t r : readers) {
-      std::vector<c10::IValue> args = program_->instrs[r].prepack_args;
-      args[0] = WidenWeight(args[0].toTensor(), 4);
-      auto packed = PrepackConv2d(program_->kernel_engine, args);
-      if (!packed.ok()) return;  // keep the program as it is
-      prepack_args_[r] = std::move(args);
-      packs.push_back(*packed);
+    // All readers or none: commit only once every widened pack is made.
+    std::vector<std::vector<c10::IValue>> args(readers.size());
+    std::vector<c10::IValue> packs(readers.size());
+    bool packed_all = true;
+    for (size_t i = 0; i < readers.size() && packed_all; ++i) {
+      args[i] = program_->instrs[readers[i]].prepack_args;
+      args[i][0] = WidenWeight(args[i][0].toTensor(), 4);
+      auto packed = PrepackConv2d(program_->kernel_engine, args[i]);
+      packed_all = packed.ok();
+      if (packed_all) packs[i] = *packed;
     }
-    for (size_t i = 0; i < readers.size(); ++i) own_packs_[readers[i]] = packs[i];
+    if (!packed_all) continue;  // keep this input as it is
+    for (size_t i = 0; i < readers.size(); ++i) {
+      prepack_args_[readers[i]] = std::move(args[i]);
+      own_packs_[readers[i]] = std::move(packs[i]);
+    }
     quantize_channels_[k] = 4;
   }
 }
@@ -260,7 +266,14 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
               break;
             }
           }
-          ops_[k](stack);
+          if (instr.on_int8) {
+            // Quantized pooling and friends pick their arithmetic from the
+            // global quantized engine (QNNPACK rounds differently).
+            absl::Status ran = WithKernelEngine(program_->kernel_engine, instr.name, [&]() { ops_[k](stack); });
+            if (!ran.ok()) return ran;
+          } else {
+            ops_[k](stack);
+          }
           break;
       }
       if (stack.size() != instr.outputs.size()) {
