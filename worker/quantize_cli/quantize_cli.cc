@@ -59,7 +59,8 @@ std::string QuantizeUsage() {
   --report PATH              manifest JSON (qconfig, fused groups, fallbacks, per-layer qparams and SQNR)
   --eval PATH                labeled set (.bin, or .npy with --eval-labels) for FP32 and int8 top-1
   --threads N                intra-op threads (default 1)
-  --overlap-observers        gather calibration statistics on a second thread (same result, faster)
+  --overlap-observers        gather calibration statistics on a second thread (same result;
+                             --threads 2 is faster: convolutions and observers both split)
   --quiet                    print only errors
 )";
 }
