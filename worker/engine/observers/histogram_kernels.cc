@@ -7,6 +7,8 @@
 
 #include <immintrin.h>
 
+#include "worker/engine/base/cpu_features.h"
+
 namespace quantd::engine {
 namespace {
 
@@ -148,11 +150,6 @@ __attribute__((target("avx512f"))) void MinMaxAvx512(const float* data, int64_t 
 }
 #pragma GCC diagnostic pop
 
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
-
 }  // namespace
 
 namespace {
@@ -224,7 +221,7 @@ double QuantizationError(const float* hist, int64_t bins, double bin_width, int6
 }
 
 MinMax FindMinMax(const float* data, int64_t n) {
-  if (HasAvx512()) {
+  if (CpuHasAvx512()) {
     MinMax result{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
     MinMaxAvx512(data, n, &result.min, &result.max);
     return result;
@@ -283,7 +280,7 @@ void BinCounter::Add(const float* data, int64_t n, HistcRange range) {
   };
   // The reciprocal shortcut needs a normal reciprocal (its error bound).
   const float inverse_width = 1.0f / width;
-  if (HasAvx512() && std::isnormal(inverse_width) && std::isnormal(width)) {
+  if (CpuHasAvx512() && std::isnormal(inverse_width) && std::isnormal(width)) {
     // Elements in the bin of 0.0 (ReLU's spike) are only counted, and
     // out-of-range ones dropped, before the scalar scatter.
     const bool zero_inside = left <= 0.0f && 0.0f <= right;

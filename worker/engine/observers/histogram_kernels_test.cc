@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "worker/engine/base/cpu_features.h"
+
 namespace quantd::engine {
 namespace {
 
@@ -11,10 +13,8 @@ std::vector<float> TorchHistc(const at::Tensor& x, int64_t bins, double lo, doub
   return std::vector<float>(h.data_ptr<float>(), h.data_ptr<float>() + h.numel());
 }
 
-class HistcTest : public ::testing::TestWithParam<int> {};
-
-TEST_P(HistcTest, MatchesTorchHistcBitForBit) {
-  at::manual_seed(GetParam());
+void ExpectHistcMatchesTorch(int seed) {
+  at::manual_seed(seed);
   at::Tensor relu_like = at::relu(at::randn({100, 16, 9, 7}) * 3.7);  // many exact zeros
   at::Tensor wide = at::randn({50000}) * 100 + 3;
   at::Tensor uniform = at::rand({4097}) * 255;
@@ -34,6 +34,17 @@ TEST_P(HistcTest, MatchesTorchHistcBitForBit) {
     EXPECT_EQ(found.min, mn.item<float>());
     EXPECT_EQ(found.max, mx.item<float>());
   }
+}
+
+class HistcTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(HistcTest, MatchesTorchHistcBitForBit) { ExpectHistcMatchesTorch(GetParam()); }
+
+// The portable loops (CPUs without AVX-512) give the same counts.
+TEST(HistcPortableTest, MatchesTorchHistcBitForBit) {
+  ForcePortableKernelsForTesting(true);
+  ExpectHistcMatchesTorch(4);
+  ForcePortableKernelsForTesting(false);
 }
 
 INSTANTIATE_TEST_SUITE_P(Seeds, HistcTest, ::testing::Values(1, 2, 3));

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "worker/engine/base/cpu_features.h"
+
 namespace quantd::engine {
 namespace {
 
@@ -143,21 +145,6 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) int64_t QuantizeRgbAvx512
 #undef QUANTD_CODES
 #pragma GCC diagnostic pop
 
-bool HasAvx512Vbmi() {
-  static const bool has = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
-  return has;
-}
-
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
-
-bool HasAvx512Bw() {
-  static const bool has = __builtin_cpu_supports("avx512bw");
-  return has;
-}
-
 // LibTorch computes an element with the vectorized formula unless it falls in
 // the tail of a range its TensorIterator hands to one thread (ranges are split
 // as at::parallel_for does past GRAIN_SIZE elements; the tail is what is left
@@ -217,7 +204,7 @@ at::Tensor AddInt8(const at::Tensor& a, const at::Tensor& b, double scale, int64
   const auto* pb = reinterpret_cast<const uint8_t*>(b.data_ptr());
   auto* po = reinterpret_cast<uint8_t*>(out.data_ptr());
   const int64_t n = a.numel();
-  int64_t i = HasAvx512() ? AddAvx512(pa, pb, po, n, p) : 0;
+  int64_t i = CpuHasAvx512() ? AddAvx512(pa, pb, po, n, p) : 0;
   for (; i < n; ++i) po[i] = AddVectorFormula(pa[i], pb[i], p);
   return out;
 }
@@ -230,7 +217,7 @@ at::Tensor ReluInt8(const at::Tensor& q) {
   const auto zero_point = static_cast<uint8_t>(std::min<int64_t>(std::max<int64_t>(q.q_zero_point(), 0), 255));
   const auto* in = reinterpret_cast<const uint8_t*>(q.data_ptr());
   auto* po = reinterpret_cast<uint8_t*>(out.data_ptr());
-  if (HasAvx512Bw()) {
+  if (CpuHasAvx512Bw()) {
     ReluAvx512Bw(in, po, q.numel(), zero_point);
   } else {
     for (int64_t i = 0; i < q.numel(); ++i) po[i] = std::max(in[i], zero_point);
@@ -253,7 +240,7 @@ at::Tensor QuantizeToChannelsLast(const at::Tensor& x_in, double scale, int64_t 
   const float inv_scale = 1.0f / static_cast<float>(scale);
   const float zp = static_cast<float>(zero_point);
   const auto fill = static_cast<uint8_t>(std::min<int64_t>(std::max<int64_t>(zero_point, 0), 255));  // the code of 0.0
-  if (c == 3 && (c_out == 3 || c_out == 4) && hw % 16 == 0 && HasAvx512Vbmi()) {
+  if (c == 3 && (c_out == 3 || c_out == 4) && hw % 16 == 0 && CpuHasAvx512Vbmi()) {
     for (int64_t b = 0; b < n; ++b) {
       QuantizeRgbAvx512Vbmi(src + b * c * hw, hw, inv_scale, zp, c_out == 4, fill, dst + b * c_out * hw);
     }

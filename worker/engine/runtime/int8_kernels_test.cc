@@ -5,6 +5,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 
+#include "worker/engine/base/cpu_features.h"
+
 namespace quantd::engine {
 namespace {
 
@@ -64,7 +66,10 @@ at::Tensor TorchAdd(const at::Tensor& a, const at::Tensor& b, double scale, int6
   return stack[0].toTensor();
 }
 
-TEST(AddInt8Test, SameCodesAsLibTorch) {
+void ExpectAddMatchesTorch() {
+  // The operator's arithmetic follows the global engine; quantd's add is the
+  // one outside QNNPACK (another test may have left QNNPACK set).
+  at::globalContext().setQEngine(at::QEngine::ONEDNN);
   at::manual_seed(5);
   // One thread and a small tensor; two threads and a tensor LibTorch splits.
   for (auto [threads, shape] : std::vector<std::pair<int, std::vector<int64_t>>>{{1, {4, 16, 8, 8}},
@@ -89,6 +94,23 @@ TEST(AddInt8Test, SameCodesAsLibTorch) {
     }
   }
   at::set_num_threads(1);
+}
+
+TEST(AddInt8Test, SameCodesAsLibTorch) { ExpectAddMatchesTorch(); }
+
+// The portable loops (CPUs without AVX-512) give the same codes.
+TEST(Int8KernelsPortableTest, SameCodesAsLibTorch) {
+  ForcePortableKernelsForTesting(true);
+  ExpectAddMatchesTorch();
+  const at::Tensor pixels = at::floor(at::rand({2, 3, 4, 8}) * 256);
+  for (int64_t channels : {0, 4}) {
+    const at::Tensor ours = QuantizeToChannelsLast(pixels, 2.0078, 7, channels);
+    const at::Tensor expected = at::quantize_per_tensor(pixels, 2.0078, 7, at::kQUInt8);
+    EXPECT_TRUE(at::equal(ours.int_repr().slice(1, 0, 3), expected.int_repr())) << channels;
+  }
+  const at::Tensor q = at::quantize_per_tensor(at::randn({3, 8, 5, 5}) * 3, 0.04, 100, at::kQUInt8);
+  EXPECT_TRUE(at::equal(ReluInt8(q).int_repr(), at::relu(q).int_repr()));
+  ForcePortableKernelsForTesting(false);
 }
 
 TEST(AddInt8Test, OtherCasesAreLeftToTheOperator) {
