@@ -7,7 +7,7 @@
 #include <ostream>
 
 #include "absl/strings/str_cat.h"
-#include "client/file_sha256.h"
+#include "worker/engine/base/sha256.h"
 #include "client/job_format.h"
 
 namespace quantd::cli {
@@ -33,7 +33,7 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
   v1::DownloadHeader header;
   v1::DownloadTrailer trailer;
   bool have_trailer = false;
-  Sha256Hasher hasher;
+  engine::Sha256 hasher;
   uint64_t received = 0;
   while (reader->Read(&message)) {
     if (message.has_header()) header = message.header();

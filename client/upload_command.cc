@@ -6,7 +6,7 @@
 #include <ostream>
 
 #include "absl/strings/str_cat.h"
-#include "client/file_sha256.h"
+#include "worker/engine/base/sha256.h"
 #include "client/job_format.h"
 
 namespace quantd::cli {
@@ -47,7 +47,7 @@ int RunUpload(const CommandContext& context, const std::vector<std::string>& arg
   if (!in || size_error) return context.UsageError(absl::StrCat("upload: cannot read ", path));
   std::string sha256 = a->Get("sha256");
   if (sha256.empty()) {
-    Sha256Hasher hasher;
+    engine::Sha256 hasher;
     std::string buffer(kChunk, '\0');
     while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount() > 0) {
       hasher.Update(std::string_view(buffer.data(), static_cast<size_t>(in.gcount())));

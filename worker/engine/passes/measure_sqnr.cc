@@ -34,28 +34,25 @@ absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Graph& fused, co
     const at::Tensor ref = it->second.contiguous(t.suggest_memory_format());
     const float* r = ref.data_ptr<float>();
     double signal = 0, noise = 0;
-    auto accumulate = [&](auto* codes) {
-      const double scale = got.q_scale();
-      const auto zero_point = got.q_zero_point();
+    auto accumulate = [&](auto&& value_at) {
       for (int64_t i = 0, n = ref.numel(); i < n; ++i) {
-        const double value = static_cast<double>(static_cast<int64_t>(codes[i].val_) - zero_point) * scale;
-        const double d = static_cast<double>(r[i]) - value;
+        const double d = static_cast<double>(r[i]) - value_at(i);
         signal += static_cast<double>(r[i]) * static_cast<double>(r[i]);
         noise += d * d;
       }
     };
+    const double scale = got.qscheme() == at::kPerTensorAffine ? got.q_scale() : 0.0;
+    const int64_t zero_point = got.qscheme() == at::kPerTensorAffine ? got.q_zero_point() : 0;
     if (got.qscheme() == at::kPerTensorAffine && got.scalar_type() == at::kQUInt8) {
-      accumulate(got.data_ptr<c10::quint8>());
+      const c10::quint8* codes = got.data_ptr<c10::quint8>();
+      accumulate([&](int64_t i) { return static_cast<double>(codes[i].val_ - zero_point) * scale; });
     } else if (got.qscheme() == at::kPerTensorAffine && got.scalar_type() == at::kQInt8) {
-      accumulate(got.data_ptr<c10::qint8>());
+      const c10::qint8* codes = got.data_ptr<c10::qint8>();
+      accumulate([&](int64_t i) { return static_cast<double>(codes[i].val_ - zero_point) * scale; });
     } else {
       const at::Tensor dense = got.dequantize().contiguous(t.suggest_memory_format());
       const float* g = dense.data_ptr<float>();
-      for (int64_t i = 0, n = ref.numel(); i < n; ++i) {
-        const double d = static_cast<double>(r[i]) - static_cast<double>(g[i]);
-        signal += static_cast<double>(r[i]) * static_cast<double>(r[i]);
-        noise += d * d;
-      }
+      accumulate([&](int64_t i) { return static_cast<double>(g[i]); });
     }
     sqnr[instr.name] = noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
   });

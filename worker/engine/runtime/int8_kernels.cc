@@ -54,7 +54,7 @@ void Interleave(const uint8_t* __restrict planes, int64_t c, int64_t hw, uint8_t
 struct AddParams {
   float a_scale, a_premul;  // premul = scale * -zero_point, for a fused multiply-add
   float b_scale, b_premul;
-  float out_scale, inverse_scale;
+  float inverse_scale;
   int32_t zero_point;
   bool relu;
 };
@@ -193,8 +193,7 @@ at::Tensor AddInt8(const at::Tensor& a, const at::Tensor& b, double scale, int64
   p.b_scale = static_cast<float>(b.q_scale());
   p.a_premul = p.a_scale * -static_cast<float>(a.q_zero_point());
   p.b_premul = p.b_scale * -static_cast<float>(b.q_zero_point());
-  p.out_scale = static_cast<float>(scale);
-  p.inverse_scale = 1.0f / p.out_scale;
+  p.inverse_scale = 1.0f / static_cast<float>(scale);
   p.zero_point = static_cast<int32_t>(zero_point);
   p.relu = relu;
   at::Tensor out = at::_empty_affine_quantized(a.sizes(), at::TensorOptions().dtype(at::kQUInt8), scale, zero_point,

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/torch_status.h"
@@ -42,10 +43,11 @@ at::Tensor WidenWeight(const at::Tensor& w, int64_t channels) {
   return at::_make_per_tensor_quantized_tensor(wide, w.q_scale(), w.q_zero_point());
 }
 
-bool ReadsSlot(const Instr& instr, int slot) {
+// The values an operand list reads, each once.
+std::set<int> ValuesRead(const std::vector<Operand>& operands) {
   std::vector<int> read;
-  for (const Operand& in : instr.inputs) CollectValues(in, &read);
-  return std::find(read.begin(), read.end(), slot) != read.end();
+  for (const Operand& in : operands) CollectValues(in, &read);
+  return std::set<int>(read.begin(), read.end());
 }
 
 }  // namespace
@@ -55,33 +57,26 @@ bool ReadsSlot(const Instr& instr, int slot) {
 // first convolution at batch 256). Integer accumulation is exact, so the
 // outputs are identical. Applies where a quint8 quantize feeds nothing but
 // onednn convolutions (groups 1) with 3 input channels.
-void Int8Executor::WidenRgbInputs() {
+void Int8Executor::WidenRgbInputs(const Dataflow& flow) {
   if (program_->kernel_engine != "onednn") return;
   for (size_t k = 0; k < program_->instrs.size(); ++k) {
     const Instr& quantize = program_->instrs[k];
     if (quantize.kind != InstrKind::kQuantize || quantize.dtype != at::kQUInt8 || quantize.outputs.size() != 1) continue;
     const int slot = quantize.outputs[0];
-    std::vector<int> outputs;
-    for (const Operand& out : program_->outputs) CollectValues(out, &outputs);
-    if (std::find(outputs.begin(), outputs.end(), slot) != outputs.end()) continue;
-    std::vector<size_t> readers;
+    auto found = flow.readers.find(slot);
+    if (flow.outputs.count(slot) != 0 || found == flow.readers.end()) continue;
+    const std::vector<size_t>& readers = found->second;
     bool all_rgb_convs = true;
-    for (size_t r = k + 1; r < program_->instrs.size() && all_rgb_convs; ++r) {
+    for (size_t r : readers) {
       const Instr& reader = program_->instrs[r];
-      if (!ReadsSlot(reader, slot)) continue;
-      readers.push_back(r);
-      all_rgb_convs = reader.kind == InstrKind::kConv2d && reader.prepack_args.size() == 6 &&
+      all_rgb_convs = all_rgb_convs && reader.kind == InstrKind::kConv2d && reader.prepack_args.size() == 6 &&
                       reader.inputs[0].kind == Operand::Kind::kValue && reader.inputs[0].value == slot &&
+                      ValuesRead({reader.inputs.begin() + 1, reader.inputs.end()}).count(slot) == 0 &&
                       reader.prepack_args[0].isTensor() && reader.prepack_args[0].toTensor().dim() == 4 &&
                       reader.prepack_args[0].toTensor().size(1) == 3 && reader.prepack_args[5].isInt() &&
                       reader.prepack_args[5].toInt() == 1;
-      for (size_t i = 1; i < reader.inputs.size() && all_rgb_convs; ++i) {
-        std::vector<int> other;
-        CollectValues(reader.inputs[i], &other);
-        all_rgb_convs = std::find(other.begin(), other.end(), slot) == other.end();
-      }
     }
-    if (!all_rgb_convs || readers.empty()) continue;
+    if (!all_rgb_convs) continue;
     // All readers or none: commit only once every widened pack is made.
     std::vector<std::vector<c10::IValue>> args(readers.size());
     std::vector<c10::IValue> packs(readers.size());
@@ -102,18 +97,14 @@ void Int8Executor::WidenRgbInputs() {
   }
 }
 
-void Int8Executor::FuseAddRelu() {
-  std::vector<int> outputs;
-  for (const Operand& out : program_->outputs) CollectValues(out, &outputs);
+void Int8Executor::FuseAddRelu(const Dataflow& flow) {
   for (size_t k = 0; k < program_->instrs.size(); ++k) {
     const Instr& add = program_->instrs[k];
     if (add.kind != InstrKind::kAdd || add.relu || add.outputs.size() != 1) continue;
     const int slot = add.outputs[0];
-    if (std::find(outputs.begin(), outputs.end(), slot) != outputs.end()) continue;
-    std::vector<size_t> readers;
-    for (size_t r = k + 1; r < program_->instrs.size(); ++r) {
-      if (ReadsSlot(program_->instrs[r], slot)) readers.push_back(r);
-    }
+    auto found = flow.readers.find(slot);
+    if (flow.outputs.count(slot) != 0 || found == flow.readers.end()) continue;
+    const std::vector<size_t>& readers = found->second;
     if (readers.size() != 1 || !int8_relu_[readers[0]]) continue;
     const Instr& relu = program_->instrs[readers[0]];
     if (relu.inputs.size() != 1 || relu.outputs.size() != 1) continue;
@@ -126,17 +117,15 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
   Int8Executor executor;
   executor.program_ = program;
   absl::Status status = TorchTry("preparing the int8 kernels", [&]() {
-    std::map<int, size_t> last_use;
+    Dataflow flow;
     for (size_t k = 0; k < program->instrs.size(); ++k) {
-      std::vector<int> read;
-      for (const Operand& in : program->instrs[k].inputs) CollectValues(in, &read);
-      for (int v : read) last_use[v] = k;
+      for (int v : ValuesRead(program->instrs[k].inputs)) flow.readers[v].push_back(k);
     }
-    std::vector<int> outputs;
-    for (const Operand& out : program->outputs) CollectValues(out, &outputs);
-    for (int v : outputs) last_use.erase(v);
+    flow.outputs = ValuesRead(program->outputs);
     executor.dead_after_.resize(program->instrs.size());
-    for (const auto& [value, k] : last_use) executor.dead_after_[k].push_back(value);
+    for (const auto& [value, readers] : flow.readers) {
+      if (flow.outputs.count(value) == 0) executor.dead_after_[readers.back()].push_back(value);
+    }
     for (const Instr& instr : program->instrs) {
       executor.pads_.push_back(instr.kind == InstrKind::kPad ? instr.inputs[1].constant.toIntVector()
                                                              : std::vector<int64_t>());
@@ -151,8 +140,8 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
     executor.add_relu_kernel_ = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::add_relu", "");
     executor.add_then_relu_.assign(program->instrs.size(), 0);
     executor.relu_after_add_.assign(program->instrs.size(), 0);
-    executor.WidenRgbInputs();
-    executor.FuseAddRelu();
+    executor.WidenRgbInputs(flow);
+    executor.FuseAddRelu(flow);
     return absl::OkStatus();
   });
   if (!status.ok()) return status;

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -89,8 +90,14 @@ class Int8Executor {
   std::vector<char> relu_after_add_;
   std::vector<std::vector<int>> dead_after_;    // slots last read by each instruction
 
-  void WidenRgbInputs();
-  void FuseAddRelu();
+  // The instructions that read each value (in order, once each), and the
+  // values the program returns: computed once for the passes below.
+  struct Dataflow {
+    std::map<int, std::vector<size_t>> readers;
+    std::set<int> outputs;
+  };
+  void WidenRgbInputs(const Dataflow& flow);
+  void FuseAddRelu(const Dataflow& flow);
   // Packs for one batch size, by instruction index (empty for non-kernels).
   const std::vector<c10::IValue>* PacksFor(int64_t batch_size) const;
   static constexpr size_t kMaxPackedBatchSizes = 4;
