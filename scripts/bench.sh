@@ -42,6 +42,8 @@ for name, base, mine, better in rows:
     print(f"{name:62s} {base:10.3f} {mine:10.3f} {ratio:8.2f}x")
 print(f"\nquantd phases (1 thread, last run): {ours['quantize_1_thread']['phases_s_last_run']}")
 print(f"quantd phases (2 threads, last run): {ours['quantize_2_threads']['phases_s_last_run']}")
-print(f"FP32 forward over the calibration set alone: {ours['fp32_pass_over_calibration_set_s']:.3f} s; "
-      f"kernel engine {ours['kernel_engine']}")
+blocked = ours.get('fp32_pass_on_onednn_blocked_s')
+print(f"FP32 forward over the calibration set alone: {ours['fp32_pass_over_calibration_set_s']:.3f} s op by op in LibTorch"
+      + (f", {blocked:.3f} s on oneDNN's blocked layout (what calibration runs)" if blocked else "")
+      + f"; kernel engine {ours['kernel_engine']}")
 PY

@@ -2,12 +2,13 @@
 // prints figures as JSON (scripts/bench.sh puts them beside PyTorch's,
 // measured in the same run, and prints the ratios).
 //
-// usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5] [--sqnr-samples 32]
+// usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5] [--sqnr-samples 32] [--quantize-threads 1|2] [--forward-batch N]
 //
 // Profiling aids (environment): QUANTD_BENCH_QUANTIZE_ONLY=1 stops after the
 // quantization timings; QUANTD_BENCH_PER_INSTR=1 prints the int8 runtime's
-// time per instruction at batch 256; QUANTD_BENCH_PROFILE_DIRECT=1 runs the
-// int8 batch-256 loop for perf record.
+// time per instruction at batch 256; QUANTD_BENCH_PER_NODE=1 prints the time
+// per node of calibration's FP32 forward; QUANTD_BENCH_PROFILE_DIRECT=1 runs
+// the int8 batch-256 loop for perf record.
 
 #include <torch/csrc/jit/serialization/import.h>
 
@@ -21,6 +22,7 @@
 
 #include "worker/engine/quantizer.h"
 #include "worker/engine/quantizer_internal.h"
+#include "worker/engine/runtime/fp32_blocked_executor.h"
 #include "worker/engine/runtime/fp32_executor.h"
 
 namespace {
@@ -61,18 +63,22 @@ nlohmann::json Time(const at::Tensor& images, Fn&& forward) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5] [--sqnr-samples 32]\n";
+    std::cerr << "usage: quantd-engine-bench FIXTURES_DIR [--qconfig fbgemm] [--runs 5] [--sqnr-samples 32] [--quantize-threads 1|2] [--forward-batch N]\n";
     return 2;
   }
   const std::string fixtures = argv[1];
   std::string qconfig = "fbgemm";
   int runs = 5;
   int sqnr_samples = 32;
+  int only_threads = 0;  // 0: time quantization on 2 and on 1 threads
+  int forward_batch = 0;  // 0: the engine's default
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--qconfig") qconfig = argv[i + 1];
     if (flag == "--runs") runs = std::max(1, std::atoi(argv[i + 1]));
     if (flag == "--sqnr-samples") sqnr_samples = std::atoi(argv[i + 1]);
+    if (flag == "--quantize-threads") only_threads = std::atoi(argv[i + 1]);
+    if (flag == "--forward-batch") forward_batch = std::atoi(argv[i + 1]);
   }
   using namespace quantd::engine;
   InitializeRuntime(1);
@@ -81,6 +87,7 @@ int main(int argc, char** argv) {
   options.calibration.path = fixtures + "/cifar10/calib_batch.bin";
   options.qconfig.preset = qconfig;
   options.sqnr_samples = sqnr_samples;
+  if (forward_batch > 0) options.forward_batch_size = forward_batch;
   options.fusion.groups = {{"conv1", "bn1", "relu1"},
                            {"layer1.conv1", "layer1.bn1", "layer1.relu1"}, {"layer1.conv2", "layer1.bn2"},
                            {"layer2.conv1", "layer2.bn1", "layer2.relu1"}, {"layer2.conv2", "layer2.bn2"},
@@ -90,6 +97,7 @@ int main(int argc, char** argv) {
   // Quantization time, median of `runs`, on 1 and on 2 intra-op threads.
   std::unique_ptr<QuantizedModel> model;
   for (int threads : {2, 1}) {
+    if (only_threads != 0 && threads != only_threads) continue;
     InitializeRuntime(threads);
     std::vector<double> quantize_times;
     nlohmann::json phases;
@@ -131,13 +139,37 @@ int main(int argc, char** argv) {
       batches.push_back((*set)->ReadBatch(s, options.forward_batch_size)->images);
     }
     auto executor = Fp32Executor::Create(&impl.fused);
+    auto blocked = Fp32BlockedExecutor::Create(&impl.fused);
     at::NoGradGuard no_grad;
     auto t = Clock::now();
     for (const auto& b : batches) (void)executor->Run({b});
     out["fp32_pass_over_calibration_set_s"] = Seconds(Clock::now() - t);
+    if (blocked.ok() && *blocked != nullptr) {  // what calibration runs
+      t = Clock::now();
+      for (const auto& b : batches) (void)(*blocked)->Run(b, nullptr);
+      out["fp32_pass_on_onednn_blocked_s"] = Seconds(Clock::now() - t);
+    }
     t = Clock::now();
     for (const auto& b : batches) impl.fp32_module.forward({b});
     out["fp32_torchscript_over_calibration_set_s"] = Seconds(Clock::now() - t);
+    if (std::getenv("QUANTD_BENCH_PER_NODE") != nullptr && blocked.ok() && *blocked != nullptr) {
+      std::map<int, double> spent;  // by value, over 3 passes
+      for (int pass = 0; pass < 3; ++pass) {
+        for (const auto& b : batches) {
+          auto last = Clock::now();
+          (void)(*blocked)->Run(b, [&](int value, const at::Tensor&) {
+            spent[value] += Seconds(Clock::now() - last);
+            last = Clock::now();
+          });
+        }
+      }
+      for (const Node& node : impl.fused.nodes) {
+        if (!node.removed && spent.count(node.outputs[0])) {
+          std::cout << node.name << " " << spent[node.outputs[0]] / 3 * 1000 << " ms\n";
+        }
+      }
+      return 0;
+    }
   }
   if (std::getenv("QUANTD_BENCH_PER_INSTR") != nullptr) {  // where int8 batch-256 time goes
     at::Tensor batch = images.slice(0, 0, 256).contiguous();

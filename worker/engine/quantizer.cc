@@ -183,6 +183,10 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   calibration_options.batch_size = options.batch_size;
   calibration_options.forward_batch_size = options.forward_batch_size;
   calibration_options.overlap = options.overlap_observers;
+  if (options.sqnr_samples > 0) {
+    calibration_options.reference_values = SqnrValues(impl->fused, plan);
+    calibration_options.reference_samples = options.sqnr_samples;
+  }
   QUANTD_ASSIGN_OR_RETURN(CalibrationResult calibrated, Calibrate(impl->fused, plan, qconfig.activation, calibration.get(),
                                                                  calibration_options, batch_progress));
   report.calibration_samples = calibrated.samples;
@@ -205,7 +209,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   std::map<std::string, double> sqnr;
   if (options.sqnr_samples > 0) {
     QUANTD_ASSIGN_OR_RETURN(Batch batch, calibration->ReadBatch(0, std::min(options.sqnr_samples, calibration->size())));
-    QUANTD_ASSIGN_OR_RETURN(sqnr, MeasureSqnr(impl->fused, plan, *impl->executor, batch.images));
+    QUANTD_ASSIGN_OR_RETURN(sqnr, MeasureSqnr(*impl->executor, batch.images, calibrated.references));
   }
   for (LayerReport& layer : layers) {
     auto it = sqnr.find(layer.name);

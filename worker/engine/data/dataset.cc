@@ -67,6 +67,11 @@ class FileDataset : public Dataset {
       const int64_t index = selection_[static_cast<size_t>(start + i)];
       QUANTD_RETURN_IF_ERROR(images_.Read(ImageOffset(index), record.data(), pixels * element_size_));
       float* out = dst + i * pixels;
+      if (element_size_ == 1 && !channels_last_) {  // CIFAR-10: uint8 planes, as stored
+        const auto* bytes = reinterpret_cast<const unsigned char*>(record.data());
+        for (int64_t p = 0; p < pixels; ++p) out[p] = static_cast<float>(bytes[p]);
+        continue;
+      }
       for (int64_t c = 0; c < channels_; ++c) {
         for (int64_t p = 0; p < height_ * width_; ++p) {
           // Source element for channel c, pixel p in the file's layout.
@@ -86,8 +91,9 @@ class FileDataset : public Dataset {
     batch.images = images;
     if (has_labels()) {
       batch.labels = at::empty({count}, at::kLong);
+      int64_t* labels = batch.labels.data_ptr<int64_t>();
       for (int64_t i = 0; i < count; ++i) {
-        batch.labels[i] = labels_[static_cast<size_t>(selection_[static_cast<size_t>(start + i)])];
+        labels[i] = labels_[static_cast<size_t>(selection_[static_cast<size_t>(start + i)])];
       }
     }
     return batch;

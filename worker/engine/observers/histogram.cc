@@ -32,6 +32,9 @@ class HistogramObserver : public Observer {
     batch_.min = std::min(batch_.min, m.min);
     batch_.max = std::max(batch_.max, m.max);
     chunks_.push_back(x);
+    // A first batch's range is its own truncated extrema, which each later
+    // chunk is likely to widen: count it once, at EndBatch.
+    if (Uninitialized()) return;
     const HistcRange range = PlanBatch().range;
     if (!counting_ || range != counted_range_) {
       counter_.Clear();
@@ -44,7 +47,11 @@ class HistogramObserver : public Observer {
 
   void EndBatch() override {
     if (chunks_.empty()) return;
-    const BatchPlan plan = PlanBatch();  // its range is counted_range_: the last chunk saw the whole batch
+    const BatchPlan plan = PlanBatch();  // if counting, its range is counted_range_: the last chunk saw the whole batch
+    if (!counting_) {
+      counter_.Clear();
+      first_counted_ = chunks_.size();
+    }
     for (size_t i = 0; i < first_counted_; ++i) {
       ParallelCount(chunks_[i].data_ptr<float>(), chunks_[i].numel(), plan.range);
     }

@@ -2,15 +2,46 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <future>
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
+#include "worker/engine/runtime/fp32_blocked_executor.h"
 #include "worker/engine/runtime/fp32_executor.h"
 
 namespace quantd::engine {
+namespace {
+
+// Copies the leading images of a tapped value (plain, or blocked as
+// [N, C/16, H, W, 16]) into rows [row, ...) of `*reference`, allocated on
+// first use with `rows` images.
+void KeepReference(const at::Tensor& t, int64_t row, int64_t rows, at::Tensor* reference) {
+  if (t.dim() == 0) return;
+  const bool blocked = t.dim() == 5;
+  std::vector<int64_t> sizes = t.sizes().vec();
+  if (blocked) sizes = {t.size(0), t.size(1) * t.size(4), t.size(2), t.size(3)};
+  if (!reference->defined()) {
+    sizes[0] = rows;
+    auto options = at::TensorOptions(t.scalar_type());
+    *reference = sizes.size() == 4 ? at::empty(sizes, options.memory_format(at::MemoryFormat::ChannelsLast))
+                                   : at::empty(sizes, options);
+  }
+  const int64_t k = std::min(t.size(0), rows - row);
+  at::Tensor rows_out = reference->narrow(0, row, k);
+  if (blocked) {  // NHWC rows seen as [k, H, W, C/16, 16]
+    rows_out.permute({0, 2, 3, 1})
+        .view({k, t.size(2), t.size(3), t.size(1), t.size(4)})
+        .copy_(t.narrow(0, 0, k).permute({0, 2, 3, 1, 4}));
+  } else {
+    rows_out.copy_(t.narrow(0, 0, k));
+  }
+}
+
+}  // namespace
+
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,
                                             const ObserverSpec& activation, Dataset* dataset,
@@ -28,10 +59,16 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     QUANTD_ASSIGN_OR_RETURN(observers[static_cast<size_t>(v)], MakeObserver(activation));
   }
   QUANTD_ASSIGN_OR_RETURN(Fp32Executor executor, Fp32Executor::Create(&graph));
+  // Same values, fewer layout conversions (see fp32_blocked_executor.h).
+  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Fp32BlockedExecutor> blocked, Fp32BlockedExecutor::Create(&graph));
   // Each sub-batch's activations are observed as soon as they are computed,
   // while still in cache. With `overlap`, batch b's statistics are gathered
   // on a second thread while batch b+1 runs forward instead; each observer
   // still sees batches in order, so the result is identical.
+  std::vector<bool> keep(static_cast<size_t>(graph.num_values), false);
+  for (int v : options.reference_values) keep[static_cast<size_t>(v)] = true;
+  const int64_t reference_rows = std::min(options.reference_samples, dataset->size());
+  CalibrationResult result;
   using Observed = std::map<Observer*, std::vector<at::Tensor>>;
   std::future<void> pending;
   auto finish_pending = [&]() -> absl::Status {
@@ -49,21 +86,30 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset->ReadBatch(start, std::min(batch_size, dataset->size() - start)));
     Observed observed;
     absl::Status status = TorchTry("observing calibration activations", [&]() -> absl::Status {
+      int64_t first_image = 0;  // of the sub-batch running
+      auto observe = [&](int value, const at::Tensor& t) {
+        if (keep[static_cast<size_t>(value)] && first_image < reference_rows) {
+          KeepReference(t, first_image, reference_rows, &result.references[value]);
+        }
+        Observer* o = observers[static_cast<size_t>(value)].get();
+        if (o == nullptr) return;
+        // Observers see a value as produced, as PyTorch's forward hooks
+        // do: a copy when a later in-place op could overwrite it.
+        const at::Tensor seen = copy_observed ? t.clone() : t;
+        if (options.overlap) {
+          observed[o].push_back(seen);
+        } else {
+          o->ObserveChunk(seen);
+        }
+      };
       for (int64_t first = 0; first < batch.images.size(0); first += forward_batch) {
-        auto outputs =
-            executor.Run({batch.images.slice(0, first, first + forward_batch)}, [&](int value, const at::Tensor& t) {
-              Observer* o = observers[static_cast<size_t>(value)].get();
-              if (o == nullptr) return;
-              // Observers see a value as produced, as PyTorch's forward hooks
-              // do: a copy when a later in-place op could overwrite it.
-              const at::Tensor seen = copy_observed ? t.clone() : t;
-              if (options.overlap) {
-                observed[o].push_back(seen);
-              } else {
-                o->ObserveChunk(seen);
-              }
-            });
-        if (!outputs.ok()) return outputs.status();
+        const at::Tensor images = batch.images.slice(0, first, first + forward_batch);
+        first_image = start + first;
+        if (blocked != nullptr && blocked->Accepts(images)) {
+          QUANTD_RETURN_IF_ERROR(blocked->Run(images, observe));
+        } else {
+          QUANTD_RETURN_IF_ERROR(executor.Run({images}, observe).status());
+        }
       }
       if (!options.overlap) {
         for (int v : plan.observed_values) observers[static_cast<size_t>(v)]->EndBatch();
@@ -86,7 +132,6 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     }
   }
   QUANTD_RETURN_IF_ERROR(finish_pending());
-  CalibrationResult result;
   result.samples = dataset->size();
   for (int v : plan.observed_values) {
     Observer* o = observers[static_cast<size_t>(v)].get();

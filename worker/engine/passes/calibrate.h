@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <map>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/engine/data/dataset.h"
@@ -24,6 +25,9 @@ struct CalibrationResult {
   std::map<int, QParams> qparams;                  // by observed value id
   std::map<int, std::pair<float, float>> ranges;   // observer's chosen range
   int64_t samples = 0;
+  // The values CalibrationOptions::reference_values names, for the first
+  // reference_samples images; 4-D ones channels-last, as int8 kernels lay out.
+  std::map<int, at::Tensor> references;
 };
 
 struct CalibrationOptions {
@@ -32,6 +36,10 @@ struct CalibrationOptions {
   // ops), but they stay in cache, which makes the FP32 pass ~1.8x faster.
   int64_t forward_batch_size = 25;
   bool overlap = false;  // observers on a second thread
+  // Copies of these FP32 values for the first images (the SQNR report's
+  // references), so that report needs no second FP32 pass.
+  std::vector<int> reference_values;
+  int64_t reference_samples = 0;
 };
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,

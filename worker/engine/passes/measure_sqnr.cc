@@ -6,28 +6,25 @@
 #include <limits>
 
 #include "worker/engine/base/status_macros.h"
-#include "worker/engine/runtime/fp32_executor.h"
 
 namespace quantd::engine {
 
-absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Graph& fused, const QuantizationPlan& plan,
-                                                          const Int8Executor& int8, const at::Tensor& images) {
-  std::map<int, bool> int8_outputs;
+std::vector<int> SqnrValues(const Graph& fused, const QuantizationPlan& plan) {
+  std::vector<int> values;
   for (const Node& n : fused.nodes) {
-    if (!n.removed && plan.roles[static_cast<size_t>(n.id)] == NodeRole::kInt8) int8_outputs[n.outputs[0]] = true;
+    if (!n.removed && plan.roles[static_cast<size_t>(n.id)] == NodeRole::kInt8) values.push_back(n.outputs[0]);
   }
-  QUANTD_ASSIGN_OR_RETURN(Fp32Executor fp32, Fp32Executor::Create(&fused));
+  return values;
+}
+
+absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Int8Executor& int8, const at::Tensor& images,
+                                                          const std::map<int, at::Tensor>& reference) {
   at::NoGradGuard no_grad;
-  std::map<int, at::Tensor> reference;
-  auto fp32_out = fp32.Run({images}, [&](int value, const at::Tensor& t) {
-    if (int8_outputs.count(value)) reference[value] = t;
-  });
-  if (!fp32_out.ok()) return fp32_out.status();
   std::map<std::string, double> sqnr;
   auto int8_out = int8.Run({images}, [&](const Instr& instr, const at::Tensor& t) {
     if (instr.kind != InstrKind::kConv2d && instr.kind != InstrKind::kLinear && instr.kind != InstrKind::kAdd) return;
     auto it = reference.find(instr.outputs[0]);
-    if (it == reference.end()) return;
+    if (it == reference.end() || !it->second.sizes().equals(t.sizes())) return;
     // One pass in plain C++ over both tensors in the int8 tensor's memory
     // order, reading its codes directly rather than dequantizing a copy.
     const at::Tensor got = t.contiguous(t.suggest_memory_format());

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/engine/ir/graph.h"
@@ -14,9 +15,15 @@
 
 namespace quantd::engine {
 
-// SQNR in dB (10 log10 of signal energy over error energy) by layer name.
-absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Graph& fused, const QuantizationPlan& plan,
-                                                          const Int8Executor& int8, const at::Tensor& images);
+// The values SQNR compares: outputs of ops that run in int8.
+std::vector<int> SqnrValues(const Graph& fused, const QuantizationPlan& plan);
+
+// SQNR in dB (10 log10 of signal energy over error energy) by layer name:
+// `images` through the int8 program against `references`, those images'
+// FP32 values by value id (kept by calibration; a value without one is
+// not reported).
+absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Int8Executor& int8, const at::Tensor& images,
+                                                          const std::map<int, at::Tensor>& references);
 
 }  // namespace quantd::engine
 

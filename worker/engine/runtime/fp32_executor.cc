@@ -45,6 +45,27 @@ absl::StatusOr<Fp32Executor> Fp32Executor::Create(const Graph* graph) {
   return executor;
 }
 
+absl::Status Fp32Executor::RunNode(const Node& node, std::vector<c10::IValue>* values) const {
+  return TorchTry(absl::StrCat("running '", node.name, "' (", node.OpName(), ") in FP32"), [&]() {
+    torch::jit::Stack stack;
+    stack.reserve(node.inputs.size());
+    for (const Operand& in : node.inputs) stack.push_back(EvaluateOperand(in, *values));
+    ops_[static_cast<size_t>(node.id)](stack);
+    if (stack.size() != node.outputs.size()) return absl::InternalError("operator arity mismatch");
+    if (node.fused_relu) {
+      // In place when nothing else can see the op's output (no alias of an input).
+      const at::Tensor& out = stack[0].toTensor();
+      if (out.use_count() == 1 && out.storage().use_count() == 1) {
+        at::relu_(stack[0].toTensor());
+      } else {
+        stack[0] = at::relu(out);
+      }
+    }
+    for (size_t i = 0; i < stack.size(); ++i) (*values)[static_cast<size_t>(node.outputs[i])] = std::move(stack[i]);
+    return absl::OkStatus();
+  });
+}
+
 absl::StatusOr<std::vector<c10::IValue>> Fp32Executor::Run(const std::vector<c10::IValue>& inputs,
                                                              const ValueTap& tap) const {
   if (inputs.size() != graph_->inputs.size()) {
@@ -58,24 +79,7 @@ absl::StatusOr<std::vector<c10::IValue>> Fp32Executor::Run(const std::vector<c10
   }
   for (const Node& node : graph_->nodes) {
     if (node.removed) continue;
-    absl::Status status = TorchTry(absl::StrCat("running '", node.name, "' (", node.OpName(), ") in FP32"), [&]() {
-      torch::jit::Stack stack;
-      stack.reserve(node.inputs.size());
-      for (const Operand& in : node.inputs) stack.push_back(EvaluateOperand(in, values));
-      ops_[static_cast<size_t>(node.id)](stack);
-      if (stack.size() != node.outputs.size()) return absl::InternalError("operator arity mismatch");
-      if (node.fused_relu) {
-        // In place when nothing else can see the op's output (no alias of an input).
-        const at::Tensor& out = stack[0].toTensor();
-        if (out.use_count() == 1 && out.storage().use_count() == 1) {
-          at::relu_(stack[0].toTensor());
-        } else {
-          stack[0] = at::relu(out);
-        }
-      }
-      for (size_t i = 0; i < stack.size(); ++i) values[static_cast<size_t>(node.outputs[i])] = std::move(stack[i]);
-      return absl::OkStatus();
-    });
+    absl::Status status = RunNode(node, &values);
     if (!status.ok()) return status;
     if (tap) {
       for (int out : node.outputs) {

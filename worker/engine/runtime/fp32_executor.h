@@ -30,6 +30,10 @@ class Fp32Executor {
   // Runs forward on `inputs` (one per graph input). Returns the outputs.
   absl::StatusOr<std::vector<c10::IValue>> Run(const std::vector<c10::IValue>& inputs, const ValueTap& tap = nullptr) const;
 
+  // One step of Run: `node` (live, of this graph) reads its operands from
+  // `values` and stores its outputs there.
+  absl::Status RunNode(const Node& node, std::vector<c10::IValue>* values) const;
+
  private:
   const Graph* graph_ = nullptr;
   mutable std::vector<torch::jit::Operation> ops_;  // by node id (calling one is non-const)

@@ -1,0 +1,65 @@
+#include "worker/engine/passes/calibrate.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "worker/engine/ir/import_torchscript.h"
+#include "worker/engine/passes/fuse_modules.h"
+#include "worker/engine/passes/measure_sqnr.h"
+#include "worker/engine/runtime/fp32_executor.h"
+#include "worker/engine/testing/test_env.h"
+
+namespace quantd::engine {
+namespace {
+
+// The SQNR report's FP32 side comes from calibration's own forward pass (in
+// sub-batches, on the oneDNN path where it applies): it must equal a fresh
+// LibTorch pass over the same images, including across a sub-batch boundary.
+TEST(CalibrateTest, KeptReferencesEqualAFreshFp32Pass) {
+  auto graph = ImportTorchScriptFile(testing::ResNet8Path());
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE(FuseModules(&*graph, FusionSpec{false, testing::ResNet8FusionGroups()}).ok());
+  const QuantizationPlan plan = PlanQuantization(*graph);
+  DatasetSpec spec;
+  spec.path = testing::CalibrationPath();
+  spec.limit = 200;
+  auto dataset = OpenDataset(spec);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  ObserverSpec histogram;
+  CalibrationOptions options;
+  options.forward_batch_size = 25;
+  options.reference_values = SqnrValues(*graph, plan);
+  options.reference_samples = 32;
+  auto calibrated = Calibrate(*graph, plan, histogram, dataset->get(), options, nullptr);
+  ASSERT_TRUE(calibrated.ok()) << calibrated.status();
+  ASSERT_EQ(calibrated->references.size(), options.reference_values.size());
+
+  auto images = (*dataset)->ReadBatch(0, 32);
+  ASSERT_TRUE(images.ok());
+  auto fp32 = Fp32Executor::Create(&*graph);
+  ASSERT_TRUE(fp32.ok());
+  at::NoGradGuard no_grad;
+  int compared = 0;
+  auto out = fp32->Run({images->images}, [&](int value, const at::Tensor& t) {
+    auto it = calibrated->references.find(value);
+    if (it == calibrated->references.end()) return;
+    // Convolutions and adds compute each image alone, whatever the batch;
+    // the final linear's GEMM may round differently for another batch size.
+    const Node* producer = nullptr;
+    for (const Node& n : graph->nodes) {
+      if (!n.removed && n.outputs[0] == value) producer = &n;
+    }
+    ASSERT_NE(producer, nullptr);
+    if (producer->kind == OpKind::kLinear) {
+      EXPECT_TRUE(at::allclose(it->second, t, 1e-5, 1e-5)) << producer->name;
+    } else {
+      EXPECT_TRUE(at::equal(it->second.contiguous(), t.contiguous())) << producer->name;
+    }
+    ++compared;
+  });
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(compared, static_cast<int>(options.reference_values.size()));
+}
+
+}  // namespace
+}  // namespace quantd::engine
