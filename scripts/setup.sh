@@ -8,7 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 DEB_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl ca-certificates
-  libtorch-dev python3-torch python3-numpy
+  libtorch-dev libdnnl-dev python3-torch python3-numpy
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libsqlite3-dev sqlite3 nlohmann-json3-dev

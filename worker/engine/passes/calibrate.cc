@@ -15,12 +15,11 @@
 namespace quantd::engine {
 namespace {
 
-// Copies the leading images of a tapped value (plain, or blocked as
+// Copies the leading images of a tapped value (plain, or `blocked` as
 // [N, C/16, H, W, 16]) into rows [row, ...) of `*reference`, allocated on
 // first use with `rows` images.
-void KeepReference(const at::Tensor& t, int64_t row, int64_t rows, at::Tensor* reference) {
+void KeepReference(const at::Tensor& t, bool blocked, int64_t row, int64_t rows, at::Tensor* reference) {
   if (t.dim() == 0) return;
-  const bool blocked = t.dim() == 5;
   std::vector<int64_t> sizes = t.sizes().vec();
   if (blocked) sizes = {t.size(0), t.size(1) * t.size(4), t.size(2), t.size(3)};
   if (!reference->defined()) {
@@ -87,9 +86,9 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     Observed observed;
     absl::Status status = TorchTry("observing calibration activations", [&]() -> absl::Status {
       int64_t first_image = 0;  // of the sub-batch running
-      auto observe = [&](int value, const at::Tensor& t) {
+      auto observe = [&](int value, const at::Tensor& t, TapLayout layout) {
         if (keep[static_cast<size_t>(value)] && first_image < reference_rows) {
-          KeepReference(t, first_image, reference_rows, &result.references[value]);
+          KeepReference(t, layout == TapLayout::kBlocked16, first_image, reference_rows, &result.references[value]);
         }
         Observer* o = observers[static_cast<size_t>(value)].get();
         if (o == nullptr) return;
@@ -108,7 +107,9 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
         if (blocked != nullptr && blocked->Accepts(images)) {
           QUANTD_RETURN_IF_ERROR(blocked->Run(images, observe));
         } else {
-          QUANTD_RETURN_IF_ERROR(executor.Run({images}, observe).status());
+          QUANTD_RETURN_IF_ERROR(
+              executor.Run({images}, [&](int value, const at::Tensor& t) { observe(value, t, TapLayout::kPlain); })
+                  .status());
         }
       }
       if (!options.overlap) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
 
 namespace quantd::engine {
@@ -21,10 +22,17 @@ absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Int8Executor& in
                                                           const std::map<int, at::Tensor>& reference) {
   at::NoGradGuard no_grad;
   std::map<std::string, double> sqnr;
+  absl::Status mismatch;
   auto int8_out = int8.Run({images}, [&](const Instr& instr, const at::Tensor& t) {
     if (instr.kind != InstrKind::kConv2d && instr.kind != InstrKind::kLinear && instr.kind != InstrKind::kAdd) return;
     auto it = reference.find(instr.outputs[0]);
-    if (it == reference.end() || !it->second.sizes().equals(t.sizes())) return;
+    if (it == reference.end()) return;
+    if (!it->second.sizes().equals(t.sizes())) {
+      mismatch = absl::InternalError(absl::StrCat("SQNR: the FP32 reference of '", instr.name, "' has shape ",
+                                                  c10::str(it->second.sizes()), ", its int8 output ",
+                                                  c10::str(t.sizes())));
+      return;
+    }
     // One pass in plain C++ over both tensors in the int8 tensor's memory
     // order, reading its codes directly rather than dequantizing a copy.
     const at::Tensor got = t.contiguous(t.suggest_memory_format());
@@ -54,6 +62,7 @@ absl::StatusOr<std::map<std::string, double>> MeasureSqnr(const Int8Executor& in
     sqnr[instr.name] = noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
   });
   if (!int8_out.ok()) return int8_out.status();
+  if (!mismatch.ok()) return mismatch;
   return sqnr;
 }
 

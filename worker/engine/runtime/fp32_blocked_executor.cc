@@ -42,19 +42,29 @@ std::optional<std::vector<int64_t>> IntPair(const Operand& operand) {
   return v;
 }
 
-// conv2d(input, weight, bias, stride, padding, dilation, groups) with float
-// weights, integer padding, no dilation and one group; others run in LibTorch.
+// conv2d(input, weight, bias, stride, padding, dilation, groups) with
+// constant float weights and bias, positive strides, non-negative integer
+// padding, no dilation and one group; others run in LibTorch.
 std::optional<ConvSpec> SpecOf(const Node& node) {
   if (node.kind != OpKind::kConv2d || node.inputs.size() != 7) return std::nullopt;
+  if (node.inputs[1].kind != Operand::Kind::kConstant || node.inputs[2].kind != Operand::Kind::kConstant) {
+    return std::nullopt;
+  }
   const c10::IValue& w = node.inputs[1].constant;
   const c10::IValue& b = node.inputs[2].constant;
   if (!w.isTensor() || w.toTensor().dim() != 4 || w.toTensor().scalar_type() != at::kFloat) return std::nullopt;
   if (!b.isNone() && (!b.isTensor() || b.toTensor().scalar_type() != at::kFloat)) return std::nullopt;
+  // LibTorch takes its channels-last (nhwc) oneDNN path for such weights, and
+  // for a [O, 1, 1, 1] weight, which is channels-last as much as contiguous.
+  const at::Tensor& weight = w.toTensor();
+  if (weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast) return std::nullopt;
+  if (weight.size(1) * weight.size(2) * weight.size(3) == 1) return std::nullopt;
   const auto stride = IntPair(node.inputs[3]);
   const auto padding = IntPair(node.inputs[4]);
   const auto dilation = IntPair(node.inputs[5]);
   const c10::IValue& groups = node.inputs[6].constant;
   if (!stride || !padding || !dilation || (*dilation)[0] != 1 || (*dilation)[1] != 1) return std::nullopt;
+  if ((*stride)[0] < 1 || (*stride)[1] < 1 || (*padding)[0] < 0 || (*padding)[1] < 0) return std::nullopt;
   if (!groups.isInt() || groups.toInt() != 1) return std::nullopt;
   ConvSpec spec;
   spec.weight = w.toTensor().contiguous();
@@ -100,6 +110,13 @@ at::Tensor AddBlocked(const at::Tensor& a, const at::Tensor& b, bool relu) {
     }
   });
   return out;
+}
+
+void ReluInPlace(const at::Tensor& x) {
+  float* px = x.data_ptr<float>();
+  at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) px[i] = Relu(px[i]);
+  });
 }
 
 at::Tensor ReluBlocked(const at::Tensor& x) {
@@ -151,15 +168,20 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
            input.is_contiguous() && input.size(0) >= 16 && at::globalContext().userEnabledMkldnn();
   }
 
-  absl::Status Run(const at::Tensor& input, const ValueTap& tap) const override {
+  absl::Status Run(const at::Tensor& input, const LayoutTap& tap) const override {
     if (!Accepts(input)) return absl::InvalidArgumentError("batch not accepted by the oneDNN path");
+    std::optional<dnnl::stream> started;
+    QUANTD_RETURN_IF_ERROR(TorchTry("starting a oneDNN stream", [&]() {
+      started.emplace(engine_);
+      return absl::OkStatus();
+    }));
+    dnnl::stream& stream = *started;
     const auto n = static_cast<size_t>(graph_->num_values);
     std::vector<c10::IValue> values(n);  // NCHW (or non-tensor) values
     std::vector<at::Tensor> blocked(n);  // nChw16c values, [N, C/16, H, W, 16]
     const int in = graph_->inputs[0];
     values[static_cast<size_t>(in)] = input;
-    if (tap) tap(in, input);
-    dnnl::stream stream(engine_);
+    if (tap) tap(in, input, TapLayout::kPlain);
     for (const Node& node : graph_->nodes) {
       if (node.removed) continue;
       bool done = false;
@@ -178,9 +200,9 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
       for (int out : node.outputs) {
         const auto v = static_cast<size_t>(out);
         if (blocked[v].defined()) {
-          tap(out, blocked[v]);
+          tap(out, blocked[v], TapLayout::kBlocked16);
         } else if (values[v].isTensor()) {
-          tap(out, values[v].toTensor());
+          tap(out, values[v].toTensor(), TapLayout::kPlain);
         }
       }
     }
@@ -297,6 +319,7 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
       blocked[out] = at::Tensor();
       values[out] = plain;
     }
+    if (node.fused_relu) ReluInPlace(blocked[out].defined() ? blocked[out] : values[out].toTensor());
     return true;
   }
 
@@ -304,7 +327,8 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
   // layouts left to oneDNN ("any"), scratchpad supplied by the caller.
   absl::StatusOr<const ConvPrimitive*> Primitive(const Node& node, const ConvSpec& spec, const memory::dims& src_dims,
                                                  dnnl::stream& stream) const {
-    const std::array<int64_t, 4> key = {node.id, src_dims[0], src_dims[2], src_dims[3]};
+    // oneDNN fixes a primitive's work split for the thread count it was made under.
+    const std::array<int64_t, 5> key = {node.id, src_dims[0], src_dims[2], src_dims[3], at::get_num_threads()};
     absl::MutexLock lock(&mu_);
     auto it = primitives_.find(key);
     if (it != primitives_.end()) return it->second.get();
@@ -330,12 +354,6 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
                                                       no_dilation, spec.padding, spec.padding);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    if (node.fused_relu) {
-      // Applied to each finished sum as it is stored: max(x, 0), at::relu's value.
-      dnnl::post_ops relu;
-      relu.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-      attr.set_post_ops(relu);
-    }
     auto primitive = std::make_unique<ConvPrimitive>();
     primitive->pd = dnnl::convolution_forward::primitive_desc(desc, attr, engine_);
     primitive->conv = dnnl::convolution_forward(primitive->pd);
@@ -355,7 +373,7 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
   std::vector<std::optional<ConvSpec>> convs_;  // by node id
   dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
   mutable absl::Mutex mu_;
-  mutable std::map<std::array<int64_t, 4>, std::unique_ptr<ConvPrimitive>> primitives_ ABSL_GUARDED_BY(mu_);
+  mutable std::map<std::array<int64_t, 5>, std::unique_ptr<ConvPrimitive>> primitives_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
@@ -375,7 +393,12 @@ absl::StatusOr<std::unique_ptr<Fp32BlockedExecutor>> Fp32BlockedExecutor::Create
   });
   if (!status.ok()) return status;
   if (!any_conv) return nullptr;
-  return std::unique_ptr<Fp32BlockedExecutor>(new OneDnnExecutor(graph, std::move(fallback), std::move(convs)));
+  std::unique_ptr<Fp32BlockedExecutor> executor;
+  QUANTD_RETURN_IF_ERROR(TorchTry("starting oneDNN", [&]() {  // the engine's constructor may throw dnnl::error
+    executor = std::make_unique<OneDnnExecutor>(graph, std::move(fallback), std::move(convs));
+    return absl::OkStatus();
+  }));
+  return executor;
 }
 
 #else  // no oneDNN shared with LibTorch in this build

@@ -13,6 +13,7 @@
 // elements in a tapped tensor differs, which observers (extrema, histograms)
 // do not depend on. Other ops get NCHW tensors and run through LibTorch.
 
+#include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -20,6 +21,13 @@
 #include "worker/engine/runtime/fp32_executor.h"
 
 namespace quantd::engine {
+
+// How a tapped tensor holds its value's elements.
+enum class TapLayout {
+  kPlain,      // the value itself
+  kBlocked16,  // a 4-D value [N, C, H, W] as [N, C/16, H, W, 16] (oneDNN's nChw16c)
+};
+using LayoutTap = std::function<void(int value, const at::Tensor& tensor, TapLayout layout)>;
 
 class Fp32BlockedExecutor {
  public:
@@ -33,9 +41,8 @@ class Fp32BlockedExecutor {
   // a float NCHW batch of at least 16 images on oneDNN, so the kernels match.
   virtual bool Accepts(const at::Tensor& input) const = 0;
 
-  // Runs forward, handing every produced tensor to `tap` (elements in an
-  // unspecified order for blocked values).
-  virtual absl::Status Run(const at::Tensor& input, const ValueTap& tap) const = 0;
+  // Runs forward, handing every produced tensor to `tap` with its layout.
+  virtual absl::Status Run(const at::Tensor& input, const LayoutTap& tap) const = 0;
 };
 
 }  // namespace quantd::engine

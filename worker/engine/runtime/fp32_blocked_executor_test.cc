@@ -16,16 +16,11 @@
 namespace quantd::engine {
 namespace {
 
-// A tapped tensor in NCHW order: blocked values come as [N, C/16, H, W, 16].
-at::Tensor AsPlain(const at::Tensor& t) {
-  if (t.dim() != 5) return t.contiguous();
+// A tapped tensor as the NCHW value it holds.
+at::Tensor AsPlain(const at::Tensor& t, TapLayout layout) {
+  if (layout == TapLayout::kPlain) return t.contiguous();
+  EXPECT_EQ(t.dim(), 5);
   return t.permute({0, 1, 4, 2, 3}).reshape({t.size(0), t.size(1) * t.size(4), t.size(2), t.size(3)});
-}
-
-std::map<int, at::Tensor> Collect(const std::function<void(const ValueTap&)>& run) {
-  std::map<int, at::Tensor> seen;
-  run([&](int value, const at::Tensor& t) { seen[value] = AsPlain(t).clone(); });
-  return seen;
 }
 
 // The acceptance numbers rest on this: the oneDNN path reproduces LibTorch's
@@ -56,15 +51,22 @@ TEST_P(Fp32BlockedExecutorTest, ResNet8ValuesAreBitIdenticalToLibTorch) {
       ASSERT_TRUE(batch.ok());
       ASSERT_TRUE((*blocked)->Accepts(batch->images));
       at::NoGradGuard no_grad;
-      auto expected = Collect([&](const ValueTap& tap) { ASSERT_TRUE(plain->Run({batch->images}, tap).ok()); });
-      auto actual = Collect([&](const ValueTap& tap) { ASSERT_TRUE((*blocked)->Run(batch->images, tap).ok()); });
-      ASSERT_EQ(actual.size(), expected.size());
+      std::map<int, at::Tensor> expected, actual;
+      ASSERT_TRUE(plain->Run({batch->images}, [&](int v, const at::Tensor& t) { expected[v] = t.clone(); }).ok());
       int blocked_values = 0;
-      (*blocked)->Run(batch->images, [&](int, const at::Tensor& t) { blocked_values += t.dim() == 5; }).IgnoreError();
+      ASSERT_TRUE((*blocked)
+                      ->Run(batch->images,
+                            [&](int v, const at::Tensor& t, TapLayout layout) {
+                              actual[v] = AsPlain(t, layout).clone();
+                              blocked_values += layout == TapLayout::kBlocked16;
+                            })
+                      .ok());
+      ASSERT_EQ(actual.size(), expected.size());
       EXPECT_GE(blocked_values, 9) << "the convolutions' outputs should stay blocked";
       for (const auto& [value, tensor] : expected) {
         ASSERT_TRUE(actual.count(value)) << value;
-        EXPECT_TRUE(at::equal(actual[value], tensor)) << "value " << value << ", batch " << n << ", threads "
+        // Bit for bit: the int32 views compare the encodings, -0.0 and NaN included.
+        EXPECT_TRUE(at::equal(actual[value].contiguous().view(at::kInt), tensor.contiguous().view(at::kInt))) << "value " << value << ", batch " << n << ", threads "
                                                       << threads;
       }
     }
@@ -74,6 +76,54 @@ TEST_P(Fp32BlockedExecutorTest, ResNet8ValuesAreBitIdenticalToLibTorch) {
 
 INSTANTIATE_TEST_SUITE_P(Fusion, Fp32BlockedExecutorTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Auto" : "ExplicitGroups"; });
+
+// Channels that are not a multiple of 16 (outputs handed back as NCHW), a
+// conv without bias, strides, zero pads of blocked values, an add of two
+// blocked values and a graph input read by two convs.
+TEST(Fp32BlockedExecutorRulesTest, SmallModelIsBitIdenticalToLibTorch) {
+  torch::jit::Module small("Small");
+  at::manual_seed(7);
+  small.register_parameter("w1", at::randn({8, 3, 3, 3}), false);
+  small.register_parameter("b1", at::randn({8}), false);
+  small.register_parameter("w2", at::randn({16, 8, 3, 3}), false);
+  small.register_parameter("w3", at::randn({16, 16, 1, 1}), false);
+  small.register_parameter("w4", at::randn({16, 3, 3, 3}), false);
+  small.define(R"(
+    def forward(self, x):
+        y = torch.relu(torch.conv2d(x, self.w1, self.b1, [1, 1], [1, 1]))
+        z = torch.conv2d(y, self.w2, None, [2, 2], [1, 1])
+        p = torch.constant_pad_nd(z, [0, 1, 0, 1], 0.0)
+        s = torch.conv2d(p, self.w3, None, [1, 1], [0, 0])
+        t = torch.conv2d(x, self.w4, None, [2, 2], [0, 0])
+        return torch.relu(s + torch.constant_pad_nd(t, [0, 2, 0, 2], 0.0))
+  )");
+  auto graph = ImportTorchScript(small);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  auto blocked = Fp32BlockedExecutor::Create(&*graph);
+  ASSERT_TRUE(blocked.ok()) << blocked.status();
+  if (*blocked == nullptr) GTEST_SKIP() << "this build has no oneDNN calibration path";
+  auto plain = Fp32Executor::Create(&*graph);
+  ASSERT_TRUE(plain.ok());
+  const at::Tensor x = at::randn({16, 3, 16, 16}) * 50;
+  at::NoGradGuard no_grad;
+  std::map<int, at::Tensor> expected, actual;
+  ASSERT_TRUE(plain->Run({x}, [&](int v, const at::Tensor& t) { expected[v] = t.clone(); }).ok());
+  std::map<TapLayout, int> layouts;
+  ASSERT_TRUE((*blocked)
+                  ->Run(x,
+                        [&](int v, const at::Tensor& t, TapLayout layout) {
+                          actual[v] = AsPlain(t, layout).clone();
+                          ++layouts[layout];
+                        })
+                  .ok());
+  EXPECT_GE(layouts[TapLayout::kBlocked16], 5);  // the 16-channel values
+  EXPECT_GE(layouts[TapLayout::kPlain], 2);      // the input and the 8-channel conv
+  ASSERT_EQ(actual.size(), expected.size());
+  for (const auto& [value, tensor] : expected) {
+    EXPECT_TRUE(at::equal(actual[value].contiguous().view(at::kInt), tensor.contiguous().view(at::kInt)))
+        << "value " << value;
+  }
+}
 
 TEST(Fp32BlockedExecutorRulesTest, LeavesSmallBatchesAndInPlaceGraphsToLibTorch) {
   auto graph = ImportTorchScriptFile(testing::ResNet8Path());
