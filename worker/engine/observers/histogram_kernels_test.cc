@@ -149,18 +149,25 @@ std::vector<float> ReferenceCombine(const std::vector<float>& new_hist, const st
   return std::vector<float>(result.data_ptr<float>(), result.data_ptr<float>() + bins);
 }
 
+// CombineHistograms against the tensor expression, for old/new histograms
+// given as tensors and each (downsample, start_idx) case.
+void ExpectCombineMatches(const at::Tensor& old_t, const at::Tensor& new_t, int64_t upsample,
+                          const std::vector<std::pair<int64_t, int64_t>>& cases) {
+  const auto bins = static_cast<size_t>(old_t.numel());
+  const std::vector<float> old_hist(old_t.data_ptr<float>(), old_t.data_ptr<float>() + bins);
+  const std::vector<float> new_hist(new_t.data_ptr<float>(), new_t.data_ptr<float>() + bins);
+  for (auto [downsample, start] : cases) {
+    std::vector<float> ours = new_hist;
+    CombineHistograms(&ours, old_hist, upsample, downsample, start);
+    EXPECT_EQ(ours, ReferenceCombine(new_hist, old_hist, upsample, downsample, start)) << downsample << " " << start;
+  }
+}
+
 TEST(CombineHistogramsTest, MatchesPyTorchsTensorExpression) {
   at::manual_seed(7);
   const int64_t bins = 64;
   at::Tensor old_t = at::floor(at::rand({bins}) * 1000).contiguous();
-  at::Tensor new_t = at::floor(at::rand({bins}) * 1000).contiguous();
-  std::vector<float> old_hist(old_t.data_ptr<float>(), old_t.data_ptr<float>() + bins);
-  const std::vector<float> new_hist(new_t.data_ptr<float>(), new_t.data_ptr<float>() + bins);
-  for (auto [downsample, start] : std::vector<std::pair<int64_t, int64_t>>{{16, 0}, {23, 5}, {20, 100}, {40, 17}}) {
-    std::vector<float> ours = new_hist;
-    CombineHistograms(&ours, old_hist, 16, downsample, start);
-    EXPECT_EQ(ours, ReferenceCombine(new_hist, old_hist, 16, downsample, start)) << downsample << " " << start;
-  }
+  ExpectCombineMatches(old_t, at::floor(at::rand({bins}) * 1000).contiguous(), 16, {{16, 0}, {23, 5}, {20, 100}, {40, 17}});
 }
 
 // At the real sizes, with the fractional counts earlier merges leave behind.
@@ -168,14 +175,8 @@ TEST(CombineHistogramsTest, MatchesPyTorchAtObserverSizes) {
   at::manual_seed(9);
   const int64_t bins = 2048;
   at::Tensor old_t = (at::floor(at::rand({bins}) * 5000) / 128 + at::rand({bins}) * 1e-3).contiguous();
-  at::Tensor new_t = at::floor(at::rand({bins}) * 5000).contiguous();
-  std::vector<float> old_hist(old_t.data_ptr<float>(), old_t.data_ptr<float>() + bins);
-  const std::vector<float> new_hist(new_t.data_ptr<float>(), new_t.data_ptr<float>() + bins);
-  for (auto [downsample, start] : std::vector<std::pair<int64_t, int64_t>>{{128, 0}, {129, 0}, {131, 300}, {200, 40000}}) {
-    std::vector<float> ours = new_hist;
-    CombineHistograms(&ours, old_hist, 128, downsample, start);
-    EXPECT_EQ(ours, ReferenceCombine(new_hist, old_hist, 128, downsample, start)) << downsample << " " << start;
-  }
+  ExpectCombineMatches(old_t, at::floor(at::rand({bins}) * 5000).contiguous(), 128,
+                       {{128, 0}, {129, 0}, {131, 300}, {200, 40000}});
 }
 
 TEST(QuantizationErrorTest, GrowsWhenTheRangeClipsMass) {

@@ -41,7 +41,6 @@ void KeepReference(const at::Tensor& t, bool blocked, int64_t row, int64_t rows,
 
 }  // namespace
 
-
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,
                                             const ObserverSpec& activation, Dataset* dataset,
                                             const CalibrationOptions& options, const BatchProgress& progress) {

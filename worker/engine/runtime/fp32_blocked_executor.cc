@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <map>
 #include <optional>
 
@@ -112,24 +111,13 @@ at::Tensor AddBlocked(const at::Tensor& a, const at::Tensor& b, bool relu) {
   return out;
 }
 
-void ReluInPlace(const at::Tensor& x) {
-  float* px = x.data_ptr<float>();
-  at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) px[i] = Relu(px[i]);
-  });
-}
-
-at::Tensor ReluBlocked(const at::Tensor& x) {
-  at::Tensor out = at::empty_like(x);
-  const float* px = x.data_ptr<float>();
+// out = relu(in); `out` may be `in` itself.
+void ReluInto(const at::Tensor& in, const at::Tensor& out) {
+  const float* px = in.data_ptr<float>();
   float* po = out.data_ptr<float>();
-  at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    const float* __restrict in = px + begin;
-    float* __restrict z = po + begin;
-    const int64_t n = end - begin;
-    for (int64_t i = 0; i < n; ++i) z[i] = Relu(in[i]);
+  at::parallel_for(0, in.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) po[i] = Relu(px[i]);
   });
-  return out;
 }
 
 // Zero pad of H and W: each output row written once.
@@ -252,7 +240,8 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
       case OpKind::kRelu: {
         const at::Tensor x = blocked_input(0);
         if (!x.defined() || node.OpName() != "aten::relu") return false;
-        blocked[out] = ReluBlocked(x);
+        blocked[out] = at::empty_like(x);
+        ReluInto(x, blocked[out]);
         return true;
       }
       case OpKind::kPad: {  // zero pad of W (and H): the same pad inside each channel block
@@ -319,7 +308,10 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
       blocked[out] = at::Tensor();
       values[out] = plain;
     }
-    if (node.fused_relu) ReluInPlace(blocked[out].defined() ? blocked[out] : values[out].toTensor());
+    if (node.fused_relu) {
+      const at::Tensor& result = blocked[out].defined() ? blocked[out] : values[out].toTensor();
+      ReluInto(result, result);
+    }
     return true;
   }
 
