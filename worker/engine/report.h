@@ -37,6 +37,62 @@ struct PhaseTiming {
   double seconds = 0;
 };
 
+// What this machine's int8 kernels can do, as far as results depend on it.
+struct CpuInt8Report {
+  std::string model_name;             // "Intel(R) Xeon(R) ...", from /proc/cpuinfo
+  std::vector<std::string> features;  // int8-relevant x86 features present: avx2, fma, avx512f, avx512bw,
+                                      // avx512_vnni, avx_vnni, amx_int8
+  std::string onednn_isa;             // oneDNN's effective ISA ("avx512_core_vnni"); honours DNNL_MAX_CPU_ISA
+  std::string kernel_isa;             // quantd's own kernels: avx512 | avx2 | portable
+  // Kernel engines whose u8 x s8 kernels were measured (at process start) to
+  // saturate with 8-bit activations: their int16 pair sums overflow without
+  // VNNI. Each entry: engine and the op kinds that saturated.
+  struct Saturation {
+    std::string engine;
+    std::vector<std::string> ops;  // conv2d, depthwise_conv2d, linear
+  };
+  std::vector<Saturation> saturating_engines;
+  bool Saturates(const std::string& engine) const;
+  std::string Summary() const;  // one line for logs and `quantctl health`
+};
+
+// One kernel engine considered for a job.
+struct KernelCandidate {
+  std::string engine;
+  bool exact = false;
+  std::string why;                      // why it is (not) exact here
+  std::optional<double> ms_per_image;   // measured when the choice needed it
+};
+
+// Which kernel engine a job runs on, and why.
+struct KernelChoice {
+  std::string engine;
+  std::string reason;
+  std::vector<KernelCandidate> candidates;
+};
+
+// int8 against FP32 on the first calibration samples: the check that keeps a
+// broken int8 model from passing as a success.
+struct QualityReport {
+  int64_t samples = 0;
+  std::optional<double> top1_agreement;  // classifier outputs ([N, C], C > 1) only
+  std::optional<double> output_sqnr_db;  // worst over the model's tensor outputs
+  std::vector<std::string> worst_layers;  // "layer2.conv1 (3.1 dB)", lowest SQNR first
+  double min_top1_agreement = 0;
+  double min_output_sqnr_db = 0;
+  bool passed = true;
+  std::string message;  // why it failed, or empty
+};
+
+// What running the artifact needs, recorded in its manifest.
+struct ArtifactRequirements {
+  std::string kernel_engine;       // the engine the packs and the numerics are for
+  int64_t activation_quant_max = 255;
+  // The engine is exact only on CPUs whose u8 x s8 dot products do not
+  // saturate (VNNI or AMX): true for onednn/fbgemm/x86 with 8-bit activations.
+  bool needs_non_saturating_u8s8 = false;
+};
+
 struct QuantizeReport {
   std::string qconfig_name;
   std::string qconfig_description;
@@ -56,6 +112,13 @@ struct QuantizeReport {
   std::string torch_version;
   std::string quantd_version;
   int intra_op_threads = 1;
+  CpuInt8Report cpu;
+  KernelChoice kernel_choice;
+  ArtifactRequirements requirements;
+  QualityReport quality;
+  // Things the user should know although the job succeeded (a forced kernel
+  // engine that saturates here, a quality check passed only by opt-in, ...).
+  std::vector<std::string> warnings;
 };
 
 // The manifest written beside an artifact (JSON).

@@ -16,7 +16,7 @@ namespace quantd::engine {
 namespace {
 
 // Copies the leading images of a tapped value (plain, or `blocked` as
-// [N, C/16, H, W, 16]) into rows [row, ...) of `*reference`, allocated on
+// [N, C/B, H, W, B]) into rows [row, ...) of `*reference`, allocated on
 // first use with `rows` images.
 void KeepReference(const at::Tensor& t, bool blocked, int64_t row, int64_t rows, at::Tensor* reference) {
   if (t.dim() == 0) return;
@@ -30,7 +30,7 @@ void KeepReference(const at::Tensor& t, bool blocked, int64_t row, int64_t rows,
   }
   const int64_t k = std::min(t.size(0), rows - row);
   at::Tensor rows_out = reference->narrow(0, row, k);
-  if (blocked) {  // NHWC rows seen as [k, H, W, C/16, 16]
+  if (blocked) {  // NHWC rows seen as [k, H, W, C/B, B]
     rows_out.permute({0, 2, 3, 1})
         .view({k, t.size(2), t.size(3), t.size(1), t.size(4)})
         .copy_(t.narrow(0, 0, k).permute({0, 2, 3, 1, 4}));
@@ -87,7 +87,7 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
       int64_t first_image = 0;  // of the sub-batch running
       auto observe = [&](int value, const at::Tensor& t, TapLayout layout) {
         if (keep[static_cast<size_t>(value)] && first_image < reference_rows) {
-          KeepReference(t, layout == TapLayout::kBlocked16, first_image, reference_rows, &result.references[value]);
+          KeepReference(t, layout == TapLayout::kBlocked, first_image, reference_rows, &result.references[value]);
         }
         Observer* o = observers[static_cast<size_t>(value)].get();
         if (o == nullptr) return;

@@ -24,7 +24,9 @@ namespace quantd::engine {
 namespace {
 
 using dnnl::memory;
-constexpr int64_t kBlock = 16;  // channels per block of nChw16c
+// Channels per block: oneDNN picks nChw16c on AVX-512 CPUs and nChw8c on
+// AVX2 ones; the path keeps whichever the convolution chose.
+constexpr int64_t kBlockWidths[] = {16, 8};
 
 // A conv2d the oneDNN path runs: what LibTorch would hand to oneDNN.
 struct ConvSpec {
@@ -80,7 +82,9 @@ struct ConvPrimitive {
   memory::dims dst_dims;
 };
 
-memory::desc BlockedDesc(const memory::dims& dims) { return {dims, memory::data_type::f32, memory::format_tag::nChw16c}; }
+memory::desc BlockedDesc(const memory::dims& dims, int64_t block) {
+  return {dims, memory::data_type::f32, block == 8 ? memory::format_tag::nChw8c : memory::format_tag::nChw16c};
+}
 memory::desc PlainDesc(const memory::dims& dims) { return {dims, memory::data_type::f32, memory::format_tag::nchw}; }
 
 at::Tensor EmptyBytes(size_t bytes) { return at::empty({static_cast<int64_t>(bytes)}, at::kByte); }
@@ -124,10 +128,11 @@ void ReluInto(const at::Tensor& in, const at::Tensor& out) {
 at::Tensor PadBlocked(const at::Tensor& x, int64_t left, int64_t right, int64_t top, int64_t bottom) {
   const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3);
   const int64_t out_h = h + top + bottom, out_w = w + left + right;
-  at::Tensor out = at::empty({x.size(0), x.size(1), out_h, out_w, kBlock}, at::kFloat);
+  const int64_t block = x.size(4);
+  at::Tensor out = at::empty({x.size(0), x.size(1), out_h, out_w, block}, at::kFloat);
   const float* px = x.data_ptr<float>();
   float* po = out.data_ptr<float>();
-  const int64_t in_row = w * kBlock, out_row = out_w * kBlock;
+  const int64_t in_row = w * block, out_row = out_w * block;
   at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / (out_h * out_row)), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const float* src = px + p * h * in_row;
@@ -137,9 +142,9 @@ at::Tensor PadBlocked(const at::Tensor& x, int64_t left, int64_t right, int64_t 
           std::fill(dst, dst + out_row, 0.0f);
           continue;
         }
-        std::fill(dst, dst + left * kBlock, 0.0f);
-        std::copy(src + (r - top) * in_row, src + (r - top + 1) * in_row, dst + left * kBlock);
-        std::fill(dst + left * kBlock + in_row, dst + out_row, 0.0f);
+        std::fill(dst, dst + left * block, 0.0f);
+        std::copy(src + (r - top) * in_row, src + (r - top + 1) * in_row, dst + left * block);
+        std::fill(dst + left * block + in_row, dst + out_row, 0.0f);
       }
     }
   });
@@ -166,7 +171,7 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
     dnnl::stream& stream = *started;
     const auto n = static_cast<size_t>(graph_->num_values);
     std::vector<c10::IValue> values(n);  // NCHW (or non-tensor) values
-    std::vector<at::Tensor> blocked(n);  // nChw16c values, [N, C/16, H, W, 16]
+    std::vector<at::Tensor> blocked(n);  // blocked values, [N, C/B, H, W, B]
     const int in = graph_->inputs[0];
     values[static_cast<size_t>(in)] = input;
     if (tap) tap(in, input, TapLayout::kPlain);
@@ -188,7 +193,7 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
       for (int out : node.outputs) {
         const auto v = static_cast<size_t>(out);
         if (blocked[v].defined()) {
-          tap(out, blocked[v], TapLayout::kBlocked16);
+          tap(out, blocked[v], TapLayout::kBlocked);
         } else if (values[v].isTensor()) {
           tap(out, values[v].toTensor(), TapLayout::kPlain);
         }
@@ -198,11 +203,11 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
   }
 
  private:
-  // [N, C/16, H, W, 16] -> [N, C, H, W]: pure data movement.
+  // [N, C/B, H, W, B] -> [N, C, H, W]: pure data movement.
   at::Tensor BlockedToPlain(const at::Tensor& blocked, dnnl::stream& stream) const {
-    const memory::dims dims = {blocked.size(0), blocked.size(1) * kBlock, blocked.size(2), blocked.size(3)};
+    const memory::dims dims = {blocked.size(0), blocked.size(1) * blocked.size(4), blocked.size(2), blocked.size(3)};
     at::Tensor plain = at::empty(dims, at::kFloat);
-    memory from(BlockedDesc(dims), engine_, blocked.data_ptr());
+    memory from(BlockedDesc(dims, blocked.size(4)), engine_, blocked.data_ptr());
     memory to(PlainDesc(dims), engine_, plain.data_ptr());
     dnnl::reorder(from, to).execute(stream, from, to);
     stream.wait();
@@ -267,8 +272,8 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
     memory src;
     if (blocked[in].defined()) {
       const at::Tensor& x = blocked[in];
-      src_dims = {x.size(0), x.size(1) * kBlock, x.size(2), x.size(3)};
-      src = memory(BlockedDesc(src_dims), engine_, x.data_ptr());
+      src_dims = {x.size(0), x.size(1) * x.size(4), x.size(2), x.size(3)};
+      src = memory(BlockedDesc(src_dims, x.size(4)), engine_, x.data_ptr());
     } else if (values[in].isTensor()) {
       const at::Tensor& x = values[in].toTensor();
       if (!Accepts(x) || x.size(1) != spec->weight.size(1)) return false;
@@ -298,8 +303,12 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
     stream.wait();
     const memory::dims& d = p->dst_dims;
     const auto out = static_cast<size_t>(node.outputs[0]);
-    if (p->pd.dst_desc() == BlockedDesc(d) && d[1] % kBlock == 0) {
-      blocked[out] = dst.view(at::kFloat).view({d[0], d[1] / kBlock, d[2], d[3], kBlock});
+    int64_t block = 0;
+    for (int64_t width : kBlockWidths) {
+      if (d[1] % width == 0 && p->pd.dst_desc() == BlockedDesc(d, width)) block = width;
+    }
+    if (block != 0) {
+      blocked[out] = dst.view(at::kFloat).view({d[0], d[1] / block, d[2], d[3], block});
     } else {  // a layout this path does not keep: hand LibTorch NCHW
       at::Tensor plain = at::empty({d[0], d[1], d[2], d[3]}, at::kFloat);
       memory to(PlainDesc(d), engine_, plain.data_ptr());

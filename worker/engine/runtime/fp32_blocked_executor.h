@@ -2,7 +2,7 @@
 #define QUANTD_WORKER_ENGINE_RUNTIME_FP32_BLOCKED_EXECUTOR_H_
 
 // Calibration's FP32 forward with activations kept in oneDNN's blocked layout
-// (nChw16c) from one convolution to the next.
+// (nChw16c on AVX-512 CPUs, nChw8c on AVX2 ones) from one convolution to the next.
 //
 // LibTorch runs an FP32 conv2d on oneDNN too, but converts every input to the
 // blocked layout and every output back to NCHW; on ResNet8 those reorders are
@@ -25,7 +25,7 @@ namespace quantd::engine {
 // How a tapped tensor holds its value's elements.
 enum class TapLayout {
   kPlain,      // the value itself
-  kBlocked16,  // a 4-D value [N, C, H, W] as [N, C/16, H, W, 16] (oneDNN's nChw16c)
+  kBlocked,  // a 4-D value [N, C, H, W] as [N, C/B, H, W, B] (oneDNN's nChw16c or nChw8c; B = size(4))
 };
 using LayoutTap = std::function<void(int value, const at::Tensor& tensor, TapLayout layout)>;
 

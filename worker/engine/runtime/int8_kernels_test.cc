@@ -98,9 +98,15 @@ void ExpectAddMatchesTorch() {
 
 TEST(AddInt8Test, SameCodesAsLibTorch) { ExpectAddMatchesTorch(); }
 
-// The portable loops (CPUs without AVX-512) give the same codes.
-TEST(Int8KernelsPortableTest, SameCodesAsLibTorch) {
-  ForcePortableKernelsForTesting(true);
+// Every vector level this CPU has (AVX-512, AVX2, portable loops) gives the
+// same codes: an AVX-512 machine checks what AVX2-only CPUs run.
+class Int8KernelsIsaTest : public ::testing::TestWithParam<KernelIsa> {};
+
+TEST_P(Int8KernelsIsaTest, SameCodesAsLibTorch) {
+  if (static_cast<int>(GetParam()) > static_cast<int>(MaxKernelIsa())) {
+    GTEST_SKIP() << "this CPU lacks " << KernelIsaName(GetParam()) << ", or QUANTD_MAX_CPU_ISA / DNNL_MAX_CPU_ISA caps it";
+  }
+  SetMaxKernelIsaForTesting(GetParam());
   ExpectAddMatchesTorch();
   const at::Tensor pixels = at::floor(at::rand({2, 3, 4, 8}) * 256);
   for (int64_t channels : {0, 4}) {
@@ -108,10 +114,16 @@ TEST(Int8KernelsPortableTest, SameCodesAsLibTorch) {
     const at::Tensor expected = at::quantize_per_tensor(pixels, 2.0078, 7, at::kQUInt8);
     EXPECT_TRUE(at::equal(ours.int_repr().slice(1, 0, 3), expected.int_repr())) << channels;
   }
-  const at::Tensor q = at::quantize_per_tensor(at::randn({3, 8, 5, 5}) * 3, 0.04, 100, at::kQUInt8);
-  EXPECT_TRUE(at::equal(ReluInt8(q).int_repr(), at::relu(q).int_repr()));
-  ForcePortableKernelsForTesting(false);
+  for (int64_t n : {3, 40}) {  // 40 * 8 * 5 * 5: whole vectors and a tail
+    const at::Tensor q = at::quantize_per_tensor(at::randn({n, 8, 5, 5}) * 3, 0.04, 100, at::kQUInt8);
+    EXPECT_TRUE(at::equal(ReluInt8(q).int_repr(), at::relu(q).int_repr()));
+  }
+  SetMaxKernelIsaForTesting(std::nullopt);
 }
+
+INSTANTIATE_TEST_SUITE_P(Levels, Int8KernelsIsaTest,
+                         ::testing::Values(KernelIsa::kPortable, KernelIsa::kAvx2, KernelIsa::kAvx512),
+                         [](const auto& info) { return std::string(KernelIsaName(info.param)); });
 
 TEST(AddInt8Test, OtherCasesAreLeftToTheOperator) {
   const at::Tensor a = at::quantize_per_tensor(at::randn({2, 4, 3, 3}), 0.1, 128, at::kQUInt8);

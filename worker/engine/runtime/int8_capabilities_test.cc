@@ -1,0 +1,58 @@
+#include "worker/engine/runtime/int8_capabilities.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+#include "worker/engine/runtime/prepack.h"
+
+namespace quantd::engine {
+namespace {
+
+bool Available(const std::string& engine) {
+  const std::vector<std::string> engines = AvailableKernelEngineNames();
+  return std::find(engines.begin(), engines.end(), engine) != engines.end();
+}
+
+// QNNPACK widens to 16 bits before it multiplies: exact on every CPU.
+TEST(Int8CapabilitiesTest, QnnpackNeverSaturates) {
+  if (!Available("qnnpack")) GTEST_SKIP() << "no qnnpack in this LibTorch";
+  auto ops = ProbeSaturatingOps("qnnpack");
+  ASSERT_TRUE(ops.ok()) << ops.status();
+  EXPECT_TRUE(ops->empty());
+}
+
+// What the probe measures agrees with what oneDNN says it runs on: int8 dot
+// products with VNNI (or AMX) are exact, without it the u8 x s8 pair sums of
+// convolutions saturate. Under DNNL_MAX_CPU_ISA=AVX2 this checks the AVX2 side.
+TEST(Int8CapabilitiesTest, OneDnnSaturatesExactlyWithoutVnni) {
+  if (!Available("onednn")) GTEST_SKIP() << "no onednn in this LibTorch";
+  const std::string isa = OneDnnEffectiveIsa();
+  if (isa.empty()) GTEST_SKIP() << "oneDNN's ISA query is not reachable in this build";
+  static const std::set<std::string> kVnni = {"avx512_core_vnni", "avx512_core_bf16", "avx512_core_amx", "avx2_vnni"};
+  static const std::set<std::string> kNoVnni = {"avx2", "avx512_core"};
+  if (kVnni.count(isa) == 0 && kNoVnni.count(isa) == 0) GTEST_SKIP() << "no expectation for oneDNN isa " << isa;
+  auto ops = ProbeSaturatingOps("onednn");
+  ASSERT_TRUE(ops.ok()) << ops.status();
+  const bool conv_saturates = std::find(ops->begin(), ops->end(), "conv2d") != ops->end();
+  EXPECT_EQ(conv_saturates, kNoVnni.count(isa) == 1) << "oneDNN isa " << isa;
+  std::cout << "oneDNN isa " << isa << ": saturating ops:";
+  for (const std::string& op : *ops) std::cout << " " << op;
+  std::cout << std::endl;
+}
+
+TEST(Int8CapabilitiesTest, ReportNamesTheCpuAndMatchesTheProbe) {
+  const CpuInt8Report& cpu = CpuInt8Capabilities();
+  EXPECT_FALSE(cpu.kernel_isa.empty());
+  EXPECT_FALSE(cpu.Summary().empty());
+  for (const std::string& engine : AvailableKernelEngineNames()) {
+    auto ops = ProbeSaturatingOps(engine);
+    ASSERT_TRUE(ops.ok()) << ops.status();
+    EXPECT_EQ(cpu.Saturates(engine), !ops->empty()) << engine;
+  }
+  std::cout << cpu.Summary() << std::endl;
+}
+
+}  // namespace
+}  // namespace quantd::engine
