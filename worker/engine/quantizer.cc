@@ -12,6 +12,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "worker/engine/base/sha256.h"
@@ -23,10 +24,12 @@
 #include "worker/engine/passes/convert.h"
 #include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/passes/insert_observers.h"
-#include "worker/engine/passes/measure_sqnr.h"
+#include "worker/engine/passes/compare_with_fp32.h"
 #include "worker/engine/qconfig/qconfig.h"
 #include "worker/engine/runtime/fp32_executor.h"
+#include "worker/engine/runtime/int8_capabilities.h"
 #include "worker/engine/runtime/int8_program.h"
+#include "worker/engine/runtime/kernel_choice.h"
 #include "worker/engine/runtime/prepack.h"
 #include "worker/engine/quantizer_internal.h"
 #include "worker/engine/serialization/torchscript_writer.h"
@@ -112,27 +115,59 @@ int IntraOpThreads() { return at::get_num_threads(); }
 
 std::vector<std::string> AvailableKernelEngines() { return AvailableKernelEngineNames(); }
 
-absl::StatusOr<std::string> KernelEngineFor(const std::string& preset, const std::string& requested) {
-  const std::vector<std::string> available = AvailableKernelEngines();
-  auto has = [&](const std::string& e) { return std::find(available.begin(), available.end(), e) != available.end(); };
-  if (!requested.empty()) {
-    if (!has(requested)) {
-      return absl::InvalidArgumentError(absl::StrCat("kernel_engine '", requested, "' is not compiled into this LibTorch (available: ",
-                                                     absl::StrJoin(available, ", "), ")"));
-    }
-    return requested;
-  }
-  std::vector<std::string> preference;
-  if (preset == "x86") preference = {"x86", "fbgemm", "onednn", "qnnpack"};
-  else if (preset == "fbgemm") preference = {"fbgemm", "x86", "onednn", "qnnpack"};
-  else preference = {"onednn", "x86", "fbgemm", "qnnpack"};
-  for (const std::string& e : preference) {
-    if (has(e)) return e;
-  }
-  return absl::FailedPreconditionError("this LibTorch has no quantized kernel engine");
+const CpuInt8Report& CpuInt8Info() { return CpuInt8Capabilities(); }
+
+absl::StatusOr<std::string> KernelEngineForArtifact(const ArtifactRequirements& requirements, bool allow_reroute) {
+  return RuntimeKernelEngine(requirements, CpuInt8Capabilities(), AvailableKernelEngines(), allow_reroute);
 }
 
 std::string TorchVersion() { return TORCH_VERSION; }
+
+namespace {
+
+// A program converted for one kernel engine, with its executor (which points
+// into the program: kept together on the heap).
+struct Converted {
+  Program program;
+  std::unique_ptr<Int8Executor> executor;
+  std::vector<LayerReport> layers;
+};
+
+absl::StatusOr<std::unique_ptr<Converted>> ConvertFor(const Graph& fused, const QuantizationPlan& plan,
+                                                      const CalibrationResult& calibrated, const QConfig& qconfig,
+                                                      const std::string& engine) {
+  auto converted = std::make_unique<Converted>();
+  QUANTD_ASSIGN_OR_RETURN(converted->program,
+                          Convert(fused, plan, calibrated.qparams, qconfig, engine, &converted->layers));
+  QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&converted->program));
+  converted->executor = std::make_unique<Int8Executor>(std::move(executor));
+  return converted;
+}
+
+// Milliseconds per image of the int8 program on `images` (best of 3 after a
+// warm-up run).
+absl::StatusOr<double> MsPerImage(const Int8Executor& executor, const at::Tensor& images) {
+  at::NoGradGuard no_grad;
+  double best = 0;
+  for (int run = 0; run < 4; ++run) {
+    const absl::Time start = absl::Now();
+    QUANTD_RETURN_IF_ERROR(executor.Forward(images).status());
+    const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+    if (run == 1 || (run > 1 && ms < best)) best = ms;
+  }
+  return best / static_cast<double>(std::max<int64_t>(1, images.size(0)));
+}
+
+std::string Percent(const std::optional<double>& v) {
+  return v ? absl::StrFormat("%.1f%%", 100 * *v) : std::string("n/a");
+}
+std::string Db(const std::optional<double>& v) { return v ? absl::StrFormat("%.1f dB", *v) : std::string("n/a"); }
+
+bool WeightsHaveZeroPoints(const QConfig& qconfig) {
+  return qconfig.weight.qscheme == QScheme::kPerTensorAffine || qconfig.weight.qscheme == QScheme::kPerChannelAffine;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options) {
   auto impl = std::make_unique<QuantizedModel::Impl>();
@@ -159,7 +194,33 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   }
   report.qconfig_name = qconfig.name;
   report.qconfig_description = qconfig.Describe();
-  QUANTD_ASSIGN_OR_RETURN(report.kernel_engine, KernelEngineFor(options.qconfig.preset, options.kernel_engine));
+
+  // Kernel engines: what this CPU computes exactly with the qconfig's
+  // activation range. Settled before calibration where no measurement is
+  // needed, so a bad request fails at once.
+  report.cpu = CpuInt8Capabilities();
+  const int64_t activation_quant_max = qconfig.activation.quant_max();
+  const std::vector<std::string> available = AvailableKernelEngines();
+  if (available.empty()) return absl::FailedPreconditionError("this LibTorch has no quantized kernel engine");
+  std::vector<KernelCandidate> candidates;
+  if (!options.kernel_engine.empty()) {
+    if (std::find(available.begin(), available.end(), options.kernel_engine) == available.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("kernel_engine '", options.kernel_engine,
+                                                     "' is not compiled into this LibTorch (available: ",
+                                                     absl::StrJoin(available, ", "), ")"));
+    }
+    candidates.push_back(AssessKernelEngine(options.kernel_engine, activation_quant_max, report.cpu));
+    if (!candidates[0].exact && options.strict_kernels) {
+      return absl::FailedPreconditionError(absl::StrCat("kernel_engine '", options.kernel_engine, "' ",
+                                                        candidates[0].why, " (strict kernels)"));
+    }
+  } else {
+    for (const std::string& engine : KernelPreference(options.qconfig.preset, available)) {
+      // onednn rejects weight zero points: only a named request reaches it then (and fails clearly).
+      if (engine == "onednn" && WeightsHaveZeroPoints(qconfig)) continue;
+      candidates.push_back(AssessKernelEngine(engine, activation_quant_max, report.cpu));
+    }
+  }
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kLoading));
   QUANTD_ASSIGN_OR_RETURN(report.model_sha256, Sha256File(options.model_path));
@@ -187,13 +248,110 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
     calibration_options.reference_values = SqnrValues(impl->fused, plan);
     calibration_options.reference_samples = options.sqnr_samples;
   }
+  // The images int8 runs on after conversion: the SQNR ones and the quality gate's.
+  const int64_t compared_samples = std::min(std::max(options.sqnr_samples, options.quality_samples), calibration->size());
+  if (options.quality_samples > 0) {
+    calibration_options.output_values = OutputValues(impl->fused);
+    calibration_options.output_samples = compared_samples;
+  }
   QUANTD_ASSIGN_OR_RETURN(CalibrationResult calibrated, Calibrate(impl->fused, plan, qconfig.activation, calibration.get(),
                                                                  calibration_options, batch_progress));
   report.calibration_samples = calibrated.samples;
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));
-  std::vector<LayerReport> layers;
-  QUANTD_ASSIGN_OR_RETURN(impl->program, Convert(impl->fused, plan, calibrated.qparams, qconfig, report.kernel_engine, &layers));
+  at::Tensor compared_images;
+  std::vector<at::Tensor> fp32_outputs;
+  if (compared_samples > 0) {
+    QUANTD_ASSIGN_OR_RETURN(Batch batch, calibration->ReadBatch(0, compared_samples));
+    compared_images = batch.images;
+    for (const Operand& out : impl->fused.outputs) {
+      auto it = out.kind == Operand::Kind::kValue ? calibrated.references.find(out.value) : calibrated.references.end();
+      const bool full = it != calibrated.references.end() && it->second.dim() > 0 && it->second.size(0) == compared_samples;
+      fp32_outputs.push_back(options.quality_samples > 0 && full ? it->second : at::Tensor());
+    }
+  }
+  auto compare = [&](const Int8Executor& executor) -> absl::StatusOr<Int8VsFp32> {
+    if (compared_samples == 0) return Int8VsFp32{};
+    return CompareWithFp32(executor, compared_images, calibrated.references, fp32_outputs);
+  };
+
+  // The kernel engine: the preferred one if it is exact here, else the
+  // fastest exact one (measured), else (nothing exact) the preferred one
+  // with a warning; a named one as given, with a warning that says what its
+  // saturation costs when it is not exact.
+  KernelChoice& choice = report.kernel_choice;
+  std::unique_ptr<Converted> chosen;
+  std::optional<Int8VsFp32> chosen_comparison;
+  if (!options.kernel_engine.empty()) {
+    choice.engine = options.kernel_engine;
+    choice.reason = absl::StrCat("requested; ", candidates[0].why);
+    QUANTD_ASSIGN_OR_RETURN(chosen, ConvertFor(impl->fused, plan, calibrated, qconfig, choice.engine));
+    if (!candidates[0].exact) {
+      QUANTD_ASSIGN_OR_RETURN(chosen_comparison, compare(*chosen->executor));
+      std::string effect;
+      for (const std::string& engine : available) {
+        if (engine == choice.engine || !AssessKernelEngine(engine, activation_quant_max, report.cpu).exact) continue;
+        QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Converted> exact, ConvertFor(impl->fused, plan, calibrated, qconfig, engine));
+        QUANTD_ASSIGN_OR_RETURN(Int8VsFp32 exact_comparison, compare(*exact->executor));
+        effect = absl::StrCat("; measured on ", chosen_comparison->samples, " calibration images: top-1 agreement with FP32 ",
+                              Percent(chosen_comparison->top1_agreement), " (", engine, ", exact: ",
+                              Percent(exact_comparison.top1_agreement), "), output SQNR ",
+                              Db(chosen_comparison->output_sqnr_db), " (", engine, ": ",
+                              Db(exact_comparison.output_sqnr_db), ")");
+        break;
+      }
+      report.warnings.push_back(absl::StrCat("kernel_engine '", choice.engine, "' ", candidates[0].why, effect,
+                                             ". Leave kernel_engine empty for an exact engine, use a qconfig with "
+                                             "reduce_range, or set strict kernels to make this an error"));
+    }
+  } else if (!candidates.empty() && candidates[0].exact) {
+    choice.engine = candidates[0].engine;
+    choice.reason = absl::StrCat("preferred engine for the ", report.qconfig_name, " qconfig; ", candidates[0].why);
+    QUANTD_ASSIGN_OR_RETURN(chosen, ConvertFor(impl->fused, plan, calibrated, qconfig, choice.engine));
+  } else if (!candidates.empty()) {
+    // The preferred engine would saturate: time every engine on the images the
+    // quality check uses (the saturating one too, so the report shows what
+    // exactness costs) and keep the fastest exact one.
+    const at::Tensor timing_images =
+        compared_samples > 0 ? compared_images.narrow(0, 0, std::min<int64_t>(compared_samples, 32))
+                             : at::zeros({}, at::kFloat);
+    std::optional<size_t> fastest;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Converted> converted,
+                              ConvertFor(impl->fused, plan, calibrated, qconfig, candidates[i].engine));
+      if (timing_images.dim() > 0) {
+        QUANTD_ASSIGN_OR_RETURN(candidates[i].ms_per_image, MsPerImage(*converted->executor, timing_images));
+      }
+      if (!candidates[i].exact) continue;
+      const bool faster = !fastest || (candidates[i].ms_per_image && candidates[*fastest].ms_per_image &&
+                                       *candidates[i].ms_per_image < *candidates[*fastest].ms_per_image);
+      if (faster) {
+        fastest = i;
+        chosen = std::move(converted);
+      }
+    }
+    if (fastest) {
+      choice.engine = candidates[*fastest].engine;
+      choice.reason = absl::StrCat("preferred engine '", candidates[0].engine, "' ", candidates[0].why, "; '",
+                                   choice.engine, "' is the fastest exact one here: ", candidates[*fastest].why);
+    } else {
+      choice.engine = candidates[0].engine;
+      choice.reason = "no kernel engine is exact here";
+      QUANTD_ASSIGN_OR_RETURN(chosen, ConvertFor(impl->fused, plan, calibrated, qconfig, choice.engine));
+      report.warnings.push_back(absl::StrCat("no kernel engine computes this qconfig exactly on this CPU: '",
+                                             choice.engine, "' ", candidates[0].why,
+                                             "; a qconfig with reduce_range (e.g. fbgemm) would be exact"));
+    }
+  } else {
+    return absl::FailedPreconditionError(absl::StrCat("no compiled-in kernel engine accepts the weights of ",
+                                                      qconfig.Describe(), " (onednn needs symmetric weights)"));
+  }
+  choice.candidates = candidates;
+  report.kernel_engine = choice.engine;
+  report.requirements = RequirementsFor(choice.engine, activation_quant_max);
+  impl->program = std::move(chosen->program);
+  std::vector<LayerReport> layers = std::move(chosen->layers);
+  chosen.reset();
   QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&impl->program));
   impl->executor = std::make_unique<Int8Executor>(std::move(executor));
   // Make the batch-1 packs now: they serve the latency-critical case.
@@ -205,16 +363,20 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
     if (!warm.ok()) return warm.status();
   }
 
-  // Per-layer SQNR on the first calibration samples.
-  std::map<std::string, double> sqnr;
-  if (options.sqnr_samples > 0) {
-    QUANTD_ASSIGN_OR_RETURN(Batch batch, calibration->ReadBatch(0, std::min(options.sqnr_samples, calibration->size())));
-    QUANTD_ASSIGN_OR_RETURN(sqnr, MeasureSqnr(*impl->executor, batch.images, calibrated.references));
-  }
+  // Per-layer SQNR and the quality gate, on the first calibration images.
+  QUANTD_ASSIGN_OR_RETURN(Int8VsFp32 comparison, compare(*impl->executor));
   for (LayerReport& layer : layers) {
-    auto it = sqnr.find(layer.name);
-    if (it != sqnr.end()) layer.sqnr_db = it->second;
+    auto it = comparison.layer_sqnr_db.find(layer.name);
+    if (it != comparison.layer_sqnr_db.end()) layer.sqnr_db = it->second;
     report.layers.push_back(std::move(layer));
+  }
+  if (options.quality_samples > 0) {
+    report.quality = JudgeQuality(comparison, {options.min_top1_agreement, options.min_output_sqnr_db});
+    if (!report.quality.passed) {
+      if (!options.allow_low_quality) return absl::FailedPreconditionError(report.quality.message);
+      report.warnings.push_back(absl::StrCat("quality check failed, kept because low quality is allowed: ",
+                                             report.quality.message));
+    }
   }
 
   if (options.evaluation) {

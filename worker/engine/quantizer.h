@@ -51,7 +51,21 @@ struct QuantizeOptions {
   // Gather observer statistics on a second thread while the next batch runs
   // forward (same results; uses two cores during calibration).
   bool overlap_observers = false;
-  std::string kernel_engine;       // "" = the best one compiled in for the preset
+  // "" = the fastest engine that is exact on this CPU for the qconfig (see
+  // KernelChoice in the report); a named engine is used as given.
+  std::string kernel_engine;
+  // A named kernel engine that saturates on this CPU for the qconfig's
+  // activations fails the run (FAILED_PRECONDITION) instead of succeeding
+  // with a warning.
+  bool strict_kernels = false;
+  // The quality gate: int8 against FP32 on the first `quality_samples`
+  // calibration images (0: no check). Below either threshold the run fails
+  // with FAILED_PRECONDITION, unless `allow_low_quality`, which keeps the
+  // model and adds a warning.
+  int64_t quality_samples = 100;
+  double min_top1_agreement = 0.8;   // classifier outputs only
+  double min_output_sqnr_db = 10.0;
+  bool allow_low_quality = false;
   std::optional<DatasetSpec> evaluation;  // FP32 and int8 top-1 on this labeled set
   int64_t evaluation_batch_size = 256;
   ProgressCallback progress;
@@ -94,9 +108,13 @@ void SetIntraOpThreads(int threads);
 void InitializeRuntime(int intra_op_threads);
 int IntraOpThreads();
 std::vector<std::string> AvailableKernelEngines();
-// The kernel engine a preset runs on: its own engine where compiled in,
-// otherwise the best one available (onednn for fbgemm/x86 numerics here).
-absl::StatusOr<std::string> KernelEngineFor(const std::string& preset, const std::string& requested);
+// This machine's int8 capabilities (x86 features, oneDNN's ISA, which kernel
+// engines saturate with 8-bit activations), detected once per process.
+const CpuInt8Report& CpuInt8Info();
+// The kernel engine to run an artifact on this machine: its own, or qnnpack
+// where its own would saturate and `allow_reroute`; otherwise
+// FAILED_PRECONDITION saying why (see kernel_choice.h).
+absl::StatusOr<std::string> KernelEngineForArtifact(const ArtifactRequirements& requirements, bool allow_reroute);
 std::string TorchVersion();
 
 }  // namespace quantd::engine

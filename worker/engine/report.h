@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 namespace quantd::engine {
 
 struct LayerReport {
@@ -123,6 +125,8 @@ struct QuantizeReport {
 
 // The manifest written beside an artifact (JSON).
 std::string ManifestJson(const QuantizeReport& report);
+// Reads the requirements back from a manifest.
+absl::StatusOr<ArtifactRequirements> ArtifactRequirementsFromManifest(const std::string& manifest_json);
 
 }  // namespace quantd::engine
 

@@ -12,10 +12,18 @@
 
 namespace quantd::engine {
 
-// First line of a LibTorch error message (the rest is a C++ backtrace).
+// First non-blank line of a LibTorch error message (the rest is a C++
+// backtrace; TorchScript compile errors start with an empty line).
 inline std::string FirstLine(const std::string& message) {
-  const auto pos = message.find('\n');
-  return pos == std::string::npos ? message : message.substr(0, pos);
+  size_t start = 0;
+  while (start < message.size()) {
+    const auto end = message.find('\n', start);
+    const std::string line = message.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (line.find_first_not_of(" \t\r") != std::string::npos) return line;
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return "(LibTorch gave no message)";
 }
 
 template <typename Fn>

@@ -19,6 +19,10 @@ const char* OpKindName(OpKind kind) {
     case OpKind::kFlatten: return "flatten";
     case OpKind::kSoftmax: return "softmax";
     case OpKind::kDropout: return "dropout";
+    case OpKind::kClamp: return "clamp";
+    case OpKind::kFixedQParams: return "fixed_qparams";
+    case OpKind::kHardswish: return "hardswish";
+    case OpKind::kCat: return "cat";
     case OpKind::kGeneric: return "generic";
   }
   return "?";

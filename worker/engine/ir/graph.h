@@ -26,6 +26,10 @@ enum class OpKind {
   kFlatten,
   kSoftmax,
   kDropout,
+  kClamp,          // hardtanh / relu6 / clamp with constant bounds: on int8, keeps its input's qparams
+  kFixedQParams,   // sigmoid / hardsigmoid / tanh: on int8, LibTorch's fixed output qparams
+  kHardswish,      // int8 kernel with its own output qparams
+  kCat,            // cat of a list of tensors: int8 kernel with its own output qparams
   kGeneric,  // any other op: runs in FP32 through its TorchScript operator
 };
 
@@ -78,6 +82,10 @@ struct Node {
 
 struct Graph {
   torch::jit::Module module;  // keeps the jit graphs that nodes point into alive
+  // Graphs the importer made for ops it rewrote into their scripted form
+  // (traced models' aten::_convolution -> aten::conv2d, ...): their nodes are
+  // the jit_node of the rewritten IR nodes.
+  std::vector<std::shared_ptr<torch::jit::Graph>> canonical_ops;
   std::vector<Node> nodes;    // topological order; fusion marks nodes removed
   std::vector<int> inputs;    // forward's tensor arguments (self excluded)
   std::vector<c10::TypePtr> input_types;

@@ -1,9 +1,11 @@
 #include "worker/engine/ir/import_torchscript.h"
 
 #include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/irparser.h>
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <map>
+#include <optional>
 #include <regex>
 #include <unordered_map>
 
@@ -72,11 +74,82 @@ OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
   if (op == "aten::max_pool2d") return OpKind::kMaxPool2d;
   if (op == "aten::flatten") return OpKind::kFlatten;
   if (op == "aten::softmax") return OpKind::kSoftmax;
+  auto constant_bound = [&](size_t i) {
+    return i < args.size() && args[i].IsConstant() && (args[i].constant.isNone() || args[i].constant.isScalar());
+  };
+  // In place too where LibTorch's quantized kernels have it (clamp_ has none).
+  if ((op == "aten::hardtanh" || op == "aten::hardtanh_") && is_value(0) && constant_bound(1) && constant_bound(2) &&
+      !args[1].constant.isNone() && !args[2].constant.isNone()) {
+    return OpKind::kClamp;
+  }
+  if ((op == "aten::relu6" || op == "aten::relu6_") && is_value(0)) return OpKind::kClamp;
+  if (op == "aten::clamp" && args.size() == 3 && is_value(0) && constant_bound(1) && constant_bound(2)) return OpKind::kClamp;
+  if ((op == "aten::sigmoid" || op == "aten::hardsigmoid" || op == "aten::tanh") && is_value(0)) {
+    return OpKind::kFixedQParams;
+  }
+  if (op == "aten::hardswish" && is_value(0)) return OpKind::kHardswish;
+  if (op == "aten::cat" && args.size() == 2 && args[0].kind == Sym::Kind::kList && !args[0].items.empty() &&
+      args[1].IsConstant() && args[1].constant.isInt()) {
+    bool all_values = true;
+    for (const Sym& item : args[0].items) all_values = all_values && item.kind == Sym::Kind::kValue;
+    if (all_values) return OpKind::kCat;
+  }
   if (op == "aten::dropout" && args.size() == 3 && args[2].IsConstant() && args[2].constant.isBool() &&
       !args[2].constant.toBool()) {
     return OpKind::kDropout;
   }
   return OpKind::kGeneric;
+}
+
+bool IsConstantOne(const Sym& s) {
+  return s.IsConstant() && ((s.constant.isInt() && s.constant.toInt() == 1) ||
+                            (s.constant.isDouble() && s.constant.toDouble() == 1.0));
+}
+bool IsConstantTensor(const Sym& s, int64_t dim) {
+  return s.IsConstant() && s.constant.isTensor() && s.constant.toTensor().dim() == dim;
+}
+bool IsZeroList(const Sym& s) {
+  if (!s.IsConstant() || !s.constant.isIntList()) return false;
+  for (int64_t v : s.constant.toIntVector()) {
+    if (v != 0) return false;
+  }
+  return true;
+}
+
+// The scripted form of an op torch.jit.trace records differently: the node
+// to run and classify, and its arguments.
+struct CanonicalOp {
+  const char* ir;  // the op as a one-node TorchScript graph
+  std::vector<Sym> args;
+};
+
+std::optional<CanonicalOp> ScriptedForm(const jit::Node* node, const std::vector<Sym>& args,
+                                        const std::string& module_path) {
+  const std::string op = node->kind().toQualString();
+  // Conv2d.forward traced: aten::_convolution(input, weight, bias, stride,
+  // padding, dilation, transposed, output_padding, groups, benchmark,
+  // deterministic, cudnn_enabled[, allow_tf32]). The trailing flags only pick
+  // GPU algorithms; on the CPU it computes what conv2d computes.
+  if (op == "aten::_convolution" && (args.size() == 12 || args.size() == 13) && IsConstantTensor(args[1], 4) &&
+      args[6].IsConstant() && args[6].constant.isBool() && !args[6].constant.toBool() && IsZeroList(args[7])) {
+    return CanonicalOp{R"IR(
+graph(%x : Tensor, %w : Tensor, %b : Tensor?, %s : int[], %p : int[], %d : int[], %g : int):
+  %r : Tensor = aten::conv2d(%x, %w, %b, %s, %p, %d, %g)
+  return (%r))IR",
+                       {args[0], args[1], args[2], args[3], args[4], args[5], args[8]}};
+  }
+  // Linear as older exports trace it: addmm(bias, input, weight.t(), beta=1, alpha=1).
+  if (op == "aten::addmm" && args.size() == 5 && IsConstantTensor(args[2], 2) && args[0].IsConstant() &&
+      args[0].constant.isTensor() && IsConstantOne(args[3]) && IsConstantOne(args[4])) {
+    Sym weight = ConstantSym(args[2].constant.toTensor().t().contiguous(),
+                             module_path.empty() ? "" : absl::StrCat(module_path, ".weight"));
+    return CanonicalOp{R"IR(
+graph(%x : Tensor, %w : Tensor, %b : Tensor?):
+  %r : Tensor = aten::linear(%x, %w, %b)
+  return (%r))IR",
+                       {args[1], weight, args[0]}};
+  }
+  return std::nullopt;
 }
 
 bool BlockRaises(const jit::Block* block) {
@@ -357,16 +430,21 @@ class Importer {
     }
     std::vector<Sym> args;
     for (const jit::Value* v : node->inputs()) args.push_back(env->at(v));
+    const jit::Node* op_node = node;
+    if (std::optional<CanonicalOp> scripted = ScriptedForm(node, args, module.path)) {
+      QUANTD_ASSIGN_OR_RETURN(op_node, CanonicalNode(scripted->ir));
+      args = std::move(scripted->args);
+    }
     Node ir;
     ir.id = static_cast<int>(graph_->nodes.size());
-    ir.kind = ClassifyOp(node, args);
+    ir.kind = ClassifyOp(op_node, args);
     ir.module_path = module.path;
     ir.module_type = module.object ? UnmangledTypeName(module.object->type()) : "";
     ir.module_is_leaf = true;
     for (const c10::TypePtr& attr : module.object->type()->containedTypes()) {
       if (auto cls = attr->cast<c10::ClassType>(); cls && cls->is_module()) ir.module_is_leaf = false;
     }
-    ir.jit_node = const_cast<jit::Node*>(node);
+    ir.jit_node = const_cast<jit::Node*>(op_node);
     for (const Sym& s : args) {
       QUANTD_ASSIGN_OR_RETURN(Operand o, ToOperand(s, absl::StrCat(node->kind().toQualString(), " in ", Where(module))));
       ir.inputs.push_back(std::move(o));
@@ -380,6 +458,20 @@ class Importer {
     }
     graph_->nodes.push_back(std::move(ir));
     return absl::OkStatus();
+  }
+
+  // The node of a one-op graph, parsed once per op and kept in the Graph.
+  absl::StatusOr<const jit::Node*> CanonicalNode(const char* ir) {
+    auto it = canonical_.find(ir);
+    if (it != canonical_.end()) return it->second;
+    auto g = std::make_shared<jit::Graph>();
+    jit::parseIR(ir, g.get());
+    const jit::Node* op = nullptr;
+    for (const jit::Node* n : g->nodes()) op = n;
+    if (op == nullptr || op->maybeOperator() == nullptr) return absl::InternalError("no operator for a rewritten op");
+    graph_->canonical_ops.push_back(std::move(g));
+    canonical_[ir] = op;
+    return op;
   }
 
   // Drops side-effect-free nodes whose results nothing reads, such as the
@@ -430,6 +522,7 @@ class Importer {
 
   Graph* graph_;
   int depth_ = 0;
+  std::map<const char*, const jit::Node*> canonical_;
 };
 
 }  // namespace

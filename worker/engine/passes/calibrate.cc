@@ -63,9 +63,14 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
   // while still in cache. With `overlap`, batch b's statistics are gathered
   // on a second thread while batch b+1 runs forward instead; each observer
   // still sees batches in order, so the result is identical.
-  std::vector<bool> keep(static_cast<size_t>(graph.num_values), false);
-  for (int v : options.reference_values) keep[static_cast<size_t>(v)] = true;
-  const int64_t reference_rows = std::min(options.reference_samples, dataset->size());
+  std::vector<int64_t> keep_rows(static_cast<size_t>(graph.num_values), 0);
+  for (int v : options.reference_values) {
+    keep_rows[static_cast<size_t>(v)] = std::min(options.reference_samples, dataset->size());
+  }
+  for (int v : options.output_values) {
+    int64_t& rows = keep_rows[static_cast<size_t>(v)];
+    rows = std::max(rows, std::min(options.output_samples, dataset->size()));
+  }
   CalibrationResult result;
   using Observed = std::map<Observer*, std::vector<at::Tensor>>;
   std::future<void> pending;
@@ -86,8 +91,9 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     absl::Status status = TorchTry("observing calibration activations", [&]() -> absl::Status {
       int64_t first_image = 0;  // of the sub-batch running
       auto observe = [&](int value, const at::Tensor& t, TapLayout layout) {
-        if (keep[static_cast<size_t>(value)] && first_image < reference_rows) {
-          KeepReference(t, layout == TapLayout::kBlocked, first_image, reference_rows, &result.references[value]);
+        const int64_t rows = keep_rows[static_cast<size_t>(value)];
+        if (first_image < rows) {
+          KeepReference(t, layout == TapLayout::kBlocked, first_image, rows, &result.references[value]);
         }
         Observer* o = observers[static_cast<size_t>(value)].get();
         if (o == nullptr) return;

@@ -25,8 +25,8 @@ struct CalibrationResult {
   std::map<int, QParams> qparams;                  // by observed value id
   std::map<int, std::pair<float, float>> ranges;   // observer's chosen range
   int64_t samples = 0;
-  // The values CalibrationOptions::reference_values names, for the first
-  // reference_samples images; 4-D ones channels-last, as int8 kernels lay out.
+  // The values CalibrationOptions::reference_values and output_values name,
+  // for their first images; 4-D ones channels-last, as int8 kernels lay out.
   std::map<int, at::Tensor> references;
 };
 
@@ -40,6 +40,10 @@ struct CalibrationOptions {
   // references), so that report needs no second FP32 pass.
   std::vector<int> reference_values;
   int64_t reference_samples = 0;
+  // The same for these values (the model's outputs, for the quality gate)
+  // over the first output_samples images.
+  std::vector<int> output_values;
+  int64_t output_samples = 0;
 };
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,

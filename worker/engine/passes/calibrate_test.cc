@@ -5,7 +5,7 @@
 
 #include "worker/engine/ir/import_torchscript.h"
 #include "worker/engine/passes/fuse_modules.h"
-#include "worker/engine/passes/measure_sqnr.h"
+#include "worker/engine/passes/compare_with_fp32.h"
 #include "worker/engine/runtime/fp32_executor.h"
 #include "worker/engine/testing/test_env.h"
 

@@ -134,6 +134,20 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         QUANTD_ASSIGN_OR_RETURN(int a, int8_input(node.inputs[0].value));
         QUANTD_ASSIGN_OR_RETURN(int b, int8_input(node.inputs[1].value));
         instr.inputs = {Operand::Value(a), Operand::Value(b)};
+      } else if (node.kind == OpKind::kHardswish) {
+        instr.kind = InstrKind::kQuantizedOp;
+        instr.quantized_op = "quantized::hardswish";
+        QUANTD_ASSIGN_OR_RETURN(int x, int8_input(node.inputs[0].value));
+        instr.inputs = {Operand::Value(x)};
+      } else if (node.kind == OpKind::kCat) {
+        instr.kind = InstrKind::kQuantizedOp;
+        instr.quantized_op = "quantized::cat";
+        Operand list = node.inputs[0];
+        for (Operand& item : list.items) {
+          QUANTD_ASSIGN_OR_RETURN(int x, int8_input(item.value));
+          item = Operand::Value(x);
+        }
+        instr.inputs = {list, node.inputs[1]};
       } else {
         instr.kind = node.kind == OpKind::kConv2d ? InstrKind::kConv2d : InstrKind::kLinear;
         QUANTD_ASSIGN_OR_RETURN(int x, int8_input(node.inputs[0].value));
@@ -161,6 +175,7 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         }
       } else {
         for (Operand& in : instr.inputs) to_fp32(&in);
+        instr.relu = node.fused_relu;  // e.g. batch_norm+relu without a conv to fold into
       }
     }
     program.instrs.push_back(std::move(instr));

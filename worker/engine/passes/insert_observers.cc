@@ -16,6 +16,8 @@ bool IsPassThrough(OpKind kind) {
     case OpKind::kMaxPool2d:
     case OpKind::kFlatten:
     case OpKind::kDropout:
+    case OpKind::kClamp:
+    case OpKind::kFixedQParams:
       return true;
     default:
       return false;
@@ -25,6 +27,11 @@ bool IsPassThrough(OpKind kind) {
 // The activation inputs an int8 op reads (weights are constants).
 std::vector<int> ActivationInputs(const Node& node) {
   if (node.kind == OpKind::kAdd) return {node.inputs[0].value, node.inputs[1].value};
+  if (node.kind == OpKind::kCat) {
+    std::vector<int> values;
+    CollectValues(node.inputs[0], &values);
+    return values;
+  }
   return {node.inputs[0].value};
 }
 
@@ -58,8 +65,9 @@ QuantizationPlan PlanQuantization(const Graph& graph) {
   };
   for (const Node& node : graph.nodes) {
     if (node.removed) continue;
-    const bool int8_kernel =
-        node.kind == OpKind::kConv2d || node.kind == OpKind::kLinear || node.kind == OpKind::kAdd;
+    const bool int8_kernel = node.kind == OpKind::kConv2d || node.kind == OpKind::kLinear ||
+                             node.kind == OpKind::kAdd || node.kind == OpKind::kHardswish ||
+                             node.kind == OpKind::kCat;
     const bool first_input_int8 = !node.inputs.empty() && node.inputs[0].kind == Operand::Kind::kValue &&
                                   plan.int8_value[static_cast<size_t>(node.inputs[0].value)];
     if (int8_kernel) {

@@ -16,8 +16,9 @@
 namespace quantd::engine {
 
 enum class NodeRole {
-  kInt8,         // conv2d / linear / add on int8 kernels with own output qparams
-  kPassThrough,  // runs on the int8 tensor, keeps its qparams (relu, pad, pooling, flatten)
+  kInt8,         // conv2d / linear / add / hardswish / cat on int8 kernels with own output qparams
+  kPassThrough,  // runs on the int8 tensor: keeps its qparams (relu, clamp, pad, pooling, flatten)
+                 // or gets LibTorch's fixed ones (sigmoid, hardsigmoid, tanh)
   kFp32,         // runs in FP32
 };
 

@@ -26,6 +26,8 @@ std::optional<c10::OperatorHandle> KernelFor(const Instr& instr) {
       return dispatcher.findSchemaOrThrow(instr.relu ? "quantized::linear_relu" : "quantized::linear", "");
     case InstrKind::kAdd:
       return dispatcher.findSchemaOrThrow(instr.relu ? "quantized::add_relu" : "quantized::add", "");
+    case InstrKind::kQuantizedOp:
+      return dispatcher.findSchemaOrThrow(instr.quantized_op.c_str(), "");
     default:
       return std::nullopt;
   }
@@ -245,6 +247,16 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
         case InstrKind::kPad:
           stack.push_back(ZeroPadInt8(EvaluateOperand(instr.inputs[0], slots).toTensor(), pads_[k]));
           break;
+        case InstrKind::kQuantizedOp: {
+          for (const Operand& in : instr.inputs) stack.push_back(EvaluateOperand(in, slots));
+          stack.push_back(instr.scale);
+          stack.push_back(instr.zero_point);
+          // QNNPACK has its own hardswish: the program's engine decides.
+          absl::Status ran =
+              WithKernelEngine(program_->kernel_engine, instr.name, [&]() { kernels_[k]->callBoxed(stack); });
+          if (!ran.ok()) return ran;
+          break;
+        }
         case InstrKind::kOp:
           for (const Operand& in : instr.inputs) stack.push_back(EvaluateOperand(in, slots));
           if (relu_after_add_[k] && !tap) break;  // the add applied it
@@ -262,6 +274,7 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
             if (!ran.ok()) return ran;
           } else {
             ops_[k](stack);
+            if (instr.relu) stack[0] = at::relu(stack[0].toTensor());
           }
           break;
       }

@@ -26,7 +26,9 @@ namespace quantd::engine {
 // kPad is a zero pad of an int8 tensor done on its integer representation
 // (filled with the zero point): LibTorch's quantized constant_pad_nd goes
 // through a slow elementwise requantizing copy.
-enum class InstrKind { kQuantize, kDequantize, kConv2d, kLinear, kAdd, kPad, kOp };
+// kQuantizedOp calls a quantized:: operator without prepacked weights whose
+// last two arguments are the output scale and zero point (hardswish, cat).
+enum class InstrKind { kQuantize, kDequantize, kConv2d, kLinear, kAdd, kPad, kQuantizedOp, kOp };
 
 struct Instr {
   InstrKind kind = InstrKind::kOp;
@@ -34,13 +36,14 @@ struct Instr {
   int node_id = -1;
   std::vector<Operand> inputs;  // value ids are program slots
   std::vector<int> outputs;
-  bool relu = false;           // conv2d_relu / linear_relu / add_relu
+  bool relu = false;           // conv2d_relu / linear_relu / add_relu; for an FP32 kOp, a ReLU fused after it
   double scale = 1.0;          // output (or quantize) scale
   int64_t zero_point = 0;
   c10::ScalarType dtype = c10::ScalarType::QUInt8;
   c10::IValue packed;          // prepacked weights (conv2d / linear)
   std::vector<c10::IValue> prepack_args;  // what `packed` was made from (to pack again)
   torch::jit::Node* jit_node = nullptr;  // kOp: the original op
+  std::string quantized_op;    // kQuantizedOp: "quantized::hardswish", ...
   bool on_int8 = false;        // kOp that runs on int8 tensors (relu, pooling, ...)
 };
 

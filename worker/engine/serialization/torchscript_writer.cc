@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
 
@@ -84,7 +85,15 @@ class SourceBuilder {
   }
 
  private:
-  static std::string Slot(int id) { return absl::StrCat("v", id); }
+  // Values are numbered in the order the code defines them, not by the
+  // program's slot ids (which count values the importer dropped), so models
+  // with the same program write the same source: a traced and a scripted
+  // ResNet8 give the same artifact bytes.
+  std::string Slot(int id) {
+    auto it = names_.find(id);
+    if (it == names_.end()) it = names_.emplace(id, absl::StrCat("v", names_.size())).first;
+    return it->second;
+  }
 
   std::string Attribute(const std::string& base, const c10::TypePtr& type, const c10::IValue& value) {
     std::string name = Identifier(base);
@@ -118,6 +127,15 @@ class SourceBuilder {
       }
       case InstrKind::kAdd:
         return absl::StrCat(lhs, " = ops.quantized.add", relu, "(", in(0), ", ", in(1), ", ", qparams(), ")");
+      case InstrKind::kQuantizedOp: {
+        std::vector<std::string> args;
+        for (const Operand& o : instr.inputs) {
+          QUANTD_ASSIGN_OR_RETURN(std::string text, Literal(o, nullptr));
+          args.push_back(text);
+        }
+        const std::string op = instr.quantized_op.substr(instr.quantized_op.find("::") + 2);
+        return absl::StrCat(lhs, " = ops.quantized.", op, "(", absl::StrJoin(args, ", "), ", ", qparams(), ")");
+      }
       case InstrKind::kPad: {
         QUANTD_ASSIGN_OR_RETURN(std::string pad, Literal(instr.inputs[1], nullptr));
         const std::string x = in(0);
@@ -132,11 +150,14 @@ class SourceBuilder {
         for (size_t i = 0; i < instr.inputs.size(); ++i) {
           const c10::Argument* arg = i < schema_args.size() ? &schema_args[i] : nullptr;
           QUANTD_ASSIGN_OR_RETURN(std::string text, Literal(instr.inputs[i], arg));
-          args.push_back(text);
+          // Keyword-only parameters (gelu's approximate=, ...) cannot be passed by position.
+          args.push_back(arg != nullptr && arg->kwarg_only() ? absl::StrCat(arg->name(), "=", text) : text);
         }
         std::string overload_free = op.toUnqualString();
-        return absl::StrCat(lhs, " = ops.", op.ns().toUnqualString(), ".", overload_free, "(",
-                            absl::StrJoin(args, ", "), ")");
+        std::string line = absl::StrCat(lhs, " = ops.", op.ns().toUnqualString(), ".", overload_free, "(",
+                                        absl::StrJoin(args, ", "), ")");
+        if (instr.relu) absl::StrAppend(&line, "\n    ", lhs, " = torch.relu(", lhs, ")");
+        return line;
       }
     }
     return absl::InternalError("unknown instruction");
@@ -199,21 +220,33 @@ class SourceBuilder {
   }
 
   jit::Module* module_;
+  std::map<int, std::string> names_;
 };
 
 }  // namespace
 
 absl::StatusOr<torch::jit::Module> ProgramToModule(const Program& program) {
   jit::Module module(c10::QualifiedName("__torch__.quantd.Int8Model"));
+  SourceBuilder builder(&module);
   std::string source;
-  absl::Status status = TorchTry("building the TorchScript artifact", [&]() {
-    SourceBuilder builder(&module);
+  QUANTD_RETURN_IF_ERROR(TorchTry("building the TorchScript artifact", [&]() -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(source, builder.Build(program));
+    return absl::OkStatus();
+  }));
+  try {
     module.define(source, std::make_shared<ArtifactResolver>());
     module.eval();
-    return absl::OkStatus();
-  });
-  if (!status.ok()) return absl::InternalError(absl::StrCat(status.message(), "\n", source));
+  } catch (const std::exception& e) {
+    // A TorchScript compile error quotes the generated line it rejects
+    // (a few lines); keep those, not the whole source.
+    std::vector<std::string> lines;
+    for (absl::string_view line : absl::StrSplit(e.what(), '\n', absl::SkipWhitespace())) {
+      if (lines.size() == 8) break;
+      lines.emplace_back(line);
+    }
+    return absl::InternalError(absl::StrCat("building the TorchScript artifact: ",
+                                            lines.empty() ? std::string("(no message)") : absl::StrJoin(lines, "\n")));
+  }
   return module;
 }
 
