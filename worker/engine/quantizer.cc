@@ -198,7 +198,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   // Kernel engines: what this CPU computes exactly with the qconfig's
   // activation range. Settled before calibration where no measurement is
   // needed, so a bad request fails at once.
-  report.cpu = CpuInt8Capabilities();
+  report.cpu = options.cpu_for_testing ? *options.cpu_for_testing : CpuInt8Capabilities();
   const int64_t activation_quant_max = qconfig.activation.quant_max();
   const std::vector<std::string> available = AvailableKernelEngines();
   if (available.empty()) return absl::FailedPreconditionError("this LibTorch has no quantized kernel engine");
@@ -372,6 +372,11 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   }
   if (options.quality_samples > 0) {
     report.quality = JudgeQuality(comparison, {options.min_top1_agreement, options.min_output_sqnr_db});
+    for (const KernelCandidate& c : candidates) {
+      if (!report.quality.passed && c.engine == choice.engine && !c.exact) {
+        absl::StrAppend(&report.quality.message, "; likely cause: kernel_engine '", c.engine, "' ", c.why);
+      }
+    }
     if (!report.quality.passed) {
       if (!options.allow_low_quality) return absl::FailedPreconditionError(report.quality.message);
       report.warnings.push_back(absl::StrCat("quality check failed, kept because low quality is allowed: ",

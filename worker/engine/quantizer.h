@@ -66,6 +66,9 @@ struct QuantizeOptions {
   double min_top1_agreement = 0.8;   // classifier outputs only
   double min_output_sqnr_db = 10.0;
   bool allow_low_quality = false;
+  // Tests: decide kernels as if on a CPU with these capabilities (the
+  // kernels themselves still run on this one).
+  std::optional<CpuInt8Report> cpu_for_testing;
   std::optional<DatasetSpec> evaluation;  // FP32 and int8 top-1 on this labeled set
   int64_t evaluation_batch_size = 256;
   ProgressCallback progress;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <fstream>
 #include <sstream>
 
 #include "worker/engine/quantizer_internal.h"
@@ -221,6 +222,284 @@ TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   EXPECT_EQ(int8->size(), 64u);
   auto bytes = (*model)->SerializeArtifact();
   ASSERT_TRUE(bytes.ok()) << bytes.status();
+}
+
+}  // namespace
+}  // namespace quantd::engine
+
+namespace quantd::engine {
+namespace {
+
+CpuInt8Report SaturatingCpu() {
+  CpuInt8Report cpu = CpuInt8Info();
+  cpu.model_name = "an AVX2 server";
+  cpu.onednn_isa = "avx2";
+  cpu.saturating_engines = {{"onednn", {"conv2d", "linear"}}};
+  return cpu;
+}
+
+bool HasEngine(const std::string& engine) {
+  const std::vector<std::string> engines = AvailableKernelEngines();
+  return std::find(engines.begin(), engines.end(), engine) != engines.end();
+}
+
+const KernelCandidate* FindCandidate(const QuantizeReport& r, const std::string& engine) {
+  for (const auto& c : r.kernel_choice.candidates) {
+    if (c.engine == engine) return &c;
+  }
+  return nullptr;
+}
+
+// Where onednn saturates with 8-bit activations (an AVX2 server), the onednn
+// preset moves to the fastest exact engine, measured, with the reason
+// recorded; the fbgemm preset's 7-bit activations stay on onednn.
+TEST(QuantizeKernelChoiceTest, SaturatingCpuGetsAnExactEngine) {
+  if (!HasEngine("onednn") || !HasEngine("qnnpack")) GTEST_SKIP() << "needs onednn and qnnpack";
+  QuantizeOptions options = ResNet8Options("onednn");
+  options.cpu_for_testing = SaturatingCpu();
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const QuantizeReport& r = (*model)->report();
+  EXPECT_EQ(r.kernel_engine, "qnnpack");
+  EXPECT_EQ(r.kernel_choice.engine, "qnnpack");
+  EXPECT_NE(r.kernel_choice.reason.find("saturation"), std::string::npos) << r.kernel_choice.reason;
+  const KernelCandidate* onednn = FindCandidate(r, "onednn");
+  const KernelCandidate* qnnpack = FindCandidate(r, "qnnpack");
+  ASSERT_TRUE(onednn != nullptr && qnnpack != nullptr);
+  EXPECT_FALSE(onednn->exact);
+  EXPECT_TRUE(qnnpack->exact);
+  EXPECT_TRUE(onednn->ms_per_image.has_value() && qnnpack->ms_per_image.has_value());
+  EXPECT_FALSE(r.requirements.needs_non_saturating_u8s8);
+  EXPECT_TRUE(r.warnings.empty());
+
+  options = ResNet8Options("fbgemm");
+  options.cpu_for_testing = SaturatingCpu();
+  model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->report().kernel_engine, "onednn");
+  EXPECT_EQ((*model)->report().requirements.activation_quant_max, 127);
+  EXPECT_FALSE((*model)->report().requirements.needs_non_saturating_u8s8);
+}
+
+TEST(QuantizeKernelChoiceTest, ANamedSaturatingEngineWarnsOrFailsWhenStrict) {
+  if (!HasEngine("onednn") || !HasEngine("qnnpack")) GTEST_SKIP() << "needs onednn and qnnpack";
+  QuantizeOptions options = ResNet8Options("onednn");
+  options.cpu_for_testing = SaturatingCpu();
+  options.kernel_engine = "onednn";
+  // This test is about the warning: on a CPU that really saturates, the
+  // quality gate would fail the model (see the next test).
+  options.min_top1_agreement = 0;
+  options.min_output_sqnr_db = -100;
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const QuantizeReport& r = (*model)->report();
+  EXPECT_EQ(r.kernel_engine, "onednn");
+  EXPECT_TRUE(r.requirements.needs_non_saturating_u8s8);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("saturation"), std::string::npos) << r.warnings[0];
+  EXPECT_NE(r.warnings[0].find("measured on"), std::string::npos) << r.warnings[0];  // the effect, against qnnpack
+  EXPECT_NE(r.warnings[0].find("qnnpack"), std::string::npos) << r.warnings[0];
+
+  options.strict_kernels = true;
+  const absl::Status strict = Quantize(options).status();
+  EXPECT_EQ(strict.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(strict.message().find("saturation"), std::string::npos) << strict;
+}
+
+// Where onednn really saturates (an AVX2 CPU, or DNNL_MAX_CPU_ISA=AVX2),
+// forcing it on 8-bit activations wrecks ResNet8, and the quality gate says so.
+TEST(QuantizeKernelChoiceTest, RealSaturationFailsTheQualityGate) {
+  if (!CpuInt8Info().Saturates("onednn")) GTEST_SKIP() << "onednn is exact on this CPU: " << CpuInt8Info().Summary();
+  QuantizeOptions options = ResNet8Options("onednn");
+  options.kernel_engine = "onednn";
+  const absl::Status status = Quantize(options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_NE(status.message().find("broken"), std::string::npos) << status;
+  EXPECT_NE(status.message().find("saturation"), std::string::npos) << "names the cause: " << status;
+}
+
+// On this machine, whatever it is: the default never runs a saturating engine.
+TEST(QuantizeKernelChoiceTest, ThisCpuGetsAnExactEngine) {
+  auto model = Quantize(ResNet8Options("onednn"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const QuantizeReport& r = (*model)->report();
+  EXPECT_EQ(r.kernel_engine, CpuInt8Info().Saturates("onednn") ? "qnnpack" : "onednn") << CpuInt8Info().Summary();
+  const KernelCandidate* chosen = FindCandidate(r, r.kernel_engine);
+  ASSERT_NE(chosen, nullptr);
+  EXPECT_TRUE(chosen->exact);
+  EXPECT_TRUE(r.warnings.empty());
+  EXPECT_EQ(r.cpu.Summary(), CpuInt8Info().Summary());
+  EXPECT_TRUE(r.quality.passed);
+  ASSERT_TRUE(r.quality.top1_agreement.has_value());
+  EXPECT_GE(*r.quality.top1_agreement, 0.9);
+  EXPECT_EQ(r.quality.samples, 100);
+}
+
+// Small models the test builds (worker/engine/testing/make_coverage_models.py),
+// each scripted and traced.
+class CoverageModelsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(testing::MakeTempDir("coverage_models"));
+    auto made = testing::RunCommand(testing::Python() + " " + testing::SourceDir() +
+                                    "/worker/engine/testing/make_coverage_models.py " + *dir_);
+    ASSERT_TRUE(made.ok()) << made.status();
+  }
+  static QuantizeOptions Options(const std::string& model, const std::string& preset) {
+    QuantizeOptions options;
+    options.model_path = *dir_ + "/" + model + ".pt";
+    options.calibration = Images();
+    options.batch_size = 32;
+    options.fusion.automatic = true;
+    options.qconfig.preset = preset;
+    return options;
+  }
+  static DatasetSpec Images() {
+    DatasetSpec images;
+    images.format = DatasetFormat::kNpy;
+    images.path = *dir_ + "/images.npy";
+    images.labels_path = *dir_ + "/labels.npy";
+    images.layout = "NCHW";
+    return images;
+  }
+
+  // Quantizes the scripted and the traced model; checks what every model
+  // must satisfy and returns the scripted one's report.
+  static QuantizeReport QuantizeBoth(const std::string& name, const std::string& preset) {
+    auto scripted = Quantize(Options(name, preset));
+    EXPECT_TRUE(scripted.ok()) << name << ": " << scripted.status();
+    auto traced = Quantize(Options(name + "_traced", preset));
+    EXPECT_TRUE(traced.ok()) << name << " traced: " << traced.status();
+    if (!scripted.ok() || !traced.ok()) return {};
+    const QuantizeReport& r = (*scripted)->report();
+    EXPECT_TRUE(r.quality.passed) << r.quality.message;
+    for (const LayerReport& l : r.layers) {
+      if (l.sqnr_db) {
+        EXPECT_GT(*l.sqnr_db, 10.0) << name << " " << l.name;
+      }
+    }
+    // torch.jit.trace and torch.jit.script import to the same program.
+    auto bytes = (*scripted)->SerializeArtifact();
+    auto traced_bytes = (*traced)->SerializeArtifact();
+    EXPECT_TRUE(bytes.ok()) << bytes.status();
+    EXPECT_TRUE(traced_bytes.ok()) << traced_bytes.status();
+    if (!bytes.ok() || !traced_bytes.ok()) return r;
+    EXPECT_EQ(*bytes, *traced_bytes) << name << ": traced and scripted artifacts differ";
+    ExpectPythonRunsTheArtifact(name + "_" + preset, **scripted, *bytes);
+    return r;
+  }
+
+  // Python's torch.jit.load of the artifact gives quantd's outputs.
+  static void ExpectPythonRunsTheArtifact(const std::string& tag, const QuantizedModel& model, const std::string& bytes) {
+    const std::string artifact = *dir_ + "/" + tag + ".pt";
+    const std::string outputs = *dir_ + "/" + tag + ".f32";
+    {
+      std::ofstream out(artifact, std::ios::binary);
+      out << bytes;
+    }
+    auto ran = testing::RunCommand(testing::Python() + " " + testing::SourceDir() +
+                                   "/worker/engine/testing/run_artifact.py " + artifact + " " +
+                                   model.report().kernel_engine + " " + *dir_ + "/images.npy " + outputs);
+    ASSERT_TRUE(ran.ok()) << ran.status();
+    auto dataset = OpenDataset(Images());
+    ASSERT_TRUE(dataset.ok()) << dataset.status();
+    auto batch = (*dataset)->ReadBatch(0, (*dataset)->size());
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    auto ours = const_cast<QuantizedModel&>(model).impl().executor->Forward(batch->images);
+    ASSERT_TRUE(ours.ok()) << ours.status();
+    const at::Tensor mine = ours->contiguous();
+    std::vector<float> theirs(static_cast<size_t>(mine.numel()));
+    std::ifstream in(outputs, std::ios::binary);
+    in.read(reinterpret_cast<char*>(theirs.data()), static_cast<std::streamsize>(theirs.size() * sizeof(float)));
+    ASSERT_EQ(in.gcount(), static_cast<std::streamsize>(theirs.size() * sizeof(float))) << tag;
+    const at::Tensor python = at::from_blob(theirs.data(), mine.sizes(), at::kFloat);
+    EXPECT_TRUE(at::equal(mine.argmax(1), python.argmax(1))) << tag;
+    EXPECT_LE((mine - python).abs().max().item<float>(), 1e-5f) << tag;
+  }
+
+  static std::string* dir_;
+};
+std::string* CoverageModelsTest::dir_ = nullptr;
+
+std::string OpOf(const QuantizeReport& r, const std::string& name) {
+  const LayerReport* l = FindLayer(r, name);
+  return l ? l->op : std::string("<none>");
+}
+
+// MobileNetV2's block: ReLU6 (in place) as an int8 clamp, hardswish on its
+// int8 kernel, clamp, depthwise conv: no FP32 fallback at all.
+TEST_F(CoverageModelsTest, InvertedResidualRunsWhollyInInt8) {
+  for (const std::string preset : {"fbgemm", "qnnpack"}) {
+    const QuantizeReport r = QuantizeBoth("inverted_residual", preset);
+    EXPECT_TRUE(r.fallbacks.empty()) << preset << ": " << (r.fallbacks.empty() ? "" : r.fallbacks[0].node);
+    EXPECT_EQ(OpOf(r, "dw"), "conv2d") << preset;
+    EXPECT_EQ(OpOf(r, "hs"), "hardswish") << preset;
+    EXPECT_EQ(OpOf(r, "add"), "add") << preset;
+    int quantizes = 0;
+    for (const LayerReport& l : r.layers) quantizes += l.op == "quantize";
+    EXPECT_EQ(quantizes, 1) << preset << ": only the input is quantized";
+  }
+}
+
+// SqueezeNet's fire module: cat on int8 tensors, sigmoid with LibTorch's
+// fixed int8 qparams.
+TEST_F(CoverageModelsTest, FireModuleCatsInInt8) {
+  for (const std::string preset : {"fbgemm", "qnnpack"}) {
+    const QuantizeReport r = QuantizeBoth("fire", preset);
+    EXPECT_TRUE(r.fallbacks.empty()) << preset << ": " << (r.fallbacks.empty() ? "" : r.fallbacks[0].node);
+    EXPECT_EQ(OpOf(r, "cat"), "cat") << preset;
+    EXPECT_EQ(OpOf(r, "e3"), "conv2d_relu") << preset;
+  }
+}
+
+// Every op of the coverage models on QNNPACK kernels too, which is where
+// the presets with 8-bit activations run on CPUs without VNNI.
+TEST_F(CoverageModelsTest, QnnpackKernelsToo) {
+  if (!HasEngine("qnnpack")) GTEST_SKIP() << "no qnnpack";
+  for (const std::string model : {"inverted_residual", "fire"}) {
+    QuantizeOptions options = Options(model, "onednn");
+    options.kernel_engine = "qnnpack";
+    auto quantized = Quantize(options);
+    ASSERT_TRUE(quantized.ok()) << quantized.status();
+    for (const LayerReport& l : (*quantized)->report().layers) {
+      if (l.sqnr_db) {
+        EXPECT_GT(*l.sqnr_db, 10.0) << model << " " << l.name;
+      }
+    }
+    auto bytes = (*quantized)->SerializeArtifact();
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    ExpectPythonRunsTheArtifact(model + "_on_qnnpack", **quantized, *bytes);
+  }
+}
+
+// GELU and LayerNorm have no int8 kernels: they run in FP32 between int8
+// convs, are listed as fallbacks, and the artifact is still a valid module.
+TEST_F(CoverageModelsTest, FallbacksKeepTheArtifactWritable) {
+  const QuantizeReport r = QuantizeBoth("gelu_layernorm", "fbgemm");
+  std::vector<std::string> fallback_ops;
+  for (const auto& f : r.fallbacks) fallback_ops.push_back(f.op);
+  EXPECT_EQ(fallback_ops, (std::vector<std::string>{"aten::gelu", "aten::layer_norm"}));
+  EXPECT_EQ(OpOf(r, "c2"), "conv2d");
+}
+
+// An int8 model that cannot work (one huge channel erases the rest) fails
+// instead of passing as a success, and says where it breaks.
+TEST_F(CoverageModelsTest, ABrokenInt8ModelFailsWithAMessage) {
+  for (const std::string model : {"broken", "broken_traced"}) {
+    QuantizeOptions options = Options(model, "fbgemm");
+    const absl::Status status = Quantize(options).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+    EXPECT_NE(status.message().find("broken"), std::string::npos) << status;
+    EXPECT_NE(status.message().find("agrees with FP32"), std::string::npos) << status;
+    EXPECT_NE(status.message().find("fc ("), std::string::npos) << "names the worst layer: " << status;
+
+    options.allow_low_quality = true;
+    auto kept = Quantize(options);
+    ASSERT_TRUE(kept.ok()) << kept.status();
+    EXPECT_FALSE((*kept)->report().quality.passed);
+    ASSERT_EQ((*kept)->report().warnings.size(), 1u);
+    EXPECT_NE((*kept)->report().warnings[0].find("quality check failed"), std::string::npos);
+  }
 }
 
 }  // namespace

@@ -52,6 +52,15 @@ std::string Fp32Reason(const Node& node, bool input_is_int8) {
   }
 }
 
+// An in-place clamp (hardtanh_) whose input is read elsewhere too: the int8
+// runtime clamps into a new tensor, so it stays FP32, where LibTorch's own
+// in-place op keeps the aliasing.
+bool ClampsInPlaceWhatOthersRead(const Graph& graph, const Node& node) {
+  if (node.kind != OpKind::kClamp || !node.jit_node->schema().is_mutable()) return false;
+  const int input = node.inputs[0].value;
+  return graph.Consumers(input).size() > 1 || graph.IsGraphOutput(input);
+}
+
 }  // namespace
 
 QuantizationPlan PlanQuantization(const Graph& graph) {
@@ -77,7 +86,7 @@ QuantizationPlan PlanQuantization(const Graph& graph) {
       }
       plan.int8_value[static_cast<size_t>(node.outputs[0])] = true;
       observe(node.outputs[0]);
-    } else if (IsPassThrough(node.kind) && first_input_int8) {
+    } else if (IsPassThrough(node.kind) && first_input_int8 && !ClampsInPlaceWhatOthersRead(graph, node)) {
       plan.roles[static_cast<size_t>(node.id)] = NodeRole::kPassThrough;
       plan.int8_value[static_cast<size_t>(node.outputs[0])] = true;
     } else if (ProducesTensor(node)) {

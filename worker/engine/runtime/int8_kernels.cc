@@ -279,6 +279,38 @@ at::Tensor ReluInt8(const at::Tensor& q) {
   return out;
 }
 
+int64_t QuantizedCode(double value, double scale, int64_t zero_point, bool is_signed) {
+  const float inv_scale = 1.0f / static_cast<float>(scale);
+  const int64_t code = zero_point + static_cast<int64_t>(std::nearbyint(static_cast<float>(value) * inv_scale));
+  return is_signed ? std::min<int64_t>(std::max<int64_t>(code, -128), 127)
+                   : std::min<int64_t>(std::max<int64_t>(code, 0), 255);
+}
+
+at::Tensor ClampInt8(const at::Tensor& q, std::optional<double> min, std::optional<double> max) {
+  const bool is_signed = q.scalar_type() == at::kQInt8;
+  if (!q.is_quantized() || q.qscheme() != at::kPerTensorAffine || (!is_signed && q.scalar_type() != at::kQUInt8) ||
+      !DenseLayout(q)) {
+    return at::Tensor();
+  }
+  at::Tensor out = at::_empty_affine_quantized(q.sizes(), at::TensorOptions().dtype(q.scalar_type()), q.q_scale(),
+                                               q.q_zero_point(), q.suggest_memory_format());
+  if (out.strides() != q.strides()) return at::Tensor();
+  const int64_t lo = min ? QuantizedCode(*min, q.q_scale(), q.q_zero_point(), is_signed) : (is_signed ? -128 : 0);
+  const int64_t hi = max ? QuantizedCode(*max, q.q_scale(), q.q_zero_point(), is_signed) : (is_signed ? 127 : 255);
+  const int64_t n = q.numel();
+  if (is_signed) {
+    const auto* in = reinterpret_cast<const int8_t*>(q.data_ptr());
+    auto* po = reinterpret_cast<int8_t*>(out.data_ptr());
+    for (int64_t i = 0; i < n; ++i) po[i] = static_cast<int8_t>(std::min<int64_t>(std::max<int64_t>(in[i], lo), hi));
+  } else {
+    const auto* in = reinterpret_cast<const uint8_t*>(q.data_ptr());
+    auto* po = reinterpret_cast<uint8_t*>(out.data_ptr());
+    const auto l = static_cast<uint8_t>(lo), h = static_cast<uint8_t>(hi);
+    for (int64_t i = 0; i < n; ++i) po[i] = std::min(std::max(in[i], l), h);
+  }
+  return out;
+}
+
 at::Tensor QuantizeToChannelsLast(const at::Tensor& x_in, double scale, int64_t zero_point, int64_t channels) {
   if (x_in.dim() != 4 || x_in.scalar_type() != at::kFloat || (channels != 0 && channels < x_in.size(1))) {
     return at::quantize_per_tensor(x_in, scale, zero_point, at::kQUInt8);

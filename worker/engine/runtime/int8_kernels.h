@@ -6,6 +6,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+#include <vector>
+
 namespace quantd::engine {
 
 // at::quantize_per_tensor(x, scale, zero_point, quint8) for a 4-D float
@@ -29,6 +32,17 @@ at::Tensor AddInt8(const at::Tensor& a, const at::Tensor& b, double scale, int64
 // ReLU on a quint8 per-tensor tensor: max(code, zero point), same qparams
 // and layout. Undefined tensor for other cases.
 at::Tensor ReluInt8(const at::Tensor& q);
+
+// The code LibTorch's quantize_val gives `value`: zero_point +
+// nearbyint(value * (1.0f / float(scale))), clamped to the type's range.
+int64_t QuantizedCode(double value, double scale, int64_t zero_point, bool is_signed);
+
+// clamp / hardtanh / relu6 on a per-tensor quint8 or qint8 tensor as
+// LibTorch's quantized kernel computes them (the bounds quantized with the
+// input's qparams, codes clamped), same qparams and layout, on every kernel
+// engine: QNNPACK's own clamp garbles channels-last tensors in LibTorch 1.13.
+// A missing bound leaves that side open. Undefined tensor for other cases.
+at::Tensor ClampInt8(const at::Tensor& q, std::optional<double> min, std::optional<double> max);
 
 }  // namespace quantd::engine
 

@@ -135,6 +135,32 @@ TEST(AddInt8Test, OtherCasesAreLeftToTheOperator) {
   EXPECT_FALSE(AddInt8(a, a, 0.1, 128, false).defined());
 }
 
+// LibTorch's quantized clamp as onednn computes it (QNNPACK's garbles
+// channels-last tensors, which is why quantd has its own).
+TEST(ClampInt8Test, SameCodesAsLibTorchsQuantizedClamp) {
+  at::manual_seed(5);
+  const at::Tensor q = at::quantize_per_tensor(at::randn({3, 8, 5, 5}) * 4, 0.05, 100, at::kQUInt8);
+  const at::Tensor s = at::quantize_per_tensor(at::randn({3, 8, 5, 5}) * 4, 0.05, 3, at::kQInt8);
+  auto& ctx = at::globalContext();
+  const at::QEngine previous = ctx.qEngine();
+  for (at::QEngine e : ctx.supportedQEngines()) {
+    if (e == at::QEngine::ONEDNN) ctx.setQEngine(e);
+  }
+  for (const at::Tensor& input : {q, q.contiguous(at::MemoryFormat::ChannelsLast), s}) {
+    for (const auto& [lo, hi] : std::vector<std::pair<double, double>>{{0.0, 6.0}, {-1.0, 4.0}, {-0.02, 0.0301}}) {
+      const at::Tensor ours = ClampInt8(input, lo, hi);
+      const at::Tensor theirs = at::clamp(input, lo, hi);
+      ASSERT_TRUE(ours.defined());
+      EXPECT_EQ(ours.strides(), input.strides());
+      EXPECT_EQ(ours.q_scale(), input.q_scale());
+      EXPECT_TRUE(at::equal(ours.int_repr(), theirs.int_repr())) << lo << ".." << hi;
+    }
+    EXPECT_TRUE(at::equal(ClampInt8(input, std::nullopt, 1.0).int_repr(), at::clamp(input, c10::nullopt, 1.0).int_repr()));
+    EXPECT_TRUE(at::equal(ClampInt8(input, -1.0, std::nullopt).int_repr(), at::clamp(input, -1.0, c10::nullopt).int_repr()));
+  }
+  ctx.setQEngine(previous);
+}
+
 TEST(ReluInt8Test, SameAsQuantizedRelu) {
   const at::Tensor q = at::quantize_per_tensor(at::randn({3, 8, 5, 5}) * 3, 0.04, 100, at::kQUInt8);
   for (const at::Tensor& input : {q, q.contiguous(at::MemoryFormat::ChannelsLast)}) {

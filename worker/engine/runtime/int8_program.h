@@ -57,6 +57,13 @@ struct Program {
   std::string kernel_engine;
 };
 
+// The bounds of a clamp-like op on an int8 tensor (clamp, hardtanh, relu6, in
+// place or not), if `instr` is one; a missing bound is open.
+struct ClampBounds {
+  std::optional<double> min, max;
+};
+std::optional<ClampBounds> Int8ClampBounds(const Instr& instr);
+
 using SlotTap = std::function<void(const Instr& instr, const at::Tensor& output)>;
 
 // Runs a Program. onednn packs cache their kernel primitive for the first
@@ -79,6 +86,7 @@ class Int8Executor {
   std::vector<std::optional<c10::OperatorHandle>> kernels_;  // quantized::*, by instruction index
   std::vector<std::vector<int64_t>> pads_;      // kPad amounts, by instruction index
   std::vector<bool> int8_relu_;                 // kOp aten::relu on int8 (own kernel), by instruction index
+  std::vector<std::optional<ClampBounds>> clamps_;  // kOp clamp-likes on int8 (own kernel), by instruction index
   // RGB inputs widened to RGBX for the convolutions that read them (see
   // WidenRgbInputs), by instruction index: the quantize's channel count (0:
   // as is), and the conv packs' arguments and default packs.

@@ -144,6 +144,20 @@ class SourceBuilder {
                             "))");
       }
       case InstrKind::kOp: {
+        if (std::optional<ClampBounds> clamp = Int8ClampBounds(instr)) {
+          // On the codes, as the runtime does: LibTorch 1.13's QNNPACK clamp
+          // garbles channels-last tensors. The bounds are quantized like
+          // LibTorch's quantized clamp quantizes them.
+          const std::string x = in(0);
+          const std::string q = absl::StrCat("torch.q_scale(", x, "), torch.q_zero_point(", x, ")");
+          auto code = [&](const std::optional<double>& bound) -> std::string {
+            if (!bound) return "None";
+            return absl::StrCat("torch.int_repr(torch.quantize_per_tensor(torch.tensor([", DoubleLiteral(*bound),
+                                "]), ", q, ", ", x, ".dtype))");
+          };
+          return absl::StrCat(lhs, " = torch._make_per_tensor_quantized_tensor(torch.clamp(torch.int_repr(", x, "), ",
+                              code(clamp->min), ", ", code(clamp->max), "), ", q, ")");
+        }
         const c10::Symbol op = instr.jit_node->kind();
         std::vector<std::string> args;
         const auto& schema_args = instr.jit_node->schema().arguments();
