@@ -1,13 +1,38 @@
-// quantctl health [--service=NAME]: grpc.health.v1.Health/Check.
+// quantctl health [--service=NAME]: grpc.health.v1.Health/Check. For the
+// whole server (no --service) it also shows what the server runs on
+// (QuantizationService/GetServerInfo): versions, kernel engines, and the CPU
+// as int8 kernels see it.
 
 #include <ostream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "client/commands.h"
+#include "client/job_format.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "quantd/v1/quantd.grpc.pb.h"
 
 namespace quantd::cli {
+namespace {
+
+std::string ServerInfoText(const v1::ServerInfo& info) {
+  const v1::CpuInfo& cpu = info.cpu();
+  std::vector<std::string> saturating;
+  for (const auto& s : cpu.saturating_engines()) {
+    saturating.push_back(absl::StrCat(s.engine(), " (", absl::StrJoin(s.ops(), ", "), ")"));
+  }
+  return absl::StrCat(
+      "server: quantd ", info.version(), ", LibTorch ", info.libtorch_version(), ", kernel engines ",
+      absl::StrJoin(info.kernel_engines(), " "), ", ", info.workers(), " worker(s) x ", info.intra_op_threads(),
+      " intra-op thread(s)\ncpu: ", cpu.model().empty() ? "unknown" : cpu.model(),
+      "\n  features: ", absl::StrJoin(cpu.features(), " "),
+      "\n  oneDNN isa: ", cpu.onednn_isa().empty() ? "unknown" : cpu.onednn_isa(),
+      "\n  quantd kernels: ", cpu.kernel_isa(),
+      "\n  saturating with 8-bit activations: ", saturating.empty() ? "none" : absl::StrJoin(saturating, ", "));
+}
+
+}  // namespace
 
 int RunHealth(const CommandContext& context, const std::vector<std::string>& args) {
   grpc::health::v1::HealthCheckRequest request;
@@ -25,10 +50,27 @@ int RunHealth(const CommandContext& context, const std::vector<std::string>& arg
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status status = stub->Check(&client_context, request, &response);
   if (!status.ok()) return context.RpcFailed("health check", status);
-  context.Print(response,
-                grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()));
-  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk
-                                                                            : kExitFailure;
+  const std::string serving = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+  const int rc = response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk : kExitFailure;
+  v1::ServerInfo info;
+  if (request.service().empty() && rc == kExitOk) {
+    grpc::ClientContext info_context;
+    context.SetDeadline(info_context);
+    // A server without GetServerInfo (older quantd) still reports its health.
+    if (!v1::QuantizationService::NewStub(context.channel)
+             ->GetServerInfo(&info_context, v1::GetServerInfoRequest(), &info)
+             .ok()) {
+      info.Clear();
+    }
+  }
+  if (info.version().empty()) {
+    context.Print(response, serving);
+  } else if (context.options.json) {
+    *context.out << "{\"status\": \"" << serving << "\", \"server\": " << JsonLine(info) << "}\n";
+  } else {
+    *context.out << serving << "\n" << ServerInfoText(info) << "\n";
+  }
+  return rc;
 }
 
 }  // namespace quantd::cli

@@ -97,7 +97,29 @@ std::string JobText(const v1::Job& job) {
     }
     if (r.has_fp32_accuracy()) absl::StrAppend(&text, "\n  fp32_top1: ", AccuracyText(r.fp32_accuracy()));
     if (r.has_int8_accuracy()) absl::StrAppend(&text, "\n  int8_top1: ", AccuracyText(r.int8_accuracy()));
+    if (r.has_kernel_choice()) {
+      absl::StrAppend(&text, "\n  kernel_choice: ", r.kernel_choice().reason());
+      for (const auto& c : r.kernel_choice().candidates()) {
+        absl::StrAppend(&text, "\n    ", c.engine(), c.exact() ? " exact" : " NOT exact",
+                        c.has_ms_per_image() ? absl::StrFormat(" %.3f ms/image", c.ms_per_image()) : "", ": ",
+                        c.why());
+      }
+      absl::StrAppend(&text, "\n  cpu: ", r.cpu().model(), " (oneDNN isa ", r.cpu().onednn_isa(), ")");
+      absl::StrAppend(&text, "\n  runs exactly with: ", r.requirements().kernel_engine(),
+                      r.requirements().needs_non_saturating_u8s8() ? " on CPUs with VNNI or AMX (elsewhere qnnpack)"
+                                                                   : " on any CPU");
+    }
+    if (r.has_quality() && r.quality().samples() > 0) {
+      const v1::QualityReport& q = r.quality();
+      absl::StrAppend(&text, "\n  quality: ", q.passed() ? "passed" : "FAILED", " on ", q.samples(),
+                      " calibration images:");
+      if (q.has_top1_agreement()) {
+        absl::StrAppend(&text, absl::StrFormat(" top-1 agreement %.1f%%", 100 * q.top1_agreement()));
+      }
+      if (q.has_output_sqnr_db()) absl::StrAppend(&text, absl::StrFormat(" output SQNR %.1f dB", q.output_sqnr_db()));
+    }
   }
+  for (const std::string& warning : r.warnings()) absl::StrAppend(&text, "\n  WARNING: ", warning);
   for (const auto& t : r.phase_timings()) {
     absl::StrAppend(&text, absl::StrFormat("\n  time %-12s %.3fs", Phase(t.phase()), t.seconds()));
   }

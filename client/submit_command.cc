@@ -19,7 +19,8 @@ namespace {
 constexpr char kUsage[] =
     "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
     "[--calib_format=cifar10|npy] [--calib_labels=PATH] [--batch_size=N] [--samples_per_class=N] "
-    "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack] [--kernel_engine=E] "
+    "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack] [--kernel_engine=E] [--strict_kernels] "
+    "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
     "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
     "[--deadline_seconds=N] [--wait]";
@@ -79,6 +80,24 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
     r->mutable_qconfig()->set_preset(preset);
   }
   if (a.Has("kernel_engine")) r->mutable_qconfig()->set_kernel_engine(a.Get("kernel_engine"));
+  if (a.Has("strict_kernels")) r->mutable_qconfig()->set_strict_kernels(a.Get("strict_kernels") == "true");
+  v1::QualityGate* gate = r->mutable_quality_gate();
+  if (a.Has("quality_samples")) {
+    if (!absl::SimpleAtoi(a.Get("quality_samples"), &n)) return (*error = "--quality_samples: not a number", false);
+    gate->set_samples(n);
+  }
+  for (const char* flag : {"min_top1_agreement", "min_output_sqnr_db"}) {
+    if (!a.Has(flag)) continue;
+    double v = 0;
+    if (!absl::SimpleAtod(a.Get(flag), &v)) return (*error = absl::StrCat("--", flag, ": not a number"), false);
+    if (std::string(flag) == "min_top1_agreement") {
+      gate->set_min_top1_agreement(v);
+    } else {
+      gate->set_min_output_sqnr_db(v);
+    }
+  }
+  if (a.Has("allow_low_quality")) gate->set_allow_low_quality(a.Get("allow_low_quality") == "true");
+  if (gate->ByteSizeLong() == 0) r->clear_quality_gate();
   if (a.Has("fusion")) {
     const std::string fusion = a.Get("fusion");
     if (fusion == "auto") {
@@ -130,7 +149,8 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
   auto a = ParseCommandArgs(
       args,
       {"file", "model", "model_blob", "calib", "calib_blob", "calib_format", "calib_labels",
-       "batch_size", "samples_per_class", "seed", "preset", "kernel_engine", "fusion", "eval",
+       "batch_size", "samples_per_class", "seed", "preset", "kernel_engine", "strict_kernels",
+       "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality", "fusion", "eval",
        "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
        "idempotency_key", "deadline_seconds", "wait"},
       &error);

@@ -84,5 +84,6 @@ echo "\$ quantctl submit --model_blob=... --calib_blob=... --eval_blob=... --pre
 artifact_id="$(grep -o 'result artifact art-[0-9a-f]*' data/demo-job.txt | awk '{print $3}' | head -n 1)"
 if [ -n "$artifact_id" ]; then
   "${quantctl[@]}" download "$artifact_id" -o data/resnet8_int8.pt
-  echo "demo: int8 artifact data/resnet8_int8.pt (load it in Python with torch.backends.quantized.engine = 'onednn')"
+  engine="$(sed -n 's/^  kernel_engine: //p' data/demo-job.txt | head -n 1)"
+  echo "demo: int8 artifact data/resnet8_int8.pt (load it in Python with torch.backends.quantized.engine = '$engine')"
 fi

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <cmath>
 #include <filesystem>
 #include <set>
 
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/base/sha256.h"
+#include "worker/engine/quantizer.h"
 #include "worker/engine/base/status_macros.h"
 
 namespace quantd {
@@ -125,6 +127,7 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
         "\" (onednn, qnnpack, fbgemm, x86, or empty)"));
   }
   spec->kernel_engine = q.kernel_engine();
+  spec->strict_kernels = q.strict_kernels();
   if (q.config_case() == v1::QConfig::kPreset) {
     switch (q.preset()) {
       case v1::QCONFIG_PRESET_FBGEMM: spec->qconfig.preset = "fbgemm"; break;
@@ -287,6 +290,25 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     spec.evaluation_batch_size = evaluation.batch_size() == 0 ? 256 : evaluation.batch_size();
   }
 
+  const v1::QualityGate& gate = request.quality_gate();
+  if (gate.has_samples()) {
+    if (gate.samples() > 10000) return absl::InvalidArgumentError("quality_gate.samples: at most 10000");
+    spec.quality_samples = gate.samples();
+  }
+  if (gate.has_min_top1_agreement()) {
+    if (!(gate.min_top1_agreement() >= 0 && gate.min_top1_agreement() <= 1)) {
+      return absl::InvalidArgumentError("quality_gate.min_top1_agreement: a fraction in 0..1");
+    }
+    spec.min_top1_agreement = gate.min_top1_agreement();
+  }
+  if (gate.has_min_output_sqnr_db()) {
+    if (!std::isfinite(gate.min_output_sqnr_db())) {
+      return absl::InvalidArgumentError("quality_gate.min_output_sqnr_db: a finite number of dB");
+    }
+    spec.min_output_sqnr_db = gate.min_output_sqnr_db();
+  }
+  spec.allow_low_quality = gate.allow_low_quality();
+
   const std::string& key = request.idempotency_key();
   if (key.size() > 128) return absl::InvalidArgumentError("idempotency_key: at most 128 characters");
   for (char c : key) {
@@ -339,6 +361,43 @@ void ToProto(const worker::JobResult& r, v1::JobResult* out) {
   out->set_calibration_samples(static_cast<uint64_t>(r.report.calibration_samples));
   out->set_error_message(r.error_message);
   out->set_error_code(static_cast<int32_t>(r.error_code));
+  const engine::KernelChoice& choice = r.report.kernel_choice;
+  if (!choice.engine.empty()) {
+    out->mutable_kernel_choice()->set_engine(choice.engine);
+    out->mutable_kernel_choice()->set_reason(choice.reason);
+    for (const engine::KernelCandidate& c : choice.candidates) {
+      v1::KernelCandidate* candidate = out->mutable_kernel_choice()->add_candidates();
+      candidate->set_engine(c.engine);
+      candidate->set_exact(c.exact);
+      candidate->set_why(c.why);
+      if (c.ms_per_image) candidate->set_ms_per_image(*c.ms_per_image);
+    }
+    ToProto(r.report.cpu, out->mutable_cpu());
+    ToProto(r.report.requirements, out->mutable_requirements());
+    const engine::QualityReport& q = r.report.quality;
+    v1::QualityReport* quality = out->mutable_quality();
+    quality->set_samples(static_cast<uint64_t>(q.samples));
+    if (q.top1_agreement) quality->set_top1_agreement(*q.top1_agreement);
+    if (q.output_sqnr_db) quality->set_output_sqnr_db(*q.output_sqnr_db);
+    for (const std::string& layer : q.worst_layers) quality->add_worst_layers(layer);
+    quality->set_min_top1_agreement(q.min_top1_agreement);
+    quality->set_min_output_sqnr_db(q.min_output_sqnr_db);
+    quality->set_passed(q.passed);
+    quality->set_message(q.message);
+  }
+  for (const std::string& warning : r.report.warnings) out->add_warnings(warning);
+}
+
+void ToProto(const engine::CpuInt8Report& cpu, v1::CpuInfo* out) {
+  out->set_model(cpu.model_name);
+  for (const std::string& f : cpu.features) out->add_features(f);
+  out->set_onednn_isa(cpu.onednn_isa);
+  out->set_kernel_isa(cpu.kernel_isa);
+  for (const auto& s : cpu.saturating_engines) {
+    v1::SaturatingEngine* engine = out->add_saturating_engines();
+    engine->set_engine(s.engine);
+    for (const std::string& op : s.ops) engine->add_ops(op);
+  }
 }
 
 void ToProto(const worker::Job& job, v1::Job* out) {
@@ -379,6 +438,12 @@ void ToProto(const worker::JobEvent& event, v1::JobEvent* out) {
   }
 }
 
+void ToProto(const engine::ArtifactRequirements& r, v1::ArtifactRequirements* out) {
+  out->set_kernel_engine(r.kernel_engine);
+  out->set_activation_quant_max(r.activation_quant_max);
+  out->set_needs_non_saturating_u8s8(r.needs_non_saturating_u8s8);
+}
+
 void ArtifactToProto(const worker::Job& job, v1::Artifact* out) {
   v1::QuantizeJobRequest request;
   request.ParseFromString(job.request_echo);
@@ -394,6 +459,18 @@ void ArtifactToProto(const worker::Job& job, v1::Artifact* out) {
   *out->mutable_preprocessing() = request.preprocessing();
   if (r.report.fp32_accuracy.has_value()) AccuracyToProto(*r.report.fp32_accuracy, out->mutable_fp32_accuracy());
   if (r.report.int8_accuracy.has_value()) AccuracyToProto(*r.report.int8_accuracy, out->mutable_int8_accuracy());
+  engine::ArtifactRequirements requirements = r.report.requirements;
+  if (requirements.kernel_engine.empty()) {  // made before quantd recorded requirements: assume the worst
+    requirements.kernel_engine = r.report.kernel_engine;
+    requirements.needs_non_saturating_u8s8 = requirements.kernel_engine != "qnnpack";
+  }
+  ToProto(requirements, out->mutable_requirements());
+  absl::StatusOr<std::string> runtime = engine::KernelEngineForArtifact(requirements, /*allow_reroute=*/true);
+  if (runtime.ok()) {
+    out->set_runtime_kernel_engine(*runtime);
+  } else {
+    out->set_runtime_problem(std::string(runtime.status().message()));
+  }
 }
 
 absl::StatusOr<worker::JobState> FromProto(v1::JobState state) {

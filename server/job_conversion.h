@@ -41,7 +41,10 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
 void ToProto(const worker::Job& job, v1::Job* out);
 void ToProto(const worker::JobResult& result, v1::JobResult* out);
 void ToProto(const worker::JobEvent& event, v1::JobEvent* out);
-// The artifact made by `job` (a SUCCEEDED job).
+void ToProto(const engine::CpuInt8Report& cpu, v1::CpuInfo* out);
+void ToProto(const engine::ArtifactRequirements& requirements, v1::ArtifactRequirements* out);
+// The artifact made by `job` (a SUCCEEDED job), with the kernel engine this
+// server runs it on (engine::KernelEngineForArtifact).
 void ArtifactToProto(const worker::Job& job, v1::Artifact* out);
 
 absl::StatusOr<worker::JobState> FromProto(v1::JobState state);

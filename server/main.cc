@@ -100,6 +100,8 @@ int main(int argc, char** argv) {
   options.job_deadline_seconds = absl::GetFlag(FLAGS_job_deadline_seconds);
 
   quantd::LogLine(quantd::LogLevel::kInfo,
+                  absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));
+  quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: starting version=", quantd::QuantdVersion(),
                                " data_dir=", options.data_dir,
                                " workers=", options.workers,

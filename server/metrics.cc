@@ -1,5 +1,6 @@
 #include "server/metrics.h"
 
+#include <map>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -40,6 +41,15 @@ ServerMetrics::ServerMetrics(const Options& options)
       .Register(*registry_)
       .Add({{"version", options.version}})
       .Set(1);
+  if (!options.cpu_labels.empty()) {
+    std::map<std::string, std::string> labels(options.cpu_labels.begin(), options.cpu_labels.end());
+    prometheus::BuildGauge()
+        .Name("quantd_cpu_info")
+        .Help("Always 1; labels describe the CPU as int8 kernels see it (measured at start).")
+        .Register(*registry_)
+        .Add(labels)
+        .Set(1);
+  }
   std::vector<std::string> labels;
   for (const std::string& method : options.methods) {
     absl::string_view label = method;

@@ -27,6 +27,8 @@ class ServerMetrics {
   struct Options {
     // Value of quantd_build_info{version=...}.
     std::string version;
+    // Labels of quantd_cpu_info (model, onednn_isa, vnni, ...): one series.
+    std::vector<std::pair<std::string, std::string>> cpu_labels;
     // Full gRPC method names ("/pkg.Service/Method") that get their own
     // label value.
     std::vector<std::string> methods;

@@ -364,4 +364,11 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(
   return FinishUnary(context, NotYet("Evaluate", kServing));
 }
 
+grpc::ServerUnaryReactor* QuantizationServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,
+                                                                 const v1::GetServerInfoRequest*,
+                                                                 v1::ServerInfo* response) {
+  *response = deps_.server_info;
+  return FinishUnary(context, absl::OkStatus());
+}
+
 }  // namespace quantd

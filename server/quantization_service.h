@@ -25,6 +25,8 @@ class QuantizationServiceImpl final
     worker::WorkerPool* pool = nullptr;
     worker::BlobStore* blobs = nullptr;
     worker::ArtifactStore* artifacts = nullptr;
+    // What GetServerInfo answers (fixed for the server's lifetime).
+    v1::ServerInfo server_info;
   };
   explicit QuantizationServiceImpl(const Deps& deps)
       : deps_(deps), resolver_(deps.data_dir, deps.blobs) {}
@@ -67,6 +69,9 @@ class QuantizationServiceImpl final
   grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext* context,
                                      const v1::EvaluateRequest* request,
                                      v1::EvaluateResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
+                                          const v1::GetServerInfoRequest* request,
+                                          v1::ServerInfo* response) override;
 
  private:
   const Deps deps_;

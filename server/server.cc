@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "server/log.h"
 #include "server/metrics_interceptor.h"
 #include "worker/engine/base/status_macros.h"
@@ -46,9 +48,27 @@ std::vector<std::string> FullMethodNames(const std::vector<std::string>& service
   return methods;
 }
 
+// quantd_cpu_info's labels: what decides int8 kernel exactness and speed.
+std::vector<std::pair<std::string, std::string>> CpuLabels(const engine::CpuInt8Report& cpu) {
+  auto has = [&](const char* feature) {
+    return std::find(cpu.features.begin(), cpu.features.end(), feature) != cpu.features.end();
+  };
+  std::vector<std::string> saturating;
+  for (const auto& s : cpu.saturating_engines) saturating.push_back(s.engine);
+  return {{"model", cpu.model_name},
+          {"onednn_isa", cpu.onednn_isa},
+          {"kernel_isa", cpu.kernel_isa},
+          {"avx2", has("avx2") ? "true" : "false"},
+          {"avx512", has("avx512f") ? "true" : "false"},
+          {"vnni", has("avx512_vnni") || has("avx_vnni") ? "true" : "false"},
+          {"amx", has("amx_int8") ? "true" : "false"},
+          {"saturating_engines", absl::StrJoin(saturating, ",")}};
+}
+
 ServerMetrics::Options MetricsOptions() {
   ServerMetrics::Options options;
   options.version = QuantdVersion();
+  options.cpu_labels = CpuLabels(engine::CpuInt8Info());
   options.methods = FullMethodNames({quantd::v1::QuantizationService::service_full_name(),
                                      grpc::health::v1::Health::service_full_name()});
   return options;
@@ -186,6 +206,12 @@ absl::Status QuantdServer::OpenStores() {
   deps.pool = pool_.get();
   deps.blobs = blob_store_.get();
   deps.artifacts = artifact_store_.get();
+  deps.server_info.set_version(QuantdVersion());
+  deps.server_info.set_libtorch_version(engine::TorchVersion());
+  for (const std::string& e : engine::AvailableKernelEngines()) deps.server_info.add_kernel_engines(e);
+  ToProto(engine::CpuInt8Info(), deps.server_info.mutable_cpu());
+  deps.server_info.set_intra_op_threads(engine::IntraOpThreads());
+  deps.server_info.set_workers(options_.workers);
   quantization_service_ = std::make_unique<QuantizationServiceImpl>(deps);
   return absl::OkStatus();
 }

@@ -39,6 +39,12 @@ struct JobSpec {
   int64_t batch_size = 100;
   std::optional<engine::DatasetSpec> evaluation;
   int64_t evaluation_batch_size = 256;
+  bool strict_kernels = false;
+  // The quality gate (see engine::QuantizeOptions).
+  int64_t quality_samples = engine::QuantizeOptions().quality_samples;
+  double min_top1_agreement = engine::QuantizeOptions().min_top1_agreement;
+  double min_output_sqnr_db = engine::QuantizeOptions().min_output_sqnr_db;
+  bool allow_low_quality = false;
 };
 
 struct PhaseTiming {

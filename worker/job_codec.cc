@@ -51,6 +51,79 @@ std::optional<engine::Accuracy> DecodeAccuracy(const json& j) {
   return a;
 }
 
+json OptionalNumber(const std::optional<double>& v) { return v ? json(*v) : json(); }
+std::optional<double> DecodeOptionalNumber(const json& j) {
+  return j.is_null() ? std::nullopt : std::optional<double>(j.get<double>());
+}
+
+// The kernel choice, CPU, requirements, quality and warnings of a report.
+// Rows written before quantd recorded them have none: they decode empty.
+json EncodeKernelReport(const engine::QuantizeReport& r) {
+  json candidates = json::array();
+  for (const engine::KernelCandidate& c : r.kernel_choice.candidates) {
+    candidates.push_back(
+        json{{"engine", c.engine}, {"exact", c.exact}, {"why", c.why}, {"ms_per_image", OptionalNumber(c.ms_per_image)}});
+  }
+  json saturating = json::array();
+  for (const auto& s : r.cpu.saturating_engines) saturating.push_back(json{{"engine", s.engine}, {"ops", s.ops}});
+  const engine::QualityReport& q = r.quality;
+  return json{
+      {"kernel_choice", {{"engine", r.kernel_choice.engine}, {"reason", r.kernel_choice.reason}, {"candidates", candidates}}},
+      {"cpu",
+       {{"model", r.cpu.model_name},
+        {"features", r.cpu.features},
+        {"onednn_isa", r.cpu.onednn_isa},
+        {"kernel_isa", r.cpu.kernel_isa},
+        {"saturating_engines", saturating}}},
+      {"requirements",
+       {{"kernel_engine", r.requirements.kernel_engine},
+        {"activation_quant_max", r.requirements.activation_quant_max},
+        {"needs_non_saturating_u8s8", r.requirements.needs_non_saturating_u8s8}}},
+      {"quality",
+       {{"samples", q.samples},
+        {"top1_agreement", OptionalNumber(q.top1_agreement)},
+        {"output_sqnr_db", OptionalNumber(q.output_sqnr_db)},
+        {"worst_layers", q.worst_layers},
+        {"min_top1_agreement", q.min_top1_agreement},
+        {"min_output_sqnr_db", q.min_output_sqnr_db},
+        {"passed", q.passed},
+        {"message", q.message}}},
+      {"warnings", r.warnings}};
+}
+
+void DecodeKernelReport(const json& j, engine::QuantizeReport* r) {
+  if (!j.is_object()) return;
+  const json& choice = j.at("kernel_choice");
+  r->kernel_choice.engine = choice.at("engine").get<std::string>();
+  r->kernel_choice.reason = choice.at("reason").get<std::string>();
+  for (const json& c : choice.at("candidates")) {
+    r->kernel_choice.candidates.push_back({c.at("engine").get<std::string>(), c.at("exact").get<bool>(),
+                                           c.at("why").get<std::string>(), DecodeOptionalNumber(c.at("ms_per_image"))});
+  }
+  const json& cpu = j.at("cpu");
+  r->cpu.model_name = cpu.at("model").get<std::string>();
+  r->cpu.features = cpu.at("features").get<std::vector<std::string>>();
+  r->cpu.onednn_isa = cpu.at("onednn_isa").get<std::string>();
+  r->cpu.kernel_isa = cpu.at("kernel_isa").get<std::string>();
+  for (const json& s : cpu.at("saturating_engines")) {
+    r->cpu.saturating_engines.push_back({s.at("engine").get<std::string>(), s.at("ops").get<std::vector<std::string>>()});
+  }
+  const json& req = j.at("requirements");
+  r->requirements.kernel_engine = req.at("kernel_engine").get<std::string>();
+  r->requirements.activation_quant_max = req.at("activation_quant_max").get<int64_t>();
+  r->requirements.needs_non_saturating_u8s8 = req.at("needs_non_saturating_u8s8").get<bool>();
+  const json& q = j.at("quality");
+  r->quality.samples = q.at("samples").get<int64_t>();
+  r->quality.top1_agreement = DecodeOptionalNumber(q.at("top1_agreement"));
+  r->quality.output_sqnr_db = DecodeOptionalNumber(q.at("output_sqnr_db"));
+  r->quality.worst_layers = q.at("worst_layers").get<std::vector<std::string>>();
+  r->quality.min_top1_agreement = q.at("min_top1_agreement").get<double>();
+  r->quality.min_output_sqnr_db = q.at("min_output_sqnr_db").get<double>();
+  r->quality.passed = q.at("passed").get<bool>();
+  r->quality.message = q.at("message").get<std::string>();
+  r->warnings = j.at("warnings").get<std::vector<std::string>>();
+}
+
 }  // namespace
 
 std::string EncodeJobSpec(const JobSpec& spec) {
@@ -65,7 +138,12 @@ std::string EncodeJobSpec(const JobSpec& spec) {
          {"fusion_groups", spec.fusion.groups},
          {"batch_size", spec.batch_size},
          {"evaluation", spec.evaluation.has_value() ? EncodeDataset(*spec.evaluation) : json()},
-         {"evaluation_batch_size", spec.evaluation_batch_size}};
+         {"evaluation_batch_size", spec.evaluation_batch_size},
+         {"strict_kernels", spec.strict_kernels},
+         {"quality_samples", spec.quality_samples},
+         {"min_top1_agreement", spec.min_top1_agreement},
+         {"min_output_sqnr_db", spec.min_output_sqnr_db},
+         {"allow_low_quality", spec.allow_low_quality}};
   return j.dump();
 }
 
@@ -85,6 +163,12 @@ absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {
     spec.batch_size = j.at("batch_size").get<int64_t>();
     if (!j.at("evaluation").is_null()) spec.evaluation = DecodeDataset(j.at("evaluation"));
     spec.evaluation_batch_size = j.at("evaluation_batch_size").get<int64_t>();
+    // Absent from rows stored before the quality gate: the defaults.
+    spec.strict_kernels = j.value("strict_kernels", spec.strict_kernels);
+    spec.quality_samples = j.value("quality_samples", spec.quality_samples);
+    spec.min_top1_agreement = j.value("min_top1_agreement", spec.min_top1_agreement);
+    spec.min_output_sqnr_db = j.value("min_output_sqnr_db", spec.min_output_sqnr_db);
+    spec.allow_low_quality = j.value("allow_low_quality", spec.allow_low_quality);
     return spec;
   } catch (const std::exception& e) {
     return absl::DataLossError(absl::StrCat("stored job spec is unreadable: ", e.what()));
@@ -124,8 +208,10 @@ std::string EncodeJobResult(const JobResult& result) {
          {"int8_accuracy", EncodeAccuracy(r.int8_accuracy)},
          {"phase_timings", timings},
          {"error_code", static_cast<int>(result.error_code)},
-         {"error_message", result.error_message}};
-  return j.dump();
+         {"error_message", result.error_message},
+         {"kernel_report", EncodeKernelReport(r)}};
+  // Model-supplied text (layer names) may not be valid UTF-8.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
@@ -165,6 +251,7 @@ absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
     }
     result.error_code = static_cast<absl::StatusCode>(j.at("error_code").get<int>());
     result.error_message = j.at("error_message").get<std::string>();
+    if (j.contains("kernel_report")) DecodeKernelReport(j.at("kernel_report"), &r);
     return result;
   } catch (const std::exception& e) {
     return absl::DataLossError(absl::StrCat("stored job result is unreadable: ", e.what()));

@@ -37,6 +37,11 @@ engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec) {
   options.kernel_engine = spec.kernel_engine;
   options.evaluation = spec.evaluation;
   options.evaluation_batch_size = spec.evaluation_batch_size;
+  options.strict_kernels = spec.strict_kernels;
+  options.quality_samples = spec.quality_samples;
+  options.min_top1_agreement = spec.min_top1_agreement;
+  options.min_output_sqnr_db = spec.min_output_sqnr_db;
+  options.allow_low_quality = spec.allow_low_quality;
   return options;
 }
 

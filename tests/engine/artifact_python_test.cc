@@ -53,7 +53,7 @@ TEST_P(ArtifactInPythonTest, SamePredictionsOnTheWholeTestSet) {
   EXPECT_EQ(disagreements, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, ArtifactInPythonTest, ::testing::Values("fbgemm", "qnnpack"));
+INSTANTIATE_TEST_SUITE_P(Presets, ArtifactInPythonTest, ::testing::Values("fbgemm", "onednn", "qnnpack"));
 
 }  // namespace
 }  // namespace quantd::engine

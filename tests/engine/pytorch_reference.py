@@ -6,10 +6,13 @@ FP32 weights from the TorchScript fixture, fuses the standard groups, applies ge
 calibrates on calib_batch.bin in batches of 100 and converts, on the kernel engine ENGINE. Prints JSON:
 top-1 on the test set, per-layer qparams, and (with --bench) timings on 1 thread.
 
-Usage: /usr/bin/python3 pytorch_reference.py --fixtures DIR --qconfig fbgemm [--engine onednn]
-       [--preds OUT.u8] [--bench] [--artifact quantd.pt --artifact-preds OUT.u8]
+--fusion auto also fuses each residual add with the ReLU after it (FloatFunctional.add_relu), as quantd's
+automatic fusion does. --trace OUT.pt writes the FP32 ResNet8 exported with torch.jit.trace and exits.
+
+Usage: /usr/bin/python3 pytorch_reference.py --fixtures DIR --qconfig fbgemm [--engine onednn] [--fusion groups|auto]
+       [--preds OUT.u8] [--bench] [--artifact quantd.pt --artifact-preds OUT.u8] [--trace OUT.pt]
 """
-import argparse, json, os, sys, time
+import argparse, json, os, sys, time, types
 
 import numpy as np
 import torch
@@ -33,7 +36,14 @@ def make_qconfig(name):
     return get_default_qconfig(name)
 
 
-def quantize(fixtures, qconfig_name, calib):
+def block_forward_add_relu(block, x):
+    """BasicBlock.forward with the residual add and relu2 as one FloatFunctional.add_relu."""
+    y = block.relu1(block.bn1(block.conv1(block.pad(x))))
+    y = block.bn2(block.conv2(y))
+    return block.skip_add.add_relu(block.shortcut(x), y)
+
+
+def quantize(fixtures, qconfig_name, calib, fusion='groups'):
     from torch.ao.quantization import convert, fuse_modules, prepare
     sys.path.insert(0, os.path.join(fixtures, 'tools'))
     from resnet8 import ResNet8
@@ -43,6 +53,9 @@ def quantize(fixtures, qconfig_name, calib):
     missing, unexpected = m.load_state_dict(fp32.state_dict(), strict=False)
     assert not unexpected and all('quant' in k for k in missing), (missing, unexpected)
     m.eval()
+    if fusion == 'auto':
+        for block in (m.layer1, m.layer2, m.layer3):
+            block.forward = types.MethodType(block_forward_add_relu, block)
     m = fuse_modules(m, FUSE_GROUPS)
     m.qconfig = make_qconfig(qconfig_name)
     p = prepare(m)
@@ -101,6 +114,8 @@ def main():
     ap.add_argument('--fixtures', required=True)
     ap.add_argument('--qconfig', default='fbgemm', help='fbgemm|x86|onednn|qnnpack, or minmax (custom)')
     ap.add_argument('--engine', default='onednn')
+    ap.add_argument('--fusion', default='groups', choices=['groups', 'auto'])
+    ap.add_argument('--trace')
     ap.add_argument('--preds')
     ap.add_argument('--bench', action='store_true')
     ap.add_argument('--quantize-runs', type=int, default=3)
@@ -109,8 +124,18 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.backends.quantized.engine = a.engine
+    if a.trace:
+        # The most common way people export: torch.jit.trace of the eager FP32 model.
+        sys.path.insert(0, os.path.join(a.fixtures, 'tools'))
+        from resnet8 import ResNet8
+        m = ResNet8()
+        m.load_state_dict(torch.jit.load(os.path.join(a.fixtures, 'models', 'resnet8_fp32.torchscript.pt')).state_dict())
+        m.eval()
+        torch.jit.trace(m, torch.rand(2, 3, 32, 32) * 255).save(a.trace)
+        print(json.dumps({'traced': a.trace}))
+        return
     x, y = read_cifar(os.path.join(a.fixtures, 'cifar10', 'test_batch.bin'))
-    result = {'torch': torch.__version__, 'qconfig': a.qconfig, 'engine': a.engine}
+    result = {'torch': torch.__version__, 'qconfig': a.qconfig, 'engine': a.engine, 'fusion': a.fusion}
     if a.artifact:
         # Load quantd's artifact exactly as a user would.
         art = torch.jit.load(a.artifact)
@@ -123,7 +148,7 @@ def main():
         print(json.dumps(result))
         return
     calib, _ = read_cifar(os.path.join(a.fixtures, 'cifar10', 'calib_batch.bin'))
-    q, seconds = quantize(a.fixtures, a.qconfig, calib)
+    q, seconds = quantize(a.fixtures, a.qconfig, calib, a.fusion)
     preds = predict(q, x)
     result['correct'] = int((preds == y).sum())
     result['qparams'] = qparams(q)

@@ -29,6 +29,7 @@ using ::quantd::test_util::RunCommand;
 using ::quantd::test_util::Subprocess;
 using ::testing::Contains;
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 using ::testing::IsSupersetOf;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(30);
@@ -169,15 +170,21 @@ TEST_F(QuantdIntegrationTest, ThirdPartyReflectionClientSeesTheApi) {
 }
 
 TEST_F(QuantdIntegrationTest, QuantctlHealthPrintsServing) {
+  // The server's health, then what it runs on: the CPU as int8 kernels see it.
   test_util::RunResult text = Quantctl({"health"});
   EXPECT_EQ(text.exit_code, 0) << text.err;
-  EXPECT_EQ(text.out, "SERVING\n");
+  EXPECT_THAT(text.out, StartsWith("SERVING\nserver: quantd "));
+  EXPECT_THAT(text.out, HasSubstr("\ncpu: "));
+  EXPECT_THAT(text.out, HasSubstr("oneDNN isa: "));
+  EXPECT_THAT(text.out, HasSubstr("saturating with 8-bit activations: "));
 
   test_util::RunResult json = Quantctl({"--json", "health"});
   EXPECT_EQ(json.exit_code, 0) << json.err;
   auto parsed = nlohmann::json::parse(json.out, nullptr, false);
   ASSERT_FALSE(parsed.is_discarded()) << json.out;
   EXPECT_EQ(parsed["status"], "SERVING");
+  EXPECT_FALSE(parsed["server"]["cpu"]["kernelIsa"].get<std::string>().empty()) << json.out;
+  EXPECT_FALSE(parsed["server"]["kernelEngines"].empty()) << json.out;
 
   test_util::RunResult service = Quantctl({"health", "--service=quantd.v1.QuantizationService"});
   EXPECT_EQ(service.exit_code, 0) << service.err;

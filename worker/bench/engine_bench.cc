@@ -120,6 +120,15 @@ int main(int argc, char** argv) {
                 {"phases_s_last_run", phases}};
   }
   out["kernel_engine"] = model->report().kernel_engine;
+  out["kernel_choice"] = model->report().kernel_choice.reason;
+  const CpuInt8Report& cpu = CpuInt8Info();
+  std::vector<std::string> saturating;
+  for (const auto& s : cpu.saturating_engines) saturating.push_back(s.engine);
+  out["cpu"] = {{"model", cpu.model_name},
+                {"features", cpu.features},
+                {"onednn_isa", cpu.onednn_isa},
+                {"kernel_isa", cpu.kernel_isa},
+                {"saturating_engines", saturating}};
   if (std::getenv("QUANTD_BENCH_QUANTIZE_ONLY") != nullptr) {  // for perf record
     std::cout << out.dump() << std::endl;
     return 0;

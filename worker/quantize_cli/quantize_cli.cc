@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <iomanip>
 #include <map>
 #include <set>
@@ -40,26 +41,35 @@ std::vector<double> ParseDoubles(const std::string& text) {
 }  // namespace
 
 std::string QuantizeUsage() {
-  return R"(usage: quantd-quantize --model M.pt --calibration calib.bin --output artifact.pt [options]
+  return R"(usage: quantd-quantize --model M.pt --calib calib.bin --output artifact.pt [options]
 
-  --model PATH               FP32 TorchScript model (torch.jit.script/trace + save)
-  --calibration PATH         calibration set: CIFAR-10 binary (.bin) or images .npy
-  --calibration-labels PATH  labels .npy for an .npy calibration set (needed for --samples-per-class)
-  --samples-per-class N      stratified selection of N samples per class (fixed --seed, default 0)
-  --batch-size N             calibration batch size (default 100, as PyTorch's recipe)
-  --qconfig NAME             fbgemm | x86 | onednn | qnnpack | custom (default fbgemm)
-  --activation-observer O    custom: minmax | moving_average_minmax | histogram
-  --weight-observer O        custom: per_channel_symmetric | per_tensor_symmetric | per_tensor_affine
-  --reduce-range             custom: 7-bit activations
-  --kernel-engine E          onednn | qnnpack | fbgemm | x86 (default: best compiled in)
+Flags use quantctl's names and syntax: --name=value or --name value; dashes and
+underscores are the same (--kernel-engine = --kernel_engine).
+
+  --model PATH               FP32 TorchScript model (torch.jit.script or torch.jit.trace, then save)
+  --calib PATH               calibration set: CIFAR-10 binary (.bin) or images .npy (alias --calibration)
+  --calib_labels PATH        labels .npy for an .npy calibration set (needed for --samples_per_class)
+  --samples_per_class N      stratified selection of N samples per class (fixed --seed, default 0)
+  --batch_size N             calibration batch size (default 100, as PyTorch's recipe)
+  --preset NAME              fbgemm | x86 | onednn | qnnpack | custom (default fbgemm; alias --qconfig)
+  --activation_observer O    custom: minmax | moving_average_minmax | histogram
+  --weight_observer O        custom: per_channel_symmetric | per_tensor_symmetric | per_tensor_affine
+  --reduce_range             custom: 7-bit activations
+  --kernel_engine E          onednn | qnnpack | fbgemm | x86 (default: the fastest exact one on this CPU)
+  --strict_kernels           fail if --kernel_engine saturates on this CPU (default: a warning)
   --fusion auto|SPEC.json    fusion groups (JSON list of module-path lists) or auto (default auto)
   --layout NCHW|NHWC|auto    .npy image layout (default auto)
   --scale S --mean a,b,c --std a,b,c   preprocessing (default: raw pixel values)
   --output PATH              int8 TorchScript artifact
-  --report PATH              manifest JSON (qconfig, fused groups, fallbacks, per-layer qparams and SQNR)
-  --eval PATH                labeled set (.bin, or .npy with --eval-labels) for FP32 and int8 top-1
+  --report PATH              manifest JSON (qconfig, kernel choice and CPU, fused groups, fallbacks,
+                             per-layer qparams and SQNR, quality check, requirements)
+  --eval PATH                labeled set (.bin, or .npy with --eval_labels) for FP32 and int8 top-1
+  --quality_samples N        calibration images the int8-vs-FP32 check compares (default 100; 0 = off)
+  --min_top1_agreement F     least top-1 agreement with FP32, 0..1 (default 0.8)
+  --min_output_sqnr_db DB    least output SQNR against FP32 (default 10)
+  --allow_low_quality        keep a model that fails the check (with a warning) instead of failing
   --threads N                intra-op threads (default 1)
-  --overlap-observers        gather calibration statistics on a second thread (same result;
+  --overlap_observers        gather calibration statistics on a second thread (same result;
                              --threads 2 is faster: convolutions and observers both split)
   --quiet                    print only errors
 )";
@@ -94,7 +104,11 @@ absl::StatusOr<engine::FusionSpec> ParseFusionSpec(const std::string& value) {
 }
 
 absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>& args) {
-  static const std::set<std::string> kBoolFlags = {"reduce-range", "quiet", "help", "overlap-observers"};
+  static const std::set<std::string> kBoolFlags = {"reduce_range", "quiet", "help", "overlap_observers",
+                                                   "strict_kernels", "allow_low_quality"};
+  // quantctl's names for the same things.
+  static const std::map<std::string, std::string> kAliases = {
+      {"calibration", "calib"}, {"calibration_labels", "calib_labels"}, {"qconfig", "preset"}};
   std::map<std::string, std::string> flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -105,19 +119,25 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     if (eq != std::string::npos) {
       value = name.substr(eq + 1);
       name = name.substr(0, eq);
-    } else if (kBoolFlags.count(name)) {
-      value = "true";
-    } else if (i + 1 < args.size()) {
-      value = args[++i];
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+    }
+    std::replace(name.begin(), name.end(), '-', '_');
+    if (auto alias = kAliases.find(name); alias != kAliases.end()) name = alias->second;
+    if (eq == std::string::npos) {
+      if (kBoolFlags.count(name)) {
+        value = "true";
+      } else if (i + 1 < args.size()) {
+        value = args[++i];
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      }
     }
     flags[name] = value;
   }
   static const std::set<std::string> kKnown = {
-      "model", "calibration", "calibration-labels", "samples-per-class", "seed", "batch-size", "qconfig",
-      "activation-observer", "weight-observer", "reduce-range", "kernel-engine", "fusion", "layout", "scale",
-      "mean", "std", "output", "report", "eval", "eval-labels", "threads", "quiet", "help", "overlap-observers"};
+      "model", "calib", "calib_labels", "samples_per_class", "seed", "batch_size", "preset",
+      "activation_observer", "weight_observer", "reduce_range", "kernel_engine", "strict_kernels", "fusion",
+      "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels", "threads", "quiet", "help",
+      "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality"};
   for (const auto& [name, value] : flags) {
     if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -143,11 +163,11 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   cmd.output_path = get("output");
   if (cmd.output_path.empty()) return absl::InvalidArgumentError("--output is required");
   cmd.report_path = get("report");
-  o.calibration.path = get("calibration");
-  if (o.calibration.path.empty()) return absl::InvalidArgumentError("--calibration is required");
-  QUANTD_ASSIGN_OR_RETURN(o.calibration.format, FormatOf(o.calibration.path, "--calibration"));
-  o.calibration.labels_path = get("calibration-labels");
-  QUANTD_ASSIGN_OR_RETURN(o.calibration.samples_per_class, get_int("samples-per-class", 0));
+  o.calibration.path = get("calib");
+  if (o.calibration.path.empty()) return absl::InvalidArgumentError("--calib is required");
+  QUANTD_ASSIGN_OR_RETURN(o.calibration.format, FormatOf(o.calibration.path, "--calib"));
+  o.calibration.labels_path = get("calib_labels");
+  QUANTD_ASSIGN_OR_RETURN(o.calibration.samples_per_class, get_int("samples_per_class", 0));
   QUANTD_ASSIGN_OR_RETURN(int64_t seed, get_int("seed", 0));
   o.calibration.seed = static_cast<uint64_t>(seed);
   o.calibration.layout = get("layout", "auto");
@@ -156,34 +176,46 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   }
   o.calibration.preprocessing.mean = ParseDoubles(get("mean"));
   o.calibration.preprocessing.std = ParseDoubles(get("std"));
-  QUANTD_ASSIGN_OR_RETURN(o.batch_size, get_int("batch-size", 100));
-  if (o.batch_size == 0) return absl::InvalidArgumentError("--batch-size must be positive");
-  const std::string qconfig = get("qconfig", "fbgemm");
+  QUANTD_ASSIGN_OR_RETURN(o.batch_size, get_int("batch_size", 100));
+  if (o.batch_size == 0) return absl::InvalidArgumentError("--batch_size must be positive");
+  const std::string qconfig = get("preset", "fbgemm");
   if (qconfig == "custom") {
     o.qconfig.preset = "";
-    o.qconfig.activation_observer = get("activation-observer", "histogram");
-    o.qconfig.weight_observer = get("weight-observer", "per_channel_symmetric");
-    o.qconfig.reduce_range = get("reduce-range") == "true";
+    o.qconfig.activation_observer = get("activation_observer", "histogram");
+    o.qconfig.weight_observer = get("weight_observer", "per_channel_symmetric");
+    o.qconfig.reduce_range = get("reduce_range") == "true";
   } else {
     o.qconfig.preset = qconfig;
-    if (flags.count("activation-observer") || flags.count("weight-observer") || flags.count("reduce-range")) {
-      return absl::InvalidArgumentError("--activation-observer/--weight-observer/--reduce-range need --qconfig custom");
+    if (flags.count("activation_observer") || flags.count("weight_observer") || flags.count("reduce_range")) {
+      return absl::InvalidArgumentError("--activation_observer/--weight_observer/--reduce_range need --preset custom");
     }
   }
-  o.kernel_engine = get("kernel-engine");
+  o.kernel_engine = get("kernel_engine");
   QUANTD_ASSIGN_OR_RETURN(o.fusion, ParseFusionSpec(get("fusion", "auto")));
   if (flags.count("eval")) {
     engine::DatasetSpec eval = o.calibration;
     eval.path = get("eval");
     QUANTD_ASSIGN_OR_RETURN(eval.format, FormatOf(eval.path, "--eval"));
-    eval.labels_path = get("eval-labels");
+    eval.labels_path = get("eval_labels");
     eval.samples_per_class = 0;
     o.evaluation = eval;
   }
   QUANTD_ASSIGN_OR_RETURN(int64_t threads, get_int("threads", 1));
   cmd.threads = static_cast<int>(std::max<int64_t>(1, threads));
   cmd.quiet = get("quiet") == "true";
-  o.overlap_observers = get("overlap-observers") == "true";
+  o.overlap_observers = get("overlap_observers") == "true";
+  o.strict_kernels = get("strict_kernels") == "true";
+  o.allow_low_quality = get("allow_low_quality") == "true";
+  QUANTD_ASSIGN_OR_RETURN(o.quality_samples, get_int("quality_samples", o.quality_samples));
+  for (auto [name, target] : {std::pair<const char*, double*>{"min_top1_agreement", &o.min_top1_agreement},
+                              {"min_output_sqnr_db", &o.min_output_sqnr_db}}) {
+    if (flags.count(name) && !absl::SimpleAtod(get(name), target)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " must be a number, not '", get(name), "'"));
+    }
+  }
+  if (!(o.min_top1_agreement >= 0 && o.min_top1_agreement <= 1)) {
+    return absl::InvalidArgumentError("--min_top1_agreement must be a fraction in 0..1");
+  }
   return cmd;
 }
 
@@ -204,6 +236,13 @@ absl::Status RunQuantize(const QuantizeCommand& command, std::ostream& out) {
   out << "quantized " << command.options.model_path << " with " << r.qconfig_description << "\n";
   out << "kernel engine: " << r.kernel_engine << " (LibTorch " << r.torch_version << ", " << r.intra_op_threads
       << " intra-op thread(s))\n";
+  out << "  why: " << r.kernel_choice.reason << "\n";
+  for (const auto& c : r.kernel_choice.candidates) {
+    out << "  " << c.engine << (c.exact ? ": exact" : ": NOT exact");
+    if (c.ms_per_image) out << ", " << std::setprecision(3) << *c.ms_per_image << " ms/image";
+    out << " (" << c.why << ")\n";
+  }
+  out << "cpu: " << r.cpu.Summary() << "\n";
   out << "calibration: " << r.calibration_samples << " samples in batches of " << r.calibration_batch_size << "\n";
   out << "fused groups:";
   for (const auto& g : r.fused_groups) out << " [" << absl::StrJoin(g, ", ") << "]";
@@ -227,6 +266,14 @@ absl::Status RunQuantize(const QuantizeCommand& command, std::ostream& out) {
         << r.int8_accuracy->total << ")\n";
     out << std::defaultfloat;
   }
+  if (r.quality.samples > 0) {
+    out << std::fixed << std::setprecision(1) << "quality: " << (r.quality.passed ? "passed" : "FAILED") << " on "
+        << r.quality.samples << " calibration images:";
+    if (r.quality.top1_agreement) out << " top-1 agreement with FP32 " << 100 * *r.quality.top1_agreement << "%";
+    if (r.quality.output_sqnr_db) out << ", output SQNR " << *r.quality.output_sqnr_db << " dB";
+    out << std::defaultfloat << "\n";
+  }
+  for (const std::string& warning : r.warnings) out << "WARNING: " << warning << "\n";
   out << "timings:";
   for (const auto& t : r.timings) out << " " << t.phase << "=" << std::setprecision(3) << t.seconds << "s";
   out << "\n";

@@ -14,7 +14,7 @@ namespace {
 namespace testing = engine::testing;
 
 std::vector<std::string> BaseArgs(const std::string& out_dir) {
-  return {"--model", testing::ResNet8Path(), "--calibration", testing::CalibrationPath(), "--samples-per-class", "5",
+  return {"--model", testing::ResNet8Path(), "--calib", testing::CalibrationPath(), "--samples_per_class", "10",
           "--output", out_dir + "/int8.pt", "--report", out_dir + "/report.json"};
 }
 
@@ -35,6 +35,23 @@ TEST(ParseQuantizeArgsTest, DefaultsAndErrors) {
                 .find("--bogus"),
             std::string::npos);
   EXPECT_FALSE(ParseQuantizeArgs({"--model", "m.pt", "--calibration", "c.bin", "--output", "o.pt", "--samples-per-class", "x"}).ok());
+  // quantctl's names and underscores; the older dashed names still work.
+  cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=qnnpack", "--kernel_engine=qnnpack",
+                           "--strict_kernels", "--quality_samples=50", "--min_top1_agreement=0.9",
+                           "--min-output-sqnr-db", "12.5", "--allow_low_quality"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->options.qconfig.preset, "qnnpack");
+  EXPECT_EQ(cmd->options.kernel_engine, "qnnpack");
+  EXPECT_TRUE(cmd->options.strict_kernels);
+  EXPECT_EQ(cmd->options.quality_samples, 50);
+  EXPECT_EQ(cmd->options.min_top1_agreement, 0.9);
+  EXPECT_EQ(cmd->options.min_output_sqnr_db, 12.5);
+  EXPECT_TRUE(cmd->options.allow_low_quality);
+  EXPECT_NE(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--min_top1_agreement=95"})
+                .status()
+                .message()
+                .find("--min_top1_agreement"),
+            std::string::npos);
 }
 
 TEST(ParseFusionSpecTest, ReadsGroupsFromJson) {
@@ -60,6 +77,8 @@ TEST(RunQuantizeTest, WritesArtifactAndReport) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/report.json"));
   EXPECT_NE(out.str().find("kernel engine: onednn"), std::string::npos) << out.str();
   EXPECT_NE(out.str().find("fused groups: [conv1, bn1, relu1]"), std::string::npos) << out.str();
+  EXPECT_NE(out.str().find("cpu: "), std::string::npos) << out.str();
+  EXPECT_NE(out.str().find("quality: passed on 100 calibration images"), std::string::npos) << out.str();
   // Only the two outputs: no temporary files left behind.
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator()), 2);
 }
@@ -81,8 +100,8 @@ TEST(RunQuantizeTest, BadInputsLeaveNoPartialArtifact) {
   };
   const std::vector<Case> cases = {
       {"--model", inputs + "/corrupt.pt", "corrupt.pt"},
-      {"--calibration", inputs + "/truncated.bin", "truncated"},
-      {"--calibration", inputs + "/empty.bin", "empty"},
+      {"--calib", inputs + "/truncated.bin", "truncated"},
+      {"--calib", inputs + "/empty.bin", "empty"},
       {"--fusion", inputs + "/spec.json", "layer1.convX"},
   };
   for (const Case& c : cases) {
@@ -92,8 +111,8 @@ TEST(RunQuantizeTest, BadInputsLeaveNoPartialArtifact) {
       if (args[i] == c.flag) args[i + 1] = c.value;
     }
     if (c.flag == "--fusion") args.insert(args.end(), {c.flag, c.value});
-    args.erase(std::remove(args.begin(), args.end(), "--samples-per-class"), args.end());
-    args.erase(std::remove(args.begin(), args.end(), "5"), args.end());
+    args.erase(std::remove(args.begin(), args.end(), "--samples_per_class"), args.end());
+    args.erase(std::remove(args.begin(), args.end(), "10"), args.end());
     auto cmd = ParseQuantizeArgs(args);
     ASSERT_TRUE(cmd.ok()) << cmd.status();
     std::ostringstream out;

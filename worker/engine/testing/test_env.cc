@@ -9,6 +9,25 @@
 #include "absl/strings/str_cat.h"
 
 namespace quantd::engine::testing {
+namespace {
+
+// QUANTD_EMULATE_CPU=avx2 (CTest's "avx2" label sets it): before any kernel
+// runs, cap oneDNN (DNNL_MAX_CPU_ISA, which also caps quantd's own kernels)
+// and ATen (ATEN_CPU_CAPABILITY) at AVX2, for this process and the Python
+// ones it starts, so an AVX-512 machine runs what an AVX2-only CPU runs,
+// int16 saturation included. A static initializer: LibTorch and oneDNN read
+// these variables on first use.
+const bool kEmulatedCpu = [] {
+  const char* emulate = std::getenv("QUANTD_EMULATE_CPU");
+  if (emulate == nullptr || std::string(emulate) != "avx2") return false;
+  setenv("DNNL_MAX_CPU_ISA", "AVX2", /*overwrite=*/0);
+  setenv("ATEN_CPU_CAPABILITY", "avx2", /*overwrite=*/0);
+  return true;
+}();
+
+}  // namespace
+
+bool EmulatedCpu() { return kEmulatedCpu; }
 
 std::string FixturesDir() {
   if (const char* env = std::getenv("QUANTD_FIXTURES")) return env;

@@ -10,6 +10,9 @@
 
 namespace quantd::engine::testing {
 
+// Whether QUANTD_EMULATE_CPU=avx2 capped every kernel at AVX2 (see test_env.cc).
+bool EmulatedCpu();
+
 // ../shared/fixtures unless QUANTD_FIXTURES is set.
 std::string FixturesDir();
 std::string SourceDir();
