@@ -8,6 +8,7 @@
 #include <malloc.h>
 
 #include <cmath>
+#include <functional>
 #include <map>
 
 #include "absl/strings/ascii.h"
@@ -133,17 +134,6 @@ struct Converted {
   std::vector<LayerReport> layers;
 };
 
-absl::StatusOr<std::unique_ptr<Converted>> ConvertFor(const Graph& fused, const QuantizationPlan& plan,
-                                                      const CalibrationResult& calibrated, const QConfig& qconfig,
-                                                      const std::string& engine) {
-  auto converted = std::make_unique<Converted>();
-  QUANTD_ASSIGN_OR_RETURN(converted->program,
-                          Convert(fused, plan, calibrated.qparams, qconfig, engine, &converted->layers));
-  QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&converted->program));
-  converted->executor = std::make_unique<Int8Executor>(std::move(executor));
-  return converted;
-}
-
 // Milliseconds per image of the int8 program on `images` (best of 3 after a
 // warm-up run).
 absl::StatusOr<double> MsPerImage(const Int8Executor& executor, const at::Tensor& images) {
@@ -166,6 +156,106 @@ std::string Db(const std::optional<double>& v) { return v ? absl::StrFormat("%.1
 bool WeightsHaveZeroPoints(const QConfig& qconfig) {
   return qconfig.weight.qscheme == QScheme::kPerTensorAffine || qconfig.weight.qscheme == QScheme::kPerChannelAffine;
 }
+
+// Converts the calibrated model for kernel engines and picks the one to keep
+// (QuantizeOptions::kernel_engine): the preferred engine if it is exact here,
+// else the fastest exact one (timed), else (nothing exact) the preferred one
+// with a warning; a named engine as given, with a warning that measures what
+// its saturation costs when it is not exact. Fills the report's choice.
+class KernelChooser {
+ public:
+  using Compare = std::function<absl::StatusOr<Int8VsFp32>(const Int8Executor&)>;
+
+  KernelChooser(const Graph& fused, const QuantizationPlan& plan, const CalibrationResult& calibrated,
+                const QConfig& qconfig, Compare compare, at::Tensor timing_images, QuantizeReport* report)
+      : fused_(fused), plan_(plan), calibrated_(calibrated), qconfig_(qconfig), compare_(std::move(compare)),
+        timing_images_(std::move(timing_images)), report_(report) {}
+
+  absl::StatusOr<std::unique_ptr<Converted>> Requested(const KernelCandidate& requested,
+                                                       const std::vector<std::string>& available) {
+    KernelChoice& choice = report_->kernel_choice;
+    choice = {requested.engine, absl::StrCat("requested; ", requested.why), {requested}};
+    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Converted> chosen, ConvertFor(requested.engine));
+    if (requested.exact) return chosen;
+    std::string effect;
+    for (const std::string& engine : available) {
+      const int64_t quant_max = qconfig_.activation.quant_max();
+      if (engine == requested.engine || !AssessKernelEngine(engine, quant_max, report_->cpu).exact) continue;
+      QUANTD_ASSIGN_OR_RETURN(Int8VsFp32 ours, compare_(*chosen->executor));
+      QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Converted> exact, ConvertFor(engine));
+      QUANTD_ASSIGN_OR_RETURN(Int8VsFp32 theirs, compare_(*exact->executor));
+      effect = absl::StrCat("; measured on ", ours.samples, " calibration images: top-1 agreement with FP32 ",
+                            Percent(ours.top1_agreement), " (", engine, ", exact: ", Percent(theirs.top1_agreement),
+                            "), output SQNR ", Db(ours.output_sqnr_db), " (", engine, ": ", Db(theirs.output_sqnr_db),
+                            ")");
+      break;
+    }
+    report_->warnings.push_back(absl::StrCat("kernel_engine '", requested.engine, "' ", requested.why, effect,
+                                             ". Leave kernel_engine empty for an exact engine, use a qconfig with "
+                                             "reduce_range, or set strict kernels to make this an error"));
+    return chosen;
+  }
+
+  absl::StatusOr<std::unique_ptr<Converted>> Automatic(std::vector<KernelCandidate> candidates) {
+    if (candidates.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("no compiled-in kernel engine accepts the weights of ",
+                                                        qconfig_.Describe(), " (onednn needs symmetric weights)"));
+    }
+    KernelChoice& choice = report_->kernel_choice;
+    const KernelCandidate& preferred = candidates[0];
+    if (preferred.exact) {
+      choice = {preferred.engine,
+                absl::StrCat("preferred engine for the ", qconfig_.name, " qconfig; ", preferred.why),
+                candidates};
+      return ConvertFor(preferred.engine);
+    }
+    // Time every engine (the saturating one too, so the report shows what
+    // exactness costs) and keep the fastest exact one.
+    std::unique_ptr<Converted> chosen;
+    std::optional<size_t> fastest;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Converted> converted, ConvertFor(candidates[i].engine));
+      if (timing_images_.defined() && timing_images_.size(0) > 0) {
+        QUANTD_ASSIGN_OR_RETURN(candidates[i].ms_per_image, MsPerImage(*converted->executor, timing_images_));
+      }
+      if (!candidates[i].exact) continue;
+      if (!fastest || candidates[i].ms_per_image.value_or(0) < candidates[*fastest].ms_per_image.value_or(0)) {
+        fastest = i;
+        chosen = std::move(converted);
+      }
+    }
+    if (fastest) {
+      choice = {candidates[*fastest].engine,
+                absl::StrCat("preferred engine '", preferred.engine, "' ", preferred.why, "; '",
+                             candidates[*fastest].engine, "' is the fastest exact one here: ", candidates[*fastest].why),
+                candidates};
+      return chosen;
+    }
+    choice = {preferred.engine, "no kernel engine is exact here", candidates};
+    report_->warnings.push_back(absl::StrCat("no kernel engine computes this qconfig exactly on this CPU: '",
+                                             preferred.engine, "' ", preferred.why,
+                                             "; a qconfig with reduce_range (e.g. fbgemm) would be exact"));
+    return ConvertFor(preferred.engine);
+  }
+
+ private:
+  absl::StatusOr<std::unique_ptr<Converted>> ConvertFor(const std::string& engine) const {
+    auto converted = std::make_unique<Converted>();
+    QUANTD_ASSIGN_OR_RETURN(converted->program,
+                            Convert(fused_, plan_, calibrated_.qparams, qconfig_, engine, &converted->layers));
+    QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&converted->program));
+    converted->executor = std::make_unique<Int8Executor>(std::move(executor));
+    return converted;
+  }
+
+  const Graph& fused_;
+  const QuantizationPlan& plan_;
+  const CalibrationResult& calibrated_;
+  const QConfig& qconfig_;
+  const Compare compare_;
+  const at::Tensor timing_images_;
+  QuantizeReport* const report_;
+};
 
 }  // namespace
 
@@ -275,78 +365,19 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
     return CompareWithFp32(executor, compared_images, calibrated.references, fp32_outputs);
   };
 
-  // The kernel engine: the preferred one if it is exact here, else the
-  // fastest exact one (measured), else (nothing exact) the preferred one
-  // with a warning; a named one as given, with a warning that says what its
-  // saturation costs when it is not exact.
-  KernelChoice& choice = report.kernel_choice;
+  // Timing (when the preferred engine would saturate) uses up to 32 of the
+  // quality-check images.
+  KernelChooser chooser(impl->fused, plan, calibrated, qconfig, compare,
+                        compared_samples > 0 ? compared_images.narrow(0, 0, std::min<int64_t>(compared_samples, 32))
+                                             : at::Tensor(),
+                        &report);
   std::unique_ptr<Converted> chosen;
-  std::optional<Int8VsFp32> chosen_comparison;
   if (!options.kernel_engine.empty()) {
-    choice.engine = options.kernel_engine;
-    choice.reason = absl::StrCat("requested; ", candidates[0].why);
-    QUANTD_ASSIGN_OR_RETURN(chosen, ConvertFor(impl->fused, plan, calibrated, qconfig, choice.engine));
-    if (!candidates[0].exact) {
-      QUANTD_ASSIGN_OR_RETURN(chosen_comparison, compare(*chosen->executor));
-      std::string effect;
-      for (const std::string& engine : available) {
-        if (engine == choice.engine || !AssessKernelEngine(engine, activation_quant_max, report.cpu).exact) continue;
-        QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Converted> exact, ConvertFor(impl->fused, plan, calibrated, qconfig, engine));
-        QUANTD_ASSIGN_OR_RETURN(Int8VsFp32 exact_comparison, compare(*exact->executor));
-        effect = absl::StrCat("; measured on ", chosen_comparison->samples, " calibration images: top-1 agreement with FP32 ",
-                              Percent(chosen_comparison->top1_agreement), " (", engine, ", exact: ",
-                              Percent(exact_comparison.top1_agreement), "), output SQNR ",
-                              Db(chosen_comparison->output_sqnr_db), " (", engine, ": ",
-                              Db(exact_comparison.output_sqnr_db), ")");
-        break;
-      }
-      report.warnings.push_back(absl::StrCat("kernel_engine '", choice.engine, "' ", candidates[0].why, effect,
-                                             ". Leave kernel_engine empty for an exact engine, use a qconfig with "
-                                             "reduce_range, or set strict kernels to make this an error"));
-    }
-  } else if (!candidates.empty() && candidates[0].exact) {
-    choice.engine = candidates[0].engine;
-    choice.reason = absl::StrCat("preferred engine for the ", report.qconfig_name, " qconfig; ", candidates[0].why);
-    QUANTD_ASSIGN_OR_RETURN(chosen, ConvertFor(impl->fused, plan, calibrated, qconfig, choice.engine));
-  } else if (!candidates.empty()) {
-    // The preferred engine would saturate: time every engine on the images the
-    // quality check uses (the saturating one too, so the report shows what
-    // exactness costs) and keep the fastest exact one.
-    const at::Tensor timing_images =
-        compared_samples > 0 ? compared_images.narrow(0, 0, std::min<int64_t>(compared_samples, 32))
-                             : at::zeros({}, at::kFloat);
-    std::optional<size_t> fastest;
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Converted> converted,
-                              ConvertFor(impl->fused, plan, calibrated, qconfig, candidates[i].engine));
-      if (timing_images.dim() > 0) {
-        QUANTD_ASSIGN_OR_RETURN(candidates[i].ms_per_image, MsPerImage(*converted->executor, timing_images));
-      }
-      if (!candidates[i].exact) continue;
-      const bool faster = !fastest || (candidates[i].ms_per_image && candidates[*fastest].ms_per_image &&
-                                       *candidates[i].ms_per_image < *candidates[*fastest].ms_per_image);
-      if (faster) {
-        fastest = i;
-        chosen = std::move(converted);
-      }
-    }
-    if (fastest) {
-      choice.engine = candidates[*fastest].engine;
-      choice.reason = absl::StrCat("preferred engine '", candidates[0].engine, "' ", candidates[0].why, "; '",
-                                   choice.engine, "' is the fastest exact one here: ", candidates[*fastest].why);
-    } else {
-      choice.engine = candidates[0].engine;
-      choice.reason = "no kernel engine is exact here";
-      QUANTD_ASSIGN_OR_RETURN(chosen, ConvertFor(impl->fused, plan, calibrated, qconfig, choice.engine));
-      report.warnings.push_back(absl::StrCat("no kernel engine computes this qconfig exactly on this CPU: '",
-                                             choice.engine, "' ", candidates[0].why,
-                                             "; a qconfig with reduce_range (e.g. fbgemm) would be exact"));
-    }
+    QUANTD_ASSIGN_OR_RETURN(chosen, chooser.Requested(candidates[0], available));
   } else {
-    return absl::FailedPreconditionError(absl::StrCat("no compiled-in kernel engine accepts the weights of ",
-                                                      qconfig.Describe(), " (onednn needs symmetric weights)"));
+    QUANTD_ASSIGN_OR_RETURN(chosen, chooser.Automatic(candidates));
   }
-  choice.candidates = candidates;
+  const KernelChoice& choice = report.kernel_choice;
   report.kernel_engine = choice.engine;
   report.requirements = RequirementsFor(choice.engine, activation_quant_max);
   impl->program = std::move(chosen->program);
@@ -372,7 +403,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   }
   if (options.quality_samples > 0) {
     report.quality = JudgeQuality(comparison, {options.min_top1_agreement, options.min_output_sqnr_db});
-    for (const KernelCandidate& c : candidates) {
+    for (const KernelCandidate& c : choice.candidates) {
       if (!report.quality.passed && c.engine == choice.engine && !c.exact) {
         absl::StrAppend(&report.quality.message, "; likely cause: kernel_engine '", c.engine, "' ", c.why);
       }
