@@ -78,7 +78,7 @@ QuantizedModel::~QuantizedModel() = default;
 const QuantizeReport& QuantizedModel::report() const { return impl_->report; }
 
 absl::StatusOr<std::string> QuantizedModel::SerializeArtifact() {
-  QUANTD_ASSIGN_OR_RETURN(std::string bytes, SerializeProgram(impl_->program));
+  QUANTD_ASSIGN_OR_RETURN(std::string bytes, SerializeProgram(*impl_->program));
   impl_->report.artifact_sha256 = Sha256Hex(bytes);
   impl_->report.artifact_size_bytes = static_cast<int64_t>(bytes.size());
   return bytes;
@@ -127,9 +127,9 @@ std::string TorchVersion() { return TORCH_VERSION; }
 namespace {
 
 // A program converted for one kernel engine, with its executor (which points
-// into the program: kept together on the heap).
+// into the program: both on the heap, so they move together).
 struct Converted {
-  Program program;
+  std::unique_ptr<Program> program;
   std::unique_ptr<Int8Executor> executor;
   std::vector<LayerReport> layers;
 };
@@ -241,9 +241,10 @@ class KernelChooser {
  private:
   absl::StatusOr<std::unique_ptr<Converted>> ConvertFor(const std::string& engine) const {
     auto converted = std::make_unique<Converted>();
-    QUANTD_ASSIGN_OR_RETURN(converted->program,
+    QUANTD_ASSIGN_OR_RETURN(Program program,
                             Convert(fused_, plan_, calibrated_.qparams, qconfig_, engine, &converted->layers));
-    QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&converted->program));
+    converted->program = std::make_unique<Program>(std::move(program));
+    QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(converted->program.get()));
     converted->executor = std::make_unique<Int8Executor>(std::move(executor));
     return converted;
   }
@@ -381,10 +382,8 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
   report.kernel_engine = choice.engine;
   report.requirements = RequirementsFor(choice.engine, activation_quant_max);
   impl->program = std::move(chosen->program);
+  impl->executor = std::move(chosen->executor);
   std::vector<LayerReport> layers = std::move(chosen->layers);
-  chosen.reset();
-  QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&impl->program));
-  impl->executor = std::make_unique<Int8Executor>(std::move(executor));
   // Make the batch-1 packs now: they serve the latency-critical case.
   {
     std::vector<int64_t> shape = calibration->sample_shape();

@@ -19,7 +19,8 @@ namespace quantd::engine {
 struct QuantizedModel::Impl {
   Graph fused;            // the fused FP32 graph (observers' view)
   torch::jit::Module fp32_module;  // the untouched FP32 model
-  Program program;
+  // The executor points into the program: both on the heap, so they move together.
+  std::unique_ptr<Program> program;
   std::unique_ptr<Int8Executor> executor;
   QuantizeReport report;
 

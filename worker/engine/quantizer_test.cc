@@ -224,11 +224,6 @@ TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   ASSERT_TRUE(bytes.ok()) << bytes.status();
 }
 
-}  // namespace
-}  // namespace quantd::engine
-
-namespace quantd::engine {
-namespace {
 
 CpuInt8Report SaturatingCpu() {
   CpuInt8Report cpu = CpuInt8Info();
