@@ -61,13 +61,16 @@ class RejectedWriteReactor final : public grpc::ServerWriteReactor<Response> {
 template <typename Request>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
-  UploadReactor(const worker::BlobStore* blobs, v1::BlobInfo* response)
-      : blobs_(blobs), response_(response) {
+  UploadReactor(grpc::CallbackServerContext* context, const worker::BlobStore* blobs, v1::BlobInfo* response)
+      : context_(context), blobs_(blobs), response_(response) {
     this->StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client is done sending (or went away)
+      // A client that cancelled or died mid-stream also ends the reads: its
+      // bytes are not a blob, however many arrived.
+      if (context_->IsCancelled()) return Fail(absl::CancelledError("upload cancelled; nothing was stored"));
       if (upload_ == nullptr) return Fail(absl::InvalidArgumentError("metadata: required as the first message"));
       absl::StatusOr<worker::BlobInfo> info = upload_->Commit();
       if (!info.ok()) return Fail(info.status());
@@ -101,6 +104,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     this->Finish(ToGrpcStatus(status));
   }
 
+  grpc::CallbackServerContext* const context_;
   const worker::BlobStore* blobs_;
   v1::BlobInfo* response_;
   Request request_;
@@ -139,6 +143,19 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
     }
     if (last) ending_ = true;
     WriteNextLocked();
+  }
+
+  // Pending events are dropped: the client resumes with after_sequence.
+  void OnHubClosing() override {
+    absl::MutexLock lock(&mu_);
+    token_ = 0;  // the hub has dropped us already
+    if (writing_) {
+      pending_.resize(1);  // the one being written
+    } else {
+      pending_.clear();
+    }
+    FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "the server is shutting down; watch again once it is back"));
   }
 
   void OnWriteDone(bool ok) override {
@@ -308,13 +325,13 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
 }
 
 grpc::ServerReadReactor<v1::UploadModelRequest>* QuantizationServiceImpl::UploadModel(
-    grpc::CallbackServerContext*, v1::BlobInfo* response) {
-  return new UploadReactor<v1::UploadModelRequest>(deps_.blobs, response);
+    grpc::CallbackServerContext* context, v1::BlobInfo* response) {
+  return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, response);
 }
 
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::UploadDataset(
-    grpc::CallbackServerContext*, v1::BlobInfo* response) {
-  return new UploadReactor<v1::UploadDatasetRequest>(deps_.blobs, response);
+    grpc::CallbackServerContext* context, v1::BlobInfo* response) {
+  return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, response);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(

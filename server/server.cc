@@ -146,6 +146,7 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
   QUANTD_RETURN_IF_ERROR(ValidateOptions(options));
   QUANTD_RETURN_IF_ERROR(EnsureDataDir(options.data_dir));
   std::unique_ptr<QuantdServer> server(new QuantdServer(options));
+  QUANTD_ASSIGN_OR_RETURN(server->data_dir_lock_, worker::DataDirLock::Acquire(options.data_dir));
   QUANTD_RETURN_IF_ERROR(server->OpenStores());
 
   if (options.metrics_port >= 0) {
@@ -225,6 +226,8 @@ void QuantdServer::Shutdown(absl::Duration grace) {
     shut_down_ = true;
   }
   health_.Shutdown();
+  // Watch streams would otherwise hold the gRPC shutdown for its whole grace.
+  if (pool_ != nullptr) pool_->events().CloseAll();
   if (server_ != nullptr) {
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     LogLine(LogLevel::kDebug, "quantd: grpc server shut down");

@@ -20,6 +20,7 @@
 #include "server/quantization_service.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_store.h"
+#include "worker/data_dir_lock.h"
 #include "worker/job_runner.h"
 #include "worker/job_store.h"
 #include "worker/worker_pool.h"
@@ -78,6 +79,7 @@ class QuantdServer {
   absl::Status OpenStores();
 
   const Options options_;
+  std::unique_ptr<worker::DataDirLock> data_dir_lock_;  // first in, last out
   ServerMetrics metrics_;
   HealthService health_;
   std::unique_ptr<worker::JobStore> job_store_;

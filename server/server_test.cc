@@ -263,9 +263,33 @@ TEST_F(ServerTest, InterceptorRecordsRequests) {
                               "method=\"grpc.health.v1.Health/Check\"} 2"));
 }
 
-TEST_F(ServerTest, ShutdownIsIdempotent) {
+TEST_F(ServerTest, ShutdownStopsServingAndIsIdempotent) {
+  const std::string target = "127.0.0.1:" + std::to_string(server_->grpc_port());
+  auto check_over_tcp = [&]() {
+    auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    HealthCheckResponse response;
+    return Health::NewStub(channel)->Check(&context, HealthCheckRequest(), &response);
+  };
+  ASSERT_TRUE(check_over_tcp().ok());
   server_->Shutdown(absl::Seconds(1));
-  server_->Shutdown(absl::Seconds(1));
+  EXPECT_FALSE(check_over_tcp().ok());  // the port is closed
+  EXPECT_EQ(server_->health().GetServingStatus(""), HealthCheckResponse::NOT_SERVING);
+  server_->Shutdown(absl::Seconds(1));  // a second call changes nothing and returns
+  EXPECT_FALSE(check_over_tcp().ok());
+  // The data dir is released with the server: a new one can own it.
+  const std::string data_dir = server_->options().data_dir;
+  server_.reset();
+  QuantdServer::Options options;
+  options.grpc_port = 0;
+  options.metrics_port = -1;
+  options.data_dir = data_dir;
+  auto next = QuantdServer::Start(options);
+  ASSERT_TRUE(next.ok()) << next.status();
+  auto refused = QuantdServer::Start(options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("in use by another quantd"));
 }
 
 TEST(ServerOptionsTest, RejectsBadOptions) {

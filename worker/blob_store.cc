@@ -32,6 +32,9 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> BlobStore::BeginUpload(
     return absl::InvalidArgumentError(absl::StrCat(
         "metadata.expected_sha256: \"", expected_sha256, "\" is not 64 lower-case hex digits"));
   }
+  if (declared_size < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("metadata.size_bytes: ", declared_size, " is negative"));
+  }
   if (declared_size > max_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "metadata.size_bytes: ", declared_size, " bytes exceeds the upload limit of ", max_bytes_));
@@ -41,7 +44,7 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> BlobStore::BeginUpload(
   if (fd < 0) {
     return absl::InternalError(absl::StrCat("cannot create upload file: ", std::strerror(errno)));
   }
-  return std::unique_ptr<BlobUpload>(new BlobUpload(this, tmp, fd, expected_sha256));
+  return std::unique_ptr<BlobUpload>(new BlobUpload(this, tmp, fd, expected_sha256, declared_size));
 }
 
 absl::StatusOr<std::string> BlobStore::PathOf(const std::string& blob_id,
@@ -59,9 +62,9 @@ absl::StatusOr<std::string> BlobStore::PathOf(const std::string& blob_id,
 }
 
 BlobUpload::BlobUpload(const BlobStore* store, std::string tmp_path, int fd,
-                       std::string expected_sha256)
+                       std::string expected_sha256, int64_t declared_size)
     : store_(store), tmp_path_(std::move(tmp_path)), fd_(fd),
-      expected_sha256_(std::move(expected_sha256)) {}
+      expected_sha256_(std::move(expected_sha256)), declared_size_(declared_size) {}
 
 BlobUpload::~BlobUpload() { Discard(); }
 
@@ -84,6 +87,11 @@ absl::Status BlobUpload::Append(const std::string& chunk) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "upload exceeds the server's limit of ", store_->max_bytes(), " bytes (--max_upload_bytes)"));
   }
+  if (declared_size_ > 0 && size_ > declared_size_) {
+    Discard();
+    return absl::InvalidArgumentError(absl::StrCat("upload sends more than metadata.size_bytes (",
+                                                   declared_size_, " bytes)"));
+  }
   hash_.Update(chunk);
   size_t written = 0;
   while (written < chunk.size()) {
@@ -103,6 +111,11 @@ absl::Status BlobUpload::Append(const std::string& chunk) {
 absl::StatusOr<BlobInfo> BlobUpload::Commit() {
   if (fd_ < 0) return absl::FailedPreconditionError("upload already finished");
   BlobInfo info{hash_.HexDigest(), size_, false};
+  if (declared_size_ > 0 && size_ != declared_size_) {
+    Discard();
+    return absl::DataLossError(absl::StrCat("upload cut off: received ", size_, " of the ", declared_size_,
+                                            " bytes in metadata.size_bytes; nothing was stored"));
+  }
   if (!expected_sha256_.empty() && expected_sha256_ != info.sha256) {
     Discard();
     return absl::DataLossError(absl::StrCat("upload corrupted: received ", info.size_bytes,

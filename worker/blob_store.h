@@ -33,18 +33,21 @@ class BlobUpload {
 
   // RESOURCE_EXHAUSTED once the upload exceeds the store's limit.
   absl::Status Append(const std::string& chunk);
-  // DATA_LOSS if `expected_sha256` (non-empty) does not match.
+  // DATA_LOSS if `expected_sha256` (non-empty) does not match, or fewer or
+  // more bytes arrived than declared (a cut-off or padded upload).
   absl::StatusOr<BlobInfo> Commit();
 
  private:
   friend class BlobStore;
-  BlobUpload(const BlobStore* store, std::string tmp_path, int fd, std::string expected_sha256);
+  BlobUpload(const BlobStore* store, std::string tmp_path, int fd, std::string expected_sha256,
+             int64_t declared_size);
   void Discard();
 
   const BlobStore* store_;
   std::string tmp_path_;
   int fd_;
   std::string expected_sha256_;
+  int64_t declared_size_;  // 0 = not declared
   int64_t size_ = 0;
   engine::Sha256 hash_;
 };
@@ -54,7 +57,7 @@ class BlobStore {
   static absl::StatusOr<std::unique_ptr<BlobStore>> Open(const std::string& dir, int64_t max_bytes);
 
   // `expected_sha256` may be empty; `declared_size` 0 = unknown (otherwise
-  // checked against the limit at once).
+  // checked against the limit at once and against what arrives).
   absl::StatusOr<std::unique_ptr<BlobUpload>> BeginUpload(const std::string& expected_sha256,
                                                           int64_t declared_size) const;
   // Local path of a stored blob; INVALID_ARGUMENT for a malformed id,

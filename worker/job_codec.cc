@@ -144,7 +144,7 @@ std::string EncodeJobSpec(const JobSpec& spec) {
          {"min_top1_agreement", spec.min_top1_agreement},
          {"min_output_sqnr_db", spec.min_output_sqnr_db},
          {"allow_low_quality", spec.allow_low_quality}};
-  return j.dump();
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {

@@ -19,6 +19,7 @@ absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,
                                                 const std::function<absl::StatusOr<Job>()>& load,
                                                 JobWatcher* watcher) {
   absl::MutexLock lock(&mu_);
+  if (closed_) return absl::UnavailableError("the server is shutting down; watch again once it is back");
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
     absl::StatusOr<Job> job = load();
@@ -59,6 +60,15 @@ void JobEventHub::Unsubscribe(const std::string& job_id, uint64_t token) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it != jobs_.end()) it->second.watchers.erase(token);
+}
+
+void JobEventHub::CloseAll() {
+  absl::MutexLock lock(&mu_);
+  closed_ = true;
+  for (auto& [id, followed] : jobs_) {
+    for (const auto& [token, watcher] : followed.watchers) watcher->OnHubClosing();
+    followed.watchers.clear();
+  }
 }
 
 int JobEventHub::WatcherCount(const std::string& job_id) {

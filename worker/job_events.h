@@ -39,6 +39,9 @@ class JobWatcher {
  public:
   virtual ~JobWatcher() = default;
   virtual void OnJobEvent(const JobEvent& event) = 0;
+  // The hub is closing (the server stops): no more events will come, and the
+  // watcher is already unsubscribed. Same rules as OnJobEvent.
+  virtual void OnHubClosing() {}
 };
 
 class JobEventHub {
@@ -62,6 +65,11 @@ class JobEventHub {
 
   int WatcherCount(const std::string& job_id);
 
+  // Tells every watcher the hub is closing and drops them; later Subscribe
+  // calls are UNAVAILABLE. A stopping server calls this first, so open watch
+  // streams end at once instead of holding the shutdown for its grace period.
+  void CloseAll();
+
  private:
   struct Followed {
     Job job;
@@ -73,6 +81,7 @@ class JobEventHub {
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, Followed> jobs_ ABSL_GUARDED_BY(mu_);
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace quantd::worker

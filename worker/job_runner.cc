@@ -1,5 +1,6 @@
 #include "worker/job_runner.h"
 
+#include <exception>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -43,6 +44,18 @@ engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec) {
   options.min_output_sqnr_db = spec.min_output_sqnr_db;
   options.allow_low_quality = spec.allow_low_quality;
   return options;
+}
+
+absl::StatusOr<EngineOutput> JobRunner::RunEngineGuarded(const engine::QuantizeOptions& options) {
+  // The engine converts its own exceptions; this catch is for any engine
+  // plugged in here, so that one job's failure never takes the server down.
+  try {
+    return engine_->Run(options);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("the quantization engine threw: ", e.what()));
+  } catch (...) {
+    return absl::InternalError("the quantization engine threw an unknown exception");
+  }
 }
 
 Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
@@ -114,7 +127,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   const bool expired_while_queued = job.deadline.has_value() && clock_->Now() > *job.deadline;
   absl::StatusOr<EngineOutput> output =
       expired_while_queued ? absl::StatusOr<EngineOutput>(absl::CancelledError("deadline passed while queued"))
-                           : engine_->Run(options);
+                           : RunEngineGuarded(options);
   if (output.ok()) {
     if (current != JobPhase::kStoring) enter_phase(JobPhase::kStoring);
     absl::StatusOr<StoredArtifact> stored = artifacts_->Put(output->artifact, output->manifest_json);

@@ -55,6 +55,7 @@ class JobRunner {
   Job Run(Job job, absl::Time deadline, StopSignals* stop);
 
  private:
+  absl::StatusOr<EngineOutput> RunEngineGuarded(const engine::QuantizeOptions& options);
   JobStore* const store_;
   ArtifactStore* const artifacts_;
   QuantizationEngine* const engine_;

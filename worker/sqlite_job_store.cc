@@ -180,6 +180,18 @@ absl::Status SqliteJobStore::Exec(const char* sql) {
   return absl::OkStatus();
 }
 
+absl::Status SqliteJobStore::EndTransaction(const absl::Status& body) {
+  if (!body.ok()) {
+    (void)Exec("ROLLBACK");
+    return body;
+  }
+  absl::Status committed = Exec("COMMIT");
+  // A failed COMMIT (SQLITE_BUSY, disk full) can leave the transaction open;
+  // every later statement on this connection would then be part of it.
+  if (!committed.ok() && !sqlite3_get_autocommit(db_)) (void)Exec("ROLLBACK");
+  return committed;
+}
+
 absl::StatusOr<Job> SqliteJobStore::GetLocked(const std::string& id) {
   Stmt s(db_, absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = ?1"));
   QUANTD_RETURN_IF_ERROR(s.status());
@@ -234,7 +246,7 @@ absl::StatusOr<Job> SqliteJobStore::Create(const Job& job, int64_t max_queued) {
     return GetLocked(job.id);
   };
   absl::StatusOr<Job> result = body();
-  QUANTD_RETURN_IF_ERROR(Exec(result.ok() ? "COMMIT" : "ROLLBACK"));
+  QUANTD_RETURN_IF_ERROR(EndTransaction(result.status()));
   return result;
 }
 
@@ -257,19 +269,42 @@ absl::StatusOr<JobPage> SqliteJobStore::List(const std::vector<JobState>& states
 
 absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now) {
   absl::MutexLock lock(&mu_);
-  // One statement: only the process whose UPDATE matched a QUEUED row owns it.
-  Stmt s(db_,
-         "UPDATE jobs SET state = 2, phase = 0, attempt = attempt + 1, start_us = ?1 "
-         "WHERE seq = (SELECT seq FROM jobs WHERE state = 1 ORDER BY seq LIMIT 1) AND state = 1 "
-         "RETURNING id");
-  QUANTD_RETURN_IF_ERROR(s.status());
-  s.Bind(1, ToUs(now));
-  QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (!row) return std::optional<Job>();
-  std::string id = s.Text(0);
-  QUANTD_RETURN_IF_ERROR(s.Step().status());
-  QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
-  return std::optional<Job>(std::move(job));
+  // A row that cannot be decoded is failed and the next one is tried, so a
+  // bad row never sits RUNNING with nobody running it (nor blocks the queue).
+  for (int tries = 0; tries < 100; ++tries) {
+    QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+    std::optional<Job> claimed;
+    bool undecodable = false;
+    auto body = [&]() -> absl::Status {
+      // One statement: only the process whose UPDATE matched a QUEUED row owns it.
+      Stmt s(db_,
+             "UPDATE jobs SET state = 2, phase = 0, attempt = attempt + 1, start_us = ?1 "
+             "WHERE seq = (SELECT seq FROM jobs WHERE state = 1 ORDER BY seq LIMIT 1) AND state = 1 "
+             "RETURNING id");
+      QUANTD_RETURN_IF_ERROR(s.status());
+      s.Bind(1, ToUs(now));
+      QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (!row) return absl::OkStatus();
+      const std::string id = s.Text(0);
+      QUANTD_RETURN_IF_ERROR(s.Step().status());
+      absl::StatusOr<Job> job = GetLocked(id);
+      if (job.ok()) {
+        claimed = std::move(*job);
+        return absl::OkStatus();
+      }
+      undecodable = true;
+      JobResult failed;
+      failed.error_code = absl::StatusCode::kDataLoss;
+      failed.error_message = absl::StrCat("the stored job cannot be read back: ", job.status().message());
+      Stmt fail(db_, "UPDATE jobs SET state = 4, finish_us = ?1, result = ?2 WHERE id = ?3");
+      QUANTD_RETURN_IF_ERROR(fail.status());
+      fail.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(failed)).Bind(3, id);
+      return fail.Step().status();
+    };
+    QUANTD_RETURN_IF_ERROR(EndTransaction(body()));
+    if (!undecodable) return claimed;
+  }
+  return std::optional<Job>();
 }
 
 absl::Status SqliteJobStore::SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) {
@@ -398,6 +433,14 @@ absl::StatusOr<JobPage> SqliteJobStore::ListArtifactJobs(const std::string& job_
 absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterrupted(uint32_t max_attempts,
                                                                             absl::Time now) {
   absl::MutexLock lock(&mu_);
+  QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  absl::StatusOr<RecoveryCounts> counts = RecoverInterruptedLocked(max_attempts, now);
+  QUANTD_RETURN_IF_ERROR(EndTransaction(counts.status()));
+  return counts;
+}
+
+absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocked(uint32_t max_attempts,
+                                                                                  absl::Time now) {
   RecoveryCounts counts;
   JobResult failed;
   failed.error_code = absl::StatusCode::kAborted;

@@ -44,6 +44,10 @@ class SqliteJobStore final : public JobStore {
  private:
   explicit SqliteJobStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // COMMIT when `body` is OK, else ROLLBACK; a failed COMMIT is rolled back.
+  absl::Status EndTransaction(const absl::Status& body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<RecoveryCounts> RecoverInterruptedLocked(uint32_t max_attempts, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Job> GetLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ClearCancelRequestLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

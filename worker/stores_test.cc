@@ -5,9 +5,12 @@
 #include <vector>
 
 #include <gmock/gmock.h>
+#include <sqlite3.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "worker/blob_store.h"
+#include "worker/data_dir_lock.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/job_events.h"
 #include "worker/local_artifact_store.h"
@@ -168,6 +171,38 @@ TEST(SqliteJobStoreTest, RecoveryRequeuesThenFailsAfterTwoCrashes) {
   EXPECT_THAT(job->result->error_message, HasSubstr("crashed the server 2 times"));
 }
 
+// A row this server cannot decode (written by a newer version, or damaged)
+// used to be claimed RUNNING before decoding and then stay RUNNING forever.
+TEST(SqliteJobStoreTest, AnUndecodableRowFailsAndTheNextJobIsClaimed) {
+  std::string path = TempDir("jobs") + "/jobs.db";
+  auto store = SqliteJobStore::Open(path);
+  ASSERT_TRUE((*store)->Create(NewJob("broken", 1), 10).ok());
+  ASSERT_TRUE((*store)->Create(NewJob("fine", 2), 10).ok());
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "UPDATE jobs SET spec = '{not json' WHERE id = 'broken'", nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(3));
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  ASSERT_TRUE(claimed->has_value());
+  EXPECT_EQ((*claimed)->id, "fine");
+  // The broken row is FAILED with the reason, readable through the raw table.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT state, result FROM jobs WHERE id = 'broken'", -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), static_cast<int>(JobState::kFailed));
+  EXPECT_THAT(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)), HasSubstr("cannot be read back"));
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  EXPECT_FALSE((*(*store)->ClaimNext(absl::FromUnixSeconds(4))).has_value());
+}
+
 TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {
   std::string dir = TempDir("blobs");
   auto store = BlobStore::Open(dir, 10);
@@ -205,6 +240,38 @@ TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {
   EXPECT_EQ(files, 1);
 }
 
+TEST(BlobStoreTest, CutOffOrOversizedUploadsAgainstTheDeclaredSizeAreNeverBlobs) {
+  std::string dir = TempDir("blobs");
+  auto store = BlobStore::Open(dir, 100);
+  ASSERT_TRUE(store.ok());
+  EXPECT_EQ((*store)->BeginUpload("", -1).status().code(), absl::StatusCode::kInvalidArgument);
+  {
+    auto upload = (*store)->BeginUpload("", 11);
+    ASSERT_TRUE((*upload)->Append("hello ").ok());
+    auto committed = (*upload)->Commit();  // the client stopped after 6 of 11 bytes
+    EXPECT_EQ(committed.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(committed.status().message(), HasSubstr("6 of the 11"));
+  }
+  {
+    auto upload = (*store)->BeginUpload("", 5);
+    EXPECT_EQ((*upload)->Append("hello world").code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ((*store)->PathOf(engine::Sha256Hex("hello "), "id").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(fs::is_empty(dir));  // neither blobs nor temporaries
+}
+
+TEST(DataDirLockTest, OneOwnerAtATimeAndTheRefusalNamesIt) {
+  const std::string dir = TempDir("lock");
+  auto first = DataDirLock::Acquire(dir);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = DataDirLock::Acquire(dir);  // flock conflicts across open files, even in one process
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(second.status().message(), HasSubstr("in use by another quantd"));
+  EXPECT_THAT(second.status().message(), HasSubstr(absl::StrCat("pid ", ::getpid())));
+  first->reset();
+  EXPECT_TRUE(DataDirLock::Acquire(dir).ok());  // released with its owner
+}
+
 TEST(LocalArtifactStoreTest, PutReadRemoveAndCleansTemporaries) {
   std::string dir = TempDir("artifacts");
   std::ofstream(dir + "/.tmp.leftover.pt.ABCDEF") << "half";
@@ -223,8 +290,32 @@ TEST(LocalArtifactStoreTest, PutReadRemoveAndCleansTemporaries) {
 class RecordingWatcher : public JobWatcher {
  public:
   void OnJobEvent(const JobEvent& event) override { events.push_back(event); }
+  void OnHubClosing() override { ++closings; }
   std::vector<JobEvent> events;
+  int closings = 0;
 };
+
+TEST(JobEventHubTest, CloseAllEndsEveryWatchAndRefusesNewOnes) {
+  FakeClock clock;
+  JobEventHub hub(&clock);
+  Job a = NewJob("a", 1), b = NewJob("b", 2);
+  a.state = b.state = JobState::kRunning;
+  auto load_a = [&]() -> absl::StatusOr<Job> { return a; };
+  auto load_b = [&]() -> absl::StatusOr<Job> { return b; };
+  RecordingWatcher on_a, on_b;
+  ASSERT_TRUE(hub.Subscribe("a", load_a, &on_a).ok());
+  ASSERT_TRUE(hub.Subscribe("b", load_b, &on_b).ok());
+  hub.CloseAll();
+  EXPECT_EQ(on_a.closings, 1);
+  EXPECT_EQ(on_b.closings, 1);
+  EXPECT_EQ(hub.WatcherCount("a"), 0);
+  JobEvent phase;
+  phase.kind = JobEvent::Kind::kPhaseStarted;
+  hub.Publish(a, phase);  // nobody is told any more
+  EXPECT_EQ(on_a.events.size(), 1u);
+  RecordingWatcher late;
+  EXPECT_EQ(hub.Subscribe("a", load_a, &late).status().code(), absl::StatusCode::kUnavailable);
+}
 
 TEST(JobEventHubTest, LateWatcherGetsSnapshotFirstThenEvents) {
   FakeClock clock;

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,7 @@ class FakeEngine : public QuantizationEngine {
       order_.push_back(options.model_path);
     }
     if (options.model_path == "bad") return absl::InvalidArgumentError("not a TorchScript file");
+    if (options.model_path == "throws") throw std::out_of_range("basic_string::substr: __pos (which is 1) > size 0");
     auto& progress = options.progress;
     if (!progress({engine::Phase::kLoading, 0, 0})) return absl::CancelledError("c");
     if (!progress({engine::Phase::kFusing, 0, 0})) return absl::CancelledError("c");
@@ -149,6 +151,19 @@ TEST_F(WorkerPoolTest, EngineErrorFailsTheJobWithItsCode) {
   Job job = WaitForState(pool->Submit(NewJob("bad"))->id, JobState::kFailed);
   EXPECT_EQ(job.result->error_code, absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(job.result->error_message, HasSubstr("not a TorchScript file"));
+}
+
+// A throw from inside an engine once ended the process (std::terminate on
+// the worker thread) with every other job; now it fails only its own job.
+TEST_F(WorkerPoolTest, AnEngineThatThrowsFailsOnlyItsJob) {
+  auto pool = NewPool();
+  const std::string thrower = pool->Submit(NewJob("throws"))->id;
+  const std::string next = pool->Submit(NewJob("fine"))->id;
+  pool->Start();
+  Job failed = WaitForState(thrower, JobState::kFailed);
+  EXPECT_EQ(failed.result->error_code, absl::StatusCode::kInternal);
+  EXPECT_THAT(failed.result->error_message, HasSubstr("substr"));
+  EXPECT_EQ(WaitForState(next, JobState::kSucceeded).attempt_count, 1u);
 }
 
 TEST_F(WorkerPoolTest, QueueCapacityIsEnforced) {

@@ -344,6 +344,29 @@ TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) 
   EXPECT_TRUE(TemporaryFiles(quantd.dir() + "/data/blobs").empty());
 }
 
+// A second quantd on the same data dir (a rolling update on a shared
+// volume) used to re-queue the first one's running job: it ran twice. Now it
+// refuses to start, and the first one's job runs once.
+TEST(JobsIntegrationTest, ASecondServerOnTheSameDataDirRefusesToStart) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string id = JobIdFrom(r.out);
+  std::unique_ptr<Subprocess> watcher;
+  ASSERT_TRUE(WatchUntil(quantd, id, " calibration ", &watcher)) << quantd.log();
+  auto second = RunCommand({QUANTD_BIN, "--bind_address=127.0.0.1", "--grpc_port=0", "--metrics_port=-1",
+                            "--data_dir=" + quantd.dir() + "/data"},
+                           absl::Seconds(60));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_NE(second->exit_code, 0);
+  EXPECT_THAT(second->err, HasSubstr("is in use by another quantd"));
+  EXPECT_THAT(second->err, HasSubstr("--data_dir"));
+  nlohmann::json job = quantd.WaitDone(id);
+  EXPECT_EQ(job["state"], "JOB_STATE_SUCCEEDED");
+  EXPECT_EQ(job["attemptCount"], 1);
+}
+
 TEST(JobsIntegrationTest, CancelDuringCalibrationAndTheWorkerGoesOn) {
   Quantd quantd;
   ASSERT_TRUE(quantd.Start());
@@ -393,6 +416,22 @@ TEST(JobsIntegrationTest, BadInputsGetTheRightCodeAndTheServerKeepsServing) {
   EXPECT_EQ(truncated.exit_code, 1);
   EXPECT_THAT(truncated.err, HasSubstr("code 3"));
   EXPECT_THAT(truncated.err, HasSubstr("calibration.dataset"));
+
+  // A .npy whose header has no 'shape' key once killed the server with every
+  // job in it (std::out_of_range on a thread); now it is a refusal naming it.
+  {
+    std::string header = "{'descr': '|u1', 'fortran_order': False, }\n";
+    std::ofstream npy(dir + "/data/noshape.npy", std::ios::binary);
+    npy.write("\x93NUMPY\x01\x00", 8);
+    const char len[2] = {static_cast<char>(header.size()), 0};
+    npy.write(len, 2);
+    npy << header << std::string(3072, '\x01');
+  }
+  RunResult no_shape = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), "--calib=noshape.npy",
+                                   "--calib_format=npy", "--wait"});
+  EXPECT_EQ(no_shape.exit_code, 1) << no_shape.out;
+  EXPECT_THAT(no_shape.out + no_shape.err, HasSubstr("'shape'"));
+  EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
 
   // An upload whose sha256 does not match.
   RunResult mismatch = quantd.Ctl({"upload", dir + "/corrupt.pt", "--sha256=" + std::string(64, 'a')});

@@ -78,23 +78,33 @@ QuantizedModel::~QuantizedModel() = default;
 const QuantizeReport& QuantizedModel::report() const { return impl_->report; }
 
 absl::StatusOr<std::string> QuantizedModel::SerializeArtifact() {
-  QUANTD_ASSIGN_OR_RETURN(std::string bytes, SerializeProgram(*impl_->program));
-  impl_->report.artifact_sha256 = Sha256Hex(bytes);
-  impl_->report.artifact_size_bytes = static_cast<int64_t>(bytes.size());
-  return bytes;
+  return GuardEntryPoint("writing the artifact", [&]() -> absl::StatusOr<std::string> {
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, SerializeProgram(*impl_->program));
+    impl_->report.artifact_sha256 = Sha256Hex(bytes);
+    impl_->report.artifact_size_bytes = static_cast<int64_t>(bytes.size());
+    return bytes;
+  });
 }
 
 absl::StatusOr<Accuracy> QuantizedModel::EvaluateInt8(const DatasetSpec& dataset, int64_t batch_size,
                                                       const ProgressCallback& progress) const {
-  return impl_->Evaluate(dataset, batch_size, /*int8=*/true, progress);
+  return GuardEntryPoint(absl::StrCat("evaluating int8 on ", dataset.path),
+                         [&] { return impl_->Evaluate(dataset, batch_size, /*int8=*/true, progress); });
 }
 
 absl::StatusOr<Accuracy> QuantizedModel::EvaluateFp32(const DatasetSpec& dataset, int64_t batch_size,
                                                       const ProgressCallback& progress) const {
-  return impl_->Evaluate(dataset, batch_size, /*int8=*/false, progress);
+  return GuardEntryPoint(absl::StrCat("evaluating FP32 on ", dataset.path),
+                         [&] { return impl_->Evaluate(dataset, batch_size, /*int8=*/false, progress); });
 }
 
 absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8(const DatasetSpec& dataset, int64_t batch_size) const {
+  return GuardEntryPoint(absl::StrCat("predicting on ", dataset.path),
+                         [&] { return PredictInt8Unguarded(dataset, batch_size); });
+}
+
+absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8Unguarded(const DatasetSpec& dataset,
+                                                                           int64_t batch_size) const {
   std::vector<int64_t> predictions;
   QUANTD_RETURN_IF_ERROR(impl_->ForEachBatch(dataset, batch_size, nullptr, [&](const Batch& batch) -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(at::Tensor out, impl_->executor->Forward(batch.images));
@@ -260,7 +270,22 @@ class KernelChooser {
 
 }  // namespace
 
+namespace {
+absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const QuantizeOptions& options);
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options) {
+  return GuardEntryPoint(absl::StrCat("quantizing ", options.model_path),
+                         [&]() -> absl::StatusOr<std::unique_ptr<QuantizedModel>> {
+                           QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<QuantizedModel::Impl> impl,
+                                                   QuantizeUnguarded(options));
+                           return std::unique_ptr<QuantizedModel>(new QuantizedModel(std::move(impl)));
+                         });
+}
+
+namespace {
+
+absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const QuantizeOptions& options) {
   auto impl = std::make_unique<QuantizedModel::Impl>();
   QuantizeReport& report = impl->report;
   report.torch_version = TorchVersion();
@@ -422,7 +447,9 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
     report.int8_accuracy = int8;
   }
   clock.Stop();
-  return std::unique_ptr<QuantizedModel>(new QuantizedModel(std::move(impl)));
+  return impl;
 }
+
+}  // namespace
 
 }  // namespace quantd::engine

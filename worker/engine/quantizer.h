@@ -97,9 +97,12 @@ class QuantizedModel {
  private:
   friend absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options);
   explicit QuantizedModel(std::unique_ptr<Impl> impl);
+  absl::StatusOr<std::vector<int64_t>> PredictInt8Unguarded(const DatasetSpec& dataset, int64_t batch_size) const;
   std::unique_ptr<Impl> impl_;
 };
 
+// Every entry point of the engine returns a status for whatever goes wrong
+// inside it, exceptions from LibTorch and the standard library included.
 absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options);
 
 // Process-wide LibTorch settings: intra-op threads (LibTorch defaults to 1

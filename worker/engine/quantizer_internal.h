@@ -7,6 +7,8 @@
 
 #include <memory>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/data/dataset.h"
@@ -53,6 +55,11 @@ struct QuantizedModel::Impl {
           out = const_cast<torch::jit::Module&>(fp32_module).forward({batch.images}).toTensor();
           return absl::OkStatus();
         }));
+      }
+      if (out.dim() != 2 || out.size(0) != batch.labels.numel()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "evaluation needs a classifier: the ", int8 ? "int8" : "FP32", " model's output has shape [",
+            absl::StrJoin(out.sizes(), ", "), "], not [", batch.labels.numel(), ", classes]"));
       }
       acc.correct += out.argmax(1).eq(batch.labels).sum().item<int64_t>();
       acc.total += batch.labels.numel();

@@ -215,11 +215,25 @@ TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   for (const auto& g : expected_groups) {
     EXPECT_NE(std::find(r.fused_groups.begin(), r.fused_groups.end(), g), r.fused_groups.end()) << g[0];
   }
-  // The int8 model agrees with FP32 on most of these random images.
-  DatasetSpec data = Options().calibration;
-  auto int8 = (*model)->PredictInt8(data, 64);
+  // The int8 model agrees with FP32 on most of these random images: with
+  // Python's FP32 predictions as labels, accuracy is agreement. C++'s FP32
+  // run must match Python's on every image.
+  DatasetSpec against_fp32 = Options().calibration;
+  against_fp32.labels_path = *dir_ + "/fp32_predictions.npy";
+  auto fp32 = (*model)->EvaluateFp32(against_fp32, 64);
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_EQ(fp32->correct, 64);
+  auto int8 = (*model)->EvaluateInt8(against_fp32, 64);
   ASSERT_TRUE(int8.ok()) << int8.status();
-  EXPECT_EQ(int8->size(), 64u);
+  EXPECT_EQ(int8->total, 64);
+  EXPECT_GE(int8->correct, 58) << "int8 agrees with FP32 on " << int8->correct << "/64";
+  auto predictions = (*model)->PredictInt8(against_fp32, 64);
+  ASSERT_TRUE(predictions.ok()) << predictions.status();
+  EXPECT_EQ(predictions->size(), 64u);
+  ASSERT_TRUE(r.quality.top1_agreement.has_value());
+  EXPECT_GE(*r.quality.top1_agreement, 0.9);
+  ASSERT_TRUE(r.quality.output_sqnr_db.has_value());
+  EXPECT_GE(*r.quality.output_sqnr_db, 15.0);
   auto bytes = (*model)->SerializeArtifact();
   ASSERT_TRUE(bytes.ok()) << bytes.status();
 }

@@ -5,6 +5,7 @@
 // The engine never lets them escape: wrap calls with QUANTD_TORCH_TRY.
 
 #include <exception>
+#include <new>
 #include <string>
 
 #include "absl/status/status.h"
@@ -32,6 +33,23 @@ absl::Status TorchTry(const std::string& context, Fn&& fn) {
     return fn();
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat(context, ": ", FirstLine(e.what())));
+  }
+}
+
+// The engine's public entry points run their body through this: whatever a
+// library throws (c10::Error, std::bad_alloc, std::out_of_range, ...) becomes
+// a status naming `context`, so a bad model or file fails one job and never
+// unwinds into the caller's thread.
+template <typename Fn>
+auto GuardEntryPoint(const std::string& context, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory"));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(context, ": ", FirstLine(e.what())));
+  } catch (...) {
+    return absl::InternalError(absl::StrCat(context, ": an exception that is not a std::exception"));
   }
 }
 

@@ -8,6 +8,7 @@
 #include <map>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -196,12 +197,55 @@ class Cifar10Dataset : public FileDataset {
   int64_t ImageOffset(int64_t index) const override { return index * kRecord + 1; }
 };
 
-struct NpyHeader {
-  std::string descr;
-  bool fortran_order = false;
-  std::vector<int64_t> shape;
-  int64_t data_offset = 0;
-};
+// The value text after 'key': in a .npy header dict, or NotFound.
+absl::StatusOr<absl::string_view> NpyField(absl::string_view header, absl::string_view key) {
+  const std::string quoted = absl::StrCat("'", key, "'");
+  const size_t pos = header.find(quoted);
+  if (pos == absl::string_view::npos) return absl::NotFoundError(absl::StrCat("no '", key, "' key"));
+  const size_t colon = header.find(':', pos + quoted.size());
+  if (colon == absl::string_view::npos) return absl::InvalidArgumentError(absl::StrCat("no ':' after '", key, "'"));
+  return absl::StripLeadingAsciiWhitespace(header.substr(colon + 1));
+}
+
+}  // namespace
+
+absl::StatusOr<NpyHeader> ParseNpyHeaderDict(absl::string_view header) {
+  NpyHeader h;
+  auto bad = [](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat(".npy header: ", what));
+  };
+  absl::StatusOr<absl::string_view> descr = NpyField(header, "descr");
+  if (!descr.ok()) return bad(descr.status().message());
+  if (descr->size() < 2 || (descr->front() != '\'' && descr->front() != '"')) return bad("descr is not a quoted string");
+  const size_t descr_end = descr->find(descr->front(), 1);
+  if (descr_end == absl::string_view::npos) return bad("descr string is not closed");
+  h.descr = std::string(descr->substr(1, descr_end - 1));
+
+  absl::StatusOr<absl::string_view> fortran = NpyField(header, "fortran_order");
+  if (!fortran.ok()) return bad(fortran.status().message());
+  if (absl::StartsWith(*fortran, "True")) {
+    h.fortran_order = true;
+  } else if (!absl::StartsWith(*fortran, "False")) {
+    return bad("fortran_order is neither True nor False");
+  }
+
+  absl::StatusOr<absl::string_view> shape = NpyField(header, "shape");
+  if (!shape.ok()) return bad(shape.status().message());
+  if (shape->empty() || shape->front() != '(') return bad("shape is not a tuple");
+  const size_t close = shape->find(')');
+  if (close == absl::string_view::npos) return bad("shape tuple is not closed");
+  for (absl::string_view part : absl::StrSplit(shape->substr(1, close - 1), ',', absl::SkipWhitespace())) {
+    int64_t dim = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &dim) || dim < 0) {
+      return bad(absl::StrCat("shape has '", absl::StripAsciiWhitespace(part), "', not a dimension >= 0"));
+    }
+    if (h.shape.size() >= 8) return bad("shape has more than 8 dimensions");
+    h.shape.push_back(dim);
+  }
+  return h;
+}
+
+namespace {
 
 absl::StatusOr<NpyHeader> ReadNpyHeader(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -219,37 +263,21 @@ absl::StatusOr<NpyHeader> ReadNpyHeader(const std::string& path) {
     in.read(reinterpret_cast<char*>(len), 2);
     header_len = len[0] | (len[1] << 8);
     prefix = 10;
-  } else {
+  } else if (major == 2 || major == 3) {
     unsigned char len[4];
     in.read(reinterpret_cast<char*>(len), 4);
     header_len = len[0] | (len[1] << 8) | (len[2] << 16) | (static_cast<uint32_t>(len[3]) << 24);
     prefix = 12;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": .npy format version ", major, " is not supported (1..3)"));
   }
-  if (!in || header_len > (1u << 20)) return absl::InvalidArgumentError(absl::StrCat(path, ": bad .npy header"));
+  if (!in || header_len > (1u << 20)) return absl::InvalidArgumentError(absl::StrCat(path, ": bad .npy header length"));
   std::string header(header_len, '\0');
   in.read(header.data(), header_len);
   if (static_cast<uint32_t>(in.gcount()) != header_len) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated .npy header"));
-  NpyHeader h;
-  h.data_offset = prefix + header_len;
-  auto field = [&](const std::string& key) -> std::string {
-    const auto pos = header.find("'" + key + "'");
-    if (pos == std::string::npos) return "";
-    const auto colon = header.find(':', pos);
-    return std::string(absl::StripLeadingAsciiWhitespace(header.substr(colon + 1)));
-  };
-  std::string descr = field("descr");
-  if (descr.size() < 2) return absl::InvalidArgumentError(absl::StrCat(path, ": .npy header has no descr"));
-  h.descr = descr.substr(1, descr.find('\'', 1) - 1);
-  h.fortran_order = field("fortran_order").rfind("True", 0) == 0;
-  std::string shape = field("shape");
-  shape = shape.substr(1, shape.find(')') - 1);
-  for (absl::string_view part : absl::StrSplit(shape, ',', absl::SkipWhitespace())) {
-    int64_t dim;
-    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &dim)) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": bad shape in .npy header"));
-    }
-    h.shape.push_back(dim);
-  }
+  absl::StatusOr<NpyHeader> h = ParseNpyHeaderDict(header);
+  if (!h.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", h.status().message()));
+  h->data_offset = prefix + header_len;
   return h;
 }
 
@@ -282,14 +310,27 @@ class NpyDataset : public FileDataset {
     } else {
       return absl::InvalidArgumentError(absl::StrCat("layout must be NCHW, NHWC or auto, not '", spec.layout, "'"));
     }
+    if (channels_ < 1 || height_ < 1 || width_ < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(spec.path, ": images have an empty dimension (C=", channels_,
+                                                     ", H=", height_, ", W=", width_, ")"));
+    }
+    // One image must fit a sane buffer; the count must fit the file. Both
+    // checked by division so that no product of header numbers overflows.
+    constexpr int64_t kMaxImageBytes = int64_t{1} << 28;
+    if (channels_ > kMaxImageBytes / height_ / width_ / element_size_) {
+      return absl::InvalidArgumentError(absl::StrCat(spec.path, ": one image of ", channels_, "x", height_, "x", width_,
+                                                     " is over the ", kMaxImageBytes >> 20, " MiB limit"));
+    }
+    const int64_t image_bytes = channels_ * height_ * width_ * element_size_;
     data_offset_ = h.data_offset;
     QUANTD_RETURN_IF_ERROR(images_.Open(spec.path));
     files_.push_back(spec.path);
     const int64_t total = h.shape[0];
-    const int64_t need = data_offset_ + total * channels_ * height_ * width_ * element_size_;
-    if (images_.size() < need) {
+    const int64_t available = images_.size() - data_offset_;
+    if (available < 0 || total > available / image_bytes) {
       return absl::InvalidArgumentError(absl::StrCat(".npy file ", spec.path, " is truncated: ", images_.size(),
-                                                     " bytes, the header promises ", need));
+                                                     " bytes, the header promises ", total, " images of ", image_bytes,
+                                                     " bytes after ", data_offset_));
     }
     if (!spec.labels_path.empty()) QUANTD_RETURN_IF_ERROR(ReadLabels(spec.labels_path, total));
     return Select(spec, total);
@@ -313,6 +354,10 @@ class NpyDataset : public FileDataset {
     else return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": dtype ", h.descr, " is not supported"));
     RecordFile file;
     QUANTD_RETURN_IF_ERROR(file.Open(path));
+    if (file.size() - h.data_offset < total * width) {  // total is already bounded by the image file
+      return absl::InvalidArgumentError(absl::StrCat("labels ", path, " is truncated: ", file.size(),
+                                                     " bytes for ", total, " labels of ", width, " bytes"));
+    }
     std::vector<char> raw(static_cast<size_t>(total * width));
     QUANTD_RETURN_IF_ERROR(file.Read(h.data_offset, raw.data(), total * width));
     labels_.resize(static_cast<size_t>(total));
@@ -331,6 +376,10 @@ class NpyDataset : public FileDataset {
   int64_t data_offset_ = 0;
 };
 
+}  // namespace
+
+namespace {
+absl::StatusOr<std::unique_ptr<Dataset>> OpenDatasetUnguarded(const DatasetSpec& spec);
 }  // namespace
 
 absl::StatusOr<std::vector<int64_t>> StratifiedSelection(const std::vector<int64_t>& labels, int64_t per_class,
@@ -357,6 +406,12 @@ absl::StatusOr<std::vector<int64_t>> StratifiedSelection(const std::vector<int64
 }
 
 absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec) {
+  return GuardEntryPoint(absl::StrCat("opening dataset ", spec.path), [&] { return OpenDatasetUnguarded(spec); });
+}
+
+namespace {
+
+absl::StatusOr<std::unique_ptr<Dataset>> OpenDatasetUnguarded(const DatasetSpec& spec) {
   if (spec.path.empty()) return absl::InvalidArgumentError("dataset path is empty");
   if (spec.format == DatasetFormat::kCifar10Binary) {
     auto dataset = std::make_unique<Cifar10Dataset>();
@@ -367,5 +422,7 @@ absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec) {
   QUANTD_RETURN_IF_ERROR(dataset->Open(spec));
   return std::unique_ptr<Dataset>(std::move(dataset));
 }
+
+}  // namespace
 
 }  // namespace quantd::engine

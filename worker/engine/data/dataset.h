@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "worker/engine/data/dataset_spec.h"
 
 namespace quantd::engine {
@@ -33,7 +34,19 @@ class Dataset {
   virtual absl::StatusOr<std::string> Fingerprint() const = 0;
 };
 
+// Opens and validates a dataset file before anything is allocated from its
+// numbers (dims, counts and byte sizes are checked against the file size).
 absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec);
+
+// The parsed dict of a .npy header ("{'descr': '<f4', 'fortran_order': False,
+// 'shape': (N, C, H, W), }"); data_offset is set by the file reader.
+struct NpyHeader {
+  std::string descr;
+  bool fortran_order = false;
+  std::vector<int64_t> shape;
+  int64_t data_offset = 0;
+};
+absl::StatusOr<NpyHeader> ParseNpyHeaderDict(absl::string_view header);
 
 // Indices of a stratified sample: `per_class` of each label (all when 0),
 // chosen with a fixed-seed shuffle, returned in increasing order.

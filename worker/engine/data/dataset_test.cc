@@ -141,5 +141,77 @@ TEST(NpyDatasetTest, RejectsBadFiles) {
   EXPECT_NE(OpenDataset(spec).status().message().find("truncated"), std::string::npos);
 }
 
+// A raw header dict, written with a valid .npy prefix and `data` after it.
+void WriteNpyWithHeader(const std::string& path, std::string header, const std::string& data) {
+  header += '\n';
+  std::ofstream out(path, std::ios::binary);
+  out.write("\x93NUMPY\x01\x00", 8);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  out.write(reinterpret_cast<const char*>(&len), 2);
+  out << header << data;
+}
+
+// Each of these once crashed the server (std::out_of_range on a worker
+// thread) or asked for an allocation sized by the header's numbers.
+TEST(NpyDatasetTest, MalformedHeadersAreInvalidArgumentNotACrash) {
+  const std::string dir = testing::MakeTempDir("npy_malformed");
+  DatasetSpec spec;
+  spec.format = DatasetFormat::kNpy;
+  const std::string pixels(3 * 4 * 4, '\x01');
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{'descr': '|u1', 'fortran_order': False, }", "'shape'"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape' }", "':'"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape': 1, }", "tuple"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 3, 4, 4, }", "not closed"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape': (1, -3, 4, 4), }", "-3"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape': (1, x, 4, 4), }", "'x'"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 99999999999999999999, 4, 4), }", "99999"},
+      {"{'fortran_order': False, 'shape': (1, 3, 4, 4), }", "'descr'"},
+      {"{'descr': '|u1, 'fortran_order': False, 'shape': (1, 3, 4, 4), }", "dtype"},
+      {"{'descr': |u1, 'fortran_order': False, 'shape': (1, 3, 4, 4), }", "descr"},
+      {"{'descr': '|u1', 'shape': (1, 3, 4, 4), }", "fortran_order"},
+      {"{'descr': '|u1', 'fortran_order': maybe, 'shape': (1, 3, 4, 4), }", "fortran_order"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 0, 4, 4), }", "empty dimension"},
+      // Products that overflow int64 or ask for terabytes: refused by division, before any allocation.
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 4611686018427387904, 4), }", "limit"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape': (4611686018427387904, 3, 4, 4), }", "truncated"},
+      {"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 3, 4, 4, 1, 1, 1, 1, 1), }", "8 dimensions"},
+      {"", "'descr'"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    spec.path = dir + "/case" + std::to_string(i) + ".npy";
+    WriteNpyWithHeader(spec.path, cases[i].first, pixels);
+    const absl::Status status = OpenDataset(spec).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << cases[i].first << ": " << status;
+    EXPECT_NE(status.message().find(cases[i].second), std::string::npos) << cases[i].first << ": " << status;
+    EXPECT_NE(status.message().find(spec.path), std::string::npos) << status;  // names the file
+  }
+  // The same valid header opens (so the cases above fail for their own reason).
+  spec.path = dir + "/valid.npy";
+  WriteNpyWithHeader(spec.path, "{'descr': '|u1', 'fortran_order': False, 'shape': (1, 3, 4, 4), }", pixels);
+  ASSERT_TRUE(OpenDataset(spec).ok()) << OpenDataset(spec).status();
+}
+
+TEST(NpyDatasetTest, TruncatedLabelsAndUnsupportedVersion) {
+  const std::string dir = testing::MakeTempDir("npy_labels");
+  std::vector<uint8_t> images(2 * 3 * 4 * 4);
+  WriteNpy(dir + "/images.npy", "|u1", {2, 3, 4, 4}, images.data(), images.size());
+  std::vector<int64_t> one_label = {1};
+  WriteNpy(dir + "/labels.npy", "<i8", {2}, one_label.data(), 8);  // promises 2 labels, has 1
+  DatasetSpec spec;
+  spec.format = DatasetFormat::kNpy;
+  spec.path = dir + "/images.npy";
+  spec.labels_path = dir + "/labels.npy";
+  absl::Status status = OpenDataset(spec).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("truncated"), std::string::npos) << status;
+
+  std::ofstream(dir + "/v9.npy", std::ios::binary) << std::string("\x93NUMPY\x09\x00\x10\x00", 10) << "{}";
+  spec.path = dir + "/v9.npy";
+  spec.labels_path.clear();
+  status = OpenDataset(spec).status();
+  EXPECT_NE(status.message().find("version 9"), std::string::npos) << status;
+}
+
 }  // namespace
 }  // namespace quantd::engine

@@ -5,6 +5,7 @@
                    feeds two branches, a residual add, a max-pool, an op with no int8 kernel (erf), a
                    Linear+ReLU and a final Linear.
   images.npy       64 uint8 images, NHWC 16x16x3     labels.npy  int64 labels 0..3
+  fp32_predictions.npy  the FP32 model's argmax for each image (int64)
 
 Usage: /usr/bin/python3 make_small_model.py OUT_DIR
 """
@@ -54,8 +55,14 @@ def main():
     m.eval()
     torch.jit.script(m).save(os.path.join(out, 'small_model.pt'))
     rng = np.random.default_rng(0)
-    np.save(os.path.join(out, 'images.npy'), rng.integers(0, 256, size=(64, 16, 16, 3), dtype=np.uint8))
+    images = rng.integers(0, 256, size=(64, 16, 16, 3), dtype=np.uint8)
+    np.save(os.path.join(out, 'images.npy'), images)
     np.save(os.path.join(out, 'labels.npy'), rng.integers(0, 4, size=(64,), dtype=np.int64))
+    # What the FP32 model predicts (NCHW float pixels, as the engine reads
+    # them): int8's accuracy against these labels is its agreement with FP32.
+    with torch.no_grad():
+        fp32 = m(torch.from_numpy(images).permute(0, 3, 1, 2).float()).argmax(1)
+    np.save(os.path.join(out, 'fp32_predictions.npy'), fp32.numpy().astype(np.int64))
 
 
 if __name__ == '__main__':

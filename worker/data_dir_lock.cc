@@ -1,0 +1,58 @@
+#include "worker/data_dir_lock.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+
+namespace quantd::worker {
+namespace {
+
+std::string ReadOwner(int fd) {
+  char buffer[256];
+  const ssize_t n = ::pread(fd, buffer, sizeof(buffer) - 1, 0);
+  if (n <= 0) return "unknown";
+  return std::string(absl::StripAsciiWhitespace(absl::string_view(buffer, static_cast<size_t>(n))));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DataDirLock>> DataDirLock::Acquire(const std::string& data_dir) {
+  const std::string path = (std::filesystem::path(data_dir) / "LOCK").string();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot open the data dir lock ", path, ": ",
+                                                      std::strerror(errno)));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    const std::string owner = ReadOwner(fd);
+    ::close(fd);
+    if (error == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data dir ", data_dir, " is in use by another quantd (", owner, "; lock ", path,
+          "). One server owns a data dir; stop it first, or give this one its own --data_dir"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat("cannot lock ", path, ": ", std::strerror(error)));
+  }
+  char host[256] = "unknown";
+  ::gethostname(host, sizeof(host) - 1);
+  const std::string owner = absl::StrCat("pid ", ::getpid(), " on ", host, "\n");
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, owner.data(), owner.size(), 0) != static_cast<ssize_t>(owner.size())) {
+    // The lock holds regardless; the text only helps whoever is refused.
+  }
+  return std::unique_ptr<DataDirLock>(new DataDirLock(fd));
+}
+
+DataDirLock::~DataDirLock() {
+  ::flock(fd_, LOCK_UN);
+  ::close(fd_);
+}
+
+}  // namespace quantd::worker
