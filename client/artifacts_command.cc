@@ -13,7 +13,7 @@ int RunArtifacts(const CommandContext& context, const std::vector<std::string>& 
   }
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   if (a->positional.size() == 1) {
     v1::GetArtifactRequest request;
     request.set_id(a->positional[0]);

@@ -13,7 +13,7 @@ int RunCancel(const CommandContext& context, const std::vector<std::string>& arg
   }
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   v1::CancelJobRequest request;
   request.set_id(a->positional[0]);
   request.set_reason(a->Get("reason"));

@@ -37,8 +37,10 @@ absl::StatusOr<bool> ParseBool(absl::string_view name, absl::string_view value) 
 
 }  // namespace
 
-absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv) {
+absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
+                                           const std::string& environment_token) {
   Invocation invocation;
+  invocation.options.token = environment_token;
   bool flags_done = false;
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& arg = argv[i];
@@ -87,6 +89,14 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv)
       } else {
         invocation.options.json = true;
       }
+    } else if (name == "token" || name == "tls_ca" || name == "tls_cert" || name == "tls_key") {
+      absl::StatusOr<std::string> text = take_value();
+      if (!text.ok()) return text.status();
+      if (text->empty()) return absl::InvalidArgumentError(absl::StrCat("--", name, " must not be empty"));
+      if (name == "token") invocation.options.token = *text;
+      if (name == "tls_ca") invocation.options.tls_ca_file = *text;
+      if (name == "tls_cert") invocation.options.tls_cert_file = *text;
+      if (name == "tls_key") invocation.options.tls_key_file = *text;
     } else if (name == "help") {
       invocation.help = true;
     } else {
@@ -96,16 +106,28 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv)
   if (invocation.command.empty() && !invocation.help) {
     return absl::InvalidArgumentError("no command given (try --help)");
   }
+  const GlobalOptions& o = invocation.options;
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (!o.tls_cert_file.empty() && o.tls_ca_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert needs --tls_ca (a client certificate is for TLS connections)");
+  }
   return invocation;
 }
 
 std::string GlobalUsage() {
-  return "usage: quantctl [--server=HOST:PORT] [--timeout=SECONDS] [--json] COMMAND [ARGS...]\n"
+  return "usage: quantctl [--server=HOST:PORT] [--timeout=SECONDS] [--json] [--token=T] [--tls_ca=PEM] COMMAND "
+         "[ARGS...]\n"
          "\n"
          "global flags:\n"
          "  --server=HOST:PORT  quantd gRPC address (default localhost:50051)\n"
          "  --timeout=SECONDS   deadline of each RPC (default 10)\n"
          "  --json              print responses as JSON\n"
+         "  --token=TOKEN       bearer token (default: $QUANTD_TOKEN)\n"
+         "  --tls_ca=PEM        connect over TLS, trusting this CA (quantd's --tls_cert)\n"
+         "  --tls_cert=PEM --tls_key=PEM\n"
+         "                      client certificate for mTLS (quantd's --tls_client_ca)\n"
          "  --help              this text\n";
 }
 

@@ -4,7 +4,8 @@
 // quantctl's command line: global flags (anywhere before "--"), a command
 // name, and the command's own arguments.
 //
-//   quantctl [--server=HOST:PORT] [--timeout=SECONDS] [--json] COMMAND [ARGS...]
+//   quantctl [--server=HOST:PORT] [--timeout=SECONDS] [--json] [--token=T]
+//            [--tls_ca=PEM [--tls_cert=PEM --tls_key=PEM]] COMMAND [ARGS...]
 
 #include <string>
 #include <vector>
@@ -20,6 +21,13 @@ struct GlobalOptions {
   double timeout_seconds = 10;
   // Print responses as JSON (proto3 JSON mapping) instead of text.
   bool json = false;
+  // Bearer token (--token, else $QUANTD_TOKEN); empty = none.
+  std::string token;
+  // TLS: the CA that signed quantd's certificate (set = TLS on); a client
+  // certificate and key for mTLS.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 struct Invocation {
@@ -34,7 +42,9 @@ struct Invocation {
 // Parses argv[1..]. Global flags may appear before or after the command
 // ("quantctl health --json" works); "--" ends flag parsing, and everything
 // after it goes to the command. Unknown flags are left to the command.
-absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv);
+// `environment_token` is $QUANTD_TOKEN (used when --token is absent).
+absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
+                                           const std::string& environment_token = "");
 
 // The text printed by --help (global part; commands add their own lines).
 std::string GlobalUsage();

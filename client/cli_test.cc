@@ -33,6 +33,27 @@ TEST(ParseInvocationTest, GlobalFlagsBeforeAndAfterCommand) {
   EXPECT_THAT(invocation->args, ElementsAre("--service=x"));
 }
 
+TEST(ParseInvocationTest, TokenFromFlagOrEnvironmentAndTlsFlagsTogether) {
+  auto from_env = ParseInvocation({"jobs"}, "env-token");
+  ASSERT_TRUE(from_env.ok());
+  EXPECT_EQ(from_env->options.token, "env-token");
+  auto from_flag = ParseInvocation({"--token", "flag-token", "jobs"}, "env-token");
+  ASSERT_TRUE(from_flag.ok());
+  EXPECT_EQ(from_flag->options.token, "flag-token");  // the flag wins
+  EXPECT_THAT(ParseInvocation({"--token=", "jobs"}).status().message(), HasSubstr("--token"));
+
+  auto mtls = ParseInvocation({"--tls_ca=ca.pem", "--tls_cert=c.pem", "--tls_key=c.key", "jobs"});
+  ASSERT_TRUE(mtls.ok()) << mtls.status();
+  EXPECT_EQ(mtls->options.tls_ca_file, "ca.pem");
+  EXPECT_THAT(ParseInvocation({"--tls_ca=ca.pem", "--tls_cert=c.pem", "jobs"}).status().message(),
+              HasSubstr("--tls_cert and --tls_key go together"));
+  EXPECT_THAT(ParseInvocation({"--tls_cert=c.pem", "--tls_key=c.key", "jobs"}).status().message(),
+              HasSubstr("--tls_ca"));
+  GlobalOptions missing;
+  missing.tls_ca_file = "/nonexistent/ca.pem";
+  EXPECT_THAT(ChannelCredentials(missing).status().message(), HasSubstr("--tls_ca: cannot read"));
+}
+
 TEST(ParseInvocationTest, JsonTakesExplicitValue) {
   auto invocation = ParseInvocation({"--json=false", "health"});
   ASSERT_TRUE(invocation.ok());

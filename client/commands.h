@@ -14,6 +14,7 @@
 #include <google/protobuf/message.h>
 #include <grpcpp/grpcpp.h>
 
+#include "absl/status/statusor.h"
 #include "client/cli.h"
 
 namespace quantd::cli {
@@ -29,8 +30,9 @@ struct CommandContext {
   std::ostream* out;
   std::ostream* err;
 
-  // A deadline `options.timeout_seconds` from now, set on `context`.
-  void SetDeadline(grpc::ClientContext& context) const;
+  // Sets the bearer token (if any) and a deadline `options.timeout_seconds`
+  // from now on `context`.
+  void PrepareCall(grpc::ClientContext& context, bool with_deadline = true) const;
   // Prints `message` as JSON (--json) or as `text` followed by a newline.
   void Print(const google::protobuf::Message& message, const std::string& text) const;
   // Reports a failed RPC on stderr and returns kExitFailure.
@@ -45,6 +47,9 @@ struct Command {
   const char* summary;  // one line
   int (*run)(const CommandContext& context, const std::vector<std::string>& args);
 };
+
+// Insecure, or TLS (and mTLS) from the --tls_* flags; errors name the flag.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(const GlobalOptions& options);
 
 // All commands, sorted by name.
 const std::vector<Command>& Commands();

@@ -8,7 +8,7 @@ int RunDelete(const CommandContext& context, const std::vector<std::string>& arg
   if (args.size() != 1) return context.UsageError("usage: delete JOB_ID");
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   v1::DeleteJobRequest request;
   request.set_id(args[0]);
   v1::DeleteJobResponse response;

@@ -25,7 +25,7 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
 
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   v1::DownloadArtifactRequest request;
   request.set_id(a->positional[0]);
   auto reader = stub->DownloadArtifact(&client_context, request);

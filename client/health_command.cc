@@ -46,7 +46,7 @@ int RunHealth(const CommandContext& context, const std::vector<std::string>& arg
   }
   auto stub = grpc::health::v1::Health::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status status = stub->Check(&client_context, request, &response);
   if (!status.ok()) return context.RpcFailed("health check", status);
@@ -55,7 +55,7 @@ int RunHealth(const CommandContext& context, const std::vector<std::string>& arg
   v1::ServerInfo info;
   if (request.service().empty() && rc == kExitOk) {
     grpc::ClientContext info_context;
-    context.SetDeadline(info_context);
+    context.PrepareCall(info_context);
     // A server without GetServerInfo (older quantd) still reports its health.
     if (!v1::QuantizationService::NewStub(context.channel)
              ->GetServerInfo(&info_context, v1::GetServerInfoRequest(), &info)

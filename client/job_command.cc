@@ -8,7 +8,7 @@ int RunJob(const CommandContext& context, const std::vector<std::string>& args) 
   if (args.size() != 1) return context.UsageError("usage: job JOB_ID");
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   v1::GetJobRequest request;
   request.set_id(args[0]);
   v1::Job job;

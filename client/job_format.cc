@@ -175,6 +175,7 @@ std::string JsonLine(const google::protobuf::Message& message) {
 int FollowJob(const CommandContext& context, const std::string& job_id) {
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
+  context.PrepareCall(client_context, /*with_deadline=*/false);
   // A job may queue and run for long: the watch gets a day, not --timeout.
   client_context.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
   v1::WatchJobRequest request;

@@ -32,7 +32,7 @@ int RunJobs(const CommandContext& context, const std::vector<std::string>& args)
   request.set_page_token(a->Get("page_token"));
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   v1::ListJobsResponse response;
   grpc::Status status = stub->ListJobs(&client_context, request, &response);
   if (!status.ok()) return context.RpcFailed("list jobs", status);

@@ -1,6 +1,7 @@
 // quantctl: command-line client of quantd. See client/commands.cc for the
 // command table.
 
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -13,7 +14,8 @@
 int main(int argc, char** argv) {
   using namespace quantd::cli;
   std::vector<std::string> argv_rest(argv + 1, argv + argc);
-  auto invocation = ParseInvocation(argv_rest);
+  const char* environment_token = std::getenv("QUANTD_TOKEN");
+  auto invocation = ParseInvocation(argv_rest, environment_token == nullptr ? "" : environment_token);
   if (!invocation.ok()) {
     std::cerr << "quantctl: " << invocation.status().message() << "\n\n" << Usage();
     return kExitUsage;
@@ -29,8 +31,12 @@ int main(int argc, char** argv) {
   }
   CommandContext context;
   context.options = invocation->options;
-  context.channel = grpc::CreateChannel(invocation->options.server,
-                                        grpc::InsecureChannelCredentials());
+  auto credentials = ChannelCredentials(invocation->options);
+  if (!credentials.ok()) {
+    std::cerr << "quantctl: " << credentials.status().message() << "\n";
+    return kExitUsage;
+  }
+  context.channel = grpc::CreateChannel(invocation->options.server, *credentials);
   context.out = &std::cout;
   context.err = &std::cerr;
   return command->run(context, invocation->args);

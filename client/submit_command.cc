@@ -171,7 +171,7 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
 
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   v1::Job job;
   grpc::Status status = stub->QuantizeJob(&client_context, request, &job);
   if (!status.ok()) return context.RpcFailed("submit", status);
@@ -184,7 +184,7 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
   int rc = FollowJob(context, job.id());
   if (!context.options.json) {
     grpc::ClientContext get_context;
-    context.SetDeadline(get_context);
+    context.PrepareCall(get_context);
     v1::GetJobRequest get;
     get.set_id(job.id());
     if (stub->GetJob(&get_context, get, &job).ok()) *context.out << JobText(job) << "\n";

@@ -59,7 +59,7 @@ int RunUpload(const CommandContext& context, const std::vector<std::string>& arg
   const std::string filename = std::filesystem::path(path).filename().string();
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.SetDeadline(client_context);
+  context.PrepareCall(client_context);
   v1::BlobInfo blob;
   grpc::Status status;
   if (kind == "model") {

@@ -36,6 +36,16 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
           "On SIGTERM/SIGINT, how long in-flight RPCs may take to finish.");
 ABSL_FLAG(bool, log_rpcs, false, "Log one debug line per finished RPC.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve gRPC and /metrics over TLS (with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA: gRPC clients must present a certificate it signed (mTLS).");
+ABSL_FLAG(std::string, token_file, "",
+          "Bearer tokens, one per line: \"<name> <read|submit|admin> <token>\"; re-read when it "
+          "changes. Empty = no authentication.");
+ABSL_FLAG(bool, metrics_require_token, false,
+          "With --token_file: /metrics needs a read token as well (else it is open).");
 ABSL_FLAG(int, intra_op_threads, 1,
           "LibTorch intra-op threads per job (set explicitly: 2 OpenMP threads on a busy "
           "2-core machine can be 10-100x slower).");
@@ -98,6 +108,11 @@ int main(int argc, char** argv) {
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   options.job_deadline_seconds = absl::GetFlag(FLAGS_job_deadline_seconds);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.token_file = absl::GetFlag(FLAGS_token_file);
+  options.metrics_require_token = absl::GetFlag(FLAGS_metrics_require_token);
 
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));
@@ -105,7 +120,9 @@ int main(int argc, char** argv) {
                   absl::StrCat("quantd: starting version=", quantd::QuantdVersion(),
                                " data_dir=", options.data_dir,
                                " workers=", options.workers,
-                               " queue_capacity=", options.queue_capacity));
+                               " queue_capacity=", options.queue_capacity,
+                               " tls=", options.tls_cert_file.empty() ? "off" : options.tls_client_ca_file.empty() ? "on" : "mtls",
+                               " auth=", options.token_file.empty() ? "off" : "tokens"));
   auto server = quantd::QuantdServer::Start(options);
   if (!server.ok()) {
     quantd::LogLine(quantd::LogLevel::kError,

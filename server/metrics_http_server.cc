@@ -1,112 +1,87 @@
 #include "server/metrics_http_server.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
+#include <httplib.h>
 #include <prometheus/text_serializer.h>
 
-#include <cerrno>
-#include <cstring>
+#include <fstream>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/audit_log.h"
 
 namespace quantd {
 namespace {
 
-void WriteAll(int fd, const std::string& data) {
-  size_t sent = 0;
-  while (sent < data.size()) {
-    ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    sent += static_cast<size_t>(n);
-  }
+int HttpStatusFor(absl::StatusCode code) {
+  return code == absl::StatusCode::kPermissionDenied ? 403 : 401;
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& host, int port, std::shared_ptr<prometheus::Registry> registry) {
-  addrinfo hints = {};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST;
-  addrinfo* result = nullptr;
-  std::string bare = host;
-  if (!bare.empty() && bare.front() == '[') bare = bare.substr(1, bare.size() - 2);
-  if (int rc = ::getaddrinfo(bare.c_str(), std::to_string(port).c_str(), &hints, &result); rc != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("bad metrics address ", host, ": ", gai_strerror(rc)));
+    const Options& options, std::shared_ptr<prometheus::Registry> registry) {
+  std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
+  server->registry_ = std::move(registry);
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
-  int fd = ::socket(result->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (fd < 0 || ::bind(fd, result->ai_addr, result->ai_addrlen) != 0 || ::listen(fd, 64) != 0) {
-    std::string error = std::strerror(errno);
-    ::freeaddrinfo(result);
-    if (fd >= 0) ::close(fd);
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", host, ":", port, ": ", error));
+  if (!options.tls_cert_file.empty()) {
+    auto https = std::make_unique<httplib::SSLServer>(options.tls_cert_file.c_str(), options.tls_key_file.c_str());
+    if (!https->is_valid()) {
+      return absl::InvalidArgumentError(absl::StrCat("--tls_cert/--tls_key: cannot load ", options.tls_cert_file,
+                                                     " and ", options.tls_key_file, " for HTTPS"));
+    }
+    server->http_ = std::move(https);
+    server->tls_ = true;
+  } else {
+    server->http_ = std::make_unique<httplib::Server>();
   }
-  ::freeaddrinfo(result);
-  sockaddr_storage bound = {};
-  socklen_t length = sizeof(bound);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length);
-  int bound_port = bound.ss_family == AF_INET6
-                       ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-                       : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  return std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer(fd, bound_port, std::move(registry)));
-}
-
-MetricsHttpServer::MetricsHttpServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry)
-    : listen_fd_(fd), port_(port), registry_(std::move(registry)) {
-  thread_ = std::thread([this] { Serve(); });
+  httplib::Server& http = *server->http_;
+  // A silent client holds one pool thread for at most this long.
+  http.set_read_timeout(5, 0);
+  http.set_write_timeout(5, 0);
+  Authenticator* auth = options.auth;
+  prometheus::Registry* metrics = server->registry_.get();
+  http.Get("/metrics", [auth, metrics](const httplib::Request& request, httplib::Response& response) {
+    if (auth != nullptr) {
+      absl::StatusOr<Principal> caller = auth->Authorize(request.get_header_value("Authorization"), Role::kRead,
+                                                         "GET /metrics");
+      if (!caller.ok()) {
+        AuditLine("", request.remote_addr, "GET /metrics", "", caller.status());
+        response.status = HttpStatusFor(caller.status().code());
+        if (response.status == 401) response.set_header("WWW-Authenticate", "Bearer");
+        response.set_content(absl::StrCat(caller.status().message(), "\n"), "text/plain");
+        return;
+      }
+    }
+    response.set_content(prometheus::TextSerializer().Serialize(metrics->Collect()),
+                         "text/plain; version=0.0.4; charset=utf-8");
+  });
+  http.set_error_handler([](const httplib::Request&, httplib::Response& response) {
+    if (response.status == 404) response.set_content("not found; try /metrics\n", "text/plain");
+  });
+  std::string host = options.host;
+  if (!host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);
+  if (options.port == 0) {
+    server->port_ = http.bind_to_any_port(host.c_str());
+  } else if (http.bind_to_port(host.c_str(), options.port)) {
+    server->port_ = options.port;
+  }
+  if (server->port_ <= 0) {
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.host, ":", options.port,
+                                               " (address in use or not local?)"));
+  }
+  server->thread_ = std::thread([&http] { http.listen_after_bind(); });
+  // stop() is a no-op until the accept loop runs: wait for it, so that a
+  // server destroyed right away cannot leave the loop (and the join) hanging.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!http.is_running() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  return server;
 }
 
 MetricsHttpServer::~MetricsHttpServer() {
-  stop_.store(true);
-  thread_.join();
-  ::close(listen_fd_);
-}
-
-void MetricsHttpServer::Serve() {
-  while (!stop_.load()) {
-    pollfd p = {listen_fd_, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    HandleConnection(fd);
-    ::close(fd);
-  }
-}
-
-void MetricsHttpServer::HandleConnection(int fd) {
-  std::string request;
-  char buffer[4096];
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 65536) {
-    pollfd p = {fd, POLLIN, 0};
-    if (::poll(&p, 1, 2000) <= 0) return;  // slow or silent client
-    ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
-    if (n <= 0) return;
-    request.append(buffer, static_cast<size_t>(n));
-  }
-  std::string status = "200 OK", type = "text/plain; version=0.0.4; charset=utf-8", body;
-  if (absl::StartsWith(request, "GET /metrics ") || absl::StartsWith(request, "GET /metrics?")) {
-    body = prometheus::TextSerializer().Serialize(registry_->Collect());
-  } else if (absl::StartsWith(request, "GET ")) {
-    status = "404 Not Found";
-    type = "text/plain";
-    body = "not found; try /metrics\n";
-  } else {
-    status = "405 Method Not Allowed";
-    type = "text/plain";
-    body = "GET only\n";
-  }
-  WriteAll(fd, absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", type,
-                            "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n", body));
+  if (http_ != nullptr) http_->stop();
+  if (thread_.joinable()) thread_.join();
 }
 
 }  // namespace quantd

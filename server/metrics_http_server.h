@@ -1,42 +1,53 @@
 #ifndef QUANTD_SERVER_METRICS_HTTP_SERVER_H_
 #define QUANTD_SERVER_METRICS_HTTP_SERVER_H_
 
-// A minimal HTTP/1.1 server for GET /metrics (Prometheus text format), on
-// one thread. It replaces prometheus::Exposer: civetweb (behind Exposer)
-// starts its threads with a fixed 100 KiB stack, and once LibTorch and
-// OpenBLAS are linked into the process their static TLS alone exceeds that,
-// so pthread_create fails with EINVAL ("Cannot create threads").
+// The HTTP edge: GET /metrics (Prometheus text format) on cpp-httplib, over
+// HTTPS when given a certificate, optionally behind a bearer token. Not
+// prometheus::Exposer: civetweb (behind it) starts its threads with a fixed
+// 100 KiB stack, and with LibTorch and OpenBLAS linked in their static TLS
+// alone exceeds that, so pthread_create fails ("Cannot create threads").
 
 #include <prometheus/registry.h>
 
-#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "server/auth.h"
+
+namespace httplib {
+class Server;
+}
 
 namespace quantd {
 
 class MetricsHttpServer {
  public:
-  // Binds `host`:`port` (0 = any free port) and starts serving `registry`.
-  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
-      const std::string& host, int port, std::shared_ptr<prometheus::Registry> registry);
-  ~MetricsHttpServer();  // stops within ~100 ms
+  struct Options {
+    std::string host;
+    int port = 0;  // 0 = any free port
+    // Both set: HTTPS with this PEM certificate chain and key.
+    std::string tls_cert_file;
+    std::string tls_key_file;
+    // Set: /metrics needs a token with the read role.
+    Authenticator* auth = nullptr;
+  };
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const Options& options,
+                                                                  std::shared_ptr<prometheus::Registry> registry);
+  ~MetricsHttpServer();
 
   int port() const { return port_; }
+  bool tls() const { return tls_; }
 
  private:
-  MetricsHttpServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry);
-  void Serve();
-  void HandleConnection(int fd);
+  MetricsHttpServer() = default;
 
-  const int listen_fd_;
-  const int port_;
+  std::unique_ptr<httplib::Server> http_;
   std::shared_ptr<prometheus::Registry> registry_;
-  std::atomic<bool> stop_{false};
   std::thread thread_;
+  int port_ = 0;
+  bool tls_ = false;
 };
 
 }  // namespace quantd

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "server/audit_log.h"
 #include "server/status_conversion.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
@@ -36,6 +37,14 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// Mutating calls: answered and written to the audit log.
+grpc::ServerUnaryReactor* FinishAudited(grpc::CallbackServerContext* context, const Principal& caller,
+                                        absl::string_view method, absl::string_view target,
+                                        const absl::Status& status) {
+  AuditLine(caller.name, context->peer(), method, target, status);
+  return FinishUnary(context, status);
+}
+
 absl::Status RequireId(const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("id: required");
   return absl::OkStatus();
@@ -45,6 +54,14 @@ int PageSize(uint32_t requested) {
   if (requested == 0) return kDefaultPageSize;
   return static_cast<int>(std::min(requested, kMaxPageSize));
 }
+
+// A client-streaming reactor that ends the call at once with `status`.
+template <typename Request>
+class RejectedReadReactor final : public grpc::ServerReadReactor<Request> {
+ public:
+  explicit RejectedReadReactor(const absl::Status& status) { this->Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
 
 // A server-streaming reactor that ends the call at once with `status`.
 template <typename Response>
@@ -61,8 +78,9 @@ class RejectedWriteReactor final : public grpc::ServerWriteReactor<Response> {
 template <typename Request>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
-  UploadReactor(grpc::CallbackServerContext* context, const worker::BlobStore* blobs, v1::BlobInfo* response)
-      : context_(context), blobs_(blobs), response_(response) {
+  UploadReactor(grpc::CallbackServerContext* context, const worker::BlobStore* blobs, v1::BlobInfo* response,
+                Principal caller, absl::string_view method)
+      : context_(context), blobs_(blobs), response_(response), caller_(std::move(caller)), method_(method) {
     this->StartRead(&request_);
   }
 
@@ -79,6 +97,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       response_->set_size_bytes(static_cast<uint64_t>(info->size_bytes));
       response_->set_already_existed(info->already_existed);
       upload_.reset();
+      AuditLine(caller_.name, context_->peer(), method_, info->sha256, absl::OkStatus());
       this->Finish(grpc::Status::OK);
       return;
     }
@@ -101,12 +120,15 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
  private:
   void Fail(const absl::Status& status) {
     upload_.reset();  // discards the temporary file
+    AuditLine(caller_.name, context_->peer(), method_, "", status);
     this->Finish(ToGrpcStatus(status));
   }
 
   grpc::CallbackServerContext* const context_;
   const worker::BlobStore* blobs_;
   v1::BlobInfo* response_;
+  const Principal caller_;
+  const std::string method_;
   Request request_;
   std::unique_ptr<worker::BlobUpload> upload_;
 };
@@ -266,19 +288,36 @@ absl::StatusOr<worker::Job> ArtifactJob(worker::JobStore& store, const std::stri
 
 }  // namespace
 
+absl::StatusOr<Principal> QuantizationServiceImpl::Admit(grpc::CallbackServerContext* context, Role required,
+                                                         absl::string_view method) const {
+  absl::string_view authorization;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization = absl::string_view(it->second.data(), it->second.size());
+  }
+  absl::StatusOr<Principal> caller = deps_.auth->Authorize(authorization, required, method);
+  if (!caller.ok()) AuditLine("", context->peer(), method, "", caller.status());
+  return caller;
+}
+
 grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
     grpc::CallbackServerContext* context, const v1::QuantizeJobRequest* request,
     v1::Job* response) {
+  absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "QuantizeJob");
+  if (!caller.ok()) return FinishUnary(context, caller.status());
   absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
-  if (!job.ok()) return FinishUnary(context, job.status());
+  if (!job.ok()) return FinishAudited(context, *caller, "QuantizeJob", "", job.status());
   absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
-  if (!submitted.ok()) return FinishUnary(context, submitted.status());
+  if (!submitted.ok()) return FinishAudited(context, *caller, "QuantizeJob", "", submitted.status());
   ToProto(*submitted, response);
-  return FinishUnary(context, absl::OkStatus());
+  return FinishAudited(context, *caller, "QuantizeJob", submitted->id, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetJob(
     grpc::CallbackServerContext* context, const v1::GetJobRequest* request, v1::Job* response) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "GetJob"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
   if (absl::Status status = RequireId(request->id()); !status.ok()) return FinishUnary(context, status);
   absl::StatusOr<worker::Job> job = deps_.pool->store().Get(request->id());
   if (!job.ok()) return FinishUnary(context, job.status());
@@ -289,6 +328,9 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::GetJob(
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListJobs(
     grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
     v1::ListJobsResponse* response) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "ListJobs"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
   std::vector<worker::JobState> states;
   for (int state : request->states()) {
     absl::StatusOr<worker::JobState> s = FromProto(static_cast<v1::JobState>(state));
@@ -304,39 +346,56 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListJobs(
 }
 
 grpc::ServerWriteReactor<v1::JobEvent>* QuantizationServiceImpl::WatchJob(
-    grpc::CallbackServerContext*, const v1::WatchJobRequest* request) {
+    grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "WatchJob"); !caller.ok()) {
+    return new RejectedWriteReactor<v1::JobEvent>(caller.status());
+  }
   return new WatchReactor(deps_.pool, *request);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
     grpc::CallbackServerContext* context, const v1::CancelJobRequest* request, v1::Job* response) {
-  if (absl::Status status = RequireId(request->id()); !status.ok()) return FinishUnary(context, status);
+  absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "CancelJob");
+  if (!caller.ok()) return FinishUnary(context, caller.status());
+  if (absl::Status status = RequireId(request->id()); !status.ok()) {
+    return FinishAudited(context, *caller, "CancelJob", "", status);
+  }
   absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
-  if (!job.ok()) return FinishUnary(context, job.status());
-  ToProto(*job, response);
-  return FinishUnary(context, absl::OkStatus());
+  if (job.ok()) ToProto(*job, response);
+  return FinishAudited(context, *caller, "CancelJob", request->id(), job.status());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
     grpc::CallbackServerContext* context, const v1::DeleteJobRequest* request,
     v1::DeleteJobResponse*) {
-  if (absl::Status status = RequireId(request->id()); !status.ok()) return FinishUnary(context, status);
-  return FinishUnary(context, deps_.pool->Delete(request->id()));
+  absl::StatusOr<Principal> caller = Admit(context, Role::kAdmin, "DeleteJob");
+  if (!caller.ok()) return FinishUnary(context, caller.status());
+  if (absl::Status status = RequireId(request->id()); !status.ok()) {
+    return FinishAudited(context, *caller, "DeleteJob", "", status);
+  }
+  return FinishAudited(context, *caller, "DeleteJob", request->id(), deps_.pool->Delete(request->id()));
 }
 
 grpc::ServerReadReactor<v1::UploadModelRequest>* QuantizationServiceImpl::UploadModel(
     grpc::CallbackServerContext* context, v1::BlobInfo* response) {
-  return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, response);
+  absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadModel");
+  if (!caller.ok()) return new RejectedReadReactor<v1::UploadModelRequest>(caller.status());
+  return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, response, *caller, "UploadModel");
 }
 
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::UploadDataset(
     grpc::CallbackServerContext* context, v1::BlobInfo* response) {
-  return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, response);
+  absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadDataset");
+  if (!caller.ok()) return new RejectedReadReactor<v1::UploadDatasetRequest>(caller.status());
+  return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, response, *caller, "UploadDataset");
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(
     grpc::CallbackServerContext* context, const v1::GetArtifactRequest* request,
     v1::Artifact* response) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "GetArtifact"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
   absl::StatusOr<worker::Job> job = ArtifactJob(deps_.pool->store(), request->id());
   if (!job.ok()) return FinishUnary(context, job.status());
   ArtifactToProto(*job, response);
@@ -346,6 +405,9 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListArtifacts(
     grpc::CallbackServerContext* context, const v1::ListArtifactsRequest* request,
     v1::ListArtifactsResponse* response) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "ListArtifacts"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
   absl::StatusOr<worker::JobPage> page = deps_.pool->store().ListArtifactJobs(
       request->job_id(), PageSize(request->page_size()), request->page_token());
   if (!page.ok()) return FinishUnary(context, page.status());
@@ -355,8 +417,11 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListArtifacts(
 }
 
 grpc::ServerWriteReactor<v1::DownloadArtifactResponse>*
-QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext*,
+QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext* context,
                                           const v1::DownloadArtifactRequest* request) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "DownloadArtifact"); !caller.ok()) {
+    return new RejectedWriteReactor<v1::DownloadArtifactResponse>(caller.status());
+  }
   absl::StatusOr<worker::Job> job = ArtifactJob(deps_.pool->store(), request->id());
   if (!job.ok()) return new RejectedWriteReactor<v1::DownloadArtifactResponse>(job.status());
   v1::Artifact artifact;
@@ -373,17 +438,26 @@ QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext*,
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Infer(
     grpc::CallbackServerContext* context, const v1::InferRequest*, v1::InferResponse*) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "Infer"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
   return FinishUnary(context, NotYet("Infer", kServing));
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(
     grpc::CallbackServerContext* context, const v1::EvaluateRequest*, v1::EvaluateResponse*) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "Evaluate"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
   return FinishUnary(context, NotYet("Evaluate", kServing));
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,
                                                                  const v1::GetServerInfoRequest*,
                                                                  v1::ServerInfo* response) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "GetServerInfo"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
   *response = deps_.server_info;
   return FinishUnary(context, absl::OkStatus());
 }

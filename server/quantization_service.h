@@ -10,6 +10,7 @@
 #include <string>
 
 #include "quantd/v1/quantd.grpc.pb.h"
+#include "server/auth.h"
 #include "server/job_conversion.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_store.h"
@@ -27,6 +28,8 @@ class QuantizationServiceImpl final
     worker::ArtifactStore* artifacts = nullptr;
     // What GetServerInfo answers (fixed for the server's lifetime).
     v1::ServerInfo server_info;
+    // Who may call what; never null (Authenticator::Disabled() admits all).
+    Authenticator* auth = nullptr;
   };
   explicit QuantizationServiceImpl(const Deps& deps)
       : deps_(deps), resolver_(deps.data_dir, deps.blobs) {}
@@ -74,6 +77,11 @@ class QuantizationServiceImpl final
                                           v1::ServerInfo* response) override;
 
  private:
+  // The caller, if its token allows `required`; else the status to answer
+  // (the refusal is audited).
+  absl::StatusOr<Principal> Admit(grpc::CallbackServerContext* context, Role required,
+                                  absl::string_view method) const;
+
   const Deps deps_;
   const ReferenceResolver resolver_;
 };

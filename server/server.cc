@@ -8,6 +8,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -104,7 +105,41 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (options.data_dir.empty()) {
     return absl::InvalidArgumentError("data dir must not be empty");
   }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key (mTLS is TLS first)");
+  }
+  if (options.metrics_require_token && options.token_file.empty()) {
+    return absl::InvalidArgumentError("--metrics_require_token needs --token_file");
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not PEM"));
+  }
+  return text.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> GrpcCredentials(const QuantdServer::Options& options) {
+  if (options.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  QUANTD_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(options.tls_cert_file, "--tls_cert"));
+  QUANTD_ASSIGN_OR_RETURN(pair.private_key, ReadPem(options.tls_key_file, "--tls_key"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!options.tls_client_ca_file.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.tls_client_ca_file, "--tls_client_ca"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
 }
 
 absl::Status EnsureDataDir(const std::string& data_dir) {
@@ -145,14 +180,27 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     const Options& options) {
   QUANTD_RETURN_IF_ERROR(ValidateOptions(options));
   QUANTD_RETURN_IF_ERROR(EnsureDataDir(options.data_dir));
+  QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, GrpcCredentials(options));
   std::unique_ptr<QuantdServer> server(new QuantdServer(options));
+  if (options.token_file.empty()) {
+    server->auth_ = Authenticator::Disabled();
+  } else {
+    absl::StatusOr<std::unique_ptr<Authenticator>> auth =
+        Authenticator::FromFile(options.token_file, worker::Clock::Real());
+    if (!auth.ok()) return absl::InvalidArgumentError(absl::StrCat("--token_file: ", auth.status().message()));
+    server->auth_ = std::move(*auth);
+  }
   QUANTD_ASSIGN_OR_RETURN(server->data_dir_lock_, worker::DataDirLock::Acquire(options.data_dir));
   QUANTD_RETURN_IF_ERROR(server->OpenStores());
 
   if (options.metrics_port >= 0) {
-    QUANTD_ASSIGN_OR_RETURN(server->metrics_http_,
-                            MetricsHttpServer::Start(options.bind_address, options.metrics_port,
-                                                     server->metrics_.registry()));
+    MetricsHttpServer::Options http;
+    http.host = options.bind_address;
+    http.port = options.metrics_port;
+    http.tls_cert_file = options.tls_cert_file;
+    http.tls_key_file = options.tls_key_file;
+    if (options.metrics_require_token) http.auth = server->auth_.get();
+    QUANTD_ASSIGN_OR_RETURN(server->metrics_http_, MetricsHttpServer::Start(http, server->metrics_.registry()));
     server->metrics_port_ = server->metrics_http_->port();
   }
 
@@ -162,8 +210,7 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
   // port would then start "fine" and steal half the connections.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   std::string grpc_address = HostPort(options.bind_address, options.grpc_port);
-  builder.AddListeningPort(grpc_address, grpc::InsecureServerCredentials(),
-                           &server->grpc_port_);
+  builder.AddListeningPort(grpc_address, credentials, &server->grpc_port_);
   builder.RegisterService(server->quantization_service_.get());
   // Upload chunks may be 4 MiB plus framing.
   builder.SetMaxReceiveMessageSize(8 << 20);
@@ -213,6 +260,7 @@ absl::Status QuantdServer::OpenStores() {
   ToProto(engine::CpuInt8Info(), deps.server_info.mutable_cpu());
   deps.server_info.set_intra_op_threads(engine::IntraOpThreads());
   deps.server_info.set_workers(options_.workers);
+  deps.auth = auth_.get();
   quantization_service_ = std::make_unique<QuantizationServiceImpl>(deps);
   return absl::OkStatus();
 }

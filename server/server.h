@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/auth.h"
 #include "server/health_service.h"
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
@@ -49,6 +50,16 @@ class QuantdServer {
     int64_t max_upload_bytes = int64_t{512} << 20;
     // Longest a job may run once started; 0 = no limit.
     double job_deadline_seconds = 3600;
+    // TLS on gRPC and HTTP: PEM certificate chain and private key (both or
+    // neither). With a client CA as well, gRPC requires client certificates
+    // signed by it (mTLS).
+    std::string tls_cert_file;
+    std::string tls_key_file;
+    std::string tls_client_ca_file;
+    // Bearer tokens with roles (see server/auth.h); empty = no authentication.
+    std::string token_file;
+    // With a token file: /metrics needs a read token too (else it is open).
+    bool metrics_require_token = false;
   };
 
   // Validates `options`, binds both ports and starts serving.
@@ -80,6 +91,7 @@ class QuantdServer {
 
   const Options options_;
   std::unique_ptr<worker::DataDirLock> data_dir_lock_;  // first in, last out
+  std::unique_ptr<Authenticator> auth_;
   ServerMetrics metrics_;
   HealthService health_;
   std::unique_ptr<worker::JobStore> job_store_;

@@ -1,0 +1,133 @@
+#include "server/auth.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace quantd {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr char kReadToken[] = "read-token-0123456789";
+constexpr char kSubmitToken[] = "submit-token-0123456789";
+constexpr char kAdminToken[] = "admin-token-0123456789";
+
+std::string TokenFilePath() {
+  return (std::filesystem::temp_directory_path() /
+          ("quantd_auth_test_" + std::to_string(::getpid()) + "_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+      .string();
+}
+
+void Write(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::trunc) << text;
+}
+
+std::string Tokens() {
+  return absl::StrCat("# name role token\n", "reader read ", kReadToken, "\n", "ci submit ", kSubmitToken,
+                      "  # the CI pipeline\n", "\n", "ops admin ", kAdminToken, "\n");
+}
+
+TEST(TokenFileTest, ParsesRolesAndKeepsOnlyDigests) {
+  auto entries = ParseTokenFile(Tokens());
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->size(), 3u);
+  EXPECT_EQ((*entries)[1].name, "ci");
+  EXPECT_EQ((*entries)[1].role, Role::kSubmit);
+  EXPECT_EQ((*entries)[1].token_sha256.size(), 64u);
+  EXPECT_EQ((*entries)[1].token_sha256.find("submit-token"), std::string::npos);
+}
+
+TEST(TokenFileTest, ErrorsNameTheLineAndNeverTheToken) {
+  const std::string secret = "a-secret-that-must-not-leak";
+  auto bad_role = ParseTokenFile("x read 0123456789abcdef\ny owner " + secret + "\n");
+  EXPECT_EQ(bad_role.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad_role.status().message(), HasSubstr("line 2"));
+  EXPECT_THAT(bad_role.status().message(), HasSubstr("owner"));
+  EXPECT_THAT(bad_role.status().message(), Not(HasSubstr(secret)));
+  auto fields = ParseTokenFile("x read\n");
+  EXPECT_THAT(fields.status().message(), HasSubstr("line 1"));
+  auto short_token = ParseTokenFile("x read short\n");
+  EXPECT_THAT(short_token.status().message(), HasSubstr("shorter than 16"));
+  EXPECT_THAT(short_token.status().message(), Not(HasSubstr("short\n")));
+}
+
+TEST(AuthenticatorTest, RolesIncludeTheOnesBelow) {
+  const std::string path = TokenFilePath();
+  Write(path, Tokens());
+  worker::FakeClock clock;
+  auto auth = Authenticator::FromFile(path, &clock);
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  auto reader = (*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ(reader->name, "reader");
+  auto denied = (*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kSubmit, "QuantizeJob");
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(denied.status().message(), HasSubstr("QuantizeJob needs the submit role; 'reader' has read"));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("bearer ", kSubmitToken), Role::kSubmit, "QuantizeJob").ok());
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", kSubmitToken), Role::kAdmin, "DeleteJob").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", kAdminToken), Role::kAdmin, "DeleteJob")->name, "ops");
+
+  for (const std::string& bad : {std::string(), std::string("Bearer"), std::string("Basic dXNlcjpwYXNz"),
+                                 std::string("Bearer not-a-known-token-at-all"), std::string(kReadToken)}) {
+    auto refused = (*auth)->Authorize(bad, Role::kRead, "GetJob");
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnauthenticated) << bad;
+    EXPECT_THAT(refused.status().message(), HasSubstr("GetJob")) << bad;
+    EXPECT_THAT(refused.status().message(), Not(HasSubstr("not-a-known-token"))) << bad;
+  }
+  std::filesystem::remove(path);
+}
+
+TEST(AuthenticatorTest, ReloadsAChangedFileKeepsTokensWhenTheNewFileIsBad) {
+  const std::string path = TokenFilePath();
+  Write(path, Tokens());
+  worker::FakeClock clock;
+  auto auth = Authenticator::FromFile(path, &clock);
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  const std::string new_token = "a-brand-new-token-42";
+  // Revoke "reader", add "late" (a different size, so the change shows even
+  // within the file system's timestamp granularity).
+  Write(path, absl::StrCat("late read ", new_token, "\nops admin ", kAdminToken, "\n"));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob").ok())
+      << "checked at most once per second";
+  clock.Advance(absl::Seconds(2));
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", new_token), Role::kRead, "GetJob")->name, "late");
+
+  Write(path, "broken line\n");
+  clock.Advance(absl::Seconds(2));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", new_token), Role::kRead, "GetJob").ok())
+      << "a bad file keeps the loaded tokens";
+  std::filesystem::remove(path);
+}
+
+TEST(AuthenticatorTest, DisabledAdmitsEveryoneAsAnonymousAdmin) {
+  auto auth = Authenticator::Disabled();
+  EXPECT_FALSE(auth->enabled());
+  auto caller = auth->Authorize("", Role::kAdmin, "DeleteJob");
+  ASSERT_TRUE(caller.ok());
+  EXPECT_EQ(caller->name, "anonymous");
+}
+
+TEST(AuthenticatorTest, AMissingOrEmptyFileFailsAtStart) {
+  worker::FakeClock clock;
+  EXPECT_EQ(Authenticator::FromFile("/nonexistent/tokens", &clock).status().code(), absl::StatusCode::kNotFound);
+  const std::string path = TokenFilePath();
+  Write(path, "# nobody\n");
+  EXPECT_THAT(Authenticator::FromFile(path, &clock).status().message(), HasSubstr("no tokens"));
+  std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace quantd

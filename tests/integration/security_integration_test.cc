@@ -1,0 +1,229 @@
+// Issue #10, security: the real quantd with TLS (mTLS), bearer tokens with
+// roles from a reloadable file, and an audit log; driven by the real quantctl
+// and curl, with certificates made by openssl at test time.
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "tests/integration/test_util/subprocess.h"
+
+namespace quantd {
+namespace {
+
+namespace fs = std::filesystem;
+using ::quantd::test_util::MakeTempDir;
+using ::quantd::test_util::ReadFileOrEmpty;
+using ::quantd::test_util::RunCommand;
+using ::quantd::test_util::RunResult;
+using ::quantd::test_util::Subprocess;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr char kReadToken[] = "reader-token-5f2b8c1e9d";
+constexpr char kSubmitToken[] = "submitter-token-7a3e0f44";
+constexpr char kAdminToken[] = "admin-token-c09d2b7716e";
+
+// openssl, failing the test with its stderr.
+void OpenSsl(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"/usr/bin/openssl"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = RunCommand(argv, absl::Seconds(60));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->exit_code, 0) << r->err;
+}
+
+// A CA and a certificate it signs (for 127.0.0.1 and localhost).
+void MakeCa(const std::string& dir, const std::string& name) {
+  OpenSsl({"req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=" + name,
+           "-keyout", dir + "/" + name + ".key", "-out", dir + "/" + name + ".pem"});
+}
+void MakeCert(const std::string& dir, const std::string& ca, const std::string& name) {
+  OpenSsl({"req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout", dir + "/" + name + ".key",
+           "-out", dir + "/" + name + ".csr"});
+  std::ofstream(dir + "/" + name + ".ext") << "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
+  OpenSsl({"x509", "-req", "-in", dir + "/" + name + ".csr", "-CA", dir + "/" + ca + ".pem", "-CAkey",
+           dir + "/" + ca + ".key", "-CAcreateserial", "-days", "2", "-extfile", dir + "/" + name + ".ext", "-out",
+           dir + "/" + name + ".pem"});
+}
+
+class SecureQuantd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTempDir("quantd_secure");
+    ASSERT_NO_FATAL_FAILURE(MakeCa(dir_, "ca"));
+    ASSERT_NO_FATAL_FAILURE(MakeCa(dir_, "rogue_ca"));
+    ASSERT_NO_FATAL_FAILURE(MakeCert(dir_, "ca", "server"));
+    ASSERT_NO_FATAL_FAILURE(MakeCert(dir_, "ca", "client"));
+    ASSERT_NO_FATAL_FAILURE(MakeCert(dir_, "rogue_ca", "rogue"));
+    std::ofstream(dir_ + "/tokens") << "# name role token\n"
+                                    << "reader read " << kReadToken << "\n"
+                                    << "ci submit " << kSubmitToken << "\n"
+                                    << "ops admin " << kAdminToken << "\n";
+    std::vector<std::string> argv = {QUANTD_BIN,
+                                     "--bind_address=127.0.0.1",
+                                     "--grpc_port=0",
+                                     "--metrics_port=0",
+                                     "--data_dir=" + dir_ + "/data",
+                                     "--port_file=" + dir_ + "/ports.json",
+                                     "--shutdown_grace_seconds=2",
+                                     "--tls_cert=" + dir_ + "/server.pem",
+                                     "--tls_key=" + dir_ + "/server.key",
+                                     "--tls_client_ca=" + dir_ + "/ca.pem",
+                                     "--token_file=" + dir_ + "/tokens",
+                                     "--metrics_require_token"};
+    Subprocess::Options options;
+    options.stderr_path = dir_ + "/quantd.log";
+    auto child = Subprocess::Start(argv, options);
+    ASSERT_TRUE(child.ok()) << child.status();
+    child_ = std::move(*child);
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline && !fs::exists(dir_ + "/ports.json")) {
+      ASSERT_FALSE(child_->Poll().has_value()) << log();
+      child_->WaitFor(absl::Milliseconds(20));
+    }
+    ASSERT_TRUE(fs::exists(dir_ + "/ports.json")) << log();
+    auto ports = nlohmann::json::parse(ReadFileOrEmpty(dir_ + "/ports.json"));
+    grpc_port_ = ports["grpc_port"].get<int>();
+    metrics_port_ = ports["metrics_port"].get<int>();
+  }
+  void TearDown() override {
+    child_.reset();
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+
+  // quantctl over mTLS with `token` (empty = none), plus `extra` flags.
+  RunResult Ctl(const std::string& token, std::vector<std::string> args, std::vector<std::string> tls = {}) {
+    std::vector<std::string> argv = {QUANTCTL_BIN, absl::StrCat("--server=127.0.0.1:", grpc_port_), "--timeout=10"};
+    if (tls.empty()) {
+      tls = {"--tls_ca=" + dir_ + "/ca.pem", "--tls_cert=" + dir_ + "/client.pem", "--tls_key=" + dir_ + "/client.key"};
+    }
+    argv.insert(argv.end(), tls.begin(), tls.end());
+    if (!token.empty()) argv.push_back("--token=" + token);
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = RunCommand(argv, absl::Seconds(60));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : RunResult{};
+  }
+
+  // curl's HTTP status for GET /metrics over HTTPS.
+  std::string MetricsStatus(const std::string& token) {
+    std::vector<std::string> argv = {"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                     "--cacert", dir_ + "/ca.pem",
+                                     absl::StrCat("https://127.0.0.1:", metrics_port_, "/metrics")};
+    if (!token.empty()) {
+      argv.push_back("-H");
+      argv.push_back(absl::StrCat("Authorization: Bearer ", token));
+    }
+    auto r = RunCommand(argv, absl::Seconds(30));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->out : "";
+  }
+
+  std::string log() const { return ReadFileOrEmpty(dir_ + "/quantd.log"); }
+
+  std::string dir_;
+  std::unique_ptr<Subprocess> child_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+};
+
+TEST_F(SecureQuantd, TokensAndRolesDecideWhoMayDoWhat) {
+  // read: may look, may not submit or delete.
+  RunResult jobs = Ctl(kReadToken, {"jobs"});
+  EXPECT_EQ(jobs.exit_code, 0) << jobs.err;
+  RunResult upload_as_reader = Ctl(kReadToken, {"upload", dir_ + "/tokens"});
+  EXPECT_EQ(upload_as_reader.exit_code, 1);
+  EXPECT_THAT(upload_as_reader.err, HasSubstr("code 7"));  // PERMISSION_DENIED
+  EXPECT_THAT(upload_as_reader.err, HasSubstr("UploadModel needs the submit role"));
+
+  // submit: may upload and submit, may not delete.
+  std::ofstream(dir_ + "/model.bin") << "not a model, but bytes";
+  RunResult upload = Ctl(kSubmitToken, {"upload", dir_ + "/model.bin"});
+  EXPECT_EQ(upload.exit_code, 0) << upload.err;
+  RunResult delete_as_ci = Ctl(kSubmitToken, {"delete", "job-x"});
+  EXPECT_THAT(delete_as_ci.err, HasSubstr("code 7"));
+  // admin: admitted (the job does not exist: NOT_FOUND, past the gate).
+  EXPECT_THAT(Ctl(kAdminToken, {"delete", "job-x"}).err, HasSubstr("code 5"));
+
+  // No token, an unknown one, $QUANTD_TOKEN: UNAUTHENTICATED.
+  RunResult anonymous = Ctl("", {"jobs"});
+  EXPECT_EQ(anonymous.exit_code, 1);
+  EXPECT_THAT(anonymous.err, HasSubstr("code 16"));
+  EXPECT_THAT(anonymous.err, HasSubstr("no bearer token"));
+  EXPECT_THAT(Ctl("a-token-nobody-issued-ever", {"jobs"}).err, HasSubstr("code 16"));
+  {
+    auto r = RunCommand({"/usr/bin/env", absl::StrCat("QUANTD_TOKEN=", kReadToken), QUANTCTL_BIN,
+                         absl::StrCat("--server=127.0.0.1:", grpc_port_), "--tls_ca=" + dir_ + "/ca.pem",
+                         "--tls_cert=" + dir_ + "/client.pem", "--tls_key=" + dir_ + "/client.key", "jobs"},
+                        absl::Seconds(30));
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->exit_code, 0) << r->err;
+  }
+
+  // Health stays open for probes (the caller still needs a trusted cert).
+  RunResult health = Ctl("", {"health"});
+  EXPECT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_EQ(health.out, "SERVING\n");  // without a token, no server details
+  EXPECT_THAT(Ctl(kReadToken, {"health"}).out, HasSubstr("cpu:"));
+
+  // The audit log: who did what, with which result; refusals too; no token.
+  const std::string text = log();
+  EXPECT_THAT(text, HasSubstr("audit: who=ci"));
+  EXPECT_THAT(text, HasSubstr("method=UploadModel target=" + upload.out.substr(0, 64) + " result=OK"));
+  EXPECT_THAT(text, HasSubstr("who=ops peer="));
+  EXPECT_THAT(text, HasSubstr("method=DeleteJob target=job-x result=NOT_FOUND"));
+  EXPECT_THAT(text, HasSubstr("method=ListJobs target=- result=UNAUTHENTICATED"));
+  for (const char* token : {kReadToken, kSubmitToken, kAdminToken}) EXPECT_THAT(text, Not(HasSubstr(token)));
+}
+
+TEST_F(SecureQuantd, UntrustedOrMissingClientCertificatesAndPlaintextAreRefused) {
+  RunResult rogue = Ctl(kAdminToken, {"jobs"},
+                        {"--tls_ca=" + dir_ + "/ca.pem", "--tls_cert=" + dir_ + "/rogue.pem",
+                         "--tls_key=" + dir_ + "/rogue.key"});
+  EXPECT_EQ(rogue.exit_code, 1);
+  EXPECT_THAT(rogue.err, HasSubstr("code 14"));  // the handshake fails: UNAVAILABLE
+  RunResult no_cert = Ctl(kAdminToken, {"jobs"}, {"--tls_ca=" + dir_ + "/ca.pem"});
+  EXPECT_THAT(no_cert.err, HasSubstr("code 14"));
+  RunResult plaintext = Ctl(kAdminToken, {"jobs"}, {"--timeout=3"});
+  EXPECT_THAT(plaintext.err, HasSubstr("code 14"));
+  // A client that does not trust the server's CA refuses it too.
+  RunResult wrong_ca = Ctl(kAdminToken, {"jobs"},
+                           {"--tls_ca=" + dir_ + "/rogue_ca.pem", "--tls_cert=" + dir_ + "/client.pem",
+                            "--tls_key=" + dir_ + "/client.key"});
+  EXPECT_THAT(wrong_ca.err, HasSubstr("code 14"));
+  EXPECT_EQ(Ctl(kReadToken, {"jobs"}).exit_code, 0);  // and the right one still works
+}
+
+TEST_F(SecureQuantd, MetricsOverHttpsNeedAReadToken) {
+  EXPECT_EQ(MetricsStatus(""), "401");
+  EXPECT_EQ(MetricsStatus("a-token-nobody-issued-ever"), "401");
+  EXPECT_EQ(MetricsStatus(kReadToken), "200");
+}
+
+TEST_F(SecureQuantd, TheTokenFileIsReloadedWithoutARestart) {
+  const std::string late = "late-token-91c4e0b2aa";
+  EXPECT_THAT(Ctl(late, {"jobs"}).err, HasSubstr("code 16"));
+  std::ofstream(dir_ + "/tokens", std::ios::trunc) << "ops admin " << kAdminToken << "\nlate read " << late << "\n";
+  // The server looks at the file at most once a second: poll until it has.
+  RunResult r;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  do {
+    r = Ctl(late, {"jobs"});
+  } while (r.exit_code != 0 && absl::Now() < deadline);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(Ctl(kReadToken, {"jobs"}).err, HasSubstr("code 16"));  // revoked
+  EXPECT_THAT(log(), HasSubstr("reloaded 2 tokens"));
+}
+
+}  // namespace
+}  // namespace quantd
