@@ -12,6 +12,8 @@ DEB_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libsqlite3-dev sqlite3 nlohmann-json3-dev
+  libcpp-httplib-dev libssl-dev openssl
+  clang libclang-rt-dev
   libopenblas0-pthread
   prometheus
 )

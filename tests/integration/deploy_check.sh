@@ -22,7 +22,9 @@ fi
 rendered="$(kubectl kustomize "$deploy")"
 for expected in "kind: Deployment" "kind: Service" "kind: ServiceMonitor" "kind: ConfigMap" \
     "runAsNonRoot: true" "readOnlyRootFilesystem: true" "startupProbe:" "readinessProbe:" \
-    "livenessProbe:" "service: quantd.v1.QuantizationService" "name: metrics"; do
+    "livenessProbe:" "--service=quantd.v1.QuantizationService" "name: metrics" \
+    "secretName: quantd-tls" "secretName: quantd-tokens" "--tls_cert=/etc/quantd/tls/tls.crt" \
+    "--token_file=/etc/quantd/tokens/tokens" "scheme: https" "bearerTokenSecret:"; do
   grep -qF -- "$expected" <<<"$rendered" || fail "rendered manifests lack '$expected'"
 done
 echo "deploy_check: OK"
