@@ -85,6 +85,8 @@ const std::vector<Command>& Commands() {
   static const std::vector<Command>* commands = new std::vector<Command>{
       {"artifacts", "[ARTIFACT_ID] [--job=JOB_ID]",
        "list int8 artifacts, newest first, or show one", &RunArtifacts},
+      {"blobs", "[BLOB_ID] | delete BLOB_ID",
+       "list uploaded blobs (with the jobs using them), show one, or delete one", &RunBlobs},
       {"cancel", "JOB_ID [--reason=TEXT]",
        "cancel a queued job at once, a running one at its next batch", &RunCancel},
       {"delete", "JOB_ID", "delete a finished job (and its artifact if unused)", &RunDelete},

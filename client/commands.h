@@ -61,6 +61,7 @@ std::string Usage();
 // Commands (one file each).
 int RunHealth(const CommandContext& context, const std::vector<std::string>& args);
 int RunArtifacts(const CommandContext& context, const std::vector<std::string>& args);
+int RunBlobs(const CommandContext& context, const std::vector<std::string>& args);
 int RunCancel(const CommandContext& context, const std::vector<std::string>& args);
 int RunDelete(const CommandContext& context, const std::vector<std::string>& args);
 int RunDownload(const CommandContext& context, const std::vector<std::string>& args);

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
@@ -60,7 +61,7 @@ absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref,
   }
   switch (ref.source_case()) {
     case v1::DatasetRef::kBlobId: {
-      QUANTD_ASSIGN_OR_RETURN(spec.path, blobs->PathOf(ref.blob_id(), field + ".blob_id"));
+      QUANTD_ASSIGN_OR_RETURN(spec.path, resolver.ResolveBlob(ref.blob_id(), field + ".blob_id"));
       break;
     }
     case v1::DatasetRef::kPath: {
@@ -71,7 +72,7 @@ absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref,
       return absl::InvalidArgumentError(absl::StrCat(field, ": required (blob_id or path)"));
   }
   if (ref.labels_case() == v1::DatasetRef::kLabelsBlobId) {
-    QUANTD_ASSIGN_OR_RETURN(spec.labels_path, blobs->PathOf(ref.labels_blob_id(), field + ".labels_blob_id"));
+    QUANTD_ASSIGN_OR_RETURN(spec.labels_path, resolver.ResolveBlob(ref.labels_blob_id(), field + ".labels_blob_id"));
   } else if (ref.labels_case() == v1::DatasetRef::kLabelsPath) {
     QUANTD_ASSIGN_OR_RETURN(spec.labels_path, resolver.ResolvePath(ref.labels_path(), field + ".labels_path"));
   }
@@ -218,6 +219,17 @@ void AccuracyToProto(const engine::Accuracy& a, v1::Accuracy* out) {
 
 }  // namespace
 
+ReferenceResolver::ReferenceResolver(std::string data_dir, const worker::BlobStore* blobs,
+                                     std::vector<std::string> read_roots, worker::Clock* clock)
+    : data_dir_(std::move(data_dir)), blobs_(blobs), clock_(clock) {
+  std::error_code error;
+  roots_.push_back(fs::weakly_canonical(data_dir_, error));
+  for (const std::string& root : read_roots) {
+    fs::path canonical = fs::weakly_canonical(root, error);
+    if (!error) roots_.push_back(canonical);
+  }
+}
+
 absl::StatusOr<std::string> ReferenceResolver::ResolvePath(const std::string& path,
                                                            const std::string& field) const {
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty path"));
@@ -235,13 +247,41 @@ absl::StatusOr<std::string> ReferenceResolver::ResolvePath(const std::string& pa
     return absl::NotFoundError(
         absl::StrCat(field, ": \"", path, "\" does not exist under the data root"));
   }
-  return full.string();
+  // Symlinks are resolved here, once: the file must really lie under the
+  // data dir or a --read_roots folder, and the job keeps the resolved path
+  // (a link changed later cannot redirect it).
+  const fs::path resolved = fs::canonical(full, error);
+  if (error) return absl::NotFoundError(absl::StrCat(field, ": \"", path, "\" cannot be resolved: ", error.message()));
+  for (const fs::path& root : roots_) {
+    auto [root_end, unused] = std::mismatch(root.begin(), root.end(), resolved.begin(), resolved.end());
+    if (root_end == root.end()) return resolved.string();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": \"", path, "\" is a link to ", resolved.string(),
+      ", outside the data root; add its folder to quantd --read_roots to allow it"));
+}
+
+absl::StatusOr<std::string> ReferenceResolver::ResolveBlob(const std::string& blob_id,
+                                                           const std::string& field) const {
+  QUANTD_ASSIGN_OR_RETURN(std::string path, blobs_->PathOf(blob_id, field));
+  // A blob a job was just submitted with is in use: garbage collection
+  // counts its idle time from now.
+  (void)blobs_->Touch(blob_id, clock_->Now());
+  return path;
+}
+
+void ToProto(const worker::StoredBlob& blob, const std::vector<std::string>& active_job_ids, v1::BlobInfo* out) {
+  out->set_blob_id(blob.id);
+  out->set_sha256(blob.id);
+  out->set_size_bytes(static_cast<uint64_t>(blob.size_bytes));
+  *out->mutable_last_used_time() = ToTimestamp(blob.last_used);
+  for (const std::string& id : active_job_ids) out->add_active_job_ids(id);
 }
 
 absl::StatusOr<std::string> ReferenceResolver::ResolveModel(const v1::ModelRef& model,
                                                             const std::string& field) const {
   switch (model.source_case()) {
-    case v1::ModelRef::kBlobId: return blobs_->PathOf(model.blob_id(), field + ".blob_id");
+    case v1::ModelRef::kBlobId: return ResolveBlob(model.blob_id(), field + ".blob_id");
     case v1::ModelRef::kPath: return ResolvePath(model.path(), field + ".path");
     default: return absl::InvalidArgumentError(absl::StrCat(field, ": required (blob_id or path)"));
   }

@@ -5,11 +5,14 @@
 // QuantizeJobRequest that needs no model loading (missing fields, enums,
 // fusion spec shape, blob ids, paths under the data root, dataset sizes).
 
+#include <filesystem>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "quantd/v1/quantd.pb.h"
 #include "worker/blob_store.h"
+#include "worker/clock.h"
 #include "worker/job.h"
 #include "worker/job_events.h"
 
@@ -18,13 +21,18 @@ namespace quantd {
 // Resolves model and dataset references to local files.
 class ReferenceResolver {
  public:
-  ReferenceResolver(std::string data_dir, const worker::BlobStore* blobs)
-      : data_dir_(std::move(data_dir)), blobs_(blobs) {}
+  // Paths are relative to `data_dir`; after symlinks they must lie under it
+  // or under one of `read_roots` (folders of inputs shared read-only).
+  ReferenceResolver(std::string data_dir, const worker::BlobStore* blobs, std::vector<std::string> read_roots = {},
+                    worker::Clock* clock = worker::Clock::Real());
 
   // `field` names the request field in error messages ("model.path", ...).
-  // INVALID_ARGUMENT for an absolute path or one with "..", NOT_FOUND for a
-  // missing file or blob.
+  // INVALID_ARGUMENT for an absolute path, one with "..", or one that links
+  // out of the allowed roots; NOT_FOUND for a missing file or blob. Returns
+  // the resolved path.
   absl::StatusOr<std::string> ResolvePath(const std::string& path, const std::string& field) const;
+  // A blob's path; marks the blob used now (see BlobStore::Touch).
+  absl::StatusOr<std::string> ResolveBlob(const std::string& blob_id, const std::string& field) const;
   absl::StatusOr<std::string> ResolveModel(const v1::ModelRef& model, const std::string& field) const;
 
  private:
@@ -32,6 +40,8 @@ class ReferenceResolver {
                                                     const ReferenceResolver&);
   std::string data_dir_;
   const worker::BlobStore* blobs_;
+  worker::Clock* clock_;
+  std::vector<std::filesystem::path> roots_;  // canonical
 };
 
 // Validates `request` and builds the job to submit (no id yet).
@@ -39,6 +49,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
                                            const ReferenceResolver& resolver);
 
 void ToProto(const worker::Job& job, v1::Job* out);
+void ToProto(const worker::StoredBlob& blob, const std::vector<std::string>& active_job_ids, v1::BlobInfo* out);
 void ToProto(const worker::JobResult& result, v1::JobResult* out);
 void ToProto(const worker::JobEvent& event, v1::JobEvent* out);
 void ToProto(const engine::CpuInt8Report& cpu, v1::CpuInfo* out);

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -44,6 +45,15 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, token_file, "",
           "Bearer tokens, one per line: \"<name> <read|submit|admin> <token>\"; re-read when it "
           "changes. Empty = no authentication.");
+ABSL_FLAG(std::vector<std::string>, read_roots, {},
+          "Comma-separated folders outside --data_dir that request paths may reach through "
+          "symlinks in the data dir (e.g. a read-only dataset volume).");
+ABSL_FLAG(int64_t, max_data_bytes, 0,
+          "Quota for everything under --data_dir (uploads and artifacts beyond it are "
+          "RESOURCE_EXHAUSTED); 0 = no limit.");
+ABSL_FLAG(double, blob_ttl_seconds, 7 * 24 * 3600,
+          "Delete uploaded blobs that no queued or running job uses after this long unused; "
+          "0 = keep them until DeleteBlob.");
 ABSL_FLAG(bool, metrics_require_token, false,
           "With --token_file: /metrics needs a read token as well (else it is open).");
 ABSL_FLAG(int, intra_op_threads, 1,
@@ -70,6 +80,9 @@ bool InstallSignalHandlers() {
   action.sa_handler = OnShutdownSignal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;
+  // Past a file size limit (ulimit -f) a write fails with EFBIG, which the
+  // stores report, instead of SIGXFSZ ending the whole server.
+  ::signal(SIGXFSZ, SIG_IGN);
   return ::sigaction(SIGTERM, &action, nullptr) == 0 &&
          ::sigaction(SIGINT, &action, nullptr) == 0;
 }
@@ -113,6 +126,9 @@ int main(int argc, char** argv) {
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.token_file = absl::GetFlag(FLAGS_token_file);
   options.metrics_require_token = absl::GetFlag(FLAGS_metrics_require_token);
+  options.read_roots = absl::GetFlag(FLAGS_read_roots);
+  options.max_data_bytes = absl::GetFlag(FLAGS_max_data_bytes);
+  options.blob_ttl_seconds = absl::GetFlag(FLAGS_blob_ttl_seconds);
 
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));

@@ -8,6 +8,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "server/audit_log.h"
@@ -388,6 +389,62 @@ grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::Uplo
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadDataset");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadDatasetRequest>(caller.status());
   return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, response, *caller, "UploadDataset");
+}
+
+grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServerContext* context,
+                                                             const v1::ListBlobsRequest* request,
+                                                             v1::ListBlobsResponse* response) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "ListBlobs"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
+  absl::StatusOr<std::vector<worker::StoredBlob>> blobs = deps_.blobs->List();
+  if (!blobs.ok()) return FinishUnary(context, blobs.status());
+  const size_t page_size = request->page_size() == 0 ? 100 : std::min<size_t>(request->page_size(), kMaxPageSize);
+  // Blobs are listed by id: the token is the last id of the previous page.
+  auto it = std::upper_bound(blobs->begin(), blobs->end(), request->page_token(),
+                             [](const std::string& token, const worker::StoredBlob& b) { return token < b.id; });
+  for (; it != blobs->end() && static_cast<size_t>(response->blobs_size()) < page_size; ++it) {
+    absl::StatusOr<std::vector<std::string>> users = deps_.pool->store().ActiveJobsUsing(it->id);
+    if (!users.ok()) return FinishUnary(context, users.status());
+    ToProto(*it, *users, response->add_blobs());
+  }
+  if (it != blobs->end() && response->blobs_size() > 0) {
+    response->set_next_page_token(response->blobs(response->blobs_size() - 1).blob_id());
+  }
+  return FinishUnary(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* QuantizationServiceImpl::GetBlob(grpc::CallbackServerContext* context,
+                                                           const v1::GetBlobRequest* request, v1::BlobInfo* response) {
+  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "GetBlob"); !caller.ok()) {
+    return FinishUnary(context, caller.status());
+  }
+  absl::StatusOr<worker::StoredBlob> blob = deps_.blobs->Stat(request->id(), "id");
+  if (!blob.ok()) return FinishUnary(context, blob.status());
+  absl::StatusOr<std::vector<std::string>> users = deps_.pool->store().ActiveJobsUsing(blob->id);
+  if (!users.ok()) return FinishUnary(context, users.status());
+  ToProto(*blob, *users, response);
+  return FinishUnary(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteBlob(grpc::CallbackServerContext* context,
+                                                              const v1::DeleteBlobRequest* request,
+                                                              v1::DeleteBlobResponse*) {
+  absl::StatusOr<Principal> caller = Admit(context, Role::kAdmin, "DeleteBlob");
+  if (!caller.ok()) return FinishUnary(context, caller.status());
+  auto finish = [&](const absl::Status& status) {
+    return FinishAudited(context, *caller, "DeleteBlob", request->id(), status);
+  };
+  absl::StatusOr<worker::StoredBlob> blob = deps_.blobs->Stat(request->id(), "id");
+  if (!blob.ok()) return finish(blob.status());
+  absl::StatusOr<std::vector<std::string>> users = deps_.pool->store().ActiveJobsUsing(blob->id);
+  if (!users.ok()) return finish(users.status());
+  if (!users->empty()) {
+    return finish(absl::FailedPreconditionError(absl::StrCat("blob ", blob->id, " is used by ",
+                                                             absl::StrJoin(*users, ", "),
+                                                             "; cancel or wait for those jobs first")));
+  }
+  return finish(deps_.blobs->Remove(blob->id));
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(

@@ -30,9 +30,11 @@ class QuantizationServiceImpl final
     v1::ServerInfo server_info;
     // Who may call what; never null (Authenticator::Disabled() admits all).
     Authenticator* auth = nullptr;
+    // Folders outside data_dir that request paths may link into.
+    std::vector<std::string> read_roots;
   };
   explicit QuantizationServiceImpl(const Deps& deps)
-      : deps_(deps), resolver_(deps.data_dir, deps.blobs) {}
+      : deps_(deps), resolver_(deps.data_dir, deps.blobs, deps.read_roots) {}
 
   grpc::ServerUnaryReactor* QuantizeJob(grpc::CallbackServerContext* context,
                                         const v1::QuantizeJobRequest* request,
@@ -56,6 +58,12 @@ class QuantizationServiceImpl final
       grpc::CallbackServerContext* context, v1::BlobInfo* response) override;
   grpc::ServerReadReactor<v1::UploadDatasetRequest>* UploadDataset(
       grpc::CallbackServerContext* context, v1::BlobInfo* response) override;
+  grpc::ServerUnaryReactor* ListBlobs(grpc::CallbackServerContext* context, const v1::ListBlobsRequest* request,
+                                      v1::ListBlobsResponse* response) override;
+  grpc::ServerUnaryReactor* GetBlob(grpc::CallbackServerContext* context, const v1::GetBlobRequest* request,
+                                    v1::BlobInfo* response) override;
+  grpc::ServerUnaryReactor* DeleteBlob(grpc::CallbackServerContext* context, const v1::DeleteBlobRequest* request,
+                                       v1::DeleteBlobResponse* response) override;
   grpc::ServerUnaryReactor* GetArtifact(grpc::CallbackServerContext* context,
                                         const v1::GetArtifactRequest* request,
                                         v1::Artifact* response) override;

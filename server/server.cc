@@ -99,6 +99,12 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("max upload bytes must be at least 1, got ", options.max_upload_bytes));
   }
+  if (options.max_data_bytes < 0) {
+    return absl::InvalidArgumentError("--max_data_bytes must be >= 0 (0 = no limit)");
+  }
+  if (!(options.blob_ttl_seconds >= 0)) {
+    return absl::InvalidArgumentError("--blob_ttl_seconds must be >= 0 (0 = keep blobs)");
+  }
   if (!(options.job_deadline_seconds >= 0)) {
     return absl::InvalidArgumentError("job deadline seconds must be >= 0 (0 = none)");
   }
@@ -225,15 +231,23 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
         "cannot serve gRPC on ", grpc_address, " (address in use or not local?)"));
   }
   server->pool_->Start();
+  if (options.blob_ttl_seconds > 0) {
+    const absl::Duration ttl = absl::Seconds(options.blob_ttl_seconds);
+    server->blob_collector_ = std::make_unique<worker::BlobCollector>(
+        server->blob_store_.get(), server->job_store_.get(), worker::Clock::Real(), ttl,
+        std::min(ttl, absl::Minutes(10)));
+  }
   return server;
 }
 
 absl::Status QuantdServer::OpenStores() {
   const std::filesystem::path root(options_.data_dir);
+  quota_ = std::make_unique<worker::DataQuota>(options_.data_dir, options_.max_data_bytes);
   QUANTD_ASSIGN_OR_RETURN(job_store_, worker::SqliteJobStore::Open((root / "jobs.db").string()));
-  QUANTD_ASSIGN_OR_RETURN(artifact_store_, worker::LocalArtifactStore::Open((root / "artifacts").string()));
-  QUANTD_ASSIGN_OR_RETURN(blob_store_,
-                          worker::BlobStore::Open((root / "blobs").string(), options_.max_upload_bytes));
+  QUANTD_ASSIGN_OR_RETURN(artifact_store_,
+                          worker::LocalArtifactStore::Open((root / "artifacts").string(), quota_.get()));
+  QUANTD_ASSIGN_OR_RETURN(blob_store_, worker::BlobStore::Open((root / "blobs").string(),
+                                                               options_.max_upload_bytes, quota_.get()));
   engine_ = worker::NewRealEngine();
   worker::WorkerPool::Options pool_options;
   pool_options.workers = options_.workers;
@@ -261,6 +275,7 @@ absl::Status QuantdServer::OpenStores() {
   deps.server_info.set_intra_op_threads(engine::IntraOpThreads());
   deps.server_info.set_workers(options_.workers);
   deps.auth = auth_.get();
+  deps.read_roots = options_.read_roots;
   quantization_service_ = std::make_unique<QuantizationServiceImpl>(deps);
   return absl::OkStatus();
 }
@@ -281,6 +296,7 @@ void QuantdServer::Shutdown(absl::Duration grace) {
     LogLine(LogLevel::kDebug, "quantd: grpc server shut down");
     server_->Wait();
   }
+  blob_collector_.reset();
   if (pool_ != nullptr) {
     pool_->Stop();  // a running job is interrupted and goes back to the queue
     LogLine(LogLevel::kDebug, "quantd: workers stopped");

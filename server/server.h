@@ -20,7 +20,9 @@
 #include "server/metrics_http_server.h"
 #include "server/quantization_service.h"
 #include "worker/artifact_store.h"
+#include "worker/blob_collector.h"
 #include "worker/blob_store.h"
+#include "worker/data_quota.h"
 #include "worker/data_dir_lock.h"
 #include "worker/job_runner.h"
 #include "worker/job_store.h"
@@ -60,6 +62,14 @@ class QuantdServer {
     std::string token_file;
     // With a token file: /metrics needs a read token too (else it is open).
     bool metrics_require_token = false;
+    // Folders outside data_dir that request paths may reach through links.
+    std::vector<std::string> read_roots;
+    // Everything stored under data_dir (blobs, artifacts, jobs) stays below
+    // this many bytes; 0 = no limit.
+    int64_t max_data_bytes = 0;
+    // Blobs no queued or running job uses, idle this long, are deleted;
+    // 0 = keep them until DeleteBlob.
+    double blob_ttl_seconds = 7 * 24 * 3600;
   };
 
   // Validates `options`, binds both ports and starts serving.
@@ -94,12 +104,14 @@ class QuantdServer {
   std::unique_ptr<Authenticator> auth_;
   ServerMetrics metrics_;
   HealthService health_;
+  std::unique_ptr<worker::DataQuota> quota_;
   std::unique_ptr<worker::JobStore> job_store_;
   std::unique_ptr<worker::ArtifactStore> artifact_store_;
   std::unique_ptr<worker::BlobStore> blob_store_;
   std::unique_ptr<worker::QuantizationEngine> engine_;
   std::unique_ptr<worker::WorkerPool> pool_;
   std::unique_ptr<QuantizationServiceImpl> quantization_service_;
+  std::unique_ptr<worker::BlobCollector> blob_collector_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;

@@ -6,16 +6,19 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/status_macros.h"
 #include "worker/local_artifact_store.h"
 
 namespace quantd::worker {
 
 namespace fs = std::filesystem;
 
-absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& dir, int64_t max_bytes) {
+absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& dir, int64_t max_bytes,
+                                                          const DataQuota* quota) {
   std::error_code error;
   fs::create_directories(dir, error);
   if (error) {
@@ -23,7 +26,7 @@ absl::StatusOr<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& di
         absl::StrCat("cannot create blob dir \"", dir, "\": ", error.message()));
   }
   RemoveTemporaryFiles(dir);
-  return std::unique_ptr<BlobStore>(new BlobStore(dir, max_bytes));
+  return std::unique_ptr<BlobStore>(new BlobStore(dir, max_bytes, quota));
 }
 
 absl::StatusOr<std::unique_ptr<BlobUpload>> BlobStore::BeginUpload(
@@ -39,6 +42,7 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> BlobStore::BeginUpload(
     return absl::ResourceExhaustedError(absl::StrCat(
         "metadata.size_bytes: ", declared_size, " bytes exceeds the upload limit of ", max_bytes_));
   }
+  if (quota_ != nullptr) QUANTD_RETURN_IF_ERROR(quota_->Check(declared_size, "upload"));
   std::string tmp = (fs::path(dir_) / ".tmp.upload.XXXXXX").string();
   int fd = ::mkstemp(tmp.data());
   if (fd < 0) {
@@ -59,6 +63,47 @@ absl::StatusOr<std::string> BlobStore::PathOf(const std::string& blob_id,
     return absl::NotFoundError(absl::StrCat(field, ": blob ", blob_id, " was never uploaded"));
   }
   return path;
+}
+
+absl::StatusOr<std::vector<StoredBlob>> BlobStore::List() const {
+  std::vector<StoredBlob> blobs;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(dir_, error)) {
+    const std::string name = entry.path().filename().string();
+    if (!IsSha256Hex(name)) continue;  // temporaries
+    absl::StatusOr<StoredBlob> blob = Stat(name, "blob_id");
+    if (blob.ok()) blobs.push_back(std::move(*blob));
+  }
+  if (error) return absl::InternalError(absl::StrCat("cannot list blobs in ", dir_, ": ", error.message()));
+  std::sort(blobs.begin(), blobs.end(), [](const StoredBlob& a, const StoredBlob& b) { return a.id < b.id; });
+  return blobs;
+}
+
+absl::StatusOr<StoredBlob> BlobStore::Stat(const std::string& blob_id, const std::string& field) const {
+  QUANTD_ASSIGN_OR_RETURN(std::string path, PathOf(blob_id, field));
+  struct stat st = {};
+  if (::lstat(path.c_str(), &st) != 0) return absl::NotFoundError(absl::StrCat(field, ": blob ", blob_id, " is gone"));
+  return StoredBlob{blob_id, static_cast<int64_t>(st.st_size),
+                    absl::TimeFromTimespec(st.st_mtim)};
+}
+
+absl::Status BlobStore::Remove(const std::string& blob_id) const {
+  QUANTD_ASSIGN_OR_RETURN(std::string path, PathOf(blob_id, "id"));
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", blob_id, " was never uploaded"));
+    return absl::InternalError(absl::StrCat("cannot delete blob ", blob_id, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BlobStore::Touch(const std::string& blob_id, absl::Time now) const {
+  QUANTD_ASSIGN_OR_RETURN(std::string path, PathOf(blob_id, "blob_id"));
+  const timespec when = absl::ToTimespec(now);
+  const timespec times[2] = {when, when};
+  if (::utimensat(AT_FDCWD, path.c_str(), times, 0) != 0) {
+    return absl::InternalError(absl::StrCat("cannot mark blob ", blob_id, " used: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 BlobUpload::BlobUpload(const BlobStore* store, std::string tmp_path, int fd,
@@ -91,6 +136,14 @@ absl::Status BlobUpload::Append(const std::string& chunk) {
     Discard();
     return absl::InvalidArgumentError(absl::StrCat("upload sends more than metadata.size_bytes (",
                                                    declared_size_, " bytes)"));
+  }
+  // Undeclared sizes: look at the quota again every 16 MiB received.
+  if (store_->quota() != nullptr && declared_size_ == 0 && size_ / (16 << 20) != (size_ - static_cast<int64_t>(chunk.size())) / (16 << 20)) {
+    absl::Status room = store_->quota()->Check(chunk.size(), "upload");
+    if (!room.ok()) {
+      Discard();
+      return room;
+    }
   }
   hash_.Update(chunk);
   size_t written = 0;

@@ -9,9 +9,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "worker/data_quota.h"
 #include "worker/engine/base/sha256.h"
 
 namespace quantd::worker {
@@ -52,9 +55,29 @@ class BlobUpload {
   engine::Sha256 hash_;
 };
 
+// A stored blob as the file system knows it.
+struct StoredBlob {
+  std::string id;  // = sha256
+  int64_t size_bytes = 0;
+  // Upload time, or the last time a job was submitted with it (Touch):
+  // garbage collection counts idle time from here.
+  absl::Time last_used;
+};
+
 class BlobStore {
  public:
-  static absl::StatusOr<std::unique_ptr<BlobStore>> Open(const std::string& dir, int64_t max_bytes);
+  // `quota` (optional, outlives the store) bounds what uploads may add.
+  static absl::StatusOr<std::unique_ptr<BlobStore>> Open(const std::string& dir, int64_t max_bytes,
+                                                         const DataQuota* quota = nullptr);
+
+  // Every stored blob, by id.
+  absl::StatusOr<std::vector<StoredBlob>> List() const;
+  // One blob; errors as PathOf.
+  absl::StatusOr<StoredBlob> Stat(const std::string& blob_id, const std::string& field) const;
+  // NOT_FOUND if it is not stored. Jobs already running keep their open file.
+  absl::Status Remove(const std::string& blob_id) const;
+  // Records a use (a job submitted with it) at `now`.
+  absl::Status Touch(const std::string& blob_id, absl::Time now) const;
 
   // `expected_sha256` may be empty; `declared_size` 0 = unknown (otherwise
   // checked against the limit at once and against what arrives).
@@ -66,11 +89,14 @@ class BlobStore {
 
   int64_t max_bytes() const { return max_bytes_; }
   const std::string& dir() const { return dir_; }
+  const DataQuota* quota() const { return quota_; }
 
  private:
-  BlobStore(std::string dir, int64_t max_bytes) : dir_(std::move(dir)), max_bytes_(max_bytes) {}
+  BlobStore(std::string dir, int64_t max_bytes, const DataQuota* quota)
+      : dir_(std::move(dir)), max_bytes_(max_bytes), quota_(quota) {}
   const std::string dir_;
   const int64_t max_bytes_;
+  const DataQuota* const quota_;
 };
 
 }  // namespace quantd::worker

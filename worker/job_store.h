@@ -57,6 +57,9 @@ class JobStore {
   virtual absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) = 0;
   // Deletes a finished job. FAILED_PRECONDITION if it has not finished.
   virtual absl::Status Delete(const std::string& id) = 0;
+  // QUEUED or RUNNING jobs whose spec mentions `needle` (a blob id, in the
+  // path of a model or dataset), oldest first.
+  virtual absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) = 0;
   // Succeeded jobs that produced this artifact, oldest first.
   virtual absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) = 0;
   // Distinct artifacts of succeeded jobs, newest first: the oldest job of

@@ -33,7 +33,8 @@ int RemoveTemporaryFiles(const std::string& dir) {
   return removed;
 }
 
-absl::StatusOr<std::unique_ptr<LocalArtifactStore>> LocalArtifactStore::Open(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<LocalArtifactStore>> LocalArtifactStore::Open(const std::string& dir,
+                                                                              const DataQuota* quota) {
   std::error_code error;
   fs::create_directories(dir, error);
   if (error) {
@@ -41,7 +42,7 @@ absl::StatusOr<std::unique_ptr<LocalArtifactStore>> LocalArtifactStore::Open(con
         absl::StrCat("cannot create artifact dir \"", dir, "\": ", error.message()));
   }
   RemoveTemporaryFiles(dir);
-  return std::unique_ptr<LocalArtifactStore>(new LocalArtifactStore(dir));
+  return std::unique_ptr<LocalArtifactStore>(new LocalArtifactStore(dir, quota));
 }
 
 std::string LocalArtifactStore::ArtifactPath(const std::string& sha256) const {
@@ -51,6 +52,9 @@ std::string LocalArtifactStore::ArtifactPath(const std::string& sha256) const {
 absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& bytes,
                                                        const std::string& manifest_json) {
   StoredArtifact stored{engine::Sha256Hex(bytes), static_cast<int64_t>(bytes.size())};
+  if (quota_ != nullptr) {
+    QUANTD_RETURN_IF_ERROR(quota_->Check(static_cast<int64_t>(bytes.size() + manifest_json.size()), "artifact"));
+  }
   // Manifest first: an artifact file that is visible always has its manifest.
   QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(
       (fs::path(dir_) / (stored.sha256 + ".manifest.json")).string(), manifest_json));

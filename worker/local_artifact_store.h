@@ -10,12 +10,16 @@
 #include <string>
 
 #include "worker/artifact_store.h"
+#include "worker/data_quota.h"
 
 namespace quantd::worker {
 
 class LocalArtifactStore final : public ArtifactStore {
  public:
-  static absl::StatusOr<std::unique_ptr<LocalArtifactStore>> Open(const std::string& dir);
+  // `quota` (optional, outlives the store): Put is RESOURCE_EXHAUSTED when
+  // the artifact would not fit.
+  static absl::StatusOr<std::unique_ptr<LocalArtifactStore>> Open(const std::string& dir,
+                                                                  const DataQuota* quota = nullptr);
 
   absl::StatusOr<StoredArtifact> Put(const std::string& bytes,
                                      const std::string& manifest_json) override;
@@ -26,8 +30,9 @@ class LocalArtifactStore final : public ArtifactStore {
   std::string ArtifactPath(const std::string& sha256) const;
 
  private:
-  explicit LocalArtifactStore(std::string dir) : dir_(std::move(dir)) {}
+  LocalArtifactStore(std::string dir, const DataQuota* quota) : dir_(std::move(dir)), quota_(quota) {}
   const std::string dir_;
+  const DataQuota* const quota_;
 };
 
 // Removes files named ".tmp.*" directly in `dir` (left by a crash during an

@@ -416,6 +416,21 @@ absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::str
   return std::move(page.jobs);
 }
 
+absl::StatusOr<std::vector<std::string>> SqliteJobStore::ActiveJobsUsing(const std::string& needle) {
+  absl::MutexLock lock(&mu_);
+  // instr(), not LIKE: the needle is matched literally.
+  Stmt s(db_, "SELECT id FROM jobs WHERE state IN (1, 2) AND instr(spec, ?1) > 0 ORDER BY seq");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, needle);
+  std::vector<std::string> ids;
+  while (true) {
+    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    ids.push_back(s.Text(0));
+  }
+  return ids;
+}
+
 absl::StatusOr<JobPage> SqliteJobStore::ListArtifactJobs(const std::string& job_id, int page_size,
                                                          const std::string& page_token) {
   QUANTD_ASSIGN_OR_RETURN(int64_t before, ParsePageToken(page_token));

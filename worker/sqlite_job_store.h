@@ -36,6 +36,7 @@ class SqliteJobStore final : public JobStore {
                                    absl::Time now) override;
   absl::Status Delete(const std::string& id) override;
   absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override;
+  absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override;
   absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
                                            const std::string& page_token) override;
   absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts,

@@ -9,7 +9,9 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "worker/blob_collector.h"
 #include "worker/blob_store.h"
+#include "worker/data_quota.h"
 #include "worker/data_dir_lock.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/job_events.h"
@@ -270,6 +272,69 @@ TEST(DataDirLockTest, OneOwnerAtATimeAndTheRefusalNamesIt) {
   EXPECT_THAT(second.status().message(), HasSubstr(absl::StrCat("pid ", ::getpid())));
   first->reset();
   EXPECT_TRUE(DataDirLock::Acquire(dir).ok());  // released with its owner
+}
+
+// Blob life cycle: listed, touched by use, collected only when unused and
+// idle for the TTL, never while a queued or running job refers to it.
+TEST(BlobCollectorTest, CollectsOnlyIdleBlobsNoActiveJobUses) {
+  const std::string dir = TempDir("gc");
+  auto blobs = BlobStore::Open(dir + "/blobs", 1000);
+  auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
+  ASSERT_TRUE(blobs.ok() && jobs.ok());
+  auto put = [&](const std::string& content) {
+    auto upload = (*blobs)->BeginUpload("", 0);
+    EXPECT_TRUE((*upload)->Append(content).ok());
+    return (*upload)->Commit()->sha256;
+  };
+  const std::string idle = put("idle"), used = put("used by a queued job"), recent = put("recent");
+  const absl::Time now = absl::FromUnixSeconds(2000000000);
+  ASSERT_TRUE((*blobs)->Touch(idle, now - absl::Hours(48)).ok());
+  ASSERT_TRUE((*blobs)->Touch(used, now - absl::Hours(48)).ok());
+  ASSERT_TRUE((*blobs)->Touch(recent, now - absl::Hours(1)).ok());
+  Job job = NewJob("q", 1);
+  job.spec.model_path = dir + "/blobs/" + used;
+  ASSERT_TRUE((*jobs)->Create(job, 10).ok());
+  EXPECT_THAT(*(*jobs)->ActiveJobsUsing(used), ::testing::ElementsAre("q"));
+
+  auto listed = (*blobs)->List();
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->size(), 3u);
+  EXPECT_EQ((*blobs)->Stat(idle, "id")->last_used, now - absl::Hours(48));
+
+  auto removed = CollectUnusedBlobs(**blobs, **jobs, now, absl::Hours(24));
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_THAT(*removed, ::testing::ElementsAre(idle));
+  EXPECT_EQ((*blobs)->Stat(idle, "id").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE((*blobs)->Stat(used, "id").ok());
+  EXPECT_TRUE((*blobs)->Stat(recent, "id").ok());
+
+  // Once the job has finished, its blob is collected like any other.
+  ASSERT_TRUE((*jobs)->ClaimNext(now).ok());
+  JobResult result;
+  ASSERT_TRUE((*jobs)->Finish("q", 1, JobState::kSucceeded, result, now).ok());
+  EXPECT_THAT(*CollectUnusedBlobs(**blobs, **jobs, now, absl::Hours(24)), ::testing::ElementsAre(used));
+  EXPECT_EQ((*blobs)->Remove(used).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) {
+  const std::string dir = TempDir("quota");
+  DataQuota quota(dir, 100);
+  auto blobs = BlobStore::Open(dir + "/blobs", 1000, &quota);
+  auto artifacts = LocalArtifactStore::Open(dir + "/artifacts", &quota);
+  ASSERT_TRUE(blobs.ok() && artifacts.ok());
+  EXPECT_EQ((*blobs)->BeginUpload("", 101).status().code(), absl::StatusCode::kResourceExhausted);
+  {
+    auto upload = (*blobs)->BeginUpload("", 60);
+    ASSERT_TRUE((*upload)->Append(std::string(60, 'x')).ok());
+    ASSERT_TRUE((*upload)->Commit().ok());
+  }
+  EXPECT_EQ(*quota.UsedBytes(), 60);
+  auto put = (*artifacts)->Put(std::string(50, 'a'), "{}");
+  EXPECT_EQ(put.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(put.status().message(), HasSubstr("--max_data_bytes"));
+  EXPECT_TRUE(fs::is_empty(dir + "/artifacts"));
+  EXPECT_TRUE((*artifacts)->Put(std::string(30, 'a'), "{}").ok());
+  EXPECT_TRUE(DataQuota(dir, 0).Check(int64_t{1} << 40, "anything").ok());  // 0 = no limit
 }
 
 TEST(LocalArtifactStoreTest, PutReadRemoveAndCleansTemporaries) {

@@ -28,6 +28,7 @@ using ::quantd::test_util::RunCommand;
 using ::quantd::test_util::RunResult;
 using ::quantd::test_util::Subprocess;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(30);
@@ -59,7 +60,9 @@ class Quantd {
     std::vector<std::string> argv = {QUANTD_BIN, "--bind_address=127.0.0.1", "--grpc_port=0",
                                      "--metrics_port=-1", "--data_dir=" + dir_ + "/data",
                                      "--port_file=" + dir_ + "/ports.json",
-                                     "--shutdown_grace_seconds=2"};
+                                     "--shutdown_grace_seconds=2",
+                                     // data/fixtures links to the shared fixtures
+                                     "--read_roots=" + fs::canonical(FIXTURES_DIR).string()};
     argv.insert(argv.end(), flags_.begin(), flags_.end());
     Subprocess::Options options;
     options.stderr_path = dir_ + "/quantd.log." + std::to_string(++starts_);
@@ -305,6 +308,7 @@ bool WatchUntil(Quantd& quantd, const std::string& id, const std::string& needle
                 std::unique_ptr<Subprocess>* watcher) {
   Subprocess::Options options;
   options.stdout_path = quantd.dir() + "/watch." + id;
+  options.stderr_path = quantd.dir() + "/watch." + id + ".err";
   auto child = Subprocess::Start({QUANTCTL_BIN, "--server=" + quantd.target(), "watch", id}, options);
   if (!child.ok()) return false;
   *watcher = std::move(*child);
@@ -365,6 +369,75 @@ TEST(JobsIntegrationTest, ASecondServerOnTheSameDataDirRefusesToStart) {
   nlohmann::json job = quantd.WaitDone(id);
   EXPECT_EQ(job["state"], "JOB_STATE_SUCCEEDED");
   EXPECT_EQ(job["attemptCount"], 1);
+}
+
+// Blobs have a life cycle: listed with the jobs using them, not deletable
+// while a job needs them, deleted after; the data dir quota refuses uploads
+// and artifacts that would not fit, failing the job cleanly.
+TEST(JobsIntegrationTest, BlobsAreListedProtectedWhileUsedAndDeleted) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  RunResult upload = quantd.Ctl({"upload", std::string(FIXTURES_DIR) + "/models/resnet8_fp32.torchscript.pt"});
+  ASSERT_EQ(upload.exit_code, 0) << upload.err;
+  const std::string blob = upload.out.substr(0, 64);
+  EXPECT_THAT(quantd.Ctl({"blobs"}).out, HasSubstr(blob));
+  RunResult submitted = quantd.Ctl({"submit", "--model_blob=" + blob, absl::StrCat("--calib=", kCalib),
+                                    "--batch_size=10", absl::StrCat("--fusion=", kFusion)});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  const std::string id = JobIdFrom(submitted.out);
+  std::unique_ptr<Subprocess> watcher;
+  ASSERT_TRUE(WatchUntil(quantd, id, " calibration ", &watcher)) << quantd.log();
+  EXPECT_THAT(quantd.Ctl({"blobs", blob}).out, HasSubstr("used by " + id));
+  RunResult refused = quantd.Ctl({"blobs", "delete", blob});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_THAT(refused.err, HasSubstr("code 9"));  // FAILED_PRECONDITION
+  EXPECT_THAT(refused.err, HasSubstr(id));
+  EXPECT_EQ(quantd.WaitDone(id)["state"], "JOB_STATE_SUCCEEDED");
+  RunResult deleted = quantd.Ctl({"blobs", "delete", blob});
+  EXPECT_EQ(deleted.exit_code, 0) << deleted.err;
+  EXPECT_THAT(quantd.Ctl({"blobs", blob}).err, HasSubstr("code 5"));
+  EXPECT_THAT(quantd.Ctl({"blobs"}).out, Not(HasSubstr(blob)));
+  EXPECT_THAT(quantd.log(), HasSubstr("method=DeleteBlob target=" + blob + " result=OK"));
+}
+
+TEST(JobsIntegrationTest, AFullDataDirRefusesUploadsAndFailsJobsCleanly) {
+  Quantd quantd({"--max_data_bytes=60000"});  // below one ResNet8 artifact
+  ASSERT_TRUE(quantd.Start());
+  RunResult upload = quantd.Ctl({"upload", std::string(FIXTURES_DIR) + "/models/resnet8_fp32.torchscript.pt"});
+  EXPECT_EQ(upload.exit_code, 1);
+  EXPECT_THAT(upload.err, HasSubstr("code 8"));  // RESOURCE_EXHAUSTED
+  EXPECT_THAT(upload.err, HasSubstr("--max_data_bytes"));
+  RunResult job = quantd.Ctl(SubmitArgs({"--samples_per_class=5", "--wait"}));
+  EXPECT_EQ(job.exit_code, 1);
+  nlohmann::json failed = quantd.Job(JobIdFrom(job.out));
+  EXPECT_EQ(failed["state"], "JOB_STATE_FAILED");
+  EXPECT_EQ(failed["result"]["errorCode"], 8);
+  EXPECT_THAT(failed["result"]["errorMessage"].get<std::string>(), HasSubstr("quota"));
+  EXPECT_TRUE(TemporaryFiles(quantd.dir() + "/data/artifacts").empty());
+  EXPECT_TRUE(fs::is_empty(quantd.dir() + "/data/artifacts"));  // nothing half-written
+  EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
+}
+
+// SIGTERM with a watcher attached: the watch ends at once with UNAVAILABLE
+// (it used to hold the shutdown for the whole grace period), the running job
+// goes back to the queue and finishes after the restart, run once.
+TEST(JobsIntegrationTest, GracefulShutdownEndsWatchesAndRequeuesTheRunningJob) {
+  Quantd quantd({"--shutdown_grace_seconds=30"});
+  ASSERT_TRUE(quantd.Start());
+  RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string id = JobIdFrom(r.out);
+  std::unique_ptr<Subprocess> watcher;
+  ASSERT_TRUE(WatchUntil(quantd, id, " calibration ", &watcher)) << quantd.log();
+  ASSERT_TRUE(quantd.child().Signal(SIGTERM));
+  // Well inside the 30 s grace: nothing holds the shutdown.
+  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(20)).has_value()) << quantd.log();
+  ASSERT_TRUE(watcher->WaitFor(absl::Seconds(10)).has_value());
+  EXPECT_THAT(ReadFileOrEmpty(quantd.dir() + "/watch." + id + ".err"), HasSubstr("shutting down"));
+  ASSERT_TRUE(quantd.Start());
+  nlohmann::json job = quantd.WaitDone(id);
+  EXPECT_EQ(job["state"], "JOB_STATE_SUCCEEDED");
+  EXPECT_EQ(job["attemptCount"], 1);  // the interrupted attempt does not count
 }
 
 TEST(JobsIntegrationTest, CancelDuringCalibrationAndTheWorkerGoesOn) {
@@ -471,6 +544,13 @@ TEST(JobsIntegrationTest, BadInputsGetTheRightCodeAndTheServerKeepsServing) {
     EXPECT_THAT(kept.out, HasSubstr("WARNING: quality check failed"));
     EXPECT_THAT(kept.out, HasSubstr("quality: FAILED"));
   }
+
+  // A link in the data dir to a file outside it (and outside --read_roots).
+  fs::create_symlink("/etc/hostname", dir + "/data/outside.pt");
+  RunResult linked = quantd.Ctl({"submit", "--model=outside.pt", absl::StrCat("--calib=", kCalib)});
+  EXPECT_EQ(linked.exit_code, 1);
+  EXPECT_THAT(linked.err, HasSubstr("code 3"));
+  EXPECT_THAT(linked.err, HasSubstr("is a link to /etc/hostname, outside the data root"));
 
   // A path outside the data root.
   RunResult escape = quantd.Ctl({"submit", "--model=../../etc/passwd", absl::StrCat("--calib=", kCalib)});

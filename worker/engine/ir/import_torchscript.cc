@@ -549,7 +549,19 @@ absl::StatusOr<Graph> ImportTorchScript(torch::jit::Module module) {
   return graph;
 }
 
+namespace {
+absl::StatusOr<Graph> ImportTorchScriptFileUnguarded(const std::string& path);
+}  // namespace
+
 absl::StatusOr<Graph> ImportTorchScriptFile(const std::string& path) {
+  return GuardEntryPoint(absl::StrCat("importing ", path), [&]() -> absl::StatusOr<Graph> {
+    return ImportTorchScriptFileUnguarded(path);
+  });
+}
+
+namespace {
+
+absl::StatusOr<Graph> ImportTorchScriptFileUnguarded(const std::string& path) {
   torch::jit::Module module;
   absl::Status loaded = TorchTry(absl::StrCat("loading TorchScript model ", path), [&]() {
     module = torch::jit::load(path);
@@ -558,5 +570,7 @@ absl::StatusOr<Graph> ImportTorchScriptFile(const std::string& path) {
   if (!loaded.ok()) return absl::InvalidArgumentError(loaded.message());
   return ImportTorchScript(std::move(module));
 }
+
+}  // namespace
 
 }  // namespace quantd::engine

@@ -77,7 +77,9 @@ double ErrorTerms(const float* hist, int64_t bins, float bw, float dbw, float ha
 
 // GCC 12 flags the "undefined" vectors inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic push
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #pragma GCC diagnostic ignored "-Wuninitialized"
 // Bins of 16 floats per step, as BinIndices computes them; writes the
 // indices of in-range elements outside `zero_bin` to `out` and counts those

@@ -75,7 +75,9 @@ inline uint8_t AddVectorFormula(uint8_t qa, uint8_t qb, const AddParams& p) {
 
 // GCC 12 flags the "undefined" vectors inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic push
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #pragma GCC diagnostic ignored "-Wuninitialized"
 // Returns how many leading elements it did (a multiple of 16).
 __attribute__((target("avx512f,fma"))) int64_t AddAvx512(const uint8_t* a, const uint8_t* b, uint8_t* out,

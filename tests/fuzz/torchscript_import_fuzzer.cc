@@ -1,0 +1,15 @@
+// The TorchScript importer's front door: arbitrary bytes as a model file.
+// LibTorch's loader throws on most of them; the importer must turn every
+// failure into a status.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tests/fuzz/fuzz_file.h"
+#include "worker/engine/ir/import_torchscript.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string& path = quantd::fuzz::WriteScratch("model.pt", data, size);
+  (void)quantd::engine::ImportTorchScriptFile(path);
+  return 0;
+}

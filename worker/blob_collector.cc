@@ -1,0 +1,59 @@
+#include "worker/blob_collector.h"
+
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace quantd::worker {
+
+absl::StatusOr<std::vector<std::string>> CollectUnusedBlobs(const BlobStore& blobs, JobStore& jobs, absl::Time now,
+                                                            absl::Duration ttl) {
+  absl::StatusOr<std::vector<StoredBlob>> stored = blobs.List();
+  if (!stored.ok()) return stored.status();
+  std::vector<std::string> removed;
+  for (const StoredBlob& blob : *stored) {
+    if (now - blob.last_used < ttl) continue;
+    absl::StatusOr<std::vector<std::string>> users = jobs.ActiveJobsUsing(blob.id);
+    if (!users.ok()) return users.status();
+    if (!users->empty()) continue;
+    // Submitted with meanwhile (Touch moved its time)? Then it stays.
+    absl::StatusOr<StoredBlob> again = blobs.Stat(blob.id, "blob");
+    if (!again.ok() || now - again->last_used < ttl) continue;
+    if (blobs.Remove(blob.id).ok()) removed.push_back(blob.id);
+  }
+  return removed;
+}
+
+BlobCollector::BlobCollector(const BlobStore* blobs, JobStore* jobs, Clock* clock, absl::Duration ttl,
+                             absl::Duration interval)
+    : blobs_(blobs), jobs_(jobs), clock_(clock), ttl_(ttl), interval_(interval) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+BlobCollector::~BlobCollector() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  thread_.join();
+}
+
+void BlobCollector::Loop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stop), interval_)) return;
+    }
+    absl::StatusOr<std::vector<std::string>> removed = CollectUnusedBlobs(*blobs_, *jobs_, clock_->Now(), ttl_);
+    if (!removed.ok()) {
+      std::cerr << "quantd: blob collection failed: " << removed.status() << "\n";
+    } else if (!removed->empty()) {
+      std::cerr << absl::StrCat("quantd: deleted ", removed->size(), " blob(s) unused for ",
+                                absl::FormatDuration(ttl_), ": ", absl::StrJoin(*removed, " "), "\n");
+    }
+  }
+}
+
+}  // namespace quantd::worker
