@@ -31,15 +31,14 @@ TEST(StatusConversionTest, EveryCodeRoundTrips) {
 TEST(StatusConversionTest, OutOfRangeCodeBecomesUnknown) {
   absl::Status odd(static_cast<absl::StatusCode>(42), "odd");
   EXPECT_EQ(ToGrpcStatus(odd).error_code(), grpc::StatusCode::UNKNOWN);
-  grpc::Status grpc_odd(static_cast<grpc::StatusCode>(99), "odd");
-  EXPECT_EQ(FromGrpcStatus(grpc_odd).code(), absl::StatusCode::kUnknown);
+  // (grpc::StatusCode has no fixed underlying type: a value outside it
+  // cannot be made without undefined behaviour, which UBSan rightly flags.)
 }
 
 TEST(StatusConversionTest, CodeNames) {
   EXPECT_STREQ(GrpcStatusCodeName(grpc::StatusCode::OK), "OK");
   EXPECT_STREQ(GrpcStatusCodeName(grpc::StatusCode::UNIMPLEMENTED), "UNIMPLEMENTED");
   EXPECT_STREQ(GrpcStatusCodeName(grpc::StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
-  EXPECT_STREQ(GrpcStatusCodeName(static_cast<grpc::StatusCode>(1234)), "UNKNOWN");
 }
 
 }  // namespace
