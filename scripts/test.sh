@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every test (unit, integration, engine) with CTest.
-# Extra arguments go to ctest, e.g. scripts/test.sh -R Integration
+# Sets up, builds and runs every test (unit, integration, engine, chaos, load)
+# with CTest, then the hardening run (scripts/sanitize.sh: ASan + UBSan build,
+# unit and integration tests under it, a fuzzing smoke of each harness).
+# Extra arguments go to ctest and skip the hardening run, e.g.
+#   scripts/test.sh -R Integration
+# QUANTD_SANITIZE=0 skips the hardening run too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/build.sh
 build_dir="${QUANTD_BUILD_DIR:-build}"
 ctest --test-dir "$build_dir" --output-on-failure "$@"
+if [ "$#" -eq 0 ] && [ "${QUANTD_SANITIZE:-1}" != "0" ]; then
+  scripts/sanitize.sh
+fi

@@ -26,8 +26,15 @@ using google::protobuf::util::TimeUtil;
 constexpr int64_t kCifarRecordBytes = 1 + 3 * 32 * 32;
 constexpr uint32_t kMaxBatchSize = 10000;
 
+// Timestamp's range (0001-01-01 .. 9999-12-31): protobuf aborts the process
+// on a value outside it, so every conversion clamps or validates.
+constexpr int64_t kMinTimestampSeconds = -62135596800;
+constexpr int64_t kMaxTimestampSeconds = 253402300799;
+
 google::protobuf::Timestamp ToTimestamp(absl::Time t) {
-  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
+  const absl::Time lo = absl::FromUnixSeconds(kMinTimestampSeconds);
+  const absl::Time hi = absl::FromUnixSeconds(kMaxTimestampSeconds);
+  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(std::clamp(t, lo, hi)));
 }
 
 std::string DeterministicBytes(const google::protobuf::Message& message) {
@@ -359,7 +366,12 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   if (request.labels_size() > 16) return absl::InvalidArgumentError("labels: at most 16");
   job.idempotency_key = key;
   if (request.has_deadline()) {
-    job.deadline = absl::FromUnixMicros(TimeUtil::TimestampToMicroseconds(request.deadline()));
+    const google::protobuf::Timestamp& d = request.deadline();
+    if (d.seconds() < kMinTimestampSeconds || d.seconds() > kMaxTimestampSeconds || d.nanos() < 0 ||
+        d.nanos() > 999999999) {
+      return absl::InvalidArgumentError("deadline: not a valid timestamp (years 1..9999, nanos 0..999999999)");
+    }
+    job.deadline = absl::FromUnixSeconds(d.seconds()) + absl::Nanoseconds(d.nanos());
   }
   job.request_echo = DeterministicBytes(request);
   job.request_fingerprint = engine::Sha256Hex(job.request_echo);

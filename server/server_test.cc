@@ -184,6 +184,21 @@ TEST_F(ServerTest, QuantizeJobValidatesWithoutLoadingTheModel) {
   status = submit(request);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(status.error_message(), HasSubstr("model.blob_id"));
+
+  // Found by the job_request fuzzer: a deadline beyond protobuf's Timestamp
+  // range overflowed the conversion (and echoing it could abort the server).
+  {
+    std::ofstream(data_dir_ + "/nested/data/m.pt") << "PK";
+    std::ofstream(data_dir_ + "/nested/data/c.bin", std::ios::binary) << std::string(3073, '\x01');
+    v1::QuantizeJobRequest timed;
+    timed.mutable_model()->set_path("m.pt");
+    timed.mutable_calibration()->mutable_dataset()->set_path("c.bin");
+    timed.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+    timed.mutable_deadline()->set_seconds(999999999999999);
+    status = submit(timed);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("deadline"));
+  }
 }
 
 TEST_F(ServerTest, StreamingRpcsOnUnknownIdsAreNotFound) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/time/clock.h"
 #include "quantd/v1/quantd.pb.h"
 #include "server/job_conversion.h"
 #include "tests/fuzz/fuzz_file.h"
@@ -31,6 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
   auto job = quantd::JobFromRequest(request, *resolver);
   if (!job.ok()) return 0;
+  job->create_time = absl::Now();  // as WorkerPool::Submit sets it
   quantd::v1::Job proto;
   quantd::ToProto(*job, &proto);
   auto decoded = quantd::worker::DecodeJobSpec(quantd::worker::EncodeJobSpec(job->spec));

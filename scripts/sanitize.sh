@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The hardening run: builds everything with clang under AddressSanitizer +
+# UndefinedBehaviorSanitizer (build-sanitize/, QUANTD_FUZZ=ON), runs the unit
+# and integration tests there, then each libFuzzer harness for
+# QUANTD_FUZZ_SECONDS (default 30) from its seed corpus in tests/fuzz/corpus.
+# Extra arguments go to ctest. Longer fuzzing on demand:
+#   tests/fuzz/run_fuzzer.sh build-sanitize/tests/fuzz/dataset_fuzzer tests/fuzz/corpus/dataset_fuzzer 3600
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+build_dir="${QUANTD_SANITIZE_BUILD_DIR:-build-sanitize}"
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$(pwd)}"
+CC=clang CXX=clang++ cmake -G Ninja -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DQUANTD_FUZZ=ON -DQUANTD_FUZZ_SECONDS="${QUANTD_FUZZ_SECONDS:-30}"
+cmake --build "$build_dir" -j"${QUANTD_BUILD_JOBS:-2}"
+
+# LibTorch, gRPC and the other system libraries are not instrumented: leaks
+# they keep for the process lifetime and allocations that cross into them are
+# not ours to report. Everything else stops the test at the first report.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0:abort_on_error=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+# The accuracy tests (label acceptance) and their AVX2 repeat are the same
+# code as the unit tests on more data; chaos and load tests run in the normal
+# build (scripts/test.sh), where their timings mean something.
+ctest --test-dir "$build_dir" --output-on-failure -LE 'avx2|acceptance' -E 'Chaos|LoadTest' "$@"
+echo "sanitize: done ($build_dir)"
