@@ -2,8 +2,8 @@
 
 #include <sys/stat.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <set>
 
@@ -14,8 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/base/sha256.h"
-#include "worker/engine/quantizer.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/quantizer.h"
 
 namespace quantd {
 namespace {
@@ -98,15 +98,20 @@ absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref,
 absl::StatusOr<engine::Preprocessing> ToPreprocessing(const v1::Preprocessing& p, std::string* layout) {
   engine::Preprocessing out;
   if (p.has_scale()) {
-    if (!(p.scale() > 0) && !(p.scale() < 0)) {
-      return absl::InvalidArgumentError("preprocessing.scale: must not be 0 or NaN");
+    if (!std::isfinite(p.scale()) || p.scale() == 0) {
+      return absl::InvalidArgumentError("preprocessing.scale: must be finite and not 0");
     }
     out.scale = p.scale();
   }
-  for (float m : p.mean()) out.mean.push_back(m);
+  for (int i = 0; i < p.mean_size(); ++i) {
+    if (!std::isfinite(p.mean(i))) {
+      return absl::InvalidArgumentError(absl::StrCat("preprocessing.mean[", i, "]: must be finite"));
+    }
+    out.mean.push_back(p.mean(i));
+  }
   for (int i = 0; i < p.std_size(); ++i) {
-    if (p.std(i) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("preprocessing.std[", i, "]: must not be 0"));
+    if (!std::isfinite(p.std(i)) || p.std(i) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("preprocessing.std[", i, "]: must be finite and not 0"));
     }
     out.std.push_back(p.std(i));
   }
@@ -133,6 +138,15 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
     return absl::InvalidArgumentError(absl::StrCat(
         "qconfig.kernel_engine: unknown kernel engine \"", q.kernel_engine(),
         "\" (onednn, qnnpack, fbgemm, x86, or empty)"));
+  }
+  if (!q.kernel_engine().empty()) {
+    // Refused now, not when a worker gets to the job.
+    const std::vector<std::string> available = engine::AvailableKernelEngines();
+    if (std::find(available.begin(), available.end(), q.kernel_engine()) == available.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("qconfig.kernel_engine: \"", q.kernel_engine(),
+                                                     "\" is not compiled into this server's LibTorch (available: ",
+                                                     absl::StrJoin(available, ", "), ")"));
+    }
   }
   spec->kernel_engine = q.kernel_engine();
   spec->strict_kernels = q.strict_kernels();
@@ -176,7 +190,10 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
     }
     spec->qconfig.reduce_range = c.reduce_range();
   } else {
-    spec->qconfig.preset = "fbgemm";
+    // Unset: the preset made for the requested kernel engine (the API's
+    // promise); fbgemm's, the PyTorch default, when no engine is named.
+    const std::string& engine = q.kernel_engine();
+    spec->qconfig.preset = (engine == "qnnpack" || engine == "onednn" || engine == "x86") ? engine : "fbgemm";
   }
   return absl::OkStatus();
 }

@@ -3,7 +3,9 @@
 #include <prometheus/text_serializer.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +17,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quantd/v1/quantd.grpc.pb.h"
+#include "worker/engine/quantizer.h"
 
 namespace quantd {
 namespace {
@@ -198,6 +201,22 @@ TEST_F(ServerTest, QuantizeJobValidatesWithoutLoadingTheModel) {
     status = submit(timed);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
     EXPECT_THAT(status.error_message(), HasSubstr("deadline"));
+    timed.clear_deadline();
+    // An engine this LibTorch lacks (Debian's has no fbgemm) is refused at
+    // submit, not when a worker gets to the job.
+    const std::vector<std::string> available = engine::AvailableKernelEngines();
+    for (const char* missing : {"fbgemm", "x86", "onednn", "qnnpack"}) {
+      if (std::find(available.begin(), available.end(), missing) != available.end()) continue;
+      timed.mutable_qconfig()->set_kernel_engine(missing);
+      status = submit(timed);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+      EXPECT_THAT(status.error_message(), HasSubstr("is not compiled into this server's LibTorch"));
+    }
+    timed.clear_qconfig();
+    timed.mutable_preprocessing()->add_mean(std::nanf(""));
+    status = submit(timed);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("preprocessing.mean[0]: must be finite"));
   }
 }
 
