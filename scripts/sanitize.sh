@@ -20,8 +20,8 @@ cmake --build "$build_dir" -j"${QUANTD_BUILD_JOBS:-2}"
 # not ours to report. Everything else stops the test at the first report.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-# The accuracy tests (label acceptance) and their AVX2 repeat are the same
-# code as the unit tests on more data; chaos and load tests run in the normal
+# The accuracy tests (not built here) and the AVX2 repeat are the same code
+# as the unit tests on more data; chaos and load tests run in the normal
 # build (scripts/test.sh), where their timings mean something.
-ctest --test-dir "$build_dir" --output-on-failure -LE 'avx2|acceptance' -E 'Chaos|LoadTest' "$@"
+ctest --test-dir "$build_dir" --output-on-failure -LE 'avx2' -E 'Chaos|LoadTest' "$@"
 echo "sanitize: done ($build_dir)"

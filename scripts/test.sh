@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 scripts/build.sh
 build_dir="${QUANTD_BUILD_DIR:-build}"
 ctest --test-dir "$build_dir" --output-on-failure "$@"
+# The figures the chaos and load tests print (CTest shows output only on failure).
+grep -hE '^(chaos|load): |^  [A-Za-z]+: [0-9]+ calls, p50' "$build_dir/Testing/Temporary/LastTest.log" || true
 if [ "$#" -eq 0 ] && [ "${QUANTD_SANITIZE:-1}" != "0" ]; then
   scripts/sanitize.sh
 fi

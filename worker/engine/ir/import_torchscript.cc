@@ -1,8 +1,10 @@
 #include "worker/engine/ir/import_torchscript.h"
 
 #include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/frontend/error_report.h>
 #include <torch/csrc/jit/ir/irparser.h>
 #include <torch/csrc/jit/serialization/import.h>
+#include <torch/version.h>
 
 #include <map>
 #include <optional>
@@ -564,7 +566,18 @@ namespace {
 absl::StatusOr<Graph> ImportTorchScriptFileUnguarded(const std::string& path) {
   torch::jit::Module module;
   absl::Status loaded = TorchTry(absl::StrCat("loading TorchScript model ", path), [&]() {
-    module = torch::jit::load(path);
+    try {
+      module = torch::jit::load(path);
+    } catch (const torch::jit::ErrorReport&) {
+      // The archive's code does not compile here. Its message is rendered
+      // inside what(), which is noexcept and unpickles the archive's debug
+      // info: from a corrupt archive that throws, and the process ends
+      // (found by torchscript_import_fuzzer). So what() is not called.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "loading TorchScript model ", path,
+          ": its code does not compile in this LibTorch (" TORCH_VERSION
+          "): saved by a newer PyTorch, or a damaged archive"));
+    }
     return absl::OkStatus();
   });
   if (!loaded.ok()) return absl::InvalidArgumentError(loaded.message());

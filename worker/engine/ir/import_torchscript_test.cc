@@ -49,6 +49,19 @@ TEST(ImportTorchScriptTest, CorruptFileIsInvalidArgument) {
   EXPECT_NE(graph.status().message().find("loading TorchScript model"), std::string::npos);
 }
 
+// Found by torchscript_import_fuzzer: an archive whose error message throws
+// while LibTorch renders it (ErrorReport::what() unpickles debug info). The
+// throw from inside the catch handler used to end the process.
+TEST(ImportTorchScriptTest, AnArchiveWhoseErrorMessageThrowsIsAStatus) {
+  const std::string path =
+      testing::SourceDir() + "/tests/fuzz/corpus/torchscript_import_fuzzer/what_throws_while_rendering";
+  ASSERT_TRUE(std::filesystem::exists(path));
+  auto graph = ImportTorchScriptFile(path);
+  EXPECT_FALSE(graph.ok());
+  EXPECT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument) << graph.status();
+  EXPECT_NE(graph.status().message().find("does not compile in this LibTorch"), std::string::npos) << graph.status();
+}
+
 TEST(UnmangledTypeNameTest, StripsManglingAndPrefix) {
   auto cu = std::make_shared<torch::jit::CompilationUnit>();
   auto type = c10::ClassType::create(c10::QualifiedName("__torch__.torch.nn.modules.conv.___torch_mangle_3.Conv2d"), cu, true);
