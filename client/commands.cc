@@ -1,40 +1,24 @@
 #include "client/commands.h"
 
-#include <fstream>
 #include <ostream>
-#include <sstream>
 
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/pem_file.h"
 
 namespace quantd::cli {
-
-namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  std::ifstream in(path);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not PEM"));
-  }
-  return text.str();
-}
-
-}  // namespace
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(const GlobalOptions& options) {
   if (options.tls_ca_file.empty()) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
-  absl::StatusOr<std::string> ca = ReadPem(options.tls_ca_file, "--tls_ca");
+  absl::StatusOr<std::string> ca = ReadPemFile(options.tls_ca_file, "--tls_ca");
   if (!ca.ok()) return ca.status();
   ssl.pem_root_certs = *ca;
   if (!options.tls_cert_file.empty()) {
-    absl::StatusOr<std::string> cert = ReadPem(options.tls_cert_file, "--tls_cert");
+    absl::StatusOr<std::string> cert = ReadPemFile(options.tls_cert_file, "--tls_cert");
     if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadPem(options.tls_key_file, "--tls_key");
+    absl::StatusOr<std::string> key = ReadPemFile(options.tls_key_file, "--tls_key");
     if (!key.ok()) return key.status();
     ssl.pem_cert_chain = *cert;
     ssl.pem_private_key = *key;

@@ -8,7 +8,6 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -19,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "server/log.h"
 #include "server/metrics_interceptor.h"
+#include "worker/engine/base/pem_file.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
 #include "worker/local_artifact_store.h"
@@ -123,26 +123,15 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  std::ifstream in(path);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not PEM"));
-  }
-  return text.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> GrpcCredentials(const QuantdServer::Options& options) {
   if (options.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions ssl;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  QUANTD_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(options.tls_cert_file, "--tls_cert"));
-  QUANTD_ASSIGN_OR_RETURN(pair.private_key, ReadPem(options.tls_key_file, "--tls_key"));
+  QUANTD_ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.tls_cert_file, "--tls_cert"));
+  QUANTD_ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(options.tls_key_file, "--tls_key"));
   ssl.pem_key_cert_pairs.push_back(std::move(pair));
   if (!options.tls_client_ca_file.empty()) {
-    QUANTD_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.tls_client_ca_file, "--tls_client_ca"));
+    QUANTD_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(options.tls_client_ca_file, "--tls_client_ca"));
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(ssl);
