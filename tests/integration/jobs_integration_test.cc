@@ -322,6 +322,16 @@ bool WatchUntil(Quantd& quantd, const std::string& id, const std::string& needle
   return false;
 }
 
+// Submits a fbgemm job in batches of 10 and returns its id once a watcher
+// (left running in `watcher`) has seen calibration start; "" on failure.
+std::string SubmitAndWatchUntilCalibrating(Quantd& quantd, std::unique_ptr<Subprocess>* watcher) {
+  RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  if (r.exit_code != 0) return "";
+  const std::string id = JobIdFrom(r.out);
+  return WatchUntil(quantd, id, " calibration ", watcher) ? id : "";
+}
+
 TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) {
   std::string reference;
   {
@@ -333,11 +343,9 @@ TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) 
   }
   Quantd quantd;
   ASSERT_TRUE(quantd.Start());
-  RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10"}));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string id = JobIdFrom(r.out);
   std::unique_ptr<Subprocess> watcher;
-  ASSERT_TRUE(WatchUntil(quantd, id, " calibration ", &watcher)) << quantd.log();
+  const std::string id = SubmitAndWatchUntilCalibrating(quantd, &watcher);
+  ASSERT_FALSE(id.empty()) << quantd.log();
   ASSERT_TRUE(quantd.child().Signal(SIGKILL));
   ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(10)).has_value());
   ASSERT_TRUE(quantd.Start());
@@ -356,11 +364,9 @@ TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) 
 TEST(JobsIntegrationTest, ASecondServerOnTheSameDataDirRefusesToStart) {
   Quantd quantd;
   ASSERT_TRUE(quantd.Start());
-  RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10"}));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string id = JobIdFrom(r.out);
   std::unique_ptr<Subprocess> watcher;
-  ASSERT_TRUE(WatchUntil(quantd, id, " calibration ", &watcher)) << quantd.log();
+  const std::string id = SubmitAndWatchUntilCalibrating(quantd, &watcher);
+  ASSERT_FALSE(id.empty()) << quantd.log();
   auto second = RunCommand({QUANTD_BIN, "--bind_address=127.0.0.1", "--grpc_port=0", "--metrics_port=-1",
                             "--data_dir=" + quantd.dir() + "/data"},
                            absl::Seconds(60));
@@ -426,11 +432,9 @@ TEST(JobsIntegrationTest, AFullDataDirRefusesUploadsAndFailsJobsCleanly) {
 TEST(JobsIntegrationTest, GracefulShutdownEndsWatchesAndRequeuesTheRunningJob) {
   Quantd quantd({"--shutdown_grace_seconds=30"});
   ASSERT_TRUE(quantd.Start());
-  RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10"}));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string id = JobIdFrom(r.out);
   std::unique_ptr<Subprocess> watcher;
-  ASSERT_TRUE(WatchUntil(quantd, id, " calibration ", &watcher)) << quantd.log();
+  const std::string id = SubmitAndWatchUntilCalibrating(quantd, &watcher);
+  ASSERT_FALSE(id.empty()) << quantd.log();
   ASSERT_TRUE(quantd.child().Signal(SIGTERM));
   // Well inside the 30 s grace: nothing holds the shutdown.
   ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(20)).has_value()) << quantd.log();
