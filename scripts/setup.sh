@@ -13,7 +13,7 @@ DEB_PACKAGES=(
   libabsl-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libsqlite3-dev sqlite3 nlohmann-json3-dev
   libcpp-httplib-dev libssl-dev openssl
-  clang libclang-rt-dev
+  clang libclang-rt-dev libomp-dev
   libopenblas0-pthread
   prometheus
 )
