@@ -48,6 +48,9 @@ ABSL_FLAG(std::string, token_file, "",
 ABSL_FLAG(std::vector<std::string>, read_roots, {},
           "Comma-separated folders outside --data_dir that request paths may reach through "
           "symlinks in the data dir (e.g. a read-only dataset volume).");
+ABSL_FLAG(int64_t, max_batch_bytes, int64_t{256} << 20,
+          "Most bytes one batch of float32 images may take in a job (calibration and evaluation); "
+          "a larger batch_size fails the job with INVALID_ARGUMENT. 0 = no limit.");
 ABSL_FLAG(int64_t, max_data_bytes, 0,
           "Quota for everything under --data_dir (uploads and artifacts beyond it are "
           "RESOURCE_EXHAUSTED); 0 = no limit.");
@@ -128,6 +131,7 @@ int main(int argc, char** argv) {
   options.metrics_require_token = absl::GetFlag(FLAGS_metrics_require_token);
   options.read_roots = absl::GetFlag(FLAGS_read_roots);
   options.max_data_bytes = absl::GetFlag(FLAGS_max_data_bytes);
+  options.max_batch_bytes = absl::GetFlag(FLAGS_max_batch_bytes);
   options.blob_ttl_seconds = absl::GetFlag(FLAGS_blob_ttl_seconds);
 
   quantd::LogLine(quantd::LogLevel::kInfo,

@@ -99,6 +99,9 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("max upload bytes must be at least 1, got ", options.max_upload_bytes));
   }
+  if (options.max_batch_bytes < 0) {
+    return absl::InvalidArgumentError("--max_batch_bytes must be >= 0 (0 = no limit)");
+  }
   if (options.max_data_bytes < 0) {
     return absl::InvalidArgumentError("--max_data_bytes must be >= 0 (0 = no limit)");
   }
@@ -241,6 +244,7 @@ absl::Status QuantdServer::OpenStores() {
   worker::WorkerPool::Options pool_options;
   pool_options.workers = options_.workers;
   pool_options.queue_capacity = options_.queue_capacity;
+  pool_options.max_batch_bytes = options_.max_batch_bytes;
   if (options_.job_deadline_seconds > 0) {
     pool_options.job_deadline = absl::Seconds(options_.job_deadline_seconds);
   }

@@ -52,6 +52,9 @@ class QuantdServer {
     int64_t max_upload_bytes = int64_t{512} << 20;
     // Longest a job may run once started; 0 = no limit.
     double job_deadline_seconds = 3600;
+    // Most bytes one batch of float32 images may take in a job (calibration
+    // and evaluation); a larger batch_size fails the job. 0 = no limit.
+    int64_t max_batch_bytes = int64_t{256} << 20;
     // TLS on gRPC and HTTP: PEM certificate chain and private key (both or
     // neither). With a client CA as well, gRPC requires client certificates
     // signed by it (mTLS).

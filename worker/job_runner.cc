@@ -96,6 +96,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   };
 
   engine::QuantizeOptions options = ToQuantizeOptions(job.spec);
+  options.max_batch_bytes = max_batch_bytes_;
   options.progress = [&](const engine::ProgressEvent& progress) {
     const JobPhase phase = FromEnginePhase(progress.phase);
     if (phase != current) enter_phase(phase);

@@ -47,8 +47,9 @@ struct StopSignals {
 class JobRunner {
  public:
   JobRunner(JobStore* store, ArtifactStore* artifacts, QuantizationEngine* engine,
-            JobEventHub* events, Clock* clock)
-      : store_(store), artifacts_(artifacts), engine_(engine), events_(events), clock_(clock) {}
+            JobEventHub* events, Clock* clock, int64_t max_batch_bytes = 0)
+      : store_(store), artifacts_(artifacts), engine_(engine), events_(events), clock_(clock),
+        max_batch_bytes_(max_batch_bytes) {}
 
   // `job` has just been claimed (RUNNING). `deadline` is absolute
   // (InfiniteFuture = none). Returns the job as recorded at the end.
@@ -61,6 +62,7 @@ class JobRunner {
   QuantizationEngine* const engine_;
   JobEventHub* const events_;
   Clock* const clock_;
+  const int64_t max_batch_bytes_;
 };
 
 engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec);

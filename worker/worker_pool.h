@@ -36,6 +36,8 @@ class WorkerPool {
     absl::Duration job_deadline = absl::InfiniteDuration();
     // A job found RUNNING after this many starts is failed, not retried.
     uint32_t max_attempts = 2;
+    // Per-batch memory bound passed to the engine (0 = none).
+    int64_t max_batch_bytes = 0;
     // How often idle workers look at the store without being woken (another
     // process may have queued something).
     absl::Duration idle_poll = absl::Seconds(1);

@@ -426,6 +426,22 @@ TEST(JobsIntegrationTest, AFullDataDirRefusesUploadsAndFailsJobsCleanly) {
   EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
 }
 
+// A job's batches are bounded by bytes: 10 CIFAR images as float32 are
+// 122880 bytes, over a 100000-byte limit.
+TEST(JobsIntegrationTest, ABatchOverTheByteLimitFailsTheJobNamingTheField) {
+  Quantd quantd({"--max_batch_bytes=100000"});
+  ASSERT_TRUE(quantd.Start());
+  RunResult r = quantd.Ctl(SubmitArgs({"--batch_size=10", "--wait"}));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  nlohmann::json job = quantd.Job(JobIdFrom(r.out));
+  EXPECT_EQ(job["state"], "JOB_STATE_FAILED");
+  EXPECT_EQ(job["result"]["errorCode"], 3);
+  EXPECT_THAT(job["result"]["errorMessage"].get<std::string>(),
+              HasSubstr("calibration.batch_size: 10 images of 3x32x32 float32 take 122880 bytes"));
+  EXPECT_EQ(quantd.WaitDone(JobIdFrom(quantd.Ctl(SubmitArgs({"--batch_size=8", "--wait"})).out))["state"],
+            "JOB_STATE_SUCCEEDED");
+}
+
 // SIGTERM with a watcher attached: the watch ends at once with UNAVAILABLE
 // (it used to hold the shutdown for the whole grace period), the running job
 // goes back to the queue and finishes after the restart, run once.

@@ -345,6 +345,9 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   // module itself stays the FP32 reference.
   impl->fp32_module = impl->fused.module;
   QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> calibration, OpenDataset(options.calibration));
+  impl->max_batch_bytes = options.max_batch_bytes;
+  QUANTD_RETURN_IF_ERROR(
+      CheckBatchBytes(*calibration, options.batch_size, options.max_batch_bytes, "calibration.batch_size"));
   QUANTD_ASSIGN_OR_RETURN(report.calibration_sha256, calibration->Fingerprint());
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));

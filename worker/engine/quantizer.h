@@ -71,6 +71,9 @@ struct QuantizeOptions {
   std::optional<CpuInt8Report> cpu_for_testing;
   std::optional<DatasetSpec> evaluation;  // FP32 and int8 top-1 on this labeled set
   int64_t evaluation_batch_size = 256;
+  // Most bytes one batch of float32 images may take (calibration and
+  // evaluation); 0 = no limit. A larger batch_size is INVALID_ARGUMENT.
+  int64_t max_batch_bytes = 0;
   ProgressCallback progress;
 };
 

@@ -25,12 +25,14 @@ struct QuantizedModel::Impl {
   std::unique_ptr<Program> program;
   std::unique_ptr<Int8Executor> executor;
   QuantizeReport report;
+  int64_t max_batch_bytes = 0;  // QuantizeOptions::max_batch_bytes
 
   // Runs `fn(logits, labels)` over a dataset in batches.
   template <typename Fn>
   absl::Status ForEachBatch(const DatasetSpec& spec, int64_t batch_size, const ProgressCallback& progress, Fn&& fn) const {
     QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(spec));
     if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
+    QUANTD_RETURN_IF_ERROR(CheckBatchBytes(*dataset, batch_size, max_batch_bytes, "evaluation.batch_size"));
     const int64_t total = (dataset->size() + batch_size - 1) / batch_size;
     at::NoGradGuard no_grad;
     for (int64_t b = 0; b < total; ++b) {

@@ -188,6 +188,24 @@ class SmallModelTest : public ::testing::Test {
 };
 std::string* SmallModelTest::dir_ = nullptr;
 
+// A batch's memory is bounded by bytes: 16 images of 3x16x16 float32 are
+// 49152 bytes.
+TEST_F(SmallModelTest, BatchesOverTheByteLimitAreRefused) {
+  QuantizeOptions options = Options();
+  options.max_batch_bytes = 49152 - 1;
+  absl::Status refused = Quantize(options).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("calibration.batch_size: 16 images of 3x16x16 float32 take 49152 bytes"),
+            std::string::npos)
+      << refused;
+  options.max_batch_bytes = 49152;
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  DatasetSpec data = Options().calibration;
+  EXPECT_EQ((*model)->EvaluateInt8(data, 32).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE((*model)->EvaluateInt8(data, 16).ok());
+}
+
 TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   auto model = Quantize(Options());
   ASSERT_TRUE(model.ok()) << model.status();

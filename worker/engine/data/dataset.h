@@ -38,6 +38,11 @@ class Dataset {
 // numbers (dims, counts and byte sizes are checked against the file size).
 absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec);
 
+// INVALID_ARGUMENT naming `field` when `batch_size` of this dataset's images,
+// as float32, would take more than `max_bytes` (0 = no limit): a batch's
+// memory is bounded by bytes, not by a count that means little for 224x224.
+absl::Status CheckBatchBytes(const Dataset& dataset, int64_t batch_size, int64_t max_bytes, absl::string_view field);
+
 // The parsed dict of a .npy header ("{'descr': '<f4', 'fortran_order': False,
 // 'shape': (N, C, H, W), }"); data_offset is set by the file reader.
 struct NpyHeader {
