@@ -49,8 +49,7 @@ std::string DeterministicBytes(const google::protobuf::Message& message) {
 
 absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref,
                                                    const std::string& field,
-                                                   const ReferenceResolver& resolver,
-                                                   const worker::BlobStore* blobs) {
+                                                   const ReferenceResolver& resolver) {
   engine::DatasetSpec spec;
   switch (ref.format()) {
     case v1::DATASET_FORMAT_CIFAR10_BINARY:
@@ -328,8 +327,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     return absl::InvalidArgumentError("calibration.dataset: required");
   }
   const v1::CalibrationSpec& calibration = request.calibration();
-  QUANTD_ASSIGN_OR_RETURN(spec.calibration, ResolveDataset(calibration.dataset(), "calibration.dataset",
-                                                           resolver, resolver.blobs_));
+  QUANTD_ASSIGN_OR_RETURN(spec.calibration, ResolveDataset(calibration.dataset(), "calibration.dataset", resolver));
   if (calibration.batch_size() > kMaxBatchSize) {
     return absl::InvalidArgumentError(absl::StrCat("calibration.batch_size: at most ", kMaxBatchSize));
   }
@@ -342,8 +340,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   if (request.has_evaluation()) {
     const v1::EvaluationSpec& evaluation = request.evaluation();
     if (!evaluation.has_dataset()) return absl::InvalidArgumentError("evaluation.dataset: required");
-    QUANTD_ASSIGN_OR_RETURN(engine::DatasetSpec eval, ResolveDataset(evaluation.dataset(), "evaluation.dataset",
-                                                                     resolver, resolver.blobs_));
+    QUANTD_ASSIGN_OR_RETURN(engine::DatasetSpec eval, ResolveDataset(evaluation.dataset(), "evaluation.dataset", resolver));
     if (evaluation.batch_size() > kMaxBatchSize) {
       return absl::InvalidArgumentError(absl::StrCat("evaluation.batch_size: at most ", kMaxBatchSize));
     }

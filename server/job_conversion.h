@@ -36,8 +36,6 @@ class ReferenceResolver {
   absl::StatusOr<std::string> ResolveModel(const v1::ModelRef& model, const std::string& field) const;
 
  private:
-  friend absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest&,
-                                                    const ReferenceResolver&);
   std::string data_dir_;
   const worker::BlobStore* blobs_;
   worker::Clock* clock_;

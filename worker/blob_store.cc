@@ -138,8 +138,11 @@ absl::Status BlobUpload::Append(const std::string& chunk) {
                                                    declared_size_, " bytes)"));
   }
   // Undeclared sizes: look at the quota again every 16 MiB received.
-  if (store_->quota() != nullptr && declared_size_ == 0 && size_ / (16 << 20) != (size_ - static_cast<int64_t>(chunk.size())) / (16 << 20)) {
-    absl::Status room = store_->quota()->Check(chunk.size(), "upload");
+  unchecked_bytes_ += static_cast<int64_t>(chunk.size());
+  if (store_->quota() != nullptr && declared_size_ == 0 && unchecked_bytes_ >= (16 << 20)) {
+    // Earlier chunks are already in the temporary file, which UsedBytes counts.
+    absl::Status room = store_->quota()->Check(static_cast<int64_t>(chunk.size()), "upload");
+    unchecked_bytes_ = 0;
     if (!room.ok()) {
       Discard();
       return room;

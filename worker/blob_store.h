@@ -52,6 +52,7 @@ class BlobUpload {
   std::string expected_sha256_;
   int64_t declared_size_;  // 0 = not declared
   int64_t size_ = 0;
+  int64_t unchecked_bytes_ = 0;  // received since the quota was last checked
   engine::Sha256 hash_;
 };
 
