@@ -17,8 +17,9 @@ cmake --build "$build_dir" -j"${QUANTD_BUILD_JOBS:-2}"
 
 # LibTorch, gRPC and the other system libraries are not instrumented: leaks
 # they keep for the process lifetime and allocations that cross into them are
-# not ours to report. Everything else stops the test at the first report.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0:abort_on_error=1}"
+# not ours to report. A failed allocation throws std::bad_alloc, as in
+# production. Everything else stops the test at the first report.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0:abort_on_error=1:allocator_may_return_null=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 # The accuracy tests (not built here) and the AVX2 repeat are the same code
 # as the unit tests on more data; chaos and load tests run in the normal

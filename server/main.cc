@@ -17,6 +17,7 @@
 #include "server/log.h"
 #include "server/server.h"
 #include "worker/engine/quantizer.h"
+#include "worker/model_vetter.h"
 
 ABSL_FLAG(std::string, bind_address, "0.0.0.0",
           "Address the gRPC and metrics listeners bind to.");
@@ -59,6 +60,15 @@ ABSL_FLAG(double, blob_ttl_seconds, 7 * 24 * 3600,
           "0 = keep them until DeleteBlob.");
 ABSL_FLAG(bool, metrics_require_token, false,
           "With --token_file: /metrics needs a read token as well (else it is open).");
+ABSL_FLAG(bool, vet_models, true,
+          "Load each job's model in a child quantd first: a damaged or crafted TorchScript "
+          "archive can crash LibTorch's loader, and then only that child dies. false = load "
+          "models in the server process (trusted models only).");
+ABSL_FLAG(double, model_vet_seconds, 120,
+          "How long the child loading a job's model may take before the job fails.");
+ABSL_FLAG(std::string, vet_model_file, "",
+          "Internal (what quantd runs as the child of --vet_models): load this TorchScript "
+          "model, print why it fails, exit 0 when it loads.");
 ABSL_FLAG(int, intra_op_threads, 1,
           "LibTorch intra-op threads per job (set explicitly: 2 OpenMP threads on a busy "
           "2-core machine can be 10-100x slower).");
@@ -109,6 +119,9 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   quantd::SetDebugLogging(absl::GetFlag(FLAGS_log_rpcs));
   quantd::engine::InitializeRuntime(absl::GetFlag(FLAGS_intra_op_threads));
+  if (const std::string model = absl::GetFlag(FLAGS_vet_model_file); !model.empty()) {
+    return quantd::worker::RunModelVetterChild(model);
+  }
 
   if (!InstallSignalHandlers()) {
     quantd::LogLine(quantd::LogLevel::kError, "quantd: cannot install signal handlers");
@@ -133,6 +146,8 @@ int main(int argc, char** argv) {
   options.max_data_bytes = absl::GetFlag(FLAGS_max_data_bytes);
   options.max_batch_bytes = absl::GetFlag(FLAGS_max_batch_bytes);
   options.blob_ttl_seconds = absl::GetFlag(FLAGS_blob_ttl_seconds);
+  if (absl::GetFlag(FLAGS_vet_models)) options.model_vet_command = {"/proc/self/exe", "--vet_model_file"};
+  options.model_vet_seconds = absl::GetFlag(FLAGS_model_vet_seconds);
 
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));

@@ -22,6 +22,7 @@
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
 #include "worker/local_artifact_store.h"
+#include "worker/model_vetter.h"
 #include "worker/sqlite_job_store.h"
 
 #ifndef QUANTD_VERSION
@@ -107,6 +108,9 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   }
   if (!(options.blob_ttl_seconds >= 0)) {
     return absl::InvalidArgumentError("--blob_ttl_seconds must be >= 0 (0 = keep blobs)");
+  }
+  if (!(options.model_vet_seconds > 0)) {
+    return absl::InvalidArgumentError("--model_vet_seconds must be > 0");
   }
   if (!(options.job_deadline_seconds >= 0)) {
     return absl::InvalidArgumentError("job deadline seconds must be >= 0 (0 = none)");
@@ -240,7 +244,15 @@ absl::Status QuantdServer::OpenStores() {
                           worker::LocalArtifactStore::Open((root / "artifacts").string(), quota_.get()));
   QUANTD_ASSIGN_OR_RETURN(blob_store_, worker::BlobStore::Open((root / "blobs").string(),
                                                                options_.max_upload_bytes, quota_.get()));
-  engine_ = worker::NewRealEngine();
+  worker::ModelVetter vet_model;
+  if (!options_.model_vet_command.empty()) {
+    worker::ModelVetterOptions vetter;
+    vetter.command = options_.model_vet_command;
+    vetter.timeout = absl::Seconds(options_.model_vet_seconds);
+    auto cache = std::make_shared<worker::CachingModelVetter>(vetter);
+    vet_model = [cache](const std::string& model_path) { return cache->Vet(model_path); };
+  }
+  engine_ = worker::NewRealEngine(std::move(vet_model));
   worker::WorkerPool::Options pool_options;
   pool_options.workers = options_.workers;
   pool_options.queue_capacity = options_.queue_capacity;

@@ -73,6 +73,13 @@ class QuantdServer {
     // Blobs no queued or running job uses, idle this long, are deleted;
     // 0 = keep them until DeleteBlob.
     double blob_ttl_seconds = 7 * 24 * 3600;
+    // A job's model is first loaded by this command (the model path appended;
+    // see worker/model_vetter.h), since a damaged or crafted archive can crash
+    // LibTorch's loader. quantd runs itself: {"/proc/self/exe", "--vet_model_file"}.
+    // Empty = models load in the server process (trusted models only).
+    std::vector<std::string> model_vet_command;
+    // How long that child may take before the job fails.
+    double model_vet_seconds = 120;
   };
 
   // Validates `options`, binds both ports and starts serving.

@@ -11,7 +11,15 @@ namespace {
 
 class RealEngine final : public QuantizationEngine {
  public:
+  explicit RealEngine(ModelVetter vet_model) : vet_model_(std::move(vet_model)) {}
+
   absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+    if (vet_model_) {
+      if (options.progress && !options.progress({engine::Phase::kLoading, 0, 0})) {
+        return absl::CancelledError("cancelled before loading");
+      }
+      QUANTD_RETURN_IF_ERROR(vet_model_(options.model_path));
+    }
     QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<engine::QuantizedModel> model, engine::Quantize(options));
     if (options.progress && !options.progress({engine::Phase::kStoring, 0, 0})) {
       return absl::CancelledError("cancelled before storing");
@@ -22,11 +30,16 @@ class RealEngine final : public QuantizationEngine {
     output.manifest_json = engine::ManifestJson(output.report);
     return output;
   }
+
+ private:
+  const ModelVetter vet_model_;
 };
 
 }  // namespace
 
-std::unique_ptr<QuantizationEngine> NewRealEngine() { return std::make_unique<RealEngine>(); }
+std::unique_ptr<QuantizationEngine> NewRealEngine(ModelVetter vet_model) {
+  return std::make_unique<RealEngine>(std::move(vet_model));
+}
 
 engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec) {
   engine::QuantizeOptions options;

@@ -6,6 +6,7 @@
 // its deadline, stores the artifact (STORING) and records the outcome.
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -34,8 +35,13 @@ class QuantizationEngine {
   virtual absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) = 0;
 };
 
-// engine::Quantize + SerializeArtifact + ManifestJson.
-std::unique_ptr<QuantizationEngine> NewRealEngine();
+// Decides whether the model at a path may be loaded in this process (see
+// model_vetter.h); a non-OK status fails the job with it.
+using ModelVetter = std::function<absl::Status(const std::string& model_path)>;
+
+// engine::Quantize + SerializeArtifact + ManifestJson. With `vet_model`, a
+// job's model is vetted before the engine loads it.
+std::unique_ptr<QuantizationEngine> NewRealEngine(ModelVetter vet_model = nullptr);
 
 // Why a run should stop early.
 struct StopSignals {

@@ -482,6 +482,59 @@ TEST(JobsIntegrationTest, CancelDuringCalibrationAndTheWorkerGoesOn) {
   EXPECT_EQ(quantd.WaitDone(second)["state"], "JOB_STATE_SUCCEEDED");
 }
 
+constexpr char kLoaderCrashers[] = SOURCE_DIR "/tests/fuzz/crashers/torchscript";
+
+// LibTorch's TorchScript loader crashes on some archives (tests/fuzz/crashers:
+// stack overflow in its parser; memory errors the sanitizer build catches).
+// quantd loads each job's model in a child process first: the crash fails
+// that job with INVALID_ARGUMENT, and the server and the job calibrating
+// beside it go on.
+TEST(JobsIntegrationTest, ModelsThatCrashLibTorchsLoaderFailOnlyTheirJob) {
+  Quantd quantd({"--workers=2"});
+  ASSERT_TRUE(quantd.Start());
+  std::unique_ptr<Subprocess> watcher;
+  const std::string good = SubmitAndWatchUntilCalibrating(quantd, &watcher);
+  ASSERT_FALSE(good.empty());
+  int crashers = 0;
+  for (const auto& entry : fs::directory_iterator(kLoaderCrashers)) {
+    SCOPED_TRACE(entry.path().string());
+    ++crashers;
+    RunResult upload = quantd.Ctl({"upload", entry.path().string()});
+    ASSERT_EQ(upload.exit_code, 0) << upload.err;
+    RunResult r = quantd.Ctl(
+        {"submit", "--model_blob=" + upload.out.substr(0, 64), absl::StrCat("--calib=", kCalib), "--wait"});
+    EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+    nlohmann::json job = quantd.Job(JobIdFrom(r.out));
+    EXPECT_EQ(job["state"], "JOB_STATE_FAILED");
+    // INVALID_ARGUMENT; RESOURCE_EXHAUSTED for the one asking for 26 GiB.
+    EXPECT_THAT(job["result"].value("errorCode", 0), ::testing::AnyOf(3, 8));
+    const std::string message = job["result"].value("errorMessage", "");
+    EXPECT_THAT(message, HasSubstr(upload.out.substr(0, 64)));  // names the model
+    if (entry.path().filename() == "deep_nesting.pt") {
+      // Overflows the stack in every build: only the child can report it.
+      EXPECT_THAT(message, HasSubstr("child process"));
+    }
+    ASSERT_FALSE(quantd.child().Poll().has_value()) << "quantd died: " << quantd.log();
+  }
+  EXPECT_GE(crashers, 3);
+  nlohmann::json done = quantd.WaitDone(good);
+  EXPECT_EQ(done["state"], "JOB_STATE_SUCCEEDED") << done.dump();
+  EXPECT_EQ(done["attemptCount"], 1);  // never interrupted
+  EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
+}
+
+// Why: without the child the same file takes the whole server down.
+TEST(JobsIntegrationTest, WithoutVettingALoaderCrashEndsTheServer) {
+  Quantd quantd({"--vet_models=false"});
+  ASSERT_TRUE(quantd.Start());
+  RunResult upload = quantd.Ctl({"upload", std::string(kLoaderCrashers) + "/deep_nesting.pt"});
+  ASSERT_EQ(upload.exit_code, 0) << upload.err;
+  quantd.Ctl({"submit", "--model_blob=" + upload.out.substr(0, 64), absl::StrCat("--calib=", kCalib)});
+  const std::optional<int> exit_code = quantd.child().WaitFor(kJobTimeout);
+  ASSERT_TRUE(exit_code.has_value()) << "quantd survived: the crasher does not crash LibTorch's loader";
+  EXPECT_GT(*exit_code, 128) << "ended by a signal";
+}
+
 TEST(JobsIntegrationTest, BadInputsGetTheRightCodeAndTheServerKeepsServing) {
   Quantd quantd({"--max_upload_bytes=40000000"});
   ASSERT_TRUE(quantd.Start());

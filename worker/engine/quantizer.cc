@@ -274,6 +274,10 @@ namespace {
 absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const QuantizeOptions& options);
 }  // namespace
 
+absl::Status CheckModelLoads(const std::string& model_path) {
+  return ImportTorchScriptFile(model_path).status();
+}
+
 absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options) {
   return GuardEntryPoint(absl::StrCat("quantizing ", options.model_path),
                          [&]() -> absl::StatusOr<std::unique_ptr<QuantizedModel>> {

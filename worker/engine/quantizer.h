@@ -108,6 +108,11 @@ class QuantizedModel {
 // inside it, exceptions from LibTorch and the standard library included.
 absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options);
 
+// Loads and reads a TorchScript model the way Quantize does, and no more:
+// what a child process runs to find out whether LibTorch survives the file
+// (see worker/model_vetter.h).
+absl::Status CheckModelLoads(const std::string& model_path);
+
 // Process-wide LibTorch settings: intra-op threads (LibTorch defaults to 1
 // here; 2 OpenMP threads on a busy 2-core machine can be 100x slower).
 void SetIntraOpThreads(int threads);

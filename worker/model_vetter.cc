@@ -1,0 +1,194 @@
+#include "worker/model_vetter.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "worker/engine/base/sha256.h"
+#include "worker/engine/quantizer.h"
+
+extern char** environ;
+
+namespace quantd::worker {
+namespace {
+
+// The child's report: "status <code>\n<message>" on stdout, then exit code
+// kRejected. Anything else on an exit is a crash or a foreign failure.
+constexpr int kRejected = 2;
+constexpr char kStatusPrefix[] = "status ";
+// Enough for the child's message; the rest (a sanitizer's report) is dropped.
+constexpr size_t kMaxOutput = 64 << 10;
+
+std::string SignalName(int signal_number) {
+  const char* abbrev = ::sigabbrev_np(signal_number);
+  return abbrev != nullptr ? absl::StrCat("SIG", abbrev) : absl::StrCat("signal ", signal_number);
+}
+
+std::string LastLine(absl::string_view text) {
+  text = absl::StripTrailingAsciiWhitespace(text);
+  const size_t newline = text.rfind('\n');
+  if (newline != absl::string_view::npos) text = text.substr(newline + 1);
+  return std::string(text.substr(0, 500));
+}
+
+// Reads the child's output until EOF or `deadline`; false on timeout.
+bool ReadUntilEof(int fd, absl::Time deadline, std::string* output) {
+  char buffer[4096];
+  while (true) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return false;
+    pollfd poll_fd{fd, POLLIN, 0};
+    const int ready = ::poll(&poll_fd, 1, static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1000)));
+    if (ready < 0 && errno != EINTR) return true;  // treat as closed; waitpid tells the rest
+    if (ready <= 0) continue;
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return true;
+    if (output->size() < kMaxOutput) output->append(buffer, std::min<size_t>(n, kMaxOutput - output->size()));
+  }
+}
+
+// Waits for `pid` until `deadline`; false on timeout.
+bool WaitUntil(pid_t pid, absl::Time deadline, int* wait_status) {
+  while (true) {
+    const pid_t done = ::waitpid(pid, wait_status, WNOHANG);
+    if (done == pid) return true;
+    if (done < 0 && errno != EINTR) {
+      *wait_status = 0;
+      return true;
+    }
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
+absl::Status Verdict(int wait_status, const std::string& output, const std::string& model_path) {
+  if (WIFSIGNALED(wait_status)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", model_path, ": LibTorch's TorchScript loader crashed on this file (",
+        SignalName(WTERMSIG(wait_status)),
+        ") in a child process: the archive is damaged or crafted; quantd itself was not affected"));
+  }
+  const int exit_code = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
+  if (exit_code == 0) return absl::OkStatus();
+  if (exit_code == kRejected && absl::StartsWith(output, kStatusPrefix)) {
+    const std::pair<absl::string_view, absl::string_view> parts =
+        absl::StrSplit(absl::string_view(output).substr(sizeof(kStatusPrefix) - 1), absl::MaxSplits('\n', 1));
+    int code = 0;
+    if (absl::SimpleAtoi(parts.first, &code) && code > 0 && code <= 16) {
+      return absl::Status(static_cast<absl::StatusCode>(code), absl::StripTrailingAsciiWhitespace(parts.second));
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat("model ", model_path,
+                                                 ": the child process loading it failed (exit code ", exit_code,
+                                                 "): ", LastLine(output)));
+}
+
+}  // namespace
+
+absl::Status VetModelInChildProcess(const ModelVetterOptions& options, const std::string& model_path) {
+  if (options.command.empty()) return absl::InternalError("model vetter: no command to run");
+  std::vector<std::string> args = options.command;
+  args.push_back(model_path);
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+
+  // O_CLOEXEC: a child another worker spawns at the same time must not
+  // inherit this write end, or this read would wait for that child too.
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("model vetter: pipe: ", std::strerror(errno)));
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 2);
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  sigset_t no_signals;
+  sigemptyset(&no_signals);
+  posix_spawnattr_setsigmask(&attributes, &no_signals);
+  sigset_t default_signals;
+  sigemptyset(&default_signals);
+  sigaddset(&default_signals, SIGPIPE);
+  sigaddset(&default_signals, SIGTERM);
+  sigaddset(&default_signals, SIGINT);
+  posix_spawnattr_setsigdefault(&attributes, &default_signals);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+  pid_t pid = -1;
+  const int spawned = ::posix_spawn(&pid, argv[0], &actions, &attributes, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attributes);
+  ::close(pipe_fds[1]);
+  if (spawned != 0) {
+    ::close(pipe_fds[0]);
+    return absl::InternalError(
+        absl::StrCat("model vetter: cannot start ", args[0], ": ", std::strerror(spawned)));
+  }
+
+  const absl::Time deadline = absl::Now() + options.timeout;
+  std::string output;
+  int wait_status = 0;
+  const bool finished = ReadUntilEof(pipe_fds[0], deadline, &output) && WaitUntil(pid, deadline, &wait_status);
+  ::close(pipe_fds[0]);
+  if (!finished) {
+    ::kill(pid, SIGKILL);
+    while (::waitpid(pid, &wait_status, 0) < 0 && errno == EINTR) {
+    }
+    return absl::DeadlineExceededError(absl::StrCat(
+        "model ", model_path, ": loading it took longer than ", options.timeout_flag, "=",
+        absl::ToDoubleSeconds(options.timeout), " s in a child process, which was stopped"));
+  }
+  return Verdict(wait_status, output, model_path);
+}
+
+absl::Status CachingModelVetter::Vet(const std::string& model_path) {
+  absl::StatusOr<std::string> sha256 = engine::Sha256File(model_path);
+  if (!sha256.ok()) return sha256.status();
+  {
+    absl::MutexLock lock(&mu_);
+    if (loaded_.contains(*sha256)) return absl::OkStatus();
+  }
+  absl::Status vetted = VetModelInChildProcess(options_, model_path);
+  if (vetted.ok()) {
+    absl::MutexLock lock(&mu_);
+    if (loaded_.size() >= capacity_) loaded_.clear();  // rare; costs only re-vetting
+    loaded_.insert(*std::move(sha256));
+  }
+  return vetted;
+}
+
+int RunModelVetterChild(const std::string& model_path) {
+  // Descriptors other server threads had open without O_CLOEXEC when this
+  // process was spawned are not ours to hold.
+  ::close_range(3, ~0U, 0);
+  // A server killed with -9 takes its child along (a hung load would linger).
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  const absl::Status loaded = engine::CheckModelLoads(model_path);
+  if (loaded.ok()) return 0;
+  std::printf("%s%d\n%s\n", kStatusPrefix, static_cast<int>(loaded.code()), std::string(loaded.message()).c_str());
+  std::fflush(stdout);
+  return kRejected;
+}
+
+}  // namespace quantd::worker
