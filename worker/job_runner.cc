@@ -1,6 +1,8 @@
 #include "worker/job_runner.h"
 
+#include <algorithm>
 #include <exception>
+#include <iostream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -184,6 +186,20 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
 
   const absl::Time now = clock_->Now();
   absl::Status finished = store_->Finish(job.id, job.attempt_count, final_state, result, now);
+  // A store that cannot write (a full disk) would leave the job RUNNING with
+  // nobody running it: retry until the outcome is recorded. On shutdown the
+  // next start re-queues it. Real time: this waits for space, not for a test.
+  absl::Duration backoff = finish_retry_backoff_;
+  for (int attempt = 1; !finished.ok() && finished.code() != absl::StatusCode::kFailedPrecondition &&
+                        !stop->shutting_down.load();
+       ++attempt) {
+    if (attempt == 1 || attempt % 20 == 0) {
+      std::cerr << "quantd: cannot record the outcome of job " << job.id << " (retrying): " << finished << "\n";
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+    finished = store_->Finish(job.id, job.attempt_count, final_state, result, now);
+  }
   if (!finished.ok()) {
     // Someone else owns the job now (another attempt); report what is stored.
     absl::StatusOr<Job> stored = store_->Get(job.id);

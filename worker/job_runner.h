@@ -53,9 +53,10 @@ struct StopSignals {
 class JobRunner {
  public:
   JobRunner(JobStore* store, ArtifactStore* artifacts, QuantizationEngine* engine,
-            JobEventHub* events, Clock* clock, int64_t max_batch_bytes = 0)
+            JobEventHub* events, Clock* clock, int64_t max_batch_bytes = 0,
+            absl::Duration finish_retry_backoff = absl::Milliseconds(100))
       : store_(store), artifacts_(artifacts), engine_(engine), events_(events), clock_(clock),
-        max_batch_bytes_(max_batch_bytes) {}
+        max_batch_bytes_(max_batch_bytes), finish_retry_backoff_(finish_retry_backoff) {}
 
   // `job` has just been claimed (RUNNING). `deadline` is absolute
   // (InfiniteFuture = none). Returns the job as recorded at the end.
@@ -69,6 +70,8 @@ class JobRunner {
   JobEventHub* const events_;
   Clock* const clock_;
   const int64_t max_batch_bytes_;
+  // First wait before recording a job's outcome again (doubling, up to 5 s).
+  const absl::Duration finish_retry_backoff_;
 };
 
 engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec);

@@ -56,10 +56,16 @@ absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& bytes,
     QUANTD_RETURN_IF_ERROR(quota_->Check(static_cast<int64_t>(bytes.size() + manifest_json.size()), "artifact"));
   }
   // Manifest first: an artifact file that is visible always has its manifest.
-  QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(
-      (fs::path(dir_) / (stored.sha256 + ".manifest.json")).string(), manifest_json));
+  const fs::path manifest = fs::path(dir_) / (stored.sha256 + ".manifest.json");
+  QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(manifest.string(), manifest_json));
   if (!Contains(stored.sha256)) {
-    QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(ArtifactPath(stored.sha256), bytes));
+    absl::Status written = engine::WriteFileAtomically(ArtifactPath(stored.sha256), bytes);
+    if (!written.ok()) {
+      // No manifest without its artifact (a full disk left one behind).
+      std::error_code ignored;
+      if (!Contains(stored.sha256)) fs::remove(manifest, ignored);
+      return written;
+    }
   }
   return stored;
 }

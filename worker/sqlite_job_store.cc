@@ -1,5 +1,7 @@
 #include "worker/sqlite_job_store.h"
 
+#include <cerrno>
+
 #include <sqlite3.h>
 
 #include <utility>
@@ -43,6 +45,17 @@ constexpr char kColumns[] =
     "seq, id, state, phase, create_us, start_us, finish_us, deadline_us, spec, request, "
     "idempotency_key, fingerprint, attempt, result";
 
+// A full disk (SQLITE_FULL, or an I/O error whose errno says so) is
+// RESOURCE_EXHAUSTED: the caller can retry once space is freed.
+absl::Status SqliteError(sqlite3* db, int rc, const std::string& what) {
+  const int system_errno = sqlite3_system_errno(db);
+  const std::string message = absl::StrCat(what, ": ", sqlite3_errmsg(db));
+  if ((rc & 0xff) == SQLITE_FULL || system_errno == ENOSPC || system_errno == EDQUOT || system_errno == EFBIG) {
+    return absl::ResourceExhaustedError(absl::StrCat(message, " (the disk holding the job store is full)"));
+  }
+  return absl::InternalError(message);
+}
+
 // A prepared statement, finalized on destruction.
 class Stmt {
  public:
@@ -75,7 +88,7 @@ class Stmt {
     int rc = sqlite3_step(stmt_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    return absl::InternalError(absl::StrCat("sqlite step: ", sqlite3_errmsg(db_)));
+    return SqliteError(db_, rc, "sqlite step");
   }
   int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
   bool IsNull(int col) { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
@@ -172,10 +185,9 @@ SqliteJobStore::~SqliteJobStore() {
 
 absl::Status SqliteJobStore::Exec(const char* sql) {
   char* error = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
-    std::string message = error ? error : "unknown error";
+  if (const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &error); rc != SQLITE_OK) {
     sqlite3_free(error);
-    return absl::InternalError(absl::StrCat("sqlite: ", message, " (in ", sql, ")"));
+    return SqliteError(db_, rc, absl::StrCat("sqlite (in ", sql, ")"));
   }
   return absl::OkStatus();
 }

@@ -1,5 +1,8 @@
 // SqliteJobStore, BlobStore, LocalArtifactStore and JobEventHub.
 
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -203,6 +206,29 @@ TEST(SqliteJobStoreTest, AnUndecodableRowFailsAndTheNextJobIsClaimed) {
   sqlite3_finalize(stmt);
   sqlite3_close(db);
   EXPECT_FALSE((*(*store)->ClaimNext(absl::FromUnixSeconds(4))).has_value());
+}
+
+// Past a file size limit (as on a full disk) storing an artifact fails with
+// RESOURCE_EXHAUSTED and leaves nothing: no temporary file, and no manifest
+// without its artifact.
+TEST(LocalArtifactStoreTest, AWriteThatRunsOutOfRoomLeavesNothing) {
+  const std::string dir = TempDir("artifacts_full");
+  auto store = LocalArtifactStore::Open(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ::signal(SIGXFSZ, SIG_IGN);  // as quantd does: EFBIG instead of the signal
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  rlimit small = saved;
+  small.rlim_cur = 4096;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  absl::StatusOr<StoredArtifact> stored = (*store)->Put(std::string(10000, 'q'), "{\"job\": 1}");
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &saved), 0);
+  EXPECT_EQ(stored.status().code(), absl::StatusCode::kResourceExhausted) << stored.status();
+  EXPECT_TRUE(fs::is_empty(dir)) << "left behind: " << fs::directory_iterator(dir)->path();
+  // With room again the same artifact is stored whole.
+  stored = (*store)->Put(std::string(10000, 'q'), "{\"job\": 1}");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(*(*store)->Read(stored->sha256), std::string(10000, 'q'));
 }
 
 TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {

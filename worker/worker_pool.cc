@@ -1,5 +1,6 @@
 #include "worker/worker_pool.h"
 
+#include <iostream>
 #include <random>
 #include <utility>
 
@@ -23,7 +24,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
 WorkerPool::WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
                        QuantizationEngine* engine, Clock* clock)
     : options_(options), store_(store), artifacts_(artifacts), clock_(clock), events_(clock),
-      runner_(store, artifacts, engine, &events_, clock, options.max_batch_bytes) {}
+      runner_(store, artifacts, engine, &events_, clock, options.max_batch_bytes, options.finish_retry_backoff) {}
 
 WorkerPool::~WorkerPool() { Stop(); }
 
@@ -125,6 +126,16 @@ absl::Status WorkerPool::Delete(const std::string& id) {
   return absl::OkStatus();
 }
 
+void WorkerPool::ReportClaimErrorLocked(const absl::Status& error) {
+  // Queued jobs wait (a full disk: until space is freed); say so once per
+  // distinct error and at most once a minute, not once per poll.
+  const absl::Time now = clock_->Now();
+  if (error.ToString() == last_claim_error_ && now - last_claim_error_time_ < absl::Minutes(1)) return;
+  last_claim_error_ = error.ToString();
+  last_claim_error_time_ = now;
+  std::cerr << "quantd: cannot claim the next queued job (queued jobs wait): " << error << "\n";
+}
+
 void WorkerPool::WorkerLoop() {
   uint64_t seen_wakeups = 0;
   while (true) {
@@ -136,6 +147,7 @@ void WorkerPool::WorkerLoop() {
     absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock_->Now());
     if (!claimed.ok() || !claimed->has_value()) {
       absl::MutexLock lock(&mu_);
+      if (!claimed.ok()) ReportClaimErrorLocked(claimed.status());
       auto woken = [this, seen_wakeups]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || wakeups_ != seen_wakeups;
       };

@@ -41,6 +41,9 @@ class WorkerPool {
     // How often idle workers look at the store without being woken (another
     // process may have queued something).
     absl::Duration idle_poll = absl::Seconds(1);
+    // First wait before recording a job's outcome again when the store
+    // cannot write (a full disk); doubles up to 5 s.
+    absl::Duration finish_retry_backoff = absl::Milliseconds(100);
   };
 
   // Recovers interrupted jobs; the threads start with Start().
@@ -71,6 +74,7 @@ class WorkerPool {
   WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
              QuantizationEngine* engine, Clock* clock);
   void WorkerLoop();
+  void ReportClaimErrorLocked(const absl::Status& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string NewJobId();
 
   const Options options_;
@@ -84,6 +88,8 @@ class WorkerPool {
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string last_claim_error_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_claim_error_time_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, StopSignals*> running_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_;
 };

@@ -79,6 +79,66 @@ class FakeEngine : public QuantizationEngine {
   std::map<std::string, int> batches_by_model_ ABSL_GUARDED_BY(mu_);
 };
 
+// A job store on a disk that is full for a while: the first `claim_failures`
+// ClaimNext and `finish_failures` Finish calls fail as SQLite does then.
+class FullDiskStore : public JobStore {
+ public:
+  explicit FullDiskStore(JobStore* real) : real_(real) {}
+  absl::StatusOr<Job> Create(const Job& job, int64_t max_queued) override { return real_->Create(job, max_queued); }
+  absl::StatusOr<Job> Get(const std::string& id) override { return real_->Get(id); }
+  absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,
+                               const std::string& page_token) override {
+    return real_->List(states, page_size, page_token);
+  }
+  absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now) override {
+    if (claim_failures.fetch_sub(1) > 0) return Full();
+    return real_->ClaimNext(now);
+  }
+  absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) override {
+    return real_->SetPhase(id, attempt, phase);
+  }
+  absl::Status Finish(const std::string& id, uint32_t attempt, JobState state, const JobResult& result,
+                      absl::Time now) override {
+    finish_calls.fetch_add(1);
+    if (finish_failures.fetch_sub(1) > 0) return Full();
+    return real_->Finish(id, attempt, state, result, now);
+  }
+  absl::Status Release(const std::string& id, uint32_t attempt) override { return real_->Release(id, attempt); }
+  absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason, absl::Time now) override {
+    return real_->CancelQueued(id, reason, now);
+  }
+  absl::Status RequestCancel(const std::string& id, const std::string& reason) override {
+    return real_->RequestCancel(id, reason);
+  }
+  absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) override {
+    return real_->CancelRequest(id);
+  }
+  absl::Status Delete(const std::string& id) override { return real_->Delete(id); }
+  absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override {
+    return real_->ActiveJobsUsing(needle);
+  }
+  absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override {
+    return real_->JobsWithArtifact(artifact_id);
+  }
+  absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
+                                           const std::string& page_token) override {
+    return real_->ListArtifactJobs(job_id, page_size, page_token);
+  }
+  absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now) override {
+    return real_->RecoverInterrupted(max_attempts, now);
+  }
+
+  std::atomic<int> claim_failures{0};
+  std::atomic<int> finish_failures{0};
+  std::atomic<int> finish_calls{0};
+
+ private:
+  static absl::Status Full() {
+    return absl::ResourceExhaustedError("sqlite step: database or disk is full (the disk holding the job store is full)");
+  }
+  JobStore* const real_;
+};
+
 class WorkerPoolTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -143,6 +203,27 @@ TEST_F(WorkerPoolTest, RunsJobsInOrderAndRecordsResults) {
                                              JobPhase::kStoring}));
   }
   EXPECT_EQ(engine_.order(), (std::vector<std::string>{"m0", "m1", "m2", "m3", "m4"}));
+}
+
+// While the disk is full the queued job waits and the finished one keeps
+// trying to record its outcome; once space is back both go through.
+TEST_F(WorkerPoolTest, AJobsOutcomeIsRecordedOnceTheStoreCanWriteAgain) {
+  FullDiskStore full(store_.get());
+  full.claim_failures = 3;
+  full.finish_failures = 4;
+  engine_.batches = 2;
+  WorkerPool::Options options;
+  options.idle_poll = absl::Milliseconds(5);
+  options.finish_retry_backoff = absl::Milliseconds(1);
+  auto pool = WorkerPool::Create(options, &full, artifacts_.get(), &engine_, Clock::Real());
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  (*pool)->Start();
+  absl::StatusOr<Job> job = (*pool)->Submit(NewJob("m1"));
+  ASSERT_TRUE(job.ok()) << job.status();
+  Job done = WaitForState(job->id, JobState::kSucceeded);
+  EXPECT_EQ(done.attempt_count, 1u);
+  EXPECT_EQ(full.finish_calls.load(), 5);  // four refused, the fifth recorded
+  EXPECT_TRUE(artifacts_->Contains(done.result->artifact_sha256));
 }
 
 TEST_F(WorkerPoolTest, EngineErrorFailsTheJobWithItsCode) {

@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "tests/integration/test_util/subprocess.h"
@@ -66,6 +67,7 @@ class Quantd {
                                      // data/fixtures links to the shared fixtures
                                      "--read_roots=" + fs::canonical(FIXTURES_DIR).string()};
     argv.insert(argv.end(), flags_.begin(), flags_.end());
+    argv.insert(argv.begin(), launcher_.begin(), launcher_.end());
     Subprocess::Options options;
     options.stderr_path = dir_ + "/quantd.log." + std::to_string(++starts_);
     auto child = Subprocess::Start(argv, options);
@@ -115,6 +117,8 @@ class Quantd {
     return job;
   }
 
+  // A command line quantd's own is appended to (and exec'd by), from the next Start.
+  void set_launcher(std::vector<std::string> launcher) { launcher_ = std::move(launcher); }
   std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
   std::string log() const { return ReadFileOrEmpty(dir_ + "/quantd.log." + std::to_string(starts_)); }
   std::string dir() const { return dir_; }
@@ -122,6 +126,7 @@ class Quantd {
 
  private:
   std::vector<std::string> flags_;
+  std::vector<std::string> launcher_;
   std::string dir_;
   std::unique_ptr<Subprocess> child_;
   int port_ = 0;
@@ -480,6 +485,119 @@ TEST(JobsIntegrationTest, CancelDuringCalibrationAndTheWorkerGoesOn) {
   EXPECT_THAT(events, HasSubstr("state CANCELLED"));
   EXPECT_EQ(events.find("calibration 100/100"), std::string::npos);
   EXPECT_EQ(quantd.WaitDone(second)["state"], "JOB_STATE_SUCCEEDED");
+}
+
+// quantd in a mount namespace of its own with its data dir on a tmpfs of
+// `size`; a 450 KiB "ballast" file there stands for what an operator can
+// delete to make room. Empty where this machine allows neither a mount
+// namespace as root nor a user namespace.
+std::vector<std::string> SmallDiskLauncher(const std::string& data_dir, const std::string& size) {
+  const std::string script = absl::StrCat(
+      "mount -t tmpfs -o size=", size, " tmpfs \"$0\" && ln -s '", fs::canonical(FIXTURES_DIR).string(),
+      "' \"$0/fixtures\" && head -c 460800 /dev/zero > \"$0/ballast\" && exec \"$@\"");
+  for (std::vector<std::string> unshare :
+       {std::vector<std::string>{"/usr/bin/unshare", "--mount", "--propagation", "private"},
+        std::vector<std::string>{"/usr/bin/unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"}}) {
+    std::vector<std::string> probe = unshare;
+    probe.insert(probe.end(), {"/bin/sh", "-c", "mount -t tmpfs -o size=64k tmpfs \"$0\"", data_dir});
+    absl::StatusOr<RunResult> works = RunCommand(probe, absl::Seconds(20));
+    if (works.ok() && works->exit_code == 0) {
+      unshare.insert(unshare.end(), {"/bin/sh", "-c", script, data_dir});
+      return unshare;
+    }
+  }
+  return {};
+}
+
+// The data dir on a 1000 KiB filesystem: jobs run until it is full, then one
+// FAILS with RESOURCE_EXHAUSTED leaving no partial file; with not a byte
+// left the job store cannot write either, and a new job is refused or waits
+// QUEUED; the server keeps serving. Once room is made (no restart), waiting
+// jobs finish and new ones succeed.
+TEST(JobsIntegrationTest, AFullDiskFailsJobsCleanlyAndTheServerKeepsServing) {
+  Quantd quantd;
+  std::vector<std::string> launcher = SmallDiskLauncher(quantd.dir() + "/data", "1000k");
+  if (launcher.empty()) GTEST_SKIP() << "no mount namespace on this machine (unshare refused)";
+  quantd.set_launcher(launcher);
+  ASSERT_TRUE(quantd.Start());
+  const int pid = nlohmann::json::parse(ReadFileOrEmpty(quantd.dir() + "/ports.json"))["pid"].get<int>();
+  // quantd's view of its data dir, from outside its mount namespace.
+  const std::string data = absl::StrCat("/proc/", pid, "/root", quantd.dir(), "/data");
+  ASSERT_TRUE(fs::exists(data + "/ballast"));
+
+  std::vector<std::string> ids;
+  bool full = false;
+  for (int samples = 1; samples <= 12 && !full; ++samples) {
+    RunResult r = quantd.Ctl(SubmitArgs({absl::StrCat("--samples_per_class=", samples)}));
+    if (r.exit_code != 0) {  // the job store itself refused the submit
+      EXPECT_THAT(r.err, HasSubstr("code 8")) << r.err;
+      full = true;
+      break;
+    }
+    ids.push_back(JobIdFrom(r.out));
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    std::string state;
+    while (absl::Now() < deadline) {
+      nlohmann::json job = quantd.Job(ids.back());
+      state = job.value("state", "");
+      if (state == "JOB_STATE_FAILED") {
+        EXPECT_EQ(job["result"]["errorCode"], 8) << job.dump();
+        EXPECT_THAT(job["result"].value("errorMessage", ""), HasSubstr("No space left on device"));
+        full = true;
+        break;
+      }
+      if (state == "JOB_STATE_SUCCEEDED") break;
+      absl::SleepFor(absl::Milliseconds(50));  // poll interval
+    }
+    if (state == "JOB_STATE_QUEUED") full = true;  // the store cannot claim it: it waits
+    ASSERT_TRUE(full || state == "JOB_STATE_SUCCEEDED") << "job " << ids.back() << " is " << state;
+  }
+  ASSERT_TRUE(full) << "1000 KiB never filled up";
+  EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
+  EXPECT_EQ(quantd.Ctl({"jobs"}).exit_code, 0);
+  // Nothing half-written: no temporary file, no manifest without its artifact.
+  EXPECT_THAT(TemporaryFiles(data), ::testing::IsEmpty());
+  for (const auto& entry : fs::directory_iterator(data + "/artifacts")) {
+    const std::string name = entry.path().filename().string();
+    if (absl::EndsWith(name, ".manifest.json")) {
+      EXPECT_TRUE(fs::exists(data + "/artifacts/" + name.substr(0, 64) + ".pt")) << "orphan " << name;
+    }
+  }
+
+  // Now not a byte left, so the job store cannot write either: a submit is
+  // refused with RESOURCE_EXHAUSTED, or its job waits QUEUED (said in the
+  // log) because the worker cannot claim it.
+  {
+    std::ofstream filler(data + "/filler", std::ios::binary);
+    const std::string block(4096, 'f');
+    while (filler.write(block.data(), block.size())) {
+    }
+  }
+  RunResult refused = quantd.Ctl(SubmitArgs({"--samples_per_class=30"}));
+  if (refused.exit_code == 0) {
+    ids.push_back(JobIdFrom(refused.out));
+    const absl::Time until = absl::Now() + absl::Seconds(3);
+    while (absl::Now() < until) {
+      ASSERT_EQ(quantd.Job(ids.back())["state"], "JOB_STATE_QUEUED");
+      absl::SleepFor(absl::Milliseconds(100));  // poll interval
+    }
+    EXPECT_THAT(quantd.log(), HasSubstr("cannot claim the next queued job"));
+  } else {
+    EXPECT_THAT(refused.err, HasSubstr("code 8"));
+  }
+  EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
+
+  // Make room; without a restart every job that was waiting finishes and a
+  // new one succeeds.
+  ASSERT_TRUE(fs::remove(data + "/filler"));
+  ASSERT_TRUE(fs::remove(data + "/ballast"));
+  for (const std::string& id : ids) {
+    nlohmann::json job = quantd.WaitDone(id);
+    EXPECT_THAT(job.value("state", ""), ::testing::AnyOf("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED")) << id;
+  }
+  RunResult after = quantd.Ctl(SubmitArgs({"--samples_per_class=20", "--wait"}));
+  EXPECT_EQ(after.exit_code, 0) << after.out << after.err << RunCommand({"/bin/ls", "-lR", data}, absl::Seconds(10))->out;
+  EXPECT_EQ(quantd.Job(JobIdFrom(after.out))["state"], "JOB_STATE_SUCCEEDED");
 }
 
 constexpr char kLoaderCrashers[] = SOURCE_DIR "/tests/fuzz/crashers/torchscript";

@@ -13,8 +13,13 @@
 namespace quantd::engine {
 namespace {
 
+// Out of space (a full disk, a quota, a file size limit) is
+// RESOURCE_EXHAUSTED: nothing is wrong with the job, only with the room.
 absl::Status Errno(const std::string& what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+  const int error = errno;
+  const std::string message = absl::StrCat(what, " ", path, ": ", std::strerror(error));
+  if (error == ENOSPC || error == EDQUOT || error == EFBIG) return absl::ResourceExhaustedError(message);
+  return absl::InternalError(message);
 }
 
 }  // namespace
