@@ -2,7 +2,7 @@
 #define QUANTD_WORKER_ARTIFACT_STORE_H_
 
 // Content-addressed storage of int8 artifacts (keyed by sha256), each with
-// its manifest. Writes are all-or-nothing: a reader never sees half a file.
+// the manifests of the jobs that produced it. Writes are all-or-nothing: a reader never sees half a file.
 // A local folder implements it here; an S3-compatible bucket could too.
 
 #include <cstdint>
@@ -21,12 +21,16 @@ struct StoredArtifact {
 class ArtifactStore {
  public:
   virtual ~ArtifactStore() = default;
-  // Stores `bytes` (and its manifest) under their sha256; storing the same
-  // bytes again is a no-op.
-  virtual absl::StatusOr<StoredArtifact> Put(const std::string& bytes,
+  // Stores `bytes` under their sha256 (the same bytes again write nothing)
+  // and `manifest_json` as job `job_id`'s manifest of them: identical jobs
+  // share the bytes, each keeps its own manifest.
+  virtual absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
                                              const std::string& manifest_json) = 0;
   // The whole artifact. NOT_FOUND if absent.
   virtual absl::StatusOr<std::string> Read(const std::string& sha256) = 0;
+  // Removes job `job_id`'s manifest of the artifact; the bytes stay.
+  virtual absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) = 0;
+  // Removes the artifact and every manifest of it.
   virtual absl::Status Remove(const std::string& sha256) = 0;
   virtual bool Contains(const std::string& sha256) = 0;
 };

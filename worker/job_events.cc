@@ -10,7 +10,7 @@ void JobEventHub::Publish(const Job& job, JobEvent event) {
   followed.job = job;
   event.job_id = job.id;
   event.time = clock_->Now();
-  event.sequence = ++followed.sequence;
+  event.sequence = Sequence(++followed.sequence);
   for (const auto& [token, watcher] : followed.watchers) watcher->OnJobEvent(event);
   if (event.kind == JobEvent::Kind::kResult) jobs_.erase(job.id);
 }
@@ -28,7 +28,7 @@ absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,
     snapshot.kind = JobEvent::Kind::kSnapshot;
     snapshot.job_id = job_id;
     snapshot.time = clock_->Now();
-    snapshot.sequence = 1;
+    snapshot.sequence = Sequence(1);
     snapshot.snapshot = *job;
     if (IsTerminal(job->state)) {
       watcher->OnJobEvent(snapshot);
@@ -36,7 +36,7 @@ absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,
       result.kind = JobEvent::Kind::kResult;
       result.job_id = job_id;
       result.time = snapshot.time;
-      result.sequence = 2;
+      result.sequence = Sequence(2);
       if (job->result.has_value()) result.result = *job->result;
       watcher->OnJobEvent(result);
       return 0;
@@ -48,7 +48,7 @@ absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,
   snapshot.kind = JobEvent::Kind::kSnapshot;
   snapshot.job_id = job_id;
   snapshot.time = clock_->Now();
-  snapshot.sequence = followed.sequence;
+  snapshot.sequence = Sequence(followed.sequence);
   snapshot.snapshot = followed.job;
   watcher->OnJobEvent(snapshot);
   uint64_t token = next_token_++;

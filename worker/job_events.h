@@ -25,7 +25,7 @@ struct JobEvent {
   Kind kind = Kind::kSnapshot;
   std::string job_id;
   absl::Time time;
-  uint64_t sequence = 0;  // per job, from 1
+  uint64_t sequence = 0;  // per job: generation << 32 | n, n from 1
   Job snapshot;           // kSnapshot
   JobState state = JobState::kQueued;  // kStateChanged
   PhaseTiming phase;      // kPhaseStarted (phase), kPhaseFinished (phase, seconds)
@@ -44,9 +44,18 @@ class JobWatcher {
   virtual void OnHubClosing() {}
 };
 
+// Event sequence numbers are (generation << 32) + n, n counting a job's
+// events from 1 in this process. The generation numbers server starts
+// (JobStore::NextGeneration), so a client resuming with the last sequence it
+// saw before a restart still gets everything after it, and a finished job's
+// replayed result is never skipped as old.
 class JobEventHub {
  public:
-  explicit JobEventHub(Clock* clock) : clock_(clock) {}
+  explicit JobEventHub(Clock* clock, uint64_t generation = 1) : clock_(clock), generation_(generation) {}
+  void set_generation(uint64_t generation) {
+    absl::MutexLock lock(&mu_);
+    generation_ = generation;
+  }
 
   // Publishes `event` about `job` (its state after the event). A kResult
   // event ends the job's stream: its watchers are dropped afterwards.
@@ -77,8 +86,11 @@ class JobEventHub {
     std::map<uint64_t, JobWatcher*> watchers;
   };
 
+  uint64_t Sequence(uint64_t n) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return (generation_ << 32) + n; }
+
   Clock* const clock_;
   absl::Mutex mu_;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Followed> jobs_ ABSL_GUARDED_BY(mu_);
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 
 namespace quantd::worker {
@@ -146,7 +147,13 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
                            : RunEngineGuarded(options);
   if (output.ok()) {
     if (current != JobPhase::kStoring) enter_phase(JobPhase::kStoring);
-    absl::StatusOr<StoredArtifact> stored = artifacts_->Put(output->artifact, output->manifest_json);
+    // Pinned first, so that deleting an identical job cannot remove these
+    // bytes between storing them and recording the result.
+    const std::string sha256 = engine::Sha256Hex(output->artifact);
+    absl::Status pinned = store_->PinArtifact(job.id, job.attempt_count, ArtifactIdFor(sha256));
+    absl::StatusOr<StoredArtifact> stored =
+        pinned.ok() ? artifacts_->Put(job.id, output->artifact, output->manifest_json)
+                    : absl::StatusOr<StoredArtifact>(pinned);
     if (stored.ok()) {
       result.report = std::move(output->report);
       result.artifact_sha256 = stored->sha256;

@@ -7,6 +7,7 @@
 // not any process's memory.
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -55,8 +56,21 @@ class JobStore {
   virtual absl::Status RequestCancel(const std::string& id, const std::string& reason) = 0;
   // The reason given with a pending cancel request; nullopt if there is none.
   virtual absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) = 0;
+  // 1 the first time, then one more on each call, durably: numbers each
+  // start of a server on this store (WatchJob sequences build on it).
+  virtual absl::StatusOr<uint64_t> NextGeneration() = 0;
+  // Records, before the artifact is stored, which artifact a RUNNING job
+  // (this attempt) is about to hold, so that deleting an identical job does
+  // not remove it in between. Finish replaces it with the result's.
+  virtual absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) = 0;
   // Deletes a finished job. FAILED_PRECONDITION if it has not finished.
-  virtual absl::Status Delete(const std::string& id) = 0;
+  // Then, if it held an artifact, calls `release` with the job and whether
+  // no other job holds that artifact (SUCCEEDED with it, or RUNNING with it
+  // pinned), before any PinArtifact can run: so `release` may remove the
+  // artifact without racing an identical job that is storing it. A store
+  // shared by several processes does the same under a lock on the artifact.
+  using ReleaseArtifact = std::function<absl::Status(const Job& deleted, bool last_holder)>;
+  virtual absl::Status Delete(const std::string& id, const ReleaseArtifact& release) = 0;
   // QUEUED or RUNNING jobs whose spec mentions `needle` (a blob id, in the
   // path of a model or dataset), oldest first.
   virtual absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) = 0;

@@ -1,5 +1,7 @@
 #include "worker/local_artifact_store.h"
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -49,15 +51,32 @@ std::string LocalArtifactStore::ArtifactPath(const std::string& sha256) const {
   return (fs::path(dir_) / (sha256 + ".pt")).string();
 }
 
-absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& bytes,
+std::string LocalArtifactStore::ManifestPath(const std::string& sha256, const std::string& job_id) const {
+  return (fs::path(dir_) / (sha256 + "." + job_id + ".manifest.json")).string();
+}
+
+namespace {
+
+// Job ids become file names: letters, digits, '-' and '_' only.
+absl::Status CheckJobId(const std::string& job_id) {
+  const bool ok = !job_id.empty() && job_id.size() <= 128 &&
+                  std::all_of(job_id.begin(), job_id.end(),
+                              [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; });
+  return ok ? absl::OkStatus() : absl::InvalidArgumentError(absl::StrCat("bad job id for a manifest: \"", job_id, "\""));
+}
+
+}  // namespace
+
+absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& job_id, const std::string& bytes,
                                                        const std::string& manifest_json) {
+  QUANTD_RETURN_IF_ERROR(CheckJobId(job_id));
   StoredArtifact stored{engine::Sha256Hex(bytes), static_cast<int64_t>(bytes.size())};
   if (quota_ != nullptr) {
     QUANTD_RETURN_IF_ERROR(quota_->Check(static_cast<int64_t>(bytes.size() + manifest_json.size()), "artifact"));
   }
-  // Manifest first: an artifact file that is visible always has its manifest.
-  const fs::path manifest = fs::path(dir_) / (stored.sha256 + ".manifest.json");
-  QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(manifest.string(), manifest_json));
+  // Manifest first: an artifact file that is visible always has a manifest.
+  const std::string manifest = ManifestPath(stored.sha256, job_id);
+  QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(manifest, manifest_json));
   if (!Contains(stored.sha256)) {
     absl::Status written = engine::WriteFileAtomically(ArtifactPath(stored.sha256), bytes);
     if (!written.ok()) {
@@ -81,11 +100,25 @@ absl::StatusOr<std::string> LocalArtifactStore::Read(const std::string& sha256) 
   return data.str();
 }
 
+absl::Status LocalArtifactStore::RemoveManifest(const std::string& sha256, const std::string& job_id) {
+  if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("bad artifact sha256");
+  QUANTD_RETURN_IF_ERROR(CheckJobId(job_id));
+  std::error_code error;
+  fs::remove(ManifestPath(sha256, job_id), error);
+  return absl::OkStatus();
+}
+
 absl::Status LocalArtifactStore::Remove(const std::string& sha256) {
   if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("bad artifact sha256");
   std::error_code error;
   fs::remove(ArtifactPath(sha256), error);
-  fs::remove(fs::path(dir_) / (sha256 + ".manifest.json"), error);
+  for (const auto& entry : fs::directory_iterator(dir_, error)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StartsWith(name, sha256 + ".") && absl::EndsWith(name, ".manifest.json")) {
+      std::error_code ignored;
+      fs::remove(entry.path(), ignored);
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -1,9 +1,9 @@
 #ifndef QUANTD_WORKER_LOCAL_ARTIFACT_STORE_H_
 #define QUANTD_WORKER_LOCAL_ARTIFACT_STORE_H_
 
-// ArtifactStore in a local folder: <dir>/<sha256>.pt and
-// <dir>/<sha256>.manifest.json, each written to a temporary file, fsynced
-// and renamed into place. Temporary files left by a crash are removed when
+// ArtifactStore in a local folder: <dir>/<sha256>.pt and one
+// <dir>/<sha256>.<job id>.manifest.json per job, each written to a temporary
+// file, fsynced and renamed into place. Temporary files left by a crash are removed when
 // the store is opened.
 
 #include <memory>
@@ -21,13 +21,15 @@ class LocalArtifactStore final : public ArtifactStore {
   static absl::StatusOr<std::unique_ptr<LocalArtifactStore>> Open(const std::string& dir,
                                                                   const DataQuota* quota = nullptr);
 
-  absl::StatusOr<StoredArtifact> Put(const std::string& bytes,
+  absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
                                      const std::string& manifest_json) override;
   absl::StatusOr<std::string> Read(const std::string& sha256) override;
+  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override;
   absl::Status Remove(const std::string& sha256) override;
   bool Contains(const std::string& sha256) override;
 
   std::string ArtifactPath(const std::string& sha256) const;
+  std::string ManifestPath(const std::string& sha256, const std::string& job_id) const;
 
  private:
   LocalArtifactStore(std::string dir, const DataQuota* quota) : dir_(std::move(dir)), quota_(quota) {}

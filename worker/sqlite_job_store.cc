@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS cancel_requests (
   id TEXT PRIMARY KEY,
   reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+  name TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+);
 )sql";
 
 constexpr char kColumns[] =
@@ -404,7 +408,34 @@ absl::StatusOr<Job> SqliteJobStore::CancelQueued(const std::string& id, const st
   return job;
 }
 
-absl::Status SqliteJobStore::Delete(const std::string& id) {
+absl::StatusOr<uint64_t> SqliteJobStore::NextGeneration() {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "INSERT INTO counters (name, value) VALUES ('generation', 1) "
+         "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::InternalError("sqlite: no generation returned");
+  const int64_t generation = s.Int(0);
+  QUANTD_RETURN_IF_ERROR(s.Step().status());  // finish the statement: commits
+  return static_cast<uint64_t>(generation);
+}
+
+absl::Status SqliteJobStore::PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "UPDATE jobs SET artifact_id = ?1 WHERE id = ?2 AND state = 2 AND attempt = ?3");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, artifact_id).Bind(2, id).Bind(3, static_cast<int64_t>(attempt));
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  if (sqlite3_changes(db_) != 1) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " attempt ", attempt, " is no longer running"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact& release) {
+  // mu_ is held until `release` returns: PinArtifact waits for it. One
+  // process owns the data dir (DataDirLock), so this lock is enough.
   absl::MutexLock lock(&mu_);
   QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
   if (!IsTerminal(job.state)) {
@@ -415,7 +446,13 @@ absl::Status SqliteJobStore::Delete(const std::string& id) {
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id);
   QUANTD_RETURN_IF_ERROR(s.Step().status());
-  return ClearCancelRequestLocked(id);  // one left by a crashed runner
+  QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));  // one left by a crashed runner
+  if (!release || !job.result.has_value() || job.result->artifact_id.empty()) return absl::OkStatus();
+  Stmt holders(db_, "SELECT COUNT(*) FROM jobs WHERE artifact_id = ?1 AND state IN (2, 3)");
+  QUANTD_RETURN_IF_ERROR(holders.status());
+  holders.Bind(1, job.result->artifact_id);
+  QUANTD_RETURN_IF_ERROR(holders.Step().status());
+  return release(job, holders.Int(0) == 0);
 }
 
 absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::string& artifact_id) {

@@ -34,7 +34,9 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) override;
   absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason,
                                    absl::Time now) override;
-  absl::Status Delete(const std::string& id) override;
+  absl::StatusOr<uint64_t> NextGeneration() override;
+  absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) override;
+  absl::Status Delete(const std::string& id, const ReleaseArtifact& release) override;
   absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override;
   absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override;
   absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,

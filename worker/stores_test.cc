@@ -77,7 +77,7 @@ TEST(SqliteJobStoreTest, CreateGetListClaimFinish) {
   EXPECT_EQ((*claimed)->id, "j1");  // oldest first
   EXPECT_EQ((*claimed)->state, JobState::kRunning);
   EXPECT_EQ((*claimed)->attempt_count, 1u);
-  EXPECT_TRUE((*store)->Delete("j1").code() == absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE((*store)->Delete("j1", nullptr).code() == absl::StatusCode::kFailedPrecondition);
 
   JobResult result;
   result.artifact_id = "art-0123";
@@ -102,8 +102,44 @@ TEST(SqliteJobStoreTest, CreateGetListClaimFinish) {
   auto filtered = (*store)->List({JobState::kSucceeded}, 10, "");
   ASSERT_TRUE(filtered.ok());
   ASSERT_EQ(filtered->jobs.size(), 1u);
-  EXPECT_TRUE((*store)->Delete("j1").ok());
+  EXPECT_TRUE((*store)->Delete("j1", nullptr).ok());
   EXPECT_EQ((*store)->Get("j1").status().code(), absl::StatusCode::kNotFound);
+}
+
+// The delete race: job B, identical to the finished job A, is storing the
+// same artifact when A is deleted. B pinned the artifact before storing it,
+// so deleting A must not release it; once B's result replaces the pin (or B
+// fails without an artifact), the last holder releases it.
+TEST(SqliteJobStoreTest, APinnedArtifactIsNotReleasedByDeletingAnIdenticalJob) {
+  auto store = SqliteJobStore::Open(TempDir("pins") + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  JobResult with_artifact;
+  with_artifact.artifact_id = "art-0123";
+  with_artifact.artifact_sha256 = std::string(64, 'a');
+  const absl::Time now = absl::FromUnixSeconds(10);
+  for (const char* id : {"a", "b", "c"}) ASSERT_TRUE((*store)->Create(NewJob(id, 1), 10).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // a
+  ASSERT_TRUE((*store)->Finish("a", 1, JobState::kSucceeded, with_artifact, now).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // b
+  ASSERT_TRUE((*store)->PinArtifact("b", 1, "art-0123").ok());
+  EXPECT_EQ((*store)->PinArtifact("b", 2, "art-0123").code(), absl::StatusCode::kFailedPrecondition);
+
+  std::vector<std::pair<std::string, bool>> released;
+  auto record = [&](const Job& deleted, bool last_holder) {
+    released.emplace_back(deleted.id, last_holder);
+    return absl::OkStatus();
+  };
+  ASSERT_TRUE((*store)->Delete("a", record).ok());
+  EXPECT_THAT(released, ::testing::ElementsAre(std::make_pair(std::string("a"), false)));
+
+  ASSERT_TRUE((*store)->Finish("b", 1, JobState::kSucceeded, with_artifact, now).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // c pins it, then fails without it
+  ASSERT_TRUE((*store)->PinArtifact("c", 1, "art-0123").ok());
+  ASSERT_TRUE((*store)->Finish("c", 1, JobState::kFailed, JobResult{}, now).ok());
+  ASSERT_TRUE((*store)->Delete("b", record).ok());
+  EXPECT_EQ(released.back(), std::make_pair(std::string("b"), true));
+  ASSERT_TRUE((*store)->Delete("c", record).ok());  // held nothing: no call
+  EXPECT_EQ(released.size(), 2u);
 }
 
 TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {
@@ -221,12 +257,12 @@ TEST(LocalArtifactStoreTest, AWriteThatRunsOutOfRoomLeavesNothing) {
   rlimit small = saved;
   small.rlim_cur = 4096;
   ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  absl::StatusOr<StoredArtifact> stored = (*store)->Put(std::string(10000, 'q'), "{\"job\": 1}");
+  absl::StatusOr<StoredArtifact> stored = (*store)->Put("job-1", std::string(10000, 'q'), "{\"job\": 1}");
   ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &saved), 0);
   EXPECT_EQ(stored.status().code(), absl::StatusCode::kResourceExhausted) << stored.status();
   EXPECT_TRUE(fs::is_empty(dir)) << "left behind: " << fs::directory_iterator(dir)->path();
   // With room again the same artifact is stored whole.
-  stored = (*store)->Put(std::string(10000, 'q'), "{\"job\": 1}");
+  stored = (*store)->Put("job-1", std::string(10000, 'q'), "{\"job\": 1}");
   ASSERT_TRUE(stored.ok()) << stored.status();
   EXPECT_EQ(*(*store)->Read(stored->sha256), std::string(10000, 'q'));
 }
@@ -355,11 +391,11 @@ TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) 
     ASSERT_TRUE((*upload)->Commit().ok());
   }
   EXPECT_EQ(*quota.UsedBytes(), 60);
-  auto put = (*artifacts)->Put(std::string(50, 'a'), "{}");
+  auto put = (*artifacts)->Put("job-1", std::string(50, 'a'), "{}");
   EXPECT_EQ(put.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(put.status().message(), HasSubstr("--max_data_bytes"));
   EXPECT_TRUE(fs::is_empty(dir + "/artifacts"));
-  EXPECT_TRUE((*artifacts)->Put(std::string(30, 'a'), "{}").ok());
+  EXPECT_TRUE((*artifacts)->Put("job-1", std::string(30, 'a'), "{}").ok());
   EXPECT_TRUE(DataQuota(dir, 0).Check(int64_t{1} << 40, "anything").ok());  // 0 = no limit
 }
 
@@ -369,13 +405,39 @@ TEST(LocalArtifactStoreTest, PutReadRemoveAndCleansTemporaries) {
   auto store = LocalArtifactStore::Open(dir);
   ASSERT_TRUE(store.ok());
   EXPECT_FALSE(fs::exists(dir + "/.tmp.leftover.pt.ABCDEF"));
-  auto stored = (*store)->Put("artifact bytes", "{}");
+  auto stored = (*store)->Put("job-1", "artifact bytes", "{}");
   ASSERT_TRUE(stored.ok());
   EXPECT_EQ(stored->sha256, engine::Sha256Hex("artifact bytes"));
   EXPECT_EQ(*(*store)->Read(stored->sha256), "artifact bytes");
-  EXPECT_TRUE((*store)->Put("artifact bytes", "{}").ok());  // idempotent
+  EXPECT_TRUE((*store)->Put("job-1", "artifact bytes", "{}").ok());  // idempotent
   EXPECT_TRUE((*store)->Remove(stored->sha256).ok());
   EXPECT_EQ((*store)->Read(stored->sha256).status().code(), absl::StatusCode::kNotFound);
+}
+
+// Identical jobs share the artifact's bytes; each keeps its own manifest
+// until it is deleted.
+TEST(LocalArtifactStoreTest, EachJobKeepsItsOwnManifest) {
+  const std::string dir = TempDir("manifests");
+  auto store = LocalArtifactStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  auto first = (*store)->Put("job-a", "same bytes", "{\"job\": \"a\"}");
+  auto second = (*store)->Put("job-b", "same bytes", "{\"job\": \"b\"}");
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_EQ(first->sha256, second->sha256);
+  const std::string sha = first->sha256;
+  auto read = [&](const std::string& job) {
+    std::ifstream in(dir + "/" + sha + "." + job + ".manifest.json");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(read("job-a"), "{\"job\": \"a\"}");
+  EXPECT_EQ(read("job-b"), "{\"job\": \"b\"}");
+  ASSERT_TRUE((*store)->RemoveManifest(sha, "job-a").ok());
+  EXPECT_EQ(read("job-a"), "");
+  EXPECT_EQ(read("job-b"), "{\"job\": \"b\"}");
+  EXPECT_TRUE((*store)->Contains(sha));
+  ASSERT_TRUE((*store)->Remove(sha).ok());
+  EXPECT_TRUE(fs::is_empty(dir));
+  EXPECT_EQ((*store)->Put("../job", "x", "{}").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 class RecordingWatcher : public JobWatcher {
@@ -408,6 +470,41 @@ TEST(JobEventHubTest, CloseAllEndsEveryWatchAndRefusesNewOnes) {
   EXPECT_EQ(hub.Subscribe("a", load_a, &late).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// A client that saw events before a restart resumes with the last sequence
+// it saw: the next server's events, the replayed result of a finished job
+// included, all come after it.
+TEST(JobEventHubTest, SequencesKeepIncreasingAcrossServerStarts) {
+  const std::string path = TempDir("generations") + "/jobs.db";
+  uint64_t first_generation = 0;
+  {
+    auto store = SqliteJobStore::Open(path);
+    ASSERT_TRUE(store.ok());
+    first_generation = *(*store)->NextGeneration();
+  }
+  auto store = SqliteJobStore::Open(path);  // the next server start
+  ASSERT_TRUE(store.ok());
+  const uint64_t second_generation = *(*store)->NextGeneration();
+  EXPECT_EQ(second_generation, first_generation + 1);
+
+  FakeClock clock;
+  Job job = NewJob("j", 1);
+  job.state = JobState::kRunning;
+  JobEventHub before(&clock, first_generation);
+  for (int i = 0; i < 50; ++i) before.Publish(job, JobEvent{});  // progress before the restart
+  RecordingWatcher seen;
+  auto loaded = [&]() -> absl::StatusOr<Job> { return job; };
+  ASSERT_TRUE(before.Subscribe("j", loaded, &seen).ok());
+  const uint64_t last_seen = seen.events.back().sequence;
+
+  JobEventHub after(&clock, second_generation);
+  job.state = JobState::kSucceeded;
+  RecordingWatcher resumed;
+  ASSERT_TRUE(after.Subscribe("j", loaded, &resumed).ok());
+  ASSERT_EQ(resumed.events.size(), 2u);
+  EXPECT_EQ(resumed.events[1].kind, JobEvent::Kind::kResult);
+  EXPECT_GT(resumed.events[1].sequence, last_seen);  // WatchJob would not skip it
+}
+
 TEST(JobEventHubTest, LateWatcherGetsSnapshotFirstThenEvents) {
   FakeClock clock;
   JobEventHub hub(&clock);
@@ -435,7 +532,7 @@ TEST(JobEventHubTest, LateWatcherGetsSnapshotFirstThenEvents) {
   hub.Publish(job, result);
   ASSERT_EQ(late.events.size(), 2u);
   EXPECT_EQ(late.events[1].kind, JobEvent::Kind::kResult);
-  EXPECT_EQ(late.events[1].sequence, 2u);
+  EXPECT_EQ(late.events[1].sequence, (uint64_t{1} << 32) + 2);
   EXPECT_EQ(early.events.size(), 2u);
   EXPECT_EQ(hub.WatcherCount("j"), 0);
 

@@ -16,6 +16,8 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
   if (options.workers < 1) return absl::InvalidArgumentError("workers must be at least 1");
   if (options.queue_capacity < 1) return absl::InvalidArgumentError("queue capacity must be at least 1");
   std::unique_ptr<WorkerPool> pool(new WorkerPool(options, store, artifacts, engine, clock));
+  QUANTD_ASSIGN_OR_RETURN(const uint64_t generation, store->NextGeneration());
+  pool->events_.set_generation(generation);
   QUANTD_ASSIGN_OR_RETURN(pool->recovered_,
                           store->RecoverInterrupted(options.max_attempts, clock->Now()));
   return pool;
@@ -117,13 +119,10 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
 }
 
 absl::Status WorkerPool::Delete(const std::string& id) {
-  QUANTD_ASSIGN_OR_RETURN(Job job, store_->Get(id));
-  QUANTD_RETURN_IF_ERROR(store_->Delete(id));
-  if (job.result.has_value() && !job.result->artifact_id.empty()) {
-    QUANTD_ASSIGN_OR_RETURN(std::vector<Job> users, store_->JobsWithArtifact(job.result->artifact_id));
-    if (users.empty()) QUANTD_RETURN_IF_ERROR(artifacts_->Remove(job.result->artifact_sha256));
-  }
-  return absl::OkStatus();
+  return store_->Delete(id, [this](const Job& deleted, bool last_holder) {
+    const std::string& sha256 = deleted.result->artifact_sha256;
+    return last_holder ? artifacts_->Remove(sha256) : artifacts_->RemoveManifest(sha256, deleted.id);
+  });
 }
 
 void WorkerPool::ReportClaimErrorLocked(const absl::Status& error) {

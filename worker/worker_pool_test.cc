@@ -113,7 +113,13 @@ class FullDiskStore : public JobStore {
   absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) override {
     return real_->CancelRequest(id);
   }
-  absl::Status Delete(const std::string& id) override { return real_->Delete(id); }
+  absl::StatusOr<uint64_t> NextGeneration() override { return real_->NextGeneration(); }
+  absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) override {
+    return real_->PinArtifact(id, attempt, artifact_id);
+  }
+  absl::Status Delete(const std::string& id, const ReleaseArtifact& release) override {
+    return real_->Delete(id, release);
+  }
   absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override {
     return real_->ActiveJobsUsing(needle);
   }
@@ -339,6 +345,24 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kOk);
   EXPECT_FALSE(artifacts_->Contains(sha));
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(WorkerPoolTest, DeletingOneOfTwoIdenticalJobsKeepsTheirArtifact) {
+  auto pool = NewPool();
+  pool->Start();
+  const std::string first = pool->Submit(NewJob("m"))->id;
+  Job job = WaitForState(first, JobState::kSucceeded);
+  const std::string second = pool->Submit(NewJob("m"))->id;
+  WaitForState(second, JobState::kSucceeded);
+  const std::string sha = job.result->artifact_sha256;
+  ASSERT_TRUE(fs::exists(dir_ + "/artifacts/" + sha + "." + first + ".manifest.json"));
+  ASSERT_TRUE(pool->Delete(first).ok());
+  EXPECT_TRUE(artifacts_->Contains(sha));
+  EXPECT_FALSE(fs::exists(dir_ + "/artifacts/" + sha + "." + first + ".manifest.json"));
+  EXPECT_TRUE(fs::exists(dir_ + "/artifacts/" + sha + "." + second + ".manifest.json"));
+  ASSERT_TRUE(pool->Delete(second).ok());
+  EXPECT_FALSE(artifacts_->Contains(sha));
+  EXPECT_TRUE(fs::is_empty(dir_ + "/artifacts"));
 }
 
 class CountingWatcher : public JobWatcher {
