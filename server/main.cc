@@ -43,6 +43,9 @@ ABSL_FLAG(std::string, tls_cert, "",
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA: gRPC clients must present a certificate it signed (mTLS).");
+ABSL_FLAG(std::string, metrics_tls_client_ca, "",
+          "PEM CA: HTTPS /metrics clients must present a certificate it signed (mTLS; needs "
+          "--tls_cert).");
 ABSL_FLAG(std::string, token_file, "",
           "Bearer tokens, one per line: \"<name> <read|submit|admin> <token>\"; re-read when it "
           "changes. Empty = no authentication.");
@@ -140,6 +143,7 @@ int main(int argc, char** argv) {
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.metrics_tls_client_ca_file = absl::GetFlag(FLAGS_metrics_tls_client_ca);
   options.token_file = absl::GetFlag(FLAGS_token_file);
   options.metrics_require_token = absl::GetFlag(FLAGS_metrics_require_token);
   options.read_roots = absl::GetFlag(FLAGS_read_roots);

@@ -25,11 +25,20 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
+  if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("--metrics_tls_client_ca needs --tls_cert and --tls_key (mTLS is TLS first)");
+  }
   if (!options.tls_cert_file.empty()) {
-    auto https = std::make_unique<httplib::SSLServer>(options.tls_cert_file.c_str(), options.tls_key_file.c_str());
+    // With a client CA, httplib makes OpenSSL require a client certificate
+    // it signed (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT).
+    auto https = std::make_unique<httplib::SSLServer>(
+        options.tls_cert_file.c_str(), options.tls_key_file.c_str(),
+        options.tls_client_ca_file.empty() ? nullptr : options.tls_client_ca_file.c_str());
     if (!https->is_valid()) {
-      return absl::InvalidArgumentError(absl::StrCat("--tls_cert/--tls_key: cannot load ", options.tls_cert_file,
-                                                     " and ", options.tls_key_file, " for HTTPS"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--tls_cert/--tls_key", options.tls_client_ca_file.empty() ? "" : "/--metrics_tls_client_ca",
+          ": cannot load ", options.tls_cert_file, " and ", options.tls_key_file,
+          options.tls_client_ca_file.empty() ? "" : absl::StrCat(" and ", options.tls_client_ca_file), " for HTTPS"));
     }
     server->http_ = std::move(https);
     server->tls_ = true;

@@ -30,6 +30,8 @@ class MetricsHttpServer {
     // Both set: HTTPS with this PEM certificate chain and key.
     std::string tls_cert_file;
     std::string tls_key_file;
+    // With TLS: clients must present a certificate this PEM CA signed (mTLS).
+    std::string tls_client_ca_file;
     // Set: /metrics needs a token with the read role.
     Authenticator* auth = nullptr;
   };

@@ -124,6 +124,9 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
     return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key (mTLS is TLS first)");
   }
+  if (!options.metrics_tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("--metrics_tls_client_ca needs --tls_cert and --tls_key (mTLS is TLS first)");
+  }
   if (options.metrics_require_token && options.token_file.empty()) {
     return absl::InvalidArgumentError("--metrics_require_token needs --token_file");
   }
@@ -201,6 +204,7 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     http.port = options.metrics_port;
     http.tls_cert_file = options.tls_cert_file;
     http.tls_key_file = options.tls_key_file;
+    http.tls_client_ca_file = options.metrics_tls_client_ca_file;
     if (options.metrics_require_token) http.auth = server->auth_.get();
     QUANTD_ASSIGN_OR_RETURN(server->metrics_http_, MetricsHttpServer::Start(http, server->metrics_.registry()));
     server->metrics_port_ = server->metrics_http_->port();

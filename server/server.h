@@ -61,6 +61,8 @@ class QuantdServer {
     std::string tls_cert_file;
     std::string tls_key_file;
     std::string tls_client_ca_file;
+    // The same for HTTPS /metrics (a scraper then needs a client certificate).
+    std::string metrics_tls_client_ca_file;
     // Bearer tokens with roles (see server/auth.h); empty = no authentication.
     std::string token_file;
     // With a token file: /metrics needs a read token too (else it is open).

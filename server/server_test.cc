@@ -341,6 +341,14 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   bad = options;
   bad.metrics_port = -2;
   EXPECT_EQ(QuantdServer::Start(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = options;
+  bad.metrics_tls_client_ca_file = "/etc/ca.pem";  // mTLS without TLS
+  absl::Status no_tls = QuantdServer::Start(bad).status();
+  EXPECT_EQ(no_tls.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(no_tls.message(), HasSubstr("--metrics_tls_client_ca"));
+  bad = options;
+  bad.model_vet_seconds = 0;
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--model_vet_seconds"));
 }
 
 TEST(ServerOptionsTest, DataDirThatIsAFileFails) {

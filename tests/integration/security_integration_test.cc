@@ -78,6 +78,7 @@ class SecureQuantd : public ::testing::Test {
                                      "--tls_cert=" + dir_ + "/server.pem",
                                      "--tls_key=" + dir_ + "/server.key",
                                      "--tls_client_ca=" + dir_ + "/ca.pem",
+                                     "--metrics_tls_client_ca=" + dir_ + "/ca.pem",
                                      "--token_file=" + dir_ + "/tokens",
                                      "--metrics_require_token"};
     Subprocess::Options options;
@@ -115,11 +116,15 @@ class SecureQuantd : public ::testing::Test {
     return r.ok() ? *r : RunResult{};
   }
 
-  // curl's HTTP status for GET /metrics over HTTPS.
-  std::string MetricsStatus(const std::string& token) {
+  // curl's HTTP status for GET /metrics over HTTPS ("000": no HTTP at all),
+  // presenting the client certificate `cert` ("" = none).
+  std::string MetricsStatus(const std::string& token, const std::string& cert = "client") {
     std::vector<std::string> argv = {"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                                      "--cacert", dir_ + "/ca.pem",
                                      absl::StrCat("https://127.0.0.1:", metrics_port_, "/metrics")};
+    if (!cert.empty()) {
+      argv.insert(argv.end(), {"--cert", dir_ + "/" + cert + ".pem", "--key", dir_ + "/" + cert + ".key"});
+    }
     if (!token.empty()) {
       argv.push_back("-H");
       argv.push_back(absl::StrCat("Authorization: Bearer ", token));
@@ -208,6 +213,13 @@ TEST_F(SecureQuantd, MetricsOverHttpsNeedAReadToken) {
   EXPECT_EQ(MetricsStatus(""), "401");
   EXPECT_EQ(MetricsStatus("a-token-nobody-issued-ever"), "401");
   EXPECT_EQ(MetricsStatus(kReadToken), "200");
+}
+
+// --metrics_tls_client_ca: without a certificate the CA signed, no HTTP at all.
+TEST_F(SecureQuantd, MetricsOverHttpsNeedATrustedClientCertificate) {
+  EXPECT_EQ(MetricsStatus(kReadToken, ""), "000");
+  EXPECT_EQ(MetricsStatus(kReadToken, "rogue"), "000");
+  EXPECT_EQ(MetricsStatus(kReadToken, "client"), "200");
 }
 
 TEST_F(SecureQuantd, TheTokenFileIsReloadedWithoutARestart) {
