@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/errno_status.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/local_artifact_store.h"
 
@@ -46,7 +47,7 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> BlobStore::BeginUpload(
   std::string tmp = (fs::path(dir_) / ".tmp.upload.XXXXXX").string();
   int fd = ::mkstemp(tmp.data());
   if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot create upload file: ", std::strerror(errno)));
+    return ErrnoStatus(errno, "cannot create upload file");
   }
   return std::unique_ptr<BlobUpload>(new BlobUpload(this, tmp, fd, expected_sha256, declared_size));
 }
@@ -154,8 +155,7 @@ absl::Status BlobUpload::Append(const std::string& chunk) {
     ssize_t n = ::write(fd_, chunk.data() + written, chunk.size() - written);
     if (n < 0) {
       if (errno == EINTR) continue;
-      absl::Status status =
-          absl::InternalError(absl::StrCat("cannot write upload: ", std::strerror(errno)));
+      absl::Status status = ErrnoStatus(errno, "cannot write upload");
       Discard();
       return status;
     }
@@ -180,8 +180,7 @@ absl::StatusOr<BlobInfo> BlobUpload::Commit() {
                                             expected_sha256_));
   }
   if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0) {
-    absl::Status status =
-        absl::InternalError(absl::StrCat("cannot sync upload: ", std::strerror(errno)));
+    absl::Status status = ErrnoStatus(errno, "cannot sync upload");
     Discard();
     return status;
   }
@@ -191,8 +190,7 @@ absl::StatusOr<BlobInfo> BlobUpload::Commit() {
   std::error_code error;
   info.already_existed = fs::is_regular_file(target, error);
   if (::rename(tmp_path_.c_str(), target.c_str()) != 0) {
-    absl::Status status =
-        absl::InternalError(absl::StrCat("cannot store upload: ", std::strerror(errno)));
+    absl::Status status = ErrnoStatus(errno, "cannot store upload");
     Discard();
     return status;
   }

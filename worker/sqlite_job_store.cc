@@ -1,7 +1,5 @@
 #include "worker/sqlite_job_store.h"
 
-#include <cerrno>
-
 #include <sqlite3.h>
 
 #include <utility>
@@ -9,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/base/errno_status.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/job_codec.h"
 
@@ -54,7 +53,7 @@ constexpr char kColumns[] =
 absl::Status SqliteError(sqlite3* db, int rc, const std::string& what) {
   const int system_errno = sqlite3_system_errno(db);
   const std::string message = absl::StrCat(what, ": ", sqlite3_errmsg(db));
-  if ((rc & 0xff) == SQLITE_FULL || system_errno == ENOSPC || system_errno == EDQUOT || system_errno == EFBIG) {
+  if ((rc & 0xff) == SQLITE_FULL || IsOutOfSpace(system_errno)) {
     return absl::ResourceExhaustedError(absl::StrCat(message, " (the disk holding the job store is full)"));
   }
   return absl::InternalError(message);

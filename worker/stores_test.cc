@@ -244,6 +244,25 @@ TEST(SqliteJobStoreTest, AnUndecodableRowFailsAndTheNextJobIsClaimed) {
   EXPECT_FALSE((*(*store)->ClaimNext(absl::FromUnixSeconds(4))).has_value());
 }
 
+// Files this process writes stop at `bytes` while it lives (EFBIG, as on a
+// full disk: quantd ignores SIGXFSZ, and so does the test).
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    ::getrlimit(RLIMIT_FSIZE, &saved_);
+    rlimit small = saved_;
+    small.rlim_cur = bytes;
+    ok_ = ::setrlimit(RLIMIT_FSIZE, &small) == 0;
+  }
+  ~FileSizeLimit() { ::setrlimit(RLIMIT_FSIZE, &saved_); }
+  bool ok() const { return ok_; }
+
+ private:
+  rlimit saved_{};
+  bool ok_ = false;
+};
+
 // Past a file size limit (as on a full disk) storing an artifact fails with
 // RESOURCE_EXHAUSTED and leaves nothing: no temporary file, and no manifest
 // without its artifact.
@@ -251,20 +270,35 @@ TEST(LocalArtifactStoreTest, AWriteThatRunsOutOfRoomLeavesNothing) {
   const std::string dir = TempDir("artifacts_full");
   auto store = LocalArtifactStore::Open(dir);
   ASSERT_TRUE(store.ok()) << store.status();
-  ::signal(SIGXFSZ, SIG_IGN);  // as quantd does: EFBIG instead of the signal
-  rlimit saved{};
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
-  rlimit small = saved;
-  small.rlim_cur = 4096;
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  absl::StatusOr<StoredArtifact> stored = (*store)->Put("job-1", std::string(10000, 'q'), "{\"job\": 1}");
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &saved), 0);
+  absl::StatusOr<StoredArtifact> stored;
+  {
+    FileSizeLimit limit(4096);
+    ASSERT_TRUE(limit.ok());
+    stored = (*store)->Put("job-1", std::string(10000, 'q'), "{\"job\": 1}");
+  }
   EXPECT_EQ(stored.status().code(), absl::StatusCode::kResourceExhausted) << stored.status();
   EXPECT_TRUE(fs::is_empty(dir)) << "left behind: " << fs::directory_iterator(dir)->path();
   // With room again the same artifact is stored whole.
   stored = (*store)->Put("job-1", std::string(10000, 'q'), "{\"job\": 1}");
   ASSERT_TRUE(stored.ok()) << stored.status();
   EXPECT_EQ(*(*store)->Read(stored->sha256), std::string(10000, 'q'));
+}
+
+TEST(BlobStoreTest, AnUploadThatRunsOutOfRoomIsResourceExhaustedAndLeavesNothing) {
+  const std::string dir = TempDir("blobs_full");
+  auto store = BlobStore::Open(dir, 1 << 20);
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::Status appended;
+  {
+    FileSizeLimit limit(4096);
+    ASSERT_TRUE(limit.ok());
+    auto upload = (*store)->BeginUpload("", 0);
+    ASSERT_TRUE(upload.ok()) << upload.status();
+    appended = (*upload)->Append(std::string(10000, 'u'));
+  }
+  EXPECT_EQ(appended.code(), absl::StatusCode::kResourceExhausted) << appended;
+  EXPECT_THAT(appended.message(), HasSubstr("cannot write upload"));
+  EXPECT_TRUE(fs::is_empty(dir)) << "left behind: " << fs::directory_iterator(dir)->path();
 }
 
 TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {

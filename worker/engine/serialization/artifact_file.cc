@@ -9,17 +9,13 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/errno_status.h"
 
 namespace quantd::engine {
 namespace {
 
-// Out of space (a full disk, a quota, a file size limit) is
-// RESOURCE_EXHAUSTED: nothing is wrong with the job, only with the room.
 absl::Status Errno(const std::string& what, const std::string& path) {
-  const int error = errno;
-  const std::string message = absl::StrCat(what, " ", path, ": ", std::strerror(error));
-  if (error == ENOSPC || error == EDQUOT || error == EFBIG) return absl::ResourceExhaustedError(message);
-  return absl::InternalError(message);
+  return ErrnoStatus(errno, absl::StrCat(what, " ", path));
 }
 
 }  // namespace

@@ -1,0 +1,21 @@
+#ifndef QUANTD_WORKER_ENGINE_BASE_ERRNO_STATUS_H_
+#define QUANTD_WORKER_ENGINE_BASE_ERRNO_STATUS_H_
+
+// One rule for failed system calls on the data dir: running out of room (a
+// full disk, a quota, a file size limit) is RESOURCE_EXHAUSTED, which the
+// caller may retry once space is freed; anything else is INTERNAL.
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace quantd {
+
+// ENOSPC, EDQUOT or EFBIG.
+bool IsOutOfSpace(int errno_value);
+
+// "<what>: <strerror(errno_value)>" with the code the rule above gives.
+absl::Status ErrnoStatus(int errno_value, absl::string_view what);
+
+}  // namespace quantd
+
+#endif  // QUANTD_WORKER_ENGINE_BASE_ERRNO_STATUS_H_
