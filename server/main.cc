@@ -72,6 +72,11 @@ ABSL_FLAG(double, model_vet_seconds, 120,
 ABSL_FLAG(std::string, vet_model_file, "",
           "Internal (what quantd runs as the child of --vet_models): load this TorchScript "
           "model, print why it fails, exit 0 when it loads.");
+ABSL_FLAG(int, rpc_threads, 8,
+          "Threads for the blocking part of RPC handlers (job store, blob and artifact files), so "
+          "gRPC's own threads never wait on the disk.");
+ABSL_FLAG(int, rpc_queue_capacity, 1000,
+          "RPCs that may wait for --rpc_threads; beyond it calls are RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, intra_op_threads, 1,
           "LibTorch intra-op threads per job (set explicitly: 2 OpenMP threads on a busy "
           "2-core machine can be 10-100x slower).");
@@ -152,6 +157,8 @@ int main(int argc, char** argv) {
   options.blob_ttl_seconds = absl::GetFlag(FLAGS_blob_ttl_seconds);
   if (absl::GetFlag(FLAGS_vet_models)) options.model_vet_command = {"/proc/self/exe", "--vet_model_file"};
   options.model_vet_seconds = absl::GetFlag(FLAGS_model_vet_seconds);
+  options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
+  options.rpc_queue_capacity = absl::GetFlag(FLAGS_rpc_queue_capacity);
 
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));

@@ -38,12 +38,17 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
   return reactor;
 }
 
-// Mutating calls: answered and written to the audit log.
-grpc::ServerUnaryReactor* FinishAudited(grpc::CallbackServerContext* context, const Principal& caller,
-                                        absl::string_view method, absl::string_view target,
-                                        const absl::Status& status) {
+// Mutating calls: written to the audit log, then answered with `status`.
+absl::Status Audited(grpc::CallbackServerContext* context, const Principal& caller, absl::string_view method,
+                     absl::string_view target, const absl::Status& status) {
   AuditLine(caller.name, context->peer(), method, target, status);
-  return FinishUnary(context, status);
+  return status;
+}
+
+absl::Status Busy(absl::string_view method, const BlockingExecutor& executor) {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      method, ": the server is busy (", executor.queue_capacity(),
+      " calls already wait for its I/O threads, --rpc_queue_capacity); retry with backoff"));
 }
 
 absl::Status RequireId(const std::string& id) {
@@ -75,17 +80,31 @@ class RejectedWriteReactor final : public grpc::ServerWriteReactor<Response> {
 };
 
 // UploadModel / UploadDataset: metadata first, then chunks streamed into the
-// blob store (hashed on the way); the blob appears only once verified.
+// blob store (hashed on the way); the blob appears only once verified. Each
+// chunk is written on the executor; the next read starts once it is stored,
+// so a call has at most one task queued.
 template <typename Request>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
-  UploadReactor(grpc::CallbackServerContext* context, const worker::BlobStore* blobs, v1::BlobInfo* response,
-                Principal caller, absl::string_view method)
-      : context_(context), blobs_(blobs), response_(response), caller_(std::move(caller)), method_(method) {
+  UploadReactor(grpc::CallbackServerContext* context, const worker::BlobStore* blobs, BlockingExecutor* executor,
+                v1::BlobInfo* response, Principal caller, absl::string_view method)
+      : context_(context),
+        blobs_(blobs),
+        executor_(executor),
+        response_(response),
+        caller_(std::move(caller)),
+        method_(method) {
     this->StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
+    if (!executor_->TrySchedule([this, ok] { HandleRead(ok); })) Fail(Busy(method_, *executor_));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void HandleRead(bool ok) {
     if (!ok) {  // the client is done sending (or went away)
       // A client that cancelled or died mid-stream also ends the reads: its
       // bytes are not a blob, however many arrived.
@@ -116,9 +135,6 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     this->StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
-
- private:
   void Fail(const absl::Status& status) {
     upload_.reset();  // discards the temporary file
     AuditLine(caller_.name, context_->peer(), method_, "", status);
@@ -127,6 +143,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
 
   grpc::CallbackServerContext* const context_;
   const worker::BlobStore* blobs_;
+  BlockingExecutor* const executor_;
   v1::BlobInfo* response_;
   const Principal caller_;
   const std::string method_;
@@ -134,24 +151,20 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   std::unique_ptr<worker::BlobUpload> upload_;
 };
 
-// WatchJob: a snapshot first, then each event, until the job's result.
+// WatchJob: a snapshot first, then each event, until the job's result. The
+// subscription (which may read the job store) runs on the executor.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
                            public worker::JobWatcher {
  public:
-  WatchReactor(worker::WorkerPool* pool, const v1::WatchJobRequest& request)
+  WatchReactor(worker::WorkerPool* pool, BlockingExecutor* executor, const v1::WatchJobRequest& request)
       : pool_(pool), job_id_(request.id()), after_sequence_(request.after_sequence()) {
     if (job_id_.empty()) {
       FinishOnce(absl::InvalidArgumentError("id: required"));
       return;
     }
-    auto load = [pool, id = job_id_]() { return pool->store().Get(id); };
-    absl::StatusOr<uint64_t> token = pool_->events().Subscribe(job_id_, load, this);
     absl::MutexLock lock(&mu_);
-    if (!token.ok()) {
-      FinishLocked(ToGrpcStatus(token.status()));
-      return;
-    }
-    token_ = *token;
+    subscribing_ = executor->TrySchedule([this] { Subscribe(); });
+    if (!subscribing_) FinishLocked(ToGrpcStatus(Busy("WatchJob", *executor)));
   }
 
   // Called under the hub's lock: queue and return.
@@ -201,6 +214,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
     uint64_t token;
     {
       absl::MutexLock lock(&mu_);
+      done_ = true;
+      // Cancelled while the subscription is queued: Subscribe() ends us.
+      if (subscribing_) return;
       token = token_;
     }
     if (token != 0) pool_->events().Unsubscribe(job_id_, token);
@@ -208,6 +224,22 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
   }
 
  private:
+  void Subscribe() {
+    auto load = [pool = pool_, id = job_id_]() { return pool->store().Get(id); };
+    absl::StatusOr<uint64_t> token = pool_->events().Subscribe(job_id_, load, this);
+    {
+      absl::MutexLock lock(&mu_);
+      subscribing_ = false;
+      if (token.ok()) token_ = *token;
+      if (!done_) {
+        if (!token.ok()) FinishLocked(ToGrpcStatus(token.status()));
+        return;
+      }
+    }
+    if (token.ok() && *token != 0) pool_->events().Unsubscribe(job_id_, *token);
+    delete this;
+  }
+
   void FinishOnce(const absl::Status& status) {
     absl::MutexLock lock(&mu_);
     FinishLocked(ToGrpcStatus(status));
@@ -238,19 +270,20 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool ending_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool subscribing_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// DownloadArtifact: header, chunks, trailer.
+// DownloadArtifact: header, chunks, trailer. The artifact is looked up, read
+// and verified on the executor; the writes then only slice memory.
 class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifactResponse> {
  public:
-  DownloadReactor(const v1::Artifact& artifact, std::string bytes, uint32_t chunk_size)
-      : bytes_(std::move(bytes)), chunk_size_(chunk_size) {
-    auto* header = message_.mutable_header();
-    *header->mutable_artifact() = artifact;
-    header->set_sha256(engine::Sha256Hex(bytes_));
-    header->set_size_bytes(bytes_.size());
-    sha256_ = header->sha256();
-    StartWrite(&message_);
+  using Load = absl::AnyInvocable<absl::StatusOr<std::pair<v1::Artifact, std::string>>() &&>;
+
+  DownloadReactor(BlockingExecutor* executor, Load load, uint32_t chunk_size) : chunk_size_(chunk_size) {
+    if (!executor->TrySchedule([this, load = std::move(load)]() mutable { Start(std::move(load)()); })) {
+      Finish(ToGrpcStatus(Busy("DownloadArtifact", *executor)));
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -272,8 +305,19 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
   void OnDone() override { delete this; }
 
  private:
-  const std::string bytes_;
+  void Start(absl::StatusOr<std::pair<v1::Artifact, std::string>> loaded) {
+    if (!loaded.ok()) return Finish(ToGrpcStatus(loaded.status()));
+    bytes_ = std::move(loaded->second);
+    auto* header = message_.mutable_header();
+    *header->mutable_artifact() = std::move(loaded->first);
+    sha256_ = header->artifact().sha256();
+    header->set_sha256(sha256_);
+    header->set_size_bytes(bytes_.size());
+    StartWrite(&message_);
+  }
+
   const uint32_t chunk_size_;
+  std::string bytes_;
   std::string sha256_;
   v1::DownloadArtifactResponse message_;
   size_t offset_ = 0;
@@ -301,49 +345,58 @@ absl::StatusOr<Principal> QuantizationServiceImpl::Admit(grpc::CallbackServerCon
   return caller;
 }
 
+grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(grpc::CallbackServerContext* context,
+                                                           absl::string_view method,
+                                                           absl::AnyInvocable<absl::Status() &&> work) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!deps_.executor->TrySchedule(
+          [reactor, work = std::move(work)]() mutable { reactor->Finish(ToGrpcStatus(std::move(work)())); })) {
+    reactor->Finish(ToGrpcStatus(Busy(method, *deps_.executor)));
+  }
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
     grpc::CallbackServerContext* context, const v1::QuantizeJobRequest* request,
     v1::Job* response) {
-  absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "QuantizeJob");
-  if (!caller.ok()) return FinishUnary(context, caller.status());
-  absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
-  if (!job.ok()) return FinishAudited(context, *caller, "QuantizeJob", "", job.status());
-  absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
-  if (!submitted.ok()) return FinishAudited(context, *caller, "QuantizeJob", "", submitted.status());
-  ToProto(*submitted, response);
-  return FinishAudited(context, *caller, "QuantizeJob", submitted->id, absl::OkStatus());
+  return Offload(context, "QuantizeJob", [this, context, request, response]() -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "QuantizeJob"));
+    absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
+    if (!job.ok()) return Audited(context, caller, "QuantizeJob", "", job.status());
+    absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
+    if (!submitted.ok()) return Audited(context, caller, "QuantizeJob", "", submitted.status());
+    ToProto(*submitted, response);
+    return Audited(context, caller, "QuantizeJob", submitted->id, absl::OkStatus());
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetJob(
     grpc::CallbackServerContext* context, const v1::GetJobRequest* request, v1::Job* response) {
-  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "GetJob"); !caller.ok()) {
-    return FinishUnary(context, caller.status());
-  }
-  if (absl::Status status = RequireId(request->id()); !status.ok()) return FinishUnary(context, status);
-  absl::StatusOr<worker::Job> job = deps_.pool->store().Get(request->id());
-  if (!job.ok()) return FinishUnary(context, job.status());
-  ToProto(*job, response);
-  return FinishUnary(context, absl::OkStatus());
+  return Offload(context, "GetJob", [this, context, request, response]() -> absl::Status {
+    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "GetJob").status());
+    QUANTD_RETURN_IF_ERROR(RequireId(request->id()));
+    QUANTD_ASSIGN_OR_RETURN(worker::Job job, deps_.pool->store().Get(request->id()));
+    ToProto(job, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListJobs(
     grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
     v1::ListJobsResponse* response) {
-  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "ListJobs"); !caller.ok()) {
-    return FinishUnary(context, caller.status());
-  }
-  std::vector<worker::JobState> states;
-  for (int state : request->states()) {
-    absl::StatusOr<worker::JobState> s = FromProto(static_cast<v1::JobState>(state));
-    if (!s.ok()) return FinishUnary(context, s.status());
-    states.push_back(*s);
-  }
-  absl::StatusOr<worker::JobPage> page =
-      deps_.pool->store().List(states, PageSize(request->page_size()), request->page_token());
-  if (!page.ok()) return FinishUnary(context, page.status());
-  for (const worker::Job& job : page->jobs) ToProto(job, response->add_jobs());
-  response->set_next_page_token(page->next_page_token);
-  return FinishUnary(context, absl::OkStatus());
+  return Offload(context, "ListJobs", [this, context, request, response]() -> absl::Status {
+    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "ListJobs").status());
+    std::vector<worker::JobState> states;
+    for (int state : request->states()) {
+      QUANTD_ASSIGN_OR_RETURN(worker::JobState s, FromProto(static_cast<v1::JobState>(state)));
+      states.push_back(s);
+    }
+    QUANTD_ASSIGN_OR_RETURN(worker::JobPage page, deps_.pool->store().List(states, PageSize(request->page_size()),
+                                                                           request->page_token()));
+    for (const worker::Job& job : page.jobs) ToProto(job, response->add_jobs());
+    response->set_next_page_token(page.next_page_token);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerWriteReactor<v1::JobEvent>* QuantizationServiceImpl::WatchJob(
@@ -351,126 +404,127 @@ grpc::ServerWriteReactor<v1::JobEvent>* QuantizationServiceImpl::WatchJob(
   if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "WatchJob"); !caller.ok()) {
     return new RejectedWriteReactor<v1::JobEvent>(caller.status());
   }
-  return new WatchReactor(deps_.pool, *request);
+  return new WatchReactor(deps_.pool, deps_.executor, *request);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
     grpc::CallbackServerContext* context, const v1::CancelJobRequest* request, v1::Job* response) {
-  absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "CancelJob");
-  if (!caller.ok()) return FinishUnary(context, caller.status());
-  if (absl::Status status = RequireId(request->id()); !status.ok()) {
-    return FinishAudited(context, *caller, "CancelJob", "", status);
-  }
-  absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
-  if (job.ok()) ToProto(*job, response);
-  return FinishAudited(context, *caller, "CancelJob", request->id(), job.status());
+  return Offload(context, "CancelJob", [this, context, request, response]() -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "CancelJob"));
+    if (absl::Status status = RequireId(request->id()); !status.ok()) {
+      return Audited(context, caller, "CancelJob", "", status);
+    }
+    absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
+    if (job.ok()) ToProto(*job, response);
+    return Audited(context, caller, "CancelJob", request->id(), job.status());
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
     grpc::CallbackServerContext* context, const v1::DeleteJobRequest* request,
     v1::DeleteJobResponse*) {
-  absl::StatusOr<Principal> caller = Admit(context, Role::kAdmin, "DeleteJob");
-  if (!caller.ok()) return FinishUnary(context, caller.status());
-  if (absl::Status status = RequireId(request->id()); !status.ok()) {
-    return FinishAudited(context, *caller, "DeleteJob", "", status);
-  }
-  return FinishAudited(context, *caller, "DeleteJob", request->id(), deps_.pool->Delete(request->id()));
+  return Offload(context, "DeleteJob", [this, context, request]() -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kAdmin, "DeleteJob"));
+    if (absl::Status status = RequireId(request->id()); !status.ok()) {
+      return Audited(context, caller, "DeleteJob", "", status);
+    }
+    return Audited(context, caller, "DeleteJob", request->id(), deps_.pool->Delete(request->id()));
+  });
 }
 
 grpc::ServerReadReactor<v1::UploadModelRequest>* QuantizationServiceImpl::UploadModel(
     grpc::CallbackServerContext* context, v1::BlobInfo* response) {
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadModel");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadModelRequest>(caller.status());
-  return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, response, *caller, "UploadModel");
+  return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, deps_.executor, response, *caller,
+                                                   "UploadModel");
 }
 
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::UploadDataset(
     grpc::CallbackServerContext* context, v1::BlobInfo* response) {
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadDataset");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadDatasetRequest>(caller.status());
-  return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, response, *caller, "UploadDataset");
+  return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, deps_.executor, response, *caller,
+                                                     "UploadDataset");
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServerContext* context,
                                                              const v1::ListBlobsRequest* request,
                                                              v1::ListBlobsResponse* response) {
-  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "ListBlobs"); !caller.ok()) {
-    return FinishUnary(context, caller.status());
-  }
-  absl::StatusOr<std::vector<worker::StoredBlob>> blobs = deps_.blobs->List();
-  if (!blobs.ok()) return FinishUnary(context, blobs.status());
-  const size_t page_size = request->page_size() == 0 ? 100 : std::min<size_t>(request->page_size(), kMaxPageSize);
-  // Blobs are listed by id: the token is the last id of the previous page.
-  auto it = std::upper_bound(blobs->begin(), blobs->end(), request->page_token(),
-                             [](const std::string& token, const worker::StoredBlob& b) { return token < b.id; });
-  for (; it != blobs->end() && static_cast<size_t>(response->blobs_size()) < page_size; ++it) {
-    absl::StatusOr<std::vector<std::string>> users = deps_.pool->store().ActiveJobsUsing(it->id);
-    if (!users.ok()) return FinishUnary(context, users.status());
-    ToProto(*it, *users, response->add_blobs());
-  }
-  if (it != blobs->end() && response->blobs_size() > 0) {
-    response->set_next_page_token(response->blobs(response->blobs_size() - 1).blob_id());
-  }
-  return FinishUnary(context, absl::OkStatus());
+  return Offload(context, "ListBlobs", [this, context, request, response]() -> absl::Status {
+    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "ListBlobs").status());
+    QUANTD_ASSIGN_OR_RETURN(std::vector<worker::StoredBlob> blobs, deps_.blobs->List());
+    const size_t page_size =
+        request->page_size() == 0 ? 100 : std::min<size_t>(request->page_size(), kMaxPageSize);
+    // Blobs are listed by id: the token is the last id of the previous page.
+    auto it = std::upper_bound(blobs.begin(), blobs.end(), request->page_token(),
+                               [](const std::string& token, const worker::StoredBlob& b) { return token < b.id; });
+    for (; it != blobs.end() && static_cast<size_t>(response->blobs_size()) < page_size; ++it) {
+      QUANTD_ASSIGN_OR_RETURN(std::vector<std::string> users, deps_.pool->store().ActiveJobsUsing(it->id));
+      ToProto(*it, users, response->add_blobs());
+    }
+    if (it != blobs.end() && response->blobs_size() > 0) {
+      response->set_next_page_token(response->blobs(response->blobs_size() - 1).blob_id());
+    }
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetBlob(grpc::CallbackServerContext* context,
                                                            const v1::GetBlobRequest* request, v1::BlobInfo* response) {
-  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "GetBlob"); !caller.ok()) {
-    return FinishUnary(context, caller.status());
-  }
-  absl::StatusOr<worker::StoredBlob> blob = deps_.blobs->Stat(request->id(), "id");
-  if (!blob.ok()) return FinishUnary(context, blob.status());
-  absl::StatusOr<std::vector<std::string>> users = deps_.pool->store().ActiveJobsUsing(blob->id);
-  if (!users.ok()) return FinishUnary(context, users.status());
-  ToProto(*blob, *users, response);
-  return FinishUnary(context, absl::OkStatus());
+  return Offload(context, "GetBlob", [this, context, request, response]() -> absl::Status {
+    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "GetBlob").status());
+    QUANTD_ASSIGN_OR_RETURN(worker::StoredBlob blob, deps_.blobs->Stat(request->id(), "id"));
+    QUANTD_ASSIGN_OR_RETURN(std::vector<std::string> users, deps_.pool->store().ActiveJobsUsing(blob.id));
+    ToProto(blob, users, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteBlob(grpc::CallbackServerContext* context,
                                                               const v1::DeleteBlobRequest* request,
                                                               v1::DeleteBlobResponse*) {
-  absl::StatusOr<Principal> caller = Admit(context, Role::kAdmin, "DeleteBlob");
-  if (!caller.ok()) return FinishUnary(context, caller.status());
-  auto finish = [&](const absl::Status& status) {
-    return FinishAudited(context, *caller, "DeleteBlob", request->id(), status);
-  };
-  absl::StatusOr<worker::StoredBlob> blob = deps_.blobs->Stat(request->id(), "id");
-  if (!blob.ok()) return finish(blob.status());
-  absl::StatusOr<std::vector<std::string>> users = deps_.pool->store().ActiveJobsUsing(blob->id);
-  if (!users.ok()) return finish(users.status());
-  if (!users->empty()) {
-    return finish(absl::FailedPreconditionError(absl::StrCat("blob ", blob->id, " is used by ",
-                                                             absl::StrJoin(*users, ", "),
-                                                             "; cancel or wait for those jobs first")));
-  }
-  return finish(deps_.blobs->Remove(blob->id));
+  return Offload(context, "DeleteBlob", [this, context, request]() -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kAdmin, "DeleteBlob"));
+    auto audited = [&](const absl::Status& status) {
+      return Audited(context, caller, "DeleteBlob", request->id(), status);
+    };
+    absl::StatusOr<worker::StoredBlob> blob = deps_.blobs->Stat(request->id(), "id");
+    if (!blob.ok()) return audited(blob.status());
+    absl::StatusOr<std::vector<std::string>> users = deps_.pool->store().ActiveJobsUsing(blob->id);
+    if (!users.ok()) return audited(users.status());
+    if (!users->empty()) {
+      return audited(absl::FailedPreconditionError(absl::StrCat("blob ", blob->id, " is used by ",
+                                                                absl::StrJoin(*users, ", "),
+                                                                "; cancel or wait for those jobs first")));
+    }
+    return audited(deps_.blobs->Remove(blob->id));
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(
     grpc::CallbackServerContext* context, const v1::GetArtifactRequest* request,
     v1::Artifact* response) {
-  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "GetArtifact"); !caller.ok()) {
-    return FinishUnary(context, caller.status());
-  }
-  absl::StatusOr<worker::Job> job = ArtifactJob(deps_.pool->store(), request->id());
-  if (!job.ok()) return FinishUnary(context, job.status());
-  ArtifactToProto(*job, response);
-  return FinishUnary(context, absl::OkStatus());
+  return Offload(context, "GetArtifact", [this, context, request, response]() -> absl::Status {
+    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "GetArtifact").status());
+    QUANTD_ASSIGN_OR_RETURN(worker::Job job, ArtifactJob(deps_.pool->store(), request->id()));
+    ArtifactToProto(job, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListArtifacts(
     grpc::CallbackServerContext* context, const v1::ListArtifactsRequest* request,
     v1::ListArtifactsResponse* response) {
-  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "ListArtifacts"); !caller.ok()) {
-    return FinishUnary(context, caller.status());
-  }
-  absl::StatusOr<worker::JobPage> page = deps_.pool->store().ListArtifactJobs(
-      request->job_id(), PageSize(request->page_size()), request->page_token());
-  if (!page.ok()) return FinishUnary(context, page.status());
-  for (const worker::Job& job : page->jobs) ArtifactToProto(job, response->add_artifacts());
-  response->set_next_page_token(page->next_page_token);
-  return FinishUnary(context, absl::OkStatus());
+  return Offload(context, "ListArtifacts", [this, context, request, response]() -> absl::Status {
+    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "ListArtifacts").status());
+    QUANTD_ASSIGN_OR_RETURN(worker::JobPage page,
+                            deps_.pool->store().ListArtifactJobs(request->job_id(), PageSize(request->page_size()),
+                                                                 request->page_token()));
+    for (const worker::Job& job : page.jobs) ArtifactToProto(job, response->add_artifacts());
+    response->set_next_page_token(page.next_page_token);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerWriteReactor<v1::DownloadArtifactResponse>*
@@ -479,18 +533,18 @@ QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext* context,
   if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "DownloadArtifact"); !caller.ok()) {
     return new RejectedWriteReactor<v1::DownloadArtifactResponse>(caller.status());
   }
-  absl::StatusOr<worker::Job> job = ArtifactJob(deps_.pool->store(), request->id());
-  if (!job.ok()) return new RejectedWriteReactor<v1::DownloadArtifactResponse>(job.status());
-  v1::Artifact artifact;
-  ArtifactToProto(*job, &artifact);
-  absl::StatusOr<std::string> bytes = deps_.artifacts->Read(artifact.sha256());
-  if (!bytes.ok()) return new RejectedWriteReactor<v1::DownloadArtifactResponse>(bytes.status());
-  if (engine::Sha256Hex(*bytes) != artifact.sha256()) {
-    return new RejectedWriteReactor<v1::DownloadArtifactResponse>(absl::DataLossError(
-        absl::StrCat("artifact ", artifact.id(), " is corrupted in the store")));
-  }
+  auto load = [this, id = request->id()]() -> absl::StatusOr<std::pair<v1::Artifact, std::string>> {
+    QUANTD_ASSIGN_OR_RETURN(worker::Job job, ArtifactJob(deps_.pool->store(), id));
+    v1::Artifact artifact;
+    ArtifactToProto(job, &artifact);
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, deps_.artifacts->Read(artifact.sha256()));
+    if (engine::Sha256Hex(bytes) != artifact.sha256()) {
+      return absl::DataLossError(absl::StrCat("artifact ", artifact.id(), " is corrupted in the store"));
+    }
+    return std::make_pair(std::move(artifact), std::move(bytes));
+  };
   uint32_t chunk = request->chunk_size() == 0 ? kDefaultChunk : std::min(request->chunk_size(), kMaxChunk);
-  return new DownloadReactor(artifact, std::move(*bytes), chunk);
+  return new DownloadReactor(deps_.executor, std::move(load), chunk);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Infer(

@@ -2,7 +2,9 @@
 #define QUANTD_SERVER_QUANTIZATION_SERVICE_H_
 
 // quantd.v1.QuantizationService on the gRPC callback API. Handlers only
-// validate, enqueue and reply: quantization itself runs in worker/.
+// validate, enqueue and reply: quantization itself runs in worker/. Whatever
+// may block (the job store, blob and artifact files) runs on the
+// BlockingExecutor, never on gRPC's callback threads.
 //
 // Jobs, uploads and artifacts are served (issue #4); Infer and Evaluate
 // still answer UNIMPLEMENTED with a message that names the feature.
@@ -11,6 +13,7 @@
 
 #include "quantd/v1/quantd.grpc.pb.h"
 #include "server/auth.h"
+#include "server/blocking_executor.h"
 #include "server/job_conversion.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_store.h"
@@ -32,6 +35,8 @@ class QuantizationServiceImpl final
     Authenticator* auth = nullptr;
     // Folders outside data_dir that request paths may link into.
     std::vector<std::string> read_roots;
+    // Runs the handlers' blocking work; never null.
+    BlockingExecutor* executor = nullptr;
   };
   explicit QuantizationServiceImpl(const Deps& deps)
       : deps_(deps), resolver_(deps.data_dir, deps.blobs, deps.read_roots) {}
@@ -89,6 +94,10 @@ class QuantizationServiceImpl final
   // (the refusal is audited).
   absl::StatusOr<Principal> Admit(grpc::CallbackServerContext* context, Role required,
                                   absl::string_view method) const;
+  // Runs `work` on the executor and finishes the call with what it returns;
+  // RESOURCE_EXHAUSTED at once when the executor's queue is full.
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, absl::string_view method,
+                                    absl::AnyInvocable<absl::Status() &&> work);
 
   const Deps deps_;
   const ReferenceResolver resolver_;

@@ -112,6 +112,13 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (!(options.model_vet_seconds > 0)) {
     return absl::InvalidArgumentError("--model_vet_seconds must be > 0");
   }
+  if (options.rpc_threads < 1 || options.rpc_threads > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("--rpc_threads must be in 1..1024, got ", options.rpc_threads));
+  }
+  if (options.rpc_queue_capacity < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rpc_queue_capacity must be at least 1, got ", options.rpc_queue_capacity));
+  }
   if (!(options.job_deadline_seconds >= 0)) {
     return absl::InvalidArgumentError("job deadline seconds must be >= 0 (0 = none)");
   }
@@ -285,6 +292,8 @@ absl::Status QuantdServer::OpenStores() {
   deps.server_info.set_workers(options_.workers);
   deps.auth = auth_.get();
   deps.read_roots = options_.read_roots;
+  rpc_executor_ = std::make_unique<BlockingExecutor>(options_.rpc_threads, options_.rpc_queue_capacity);
+  deps.executor = rpc_executor_.get();
   quantization_service_ = std::make_unique<QuantizationServiceImpl>(deps);
   return absl::OkStatus();
 }
@@ -305,6 +314,8 @@ void QuantdServer::Shutdown(absl::Duration grace) {
     LogLine(LogLevel::kDebug, "quantd: grpc server shut down");
     server_->Wait();
   }
+  // Every call has ended, so no task is left that could still answer one.
+  if (rpc_executor_ != nullptr) rpc_executor_->Shutdown();
   blob_collector_.reset();
   if (pool_ != nullptr) {
     pool_->Stop();  // a running job is interrupted and goes back to the queue

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/auth.h"
+#include "server/blocking_executor.h"
 #include "server/health_service.h"
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
@@ -82,6 +83,11 @@ class QuantdServer {
     std::vector<std::string> model_vet_command;
     // How long that child may take before the job fails.
     double model_vet_seconds = 120;
+    // Threads for RPC handlers' blocking work (job store, blob and artifact
+    // files), off gRPC's callback threads; and how many calls may wait for
+    // them before more are RESOURCE_EXHAUSTED.
+    int rpc_threads = 8;
+    int rpc_queue_capacity = 1000;
   };
 
   // Validates `options`, binds both ports and starts serving.
@@ -104,6 +110,7 @@ class QuantdServer {
   HealthService& health() { return health_; }
   worker::WorkerPool& pool() { return *pool_; }
   ServerMetrics& metrics() { return metrics_; }
+  BlockingExecutor& rpc_executor() { return *rpc_executor_; }
   // A channel to this server that bypasses the network (for tests).
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
@@ -122,6 +129,8 @@ class QuantdServer {
   std::unique_ptr<worker::BlobStore> blob_store_;
   std::unique_ptr<worker::QuantizationEngine> engine_;
   std::unique_ptr<worker::WorkerPool> pool_;
+  // After the stores and pool it uses; stopped once gRPC has stopped.
+  std::unique_ptr<BlockingExecutor> rpc_executor_;
   std::unique_ptr<QuantizationServiceImpl> quantization_service_;
   std::unique_ptr<worker::BlobCollector> blob_collector_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;

@@ -11,10 +11,12 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/notification.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quantd/v1/quantd.grpc.pb.h"
 #include "worker/engine/quantizer.h"
@@ -326,6 +328,92 @@ TEST_F(ServerTest, ShutdownStopsServingAndIsIdempotent) {
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("in use by another quantd"));
 }
 
+// Handlers hand their store and file work to the RPC executor: while its
+// threads are stuck, calls that need them wait (and beyond its queue are
+// refused at once), but gRPC's own threads still answer everything else.
+TEST(ServerExecutorTest, BlockingWorkWaitsOnTheExecutorAndAFullQueueIsResourceExhausted) {
+  QuantdServer::Options options;
+  options.bind_address = "127.0.0.1";
+  options.grpc_port = 0;
+  options.metrics_port = -1;
+  options.data_dir = TempDir("executor");
+  options.rpc_threads = 1;
+  options.rpc_queue_capacity = 2;
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel = (*server)->InProcessChannel();
+  auto stub = v1::QuantizationService::NewStub(channel);
+  BlockingExecutor& executor = (*server)->rpc_executor();
+
+  absl::Notification stuck, release;
+  ASSERT_TRUE(executor.TrySchedule([&] {
+    stuck.Notify();
+    release.WaitForNotification();
+  }));
+  stuck.WaitForNotification();
+
+  // One GetJob and one WatchJob fill the queue.
+  grpc::Status waiting_status;
+  absl::Notification waiting_done;
+  std::thread waiting([&] {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::GetJobRequest request;
+    request.set_id("job-1");
+    v1::Job job;
+    waiting_status = stub->GetJob(&context, request, &job);
+    waiting_done.Notify();
+  });
+  grpc::ClientContext watch_context;
+  SetDeadline(watch_context);
+  v1::WatchJobRequest watch_request;
+  watch_request.set_id("job-1");
+  auto watch = stub->WatchJob(&watch_context, watch_request);
+  for (int i = 0; i < 1000 && executor.queued() < 2; ++i) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ(executor.queued(), 2);
+
+  {  // the queue is full: refused at once, naming the flag
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::ListJobsResponse response;
+    grpc::Status status = stub->ListJobs(&context, v1::ListJobsRequest(), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("--rpc_queue_capacity"));
+  }
+  {  // calls that need no disk are still answered
+    grpc::ClientContext context;
+    SetDeadline(context);
+    HealthCheckResponse health;
+    ASSERT_TRUE(Health::NewStub(channel)->Check(&context, HealthCheckRequest(), &health).ok());
+    EXPECT_EQ(health.status(), HealthCheckResponse::SERVING);
+    grpc::ClientContext info_context;
+    SetDeadline(info_context);
+    v1::ServerInfo info;
+    EXPECT_TRUE(stub->GetServerInfo(&info_context, v1::GetServerInfoRequest(), &info).ok());
+  }
+  EXPECT_FALSE(waiting_done.HasBeenNotified());  // its store read has not run yet
+
+  // The watcher gives up while its subscription is still queued.
+  watch_context.TryCancel();
+  v1::JobEvent event;
+  EXPECT_FALSE(watch->Read(&event));
+  EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  release.Notify();
+  waiting.join();
+  EXPECT_EQ(waiting_status.error_code(), grpc::StatusCode::NOT_FOUND) << waiting_status.error_message();
+  // The cancelled watch's task ran after the call ended and cleaned up (ASan
+  // would see a use after free); the server still serves.
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::ListJobsResponse response;
+    EXPECT_TRUE(stub->ListJobs(&context, v1::ListJobsRequest(), &response).ok());
+  }
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+}
+
 TEST(ServerOptionsTest, RejectsBadOptions) {
   QuantdServer::Options options;
   options.grpc_port = 0;
@@ -346,6 +434,12 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   absl::Status no_tls = QuantdServer::Start(bad).status();
   EXPECT_EQ(no_tls.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(no_tls.message(), HasSubstr("--metrics_tls_client_ca"));
+  bad = options;
+  bad.rpc_threads = 0;
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--rpc_threads"));
+  bad = options;
+  bad.rpc_queue_capacity = 0;
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--rpc_queue_capacity"));
   bad = options;
   bad.model_vet_seconds = 0;
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--model_vet_seconds"));

@@ -1,0 +1,57 @@
+#include "server/blocking_executor.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace quantd {
+
+BlockingExecutor::BlockingExecutor(int threads, int queue_capacity) : queue_capacity_(std::max(queue_capacity, 0)) {
+  threads = std::max(threads, 1);
+  threads_.reserve(threads);
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+}
+
+BlockingExecutor::~BlockingExecutor() { Shutdown(); }
+
+bool BlockingExecutor::TrySchedule(absl::AnyInvocable<void() &&> task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_ || static_cast<int>(queue_.size()) >= queue_capacity_) return false;
+  queue_.push_back(std::move(task));
+  return true;
+}
+
+int BlockingExecutor::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(queue_.size());
+}
+
+void BlockingExecutor::Shutdown() {
+  absl::MutexLock join_lock(&join_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& thread : threads_) {
+    if (thread.joinable()) thread.join();
+  }
+}
+
+void BlockingExecutor::Loop() {
+  while (true) {
+    absl::AnyInvocable<void() &&> task;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](BlockingExecutor* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+            return self->stopping_ || !self->queue_.empty();
+          },
+          this));
+      if (queue_.empty()) return;  // stopping, and nothing left to run
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    std::move(task)();
+  }
+}
+
+}  // namespace quantd

@@ -1,0 +1,53 @@
+#ifndef QUANTD_SERVER_BLOCKING_EXECUTOR_H_
+#define QUANTD_SERVER_BLOCKING_EXECUTOR_H_
+
+// Threads for the blocking part of RPC handlers (SQLite, fsync, reading and
+// hashing artifacts). gRPC's callback threads are few and shared by every
+// call, health checks included: a handler that waits on the disk there stalls
+// all of them. Handlers hand that work to this executor instead; its queue is
+// bounded, so a flood of calls is refused (RESOURCE_EXHAUSTED) rather than
+// growing memory without limit.
+
+#include <deque>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/synchronization/mutex.h"
+
+namespace quantd {
+
+class BlockingExecutor {
+ public:
+  // `threads` >= 1 run tasks; at most `queue_capacity` wait for them.
+  BlockingExecutor(int threads, int queue_capacity);
+  ~BlockingExecutor();  // Shutdown()
+  BlockingExecutor(const BlockingExecutor&) = delete;
+  BlockingExecutor& operator=(const BlockingExecutor&) = delete;
+
+  // Queues `task`; false (and `task` is dropped unrun) when the queue is full
+  // or the executor is shutting down: the caller then answers for it.
+  [[nodiscard]] bool TrySchedule(absl::AnyInvocable<void() &&> task);
+
+  // Refuses new tasks, runs the queued ones, joins the threads. Idempotent.
+  void Shutdown();
+
+  int queue_capacity() const { return queue_capacity_; }
+  // Tasks waiting for a thread (not counting the running ones).
+  int queued() const;
+
+ private:
+  void Loop();
+
+  const int queue_capacity_;
+  mutable absl::Mutex mu_;
+  std::deque<absl::AnyInvocable<void() &&>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;  // written only in the constructor and Shutdown
+  absl::Mutex join_mu_;  // one Shutdown joins
+};
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_BLOCKING_EXECUTOR_H_

@@ -1,0 +1,68 @@
+#include "server/blocking_executor.h"
+
+#include <atomic>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/notification.h"
+
+namespace quantd {
+namespace {
+
+TEST(BlockingExecutorTest, RunsEveryTaskOnItsThreads) {
+  std::atomic<int> ran{0};
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<bool> ran_on_caller{false};
+  {
+    BlockingExecutor executor(3, 100);
+    for (int i = 0; i < 100; ++i) {
+      ASSERT_TRUE(executor.TrySchedule([&] {
+        if (std::this_thread::get_id() == caller) ran_on_caller = true;
+        ++ran;
+      }));
+    }
+  }  // the destructor drains the queue
+  EXPECT_EQ(ran.load(), 100);
+  EXPECT_FALSE(ran_on_caller.load());
+}
+
+TEST(BlockingExecutorTest, AFullQueueRefusesAndAcceptsAgainOnceItDrains) {
+  BlockingExecutor executor(1, 2);
+  absl::Notification started, release;
+  ASSERT_TRUE(executor.TrySchedule([&] {
+    started.Notify();
+    release.WaitForNotification();
+  }));
+  started.WaitForNotification();  // the only thread is busy; the queue is empty
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(executor.TrySchedule([&] { ++ran; }));
+  ASSERT_TRUE(executor.TrySchedule([&] { ++ran; }));
+  bool third_ran = false;
+  EXPECT_FALSE(executor.TrySchedule([&] { third_ran = true; }));
+  release.Notify();
+  executor.Shutdown();
+  EXPECT_EQ(ran.load(), 2);
+  EXPECT_FALSE(third_ran);
+}
+
+TEST(BlockingExecutorTest, ShutdownRunsWhatWasQueuedAndRefusesTheRest) {
+  BlockingExecutor executor(1, 10);
+  absl::Notification started, release;
+  ASSERT_TRUE(executor.TrySchedule([&] {
+    started.Notify();
+    release.WaitForNotification();
+  }));
+  started.WaitForNotification();
+  std::vector<int> order;
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(executor.TrySchedule([&order, i] { order.push_back(i); }));
+  std::thread stopper([&] { executor.Shutdown(); });
+  release.Notify();
+  stopper.join();
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
+  EXPECT_FALSE(executor.TrySchedule([] {}));
+  executor.Shutdown();  // idempotent
+}
+
+}  // namespace
+}  // namespace quantd
