@@ -81,6 +81,8 @@ const std::vector<Command>& Commands() {
       {"job", "JOB_ID", "show one job with its result", &RunJob},
       {"jobs", "[--state=S,...] [--page_size=N] [--page_token=T]",
        "list jobs, newest first", &RunJobs},
+      {"models", "[NAME] | delete NAME VERSION",
+       "list published model versions (with accuracy and whether loaded), or unpublish one", &RunModels},
       {"submit", "(--file=JOB.json | --model=PATH --calib=PATH ...) [--wait]",
        "submit a quantization job (see `submit --help`); --wait follows it", &RunSubmit},
       {"upload", "FILE [--kind=model|dataset] [--format=cifar10|npy]",

@@ -62,6 +62,7 @@ std::string Usage();
 int RunHealth(const CommandContext& context, const std::vector<std::string>& args);
 int RunArtifacts(const CommandContext& context, const std::vector<std::string>& args);
 int RunBlobs(const CommandContext& context, const std::vector<std::string>& args);
+int RunModels(const CommandContext& context, const std::vector<std::string>& args);
 int RunCancel(const CommandContext& context, const std::vector<std::string>& args);
 int RunDelete(const CommandContext& context, const std::vector<std::string>& args);
 int RunDownload(const CommandContext& context, const std::vector<std::string>& args);

@@ -23,7 +23,7 @@ constexpr char kUsage[] =
     "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
     "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
-    "[--deadline_seconds=N] [--wait]";
+    "[--deadline_seconds=N] [--model_name=NAME] [--wait]";
 
 bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error) {
   if (a.Has(prefix)) ref->set_path(a.Get(prefix));
@@ -131,6 +131,7 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
     return (*error = "--std: comma-separated numbers expected", false);
   }
   if (a.Has("idempotency_key")) r->set_idempotency_key(a.Get("idempotency_key"));
+  if (a.Has("model_name")) r->set_model_name(a.Get("model_name"));
   if (a.Has("deadline_seconds")) {
     double seconds = 0;
     if (!absl::SimpleAtod(a.Get("deadline_seconds"), &seconds) || seconds <= 0) {
@@ -152,7 +153,7 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
        "batch_size", "samples_per_class", "seed", "preset", "kernel_engine", "strict_kernels",
        "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality", "fusion", "eval",
        "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
-       "idempotency_key", "deadline_seconds", "wait"},
+       "idempotency_key", "deadline_seconds", "model_name", "wait"},
       &error);
   if (!a.has_value()) return context.UsageError(absl::StrCat("submit: ", error, "\nusage: ", kUsage));
   if (!a->positional.empty()) return context.UsageError(absl::StrCat("usage: ", kUsage));

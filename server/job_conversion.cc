@@ -370,6 +370,10 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   }
   spec.allow_low_quality = gate.allow_low_quality();
 
+  if (!request.model_name().empty()) {
+    QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request.model_name(), "model_name"));
+    job.spec.model_name = request.model_name();
+  }
   const std::string& key = request.idempotency_key();
   if (key.size() > 128) return absl::InvalidArgumentError("idempotency_key: at most 128 characters");
   for (char c : key) {
@@ -425,6 +429,9 @@ void ToProto(const worker::JobResult& r, v1::JobResult* out) {
     timing->set_seconds(t.seconds);
   }
   out->set_calibration_samples(static_cast<uint64_t>(r.report.calibration_samples));
+  out->set_model_name(r.model_name);
+  out->set_model_version(static_cast<uint64_t>(r.model_version));
+  for (int64_t d : r.report.input_shape) out->add_input_shape(d);
   out->set_error_message(r.error_message);
   out->set_error_code(static_cast<int32_t>(r.error_code));
   const engine::KernelChoice& choice = r.report.kernel_choice;
@@ -508,6 +515,18 @@ void ToProto(const engine::ArtifactRequirements& r, v1::ArtifactRequirements* ou
   out->set_kernel_engine(r.kernel_engine);
   out->set_activation_quant_max(r.activation_quant_max);
   out->set_needs_non_saturating_u8s8(r.needs_non_saturating_u8s8);
+}
+
+void ToProto(const worker::ModelVersion& version, const worker::Job* job, bool loaded, v1::ModelVersionInfo* out) {
+  out->set_name(version.name);
+  out->set_version(static_cast<uint64_t>(version.version));
+  out->set_job_id(version.job_id);
+  *out->mutable_create_time() = ToTimestamp(version.create_time);
+  out->set_loaded(loaded);
+  if (job == nullptr || !job->result.has_value()) return;
+  out->set_artifact_id(job->result->artifact_id);
+  if (job->result->report.int8_accuracy) AccuracyToProto(*job->result->report.int8_accuracy, out->mutable_int8_accuracy());
+  if (job->result->report.fp32_accuracy) AccuracyToProto(*job->result->report.fp32_accuracy, out->mutable_fp32_accuracy());
 }
 
 void ArtifactToProto(const worker::Job& job, v1::Artifact* out) {

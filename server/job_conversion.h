@@ -54,6 +54,9 @@ void ToProto(const engine::CpuInt8Report& cpu, v1::CpuInfo* out);
 void ToProto(const engine::ArtifactRequirements& requirements, v1::ArtifactRequirements* out);
 // The artifact made by `job` (a SUCCEEDED job), with the kernel engine this
 // server runs it on (engine::KernelEngineForArtifact).
+// A published version; `job` (the one that published it) adds its artifact
+// and accuracies when known.
+void ToProto(const worker::ModelVersion& version, const worker::Job* job, bool loaded, v1::ModelVersionInfo* out);
 void ArtifactToProto(const worker::Job& job, v1::Artifact* out);
 
 absl::StatusOr<worker::JobState> FromProto(v1::JobState state);

@@ -77,6 +77,13 @@ ABSL_FLAG(int, rpc_threads, 8,
           "gRPC's own threads never wait on the disk.");
 ABSL_FLAG(int, rpc_queue_capacity, 1000,
           "RPCs that may wait for --rpc_threads; beyond it calls are RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, inference_threads, 2,
+          "Threads that serve inference (model loading and forward passes), apart from jobs.");
+ABSL_FLAG(int, inference_queue_capacity, 256,
+          "Inference requests that may wait for --inference_threads; beyond it RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_batch_size, 64, "Most samples one inference request may carry.");
+ABSL_FLAG(int64_t, model_cache_bytes, int64_t{1} << 30,
+          "Byte budget of loaded models (int8 artifacts and FP32 sources), least recently used out.");
 ABSL_FLAG(int, intra_op_threads, 1,
           "LibTorch intra-op threads per job (set explicitly: 2 OpenMP threads on a busy "
           "2-core machine can be 10-100x slower).");
@@ -159,6 +166,10 @@ int main(int argc, char** argv) {
   options.model_vet_seconds = absl::GetFlag(FLAGS_model_vet_seconds);
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
   options.rpc_queue_capacity = absl::GetFlag(FLAGS_rpc_queue_capacity);
+  options.inference_threads = absl::GetFlag(FLAGS_inference_threads);
+  options.inference_queue_capacity = absl::GetFlag(FLAGS_inference_queue_capacity);
+  options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.model_cache_bytes = absl::GetFlag(FLAGS_model_cache_bytes);
 
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));

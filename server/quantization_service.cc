@@ -12,6 +12,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "server/audit_log.h"
+#include "server/call_auth.h"
 #include "server/status_conversion.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
@@ -19,7 +20,7 @@
 namespace quantd {
 namespace {
 
-constexpr absl::string_view kServing = "int8 serving (Infer/Evaluate on artifacts)";
+constexpr absl::string_view kServing = "evaluation jobs (issue #11)";
 constexpr uint32_t kDefaultPageSize = 50;
 constexpr uint32_t kMaxPageSize = 1000;
 constexpr uint32_t kDefaultChunk = 1 << 20;
@@ -335,14 +336,7 @@ absl::StatusOr<worker::Job> ArtifactJob(worker::JobStore& store, const std::stri
 
 absl::StatusOr<Principal> QuantizationServiceImpl::Admit(grpc::CallbackServerContext* context, Role required,
                                                          absl::string_view method) const {
-  absl::string_view authorization;
-  const auto& metadata = context->client_metadata();
-  if (auto it = metadata.find("authorization"); it != metadata.end()) {
-    authorization = absl::string_view(it->second.data(), it->second.size());
-  }
-  absl::StatusOr<Principal> caller = deps_.auth->Authorize(authorization, required, method);
-  if (!caller.ok()) AuditLine("", context->peer(), method, "", caller.status());
-  return caller;
+  return AdmitCall(*deps_.auth, context, required, method);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(grpc::CallbackServerContext* context,
@@ -547,12 +541,38 @@ QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext* context,
   return new DownloadReactor(deps_.executor, std::move(load), chunk);
 }
 
-grpc::ServerUnaryReactor* QuantizationServiceImpl::Infer(
-    grpc::CallbackServerContext* context, const v1::InferRequest*, v1::InferResponse*) {
-  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "Infer"); !caller.ok()) {
-    return FinishUnary(context, caller.status());
-  }
-  return FinishUnary(context, NotYet("Infer", kServing));
+grpc::ServerUnaryReactor* QuantizationServiceImpl::ListModels(grpc::CallbackServerContext* context,
+                                                              const v1::ListModelsRequest* request,
+                                                              v1::ListModelsResponse* response) {
+  return Offload(context, "ListModels", [this, context, request, response]() -> absl::Status {
+    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "ListModels").status());
+    if (!request->name().empty()) QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request->name(), "name"));
+    QUANTD_ASSIGN_OR_RETURN(std::vector<worker::ModelVersion> versions,
+                            deps_.pool->store().ListModelVersions(request->name()));
+    for (const worker::ModelVersion& v : versions) {
+      absl::StatusOr<worker::Job> job = deps_.pool->store().Get(v.job_id);
+      ToProto(v, job.ok() ? &*job : nullptr, deps_.models->IsLoaded(v.name, v.version, false), response->add_versions());
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteModelVersion(grpc::CallbackServerContext* context,
+                                                                      const v1::DeleteModelVersionRequest* request,
+                                                                      v1::DeleteModelVersionResponse*) {
+  return Offload(context, "DeleteModelVersion", [this, context, request]() -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kAdmin, "DeleteModelVersion"));
+    const std::string target = absl::StrCat(request->name(), "/", request->version());
+    if (absl::Status status = worker::ValidateModelName(request->name(), "name"); !status.ok()) {
+      return Audited(context, caller, "DeleteModelVersion", target, status);
+    }
+    if (request->version() == 0) {
+      return Audited(context, caller, "DeleteModelVersion", target,
+                     absl::InvalidArgumentError("version: required (1, 2, ...)"));
+    }
+    return Audited(context, caller, "DeleteModelVersion", target,
+                   deps_.pool->store().DeleteModelVersion(request->name(), static_cast<int64_t>(request->version())));
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(

@@ -6,8 +6,9 @@
 // may block (the job store, blob and artifact files) runs on the
 // BlockingExecutor, never on gRPC's callback threads.
 //
-// Jobs, uploads and artifacts are served (issue #4); Infer and Evaluate
-// still answer UNIMPLEMENTED with a message that names the feature.
+// Jobs, uploads, artifacts and model versions; inference itself is
+// inference.GRPCInferenceService (server/inference_service.h). Evaluate still
+// answers UNIMPLEMENTED with a message that names the feature.
 
 #include <string>
 
@@ -17,6 +18,7 @@
 #include "server/job_conversion.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_store.h"
+#include "worker/model_repository.h"
 #include "worker/worker_pool.h"
 
 namespace quantd {
@@ -37,6 +39,8 @@ class QuantizationServiceImpl final
     std::vector<std::string> read_roots;
     // Runs the handlers' blocking work; never null.
     BlockingExecutor* executor = nullptr;
+    // Published model versions as served (ListModels says which are loaded).
+    worker::ModelRepository* models = nullptr;
   };
   explicit QuantizationServiceImpl(const Deps& deps)
       : deps_(deps), resolver_(deps.data_dir, deps.blobs, deps.read_roots) {}
@@ -79,9 +83,11 @@ class QuantizationServiceImpl final
   grpc::ServerWriteReactor<v1::DownloadArtifactResponse>* DownloadArtifact(
       grpc::CallbackServerContext* context,
       const v1::DownloadArtifactRequest* request) override;
-  grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
-                                  const v1::InferRequest* request,
-                                  v1::InferResponse* response) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteModelVersion(grpc::CallbackServerContext* context,
+                                               const v1::DeleteModelVersionRequest* request,
+                                               v1::DeleteModelVersionResponse* response) override;
   grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext* context,
                                      const v1::EvaluateRequest* request,
                                      v1::EvaluateResponse* response) override;

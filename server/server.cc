@@ -72,6 +72,7 @@ ServerMetrics::Options MetricsOptions() {
   options.version = QuantdVersion();
   options.cpu_labels = CpuLabels(engine::CpuInt8Info());
   options.methods = FullMethodNames({quantd::v1::QuantizationService::service_full_name(),
+                                     inference::GRPCInferenceService::service_full_name(),
                                      grpc::health::v1::Health::service_full_name()});
   return options;
 }
@@ -118,6 +119,20 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (options.rpc_queue_capacity < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--rpc_queue_capacity must be at least 1, got ", options.rpc_queue_capacity));
+  }
+  if (options.inference_threads < 1 || options.inference_threads > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--inference_threads must be in 1..256, got ", options.inference_threads));
+  }
+  if (options.inference_queue_capacity < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--inference_queue_capacity must be at least 1, got ", options.inference_queue_capacity));
+  }
+  if (options.max_batch_size < 1 || options.max_batch_size > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_batch_size must be in 1..65536, got ", options.max_batch_size));
+  }
+  if (options.model_cache_bytes < 0) {
+    return absl::InvalidArgumentError("--model_cache_bytes must be >= 0 (0 = keep only the last model used)");
   }
   if (!(options.job_deadline_seconds >= 0)) {
     return absl::InvalidArgumentError("job deadline seconds must be >= 0 (0 = none)");
@@ -225,6 +240,7 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
   std::string grpc_address = HostPort(options.bind_address, options.grpc_port);
   builder.AddListeningPort(grpc_address, credentials, &server->grpc_port_);
   builder.RegisterService(server->quantization_service_.get());
+  builder.RegisterService(server->inference_service_.get());
   // Upload chunks may be 4 MiB plus framing.
   builder.SetMaxReceiveMessageSize(8 << 20);
   builder.RegisterService(&server->health_);
@@ -294,6 +310,21 @@ absl::Status QuantdServer::OpenStores() {
   deps.read_roots = options_.read_roots;
   rpc_executor_ = std::make_unique<BlockingExecutor>(options_.rpc_threads, options_.rpc_queue_capacity);
   deps.executor = rpc_executor_.get();
+  worker::ModelRepository::Options repository;
+  repository.cache_bytes = options_.model_cache_bytes;
+  models_ = std::make_unique<worker::ModelRepository>(job_store_.get(), artifact_store_.get(), repository);
+  deps.models = models_.get();
+  inference_executor_ =
+      std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity);
+  InferenceServiceImpl::Deps inference;
+  inference.models = models_.get();
+  inference.jobs = job_store_.get();
+  inference.auth = auth_.get();
+  inference.executor = inference_executor_.get();
+  inference.health = &health_;
+  inference.server_version = QuantdVersion();
+  inference.max_batch_size = options_.max_batch_size;
+  inference_service_ = std::make_unique<InferenceServiceImpl>(inference);
   quantization_service_ = std::make_unique<QuantizationServiceImpl>(deps);
   return absl::OkStatus();
 }
@@ -316,6 +347,7 @@ void QuantdServer::Shutdown(absl::Duration grace) {
   }
   // Every call has ended, so no task is left that could still answer one.
   if (rpc_executor_ != nullptr) rpc_executor_->Shutdown();
+  if (inference_executor_ != nullptr) inference_executor_->Shutdown();
   blob_collector_.reset();
   if (pool_ != nullptr) {
     pool_->Stop();  // a running job is interrupted and goes back to the queue

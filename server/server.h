@@ -17,6 +17,7 @@
 #include "server/auth.h"
 #include "server/blocking_executor.h"
 #include "server/health_service.h"
+#include "server/inference_service.h"
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
 #include "server/quantization_service.h"
@@ -27,6 +28,7 @@
 #include "worker/data_dir_lock.h"
 #include "worker/job_runner.h"
 #include "worker/job_store.h"
+#include "worker/model_repository.h"
 #include "worker/worker_pool.h"
 
 namespace quantd {
@@ -88,6 +90,13 @@ class QuantdServer {
     // them before more are RESOURCE_EXHAUSTED.
     int rpc_threads = 8;
     int rpc_queue_capacity = 1000;
+    // Serving (inference.GRPCInferenceService): threads that run model
+    // lookups and forward passes, requests that may wait for them, the most
+    // samples one request may carry, and the loaded models' byte budget.
+    int inference_threads = 2;
+    int inference_queue_capacity = 256;
+    int64_t max_batch_size = 64;
+    int64_t model_cache_bytes = int64_t{1} << 30;
   };
 
   // Validates `options`, binds both ports and starts serving.
@@ -132,6 +141,9 @@ class QuantdServer {
   // After the stores and pool it uses; stopped once gRPC has stopped.
   std::unique_ptr<BlockingExecutor> rpc_executor_;
   std::unique_ptr<QuantizationServiceImpl> quantization_service_;
+  std::unique_ptr<worker::ModelRepository> models_;
+  std::unique_ptr<BlockingExecutor> inference_executor_;
+  std::unique_ptr<InferenceServiceImpl> inference_service_;
   std::unique_ptr<worker::BlobCollector> blob_collector_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::unique_ptr<grpc::Server> server_;

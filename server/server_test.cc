@@ -159,12 +159,12 @@ TEST_F(ServerTest, UnknownJobIsNotFoundAndServingRpcsAreUnimplemented) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(status.error_message(), HasSubstr("job-1"));
 
-  grpc::ClientContext infer_context;
-  SetDeadline(infer_context);
-  v1::InferResponse infer_response;
-  status = stub->Infer(&infer_context, v1::InferRequest(), &infer_response);
+  grpc::ClientContext evaluate_context;
+  SetDeadline(evaluate_context);
+  v1::EvaluateResponse evaluate_response;
+  status = stub->Evaluate(&evaluate_context, v1::EvaluateRequest(), &evaluate_response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("Infer"));
+  EXPECT_THAT(status.error_message(), HasSubstr("Evaluate"));
 }
 
 TEST_F(ServerTest, QuantizeJobValidatesWithoutLoadingTheModel) {

@@ -1,5 +1,7 @@
 #include "worker/job.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace quantd::worker {
 
 const char* JobStateName(JobState state) {
@@ -52,5 +54,21 @@ JobPhase FromEnginePhase(engine::Phase phase) {
 }
 
 std::string ArtifactIdFor(const std::string& sha256) { return "art-" + sha256.substr(0, 16); }
+
+absl::Status ValidateModelName(const std::string& name, const std::string& field) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": \"", name.substr(0, 80), "\" ", why));
+  };
+  if (name.empty()) return bad("is empty");
+  if (name.size() > 64) return bad("is longer than 64 characters");
+  for (size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    if (!alnum && (i == 0 || (c != '_' && c != '-'))) {
+      return bad("may only hold a-z, 0-9, '_' and '-', starting with a letter or digit");
+    }
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace quantd::worker

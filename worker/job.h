@@ -32,6 +32,9 @@ JobPhase JobPhaseFromName(const std::string& name);
 // What to run, with every reference already resolved to a local file.
 struct JobSpec {
   std::string model_path;
+  // Non-empty: a SUCCEEDED job publishes its artifact as the next version of
+  // this model name (see JobStore::Finish).
+  std::string model_name;
   engine::DatasetSpec calibration;
   engine::QConfigChoice qconfig;
   std::string kernel_engine;
@@ -59,6 +62,9 @@ struct JobResult {
   // The engine's report (fused groups, fallbacks, layers, accuracies, ...).
   engine::QuantizeReport report;
   std::vector<PhaseTiming> phase_timings;
+  // The model version this job published (set by JobStore::Finish); 0 = none.
+  std::string model_name;
+  int64_t model_version = 0;
   absl::StatusCode error_code = absl::StatusCode::kOk;
   std::string error_message;
 };
@@ -83,6 +89,19 @@ struct Job {
   uint32_t attempt_count = 0;
   std::optional<JobResult> result;  // set once the job has finished
 };
+
+// A published model version: a name's versions count from 1 and are never
+// reused, also after a version is deleted.
+struct ModelVersion {
+  std::string name;
+  int64_t version = 0;
+  std::string job_id;
+  absl::Time create_time = absl::InfinitePast();
+};
+
+// Model names: 1-64 of [a-z0-9_-], starting with a letter or digit (they
+// appear in URLs and metric labels). `field` names the request field.
+absl::Status ValidateModelName(const std::string& name, const std::string& field);
 
 // "art-" + the first 16 hex digits of the artifact's sha256.
 std::string ArtifactIdFor(const std::string& sha256);

@@ -128,6 +128,7 @@ void DecodeKernelReport(const json& j, engine::QuantizeReport* r) {
 
 std::string EncodeJobSpec(const JobSpec& spec) {
   json j{{"model_path", spec.model_path},
+         {"model_name", spec.model_name},
          {"calibration", EncodeDataset(spec.calibration)},
          {"preset", spec.qconfig.preset},
          {"activation_observer", spec.qconfig.activation_observer},
@@ -152,6 +153,7 @@ absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {
     json j = json::parse(text);
     JobSpec spec;
     spec.model_path = j.at("model_path").get<std::string>();
+    spec.model_name = j.value("model_name", std::string());
     spec.calibration = DecodeDataset(j.at("calibration"));
     spec.qconfig.preset = j.at("preset").get<std::string>();
     spec.qconfig.activation_observer = j.at("activation_observer").get<std::string>();
@@ -207,6 +209,9 @@ std::string EncodeJobResult(const JobResult& result) {
          {"fp32_accuracy", EncodeAccuracy(r.fp32_accuracy)},
          {"int8_accuracy", EncodeAccuracy(r.int8_accuracy)},
          {"phase_timings", timings},
+         {"model_name", result.model_name},
+         {"model_version", result.model_version},
+         {"input_shape", r.input_shape},
          {"error_code", static_cast<int>(result.error_code)},
          {"error_message", result.error_message},
          {"kernel_report", EncodeKernelReport(r)}};
@@ -249,6 +254,10 @@ absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
       result.phase_timings.push_back(
           {JobPhaseFromName(t.at("phase").get<std::string>()), t.at("seconds").get<double>()});
     }
+    // Absent from rows stored before model versions: none.
+    result.model_name = j.value("model_name", std::string());
+    result.model_version = j.value("model_version", int64_t{0});
+    r.input_shape = j.value("input_shape", std::vector<int64_t>());
     result.error_code = static_cast<absl::StatusCode>(j.at("error_code").get<int>());
     result.error_message = j.at("error_message").get<std::string>();
     if (j.contains("kernel_report")) DecodeKernelReport(j.at("kernel_report"), &r);

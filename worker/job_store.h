@@ -41,7 +41,9 @@ class JobStore {
   virtual absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now) = 0;
   // Records the phase of a RUNNING job (attempt must match).
   virtual absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) = 0;
-  // RUNNING (this attempt) -> terminal state with result.
+  // RUNNING (this attempt) -> terminal state with result. A SUCCEEDED job
+  // whose spec names a model is published, in the same transaction, as that
+  // name's next version (recorded in the stored result).
   virtual absl::Status Finish(const std::string& id, uint32_t attempt, JobState state,
                               const JobResult& result, absl::Time now) = 0;
   // RUNNING (this attempt) -> QUEUED again, not counting the attempt (a
@@ -63,7 +65,8 @@ class JobStore {
   // (this attempt) is about to hold, so that deleting an identical job does
   // not remove it in between. Finish replaces it with the result's.
   virtual absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) = 0;
-  // Deletes a finished job. FAILED_PRECONDITION if it has not finished.
+  // Deletes a finished job (and the model version it published).
+  // FAILED_PRECONDITION if it has not finished.
   // Then, if it held an artifact, calls `release` with the job and whether
   // no other job holds that artifact (SUCCEEDED with it, or RUNNING with it
   // pinned), before any PinArtifact can run: so `release` may remove the
@@ -72,7 +75,9 @@ class JobStore {
   using ReleaseArtifact = std::function<absl::Status(const Job& deleted, bool last_holder)>;
   virtual absl::Status Delete(const std::string& id, const ReleaseArtifact& release) = 0;
   // QUEUED or RUNNING jobs whose spec mentions `needle` (a blob id, in the
-  // path of a model or dataset), oldest first.
+  // path of a model or dataset), and SUCCEEDED jobs that published a model
+  // version (their FP32 source model is served beside the int8 one), oldest
+  // first.
   virtual absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) = 0;
   // Succeeded jobs that produced this artifact, oldest first.
   virtual absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) = 0;
@@ -80,6 +85,12 @@ class JobStore {
   // each. `job_id` non-empty = only that job's artifact.
   virtual absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
                                                    const std::string& page_token) = 0;
+  // Published versions of `name` ("" = every name), by name then version.
+  virtual absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) = 0;
+  // One version; `version` 0 = the newest. NOT_FOUND naming what is missing.
+  virtual absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) = 0;
+  // Unpublishes a version (its job and artifact stay). NOT_FOUND if absent.
+  virtual absl::Status DeleteModelVersion(const std::string& name, int64_t version) = 0;
   // After a restart: RUNNING jobs go back to QUEUED, or to FAILED once they
   // have been started `max_attempts` times. Returns how many of each.
   struct RecoveryCounts {

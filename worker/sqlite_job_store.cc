@@ -42,6 +42,13 @@ CREATE TABLE IF NOT EXISTS counters (
   name TEXT PRIMARY KEY,
   value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS model_versions (
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  job_id TEXT NOT NULL UNIQUE,
+  create_us INTEGER NOT NULL,
+  PRIMARY KEY (name, version)
+);
 )sql";
 
 constexpr char kColumns[] =
@@ -333,6 +340,38 @@ absl::Status SqliteJobStore::SetPhase(const std::string& id, uint32_t attempt, J
 absl::Status SqliteJobStore::Finish(const std::string& id, uint32_t attempt, JobState state,
                                     const JobResult& result, absl::Time now) {
   absl::MutexLock lock(&mu_);
+  QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  return EndTransaction(FinishLocked(id, attempt, state, result, now));
+}
+
+absl::Status SqliteJobStore::FinishLocked(const std::string& id, uint32_t attempt, JobState state, JobResult result,
+                                          absl::Time now) {
+  Stmt running(db_, "SELECT spec FROM jobs WHERE id = ?1 AND state = 2 AND attempt = ?2");
+  QUANTD_RETURN_IF_ERROR(running.status());
+  running.Bind(1, id).Bind(2, static_cast<int64_t>(attempt));
+  QUANTD_ASSIGN_OR_RETURN(bool row, running.Step());
+  if (!row) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " attempt ", attempt, " is no longer running"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(JobSpec spec, DecodeJobSpec(running.Text(0)));
+  if (state == JobState::kSucceeded && !spec.model_name.empty()) {
+    // Versions are counted, not computed from the rows: a deleted version's
+    // number is never handed out again.
+    Stmt next(db_,
+              "INSERT INTO counters (name, value) VALUES (?1, 1) "
+              "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value");
+    QUANTD_RETURN_IF_ERROR(next.status());
+    next.Bind(1, absl::StrCat("model_version:", spec.model_name));
+    QUANTD_ASSIGN_OR_RETURN(bool counted, next.Step());
+    if (!counted) return absl::InternalError("sqlite: no model version returned");
+    result.model_name = spec.model_name;
+    result.model_version = next.Int(0);
+    QUANTD_RETURN_IF_ERROR(next.Step().status());
+    Stmt publish(db_, "INSERT INTO model_versions (name, version, job_id, create_us) VALUES (?1, ?2, ?3, ?4)");
+    QUANTD_RETURN_IF_ERROR(publish.status());
+    publish.Bind(1, spec.model_name).Bind(2, result.model_version).Bind(3, id).Bind(4, ToUs(now));
+    QUANTD_RETURN_IF_ERROR(publish.Step().status());
+  }
   Stmt s(db_,
          "UPDATE jobs SET state = ?1, finish_us = ?2, result = ?3, artifact_id = ?4 "
          "WHERE id = ?5 AND state = 2 AND attempt = ?6");
@@ -341,10 +380,6 @@ absl::Status SqliteJobStore::Finish(const std::string& id, uint32_t attempt, Job
   if (result.artifact_id.empty()) s.BindNull(4); else s.Bind(4, result.artifact_id);
   s.Bind(5, id).Bind(6, static_cast<int64_t>(attempt));
   QUANTD_RETURN_IF_ERROR(s.Step().status());
-  if (sqlite3_changes(db_) != 1) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", id, " attempt ", attempt, " is no longer running"));
-  }
   return ClearCancelRequestLocked(id);
 }
 
@@ -446,6 +481,10 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
   s.Bind(1, id);
   QUANTD_RETURN_IF_ERROR(s.Step().status());
   QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));  // one left by a crashed runner
+  Stmt unpublish(db_, "DELETE FROM model_versions WHERE job_id = ?1");
+  QUANTD_RETURN_IF_ERROR(unpublish.status());
+  unpublish.Bind(1, id);
+  QUANTD_RETURN_IF_ERROR(unpublish.Step().status());
   if (!release || !job.result.has_value() || job.result->artifact_id.empty()) return absl::OkStatus();
   Stmt holders(db_, "SELECT COUNT(*) FROM jobs WHERE artifact_id = ?1 AND state IN (2, 3)");
   QUANTD_RETURN_IF_ERROR(holders.status());
@@ -467,7 +506,9 @@ absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::str
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::ActiveJobsUsing(const std::string& needle) {
   absl::MutexLock lock(&mu_);
   // instr(), not LIKE: the needle is matched literally.
-  Stmt s(db_, "SELECT id FROM jobs WHERE state IN (1, 2) AND instr(spec, ?1) > 0 ORDER BY seq");
+  Stmt s(db_,
+         "SELECT id FROM jobs WHERE (state IN (1, 2) OR id IN (SELECT job_id FROM model_versions)) "
+         "AND instr(spec, ?1) > 0 ORDER BY seq");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, needle);
   std::vector<std::string> ids;
@@ -520,6 +561,49 @@ absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocke
   QUANTD_RETURN_IF_ERROR(requeue.Step().status());
   counts.requeued = sqlite3_changes(db_);
   return counts;
+}
+
+absl::StatusOr<std::vector<ModelVersion>> SqliteJobStore::ListModelVersions(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "SELECT name, version, job_id, create_us FROM model_versions WHERE ?1 = '' OR name = ?1 "
+         "ORDER BY name, version");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, name);
+  std::vector<ModelVersion> versions;
+  while (true) {
+    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    versions.push_back({s.Text(0), s.Int(1), s.Text(2), FromUs(s.Int(3))});
+  }
+  return versions;
+}
+
+absl::StatusOr<ModelVersion> SqliteJobStore::GetModelVersion(const std::string& name, int64_t version) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "SELECT name, version, job_id, create_us FROM model_versions WHERE name = ?1 AND (?2 = 0 OR version = ?2) "
+         "ORDER BY version DESC LIMIT 1");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, name).Bind(2, version);
+  QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) {
+    return absl::NotFoundError(version == 0 ? absl::StrCat("model \"", name, "\" has no published version")
+                                            : absl::StrCat("model \"", name, "\" has no version ", version));
+  }
+  return ModelVersion{s.Text(0), s.Int(1), s.Text(2), FromUs(s.Int(3))};
+}
+
+absl::Status SqliteJobStore::DeleteModelVersion(const std::string& name, int64_t version) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "DELETE FROM model_versions WHERE name = ?1 AND version = ?2");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, name).Bind(2, version);
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  if (sqlite3_changes(db_) != 1) {
+    return absl::NotFoundError(absl::StrCat("model \"", name, "\" has no version ", version));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace quantd::worker

@@ -43,6 +43,9 @@ class SqliteJobStore final : public JobStore {
                                            const std::string& page_token) override;
   absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts,
                                                     absl::Time now) override;
+  absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) override;
+  absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) override;
+  absl::Status DeleteModelVersion(const std::string& name, int64_t version) override;
 
  private:
   explicit SqliteJobStore(sqlite3* db) : db_(db) {}
@@ -53,6 +56,8 @@ class SqliteJobStore final : public JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Job> GetLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ClearCancelRequestLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FinishLocked(const std::string& id, uint32_t attempt, JobState state, JobResult result,
+                            absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);

@@ -142,6 +142,61 @@ TEST(SqliteJobStoreTest, APinnedArtifactIsNotReleasedByDeletingAnIdenticalJob) {
   EXPECT_EQ(released.size(), 2u);
 }
 
+TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused) {
+  const std::string dir = TempDir("versions");
+  auto store = SqliteJobStore::Open(dir + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  const absl::Time now = absl::FromUnixSeconds(10);
+  JobResult result;
+  result.artifact_id = "art-0123";
+  result.artifact_sha256 = std::string(64, 'a');
+  // a, b, d publish "resnet8"; c fails; e publishes "other"; f has no name.
+  for (const char* id : {"a", "b", "c", "d", "e", "f"}) {
+    Job job = NewJob(id, 1);
+    job.spec.model_name = std::string(id) == "e" ? "other" : std::string(id) == "f" ? "" : "resnet8";
+    ASSERT_TRUE((*store)->Create(job, 10).ok());
+    ASSERT_TRUE((*store)->ClaimNext(now).ok());
+    const JobState state = std::string(id) == "c" ? JobState::kFailed : JobState::kSucceeded;
+    ASSERT_TRUE((*store)->Finish(id, 1, state, result, now).ok());
+  }
+  auto versions = (*store)->ListModelVersions("resnet8");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  ASSERT_EQ(versions->size(), 3u);
+  EXPECT_EQ((*versions)[0].job_id, "a");
+  EXPECT_EQ((*versions)[2].version, 3);
+  EXPECT_EQ((*versions)[2].job_id, "d");
+  auto d = (*store)->Get("d");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->result->model_name, "resnet8");
+  EXPECT_EQ(d->result->model_version, 3);
+  EXPECT_EQ((*store)->Get("f")->result->model_version, 0);
+  EXPECT_EQ((*store)->ListModelVersions("")->size(), 4u);
+
+  // Newest, a given one, and what is missing.
+  EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->job_id, "d");
+  EXPECT_EQ((*store)->GetModelVersion("resnet8", 2)->job_id, "b");
+  absl::Status missing = (*store)->GetModelVersion("resnet8", 7).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.message(), HasSubstr("no version 7"));
+  EXPECT_EQ((*store)->GetModelVersion("nope", 0).status().code(), absl::StatusCode::kNotFound);
+
+  // Deleting the newest version, or its job, never frees its number.
+  ASSERT_TRUE((*store)->DeleteModelVersion("resnet8", 3).ok());
+  EXPECT_EQ((*store)->DeleteModelVersion("resnet8", 3).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->version, 2);
+  ASSERT_TRUE((*store)->Delete("b", nullptr).ok());
+  EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->version, 1);
+  Job g = NewJob("g", 2);
+  g.spec.model_name = "resnet8";
+  ASSERT_TRUE((*store)->Create(g, 10).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now).ok());
+  ASSERT_TRUE((*store)->Finish("g", 1, JobState::kSucceeded, result, now).ok());
+  EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->version, 4);
+
+  // A published job's source model stays in use (its FP32 side is served).
+  EXPECT_THAT(*(*store)->ActiveJobsUsing("/m.pt"), ::testing::ElementsAre("a", "e", "g"));
+}
+
 TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {
   auto store = SqliteJobStore::Open(TempDir("jobs") + "/jobs.db");
   ASSERT_TRUE(store.ok());

@@ -133,6 +133,15 @@ class FullDiskStore : public JobStore {
   absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now) override {
     return real_->RecoverInterrupted(max_attempts, now);
   }
+  absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) override {
+    return real_->ListModelVersions(name);
+  }
+  absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) override {
+    return real_->GetModelVersion(name, version);
+  }
+  absl::Status DeleteModelVersion(const std::string& name, int64_t version) override {
+    return real_->DeleteModelVersion(name, version);
+  }
 
   std::atomic<int> claim_failures{0};
   std::atomic<int> finish_failures{0};

@@ -13,12 +13,14 @@
 #include <vector>
 
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "inference/grpc_predict_v2.grpc.pb.h"
 #include "tests/integration/test_util/subprocess.h"
 
 namespace quantd {
@@ -217,6 +219,198 @@ TEST(JobsIntegrationTest, SubmitWaitEvaluateDownloadAndLoadInPyTorch) {
   RunResult gone = quantd.Ctl({"artifacts", artifact});
   EXPECT_EQ(gone.exit_code, 1);
   EXPECT_THAT(gone.err, HasSubstr("code 5"));
+}
+
+// CIFAR-10 binary records: a label byte, then 3x32x32 pixel bytes (CHW).
+struct CifarImages {
+  std::vector<uint8_t> labels;
+  std::string pixels;  // N * 3072 bytes
+};
+
+CifarImages ReadCifar(const std::string& path) {
+  const std::string bytes = ReadFileOrEmpty(path);
+  CifarImages images;
+  for (size_t at = 0; at + 3073 <= bytes.size(); at += 3073) {
+    images.labels.push_back(static_cast<uint8_t>(bytes[at]));
+    images.pixels.append(bytes, at + 1, 3072);
+  }
+  return images;
+}
+
+inference::ModelInferRequest InferRequest(const std::string& model, const CifarImages& images, size_t first,
+                                          size_t count) {
+  inference::ModelInferRequest request;
+  request.set_model_name(model);
+  request.set_id(absl::StrCat("batch-", first));
+  auto* input = request.add_inputs();
+  input->set_name("input");
+  input->set_datatype("UINT8");
+  for (int64_t d : {static_cast<int64_t>(count), int64_t{3}, int64_t{32}, int64_t{32}}) input->add_shape(d);
+  request.add_raw_input_contents(images.pixels.substr(first * 3072, count * 3072));
+  return request;
+}
+
+// Top-1 of a served model over every image, 64 per request.
+struct Served {
+  int64_t correct = 0;
+  std::vector<int> predictions;
+  grpc::Status status;
+};
+
+Served ServeAll(inference::GRPCInferenceService::Stub& stub, const std::string& model, const CifarImages& images) {
+  Served served;
+  for (size_t first = 0; first < images.labels.size(); first += 64) {
+    const size_t count = std::min<size_t>(64, images.labels.size() - first);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    inference::ModelInferResponse response;
+    served.status = stub.ModelInfer(&context, InferRequest(model, images, first, count), &response);
+    if (!served.status.ok()) return served;
+    if (response.raw_output_contents_size() != 1 || response.raw_output_contents(0).size() != count * 10 * 4) {
+      served.status = grpc::Status(grpc::StatusCode::INTERNAL, "unexpected output size: " + response.DebugString());
+      return served;
+    }
+    const float* scores = reinterpret_cast<const float*>(response.raw_output_contents(0).data());
+    for (size_t n = 0; n < count; ++n) {
+      const int best = static_cast<int>(std::max_element(scores + n * 10, scores + n * 10 + 10) - (scores + n * 10));
+      served.predictions.push_back(best);
+      if (best == images.labels[first + n]) ++served.correct;
+    }
+  }
+  return served;
+}
+
+grpc::Status Infer(inference::GRPCInferenceService::Stub& stub, const inference::ModelInferRequest& request,
+                   inference::ModelInferResponse* response) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  return stub.ModelInfer(&context, request, response);
+}
+
+// Issue #11: a job with a model name publishes version 1; the Open Inference
+// Protocol serves it (and its FP32 source) with exactly the accuracy the job
+// measured on the 10000 test images; bad requests name their field.
+TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  RunResult submit = quantd.Ctl(SubmitArgs({absl::StrCat("--eval=", kTest), "--model_name=resnet8", "--wait"}));
+  ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
+  nlohmann::json job = quantd.Job(JobIdFrom(submit.out));
+  const nlohmann::json& result = job["result"];
+  ASSERT_EQ(result["modelName"], "resnet8") << job.dump();
+  ASSERT_EQ(result["modelVersion"], "1");
+  EXPECT_EQ(result["inputShape"], nlohmann::json::parse(R"(["3", "32", "32"])"));
+  const int64_t job_int8_correct = std::stoll(result["int8Accuracy"]["correct"].get<std::string>());
+
+  auto channel = grpc::CreateChannel(quantd.target(), grpc::InsecureChannelCredentials());
+  auto stub = inference::GRPCInferenceService::NewStub(channel);
+  {
+    grpc::ClientContext context;
+    inference::ServerReadyResponse ready;
+    ASSERT_TRUE(stub->ServerReady(&context, inference::ServerReadyRequest(), &ready).ok());
+    EXPECT_TRUE(ready.ready());
+    grpc::ClientContext metadata_context;
+    inference::ModelMetadataRequest request;
+    request.set_name("resnet8");
+    inference::ModelMetadataResponse metadata;
+    ASSERT_TRUE(stub->ModelMetadata(&metadata_context, request, &metadata).ok());
+    EXPECT_EQ(metadata.name(), "resnet8");
+    EXPECT_THAT(metadata.versions(), ::testing::ElementsAre("1"));
+    ASSERT_EQ(metadata.inputs_size(), 1);
+    EXPECT_THAT(metadata.inputs(0).shape(), ::testing::ElementsAre(-1, 3, 32, 32));
+    EXPECT_THAT(metadata.outputs(0).shape(), ::testing::ElementsAre(-1, 10));
+  }
+
+  // Every test image through the served int8 model: the job's own count.
+  const CifarImages test = ReadCifar(std::string(FIXTURES_DIR) + "/cifar10/test_batch.bin");
+  ASSERT_EQ(test.labels.size(), 10000u);
+  Served int8 = ServeAll(*stub, "resnet8", test);
+  ASSERT_TRUE(int8.status.ok()) << int8.status.error_message();
+  EXPECT_EQ(int8.correct, job_int8_correct);
+  std::cout << "served int8 top-1: " << int8.correct << "/10000 (the job measured " << job_int8_correct << ")\n";
+  Served fp32 = ServeAll(*stub, "resnet8.fp32", test);
+  ASSERT_TRUE(fp32.status.ok()) << fp32.status.error_message();
+  EXPECT_EQ(fp32.correct, 8719);  // the fixture's FP32 figure
+  int agree = 0;
+  for (size_t i = 0; i < 10000; ++i) agree += int8.predictions[i] == fp32.predictions[i];
+  std::cout << "served FP32 top-1: " << fp32.correct << "/10000; int8/FP32 agreement " << agree << "/10000\n";
+
+  {  // The same images as FP32 in typed contents give the same scores as UINT8 raw bytes.
+    inference::ModelInferRequest raw = InferRequest("resnet8", test, 0, 4);
+    inference::ModelInferRequest typed = raw;
+    typed.clear_raw_input_contents();
+    typed.mutable_inputs(0)->set_datatype("FP32");
+    for (unsigned char c : raw.raw_input_contents(0)) typed.mutable_inputs(0)->mutable_contents()->add_fp32_contents(c);
+    inference::ModelInferResponse a, b;
+    ASSERT_TRUE(Infer(*stub, raw, &a).ok());
+    grpc::Status typed_status = Infer(*stub, typed, &b);
+    ASSERT_TRUE(typed_status.ok()) << typed_status.error_message();
+    EXPECT_EQ(a.raw_output_contents(0), b.raw_output_contents(0));
+    EXPECT_EQ(a.id(), "batch-0");
+    EXPECT_EQ(a.model_version(), "1");
+  }
+  {  // Triton's classification: the top 3 as "score:index:label", best first.
+    inference::ModelInferRequest request = InferRequest("resnet8", test, 0, 2);
+    auto* output = request.add_outputs();
+    output->set_name("output");
+    (*output->mutable_parameters())["classification"].set_int64_param(3);
+    inference::ModelInferResponse response;
+    ASSERT_TRUE(Infer(*stub, request, &response).ok());
+    ASSERT_EQ(response.outputs(0).datatype(), "BYTES");
+    EXPECT_THAT(response.outputs(0).shape(), ::testing::ElementsAre(2, 3));
+    const std::string& raw = response.raw_output_contents(0);
+    uint32_t size = 0;
+    std::memcpy(&size, raw.data(), 4);
+    const std::string first = raw.substr(4, size);
+    const char* kLabels[] = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+    EXPECT_THAT(first, ::testing::EndsWith(absl::StrCat(":", int8.predictions[0], ":", kLabels[int8.predictions[0]])));
+  }
+  // Bad requests: the right code, the field named, and the server goes on.
+  auto expect_error = [&](inference::ModelInferRequest request, grpc::StatusCode code, const std::string& field) {
+    inference::ModelInferResponse response;
+    grpc::Status status = Infer(*stub, request, &response);
+    EXPECT_EQ(status.error_code(), code) << field << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr(field));
+  };
+  inference::ModelInferRequest good = InferRequest("resnet8", test, 0, 2);
+  inference::ModelInferRequest bad = good;
+  bad.set_model_name("nope");
+  expect_error(bad, grpc::StatusCode::NOT_FOUND, "nope");
+  bad = good;
+  bad.set_model_version("7");
+  expect_error(bad, grpc::StatusCode::NOT_FOUND, "no version 7");
+  bad = good;
+  bad.set_model_version("latest");
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "model_version");
+  bad = good;
+  bad.mutable_inputs(0)->set_shape(3, 31);
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].shape");
+  bad = good;
+  bad.mutable_inputs(0)->set_datatype("INT64");
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].datatype");
+  bad = good;
+  bad.mutable_raw_input_contents(0)->pop_back();
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "raw_input_contents[0]");
+  expect_error(InferRequest("resnet8", test, 0, 65), grpc::StatusCode::INVALID_ARGUMENT, "--max_batch_size");
+
+  {  // Triton's repository index, and quantctl's view.
+    grpc::ClientContext context;
+    inference::RepositoryIndexRequest request;
+    request.set_ready(true);
+    inference::RepositoryIndexResponse index;
+    ASSERT_TRUE(stub->RepositoryIndex(&context, request, &index).ok());
+    ASSERT_EQ(index.models_size(), 2) << index.DebugString();
+    EXPECT_EQ(index.models(0).name(), "resnet8");
+    EXPECT_EQ(index.models(1).name(), "resnet8.fp32");
+    EXPECT_EQ(index.models(0).state(), "READY");
+  }
+  RunResult models = quantd.Ctl({"models"});
+  EXPECT_THAT(models.out, HasSubstr("resnet8"));
+  EXPECT_THAT(models.out, HasSubstr(absl::StrCat("(", job_int8_correct, "/10000)")));
+  // Unpublished: no longer served (the job and artifact stay).
+  ASSERT_EQ(quantd.Ctl({"models", "delete", "resnet8", "1"}).exit_code, 0);
+  expect_error(good, grpc::StatusCode::NOT_FOUND, "resnet8");
+  EXPECT_EQ(quantd.Ctl({"artifacts", result["artifactId"]}).exit_code, 0);
 }
 
 TEST(JobsIntegrationTest, ThirdPartyJsonClientRunsTheSameJob) {

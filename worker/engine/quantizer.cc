@@ -353,6 +353,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   QUANTD_RETURN_IF_ERROR(
       CheckBatchBytes(*calibration, options.batch_size, options.max_batch_bytes, "calibration.batch_size"));
   QUANTD_ASSIGN_OR_RETURN(report.calibration_sha256, calibration->Fingerprint());
+  report.input_shape = calibration->sample_shape();
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));
   QUANTD_ASSIGN_OR_RETURN(report.fused_groups, FuseModules(&impl->fused, options.fusion));

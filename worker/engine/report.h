@@ -104,6 +104,9 @@ struct QuantizeReport {
   std::vector<LayerReport> layers;
   int64_t calibration_samples = 0;
   int64_t calibration_batch_size = 0;
+  // One input sample's dimensions as calibrated (e.g. {3, 32, 32}): what the
+  // model is served with.
+  std::vector<int64_t> input_shape;
   std::string model_sha256;
   std::string calibration_sha256;
   std::string artifact_sha256;

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <condition_variable>
 #include <mutex>
 
 #include "absl/strings/ascii.h"
@@ -14,10 +15,58 @@
 namespace quantd::engine {
 namespace {
 
-std::mutex& EngineMutex() {
-  static std::mutex mu;
-  return mu;
-}
+// The process-global quantized engine, shared: any number of threads may
+// run with the engine that is set; another engine waits until they are done,
+// and once one waits, newcomers for the set engine wait behind it (no
+// starvation). A thread already inside takes it again without waiting.
+class EngineLease {
+ public:
+  static EngineLease& Get() {
+    static EngineLease* lease = new EngineLease();
+    return *lease;
+  }
+
+  void Acquire(at::QEngine engine) {
+    if (depth_ > 0) {
+      ++depth_;
+      return;
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t ticket = next_ticket_++;
+    changed_.wait(lock, [&] {
+      if (holders_ == 0) return ticket == serving_ticket_;
+      return engine == current_ && ticket == serving_ticket_;
+    });
+    if (holders_ == 0) {  // set even if unchanged: tests may set it directly
+      at::globalContext().setQEngine(engine);
+      current_ = engine;
+    }
+    ++holders_;
+    ++serving_ticket_;
+    changed_.notify_all();
+    depth_ = 1;
+  }
+
+  void Release() {
+    if (--depth_ > 0) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    --holders_;
+    changed_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;
+  // Tickets are served in order: the next one in line may enter when the
+  // engine it needs is set (or nobody holds it).
+  uint64_t next_ticket_ = 0;
+  uint64_t serving_ticket_ = 0;
+  int holders_ = 0;
+  at::QEngine current_ = at::QEngine::NoQEngine;
+  static thread_local int depth_;
+};
+
+thread_local int EngineLease::depth_ = 0;
 
 absl::StatusOr<at::QEngine> FindEngine(const std::string& kernel_engine) {
   for (at::QEngine e : at::globalContext().supportedQEngines()) {
@@ -44,12 +93,13 @@ absl::StatusOr<c10::IValue> Prepack(const std::string& kernel_engine, const char
 absl::Status WithKernelEngine(const std::string& kernel_engine, const std::string& what,
                               const std::function<void()>& fn) {
   QUANTD_ASSIGN_OR_RETURN(at::QEngine engine, FindEngine(kernel_engine));
-  return TorchTry(absl::StrCat(what, " on ", kernel_engine), [&]() {
-    std::lock_guard<std::mutex> lock(EngineMutex());
-    at::globalContext().setQEngine(engine);
+  EngineLease::Get().Acquire(engine);
+  absl::Status status = TorchTry(absl::StrCat(what, " on ", kernel_engine), [&]() {
     fn();
     return absl::OkStatus();
   });
+  EngineLease::Get().Release();
+  return status;
 }
 
 absl::StatusOr<c10::IValue> PrepackConv2d(const std::string& kernel_engine, const std::vector<c10::IValue>& args) {

@@ -3,7 +3,7 @@
 
 // Prepacking quantized weights for LibTorch's int8 kernels. Packs are made
 // for the quantized engine current at prepack time, which is process-global:
-// every prepack goes through here, under one lock, with the engine set.
+// every prepack goes through here, with the engine set and held.
 
 #include <ATen/core/ivalue.h>
 
@@ -20,9 +20,12 @@ namespace quantd::engine {
 absl::StatusOr<c10::IValue> PrepackConv2d(const std::string& kernel_engine, const std::vector<c10::IValue>& args);
 absl::StatusOr<c10::IValue> PrepackLinear(const std::string& kernel_engine, const std::vector<c10::IValue>& args);
 
-// Runs `fn` with the process-global quantized engine set to `kernel_engine`,
-// under the same lock: for operators (quantized::add) whose arithmetic
-// follows the global engine rather than a pack. `what` names it in errors.
+// Runs `fn` with the process-global quantized engine set to `kernel_engine`:
+// for operators (quantized::add) whose arithmetic follows the global engine
+// rather than a pack, and for loading artifacts (packs are re-made on load).
+// Calls for the same engine run concurrently; another engine waits until
+// they are done. May nest on one thread (same engine). `what` names it in
+// errors.
 absl::Status WithKernelEngine(const std::string& kernel_engine, const std::string& what,
                               const std::function<void()>& fn);
 

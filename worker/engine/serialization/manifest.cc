@@ -50,7 +50,8 @@ std::string ManifestJson(const QuantizeReport& r) {
   j["layers"] = layers;
   j["calibration"] = {{"samples", r.calibration_samples},
                       {"batch_size", r.calibration_batch_size},
-                      {"sha256", r.calibration_sha256}};
+                      {"sha256", r.calibration_sha256},
+                      {"input_shape", r.input_shape}};
   j["model_sha256"] = r.model_sha256;
   j["artifact"] = {{"sha256", r.artifact_sha256}, {"size_bytes", r.artifact_size_bytes}};
   auto accuracy = [](const std::optional<Accuracy>& a) {

@@ -1,0 +1,61 @@
+// quantctl models [NAME] | models delete NAME VERSION: ListModels, DeleteModelVersion.
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "client/job_format.h"
+
+namespace quantd::cli {
+namespace {
+
+std::string AccuracyText(const v1::Accuracy& a) {
+  if (a.total() == 0) return "-";
+  return absl::StrFormat("%.2f%% (%d/%d)", 100.0 * static_cast<double>(a.correct()) / static_cast<double>(a.total()),
+                         a.correct(), a.total());
+}
+
+}  // namespace
+
+int RunModels(const CommandContext& context, const std::vector<std::string>& args) {
+  std::string error;
+  auto a = ParseCommandArgs(args, {}, &error);
+  const bool deleting = a.has_value() && !a->positional.empty() && a->positional[0] == "delete";
+  if (!a.has_value() || (deleting ? a->positional.size() != 3 : a->positional.size() > 1)) {
+    return context.UsageError(absl::StrCat("models: ", error, "\nusage: models [NAME] | models delete NAME VERSION"));
+  }
+  auto stub = v1::QuantizationService::NewStub(context.channel);
+  grpc::ClientContext client_context;
+  context.PrepareCall(client_context);
+  if (deleting) {
+    v1::DeleteModelVersionRequest request;
+    request.set_name(a->positional[1]);
+    uint64_t version = 0;
+    if (!absl::SimpleAtoi(a->positional[2], &version) || version == 0) {
+      return context.UsageError(absl::StrCat("models delete: VERSION: \"", a->positional[2], "\" is not 1, 2, ..."));
+    }
+    request.set_version(version);
+    v1::DeleteModelVersionResponse response;
+    grpc::Status status = stub->DeleteModelVersion(&client_context, request, &response);
+    if (!status.ok()) return context.RpcFailed("delete model version", status);
+    context.Print(response, absl::StrCat("unpublished ", request.name(), " version ", version));
+    return kExitOk;
+  }
+  v1::ListModelsRequest request;
+  if (!a->positional.empty()) request.set_name(a->positional[0]);
+  v1::ListModelsResponse response;
+  grpc::Status status = stub->ListModels(&client_context, request, &response);
+  if (!status.ok()) return context.RpcFailed("list models", status);
+  std::string text = absl::StrFormat("%-20s %7s  %-22s %-21s %-20s %-20s %s", "NAME", "VERSION", "JOB", "ARTIFACT",
+                                     "INT8 TOP-1", "FP32 TOP-1", "LOADED");
+  for (const v1::ModelVersionInfo& v : response.versions()) {
+    absl::StrAppend(&text, "\n",
+                    absl::StrFormat("%-20s %7d  %-22s %-21s %-20s %-20s %s", v.name(), v.version(), v.job_id(),
+                                    v.artifact_id(), AccuracyText(v.int8_accuracy()),
+                                    AccuracyText(v.fp32_accuracy()), v.loaded() ? "yes" : "no"));
+  }
+  context.Print(response, text);
+  return kExitOk;
+}
+
+}  // namespace quantd::cli

@@ -1,0 +1,21 @@
+#ifndef QUANTD_SERVER_CALL_AUTH_H_
+#define QUANTD_SERVER_CALL_AUTH_H_
+
+// The bearer token of a gRPC call, checked by every service on the port.
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/auth.h"
+
+namespace quantd {
+
+// The caller, if its token allows `required`; else the status to answer
+// (the refusal is audited).
+absl::StatusOr<Principal> AdmitCall(Authenticator& auth, grpc::CallbackServerContext* context, Role required,
+                                    absl::string_view method);
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_CALL_AUTH_H_

@@ -1,0 +1,176 @@
+#include "server/inference_conversion.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace quantd {
+namespace {
+
+constexpr char kOutputName[] = "output";
+
+std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+void AppendBytesElement(const std::string& value, std::string* out) {
+  const uint32_t size = static_cast<uint32_t>(value.size());
+  char prefix[4];
+  std::memcpy(prefix, &size, 4);  // little-endian on x86-64, as the protocol wants
+  out->append(prefix, 4);
+  out->append(value);
+}
+
+}  // namespace
+
+const char* OutputTensorName() { return kOutputName; }
+
+absl::StatusOr<int64_t> ParseModelVersion(const std::string& version, const std::string& field) {
+  if (version.empty()) return 0;
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(version, &v) || v < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": \"", version.substr(0, 40), "\" is not a version (1, 2, ...; empty = newest)"));
+  }
+  return v;
+}
+
+absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest& request,
+                                              const worker::ServedModelInfo& model, int64_t max_batch_size) {
+  if (request.inputs_size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("inputs: ", model.name, " takes exactly 1 input tensor, got ", request.inputs_size()));
+  }
+  const auto& input = request.inputs(0);
+  const bool fp32 = input.datatype() == "FP32";
+  if (!fp32 && input.datatype() != "UINT8") {
+    return absl::InvalidArgumentError(absl::StrCat("inputs[0].datatype: \"", input.datatype().substr(0, 20),
+                                                   "\" is not supported (FP32 or UINT8)"));
+  }
+  const std::vector<int64_t>& sample = model.input_shape;
+  const auto& shape = input.shape();
+  const std::string expected = absl::StrCat("[N, ", absl::StrJoin(sample, ", "), "]");
+  if (shape.size() != 1 + static_cast<int>(sample.size()) ||
+      !std::equal(sample.begin(), sample.end(), shape.begin() + 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("inputs[0].shape: ", ShapeText(shape), " does not match ", model.name, "'s input ", expected));
+  }
+  const int64_t batch = shape[0];
+  if (batch < 1) return absl::InvalidArgumentError(absl::StrCat("inputs[0].shape: batch size ", batch, " < 1"));
+  if (batch > max_batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("inputs[0].shape: batch size ", batch,
+                                                   " is above the server's --max_batch_size ", max_batch_size));
+  }
+  const int64_t per_sample = std::accumulate(sample.begin(), sample.end(), int64_t{1}, std::multiplies<int64_t>());
+  const int64_t count = batch * per_sample;
+  DecodedBatch decoded;
+  decoded.batch = batch;
+  decoded.pixels.resize(static_cast<size_t>(count));
+  if (request.raw_input_contents_size() > 0) {
+    if (input.has_contents()) {
+      return absl::InvalidArgumentError("inputs[0].contents: not allowed together with raw_input_contents");
+    }
+    if (request.raw_input_contents_size() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("raw_input_contents: 1 entry per input, got ",
+                                                     request.raw_input_contents_size()));
+    }
+    const std::string& raw = request.raw_input_contents(0);
+    const int64_t want = count * (fp32 ? 4 : 1);
+    if (static_cast<int64_t>(raw.size()) != want) {
+      return absl::InvalidArgumentError(absl::StrCat("raw_input_contents[0]: ", raw.size(), " bytes, but ",
+                                                     input.datatype(), " ", ShapeText(shape), " is ", want));
+    }
+    if (fp32) {
+      std::memcpy(decoded.pixels.data(), raw.data(), raw.size());
+    } else {
+      for (int64_t i = 0; i < count; ++i) decoded.pixels[i] = static_cast<uint8_t>(raw[i]);
+    }
+  } else if (fp32) {
+    const auto& values = input.contents().fp32_contents();
+    if (values.size() != count) {
+      return absl::InvalidArgumentError(absl::StrCat("inputs[0].contents.fp32_contents: ", values.size(),
+                                                     " values, but ", ShapeText(shape), " holds ", count));
+    }
+    std::copy(values.begin(), values.end(), decoded.pixels.begin());
+  } else {
+    const auto& values = input.contents().uint_contents();
+    if (values.size() != count) {
+      return absl::InvalidArgumentError(absl::StrCat("inputs[0].contents.uint_contents: ", values.size(),
+                                                     " values, but ", ShapeText(shape), " holds ", count));
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      if (values[i] > 255) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("inputs[0].contents.uint_contents[", i, "]: ", values[i], " is not a UINT8"));
+      }
+      decoded.pixels[i] = static_cast<float>(values[i]);
+    }
+  }
+  for (float v : decoded.pixels) {
+    if (!std::isfinite(v)) return absl::InvalidArgumentError("inputs[0]: NaN or infinite values");
+  }
+  return decoded;
+}
+
+absl::Status EncodeInferOutputs(const inference::ModelInferRequest& request, const worker::ServedModelInfo& model,
+                                const engine::ServingOutput& output, inference::ModelInferResponse* response) {
+  if (output.shape.size() < 2) return absl::InternalError(absl::StrCat(model.name, " returned no [N, ...] output"));
+  const int64_t batch = output.shape[0];
+  const int64_t classes = static_cast<int64_t>(output.values.size()) / std::max<int64_t>(batch, 1);
+  int64_t top_k = 0;
+  for (int i = 0; i < request.outputs_size(); ++i) {
+    const auto& wanted = request.outputs(i);
+    if (wanted.name() != kOutputName) {
+      return absl::InvalidArgumentError(absl::StrCat("outputs[", i, "].name: \"", wanted.name().substr(0, 40), "\" is not an output of ",
+                                                     model.name, " (it has \"", kOutputName, "\")"));
+    }
+    if (auto it = wanted.parameters().find("classification"); it != wanted.parameters().end()) {
+      if (it->second.parameter_choice_case() != inference::InferParameter::kInt64Param ||
+          it->second.int64_param() < 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("outputs[", i, "].parameters[classification]: an int64 k >= 1"));
+      }
+      top_k = std::min(it->second.int64_param(), classes);
+    }
+  }
+  auto* tensor = response->add_outputs();
+  tensor->set_name(kOutputName);
+  if (top_k == 0) {
+    tensor->set_datatype("FP32");
+    for (int64_t d : output.shape) tensor->add_shape(d);
+    response->add_raw_output_contents()->assign(reinterpret_cast<const char*>(output.values.data()),
+                                               output.values.size() * sizeof(float));
+    return absl::OkStatus();
+  }
+  // Triton's classification extension: per sample, the k best as
+  // "score:index[:label]", best first.
+  if (output.shape.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("outputs: classification needs [N, classes] scores; ", model.name,
+                                                   " returns [", absl::StrJoin(output.shape, ", "), "]"));
+  }
+  tensor->set_datatype("BYTES");
+  tensor->add_shape(batch);
+  tensor->add_shape(top_k);
+  std::string* raw = response->add_raw_output_contents();
+  std::vector<int64_t> order(static_cast<size_t>(classes));
+  for (int64_t n = 0; n < batch; ++n) {
+    const float* scores = output.values.data() + n * classes;
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return scores[a] > scores[b]; });
+    for (int64_t k = 0; k < top_k; ++k) {
+      const int64_t index = order[k];
+      std::string text = absl::StrFormat("%f:%d", scores[index], index);
+      if (index < static_cast<int64_t>(model.labels.size())) absl::StrAppend(&text, ":", model.labels[index]);
+      AppendBytesElement(text, raw);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace quantd

@@ -1,0 +1,63 @@
+#ifndef QUANTD_SERVER_INFERENCE_SERVICE_H_
+#define QUANTD_SERVER_INFERENCE_SERVICE_H_
+
+// inference.GRPCInferenceService (the Open Inference Protocol) on quantd's
+// gRPC port: published model versions, int8 and their FP32 sources, served
+// from worker::ModelRepository. Every model access and forward pass runs on
+// its own executor (--inference_threads), never on gRPC's callback threads
+// and never behind quantization jobs or the job store's RPCs.
+
+#include <string>
+
+#include "inference/grpc_predict_v2.grpc.pb.h"
+#include "server/auth.h"
+#include "server/blocking_executor.h"
+#include "server/health_service.h"
+#include "worker/job_store.h"
+#include "worker/model_repository.h"
+
+namespace quantd {
+
+class InferenceServiceImpl final : public inference::GRPCInferenceService::CallbackService {
+ public:
+  struct Deps {
+    worker::ModelRepository* models = nullptr;
+    worker::JobStore* jobs = nullptr;
+    Authenticator* auth = nullptr;
+    BlockingExecutor* executor = nullptr;
+    const HealthService* health = nullptr;
+    std::string server_version;
+    // Most samples one ModelInfer may carry.
+    int64_t max_batch_size = 64;
+  };
+  explicit InferenceServiceImpl(const Deps& deps) : deps_(deps) {}
+
+  grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context, const inference::ServerLiveRequest* request,
+                                       inference::ServerLiveResponse* response) override;
+  grpc::ServerUnaryReactor* ServerReady(grpc::CallbackServerContext* context,
+                                        const inference::ServerReadyRequest* request,
+                                        inference::ServerReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* context, const inference::ModelReadyRequest* request,
+                                       inference::ModelReadyResponse* response) override;
+  grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* context,
+                                           const inference::ServerMetadataRequest* request,
+                                           inference::ServerMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* context,
+                                          const inference::ModelMetadataRequest* request,
+                                          inference::ModelMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context, const inference::ModelInferRequest* request,
+                                       inference::ModelInferResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* context,
+                                            const inference::RepositoryIndexRequest* request,
+                                            inference::RepositoryIndexResponse* response) override;
+
+ private:
+  template <typename Work>
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, const char* method, Work work);
+
+  const Deps deps_;
+};
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_INFERENCE_SERVICE_H_

@@ -1,0 +1,168 @@
+#include "worker/model_repository.h"
+
+#include <sys/stat.h>
+
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "worker/engine/base/sha256.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/quantizer.h"
+
+namespace quantd::worker {
+namespace {
+
+constexpr char kFp32Suffix[] = ".fp32";
+
+const std::vector<std::string>& Cifar10Labels() {
+  static const auto* labels = new std::vector<std::string>{
+      "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+  return *labels;
+}
+
+}  // namespace
+
+absl::StatusOr<engine::ServingOutput> LoadedModel::Run(std::vector<float> pixels, int64_t batch) const {
+  const std::vector<int64_t>& sample = info_.input_shape;
+  if (sample.size() != 3) return absl::InternalError(absl::StrCat(info_.name, " has no [C, H, W] input shape"));
+  const int64_t channels = sample[0];
+  const int64_t plane = sample[1] * sample[2];
+  if (static_cast<int64_t>(pixels.size()) != batch * channels * plane) {
+    return absl::InvalidArgumentError(absl::StrCat("input: ", pixels.size(), " values for ", batch, " samples of ",
+                                                   channels * plane, " each"));
+  }
+  const engine::Preprocessing& p = info_.preprocessing;
+  const bool identity = p.scale == 1.0 && p.mean.empty() && p.std.empty();
+  if (!identity) {
+    for (int64_t n = 0; n < batch; ++n) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const float mean = p.mean.empty() ? 0.0f : static_cast<float>(p.mean[c % p.mean.size()]);
+        const float stdev = p.std.empty() ? 1.0f : static_cast<float>(p.std[c % p.std.size()]);
+        const float scale = static_cast<float>(p.scale);
+        float* x = pixels.data() + (n * channels + c) * plane;
+        for (int64_t i = 0; i < plane; ++i) x[i] = (x[i] * scale - mean) / stdev;
+      }
+    }
+  }
+  return model_->Run(pixels, {batch, channels, sample[1], sample[2]});
+}
+
+absl::Status ModelRepository::ParseName(const std::string& name, const std::string& field, std::string* base,
+                                        bool* fp32) {
+  *fp32 = absl::EndsWith(name, kFp32Suffix);
+  *base = *fp32 ? name.substr(0, name.size() - (sizeof(kFp32Suffix) - 1)) : name;
+  return ValidateModelName(*base, field);
+}
+
+bool ModelRepository::IsLoaded(const std::string& base_name, int64_t version, bool fp32) const {
+  absl::MutexLock lock(&mu_);
+  return cached_.count(Key{base_name, version, fp32}) > 0;
+}
+
+int64_t ModelRepository::cached_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return cached_bytes_;
+}
+
+int ModelRepository::cached_models() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(cached_.size());
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const std::string& name, int64_t version) {
+  std::string base;
+  bool fp32 = false;
+  QUANTD_RETURN_IF_ERROR(ParseName(name, "model_name", &base, &fp32));
+  QUANTD_ASSIGN_OR_RETURN(ModelVersion resolved, jobs_->GetModelVersion(base, version));
+  const Key key{base, resolved.version, fp32};
+  {
+    absl::MutexLock lock(&mu_);
+    // One load per version: later callers wait for the first one's.
+    std::pair<ModelRepository*, const Key*> waiting(this, &key);
+    mu_.Await(absl::Condition(
+        +[](std::pair<ModelRepository*, const Key*>* arg) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return arg->first->loading_.count(*arg->second) == 0;
+        },
+        &waiting));
+    if (auto it = cached_.find(key); it != cached_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      return it->second->second;
+    }
+    loading_.insert(key);
+  }
+  absl::StatusOr<std::unique_ptr<LoadedModel>> loaded = LoadUncached(name, fp32, resolved);
+  absl::MutexLock lock(&mu_);
+  loading_.erase(key);
+  if (!loaded.ok()) return loaded.status();
+  std::shared_ptr<const LoadedModel> model(std::move(*loaded));
+  lru_.emplace_front(key, model);
+  cached_[key] = lru_.begin();
+  cached_bytes_ += model->info().cost_bytes;
+  // Least recently used out, never the one just loaded; requests still
+  // running on an evicted model keep it alive until they finish.
+  while (cached_bytes_ > options_.cache_bytes && lru_.size() > 1) {
+    cached_bytes_ -= lru_.back().second->info().cost_bytes;
+    cached_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const std::string& name, bool fp32,
+                                                                          const ModelVersion& version) {
+  QUANTD_ASSIGN_OR_RETURN(Job job, jobs_->Get(version.job_id));
+  if (!job.result.has_value() || job.result->artifact_sha256.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("model ", version.name, " version ", version.version,
+                                                      ": job ", job.id, " holds no artifact"));
+  }
+  const JobResult& result = *job.result;
+  ServedModelInfo info;
+  info.name = name;
+  info.base_name = version.name;
+  info.version = version.version;
+  info.fp32 = fp32;
+  info.job_id = job.id;
+  info.artifact_id = result.artifact_id;
+  info.input_shape = result.report.input_shape;
+  info.preprocessing = job.spec.calibration.preprocessing;
+  if (job.spec.calibration.format == engine::DatasetFormat::kCifar10Binary) info.labels = Cifar10Labels();
+  if (info.input_shape.size() != 3) {
+    return absl::FailedPreconditionError(absl::StrCat("model ", version.name, " version ", version.version,
+                                                      " was published before input shapes were recorded; "
+                                                      "run its job again to serve it"));
+  }
+  const std::string what = absl::StrCat("model ", name, " version ", version.version);
+  std::unique_ptr<engine::ServableModel> servable;
+  if (fp32) {
+    struct stat st = {};
+    if (::stat(job.spec.model_path.c_str(), &st) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source ", job.spec.model_path, " is gone"));
+    }
+    info.cost_bytes = static_cast<int64_t>(st.st_size);
+    QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadFp32(job.spec.model_path));
+  } else {
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, artifacts_->Read(result.artifact_sha256));
+    if (engine::Sha256Hex(bytes) != result.artifact_sha256) {
+      return absl::DataLossError(absl::StrCat(what, ": artifact ", result.artifact_id, " is corrupted in the store"));
+    }
+    absl::StatusOr<std::string> kernel_engine =
+        engine::KernelEngineForArtifact(result.report.requirements, options_.allow_kernel_reroute);
+    if (!kernel_engine.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": ", kernel_engine.status().message()));
+    }
+    info.cost_bytes = static_cast<int64_t>(bytes.size());
+    QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadInt8Artifact(bytes, *kernel_engine, what));
+  }
+  info.kernel_engine = servable->kernel_engine();
+  auto model = std::make_unique<LoadedModel>(std::move(info), std::move(servable));
+  // Warm-up: the first request is not the one that pays for lazy
+  // initialization; it also tells the output shape.
+  const std::vector<int64_t>& s = model->info().input_shape;
+  QUANTD_ASSIGN_OR_RETURN(engine::ServingOutput warm,
+                          model->model_->Run(std::vector<float>(s[0] * s[1] * s[2], 0.0f), {1, s[0], s[1], s[2]}));
+  model->info_.output_shape.assign(warm.shape.begin() + 1, warm.shape.end());
+  return model;
+}
+
+}  // namespace quantd::worker

@@ -1,0 +1,104 @@
+#ifndef QUANTD_WORKER_MODEL_REPOSITORY_H_
+#define QUANTD_WORKER_MODEL_REPOSITORY_H_
+
+// Published model versions, loaded to serve. A name addresses the int8
+// artifact of each version; "<name>.fp32" addresses the FP32 model the same
+// version was quantized from (for side-by-side comparison). Version 0 means
+// the newest. Loaded models are cached within a byte budget, least recently
+// used out, and warmed up with one forward pass when loaded.
+//
+// The job store stays the source of truth: every lookup resolves the
+// version there, so a version published or deleted by another process is
+// seen at once; only the loaded model is cached (a version never changes).
+
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "worker/artifact_store.h"
+#include "worker/engine/data/dataset_spec.h"
+#include "worker/engine/servable_model.h"
+#include "worker/job_store.h"
+
+namespace quantd::worker {
+
+struct ServedModelInfo {
+  std::string name;       // as addressed: "resnet8" or "resnet8.fp32"
+  std::string base_name;  // "resnet8"
+  int64_t version = 0;
+  bool fp32 = false;
+  std::string job_id;
+  std::string artifact_id;
+  std::vector<int64_t> input_shape;   // one sample as calibrated, e.g. {3, 32, 32}
+  std::vector<int64_t> output_shape;  // one sample's output, e.g. {10} (from the warm-up)
+  engine::Preprocessing preprocessing;  // applied to input pixels, as in calibration
+  std::vector<std::string> labels;    // class names when known (CIFAR-10), else empty
+  std::string kernel_engine;          // what runs it here: "onednn", "qnnpack", "fp32"
+  int64_t cost_bytes = 0;             // what it counts against the cache budget
+};
+
+class LoadedModel {
+ public:
+  LoadedModel(ServedModelInfo info, std::unique_ptr<engine::ServableModel> model)
+      : info_(std::move(info)), model_(std::move(model)) {}
+  const ServedModelInfo& info() const { return info_; }
+  // `pixels`: `batch` samples of info().input_shape, before preprocessing
+  // (applied here, in place).
+  absl::StatusOr<engine::ServingOutput> Run(std::vector<float> pixels, int64_t batch) const;
+
+ private:
+  friend class ModelRepository;
+  ServedModelInfo info_;
+  std::unique_ptr<engine::ServableModel> model_;
+};
+
+class ModelRepository {
+ public:
+  struct Options {
+    int64_t cache_bytes = int64_t{1} << 30;
+    // An artifact whose own kernel engine is not exact on this CPU runs on
+    // one that is (qnnpack) instead of being refused.
+    bool allow_kernel_reroute = true;
+  };
+  ModelRepository(JobStore* jobs, ArtifactStore* artifacts, const Options& options)
+      : jobs_(jobs), artifacts_(artifacts), options_(options) {}
+
+  // Splits "<name>.fp32"; INVALID_ARGUMENT naming `field` for a bad name.
+  static absl::Status ParseName(const std::string& name, const std::string& field, std::string* base, bool* fp32);
+
+  // The addressed version, loaded (and cached). NOT_FOUND for an unknown
+  // name or version; FAILED_PRECONDITION when it cannot run here.
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, int64_t version);
+  // Whether that version is loaded now (no loading, no store access).
+  bool IsLoaded(const std::string& base_name, int64_t version, bool fp32) const;
+
+  int64_t cached_bytes() const;
+  int cached_models() const;
+
+ private:
+  using Key = std::tuple<std::string, int64_t, bool>;  // base name, version, fp32
+  absl::StatusOr<std::unique_ptr<LoadedModel>> LoadUncached(const std::string& name, bool fp32,
+                                                           const ModelVersion& version);
+
+  JobStore* const jobs_;
+  ArtifactStore* const artifacts_;
+  const Options options_;
+  mutable absl::Mutex mu_;
+  // Most recently used first.
+  std::list<std::pair<Key, std::shared_ptr<const LoadedModel>>> lru_ ABSL_GUARDED_BY(mu_);
+  std::map<Key, decltype(lru_)::iterator> cached_ ABSL_GUARDED_BY(mu_);
+  std::set<Key> loading_ ABSL_GUARDED_BY(mu_);
+  int64_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_MODEL_REPOSITORY_H_
