@@ -1,0 +1,123 @@
+#include "server/inference_conversion.h"
+
+#include <cstring>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace quantd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+worker::ServedModelInfo Model() {
+  worker::ServedModelInfo info;
+  info.name = "tiny";
+  info.input_shape = {1, 2, 2};
+  info.labels = {"zero", "one", "two"};
+  return info;
+}
+
+inference::ModelInferRequest Request(const std::string& datatype, std::vector<int64_t> shape) {
+  inference::ModelInferRequest request;
+  auto* input = request.add_inputs();
+  input->set_datatype(datatype);
+  for (int64_t d : shape) input->add_shape(d);
+  return request;
+}
+
+TEST(ParseModelVersionTest, EmptyIsNewestAndOnlyPositiveNumbersPass) {
+  EXPECT_EQ(*ParseModelVersion("", "model_version"), 0);
+  EXPECT_EQ(*ParseModelVersion("12", "model_version"), 12);
+  for (const char* bad : {"0", "-1", "v1", "1.5", "latest"}) {
+    absl::StatusOr<int64_t> v = ParseModelVersion(bad, "model_version");
+    EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(v.status().message(), HasSubstr("model_version")) << bad;
+  }
+}
+
+TEST(DecodeInferInputTest, RawUint8AndTypedFp32GiveTheSamePixels) {
+  inference::ModelInferRequest raw = Request("UINT8", {2, 1, 2, 2});
+  raw.add_raw_input_contents(std::string("\x00\x01\x02\xff\x10\x20\x30\x40", 8));
+  absl::StatusOr<DecodedBatch> a = DecodeInferInput(raw, Model(), 8);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->batch, 2);
+  EXPECT_THAT(a->pixels, ElementsAre(0, 1, 2, 255, 16, 32, 48, 64));
+
+  inference::ModelInferRequest typed = Request("FP32", {2, 1, 2, 2});
+  for (float v : {0, 1, 2, 255, 16, 32, 48, 64}) typed.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
+  absl::StatusOr<DecodedBatch> b = DecodeInferInput(typed, Model(), 8);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->pixels, b->pixels);
+
+  inference::ModelInferRequest raw_fp32 = Request("FP32", {1, 1, 2, 2});
+  const float values[4] = {0.5f, -1.0f, 3.0f, 4.0f};
+  raw_fp32.add_raw_input_contents(std::string(reinterpret_cast<const char*>(values), sizeof(values)));
+  EXPECT_THAT(DecodeInferInput(raw_fp32, Model(), 8)->pixels, ElementsAre(0.5f, -1.0f, 3.0f, 4.0f));
+}
+
+TEST(DecodeInferInputTest, EachMistakeNamesItsField) {
+  auto error = [](const inference::ModelInferRequest& request) {
+    absl::StatusOr<DecodedBatch> decoded = DecodeInferInput(request, Model(), 4);
+    EXPECT_EQ(decoded.status().code(), absl::StatusCode::kInvalidArgument);
+    return std::string(decoded.status().message());
+  };
+  EXPECT_THAT(error(inference::ModelInferRequest()), HasSubstr("inputs:"));
+  EXPECT_THAT(error(Request("INT32", {1, 1, 2, 2})), HasSubstr("inputs[0].datatype"));
+  EXPECT_THAT(error(Request("UINT8", {1, 3, 2, 2})), HasSubstr("inputs[0].shape"));
+  EXPECT_THAT(error(Request("UINT8", {1, 2, 2})), HasSubstr("inputs[0].shape"));
+  EXPECT_THAT(error(Request("UINT8", {0, 1, 2, 2})), HasSubstr("batch size 0"));
+  EXPECT_THAT(error(Request("UINT8", {5, 1, 2, 2})), HasSubstr("--max_batch_size 4"));
+  inference::ModelInferRequest short_raw = Request("UINT8", {1, 1, 2, 2});
+  short_raw.add_raw_input_contents("abc");
+  EXPECT_THAT(error(short_raw), HasSubstr("raw_input_contents[0]: 3 bytes"));
+  inference::ModelInferRequest few = Request("FP32", {1, 1, 2, 2});
+  few.mutable_inputs(0)->mutable_contents()->add_fp32_contents(1);
+  EXPECT_THAT(error(few), HasSubstr("fp32_contents: 1 values"));
+  inference::ModelInferRequest big = Request("UINT8", {1, 1, 2, 2});
+  for (uint32_t v : {1u, 2u, 300u, 4u}) big.mutable_inputs(0)->mutable_contents()->add_uint_contents(v);
+  EXPECT_THAT(error(big), HasSubstr("uint_contents[2]: 300"));
+  inference::ModelInferRequest nan = Request("FP32", {1, 1, 2, 2});
+  for (float v : {1.0f, std::nanf(""), 2.0f, 3.0f}) nan.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
+  EXPECT_THAT(error(nan), HasSubstr("NaN"));
+}
+
+TEST(EncodeInferOutputsTest, ScoresAreRawFp32AndClassificationIsTopKStrings) {
+  engine::ServingOutput output;
+  output.shape = {2, 3};
+  output.values = {0.1f, 0.7f, 0.2f, 0.9f, 0.05f, 0.05f};
+  inference::ModelInferResponse scores;
+  ASSERT_TRUE(EncodeInferOutputs(inference::ModelInferRequest(), Model(), output, &scores).ok());
+  EXPECT_EQ(scores.outputs(0).datatype(), "FP32");
+  EXPECT_THAT(scores.outputs(0).shape(), ElementsAre(2, 3));
+  ASSERT_EQ(scores.raw_output_contents(0).size(), 6 * sizeof(float));
+  EXPECT_EQ(std::memcmp(scores.raw_output_contents(0).data(), output.values.data(), 6 * sizeof(float)), 0);
+
+  inference::ModelInferRequest request;
+  auto* wanted = request.add_outputs();
+  wanted->set_name("output");
+  (*wanted->mutable_parameters())["classification"].set_int64_param(2);
+  inference::ModelInferResponse top;
+  ASSERT_TRUE(EncodeInferOutputs(request, Model(), output, &top).ok());
+  EXPECT_EQ(top.outputs(0).datatype(), "BYTES");
+  EXPECT_THAT(top.outputs(0).shape(), ElementsAre(2, 2));
+  std::vector<std::string> entries;
+  const std::string& raw = top.raw_output_contents(0);
+  for (size_t at = 0; at + 4 <= raw.size();) {
+    uint32_t size = 0;
+    std::memcpy(&size, raw.data() + at, 4);
+    entries.push_back(raw.substr(at + 4, size));
+    at += 4 + size;
+  }
+  EXPECT_THAT(entries, ElementsAre("0.700000:1:one", "0.200000:2:two", "0.900000:0:zero", "0.050000:1:one"));
+
+  wanted->set_name("logits");
+  inference::ModelInferResponse unknown;
+  absl::Status status = EncodeInferOutputs(request, Model(), output, &unknown);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("outputs[0].name"));
+}
+
+}  // namespace
+}  // namespace quantd
