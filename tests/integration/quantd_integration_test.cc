@@ -147,12 +147,14 @@ TEST_F(QuantdIntegrationTest, ThirdPartyReflectionClientSeesTheApi) {
 
   // Listed by reflection.
   EXPECT_THAT(report["services"].get<std::vector<std::string>>(),
-              IsSupersetOf({"quantd.v1.QuantizationService", "grpc.health.v1.Health"}));
+              IsSupersetOf({"quantd.v1.QuantizationService", "grpc.health.v1.Health",
+                            "inference.GRPCInferenceService"}));
   // Described by reflection.
   EXPECT_THAT(report["quantd_methods"].get<std::vector<std::string>>(),
               IsSupersetOf({"QuantizeJob", "GetJob", "ListJobs", "WatchJob", "CancelJob",
                             "DeleteJob", "UploadModel", "UploadDataset", "GetArtifact",
-                            "ListArtifacts", "DownloadArtifact", "Infer", "Evaluate"}));
+                            "ListArtifacts", "DownloadArtifact", "ListModels", "DeleteModelVersion",
+                            "Evaluate"}));
   EXPECT_EQ(report["quantize_job"]["request_type"], "quantd.v1.QuantizeJobRequest");
   EXPECT_EQ(report["quantize_job"]["response_type"], "quantd.v1.Job");
   EXPECT_THAT(report["quantize_job"]["request_fields"].get<std::vector<std::string>>(),
