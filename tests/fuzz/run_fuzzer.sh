@@ -13,13 +13,15 @@
 # ModelsThatCrashLibTorchsLoaderFailOnlyTheirJob show it). A crash whose
 # innermost frame of ours is that function is reported, its input kept, and
 # fuzzing resumes; any crash with a frame of ours further in fails the test.
+# A report with no frame of ours at all (ASan's fast unwinder stops inside
+# LibTorch) is first replayed with full stacks to find one.
 #
 # Longer on demand:
 #   run_fuzzer.sh build-sanitize/tests/fuzz/dataset_fuzzer tests/fuzz/corpus/dataset_fuzzer 3600
 set -euo pipefail
 fuzzer="$1" seeds="$2" seconds="$3" third_party_caller="${4:-}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/quantd_fuzz_corpus.XXXXXX")"
-trap 'rm -rf "$work" "$work.log"' EXIT
+trap 'rm -rf "$work" "$work.log" "$work.log.replay"' EXIT
 # LibTorch is not instrumented: allocations it makes and frees across the
 # boundary, and its global objects, are not ours to report. A failed
 # allocation throws std::bad_alloc, as in production, where it is a status.
@@ -45,10 +47,24 @@ while true; do
   set -e
   ((status == 0)) && break
   frame="$(innermost_own_frame "$log")"
+  unit="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)"
+  if [[ -z "$frame" && -n "$unit" && -f "$unit" ]]; then
+    # ASan records an allocation's stack with its fast unwinder, which stops
+    # at the first frame of LibTorch (built without frame pointers): a failed
+    # huge allocation there shows no caller. Replay the input with the slow
+    # unwinder and a deep stack to see whose frame is innermost.
+    echo "run_fuzzer: no frame of ours in the report; replaying $unit with full stacks"
+    set +e
+    ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0:fast_unwind_on_fatal=0:malloc_context_size=255" \
+      "$fuzzer" -timeout=20 -rss_limit_mb=4096 "$unit" >"$log.replay" 2>&1
+    set -e
+    grep -E 'ERROR: |^ *#[0-9]+ ' "$log.replay" | grep -E 'ERROR: |/(worker|server|client|tests)/[^ ]+\.(cc|h):' | head -3 || true
+    frame="$(innermost_own_frame "$log.replay")"
+  fi
   if [[ -n "$third_party_caller" && "$frame" == *"$third_party_caller"* && $tolerated -lt 20 ]]; then
     tolerated=$((tolerated + 1))
     echo "run_fuzzer: crash inside the library called from $third_party_caller (contained by the product;" \
-      "input kept as $(ls -t crash-* oom-* 2>/dev/null | head -1)); fuzzing resumes"
+      "input kept as ${unit:-?}); fuzzing resumes"
     continue
   fi
   echo "run_fuzzer: FAILED: a crash with our frame innermost: ${frame:-none found}"
