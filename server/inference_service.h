@@ -2,33 +2,26 @@
 #define QUANTD_SERVER_INFERENCE_SERVICE_H_
 
 // inference.GRPCInferenceService (the Open Inference Protocol) on quantd's
-// gRPC port: published model versions, int8 and their FP32 sources, served
-// from worker::ModelRepository. Every model access and forward pass runs on
-// its own executor (--inference_threads), never on gRPC's callback threads
-// and never behind quantization jobs or the job store's RPCs.
+// gRPC port: authenticates each call and runs it through InferenceCore on the
+// inference executor (--inference_threads), never on gRPC's callback threads
+// and never behind quantization jobs or the job store's RPCs. Forward passes
+// run on the dynamic batcher's threads.
 
 #include <string>
 
 #include "inference/grpc_predict_v2.grpc.pb.h"
 #include "server/auth.h"
 #include "server/blocking_executor.h"
-#include "server/health_service.h"
-#include "worker/job_store.h"
-#include "worker/model_repository.h"
+#include "server/inference_core.h"
 
 namespace quantd {
 
 class InferenceServiceImpl final : public inference::GRPCInferenceService::CallbackService {
  public:
   struct Deps {
-    worker::ModelRepository* models = nullptr;
-    worker::JobStore* jobs = nullptr;
+    InferenceCore* core = nullptr;
     Authenticator* auth = nullptr;
     BlockingExecutor* executor = nullptr;
-    const HealthService* health = nullptr;
-    std::string server_version;
-    // Most samples one ModelInfer may carry.
-    int64_t max_batch_size = 64;
   };
   explicit InferenceServiceImpl(const Deps& deps) : deps_(deps) {}
 
@@ -52,6 +45,8 @@ class InferenceServiceImpl final : public inference::GRPCInferenceService::Callb
                                             inference::RepositoryIndexResponse* response) override;
 
  private:
+  // Runs `work` on the executor once the caller may read; `work` answers
+  // through the reactor's Finish itself.
   template <typename Work>
   grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, const char* method, Work work);
 

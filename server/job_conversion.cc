@@ -508,6 +508,7 @@ void ToProto(const worker::JobEvent& event, v1::JobEvent* out) {
       break;
     }
     case Kind::kResult: ToProto(event.result, out->mutable_result()); break;
+    case Kind::kSubmitted: break;  // observers only, never streamed
   }
 }
 

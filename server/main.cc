@@ -78,10 +78,17 @@ ABSL_FLAG(int, rpc_threads, 8,
 ABSL_FLAG(int, rpc_queue_capacity, 1000,
           "RPCs that may wait for --rpc_threads; beyond it calls are RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, inference_threads, 2,
-          "Threads that serve inference (model loading and forward passes), apart from jobs.");
+          "Threads that run inference forward passes (and as many that load models and check requests), "
+          "apart from jobs.");
 ABSL_FLAG(int, inference_queue_capacity, 256,
-          "Inference requests that may wait for --inference_threads; beyond it RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int64_t, max_batch_size, 64, "Most samples one inference request may carry.");
+          "Inference requests that may wait, per model; beyond it RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_batch_size, 64,
+          "Most samples one inference request, or one pass of coalesced requests, may carry.");
+ABSL_FLAG(int64_t, max_queue_delay_us, 100,
+          "Dynamic batching: how long a request waits for others to join its pass (requests already "
+          "waiting join without it).");
+ABSL_FLAG(bool, dynamic_batching, true,
+          "Coalesce concurrent inference requests for the same model into one pass (false: each runs alone).");
 ABSL_FLAG(int64_t, model_cache_bytes, int64_t{1} << 30,
           "Byte budget of loaded models (int8 artifacts and FP32 sources), least recently used out.");
 ABSL_FLAG(int, intra_op_threads, 1,
@@ -169,6 +176,8 @@ int main(int argc, char** argv) {
   options.inference_threads = absl::GetFlag(FLAGS_inference_threads);
   options.inference_queue_capacity = absl::GetFlag(FLAGS_inference_queue_capacity);
   options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
+  options.dynamic_batching = absl::GetFlag(FLAGS_dynamic_batching);
   options.model_cache_bytes = absl::GetFlag(FLAGS_model_cache_bytes);
 
   quantd::LogLine(quantd::LogLevel::kInfo,

@@ -51,7 +51,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   http.set_write_timeout(5, 0);
   Authenticator* auth = options.auth;
   prometheus::Registry* metrics = server->registry_.get();
-  http.Get("/metrics", [auth, metrics](const httplib::Request& request, httplib::Response& response) {
+  std::function<void()> before_scrape = options.before_scrape;
+  http.Get("/metrics", [auth, metrics, before_scrape](const httplib::Request& request, httplib::Response& response) {
     if (auth != nullptr) {
       absl::StatusOr<Principal> caller = auth->Authorize(request.get_header_value("Authorization"), Role::kRead,
                                                          "GET /metrics");
@@ -63,11 +64,32 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
         return;
       }
     }
+    if (before_scrape) before_scrape();
     response.set_content(prometheus::TextSerializer().Serialize(metrics->Collect()),
                          "text/plain; version=0.0.4; charset=utf-8");
   });
-  http.set_error_handler([](const httplib::Request&, httplib::Response& response) {
-    if (response.status == 404) response.set_content("not found; try /metrics\n", "text/plain");
+  http.set_payload_max_length(options.max_body_bytes);
+  if (InferenceRest* rest = options.inference; rest != nullptr) {
+    auto serve = [rest](const httplib::Request& request, httplib::Response& response) {
+      HttpCall call;
+      call.method = request.method;
+      call.path = request.path;
+      call.authorization = request.get_header_value("Authorization");
+      call.inference_header_length = request.get_header_value("Inference-Header-Content-Length");
+      call.body = request.body;
+      call.remote = request.remote_addr;
+      HttpReply reply = rest->Handle(call);
+      response.status = reply.status;
+      for (const auto& [name, value] : reply.headers) response.set_header(name, value);
+      response.set_content(std::move(reply.body), reply.content_type.c_str());
+    };
+    http.Get(R"(/v2(/.*)?)", serve);
+    http.Post(R"(/v2(/.*)?)", serve);
+  }
+  http.set_error_handler([](const httplib::Request& request, httplib::Response& response) {
+    if (response.status == 404 && response.body.empty()) {
+      response.set_content("not found; try /metrics or /v2\n", "text/plain");
+    }
   });
   std::string host = options.host;
   if (!host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);

@@ -1,20 +1,23 @@
 #ifndef QUANTD_SERVER_METRICS_HTTP_SERVER_H_
 #define QUANTD_SERVER_METRICS_HTTP_SERVER_H_
 
-// The HTTP edge: GET /metrics (Prometheus text format) on cpp-httplib, over
-// HTTPS when given a certificate, optionally behind a bearer token. Not
+// The HTTP edge: GET /metrics (Prometheus text format), optionally behind a
+// bearer token, and the Open Inference Protocol's REST endpoints under /v2
+// (InferenceRest), on cpp-httplib, over HTTPS when given a certificate. Not
 // prometheus::Exposer: civetweb (behind it) starts its threads with a fixed
 // 100 KiB stack, and with LibTorch and OpenBLAS linked in their static TLS
 // alone exceeds that, so pthread_create fails ("Cannot create threads").
 
 #include <prometheus/registry.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/status/statusor.h"
 #include "server/auth.h"
+#include "server/inference_rest.h"
 
 namespace httplib {
 class Server;
@@ -34,6 +37,12 @@ class MetricsHttpServer {
     std::string tls_client_ca_file;
     // Set: /metrics needs a token with the read role.
     Authenticator* auth = nullptr;
+    // Set: runs before each /metrics scrape (gauges read from the stores).
+    std::function<void()> before_scrape;
+    // Set: /v2 serves the Open Inference Protocol's REST endpoints.
+    InferenceRest* inference = nullptr;
+    // Largest request body (an inference request's tensors).
+    size_t max_body_bytes = size_t{64} << 20;
   };
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const Options& options,
                                                                   std::shared_ptr<prometheus::Registry> registry);

@@ -131,6 +131,10 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (options.max_batch_size < 1 || options.max_batch_size > 65536) {
     return absl::InvalidArgumentError(absl::StrCat("--max_batch_size must be in 1..65536, got ", options.max_batch_size));
   }
+  if (options.max_queue_delay_us < 0 || options.max_queue_delay_us > 10'000'000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_queue_delay_us must be in 0..10000000 (10 s), got ", options.max_queue_delay_us));
+  }
   if (options.model_cache_bytes < 0) {
     return absl::InvalidArgumentError("--model_cache_bytes must be >= 0 (0 = keep only the last model used)");
   }
@@ -228,6 +232,9 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     http.tls_key_file = options.tls_key_file;
     http.tls_client_ca_file = options.metrics_tls_client_ca_file;
     if (options.metrics_require_token) http.auth = server->auth_.get();
+    http.inference = server->inference_rest_.get();
+    QuantdServer* self = server.get();
+    http.before_scrape = [self] { self->job_stats_->Refresh(*self->job_store_, self->quota_.get()); };
     QUANTD_ASSIGN_OR_RETURN(server->metrics_http_, MetricsHttpServer::Start(http, server->metrics_.registry()));
     server->metrics_port_ = server->metrics_http_->port();
   }
@@ -290,6 +297,8 @@ absl::Status QuantdServer::OpenStores() {
   QUANTD_ASSIGN_OR_RETURN(pool_, worker::WorkerPool::Create(pool_options, job_store_.get(),
                                                             artifact_store_.get(), engine_.get(),
                                                             worker::Clock::Real()));
+  job_stats_ = std::make_unique<JobStats>(*metrics_.registry());
+  pool_->events().AddObserver(job_stats_.get());
   if (pool_->recovered().requeued > 0 || pool_->recovered().failed > 0) {
     LogLine(LogLevel::kInfo, absl::StrCat("quantd: recovered interrupted jobs: requeued=",
                                           pool_->recovered().requeued,
@@ -316,15 +325,28 @@ absl::Status QuantdServer::OpenStores() {
   deps.models = models_.get();
   inference_executor_ =
       std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity);
+  inference_stats_ = std::make_unique<InferenceStats>(*metrics_.registry());
+  worker::DynamicBatcher::Options batching;
+  batching.threads = options_.inference_threads;
+  batching.max_batch_size = options_.max_batch_size;
+  batching.max_queue_delay = absl::Microseconds(options_.max_queue_delay_us);
+  batching.batching = options_.dynamic_batching;
+  batching.queue_capacity = options_.inference_queue_capacity;
+  batcher_ = std::make_unique<worker::DynamicBatcher>(batching, worker::Clock::Real());
+  InferenceCore::Deps core;
+  core.models = models_.get();
+  core.jobs = job_store_.get();
+  core.batcher = batcher_.get();
+  core.health = &health_;
+  core.stats = inference_stats_.get();
+  core.server_version = QuantdVersion();
+  inference_core_ = std::make_unique<InferenceCore>(core);
   InferenceServiceImpl::Deps inference;
-  inference.models = models_.get();
-  inference.jobs = job_store_.get();
+  inference.core = inference_core_.get();
   inference.auth = auth_.get();
   inference.executor = inference_executor_.get();
-  inference.health = &health_;
-  inference.server_version = QuantdVersion();
-  inference.max_batch_size = options_.max_batch_size;
   inference_service_ = std::make_unique<InferenceServiceImpl>(inference);
+  inference_rest_ = std::make_unique<InferenceRest>(inference_core_.get(), auth_.get());
   quantization_service_ = std::make_unique<QuantizationServiceImpl>(deps);
   return absl::OkStatus();
 }
@@ -348,6 +370,8 @@ void QuantdServer::Shutdown(absl::Duration grace) {
   // Every call has ended, so no task is left that could still answer one.
   if (rpc_executor_ != nullptr) rpc_executor_->Shutdown();
   if (inference_executor_ != nullptr) inference_executor_->Shutdown();
+  // Runs what is queued (REST calls still waiting get their answers).
+  if (batcher_ != nullptr) batcher_->Shutdown();
   blob_collector_.reset();
   if (pool_ != nullptr) {
     pool_->Stop();  // a running job is interrupted and goes back to the queue

@@ -17,7 +17,11 @@
 #include "server/auth.h"
 #include "server/blocking_executor.h"
 #include "server/health_service.h"
+#include "server/inference_core.h"
+#include "server/inference_rest.h"
 #include "server/inference_service.h"
+#include "server/inference_stats.h"
+#include "server/job_stats.h"
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
 #include "server/quantization_service.h"
@@ -26,6 +30,7 @@
 #include "worker/blob_store.h"
 #include "worker/data_quota.h"
 #include "worker/data_dir_lock.h"
+#include "worker/dynamic_batcher.h"
 #include "worker/job_runner.h"
 #include "worker/job_store.h"
 #include "worker/model_repository.h"
@@ -90,12 +95,17 @@ class QuantdServer {
     // them before more are RESOURCE_EXHAUSTED.
     int rpc_threads = 8;
     int rpc_queue_capacity = 1000;
-    // Serving (inference.GRPCInferenceService): threads that run model
-    // lookups and forward passes, requests that may wait for them, the most
-    // samples one request may carry, and the loaded models' byte budget.
+    // Serving (the Open Inference Protocol over gRPC and REST): threads that
+    // run forward passes (and as many that look up and check requests),
+    // requests that may wait for them (per model), the most samples one
+    // request or coalesced pass may carry, how long a request waits for
+    // others to join its pass (dynamic batching; off: each runs alone), and
+    // the loaded models' byte budget.
     int inference_threads = 2;
     int inference_queue_capacity = 256;
     int64_t max_batch_size = 64;
+    int64_t max_queue_delay_us = 100;
+    bool dynamic_batching = true;
     int64_t model_cache_bytes = int64_t{1} << 30;
   };
 
@@ -132,6 +142,8 @@ class QuantdServer {
   std::unique_ptr<Authenticator> auth_;
   ServerMetrics metrics_;
   HealthService health_;
+  // Observes the pool's events: outlives the pool.
+  std::unique_ptr<JobStats> job_stats_;
   std::unique_ptr<worker::DataQuota> quota_;
   std::unique_ptr<worker::JobStore> job_store_;
   std::unique_ptr<worker::ArtifactStore> artifact_store_;
@@ -143,7 +155,11 @@ class QuantdServer {
   std::unique_ptr<QuantizationServiceImpl> quantization_service_;
   std::unique_ptr<worker::ModelRepository> models_;
   std::unique_ptr<BlockingExecutor> inference_executor_;
+  std::unique_ptr<InferenceStats> inference_stats_;
+  std::unique_ptr<worker::DynamicBatcher> batcher_;
+  std::unique_ptr<InferenceCore> inference_core_;
   std::unique_ptr<InferenceServiceImpl> inference_service_;
+  std::unique_ptr<InferenceRest> inference_rest_;
   std::unique_ptr<worker::BlobCollector> blob_collector_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::unique_ptr<grpc::Server> server_;

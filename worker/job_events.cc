@@ -12,7 +12,20 @@ void JobEventHub::Publish(const Job& job, JobEvent event) {
   event.time = clock_->Now();
   event.sequence = Sequence(++followed.sequence);
   for (const auto& [token, watcher] : followed.watchers) watcher->OnJobEvent(event);
+  for (JobWatcher* observer : observers_) observer->OnJobEvent(event);
   if (event.kind == JobEvent::Kind::kResult) jobs_.erase(job.id);
+}
+
+void JobEventHub::NotifyObservers(const Job& job, JobEvent event) {
+  absl::MutexLock lock(&mu_);
+  event.job_id = job.id;
+  event.time = clock_->Now();
+  for (JobWatcher* observer : observers_) observer->OnJobEvent(event);
+}
+
+void JobEventHub::AddObserver(JobWatcher* observer) {
+  absl::MutexLock lock(&mu_);
+  observers_.push_back(observer);
 }
 
 absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,

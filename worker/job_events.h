@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -21,7 +22,8 @@
 namespace quantd::worker {
 
 struct JobEvent {
-  enum class Kind { kSnapshot, kStateChanged, kPhaseStarted, kPhaseFinished, kCalibrationProgress, kResult };
+  // kSubmitted (a new job was created here) goes to observers only.
+  enum class Kind { kSnapshot, kStateChanged, kPhaseStarted, kPhaseFinished, kCalibrationProgress, kResult, kSubmitted };
   Kind kind = Kind::kSnapshot;
   std::string job_id;
   absl::Time time;
@@ -74,6 +76,12 @@ class JobEventHub {
 
   int WatcherCount(const std::string& job_id);
 
+  // `observer` gets every event of every job from now on (for metrics),
+  // under the same rules as a watcher's. It must outlive the hub.
+  void AddObserver(JobWatcher* observer);
+  // Tells only the observers (nobody watches a job that did not exist).
+  void NotifyObservers(const Job& job, JobEvent event);
+
   // Tells every watcher the hub is closing and drops them; later Subscribe
   // calls are UNAVAILABLE. A stopping server calls this first, so open watch
   // streams end at once instead of holding the shutdown for its grace period.
@@ -93,6 +101,7 @@ class JobEventHub {
   uint64_t generation_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Followed> jobs_ ABSL_GUARDED_BY(mu_);
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<JobWatcher*> observers_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

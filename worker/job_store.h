@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -91,6 +92,8 @@ class JobStore {
   virtual absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) = 0;
   // Unpublishes a version (its job and artifact stay). NOT_FOUND if absent.
   virtual absl::Status DeleteModelVersion(const std::string& name, int64_t version) = 0;
+  // How many jobs are in each state (every process's: for metrics).
+  virtual absl::StatusOr<std::map<JobState, int64_t>> CountByState() = 0;
   // After a restart: RUNNING jobs go back to QUEUED, or to FAILED once they
   // have been started `max_attempts` times. Returns how many of each.
   struct RecoveryCounts {

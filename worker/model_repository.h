@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "worker/artifact_store.h"
+#include "worker/dynamic_batcher.h"
 #include "worker/engine/data/dataset_spec.h"
 #include "worker/engine/servable_model.h"
 #include "worker/job_store.h"
@@ -45,14 +46,14 @@ struct ServedModelInfo {
   int64_t cost_bytes = 0;             // what it counts against the cache budget
 };
 
-class LoadedModel {
+class LoadedModel : public BatchableModel {
  public:
   LoadedModel(ServedModelInfo info, std::unique_ptr<engine::ServableModel> model)
       : info_(std::move(info)), model_(std::move(model)) {}
   const ServedModelInfo& info() const { return info_; }
   // `pixels`: `batch` samples of info().input_shape, before preprocessing
   // (applied here, in place).
-  absl::StatusOr<engine::ServingOutput> Run(std::vector<float> pixels, int64_t batch) const;
+  absl::StatusOr<engine::ServingOutput> Run(std::vector<float> pixels, int64_t batch) const override;
 
  private:
   friend class ModelRepository;

@@ -579,6 +579,19 @@ absl::StatusOr<std::vector<ModelVersion>> SqliteJobStore::ListModelVersions(cons
   return versions;
 }
 
+absl::StatusOr<std::map<JobState, int64_t>> SqliteJobStore::CountByState() {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  std::map<JobState, int64_t> counts;
+  while (true) {
+    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    counts[static_cast<JobState>(s.Int(0))] = s.Int(1);
+  }
+  return counts;
+}
+
 absl::StatusOr<ModelVersion> SqliteJobStore::GetModelVersion(const std::string& name, int64_t version) {
   absl::MutexLock lock(&mu_);
   Stmt s(db_,

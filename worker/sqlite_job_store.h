@@ -44,6 +44,7 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts,
                                                     absl::Time now) override;
   absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) override;
+  absl::StatusOr<std::map<JobState, int64_t>> CountByState() override;
   absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) override;
   absl::Status DeleteModelVersion(const std::string& name, int64_t version) override;
 

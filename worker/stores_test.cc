@@ -197,6 +197,21 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
   EXPECT_THAT(*(*store)->ActiveJobsUsing("/m.pt"), ::testing::ElementsAre("a", "e", "g"));
 }
 
+TEST(SqliteJobStoreTest, CountsJobsByState) {
+  auto store = SqliteJobStore::Open(TempDir("counts") + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_TRUE((*store)->CountByState()->empty());
+  for (const char* id : {"a", "b", "c", "d"}) ASSERT_TRUE((*store)->Create(NewJob(id, 1), 10).ok());
+  const absl::Time now = absl::FromUnixSeconds(10);
+  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // a runs
+  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // b runs
+  ASSERT_TRUE((*store)->Finish("b", 1, JobState::kFailed, JobResult(), now).ok());
+  auto counts = (*store)->CountByState();
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(*counts, (std::map<JobState, int64_t>{
+                         {JobState::kQueued, 2}, {JobState::kRunning, 1}, {JobState::kFailed, 1}}));
+}
+
 TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {
   auto store = SqliteJobStore::Open(TempDir("jobs") + "/jobs.db");
   ASSERT_TRUE(store.ok());

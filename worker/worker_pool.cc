@@ -66,6 +66,11 @@ absl::StatusOr<Job> WorkerPool::Submit(Job job) {
   job.attempt_count = 0;
   job.result.reset();
   QUANTD_ASSIGN_OR_RETURN(Job stored, store_->Create(job, options_.queue_capacity));
+  if (stored.id == job.id) {  // not an idempotent repeat of an earlier job
+    JobEvent submitted;
+    submitted.kind = JobEvent::Kind::kSubmitted;
+    events_.NotifyObservers(stored, submitted);
+  }
   {
     absl::MutexLock lock(&mu_);
     ++wakeups_;

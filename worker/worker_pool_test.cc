@@ -136,6 +136,7 @@ class FullDiskStore : public JobStore {
   absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) override {
     return real_->ListModelVersions(name);
   }
+  absl::StatusOr<std::map<JobState, int64_t>> CountByState() override { return real_->CountByState(); }
   absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) override {
     return real_->GetModelVersion(name, version);
   }

@@ -4,11 +4,15 @@
 
 #include <signal.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <random>
+#include <regex>
+#include <set>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -83,7 +87,9 @@ class Quantd {
         return ::testing::AssertionFailure() << "quantd exited " << *code << ": " << log();
       }
       if (fs::exists(dir_ + "/ports.json")) {
-        port_ = nlohmann::json::parse(ReadFileOrEmpty(dir_ + "/ports.json"))["grpc_port"].get<int>();
+        const nlohmann::json ports = nlohmann::json::parse(ReadFileOrEmpty(dir_ + "/ports.json"));
+        port_ = ports["grpc_port"].get<int>();
+        http_port_ = ports["metrics_port"].get<int>();
         return ::testing::AssertionSuccess();
       }
       child_->WaitFor(absl::Milliseconds(20));
@@ -124,6 +130,8 @@ class Quantd {
   // A command line quantd's own is appended to (and exec'd by), from the next Start.
   void set_launcher(std::vector<std::string> launcher) { launcher_ = std::move(launcher); }
   std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
+  // The HTTP port (/metrics, /v2) when started with --metrics_port=0.
+  std::string http_url() const { return absl::StrCat("http://127.0.0.1:", http_port_); }
   std::string log() const { return ReadFileOrEmpty(dir_ + "/quantd.log." + std::to_string(starts_)); }
   std::string dir() const { return dir_; }
   Subprocess& child() { return *child_; }
@@ -134,6 +142,7 @@ class Quantd {
   std::string dir_;
   std::unique_ptr<Subprocess> child_;
   int port_ = 0;
+  int http_port_ = -1;
   int starts_ = 0;
 };
 
@@ -287,11 +296,41 @@ grpc::Status Infer(inference::GRPCInferenceService::Stub& stub, const inference:
   return stub.ModelInfer(&context, request, response);
 }
 
+// curl, as a user would call the REST endpoints: the HTTP status and body.
+struct CurlResult {
+  int status = 0;
+  std::string body;
+};
+
+CurlResult Curl(const std::string& url, const std::vector<std::string>& args = {}) {
+  std::vector<std::string> argv = {"/usr/bin/curl", "-sS", "-o", "-", "-w", "\n%{http_code}"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back(url);
+  absl::StatusOr<RunResult> run = RunCommand(argv, absl::Seconds(60));
+  EXPECT_TRUE(run.ok() && run->exit_code == 0) << url << ": " << (run.ok() ? run->err : run.status().ToString());
+  CurlResult result;
+  if (!run.ok()) return result;
+  const size_t newline = run->out.rfind('\n');
+  if (newline == std::string::npos) return result;
+  result.status = std::atoi(run->out.c_str() + newline + 1);
+  result.body = run->out.substr(0, newline);
+  return result;
+}
+
+// The raw FP32 scores of one ModelInfer response.
+std::string Scores(const inference::ModelInferResponse& response) {
+  return response.raw_output_contents_size() == 1 ? response.raw_output_contents(0) : std::string();
+}
+
 // Issue #11: a job with a model name publishes version 1; the Open Inference
 // Protocol serves it (and its FP32 source) with exactly the accuracy the job
-// measured on the 10000 test images; bad requests name their field.
+// measured on the 10000 test images, over gRPC and REST; concurrent requests
+// are batched dynamically with bit-identical results; bad requests name
+// their field.
 TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly) {
-  Quantd quantd;
+  // A long batching delay, so concurrent requests surely meet (a full batch
+  // of 64 never waits).
+  Quantd quantd({"--metrics_port=0", "--max_queue_delay_us=20000"});
   ASSERT_TRUE(quantd.Start());
   RunResult submit = quantd.Ctl(SubmitArgs({absl::StrCat("--eval=", kTest), "--model_name=resnet8", "--wait"}));
   ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
@@ -403,6 +442,159 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_EQ(index.models(0).name(), "resnet8");
     EXPECT_EQ(index.models(1).name(), "resnet8.fp32");
     EXPECT_EQ(index.models(0).state(), "READY");
+  }
+  {  // Dynamic batching: 16 clients sending batch-1 requests at once get the
+     // scores of the same images run alone, bit for bit.
+    constexpr int kClients = 16, kPerClient = 4;
+    std::vector<std::string> alone(kClients * kPerClient);
+    for (size_t i = 0; i < alone.size(); ++i) {
+      inference::ModelInferResponse response;
+      ASSERT_TRUE(Infer(*stub, InferRequest("resnet8", test, i, 1), &response).ok());
+      ASSERT_EQ(response.parameters().at("executed_batch_size").int64_param(), 1);
+      alone[i] = Scores(response);
+    }
+    std::vector<std::string> together(alone.size());
+    std::vector<int64_t> batch_sizes(alone.size());
+    std::vector<grpc::Status> statuses(alone.size());
+    std::vector<std::thread> clients;
+    for (int c = 0; c < kClients; ++c) {
+      clients.emplace_back([&, c] {
+        for (int k = 0; k < kPerClient; ++k) {
+          const size_t i = static_cast<size_t>(k * kClients + c);
+          inference::ModelInferResponse response;
+          statuses[i] = Infer(*stub, InferRequest("resnet8", test, i, 1), &response);
+          together[i] = Scores(response);
+          if (statuses[i].ok()) batch_sizes[i] = response.parameters().at("executed_batch_size").int64_param();
+        }
+      });
+    }
+    for (std::thread& t : clients) t.join();
+    int64_t largest = 0;
+    for (size_t i = 0; i < alone.size(); ++i) {
+      ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+      EXPECT_EQ(together[i], alone[i]) << "image " << i << " differs when batched with " << batch_sizes[i] - 1
+                                       << " others";
+      largest = std::max(largest, batch_sizes[i]);
+    }
+    EXPECT_GT(largest, 1) << "no two requests were ever batched together";
+    std::cout << "dynamic batching: " << alone.size() << " batch-1 requests from " << kClients
+              << " clients; largest pass " << largest << "; scores bit-identical to unbatched\n";
+  }
+  {  // REST (KServe v2) with curl: health, metadata, JSON and binary infer,
+     // the same scores as gRPC, errors as {"error": ...} naming the field.
+    const std::string v2 = quantd.http_url() + "/v2";
+    EXPECT_EQ(Curl(v2 + "/health/live").status, 200);
+    CurlResult ready = Curl(v2 + "/health/ready");
+    EXPECT_EQ(ready.status, 200) << ready.body;
+    CurlResult server = Curl(v2);
+    nlohmann::json server_metadata = nlohmann::json::parse(server.body, nullptr, false);
+    ASSERT_TRUE(server_metadata.is_object()) << server.body;
+    EXPECT_EQ(server_metadata["name"], "quantd") << server.body;
+    CurlResult metadata = Curl(v2 + "/models/resnet8");
+    ASSERT_EQ(metadata.status, 200) << metadata.body;
+    nlohmann::json meta = nlohmann::json::parse(metadata.body, nullptr, false);
+    EXPECT_EQ(meta["inputs"][0]["shape"], nlohmann::json::parse("[-1, 3, 32, 32]")) << metadata.body;
+    EXPECT_EQ(Curl(v2 + "/models/resnet8/versions/1/ready").status, 200);
+
+    inference::ModelInferResponse grpc_response;
+    ASSERT_TRUE(Infer(*stub, InferRequest("resnet8", test, 0, 2), &grpc_response).ok());
+    std::vector<float> grpc_scores(20);
+    std::memcpy(grpc_scores.data(), Scores(grpc_response).data(), 80);
+    std::vector<int> pixels(test.pixels.begin(), test.pixels.begin() + 2 * 3072);
+    for (int& p : pixels) p &= 0xff;
+    nlohmann::json body = {{"id", "rest-1"},
+                           {"inputs", {{{"name", "input"}, {"shape", {2, 3, 32, 32}}, {"datatype", "UINT8"},
+                                        {"data", pixels}}}}};
+    const std::string body_file = quantd.dir() + "/infer.json";
+    std::ofstream(body_file) << body.dump();
+    CurlResult infer = Curl(v2 + "/models/resnet8/infer",
+                            {"-H", "Content-Type: application/json", "--data-binary", "@" + body_file});
+    ASSERT_EQ(infer.status, 200) << infer.body;
+    nlohmann::json answer = nlohmann::json::parse(infer.body, nullptr, false);
+    EXPECT_EQ(answer["id"], "rest-1");
+    EXPECT_EQ(answer["model_version"], "1");
+    EXPECT_EQ(answer["outputs"][0]["shape"], nlohmann::json::parse("[2, 10]"));
+    EXPECT_EQ(answer["outputs"][0]["data"].get<std::vector<float>>(), grpc_scores) << infer.body;
+
+    // The binary tensor data extension, both ways.
+    nlohmann::json header = {
+        {"inputs", {{{"name", "input"}, {"shape", {2, 3, 32, 32}}, {"datatype", "UINT8"},
+                     {"parameters", {{"binary_data_size", 2 * 3072}}}}}},
+        {"outputs", {{{"name", "output"}, {"parameters", {{"binary_data", true}}}}}}};
+    const std::string header_text = header.dump();
+    const std::string binary_file = quantd.dir() + "/infer.bin";
+    std::ofstream(binary_file, std::ios::binary) << header_text << test.pixels.substr(0, 2 * 3072);
+    const std::string headers_file = quantd.dir() + "/infer.headers";
+    CurlResult binary = Curl(v2 + "/models/resnet8/versions/1/infer",
+                             {"-H", "Content-Type: application/octet-stream", "-H",
+                              absl::StrCat("Inference-Header-Content-Length: ", header_text.size()), "-D",
+                              headers_file, "--data-binary", "@" + binary_file});
+    ASSERT_EQ(binary.status, 200) << binary.body;
+    const std::string headers = ReadFileOrEmpty(headers_file);
+    const size_t at = headers.find("Inference-Header-Content-Length: ");
+    ASSERT_NE(at, std::string::npos) << headers;
+    const size_t json_size = std::stoul(headers.substr(at + 33));
+    ASSERT_EQ(binary.body.size(), json_size + 80) << binary.body;
+    EXPECT_EQ(binary.body.substr(json_size), Scores(grpc_response));
+
+    auto expect_rest_error = [&](const std::string& url, const std::string& payload, int status,
+                                 const std::string& field) {
+      std::ofstream(body_file, std::ios::trunc) << payload;
+      CurlResult r = Curl(url, {"-H", "Content-Type: application/json", "--data-binary", "@" + body_file});
+      EXPECT_EQ(r.status, status) << url << " " << r.body;
+      nlohmann::json error = nlohmann::json::parse(r.body, nullptr, false);
+      ASSERT_TRUE(error.is_object()) << r.body;
+      EXPECT_THAT(error.value("error", ""), HasSubstr(field)) << r.body;
+    };
+    nlohmann::json wrong_shape = body;
+    wrong_shape["inputs"][0]["shape"] = {2, 3, 31, 32};
+    expect_rest_error(v2 + "/models/resnet8/infer", wrong_shape.dump(), 400, "inputs[0].shape");
+    nlohmann::json short_data = body;
+    short_data["inputs"][0]["data"] = {1, 2, 3};
+    expect_rest_error(v2 + "/models/resnet8/infer", short_data.dump(), 400, "uint_contents");
+    expect_rest_error(v2 + "/models/nope/infer", body.dump(), 404, "nope");
+    expect_rest_error(v2 + "/models/resnet8/versions/9/infer", body.dump(), 404, "no version 9");
+    expect_rest_error(v2 + "/models/resnet8/infer", "{not json", 400, "body");
+    EXPECT_EQ(Curl(v2 + "/models/nope/ready").status, 404);
+  }
+  {  // The metrics count it: requests by code, samples and executed passes.
+    CurlResult metrics = Curl(quantd.http_url() + "/metrics");
+    ASSERT_EQ(metrics.status, 200);
+    EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_requests_total{code="OK",model="resnet8",version="1"})"));
+    EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_requests_total{code="NOT_FOUND",model="",version=""})"));
+    EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_executions_total{model="resnet8",version="1"})"));
+    EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_samples_total{model="resnet8.fp32",version="1"} 10000)"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_inference_queue_duration_seconds_bucket"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_inference_models_loaded 2"));
+    // Jobs: what ran here, and the store's figures.
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_jobs_submitted_total 1\n"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_jobs_finished_total{state=\"succeeded\"} 1\n"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_jobs_finished_total{state=\"failed\"} 0\n"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_jobs{state=\"succeeded\"} 1\n"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_jobs{state=\"queued\"} 0\n"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_job_phase_duration_seconds_count{phase=\"calibrating\"} 1\n"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_calibration_samples_total 1000\n"));
+    EXPECT_THAT(metrics.body, HasSubstr(absl::StrCat(
+                                  "quantd_model_accuracy_ratio{model=\"resnet8\",precision=\"int8\",version=\"1\"} ",
+                                  job_int8_correct / 10000.0)));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_model_accuracy_ratio{model=\"resnet8\",precision=\"fp32\",version=\"1\"} 0.8719"));
+    EXPECT_THAT(metrics.body, HasSubstr("quantd_data_dir_bytes "));
+    // Every metric the alert rules and the dashboard use is exported and has
+    // a sample now (a job and inferences have run).
+    std::set<std::string> used;
+    for (const char* file : {"/deploy/prometheus/rules.yml", "/deploy/grafana/quantd-dashboard.json"}) {
+      const std::string text = ReadFileOrEmpty(std::string(SOURCE_DIR) + file);
+      ASSERT_FALSE(text.empty()) << file;
+      const std::regex name(R"(quantd_[a-z0-9_]+)");
+      for (auto it = std::sregex_iterator(text.begin(), text.end(), name); it != std::sregex_iterator(); ++it) {
+        used.insert(it->str());
+      }
+    }
+    EXPECT_GT(used.size(), 15u);
+    for (const std::string& metric : used) {
+      const std::regex sample("(^|\n)" + metric + R"((\{[^\n]*\})? [0-9])");
+      EXPECT_TRUE(std::regex_search(metrics.body, sample)) << metric << " is used by deploy/ but has no sample";
+    }
   }
   RunResult models = quantd.Ctl({"models"});
   EXPECT_THAT(models.out, HasSubstr("resnet8"));

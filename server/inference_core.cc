@@ -1,0 +1,135 @@
+#include "server/inference_core.h"
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/inference_conversion.h"
+#include "worker/engine/base/status_macros.h"
+
+namespace quantd {
+namespace {
+
+constexpr char kPlatform[] = "pytorch_torchscript";
+
+}  // namespace
+
+bool InferenceCore::ServerReady() const {
+  return deps_.health->GetServingStatus("") == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+absl::StatusOr<bool> InferenceCore::ModelReady(const std::string& name, const std::string& version,
+                                               const std::string& version_field) {
+  QUANTD_ASSIGN_OR_RETURN(int64_t number, ParseModelVersion(version, version_field));
+  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = deps_.models->Load(name, number);
+  if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
+  // Unknown names are an error; a version that cannot run here is "not ready".
+  if (!model.ok() && (model.status().code() == absl::StatusCode::kNotFound ||
+                      model.status().code() == absl::StatusCode::kInvalidArgument)) {
+    return model.status();
+  }
+  return model.ok();
+}
+
+void InferenceCore::ServerMetadata(inference::ServerMetadataResponse* response) const {
+  response->set_name("quantd");
+  response->set_version(deps_.server_version);
+  response->add_extensions("classification");
+  response->add_extensions("model_repository");
+  response->add_extensions("binary_tensor_data");
+}
+
+absl::Status InferenceCore::ModelMetadata(const std::string& name, const std::string& version,
+                                          const std::string& version_field,
+                                          inference::ModelMetadataResponse* response) {
+  QUANTD_ASSIGN_OR_RETURN(int64_t number, ParseModelVersion(version, version_field));
+  QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const worker::LoadedModel> model, deps_.models->Load(name, number));
+  if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
+  const worker::ServedModelInfo& info = model->info();
+  response->set_name(info.name);
+  response->set_platform(kPlatform);
+  QUANTD_ASSIGN_OR_RETURN(std::vector<worker::ModelVersion> versions, deps_.jobs->ListModelVersions(info.base_name));
+  for (const worker::ModelVersion& v : versions) response->add_versions(std::to_string(v.version));
+  auto* input = response->add_inputs();
+  input->set_name("input");
+  input->set_datatype("FP32");  // UINT8 is accepted as well
+  input->add_shape(-1);
+  for (int64_t d : info.input_shape) input->add_shape(d);
+  auto* output = response->add_outputs();
+  output->set_name(OutputTensorName());
+  output->set_datatype("FP32");
+  output->add_shape(-1);
+  for (int64_t d : info.output_shape) output->add_shape(d);
+  return absl::OkStatus();
+}
+
+absl::Status InferenceCore::RepositoryIndex(const inference::RepositoryIndexRequest& request,
+                                            inference::RepositoryIndexResponse* response) {
+  QUANTD_ASSIGN_OR_RETURN(std::vector<worker::ModelVersion> versions, deps_.jobs->ListModelVersions(""));
+  for (const worker::ModelVersion& v : versions) {
+    for (const bool fp32 : {false, true}) {
+      const bool loaded = deps_.models->IsLoaded(v.name, v.version, fp32);
+      if (request.ready() && !loaded) continue;
+      auto* entry = response->add_models();
+      entry->set_name(fp32 ? absl::StrCat(v.name, ".fp32") : v.name);
+      entry->set_version(std::to_string(v.version));
+      entry->set_state(loaded ? "READY" : "UNAVAILABLE");
+      if (!loaded) entry->set_reason("not loaded; loads on its first request");
+    }
+  }
+  return absl::OkStatus();
+}
+
+void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
+                               absl::AnyInvocable<void(absl::Status) &&> done) {
+  InferenceStats* stats = deps_.stats;
+  const std::string& name = request.model_name();
+  // Labels only for published versions: a request for an unknown name is
+  // counted under model="" (label values stay bounded).
+  auto fail_before_queue = [&](absl::Status status, const worker::ServedModelInfo* info) {
+    if (stats != nullptr) {
+      stats->RecordRequest(info != nullptr ? info->name : "", info != nullptr ? info->version : 0, status.code(), 0,
+                           nullptr);
+    }
+    std::move(done)(std::move(status));
+  };
+  if (name.empty()) return fail_before_queue(absl::InvalidArgumentError("model_name: required"), nullptr);
+  absl::StatusOr<int64_t> number = ParseModelVersion(request.model_version(), "model_version");
+  if (!number.ok()) return fail_before_queue(number.status(), nullptr);
+  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded = deps_.models->Load(name, *number);
+  if (stats != nullptr) stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
+  if (!loaded.ok()) return fail_before_queue(loaded.status(), nullptr);
+  std::shared_ptr<const worker::LoadedModel> model = *std::move(loaded);
+  const worker::ServedModelInfo& info = model->info();
+  absl::StatusOr<DecodedBatch> batch = DecodeInferInput(request, info, max_batch_size());
+  if (!batch.ok()) return fail_before_queue(batch.status(), &info);
+  const int64_t samples = batch->batch;
+  // `done` moves into the callback only once the request is queued.
+  auto shared_done = std::make_shared<absl::AnyInvocable<void(absl::Status) &&>>(std::move(done));
+  absl::Status queued = deps_.batcher->Submit(
+      model, std::move(batch->pixels), samples,
+      [model, &request, response, shared_done, stats, samples](absl::StatusOr<engine::ServingOutput> output,
+                                                               const worker::BatchStats& ran) {
+        const worker::ServedModelInfo& info = model->info();
+        absl::Status status = output.status();
+        if (output.ok()) {
+          response->set_model_name(info.name);
+          response->set_model_version(std::to_string(info.version));
+          response->set_id(request.id());
+          auto& parameters = *response->mutable_parameters();
+          parameters["kernel_engine"].set_string_param(info.kernel_engine);
+          // quantd's own: how many samples the pass this request joined had.
+          parameters["executed_batch_size"].set_int64_param(ran.executed_batch_size);
+          status = EncodeInferOutputs(request, info, *output, response);
+        }
+        if (stats != nullptr) stats->RecordRequest(info.name, info.version, status.code(), samples, &ran);
+        std::move (*shared_done)(std::move(status));
+      });
+  if (!queued.ok()) {
+    if (stats != nullptr) stats->RecordRequest(info.name, info.version, queued.code(), 0, nullptr);
+    std::move(*shared_done)(std::move(queued));
+  }
+}
+
+}  // namespace quantd

@@ -1,0 +1,63 @@
+#ifndef QUANTD_SERVER_INFERENCE_CORE_H_
+#define QUANTD_SERVER_INFERENCE_CORE_H_
+
+// The Open Inference Protocol, once, on its messages: both edges (gRPC's
+// inference.GRPCInferenceService and REST's /v2) authenticate and convert,
+// then call here. A request resolves its version in the job store, gets the
+// loaded model from the repository, is checked and decoded, and runs on the
+// dynamic batcher; there is no other inference path.
+
+#include <cstdint>
+#include <string>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "inference/grpc_predict_v2.pb.h"
+#include "server/health_service.h"
+#include "server/inference_stats.h"
+#include "worker/dynamic_batcher.h"
+#include "worker/job_store.h"
+#include "worker/model_repository.h"
+
+namespace quantd {
+
+class InferenceCore {
+ public:
+  struct Deps {
+    worker::ModelRepository* models = nullptr;
+    worker::JobStore* jobs = nullptr;
+    worker::DynamicBatcher* batcher = nullptr;
+    const HealthService* health = nullptr;
+    InferenceStats* stats = nullptr;  // may be null
+    std::string server_version;
+  };
+  explicit InferenceCore(const Deps& deps) : deps_(deps) {}
+
+  bool ServerReady() const;
+  // Whether the version can serve here; NOT_FOUND for an unknown one.
+  // `version` is the protocol's string ("" = newest), `version_field` names
+  // it in errors.
+  absl::StatusOr<bool> ModelReady(const std::string& name, const std::string& version,
+                                  const std::string& version_field);
+  void ServerMetadata(inference::ServerMetadataResponse* response) const;
+  absl::Status ModelMetadata(const std::string& name, const std::string& version, const std::string& version_field,
+                             inference::ModelMetadataResponse* response);
+  absl::Status RepositoryIndex(const inference::RepositoryIndexRequest& request,
+                               inference::RepositoryIndexResponse* response);
+
+  // Loads and checks on the caller's thread, then queues on the batcher.
+  // `done` gets the outcome once `response` is filled: on an inference
+  // thread, or on the caller's when the request fails before the queue.
+  // `request` and `response` must stay alive until then.
+  void ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
+                  absl::AnyInvocable<void(absl::Status) &&> done);
+
+  int64_t max_batch_size() const { return deps_.batcher->options().max_batch_size; }
+
+ private:
+  const Deps deps_;
+};
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_INFERENCE_CORE_H_

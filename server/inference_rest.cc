@@ -1,0 +1,427 @@
+#include "server/inference_rest.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "server/audit_log.h"
+
+namespace quantd {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr char kBinaryHeader[] = "Inference-Header-Content-Length";
+
+HttpReply JsonReply(int status, const Json& body) {
+  HttpReply reply;
+  reply.status = status;
+  // Invalid UTF-8 (a model name echoed from a request) is replaced, not thrown.
+  reply.body = body.dump(-1, ' ', false, Json::error_handler_t::replace);
+  return reply;
+}
+
+HttpReply ErrorReply(const absl::Status& status) {
+  HttpReply reply = JsonReply(HttpStatusForCode(status.code()), Json{{"error", std::string(status.message())}});
+  if (status.code() == absl::StatusCode::kUnauthenticated) reply.headers.emplace_back("WWW-Authenticate", "Bearer");
+  return reply;
+}
+
+// /v2/models/{m}[/versions/{v}][/{action}] split into its parts.
+struct ModelPath {
+  std::string name;
+  std::string version;
+  std::string action;  // "", "ready", "infer"
+};
+
+absl::StatusOr<ModelPath> ParseModelPath(const std::vector<std::string>& parts) {
+  // parts: "", "v2", "models", m, ...
+  ModelPath path;
+  path.name = parts[3];
+  size_t next = 4;
+  if (parts.size() > next + 1 && parts[next] == "versions") {
+    path.version = parts[next + 1];
+    next += 2;
+  }
+  if (parts.size() == next + 1) {
+    path.action = parts[next];
+  } else if (parts.size() != next) {
+    return absl::NotFoundError("no such endpoint");
+  }
+  if (path.name.empty()) return absl::InvalidArgumentError("model name: empty");
+  if (!path.action.empty() && path.action != "ready" && path.action != "infer") {
+    return absl::NotFoundError(absl::StrCat("no such endpoint: \"", path.action.substr(0, 40), "\""));
+  }
+  return path;
+}
+
+// Row-major values of a (possibly nested) JSON array.
+absl::Status Flatten(const Json& data, const std::string& field, std::vector<const Json*>* out, int depth = 0) {
+  if (!data.is_array()) {
+    out->push_back(&data);
+    return absl::OkStatus();
+  }
+  if (depth > 16) return absl::InvalidArgumentError(absl::StrCat(field, ": nested deeper than 16"));
+  for (const Json& item : data) {
+    absl::Status status = Flatten(item, field, out, depth + 1);
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ToParameter(const Json& value, const std::string& field, inference::InferParameter* parameter) {
+  if (value.is_boolean()) {
+    parameter->set_bool_param(value.get<bool>());
+  } else if (value.is_number_integer()) {
+    parameter->set_int64_param(value.get<int64_t>());
+  } else if (value.is_number()) {
+    parameter->set_double_param(value.get<double>());
+  } else if (value.is_string()) {
+    parameter->set_string_param(value.get<std::string>());
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": a boolean, number or string"));
+  }
+  return absl::OkStatus();
+}
+
+Json FromParameter(const inference::InferParameter& parameter) {
+  switch (parameter.parameter_choice_case()) {
+    case inference::InferParameter::kBoolParam:
+      return parameter.bool_param();
+    case inference::InferParameter::kInt64Param:
+      return parameter.int64_param();
+    case inference::InferParameter::kStringParam:
+      return parameter.string_param();
+    case inference::InferParameter::kDoubleParam:
+      return parameter.double_param();
+    case inference::InferParameter::kUint64Param:
+      return parameter.uint64_param();
+    default:
+      return nullptr;
+  }
+}
+
+// The JSON (and binary) body of an infer call as the gRPC message. Sets
+// `binary_outputs` when the caller wants outputs as binary data.
+absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, inference::ModelInferRequest* request,
+                            bool* binary_outputs) {
+  size_t header_size = call.body.size();
+  if (!call.inference_header_length.empty()) {
+    uint64_t size = 0;
+    if (!absl::SimpleAtoi(call.inference_header_length, &size) || size > call.body.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(kBinaryHeader, ": \"", call.inference_header_length.substr(0, 20),
+                                                     "\" is not a length within the body's ", call.body.size(),
+                                                     " bytes"));
+    }
+    header_size = static_cast<size_t>(size);
+  }
+  Json body = Json::parse(call.body.begin(), call.body.begin() + static_cast<std::ptrdiff_t>(header_size), nullptr,
+                          /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object()) {
+    return absl::InvalidArgumentError("body: not a JSON object (the inference request)");
+  }
+  request->set_model_name(path.name);
+  request->set_model_version(path.version);
+  if (body.contains("id")) {
+    if (!body["id"].is_string()) return absl::InvalidArgumentError("id: a string");
+    request->set_id(body["id"].get<std::string>());
+  }
+  *binary_outputs = false;
+  if (body.contains("parameters")) {
+    const Json& parameters = body["parameters"];
+    if (!parameters.is_object()) return absl::InvalidArgumentError("parameters: an object");
+    for (const auto& [key, value] : parameters.items()) {
+      if (key == "binary_data_output" && value.is_boolean()) *binary_outputs = value.get<bool>();
+      absl::Status status = ToParameter(value, absl::StrCat("parameters.", key), &(*request->mutable_parameters())[key]);
+      if (!status.ok()) return status;
+    }
+  }
+  if (!body.contains("inputs") || !body["inputs"].is_array()) return absl::InvalidArgumentError("inputs: required array");
+  size_t binary_offset = header_size;
+  for (size_t i = 0; i < body["inputs"].size(); ++i) {
+    const Json& in = body["inputs"][i];
+    const std::string field = absl::StrCat("inputs[", i, "]");
+    if (!in.is_object()) return absl::InvalidArgumentError(absl::StrCat(field, ": an object"));
+    auto* tensor = request->add_inputs();
+    if (!in.contains("name") || !in["name"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".name: required string"));
+    }
+    tensor->set_name(in["name"].get<std::string>());
+    if (!in.contains("datatype") || !in["datatype"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".datatype: required string"));
+    }
+    tensor->set_datatype(in["datatype"].get<std::string>());
+    if (!in.contains("shape") || !in["shape"].is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".shape: required array"));
+    }
+    for (const Json& d : in["shape"]) {
+      if (!d.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(field, ".shape: integers"));
+      tensor->add_shape(d.get<int64_t>());
+    }
+    int64_t binary_size = -1;
+    if (in.contains("parameters")) {
+      if (!in["parameters"].is_object()) return absl::InvalidArgumentError(absl::StrCat(field, ".parameters: an object"));
+      for (const auto& [key, value] : in["parameters"].items()) {
+        if (key == "binary_data_size") {
+          if (!value.is_number_unsigned()) {
+            return absl::InvalidArgumentError(absl::StrCat(field, ".parameters.binary_data_size: a byte count"));
+          }
+          binary_size = value.get<int64_t>();
+          continue;
+        }
+        absl::Status status = ToParameter(value, absl::StrCat(field, ".parameters.", key),
+                                          &(*tensor->mutable_parameters())[key]);
+        if (!status.ok()) return status;
+      }
+    }
+    if (binary_size >= 0) {
+      if (in.contains("data")) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".data: not allowed with binary_data_size"));
+      }
+      if (static_cast<uint64_t>(binary_size) > call.body.size() - binary_offset) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".parameters.binary_data_size: ", binary_size,
+                                                       " bytes, but only ", call.body.size() - binary_offset,
+                                                       " follow the JSON header"));
+      }
+      request->add_raw_input_contents()->assign(call.body, binary_offset, static_cast<size_t>(binary_size));
+      binary_offset += static_cast<size_t>(binary_size);
+      continue;
+    }
+    if (!in.contains("data")) return absl::InvalidArgumentError(absl::StrCat(field, ".data: required"));
+    std::vector<const Json*> values;
+    absl::Status flattened = Flatten(in["data"], absl::StrCat(field, ".data"), &values);
+    if (!flattened.ok()) return flattened;
+    auto* contents = tensor->mutable_contents();
+    for (size_t k = 0; k < values.size(); ++k) {
+      const Json& v = *values[k];
+      if (tensor->datatype() == "UINT8") {
+        if (!v.is_number_unsigned() || v.get<uint64_t>() > 255) {
+          return absl::InvalidArgumentError(absl::StrCat(field, ".data[", k, "]: not a UINT8"));
+        }
+        contents->add_uint_contents(v.get<uint32_t>());
+      } else {
+        if (!v.is_number()) return absl::InvalidArgumentError(absl::StrCat(field, ".data[", k, "]: not a number"));
+        contents->add_fp32_contents(v.get<float>());
+      }
+    }
+  }
+  if (binary_offset != call.body.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("body: ", call.body.size() - binary_offset,
+                                                   " bytes after the inputs' binary data"));
+  }
+  if (request->raw_input_contents_size() > 0 && request->raw_input_contents_size() != request->inputs_size()) {
+    return absl::InvalidArgumentError("inputs: binary data for some inputs and JSON data for others");
+  }
+  if (body.contains("outputs")) {
+    if (!body["outputs"].is_array()) return absl::InvalidArgumentError("outputs: an array");
+    for (size_t i = 0; i < body["outputs"].size(); ++i) {
+      const Json& out = body["outputs"][i];
+      const std::string field = absl::StrCat("outputs[", i, "]");
+      if (!out.is_object() || !out.contains("name") || !out["name"].is_string()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".name: required string"));
+      }
+      auto* wanted = request->add_outputs();
+      wanted->set_name(out["name"].get<std::string>());
+      if (!out.contains("parameters")) continue;
+      if (!out["parameters"].is_object()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".parameters: an object"));
+      }
+      for (const auto& [key, value] : out["parameters"].items()) {
+        if (key == "binary_data") {
+          if (!value.is_boolean()) return absl::InvalidArgumentError(absl::StrCat(field, ".parameters.binary_data: a boolean"));
+          if (value.get<bool>()) *binary_outputs = true;
+          continue;
+        }
+        absl::Status status = ToParameter(value, absl::StrCat(field, ".parameters.", key),
+                                          &(*wanted->mutable_parameters())[key]);
+        if (!status.ok()) return status;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The gRPC response as JSON; binary outputs go after it.
+HttpReply FromInferResponse(const inference::ModelInferResponse& response, bool binary_outputs) {
+  Json body = {{"model_name", response.model_name()}, {"model_version", response.model_version()}};
+  if (!response.id().empty()) body["id"] = response.id();
+  Json parameters = Json::object();
+  for (const auto& [key, value] : response.parameters()) parameters[key] = FromParameter(value);
+  body["parameters"] = parameters;
+  Json outputs = Json::array();
+  std::string binary;
+  for (int i = 0; i < response.outputs_size(); ++i) {
+    const auto& tensor = response.outputs(i);
+    const std::string& raw = i < response.raw_output_contents_size() ? response.raw_output_contents(i) : "";
+    Json out = {{"name", tensor.name()}, {"datatype", tensor.datatype()},
+                {"shape", std::vector<int64_t>(tensor.shape().begin(), tensor.shape().end())}};
+    if (binary_outputs) {
+      out["parameters"] = {{"binary_data_size", raw.size()}};
+      binary += raw;
+    } else if (tensor.datatype() == "FP32") {
+      std::vector<float> values(raw.size() / sizeof(float));
+      std::memcpy(values.data(), raw.data(), values.size() * sizeof(float));
+      out["data"] = values;
+    } else {  // BYTES: 4-byte little-endian length, then the bytes
+      std::vector<std::string> values;
+      for (size_t at = 0; at + 4 <= raw.size();) {
+        uint32_t size = 0;
+        std::memcpy(&size, raw.data() + at, 4);
+        values.emplace_back(raw.substr(at + 4, size));
+        at += 4 + size;
+      }
+      out["data"] = values;
+    }
+    outputs.push_back(std::move(out));
+  }
+  body["outputs"] = std::move(outputs);
+  HttpReply reply = JsonReply(200, body);
+  if (binary_outputs) {
+    reply.headers.emplace_back(kBinaryHeader, std::to_string(reply.body.size()));
+    reply.content_type = "application/octet-stream";
+    reply.body += binary;
+  }
+  return reply;
+}
+
+Json TensorMetadata(const inference::ModelMetadataResponse::TensorMetadata& tensor) {
+  return {{"name", tensor.name()},
+          {"datatype", tensor.datatype()},
+          {"shape", std::vector<int64_t>(tensor.shape().begin(), tensor.shape().end())}};
+}
+
+}  // namespace
+
+int HttpStatusForCode(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kAborted:
+      return 409;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kCancelled:
+      return 499;
+    case absl::StatusCode::kUnimplemented:
+      return 501;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+bool InferenceRest::Owns(const std::string& path) { return path == "/v2" || absl::StartsWith(path, "/v2/"); }
+
+HttpReply InferenceRest::Handle(const HttpCall& call) {
+  const std::string what = absl::StrCat(call.method, " ", call.path);
+  // Liveness and readiness are open, like the gRPC health service.
+  if (call.path == "/v2/health/live" && call.method == "GET") return JsonReply(200, Json{{"live", true}});
+  if (call.path == "/v2/health/ready" && call.method == "GET") {
+    const bool ready = core_->ServerReady();
+    // The protocol: 200 is true, a 4xx false (Kubernetes fails the probe).
+    return JsonReply(ready ? 200 : 400, Json{{"ready", ready}});
+  }
+  absl::StatusOr<Principal> caller = auth_->Authorize(call.authorization, Role::kRead, what);
+  if (!caller.ok()) {
+    AuditLine("", call.remote, what, "", caller.status());
+    return ErrorReply(caller.status());
+  }
+  const std::vector<std::string> parts = absl::StrSplit(call.path, '/');
+  if (call.path == "/v2" || call.path == "/v2/") {
+    if (call.method != "GET") return ErrorReply(absl::UnimplementedError(absl::StrCat(what, ": use GET")));
+    inference::ServerMetadataResponse metadata;
+    core_->ServerMetadata(&metadata);
+    return JsonReply(200, Json{{"name", metadata.name()},
+                               {"version", metadata.version()},
+                               {"extensions", std::vector<std::string>(metadata.extensions().begin(),
+                                                                       metadata.extensions().end())}});
+  }
+  if (call.path == "/v2/repository/index") {
+    if (call.method != "POST") return ErrorReply(absl::UnimplementedError(absl::StrCat(what, ": use POST")));
+    inference::RepositoryIndexRequest request;
+    if (!call.body.empty()) {
+      Json body = Json::parse(call.body, nullptr, /*allow_exceptions=*/false);
+      if (body.is_discarded() || !body.is_object()) return ErrorReply(absl::InvalidArgumentError("body: a JSON object"));
+      if (body.contains("ready")) {
+        if (!body["ready"].is_boolean()) return ErrorReply(absl::InvalidArgumentError("ready: a boolean"));
+        request.set_ready(body["ready"].get<bool>());
+      }
+    }
+    inference::RepositoryIndexResponse index;
+    absl::Status status = core_->RepositoryIndex(request, &index);
+    if (!status.ok()) return ErrorReply(status);
+    Json models = Json::array();
+    for (const auto& m : index.models()) {
+      Json entry = {{"name", m.name()}, {"version", m.version()}, {"state", m.state()}};
+      if (!m.reason().empty()) entry["reason"] = m.reason();
+      models.push_back(std::move(entry));
+    }
+    return JsonReply(200, models);
+  }
+  if (parts.size() < 4 || parts[1] != "v2" || parts[2] != "models") {
+    return ErrorReply(absl::NotFoundError(absl::StrCat("no such endpoint: ", call.path.substr(0, 100))));
+  }
+  absl::StatusOr<ModelPath> path = ParseModelPath(parts);
+  if (!path.ok()) return ErrorReply(path.status());
+  const std::string& want_method = path->action == "infer" ? "POST" : "GET";
+  if (call.method != want_method) {
+    return ErrorReply(absl::UnimplementedError(absl::StrCat(what, ": use ", want_method)));
+  }
+  if (path->action == "ready") {
+    absl::StatusOr<bool> ready = core_->ModelReady(path->name, path->version, "version");
+    if (!ready.ok()) return ErrorReply(ready.status());
+    return JsonReply(*ready ? 200 : 400, Json{{"name", path->name}, {"ready", *ready}});
+  }
+  if (path->action.empty()) {
+    inference::ModelMetadataResponse metadata;
+    absl::Status status = core_->ModelMetadata(path->name, path->version, "version", &metadata);
+    if (!status.ok()) return ErrorReply(status);
+    Json inputs = Json::array();
+    for (const auto& t : metadata.inputs()) inputs.push_back(TensorMetadata(t));
+    Json outputs = Json::array();
+    for (const auto& t : metadata.outputs()) outputs.push_back(TensorMetadata(t));
+    return JsonReply(200, Json{{"name", metadata.name()},
+                               {"versions", std::vector<std::string>(metadata.versions().begin(),
+                                                                     metadata.versions().end())},
+                               {"platform", metadata.platform()},
+                               {"inputs", inputs},
+                               {"outputs", outputs}});
+  }
+  inference::ModelInferRequest request;
+  bool binary_outputs = false;
+  absl::Status parsed = ToInferRequest(call, *path, &request, &binary_outputs);
+  if (!parsed.ok()) return ErrorReply(parsed);
+  inference::ModelInferResponse response;
+  absl::Notification done;
+  absl::Status outcome;
+  core_->ModelInfer(request, &response, [&](absl::Status status) {
+    outcome = std::move(status);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  if (!outcome.ok()) return ErrorReply(outcome);
+  return FromInferResponse(response, binary_outputs);
+}
+
+}  // namespace quantd

@@ -1,0 +1,45 @@
+#ifndef QUANTD_SERVER_INFERENCE_STATS_H_
+#define QUANTD_SERVER_INFERENCE_STATS_H_
+
+// Prometheus metrics of inference (after Triton's nv_inference_* families):
+// requests by model, version and status code, samples inferred, executed
+// passes (samples / passes is the average batch size), queue and compute
+// time, and the model cache. Label values are bounded by what is published:
+// model names with their ".fp32" twins, and version numbers.
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "worker/dynamic_batcher.h"
+
+namespace quantd {
+
+class InferenceStats {
+ public:
+  explicit InferenceStats(prometheus::Registry& registry);
+
+  // One finished ModelInfer. `ran` is set when it reached a forward pass.
+  void RecordRequest(const std::string& model, int64_t version, absl::StatusCode code, int64_t samples,
+                     const worker::BatchStats* ran);
+  // After a model is loaded or evicted.
+  void SetCache(int models, int64_t bytes);
+
+ private:
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Counter>& samples_;
+  prometheus::Family<prometheus::Counter>& executions_;
+  prometheus::Family<prometheus::Histogram>& queue_seconds_;
+  prometheus::Family<prometheus::Histogram>& compute_seconds_;
+  prometheus::Gauge& models_loaded_;
+  prometheus::Gauge& cache_bytes_;
+};
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_INFERENCE_STATS_H_

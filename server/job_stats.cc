@@ -1,0 +1,142 @@
+#include "server/job_stats.h"
+
+#include <set>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+
+namespace quantd {
+namespace {
+
+// From 10 ms (fusing a small model) to 1 h (calibrating a large one).
+prometheus::Histogram::BucketBoundaries PhaseBuckets() {
+  return {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
+}
+
+std::string Lower(const char* name) { return absl::AsciiStrToLower(name); }
+
+}  // namespace
+
+JobStats::JobStats(prometheus::Registry& registry)
+    : finished_(prometheus::BuildCounter()
+                    .Name("quantd_jobs_finished_total")
+                    .Help("Quantization jobs this process finished, by final state (succeeded, failed, cancelled).")
+                    .Register(registry)),
+      phase_seconds_(prometheus::BuildHistogram()
+                         .Name("quantd_job_phase_duration_seconds")
+                         .Help("Duration of each phase of the jobs this process ran, by phase.")
+                         .Register(registry)),
+      jobs_(prometheus::BuildGauge()
+                .Name("quantd_jobs")
+                .Help("Jobs in the job store by state (shared by every replica on the store: aggregate with max).")
+                .Register(registry)),
+      accuracy_(prometheus::BuildGauge()
+                    .Name("quantd_model_accuracy_ratio")
+                    .Help("Top-1 accuracy of each published model version as its job evaluated it, by precision "
+                          "(int8, fp32).")
+                    .Register(registry)),
+      submitted_(prometheus::BuildCounter()
+                     .Name("quantd_jobs_submitted_total")
+                     .Help("Quantization jobs created through this process (idempotent repeats not counted).")
+                     .Register(registry)
+                     .Add({})),
+      calibration_samples_(prometheus::BuildCounter()
+                               .Name("quantd_calibration_samples_total")
+                               .Help("Calibration samples (images) the jobs of this process ran through observers.")
+                               .Register(registry)
+                               .Add({})),
+      data_dir_bytes_(prometheus::BuildGauge()
+                          .Name("quantd_data_dir_bytes")
+                          .Help("Bytes in regular files under --data_dir (job store, artifacts, blobs).")
+                          .Register(registry)
+                          .Add({})) {
+  // Every state and final state exists from the start: a rate over a series
+  // that appears only with its first failure would miss that failure.
+  for (worker::JobState state : {worker::JobState::kSucceeded, worker::JobState::kFailed,
+                                 worker::JobState::kCancelled}) {
+    finished_.Add({{"state", Lower(worker::JobStateName(state))}});
+  }
+  for (worker::JobState state : {worker::JobState::kQueued, worker::JobState::kRunning, worker::JobState::kSucceeded,
+                                 worker::JobState::kFailed, worker::JobState::kCancelled}) {
+    jobs_.Add({{"state", Lower(worker::JobStateName(state))}});
+  }
+}
+
+void JobStats::OnJobEvent(const worker::JobEvent& event) {
+  switch (event.kind) {
+    case worker::JobEvent::Kind::kSubmitted:
+      submitted_.Increment();
+      break;
+    case worker::JobEvent::Kind::kStateChanged:
+      if (event.state == worker::JobState::kSucceeded || event.state == worker::JobState::kFailed ||
+          event.state == worker::JobState::kCancelled) {
+        finished_.Add({{"state", Lower(worker::JobStateName(event.state))}}).Increment();
+      }
+      break;
+    case worker::JobEvent::Kind::kPhaseFinished:
+      phase_seconds_.Add({{"phase", Lower(worker::JobPhaseName(event.phase.phase))}}, PhaseBuckets())
+          .Observe(event.phase.seconds);
+      break;
+    case worker::JobEvent::Kind::kCalibrationProgress: {
+      absl::MutexLock lock(&mu_);
+      int64_t& seen = calibrated_[event.job_id];
+      // A new attempt counts from 0 again.
+      const int64_t added = event.samples_done >= seen ? event.samples_done - seen : event.samples_done;
+      seen = event.samples_done;
+      calibration_samples_.Increment(static_cast<double>(added));
+      break;
+    }
+    case worker::JobEvent::Kind::kResult: {
+      absl::MutexLock lock(&mu_);
+      calibrated_.erase(event.job_id);
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+void JobStats::Refresh(worker::JobStore& jobs, const worker::DataQuota* quota) {
+  if (absl::StatusOr<std::map<worker::JobState, int64_t>> counts = jobs.CountByState(); counts.ok()) {
+    for (worker::JobState state : {worker::JobState::kQueued, worker::JobState::kRunning,
+                                   worker::JobState::kSucceeded, worker::JobState::kFailed,
+                                   worker::JobState::kCancelled}) {
+      auto it = counts->find(state);
+      jobs_.Add({{"state", Lower(worker::JobStateName(state))}})
+          .Set(it == counts->end() ? 0.0 : static_cast<double>(it->second));
+    }
+  }
+  if (quota != nullptr) {
+    if (absl::StatusOr<int64_t> used = quota->UsedBytes(); used.ok()) data_dir_bytes_.Set(static_cast<double>(*used));
+  }
+  absl::StatusOr<std::vector<worker::ModelVersion>> versions = jobs.ListModelVersions("");
+  if (!versions.ok()) return;
+  std::map<std::tuple<std::string, std::string, std::string>, double> now;
+  for (const worker::ModelVersion& v : *versions) {
+    absl::StatusOr<worker::Job> job = jobs.Get(v.job_id);
+    if (!job.ok() || !job->result.has_value()) continue;
+    const engine::QuantizeReport& report = job->result->report;
+    const std::string version = std::to_string(v.version);
+    if (report.int8_accuracy.has_value()) now[{v.name, version, "int8"}] = report.int8_accuracy->top1();
+    if (report.fp32_accuracy.has_value()) now[{v.name, version, "fp32"}] = report.fp32_accuracy->top1();
+  }
+  absl::MutexLock lock(&mu_);
+  for (auto it = accuracy_gauges_.begin(); it != accuracy_gauges_.end();) {
+    if (now.count(it->first) == 0) {
+      accuracy_.Remove(it->second);
+      it = accuracy_gauges_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& [key, top1] : now) {
+    prometheus::Gauge*& gauge = accuracy_gauges_[key];
+    if (gauge == nullptr) {
+      const auto& [model, version, precision] = key;
+      gauge = &accuracy_.Add({{"model", model}, {"version", version}, {"precision", precision}});
+    }
+    gauge->Set(top1);
+  }
+}
+
+}  // namespace quantd

@@ -1,0 +1,60 @@
+#ifndef QUANTD_SERVER_JOB_STATS_H_
+#define QUANTD_SERVER_JOB_STATS_H_
+
+// Prometheus metrics of quantization jobs. Counters are this process's
+// (submitted here, finished by its workers, by final state; phase durations;
+// calibration images); gauges are read from the job store at each scrape, so
+// with several replicas on one store each reports the same shared figures
+// (aggregate them with max, not sum): jobs by state, each published
+// version's accuracy as its job measured it, and the data dir's bytes.
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <map>
+#include <string>
+#include <tuple>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "worker/data_quota.h"
+#include "worker/job_events.h"
+#include "worker/job_store.h"
+
+namespace quantd {
+
+class JobStats : public worker::JobWatcher {
+ public:
+  explicit JobStats(prometheus::Registry& registry);
+
+  // From the event hub: new jobs, terminal states, phase timings, calibration
+  // progress.
+  void OnJobEvent(const worker::JobEvent& event) override;
+  // Reads the gauges' figures from the store (and the data dir's size, when
+  // `quota` is given). Called before each scrape.
+  void Refresh(worker::JobStore& jobs, const worker::DataQuota* quota);
+
+ private:
+  prometheus::Family<prometheus::Counter>& finished_;
+  prometheus::Family<prometheus::Histogram>& phase_seconds_;
+  prometheus::Family<prometheus::Gauge>& jobs_;
+  prometheus::Family<prometheus::Gauge>& accuracy_;
+  prometheus::Counter& submitted_;
+  prometheus::Counter& calibration_samples_;
+  prometheus::Gauge& data_dir_bytes_;
+
+  absl::Mutex mu_;
+  // Calibration samples seen so far per running job (progress is cumulative).
+  absl::flat_hash_map<std::string, int64_t> calibrated_ ABSL_GUARDED_BY(mu_);
+  // The accuracy gauges now exported, to drop those of deleted versions.
+  std::map<std::tuple<std::string, std::string, std::string>, prometheus::Gauge*> accuracy_gauges_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_JOB_STATS_H_

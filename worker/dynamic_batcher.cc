@@ -1,0 +1,151 @@
+#include "worker/dynamic_batcher.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace quantd::worker {
+
+DynamicBatcher::DynamicBatcher(const Options& options, Clock* clock) : options_(options), clock_(clock) {
+  const int threads = options_.threads < 1 ? 1 : options_.threads;
+  threads_.reserve(threads);
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+}
+
+DynamicBatcher::~DynamicBatcher() { Shutdown(); }
+
+absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model, std::vector<float> samples,
+                                    int64_t batch, Done done) {
+  if (batch < 1 || batch > options_.max_batch_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch of ", batch, " samples; 1..", options_.max_batch_size, " (--max_batch_size)"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("the server is shutting down");
+  ModelQueue& queue = queues_[model.get()];
+  if (static_cast<int64_t>(queue.requests.size()) >= options_.queue_capacity) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(queue.requests.size(), " requests already wait for this model (--inference_queue_capacity); "
+                     "retry with backoff"));
+  }
+  if (queue.model == nullptr) queue.model = std::move(model);
+  queue.samples += batch;
+  queue.requests.push_back(Request{std::move(samples), batch, std::move(done), clock_->Now()});
+  work_.Signal();
+  return absl::OkStatus();
+}
+
+void DynamicBatcher::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    work_.SignalAll();
+  }
+  for (std::thread& thread : threads_) thread.join();
+}
+
+bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
+  const absl::Time now = clock_->Now();
+  ModelQueue* due = nullptr;
+  *wake = absl::InfiniteFuture();
+  for (auto& [key, queue] : queues_) {
+    const absl::Time head = queue.requests.front().enqueued;
+    const bool full = !options_.batching || queue.samples >= options_.max_batch_size;
+    const absl::Time due_at = full || stopping_ ? head : head + options_.max_queue_delay;
+    if (due_at > now) {
+      *wake = std::min(*wake, due_at);
+      continue;
+    }
+    if (due == nullptr || head < due->requests.front().enqueued) due = &queue;
+  }
+  if (due == nullptr) return false;
+  pass->model = due->model;
+  int64_t samples = 0;
+  while (!due->requests.empty()) {
+    Request& next = due->requests.front();
+    if (!pass->requests.empty() && (!options_.batching || samples + next.batch > options_.max_batch_size)) break;
+    samples += next.batch;
+    pass->requests.push_back(std::move(next));
+    due->requests.pop_front();
+  }
+  due->samples -= samples;
+  if (due->requests.empty()) queues_.erase(pass->model.get());
+  return true;
+}
+
+void DynamicBatcher::Loop() {
+  mu_.Lock();
+  while (true) {
+    Pass pass;
+    absl::Time wake;
+    if (TakeDuePass(&pass, &wake)) {
+      // More may be due: let another thread look while this one runs.
+      if (!queues_.empty()) work_.Signal();
+      mu_.Unlock();
+      RunPass(std::move(pass));
+      mu_.Lock();
+      continue;
+    }
+    if (stopping_ && queues_.empty()) break;
+    if (wake == absl::InfiniteFuture()) {
+      work_.Wait(&mu_);
+    } else {
+      work_.WaitWithTimeout(&mu_, wake - clock_->Now());
+    }
+  }
+  mu_.Unlock();
+}
+
+void DynamicBatcher::RunPass(Pass pass) {
+  int64_t total = 0;
+  for (const Request& r : pass.requests) total += r.batch;
+  std::vector<float> samples;
+  if (pass.requests.size() == 1) {
+    samples = std::move(pass.requests.front().samples);
+  } else {
+    size_t values = 0;
+    for (const Request& r : pass.requests) values += r.samples.size();
+    samples.reserve(values);
+    for (Request& r : pass.requests) {
+      samples.insert(samples.end(), r.samples.begin(), r.samples.end());
+      std::vector<float>().swap(r.samples);
+    }
+  }
+  const absl::Time start = clock_->Now();
+  absl::StatusOr<engine::ServingOutput> output = pass.model->Run(std::move(samples), total);
+  const absl::Time end = clock_->Now();
+  if (output.ok() && (output->shape.empty() || output->shape[0] != total ||
+                      output->values.size() % static_cast<size_t>(total) != 0)) {
+    output = absl::InternalError(absl::StrCat("a batch of ", total, " samples gave an output of ",
+                                              output->values.size(), " values"));
+  }
+  const size_t per_sample = output.ok() ? output->values.size() / static_cast<size_t>(total) : 0;
+  size_t offset = 0;
+  bool first = true;
+  for (Request& r : pass.requests) {
+    BatchStats stats;
+    stats.first_of_pass = first;
+    first = false;
+    stats.executed_batch_size = total;
+    stats.queue_time = start - r.enqueued;
+    stats.compute_time = end - start;
+    if (!output.ok()) {
+      std::move(r.done)(output.status(), stats);
+      continue;
+    }
+    engine::ServingOutput mine;
+    mine.shape = output->shape;
+    mine.shape[0] = r.batch;
+    const size_t count = per_sample * static_cast<size_t>(r.batch);
+    if (pass.requests.size() == 1) {
+      mine.values = std::move(output->values);
+    } else {
+      mine.values.assign(output->values.begin() + offset, output->values.begin() + offset + count);
+    }
+    offset += count;
+    std::move(r.done)(std::move(mine), stats);
+  }
+}
+
+}  // namespace quantd::worker

@@ -1,0 +1,113 @@
+#ifndef QUANTD_WORKER_DYNAMIC_BATCHER_H_
+#define QUANTD_WORKER_DYNAMIC_BATCHER_H_
+
+// Dynamic batching (as in Triton): concurrent inference requests for the same
+// loaded model are coalesced into one forward pass of up to max_batch_size
+// samples. A request waits at most max_queue_delay for others to join it;
+// requests already waiting while the inference threads are busy join without
+// any delay. Requests are never split across passes. Each model has a bounded
+// queue: a request that finds it full is refused at once.
+//
+// The forward passes run on the batcher's own threads (--inference_threads),
+// so the threads that receive requests are never held by a pass, and a
+// caller gets its rows of the output through a callback.
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "worker/clock.h"
+#include "worker/engine/servable_model.h"
+
+namespace quantd::worker {
+
+// What the batcher runs: `batch` samples, concatenated, in one pass.
+class BatchableModel {
+ public:
+  virtual ~BatchableModel() = default;
+  virtual absl::StatusOr<engine::ServingOutput> Run(std::vector<float> samples, int64_t batch) const = 0;
+};
+
+// How a request was run, for its response and the metrics.
+struct BatchStats {
+  int64_t executed_batch_size = 0;  // samples in the pass this request was part of
+  absl::Duration queue_time;        // from Submit to the start of the pass
+  absl::Duration compute_time;      // the pass
+  bool first_of_pass = false;       // exactly one request of each pass has it
+};
+
+class DynamicBatcher {
+ public:
+  struct Options {
+    int threads = 2;
+    int64_t max_batch_size = 64;
+    // How long the first request of a batch waits for others to join.
+    absl::Duration max_queue_delay = absl::Microseconds(100);
+    // false: every request runs alone (for comparison).
+    bool batching = true;
+    // Requests waiting per model.
+    int64_t queue_capacity = 256;
+  };
+  // This request's rows of the output (shape [its batch, ...]), or the
+  // pass's error. Runs on an inference thread.
+  using Done = absl::AnyInvocable<void(absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) &&>;
+
+  DynamicBatcher(const Options& options, Clock* clock);
+  ~DynamicBatcher();
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+
+  // Queues `batch` samples (1..max_batch_size) for `model`; `done` runs once
+  // they have run. RESOURCE_EXHAUSTED when the model's queue is full and
+  // UNAVAILABLE after Shutdown; `done` is not called then.
+  absl::Status Submit(std::shared_ptr<const BatchableModel> model, std::vector<float> samples, int64_t batch,
+                      Done done);
+
+  // Runs every queued request, then stops the threads. Idempotent.
+  void Shutdown();
+
+  const Options& options() const { return options_; }
+
+ private:
+  struct Request {
+    std::vector<float> samples;
+    int64_t batch = 0;
+    Done done;
+    absl::Time enqueued;
+  };
+  struct ModelQueue {
+    std::shared_ptr<const BatchableModel> model;
+    std::deque<Request> requests;
+    int64_t samples = 0;
+  };
+  struct Pass {
+    std::shared_ptr<const BatchableModel> model;
+    std::vector<Request> requests;
+  };
+
+  void Loop();
+  // Takes the next batch that is due, oldest first; otherwise sets `*wake`
+  // to when the earliest one will be.
+  bool TakeDuePass(Pass* pass, absl::Time* wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RunPass(Pass pass);
+
+  const Options options_;
+  Clock* const clock_;
+  absl::Mutex mu_;
+  absl::CondVar work_;
+  absl::flat_hash_map<const BatchableModel*, ModelQueue> queues_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_DYNAMIC_BATCHER_H_

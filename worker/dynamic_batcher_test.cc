@@ -1,0 +1,225 @@
+#include "worker/dynamic_batcher.h"
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace quantd::worker {
+namespace {
+
+using ::testing::ElementsAre;
+
+constexpr int64_t kValuesPerSample = 2;
+
+// Each sample's output is its two input values times ten and plus one, so a
+// caller can tell its own rows. Records the batch size of every pass; can
+// hold a pass until released.
+class FakeModel : public BatchableModel {
+ public:
+  absl::StatusOr<engine::ServingOutput> Run(std::vector<float> samples, int64_t batch) const override {
+    {
+      absl::MutexLock lock(&mu_);
+      passes_.push_back(batch);
+      mu_.Await(absl::Condition(
+          +[](const bool* open) { return *open; }, &open_));
+    }
+    if (!error_.ok()) return error_;
+    engine::ServingOutput out;
+    out.shape = {batch, kValuesPerSample};
+    for (float v : samples) out.values.push_back(v * 10 + 1);
+    return out;
+  }
+  void Hold() {
+    absl::MutexLock lock(&mu_);
+    open_ = false;
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    open_ = true;
+  }
+  // Waits until `n` passes have started.
+  void AwaitPasses(size_t n) const {
+    absl::MutexLock lock(&mu_);
+    auto started = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return passes_.size() >= n; };
+    mu_.Await(absl::Condition(&started));
+  }
+  std::vector<int64_t> passes() const {
+    absl::MutexLock lock(&mu_);
+    return passes_;
+  }
+  void FailWith(absl::Status error) { error_ = std::move(error); }
+
+ private:
+  mutable absl::Mutex mu_;
+  mutable std::vector<int64_t> passes_ ABSL_GUARDED_BY(mu_);
+  bool open_ ABSL_GUARDED_BY(mu_) = true;
+  absl::Status error_;
+};
+
+// One request's outcome.
+struct Outcome {
+  absl::Notification done;
+  absl::StatusOr<engine::ServingOutput> output;
+  BatchStats stats;
+};
+
+std::vector<float> Samples(int64_t batch, float first) {
+  std::vector<float> values;
+  for (int64_t i = 0; i < batch * kValuesPerSample; ++i) values.push_back(first + static_cast<float>(i));
+  return values;
+}
+
+absl::Status Submit(DynamicBatcher& batcher, const std::shared_ptr<FakeModel>& model, int64_t batch, float first,
+                    Outcome* outcome) {
+  return batcher.Submit(model, Samples(batch, first), batch,
+                        [outcome](absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) {
+                          outcome->output = std::move(output);
+                          outcome->stats = stats;
+                          outcome->done.Notify();
+                        });
+}
+
+DynamicBatcher::Options OneThread(int64_t max_batch_size, absl::Duration delay) {
+  DynamicBatcher::Options options;
+  options.threads = 1;
+  options.max_batch_size = max_batch_size;
+  options.max_queue_delay = delay;
+  return options;
+}
+
+TEST(DynamicBatcherTest, RequestsWithinTheDelayRunAsOneBatchAndEachGetsItsOwnRows) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(4, absl::InfiniteDuration()), Clock::Real());
+  Outcome a, b, c;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &a).ok());
+  ASSERT_TRUE(Submit(batcher, model, 2, 100, &b).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 200, &c).ok());  // 4 samples: the batch is full
+  for (Outcome* o : {&a, &b, &c}) o->done.WaitForNotification();
+  EXPECT_THAT(model->passes(), ElementsAre(4));
+  ASSERT_TRUE(a.output.ok()) << a.output.status();
+  EXPECT_THAT(a.output->shape, ElementsAre(1, 2));
+  EXPECT_THAT(a.output->values, ElementsAre(1, 11));
+  ASSERT_TRUE(b.output.ok());
+  EXPECT_THAT(b.output->shape, ElementsAre(2, 2));
+  EXPECT_THAT(b.output->values, ElementsAre(1001, 1011, 1021, 1031));
+  ASSERT_TRUE(c.output.ok());
+  EXPECT_THAT(c.output->values, ElementsAre(2001, 2011));
+  EXPECT_EQ(b.stats.executed_batch_size, 4);
+}
+
+TEST(DynamicBatcherTest, ALoneRequestRunsOnceItsDelayIsOver) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(64, absl::Milliseconds(1)), Clock::Real());
+  Outcome a;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &a).ok());
+  a.done.WaitForNotification();
+  ASSERT_TRUE(a.output.ok());
+  EXPECT_THAT(model->passes(), ElementsAre(1));
+}
+
+TEST(DynamicBatcherTest, RequestsThatQueueBehindARunningPassJoinTheNextWithoutSplitting) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(5, absl::ZeroDuration()), Clock::Real());
+  model->Hold();
+  Outcome first, b, c, d, e;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok());
+  model->AwaitPasses(1);
+  ASSERT_TRUE(Submit(batcher, model, 2, 100, &b).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 200, &c).ok());
+  ASSERT_TRUE(Submit(batcher, model, 3, 300, &d).ok());  // does not fit beside b and c (5)
+  ASSERT_TRUE(Submit(batcher, model, 2, 400, &e).ok());
+  model->Release();
+  for (Outcome* o : {&first, &b, &c, &d, &e}) o->done.WaitForNotification();
+  EXPECT_THAT(model->passes(), ElementsAre(1, 3, 5));
+  ASSERT_TRUE(d.output.ok());
+  EXPECT_THAT(d.output->values, ElementsAre(3001, 3011, 3021, 3031, 3041, 3051));
+  ASSERT_TRUE(e.output.ok());
+  EXPECT_THAT(e.output->values, ElementsAre(4001, 4011, 4021, 4031));
+  EXPECT_EQ(c.stats.executed_batch_size, 3);
+}
+
+TEST(DynamicBatcherTest, WithoutBatchingEveryRequestRunsAlone) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
+  options.batching = false;
+  DynamicBatcher batcher(options, Clock::Real());
+  model->Hold();
+  Outcome a, b, c;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &a).ok());
+  model->AwaitPasses(1);
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());
+  ASSERT_TRUE(Submit(batcher, model, 2, 200, &c).ok());
+  model->Release();
+  for (Outcome* o : {&a, &b, &c}) o->done.WaitForNotification();
+  EXPECT_THAT(model->passes(), ElementsAre(1, 1, 2));
+}
+
+TEST(DynamicBatcherTest, AFullModelQueueIsResourceExhaustedAndOtherModelsStillQueue) {
+  auto model = std::make_shared<FakeModel>();
+  auto other = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
+  options.queue_capacity = 2;
+  DynamicBatcher batcher(options, Clock::Real());
+  model->Hold();
+  Outcome running, b, c, refused, elsewhere;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &running).ok());
+  model->AwaitPasses(1);
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 200, &c).ok());
+  const absl::Status full = Submit(batcher, model, 1, 300, &refused);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.message()), ::testing::HasSubstr("--inference_queue_capacity"));
+  EXPECT_TRUE(Submit(batcher, other, 1, 400, &elsewhere).ok());
+  model->Release();
+  for (Outcome* o : {&running, &b, &c, &elsewhere}) {
+    o->done.WaitForNotification();
+    EXPECT_TRUE(o->output.ok());
+  }
+  EXPECT_FALSE(refused.done.HasBeenNotified());
+}
+
+TEST(DynamicBatcherTest, AFailedPassFailsEachOfItsRequests) {
+  auto model = std::make_shared<FakeModel>();
+  model->FailWith(absl::InternalError("kernel said no"));
+  DynamicBatcher batcher(OneThread(2, absl::InfiniteDuration()), Clock::Real());
+  Outcome a, b;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &a).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());
+  for (Outcome* o : {&a, &b}) {
+    o->done.WaitForNotification();
+    EXPECT_EQ(o->output.status().code(), absl::StatusCode::kInternal);
+  }
+  EXPECT_THAT(model->passes(), ElementsAre(2));
+}
+
+TEST(DynamicBatcherTest, ShutdownRunsWhatIsQueuedAndRefusesMore) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(8, absl::InfiniteDuration()), Clock::Real());
+  Outcome a, b, late;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &a).ok());
+  ASSERT_TRUE(Submit(batcher, model, 2, 100, &b).ok());
+  batcher.Shutdown();
+  EXPECT_TRUE(a.done.HasBeenNotified());
+  EXPECT_TRUE(b.done.HasBeenNotified());
+  EXPECT_THAT(model->passes(), ElementsAre(3));
+  EXPECT_EQ(Submit(batcher, model, 1, 0, &late).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Submit(batcher, model, 9, 0, &late).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DynamicBatcherTest, AnOversizedOrEmptyBatchIsInvalidNamingTheFlag) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(4, absl::ZeroDuration()), Clock::Real());
+  Outcome o;
+  const absl::Status big = Submit(batcher, model, 5, 0, &o);
+  EXPECT_EQ(big.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(big.message()), ::testing::HasSubstr("--max_batch_size"));
+  EXPECT_EQ(Submit(batcher, model, 0, 0, &o).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace quantd::worker
