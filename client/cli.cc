@@ -38,9 +38,11 @@ absl::StatusOr<bool> ParseBool(absl::string_view name, absl::string_view value) 
 }  // namespace
 
 absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
-                                           const std::string& environment_token) {
+                                           const std::string& environment_token,
+                                           const std::string& environment_server) {
   Invocation invocation;
   invocation.options.token = environment_token;
+  if (!environment_server.empty()) invocation.options.server = environment_server;
   bool flags_done = false;
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& arg = argv[i];
@@ -121,7 +123,7 @@ std::string GlobalUsage() {
          "[ARGS...]\n"
          "\n"
          "global flags:\n"
-         "  --server=HOST:PORT  quantd gRPC address (default localhost:50051)\n"
+         "  --server=HOST:PORT  quantd gRPC address (default: $QUANTD_SERVER, else localhost:50051)\n"
          "  --timeout=SECONDS   deadline of each RPC (default 10)\n"
          "  --json              print responses as JSON\n"
          "  --token=TOKEN       bearer token (default: $QUANTD_TOKEN)\n"

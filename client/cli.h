@@ -42,9 +42,12 @@ struct Invocation {
 // Parses argv[1..]. Global flags may appear before or after the command
 // ("quantctl health --json" works); "--" ends flag parsing, and everything
 // after it goes to the command. Unknown flags are left to the command.
-// `environment_token` is $QUANTD_TOKEN (used when --token is absent).
+// `environment_token` is $QUANTD_TOKEN (used when --token is absent), and
+// `environment_server` $QUANTD_SERVER (when --server is absent; empty = the
+// default).
 absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
-                                           const std::string& environment_token = "");
+                                           const std::string& environment_token = "",
+                                           const std::string& environment_server = "");
 
 // The text printed by --help (global part; commands add their own lines).
 std::string GlobalUsage();

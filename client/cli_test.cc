@@ -42,6 +42,14 @@ TEST(ParseInvocationTest, TokenFromFlagOrEnvironmentAndTlsFlagsTogether) {
   EXPECT_EQ(from_flag->options.token, "flag-token");  // the flag wins
   EXPECT_THAT(ParseInvocation({"--token=", "jobs"}).status().message(), HasSubstr("--token"));
 
+  auto server_from_env = ParseInvocation({"jobs"}, "", "quantd.prod:50051");
+  ASSERT_TRUE(server_from_env.ok());
+  EXPECT_EQ(server_from_env->options.server, "quantd.prod:50051");
+  auto server_from_flag = ParseInvocation({"--server=h:1", "jobs"}, "", "quantd.prod:50051");
+  ASSERT_TRUE(server_from_flag.ok());
+  EXPECT_EQ(server_from_flag->options.server, "h:1");  // the flag wins
+  EXPECT_EQ(ParseInvocation({"jobs"}, "", "")->options.server, "localhost:50051");
+
   auto mtls = ParseInvocation({"--tls_ca=ca.pem", "--tls_cert=c.pem", "--tls_key=c.key", "jobs"});
   ASSERT_TRUE(mtls.ok()) << mtls.status();
   EXPECT_EQ(mtls->options.tls_ca_file, "ca.pem");

@@ -76,6 +76,8 @@ const std::vector<Command>& Commands() {
       {"delete", "JOB_ID", "delete a finished job (and its artifact if unused)", &RunDelete},
       {"download", "ARTIFACT_ID -o FILE", "download an artifact, verifying its sha256",
        &RunDownload},
+      {"eval", "NAME[:VERSION] --data=PATH [--data_format=cifar10|npy] [--max_samples=N] [--skip_fp32]",
+       "evaluate a published version, int8 and FP32 side by side (top-1/5, per class, confusion)", &RunEval},
       {"health", "[--service=NAME]",
        "check quantd's health (grpc.health.v1); exit 0 if SERVING", &RunHealth},
       {"job", "JOB_ID", "show one job with its result", &RunJob},

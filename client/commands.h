@@ -66,6 +66,7 @@ int RunModels(const CommandContext& context, const std::vector<std::string>& arg
 int RunCancel(const CommandContext& context, const std::vector<std::string>& args);
 int RunDelete(const CommandContext& context, const std::vector<std::string>& args);
 int RunDownload(const CommandContext& context, const std::vector<std::string>& args);
+int RunEval(const CommandContext& context, const std::vector<std::string>& args);
 int RunJob(const CommandContext& context, const std::vector<std::string>& args);
 int RunJobs(const CommandContext& context, const std::vector<std::string>& args);
 int RunSubmit(const CommandContext& context, const std::vector<std::string>& args);

@@ -72,6 +72,22 @@ std::string JobLine(const v1::Job& job) {
                       job.result().artifact_id().empty() ? "" : "  " + job.result().artifact_id());
 }
 
+bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error) {
+  if (a.Has(prefix)) ref->set_path(a.Get(prefix));
+  if (a.Has(prefix + "_blob")) ref->set_blob_id(a.Get(prefix + "_blob"));
+  const std::string format = a.Get(prefix + "_format", "cifar10");
+  if (format == "cifar10") {
+    ref->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  } else if (format == "npy") {
+    ref->set_format(v1::DATASET_FORMAT_NPY);
+  } else {
+    *error = absl::StrCat("--", prefix, "_format must be cifar10 or npy");
+    return false;
+  }
+  if (a.Has(prefix + "_labels")) ref->set_labels_path(a.Get(prefix + "_labels"));
+  return true;
+}
+
 std::string JobText(const v1::Job& job) {
   std::string text = absl::StrCat("job ", job.id(), "\n  state: ", State(job.state()),
                                   "\n  phase: ", Phase(job.phase()),

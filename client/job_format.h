@@ -29,6 +29,10 @@ std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args
                                             const std::vector<std::string>& allowed,
                                             std::string* error);
 
+// A DatasetRef from --PREFIX=PATH | --PREFIX_blob=ID, --PREFIX_format=cifar10|npy
+// and --PREFIX_labels=PATH (false with *error naming the flag).
+bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error);
+
 std::string JobText(const v1::Job& job);
 std::string JobLine(const v1::Job& job);
 std::string EventText(const v1::JobEvent& event);

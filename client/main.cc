@@ -15,7 +15,9 @@ int main(int argc, char** argv) {
   using namespace quantd::cli;
   std::vector<std::string> argv_rest(argv + 1, argv + argc);
   const char* environment_token = std::getenv("QUANTD_TOKEN");
-  auto invocation = ParseInvocation(argv_rest, environment_token == nullptr ? "" : environment_token);
+  const char* environment_server = std::getenv("QUANTD_SERVER");
+  auto invocation = ParseInvocation(argv_rest, environment_token == nullptr ? "" : environment_token,
+                                    environment_server == nullptr ? "" : environment_server);
   if (!invocation.ok()) {
     std::cerr << "quantctl: " << invocation.status().message() << "\n\n" << Usage();
     return kExitUsage;

@@ -25,22 +25,6 @@ constexpr char kUsage[] =
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
     "[--deadline_seconds=N] [--model_name=NAME] [--wait]";
 
-bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error) {
-  if (a.Has(prefix)) ref->set_path(a.Get(prefix));
-  if (a.Has(prefix + "_blob")) ref->set_blob_id(a.Get(prefix + "_blob"));
-  const std::string format = a.Get(prefix + "_format", "cifar10");
-  if (format == "cifar10") {
-    ref->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
-  } else if (format == "npy") {
-    ref->set_format(v1::DATASET_FORMAT_NPY);
-  } else {
-    *error = absl::StrCat("--", prefix, "_format must be cifar10 or npy");
-    return false;
-  }
-  if (a.Has(prefix + "_labels")) ref->set_labels_path(a.Get(prefix + "_labels"));
-  return true;
-}
-
 bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>* out) {
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     float v = 0;

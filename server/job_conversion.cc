@@ -11,6 +11,7 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/util/time_util.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/base/sha256.h"
@@ -564,6 +565,82 @@ absl::StatusOr<worker::JobState> FromProto(v1::JobState state) {
     return static_cast<worker::JobState>(static_cast<int>(state));
   }
   return absl::InvalidArgumentError(absl::StrCat("states: unknown job state ", static_cast<int>(state)));
+}
+
+absl::StatusOr<worker::EvaluationSpec> EvaluationSpecFromRequest(const v1::EvaluateRequest& request,
+                                                                 const ReferenceResolver& resolver) {
+  worker::EvaluationSpec spec;
+  if (request.model_name().empty()) return absl::InvalidArgumentError("model_name: required");
+  QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request.model_name(), "model_name"));
+  spec.model_name = request.model_name();
+  if (!request.model_version().empty()) {
+    int64_t version = 0;
+    if (!absl::SimpleAtoi(request.model_version(), &version) || version < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("model_version: \"", request.model_version().substr(0, 40),
+                                                     "\" is not a version (1, 2, ...; empty = newest)"));
+    }
+    spec.model_version = version;
+  }
+  if (!request.has_dataset()) return absl::InvalidArgumentError("dataset: required");
+  QUANTD_ASSIGN_OR_RETURN(spec.dataset, ResolveDataset(request.dataset(), "dataset", resolver));
+  spec.max_samples = request.max_samples();
+  spec.batch_size = request.batch_size() == 0 ? 256 : request.batch_size();
+  if (spec.batch_size > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size: ", spec.batch_size, " is above 4096"));
+  }
+  spec.skip_fp32 = request.skip_fp32();
+  return spec;
+}
+
+namespace {
+
+void ToProto(const worker::PrecisionResult& p, uint64_t samples, v1::PrecisionEvaluation* out) {
+  out->set_top1_correct(static_cast<uint64_t>(p.top1_correct));
+  out->set_top5_correct(static_cast<uint64_t>(p.top5_correct));
+  out->set_top1(samples == 0 ? 0.0 : static_cast<double>(p.top1_correct) / static_cast<double>(samples));
+  out->set_top5(samples == 0 ? 0.0 : static_cast<double>(p.top5_correct) / static_cast<double>(samples));
+  out->set_seconds(p.seconds);
+  out->set_images_per_second(p.seconds > 0 ? static_cast<double>(samples) / p.seconds : 0.0);
+  for (int64_t v : p.per_class_correct) out->add_per_class_correct(static_cast<uint64_t>(v));
+  for (int64_t v : p.confusion) out->add_confusion(static_cast<uint64_t>(v));
+}
+
+}  // namespace
+
+void ToProto(const worker::Evaluation& e, v1::Evaluation* out) {
+  out->set_id(e.id);
+  switch (e.state) {
+    case worker::EvaluationState::kRunning: out->set_state(v1::EVALUATION_STATE_RUNNING); break;
+    case worker::EvaluationState::kSucceeded: out->set_state(v1::EVALUATION_STATE_SUCCEEDED); break;
+    case worker::EvaluationState::kFailed: out->set_state(v1::EVALUATION_STATE_FAILED); break;
+  }
+  out->set_model_name(e.spec.model_name);
+  out->set_model_version(e.spec.model_version);
+  *out->mutable_create_time() = ToTimestamp(e.create_time);
+  if (e.finish_time.has_value()) *out->mutable_finish_time() = ToTimestamp(*e.finish_time);
+  out->set_samples_done(static_cast<uint64_t>(e.samples_done));
+  out->set_samples_total(static_cast<uint64_t>(e.samples_total));
+  if (e.state == worker::EvaluationState::kFailed) {
+    out->set_error_code(absl::StatusCodeToString(e.error_code));
+    out->set_error(e.error_message);
+  }
+  if (!e.report.has_value()) return;
+  const worker::EvaluationReport& r = *e.report;
+  v1::EvaluationReport* report = out->mutable_report();
+  const uint64_t samples = static_cast<uint64_t>(r.samples);
+  report->set_samples(samples);
+  report->set_classes(static_cast<uint32_t>(r.classes));
+  for (const std::string& name : r.class_names) report->add_class_names(name);
+  for (int64_t v : r.per_class_total) report->add_per_class_total(static_cast<uint64_t>(v));
+  report->set_kernel_engine(r.kernel_engine);
+  ToProto(r.int8, samples, report->mutable_int8());
+  if (r.fp32.has_value()) {
+    ToProto(*r.fp32, samples, report->mutable_fp32());
+    report->set_agreement(static_cast<uint64_t>(r.agreement));
+    for (int64_t v : r.per_class_agreement) report->add_per_class_agreement(static_cast<uint64_t>(v));
+    if (std::isfinite(r.output_sqnr_db)) report->set_output_sqnr_db(r.output_sqnr_db);
+    for (int64_t v : r.first_disagreements) report->add_first_disagreements(static_cast<uint64_t>(v));
+  }
 }
 
 }  // namespace quantd

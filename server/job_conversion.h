@@ -13,6 +13,7 @@
 #include "quantd/v1/quantd.pb.h"
 #include "worker/blob_store.h"
 #include "worker/clock.h"
+#include "worker/evaluation.h"
 #include "worker/job.h"
 #include "worker/job_events.h"
 
@@ -60,6 +61,12 @@ void ToProto(const worker::ModelVersion& version, const worker::Job* job, bool l
 void ArtifactToProto(const worker::Job& job, v1::Artifact* out);
 
 absl::StatusOr<worker::JobState> FromProto(v1::JobState state);
+
+// EvaluateRequest -> what the evaluator runs (INVALID_ARGUMENT naming the
+// field), and an evaluation record -> its message.
+absl::StatusOr<worker::EvaluationSpec> EvaluationSpecFromRequest(const v1::EvaluateRequest& request,
+                                                                 const ReferenceResolver& resolver);
+void ToProto(const worker::Evaluation& evaluation, v1::Evaluation* out);
 
 }  // namespace quantd
 

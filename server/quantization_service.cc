@@ -20,17 +20,10 @@
 namespace quantd {
 namespace {
 
-constexpr absl::string_view kServing = "evaluation jobs (issue #11)";
 constexpr uint32_t kDefaultPageSize = 50;
 constexpr uint32_t kMaxPageSize = 1000;
 constexpr uint32_t kDefaultChunk = 1 << 20;
 constexpr uint32_t kMaxChunk = 4 << 20;
-
-absl::Status NotYet(absl::string_view method, absl::string_view feature) {
-  return absl::UnimplementedError(absl::StrCat(
-      "quantd.v1.QuantizationService/", method, " is not implemented yet: it lands with ",
-      feature, "."));
-}
 
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                       const absl::Status& status) {
@@ -575,12 +568,31 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteModelVersion(grpc::Call
   });
 }
 
-grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(
-    grpc::CallbackServerContext* context, const v1::EvaluateRequest*, v1::EvaluateResponse*) {
-  if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "Evaluate"); !caller.ok()) {
-    return FinishUnary(context, caller.status());
-  }
-  return FinishUnary(context, NotYet("Evaluate", kServing));
+grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(grpc::CallbackServerContext* context,
+                                                            const v1::EvaluateRequest* request,
+                                                            v1::Evaluation* response) {
+  return Offload(context, "Evaluate", [this, context, request, response]() -> absl::Status {
+    // It takes compute like a job does: the submit role.
+    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "Evaluate"));
+    absl::StatusOr<worker::EvaluationSpec> spec = EvaluationSpecFromRequest(*request, resolver_);
+    if (!spec.ok()) return Audited(context, caller, "Evaluate", request->model_name(), spec.status());
+    absl::StatusOr<worker::Evaluation> started = deps_.evaluator->Start(*std::move(spec));
+    if (!started.ok()) return Audited(context, caller, "Evaluate", request->model_name(), started.status());
+    ToProto(*started, response);
+    return Audited(context, caller, "Evaluate", started->id, absl::OkStatus());
+  });
+}
+
+grpc::ServerUnaryReactor* QuantizationServiceImpl::GetEvaluation(grpc::CallbackServerContext* context,
+                                                                 const v1::GetEvaluationRequest* request,
+                                                                 v1::Evaluation* response) {
+  return Offload(context, "GetEvaluation", [this, context, request, response]() -> absl::Status {
+    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "GetEvaluation").status());
+    QUANTD_RETURN_IF_ERROR(RequireId(request->id()));
+    QUANTD_ASSIGN_OR_RETURN(worker::Evaluation evaluation, deps_.evaluator->Get(request->id()));
+    ToProto(evaluation, response);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,

@@ -6,9 +6,9 @@
 // may block (the job store, blob and artifact files) runs on the
 // BlockingExecutor, never on gRPC's callback threads.
 //
-// Jobs, uploads, artifacts and model versions; inference itself is
-// inference.GRPCInferenceService (server/inference_service.h). Evaluate still
-// answers UNIMPLEMENTED with a message that names the feature.
+// Jobs, uploads, artifacts, model versions and evaluations (run by
+// worker::Evaluator); inference itself is inference.GRPCInferenceService
+// (server/inference_service.h).
 
 #include <string>
 
@@ -18,6 +18,7 @@
 #include "server/job_conversion.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_store.h"
+#include "worker/evaluation.h"
 #include "worker/model_repository.h"
 #include "worker/worker_pool.h"
 
@@ -41,6 +42,8 @@ class QuantizationServiceImpl final
     BlockingExecutor* executor = nullptr;
     // Published model versions as served (ListModels says which are loaded).
     worker::ModelRepository* models = nullptr;
+    // Runs evaluations; never null.
+    worker::Evaluator* evaluator = nullptr;
   };
   explicit QuantizationServiceImpl(const Deps& deps)
       : deps_(deps), resolver_(deps.data_dir, deps.blobs, deps.read_roots) {}
@@ -88,9 +91,10 @@ class QuantizationServiceImpl final
   grpc::ServerUnaryReactor* DeleteModelVersion(grpc::CallbackServerContext* context,
                                                const v1::DeleteModelVersionRequest* request,
                                                v1::DeleteModelVersionResponse* response) override;
-  grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext* context,
-                                     const v1::EvaluateRequest* request,
-                                     v1::EvaluateResponse* response) override;
+  grpc::ServerUnaryReactor* Evaluate(grpc::CallbackServerContext* context, const v1::EvaluateRequest* request,
+                                     v1::Evaluation* response) override;
+  grpc::ServerUnaryReactor* GetEvaluation(grpc::CallbackServerContext* context,
+                                          const v1::GetEvaluationRequest* request, v1::Evaluation* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;

@@ -323,6 +323,9 @@ absl::Status QuantdServer::OpenStores() {
   repository.cache_bytes = options_.model_cache_bytes;
   models_ = std::make_unique<worker::ModelRepository>(job_store_.get(), artifact_store_.get(), repository);
   deps.models = models_.get();
+  evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(),
+                                                   worker::Evaluator::Options());
+  deps.evaluator = evaluator_.get();
   inference_executor_ =
       std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity);
   inference_stats_ = std::make_unique<InferenceStats>(*metrics_.registry());
@@ -370,6 +373,8 @@ void QuantdServer::Shutdown(absl::Duration grace) {
   // Every call has ended, so no task is left that could still answer one.
   if (rpc_executor_ != nullptr) rpc_executor_->Shutdown();
   if (inference_executor_ != nullptr) inference_executor_->Shutdown();
+  // A running evaluation stops at its next batch, stored as FAILED.
+  if (evaluator_ != nullptr) evaluator_->Shutdown();
   // Runs what is queued (REST calls still waiting get their answers).
   if (batcher_ != nullptr) batcher_->Shutdown();
   blob_collector_.reset();

@@ -31,6 +31,7 @@
 #include "worker/data_quota.h"
 #include "worker/data_dir_lock.h"
 #include "worker/dynamic_batcher.h"
+#include "worker/evaluation.h"
 #include "worker/job_runner.h"
 #include "worker/job_store.h"
 #include "worker/model_repository.h"
@@ -154,6 +155,7 @@ class QuantdServer {
   std::unique_ptr<BlockingExecutor> rpc_executor_;
   std::unique_ptr<QuantizationServiceImpl> quantization_service_;
   std::unique_ptr<worker::ModelRepository> models_;
+  std::unique_ptr<worker::Evaluator> evaluator_;
   std::unique_ptr<BlockingExecutor> inference_executor_;
   std::unique_ptr<InferenceStats> inference_stats_;
   std::unique_ptr<worker::DynamicBatcher> batcher_;

@@ -148,7 +148,7 @@ TEST_F(ServerTest, HealthWatchStreamsChangesAndEndsOnShutdown) {
   EXPECT_TRUE(reader->Finish().ok());
 }
 
-TEST_F(ServerTest, UnknownJobIsNotFoundAndServingRpcsAreUnimplemented) {
+TEST_F(ServerTest, UnknownJobsAndEvaluationsAreNotFoundAndBadEvaluationsNameTheField) {
   auto stub = v1::QuantizationService::NewStub(channel_);
   grpc::ClientContext context;
   SetDeadline(context);
@@ -159,12 +159,39 @@ TEST_F(ServerTest, UnknownJobIsNotFoundAndServingRpcsAreUnimplemented) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(status.error_message(), HasSubstr("job-1"));
 
-  grpc::ClientContext evaluate_context;
-  SetDeadline(evaluate_context);
-  v1::EvaluateResponse evaluate_response;
-  status = stub->Evaluate(&evaluate_context, v1::EvaluateRequest(), &evaluate_response);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_THAT(status.error_message(), HasSubstr("Evaluate"));
+  auto evaluate = [&](const v1::EvaluateRequest& request) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::Evaluation evaluation;
+    return stub->Evaluate(&context, request, &evaluation);
+  };
+  v1::EvaluateRequest bad;
+  status = evaluate(bad);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model_name"));
+  bad.set_model_name("resnet8");
+  bad.set_model_version("newest");
+  status = evaluate(bad);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("model_version"));
+  bad.clear_model_version();
+  status = evaluate(bad);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("dataset"));
+  bad.mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  bad.mutable_dataset()->set_path("nowhere.bin");
+  status = evaluate(bad);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("dataset.path"));
+
+  grpc::ClientContext get_context;
+  SetDeadline(get_context);
+  v1::GetEvaluationRequest get;
+  get.set_id("eval-1");
+  v1::Evaluation evaluation;
+  status = stub->GetEvaluation(&get_context, get, &evaluation);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(status.error_message(), HasSubstr("eval-1"));
 }
 
 TEST_F(ServerTest, QuantizeJobValidatesWithoutLoadingTheModel) {

@@ -92,6 +92,10 @@ class JobStore {
   virtual absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) = 0;
   // Unpublishes a version (its job and artifact stay). NOT_FOUND if absent.
   virtual absl::Status DeleteModelVersion(const std::string& name, int64_t version) = 0;
+  // Evaluation records (worker/evaluation.h encodes them), by id: insert or
+  // replace, and read (NOT_FOUND naming the id).
+  virtual absl::Status PutEvaluation(const std::string& id, const std::string& record) = 0;
+  virtual absl::StatusOr<std::string> GetEvaluation(const std::string& id) = 0;
   // How many jobs are in each state (every process's: for metrics).
   virtual absl::StatusOr<std::map<JobState, int64_t>> CountByState() = 0;
   // After a restart: RUNNING jobs go back to QUEUED, or to FAILED once they

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS counters (
   name TEXT PRIMARY KEY,
   value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS evaluations (
+  id TEXT PRIMARY KEY,
+  record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS model_versions (
   name TEXT NOT NULL,
   version INTEGER NOT NULL,
@@ -577,6 +581,24 @@ absl::StatusOr<std::vector<ModelVersion>> SqliteJobStore::ListModelVersions(cons
     versions.push_back({s.Text(0), s.Int(1), s.Text(2), FromUs(s.Int(3))});
   }
   return versions;
+}
+
+absl::Status SqliteJobStore::PutEvaluation(const std::string& id, const std::string& record) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "INSERT OR REPLACE INTO evaluations (id, record) VALUES (?1, ?2)");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id).Bind(2, record);
+  return s.Step().status();
+}
+
+absl::StatusOr<std::string> SqliteJobStore::GetEvaluation(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT record FROM evaluations WHERE id = ?1");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id);
+  QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("evaluation \"", id.substr(0, 64), "\" not found"));
+  return s.Text(0);
 }
 
 absl::StatusOr<std::map<JobState, int64_t>> SqliteJobStore::CountByState() {

@@ -137,6 +137,10 @@ class FullDiskStore : public JobStore {
     return real_->ListModelVersions(name);
   }
   absl::StatusOr<std::map<JobState, int64_t>> CountByState() override { return real_->CountByState(); }
+  absl::Status PutEvaluation(const std::string& id, const std::string& record) override {
+    return real_->PutEvaluation(id, record);
+  }
+  absl::StatusOr<std::string> GetEvaluation(const std::string& id) override { return real_->GetEvaluation(id); }
   absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) override {
     return real_->GetModelVersion(name, version);
   }

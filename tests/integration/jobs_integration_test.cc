@@ -4,6 +4,7 @@
 
 #include <signal.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -23,6 +24,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "inference/grpc_predict_v2.grpc.pb.h"
 #include "tests/integration/test_util/subprocess.h"
@@ -374,6 +376,55 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
   for (size_t i = 0; i < 10000; ++i) agree += int8.predictions[i] == fp32.predictions[i];
   std::cout << "served FP32 top-1: " << fp32.correct << "/10000; int8/FP32 agreement " << agree << "/10000\n";
 
+  {  // A client generated from the protocol's .proto alone (Node.js: @grpc/grpc-js and
+     // @grpc/proto-loader, no reflection) gets the same predictions.
+    auto node = RunCommand({NODE_BIN, std::string(NODE_DIR) + "/oip_infer.js", quantd.target(),
+                            std::string(SOURCE_DIR) + "/proto/inference/grpc_predict_v2.proto", "resnet8",
+                            std::string(FIXTURES_DIR) + "/cifar10/test_batch.bin", "100", "32"},
+                           absl::Seconds(60));
+    ASSERT_TRUE(node.ok()) << node.status();
+    ASSERT_EQ(node->exit_code, 0) << node->out << node->err;
+    nlohmann::json client = nlohmann::json::parse(node->out, nullptr, false);
+    ASSERT_TRUE(client.is_object()) << node->out;
+    EXPECT_EQ(client["live"], true);
+    EXPECT_EQ(client["ready"], true);
+    EXPECT_EQ(client["id"], "node-client");
+    EXPECT_EQ(client["metadata"]["inputs"][0]["shape"], nlohmann::json::parse(R"(["-1", "3", "32", "32"])"));
+    EXPECT_EQ(client["predictions"].get<std::vector<int>>(),
+              std::vector<int>(int8.predictions.begin() + 100, int8.predictions.begin() + 132));
+  }
+  {  // Python's torch.jit.load of the same artifact, on the engine that served
+     // it, predicts the same class for every one of the 10000 images.
+    inference::ModelInferResponse response;
+    ASSERT_TRUE(Infer(*stub, InferRequest("resnet8", test, 0, 1), &response).ok());
+    const std::string engine = response.parameters().at("kernel_engine").string_param();
+    const std::string artifact =
+        quantd.dir() + "/data/artifacts/" + result["artifactSha256"].get<std::string>() + ".pt";
+    auto python = RunCommand(
+        {"/usr/bin/python3", "-c",
+         "import sys, numpy as np, torch\n"
+         "artifact, engine, cifar = sys.argv[1:4]\n"
+         "torch.set_num_threads(1)\n"
+         "torch.backends.quantized.engine = engine\n"
+         "m = torch.jit.load(artifact)\n"
+         "raw = np.fromfile(cifar, dtype=np.uint8).reshape(-1, 3073)\n"
+         "x = torch.from_numpy(raw[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32))\n"
+         "with torch.no_grad():\n"
+         "    p = torch.cat([m(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])\n"
+         "sys.stdout.write(''.join(str(int(c)) for c in p))\n",
+         artifact, engine, std::string(FIXTURES_DIR) + "/cifar10/test_batch.bin"},
+        absl::Seconds(240));
+    ASSERT_TRUE(python.ok()) << python.status();
+    ASSERT_EQ(python->exit_code, 0) << python->err;
+    std::string served;
+    for (int p : int8.predictions) served += static_cast<char>('0' + p);
+    ASSERT_EQ(python->out.size(), served.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < served.size(); ++i) differ += python->out[i] != served[i];
+    EXPECT_EQ(differ, 0u) << "served and Python predictions differ on " << differ << " of 10000 images (" << engine
+                          << ")";
+    std::cout << "Python torch.jit.load of the artifact (" << engine << "): same class on all 10000 images\n";
+  }
   {  // The same images as FP32 in typed contents give the same scores as UINT8 raw bytes.
     inference::ModelInferRequest raw = InferRequest("resnet8", test, 0, 4);
     inference::ModelInferRequest typed = raw;
@@ -431,6 +482,13 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
   bad.mutable_raw_input_contents(0)->pop_back();
   expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "raw_input_contents[0]");
   expect_error(InferRequest("resnet8", test, 0, 65), grpc::StatusCode::INVALID_ARGUMENT, "--max_batch_size");
+  bad = good;
+  bad.clear_raw_input_contents();
+  bad.mutable_inputs(0)->set_datatype("FP32");
+  for (int i = 0; i < 2 * 3072; ++i) {
+    bad.mutable_inputs(0)->mutable_contents()->add_fp32_contents(i == 77 ? std::nanf("") : 1.0f);
+  }
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "NaN");
 
   {  // Triton's repository index, and quantctl's view.
     grpc::ClientContext context;
@@ -595,6 +653,45 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
       const std::regex sample("(^|\n)" + metric + R"((\{[^\n]*\})? [0-9])");
       EXPECT_TRUE(std::regex_search(metrics.body, sample)) << metric << " is used by deploy/ but has no sample";
     }
+  }
+  {  // Evaluate: asynchronous, int8 and FP32 side by side, exactly the
+     // figures served inference gives; quantctl prints tables.
+    RunResult eval = quantd.Ctl({"eval", "resnet8", absl::StrCat("--data=", kTest)});
+    ASSERT_EQ(eval.exit_code, 0) << eval.out << eval.err;
+    EXPECT_THAT(eval.out, HasSubstr(absl::StrFormat("int8       %.2f%% (%d)", job_int8_correct / 100.0,
+                                                    job_int8_correct)));
+    EXPECT_THAT(eval.out, HasSubstr("fp32       87.19% (8719)"));
+    EXPECT_THAT(eval.out, HasSubstr(absl::StrFormat("agreement: %.2f%% (%d/10000)", agree / 100.0, agree)));
+    EXPECT_THAT(eval.out, HasSubstr("confusion matrix, int8"));
+    EXPECT_THAT(eval.out, HasSubstr("airplane"));
+    std::cout << eval.out << "\n";
+
+    RunResult json = quantd.Ctl({"--json", "eval", "resnet8:1", absl::StrCat("--data=", kTest), "--max_samples=1000",
+                                 "--batch_size=100", "--skip_fp32"});
+    ASSERT_EQ(json.exit_code, 0) << json.out << json.err;
+    nlohmann::json e = nlohmann::json::parse(json.out, nullptr, false);
+    ASSERT_TRUE(e.is_object()) << json.out;
+    EXPECT_EQ(e["state"], "EVALUATION_STATE_SUCCEEDED");
+    const nlohmann::json& report = e["report"];
+    EXPECT_EQ(report["samples"], "1000");
+    EXPECT_FALSE(report.contains("fp32"));
+    int64_t cells = 0, diagonal = 0, per_class = 0;
+    for (size_t i = 0; i < report["int8"]["confusion"].size(); ++i) {
+      const int64_t v = std::stoll(report["int8"]["confusion"][i].get<std::string>());
+      cells += v;
+      if (i % 11 == 0) diagonal += v;
+    }
+    for (const auto& v : report["perClassTotal"]) per_class += std::stoll(v.get<std::string>());
+    EXPECT_EQ(cells, 1000);
+    EXPECT_EQ(per_class, 1000);
+    EXPECT_EQ(std::to_string(diagonal), report["int8"]["top1Correct"].get<std::string>());
+    int64_t first_1000 = 0;
+    for (size_t i = 0; i < 1000; ++i) first_1000 += int8.predictions[i] == test.labels[i];
+    EXPECT_EQ(diagonal, first_1000);
+
+    RunResult missing = quantd.Ctl({"eval", "resnet8:9", absl::StrCat("--data=", kTest)});
+    EXPECT_NE(missing.exit_code, 0);
+    EXPECT_THAT(missing.err, HasSubstr("no version 9"));
   }
   RunResult models = quantd.Ctl({"models"});
   EXPECT_THAT(models.out, HasSubstr("resnet8"));

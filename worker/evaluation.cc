@@ -1,0 +1,374 @@
+#include "worker/evaluation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "worker/dataset_json.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/data/image_reader.h"
+
+namespace quantd::worker {
+namespace {
+
+using nlohmann::json;
+
+std::string NewEvaluationId(absl::Time now) {
+  static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
+  static absl::Mutex* rng_mu = new absl::Mutex();
+  uint64_t random;
+  {
+    absl::MutexLock lock(rng_mu);
+    random = (*rng)();
+  }
+  return absl::StrFormat("eval-%012x%08x", absl::ToUnixMillis(now), static_cast<uint32_t>(random));
+}
+
+json EncodePrecision(const PrecisionResult& p) {
+  return json{{"top1_correct", p.top1_correct},
+              {"top5_correct", p.top5_correct},
+              {"seconds", p.seconds},
+              {"per_class_correct", p.per_class_correct},
+              {"confusion", p.confusion}};
+}
+
+PrecisionResult DecodePrecision(const json& j) {
+  PrecisionResult p;
+  p.top1_correct = j.at("top1_correct").get<int64_t>();
+  p.top5_correct = j.at("top5_correct").get<int64_t>();
+  p.seconds = j.at("seconds").get<double>();
+  p.per_class_correct = j.at("per_class_correct").get<std::vector<int64_t>>();
+  p.confusion = j.at("confusion").get<std::vector<int64_t>>();
+  return p;
+}
+
+// Index of the largest score; the first on ties (as argmax in PyTorch).
+int64_t ArgMax(const float* scores, int64_t classes) {
+  return std::max_element(scores, scores + classes) - scores;
+}
+
+// Whether `label` is among the k best scores (ties count against it).
+bool InTopK(const float* scores, int64_t classes, int64_t label, int64_t k) {
+  int64_t better = 0;
+  for (int64_t c = 0; c < classes; ++c) {
+    if (scores[c] > scores[label] || (scores[c] == scores[label] && c < label)) ++better;
+  }
+  return better < k;
+}
+
+}  // namespace
+
+const char* EvaluationStateName(EvaluationState state) {
+  switch (state) {
+    case EvaluationState::kRunning: return "RUNNING";
+    case EvaluationState::kSucceeded: return "SUCCEEDED";
+    case EvaluationState::kFailed: return "FAILED";
+  }
+  return "RUNNING";
+}
+
+std::string EncodeEvaluation(const Evaluation& e) {
+  json j = {{"id", e.id},
+            {"model_name", e.spec.model_name},
+            {"model_version", e.spec.model_version},
+            {"dataset", EncodeDataset(e.spec.dataset)},
+            {"max_samples", e.spec.max_samples},
+            {"batch_size", e.spec.batch_size},
+            {"skip_fp32", e.spec.skip_fp32},
+            {"state", static_cast<int>(e.state)},
+            {"create_us", absl::ToUnixMicros(e.create_time)},
+            {"update_us", absl::ToUnixMicros(e.update_time)},
+            {"samples_done", e.samples_done},
+            {"samples_total", e.samples_total},
+            {"error_code", static_cast<int>(e.error_code)},
+            {"error_message", e.error_message}};
+  if (e.finish_time.has_value()) j["finish_us"] = absl::ToUnixMicros(*e.finish_time);
+  if (e.report.has_value()) {
+    const EvaluationReport& r = *e.report;
+    json report = {{"samples", r.samples},
+                   {"classes", r.classes},
+                   {"class_names", r.class_names},
+                   {"per_class_total", r.per_class_total},
+                   {"kernel_engine", r.kernel_engine},
+                   {"int8", EncodePrecision(r.int8)},
+                   {"agreement", r.agreement},
+                   {"per_class_agreement", r.per_class_agreement},
+                   {"output_sqnr_db", std::isfinite(r.output_sqnr_db) ? json(r.output_sqnr_db) : json(nullptr)},
+                   {"first_disagreements", r.first_disagreements}};
+    if (r.fp32.has_value()) report["fp32"] = EncodePrecision(*r.fp32);
+    j["report"] = std::move(report);
+  }
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text) {
+  try {
+    const json j = json::parse(text);
+    Evaluation e;
+    e.id = j.at("id").get<std::string>();
+    e.spec.model_name = j.at("model_name").get<std::string>();
+    e.spec.model_version = j.at("model_version").get<int64_t>();
+    e.spec.dataset = DecodeDataset(j.at("dataset"));
+    e.spec.max_samples = j.at("max_samples").get<int64_t>();
+    e.spec.batch_size = j.at("batch_size").get<int64_t>();
+    e.spec.skip_fp32 = j.at("skip_fp32").get<bool>();
+    e.state = static_cast<EvaluationState>(j.at("state").get<int>());
+    e.create_time = absl::FromUnixMicros(j.at("create_us").get<int64_t>());
+    e.update_time = absl::FromUnixMicros(j.at("update_us").get<int64_t>());
+    if (j.contains("finish_us")) e.finish_time = absl::FromUnixMicros(j.at("finish_us").get<int64_t>());
+    e.samples_done = j.at("samples_done").get<int64_t>();
+    e.samples_total = j.at("samples_total").get<int64_t>();
+    e.error_code = static_cast<absl::StatusCode>(j.at("error_code").get<int>());
+    e.error_message = j.at("error_message").get<std::string>();
+    if (j.contains("report")) {
+      const json& r = j.at("report");
+      EvaluationReport report;
+      report.samples = r.at("samples").get<int64_t>();
+      report.classes = r.at("classes").get<int64_t>();
+      report.class_names = r.at("class_names").get<std::vector<std::string>>();
+      report.per_class_total = r.at("per_class_total").get<std::vector<int64_t>>();
+      report.kernel_engine = r.at("kernel_engine").get<std::string>();
+      report.int8 = DecodePrecision(r.at("int8"));
+      if (r.contains("fp32")) report.fp32 = DecodePrecision(r.at("fp32"));
+      report.agreement = r.at("agreement").get<int64_t>();
+      report.per_class_agreement = r.at("per_class_agreement").get<std::vector<int64_t>>();
+      report.output_sqnr_db = r.at("output_sqnr_db").is_null() ? std::numeric_limits<double>::infinity()
+                                                               : r.at("output_sqnr_db").get<double>();
+      report.first_disagreements = r.at("first_disagreements").get<std::vector<int64_t>>();
+      e.report = std::move(report);
+    }
+    return e;
+  } catch (const std::exception& error) {
+    return absl::DataLossError(absl::StrCat("stored evaluation record: ", error.what()));
+  }
+}
+
+EvaluationAccumulator::EvaluationAccumulator(int64_t classes, bool with_fp32) {
+  report_.classes = classes;
+  const size_t n = static_cast<size_t>(classes);
+  report_.per_class_total.assign(n, 0);
+  report_.int8.per_class_correct.assign(n, 0);
+  report_.int8.confusion.assign(n * n, 0);
+  if (with_fp32) {
+    report_.fp32 = report_.int8;
+    report_.per_class_agreement.assign(n, 0);
+  }
+}
+
+absl::Status EvaluationAccumulator::Add(int64_t first, const std::vector<int64_t>& labels,
+                                        const std::vector<float>& int8, const std::vector<float>* fp32) {
+  const int64_t classes = report_.classes;
+  const int64_t n = static_cast<int64_t>(labels.size());
+  if (static_cast<int64_t>(int8.size()) != n * classes ||
+      (fp32 != nullptr && static_cast<int64_t>(fp32->size()) != n * classes)) {
+    return absl::InternalError(absl::StrCat("a batch of ", n, " samples gave ", int8.size(), " int8 scores for ",
+                                            classes, " classes"));
+  }
+  if (fp32 != nullptr && !report_.fp32.has_value()) return absl::InternalError("FP32 scores without an FP32 column");
+  const int64_t k = std::min<int64_t>(5, classes);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t label = labels[i];
+    if (label < 0 || label >= classes) {
+      return absl::InvalidArgumentError(absl::StrCat("dataset: the label of sample ", first + i, " is ", label,
+                                                     ", outside the model's ", classes, " classes"));
+    }
+    ++report_.per_class_total[label];
+    const float* q = int8.data() + i * classes;
+    const int64_t q_top = ArgMax(q, classes);
+    ++report_.int8.confusion[label * classes + q_top];
+    if (q_top == label) {
+      ++report_.int8.top1_correct;
+      ++report_.int8.per_class_correct[label];
+    }
+    if (InTopK(q, classes, label, k)) ++report_.int8.top5_correct;
+    if (fp32 == nullptr) continue;
+    const float* f = fp32->data() + i * classes;
+    const int64_t f_top = ArgMax(f, classes);
+    ++report_.fp32->confusion[label * classes + f_top];
+    if (f_top == label) {
+      ++report_.fp32->top1_correct;
+      ++report_.fp32->per_class_correct[label];
+    }
+    if (InTopK(f, classes, label, k)) ++report_.fp32->top5_correct;
+    if (f_top == q_top) {
+      ++report_.agreement;
+      ++report_.per_class_agreement[label];
+    } else if (report_.first_disagreements.size() < EvaluationReport::kMaxDisagreements) {
+      report_.first_disagreements.push_back(first + i);
+    }
+    for (int64_t c = 0; c < classes; ++c) {
+      const double diff = static_cast<double>(f[c]) - static_cast<double>(q[c]);
+      signal_ += static_cast<double>(f[c]) * static_cast<double>(f[c]);
+      noise_ += diff * diff;
+    }
+  }
+  report_.samples += n;
+  return absl::OkStatus();
+}
+
+void EvaluationAccumulator::AddSeconds(double int8_seconds, double fp32_seconds) {
+  report_.int8.seconds += int8_seconds;
+  if (report_.fp32.has_value()) report_.fp32->seconds += fp32_seconds;
+}
+
+EvaluationReport EvaluationAccumulator::Finish() const {
+  EvaluationReport report = report_;
+  if (report.fp32.has_value()) {
+    report.output_sqnr_db =
+        noise_ == 0 ? std::numeric_limits<double>::infinity() : 10.0 * std::log10(signal_ / noise_);
+  }
+  return report;
+}
+
+Evaluator::Evaluator(JobStore* store, ModelRepository* models, Clock* clock, const Options& options)
+    : store_(store), models_(models), clock_(clock), options_(options) {}
+
+Evaluator::~Evaluator() { Shutdown(); }
+
+absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
+  QUANTD_RETURN_IF_ERROR(ValidateModelName(spec.model_name, "model_name"));
+  if (spec.batch_size < 1 || spec.batch_size > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size: ", spec.batch_size, " is not in 1..4096"));
+  }
+  if (spec.max_samples < 0) return absl::InvalidArgumentError("max_samples: must be >= 0 (0 = all)");
+  QUANTD_ASSIGN_OR_RETURN(ModelVersion version, store_->GetModelVersion(spec.model_name, spec.model_version));
+  spec.model_version = version.version;
+  absl::StatusOr<std::unique_ptr<engine::ImageReader>> reader = engine::ImageReader::Open(spec.dataset);
+  if (!reader.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset: ", reader.status().message()));
+  }
+  Evaluation evaluation;
+  evaluation.create_time = clock_->Now();
+  evaluation.update_time = evaluation.create_time;
+  evaluation.id = NewEvaluationId(evaluation.create_time);
+  evaluation.spec = std::move(spec);
+  evaluation.samples_total = (*reader)->size();
+  if (evaluation.spec.max_samples > 0) {
+    evaluation.samples_total = std::min(evaluation.samples_total, evaluation.spec.max_samples);
+  }
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return absl::UnavailableError("the server is shutting down");
+  if (running_ >= options_.max_running) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(running_, " evaluations already run on this server; retry when one has finished"));
+  }
+  QUANTD_RETURN_IF_ERROR(store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation)));
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    if (it->done->load()) {
+      it->thread.join();
+      it = workers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  ++running_;
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  workers_.push_back(Worker{std::thread([this, evaluation, done] { Run(evaluation, done.get()); }), done});
+  return evaluation;
+}
+
+absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
+  QUANTD_ASSIGN_OR_RETURN(std::string text, store_->GetEvaluation(id));
+  QUANTD_ASSIGN_OR_RETURN(Evaluation evaluation, DecodeEvaluation(text));
+  if (evaluation.state == EvaluationState::kRunning && clock_->Now() - evaluation.update_time > options_.stale_after) {
+    evaluation.state = EvaluationState::kFailed;
+    evaluation.error_code = absl::StatusCode::kAborted;
+    evaluation.error_message = absl::StrCat("no progress for ", absl::FormatDuration(clock_->Now() - evaluation.update_time),
+                                            ": the server running it stopped; evaluate again");
+  }
+  return evaluation;
+}
+
+void Evaluator::Shutdown() {
+  std::vector<Worker> workers;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    workers.swap(workers_);
+  }
+  stopping_ = true;
+  for (Worker& worker : workers) worker.thread.join();
+}
+
+void Evaluator::Store(const Evaluation& evaluation) {
+  // A store that cannot write now (a full disk) loses only progress; the
+  // final record is retried a few times.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    if (store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation)).ok()) return;
+    if (evaluation.state == EvaluationState::kRunning) return;
+    absl::SleepFor(absl::Milliseconds(100 << attempt));  // backoff before retrying the final write
+  }
+}
+
+void Evaluator::Run(Evaluation evaluation, std::atomic<bool>* done) {
+  absl::StatusOr<EvaluationReport> report = Evaluate(&evaluation);
+  evaluation.update_time = clock_->Now();
+  evaluation.finish_time = evaluation.update_time;
+  if (report.ok()) {
+    evaluation.state = EvaluationState::kSucceeded;
+    evaluation.report = std::move(*report);
+  } else {
+    evaluation.state = EvaluationState::kFailed;
+    evaluation.error_code = report.status().code();
+    evaluation.error_message = std::string(report.status().message());
+  }
+  Store(evaluation);
+  absl::MutexLock lock(&mu_);
+  --running_;
+  done->store(true);
+}
+
+absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation) {
+  const EvaluationSpec& spec = evaluation->spec;
+  QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const LoadedModel> int8, models_->Load(spec.model_name, spec.model_version));
+  std::shared_ptr<const LoadedModel> fp32;
+  if (!spec.skip_fp32) {
+    QUANTD_ASSIGN_OR_RETURN(fp32, models_->Load(absl::StrCat(spec.model_name, ".fp32"), spec.model_version));
+  }
+  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<engine::ImageReader> reader, engine::ImageReader::Open(spec.dataset));
+  if (reader->sample_shape() != int8->info().input_shape) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset: its samples are not ", spec.model_name,
+                                                   "'s input shape (as calibrated)"));
+  }
+  if (int8->info().output_shape.size() != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(spec.model_name, " does not output [N, classes] scores"));
+  }
+  EvaluationAccumulator accumulator(int8->info().output_shape[0], fp32 != nullptr);
+  absl::Time last_write = clock_->Now();
+  for (int64_t start = 0; start < evaluation->samples_total; start += spec.batch_size) {
+    if (stopping_) return absl::UnavailableError("the server stopped during the evaluation; evaluate again");
+    const int64_t count = std::min(spec.batch_size, evaluation->samples_total - start);
+    QUANTD_ASSIGN_OR_RETURN(engine::ImageBatch batch, reader->Read(start, count));
+    const absl::Time t0 = clock_->Now();
+    QUANTD_ASSIGN_OR_RETURN(engine::ServingOutput q, int8->Run(fp32 != nullptr ? batch.pixels : std::move(batch.pixels),
+                                                               batch.count));
+    const absl::Time t1 = clock_->Now();
+    std::optional<engine::ServingOutput> f;
+    if (fp32 != nullptr) {
+      QUANTD_ASSIGN_OR_RETURN(f, fp32->Run(std::move(batch.pixels), batch.count));
+    }
+    const absl::Time t2 = clock_->Now();
+    accumulator.AddSeconds(absl::ToDoubleSeconds(t1 - t0), absl::ToDoubleSeconds(t2 - t1));
+    QUANTD_RETURN_IF_ERROR(accumulator.Add(start, batch.labels, q.values, f.has_value() ? &f->values : nullptr));
+    evaluation->samples_done = start + count;
+    if (t2 - last_write >= options_.progress_interval) {
+      evaluation->update_time = t2;
+      Store(*evaluation);
+      last_write = t2;
+    }
+  }
+  EvaluationReport report = accumulator.Finish();
+  report.class_names = int8->info().labels;
+  report.kernel_engine = int8->info().kernel_engine;
+  return report;
+}
+
+}  // namespace quantd::worker

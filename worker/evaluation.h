@@ -1,0 +1,157 @@
+#ifndef QUANTD_WORKER_EVALUATION_H_
+#define QUANTD_WORKER_EVALUATION_H_
+
+// Evaluation of a published model version on a labelled dataset: its int8
+// artifact and its FP32 source side by side, through the same loaded models
+// and preprocessing that serve inference. Top-1 and top-5, per-class
+// accuracy, confusion matrices, int8/FP32 agreement (overall and per class),
+// the int8 scores' SQNR against FP32's, the first disagreeing samples and
+// each column's images per second.
+//
+// An evaluation runs asynchronously on its own thread; its record (state,
+// progress, report) lives in the job store, so any server on the store can
+// answer for it and a client's deadline never limits the size of the set.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "worker/clock.h"
+#include "worker/engine/data/dataset_spec.h"
+#include "worker/job_store.h"
+#include "worker/model_repository.h"
+
+namespace quantd::worker {
+
+enum class EvaluationState { kRunning = 1, kSucceeded = 2, kFailed = 3 };
+const char* EvaluationStateName(EvaluationState state);
+
+struct EvaluationSpec {
+  std::string model_name;     // a published name (not its ".fp32" twin)
+  int64_t model_version = 0;  // 0 = newest; resolved when the evaluation starts
+  engine::DatasetSpec dataset;
+  int64_t max_samples = 0;  // 0 = all
+  int64_t batch_size = 256;
+  bool skip_fp32 = false;
+};
+
+struct PrecisionResult {
+  int64_t top1_correct = 0;
+  int64_t top5_correct = 0;  // top-min(5, classes)
+  double seconds = 0;        // forward passes only
+  std::vector<int64_t> per_class_correct;  // by true class
+  std::vector<int64_t> confusion;          // classes x classes: row = true class, column = predicted
+};
+
+struct EvaluationReport {
+  int64_t samples = 0;
+  int64_t classes = 0;
+  std::vector<std::string> class_names;  // when known (CIFAR-10), else empty
+  std::vector<int64_t> per_class_total;
+  std::string kernel_engine;  // what ran the int8 column
+  PrecisionResult int8;
+  std::optional<PrecisionResult> fp32;
+  // With FP32: samples whose int8 and FP32 top-1 agree, overall and per true
+  // class; the int8 scores' SQNR against FP32's over every sample (dB); the
+  // first disagreeing sample indices (at most kMaxDisagreements).
+  int64_t agreement = 0;
+  std::vector<int64_t> per_class_agreement;
+  double output_sqnr_db = 0;
+  std::vector<int64_t> first_disagreements;
+  static constexpr int kMaxDisagreements = 20;
+};
+
+struct Evaluation {
+  std::string id;
+  EvaluationSpec spec;
+  EvaluationState state = EvaluationState::kRunning;
+  absl::Time create_time = absl::InfinitePast();
+  absl::Time update_time = absl::InfinitePast();  // progress is written at least this recently
+  std::optional<absl::Time> finish_time;
+  int64_t samples_done = 0;
+  int64_t samples_total = 0;
+  std::optional<EvaluationReport> report;  // SUCCEEDED
+  absl::StatusCode error_code = absl::StatusCode::kOk;
+  std::string error_message;  // FAILED
+};
+
+// The record as stored (JSON) and back.
+std::string EncodeEvaluation(const Evaluation& evaluation);
+absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text);
+
+// Adds up batches of scores into a report. Pure arithmetic, no models.
+class EvaluationAccumulator {
+ public:
+  EvaluationAccumulator(int64_t classes, bool with_fp32);
+  // A batch starting at sample `first`: its labels, and its scores
+  // ([labels.size(), classes] row-major) from each column (fp32 null
+  // without FP32). INVALID_ARGUMENT for a label outside the classes.
+  absl::Status Add(int64_t first, const std::vector<int64_t>& labels, const std::vector<float>& int8,
+                   const std::vector<float>* fp32);
+  void AddSeconds(double int8_seconds, double fp32_seconds);
+  EvaluationReport Finish() const;
+
+ private:
+  EvaluationReport report_;
+  double signal_ = 0;  // sum of FP32 scores squared
+  double noise_ = 0;   // sum of (FP32 - int8) squared
+};
+
+class Evaluator {
+ public:
+  struct Options {
+    int max_running = 2;
+    // How often a running evaluation writes its progress to the store.
+    absl::Duration progress_interval = absl::Milliseconds(500);
+    // A RUNNING record not updated for this long belongs to a server that
+    // stopped: it reads as FAILED.
+    absl::Duration stale_after = absl::Minutes(2);
+  };
+  Evaluator(JobStore* store, ModelRepository* models, Clock* clock, const Options& options);
+  ~Evaluator();
+  Evaluator(const Evaluator&) = delete;
+  Evaluator& operator=(const Evaluator&) = delete;
+
+  // Checks the request (NOT_FOUND for an unknown model or version,
+  // INVALID_ARGUMENT naming the dataset field), stores the evaluation as
+  // RUNNING and starts it. RESOURCE_EXHAUSTED when max_running already run
+  // here; UNAVAILABLE after Shutdown.
+  absl::StatusOr<Evaluation> Start(EvaluationSpec spec);
+  // From the store, by any server on it. NOT_FOUND for an unknown id.
+  absl::StatusOr<Evaluation> Get(const std::string& id);
+  // Stops running evaluations (stored as FAILED, UNAVAILABLE: the server
+  // stopped) and joins their threads. Idempotent.
+  void Shutdown();
+
+ private:
+  void Run(Evaluation evaluation, std::atomic<bool>* done);
+  absl::StatusOr<EvaluationReport> Evaluate(Evaluation* evaluation);
+  void Store(const Evaluation& evaluation);
+
+  JobStore* const store_;
+  ModelRepository* const models_;
+  Clock* const clock_;
+  const Options options_;
+  std::atomic<bool> stopping_{false};
+  absl::Mutex mu_;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  struct Worker {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  // Finished ones are joined at the next Start (or at Shutdown).
+  std::vector<Worker> workers_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace quantd::worker
+
+#endif  // QUANTD_WORKER_EVALUATION_H_

@@ -1,0 +1,125 @@
+#include "worker/evaluation.h"
+
+#include <cmath>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace quantd::worker {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// Scores for 6 classes with `best` highest, then `second`, the rest 0.
+std::vector<float> Scores(int best, int second) {
+  std::vector<float> s(6, 0.0f);
+  s[best] = 2.0f;
+  s[second] = 1.0f;
+  return s;
+}
+
+std::vector<float> Concat(std::initializer_list<std::vector<float>> rows) {
+  std::vector<float> out;
+  for (const auto& r : rows) out.insert(out.end(), r.begin(), r.end());
+  return out;
+}
+
+TEST(EvaluationAccumulatorTest, CountsTopOneTopFiveConfusionAndAgreementPerClass) {
+  EvaluationAccumulator acc(6, /*with_fp32=*/true);
+  // Labels 0, 1, 1, 2. int8 predicts 0, 1, 3, 5; FP32 predicts 0, 1, 1, 2.
+  const std::vector<int64_t> labels = {0, 1, 1, 2};
+  const std::vector<float> int8 = Concat({Scores(0, 1), Scores(1, 0), Scores(3, 1), Scores(5, 4)});
+  const std::vector<float> fp32 = Concat({Scores(0, 1), Scores(1, 0), Scores(1, 3), Scores(2, 5)});
+  ASSERT_TRUE(acc.Add(100, labels, int8, &fp32).ok());
+  acc.AddSeconds(0.5, 2.0);
+  const EvaluationReport r = acc.Finish();
+  EXPECT_EQ(r.samples, 4);
+  EXPECT_THAT(r.per_class_total, ElementsAre(1, 2, 1, 0, 0, 0));
+  EXPECT_EQ(r.int8.top1_correct, 2);
+  // Sample 3 (label 2) has int8 scores 0 for classes 0..3: five classes
+  // beat or tie it ahead of it (5, 4, 0, 1), so it is still in the top 5;
+  // sample 2 (label 1) is second.
+  EXPECT_EQ(r.int8.top5_correct, 4);
+  EXPECT_THAT(r.int8.per_class_correct, ElementsAre(1, 1, 0, 0, 0, 0));
+  EXPECT_EQ(r.int8.confusion[1 * 6 + 3], 1);  // a 1 taken for a 3
+  EXPECT_EQ(r.int8.confusion[2 * 6 + 5], 1);
+  ASSERT_TRUE(r.fp32.has_value());
+  EXPECT_EQ(r.fp32->top1_correct, 4);
+  EXPECT_EQ(r.agreement, 2);
+  EXPECT_THAT(r.per_class_agreement, ElementsAre(1, 1, 0, 0, 0, 0));
+  EXPECT_THAT(r.first_disagreements, ElementsAre(102, 103));
+  EXPECT_DOUBLE_EQ(r.int8.seconds, 0.5);
+  EXPECT_DOUBLE_EQ(r.fp32->seconds, 2.0);
+  // Signal: 4 rows of 2^2 + 1^2. Noise: row 3 differs by 1 in two classes,
+  // row 4 by 2 in one and by 1 in two.
+  const double signal = 4 * 5.0, noise = (1 + 1) + (4 + 1 + 1);
+  EXPECT_NEAR(r.output_sqnr_db, 10 * std::log10(signal / noise), 1e-9);
+}
+
+TEST(EvaluationAccumulatorTest, TopFiveMissesWhenFiveClassesScoreHigher) {
+  EvaluationAccumulator acc(6, /*with_fp32=*/false);
+  const std::vector<float> scores = {5, 4, 3, 2, 1, 0};
+  ASSERT_TRUE(acc.Add(0, {5}, scores, nullptr).ok());
+  ASSERT_TRUE(acc.Add(1, {4}, scores, nullptr).ok());
+  const EvaluationReport r = acc.Finish();
+  EXPECT_EQ(r.int8.top1_correct, 0);
+  EXPECT_EQ(r.int8.top5_correct, 1);
+  EXPECT_FALSE(r.fp32.has_value());
+  EXPECT_TRUE(r.first_disagreements.empty());
+}
+
+TEST(EvaluationAccumulatorTest, IdenticalScoresHaveInfiniteSqnr) {
+  EvaluationAccumulator acc(6, /*with_fp32=*/true);
+  const std::vector<float> s = Scores(2, 3);
+  ASSERT_TRUE(acc.Add(0, {2}, s, &s).ok());
+  EXPECT_TRUE(std::isinf(acc.Finish().output_sqnr_db));
+}
+
+TEST(EvaluationAccumulatorTest, ALabelOutsideTheClassesIsInvalidNamingTheSample) {
+  EvaluationAccumulator acc(6, /*with_fp32=*/false);
+  const absl::Status status = acc.Add(40, {0, 9}, Concat({Scores(0, 1), Scores(0, 1)}), nullptr);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("sample 41 is 9"));
+  EXPECT_EQ(acc.Add(0, {0}, std::vector<float>(5), nullptr).code(), absl::StatusCode::kInternal);
+}
+
+TEST(EvaluationCodecTest, ARecordRoundTrips) {
+  Evaluation e;
+  e.id = "eval-1";
+  e.spec.model_name = "resnet8";
+  e.spec.model_version = 3;
+  e.spec.dataset.path = "/data/test_batch.bin";
+  e.spec.max_samples = 500;
+  e.spec.batch_size = 128;
+  e.state = EvaluationState::kSucceeded;
+  e.create_time = absl::FromUnixMicros(1700000000000001);
+  e.update_time = absl::FromUnixMicros(1700000000500002);
+  e.finish_time = e.update_time;
+  e.samples_done = 500;
+  e.samples_total = 500;
+  EvaluationAccumulator acc(6, true);
+  const std::vector<float> q = Scores(1, 2), f = Scores(1, 3);
+  ASSERT_TRUE(acc.Add(0, {1}, q, &f).ok());
+  e.report = acc.Finish();
+  e.report->class_names = {"a", "b", "c", "d", "e", "f"};
+  e.report->kernel_engine = "onednn";
+  absl::StatusOr<Evaluation> back = DecodeEvaluation(EncodeEvaluation(e));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->id, "eval-1");
+  EXPECT_EQ(back->spec.model_version, 3);
+  EXPECT_EQ(back->spec.dataset.path, "/data/test_batch.bin");
+  EXPECT_EQ(back->state, EvaluationState::kSucceeded);
+  EXPECT_EQ(back->create_time, e.create_time);
+  EXPECT_EQ(back->finish_time, e.finish_time);
+  ASSERT_TRUE(back->report.has_value());
+  EXPECT_EQ(back->report->int8.confusion, e.report->int8.confusion);
+  EXPECT_EQ(back->report->fp32->top1_correct, 1);
+  EXPECT_DOUBLE_EQ(back->report->output_sqnr_db, e.report->output_sqnr_db);
+  EXPECT_EQ(back->report->class_names[5], "f");
+  EXPECT_EQ(DecodeEvaluation("{").status().code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace quantd::worker
