@@ -2,7 +2,11 @@
 // outside tools: a third-party Node.js reflection client, quantctl, plain
 // HTTP for /metrics, promtool, and signals.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -232,6 +236,92 @@ TEST_F(QuantdIntegrationTest, MetricsEndpointPassesPromtool) {
   // promtool: 0 = fine, 1 = parse error, 3 = lint problems.
   EXPECT_EQ(check->exit_code, 0) << "promtool check metrics:\n"
                                  << check->out << check->err << "\nmetrics:\n" << body;
+}
+
+// A free TCP port on loopback (for a server that needs one given).
+int FreeLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+    port = ntohs(address.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+// The real Prometheus server (Debian's) scrapes quantd on loopback with
+// deploy/'s alert and recording rules loaded: the target is up, quantd's
+// series are queryable, and every rule evaluates without error.
+TEST_F(QuantdIntegrationTest, PrometheusScrapesQuantdAndEvaluatesTheRules) {
+  ASSERT_TRUE(std::filesystem::exists(PROMETHEUS_BIN)) << "prometheus not found; run scripts/setup.sh";
+  EXPECT_EQ(Quantctl({"health"}).exit_code, 0);
+  const int port = FreeLoopbackPort();
+  ASSERT_GT(port, 0);
+  const std::string dir = quantd_->dir() + "/prometheus";
+  std::filesystem::create_directories(dir + "/data");
+  {
+    std::ofstream config(dir + "/prometheus.yml");
+    config << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+           << "rule_files:\n  - " << SOURCE_DIR << "/deploy/prometheus/rules.yml\n"
+           << "scrape_configs:\n  - job_name: quantd\n    static_configs:\n      - targets: [\"127.0.0.1:"
+           << quantd_->metrics_port() << "\"]\n";
+  }
+  Subprocess::Options options;
+  options.stdout_path = dir + "/prometheus.log";
+  options.stderr_path = dir + "/prometheus.log";
+  auto prometheus = Subprocess::Start(
+      {PROMETHEUS_BIN, "--config.file=" + dir + "/prometheus.yml", "--storage.tsdb.path=" + dir + "/data",
+       absl::StrCat("--web.listen-address=127.0.0.1:", port)},
+      options);
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+  const std::string api = absl::StrCat("http://127.0.0.1:", port, "/api/v1/");
+  auto get = [&](const std::string& path) {
+    auto run = RunCommand({"/usr/bin/curl", "-sS", "-g", api + path}, absl::Seconds(10));
+    return run.ok() && run->exit_code == 0 ? nlohmann::json::parse(run->out, nullptr, false) : nlohmann::json();
+  };
+  // Wait (bounded) for a scrape and two rule evaluations.
+  nlohmann::json up, rules;
+  bool evaluated = false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline && !evaluated) {
+    absl::SleepFor(absl::Milliseconds(500));  // Prometheus scrapes and evaluates every second
+    up = get("query?query=up{job=\"quantd\"}");
+    rules = get("rules");
+    if (!up.is_object() || up["data"]["result"].empty() || up["data"]["result"][0]["value"][1] != "1") continue;
+    if (!rules.is_object() || rules["data"]["groups"].empty()) continue;
+    evaluated = true;
+    for (const auto& rule : rules["data"]["groups"][0]["rules"]) {
+      if (!rule.contains("lastEvaluation") || rule["lastEvaluation"] == "0001-01-01T00:00:00Z") evaluated = false;
+    }
+  }
+  ASSERT_TRUE(evaluated) << "up: " << up.dump() << "\nrules: " << rules.dump() << "\n"
+                         << ReadFileOrEmpty(dir + "/prometheus.log");
+  int checked = 0;
+  for (const auto& rule : rules["data"]["groups"][0]["rules"]) {
+    EXPECT_EQ(rule["health"], "ok") << rule.dump();
+    ++checked;
+  }
+  EXPECT_GE(checked, 8);
+  nlohmann::json build = get("query?query=quantd_build_info");
+  ASSERT_TRUE(build.is_object());
+  ASSERT_FALSE(build["data"]["result"].empty()) << build.dump();
+  EXPECT_TRUE(build["data"]["result"][0]["metric"].contains("version"));
+  nlohmann::json health = get("query?query=quantd_grpc_requests_total{method=\"grpc.health.v1.Health/Check\"}");
+  ASSERT_TRUE(health.is_object());
+  EXPECT_FALSE(health["data"]["result"].empty()) << health.dump();
+  nlohmann::json jobs = get("query?query=max(quantd_jobs{state=\"queued\"})");
+  ASSERT_TRUE(jobs.is_object());
+  ASSERT_FALSE(jobs["data"]["result"].empty()) << jobs.dump();
+  EXPECT_EQ(jobs["data"]["result"][0]["value"][1], "0");
+  // No alert fires on an idle, healthy quantd.
+  nlohmann::json alerts = get("alerts");
+  ASSERT_TRUE(alerts.is_object());
+  EXPECT_TRUE(alerts["data"]["alerts"].empty()) << alerts.dump();
 }
 
 TEST_F(QuantdIntegrationTest, SigtermShutsDownGracefullyWithExitZero) {
