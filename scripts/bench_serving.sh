@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The serving benchmark (issue #11), one run, printed as a table with ratios:
+# in-process int8 batch 1 and batch 256 (the same artifact on the same
+# kernels), ModelInfer over gRPC with batch-1 requests from 1, 4 and 16
+# clients with and without dynamic batching, REST from 1 client, and ONNX
+# Runtime in-process (scripts/ort_bench.js, when onnxruntime-node is
+# installed under build/ort by scripts/bench.sh) as the outside reference.
+# Needs a build (scripts/build.sh) and the fixtures.
+#
+#   scripts/bench_serving.sh [FIXTURES_DIR]      (default ../shared/fixtures)
+#   QUANTD_BENCH_SECONDS (per row, default 3), QUANTD_INFERENCE_THREADS (default 2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fixtures="$(cd "${1:-${QUANTD_FIXTURES:-../shared/fixtures}}" && pwd)"
+build_dir="${QUANTD_BUILD_DIR:-build}"
+seconds="${QUANTD_BENCH_SECONDS:-3}"
+threads="${QUANTD_INFERENCE_THREADS:-2}"
+work="$(mktemp -d -t quantd-bench-serving.XXXXXX)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+fusion="conv1,bn1,relu1;layer1.conv1,layer1.bn1,layer1.relu1;layer1.conv2,layer1.bn2;layer2.conv1,layer2.bn1,layer2.relu1;layer2.conv2,layer2.bn2;layer3.conv1,layer3.bn1,layer3.relu1;layer3.conv2,layer3.bn2"
+
+# start_quantd NAME FLAGS...: a quantd on ephemeral ports over its own data
+# dir, with the ResNet8 fbgemm-preset job published as resnet8 version 1.
+# Sets grpc_NAME, http_NAME and data_NAME.
+start_quantd() {
+  local name="$1"
+  shift
+  local dir="$work/$name"
+  mkdir -p "$dir/data"
+  ln -s "$fixtures" "$dir/data/fixtures"
+  "$build_dir/server/quantd" --bind_address=127.0.0.1 --grpc_port=0 --metrics_port=0 --data_dir="$dir/data" \
+    --port_file="$dir/ports.json" --read_roots="$fixtures" --inference_threads="$threads" "$@" 2>"$dir/quantd.log" &
+  pids+=($!)
+  for _ in $(seq 1 300); do
+    [ -f "$dir/ports.json" ] && break
+    sleep 0.1  # waiting for the server to bind
+  done
+  [ -f "$dir/ports.json" ] || { echo "bench_serving: quantd did not start:" >&2; cat "$dir/quantd.log" >&2; exit 1; }
+  local grpc http
+  grpc="127.0.0.1:$(sed -n 's/.*"grpc_port": \([0-9]*\).*/\1/p' "$dir/ports.json")"
+  http="127.0.0.1:$(sed -n 's/.*"metrics_port": \([0-9]*\).*/\1/p' "$dir/ports.json")"
+  "$build_dir/client/quantctl" --server="$grpc" submit --model=fixtures/models/resnet8_fp32.torchscript.pt \
+    --calib=fixtures/cifar10/calib_batch.bin --preset=fbgemm --fusion="$fusion" --model_name=resnet8 --wait \
+    >"$dir/submit.log"
+  printf -v "grpc_$name" '%s' "$grpc"
+  printf -v "http_$name" '%s' "$http"
+  printf -v "data_$name" '%s' "$dir/data"
+}
+
+echo "bench_serving: quantizing ResNet8 on two servers (dynamic batching on, off) ..." >&2
+start_quantd batched
+start_quantd unbatched --dynamic_batching=false
+job_id="$("$build_dir/client/quantctl" --server="$grpc_batched" --json models resnet8 |
+  /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["versions"][0]["jobId"])')"
+read -r sha engine < <("$build_dir/client/quantctl" --server="$grpc_batched" --json job "$job_id" |
+  /usr/bin/python3 -c 'import json, sys; r = json.load(sys.stdin)["result"]; print(r["artifactSha256"], r["kernelEngine"])')
+[ -n "$sha" ] && [ -n "$engine" ] || { echo "bench_serving: no artifact for job $job_id" >&2; exit 1; }
+
+echo "bench_serving: measuring, $seconds s per row ..." >&2
+"$build_dir/server/quantd-serving-bench" --server="$grpc_batched" --server_unbatched="$grpc_unbatched" \
+  --http="$http_batched" --artifact="$data_batched/artifacts/$sha.pt" --kernel_engine="$engine" \
+  --images="$fixtures/cifar10/test_batch.bin" --seconds="$seconds" --threads="$threads" >"$work/serving.json"
+
+ort_modules="$build_dir/ort/node_modules"
+if [ -d "$ort_modules/onnxruntime-node" ]; then
+  echo "bench_serving: ONNX Runtime ..." >&2
+  node scripts/ort_bench.js "$fixtures" "$(cd "$ort_modules" && pwd)" >"$work/ort.json"
+else
+  echo '{}' >"$work/ort.json"
+  echo "bench_serving: no onnxruntime-node under $ort_modules (scripts/bench.sh installs it); no ONNX Runtime row" >&2
+fi
+
+/usr/bin/python3 - "$work/serving.json" "$work/ort.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+ort = json.load(open(sys.argv[2]))
+rows = {r['path'] + '@' + str(r['concurrency']): r for r in s['rows']}
+b256 = rows[f"in-process batch 256@{s['threads']}"]['images_per_s']
+b1 = rows['in-process batch 1@1']
+print(f"CPU: {s['cpu']}; int8 on {s['kernel_engine']}; {s['threads']} inference threads; same run, same artifact")
+print(f"{'path':46s} {'clients':>7s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'vs in-process b256':>19s}")
+for r in s['rows']:
+    print(f"{r['path']:46s} {r['concurrency']:7d} {r['images_per_s']:8.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
+          f"{r['errors']:6d} {r['images_per_s'] / b256:18.2f}x")
+if ort:
+    for name in ('u8u8_qoperator', 'u8s8_qdq_per_channel'):
+        r = ort[name]
+        print(f"{'ONNX Runtime ' + ort['onnxruntime'] + ' ' + name + ' in-process b256, 1 thread':54s} "
+              f"{r['batch256_images_per_s']:8.0f} {r['batch1_latency_ms']:8.3f} {'':>8s} {'':>6s} "
+              f"{r['batch256_images_per_s'] / b256:18.2f}x")
+batched = rows['gRPC ModelInfer batch 1, dynamic batching@16']
+plain = rows['gRPC ModelInfer batch 1, no batching@16']
+one = rows['gRPC ModelInfer batch 1, dynamic batching@1']
+errors = sum(r['errors'] for r in s['rows'])
+print()
+print(f"16 clients, dynamic batching: {batched['images_per_s'] / b256:.2f} of in-process batch-256 throughput "
+      f"(target >= 0.60), {batched['images_per_s'] / plain['images_per_s']:.2f}x the throughput without batching")
+print(f"gRPC batch-1 p50 at 1 client: {one['p50_ms'] / b1['p50_ms']:.2f}x the in-process batch-1 latency "
+      f"(target < 2; {one['p50_ms']:.3f} ms vs {b1['p50_ms']:.3f} ms)")
+print(f"errors: {errors}")
+PY
