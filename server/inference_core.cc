@@ -81,6 +81,12 @@ absl::Status InferenceCore::RepositoryIndex(const inference::RepositoryIndexRequ
   return absl::OkStatus();
 }
 
+bool InferenceCore::ServesWithoutLoading(const inference::ModelInferRequest& request) {
+  absl::StatusOr<int64_t> number = ParseModelVersion(request.model_version(), "model_version");
+  return number.ok() && !request.model_name().empty() &&
+         deps_.models->FindLoaded(request.model_name(), *number) != nullptr;
+}
+
 void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                                absl::AnyInvocable<void(absl::Status) &&> done) {
   InferenceStats* stats = deps_.stats;
@@ -97,8 +103,11 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
   if (name.empty()) return fail_before_queue(absl::InvalidArgumentError("model_name: required"), nullptr);
   absl::StatusOr<int64_t> number = ParseModelVersion(request.model_version(), "model_version");
   if (!number.ok()) return fail_before_queue(number.status(), nullptr);
-  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded = deps_.models->Load(name, *number);
-  if (stats != nullptr) stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
+  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded = deps_.models->FindLoaded(name, *number);
+  if (*loaded == nullptr) {
+    loaded = deps_.models->Load(name, *number);
+    if (stats != nullptr) stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
+  }
   if (!loaded.ok()) return fail_before_queue(loaded.status(), nullptr);
   std::shared_ptr<const worker::LoadedModel> model = *std::move(loaded);
   const worker::ServedModelInfo& info = model->info();

@@ -45,6 +45,11 @@ class InferenceCore {
   absl::Status RepositoryIndex(const inference::RepositoryIndexRequest& request,
                                inference::RepositoryIndexResponse* response);
 
+  // Whether the request's model is loaded and its version freshly resolved:
+  // then ModelInfer touches neither the store nor the disk before queueing,
+  // and may run on a thread that must not block.
+  bool ServesWithoutLoading(const inference::ModelInferRequest& request);
+
   // Loads and checks on the caller's thread, then queues on the batcher.
   // `done` gets the outcome once `response` is filled: on an inference
   // thread, or on the caller's when the request fails before the queue.

@@ -3,9 +3,10 @@
 
 // inference.GRPCInferenceService (the Open Inference Protocol) on quantd's
 // gRPC port: authenticates each call and runs it through InferenceCore on the
-// inference executor (--inference_threads), never on gRPC's callback threads
-// and never behind quantization jobs or the job store's RPCs. Forward passes
-// run on the dynamic batcher's threads.
+// inference executor (--inference_threads), never behind quantization jobs or
+// the job store's RPCs. A ModelInfer for a loaded model (nothing to read from
+// the store or the disk) is checked and queued on gRPC's callback thread
+// itself; forward passes run on the dynamic batcher's threads.
 
 #include <string>
 

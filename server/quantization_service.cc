@@ -563,8 +563,10 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteModelVersion(grpc::Call
       return Audited(context, caller, "DeleteModelVersion", target,
                      absl::InvalidArgumentError("version: required (1, 2, ...)"));
     }
-    return Audited(context, caller, "DeleteModelVersion", target,
-                   deps_.pool->store().DeleteModelVersion(request->name(), static_cast<int64_t>(request->version())));
+    const absl::Status deleted =
+        deps_.pool->store().DeleteModelVersion(request->name(), static_cast<int64_t>(request->version()));
+    if (deleted.ok()) deps_.models->ForgetResolutions();  // served no more, at once
+    return Audited(context, caller, "DeleteModelVersion", target, deleted);
   });
 }
 

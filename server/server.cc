@@ -198,6 +198,21 @@ std::string HostPort(const std::string& host, int port) {
   return absl::StrCat(host, ":", port);
 }
 
+// A job that succeeds here may have published a version: "newest" must name
+// it at once, not after the repository's resolution TTL.
+class PublishWatcher : public worker::JobWatcher {
+ public:
+  explicit PublishWatcher(worker::ModelRepository* models) : models_(models) {}
+  void OnJobEvent(const worker::JobEvent& event) override {
+    if (event.kind == worker::JobEvent::Kind::kStateChanged && event.state == worker::JobState::kSucceeded) {
+      models_->ForgetResolutions();
+    }
+  }
+
+ private:
+  worker::ModelRepository* const models_;
+};
+
 }  // namespace
 
 const char* QuantdVersion() { return QUANTD_VERSION; }
@@ -299,6 +314,11 @@ absl::Status QuantdServer::OpenStores() {
                                                             worker::Clock::Real()));
   job_stats_ = std::make_unique<JobStats>(*metrics_.registry());
   pool_->events().AddObserver(job_stats_.get());
+  worker::ModelRepository::Options repository;
+  repository.cache_bytes = options_.model_cache_bytes;
+  models_ = std::make_unique<worker::ModelRepository>(job_store_.get(), artifact_store_.get(), repository);
+  publish_watcher_ = std::make_unique<PublishWatcher>(models_.get());
+  pool_->events().AddObserver(publish_watcher_.get());
   if (pool_->recovered().requeued > 0 || pool_->recovered().failed > 0) {
     LogLine(LogLevel::kInfo, absl::StrCat("quantd: recovered interrupted jobs: requeued=",
                                           pool_->recovered().requeued,
@@ -319,9 +339,6 @@ absl::Status QuantdServer::OpenStores() {
   deps.read_roots = options_.read_roots;
   rpc_executor_ = std::make_unique<BlockingExecutor>(options_.rpc_threads, options_.rpc_queue_capacity);
   deps.executor = rpc_executor_.get();
-  worker::ModelRepository::Options repository;
-  repository.cache_bytes = options_.model_cache_bytes;
-  models_ = std::make_unique<worker::ModelRepository>(job_store_.get(), artifact_store_.get(), repository);
   deps.models = models_.get();
   evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(),
                                                    worker::Evaluator::Options());

@@ -143,18 +143,19 @@ class QuantdServer {
   std::unique_ptr<Authenticator> auth_;
   ServerMetrics metrics_;
   HealthService health_;
-  // Observes the pool's events: outlives the pool.
+  // Observe the pool's events: outlive the pool.
   std::unique_ptr<JobStats> job_stats_;
+  std::unique_ptr<worker::JobWatcher> publish_watcher_;
   std::unique_ptr<worker::DataQuota> quota_;
   std::unique_ptr<worker::JobStore> job_store_;
   std::unique_ptr<worker::ArtifactStore> artifact_store_;
   std::unique_ptr<worker::BlobStore> blob_store_;
+  std::unique_ptr<worker::ModelRepository> models_;  // before the pool: its events reach it
   std::unique_ptr<worker::QuantizationEngine> engine_;
   std::unique_ptr<worker::WorkerPool> pool_;
   // After the stores and pool it uses; stopped once gRPC has stopped.
   std::unique_ptr<BlockingExecutor> rpc_executor_;
   std::unique_ptr<QuantizationServiceImpl> quantization_service_;
-  std::unique_ptr<worker::ModelRepository> models_;
   std::unique_ptr<worker::Evaluator> evaluator_;
   std::unique_ptr<BlockingExecutor> inference_executor_;
   std::unique_ptr<InferenceStats> inference_stats_;

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <optional>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -70,11 +71,44 @@ int ModelRepository::cached_models() const {
   return static_cast<int>(cached_.size());
 }
 
+void ModelRepository::ForgetResolutions() {
+  absl::MutexLock lock(&mu_);
+  resolved_.clear();
+}
+
+std::shared_ptr<const LoadedModel> ModelRepository::FindLoaded(const std::string& name, int64_t version) {
+  std::string base;
+  bool fp32 = false;
+  if (!ParseName(name, "model_name", &base, &fp32).ok()) return nullptr;
+  const absl::Time now = options_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  auto resolution = resolved_.find({base, version});
+  if (resolution == resolved_.end() || now - resolution->second.second > options_.resolve_ttl) return nullptr;
+  auto it = cached_.find(Key{base, resolution->second.first.version, fp32});
+  if (it == cached_.end()) return nullptr;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const std::string& name, int64_t version) {
   std::string base;
   bool fp32 = false;
   QUANTD_RETURN_IF_ERROR(ParseName(name, "model_name", &base, &fp32));
-  QUANTD_ASSIGN_OR_RETURN(ModelVersion resolved, jobs_->GetModelVersion(base, version));
+  const absl::Time now = options_.clock->Now();
+  std::optional<ModelVersion> remembered;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = resolved_.find({base, version});
+    if (it != resolved_.end() && now - it->second.second <= options_.resolve_ttl) remembered = it->second.first;
+  }
+  ModelVersion resolved;
+  if (remembered.has_value()) {
+    resolved = *std::move(remembered);
+  } else {
+    QUANTD_ASSIGN_OR_RETURN(resolved, jobs_->GetModelVersion(base, version));
+    absl::MutexLock lock(&mu_);
+    resolved_[{base, version}] = {resolved, now};
+  }
   const Key key{base, resolved.version, fp32};
   {
     absl::MutexLock lock(&mu_);

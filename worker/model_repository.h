@@ -7,9 +7,11 @@
 // the newest. Loaded models are cached within a byte budget, least recently
 // used out, and warmed up with one forward pass when loaded.
 //
-// The job store stays the source of truth: every lookup resolves the
-// version there, so a version published or deleted by another process is
-// seen at once; only the loaded model is cached (a version never changes).
+// The job store stays the source of truth: a lookup resolves the version
+// there, remembering the answer for `resolve_ttl` (1 s), so a version
+// published or deleted by another process is seen within that; one published
+// or deleted through this process is seen at once (ForgetResolutions). The
+// loaded model is cached as such (a version never changes).
 
 #include <cstdint>
 #include <list>
@@ -24,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "worker/artifact_store.h"
+#include "worker/clock.h"
 #include "worker/dynamic_batcher.h"
 #include "worker/engine/data/dataset_spec.h"
 #include "worker/engine/servable_model.h"
@@ -68,6 +71,9 @@ class ModelRepository {
     // An artifact whose own kernel engine is not exact on this CPU runs on
     // one that is (qnnpack) instead of being refused.
     bool allow_kernel_reroute = true;
+    // How long a version resolution (name, version or newest -> job) is reused.
+    absl::Duration resolve_ttl = absl::Seconds(1);
+    Clock* clock = Clock::Real();
   };
   ModelRepository(JobStore* jobs, ArtifactStore* artifacts, const Options& options)
       : jobs_(jobs), artifacts_(artifacts), options_(options) {}
@@ -78,8 +84,14 @@ class ModelRepository {
   // The addressed version, loaded (and cached). NOT_FOUND for an unknown
   // name or version; FAILED_PRECONDITION when it cannot run here.
   absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, int64_t version);
+  // The addressed version if it is loaded and its resolution is fresh, with
+  // no store or disk access (so callers may use it on threads that must not
+  // block); nullptr otherwise.
+  std::shared_ptr<const LoadedModel> FindLoaded(const std::string& name, int64_t version);
   // Whether that version is loaded now (no loading, no store access).
   bool IsLoaded(const std::string& base_name, int64_t version, bool fp32) const;
+  // Drops remembered resolutions: a version was published or deleted here.
+  void ForgetResolutions();
 
   int64_t cached_bytes() const;
   int cached_models() const;
@@ -97,6 +109,8 @@ class ModelRepository {
   std::list<std::pair<Key, std::shared_ptr<const LoadedModel>>> lru_ ABSL_GUARDED_BY(mu_);
   std::map<Key, decltype(lru_)::iterator> cached_ ABSL_GUARDED_BY(mu_);
   std::set<Key> loading_ ABSL_GUARDED_BY(mu_);
+  // (base name, version as asked, 0 = newest) -> the version, and when resolved.
+  std::map<std::pair<std::string, int64_t>, std::pair<ModelVersion, absl::Time>> resolved_ ABSL_GUARDED_BY(mu_);
   int64_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

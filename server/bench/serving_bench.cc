@@ -163,6 +163,15 @@ int main(int argc, char** argv) {
                    return (*model)->Run(many, {256, 3, 32, 32}).ok();
                  }).Json());
 
+  // The floor: a gRPC call that does nothing (ServerLive), one client.
+  {
+    auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
+    rows.push_back(Measure("gRPC ServerLive (no work: the floor)", 1, 1, seconds, [&](int, int64_t) {
+                     inference::ServerLiveResponse response;
+                     grpc::ClientContext context;
+                     return stub->ServerLive(&context, inference::ServerLiveRequest(), &response).ok();
+                   }).Json());
+  }
   // gRPC ModelInfer, batch-1 requests.
   auto grpc_rows = [&](const std::string& target, const std::string& label) {
     for (int clients : {1, 4, 16}) {
