@@ -340,8 +340,9 @@ absl::Status QuantdServer::OpenStores() {
   rpc_executor_ = std::make_unique<BlockingExecutor>(options_.rpc_threads, options_.rpc_queue_capacity);
   deps.executor = rpc_executor_.get();
   deps.models = models_.get();
-  evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(),
-                                                   worker::Evaluator::Options());
+  worker::Evaluator::Options evaluation;
+  evaluation.intra_op_threads = engine::IntraOpThreads();
+  evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(), evaluation);
   deps.evaluator = evaluator_.get();
   inference_executor_ =
       std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity);
@@ -352,6 +353,10 @@ absl::Status QuantdServer::OpenStores() {
   batching.max_queue_delay = absl::Microseconds(options_.max_queue_delay_us);
   batching.batching = options_.dynamic_batching;
   batching.queue_capacity = options_.inference_queue_capacity;
+  // OpenMP keeps the thread count per thread: a new thread would otherwise
+  // run oneDNN on every core, fighting the other inference thread.
+  const int intra_op_threads = engine::IntraOpThreads();
+  batching.thread_init = [intra_op_threads] { engine::SetIntraOpThreads(intra_op_threads); };
   batcher_ = std::make_unique<worker::DynamicBatcher>(batching, worker::Clock::Real());
   InferenceCore::Deps core;
   core.models = models_.get();

@@ -75,6 +75,7 @@ bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
 }
 
 void DynamicBatcher::Loop() {
+  if (options_.thread_init) options_.thread_init();
   mu_.Lock();
   while (true) {
     Pass pass;

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -55,6 +56,9 @@ class DynamicBatcher {
     bool batching = true;
     // Requests waiting per model.
     int64_t queue_capacity = 256;
+    // Runs first on each inference thread (e.g. LibTorch's intra-op thread
+    // count, which OpenMP keeps per thread).
+    std::function<void()> thread_init;
   };
   // This request's rows of the output (shape [its batch, ...]), or the
   // pass's error. Runs on an inference thread.

@@ -14,6 +14,7 @@
 #include "worker/dataset_json.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/data/image_reader.h"
+#include "worker/engine/quantizer.h"
 
 namespace quantd::worker {
 namespace {
@@ -309,6 +310,7 @@ void Evaluator::Store(const Evaluation& evaluation) {
 }
 
 void Evaluator::Run(Evaluation evaluation, std::atomic<bool>* done) {
+  engine::SetIntraOpThreads(options_.intra_op_threads);  // OpenMP keeps it per thread
   absl::StatusOr<EvaluationReport> report = Evaluate(&evaluation);
   evaluation.update_time = clock_->Now();
   evaluation.finish_time = evaluation.update_time;

@@ -114,6 +114,8 @@ class Evaluator {
     // A RUNNING record not updated for this long belongs to a server that
     // stopped: it reads as FAILED.
     absl::Duration stale_after = absl::Minutes(2);
+    // LibTorch intra-op threads of an evaluation's thread.
+    int intra_op_threads = 1;
   };
   Evaluator(JobStore* store, ModelRepository* models, Clock* clock, const Options& options);
   ~Evaluator();
