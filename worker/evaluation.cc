@@ -4,7 +4,6 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <random>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -20,17 +19,6 @@ namespace quantd::worker {
 namespace {
 
 using nlohmann::json;
-
-std::string NewEvaluationId(absl::Time now) {
-  static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
-  static absl::Mutex* rng_mu = new absl::Mutex();
-  uint64_t random;
-  {
-    absl::MutexLock lock(rng_mu);
-    random = (*rng)();
-  }
-  return absl::StrFormat("eval-%012x%08x", absl::ToUnixMillis(now), static_cast<uint32_t>(random));
-}
 
 json EncodePrecision(const PrecisionResult& p) {
   return json{{"top1_correct", p.top1_correct},
@@ -248,7 +236,7 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   Evaluation evaluation;
   evaluation.create_time = clock_->Now();
   evaluation.update_time = evaluation.create_time;
-  evaluation.id = NewEvaluationId(evaluation.create_time);
+  evaluation.id = NewTimeOrderedId("eval", evaluation.create_time);
   evaluation.spec = std::move(spec);
   evaluation.samples_total = (*reader)->size();
   if (evaluation.spec.max_samples > 0) {

@@ -1,6 +1,10 @@
 #include "worker/job.h"
 
+#include <random>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 
 namespace quantd::worker {
 
@@ -54,6 +58,17 @@ JobPhase FromEnginePhase(engine::Phase phase) {
 }
 
 std::string ArtifactIdFor(const std::string& sha256) { return "art-" + sha256.substr(0, 16); }
+
+std::string NewTimeOrderedId(const std::string& prefix, absl::Time now) {
+  static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
+  static absl::Mutex* rng_mu = new absl::Mutex();
+  uint64_t random;
+  {
+    absl::MutexLock lock(rng_mu);
+    random = (*rng)();
+  }
+  return absl::StrFormat("%s-%012x%08x", prefix, absl::ToUnixMillis(now), static_cast<uint32_t>(random));
+}
 
 absl::Status ValidateModelName(const std::string& name, const std::string& field) {
   auto bad = [&](const std::string& why) {

@@ -105,6 +105,9 @@ absl::Status ValidateModelName(const std::string& name, const std::string& field
 
 // "art-" + the first 16 hex digits of the artifact's sha256.
 std::string ArtifactIdFor(const std::string& sha256);
+// "<prefix>-<12 hex digits of ms since the epoch><8 random hex digits>":
+// unique, and ordered by creation time (job and evaluation ids).
+std::string NewTimeOrderedId(const std::string& prefix, absl::Time now);
 
 }  // namespace quantd::worker
 

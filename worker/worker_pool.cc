@@ -46,17 +46,7 @@ void WorkerPool::Stop() {
   threads_.clear();
 }
 
-std::string WorkerPool::NewJobId() {
-  static std::mt19937_64* rng = new std::mt19937_64(std::random_device{}());
-  static absl::Mutex* rng_mu = new absl::Mutex();
-  uint64_t random;
-  {
-    absl::MutexLock lock(rng_mu);
-    random = (*rng)();
-  }
-  return absl::StrFormat("job-%012x%08x", absl::ToUnixMillis(clock_->Now()),
-                         static_cast<uint32_t>(random));
-}
+std::string WorkerPool::NewJobId() { return NewTimeOrderedId("job", clock_->Now()); }
 
 absl::StatusOr<Job> WorkerPool::Submit(Job job) {
   job.id = NewJobId();
