@@ -80,6 +80,8 @@ const std::vector<Command>& Commands() {
        "evaluate a published version, int8 and FP32 side by side (top-1/5, per class, confusion)", &RunEval},
       {"health", "[--service=NAME]",
        "check quantd's health (grpc.health.v1); exit 0 if SERVING", &RunHealth},
+      {"infer", "NAME[:VERSION] --data=FILE [--data_format=cifar10|npy] [--first=N] [--count=N] [--top=K]",
+       "classify images from a local file with a served version (top K with class names)", &RunInfer},
       {"job", "JOB_ID", "show one job with its result", &RunJob},
       {"jobs", "[--state=S,...] [--page_size=N] [--page_token=T]",
        "list jobs, newest first", &RunJobs},

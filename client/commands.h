@@ -67,6 +67,7 @@ int RunCancel(const CommandContext& context, const std::vector<std::string>& arg
 int RunDelete(const CommandContext& context, const std::vector<std::string>& args);
 int RunDownload(const CommandContext& context, const std::vector<std::string>& args);
 int RunEval(const CommandContext& context, const std::vector<std::string>& args);
+int RunInfer(const CommandContext& context, const std::vector<std::string>& args);
 int RunJob(const CommandContext& context, const std::vector<std::string>& args);
 int RunJobs(const CommandContext& context, const std::vector<std::string>& args);
 int RunSubmit(const CommandContext& context, const std::vector<std::string>& args);

@@ -163,13 +163,20 @@ int main(int argc, char** argv) {
                    return (*model)->Run(many, {256, 3, 32, 32}).ok();
                  }).Json());
 
-  // The floor: a gRPC call that does nothing (ServerLive), one client.
-  {
-    auto stub = inference::GRPCInferenceService::NewStub(grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
-    rows.push_back(Measure("gRPC ServerLive (no work: the floor)", 1, 1, seconds, [&](int, int64_t) {
+  // The floor: a gRPC call that does nothing (ServerLive), from 1 and 16
+  // clients: what requests/s the RPC alone allows on this machine.
+  for (int clients : {1, 16}) {
+    std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> stubs;
+    for (int c = 0; c < clients; ++c) {
+      grpc::ChannelArguments args;
+      args.SetInt("quantd.bench.client", c);
+      stubs.push_back(inference::GRPCInferenceService::NewStub(
+          grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args)));
+    }
+    rows.push_back(Measure("gRPC ServerLive (no work: the floor)", clients, 1, seconds, [&](int c, int64_t) {
                      inference::ServerLiveResponse response;
                      grpc::ClientContext context;
-                     return stub->ServerLive(&context, inference::ServerLiveRequest(), &response).ok();
+                     return stubs[c]->ServerLive(&context, inference::ServerLiveRequest(), &response).ok();
                    }).Json());
   }
   // gRPC ModelInfer, batch-1 requests.

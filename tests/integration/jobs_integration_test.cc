@@ -721,6 +721,20 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_NE(missing.exit_code, 0);
     EXPECT_THAT(missing.err, HasSubstr("no version 9"));
   }
+  {  // quantctl infer: images from a local file, top K with class names.
+    RunResult infer = quantd.Ctl({"infer", "resnet8", "--data=" + std::string(FIXTURES_DIR) + "/cifar10/test_batch.bin",
+                                  "--first=0", "--count=3", "--top=2"});
+    ASSERT_EQ(infer.exit_code, 0) << infer.out << infer.err;
+    const char* kNames[] = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_THAT(infer.out, HasSubstr(absl::StrCat("image ", i, " (", kNames[test.labels[i]], "):  ",
+                                                    kNames[int8.predictions[i]], " ")));
+    }
+    RunResult past = quantd.Ctl({"infer", "resnet8", "--data=" + std::string(FIXTURES_DIR) + "/cifar10/test_batch.bin",
+                                 "--first=9999", "--count=2"});
+    EXPECT_EQ(past.exit_code, 2);
+    EXPECT_THAT(past.err, HasSubstr("--first/--count"));
+  }
   RunResult models = quantd.Ctl({"models"});
   EXPECT_THAT(models.out, HasSubstr("resnet8"));
   EXPECT_THAT(models.out, HasSubstr(absl::StrCat("(", job_int8_correct, "/", kServedImages, ")")));
