@@ -1,6 +1,9 @@
 #include "client/job_format.h"
 
+#include <unistd.h>
+
 #include <chrono>
+#include <iostream>
 #include <ostream>
 
 #include <google/protobuf/util/json_util.h>
@@ -10,6 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace quantd::cli {
 
@@ -199,12 +204,38 @@ int FollowJob(const CommandContext& context, const std::string& job_id) {
   auto reader = stub->WatchJob(&client_context, request);
   v1::JobEvent event;
   v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
+  // On a terminal, calibration progress rewrites one live line (phase,
+  // batches done/total, elapsed, time left); piped, every event is a line.
+  const bool terminal = context.out == &std::cout && ::isatty(STDOUT_FILENO) == 1 && !context.options.json;
+  bool live_line = false;
+  absl::Time calibration_start = absl::InfinitePast();
   while (reader->Read(&event)) {
+    if (terminal && event.event_case() == v1::JobEvent::kCalibrationProgress) {
+      const auto& p = event.calibration_progress();
+      const absl::Time now = absl::Now();
+      if (calibration_start == absl::InfinitePast()) calibration_start = now;
+      const absl::Duration elapsed = now - calibration_start;
+      std::string line = absl::StrCat(event.job_id(), " calibrating: batch ", p.batches_done(), "/", p.batches_total(),
+                                      ", ", absl::FormatDuration(absl::Trunc(elapsed, absl::Milliseconds(100))));
+      if (p.batches_done() > 0 && p.batches_total() > p.batches_done()) {
+        absl::StrAppend(&line, ", about ",
+                        absl::FormatDuration(absl::Trunc(
+                            elapsed * (static_cast<double>(p.batches_total() - p.batches_done()) / p.batches_done()),
+                            absl::Milliseconds(100))),
+                        " left");
+      }
+      *context.out << "\r\033[K" << line << std::flush;
+      live_line = true;
+      continue;
+    }
+    if (live_line) *context.out << "\n";
+    live_line = false;
     *context.out << (context.options.json ? JsonLine(event) : EventText(event)) << "\n";
     context.out->flush();
     if (event.has_snapshot()) state = event.snapshot().state();
     if (event.event_case() == v1::JobEvent::kStateChanged) state = event.state_changed();
   }
+  if (live_line) *context.out << "\n";
   grpc::Status status = reader->Finish();
   if (!status.ok()) return context.RpcFailed("watch", status);
   return state == v1::JOB_STATE_SUCCEEDED ? kExitOk : kExitFailure;
