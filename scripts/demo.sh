@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The 30-second tour: sets up, builds, starts quantd on a free port with
 # ./data, checks its health with quantctl, and — once the engine's CLI is
-# built — quantizes the ResNet8 fixture to int8 and evaluates it.
+# built — quantizes the ResNet8 fixture to int8 and evaluates it, then serves
+# the published version (quantctl infer, REST metadata, quantctl eval).
 #
 #   scripts/demo.sh [FIXTURES_DIR]     (or QUANTD_FIXTURES=...; default ../shared/fixtures)
 set -euo pipefail
@@ -78,12 +79,29 @@ echo "model $model_blob"
 echo "calibration $calib_blob"
 echo "test $test_blob"
 echo
-echo "\$ quantctl submit --model_blob=... --calib_blob=... --eval_blob=... --preset=fbgemm --fusion=auto --wait"
+echo "\$ quantctl submit --model_blob=... --calib_blob=... --eval_blob=... --preset=fbgemm --fusion=auto --model_name=resnet8 --wait"
 "${quantctl[@]}" submit --model_blob="$model_blob" --calib_blob="$calib_blob" --eval_blob="$test_blob" \
-  --preset=fbgemm --fusion=auto --wait | tee data/demo-job.txt
+  --preset=fbgemm --fusion=auto --model_name=resnet8 --wait | tee data/demo-job.txt
 artifact_id="$(grep -o 'result artifact art-[0-9a-f]*' data/demo-job.txt | awk '{print $3}' | head -n 1)"
 if [ -n "$artifact_id" ]; then
   "${quantctl[@]}" download "$artifact_id" -o data/resnet8_int8.pt
   engine="$(sed -n 's/^  kernel_engine: //p' data/demo-job.txt | head -n 1)"
   echo "demo: int8 artifact data/resnet8_int8.pt (load it in Python with torch.backends.quantized.engine = '$engine')"
 fi
+
+# The job published its artifact as the newest version of "resnet8": serve it.
+echo
+echo "\$ quantctl models resnet8"
+"${quantctl[@]}" models resnet8
+echo
+echo "\$ quantctl infer resnet8 --data=$fixtures/cifar10/test_batch.bin --count=3"
+"${quantctl[@]}" infer resnet8 --data="$fixtures/cifar10/test_batch.bin" --count=3
+if [ -n "$metrics_port" ] && [ "$metrics_port" != "-1" ]; then
+  echo
+  echo "\$ curl -s localhost:$metrics_port/v2/models/resnet8    # the same protocol over REST"
+  curl -s "http://127.0.0.1:$metrics_port/v2/models/resnet8"
+  echo
+fi
+echo
+echo "\$ quantctl eval resnet8 --data_blob=...    # int8 and FP32 side by side"
+"${quantctl[@]}" eval resnet8 --data_blob="$test_blob"

@@ -298,7 +298,7 @@ void Evaluator::Store(const Evaluation& evaluation) {
 }
 
 void Evaluator::Run(Evaluation evaluation, std::atomic<bool>* done) {
-  engine::SetIntraOpThreads(options_.intra_op_threads);  // OpenMP keeps it per thread
+  if (options_.intra_op_threads > 0) engine::SetIntraOpThreads(options_.intra_op_threads);
   absl::StatusOr<EvaluationReport> report = Evaluate(&evaluation);
   evaluation.update_time = clock_->Now();
   evaluation.finish_time = evaluation.update_time;
