@@ -38,6 +38,7 @@ void InferenceCore::ServerMetadata(inference::ServerMetadataResponse* response) 
   response->add_extensions("classification");
   response->add_extensions("model_repository");
   response->add_extensions("binary_tensor_data");
+  response->add_extensions("statistics");
 }
 
 absl::Status InferenceCore::ModelMetadata(const std::string& name, const std::string& version,
@@ -78,6 +79,18 @@ absl::Status InferenceCore::RepositoryIndex(const inference::RepositoryIndexRequ
       if (!loaded) entry->set_reason("not loaded; loads on its first request");
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status InferenceCore::ModelStatistics(const inference::ModelStatisticsRequest& request,
+                                            inference::ModelStatisticsResponse* response) {
+  if (!request.name().empty()) {
+    std::string base;
+    bool fp32 = false;
+    QUANTD_RETURN_IF_ERROR(worker::ModelRepository::ParseName(request.name(), "name", &base, &fp32));
+  }
+  QUANTD_ASSIGN_OR_RETURN(int64_t version, ParseModelVersion(request.version(), "version"));
+  if (deps_.stats != nullptr) deps_.stats->Fill(request.name(), version, response);
   return absl::OkStatus();
 }
 

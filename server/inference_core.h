@@ -44,6 +44,10 @@ class InferenceCore {
                              inference::ModelMetadataResponse* response);
   absl::Status RepositoryIndex(const inference::RepositoryIndexRequest& request,
                                inference::RepositoryIndexResponse* response);
+  // Triton's statistics of this process's requests; INVALID_ARGUMENT for a
+  // bad name or version.
+  absl::Status ModelStatistics(const inference::ModelStatisticsRequest& request,
+                               inference::ModelStatisticsResponse* response);
 
   // Whether the request's model is loaded and its version freshly resolved:
   // then ModelInfer touches neither the store nor the disk before queueing,

@@ -111,4 +111,12 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::RepositoryIndex(grpc::CallbackSe
   });
 }
 
+grpc::ServerUnaryReactor* InferenceServiceImpl::ModelStatistics(grpc::CallbackServerContext* context,
+                                                                const inference::ModelStatisticsRequest* request,
+                                                                inference::ModelStatisticsResponse* response) {
+  return Offload(context, "ModelStatistics", [this, request, response](grpc::ServerUnaryReactor* reactor) {
+    reactor->Finish(ToGrpcStatus(deps_.core->ModelStatistics(*request, response)));
+  });
+}
+
 }  // namespace quantd

@@ -1,5 +1,7 @@
 #include "server/inference_stats.h"
 
+#include "absl/time/clock.h"
+
 namespace quantd {
 namespace {
 
@@ -48,6 +50,29 @@ void InferenceStats::RecordRequest(const std::string& model, int64_t version, ab
                                    int64_t samples, const worker::BatchStats* ran) {
   const std::string v = version > 0 ? std::to_string(version) : "";
   requests_.Add({{"model", model}, {"version", v}, {"code", absl::StatusCodeToString(code)}}).Increment();
+  {
+    absl::MutexLock lock(&mu_);
+    PerVersion& stats = versions_[{model, version}];
+    stats.last_inference_ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
+    const uint64_t ns =
+        ran == nullptr ? 0 : static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->queue_time + ran->compute_time));
+    Duration& outcome = code == absl::StatusCode::kOk ? stats.success : stats.fail;
+    ++outcome.count;
+    outcome.ns += ns;
+    if (ran != nullptr) {
+      ++stats.queue.count;
+      stats.queue.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->queue_time));
+      ++stats.compute.count;
+      stats.compute.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->compute_time));
+      if (code == absl::StatusCode::kOk) stats.inference_count += static_cast<uint64_t>(samples);
+      if (ran->first_of_pass) {
+        ++stats.execution_count;
+        Duration& batch = stats.batches[ran->executed_batch_size];
+        ++batch.count;
+        batch.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->compute_time));
+      }
+    }
+  }
   if (ran == nullptr) return;
   if (ran->first_of_pass) executions_.Add({{"model", model}, {"version", v}}).Increment();
   if (code == absl::StatusCode::kOk) samples_.Add({{"model", model}, {"version", v}}).Increment(samples);
@@ -58,6 +83,35 @@ void InferenceStats::RecordRequest(const std::string& model, int64_t version, ab
 void InferenceStats::SetCache(int models, int64_t bytes) {
   models_loaded_.Set(models);
   cache_bytes_.Set(static_cast<double>(bytes));
+}
+
+void InferenceStats::Fill(const std::string& name, int64_t version,
+                          inference::ModelStatisticsResponse* response) const {
+  auto copy = [](const Duration& from, inference::StatisticDuration* to) {
+    to->set_count(from.count);
+    to->set_ns(from.ns);
+  };
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, stats] : versions_) {
+    const auto& [model, number] = key;
+    if (model.empty() || number == 0) continue;  // requests that named no published version
+    if ((!name.empty() && model != name) || (version != 0 && number != version)) continue;
+    inference::ModelStatistics* out = response->add_model_stats();
+    out->set_name(model);
+    out->set_version(std::to_string(number));
+    out->set_last_inference(stats.last_inference_ms);
+    out->set_inference_count(stats.inference_count);
+    out->set_execution_count(stats.execution_count);
+    copy(stats.success, out->mutable_inference_stats()->mutable_success());
+    copy(stats.fail, out->mutable_inference_stats()->mutable_fail());
+    copy(stats.queue, out->mutable_inference_stats()->mutable_queue());
+    copy(stats.compute, out->mutable_inference_stats()->mutable_compute_infer());
+    for (const auto& [size, batch] : stats.batches) {
+      inference::InferBatchStatistics* b = out->add_batch_stats();
+      b->set_batch_size(static_cast<uint64_t>(size));
+      copy(batch, b->mutable_compute_infer());
+    }
+  }
 }
 
 }  // namespace quantd

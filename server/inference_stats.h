@@ -13,9 +13,14 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <map>
 #include <string>
+#include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "inference/grpc_predict_v2.pb.h"
 #include "worker/dynamic_batcher.h"
 
 namespace quantd {
@@ -29,6 +34,9 @@ class InferenceStats {
                      const worker::BatchStats* ran);
   // After a model is loaded or evicted.
   void SetCache(int models, int64_t bytes);
+  // Triton's ModelStatistics for `name` ("" = all) and `version` (0 = all),
+  // from this process's requests, sorted by name and version.
+  void Fill(const std::string& name, int64_t version, inference::ModelStatisticsResponse* response) const;
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
@@ -38,6 +46,20 @@ class InferenceStats {
   prometheus::Family<prometheus::Histogram>& compute_seconds_;
   prometheus::Gauge& models_loaded_;
   prometheus::Gauge& cache_bytes_;
+
+  struct Duration {
+    uint64_t count = 0;
+    uint64_t ns = 0;
+  };
+  struct PerVersion {
+    uint64_t last_inference_ms = 0;
+    uint64_t inference_count = 0;
+    uint64_t execution_count = 0;
+    Duration success, fail, queue, compute;
+    std::map<int64_t, Duration> batches;  // executions by batch size
+  };
+  mutable absl::Mutex mu_;
+  std::map<std::pair<std::string, int64_t>, PerVersion> versions_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quantd

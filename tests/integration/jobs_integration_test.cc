@@ -559,6 +559,31 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     std::cout << "dynamic batching: " << alone.size() << " batch-1 requests from " << kClients
               << " clients; largest pass " << largest << "; scores bit-identical to unbatched\n";
   }
+  {  // Triton's ModelStatistics: every sample counted once, and fewer passes
+     // than requests (the dynamic batches above).
+    grpc::ClientContext context;
+    inference::ModelStatisticsRequest request;
+    request.set_name("resnet8");
+    inference::ModelStatisticsResponse response;
+    ASSERT_TRUE(stub->ModelStatistics(&context, request, &response).ok());
+    ASSERT_EQ(response.model_stats_size(), 1) << response.DebugString();
+    const inference::ModelStatistics& s = response.model_stats(0);
+    EXPECT_EQ(s.version(), "1");
+    uint64_t samples = 0, executions = 0;
+    for (const auto& b : s.batch_stats()) {
+      samples += b.batch_size() * b.compute_infer().count();
+      executions += b.compute_infer().count();
+    }
+    EXPECT_EQ(executions, s.execution_count());
+    EXPECT_EQ(samples, s.inference_count());
+    EXPECT_GE(s.inference_count(), static_cast<uint64_t>(kServedImages));
+    EXPECT_LT(s.execution_count(), s.inference_stats().success().count()) << "no batching seen";
+    EXPECT_GT(s.inference_stats().compute_infer().ns(), 0u);
+    EXPECT_GT(s.inference_stats().fail().count(), 0u);  // the bad requests above
+    grpc::ClientContext bad_context;
+    request.set_version("x");
+    EXPECT_EQ(stub->ModelStatistics(&bad_context, request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
   {  // REST (KServe v2) with curl: health, metadata, JSON and binary infer,
      // the same scores as gRPC, errors as {"error": ...} naming the field.
     const std::string v2 = quantd.http_url() + "/v2";
