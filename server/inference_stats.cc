@@ -48,36 +48,45 @@ InferenceStats::InferenceStats(prometheus::Registry& registry)
 
 void InferenceStats::RecordRequest(const std::string& model, int64_t version, absl::StatusCode code,
                                    int64_t samples, const worker::BatchStats* ran) {
+  absl::MutexLock lock(&mu_);
+  PerVersion& stats = versions_[{model, version}];
   const std::string v = version > 0 ? std::to_string(version) : "";
-  requests_.Add({{"model", model}, {"version", v}, {"code", absl::StatusCodeToString(code)}}).Increment();
-  {
-    absl::MutexLock lock(&mu_);
-    PerVersion& stats = versions_[{model, version}];
-    stats.last_inference_ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
-    const uint64_t ns =
-        ran == nullptr ? 0 : static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->queue_time + ran->compute_time));
-    Duration& outcome = code == absl::StatusCode::kOk ? stats.success : stats.fail;
-    ++outcome.count;
-    outcome.ns += ns;
-    if (ran != nullptr) {
-      ++stats.queue.count;
-      stats.queue.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->queue_time));
-      ++stats.compute.count;
-      stats.compute.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->compute_time));
-      if (code == absl::StatusCode::kOk) stats.inference_count += static_cast<uint64_t>(samples);
-      if (ran->first_of_pass) {
-        ++stats.execution_count;
-        Duration& batch = stats.batches[ran->executed_batch_size];
-        ++batch.count;
-        batch.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->compute_time));
-      }
-    }
+  prometheus::Counter*& requests = stats.requests[code];
+  if (requests == nullptr) {
+    requests = &requests_.Add({{"model", model}, {"version", v}, {"code", absl::StatusCodeToString(code)}});
   }
+  requests->Increment();
+  stats.last_inference_ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
+  const uint64_t ns =
+      ran == nullptr ? 0 : static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->queue_time + ran->compute_time));
+  Duration& outcome = code == absl::StatusCode::kOk ? stats.success : stats.fail;
+  ++outcome.count;
+  outcome.ns += ns;
   if (ran == nullptr) return;
-  if (ran->first_of_pass) executions_.Add({{"model", model}, {"version", v}}).Increment();
-  if (code == absl::StatusCode::kOk) samples_.Add({{"model", model}, {"version", v}}).Increment(samples);
-  queue_seconds_.Add({{"model", model}}, InferenceBuckets()).Observe(absl::ToDoubleSeconds(ran->queue_time));
-  compute_seconds_.Add({{"model", model}}, InferenceBuckets()).Observe(absl::ToDoubleSeconds(ran->compute_time));
+  // The pass series exist once a request of this version reached a pass.
+  if (stats.samples == nullptr) {
+    stats.samples = &samples_.Add({{"model", model}, {"version", v}});
+    stats.executions = &executions_.Add({{"model", model}, {"version", v}});
+    stats.queue_seconds = &queue_seconds_.Add({{"model", model}}, InferenceBuckets());
+    stats.compute_seconds = &compute_seconds_.Add({{"model", model}}, InferenceBuckets());
+  }
+  ++stats.queue.count;
+  stats.queue.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->queue_time));
+  ++stats.compute.count;
+  stats.compute.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->compute_time));
+  stats.queue_seconds->Observe(absl::ToDoubleSeconds(ran->queue_time));
+  stats.compute_seconds->Observe(absl::ToDoubleSeconds(ran->compute_time));
+  if (code == absl::StatusCode::kOk) {
+    stats.inference_count += static_cast<uint64_t>(samples);
+    stats.samples->Increment(static_cast<double>(samples));
+  }
+  if (ran->first_of_pass) {
+    ++stats.execution_count;
+    stats.executions->Increment();
+    Duration& batch = stats.batches[ran->executed_batch_size];
+    ++batch.count;
+    batch.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->compute_time));
+  }
 }
 
 void InferenceStats::SetCache(int models, int64_t bytes) {

@@ -57,6 +57,12 @@ class InferenceStats {
     uint64_t execution_count = 0;
     Duration success, fail, queue, compute;
     std::map<int64_t, Duration> batches;  // executions by batch size
+    // Its Prometheus series, looked up once (not per request).
+    prometheus::Counter* samples = nullptr;
+    prometheus::Counter* executions = nullptr;
+    prometheus::Histogram* queue_seconds = nullptr;
+    prometheus::Histogram* compute_seconds = nullptr;
+    std::map<absl::StatusCode, prometheus::Counter*> requests;
   };
   mutable absl::Mutex mu_;
   std::map<std::pair<std::string, int64_t>, PerVersion> versions_ ABSL_GUARDED_BY(mu_);

@@ -11,9 +11,9 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/util/time_util.h>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/inference_conversion.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
@@ -573,14 +573,7 @@ absl::StatusOr<worker::EvaluationSpec> EvaluationSpecFromRequest(const v1::Evalu
   if (request.model_name().empty()) return absl::InvalidArgumentError("model_name: required");
   QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request.model_name(), "model_name"));
   spec.model_name = request.model_name();
-  if (!request.model_version().empty()) {
-    int64_t version = 0;
-    if (!absl::SimpleAtoi(request.model_version(), &version) || version < 1) {
-      return absl::InvalidArgumentError(absl::StrCat("model_version: \"", request.model_version().substr(0, 40),
-                                                     "\" is not a version (1, 2, ...; empty = newest)"));
-    }
-    spec.model_version = version;
-  }
+  QUANTD_ASSIGN_OR_RETURN(spec.model_version, ParseModelVersion(request.model_version(), "model_version"));
   if (!request.has_dataset()) return absl::InvalidArgumentError("dataset: required");
   QUANTD_ASSIGN_OR_RETURN(spec.dataset, ResolveDataset(request.dataset(), "dataset", resolver));
   spec.max_samples = request.max_samples();
