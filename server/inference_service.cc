@@ -85,7 +85,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
                                                            const inference::ModelInferRequest* request,
                                                            inference::ModelInferResponse* response) {
   // A loaded model needs no disk or store access before its queue: checked
-  // and queued right here, one thread hop less.
+  // and queued right here, one thread hop less (and on an idle batcher, run
+  // right here too; see worker/dynamic_batcher.h).
   if (deps_.core->ServesWithoutLoading(*request)) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, "ModelInfer");

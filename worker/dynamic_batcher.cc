@@ -7,7 +7,7 @@
 namespace quantd::worker {
 
 DynamicBatcher::DynamicBatcher(const Options& options, Clock* clock) : options_(options), clock_(clock) {
-  const int threads = options_.threads < 1 ? 1 : options_.threads;
+  const int threads = this->threads();
   threads_.reserve(threads);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
 }
@@ -20,19 +20,44 @@ absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model,
     return absl::InvalidArgumentError(
         absl::StrCat("batch of ", batch, " samples; 1..", options_.max_batch_size, " (--max_batch_size)"));
   }
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return absl::UnavailableError("the server is shutting down");
-  ModelQueue& queue = queues_[model.get()];
-  if (static_cast<int64_t>(queue.requests.size()) >= options_.queue_capacity) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(queue.requests.size(), " requests already wait for this model (--inference_queue_capacity); "
-                     "retry with backoff"));
+  Request request{std::move(samples), batch, std::move(done), clock_->Now()};
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError("the server is shutting down");
+    // Idle: no pass running and none queued, so nobody is likely to join.
+    const bool run_here = options_.run_on_caller_when_idle && running_ == 0 && queues_.empty();
+    if (!run_here) {
+      ModelQueue& queue = queues_[model.get()];
+      if (static_cast<int64_t>(queue.requests.size()) >= options_.queue_capacity) {
+        const size_t waiting = queue.requests.size();
+        return absl::ResourceExhaustedError(absl::StrCat(
+            waiting, " requests already wait for this model (--inference_queue_capacity); retry with backoff"));
+      }
+      if (queue.model == nullptr) queue.model = std::move(model);
+      queue.samples += batch;
+      queue.requests.push_back(std::move(request));
+      work_.Signal();
+      return absl::OkStatus();
+    }
+    ++running_;
   }
-  if (queue.model == nullptr) queue.model = std::move(model);
-  queue.samples += batch;
-  queue.requests.push_back(Request{std::move(samples), batch, std::move(done), clock_->Now()});
-  work_.Signal();
+  InitThisThread();
+  Pass pass;
+  pass.model = std::move(model);
+  pass.requests.push_back(std::move(request));
+  RunPass(std::move(pass));
+  absl::MutexLock lock(&mu_);
+  --running_;
+  // Requests that queued meanwhile may have found every slot busy.
+  if (!queues_.empty()) work_.Signal();
   return absl::OkStatus();
+}
+
+void DynamicBatcher::InitThisThread() {
+  thread_local const DynamicBatcher* initialized_for = nullptr;
+  if (initialized_for == this) return;
+  initialized_for = this;
+  if (options_.thread_init) options_.thread_init();
 }
 
 void DynamicBatcher::Shutdown() {
@@ -75,17 +100,19 @@ bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
 }
 
 void DynamicBatcher::Loop() {
-  if (options_.thread_init) options_.thread_init();
+  InitThisThread();
   mu_.Lock();
   while (true) {
     Pass pass;
-    absl::Time wake;
-    if (TakeDuePass(&pass, &wake)) {
+    absl::Time wake = absl::InfiniteFuture();
+    if (running_ < threads() && TakeDuePass(&pass, &wake)) {
+      ++running_;
       // More may be due: let another thread look while this one runs.
       if (!queues_.empty()) work_.Signal();
       mu_.Unlock();
       RunPass(std::move(pass));
       mu_.Lock();
+      --running_;
       continue;
     }
     if (stopping_ && queues_.empty()) break;

@@ -1,6 +1,7 @@
 #include "worker/dynamic_batcher.h"
 
 #include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -66,6 +67,7 @@ struct Outcome {
   absl::Notification done;
   absl::StatusOr<engine::ServingOutput> output;
   BatchStats stats;
+  std::thread::id thread;  // where `done` ran
 };
 
 std::vector<float> Samples(int64_t batch, float first) {
@@ -80,6 +82,7 @@ absl::Status Submit(DynamicBatcher& batcher, const std::shared_ptr<FakeModel>& m
                         [outcome](absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) {
                           outcome->output = std::move(output);
                           outcome->stats = stats;
+                          outcome->thread = std::this_thread::get_id();
                           outcome->done.Notify();
                         });
 }
@@ -89,6 +92,7 @@ DynamicBatcher::Options OneThread(int64_t max_batch_size, absl::Duration delay) 
   options.threads = 1;
   options.max_batch_size = max_batch_size;
   options.max_queue_delay = delay;
+  options.run_on_caller_when_idle = false;  // tests of queueing; the caller path has its own
   return options;
 }
 
@@ -209,6 +213,72 @@ TEST(DynamicBatcherTest, ShutdownRunsWhatIsQueuedAndRefusesMore) {
   EXPECT_THAT(model->passes(), ElementsAre(3));
   EXPECT_EQ(Submit(batcher, model, 1, 0, &late).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(Submit(batcher, model, 9, 0, &late).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DynamicBatcherTest, OnAnIdleBatcherARequestRunsOnTheSubmittingThreadWithoutWaitingForADelay) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::Hours(1));
+  options.run_on_caller_when_idle = true;
+  int inits = 0;
+  options.thread_init = [&inits] { ++inits; };  // the batcher thread's and this one's
+  DynamicBatcher batcher(options, Clock::Real());
+  Outcome a, b;
+  ASSERT_TRUE(Submit(batcher, model, 2, 0, &a).ok());
+  EXPECT_TRUE(a.done.HasBeenNotified());
+  EXPECT_EQ(a.thread, std::this_thread::get_id());
+  ASSERT_TRUE(a.output.ok());
+  EXPECT_THAT(a.output->values, ElementsAre(1, 11, 21, 31));
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &b).ok());
+  EXPECT_EQ(b.thread, std::this_thread::get_id());
+  batcher.Shutdown();
+  EXPECT_EQ(inits, 2);  // once per thread, not per request
+  EXPECT_THAT(model->passes(), ElementsAre(2, 1));
+}
+
+TEST(DynamicBatcherTest, RequestsThatFindEverySlotBusyQueueAndRunCoalescedOnTheBatchersThread) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
+  options.run_on_caller_when_idle = true;
+  DynamicBatcher batcher(options, Clock::Real());
+  model->Hold();
+  Outcome first, b, c;
+  std::thread caller([&] { ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok()); });
+  model->AwaitPasses(1);  // the caller holds the only slot
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());
+  ASSERT_TRUE(Submit(batcher, model, 2, 200, &c).ok());
+  EXPECT_FALSE(b.done.HasBeenNotified());  // queued, not run here
+  const std::thread::id caller_id = caller.get_id();
+  model->Release();
+  caller.join();
+  for (Outcome* o : {&first, &b, &c}) o->done.WaitForNotification();
+  EXPECT_EQ(first.thread, caller_id);
+  EXPECT_NE(b.thread, std::this_thread::get_id());
+  EXPECT_EQ(b.thread, c.thread);
+  EXPECT_THAT(model->passes(), ElementsAre(1, 3));
+  ASSERT_TRUE(c.output.ok());
+  EXPECT_THAT(c.output->values, ElementsAre(2001, 2011, 2021, 2031));
+}
+
+TEST(DynamicBatcherTest, ARequestThatFindsAPassRunningQueuesForABatcherThreadEvenWithASlotFree) {
+  auto model = std::make_shared<FakeModel>();
+  auto other = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::Microseconds(50));
+  options.threads = 2;
+  options.run_on_caller_when_idle = true;
+  DynamicBatcher batcher(options, Clock::Real());
+  model->Hold();
+  Outcome first, b;
+  std::thread caller([&] { ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok()); });
+  model->AwaitPasses(1);
+  const absl::Time submitted = absl::Now();
+  ASSERT_TRUE(Submit(batcher, other, 1, 100, &b).ok());  // the second slot, on a batcher thread
+  b.done.WaitForNotification();
+  EXPECT_GE(absl::Now() - submitted, absl::Microseconds(50));  // it waited for company
+  EXPECT_NE(b.thread, std::this_thread::get_id());
+  EXPECT_FALSE(first.done.HasBeenNotified());
+  model->Release();
+  caller.join();
+  EXPECT_TRUE(first.done.HasBeenNotified());
 }
 
 TEST(DynamicBatcherTest, AnOversizedOrEmptyBatchIsInvalidNamingTheFlag) {

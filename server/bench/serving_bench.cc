@@ -3,11 +3,12 @@
 // servers and prints the table).
 //
 //   quantd-serving-bench --server=HOST:PORT --server_unbatched=HOST:PORT --http=HOST:PORT
-//       --artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--seconds=S] [--threads=N]
+//       --artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--seconds=S] [--threads=N] [--only=TEXT]
 //
 // --server runs with dynamic batching, --server_unbatched with
 // --dynamic_batching=false (same artifact, same --inference_threads N). Rows:
-// in-process batch 1 (1 thread) and batch 256 (N threads at once); ModelInfer
+// in-process batch 1 (1 thread) and batch 256 (N threads at once), each on
+// one LibTorch intra-op thread as the server's passes are; ModelInfer
 // over gRPC with batch-1 requests from 1, 4 and 16 clients, with and without
 // dynamic batching; the same over REST (JSON) from 1 client. Each row runs
 // for S seconds and reports images/s, p50 and p99. Prints JSON.
@@ -47,6 +48,7 @@ struct Row {
   double seconds = 0;
   std::vector<double> latencies_ms;
   int64_t errors = 0;
+  bool skipped() const { return seconds < 0; }
   nlohmann::json Json() {
     std::sort(latencies_ms.begin(), latencies_ms.end());
     auto pct = [&](double p) {
@@ -62,11 +64,22 @@ struct Row {
 
 // Runs `call` (one request of `batch` images; false = error) from
 // `concurrency` threads for `seconds`.
+// --only=TEXT: run just the rows whose "PATH, N clients" contains TEXT (for
+// A/B runs of one row; the table then has no ratios for what is missing).
+std::string only_rows;
+bool Wanted(const std::string& path, int concurrency) {
+  return absl::StrContains(absl::StrCat(path, ", ", concurrency, " clients"), only_rows);
+}
+
 template <typename Call>
 Row Measure(const std::string& path, int concurrency, int64_t batch, double seconds, Call call) {
   Row row;
   row.path = path;
   row.concurrency = concurrency;
+  if (!Wanted(path, concurrency)) {
+    row.seconds = -1;  // skipped
+    return row;
+  }
   std::vector<std::vector<double>> latencies(concurrency);
   std::vector<int64_t> errors(concurrency, 0), images(concurrency, 0);
   std::atomic<bool> stop{false};
@@ -99,6 +112,19 @@ Row Measure(const std::string& path, int concurrency, int64_t batch, double seco
   return row;
 }
 
+// The server runs each pass on one LibTorch intra-op thread (OpenMP keeps the
+// count per thread): the in-process rows do the same on each of theirs.
+void UseOneIntraOpThread() {
+  thread_local bool set = false;
+  if (set) return;
+  quantd::engine::SetIntraOpThreads(1);
+  set = true;
+}
+
+void Add(std::vector<nlohmann::json>& rows, Row row) {
+  if (!row.skipped()) rows.push_back(row.Json());
+}
+
 std::string Flag(int argc, char** argv, const std::string& name, const std::string& fallback = "") {
   const std::string prefix = "--" + name + "=";
   for (int i = 1; i < argc; ++i) {
@@ -122,9 +148,11 @@ int main(int argc, char** argv) {
       images_path.empty() || !absl::SimpleAtod(Flag(argc, argv, "seconds", "3"), &seconds) ||
       !absl::SimpleAtoi(Flag(argc, argv, "threads", "2"), &threads)) {
     std::cerr << "usage: quantd-serving-bench --server=HOST:PORT --server_unbatched=HOST:PORT --http=HOST:PORT "
-                 "--artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--seconds=S] [--threads=N]\n";
+                 "--artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--seconds=S] [--threads=N] [--only=TEXT]\n";
     return 2;
   }
+  only_rows = Flag(argc, argv, "only");
+  quantd::engine::InitializeRuntime(1);  // as quantd's main does
   std::ifstream in(images_path, std::ios::binary);
   std::string cifar((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const int64_t count = static_cast<int64_t>(cifar.size() / 3073);
@@ -155,16 +183,20 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::vector<float> one = floats(0, 1), many = floats(0, 256);
+  UseOneIntraOpThread();
   (void)(*model)->Run(one, {1, 3, 32, 32});  // warm-up
-  rows.push_back(Measure("in-process batch 1", 1, 1, seconds, [&](int, int64_t) {
+  Add(rows, Measure("in-process batch 1", 1, 1, seconds, [&](int, int64_t) {
+                   UseOneIntraOpThread();
                    return (*model)->Run(one, {1, 3, 32, 32}).ok();
-                 }).Json());
-  {  // The same pass after 1 ms idle each time, as a server thread woken per
-     // request runs it (only the pass is timed).
+                 }));
+  if (Wanted("in-process batch 1, 1 ms idle before each", 1)) {
+    // The same pass after 1 ms idle each time, as a server thread woken per
+    // request runs it (only the pass is timed).
     Row idle;
     idle.path = "in-process batch 1, 1 ms idle before each";
     const auto end = Clock::now() + std::chrono::duration<double>(seconds);
     std::thread runner([&] {
+      UseOneIntraOpThread();
       while (Clock::now() < end) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the idle gap being measured
         const auto t0 = Clock::now();
@@ -175,11 +207,12 @@ int main(int argc, char** argv) {
     });
     runner.join();
     idle.seconds = seconds;
-    rows.push_back(idle.Json());
+    Add(rows, idle);
   }
-  rows.push_back(Measure("in-process batch 256", threads, 256, seconds, [&](int, int64_t) {
+  Add(rows, Measure("in-process batch 256", threads, 256, seconds, [&](int, int64_t) {
+                   UseOneIntraOpThread();
                    return (*model)->Run(many, {256, 3, 32, 32}).ok();
-                 }).Json());
+                 }));
 
   // The floor: a gRPC call that does nothing (ServerLive), from 1 and 16
   // clients: what requests/s the RPC alone allows on this machine.
@@ -191,11 +224,11 @@ int main(int argc, char** argv) {
       stubs.push_back(inference::GRPCInferenceService::NewStub(
           grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args)));
     }
-    rows.push_back(Measure("gRPC ServerLive (no work: the floor)", clients, 1, seconds, [&](int c, int64_t) {
+    Add(rows, Measure("gRPC ServerLive (no work: the floor)", clients, 1, seconds, [&](int c, int64_t) {
                      inference::ServerLiveResponse response;
                      grpc::ClientContext context;
                      return stubs[c]->ServerLive(&context, inference::ServerLiveRequest(), &response).ok();
-                   }).Json());
+                   }));
   }
   // gRPC ModelInfer, batch-1 requests.
   auto grpc_rows = [&](const std::string& target, const std::string& label) {
@@ -207,7 +240,7 @@ int main(int argc, char** argv) {
         stubs.push_back(inference::GRPCInferenceService::NewStub(
             grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
       }
-      rows.push_back(Measure(absl::StrCat("gRPC ModelInfer batch 1, ", label), clients, 1, seconds,
+      Add(rows, Measure(absl::StrCat("gRPC ModelInfer batch 1, ", label), clients, 1, seconds,
                              [&](int c, int64_t i) {
                                inference::ModelInferRequest request;
                                request.set_model_name("resnet8");
@@ -222,7 +255,7 @@ int main(int argc, char** argv) {
                                context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
                                return stubs[c]->ModelInfer(&context, request, &response).ok();
                              })
-                         .Json());
+                         );
     }
   };
   grpc_rows(server, "dynamic batching");
@@ -240,10 +273,10 @@ int main(int argc, char** argv) {
                                                  {"shape", {1, 3, 32, 32}}, {"data", values}}}}}
                          .dump());
   }
-  rows.push_back(Measure("REST JSON infer batch 1, dynamic batching", 1, 1, seconds, [&](int, int64_t i) {
+  Add(rows, Measure("REST JSON infer batch 1, dynamic batching", 1, 1, seconds, [&](int, int64_t i) {
                    auto response = client.Post("/v2/models/resnet8/infer", bodies[i % 64], "application/json");
                    return response && response->status == 200;
-                 }).Json());
+                 }));
   report["rows"] = rows;
   std::cout << report.dump() << "\n";
   return 0;

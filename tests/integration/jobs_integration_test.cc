@@ -4,6 +4,8 @@
 
 #include <signal.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -328,7 +330,8 @@ std::string Scores(const inference::ModelInferResponse& response) {
 // Protocol serves it (and its FP32 source) with exactly the accuracy the job
 // measured on the 10000 test images, over gRPC and REST; concurrent requests
 // are batched dynamically with bit-identical results; bad requests name
-// their field.
+// their field; a second job run alongside inference leaves it error-free and
+// gives the same artifact.
 //
 // Under the sanitizers (about 30 times slower) the same checks run on the
 // first 1000 test images, against the job's own figures on those.
@@ -760,12 +763,57 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_EQ(past.exit_code, 2);
     EXPECT_THAT(past.err, HasSubstr("--first/--count"));
   }
+  {  // A quantization job alongside inference: inference never fails nor
+     // changes its answers, and the job's artifact is byte-identical to the
+     // same job run alone (the first). It publishes version 2, which the
+     // clients (asking for the latest) switch to mid-flight.
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> requests{0}, failures{0}, wrong{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < 4; ++c) {
+      clients.emplace_back([&, c] {
+        for (int64_t i = 0; !stop.load(); ++i) {
+          const size_t first = static_cast<size_t>((c * 256 + i * 8) % (kServedImages - 8));
+          inference::ModelInferResponse response;
+          if (!Infer(*stub, InferRequest("resnet8", test, first, 8), &response).ok()) {
+            ++failures;
+            continue;
+          }
+          const std::string scores = Scores(response);
+          for (size_t k = 0; k < 8 && scores.size() == 8 * 40; ++k) {
+            float row[10];
+            std::memcpy(row, scores.data() + k * 40, sizeof(row));
+            const int best = static_cast<int>(std::max_element(row, row + 10) - row);
+            if (best != int8.predictions[first + k]) ++wrong;
+          }
+          if (scores.size() != 8 * 40) ++wrong;
+          ++requests;
+        }
+      });
+    }
+    RunResult again = quantd.Ctl(SubmitArgs({"--model_name=resnet8", "--wait"}));
+    const int64_t during_job = requests.load();
+    stop = true;
+    for (std::thread& t : clients) t.join();
+    ASSERT_EQ(again.exit_code, 0) << again.out << again.err;
+    nlohmann::json second = quantd.Job(JobIdFrom(again.out));
+    EXPECT_EQ(second["result"]["modelVersion"], "2");
+    EXPECT_EQ(second["result"]["artifactSha256"], result["artifactSha256"]) << "the job's artifact changed when "
+                                                                                 "inference ran beside it";
+    EXPECT_GT(during_job, 0);
+    EXPECT_EQ(failures.load(), 0);
+    EXPECT_EQ(wrong.load(), 0);
+    std::cout << "a job alongside inference: " << requests.load() << " requests of 8 images from 4 clients, "
+              << failures.load() << " errors, the same artifact as the job run alone\n";
+  }
   RunResult models = quantd.Ctl({"models"});
   EXPECT_THAT(models.out, HasSubstr("resnet8"));
   EXPECT_THAT(models.out, HasSubstr(absl::StrCat("(", job_int8_correct, "/", kServedImages, ")")));
   // Unpublished: no longer served (the job and artifact stay).
   ASSERT_EQ(quantd.Ctl({"models", "delete", "resnet8", "1"}).exit_code, 0);
-  expect_error(good, grpc::StatusCode::NOT_FOUND, "resnet8");
+  inference::ModelInferRequest first_version = good;
+  first_version.set_model_version("1");
+  expect_error(first_version, grpc::StatusCode::NOT_FOUND, "resnet8");
   EXPECT_EQ(quantd.Ctl({"artifacts", result["artifactId"]}).exit_code, 0);
 }
 
