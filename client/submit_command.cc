@@ -19,7 +19,8 @@ namespace {
 constexpr char kUsage[] =
     "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
     "[--calib_format=cifar10|npy] [--calib_labels=PATH] [--batch_size=N] [--samples_per_class=N] "
-    "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack] [--kernel_engine=E] [--strict_kernels] "
+    "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack|custom] [--activation_observer=O] [--weight_observer=W] "
+    "[--reduce_range] [--percentile=P] [--kernel_engine=E] [--strict_kernels] "
     "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
     "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
@@ -54,14 +55,45 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
     if (!absl::SimpleAtoi(a.Get("seed"), &seed)) return (*error = "--seed: not a number", false);
     r->mutable_calibration()->set_seed(seed);
   }
-  if (a.Has("preset")) {
-    v1::QConfigPreset preset;
-    std::string name = "QCONFIG_PRESET_" + a.Get("preset");
+  auto upper = [](std::string name) {
     for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    if (!v1::QConfigPreset_Parse(name, &preset)) {
+    return name;
+  };
+  const bool custom = a.Has("preset") && a.Get("preset") == "custom";
+  if (a.Has("preset") && !custom) {
+    v1::QConfigPreset preset;
+    if (!v1::QConfigPreset_Parse(upper("QCONFIG_PRESET_" + a.Get("preset")), &preset)) {
       return (*error = absl::StrCat("--preset: unknown preset \"", a.Get("preset"), "\""), false);
     }
     r->mutable_qconfig()->set_preset(preset);
+  }
+  for (const char* flag : {"activation_observer", "weight_observer", "reduce_range", "percentile"}) {
+    if (a.Has(flag) && !custom) return (*error = absl::StrCat("--", flag, ": needs --preset=custom"), false);
+  }
+  if (custom) {
+    v1::CustomQConfig* c = r->mutable_qconfig()->mutable_custom();
+    v1::ActivationObserver activation = v1::ACTIVATION_OBSERVER_HISTOGRAM;
+    if (a.Has("activation_observer") &&
+        !v1::ActivationObserver_Parse(upper("ACTIVATION_OBSERVER_" + a.Get("activation_observer")), &activation)) {
+      return (*error = absl::StrCat("--activation_observer: unknown observer \"", a.Get("activation_observer"),
+                                    "\" (minmax, moving_average_minmax, histogram, mse, percentile or entropy)"),
+              false);
+    }
+    c->set_activation_observer(activation);
+    v1::WeightObserver weight = v1::WEIGHT_OBSERVER_PER_CHANNEL_SYMMETRIC;
+    if (a.Has("weight_observer") &&
+        !v1::WeightObserver_Parse(upper("WEIGHT_OBSERVER_" + a.Get("weight_observer")), &weight)) {
+      return (*error = absl::StrCat("--weight_observer: unknown observer \"", a.Get("weight_observer"),
+                                    "\" (per_channel_symmetric, per_tensor_symmetric or per_tensor_affine)"),
+              false);
+    }
+    c->set_weight_observer(weight);
+    c->set_reduce_range(a.Has("reduce_range") && a.Get("reduce_range") == "true");
+    if (a.Has("percentile")) {
+      double percentile = 0;
+      if (!absl::SimpleAtod(a.Get("percentile"), &percentile)) return (*error = "--percentile: not a number", false);
+      c->set_percentile(percentile);
+    }
   }
   if (a.Has("kernel_engine")) r->mutable_qconfig()->set_kernel_engine(a.Get("kernel_engine"));
   if (a.Has("strict_kernels")) r->mutable_qconfig()->set_strict_kernels(a.Get("strict_kernels") == "true");
@@ -134,7 +166,8 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
   auto a = ParseCommandArgs(
       args,
       {"file", "model", "model_blob", "calib", "calib_blob", "calib_format", "calib_labels",
-       "batch_size", "samples_per_class", "seed", "preset", "kernel_engine", "strict_kernels",
+       "batch_size", "samples_per_class", "seed", "preset", "activation_observer", "weight_observer",
+       "reduce_range", "percentile", "kernel_engine", "strict_kernels",
        "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality", "fusion", "eval",
        "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
        "idempotency_key", "deadline_seconds", "model_name", "wait"},

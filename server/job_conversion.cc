@@ -171,6 +171,9 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
       case v1::ACTIVATION_OBSERVER_MOVING_AVERAGE_MINMAX:
         spec->qconfig.activation_observer = "moving_average_minmax";
         break;
+      case v1::ACTIVATION_OBSERVER_MSE: spec->qconfig.activation_observer = "mse"; break;
+      case v1::ACTIVATION_OBSERVER_PERCENTILE: spec->qconfig.activation_observer = "percentile"; break;
+      case v1::ACTIVATION_OBSERVER_ENTROPY: spec->qconfig.activation_observer = "entropy"; break;
       default:
         return absl::InvalidArgumentError("qconfig.custom.activation_observer: unknown observer");
     }
@@ -189,6 +192,17 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
         return absl::InvalidArgumentError("qconfig.custom.weight_observer: unknown observer");
     }
     spec->qconfig.reduce_range = c.reduce_range();
+    if (c.percentile() != 0) {
+      if (!(c.percentile() > 0 && c.percentile() <= 100)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("qconfig.custom.percentile: ", c.percentile(), " is not in (0, 100]"));
+      }
+      if (c.activation_observer() != v1::ACTIVATION_OBSERVER_PERCENTILE) {
+        return absl::InvalidArgumentError(
+            "qconfig.custom.percentile: only for activation_observer ACTIVATION_OBSERVER_PERCENTILE");
+      }
+      spec->qconfig.percentile = c.percentile();
+    }
   } else {
     // Unset: the preset made for the requested kernel engine (the API's
     // promise); fbgemm's, the PyTorch default, when no engine is named.

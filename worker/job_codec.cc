@@ -106,6 +106,7 @@ std::string EncodeJobSpec(const JobSpec& spec) {
          {"activation_observer", spec.qconfig.activation_observer},
          {"weight_observer", spec.qconfig.weight_observer},
          {"reduce_range", spec.qconfig.reduce_range},
+         {"percentile", spec.qconfig.percentile},
          {"kernel_engine", spec.kernel_engine},
          {"fusion_auto", spec.fusion.automatic},
          {"fusion_groups", spec.fusion.groups},
@@ -131,6 +132,7 @@ absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {
     spec.qconfig.activation_observer = j.at("activation_observer").get<std::string>();
     spec.qconfig.weight_observer = j.at("weight_observer").get<std::string>();
     spec.qconfig.reduce_range = j.at("reduce_range").get<bool>();
+    spec.qconfig.percentile = j.value("percentile", engine::QConfigChoice().percentile);  // absent before it existed
     spec.kernel_engine = j.at("kernel_engine").get<std::string>();
     spec.fusion.automatic = j.at("fusion_auto").get<bool>();
     spec.fusion.groups = j.at("fusion_groups").get<std::vector<std::vector<std::string>>>();

@@ -817,6 +817,44 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
   EXPECT_EQ(quantd.Ctl({"artifacts", result["artifactId"]}).exit_code, 0);
 }
 
+// Issue #12: quantd's range estimators are a custom qconfig away, from
+// quantctl and the API, and a bad choice names its flag or field.
+TEST(JobsIntegrationTest, RangeEstimatorsRunAsCustomQConfigsAndBadChoicesNameTheirField) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  RunResult submit = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
+                                 "--fusion=auto", "--preset=custom", "--activation_observer=percentile",
+                                 "--percentile=99.99", "--weight_observer=per_channel_symmetric",
+                                 absl::StrCat("--eval=", kTest), "--eval_max_samples=1000", "--wait"});
+  ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
+  nlohmann::json job = quantd.Job(JobIdFrom(submit.out));
+  const nlohmann::json& result = job["result"];
+  EXPECT_THAT(result["qconfigDescription"].get<std::string>(), HasSubstr("HistogramObserver[percentile 99.99]"));
+  EXPECT_EQ(result["requirements"]["activationQuantMax"], "255");
+  EXPECT_EQ(result["quality"]["passed"], true);
+  EXPECT_GE(result["quality"]["top1Agreement"].get<double>(), 0.95);
+  // A different estimator gives a different model.
+  RunResult mse = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
+                              "--fusion=auto", "--preset=custom", "--activation_observer=mse", "--wait"});
+  ASSERT_EQ(mse.exit_code, 0) << mse.out << mse.err;
+  nlohmann::json mse_job = quantd.Job(JobIdFrom(mse.out));
+  EXPECT_THAT(mse_job["result"]["qconfigDescription"].get<std::string>(), HasSubstr("HistogramObserver[mse]"));
+  EXPECT_NE(mse_job["result"]["artifactSha256"], result["artifactSha256"]);
+
+  RunResult no_custom = quantd.Ctl(SubmitArgs({"--percentile=99"}));
+  EXPECT_EQ(no_custom.exit_code, 2);
+  EXPECT_THAT(no_custom.err, HasSubstr("--percentile: needs --preset=custom"));
+  RunResult unknown = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
+                                  "--preset=custom", "--activation_observer=kl"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_THAT(unknown.err, HasSubstr("--activation_observer: unknown observer \"kl\""));
+  RunResult out_of_range = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
+                                       "--preset=custom", "--activation_observer=percentile", "--percentile=150"});
+  EXPECT_NE(out_of_range.exit_code, 0);
+  EXPECT_THAT(out_of_range.err, HasSubstr("qconfig.custom.percentile"));
+  EXPECT_THAT(out_of_range.err, HasSubstr("code 3"));  // INVALID_ARGUMENT
+}
+
 TEST(JobsIntegrationTest, ThirdPartyJsonClientRunsTheSameJob) {
   Quantd quantd;
   ASSERT_TRUE(quantd.Start());

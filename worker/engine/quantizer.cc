@@ -311,6 +311,11 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   } else {
     QUANTD_ASSIGN_OR_RETURN(qconfig, CustomQConfig(options.qconfig.activation_observer, options.qconfig.weight_observer,
                                                    options.qconfig.reduce_range));
+    if (!(options.qconfig.percentile > 0 && options.qconfig.percentile <= 100)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("percentile: ", options.qconfig.percentile, " is not in (0, 100]"));
+    }
+    qconfig.activation.percentile = options.qconfig.percentile;
   }
   report.qconfig_name = qconfig.name;
   report.qconfig_description = qconfig.Describe();

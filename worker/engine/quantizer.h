@@ -23,9 +23,11 @@ namespace quantd::engine {
 // choice of observers.
 struct QConfigChoice {
   std::string preset = "fbgemm";
-  std::string activation_observer = "histogram";  // minmax | moving_average_minmax | histogram
+  // minmax | moving_average_minmax | histogram | mse | percentile | entropy
+  std::string activation_observer = "histogram";
   std::string weight_observer = "per_channel_symmetric";  // | per_tensor_symmetric | per_tensor_affine
   bool reduce_range = false;
+  double percentile = 99.99;  // activation_observer percentile
 };
 
 enum class Phase { kLoading, kFusing, kCalibrating, kConverting, kEvaluating, kStoring };

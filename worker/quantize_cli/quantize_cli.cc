@@ -52,7 +52,9 @@ underscores are the same (--kernel-engine = --kernel_engine).
   --samples_per_class N      stratified selection of N samples per class (fixed --seed, default 0)
   --batch_size N             calibration batch size (default 100, as PyTorch's recipe)
   --preset NAME              fbgemm | x86 | onednn | qnnpack | custom (default fbgemm; alias --qconfig)
-  --activation_observer O    custom: minmax | moving_average_minmax | histogram
+  --activation_observer O    custom: minmax | moving_average_minmax | histogram (PyTorch's),
+                             or quantd's range estimators: mse | percentile | entropy
+  --percentile P             custom, percentile: the share of values kept, in (0, 100] (default 99.99)
   --weight_observer O        custom: per_channel_symmetric | per_tensor_symmetric | per_tensor_affine
   --reduce_range             custom: 7-bit activations
   --kernel_engine E          onednn | qnnpack | fbgemm | x86 (default: the fastest exact one on this CPU)
@@ -135,7 +137,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   }
   static const std::set<std::string> kKnown = {
       "model", "calib", "calib_labels", "samples_per_class", "seed", "batch_size", "preset",
-      "activation_observer", "weight_observer", "reduce_range", "kernel_engine", "strict_kernels", "fusion",
+      "activation_observer", "weight_observer", "reduce_range", "percentile", "kernel_engine", "strict_kernels", "fusion",
       "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels", "threads", "quiet", "help",
       "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality"};
   for (const auto& [name, value] : flags) {
@@ -184,10 +186,15 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     o.qconfig.activation_observer = get("activation_observer", "histogram");
     o.qconfig.weight_observer = get("weight_observer", "per_channel_symmetric");
     o.qconfig.reduce_range = get("reduce_range") == "true";
+    if (flags.count("percentile") && !absl::SimpleAtod(get("percentile"), &o.qconfig.percentile)) {
+      return absl::InvalidArgumentError("--percentile must be a number in (0, 100]");
+    }
   } else {
     o.qconfig.preset = qconfig;
-    if (flags.count("activation_observer") || flags.count("weight_observer") || flags.count("reduce_range")) {
-      return absl::InvalidArgumentError("--activation_observer/--weight_observer/--reduce_range need --preset custom");
+    if (flags.count("activation_observer") || flags.count("weight_observer") || flags.count("reduce_range") ||
+        flags.count("percentile")) {
+      return absl::InvalidArgumentError(
+          "--activation_observer/--weight_observer/--reduce_range/--percentile need --preset custom");
     }
   }
   o.kernel_engine = get("kernel_engine");

@@ -8,9 +8,11 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "worker/engine/observers/histogram_kernels.h"
 #include "worker/engine/observers/observer.h"
+#include "worker/engine/observers/range_search.h"
 
 namespace quantd::engine {
 namespace {
@@ -79,8 +81,15 @@ class HistogramObserver : public Observer {
 
   absl::StatusOr<QParams> Compute() const override {
     if (Uninitialized()) return absl::FailedPreconditionError("observer saw no data");
-    auto [new_min, new_max] = NonLinearParamSearch(at::scalar_tensor(min_val_, at::kFloat),
-                                                   at::scalar_tensor(max_val_, at::kFloat));
+    at::Tensor new_min, new_max;
+    if (spec_.estimator == RangeEstimator::kPyTorchL2) {
+      std::tie(new_min, new_max) = NonLinearParamSearch(at::scalar_tensor(min_val_, at::kFloat),
+                                                        at::scalar_tensor(max_val_, at::kFloat));
+    } else {
+      const ValueRange range = EstimateRange();
+      new_min = at::scalar_tensor(static_cast<float>(range.min), at::kFloat);
+      new_max = at::scalar_tensor(static_cast<float>(range.max), at::kFloat);
+    }
     searched_min_ = new_min.item<float>();
     searched_max_ = new_max.item<float>();
     return CalculateQParams(spec_, new_min, new_max);
@@ -154,6 +163,21 @@ class HistogramObserver : public Observer {
     plan.adjusted = AdjustMinMax(min_val_, max_val_, batch_, bins_, spec_.upsample_rate);
     plan.range = ResolveHistcRange(Truncate(plan.adjusted.min), Truncate(plan.adjusted.max), batch_);
     return plan;
+  }
+
+  ValueRange EstimateRange() const {
+    ValueHistogram h;
+    h.min = min_val_;
+    h.max = max_val_;
+    h.counts.assign(histogram_.begin(), histogram_.end());
+    const int64_t levels = spec_.quant_max() - spec_.quant_min() + 1;
+    switch (spec_.estimator) {
+      case RangeEstimator::kMse: return MseOptimalRange(h, levels);
+      case RangeEstimator::kPercentile: return PercentileRange(h, spec_.percentile);
+      case RangeEstimator::kEntropy: return EntropyRange(h, levels);
+      case RangeEstimator::kPyTorchL2: break;
+    }
+    return {h.min, h.max};
   }
 
   std::pair<at::Tensor, at::Tensor> NonLinearParamSearch(const at::Tensor& min_val, const at::Tensor& max_val) const {

@@ -16,6 +16,9 @@
 namespace quantd::engine {
 
 enum class ObserverKind { kMinMax, kMovingAverageMinMax, kHistogram, kPerChannelMinMax };
+// How a histogram observer picks its range (see range_search.h): PyTorch's
+// greedy L2 search (the presets), or one of quantd's estimators.
+enum class RangeEstimator { kPyTorchL2, kMse, kPercentile, kEntropy };
 enum class QScheme { kPerTensorAffine, kPerTensorSymmetric, kPerChannelSymmetric, kPerChannelAffine };
 
 struct ObserverSpec {
@@ -26,6 +29,8 @@ struct ObserverSpec {
   double averaging_constant = 0.01;  // moving average
   int64_t bins = 2048;               // histogram
   int64_t upsample_rate = 128;       // histogram
+  RangeEstimator estimator = RangeEstimator::kPyTorchL2;  // histogram
+  double percentile = 99.99;                              // RangeEstimator::kPercentile
 
   std::string Describe() const;
   int64_t quant_min() const;

@@ -137,8 +137,42 @@ TEST(QConfigTest, PresetsAreTorchDefaults) {
   auto unknown = QConfigPreset("tensorrt");
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(unknown.status().message().find("tensorrt"), std::string::npos);
-  EXPECT_FALSE(CustomQConfig("entropy", "per_channel_symmetric", false).ok());
+  EXPECT_FALSE(CustomQConfig("kl", "per_channel_symmetric", false).ok());
   EXPECT_TRUE(CustomQConfig("minmax", "per_tensor_affine", true).ok());
+  // quantd's range estimators ride on the histogram observer; the presets
+  // keep PyTorch's search.
+  EXPECT_EQ(fbgemm->activation.estimator, RangeEstimator::kPyTorchL2);
+  auto entropy = CustomQConfig("entropy", "per_channel_symmetric", false);
+  ASSERT_TRUE(entropy.ok());
+  EXPECT_EQ(entropy->activation.kind, ObserverKind::kHistogram);
+  EXPECT_EQ(entropy->activation.estimator, RangeEstimator::kEntropy);
+  EXPECT_EQ(CustomQConfig("mse", "per_channel_symmetric", false)->activation.estimator, RangeEstimator::kMse);
+}
+
+// The histogram observer hands its merged histogram to the chosen estimator:
+// on a ReLU output with one far outlier, percentile leaves the outlier out,
+// PyTorch's search and min/max do not.
+TEST(HistogramObserverTest, RangeEstimatorsChooseFromTheSameHistogram) {
+  at::Tensor x = at::relu(at::randn({20000}, at::TensorOptions().dtype(at::kFloat)));
+  x[0] = 50.0f;
+  auto range_of = [&](RangeEstimator estimator) {
+    ObserverSpec spec = Spec(ObserverKind::kHistogram, QScheme::kPerTensorAffine, false);
+    spec.estimator = estimator;
+    spec.percentile = 99.9;
+    auto observer = MakeObserver(spec);
+    EXPECT_TRUE(observer.ok());
+    (*observer)->Observe(x);
+    auto q = (*observer)->Compute();
+    EXPECT_TRUE(q.ok());
+    return (*observer)->ObservedRange();
+  };
+  const auto percentile = range_of(RangeEstimator::kPercentile);
+  EXPECT_EQ(percentile.first, 0.0f);
+  EXPECT_LT(percentile.second, 5.0f);  // the 99.95th percentile of a half-normal is ~3.5
+  EXPECT_GT(percentile.second, 2.5f);
+  const auto mse = range_of(RangeEstimator::kMse);
+  EXPECT_GT(mse.second, 0.0f);
+  EXPECT_NE(mse.second, percentile.second);
 }
 
 }  // namespace

@@ -22,7 +22,14 @@ std::string ObserverSpec::Describe() const {
   switch (kind) {
     case ObserverKind::kMinMax: name = "MinMaxObserver"; break;
     case ObserverKind::kMovingAverageMinMax: name = "MovingAverageMinMaxObserver"; break;
-    case ObserverKind::kHistogram: name = "HistogramObserver"; break;
+    case ObserverKind::kHistogram:
+      switch (estimator) {
+        case RangeEstimator::kPyTorchL2: name = "HistogramObserver"; break;
+        case RangeEstimator::kMse: name = "HistogramObserver[mse]"; break;
+        case RangeEstimator::kPercentile: name = absl::StrCat("HistogramObserver[percentile ", percentile, "]"); break;
+        case RangeEstimator::kEntropy: name = "HistogramObserver[entropy]"; break;
+      }
+      break;
     case ObserverKind::kPerChannelMinMax: name = "PerChannelMinMaxObserver"; break;
   }
   const char* scheme = "per_tensor_affine";

@@ -64,9 +64,16 @@ absl::StatusOr<QConfig> CustomQConfig(const std::string& activation, const std::
     q.activation = Activation(ObserverKind::kMovingAverageMinMax, reduce_range);
   } else if (activation == "histogram") {
     q.activation = Activation(ObserverKind::kHistogram, reduce_range);
+  } else if (activation == "mse" || activation == "percentile" || activation == "entropy") {
+    // quantd's range estimators over the same histogram (range_search.h).
+    q.activation = Activation(ObserverKind::kHistogram, reduce_range);
+    q.activation.estimator = activation == "mse"          ? RangeEstimator::kMse
+                             : activation == "percentile" ? RangeEstimator::kPercentile
+                                                          : RangeEstimator::kEntropy;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "activation observer '", activation, "' is unknown (minmax, moving_average_minmax or histogram)"));
+    return absl::InvalidArgumentError(absl::StrCat("activation observer '", activation,
+                                                   "' is unknown (minmax, moving_average_minmax, histogram, mse, "
+                                                   "percentile or entropy)"));
   }
   if (weight == "per_channel_symmetric") {
     q.weight = PerChannelSymmetricWeight();
