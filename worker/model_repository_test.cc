@@ -1,0 +1,182 @@
+#include "worker/model_repository.h"
+
+#include <memory>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "worker/clock.h"
+#include "worker/engine/quantizer.h"
+#include "worker/engine/testing/test_env.h"
+#include "worker/local_artifact_store.h"
+#include "worker/sqlite_job_store.h"
+
+namespace quantd::worker {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// The real ResNet8, quantized once for the whole suite (a fraction of a
+// second): what a succeeded job leaves in the stores.
+struct Quantized {
+  std::string bytes;
+  engine::QuantizeReport report;
+};
+
+const Quantized& ResNet8Int8() {
+  static const Quantized* quantized = [] {
+    engine::QuantizeOptions options;
+    options.model_path = engine::testing::ResNet8Path();
+    options.calibration.path = engine::testing::CalibrationPath();
+    options.calibration.limit = 200;
+    options.fusion.automatic = true;
+    options.quality_samples = 0;
+    auto model = engine::Quantize(options);
+    EXPECT_TRUE(model.ok()) << model.status();
+    auto* q = new Quantized;
+    if (model.ok()) {
+      auto bytes = (*model)->SerializeArtifact();
+      EXPECT_TRUE(bytes.ok());
+      if (bytes.ok()) q->bytes = *bytes;
+      q->report = (*model)->report();
+    }
+    return q;
+  }();
+  return *quantized;
+}
+
+class ModelRepositoryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(ResNet8Int8().bytes.empty());
+    const std::string dir = engine::testing::MakeTempDir("model_repository");
+    auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    jobs_ = std::move(*jobs);
+    auto artifacts = LocalArtifactStore::Open(dir + "/artifacts");
+    ASSERT_TRUE(artifacts.ok()) << artifacts.status();
+    artifacts_ = std::move(*artifacts);
+  }
+
+  // A job that succeeded with the ResNet8 artifact, published as `name`.
+  void Publish(const std::string& id, const std::string& name) {
+    Job job;
+    job.id = id;
+    job.create_time = clock_.Now();
+    job.spec.model_name = name;
+    job.spec.model_path = engine::testing::ResNet8Path();
+    job.spec.calibration.path = engine::testing::CalibrationPath();
+    job.request_fingerprint = id;
+    ASSERT_TRUE(jobs_->Create(job, 100).ok());
+    ASSERT_TRUE(jobs_->ClaimNext(clock_.Now()).ok());
+    auto stored = artifacts_->Put(id, ResNet8Int8().bytes, "{}");
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    JobResult result;
+    result.artifact_sha256 = stored->sha256;
+    result.artifact_id = ArtifactIdFor(stored->sha256);
+    result.artifact_size_bytes = stored->size_bytes;
+    result.report = ResNet8Int8().report;
+    ASSERT_TRUE(jobs_->Finish(id, 1, JobState::kSucceeded, result, clock_.Now()).ok());
+  }
+
+  std::unique_ptr<ModelRepository> Repository(int64_t cache_bytes = int64_t{1} << 30) {
+    ModelRepository::Options options;
+    options.cache_bytes = cache_bytes;
+    options.clock = &clock_;
+    return std::make_unique<ModelRepository>(jobs_.get(), artifacts_.get(), options);
+  }
+
+  FakeClock clock_;
+  std::unique_ptr<SqliteJobStore> jobs_;
+  std::unique_ptr<LocalArtifactStore> artifacts_;
+};
+
+TEST_F(ModelRepositoryTest, LoadsTheNewestOrANamedVersionWarmAndItsFp32Source) {
+  Publish("a", "resnet8");
+  auto repository = Repository();
+  auto model = repository->Load("resnet8", 0);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ServedModelInfo& info = (*model)->info();
+  EXPECT_EQ(info.version, 1);
+  EXPECT_EQ(info.job_id, "a");
+  EXPECT_FALSE(info.fp32);
+  EXPECT_THAT(info.input_shape, ElementsAre(3, 32, 32));
+  EXPECT_THAT(info.output_shape, ElementsAre(10));  // found by the warm-up pass
+  EXPECT_EQ(info.kernel_engine, ResNet8Int8().report.kernel_engine);
+  EXPECT_EQ(info.labels.size(), 10u);
+  EXPECT_EQ(repository->cached_bytes(), static_cast<int64_t>(ResNet8Int8().bytes.size()));
+
+  auto fp32 = repository->Load("resnet8.fp32", 1);
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_TRUE((*fp32)->info().fp32);
+  EXPECT_EQ((*fp32)->info().kernel_engine, "fp32");
+  EXPECT_EQ(repository->cached_models(), 2);
+  // Both run a real image: the int8 and FP32 scores are close, not equal.
+  std::vector<float> gray(3 * 32 * 32, 128.0f);
+  auto int8_out = (*model)->Run(gray, 1);
+  auto fp32_out = (*fp32)->Run(gray, 1);
+  ASSERT_TRUE(int8_out.ok() && fp32_out.ok());
+  ASSERT_EQ(int8_out->values.size(), 10u);
+  EXPECT_NE(int8_out->values, fp32_out->values);
+
+  // Loading again is the cached object.
+  EXPECT_EQ(*repository->Load("resnet8", 1), *model);
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0), *model);
+}
+
+TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid) {
+  Publish("a", "resnet8");
+  auto repository = Repository();
+  EXPECT_EQ(repository->Load("nope", 0).status().code(), absl::StatusCode::kNotFound);
+  const absl::Status missing = repository->Load("resnet8", 9).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.message()), HasSubstr("no version 9"));
+  EXPECT_EQ(repository->Load("Bad Name", 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0), nullptr);  // nothing loaded yet
+  EXPECT_EQ(repository->cached_models(), 0);
+}
+
+TEST_F(ModelRepositoryTest, TheCacheKeepsItsByteBudgetLeastRecentlyUsedOut) {
+  Publish("a", "first");
+  Publish("b", "second");
+  const auto size = static_cast<int64_t>(ResNet8Int8().bytes.size());
+  auto repository = Repository(2 * size);  // room for two artifacts
+  ASSERT_TRUE(repository->Load("first", 0).ok());
+  ASSERT_TRUE(repository->Load("second", 0).ok());
+  ASSERT_TRUE(repository->Load("first", 0).ok());  // now the most recently used
+  EXPECT_TRUE(repository->IsLoaded("first", 1, false));
+  EXPECT_TRUE(repository->IsLoaded("second", 1, false));
+  Publish("c", "third");
+  ASSERT_TRUE(repository->Load("third", 0).ok());
+  EXPECT_EQ(repository->cached_models(), 2);
+  EXPECT_EQ(repository->cached_bytes(), 2 * size);
+  EXPECT_TRUE(repository->IsLoaded("first", 1, false));
+  EXPECT_FALSE(repository->IsLoaded("second", 1, false));  // least recently used: out
+  EXPECT_TRUE(repository->IsLoaded("third", 1, false));
+  // An evicted version loads again on demand.
+  ASSERT_TRUE(repository->Load("second", 0).ok());
+  EXPECT_FALSE(repository->IsLoaded("first", 1, false));
+}
+
+TEST_F(ModelRepositoryTest, ANewVersionIsSeenAfterTheResolutionTtlOrAtOnceWhenForgotten) {
+  Publish("a", "resnet8");
+  auto repository = Repository();
+  ASSERT_EQ((*repository->Load("resnet8", 0))->info().version, 1);
+  Publish("b", "resnet8");  // as another replica would: this repository is not told
+  ASSERT_NE(repository->FindLoaded("resnet8", 0), nullptr);
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0)->info().version, 1);  // resolution still fresh
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0), nullptr);  // stale: must ask the store
+  EXPECT_EQ((*repository->Load("resnet8", 0))->info().version, 2);
+
+  Publish("c", "resnet8");
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0)->info().version, 2);
+  repository->ForgetResolutions();  // published through this process
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0), nullptr);
+  EXPECT_EQ((*repository->Load("resnet8", 0))->info().version, 3);
+}
+
+}  // namespace
+}  // namespace quantd::worker
