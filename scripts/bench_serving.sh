@@ -9,12 +9,22 @@
 #
 #   scripts/bench_serving.sh [FIXTURES_DIR]      (default ../shared/fixtures)
 #   QUANTD_BENCH_SECONDS (per row, default 3), QUANTD_INFERENCE_THREADS (default 2)
+#   QUANTD_BENCH_PIN=1: the servers on CPU 1 with one inference thread, the
+#     clients and the in-process rows on CPU 0 (clients that do not take the
+#     server's core, as remote ones would not; needs 2 CPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fixtures="$(cd "${1:-${QUANTD_FIXTURES:-../shared/fixtures}}" && pwd)"
 build_dir="${QUANTD_BUILD_DIR:-build}"
 seconds="${QUANTD_BENCH_SECONDS:-3}"
 threads="${QUANTD_INFERENCE_THREADS:-2}"
+server_cpu=()
+client_cpu=()
+if [ "${QUANTD_BENCH_PIN:-0}" = "1" ]; then
+  threads=1
+  server_cpu=(taskset -c 1)
+  client_cpu=(taskset -c 0)
+fi
 work="$(mktemp -d -t quantd-bench-serving.XXXXXX)"
 pids=()
 cleanup() {
@@ -35,7 +45,7 @@ start_quantd() {
   local dir="$work/$name"
   mkdir -p "$dir/data"
   ln -s "$fixtures" "$dir/data/fixtures"
-  "$build_dir/server/quantd" --bind_address=127.0.0.1 --grpc_port=0 --metrics_port=0 --data_dir="$dir/data" \
+  "${server_cpu[@]}" "$build_dir/server/quantd" --bind_address=127.0.0.1 --grpc_port=0 --metrics_port=0 --data_dir="$dir/data" \
     --port_file="$dir/ports.json" --read_roots="$fixtures" --inference_threads="$threads" "$@" 2>"$dir/quantd.log" &
   pids+=($!)
   for _ in $(seq 1 300); do
@@ -64,14 +74,14 @@ read -r sha engine < <("$build_dir/client/quantctl" --server="$grpc_batched" --j
 [ -n "$sha" ] && [ -n "$engine" ] || { echo "bench_serving: no artifact for job $job_id" >&2; exit 1; }
 
 echo "bench_serving: measuring, $seconds s per row ..." >&2
-"$build_dir/server/quantd-serving-bench" --server="$grpc_batched" --server_unbatched="$grpc_unbatched" \
+"${client_cpu[@]}" "$build_dir/server/quantd-serving-bench" --server="$grpc_batched" --server_unbatched="$grpc_unbatched" \
   --http="$http_batched" --artifact="$data_batched/artifacts/$sha.pt" --kernel_engine="$engine" \
   --images="$fixtures/cifar10/test_batch.bin" --seconds="$seconds" --threads="$threads" >"$work/serving.json"
 
 ort_modules="$build_dir/ort/node_modules"
 if [ -d "$ort_modules/onnxruntime-node" ]; then
   echo "bench_serving: ONNX Runtime ..." >&2
-  node scripts/ort_bench.js "$fixtures" "$(cd "$ort_modules" && pwd)" >"$work/ort.json"
+  "${client_cpu[@]}" node scripts/ort_bench.js "$fixtures" "$(cd "$ort_modules" && pwd)" >"$work/ort.json"
 else
   echo '{}' >"$work/ort.json"
   echo "bench_serving: no onnxruntime-node under $ort_modules (scripts/bench.sh installs it); no ONNX Runtime row" >&2

@@ -24,8 +24,11 @@ absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model,
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");
-    // Idle: no pass running and none queued, so nobody is likely to join.
-    const bool run_here = options_.run_on_caller_when_idle && running_ == 0 && queues_.empty();
+    // Idle: no pass running, none queued, and none ended within the delay
+    // (under load, the clients of the last pass are about to send again,
+    // and their requests should meet in one pass).
+    const bool quiet = !options_.batching || clock_->Now() - last_pass_end_ >= options_.max_queue_delay;
+    const bool run_here = options_.run_on_caller_when_idle && running_ == 0 && queues_.empty() && quiet;
     if (!run_here) {
       ModelQueue& queue = queues_[model.get()];
       if (static_cast<int64_t>(queue.requests.size()) >= options_.queue_capacity) {
@@ -48,6 +51,7 @@ absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model,
   RunPass(std::move(pass));
   absl::MutexLock lock(&mu_);
   --running_;
+  last_pass_end_ = clock_->Now();
   // Requests that queued meanwhile may have found every slot busy.
   if (!queues_.empty()) work_.Signal();
   return absl::OkStatus();
@@ -77,7 +81,10 @@ bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
   for (auto& [key, queue] : queues_) {
     const absl::Time head = queue.requests.front().enqueued;
     const bool full = !options_.batching || queue.samples >= options_.max_batch_size;
-    const absl::Time due_at = full || stopping_ ? head : head + options_.max_queue_delay;
+    // The delay counts from when the batch could first have run: its first
+    // request's arrival, or the end of the last pass if that came later
+    // (whose clients are about to send their next requests).
+    const absl::Time due_at = full || stopping_ ? head : std::max(head, last_pass_end_) + options_.max_queue_delay;
     if (due_at > now) {
       *wake = std::min(*wake, due_at);
       continue;
@@ -113,6 +120,7 @@ void DynamicBatcher::Loop() {
       RunPass(std::move(pass));
       mu_.Lock();
       --running_;
+      last_pass_end_ = clock_->Now();
       continue;
     }
     if (stopping_ && queues_.empty()) break;

@@ -7,6 +7,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -221,18 +222,45 @@ TEST(DynamicBatcherTest, OnAnIdleBatcherARequestRunsOnTheSubmittingThreadWithout
   options.run_on_caller_when_idle = true;
   int inits = 0;
   options.thread_init = [&inits] { ++inits; };  // the batcher thread's and this one's
-  DynamicBatcher batcher(options, Clock::Real());
-  Outcome a, b;
+  FakeClock clock;
+  DynamicBatcher batcher(options, &clock);
+  Outcome a, b, c;
   ASSERT_TRUE(Submit(batcher, model, 2, 0, &a).ok());
-  EXPECT_TRUE(a.done.HasBeenNotified());
+  EXPECT_TRUE(a.done.HasBeenNotified());  // ran before Submit returned
   EXPECT_EQ(a.thread, std::this_thread::get_id());
   ASSERT_TRUE(a.output.ok());
   EXPECT_THAT(a.output->values, ElementsAre(1, 11, 21, 31));
+  clock.Advance(absl::Hours(2));  // quiet for longer than the delay: idle again
   ASSERT_TRUE(Submit(batcher, model, 1, 0, &b).ok());
   EXPECT_EQ(b.thread, std::this_thread::get_id());
-  batcher.Shutdown();
+  // Right after a pass (as under load, when its clients send again): queued,
+  // to wait for company.
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &c).ok());
+  EXPECT_FALSE(c.done.HasBeenNotified());
+  batcher.Shutdown();  // runs what is queued
+  ASSERT_TRUE(c.done.HasBeenNotified());
+  EXPECT_NE(c.thread, std::this_thread::get_id());
   EXPECT_EQ(inits, 2);  // once per thread, not per request
-  EXPECT_THAT(model->passes(), ElementsAre(2, 1));
+  EXPECT_THAT(model->passes(), ElementsAre(2, 1, 1));
+}
+
+TEST(DynamicBatcherTest, UnderLoadTheDelayCountsFromTheEndOfTheLastPass) {
+  // A request queued during a pass would be due the moment the pass ends;
+  // instead it waits the delay from then, for the clients just answered.
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(8, absl::Milliseconds(30)), Clock::Real());
+  model->Hold();
+  Outcome first, b;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok());
+  model->AwaitPasses(1);
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());
+  absl::SleepFor(absl::Milliseconds(40));  // b's own delay is over while the pass runs
+  model->Release();
+  first.done.WaitForNotification();
+  const absl::Time pass_end = absl::Now();
+  b.done.WaitForNotification();
+  EXPECT_GE(absl::Now() - pass_end, absl::Milliseconds(25));
+  EXPECT_THAT(model->passes(), ElementsAre(1, 1));
 }
 
 TEST(DynamicBatcherTest, RequestsThatFindEverySlotBusyQueueAndRunCoalescedOnTheBatchersThread) {
