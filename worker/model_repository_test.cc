@@ -30,7 +30,7 @@ const Quantized& ResNet8Int8() {
     engine::QuantizeOptions options;
     options.model_path = engine::testing::ResNet8Path();
     options.calibration.path = engine::testing::CalibrationPath();
-    options.calibration.limit = 200;
+    options.calibration.limit = 100;  // one batch: enough for a servable model, quick under the sanitizers
     options.fusion.automatic = true;
     options.quality_samples = 0;
     auto model = engine::Quantize(options);
