@@ -85,8 +85,9 @@ ABSL_FLAG(int, inference_queue_capacity, 256,
 ABSL_FLAG(int64_t, max_batch_size, 64,
           "Most samples one inference request, or one pass of coalesced requests, may carry.");
 ABSL_FLAG(int64_t, max_queue_delay_us, 100,
-          "Dynamic batching: how long a request waits for others to join its pass (requests already "
-          "waiting join without it; one that finds the batcher idle runs at once).");
+          "Dynamic batching: how long a request waits for others to join its pass, from its arrival or "
+          "the last pass's end, at most twice this (requests already waiting join without it; one that finds "
+          "the batcher idle runs at once).");
 ABSL_FLAG(bool, dynamic_batching, true,
           "Coalesce concurrent inference requests for the same model into one pass (false: each runs alone).");
 ABSL_FLAG(int64_t, model_cache_bytes, int64_t{1} << 30,

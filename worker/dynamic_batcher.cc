@@ -1,10 +1,15 @@
 #include "worker/dynamic_batcher.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 
 namespace quantd::worker {
+
+absl::Time BatchDueAt(absl::Time first_arrival, absl::Time last_pass_end, absl::Duration delay) {
+  return std::min(std::max(first_arrival, last_pass_end) + delay, first_arrival + 2 * delay);
+}
 
 DynamicBatcher::DynamicBatcher(const Options& options, Clock* clock) : options_(options), clock_(clock) {
   const int threads = this->threads();
@@ -81,10 +86,8 @@ bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
   for (auto& [key, queue] : queues_) {
     const absl::Time head = queue.requests.front().enqueued;
     const bool full = !options_.batching || queue.samples >= options_.max_batch_size;
-    // The delay counts from when the batch could first have run: its first
-    // request's arrival, or the end of the last pass if that came later
-    // (whose clients are about to send their next requests).
-    const absl::Time due_at = full || stopping_ ? head : std::max(head, last_pass_end_) + options_.max_queue_delay;
+    const absl::Time due_at =
+        full || stopping_ ? head : BatchDueAt(head, last_pass_end_, options_.max_queue_delay);
     if (due_at > now) {
       *wake = std::min(*wake, due_at);
       continue;

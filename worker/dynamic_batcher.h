@@ -3,9 +3,9 @@
 
 // Dynamic batching (as in Triton): concurrent inference requests for the same
 // loaded model are coalesced into one forward pass of up to max_batch_size
-// samples. A request waits at most max_queue_delay for others to join it;
-// requests already waiting while the inference threads are busy join without
-// any delay. Requests are never split across passes. Each model has a bounded
+// samples. A request waits a short delay (max_queue_delay; see BatchDueAt)
+// for others to join it; requests already waiting while the inference
+// threads are busy join without any delay. Requests are never split across passes. Each model has a bounded
 // queue: a request that finds it full is refused at once.
 //
 // At most `threads` passes run at once. A request that finds the batcher
@@ -14,9 +14,12 @@
 // is likely to join it, and a hand-off to a batcher thread and back plus the
 // delay cost more than the pass of one image (p50 0.97 vs 0.58 ms per gRPC
 // request with the 100 us delay, 2-core VM). Under load a pass has always
-// just ended, so requests queue and meet. Requests that arrive while a pass runs queue, and the
-// batcher's own threads run them, coalesced, within the delay. Callers get
-// their rows through a callback, on whichever thread ran the pass.
+// just ended, so requests queue and meet. Queued requests run on the
+// batcher's own threads, coalesced. Their delay counts from the end of the
+// last pass if that came after the first of them arrived, since the clients
+// a pass answered send again right after it, but ends at most twice the
+// delay after that arrival. Callers get their rows through a callback, on
+// whichever thread ran the pass.
 
 #include <cstdint>
 #include <deque>
@@ -35,6 +38,12 @@
 #include "worker/engine/servable_model.h"
 
 namespace quantd::worker {
+
+// When a batch that is not full runs: `delay` after its first request
+// arrived, or after the last pass ended if that came later (the clients that
+// pass answered are about to send again), but no later than twice `delay`
+// after the arrival, however often passes end.
+absl::Time BatchDueAt(absl::Time first_arrival, absl::Time last_pass_end, absl::Duration delay);
 
 // What the batcher runs: `batch` samples, concatenated, in one pass.
 class BatchableModel {

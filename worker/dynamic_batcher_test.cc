@@ -244,22 +244,34 @@ TEST(DynamicBatcherTest, OnAnIdleBatcherARequestRunsOnTheSubmittingThreadWithout
   EXPECT_THAT(model->passes(), ElementsAre(2, 1, 1));
 }
 
+TEST(BatchDueAtTest, TheDelayCountsFromArrivalOrTheLastPassEndButAtMostTwice) {
+  const absl::Time t = absl::FromUnixSeconds(1000);
+  const absl::Duration d = absl::Milliseconds(1);
+  EXPECT_EQ(BatchDueAt(t, absl::InfinitePast(), d), t + d);               // no pass yet
+  EXPECT_EQ(BatchDueAt(t, t - absl::Seconds(1), d), t + d);               // an old pass
+  EXPECT_EQ(BatchDueAt(t, t + absl::Microseconds(300), d), t + absl::Microseconds(1300));  // a pass ended since
+  EXPECT_EQ(BatchDueAt(t, t + absl::Seconds(5), d), t + 2 * d);           // passes keep ending: capped
+  EXPECT_EQ(BatchDueAt(t, t + absl::Seconds(5), absl::ZeroDuration()), t);
+}
+
 TEST(DynamicBatcherTest, UnderLoadTheDelayCountsFromTheEndOfTheLastPass) {
   // A request queued during a pass would be due the moment the pass ends;
-  // instead it waits the delay from then, for the clients just answered.
+  // instead it waits from then, for the clients just answered (up to twice
+  // the delay after it arrived).
   auto model = std::make_shared<FakeModel>();
-  DynamicBatcher batcher(OneThread(8, absl::Milliseconds(30)), Clock::Real());
+  DynamicBatcher batcher(OneThread(8, absl::Milliseconds(100)), Clock::Real());
   model->Hold();
   Outcome first, b;
   ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok());
   model->AwaitPasses(1);
   ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());
-  absl::SleepFor(absl::Milliseconds(40));  // b's own delay is over while the pass runs
+  absl::SleepFor(absl::Milliseconds(120));  // b's own delay is over while the pass runs
   model->Release();
   first.done.WaitForNotification();
   const absl::Time pass_end = absl::Now();
   b.done.WaitForNotification();
-  EXPECT_GE(absl::Now() - pass_end, absl::Milliseconds(25));
+  // Due 200 ms after b arrived (the cap), about 80 ms after the pass ended.
+  EXPECT_GE(absl::Now() - pass_end, absl::Milliseconds(20));
   EXPECT_THAT(model->passes(), ElementsAre(1, 1));
 }
 

@@ -57,9 +57,22 @@ while true; do
     set +e
     ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0:fast_unwind_on_fatal=0:malloc_context_size=255" \
       "$fuzzer" -timeout=20 -rss_limit_mb=4096 "$unit" >"$log.replay" 2>&1
+    replay_status=$?
     set -e
     grep -E 'ERROR: |^ *#[0-9]+ ' "$log.replay" | grep -E 'ERROR: |/(worker|server|client|tests)/[^ ]+\.(cc|h):' | head -3 || true
     frame="$(innermost_own_frame "$log.replay")"
+    # libFuzzer's RSS limit reached over many inputs (ASan's quarantine and
+    # LibTorch's large allocations), with little live heap, and the last
+    # input runs fine alone: no leak and no crash of this input. In the
+    # product each model loads in a process of its own (the vetter).
+    live="$(sed -n 's/^Live Heap Allocations: \([0-9]*\) bytes.*/\1/p' "$log" | head -1)"
+    if [[ -n "$third_party_caller" && $replay_status -eq 0 && -n "$live" && $live -lt $((1 << 30)) ]] &&
+      grep -q 'ERROR: libFuzzer: out-of-memory' "$log" && ((tolerated < 20)); then
+      tolerated=$((tolerated + 1))
+      echo "run_fuzzer: RSS limit reached across inputs with $((live >> 20)) MiB live heap; the input alone" \
+        "runs fine; fuzzing resumes"
+      continue
+    fi
   fi
   if [[ -n "$third_party_caller" && "$frame" == *"$third_party_caller"* && $tolerated -lt 20 ]]; then
     tolerated=$((tolerated + 1))
