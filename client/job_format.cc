@@ -93,6 +93,40 @@ bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef*
   return true;
 }
 
+std::string TrialText(const v1::TuningTrial& t) {
+  std::string text = absl::StrFormat("%4d %-11s ", t.index() + 1, t.stage());
+  if (!t.error().empty()) return absl::StrCat(text, "failed: ", t.error());
+  absl::StrAppend(&text, t.has_top1() ? absl::StrFormat("%7.2f%%", 100 * t.top1()) : std::string("       -"),
+                  absl::StrFormat(" %7.2f%% %8.2f %7.2f  ", 100 * t.top1_agreement(), t.output_sqnr_db(), t.seconds()),
+                  t.activation_observer());
+  if (t.fp32_layers_size() > 0) absl::StrAppend(&text, " | FP32: ", absl::StrJoin(t.fp32_layers(), ", "));
+  if (t.meets_goal()) absl::StrAppend(&text, "  (meets goal)");
+  return text;
+}
+
+std::string TuningText(const v1::TuningReport& t) {
+  std::string text = absl::StrCat("\n  tuning: on ", t.judged_on());
+  if (t.has_target_top1()) {
+    absl::StrAppend(&text, absl::StrFormat(": FP32 top-1 %.2f%%, goal >= %.2f%%; %s (%s)", 100 * t.fp32_top1(),
+                                           100 * t.target_top1(), t.met() ? "met" : "NOT met", t.stopped_because()));
+  } else {
+    absl::StrAppend(&text, ": closest to FP32 chosen");
+  }
+  absl::StrAppend(&text, absl::StrFormat(" in %d trials, %.1f s", t.trials_size(), t.seconds()));
+  absl::StrAppend(&text, "\n    trial stage        top-1    agree  SQNR dB  time s  activation observer / FP32 layers");
+  for (const v1::TuningTrial& trial : t.trials()) {
+    absl::StrAppend(&text, "\n   ", trial.index() == t.best_trial() ? "*" : " ", TrialText(trial));
+  }
+  if (t.sensitivity_size() > 0) {
+    absl::StrAppend(&text, "\n    sensitivity (agreement with FP32 gained, the layer alone in FP32):");
+    for (const v1::LayerSensitivity& s : t.sensitivity()) {
+      absl::StrAppend(&text, absl::StrFormat(" %s %+.2f", s.layer(), 100 * s.agreement_gain()));
+    }
+  }
+  if (t.fp32_layers_size() > 0) absl::StrAppend(&text, "\n    kept in FP32: ", absl::StrJoin(t.fp32_layers(), ", "));
+  return text;
+}
+
 std::string JobText(const v1::Job& job) {
   std::string text = absl::StrCat("job ", job.id(), "\n  state: ", State(job.state()),
                                   "\n  phase: ", Phase(job.phase()),
@@ -140,6 +174,8 @@ std::string JobText(const v1::Job& job) {
       if (q.has_output_sqnr_db()) absl::StrAppend(&text, absl::StrFormat(" output SQNR %.1f dB", q.output_sqnr_db()));
     }
   }
+  if (r.has_tuning()) absl::StrAppend(&text, TuningText(r.tuning()));
+  for (const std::string& advice : r.advice()) absl::StrAppend(&text, "\n  advice: ", advice);
   for (const std::string& warning : r.warnings()) absl::StrAppend(&text, "\n  WARNING: ", warning);
   for (const auto& t : r.phase_timings()) {
     absl::StrAppend(&text, absl::StrFormat("\n  time %-12s %.3fs", Phase(t.phase()), t.seconds()));
@@ -163,6 +199,9 @@ std::string EventText(const v1::JobEvent& e) {
     case v1::JobEvent::kCalibrationProgress:
       return absl::StrCat(e.job_id(), " calibration ", e.calibration_progress().batches_done(), "/",
                           e.calibration_progress().batches_total());
+    case v1::JobEvent::kTuningProgress:
+      return absl::StrCat(e.job_id(), " trial ", e.tuning_progress().trials_done(), "/",
+                          e.tuning_progress().trial_budget(), ":", TrialText(e.tuning_progress().trial()));
     case v1::JobEvent::kResult: {
       const v1::JobResult& r = e.result();
       if (!r.error_message().empty()) return absl::StrCat(e.job_id(), " error: ", r.error_message());

@@ -19,12 +19,14 @@ namespace {
 constexpr char kUsage[] =
     "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
     "[--calib_format=cifar10|npy] [--calib_labels=PATH] [--batch_size=N] [--samples_per_class=N] "
-    "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack|custom] [--activation_observer=O] [--weight_observer=W] "
+    "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack|best|custom] [--activation_observer=O] [--weight_observer=W] "
     "[--reduce_range] [--percentile=P] [--kernel_engine=E] [--strict_kernels] "
     "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
     "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
-    "[--deadline_seconds=N] [--model_name=NAME] [--wait]";
+    "[--deadline_seconds=N] [--model_name=NAME] [--tuning=PATH|--tuning_blob=ID [--tuning_format=F] "
+    "[--tuning_labels=PATH] [--tolerance=POINTS] [--relative_tolerance] [--max_trials=N] "
+    "[--time_budget_seconds=S] [--int8_only] [--against_fp32]] [--wait]";
 
 bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>* out) {
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
@@ -146,6 +148,36 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
   if (a.Has("std") && !ParseFloats(a.Get("std"), r->mutable_preprocessing()->mutable_std())) {
     return (*error = "--std: comma-separated numbers expected", false);
   }
+  if (a.Has("tuning") || a.Has("tuning_blob")) {
+    v1::AccuracyGoal* goal = r->mutable_accuracy_goal();
+    if (!SetDataset(a, "tuning", goal->mutable_tuning(), error)) return false;
+    if (a.Has("tolerance")) {
+      double points = 0;
+      if (!absl::SimpleAtod(a.Get("tolerance"), &points)) return (*error = "--tolerance: not a number", false);
+      goal->set_tolerance(points);
+    }
+    if (a.Has("relative_tolerance")) goal->set_relative(a.Get("relative_tolerance") == "true");
+    if (a.Has("max_trials")) {
+      if (!absl::SimpleAtoi(a.Get("max_trials"), &n) || n == 0) {
+        return (*error = "--max_trials: a positive number expected", false);
+      }
+      goal->set_max_trials(n);
+    }
+    if (a.Has("time_budget_seconds")) {
+      double seconds = 0;
+      if (!absl::SimpleAtod(a.Get("time_budget_seconds"), &seconds) || !(seconds > 0)) {
+        return (*error = "--time_budget_seconds: a positive number expected", false);
+      }
+      goal->set_time_budget_seconds(seconds);
+    }
+    if (a.Has("int8_only")) goal->set_int8_only(a.Get("int8_only") == "true");
+    if (a.Has("against_fp32")) goal->set_against_fp32(a.Get("against_fp32") == "true");
+  } else {
+    for (const char* flag : {"tuning_format", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
+                             "time_budget_seconds", "int8_only", "against_fp32"}) {
+      if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob"), false);
+    }
+  }
   if (a.Has("idempotency_key")) r->set_idempotency_key(a.Get("idempotency_key"));
   if (a.Has("model_name")) r->set_model_name(a.Get("model_name"));
   if (a.Has("deadline_seconds")) {
@@ -170,7 +202,9 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
        "reduce_range", "percentile", "kernel_engine", "strict_kernels",
        "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality", "fusion", "eval",
        "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
-       "idempotency_key", "deadline_seconds", "model_name", "wait"},
+       "idempotency_key", "deadline_seconds", "model_name", "wait", "tuning", "tuning_blob", "tuning_format",
+       "tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
+       "against_fp32"},
       &error);
   if (!a.has_value()) return context.UsageError(absl::StrCat("submit: ", error, "\nusage: ", kUsage));
   if (!a->positional.empty()) return context.UsageError(absl::StrCat("usage: ", kUsage));

@@ -156,10 +156,11 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
       case v1::QCONFIG_PRESET_X86: spec->qconfig.preset = "x86"; break;
       case v1::QCONFIG_PRESET_ONEDNN: spec->qconfig.preset = "onednn"; break;
       case v1::QCONFIG_PRESET_QNNPACK: spec->qconfig.preset = "qnnpack"; break;
+      case v1::QCONFIG_PRESET_BEST: spec->qconfig.preset = "best"; break;
       default:
         return absl::InvalidArgumentError(absl::StrCat(
             "qconfig.preset: unknown preset ", static_cast<int>(q.preset()),
-            " (QCONFIG_PRESET_FBGEMM, _X86, _ONEDNN or _QNNPACK)"));
+            " (QCONFIG_PRESET_FBGEMM, _X86, _ONEDNN, _QNNPACK or _BEST)"));
     }
   } else if (q.config_case() == v1::QConfig::kCustom) {
     spec->qconfig.preset.clear();
@@ -385,6 +386,31 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   }
   spec.allow_low_quality = gate.allow_low_quality();
 
+  if (request.has_accuracy_goal()) {
+    const v1::AccuracyGoal& g = request.accuracy_goal();
+    if (!g.has_tuning()) return absl::InvalidArgumentError("accuracy_goal.tuning: required (a labelled dataset)");
+    engine::AccuracyGoal goal;
+    QUANTD_ASSIGN_OR_RETURN(goal.tuning, ResolveDataset(g.tuning(), "accuracy_goal.tuning", resolver));
+    goal.tuning.preprocessing = preprocessing;
+    goal.tuning.layout = layout;
+    const double tolerance = g.has_tolerance() ? g.tolerance() : 0.1;
+    if (!(tolerance >= 0 && tolerance <= 100)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("accuracy_goal.tolerance: ", tolerance, " is not a number of points in [0, 100]"));
+    }
+    goal.max_top1_drop = tolerance / 100;
+    goal.relative = g.relative();
+    if (g.max_trials() > 1000) return absl::InvalidArgumentError("accuracy_goal.max_trials: at most 1000");
+    goal.max_trials = g.max_trials() == 0 ? 40 : g.max_trials();
+    if (!(g.time_budget_seconds() >= 0 && g.time_budget_seconds() <= 86400)) {
+      return absl::InvalidArgumentError("accuracy_goal.time_budget_seconds: seconds in [0, 86400] (0 = 60)");
+    }
+    goal.time_budget_seconds = g.time_budget_seconds() == 0 ? 60 : g.time_budget_seconds();
+    goal.allow_fp32_layers = !g.int8_only();
+    goal.against_fp32 = g.against_fp32();
+    spec.accuracy_goal = goal;
+  }
+
   if (!request.model_name().empty()) {
     QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request.model_name(), "model_name"));
     job.spec.model_name = request.model_name();
@@ -474,6 +500,40 @@ void ToProto(const worker::JobResult& r, v1::JobResult* out) {
     quality->set_message(q.message);
   }
   for (const std::string& warning : r.report.warnings) out->add_warnings(warning);
+  for (const std::string& advice : r.report.advice) out->add_advice(advice);
+  if (r.report.tuning) {
+    const engine::TuningReport& t = *r.report.tuning;
+    v1::TuningReport* tuning = out->mutable_tuning();
+    tuning->set_judged_on(t.judged_on);
+    tuning->set_samples(static_cast<uint64_t>(t.samples));
+    if (t.fp32_top1) tuning->set_fp32_top1(*t.fp32_top1);
+    if (t.target_top1) tuning->set_target_top1(*t.target_top1);
+    tuning->set_met(t.met);
+    tuning->set_stopped_because(t.stopped_because);
+    tuning->set_best_trial(static_cast<uint32_t>(std::max(0, t.best_trial)));
+    for (const engine::Trial& trial : t.trials) ToProto(trial, tuning->add_trials());
+    for (const engine::LayerSensitivity& s : t.sensitivity) {
+      v1::LayerSensitivity* layer = tuning->add_sensitivity();
+      layer->set_layer(s.layer);
+      layer->set_agreement_gain(s.gain);
+      if (s.sqnr_db) layer->set_sqnr_db(*s.sqnr_db);
+    }
+    for (const std::string& layer : t.fp32_layers) tuning->add_fp32_layers(layer);
+    tuning->set_seconds(t.seconds);
+  }
+}
+
+void ToProto(const engine::Trial& trial, v1::TuningTrial* out) {
+  out->set_index(static_cast<uint32_t>(trial.index));
+  out->set_stage(trial.stage);
+  out->set_activation_observer(trial.settings);
+  for (const std::string& layer : trial.fp32_layers) out->add_fp32_layers(layer);
+  if (trial.score.top1) out->set_top1(*trial.score.top1);
+  out->set_top1_agreement(trial.score.agreement);
+  out->set_output_sqnr_db(trial.score.output_sqnr_db);
+  out->set_seconds(trial.seconds);
+  out->set_meets_goal(trial.meets_goal);
+  out->set_error(trial.error);
 }
 
 void ToProto(const engine::CpuInt8Report& cpu, v1::CpuInfo* out) {
@@ -523,6 +583,13 @@ void ToProto(const worker::JobEvent& event, v1::JobEvent* out) {
       break;
     }
     case Kind::kResult: ToProto(event.result, out->mutable_result()); break;
+    case Kind::kTrialFinished: {
+      v1::TuningProgress* p = out->mutable_tuning_progress();
+      ToProto(event.trial, p->mutable_trial());
+      p->set_trials_done(static_cast<uint32_t>(event.batches_done));
+      p->set_trial_budget(static_cast<uint32_t>(event.batches_total));
+      break;
+    }
     case Kind::kSubmitted: break;  // observers only, never streamed
   }
 }

@@ -51,6 +51,7 @@ void ToProto(const worker::Job& job, v1::Job* out);
 void ToProto(const worker::StoredBlob& blob, const std::vector<std::string>& active_job_ids, v1::BlobInfo* out);
 void ToProto(const worker::JobResult& result, v1::JobResult* out);
 void ToProto(const worker::JobEvent& event, v1::JobEvent* out);
+void ToProto(const engine::Trial& trial, v1::TuningTrial* out);
 void ToProto(const engine::CpuInt8Report& cpu, v1::CpuInfo* out);
 void ToProto(const engine::ArtifactRequirements& requirements, v1::ArtifactRequirements* out);
 // The artifact made by `job` (a SUCCEEDED job), with the kernel engine this

@@ -45,6 +45,11 @@ JobStats::JobStats(prometheus::Registry& registry)
                                .Help("Calibration samples (images) the jobs of this process ran through observers.")
                                .Register(registry)
                                .Add({})),
+      tuning_trials_(prometheus::BuildCounter()
+                         .Name("quantd_tuning_trials_total")
+                         .Help("Accuracy-aware tuning trials the jobs of this process ran, by stage (estimator, "
+                               "sensitivity, fallback) and outcome (meets_goal, short, failed).")
+                         .Register(registry)),
       data_dir_bytes_(prometheus::BuildGauge()
                           .Name("quantd_data_dir_bytes")
                           .Help("Bytes in regular files under --data_dir (job store, artifacts, blobs).")
@@ -55,6 +60,9 @@ JobStats::JobStats(prometheus::Registry& registry)
   for (worker::JobState state : {worker::JobState::kSucceeded, worker::JobState::kFailed,
                                  worker::JobState::kCancelled}) {
     finished_.Add({{"state", Lower(worker::JobStateName(state))}});
+  }
+  for (const char* stage : {"estimator", "sensitivity", "fallback"}) {
+    for (const char* outcome : {"meets_goal", "short", "failed"}) tuning_trials_.Add({{"stage", stage}, {"outcome", outcome}});
   }
   for (worker::JobState state : {worker::JobState::kQueued, worker::JobState::kRunning, worker::JobState::kSucceeded,
                                  worker::JobState::kFailed, worker::JobState::kCancelled}) {
@@ -84,6 +92,11 @@ void JobStats::OnJobEvent(const worker::JobEvent& event) {
       const int64_t added = event.samples_done >= seen ? event.samples_done - seen : event.samples_done;
       seen = event.samples_done;
       calibration_samples_.Increment(static_cast<double>(added));
+      break;
+    }
+    case worker::JobEvent::Kind::kTrialFinished: {
+      const char* outcome = !event.trial.error.empty() ? "failed" : event.trial.meets_goal ? "meets_goal" : "short";
+      tuning_trials_.Add({{"stage", event.trial.stage}, {"outcome", outcome}}).Increment();
       break;
     }
     case worker::JobEvent::Kind::kResult: {

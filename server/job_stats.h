@@ -45,6 +45,7 @@ class JobStats : public worker::JobWatcher {
   prometheus::Family<prometheus::Gauge>& accuracy_;
   prometheus::Counter& submitted_;
   prometheus::Counter& calibration_samples_;
+  prometheus::Family<prometheus::Counter>& tuning_trials_;
   prometheus::Gauge& data_dir_bytes_;
 
   absl::Mutex mu_;

@@ -25,6 +25,7 @@ const char* JobPhaseName(JobPhase phase) {
     case JobPhase::kLoading: return "loading";
     case JobPhase::kFusing: return "fusing";
     case JobPhase::kCalibrating: return "calibrating";
+    case JobPhase::kTuning: return "tuning";
     case JobPhase::kConverting: return "converting";
     case JobPhase::kEvaluating: return "evaluating";
     case JobPhase::kStoring: return "storing";
@@ -33,7 +34,7 @@ const char* JobPhaseName(JobPhase phase) {
 }
 
 JobPhase JobPhaseFromName(const std::string& name) {
-  for (JobPhase phase : {JobPhase::kLoading, JobPhase::kFusing, JobPhase::kCalibrating,
+  for (JobPhase phase : {JobPhase::kLoading, JobPhase::kFusing, JobPhase::kCalibrating, JobPhase::kTuning,
                          JobPhase::kConverting, JobPhase::kEvaluating, JobPhase::kStoring}) {
     if (name == JobPhaseName(phase)) return phase;
   }
@@ -50,6 +51,7 @@ JobPhase FromEnginePhase(engine::Phase phase) {
     case engine::Phase::kLoading: return JobPhase::kLoading;
     case engine::Phase::kFusing: return JobPhase::kFusing;
     case engine::Phase::kCalibrating: return JobPhase::kCalibrating;
+    case engine::Phase::kTuning: return JobPhase::kTuning;
     case engine::Phase::kConverting: return JobPhase::kConverting;
     case engine::Phase::kEvaluating: return JobPhase::kEvaluating;
     case engine::Phase::kStoring: return JobPhase::kStoring;

@@ -19,8 +19,9 @@
 namespace quantd::worker {
 
 enum class JobState { kQueued = 1, kRunning = 2, kSucceeded = 3, kFailed = 4, kCancelled = 5 };
-// Same order as quantd.v1.Phase (0 = none yet).
-enum class JobPhase { kNone = 0, kLoading, kFusing, kCalibrating, kConverting, kEvaluating, kStoring };
+// Same numbers as quantd.v1.Phase (0 = none yet). kTuning runs between
+// kCalibrating and kConverting; it came later, so it has the next number.
+enum class JobPhase { kNone = 0, kLoading, kFusing, kCalibrating, kConverting, kEvaluating, kStoring, kTuning };
 
 const char* JobStateName(JobState state);
 const char* JobPhaseName(JobPhase phase);
@@ -48,6 +49,8 @@ struct JobSpec {
   double min_top1_agreement = engine::QuantizeOptions().min_top1_agreement;
   double min_output_sqnr_db = engine::QuantizeOptions().min_output_sqnr_db;
   bool allow_low_quality = false;
+  // Accuracy-aware mode (see engine::AccuracyGoal).
+  std::optional<engine::AccuracyGoal> accuracy_goal;
 };
 
 struct PhaseTiming {

@@ -28,6 +28,81 @@ std::optional<double> DecodeOptionalNumber(const json& j) {
   return j.is_null() ? std::nullopt : std::optional<double>(j.get<double>());
 }
 
+json EncodeScore(const engine::TrialScore& s) {
+  return json{{"top1", OptionalNumber(s.top1)}, {"agreement", s.agreement}, {"output_sqnr_db", s.output_sqnr_db}};
+}
+
+engine::TrialScore DecodeScore(const json& j) {
+  engine::TrialScore s;
+  s.top1 = DecodeOptionalNumber(j.at("top1"));
+  s.agreement = j.at("agreement").get<double>();
+  s.output_sqnr_db = j.at("output_sqnr_db").get<double>();
+  return s;
+}
+
+json EncodeTuning(const engine::TuningReport& t) {
+  json trials = json::array();
+  for (const engine::Trial& trial : t.trials) {
+    trials.push_back(json{{"index", trial.index},
+                          {"stage", trial.stage},
+                          {"candidate", trial.candidate},
+                          {"settings", trial.settings},
+                          {"fp32_layers", trial.fp32_layers},
+                          {"score", EncodeScore(trial.score)},
+                          {"seconds", trial.seconds},
+                          {"meets_goal", trial.meets_goal},
+                          {"error", trial.error}});
+  }
+  json sensitivity = json::array();
+  for (const engine::LayerSensitivity& s : t.sensitivity) {
+    sensitivity.push_back(json{{"layer", s.layer}, {"gain", s.gain}, {"sqnr_db", OptionalNumber(s.sqnr_db)}});
+  }
+  return json{{"judged_on", t.judged_on},
+              {"samples", t.samples},
+              {"fp32_top1", OptionalNumber(t.fp32_top1)},
+              {"target_top1", OptionalNumber(t.target_top1)},
+              {"met", t.met},
+              {"stopped_because", t.stopped_because},
+              {"best_trial", t.best_trial},
+              {"candidates", t.candidates},
+              {"trials", trials},
+              {"sensitivity", sensitivity},
+              {"fp32_layers", t.fp32_layers},
+              {"seconds", t.seconds}};
+}
+
+engine::TuningReport DecodeTuning(const json& j) {
+  engine::TuningReport t;
+  t.judged_on = j.at("judged_on").get<std::string>();
+  t.samples = j.at("samples").get<int64_t>();
+  t.fp32_top1 = DecodeOptionalNumber(j.at("fp32_top1"));
+  t.target_top1 = DecodeOptionalNumber(j.at("target_top1"));
+  t.met = j.at("met").get<bool>();
+  t.stopped_because = j.at("stopped_because").get<std::string>();
+  t.best_trial = j.at("best_trial").get<int>();
+  t.candidates = j.at("candidates").get<std::vector<std::string>>();
+  for (const json& r : j.at("trials")) {
+    engine::Trial trial;
+    trial.index = r.at("index").get<int>();
+    trial.stage = r.at("stage").get<std::string>();
+    trial.candidate = r.at("candidate").get<int>();
+    trial.settings = r.at("settings").get<std::string>();
+    trial.fp32_layers = r.at("fp32_layers").get<std::vector<std::string>>();
+    trial.score = DecodeScore(r.at("score"));
+    trial.seconds = r.at("seconds").get<double>();
+    trial.meets_goal = r.at("meets_goal").get<bool>();
+    trial.error = r.at("error").get<std::string>();
+    t.trials.push_back(std::move(trial));
+  }
+  for (const json& s : j.at("sensitivity")) {
+    t.sensitivity.push_back({s.at("layer").get<std::string>(), s.at("gain").get<double>(),
+                             DecodeOptionalNumber(s.at("sqnr_db"))});
+  }
+  t.fp32_layers = j.at("fp32_layers").get<std::vector<std::string>>();
+  t.seconds = j.at("seconds").get<double>();
+  return t;
+}
+
 // The kernel choice, CPU, requirements, quality and warnings of a report.
 // Rows written before quantd recorded them have none: they decode empty.
 json EncodeKernelReport(const engine::QuantizeReport& r) {
@@ -60,7 +135,9 @@ json EncodeKernelReport(const engine::QuantizeReport& r) {
         {"min_output_sqnr_db", q.min_output_sqnr_db},
         {"passed", q.passed},
         {"message", q.message}}},
-      {"warnings", r.warnings}};
+      {"warnings", r.warnings},
+      {"advice", r.advice},
+      {"tuning", r.tuning ? EncodeTuning(*r.tuning) : json()}};
 }
 
 void DecodeKernelReport(const json& j, engine::QuantizeReport* r) {
@@ -94,6 +171,8 @@ void DecodeKernelReport(const json& j, engine::QuantizeReport* r) {
   r->quality.passed = q.at("passed").get<bool>();
   r->quality.message = q.at("message").get<std::string>();
   r->warnings = j.at("warnings").get<std::vector<std::string>>();
+  r->advice = j.value("advice", std::vector<std::string>());
+  if (j.contains("tuning") && !j.at("tuning").is_null()) r->tuning = DecodeTuning(j.at("tuning"));
 }
 
 }  // namespace
@@ -118,6 +197,16 @@ std::string EncodeJobSpec(const JobSpec& spec) {
          {"min_top1_agreement", spec.min_top1_agreement},
          {"min_output_sqnr_db", spec.min_output_sqnr_db},
          {"allow_low_quality", spec.allow_low_quality}};
+  if (spec.accuracy_goal) {
+    const engine::AccuracyGoal& g = *spec.accuracy_goal;
+    j["accuracy_goal"] = json{{"tuning", EncodeDataset(g.tuning)},
+                              {"max_top1_drop", g.max_top1_drop},
+                              {"relative", g.relative},
+                              {"max_trials", g.max_trials},
+                              {"time_budget_seconds", g.time_budget_seconds},
+                              {"allow_fp32_layers", g.allow_fp32_layers},
+                              {"against_fp32", g.against_fp32}};
+  }
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -145,6 +234,18 @@ absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {
     spec.min_top1_agreement = j.value("min_top1_agreement", spec.min_top1_agreement);
     spec.min_output_sqnr_db = j.value("min_output_sqnr_db", spec.min_output_sqnr_db);
     spec.allow_low_quality = j.value("allow_low_quality", spec.allow_low_quality);
+    if (j.contains("accuracy_goal")) {
+      const json& g = j.at("accuracy_goal");
+      engine::AccuracyGoal goal;
+      goal.tuning = DecodeDataset(g.at("tuning"));
+      goal.max_top1_drop = g.at("max_top1_drop").get<double>();
+      goal.relative = g.at("relative").get<bool>();
+      goal.max_trials = g.at("max_trials").get<int64_t>();
+      goal.time_budget_seconds = g.at("time_budget_seconds").get<double>();
+      goal.allow_fp32_layers = g.at("allow_fp32_layers").get<bool>();
+      goal.against_fp32 = g.value("against_fp32", false);
+      spec.accuracy_goal = goal;
+    }
     return spec;
   } catch (const std::exception& e) {
     return absl::DataLossError(absl::StrCat("stored job spec is unreadable: ", e.what()));

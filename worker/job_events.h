@@ -23,7 +23,9 @@ namespace quantd::worker {
 
 struct JobEvent {
   // kSubmitted (a new job was created here) goes to observers only.
-  enum class Kind { kSnapshot, kStateChanged, kPhaseStarted, kPhaseFinished, kCalibrationProgress, kResult, kSubmitted };
+  enum class Kind {
+    kSnapshot, kStateChanged, kPhaseStarted, kPhaseFinished, kCalibrationProgress, kResult, kSubmitted, kTrialFinished
+  };
   Kind kind = Kind::kSnapshot;
   std::string job_id;
   absl::Time time;
@@ -32,6 +34,7 @@ struct JobEvent {
   JobState state = JobState::kQueued;  // kStateChanged
   PhaseTiming phase;      // kPhaseStarted (phase), kPhaseFinished (phase, seconds)
   int64_t batches_done = 0, batches_total = 0, samples_done = 0;  // kCalibrationProgress
+  engine::Trial trial;    // kTrialFinished (batches_total: the trial budget)
   JobResult result;       // kResult: the stream's last event
 };
 

@@ -59,6 +59,7 @@ engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec) {
   options.min_top1_agreement = spec.min_top1_agreement;
   options.min_output_sqnr_db = spec.min_output_sqnr_db;
   options.allow_low_quality = spec.allow_low_quality;
+  options.accuracy_goal = spec.accuracy_goal;
   return options;
 }
 
@@ -122,6 +123,14 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       event.batches_done = progress.batches_done;
       event.batches_total = progress.batches_total;
       event.samples_done = progress.batches_done * job.spec.batch_size;
+      events_->Publish(job, event);
+    }
+    if (phase == JobPhase::kTuning && progress.trial != nullptr) {
+      JobEvent event;
+      event.kind = JobEvent::Kind::kTrialFinished;
+      event.trial = *progress.trial;
+      event.batches_done = progress.batches_done;
+      event.batches_total = progress.batches_total;
       events_->Publish(job, event);
     }
     if (stop->cancelled.load() || stop->shutting_down.load()) return false;

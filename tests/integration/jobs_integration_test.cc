@@ -55,6 +55,7 @@ constexpr char kFusion[] =
 constexpr char kModel[] = "fixtures/models/resnet8_fp32.torchscript.pt";
 constexpr char kCalib[] = "fixtures/cifar10/calib_batch.bin";
 constexpr char kTest[] = "fixtures/cifar10/test_batch.bin";
+constexpr char kVal[] = "fixtures/cifar10/val_batch.bin";
 
 // One quantd on ephemeral ports over a data dir that survives restarts.
 class Quantd {
@@ -853,6 +854,76 @@ TEST(JobsIntegrationTest, RangeEstimatorsRunAsCustomQConfigsAndBadChoicesNameThe
   EXPECT_NE(out_of_range.exit_code, 0);
   EXPECT_THAT(out_of_range.err, HasSubstr("qconfig.custom.percentile"));
   EXPECT_THAT(out_of_range.err, HasSubstr("code 3"));  // INVALID_ARGUMENT
+}
+
+// Accuracy-aware mode end to end: flags, the trial table in the result,
+// trials on the WatchJob stream and in the metrics, and the best preset.
+TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) {
+  Quantd quantd({"--metrics_port=0"});
+  ASSERT_TRUE(quantd.Start());
+  // Against FP32's predictions with a 0.5-point tolerance, no range estimator
+  // suffices (they agree with FP32 on about 98% of images): the trial budget
+  // ends the search among the layers tried alone in FP32.
+  RunResult submit = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
+                                 "--samples_per_class=20", absl::StrCat("--tuning=", kVal), "--against_fp32",
+                                 "--tolerance=0.5", "--max_trials=9", "--wait"});
+  ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
+  EXPECT_THAT(submit.out, HasSubstr(" trial 1/9:"));
+  EXPECT_THAT(submit.out, HasSubstr(" trial 9/9:"));
+  EXPECT_THAT(submit.out, HasSubstr("val_batch.bin (2000 images, FP32's predictions as labels): FP32 top-1 "
+                                    "100.00%, goal >= 99.50%; NOT met (trial budget)"));
+  nlohmann::json job = quantd.Job(JobIdFrom(submit.out));
+  const nlohmann::json& result = job["result"];
+  const nlohmann::json& tuning = result["tuning"];
+  ASSERT_EQ(tuning["trials"].size(), 9u) << tuning.dump();
+  EXPECT_EQ(tuning["stoppedBecause"], "trial budget");
+  EXPECT_EQ(tuning["met"], false);
+  EXPECT_DOUBLE_EQ(tuning["fp32Top1"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(tuning["targetTop1"].get<double>(), 0.995);
+  int estimators = 0, alone = 0;
+  for (const nlohmann::json& trial : tuning["trials"]) {
+    const std::string stage = trial["stage"];
+    if (stage == "estimator") ++estimators;
+    if (stage == "sensitivity") {
+      ++alone;
+      EXPECT_EQ(trial["fp32Layers"].size(), 1u);
+    }
+    EXPECT_GT(trial["top1Agreement"].get<double>(), 0.9);
+  }
+  EXPECT_EQ(estimators, 6);
+  EXPECT_EQ(alone, 3);
+  EXPECT_EQ(tuning["sensitivity"].size(), 3u);
+  // The artifact keeps the best trial's FP32 layers, and the job says so.
+  const nlohmann::json& best = tuning["trials"][tuning.value("bestTrial", 0)];
+  EXPECT_EQ(tuning.value("fp32Layers", nlohmann::json::array()), best.value("fp32Layers", nlohmann::json::array()));
+  EXPECT_EQ(result["fallbacks"].size(), 1u + best.value("fp32Layers", nlohmann::json::array()).size());
+  ASSERT_GE(result["advice"].size(), 1u);
+  EXPECT_THAT(result["advice"].dump(), HasSubstr("least accurate int8 layers"));
+  CurlResult metrics = Curl(quantd.http_url() + "/metrics");
+  ASSERT_EQ(metrics.status, 200);
+  EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_tuning_trials_total{outcome="short",stage="estimator"} 6)"));
+  EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_tuning_trials_total{outcome="short",stage="sensitivity"} 3)"));
+  EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_job_phase_duration_seconds_count{phase="tuning"} 1)"));
+
+  // The best preset: every estimator tried on the calibration images, no labels.
+  RunResult best_preset = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
+                                      "--samples_per_class=20", "--preset=best", "--wait"});
+  ASSERT_EQ(best_preset.exit_code, 0) << best_preset.out << best_preset.err;
+  nlohmann::json best_job = quantd.Job(JobIdFrom(best_preset.out));
+  EXPECT_EQ(best_job["result"]["tuning"]["trials"].size(), 5u);
+  EXPECT_THAT(best_job["result"]["qconfigDescription"].get<std::string>(), StartsWith("best: "));
+  EXPECT_EQ(best_job["result"]["requirements"]["activationQuantMax"], "255");
+
+  RunResult no_tuning = quantd.Ctl(SubmitArgs({"--tolerance=0.2"}));
+  EXPECT_EQ(no_tuning.exit_code, 2);
+  EXPECT_THAT(no_tuning.err, HasSubstr("--tolerance: needs --tuning or --tuning_blob"));
+  RunResult bad_tolerance = quantd.Ctl(SubmitArgs({absl::StrCat("--tuning=", kVal), "--tolerance=150"}));
+  EXPECT_NE(bad_tolerance.exit_code, 0);
+  EXPECT_THAT(bad_tolerance.err, HasSubstr("accuracy_goal.tolerance"));
+  EXPECT_THAT(bad_tolerance.err, HasSubstr("code 3"));  // INVALID_ARGUMENT
+  RunResult missing = quantd.Ctl(SubmitArgs({"--tuning=fixtures/cifar10/no_such.bin"}));
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_THAT(missing.err, HasSubstr("accuracy_goal.tuning"));
 }
 
 TEST(JobsIntegrationTest, ThirdPartyJsonClientRunsTheSameJob) {

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -38,6 +39,10 @@ using quantd::engine::QConfigChoice;
 struct Config {
   std::string name;
   QConfigChoice qconfig;
+  // Accuracy-aware mode on val_batch.bin: tolerance in points, against the
+  // labels or against FP32's predictions.
+  std::optional<double> tolerance_points;
+  bool against_fp32 = false;
 };
 
 std::vector<Config> AllConfigs() {
@@ -45,7 +50,17 @@ std::vector<Config> AllConfigs() {
   for (const char* preset : {"fbgemm", "onednn", "qnnpack"}) {
     QConfigChoice q;
     q.preset = preset;
-    configs.push_back({preset, q});
+    configs.push_back({preset, q, std::nullopt, false});
+  }
+  {
+    QConfigChoice best;
+    best.preset = "best";
+    configs.push_back({"best", best, std::nullopt, false});
+    QConfigChoice fbgemm;
+    fbgemm.preset = "fbgemm";
+    configs.push_back({"aware-0.1", fbgemm, 0.1, false});
+    configs.push_back({"aware-fp32-0.1", fbgemm, 0.1, true});
+    configs.push_back({"aware-fp32-0.5", fbgemm, 0.5, true});
   }
   for (const char* activation : {"histogram", "mse", "percentile", "entropy"}) {
     for (const char* weight : {"per_channel_symmetric", "per_tensor_symmetric"}) {
@@ -53,7 +68,8 @@ std::vector<Config> AllConfigs() {
       q.preset = "";
       q.activation_observer = activation;
       q.weight_observer = weight;
-      configs.push_back({absl::StrCat(activation, "/", absl::StrContains(weight, "channel") ? "pc" : "pt"), q});
+      configs.push_back({absl::StrCat(activation, "/", absl::StrContains(weight, "channel") ? "pc" : "pt"), q,
+                         std::nullopt, false});
     }
   }
   return configs;
@@ -180,6 +196,13 @@ int main(int argc, char** argv) {
       options.qconfig = config.qconfig;
       options.fusion.automatic = true;  // Conv+BN(+ReLU) and add+ReLU
       options.quality_samples = 0;
+      if (config.tolerance_points) {
+        quantd::engine::AccuracyGoal goal;
+        goal.tuning.path = fixtures + "/cifar10/val_batch.bin";
+        goal.max_top1_drop = *config.tolerance_points / 100;
+        goal.against_fp32 = config.against_fp32;
+        options.accuracy_goal = goal;
+      }
       const auto start = std::chrono::steady_clock::now();
       auto quantized = quantd::engine::Quantize(options);
       if (!quantized.ok()) {
@@ -213,8 +236,14 @@ int main(int argc, char** argv) {
         noise += d * d;
       }
       const double sqnr = noise > 0 ? 10 * std::log10(signal / noise) : INFINITY;
-      std::printf("%-16s %-11s %-8s %8lld %9.2f%% %9.2f %7.1f\n", config.name.c_str(), set.name.c_str(),
-                  engine.c_str(), static_cast<long long>(correct), 100.0 * agree / test->count, sqnr, seconds);
+      const auto& tuning = (*quantized)->report().tuning;
+      const size_t fp32_layers = tuning ? tuning->fp32_layers.size() : 0;
+      std::printf("%-16s %-11s %-8s %8lld %9.2f%% %9.2f %7.1f %s\n", config.name.c_str(), set.name.c_str(),
+                  engine.c_str(), static_cast<long long>(correct), 100.0 * agree / test->count, sqnr, seconds,
+                  tuning ? absl::StrCat(tuning->trials.size(), " trials, ", fp32_layers, " FP32 layers, chose ",
+                                        tuning->trials[static_cast<size_t>(tuning->best_trial)].settings)
+                                 .c_str()
+                         : "");
       std::fflush(stdout);
       rows.push_back({{"qconfig", config.name},
                       {"calibration", set.name},
@@ -222,6 +251,7 @@ int main(int argc, char** argv) {
                       {"correct", correct},
                       {"agreement", static_cast<double>(agree) / test->count},
                       {"sqnr_db", sqnr},
+                      {"fp32_layers", fp32_layers},
                       {"seconds", seconds}});
     }
   }

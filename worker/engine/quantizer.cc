@@ -32,6 +32,7 @@
 #include "worker/engine/runtime/int8_program.h"
 #include "worker/engine/runtime/kernel_choice.h"
 #include "worker/engine/runtime/prepack.h"
+#include "worker/engine/accuracy_tuning.h"
 #include "worker/engine/quantizer_internal.h"
 #include "worker/engine/serialization/torchscript_writer.h"
 
@@ -42,6 +43,7 @@ const char* PhaseName(Phase phase) {
     case Phase::kLoading: return "loading";
     case Phase::kFusing: return "fusing";
     case Phase::kCalibrating: return "calibrating";
+    case Phase::kTuning: return "tuning";
     case Phase::kConverting: return "converting";
     case Phase::kEvaluating: return "evaluating";
     case Phase::kStoring: return "storing";
@@ -268,6 +270,32 @@ class KernelChooser {
   QuantizeReport* const report_;
 };
 
+// Advice for a run that measured no alternatives: where the error is, and
+// what would measure the fixes.
+std::vector<std::string> UnmeasuredAdvice(const QuantizeReport& report, const QConfig& qconfig) {
+  std::vector<std::string> advice;
+  if (qconfig.activation.reduce_range && AssessKernelEngine(report.kernel_engine, 255, report.cpu).exact) {
+    advice.push_back(absl::StrCat("reduce_range: kernel engine '", report.kernel_engine,
+                                  "' computes 8-bit activations exactly on this CPU, so the 7-bit activations of ",
+                                  qconfig.name, " only cost accuracy here; the best preset or accuracy-aware mode "
+                                  "measures how much"));
+  }
+  std::vector<const LayerReport*> worst;
+  for (const LayerReport& layer : report.layers) {
+    if (layer.sqnr_db && layer.op != "quantize") worst.push_back(&layer);
+  }
+  std::sort(worst.begin(), worst.end(), [](const LayerReport* a, const LayerReport* b) { return *a->sqnr_db < *b->sqnr_db; });
+  if (worst.size() > 3) worst.resize(3);
+  std::vector<std::string> parts;
+  for (const LayerReport* layer : worst) parts.push_back(absl::StrFormat("%s (%.1f dB)", layer->name, *layer->sqnr_db));
+  if (!parts.empty()) {
+    advice.push_back(absl::StrCat("least accurate int8 layers (output SQNR against FP32): ", absl::StrJoin(parts, ", "),
+                                  "; accuracy-aware mode with a labelled tuning set measures what keeping each in "
+                                  "FP32 gains"));
+  }
+  return advice;
+}
+
 }  // namespace
 
 namespace {
@@ -319,12 +347,35 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   }
   report.qconfig_name = qconfig.name;
   report.qconfig_description = qconfig.Describe();
+  const bool best_preset = options.qconfig.preset == "best";
+  if (options.accuracy_goal) {
+    const AccuracyGoal& goal = *options.accuracy_goal;
+    if (!(goal.max_top1_drop >= 0 && goal.max_top1_drop <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("accuracy_goal.max_top1_drop: ", goal.max_top1_drop, " is not a fraction in [0, 1]"));
+    }
+    if (goal.max_trials < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("accuracy_goal.max_trials: ", goal.max_trials, " is below 1"));
+    }
+    if (!(goal.time_budget_seconds > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("accuracy_goal.time_budget_seconds: ", goal.time_budget_seconds, " is not positive"));
+    }
+    if (goal.tuning.path.empty()) return absl::InvalidArgumentError("accuracy_goal.tuning: no dataset given");
+  }
+  const bool tune = options.accuracy_goal.has_value() || best_preset;
+  if (tune && qconfig.activation.kind != ObserverKind::kHistogram) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        options.accuracy_goal ? "accuracy_goal" : "the best preset",
+        " tries range estimators on one calibration's histograms: activation observer ",
+        qconfig.activation.Describe(), " keeps none (use a preset, or histogram, mse, percentile or entropy)"));
+  }
 
   // Kernel engines: what this CPU computes exactly with the qconfig's
   // activation range. Settled before calibration where no measurement is
   // needed, so a bad request fails at once.
   report.cpu = options.cpu_for_testing ? *options.cpu_for_testing : CpuInt8Capabilities();
-  const int64_t activation_quant_max = qconfig.activation.quant_max();
+  int64_t activation_quant_max = qconfig.activation.quant_max();
   const std::vector<std::string> available = AvailableKernelEngines();
   if (available.empty()) return absl::FailedPreconditionError("this LibTorch has no quantized kernel engine");
   std::vector<KernelCandidate> candidates;
@@ -347,6 +398,28 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     }
   }
 
+  // Tuning converts every trial for one engine: the requested one, or the
+  // first in preference order that is exact here with 8-bit activations
+  // (so trials may drop reduce_range), or else the one the qconfig would get.
+  std::string trial_engine;
+  bool eight_bit_exact = false;
+  if (tune) {
+    if (!options.kernel_engine.empty()) {
+      trial_engine = options.kernel_engine;
+      eight_bit_exact = AssessKernelEngine(trial_engine, 255, report.cpu).exact;
+    } else {
+      for (const std::string& engine : KernelPreference(options.qconfig.preset, available)) {
+        if (engine == "onednn" && WeightsHaveZeroPoints(qconfig)) continue;
+        if (AssessKernelEngine(engine, 255, report.cpu).exact) {
+          trial_engine = engine;
+          eight_bit_exact = true;
+          break;
+        }
+      }
+      if (trial_engine.empty()) trial_engine = candidates[0].engine;
+    }
+  }
+
   QUANTD_RETURN_IF_ERROR(enter(Phase::kLoading));
   QUANTD_ASSIGN_OR_RETURN(report.model_sha256, Sha256File(options.model_path));
   QUANTD_ASSIGN_OR_RETURN(impl->fused, ImportTorchScriptFile(options.model_path));
@@ -362,7 +435,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));
   QUANTD_ASSIGN_OR_RETURN(report.fused_groups, FuseModules(&impl->fused, options.fusion));
-  const QuantizationPlan plan = PlanQuantization(impl->fused);
+  QuantizationPlan plan = PlanQuantization(impl->fused);
   report.fallbacks = plan.fallbacks;
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kCalibrating));
@@ -378,21 +451,81 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     calibration_options.reference_samples = options.sqnr_samples;
   }
   // The images int8 runs on after conversion: the SQNR ones and the quality gate's.
-  const int64_t compared_samples = std::min(std::max(options.sqnr_samples, options.quality_samples), calibration->size());
-  if (options.quality_samples > 0) {
+  // The best preset judges estimators on up to 1000 of them against FP32.
+  const int64_t judged_samples = best_preset ? std::min<int64_t>(1000, calibration->size()) : 0;
+  const int64_t compared_samples =
+      std::min(std::max({options.sqnr_samples, options.quality_samples, judged_samples}), calibration->size());
+  if (options.quality_samples > 0 || judged_samples > 0) {
     calibration_options.output_values = OutputValues(impl->fused);
     calibration_options.output_samples = compared_samples;
   }
-  QUANTD_ASSIGN_OR_RETURN(CalibrationResult calibrated, Calibrate(impl->fused, plan, qconfig.activation, calibration.get(),
-                                                                 calibration_options, batch_progress));
+  // Tuning may keep any int8 layer in FP32: the values that would then be
+  // quantized again where int8 ops read them are observed too (any set of
+  // FP32 layers needs only values some single layer's plan needs).
+  QuantizationPlan calibration_plan = plan;
+  if (options.accuracy_goal && options.accuracy_goal->allow_fp32_layers) {
+    for (const Node& node : impl->fused.nodes) {
+      if (node.removed || plan.roles[static_cast<size_t>(node.id)] != NodeRole::kInt8) continue;
+      for (int v : PlanQuantization(impl->fused, {node.name}).observed_values) {
+        std::vector<int>& observed = calibration_plan.observed_values;
+        if (std::find(observed.begin(), observed.end(), v) == observed.end()) observed.push_back(v);
+      }
+    }
+  }
+  QUANTD_ASSIGN_OR_RETURN(CalibrationResult calibrated,
+                          Calibrate(impl->fused, calibration_plan, qconfig.activation, calibration.get(),
+                                    calibration_options, batch_progress));
   report.calibration_samples = calibrated.samples;
 
-  QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));
   at::Tensor compared_images;
-  std::vector<at::Tensor> fp32_outputs;
   if (compared_samples > 0) {
     QUANTD_ASSIGN_OR_RETURN(Batch batch, calibration->ReadBatch(0, compared_samples));
     compared_images = batch.images;
+  }
+  if (tune) {
+    QUANTD_RETURN_IF_ERROR(enter(Phase::kTuning));
+    TuningSetup setup;
+    setup.fused = &impl->fused;
+    setup.calibrated = &calibrated;
+    setup.qconfig = qconfig;
+    setup.engine = trial_engine;
+    setup.eight_bit_exact = eight_bit_exact;
+    setup.fp32_module = &impl->fp32_module;
+    setup.goal = options.accuracy_goal;
+    setup.max_batch_bytes = options.max_batch_bytes;
+    if (judged_samples > 0 && !impl->fused.outputs.empty() &&
+        impl->fused.outputs[0].kind == Operand::Kind::kValue) {
+      auto it = calibrated.references.find(impl->fused.outputs[0].value);
+      if (it != calibrated.references.end() && it->second.dim() > 0 && it->second.size(0) >= judged_samples) {
+        setup.judge_images = compared_images.narrow(0, 0, judged_samples);
+        setup.judge_fp32_outputs = it->second.narrow(0, 0, judged_samples);
+      }
+    }
+    if (options.sqnr_samples > 0) {
+      setup.sqnr_images = compared_images.narrow(0, 0, std::min(options.sqnr_samples, compared_samples));
+    }
+    setup.progress = options.progress;
+    QUANTD_ASSIGN_OR_RETURN(TunedSettings tuned, TuneQuantization(setup));
+    qconfig.activation = tuned.activation;
+    if (!best_preset) qconfig.name = absl::StrCat(qconfig.name, "+tuned");
+    report.qconfig_name = qconfig.name;
+    report.qconfig_description = qconfig.Describe();
+    plan = PlanQuantization(impl->fused, tuned.fp32_layers);
+    for (FallbackReport& f : plan.fallbacks) {
+      if (tuned.fp32_layers.count(f.node) > 0) f.reason = "kept in FP32 by accuracy-aware tuning (most sensitive layers)";
+    }
+    report.fallbacks = plan.fallbacks;
+    QUANTD_ASSIGN_OR_RETURN(calibrated.qparams,
+                            ActivationQParamsFor(calibrated, plan, qconfig.activation, impl->fused));
+    report.tuning = std::move(tuned.report);
+    report.advice = std::move(tuned.advice);
+    activation_quant_max = qconfig.activation.quant_max();
+    candidates = {AssessKernelEngine(trial_engine, activation_quant_max, report.cpu)};
+  }
+
+  QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));
+  std::vector<at::Tensor> fp32_outputs;
+  if (compared_samples > 0) {
     for (const Operand& out : impl->fused.outputs) {
       auto it = out.kind == Operand::Kind::kValue ? calibrated.references.find(out.value) : calibrated.references.end();
       const bool full = it != calibrated.references.end() && it->second.dim() > 0 && it->second.size(0) == compared_samples;
@@ -438,6 +571,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     if (it != comparison.layer_sqnr_db.end()) layer.sqnr_db = it->second;
     report.layers.push_back(std::move(layer));
   }
+  if (!tune) report.advice = UnmeasuredAdvice(report, qconfig);
   if (options.quality_samples > 0) {
     report.quality = JudgeQuality(comparison, {options.min_top1_agreement, options.min_output_sqnr_db});
     for (const KernelCandidate& c : choice.candidates) {
@@ -458,6 +592,17 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     QUANTD_ASSIGN_OR_RETURN(Accuracy int8, impl->Evaluate(*options.evaluation, options.evaluation_batch_size, true, options.progress));
     report.fp32_accuracy = fp32;
     report.int8_accuracy = int8;
+    if (options.accuracy_goal && fp32.total > 0) {
+      // The tuning set's verdict, checked on data it never saw.
+      const AccuracyGoal& goal = *options.accuracy_goal;
+      const double allowed = goal.relative ? goal.max_top1_drop * fp32.top1() : goal.max_top1_drop;
+      const double drop = fp32.top1() - int8.top1();
+      report.advice.push_back(absl::StrFormat(
+          "on the evaluation set %s: int8 top-1 %.2f%% against FP32 %.2f%%, a drop of %.2f points for a tolerance of "
+          "%.2f: %s",
+          options.evaluation->path, 100 * int8.top1(), 100 * fp32.top1(), 100 * drop, 100 * allowed,
+          drop <= allowed + 1e-12 ? "within it" : absl::StrFormat("missed by %.2f points", 100 * (drop - allowed))));
+    }
   }
   clock.Stop();
   return impl;

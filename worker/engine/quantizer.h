@@ -19,8 +19,11 @@
 
 namespace quantd::engine {
 
-// A preset (fbgemm | x86 | onednn | qnnpack), or, with `preset` empty, a custom
-// choice of observers.
+// A preset (fbgemm | x86 | onednn | qnnpack | best), or, with `preset` empty, a
+// custom choice of observers. "best" is fully int8 with 8-bit activations and
+// per-channel weights whose activation range estimator is chosen per model:
+// every estimator is tried on the one calibration, and the one whose output
+// is closest to FP32 (SQNR) on the calibration images wins.
 struct QConfigChoice {
   std::string preset = "fbgemm";
   // minmax | moving_average_minmax | histogram | mse | percentile | entropy
@@ -30,17 +33,33 @@ struct QConfigChoice {
   double percentile = 99.99;  // activation_observer percentile
 };
 
-enum class Phase { kLoading, kFusing, kCalibrating, kConverting, kEvaluating, kStoring };
+enum class Phase { kLoading, kFusing, kCalibrating, kTuning, kConverting, kEvaluating, kStoring };
 const char* PhaseName(Phase phase);
 
 struct ProgressEvent {
   Phase phase = Phase::kLoading;
-  int64_t batches_done = 0;
-  int64_t batches_total = 0;
+  int64_t batches_done = 0;   // kTuning: trials done
+  int64_t batches_total = 0;  // kTuning: the trial budget
+  const Trial* trial = nullptr;  // kTuning: the trial just finished
 };
 // Called at each phase start and after each calibration/evaluation batch;
 // returning false cancels the run at that point (absl::CancelledError).
 using ProgressCallback = std::function<bool(const ProgressEvent&)>;
+
+// Accuracy-aware mode: from one calibration, try range estimators, then keep
+// the most sensitive layers in FP32, until the int8 top-1 on `tuning` is
+// within the tolerance of FP32's; always keep the best model found.
+struct AccuracyGoal {
+  DatasetSpec tuning;             // labelled; never the test set
+  double max_top1_drop = 0.001;   // a fraction: 0.001 = 0.1 points of top-1
+  bool relative = false;          // max_top1_drop is a fraction of FP32's top-1
+  int64_t max_trials = 40;
+  double time_budget_seconds = 60;  // for the trials
+  bool allow_fp32_layers = true;
+  // Judge top-1 against the FP32 model's predictions instead of the labels
+  // (which may then be absent): the tolerance bounds disagreement with FP32.
+  bool against_fp32 = false;
+};
 
 struct QuantizeOptions {
   std::string model_path;
@@ -71,6 +90,7 @@ struct QuantizeOptions {
   // Tests: decide kernels as if on a CPU with these capabilities (the
   // kernels themselves still run on this one).
   std::optional<CpuInt8Report> cpu_for_testing;
+  std::optional<AccuracyGoal> accuracy_goal;
   std::optional<DatasetSpec> evaluation;  // FP32 and int8 top-1 on this labeled set
   int64_t evaluation_batch_size = 256;
   // Most bytes one batch of float32 images may take (calibration and

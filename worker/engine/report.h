@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/engine/tuning/accuracy_search.h"
 
 namespace quantd::engine {
 
@@ -95,6 +96,23 @@ struct ArtifactRequirements {
   bool needs_non_saturating_u8s8 = false;
 };
 
+// Accuracy-aware tuning (QuantizeOptions::accuracy_goal) or the "best"
+// preset's search: what was judged on, every trial, and what won.
+struct TuningReport {
+  std::string judged_on;              // "val_batch.bin (2000 labelled images)", "first 1000 calibration images"
+  int64_t samples = 0;
+  std::optional<double> fp32_top1;   // labelled sets only
+  std::optional<double> target_top1;  // fp32_top1 minus the tolerance
+  bool met = false;
+  std::string stopped_because;
+  int best_trial = -1;
+  std::vector<std::string> candidates;  // activation observer of each estimator candidate
+  std::vector<Trial> trials;
+  std::vector<LayerSensitivity> sensitivity;  // measured ones, most sensitive first
+  std::vector<std::string> fp32_layers;       // of the chosen trial
+  double seconds = 0;
+};
+
 struct QuantizeReport {
   std::string qconfig_name;
   std::string qconfig_description;
@@ -121,6 +139,9 @@ struct QuantizeReport {
   KernelChoice kernel_choice;
   ArtifactRequirements requirements;
   QualityReport quality;
+  std::optional<TuningReport> tuning;
+  // What cost accuracy and what to do about it, measured where possible.
+  std::vector<std::string> advice;
   // Things the user should know although the job succeeded (a forced kernel
   // engine that saturates here, a quality check passed only by opt-in, ...).
   std::vector<std::string> warnings;

@@ -51,7 +51,9 @@ underscores are the same (--kernel-engine = --kernel_engine).
   --calib_labels PATH        labels .npy for an .npy calibration set (needed for --samples_per_class)
   --samples_per_class N      stratified selection of N samples per class (fixed --seed, default 0)
   --batch_size N             calibration batch size (default 100, as PyTorch's recipe)
-  --preset NAME              fbgemm | x86 | onednn | qnnpack | custom (default fbgemm; alias --qconfig)
+  --preset NAME              fbgemm | x86 | onednn | qnnpack | best | custom (default fbgemm; alias
+                             --qconfig). best: 8-bit activations, per-channel weights, and the range
+                             estimator whose output is closest to FP32 on the calibration images
   --activation_observer O    custom: minmax | moving_average_minmax | histogram (PyTorch's),
                              or quantd's range estimators: mse | percentile | entropy
   --percentile P             custom, percentile: the share of values kept, in (0, 100] (default 99.99)
@@ -65,6 +67,17 @@ underscores are the same (--kernel-engine = --kernel_engine).
   --output PATH              int8 TorchScript artifact
   --report PATH              manifest JSON (qconfig, kernel choice and CPU, fused groups, fallbacks,
                              per-layer qparams and SQNR, quality check, requirements)
+  --tuning PATH              accuracy-aware mode: a labelled tuning set (.bin, or .npy with
+                             --tuning_labels; never the test set). From one calibration, range
+                             estimators are tried, then the most sensitive layers kept in FP32,
+                             until int8 top-1 on it is within --tolerance of FP32
+  --tolerance POINTS         top-1 points the int8 model may lose on the tuning set (default 0.1)
+  --relative_tolerance       --tolerance is in percent of FP32's top-1
+  --max_trials N             trial budget (default 40)
+  --time_budget_seconds S    time budget for the trials (default 60)
+  --int8_only                never keep a layer in FP32 (try range estimators only)
+  --against_fp32             judge top-1 against the FP32 model's predictions, not the labels:
+                             --tolerance then bounds disagreement with FP32 (no labels needed)
   --eval PATH                labeled set (.bin, or .npy with --eval_labels) for FP32 and int8 top-1
   --quality_samples N        calibration images the int8-vs-FP32 check compares (default 100; 0 = off)
   --min_top1_agreement F     least top-1 agreement with FP32, 0..1 (default 0.8)
@@ -107,7 +120,8 @@ absl::StatusOr<engine::FusionSpec> ParseFusionSpec(const std::string& value) {
 
 absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>& args) {
   static const std::set<std::string> kBoolFlags = {"reduce_range", "quiet", "help", "overlap_observers",
-                                                   "strict_kernels", "allow_low_quality"};
+                                                   "strict_kernels", "allow_low_quality", "relative_tolerance",
+                                                   "int8_only", "against_fp32"};
   // quantctl's names for the same things.
   static const std::map<std::string, std::string> kAliases = {
       {"calibration", "calib"}, {"calibration_labels", "calib_labels"}, {"qconfig", "preset"}};
@@ -139,7 +153,9 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       "model", "calib", "calib_labels", "samples_per_class", "seed", "batch_size", "preset",
       "activation_observer", "weight_observer", "reduce_range", "percentile", "kernel_engine", "strict_kernels", "fusion",
       "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels", "threads", "quiet", "help",
-      "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality"};
+      "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality",
+      "tuning", "tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
+      "against_fp32"};
   for (const auto& [name, value] : flags) {
     if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -207,6 +223,35 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     eval.samples_per_class = 0;
     o.evaluation = eval;
   }
+  if (flags.count("tuning")) {
+    engine::AccuracyGoal goal;
+    goal.tuning = o.calibration;
+    goal.tuning.path = get("tuning");
+    QUANTD_ASSIGN_OR_RETURN(goal.tuning.format, FormatOf(goal.tuning.path, "--tuning"));
+    goal.tuning.labels_path = get("tuning_labels");
+    goal.tuning.samples_per_class = 0;
+    double points = 0.1;
+    if (flags.count("tolerance") && (!absl::SimpleAtod(get("tolerance"), &points) || !(points >= 0 && points <= 100))) {
+      return absl::InvalidArgumentError(absl::StrCat("--tolerance: '", get("tolerance"),
+                                                     "' is not a number of top-1 points in [0, 100]"));
+    }
+    goal.max_top1_drop = points / 100;
+    goal.relative = get("relative_tolerance") == "true";
+    QUANTD_ASSIGN_OR_RETURN(goal.max_trials, get_int("max_trials", goal.max_trials));
+    if (goal.max_trials == 0) return absl::InvalidArgumentError("--max_trials must be positive");
+    if (flags.count("time_budget_seconds") &&
+        (!absl::SimpleAtod(get("time_budget_seconds"), &goal.time_budget_seconds) || !(goal.time_budget_seconds > 0))) {
+      return absl::InvalidArgumentError("--time_budget_seconds must be a positive number");
+    }
+    goal.allow_fp32_layers = get("int8_only") != "true";
+    goal.against_fp32 = get("against_fp32") == "true";
+    o.accuracy_goal = goal;
+  } else {
+    for (const char* flag : {"tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds",
+                             "int8_only", "against_fp32"}) {
+      if (flags.count(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --tuning"));
+    }
+  }
   QUANTD_ASSIGN_OR_RETURN(int64_t threads, get_int("threads", 1));
   cmd.threads = static_cast<int>(std::max<int64_t>(1, threads));
   cmd.quiet = get("quiet") == "true";
@@ -225,6 +270,50 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   }
   return cmd;
 }
+
+namespace {
+
+void PrintTuning(const engine::TuningReport& t, std::ostream& out) {
+  out << std::fixed;
+  out << "tuning on " << t.judged_on;
+  if (t.fp32_top1) out << ": FP32 top-1 " << std::setprecision(2) << 100 * *t.fp32_top1 << "%";
+  if (t.target_top1) out << ", goal >= " << std::setprecision(2) << 100 * *t.target_top1 << "%";
+  if (t.target_top1) {
+    out << "; " << (t.met ? "met" : "NOT met") << " (" << t.stopped_because << ")";
+  } else {
+    out << "; closest to FP32 chosen";
+  }
+  out << " in " << t.trials.size() << " trials, " << std::setprecision(1) << t.seconds << " s\n";
+  out << "  trial  stage        top-1    agree   SQNR dB  time s  activation observer / FP32 layers\n";
+  for (const engine::Trial& trial : t.trials) {
+    out << "  " << std::setw(4) << trial.index + 1 << (trial.index == t.best_trial ? "*" : " ") << " " << std::left
+        << std::setw(11) << trial.stage << std::right;
+    if (!trial.error.empty()) {
+      out << "  failed: " << trial.error << "\n";
+      continue;
+    }
+    if (trial.score.top1) {
+      out << std::setw(7) << std::setprecision(2) << 100 * *trial.score.top1 << "%";
+    } else {
+      out << "       -";
+    }
+    out << std::setw(8) << std::setprecision(2) << 100 * trial.score.agreement << "%" << std::setw(9)
+        << std::setprecision(2) << trial.score.output_sqnr_db << std::setw(8) << std::setprecision(2) << trial.seconds
+        << "  " << trial.settings;
+    if (!trial.fp32_layers.empty()) out << " | FP32: " << absl::StrJoin(trial.fp32_layers, ", ");
+    out << (trial.meets_goal ? "  (meets goal)" : "") << "\n";
+  }
+  if (!t.sensitivity.empty()) {
+    out << "  sensitivity (agreement with FP32 gained, in points, with the layer alone in FP32):";
+    for (const engine::LayerSensitivity& s : t.sensitivity) {
+      out << " " << s.layer << " " << std::showpos << std::setprecision(2) << 100 * s.gain << std::noshowpos;
+    }
+    out << "\n";
+  }
+  out << std::defaultfloat;
+}
+
+}  // namespace
 
 absl::Status RunQuantize(const QuantizeCommand& command, std::ostream& out) {
   engine::InitializeRuntime(command.threads);
@@ -280,6 +369,8 @@ absl::Status RunQuantize(const QuantizeCommand& command, std::ostream& out) {
     if (r.quality.output_sqnr_db) out << ", output SQNR " << *r.quality.output_sqnr_db << " dB";
     out << std::defaultfloat << "\n";
   }
+  if (r.tuning) PrintTuning(*r.tuning, out);
+  for (const std::string& advice : r.advice) out << "advice: " << advice << "\n";
   for (const std::string& warning : r.warnings) out << "WARNING: " << warning << "\n";
   out << "timings:";
   for (const auto& t : r.timings) out << " " << t.phase << "=" << std::setprecision(3) << t.seconds << "s";

@@ -10,6 +10,8 @@
 #include <limits>
 #include <tuple>
 
+#include "absl/strings/str_cat.h"
+#include "worker/engine/base/status_macros.h"
 #include "worker/engine/observers/histogram_kernels.h"
 #include "worker/engine/observers/observer.h"
 #include "worker/engine/observers/range_search.h"
@@ -80,19 +82,29 @@ class HistogramObserver : public Observer {
   }
 
   absl::StatusOr<QParams> Compute() const override {
+    std::pair<float, float> range;
+    QUANTD_ASSIGN_OR_RETURN(QParams q, ComputeAs(spec_, &range));
+    std::tie(searched_min_, searched_max_) = range;
+    return q;
+  }
+
+  absl::StatusOr<QParams> ComputeAs(const ObserverSpec& spec, std::pair<float, float>* range) const override {
+    if (spec.kind != ObserverKind::kHistogram || spec.bins != spec_.bins || spec.upsample_rate != spec_.upsample_rate) {
+      return absl::InvalidArgumentError(absl::StrCat("a histogram of ", spec_.bins, " bins cannot answer for ",
+                                                     spec.Describe()));
+    }
     if (Uninitialized()) return absl::FailedPreconditionError("observer saw no data");
     at::Tensor new_min, new_max;
-    if (spec_.estimator == RangeEstimator::kPyTorchL2) {
+    if (spec.estimator == RangeEstimator::kPyTorchL2) {
       std::tie(new_min, new_max) = NonLinearParamSearch(at::scalar_tensor(min_val_, at::kFloat),
                                                         at::scalar_tensor(max_val_, at::kFloat));
     } else {
-      const ValueRange range = EstimateRange();
-      new_min = at::scalar_tensor(static_cast<float>(range.min), at::kFloat);
-      new_max = at::scalar_tensor(static_cast<float>(range.max), at::kFloat);
+      const ValueRange found = EstimateRange(spec);
+      new_min = at::scalar_tensor(static_cast<float>(found.min), at::kFloat);
+      new_max = at::scalar_tensor(static_cast<float>(found.max), at::kFloat);
     }
-    searched_min_ = new_min.item<float>();
-    searched_max_ = new_max.item<float>();
-    return CalculateQParams(spec_, new_min, new_max);
+    if (range != nullptr) *range = {new_min.item<float>(), new_max.item<float>()};
+    return CalculateQParams(spec, new_min, new_max);
   }
 
   std::pair<float, float> ObservedRange() const override { return {searched_min_, searched_max_}; }
@@ -165,15 +177,15 @@ class HistogramObserver : public Observer {
     return plan;
   }
 
-  ValueRange EstimateRange() const {
+  ValueRange EstimateRange(const ObserverSpec& spec) const {
     ValueHistogram h;
     h.min = min_val_;
     h.max = max_val_;
     h.counts.assign(histogram_.begin(), histogram_.end());
-    const int64_t levels = spec_.quant_max() - spec_.quant_min() + 1;
-    switch (spec_.estimator) {
+    const int64_t levels = spec.quant_max() - spec.quant_min() + 1;
+    switch (spec.estimator) {
       case RangeEstimator::kMse: return MseOptimalRange(h, levels);
-      case RangeEstimator::kPercentile: return PercentileRange(h, spec_.percentile);
+      case RangeEstimator::kPercentile: return PercentileRange(h, spec.percentile);
       case RangeEstimator::kEntropy: return EntropyRange(h, levels);
       case RangeEstimator::kPyTorchL2: break;
     }

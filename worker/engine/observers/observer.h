@@ -61,6 +61,12 @@ class Observer {
   }
   void Observe(const at::Tensor& x) { ObserveChunks({x}); }
   virtual absl::StatusOr<QParams> Compute() const = 0;
+  // The qparams another spec would give from the same statistics, without
+  // calibrating again (accuracy-aware tuning tries several): histogram
+  // observers answer for any histogram spec with the same bins (estimator,
+  // qscheme and reduce_range may differ); the others are UNIMPLEMENTED.
+  // `range` (optional) receives the chosen range.
+  virtual absl::StatusOr<QParams> ComputeAs(const ObserverSpec& spec, std::pair<float, float>* range) const;
   // The range the qparams were computed from (after any search).
   virtual std::pair<float, float> ObservedRange() const = 0;
 };

@@ -120,6 +120,48 @@ TEST(HistogramObserverTest, BatchesInPiecesEqualWholeBatches) {
   }
 }
 
+// Accuracy-aware tuning calibrates once and asks the same histogram for
+// several specs: each answer must equal an observer of that spec fed the
+// same batches.
+TEST(HistogramObserverTest, ComputeAsEqualsCalibratingWithThatSpec) {
+  const ObserverSpec base = Spec(ObserverKind::kHistogram, QScheme::kPerTensorAffine, false, true);
+  std::vector<ObserverSpec> others;
+  for (RangeEstimator estimator : {RangeEstimator::kPyTorchL2, RangeEstimator::kMse, RangeEstimator::kPercentile,
+                                   RangeEstimator::kEntropy}) {
+    for (bool reduce_range : {false, true}) {
+      ObserverSpec spec = base;
+      spec.estimator = estimator;
+      spec.reduce_range = reduce_range;
+      spec.percentile = 99.9;
+      others.push_back(spec);
+    }
+  }
+  at::manual_seed(5);
+  std::vector<at::Tensor> batches;
+  for (int b = 0; b < 4; ++b) batches.push_back(at::relu(at::randn({20000}) * (3.0 + b)));
+  auto shared = MakeObserver(base);
+  for (const at::Tensor& batch : batches) (*shared)->Observe(batch);
+  for (const ObserverSpec& spec : others) {
+    auto own = MakeObserver(spec);
+    for (const at::Tensor& batch : batches) (*own)->Observe(batch);
+    auto expected = (*own)->Compute();
+    std::pair<float, float> range;
+    auto answered = (*shared)->ComputeAs(spec, &range);
+    ASSERT_TRUE(expected.ok() && answered.ok()) << spec.Describe();
+    EXPECT_EQ(answered->scale, expected->scale) << spec.Describe();
+    EXPECT_EQ(answered->zero_point, expected->zero_point) << spec.Describe();
+    EXPECT_EQ(answered->quant_max, spec.quant_max());
+    EXPECT_EQ(range, (*own)->ObservedRange()) << spec.Describe();
+  }
+  // Other statistics cannot answer: a min/max observer, or other bins.
+  ObserverSpec other_bins = base;
+  other_bins.bins = 512;
+  EXPECT_EQ((*shared)->ComputeAs(other_bins, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  auto min_max = MakeObserver(Spec(ObserverKind::kMinMax, QScheme::kPerTensorAffine, false));
+  (*min_max)->Observe(batches[0]);
+  EXPECT_EQ((*min_max)->ComputeAs(base, nullptr).status().code(), absl::StatusCode::kUnimplemented);
+}
+
 TEST(MakeObserverTest, RejectsMismatchedSchemes) {
   EXPECT_FALSE(MakeObserver(Spec(ObserverKind::kHistogram, QScheme::kPerChannelSymmetric, false)).ok());
   EXPECT_FALSE(MakeObserver(Spec(ObserverKind::kPerChannelMinMax, QScheme::kPerTensorAffine, true)).ok());

@@ -74,6 +74,10 @@ QParams CalculateQParams(const ObserverSpec& spec, const at::Tensor& min_in, con
   return q;
 }
 
+absl::StatusOr<QParams> Observer::ComputeAs(const ObserverSpec& spec, std::pair<float, float>*) const {
+  return absl::UnimplementedError(absl::StrCat("only a histogram observer's statistics answer for ", spec.Describe()));
+}
+
 absl::StatusOr<std::unique_ptr<Observer>> MakeObserver(const ObserverSpec& spec) {
   const bool per_channel = spec.qscheme == QScheme::kPerChannelSymmetric || spec.qscheme == QScheme::kPerChannelAffine;
   switch (spec.kind) {

@@ -143,6 +143,7 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     Observer* o = observers[static_cast<size_t>(v)].get();
     QUANTD_ASSIGN_OR_RETURN(result.qparams[v], o->Compute());
     result.ranges[v] = o->ObservedRange();
+    result.observers[v] = std::move(observers[static_cast<size_t>(v)]);
   }
   return result;
 }

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -24,6 +25,9 @@ using BatchProgress = std::function<bool(int64_t done, int64_t total)>;
 struct CalibrationResult {
   std::map<int, QParams> qparams;                  // by observed value id
   std::map<int, std::pair<float, float>> ranges;   // observer's chosen range
+  // The observers themselves, by observed value id: accuracy-aware tuning
+  // asks them for other specs' qparams (Observer::ComputeAs).
+  std::map<int, std::unique_ptr<Observer>> observers;
   int64_t samples = 0;
   // The values CalibrationOptions::reference_values and output_values name,
   // for their first images; 4-D ones channels-last, as int8 kernels lay out.

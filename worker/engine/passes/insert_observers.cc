@@ -63,7 +63,7 @@ bool ClampsInPlaceWhatOthersRead(const Graph& graph, const Node& node) {
 
 }  // namespace
 
-QuantizationPlan PlanQuantization(const Graph& graph) {
+QuantizationPlan PlanQuantization(const Graph& graph, const std::set<std::string>& keep_fp32) {
   QuantizationPlan plan;
   plan.roles.assign(graph.nodes.size(), NodeRole::kFp32);
   plan.int8_value.assign(static_cast<size_t>(graph.num_values), false);
@@ -77,9 +77,10 @@ QuantizationPlan PlanQuantization(const Graph& graph) {
     const bool int8_kernel = node.kind == OpKind::kConv2d || node.kind == OpKind::kLinear ||
                              node.kind == OpKind::kAdd || node.kind == OpKind::kHardswish ||
                              node.kind == OpKind::kCat;
+    const bool kept_fp32 = int8_kernel && keep_fp32.count(node.name) > 0;
     const bool first_input_int8 = !node.inputs.empty() && node.inputs[0].kind == Operand::Kind::kValue &&
                                   plan.int8_value[static_cast<size_t>(node.inputs[0].value)];
-    if (int8_kernel) {
+    if (int8_kernel && !kept_fp32) {
       plan.roles[static_cast<size_t>(node.id)] = NodeRole::kInt8;
       for (int v : ActivationInputs(node)) {
         if (!plan.int8_value[static_cast<size_t>(v)]) observe(v);
@@ -90,7 +91,8 @@ QuantizationPlan PlanQuantization(const Graph& graph) {
       plan.roles[static_cast<size_t>(node.id)] = NodeRole::kPassThrough;
       plan.int8_value[static_cast<size_t>(node.outputs[0])] = true;
     } else if (ProducesTensor(node)) {
-      plan.fallbacks.push_back({node.name, node.OpName(), Fp32Reason(node, first_input_int8)});
+      plan.fallbacks.push_back({node.name, node.OpName(),
+                                kept_fp32 ? "kept in FP32 by request" : Fp32Reason(node, first_input_int8)});
     }
   }
   return plan;

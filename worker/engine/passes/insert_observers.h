@@ -7,6 +7,7 @@
 // plays the part of eager mode's QuantStub, a fallback's output re-enters).
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,10 @@ struct QuantizationPlan {
   std::vector<Fallback> fallbacks;  // every tensor op left in FP32
 };
 
-QuantizationPlan PlanQuantization(const Graph& graph);
+// `keep_fp32`: names of nodes that would run on int8 kernels but stay FP32
+// (accuracy-aware tuning's fallback); their inputs are dequantized and their
+// outputs quantized again where int8 ops read them.
+QuantizationPlan PlanQuantization(const Graph& graph, const std::set<std::string>& keep_fp32 = {});
 
 }  // namespace quantd::engine
 

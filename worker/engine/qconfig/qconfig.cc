@@ -42,7 +42,8 @@ absl::StatusOr<QConfig> QConfigPreset(const std::string& preset) {
   if (preset == "fbgemm" || preset == "x86") {
     q.activation = Activation(ObserverKind::kHistogram, /*reduce_range=*/true);
     q.weight = PerChannelSymmetricWeight();
-  } else if (preset == "onednn") {
+  } else if (preset == "onednn" || preset == "best") {
+    // "best" starts here; the engine picks its range estimator per model.
     q.activation = Activation(ObserverKind::kHistogram, /*reduce_range=*/false);
     q.weight = PerChannelSymmetricWeight();
   } else if (preset == "qnnpack") {
@@ -50,7 +51,7 @@ absl::StatusOr<QConfig> QConfigPreset(const std::string& preset) {
     q.weight = PerTensorWeight(QScheme::kPerTensorSymmetric);
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("qconfig preset '", preset, "' is unknown (fbgemm, x86, onednn or qnnpack)"));
+        absl::StrCat("qconfig preset '", preset, "' is unknown (fbgemm, x86, onednn, qnnpack or best)"));
   }
   return q;
 }

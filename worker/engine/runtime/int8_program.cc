@@ -229,7 +229,10 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
                                                         instr.zero_point, instr.dtype));
           break;
         case InstrKind::kDequantize:
-          stack.push_back(EvaluateOperand(instr.inputs[0], slots).toTensor().dequantize());
+          // FP32 from here on runs on the standard layout, whichever layout
+          // the int8 kernels left (the artifact's TorchScript does the same),
+          // so that FP32 kernels round identically in both.
+          stack.push_back(EvaluateOperand(instr.inputs[0], slots).toTensor().dequantize().contiguous());
           break;
         case InstrKind::kConv2d:
         case InstrKind::kLinear:

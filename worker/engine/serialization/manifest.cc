@@ -71,6 +71,39 @@ std::string ManifestJson(const QuantizeReport& r) {
                   {"worst_layers", q.worst_layers},
                   {"passed", q.passed},
                   {"message", q.message}};
+  if (r.tuning) {
+    const TuningReport& t = *r.tuning;
+    nlohmann::ordered_json trials = nlohmann::ordered_json::array();
+    for (const Trial& trial : t.trials) {
+      nlohmann::ordered_json row = {{"index", trial.index},
+                                    {"stage", trial.stage},
+                                    {"activation_observer", trial.settings},
+                                    {"fp32_layers", trial.fp32_layers},
+                                    {"top1", OptionalNumber(trial.score.top1)},
+                                    {"agreement", trial.score.agreement},
+                                    {"output_sqnr_db", trial.score.output_sqnr_db},
+                                    {"seconds", trial.seconds},
+                                    {"meets_goal", trial.meets_goal}};
+      if (!trial.error.empty()) row["error"] = trial.error;
+      trials.push_back(row);
+    }
+    nlohmann::ordered_json sensitivity = nlohmann::ordered_json::array();
+    for (const LayerSensitivity& s : t.sensitivity) {
+      sensitivity.push_back({{"layer", s.layer}, {"gain", s.gain}, {"sqnr_db", OptionalNumber(s.sqnr_db)}});
+    }
+    j["tuning"] = {{"judged_on", t.judged_on},
+                   {"samples", t.samples},
+                   {"fp32_top1", OptionalNumber(t.fp32_top1)},
+                   {"target_top1", OptionalNumber(t.target_top1)},
+                   {"met", t.met},
+                   {"stopped_because", t.stopped_because},
+                   {"best_trial", t.best_trial},
+                   {"fp32_layers", t.fp32_layers},
+                   {"seconds", t.seconds},
+                   {"sensitivity", sensitivity},
+                   {"trials", trials}};
+  }
+  j["advice"] = r.advice;
   j["warnings"] = r.warnings;
   j["versions"] = {{"quantd", r.quantd_version}, {"libtorch", r.torch_version}};
   j["intra_op_threads"] = r.intra_op_threads;

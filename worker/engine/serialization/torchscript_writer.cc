@@ -118,7 +118,9 @@ class SourceBuilder {
         return absl::StrCat(lhs, " = torch.quantize_per_tensor(", in(0), ", ", qparams(), ", ",
                             static_cast<int>(instr.dtype), ")");
       case InstrKind::kDequantize:
-        return absl::StrCat(lhs, " = torch.dequantize(", in(0), ")");
+        // Contiguous, as the runtime makes it: FP32 kernels (oneDNN's
+        // convolutions, pooling) may round differently on another layout.
+        return absl::StrCat(lhs, " = torch.dequantize(", in(0), ").contiguous()");
       case InstrKind::kConv2d:
       case InstrKind::kLinear: {
         const std::string packed = Attribute(instr.name + "_packed", instr.packed.type(), instr.packed);

@@ -38,6 +38,7 @@ std::string SourceDir() { return QUANTD_TEST_SOURCE_DIR; }
 std::string ResNet8Path() { return FixturesDir() + "/models/resnet8_fp32.torchscript.pt"; }
 std::string CalibrationPath() { return FixturesDir() + "/cifar10/calib_batch.bin"; }
 std::string TestSetPath() { return FixturesDir() + "/cifar10/test_batch.bin"; }
+std::string ValidationPath() { return FixturesDir() + "/cifar10/val_batch.bin"; }
 std::string Python() { return "/usr/bin/python3"; }
 
 std::string MakeTempDir(const std::string& name) {

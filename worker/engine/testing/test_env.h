@@ -19,6 +19,7 @@ std::string SourceDir();
 std::string ResNet8Path();    // models/resnet8_fp32.torchscript.pt
 std::string CalibrationPath();  // cifar10/calib_batch.bin
 std::string TestSetPath();      // cifar10/test_batch.bin
+std::string ValidationPath();   // cifar10/val_batch.bin (2000 training images, not calibration's)
 // Debian's python3 with torch 1.13 (the first python3 on PATH may lack it).
 std::string Python();
 // A fresh empty directory under the test's temp dir.

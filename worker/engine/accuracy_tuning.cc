@@ -1,0 +1,346 @@
+#include "worker/engine/accuracy_tuning.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
+#include "worker/engine/data/dataset.h"
+#include "worker/engine/passes/compare_with_fp32.h"
+#include "worker/engine/passes/convert.h"
+#include "worker/engine/runtime/int8_program.h"
+
+namespace quantd::engine {
+namespace {
+
+// The estimator candidates, in the order tried: the requested observer, then
+// quantd's estimators with 8-bit activations where this CPU's engine is exact
+// with them, most often best on the models measured first (README: "Range
+// estimators").
+std::vector<ObserverSpec> EstimatorCandidates(const ObserverSpec& requested, bool eight_bit_exact) {
+  std::vector<ObserverSpec> out;
+  auto add = [&](const ObserverSpec& spec) {
+    for (const ObserverSpec& o : out) {
+      if (o.Describe() == spec.Describe()) return;
+    }
+    out.push_back(spec);
+  };
+  add(requested);
+  ObserverSpec base = requested;
+  if (eight_bit_exact) base.reduce_range = false;
+  auto with = [&](RangeEstimator estimator, double percentile) {
+    ObserverSpec spec = base;
+    spec.estimator = estimator;
+    spec.percentile = percentile;
+    return spec;
+  };
+  add(with(RangeEstimator::kPyTorchL2, 99.99));
+  add(with(RangeEstimator::kPercentile, 99.99));
+  add(with(RangeEstimator::kMse, 99.99));
+  add(with(RangeEstimator::kPercentile, 99.999));
+  add(with(RangeEstimator::kEntropy, 99.99));
+  return out;
+}
+
+// The images trials are judged on, in batches, with the FP32 outputs (and
+// labels, when there are any) computed once.
+struct JudgeSet {
+  std::vector<at::Tensor> images, labels, fp32;
+  int64_t samples = 0;
+  std::string description;
+  std::optional<double> fp32_top1;
+};
+
+bool IsClassifierOutput(const at::Tensor& t) { return t.dim() == 2 && t.size(1) > 1; }
+
+absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit::Module& fp32_module,
+                                      int64_t max_batch_bytes) {
+  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(goal.tuning));
+  if (!dataset->has_labels() && !goal.against_fp32) {
+    return absl::InvalidArgumentError(
+        "accuracy_goal.tuning: the tuning set has no labels (judging against FP32's predictions needs none)");
+  }
+  if (dataset->size() == 0) return absl::InvalidArgumentError("accuracy_goal.tuning: the tuning set is empty");
+  int64_t image_bytes = 4;
+  for (int64_t d : dataset->sample_shape()) image_bytes *= d;
+  constexpr int64_t kMaxTuningBytes = int64_t{2} << 30;  // every trial rereads them: they stay in memory
+  if (dataset->size() * image_bytes > kMaxTuningBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("accuracy_goal.tuning: ", dataset->size(),
+                                                   " images take more than 2 GiB as float32; select fewer "
+                                                   "(samples per class or a limit)"));
+  }
+  constexpr int64_t kBatch = 256;
+  const int64_t batch = std::max<int64_t>(1, std::min(kBatch, max_batch_bytes > 0 ? max_batch_bytes / image_bytes : kBatch));
+  JudgeSet judge;
+  judge.samples = dataset->size();
+  judge.description = absl::StrCat(goal.tuning.path, " (", dataset->size(),
+                                   goal.against_fp32 ? " images, FP32's predictions as labels)" : " labelled images)");
+  int64_t correct = 0;
+  at::NoGradGuard no_grad;
+  for (int64_t start = 0; start < dataset->size(); start += batch) {
+    QUANTD_ASSIGN_OR_RETURN(Batch b, dataset->ReadBatch(start, std::min(batch, dataset->size() - start)));
+    at::Tensor out;
+    QUANTD_RETURN_IF_ERROR(TorchTry("running the FP32 model on the tuning set", [&]() {
+      out = const_cast<torch::jit::Module&>(fp32_module).forward({b.images}).toTensor().to(at::kFloat);
+      return absl::OkStatus();
+    }));
+    if (goal.against_fp32 && IsClassifierOutput(out)) b.labels = out.argmax(1);
+    if (!IsClassifierOutput(out) || !b.labels.defined() || out.size(0) != b.labels.numel()) {
+      return absl::InvalidArgumentError(absl::StrCat("accuracy_goal needs a classifier: the model's output has shape [",
+                                                     absl::StrJoin(out.sizes(), ", "), "]"));
+    }
+    correct += out.argmax(1).eq(b.labels).sum().item<int64_t>();
+    judge.images.push_back(b.images);
+    judge.labels.push_back(b.labels);
+    judge.fp32.push_back(out);
+  }
+  judge.fp32_top1 = static_cast<double>(correct) / static_cast<double>(judge.samples);
+  return judge;
+}
+
+absl::StatusOr<TrialScore> Score(const Int8Executor& executor, const JudgeSet& judge) {
+  int64_t correct = 0, agree = 0;
+  double signal = 0, noise = 0;
+  bool classifier = true;
+  at::NoGradGuard no_grad;
+  for (size_t b = 0; b < judge.images.size(); ++b) {
+    QUANTD_ASSIGN_OR_RETURN(at::Tensor out, executor.Forward(judge.images[b]));
+    out = out.to(at::kFloat).reshape(judge.fp32[b].sizes());
+    const at::Tensor& ref = judge.fp32[b];
+    signal += ref.pow(2).sum().item<double>();
+    noise += (out - ref).pow(2).sum().item<double>();
+    classifier = classifier && IsClassifierOutput(ref);
+    if (!classifier) continue;
+    const at::Tensor predicted = out.argmax(1);
+    agree += predicted.eq(ref.argmax(1)).sum().item<int64_t>();
+    if (judge.labels[b].defined()) correct += predicted.eq(judge.labels[b]).sum().item<int64_t>();
+  }
+  TrialScore score;
+  const double n = static_cast<double>(std::max<int64_t>(1, judge.samples));
+  if (judge.fp32_top1) score.top1 = static_cast<double>(correct) / n;
+  score.agreement = classifier ? static_cast<double>(agree) / n : 0;
+  score.output_sqnr_db = noise > 0 ? 10 * std::log10(signal / noise) : 100.0;
+  return score;
+}
+
+std::string Points(double fraction) { return absl::StrFormat("%.2f points", 100 * fraction); }
+std::string Pct(double fraction) { return absl::StrFormat("%.2f%%", 100 * fraction); }
+
+// What cost accuracy and what would fix it, from the trials' measurements.
+std::vector<std::string> Advise(const TuningSetup& setup, const std::vector<ObserverSpec>& specs,
+                                const std::vector<std::string>& layers, const SearchOutcome& outcome,
+                                const JudgeSet& judge) {
+  std::vector<std::string> advice;
+  const bool labelled = judge.fp32_top1.has_value();
+  auto measure = [&](const TrialScore& s) {
+    return labelled ? absl::StrFormat("top-1 %s (agreement with FP32 %s)", Pct(*s.top1), Pct(s.agreement))
+                    : absl::StrFormat("agreement with FP32 %s (output SQNR %.2f dB)", Pct(s.agreement), s.output_sqnr_db);
+  };
+  auto all_int8_trial = [&](size_t candidate) -> const Trial* {
+    for (const Trial& t : outcome.trials) {
+      if (t.candidate == static_cast<int>(candidate) && t.fp32_layers.empty() && t.error.empty()) return &t;
+    }
+    return nullptr;
+  };
+  const ObserverSpec& requested = specs[0];
+  const Trial* first = all_int8_trial(0);
+  // reduce_range: measured against the same estimator with 8-bit activations.
+  if (requested.reduce_range && first != nullptr) {
+    if (setup.eight_bit_exact) {
+      for (size_t c = 1; c < specs.size(); ++c) {
+        ObserverSpec same = requested;
+        same.reduce_range = false;
+        const Trial* eight = all_int8_trial(c);
+        if (specs[c].Describe() != same.Describe() || eight == nullptr) continue;
+        advice.push_back(absl::StrCat(
+            "reduce_range (7-bit activations) on ", judge.description, ": ", measure(first->score), " with it, ",
+            measure(eight->score), " without; kernel engine '", setup.engine,
+            "' computes 8-bit activations exactly on this CPU, so it is not needed here (the onednn and best "
+            "presets have none)"));
+      }
+    } else {
+      advice.push_back(absl::StrCat("reduce_range is needed here: kernel engine '", setup.engine,
+                                    "' saturates with 8-bit activations on this CPU"));
+    }
+  }
+  // The estimator that won among the fully int8 trials.
+  int best_int8 = -1;
+  for (const Trial& t : outcome.trials) {
+    if (!t.fp32_layers.empty() || !t.error.empty()) continue;
+    if (best_int8 < 0 || Objective(t.score) > Objective(outcome.trials[static_cast<size_t>(best_int8)].score)) {
+      best_int8 = t.index;
+    }
+  }
+  if (best_int8 >= 0 && first != nullptr && outcome.trials[static_cast<size_t>(best_int8)].candidate != 0) {
+    const Trial& b = outcome.trials[static_cast<size_t>(best_int8)];
+    advice.push_back(absl::StrCat("range estimator: ", b.settings, " gives ", measure(b.score), " against ",
+                                  measure(first->score), " for the requested ", first->settings, " on ",
+                                  judge.description));
+  }
+  // The three least accurate layers, and what keeping them in FP32 measured.
+  if (best_int8 >= 0) {
+    const Trial& b = outcome.trials[static_cast<size_t>(best_int8)];
+    std::vector<std::pair<double, std::string>> worst;
+    for (size_t i = 0; i < layers.size() && i < b.score.layer_sqnr_db.size(); ++i) {
+      if (b.score.layer_sqnr_db[i]) worst.push_back({*b.score.layer_sqnr_db[i], layers[i]});
+    }
+    std::sort(worst.begin(), worst.end());
+    if (worst.size() > 3) worst.resize(3);
+    std::vector<std::string> parts;
+    for (const auto& [db, layer] : worst) {
+      std::string part = absl::StrFormat("%s (%.1f dB", layer, db);
+      for (const LayerSensitivity& s : outcome.sensitivity) {
+        if (s.layer == layer) {
+          absl::StrAppend(&part, ", alone in FP32: agreement ", s.gain >= 0 ? "+" : "", Points(s.gain));
+        }
+      }
+      parts.push_back(part + ")");
+    }
+    if (!parts.empty()) {
+      advice.push_back(absl::StrCat("least accurate int8 layers (output SQNR against FP32): ", absl::StrJoin(parts, ", "),
+                                    outcome.sensitivity.empty()
+                                        ? "; accuracy-aware mode with a labelled tuning set measures what keeping "
+                                          "each in FP32 gains"
+                                        : ""));
+    }
+  }
+  if (labelled && !outcome.met && outcome.best >= 0) {
+    const Trial& b = outcome.trials[static_cast<size_t>(outcome.best)];
+    const double target = *judge.fp32_top1 - (*setup.goal).max_top1_drop * ((*setup.goal).relative ? *judge.fp32_top1 : 1);
+    advice.push_back(absl::StrCat("the goal was missed by ", Points(target - *b.score.top1), " after ",
+                                  outcome.trials.size(), " trials (stopped: ", outcome.stopped_because,
+                                  "); a larger trial or time budget, or a larger tolerance, may meet it"));
+  }
+  return advice;
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<int, QParams>> ActivationQParamsFor(const CalibrationResult& calibrated,
+                                                            const QuantizationPlan& plan, const ObserverSpec& activation,
+                                                            const Graph& fused) {
+  std::map<int, QParams> qparams;
+  for (int v : plan.observed_values) {
+    auto it = calibrated.observers.find(v);
+    if (it == calibrated.observers.end() || it->second == nullptr) {
+      std::string producer = "the model input";
+      for (const Node& node : fused.nodes) {
+        if (!node.removed && std::find(node.outputs.begin(), node.outputs.end(), v) != node.outputs.end()) {
+          producer = absl::StrCat("'", node.name, "'");
+        }
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat("no calibration statistics for the output of ", producer, ", which this plan quantizes"));
+    }
+    QUANTD_ASSIGN_OR_RETURN(qparams[v], it->second->ComputeAs(activation, nullptr));
+  }
+  return qparams;
+}
+
+absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
+  const absl::Time began = absl::Now();
+  const Graph& fused = *setup.fused;
+  const bool labelled = setup.goal.has_value();
+  if (setup.qconfig.activation.kind != ObserverKind::kHistogram) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        labelled ? "accuracy_goal" : "the best preset", " tries range estimators on a histogram: the activation observer ",
+        setup.qconfig.activation.Describe(), " has none (use a preset, or histogram, mse, percentile or entropy)"));
+  }
+  JudgeSet judge;
+  if (labelled) {
+    QUANTD_ASSIGN_OR_RETURN(judge, LoadLabelled(*setup.goal, *setup.fp32_module, setup.max_batch_bytes));
+  } else {
+    if (!setup.judge_images.defined() || setup.judge_images.size(0) == 0) {
+      return absl::InvalidArgumentError("the best preset needs calibration images to compare with FP32");
+    }
+    judge.images.push_back(setup.judge_images);
+    judge.labels.push_back(at::Tensor());
+    judge.fp32.push_back(setup.judge_fp32_outputs.to(at::kFloat));
+    judge.samples = setup.judge_images.size(0);
+    judge.description = absl::StrCat("the first ", judge.samples, " calibration images (no labels)");
+  }
+
+  const std::vector<ObserverSpec> specs = EstimatorCandidates(setup.qconfig.activation, setup.eight_bit_exact);
+  std::vector<std::string> descriptions;
+  for (const ObserverSpec& s : specs) descriptions.push_back(s.Describe());
+  const QuantizationPlan full_plan = PlanQuantization(fused);
+  std::vector<std::string> layers;
+  for (const Node& node : fused.nodes) {
+    if (!node.removed && full_plan.roles[static_cast<size_t>(node.id)] == NodeRole::kInt8) layers.push_back(node.name);
+  }
+
+  RunTrial run = [&](const TrialRequest& r) -> absl::StatusOr<TrialScore> {
+    TrialScore score;
+    QUANTD_RETURN_IF_ERROR(TorchTry(absl::StrCat("trial ", r.index + 1), [&]() -> absl::Status {
+      const std::set<std::string> fp32(r.fp32_layers.begin(), r.fp32_layers.end());
+      const QuantizationPlan plan = PlanQuantization(fused, fp32);
+      const ObserverSpec& activation = specs[static_cast<size_t>(r.candidate)];
+      QUANTD_ASSIGN_OR_RETURN(auto qparams, ActivationQParamsFor(*setup.calibrated, plan, activation, fused));
+      QConfig qconfig = setup.qconfig;
+      qconfig.activation = activation;
+      std::vector<LayerReport> layer_reports;
+      QUANTD_ASSIGN_OR_RETURN(Program program, Convert(fused, plan, qparams, qconfig, setup.engine, &layer_reports));
+      QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&program));
+      QUANTD_ASSIGN_OR_RETURN(score, Score(executor, judge));
+      if (fp32.empty() && setup.sqnr_images.defined() && setup.sqnr_images.size(0) > 0) {
+        QUANTD_ASSIGN_OR_RETURN(Int8VsFp32 compared,
+                                CompareWithFp32(executor, setup.sqnr_images, setup.calibrated->references, {}));
+        for (const std::string& layer : layers) {
+          auto it = compared.layer_sqnr_db.find(layer);
+          score.layer_sqnr_db.push_back(it == compared.layer_sqnr_db.end() ? std::nullopt
+                                                                           : std::optional<double>(it->second));
+        }
+      }
+      return absl::OkStatus();
+    }));
+    return score;
+  };
+
+  SearchGoal goal;
+  if (labelled) {
+    const AccuracyGoal& g = *setup.goal;
+    goal.fp32_top1 = judge.fp32_top1;
+    goal.max_top1_drop = g.relative ? g.max_top1_drop * *judge.fp32_top1 : g.max_top1_drop;
+    goal.max_trials = g.max_trials;
+    goal.time_budget = absl::Seconds(g.time_budget_seconds);
+    goal.allow_fp32_layers = g.allow_fp32_layers;
+  } else {
+    goal.max_trials = static_cast<int64_t>(specs.size());
+    goal.time_budget = absl::InfiniteDuration();
+    goal.allow_fp32_layers = false;
+  }
+  int64_t done = 0;
+  TrialDone on_trial = [&](const Trial& trial) {
+    ++done;
+    return !setup.progress || setup.progress({Phase::kTuning, done, goal.max_trials, &trial});
+  };
+  QUANTD_ASSIGN_OR_RETURN(SearchOutcome outcome,
+                          SearchForAccuracy(descriptions, layers, goal, run, [] { return absl::Now(); }, on_trial));
+  if (outcome.best < 0) return absl::InternalError("no tuning trial ran");
+
+  const Trial& best = outcome.trials[static_cast<size_t>(outcome.best)];
+  TunedSettings out;
+  out.activation = specs[static_cast<size_t>(best.candidate)];
+  out.fp32_layers.insert(best.fp32_layers.begin(), best.fp32_layers.end());
+  TuningReport& report = out.report;
+  report.judged_on = judge.description;
+  report.samples = judge.samples;
+  report.fp32_top1 = judge.fp32_top1;
+  if (labelled) report.target_top1 = *judge.fp32_top1 - goal.max_top1_drop;
+  report.met = outcome.met;
+  report.stopped_because = outcome.stopped_because;
+  report.best_trial = outcome.best;
+  report.candidates = descriptions;
+  report.sensitivity = outcome.sensitivity;
+  report.fp32_layers = best.fp32_layers;
+  out.advice = Advise(setup, specs, layers, outcome, judge);
+  report.trials = std::move(outcome.trials);
+  report.seconds = absl::ToDoubleSeconds(absl::Now() - began);
+  return out;
+}
+
+}  // namespace quantd::engine

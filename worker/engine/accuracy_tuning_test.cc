@@ -1,0 +1,187 @@
+// Accuracy-aware mode and the best preset through Quantize, on the real
+// ResNet8 and CIFAR-10 fixtures. Figures differ between CPUs (onednn with
+// VNNI, qnnpack without), so these tests check what must hold on any.
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+
+#include "worker/engine/quantizer.h"
+#include "worker/engine/quantizer_internal.h"
+#include "worker/engine/testing/test_env.h"
+
+namespace quantd::engine {
+namespace {
+
+QuantizeOptions ResNet8Options(const std::string& preset) {
+  QuantizeOptions options;
+  options.model_path = testing::ResNet8Path();
+  options.calibration.path = testing::CalibrationPath();
+  options.calibration.samples_per_class = 20;  // 200 images keep the tests quick
+  options.qconfig.preset = preset;
+  options.fusion.automatic = true;
+  return options;
+}
+
+AccuracyGoal ValidationGoal(int64_t images) {
+  AccuracyGoal goal;
+  goal.tuning.path = testing::ValidationPath();
+  goal.tuning.limit = images;
+  return goal;
+}
+
+// Fraction of `images` where the int8 model and the FP32 model agree on top-1.
+double Agreement(QuantizedModel& model, const at::Tensor& images) {
+  at::NoGradGuard no_grad;
+  at::Tensor int8 = *model.impl().executor->Forward(images);
+  at::Tensor fp32 = model.impl().fp32_module.forward({images}).toTensor();
+  return int8.argmax(1).eq(fp32.argmax(1)).to(at::kDouble).mean().item<double>();
+}
+
+void ExpectArtifactRunsLikeTheRuntime(QuantizedModel& model, const at::Tensor& images) {
+  auto bytes = model.SerializeArtifact();
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  std::istringstream stream(*bytes);
+  torch::jit::Module artifact = torch::jit::load(stream);
+  at::NoGradGuard no_grad;
+  at::Tensor ours = *model.impl().executor->Forward(images);
+  at::Tensor theirs = artifact.forward({images}).toTensor();
+  // Bit-identical, FP32 layers included (their inputs' layout decides how
+  // oneDNN rounds: see the kDequantize comment in int8_program.cc).
+  EXPECT_TRUE(at::equal(ours, theirs)) << "largest difference " << (ours - theirs).abs().max().item<double>();
+}
+
+at::Tensor TuningImages(int64_t n) {
+  DatasetSpec spec;
+  spec.path = testing::ValidationPath();
+  return (*OpenDataset(spec))->ReadBatch(0, n)->images;
+}
+
+// A goal no estimator reaches (no disagreement with FP32 at all) runs every
+// stage: each estimator, each layer alone in FP32, then the greedy FP32 set.
+TEST(AccuracyTuningTest, AnUnreachableGoalRunsEveryStageAndKeepsTheBestModelFound) {
+  QuantizeOptions options = ResNet8Options("fbgemm");
+  options.accuracy_goal = ValidationGoal(300);
+  options.accuracy_goal->against_fp32 = true;
+  options.accuracy_goal->max_top1_drop = 0;
+  options.accuracy_goal->max_trials = 25;  // 6 estimators, 13 layers alone, 6 greedy steps
+  options.accuracy_goal->time_budget_seconds = 600;
+  std::vector<ProgressEvent> trial_events;
+  options.progress = [&](const ProgressEvent& e) {
+    if (e.phase == Phase::kTuning && e.trial != nullptr) trial_events.push_back(e);
+    return true;
+  };
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const QuantizeReport& r = (*model)->report();
+  ASSERT_TRUE(r.tuning.has_value());
+  const TuningReport& t = *r.tuning;
+  EXPECT_EQ(t.samples, 300);
+  EXPECT_DOUBLE_EQ(*t.fp32_top1, 1.0);  // FP32's predictions are the labels
+  ASSERT_GE(t.trials.size(), 6u + 13u);
+  EXPECT_LE(t.trials.size(), 25u);
+  EXPECT_EQ(trial_events.size(), t.trials.size());
+  // The requested qconfig first, then quantd's estimators with 8-bit activations.
+  EXPECT_EQ(t.trials[0].settings, "HistogramObserver(quint8, per_tensor_affine, reduce_range)");
+  std::set<std::string> estimators;
+  for (const Trial& trial : t.trials) {
+    if (trial.stage == "estimator") estimators.insert(trial.settings);
+  }
+  EXPECT_EQ(estimators.size(), 6u);
+  EXPECT_EQ(estimators.count("HistogramObserver[mse](quint8, per_tensor_affine)"), 1u);
+  // 13 int8 layers (8 convs, 3 adds, fc): each measured alone in FP32.
+  EXPECT_EQ(t.sensitivity.size(), 13u);
+  const Trial& best = t.trials[static_cast<size_t>(t.best_trial)];
+  double best_int8 = 0;
+  for (const Trial& trial : t.trials) {
+    if (trial.fp32_layers.empty()) best_int8 = std::max(best_int8, trial.score.agreement);
+  }
+  EXPECT_GE(best.score.agreement, best_int8);
+  EXPECT_EQ(t.met, best.meets_goal);
+  if (!t.met) {
+    EXPECT_EQ(t.stopped_because, "trial budget");
+  }
+  // The artifact is the best trial's model: same FP32 layers, same agreement
+  // on the tuning images.
+  EXPECT_EQ(t.fp32_layers, best.fp32_layers);
+  EXPECT_FALSE(best.fp32_layers.empty());
+  for (const std::string& layer : best.fp32_layers) {
+    auto fallback = std::find_if(r.fallbacks.begin(), r.fallbacks.end(),
+                                 [&](const FallbackReport& f) { return f.node == layer; });
+    ASSERT_NE(fallback, r.fallbacks.end()) << layer;
+    EXPECT_NE(fallback->reason.find("accuracy-aware"), std::string::npos);
+    for (const LayerReport& l : r.layers) EXPECT_NE(l.name, layer);
+  }
+  const at::Tensor images = TuningImages(300);
+  EXPECT_NEAR(Agreement(**model, images), best.score.agreement, 1e-12);
+  ExpectArtifactRunsLikeTheRuntime(**model, images.narrow(0, 0, 64));
+  EXPECT_NE(r.qconfig_description.find("HistogramObserver"), std::string::npos);
+  EXPECT_EQ(r.qconfig_name, "fbgemm+tuned");
+  EXPECT_FALSE(r.advice.empty());
+}
+
+// The goal met by a range estimator: no layer leaves int8, and the search
+// ends after the estimators.
+TEST(AccuracyTuningTest, AGoalMetByAnEstimatorKeepsTheModelFullyInt8) {
+  QuantizeOptions options = ResNet8Options("onednn");
+  options.accuracy_goal = ValidationGoal(500);
+  options.accuracy_goal->max_top1_drop = 0.05;  // five points on labels: any 8-bit estimator
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const TuningReport& t = *(*model)->report().tuning;
+  EXPECT_TRUE(t.met);
+  EXPECT_EQ(t.stopped_because, "goal met");
+  EXPECT_EQ(t.trials.size(), 5u);  // onednn's own estimator is PyTorch's: no duplicate
+  for (const Trial& trial : t.trials) EXPECT_EQ(trial.stage, "estimator");
+  EXPECT_TRUE(t.fp32_layers.empty());
+  ASSERT_EQ((*model)->report().fallbacks.size(), 1u);  // softmax only
+}
+
+TEST(AccuracyTuningTest, TheBestPresetPicksTheEstimatorClosestToFp32OnCalibrationImages) {
+  auto model = Quantize(ResNet8Options("best"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const QuantizeReport& r = (*model)->report();
+  ASSERT_TRUE(r.tuning.has_value());
+  const TuningReport& t = *r.tuning;
+  EXPECT_FALSE(t.fp32_top1.has_value());
+  EXPECT_EQ(t.samples, 200);
+  ASSERT_EQ(t.trials.size(), 5u);
+  const Trial& best = t.trials[static_cast<size_t>(t.best_trial)];
+  for (const Trial& trial : t.trials) {
+    EXPECT_TRUE(trial.fp32_layers.empty());
+    EXPECT_LE(trial.score.agreement, best.score.agreement);
+  }
+  EXPECT_NE(r.qconfig_description.find(best.settings), std::string::npos) << r.qconfig_description;
+  EXPECT_EQ(r.requirements.activation_quant_max, 255);
+  ASSERT_EQ(r.fallbacks.size(), 1u);  // fully int8 but the softmax
+  // The quality check now runs on the images the choice was judged on.
+  EXPECT_EQ(r.quality.samples, 200);
+  EXPECT_NEAR(*r.quality.top1_agreement, best.score.agreement, 1e-12);
+}
+
+TEST(AccuracyTuningTest, BadGoalsNameTheirField) {
+  QuantizeOptions options = ResNet8Options("onednn");
+  options.accuracy_goal = ValidationGoal(100);
+  options.accuracy_goal->max_top1_drop = 2;
+  EXPECT_NE(Quantize(options).status().message().find("accuracy_goal.max_top1_drop"), std::string::npos);
+  options.accuracy_goal = ValidationGoal(100);
+  options.accuracy_goal->max_trials = 0;
+  EXPECT_NE(Quantize(options).status().message().find("accuracy_goal.max_trials"), std::string::npos);
+  options.accuracy_goal = ValidationGoal(100);
+  options.accuracy_goal->tuning.path.clear();
+  EXPECT_NE(Quantize(options).status().message().find("accuracy_goal.tuning"), std::string::npos);
+  // Range estimators need the histogram a min/max observer does not keep.
+  options = ResNet8Options("");
+  options.qconfig.activation_observer = "minmax";
+  options.accuracy_goal = ValidationGoal(100);
+  auto minmax = Quantize(options);
+  EXPECT_EQ(minmax.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(minmax.status().message().find("accuracy_goal"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace quantd::engine
