@@ -54,6 +54,38 @@ TEST(ParseQuantizeArgsTest, DefaultsAndErrors) {
             std::string::npos);
 }
 
+TEST(ParseQuantizeArgsTest, AccuracyGoalFlags) {
+  auto cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--tolerance=0.25",
+                                "--relative_tolerance", "--max_trials=7", "--time_budget_seconds=30", "--int8_only",
+                                "--against_fp32"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  ASSERT_TRUE(cmd->options.accuracy_goal.has_value());
+  const engine::AccuracyGoal& goal = *cmd->options.accuracy_goal;
+  EXPECT_EQ(goal.tuning.path, "v.bin");
+  EXPECT_DOUBLE_EQ(goal.max_top1_drop, 0.0025);  // points to a fraction
+  EXPECT_TRUE(goal.relative);
+  EXPECT_EQ(goal.max_trials, 7);
+  EXPECT_EQ(goal.time_budget_seconds, 30);
+  EXPECT_FALSE(goal.allow_fp32_layers);
+  EXPECT_TRUE(goal.against_fp32);
+  cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin"});
+  ASSERT_TRUE(cmd.ok());
+  EXPECT_DOUBLE_EQ(cmd->options.accuracy_goal->max_top1_drop, 0.001);  // 0.1 points by default
+  EXPECT_TRUE(cmd->options.accuracy_goal->allow_fp32_layers);
+  EXPECT_EQ(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tolerance=0.2"}).status().message(),
+            "--tolerance needs --tuning");
+  EXPECT_NE(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--tolerance=x"})
+                .status()
+                .message()
+                .find("--tolerance"),
+            std::string::npos);
+  EXPECT_NE(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.txt"})
+                .status()
+                .message()
+                .find("--tuning"),
+            std::string::npos);
+}
+
 TEST(ParseFusionSpecTest, ReadsGroupsFromJson) {
   const std::string dir = testing::MakeTempDir("fusion_spec");
   std::ofstream(dir + "/spec.json") << R"([["conv1","bn1","relu1"],["layer1.conv2","layer1.bn2"]])";
