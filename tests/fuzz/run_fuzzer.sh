@@ -28,10 +28,14 @@ trap 'rm -rf "$work" "$work.log" "$work.log.replay"' EXIT
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0}:allocator_may_return_null=1"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 
-# The innermost frame of ours in the first stack trace of a crash report.
+# The innermost frame of ours in the first stack trace of a crash report;
+# when that frame is a lambda ("in operator()"), the frame that called it too,
+# which names the function the lambda is in.
 innermost_own_frame() {
   awk '/ERROR: (AddressSanitizer|libFuzzer|UndefinedBehaviorSanitizer)/ { in_report = 1 }
-       in_report && /^ *#[0-9]+ / && /\/(worker|server|client|tests)\/[^ ]+\.(cc|h):[0-9]+/ { print; exit }' "$1"
+       lambda { print; exit }
+       in_report && /^ *#[0-9]+ / && /\/(worker|server|client|tests)\/[^ ]+\.(cc|h):[0-9]+/ {
+         print; if ($0 ~ / in operator\(\) /) { lambda = 1; next } exit }' "$1"
 }
 
 deadline=$((SECONDS + seconds))

@@ -245,11 +245,6 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
   const absl::Time began = absl::Now();
   const Graph& fused = *setup.fused;
   const bool labelled = setup.goal.has_value();
-  if (setup.qconfig.activation.kind != ObserverKind::kHistogram) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        labelled ? "accuracy_goal" : "the best preset", " tries range estimators on a histogram: the activation observer ",
-        setup.qconfig.activation.Describe(), " has none (use a preset, or histogram, mse, percentile or entropy)"));
-  }
   JudgeSet judge;
   if (labelled) {
     QUANTD_ASSIGN_OR_RETURN(judge, LoadLabelled(*setup.goal, *setup.fp32_module, setup.max_batch_bytes));

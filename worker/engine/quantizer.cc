@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "worker/engine/accuracy_tuning.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
@@ -32,7 +33,6 @@
 #include "worker/engine/runtime/int8_program.h"
 #include "worker/engine/runtime/kernel_choice.h"
 #include "worker/engine/runtime/prepack.h"
-#include "worker/engine/accuracy_tuning.h"
 #include "worker/engine/quantizer_internal.h"
 #include "worker/engine/serialization/torchscript_writer.h"
 
@@ -277,8 +277,8 @@ std::vector<std::string> UnmeasuredAdvice(const QuantizeReport& report, const QC
   if (qconfig.activation.reduce_range && AssessKernelEngine(report.kernel_engine, 255, report.cpu).exact) {
     advice.push_back(absl::StrCat("reduce_range: kernel engine '", report.kernel_engine,
                                   "' computes 8-bit activations exactly on this CPU, so the 7-bit activations of ",
-                                  qconfig.name, " only cost accuracy here; the best preset or accuracy-aware mode "
-                                  "measures how much"));
+                                  qconfig.name, " are not needed here and usually cost accuracy; the best preset or "
+                                  "accuracy-aware mode measures how much"));
   }
   std::vector<const LayerReport*> worst;
   for (const LayerReport& layer : report.layers) {
