@@ -20,7 +20,7 @@ constexpr char kUsage[] =
     "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
     "[--calib_format=cifar10|npy] [--calib_labels=PATH] [--batch_size=N] [--samples_per_class=N] "
     "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack|best|custom] [--activation_observer=O] [--weight_observer=W] "
-    "[--reduce_range] [--percentile=P] [--kernel_engine=E] [--strict_kernels] "
+    "[--reduce_range] [--percentile=P] [--bias_correction] [--kernel_engine=E] [--strict_kernels] "
     "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
     "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
@@ -99,6 +99,7 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
   }
   if (a.Has("kernel_engine")) r->mutable_qconfig()->set_kernel_engine(a.Get("kernel_engine"));
   if (a.Has("strict_kernels")) r->mutable_qconfig()->set_strict_kernels(a.Get("strict_kernels") == "true");
+  if (a.Has("bias_correction")) r->mutable_qconfig()->set_bias_correction(a.Get("bias_correction") == "true");
   v1::QualityGate* gate = r->mutable_quality_gate();
   if (a.Has("quality_samples")) {
     if (!absl::SimpleAtoi(a.Get("quality_samples"), &n)) return (*error = "--quality_samples: not a number", false);
@@ -199,7 +200,7 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
       args,
       {"file", "model", "model_blob", "calib", "calib_blob", "calib_format", "calib_labels",
        "batch_size", "samples_per_class", "seed", "preset", "activation_observer", "weight_observer",
-       "reduce_range", "percentile", "kernel_engine", "strict_kernels",
+       "reduce_range", "percentile", "bias_correction", "kernel_engine", "strict_kernels",
        "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality", "fusion", "eval",
        "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
        "idempotency_key", "deadline_seconds", "model_name", "wait", "tuning", "tuning_blob", "tuning_format",

@@ -150,6 +150,7 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
   }
   spec->kernel_engine = q.kernel_engine();
   spec->strict_kernels = q.strict_kernels();
+  spec->qconfig.bias_correction = q.bias_correction();
   if (q.config_case() == v1::QConfig::kPreset) {
     switch (q.preset()) {
       case v1::QCONFIG_PRESET_FBGEMM: spec->qconfig.preset = "fbgemm"; break;

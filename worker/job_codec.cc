@@ -186,6 +186,7 @@ std::string EncodeJobSpec(const JobSpec& spec) {
          {"weight_observer", spec.qconfig.weight_observer},
          {"reduce_range", spec.qconfig.reduce_range},
          {"percentile", spec.qconfig.percentile},
+         {"bias_correction", spec.qconfig.bias_correction},
          {"kernel_engine", spec.kernel_engine},
          {"fusion_auto", spec.fusion.automatic},
          {"fusion_groups", spec.fusion.groups},
@@ -222,6 +223,7 @@ absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {
     spec.qconfig.weight_observer = j.at("weight_observer").get<std::string>();
     spec.qconfig.reduce_range = j.at("reduce_range").get<bool>();
     spec.qconfig.percentile = j.value("percentile", engine::QConfigChoice().percentile);  // absent before it existed
+    spec.qconfig.bias_correction = j.value("bias_correction", false);
     spec.kernel_engine = j.at("kernel_engine").get<std::string>();
     spec.fusion.automatic = j.at("fusion_auto").get<bool>();
     spec.fusion.groups = j.at("fusion_groups").get<std::vector<std::vector<std::string>>>();

@@ -40,6 +40,8 @@ using ::quantd::test_util::ReadFileOrEmpty;
 using ::quantd::test_util::RunCommand;
 using ::quantd::test_util::RunResult;
 using ::quantd::test_util::Subprocess;
+using ::testing::AllOf;
+using ::testing::EndsWith;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
@@ -866,16 +868,16 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
   // ends the search among the layers tried alone in FP32.
   RunResult submit = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
                                  "--samples_per_class=20", absl::StrCat("--tuning=", kVal), "--against_fp32",
-                                 "--tolerance=0.5", "--max_trials=9", "--wait"});
+                                 "--tolerance=0.5", "--max_trials=10", "--wait"});
   ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
-  EXPECT_THAT(submit.out, HasSubstr(" trial 1/9:"));
-  EXPECT_THAT(submit.out, HasSubstr(" trial 9/9:"));
+  EXPECT_THAT(submit.out, HasSubstr(" trial 1/10:"));
+  EXPECT_THAT(submit.out, HasSubstr(" trial 10/10:"));
   EXPECT_THAT(submit.out, HasSubstr("val_batch.bin (2000 images, FP32's predictions as labels): FP32 top-1 "
                                     "100.00%, goal >= 99.50%; NOT met (trial budget)"));
   nlohmann::json job = quantd.Job(JobIdFrom(submit.out));
   const nlohmann::json& result = job["result"];
   const nlohmann::json& tuning = result["tuning"];
-  ASSERT_EQ(tuning["trials"].size(), 9u) << tuning.dump();
+  ASSERT_EQ(tuning["trials"].size(), 10u) << tuning.dump();
   EXPECT_EQ(tuning["stoppedBecause"], "trial budget");
   EXPECT_EQ(tuning["met"], false);
   EXPECT_DOUBLE_EQ(tuning["fp32Top1"].get<double>(), 1.0);
@@ -890,7 +892,7 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
     }
     EXPECT_GT(trial["top1Agreement"].get<double>(), 0.9);
   }
-  EXPECT_EQ(estimators, 6);
+  EXPECT_EQ(estimators, 7);  // fbgemm's, then 8-bit, then 5 estimators with bias correction
   EXPECT_EQ(alone, 3);
   EXPECT_EQ(tuning["sensitivity"].size(), 3u);
   // The artifact keeps the best trial's FP32 layers, and the job says so.
@@ -899,9 +901,10 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
   EXPECT_EQ(result["fallbacks"].size(), 1u + best.value("fp32Layers", nlohmann::json::array()).size());
   ASSERT_GE(result["advice"].size(), 1u);
   EXPECT_THAT(result["advice"].dump(), HasSubstr("least accurate int8 layers"));
+  EXPECT_THAT(result["advice"].dump(), HasSubstr("bias correction on "));
   CurlResult metrics = Curl(quantd.http_url() + "/metrics");
   ASSERT_EQ(metrics.status, 200);
-  EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_tuning_trials_total{outcome="short",stage="estimator"} 6)"));
+  EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_tuning_trials_total{outcome="short",stage="estimator"} 7)"));
   EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_tuning_trials_total{outcome="short",stage="sensitivity"} 3)"));
   EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_job_phase_duration_seconds_count{phase="tuning"} 1)"));
 
@@ -913,6 +916,17 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
   EXPECT_EQ(best_job["result"]["tuning"]["trials"].size(), 5u);
   EXPECT_THAT(best_job["result"]["qconfigDescription"].get<std::string>(), StartsWith("best: "));
   EXPECT_EQ(best_job["result"]["requirements"]["activationQuantMax"], "255");
+  EXPECT_THAT(best_job["result"]["qconfigDescription"].get<std::string>(), EndsWith(" bias_correction"));
+
+  // Bias correction on a PyTorch preset, through the API.
+  RunResult corrected = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
+                                    "--samples_per_class=20", "--preset=onednn", "--bias_correction", "--wait"});
+  ASSERT_EQ(corrected.exit_code, 0) << corrected.out << corrected.err;
+  nlohmann::json corrected_job = quantd.Job(JobIdFrom(corrected.out));
+  EXPECT_THAT(corrected_job["result"]["qconfigDescription"].get<std::string>(),
+              AllOf(StartsWith("onednn: "), EndsWith(" bias_correction")));
+  EXPECT_EQ(corrected_job["request"]["qconfig"].value("biasCorrection", false), true)
+      << corrected_job["request"].dump();
 
   RunResult no_tuning = quantd.Ctl(SubmitArgs({"--tolerance=0.2"}));
   EXPECT_EQ(no_tuning.exit_code, 2);

@@ -72,6 +72,15 @@ std::vector<Config> AllConfigs() {
                          std::nullopt, false});
     }
   }
+  // Each plain qconfig again with bias correction: NAME+bc.
+  const size_t plain = configs.size();
+  for (size_t i = 0; i < plain; ++i) {
+    if (configs[i].tolerance_points || configs[i].qconfig.preset == "best") continue;
+    Config corrected = configs[i];
+    corrected.name += "+bc";
+    corrected.qconfig.bias_correction = true;
+    configs.push_back(corrected);
+  }
   return configs;
 }
 

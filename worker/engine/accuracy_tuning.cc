@@ -17,27 +17,39 @@
 namespace quantd::engine {
 namespace {
 
-// The estimator candidates, in the order tried: the requested observer, then
-// quantd's estimators with 8-bit activations where this CPU's engine is exact
-// with them, most often best on the models measured first (README: "Range
-// estimators").
-std::vector<ObserverSpec> EstimatorCandidates(const ObserverSpec& requested, bool eight_bit_exact) {
-  std::vector<ObserverSpec> out;
-  auto add = [&](const ObserverSpec& spec) {
-    for (const ObserverSpec& o : out) {
-      if (o.Describe() == spec.Describe()) return;
+// What a trial varies: the activation range estimator, and bias correction.
+struct Candidate {
+  ObserverSpec activation;
+  bool bias_correction = false;
+  std::string Describe() const {
+    return absl::StrCat(activation.Describe(), bias_correction ? " +bias_correction" : "");
+  }
+};
+
+// The candidates, in the order tried: as requested; the requested estimator
+// with 8-bit activations where this CPU's engine is exact with them (which
+// measures reduce_range); then quantd's estimators with bias correction,
+// most often best on the models measured first (README: "Range estimators",
+// "Bias correction").
+std::vector<Candidate> Candidates(const QConfig& requested, bool eight_bit_exact) {
+  std::vector<Candidate> out;
+  auto add = [&](const Candidate& c) {
+    for (const Candidate& o : out) {
+      if (o.Describe() == c.Describe()) return;
     }
-    out.push_back(spec);
+    out.push_back(c);
   };
-  add(requested);
-  ObserverSpec base = requested;
+  add({requested.activation, requested.bias_correction});
+  ObserverSpec base = requested.activation;
   if (eight_bit_exact) base.reduce_range = false;
+  add({base, requested.bias_correction});
   auto with = [&](RangeEstimator estimator, double percentile) {
     ObserverSpec spec = base;
     spec.estimator = estimator;
     spec.percentile = percentile;
-    return spec;
+    return Candidate{spec, true};
   };
+  add(Candidate{base, true});
   add(with(RangeEstimator::kPyTorchL2, 99.99));
   add(with(RangeEstimator::kPercentile, 99.99));
   add(with(RangeEstimator::kMse, 99.99));
@@ -74,7 +86,8 @@ absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit
                                                    "(samples per class or a limit)"));
   }
   constexpr int64_t kBatch = 256;
-  const int64_t batch = std::max<int64_t>(1, std::min(kBatch, max_batch_bytes > 0 ? max_batch_bytes / image_bytes : kBatch));
+  const int64_t batch =
+      std::max<int64_t>(1, std::min(kBatch, max_batch_bytes > 0 ? max_batch_bytes / image_bytes : kBatch));
   JudgeSet judge;
   judge.samples = dataset->size();
   judge.description = absl::StrCat(goal.tuning.path, " (", dataset->size(),
@@ -131,14 +144,15 @@ std::string Points(double fraction) { return absl::StrFormat("%.2f points", 100 
 std::string Pct(double fraction) { return absl::StrFormat("%.2f%%", 100 * fraction); }
 
 // What cost accuracy and what would fix it, from the trials' measurements.
-std::vector<std::string> Advise(const TuningSetup& setup, const std::vector<ObserverSpec>& specs,
-                                const std::vector<std::string>& layers, const SearchOutcome& outcome,
-                                const JudgeSet& judge) {
+std::vector<std::string> Advise(const TuningSetup& setup, const SearchGoal& goal,
+                                const std::vector<Candidate>& candidates, const std::vector<std::string>& layers,
+                                const SearchOutcome& outcome, const JudgeSet& judge) {
   std::vector<std::string> advice;
   const bool labelled = judge.fp32_top1.has_value();
   auto measure = [&](const TrialScore& s) {
-    return labelled ? absl::StrFormat("top-1 %s (agreement with FP32 %s)", Pct(*s.top1), Pct(s.agreement))
-                    : absl::StrFormat("agreement with FP32 %s (output SQNR %.2f dB)", Pct(s.agreement), s.output_sqnr_db);
+    return labelled
+               ? absl::StrFormat("top-1 %s (agreement with FP32 %s)", Pct(*s.top1), Pct(s.agreement))
+               : absl::StrFormat("agreement with FP32 %s (output SQNR %.2f dB)", Pct(s.agreement), s.output_sqnr_db);
   };
   auto all_int8_trial = [&](size_t candidate) -> const Trial* {
     for (const Trial& t : outcome.trials) {
@@ -146,38 +160,57 @@ std::vector<std::string> Advise(const TuningSetup& setup, const std::vector<Obse
     }
     return nullptr;
   };
-  const ObserverSpec& requested = specs[0];
+  const Candidate& requested = candidates[0];
   const Trial* first = all_int8_trial(0);
+  // The same settings but one, fully int8, when a trial measured them.
+  auto trial_of = [&](const Candidate& wanted) -> const Trial* {
+    for (size_t c = 0; c < candidates.size(); ++c) {
+      if (candidates[c].Describe() == wanted.Describe()) return all_int8_trial(c);
+    }
+    return nullptr;
+  };
   // reduce_range: measured against the same estimator with 8-bit activations.
-  if (requested.reduce_range && first != nullptr) {
+  if (requested.activation.reduce_range && first != nullptr) {
     if (setup.eight_bit_exact) {
-      for (size_t c = 1; c < specs.size(); ++c) {
-        ObserverSpec same = requested;
-        same.reduce_range = false;
-        const Trial* eight = all_int8_trial(c);
-        if (specs[c].Describe() != same.Describe() || eight == nullptr) continue;
-        advice.push_back(absl::StrCat(
-            "reduce_range (7-bit activations) on ", judge.description, ": ", measure(first->score), " with it, ",
-            measure(eight->score), " without; kernel engine '", setup.engine,
-            "' computes 8-bit activations exactly on this CPU, so it is not needed here (the onednn and best "
-            "presets have none)"));
+      Candidate same = requested;
+      same.activation.reduce_range = false;
+      if (const Trial* eight = trial_of(same); eight != nullptr) {
+        advice.push_back(absl::StrCat("reduce_range (7-bit activations) on ", judge.description, ": ",
+                                      measure(first->score), " with it, ", measure(eight->score),
+                                      " without; kernel engine '", setup.engine,
+                                      "' computes 8-bit activations exactly on this CPU, so it is not needed "
+                                      "here (the onednn and best presets have none)"));
       }
     } else {
       advice.push_back(absl::StrCat("reduce_range is needed here: kernel engine '", setup.engine,
                                     "' saturates with 8-bit activations on this CPU"));
     }
   }
-  // The estimator that won among the fully int8 trials.
+  // Bias correction: measured against the same estimator without it.
+  if (first != nullptr) {
+    Candidate without = requested;
+    if (setup.eight_bit_exact) without.activation.reduce_range = false;
+    without.bias_correction = false;
+    Candidate with = without;
+    with.bias_correction = true;
+    const Trial* off = trial_of(without);
+    const Trial* on = trial_of(with);
+    if (off != nullptr && on != nullptr) {
+      advice.push_back(absl::StrCat("bias correction on ", judge.description, ": ", measure(on->score), " with it, ",
+                                    measure(off->score), " without (", without.activation.Describe(), ")"));
+    }
+  }
+  // The settings that won among the fully int8 trials.
   int best_int8 = -1;
   for (const Trial& t : outcome.trials) {
     if (!t.fp32_layers.empty() || !t.error.empty()) continue;
-    if (best_int8 < 0 || Objective(t.score) > Objective(outcome.trials[static_cast<size_t>(best_int8)].score)) {
+    if (best_int8 < 0 || CloserToFp32(t.score, outcome.trials[static_cast<size_t>(best_int8)].score, goal)) {
       best_int8 = t.index;
     }
   }
   if (best_int8 >= 0 && first != nullptr && outcome.trials[static_cast<size_t>(best_int8)].candidate != 0) {
     const Trial& b = outcome.trials[static_cast<size_t>(best_int8)];
-    advice.push_back(absl::StrCat("range estimator: ", b.settings, " gives ", measure(b.score), " against ",
+    advice.push_back(absl::StrCat("settings: ", b.settings, " gives ", measure(b.score), " against ",
                                   measure(first->score), " for the requested ", first->settings, " on ",
                                   judge.description));
   }
@@ -201,16 +234,16 @@ std::vector<std::string> Advise(const TuningSetup& setup, const std::vector<Obse
       parts.push_back(part + ")");
     }
     if (!parts.empty()) {
-      advice.push_back(absl::StrCat("least accurate int8 layers (output SQNR against FP32): ", absl::StrJoin(parts, ", "),
-                                    outcome.sensitivity.empty()
-                                        ? "; accuracy-aware mode with a labelled tuning set measures what keeping "
-                                          "each in FP32 gains"
-                                        : ""));
+      advice.push_back(
+          absl::StrCat("least accurate int8 layers (output SQNR against FP32): ", absl::StrJoin(parts, ", "),
+                       outcome.sensitivity.empty()
+                           ? "; accuracy-aware mode with a labelled tuning set measures what keeping each in FP32 gains"
+                           : ""));
     }
   }
   if (labelled && !outcome.met && outcome.best >= 0) {
     const Trial& b = outcome.trials[static_cast<size_t>(outcome.best)];
-    const double target = *judge.fp32_top1 - (*setup.goal).max_top1_drop * ((*setup.goal).relative ? *judge.fp32_top1 : 1);
+    const double target = *judge.fp32_top1 - goal.max_top1_drop;
     advice.push_back(absl::StrCat("the goal was missed by ", Points(target - *b.score.top1), " after ",
                                   outcome.trials.size(), " trials (stopped: ", outcome.stopped_because,
                                   "); a larger trial or time budget, or a larger tolerance, may meet it"));
@@ -221,8 +254,8 @@ std::vector<std::string> Advise(const TuningSetup& setup, const std::vector<Obse
 }  // namespace
 
 absl::StatusOr<std::map<int, QParams>> ActivationQParamsFor(const CalibrationResult& calibrated,
-                                                            const QuantizationPlan& plan, const ObserverSpec& activation,
-                                                            const Graph& fused) {
+                                                            const QuantizationPlan& plan,
+                                                            const ObserverSpec& activation, const Graph& fused) {
   std::map<int, QParams> qparams;
   for (int v : plan.observed_values) {
     auto it = calibrated.observers.find(v);
@@ -259,9 +292,9 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
     judge.description = absl::StrCat("the first ", judge.samples, " calibration images (no labels)");
   }
 
-  const std::vector<ObserverSpec> specs = EstimatorCandidates(setup.qconfig.activation, setup.eight_bit_exact);
+  const std::vector<Candidate> candidates = Candidates(setup.qconfig, setup.eight_bit_exact);
   std::vector<std::string> descriptions;
-  for (const ObserverSpec& s : specs) descriptions.push_back(s.Describe());
+  for (const Candidate& c : candidates) descriptions.push_back(c.Describe());
   const QuantizationPlan full_plan = PlanQuantization(fused);
   std::vector<std::string> layers;
   for (const Node& node : fused.nodes) {
@@ -273,12 +306,14 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
     QUANTD_RETURN_IF_ERROR(TorchTry(absl::StrCat("trial ", r.index + 1), [&]() -> absl::Status {
       const std::set<std::string> fp32(r.fp32_layers.begin(), r.fp32_layers.end());
       const QuantizationPlan plan = PlanQuantization(fused, fp32);
-      const ObserverSpec& activation = specs[static_cast<size_t>(r.candidate)];
-      QUANTD_ASSIGN_OR_RETURN(auto qparams, ActivationQParamsFor(*setup.calibrated, plan, activation, fused));
+      const Candidate& candidate = candidates[static_cast<size_t>(r.candidate)];
+      QUANTD_ASSIGN_OR_RETURN(auto qparams, ActivationQParamsFor(*setup.calibrated, plan, candidate.activation, fused));
       QConfig qconfig = setup.qconfig;
-      qconfig.activation = activation;
+      qconfig.activation = candidate.activation;
+      qconfig.bias_correction = candidate.bias_correction;
       std::vector<LayerReport> layer_reports;
-      QUANTD_ASSIGN_OR_RETURN(Program program, Convert(fused, plan, qparams, qconfig, setup.engine, &layer_reports));
+      QUANTD_ASSIGN_OR_RETURN(Program program, Convert(fused, plan, qparams, qconfig, setup.engine, &layer_reports,
+                                                       setup.calibrated->means));
       QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&program));
       QUANTD_ASSIGN_OR_RETURN(score, Score(executor, judge));
       if (fp32.empty() && setup.sqnr_images.defined() && setup.sqnr_images.size(0) > 0) {
@@ -304,9 +339,10 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
     goal.time_budget = absl::Seconds(g.time_budget_seconds);
     goal.allow_fp32_layers = g.allow_fp32_layers;
   } else {
-    goal.max_trials = static_cast<int64_t>(specs.size());
+    goal.max_trials = static_cast<int64_t>(candidates.size());
     goal.time_budget = absl::InfiniteDuration();
     goal.allow_fp32_layers = false;
+    goal.sqnr_first = true;
   }
   int64_t done = 0;
   TrialDone on_trial = [&](const Trial& trial) {
@@ -319,7 +355,8 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
 
   const Trial& best = outcome.trials[static_cast<size_t>(outcome.best)];
   TunedSettings out;
-  out.activation = specs[static_cast<size_t>(best.candidate)];
+  out.activation = candidates[static_cast<size_t>(best.candidate)].activation;
+  out.bias_correction = candidates[static_cast<size_t>(best.candidate)].bias_correction;
   out.fp32_layers.insert(best.fp32_layers.begin(), best.fp32_layers.end());
   TuningReport& report = out.report;
   report.judged_on = judge.description;
@@ -332,7 +369,7 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
   report.candidates = descriptions;
   report.sensitivity = outcome.sensitivity;
   report.fp32_layers = best.fp32_layers;
-  out.advice = Advise(setup, specs, layers, outcome, judge);
+  out.advice = Advise(setup, goal, candidates, layers, outcome, judge);
   report.trials = std::move(outcome.trials);
   report.seconds = absl::ToDoubleSeconds(absl::Now() - began);
   return out;

@@ -47,6 +47,7 @@ struct TuningSetup {
 
 struct TunedSettings {
   ObserverSpec activation;
+  bool bias_correction = false;
   std::set<std::string> fp32_layers;
   TuningReport report;
   std::vector<std::string> advice;

@@ -22,6 +22,7 @@
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/data/dataset.h"
 #include "worker/engine/ir/import_torchscript.h"
+#include "worker/engine/passes/bias_correction.h"
 #include "worker/engine/passes/calibrate.h"
 #include "worker/engine/passes/convert.h"
 #include "worker/engine/passes/fuse_modules.h"
@@ -254,7 +255,7 @@ class KernelChooser {
   absl::StatusOr<std::unique_ptr<Converted>> ConvertFor(const std::string& engine) const {
     auto converted = std::make_unique<Converted>();
     QUANTD_ASSIGN_OR_RETURN(Program program,
-                            Convert(fused_, plan_, calibrated_.qparams, qconfig_, engine, &converted->layers));
+                            Convert(fused_, plan_, calibrated_.qparams, qconfig_, engine, &converted->layers, calibrated_.means));
     converted->program = std::make_unique<Program>(std::move(program));
     QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(converted->program.get()));
     converted->executor = std::make_unique<Int8Executor>(std::move(executor));
@@ -345,6 +346,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     }
     qconfig.activation.percentile = options.qconfig.percentile;
   }
+  if (options.qconfig.bias_correction) qconfig.bias_correction = true;
   report.qconfig_name = qconfig.name;
   report.qconfig_description = qconfig.Describe();
   const bool best_preset = options.qconfig.preset == "best";
@@ -459,6 +461,8 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     calibration_options.output_values = OutputValues(impl->fused);
     calibration_options.output_samples = compared_samples;
   }
+  // Every trial of tuning may correct biases.
+  if (qconfig.bias_correction || tune) calibration_options.mean_values = BiasCorrectionInputs(impl->fused);
   // Tuning may keep any int8 layer in FP32: the values that would then be
   // quantized again where int8 ops read them are observed too (any set of
   // FP32 layers needs only values some single layer's plan needs).
@@ -507,6 +511,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     setup.progress = options.progress;
     QUANTD_ASSIGN_OR_RETURN(TunedSettings tuned, TuneQuantization(setup));
     qconfig.activation = tuned.activation;
+    qconfig.bias_correction = tuned.bias_correction;
     if (!best_preset) qconfig.name = absl::StrCat(qconfig.name, "+tuned");
     report.qconfig_name = qconfig.name;
     report.qconfig_description = qconfig.Describe();

@@ -31,6 +31,9 @@ struct QConfigChoice {
   std::string weight_observer = "per_channel_symmetric";  // | per_tensor_symmetric | per_tensor_affine
   bool reduce_range = false;
   double percentile = 99.99;  // activation_observer percentile
+  // On any preset or custom qconfig (the best preset always has it); see
+  // passes/bias_correction.h.
+  bool bias_correction = false;
 };
 
 enum class Phase { kLoading, kFusing, kCalibrating, kTuning, kConverting, kEvaluating, kStoring };

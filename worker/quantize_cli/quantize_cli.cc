@@ -61,6 +61,8 @@ underscores are the same (--kernel-engine = --kernel_engine).
   --reduce_range             custom: 7-bit activations
   --kernel_engine E          onednn | qnnpack | fbgemm | x86 (default: the fastest exact one on this CPU)
   --strict_kernels           fail if --kernel_engine saturates on this CPU (default: a warning)
+  --bias_correction          any preset: correct each int8 conv/linear bias for the mean output shift
+                             its int8 weights cause on the calibration images (the best preset has it)
   --fusion auto|SPEC.json    fusion groups (JSON list of module-path lists) or auto (default auto)
   --layout NCHW|NHWC|auto    .npy image layout (default auto)
   --scale S --mean a,b,c --std a,b,c   preprocessing (default: raw pixel values)
@@ -121,7 +123,7 @@ absl::StatusOr<engine::FusionSpec> ParseFusionSpec(const std::string& value) {
 absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>& args) {
   static const std::set<std::string> kBoolFlags = {"reduce_range", "quiet", "help", "overlap_observers",
                                                    "strict_kernels", "allow_low_quality", "relative_tolerance",
-                                                   "int8_only", "against_fp32"};
+                                                   "int8_only", "against_fp32", "bias_correction"};
   // quantctl's names for the same things.
   static const std::map<std::string, std::string> kAliases = {
       {"calibration", "calib"}, {"calibration_labels", "calib_labels"}, {"qconfig", "preset"}};
@@ -155,7 +157,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels", "threads", "quiet", "help",
       "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality",
       "tuning", "tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
-      "against_fp32"};
+      "against_fp32", "bias_correction"};
   for (const auto& [name, value] : flags) {
     if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -257,6 +259,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   cmd.quiet = get("quiet") == "true";
   o.overlap_observers = get("overlap_observers") == "true";
   o.strict_kernels = get("strict_kernels") == "true";
+  o.qconfig.bias_correction = get("bias_correction") == "true";
   o.allow_low_quality = get("allow_low_quality") == "true";
   QUANTD_ASSIGN_OR_RETURN(o.quality_samples, get_int("quality_samples", o.quality_samples));
   for (auto [name, target] : {std::pair<const char*, double*>{"min_top1_agreement", &o.min_top1_agreement},

@@ -54,6 +54,20 @@ TEST(ParseQuantizeArgsTest, DefaultsAndErrors) {
             std::string::npos);
 }
 
+TEST(ParseQuantizeArgsTest, BiasCorrectionWithAnyPreset) {
+  auto cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=onednn", "--bias_correction"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->options.qconfig.preset, "onednn");
+  EXPECT_TRUE(cmd->options.qconfig.bias_correction);
+  cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=custom",
+                           "--activation_observer=percentile", "--bias-correction"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_TRUE(cmd->options.qconfig.bias_correction);
+  cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_FALSE(cmd->options.qconfig.bias_correction);  // the presets stay PyTorch's
+}
+
 TEST(ParseQuantizeArgsTest, AccuracyGoalFlags) {
   auto cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--tolerance=0.25",
                                 "--relative_tolerance", "--max_trials=7", "--time_budget_seconds=30", "--int8_only",

@@ -39,6 +39,21 @@ void KeepReference(const at::Tensor& t, bool blocked, int64_t row, int64_t rows,
   }
 }
 
+// Adds the images of a tapped value (plain, or `blocked`) to `*sum` (double,
+// one image's shape, NCHW), allocated on first use.
+void AddToSum(const at::Tensor& t, bool blocked, at::Tensor* sum) {
+  if (t.dim() == 0) return;
+  at::Tensor images = t.to(at::kDouble).sum(0);
+  if (blocked) {  // [C/B, H, W, B] -> [C, H, W]
+    images = images.permute({0, 3, 1, 2}).reshape({t.size(1) * t.size(4), t.size(2), t.size(3)});
+  }
+  if (sum->defined()) {
+    sum->add_(images);
+  } else {
+    *sum = images.contiguous();
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,
@@ -49,8 +64,8 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
   if (dataset->size() == 0) return absl::InvalidArgumentError("the calibration set is empty");
   if (batch_size <= 0) return absl::InvalidArgumentError("calibration batch_size must be positive");
   if (graph.inputs.size() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("calibration feeds one image tensor; the model takes ",
-                                                   graph.inputs.size(), " inputs"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("calibration feeds one image tensor; the model takes ", graph.inputs.size(), " inputs"));
   }
   std::vector<std::unique_ptr<Observer>> observers(static_cast<size_t>(graph.num_values));
   for (int v : plan.observed_values) {
@@ -71,6 +86,9 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     int64_t& rows = keep_rows[static_cast<size_t>(v)];
     rows = std::max(rows, std::min(options.output_samples, dataset->size()));
   }
+  std::vector<char> keep_mean(static_cast<size_t>(graph.num_values), 0);
+  for (int v : options.mean_values) keep_mean[static_cast<size_t>(v)] = 1;
+  std::map<int, at::Tensor> sums;
   CalibrationResult result;
   using Observed = std::map<Observer*, std::vector<at::Tensor>>;
   std::future<void> pending;
@@ -95,6 +113,7 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
         if (first_image < rows) {
           KeepReference(t, layout == TapLayout::kBlocked, first_image, rows, &result.references[value]);
         }
+        if (keep_mean[static_cast<size_t>(value)]) AddToSum(t, layout == TapLayout::kBlocked, &sums[value]);
         Observer* o = observers[static_cast<size_t>(value)].get();
         if (o == nullptr) return;
         // Observers see a value as produced, as PyTorch's forward hooks
@@ -139,6 +158,9 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
   }
   QUANTD_RETURN_IF_ERROR(finish_pending());
   result.samples = dataset->size();
+  for (auto& [value, sum] : sums) {
+    result.means[value] = (sum / static_cast<double>(result.samples)).to(at::kFloat);
+  }
   for (int v : plan.observed_values) {
     Observer* o = observers[static_cast<size_t>(v)].get();
     QUANTD_ASSIGN_OR_RETURN(result.qparams[v], o->Compute());

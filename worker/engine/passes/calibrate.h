@@ -32,6 +32,10 @@ struct CalibrationResult {
   // The values CalibrationOptions::reference_values and output_values name,
   // for their first images; 4-D ones channels-last, as int8 kernels lay out.
   std::map<int, at::Tensor> references;
+  // Per-element means over every calibration image of the values
+  // CalibrationOptions::mean_values names (float, [C, H, W] or [F]): bias
+  // correction's expected layer inputs.
+  std::map<int, at::Tensor> means;
 };
 
 struct CalibrationOptions {
@@ -48,6 +52,8 @@ struct CalibrationOptions {
   // over the first output_samples images.
   std::vector<int> output_values;
   int64_t output_samples = 0;
+  // Values whose mean image is kept (CalibrationResult::means).
+  std::vector<int> mean_values;
 };
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "worker/engine/ir/import_torchscript.h"
+#include "worker/engine/passes/bias_correction.h"
 #include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/passes/compare_with_fp32.h"
 #include "worker/engine/runtime/fp32_executor.h"
@@ -59,6 +60,46 @@ TEST(CalibrateTest, KeptReferencesEqualAFreshFp32Pass) {
   });
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(compared, static_cast<int>(options.reference_values.size()));
+}
+
+// Bias correction's means come from the same pass (blocked layout included,
+// where the channel order must be undone): each must equal the mean of a
+// fresh LibTorch pass over the same images.
+TEST(CalibrateTest, KeptMeansEqualAFreshFp32Pass) {
+  auto graph = ImportTorchScriptFile(testing::ResNet8Path());
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE(FuseModules(&*graph, FusionSpec{false, testing::ResNet8FusionGroups()}).ok());
+  const QuantizationPlan plan = PlanQuantization(*graph);
+  DatasetSpec spec;
+  spec.path = testing::CalibrationPath();
+  spec.limit = 150;
+  auto dataset = OpenDataset(spec);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  CalibrationOptions options;
+  options.batch_size = 100;  // a partial last batch
+  options.forward_batch_size = 25;
+  options.mean_values = BiasCorrectionInputs(*graph);
+  ASSERT_EQ(options.mean_values.size(), 10u);  // 9 convolutions and the classifier
+  auto calibrated = Calibrate(*graph, plan, ObserverSpec(), dataset->get(), options, nullptr);
+  ASSERT_TRUE(calibrated.ok()) << calibrated.status();
+  ASSERT_EQ(calibrated->means.size(), 10u);
+
+  auto images = (*dataset)->ReadBatch(0, 150);
+  ASSERT_TRUE(images.ok());
+  auto fp32 = Fp32Executor::Create(&*graph);
+  ASSERT_TRUE(fp32.ok());
+  at::NoGradGuard no_grad;
+  int compared = 0;
+  auto out = fp32->Run({images->images}, [&](int value, const at::Tensor& t) {
+    auto it = calibrated->means.find(value);
+    if (it == calibrated->means.end()) return;
+    const at::Tensor want = t.to(at::kDouble).mean(0).to(at::kFloat);
+    ASSERT_EQ(it->second.sizes(), want.sizes()) << "value " << value;
+    EXPECT_TRUE(at::allclose(it->second, want, 1e-4, 1e-4)) << "value " << value;
+    ++compared;
+  });
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(compared, 10);
 }
 
 }  // namespace

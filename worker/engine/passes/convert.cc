@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
+#include "worker/engine/passes/bias_correction.h"
 #include "worker/engine/runtime/prepack.h"
 
 namespace quantd::engine {
@@ -57,7 +58,8 @@ std::string Int8OpName(const Node& node) {
 
 absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan,
                                 const std::map<int, QParams>& activation_qparams, const QConfig& qconfig,
-                                const std::string& kernel_engine, std::vector<LayerReport>* layers) {
+                                const std::string& kernel_engine, std::vector<LayerReport>* layers,
+                                const std::map<int, at::Tensor>& input_means) {
   Program program;
   program.inputs = graph.inputs;
   program.input_types = graph.input_types;
@@ -154,6 +156,15 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         instr.inputs = {Operand::Value(x)};
         QUANTD_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeWeight(node, qconfig, kernel_engine));
         instr.prepack_args = PrepackArgs(node, qw.weight);
+        if (qconfig.bias_correction) {
+          auto mean = input_means.find(node.inputs[0].value);
+          if (mean == input_means.end()) {
+            return absl::InternalError(
+                absl::StrCat("bias correction: no calibration mean of the input of '", node.name, "'"));
+          }
+          QUANTD_ASSIGN_OR_RETURN(at::Tensor bias, CorrectedBias(node, qw.weight, mean->second));
+          instr.prepack_args[1] = bias;
+        }
         auto packed = node.kind == OpKind::kConv2d ? PrepackConv2d(kernel_engine, instr.prepack_args)
                                                    : PrepackLinear(kernel_engine, instr.prepack_args);
         if (!packed.ok()) {

@@ -4,7 +4,9 @@
 // Convert: quantize weights with the qconfig's weight observer, prepack them
 // for the kernel engine (one pack per call site), and lay out the int8
 // program with quantize/dequantize at the int8/FP32 boundaries. Each int8 op
-// and input quantization is reported in `layers` (without SQNR).
+// and input quantization is reported in `layers` (without SQNR). With
+// qconfig.bias_correction, `input_means` (calibration means of the
+// BiasCorrectionInputs) correct each int8 conv/linear bias.
 
 #include <map>
 #include <string>
@@ -22,7 +24,8 @@ namespace quantd::engine {
 
 absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan,
                                 const std::map<int, QParams>& activation_qparams, const QConfig& qconfig,
-                                const std::string& kernel_engine, std::vector<LayerReport>* layers);
+                                const std::string& kernel_engine, std::vector<LayerReport>* layers,
+                                const std::map<int, at::Tensor>& input_means = {});
 
 }  // namespace quantd::engine
 

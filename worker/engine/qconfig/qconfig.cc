@@ -33,7 +33,8 @@ ObserverSpec PerTensorWeight(QScheme scheme) {
 }  // namespace
 
 std::string QConfig::Describe() const {
-  return absl::StrCat(name, ": activation=", activation.Describe(), " weight=", weight.Describe());
+  return absl::StrCat(name, ": activation=", activation.Describe(), " weight=", weight.Describe(),
+                      bias_correction ? " bias_correction" : "");
 }
 
 absl::StatusOr<QConfig> QConfigPreset(const std::string& preset) {
@@ -46,6 +47,7 @@ absl::StatusOr<QConfig> QConfigPreset(const std::string& preset) {
     // "best" starts here; the engine picks its range estimator per model.
     q.activation = Activation(ObserverKind::kHistogram, /*reduce_range=*/false);
     q.weight = PerChannelSymmetricWeight();
+    q.bias_correction = preset == "best";
   } else if (preset == "qnnpack") {
     q.activation = Activation(ObserverKind::kHistogram, /*reduce_range=*/false);
     q.weight = PerTensorWeight(QScheme::kPerTensorSymmetric);

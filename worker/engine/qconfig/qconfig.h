@@ -15,6 +15,9 @@ struct QConfig {
   std::string name;  // "fbgemm", ..., or "custom"
   ObserverSpec activation;
   ObserverSpec weight;
+  // Add to each int8 conv/linear bias the mean output shift its rounded
+  // weights cause on the calibration images (passes/bias_correction.h).
+  bool bias_correction = false;
   std::string Describe() const;
 };
 

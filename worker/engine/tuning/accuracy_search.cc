@@ -9,14 +9,14 @@ namespace quantd::engine {
 
 double Objective(const TrialScore& score) { return score.agreement; }
 
-namespace {
-
-// a closer to FP32 than b: higher agreement, then higher top-1, then higher SQNR.
-bool Better(const TrialScore& a, const TrialScore& b) {
+bool CloserToFp32(const TrialScore& a, const TrialScore& b, const SearchGoal& goal) {
+  if (goal.sqnr_first && a.output_sqnr_db != b.output_sqnr_db) return a.output_sqnr_db > b.output_sqnr_db;
   if (a.agreement != b.agreement) return a.agreement > b.agreement;
   if (a.top1.value_or(0) != b.top1.value_or(0)) return a.top1.value_or(0) > b.top1.value_or(0);
   return a.output_sqnr_db > b.output_sqnr_db;
 }
+
+namespace {
 
 class Search {
  public:
@@ -91,8 +91,8 @@ class Search {
         if (t.meets_goal) best = t.index;
       } else if (t.meets_goal && t.fp32_layers.size() != b.fp32_layers.size()) {
         if (t.fp32_layers.size() < b.fp32_layers.size()) best = t.index;
-      } else if (Better(t.score, b.score) ||
-                 (!Better(b.score, t.score) && t.fp32_layers.size() < b.fp32_layers.size())) {
+      } else if (CloserToFp32(t.score, b.score, goal_) ||
+                 (!CloserToFp32(b.score, t.score, goal_) && t.fp32_layers.size() < b.fp32_layers.size())) {
         best = t.index;
       }
     }
@@ -186,7 +186,7 @@ absl::StatusOr<SearchOutcome> SearchForAccuracy(const std::vector<std::string>& 
       if (!search.Try("fallback", base_trial.candidate, with, &status)) return finish();
       tried = &search.out().trials.back();
     }
-    if (tried != nullptr && tried->error.empty() && Better(tried->score, current)) {
+    if (tried != nullptr && tried->error.empty() && CloserToFp32(tried->score, current, goal)) {
       fp32 = std::move(with);
       current = tried->score;
     }
