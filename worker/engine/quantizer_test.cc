@@ -5,11 +5,18 @@
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <algorithm>
-#include <map>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <sstream>
 
+#include "worker/engine/ir/import_torchscript.h"
+#include "worker/engine/passes/calibrate.h"
+#include "worker/engine/passes/convert.h"
+#include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/quantizer_internal.h"
+#include "worker/engine/runtime/fp32_executor.h"
+#include "worker/engine/serialization/torchscript_writer.h"
 #include "worker/engine/testing/test_env.h"
 
 namespace quantd::engine {
@@ -453,19 +460,91 @@ std::string OpOf(const QuantizeReport& r, const std::string& name) {
   return l ? l->op : std::string("<none>");
 }
 
-// MobileNetV2's block: ReLU6 (in place) as an int8 clamp, hardswish on its
-// int8 kernel, clamp, depthwise conv: no FP32 fallback at all.
+// MobileNetV2's block: ReLU6 (in place) fused into the conv before it,
+// hardswish on its int8 kernel, clamp, depthwise conv: no FP32 fallback at all.
 TEST_F(CoverageModelsTest, InvertedResidualRunsWhollyInInt8) {
   for (const std::string preset : {"fbgemm", "qnnpack"}) {
     const QuantizeReport r = QuantizeBoth("inverted_residual", preset);
     EXPECT_TRUE(r.fallbacks.empty()) << preset << ": " << (r.fallbacks.empty() ? "" : r.fallbacks[0].node);
-    EXPECT_EQ(OpOf(r, "dw"), "conv2d") << preset;
+    EXPECT_EQ(OpOf(r, "dw"), "conv2d_relu") << preset;
+    const LayerReport* dw = FindLayer(r, "dw");
+    ASSERT_NE(dw, nullptr);
+    EXPECT_EQ(dw->output_zero_point, 0) << preset << ": the range observed after ReLU6 starts at 0";
+    EXPECT_LE(dw->output_scale * static_cast<double>(r.requirements.activation_quant_max), 6.0 + 1e-6) << preset;
     EXPECT_EQ(OpOf(r, "hs"), "hardswish") << preset;
     EXPECT_EQ(OpOf(r, "add"), "add") << preset;
     int quantizes = 0;
     for (const LayerReport& l : r.layers) quantizes += l.op == "quantize";
     EXPECT_EQ(quantizes, 1) << preset << ": only the input is quantized";
   }
+}
+
+// Auto fusion takes a ReLU6-like clamp into the conv (+BN) before it, which
+// PyTorch's eager mode cannot: FP32 outputs are unchanged, and the conv's
+// int8 output range is observed after the clamp (all codes for [0, 6]).
+TEST_F(CoverageModelsTest, Relu6FusesIntoTheConvolutionBeforeIt) {
+  auto original = ImportTorchScriptFile(*dir_ + "/inverted_residual.pt");
+  auto fused = ImportTorchScriptFile(*dir_ + "/inverted_residual.pt");
+  ASSERT_TRUE(original.ok() && fused.ok());
+  FusionSpec automatic;
+  automatic.automatic = true;
+  auto groups = FuseModules(&*fused, automatic);
+  ASSERT_TRUE(groups.ok()) << groups.status();
+  for (const std::string conv : {"stem", "expand", "dw"}) {
+    const std::vector<std::string> group = {conv, conv + "_bn", conv + "_act"};
+    EXPECT_NE(std::find(groups->begin(), groups->end(), group), groups->end()) << conv;
+    for (const Node& node : fused->nodes) {
+      if (node.name != conv) continue;
+      EXPECT_TRUE(node.fused_relu) << conv;
+      EXPECT_EQ(node.fused_clamp_max, std::optional<double>(6.0)) << conv;
+    }
+  }
+  at::manual_seed(1);
+  const at::Tensor x = at::rand({4, 3, 16, 16}) * 4;  // the images are 0..1: larger values reach the clamp
+  auto a = Fp32Executor::Create(&*original)->Run({x});
+  auto b = Fp32Executor::Create(&*fused)->Run({x});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(at::allclose((*a)[0].toTensor(), (*b)[0].toTensor(), 1e-4, 1e-5));
+
+  // Named explicitly too.
+  auto explicit_graph = ImportTorchScriptFile(*dir_ + "/inverted_residual.pt");
+  ASSERT_TRUE(explicit_graph.ok());
+  FusionSpec spec;
+  spec.groups = {{"dw", "dw_bn", "dw_act"}};
+  EXPECT_TRUE(FuseModules(&*explicit_graph, spec).ok());
+
+  // Kept in FP32 (as accuracy-aware tuning may), the fused conv clamps in
+  // quantd's runtime and in the artifact's TorchScript alike. This model's
+  // depthwise outputs stay below 1, so the bound is lowered to make it bite.
+  constexpr float kBound = 0.25f;
+  for (Node& node : fused->nodes) {
+    if (node.name == "dw") node.fused_clamp_max = kBound;
+  }
+  const QuantizationPlan plan = PlanQuantization(*fused, {"dw"});
+  auto images = OpenDataset(Images());
+  ASSERT_TRUE(images.ok()) << images.status();
+  auto calibrated = Calibrate(*fused, plan, ObserverSpec(), images->get(), CalibrationOptions(), nullptr);
+  ASSERT_TRUE(calibrated.ok()) << calibrated.status();
+  auto qconfig = QConfigPreset("onednn");
+  ASSERT_TRUE(qconfig.ok());
+  std::vector<LayerReport> layers;
+  auto program = Convert(*fused, plan, calibrated->qparams, *qconfig, "onednn", &layers);
+  ASSERT_TRUE(program.ok()) << program.status();
+  auto int8 = Int8Executor::Create(&*program);
+  ASSERT_TRUE(int8.ok()) << int8.status();
+  at::Tensor dw_out;
+  auto ran = int8->Run({x}, [&](const Instr& instr, const at::Tensor& t) {
+    if (instr.name == "dw") dw_out = t;
+  });
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  ASSERT_TRUE(dw_out.defined());
+  EXPECT_FALSE(dw_out.is_quantized());
+  EXPECT_EQ(dw_out.max().item<float>(), kBound);
+  EXPECT_GT(dw_out.eq(kBound).sum().item<int64_t>(), 0);
+  auto module = ProgramToModule(*program);
+  ASSERT_TRUE(module.ok()) << module.status();
+  const at::Tensor artifact_out = module->forward({x}).toTensor();
+  EXPECT_TRUE(at::equal(artifact_out, (*ran)[0].toTensor()));
 }
 
 // SqueezeNet's fire module: cat on int8 tensors, sigmoid with LibTorch's

@@ -8,6 +8,7 @@
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/ir.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,11 @@ struct Node {
   // Set by fusion: the op is followed by a ReLU folded into it, and the
   // module names merged into this node (for reports).
   bool fused_relu = false;
+  // With fused_relu: the upper bound of a ReLU6-like clamp folded in too
+  // (relu6, hardtanh or clamp from 0). An int8 kernel needs no clamp for it:
+  // its output range is observed after the clamp, so requantization saturates
+  // at or below the bound.
+  std::optional<double> fused_clamp_max;
   std::vector<std::string> fused_names;
   bool removed = false;
 

@@ -187,6 +187,7 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
       } else {
         for (Operand& in : instr.inputs) to_fp32(&in);
         instr.relu = node.fused_relu;  // e.g. batch_norm+relu without a conv to fold into
+        instr.clamp_max = node.fused_clamp_max;
       }
     }
     program.instrs.push_back(std::move(instr));

@@ -35,11 +35,31 @@ absl::StatusOr<int> ResolveNode(const Graph& graph, const std::string& entry, co
                                                  " ops; name one of them (e.g. '", graph.nodes[nodes[0]].name, "')"));
 }
 
+// The upper bound of a clamp that starts at 0 (relu6, hardtanh(0, max),
+// clamp(0, max)): a ReLU that a convolution can take in too.
+std::optional<double> ReluLikeUpperBound(const Node& node) {
+  if (node.kind != OpKind::kClamp || node.jit_node == nullptr) return std::nullopt;
+  const std::string op = node.jit_node->kind().toQualString();
+  if (op == "aten::relu6" || op == "aten::relu6_") return 6.0;
+  if ((op == "aten::hardtanh" || op == "aten::hardtanh_" || op == "aten::clamp" || op == "aten::clamp_") &&
+      node.inputs.size() == 3) {
+    auto number = [](const Operand& o) -> std::optional<double> {
+      if (o.kind != Operand::Kind::kConstant || !o.constant.isScalar()) return std::nullopt;
+      return o.constant.toScalar().toDouble();
+    };
+    const std::optional<double> low = number(node.inputs[1]), high = number(node.inputs[2]);
+    if (low && *low == 0 && high && *high > 0) return high;
+  }
+  return std::nullopt;
+}
+
 bool SupportedPattern(const std::vector<OpKind>& kinds) {
   using K = OpKind;
   static const std::vector<std::vector<K>> kPatterns = {
       {K::kConv2d, K::kBatchNorm}, {K::kConv2d, K::kBatchNorm, K::kRelu}, {K::kConv2d, K::kRelu},
       {K::kLinear, K::kRelu},      {K::kBatchNorm, K::kRelu},             {K::kAdd, K::kRelu},
+      // ReLU6-like clamps (ReluLikeUpperBound), which PyTorch's eager mode cannot fuse.
+      {K::kConv2d, K::kBatchNorm, K::kClamp}, {K::kConv2d, K::kClamp},
   };
   for (const auto& p : kPatterns) {
     if (p == kinds) return true;
@@ -108,11 +128,12 @@ absl::Status ApplyGroup(Graph* graph, const std::vector<int>& ids) {
     Node& next = graph->nodes[ids[i]];
     if (next.kind == OpKind::kBatchNorm) {
       QUANTD_RETURN_IF_ERROR(FoldBatchNorm(&head, next));
-    } else {  // ReLU
+    } else {  // ReLU, or a ReLU6-like clamp after a conv
       if (head.kind == OpKind::kBatchNorm || head.kind == OpKind::kConv2d || head.kind == OpKind::kLinear ||
           head.kind == OpKind::kAdd) {
         head.fused_relu = true;
       }
+      if (next.kind == OpKind::kClamp) head.fused_clamp_max = ReluLikeUpperBound(next);
     }
     head.fused_names.push_back(next.name);
     next.removed = true;
@@ -149,7 +170,9 @@ std::vector<std::vector<int>> FindFusableGroups(const Graph& graph) {
           group.push_back(next);
           next = SoleConsumer(graph, graph.nodes[next]);
         }
-        if (kind_of(next) == OpKind::kRelu) group.push_back(next);
+        if (kind_of(next) == OpKind::kRelu || (next >= 0 && ReluLikeUpperBound(graph.nodes[next]))) {
+          group.push_back(next);
+        }
         break;
       case OpKind::kLinear:
       case OpKind::kBatchNorm:
@@ -192,7 +215,13 @@ absl::StatusOr<std::vector<std::vector<std::string>>> FuseModules(Graph* graph, 
       if (!SupportedPattern(kinds)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "fusion group ", text, ": cannot fuse (", absl::StrJoin(kind_names, ", "),
-            "); supported: conv2d+batch_norm, conv2d+batch_norm+relu, conv2d+relu, linear+relu, batch_norm+relu, add+relu"));
+            "); supported: conv2d+batch_norm, conv2d+batch_norm+relu, conv2d+relu, linear+relu, batch_norm+relu, add+relu, "
+            "and conv2d(+batch_norm)+relu6 (or a clamp from 0)"));
+      }
+      if (kinds.back() == OpKind::kClamp && !ReluLikeUpperBound(graph->nodes[ids.back()])) {
+        return absl::InvalidArgumentError(absl::StrCat("fusion group ", text, ": '", group.back(),
+                                                       "' is not a clamp from 0 (relu6, hardtanh(0, max) or "
+                                                       "clamp(0, max)), which is all a convolution can take in"));
       }
       QUANTD_RETURN_IF_ERROR(CheckChain(*graph, ids, text));
       resolved.push_back(ids);

@@ -320,6 +320,7 @@ class OneDnnExecutor : public Fp32BlockedExecutor {
     if (node.fused_relu) {
       const at::Tensor& result = blocked[out].defined() ? blocked[out] : values[out].toTensor();
       ReluInto(result, result);
+      if (node.fused_clamp_max) result.clamp_max_(*node.fused_clamp_max);
     }
     return true;
   }

@@ -60,6 +60,7 @@ absl::Status Fp32Executor::RunNode(const Node& node, std::vector<c10::IValue>* v
       } else {
         stack[0] = at::relu(out);
       }
+      if (node.fused_clamp_max) stack[0].toTensor().clamp_max_(*node.fused_clamp_max);
     }
     for (size_t i = 0; i < stack.size(); ++i) (*values)[static_cast<size_t>(node.outputs[i])] = std::move(stack[i]);
     return absl::OkStatus();

@@ -305,6 +305,7 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           } else {
             ops_[k](stack);
             if (instr.relu) stack[0] = at::relu(stack[0].toTensor());
+            if (instr.relu && instr.clamp_max) stack[0] = at::clamp_max(stack[0].toTensor(), *instr.clamp_max);
           }
           break;
       }

@@ -37,6 +37,7 @@ struct Instr {
   std::vector<Operand> inputs;  // value ids are program slots
   std::vector<int> outputs;
   bool relu = false;           // conv2d_relu / linear_relu / add_relu; for an FP32 kOp, a ReLU fused after it
+  std::optional<double> clamp_max;  // for an FP32 kOp with relu: a ReLU6-like bound fused too
   double scale = 1.0;          // output (or quantize) scale
   int64_t zero_point = 0;
   c10::ScalarType dtype = c10::ScalarType::QUInt8;

@@ -173,6 +173,9 @@ class SourceBuilder {
         std::string line = absl::StrCat(lhs, " = ops.", op.ns().toUnqualString(), ".", overload_free, "(",
                                         absl::StrJoin(args, ", "), ")");
         if (instr.relu) absl::StrAppend(&line, "\n    ", lhs, " = torch.relu(", lhs, ")");
+        if (instr.relu && instr.clamp_max) {
+          absl::StrAppend(&line, "\n    ", lhs, " = torch.clamp_max(", lhs, ", ", DoubleLiteral(*instr.clamp_max), ")");
+        }
         return line;
       }
     }

@@ -47,7 +47,7 @@ class InvertedResidual(nn.Module):
         self.dw_act = nn.ReLU6()
         self.project = nn.Conv2d(hidden, cout, 1, bias=False)
         self.project_bn = nn.BatchNorm2d(cout)
-        self.skip_add = torch.nn.quantized.FloatFunctional() if quantizable else None
+        self.skip_add = torch.nn.quantized.FloatFunctional() if quantizable and self.use_add else None
 
     def forward(self, x):
         y = self.expand_act(self.expand_bn(self.expand(x)))
@@ -114,7 +114,7 @@ def sqnr_db(ref, out):
 
 
 def fuse_groups(model):
-    groups = [['stem', 'stem_bn', 'stem_act'], ['head', 'head_bn', 'head_act']]
+    groups = [['stem', 'stem_bn'], ['head', 'head_bn']]
     for i, _ in enumerate(model.blocks):
         p = f'blocks.{i}.'
         groups += [[p + 'expand', p + 'expand_bn'], [p + 'dw', p + 'dw_bn'], [p + 'project', p + 'project_bn']]
