@@ -254,8 +254,8 @@ class KernelChooser {
  private:
   absl::StatusOr<std::unique_ptr<Converted>> ConvertFor(const std::string& engine) const {
     auto converted = std::make_unique<Converted>();
-    QUANTD_ASSIGN_OR_RETURN(Program program,
-                            Convert(fused_, plan_, calibrated_.qparams, qconfig_, engine, &converted->layers, calibrated_.means));
+    QUANTD_ASSIGN_OR_RETURN(Program program, Convert(fused_, plan_, calibrated_.qparams, qconfig_, engine,
+                                                     &converted->layers, calibrated_.means));
     converted->program = std::make_unique<Program>(std::move(program));
     QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(converted->program.get()));
     converted->executor = std::make_unique<Int8Executor>(std::move(executor));

@@ -290,8 +290,8 @@ void PrintTuning(const engine::TuningReport& t, std::ostream& out) {
   out << " in " << t.trials.size() << " trials, " << std::setprecision(1) << t.seconds << " s\n";
   out << "  trial  stage        top-1    agree   SQNR dB  time s  activation observer / FP32 layers\n";
   for (const engine::Trial& trial : t.trials) {
-    out << "  " << std::setw(4) << trial.index + 1 << (trial.index == t.best_trial ? "*" : " ") << " " << std::left
-        << std::setw(11) << trial.stage << std::right;
+    out << "  " << std::right << std::setw(4) << trial.index + 1 << (trial.index == t.best_trial ? "*" : " ") << " "
+        << std::left << std::setw(11) << trial.stage << std::right;
     if (!trial.error.empty()) {
       out << "  failed: " << trial.error << "\n";
       continue;

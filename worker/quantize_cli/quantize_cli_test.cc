@@ -55,7 +55,8 @@ TEST(ParseQuantizeArgsTest, DefaultsAndErrors) {
 }
 
 TEST(ParseQuantizeArgsTest, BiasCorrectionWithAnyPreset) {
-  auto cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=onednn", "--bias_correction"});
+  auto cmd =
+      ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=onednn", "--bias_correction"});
   ASSERT_TRUE(cmd.ok()) << cmd.status();
   EXPECT_EQ(cmd->options.qconfig.preset, "onednn");
   EXPECT_TRUE(cmd->options.qconfig.bias_correction);

@@ -215,8 +215,8 @@ absl::StatusOr<std::vector<std::vector<std::string>>> FuseModules(Graph* graph, 
       if (!SupportedPattern(kinds)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "fusion group ", text, ": cannot fuse (", absl::StrJoin(kind_names, ", "),
-            "); supported: conv2d+batch_norm, conv2d+batch_norm+relu, conv2d+relu, linear+relu, batch_norm+relu, add+relu, "
-            "and conv2d(+batch_norm)+relu6 (or a clamp from 0)"));
+            "); supported: conv2d+batch_norm, conv2d+batch_norm+relu, conv2d+relu, linear+relu, batch_norm+relu, "
+            "add+relu, and conv2d(+batch_norm)+relu6 (or a clamp from 0)"));
       }
       if (kinds.back() == OpKind::kClamp && !ReluLikeUpperBound(graph->nodes[ids.back()])) {
         return absl::InvalidArgumentError(absl::StrCat("fusion group ", text, ": '", group.back(),
