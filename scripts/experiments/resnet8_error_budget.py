@@ -1,0 +1,132 @@
+#!/usr/bin/python3
+"""Where ResNet8's int8 error comes from: the README's "Bias correction" figures.
+
+Simulates quantd's int8 ResNet8 in FP32 (BatchNorm folded; fake-quantized weights per output channel,
+symmetric, as PyTorch's per-channel observer; activations fake-quantized with the qparams a quantd
+manifest lists) and prints top-1 and agreement with FP32 on the 10000 test images for: int8 weights
+only, int8 weights with bias correction (FP32 input means over calib_batch.bin), int8 activations
+only, and both.
+
+  /usr/bin/python3 scripts/experiments/resnet8_error_budget.py FIXTURES_DIR MANIFEST.json
+  (MANIFEST.json: quantd-quantize --report of a job on the same model, e.g. --preset best)
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(1)
+BLOCKS = (('layer1', 1), ('layer2', 2), ('layer3', 2))
+
+
+def read_cifar(path):
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, 3073)
+    return torch.from_numpy(raw[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32)), raw[:, 0].astype(np.int64)
+
+
+def folded_layers(model_path):
+    sd = {k: v.detach().clone() for k, v in torch.jit.load(model_path).state_dict().items()}
+
+    def fold(conv, bn):
+        w, b = sd[conv + '.weight'], sd[conv + '.bias']
+        if bn is None:
+            return w, b
+        s = sd[bn + '.weight'] / torch.sqrt(sd[bn + '.running_var'] + 1e-3)
+        return w * s[:, None, None, None], (b - sd[bn + '.running_mean']) * s + sd[bn + '.bias']
+
+    layers = {'conv1': fold('conv1', 'bn1'), 'fc': (sd['fc.weight'], sd['fc.bias'])}
+    for name, stride in BLOCKS:
+        layers[name + '.conv1'] = fold(name + '.conv1', name + '.bn1')
+        layers[name + '.conv2'] = fold(name + '.conv2', name + '.bn2')
+        if stride == 2:
+            layers[name + '.shortcut'] = fold(name + '.shortcut', None)
+    return layers
+
+
+def per_channel_int8(w):
+    scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp(min=1e-12) / 127.5
+    return torch.clamp(torch.round(w / scale), -128, 127) * scale
+
+
+def forward(x, weights, act, means=None):
+    """act(name, tensor) quantizes a value; `means`, when given, collects each layer's mean input."""
+    def layer(name, x, stride=1, pad=1, relu=False):
+        if means is not None:
+            means[name] = means.get(name, 0) + x.sum(0)
+        w, b = weights[name]
+        y = F.conv2d(x, w, b, stride=stride, padding=pad)
+        return act(name, F.relu(y) if relu else y)
+
+    x = layer('conv1', act('input', x), relu=True)
+    for name, stride in BLOCKS:
+        if stride == 2:
+            y = layer(name + '.conv1', F.pad(x, (0, 1, 0, 1)), stride=2, pad=0, relu=True)
+            s = layer(name + '.shortcut', x, stride=2, pad=0)
+        else:
+            y, s = layer(name + '.conv1', x, relu=True), x
+        x = act(name + '.add', F.relu(s + layer(name + '.conv2', y)))
+    x = act('layer3.add', F.avg_pool2d(x, 8).flatten(1))
+    if means is not None:
+        means['fc'] = means.get('fc', 0) + x.sum(0)
+    w, b = weights['fc']
+    return act('fc', F.linear(x, w, b))
+
+
+def run(images, weights, act):
+    with torch.no_grad():
+        return torch.cat([forward(images[i:i + 500], weights, act) for i in range(0, len(images), 500)])
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    fixtures, manifest = sys.argv[1:]
+    layers = folded_layers(os.path.join(fixtures, 'models', 'resnet8_fp32.torchscript.pt'))
+    qparams = {}
+    for entry in json.load(open(manifest))['layers']:
+        name = 'input' if entry['name'].startswith('quantize:') else entry['name'].replace(':', '.')
+        qparams[name] = (entry['output_scale'], entry['output_zero_point'])
+
+    def fake_quant(name, t):
+        scale, zero_point = qparams[name]
+        return torch.fake_quantize_per_tensor_affine(t, float(scale), int(zero_point), 0, 255)
+
+    def identity(name, t):
+        return t
+
+    test, labels = read_cifar(os.path.join(fixtures, 'cifar10', 'test_batch.bin'))
+    calib, _ = read_cifar(os.path.join(fixtures, 'cifar10', 'calib_batch.bin'))
+    fp32 = run(test, layers, identity).argmax(1)
+    int8_weights = {k: (per_channel_int8(w), b) for k, (w, b) in layers.items()}
+
+    means = {}
+    with torch.no_grad():
+        for i in range(0, len(calib), 250):
+            forward(calib[i:i + 250], layers, identity, means)
+    corrected = {}
+    geometry = {k: (2, 0) if ('shortcut' in k or k in ('layer2.conv1', 'layer3.conv1')) else (1, 1) for k in layers}
+    for k, (w, b) in layers.items():
+        wq, mean = int8_weights[k][0], means[k] / len(calib)
+        if k == 'fc':
+            shift = F.linear(mean[None], w - wq)[0]
+        else:
+            stride, pad = geometry[k]
+            shift = F.conv2d(mean[None], w - wq, None, stride=stride, padding=pad).mean((0, 2, 3))
+        corrected[k] = (wq, b + shift)
+
+    print(f'FP32: {(fp32.numpy() == labels).sum()} / {len(labels)}')
+    for title, weights, act in (('int8 weights only', int8_weights, identity),
+                                ('int8 weights + bias correction', corrected, identity),
+                                ('int8 activations only', layers, fake_quant),
+                                ('int8 weights and activations', int8_weights, fake_quant),
+                                ('both + bias correction', corrected, fake_quant)):
+        predicted = run(test, weights, act).argmax(1)
+        print(f'{title:32} top-1 {(predicted.numpy() == labels).sum():5}  '
+              f'agreement {100 * (predicted == fp32).double().mean().item():.2f}%')
+
+
+if __name__ == '__main__':
+    main()
