@@ -37,6 +37,20 @@ void CollectValues(const Operand& operand, std::vector<int>* out) {
   for (const Operand& item : operand.items) CollectValues(item, out);
 }
 
+std::optional<ClampBounds> ClampBoundsOf(const torch::jit::Node* op, const std::vector<Operand>& inputs) {
+  if (op == nullptr || inputs.empty()) return std::nullopt;
+  auto bound = [](const Operand& operand) -> std::optional<double> {
+    if (operand.kind != Operand::Kind::kConstant || !operand.constant.isScalar()) return std::nullopt;
+    return operand.constant.toScalar().toDouble();
+  };
+  const std::string kind = op->kind().toQualString();
+  if (kind == "aten::relu6" || kind == "aten::relu6_") return ClampBounds{0.0, 6.0};
+  if ((kind == "aten::hardtanh" || kind == "aten::hardtanh_" || kind == "aten::clamp") && inputs.size() == 3) {
+    return ClampBounds{bound(inputs[1]), bound(inputs[2])};
+  }
+  return std::nullopt;
+}
+
 std::vector<int> Graph::Consumers(int value) const {
   std::vector<int> result;
   for (const Node& node : nodes) {

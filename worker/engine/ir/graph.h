@@ -114,6 +114,13 @@ struct Graph {
 // Every value id an operand reads, recursively through lists.
 void CollectValues(const Operand& operand, std::vector<int>* out);
 
+// The bounds of a clamp-like op (clamp, hardtanh, relu6, in place or not)
+// given its TorchScript node and inputs, if it is one; a missing bound is open.
+struct ClampBounds {
+  std::optional<double> min, max;
+};
+std::optional<ClampBounds> ClampBoundsOf(const torch::jit::Node* op, const std::vector<Operand>& inputs);
+
 }  // namespace quantd::engine
 
 #endif  // QUANTD_WORKER_ENGINE_IR_GRAPH_H_

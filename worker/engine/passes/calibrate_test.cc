@@ -3,10 +3,12 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include "worker/engine/ir/import_torchscript.h"
 #include "worker/engine/passes/bias_correction.h"
-#include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/passes/compare_with_fp32.h"
+#include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/runtime/fp32_executor.h"
 #include "worker/engine/testing/test_env.h"
 
@@ -16,16 +18,36 @@ namespace {
 // The SQNR report's FP32 side comes from calibration's own forward pass (in
 // sub-batches, on the oneDNN path where it applies): it must equal a fresh
 // LibTorch pass over the same images, including across a sub-batch boundary.
-TEST(CalibrateTest, KeptReferencesEqualAFreshFp32Pass) {
-  auto graph = ImportTorchScriptFile(testing::ResNet8Path());
-  ASSERT_TRUE(graph.ok()) << graph.status();
-  ASSERT_TRUE(FuseModules(&*graph, FusionSpec{false, testing::ResNet8FusionGroups()}).ok());
-  const QuantizationPlan plan = PlanQuantization(*graph);
+// The fused ResNet8 fixture and the first `images` calibration images.
+struct FusedResNet8 {
+  absl::StatusOr<Graph> graph;
+  QuantizationPlan plan;
+  absl::StatusOr<std::unique_ptr<Dataset>> dataset;
+};
+
+FusedResNet8 LoadFusedResNet8(int64_t images) {
+  FusedResNet8 r{ImportTorchScriptFile(testing::ResNet8Path()), {}, absl::UnknownError("not opened")};
+  if (!r.graph.ok()) return r;
+  absl::Status fused = FuseModules(&*r.graph, FusionSpec{false, testing::ResNet8FusionGroups()}).status();
+  if (!fused.ok()) {
+    r.graph = fused;
+    return r;
+  }
+  r.plan = PlanQuantization(*r.graph);
   DatasetSpec spec;
   spec.path = testing::CalibrationPath();
-  spec.limit = 200;
-  auto dataset = OpenDataset(spec);
-  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  spec.limit = images;
+  r.dataset = OpenDataset(spec);
+  return r;
+}
+
+TEST(CalibrateTest, KeptReferencesEqualAFreshFp32Pass) {
+  FusedResNet8 fixture = LoadFusedResNet8(200);
+  ASSERT_TRUE(fixture.graph.ok()) << fixture.graph.status();
+  ASSERT_TRUE(fixture.dataset.ok()) << fixture.dataset.status();
+  auto& graph = fixture.graph;
+  auto& dataset = fixture.dataset;
+  const QuantizationPlan& plan = fixture.plan;
   ObserverSpec histogram;
   CalibrationOptions options;
   options.forward_batch_size = 25;
@@ -66,15 +88,12 @@ TEST(CalibrateTest, KeptReferencesEqualAFreshFp32Pass) {
 // where the channel order must be undone): each must equal the mean of a
 // fresh LibTorch pass over the same images.
 TEST(CalibrateTest, KeptMeansEqualAFreshFp32Pass) {
-  auto graph = ImportTorchScriptFile(testing::ResNet8Path());
-  ASSERT_TRUE(graph.ok()) << graph.status();
-  ASSERT_TRUE(FuseModules(&*graph, FusionSpec{false, testing::ResNet8FusionGroups()}).ok());
-  const QuantizationPlan plan = PlanQuantization(*graph);
-  DatasetSpec spec;
-  spec.path = testing::CalibrationPath();
-  spec.limit = 150;
-  auto dataset = OpenDataset(spec);
-  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  FusedResNet8 fixture = LoadFusedResNet8(150);
+  ASSERT_TRUE(fixture.graph.ok()) << fixture.graph.status();
+  ASSERT_TRUE(fixture.dataset.ok()) << fixture.dataset.status();
+  auto& graph = fixture.graph;
+  auto& dataset = fixture.dataset;
+  const QuantizationPlan& plan = fixture.plan;
   CalibrationOptions options;
   options.batch_size = 100;  // a partial last batch
   options.forward_batch_size = 25;

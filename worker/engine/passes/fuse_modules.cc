@@ -38,19 +38,10 @@ absl::StatusOr<int> ResolveNode(const Graph& graph, const std::string& entry, co
 // The upper bound of a clamp that starts at 0 (relu6, hardtanh(0, max),
 // clamp(0, max)): a ReLU that a convolution can take in too.
 std::optional<double> ReluLikeUpperBound(const Node& node) {
-  if (node.kind != OpKind::kClamp || node.jit_node == nullptr) return std::nullopt;
-  const std::string op = node.jit_node->kind().toQualString();
-  if (op == "aten::relu6" || op == "aten::relu6_") return 6.0;
-  if ((op == "aten::hardtanh" || op == "aten::hardtanh_" || op == "aten::clamp" || op == "aten::clamp_") &&
-      node.inputs.size() == 3) {
-    auto number = [](const Operand& o) -> std::optional<double> {
-      if (o.kind != Operand::Kind::kConstant || !o.constant.isScalar()) return std::nullopt;
-      return o.constant.toScalar().toDouble();
-    };
-    const std::optional<double> low = number(node.inputs[1]), high = number(node.inputs[2]);
-    if (low && *low == 0 && high && *high > 0) return high;
-  }
-  return std::nullopt;
+  if (node.kind != OpKind::kClamp) return std::nullopt;
+  const std::optional<ClampBounds> bounds = ClampBoundsOf(node.jit_node, node.inputs);
+  if (!bounds || bounds->min != 0.0 || !bounds->max || !(*bounds->max > 0)) return std::nullopt;
+  return bounds->max;
 }
 
 bool SupportedPattern(const std::vector<OpKind>& kinds) {

@@ -52,23 +52,11 @@ std::set<int> ValuesRead(const std::vector<Operand>& operands) {
   return std::set<int>(read.begin(), read.end());
 }
 
-std::optional<double> Bound(const Operand& operand) {
-  if (operand.kind != Operand::Kind::kConstant || !operand.constant.isScalar()) return std::nullopt;
-  return operand.constant.toScalar().toDouble();
-}
-
 }  // namespace
 
 std::optional<ClampBounds> Int8ClampBounds(const Instr& instr) {
-  if (instr.kind != InstrKind::kOp || !instr.on_int8 || instr.jit_node == nullptr || instr.inputs.empty()) {
-    return std::nullopt;
-  }
-  const std::string op = instr.jit_node->kind().toQualString();
-  if (op == "aten::relu6" || op == "aten::relu6_") return ClampBounds{0.0, 6.0};
-  if ((op == "aten::hardtanh" || op == "aten::hardtanh_" || op == "aten::clamp") && instr.inputs.size() == 3) {
-    return ClampBounds{Bound(instr.inputs[1]), Bound(instr.inputs[2])};
-  }
-  return std::nullopt;
+  if (instr.kind != InstrKind::kOp || !instr.on_int8) return std::nullopt;
+  return ClampBoundsOf(instr.jit_node, instr.inputs);
 }
 
 // oneDNN's int8 kernel for 3 input channels is slow; with a fourth input

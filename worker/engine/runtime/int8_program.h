@@ -58,11 +58,8 @@ struct Program {
   std::string kernel_engine;
 };
 
-// The bounds of a clamp-like op on an int8 tensor (clamp, hardtanh, relu6, in
-// place or not), if `instr` is one; a missing bound is open.
-struct ClampBounds {
-  std::optional<double> min, max;
-};
+// The bounds of a clamp-like op on an int8 tensor (ClampBoundsOf), if
+// `instr` is one.
 std::optional<ClampBounds> Int8ClampBounds(const Instr& instr);
 
 using SlotTap = std::function<void(const Instr& instr, const at::Tensor& output)>;
