@@ -25,6 +25,7 @@
 #include "worker/engine/passes/bias_correction.h"
 #include "worker/engine/passes/calibrate.h"
 #include "worker/engine/passes/convert.h"
+#include "worker/engine/passes/fold_pooling.h"
 #include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/passes/insert_observers.h"
 #include "worker/engine/passes/compare_with_fp32.h"
@@ -437,6 +438,11 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));
   QUANTD_ASSIGN_OR_RETURN(report.fused_groups, FuseModules(&impl->fused, options.fusion));
+  if (best_preset) {
+    // Not in PyTorch's presets, whose int8 models it would change.
+    QUANTD_ASSIGN_OR_RETURN(auto folded, FoldGlobalPoolingIntoLinear(&impl->fused, report.input_shape));
+    report.fused_groups.insert(report.fused_groups.end(), folded.begin(), folded.end());
+  }
   QuantizationPlan plan = PlanQuantization(impl->fused);
   report.fallbacks = plan.fallbacks;
 
