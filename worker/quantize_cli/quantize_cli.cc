@@ -52,9 +52,10 @@ underscores are the same (--kernel-engine = --kernel_engine).
   --samples_per_class N      stratified selection of N samples per class (fixed --seed, default 0)
   --batch_size N             calibration batch size (default 100, as PyTorch's recipe)
   --preset NAME              fbgemm | x86 | onednn | qnnpack | best | custom (default fbgemm; alias
-                             --qconfig). best: 8-bit activations, per-channel weights, bias correction,
-                             and the range estimator whose output is closest to FP32 (output SQNR)
-                             on the calibration images
+                             --qconfig). best: 8-bit activations, per-channel weights rounded
+                             against each layer's inputs, bias correction, global average pooling
+                             folded into the classifier, and the range estimator whose output is
+                             closest to FP32 (output SQNR) on the calibration images
   --activation_observer O    custom: minmax | moving_average_minmax | histogram (PyTorch's),
                              or quantd's range estimators: mse | percentile | entropy
   --percentile P             custom, percentile: the share of values kept, in (0, 100] (default 99.99)

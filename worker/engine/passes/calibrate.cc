@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
+#include "worker/engine/passes/bias_correction.h"
+#include "worker/engine/passes/weight_rounding.h"
 #include "worker/engine/runtime/fp32_blocked_executor.h"
 #include "worker/engine/runtime/fp32_executor.h"
 
@@ -86,6 +88,15 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     int64_t& rows = keep_rows[static_cast<size_t>(v)];
     rows = std::max(rows, std::min(options.output_samples, dataset->size()));
   }
+  // Copies of the layers' inputs for the first images, reduced to second
+  // moments at the end.
+  std::vector<int64_t> keep_input_rows(static_cast<size_t>(graph.num_values), 0);
+  if (options.second_moment_samples > 0) {
+    for (int v : BiasCorrectionInputs(graph)) {
+      keep_input_rows[static_cast<size_t>(v)] = std::min(options.second_moment_samples, dataset->size());
+    }
+  }
+  std::map<int, at::Tensor> inputs;
   std::vector<char> keep_mean(static_cast<size_t>(graph.num_values), 0);
   for (int v : options.mean_values) keep_mean[static_cast<size_t>(v)] = 1;
   std::map<int, at::Tensor> sums;
@@ -112,6 +123,10 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
         const int64_t rows = keep_rows[static_cast<size_t>(value)];
         if (first_image < rows) {
           KeepReference(t, layout == TapLayout::kBlocked, first_image, rows, &result.references[value]);
+        }
+        const int64_t input_rows = keep_input_rows[static_cast<size_t>(value)];
+        if (first_image < input_rows) {
+          KeepReference(t, layout == TapLayout::kBlocked, first_image, input_rows, &inputs[value]);
         }
         if (keep_mean[static_cast<size_t>(value)]) AddToSum(t, layout == TapLayout::kBlocked, &sums[value]);
         Observer* o = observers[static_cast<size_t>(value)].get();
@@ -158,6 +173,9 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
   }
   QUANTD_RETURN_IF_ERROR(finish_pending());
   result.samples = dataset->size();
+  if (!inputs.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(result.input_second_moments, InputSecondMoments(graph, inputs));
+  }
   for (auto& [value, sum] : sums) {
     result.means[value] = (sum / static_cast<double>(result.samples)).to(at::kFloat);
   }

@@ -36,6 +36,10 @@ struct CalibrationResult {
   // CalibrationOptions::mean_values names (float, [C, H, W] or [F]): bias
   // correction's expected layer inputs.
   std::map<int, at::Tensor> means;
+  // With CalibrationOptions::second_moment_samples: E[x x^T] of each conv2d
+  // and linear node's input patches over the first images, by node id
+  // (InputSecondMoments): fitted weight rounding's statistics.
+  std::map<int, at::Tensor> input_second_moments;
 };
 
 struct CalibrationOptions {
@@ -54,6 +58,8 @@ struct CalibrationOptions {
   int64_t output_samples = 0;
   // Values whose mean image is kept (CalibrationResult::means).
   std::vector<int> mean_values;
+  // Images over which CalibrationResult::input_second_moments is measured (0: none).
+  int64_t second_moment_samples = 0;
 };
 
 absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const QuantizationPlan& plan,

@@ -6,6 +6,7 @@
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/passes/bias_correction.h"
+#include "worker/engine/passes/weight_rounding.h"
 #include "worker/engine/runtime/prepack.h"
 
 namespace quantd::engine {
@@ -59,7 +60,8 @@ std::string Int8OpName(const Node& node) {
 absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan,
                                 const std::map<int, QParams>& activation_qparams, const QConfig& qconfig,
                                 const std::string& kernel_engine, std::vector<LayerReport>* layers,
-                                const std::map<int, at::Tensor>& input_means) {
+                                const std::map<int, at::Tensor>& input_means,
+                                const std::map<int, at::Tensor>& input_second_moments) {
   Program program;
   program.inputs = graph.inputs;
   program.input_types = graph.input_types;
@@ -155,6 +157,11 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         QUANTD_ASSIGN_OR_RETURN(int x, int8_input(node.inputs[0].value));
         instr.inputs = {Operand::Value(x)};
         QUANTD_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeWeight(node, qconfig, kernel_engine));
+        if (qconfig.fitted_rounding) {
+          if (auto moments = input_second_moments.find(node.id); moments != input_second_moments.end()) {
+            QUANTD_ASSIGN_OR_RETURN(qw.weight, RoundToInputs(node, qw.weight, moments->second));
+          }
+        }
         instr.prepack_args = PrepackArgs(node, qw.weight);
         if (qconfig.bias_correction) {
           auto mean = input_means.find(node.inputs[0].value);

@@ -6,7 +6,10 @@
 // program with quantize/dequantize at the int8/FP32 boundaries. Each int8 op
 // and input quantization is reported in `layers` (without SQNR). With
 // qconfig.bias_correction, `input_means` (calibration means of the
-// BiasCorrectionInputs) correct each int8 conv/linear bias.
+// BiasCorrectionInputs) correct each int8 conv/linear bias. With
+// qconfig.fitted_rounding, weights are rounded against
+// `input_second_moments` (InputSecondMoments, by node id) where a node has
+// them, and to nearest elsewhere.
 
 #include <map>
 #include <string>
@@ -25,7 +28,8 @@ namespace quantd::engine {
 absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan,
                                 const std::map<int, QParams>& activation_qparams, const QConfig& qconfig,
                                 const std::string& kernel_engine, std::vector<LayerReport>* layers,
-                                const std::map<int, at::Tensor>& input_means = {});
+                                const std::map<int, at::Tensor>& input_means = {},
+                                const std::map<int, at::Tensor>& input_second_moments = {});
 
 }  // namespace quantd::engine
 

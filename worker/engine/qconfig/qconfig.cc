@@ -34,7 +34,7 @@ ObserverSpec PerTensorWeight(QScheme scheme) {
 
 std::string QConfig::Describe() const {
   return absl::StrCat(name, ": activation=", activation.Describe(), " weight=", weight.Describe(),
-                      bias_correction ? " bias_correction" : "");
+                      fitted_rounding ? " fitted_rounding" : "", bias_correction ? " bias_correction" : "");
 }
 
 absl::StatusOr<QConfig> QConfigPreset(const std::string& preset) {
@@ -48,6 +48,7 @@ absl::StatusOr<QConfig> QConfigPreset(const std::string& preset) {
     q.activation = Activation(ObserverKind::kHistogram, /*reduce_range=*/false);
     q.weight = PerChannelSymmetricWeight();
     q.bias_correction = preset == "best";
+    q.fitted_rounding = preset == "best";
   } else if (preset == "qnnpack") {
     q.activation = Activation(ObserverKind::kHistogram, /*reduce_range=*/false);
     q.weight = PerTensorWeight(QScheme::kPerTensorSymmetric);

@@ -18,6 +18,9 @@ struct QConfig {
   // Add to each int8 conv/linear bias the mean output shift its rounded
   // weights cause on the calibration images (passes/bias_correction.h).
   bool bias_correction = false;
+  // Round int8 weights against each layer's calibration inputs instead of to
+  // nearest (passes/weight_rounding.h).
+  bool fitted_rounding = false;
   std::string Describe() const;
 };
 

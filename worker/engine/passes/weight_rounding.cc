@@ -1,0 +1,152 @@
+#include "worker/engine/passes/weight_rounding.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/engine/base/torch_status.h"
+
+namespace quantd::engine {
+namespace {
+
+// Images per im2col chunk: bounds the patch matrix (~150 KB per image for a
+// 16-channel 32x32 map).
+constexpr int64_t kChunkImages = 16;
+// Added to H's diagonal, as a share of its mean: keeps the factorization
+// stable where inputs are nearly collinear or never vary (GPTQ's 1%).
+constexpr double kDamping = 0.01;
+
+std::vector<int64_t> Pair(const c10::IValue& v) {
+  std::vector<int64_t> out = v.toIntVector();
+  if (out.size() == 1) out.push_back(out[0]);
+  return out;
+}
+
+// Sum over `x`'s patches of each group's patch outer products, double
+// [G, D, D]; `*count` gets the number of patches per group.
+at::Tensor ConvPatchMoments(const Node& node, const at::Tensor& x, int64_t* count) {
+  const at::Tensor weight = node.inputs[1].constant.toTensor();
+  const int64_t groups = node.inputs[6].constant.toInt();
+  const int64_t per_group = weight.size(1) * weight.size(2) * weight.size(3);
+  const at::Tensor input = x.narrow(1, 0, weight.size(1) * groups);
+  at::Tensor sum = at::zeros({groups, per_group, per_group}, at::kDouble);
+  *count = 0;
+  for (int64_t first = 0; first < input.size(0); first += kChunkImages) {
+    const at::Tensor chunk = input.narrow(0, first, std::min(kChunkImages, input.size(0) - first)).contiguous();
+    // [n, C * kh * kw, L], channel-major within the column like weight.reshape(O, -1)
+    const at::Tensor cols = at::im2col(chunk.to(at::kFloat), {weight.size(2), weight.size(3)},
+                                       Pair(node.inputs[5].constant), Pair(node.inputs[4].constant),
+                                       Pair(node.inputs[3].constant));
+    const at::Tensor patches =
+        cols.view({cols.size(0), groups, per_group, cols.size(2)}).permute({1, 0, 3, 2}).reshape({groups, -1, per_group});
+    sum += at::bmm(patches.transpose(1, 2), patches).to(at::kDouble);
+    *count += patches.size(1);
+  }
+  return sum;
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<int, at::Tensor>> InputSecondMoments(const Graph& graph,
+                                                              const std::map<int, at::Tensor>& inputs) {
+  std::map<int, at::Tensor> moments;
+  for (const Node& node : graph.nodes) {
+    if (node.removed || (node.kind != OpKind::kConv2d && node.kind != OpKind::kLinear)) continue;
+    if (node.inputs.empty() || node.inputs[0].kind != Operand::Kind::kValue) continue;
+    const at::Tensor weight = node.inputs[1].constant.toTensor();
+    const int64_t columns = weight.numel() / weight.size(0);
+    if (columns > kMaxRoundingColumns) continue;
+    auto input = inputs.find(node.inputs[0].value);
+    if (input == inputs.end()) {
+      return absl::InternalError(absl::StrCat("weight rounding: no calibration inputs of '", node.name, "'"));
+    }
+    absl::Status status = TorchTry(absl::StrCat("input statistics of '", node.name, "'"), [&]() -> absl::Status {
+      at::NoGradGuard no_grad;
+      const at::Tensor& x = input->second;
+      if (node.kind == OpKind::kConv2d) {
+        if (x.dim() != 4) return absl::InternalError(absl::StrCat("conv input of ", x.dim(), " dimensions"));
+        int64_t count = 0;
+        const at::Tensor sum = ConvPatchMoments(node, x, &count);
+        moments[node.id] = sum / static_cast<double>(std::max<int64_t>(count, 1));
+      } else {
+        const at::Tensor rows = x.reshape({-1, weight.size(1)}).to(at::kDouble);
+        moments[node.id] = (at::matmul(rows.t(), rows) / static_cast<double>(rows.size(0))).unsqueeze(0);
+      }
+      return absl::OkStatus();
+    });
+    if (!status.ok()) return status;
+  }
+  return moments;
+}
+
+absl::StatusOr<at::Tensor> RoundToInputs(const Node& node, const at::Tensor& quantized_weight,
+                                         const at::Tensor& second_moment) {
+  at::Tensor rounded;
+  absl::Status status = TorchTry(absl::StrCat("weight rounding of '", node.name, "'"), [&]() -> absl::Status {
+    at::NoGradGuard no_grad;
+    const at::Tensor weight = node.inputs[1].constant.toTensor().to(at::kDouble).contiguous();
+    const int64_t out = weight.size(0);
+    const int64_t groups = second_moment.size(0);
+    const int64_t columns = second_moment.size(1);
+    if (second_moment.dim() != 3 || weight.numel() != out * columns || out % groups != 0) {
+      return absl::InternalError(absl::StrCat("input statistics of shape [", absl::StrJoin(second_moment.sizes(), ", "),
+                                              "] for weights of shape [", absl::StrJoin(weight.sizes(), ", "), "]"));
+    }
+    const bool per_channel = quantized_weight.qscheme() == at::kPerChannelAffine ||
+                             quantized_weight.qscheme() == at::kPerChannelSymmetric;
+    std::vector<double> scale(static_cast<size_t>(out));
+    std::vector<int64_t> zero_point(static_cast<size_t>(out));
+    for (int64_t o = 0; o < out; ++o) {
+      scale[static_cast<size_t>(o)] = per_channel ? quantized_weight.q_per_channel_scales()[o].item<double>()
+                                                  : quantized_weight.q_scale();
+      zero_point[static_cast<size_t>(o)] = per_channel ? quantized_weight.q_per_channel_zero_points()[o].item<int64_t>()
+                                                       : quantized_weight.q_zero_point();
+    }
+    at::Tensor w = weight.reshape({out, columns}).clone();
+    at::Tensor q = at::empty({out, columns}, at::kChar);
+    auto wa = w.accessor<double, 2>();
+    auto qa = q.accessor<int8_t, 2>();
+    const int64_t per_group = out / groups;
+    for (int64_t g = 0; g < groups; ++g) {
+      at::Tensor h = second_moment[g].to(at::kDouble).clone();
+      const double mean_diagonal = h.diagonal().mean().item<double>();
+      at::Tensor upper;  // Cholesky factor of H^-1, upper: row i spreads column i's error
+      if (mean_diagonal > 0) {
+        h.diagonal().add_(kDamping * mean_diagonal);
+        auto [factor, info] = at::linalg_cholesky_ex(h);
+        if (info.item<int64_t>() == 0) {
+          auto [inverse_factor, inverse_info] = at::linalg_cholesky_ex(at::cholesky_inverse(factor), /*upper=*/true);
+          if (inverse_info.item<int64_t>() == 0) upper = inverse_factor;
+        }
+      }
+      auto ua = upper.defined() ? std::optional(upper.accessor<double, 2>()) : std::nullopt;
+      for (int64_t o = g * per_group; o < (g + 1) * per_group; ++o) {
+        const double s = scale[static_cast<size_t>(o)];
+        const int64_t zp = zero_point[static_cast<size_t>(o)];
+        for (int64_t i = 0; i < columns; ++i) {
+          const double code = std::clamp<double>(std::nearbyint(wa[o][i] / s) + static_cast<double>(zp), -128, 127);
+          qa[o][i] = static_cast<int8_t>(code);
+          if (!ua) continue;  // nothing measured: round to nearest
+          const double error = (wa[o][i] - (code - static_cast<double>(zp)) * s) / (*ua)[i][i];
+          for (int64_t j = i + 1; j < columns; ++j) wa[o][j] -= error * (*ua)[i][j];
+        }
+      }
+    }
+    const at::Tensor codes = q.reshape(weight.sizes());
+    if (per_channel) {
+      rounded = at::_make_per_channel_quantized_tensor(codes, quantized_weight.q_per_channel_scales(),
+                                                       quantized_weight.q_per_channel_zero_points(), 0);
+    } else {
+      rounded = at::_make_per_tensor_quantized_tensor(codes, quantized_weight.q_scale(),
+                                                      quantized_weight.q_zero_point());
+    }
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return rounded;
+}
+
+}  // namespace quantd::engine

@@ -1,0 +1,51 @@
+#ifndef QUANTD_WORKER_ENGINE_PASSES_WEIGHT_ROUNDING_H_
+#define QUANTD_WORKER_ENGINE_PASSES_WEIGHT_ROUNDING_H_
+
+// Weight rounding fitted to each layer's inputs, in the manner of GPTQ
+// (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
+// Pre-trained Transformers", 2022; from Optimal Brain Quantization). Rounding
+// each weight to its nearest int8 value is optimal only when the layer's
+// inputs are independent. They are not (neighbouring pixels, correlated
+// channels), so the output error E||(W - W_q) x||^2 depends on how the errors
+// of different weights combine. Quantizing one input column at a time, the
+// error just made is spread over the columns not yet quantized through the
+// inverse of the inputs' second moments H = E[x x^T], so later roundings
+// cancel it. The scales and zero points stay what the weight observer chose;
+// only which integer each weight becomes changes.
+//
+// On ResNet8 (simulated in Python with the best preset's activations), int8
+// weights alone moved 1.9% of the top-1 predictions with round-to-nearest and
+// 0.3% with this rounding; with every activation int8 too, agreement with
+// FP32 went from 98.9% to 99.2%.
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/ir/graph.h"
+
+namespace quantd::engine {
+
+// Layers with more inputs per output than this keep round-to-nearest: their
+// H would cost more to factor than the rest of the job (e.g. a classifier
+// folded over a whole feature map, passes/fold_pooling.h).
+inline constexpr int64_t kMaxRoundingColumns = 1152;
+
+// E[x x^T] of every conv2d and linear node's input patches (double,
+// [groups, D, D], D = input channels per group x kernel area; linear: [1, F,
+// F]) by node id, from `inputs`: FP32 input values by value id, each
+// [N, C, H, W] or [N, F] (see BiasCorrectionInputs for which values). Nodes
+// whose D exceeds kMaxRoundingColumns are left out.
+absl::StatusOr<std::map<int, at::Tensor>> InputSecondMoments(const Graph& graph,
+                                                              const std::map<int, at::Tensor>& inputs);
+
+// `quantized_weight` (the node's weight rounded to nearest, per channel or
+// per tensor) re-rounded against `second_moment` (from InputSecondMoments):
+// same qparams, integers chosen column by column to cancel the output error.
+absl::StatusOr<at::Tensor> RoundToInputs(const Node& node, const at::Tensor& quantized_weight,
+                                         const at::Tensor& second_moment);
+
+}  // namespace quantd::engine
+
+#endif  // QUANTD_WORKER_ENGINE_PASSES_WEIGHT_ROUNDING_H_
