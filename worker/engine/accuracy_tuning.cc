@@ -17,12 +17,15 @@
 namespace quantd::engine {
 namespace {
 
-// What a trial varies: the activation range estimator, and bias correction.
+// What a trial varies: the activation range estimator, bias correction and
+// fitted weight rounding.
 struct Candidate {
   ObserverSpec activation;
   bool bias_correction = false;
+  bool fitted_rounding = false;
   std::string Describe() const {
-    return absl::StrCat(activation.Describe(), bias_correction ? " +bias_correction" : "");
+    return absl::StrCat(activation.Describe(), fitted_rounding ? " +fitted_rounding" : "",
+                        bias_correction ? " +bias_correction" : "");
   }
 };
 
@@ -30,7 +33,10 @@ struct Candidate {
 // with 8-bit activations where this CPU's engine is exact with them (which
 // measures reduce_range); then quantd's estimators with bias correction,
 // most often best on the models measured first (README: "Range estimators",
-// "Bias correction").
+// "Bias correction"); then, unless the request had it already, the same with
+// fitted weight rounding, which needs no labels to pay off but changes every
+// weight's integers ("Pooling folded into the classifier, fitted weight
+// rounding").
 std::vector<Candidate> Candidates(const QConfig& requested, bool eight_bit_exact) {
   std::vector<Candidate> out;
   auto add = [&](const Candidate& c) {
@@ -39,22 +45,24 @@ std::vector<Candidate> Candidates(const QConfig& requested, bool eight_bit_exact
     }
     out.push_back(c);
   };
-  add({requested.activation, requested.bias_correction});
+  add({requested.activation, requested.bias_correction, requested.fitted_rounding});
   ObserverSpec base = requested.activation;
   if (eight_bit_exact) base.reduce_range = false;
-  add({base, requested.bias_correction});
-  auto with = [&](RangeEstimator estimator, double percentile) {
-    ObserverSpec spec = base;
-    spec.estimator = estimator;
-    spec.percentile = percentile;
-    return Candidate{spec, true};
-  };
-  add(Candidate{base, true});
-  add(with(RangeEstimator::kPyTorchL2, 99.99));
-  add(with(RangeEstimator::kPercentile, 99.99));
-  add(with(RangeEstimator::kMse, 99.99));
-  add(with(RangeEstimator::kPercentile, 99.999));
-  add(with(RangeEstimator::kEntropy, 99.99));
+  add({base, requested.bias_correction, requested.fitted_rounding});
+  for (const bool fitted : {requested.fitted_rounding, true}) {
+    auto with = [&](RangeEstimator estimator, double percentile) {
+      ObserverSpec spec = base;
+      spec.estimator = estimator;
+      spec.percentile = percentile;
+      return Candidate{spec, true, fitted};
+    };
+    add(Candidate{base, true, fitted});
+    add(with(RangeEstimator::kPyTorchL2, 99.99));
+    add(with(RangeEstimator::kPercentile, 99.99));
+    add(with(RangeEstimator::kMse, 99.99));
+    add(with(RangeEstimator::kPercentile, 99.999));
+    add(with(RangeEstimator::kEntropy, 99.99));
+  }
   return out;
 }
 
@@ -199,6 +207,18 @@ std::vector<std::string> Advise(const TuningSetup& setup, const SearchGoal& goal
       advice.push_back(absl::StrCat("bias correction on ", judge.description, ": ", measure(on->score), " with it, ",
                                     measure(off->score), " without (", without.activation.Describe(), ")"));
     }
+    // Fitted rounding: the same, bias-corrected, with and without it.
+    Candidate nearest = with;
+    nearest.fitted_rounding = false;
+    Candidate fitted = with;
+    fitted.fitted_rounding = true;
+    const Trial* rounded = trial_of(nearest);
+    const Trial* fit = trial_of(fitted);
+    if (rounded != nullptr && fit != nullptr) {
+      advice.push_back(absl::StrCat("fitted weight rounding on ", judge.description, ": ", measure(fit->score),
+                                    " with it, ", measure(rounded->score), " rounding to nearest (",
+                                    nearest.activation.Describe(), " +bias_correction)"));
+    }
   }
   // The settings that won among the fully int8 trials.
   int best_int8 = -1;
@@ -311,6 +331,7 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
       QConfig qconfig = setup.qconfig;
       qconfig.activation = candidate.activation;
       qconfig.bias_correction = candidate.bias_correction;
+      qconfig.fitted_rounding = candidate.fitted_rounding;
       std::vector<LayerReport> layer_reports;
       QUANTD_ASSIGN_OR_RETURN(Program program, Convert(fused, plan, qparams, qconfig, setup.engine, &layer_reports,
                                                        setup.calibrated->means,
@@ -358,6 +379,7 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
   TunedSettings out;
   out.activation = candidates[static_cast<size_t>(best.candidate)].activation;
   out.bias_correction = candidates[static_cast<size_t>(best.candidate)].bias_correction;
+  out.fitted_rounding = candidates[static_cast<size_t>(best.candidate)].fitted_rounding;
   out.fp32_layers.insert(best.fp32_layers.begin(), best.fp32_layers.end());
   TuningReport& report = out.report;
   report.judged_on = judge.description;

@@ -48,6 +48,7 @@ struct TuningSetup {
 struct TunedSettings {
   ObserverSpec activation;
   bool bias_correction = false;
+  bool fitted_rounding = false;
   std::set<std::string> fp32_layers;
   TuningReport report;
   std::vector<std::string> advice;

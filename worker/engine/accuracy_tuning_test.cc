@@ -69,7 +69,7 @@ TEST(AccuracyTuningTest, AnUnreachableGoalRunsEveryStageAndKeepsTheBestModelFoun
   options.accuracy_goal = ValidationGoal(300);
   options.accuracy_goal->against_fp32 = true;
   options.accuracy_goal->max_top1_drop = 0;
-  options.accuracy_goal->max_trials = 25;  // 7 estimator trials, 13 layers alone, 5 greedy steps
+  options.accuracy_goal->max_trials = 30;  // 12 estimator trials, 13 layers alone, 5 greedy steps
   options.accuracy_goal->time_budget_seconds = 600;
   std::vector<ProgressEvent> trial_events;
   options.progress = [&](const ProgressEvent& e) {
@@ -83,8 +83,8 @@ TEST(AccuracyTuningTest, AnUnreachableGoalRunsEveryStageAndKeepsTheBestModelFoun
   const TuningReport& t = *r.tuning;
   EXPECT_EQ(t.samples, 300);
   EXPECT_DOUBLE_EQ(*t.fp32_top1, 1.0);  // FP32's predictions are the labels
-  ASSERT_GE(t.trials.size(), 7u + 13u);
-  EXPECT_LE(t.trials.size(), 25u);
+  ASSERT_GE(t.trials.size(), 12u + 13u);
+  EXPECT_LE(t.trials.size(), 30u);
   EXPECT_EQ(trial_events.size(), t.trials.size());
   // The requested qconfig first, then the same with 8-bit activations, then
   // quantd's estimators with 8-bit activations and bias correction.
@@ -95,14 +95,17 @@ TEST(AccuracyTuningTest, AnUnreachableGoalRunsEveryStageAndKeepsTheBestModelFoun
   for (const Trial& trial : t.trials) {
     if (trial.stage == "estimator") estimators.insert(trial.settings);
   }
-  EXPECT_EQ(estimators.size(), 7u);
+  EXPECT_EQ(estimators.size(), 12u);
   EXPECT_EQ(estimators.count("HistogramObserver[mse](quint8, per_tensor_affine) +bias_correction"), 1u);
+  EXPECT_EQ(estimators.count("HistogramObserver[mse](quint8, per_tensor_affine) +fitted_rounding +bias_correction"),
+            1u);
   // Both measured alternatives are explained: reduce_range and bias correction.
   auto advised = [&](const std::string& start) {
     return std::count_if(r.advice.begin(), r.advice.end(),
                          [&](const std::string& a) { return a.rfind(start, 0) == 0; });
   };
   EXPECT_EQ(advised("reduce_range (7-bit activations) on "), 1);
+  EXPECT_EQ(advised("fitted weight rounding on "), 1);
   EXPECT_EQ(advised("bias correction on "), 1);
   // 13 int8 layers (8 convs, 3 adds, fc): each measured alone in FP32.
   EXPECT_EQ(t.sensitivity.size(), 13u);
@@ -146,7 +149,9 @@ TEST(AccuracyTuningTest, AGoalMetByAnEstimatorKeepsTheModelFullyInt8) {
   const TuningReport& t = *(*model)->report().tuning;
   EXPECT_TRUE(t.met);
   EXPECT_EQ(t.stopped_because, "goal met");
-  EXPECT_EQ(t.trials.size(), 6u);  // as requested, then 5 estimators with bias correction
+  // As requested, then 5 estimators with bias correction, then with fitted
+  // weight rounding too.
+  EXPECT_EQ(t.trials.size(), 11u);
   for (const Trial& trial : t.trials) EXPECT_EQ(trial.stage, "estimator");
   EXPECT_TRUE(t.fp32_layers.empty());
   ASSERT_EQ((*model)->report().fallbacks.size(), 1u);  // softmax only
@@ -160,9 +165,9 @@ TEST(AccuracyTuningTest, TheBestPresetPicksTheEstimatorClosestToFp32OnCalibratio
   const TuningReport& t = *r.tuning;
   EXPECT_FALSE(t.fp32_top1.has_value());
   EXPECT_EQ(t.samples, 200);
-  ASSERT_EQ(t.trials.size(), 5u);  // 5 estimators, all with bias correction
+  ASSERT_EQ(t.trials.size(), 5u);  // 5 estimators, all with fitted rounding and bias correction
   const Trial& best = t.trials[static_cast<size_t>(t.best_trial)];
-  const std::string corrected = " +bias_correction";
+  const std::string corrected = " +fitted_rounding +bias_correction";
   for (const Trial& trial : t.trials) {
     EXPECT_TRUE(trial.fp32_layers.empty());
     // Without labels, output SQNR ranks first (agreement on the calibration
@@ -174,7 +179,8 @@ TEST(AccuracyTuningTest, TheBestPresetPicksTheEstimatorClosestToFp32OnCalibratio
   const std::string activation = best.settings.substr(0, best.settings.size() - corrected.size());
   EXPECT_NE(r.qconfig_description.find(absl::StrCat("activation=", activation, " ")), std::string::npos)
       << r.qconfig_description;
-  EXPECT_NE(r.qconfig_description.find(" bias_correction"), std::string::npos) << r.qconfig_description;
+  EXPECT_NE(r.qconfig_description.find(" fitted_rounding bias_correction"), std::string::npos)
+      << r.qconfig_description;
   EXPECT_EQ(r.requirements.activation_quant_max, 255);
   ASSERT_EQ(r.fallbacks.size(), 1u);  // fully int8 but the softmax
   // The quality check now runs on the images the choice was judged on.

@@ -475,7 +475,8 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   }
   // Every trial of tuning may correct biases.
   if (qconfig.bias_correction || tune) calibration_options.mean_values = BiasCorrectionInputs(impl->fused);
-  if (qconfig.fitted_rounding) calibration_options.second_moment_samples = kFittedRoundingSamples;
+  // Tuning tries fitted rounding with every qconfig.
+  if (qconfig.fitted_rounding || tune) calibration_options.second_moment_samples = kFittedRoundingSamples;
   // Tuning may keep any int8 layer in FP32: the values that would then be
   // quantized again where int8 ops read them are observed too (any set of
   // FP32 layers needs only values some single layer's plan needs).
@@ -525,6 +526,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     QUANTD_ASSIGN_OR_RETURN(TunedSettings tuned, TuneQuantization(setup));
     qconfig.activation = tuned.activation;
     qconfig.bias_correction = tuned.bias_correction;
+    qconfig.fitted_rounding = tuned.fitted_rounding;
     if (!best_preset) qconfig.name = absl::StrCat(qconfig.name, "+tuned");
     report.qconfig_name = qconfig.name;
     report.qconfig_description = qconfig.Describe();
