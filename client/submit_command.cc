@@ -20,13 +20,14 @@ constexpr char kUsage[] =
     "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
     "[--calib_format=cifar10|npy] [--calib_labels=PATH] [--batch_size=N] [--samples_per_class=N] "
     "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack|best|custom] [--activation_observer=O] [--weight_observer=W] "
-    "[--reduce_range] [--percentile=P] [--bias_correction] [--kernel_engine=E] [--strict_kernels] "
+    "[--reduce_range] [--percentile=P] [--bias_correction] [--fitted_rounding] [--cross_layer_equalization] "
+    "[--kernel_engine=E] [--strict_kernels] "
     "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
     "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
     "[--deadline_seconds=N] [--model_name=NAME] [--tuning=PATH|--tuning_blob=ID [--tuning_format=F] "
     "[--tuning_labels=PATH] [--tolerance=POINTS] [--relative_tolerance] [--max_trials=N] "
-    "[--time_budget_seconds=S] [--int8_only] [--against_fp32]] [--wait]";
+    "[--time_budget_seconds=S] [--int8_only] [--max_fp32_layers=N] [--against_fp32]] [--wait]";
 
 bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>* out) {
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
@@ -100,6 +101,10 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
   if (a.Has("kernel_engine")) r->mutable_qconfig()->set_kernel_engine(a.Get("kernel_engine"));
   if (a.Has("strict_kernels")) r->mutable_qconfig()->set_strict_kernels(a.Get("strict_kernels") == "true");
   if (a.Has("bias_correction")) r->mutable_qconfig()->set_bias_correction(a.Get("bias_correction") == "true");
+  if (a.Has("fitted_rounding")) r->mutable_qconfig()->set_fitted_rounding(a.Get("fitted_rounding") == "true");
+  if (a.Has("cross_layer_equalization")) {
+    r->mutable_qconfig()->set_cross_layer_equalization(a.Get("cross_layer_equalization") == "true");
+  }
   v1::QualityGate* gate = r->mutable_quality_gate();
   if (a.Has("quality_samples")) {
     if (!absl::SimpleAtoi(a.Get("quality_samples"), &n)) return (*error = "--quality_samples: not a number", false);
@@ -172,10 +177,17 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
       goal->set_time_budget_seconds(seconds);
     }
     if (a.Has("int8_only")) goal->set_int8_only(a.Get("int8_only") == "true");
+    if (a.Has("max_fp32_layers")) {
+      uint32_t n = 0;
+      if (!absl::SimpleAtoi(a.Get("max_fp32_layers"), &n) || n == 0) {
+        return (*error = "--max_fp32_layers: a positive number expected", false);
+      }
+      goal->set_max_fp32_layers(n);
+    }
     if (a.Has("against_fp32")) goal->set_against_fp32(a.Get("against_fp32") == "true");
   } else {
     for (const char* flag : {"tuning_format", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
-                             "time_budget_seconds", "int8_only", "against_fp32"}) {
+                             "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32"}) {
       if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob"), false);
     }
   }
@@ -200,11 +212,13 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
       args,
       {"file", "model", "model_blob", "calib", "calib_blob", "calib_format", "calib_labels",
        "batch_size", "samples_per_class", "seed", "preset", "activation_observer", "weight_observer",
-       "reduce_range", "percentile", "bias_correction", "kernel_engine", "strict_kernels",
+       "reduce_range", "percentile", "bias_correction", "fitted_rounding", "cross_layer_equalization",
+       "kernel_engine", "strict_kernels",
        "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality", "fusion", "eval",
        "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
        "idempotency_key", "deadline_seconds", "model_name", "wait", "tuning", "tuning_blob", "tuning_format",
        "tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
+       "max_fp32_layers",
        "against_fp32"},
       &error);
   if (!a.has_value()) return context.UsageError(absl::StrCat("submit: ", error, "\nusage: ", kUsage));

@@ -151,6 +151,8 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
   spec->kernel_engine = q.kernel_engine();
   spec->strict_kernels = q.strict_kernels();
   spec->qconfig.bias_correction = q.bias_correction();
+  spec->qconfig.fitted_rounding = q.fitted_rounding();
+  spec->qconfig.equalization = q.cross_layer_equalization();
   if (q.config_case() == v1::QConfig::kPreset) {
     switch (q.preset()) {
       case v1::QCONFIG_PRESET_FBGEMM: spec->qconfig.preset = "fbgemm"; break;
@@ -408,6 +410,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     }
     goal.time_budget_seconds = g.time_budget_seconds() == 0 ? 60 : g.time_budget_seconds();
     goal.allow_fp32_layers = !g.int8_only();
+    goal.max_fp32_layers = g.max_fp32_layers();
     goal.against_fp32 = g.against_fp32();
     spec.accuracy_goal = goal;
   }

@@ -187,6 +187,8 @@ std::string EncodeJobSpec(const JobSpec& spec) {
          {"reduce_range", spec.qconfig.reduce_range},
          {"percentile", spec.qconfig.percentile},
          {"bias_correction", spec.qconfig.bias_correction},
+         {"fitted_rounding", spec.qconfig.fitted_rounding},
+         {"cross_layer_equalization", spec.qconfig.equalization},
          {"kernel_engine", spec.kernel_engine},
          {"fusion_auto", spec.fusion.automatic},
          {"fusion_groups", spec.fusion.groups},
@@ -206,6 +208,7 @@ std::string EncodeJobSpec(const JobSpec& spec) {
                               {"max_trials", g.max_trials},
                               {"time_budget_seconds", g.time_budget_seconds},
                               {"allow_fp32_layers", g.allow_fp32_layers},
+                              {"max_fp32_layers", g.max_fp32_layers},
                               {"against_fp32", g.against_fp32}};
   }
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -224,6 +227,8 @@ absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {
     spec.qconfig.reduce_range = j.at("reduce_range").get<bool>();
     spec.qconfig.percentile = j.value("percentile", engine::QConfigChoice().percentile);  // absent before it existed
     spec.qconfig.bias_correction = j.value("bias_correction", false);
+    spec.qconfig.fitted_rounding = j.value("fitted_rounding", false);
+    spec.qconfig.equalization = j.value("cross_layer_equalization", false);
     spec.kernel_engine = j.at("kernel_engine").get<std::string>();
     spec.fusion.automatic = j.at("fusion_auto").get<bool>();
     spec.fusion.groups = j.at("fusion_groups").get<std::vector<std::vector<std::string>>>();
@@ -245,6 +250,7 @@ absl::StatusOr<JobSpec> DecodeJobSpec(const std::string& text) {
       goal.max_trials = g.at("max_trials").get<int64_t>();
       goal.time_budget_seconds = g.at("time_budget_seconds").get<double>();
       goal.allow_fp32_layers = g.at("allow_fp32_layers").get<bool>();
+      goal.max_fp32_layers = g.value("max_fp32_layers", int64_t{0});
       goal.against_fp32 = g.value("against_fp32", false);
       spec.accuracy_goal = goal;
     }

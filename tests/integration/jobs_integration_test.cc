@@ -868,7 +868,7 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
   // ends the search among the layers tried alone in FP32.
   RunResult submit = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
                                  "--samples_per_class=20", absl::StrCat("--tuning=", kVal), "--against_fp32",
-                                 "--tolerance=0.2", "--max_trials=15", "--wait"});
+                                 "--tolerance=0.2", "--max_trials=15", "--max_fp32_layers=3", "--wait"});
   ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
   EXPECT_THAT(submit.out, HasSubstr(" trial 1/15:"));
   EXPECT_THAT(submit.out, HasSubstr(" trial 15/15:"));
@@ -878,6 +878,7 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
   const nlohmann::json& result = job["result"];
   const nlohmann::json& tuning = result["tuning"];
   ASSERT_EQ(tuning["trials"].size(), 15u) << tuning.dump();
+  EXPECT_EQ(job["request"]["accuracyGoal"].value("maxFp32Layers", 0), 3) << job["request"].dump();
   EXPECT_EQ(tuning["stoppedBecause"], "trial budget");
   EXPECT_EQ(tuning["met"], false);
   EXPECT_DOUBLE_EQ(tuning["fp32Top1"].get<double>(), 1.0);
@@ -921,15 +922,22 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
   EXPECT_EQ(best_job["result"]["requirements"]["activationQuantMax"], "255");
   EXPECT_THAT(best_job["result"]["qconfigDescription"].get<std::string>(), EndsWith(" bias_correction"));
 
-  // Bias correction on a PyTorch preset, through the API.
+  // Bias correction, fitted rounding and cross-layer equalization on a
+  // PyTorch preset, through the API (and the job store's JSON).
   RunResult corrected = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
-                                    "--samples_per_class=20", "--preset=onednn", "--bias_correction", "--wait"});
+                                    "--samples_per_class=20", "--preset=onednn", "--bias_correction",
+                                    "--fitted_rounding", "--cross_layer_equalization", "--wait"});
   ASSERT_EQ(corrected.exit_code, 0) << corrected.out << corrected.err;
   nlohmann::json corrected_job = quantd.Job(JobIdFrom(corrected.out));
   EXPECT_THAT(corrected_job["result"]["qconfigDescription"].get<std::string>(),
-              AllOf(StartsWith("onednn: "), EndsWith(" bias_correction")));
+              AllOf(StartsWith("onednn: "), EndsWith(" equalization fitted_rounding bias_correction")));
   EXPECT_EQ(corrected_job["request"]["qconfig"].value("biasCorrection", false), true)
       << corrected_job["request"].dump();
+  EXPECT_EQ(corrected_job["request"]["qconfig"].value("fittedRounding", false), true);
+  EXPECT_EQ(corrected_job["request"]["qconfig"].value("crossLayerEqualization", false), true);
+  // ResNet8's three blocks each have one conv pair joined by a ReLU alone.
+  EXPECT_THAT(corrected_job["result"]["advice"].dump(),
+              HasSubstr("cross-layer equalization rescaled 3 conv pair(s): layer1.conv1 -> layer1.conv2"));
 
   RunResult no_tuning = quantd.Ctl(SubmitArgs({"--tolerance=0.2"}));
   EXPECT_EQ(no_tuning.exit_code, 2);

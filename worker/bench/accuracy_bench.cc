@@ -81,6 +81,15 @@ std::vector<Config> AllConfigs() {
     corrected.qconfig.bias_correction = true;
     configs.push_back(corrected);
   }
+  // Each non-tuning config again with cross-layer equalization: NAME+cle.
+  const size_t with_bc = configs.size();
+  for (size_t i = 0; i < with_bc; ++i) {
+    if (configs[i].tolerance_points) continue;
+    Config equalized = configs[i];
+    equalized.name += "+cle";
+    equalized.qconfig.equalization = true;
+    configs.push_back(equalized);
+  }
   return configs;
 }
 

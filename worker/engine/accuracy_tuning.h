@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "worker/engine/ir/graph.h"
 #include "worker/engine/passes/calibrate.h"
 #include "worker/engine/passes/insert_observers.h"
@@ -43,6 +44,9 @@ struct TuningSetup {
   // FP32 references.
   at::Tensor sqnr_images;
   ProgressCallback progress;
+  // What the job spent before tuning (loading, calibration): the goal's time
+  // budget is for the whole job.
+  absl::Duration spent_before = absl::ZeroDuration();
 };
 
 struct TunedSettings {

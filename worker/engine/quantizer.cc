@@ -25,6 +25,7 @@
 #include "worker/engine/passes/bias_correction.h"
 #include "worker/engine/passes/calibrate.h"
 #include "worker/engine/passes/convert.h"
+#include "worker/engine/passes/equalize.h"
 #include "worker/engine/passes/fold_pooling.h"
 #include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/passes/insert_observers.h"
@@ -59,6 +60,41 @@ namespace {
 // for every layer's statistics (ResNet8's last convs see 64 per image for
 // 576 columns), at a fraction of calibration's time.
 constexpr int64_t kFittedRoundingSamples = 256;
+
+// Images whose channel ranges cross-layer equalization balances: the
+// calibration images it runs on first, in FP32.
+constexpr int64_t kEqualizationSamples = 256;
+
+std::string EqualizationAdvice(const std::vector<EqualizedPair>& pairs) {
+  if (pairs.empty()) {
+    return "cross-layer equalization found no conv pair joined by at most a ReLU (a ReLU6 between them, or a "
+           "second reader of the first one's output, rules a pair out)";
+  }
+  std::vector<std::string> described;
+  for (const EqualizedPair& p : pairs) {
+    described.push_back(absl::StrFormat("%s -> %s (channel scales %.2g to %.2g)", p.first, p.second, p.min_scale,
+                                        p.max_scale));
+  }
+  return absl::StrCat("cross-layer equalization rescaled ", pairs.size(), " conv pair(s): ",
+                      absl::StrJoin(described, ", "));
+}
+
+// Per-channel weights balance the measured channel ranges of the values
+// between pairs against the second layer's weights; per-tensor weights
+// balance the two layers' weight ranges (passes/equalize.h).
+absl::StatusOr<std::vector<EqualizedPair>> Equalize(Graph* graph, const QConfig& qconfig, Dataset* calibration,
+                                                    int64_t batch_size) {
+  const std::vector<EqualizablePair> pairs = FindEqualizablePairs(*graph);
+  if (pairs.empty()) return std::vector<EqualizedPair>{};
+  const bool per_channel = qconfig.weight.qscheme == QScheme::kPerChannelSymmetric ||
+                           qconfig.weight.qscheme == QScheme::kPerChannelAffine;
+  if (!per_channel) return EqualizeWeightRanges(graph, pairs);
+  std::vector<int> values;
+  for (const EqualizablePair& pair : pairs) values.push_back(pair.value);
+  QUANTD_ASSIGN_OR_RETURN(auto ranges, MeasureChannelRanges(*graph, values, calibration, kEqualizationSamples,
+                                                            std::max<int64_t>(1, batch_size)));
+  return EqualizeActivationRanges(graph, pairs, ranges);
+}
 
 class PhaseClock {
  public:
@@ -333,6 +369,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   report.intra_op_threads = IntraOpThreads();
   report.calibration_batch_size = options.batch_size;
   PhaseClock clock(&report);
+  const absl::Time job_began = absl::Now();
   auto enter = [&](Phase phase) -> absl::Status {
     clock.Start(PhaseName(phase));
     if (options.progress && !options.progress({phase, 0, 0})) {
@@ -354,6 +391,8 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     qconfig.activation.percentile = options.qconfig.percentile;
   }
   if (options.qconfig.bias_correction) qconfig.bias_correction = true;
+  if (options.qconfig.fitted_rounding) qconfig.fitted_rounding = true;
+  if (options.qconfig.equalization) qconfig.equalization = true;
   report.qconfig_name = qconfig.name;
   report.qconfig_description = qconfig.Describe();
   const bool best_preset = options.qconfig.preset == "best";
@@ -449,6 +488,10 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     QUANTD_ASSIGN_OR_RETURN(auto folded, FoldGlobalPoolingIntoLinear(&impl->fused, report.input_shape));
     report.fused_groups.insert(report.fused_groups.end(), folded.begin(), folded.end());
   }
+  std::vector<EqualizedPair> equalized;
+  if (qconfig.equalization) {
+    QUANTD_ASSIGN_OR_RETURN(equalized, Equalize(&impl->fused, qconfig, calibration.get(), options.batch_size));
+  }
   QuantizationPlan plan = PlanQuantization(impl->fused);
   report.fallbacks = plan.fallbacks;
 
@@ -523,6 +566,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
       setup.sqnr_images = compared_images.narrow(0, 0, std::min(options.sqnr_samples, compared_samples));
     }
     setup.progress = options.progress;
+    setup.spent_before = absl::Now() - job_began;
     QUANTD_ASSIGN_OR_RETURN(TunedSettings tuned, TuneQuantization(setup));
     qconfig.activation = tuned.activation;
     qconfig.bias_correction = tuned.bias_correction;
@@ -592,6 +636,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     report.layers.push_back(std::move(layer));
   }
   if (!tune) report.advice = UnmeasuredAdvice(report, qconfig);
+  if (qconfig.equalization) report.advice.push_back(EqualizationAdvice(equalized));
   if (options.quality_samples > 0) {
     report.quality = JudgeQuality(comparison, {options.min_top1_agreement, options.min_output_sqnr_db});
     for (const KernelCandidate& c : choice.candidates) {

@@ -34,6 +34,10 @@ struct QConfigChoice {
   // On any preset or custom qconfig (the best preset always has it); see
   // passes/bias_correction.h.
   bool bias_correction = false;
+  // On any preset or custom qconfig; see passes/weight_rounding.h and
+  // passes/equalize.h.
+  bool fitted_rounding = false;
+  bool equalization = false;
 };
 
 enum class Phase { kLoading, kFusing, kCalibrating, kTuning, kConverting, kEvaluating, kStoring };
@@ -57,8 +61,9 @@ struct AccuracyGoal {
   double max_top1_drop = 0.001;   // a fraction: 0.001 = 0.1 points of top-1
   bool relative = false;          // max_top1_drop is a fraction of FP32's top-1
   int64_t max_trials = 40;
-  double time_budget_seconds = 60;  // for the trials
+  double time_budget_seconds = 60;  // for the whole job
   bool allow_fp32_layers = true;
+  int64_t max_fp32_layers = 0;  // 0 = no cap
   // Judge top-1 against the FP32 model's predictions instead of the labels
   // (which may then be absent): the tolerance bounds disagreement with FP32.
   bool against_fp32 = false;

@@ -264,6 +264,64 @@ TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
 }
 
 
+// conv1 -> relu -> conv2 -> relu -> conv3 whose conv1 output channels are
+// scaled by 3^(c - 2) and conv2's input columns by the inverse: FP32 does not
+// see it, int8 does (one activation scale for all of conv1's output channels,
+// and with per-tensor weights one weight scale for all of conv1's rows).
+std::string SkewedChainModel(const std::string& dir) {
+  torch::jit::Module m("SkewedChain");
+  at::manual_seed(3);
+  const at::Tensor skew = at::pow(3.0, at::arange(8, at::kFloat) - 3);
+  m.register_parameter("w1", at::randn({8, 3, 3, 3}) * 0.01 * skew.reshape({8, 1, 1, 1}), false);
+  m.register_parameter("b1", at::randn({8}) * skew, false);
+  m.register_parameter("w2", at::randn({8, 8, 3, 3}) * 0.3 / skew.reshape({1, 8, 1, 1}), false);
+  m.register_parameter("b2", at::randn({8}), false);
+  m.register_parameter("w3", at::randn({4, 8, 1, 1}), false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.relu(torch.conv2d(x, self.w1, self.b1, [1, 1], [1, 1]))
+        z = torch.relu(torch.conv2d(y, self.w2, self.b2, [1, 1], [1, 1]))
+        return torch.conv2d(z, self.w3)
+  )");
+  const std::string path = dir + "/skewed_chain.pt";
+  m.save(path);
+  return path;
+}
+
+TEST(QuantizeEqualizationTest, CrossLayerEqualizationRecoversSkewedChannels) {
+  const std::string model = SkewedChainModel(testing::MakeTempDir("skewed_chain"));
+  // Per-tensor weights (weight ranges equalized) and per-channel weights
+  // (activation ranges balanced against conv2's weights).
+  for (const std::string preset : {"qnnpack", "onednn"}) {
+    SCOPED_TRACE(preset);
+    QuantizeOptions options;
+    options.model_path = model;
+    options.calibration.path = testing::CalibrationPath();
+    options.calibration.limit = 64;
+    options.batch_size = 32;
+    options.fusion.automatic = true;
+    options.qconfig.preset = preset;
+    options.quality_samples = 64;
+    options.min_output_sqnr_db = -100;
+    options.min_top1_agreement = 0;
+    auto plain = Quantize(options);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    options.qconfig.equalization = true;
+    auto equalized = Quantize(options);
+    ASSERT_TRUE(equalized.ok()) << equalized.status();
+    const QuantizeReport& r = (*equalized)->report();
+    EXPECT_NE(r.qconfig_description.find("equalization"), std::string::npos) << r.qconfig_description;
+    const bool advised = std::any_of(r.advice.begin(), r.advice.end(), [](const std::string& a) {
+      return a.find("cross-layer equalization rescaled 2 conv pair(s)") != std::string::npos;
+    });
+    EXPECT_TRUE(advised) << ::testing::PrintToString(r.advice);
+    const double before = *(*plain)->report().quality.output_sqnr_db;
+    const double after = *r.quality.output_sqnr_db;
+    std::cout << preset << ": output SQNR " << before << " dB without equalization, " << after << " dB with\n";
+    EXPECT_GT(after, before + 20.0);
+  }
+}
+
 CpuInt8Report SaturatingCpu() {
   CpuInt8Report cpu = CpuInt8Info();
   cpu.model_name = "an AVX2 server";

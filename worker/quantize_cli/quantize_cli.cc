@@ -65,6 +65,11 @@ underscores are the same (--kernel-engine = --kernel_engine).
   --strict_kernels           fail if --kernel_engine saturates on this CPU (default: a warning)
   --bias_correction          any preset: correct each int8 conv/linear bias for the mean output shift
                              its int8 weights cause on the calibration images (the best preset has it)
+  --fitted_rounding          any preset: round int8 weights against each layer's calibration inputs,
+                             GPTQ-style, instead of to nearest (the best preset has it)
+  --cross_layer_equalization any preset: rescale conv pairs joined by a ReLU before calibration
+                             (per-tensor weights: equal weight ranges; per-channel: activation ranges
+                             balanced against the next layer's weights)
   --fusion auto|SPEC.json    fusion groups (JSON list of module-path lists) or auto (default auto)
   --layout NCHW|NHWC|auto    .npy image layout (default auto)
   --scale S --mean a,b,c --std a,b,c   preprocessing (default: raw pixel values)
@@ -78,8 +83,9 @@ underscores are the same (--kernel-engine = --kernel_engine).
   --tolerance POINTS         top-1 points the int8 model may lose on the tuning set (default 0.1)
   --relative_tolerance       --tolerance is in percent of FP32's top-1
   --max_trials N             trial budget (default 40)
-  --time_budget_seconds S    time budget for the trials (default 60)
+  --time_budget_seconds S    time budget for the whole job (default 60)
   --int8_only                never keep a layer in FP32 (try range estimators only)
+  --max_fp32_layers N        keep at most N layers in FP32 (default: no cap)
   --against_fp32             judge top-1 against the FP32 model's predictions, not the labels:
                              --tolerance then bounds disagreement with FP32 (no labels needed)
   --eval PATH                labeled set (.bin, or .npy with --eval_labels) for FP32 and int8 top-1
@@ -125,7 +131,8 @@ absl::StatusOr<engine::FusionSpec> ParseFusionSpec(const std::string& value) {
 absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>& args) {
   static const std::set<std::string> kBoolFlags = {"reduce_range", "quiet", "help", "overlap_observers",
                                                    "strict_kernels", "allow_low_quality", "relative_tolerance",
-                                                   "int8_only", "against_fp32", "bias_correction"};
+                                                   "int8_only", "against_fp32", "bias_correction",
+                                                   "fitted_rounding", "cross_layer_equalization"};
   // quantctl's names for the same things.
   static const std::map<std::string, std::string> kAliases = {
       {"calibration", "calib"}, {"calibration_labels", "calib_labels"}, {"qconfig", "preset"}};
@@ -159,7 +166,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels", "threads", "quiet", "help",
       "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality",
       "tuning", "tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
-      "against_fp32", "bias_correction"};
+      "max_fp32_layers",
+      "against_fp32", "bias_correction", "fitted_rounding", "cross_layer_equalization"};
   for (const auto& [name, value] : flags) {
     if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -248,11 +256,15 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       return absl::InvalidArgumentError("--time_budget_seconds must be a positive number");
     }
     goal.allow_fp32_layers = get("int8_only") != "true";
+    QUANTD_ASSIGN_OR_RETURN(goal.max_fp32_layers, get_int("max_fp32_layers", 0));
+    if (flags.count("max_fp32_layers") && goal.max_fp32_layers < 1) {
+      return absl::InvalidArgumentError("--max_fp32_layers must be positive");
+    }
     goal.against_fp32 = get("against_fp32") == "true";
     o.accuracy_goal = goal;
   } else {
     for (const char* flag : {"tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds",
-                             "int8_only", "against_fp32"}) {
+                             "int8_only", "max_fp32_layers", "against_fp32"}) {
       if (flags.count(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --tuning"));
     }
   }
@@ -262,6 +274,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   o.overlap_observers = get("overlap_observers") == "true";
   o.strict_kernels = get("strict_kernels") == "true";
   o.qconfig.bias_correction = get("bias_correction") == "true";
+  o.qconfig.fitted_rounding = get("fitted_rounding") == "true";
+  o.qconfig.equalization = get("cross_layer_equalization") == "true";
   o.allow_low_quality = get("allow_low_quality") == "true";
   QUANTD_ASSIGN_OR_RETURN(o.quality_samples, get_int("quality_samples", o.quality_samples));
   for (auto [name, target] : {std::pair<const char*, double*>{"min_top1_agreement", &o.min_top1_agreement},

@@ -67,6 +67,20 @@ TEST(ParseQuantizeArgsTest, BiasCorrectionWithAnyPreset) {
   cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt"});
   ASSERT_TRUE(cmd.ok()) << cmd.status();
   EXPECT_FALSE(cmd->options.qconfig.bias_correction);  // the presets stay PyTorch's
+  EXPECT_FALSE(cmd->options.qconfig.fitted_rounding);
+  EXPECT_FALSE(cmd->options.qconfig.equalization);
+}
+
+TEST(ParseQuantizeArgsTest, FittedRoundingAndEqualizationWithAnyPreset) {
+  auto cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=qnnpack",
+                                "--fitted_rounding", "--cross-layer-equalization"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_TRUE(cmd->options.qconfig.fitted_rounding);
+  EXPECT_TRUE(cmd->options.qconfig.equalization);
+  EXPECT_FALSE(cmd->options.qconfig.bias_correction);
+  cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--cross_layer_equalization=false"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_FALSE(cmd->options.qconfig.equalization);
 }
 
 TEST(ParseQuantizeArgsTest, AccuracyGoalFlags) {
@@ -87,6 +101,18 @@ TEST(ParseQuantizeArgsTest, AccuracyGoalFlags) {
   ASSERT_TRUE(cmd.ok());
   EXPECT_DOUBLE_EQ(cmd->options.accuracy_goal->max_top1_drop, 0.001);  // 0.1 points by default
   EXPECT_TRUE(cmd->options.accuracy_goal->allow_fp32_layers);
+  EXPECT_EQ(cmd->options.accuracy_goal->max_fp32_layers, 0);  // no cap
+  cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--max_fp32_layers=2"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->options.accuracy_goal->max_fp32_layers, 2);
+  EXPECT_EQ(
+      ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--max_fp32_layers=0"})
+          .status()
+          .message(),
+      "--max_fp32_layers must be positive");
+  EXPECT_EQ(
+      ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--max_fp32_layers=2"}).status().message(),
+      "--max_fp32_layers needs --tuning");
   EXPECT_EQ(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tolerance=0.2"}).status().message(),
             "--tolerance needs --tuning");
   EXPECT_NE(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--tolerance=x"})

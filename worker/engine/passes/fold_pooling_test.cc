@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "worker/engine/ir/import_torchscript.h"
-#include "worker/engine/runtime/fp32_executor.h"
+#include "worker/engine/testing/run_fp32.h"
 
 namespace quantd::engine {
 namespace {
@@ -31,15 +31,6 @@ torch::jit::Module Head(const std::string& pooling, const std::string& returned 
   return m;
 }
 
-at::Tensor RunFp32(const Graph& graph, const at::Tensor& x) {
-  auto executor = Fp32Executor::Create(&graph);
-  EXPECT_TRUE(executor.ok()) << executor.status();
-  at::NoGradGuard no_grad;
-  auto out = executor->Run({x});
-  EXPECT_TRUE(out.ok()) << out.status();
-  return (*out)[0].toTensor();
-}
-
 int CountKind(const Graph& graph, OpKind kind) {
   int n = 0;
   for (const Node& node : graph.nodes) n += !node.removed && node.kind == kind;
@@ -52,7 +43,7 @@ TEST(FoldPoolingTest, GlobalAveragePoolingBeforeLinearBecomesOneConvolutionWithT
     auto graph = ImportTorchScript(Head(pooling));
     ASSERT_TRUE(graph.ok()) << graph.status();
     const at::Tensor x = at::randn({5, 3, 8, 6}) * 40;
-    const at::Tensor before = RunFp32(*graph, x);
+    const at::Tensor before = testing::RunFp32(*graph, x);
 
     auto folded = FoldGlobalPoolingIntoLinear(&*graph, {3, 8, 6});
     ASSERT_TRUE(folded.ok()) << folded.status();
@@ -69,7 +60,7 @@ TEST(FoldPoolingTest, GlobalAveragePoolingBeforeLinearBecomesOneConvolutionWithT
     ASSERT_NE(head, nullptr);
     EXPECT_EQ(head->inputs[1].constant.toTensor().sizes(), (std::vector<int64_t>{4, 6, 8, 6}));
 
-    const at::Tensor after = RunFp32(*graph, x);
+    const at::Tensor after = testing::RunFp32(*graph, x);
     ASSERT_EQ(after.sizes(), before.sizes());
     EXPECT_TRUE(at::allclose(after, before, 1e-4, 1e-3)) << (after - before).abs().max().item<float>();
   }

@@ -34,7 +34,8 @@ ObserverSpec PerTensorWeight(QScheme scheme) {
 
 std::string QConfig::Describe() const {
   return absl::StrCat(name, ": activation=", activation.Describe(), " weight=", weight.Describe(),
-                      fitted_rounding ? " fitted_rounding" : "", bias_correction ? " bias_correction" : "");
+                      equalization ? " equalization" : "", fitted_rounding ? " fitted_rounding" : "",
+                      bias_correction ? " bias_correction" : "");
 }
 
 absl::StatusOr<QConfig> QConfigPreset(const std::string& preset) {

@@ -21,6 +21,9 @@ struct QConfig {
   // Round int8 weights against each layer's calibration inputs instead of to
   // nearest (passes/weight_rounding.h).
   bool fitted_rounding = false;
+  // Rescale conv pairs across ReLU before calibration so int8 rounds every
+  // channel alike (passes/equalize.h).
+  bool equalization = false;
   std::string Describe() const;
 };
 

@@ -31,7 +31,12 @@ class Search {
       out_.stopped_because = "trial budget";
       return false;
     }
-    if (now_() - start_ >= goal_.time_budget) {
+    // A trial started near the end would overrun the budget by its length,
+    // and the final conversion after it takes about as long again: the
+    // longest trial so far predicts both. The first trial always runs: it is
+    // the model to return if nothing beats it.
+    const absl::Duration elapsed = now_() - start_;
+    if (!out_.trials.empty() && (elapsed + 2 * longest_trial_ > goal_.time_budget || elapsed >= goal_.time_budget)) {
       out_.stopped_because = "time budget";
       return false;
     }
@@ -43,6 +48,7 @@ class Search {
     trial.fp32_layers = std::move(fp32_layers);
     const absl::Time began = now_();
     absl::StatusOr<TrialScore> score = run_({trial.index, stage, candidate, trial.fp32_layers});
+    longest_trial_ = std::max(longest_trial_, now_() - began);
     trial.seconds = absl::ToDoubleSeconds(now_() - began);
     if (!score.ok()) {
       if (trial.index == 0 || score.status().code() == absl::StatusCode::kCancelled) {
@@ -108,6 +114,7 @@ class Search {
   const std::function<absl::Time()>& now_;
   const TrialDone& on_trial_;
   const absl::Time start_;
+  absl::Duration longest_trial_ = absl::ZeroDuration();
   bool finish_stage_ = false;
   SearchOutcome out_;
 };
@@ -175,6 +182,10 @@ absl::StatusOr<SearchOutcome> SearchForAccuracy(const std::vector<std::string>& 
   std::vector<std::string> fp32;
   TrialScore current = base_trial.score;
   for (const LayerSensitivity& s : sensitivity) {
+    if (goal.max_fp32_layers > 0 && static_cast<int64_t>(fp32.size()) >= goal.max_fp32_layers) {
+      search.out().stopped_because = "FP32 layer cap";
+      break;
+    }
     std::vector<std::string> with = fp32;
     with.push_back(s.layer);
     const Trial* tried = nullptr;

@@ -66,8 +66,14 @@ struct SearchGoal {
   std::optional<double> fp32_top1;
   double max_top1_drop = 0.001;  // absolute, a fraction
   int64_t max_trials = 40;
+  // From the search's start. No trial starts unless it and the final
+  // conversion after the search (taken as one more trial) fit, judged by the
+  // longest trial so far; the first one always runs.
   absl::Duration time_budget = absl::Seconds(60);
   bool allow_fp32_layers = true;
+  // At most this many layers in FP32 (0 = no cap): the greedy set stops
+  // growing there.
+  int64_t max_fp32_layers = 0;
   // Rank by output SQNR before agreement (the label-free best preset): on
   // 1000 images agreement moves 0.1% per image, and on the calibration images
   // themselves it favours the estimators that fit their histograms tightest

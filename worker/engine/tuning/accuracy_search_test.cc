@@ -91,6 +91,19 @@ TEST(AccuracySearchTest, KeepsTheFewestMostSensitiveLayersInFp32) {
   EXPECT_EQ(out->sensitivity[0].layer, "conv2");
   EXPECT_NEAR(out->sensitivity[0].gain, 0.0003, 1e-12);  // in agreement, which the script ties to top-1 / 10
   EXPECT_EQ(out->sensitivity[1].layer, "fc");
+
+  // With at most one FP32 layer the pair is never tried: the search stops at
+  // the cap and keeps the closest model within it (conv2 alone), goal missed.
+  ScriptedModel capped({0.860, 0.862, 0.865, 0.850}, {{"conv1", 0.0}, {"conv2", 0.003}, {"add", 0.0}, {"fc", 0.0025}});
+  SearchGoal goal = Goal(0.8710, 0.001);
+  goal.max_fp32_layers = 1;
+  out = SearchForAccuracy(kCandidates, kLayers, goal, capped.Runner(), capped.Now());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_FALSE(out->met);
+  EXPECT_EQ(out->stopped_because, "FP32 layer cap");
+  EXPECT_EQ(out->trials.size(), 4u + 4u);
+  for (const Trial& t : out->trials) EXPECT_LE(t.fp32_layers.size(), 1u);
+  EXPECT_EQ(out->trials[static_cast<size_t>(out->best)].fp32_layers, std::vector<std::string>{"conv2"});
 }
 
 TEST(AccuracySearchTest, OneSensitiveLayerEndsTheSearchAtOnce) {
@@ -134,8 +147,28 @@ TEST(AccuracySearchTest, BudgetsStopTheSearchAndTheBestFoundIsReturned) {
   out = SearchForAccuracy(kCandidates, kLayers, goal, timed.Runner(), timed.Now());
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->stopped_because, "time budget");
-  EXPECT_EQ(out->trials.size(), 6u);
+  EXPECT_EQ(out->trials.size(), 5u);  // a sixth would leave no second for the final conversion
   EXPECT_EQ(out->trials[static_cast<size_t>(out->best)].candidate, 1);
+
+  // No trial starts unless it and the final conversion (one more trial, by
+  // the longest so far) fit: with 2 s trials, 2.5 s left is not enough.
+  ScriptedModel slow({0.860, 0.864, 0.862, 0.850}, {});
+  RunTrial two_seconds = [&, scripted = slow.Runner()](const TrialRequest& r) {
+    slow.clock += absl::Seconds(1);
+    return scripted(r);
+  };
+  goal.time_budget = absl::Seconds(6.5);
+  out = SearchForAccuracy(kCandidates, kLayers, goal, two_seconds, slow.Now());
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->stopped_because, "time budget");
+  EXPECT_EQ(out->trials.size(), 2u);
+  EXPECT_LE(slow.clock - absl::UnixEpoch() + absl::Seconds(2), goal.time_budget);
+  // The first trial runs whatever the budget: it is the model returned.
+  goal.time_budget = absl::ZeroDuration();
+  out = SearchForAccuracy(kCandidates, kLayers, goal, timed.Runner(), timed.Now());
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->trials.size(), 1u);
+  EXPECT_EQ(out->best, 0);
 }
 
 TEST(AccuracySearchTest, WithoutLabelsTheBestSqnrWinsAndNoLayerLeavesInt8) {
