@@ -865,10 +865,12 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
   ASSERT_TRUE(quantd.Start());
   // Against FP32's predictions with a 0.2-point tolerance, no range estimator
   // suffices (they agree with FP32 on 98-99.3% of images): the trial budget
-  // ends the search among the layers tried alone in FP32.
+  // ends the search among the layers tried alone in FP32 (the time budget is
+  // out of the way on slow or sanitized builds).
   RunResult submit = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), absl::StrCat("--calib=", kCalib),
                                  "--samples_per_class=20", absl::StrCat("--tuning=", kVal), "--against_fp32",
-                                 "--tolerance=0.2", "--max_trials=15", "--max_fp32_layers=3", "--wait"});
+                                 "--tolerance=0.2", "--max_trials=15", "--max_fp32_layers=3",
+                                 "--time_budget_seconds=600", "--wait"});
   ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
   EXPECT_THAT(submit.out, HasSubstr(" trial 1/15:"));
   EXPECT_THAT(submit.out, HasSubstr(" trial 15/15:"));
