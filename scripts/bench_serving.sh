@@ -75,7 +75,7 @@ read -r sha engine < <("$build_dir/client/quantctl" --server="$grpc_batched" --j
 
 echo "bench_serving: measuring, $seconds s per row ..." >&2
 "${client_cpu[@]}" "$build_dir/server/quantd-serving-bench" --server="$grpc_batched" --server_unbatched="$grpc_unbatched" \
-  --http="$http_batched" --artifact="$data_batched/artifacts/$sha.pt" --kernel_engine="$engine" \
+  --http="$http_batched" --http_unbatched="$http_unbatched" --artifact="$data_batched/artifacts/$sha.pt" --kernel_engine="$engine" \
   --images="$fixtures/cifar10/test_batch.bin" --seconds="$seconds" --threads="$threads" >"$work/serving.json"
 
 ort_modules="$build_dir/ort/node_modules"
@@ -95,23 +95,39 @@ rows = {r['path'] + '@' + str(r['concurrency']): r for r in s['rows']}
 b256 = rows[f"in-process batch 256@{s['threads']}"]['images_per_s']
 b1 = rows['in-process batch 1@1']
 print(f"CPU: {s['cpu']}; int8 on {s['kernel_engine']}; {s['threads']} inference threads; same run, same artifact")
-print(f"{'path':46s} {'clients':>7s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'vs in-process b256':>19s}")
+print("CPU us/img: CPU time per image, of the bench process (the clients; for in-process rows, the passes) and of")
+print("the server (its process_cpu_seconds_total)")
+print(f"{'path':56s} {'clients':>7s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'vs b256':>8s} "
+      f"{'client CPU us/img':>17s} {'server CPU us/img':>17s}")
+def us(v):
+    return f"{v:17.0f}" if v is not None else f"{'':>17s}"
 for r in s['rows']:
-    print(f"{r['path']:46s} {r['concurrency']:7d} {r['images_per_s']:8.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
-          f"{r['errors']:6d} {r['images_per_s'] / b256:18.2f}x")
+    print(f"{r['path']:56s} {r['concurrency']:7d} {r['images_per_s']:8.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
+          f"{r['errors']:6d} {r['images_per_s'] / b256:7.2f}x {us(r.get('client_cpu_us_per_image'))} "
+          f"{us(r.get('server_cpu_us_per_image'))}")
 if ort:
     for name in ('u8u8_qoperator', 'u8s8_qdq_per_channel'):
         r = ort[name]
-        print(f"{'ONNX Runtime ' + ort['onnxruntime'] + ' ' + name + ' in-process b256, 1 thread':54s} "
+        print(f"{'ONNX Runtime ' + ort['onnxruntime'] + ' ' + name + ' in-process b256, 1 thread':64s} "
               f"{r['batch256_images_per_s']:8.0f} {r['batch1_latency_ms']:8.3f} {'':>8s} {'':>6s} "
-              f"{r['batch256_images_per_s'] / b256:18.2f}x")
+              f"{r['batch256_images_per_s'] / b256:7.2f}x")
 batched = rows['gRPC ModelInfer batch 1, dynamic batching@16']
+batched_async = rows.get('gRPC ModelInfer batch 1, dynamic batching, async clients@16')
 plain = rows['gRPC ModelInfer batch 1, no batching@16']
 one = rows['gRPC ModelInfer batch 1, dynamic batching@1']
 errors = sum(r['errors'] for r in s['rows'])
 print()
 print(f"16 clients, dynamic batching: {batched['images_per_s'] / b256:.2f} of in-process batch-256 throughput "
       f"(target >= 0.60), {batched['images_per_s'] / plain['images_per_s']:.2f}x the throughput without batching")
+if batched_async:
+    print(f"16 callback-API clients, dynamic batching: {batched_async['images_per_s'] / b256:.2f} of in-process "
+          f"batch-256 throughput")
+b256_cpu = rows[f"in-process batch 256@{s['threads']}"].get('client_cpu_us_per_image')
+for row in (batched, batched_async):
+    if row and row.get('server_cpu_us_per_image') and b256_cpu:
+        print(f"server CPU per image, {row['path']} x16: {row['server_cpu_us_per_image']:.0f} us, "
+              f"{row['server_cpu_us_per_image'] / b256_cpu:.2f}x the in-process batch-256 pass ({b256_cpu:.0f} us); "
+              f"clients {row['client_cpu_us_per_image']:.0f} us")
 print(f"gRPC batch-1 p50 at 1 client: {one['p50_ms'] / b1['p50_ms']:.2f}x the in-process batch-1 latency "
       f"(target < 2; {one['p50_ms']:.3f} ms vs {b1['p50_ms']:.3f} ms)")
 print(f"errors: {errors}")

@@ -4,6 +4,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <fstream>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -19,9 +20,9 @@ int HttpStatusFor(absl::StatusCode code) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const Options& options, std::shared_ptr<prometheus::Registry> registry) {
+    const Options& options, std::vector<std::shared_ptr<prometheus::Collectable>> sources) {
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
-  server->registry_ = std::move(registry);
+  server->sources_ = std::move(sources);
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
@@ -50,9 +51,9 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   http.set_read_timeout(5, 0);
   http.set_write_timeout(5, 0);
   Authenticator* auth = options.auth;
-  prometheus::Registry* metrics = server->registry_.get();
+  const std::vector<std::shared_ptr<prometheus::Collectable>>* collected = &server->sources_;
   std::function<void()> before_scrape = options.before_scrape;
-  http.Get("/metrics", [auth, metrics, before_scrape](const httplib::Request& request, httplib::Response& response) {
+  http.Get("/metrics", [auth, collected, before_scrape](const httplib::Request& request, httplib::Response& response) {
     if (auth != nullptr) {
       absl::StatusOr<Principal> caller = auth->Authorize(request.get_header_value("Authorization"), Role::kRead,
                                                          "GET /metrics");
@@ -65,7 +66,12 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       }
     }
     if (before_scrape) before_scrape();
-    response.set_content(prometheus::TextSerializer().Serialize(metrics->Collect()),
+    std::vector<prometheus::MetricFamily> families;
+    for (const std::shared_ptr<prometheus::Collectable>& source : *collected) {
+      std::vector<prometheus::MetricFamily> more = source->Collect();
+      families.insert(families.end(), std::make_move_iterator(more.begin()), std::make_move_iterator(more.end()));
+    }
+    response.set_content(prometheus::TextSerializer().Serialize(families),
                          "text/plain; version=0.0.4; charset=utf-8");
   });
   http.set_payload_max_length(options.max_body_bytes);

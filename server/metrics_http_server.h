@@ -8,12 +8,14 @@
 // 100 KiB stack, and with LibTorch and OpenBLAS linked in their static TLS
 // alone exceeds that, so pthread_create fails ("Cannot create threads").
 
+#include <prometheus/collectable.h>
 #include <prometheus/registry.h>
 
 #include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "server/auth.h"
@@ -44,8 +46,10 @@ class MetricsHttpServer {
     // Largest request body (an inference request's tensors).
     size_t max_body_bytes = size_t{64} << 20;
   };
-  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const Options& options,
-                                                                  std::shared_ptr<prometheus::Registry> registry);
+  // /metrics serves what `sources` collect, in order (a registry, the
+  // process metrics).
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
+      const Options& options, std::vector<std::shared_ptr<prometheus::Collectable>> sources);
   ~MetricsHttpServer();
 
   int port() const { return port_; }
@@ -55,7 +59,7 @@ class MetricsHttpServer {
   MetricsHttpServer() = default;
 
   std::unique_ptr<httplib::Server> http_;
-  std::shared_ptr<prometheus::Registry> registry_;
+  std::vector<std::shared_ptr<prometheus::Collectable>> sources_;
   std::thread thread_;
   int port_ = 0;
   bool tls_ = false;

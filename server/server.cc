@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "server/log.h"
 #include "server/metrics_interceptor.h"
+#include "server/process_metrics.h"
 #include "worker/engine/base/pem_file.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
@@ -250,7 +251,9 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     http.inference = server->inference_rest_.get();
     QuantdServer* self = server.get();
     http.before_scrape = [self] { self->job_stats_->Refresh(*self->job_store_, self->quota_.get()); };
-    QUANTD_ASSIGN_OR_RETURN(server->metrics_http_, MetricsHttpServer::Start(http, server->metrics_.registry()));
+    QUANTD_ASSIGN_OR_RETURN(
+        server->metrics_http_,
+        MetricsHttpServer::Start(http, {server->metrics_.registry(), std::make_shared<ProcessMetrics>()}));
     server->metrics_port_ = server->metrics_http_->port();
   }
 

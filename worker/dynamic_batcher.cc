@@ -7,11 +7,14 @@
 
 namespace quantd::worker {
 
+std::atomic<uint64_t> DynamicBatcher::next_id_{0};
+
 absl::Time BatchDueAt(absl::Time first_arrival, absl::Time last_pass_end, absl::Duration delay) {
   return std::min(std::max(first_arrival, last_pass_end) + delay, first_arrival + 2 * delay);
 }
 
-DynamicBatcher::DynamicBatcher(const Options& options, Clock* clock) : options_(options), clock_(clock) {
+DynamicBatcher::DynamicBatcher(const Options& options, Clock* clock)
+    : options_(options), clock_(clock), id_(next_id_.fetch_add(1) + 1) {
   const int threads = this->threads();
   threads_.reserve(threads);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
@@ -32,7 +35,8 @@ absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model,
     // Idle: no pass running, none queued, and none ended within the delay
     // (under load, the clients of the last pass are about to send again,
     // and their requests should meet in one pass).
-    const bool quiet = !options_.batching || clock_->Now() - last_pass_end_ >= options_.max_queue_delay;
+    const bool quiet = !options_.batching ||
+                       (clock_->Now() - last_pass_end_ >= options_.max_queue_delay && last_pass_requests_ <= 1);
     const bool run_here = options_.run_on_caller_when_idle && running_ == 0 && queues_.empty() && quiet;
     if (!run_here) {
       ModelQueue& queue = queues_[model.get()];
@@ -57,15 +61,17 @@ absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model,
   absl::MutexLock lock(&mu_);
   --running_;
   last_pass_end_ = clock_->Now();
+  last_pass_requests_ = 1;
   // Requests that queued meanwhile may have found every slot busy.
   if (!queues_.empty()) work_.Signal();
   return absl::OkStatus();
 }
 
 void DynamicBatcher::InitThisThread() {
-  thread_local const DynamicBatcher* initialized_for = nullptr;
-  if (initialized_for == this) return;
-  initialized_for = this;
+  // By id, not address: a later batcher may be built where this one was.
+  thread_local uint64_t initialized_for = 0;
+  if (initialized_for == id_) return;
+  initialized_for = id_;
   if (options_.thread_init) options_.thread_init();
 }
 
@@ -117,6 +123,7 @@ void DynamicBatcher::Loop() {
     absl::Time wake = absl::InfiniteFuture();
     if (running_ < threads() && TakeDuePass(&pass, &wake)) {
       ++running_;
+      const int64_t requests = static_cast<int64_t>(pass.requests.size());
       // More may be due: let another thread look while this one runs.
       if (!queues_.empty()) work_.Signal();
       mu_.Unlock();
@@ -124,6 +131,7 @@ void DynamicBatcher::Loop() {
       mu_.Lock();
       --running_;
       last_pass_end_ = clock_->Now();
+      last_pass_requests_ = requests;
       continue;
     }
     if (stopping_ && queues_.empty()) break;

@@ -3,25 +3,34 @@
 // servers and prints the table).
 //
 //   quantd-serving-bench --server=HOST:PORT --server_unbatched=HOST:PORT --http=HOST:PORT
-//       --artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--seconds=S] [--threads=N] [--only=TEXT]
+//       --artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--http_unbatched=HOST:PORT]
+//       [--seconds=S] [--threads=N] [--only=TEXT]
 //
 // --server runs with dynamic batching, --server_unbatched with
 // --dynamic_batching=false (same artifact, same --inference_threads N). Rows:
-// in-process batch 1 (1 thread) and batch 256 (N threads at once), each on
-// one LibTorch intra-op thread as the server's passes are; ModelInfer
+// in-process batch 1 (1 thread), 16 (1 thread) and 256 (N threads at once),
+// each on one LibTorch intra-op thread as the server's passes are; ModelInfer
 // over gRPC with batch-1 requests from 1, 4 and 16 clients, with and without
-// dynamic batching; the same over REST (JSON) from 1 client. Each row runs
-// for S seconds and reports images/s, p50 and p99. Prints JSON.
+// dynamic batching, from a thread per client and (4 and 16) from callback-API
+// clients; the same over REST (JSON) from 1 client. Each row runs for S
+// seconds and reports images/s, p50 and p99, and the CPU time per image that
+// it cost this process (the clients, or the in-process passes) and the
+// server (its process_cpu_seconds_total, from --http / --http_unbatched).
+// Prints JSON.
 
 #include <httplib.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -48,6 +57,8 @@ struct Row {
   double seconds = 0;
   std::vector<double> latencies_ms;
   int64_t errors = 0;
+  double client_cpu_s = -1;  // this process (the clients, or the in-process passes)
+  double server_cpu_s = -1;  // the server's process_cpu_seconds_total; -1: not measured
   bool skipped() const { return seconds < 0; }
   nlohmann::json Json() {
     std::sort(latencies_ms.begin(), latencies_ms.end());
@@ -58,8 +69,55 @@ struct Row {
     return {{"path", path},           {"concurrency", concurrency},
             {"images", images},       {"images_per_s", seconds > 0 ? images / seconds : 0.0},
             {"p50_ms", pct(0.50)},    {"p99_ms", pct(0.99)},
-            {"errors", errors}};
+            {"errors", errors},
+            {"client_cpu_us_per_image", PerImageUs(client_cpu_s)},
+            {"server_cpu_us_per_image", PerImageUs(server_cpu_s)}};
   }
+  nlohmann::json PerImageUs(double cpu_s) const {
+    if (cpu_s < 0 || images == 0) return nullptr;
+    return cpu_s * 1e6 / static_cast<double>(images);
+  }
+};
+
+// CPU seconds used so far by this process, all threads.
+double OwnCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// The server the current rows talk to, for its process_cpu_seconds_total
+// (null: in-process rows).
+httplib::Client* metered_server = nullptr;
+double ServerCpuSeconds() {
+  if (metered_server == nullptr) return -1;
+  auto response = metered_server->Get("/metrics");
+  if (!response || response->status != 200) return -1;
+  const std::string name = "\nprocess_cpu_seconds_total ";
+  const size_t at = response->body.find(name);
+  double seconds = -1;
+  if (at == std::string::npos ||
+      !absl::SimpleAtod(response->body.substr(at + name.size(), response->body.find('\n', at + 1) - at - name.size()),
+                        &seconds)) {
+    return -1;
+  }
+  return seconds;
+}
+
+// Records the CPU that `row`'s interval cost this process and the server.
+class CpuMeter {
+ public:
+  CpuMeter() : own_(OwnCpuSeconds()), server_(ServerCpuSeconds()) {}
+  void Finish(Row& row) const {
+    row.client_cpu_s = OwnCpuSeconds() - own_;
+    const double server = ServerCpuSeconds();
+    if (server_ >= 0 && server >= 0) row.server_cpu_s = server - server_;
+  }
+
+ private:
+  double own_;
+  double server_;
 };
 
 // Runs `call` (one request of `batch` images; false = error) from
@@ -84,6 +142,7 @@ Row Measure(const std::string& path, int concurrency, int64_t batch, double seco
   std::vector<int64_t> errors(concurrency, 0), images(concurrency, 0);
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
+  const CpuMeter meter;
   const auto start = Clock::now();
   for (int t = 0; t < concurrency; ++t) {
     threads.emplace_back([&, t] {
@@ -104,10 +163,76 @@ Row Measure(const std::string& path, int concurrency, int64_t batch, double seco
   stop = true;
   for (std::thread& thread : threads) thread.join();
   row.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  meter.Finish(row);
   for (int t = 0; t < concurrency; ++t) {
     row.latencies_ms.insert(row.latencies_ms.end(), latencies[t].begin(), latencies[t].end());
     row.errors += errors[t];
     row.images += images[t];
+  }
+  return row;
+}
+
+// Like Measure, but the `concurrency` clients are request loops on gRPC's
+// callback API in this one process (as Triton's perf_analyzer drives a
+// server): each has its own channel and always one request in flight, and
+// sends its next request from the callback of the last one. No thread per
+// client, so the clients take less of the CPU that they share with a server
+// on the same machine. `start(c, i, context, done)` starts client c's i-th
+// call; `done` gets its status.
+using AsyncDone = std::function<void(const grpc::Status&)>;
+using AsyncStart = std::function<void(int, int64_t, grpc::ClientContext*, AsyncDone)>;
+Row MeasureAsync(const std::string& path, int concurrency, double seconds, const AsyncStart& start) {
+  Row row;
+  row.path = path;
+  row.concurrency = concurrency;
+  if (!Wanted(path, concurrency)) {
+    row.seconds = -1;  // skipped
+    return row;
+  }
+  struct Client {
+    int64_t sent = 0;
+    std::unique_ptr<grpc::ClientContext> context;
+    Clock::time_point t0;
+    std::vector<double> latencies;
+    int64_t errors = 0;
+  };
+  std::vector<Client> clients(concurrency);
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable all_stopped;
+  int running = concurrency;
+  std::function<void(int)> send = [&](int c) {
+    Client& client = clients[c];
+    client.context = std::make_unique<grpc::ClientContext>();
+    client.context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    client.t0 = Clock::now();
+    start(c, client.sent++, client.context.get(), [&, c](const grpc::Status& status) {
+      Client& client = clients[c];
+      if (status.ok()) {
+        client.latencies.push_back(std::chrono::duration<double, std::milli>(Clock::now() - client.t0).count());
+      } else {
+        ++client.errors;
+      }
+      if (!stop.load()) return send(c);
+      std::lock_guard<std::mutex> lock(mu);
+      if (--running == 0) all_stopped.notify_one();
+    });
+  };
+  const CpuMeter meter;
+  const auto begin = Clock::now();
+  for (int c = 0; c < concurrency; ++c) send(c);
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));  // the measured interval
+  stop = true;
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    all_stopped.wait(lock, [&] { return running == 0; });
+  }
+  row.seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+  meter.Finish(row);
+  for (Client& client : clients) {
+    row.latencies_ms.insert(row.latencies_ms.end(), client.latencies.begin(), client.latencies.end());
+    row.errors += client.errors;
+    row.images += static_cast<int64_t>(client.latencies.size());
   }
   return row;
 }
@@ -139,6 +264,7 @@ int main(int argc, char** argv) {
   const std::string server = Flag(argc, argv, "server");
   const std::string unbatched = Flag(argc, argv, "server_unbatched");
   const std::string http = Flag(argc, argv, "http");
+  const std::string http_unbatched = Flag(argc, argv, "http_unbatched");
   const std::string artifact = Flag(argc, argv, "artifact");
   const std::string kernel_engine = Flag(argc, argv, "kernel_engine");
   const std::string images_path = Flag(argc, argv, "images");
@@ -148,7 +274,8 @@ int main(int argc, char** argv) {
       images_path.empty() || !absl::SimpleAtod(Flag(argc, argv, "seconds", "3"), &seconds) ||
       !absl::SimpleAtoi(Flag(argc, argv, "threads", "2"), &threads)) {
     std::cerr << "usage: quantd-serving-bench --server=HOST:PORT --server_unbatched=HOST:PORT --http=HOST:PORT "
-                 "--artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--seconds=S] [--threads=N] [--only=TEXT]\n";
+                 "--artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--http_unbatched=HOST:PORT] [--seconds=S] "
+                 "[--threads=N] [--only=TEXT]\n";
     return 2;
   }
   only_rows = Flag(argc, argv, "only");
@@ -209,10 +336,28 @@ int main(int argc, char** argv) {
     idle.seconds = seconds;
     Add(rows, idle);
   }
+  // The largest pass 16 batch-1 clients can form, on one thread.
+  const std::vector<float> sixteen = floats(0, 16);
+  Add(rows, Measure("in-process batch 16", 1, 16, seconds, [&](int, int64_t) {
+                   UseOneIntraOpThread();
+                   return (*model)->Run(sixteen, {16, 3, 32, 32}).ok();
+                 }));
   Add(rows, Measure("in-process batch 256", threads, 256, seconds, [&](int, int64_t) {
                    UseOneIntraOpThread();
                    return (*model)->Run(many, {256, 3, 32, 32}).ok();
                  }));
+
+  // The servers' /metrics, for the CPU each row costs them.
+  auto http_client = [](const std::string& host_port) -> std::unique_ptr<httplib::Client> {
+    const size_t colon = host_port.rfind(':');
+    if (host_port.empty() || colon == std::string::npos) return nullptr;
+    auto client = std::make_unique<httplib::Client>(host_port.substr(0, colon), std::stoi(host_port.substr(colon + 1)));
+    client->set_read_timeout(30, 0);
+    return client;
+  };
+  const std::unique_ptr<httplib::Client> batched_http = http_client(http);
+  const std::unique_ptr<httplib::Client> unbatched_http = http_client(http_unbatched);
+  metered_server = batched_http.get();
 
   // The floor: a gRPC call that does nothing (ServerLive), from 1 and 16
   // clients: what requests/s the RPC alone allows on this machine.
@@ -231,6 +376,17 @@ int main(int argc, char** argv) {
                    }));
   }
   // gRPC ModelInfer, batch-1 requests.
+  auto infer_request = [&](int c, int64_t i) {
+    inference::ModelInferRequest request;
+    request.set_model_name("resnet8");
+    auto* input = request.add_inputs();
+    input->set_name("input");
+    input->set_datatype("UINT8");
+    for (int64_t d : {1, 3, 32, 32}) input->add_shape(d);
+    const int64_t image = (c * 997 + i) % count;
+    request.add_raw_input_contents(pixels.substr(image * 3072, 3072));
+    return request;
+  };
   auto grpc_rows = [&](const std::string& target, const std::string& label) {
     for (int clients : {1, 4, 16}) {
       std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> stubs;
@@ -241,25 +397,29 @@ int main(int argc, char** argv) {
             grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
       }
       Add(rows, Measure(absl::StrCat("gRPC ModelInfer batch 1, ", label), clients, 1, seconds,
-                             [&](int c, int64_t i) {
-                               inference::ModelInferRequest request;
-                               request.set_model_name("resnet8");
-                               auto* input = request.add_inputs();
-                               input->set_name("input");
-                               input->set_datatype("UINT8");
-                               for (int64_t d : {1, 3, 32, 32}) input->add_shape(d);
-                               const int64_t image = (c * 997 + i) % count;
-                               request.add_raw_input_contents(pixels.substr(image * 3072, 3072));
-                               inference::ModelInferResponse response;
-                               grpc::ClientContext context;
-                               context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-                               return stubs[c]->ModelInfer(&context, request, &response).ok();
-                             })
-                         );
+                        [&](int c, int64_t i) {
+                          const inference::ModelInferRequest request = infer_request(c, i);
+                          inference::ModelInferResponse response;
+                          grpc::ClientContext context;
+                          context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+                          return stubs[c]->ModelInfer(&context, request, &response).ok();
+                        }));
+      if (clients == 1) continue;
+      // The same load from callback-API clients (a connection each).
+      std::vector<inference::ModelInferRequest> requests(clients);
+      std::vector<inference::ModelInferResponse> responses(clients);
+      Add(rows, MeasureAsync(absl::StrCat("gRPC ModelInfer batch 1, ", label, ", async clients"), clients, seconds,
+                             [&](int c, int64_t i, grpc::ClientContext* context, AsyncDone done) {
+                               requests[c] = infer_request(c, i);
+                               responses[c].Clear();
+                               stubs[c]->async()->ModelInfer(context, &requests[c], &responses[c], std::move(done));
+                             }));
     }
   };
   grpc_rows(server, "dynamic batching");
+  metered_server = unbatched_http.get();
   grpc_rows(unbatched, "no batching");
+  metered_server = batched_http.get();
 
   // REST (JSON), one client.
   const size_t colon = http.rfind(':');

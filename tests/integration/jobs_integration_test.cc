@@ -698,7 +698,7 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     for (const char* file : {"/deploy/prometheus/rules.yml", "/deploy/grafana/quantd-dashboard.json"}) {
       const std::string text = ReadFileOrEmpty(std::string(SOURCE_DIR) + file);
       ASSERT_FALSE(text.empty()) << file;
-      const std::regex name(R"(quantd_[a-z0-9_]+)");
+      const std::regex name(R"((quantd|process)_[a-z0-9_]+)");
       for (auto it = std::sregex_iterator(text.begin(), text.end(), name); it != std::sregex_iterator(); ++it) {
         used.insert(it->str());
       }
