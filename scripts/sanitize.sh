@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The hardening run: builds everything with clang under AddressSanitizer +
 # UndefinedBehaviorSanitizer (build-sanitize/, QUANTD_FUZZ=ON), runs the unit
-# and integration tests there, then each libFuzzer harness for
-# QUANTD_FUZZ_SECONDS (default 30) from its seed corpus in tests/fuzz/corpus.
+# tests and each libFuzzer harness for QUANTD_FUZZ_SECONDS (default 30) from
+# its seed corpus in tests/fuzz/corpus, then the integration tests.
 # Extra arguments go to ctest. Longer fuzzing on demand:
 #   tests/fuzz/run_fuzzer.sh build-sanitize/tests/fuzz/dataset_fuzzer tests/fuzz/corpus/dataset_fuzzer 3600
 set -euo pipefail
@@ -24,5 +24,10 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 # The accuracy tests (not built here) and the AVX2 repeat are the same code
 # as the unit tests on more data; chaos and load tests run in the normal
 # build (scripts/test.sh), where their timings mean something.
-ctest --test-dir "$build_dir" --output-on-failure -LE 'avx2' -E 'Chaos|LoadTest' "$@"
+# Unit tests and fuzzing smokes two at a time (about 6 minutes less than
+# serially here); the integration tests one at a time, since their servers'
+# timeouts assume a machine they do not share with another sanitized test.
+ctest --test-dir "$build_dir" --output-on-failure -j"${QUANTD_TEST_JOBS:-2}" -LE 'avx2|integration' \
+  -E 'Chaos|LoadTest' "$@"
+ctest --test-dir "$build_dir" --output-on-failure -L integration -LE 'avx2' -E 'Chaos|LoadTest' "$@"
 echo "sanitize: done ($build_dir)"

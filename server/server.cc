@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -32,6 +33,14 @@
 
 namespace quantd {
 namespace {
+
+// CPUs this process may run on (its affinity mask, as taskset sets it).
+int UsableCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return CPU_COUNT(&set);
+}
 
 constexpr char kReflectionService[] = "grpc.reflection.v1alpha.ServerReflection";
 
@@ -355,6 +364,12 @@ absl::Status QuantdServer::OpenStores() {
   batching.max_queue_delay = absl::Microseconds(options_.max_queue_delay_us);
   batching.batching = options_.dynamic_batching;
   batching.queue_capacity = options_.inference_queue_capacity;
+  // With a CPU left over beside the inference threads, responses are
+  // encoded and written there, and the inference threads go on to their
+  // next pass at once: with one inference thread on 2 cores, 16 batch-1
+  // clients got 1-24% more images/s (5 A/B pairs, AVX2 EPYC). With every CPU
+  // running passes, the hand-off only made passes smaller.
+  batching.completion_threads = options_.inference_threads < UsableCpus() ? 1 : 0;
   // OpenMP keeps the thread count per thread: a new thread would otherwise
   // run oneDNN on every core, fighting the other inference thread.
   const int intra_op_threads = engine::IntraOpThreads();

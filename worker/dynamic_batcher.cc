@@ -18,6 +18,7 @@ DynamicBatcher::DynamicBatcher(const Options& options, Clock* clock)
   const int threads = this->threads();
   threads_.reserve(threads);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  for (int i = 0; i < options_.completion_threads; ++i) completion_threads_.emplace_back([this] { CompletionLoop(); });
 }
 
 DynamicBatcher::~DynamicBatcher() { Shutdown(); }
@@ -57,7 +58,7 @@ absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model,
   Pass pass;
   pass.model = std::move(model);
   pass.requests.push_back(std::move(request));
-  RunPass(std::move(pass));
+  RunPass(std::move(pass), /*offload=*/false);
   absl::MutexLock lock(&mu_);
   --running_;
   last_pass_end_ = clock_->Now();
@@ -83,6 +84,11 @@ void DynamicBatcher::Shutdown() {
     work_.SignalAll();
   }
   for (std::thread& thread : threads_) thread.join();
+  {
+    absl::MutexLock lock(&completions_mu_);
+    completions_stopping_ = true;
+  }
+  for (std::thread& thread : completion_threads_) thread.join();
 }
 
 bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
@@ -127,7 +133,7 @@ void DynamicBatcher::Loop() {
       // More may be due: let another thread look while this one runs.
       if (!queues_.empty()) work_.Signal();
       mu_.Unlock();
-      RunPass(std::move(pass));
+      RunPass(std::move(pass), /*offload=*/true);
       mu_.Lock();
       --running_;
       last_pass_end_ = clock_->Now();
@@ -144,7 +150,7 @@ void DynamicBatcher::Loop() {
   mu_.Unlock();
 }
 
-void DynamicBatcher::RunPass(Pass pass) {
+void DynamicBatcher::RunPass(Pass pass, bool offload) {
   int64_t total = 0;
   for (const Request& r : pass.requests) total += r.batch;
   std::vector<float> samples;
@@ -159,9 +165,40 @@ void DynamicBatcher::RunPass(Pass pass) {
       std::vector<float>().swap(r.samples);
     }
   }
-  const absl::Time start = clock_->Now();
-  absl::StatusOr<engine::ServingOutput> output = pass.model->Run(std::move(samples), total);
-  const absl::Time end = clock_->Now();
+  Completion completion;
+  completion.total = total;
+  completion.start = clock_->Now();
+  completion.output = pass.model->Run(std::move(samples), total);
+  completion.end = clock_->Now();
+  completion.requests = std::move(pass.requests);
+  if (offload && !completion_threads_.empty()) {
+    absl::MutexLock lock(&completions_mu_);
+    completions_.push_back(std::move(completion));
+    return;
+  }
+  Deliver(std::move(completion));
+}
+
+void DynamicBatcher::CompletionLoop() {
+  while (true) {
+    Completion completion;
+    {
+      absl::MutexLock lock(&completions_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(completions_mu_) {
+        return !completions_.empty() || completions_stopping_;
+      };
+      completions_mu_.Await(absl::Condition(&ready));
+      if (completions_.empty()) return;  // stopping, and all delivered
+      completion = std::move(completions_.front());
+      completions_.pop_front();
+    }
+    Deliver(std::move(completion));
+  }
+}
+
+void DynamicBatcher::Deliver(Completion completion) {
+  const int64_t total = completion.total;
+  absl::StatusOr<engine::ServingOutput>& output = completion.output;
   if (output.ok() && (output->shape.empty() || output->shape[0] != total ||
                       output->values.size() % static_cast<size_t>(total) != 0)) {
     output = absl::InternalError(absl::StrCat("a batch of ", total, " samples gave an output of ",
@@ -170,13 +207,13 @@ void DynamicBatcher::RunPass(Pass pass) {
   const size_t per_sample = output.ok() ? output->values.size() / static_cast<size_t>(total) : 0;
   size_t offset = 0;
   bool first = true;
-  for (Request& r : pass.requests) {
+  for (Request& r : completion.requests) {
     BatchStats stats;
     stats.first_of_pass = first;
     first = false;
     stats.executed_batch_size = total;
-    stats.queue_time = start - r.enqueued;
-    stats.compute_time = end - start;
+    stats.queue_time = completion.start - r.enqueued;
+    stats.compute_time = completion.end - completion.start;
     if (!output.ok()) {
       std::move(r.done)(output.status(), stats);
       continue;
@@ -185,7 +222,7 @@ void DynamicBatcher::RunPass(Pass pass) {
     mine.shape = output->shape;
     mine.shape[0] = r.batch;
     const size_t count = per_sample * static_cast<size_t>(r.batch);
-    if (pass.requests.size() == 1) {
+    if (completion.requests.size() == 1) {
       mine.values = std::move(output->values);
     } else {
       mine.values.assign(output->values.begin() + offset, output->values.begin() + offset + count);

@@ -23,7 +23,8 @@
 // last pass if that came after the first of them arrived, since the clients
 // a pass answered send again right after it, but ends at most twice the
 // delay after that arrival. Callers get their rows through a callback, on
-// whichever thread ran the pass.
+// whichever thread ran the pass, or on a completion thread
+// (Options::completion_threads) for passes on the batcher's threads.
 
 #include <atomic>
 #include <cstdint>
@@ -78,6 +79,11 @@ class DynamicBatcher {
     int64_t queue_capacity = 256;
     // A request that finds the batcher idle runs on the submitting thread.
     bool run_on_caller_when_idle = true;
+    // Threads that deliver the results of passes run on the batcher's own
+    // threads (the callbacks: encoding and sending responses), so that those
+    // go on to their next pass at once; 0: delivered on the pass's thread.
+    // A pass run on the submitting thread always delivers there.
+    int completion_threads = 0;
     // Runs first on each thread before its first pass, the submitting ones
     // included (e.g. LibTorch's intra-op thread count, which OpenMP keeps per
     // thread).
@@ -122,11 +128,24 @@ class DynamicBatcher {
     std::vector<Request> requests;
   };
 
+  // One pass's results, ready to hand to its requests' callbacks.
+  struct Completion {
+    std::vector<Request> requests;
+    absl::StatusOr<engine::ServingOutput> output;
+    absl::Time start;
+    absl::Time end;
+    int64_t total = 0;
+  };
+
   void Loop();
+  void CompletionLoop();
+  // Runs `pass`; delivers its results here, or on a completion thread when
+  // `offload` and there are any.
+  void RunPass(Pass pass, bool offload);
+  static void Deliver(Completion completion);
   // Takes the next batch that is due, oldest first; otherwise sets `*wake`
   // to when the earliest one will be.
   bool TakeDuePass(Pass* pass, absl::Time* wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RunPass(Pass pass);
   void InitThisThread();
 
   static std::atomic<uint64_t> next_id_;
@@ -145,6 +164,11 @@ class DynamicBatcher {
   // clients, whose next requests should meet rather than run alone.
   int64_t last_pass_requests_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::thread> threads_;
+
+  absl::Mutex completions_mu_;
+  std::deque<Completion> completions_ ABSL_GUARDED_BY(completions_mu_);
+  bool completions_stopping_ ABSL_GUARDED_BY(completions_mu_) = false;
+  std::vector<std::thread> completion_threads_;
 };
 
 }  // namespace quantd::worker

@@ -354,6 +354,53 @@ TEST(DynamicBatcherTest, ARequestThatFindsAPassRunningQueuesForABatcherThreadEve
   EXPECT_TRUE(first.done.HasBeenNotified());
 }
 
+TEST(DynamicBatcherTest, WithCompletionThreadsTheNextPassDoesNotWaitForTheLastOnesCallbacks) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
+  options.completion_threads = 1;
+  DynamicBatcher batcher(options, Clock::Real());
+  absl::Notification a_delivering, a_may_finish;
+  std::thread::id a_thread;
+  ASSERT_TRUE(batcher
+                  .Submit(model, Samples(1, 0), 1,
+                          [&](absl::StatusOr<engine::ServingOutput> output, const BatchStats&) {
+                            EXPECT_TRUE(output.ok());
+                            a_thread = std::this_thread::get_id();
+                            a_delivering.Notify();
+                            a_may_finish.WaitForNotification();  // a slow response write
+                          })
+                  .ok());
+  a_delivering.WaitForNotification();
+  Outcome b;
+  ASSERT_TRUE(Submit(batcher, model, 2, 100, &b).ok());
+  model->AwaitPasses(2);  // b's pass ran while a's callback still blocks
+  EXPECT_FALSE(b.done.HasBeenNotified());  // delivered in order, after a's
+  a_may_finish.Notify();
+  b.done.WaitForNotification();
+  EXPECT_EQ(b.thread, a_thread);  // the completion thread
+  EXPECT_NE(b.thread, std::this_thread::get_id());
+  ASSERT_TRUE(b.output.ok());
+  EXPECT_THAT(b.output->values, ElementsAre(1001, 1011, 1021, 1031));
+  EXPECT_THAT(model->passes(), ElementsAre(1, 2));
+}
+
+TEST(DynamicBatcherTest, ShutdownDeliversEveryCompletionBeforeItReturns) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::Hours(1));
+  options.completion_threads = 2;
+  DynamicBatcher batcher(options, Clock::Real());
+  std::vector<Outcome> outcomes(5);
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    ASSERT_TRUE(Submit(batcher, model, 1, static_cast<float>(100 * i), &outcomes[i]).ok());
+  }
+  batcher.Shutdown();  // the hour-long delay is cut short, and the results delivered
+  for (Outcome& o : outcomes) {
+    ASSERT_TRUE(o.done.HasBeenNotified());
+    ASSERT_TRUE(o.output.ok());
+  }
+  EXPECT_THAT(outcomes[4].output->values, ElementsAre(4001, 4011));
+}
+
 TEST(DynamicBatcherTest, AnOversizedOrEmptyBatchIsInvalidNamingTheFlag) {
   auto model = std::make_shared<FakeModel>();
   DynamicBatcher batcher(OneThread(4, absl::ZeroDuration()), Clock::Real());
