@@ -9,6 +9,13 @@ namespace quantd::worker {
 
 std::atomic<uint64_t> DynamicBatcher::next_id_{0};
 
+namespace {
+
+// Passes whose results may wait for a completion thread.
+constexpr size_t kMaxPendingCompletions = 8;
+
+}  // namespace
+
 absl::Time BatchDueAt(absl::Time first_arrival, absl::Time last_pass_end, absl::Duration delay) {
   return std::min(std::max(first_arrival, last_pass_end) + delay, first_arrival + 2 * delay);
 }
@@ -173,8 +180,12 @@ void DynamicBatcher::RunPass(Pass pass, bool offload) {
   completion.requests = std::move(pass.requests);
   if (offload && !completion_threads_.empty()) {
     absl::MutexLock lock(&completions_mu_);
-    completions_.push_back(std::move(completion));
-    return;
+    // Completion threads that fall behind (a saturated CPU) get no more:
+    // this thread delivers its own, which holds back its next pass.
+    if (completions_.size() < kMaxPendingCompletions) {
+      completions_.push_back(std::move(completion));
+      return;
+    }
   }
   Deliver(std::move(completion));
 }

@@ -384,6 +384,38 @@ TEST(DynamicBatcherTest, WithCompletionThreadsTheNextPassDoesNotWaitForTheLastOn
   EXPECT_THAT(model->passes(), ElementsAre(1, 2));
 }
 
+TEST(DynamicBatcherTest, WhenCompletionThreadsFallBehindTheBatcherDeliversItself) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
+  options.completion_threads = 1;
+  DynamicBatcher batcher(options, Clock::Real());
+  absl::Notification a_delivering, a_may_finish;
+  std::thread::id a_thread;
+  ASSERT_TRUE(batcher
+                  .Submit(model, Samples(1, 0), 1,
+                          [&](absl::StatusOr<engine::ServingOutput>, const BatchStats&) {
+                            a_thread = std::this_thread::get_id();
+                            a_delivering.Notify();
+                            a_may_finish.WaitForNotification();
+                          })
+                  .ok());
+  a_delivering.WaitForNotification();
+  // Eight passes' results wait for the blocked completion thread; the ninth
+  // is delivered by the batcher thread that ran it.
+  std::vector<Outcome> outcomes(9);
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    ASSERT_TRUE(Submit(batcher, model, 1, static_cast<float>(100 * i), &outcomes[i]).ok());
+    model->AwaitPasses(i + 2);
+  }
+  outcomes[8].done.WaitForNotification();
+  EXPECT_NE(outcomes[8].thread, a_thread);
+  EXPECT_NE(outcomes[8].thread, std::this_thread::get_id());
+  EXPECT_FALSE(outcomes[0].done.HasBeenNotified());
+  a_may_finish.Notify();
+  for (Outcome& o : outcomes) o.done.WaitForNotification();
+  EXPECT_EQ(outcomes[0].thread, a_thread);
+}
+
 TEST(DynamicBatcherTest, ShutdownDeliversEveryCompletionBeforeItReturns) {
   auto model = std::make_shared<FakeModel>();
   DynamicBatcher::Options options = OneThread(8, absl::Hours(1));

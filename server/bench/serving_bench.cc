@@ -129,15 +129,19 @@ bool Wanted(const std::string& path, int concurrency) {
   return absl::StrContains(absl::StrCat(path, ", ", concurrency, " clients"), only_rows);
 }
 
-template <typename Call>
-Row Measure(const std::string& path, int concurrency, int64_t batch, double seconds, Call call) {
+// A row for `path` from `concurrency` clients, skipped unless --only wants it.
+Row NewRow(const std::string& path, int concurrency) {
   Row row;
   row.path = path;
   row.concurrency = concurrency;
-  if (!Wanted(path, concurrency)) {
-    row.seconds = -1;  // skipped
-    return row;
-  }
+  if (!Wanted(path, concurrency)) row.seconds = -1;
+  return row;
+}
+
+template <typename Call>
+Row Measure(const std::string& path, int concurrency, int64_t batch, double seconds, Call call) {
+  Row row = NewRow(path, concurrency);
+  if (row.skipped()) return row;
   std::vector<std::vector<double>> latencies(concurrency);
   std::vector<int64_t> errors(concurrency, 0), images(concurrency, 0);
   std::atomic<bool> stop{false};
@@ -182,13 +186,8 @@ Row Measure(const std::string& path, int concurrency, int64_t batch, double seco
 using AsyncDone = std::function<void(const grpc::Status&)>;
 using AsyncStart = std::function<void(int, int64_t, grpc::ClientContext*, AsyncDone)>;
 Row MeasureAsync(const std::string& path, int concurrency, double seconds, const AsyncStart& start) {
-  Row row;
-  row.path = path;
-  row.concurrency = concurrency;
-  if (!Wanted(path, concurrency)) {
-    row.seconds = -1;  // skipped
-    return row;
-  }
+  Row row = NewRow(path, concurrency);
+  if (row.skipped()) return row;
   struct Client {
     int64_t sent = 0;
     std::unique_ptr<grpc::ClientContext> context;
