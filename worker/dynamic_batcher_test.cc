@@ -354,30 +354,37 @@ TEST(DynamicBatcherTest, ARequestThatFindsAPassRunningQueuesForABatcherThreadEve
   EXPECT_TRUE(first.done.HasBeenNotified());
 }
 
+// A batch-1 request whose callback blocks until `may_finish` (a slow
+// response write), noting the thread it was delivered on.
+struct BlockedDelivery {
+  absl::Notification delivering, may_finish;
+  std::thread::id thread;
+  absl::Status Submit(DynamicBatcher& batcher, const std::shared_ptr<FakeModel>& model) {
+    return batcher.Submit(model, Samples(1, 0), 1,
+                          [this](absl::StatusOr<engine::ServingOutput> output, const BatchStats&) {
+                            EXPECT_TRUE(output.ok());
+                            thread = std::this_thread::get_id();
+                            delivering.Notify();
+                            may_finish.WaitForNotification();
+                          });
+  }
+};
+
 TEST(DynamicBatcherTest, WithCompletionThreadsTheNextPassDoesNotWaitForTheLastOnesCallbacks) {
   auto model = std::make_shared<FakeModel>();
   DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
   options.completion_threads = 1;
   DynamicBatcher batcher(options, Clock::Real());
-  absl::Notification a_delivering, a_may_finish;
-  std::thread::id a_thread;
-  ASSERT_TRUE(batcher
-                  .Submit(model, Samples(1, 0), 1,
-                          [&](absl::StatusOr<engine::ServingOutput> output, const BatchStats&) {
-                            EXPECT_TRUE(output.ok());
-                            a_thread = std::this_thread::get_id();
-                            a_delivering.Notify();
-                            a_may_finish.WaitForNotification();  // a slow response write
-                          })
-                  .ok());
-  a_delivering.WaitForNotification();
+  BlockedDelivery a;
+  ASSERT_TRUE(a.Submit(batcher, model).ok());
+  a.delivering.WaitForNotification();
   Outcome b;
   ASSERT_TRUE(Submit(batcher, model, 2, 100, &b).ok());
   model->AwaitPasses(2);  // b's pass ran while a's callback still blocks
   EXPECT_FALSE(b.done.HasBeenNotified());  // delivered in order, after a's
-  a_may_finish.Notify();
+  a.may_finish.Notify();
   b.done.WaitForNotification();
-  EXPECT_EQ(b.thread, a_thread);  // the completion thread
+  EXPECT_EQ(b.thread, a.thread);  // the completion thread
   EXPECT_NE(b.thread, std::this_thread::get_id());
   ASSERT_TRUE(b.output.ok());
   EXPECT_THAT(b.output->values, ElementsAre(1001, 1011, 1021, 1031));
@@ -389,17 +396,9 @@ TEST(DynamicBatcherTest, WhenCompletionThreadsFallBehindTheBatcherDeliversItself
   DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
   options.completion_threads = 1;
   DynamicBatcher batcher(options, Clock::Real());
-  absl::Notification a_delivering, a_may_finish;
-  std::thread::id a_thread;
-  ASSERT_TRUE(batcher
-                  .Submit(model, Samples(1, 0), 1,
-                          [&](absl::StatusOr<engine::ServingOutput>, const BatchStats&) {
-                            a_thread = std::this_thread::get_id();
-                            a_delivering.Notify();
-                            a_may_finish.WaitForNotification();
-                          })
-                  .ok());
-  a_delivering.WaitForNotification();
+  BlockedDelivery a;
+  ASSERT_TRUE(a.Submit(batcher, model).ok());
+  a.delivering.WaitForNotification();
   // Eight passes' results wait for the blocked completion thread; the ninth
   // is delivered by the batcher thread that ran it.
   std::vector<Outcome> outcomes(9);
@@ -408,12 +407,12 @@ TEST(DynamicBatcherTest, WhenCompletionThreadsFallBehindTheBatcherDeliversItself
     model->AwaitPasses(i + 2);
   }
   outcomes[8].done.WaitForNotification();
-  EXPECT_NE(outcomes[8].thread, a_thread);
+  EXPECT_NE(outcomes[8].thread, a.thread);
   EXPECT_NE(outcomes[8].thread, std::this_thread::get_id());
   EXPECT_FALSE(outcomes[0].done.HasBeenNotified());
-  a_may_finish.Notify();
+  a.may_finish.Notify();
   for (Outcome& o : outcomes) o.done.WaitForNotification();
-  EXPECT_EQ(outcomes[0].thread, a_thread);
+  EXPECT_EQ(outcomes[0].thread, a.thread);
 }
 
 TEST(DynamicBatcherTest, ShutdownDeliversEveryCompletionBeforeItReturns) {
