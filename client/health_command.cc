@@ -25,7 +25,8 @@ std::string ServerInfoText(const v1::ServerInfo& info) {
   return absl::StrCat(
       "server: quantd ", info.version(), ", LibTorch ", info.libtorch_version(), ", kernel engines ",
       absl::StrJoin(info.kernel_engines(), " "), ", ", info.workers(), " worker(s) x ", info.intra_op_threads(),
-      " intra-op thread(s)\ncpu: ", cpu.model().empty() ? "unknown" : cpu.model(),
+      " intra-op thread(s), ", info.inference_threads(),
+      " inference thread(s)\ncpu: ", cpu.model().empty() ? "unknown" : cpu.model(),
       "\n  features: ", absl::StrJoin(cpu.features(), " "),
       "\n  oneDNN isa: ", cpu.onednn_isa().empty() ? "unknown" : cpu.onednn_isa(),
       "\n  quantd kernels: ", cpu.kernel_isa(),

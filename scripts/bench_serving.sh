@@ -8,7 +8,8 @@
 # Needs a build (scripts/build.sh) and the fixtures.
 #
 #   scripts/bench_serving.sh [FIXTURES_DIR]      (default ../shared/fixtures)
-#   QUANTD_BENCH_SECONDS (per row, default 3), QUANTD_INFERENCE_THREADS (default 2)
+#   QUANTD_BENCH_SECONDS (per row, default 3), QUANTD_INFERENCE_THREADS (default
+#     quantd's: one less than the CPUs, at least 1)
 #   QUANTD_BENCH_PIN=1: the servers on CPU 1 with one inference thread, the
 #     clients and the in-process rows on CPU 0 (clients that do not take the
 #     server's core, as remote ones would not; needs 2 CPUs)
@@ -17,7 +18,8 @@ cd "$(dirname "$0")/.."
 fixtures="$(cd "${1:-${QUANTD_FIXTURES:-../shared/fixtures}}" && pwd)"
 build_dir="${QUANTD_BUILD_DIR:-build}"
 seconds="${QUANTD_BENCH_SECONDS:-3}"
-threads="${QUANTD_INFERENCE_THREADS:-2}"
+cpus="$(nproc)"
+threads="${QUANTD_INFERENCE_THREADS:-$((cpus > 1 ? cpus - 1 : 1))}"
 server_cpu=()
 client_cpu=()
 if [ "${QUANTD_BENCH_PIN:-0}" = "1" ]; then
@@ -130,5 +132,32 @@ for row in (batched, batched_async):
               f"clients {row['client_cpu_us_per_image']:.0f} us")
 print(f"gRPC batch-1 p50 at 1 client: {one['p50_ms'] / b1['p50_ms']:.2f}x the in-process batch-1 latency "
       f"(target < 2; {one['p50_ms']:.3f} ms vs {b1['p50_ms']:.3f} ms)")
+rounds = s.get('rounds', [])
+if rounds:
+    print()
+    print(f"{len(rounds)} paired rounds (the rows the targets compare, back to back, "
+          f"{rounds[0]['in_process_batch256']['images'] / max(rounds[0]['in_process_batch256']['images_per_s'], 1e-9):.1f} s each):")
+    print(f"{'round':>5s} {'b256 img/s':>10s} {'16 batched':>10s} {'16 unbatched':>12s} {'vs b256':>8s} "
+          f"{'vs unbatched':>12s} {'b1 p50 ms':>9s} {'gRPC 1 p50':>10s} {'ratio':>6s}")
+    through, gain, latency = [], [], []
+    for i, r in enumerate(rounds, 1):
+        b256r = r['in_process_batch256']['images_per_s']
+        on, off = r['grpc_batched_16']['images_per_s'], r['grpc_unbatched_16']['images_per_s']
+        b1p, g1p = r['in_process_batch1']['p50_ms'], r['grpc_batched_1']['p50_ms']
+        through.append(on / b256r)
+        gain.append(on / off)
+        latency.append(g1p / b1p)
+        errors += sum(row['errors'] for row in r.values())
+        print(f"{i:5d} {b256r:10.0f} {on:10.0f} {off:12.0f} {through[-1]:7.2f}x {gain[-1]:11.2f}x "
+              f"{b1p:9.3f} {g1p:10.3f} {latency[-1]:5.2f}x")
+    def summary(v):
+        v = sorted(v)
+        return f"median {v[len(v) // 2]:.2f}, {v[0]:.2f}-{v[-1]:.2f}"
+    print(f"16 clients, dynamic batching vs in-process batch 256: {summary(through)} "
+          f"(target >= 0.60: met in {sum(x >= 0.60 for x in through)} of {len(through)} rounds)")
+    print(f"16 clients, dynamic batching vs no batching: {summary(gain)} "
+          f"(above 1 in {sum(x > 1 for x in gain)} of {len(gain)} rounds)")
+    print(f"gRPC batch-1 p50 at 1 client vs in-process batch 1: {summary(latency)} "
+          f"(target < 2: met in {sum(x < 2 for x in latency)} of {len(latency)} rounds)")
 print(f"errors: {errors}")
 PY

@@ -78,9 +78,10 @@ ABSL_FLAG(int, rpc_threads, 8,
           "gRPC's own threads never wait on the disk.");
 ABSL_FLAG(int, rpc_queue_capacity, 1000,
           "RPCs that may wait for --rpc_threads; beyond it calls are RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, inference_threads, 2,
+ABSL_FLAG(int, inference_threads, 0,
           "Threads that run inference forward passes (and as many that load models and check requests), "
-          "apart from jobs.");
+          "apart from jobs; 0: one less than the CPUs this process may use (affinity mask and cgroup quota), "
+          "at least 1.");
 ABSL_FLAG(int, inference_queue_capacity, 256,
           "Inference requests that may wait, per model; beyond it RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, max_batch_size, 64,
@@ -209,7 +210,8 @@ int main(int argc, char** argv) {
           : absl::StrCat(options.bind_address, ":", (*server)->metrics_port(), "/metrics");
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: listening grpc=", options.bind_address, ":",
-                               (*server)->grpc_port(), " metrics=", metrics));
+                               (*server)->grpc_port(), " metrics=", metrics,
+                               " inference_threads=", (*server)->options().inference_threads));
 
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {

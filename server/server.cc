@@ -1,6 +1,5 @@
 #include "server/server.h"
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -17,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/cpu_budget.h"
 #include "server/log.h"
 #include "server/metrics_interceptor.h"
 #include "server/process_metrics.h"
@@ -33,14 +33,6 @@
 
 namespace quantd {
 namespace {
-
-// CPUs this process may run on (its affinity mask, as taskset sets it).
-int UsableCpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return CPU_COUNT(&set);
-}
 
 constexpr char kReflectionService[] = "grpc.reflection.v1alpha.ServerReflection";
 
@@ -130,9 +122,10 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("--rpc_queue_capacity must be at least 1, got ", options.rpc_queue_capacity));
   }
-  if (options.inference_threads < 1 || options.inference_threads > 256) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--inference_threads must be in 1..256, got ", options.inference_threads));
+  if (options.inference_threads < 0 || options.inference_threads > 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--inference_threads must be in 1..256, or 0 for one less than the usable CPUs, got ",
+        options.inference_threads));
   }
   if (options.inference_queue_capacity < 1) {
     return absl::InvalidArgumentError(
@@ -225,10 +218,19 @@ class PublishWatcher : public worker::JobWatcher {
 
 }  // namespace
 
+namespace {
+
+QuantdServer::Options WithResolvedDefaults(QuantdServer::Options options) {
+  if (options.inference_threads == 0) options.inference_threads = DefaultInferenceThreads(UsableCpus());
+  return options;
+}
+
+}  // namespace
+
 const char* QuantdVersion() { return QUANTD_VERSION; }
 
 QuantdServer::QuantdServer(const Options& options)
-    : options_(options),
+    : options_(WithResolvedDefaults(options)),
       metrics_(MetricsOptions()),
       health_({quantd::v1::QuantizationService::service_full_name()}) {}
 
@@ -347,6 +349,7 @@ absl::Status QuantdServer::OpenStores() {
   ToProto(engine::CpuInt8Info(), deps.server_info.mutable_cpu());
   deps.server_info.set_intra_op_threads(engine::IntraOpThreads());
   deps.server_info.set_workers(options_.workers);
+  deps.server_info.set_inference_threads(options_.inference_threads);
   deps.auth = auth_.get();
   deps.read_roots = options_.read_roots;
   rpc_executor_ = std::make_unique<BlockingExecutor>(options_.rpc_threads, options_.rpc_queue_capacity);

@@ -101,8 +101,9 @@ class QuantdServer {
     // requests that may wait for them (per model), the most samples one
     // request or coalesced pass may carry, how long a request waits for
     // others to join its pass (dynamic batching; off: each runs alone), and
-    // the loaded models' byte budget.
-    int inference_threads = 2;
+    // the loaded models' byte budget. inference_threads 0: one less than the
+    // usable CPUs, at least 1 (DefaultInferenceThreads).
+    int inference_threads = 0;
     int inference_queue_capacity = 256;
     int64_t max_batch_size = 64;
     int64_t max_queue_delay_us = 100;
@@ -120,6 +121,8 @@ class QuantdServer {
   int grpc_port() const { return grpc_port_; }
   // -1 when the metrics endpoint is off.
   int metrics_port() const { return metrics_port_; }
+  // The options, with defaults that depend on the CPUs resolved
+  // (inference_threads).
   const Options& options() const { return options_; }
 
   // Health turns NOT_SERVING, new RPCs are refused, in-flight ones get up to

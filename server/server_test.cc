@@ -19,6 +19,7 @@
 #include "absl/synchronization/notification.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quantd/v1/quantd.grpc.pb.h"
+#include "server/cpu_budget.h"
 #include "worker/engine/quantizer.h"
 
 namespace quantd {
@@ -83,6 +84,11 @@ TEST_F(ServerTest, BindsEphemeralPortAndCreatesDataDir) {
   EXPECT_GT(server_->grpc_port(), 0);
   EXPECT_EQ(server_->metrics_port(), -1);
   EXPECT_TRUE(std::filesystem::is_directory(data_dir_ + "/nested/data"));
+}
+
+TEST_F(ServerTest, InferenceThreadsDefaultToOneLessThanTheUsableCpus) {
+  EXPECT_EQ(server_->options().inference_threads, DefaultInferenceThreads(UsableCpus()));
+  EXPECT_GE(server_->options().inference_threads, 1);
 }
 
 TEST(ServerMetricsEndpointTest, BindsEphemeralMetricsPort) {
@@ -470,6 +476,9 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   bad = options;
   bad.model_vet_seconds = 0;
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--model_vet_seconds"));
+  bad = options;
+  bad.inference_threads = -1;
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--inference_threads"));
 }
 
 TEST(ServerOptionsTest, DataDirThatIsAFileFails) {

@@ -4,7 +4,7 @@
 //
 //   quantd-serving-bench --server=HOST:PORT --server_unbatched=HOST:PORT --http=HOST:PORT
 //       --artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--http_unbatched=HOST:PORT]
-//       [--seconds=S] [--threads=N] [--only=TEXT]
+//       [--seconds=S] [--threads=N] [--only=TEXT] [--rounds=R] [--round_seconds=T]
 //
 // --server runs with dynamic batching, --server_unbatched with
 // --dynamic_batching=false (same artifact, same --inference_threads N). Rows:
@@ -16,6 +16,11 @@
 // seconds and reports images/s, p50 and p99, and the CPU time per image that
 // it cost this process (the clients, or the in-process passes) and the
 // server (its process_cpu_seconds_total, from --http / --http_unbatched).
+// Then R paired rounds (default 5) of the rows the targets compare, T
+// seconds each (default 1), back to back in every round: in-process batch 256
+// and 1, gRPC from 16 clients with and without batching, gRPC from 1 client.
+// On a VM whose speed drifts by 30% within a minute, each round's ratios
+// compare rows measured seconds apart, not a minute apart.
 // Prints JSON.
 
 #include <httplib.h>
@@ -268,13 +273,17 @@ int main(int argc, char** argv) {
   const std::string kernel_engine = Flag(argc, argv, "kernel_engine");
   const std::string images_path = Flag(argc, argv, "images");
   double seconds = 3;
+  double round_seconds = 1;
   int threads = 2;
+  int rounds = 5;
   if (server.empty() || unbatched.empty() || http.empty() || artifact.empty() || kernel_engine.empty() ||
       images_path.empty() || !absl::SimpleAtod(Flag(argc, argv, "seconds", "3"), &seconds) ||
-      !absl::SimpleAtoi(Flag(argc, argv, "threads", "2"), &threads)) {
+      !absl::SimpleAtoi(Flag(argc, argv, "threads", "2"), &threads) ||
+      !absl::SimpleAtoi(Flag(argc, argv, "rounds", "5"), &rounds) || rounds < 0 ||
+      !absl::SimpleAtod(Flag(argc, argv, "round_seconds", "1"), &round_seconds) || round_seconds <= 0) {
     std::cerr << "usage: quantd-serving-bench --server=HOST:PORT --server_unbatched=HOST:PORT --http=HOST:PORT "
                  "--artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--http_unbatched=HOST:PORT] [--seconds=S] "
-                 "[--threads=N] [--only=TEXT]\n";
+                 "[--threads=N] [--only=TEXT] [--rounds=R] [--round_seconds=T]\n";
     return 2;
   }
   only_rows = Flag(argc, argv, "only");
@@ -437,6 +446,57 @@ int main(int argc, char** argv) {
                    return response && response->status == 200;
                  }));
   report["rows"] = rows;
+
+  // Paired rounds: the rows the targets compare, back to back.
+  auto stubs_to = [](const std::string& target, int clients) {
+    std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> stubs;
+    for (int c = 0; c < clients; ++c) {
+      grpc::ChannelArguments args;
+      args.SetInt("quantd.bench.client", c);
+      stubs.push_back(inference::GRPCInferenceService::NewStub(
+          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+    }
+    return stubs;
+  };
+  auto infer_from = [&](std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>>& stubs) {
+    return [&](int c, int64_t i) {
+      const inference::ModelInferRequest request = infer_request(c, i);
+      inference::ModelInferResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      return stubs[c]->ModelInfer(&context, request, &response).ok();
+    };
+  };
+  auto batched16 = stubs_to(server, 16);
+  auto unbatched16 = stubs_to(unbatched, 16);
+  auto batched1 = stubs_to(server, 1);
+  std::vector<nlohmann::json> paired;
+  for (int round = 0; round < rounds; ++round) {
+    nlohmann::json r;
+    auto measure = [&](const char* key, Row row) {
+      if (!row.skipped()) r[key] = row.Json();
+    };
+    metered_server = nullptr;
+    measure("in_process_batch256", Measure("round: in-process batch 256", threads, 256, round_seconds,
+                                           [&](int, int64_t) {
+                                             UseOneIntraOpThread();
+                                             return (*model)->Run(many, {256, 3, 32, 32}).ok();
+                                           }));
+    measure("in_process_batch1", Measure("round: in-process batch 1", 1, 1, round_seconds, [&](int, int64_t) {
+              UseOneIntraOpThread();
+              return (*model)->Run(one, {1, 3, 32, 32}).ok();
+            }));
+    metered_server = batched_http.get();
+    measure("grpc_batched_16", Measure("round: gRPC ModelInfer batch 1, dynamic batching", 16, 1, round_seconds,
+                                       infer_from(batched16)));
+    measure("grpc_batched_1", Measure("round: gRPC ModelInfer batch 1, dynamic batching", 1, 1, round_seconds,
+                                      infer_from(batched1)));
+    metered_server = unbatched_http.get();
+    measure("grpc_unbatched_16", Measure("round: gRPC ModelInfer batch 1, no batching", 16, 1, round_seconds,
+                                         infer_from(unbatched16)));
+    if (!r.empty()) paired.push_back(r);
+  }
+  report["rounds"] = paired;
   std::cout << report.dump() << "\n";
   return 0;
 }
