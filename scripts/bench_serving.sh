@@ -10,6 +10,8 @@
 #   scripts/bench_serving.sh [FIXTURES_DIR]      (default ../shared/fixtures)
 #   QUANTD_BENCH_SECONDS (per row, default 3), QUANTD_INFERENCE_THREADS (default
 #     quantd's: one less than the CPUs, at least 1)
+#   QUANTD_BENCH_ROUNDS (paired rounds, default 5), QUANTD_BENCH_ROUND_SECONDS
+#     (per row of a round, default 1)
 #   QUANTD_BENCH_PIN=1: the servers on CPU 1 with one inference thread, the
 #     clients and the in-process rows on CPU 0 (clients that do not take the
 #     server's core, as remote ones would not; needs 2 CPUs)
@@ -18,6 +20,8 @@ cd "$(dirname "$0")/.."
 fixtures="$(cd "${1:-${QUANTD_FIXTURES:-../shared/fixtures}}" && pwd)"
 build_dir="${QUANTD_BUILD_DIR:-build}"
 seconds="${QUANTD_BENCH_SECONDS:-3}"
+rounds="${QUANTD_BENCH_ROUNDS:-5}"
+round_seconds="${QUANTD_BENCH_ROUND_SECONDS:-1}"
 cpus="$(nproc)"
 threads="${QUANTD_INFERENCE_THREADS:-$((cpus > 1 ? cpus - 1 : 1))}"
 server_cpu=()
@@ -78,7 +82,8 @@ read -r sha engine < <("$build_dir/client/quantctl" --server="$grpc_batched" --j
 echo "bench_serving: measuring, $seconds s per row ..." >&2
 "${client_cpu[@]}" "$build_dir/server/quantd-serving-bench" --server="$grpc_batched" --server_unbatched="$grpc_unbatched" \
   --http="$http_batched" --http_unbatched="$http_unbatched" --artifact="$data_batched/artifacts/$sha.pt" --kernel_engine="$engine" \
-  --images="$fixtures/cifar10/test_batch.bin" --seconds="$seconds" --threads="$threads" >"$work/serving.json"
+  --images="$fixtures/cifar10/test_batch.bin" --seconds="$seconds" --threads="$threads" --rounds="$rounds" \
+  --round_seconds="$round_seconds" >"$work/serving.json"
 
 ort_modules="$build_dir/ort/node_modules"
 if [ -d "$ort_modules/onnxruntime-node" ]; then
@@ -160,4 +165,8 @@ if rounds:
     print(f"gRPC batch-1 p50 at 1 client vs in-process batch 1: {summary(latency)} "
           f"(target < 2: met in {sum(x < 2 for x in latency)} of {len(latency)} rounds)")
 print(f"errors: {errors}")
+empty = [r['path'] + f", {r['concurrency']} clients" for r in s['rows'] if r['images'] == 0]
+empty += [f"round {i} {k}" for i, r in enumerate(rounds, 1) for k, row in r.items() if row['images'] == 0]
+if empty:
+    sys.exit("bench_serving: rows that served no images: " + "; ".join(empty))
 PY
