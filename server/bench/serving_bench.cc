@@ -458,13 +458,14 @@ int main(int argc, char** argv) {
     }
     return stubs;
   };
-  auto infer_from = [&](std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>>& stubs) {
-    return [&](int c, int64_t i) {
+  auto infer_from = [&infer_request](std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>>& stubs) {
+    auto* clients = &stubs;  // outlives the rounds
+    return [&infer_request, clients](int c, int64_t i) {
       const inference::ModelInferRequest request = infer_request(c, i);
       inference::ModelInferResponse response;
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-      return stubs[c]->ModelInfer(&context, request, &response).ok();
+      return (*clients)[c]->ModelInfer(&context, request, &response).ok();
     };
   };
   auto batched16 = stubs_to(server, 16);
