@@ -369,14 +369,19 @@ int main(int argc, char** argv) {
 
   // The floor: a gRPC call that does nothing (ServerLive), from 1 and 16
   // clients: what requests/s the RPC alone allows on this machine.
-  for (int clients : {1, 16}) {
+  // A connection per client, as separate processes would have.
+  auto stubs_to = [](const std::string& target, int clients) {
     std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> stubs;
     for (int c = 0; c < clients; ++c) {
       grpc::ChannelArguments args;
       args.SetInt("quantd.bench.client", c);
       stubs.push_back(inference::GRPCInferenceService::NewStub(
-          grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args)));
+          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
     }
+    return stubs;
+  };
+  for (int clients : {1, 16}) {
+    auto stubs = stubs_to(server, clients);
     Add(rows, Measure("gRPC ServerLive (no work: the floor)", clients, 1, seconds, [&](int c, int64_t) {
                      inference::ServerLiveResponse response;
                      grpc::ClientContext context;
@@ -395,23 +400,21 @@ int main(int argc, char** argv) {
     request.add_raw_input_contents(pixels.substr(image * 3072, 3072));
     return request;
   };
+  // One blocking ModelInfer from client c of `stubs` (which must outlive it).
+  auto infer_from = [&infer_request](std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>>& stubs) {
+    auto* clients = &stubs;
+    return [&infer_request, clients](int c, int64_t i) {
+      const inference::ModelInferRequest request = infer_request(c, i);
+      inference::ModelInferResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      return (*clients)[c]->ModelInfer(&context, request, &response).ok();
+    };
+  };
   auto grpc_rows = [&](const std::string& target, const std::string& label) {
     for (int clients : {1, 4, 16}) {
-      std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> stubs;
-      for (int c = 0; c < clients; ++c) {
-        grpc::ChannelArguments args;
-        args.SetInt("quantd.bench.client", c);  // a connection per client, as separate processes would have
-        stubs.push_back(inference::GRPCInferenceService::NewStub(
-            grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
-      }
-      Add(rows, Measure(absl::StrCat("gRPC ModelInfer batch 1, ", label), clients, 1, seconds,
-                        [&](int c, int64_t i) {
-                          const inference::ModelInferRequest request = infer_request(c, i);
-                          inference::ModelInferResponse response;
-                          grpc::ClientContext context;
-                          context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-                          return stubs[c]->ModelInfer(&context, request, &response).ok();
-                        }));
+      auto stubs = stubs_to(target, clients);
+      Add(rows, Measure(absl::StrCat("gRPC ModelInfer batch 1, ", label), clients, 1, seconds, infer_from(stubs)));
       if (clients == 1) continue;
       // The same load from callback-API clients (a connection each).
       std::vector<inference::ModelInferRequest> requests(clients);
@@ -448,26 +451,6 @@ int main(int argc, char** argv) {
   report["rows"] = rows;
 
   // Paired rounds: the rows the targets compare, back to back.
-  auto stubs_to = [](const std::string& target, int clients) {
-    std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> stubs;
-    for (int c = 0; c < clients; ++c) {
-      grpc::ChannelArguments args;
-      args.SetInt("quantd.bench.client", c);
-      stubs.push_back(inference::GRPCInferenceService::NewStub(
-          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
-    }
-    return stubs;
-  };
-  auto infer_from = [&infer_request](std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>>& stubs) {
-    auto* clients = &stubs;  // outlives the rounds
-    return [&infer_request, clients](int c, int64_t i) {
-      const inference::ModelInferRequest request = infer_request(c, i);
-      inference::ModelInferResponse response;
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-      return (*clients)[c]->ModelInfer(&context, request, &response).ok();
-    };
-  };
   auto batched16 = stubs_to(server, 16);
   auto unbatched16 = stubs_to(unbatched, 16);
   auto batched1 = stubs_to(server, 1);
