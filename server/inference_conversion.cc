@@ -9,10 +9,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/base/status_macros.h"
 
 namespace quantd {
 namespace {
 
+constexpr char kInputName[] = "input";
 constexpr char kOutputName[] = "output";
 
 std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
@@ -29,6 +31,7 @@ void AppendBytesElement(const std::string& value, std::string* out) {
 
 }  // namespace
 
+const char* InputTensorName() { return kInputName; }
 const char* OutputTensorName() { return kOutputName; }
 
 absl::StatusOr<int64_t> ParseModelVersion(const std::string& version, const std::string& field) {
@@ -48,6 +51,11 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
         absl::StrCat("inputs: ", model.name, " takes exactly 1 input tensor, got ", request.inputs_size()));
   }
   const auto& input = request.inputs(0);
+  if (input.name() != kInputName) {
+    return absl::InvalidArgumentError(absl::StrCat("inputs[0].name: \"", input.name().substr(0, 40),
+                                                   "\" is not an input of ", model.name, " (it has \"", kInputName,
+                                                   "\")"));
+  }
   const bool fp32 = input.datatype() == "FP32";
   if (!fp32 && input.datatype() != "UINT8") {
     return absl::InvalidArgumentError(absl::StrCat("inputs[0].datatype: \"", input.datatype().substr(0, 20),
@@ -69,10 +77,10 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
   }
   const int64_t per_sample = std::accumulate(sample.begin(), sample.end(), int64_t{1}, std::multiplies<int64_t>());
   const int64_t count = batch * per_sample;
-  DecodedBatch decoded;
-  decoded.batch = batch;
-  decoded.pixels.resize(static_cast<size_t>(count));
-  if (request.raw_input_contents_size() > 0) {
+  // The data must be all there before the buffer is sized from the shape: a
+  // small request claiming a large batch allocates nothing.
+  const bool raw_data = request.raw_input_contents_size() > 0;
+  if (raw_data) {
     if (input.has_contents()) {
       return absl::InvalidArgumentError("inputs[0].contents: not allowed together with raw_input_contents");
     }
@@ -80,12 +88,26 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
       return absl::InvalidArgumentError(absl::StrCat("raw_input_contents: 1 entry per input, got ",
                                                      request.raw_input_contents_size()));
     }
-    const std::string& raw = request.raw_input_contents(0);
     const int64_t want = count * (fp32 ? 4 : 1);
-    if (static_cast<int64_t>(raw.size()) != want) {
-      return absl::InvalidArgumentError(absl::StrCat("raw_input_contents[0]: ", raw.size(), " bytes, but ",
-                                                     input.datatype(), " ", ShapeText(shape), " is ", want));
+    if (static_cast<int64_t>(request.raw_input_contents(0).size()) != want) {
+      return absl::InvalidArgumentError(absl::StrCat("raw_input_contents[0]: ", request.raw_input_contents(0).size(),
+                                                     " bytes, but ", input.datatype(), " ", ShapeText(shape), " is ",
+                                                     want));
     }
+  } else if (fp32 && input.contents().fp32_contents_size() != count) {
+    return absl::InvalidArgumentError(absl::StrCat("inputs[0].contents.fp32_contents: ",
+                                                   input.contents().fp32_contents_size(), " values, but ",
+                                                   ShapeText(shape), " holds ", count));
+  } else if (!fp32 && input.contents().uint_contents_size() != count) {
+    return absl::InvalidArgumentError(absl::StrCat("inputs[0].contents.uint_contents: ",
+                                                   input.contents().uint_contents_size(), " values, but ",
+                                                   ShapeText(shape), " holds ", count));
+  }
+  DecodedBatch decoded;
+  decoded.batch = batch;
+  decoded.pixels.resize(static_cast<size_t>(count));
+  if (raw_data) {
+    const std::string& raw = request.raw_input_contents(0);
     if (fp32) {
       std::memcpy(decoded.pixels.data(), raw.data(), raw.size());
     } else {
@@ -93,17 +115,9 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
     }
   } else if (fp32) {
     const auto& values = input.contents().fp32_contents();
-    if (values.size() != count) {
-      return absl::InvalidArgumentError(absl::StrCat("inputs[0].contents.fp32_contents: ", values.size(),
-                                                     " values, but ", ShapeText(shape), " holds ", count));
-    }
     std::copy(values.begin(), values.end(), decoded.pixels.begin());
   } else {
     const auto& values = input.contents().uint_contents();
-    if (values.size() != count) {
-      return absl::InvalidArgumentError(absl::StrCat("inputs[0].contents.uint_contents: ", values.size(),
-                                                     " values, but ", ShapeText(shape), " holds ", count));
-    }
     for (int64_t i = 0; i < count; ++i) {
       if (values[i] > 255) {
         return absl::InvalidArgumentError(
@@ -118,17 +132,15 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
   return decoded;
 }
 
-absl::Status EncodeInferOutputs(const inference::ModelInferRequest& request, const worker::ServedModelInfo& model,
-                                const engine::ServingOutput& output, inference::ModelInferResponse* response) {
-  if (output.shape.size() < 2) return absl::InternalError(absl::StrCat(model.name, " returned no [N, ...] output"));
-  const int64_t batch = output.shape[0];
-  const int64_t classes = static_cast<int64_t>(output.values.size()) / std::max<int64_t>(batch, 1);
+absl::StatusOr<int64_t> CheckInferOutputs(const inference::ModelInferRequest& request,
+                                          const worker::ServedModelInfo& model) {
   int64_t top_k = 0;
   for (int i = 0; i < request.outputs_size(); ++i) {
     const auto& wanted = request.outputs(i);
     if (wanted.name() != kOutputName) {
-      return absl::InvalidArgumentError(absl::StrCat("outputs[", i, "].name: \"", wanted.name().substr(0, 40), "\" is not an output of ",
-                                                     model.name, " (it has \"", kOutputName, "\")"));
+      return absl::InvalidArgumentError(absl::StrCat("outputs[", i, "].name: \"", wanted.name().substr(0, 40),
+                                                     "\" is not an output of ", model.name, " (it has \"",
+                                                     kOutputName, "\")"));
     }
     if (auto it = wanted.parameters().find("classification"); it != wanted.parameters().end()) {
       if (it->second.parameter_choice_case() != inference::InferParameter::kInt64Param ||
@@ -136,9 +148,25 @@ absl::Status EncodeInferOutputs(const inference::ModelInferRequest& request, con
         return absl::InvalidArgumentError(
             absl::StrCat("outputs[", i, "].parameters[classification]: an int64 k >= 1"));
       }
-      top_k = std::min(it->second.int64_param(), classes);
+      // Known before the pass when the model's output shape is ([N] +) [classes].
+      if (!model.output_shape.empty() && model.output_shape.size() != 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("outputs[", i, "].parameters[classification]: needs [N, classes] scores; ", model.name,
+                         " returns [N, ", absl::StrJoin(model.output_shape, ", "), "]"));
+      }
+      top_k = it->second.int64_param();
     }
   }
+  return top_k;
+}
+
+absl::Status EncodeInferOutputs(const inference::ModelInferRequest& request, const worker::ServedModelInfo& model,
+                                const engine::ServingOutput& output, inference::ModelInferResponse* response) {
+  if (output.shape.size() < 2) return absl::InternalError(absl::StrCat(model.name, " returned no [N, ...] output"));
+  const int64_t batch = output.shape[0];
+  const int64_t classes = static_cast<int64_t>(output.values.size()) / std::max<int64_t>(batch, 1);
+  QUANTD_ASSIGN_OR_RETURN(int64_t top_k, CheckInferOutputs(request, model));
+  top_k = std::min(top_k, classes);
   auto* tensor = response->add_outputs();
   tensor->set_name(kOutputName);
   if (top_k == 0) {

@@ -25,14 +25,21 @@ struct DecodedBatch {
   std::vector<float> pixels;  // batch samples of the model's input shape
 };
 
-// The request's one input as float pixels: FP32 or UINT8, shape [N, C, H, W]
+// The request's one input ("input") as float pixels: FP32 or UINT8, shape [N, C, H, W]
 // of the model's C, H, W with 1 <= N <= max_batch_size, in
 // raw_input_contents or typed contents.
 absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest& request,
                                               const worker::ServedModelInfo& model, int64_t max_batch_size);
 
-// The model's output tensor name ("output").
+// The model's input and output tensor names ("input", "output").
+const char* InputTensorName();
 const char* OutputTensorName();
+
+// Checks the request's requested outputs against the model before its pass:
+// names, and a "classification" parameter k (an int64 >= 1, for a model
+// whose output is [N, classes]). Returns k, or 0 for raw scores.
+absl::StatusOr<int64_t> CheckInferOutputs(const inference::ModelInferRequest& request,
+                                          const worker::ServedModelInfo& model);
 
 // Fills the response's outputs from `output`: the scores as FP32 in
 // raw_output_contents, or per requested output with a "classification"

@@ -22,6 +22,7 @@ worker::ServedModelInfo Model() {
 inference::ModelInferRequest Request(const std::string& datatype, std::vector<int64_t> shape) {
   inference::ModelInferRequest request;
   auto* input = request.add_inputs();
+  input->set_name("input");
   input->set_datatype(datatype);
   for (int64_t d : shape) input->add_shape(d);
   return request;
@@ -81,6 +82,46 @@ TEST(DecodeInferInputTest, EachMistakeNamesItsField) {
   inference::ModelInferRequest nan = Request("FP32", {1, 1, 2, 2});
   for (float v : {1.0f, std::nanf(""), 2.0f, 3.0f}) nan.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
   EXPECT_THAT(error(nan), HasSubstr("NaN"));
+  inference::ModelInferRequest renamed = Request("UINT8", {1, 1, 2, 2});
+  renamed.mutable_inputs(0)->set_name("pixels");
+  renamed.add_raw_input_contents(std::string(4, '\0'));
+  EXPECT_THAT(error(renamed), HasSubstr("inputs[0].name: \"pixels\" is not an input of tiny"));
+}
+
+TEST(DecodeInferInputTest, AHugeClaimedBatchWithoutItsDataAllocatesNothing) {
+  // 2^31 samples of 4 floats would be 32 GiB: the missing data is reported
+  // before any buffer is sized from the shape.
+  const int64_t huge = int64_t{1} << 31;
+  for (const char* datatype : {"UINT8", "FP32"}) {
+    inference::ModelInferRequest raw = Request(datatype, {huge, 1, 2, 2});
+    raw.add_raw_input_contents("abcd");
+    absl::StatusOr<DecodedBatch> decoded = DecodeInferInput(raw, Model(), huge);
+    EXPECT_THAT(decoded.status().message(), HasSubstr("raw_input_contents[0]: 4 bytes")) << datatype;
+    inference::ModelInferRequest typed = Request(datatype, {huge, 1, 2, 2});
+    decoded = DecodeInferInput(typed, Model(), huge);
+    EXPECT_THAT(decoded.status().message(), HasSubstr("_contents: 0 values")) << datatype;
+  }
+}
+
+TEST(CheckInferOutputsTest, BadOutputRequestsFailBeforeThePass) {
+  inference::ModelInferRequest request;
+  EXPECT_EQ(*CheckInferOutputs(request, Model()), 0);
+  auto* wanted = request.add_outputs();
+  wanted->set_name("output");
+  (*wanted->mutable_parameters())["classification"].set_int64_param(5);
+  worker::ServedModelInfo scores = Model();
+  scores.output_shape = {3};
+  EXPECT_EQ(*CheckInferOutputs(request, scores), 5);  // capped at the classes when encoding
+  worker::ServedModelInfo maps = Model();
+  maps.output_shape = {3, 4, 4};
+  absl::Status not_scores = CheckInferOutputs(request, maps).status();
+  EXPECT_EQ(not_scores.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(not_scores.message(), HasSubstr("outputs[0].parameters[classification]: needs [N, classes] scores"));
+  (*wanted->mutable_parameters())["classification"].set_string_param("top");
+  EXPECT_THAT(CheckInferOutputs(request, scores).status().message(),
+              HasSubstr("outputs[0].parameters[classification]: an int64 k >= 1"));
+  wanted->set_name("logits");
+  EXPECT_THAT(CheckInferOutputs(request, scores).status().message(), HasSubstr("outputs[0].name"));
 }
 
 TEST(EncodeInferOutputsTest, ScoresAreRawFp32AndClassificationIsTopKStrings) {

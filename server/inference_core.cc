@@ -24,12 +24,23 @@ absl::StatusOr<bool> InferenceCore::ModelReady(const std::string& name, const st
   QUANTD_ASSIGN_OR_RETURN(int64_t number, ParseModelVersion(version, version_field));
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = deps_.models->Load(name, number);
   if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
-  // Unknown names are an error; a version that cannot run here is "not ready".
-  if (!model.ok() && (model.status().code() == absl::StatusCode::kNotFound ||
-                      model.status().code() == absl::StatusCode::kInvalidArgument)) {
-    return model.status();
+  // Unknown names are an error, and so is a failure that may pass (the job
+  // store unavailable, ...): "not ready" is for a version that cannot run here.
+  if (!model.ok()) {
+    switch (model.status().code()) {
+      case absl::StatusCode::kNotFound:
+      case absl::StatusCode::kInvalidArgument:
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kResourceExhausted:
+      case absl::StatusCode::kDeadlineExceeded:
+      case absl::StatusCode::kAborted:
+      case absl::StatusCode::kCancelled:
+        return model.status();
+      default:
+        return false;
+    }
   }
-  return model.ok();
+  return true;
 }
 
 void InferenceCore::ServerMetadata(inference::ServerMetadataResponse* response) const {
@@ -53,7 +64,7 @@ absl::Status InferenceCore::ModelMetadata(const std::string& name, const std::st
   QUANTD_ASSIGN_OR_RETURN(std::vector<worker::ModelVersion> versions, deps_.jobs->ListModelVersions(info.base_name));
   for (const worker::ModelVersion& v : versions) response->add_versions(std::to_string(v.version));
   auto* input = response->add_inputs();
-  input->set_name("input");
+  input->set_name(InputTensorName());
   input->set_datatype("FP32");  // UINT8 is accepted as well
   input->add_shape(-1);
   for (int64_t d : info.input_shape) input->add_shape(d);
@@ -94,38 +105,56 @@ absl::Status InferenceCore::ModelStatistics(const inference::ModelStatisticsRequ
   return absl::OkStatus();
 }
 
-bool InferenceCore::ServesWithoutLoading(const inference::ModelInferRequest& request) {
+std::shared_ptr<const worker::LoadedModel> InferenceCore::FindLoaded(const inference::ModelInferRequest& request) {
   absl::StatusOr<int64_t> number = ParseModelVersion(request.model_version(), "model_version");
-  return number.ok() && !request.model_name().empty() &&
-         deps_.models->FindLoaded(request.model_name(), *number) != nullptr;
+  if (!number.ok() || request.model_name().empty()) return nullptr;
+  return deps_.models->FindLoaded(request.model_name(), *number);
+}
+
+absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadForInfer(
+    const inference::ModelInferRequest& request) {
+  absl::Status failed;
+  if (request.model_name().empty()) {
+    failed = absl::InvalidArgumentError("model_name: required");
+  } else if (absl::StatusOr<int64_t> number = ParseModelVersion(request.model_version(), "model_version");
+             !number.ok()) {
+    failed = number.status();
+  } else {
+    absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded =
+        deps_.models->FindLoaded(request.model_name(), *number);
+    if (*loaded == nullptr) {
+      loaded = deps_.models->Load(request.model_name(), *number);
+      if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
+    }
+    if (loaded.ok()) return loaded;
+    failed = loaded.status();
+  }
+  // Labels only for published versions: a request for an unknown name is
+  // counted under model="" (label values stay bounded).
+  if (deps_.stats != nullptr) deps_.stats->RecordRequest("", 0, failed.code(), 0, nullptr);
+  return failed;
 }
 
 void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
-                               absl::AnyInvocable<void(absl::Status) &&> done) {
+                               absl::AnyInvocable<void(absl::Status) &&> done,
+                               std::shared_ptr<const worker::LoadedModel> loaded_model) {
   InferenceStats* stats = deps_.stats;
-  const std::string& name = request.model_name();
-  // Labels only for published versions: a request for an unknown name is
-  // counted under model="" (label values stay bounded).
-  auto fail_before_queue = [&](absl::Status status, const worker::ServedModelInfo* info) {
-    if (stats != nullptr) {
-      stats->RecordRequest(info != nullptr ? info->name : "", info != nullptr ? info->version : 0, status.code(), 0,
-                           nullptr);
-    }
+  auto fail_before_queue = [&](absl::Status status, const worker::ServedModelInfo& info) {
+    if (stats != nullptr) stats->RecordRequest(info.name, info.version, status.code(), 0, nullptr);
     std::move(done)(std::move(status));
   };
-  if (name.empty()) return fail_before_queue(absl::InvalidArgumentError("model_name: required"), nullptr);
-  absl::StatusOr<int64_t> number = ParseModelVersion(request.model_version(), "model_version");
-  if (!number.ok()) return fail_before_queue(number.status(), nullptr);
-  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded = deps_.models->FindLoaded(name, *number);
-  if (*loaded == nullptr) {
-    loaded = deps_.models->Load(name, *number);
-    if (stats != nullptr) stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
+  std::shared_ptr<const worker::LoadedModel> model = std::move(loaded_model);
+  if (model == nullptr) {
+    absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded = LoadForInfer(request);
+    if (!loaded.ok()) return std::move(done)(loaded.status());  // counted by LoadForInfer
+    model = *std::move(loaded);
   }
-  if (!loaded.ok()) return fail_before_queue(loaded.status(), nullptr);
-  std::shared_ptr<const worker::LoadedModel> model = *std::move(loaded);
   const worker::ServedModelInfo& info = model->info();
+  // Everything about the request is checked before it takes a place in the queue.
+  absl::Status outputs = CheckInferOutputs(request, info).status();
+  if (!outputs.ok()) return fail_before_queue(outputs, info);
   absl::StatusOr<DecodedBatch> batch = DecodeInferInput(request, info, max_batch_size());
-  if (!batch.ok()) return fail_before_queue(batch.status(), &info);
+  if (!batch.ok()) return fail_before_queue(batch.status(), info);
   const int64_t samples = batch->batch;
   // `done` moves into the callback only once the request is queued.
   auto shared_done = std::make_shared<absl::AnyInvocable<void(absl::Status) &&>>(std::move(done));

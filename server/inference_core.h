@@ -8,6 +8,7 @@
 // dynamic batcher; there is no other inference path.
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/functional/any_invocable.h"
@@ -49,17 +50,25 @@ class InferenceCore {
   absl::Status ModelStatistics(const inference::ModelStatisticsRequest& request,
                                inference::ModelStatisticsResponse* response);
 
-  // Whether the request's model is loaded and its version freshly resolved:
-  // then ModelInfer touches neither the store nor the disk before queueing,
-  // and may run on a thread that must not block.
-  bool ServesWithoutLoading(const inference::ModelInferRequest& request);
+  // The request's model when it is loaded and its version freshly resolved,
+  // else null. Given to ModelInfer, it then touches neither the store nor
+  // the disk before queueing, so it may be called on a thread that must not
+  // block (though on an idle batcher the pass itself runs on the caller).
+  std::shared_ptr<const worker::LoadedModel> FindLoaded(const inference::ModelInferRequest& request);
 
-  // Loads and checks on the caller's thread, then queues on the batcher.
-  // `done` gets the outcome once `response` is filled: on an inference
-  // thread, or on the caller's when the request fails before the queue.
-  // `request` and `response` must stay alive until then.
+  // The request's model (model_name, model_version), loaded if need be on
+  // the caller's thread; a failure is counted in the request metrics.
+  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> LoadForInfer(
+      const inference::ModelInferRequest& request);
+
+  // Loads (unless `loaded_model` is given) and checks on the caller's
+  // thread, then queues on the batcher. `done` gets the outcome once
+  // `response` is filled: on an inference thread, or on the caller's when
+  // the request fails before the queue or runs there. `request` and
+  // `response` must stay alive until then.
   void ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
-                  absl::AnyInvocable<void(absl::Status) &&> done);
+                  absl::AnyInvocable<void(absl::Status) &&> done,
+                  std::shared_ptr<const worker::LoadedModel> loaded_model = nullptr);
 
   int64_t max_batch_size() const { return deps_.batcher->options().max_batch_size; }
 

@@ -1,6 +1,10 @@
 #include "server/inference_rest.h"
 
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,6 +66,10 @@ absl::StatusOr<ModelPath> ParseModelPath(const std::vector<std::string>& parts) 
   return path;
 }
 
+// Numbers an infer request's JSON may hold beyond its input data (shapes,
+// parameters).
+constexpr int64_t kJsonNumbersBesideData = 1024;
+
 // Row-major values of a (possibly nested) JSON array.
 absl::Status Flatten(const Json& data, const std::string& field, std::vector<const Json*>* out, int depth = 0) {
   if (!data.is_array()) {
@@ -110,8 +118,11 @@ Json FromParameter(const inference::InferParameter& parameter) {
 
 // The JSON (and binary) body of an infer call as the gRPC message. Sets
 // `binary_outputs` when the caller wants outputs as binary data.
-absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, inference::ModelInferRequest* request,
-                            bool* binary_outputs) {
+// `max_values`: the most numbers the JSON may hold (the batch's values and
+// a little more); past it they are dropped while parsing, and the call fails,
+// so a JSON body never costs more memory than a full batch does.
+absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t max_values,
+                            inference::ModelInferRequest* request, bool* binary_outputs) {
   size_t header_size = call.body.size();
   if (!call.inference_header_length.empty()) {
     uint64_t size = 0;
@@ -122,8 +133,17 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, inferen
     }
     header_size = static_cast<size_t>(size);
   }
-  Json body = Json::parse(call.body.begin(), call.body.begin() + static_cast<std::ptrdiff_t>(header_size), nullptr,
-                          /*allow_exceptions=*/false);
+  int64_t numbers = 0;
+  const Json::parser_callback_t count_numbers = [&numbers, max_values](int, Json::parse_event_t event, Json& parsed) {
+    return event != Json::parse_event_t::value || !parsed.is_number() || ++numbers <= max_values;
+  };
+  Json body = Json::parse(call.body.begin(), call.body.begin() + static_cast<std::ptrdiff_t>(header_size),
+                          count_numbers, /*allow_exceptions=*/false);
+  if (numbers > max_values) {
+    return absl::InvalidArgumentError(absl::StrCat("inputs: more than ", max_values,
+                                                   " numbers in the JSON body, more than a batch of --max_batch_size "
+                                                   "samples of this model holds"));
+  }
   if (body.is_discarded() || !body.is_object()) {
     return absl::InvalidArgumentError("body: not a JSON object (the inference request)");
   }
@@ -165,7 +185,7 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, inferen
       if (!d.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(field, ".shape: integers"));
       tensor->add_shape(d.get<int64_t>());
     }
-    int64_t binary_size = -1;
+    std::optional<uint64_t> binary_size;
     if (in.contains("parameters")) {
       if (!in["parameters"].is_object()) return absl::InvalidArgumentError(absl::StrCat(field, ".parameters: an object"));
       for (const auto& [key, value] : in["parameters"].items()) {
@@ -173,7 +193,7 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, inferen
           if (!value.is_number_unsigned()) {
             return absl::InvalidArgumentError(absl::StrCat(field, ".parameters.binary_data_size: a byte count"));
           }
-          binary_size = value.get<int64_t>();
+          binary_size = value.get<uint64_t>();
           continue;
         }
         absl::Status status = ToParameter(value, absl::StrCat(field, ".parameters.", key),
@@ -181,17 +201,17 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, inferen
         if (!status.ok()) return status;
       }
     }
-    if (binary_size >= 0) {
+    if (binary_size.has_value()) {
       if (in.contains("data")) {
         return absl::InvalidArgumentError(absl::StrCat(field, ".data: not allowed with binary_data_size"));
       }
-      if (static_cast<uint64_t>(binary_size) > call.body.size() - binary_offset) {
-        return absl::InvalidArgumentError(absl::StrCat(field, ".parameters.binary_data_size: ", binary_size,
+      if (*binary_size > call.body.size() - binary_offset) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".parameters.binary_data_size: ", *binary_size,
                                                        " bytes, but only ", call.body.size() - binary_offset,
                                                        " follow the JSON header"));
       }
-      request->add_raw_input_contents()->assign(call.body, binary_offset, static_cast<size_t>(binary_size));
-      binary_offset += static_cast<size_t>(binary_size);
+      request->add_raw_input_contents()->assign(call.body, binary_offset, static_cast<size_t>(*binary_size));
+      binary_offset += static_cast<size_t>(*binary_size);
       continue;
     }
     if (!in.contains("data")) return absl::InvalidArgumentError(absl::StrCat(field, ".data: required"));
@@ -408,17 +428,29 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
                                {"inputs", inputs},
                                {"outputs", outputs}});
   }
+  // The model first: its input size bounds what the JSON may hold.
   inference::ModelInferRequest request;
+  request.set_model_name(path->name);
+  request.set_model_version(path->version);
+  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = core_->LoadForInfer(request);
+  if (!model.ok()) return ErrorReply(model.status());
+  const std::vector<int64_t>& sample = (*model)->info().input_shape;
+  const int64_t max_values = core_->max_batch_size() * std::accumulate(sample.begin(), sample.end(), int64_t{1},
+                                                                       std::multiplies<int64_t>()) +
+                             kJsonNumbersBesideData;
   bool binary_outputs = false;
-  absl::Status parsed = ToInferRequest(call, *path, &request, &binary_outputs);
+  absl::Status parsed = ToInferRequest(call, *path, max_values, &request, &binary_outputs);
   if (!parsed.ok()) return ErrorReply(parsed);
   inference::ModelInferResponse response;
   absl::Notification done;
   absl::Status outcome;
-  core_->ModelInfer(request, &response, [&](absl::Status status) {
-    outcome = std::move(status);
-    done.Notify();
-  });
+  core_->ModelInfer(
+      request, &response,
+      [&](absl::Status status) {
+        outcome = std::move(status);
+        done.Notify();
+      },
+      *std::move(model));
   done.WaitForNotification();
   if (!outcome.ok()) return ErrorReply(outcome);
   return FromInferResponse(response, binary_outputs);

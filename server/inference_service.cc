@@ -1,5 +1,6 @@
 #include "server/inference_service.h"
 
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -87,15 +88,16 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
   // A loaded model needs no disk or store access before its queue: checked
   // and queued right here, one thread hop less (and on an idle batcher, run
   // right here too; see worker/dynamic_batcher.h).
-  if (deps_.core->ServesWithoutLoading(*request)) {
+  if (std::shared_ptr<const worker::LoadedModel> loaded = deps_.core->FindLoaded(*request)) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, "ModelInfer");
     if (!caller.ok()) {
       reactor->Finish(ToGrpcStatus(caller.status()));
       return reactor;
     }
-    deps_.core->ModelInfer(*request, response,
-                           [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
+    deps_.core->ModelInfer(
+        *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); },
+        std::move(loaded));
     return reactor;
   }
   return Offload(context, "ModelInfer", [this, request, response](grpc::ServerUnaryReactor* reactor) {

@@ -518,6 +518,13 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     bad.mutable_inputs(0)->mutable_contents()->add_fp32_contents(i == 77 ? std::nanf("") : 1.0f);
   }
   expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "NaN");
+  bad = good;
+  bad.mutable_inputs(0)->set_name("pixels");
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "inputs[0].name");
+  bad = good;
+  auto* not_scores = bad.add_outputs();
+  not_scores->set_name("logits");
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "outputs[0].name");
 
   {  // Triton's repository index, and quantctl's view.
     grpc::ClientContext context;
@@ -667,6 +674,13 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     expect_rest_error(v2 + "/models/nope/infer", body.dump(), 404, "nope");
     expect_rest_error(v2 + "/models/resnet8/versions/9/infer", body.dump(), 404, "no version 9");
     expect_rest_error(v2 + "/models/resnet8/infer", "{not json", 400, "body");
+    nlohmann::json renamed = body;
+    renamed["inputs"][0]["name"] = "pixels";
+    expect_rest_error(v2 + "/models/resnet8/infer", renamed.dump(), 400, "inputs[0].name");
+    // More numbers than a full batch (64 x 3072) holds: refused while parsing.
+    nlohmann::json too_many = body;
+    too_many["inputs"][0]["data"] = std::vector<int>(64 * 3072 + 2000, 0);
+    expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "numbers in the JSON body");
     EXPECT_EQ(Curl(v2 + "/models/nope/ready").status, 404);
   }
   {  // The metrics count it: requests by code, samples and executed passes.
