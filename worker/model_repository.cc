@@ -71,6 +71,11 @@ int ModelRepository::cached_models() const {
   return static_cast<int>(cached_.size());
 }
 
+int ModelRepository::waiting_for_load() const {
+  absl::MutexLock lock(&mu_);
+  return waiting_for_load_;
+}
+
 void ModelRepository::ForgetResolutions() {
   absl::MutexLock lock(&mu_);
   resolved_.clear();
@@ -110,25 +115,41 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     resolved_[{base, version}] = {resolved, now};
   }
   const Key key{base, resolved.version, fp32};
+  uint64_t attempt = 0;
   {
     absl::MutexLock lock(&mu_);
-    // One load per version: later callers wait for the first one's.
-    std::pair<ModelRepository*, const Key*> waiting(this, &key);
-    mu_.Await(absl::Condition(
-        +[](std::pair<ModelRepository*, const Key*>* arg) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          return arg->first->loading_.count(*arg->second) == 0;
-        },
-        &waiting));
+    // One load per version: later callers wait for the first one's, and
+    // share its outcome.
+    std::optional<uint64_t> awaited;
+    if (auto it = loading_.find(key); it != loading_.end()) {
+      awaited = it->second;
+      ++waiting_for_load_;
+      std::pair<ModelRepository*, const Key*> waiting(this, &key);
+      mu_.Await(absl::Condition(
+          +[](std::pair<ModelRepository*, const Key*>* arg) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return arg->first->loading_.count(*arg->second) == 0;
+          },
+          &waiting));
+      --waiting_for_load_;
+    }
     if (auto it = cached_.find(key); it != cached_.end()) {
       lru_.splice(lru_.begin(), lru_, it->second);
       return it->second->second;
     }
-    loading_.insert(key);
+    if (auto it = failed_.find(key); awaited.has_value() && it != failed_.end() && it->second.first == *awaited) {
+      return it->second.second;
+    }
+    attempt = ++attempts_;
+    loading_[key] = attempt;
   }
   absl::StatusOr<std::unique_ptr<LoadedModel>> loaded = LoadUncached(name, fp32, resolved);
   absl::MutexLock lock(&mu_);
   loading_.erase(key);
-  if (!loaded.ok()) return loaded.status();
+  if (!loaded.ok()) {
+    failed_[key] = {attempt, loaded.status()};
+    return loaded.status();
+  }
+  failed_.erase(key);
   std::shared_ptr<const LoadedModel> model(std::move(*loaded));
   lru_.emplace_front(key, model);
   cached_[key] = lru_.begin();

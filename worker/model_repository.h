@@ -17,12 +17,13 @@
 #include <list>
 #include <map>
 #include <memory>
-#include <set>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "worker/artifact_store.h"
@@ -95,6 +96,8 @@ class ModelRepository {
 
   int64_t cached_bytes() const;
   int cached_models() const;
+  // Callers waiting for another caller's load of the same version.
+  int waiting_for_load() const;
 
  private:
   using Key = std::tuple<std::string, int64_t, bool>;  // base name, version, fp32
@@ -108,7 +111,13 @@ class ModelRepository {
   // Most recently used first.
   std::list<std::pair<Key, std::shared_ptr<const LoadedModel>>> lru_ ABSL_GUARDED_BY(mu_);
   std::map<Key, decltype(lru_)::iterator> cached_ ABSL_GUARDED_BY(mu_);
-  std::set<Key> loading_ ABSL_GUARDED_BY(mu_);
+  // Loads in progress, by attempt number; the last failed attempt per key.
+  // Callers that waited for an attempt get its failure instead of trying
+  // again one after another (a corrupt artifact fails once for them all).
+  std::map<Key, uint64_t> loading_ ABSL_GUARDED_BY(mu_);
+  std::map<Key, std::pair<uint64_t, absl::Status>> failed_ ABSL_GUARDED_BY(mu_);
+  uint64_t attempts_ ABSL_GUARDED_BY(mu_) = 0;
+  int waiting_for_load_ ABSL_GUARDED_BY(mu_) = 0;
   // (base name, version as asked, 0 = newest) -> the version, and when resolved.
   std::map<std::pair<std::string, int64_t>, std::pair<ModelVersion, absl::Time>> resolved_ ABSL_GUARDED_BY(mu_);
   int64_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -1,11 +1,15 @@
 #include "worker/model_repository.h"
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/notification.h"
 #include "worker/clock.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/testing/test_env.h"
@@ -136,6 +140,59 @@ TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid
   EXPECT_EQ(repository->Load("Bad Name", 0).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(repository->FindLoaded("resnet8", 0), nullptr);  // nothing loaded yet
   EXPECT_EQ(repository->cached_models(), 0);
+}
+
+// An artifact store whose reads wait for Release(), then fail as a corrupt
+// artifact would; it counts them.
+class FailingArtifactStore final : public ArtifactStore {
+ public:
+  explicit FailingArtifactStore(ArtifactStore* real) : real_(real) {}
+  absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
+                                     const std::string& manifest_json) override {
+    return real_->Put(job_id, bytes, manifest_json);
+  }
+  absl::StatusOr<std::string> Read(const std::string&) override {
+    reads_.fetch_add(1);
+    release_.WaitForNotification();
+    return absl::DataLossError("artifact: sha256 mismatch");
+  }
+  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
+    return real_->RemoveManifest(sha256, job_id);
+  }
+  absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
+  bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
+
+  void Release() { release_.Notify(); }
+  int reads() const { return reads_.load(); }
+
+ private:
+  ArtifactStore* const real_;
+  absl::Notification release_;
+  std::atomic<int> reads_{0};
+};
+
+TEST_F(ModelRepositoryTest, CallersWaitingForAFailedLoadShareItsFailure) {
+  Publish("a", "resnet8");
+  FailingArtifactStore failing(artifacts_.get());
+  ModelRepository::Options options;
+  options.clock = &clock_;
+  ModelRepository repository(jobs_.get(), &failing, options);
+  constexpr int kCallers = 4;
+  std::vector<absl::Status> outcomes(kCallers);
+  std::vector<std::thread> callers;
+  callers.emplace_back([&] { outcomes[0] = repository.Load("resnet8", 0).status(); });
+  while (failing.reads() == 0) std::this_thread::yield();  // the first load is under way
+  for (int i = 1; i < kCallers; ++i) {
+    callers.emplace_back([&, i] { outcomes[i] = repository.Load("resnet8", 0).status(); });
+  }
+  while (repository.waiting_for_load() < kCallers - 1) std::this_thread::yield();
+  failing.Release();
+  for (std::thread& t : callers) t.join();
+  for (const absl::Status& outcome : outcomes) EXPECT_EQ(outcome.code(), absl::StatusCode::kDataLoss) << outcome;
+  EXPECT_EQ(failing.reads(), 1);
+  // A caller that comes later tries again.
+  EXPECT_EQ(repository.Load("resnet8", 0).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(failing.reads(), 2);
 }
 
 TEST_F(ModelRepositoryTest, TheCacheKeepsItsByteBudgetLeastRecentlyUsedOut) {
