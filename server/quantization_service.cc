@@ -415,7 +415,9 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
     if (absl::Status status = RequireId(request->id()); !status.ok()) {
       return Audited(context, caller, "DeleteJob", "", status);
     }
-    return Audited(context, caller, "DeleteJob", request->id(), deps_.pool->Delete(request->id()));
+    absl::Status deleted = deps_.pool->Delete(request->id());
+    if (deleted.ok()) deps_.models->ForgetResolutions();  // its model version is served no more, at once
+    return Audited(context, caller, "DeleteJob", request->id(), deleted);
   });
 }
 

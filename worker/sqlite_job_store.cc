@@ -67,6 +67,11 @@ absl::Status SqliteError(sqlite3* db, int rc, const std::string& what) {
   if ((rc & 0xff) == SQLITE_FULL || IsOutOfSpace(system_errno)) {
     return absl::ResourceExhaustedError(absl::StrCat(message, " (the disk holding the job store is full)"));
   }
+  // Another connection (a backup, the sqlite3 shell) holds the database:
+  // worth retrying.
+  if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
+    return absl::UnavailableError(absl::StrCat(message, " (the job store is locked by another connection)"));
+  }
   return absl::InternalError(message);
 }
 
@@ -480,21 +485,31 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
     return absl::FailedPreconditionError(absl::StrCat(
         "job ", id, " is ", JobStateName(job.state), "; cancel it before deleting it"));
   }
-  Stmt s(db_, "DELETE FROM jobs WHERE id = ?1 AND state IN (3, 4, 5)");
-  QUANTD_RETURN_IF_ERROR(s.status());
-  s.Bind(1, id);
-  QUANTD_RETURN_IF_ERROR(s.Step().status());
-  QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));  // one left by a crashed runner
-  Stmt unpublish(db_, "DELETE FROM model_versions WHERE job_id = ?1");
-  QUANTD_RETURN_IF_ERROR(unpublish.status());
-  unpublish.Bind(1, id);
-  QUANTD_RETURN_IF_ERROR(unpublish.Step().status());
-  if (!release || !job.result.has_value() || job.result->artifact_id.empty()) return absl::OkStatus();
-  Stmt holders(db_, "SELECT COUNT(*) FROM jobs WHERE artifact_id = ?1 AND state IN (2, 3)");
-  QUANTD_RETURN_IF_ERROR(holders.status());
-  holders.Bind(1, job.result->artifact_id);
-  QUANTD_RETURN_IF_ERROR(holders.Step().status());
-  return release(job, holders.Int(0) == 0);
+  const bool has_artifact = job.result.has_value() && !job.result->artifact_id.empty();
+  // The job, its cancel request and its model version go in one transaction:
+  // a crash or write error in between never leaves a version whose job is
+  // gone.
+  QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  absl::StatusOr<bool> last_holder = [&]() -> absl::StatusOr<bool> {
+    Stmt s(db_, "DELETE FROM jobs WHERE id = ?1 AND state IN (3, 4, 5)");
+    QUANTD_RETURN_IF_ERROR(s.status());
+    s.Bind(1, id);
+    QUANTD_RETURN_IF_ERROR(s.Step().status());
+    QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));  // one left by a crashed runner
+    Stmt unpublish(db_, "DELETE FROM model_versions WHERE job_id = ?1");
+    QUANTD_RETURN_IF_ERROR(unpublish.status());
+    unpublish.Bind(1, id);
+    QUANTD_RETURN_IF_ERROR(unpublish.Step().status());
+    if (!has_artifact) return false;
+    Stmt holders(db_, "SELECT COUNT(*) FROM jobs WHERE artifact_id = ?1 AND state IN (2, 3)");
+    QUANTD_RETURN_IF_ERROR(holders.status());
+    holders.Bind(1, job.result->artifact_id);
+    QUANTD_RETURN_IF_ERROR(holders.Step().status());
+    return holders.Int(0) == 0;
+  }();
+  QUANTD_RETURN_IF_ERROR(EndTransaction(last_holder.status()));
+  if (!release || !has_artifact) return absl::OkStatus();
+  return release(job, *last_holder);
 }
 
 absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::string& artifact_id) {

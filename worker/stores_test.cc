@@ -197,6 +197,40 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
   EXPECT_THAT(*(*store)->ActiveJobsUsing("/m.pt"), ::testing::ElementsAre("a", "e", "g"));
 }
 
+TEST(SqliteJobStoreTest, ADeleteThatFailsHalfwayChangesNothing) {
+  const std::string path = TempDir("delete_atomic") + "/jobs.db";
+  auto store = SqliteJobStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const absl::Time now = absl::FromUnixSeconds(10);
+  Job job = NewJob("a", 1);
+  job.spec.model_name = "resnet8";
+  ASSERT_TRUE((*store)->Create(job, 10).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now).ok());
+  JobResult result;
+  result.artifact_id = "art-0123";
+  result.artifact_sha256 = std::string(64, 'a');
+  ASSERT_TRUE((*store)->Finish("a", 1, JobState::kSucceeded, result, now).ok());
+  {  // The unpublishing step fails, after the job's own row was deleted.
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "CREATE TRIGGER no_unpublish BEFORE DELETE ON model_versions "
+                           "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  bool released = false;
+  EXPECT_FALSE((*store)->Delete("a", [&](const Job&, bool) {
+                          released = true;
+                          return absl::OkStatus();
+                        })
+                   .ok());
+  EXPECT_FALSE(released);
+  EXPECT_TRUE((*store)->Get("a").ok());  // rolled back with the rest
+  EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->job_id, "a");
+}
+
 TEST(SqliteJobStoreTest, CountsJobsByState) {
   auto store = SqliteJobStore::Open(TempDir("counts") + "/jobs.db");
   ASSERT_TRUE(store.ok()) << store.status();
