@@ -338,6 +338,10 @@ absl::Status QuantdServer::OpenStores() {
                                           pool_->recovered().requeued,
                                           " failed=", pool_->recovered().failed));
   }
+  if (pool_->swept().artifacts > 0 || pool_->swept().manifests > 0) {
+    LogLine(LogLevel::kInfo, absl::StrCat("quantd: removed files no job holds: artifacts=", pool_->swept().artifacts,
+                                          " manifests=", pool_->swept().manifests));
+  }
   QuantizationServiceImpl::Deps deps;
   deps.data_dir = options_.data_dir;
   deps.pool = pool_.get();

@@ -6,7 +6,9 @@
 // A local folder implements it here; an S3-compatible bucket could too.
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -33,6 +35,10 @@ class ArtifactStore {
   // Removes the artifact and every manifest of it.
   virtual absl::Status Remove(const std::string& sha256) = 0;
   virtual bool Contains(const std::string& sha256) = 0;
+  // Every stored artifact (by sha256) with the job ids of its manifests; an
+  // artifact whose bytes are missing but whose manifests are not is listed
+  // too.
+  virtual absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() = 0;
 };
 
 }  // namespace quantd::worker

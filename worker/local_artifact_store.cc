@@ -122,6 +122,26 @@ absl::Status LocalArtifactStore::Remove(const std::string& sha256) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::map<std::string, std::vector<std::string>>> LocalArtifactStore::List() {
+  std::map<std::string, std::vector<std::string>> listed;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(dir_, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() < 65 || name[64] != '.' || !IsSha256Hex(name.substr(0, 64))) continue;
+    const std::string sha256 = name.substr(0, 64);
+    const std::string rest = name.substr(65);
+    if (rest == "pt") {
+      listed[sha256];
+    } else if (absl::EndsWith(rest, ".manifest.json")) {
+      const std::string job_id = rest.substr(0, rest.size() - std::string(".manifest.json").size());
+      if (CheckJobId(job_id).ok()) listed[sha256].push_back(job_id);
+    }
+  }
+  if (error) return absl::InternalError(absl::StrCat("listing artifacts in ", dir_, ": ", error.message()));
+  for (auto& [sha256, jobs] : listed) std::sort(jobs.begin(), jobs.end());
+  return listed;
+}
+
 bool LocalArtifactStore::Contains(const std::string& sha256) {
   std::error_code error;
   return IsSha256Hex(sha256) && fs::is_regular_file(ArtifactPath(sha256), error);

@@ -1,6 +1,7 @@
 #include "worker/model_repository.h"
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -161,6 +162,7 @@ class FailingArtifactStore final : public ArtifactStore {
   }
   absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
   bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
+  absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
 
   void Release() { release_.Notify(); }
   int reads() const { return reads_.load(); }

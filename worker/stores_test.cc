@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "worker/artifact_sweep.h"
 #include "worker/blob_collector.h"
 #include "worker/blob_store.h"
 #include "worker/data_quota.h"
@@ -514,6 +515,49 @@ TEST(BlobCollectorTest, CollectsOnlyIdleBlobsNoActiveJobUses) {
   ASSERT_TRUE((*jobs)->Finish("q", 1, JobState::kSucceeded, result, now).ok());
   EXPECT_THAT(*CollectUnusedBlobs(**blobs, **jobs, now, absl::Hours(24)), ::testing::ElementsAre(used));
   EXPECT_EQ((*blobs)->Remove(used).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ArtifactSweepTest, RemovesWhatNoSucceededJobHolds) {
+  const std::string dir = TempDir("sweep");
+  auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
+  auto artifacts = LocalArtifactStore::Open(dir + "/artifacts");
+  ASSERT_TRUE(jobs.ok() && artifacts.ok());
+  const absl::Time now = absl::FromUnixSeconds(10);
+  // "held" succeeded with its artifact; "rerun" stored the same bytes, then
+  // failed; "crashed" stored other bytes and failed too.
+  auto held = (*artifacts)->Put("held", "int8 bytes", "{}");
+  auto rerun = (*artifacts)->Put("rerun", "int8 bytes", "{}");
+  auto crashed = (*artifacts)->Put("crashed", "other bytes", "{}");
+  ASSERT_TRUE(held.ok() && rerun.ok() && crashed.ok());
+  for (const char* id : {"held", "rerun", "crashed"}) {
+    ASSERT_TRUE((*jobs)->Create(NewJob(id, 1), 10).ok());
+    ASSERT_TRUE((*jobs)->ClaimNext(now).ok());
+    JobResult result;
+    if (std::string(id) == "held") {
+      result.artifact_sha256 = held->sha256;
+      result.artifact_id = ArtifactIdFor(held->sha256);
+    }
+    ASSERT_TRUE((*jobs)->Finish(id, 1, std::string(id) == "held" ? JobState::kSucceeded : JobState::kFailed, result,
+                                now)
+                    .ok());
+  }
+  // A manifest whose bytes never made it (a crash between the two writes).
+  const std::string lone = std::string(64, 'e');
+  std::ofstream((*artifacts)->ManifestPath(lone, "lost")) << "{}";
+
+  auto swept = RemoveUnheldArtifacts(**artifacts, **jobs);
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(swept->artifacts, 2);  // "crashed"'s bytes, and the lone manifest
+  EXPECT_EQ(swept->manifests, 1);  // "rerun"'s manifest of the bytes "held" keeps
+  auto listed = (*artifacts)->List();
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->begin()->first, held->sha256);
+  EXPECT_THAT(listed->begin()->second, ::testing::ElementsAre("held"));
+  EXPECT_TRUE((*artifacts)->Contains(held->sha256));
+  // Nothing left to sweep.
+  swept = RemoveUnheldArtifacts(**artifacts, **jobs);
+  EXPECT_EQ(swept->artifacts + swept->manifests, 0);
 }
 
 TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) {

@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "worker/artifact_store.h"
+#include "worker/artifact_sweep.h"
 #include "worker/clock.h"
 #include "worker/job.h"
 #include "worker/job_events.h"
@@ -69,6 +70,8 @@ class WorkerPool {
   JobStore& store() { return *store_; }
   JobEventHub& events() { return events_; }
   const JobStore::RecoveryCounts& recovered() const { return recovered_; }
+  // What Create removed from the artifact store: files no job holds.
+  const SweptArtifacts& swept() const { return swept_; }
 
  private:
   WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
@@ -84,6 +87,7 @@ class WorkerPool {
   JobEventHub events_;
   JobRunner runner_;
   JobStore::RecoveryCounts recovered_;
+  SweptArtifacts swept_;
 
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
