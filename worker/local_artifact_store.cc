@@ -72,7 +72,9 @@ absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& job_id
   QUANTD_RETURN_IF_ERROR(CheckJobId(job_id));
   StoredArtifact stored{engine::Sha256Hex(bytes), static_cast<int64_t>(bytes.size())};
   if (quota_ != nullptr) {
-    QUANTD_RETURN_IF_ERROR(quota_->Check(static_cast<int64_t>(bytes.size() + manifest_json.size()), "artifact"));
+    // Bytes already stored (an identical job's) cost only the manifest.
+    const int64_t new_bytes = Contains(stored.sha256) ? 0 : static_cast<int64_t>(bytes.size());
+    QUANTD_RETURN_IF_ERROR(quota_->Check(new_bytes + static_cast<int64_t>(manifest_json.size()), "artifact"));
   }
   // Manifest first: an artifact file that is visible always has a manifest.
   const std::string manifest = ManifestPath(stored.sha256, job_id);

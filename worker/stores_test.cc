@@ -577,7 +577,11 @@ TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) 
   EXPECT_EQ(put.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(put.status().message(), HasSubstr("--max_data_bytes"));
   EXPECT_TRUE(fs::is_empty(dir + "/artifacts"));
-  EXPECT_TRUE((*artifacts)->Put("job-1", std::string(30, 'a'), "{}").ok());
+  EXPECT_TRUE((*artifacts)->Put("job-1", std::string(30, 'a'), "{}").ok());  // 92 of 100 bytes used
+  // An identical job's artifact costs only its manifest.
+  EXPECT_TRUE((*artifacts)->Put("job-2", std::string(30, 'a'), "{}").ok());
+  EXPECT_EQ((*artifacts)->Put("job-3", std::string(30, 'b'), "{}").status().code(),
+            absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(DataQuota(dir, 0).Check(int64_t{1} << 40, "anything").ok());  // 0 = no limit
 }
 
