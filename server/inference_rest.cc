@@ -66,9 +66,9 @@ absl::StatusOr<ModelPath> ParseModelPath(const std::vector<std::string>& parts) 
   return path;
 }
 
-// Numbers an infer request's JSON may hold beyond its input data (shapes,
-// parameters).
-constexpr int64_t kJsonNumbersBesideData = 1024;
+// JSON elements an infer request may hold beyond its input data (shapes,
+// parameters, ...).
+constexpr int64_t kJsonElementsBesideData = 1024;
 
 // Row-major values of a (possibly nested) JSON array.
 absl::Status Flatten(const Json& data, const std::string& field, std::vector<const Json*>* out, int depth = 0) {
@@ -118,10 +118,10 @@ Json FromParameter(const inference::InferParameter& parameter) {
 
 // The JSON (and binary) body of an infer call as the gRPC message. Sets
 // `binary_outputs` when the caller wants outputs as binary data.
-// `max_values`: the most numbers the JSON may hold (the batch's values and
-// a little more); past it they are dropped while parsing, and the call fails,
+// `max_elements`: the most JSON elements (values, arrays and objects) the
+// body may hold; past it they are dropped while parsing and the call fails,
 // so a JSON body never costs more memory than a full batch does.
-absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t max_values,
+absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t max_elements,
                             inference::ModelInferRequest* request, bool* binary_outputs) {
   size_t header_size = call.body.size();
   if (!call.inference_header_length.empty()) {
@@ -133,16 +133,18 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
     }
     header_size = static_cast<size_t>(size);
   }
-  int64_t numbers = 0;
-  const Json::parser_callback_t count_numbers = [&numbers, max_values](int, Json::parse_event_t event, Json& parsed) {
-    return event != Json::parse_event_t::value || !parsed.is_number() || ++numbers <= max_values;
+  int64_t elements = 0;
+  const Json::parser_callback_t count_elements = [&elements, max_elements](int, Json::parse_event_t event, Json&) {
+    const bool element = event == Json::parse_event_t::value || event == Json::parse_event_t::array_end ||
+                         event == Json::parse_event_t::object_end;
+    return !element || ++elements <= max_elements;
   };
   Json body = Json::parse(call.body.begin(), call.body.begin() + static_cast<std::ptrdiff_t>(header_size),
-                          count_numbers, /*allow_exceptions=*/false);
-  if (numbers > max_values) {
-    return absl::InvalidArgumentError(absl::StrCat("inputs: more than ", max_values,
-                                                   " numbers in the JSON body, more than a batch of --max_batch_size "
-                                                   "samples of this model holds"));
+                          count_elements, /*allow_exceptions=*/false);
+  if (elements > max_elements) {
+    return absl::InvalidArgumentError(absl::StrCat("inputs: more than ", max_elements,
+                                                   " values and arrays in the JSON body, more than a batch of "
+                                                   "--max_batch_size samples of this model takes"));
   }
   if (body.is_discarded() || !body.is_object()) {
     return absl::InvalidArgumentError("body: not a JSON object (the inference request)");
@@ -428,18 +430,19 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
                                {"inputs", inputs},
                                {"outputs", outputs}});
   }
-  // The model first: its input size bounds what the JSON may hold.
+  // The model first: its input size bounds what the JSON may hold. A batch
+  // nested row by row has at most as many arrays as values.
   inference::ModelInferRequest request;
   request.set_model_name(path->name);
   request.set_model_version(path->version);
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = core_->LoadForInfer(request);
   if (!model.ok()) return ErrorReply(model.status());
   const std::vector<int64_t>& sample = (*model)->info().input_shape;
-  const int64_t max_values = core_->max_batch_size() * std::accumulate(sample.begin(), sample.end(), int64_t{1},
-                                                                       std::multiplies<int64_t>()) +
-                             kJsonNumbersBesideData;
+  const int64_t batch_values =
+      core_->max_batch_size() * std::accumulate(sample.begin(), sample.end(), int64_t{1}, std::multiplies<int64_t>());
   bool binary_outputs = false;
-  absl::Status parsed = ToInferRequest(call, *path, max_values, &request, &binary_outputs);
+  absl::Status parsed =
+      ToInferRequest(call, *path, 2 * batch_values + kJsonElementsBesideData, &request, &binary_outputs);
   if (!parsed.ok()) return ErrorReply(parsed);
   inference::ModelInferResponse response;
   absl::Notification done;

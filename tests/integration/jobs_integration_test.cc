@@ -677,10 +677,13 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     nlohmann::json renamed = body;
     renamed["inputs"][0]["name"] = "pixels";
     expect_rest_error(v2 + "/models/resnet8/infer", renamed.dump(), 400, "inputs[0].name");
-    // More numbers than a full batch (64 x 3072) holds: refused while parsing.
+    // More values, or empty arrays, than a full batch (64 x 3072, nested row
+    // by row) has: refused while parsing.
     nlohmann::json too_many = body;
-    too_many["inputs"][0]["data"] = std::vector<int>(64 * 3072 + 2000, 0);
-    expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "numbers in the JSON body");
+    too_many["inputs"][0]["data"] = std::vector<int>(2 * 64 * 3072 + 2000, 0);
+    expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "values and arrays in the JSON body");
+    too_many["inputs"][0]["data"] = std::vector<std::vector<int>>(2 * 64 * 3072 + 2000);
+    expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "values and arrays in the JSON body");
     EXPECT_EQ(Curl(v2 + "/models/nope/ready").status, 404);
   }
   {  // The metrics count it: requests by code, samples and executed passes.
