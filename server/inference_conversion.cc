@@ -75,8 +75,7 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
     return absl::InvalidArgumentError(absl::StrCat("inputs[0].shape: batch size ", batch,
                                                    " is above the server's --max_batch_size ", max_batch_size));
   }
-  const int64_t per_sample = std::accumulate(sample.begin(), sample.end(), int64_t{1}, std::multiplies<int64_t>());
-  const int64_t count = batch * per_sample;
+  const int64_t count = batch * model.sample_values();
   // The data must be all there before the buffer is sized from the shape: a
   // small request claiming a large batch allocates nothing.
   const bool raw_data = request.raw_input_contents_size() > 0;

@@ -1,9 +1,7 @@
 #include "server/inference_rest.h"
 
 #include <cstring>
-#include <functional>
 #include <memory>
-#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
@@ -437,9 +435,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   request.set_model_version(path->version);
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = core_->LoadForInfer(request);
   if (!model.ok()) return ErrorReply(model.status());
-  const std::vector<int64_t>& sample = (*model)->info().input_shape;
-  const int64_t batch_values =
-      core_->max_batch_size() * std::accumulate(sample.begin(), sample.end(), int64_t{1}, std::multiplies<int64_t>());
+  const int64_t batch_values = core_->max_batch_size() * (*model)->info().sample_values();
   bool binary_outputs = false;
   absl::Status parsed =
       ToInferRequest(call, *path, 2 * batch_values + kJsonElementsBesideData, &request, &binary_outputs);

@@ -48,6 +48,13 @@ struct ServedModelInfo {
   std::vector<std::string> labels;    // class names when known (CIFAR-10), else empty
   std::string kernel_engine;          // what runs it here: "onednn", "qnnpack", "fp32"
   int64_t cost_bytes = 0;             // what it counts against the cache budget
+
+  // Values in one input sample (the product of input_shape).
+  int64_t sample_values() const {
+    int64_t n = 1;
+    for (int64_t d : input_shape) n *= d;
+    return n;
+  }
 };
 
 class LoadedModel : public BatchableModel {
