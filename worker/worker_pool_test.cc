@@ -39,6 +39,17 @@ class FakeEngine : public QuantizationEngine {
     if (!progress({engine::Phase::kFusing, 0, 0})) return absl::CancelledError("c");
     if (!progress({engine::Phase::kCalibrating, 0, batches})) return absl::CancelledError("c");
     for (int b = 1; b <= batches; ++b) {
+      if (b == run_until_stopped_at_batch) {
+        // Runs on until the pool stops it, then ends as an engine does: with
+        // CANCELLED, or with an error of its own that happened meanwhile.
+        paused.Notify();
+        const absl::Time give_up = absl::Now() + absl::Seconds(30);
+        while (progress({engine::Phase::kCalibrating, b - 1, batches}) && absl::Now() < give_up) {
+          absl::SleepFor(absl::Milliseconds(1));  // a batch's worth of work
+        }
+        if (options.model_path == "fails_while_stopping") return absl::DataLossError("calibration batch 3 is corrupt");
+        return absl::CancelledError("c");
+      }
       if (b == pause_at_batch && !paused.HasBeenNotified()) {
         paused.Notify();
         release.WaitForNotificationWithTimeout(absl::Seconds(30));
@@ -69,6 +80,7 @@ class FakeEngine : public QuantizationEngine {
 
   int batches = 10;
   int pause_at_batch = 0;
+  int run_until_stopped_at_batch = 0;
   FakeClock* clock = nullptr;
   absl::Notification paused, release;
   std::atomic<int> batches_run{0};
@@ -359,6 +371,42 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kOk);
   EXPECT_FALSE(artifacts_->Contains(sha));
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(WorkerPoolTest, GracefulShutdownRequeuesTheRunningJob) {
+  engine_.run_until_stopped_at_batch = 3;
+  std::string id;
+  {
+    auto pool = NewPool();
+    pool->Start();
+    id = pool->Submit(NewJob("m"))->id;
+    ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    pool->Stop();
+  }
+  Job job = *store_->Get(id);
+  EXPECT_EQ(job.state, JobState::kQueued);
+  EXPECT_FALSE(job.result.has_value());
+  engine_.run_until_stopped_at_batch = 0;
+  auto pool = NewPool();
+  pool->Start();
+  // A graceful stop does not use up one of the job's attempts, as a crash does.
+  EXPECT_EQ(WaitForState(id, JobState::kSucceeded).attempt_count, 1u);
+}
+
+// An engine error that happens while the server shuts down is the job's
+// outcome: requeued, the job would only fail the same way after the restart.
+TEST_F(WorkerPoolTest, AnErrorDuringShutdownFailsTheJobInsteadOfRequeueingIt) {
+  engine_.run_until_stopped_at_batch = 3;
+  auto pool = NewPool();
+  pool->Start();
+  const std::string id = pool->Submit(NewJob("fails_while_stopping"))->id;
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  pool->Stop();
+  Job job = *store_->Get(id);
+  EXPECT_EQ(job.state, JobState::kFailed);
+  ASSERT_TRUE(job.result.has_value());
+  EXPECT_EQ(job.result->error_code, absl::StatusCode::kDataLoss);
+  EXPECT_THAT(job.result->error_message, HasSubstr("calibration batch 3 is corrupt"));
 }
 
 TEST_F(WorkerPoolTest, DeletingOneOfTwoIdenticalJobsKeepsTheirArtifact) {
