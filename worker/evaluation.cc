@@ -244,9 +244,9 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   }
   absl::MutexLock lock(&mu_);
   if (shut_down_) return absl::UnavailableError("the server is shutting down");
-  if (running_ >= options_.max_running) {
+  if (static_cast<int>(running_.size()) >= options_.max_running) {
     return absl::ResourceExhaustedError(
-        absl::StrCat(running_, " evaluations already run on this server; retry when one has finished"));
+        absl::StrCat(running_.size(), " evaluations already run on this server; retry when one has finished"));
   }
   QUANTD_RETURN_IF_ERROR(store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation)));
   for (auto it = workers_.begin(); it != workers_.end();) {
@@ -257,7 +257,7 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
       ++it;
     }
   }
-  ++running_;
+  running_.insert(evaluation.id);
   auto done = std::make_shared<std::atomic<bool>>(false);
   workers_.push_back(Worker{std::thread([this, evaluation, done] { Run(evaluation, done.get()); }), done});
   return evaluation;
@@ -266,7 +266,12 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
 absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
   QUANTD_ASSIGN_OR_RETURN(std::string text, store_->GetEvaluation(id));
   QUANTD_ASSIGN_OR_RETURN(Evaluation evaluation, DecodeEvaluation(text));
-  if (evaluation.state == EvaluationState::kRunning && clock_->Now() - evaluation.update_time > options_.stale_after) {
+  if (evaluation.state != EvaluationState::kRunning) return evaluation;
+  {
+    absl::MutexLock lock(&mu_);
+    if (running_.count(id) > 0) return evaluation;
+  }
+  if (clock_->Now() - evaluation.update_time > options_.stale_after) {
     evaluation.state = EvaluationState::kFailed;
     evaluation.error_code = absl::StatusCode::kAborted;
     evaluation.error_message = absl::StrCat("no progress for ", absl::FormatDuration(clock_->Now() - evaluation.update_time),
@@ -312,7 +317,7 @@ void Evaluator::Run(Evaluation evaluation, std::atomic<bool>* done) {
   }
   Store(evaluation);
   absl::MutexLock lock(&mu_);
-  --running_;
+  running_.erase(evaluation.id);
   done->store(true);
 }
 
@@ -332,7 +337,10 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation) {
     return absl::FailedPreconditionError(absl::StrCat(spec.model_name, " does not output [N, classes] scores"));
   }
   EvaluationAccumulator accumulator(int8->info().output_shape[0], fp32 != nullptr);
+  // Loaded: other servers reading the record count the first batch from now.
   absl::Time last_write = clock_->Now();
+  evaluation->update_time = last_write;
+  Store(*evaluation);
   for (int64_t start = 0; start < evaluation->samples_total; start += spec.batch_size) {
     if (stopping_) return absl::UnavailableError("the server stopped during the evaluation; evaluate again");
     const int64_t count = std::min(spec.batch_size, evaluation->samples_total - start);

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -111,8 +112,8 @@ class Evaluator {
     int max_running = 2;
     // How often a running evaluation writes its progress to the store.
     absl::Duration progress_interval = absl::Milliseconds(500);
-    // A RUNNING record not updated for this long belongs to a server that
-    // stopped: it reads as FAILED.
+    // A RUNNING record that no server here runs and that was not updated
+    // for this long belongs to a server that stopped: it reads as FAILED.
     absl::Duration stale_after = absl::Minutes(2);
     // LibTorch intra-op threads of an evaluation's thread; 0 = LibTorch's
     // default for a new thread. (Set to 1 here, the FP32 column ran at 421
@@ -146,7 +147,9 @@ class Evaluator {
   const Options options_;
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;
-  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  // Ids of the evaluations this server runs: never stale, however long a
+  // model load or a batch takes.
+  std::set<std::string> running_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   struct Worker {
     std::thread thread;

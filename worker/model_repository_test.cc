@@ -12,6 +12,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "worker/clock.h"
+#include "worker/evaluation.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/testing/test_env.h"
 #include "worker/local_artifact_store.h"
@@ -235,6 +236,84 @@ TEST_F(ModelRepositoryTest, ANewVersionIsSeenAfterTheResolutionTtlOrAtOnceWhenFo
   repository->ForgetResolutions();  // published through this process
   EXPECT_EQ(repository->FindLoaded("resnet8", 0), nullptr);
   EXPECT_EQ((*repository->Load("resnet8", 0))->info().version, 3);
+}
+
+// Reads artifacts from the real store once released: a model load that
+// takes as long as the test wants.
+class HeldArtifactStore : public ArtifactStore {
+ public:
+  explicit HeldArtifactStore(ArtifactStore* real) : real_(real) {}
+  absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
+                                     const std::string& manifest_json) override {
+    return real_->Put(job_id, bytes, manifest_json);
+  }
+  absl::StatusOr<std::string> Read(const std::string& sha256) override {
+    reading.Notify();
+    if (!release.WaitForNotificationWithTimeout(absl::Seconds(30))) return absl::DeadlineExceededError("held");
+    return real_->Read(sha256);
+  }
+  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
+    return real_->RemoveManifest(sha256, job_id);
+  }
+  absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
+  bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
+  absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
+
+  absl::Notification reading, release;
+
+ private:
+  ArtifactStore* const real_;
+};
+
+// The evaluator reads its models through the repository: its staleness rule
+// is tested here, with a real published model.
+TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStoppedServerIs) {
+  Publish("a", "resnet8");
+  HeldArtifactStore held(artifacts_.get());
+  ModelRepository::Options repository_options;
+  repository_options.clock = &clock_;
+  ModelRepository repository(jobs_.get(), &held, repository_options);
+  Evaluator::Options options;
+  options.stale_after = absl::Minutes(2);
+  Evaluator evaluator(jobs_.get(), &repository, &clock_, options);
+
+  EvaluationSpec spec;
+  spec.model_name = "resnet8";
+  spec.dataset.path = engine::testing::CalibrationPath();
+  spec.max_samples = 100;
+  spec.skip_fp32 = true;
+  auto started = evaluator.Start(spec);
+  ASSERT_TRUE(started.ok()) << started.status();
+  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  // The model takes 10 minutes to load: still RUNNING, not taken for the
+  // record of a server that stopped.
+  clock_.Advance(absl::Minutes(10));
+  auto loading = evaluator.Get(started->id);
+  ASSERT_TRUE(loading.ok()) << loading.status();
+  EXPECT_EQ(loading->state, EvaluationState::kRunning);
+
+  // Another server on the same store sees the record's last write: stale.
+  ModelRepository other_repository(jobs_.get(), artifacts_.get(), repository_options);
+  Evaluator other(jobs_.get(), &other_repository, &clock_, options);
+  auto elsewhere = other.Get(started->id);
+  ASSERT_TRUE(elsewhere.ok()) << elsewhere.status();
+  EXPECT_EQ(elsewhere->state, EvaluationState::kFailed);
+  EXPECT_EQ(elsewhere->error_code, absl::StatusCode::kAborted);
+  EXPECT_THAT(elsewhere->error_message, HasSubstr("no progress for 10m"));
+
+  held.release.Notify();
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  absl::StatusOr<Evaluation> done = evaluator.Get(started->id);
+  while (done.ok() && done->state == EvaluationState::kRunning && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));  // poll interval
+    done = evaluator.Get(started->id);
+  }
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state, EvaluationState::kSucceeded) << done->error_message;
+  EXPECT_EQ(done->samples_done, 100);
+  // Finished records are never stale, wherever they are read.
+  clock_.Advance(absl::Hours(1));
+  EXPECT_EQ(other.Get(started->id)->state, EvaluationState::kSucceeded);
 }
 
 }  // namespace
