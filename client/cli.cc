@@ -1,5 +1,6 @@
 #include "client/cli.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
@@ -58,9 +59,11 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
       }
       continue;
     }
-    absl::string_view name;
+    absl::string_view raw_name;
     std::optional<absl::string_view> value;
-    SplitFlag(arg, &name, &value);
+    SplitFlag(arg, &raw_name, &value);
+    std::string name(raw_name);
+    std::replace(name.begin(), name.end(), '-', '_');  // --tls-ca = --tls_ca, as in every quantd tool
     // A value-taking global flag may also be written "--flag VALUE".
     auto take_value = [&]() -> absl::StatusOr<std::string> {
       if (value.has_value()) return std::string(*value);
@@ -130,7 +133,8 @@ std::string GlobalUsage() {
          "  --tls_ca=PEM        connect over TLS, trusting this CA (quantd's --tls_cert)\n"
          "  --tls_cert=PEM --tls_key=PEM\n"
          "                      client certificate for mTLS (quantd's --tls_client_ca)\n"
-         "  --help              this text\n";
+         "  --help              this text; after a command, that command's flags\n"
+         "Value flags are --flag=VALUE or --flag VALUE; boolean flags --flag or --flag=true|false.\n";
 }
 
 }  // namespace quantd::cli

@@ -111,6 +111,19 @@ TEST(CommandTableTest, HealthRejectsUnknownArguments) {
   context.err = &err;
   EXPECT_EQ(RunHealth(context, {"--bogus"}), kExitUsage);
   EXPECT_THAT(err.str(), HasSubstr("--bogus"));
+  EXPECT_EQ(RunHealth(context, {"--service"}), kExitUsage);
+  EXPECT_THAT(err.str(), HasSubstr("--service needs a value"));
+  EXPECT_EQ(RunHealth(context, {"stray"}), kExitUsage);
+  EXPECT_THAT(err.str(), HasSubstr("unexpected argument \"stray\""));
+}
+
+// "quantctl submit --help": every flag of the command, not the one-line row.
+TEST(CommandTableTest, ACommandsHelpListsEveryFlag) {
+  const std::string submit = CommandUsage(*FindCommand("submit"));
+  EXPECT_THAT(submit, HasSubstr("usage: quantctl [GLOBAL FLAGS] submit (--file=JOB.json"));
+  EXPECT_THAT(submit, HasSubstr("--against_fp32"));
+  EXPECT_THAT(submit, HasSubstr("--wait"));
+  EXPECT_THAT(CommandUsage(*FindCommand("health")), HasSubstr("health [--service=NAME]"));
 }
 
 }  // namespace

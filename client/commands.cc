@@ -4,6 +4,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/pem_file.h"
 
@@ -88,7 +89,7 @@ const std::vector<Command>& Commands() {
       {"models", "[NAME] | delete NAME VERSION",
        "list published model versions (with accuracy and whether loaded), or unpublish one", &RunModels},
       {"submit", "(--file=JOB.json | --model=PATH --calib=PATH ...) [--wait]",
-       "submit a quantization job (see `submit --help`); --wait follows it", &RunSubmit},
+       "submit a quantization job (see `submit --help`); --wait follows it", &RunSubmit, kSubmitUsage},
       {"upload", "FILE [--kind=model|dataset] [--format=cifar10|npy]",
        "upload a model or dataset; prints its blob id", &RunUpload},
       {"watch", "JOB_ID", "stream a job's events until it ends", &RunWatch},
@@ -111,6 +112,14 @@ std::string Usage() {
                     command.summary, "\n");
   }
   return usage;
+}
+
+std::string CommandUsage(const Command& command) {
+  const char* args = command.all_args != nullptr ? command.all_args : command.args;
+  std::string text = absl::StrCat("usage: quantctl [GLOBAL FLAGS] ", absl::StartsWith(args, command.name) ? "" : command.name,
+                                  absl::StartsWith(args, command.name) ? "" : " ", args, "\n  ", command.summary, "\n",
+                                  "Value flags: --flag=VALUE or --flag VALUE; boolean flags: --flag or --flag=true|false.\n");
+  return text;
 }
 
 }  // namespace quantd::cli

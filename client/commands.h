@@ -46,7 +46,11 @@ struct Command {
   const char* args;     // e.g. "[--service=NAME]"
   const char* summary;  // one line
   int (*run)(const CommandContext& context, const std::vector<std::string>& args);
+  const char* all_args = nullptr;  // every flag, where `args` abbreviates them
 };
+
+// submit's every flag (its row in the table abbreviates them).
+extern const char kSubmitUsage[];
 
 // Insecure, or TLS (and mTLS) from the --tls_* flags; errors name the flag.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(const GlobalOptions& options);
@@ -57,6 +61,8 @@ const std::vector<Command>& Commands();
 const Command* FindCommand(const std::string& name);
 // GlobalUsage() plus one line per command.
 std::string Usage();
+// "quantctl COMMAND --help": the command's arguments, every flag, and summary.
+std::string CommandUsage(const Command& command);
 
 // Commands (one file each).
 int RunHealth(const CommandContext& context, const std::vector<std::string>& args);

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <ostream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/sha256.h"
 #include "client/job_format.h"
@@ -16,7 +17,13 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
   std::string error;
   auto a = ParseCommandArgs(args, {"o", "chunk_size"}, &error);
   if (!a.has_value() || a->positional.size() != 1 || !a->Has("o")) {
-    return context.UsageError(absl::StrCat("download: ", error, "\nusage: download ARTIFACT_ID -o FILE"));
+    return context.UsageError(
+        absl::StrCat("download: ", error, "\nusage: download ARTIFACT_ID -o FILE [--chunk_size=BYTES]"));
+  }
+  uint32_t chunk_size = 0;  // the server's default
+  if (a->Has("chunk_size") && (!absl::SimpleAtoi(a->Get("chunk_size"), &chunk_size) || chunk_size == 0)) {
+    return context.UsageError(absl::StrCat("download: --chunk_size: \"", a->Get("chunk_size"),
+                                           "\" is not a positive number of bytes (the server caps it at 4 MiB)"));
   }
   const std::string target = a->Get("o");
   const std::string tmp = target + ".part";
@@ -28,6 +35,7 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
   context.PrepareCall(client_context);
   v1::DownloadArtifactRequest request;
   request.set_id(a->positional[0]);
+  request.set_chunk_size(chunk_size);
   auto reader = stub->DownloadArtifact(&client_context, request);
   v1::DownloadArtifactResponse message;
   v1::DownloadHeader header;

@@ -94,7 +94,7 @@ std::string ReportText(const v1::Evaluation& e) {
 int RunEval(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
   auto a = ParseCommandArgs(
-      args, {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size", "skip_fp32"}, &error);
+      args, {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size"}, &error, {"skip_fp32"});
   if (!a.has_value() || a->positional.size() != 1) {
     return context.UsageError(absl::StrCat("eval: ", error.empty() ? "NAME[:VERSION] required" : error, "\n", kUsage));
   }
@@ -116,7 +116,7 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
     if (std::string(flag) == "max_samples") request.set_max_samples(value);
     if (std::string(flag) == "batch_size") request.set_batch_size(value);
   }
-  request.set_skip_fp32(a->Has("skip_fp32") && a->Get("skip_fp32") != "false");
+  request.set_skip_fp32(a->IsOn("skip_fp32"));
 
   auto stub = v1::QuantizationService::NewStub(context.channel);
   v1::Evaluation evaluation;

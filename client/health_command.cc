@@ -37,14 +37,14 @@ std::string ServerInfoText(const v1::ServerInfo& info) {
 
 int RunHealth(const CommandContext& context, const std::vector<std::string>& args) {
   grpc::health::v1::HealthCheckRequest request;
-  for (const std::string& arg : args) {
-    if (absl::StartsWith(arg, "--service=")) {
-      request.set_service(arg.substr(std::string("--service=").size()));
-    } else {
-      return context.UsageError(absl::StrCat("health: unexpected argument \"", arg,
-                                             "\" (usage: health [--service=NAME])"));
-    }
+  std::string error;
+  auto a = ParseCommandArgs(args, {"service"}, &error);
+  if (!a.has_value() || !a->positional.empty()) {
+    return context.UsageError(
+        absl::StrCat("health: ", a.has_value() ? absl::StrCat("unexpected argument \"", a->positional[0], "\"") : error,
+                     " (usage: health [--service=NAME])"));
   }
+  request.set_service(a->Get("service"));
   auto stub = grpc::health::v1::Health::NewStub(context.channel);
   grpc::ClientContext client_context;
   context.PrepareCall(client_context);

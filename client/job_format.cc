@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <ostream>
@@ -10,6 +11,7 @@
 #include <google/protobuf/util/time_util.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -24,34 +26,51 @@ std::string CommandArgs::Get(const std::string& name, const std::string& fallbac
 }
 
 std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args,
-                                            const std::vector<std::string>& allowed,
-                                            std::string* error) {
+                                            const std::vector<std::string>& allowed, std::string* error,
+                                            const std::vector<std::string>& booleans) {
+  auto listed = [](const std::vector<std::string>& names, const std::string& name) {
+    return std::find(names.begin(), names.end(), name) != names.end();
+  };
   CommandArgs parsed;
   for (size_t i = 0; i < args.size(); ++i) {
     std::string arg = args[i];
-    if (arg == "-o") {
-      if (i + 1 >= args.size()) {
-        *error = "-o needs a file name";
-        return std::nullopt;
-      }
-      arg = "--o=" + args[++i];
-    }
+    if (arg == "-o") arg = "--o";
     if (!absl::StartsWith(arg, "--")) {
       parsed.positional.push_back(arg);
       continue;
     }
-    std::string name = arg.substr(2), value = "true";
+    std::string name = arg.substr(2);
+    std::optional<std::string> value;
     if (size_t eq = name.find('='); eq != std::string::npos) {
       value = name.substr(eq + 1);
       name = name.substr(0, eq);
     }
-    bool known = false;
-    for (const std::string& a : allowed) known = known || a == name;
-    if (!known) {
-      *error = absl::StrCat("unknown flag --", name);
+    std::replace(name.begin(), name.end(), '-', '_');  // --page-size = --page_size, as in every quantd tool
+    const std::string shown = name == "o" ? "-o" : "--" + name;
+    if (!listed(allowed, name) && !listed(booleans, name)) {
+      *error = absl::StrCat("unknown flag ", shown);
       return std::nullopt;
     }
-    parsed.flags[name] = value;
+    if (listed(booleans, name)) {
+      // "--flag" alone is true; an explicit value must be a boolean (as for
+      // quantd's and quantd-quantize's flags): "--wait=false" does not wait.
+      bool on = true;
+      if (value.has_value() && !absl::SimpleAtob(*value, &on)) {
+        *error = absl::StrCat(shown, " expects true or false, got \"", *value, "\"");
+        return std::nullopt;
+      }
+      parsed.flags[name] = on ? "true" : "false";
+      continue;
+    }
+    // A value-taking flag: "--flag=VALUE" or "--flag VALUE".
+    if (!value.has_value()) {
+      if (i + 1 >= args.size() || absl::StartsWith(args[i + 1], "--")) {
+        *error = absl::StrCat(shown, " needs a value");
+        return std::nullopt;
+      }
+      value = args[++i];
+    }
+    parsed.flags[name] = *value;
   }
   return parsed;
 }

@@ -16,18 +16,23 @@
 
 namespace quantd::cli {
 
-// "--name=value" / "--name" flags and positional arguments of a command.
+// A command's flags and positional arguments. Value flags are "--name=VALUE"
+// or "--name VALUE" (a missing value is an error naming the flag); boolean
+// flags are "--name" (true) or "--name=true|false|1|0", stored as "true" or
+// "false"; "-o FILE" is "--o=FILE".
 struct CommandArgs {
-  std::map<std::string, std::string> flags;  // "--name" alone maps to "true"
+  std::map<std::string, std::string> flags;
   std::vector<std::string> positional;
   bool Has(const std::string& name) const { return flags.count(name) > 0; }
   std::string Get(const std::string& name, const std::string& fallback = "") const;
+  // A boolean flag: given and not false.
+  bool IsOn(const std::string& name) const { return Get(name) == "true"; }
 };
-// Flags not in `allowed` are a usage error (message in *error). "-o FILE"
-// is accepted as "--o=FILE".
+// Flags in neither `allowed` (value flags) nor `booleans` are a usage error
+// (message in *error, naming the flag).
 std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args,
-                                            const std::vector<std::string>& allowed,
-                                            std::string* error);
+                                            const std::vector<std::string>& allowed, std::string* error,
+                                            const std::vector<std::string>& booleans = {});
 
 // A DatasetRef from --PREFIX=PATH | --PREFIX_blob=ID, --PREFIX_format=cifar10|npy
 // and --PREFIX_labels=PATH (false with *error naming the flag).

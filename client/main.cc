@@ -22,11 +22,11 @@ int main(int argc, char** argv) {
     std::cerr << "quantctl: " << invocation.status().message() << "\n\n" << Usage();
     return kExitUsage;
   }
+  const Command* command = FindCommand(invocation->command);
   if (invocation->help) {
-    std::cout << Usage();
+    std::cout << (command != nullptr ? CommandUsage(*command) : Usage());
     return kExitOk;
   }
-  const Command* command = FindCommand(invocation->command);
   if (command == nullptr) {
     std::cerr << "quantctl: unknown command \"" << invocation->command << "\"\n\n" << Usage();
     return kExitUsage;

@@ -14,9 +14,8 @@
 #include "client/job_format.h"
 
 namespace quantd::cli {
-namespace {
 
-constexpr char kUsage[] =
+const char kSubmitUsage[] =
     "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
     "[--calib_format=cifar10|npy] [--calib_labels=PATH] [--batch_size=N] [--samples_per_class=N] "
     "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack|best|custom] [--activation_observer=O] [--weight_observer=W] "
@@ -28,6 +27,8 @@ constexpr char kUsage[] =
     "[--deadline_seconds=N] [--model_name=NAME] [--tuning=PATH|--tuning_blob=ID [--tuning_format=F] "
     "[--tuning_labels=PATH] [--tolerance=POINTS] [--relative_tolerance] [--max_trials=N] "
     "[--time_budget_seconds=S] [--int8_only] [--max_fp32_layers=N] [--against_fp32]] [--wait]";
+
+namespace {
 
 bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>* out) {
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
@@ -91,7 +92,7 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
               false);
     }
     c->set_weight_observer(weight);
-    c->set_reduce_range(a.Has("reduce_range") && a.Get("reduce_range") == "true");
+    c->set_reduce_range(a.IsOn("reduce_range"));
     if (a.Has("percentile")) {
       double percentile = 0;
       if (!absl::SimpleAtod(a.Get("percentile"), &percentile)) return (*error = "--percentile: not a number", false);
@@ -99,11 +100,11 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
     }
   }
   if (a.Has("kernel_engine")) r->mutable_qconfig()->set_kernel_engine(a.Get("kernel_engine"));
-  if (a.Has("strict_kernels")) r->mutable_qconfig()->set_strict_kernels(a.Get("strict_kernels") == "true");
-  if (a.Has("bias_correction")) r->mutable_qconfig()->set_bias_correction(a.Get("bias_correction") == "true");
-  if (a.Has("fitted_rounding")) r->mutable_qconfig()->set_fitted_rounding(a.Get("fitted_rounding") == "true");
+  if (a.Has("strict_kernels")) r->mutable_qconfig()->set_strict_kernels(a.IsOn("strict_kernels"));
+  if (a.Has("bias_correction")) r->mutable_qconfig()->set_bias_correction(a.IsOn("bias_correction"));
+  if (a.Has("fitted_rounding")) r->mutable_qconfig()->set_fitted_rounding(a.IsOn("fitted_rounding"));
   if (a.Has("cross_layer_equalization")) {
-    r->mutable_qconfig()->set_cross_layer_equalization(a.Get("cross_layer_equalization") == "true");
+    r->mutable_qconfig()->set_cross_layer_equalization(a.IsOn("cross_layer_equalization"));
   }
   v1::QualityGate* gate = r->mutable_quality_gate();
   if (a.Has("quality_samples")) {
@@ -120,7 +121,7 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
       gate->set_min_output_sqnr_db(v);
     }
   }
-  if (a.Has("allow_low_quality")) gate->set_allow_low_quality(a.Get("allow_low_quality") == "true");
+  if (a.Has("allow_low_quality")) gate->set_allow_low_quality(a.IsOn("allow_low_quality"));
   if (gate->ByteSizeLong() == 0) r->clear_quality_gate();
   if (a.Has("fusion")) {
     const std::string fusion = a.Get("fusion");
@@ -162,7 +163,7 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
       if (!absl::SimpleAtod(a.Get("tolerance"), &points)) return (*error = "--tolerance: not a number", false);
       goal->set_tolerance(points);
     }
-    if (a.Has("relative_tolerance")) goal->set_relative(a.Get("relative_tolerance") == "true");
+    if (a.Has("relative_tolerance")) goal->set_relative(a.IsOn("relative_tolerance"));
     if (a.Has("max_trials")) {
       if (!absl::SimpleAtoi(a.Get("max_trials"), &n) || n == 0) {
         return (*error = "--max_trials: a positive number expected", false);
@@ -176,7 +177,7 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
       }
       goal->set_time_budget_seconds(seconds);
     }
-    if (a.Has("int8_only")) goal->set_int8_only(a.Get("int8_only") == "true");
+    if (a.Has("int8_only")) goal->set_int8_only(a.IsOn("int8_only"));
     if (a.Has("max_fp32_layers")) {
       uint32_t n = 0;
       if (!absl::SimpleAtoi(a.Get("max_fp32_layers"), &n) || n == 0) {
@@ -184,7 +185,7 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
       }
       goal->set_max_fp32_layers(n);
     }
-    if (a.Has("against_fp32")) goal->set_against_fp32(a.Get("against_fp32") == "true");
+    if (a.Has("against_fp32")) goal->set_against_fp32(a.IsOn("against_fp32"));
   } else {
     for (const char* flag : {"tuning_format", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
                              "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32"}) {
@@ -212,17 +213,16 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
       args,
       {"file", "model", "model_blob", "calib", "calib_blob", "calib_format", "calib_labels",
        "batch_size", "samples_per_class", "seed", "preset", "activation_observer", "weight_observer",
-       "reduce_range", "percentile", "bias_correction", "fitted_rounding", "cross_layer_equalization",
-       "kernel_engine", "strict_kernels",
-       "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality", "fusion", "eval",
+       "percentile",
+       "kernel_engine", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "fusion", "eval",
        "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
-       "idempotency_key", "deadline_seconds", "model_name", "wait", "tuning", "tuning_blob", "tuning_format",
-       "tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
-       "max_fp32_layers",
-       "against_fp32"},
-      &error);
-  if (!a.has_value()) return context.UsageError(absl::StrCat("submit: ", error, "\nusage: ", kUsage));
-  if (!a->positional.empty()) return context.UsageError(absl::StrCat("usage: ", kUsage));
+       "idempotency_key", "deadline_seconds", "model_name", "tuning", "tuning_blob", "tuning_format",
+       "tuning_labels", "tolerance", "max_trials", "time_budget_seconds", "max_fp32_layers"},
+      &error,
+      {"reduce_range", "bias_correction", "fitted_rounding", "cross_layer_equalization", "strict_kernels",
+       "allow_low_quality", "relative_tolerance", "int8_only", "against_fp32", "wait"});
+  if (!a.has_value()) return context.UsageError(absl::StrCat("submit: ", error, "\nusage: ", kSubmitUsage));
+  if (!a->positional.empty()) return context.UsageError(absl::StrCat("usage: ", kSubmitUsage));
   v1::QuantizeJobRequest request;
   if (a->Has("file")) {
     std::ifstream in(a->Get("file"));
@@ -247,7 +247,7 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
   } else {
     *context.out << job.id() << " " << ShortEnum(v1::JobState_Name(job.state()), "JOB_STATE_") << "\n";
   }
-  if (!a->Has("wait")) return kExitOk;
+  if (!a->IsOn("wait")) return kExitOk;
   int rc = FollowJob(context, job.id());
   if (!context.options.json) {
     grpc::ClientContext get_context;

@@ -6,12 +6,15 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <iostream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -139,15 +142,43 @@ int WaitForShutdownSignal() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "quantd: quantizes FP32 TorchScript models to int8 and serves them over gRPC.\n"
+      "quantizes FP32 TorchScript models to int8 and serves them over gRPC.\n"
       "  quantd --grpc_port=50051 --metrics_port=9464 --data_dir=./data");
-  absl::ParseCommandLine(argc, argv);
+  // --help lists the flags of this file (Abseil's default looks for a file
+  // named after the program, and found none).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) { return absl::EndsWith(path, "server/main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  // --grpc-port = --grpc_port, as in quantctl and quantd-quantize.
+  for (int i = 1; i < argc; ++i) {
+    if (argv[i][0] != '-' || argv[i][1] != '-') continue;
+    for (char* c = argv[i] + 2; *c != '\0' && *c != '='; ++c) {
+      if (*c == '-') *c = '_';
+    }
+  }
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    // "--vet_models false" would otherwise leave the flag true, silently.
+    std::cerr << "quantd: unexpected argument '" << positional[1]
+              << "': quantd takes only flags (--flag=VALUE or --flag VALUE; booleans --flag or --flag=false)\n";
+    return 2;
+  }
 #ifdef NDEBUG
   // Debian builds Abseil without NDEBUG, so every Mutex::Lock would also
   // maintain a global lock-order graph (measured: ~2% of the server's CPU
   // per inference request). Debug builds and the tests keep the check.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 #endif
+  // Checked here: these two are used before the server's own option checks.
+  if (const int threads = absl::GetFlag(FLAGS_intra_op_threads); threads < 1 || threads > 1024) {
+    std::cerr << "quantd: --intra_op_threads must be in 1..1024, got " << threads << "\n";
+    return 2;
+  }
+  if (const double grace = absl::GetFlag(FLAGS_shutdown_grace_seconds); !(grace >= 0 && grace <= 3600)) {
+    std::cerr << "quantd: --shutdown_grace_seconds must be in 0..3600, got " << grace << "\n";
+    return 2;
+  }
   quantd::SetDebugLogging(absl::GetFlag(FLAGS_log_rpcs));
   quantd::engine::InitializeRuntime(absl::GetFlag(FLAGS_intra_op_threads));
   if (const std::string model = absl::GetFlag(FLAGS_vet_model_file); !model.empty()) {

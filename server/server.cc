@@ -81,27 +81,27 @@ ServerMetrics::Options MetricsOptions() {
 
 absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (options.bind_address.empty()) {
-    return absl::InvalidArgumentError("bind address must not be empty");
+    return absl::InvalidArgumentError("--bind_address must not be empty");
   }
   if (options.grpc_port < 0 || options.grpc_port > 65535) {
     return absl::InvalidArgumentError(
-        absl::StrCat("grpc port ", options.grpc_port, " is not in 0..65535"));
+        absl::StrCat("--grpc_port ", options.grpc_port, " is not in 0..65535"));
   }
   if (options.metrics_port < -1 || options.metrics_port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "metrics port ", options.metrics_port, " is not in -1..65535 (-1 = off)"));
+        "--metrics_port ", options.metrics_port, " is not in -1..65535 (-1 = off)"));
   }
   if (options.workers < 1 || options.workers > 256) {
     return absl::InvalidArgumentError(
-        absl::StrCat("workers must be in 1..256, got ", options.workers));
+        absl::StrCat("--workers must be in 1..256, got ", options.workers));
   }
   if (options.queue_capacity < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("queue capacity must be at least 1, got ", options.queue_capacity));
+        absl::StrCat("--queue_capacity must be at least 1, got ", options.queue_capacity));
   }
   if (options.max_upload_bytes < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("max upload bytes must be at least 1, got ", options.max_upload_bytes));
+        absl::StrCat("--max_upload_bytes must be at least 1, got ", options.max_upload_bytes));
   }
   if (options.max_batch_bytes < 0) {
     return absl::InvalidArgumentError("--max_batch_bytes must be >= 0 (0 = no limit)");
@@ -142,10 +142,10 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     return absl::InvalidArgumentError("--model_cache_bytes must be >= 0 (0 = keep only the last model used)");
   }
   if (!(options.job_deadline_seconds >= 0)) {
-    return absl::InvalidArgumentError("job deadline seconds must be >= 0 (0 = none)");
+    return absl::InvalidArgumentError("--job_deadline_seconds must be >= 0 (0 = none)");
   }
   if (options.data_dir.empty()) {
-    return absl::InvalidArgumentError("data dir must not be empty");
+    return absl::InvalidArgumentError("--data_dir must not be empty");
   }
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");

@@ -8,8 +8,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   auto command = quantd::cli::ParseQuantizeArgs(args);
   if (!command.ok()) {
-    if (command.status().message() != "help requested") std::cerr << "quantd-quantize: " << command.status().message() << "\n\n";
-    std::cerr << quantd::cli::QuantizeUsage();
+    if (command.status().message() == "help requested") {
+      std::cout << quantd::cli::QuantizeUsage();
+      return 0;
+    }
+    std::cerr << "quantd-quantize: " << command.status().message() << "\n\n" << quantd::cli::QuantizeUsage();
     return 2;
   }
   absl::Status status = quantd::cli::RunQuantize(*command, std::cout);

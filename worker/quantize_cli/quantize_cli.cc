@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <algorithm>
+#include <cmath>
 #include <iomanip>
 #include <map>
 #include <set>
@@ -29,11 +30,16 @@ absl::StatusOr<engine::DatasetFormat> FormatOf(const std::string& path, const st
                                                  "' (CIFAR-10 binary .bin or NumPy .npy)"));
 }
 
-std::vector<double> ParseDoubles(const std::string& text) {
+// "a,b,c" as numbers; an error naming `flag` for anything else (before, a
+// typo dropped the value and with it the normalization, silently).
+absl::StatusOr<std::vector<double>> ParseDoubles(const std::string& text, const std::string& flag) {
   std::vector<double> out;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     double v = 0;
-    if (absl::SimpleAtod(part, &v)) out.push_back(v);
+    if (!absl::SimpleAtod(part, &v) || !std::isfinite(v)) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": \"", part, "\" is not a number"));
+    }
+    out.push_back(v);
   }
   return out;
 }
@@ -43,8 +49,9 @@ std::vector<double> ParseDoubles(const std::string& text) {
 std::string QuantizeUsage() {
   return R"(usage: quantd-quantize --model M.pt --calib calib.bin --output artifact.pt [options]
 
-Flags use quantctl's names and syntax: --name=value or --name value; dashes and
-underscores are the same (--kernel-engine = --kernel_engine).
+Flags use quantctl's and quantd's names and syntax: --name=value or --name value;
+booleans --name or --name=true|false; dashes and underscores are the same
+(--kernel-engine = --kernel_engine).
 
   --model PATH               FP32 TorchScript model (torch.jit.script or torch.jit.trace, then save)
   --calib PATH               calibration set: CIFAR-10 binary (.bin) or images .npy (alias --calibration)
@@ -93,9 +100,10 @@ underscores are the same (--kernel-engine = --kernel_engine).
   --min_top1_agreement F     least top-1 agreement with FP32, 0..1 (default 0.8)
   --min_output_sqnr_db DB    least output SQNR against FP32 (default 10)
   --allow_low_quality        keep a model that fails the check (with a warning) instead of failing
-  --threads N                intra-op threads (default 1)
+  --intra_op_threads N       LibTorch intra-op threads, 1..1024 (default 1; quantd's flag of the
+                             same name; alias --threads)
   --overlap_observers        gather calibration statistics on a second thread (same result;
-                             --threads 2 is faster: convolutions and observers both split)
+                             --intra_op_threads 2 is faster: convolutions and observers both split)
   --quiet                    print only errors
 )";
 }
@@ -135,7 +143,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
                                                    "fitted_rounding", "cross_layer_equalization"};
   // quantctl's names for the same things.
   static const std::map<std::string, std::string> kAliases = {
-      {"calibration", "calib"}, {"calibration_labels", "calib_labels"}, {"qconfig", "preset"}};
+      {"calibration", "calib"}, {"calibration_labels", "calib_labels"}, {"qconfig", "preset"},
+      {"intra_op_threads", "threads"}};
   std::map<std::string, std::string> flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -149,14 +158,18 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     }
     std::replace(name.begin(), name.end(), '-', '_');
     if (auto alias = kAliases.find(name); alias != kAliases.end()) name = alias->second;
-    if (eq == std::string::npos) {
-      if (kBoolFlags.count(name)) {
-        value = "true";
-      } else if (i + 1 < args.size()) {
-        value = args[++i];
-      } else {
+    if (kBoolFlags.count(name)) {
+      // "--flag" alone is true; "--flag=VALUE" must be a boolean.
+      bool on = true;
+      if (eq != std::string::npos && !absl::SimpleAtob(value, &on)) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " expects true or false, got \"", value, "\""));
+      }
+      value = on ? "true" : "false";
+    } else if (eq == std::string::npos) {
+      if (i + 1 >= args.size() || absl::StartsWith(args[i + 1], "--")) {
         return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
       }
+      value = args[++i];
     }
     flags[name] = value;
   }
@@ -171,7 +184,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   for (const auto& [name, value] : flags) {
     if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
-  if (flags.count("help")) return absl::InvalidArgumentError("help requested");
+  if (flags.count("help") && flags["help"] == "true") return absl::InvalidArgumentError("help requested");
   auto get = [&](const std::string& name, const std::string& fallback = "") {
     auto it = flags.find(name);
     return it == flags.end() ? fallback : it->second;
@@ -204,8 +217,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   if (flags.count("scale") && !absl::SimpleAtod(get("scale"), &o.calibration.preprocessing.scale)) {
     return absl::InvalidArgumentError("--scale must be a number");
   }
-  o.calibration.preprocessing.mean = ParseDoubles(get("mean"));
-  o.calibration.preprocessing.std = ParseDoubles(get("std"));
+  QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.mean, ParseDoubles(get("mean"), "--mean"));
+  QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.std, ParseDoubles(get("std"), "--std"));
   QUANTD_ASSIGN_OR_RETURN(o.batch_size, get_int("batch_size", 100));
   if (o.batch_size == 0) return absl::InvalidArgumentError("--batch_size must be positive");
   const std::string qconfig = get("preset", "fbgemm");
@@ -269,7 +282,10 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     }
   }
   QUANTD_ASSIGN_OR_RETURN(int64_t threads, get_int("threads", 1));
-  cmd.threads = static_cast<int>(std::max<int64_t>(1, threads));
+  if (threads < 1 || threads > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("--intra_op_threads must be in 1..1024, not ", threads));
+  }
+  cmd.threads = static_cast<int>(threads);
   cmd.quiet = get("quiet") == "true";
   o.overlap_observers = get("overlap_observers") == "true";
   o.strict_kernels = get("strict_kernels") == "true";

@@ -54,6 +54,32 @@ TEST(ParseQuantizeArgsTest, DefaultsAndErrors) {
             std::string::npos);
 }
 
+// The same syntax as quantctl's: strict booleans, a value flag's missing
+// value and a malformed number named, no silent fallbacks.
+TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
+  const std::vector<std::string> base = {"--model=m.pt", "--calib=c.bin", "--output=o.pt"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return ParseQuantizeArgs(args);
+  };
+  auto cmd = with({"--preset", "custom", "--reduce_range=false", "--bias_correction=1", "--intra_op_threads", "2"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_FALSE(cmd->options.qconfig.reduce_range);
+  EXPECT_TRUE(cmd->options.qconfig.bias_correction);
+  EXPECT_EQ(cmd->threads, 2);
+  EXPECT_EQ(with({"--threads=3"})->threads, 3);  // the older name
+
+  EXPECT_EQ(with({"--reduce_range=yes please"}).status().message(),
+            "--reduce_range expects true or false, got \"yes please\"");
+  EXPECT_EQ(with({"--fusion", "--reduce_range"}).status().message(), "--fusion needs a value");
+  EXPECT_EQ(with({"--mean=125.3,abc,113.9"}).status().message(), "--mean: \"abc\" is not a number");
+  EXPECT_EQ(with({"--std=nan"}).status().message(), "--std: \"nan\" is not a number");
+  EXPECT_EQ(with({"--intra_op_threads=0"}).status().message(), "--intra_op_threads must be in 1..1024, not 0");
+  EXPECT_EQ(with({"--help"}).status().message(), "help requested");
+  EXPECT_TRUE(with({"--help=false"}).ok());
+}
+
 TEST(ParseQuantizeArgsTest, BiasCorrectionWithAnyPreset) {
   auto cmd =
       ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=onednn", "--bias_correction"});
