@@ -31,6 +31,11 @@ else
 fi
 
 # Node.js drives the third-party gRPC reflection client used by the integration tests.
+# QUANTD_SETUP_TEST_TOOLS=0 skips it (an image build needs no test tools).
+if [ "${QUANTD_SETUP_TEST_TOOLS:-1}" = "0" ]; then
+  echo "setup: done (test tools skipped)"
+  exit 0
+fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q nodejs npm
 fi

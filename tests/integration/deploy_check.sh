@@ -9,7 +9,8 @@ deploy="$root/deploy"
 fail() { echo "deploy_check: FAIL: $*" >&2; exit 1; }
 
 command -v promtool >/dev/null || fail "promtool missing (scripts/setup.sh installs prometheus)"
-promtool check config "$deploy/prometheus/prometheus.yml"
+# --syntax-only: the CA and token files it names exist only in the cluster.
+promtool check config --syntax-only "$deploy/prometheus/prometheus.yml"
 promtool check rules "$deploy/prometheus/rules.yml"
 
 node -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' \
@@ -22,7 +23,9 @@ fi
 rendered="$(kubectl kustomize "$deploy")"
 for expected in "kind: Deployment" "kind: Service" "kind: ServiceMonitor" "kind: ConfigMap" \
     "runAsNonRoot: true" "readOnlyRootFilesystem: true" "startupProbe:" "readinessProbe:" \
-    "livenessProbe:" "--service=quantd.v1.QuantizationService" "name: metrics" \
+    "livenessProbe:" "path: /v2/health/ready" "path: /v2/health/live" "scheme: HTTPS" "name: metrics" \
+    "kind: PersistentVolumeClaim" "claimName: quantd-data" "--max_data_bytes=" "publishNotReadyAddresses: true" \
+    "jobLabel: app.kubernetes.io/name" "name: http" \
     "secretName: quantd-tls" "secretName: quantd-tokens" "--tls_cert=/etc/quantd/tls/tls.crt" \
     "--token_file=/etc/quantd/tokens/tokens" "scheme: https" "bearerTokenSecret:"; do
   grep -qF -- "$expected" <<<"$rendered" || fail "rendered manifests lack '$expected'"
