@@ -108,17 +108,17 @@ std::string Usage() {
   std::string usage = GlobalUsage();
   absl::StrAppend(&usage, "\ncommands:\n");
   for (const Command& command : Commands()) {
-    absl::StrAppend(&usage, "  ", command.name, " ", command.args, "\n      ",
-                    command.summary, "\n");
+    absl::StrAppend(&usage, "  ", command.name, " ", command.args, "\n      ", command.summary, "\n");
   }
   return usage;
 }
 
 std::string CommandUsage(const Command& command) {
   const char* args = command.all_args != nullptr ? command.all_args : command.args;
-  std::string text = absl::StrCat("usage: quantctl [GLOBAL FLAGS] ", absl::StartsWith(args, command.name) ? "" : command.name,
-                                  absl::StartsWith(args, command.name) ? "" : " ", args, "\n  ", command.summary, "\n",
-                                  "Value flags: --flag=VALUE or --flag VALUE; boolean flags: --flag or --flag=true|false.\n");
+  std::string text =
+      absl::StrCat("usage: quantctl [GLOBAL FLAGS] ", absl::StartsWith(args, command.name) ? "" : command.name,
+                   absl::StartsWith(args, command.name) ? "" : " ", args, "\n  ", command.summary, "\n",
+                   "Value flags: --flag=VALUE or --flag VALUE; boolean flags: --flag or --flag=true|false.\n");
   return text;
 }
 

@@ -274,8 +274,9 @@ absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
   if (clock_->Now() - evaluation.update_time > options_.stale_after) {
     evaluation.state = EvaluationState::kFailed;
     evaluation.error_code = absl::StatusCode::kAborted;
-    evaluation.error_message = absl::StrCat("no progress for ", absl::FormatDuration(clock_->Now() - evaluation.update_time),
-                                            ": the server running it stopped; evaluate again");
+    evaluation.error_message =
+        absl::StrCat("no progress for ", absl::FormatDuration(clock_->Now() - evaluation.update_time),
+                     ": the server running it stopped; evaluate again");
   }
   return evaluation;
 }

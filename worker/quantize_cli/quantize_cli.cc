@@ -23,11 +23,20 @@
 namespace quantd::cli {
 namespace {
 
-absl::StatusOr<engine::DatasetFormat> FormatOf(const std::string& path, const std::string& flag) {
+// `format` from --FLAG_format (cifar10 | npy, as quantctl's); empty: told by
+// the file's extension.
+absl::StatusOr<engine::DatasetFormat> FormatOf(const std::string& path, const std::string& flag,
+                                               const std::string& format) {
+  if (format == "cifar10") return engine::DatasetFormat::kCifar10Binary;
+  if (format == "npy") return engine::DatasetFormat::kNpy;
+  if (!format.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, "_format must be cifar10 or npy, not '", format, "'"));
+  }
   if (absl::EndsWith(path, ".bin")) return engine::DatasetFormat::kCifar10Binary;
   if (absl::EndsWith(path, ".npy")) return engine::DatasetFormat::kNpy;
   return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot tell the format of '", path,
-                                                 "' (CIFAR-10 binary .bin or NumPy .npy)"));
+                                                 "' (CIFAR-10 binary .bin or NumPy .npy); name it with ", flag,
+                                                 "_format=cifar10|npy"));
 }
 
 // "a,b,c" as numbers; an error naming `flag` for anything else (before, a
@@ -55,6 +64,8 @@ booleans --name or --name=true|false; dashes and underscores are the same
 
   --model PATH               FP32 TorchScript model (torch.jit.script or torch.jit.trace, then save)
   --calib PATH               calibration set: CIFAR-10 binary (.bin) or images .npy (alias --calibration)
+  --calib_format F           cifar10 | npy (default: from the extension; --eval_format and
+                             --tuning_format likewise)
   --calib_labels PATH        labels .npy for an .npy calibration set (needed for --samples_per_class)
   --samples_per_class N      stratified selection of N samples per class (fixed --seed, default 0)
   --batch_size N             calibration batch size (default 100, as PyTorch's recipe)
@@ -77,7 +88,10 @@ booleans --name or --name=true|false; dashes and underscores are the same
   --cross_layer_equalization any preset: rescale conv pairs joined by a ReLU before calibration
                              (per-tensor weights: equal weight ranges; per-channel: activation ranges
                              balanced against the next layer's weights)
-  --fusion auto|SPEC.json    fusion groups (JSON list of module-path lists) or auto (default auto)
+  --fusion auto|none|a,b,c;d,e|SPEC.json
+                             fusion: auto (default), none, groups inline as quantctl takes them
+                             (modules comma-separated, groups semicolon-separated), or a .json
+                             file with a list of module-path lists
   --layout NCHW|NHWC|auto    .npy image layout (default auto)
   --scale S --mean a,b,c --std a,b,c   preprocessing (default: raw pixel values)
   --output PATH              int8 TorchScript artifact
@@ -114,6 +128,21 @@ absl::StatusOr<engine::FusionSpec> ParseFusionSpec(const std::string& value) {
     spec.automatic = true;
     return spec;
   }
+  if (value == "none") return spec;
+  if (!absl::EndsWith(value, ".json")) {
+    // quantctl's inline syntax: "conv1,bn1,relu1;layer1.0.conv1,layer1.0.bn1".
+    for (absl::string_view group : absl::StrSplit(value, ';', absl::SkipEmpty())) {
+      std::vector<std::string> names = absl::StrSplit(group, ',');
+      for (const std::string& name : names) {
+        if (name.empty()) {
+          return absl::InvalidArgumentError(absl::StrCat("--fusion: an empty module path in group \"", group, "\""));
+        }
+      }
+      spec.groups.push_back(std::move(names));
+    }
+    if (spec.groups.empty()) return absl::InvalidArgumentError("--fusion: no groups in \"" + value + "\"");
+    return spec;
+  }
   std::ifstream in(value);
   if (!in) return absl::NotFoundError(absl::StrCat("--fusion: cannot open spec file '", value, "'"));
   nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
@@ -142,13 +171,16 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
                                                    "int8_only", "against_fp32", "bias_correction",
                                                    "fitted_rounding", "cross_layer_equalization"};
   // quantctl's names for the same things.
-  static const std::map<std::string, std::string> kAliases = {
-      {"calibration", "calib"}, {"calibration_labels", "calib_labels"}, {"qconfig", "preset"},
-      {"intra_op_threads", "threads"}};
+  static const std::map<std::string, std::string> kAliases = {{"calibration", "calib"},
+                                                              {"calibration_labels", "calib_labels"},
+                                                              {"qconfig", "preset"},
+                                                              {"intra_op_threads", "threads"}};
   std::map<std::string, std::string> flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
-    if (!absl::StartsWith(arg, "--")) return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    if (!absl::StartsWith(arg, "--")) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
     std::string name = arg.substr(2);
     std::string value;
     const auto eq = name.find('=');
@@ -174,13 +206,13 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     flags[name] = value;
   }
   static const std::set<std::string> kKnown = {
-      "model", "calib", "calib_labels", "samples_per_class", "seed", "batch_size", "preset",
-      "activation_observer", "weight_observer", "reduce_range", "percentile", "kernel_engine", "strict_kernels", "fusion",
-      "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels", "threads", "quiet", "help",
-      "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "allow_low_quality",
-      "tuning", "tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
-      "max_fp32_layers",
-      "against_fp32", "bias_correction", "fitted_rounding", "cross_layer_equalization"};
+      "model", "calib", "calib_format", "calib_labels", "eval_format", "tuning_format", "samples_per_class", "seed",
+      "batch_size", "preset", "activation_observer", "weight_observer", "reduce_range", "percentile", "kernel_engine",
+      "strict_kernels", "fusion", "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels",
+      "threads", "quiet", "help", "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db",
+      "allow_low_quality", "tuning", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
+      "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32", "bias_correction", "fitted_rounding",
+      "cross_layer_equalization"};
   for (const auto& [name, value] : flags) {
     if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -194,7 +226,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     if (it == flags.end()) return fallback;
     int64_t v = 0;
     if (!absl::SimpleAtoi(it->second, &v) || v < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " must be a non-negative integer, not '", it->second, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " must be a non-negative integer, not '", it->second, "'"));
     }
     return v;
   };
@@ -208,7 +241,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   cmd.report_path = get("report");
   o.calibration.path = get("calib");
   if (o.calibration.path.empty()) return absl::InvalidArgumentError("--calib is required");
-  QUANTD_ASSIGN_OR_RETURN(o.calibration.format, FormatOf(o.calibration.path, "--calib"));
+  QUANTD_ASSIGN_OR_RETURN(o.calibration.format, FormatOf(o.calibration.path, "--calib", get("calib_format")));
   o.calibration.labels_path = get("calib_labels");
   QUANTD_ASSIGN_OR_RETURN(o.calibration.samples_per_class, get_int("samples_per_class", 0));
   QUANTD_ASSIGN_OR_RETURN(int64_t seed, get_int("seed", 0));
@@ -243,7 +276,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   if (flags.count("eval")) {
     engine::DatasetSpec eval = o.calibration;
     eval.path = get("eval");
-    QUANTD_ASSIGN_OR_RETURN(eval.format, FormatOf(eval.path, "--eval"));
+    QUANTD_ASSIGN_OR_RETURN(eval.format, FormatOf(eval.path, "--eval", get("eval_format")));
     eval.labels_path = get("eval_labels");
     eval.samples_per_class = 0;
     o.evaluation = eval;
@@ -252,7 +285,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     engine::AccuracyGoal goal;
     goal.tuning = o.calibration;
     goal.tuning.path = get("tuning");
-    QUANTD_ASSIGN_OR_RETURN(goal.tuning.format, FormatOf(goal.tuning.path, "--tuning"));
+    QUANTD_ASSIGN_OR_RETURN(goal.tuning.format, FormatOf(goal.tuning.path, "--tuning", get("tuning_format")));
     goal.tuning.labels_path = get("tuning_labels");
     goal.tuning.samples_per_class = 0;
     double points = 0.1;

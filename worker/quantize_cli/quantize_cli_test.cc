@@ -1,5 +1,6 @@
 #include "worker/quantize_cli/quantize_cli.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -78,6 +79,37 @@ TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
   EXPECT_EQ(with({"--intra_op_threads=0"}).status().message(), "--intra_op_threads must be in 1..1024, not 0");
   EXPECT_EQ(with({"--help"}).status().message(), "help requested");
   EXPECT_TRUE(with({"--help=false"}).ok());
+}
+
+// The same --fusion values as quantctl submit's, and a .json file.
+TEST(ParseQuantizeArgsTest, FusionTakesQuantctlsInlineGroupsNoneAutoOrAFile) {
+  auto fusion = [](const std::string& value) {
+    return ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--fusion=" + value});
+  };
+  auto inline_groups = fusion("conv1,bn1,relu1;layer1.0.conv1,layer1.0.bn1");
+  ASSERT_TRUE(inline_groups.ok()) << inline_groups.status();
+  EXPECT_FALSE(inline_groups->options.fusion.automatic);
+  ASSERT_EQ(inline_groups->options.fusion.groups.size(), 2u);
+  EXPECT_EQ(inline_groups->options.fusion.groups[0], (std::vector<std::string>{"conv1", "bn1", "relu1"}));
+  EXPECT_EQ(inline_groups->options.fusion.groups[1], (std::vector<std::string>{"layer1.0.conv1", "layer1.0.bn1"}));
+  auto none = fusion("none");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->options.fusion.automatic);
+  EXPECT_TRUE(none->options.fusion.groups.empty());
+  EXPECT_EQ(fusion("conv1,,bn1").status().message(), "--fusion: an empty module path in group \"conv1,,bn1\"");
+  EXPECT_EQ(fusion("missing.json").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ParseQuantizeArgsTest, ADatasetsFormatIsNamedOrToldByItsExtension) {
+  auto cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=calib.dat", "--calib_format=cifar10", "--output=o.pt"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->options.calibration.format, engine::DatasetFormat::kCifar10Binary);
+  EXPECT_THAT(std::string(ParseQuantizeArgs({"--model=m.pt", "--calib=calib.dat", "--output=o.pt"}).status().message()),
+              ::testing::HasSubstr("--calib_format=cifar10|npy"));
+  EXPECT_EQ(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--eval=e.bin", "--eval_format=png"})
+                .status()
+                .message(),
+            "--eval_format must be cifar10 or npy, not 'png'");
 }
 
 TEST(ParseQuantizeArgsTest, BiasCorrectionWithAnyPreset) {
