@@ -1,5 +1,7 @@
 #include "server/inference_stats.h"
 
+#include <set>
+
 #include "absl/time/clock.h"
 
 namespace quantd {
@@ -87,6 +89,39 @@ void InferenceStats::RecordRequest(const std::string& model, int64_t version, ab
     ++batch.count;
     batch.ns += static_cast<uint64_t>(absl::ToInt64Nanoseconds(ran->compute_time));
   }
+}
+
+void InferenceStats::KeepOnly(const std::vector<worker::ModelVersion>& published) {
+  std::set<std::pair<std::string, int64_t>> versions;
+  std::set<std::string> names = {""};  // requests that named no published model stay counted
+  for (const worker::ModelVersion& v : published) {
+    for (const std::string& name : {v.name, v.name + ".fp32"}) {
+      versions.insert({name, v.version});
+      names.insert(name);
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  std::set<prometheus::Histogram*> orphaned_queue, orphaned_compute;
+  for (auto it = versions_.begin(); it != versions_.end();) {
+    const auto& [model, version] = it->first;
+    const bool kept = model.empty() || (version == 0 ? names.count(model) > 0 : versions.count(it->first) > 0);
+    if (kept) {
+      ++it;
+      continue;
+    }
+    PerVersion& stats = it->second;
+    for (auto& [code, counter] : stats.requests) requests_.Remove(counter);
+    if (stats.samples != nullptr) samples_.Remove(stats.samples);
+    if (stats.executions != nullptr) executions_.Remove(stats.executions);
+    // Queue and compute histograms are per model: they go with its last version.
+    if (names.count(model) == 0 && stats.queue_seconds != nullptr) {
+      orphaned_queue.insert(stats.queue_seconds);
+      orphaned_compute.insert(stats.compute_seconds);
+    }
+    it = versions_.erase(it);
+  }
+  for (prometheus::Histogram* histogram : orphaned_queue) queue_seconds_.Remove(histogram);
+  for (prometheus::Histogram* histogram : orphaned_compute) compute_seconds_.Remove(histogram);
 }
 
 void InferenceStats::SetCache(int models, int64_t bytes) {

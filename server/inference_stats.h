@@ -16,12 +16,14 @@
 #include <map>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "inference/grpc_predict_v2.pb.h"
 #include "worker/dynamic_batcher.h"
+#include "worker/job.h"
 
 namespace quantd {
 
@@ -34,6 +36,10 @@ class InferenceStats {
                      const worker::BatchStats* ran);
   // After a model is loaded or evicted.
   void SetCache(int models, int64_t bytes);
+  // Drops the series and statistics of versions no longer published (and
+  // of names with none left), so deleted versions do not stay exported for
+  // the life of the process. `published`: the job store's versions.
+  void KeepOnly(const std::vector<worker::ModelVersion>& published);
   // Triton's ModelStatistics for `name` ("" = all) and `version` (0 = all),
   // from this process's requests, sorted by name and version.
   void Fill(const std::string& name, int64_t version, inference::ModelStatisticsResponse* response) const;

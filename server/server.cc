@@ -261,7 +261,13 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     if (options.metrics_require_token) http.auth = server->auth_.get();
     http.inference = server->inference_rest_.get();
     QuantdServer* self = server.get();
-    http.before_scrape = [self] { self->job_stats_->Refresh(*self->job_store_, self->quota_.get()); };
+    http.before_scrape = [self] {
+      self->job_stats_->Refresh(*self->job_store_, self->quota_.get());
+      // Deleted versions' inference series go (model names are users' input).
+      if (auto published = self->job_store_->ListModelVersions(""); published.ok()) {
+        self->inference_stats_->KeepOnly(*published);
+      }
+    };
     QUANTD_ASSIGN_OR_RETURN(
         server->metrics_http_,
         MetricsHttpServer::Start(http, {server->metrics_.registry(), std::make_shared<ProcessMetrics>()}));

@@ -1,0 +1,66 @@
+#include "server/inference_stats.h"
+
+#include <prometheus/text_serializer.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace quantd {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::string Exposition(prometheus::Registry& registry) {
+  return prometheus::TextSerializer().Serialize(registry.Collect());
+}
+
+worker::ModelVersion Version(const std::string& name, int64_t version) {
+  worker::ModelVersion v;
+  v.name = name;
+  v.version = version;
+  return v;
+}
+
+// Series of deleted versions went on being exported for the life of the
+// process; the names come from users, so they grew without bound.
+TEST(InferenceStatsTest, DeletedVersionsLoseTheirSeriesPublishedOnesKeepThem) {
+  prometheus::Registry registry;
+  InferenceStats stats(registry);
+  worker::BatchStats ran;
+  ran.first_of_pass = true;
+  ran.executed_batch_size = 1;
+  stats.RecordRequest("resnet8", 1, absl::StatusCode::kOk, 1, &ran);
+  stats.RecordRequest("resnet8", 2, absl::StatusCode::kOk, 1, &ran);
+  stats.RecordRequest("resnet8.fp32", 2, absl::StatusCode::kOk, 1, &ran);
+  stats.RecordRequest("mobilenet", 1, absl::StatusCode::kOk, 1, &ran);
+  stats.RecordRequest("", 0, absl::StatusCode::kNotFound, 1, nullptr);
+  std::string before = Exposition(registry);
+  EXPECT_THAT(before, HasSubstr("quantd_inference_requests_total{code=\"OK\",model=\"resnet8\",version=\"1\"}"));
+  EXPECT_THAT(before, HasSubstr("quantd_inference_queue_duration_seconds_count{model=\"mobilenet\"}"));
+
+  // resnet8 version 1 and all of mobilenet were deleted.
+  stats.KeepOnly({Version("resnet8", 2)});
+  const std::string after = Exposition(registry);
+  EXPECT_THAT(after, Not(HasSubstr("model=\"resnet8\",version=\"1\"")));
+  EXPECT_THAT(after, HasSubstr("quantd_inference_requests_total{code=\"OK\",model=\"resnet8\",version=\"2\"}"));
+  EXPECT_THAT(after, HasSubstr("model=\"resnet8.fp32\",version=\"2\""));
+  EXPECT_THAT(after, Not(HasSubstr("mobilenet")));
+  EXPECT_THAT(after, HasSubstr("quantd_inference_queue_duration_seconds_count{model=\"resnet8\"}"));
+  EXPECT_THAT(after, HasSubstr("code=\"NOT_FOUND\",model=\"\""));  // requests naming nothing published
+
+  inference::ModelStatisticsResponse triton;
+  stats.Fill("", 0, &triton);
+  ASSERT_EQ(triton.model_stats_size(), 2);
+  EXPECT_EQ(triton.model_stats(0).name(), "resnet8");
+  EXPECT_EQ(triton.model_stats(0).version(), "2");
+  EXPECT_EQ(triton.model_stats(1).name(), "resnet8.fp32");
+
+  // A version published again later (a new number) counts from zero.
+  stats.RecordRequest("mobilenet", 2, absl::StatusCode::kOk, 1, &ran);
+  EXPECT_THAT(Exposition(registry),
+              HasSubstr("quantd_inference_requests_total{code=\"OK\",model=\"mobilenet\",version=\"2\"} 1"));
+}
+
+}  // namespace
+}  // namespace quantd
