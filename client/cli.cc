@@ -81,9 +81,9 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
       absl::StatusOr<std::string> text = take_value();
       if (!text.ok()) return text.status();
       double seconds = 0;
-      if (!absl::SimpleAtod(*text, &seconds) || !std::isfinite(seconds) || seconds <= 0) {
+      if (!absl::SimpleAtod(*text, &seconds) || !(seconds > 0 && seconds <= 366 * 86400)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "--timeout expects a positive number of seconds, got \"", *text, "\""));
+            "--timeout expects a positive number of seconds up to a year, got \"", *text, "\""));
       }
       invocation.options.timeout_seconds = seconds;
     } else if (name == "json") {

@@ -1,5 +1,8 @@
 #include "client/cli.h"
 
+#include <fstream>
+#include <sstream>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -77,7 +80,8 @@ TEST(ParseInvocationTest, DoubleDashEndsGlobalFlags) {
 }
 
 TEST(ParseInvocationTest, RejectsBadTimeouts) {
-  for (const char* bad : {"--timeout=0", "--timeout=-1", "--timeout=abc", "--timeout=nan"}) {
+  for (const char* bad : {"--timeout=0", "--timeout=-1", "--timeout=abc", "--timeout=nan", "--timeout=inf",
+                          "--timeout=1e300"}) {
     auto invocation = ParseInvocation({bad, "health"});
     EXPECT_FALSE(invocation.ok()) << bad;
     EXPECT_THAT(std::string(invocation.status().message()), HasSubstr("--timeout")) << bad;
@@ -115,6 +119,29 @@ TEST(CommandTableTest, HealthRejectsUnknownArguments) {
   EXPECT_THAT(err.str(), HasSubstr("--service needs a value"));
   EXPECT_EQ(RunHealth(context, {"stray"}), kExitUsage);
   EXPECT_THAT(err.str(), HasSubstr("unexpected argument \"stray\""));
+}
+
+// Image ranges past the file, however large the numbers, are usage errors
+// (first + count once overflowed past the bounds check into a crash).
+TEST(CommandTableTest, InferRefusesImageRangesPastTheFile) {
+  const std::string path = ::testing::TempDir() + "/two_images.bin";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << std::string(2 * 3073, '\0');
+  }
+  CommandContext context;
+  std::ostringstream out, err;
+  context.out = &out;
+  context.err = &err;
+  for (const std::vector<std::string>& range :
+       {std::vector<std::string>{"--first=9223372036854775807"}, {"--first=1", "--count=9223372036854775807"},
+        {"--first=2"}, {"--count=3"}}) {
+    std::vector<std::string> args = {"resnet8", "--data", path};
+    args.insert(args.end(), range.begin(), range.end());
+    err.str("");
+    EXPECT_EQ(RunInfer(context, args), kExitUsage) << range[0];
+    EXPECT_THAT(err.str(), HasSubstr("past the file's 2")) << range[0];
+  }
 }
 
 // "quantctl submit --help": every flag of the command, not the one-line row.

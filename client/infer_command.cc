@@ -40,7 +40,7 @@ bool ReadCifar(const std::string& bytes, int64_t first, int64_t count, Images* o
     *error = absl::StrCat("--data: ", bytes.size(), " bytes is not a whole number of 3073-byte CIFAR-10 records");
     return false;
   }
-  if (first + count > total) {
+  if (count > total || first > total - count) {  // first + count could overflow
     *error = absl::StrCat("--first/--count: images ", first, "..", first + count - 1, " are past the file's ", total);
     return false;
   }
@@ -91,7 +91,8 @@ bool ReadNpy(const std::string& bytes, int64_t first, int64_t count, Images* out
   if (close != std::string::npos) {
     for (absl::string_view part : absl::StrSplit(header.substr(open + 10, close - open - 10), ',', absl::SkipWhitespace())) {
       int64_t d = 0;
-      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &d) || d < 1) {
+      // Each dimension below 2^24 keeps the sample size's product in range.
+      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &d) || d < 1 || d >= (int64_t{1} << 24)) {
         dims.clear();  // not a shape we can use
         break;
       }
@@ -107,7 +108,7 @@ bool ReadNpy(const std::string& bytes, int64_t first, int64_t count, Images* out
     *error = "--data: the .npy file is shorter than its shape";
     return false;
   }
-  if (first + count > dims[0]) {
+  if (count > dims[0] || first > dims[0] - count) {
     *error = absl::StrCat("--first/--count: images ", first, "..", first + count - 1, " are past the file's ", dims[0]);
     return false;
   }

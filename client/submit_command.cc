@@ -196,8 +196,8 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
   if (a.Has("model_name")) r->set_model_name(a.Get("model_name"));
   if (a.Has("deadline_seconds")) {
     double seconds = 0;
-    if (!absl::SimpleAtod(a.Get("deadline_seconds"), &seconds) || seconds <= 0) {
-      return (*error = "--deadline_seconds: a positive number expected", false);
+    if (!absl::SimpleAtod(a.Get("deadline_seconds"), &seconds) || !(seconds > 0 && seconds <= 366 * 86400)) {
+      return (*error = "--deadline_seconds: a positive number of seconds up to a year expected", false);
     }
     *r->mutable_deadline() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
         static_cast<int64_t>((absl::ToUnixSeconds(absl::Now()) + seconds) * 1000));
