@@ -443,10 +443,13 @@ absl::StatusOr<Job> SqliteJobStore::CancelQueued(const std::string& id, const st
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(result)).Bind(3, id);
   QUANTD_RETURN_IF_ERROR(s.Step().status());
+  // Read before GetLocked: whether this call made the change. A job already
+  // CANCELLED (by a concurrent CancelJob) is not QUEUED either, so only one
+  // caller publishes the cancellation's events.
+  const bool changed = sqlite3_changes(db_) == 1;
   QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
-  if (sqlite3_changes(db_) != 1 && job.state != JobState::kCancelled) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", id, " is ", JobStateName(job.state), ", not QUEUED"));
+  if (!changed) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", JobStateName(job.state), ", not QUEUED"));
   }
   return job;
 }

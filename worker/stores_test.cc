@@ -266,6 +266,11 @@ TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {
   auto cancelled = (*store)->CancelQueued("d", "no longer needed", absl::FromUnixSeconds(6));
   ASSERT_TRUE(cancelled.ok());
   EXPECT_EQ(cancelled->state, JobState::kCancelled);
+  // A second cancel (a concurrent CancelJob that lost the race) changes
+  // nothing, so its caller publishes no second set of events.
+  EXPECT_EQ((*store)->CancelQueued("d", "again", absl::FromUnixSeconds(7)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*store)->Get("d")->result->error_message, "no longer needed");
   EXPECT_TRUE((*store)->Create(NewJob("e", 5), 2).ok());
 }
 
