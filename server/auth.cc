@@ -40,15 +40,13 @@ absl::StatusOr<FileStamp> Stamp(const std::string& path) {
                    static_cast<int64_t>(st.st_size)};
 }
 
-absl::StatusOr<std::vector<TokenEntry>> LoadTokenFile(const std::string& path) {
+// The file's text; NOT_FOUND if it cannot be read.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read token file ", path));
   std::stringstream text;
   text << in.rdbuf();
-  absl::StatusOr<std::vector<TokenEntry>> entries = ParseTokenFile(text.str());
-  if (!entries.ok()) return absl::InvalidArgumentError(absl::StrCat("token file ", path, ": ", entries.status().message()));
-  if (entries->empty()) return absl::InvalidArgumentError(absl::StrCat("token file ", path, " has no tokens"));
-  return entries;
+  return text.str();
 }
 
 }  // namespace
@@ -70,28 +68,47 @@ absl::StatusOr<Role> ParseRole(absl::string_view name) {
   return absl::InvalidArgumentError(absl::StrCat("role '", name, "' is not read, submit or admin"));
 }
 
-absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(absl::string_view text) {
-  std::vector<TokenEntry> entries;
+ParsedTokenFile ParseTokenLines(absl::string_view text) {
+  ParsedTokenFile parsed;
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_number;
-    if (const size_t hash = line.find('#'); hash != absl::string_view::npos) line = line.substr(0, hash);
+    // A comment starts at "#" at the start of a line or after a blank: a "#"
+    // inside a token is part of it (cutting it there left a weaker token).
+    for (size_t hash = line.find('#'); hash != absl::string_view::npos; hash = line.find('#', hash + 1)) {
+      if (hash == 0 || line[hash - 1] == ' ' || line[hash - 1] == '\t') {
+        line = line.substr(0, hash);
+        break;
+      }
+    }
     line = absl::StripAsciiWhitespace(line);
     if (line.empty()) continue;
+    auto malformed = [&](const std::string& why) {
+      if (parsed.error.ok()) parsed.error = absl::InvalidArgumentError(absl::StrCat("line ", line_number, ": ", why));
+    };
     std::vector<absl::string_view> fields = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     if (fields.size() != 3) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("line ", line_number, ": expected \"<name> <role> <token>\", found ", fields.size(), " fields"));
+      malformed(absl::StrCat("expected \"<name> <role> <token>\", found ", fields.size(), " fields"));
+      continue;
     }
     absl::StatusOr<Role> role = ParseRole(fields[1]);
-    if (!role.ok()) return absl::InvalidArgumentError(absl::StrCat("line ", line_number, ": ", role.status().message()));
-    if (fields[2].size() < 16) {
-      return absl::InvalidArgumentError(absl::StrCat("line ", line_number, ": the token of '", fields[0],
-                                                     "' is shorter than 16 characters"));
+    if (!role.ok()) {
+      malformed(std::string(role.status().message()));
+      continue;
     }
-    entries.push_back({std::string(fields[0]), *role, engine::Sha256Hex(std::string(fields[2]))});
+    if (fields[2].size() < 16) {
+      malformed(absl::StrCat("the token of '", fields[0], "' is shorter than 16 characters"));
+      continue;
+    }
+    parsed.entries.push_back({std::string(fields[0]), *role, engine::Sha256Hex(std::string(fields[2]))});
   }
-  return entries;
+  return parsed;
+}
+
+absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(absl::string_view text) {
+  ParsedTokenFile parsed = ParseTokenLines(text);
+  if (!parsed.error.ok()) return parsed.error;
+  return std::move(parsed.entries);
 }
 
 std::unique_ptr<Authenticator> Authenticator::Disabled() {
@@ -102,8 +119,14 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::FromFile(const std
                                                                        worker::Clock* clock) {
   absl::StatusOr<FileStamp> stamp = Stamp(token_file);
   if (!stamp.ok()) return stamp.status();
-  absl::StatusOr<std::vector<TokenEntry>> tokens = LoadTokenFile(token_file);
-  if (!tokens.ok()) return tokens.status();
+  absl::StatusOr<std::string> text = ReadTokenFile(token_file);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<std::vector<TokenEntry>> tokens = ParseTokenFile(*text);
+  if (!tokens.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("token file ", token_file, ": ", tokens.status().message()));
+  }
+  // At start an empty file is a mistake; later it is how to refuse everyone.
+  if (tokens->empty()) return absl::InvalidArgumentError(absl::StrCat("token file ", token_file, " has no tokens"));
   std::unique_ptr<Authenticator> auth(new Authenticator(true, token_file, clock));
   absl::MutexLock lock(&auth->mu_);
   auth->tokens_ = std::move(*tokens);
@@ -118,20 +141,46 @@ void Authenticator::ReloadIfChanged() {
   if (now < next_check_) return;
   next_check_ = now + kReloadCheckInterval;
   absl::StatusOr<FileStamp> stamp = Stamp(path_);
-  if (!stamp.ok()) {
-    LogLine(LogLevel::kWarning, absl::StrCat("quantd: ", stamp.status().message(), "; keeping the loaded tokens"));
+  absl::StatusOr<std::string> text = stamp.ok() ? ReadTokenFile(path_) : absl::StatusOr<std::string>(stamp.status());
+  if (!text.ok()) {
+    // Missing for a moment while a Secret's files are swapped: keep what is
+    // loaded, and say so once, not every second.
+    if (!file_missing_) {
+      LogLine(LogLevel::kWarning, absl::StrCat("quantd: ", text.status().message(), "; keeping the loaded tokens"));
+    }
+    file_missing_ = true;
     return;
   }
-  if (stamp->mtime_ns == loaded_mtime_ns_ && stamp->size == loaded_size_) return;
-  absl::StatusOr<std::vector<TokenEntry>> tokens = LoadTokenFile(path_);
+  const bool was_missing = file_missing_;
+  file_missing_ = false;
+  if (!was_missing && stamp->mtime_ns == loaded_mtime_ns_ && stamp->size == loaded_size_) return;
   loaded_mtime_ns_ = stamp->mtime_ns;  // a bad file is reported once, not every second
   loaded_size_ = stamp->size;
-  if (!tokens.ok()) {
-    LogLine(LogLevel::kError, absl::StrCat("quantd: not reloading tokens: ", tokens.status().message(),
-                                           "; keeping the ", tokens_.size(), " loaded"));
+  ParsedTokenFile parsed = ParseTokenLines(*text);
+  if (!parsed.error.ok()) {
+    // Nothing new is granted from a bad file, but what it no longer lists is
+    // revoked: a typo must not keep a token alive that the edit removed.
+    std::vector<TokenEntry> kept;
+    for (const TokenEntry& old : tokens_) {
+      for (const TokenEntry& listed : parsed.entries) {
+        if (listed.name == old.name && listed.role == old.role && SameDigest(listed.token_sha256, old.token_sha256)) {
+          kept.push_back(old);
+          break;
+        }
+      }
+    }
+    LogLine(LogLevel::kError, absl::StrCat("quantd: token file ", path_, ": ", parsed.error.message(), "; kept ",
+                                           kept.size(), " of the ", tokens_.size(),
+                                           " loaded tokens (those still listed unchanged), granting none new"));
+    tokens_ = std::move(kept);
     return;
   }
-  tokens_ = std::move(*tokens);
+  tokens_ = std::move(parsed.entries);
+  if (tokens_.empty()) {
+    LogLine(LogLevel::kWarning,
+            absl::StrCat("quantd: token file ", path_, " lists no tokens: every call that needs one is refused"));
+    return;
+  }
   LogLine(LogLevel::kInfo, absl::StrCat("quantd: reloaded ", tokens_.size(), " tokens from ", path_));
 }
 

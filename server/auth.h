@@ -41,6 +41,13 @@ struct TokenEntry {
 
 // Parses token-file text. Errors name the line, never the token.
 absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(absl::string_view text);
+// Every well-formed line's entry, and the first malformed line's error (OK
+// when there is none).
+struct ParsedTokenFile {
+  std::vector<TokenEntry> entries;
+  absl::Status error;
+};
+ParsedTokenFile ParseTokenLines(absl::string_view text);
 
 class Authenticator {
  public:
@@ -71,6 +78,7 @@ class Authenticator {
   absl::Time next_check_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   int64_t loaded_mtime_ns_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t loaded_size_ ABSL_GUARDED_BY(mu_) = -1;
+  bool file_missing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace quantd

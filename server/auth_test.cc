@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/sha256.h"
 
 namespace quantd {
 namespace {
@@ -45,6 +46,15 @@ TEST(TokenFileTest, ParsesRolesAndKeepsOnlyDigests) {
   EXPECT_EQ((*entries)[1].role, Role::kSubmit);
   EXPECT_EQ((*entries)[1].token_sha256.size(), 64u);
   EXPECT_EQ((*entries)[1].token_sha256.find("submit-token"), std::string::npos);
+}
+
+// A "#" inside a token is part of it; before, the token was cut there and
+// the shorter prefix became the valid one.
+TEST(TokenFileTest, AHashInsideATokenIsNotAComment) {
+  auto entries = ParseTokenFile("ci admin 0123456789abcdef#Zq9xy  # a comment\n#whole line\n");
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->size(), 1u);
+  EXPECT_EQ((*entries)[0].token_sha256, engine::Sha256Hex("0123456789abcdef#Zq9xy"));
 }
 
 TEST(TokenFileTest, ErrorsNameTheLineAndNeverTheToken) {
@@ -105,10 +115,33 @@ TEST(AuthenticatorTest, ReloadsAChangedFileKeepsTokensWhenTheNewFileIsBad) {
             absl::StatusCode::kUnauthenticated);
   EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", new_token), Role::kRead, "GetJob")->name, "late");
 
-  Write(path, "broken line\n");
+  // A bad file grants nothing new, keeps the tokens it still lists
+  // unchanged, and revokes the rest: "late" was removed by the same edit that
+  // has a typo, and "newcomer" was added by it.
+  const std::string newcomer = "a-newcomers-token-43";
+  Write(path, absl::StrCat("broken line\nops admin ", kAdminToken, "\nnewcomer read ", newcomer, "\n"));
   clock.Advance(absl::Seconds(2));
-  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", new_token), Role::kRead, "GetJob").ok())
-      << "a bad file keeps the loaded tokens";
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kAdminToken), Role::kAdmin, "DeleteJob").ok());
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", new_token), Role::kRead, "GetJob").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", newcomer), Role::kRead, "GetJob").status().code(),
+            absl::StatusCode::kUnauthenticated);
+
+  // Fixed, the file applies as written.
+  Write(path, absl::StrCat("ops admin ", kAdminToken, "\nnewcomer read ", newcomer, "\n"));
+  clock.Advance(absl::Seconds(2));
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", newcomer), Role::kRead, "GetJob")->name, "newcomer");
+
+  // Missing for a moment (a Secret's files being swapped): the loaded tokens stay.
+  std::filesystem::remove(path);
+  clock.Advance(absl::Seconds(2));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", newcomer), Role::kRead, "GetJob").ok());
+
+  // Emptied on purpose: everyone is refused.
+  Write(path, "# nobody for now\n");
+  clock.Advance(absl::Seconds(2));
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", kAdminToken), Role::kRead, "GetJob").status().code(),
+            absl::StatusCode::kUnauthenticated);
   std::filesystem::remove(path);
 }
 
