@@ -365,8 +365,10 @@ absl::Status QuantdServer::OpenStores() {
   rpc_executor_ = std::make_unique<BlockingExecutor>(options_.rpc_threads, options_.rpc_queue_capacity);
   deps.executor = rpc_executor_.get();
   deps.models = models_.get();
+  worker::Evaluator::Options evaluation_options;
+  evaluation_options.max_batch_bytes = options_.max_batch_bytes;
   evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(),
-                                                   worker::Evaluator::Options());
+                                                   evaluation_options);
   deps.evaluator = evaluator_.get();
   inference_executor_ =
       std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity);

@@ -233,6 +233,16 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   if (!reader.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("dataset: ", reader.status().message()));
   }
+  if (options_.max_batch_bytes > 0) {
+    int64_t sample_values = 1;
+    for (int64_t d : (*reader)->sample_shape()) sample_values *= d;
+    if (const int64_t bytes = spec.batch_size * sample_values * static_cast<int64_t>(sizeof(float));
+        bytes > options_.max_batch_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("batch_size: ", spec.batch_size, " images take ", bytes,
+                                                     " bytes as float32, over the server's --max_batch_bytes (",
+                                                     options_.max_batch_bytes, ")"));
+    }
+  }
   Evaluation evaluation;
   evaluation.create_time = clock_->Now();
   evaluation.update_time = evaluation.create_time;

@@ -119,6 +119,9 @@ class Evaluator {
     // default for a new thread. (Set to 1 here, the FP32 column ran at 421
     // images/s instead of 2646 on a 2-core EPYC: left at the default.)
     int intra_op_threads = 0;
+    // Most bytes one batch of float32 images may take (quantd's
+    // --max_batch_bytes); 0 = no limit.
+    int64_t max_batch_bytes = 0;
   };
   Evaluator(JobStore* store, ModelRepository* models, Clock* clock, const Options& options);
   ~Evaluator();

@@ -316,5 +316,24 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   EXPECT_EQ(other.Get(started->id)->state, EvaluationState::kSucceeded);
 }
 
+TEST_F(ModelRepositoryTest, AnEvaluationBatchOverTheByteLimitIsRefusedNamingTheField) {
+  Publish("a", "resnet8");
+  auto repository = Repository();
+  Evaluator::Options options;
+  options.max_batch_bytes = 1 << 20;  // 85 CIFAR images as float32
+  Evaluator evaluator(jobs_.get(), repository.get(), &clock_, options);
+  EvaluationSpec spec;
+  spec.model_name = "resnet8";
+  spec.dataset.path = engine::testing::CalibrationPath();
+  spec.batch_size = 100;
+  const absl::Status refused = evaluator.Start(spec).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("batch_size: 100 images take 1228800 bytes"));
+  spec.batch_size = 80;
+  spec.max_samples = 80;
+  spec.skip_fp32 = true;
+  EXPECT_TRUE(evaluator.Start(spec).ok());
+}
+
 }  // namespace
 }  // namespace quantd::worker

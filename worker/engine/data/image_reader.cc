@@ -19,19 +19,21 @@ class DatasetImageReader : public ImageReader {
   int64_t size() const override { return dataset_->size(); }
   std::vector<int64_t> sample_shape() const override { return dataset_->sample_shape(); }
 
+  // Everything, ReadBatch's tensors included, runs guarded: a failed
+  // allocation is a status, never an exception on the caller's thread (an
+  // evaluation's thread had no handler for one).
   absl::StatusOr<ImageBatch> Read(int64_t start, int64_t count) override {
-    QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset_->ReadBatch(start, count));
-    ImageBatch out;
-    QUANTD_RETURN_IF_ERROR(TorchTry("reading a dataset batch", [&] {
+    return GuardEntryPoint("reading a dataset batch", [&]() -> absl::StatusOr<ImageBatch> {
+      QUANTD_ASSIGN_OR_RETURN(Batch batch, dataset_->ReadBatch(start, count));
+      ImageBatch out;
       const at::Tensor images = batch.images.to(at::kFloat).contiguous();
       const at::Tensor labels = batch.labels.to(at::kLong).contiguous();
       out.count = images.size(0);
       out.pixels.resize(static_cast<size_t>(images.numel()));
       std::memcpy(out.pixels.data(), images.data_ptr<float>(), out.pixels.size() * sizeof(float));
       out.labels.assign(labels.data_ptr<int64_t>(), labels.data_ptr<int64_t>() + labels.numel());
-      return absl::OkStatus();
-    }));
-    return out;
+      return out;
+    });
   }
 
  private:
