@@ -288,6 +288,42 @@ std::string SkewedChainModel(const std::string& dir) {
   return path;
 }
 
+// conv1's weights of 1e37 overflow float32 on raw pixels: infinities (and
+// then NaN) reach the observers. Before, the histogram observer cast them to
+// integers (undefined) and min/max observers made an infinite or NaN scale
+// that LibTorch's quantizer took without complaint.
+TEST(QuantizeTest, ActivationsThatOverflowFailNamingTheLayer) {
+  torch::jit::Module m("Overflowing");
+  m.register_parameter("w1", at::full({4, 3, 3, 3}, 1e37), false);
+  m.register_parameter("w2", at::ones({4, 4, 1, 1}), false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.relu(torch.conv2d(x, self.w1))
+        return torch.conv2d(y, self.w2)
+  )");
+  const std::string path = testing::MakeTempDir("overflowing") + "/overflowing.pt";
+  m.save(path);
+  for (const std::string preset : {"fbgemm", "custom"}) {
+    SCOPED_TRACE(preset);
+    QuantizeOptions options;
+    options.model_path = path;
+    options.calibration.path = testing::CalibrationPath();
+    options.calibration.limit = 32;
+    options.batch_size = 32;
+    options.fusion.automatic = true;
+    options.qconfig.preset = preset;
+    if (preset == "custom") {
+      options.qconfig.preset = "";
+      options.qconfig.activation_observer = "minmax";
+      options.qconfig.weight_observer = "per_channel_symmetric";
+    }
+    const absl::Status s = Quantize(options).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find("the output of "), std::string::npos) << s;
+    EXPECT_TRUE(s.message().find("overflow") != std::string::npos) << s;
+  }
+}
+
 TEST(QuantizeEqualizationTest, CrossLayerEqualizationRecoversSkewedChannels) {
   const std::string model = SkewedChainModel(testing::MakeTempDir("skewed_chain"));
   // Per-tensor weights (weight ranges equalized) and per-channel weights

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -82,6 +83,12 @@ class FileDataset : public Dataset {
             v = static_cast<float>(static_cast<unsigned char>(record[static_cast<size_t>(src)]));
           } else {
             std::memcpy(&v, record.data() + src * 4, 4);
+            // A NaN or infinity would reach the observers and make a NaN
+            // scale that nothing downstream reports.
+            if (!std::isfinite(v)) {
+              return absl::InvalidArgumentError(absl::StrCat(images_.path(), ": image ", index, " has ",
+                                                             std::isnan(v) ? "a NaN" : "an infinite", " value"));
+            }
           }
           out[c * height_ * width_ + p] = v;
         }

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include "worker/engine/testing/test_env.h"
@@ -121,6 +122,27 @@ TEST(NpyDatasetTest, ReadsNhwcUint8AndNchwFloat) {
   ASSERT_TRUE(floats.ok()) << floats.status();
   EXPECT_FALSE((*floats)->has_labels());
   EXPECT_FLOAT_EQ((*floats)->ReadBatch(0, 1)->images[0][1][1][0].item<float>(), (0.5f * 6 - 1.0f) / 2.0f);
+}
+
+// NaN or infinity in float images would become NaN quantization scales that
+// nothing reports: the batch holding one is an error naming the image.
+TEST(NpyDatasetTest, ANonFiniteValueIsAnErrorNamingTheImage) {
+  const std::string dir = testing::MakeTempDir("npy_nan");
+  std::vector<float> images(3 * 3 * 2 * 2, 1.0f);
+  images[1 * 12 + 5] = std::numeric_limits<float>::quiet_NaN();
+  images[2 * 12 + 0] = std::numeric_limits<float>::infinity();
+  WriteNpy(dir + "/nan.npy", "<f4", {3, 3, 2, 2}, images.data(), images.size() * 4);
+  DatasetSpec spec;
+  spec.format = DatasetFormat::kNpy;
+  spec.path = dir + "/nan.npy";
+  auto dataset = OpenDataset(spec);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  EXPECT_TRUE((*dataset)->ReadBatch(0, 1).ok());
+  const absl::Status nan = (*dataset)->ReadBatch(0, 2).status();
+  EXPECT_EQ(nan.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(nan.message()).find("nan.npy: image 1 has a NaN value"), std::string::npos) << nan;
+  const absl::Status infinite = (*dataset)->ReadBatch(2, 1).status();
+  EXPECT_NE(std::string(infinite.message()).find("image 2 has an infinite value"), std::string::npos) << infinite;
 }
 
 TEST(NpyDatasetTest, RejectsBadFiles) {

@@ -33,6 +33,12 @@ class HistogramObserver : public Observer {
     if (!x.is_non_overlapping_and_dense()) x = x.contiguous();  // element order does not matter here
     if (x.numel() == 0) return;
     const MinMax m = ParallelMinMax(x.data_ptr<float>(), x.numel());
+    if (!std::isfinite(m.min) || !std::isfinite(m.max)) {
+      // An overflow to infinity: no histogram can span it (binning and
+      // truncating it would be undefined). Compute() reports it.
+      saw_infinity_ = true;
+      return;
+    }
     batch_.min = std::min(batch_.min, m.min);
     batch_.max = std::max(batch_.max, m.max);
     chunks_.push_back(x);
@@ -93,6 +99,7 @@ class HistogramObserver : public Observer {
       return absl::InvalidArgumentError(absl::StrCat("a histogram of ", spec_.bins, " bins cannot answer for ",
                                                      spec.Describe()));
     }
+    if (saw_infinity_) return absl::FailedPreconditionError("values overflow to infinity on the calibration data");
     if (Uninitialized()) return absl::FailedPreconditionError("observer saw no data");
     at::Tensor new_min, new_max;
     if (spec.estimator == RangeEstimator::kPyTorchL2) {
@@ -256,6 +263,7 @@ class HistogramObserver : public Observer {
   HistcRange counted_range_;
   size_t first_counted_ = 0;
   std::vector<BinCounter> thread_counters_;  // scratch for ParallelCount
+  bool saw_infinity_ = false;
 };
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <future>
 #include <map>
 
@@ -179,9 +180,32 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
   for (auto& [value, sum] : sums) {
     result.means[value] = (sum / static_cast<double>(result.samples)).to(at::kFloat);
   }
+  // Who made value `v`, for errors: its producing node, or the model input.
+  auto producer = [&graph](int v) -> std::string {
+    for (const Node& node : graph.nodes) {
+      if (!node.removed && std::find(node.outputs.begin(), node.outputs.end(), v) != node.outputs.end()) {
+        return node.name;
+      }
+    }
+    return "the model input";
+  };
   for (int v : plan.observed_values) {
     Observer* o = observers[static_cast<size_t>(v)].get();
-    QUANTD_ASSIGN_OR_RETURN(result.qparams[v], o->Compute());
+    absl::StatusOr<QParams> qparams = o->Compute();
+    if (!qparams.ok()) {
+      return absl::Status(qparams.status().code(),
+                          absl::StrCat("the output of ", producer(v), ": ", qparams.status().message()));
+    }
+    // A NaN or infinity in the activations (an overflow in the model)
+    // makes a scale that LibTorch's quantizer would take without complaint.
+    for (float scale : qparams->scale) {
+      if (!std::isfinite(scale) || scale <= 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("the output of ", producer(v), " has no finite range on the calibration data (scale ", scale,
+                         "): its values overflow or hold NaN"));
+      }
+    }
+    result.qparams[v] = *std::move(qparams);
     result.ranges[v] = o->ObservedRange();
     result.observers[v] = std::move(observers[static_cast<size_t>(v)]);
   }
