@@ -125,11 +125,15 @@ ValueRange PercentileRange(const ValueHistogram& h, double percentile) {
 }
 
 ValueRange EntropyRange(const ValueHistogram& h, int64_t levels) {
-  const double w = h.bin_width();
-  if (h.counts.empty() || w <= 0) return {h.min, h.max};
+  if (h.counts.empty() || h.bin_width() <= 0) return {h.min, h.max};
   const bool folded = h.min < 0;
-  // Magnitudes on bins of the same width starting at 0.
+  // Magnitudes on bins of the same width starting at 0, at most
+  // kMaxMagnitudeBins of them: the search below is quadratic in their number,
+  // and a narrow histogram far from 0 (values in [10, 10.01]) would otherwise
+  // ask for millions of bins (hours of search).
+  constexpr double kMaxMagnitudeBins = 8192;
   const double top = std::max(std::abs(h.min), std::abs(h.max));
+  const double w = std::max(h.bin_width(), top / kMaxMagnitudeBins);
   const auto bins = static_cast<int64_t>(std::ceil(top / w));
   std::vector<double> magnitude(static_cast<size_t>(std::max<int64_t>(bins, 1)), 0.0);
   for (size_t i = 0; i < h.counts.size(); ++i) {
