@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -130,6 +131,19 @@ TEST(QuantizeTest, QnnpackProgramAddsAsQnnpackWhateverTheGlobalEngine) {
     EXPECT_TRUE(at::equal(stack[0].toTensor().int_repr(), values.at(add.outputs[0]).int_repr())) << add.name;
   }
   at::globalContext().setQEngine(before);
+}
+
+// The batch count was (size + batch_size - 1) / batch_size: a huge
+// batch_size overflowed it to zero batches, and calibration saw no data.
+TEST(QuantizeTest, AHugeBatchSizeIsOneBatch) {
+  QuantizeOptions options = ResNet8Options("qnnpack");
+  options.calibration.samples_per_class = 0;
+  options.calibration.limit = 20;
+  options.batch_size = std::numeric_limits<int64_t>::max();
+  options.quality_samples = 0;
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->report().calibration_samples, 20);
 }
 
 TEST(QuantizeTest, CancellationStopsAtABatchBoundary) {
