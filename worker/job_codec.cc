@@ -295,6 +295,7 @@ std::string EncodeJobResult(const JobResult& result) {
          {"model_name", result.model_name},
          {"model_version", result.model_version},
          {"input_shape", r.input_shape},
+         {"model_sha256", r.model_sha256},
          {"error_code", static_cast<int>(result.error_code)},
          {"error_message", result.error_message},
          {"kernel_report", EncodeKernelReport(r)}};
@@ -333,6 +334,8 @@ absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
     r.int8_accuracy = DecodeAccuracy(j.at("int8_accuracy"));
     r.artifact_sha256 = result.artifact_sha256;
     r.artifact_size_bytes = result.artifact_size_bytes;
+    // Absent from rows stored before it was kept: unknown (not checked).
+    r.model_sha256 = j.value("model_sha256", std::string());
     for (const json& t : j.at("phase_timings")) {
       result.phase_timings.push_back(
           {JobPhaseFromName(t.at("phase").get<std::string>()), t.at("seconds").get<double>()});

@@ -1,7 +1,7 @@
 #include "worker/model_repository.h"
 
-#include <sys/stat.h>
-
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <utility>
 
@@ -190,12 +190,21 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
   const std::string what = absl::StrCat("model ", name, " version ", version.version);
   std::unique_ptr<engine::ServableModel> servable;
   if (fp32) {
-    struct stat st = {};
-    if (::stat(job.spec.model_path.c_str(), &st) != 0) {
+    std::ifstream in(job.spec.model_path, std::ios::binary);
+    if (!in) {
       return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source ", job.spec.model_path, " is gone"));
     }
-    info.cost_bytes = static_cast<int64_t>(st.st_size);
-    QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadFp32(job.spec.model_path));
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // Loaded in this process, unlike a job's model (vetted in a child): only
+    // the bytes the job loaded, checked, so a file replaced since cannot
+    // bring a model LibTorch's loader crashes on.
+    if (!result.report.model_sha256.empty() && engine::Sha256Hex(bytes) != result.report.model_sha256) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source ", job.spec.model_path,
+                                                        " changed since the job quantized it (sha256 differs); "
+                                                        "publish a new version from the new file"));
+    }
+    info.cost_bytes = static_cast<int64_t>(bytes.size());
+    QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadFp32Bytes(bytes, job.spec.model_path));
   } else {
     QUANTD_ASSIGN_OR_RETURN(std::string bytes, artifacts_->Read(result.artifact_sha256));
     if (engine::Sha256Hex(bytes) != result.artifact_sha256) {

@@ -1,6 +1,8 @@
 #include "worker/model_repository.h"
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -67,12 +69,13 @@ class ModelRepositoryTest : public ::testing::Test {
   }
 
   // A job that succeeded with the ResNet8 artifact, published as `name`.
-  void Publish(const std::string& id, const std::string& name) {
+  void Publish(const std::string& id, const std::string& name,
+               const std::string& model_path = engine::testing::ResNet8Path()) {
     Job job;
     job.id = id;
     job.create_time = clock_.Now();
     job.spec.model_name = name;
-    job.spec.model_path = engine::testing::ResNet8Path();
+    job.spec.model_path = model_path;
     job.spec.calibration.path = engine::testing::CalibrationPath();
     job.request_fingerprint = id;
     ASSERT_TRUE(jobs_->Create(job, 100).ok());
@@ -130,6 +133,27 @@ TEST_F(ModelRepositoryTest, LoadsTheNewestOrANamedVersionWarmAndItsFp32Source) {
   // Loading again is the cached object.
   EXPECT_EQ(*repository->Load("resnet8", 1), *model);
   EXPECT_EQ(repository->FindLoaded("resnet8", 0), *model);
+}
+
+// The FP32 source loads in the server's own process: only the bytes its job
+// quantized (a file replaced since could be anything, even a model LibTorch's
+// loader crashes on).
+TEST_F(ModelRepositoryTest, AnFp32SourceChangedSinceItsJobIsRefused) {
+  const std::string copy = engine::testing::MakeTempDir("fp32_source") + "/resnet8.pt";
+  std::filesystem::copy_file(engine::testing::ResNet8Path(), copy);
+  Publish("a", "resnet8", copy);
+  {
+    std::ofstream(copy, std::ios::binary | std::ios::app) << "appended";
+  }
+  auto repository = Repository();
+  const absl::Status changed = repository->Load("resnet8.fp32", 1).status();
+  EXPECT_EQ(changed.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(changed.message()), HasSubstr("changed since the job quantized it"));
+  EXPECT_TRUE(repository->Load("resnet8", 1).ok());  // the int8 artifact is the store's own
+
+  std::filesystem::copy_file(engine::testing::ResNet8Path(), copy, std::filesystem::copy_options::overwrite_existing);
+  repository->ForgetResolutions();
+  EXPECT_TRUE(repository->Load("resnet8.fp32", 1).ok());
 }
 
 TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid) {

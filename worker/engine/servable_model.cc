@@ -1,6 +1,7 @@
 #include "worker/engine/servable_model.h"
 
 #include <torch/script.h>
+#include <torch/version.h>
 
 #include <sstream>
 #include <utility>
@@ -82,12 +83,36 @@ absl::StatusOr<std::unique_ptr<ServableModel>> ServableModel::LoadInt8Artifact(c
   });
 }
 
-absl::StatusOr<std::unique_ptr<ServableModel>> ServableModel::LoadFp32(const std::string& path) {
-  return GuardEntryPoint(absl::StrCat("loading model ", path), [&]() -> absl::StatusOr<std::unique_ptr<ServableModel>> {
-    torch::jit::Module module = torch::jit::load(path);
+namespace {
+
+// torch::jit::load from `source` (a path or a stream). A model whose code does
+// not compile here throws an ErrorReport whose what() can itself throw inside
+// noexcept (see import_torchscript.cc): it is not called.
+template <typename Source>
+absl::StatusOr<std::unique_ptr<ServableModel>> LoadFp32From(Source&& source, const std::string& name) {
+  return GuardEntryPoint(absl::StrCat("loading model ", name), [&]() -> absl::StatusOr<std::unique_ptr<ServableModel>> {
+    torch::jit::Module module;
+    try {
+      module = torch::jit::load(source);
+    } catch (const torch::jit::ErrorReport&) {
+      return absl::FailedPreconditionError(absl::StrCat("loading model ", name, ": its code does not compile in this LibTorch (",
+                                                        TORCH_VERSION, ")"));
+    }
     module.eval();
-    return std::unique_ptr<ServableModel>(new TorchScriptServable(std::move(module), "", path));
+    return std::unique_ptr<ServableModel>(new TorchScriptServable(std::move(module), "", name));
   });
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServableModel>> ServableModel::LoadFp32(const std::string& path) {
+  return LoadFp32From(path, path);
+}
+
+absl::StatusOr<std::unique_ptr<ServableModel>> ServableModel::LoadFp32Bytes(const std::string& bytes,
+                                                                            const std::string& name) {
+  std::istringstream stream(bytes);
+  return LoadFp32From(stream, name);
 }
 
 }  // namespace quantd::engine

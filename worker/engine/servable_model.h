@@ -33,6 +33,10 @@ class ServableModel {
                                                                          const std::string& name);
   // An FP32 TorchScript model.
   static absl::StatusOr<std::unique_ptr<ServableModel>> LoadFp32(const std::string& path);
+  // The same from the file's `bytes` (read and checked by the caller);
+  // `name` is for messages.
+  static absl::StatusOr<std::unique_ptr<ServableModel>> LoadFp32Bytes(const std::string& bytes,
+                                                                      const std::string& name);
 
   // Runs forward on `shape` ([N, C, H, W]) float32 values. The model's first
   // output (a tuple's first element) comes back as float32.
