@@ -268,7 +268,8 @@ ReferenceResolver::ReferenceResolver(std::string data_dir, const worker::BlobSto
   roots_.push_back(fs::weakly_canonical(data_dir_, error));
   for (const std::string& root : read_roots) {
     fs::path canonical = fs::weakly_canonical(root, error);
-    if (!error) roots_.push_back(canonical);
+    // An empty root is a prefix of every path: never one (the server refuses it too).
+    if (!error && canonical.is_absolute()) roots_.push_back(canonical);
   }
 }
 

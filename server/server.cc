@@ -147,6 +147,13 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (options.data_dir.empty()) {
     return absl::InvalidArgumentError("--data_dir must not be empty");
   }
+  for (const std::string& root : options.read_roots) {
+    // An empty entry ("--read_roots=/mnt/a,") would have matched every path.
+    if (root.empty() || root[0] != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--read_roots: \"", root, "\" is not an absolute folder (entries are comma-separated)"));
+    }
+  }
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }

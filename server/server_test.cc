@@ -479,6 +479,14 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   bad = options;
   bad.inference_threads = -1;
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--inference_threads"));
+  bad = options;
+  bad.workers = 0;
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--workers"));  // flags named, not prose
+  bad = options;
+  bad.read_roots = {"/mnt/datasets", ""};  // "--read_roots=/mnt/datasets,": the empty entry matched every path
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--read_roots: \"\" is not an absolute"));
+  bad.read_roots = {"datasets"};
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--read_roots"));
 }
 
 TEST(ServerOptionsTest, DataDirThatIsAFileFails) {
