@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
@@ -225,6 +226,12 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
   const std::vector<int64_t>& s = model->info().input_shape;
   QUANTD_ASSIGN_OR_RETURN(engine::ServingOutput warm,
                           model->model_->Run(std::vector<float>(s[0] * s[1] * s[2], 0.0f), {1, s[0], s[1], s[2]}));
+  // Outputs are per sample: [N, ...] with N the batch.
+  if (warm.shape.empty() || warm.shape[0] != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": its output for one sample has shape [",
+                                                      absl::StrJoin(warm.shape, ", "),
+                                                      "], not [1, ...]; only batched outputs can be served"));
+  }
   model->info_.output_shape.assign(warm.shape.begin() + 1, warm.shape.end());
   return model;
 }

@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include <torch/script.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -68,9 +70,11 @@ class ModelRepositoryTest : public ::testing::Test {
     artifacts_ = std::move(*artifacts);
   }
 
-  // A job that succeeded with the ResNet8 artifact, published as `name`.
+  // A job that succeeded with the ResNet8 artifact (or `quantized`, made from
+  // `model_path`), published as `name`.
   void Publish(const std::string& id, const std::string& name,
-               const std::string& model_path = engine::testing::ResNet8Path()) {
+               const std::string& model_path = engine::testing::ResNet8Path(),
+               const Quantized& quantized = ResNet8Int8()) {
     Job job;
     job.id = id;
     job.create_time = clock_.Now();
@@ -80,13 +84,13 @@ class ModelRepositoryTest : public ::testing::Test {
     job.request_fingerprint = id;
     ASSERT_TRUE(jobs_->Create(job, 100).ok());
     ASSERT_TRUE(jobs_->ClaimNext(clock_.Now()).ok());
-    auto stored = artifacts_->Put(id, ResNet8Int8().bytes, "{}");
+    auto stored = artifacts_->Put(id, quantized.bytes, "{}");
     ASSERT_TRUE(stored.ok()) << stored.status();
     JobResult result;
     result.artifact_sha256 = stored->sha256;
     result.artifact_id = ArtifactIdFor(stored->sha256);
     result.artifact_size_bytes = stored->size_bytes;
-    result.report = ResNet8Int8().report;
+    result.report = quantized.report;
     ASSERT_TRUE(jobs_->Finish(id, 1, JobState::kSucceeded, result, clock_.Now()).ok());
   }
 
@@ -154,6 +158,36 @@ TEST_F(ModelRepositoryTest, AnFp32SourceChangedSinceItsJobIsRefused) {
   std::filesystem::copy_file(engine::testing::ResNet8Path(), copy, std::filesystem::copy_options::overwrite_existing);
   repository->ForgetResolutions();
   EXPECT_TRUE(repository->Load("resnet8.fp32", 1).ok());
+}
+
+// A model that sums its output to one number per call (not per sample)
+// quantizes, but cannot be served by sample: an error, where taking the
+// output's shape after the batch dimension read past a 0-D shape.
+TEST_F(ModelRepositoryTest, AModelWithoutABatchedOutputIsRefusedAtLoad) {
+  torch::jit::Module m("Summing");
+  m.register_parameter("w", at::ones({4, 3, 3, 3}) * 0.01, false);
+  m.define(R"(
+    def forward(self, x):
+        return torch.sum(torch.relu(torch.conv2d(x, self.w)))
+  )");
+  const std::string path = engine::testing::MakeTempDir("summing") + "/summing.pt";
+  m.save(path);
+  engine::QuantizeOptions options;
+  options.model_path = path;
+  options.calibration.path = engine::testing::CalibrationPath();
+  options.calibration.limit = 20;
+  options.fusion.automatic = true;
+  options.qconfig.preset = "qnnpack";
+  options.quality_samples = 0;
+  auto model = engine::Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  Quantized summing;
+  summing.bytes = *(*model)->SerializeArtifact();
+  summing.report = (*model)->report();
+  Publish("s", "summing", path, summing);
+  const absl::Status refused = Repository()->Load("summing", 1).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("its output for one sample has shape [], not [1, ...]"));
 }
 
 TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid) {
