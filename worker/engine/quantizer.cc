@@ -471,6 +471,13 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   QUANTD_RETURN_IF_ERROR(enter(Phase::kLoading));
   QUANTD_ASSIGN_OR_RETURN(report.model_sha256, Sha256File(options.model_path));
   QUANTD_ASSIGN_OR_RETURN(impl->fused, ImportTorchScriptFile(options.model_path));
+  // Said now, not after calibration and conversion, where the int8 program's
+  // first run found it.
+  if (impl->fused.outputs.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("model: forward returns a tuple of ", impl->fused.outputs.size(),
+                                                   " values; quantd quantizes and serves models with one tensor "
+                                                   "output (return only the one to serve)"));
+  }
   // Fusion builds new tensors and never mutates the module, so the loaded
   // module itself stays the FP32 reference.
   impl->fp32_module = impl->fused.module;
@@ -512,6 +519,13 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   const int64_t judged_samples = best_preset ? std::min<int64_t>(1000, calibration->size()) : 0;
   const int64_t compared_samples =
       std::min(std::max({options.sqnr_samples, options.quality_samples, judged_samples}), calibration->size());
+  // They are read and run as one batch: held to the batch byte limit too
+  // (10000 large images would otherwise take gigabytes at once).
+  const char* compared_field = judged_samples >= std::max(options.sqnr_samples, options.quality_samples)
+                                   ? "the best preset's judged images"
+                               : options.quality_samples >= options.sqnr_samples ? "quality_gate.samples"
+                                                                                  : "sqnr_samples";
+  QUANTD_RETURN_IF_ERROR(CheckBatchBytes(*calibration, compared_samples, options.max_batch_bytes, compared_field));
   if (options.quality_samples > 0 || judged_samples > 0) {
     calibration_options.output_values = OutputValues(impl->fused);
     calibration_options.output_samples = compared_samples;

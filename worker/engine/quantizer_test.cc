@@ -184,6 +184,14 @@ TEST(QuantizeTest, BadInputsGetClearErrors) {
   s = Quantize(options).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("qnnpack"), std::string::npos) << s;
+  // The quality gate's images are one batch too: held to the byte limit.
+  options = ResNet8Options("fbgemm");
+  options.max_batch_bytes = 2 << 20;  // 170 CIFAR images as float32
+  options.batch_size = 32;
+  options.quality_samples = 200;
+  s = Quantize(options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("quality_gate.samples: 200 images"), std::string::npos) << s;
 }
 
 class SmallModelTest : public ::testing::Test {
@@ -300,6 +308,31 @@ std::string SkewedChainModel(const std::string& dir) {
   const std::string path = dir + "/skewed_chain.pt";
   m.save(path);
   return path;
+}
+
+TEST(QuantizeTest, AModelReturningATupleIsRefusedBeforeCalibration) {
+  torch::jit::Module m("TwoHeads");
+  m.register_parameter("w", at::ones({4, 3, 3, 3}), false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.conv2d(x, self.w)
+        return y, torch.relu(y)
+  )");
+  const std::string path = testing::MakeTempDir("two_heads") + "/two_heads.pt";
+  m.save(path);
+  QuantizeOptions options;
+  options.model_path = path;
+  options.calibration.path = testing::CalibrationPath();
+  options.fusion.automatic = true;
+  int calibration_batches = 0;
+  options.progress = [&](const ProgressEvent& p) {
+    if (p.phase == Phase::kCalibrating && p.batches_done > 0) ++calibration_batches;
+    return true;
+  };
+  const absl::Status s = Quantize(options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("returns a tuple of 2 values"), std::string::npos) << s;
+  EXPECT_EQ(calibration_batches, 0);
 }
 
 // conv1's weights of 1e37 overflow float32 on raw pixels: infinities (and
