@@ -487,6 +487,22 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
       CheckBatchBytes(*calibration, options.batch_size, options.max_batch_bytes, "calibration.batch_size"));
   QUANTD_ASSIGN_OR_RETURN(report.calibration_sha256, calibration->Fingerprint());
   report.input_shape = calibration->sample_shape();
+  // One sample through the FP32 model first: a dataset the model cannot take
+  // (3 channels for a 1-channel model, a wrong size) is the request's error,
+  // said before calibration, not an INTERNAL one from its first batch.
+  if (calibration->size() > 0) {
+    QUANTD_ASSIGN_OR_RETURN(Batch first, calibration->ReadBatch(0, 1));
+    absl::Status runs = TorchTry("one sample", [&] {
+      at::NoGradGuard no_grad;
+      impl->fp32_module.forward({first.images});
+      return absl::OkStatus();
+    });
+    if (!runs.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("calibration: the model does not run on the dataset's samples of "
+                                                     "shape [", absl::StrJoin(report.input_shape, ", "),
+                                                     "] (", runs.message(), ")"));
+    }
+  }
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));
   QUANTD_ASSIGN_OR_RETURN(report.fused_groups, FuseModules(&impl->fused, options.fusion));
@@ -519,13 +535,6 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   const int64_t judged_samples = best_preset ? std::min<int64_t>(1000, calibration->size()) : 0;
   const int64_t compared_samples =
       std::min(std::max({options.sqnr_samples, options.quality_samples, judged_samples}), calibration->size());
-  // They are read and run as one batch: held to the batch byte limit too
-  // (10000 large images would otherwise take gigabytes at once).
-  const char* compared_field = judged_samples >= std::max(options.sqnr_samples, options.quality_samples)
-                                   ? "the best preset's judged images"
-                               : options.quality_samples >= options.sqnr_samples ? "quality_gate.samples"
-                                                                                  : "sqnr_samples";
-  QUANTD_RETURN_IF_ERROR(CheckBatchBytes(*calibration, compared_samples, options.max_batch_bytes, compared_field));
   if (options.quality_samples > 0 || judged_samples > 0) {
     calibration_options.output_values = OutputValues(impl->fused);
     calibration_options.output_samples = compared_samples;

@@ -184,14 +184,6 @@ TEST(QuantizeTest, BadInputsGetClearErrors) {
   s = Quantize(options).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("qnnpack"), std::string::npos) << s;
-  // The quality gate's images are one batch too: held to the byte limit.
-  options = ResNet8Options("fbgemm");
-  options.max_batch_bytes = 2 << 20;  // 170 CIFAR images as float32
-  options.batch_size = 32;
-  options.quality_samples = 200;
-  s = Quantize(options).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("quality_gate.samples: 200 images"), std::string::npos) << s;
 }
 
 class SmallModelTest : public ::testing::Test {
@@ -308,6 +300,27 @@ std::string SkewedChainModel(const std::string& dir) {
   const std::string path = dir + "/skewed_chain.pt";
   m.save(path);
   return path;
+}
+
+// A model made for 1-channel images, calibrated on CIFAR's 3 channels: the
+// request's mistake (INVALID_ARGUMENT naming the dataset's shape), found on
+// one sample, not an INTERNAL error from calibration's first batch.
+TEST(QuantizeTest, ADatasetTheModelCannotTakeIsTheRequestsError) {
+  torch::jit::Module m("Gray");
+  m.register_parameter("w", at::ones({4, 1, 3, 3}), false);
+  m.define(R"(
+    def forward(self, x):
+        return torch.conv2d(x, self.w)
+  )");
+  const std::string path = testing::MakeTempDir("gray") + "/gray.pt";
+  m.save(path);
+  QuantizeOptions options;
+  options.model_path = path;
+  options.calibration.path = testing::CalibrationPath();
+  options.fusion.automatic = true;
+  const absl::Status s = Quantize(options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("does not run on the dataset's samples of shape [3, 32, 32]"), std::string::npos) << s;
 }
 
 TEST(QuantizeTest, AModelReturningATupleIsRefusedBeforeCalibration) {
