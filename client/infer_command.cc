@@ -41,7 +41,7 @@ bool ReadCifar(const std::string& bytes, int64_t first, int64_t count, Images* o
     return false;
   }
   if (count > total || first > total - count) {  // first + count could overflow
-    *error = absl::StrCat("--first/--count: images ", first, "..", first + count - 1, " are past the file's ", total);
+    *error = absl::StrCat("--first/--count: ", count, " images from ", first, " are past the file's ", total);
     return false;
   }
   out->datatype = "UINT8";
@@ -109,7 +109,7 @@ bool ReadNpy(const std::string& bytes, int64_t first, int64_t count, Images* out
     return false;
   }
   if (count > dims[0] || first > dims[0] - count) {
-    *error = absl::StrCat("--first/--count: images ", first, "..", first + count - 1, " are past the file's ", dims[0]);
+    *error = absl::StrCat("--first/--count: ", count, " images from ", first, " are past the file's ", dims[0]);
     return false;
   }
   out->shape = {count, dims[1], dims[2], dims[3]};
