@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <utility>
 
@@ -117,6 +118,12 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     }
     if (request_.has_metadata()) {
       if (upload_ != nullptr) return Fail(absl::InvalidArgumentError("metadata: sent twice"));
+      if (request_.metadata().size_bytes() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        // As int64 it would read as negative, and the error would say so.
+        return Fail(absl::ResourceExhaustedError(absl::StrCat("metadata.size_bytes: ", request_.metadata().size_bytes(),
+                                                              " bytes exceeds the upload limit of ",
+                                                              blobs_->max_bytes())));
+      }
       auto upload = blobs_->BeginUpload(request_.metadata().expected_sha256(),
                                         static_cast<int64_t>(request_.metadata().size_bytes()));
       if (!upload.ok()) return Fail(upload.status());

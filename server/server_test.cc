@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -311,6 +312,18 @@ TEST_F(ServerTest, UploadModelStoresContentAddressedAndChecksSha) {
   EXPECT_FALSE(blob.already_existed());
   EXPECT_TRUE(upload("", &blob).ok());
   EXPECT_TRUE(blob.already_existed());
+
+  // A declared size past int64 once read as negative ("-1 is negative").
+  grpc::ClientContext context;
+  SetDeadline(context);
+  auto writer = stub->UploadModel(&context, &blob);
+  v1::UploadModelRequest huge;
+  huge.mutable_metadata()->set_size_bytes(std::numeric_limits<uint64_t>::max());
+  writer->Write(huge);
+  writer->WritesDone();
+  status = writer->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("metadata.size_bytes: 18446744073709551615 bytes exceeds the upload"));
 }
 
 TEST_F(ServerTest, InterceptorRecordsRequests) {
