@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "worker/dataset_json.h"
+#include "worker/engine/data/batch_limits.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/data/image_reader.h"
 #include "worker/engine/quantizer.h"
@@ -233,16 +234,8 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   if (!reader.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("dataset: ", reader.status().message()));
   }
-  if (options_.max_batch_bytes > 0) {
-    int64_t sample_values = 1;
-    for (int64_t d : (*reader)->sample_shape()) sample_values *= d;
-    if (const int64_t bytes = spec.batch_size * sample_values * static_cast<int64_t>(sizeof(float));
-        bytes > options_.max_batch_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat("batch_size: ", spec.batch_size, " images take ", bytes,
-                                                     " bytes as float32, over the server's --max_batch_bytes (",
-                                                     options_.max_batch_bytes, ")"));
-    }
-  }
+  QUANTD_RETURN_IF_ERROR(
+      engine::CheckBatchBytes((*reader)->sample_shape(), spec.batch_size, options_.max_batch_bytes, "batch_size"));
   Evaluation evaluation;
   evaluation.create_time = clock_->Now();
   evaluation.update_time = evaluation.create_time;

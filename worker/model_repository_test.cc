@@ -386,7 +386,7 @@ TEST_F(ModelRepositoryTest, AnEvaluationBatchOverTheByteLimitIsRefusedNamingTheF
   spec.batch_size = 100;
   const absl::Status refused = evaluator.Start(spec).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(refused.message()), HasSubstr("batch_size: 100 images take 1228800 bytes"));
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("batch_size: 100 images of 3x32x32 float32 take 1228800 bytes"));
   spec.batch_size = 80;
   spec.max_samples = 80;
   spec.skip_fp32 = true;

@@ -33,7 +33,7 @@ struct QuantizedModel::Impl {
     QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(spec));
     if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
     QUANTD_RETURN_IF_ERROR(CheckBatchBytes(*dataset, batch_size, max_batch_bytes, "evaluation.batch_size"));
-    const int64_t total = dataset->size() / batch_size + (dataset->size() % batch_size != 0 ? 1 : 0);
+    const int64_t total = BatchCount(dataset->size(), batch_size);
     at::NoGradGuard no_grad;
     for (int64_t b = 0; b < total; ++b) {
       const int64_t start = b * batch_size;

@@ -413,17 +413,7 @@ absl::StatusOr<std::vector<int64_t>> StratifiedSelection(const std::vector<int64
 }
 
 absl::Status CheckBatchBytes(const Dataset& dataset, int64_t batch_size, int64_t max_bytes, absl::string_view field) {
-  if (max_bytes <= 0 || batch_size <= 0) return absl::OkStatus();
-  int64_t image_bytes = static_cast<int64_t>(sizeof(float));
-  for (int64_t d : dataset.sample_shape()) image_bytes *= d;  // bounded when the file was opened
-  if (batch_size > max_bytes / image_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": ", batch_size, " images of ",
-                                                   absl::StrJoin(dataset.sample_shape(), "x"), " float32 take ",
-                                                   batch_size * image_bytes, " bytes, over the limit of ", max_bytes,
-                                                   " per batch (quantd --max_batch_bytes); at most ",
-                                                   max_bytes / image_bytes));
-  }
-  return absl::OkStatus();
+  return CheckBatchBytes(dataset.sample_shape(), batch_size, max_bytes, field);
 }
 
 absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec) {

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "worker/engine/data/batch_limits.h"
 #include "worker/engine/data/dataset_spec.h"
 
 namespace quantd::engine {
@@ -38,9 +39,7 @@ class Dataset {
 // numbers (dims, counts and byte sizes are checked against the file size).
 absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec);
 
-// INVALID_ARGUMENT naming `field` when `batch_size` of this dataset's images,
-// as float32, would take more than `max_bytes` (0 = no limit): a batch's
-// memory is bounded by bytes, not by a count that means little for 224x224.
+// CheckBatchBytes (batch_limits.h) for this dataset's images.
 absl::Status CheckBatchBytes(const Dataset& dataset, int64_t batch_size, int64_t max_bytes, absl::string_view field);
 
 // The parsed dict of a .npy header ("{'descr': '<f4', 'fortran_order': False,

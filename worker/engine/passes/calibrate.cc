@@ -111,8 +111,7 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
       return absl::OkStatus();
     });
   };
-  // Not (size + batch_size - 1) / batch_size: a huge batch_size would overflow.
-  const int64_t total = dataset->size() / batch_size + (dataset->size() % batch_size != 0 ? 1 : 0);
+  const int64_t total = BatchCount(dataset->size(), batch_size);
   const bool copy_observed = executor.MutatesValues();
   at::NoGradGuard no_grad;
   for (int64_t b = 0; b < total; ++b) {
