@@ -12,6 +12,8 @@
 #     quantd's: one less than the CPUs, at least 1)
 #   QUANTD_BENCH_ROUNDS (paired rounds, default 5), QUANTD_BENCH_ROUND_SECONDS
 #     (per row of a round, default 1)
+#   QUANTD_BATCH_SIZE_COPIES: quantd's --batch_size_copies for both servers and
+#     the in-process rows (default quantd's; 0 for the A/B without them)
 #   QUANTD_BENCH_PIN=1: the servers on CPU 1 with one inference thread, the
 #     clients and the in-process rows on CPU 0 (clients that do not take the
 #     server's core, as remote ones would not; needs 2 CPUs)
@@ -24,6 +26,8 @@ rounds="${QUANTD_BENCH_ROUNDS:-5}"
 round_seconds="${QUANTD_BENCH_ROUND_SECONDS:-1}"
 cpus="$(nproc)"
 threads="${QUANTD_INFERENCE_THREADS:-$((cpus > 1 ? cpus - 1 : 1))}"
+copies_flag=()
+[ -n "${QUANTD_BATCH_SIZE_COPIES:-}" ] && copies_flag=(--batch_size_copies="$QUANTD_BATCH_SIZE_COPIES")
 server_cpu=()
 client_cpu=()
 if [ "${QUANTD_BENCH_PIN:-0}" = "1" ]; then
@@ -52,7 +56,7 @@ start_quantd() {
   mkdir -p "$dir/data"
   ln -s "$fixtures" "$dir/data/fixtures"
   "${server_cpu[@]}" "$build_dir/server/quantd" --bind_address=127.0.0.1 --grpc_port=0 --metrics_port=0 --data_dir="$dir/data" \
-    --port_file="$dir/ports.json" --read_roots="$fixtures" --inference_threads="$threads" "$@" 2>"$dir/quantd.log" &
+    --port_file="$dir/ports.json" --read_roots="$fixtures" --inference_threads="$threads" "${copies_flag[@]}" "$@" 2>"$dir/quantd.log" &
   pids+=($!)
   for _ in $(seq 1 300); do
     [ -f "$dir/ports.json" ] && break
@@ -73,6 +77,10 @@ start_quantd() {
 echo "bench_serving: quantizing ResNet8 on two servers (dynamic batching on, off) ..." >&2
 start_quantd batched
 start_quantd unbatched --dynamic_batching=false
+# The allocator the server runs on, as mapped (jemalloc unless built without it).
+allocator="glibc malloc"
+grep -q libjemalloc "/proc/${pids[0]}/maps" 2>/dev/null && allocator="jemalloc"
+export QUANTD_BENCH_ALLOCATOR="$allocator"
 job_id="$("$build_dir/client/quantctl" --server="$grpc_batched" --json models resnet8 |
   /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["versions"][0]["jobId"])')"
 read -r sha engine < <("$build_dir/client/quantctl" --server="$grpc_batched" --json job "$job_id" |
@@ -83,7 +91,7 @@ echo "bench_serving: measuring, $seconds s per row ..." >&2
 "${client_cpu[@]}" "$build_dir/server/quantd-serving-bench" --server="$grpc_batched" --server_unbatched="$grpc_unbatched" \
   --http="$http_batched" --http_unbatched="$http_unbatched" --artifact="$data_batched/artifacts/$sha.pt" --kernel_engine="$engine" \
   --images="$fixtures/cifar10/test_batch.bin" --seconds="$seconds" --threads="$threads" --rounds="$rounds" \
-  --round_seconds="$round_seconds" >"$work/serving.json"
+  --round_seconds="$round_seconds" "${copies_flag[@]}" >"$work/serving.json"
 
 ort_modules="$build_dir/ort/node_modules"
 if [ -d "$ort_modules/onnxruntime-node" ]; then
@@ -95,13 +103,15 @@ else
 fi
 
 /usr/bin/python3 - "$work/serving.json" "$work/ort.json" <<'PY'
-import json, sys
+import json, os, sys
 s = json.load(open(sys.argv[1]))
 ort = json.load(open(sys.argv[2]))
 rows = {r['path'] + '@' + str(r['concurrency']): r for r in s['rows']}
 b256 = rows[f"in-process batch 256@{s['threads']}"]['images_per_s']
 b1 = rows['in-process batch 1@1']
-print(f"CPU: {s['cpu']}; int8 on {s['kernel_engine']}; {s['threads']} inference threads; same run, same artifact")
+print(f"CPU: {s['cpu']}; int8 on {s['kernel_engine']}; {s['threads']} inference threads; "
+      f"batch-size copies {s['batch_size_copies']}; server allocator {os.environ['QUANTD_BENCH_ALLOCATOR']}; "
+      "same run, same artifact")
 print("CPU us/img: CPU time per image, of the bench process (the clients; for in-process rows, the passes) and of")
 print("the server (its process_cpu_seconds_total)")
 print(f"{'path':56s} {'clients':>7s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'vs b256':>8s} "

@@ -14,7 +14,7 @@ DEB_PACKAGES=(
   prometheus-cpp-dev libsqlite3-dev sqlite3 nlohmann-json3-dev
   libcpp-httplib-dev libssl-dev openssl
   clang libclang-rt-dev libomp-dev
-  libopenblas0-pthread
+  libopenblas0-pthread libjemalloc-dev
   prometheus
 )
 

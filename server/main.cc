@@ -97,6 +97,10 @@ ABSL_FLAG(bool, dynamic_batching, true,
           "Coalesce concurrent inference requests for the same model into one pass (false: each runs alone).");
 ABSL_FLAG(int64_t, model_cache_bytes, int64_t{1} << 30,
           "Byte budget of loaded models (int8 artifacts and FP32 sources), least recently used out.");
+ABSL_FLAG(int, batch_size_copies, quantd::engine::kDefaultBatchSizeCopies,
+          "Batch sizes that may get a copy of an int8 model of their own on onednn (oneDNN's prepared "
+          "convolutions fit one input shape each), at most an eighth of --model_cache_bytes per model; "
+          "0 = none.");
 ABSL_FLAG(int, intra_op_threads, 1,
           "LibTorch intra-op threads per job (set explicitly: 2 OpenMP threads on a busy "
           "2-core machine can be 10-100x slower).");
@@ -219,6 +223,7 @@ int main(int argc, char** argv) {
   options.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
   options.dynamic_batching = absl::GetFlag(FLAGS_dynamic_batching);
   options.model_cache_bytes = absl::GetFlag(FLAGS_model_cache_bytes);
+  options.batch_size_copies = absl::GetFlag(FLAGS_batch_size_copies);
 
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));

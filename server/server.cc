@@ -141,6 +141,10 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (options.model_cache_bytes < 0) {
     return absl::InvalidArgumentError("--model_cache_bytes must be >= 0 (0 = keep only the last model used)");
   }
+  if (options.batch_size_copies < 0 || options.batch_size_copies > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--batch_size_copies must be in 0..65536, got ", options.batch_size_copies));
+  }
   if (!(options.job_deadline_seconds >= 0)) {
     return absl::InvalidArgumentError("--job_deadline_seconds must be >= 0 (0 = none)");
   }
@@ -343,6 +347,7 @@ absl::Status QuantdServer::OpenStores() {
   pool_->events().AddObserver(job_stats_.get());
   worker::ModelRepository::Options repository;
   repository.cache_bytes = options_.model_cache_bytes;
+  repository.batch_size_copies = options_.batch_size_copies;
   models_ = std::make_unique<worker::ModelRepository>(job_store_.get(), artifact_store_.get(), repository);
   publish_watcher_ = std::make_unique<PublishWatcher>(models_.get());
   pool_->events().AddObserver(publish_watcher_.get());

@@ -109,6 +109,7 @@ class QuantdServer {
     int64_t max_queue_delay_us = 100;
     bool dynamic_batching = true;
     int64_t model_cache_bytes = int64_t{1} << 30;
+    int batch_size_copies = engine::kDefaultBatchSizeCopies;
   };
 
   // Validates `options`, binds both ports and starts serving.

@@ -1,5 +1,6 @@
 #include "worker/model_repository.h"
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <optional>
@@ -216,8 +217,11 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
     if (!kernel_engine.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(what, ": ", kernel_engine.status().message()));
     }
-    info.cost_bytes = static_cast<int64_t>(bytes.size());
-    QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadInt8Artifact(bytes, *kernel_engine, what));
+    const int64_t size = std::max<int64_t>(1, static_cast<int64_t>(bytes.size()));
+    const int copies = static_cast<int>(
+        std::clamp<int64_t>(options_.cache_bytes / 8 / size, 0, std::max(0, options_.batch_size_copies)));
+    info.cost_bytes = size * (1 + copies);
+    QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadInt8Artifact(bytes, *kernel_engine, what, copies));
   }
   info.kernel_engine = servable->kernel_engine();
   auto model = std::make_unique<LoadedModel>(std::move(info), std::move(servable));

@@ -47,7 +47,7 @@ struct ServedModelInfo {
   engine::Preprocessing preprocessing;  // applied to input pixels, as in calibration
   std::vector<std::string> labels;    // class names when known (CIFAR-10), else empty
   std::string kernel_engine;          // what runs it here: "onednn", "qnnpack", "fp32"
-  int64_t cost_bytes = 0;             // what it counts against the cache budget
+  int64_t cost_bytes = 0;             // what it counts against the cache budget, copies included
 
   // Values in one input sample (the product of input_shape).
   int64_t sample_values() const {
@@ -79,6 +79,10 @@ class ModelRepository {
     // An artifact whose own kernel engine is not exact on this CPU runs on
     // one that is (qnnpack) instead of being refused.
     bool allow_kernel_reroute = true;
+    // Batch sizes that may get a copy of an int8 model of their own
+    // (ServableModel::LoadInt8Artifact), at most an eighth of cache_bytes
+    // per model. A model counts against cache_bytes with its copies.
+    int batch_size_copies = engine::kDefaultBatchSizeCopies;
     // How long a version resolution (name, version or newest -> job) is reused.
     absl::Duration resolve_ttl = absl::Seconds(1);
     Clock* clock = Clock::Real();

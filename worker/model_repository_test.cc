@@ -94,9 +94,11 @@ class ModelRepositoryTest : public ::testing::Test {
     ASSERT_TRUE(jobs_->Finish(id, 1, JobState::kSucceeded, result, clock_.Now()).ok());
   }
 
-  std::unique_ptr<ModelRepository> Repository(int64_t cache_bytes = int64_t{1} << 30) {
+  std::unique_ptr<ModelRepository> Repository(int64_t cache_bytes = int64_t{1} << 30,
+                                              int batch_size_copies = engine::kDefaultBatchSizeCopies) {
     ModelRepository::Options options;
     options.cache_bytes = cache_bytes;
+    options.batch_size_copies = batch_size_copies;
     options.clock = &clock_;
     return std::make_unique<ModelRepository>(jobs_.get(), artifacts_.get(), options);
   }
@@ -119,7 +121,9 @@ TEST_F(ModelRepositoryTest, LoadsTheNewestOrANamedVersionWarmAndItsFp32Source) {
   EXPECT_THAT(info.output_shape, ElementsAre(10));  // found by the warm-up pass
   EXPECT_EQ(info.kernel_engine, ResNet8Int8().report.kernel_engine);
   EXPECT_EQ(info.labels.size(), 10u);
-  EXPECT_EQ(repository->cached_bytes(), static_cast<int64_t>(ResNet8Int8().bytes.size()));
+  // With room for its batch-size copies (an eighth of the budget), it counts with them.
+  EXPECT_EQ(repository->cached_bytes(),
+            (1 + engine::kDefaultBatchSizeCopies) * static_cast<int64_t>(ResNet8Int8().bytes.size()));
 
   auto fp32 = repository->Load("resnet8.fp32", 1);
   ASSERT_TRUE(fp32.ok()) << fp32.status();
@@ -256,11 +260,30 @@ TEST_F(ModelRepositoryTest, CallersWaitingForAFailedLoadShareItsFailure) {
   EXPECT_EQ(failing.reads(), 2);
 }
 
+TEST_F(ModelRepositoryTest, BatchSizeCopiesCountAgainstTheBudgetUpToAnEighthOfIt) {
+  Publish("a", "resnet8");
+  const auto size = static_cast<int64_t>(ResNet8Int8().bytes.size());
+  auto roomy = Repository(8 * 3 * size + 7);  // an eighth: room for 3 copies
+  ASSERT_TRUE(roomy->Load("resnet8", 0).ok());
+  EXPECT_EQ(roomy->cached_bytes(), 4 * size);
+  auto capped = Repository(int64_t{1} << 30, /*batch_size_copies=*/1);
+  ASSERT_TRUE(capped->Load("resnet8", 0).ok());
+  EXPECT_EQ(capped->cached_bytes(), 2 * size);
+  auto off = Repository(int64_t{1} << 30, /*batch_size_copies=*/0);
+  ASSERT_TRUE(off->Load("resnet8", 0).ok());
+  EXPECT_EQ(off->cached_bytes(), size);
+  // FP32 sources get no copies.
+  ASSERT_TRUE(off->Load("resnet8.fp32", 0).ok());
+  EXPECT_EQ(off->cached_bytes(), size + static_cast<int64_t>(std::ifstream(engine::testing::ResNet8Path(),
+                                                                           std::ios::binary | std::ios::ate)
+                                                                 .tellg()));
+}
+
 TEST_F(ModelRepositoryTest, TheCacheKeepsItsByteBudgetLeastRecentlyUsedOut) {
   Publish("a", "first");
   Publish("b", "second");
   const auto size = static_cast<int64_t>(ResNet8Int8().bytes.size());
-  auto repository = Repository(2 * size);  // room for two artifacts
+  auto repository = Repository(2 * size);  // room for two artifacts (an eighth of it: for no copy)
   ASSERT_TRUE(repository->Load("first", 0).ok());
   ASSERT_TRUE(repository->Load("second", 0).ok());
   ASSERT_TRUE(repository->Load("first", 0).ok());  // now the most recently used

@@ -276,14 +276,16 @@ int main(int argc, char** argv) {
   double round_seconds = 1;
   int threads = 2;
   int rounds = 5;
+  int copies = quantd::engine::kDefaultBatchSizeCopies;
   if (server.empty() || unbatched.empty() || http.empty() || artifact.empty() || kernel_engine.empty() ||
       images_path.empty() || !absl::SimpleAtod(Flag(argc, argv, "seconds", "3"), &seconds) ||
       !absl::SimpleAtoi(Flag(argc, argv, "threads", "2"), &threads) ||
       !absl::SimpleAtoi(Flag(argc, argv, "rounds", "5"), &rounds) || rounds < 0 ||
+      !absl::SimpleAtoi(Flag(argc, argv, "batch_size_copies", std::to_string(copies)), &copies) || copies < 0 ||
       !absl::SimpleAtod(Flag(argc, argv, "round_seconds", "1"), &round_seconds) || round_seconds <= 0) {
     std::cerr << "usage: quantd-serving-bench --server=HOST:PORT --server_unbatched=HOST:PORT --http=HOST:PORT "
                  "--artifact=FILE.pt --kernel_engine=E --images=CIFAR.bin [--http_unbatched=HOST:PORT] [--seconds=S] "
-                 "[--threads=N] [--only=TEXT] [--rounds=R] [--round_seconds=T]\n";
+                 "[--threads=N] [--only=TEXT] [--rounds=R] [--round_seconds=T] [--batch_size_copies=N (as quantd's)]\n";
     return 2;
   }
   only_rows = Flag(argc, argv, "only");
@@ -305,6 +307,7 @@ int main(int argc, char** argv) {
 
   nlohmann::json report;
   report["threads"] = threads;
+  report["batch_size_copies"] = copies;
   report["kernel_engine"] = kernel_engine;
   report["cpu"] = quantd::engine::CpuInt8Info().model_name;
   std::vector<nlohmann::json> rows;
@@ -312,7 +315,7 @@ int main(int argc, char** argv) {
   // In-process: the artifact on the same kernels, no server.
   std::ifstream artifact_in(artifact, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(artifact_in)), std::istreambuf_iterator<char>());
-  auto model = quantd::engine::ServableModel::LoadInt8Artifact(bytes, kernel_engine, artifact);
+  auto model = quantd::engine::ServableModel::LoadInt8Artifact(bytes, kernel_engine, artifact, copies);
   if (!model.ok()) {
     std::cerr << "--artifact: " << model.status() << "\n";
     return 1;

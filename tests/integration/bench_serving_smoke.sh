@@ -21,3 +21,5 @@ for want in "in-process batch 256" "gRPC ModelInfer batch 1, dynamic batching, a
   grep -qF -- "$want" <<<"$out" || fail "no '$want' in the output"
 done
 grep -qx "errors: 0" <<<"$out" || fail "requests failed (want 'errors: 0')"
+# quantd is linked with jemalloc (CMake's QUANTD_JEMALLOC; setup.sh installs it).
+grep -qF "server allocator jemalloc" <<<"$out" || fail "quantd does not run on jemalloc"

@@ -16,6 +16,10 @@
 
 namespace quantd::engine {
 
+// quantd's default for LoadInt8Artifact's `batch_size_copies` (quantd's
+// --batch_size_copies): every batch size up to its default --max_batch_size.
+inline constexpr int kDefaultBatchSizeCopies = 64;
+
 struct ServingOutput {
   std::vector<int64_t> shape;  // [N, ...]
   std::vector<float> values;   // row-major
@@ -27,10 +31,14 @@ class ServableModel {
 
   // An int8 artifact's bytes, run on `kernel_engine` (its packs are made for
   // it on load; see KernelEngineForArtifact for choosing one). `name` is for
-  // messages.
+  // messages. `batch_size_copies`: on onednn, how many batch sizes may get a
+  // copy of the model of their own (see servable_model.cc for why); each is
+  // built on a background thread the first time a batch of that size runs,
+  // and costs about the artifact's bytes.
   static absl::StatusOr<std::unique_ptr<ServableModel>> LoadInt8Artifact(const std::string& bytes,
                                                                          const std::string& kernel_engine,
-                                                                         const std::string& name);
+                                                                         const std::string& name,
+                                                                         int batch_size_copies = 0);
   // An FP32 TorchScript model.
   static absl::StatusOr<std::unique_ptr<ServableModel>> LoadFp32(const std::string& path);
   // The same from the file's `bytes` (read and checked by the caller);
@@ -44,6 +52,11 @@ class ServableModel {
 
   // "onednn", "qnnpack", ... or "fp32".
   virtual const std::string& kernel_engine() const = 0;
+
+  // Batch sizes that have a copy of their own now.
+  virtual int batch_size_copies() const = 0;
+  // Returns once the copies asked for so far are built (or failed).
+  virtual void WaitForBatchSizeCopies() const = 0;
 };
 
 }  // namespace quantd::engine
