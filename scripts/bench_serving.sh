@@ -153,23 +153,27 @@ if rounds:
     print(f"{len(rounds)} paired rounds (the rows the targets compare, back to back, "
           f"{rounds[0]['in_process_batch256']['images'] / max(rounds[0]['in_process_batch256']['images_per_s'], 1e-9):.1f} s each):")
     print(f"{'round':>5s} {'b256 img/s':>10s} {'16 batched':>10s} {'16 unbatched':>12s} {'vs b256':>8s} "
-          f"{'vs unbatched':>12s} {'b1 p50 ms':>9s} {'gRPC 1 p50':>10s} {'ratio':>6s}")
-    through, gain, latency = [], [], []
+          f"{'vs unbatched':>12s} {'16 async':>8s} {'vs b256':>8s} {'b1 p50 ms':>9s} {'gRPC 1 p50':>10s} {'ratio':>6s}")
+    through, through_async, gain, latency = [], [], [], []
     for i, r in enumerate(rounds, 1):
         b256r = r['in_process_batch256']['images_per_s']
         on, off = r['grpc_batched_16']['images_per_s'], r['grpc_unbatched_16']['images_per_s']
+        on_async = r['grpc_batched_16_async']['images_per_s']
         b1p, g1p = r['in_process_batch1']['p50_ms'], r['grpc_batched_1']['p50_ms']
         through.append(on / b256r)
+        through_async.append(on_async / b256r)
         gain.append(on / off)
         latency.append(g1p / b1p)
         errors += sum(row['errors'] for row in r.values())
         print(f"{i:5d} {b256r:10.0f} {on:10.0f} {off:12.0f} {through[-1]:7.2f}x {gain[-1]:11.2f}x "
-              f"{b1p:9.3f} {g1p:10.3f} {latency[-1]:5.2f}x")
+              f"{on_async:8.0f} {through_async[-1]:7.2f}x {b1p:9.3f} {g1p:10.3f} {latency[-1]:5.2f}x")
     def summary(v):
         v = sorted(v)
         return f"median {v[len(v) // 2]:.2f}, {v[0]:.2f}-{v[-1]:.2f}"
     print(f"16 clients, dynamic batching vs in-process batch 256: {summary(through)} "
           f"(target >= 0.60: met in {sum(x >= 0.60 for x in through)} of {len(through)} rounds)")
+    print(f"16 callback-API clients, dynamic batching vs in-process batch 256: {summary(through_async)} "
+          f"(target >= 0.60: met in {sum(x >= 0.60 for x in through_async)} of {len(through_async)} rounds)")
     print(f"16 clients, dynamic batching vs no batching: {summary(gain)} "
           f"(above 1 in {sum(x > 1 for x in gain)} of {len(gain)} rounds)")
     print(f"gRPC batch-1 p50 at 1 client vs in-process batch 1: {summary(latency)} "

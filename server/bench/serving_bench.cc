@@ -18,7 +18,8 @@
 // server (its process_cpu_seconds_total, from --http / --http_unbatched).
 // Then R paired rounds (default 5) of the rows the targets compare, T
 // seconds each (default 1), back to back in every round: in-process batch 256
-// and 1, gRPC from 16 clients with and without batching, gRPC from 1 client.
+// and 1, gRPC from 16 clients with and without batching (and 16 callback-API
+// clients with batching), gRPC from 1 client.
 // On a VM whose speed drifts by 30% within a minute, each round's ratios
 // compare rows measured seconds apart, not a minute apart.
 // Prints JSON.
@@ -476,6 +477,17 @@ int main(int argc, char** argv) {
     metered_server = batched_http.get();
     measure("grpc_batched_16", Measure("round: gRPC ModelInfer batch 1, dynamic batching", 16, 1, round_seconds,
                                        infer_from(batched16)));
+    {
+      std::vector<inference::ModelInferRequest> requests(16);
+      std::vector<inference::ModelInferResponse> responses(16);
+      measure("grpc_batched_16_async",
+              MeasureAsync("round: gRPC ModelInfer batch 1, dynamic batching, async clients", 16, round_seconds,
+                           [&](int c, int64_t i, grpc::ClientContext* context, AsyncDone done) {
+                             requests[c] = infer_request(c, i);
+                             responses[c].Clear();
+                             batched16[c]->async()->ModelInfer(context, &requests[c], &responses[c], std::move(done));
+                           }));
+    }
     measure("grpc_batched_1", Measure("round: gRPC ModelInfer batch 1, dynamic batching", 1, 1, round_seconds,
                                       infer_from(batched1)));
     metered_server = unbatched_http.get();
