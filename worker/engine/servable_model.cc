@@ -53,7 +53,7 @@ absl::StatusOr<ServingOutput> Forward(torch::jit::Module& module, const at::Tens
 // batch size it has run, each first run at that size, built on a thread of
 // its own while passes of that size run on the first copy. In-process on the
 // AVX2 EPYC (one intra-op thread, passes of 4 to 16 images in random order)
-// that made a pass 15-25% cheaper. Results are bit-identical: same packs,
+// that made a pass 15-26% cheaper. Results are bit-identical: same packs,
 // same kernels.
 class BatchSizeCopies {
  public:
