@@ -220,8 +220,10 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
     const int64_t size = std::max<int64_t>(1, static_cast<int64_t>(bytes.size()));
     const int copies = static_cast<int>(
         std::clamp<int64_t>(options_.cache_bytes / 8 / size, 0, std::max(0, options_.batch_size_copies)));
-    info.cost_bytes = size * (1 + copies);
     QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadInt8Artifact(bytes, *kernel_engine, what, copies));
+    // A model that keeps copies also keeps the artifact's bytes to make them.
+    const int limit = servable->batch_size_copy_limit();
+    info.cost_bytes = size * (1 + limit + (limit > 0 ? 1 : 0));
   }
   info.kernel_engine = servable->kernel_engine();
   auto model = std::make_unique<LoadedModel>(std::move(info), std::move(servable));

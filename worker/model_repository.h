@@ -81,7 +81,8 @@ class ModelRepository {
     bool allow_kernel_reroute = true;
     // Batch sizes that may get a copy of an int8 model of their own
     // (ServableModel::LoadInt8Artifact), at most an eighth of cache_bytes
-    // per model. A model counts against cache_bytes with its copies.
+    // per model. A model counts against cache_bytes with its copies (and
+    // the artifact's bytes it keeps to make them).
     int batch_size_copies = engine::kDefaultBatchSizeCopies;
     // How long a version resolution (name, version or newest -> job) is reused.
     absl::Duration resolve_ttl = absl::Seconds(1);

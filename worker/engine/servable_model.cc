@@ -91,6 +91,8 @@ class BatchSizeCopies {
     return nullptr;
   }
 
+  int limit() const { return max_copies_; }
+
   int built() const ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     return static_cast<int>(copies_.size());
@@ -186,6 +188,7 @@ class TorchScriptServable final : public ServableModel {
   const std::string& kernel_engine() const override { return kernel_engine_; }
 
   int batch_size_copies() const override { return copies_ == nullptr ? 0 : copies_->built(); }
+  int batch_size_copy_limit() const override { return copies_ == nullptr ? 0 : copies_->limit(); }
   void WaitForBatchSizeCopies() const override {
     if (copies_ != nullptr) copies_->WaitUntilBuilt();
   }

@@ -53,8 +53,10 @@ class ServableModel {
   // "onednn", "qnnpack", ... or "fp32".
   virtual const std::string& kernel_engine() const = 0;
 
-  // Batch sizes that have a copy of their own now.
+  // Batch sizes that have a copy of their own now, and at most (0 when this
+  // model keeps none: FP32, qnnpack).
   virtual int batch_size_copies() const = 0;
+  virtual int batch_size_copy_limit() const = 0;
   // Returns once the copies asked for so far are built (or failed).
   virtual void WaitForBatchSizeCopies() const = 0;
 };

@@ -93,6 +93,9 @@ TEST(ServableModelTest, BatchSizeCopiesStopAtTheirLimitAndOnlyOnOnednn) {
       (*model)->WaitForBatchSizeCopies();
     }
   }
+  EXPECT_EQ((*onednn)->batch_size_copy_limit(), 2);
+  EXPECT_EQ((*qnnpack)->batch_size_copy_limit(), 0);
+  EXPECT_EQ((*none)->batch_size_copy_limit(), 0);
   EXPECT_EQ((*onednn)->batch_size_copies(), 2);   // sizes 2 and 3; 4 runs on the model as loaded
   EXPECT_EQ((*qnnpack)->batch_size_copies(), 0);  // qnnpack keeps no state per shape
   EXPECT_EQ((*none)->batch_size_copies(), 0);
