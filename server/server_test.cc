@@ -493,6 +493,9 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   bad.inference_threads = -1;
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--inference_threads"));
   bad = options;
+  bad.batch_size_copies = -1;
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--batch_size_copies must be in 0..65536"));
+  bad = options;
   bad.workers = 0;
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--workers"));  // flags named, not prose
   bad = options;
