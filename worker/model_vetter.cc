@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +14,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -178,12 +181,43 @@ absl::Status CachingModelVetter::Vet(const std::string& model_path) {
   return vetted;
 }
 
+namespace {
+
+// What this machine (or this cgroup, if less) can hold: memory plus swap.
+uint64_t MachineMemoryBytes() {
+  uint64_t bytes = 0;
+  struct sysinfo info;
+  if (::sysinfo(&info) == 0) {
+    bytes = (static_cast<uint64_t>(info.totalram) + info.totalswap) * info.mem_unit;
+  }
+  std::ifstream cgroup("/sys/fs/cgroup/memory.max");  // cgroup v2; "max" = none
+  std::string line;
+  uint64_t limit = 0;
+  if (std::getline(cgroup, line) && absl::SimpleAtoi(line, &limit) && limit > 0) {
+    bytes = bytes == 0 ? limit : std::min(bytes, limit);
+  }
+  return bytes;
+}
+
+}  // namespace
+
 int RunModelVetterChild(const std::string& model_path) {
   // Descriptors other server threads had open without O_CLOEXEC when this
   // process was spawned are not ours to hold.
   ::close_range(3, ~0U, 0);
   // A server killed with -9 takes its child along (a hung load would linger).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // quantd runs on jemalloc, which maps memory with MAP_NORESERVE: the
+  // kernel no longer refuses one allocation larger than the machine, as it
+  // did glibc's. A crafted archive that asks for 26 GiB
+  // (tests/fuzz/crashers/torchscript/allocates_26_gib) was given it and
+  // filled memory until the OOM killer came. The child's address space is
+  // capped at what the machine holds, so such a request fails at once.
+  if (const uint64_t limit = MachineMemoryBytes(); limit > 0) {
+    struct rlimit cap;
+    cap.rlim_cur = cap.rlim_max = limit;
+    ::setrlimit(RLIMIT_AS, &cap);
+  }
   const absl::Status loaded = engine::CheckModelLoads(model_path);
   if (loaded.ok()) return 0;
   std::printf("%s%d\n%s\n", kStatusPrefix, static_cast<int>(loaded.code()), std::string(loaded.message()).c_str());
