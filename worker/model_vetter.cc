@@ -199,6 +199,14 @@ uint64_t MachineMemoryBytes() {
   return bytes;
 }
 
+// This process's address space now (/proc/self/statm's first field).
+uint64_t MappedBytes() {
+  std::ifstream statm("/proc/self/statm");
+  uint64_t pages = 0;
+  statm >> pages;
+  return pages * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
 }  // namespace
 
 int RunModelVetterChild(const std::string& model_path) {
@@ -213,9 +221,10 @@ int RunModelVetterChild(const std::string& model_path) {
   // (tests/fuzz/crashers/torchscript/allocates_26_gib) was given it and
   // filled memory until the OOM killer came. The child's address space is
   // capped at what the machine holds, so such a request fails at once.
-  if (const uint64_t limit = MachineMemoryBytes(); limit > 0) {
+  // On top of what is mapped already (under ASan, terabytes of shadow).
+  if (const uint64_t machine = MachineMemoryBytes(); machine > 0) {
     struct rlimit cap;
-    cap.rlim_cur = cap.rlim_max = limit;
+    cap.rlim_cur = cap.rlim_max = MappedBytes() + machine;
     ::setrlimit(RLIMIT_AS, &cap);
   }
   const absl::Status loaded = engine::CheckModelLoads(model_path);
