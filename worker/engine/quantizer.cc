@@ -160,7 +160,16 @@ absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8Unguarded(const 
   return predictions;
 }
 
-void SetIntraOpThreads(int threads) { at::set_num_threads(std::max(1, threads)); }
+void SetIntraOpThreads(int threads) {
+  // LibTorch's set_num_threads, also run by a thread's first parallel call,
+  // rebuilds the global thread pool QNNPACK's kernels run on: done under
+  // onednn's lease, which no QNNPACK kernel holds.
+  auto set = [threads] {
+    at::internal::lazy_init_num_threads();
+    at::set_num_threads(std::max(1, threads));
+  };
+  if (!WithKernelEngine("onednn", "setting LibTorch's intra-op threads", set).ok()) set();
+}
 
 void InitializeRuntime(int intra_op_threads) {
   mallopt(M_MMAP_THRESHOLD, 256 << 20);

@@ -144,7 +144,9 @@ absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& 
 absl::Status CheckModelLoads(const std::string& model_path);
 
 // Process-wide LibTorch settings: intra-op threads (LibTorch defaults to 1
-// here; 2 OpenMP threads on a busy 2-core machine can be 100x slower).
+// here; 2 OpenMP threads on a busy 2-core machine can be 100x slower). Also
+// this thread's own count (OpenMP keeps one per thread). Waits while a
+// qnnpack pass runs; must not be called holding a qnnpack WithKernelEngine.
 void SetIntraOpThreads(int threads);
 // Once at process start: SetIntraOpThreads plus allocator settings that keep
 // the large activation buffers of calibration from being returned to the OS
