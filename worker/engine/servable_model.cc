@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
+#include "worker/engine/quantizer.h"
 #include "worker/engine/runtime/prepack.h"
 
 namespace quantd::engine {
@@ -132,16 +133,10 @@ class BatchSizeCopies {
   std::shared_ptr<torch::jit::Module> Build(const Wanted& wanted) {
     auto module = std::make_shared<torch::jit::Module>();
     absl::Status status = GuardEntryPoint(absl::StrCat("preparing ", name_), [&]() -> absl::Status {
+      // The prepared primitive's key holds the intra-op thread count.
+      SetIntraOpThreads(wanted.threads);
       std::istringstream stream(bytes_);
-      QUANTD_RETURN_IF_ERROR(WithKernelEngine(kernel_engine_, name_, [&]() {
-        // The prepared primitive's key holds the intra-op thread count. Set
-        // here, under onednn's lease: LibTorch's set_num_threads (also on a
-        // new thread's first parallel call) rebuilds the global thread pool
-        // that QNNPACK kernels run on, and none can run while it is held.
-        at::internal::lazy_init_num_threads();
-        at::set_num_threads(wanted.threads);
-        *module = torch::jit::load(stream);
-      }));
+      QUANTD_RETURN_IF_ERROR(WithKernelEngine(kernel_engine_, name_, [&]() { *module = torch::jit::load(stream); }));
       module->eval();
       at::Tensor zeros = torch::zeros(wanted.shape, torch::kFloat32);
       // Two passes: the first also profiles the TorchScript graph.
