@@ -151,7 +151,8 @@ rounds = s.get('rounds', [])
 if rounds:
     print()
     print(f"{len(rounds)} paired rounds (the rows the targets compare, back to back, "
-          f"{rounds[0]['in_process_batch256']['images'] / max(rounds[0]['in_process_batch256']['images_per_s'], 1e-9):.1f} s each):")
+          f"{rounds[0]['in_process_batch256']['images'] / max(rounds[0]['in_process_batch256']['images_per_s'], 1e-9):.1f} s each;")
+    print("the latency pair, in-process batch 1 and gRPC from 1 client, in turns of 25 requests):")
     print(f"{'round':>5s} {'b256 img/s':>10s} {'16 batched':>10s} {'16 unbatched':>12s} {'vs b256':>8s} "
           f"{'vs unbatched':>12s} {'16 async':>8s} {'vs b256':>8s} {'b1 p50 ms':>9s} {'gRPC 1 p50':>10s} {'ratio':>6s}")
     through, through_async, gain, latency = [], [], [], []

@@ -17,9 +17,10 @@
 // it cost this process (the clients, or the in-process passes) and the
 // server (its process_cpu_seconds_total, from --http / --http_unbatched).
 // Then R paired rounds (default 5) of the rows the targets compare, T
-// seconds each (default 1), back to back in every round: in-process batch 256
-// and 1, gRPC from 16 clients with and without batching (and 16 callback-API
-// clients with batching), gRPC from 1 client.
+// seconds each (default 1), back to back in every round: in-process batch
+// 256, gRPC from 16 clients with and without batching (and 16 callback-API
+// clients with batching), and the latency pair, in-process batch 1 and gRPC
+// from 1 client, taking turns every 25 requests.
 // On a VM whose speed drifts by 30% within a minute, each round's ratios
 // compare rows measured seconds apart, not a minute apart.
 // Prints JSON.
@@ -144,6 +145,8 @@ Row NewRow(const std::string& path, int concurrency) {
   return row;
 }
 
+void UseOneIntraOpThread();
+
 template <typename Call>
 Row Measure(const std::string& path, int concurrency, int64_t batch, double seconds, Call call) {
   Row row = NewRow(path, concurrency);
@@ -180,6 +183,44 @@ Row Measure(const std::string& path, int concurrency, int64_t batch, double seco
     row.images += images[t];
   }
   return row;
+}
+
+// Two single-client rows measured in turns on one thread, `slice` calls of
+// `call_a`, then `slice` of `call_b`, and so on for `seconds` of each: their
+// latencies then see the same moments of a VM whose speed drifts.
+template <typename CallA, typename CallB>
+std::pair<Row, Row> MeasureInterleaved(const std::string& path_a, CallA call_a, const std::string& path_b,
+                                       CallB call_b, double seconds, int slice = 25) {
+  std::pair<Row, Row> rows{NewRow(path_a, 1), NewRow(path_b, 1)};
+  if (rows.first.skipped() || rows.second.skipped()) return rows;
+  std::thread runner([&] {
+    UseOneIntraOpThread();
+    double spent_a = 0, spent_b = 0;
+    int64_t i = 0;
+    auto run_slice = [&](Row& row, auto& call, double& spent) {
+      const auto begin = Clock::now();
+      for (int k = 0; k < slice; ++k, ++i) {
+        const auto t0 = Clock::now();
+        const bool ok = call(0, i);
+        const auto t1 = Clock::now();
+        if (!ok) {
+          ++row.errors;
+          continue;
+        }
+        ++row.images;
+        row.latencies_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      }
+      spent += std::chrono::duration<double>(Clock::now() - begin).count();
+    };
+    while (spent_a < seconds || spent_b < seconds) {
+      run_slice(rows.first, call_a, spent_a);
+      run_slice(rows.second, call_b, spent_b);
+    }
+    rows.first.seconds = spent_a;
+    rows.second.seconds = spent_b;
+  });
+  runner.join();
+  return rows;
 }
 
 // Like Measure, but the `concurrency` clients are request loops on gRPC's
@@ -322,6 +363,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::vector<float> one = floats(0, 1), many = floats(0, 256);
+  std::vector<std::vector<float>> singles;  // batch-1 inputs, in turn, as the gRPC clients send theirs
+  for (int64_t i = 0; i < 256; ++i) singles.push_back(floats(i, 1));
   UseOneIntraOpThread();
   (void)(*model)->Run(one, {1, 3, 32, 32});  // warm-up
   Add(rows, Measure("in-process batch 1", 1, 1, seconds, [&](int, int64_t) {
@@ -470,10 +513,6 @@ int main(int argc, char** argv) {
                                              UseOneIntraOpThread();
                                              return (*model)->Run(many, {256, 3, 32, 32}).ok();
                                            }));
-    measure("in_process_batch1", Measure("round: in-process batch 1", 1, 1, round_seconds, [&](int, int64_t) {
-              UseOneIntraOpThread();
-              return (*model)->Run(one, {1, 3, 32, 32}).ok();
-            }));
     metered_server = batched_http.get();
     measure("grpc_batched_16", Measure("round: gRPC ModelInfer batch 1, dynamic batching", 16, 1, round_seconds,
                                        infer_from(batched16)));
@@ -488,8 +527,15 @@ int main(int argc, char** argv) {
                              batched16[c]->async()->ModelInfer(context, &requests[c], &responses[c], std::move(done));
                            }));
     }
-    measure("grpc_batched_1", Measure("round: gRPC ModelInfer batch 1, dynamic batching", 1, 1, round_seconds,
-                                      infer_from(batched1)));
+    {
+      // The latency pair in turns, so that both see the same moments.
+      auto [in_process, grpc_one] = MeasureInterleaved(
+          "round: in-process batch 1",
+          [&](int, int64_t i) { return (*model)->Run(singles[i % singles.size()], {1, 3, 32, 32}).ok(); },
+          "round: gRPC ModelInfer batch 1, dynamic batching", infer_from(batched1), round_seconds);
+      measure("in_process_batch1", std::move(in_process));
+      measure("grpc_batched_1", std::move(grpc_one));
+    }
     metered_server = unbatched_http.get();
     measure("grpc_unbatched_16", Measure("round: gRPC ModelInfer batch 1, no batching", 16, 1, round_seconds,
                                          infer_from(unbatched16)));
