@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/inference_conversion.h"
+#include "worker/data_dir_layout.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
@@ -295,6 +296,15 @@ absl::StatusOr<std::string> ReferenceResolver::ResolvePath(const std::string& pa
   // (a link changed later cannot redirect it).
   const fs::path resolved = fs::canonical(full, error);
   if (error) return absl::NotFoundError(absl::StrCat(field, ": \"", path, "\" cannot be resolved: ", error.message()));
+  // quantd's own files are not inputs, whatever name or link leads to them.
+  const fs::path& data_root = roots_.front();
+  auto [data_root_end, inside] = std::mismatch(data_root.begin(), data_root.end(), resolved.begin(), resolved.end());
+  if (data_root_end == data_root.end() && inside != resolved.end() && worker::IsQuantdStateEntry(inside->string())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": \"", path, "\" is quantd's own ", inside->string(),
+        " in the data dir (the job store, artifacts, uploads and lock are not inputs; refer to an upload by "
+        "its blob_id)"));
+  }
   for (const fs::path& root : roots_) {
     auto [root_end, unused] = std::mismatch(root.begin(), root.end(), resolved.begin(), resolved.end());
     if (root_end == root.end()) return resolved.string();

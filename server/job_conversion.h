@@ -28,9 +28,10 @@ class ReferenceResolver {
                     worker::Clock* clock = worker::Clock::Real());
 
   // `field` names the request field in error messages ("model.path", ...).
-  // INVALID_ARGUMENT for an absolute path, one with "..", or one that links
-  // out of the allowed roots; NOT_FOUND for a missing file or blob. Returns
-  // the resolved path.
+  // INVALID_ARGUMENT for an absolute path, one with "..", one that links out
+  // of the allowed roots, or one that is (or links to) quantd's own state in
+  // the data dir (worker/data_dir_layout.h); NOT_FOUND for a missing file or
+  // blob. Returns the resolved path.
   absl::StatusOr<std::string> ResolvePath(const std::string& path, const std::string& field) const;
   // A blob's path; marks the blob used now (see BlobStore::Touch).
   absl::StatusOr<std::string> ResolveBlob(const std::string& blob_id, const std::string& field) const;

@@ -20,6 +20,7 @@
 #include "server/log.h"
 #include "server/metrics_interceptor.h"
 #include "server/process_metrics.h"
+#include "worker/data_dir_layout.h"
 #include "worker/engine/base/pem_file.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
@@ -319,10 +320,10 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
 absl::Status QuantdServer::OpenStores() {
   const std::filesystem::path root(options_.data_dir);
   quota_ = std::make_unique<worker::DataQuota>(options_.data_dir, options_.max_data_bytes);
-  QUANTD_ASSIGN_OR_RETURN(job_store_, worker::SqliteJobStore::Open((root / "jobs.db").string()));
+  QUANTD_ASSIGN_OR_RETURN(job_store_, worker::SqliteJobStore::Open((root / worker::kJobStoreFile).string()));
   QUANTD_ASSIGN_OR_RETURN(artifact_store_,
-                          worker::LocalArtifactStore::Open((root / "artifacts").string(), quota_.get()));
-  QUANTD_ASSIGN_OR_RETURN(blob_store_, worker::BlobStore::Open((root / "blobs").string(),
+                          worker::LocalArtifactStore::Open((root / worker::kArtifactsDir).string(), quota_.get()));
+  QUANTD_ASSIGN_OR_RETURN(blob_store_, worker::BlobStore::Open((root / worker::kBlobsDir).string(),
                                                                options_.max_upload_bytes, quota_.get()));
   worker::ModelVetter vet_model;
   if (!options_.model_vet_command.empty()) {

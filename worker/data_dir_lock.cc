@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "worker/data_dir_layout.h"
 
 namespace quantd::worker {
 namespace {
@@ -24,7 +25,7 @@ std::string ReadOwner(int fd) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DataDirLock>> DataDirLock::Acquire(const std::string& data_dir) {
-  const std::string path = (std::filesystem::path(data_dir) / "LOCK").string();
+  const std::string path = (std::filesystem::path(data_dir) / kDataDirLockFile).string();
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) {
     return absl::FailedPreconditionError(absl::StrCat("cannot open the data dir lock ", path, ": ",
