@@ -8,6 +8,7 @@
 #include <cstring>
 #include <algorithm>
 #include <filesystem>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/errno_status.h"
@@ -43,13 +44,17 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> BlobStore::BeginUpload(
     return absl::ResourceExhaustedError(absl::StrCat(
         "metadata.size_bytes: ", declared_size, " bytes exceeds the upload limit of ", max_bytes_));
   }
-  if (quota_ != nullptr) QUANTD_RETURN_IF_ERROR(quota_->Check(declared_size, "upload"));
+  DataQuota::Reservation reservation;
+  if (quota_ != nullptr) {
+    QUANTD_ASSIGN_OR_RETURN(reservation, quota_->Reserve(declared_size, "upload"));
+  }
   std::string tmp = (fs::path(dir_) / ".tmp.upload.XXXXXX").string();
   int fd = ::mkstemp(tmp.data());
   if (fd < 0) {
     return ErrnoStatus(errno, "cannot create upload file");
   }
-  return std::unique_ptr<BlobUpload>(new BlobUpload(this, tmp, fd, expected_sha256, declared_size));
+  return std::unique_ptr<BlobUpload>(
+      new BlobUpload(this, tmp, fd, expected_sha256, declared_size, std::move(reservation)));
 }
 
 absl::StatusOr<std::string> BlobStore::PathOf(const std::string& blob_id,
@@ -107,10 +112,14 @@ absl::Status BlobStore::Touch(const std::string& blob_id, absl::Time now) const 
   return absl::OkStatus();
 }
 
-BlobUpload::BlobUpload(const BlobStore* store, std::string tmp_path, int fd,
-                       std::string expected_sha256, int64_t declared_size)
-    : store_(store), tmp_path_(std::move(tmp_path)), fd_(fd),
-      expected_sha256_(std::move(expected_sha256)), declared_size_(declared_size) {}
+BlobUpload::BlobUpload(const BlobStore* store, std::string tmp_path, int fd, std::string expected_sha256,
+                       int64_t declared_size, DataQuota::Reservation reservation)
+    : store_(store),
+      tmp_path_(std::move(tmp_path)),
+      fd_(fd),
+      expected_sha256_(std::move(expected_sha256)),
+      declared_size_(declared_size),
+      reservation_(std::move(reservation)) {}
 
 BlobUpload::~BlobUpload() { Discard(); }
 
@@ -123,6 +132,7 @@ void BlobUpload::Discard() {
     ::unlink(tmp_path_.c_str());
     tmp_path_.clear();
   }
+  reservation_.Release();
 }
 
 absl::Status BlobUpload::Append(const std::string& chunk) {
@@ -161,6 +171,7 @@ absl::Status BlobUpload::Append(const std::string& chunk) {
     }
     written += static_cast<size_t>(n);
   }
+  reservation_.Consume(static_cast<int64_t>(chunk.size()));  // now counted in the file
   return absl::OkStatus();
 }
 

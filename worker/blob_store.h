@@ -43,7 +43,7 @@ class BlobUpload {
  private:
   friend class BlobStore;
   BlobUpload(const BlobStore* store, std::string tmp_path, int fd, std::string expected_sha256,
-             int64_t declared_size);
+             int64_t declared_size, DataQuota::Reservation reservation);
   void Discard();
 
   const BlobStore* store_;
@@ -53,6 +53,8 @@ class BlobUpload {
   int64_t declared_size_;  // 0 = not declared
   int64_t size_ = 0;
   int64_t unchecked_bytes_ = 0;  // received since the quota was last checked
+  // The declared size's share of the quota not yet in the temporary file.
+  DataQuota::Reservation reservation_;
   engine::Sha256 hash_;
 };
 

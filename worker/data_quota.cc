@@ -1,13 +1,36 @@
 #include "worker/data_quota.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <system_error>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
 namespace quantd::worker {
 
 namespace fs = std::filesystem;
+
+DataQuota::Reservation& DataQuota::Reservation::operator=(Reservation&& other) noexcept {
+  if (this != &other) {
+    Release();
+    quota_ = std::exchange(other.quota_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void DataQuota::Reservation::Consume(int64_t bytes) {
+  bytes = std::min(std::max<int64_t>(bytes, 0), bytes_);
+  if (quota_ != nullptr && bytes > 0) quota_->Return(bytes);
+  bytes_ -= bytes;
+}
+
+void DataQuota::Reservation::Release() {
+  if (quota_ != nullptr && bytes_ > 0) quota_->Return(bytes_);
+  quota_ = nullptr;
+  bytes_ = 0;
+}
 
 absl::StatusOr<int64_t> DataQuota::UsedBytes() const {
   int64_t used = 0;
@@ -25,16 +48,42 @@ absl::StatusOr<int64_t> DataQuota::UsedBytes() const {
   return used;
 }
 
-absl::Status DataQuota::Check(int64_t more_bytes, const std::string& what) const {
+int64_t DataQuota::ReservedBytes() const {
+  absl::MutexLock lock(&mu_);
+  return reserved_;
+}
+
+absl::Status DataQuota::CheckLocked(int64_t more_bytes, const std::string& what) const {
   if (max_bytes_ <= 0) return absl::OkStatus();
   absl::StatusOr<int64_t> used = UsedBytes();
   if (!used.ok()) return used.status();
-  if (*used + more_bytes > max_bytes_) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": the data dir quota is full (", *used, " bytes used + ",
-                                                     more_bytes, " needed > ", max_bytes_,
+  if (*used + reserved_ + more_bytes > max_bytes_) {
+    const std::string reserved =
+        reserved_ > 0 ? absl::StrCat(" + ", reserved_, " reserved by uploads in progress") : "";
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": the data dir quota is full (", *used, " bytes used",
+                                                     reserved, " + ", more_bytes, " needed > ", max_bytes_,
                                                      " allowed by --max_data_bytes); delete jobs or blobs"));
   }
   return absl::OkStatus();
+}
+
+absl::Status DataQuota::Check(int64_t more_bytes, const std::string& what) const {
+  absl::MutexLock lock(&mu_);
+  return CheckLocked(more_bytes, what);
+}
+
+absl::StatusOr<DataQuota::Reservation> DataQuota::Reserve(int64_t bytes, const std::string& what) const {
+  absl::MutexLock lock(&mu_);
+  absl::Status room = CheckLocked(bytes, what);
+  if (!room.ok()) return room;
+  if (max_bytes_ <= 0 || bytes <= 0) return Reservation();  // nothing to hold
+  reserved_ += bytes;
+  return Reservation(this, bytes);
+}
+
+void DataQuota::Return(int64_t bytes) const {
+  absl::MutexLock lock(&mu_);
+  reserved_ -= bytes;
 }
 
 }  // namespace quantd::worker

@@ -590,6 +590,51 @@ TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) 
   EXPECT_TRUE(DataQuota(dir, 0).Check(int64_t{1} << 40, "anything").ok());  // 0 = no limit
 }
 
+TEST(DataQuotaTest, UploadsInProgressReserveTheirDeclaredSize) {
+  const std::string dir = TempDir("quota_reserve");
+  DataQuota quota(dir, 100);
+  auto blobs = BlobStore::Open(dir + "/blobs", 1000, &quota);
+  auto artifacts = LocalArtifactStore::Open(dir + "/artifacts", &quota);
+  ASSERT_TRUE(blobs.ok() && artifacts.ok());
+  // Each fits alone; together they would not.
+  auto first = (*blobs)->BeginUpload("", 60);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(quota.ReservedBytes(), 60);
+  auto second = (*blobs)->BeginUpload("", 60);
+  ASSERT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(second.status().message(), HasSubstr("60 reserved by uploads in progress"));
+  // Nor may an artifact take the reserved bytes.
+  EXPECT_EQ((*artifacts)->Put("job-1", std::string(50, 'a'), "{}").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // Bytes written move from the reservation to the file: the sum stays.
+  ASSERT_TRUE((*first)->Append(std::string(25, 'x')).ok());
+  EXPECT_EQ(quota.ReservedBytes(), 35);
+  EXPECT_EQ(*quota.UsedBytes() + quota.ReservedBytes(), 60);
+  EXPECT_EQ((*blobs)->BeginUpload("", 41).status().code(), absl::StatusCode::kResourceExhausted);
+  {
+    auto fits = (*blobs)->BeginUpload("", 40);
+    ASSERT_TRUE(fits.ok());
+    EXPECT_EQ(quota.ReservedBytes(), 75);
+  }  // abandoned: its reservation goes with it
+  EXPECT_EQ(quota.ReservedBytes(), 35);
+  ASSERT_TRUE((*first)->Append(std::string(35, 'x')).ok());
+  ASSERT_TRUE((*first)->Commit().ok());
+  EXPECT_EQ(quota.ReservedBytes(), 0);
+  EXPECT_EQ(*quota.UsedBytes(), 60);
+  // A failed upload hands its reservation back too.
+  auto cut = (*blobs)->BeginUpload("", 40);
+  ASSERT_TRUE(cut.ok());
+  ASSERT_TRUE((*cut)->Append(std::string(10, 'y')).ok());
+  EXPECT_EQ((*cut)->Commit().status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(quota.ReservedBytes(), 0);
+  EXPECT_EQ(*quota.UsedBytes(), 60);
+  // No limit: nothing is held.
+  DataQuota unlimited(dir, 0);
+  auto held = unlimited.Reserve(int64_t{1} << 40, "upload");
+  ASSERT_TRUE(held.ok());
+  EXPECT_EQ(unlimited.ReservedBytes(), 0);
+}
+
 TEST(LocalArtifactStoreTest, PutReadRemoveAndCleansTemporaries) {
   std::string dir = TempDir("artifacts");
   std::ofstream(dir + "/.tmp.leftover.pt.ABCDEF") << "half";
