@@ -6,12 +6,16 @@
 #include <memory>
 #include <utility>
 
+#include <grpcpp/alarm.h>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "server/audit_log.h"
 #include "server/call_auth.h"
 #include "server/status_conversion.h"
@@ -77,28 +81,100 @@ class RejectedWriteReactor final : public grpc::ServerWriteReactor<Response> {
 // UploadModel / UploadDataset: metadata first, then chunks streamed into the
 // blob store (hashed on the way); the blob appears only once verified. Each
 // chunk is written on the executor; the next read starts once it is stored,
-// so a call has at most one task queued.
+// so a call has at most one task queued. A client that sends nothing for
+// `idle_timeout` (alive, or gone without closing its connection) loses the
+// upload: its temporary file and quota reservation would otherwise stay for
+// as long as it holds the stream.
 template <typename Request>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
   UploadReactor(grpc::CallbackServerContext* context, const worker::BlobStore* blobs, BlockingExecutor* executor,
-                v1::BlobInfo* response, Principal caller, absl::string_view method)
+                v1::BlobInfo* response, Principal caller, absl::string_view method, absl::Duration idle_timeout)
       : context_(context),
         blobs_(blobs),
         executor_(executor),
         response_(response),
         caller_(std::move(caller)),
-        method_(method) {
-    this->StartRead(&request_);
+        method_(method),
+        idle_timeout_(idle_timeout) {
+    Read();
   }
 
   void OnReadDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      if (finished_) return;  // ended by the idle timer; OnDone cleans up
+    }
     if (!executor_->TrySchedule([this, ok] { HandleRead(ok); })) Fail(Busy(method_, *executor_));
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    grpc::Alarm* pending = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      // A timer callback still to come deletes us when it runs (soon: cancelled).
+      if (timers_pending_ > 0) pending = timer_.get();
+    }
+    if (pending == nullptr) {
+      delete this;
+      return;
+    }
+    pending->Cancel();  // no read restarts the timer after OnDone
+  }
 
  private:
+  void Read() {
+    if (idle_timeout_ > absl::ZeroDuration()) {
+      // A new alarm per read: a cancelled one may still be running its
+      // callback. The old one goes outside the lock (its callback takes it).
+      std::unique_ptr<grpc::Alarm> old;
+      auto timer = std::make_unique<grpc::Alarm>();
+      grpc::Alarm* raw = timer.get();
+      uint64_t generation;
+      {
+        absl::MutexLock lock(&mu_);
+        ++timers_pending_;
+        generation = ++read_generation_;
+        reading_ = true;
+        old = std::exchange(timer_, std::move(timer));
+      }
+      old.reset();
+      raw->Set(absl::ToChronoTime(absl::Now() + idle_timeout_),
+               [this, generation](bool fired) { OnIdleTimer(fired, generation); });
+    }
+    this->StartRead(&request_);
+  }
+
+  void OnIdleTimer(bool fired, uint64_t generation) {
+    bool expired = false;
+    bool last_after_done = false;
+    {
+      absl::MutexLock lock(&mu_);
+      --timers_pending_;
+      if (done_) {
+        last_after_done = timers_pending_ == 0;
+      } else {
+        expired = fired && reading_ && generation == read_generation_ && !finished_;
+        if (expired) finished_ = true;
+      }
+    }
+    if (last_after_done) {
+      delete this;
+      return;
+    }
+    if (!expired) return;
+    // No read is being handled, nor will be (OnReadDone sees finished_):
+    // the partial file and its quota reservation go before the client hears.
+    upload_.reset();
+    const absl::Status status = absl::DeadlineExceededError(absl::StrCat(
+        method_, ": no message for ", absl::FormatDuration(idle_timeout_),
+        " (--upload_idle_timeout_seconds); the upload was dropped and nothing was stored"));
+    AuditLine(caller_.name, context_->peer(), method_, "", status);
+    this->Finish(ToGrpcStatus(status));
+  }
+
   void HandleRead(bool ok) {
     if (!ok) {  // the client is done sending (or went away)
       // A client that cancelled or died mid-stream also ends the reads: its
@@ -113,7 +189,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       response_->set_already_existed(info->already_existed);
       upload_.reset();
       AuditLine(caller_.name, context_->peer(), method_, info->sha256, absl::OkStatus());
-      this->Finish(grpc::Status::OK);
+      FinishOnce(grpc::Status::OK);
       return;
     }
     if (request_.has_metadata()) {
@@ -133,13 +209,22 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       absl::Status status = upload_->Append(request_.chunk_data());
       if (!status.ok()) return Fail(status);
     }
-    this->StartRead(&request_);
+    Read();
   }
 
   void Fail(const absl::Status& status) {
     upload_.reset();  // discards the temporary file
     AuditLine(caller_.name, context_->peer(), method_, "", status);
-    this->Finish(ToGrpcStatus(status));
+    FinishOnce(ToGrpcStatus(status));
+  }
+
+  void FinishOnce(const grpc::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    this->Finish(status);
   }
 
   grpc::CallbackServerContext* const context_;
@@ -148,8 +233,17 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   v1::BlobInfo* response_;
   const Principal caller_;
   const std::string method_;
+  const absl::Duration idle_timeout_;  // zero: none
   Request request_;
-  std::unique_ptr<worker::BlobUpload> upload_;
+  std::unique_ptr<worker::BlobUpload> upload_;  // discarded, if still open, when we are deleted
+
+  absl::Mutex mu_;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish called
+  bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone called
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;   // a read is outstanding
+  uint64_t read_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  int timers_pending_ ABSL_GUARDED_BY(mu_) = 0;  // alarm callbacks yet to run
+  std::unique_ptr<grpc::Alarm> timer_ ABSL_GUARDED_BY(mu_);
 };
 
 // WatchJob: a snapshot first, then each event, until the job's result. The
@@ -433,7 +527,7 @@ grpc::ServerReadReactor<v1::UploadModelRequest>* QuantizationServiceImpl::Upload
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadModel");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadModelRequest>(caller.status());
   return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, deps_.executor, response, *caller,
-                                                   "UploadModel");
+                                                   "UploadModel", deps_.upload_idle_timeout);
 }
 
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::UploadDataset(
@@ -441,7 +535,7 @@ grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::Uplo
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadDataset");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadDatasetRequest>(caller.status());
   return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, deps_.executor, response, *caller,
-                                                     "UploadDataset");
+                                                     "UploadDataset", deps_.upload_idle_timeout);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServerContext* context,

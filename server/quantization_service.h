@@ -12,6 +12,7 @@
 
 #include <string>
 
+#include "absl/time/time.h"
 #include "quantd/v1/quantd.grpc.pb.h"
 #include "server/auth.h"
 #include "server/blocking_executor.h"
@@ -44,6 +45,9 @@ class QuantizationServiceImpl final
     worker::ModelRepository* models = nullptr;
     // Runs evaluations; never null.
     worker::Evaluator* evaluator = nullptr;
+    // An upload stream that sends no message for this long is dropped
+    // (DEADLINE_EXCEEDED); zero: never.
+    absl::Duration upload_idle_timeout = absl::ZeroDuration();
   };
   explicit QuantizationServiceImpl(const Deps& deps)
       : deps_(deps), resolver_(deps.data_dir, deps.blobs, deps.read_roots) {}

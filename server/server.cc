@@ -128,6 +128,10 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
         "--inference_threads must be in 1..256, or 0 for one less than the usable CPUs, got ",
         options.inference_threads));
   }
+  if (options.upload_idle_timeout < absl::ZeroDuration() || options.upload_idle_timeout > absl::Hours(24)) {
+    return absl::InvalidArgumentError(absl::StrCat("--upload_idle_timeout_seconds must be in 0..86400 (0 = never), got ",
+                                                   absl::ToDoubleSeconds(options.upload_idle_timeout)));
+  }
   if (options.inference_queue_capacity < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--inference_queue_capacity must be at least 1, got ", options.inference_queue_capacity));
@@ -383,6 +387,7 @@ absl::Status QuantdServer::OpenStores() {
   evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(),
                                                    evaluation_options);
   deps.evaluator = evaluator_.get();
+  deps.upload_idle_timeout = options_.upload_idle_timeout;
   inference_executor_ =
       std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity);
   inference_stats_ = std::make_unique<InferenceStats>(*metrics_.registry());

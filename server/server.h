@@ -59,6 +59,9 @@ class QuantdServer {
     int queue_capacity = 100;
     // Largest accepted UploadModel/UploadDataset, in bytes.
     int64_t max_upload_bytes = int64_t{512} << 20;
+    // An upload stream that sends nothing for this long is dropped; zero:
+    // never (--upload_idle_timeout_seconds; a duration for tests).
+    absl::Duration upload_idle_timeout = absl::Seconds(60);
     // Longest a job may run once started; 0 = no limit.
     double job_deadline_seconds = 3600;
     // Most bytes one batch of float32 images may take in a job (calibration

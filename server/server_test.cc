@@ -326,6 +326,70 @@ TEST_F(ServerTest, UploadModelStoresContentAddressedAndChecksSha) {
   EXPECT_THAT(status.error_message(), HasSubstr("metadata.size_bytes: 18446744073709551615 bytes exceeds the upload"));
 }
 
+// A client that opens an upload and then sends nothing loses it: its
+// partial file and quota reservation do not stay for as long as it holds the
+// stream.
+TEST(ServerUploadIdleTest, AnUploadThatSendsNothingIsDropped) {
+  QuantdServer::Options options;
+  options.bind_address = "127.0.0.1";
+  options.grpc_port = 0;
+  options.metrics_port = -1;
+  options.data_dir = TempDir("upload_idle");
+  options.max_data_bytes = 4 << 20;  // the job store takes about 140 kB of it
+  options.upload_idle_timeout = absl::Milliseconds(300);
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
+  auto temporaries = [&] {
+    int count = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(options.data_dir + "/blobs")) {
+      count += entry.path().filename().string().rfind(".tmp.", 0) == 0;
+    }
+    return count;
+  };
+  for (const bool sends_a_chunk : {false, true}) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::BlobInfo blob;
+    auto writer = stub->UploadDataset(&context, &blob);
+    v1::UploadDatasetRequest metadata;
+    metadata.mutable_metadata()->set_size_bytes(3 << 20);  // holds 3 of the 4 MiB of quota
+    ASSERT_TRUE(writer->Write(metadata));
+    if (sends_a_chunk) {
+      v1::UploadDatasetRequest chunk;
+      chunk.set_chunk_data(std::string(100, 'x'));
+      ASSERT_TRUE(writer->Write(chunk));
+    }
+    // Then nothing: no more chunks, no WritesDone. The server ends the call.
+    const auto start = std::chrono::steady_clock::now();
+    grpc::Status status = writer->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("--upload_idle_timeout_seconds"));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  }
+  // Nothing of either is left, and the quota they held is free again, by the
+  // time the client hears.
+  EXPECT_EQ(temporaries(), 0);
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::BlobInfo blob;
+    auto writer = stub->UploadDataset(&context, &blob);
+    v1::UploadDatasetRequest request;
+    request.mutable_metadata()->set_size_bytes(3 << 20);
+    ASSERT_TRUE(writer->Write(request));
+    request.Clear();
+    request.set_chunk_data(std::string(1 << 20, 'y'));
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(writer->Write(request));
+    writer->WritesDone();
+    grpc::Status status = writer->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(blob.size_bytes(), 3u << 20);
+  }
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+}
+
 TEST_F(ServerTest, InterceptorRecordsRequests) {
   HealthCheckResponse response;
   ASSERT_TRUE(Check("", &response).ok());
