@@ -20,6 +20,13 @@ bool BlockingExecutor::TrySchedule(absl::AnyInvocable<void() &&> task) {
   return true;
 }
 
+bool BlockingExecutor::ScheduleContinuation(absl::AnyInvocable<void() &&> task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return false;
+  queue_.push_back(std::move(task));
+  return true;
+}
+
 int BlockingExecutor::queued() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(queue_.size());

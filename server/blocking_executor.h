@@ -30,6 +30,13 @@ class BlockingExecutor {
   // or the executor is shutting down: the caller then answers for it.
   [[nodiscard]] bool TrySchedule(absl::AnyInvocable<void() &&> task);
 
+  // Queues the next step of a call already admitted (the next chunk of an
+  // upload), past a full queue: such a call has at most one step queued, so
+  // the queue stays bounded by its capacity plus the calls in progress, and a
+  // burst of new calls cannot kill a long upload halfway. False (and `task`
+  // is dropped unrun) only when shutting down.
+  [[nodiscard]] bool ScheduleContinuation(absl::AnyInvocable<void() &&> task);
+
   // Refuses new tasks, runs the queued ones, joins the threads. Idempotent.
   void Shutdown();
 

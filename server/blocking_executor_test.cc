@@ -46,6 +46,26 @@ TEST(BlockingExecutorTest, AFullQueueRefusesAndAcceptsAgainOnceItDrains) {
   EXPECT_FALSE(third_ran);
 }
 
+TEST(BlockingExecutorTest, ContinuationsOfAdmittedCallsPassAFullQueue) {
+  BlockingExecutor executor(1, 1);
+  absl::Notification started, release;
+  ASSERT_TRUE(executor.TrySchedule([&] {
+    started.Notify();
+    release.WaitForNotification();
+  }));
+  started.WaitForNotification();
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(executor.TrySchedule([&] { ++ran; }));
+  EXPECT_FALSE(executor.TrySchedule([&] { ++ran; }));  // full for new calls
+  EXPECT_TRUE(executor.ScheduleContinuation([&] { ++ran; }));
+  EXPECT_EQ(executor.queued(), 2);
+  release.Notify();
+  executor.Shutdown();
+  EXPECT_EQ(ran.load(), 2);
+  EXPECT_FALSE(executor.ScheduleContinuation([&] { ++ran; }));  // but not after shutdown
+  EXPECT_EQ(ran.load(), 2);
+}
+
 TEST(BlockingExecutorTest, ShutdownRunsWhatWasQueuedAndRefusesTheRest) {
   BlockingExecutor executor(1, 10);
   absl::Notification started, release;

@@ -106,7 +106,17 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       reading_ = false;
       if (finished_) return;  // ended by the idle timer; OnDone cleans up
     }
-    if (!executor_->TrySchedule([this, ok] { HandleRead(ok); })) Fail(Busy(method_, *executor_));
+    // The first message is admission, refused when the I/O threads are
+    // swamped; later chunks of an admitted upload go through regardless.
+    // (Set before queueing: the handler may start the next read, and so the
+    // next OnReadDone, before this one returns.)
+    const bool admitted = std::exchange(admitted_, true);
+    auto handle = [this, ok] { HandleRead(ok); };
+    const bool queued = admitted ? executor_->ScheduleContinuation(std::move(handle))
+                                 : executor_->TrySchedule(std::move(handle));
+    if (!queued) {
+      Fail(admitted ? absl::UnavailableError("the server is shutting down") : Busy(method_, *executor_));
+    }
   }
 
   void OnDone() override {
@@ -234,6 +244,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   const Principal caller_;
   const std::string method_;
   const absl::Duration idle_timeout_;  // zero: none
+  bool admitted_ = false;  // the first message got an I/O thread (OnReadDone only)
   Request request_;
   std::unique_ptr<worker::BlobUpload> upload_;  // discarded, if still open, when we are deleted
 
