@@ -460,6 +460,8 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
     v1::Job* response) {
   return Offload(context, "QuantizeJob", [this, context, request, response]() -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "QuantizeJob"));
+    // No blob this job names may be deleted before the job is recorded.
+    const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
     absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
     if (!job.ok()) return Audited(context, caller, "QuantizeJob", "", job.status());
     absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
@@ -592,14 +594,19 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteBlob(grpc::CallbackServ
     };
     absl::StatusOr<worker::StoredBlob> blob = deps_.blobs->Stat(request->id(), "id");
     if (!blob.ok()) return audited(blob.status());
-    absl::StatusOr<std::vector<std::string>> users = deps_.pool->store().ActiveJobsUsing(blob->id);
-    if (!users.ok()) return audited(users.status());
-    if (!users->empty()) {
+    // Checked and removed with no submit between (BlobStore::Use).
+    std::vector<std::string> users;
+    absl::StatusOr<bool> removed = deps_.blobs->RemoveIf(blob->id, [&]() -> absl::StatusOr<bool> {
+      QUANTD_ASSIGN_OR_RETURN(users, deps_.pool->store().ActiveJobsUsing(blob->id));
+      return users.empty();
+    });
+    if (!removed.ok()) return audited(removed.status());
+    if (!*removed) {
       return audited(absl::FailedPreconditionError(absl::StrCat("blob ", blob->id, " is used by ",
-                                                                absl::StrJoin(*users, ", "),
+                                                                absl::StrJoin(users, ", "),
                                                                 "; cancel or wait for those jobs first")));
     }
-    return audited(deps_.blobs->Remove(blob->id));
+    return audited(absl::OkStatus());
   });
 }
 

@@ -14,13 +14,21 @@ absl::StatusOr<std::vector<std::string>> CollectUnusedBlobs(const BlobStore& blo
   std::vector<std::string> removed;
   for (const StoredBlob& blob : *stored) {
     if (now - blob.last_used < ttl) continue;
-    absl::StatusOr<std::vector<std::string>> users = jobs.ActiveJobsUsing(blob.id);
-    if (!users.ok()) return users.status();
-    if (!users->empty()) continue;
-    // Submitted with meanwhile (Touch moved its time)? Then it stays.
-    absl::StatusOr<StoredBlob> again = blobs.Stat(blob.id, "blob");
-    if (!again.ok() || now - again->last_used < ttl) continue;
-    if (blobs.Remove(blob.id).ok()) removed.push_back(blob.id);
+    // Decided and removed with no submit between (BlobStore::Use).
+    absl::Status store_error;
+    absl::StatusOr<bool> gone = blobs.RemoveIf(blob.id, [&]() -> absl::StatusOr<bool> {
+      absl::StatusOr<std::vector<std::string>> users = jobs.ActiveJobsUsing(blob.id);
+      if (!users.ok()) {
+        store_error = users.status();
+        return false;
+      }
+      if (!users->empty()) return false;
+      // Submitted with meanwhile (Touch moved its time)? Then it stays.
+      absl::StatusOr<StoredBlob> again = blobs.Stat(blob.id, "blob");
+      return again.ok() && now - again->last_used >= ttl;
+    });
+    if (!store_error.ok()) return store_error;
+    if (gone.ok() && *gone) removed.push_back(blob.id);  // one that cannot be removed waits for the next sweep
   }
   return removed;
 }

@@ -102,6 +102,15 @@ absl::Status BlobStore::Remove(const std::string& blob_id) const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<bool> BlobStore::RemoveIf(const std::string& blob_id,
+                                         absl::FunctionRef<absl::StatusOr<bool>()> removable) const {
+  absl::MutexLock lock(&use_mu_);
+  QUANTD_ASSIGN_OR_RETURN(bool remove, removable());
+  if (!remove) return false;
+  QUANTD_RETURN_IF_ERROR(Remove(blob_id));
+  return true;
+}
+
 absl::Status BlobStore::Touch(const std::string& blob_id, absl::Time now) const {
   QUANTD_ASSIGN_OR_RETURN(std::string path, PathOf(blob_id, "blob_id"));
   const timespec when = absl::ToTimespec(now);

@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "worker/data_quota.h"
 #include "worker/engine/base/sha256.h"
@@ -79,6 +81,24 @@ class BlobStore {
   absl::StatusOr<StoredBlob> Stat(const std::string& blob_id, const std::string& field) const;
   // NOT_FOUND if it is not stored. Jobs already running keep their open file.
   absl::Status Remove(const std::string& blob_id) const;
+
+  // Held (shared) by a submit from resolving its blobs until its job is
+  // recorded, so that RemoveIf cannot delete a blob between a job's check
+  // and the job's record.
+  class Use {
+   public:
+    explicit Use(const BlobStore& store) : mu_(&store.use_mu_) { mu_->ReaderLock(); }
+    ~Use() { mu_->ReaderUnlock(); }
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+
+   private:
+    absl::Mutex* mu_;
+  };
+  // Removes the blob if `removable` (run with no Use held, e.g. "no queued
+  // or running job uses it") says so; true if removed. Errors of either.
+  absl::StatusOr<bool> RemoveIf(const std::string& blob_id,
+                                absl::FunctionRef<absl::StatusOr<bool>()> removable) const;
   // Records a use (a job submitted with it) at `now`.
   absl::Status Touch(const std::string& blob_id, absl::Time now) const;
 
@@ -100,6 +120,7 @@ class BlobStore {
   const std::string dir_;
   const int64_t max_bytes_;
   const DataQuota* const quota_;
+  mutable absl::Mutex use_mu_;  // see Use
 };
 
 }  // namespace quantd::worker

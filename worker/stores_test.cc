@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -12,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "worker/artifact_sweep.h"
 #include "worker/blob_collector.h"
 #include "worker/blob_store.h"
@@ -482,6 +484,43 @@ TEST(DataDirLockTest, OneOwnerAtATimeAndTheRefusalNamesIt) {
 
 // Blob life cycle: listed, touched by use, collected only when unused and
 // idle for the TTL, never while a queued or running job refers to it.
+TEST(BlobStoreTest, RemoveIfDecidesWithNoSubmitInBetween) {
+  const std::string dir = TempDir("blob_remove_if");
+  auto blobs = BlobStore::Open(dir, 1000);
+  ASSERT_TRUE(blobs.ok());
+  auto upload = (*blobs)->BeginUpload("", 0);
+  ASSERT_TRUE((*upload)->Append("bytes").ok());
+  absl::StatusOr<BlobInfo> blob = (*upload)->Commit();
+  ASSERT_TRUE(blob.ok());
+  EXPECT_FALSE(*(*blobs)->RemoveIf(blob->sha256, [] { return false; }));
+  EXPECT_TRUE((*blobs)->PathOf(blob->sha256, "id").ok());
+  EXPECT_EQ((*blobs)->RemoveIf(blob->sha256, []() -> absl::StatusOr<bool> { return absl::InternalError("store"); })
+                .status()
+                .code(),
+            absl::StatusCode::kInternal);
+  EXPECT_TRUE((*blobs)->PathOf(blob->sha256, "id").ok());
+  // While a submit holds a Use, a removal waits: its check cannot run until
+  // the submit's job is recorded.
+  absl::Notification checked;
+  absl::StatusOr<bool> removed;
+  std::thread remover;
+  {
+    const BlobStore::Use submitting(**blobs);
+    remover = std::thread([&] {
+      removed = (*blobs)->RemoveIf(blob->sha256, [&] {
+        checked.Notify();
+        return true;
+      });
+    });
+    EXPECT_FALSE(checked.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
+  }
+  remover.join();
+  EXPECT_TRUE(checked.HasBeenNotified());
+  ASSERT_TRUE(removed.ok());
+  EXPECT_TRUE(*removed);
+  EXPECT_EQ((*blobs)->PathOf(blob->sha256, "id").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(BlobCollectorTest, CollectsOnlyIdleBlobsNoActiveJobUses) {
   const std::string dir = TempDir("gc");
   auto blobs = BlobStore::Open(dir + "/blobs", 1000);
