@@ -573,6 +573,7 @@ void ToProto(const worker::Job& job, v1::Job* out) {
   out->mutable_request()->ParseFromString(job.request_echo);
   if (job.result.has_value()) ToProto(*job.result, out->mutable_result());
   out->set_attempt_count(job.attempt_count);
+  out->set_submitted_by(job.owner);
 }
 
 void ToProto(const worker::JobEvent& event, v1::JobEvent* out) {

@@ -464,6 +464,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
     const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
     absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
     if (!job.ok()) return Audited(context, caller, "QuantizeJob", "", job.status());
+    job->owner = caller.name;
     absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
     if (!submitted.ok()) return Audited(context, caller, "QuantizeJob", "", submitted.status());
     ToProto(*submitted, response);
@@ -514,6 +515,18 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
     QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "CancelJob"));
     if (absl::Status status = RequireId(request->id()); !status.ok()) {
       return Audited(context, caller, "CancelJob", "", status);
+    }
+    // One submitter may not cancel another's job; an admin may cancel any.
+    // (Jobs stored before owners were kept have none: anyone may, as then.)
+    if (caller.role < Role::kAdmin) {
+      absl::StatusOr<worker::Job> stored = deps_.pool->store().Get(request->id());
+      if (!stored.ok()) return Audited(context, caller, "CancelJob", request->id(), stored.status());
+      if (!stored->owner.empty() && stored->owner != caller.name) {
+        return Audited(context, caller, "CancelJob", request->id(),
+                       absl::PermissionDeniedError(absl::StrCat(
+                           "CancelJob: job ", request->id(), " was submitted by \"", stored->owner,
+                           "\"; only its submitter or an admin may cancel it")));
+      }
     }
     absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
     if (job.ok()) ToProto(*job, response);

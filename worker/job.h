@@ -91,6 +91,9 @@ struct Job {
   std::string request_fingerprint;
   uint32_t attempt_count = 0;
   std::optional<JobResult> result;  // set once the job has finished
+  // Who submitted it (the token's name; "anonymous" without auth; "" for
+  // jobs stored before owners were kept).
+  std::string owner;
 };
 
 // A published model version: a name's versions count from 1 and are never

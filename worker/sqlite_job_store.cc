@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   fingerprint TEXT NOT NULL,
   attempt INTEGER NOT NULL DEFAULT 0,
   result TEXT,
-  artifact_id TEXT
+  artifact_id TEXT,
+  owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_artifact ON jobs(artifact_id);
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS model_versions (
 
 constexpr char kColumns[] =
     "seq, id, state, phase, create_us, start_us, finish_us, deadline_us, spec, request, "
-    "idempotency_key, fingerprint, attempt, result";
+    "idempotency_key, fingerprint, attempt, result, owner";
 
 // A full disk (SQLITE_FULL, or an I/O error whose errno says so) is
 // RESOURCE_EXHAUSTED: the caller can retry once space is freed.
@@ -144,6 +145,7 @@ absl::StatusOr<Job> ReadJob(Stmt& s) {
     QUANTD_ASSIGN_OR_RETURN(JobResult result, DecodeJobResult(s.Text(13)));
     job.result = std::move(result);
   }
+  job.owner = s.Text(14);
   return job;
 }
 
@@ -194,6 +196,11 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
   QUANTD_RETURN_IF_ERROR(store->Exec(kSchema));
+  // Job stores from before jobs had owners: every column since is added here.
+  Stmt columns(db, "SELECT name FROM pragma_table_info('jobs') WHERE name = 'owner'");
+  QUANTD_RETURN_IF_ERROR(columns.status());
+  QUANTD_ASSIGN_OR_RETURN(bool has_owner, columns.Step());
+  if (!has_owner) QUANTD_RETURN_IF_ERROR(store->Exec("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''"));
   return store;
 }
 
@@ -266,13 +273,13 @@ absl::StatusOr<Job> SqliteJobStore::Create(const Job& job, int64_t max_queued) {
     }
     Stmt s(db_,
            "INSERT INTO jobs (id, state, phase, create_us, deadline_us, spec, request, "
-           "idempotency_key, fingerprint, attempt) VALUES (?1, 1, 0, ?2, ?3, ?4, ?5, ?6, ?7, 0)");
+           "idempotency_key, fingerprint, attempt, owner) VALUES (?1, 1, 0, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)");
     QUANTD_RETURN_IF_ERROR(s.status());
     s.Bind(1, job.id).Bind(2, ToUs(job.create_time));
     if (job.deadline.has_value()) s.Bind(3, ToUs(*job.deadline)); else s.BindNull(3);
     s.Bind(4, EncodeJobSpec(job.spec)).BindBlob(5, job.request_echo);
     if (job.idempotency_key.empty()) s.BindNull(6); else s.Bind(6, job.idempotency_key);
-    s.Bind(7, job.request_fingerprint);
+    s.Bind(7, job.request_fingerprint).Bind(8, job.owner);
     QUANTD_RETURN_IF_ERROR(s.Step().status());
     return GetLocked(job.id);
   };

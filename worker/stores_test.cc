@@ -113,6 +113,33 @@ TEST(SqliteJobStoreTest, CreateGetListClaimFinish) {
 // same artifact when A is deleted. B pinned the artifact before storing it,
 // so deleting A must not release it; once B's result replaces the pin (or B
 // fails without an artifact), the last holder releases it.
+TEST(SqliteJobStoreTest, KeepsWhoSubmittedAndAddsTheColumnToOlderStores) {
+  const std::string path = TempDir("sqlite_owner") + "/jobs.db";
+  {
+    auto store = SqliteJobStore::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    Job job = NewJob("job-1", 100);
+    job.owner = "ci";
+    ASSERT_TRUE((*store)->Create(job, 10).ok());
+    EXPECT_EQ((*store)->Get("job-1")->owner, "ci");
+  }
+  // A store from before owners were kept: the same table without the column.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "ALTER TABLE jobs DROP COLUMN owner", nullptr, nullptr, nullptr), SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  auto store = SqliteJobStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<Job> old = (*store)->Get("job-1");
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->owner, "");  // unknown
+  Job job = NewJob("job-2", 200);
+  job.owner = "ci2";
+  ASSERT_TRUE((*store)->Create(job, 10).ok());
+  EXPECT_EQ((*store)->Get("job-2")->owner, "ci2");
+}
+
 TEST(SqliteJobStoreTest, APinnedArtifactIsNotReleasedByDeletingAnIdenticalJob) {
   auto store = SqliteJobStore::Open(TempDir("pins") + "/jobs.db");
   ASSERT_TRUE(store.ok()) << store.status();

@@ -31,6 +31,7 @@ using ::testing::Not;
 constexpr char kReadToken[] = "reader-token-5f2b8c1e9d";
 constexpr char kSubmitToken[] = "submitter-token-7a3e0f44";
 constexpr char kAdminToken[] = "admin-token-c09d2b7716e";
+constexpr char kOtherSubmitToken[] = "other-submitter-token-3b81d6";
 
 // openssl, failing the test with its stderr.
 void OpenSsl(const std::vector<std::string>& args) {
@@ -67,7 +68,8 @@ class SecureQuantd : public ::testing::Test {
     std::ofstream(dir_ + "/tokens") << "# name role token\n"
                                     << "reader read " << kReadToken << "\n"
                                     << "ci submit " << kSubmitToken << "\n"
-                                    << "ops admin " << kAdminToken << "\n";
+                                    << "ops admin " << kAdminToken << "\n"
+                                    << "ci2 submit " << kOtherSubmitToken << "\n";
     std::vector<std::string> argv = {QUANTD_BIN,
                                      "--bind_address=127.0.0.1",
                                      "--grpc_port=0",
@@ -189,6 +191,40 @@ TEST_F(SecureQuantd, TokensAndRolesDecideWhoMayDoWhat) {
   EXPECT_THAT(text, HasSubstr("method=DeleteJob target=job-x result=NOT_FOUND"));
   EXPECT_THAT(text, HasSubstr("method=ListJobs target=- result=UNAUTHENTICATED"));
   for (const char* token : {kReadToken, kSubmitToken, kAdminToken}) EXPECT_THAT(text, Not(HasSubstr(token)));
+}
+
+// A job is its submitter's: another submitter may not cancel it, an admin may.
+TEST_F(SecureQuantd, OnlyTheSubmitterOrAnAdminMayCancelAJob) {
+  std::ofstream(dir_ + "/model.bin") << "not a model, but bytes";
+  std::ofstream(dir_ + "/calib.bin") << std::string(3073 * 10, '\0');  // 10 CIFAR-10 records
+  RunResult model = Ctl(kSubmitToken, {"upload", dir_ + "/model.bin"});
+  RunResult calib = Ctl(kSubmitToken, {"upload", dir_ + "/calib.bin", "--kind=dataset"});
+  ASSERT_EQ(model.exit_code, 0) << model.err;
+  ASSERT_EQ(calib.exit_code, 0) << calib.err;
+  auto submit = [&](const char* token) {
+    RunResult r = Ctl(token, {"--json", "submit", "--model_blob=" + model.out.substr(0, 64),
+                              "--calib_blob=" + calib.out.substr(0, 64)});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return nlohmann::json::parse(r.out, nullptr, false);
+  };
+  const nlohmann::json mine = submit(kSubmitToken);
+  ASSERT_TRUE(mine.contains("id")) << mine.dump();
+  const std::string id = mine["id"];
+  EXPECT_EQ(mine["submittedBy"], "ci");
+
+  RunResult theirs = Ctl(kOtherSubmitToken, {"cancel", id});
+  EXPECT_EQ(theirs.exit_code, 1);
+  EXPECT_THAT(theirs.err, HasSubstr("code 7"));  // PERMISSION_DENIED
+  EXPECT_THAT(theirs.err, HasSubstr("was submitted by \"ci\"; only its submitter or an admin may cancel it"));
+  // Its submitter and an admin get past the check (the job may have failed
+  // already: this model is no model, so FAILED_PRECONDITION is fine too).
+  for (const char* token : {kSubmitToken, kAdminToken}) {
+    RunResult cancel = Ctl(token, {"cancel", id});
+    EXPECT_THAT(cancel.err, Not(HasSubstr("code 7"))) << token;
+  }
+  EXPECT_THAT(Ctl(kOtherSubmitToken, {"cancel", "job-does-not-exist"}).err, HasSubstr("code 5"));
+  EXPECT_THAT(log(), HasSubstr("who=ci2"));
+  EXPECT_THAT(log(), HasSubstr("method=CancelJob target=" + id + " result=PERMISSION_DENIED"));
 }
 
 TEST_F(SecureQuantd, UntrustedOrMissingClientCertificatesAndPlaintextAreRefused) {
