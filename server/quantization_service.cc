@@ -119,19 +119,24 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     }
   }
 
+  // Whoever is last, this or a timer callback, deletes the reactor.
   void OnDone() override {
     grpc::Alarm* pending = nullptr;
     {
       absl::MutexLock lock(&mu_);
       done_ = true;
-      // A timer callback still to come deletes us when it runs (soon: cancelled).
-      if (timers_pending_ > 0) pending = timer_.get();
+      if (timers_pending_ > 0) {
+        pending = timer_.get();
+        cancelling_ = true;  // the alarm must outlive Cancel()
+      }
     }
-    if (pending == nullptr) {
-      delete this;
-      return;
+    if (pending != nullptr) {
+      pending->Cancel();  // its callback comes soon (no read restarts the timer now)
+      absl::MutexLock lock(&mu_);
+      cancelling_ = false;
+      if (timers_pending_ > 0) return;  // the callback deletes us
     }
-    pending->Cancel();  // no read restarts the timer after OnDone
+    delete this;
   }
 
  private:
@@ -164,7 +169,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       absl::MutexLock lock(&mu_);
       --timers_pending_;
       if (done_) {
-        last_after_done = timers_pending_ == 0;
+        last_after_done = timers_pending_ == 0 && !cancelling_;
       } else {
         expired = fired && reading_ && generation == read_generation_ && !finished_;
         if (expired) finished_ = true;
@@ -254,6 +259,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   bool reading_ ABSL_GUARDED_BY(mu_) = false;   // a read is outstanding
   uint64_t read_generation_ ABSL_GUARDED_BY(mu_) = 0;
   int timers_pending_ ABSL_GUARDED_BY(mu_) = 0;  // alarm callbacks yet to run
+  bool cancelling_ ABSL_GUARDED_BY(mu_) = false;  // OnDone is in timer_->Cancel()
   std::unique_ptr<grpc::Alarm> timer_ ABSL_GUARDED_BY(mu_);
 };
 
