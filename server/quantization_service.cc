@@ -716,6 +716,8 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(grpc::CallbackServer
   return Offload(context, "Evaluate", [this, context, request, response]() -> absl::Status {
     // It takes compute like a job does: the submit role.
     QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "Evaluate"));
+    // The dataset blob may not go before the evaluation has opened it.
+    const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
     absl::StatusOr<worker::EvaluationSpec> spec = EvaluationSpecFromRequest(*request, resolver_);
     if (!spec.ok()) return Audited(context, caller, "Evaluate", request->model_name(), spec.status());
     absl::StatusOr<worker::Evaluation> started = deps_.evaluator->Start(*std::move(spec));

@@ -262,7 +262,11 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   }
   running_.insert(evaluation.id);
   auto done = std::make_shared<std::atomic<bool>>(false);
-  workers_.push_back(Worker{std::thread([this, evaluation, done] { Run(evaluation, done.get()); }), done});
+  std::shared_ptr<engine::ImageReader> open_reader = *std::move(reader);
+  workers_.push_back(Worker{std::thread([this, evaluation, open_reader, done] {
+                              Run(evaluation, open_reader, done.get());
+                            }),
+                            done});
   return evaluation;
 }
 
@@ -306,9 +310,10 @@ void Evaluator::Store(const Evaluation& evaluation) {
   }
 }
 
-void Evaluator::Run(Evaluation evaluation, std::atomic<bool>* done) {
+void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> reader, std::atomic<bool>* done) {
   if (options_.intra_op_threads > 0) engine::SetIntraOpThreads(options_.intra_op_threads);
-  absl::StatusOr<EvaluationReport> report = Evaluate(&evaluation);
+  absl::StatusOr<EvaluationReport> report = Evaluate(&evaluation, *reader);
+  reader.reset();  // the dataset's file is closed before the record says done
   evaluation.update_time = clock_->Now();
   evaluation.finish_time = evaluation.update_time;
   if (report.ok()) {
@@ -325,15 +330,14 @@ void Evaluator::Run(Evaluation evaluation, std::atomic<bool>* done) {
   done->store(true);
 }
 
-absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation) {
+absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, engine::ImageReader& reader) {
   const EvaluationSpec& spec = evaluation->spec;
   QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const LoadedModel> int8, models_->Load(spec.model_name, spec.model_version));
   std::shared_ptr<const LoadedModel> fp32;
   if (!spec.skip_fp32) {
     QUANTD_ASSIGN_OR_RETURN(fp32, models_->Load(absl::StrCat(spec.model_name, ".fp32"), spec.model_version));
   }
-  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<engine::ImageReader> reader, engine::ImageReader::Open(spec.dataset));
-  if (reader->sample_shape() != int8->info().input_shape) {
+  if (reader.sample_shape() != int8->info().input_shape) {
     return absl::InvalidArgumentError(absl::StrCat("dataset: its samples are not ", spec.model_name,
                                                    "'s input shape (as calibrated)"));
   }
@@ -348,7 +352,7 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation) {
   for (int64_t start = 0; start < evaluation->samples_total; start += spec.batch_size) {
     if (stopping_) return absl::UnavailableError("the server stopped during the evaluation; evaluate again");
     const int64_t count = std::min(spec.batch_size, evaluation->samples_total - start);
-    QUANTD_ASSIGN_OR_RETURN(engine::ImageBatch batch, reader->Read(start, count));
+    QUANTD_ASSIGN_OR_RETURN(engine::ImageBatch batch, reader.Read(start, count));
     const absl::Time t0 = clock_->Now();
     QUANTD_ASSIGN_OR_RETURN(engine::ServingOutput q, int8->Run(fp32 != nullptr ? batch.pixels : std::move(batch.pixels),
                                                                batch.count));

@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 #include "worker/clock.h"
 #include "worker/engine/data/dataset_spec.h"
+#include "worker/engine/data/image_reader.h"
 #include "worker/job_store.h"
 #include "worker/model_repository.h"
 
@@ -140,8 +141,10 @@ class Evaluator {
   void Shutdown();
 
  private:
-  void Run(Evaluation evaluation, std::atomic<bool>* done);
-  absl::StatusOr<EvaluationReport> Evaluate(Evaluation* evaluation);
+  // `reader` is the dataset Start opened: read from the file opened then, so
+  // a blob deleted after Start cannot take it away.
+  void Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> reader, std::atomic<bool>* done);
+  absl::StatusOr<EvaluationReport> Evaluate(Evaluation* evaluation, engine::ImageReader& reader);
   void Store(const Evaluation& evaluation);
 
   JobStore* const store_;

@@ -402,6 +402,40 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   EXPECT_EQ(other.Get(started->id)->state, EvaluationState::kSucceeded);
 }
 
+// Its dataset is opened when the evaluation starts: the file (an uploaded
+// blob, say) may be deleted afterwards, the evaluation reads what it opened.
+TEST_F(ModelRepositoryTest, AnEvaluationReadsTheDatasetItOpenedAtStart) {
+  Publish("a", "resnet8");
+  HeldArtifactStore held(artifacts_.get());
+  ModelRepository::Options repository_options;
+  repository_options.clock = &clock_;
+  ModelRepository repository(jobs_.get(), &held, repository_options);
+  Evaluator evaluator(jobs_.get(), &repository, &clock_, Evaluator::Options());
+  const std::string copy = engine::testing::MakeTempDir("evaluation_dataset") + "/calib.bin";
+  std::filesystem::copy_file(engine::testing::CalibrationPath(), copy,
+                             std::filesystem::copy_options::overwrite_existing);
+  EvaluationSpec spec;
+  spec.model_name = "resnet8";
+  spec.dataset.path = copy;
+  spec.max_samples = 100;
+  spec.skip_fp32 = true;
+  auto started = evaluator.Start(spec);
+  ASSERT_TRUE(started.ok()) << started.status();
+  // Held in loading the model, before any image is read: the file goes.
+  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(std::filesystem::remove(copy));
+  held.release.Notify();
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  absl::StatusOr<Evaluation> done = evaluator.Get(started->id);
+  while (done.ok() && done->state == EvaluationState::kRunning && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));  // poll interval
+    done = evaluator.Get(started->id);
+  }
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state, EvaluationState::kSucceeded) << done->error_message;
+  EXPECT_EQ(done->samples_done, 100);
+}
+
 TEST_F(ModelRepositoryTest, AnEvaluationBatchOverTheByteLimitIsRefusedNamingTheField) {
   Publish("a", "resnet8");
   auto repository = Repository();
