@@ -16,6 +16,7 @@
 #include "worker/engine/data/dataset.h"
 #include "worker/engine/passes/compare_with_fp32.h"
 #include "worker/engine/passes/convert.h"
+#include "worker/engine/quantizer.h"
 #include "worker/engine/runtime/int8_program.h"
 
 namespace quantd::engine {
@@ -142,7 +143,10 @@ absl::StatusOr<std::vector<at::Tensor>> RunBatches(const Int8Executor& executor,
   std::vector<absl::Status> statuses(static_cast<size_t>(std::max(1, threads)));
   std::atomic<size_t> next{0};
   auto work = [&](int k) {
-    if (threads > 1) at::set_num_threads(1);
+    // Through SetIntraOpThreads, never at::set_num_threads directly: that
+    // rebuilds QNNPACK's global thread pool, which the other trial threads
+    // (and served models) may be running on.
+    if (threads > 1) SetIntraOpThreads(1);
     statuses[static_cast<size_t>(k)] = TorchTry("running a trial's int8 model", [&]() -> absl::Status {
       at::NoGradGuard no_grad;
       for (size_t b = next++; b < batches.size(); b = next++) {
@@ -155,7 +159,7 @@ absl::StatusOr<std::vector<at::Tensor>> RunBatches(const Int8Executor& executor,
   for (int k = 1; k < threads; ++k) helpers.emplace_back(work, k);
   work(0);
   for (std::thread& helper : helpers) helper.join();
-  if (threads > 1) at::set_num_threads(intra_op_threads);
+  if (threads > 1) SetIntraOpThreads(intra_op_threads);
   for (const absl::Status& status : statuses) QUANTD_RETURN_IF_ERROR(status);
   return outputs;
 }

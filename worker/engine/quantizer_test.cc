@@ -10,13 +10,16 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <thread>
 
+#include "absl/synchronization/notification.h"
 #include "worker/engine/ir/import_torchscript.h"
 #include "worker/engine/passes/calibrate.h"
 #include "worker/engine/passes/convert.h"
 #include "worker/engine/passes/fuse_modules.h"
 #include "worker/engine/quantizer_internal.h"
 #include "worker/engine/runtime/fp32_executor.h"
+#include "worker/engine/runtime/prepack.h"
 #include "worker/engine/serialization/torchscript_writer.h"
 #include "worker/engine/testing/test_env.h"
 
@@ -38,6 +41,33 @@ const LayerReport* FindLayer(const QuantizeReport& r, const std::string& name) {
     if (l.name == name) return &l;
   }
   return nullptr;
+}
+
+// at::set_num_threads rebuilds QNNPACK's global thread pool: SetIntraOpThreads
+// waits until no QNNPACK kernel runs (trial threads and job workers set their
+// count through it, while served models may run on QNNPACK).
+TEST(SetIntraOpThreadsTest, WaitsWhileAQnnpackKernelRuns) {
+  const std::vector<std::string> engines = AvailableKernelEngineNames();
+  if (std::find(engines.begin(), engines.end(), "qnnpack") == engines.end()) GTEST_SKIP() << "no qnnpack";
+  const int threads = IntraOpThreads();  // this thread's count, already initialized
+  absl::Notification inside, leave, set;
+  std::thread kernel([&] {
+    EXPECT_TRUE(WithKernelEngine("qnnpack", "a kernel", [&] {
+                  inside.Notify();
+                  leave.WaitForNotification();
+                }).ok());
+  });
+  inside.WaitForNotification();
+  std::thread setter([&] {
+    SetIntraOpThreads(threads);
+    set.Notify();
+  });
+  EXPECT_FALSE(set.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  leave.Notify();
+  kernel.join();
+  setter.join();
+  EXPECT_TRUE(set.HasBeenNotified());
+  EXPECT_EQ(IntraOpThreads(), threads);
 }
 
 TEST(QuantizeTest, ResNet8ReportAndDeterministicArtifact) {
