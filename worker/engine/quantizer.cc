@@ -123,6 +123,7 @@ QuantizedModel::~QuantizedModel() = default;
 const QuantizeReport& QuantizedModel::report() const { return impl_->report; }
 
 absl::StatusOr<std::string> QuantizedModel::SerializeArtifact() {
+  PrepareThreadForLibTorch();
   return GuardEntryPoint("writing the artifact", [&]() -> absl::StatusOr<std::string> {
     QUANTD_ASSIGN_OR_RETURN(std::string bytes, SerializeProgram(*impl_->program));
     impl_->report.artifact_sha256 = Sha256Hex(bytes);
@@ -133,17 +134,20 @@ absl::StatusOr<std::string> QuantizedModel::SerializeArtifact() {
 
 absl::StatusOr<Accuracy> QuantizedModel::EvaluateInt8(const DatasetSpec& dataset, int64_t batch_size,
                                                       const ProgressCallback& progress) const {
+  PrepareThreadForLibTorch();
   return GuardEntryPoint(absl::StrCat("evaluating int8 on ", dataset.path),
                          [&] { return impl_->Evaluate(dataset, batch_size, /*int8=*/true, progress); });
 }
 
 absl::StatusOr<Accuracy> QuantizedModel::EvaluateFp32(const DatasetSpec& dataset, int64_t batch_size,
                                                       const ProgressCallback& progress) const {
+  PrepareThreadForLibTorch();
   return GuardEntryPoint(absl::StrCat("evaluating FP32 on ", dataset.path),
                          [&] { return impl_->Evaluate(dataset, batch_size, /*int8=*/false, progress); });
 }
 
 absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8(const DatasetSpec& dataset, int64_t batch_size) const {
+  PrepareThreadForLibTorch();
   return GuardEntryPoint(absl::StrCat("predicting on ", dataset.path),
                          [&] { return PredictInt8Unguarded(dataset, batch_size); });
 }
@@ -161,13 +165,11 @@ absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8Unguarded(const 
 }
 
 void SetIntraOpThreads(int threads) {
-  // LibTorch's set_num_threads, also run by a thread's first parallel call,
-  // rebuilds the global thread pool QNNPACK's kernels run on: done under
-  // onednn's lease, which no QNNPACK kernel holds.
-  auto set = [threads] {
-    at::internal::lazy_init_num_threads();
-    at::set_num_threads(std::max(1, threads));
-  };
+  // LibTorch's set_num_threads rebuilds the global thread pool QNNPACK's
+  // kernels run on: done under onednn's lease, which no QNNPACK kernel
+  // holds (and the thread's first-call set-up before it, the same way).
+  PrepareThreadForLibTorch();
+  auto set = [threads] { at::set_num_threads(std::max(1, threads)); };
   if (!WithKernelEngine("onednn", "setting LibTorch's intra-op threads", set).ok()) set();
 }
 
@@ -360,6 +362,7 @@ absl::Status CheckModelLoads(const std::string& model_path) {
 }
 
 absl::StatusOr<std::unique_ptr<QuantizedModel>> Quantize(const QuantizeOptions& options) {
+  PrepareThreadForLibTorch();
   return GuardEntryPoint(absl::StrCat("quantizing ", options.model_path),
                          [&]() -> absl::StatusOr<std::unique_ptr<QuantizedModel>> {
                            QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<QuantizedModel::Impl> impl,

@@ -132,6 +132,7 @@ class BatchSizeCopies {
 
   std::shared_ptr<torch::jit::Module> Build(const Wanted& wanted) {
     auto module = std::make_shared<torch::jit::Module>();
+    PrepareThreadForLibTorch();
     absl::Status status = GuardEntryPoint(absl::StrCat("preparing ", name_), [&]() -> absl::Status {
       // The prepared primitive's key holds the intra-op thread count.
       SetIntraOpThreads(wanted.threads);
@@ -171,6 +172,7 @@ class TorchScriptServable final : public ServableModel {
         copies_(std::move(copies)) {}
 
   absl::StatusOr<ServingOutput> Run(absl::Span<const float> input, const std::vector<int64_t>& shape) const override {
+    PrepareThreadForLibTorch();
     return GuardEntryPoint(absl::StrCat("running ", name_), [&]() -> absl::StatusOr<ServingOutput> {
       int64_t count = 1;
       for (int64_t d : shape) count *= d;
@@ -208,6 +210,7 @@ absl::StatusOr<std::unique_ptr<ServableModel>> ServableModel::LoadInt8Artifact(c
                                                                                const std::string& kernel_engine,
                                                                                const std::string& name,
                                                                                int batch_size_copies) {
+  PrepareThreadForLibTorch();
   return GuardEntryPoint(absl::StrCat("loading ", name), [&]() -> absl::StatusOr<std::unique_ptr<ServableModel>> {
     torch::jit::Module module;
     std::istringstream stream(bytes);
@@ -232,6 +235,7 @@ namespace {
 // noexcept (see import_torchscript.cc): it is not called.
 template <typename Source>
 absl::StatusOr<std::unique_ptr<ServableModel>> LoadFp32From(Source&& source, const std::string& name) {
+  PrepareThreadForLibTorch();
   return GuardEntryPoint(absl::StrCat("loading model ", name), [&]() -> absl::StatusOr<std::unique_ptr<ServableModel>> {
     torch::jit::Module module;
     try {

@@ -1,6 +1,7 @@
 #include "worker/engine/runtime/prepack.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <condition_variable>
@@ -100,6 +101,14 @@ absl::Status WithKernelEngine(const std::string& kernel_engine, const std::strin
   });
   EngineLease::Get().Release();
   return status;
+}
+
+void PrepareThreadForLibTorch() {
+  thread_local bool prepared = false;
+  if (prepared) return;
+  prepared = true;
+  auto init = [] { at::internal::lazy_init_num_threads(); };
+  if (!WithKernelEngine("onednn", "preparing a thread for LibTorch", init).ok()) init();
 }
 
 absl::StatusOr<c10::IValue> PrepackConv2d(const std::string& kernel_engine, const std::vector<c10::IValue>& args) {

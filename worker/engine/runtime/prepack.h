@@ -29,6 +29,13 @@ absl::StatusOr<c10::IValue> PrepackLinear(const std::string& kernel_engine, cons
 absl::Status WithKernelEngine(const std::string& kernel_engine, const std::string& what,
                               const std::function<void()>& fn);
 
+// A thread's first LibTorch parallel call sets LibTorch's thread count, which
+// rebuilds QNNPACK's global thread pool under any kernel running on it.
+// The engine's entry points call this first: its first call on a thread
+// does that set-up under onednn's lease, which no QNNPACK kernel holds;
+// later calls are a thread-local check.
+void PrepareThreadForLibTorch();
+
 // "onednn", "qnnpack", ... as compiled into this LibTorch.
 std::vector<std::string> AvailableKernelEngineNames();
 
