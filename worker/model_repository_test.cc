@@ -353,6 +353,17 @@ class HeldArtifactStore : public ArtifactStore {
 
 // The evaluator reads its models through the repository: its staleness rule
 // is tested here, with a real published model.
+// The evaluation's record once it is no longer RUNNING (or after a minute).
+absl::StatusOr<Evaluation> WaitUntilFinished(Evaluator& evaluator, const std::string& id) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  absl::StatusOr<Evaluation> record = evaluator.Get(id);
+  while (record.ok() && record->state == EvaluationState::kRunning && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));  // poll interval
+    record = evaluator.Get(id);
+  }
+  return record;
+}
+
 TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStoppedServerIs) {
   Publish("a", "resnet8");
   HeldArtifactStore held(artifacts_.get());
@@ -388,12 +399,7 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   EXPECT_THAT(elsewhere->error_message, HasSubstr("no progress for 10m"));
 
   held.release.Notify();
-  const absl::Time give_up = absl::Now() + absl::Seconds(60);
-  absl::StatusOr<Evaluation> done = evaluator.Get(started->id);
-  while (done.ok() && done->state == EvaluationState::kRunning && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(10));  // poll interval
-    done = evaluator.Get(started->id);
-  }
+  absl::StatusOr<Evaluation> done = WaitUntilFinished(evaluator, started->id);
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->state, EvaluationState::kSucceeded) << done->error_message;
   EXPECT_EQ(done->samples_done, 100);
@@ -425,12 +431,7 @@ TEST_F(ModelRepositoryTest, AnEvaluationReadsTheDatasetItOpenedAtStart) {
   ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
   ASSERT_TRUE(std::filesystem::remove(copy));
   held.release.Notify();
-  const absl::Time give_up = absl::Now() + absl::Seconds(60);
-  absl::StatusOr<Evaluation> done = evaluator.Get(started->id);
-  while (done.ok() && done->state == EvaluationState::kRunning && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(10));  // poll interval
-    done = evaluator.Get(started->id);
-  }
+  absl::StatusOr<Evaluation> done = WaitUntilFinished(evaluator, started->id);
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->state, EvaluationState::kSucceeded) << done->error_message;
   EXPECT_EQ(done->samples_done, 100);

@@ -31,20 +31,6 @@ ORDER = ['conv1', 'layer1.conv1', 'layer1.conv2', 'layer2.conv1', 'layer2.shortc
          'layer3.conv1', 'layer3.shortcut', 'layer3.conv2']
 
 
-def rounded_towards(target, w, h):
-    """GPTQ rounding of `target` (w's shape) on w's per-channel scales, against second moment h."""
-    rows = target.reshape(target.shape[0], -1).double().clone()
-    scale = w.reshape(w.shape[0], -1).double().abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.5
-    h = h + torch.eye(h.shape[0], dtype=h.dtype) * 0.01 * torch.diag(h).mean()
-    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    out = torch.zeros_like(rows)
-    for i in range(rows.shape[1]):
-        out[:, i:i + 1] = torch.clamp(torch.round(rows[:, i:i + 1] / scale), -128, 127) * scale
-        error = (rows[:, i:i + 1] - out[:, i:i + 1]) / upper[i, i]
-        rows[:, i + 1:] -= error @ upper[i:i + 1, i + 1:]
-    return out.reshape(w.shape).float()
-
-
 def patches(x, name, w):
     stride, pad = GEOMETRY[name]
     p = F.unfold(x, w.shape[2:], padding=pad, stride=stride)
@@ -108,7 +94,7 @@ def main():
                     # Tiny damping: 1% (as for rounding) would shrink low-variance directions.
                     h_solve = h + torch.eye(h.shape[0], dtype=h.dtype) * 1e-6 * torch.diag(h).mean()
                     rows = w.reshape(w.shape[0], -1).double()
-                    q = rounded_towards((rows @ cross @ torch.linalg.inv(h_solve)).reshape(w.shape), w, h)
+                    q = fitted_int8(w, h, target=(rows @ cross @ torch.linalg.inv(h_solve)).reshape(w.shape))
                     if int8_means:
                         b = b + (rows @ x.mean(0) - q.reshape(w.shape[0], -1).double() @ xq.mean(0)).float()
                     current[k] = (q, b)

@@ -93,11 +93,12 @@ GEOMETRY = {'conv1': (1, 1), 'layer1.conv1': (1, 1), 'layer1.conv2': (1, 1), 'la
             'layer3.shortcut': (2, 0)}
 
 
-def fitted_int8(w, second_moment):
+def fitted_int8(w, second_moment, target=None):
     """Per-channel int8 with the round-to-nearest scales, integers chosen column by column so that
-    the output error on inputs with this second moment cancels (GPTQ's update)."""
-    rows = w.reshape(w.shape[0], -1).double().clone()
-    scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.5
+    the output error on inputs with this second moment cancels (GPTQ's update). `target` (w's shape),
+    when given, is what is rounded instead of w, on w's scales."""
+    scale = w.reshape(w.shape[0], -1).double().abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.5
+    rows = (w if target is None else target).reshape(w.shape[0], -1).double().clone()
     h = second_moment.clone()
     h += torch.eye(h.shape[0], dtype=h.dtype) * 0.01 * torch.diag(h).mean()
     upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
