@@ -560,6 +560,10 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   bad.batch_size_copies = -1;
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--batch_size_copies must be in 0..65536"));
   bad = options;
+  bad.upload_idle_timeout = absl::Seconds(-1);
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(),
+              HasSubstr("--upload_idle_timeout_seconds must be in 0..86400"));
+  bad = options;
   bad.workers = 0;
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--workers"));  // flags named, not prose
   bad = options;
