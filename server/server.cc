@@ -342,9 +342,6 @@ absl::Status QuantdServer::OpenStores() {
   pool_options.workers = options_.workers;
   pool_options.queue_capacity = options_.queue_capacity;
   pool_options.max_batch_bytes = options_.max_batch_bytes;
-  // A thread's first LibTorch parallel call would set the count itself,
-  // rebuilding QNNPACK's global thread pool under whatever runs on it.
-  pool_options.thread_init = [threads = engine::IntraOpThreads()] { engine::SetIntraOpThreads(threads); };
   if (options_.job_deadline_seconds > 0) {
     pool_options.job_deadline = absl::Seconds(options_.job_deadline_seconds);
   }
@@ -387,7 +384,6 @@ absl::Status QuantdServer::OpenStores() {
   deps.models = models_.get();
   worker::Evaluator::Options evaluation_options;
   evaluation_options.max_batch_bytes = options_.max_batch_bytes;
-  evaluation_options.intra_op_threads = engine::IntraOpThreads();  // set safely, as the job workers
   evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(),
                                                    evaluation_options);
   deps.evaluator = evaluator_.get();

@@ -133,7 +133,6 @@ void WorkerPool::ReportClaimErrorLocked(const absl::Status& error) {
 }
 
 void WorkerPool::WorkerLoop() {
-  if (options_.thread_init) options_.thread_init();
   uint64_t seen_wakeups = 0;
   while (true) {
     {

@@ -7,7 +7,6 @@
 // attempts). Cancel and delete go through here too.
 
 #include <atomic>
-#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -46,9 +45,6 @@ class WorkerPool {
     // First wait before recording a job's outcome again when the store
     // cannot write (a full disk); doubles up to 5 s.
     absl::Duration finish_retry_backoff = absl::Milliseconds(100);
-    // Runs first on each worker thread (e.g. LibTorch's intra-op thread
-    // count, set where it is safe rather than lazily by the first job).
-    std::function<void()> thread_init;
   };
 
   // Recovers interrupted jobs; the threads start with Start().
