@@ -44,7 +44,7 @@ const LayerReport* FindLayer(const QuantizeReport& r, const std::string& name) {
 }
 
 // at::set_num_threads rebuilds QNNPACK's global thread pool: SetIntraOpThreads
-// waits until no QNNPACK kernel runs (trial threads and job workers set their
+// waits until no QNNPACK kernel runs (accuracy-tuning trial threads set their
 // count through it, while served models may run on QNNPACK).
 TEST(SetIntraOpThreadsTest, WaitsWhileAQnnpackKernelRuns) {
   const std::vector<std::string> engines = AvailableKernelEngineNames();

@@ -132,7 +132,6 @@ class BatchSizeCopies {
 
   std::shared_ptr<torch::jit::Module> Build(const Wanted& wanted) {
     auto module = std::make_shared<torch::jit::Module>();
-    PrepareThreadForLibTorch();
     absl::Status status = GuardEntryPoint(absl::StrCat("preparing ", name_), [&]() -> absl::Status {
       // The prepared primitive's key holds the intra-op thread count.
       SetIntraOpThreads(wanted.threads);
