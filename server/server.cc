@@ -192,6 +192,18 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> GrpcCredentials(const Q
   return grpc::SslServerCredentials(ssl);
 }
 
+// Names this server to the job store for its leases: the same after a
+// restart (so its interrupted jobs are recovered at once), and unique among
+// live servers, since one host's servers cannot share a data dir.
+std::string LeaseHolderName(const std::string& data_dir) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::error_code error;
+  std::filesystem::path dir = std::filesystem::canonical(data_dir, error);
+  if (error) dir = std::filesystem::absolute(data_dir, error);
+  return absl::StrCat(host[0] != '\0' ? host : "localhost", ":", dir.string());
+}
+
 absl::Status EnsureDataDir(const std::string& data_dir) {
   std::error_code error;
   std::filesystem::create_directories(data_dir, error);
@@ -342,6 +354,7 @@ absl::Status QuantdServer::OpenStores() {
   pool_options.workers = options_.workers;
   pool_options.queue_capacity = options_.queue_capacity;
   pool_options.max_batch_bytes = options_.max_batch_bytes;
+  pool_options.holder = LeaseHolderName(options_.data_dir);
   if (options_.job_deadline_seconds > 0) {
     pool_options.job_deadline = absl::Seconds(options_.job_deadline_seconds);
   }

@@ -133,7 +133,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       event.batches_total = progress.batches_total;
       events_->Publish(job, event);
     }
-    if (stop->cancelled.load() || stop->shutting_down.load()) return false;
+    if (stop->cancelled.load() || stop->shutting_down.load() || stop->lease_lost.load()) return false;
     // A cancel requested through the store, possibly by another server process.
     if (absl::StatusOr<std::optional<std::string>> requested = store_->CancelRequest(job.id);
         requested.ok() && requested->has_value()) {
@@ -154,6 +154,11 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   absl::StatusOr<EngineOutput> output =
       expired_while_queued ? absl::StatusOr<EngineOutput>(absl::CancelledError("deadline passed while queued"))
                            : RunEngineGuarded(options);
+  if (stop->lease_lost.load()) {
+    // Recovered by another process: the store's row is its business now.
+    absl::StatusOr<Job> stored = store_->Get(job.id);
+    return stored.ok() ? *stored : job;
+  }
   if (output.ok()) {
     if (current != JobPhase::kStoring) enter_phase(JobPhase::kStoring);
     // Pinned first, so that deleting an identical job cannot remove these

@@ -48,6 +48,9 @@ struct StopSignals {
   std::atomic<bool> cancelled{false};
   std::string cancel_reason;  // set before `cancelled`
   std::atomic<bool> shutting_down{false};
+  // The job's lease ran out and another process may run it now: stop and
+  // record nothing.
+  std::atomic<bool> lease_lost{false};
 };
 
 class JobRunner {

@@ -4,7 +4,9 @@
 // Durable job records. Every state change is a conditional update on the
 // current state (and attempt), so several worker processes could share one
 // store (e.g. a PostgreSQL implementation): the row is the source of truth,
-// not any process's memory.
+// not any process's memory. A RUNNING job is leased to the process that
+// claimed it (its holder), which renews the lease while it runs; a job whose
+// lease ran out is taken to be interrupted (its process died or froze).
 
 #include <cstdint>
 #include <functional>
@@ -38,8 +40,15 @@ class JobStore {
   virtual absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,
                                        const std::string& page_token) = 0;
   // Atomically moves the oldest QUEUED job to RUNNING, increments its
-  // attempt count and returns it; nullopt if none is queued.
-  virtual absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now) = 0;
+  // attempt count, leases it to `holder` until `now + lease` and returns it;
+  // nullopt if none is queued. `holder` names a process, the same across its
+  // restarts and unique among the processes sharing the store.
+  virtual absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now, const std::string& holder,
+                                                       absl::Duration lease) = 0;
+  // Extends the lease of a RUNNING job (this attempt) to `expires`.
+  // FAILED_PRECONDITION if it is no longer running this attempt: it was
+  // recovered after its lease ran out, and may run elsewhere now.
+  virtual absl::Status RenewLease(const std::string& id, uint32_t attempt, absl::Time expires) = 0;
   // Records the phase of a RUNNING job (attempt must match).
   virtual absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) = 0;
   // RUNNING (this attempt) -> terminal state with result. A SUCCEEDED job
@@ -98,14 +107,17 @@ class JobStore {
   virtual absl::StatusOr<std::string> GetEvaluation(const std::string& id) = 0;
   // How many jobs are in each state (every process's: for metrics).
   virtual absl::StatusOr<std::map<JobState, int64_t>> CountByState() = 0;
-  // After a restart: RUNNING jobs go back to QUEUED, or to FAILED once they
-  // have been started `max_attempts` times. Returns how many of each.
+  // Interrupted RUNNING jobs go back to QUEUED, or to FAILED once they have
+  // been started `max_attempts` times; returns how many of each. Interrupted
+  // means: the lease ran out before `now`, or the holder is
+  // `restarted_holder` (a process that has just started holds nothing yet;
+  // "" = none).
   struct RecoveryCounts {
     int requeued = 0;
     int failed = 0;
   };
-  virtual absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts,
-                                                            absl::Time now) = 0;
+  virtual absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now,
+                                                            const std::string& restarted_holder) = 0;
 };
 
 }  // namespace quantd::worker

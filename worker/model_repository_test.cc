@@ -83,7 +83,7 @@ class ModelRepositoryTest : public ::testing::Test {
     job.spec.calibration.path = engine::testing::CalibrationPath();
     job.request_fingerprint = id;
     ASSERT_TRUE(jobs_->Create(job, 100).ok());
-    ASSERT_TRUE(jobs_->ClaimNext(clock_.Now()).ok());
+    ASSERT_TRUE(jobs_->ClaimNext(clock_.Now(), "local", absl::Hours(1)).ok());
     auto stored = artifacts_->Put(id, quantized.bytes, "{}");
     ASSERT_TRUE(stored.ok()) << stored.status();
     JobResult result;

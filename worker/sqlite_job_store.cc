@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS jobs (
   attempt INTEGER NOT NULL DEFAULT 0,
   result TEXT,
   artifact_id TEXT,
-  owner TEXT NOT NULL DEFAULT ''
+  owner TEXT NOT NULL DEFAULT '',
+  holder TEXT NOT NULL DEFAULT '',
+  lease_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_artifact ON jobs(artifact_id);
@@ -196,11 +198,19 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
   QUANTD_RETURN_IF_ERROR(store->Exec(kSchema));
-  // Job stores from before jobs had owners: every column since is added here.
-  Stmt columns(db, "SELECT name FROM pragma_table_info('jobs') WHERE name = 'owner'");
-  QUANTD_RETURN_IF_ERROR(columns.status());
-  QUANTD_ASSIGN_OR_RETURN(bool has_owner, columns.Step());
-  if (!has_owner) QUANTD_RETURN_IF_ERROR(store->Exec("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''"));
+  // Job stores from before jobs had owners and leases: every column added
+  // since is added here. A RUNNING row without a lease (lease_us NULL) is
+  // from a server that has stopped, so it counts as expired.
+  for (const auto& [name, definition] :
+       {std::pair<const char*, const char*>{"owner", "owner TEXT NOT NULL DEFAULT ''"},
+        {"holder", "holder TEXT NOT NULL DEFAULT ''"},
+        {"lease_us", "lease_us INTEGER"}}) {
+    Stmt column(db, "SELECT 1 FROM pragma_table_info('jobs') WHERE name = ?1");
+    QUANTD_RETURN_IF_ERROR(column.status());
+    column.Bind(1, std::string(name));
+    QUANTD_ASSIGN_OR_RETURN(bool present, column.Step());
+    if (!present) QUANTD_RETURN_IF_ERROR(store->Exec(absl::StrCat("ALTER TABLE jobs ADD COLUMN ", definition).c_str()));
+  }
   return store;
 }
 
@@ -305,7 +315,8 @@ absl::StatusOr<JobPage> SqliteJobStore::List(const std::vector<JobState>& states
   return ReadPage(s, page_size);
 }
 
-absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now) {
+absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now, const std::string& holder,
+                                                             absl::Duration lease) {
   absl::MutexLock lock(&mu_);
   // A row that cannot be decoded is failed and the next one is tried, so a
   // bad row never sits RUNNING with nobody running it (nor blocks the queue).
@@ -316,11 +327,12 @@ absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now) {
     auto body = [&]() -> absl::Status {
       // One statement: only the process whose UPDATE matched a QUEUED row owns it.
       Stmt s(db_,
-             "UPDATE jobs SET state = 2, phase = 0, attempt = attempt + 1, start_us = ?1 "
+             "UPDATE jobs SET state = 2, phase = 0, attempt = attempt + 1, start_us = ?1, holder = ?2, "
+             "lease_us = ?3 "
              "WHERE seq = (SELECT seq FROM jobs WHERE state = 1 ORDER BY seq LIMIT 1) AND state = 1 "
              "RETURNING id");
       QUANTD_RETURN_IF_ERROR(s.status());
-      s.Bind(1, ToUs(now));
+      s.Bind(1, ToUs(now)).Bind(2, holder).Bind(3, ToUs(now + lease));
       QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
       if (!row) return absl::OkStatus();
       const std::string id = s.Text(0);
@@ -343,6 +355,18 @@ absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now) {
     if (!undecodable) return claimed;
   }
   return std::optional<Job>();
+}
+
+absl::Status SqliteJobStore::RenewLease(const std::string& id, uint32_t attempt, absl::Time expires) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "UPDATE jobs SET lease_us = ?1 WHERE id = ?2 AND state = 2 AND attempt = ?3");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, ToUs(expires)).Bind(2, id).Bind(3, static_cast<int64_t>(attempt));
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  if (sqlite3_changes(db_) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " attempt ", attempt, " is no longer running"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status SqliteJobStore::SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) {
@@ -433,7 +457,7 @@ absl::StatusOr<std::optional<std::string>> SqliteJobStore::CancelRequest(const s
 absl::Status SqliteJobStore::Release(const std::string& id, uint32_t attempt) {
   absl::MutexLock lock(&mu_);
   Stmt s(db_,
-         "UPDATE jobs SET state = 1, phase = 0, attempt = attempt - 1 "
+         "UPDATE jobs SET state = 1, phase = 0, attempt = attempt - 1, lease_us = NULL "
          "WHERE id = ?1 AND state = 2 AND attempt = ?2");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id).Bind(2, static_cast<int64_t>(attempt));
@@ -563,30 +587,35 @@ absl::StatusOr<JobPage> SqliteJobStore::ListArtifactJobs(const std::string& job_
   return ReadPage(s, page_size);
 }
 
-absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterrupted(uint32_t max_attempts,
-                                                                            absl::Time now) {
+absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterrupted(
+    uint32_t max_attempts, absl::Time now, const std::string& restarted_holder) {
   absl::MutexLock lock(&mu_);
   QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
-  absl::StatusOr<RecoveryCounts> counts = RecoverInterruptedLocked(max_attempts, now);
+  absl::StatusOr<RecoveryCounts> counts = RecoverInterruptedLocked(max_attempts, now, restarted_holder);
   QUANTD_RETURN_IF_ERROR(EndTransaction(counts.status()));
   return counts;
 }
 
-absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocked(uint32_t max_attempts,
-                                                                                  absl::Time now) {
+absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocked(
+    uint32_t max_attempts, absl::Time now, const std::string& restarted_holder) {
   RecoveryCounts counts;
   JobResult failed;
   failed.error_code = absl::StatusCode::kAborted;
   failed.error_message = absl::StrCat("the job crashed the server ", max_attempts,
                                       " times (interrupted while running); not retried again");
-  Stmt fail(db_,
-            "UPDATE jobs SET state = 4, finish_us = ?1, result = ?2 WHERE state = 2 AND attempt >= ?3");
+  // ?1 = now, ?2 = the restarted holder ('' = none).
+  constexpr char kInterrupted[] =
+      "state = 2 AND (lease_us IS NULL OR lease_us < ?1 OR (?2 <> '' AND holder = ?2))";
+  Stmt fail(db_, absl::StrCat("UPDATE jobs SET state = 4, finish_us = ?1, result = ?3, lease_us = NULL "
+                              "WHERE ", kInterrupted, " AND attempt >= ?4"));
   QUANTD_RETURN_IF_ERROR(fail.status());
-  fail.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(failed)).Bind(3, static_cast<int64_t>(max_attempts));
+  fail.Bind(1, ToUs(now)).Bind(2, restarted_holder).Bind(3, EncodeJobResult(failed));
+  fail.Bind(4, static_cast<int64_t>(max_attempts));
   QUANTD_RETURN_IF_ERROR(fail.Step().status());
   counts.failed = sqlite3_changes(db_);
-  Stmt requeue(db_, "UPDATE jobs SET state = 1, phase = 0 WHERE state = 2");
+  Stmt requeue(db_, absl::StrCat("UPDATE jobs SET state = 1, phase = 0, lease_us = NULL WHERE ", kInterrupted));
   QUANTD_RETURN_IF_ERROR(requeue.status());
+  requeue.Bind(1, ToUs(now)).Bind(2, restarted_holder);
   QUANTD_RETURN_IF_ERROR(requeue.Step().status());
   counts.requeued = sqlite3_changes(db_);
   return counts;

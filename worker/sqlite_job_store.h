@@ -25,7 +25,9 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<Job> Get(const std::string& id) override;
   absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,
                                const std::string& page_token) override;
-  absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now) override;
+  absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now, const std::string& holder,
+                                               absl::Duration lease) override;
+  absl::Status RenewLease(const std::string& id, uint32_t attempt, absl::Time expires) override;
   absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) override;
   absl::Status Finish(const std::string& id, uint32_t attempt, JobState state,
                       const JobResult& result, absl::Time now) override;
@@ -41,8 +43,8 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override;
   absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
                                            const std::string& page_token) override;
-  absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts,
-                                                    absl::Time now) override;
+  absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now,
+                                                    const std::string& restarted_holder) override;
   absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) override;
   absl::StatusOr<std::map<JobState, int64_t>> CountByState() override;
   absl::Status PutEvaluation(const std::string& id, const std::string& record) override;
@@ -55,7 +57,8 @@ class SqliteJobStore final : public JobStore {
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // COMMIT when `body` is OK, else ROLLBACK; a failed COMMIT is rolled back.
   absl::Status EndTransaction(const absl::Status& body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<RecoveryCounts> RecoverInterruptedLocked(uint32_t max_attempts, absl::Time now)
+  absl::StatusOr<RecoveryCounts> RecoverInterruptedLocked(uint32_t max_attempts, absl::Time now,
+                                                          const std::string& restarted_holder)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Job> GetLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ClearCancelRequestLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -75,7 +75,7 @@ TEST(SqliteJobStoreTest, CreateGetListClaimFinish) {
   EXPECT_TRUE(page2->next_page_token.empty());
   EXPECT_EQ((*store)->List({}, 2, "garbage").status().code(), absl::StatusCode::kInvalidArgument);
 
-  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(10));
+  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(10), "local", absl::Hours(1));
   ASSERT_TRUE(claimed.ok() && claimed->has_value());
   EXPECT_EQ((*claimed)->id, "j1");  // oldest first
   EXPECT_EQ((*claimed)->state, JobState::kRunning);
@@ -113,7 +113,7 @@ TEST(SqliteJobStoreTest, CreateGetListClaimFinish) {
 // same artifact when A is deleted. B pinned the artifact before storing it,
 // so deleting A must not release it; once B's result replaces the pin (or B
 // fails without an artifact), the last holder releases it.
-TEST(SqliteJobStoreTest, KeepsWhoSubmittedAndAddsTheColumnToOlderStores) {
+TEST(SqliteJobStoreTest, KeepsWhoSubmittedAndAddsTheColumnsToOlderStores) {
   const std::string path = TempDir("sqlite_owner") + "/jobs.db";
   {
     auto store = SqliteJobStore::Open(path);
@@ -123,17 +123,22 @@ TEST(SqliteJobStoreTest, KeepsWhoSubmittedAndAddsTheColumnToOlderStores) {
     ASSERT_TRUE((*store)->Create(job, 10).ok());
     EXPECT_EQ((*store)->Get("job-1")->owner, "ci");
   }
-  // A store from before owners were kept: the same table without the column.
+  // A store from before owners and leases were kept: the same table without
+  // those columns, and a job its server was running when it stopped.
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "ALTER TABLE jobs DROP COLUMN owner", nullptr, nullptr, nullptr), SQLITE_OK)
-      << sqlite3_errmsg(db);
+  for (const char* drop : {"ALTER TABLE jobs DROP COLUMN owner", "ALTER TABLE jobs DROP COLUMN holder",
+                           "ALTER TABLE jobs DROP COLUMN lease_us", "UPDATE jobs SET state = 2, attempt = 1"}) {
+    ASSERT_EQ(sqlite3_exec(db, drop, nullptr, nullptr, nullptr), SQLITE_OK) << drop << ": " << sqlite3_errmsg(db);
+  }
   sqlite3_close(db);
   auto store = SqliteJobStore::Open(path);
   ASSERT_TRUE(store.ok()) << store.status();
   absl::StatusOr<Job> old = (*store)->Get("job-1");
   ASSERT_TRUE(old.ok()) << old.status();
   EXPECT_EQ(old->owner, "");  // unknown
+  // Its job has no lease, so any server's sweep recovers it.
+  EXPECT_EQ((*store)->RecoverInterrupted(2, absl::FromUnixSeconds(101), "")->requeued, 1);
   Job job = NewJob("job-2", 200);
   job.owner = "ci2";
   ASSERT_TRUE((*store)->Create(job, 10).ok());
@@ -148,9 +153,9 @@ TEST(SqliteJobStoreTest, APinnedArtifactIsNotReleasedByDeletingAnIdenticalJob) {
   with_artifact.artifact_sha256 = std::string(64, 'a');
   const absl::Time now = absl::FromUnixSeconds(10);
   for (const char* id : {"a", "b", "c"}) ASSERT_TRUE((*store)->Create(NewJob(id, 1), 10).ok());
-  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // a
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());  // a
   ASSERT_TRUE((*store)->Finish("a", 1, JobState::kSucceeded, with_artifact, now).ok());
-  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // b
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());  // b
   ASSERT_TRUE((*store)->PinArtifact("b", 1, "art-0123").ok());
   EXPECT_EQ((*store)->PinArtifact("b", 2, "art-0123").code(), absl::StatusCode::kFailedPrecondition);
 
@@ -163,7 +168,7 @@ TEST(SqliteJobStoreTest, APinnedArtifactIsNotReleasedByDeletingAnIdenticalJob) {
   EXPECT_THAT(released, ::testing::ElementsAre(std::make_pair(std::string("a"), false)));
 
   ASSERT_TRUE((*store)->Finish("b", 1, JobState::kSucceeded, with_artifact, now).ok());
-  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // c pins it, then fails without it
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());  // c pins it, then fails without it
   ASSERT_TRUE((*store)->PinArtifact("c", 1, "art-0123").ok());
   ASSERT_TRUE((*store)->Finish("c", 1, JobState::kFailed, JobResult{}, now).ok());
   ASSERT_TRUE((*store)->Delete("b", record).ok());
@@ -185,7 +190,7 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
     Job job = NewJob(id, 1);
     job.spec.model_name = std::string(id) == "e" ? "other" : std::string(id) == "f" ? "" : "resnet8";
     ASSERT_TRUE((*store)->Create(job, 10).ok());
-    ASSERT_TRUE((*store)->ClaimNext(now).ok());
+    ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());
     const JobState state = std::string(id) == "c" ? JobState::kFailed : JobState::kSucceeded;
     ASSERT_TRUE((*store)->Finish(id, 1, state, result, now).ok());
   }
@@ -219,7 +224,7 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
   Job g = NewJob("g", 2);
   g.spec.model_name = "resnet8";
   ASSERT_TRUE((*store)->Create(g, 10).ok());
-  ASSERT_TRUE((*store)->ClaimNext(now).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());
   ASSERT_TRUE((*store)->Finish("g", 1, JobState::kSucceeded, result, now).ok());
   EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->version, 4);
 
@@ -235,7 +240,7 @@ TEST(SqliteJobStoreTest, ADeleteThatFailsHalfwayChangesNothing) {
   Job job = NewJob("a", 1);
   job.spec.model_name = "resnet8";
   ASSERT_TRUE((*store)->Create(job, 10).ok());
-  ASSERT_TRUE((*store)->ClaimNext(now).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());
   JobResult result;
   result.artifact_id = "art-0123";
   result.artifact_sha256 = std::string(64, 'a');
@@ -267,8 +272,8 @@ TEST(SqliteJobStoreTest, CountsJobsByState) {
   EXPECT_TRUE((*store)->CountByState()->empty());
   for (const char* id : {"a", "b", "c", "d"}) ASSERT_TRUE((*store)->Create(NewJob(id, 1), 10).ok());
   const absl::Time now = absl::FromUnixSeconds(10);
-  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // a runs
-  ASSERT_TRUE((*store)->ClaimNext(now).ok());  // b runs
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());  // a runs
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());  // b runs
   ASSERT_TRUE((*store)->Finish("b", 1, JobState::kFailed, JobResult(), now).ok());
   auto counts = (*store)->CountByState();
   ASSERT_TRUE(counts.ok()) << counts.status();
@@ -309,7 +314,7 @@ TEST(SqliteJobStoreTest, CancelRequestsAreForRunningJobsAndClearedByFinish) {
   ASSERT_TRUE(store.ok());
   ASSERT_TRUE((*store)->Create(NewJob("a", 1), 10).ok());
   EXPECT_EQ((*store)->RequestCancel("a", "too early").code(), absl::StatusCode::kFailedPrecondition);  // QUEUED
-  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(2));
+  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(2), "local", absl::Hours(1));
   ASSERT_TRUE(claimed.ok() && claimed->has_value());
   EXPECT_FALSE((*store)->CancelRequest("a")->has_value());
   ASSERT_TRUE((*store)->RequestCancel("a", "user asked").ok());
@@ -331,24 +336,68 @@ TEST(SqliteJobStoreTest, RecoveryRequeuesThenFailsAfterTwoCrashes) {
   {
     auto store = SqliteJobStore::Open(path);
     ASSERT_TRUE((*store)->Create(NewJob("x", 1), 10).ok());
-    ASSERT_TRUE((*store)->ClaimNext(absl::FromUnixSeconds(2)).ok());  // then "crash"
+    ASSERT_TRUE((*store)->ClaimNext(absl::FromUnixSeconds(2), "local", absl::Hours(1)).ok());  // then "crash"
   }
   {
     auto store = SqliteJobStore::Open(path);
-    auto counts = (*store)->RecoverInterrupted(2, absl::FromUnixSeconds(3));
+    auto counts = (*store)->RecoverInterrupted(2, absl::FromUnixSeconds(3), "local");
     ASSERT_TRUE(counts.ok());
     EXPECT_EQ(counts->requeued, 1);
     EXPECT_EQ((*store)->Get("x")->state, JobState::kQueued);
-    auto again = (*store)->ClaimNext(absl::FromUnixSeconds(4));
+    auto again = (*store)->ClaimNext(absl::FromUnixSeconds(4), "local", absl::Hours(1));
     EXPECT_EQ((*again)->attempt_count, 2u);  // crash again
   }
   auto store = SqliteJobStore::Open(path);
-  auto counts = (*store)->RecoverInterrupted(2, absl::FromUnixSeconds(5));
+  auto counts = (*store)->RecoverInterrupted(2, absl::FromUnixSeconds(5), "local");
   ASSERT_TRUE(counts.ok());
   EXPECT_EQ(counts->failed, 1);
   auto job = (*store)->Get("x");
   EXPECT_EQ(job->state, JobState::kFailed);
   EXPECT_THAT(job->result->error_message, HasSubstr("crashed the server 2 times"));
+}
+
+// Several processes may share a store: a job another live process holds is
+// not recovered until its lease runs out, however often the others sweep.
+TEST(SqliteJobStoreTest, RecoveryTakesOnlyExpiredLeasesAndTheRestartedHoldersJobs) {
+  const std::string path = TempDir("jobs_lease") + "/jobs.db";
+  auto store = SqliteJobStore::Open(path);
+  auto other = SqliteJobStore::Open(path);  // a second process's connection
+  ASSERT_TRUE(store.ok() && other.ok());
+  for (const char* id : {"a", "b", "c"}) ASSERT_TRUE((*store)->Create(NewJob(id, 1), 10).ok());
+  const absl::Time t0 = absl::FromUnixSeconds(100);
+  ASSERT_EQ((*(*store)->ClaimNext(t0, "host-1:/data", absl::Seconds(30)))->id, "a");
+  ASSERT_EQ((*(*other)->ClaimNext(t0, "host-2:/data", absl::Seconds(30)))->id, "b");
+  ASSERT_EQ((*(*other)->ClaimNext(t0, "host-2:/data", absl::Seconds(30)))->id, "c");
+
+  // Within the leases nothing is interrupted, for any sweeper.
+  auto counts = (*store)->RecoverInterrupted(2, t0 + absl::Seconds(29), "");
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->requeued, 0);
+  // host-2 keeps renewing c, not b.
+  ASSERT_TRUE((*other)->RenewLease("c", 1, t0 + absl::Seconds(90)).ok());
+  // host-1 restarts: its own job is recovered at once, host-2's are not.
+  counts = (*store)->RecoverInterrupted(2, t0 + absl::Seconds(29), "host-1:/data");
+  EXPECT_EQ(counts->requeued, 1);
+  EXPECT_EQ((*store)->Get("a")->state, JobState::kQueued);
+  EXPECT_EQ((*store)->Get("b")->state, JobState::kRunning);
+  // b's lease runs out; c's renewed one has not.
+  counts = (*store)->RecoverInterrupted(2, t0 + absl::Seconds(31), "");
+  EXPECT_EQ(counts->requeued, 1);
+  EXPECT_EQ((*store)->Get("b")->state, JobState::kQueued);
+  EXPECT_EQ((*store)->Get("c")->state, JobState::kRunning);
+  // host-2 learns that b is no longer its own, and cannot record it.
+  EXPECT_EQ((*other)->RenewLease("b", 1, t0 + absl::Seconds(90)).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*other)->Finish("b", 1, JobState::kSucceeded, JobResult(), t0 + absl::Seconds(32)).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // The next claim of b is attempt 2, with a lease of its own.
+  auto again = (*store)->ClaimNext(t0 + absl::Seconds(32), "host-1:/data", absl::Seconds(30));
+  ASSERT_TRUE(again.ok() && again->has_value());
+  EXPECT_EQ((*again)->id, "a");
+  again = (*store)->ClaimNext(t0 + absl::Seconds(32), "host-1:/data", absl::Seconds(30));
+  EXPECT_EQ((*again)->id, "b");
+  EXPECT_EQ((*again)->attempt_count, 2u);
+  EXPECT_EQ((*store)->RecoverInterrupted(2, t0 + absl::Seconds(61), "")->requeued, 0);
+  EXPECT_TRUE((*store)->RenewLease("b", 2, t0 + absl::Seconds(120)).ok());
 }
 
 // A row this server cannot decode (written by a newer version, or damaged)
@@ -365,7 +414,7 @@ TEST(SqliteJobStoreTest, AnUndecodableRowFailsAndTheNextJobIsClaimed) {
               SQLITE_OK);
     sqlite3_close(db);
   }
-  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(3));
+  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(3), "local", absl::Hours(1));
   ASSERT_TRUE(claimed.ok()) << claimed.status();
   ASSERT_TRUE(claimed->has_value());
   EXPECT_EQ((*claimed)->id, "fine");
@@ -380,7 +429,7 @@ TEST(SqliteJobStoreTest, AnUndecodableRowFailsAndTheNextJobIsClaimed) {
   EXPECT_THAT(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)), HasSubstr("cannot be read back"));
   sqlite3_finalize(stmt);
   sqlite3_close(db);
-  EXPECT_FALSE((*(*store)->ClaimNext(absl::FromUnixSeconds(4))).has_value());
+  EXPECT_FALSE((*(*store)->ClaimNext(absl::FromUnixSeconds(4), "local", absl::Hours(1))).has_value());
 }
 
 // Files this process writes stop at `bytes` while it lives (EFBIG, as on a
@@ -581,7 +630,7 @@ TEST(BlobCollectorTest, CollectsOnlyIdleBlobsNoActiveJobUses) {
   EXPECT_TRUE((*blobs)->Stat(recent, "id").ok());
 
   // Once the job has finished, its blob is collected like any other.
-  ASSERT_TRUE((*jobs)->ClaimNext(now).ok());
+  ASSERT_TRUE((*jobs)->ClaimNext(now, "local", absl::Hours(1)).ok());
   JobResult result;
   ASSERT_TRUE((*jobs)->Finish("q", 1, JobState::kSucceeded, result, now).ok());
   EXPECT_THAT(*CollectUnusedBlobs(**blobs, **jobs, now, absl::Hours(24)), ::testing::ElementsAre(used));
@@ -602,7 +651,7 @@ TEST(ArtifactSweepTest, RemovesWhatNoSucceededJobHolds) {
   ASSERT_TRUE(held.ok() && rerun.ok() && crashed.ok());
   for (const char* id : {"held", "rerun", "crashed"}) {
     ASSERT_TRUE((*jobs)->Create(NewJob(id, 1), 10).ok());
-    ASSERT_TRUE((*jobs)->ClaimNext(now).ok());
+    ASSERT_TRUE((*jobs)->ClaimNext(now, "local", absl::Hours(1)).ok());
     JobResult result;
     if (std::string(id) == "held") {
       result.artifact_sha256 = held->sha256;

@@ -15,11 +15,13 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
     Clock* clock) {
   if (options.workers < 1) return absl::InvalidArgumentError("workers must be at least 1");
   if (options.queue_capacity < 1) return absl::InvalidArgumentError("queue capacity must be at least 1");
+  if (options.holder.empty()) return absl::InvalidArgumentError("the lease holder name must not be empty");
+  if (options.lease <= absl::ZeroDuration()) return absl::InvalidArgumentError("the job lease must be positive");
   std::unique_ptr<WorkerPool> pool(new WorkerPool(options, store, artifacts, engine, clock));
   QUANTD_ASSIGN_OR_RETURN(const uint64_t generation, store->NextGeneration());
   pool->events_.set_generation(generation);
   QUANTD_ASSIGN_OR_RETURN(pool->recovered_,
-                          store->RecoverInterrupted(options.max_attempts, clock->Now()));
+                          store->RecoverInterrupted(options.max_attempts, clock->Now(), options.holder));
   // No worker runs yet, and every interrupted job is queued again.
   QUANTD_ASSIGN_OR_RETURN(pool->swept_, RemoveUnheldArtifacts(*artifacts, *store));
   return pool;
@@ -36,13 +38,14 @@ void WorkerPool::Start() {
   absl::MutexLock lock(&mu_);
   if (!threads_.empty() || stopping_) return;
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
+  threads_.emplace_back([this] { LeaseLoop(); });
 }
 
 void WorkerPool::Stop() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
-    for (auto& [id, stop] : running_) stop->shutting_down.store(true);
+    for (auto& [id, running] : running_) running.stop->shutting_down.store(true);
   }
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();
@@ -99,9 +102,10 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
       absl::MutexLock lock(&mu_);
       auto it = running_.find(id);
       if (it != running_.end()) {
-        if (!it->second->cancelled.load()) {
-          it->second->cancel_reason = reason;
-          it->second->cancelled.store(true);
+        StopSignals* stop = it->second.stop;
+        if (!stop->cancelled.load()) {
+          stop->cancel_reason = reason;
+          stop->cancelled.store(true);
         }
         return job;
       }
@@ -140,7 +144,7 @@ void WorkerPool::WorkerLoop() {
       if (stopping_) return;
       seen_wakeups = wakeups_;
     }
-    absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock_->Now());
+    absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock_->Now(), options_.holder, options_.lease);
     if (!claimed.ok() || !claimed->has_value()) {
       absl::MutexLock lock(&mu_);
       if (!claimed.ok()) ReportClaimErrorLocked(claimed.status());
@@ -158,7 +162,7 @@ void WorkerPool::WorkerLoop() {
         (void)store_->Release(job.id, job.attempt_count);
         return;
       }
-      running_[job.id] = &stop;
+      running_[job.id] = RunningJob{job.attempt_count, &stop};
     }
     absl::Time deadline = absl::InfiniteFuture();
     if (options_.job_deadline != absl::InfiniteDuration()) {
@@ -168,11 +172,66 @@ void WorkerPool::WorkerLoop() {
     runner_.Run(std::move(job), deadline, &stop);
     absl::MutexLock lock(&mu_);
     for (auto it = running_.begin(); it != running_.end(); ++it) {
-      if (it->second == &stop) {
+      if (it->second.stop == &stop) {
         running_.erase(it);
         break;
       }
     }
+  }
+}
+
+JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
+  std::vector<std::pair<std::string, uint32_t>> running;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, job] : running_) running.emplace_back(id, job.attempt);
+  }
+  const absl::Time expires = clock_->Now() + options_.lease;
+  for (const auto& [id, attempt] : running) {
+    const absl::Status renewed = store_->RenewLease(id, attempt, expires);
+    if (renewed.code() != absl::StatusCode::kFailedPrecondition) {
+      // Any other error (a locked or full store) is retried at the next round,
+      // well before the lease runs out.
+      if (!renewed.ok()) std::cerr << "quantd: cannot renew the lease of job " << id << ": " << renewed << "\n";
+      continue;
+    }
+    // Not running this attempt any more: either its runner has just recorded
+    // the outcome, or the job was recovered and may run elsewhere.
+    absl::StatusOr<Job> stored = store_->Get(id);
+    if (stored.ok() && stored->attempt_count == attempt && stored->state != JobState::kRunning) continue;
+    absl::MutexLock lock(&mu_);
+    auto it = running_.find(id);
+    if (it != running_.end() && it->second.attempt == attempt) {
+      std::cerr << "quantd: job " << id << " attempt " << attempt
+                << " lost its lease (recovered after it ran out); stopping it\n";
+      it->second.stop->lease_lost.store(true);
+    }
+  }
+  absl::StatusOr<JobStore::RecoveryCounts> recovered =
+      store_->RecoverInterrupted(options_.max_attempts, clock_->Now(), /*restarted_holder=*/"");
+  if (!recovered.ok()) {
+    std::cerr << "quantd: cannot recover jobs whose lease ran out: " << recovered.status() << "\n";
+    return {};
+  }
+  if (recovered->requeued > 0 || recovered->failed > 0) {
+    std::cerr << "quantd: recovered jobs whose lease ran out: requeued=" << recovered->requeued
+              << " failed=" << recovered->failed << "\n";
+    absl::MutexLock lock(&mu_);
+    ++wakeups_;
+  }
+  return *recovered;
+}
+
+void WorkerPool::LeaseLoop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      // Real time: a renewal is due in wall-clock terms whatever clock the
+      // leases are measured on.
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.lease / 3);
+      if (stopping_) return;
+    }
+    MaintainLeases();
   }
 }
 

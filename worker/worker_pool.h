@@ -2,9 +2,12 @@
 #define QUANTD_WORKER_WORKER_POOL_H_
 
 // N worker threads take jobs from the job store's queue (oldest first),
-// bounded by a queue capacity, and run them with JobRunner. On creation,
-// jobs interrupted by a crash are re-queued (or failed after too many
-// attempts). Cancel and delete go through here too.
+// bounded by a queue capacity, and run them with JobRunner. Each running job
+// is leased to this pool's holder name; a lease thread renews the leases and
+// re-queues jobs whose lease ran out (another process sharing the store died
+// or froze). On creation, jobs interrupted by a crash of this holder are
+// re-queued at once (or failed after too many attempts). Cancel and delete
+// go through here too.
 
 #include <atomic>
 #include <memory>
@@ -45,6 +48,13 @@ class WorkerPool {
     // First wait before recording a job's outcome again when the store
     // cannot write (a full disk); doubles up to 5 s.
     absl::Duration finish_retry_backoff = absl::Milliseconds(100);
+    // Names this process to the store: the same across its restarts, unique
+    // among the processes that share the store (the server uses its host and
+    // data dir).
+    std::string holder = "local";
+    // How long a claimed job stays this process's without a renewal. Leases
+    // are renewed, and expired ones recovered, every lease / 3.
+    absl::Duration lease = absl::Seconds(30);
   };
 
   // Recovers interrupted jobs; the threads start with Start().
@@ -55,8 +65,15 @@ class WorkerPool {
   // go back to the queue.
   ~WorkerPool();
 
+  // Starts the workers and the lease thread.
   void Start();
   void Stop();
+
+  // Renews the lease of every job this pool runs (a job recovered by another
+  // process meanwhile is stopped here without recording anything) and
+  // re-queues jobs whose lease ran out. The lease thread calls it; so may
+  // tests, on a fake clock.
+  JobStore::RecoveryCounts MaintainLeases();
 
   // Queues a new job (id, create time and attempt are filled in here) or
   // returns the job already submitted with the same idempotency key.
@@ -77,6 +94,7 @@ class WorkerPool {
   WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
              QuantizationEngine* engine, Clock* clock);
   void WorkerLoop();
+  void LeaseLoop();
   void ReportClaimErrorLocked(const absl::Status& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string NewJobId();
 
@@ -94,8 +112,12 @@ class WorkerPool {
   uint64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;
   std::string last_claim_error_ ABSL_GUARDED_BY(mu_);
   absl::Time last_claim_error_time_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, StopSignals*> running_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> threads_;
+  struct RunningJob {
+    uint32_t attempt;
+    StopSignals* stop;
+  };
+  absl::flat_hash_map<std::string, RunningJob> running_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_;  // workers, then the lease thread
 };
 
 }  // namespace quantd::worker

@@ -28,6 +28,11 @@ using ::testing::HasSubstr;
 class FakeEngine : public QuantizationEngine {
  public:
   absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+    absl::StatusOr<EngineOutput> output = RunBatches(options);
+    runs_returned.fetch_add(1);
+    return output;
+  }
+  absl::StatusOr<EngineOutput> RunBatches(const engine::QuantizeOptions& options) {
     {
       absl::MutexLock lock(&mu_);
       order_.push_back(options.model_path);
@@ -84,6 +89,7 @@ class FakeEngine : public QuantizationEngine {
   FakeClock* clock = nullptr;
   absl::Notification paused, release;
   std::atomic<int> batches_run{0};
+  std::atomic<int> runs_returned{0};
 
  private:
   absl::Mutex mu_;
@@ -102,9 +108,13 @@ class FullDiskStore : public JobStore {
                                const std::string& page_token) override {
     return real_->List(states, page_size, page_token);
   }
-  absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now) override {
+  absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now, const std::string& holder,
+                                               absl::Duration lease) override {
     if (claim_failures.fetch_sub(1) > 0) return Full();
-    return real_->ClaimNext(now);
+    return real_->ClaimNext(now, holder, lease);
+  }
+  absl::Status RenewLease(const std::string& id, uint32_t attempt, absl::Time expires) override {
+    return real_->RenewLease(id, attempt, expires);
   }
   absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) override {
     return real_->SetPhase(id, attempt, phase);
@@ -142,8 +152,9 @@ class FullDiskStore : public JobStore {
                                            const std::string& page_token) override {
     return real_->ListArtifactJobs(job_id, page_size, page_token);
   }
-  absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now) override {
-    return real_->RecoverInterrupted(max_attempts, now);
+  absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now,
+                                                    const std::string& restarted_holder) override {
+    return real_->RecoverInterrupted(max_attempts, now, restarted_holder);
   }
   absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) override {
     return real_->ListModelVersions(name);
@@ -361,7 +372,7 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
     auto pool = NewPool();
     id = pool->Submit(NewJob("m"))->id;
   }
-  ASSERT_TRUE(store_->ClaimNext(absl::Now()).ok());  // a worker took it, then the process died
+  ASSERT_TRUE(store_->ClaimNext(absl::Now(), "local", absl::Hours(1)).ok());  // a worker took it, then the process died
   auto pool = NewPool();
   EXPECT_EQ(pool->recovered().requeued, 1);
   pool->Start();
@@ -371,6 +382,60 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kOk);
   EXPECT_FALSE(artifacts_->Contains(sha));
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kNotFound);
+}
+
+// Two processes share one store (here: two pools, each on its own SQLite
+// connection to one file). While one renews its job's lease the other never
+// takes it; once it stops renewing (frozen), the other recovers and runs the
+// job, and the first, on its next renewal, stops without recording anything.
+TEST_F(WorkerPoolTest, AJobWhoseLeaseRunsOutIsRecoveredByAnotherProcess) {
+  FakeClock clock;
+  engine_.pause_at_batch = 2;
+  // Long leases on the fake clock: the lease threads, on real time, stay
+  // asleep during the test, which renews by calling MaintainLeases.
+  WorkerPool::Options options_a;
+  options_a.holder = "host-a:/data";
+  options_a.lease = absl::Hours(1);
+  options_a.idle_poll = absl::Milliseconds(20);
+  WorkerPool::Options options_b = options_a;
+  options_b.holder = "host-b:/data";
+  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
+  ASSERT_TRUE(store_b.ok()) << store_b.status();
+  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(pool_a.ok()) << pool_a.status();
+  (*pool_a)->Start();
+  const std::string id = (*pool_a)->Submit(NewJob("m"))->id;
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));  // a runs it
+
+  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(pool_b.ok()) << pool_b.status();
+  EXPECT_EQ((*pool_b)->recovered().requeued, 0);  // a is alive: not b's to recover
+  (*pool_b)->Start();
+  clock.Advance(absl::Minutes(50));
+  EXPECT_EQ((*pool_a)->MaintainLeases().requeued, 0);  // a renews: until 1 h 50 min
+  clock.Advance(absl::Minutes(50));
+  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 0);
+  EXPECT_EQ((*store_b)->Get(id)->state, JobState::kRunning);
+
+  // a freezes (renews nothing); after its lease b takes the job over.
+  clock.Advance(absl::Minutes(61));
+  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 1);
+  Job job = WaitForState(id, JobState::kSucceeded);
+  EXPECT_EQ(job.attempt_count, 2u);
+  EXPECT_TRUE(artifacts_->Contains(job.result->artifact_sha256));
+
+  // a wakes up: its renewal fails, and its run stops at the next batch.
+  (*pool_a)->MaintainLeases();
+  engine_.release.Notify();
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (engine_.runs_returned.load() < 2 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(engine_.runs_returned.load(), 2);
+  // b's 10 batches, and a's first two: a did not run on to the end.
+  EXPECT_EQ(engine_.batches_of("m"), 12);
+  Job after = *store_->Get(id);
+  EXPECT_EQ(after.state, JobState::kSucceeded);
+  EXPECT_EQ(after.attempt_count, 2u);
+  EXPECT_EQ(after.result->artifact_sha256, job.result->artifact_sha256);
 }
 
 TEST_F(WorkerPoolTest, GracefulShutdownRequeuesTheRunningJob) {
