@@ -38,6 +38,9 @@ ABSL_FLAG(int64_t, max_upload_bytes, int64_t{512} << 20,
 ABSL_FLAG(int64_t, upload_idle_timeout_seconds, 60,
           "An UploadModel/UploadDataset stream that sends no message for this long is dropped "
           "(DEADLINE_EXCEEDED; its partial file and quota reservation go); 0 = never.");
+ABSL_FLAG(int64_t, keepalive_seconds, 60,
+          "Each gRPC connection quiet this long is pinged; one whose peer does not answer within "
+          "20 s is closed with its calls (watch streams of a vanished client); 0 = never.");
 ABSL_FLAG(double, job_deadline_seconds, 3600,
           "Longest a job may run once started (it then FAILS with DEADLINE_EXCEEDED); 0 = none.");
 ABSL_FLAG(std::string, port_file, "",
@@ -206,6 +209,7 @@ int main(int argc, char** argv) {
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   options.upload_idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_upload_idle_timeout_seconds));
+  options.keepalive_time = absl::Seconds(absl::GetFlag(FLAGS_keepalive_seconds));
   options.job_deadline_seconds = absl::GetFlag(FLAGS_job_deadline_seconds);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);

@@ -8,6 +8,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -132,6 +133,10 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     return absl::InvalidArgumentError(absl::StrCat("--upload_idle_timeout_seconds must be in 0..86400 (0 = never), got ",
                                                    absl::ToDoubleSeconds(options.upload_idle_timeout)));
   }
+  if (options.keepalive_time < absl::ZeroDuration() || options.keepalive_time > absl::Hours(24)) {
+    return absl::InvalidArgumentError(absl::StrCat("--keepalive_seconds must be in 0..86400 (0 = never), got ",
+                                                   absl::ToDoubleSeconds(options.keepalive_time)));
+  }
   if (options.inference_queue_capacity < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--inference_queue_capacity must be at least 1, got ", options.inference_queue_capacity));
@@ -190,6 +195,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> GrpcCredentials(const Q
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(ssl);
+}
+
+int ClampedMillis(absl::Duration d) {
+  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d), std::numeric_limits<int>::max()));
 }
 
 // Names this server to the job store for its leases: the same after a
@@ -307,6 +316,17 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
   // gRPC sets SO_REUSEPORT by default on Linux: a second quantd on the same
   // port would then start "fine" and steal half the connections.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (options.keepalive_time > absl::ZeroDuration()) {
+    // Pings go on for as long as a quiet call (a watch stream) lasts, and
+    // on connections with no call at all.
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, ClampedMillis(options.keepalive_time));
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ClampedMillis(options.keepalive_timeout));
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
+  // Clients' own keepalive pings are welcome every 10 s (gRPC's default
+  // answers pings more often than every 5 min with GOAWAY).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   std::string grpc_address = HostPort(options.bind_address, options.grpc_port);
   builder.AddListeningPort(grpc_address, credentials, &server->grpc_port_);
   builder.RegisterService(server->quantization_service_.get());

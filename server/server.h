@@ -62,6 +62,13 @@ class QuantdServer {
     // An upload stream that sends nothing for this long is dropped; zero:
     // never (--upload_idle_timeout_seconds; a duration for tests).
     absl::Duration upload_idle_timeout = absl::Seconds(60);
+    // Each gRPC connection is pinged after this long without traffic, and
+    // closed (ending its calls, e.g. watch streams) when the peer does not
+    // answer within `keepalive_timeout`: a client that vanished without
+    // closing its connection holds nothing. Zero: never
+    // (--keepalive_seconds; durations for tests).
+    absl::Duration keepalive_time = absl::Seconds(60);
+    absl::Duration keepalive_timeout = absl::Seconds(20);
     // Longest a job may run once started; 0 = no limit.
     double job_deadline_seconds = 3600;
     // Most bytes one batch of float32 images may take in a job (calibration

@@ -1,9 +1,14 @@
 #include "server/server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <prometheus/text_serializer.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -13,11 +18,14 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
+#include <grpcpp/create_channel.h>
+
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quantd/v1/quantd.grpc.pb.h"
 #include "server/cpu_budget.h"
@@ -390,6 +398,148 @@ TEST(ServerUploadIdleTest, AnUploadThatSendsNothingIsDropped) {
   std::filesystem::remove_all(options.data_dir);
 }
 
+// A TCP relay on loopback to `target_port` that can freeze: it then moves no
+// byte either way and keeps both sockets open, as a client behind a cut
+// network or in a suspended VM does (no FIN, no RST ever reaches the server).
+class FreezableRelay {
+ public:
+  explicit FreezableRelay(int target_port) : target_port_(target_port) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&address), length) == 0 && ::listen(listen_fd_, 4) == 0 &&
+        ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+      port_ = ntohs(address.sin_port);
+    }
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~FreezableRelay() {
+    stopping_.store(true);
+    thread_.join();
+    for (int fd : fds_) {
+      if (fd >= 0) ::close(fd);
+    }
+    ::close(listen_fd_);
+  }
+  int port() const { return port_; }
+  void Freeze() { frozen_.store(true); }
+
+ private:
+  int ConnectToTarget() const {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(target_port_);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+      ::close(fd);
+      return -1;
+    }
+    return fd;
+  }
+  // fds_ holds pairs: [client, server, client, server, ...].
+  void Run() {
+    while (!stopping_.load()) {
+      std::vector<pollfd> polled{{listen_fd_, POLLIN, 0}};
+      if (!frozen_.load()) {
+        for (int fd : fds_) polled.push_back({fd, POLLIN, 0});
+      }
+      if (::poll(polled.data(), polled.size(), 20) <= 0) continue;
+      if (polled[0].revents & POLLIN) {
+        const int client = ::accept(listen_fd_, nullptr, nullptr);
+        const int server = ConnectToTarget();
+        if (client >= 0 && server >= 0) {
+          fds_.push_back(client);
+          fds_.push_back(server);
+        }
+      }
+      char buffer[16384];
+      for (size_t i = 1; i < polled.size(); ++i) {
+        if (!(polled[i].revents & (POLLIN | POLLHUP))) continue;
+        const size_t index = i - 1;
+        const int peer = fds_[index ^ 1];
+        const ssize_t n = ::read(polled[i].fd, buffer, sizeof(buffer));
+        if (n > 0 && ::send(peer, buffer, n, MSG_NOSIGNAL) == n) continue;
+        // One side closed (or failed): close the pair; poll skips -1.
+        for (size_t end : {index, index ^ 1}) {
+          if (fds_[end] >= 0) ::close(fds_[end]);
+          fds_[end] = -1;
+        }
+      }
+    }
+  }
+
+  const int target_port_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> frozen_{false};
+  std::atomic<bool> stopping_{false};
+  std::vector<int> fds_;  // only the relay's thread touches it until joined
+  std::thread thread_;
+};
+
+double GaugeValue(const std::string& scrape, const std::string& name) {
+  std::istringstream lines(scrape);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+  }
+  return std::nan("");
+}
+
+// A client that vanished without closing its connection (here: a relay that
+// froze) holds no call for ever: the server's keepalive ping goes
+// unanswered and the connection, with its watch stream, is closed. A client
+// that answers keeps its quiet stream.
+TEST(ServerKeepaliveTest, AWatchOfAVanishedClientEndsAndALiveQuietOneStays) {
+  QuantdServer::Options options;
+  options.bind_address = "127.0.0.1";
+  options.grpc_port = 0;
+  options.metrics_port = -1;
+  options.data_dir = TempDir("keepalive");
+  options.keepalive_time = absl::Milliseconds(200);
+  options.keepalive_timeout = absl::Milliseconds(500);
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto in_flight = [&] {
+    return GaugeValue(prometheus::TextSerializer().Serialize((*server)->metrics().registry()->Collect()),
+                      "quantd_grpc_requests_in_flight");
+  };
+  FreezableRelay relay((*server)->grpc_port());
+  ASSERT_NE(relay.port(), 0);
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(relay.port()), grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;  // no deadline: a watch lasts as long as the client wants
+  HealthCheckRequest request;
+  request.set_service("quantd.v1.QuantizationService");
+  auto reader = Health::NewStub(channel)->Watch(&context, request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_EQ(in_flight(), 1);
+
+  // Quiet for ten keepalive periods, answered by the live client: kept.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(in_flight(), 1);
+  (*server)->health().SetServingStatus("quantd.v1.QuantizationService", HealthCheckResponse::NOT_SERVING);
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+
+  relay.Freeze();
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (in_flight() != 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(in_flight(), 0) << "the vanished client's watch is still open";
+  context.TryCancel();
+  reader->Finish();
+  // The server serves on.
+  grpc::ClientContext check_context;
+  SetDeadline(check_context);
+  EXPECT_TRUE(Health::NewStub((*server)->InProcessChannel())->Check(&check_context, request, &response).ok());
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+}
+
 TEST_F(ServerTest, InterceptorRecordsRequests) {
   HealthCheckResponse response;
   ASSERT_TRUE(Check("", &response).ok());
@@ -563,6 +713,9 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   bad.upload_idle_timeout = absl::Seconds(-1);
   EXPECT_THAT(QuantdServer::Start(bad).status().message(),
               HasSubstr("--upload_idle_timeout_seconds must be in 0..86400"));
+  bad = options;
+  bad.keepalive_time = absl::Seconds(-1);
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--keepalive_seconds must be in 0..86400"));
   bad = options;
   bad.workers = 0;
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--workers"));  // flags named, not prose
