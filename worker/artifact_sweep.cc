@@ -13,14 +13,13 @@ namespace quantd::worker {
 
 absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, JobStore& jobs) {
   SweptArtifacts swept;
+  // Files first, holders second: a job pins its artifact before storing it,
+  // so any file listed here already has its holder recorded, whichever
+  // process is storing it.
   QUANTD_ASSIGN_OR_RETURN(const auto listed, artifacts.List());
   for (const auto& [sha256, manifests] : listed) {
-    // The holders: succeeded jobs whose result names these bytes.
-    QUANTD_ASSIGN_OR_RETURN(std::vector<Job> holding, jobs.JobsWithArtifact(ArtifactIdFor(sha256)));
-    std::set<std::string> holders;
-    for (const Job& job : holding) {
-      if (job.result.has_value() && job.result->artifact_sha256 == sha256) holders.insert(job.id);
-    }
+    QUANTD_ASSIGN_OR_RETURN(const std::vector<std::string> holding, jobs.ArtifactHolders(ArtifactIdFor(sha256)));
+    const std::set<std::string> holders(holding.begin(), holding.end());
     if (holders.empty()) {
       QUANTD_RETURN_IF_ERROR(artifacts.Remove(sha256));
       ++swept.artifacts;

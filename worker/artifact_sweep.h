@@ -1,17 +1,17 @@
 #ifndef QUANTD_WORKER_ARTIFACT_SWEEP_H_
 #define QUANTD_WORKER_ARTIFACT_SWEEP_H_
 
-// Removes what no job record holds from the artifact store: an artifact
-// stored by a job that then crashed and failed, or was rerun with other
-// bytes; a manifest of a job that no longer holds the artifact; a manifest
-// left without its bytes. Without it those files would count against the
-// data quota forever.
+// Removes what no job holds from the artifact store (a job holds its
+// artifact once SUCCEEDED with it, or while RUNNING with it pinned): an
+// artifact stored by a job that then crashed and failed, or was rerun with
+// other bytes; a manifest of a job that no longer holds the artifact; a
+// manifest left without its bytes. Without it those files would count
+// against the data quota forever.
 //
-// Run at start-up, after interrupted jobs were requeued and before any
-// worker runs: a job between storing its artifact and recording it would
-// otherwise lose it. The local stores are owned by one process (the data
-// dir lock); stores shared by several replicas need the sweep to spare
-// recent files instead.
+// Run at start-up, after this server's interrupted jobs were requeued (their
+// stale pins no longer hold anything). Jobs running meanwhile, in this
+// process or another sharing the stores, keep what they store: they pin it
+// first.
 
 #include "absl/status/statusor.h"
 #include "worker/artifact_store.h"

@@ -91,6 +91,9 @@ class JobStore {
   virtual absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) = 0;
   // Succeeded jobs that produced this artifact, oldest first.
   virtual absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) = 0;
+  // Ids of the jobs that hold this artifact: SUCCEEDED with it, or RUNNING
+  // with it pinned (about to store it, in whichever process).
+  virtual absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) = 0;
   // Distinct artifacts of succeeded jobs, newest first: the oldest job of
   // each. `job_id` non-empty = only that job's artifact.
   virtual absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,

@@ -556,6 +556,20 @@ absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::str
   return std::move(page.jobs);
 }
 
+absl::StatusOr<std::vector<std::string>> SqliteJobStore::ArtifactHolders(const std::string& artifact_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT id FROM jobs WHERE artifact_id = ?1 AND state IN (2, 3) ORDER BY seq");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, artifact_id);
+  std::vector<std::string> ids;
+  while (true) {
+    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    ids.push_back(s.Text(0));
+  }
+  return ids;
+}
+
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::ActiveJobsUsing(const std::string& needle) {
   absl::MutexLock lock(&mu_);
   // instr(), not LIKE: the needle is matched literally.

@@ -40,6 +40,7 @@ class SqliteJobStore final : public JobStore {
   absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) override;
   absl::Status Delete(const std::string& id, const ReleaseArtifact& release) override;
   absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override;
+  absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) override;
   absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override;
   absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
                                            const std::string& page_token) override;

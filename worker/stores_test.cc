@@ -637,7 +637,7 @@ TEST(BlobCollectorTest, CollectsOnlyIdleBlobsNoActiveJobUses) {
   EXPECT_EQ((*blobs)->Remove(used).code(), absl::StatusCode::kNotFound);
 }
 
-TEST(ArtifactSweepTest, RemovesWhatNoSucceededJobHolds) {
+TEST(ArtifactSweepTest, RemovesWhatNoJobHoldsAndSparesWhatARunningJobPinned) {
   const std::string dir = TempDir("sweep");
   auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
   auto artifacts = LocalArtifactStore::Open(dir + "/artifacts");
@@ -664,6 +664,13 @@ TEST(ArtifactSweepTest, RemovesWhatNoSucceededJobHolds) {
   // A manifest whose bytes never made it (a crash between the two writes).
   const std::string lone = std::string(64, 'e');
   std::ofstream((*artifacts)->ManifestPath(lone, "lost")) << "{}";
+  // "storing" runs (in this process or another) and has stored its bytes,
+  // pinned first, but not recorded them yet.
+  ASSERT_TRUE((*jobs)->Create(NewJob("storing", 2), 10).ok());
+  ASSERT_TRUE((*jobs)->ClaimNext(now, "host-2:/data", absl::Hours(1)).ok());
+  const std::string storing_sha = engine::Sha256Hex("storing bytes");
+  ASSERT_TRUE((*jobs)->PinArtifact("storing", 1, ArtifactIdFor(storing_sha)).ok());
+  ASSERT_TRUE((*artifacts)->Put("storing", "storing bytes", "{}").ok());
 
   auto swept = RemoveUnheldArtifacts(**artifacts, **jobs);
   ASSERT_TRUE(swept.ok()) << swept.status();
@@ -671,10 +678,11 @@ TEST(ArtifactSweepTest, RemovesWhatNoSucceededJobHolds) {
   EXPECT_EQ(swept->manifests, 1);  // "rerun"'s manifest of the bytes "held" keeps
   auto listed = (*artifacts)->List();
   ASSERT_TRUE(listed.ok());
-  ASSERT_EQ(listed->size(), 1u);
-  EXPECT_EQ(listed->begin()->first, held->sha256);
-  EXPECT_THAT(listed->begin()->second, ::testing::ElementsAre("held"));
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_THAT(listed->at(held->sha256), ::testing::ElementsAre("held"));
+  EXPECT_THAT(listed->at(storing_sha), ::testing::ElementsAre("storing"));
   EXPECT_TRUE((*artifacts)->Contains(held->sha256));
+  EXPECT_TRUE((*artifacts)->Contains(storing_sha));
   // Nothing left to sweep.
   swept = RemoveUnheldArtifacts(**artifacts, **jobs);
   EXPECT_EQ(swept->artifacts + swept->manifests, 0);

@@ -22,7 +22,8 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
   pool->events_.set_generation(generation);
   QUANTD_ASSIGN_OR_RETURN(pool->recovered_,
                           store->RecoverInterrupted(options.max_attempts, clock->Now(), options.holder));
-  // No worker runs yet, and every interrupted job is queued again.
+  // After the recovery: this holder's interrupted jobs no longer hold what
+  // they pinned before the crash.
   QUANTD_ASSIGN_OR_RETURN(pool->swept_, RemoveUnheldArtifacts(*artifacts, *store));
   return pool;
 }

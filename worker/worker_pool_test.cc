@@ -148,6 +148,9 @@ class FullDiskStore : public JobStore {
   absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override {
     return real_->JobsWithArtifact(artifact_id);
   }
+  absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) override {
+    return real_->ArtifactHolders(artifact_id);
+  }
   absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
                                            const std::string& page_token) override {
     return real_->ListArtifactJobs(job_id, page_size, page_token);
