@@ -84,6 +84,50 @@ void JobEventHub::CloseAll() {
   }
 }
 
+std::vector<std::string> JobEventHub::FollowedJobs() {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> ids;
+  ids.reserve(jobs_.size());
+  for (const auto& [id, followed] : jobs_) ids.push_back(id);
+  return ids;
+}
+
+void JobEventHub::PublishStoredChange(const Job& stored) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(stored.id);
+  // Gone: this process published its result meanwhile.
+  if (it == jobs_.end()) return;
+  Followed& followed = it->second;
+  const Job before = followed.job;
+  followed.job = stored;
+  auto tell_watchers = [&](JobEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    event.job_id = stored.id;
+    event.time = clock_->Now();
+    event.sequence = Sequence(++followed.sequence);
+    for (const auto& [token, watcher] : followed.watchers) watcher->OnJobEvent(event);
+  };
+  if (stored.state != before.state) {
+    JobEvent event;
+    event.kind = JobEvent::Kind::kStateChanged;
+    event.state = stored.state;
+    tell_watchers(event);
+  }
+  if (stored.state == JobState::kRunning && stored.phase != JobPhase::kNone &&
+      (stored.phase != before.phase || stored.attempt_count != before.attempt_count)) {
+    JobEvent event;
+    event.kind = JobEvent::Kind::kPhaseStarted;
+    event.phase.phase = stored.phase;
+    tell_watchers(event);
+  }
+  if (IsTerminal(stored.state)) {
+    JobEvent event;
+    event.kind = JobEvent::Kind::kResult;
+    if (stored.result.has_value()) event.result = *stored.result;
+    tell_watchers(event);
+    jobs_.erase(it);
+  }
+}
+
 int JobEventHub::WatcherCount(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);

@@ -79,6 +79,16 @@ class JobEventHub {
 
   int WatcherCount(const std::string& job_id);
 
+  // Ids of the jobs the hub follows (watched, or run here), for
+  // PublishStoredChange.
+  std::vector<std::string> FollowedJobs();
+  // For a followed job that this process does not run (another process
+  // sharing the job store does, or nobody yet): tells its watchers here what
+  // `stored`, read from the store, says changed since the hub's copy: its
+  // state, its phase, and at the end its result (which ends their streams).
+  // Observers are not told: the process that runs the job counts it.
+  void PublishStoredChange(const Job& stored);
+
   // `observer` gets every event of every job from now on (for metrics),
   // under the same rules as a watcher's. It must outlive the hub.
   void AddObserver(JobWatcher* observer);

@@ -1,5 +1,6 @@
 #include "worker/worker_pool.h"
 
+#include <algorithm>
 #include <iostream>
 #include <random>
 #include <utility>
@@ -17,6 +18,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
   if (options.queue_capacity < 1) return absl::InvalidArgumentError("queue capacity must be at least 1");
   if (options.holder.empty()) return absl::InvalidArgumentError("the lease holder name must not be empty");
   if (options.lease <= absl::ZeroDuration()) return absl::InvalidArgumentError("the job lease must be positive");
+  if (options.watch_sync <= absl::ZeroDuration()) return absl::InvalidArgumentError("the watch sync period must be positive");
   std::unique_ptr<WorkerPool> pool(new WorkerPool(options, store, artifacts, engine, clock));
   QUANTD_ASSIGN_OR_RETURN(const uint64_t generation, store->NextGeneration());
   pool->events_.set_generation(generation);
@@ -39,7 +41,7 @@ void WorkerPool::Start() {
   absl::MutexLock lock(&mu_);
   if (!threads_.empty() || stopping_) return;
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
-  threads_.emplace_back([this] { LeaseLoop(); });
+  threads_.emplace_back([this] { MaintenanceLoop(); });
 }
 
 void WorkerPool::Stop() {
@@ -145,7 +147,20 @@ void WorkerPool::WorkerLoop() {
       if (stopping_) return;
       seen_wakeups = wakeups_;
     }
-    absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock_->Now(), options_.holder, options_.lease);
+    StopSignals stop;
+    absl::StatusOr<std::optional<Job>> claimed;
+    {
+      absl::MutexLock claiming(&claim_mu_);
+      claimed = store_->ClaimNext(clock_->Now(), options_.holder, options_.lease);
+      if (claimed.ok() && claimed->has_value()) {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) {
+          (void)store_->Release((*claimed)->id, (*claimed)->attempt_count);
+          return;
+        }
+        running_[(*claimed)->id] = RunningJob{(*claimed)->attempt_count, &stop};
+      }
+    }
     if (!claimed.ok() || !claimed->has_value()) {
       absl::MutexLock lock(&mu_);
       if (!claimed.ok()) ReportClaimErrorLocked(claimed.status());
@@ -156,15 +171,6 @@ void WorkerPool::WorkerLoop() {
       continue;
     }
     Job job = std::move(**claimed);
-    StopSignals stop;
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) {
-        (void)store_->Release(job.id, job.attempt_count);
-        return;
-      }
-      running_[job.id] = RunningJob{job.attempt_count, &stop};
-    }
     absl::Time deadline = absl::InfiniteFuture();
     if (options_.job_deadline != absl::InfiniteDuration()) {
       deadline = clock_->Now() + options_.job_deadline;
@@ -223,16 +229,33 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
   return *recovered;
 }
 
-void WorkerPool::LeaseLoop() {
+void WorkerPool::SyncFollowedJobs() {
+  absl::MutexLock claiming(&claim_mu_);
+  for (const std::string& id : events_.FollowedJobs()) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (running_.contains(id)) continue;  // its runner tells its watchers
+    }
+    absl::StatusOr<Job> stored = store_->Get(id);
+    if (stored.ok()) events_.PublishStoredChange(*stored);
+  }
+}
+
+void WorkerPool::MaintenanceLoop() {
+  // Real time: renewals are due in wall-clock terms whatever clock the leases
+  // are measured on.
+  absl::Time last_renewal = absl::Now();
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      // Real time: a renewal is due in wall-clock terms whatever clock the
-      // leases are measured on.
-      mu_.AwaitWithTimeout(absl::Condition(&stopping_), options_.lease / 3);
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), std::min(options_.watch_sync, options_.lease / 3));
       if (stopping_) return;
     }
-    MaintainLeases();
+    SyncFollowedJobs();
+    if (absl::Now() - last_renewal >= options_.lease / 3) {
+      last_renewal = absl::Now();
+      MaintainLeases();
+    }
   }
 }
 

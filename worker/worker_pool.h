@@ -3,9 +3,9 @@
 
 // N worker threads take jobs from the job store's queue (oldest first),
 // bounded by a queue capacity, and run them with JobRunner. Each running job
-// is leased to this pool's holder name; a lease thread renews the leases and
-// re-queues jobs whose lease ran out (another process sharing the store died
-// or froze). On creation, jobs interrupted by a crash of this holder are
+// is leased to this pool's holder name; a maintenance thread renews the
+// leases, re-queues jobs whose lease ran out (another process sharing the
+// store died or froze), and keeps watchers of jobs run elsewhere informed. On creation, jobs interrupted by a crash of this holder are
 // re-queued at once (or failed after too many attempts). Cancel and delete
 // go through here too.
 
@@ -55,6 +55,9 @@ class WorkerPool {
     // How long a claimed job stays this process's without a renewal. Leases
     // are renewed, and expired ones recovered, every lease / 3.
     absl::Duration lease = absl::Seconds(30);
+    // How often watched jobs that this process does not run are read from
+    // the store, to tell their watchers here what changed.
+    absl::Duration watch_sync = absl::Seconds(1);
   };
 
   // Recovers interrupted jobs; the threads start with Start().
@@ -65,7 +68,7 @@ class WorkerPool {
   // go back to the queue.
   ~WorkerPool();
 
-  // Starts the workers and the lease thread.
+  // Starts the workers and the maintenance thread (leases, watch sync).
   void Start();
   void Stop();
 
@@ -74,6 +77,11 @@ class WorkerPool {
   // re-queues jobs whose lease ran out. The lease thread calls it; so may
   // tests, on a fake clock.
   JobStore::RecoveryCounts MaintainLeases();
+  // Tells watchers here of the jobs this pool does not run (another process
+  // sharing the store runs them, or cancels them) what the store says
+  // changed: state, phase and result. The maintenance thread calls it every
+  // `watch_sync`; so may tests.
+  void SyncFollowedJobs();
 
   // Queues a new job (id, create time and attempt are filled in here) or
   // returns the job already submitted with the same idempotency key.
@@ -94,7 +102,7 @@ class WorkerPool {
   WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
              QuantizationEngine* engine, Clock* clock);
   void WorkerLoop();
-  void LeaseLoop();
+  void MaintenanceLoop();
   void ReportClaimErrorLocked(const absl::Status& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string NewJobId();
 
@@ -107,6 +115,10 @@ class WorkerPool {
   JobStore::RecoveryCounts recovered_;
   SweptArtifacts swept_;
 
+  // Held from a claim until the job is in running_, and by
+  // SyncFollowedJobs: so a job claimed here is never taken for one that runs
+  // elsewhere. Taken before mu_.
+  absl::Mutex claim_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;
@@ -117,7 +129,7 @@ class WorkerPool {
     StopSignals* stop;
   };
   absl::flat_hash_map<std::string, RunningJob> running_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> threads_;  // workers, then the lease thread
+  std::vector<std::thread> threads_;  // workers, then the maintenance thread
 };
 
 }  // namespace quantd::worker

@@ -1,6 +1,7 @@
 // WorkerPool + JobRunner with a fake engine: order, cancellation at a batch
 // boundary, deadlines on a fake clock, restart recovery, delete.
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -500,12 +501,94 @@ class CountingWatcher : public JobWatcher {
   void OnJobEvent(const JobEvent& event) override {
     absl::MutexLock lock(&mu);
     kinds.push_back(event.kind);
-    if (event.kind == JobEvent::Kind::kResult) done.Notify();
+    if (event.kind == JobEvent::Kind::kStateChanged) states.push_back(event.state);
+    if (event.kind == JobEvent::Kind::kPhaseStarted) phases.push_back(event.phase.phase);
+    if (event.kind != JobEvent::Kind::kSnapshot) {
+      EXPECT_GT(event.sequence, last_sequence);
+      last_sequence = event.sequence;
+    }
+    if (event.kind == JobEvent::Kind::kResult) {
+      result = event.result;
+      done.Notify();
+    }
+  }
+  int Count(JobEvent::Kind kind) {
+    absl::MutexLock lock(&mu);
+    return static_cast<int>(std::count(kinds.begin(), kinds.end(), kind));
   }
   absl::Mutex mu;
   std::vector<JobEvent::Kind> kinds;
+  std::vector<JobState> states;
+  std::vector<JobPhase> phases;
+  uint64_t last_sequence = 0;
+  JobResult result;
   absl::Notification done;
 };
+
+// A watcher here of a job that another process runs or cancels (a second
+// pool on its own connection to the same file) learns from the store what
+// changed: the state, the phase, and the result, which ends its stream. The
+// pool that runs the job tells its own watchers as before: nobody hears
+// anything twice.
+TEST_F(WorkerPoolTest, WatchersOfAJobAnotherProcessRunsHearItsStateAndResult) {
+  engine_.pause_at_batch = 2;
+  WorkerPool::Options options_a;
+  options_a.holder = "host-a:/data";
+  options_a.idle_poll = absl::Milliseconds(20);
+  options_a.watch_sync = absl::Hours(1);  // the test syncs by calling SyncFollowedJobs
+  WorkerPool::Options options_b = options_a;
+  options_b.holder = "host-b:/data";
+  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
+  ASSERT_TRUE(store_b.ok()) << store_b.status();
+  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, Clock::Real());
+  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, Clock::Real());
+  ASSERT_TRUE(pool_a.ok() && pool_b.ok());
+  const std::string runs = (*pool_a)->Submit(NewJob("m"))->id;
+  const std::string waits = (*pool_a)->Submit(NewJob("q"))->id;
+  CountingWatcher here, there, cancelled_there;
+  auto load_a = [&](const std::string& id) { return [&, id] { return store_->Get(id); }; };
+  auto load_b = [&](const std::string& id) { return [&, id] { return (*store_b)->Get(id); }; };
+  ASSERT_TRUE((*pool_a)->events().Subscribe(runs, load_a(runs), &here).ok());
+  ASSERT_TRUE((*pool_b)->events().Subscribe(runs, load_b(runs), &there).ok());
+  ASSERT_TRUE((*pool_b)->events().Subscribe(waits, load_b(waits), &cancelled_there).ok());
+
+  (*pool_a)->Start();  // only a runs jobs
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  (*pool_a)->SyncFollowedJobs();  // a runs it: its runner tells `here`
+  (*pool_b)->SyncFollowedJobs();
+  (*pool_b)->SyncFollowedJobs();  // nothing new
+  {
+    absl::MutexLock lock(&there.mu);
+    EXPECT_EQ(there.states, std::vector<JobState>{JobState::kRunning});
+    EXPECT_EQ(there.phases, std::vector<JobPhase>{JobPhase::kCalibrating});
+  }
+  ASSERT_TRUE((*pool_a)->Cancel(waits, "not needed").ok());
+  (*pool_b)->SyncFollowedJobs();
+  ASSERT_TRUE(cancelled_there.done.HasBeenNotified());
+  {
+    absl::MutexLock lock(&cancelled_there.mu);
+    EXPECT_EQ(cancelled_there.states, std::vector<JobState>{JobState::kCancelled});
+    EXPECT_EQ(cancelled_there.result.error_code, absl::StatusCode::kCancelled);
+  }
+
+  engine_.release.Notify();
+  ASSERT_TRUE(here.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  (*pool_a)->SyncFollowedJobs();
+  (*pool_b)->SyncFollowedJobs();
+  ASSERT_TRUE(there.done.HasBeenNotified());
+  {
+    absl::MutexLock lock(&there.mu);
+    EXPECT_EQ(there.states, (std::vector<JobState>{JobState::kRunning, JobState::kSucceeded}));
+    EXPECT_EQ(there.result.artifact_sha256.size(), 64u);
+  }
+  (*pool_b)->SyncFollowedJobs();  // the job is no longer followed: nothing more
+  EXPECT_EQ(there.Count(JobEvent::Kind::kResult), 1);
+  EXPECT_EQ(here.Count(JobEvent::Kind::kResult), 1);
+  absl::MutexLock lock(&here.mu);
+  EXPECT_EQ(here.states, (std::vector<JobState>{JobState::kRunning, JobState::kSucceeded}));
+  EXPECT_EQ(here.phases, (std::vector<JobPhase>{JobPhase::kLoading, JobPhase::kFusing, JobPhase::kCalibrating,
+                                                JobPhase::kConverting, JobPhase::kStoring}));
+}
 
 TEST_F(WorkerPoolTest, WatchersSeeProgressAndResult) {
   auto pool = NewPool();
