@@ -538,15 +538,24 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   calibration_options.batch_size = options.batch_size;
   calibration_options.forward_batch_size = options.forward_batch_size;
   calibration_options.overlap = options.overlap_observers;
-  if (options.sqnr_samples > 0) {
-    calibration_options.reference_values = SqnrValues(impl->fused, plan);
-    calibration_options.reference_samples = options.sqnr_samples;
-  }
   // The images int8 runs on after conversion: the SQNR ones and the quality gate's.
   // The best preset judges estimators on up to 1000 of them against FP32.
-  const int64_t judged_samples = best_preset ? std::min<int64_t>(1000, calibration->size()) : 0;
+  // They are one batch in memory, so no more than a batch's bytes of them.
+  const int64_t comparable = std::min(calibration->size(),
+                                      ImagesWithinBytes(calibration->sample_shape(), options.max_batch_bytes));
+  if (options.sqnr_samples > 0) {
+    calibration_options.reference_values = SqnrValues(impl->fused, plan);
+    calibration_options.reference_samples = std::min(options.sqnr_samples, comparable);
+  }
+  const int64_t judged_samples = best_preset ? std::min<int64_t>(1000, comparable) : 0;
   const int64_t compared_samples =
-      std::min(std::max({options.sqnr_samples, options.quality_samples, judged_samples}), calibration->size());
+      std::min(std::max({options.sqnr_samples, options.quality_samples, judged_samples}), comparable);
+  if (options.quality_samples > compared_samples && compared_samples < calibration->size()) {
+    report.warnings.push_back(absl::StrCat(
+        "quality_gate.samples: compared int8 with FP32 on ", compared_samples, " images, not ",
+        options.quality_samples, ": more would take over the limit of ", options.max_batch_bytes,
+        " bytes per batch (quantd --max_batch_bytes)"));
+  }
   if (options.quality_samples > 0 || judged_samples > 0) {
     calibration_options.output_values = OutputValues(impl->fused);
     calibration_options.output_samples = compared_samples;

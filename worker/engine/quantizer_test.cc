@@ -252,6 +252,20 @@ TEST_F(SmallModelTest, BatchesOverTheByteLimitAreRefused) {
   options.max_batch_bytes = 49152;
   auto model = Quantize(options);
   ASSERT_TRUE(model.ok()) << model.status();
+  // The quality gate's images (100 asked, 64 in the file) are one batch too:
+  // 16 of them, said in a warning.
+  auto warns = [](const QuantizeReport& report, const std::string& text) {
+    return std::any_of(report.warnings.begin(), report.warnings.end(),
+                       [&](const std::string& w) { return w.find(text) != std::string::npos; });
+  };
+  EXPECT_EQ((*model)->report().quality.samples, 16);
+  EXPECT_TRUE(warns((*model)->report(), "quality_gate.samples: compared int8 with FP32 on 16 images, not 100"))
+      << ::testing::PrintToString((*model)->report().warnings);
+  options.max_batch_bytes = 0;
+  auto unlimited = Quantize(options);
+  ASSERT_TRUE(unlimited.ok()) << unlimited.status();
+  EXPECT_EQ((*unlimited)->report().quality.samples, 64);
+  EXPECT_FALSE(warns((*unlimited)->report(), "quality_gate"));
   DatasetSpec data = Options().calibration;
   EXPECT_EQ((*model)->EvaluateInt8(data, 32).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE((*model)->EvaluateInt8(data, 16).ok());

@@ -19,6 +19,10 @@ namespace quantd::engine {
 absl::Status CheckBatchBytes(const std::vector<int64_t>& sample_shape, int64_t batch_size, int64_t max_bytes,
                              absl::string_view field);
 
+// How many images of `sample_shape`, as float32, fit in `max_bytes`: at
+// least 1; INT64_MAX when `max_bytes` is 0 (no limit).
+int64_t ImagesWithinBytes(const std::vector<int64_t>& sample_shape, int64_t max_bytes);
+
 // Batches of `batch_size` (> 0) covering `size` samples; not
 // (size + batch_size - 1) / batch_size, which overflows for a huge batch_size.
 inline int64_t BatchCount(int64_t size, int64_t batch_size) {
