@@ -253,13 +253,6 @@ std::string JsonLine(const google::protobuf::Message& message) {
 
 int FollowJob(const CommandContext& context, const std::string& job_id) {
   auto stub = v1::QuantizationService::NewStub(context.channel);
-  grpc::ClientContext client_context;
-  context.PrepareCall(client_context, /*with_deadline=*/false);
-  // A job may queue and run for long: the watch gets a day, not --timeout.
-  client_context.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
-  v1::WatchJobRequest request;
-  request.set_id(job_id);
-  auto reader = stub->WatchJob(&client_context, request);
   v1::JobEvent event;
   v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
   // On a terminal, calibration progress rewrites one live line (phase,
@@ -267,35 +260,76 @@ int FollowJob(const CommandContext& context, const std::string& job_id) {
   const bool terminal = context.out == &std::cout && ::isatty(STDOUT_FILENO) == 1 && !context.options.json;
   bool live_line = false;
   absl::Time calibration_start = absl::InfinitePast();
-  while (reader->Read(&event)) {
-    if (terminal && event.event_case() == v1::JobEvent::kCalibrationProgress) {
-      const auto& p = event.calibration_progress();
-      const absl::Time now = absl::Now();
-      if (calibration_start == absl::InfinitePast()) calibration_start = now;
-      const absl::Duration elapsed = now - calibration_start;
-      std::string line = absl::StrCat(event.job_id(), " calibrating: batch ", p.batches_done(), "/", p.batches_total(),
-                                      ", ", absl::FormatDuration(absl::Trunc(elapsed, absl::Milliseconds(100))));
-      if (p.batches_done() > 0 && p.batches_total() > p.batches_done()) {
-        absl::StrAppend(&line, ", about ",
-                        absl::FormatDuration(absl::Trunc(
-                            elapsed * (static_cast<double>(p.batches_total() - p.batches_done()) / p.batches_done()),
-                            absl::Milliseconds(100))),
-                        " left");
+  // A lost watch (the server restarting, or gone without closing: see the
+  // channel's keepalive) is resumed after the last event seen, for as long as
+  // the server comes back within kReconnectWindow of the last contact. A
+  // watch that never got an event (a wrong address) fails at once.
+  constexpr absl::Duration kReconnectWindow = absl::Minutes(5);
+  bool had_contact = false;
+  uint64_t last_sequence = 0;
+  absl::Time last_contact = absl::Now();
+  absl::Duration backoff = absl::Milliseconds(250);
+  bool interruption_reported = false;
+  while (true) {
+    grpc::ClientContext client_context;
+    context.PrepareCall(client_context, /*with_deadline=*/false);
+    // A job may queue and run for long: the watch gets a day, not --timeout.
+    client_context.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(24));
+    v1::WatchJobRequest request;
+    request.set_id(job_id);
+    request.set_after_sequence(last_sequence);
+    auto reader = stub->WatchJob(&client_context, request);
+    while (reader->Read(&event)) {
+      had_contact = true;
+      last_contact = absl::Now();
+      backoff = absl::Milliseconds(250);
+      interruption_reported = false;
+      last_sequence = std::max<uint64_t>(last_sequence, event.sequence());
+      if (terminal && event.event_case() == v1::JobEvent::kCalibrationProgress) {
+        const auto& p = event.calibration_progress();
+        const absl::Time now = absl::Now();
+        if (calibration_start == absl::InfinitePast()) calibration_start = now;
+        const absl::Duration elapsed = now - calibration_start;
+        std::string line = absl::StrCat(event.job_id(), " calibrating: batch ", p.batches_done(), "/",
+                                        p.batches_total(), ", ",
+                                        absl::FormatDuration(absl::Trunc(elapsed, absl::Milliseconds(100))));
+        if (p.batches_done() > 0 && p.batches_total() > p.batches_done()) {
+          absl::StrAppend(&line, ", about ",
+                          absl::FormatDuration(absl::Trunc(
+                              elapsed * (static_cast<double>(p.batches_total() - p.batches_done()) / p.batches_done()),
+                              absl::Milliseconds(100))),
+                          " left");
+        }
+        *context.out << "\r\033[K" << line << std::flush;
+        live_line = true;
+        continue;
       }
-      *context.out << "\r\033[K" << line << std::flush;
-      live_line = true;
-      continue;
+      if (live_line) *context.out << "\n";
+      live_line = false;
+      *context.out << (context.options.json ? JsonLine(event) : EventText(event)) << "\n";
+      context.out->flush();
+      if (event.has_snapshot()) state = event.snapshot().state();
+      if (event.event_case() == v1::JobEvent::kStateChanged) state = event.state_changed();
     }
     if (live_line) *context.out << "\n";
     live_line = false;
-    *context.out << (context.options.json ? JsonLine(event) : EventText(event)) << "\n";
-    context.out->flush();
-    if (event.has_snapshot()) state = event.snapshot().state();
-    if (event.event_case() == v1::JobEvent::kStateChanged) state = event.state_changed();
+    grpc::Status status = reader->Finish();
+    if (status.ok()) break;
+    // CANCELLED too: this client never cancels its watch, but a server that
+    // is stopping cancels the calls that reach it meanwhile.
+    const bool server_away = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                             status.error_code() == grpc::StatusCode::CANCELLED;
+    if (!server_away || !had_contact || absl::Now() - last_contact > kReconnectWindow) {
+      return context.RpcFailed("watch", status);
+    }
+    if (!interruption_reported) {
+      *context.err << "quantctl: the watch of " << job_id << " was interrupted (" << status.error_message()
+                   << "); watching again once the server answers\n";
+      interruption_reported = true;
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(2));
   }
-  if (live_line) *context.out << "\n";
-  grpc::Status status = reader->Finish();
-  if (!status.ok()) return context.RpcFailed("watch", status);
   return state == v1::JOB_STATE_SUCCEEDED ? kExitOk : kExitFailure;
 }
 

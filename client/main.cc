@@ -38,7 +38,14 @@ int main(int argc, char** argv) {
     std::cerr << "quantctl: " << credentials.status().message() << "\n";
     return kExitUsage;
   }
-  context.channel = grpc::CreateChannel(invocation->options.server, *credentials);
+  // Keepalive pings (quantd accepts them every 10 s or more) notice a server
+  // that vanished without closing the connection, so a long watch is resumed
+  // instead of waiting out its deadline.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
+  channel_args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  context.channel = grpc::CreateCustomChannel(invocation->options.server, *credentials, channel_args);
   context.out = &std::cout;
   context.err = &std::cerr;
   return command->run(context, invocation->args);

@@ -73,9 +73,12 @@ class Quantd {
     fs::remove_all(dir_, ignored);
   }
 
-  ::testing::AssertionResult Start() {
+  // `same_port`: on the gRPC port of the previous start, as a restarted
+  // server behind a fixed address is (clients reconnect to it).
+  ::testing::AssertionResult Start(bool same_port = false) {
     fs::remove(dir_ + "/ports.json");
-    std::vector<std::string> argv = {QUANTD_BIN, "--bind_address=127.0.0.1", "--grpc_port=0",
+    std::vector<std::string> argv = {QUANTD_BIN, "--bind_address=127.0.0.1",
+                                     absl::StrCat("--grpc_port=", same_port ? port_ : 0),
                                      "--metrics_port=-1", "--data_dir=" + dir_ + "/data",
                                      "--port_file=" + dir_ + "/ports.json",
                                      "--shutdown_grace_seconds=2",
@@ -1205,6 +1208,10 @@ TEST(JobsIntegrationTest, ABatchOverTheByteLimitFailsTheJobNamingTheField) {
 // SIGTERM with a watcher attached: the watch ends at once with UNAVAILABLE
 // (it used to hold the shutdown for the whole grace period), the running job
 // goes back to the queue and finishes after the restart, run once.
+// A graceful stop ends open watch streams at once, so they do not hold the
+// shutdown; `quantctl watch` then waits for the server and, once it is back
+// on its address, resumes after the last event it saw and ends with the
+// job's result.
 TEST(JobsIntegrationTest, GracefulShutdownEndsWatchesAndRequeuesTheRunningJob) {
   Quantd quantd({"--shutdown_grace_seconds=30"});
   ASSERT_TRUE(quantd.Start());
@@ -1214,12 +1221,26 @@ TEST(JobsIntegrationTest, GracefulShutdownEndsWatchesAndRequeuesTheRunningJob) {
   ASSERT_TRUE(quantd.child().Signal(SIGTERM));
   // Well inside the 30 s grace: nothing holds the shutdown.
   ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(20)).has_value()) << quantd.log();
-  ASSERT_TRUE(watcher->WaitFor(absl::Seconds(10)).has_value());
-  EXPECT_THAT(ReadFileOrEmpty(quantd.dir() + "/watch." + id + ".err"), HasSubstr("shutting down"));
-  ASSERT_TRUE(quantd.Start());
+  const std::string watch_err = quantd.dir() + "/watch." + id + ".err";
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (ReadFileOrEmpty(watch_err).find("shutting down") == std::string::npos && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));  // poll interval
+  }
+  EXPECT_THAT(ReadFileOrEmpty(watch_err), HasSubstr("shutting down"));
+  EXPECT_THAT(ReadFileOrEmpty(watch_err), HasSubstr("watching again"));
+  EXPECT_FALSE(watcher->Poll().has_value()) << "the watch gave up while the server was away";
+  ASSERT_TRUE(quantd.Start(/*same_port=*/true));
   nlohmann::json job = quantd.WaitDone(id);
   EXPECT_EQ(job["state"], "JOB_STATE_SUCCEEDED");
   EXPECT_EQ(job["attemptCount"], 1);  // the interrupted attempt does not count
+  const std::optional<int> watch_exit = watcher->WaitFor(absl::Seconds(30));
+  ASSERT_TRUE(watch_exit.has_value());
+  EXPECT_EQ(*watch_exit, 0) << ReadFileOrEmpty(watch_err);
+  // Resumed: the job's later events, or (when it finished before the watch
+  // came back) a snapshot of it SUCCEEDED; then its result.
+  const std::string events = ReadFileOrEmpty(quantd.dir() + "/watch." + id);
+  EXPECT_THAT(events, HasSubstr("SUCCEEDED"));
+  EXPECT_THAT(events, HasSubstr(id + " result artifact art-"));
 }
 
 TEST(JobsIntegrationTest, CancelDuringCalibrationAndTheWorkerGoesOn) {
