@@ -46,6 +46,18 @@ std::string TempDir(const std::string& name) {
   return dir;
 }
 
+// A server on loopback, on an ephemeral gRPC port, over `data_dir`. No
+// metrics endpoint: it (civetweb) takes ~2 s to stop, so only the tests that
+// need it turn it on.
+QuantdServer::Options LoopbackOptions(const std::string& data_dir) {
+  QuantdServer::Options options;
+  options.bind_address = "127.0.0.1";
+  options.grpc_port = 0;
+  options.metrics_port = -1;
+  options.data_dir = data_dir;
+  return options;
+}
+
 void SetDeadline(grpc::ClientContext& context) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
 }
@@ -54,13 +66,7 @@ class ServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     data_dir_ = TempDir(::testing::UnitTest::GetInstance()->current_test_info()->name());
-    QuantdServer::Options options;
-    options.bind_address = "127.0.0.1";
-    options.grpc_port = 0;
-    // The metrics endpoint (civetweb) takes ~2 s to stop; only the test that
-    // needs it turns it on.
-    options.metrics_port = -1;
-    options.data_dir = data_dir_ + "/nested/data";
+    QuantdServer::Options options = LoopbackOptions(data_dir_ + "/nested/data");
     auto server = QuantdServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
@@ -101,11 +107,8 @@ TEST_F(ServerTest, InferenceThreadsDefaultToOneLessThanTheUsableCpus) {
 }
 
 TEST(ServerMetricsEndpointTest, BindsEphemeralMetricsPort) {
-  QuantdServer::Options options;
-  options.bind_address = "127.0.0.1";
-  options.grpc_port = 0;
+  QuantdServer::Options options = LoopbackOptions(TempDir("metrics_endpoint"));
   options.metrics_port = 0;
-  options.data_dir = TempDir("metrics_endpoint");
   auto server = QuantdServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_GT((*server)->metrics_port(), 0);
@@ -338,11 +341,7 @@ TEST_F(ServerTest, UploadModelStoresContentAddressedAndChecksSha) {
 // partial file and quota reservation do not stay for as long as it holds the
 // stream.
 TEST(ServerUploadIdleTest, AnUploadThatSendsNothingIsDropped) {
-  QuantdServer::Options options;
-  options.bind_address = "127.0.0.1";
-  options.grpc_port = 0;
-  options.metrics_port = -1;
-  options.data_dir = TempDir("upload_idle");
+  QuantdServer::Options options = LoopbackOptions(TempDir("upload_idle"));
   options.max_data_bytes = 4 << 20;  // the job store takes about 140 kB of it
   options.upload_idle_timeout = absl::Milliseconds(300);
   auto server = QuantdServer::Start(options);
@@ -493,11 +492,7 @@ double GaugeValue(const std::string& scrape, const std::string& name) {
 // unanswered and the connection, with its watch stream, is closed. A client
 // that answers keeps its quiet stream.
 TEST(ServerKeepaliveTest, AWatchOfAVanishedClientEndsAndALiveQuietOneStays) {
-  QuantdServer::Options options;
-  options.bind_address = "127.0.0.1";
-  options.grpc_port = 0;
-  options.metrics_port = -1;
-  options.data_dir = TempDir("keepalive");
+  QuantdServer::Options options = LoopbackOptions(TempDir("keepalive"));
   options.keepalive_time = absl::Milliseconds(200);
   options.keepalive_timeout = absl::Milliseconds(500);
   auto server = QuantdServer::Start(options);
@@ -592,11 +587,7 @@ TEST_F(ServerTest, ShutdownStopsServingAndIsIdempotent) {
 // threads are stuck, calls that need them wait (and beyond its queue are
 // refused at once), but gRPC's own threads still answer everything else.
 TEST(ServerExecutorTest, BlockingWorkWaitsOnTheExecutorAndAFullQueueIsResourceExhausted) {
-  QuantdServer::Options options;
-  options.bind_address = "127.0.0.1";
-  options.grpc_port = 0;
-  options.metrics_port = -1;
-  options.data_dir = TempDir("executor");
+  QuantdServer::Options options = LoopbackOptions(TempDir("executor"));
   options.rpc_threads = 1;
   options.rpc_queue_capacity = 2;
   auto server = QuantdServer::Start(options);

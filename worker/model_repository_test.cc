@@ -351,8 +351,6 @@ class HeldArtifactStore : public ArtifactStore {
   ArtifactStore* const real_;
 };
 
-// The evaluator reads its models through the repository: its staleness rule
-// is tested here, with a real published model.
 // The evaluation's record once it is no longer RUNNING (or after a minute).
 absl::StatusOr<Evaluation> WaitUntilFinished(Evaluator& evaluator, const std::string& id) {
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
@@ -364,6 +362,8 @@ absl::StatusOr<Evaluation> WaitUntilFinished(Evaluator& evaluator, const std::st
   return record;
 }
 
+// The evaluator reads its models through the repository: its staleness rule
+// is tested here, with a real published model.
 TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStoppedServerIs) {
   Publish("a", "resnet8");
   HeldArtifactStore held(artifacts_.get());

@@ -170,6 +170,17 @@ absl::StatusOr<JobPage> ReadPage(Stmt& s, int page_size) {
   return page;
 }
 
+// The first column of every row of `s`: job ids.
+absl::StatusOr<std::vector<std::string>> ReadIds(Stmt& s) {
+  std::vector<std::string> ids;
+  while (true) {
+    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    ids.push_back(s.Text(0));
+  }
+  return ids;
+}
+
 absl::StatusOr<int64_t> ParsePageToken(const std::string& token) {
   if (token.empty()) return INT64_MAX;
   int64_t seq = 0;
@@ -561,13 +572,7 @@ absl::StatusOr<std::vector<std::string>> SqliteJobStore::ArtifactHolders(const s
   Stmt s(db_, "SELECT id FROM jobs WHERE artifact_id = ?1 AND state IN (2, 3) ORDER BY seq");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, artifact_id);
-  std::vector<std::string> ids;
-  while (true) {
-    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    ids.push_back(s.Text(0));
-  }
-  return ids;
+  return ReadIds(s);
 }
 
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::ActiveJobsUsing(const std::string& needle) {
@@ -578,13 +583,7 @@ absl::StatusOr<std::vector<std::string>> SqliteJobStore::ActiveJobsUsing(const s
          "AND instr(spec, ?1) > 0 ORDER BY seq");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, needle);
-  std::vector<std::string> ids;
-  while (true) {
-    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    ids.push_back(s.Text(0));
-  }
-  return ids;
+  return ReadIds(s);
 }
 
 absl::StatusOr<JobPage> SqliteJobStore::ListArtifactJobs(const std::string& job_id, int page_size,
