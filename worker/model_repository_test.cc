@@ -96,11 +96,16 @@ class ModelRepositoryTest : public ::testing::Test {
 
   std::unique_ptr<ModelRepository> Repository(int64_t cache_bytes = int64_t{1} << 30,
                                               int batch_size_copies = engine::kDefaultBatchSizeCopies) {
+    return RepositoryOver(artifacts_.get(), cache_bytes, batch_size_copies);
+  }
+  // The same over another artifact store (one that fails or holds reads).
+  std::unique_ptr<ModelRepository> RepositoryOver(ArtifactStore* artifacts, int64_t cache_bytes = int64_t{1} << 30,
+                                                  int batch_size_copies = engine::kDefaultBatchSizeCopies) {
     ModelRepository::Options options;
     options.cache_bytes = cache_bytes;
     options.batch_size_copies = batch_size_copies;
     options.clock = &clock_;
-    return std::make_unique<ModelRepository>(jobs_.get(), artifacts_.get(), options);
+    return std::make_unique<ModelRepository>(jobs_.get(), artifacts, options);
   }
 
   FakeClock clock_;
@@ -241,24 +246,22 @@ class FailingArtifactStore final : public ArtifactStore {
 TEST_F(ModelRepositoryTest, CallersWaitingForAFailedLoadShareItsFailure) {
   Publish("a", "resnet8");
   FailingArtifactStore failing(artifacts_.get());
-  ModelRepository::Options options;
-  options.clock = &clock_;
-  ModelRepository repository(jobs_.get(), &failing, options);
+  auto repository = RepositoryOver(&failing);
   constexpr int kCallers = 4;
   std::vector<absl::Status> outcomes(kCallers);
   std::vector<std::thread> callers;
-  callers.emplace_back([&] { outcomes[0] = repository.Load("resnet8", 0).status(); });
+  callers.emplace_back([&] { outcomes[0] = repository->Load("resnet8", 0).status(); });
   while (failing.reads() == 0) std::this_thread::yield();  // the first load is under way
   for (int i = 1; i < kCallers; ++i) {
-    callers.emplace_back([&, i] { outcomes[i] = repository.Load("resnet8", 0).status(); });
+    callers.emplace_back([&, i] { outcomes[i] = repository->Load("resnet8", 0).status(); });
   }
-  while (repository.waiting_for_load() < kCallers - 1) std::this_thread::yield();
+  while (repository->waiting_for_load() < kCallers - 1) std::this_thread::yield();
   failing.Release();
   for (std::thread& t : callers) t.join();
   for (const absl::Status& outcome : outcomes) EXPECT_EQ(outcome.code(), absl::StatusCode::kDataLoss) << outcome;
   EXPECT_EQ(failing.reads(), 1);
   // A caller that comes later tries again.
-  EXPECT_EQ(repository.Load("resnet8", 0).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(repository->Load("resnet8", 0).status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(failing.reads(), 2);
 }
 
@@ -367,12 +370,10 @@ absl::StatusOr<Evaluation> WaitUntilFinished(Evaluator& evaluator, const std::st
 TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStoppedServerIs) {
   Publish("a", "resnet8");
   HeldArtifactStore held(artifacts_.get());
-  ModelRepository::Options repository_options;
-  repository_options.clock = &clock_;
-  ModelRepository repository(jobs_.get(), &held, repository_options);
+  auto repository = RepositoryOver(&held);
   Evaluator::Options options;
   options.stale_after = absl::Minutes(2);
-  Evaluator evaluator(jobs_.get(), &repository, &clock_, options);
+  Evaluator evaluator(jobs_.get(), repository.get(), &clock_, options);
 
   EvaluationSpec spec;
   spec.model_name = "resnet8";
@@ -390,8 +391,8 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   EXPECT_EQ(loading->state, EvaluationState::kRunning);
 
   // Another server on the same store sees the record's last write: stale.
-  ModelRepository other_repository(jobs_.get(), artifacts_.get(), repository_options);
-  Evaluator other(jobs_.get(), &other_repository, &clock_, options);
+  auto other_repository = Repository();
+  Evaluator other(jobs_.get(), other_repository.get(), &clock_, options);
   auto elsewhere = other.Get(started->id);
   ASSERT_TRUE(elsewhere.ok()) << elsewhere.status();
   EXPECT_EQ(elsewhere->state, EvaluationState::kFailed);
@@ -413,10 +414,8 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
 TEST_F(ModelRepositoryTest, AnEvaluationReadsTheDatasetItOpenedAtStart) {
   Publish("a", "resnet8");
   HeldArtifactStore held(artifacts_.get());
-  ModelRepository::Options repository_options;
-  repository_options.clock = &clock_;
-  ModelRepository repository(jobs_.get(), &held, repository_options);
-  Evaluator evaluator(jobs_.get(), &repository, &clock_, Evaluator::Options());
+  auto repository = RepositoryOver(&held);
+  Evaluator evaluator(jobs_.get(), repository.get(), &clock_, Evaluator::Options());
   const std::string copy = engine::testing::MakeTempDir("evaluation_dataset") + "/calib.bin";
   std::filesystem::copy_file(engine::testing::CalibrationPath(), copy,
                              std::filesystem::copy_options::overwrite_existing);

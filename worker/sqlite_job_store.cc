@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS model_versions (
 );
 )sql";
 
+// The rows that hold an artifact (?1): jobs SUCCEEDED with it, or RUNNING
+// with it pinned. Delete and ArtifactHolders decide by the same rule.
+constexpr char kHoldsArtifact[] = "artifact_id = ?1 AND state IN (2, 3)";
+
 constexpr char kColumns[] =
     "seq, id, state, phase, create_us, start_us, finish_us, deadline_us, spec, request, "
     "idempotency_key, fingerprint, attempt, result, owner";
@@ -546,7 +550,7 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
     unpublish.Bind(1, id);
     QUANTD_RETURN_IF_ERROR(unpublish.Step().status());
     if (!has_artifact) return false;
-    Stmt holders(db_, "SELECT COUNT(*) FROM jobs WHERE artifact_id = ?1 AND state IN (2, 3)");
+    Stmt holders(db_, absl::StrCat("SELECT COUNT(*) FROM jobs WHERE ", kHoldsArtifact));
     QUANTD_RETURN_IF_ERROR(holders.status());
     holders.Bind(1, job.result->artifact_id);
     QUANTD_RETURN_IF_ERROR(holders.Step().status());
@@ -569,7 +573,7 @@ absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::str
 
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::ArtifactHolders(const std::string& artifact_id) {
   absl::MutexLock lock(&mu_);
-  Stmt s(db_, "SELECT id FROM jobs WHERE artifact_id = ?1 AND state IN (2, 3) ORDER BY seq");
+  Stmt s(db_, absl::StrCat("SELECT id FROM jobs WHERE ", kHoldsArtifact, " ORDER BY seq"));
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, artifact_id);
   return ReadIds(s);

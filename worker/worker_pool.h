@@ -5,9 +5,10 @@
 // bounded by a queue capacity, and run them with JobRunner. Each running job
 // is leased to this pool's holder name; a maintenance thread renews the
 // leases, re-queues jobs whose lease ran out (another process sharing the
-// store died or froze), and keeps watchers of jobs run elsewhere informed. On creation, jobs interrupted by a crash of this holder are
-// re-queued at once (or failed after too many attempts). Cancel and delete
-// go through here too.
+// store died or froze), and keeps watchers of jobs run elsewhere informed.
+// On creation, jobs interrupted by a crash of this holder are re-queued at
+// once (or failed after too many attempts). Cancel and delete go through
+// here too.
 
 #include <atomic>
 #include <memory>
@@ -74,8 +75,8 @@ class WorkerPool {
 
   // Renews the lease of every job this pool runs (a job recovered by another
   // process meanwhile is stopped here without recording anything) and
-  // re-queues jobs whose lease ran out. The lease thread calls it; so may
-  // tests, on a fake clock.
+  // re-queues jobs whose lease ran out. The maintenance thread calls it
+  // every lease / 3; so may tests, on a fake clock.
   JobStore::RecoveryCounts MaintainLeases();
   // Tells watchers here of the jobs this pool does not run (another process
   // sharing the store runs them, or cancels them) what the store says

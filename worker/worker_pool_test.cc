@@ -395,8 +395,8 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
 TEST_F(WorkerPoolTest, AJobWhoseLeaseRunsOutIsRecoveredByAnotherProcess) {
   FakeClock clock;
   engine_.pause_at_batch = 2;
-  // Long leases on the fake clock: the lease threads, on real time, stay
-  // asleep during the test, which renews by calling MaintainLeases.
+  // Long leases: the maintenance threads renew every lease / 3 of real time,
+  // never during the test, which renews by calling MaintainLeases.
   WorkerPool::Options options_a;
   options_a.holder = "host-a:/data";
   options_a.lease = absl::Hours(1);
