@@ -179,6 +179,15 @@ if rounds:
           f"(above 1 in {sum(x > 1 for x in gain)} of {len(gain)} rounds)")
     print(f"gRPC batch-1 p50 at 1 client vs in-process batch 1: {summary(latency)} "
           f"(target < 2: met in {sum(x < 2 for x in latency)} of {len(latency)} rounds)")
+pooled = s.get('pooled_rounds', {})
+if all(k in pooled for k in ('in_process_batch256', 'grpc_batched_16', 'in_process_batch1', 'grpc_batched_1')):
+    # Each paired row over all its rounds: all its images over all its
+    # seconds, the p50 of all its requests.
+    b256p, on16 = pooled['in_process_batch256']['images_per_s'], pooled['grpc_batched_16']['images_per_s']
+    b1p, g1p = pooled['in_process_batch1']['p50_ms'], pooled['grpc_batched_1']['p50_ms']
+    print(f"the {len(rounds)} rounds as one run: 16 clients, dynamic batching {on16:.0f} img/s against in-process "
+          f"batch 256 {b256p:.0f}: {on16 / b256p:.2f} (target >= 0.60); gRPC batch-1 p50 at 1 client {g1p:.3f} ms "
+          f"against in-process batch 1 {b1p:.3f} ms: {g1p / b1p:.2f}x (target < 2)")
 print(f"errors: {errors}")
 empty = [r['path'] + f", {r['concurrency']} clients" for r in s['rows'] if r['images'] == 0]
 empty += [f"round {i} {k}" for i, r in enumerate(rounds, 1) for k, row in r.items() if row['images'] == 0]
