@@ -54,7 +54,14 @@ JobStats::JobStats(prometheus::Registry& registry)
                           .Name("quantd_data_dir_bytes")
                           .Help("Bytes in regular files under --data_dir (job store, artifacts, blobs).")
                           .Register(registry)
-                          .Add({})) {
+                          .Add({})),
+      recovered_(prometheus::BuildCounter()
+                     .Name("quantd_jobs_recovered_total")
+                     .Help("Interrupted jobs this process recovered (its own after a restart, or any whose lease ran "
+                           "out), by outcome: requeued, or failed after their last attempt.")
+                     .Register(registry)),
+      recovered_requeued_(recovered_.Add({{"outcome", "requeued"}})),
+      recovered_failed_(recovered_.Add({{"outcome", "failed"}})) {
   // Every state and final state exists from the start: a rate over a series
   // that appears only with its first failure would miss that failure.
   for (worker::JobState state : {worker::JobState::kSucceeded, worker::JobState::kFailed,
@@ -107,6 +114,19 @@ void JobStats::OnJobEvent(const worker::JobEvent& event) {
     default:
       break;
   }
+}
+
+void JobStats::CountRecovered(const worker::JobStore::RecoveryCounts& total) {
+  absl::MutexLock lock(&mu_);
+  const int requeued = total.requeued - recovered_counted_.requeued;
+  const int failed = total.failed - recovered_counted_.failed;
+  if (requeued > 0) recovered_requeued_.Increment(requeued);
+  if (failed > 0) {
+    recovered_failed_.Increment(failed);
+    // No runner reports these: the job failure ratio must see them.
+    finished_.Add({{"state", Lower(worker::JobStateName(worker::JobState::kFailed))}}).Increment(failed);
+  }
+  recovered_counted_ = total;
 }
 
 void JobStats::Refresh(worker::JobStore& jobs, const worker::DataQuota* quota) {

@@ -37,6 +37,10 @@ class JobStats : public worker::JobWatcher {
   // Reads the gauges' figures from the store (and the data dir's size, when
   // `quota` is given). Called before each scrape.
   void Refresh(worker::JobStore& jobs, const worker::DataQuota* quota);
+  // Counts what the worker pool recovered since the last call (`total` is
+  // the pool's running total): jobs put back in the queue, and jobs failed
+  // after their last attempt, which are also finished jobs.
+  void CountRecovered(const worker::JobStore::RecoveryCounts& total);
 
  private:
   prometheus::Family<prometheus::Counter>& finished_;
@@ -47,10 +51,14 @@ class JobStats : public worker::JobWatcher {
   prometheus::Counter& calibration_samples_;
   prometheus::Family<prometheus::Counter>& tuning_trials_;
   prometheus::Gauge& data_dir_bytes_;
+  prometheus::Family<prometheus::Counter>& recovered_;
+  prometheus::Counter& recovered_requeued_;
+  prometheus::Counter& recovered_failed_;
 
   absl::Mutex mu_;
   // Calibration samples seen so far per running job (progress is cumulative).
   absl::flat_hash_map<std::string, int64_t> calibrated_ ABSL_GUARDED_BY(mu_);
+  worker::JobStore::RecoveryCounts recovered_counted_ ABSL_GUARDED_BY(mu_);
   // The accuracy gauges now exported, to drop those of deleted versions.
   std::map<std::tuple<std::string, std::string, std::string>, prometheus::Gauge*> accuracy_gauges_
       ABSL_GUARDED_BY(mu_);

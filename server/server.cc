@@ -300,6 +300,7 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     QuantdServer* self = server.get();
     http.before_scrape = [self] {
       self->job_stats_->Refresh(*self->job_store_, self->quota_.get());
+      self->job_stats_->CountRecovered(self->pool_->recovered());
       // Deleted versions' inference series go (model names are users' input).
       if (auto published = self->job_store_->ListModelVersions(""); published.ok()) {
         self->inference_stats_->KeepOnly(*published);
@@ -389,10 +390,11 @@ absl::Status QuantdServer::OpenStores() {
   models_ = std::make_unique<worker::ModelRepository>(job_store_.get(), artifact_store_.get(), repository);
   publish_watcher_ = std::make_unique<PublishWatcher>(models_.get());
   pool_->events().AddObserver(publish_watcher_.get());
-  if (pool_->recovered().requeued > 0 || pool_->recovered().failed > 0) {
-    LogLine(LogLevel::kInfo, absl::StrCat("quantd: recovered interrupted jobs: requeued=",
-                                          pool_->recovered().requeued,
-                                          " failed=", pool_->recovered().failed));
+  if (const worker::JobStore::RecoveryCounts recovered = pool_->recovered();
+      recovered.requeued > 0 || recovered.failed > 0) {
+    LogLine(LogLevel::kInfo, absl::StrCat("quantd: recovered interrupted jobs: requeued=", recovered.requeued,
+                                          " failed=", recovered.failed));
+    job_stats_->CountRecovered(recovered);
   }
   if (pool_->swept().artifacts > 0 || pool_->swept().manifests > 0) {
     LogLine(LogLevel::kInfo, absl::StrCat("quantd: removed files no job holds: artifacts=", pool_->swept().artifacts,

@@ -22,8 +22,12 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
   std::unique_ptr<WorkerPool> pool(new WorkerPool(options, store, artifacts, engine, clock));
   QUANTD_ASSIGN_OR_RETURN(const uint64_t generation, store->NextGeneration());
   pool->events_.set_generation(generation);
-  QUANTD_ASSIGN_OR_RETURN(pool->recovered_,
+  QUANTD_ASSIGN_OR_RETURN(const JobStore::RecoveryCounts recovered,
                           store->RecoverInterrupted(options.max_attempts, clock->Now(), options.holder));
+  {
+    absl::MutexLock lock(&pool->mu_);
+    pool->recovered_ = recovered;
+  }
   // After the recovery: this holder's interrupted jobs no longer hold what
   // they pinned before the crash.
   QUANTD_ASSIGN_OR_RETURN(pool->swept_, RemoveUnheldArtifacts(*artifacts, *store));
@@ -52,6 +56,11 @@ void WorkerPool::Stop() {
   }
   for (std::thread& thread : threads_) thread.join();
   threads_.clear();
+}
+
+JobStore::RecoveryCounts WorkerPool::recovered() const {
+  absl::MutexLock lock(&mu_);
+  return recovered_;
 }
 
 std::string WorkerPool::NewJobId() { return NewTimeOrderedId("job", clock_->Now()); }
@@ -224,6 +233,8 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
     std::cerr << "quantd: recovered jobs whose lease ran out: requeued=" << recovered->requeued
               << " failed=" << recovered->failed << "\n";
     absl::MutexLock lock(&mu_);
+    recovered_.requeued += recovered->requeued;
+    recovered_.failed += recovered->failed;
     ++wakeups_;
   }
   return *recovered;

@@ -95,7 +95,9 @@ class WorkerPool {
 
   JobStore& store() { return *store_; }
   JobEventHub& events() { return events_; }
-  const JobStore::RecoveryCounts& recovered() const { return recovered_; }
+  // Interrupted jobs this pool recovered so far: its own at start-up, then
+  // any whose lease ran out (MaintainLeases).
+  JobStore::RecoveryCounts recovered() const;
   // What Create removed from the artifact store: files no job holds.
   const SweptArtifacts& swept() const { return swept_; }
 
@@ -113,16 +115,16 @@ class WorkerPool {
   Clock* const clock_;
   JobEventHub events_;
   JobRunner runner_;
-  JobStore::RecoveryCounts recovered_;
   SweptArtifacts swept_;
 
   // Held from a claim until the job is in running_, and by
   // SyncFollowedJobs: so a job claimed here is never taken for one that runs
   // elsewhere. Taken before mu_.
   absl::Mutex claim_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;
+  JobStore::RecoveryCounts recovered_ ABSL_GUARDED_BY(mu_);
   std::string last_claim_error_ ABSL_GUARDED_BY(mu_);
   absl::Time last_claim_error_time_ ABSL_GUARDED_BY(mu_);
   struct RunningJob {

@@ -424,6 +424,7 @@ TEST_F(WorkerPoolTest, AJobWhoseLeaseRunsOutIsRecoveredByAnotherProcess) {
   // a freezes (renews nothing); after its lease b takes the job over.
   clock.Advance(absl::Minutes(61));
   EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 1);
+  EXPECT_EQ((*pool_b)->recovered().requeued, 1);  // the running total, for /metrics
   Job job = WaitForState(id, JobState::kSucceeded);
   EXPECT_EQ(job.attempt_count, 2u);
   EXPECT_TRUE(artifacts_->Contains(job.result->artifact_sha256));

@@ -1104,7 +1104,7 @@ TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) 
     ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
     reference = quantd.Job(JobIdFrom(r.out))["result"]["artifactSha256"];
   }
-  Quantd quantd;
+  Quantd quantd({"--metrics_port=0"});
   ASSERT_TRUE(quantd.Start());
   std::unique_ptr<Subprocess> watcher;
   const std::string id = SubmitAndWatchUntilCalibrating(quantd, &watcher);
@@ -1117,6 +1117,11 @@ TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) 
   EXPECT_EQ(job["state"], "JOB_STATE_SUCCEEDED");
   EXPECT_EQ(job["attemptCount"], 2);
   EXPECT_EQ(job["result"]["artifactSha256"], reference);
+  // Dashboards and the interrupted-jobs alert see the recovery.
+  CurlResult metrics = Curl(quantd.http_url() + "/metrics");
+  ASSERT_EQ(metrics.status, 200);
+  EXPECT_THAT(metrics.body, HasSubstr("quantd_jobs_recovered_total{outcome=\"requeued\"} 1\n"));
+  EXPECT_THAT(metrics.body, HasSubstr("quantd_jobs_recovered_total{outcome=\"failed\"} 0\n"));
   EXPECT_TRUE(TemporaryFiles(quantd.dir() + "/data/artifacts").empty());
   EXPECT_TRUE(TemporaryFiles(quantd.dir() + "/data/blobs").empty());
 }
