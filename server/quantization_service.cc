@@ -306,6 +306,19 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
                               "the server is shutting down; watch again once it is back"));
   }
 
+  // Finished in another process and deleted before its result reached the
+  // hub here: what is pending is written, then the stream ends NOT_FOUND.
+  void OnJobGone(const std::string& job_id) override {
+    absl::MutexLock lock(&mu_);
+    token_ = 0;  // the hub has dropped us already
+    end_status_ = grpc::Status(grpc::StatusCode::NOT_FOUND,
+                               absl::StrCat("job ", job_id,
+                                            " finished in another quantd and was deleted before its result reached "
+                                            "this one"));
+    ending_ = true;
+    WriteNextLocked();
+  }
+
   void OnWriteDone(bool ok) override {
     absl::MutexLock lock(&mu_);
     writing_ = false;
@@ -363,7 +376,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
       writing_ = true;
       StartWrite(&pending_.front());
     } else if (ending_) {
-      FinishLocked(grpc::Status::OK);
+      FinishLocked(end_status_);
     }
   }
 
@@ -381,6 +394,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
   std::deque<v1::JobEvent> pending_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status end_status_ ABSL_GUARDED_BY(mu_);  // once ending_: OK after a result
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool subscribing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;

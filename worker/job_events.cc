@@ -128,6 +128,14 @@ void JobEventHub::PublishStoredChange(const Job& stored) {
   }
 }
 
+void JobEventHub::PublishStoredGone(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return;
+  for (const auto& [token, watcher] : it->second.watchers) watcher->OnJobGone(job_id);
+  jobs_.erase(it);
+}
+
 int JobEventHub::WatcherCount(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);

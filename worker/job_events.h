@@ -47,6 +47,10 @@ class JobWatcher {
   // The hub is closing (the server stops): no more events will come, and the
   // watcher is already unsubscribed. Same rules as OnJobEvent.
   virtual void OnHubClosing() {}
+  // The job, which another process ran, has left the job store (deleted once
+  // finished) before this process read its result: no more events will come,
+  // and the watcher is already unsubscribed. Same rules as OnJobEvent.
+  virtual void OnJobGone(const std::string& job_id) {}
 };
 
 // Event sequence numbers are (generation << 32) + n, n counting a job's
@@ -88,6 +92,10 @@ class JobEventHub {
   // state, its phase, and at the end its result (which ends their streams).
   // Observers are not told: the process that runs the job counts it.
   void PublishStoredChange(const Job& stored);
+  // For such a job that the store no longer has (it finished elsewhere and
+  // was deleted before PublishStoredChange saw its result): its watchers here
+  // are told (OnJobGone) and dropped.
+  void PublishStoredGone(const std::string& job_id);
 
   // `observer` gets every event of every job from now on (for metrics),
   // under the same rules as a watcher's. It must outlive the hub.

@@ -248,7 +248,11 @@ void WorkerPool::SyncFollowedJobs() {
       if (running_.contains(id)) continue;  // its runner tells its watchers
     }
     absl::StatusOr<Job> stored = store_->Get(id);
-    if (stored.ok()) events_.PublishStoredChange(*stored);
+    if (stored.ok()) {
+      events_.PublishStoredChange(*stored);
+    } else if (absl::IsNotFound(stored.status())) {
+      events_.PublishStoredGone(id);  // finished and deleted elsewhere within one sync period
+    }
   }
 }
 

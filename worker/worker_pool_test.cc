@@ -513,6 +513,7 @@ class CountingWatcher : public JobWatcher {
       done.Notify();
     }
   }
+  void OnJobGone(const std::string&) override { gone.Notify(); }
   int Count(JobEvent::Kind kind) {
     absl::MutexLock lock(&mu);
     return static_cast<int>(std::count(kinds.begin(), kinds.end(), kind));
@@ -524,6 +525,7 @@ class CountingWatcher : public JobWatcher {
   uint64_t last_sequence = 0;
   JobResult result;
   absl::Notification done;
+  absl::Notification gone;
 };
 
 // A watcher here of a job that another process runs or cancels (a second
@@ -589,6 +591,36 @@ TEST_F(WorkerPoolTest, WatchersOfAJobAnotherProcessRunsHearItsStateAndResult) {
   EXPECT_EQ(here.states, (std::vector<JobState>{JobState::kRunning, JobState::kSucceeded}));
   EXPECT_EQ(here.phases, (std::vector<JobPhase>{JobPhase::kLoading, JobPhase::kFusing, JobPhase::kCalibrating,
                                                 JobPhase::kConverting, JobPhase::kStoring}));
+}
+
+// A job that another process finished and deleted between two syncs leaves
+// its watchers here no result to read: they are told it is gone (the server
+// ends their streams NOT_FOUND) instead of waiting for ever.
+TEST_F(WorkerPoolTest, WatchersOfAJobDeletedElsewhereBeforeItsResultWasReadAreToldItIsGone) {
+  WorkerPool::Options options_a;
+  options_a.holder = "host-a:/data";
+  options_a.watch_sync = absl::Hours(1);  // the test syncs by calling SyncFollowedJobs
+  WorkerPool::Options options_b = options_a;
+  options_b.holder = "host-b:/data";
+  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
+  ASSERT_TRUE(store_b.ok()) << store_b.status();
+  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, Clock::Real());
+  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, Clock::Real());
+  ASSERT_TRUE(pool_a.ok() && pool_b.ok());
+  const std::string id = (*pool_a)->Submit(NewJob("q"))->id;
+  CountingWatcher there;
+  ASSERT_TRUE((*pool_b)->events().Subscribe(id, [&] { return (*store_b)->Get(id); }, &there).ok());
+  (*pool_b)->SyncFollowedJobs();  // still queued: nothing new, still followed
+  EXPECT_FALSE(there.gone.HasBeenNotified());
+  EXPECT_EQ((*pool_b)->events().WatcherCount(id), 1);
+
+  ASSERT_TRUE((*pool_a)->Cancel(id, "not needed").ok());
+  ASSERT_TRUE((*pool_a)->Delete(id).ok());
+  (*pool_b)->SyncFollowedJobs();
+  EXPECT_TRUE(there.gone.HasBeenNotified());
+  EXPECT_EQ(there.Count(JobEvent::Kind::kResult), 0);
+  EXPECT_EQ((*pool_b)->events().WatcherCount(id), 0);
+  EXPECT_TRUE((*pool_b)->events().FollowedJobs().empty());
 }
 
 TEST_F(WorkerPoolTest, WatchersSeeProgressAndResult) {
