@@ -21,8 +21,13 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
     QUANTD_ASSIGN_OR_RETURN(const std::vector<std::string> holding, jobs.ArtifactHolders(ArtifactIdFor(sha256)));
     const std::set<std::string> holders(holding.begin(), holding.end());
     if (holders.empty()) {
-      QUANTD_RETURN_IF_ERROR(artifacts.Remove(sha256));
-      ++swept.artifacts;
+      // Removed only if still unheld once pinning is locked out: an identical
+      // job elsewhere may have pinned it since.
+      QUANTD_RETURN_IF_ERROR(jobs.WithArtifactLocked(ArtifactIdFor(sha256), [&](bool unheld) {
+        if (!unheld) return absl::OkStatus();  // the next sweep looks again
+        ++swept.artifacts;
+        return artifacts.Remove(sha256);
+      }));
       continue;
     }
     for (const std::string& job_id : manifests) {

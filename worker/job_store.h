@@ -78,12 +78,15 @@ class JobStore {
   // Deletes a finished job (and the model version it published).
   // FAILED_PRECONDITION if it has not finished.
   // Then, if it held an artifact, calls `release` with the job and whether
-  // no other job holds that artifact (SUCCEEDED with it, or RUNNING with it
-  // pinned), before any PinArtifact can run: so `release` may remove the
-  // artifact without racing an identical job that is storing it. A store
-  // shared by several processes does the same under a lock on the artifact.
+  // no other job holds that artifact, as WithArtifactLocked does.
   using ReleaseArtifact = std::function<absl::Status(const Job& deleted, bool last_holder)>;
   virtual absl::Status Delete(const std::string& id, const ReleaseArtifact& release) = 0;
+  // Calls `use` with whether no job holds `artifact_id` (ArtifactHolders'
+  // rule), while no PinArtifact can run, in this process or in any other
+  // sharing the store: so `use` may remove an unheld artifact without racing
+  // an identical job that is about to store it.
+  virtual absl::Status WithArtifactLocked(const std::string& artifact_id,
+                                          const std::function<absl::Status(bool unheld)>& use) = 0;
   // QUEUED or RUNNING jobs whose spec mentions `needle` (a blob id, in the
   // path of a model or dataset), and SUCCEEDED jobs that published a model
   // version (their FP32 source model is served beside the int8 one), oldest

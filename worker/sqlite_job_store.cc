@@ -525,9 +525,30 @@ absl::Status SqliteJobStore::PinArtifact(const std::string& id, uint32_t attempt
   return absl::OkStatus();
 }
 
+absl::Status SqliteJobStore::WithArtifactLocked(const std::string& artifact_id,
+                                                const std::function<absl::Status(bool unheld)>& use) {
+  absl::MutexLock lock(&mu_);
+  return WithArtifactLockedLocked(artifact_id, use);
+}
+
+absl::Status SqliteJobStore::WithArtifactLockedLocked(const std::string& artifact_id,
+                                                      const std::function<absl::Status(bool unheld)>& use) {
+  // mu_ keeps this process's PinArtifact out; the write lock of BEGIN
+  // IMMEDIATE keeps out every other connection's (PinArtifact writes) until
+  // the ROLLBACK. Nothing is written here, so nothing can be lost by it.
+  QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  absl::Status used = [&]() -> absl::Status {
+    Stmt holders(db_, absl::StrCat("SELECT COUNT(*) FROM jobs WHERE ", kHoldsArtifact));
+    QUANTD_RETURN_IF_ERROR(holders.status());
+    holders.Bind(1, artifact_id);
+    QUANTD_RETURN_IF_ERROR(holders.Step().status());
+    return use(holders.Int(0) == 0);
+  }();
+  (void)Exec("ROLLBACK");
+  return used;
+}
+
 absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact& release) {
-  // mu_ is held until `release` returns: PinArtifact waits for it. One
-  // process owns the data dir (DataDirLock), so this lock is enough.
   absl::MutexLock lock(&mu_);
   QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
   if (!IsTerminal(job.state)) {
@@ -539,7 +560,7 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
   // a crash or write error in between never leaves a version whose job is
   // gone.
   QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
-  absl::StatusOr<bool> last_holder = [&]() -> absl::StatusOr<bool> {
+  absl::Status deleted = [&]() -> absl::Status {
     Stmt s(db_, "DELETE FROM jobs WHERE id = ?1 AND state IN (3, 4, 5)");
     QUANTD_RETURN_IF_ERROR(s.status());
     s.Bind(1, id);
@@ -548,17 +569,15 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
     Stmt unpublish(db_, "DELETE FROM model_versions WHERE job_id = ?1");
     QUANTD_RETURN_IF_ERROR(unpublish.status());
     unpublish.Bind(1, id);
-    QUANTD_RETURN_IF_ERROR(unpublish.Step().status());
-    if (!has_artifact) return false;
-    Stmt holders(db_, absl::StrCat("SELECT COUNT(*) FROM jobs WHERE ", kHoldsArtifact));
-    QUANTD_RETURN_IF_ERROR(holders.status());
-    holders.Bind(1, job.result->artifact_id);
-    QUANTD_RETURN_IF_ERROR(holders.Step().status());
-    return holders.Int(0) == 0;
+    return unpublish.Step().status();
   }();
-  QUANTD_RETURN_IF_ERROR(EndTransaction(last_holder.status()));
+  QUANTD_RETURN_IF_ERROR(EndTransaction(deleted));
   if (!release || !has_artifact) return absl::OkStatus();
-  return release(job, *last_holder);
+  // Files go only once the deletion is committed (a failed commit leaves the
+  // job and its artifact both in place), and under the lock that pinning
+  // waits for.
+  return WithArtifactLockedLocked(job.result->artifact_id,
+                                  [&](bool unheld) { return release(job, /*last_holder=*/unheld); });
 }
 
 absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::string& artifact_id) {

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -175,6 +176,44 @@ TEST(SqliteJobStoreTest, APinnedArtifactIsNotReleasedByDeletingAnIdenticalJob) {
   EXPECT_EQ(released.back(), std::make_pair(std::string("b"), true));
   ASSERT_TRUE((*store)->Delete("c", record).ok());  // held nothing: no call
   EXPECT_EQ(released.size(), 2u);
+}
+
+// Another process (a second connection to the same file) cannot pin an
+// artifact while a deletion or a sweep decides whether to remove it: its
+// PinArtifact waits until the decision and the removal are done, and then
+// stores the file again itself.
+TEST(SqliteJobStoreTest, PinningWaitsWhileAnotherProcessDecidesToRemoveAnArtifact) {
+  const std::string db = TempDir("artifact_lock") + "/jobs.db";
+  auto here = SqliteJobStore::Open(db);
+  auto there = SqliteJobStore::Open(db);
+  ASSERT_TRUE(here.ok() && there.ok());
+  const absl::Time now = absl::FromUnixSeconds(10);
+  ASSERT_TRUE((*there)->Create(NewJob("storing", 1), 10).ok());
+  ASSERT_TRUE((*there)->ClaimNext(now, "host-b:/data", absl::Hours(1)).ok());
+
+  std::atomic<bool> pinned{false};
+  std::thread pinning;
+  const absl::Status used = (*here)->WithArtifactLocked("art-0123", [&](bool unheld) {
+    EXPECT_TRUE(unheld);
+    pinning = std::thread([&] {
+      EXPECT_TRUE((*there)->PinArtifact("storing", 1, "art-0123").ok());
+      pinned = true;
+    });
+    absl::SleepFor(absl::Milliseconds(200));  // the removal of the files, taking its time
+    EXPECT_FALSE(pinned.load());
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(used.ok()) << used;
+  pinning.join();
+  EXPECT_TRUE(pinned.load());
+  // Now held, and said so to the next one who looks.
+  ASSERT_TRUE((*here)->WithArtifactLocked("art-0123", [](bool unheld) {
+                       EXPECT_FALSE(unheld);
+                       return absl::OkStatus();
+                     }).ok());
+  // What `use` returns is what the call returns.
+  EXPECT_EQ((*here)->WithArtifactLocked("art-0123", [](bool) { return absl::DataLossError("disk"); }).code(),
+            absl::StatusCode::kDataLoss);
 }
 
 TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused) {

@@ -43,9 +43,9 @@ WorkerPool::~WorkerPool() { Stop(); }
 
 void WorkerPool::Start() {
   absl::MutexLock lock(&mu_);
-  if (!threads_.empty() || stopping_) return;
-  for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
-  threads_.emplace_back([this] { MaintenanceLoop(); });
+  if (!workers_.empty() || stopping_) return;
+  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  maintenance_ = std::thread([this] { MaintenanceLoop(); });
 }
 
 void WorkerPool::Stop() {
@@ -54,8 +54,16 @@ void WorkerPool::Stop() {
     stopping_ = true;
     for (auto& [id, running] : running_) running.stop->shutting_down.store(true);
   }
-  for (std::thread& thread : threads_) thread.join();
-  threads_.clear();
+  // The workers first: until the jobs they run have stopped (a model load or
+  // an artifact write is not interrupted), their leases are still renewed,
+  // so no other process takes them for crashed meanwhile.
+  for (std::thread& thread : workers_) thread.join();
+  workers_.clear();
+  {
+    absl::MutexLock lock(&mu_);
+    maintenance_stopping_ = true;
+  }
+  if (maintenance_.joinable()) maintenance_.join();
 }
 
 JobStore::RecoveryCounts WorkerPool::recovered() const {
@@ -167,7 +175,14 @@ void WorkerPool::WorkerLoop() {
           (void)store_->Release((*claimed)->id, (*claimed)->attempt_count);
           return;
         }
-        running_[(*claimed)->id] = RunningJob{(*claimed)->attempt_count, &stop};
+        auto [it, added] = running_.try_emplace((*claimed)->id, RunningJob{(*claimed)->attempt_count, &stop});
+        if (!added) {
+          // An earlier attempt still runs here: this process froze past its
+          // lease, and the job was recovered and queued again. That runner
+          // stops at its next batch and records nothing.
+          it->second.stop->lease_lost.store(true);
+          it->second = RunningJob{(*claimed)->attempt_count, &stop};
+        }
       }
     }
     if (!claimed.ok() || !claimed->has_value()) {
@@ -212,14 +227,17 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
       continue;
     }
     // Not running this attempt any more: either its runner has just recorded
-    // the outcome, or the job was recovered and may run elsewhere.
+    // the outcome (it reads lease_lost no more), or the job was recovered,
+    // queued again or failed, and may run elsewhere: its runner stops.
     absl::StatusOr<Job> stored = store_->Get(id);
-    if (stored.ok() && stored->attempt_count == attempt && stored->state != JobState::kRunning) continue;
+    const bool finished = stored.ok() && stored->attempt_count == attempt && IsTerminal(stored->state);
     absl::MutexLock lock(&mu_);
     auto it = running_.find(id);
     if (it != running_.end() && it->second.attempt == attempt) {
-      std::cerr << "quantd: job " << id << " attempt " << attempt
-                << " lost its lease (recovered after it ran out); stopping it\n";
+      if (!finished) {  // quiet for the usual case, an outcome just recorded
+        std::cerr << "quantd: job " << id << " attempt " << attempt
+                  << " lost its lease (recovered after it ran out); stopping it\n";
+      }
       it->second.stop->lease_lost.store(true);
     }
   }
@@ -241,8 +259,10 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
 }
 
 void WorkerPool::SyncFollowedJobs() {
-  absl::MutexLock claiming(&claim_mu_);
   for (const std::string& id : events_.FollowedJobs()) {
+    // Per job, not for the whole round: a slow store read holds up claims
+    // for one job's read at most.
+    absl::MutexLock claiming(&claim_mu_);
     {
       absl::MutexLock lock(&mu_);
       if (running_.contains(id)) continue;  // its runner tells its watchers
@@ -263,8 +283,8 @@ void WorkerPool::MaintenanceLoop() {
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithTimeout(absl::Condition(&stopping_), std::min(options_.watch_sync, options_.lease / 3));
-      if (stopping_) return;
+      mu_.AwaitWithTimeout(absl::Condition(&maintenance_stopping_), std::min(options_.watch_sync, options_.lease / 3));
+      if (maintenance_stopping_) return;
     }
     SyncFollowedJobs();
     if (absl::Now() - last_renewal >= options_.lease / 3) {

@@ -132,7 +132,10 @@ class WorkerPool {
     StopSignals* stop;
   };
   absl::flat_hash_map<std::string, RunningJob> running_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> threads_;  // workers, then the maintenance thread
+  // Set only once the workers have stopped: leases are renewed while jobs drain.
+  bool maintenance_stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> workers_;
+  std::thread maintenance_;
 };
 
 }  // namespace quantd::worker

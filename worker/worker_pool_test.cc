@@ -53,6 +53,10 @@ class FakeEngine : public QuantizationEngine {
         while (progress({engine::Phase::kCalibrating, b - 1, batches}) && absl::Now() < give_up) {
           absl::SleepFor(absl::Milliseconds(1));  // a batch's worth of work
         }
+        if (hold_after_stop) {  // a batch (or a model load) that runs on after the stop
+          stop_seen.Notify();
+          release_after_stop.WaitForNotificationWithTimeout(absl::Seconds(30));
+        }
         if (options.model_path == "fails_while_stopping") return absl::DataLossError("calibration batch 3 is corrupt");
         return absl::CancelledError("c");
       }
@@ -87,8 +91,9 @@ class FakeEngine : public QuantizationEngine {
   int batches = 10;
   int pause_at_batch = 0;
   int run_until_stopped_at_batch = 0;
+  bool hold_after_stop = false;  // with run_until_stopped_at_batch
   FakeClock* clock = nullptr;
-  absl::Notification paused, release;
+  absl::Notification paused, release, stop_seen, release_after_stop;
   std::atomic<int> batches_run{0};
   std::atomic<int> runs_returned{0};
 
@@ -142,6 +147,10 @@ class FullDiskStore : public JobStore {
   }
   absl::Status Delete(const std::string& id, const ReleaseArtifact& release) override {
     return real_->Delete(id, release);
+  }
+  absl::Status WithArtifactLocked(const std::string& artifact_id,
+                                  const std::function<absl::Status(bool unheld)>& use) override {
+    return real_->WithArtifactLocked(artifact_id, use);
   }
   absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override {
     return real_->ActiveJobsUsing(needle);
@@ -443,6 +452,83 @@ TEST_F(WorkerPoolTest, AJobWhoseLeaseRunsOutIsRecoveredByAnotherProcess) {
   EXPECT_EQ(after.result->artifact_sha256, job.result->artifact_sha256);
 }
 
+// Waits until `engine` has returned from at least `runs` runs.
+void WaitForRuns(FakeEngine& engine, int runs) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (engine.runs_returned.load() < runs && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_GE(engine.runs_returned.load(), runs);
+}
+
+// The job of a frozen process is recovered (queued again) by another one
+// that does not run it yet. The frozen runner, on its next renewal, still
+// stops at its next batch, and the job then runs once more, from the queue.
+TEST_F(WorkerPoolTest, ARunnerWhoseJobWasRecoveredStopsBeforeTheJobRunsAgain) {
+  FakeClock clock;
+  engine_.pause_at_batch = 2;
+  WorkerPool::Options options_a;
+  options_a.holder = "host-a:/data";
+  options_a.lease = absl::Hours(1);  // renewed only by the test's MaintainLeases
+  options_a.idle_poll = absl::Milliseconds(20);
+  WorkerPool::Options options_b = options_a;
+  options_b.holder = "host-b:/data";
+  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
+  ASSERT_TRUE(store_b.ok()) << store_b.status();
+  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(pool_a.ok()) << pool_a.status();
+  (*pool_a)->Start();
+  const std::string id = (*pool_a)->Submit(NewJob("m"))->id;
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(pool_b.ok()) << pool_b.status();  // never started: runs nothing
+
+  clock.Advance(absl::Minutes(61));
+  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 1);
+  EXPECT_EQ(store_->Get(id)->state, JobState::kQueued);
+  (*pool_a)->MaintainLeases();  // a wakes up: its renewal fails
+  engine_.release.Notify();
+  WaitForRuns(engine_, 1);
+  // a's single worker then claims the queued job: attempt 2, all 10 batches.
+  Job job = WaitForState(id, JobState::kSucceeded);
+  EXPECT_EQ(job.attempt_count, 2u);
+  WaitForRuns(engine_, 2);
+  // Two batches of the stopped run, not ten.
+  EXPECT_EQ(engine_.batches_of("m"), 12);
+}
+
+// A process that froze past its lease claims its own job again (recovered,
+// queued) while its first runner still holds it: that runner stops at its
+// next batch instead of running unseen beside the new attempt.
+TEST_F(WorkerPoolTest, ClaimingAJobAnEarlierAttemptStillRunsHereStopsThatAttempt) {
+  FakeClock clock;
+  engine_.pause_at_batch = 2;
+  WorkerPool::Options options_a;
+  options_a.holder = "host-a:/data";
+  options_a.workers = 2;
+  options_a.lease = absl::Hours(1);
+  options_a.idle_poll = absl::Milliseconds(20);
+  WorkerPool::Options options_b = options_a;
+  options_b.holder = "host-b:/data";
+  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
+  ASSERT_TRUE(store_b.ok()) << store_b.status();
+  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(pool_a.ok()) << pool_a.status();
+  (*pool_a)->Start();
+  const std::string id = (*pool_a)->Submit(NewJob("m"))->id;
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(pool_b.ok()) << pool_b.status();
+
+  clock.Advance(absl::Minutes(61));
+  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 1);
+  // a's idle worker claims it (attempt 2) and runs it through.
+  Job job = WaitForState(id, JobState::kSucceeded);
+  EXPECT_EQ(job.attempt_count, 2u);
+  engine_.release.Notify();
+  WaitForRuns(engine_, 2);
+  EXPECT_EQ(engine_.batches_of("m"), 12);  // the first attempt stopped after its second batch
+  EXPECT_EQ(store_->Get(id)->attempt_count, 2u);
+}
+
 TEST_F(WorkerPoolTest, GracefulShutdownRequeuesTheRunningJob) {
   engine_.run_until_stopped_at_batch = 3;
   std::string id;
@@ -461,6 +547,41 @@ TEST_F(WorkerPoolTest, GracefulShutdownRequeuesTheRunningJob) {
   pool->Start();
   // A graceful stop does not use up one of the job's attempts, as a crash does.
   EXPECT_EQ(WaitForState(id, JobState::kSucceeded).attempt_count, 1u);
+}
+
+// A stopping server keeps renewing the leases of the jobs that are still
+// draining (a batch or a model load is not interrupted), so that another
+// process does not take them for crashed and spend one of their attempts.
+TEST_F(WorkerPoolTest, LeasesAreRenewedWhileRunningJobsDrainOnShutdown) {
+  FakeClock clock;
+  engine_.run_until_stopped_at_batch = 3;
+  engine_.hold_after_stop = true;
+  WorkerPool::Options options_a;
+  options_a.holder = "host-a:/data";
+  options_a.lease = absl::Milliseconds(30);  // renewed every 10 ms of real time, to 30 ms of `clock`
+  options_a.idle_poll = absl::Milliseconds(20);
+  WorkerPool::Options options_b = options_a;
+  options_b.holder = "host-b:/data";
+  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
+  ASSERT_TRUE(store_b.ok()) << store_b.status();
+  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(pool_a.ok()) << pool_a.status();
+  (*pool_a)->Start();
+  const std::string id = (*pool_a)->Submit(NewJob("m"))->id;
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(pool_b.ok()) << pool_b.status();
+
+  std::thread stopping([&] { (*pool_a)->Stop(); });
+  ASSERT_TRUE(engine_.stop_seen.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  clock.Advance(absl::Hours(1));  // far past the lease a had when it began to stop
+  absl::SleepFor(absl::Milliseconds(300));  // 30 renewal periods of a's maintenance thread
+  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 0);
+  engine_.release_after_stop.Notify();
+  stopping.join();
+  Job job = *store_->Get(id);
+  EXPECT_EQ(job.state, JobState::kQueued);  // released by the graceful stop
+  EXPECT_EQ(job.attempt_count, 0u);         // without using up an attempt
 }
 
 // An engine error that happens while the server shuts down is the job's
