@@ -17,8 +17,13 @@ namespace {
 constexpr char kInputName[] = "input";
 constexpr char kOutputName[] = "output";
 
+// At most 8 dims: a message that echoed a shape of thousands would outgrow
+// gRPC's trailer limits and reach the client as another error.
 std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  constexpr int kShown = 8;
+  if (shape.size() <= kShown) return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.begin(), shape.begin() + kShown, ", "), ", ... (", shape.size(),
+                      " dims)]");
 }
 
 void AppendBytesElement(const std::string& value, std::string* out) {
@@ -37,7 +42,10 @@ const char* OutputTensorName() { return kOutputName; }
 absl::StatusOr<int64_t> ParseModelVersion(const std::string& version, const std::string& field) {
   if (version.empty()) return 0;
   int64_t v = 0;
-  if (!absl::SimpleAtoi(version, &v) || v < 1) {
+  // Digits only, no leading zero: "01", "+1" and " 1" are not version 1.
+  const bool canonical = version.size() <= 18 && version[0] >= '1' && version[0] <= '9' &&
+                         std::all_of(version.begin(), version.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!canonical || !absl::SimpleAtoi(version, &v) || v < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat(field, ": \"", version.substr(0, 40), "\" is not a version (1, 2, ...; empty = newest)"));
   }
@@ -46,6 +54,12 @@ absl::StatusOr<int64_t> ParseModelVersion(const std::string& version, const std:
 
 absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest& request,
                                               const worker::ServedModelInfo& model, int64_t max_batch_size) {
+  // Echoed in the response: an id, not a payload.
+  constexpr size_t kMaxIdBytes = 1024;
+  if (request.id().size() > kMaxIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("id: ", request.id().size(), " bytes, more than ", kMaxIdBytes));
+  }
   if (request.inputs_size() != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("inputs: ", model.name, " takes exactly 1 input tensor, got ", request.inputs_size()));
@@ -125,8 +139,11 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
       decoded.pixels[i] = static_cast<float>(values[i]);
     }
   }
-  for (float v : decoded.pixels) {
-    if (!std::isfinite(v)) return absl::InvalidArgumentError("inputs[0]: NaN or infinite values");
+  for (size_t i = 0; i < decoded.pixels.size(); ++i) {
+    if (!std::isfinite(decoded.pixels[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("inputs[0]: value ", i, " is ", decoded.pixels[i], " (NaN and infinite values are refused)"));
+    }
   }
   return decoded;
 }
@@ -140,6 +157,10 @@ absl::StatusOr<int64_t> CheckInferOutputs(const inference::ModelInferRequest& re
       return absl::InvalidArgumentError(absl::StrCat("outputs[", i, "].name: \"", wanted.name().substr(0, 40),
                                                      "\" is not an output of ", model.name, " (it has \"",
                                                      kOutputName, "\")"));
+    }
+    if (i > 0) {  // the model has one output: any second request names it again
+      return absl::InvalidArgumentError(
+          absl::StrCat("outputs[", i, "].name: \"", kOutputName, "\" requested twice"));
     }
     if (auto it = wanted.parameters().find("classification"); it != wanted.parameters().end()) {
       if (it->second.parameter_choice_case() != inference::InferParameter::kInt64Param ||

@@ -1,6 +1,9 @@
 #include "server/inference_rest.h"
 
+#include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,11 +39,27 @@ HttpReply ErrorReply(const absl::Status& status) {
   return reply;
 }
 
+// 405 with the method the resource takes.
+HttpReply MethodNotAllowed(const std::string& what, const std::string& allowed) {
+  HttpReply reply = JsonReply(405, Json{{"error", absl::StrCat(what, ": use ", allowed)}});
+  reply.headers.emplace_back("Allow", allowed);
+  return reply;
+}
+
+// The one method each /v2 resource takes: POST for inference and the
+// repository index, GET for the rest ("" for a path that is none of them).
+std::string AllowedMethod(const std::vector<std::string>& parts) {
+  // parts: "", "v2", ...
+  if (parts.size() >= 3 && parts[2] == "repository") return parts.size() == 4 && parts[3] == "index" ? "POST" : "";
+  if (parts.size() >= 3 && parts[2] == "models") return parts.back() == "infer" ? "POST" : "GET";
+  return "GET";
+}
+
 // /v2/models/{m}[/versions/{v}][/{action}] split into its parts.
 struct ModelPath {
   std::string name;
   std::string version;
-  std::string action;  // "", "ready", "infer"
+  std::string action;  // "", "ready", "infer", "stats"
 };
 
 absl::StatusOr<ModelPath> ParseModelPath(const std::vector<std::string>& parts) {
@@ -50,6 +69,7 @@ absl::StatusOr<ModelPath> ParseModelPath(const std::vector<std::string>& parts) 
   size_t next = 4;
   if (parts.size() > next + 1 && parts[next] == "versions") {
     path.version = parts[next + 1];
+    if (path.version.empty()) return absl::InvalidArgumentError("version: empty (leave out /versions/ for the newest)");
     next += 2;
   }
   if (parts.size() == next + 1) {
@@ -58,7 +78,7 @@ absl::StatusOr<ModelPath> ParseModelPath(const std::vector<std::string>& parts) 
     return absl::NotFoundError("no such endpoint");
   }
   if (path.name.empty()) return absl::InvalidArgumentError("model name: empty");
-  if (!path.action.empty() && path.action != "ready" && path.action != "infer") {
+  if (!path.action.empty() && path.action != "ready" && path.action != "infer" && path.action != "stats") {
     return absl::NotFoundError(absl::StrCat("no such endpoint: \"", path.action.substr(0, 40), "\""));
   }
   return path;
@@ -151,7 +171,7 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
   request->set_model_version(path.version);
   if (body.contains("id")) {
     if (!body["id"].is_string()) return absl::InvalidArgumentError("id: a string");
-    request->set_id(body["id"].get<std::string>());
+    request->set_id(body["id"].get<std::string>());  // its length is checked with the gRPC form's
   }
   *binary_outputs = false;
   if (body.contains("parameters")) {
@@ -181,8 +201,12 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
     if (!in.contains("shape") || !in["shape"].is_array()) {
       return absl::InvalidArgumentError(absl::StrCat(field, ".shape: required array"));
     }
-    for (const Json& d : in["shape"]) {
+    for (size_t j = 0; j < in["shape"].size(); ++j) {
+      const Json& d = in["shape"][j];
       if (!d.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(field, ".shape: integers"));
+      if (d.is_number_unsigned() && d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".shape[", j, "]: beyond the int64 range"));
+      }
       tensor->add_shape(d.get<int64_t>());
     }
     std::optional<uint64_t> binary_size;
@@ -215,6 +239,11 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
       continue;
     }
     if (!in.contains("data")) return absl::InvalidArgumentError(absl::StrCat(field, ".data: required"));
+    // The datatype decides how the values read: named first, not as a bad value.
+    if (tensor->datatype() != "UINT8" && tensor->datatype() != "FP32") {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".datatype: \"", tensor->datatype().substr(0, 20),
+                                                     "\" is not supported (FP32 or UINT8)"));
+    }
     std::vector<const Json*> values;
     absl::Status flattened = Flatten(in["data"], absl::StrCat(field, ".data"), &values);
     if (!flattened.ok()) return flattened;
@@ -228,7 +257,11 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
         contents->add_uint_contents(v.get<uint32_t>());
       } else {
         if (!v.is_number()) return absl::InvalidArgumentError(absl::StrCat(field, ".data[", k, "]: not a number"));
-        contents->add_fp32_contents(v.get<float>());
+        const double d = v.get<double>();
+        if (std::abs(d) > std::numeric_limits<float>::max()) {
+          return absl::InvalidArgumentError(absl::StrCat(field, ".data[", k, "]: ", d, " is outside the FP32 range"));
+        }
+        contents->add_fp32_contents(static_cast<float>(d));
       }
     }
   }
@@ -353,8 +386,49 @@ int HttpStatusForCode(absl::StatusCode code) {
 
 bool InferenceRest::Owns(const std::string& path) { return path == "/v2" || absl::StartsWith(path, "/v2/"); }
 
+namespace {
+Json DurationJson(const inference::StatisticDuration& d) { return Json{{"count", d.count()}, {"ns", d.ns()}}; }
+}  // namespace
+
+HttpReply InferenceRest::StatsReply(const std::string& name, const std::string& version) {
+  inference::ModelStatisticsRequest request;
+  request.set_name(name);
+  request.set_version(version);
+  inference::ModelStatisticsResponse stats;
+  if (absl::Status status = core_->ModelStatistics(request, &stats); !status.ok()) return ErrorReply(status);
+  // Triton's JSON: its field names, numbers as numbers.
+  Json models = Json::array();
+  for (const inference::ModelStatistics& m : stats.model_stats()) {
+    const inference::InferStatistics& s = m.inference_stats();
+    Json batches = Json::array();
+    for (const inference::InferBatchStatistics& b : m.batch_stats()) {
+      batches.push_back(Json{{"batch_size", b.batch_size()},
+                             {"compute_input", DurationJson(b.compute_input())},
+                             {"compute_infer", DurationJson(b.compute_infer())},
+                             {"compute_output", DurationJson(b.compute_output())}});
+    }
+    models.push_back(Json{{"name", m.name()},
+                          {"version", m.version()},
+                          {"last_inference", m.last_inference()},
+                          {"inference_count", m.inference_count()},
+                          {"execution_count", m.execution_count()},
+                          {"inference_stats", Json{{"success", DurationJson(s.success())},
+                                                   {"fail", DurationJson(s.fail())},
+                                                   {"queue", DurationJson(s.queue())},
+                                                   {"compute_input", DurationJson(s.compute_input())},
+                                                   {"compute_infer", DurationJson(s.compute_infer())},
+                                                   {"compute_output", DurationJson(s.compute_output())}}},
+                          {"batch_stats", batches}});
+  }
+  return JsonReply(200, Json{{"model_stats", models}});
+}
+
 HttpReply InferenceRest::Handle(const HttpCall& call) {
   const std::string what = absl::StrCat(call.method, " ", call.path);
+  {
+    const std::string allowed = AllowedMethod(absl::StrSplit(call.path, '/'));
+    if (!allowed.empty() && call.method != allowed) return MethodNotAllowed(what, allowed);
+  }
   // Liveness and readiness are open, like the gRPC health service.
   if (call.path == "/v2/health/live" && call.method == "GET") return JsonReply(200, Json{{"live", true}});
   if (call.path == "/v2/health/ready" && call.method == "GET") {
@@ -369,7 +443,6 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   }
   const std::vector<std::string> parts = absl::StrSplit(call.path, '/');
   if (call.path == "/v2" || call.path == "/v2/") {
-    if (call.method != "GET") return ErrorReply(absl::UnimplementedError(absl::StrCat(what, ": use GET")));
     inference::ServerMetadataResponse metadata;
     core_->ServerMetadata(&metadata);
     return JsonReply(200, Json{{"name", metadata.name()},
@@ -378,7 +451,6 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
                                                                        metadata.extensions().end())}});
   }
   if (call.path == "/v2/repository/index") {
-    if (call.method != "POST") return ErrorReply(absl::UnimplementedError(absl::StrCat(what, ": use POST")));
     inference::RepositoryIndexRequest request;
     if (!call.body.empty()) {
       Json body = Json::parse(call.body, nullptr, /*allow_exceptions=*/false);
@@ -402,12 +474,10 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   if (parts.size() < 4 || parts[1] != "v2" || parts[2] != "models") {
     return ErrorReply(absl::NotFoundError(absl::StrCat("no such endpoint: ", call.path.substr(0, 100))));
   }
+  if (call.path == "/v2/models/stats") return StatsReply("", "");
   absl::StatusOr<ModelPath> path = ParseModelPath(parts);
   if (!path.ok()) return ErrorReply(path.status());
-  const std::string& want_method = path->action == "infer" ? "POST" : "GET";
-  if (call.method != want_method) {
-    return ErrorReply(absl::UnimplementedError(absl::StrCat(what, ": use ", want_method)));
-  }
+  if (path->action == "stats") return StatsReply(path->name, path->version);
   if (path->action == "ready") {
     absl::StatusOr<bool> ready = core_->ModelReady(path->name, path->version, "version");
     if (!ready.ok()) return ErrorReply(ready.status());

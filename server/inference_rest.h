@@ -52,6 +52,10 @@ class InferenceRest {
   HttpReply Handle(const HttpCall& call);
 
  private:
+  // Triton's statistics extension over REST: GET /v2/models/stats (every
+  // version served) and /v2/models/{m}[/versions/{v}]/stats.
+  HttpReply StatsReply(const std::string& name, const std::string& version);
+
   InferenceCore* const core_;
   Authenticator* const auth_;
 };

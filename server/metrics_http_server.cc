@@ -91,6 +91,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     };
     http.Get(R"(/v2(/.*)?)", serve);
     http.Post(R"(/v2(/.*)?)", serve);
+    // Any other method gets the protocol's JSON error (405, with Allow).
+    http.Put(R"(/v2(/.*)?)", serve);
+    http.Delete(R"(/v2(/.*)?)", serve);
+    http.Patch(R"(/v2(/.*)?)", serve);
   }
   http.set_error_handler([](const httplib::Request& request, httplib::Response& response) {
     if (response.status == 404 && response.body.empty()) {

@@ -528,6 +528,21 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
   auto* not_scores = bad.add_outputs();
   not_scores->set_name("logits");
   expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "outputs[0].name");
+  bad = good;
+  bad.add_outputs()->set_name("output");
+  bad.add_outputs()->set_name("output");
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "outputs[1].name: \"output\" requested twice");
+  // A shape of 10000 dims is named in a short message (the whole of it would
+  // outgrow gRPC's trailer limit and reach the client as another error).
+  bad = good;
+  for (int d = 0; d < 10000; ++d) bad.mutable_inputs(0)->add_shape(1);
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "... (10004 dims)]");
+  bad = good;
+  bad.set_model_version("01");
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "model_version");
+  bad = good;
+  bad.set_id(std::string(2000, 'x'));
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "id: 2000 bytes");
 
   {  // Triton's repository index, and quantctl's view.
     grpc::ClientContext context;
@@ -688,6 +703,43 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     too_many["inputs"][0]["data"] = std::vector<std::vector<int>>(2 * 64 * 3072 + 2000);
     expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "values and arrays in the JSON body");
     EXPECT_EQ(Curl(v2 + "/models/nope/ready").status, 404);
+    nlohmann::json huge_dim = body;
+    huge_dim["inputs"][0]["shape"] = nlohmann::json::parse("[18446744073709551615, 3, 32, 32]");
+    expect_rest_error(v2 + "/models/resnet8/infer", huge_dim.dump(), 400, "inputs[0].shape[0]: beyond the int64 range");
+    nlohmann::json out_of_range = body;
+    out_of_range["inputs"][0]["datatype"] = "FP32";
+    out_of_range["inputs"][0]["data"][5] = 1e300;
+    expect_rest_error(v2 + "/models/resnet8/infer", out_of_range.dump(), 400,
+                      "inputs[0].data[5]: 1e+300 is outside the FP32 range");
+    nlohmann::json strings = body;
+    strings["inputs"][0]["datatype"] = "BYTES";
+    expect_rest_error(v2 + "/models/resnet8/infer", strings.dump(), 400, "inputs[0].datatype");
+    expect_rest_error(v2 + "/models/resnet8/versions//infer", body.dump(), 400, "version: empty");
+    expect_rest_error(v2 + "/models/resnet8/versions/01/infer", body.dump(), 400, "version");
+    // Each resource takes one method: 405 with Allow and a JSON error.
+    const std::string allow_file = quantd.dir() + "/allow.headers";
+    CurlResult wrong_method = Curl(v2 + "/models/resnet8/infer", {"-D", allow_file});
+    EXPECT_EQ(wrong_method.status, 405) << wrong_method.body;
+    EXPECT_THAT(ReadFileOrEmpty(allow_file), HasSubstr("Allow: POST"));
+    EXPECT_THAT(wrong_method.body, HasSubstr(R"({"error":")"));
+    EXPECT_THAT(wrong_method.body, HasSubstr("use POST"));
+    CurlResult put = Curl(v2 + "/health/live", {"-X", "PUT", "--data", ""});
+    EXPECT_EQ(put.status, 405) << put.body;
+    EXPECT_THAT(put.body, HasSubstr(R"({"error":")"));
+    EXPECT_THAT(put.body, HasSubstr("use GET"));
+    // Triton's statistics extension over REST, as tritonclient reads it.
+    CurlResult stats = Curl(v2 + "/models/resnet8/stats");
+    ASSERT_EQ(stats.status, 200) << stats.body;
+    nlohmann::json model_stats = nlohmann::json::parse(stats.body, nullptr, false);
+    ASSERT_TRUE(model_stats.is_object()) << stats.body;
+    ASSERT_EQ(model_stats["model_stats"].size(), 1u) << stats.body;
+    EXPECT_EQ(model_stats["model_stats"][0]["version"], "1");
+    EXPECT_TRUE(model_stats["model_stats"][0]["inference_count"].is_number_unsigned()) << stats.body;
+    EXPECT_GT(model_stats["model_stats"][0]["inference_count"].get<uint64_t>(), 0u);
+    EXPECT_GT(model_stats["model_stats"][0]["inference_stats"]["success"]["count"].get<uint64_t>(), 0u);
+    CurlResult all_stats = Curl(v2 + "/models/stats");
+    ASSERT_EQ(all_stats.status, 200) << all_stats.body;
+    EXPECT_GE(nlohmann::json::parse(all_stats.body, nullptr, false)["model_stats"].size(), 2u) << all_stats.body;
   }
   {  // The metrics count it: requests by code, samples and executed passes.
     CurlResult metrics = Curl(quantd.http_url() + "/metrics");
