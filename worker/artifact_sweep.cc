@@ -23,10 +23,11 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
     if (holders.empty()) {
       // Removed only if still unheld once pinning is locked out: an identical
       // job elsewhere may have pinned it since.
-      QUANTD_RETURN_IF_ERROR(jobs.WithArtifactLocked(ArtifactIdFor(sha256), [&](bool unheld) {
+      const std::string& file = sha256;  // a structured binding cannot be captured in C++17
+      QUANTD_RETURN_IF_ERROR(jobs.WithArtifactLocked(ArtifactIdFor(file), [&](bool unheld) {
         if (!unheld) return absl::OkStatus();  // the next sweep looks again
         ++swept.artifacts;
-        return artifacts.Remove(sha256);
+        return artifacts.Remove(file);
       }));
       continue;
     }
