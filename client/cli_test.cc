@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "client/commands.h"
+#include "client/job_format.h"
 
 namespace quantd::cli {
 namespace {
@@ -144,6 +145,43 @@ TEST(CommandTableTest, InferRefusesImageRangesPastTheFile) {
   }
 }
 
+// quantctl submit refuses, naming the flag and before any call, what
+// quantd-quantize refuses (the context has no channel: an RPC would crash).
+TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
+  CommandContext context;
+  std::ostringstream out, err;
+  context.out = &out;
+  context.err = &err;
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--calib=c.dat"}, "--calib: cannot tell the format of \"c.dat\""},
+      {{"--calib=c.bin", "--calib_format=csv"}, "--calib_format must be cifar10 or npy, not \"csv\""},
+      {{"--calib=c.bin", "--fusion="}, "--fusion: no groups in \"\""},
+      {{"--calib=c.bin", "--fusion=;"}, "--fusion: no groups"},
+      {{"--calib=c.bin", "--eval_labels=l.npy"}, "--eval_labels: needs --eval or --eval_blob"},
+      {{"--calib=c.bin", "--batch_size=0"}, "--batch_size: a positive number expected"},
+      {{"--calib=c.bin", "--scale=nan"}, "--scale: a finite, non-zero number expected"},
+      {{"--calib=c.bin", "--mean="}, "--mean: comma-separated numbers expected"},
+      {{"--calib=c.bin", "--wait", "false"}, "unexpected argument \"false\""},
+  };
+  for (const auto& [extra, message] : cases) {
+    std::vector<std::string> args = {"--model=m.pt"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    err.str("");
+    EXPECT_EQ(RunSubmit(context, args), kExitUsage) << message;
+    EXPECT_THAT(err.str(), HasSubstr(message));
+  }
+}
+
+TEST(CommandTableTest, DatasetFormatIsNamedOrToldByTheExtension) {
+  std::string error;
+  EXPECT_EQ(DatasetFormatOf("/d/calib.npy", "calib", "", &error), "npy");
+  EXPECT_EQ(DatasetFormatOf("/d/calib_batch.bin", "calib", "", &error), "cifar10");
+  EXPECT_EQ(DatasetFormatOf("/d/images", "calib", "npy", &error), "npy");  // named: the name wins
+  EXPECT_TRUE(error.empty()) << error;
+  EXPECT_EQ(DatasetFormatOf("/d/images", "tuning", "", &error), "");
+  EXPECT_THAT(error, HasSubstr("--tuning_format=cifar10|npy"));
+}
+
 // "quantctl submit --help": every flag of the command, not the one-line row.
 TEST(CommandTableTest, ACommandsHelpListsEveryFlag) {
   const std::string submit = CommandUsage(*FindCommand("submit"));
@@ -151,6 +189,9 @@ TEST(CommandTableTest, ACommandsHelpListsEveryFlag) {
   EXPECT_THAT(submit, HasSubstr("--against_fp32"));
   EXPECT_THAT(submit, HasSubstr("--wait"));
   EXPECT_THAT(CommandUsage(*FindCommand("health")), HasSubstr("health [--service=NAME]"));
+  EXPECT_THAT(CommandUsage(*FindCommand("eval")), HasSubstr("--data_labels=PATH"));
+  EXPECT_THAT(CommandUsage(*FindCommand("upload")), HasSubstr("--sha256=HEX"));
+  EXPECT_THAT(CommandUsage(*FindCommand("download")), HasSubstr("--chunk_size=BYTES"));
 }
 
 }  // namespace

@@ -69,16 +69,20 @@ int CommandContext::UsageError(const std::string& message) const {
 const std::vector<Command>& Commands() {
   static const std::vector<Command>* commands = new std::vector<Command>{
       {"artifacts", "[ARTIFACT_ID] [--job=JOB_ID]",
-       "list int8 artifacts, newest first, or show one", &RunArtifacts},
+       "list int8 artifacts, newest first, or show one", &RunArtifacts,
+       "[ARTIFACT_ID] [--job=JOB_ID] [--page_token=T]"},
       {"blobs", "[BLOB_ID] | delete BLOB_ID",
-       "list uploaded blobs (with the jobs using them), show one, or delete one", &RunBlobs},
+       "list uploaded blobs (with the jobs using them), show one, or delete one", &RunBlobs,
+       "[BLOB_ID] [--page_token=T] | delete BLOB_ID"},
       {"cancel", "JOB_ID [--reason=TEXT]",
        "cancel a queued job at once, a running one at its next batch", &RunCancel},
       {"delete", "JOB_ID", "delete a finished job (and its artifact if unused)", &RunDelete},
-      {"download", "ARTIFACT_ID -o FILE", "download an artifact, verifying its sha256",
-       &RunDownload},
+      {"download", "ARTIFACT_ID --output=FILE", "download an artifact, verifying its sha256",
+       &RunDownload, "ARTIFACT_ID (--output=FILE | -o FILE) [--chunk_size=BYTES]"},
       {"eval", "NAME[:VERSION] --data=PATH [--data_format=cifar10|npy] [--max_samples=N] [--skip_fp32]",
-       "evaluate a published version, int8 and FP32 side by side (top-1/5, per class, confusion)", &RunEval},
+       "evaluate a published version, int8 and FP32 side by side (top-1/5, per class, confusion)", &RunEval,
+       "NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] [--data_labels=PATH] "
+       "[--max_samples=N] [--batch_size=N] [--skip_fp32]"},
       {"health", "[--service=NAME]",
        "check quantd's health (grpc.health.v1); exit 0 if SERVING", &RunHealth},
       {"infer", "NAME[:VERSION] --data=FILE [--data_format=cifar10|npy] [--first=N] [--count=N] [--top=K]",
@@ -91,7 +95,8 @@ const std::vector<Command>& Commands() {
       {"submit", "(--file=JOB.json | --model=PATH --calib=PATH ...) [--wait]",
        "submit a quantization job (see `submit --help`); --wait follows it", &RunSubmit, kSubmitUsage},
       {"upload", "FILE [--kind=model|dataset] [--format=cifar10|npy]",
-       "upload a model or dataset; prints its blob id", &RunUpload},
+       "upload a model or dataset; prints its blob id", &RunUpload,
+       "FILE [--kind=model|dataset] [--format=cifar10|npy (default: the extension)] [--sha256=HEX]"},
       {"watch", "JOB_ID", "stream a job's events until it ends", &RunWatch},
   };
   return *commands;

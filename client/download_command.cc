@@ -15,17 +15,20 @@ namespace quantd::cli {
 
 int RunDownload(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
-  auto a = ParseCommandArgs(args, {"o", "chunk_size"}, &error);
-  if (!a.has_value() || a->positional.size() != 1 || !a->Has("o")) {
-    return context.UsageError(
-        absl::StrCat("download: ", error, "\nusage: download ARTIFACT_ID -o FILE [--chunk_size=BYTES]"));
+  auto a = ParseCommandArgs(args, {"o", "output", "chunk_size"}, &error);
+  // --output as in quantd-quantize; -o for short.
+  if (a.has_value() && a->Has("o") && a->Has("output")) error = "-o and --output name the same file: give one";
+  if (!a.has_value() || !error.empty() || a->positional.size() != 1 || !(a->Has("o") || a->Has("output"))) {
+    return context.UsageError(absl::StrCat("download: ", error,
+                                           "\nusage: download ARTIFACT_ID (--output=FILE | -o FILE) "
+                                           "[--chunk_size=BYTES]"));
   }
   uint32_t chunk_size = 0;  // the server's default
   if (a->Has("chunk_size") && (!absl::SimpleAtoi(a->Get("chunk_size"), &chunk_size) || chunk_size == 0)) {
     return context.UsageError(absl::StrCat("download: --chunk_size: \"", a->Get("chunk_size"),
                                            "\" is not a positive number of bytes (the server caps it at 4 MiB)"));
   }
-  const std::string target = a->Get("o");
+  const std::string target = a->Has("output") ? a->Get("output") : a->Get("o");
   const std::string tmp = target + ".part";
   std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
   if (!out) return context.UsageError(absl::StrCat("download: cannot write ", tmp));

@@ -110,7 +110,8 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
   for (const char* flag : {"max_samples", "batch_size"}) {
     if (!a->Has(flag)) continue;
     uint32_t value = 0;
-    if (!absl::SimpleAtoi(a->Get(flag), &value)) {
+    // --max_samples=0 is all of them; a batch of 0 is a mistake (as in submit).
+    if (!absl::SimpleAtoi(a->Get(flag), &value) || (value == 0 && std::string(flag) == "batch_size")) {
       return context.UsageError(absl::StrCat("eval: --", flag, ": \"", a->Get(flag), "\" is not a count"));
     }
     if (std::string(flag) == "max_samples") request.set_max_samples(value);

@@ -134,15 +134,13 @@ int RunInfer(const CommandContext& context, const std::vector<std::string>& args
   std::ifstream in(a->Get("data"), std::ios::binary);
   if (!in) return context.UsageError(absl::StrCat("infer: --data: cannot read ", a->Get("data")));
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string format = a->Get("data_format", "cifar10");
+  const std::string format = DatasetFormatOf(a->Get("data"), "data", a->Get("data_format"), &error);
   Images images;
   bool read = false;
   if (format == "cifar10") {
     read = ReadCifar(bytes, first, count, &images, &error);
   } else if (format == "npy") {
     read = ReadNpy(bytes, first, count, &images, &error);
-  } else {
-    error = "--data_format must be cifar10 or npy";
   }
   if (!read) return context.UsageError("infer: " + error);
 

@@ -96,18 +96,29 @@ std::string JobLine(const v1::Job& job) {
                       job.result().artifact_id().empty() ? "" : "  " + job.result().artifact_id());
 }
 
+std::string DatasetFormatOf(const std::string& path, const std::string& flag, const std::string& format,
+                            std::string* error) {
+  if (format == "cifar10" || format == "npy") return format;
+  if (!format.empty()) {
+    *error = absl::StrCat("--", flag, "_format must be cifar10 or npy, not \"", format, "\"");
+    return "";
+  }
+  if (absl::EndsWith(path, ".bin")) return "cifar10";
+  if (absl::EndsWith(path, ".npy")) return "npy";
+  *error = absl::StrCat("--", flag, ": cannot tell the format of \"", path,
+                        "\" (CIFAR-10 binary .bin or NumPy .npy); name it with --", flag, "_format=cifar10|npy");
+  return "";
+}
+
 bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error) {
   if (a.Has(prefix)) ref->set_path(a.Get(prefix));
   if (a.Has(prefix + "_blob")) ref->set_blob_id(a.Get(prefix + "_blob"));
-  const std::string format = a.Get(prefix + "_format", "cifar10");
-  if (format == "cifar10") {
-    ref->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
-  } else if (format == "npy") {
-    ref->set_format(v1::DATASET_FORMAT_NPY);
-  } else {
-    *error = absl::StrCat("--", prefix, "_format must be cifar10 or npy");
-    return false;
-  }
+  // A blob's name is not known here: CIFAR-10 binary unless --FLAG_format says.
+  const std::string format =
+      a.Has(prefix) ? DatasetFormatOf(a.Get(prefix), prefix, a.Get(prefix + "_format"), error)
+                    : DatasetFormatOf("", prefix, a.Get(prefix + "_format", "cifar10"), error);
+  if (format.empty()) return false;
+  ref->set_format(format == "npy" ? v1::DATASET_FORMAT_NPY : v1::DATASET_FORMAT_CIFAR10_BINARY);
   if (a.Has(prefix + "_labels")) ref->set_labels_path(a.Get(prefix + "_labels"));
   return true;
 }

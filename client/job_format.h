@@ -37,6 +37,12 @@ std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args
 // A DatasetRef from --PREFIX=PATH | --PREFIX_blob=ID, --PREFIX_format=cifar10|npy
 // and --PREFIX_labels=PATH (false with *error naming the flag).
 bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error);
+// "cifar10" or "npy" for the dataset file `path` of --FLAG: `format` (from
+// --FLAG_format) when given, else the file's extension (.bin CIFAR-10 binary,
+// .npy NumPy), as quantd-quantize decides. Empty, with `error` naming the
+// flag, when neither tells.
+std::string DatasetFormatOf(const std::string& path, const std::string& flag, const std::string& format,
+                            std::string* error);
 
 std::string JobText(const v1::Job& job);
 std::string JobLine(const v1::Job& job);

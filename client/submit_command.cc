@@ -1,6 +1,7 @@
 // quantctl submit: QuantizeJob from flags or a JSON job file; --wait follows
 // the job until it ends (exit 0 only if it SUCCEEDED).
 
+#include <cmath>
 #include <fstream>
 #include <ostream>
 #include <sstream>
@@ -30,13 +31,15 @@ const char kSubmitUsage[] =
 
 namespace {
 
+// "a,b,c" as finite numbers; an empty list is refused too (it would mean no
+// normalization, silently).
 bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>* out) {
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     float v = 0;
-    if (!absl::SimpleAtof(part, &v)) return false;
+    if (!absl::SimpleAtof(part, &v) || !std::isfinite(v)) return false;
     out->Add(v);
   }
-  return true;
+  return !out->empty();
 }
 
 bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* error) {
@@ -47,7 +50,9 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
   }
   uint32_t n = 0;
   if (a.Has("batch_size")) {
-    if (!absl::SimpleAtoi(a.Get("batch_size"), &n)) return (*error = "--batch_size: not a number", false);
+    if (!absl::SimpleAtoi(a.Get("batch_size"), &n) || n == 0) {
+      return (*error = "--batch_size: a positive number expected", false);
+    }
     r->mutable_calibration()->set_batch_size(n);
   }
   if (a.Has("samples_per_class")) {
@@ -135,6 +140,10 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
         auto* g = groups->add_groups();
         for (absl::string_view m : absl::StrSplit(group, ',')) g->add_modules(std::string(m));
       }
+      // As quantd-quantize: no groups is a mistake, not "no fusion" (that is --fusion=none).
+      if (groups->groups_size() == 0) {
+        return (*error = absl::StrCat("--fusion: no groups in \"", fusion, "\" (auto, none, or a,b;c,d)"), false);
+      }
     }
   }
   if (a.Has("eval") || a.Has("eval_blob")) {
@@ -143,10 +152,16 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
       if (!absl::SimpleAtoi(a.Get("eval_max_samples"), &n)) return (*error = "--eval_max_samples: not a number", false);
       r->mutable_evaluation()->set_max_samples(n);
     }
+  } else {
+    for (const char* flag : {"eval_format", "eval_labels", "eval_max_samples"}) {
+      if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --eval or --eval_blob"), false);
+    }
   }
   if (a.Has("scale")) {
     float scale = 0;
-    if (!absl::SimpleAtof(a.Get("scale"), &scale)) return (*error = "--scale: not a number", false);
+    if (!absl::SimpleAtof(a.Get("scale"), &scale) || !std::isfinite(scale) || scale == 0) {
+      return (*error = "--scale: a finite, non-zero number expected", false);
+    }
     r->mutable_preprocessing()->set_scale(scale);
   }
   if (a.Has("mean") && !ParseFloats(a.Get("mean"), r->mutable_preprocessing()->mutable_mean())) {
@@ -222,7 +237,10 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
       {"reduce_range", "bias_correction", "fitted_rounding", "cross_layer_equalization", "strict_kernels",
        "allow_low_quality", "relative_tolerance", "int8_only", "against_fp32", "wait"});
   if (!a.has_value()) return context.UsageError(absl::StrCat("submit: ", error, "\nusage: ", kSubmitUsage));
-  if (!a->positional.empty()) return context.UsageError(absl::StrCat("usage: ", kSubmitUsage));
+  if (!a->positional.empty()) {
+    return context.UsageError(
+        absl::StrCat("submit: unexpected argument \"", a->positional[0], "\"\nusage: ", kSubmitUsage));
+  }
   v1::QuantizeJobRequest request;
   if (a->Has("file")) {
     std::ifstream in(a->Get("file"));

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <ostream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/sha256.h"
 #include "client/job_format.h"
@@ -72,8 +73,19 @@ int RunUpload(const CommandContext& context, const std::vector<std::string>& arg
     writer->WritesDone();
     status = writer->Finish();
   } else {
-    const std::string format = a->Get("format", "cifar10");
-    if (format != "cifar10" && format != "npy") return context.UsageError("upload: --format must be cifar10 or npy");
+    std::string format_error;
+    // The file's extension unless --format names it (as for --calib).
+    std::string format = a->Get("format");
+    if (format.empty()) {
+      format = absl::EndsWith(path, ".npy") ? "npy" : absl::EndsWith(path, ".bin") ? "cifar10" : "";
+      if (format.empty()) {
+        return context.UsageError(absl::StrCat("upload: cannot tell the format of \"", path,
+                                               "\" (CIFAR-10 binary .bin or NumPy .npy); name it with "
+                                               "--format=cifar10|npy"));
+      }
+    } else if (format != "cifar10" && format != "npy") {
+      return context.UsageError("upload: --format must be cifar10 or npy");
+    }
     auto writer = stub->UploadDataset(&client_context, &blob);
     v1::UploadDatasetRequest first;
     first.mutable_metadata()->set_expected_sha256(sha256);

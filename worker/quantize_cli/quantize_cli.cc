@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/qconfig/qconfig.h"
 #include "worker/engine/serialization/artifact_file.h"
 
 namespace quantd::cli {
@@ -174,7 +175,15 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   static const std::map<std::string, std::string> kAliases = {{"calibration", "calib"},
                                                               {"calibration_labels", "calib_labels"},
                                                               {"qconfig", "preset"},
-                                                              {"intra_op_threads", "threads"}};
+                                                              {"threads", "intra_op_threads"}};
+  static const std::set<std::string> kKnown = {
+      "model", "calib", "calib_format", "calib_labels", "eval_format", "tuning_format", "samples_per_class", "seed",
+      "batch_size", "preset", "activation_observer", "weight_observer", "reduce_range", "percentile", "kernel_engine",
+      "strict_kernels", "fusion", "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels",
+      "intra_op_threads", "quiet", "help", "overlap_observers", "quality_samples", "min_top1_agreement",
+      "min_output_sqnr_db", "allow_low_quality", "tuning", "tuning_labels", "tolerance", "relative_tolerance",
+      "max_trials", "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32", "bias_correction",
+      "fitted_rounding", "cross_layer_equalization"};
   std::map<std::string, std::string> flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -190,6 +199,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     }
     std::replace(name.begin(), name.end(), '-', '_');
     if (auto alias = kAliases.find(name); alias != kAliases.end()) name = alias->second;
+    // Before its value is looked for: "--verbose --quiet" is an unknown flag.
+    if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     if (kBoolFlags.count(name)) {
       // "--flag" alone is true; "--flag=VALUE" must be a boolean.
       bool on = true;
@@ -204,17 +215,6 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       value = args[++i];
     }
     flags[name] = value;
-  }
-  static const std::set<std::string> kKnown = {
-      "model", "calib", "calib_format", "calib_labels", "eval_format", "tuning_format", "samples_per_class", "seed",
-      "batch_size", "preset", "activation_observer", "weight_observer", "reduce_range", "percentile", "kernel_engine",
-      "strict_kernels", "fusion", "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels",
-      "threads", "quiet", "help", "overlap_observers", "quality_samples", "min_top1_agreement", "min_output_sqnr_db",
-      "allow_low_quality", "tuning", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
-      "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32", "bias_correction", "fitted_rounding",
-      "cross_layer_equalization"};
-  for (const auto& [name, value] : flags) {
-    if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
   if (flags.count("help") && flags["help"] == "true") return absl::InvalidArgumentError("help requested");
   auto get = [&](const std::string& name, const std::string& fallback = "") {
@@ -247,8 +247,10 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   QUANTD_ASSIGN_OR_RETURN(int64_t seed, get_int("seed", 0));
   o.calibration.seed = static_cast<uint64_t>(seed);
   o.calibration.layout = get("layout", "auto");
-  if (flags.count("scale") && !absl::SimpleAtod(get("scale"), &o.calibration.preprocessing.scale)) {
-    return absl::InvalidArgumentError("--scale must be a number");
+  if (flags.count("scale") && (!absl::SimpleAtod(get("scale"), &o.calibration.preprocessing.scale) ||
+                              !std::isfinite(o.calibration.preprocessing.scale) ||
+                              o.calibration.preprocessing.scale == 0)) {
+    return absl::InvalidArgumentError("--scale must be a finite, non-zero number");
   }
   QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.mean, ParseDoubles(get("mean"), "--mean"));
   QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.std, ParseDoubles(get("std"), "--std"));
@@ -260,11 +262,29 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     o.qconfig.activation_observer = get("activation_observer", "histogram");
     o.qconfig.weight_observer = get("weight_observer", "per_channel_symmetric");
     o.qconfig.reduce_range = get("reduce_range") == "true";
-    if (flags.count("percentile") && !absl::SimpleAtod(get("percentile"), &o.qconfig.percentile)) {
-      return absl::InvalidArgumentError("--percentile must be a number in (0, 100]");
+    // Checked here, so that a mistake is a usage error naming its flag, as in quantctl.
+    if (absl::Status observers = engine::CustomQConfig(o.qconfig.activation_observer, o.qconfig.weight_observer,
+                                                       o.qconfig.reduce_range)
+                                     .status();
+        !observers.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--activation_observer/--weight_observer: ", observers.message()));
+    }
+    if (flags.count("percentile")) {
+      if (!absl::SimpleAtod(get("percentile"), &o.qconfig.percentile) ||
+          !(o.qconfig.percentile > 0 && o.qconfig.percentile <= 100)) {
+        return absl::InvalidArgumentError(absl::StrCat("--percentile must be a number in (0, 100], not '",
+                                                       get("percentile"), "'"));
+      }
+      if (o.qconfig.activation_observer != "percentile") {
+        return absl::InvalidArgumentError("--percentile: only with --activation_observer=percentile");
+      }
     }
   } else {
     o.qconfig.preset = qconfig;
+    if (absl::Status preset = engine::QConfigPreset(qconfig).status(); !preset.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--preset: ", preset.message()));
+    }
     if (flags.count("activation_observer") || flags.count("weight_observer") || flags.count("reduce_range") ||
         flags.count("percentile")) {
       return absl::InvalidArgumentError(
@@ -309,12 +329,17 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     goal.against_fp32 = get("against_fp32") == "true";
     o.accuracy_goal = goal;
   } else {
-    for (const char* flag : {"tuning_labels", "tolerance", "relative_tolerance", "max_trials", "time_budget_seconds",
-                             "int8_only", "max_fp32_layers", "against_fp32"}) {
+    for (const char* flag : {"tuning_format", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
+                             "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32"}) {
       if (flags.count(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --tuning"));
     }
   }
-  QUANTD_ASSIGN_OR_RETURN(int64_t threads, get_int("threads", 1));
+  if (!flags.count("eval")) {
+    for (const char* flag : {"eval_format", "eval_labels"}) {
+      if (flags.count(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --eval"));
+    }
+  }
+  QUANTD_ASSIGN_OR_RETURN(int64_t threads, get_int("intra_op_threads", 1));
   if (threads < 1 || threads > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("--intra_op_threads must be in 1..1024, not ", threads));
   }
@@ -329,8 +354,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   QUANTD_ASSIGN_OR_RETURN(o.quality_samples, get_int("quality_samples", o.quality_samples));
   for (auto [name, target] : {std::pair<const char*, double*>{"min_top1_agreement", &o.min_top1_agreement},
                               {"min_output_sqnr_db", &o.min_output_sqnr_db}}) {
-    if (flags.count(name) && !absl::SimpleAtod(get(name), target)) {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " must be a number, not '", get(name), "'"));
+    if (flags.count(name) && (!absl::SimpleAtod(get(name), target) || !std::isfinite(*target))) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " must be a finite number, not '", get(name), "'"));
     }
   }
   if (!(o.min_top1_agreement >= 0 && o.min_top1_agreement <= 1)) {

@@ -79,6 +79,23 @@ TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
   EXPECT_EQ(with({"--intra_op_threads=0"}).status().message(), "--intra_op_threads must be in 1..1024, not 0");
   EXPECT_EQ(with({"--help"}).status().message(), "help requested");
   EXPECT_TRUE(with({"--help=false"}).ok());
+  // Unknown before its value is looked for; the canonical name in errors.
+  EXPECT_EQ(with({"--verbose", "--quiet"}).status().message(), "unknown flag --verbose");
+  EXPECT_EQ(with({"--threads=-1"}).status().message(), "--intra_op_threads must be a non-negative integer, not '-1'");
+  // Values the engine would refuse later (exit 1) are usage errors here, as in quantctl.
+  EXPECT_EQ(with({"--scale=nan"}).status().message(), "--scale must be a finite, non-zero number");
+  EXPECT_EQ(with({"--scale=0"}).status().message(), "--scale must be a finite, non-zero number");
+  EXPECT_EQ(with({"--min_output_sqnr_db=inf"}).status().message(),
+            "--min_output_sqnr_db must be a finite number, not 'inf'");
+  EXPECT_THAT(std::string(with({"--preset=bogus"}).status().message()), ::testing::StartsWith("--preset: "));
+  EXPECT_THAT(std::string(with({"--preset=custom", "--weight_observer=bogus"}).status().message()),
+              ::testing::StartsWith("--activation_observer/--weight_observer: "));
+  EXPECT_EQ(with({"--preset=custom", "--activation_observer=mse", "--percentile=99"}).status().message(),
+            "--percentile: only with --activation_observer=percentile");
+  EXPECT_EQ(with({"--preset=custom", "--activation_observer=percentile", "--percentile=150"}).status().message(),
+            "--percentile must be a number in (0, 100], not '150'");
+  EXPECT_EQ(with({"--eval_format=npy"}).status().message(), "--eval_format needs --eval");
+  EXPECT_EQ(with({"--tuning_format=npy"}).status().message(), "--tuning_format needs --tuning");
 }
 
 // The same --fusion values as quantctl submit's, and a .json file.
