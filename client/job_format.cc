@@ -327,9 +327,12 @@ int FollowJob(const CommandContext& context, const std::string& job_id) {
     grpc::Status status = reader->Finish();
     if (status.ok()) break;
     // CANCELLED too: this client never cancels its watch, but a server that
-    // is stopping cancels the calls that reach it meanwhile.
+    // is stopping cancels the calls that reach it meanwhile. And
+    // RESOURCE_EXHAUSTED: this client fell too far behind (a stalled
+    // terminal); it resumes from the last event it printed.
     const bool server_away = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                             status.error_code() == grpc::StatusCode::CANCELLED;
+                             status.error_code() == grpc::StatusCode::CANCELLED ||
+                             status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
     if (!server_away || !had_contact || absl::Now() - last_contact > kReconnectWindow) {
       return context.RpcFailed("watch", status);
     }

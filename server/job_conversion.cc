@@ -154,7 +154,8 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
   spec->qconfig.bias_correction = q.bias_correction();
   spec->qconfig.fitted_rounding = q.fitted_rounding();
   spec->qconfig.equalization = q.cross_layer_equalization();
-  if (q.config_case() == v1::QConfig::kPreset) {
+  // An explicit QCONFIG_PRESET_UNSPECIFIED is unset, as the API says.
+  if (q.config_case() == v1::QConfig::kPreset && q.preset() != v1::QCONFIG_PRESET_UNSPECIFIED) {
     switch (q.preset()) {
       case v1::QCONFIG_PRESET_FBGEMM: spec->qconfig.preset = "fbgemm"; break;
       case v1::QCONFIG_PRESET_X86: spec->qconfig.preset = "x86"; break;
@@ -344,6 +345,13 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
                                            const ReferenceResolver& resolver) {
   worker::Job job;
   worker::JobSpec& spec = job.spec;
+  // The request is kept with the job and sent back in every GetJob, ListJobs
+  // page and watch snapshot: a job description, not a payload.
+  constexpr size_t kMaxRequestBytes = 64 << 10;
+  if (const size_t bytes = request.ByteSizeLong(); bytes > kMaxRequestBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("request: ", bytes, " bytes, more than a job's ", kMaxRequestBytes,
+                                                   " (labels, fusion groups, ...)"));
+  }
   if (!request.has_model()) return absl::InvalidArgumentError("model: required (blob_id or path)");
   QUANTD_ASSIGN_OR_RETURN(spec.model_path, resolver.ResolveModel(request.model(), "model"));
   QUANTD_RETURN_IF_ERROR(ApplyQConfig(request.qconfig(), &spec));
@@ -438,6 +446,15 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     }
   }
   if (request.labels_size() > 16) return absl::InvalidArgumentError("labels: at most 16");
+  for (const auto& [label, value] : request.labels()) {
+    if (label.empty() || label.size() > 63) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("labels: key \"", label.substr(0, 63), "...\" is not 1 to 63 characters"));
+    }
+    if (value.size() > 256) {
+      return absl::InvalidArgumentError(absl::StrCat("labels[", label, "]: ", value.size(), " characters, at most 256"));
+    }
+  }
   job.idempotency_key = key;
   if (request.has_deadline()) {
     const google::protobuf::Timestamp& d = request.deadline();

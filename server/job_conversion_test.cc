@@ -72,5 +72,36 @@ TEST_F(ResolvePathTest, EscapesAndMissingFilesAreRefused) {
   EXPECT_THAT(outside.status().message(), HasSubstr("outside the data root"));
 }
 
+// A job's request is kept and echoed in every GetJob and ListJobs page: it
+// is held to a job description's size, and labels to labels' sizes.
+TEST_F(ResolvePathTest, OversizedRequestsAndLabelsAreRefusedNamingTheField) {
+  const ReferenceResolver resolver = Resolver();
+  std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(3073, '\0');  // one record
+  v1::QuantizeJobRequest request;
+  request.mutable_model()->set_path("model.pt");
+  request.mutable_calibration()->mutable_dataset()->set_path("datasets/blobs/calib.bin");
+  request.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  ASSERT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+
+  v1::QuantizeJobRequest big = request;
+  (*big.mutable_labels())["notes"] = std::string(70000, 'x');
+  absl::Status status = JobFromRequest(big, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("request: "));
+  v1::QuantizeJobRequest long_value = request;
+  (*long_value.mutable_labels())["team"] = std::string(300, 'x');
+  EXPECT_THAT(JobFromRequest(long_value, resolver).status().message(), HasSubstr("labels[team]: 300 characters"));
+  v1::QuantizeJobRequest long_key = request;
+  (*long_key.mutable_labels())[std::string(64, 'k')] = "v";
+  EXPECT_THAT(JobFromRequest(long_key, resolver).status().message(), HasSubstr("is not 1 to 63 characters"));
+
+  // An explicit QCONFIG_PRESET_UNSPECIFIED is the default, as unset is.
+  v1::QuantizeJobRequest unspecified = request;
+  unspecified.mutable_qconfig()->set_preset(v1::QCONFIG_PRESET_UNSPECIFIED);
+  absl::StatusOr<worker::Job> job = JobFromRequest(unspecified, resolver);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->spec.qconfig.preset, "fbgemm");
+}
+
 }  // namespace
 }  // namespace quantd

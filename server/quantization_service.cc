@@ -52,6 +52,9 @@ absl::Status Busy(absl::string_view method, const BlockingExecutor& executor) {
 
 absl::Status RequireId(const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("id: required");
+  // Ids are short ("job-" and 20 hex digits); a long one would be echoed in
+  // full by the not-found message, past gRPC's trailer limit.
+  if (id.size() > 128) return absl::InvalidArgumentError(absl::StrCat("id: ", id.size(), " characters, no id is"));
   return absl::OkStatus();
 }
 
@@ -270,8 +273,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
  public:
   WatchReactor(worker::WorkerPool* pool, BlockingExecutor* executor, const v1::WatchJobRequest& request)
       : pool_(pool), job_id_(request.id()), after_sequence_(request.after_sequence()) {
-    if (job_id_.empty()) {
-      FinishOnce(absl::InvalidArgumentError("id: required"));
+    if (absl::Status id = RequireId(job_id_); !id.ok()) {
+      FinishOnce(id);
       return;
     }
     absl::MutexLock lock(&mu_);
@@ -284,6 +287,17 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
     absl::MutexLock lock(&mu_);
     if (finished_) return;
     const bool last = event.kind == worker::JobEvent::Kind::kResult;
+    if (pending_.size() >= kMaxPendingEvents && !last) {
+      // A watcher that does not read (a stalled client) must not make the
+      // server queue a job's every batch for it: the stream ends, and the
+      // client resumes from the last event it read.
+      pending_.resize(writing_ ? 1 : 0);
+      FinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                absl::StrCat("this watch fell ", kMaxPendingEvents,
+                                             " events behind; watch again with after_sequence set to the last "
+                                             "event read")));
+      return;
+    }
     if (event.kind == worker::JobEvent::Kind::kSnapshot || event.sequence > after_sequence_) {
       v1::JobEvent proto;
       ToProto(event, &proto);
@@ -385,6 +399,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
     finished_ = true;
     Finish(status);
   }
+
+  static constexpr size_t kMaxPendingEvents = 10000;
 
   worker::WorkerPool* const pool_;
   const std::string job_id_;
@@ -547,6 +563,11 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
                            "CancelJob: job ", request->id(), " was submitted by \"", stored->owner,
                            "\"; only its submitter or an admin may cancel it")));
       }
+    }
+    if (request->reason().size() > 1024) {
+      return Audited(context, caller, "CancelJob", request->id(),
+                     absl::InvalidArgumentError(
+                         absl::StrCat("reason: ", request->reason().size(), " bytes, at most 1024")));
     }
     absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
     if (job.ok()) ToProto(*job, response);

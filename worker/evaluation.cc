@@ -140,6 +140,12 @@ absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text) {
   }
 }
 
+absl::Status EvaluationAccumulator::CheckClasses(const std::string& model_name, int64_t classes) {
+  if (classes >= 1 && classes <= kMaxClasses) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("model_name: ", model_name.substr(0, 64), " outputs ", classes,
+                                                    " classes; Evaluate takes models of 1 to ", kMaxClasses));
+}
+
 EvaluationAccumulator::EvaluationAccumulator(int64_t classes, bool with_fp32) {
   report_.classes = classes;
   const size_t n = static_cast<size_t>(classes);
@@ -312,7 +318,12 @@ void Evaluator::Store(const Evaluation& evaluation) {
 
 void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> reader, std::atomic<bool>* done) {
   if (options_.intra_op_threads > 0) engine::SetIntraOpThreads(options_.intra_op_threads);
-  absl::StatusOr<EvaluationReport> report = Evaluate(&evaluation, *reader);
+  absl::StatusOr<EvaluationReport> report;
+  try {
+    report = Evaluate(&evaluation, *reader);
+  } catch (const std::exception& error) {  // e.g. bad_alloc: this evaluation fails, not the server
+    report = absl::InternalError(absl::StrCat("evaluation stopped: ", error.what()));
+  }
   reader.reset();  // the dataset's file is closed before the record says done
   evaluation.update_time = clock_->Now();
   evaluation.finish_time = evaluation.update_time;
@@ -344,6 +355,7 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
   if (int8->info().output_shape.size() != 1) {
     return absl::FailedPreconditionError(absl::StrCat(spec.model_name, " does not output [N, classes] scores"));
   }
+  QUANTD_RETURN_IF_ERROR(EvaluationAccumulator::CheckClasses(spec.model_name, int8->info().output_shape[0]));
   EvaluationAccumulator accumulator(int8->info().output_shape[0], fp32 != nullptr);
   // Loaded: other servers reading the record count the first batch from now.
   absl::Time last_write = clock_->Now();

@@ -92,6 +92,12 @@ absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text);
 // Adds up batches of scores into a report. Pure arithmetic, no models.
 class EvaluationAccumulator {
  public:
+  // Per-class tables and a classes x classes confusion matrix per column: a
+  // model with more classes (a client's upload can have millions) is refused
+  // (FAILED_PRECONDITION naming it) before anything is sized from it.
+  static constexpr int64_t kMaxClasses = 1000;
+  static absl::Status CheckClasses(const std::string& model_name, int64_t classes);
+
   EvaluationAccumulator(int64_t classes, bool with_fp32);
   // A batch starting at sample `first`: its labels, and its scores
   // ([labels.size(), classes] row-major) from each column (fp32 null

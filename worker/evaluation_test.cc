@@ -85,6 +85,15 @@ TEST(EvaluationAccumulatorTest, ALabelOutsideTheClassesIsInvalidNamingTheSample)
   EXPECT_EQ(acc.Add(0, {0}, std::vector<float>(5), nullptr).code(), absl::StatusCode::kInternal);
 }
 
+TEST(EvaluationAccumulatorTest, ModelsWithTooManyClassesAreRefusedBeforeAnythingIsSized) {
+  EXPECT_TRUE(EvaluationAccumulator::CheckClasses("resnet8", 10).ok());
+  EXPECT_TRUE(EvaluationAccumulator::CheckClasses("imagenet", 1000).ok());
+  const absl::Status huge = EvaluationAccumulator::CheckClasses("big", 1000000);
+  EXPECT_EQ(huge.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(huge.message()), HasSubstr("model_name: big outputs 1000000 classes"));
+  EXPECT_FALSE(EvaluationAccumulator::CheckClasses("none", 0).ok());
+}
+
 TEST(EvaluationCodecTest, ARecordRoundTrips) {
   Evaluation e;
   e.id = "eval-1";
