@@ -233,6 +233,11 @@ int main(int argc, char** argv) {
   options.model_cache_bytes = absl::GetFlag(FLAGS_model_cache_bytes);
   options.batch_size_copies = absl::GetFlag(FLAGS_batch_size_copies);
 
+  // A bad value is a usage error (exit 2, as an unknown flag's), not a failed start.
+  if (const absl::Status checked = quantd::QuantdServer::CheckOptions(options); !checked.ok()) {
+    std::cerr << "quantd: " << checked.message() << "\n";
+    return 2;
+  }
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));
   quantd::LogLine(quantd::LogLevel::kInfo,

@@ -734,9 +734,10 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteModelVersion(grpc::Call
     if (absl::Status status = worker::ValidateModelName(request->name(), "name"); !status.ok()) {
       return Audited(context, caller, "DeleteModelVersion", target, status);
     }
-    if (request->version() == 0) {
+    if (request->version() == 0 || request->version() > static_cast<uint64_t>(INT64_MAX)) {
       return Audited(context, caller, "DeleteModelVersion", target,
-                     absl::InvalidArgumentError("version: required (1, 2, ...)"));
+                     absl::InvalidArgumentError(
+                         absl::StrCat("version: a version number (1, 2, ...), not ", request->version())));
     }
     const absl::Status deleted =
         deps_.pool->store().DeleteModelVersion(request->name(), static_cast<int64_t>(request->version()));

@@ -266,6 +266,8 @@ QuantdServer::Options WithResolvedDefaults(QuantdServer::Options options) {
 
 const char* QuantdVersion() { return QUANTD_VERSION; }
 
+absl::Status QuantdServer::CheckOptions(const Options& options) { return ValidateOptions(options); }
+
 QuantdServer::QuantdServer(const Options& options)
     : options_(WithResolvedDefaults(options)),
       metrics_(MetricsOptions()),
@@ -273,7 +275,7 @@ QuantdServer::QuantdServer(const Options& options)
 
 absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     const Options& options) {
-  QUANTD_RETURN_IF_ERROR(ValidateOptions(options));
+  QUANTD_RETURN_IF_ERROR(CheckOptions(options));
   QUANTD_RETURN_IF_ERROR(EnsureDataDir(options.data_dir));
   QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, GrpcCredentials(options));
   std::unique_ptr<QuantdServer> server(new QuantdServer(options));

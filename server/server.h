@@ -124,6 +124,9 @@ class QuantdServer {
 
   // Validates `options`, binds both ports and starts serving.
   static absl::StatusOr<std::unique_ptr<QuantdServer>> Start(const Options& options);
+  // Start's checks of `options` alone (INVALID_ARGUMENT naming the flag), so
+  // that main can tell a bad command line (exit 2) from a failed start.
+  static absl::Status CheckOptions(const Options& options);
 
   ~QuantdServer();
   QuantdServer(const QuantdServer&) = delete;

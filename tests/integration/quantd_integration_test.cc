@@ -373,8 +373,12 @@ TEST(QuantdFlagsTest, InvalidWorkersFailsClearly) {
                      "--data_dir=" + dir + "/data"},
                     kCommandTimeout);
   ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_EQ(result->exit_code, 1);
+  // A usage error, as an unknown flag's (a port in use, a failed start, is 1),
+  // said before anything starts: no data dir is made.
+  EXPECT_EQ(result->exit_code, 2);
   EXPECT_THAT(result->err, HasSubstr("workers must be in 1..256"));
+  EXPECT_THAT(result->err, ::testing::Not(HasSubstr("starting")));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/data"));
   std::filesystem::remove_all(dir);
 }
 
