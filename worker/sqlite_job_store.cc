@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS model_versions (
 // with it pinned. Delete and ArtifactHolders decide by the same rule.
 constexpr char kHoldsArtifact[] = "artifact_id = ?1 AND state IN (2, 3)";
 
+// Between a job's owner and its idempotency key in the stored key.
+constexpr char kKeyScope = '\x1f';
+
 constexpr char kColumns[] =
     "seq, id, state, phase, create_us, start_us, finish_us, deadline_us, spec, request, "
     "idempotency_key, fingerprint, attempt, result, owner";
@@ -145,6 +148,9 @@ absl::StatusOr<Job> ReadJob(Stmt& s) {
   QUANTD_ASSIGN_OR_RETURN(job.spec, DecodeJobSpec(s.Text(8)));
   job.request_echo = s.Text(9);
   job.idempotency_key = s.Text(10);
+  if (const size_t scope = job.idempotency_key.find(kKeyScope); scope != std::string::npos) {
+    job.idempotency_key.erase(0, scope + 1);  // the submitter's own key, as given
+  }
   job.request_fingerprint = s.Text(11);
   job.attempt_count = static_cast<uint32_t>(s.Int(12));
   if (!s.IsNull(13)) {
@@ -271,12 +277,17 @@ absl::StatusOr<Job> SqliteJobStore::Get(const std::string& id) {
 
 absl::StatusOr<Job> SqliteJobStore::Create(const Job& job, int64_t max_queued) {
   absl::MutexLock lock(&mu_);
+  // Keys are per submitter: one's "nightly" is not another's. Stored as
+  // owner, US, key (keys are printable ASCII, so no key holds the US).
+  const std::string stored_key =
+      job.owner.empty() || job.idempotency_key.empty() ? job.idempotency_key
+                                                       : absl::StrCat(job.owner, std::string(1, kKeyScope), job.idempotency_key);
   QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   auto body = [&]() -> absl::StatusOr<Job> {
     if (!job.idempotency_key.empty()) {
       Stmt s(db_, absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE idempotency_key = ?1"));
       QUANTD_RETURN_IF_ERROR(s.status());
-      s.Bind(1, job.idempotency_key);
+      s.Bind(1, stored_key);
       QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
       if (row) {
         QUANTD_ASSIGN_OR_RETURN(Job existing, ReadJob(s));
@@ -303,7 +314,7 @@ absl::StatusOr<Job> SqliteJobStore::Create(const Job& job, int64_t max_queued) {
     s.Bind(1, job.id).Bind(2, ToUs(job.create_time));
     if (job.deadline.has_value()) s.Bind(3, ToUs(*job.deadline)); else s.BindNull(3);
     s.Bind(4, EncodeJobSpec(job.spec)).BindBlob(5, job.request_echo);
-    if (job.idempotency_key.empty()) s.BindNull(6); else s.Bind(6, job.idempotency_key);
+    if (job.idempotency_key.empty()) s.BindNull(6); else s.Bind(6, stored_key);
     s.Bind(7, job.request_fingerprint).Bind(8, job.owner);
     QUANTD_RETURN_IF_ERROR(s.Step().status());
     return GetLocked(job.id);

@@ -347,6 +347,32 @@ TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {
   EXPECT_TRUE((*store)->Create(NewJob("e", 5), 2).ok());
 }
 
+// An idempotency key is its submitter's: another submitter's same key (and
+// same request) makes another job, never hands over the first one's.
+TEST(SqliteJobStoreTest, IdempotencyKeysArePerSubmitter) {
+  auto store = SqliteJobStore::Open(TempDir("keys") + "/jobs.db");
+  ASSERT_TRUE(store.ok());
+  Job by_a = NewJob("a", 1, "nightly");
+  by_a.owner = "team-a";
+  ASSERT_TRUE((*store)->Create(by_a, 10).ok());
+  Job by_b = NewJob("b", 2, "nightly");
+  by_b.owner = "team-b";
+  by_b.request_fingerprint = by_a.request_fingerprint;
+  absl::StatusOr<Job> created = (*store)->Create(by_b, 10);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->id, "b");
+  EXPECT_EQ(created->idempotency_key, "nightly");  // as given, not as stored
+  Job retry_a = NewJob("c", 3, "nightly");
+  retry_a.owner = "team-a";
+  retry_a.request_fingerprint = by_a.request_fingerprint;
+  EXPECT_EQ((*store)->Create(retry_a, 10)->id, "a");
+  Job other_a = NewJob("d", 4, "nightly");
+  other_a.owner = "team-a";
+  absl::Status reused = (*store)->Create(other_a, 10).status();
+  EXPECT_EQ(reused.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(std::string(reused.message()), HasSubstr("idempotency_key \"nightly\" was already used by job a"));
+}
+
 TEST(SqliteJobStoreTest, CancelRequestsAreForRunningJobsAndClearedByFinish) {
   const std::string path = TempDir("cancel") + "/jobs.db";
   auto store = SqliteJobStore::Open(path);
