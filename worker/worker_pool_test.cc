@@ -214,6 +214,25 @@ class WorkerPoolTest : public ::testing::Test {
     return std::move(*pool);
   }
 
+  // Another process on the same job store: its own SQLite connection to the
+  // same file, and a pool on it (the artifacts and the engine are shared).
+  struct OtherProcess {
+    std::unique_ptr<SqliteJobStore> store;
+    std::unique_ptr<WorkerPool> pool;  // destroyed before its store
+  };
+  OtherProcess NewPoolOfAnotherProcess(WorkerPool::Options options, Clock* clock = Clock::Real()) {
+    OtherProcess other;
+    auto store = SqliteJobStore::Open(dir_ + "/jobs.db");
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!store.ok()) return other;
+    other.store = std::move(*store);
+    options.idle_poll = absl::Milliseconds(20);
+    auto pool = WorkerPool::Create(options, other.store.get(), artifacts_.get(), &engine_, clock);
+    EXPECT_TRUE(pool.ok()) << pool.status();
+    if (pool.ok()) other.pool = std::move(*pool);
+    return other;
+  }
+
   static Job NewJob(const std::string& model) {
     Job job;
     job.spec.model_path = model;
@@ -409,37 +428,34 @@ TEST_F(WorkerPoolTest, AJobWhoseLeaseRunsOutIsRecoveredByAnotherProcess) {
   WorkerPool::Options options_a;
   options_a.holder = "host-a:/data";
   options_a.lease = absl::Hours(1);
-  options_a.idle_poll = absl::Milliseconds(20);
   WorkerPool::Options options_b = options_a;
   options_b.holder = "host-b:/data";
-  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
-  ASSERT_TRUE(store_b.ok()) << store_b.status();
-  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(pool_a.ok()) << pool_a.status();
-  (*pool_a)->Start();
-  const std::string id = (*pool_a)->Submit(NewJob("m"))->id;
+  auto pool_a = NewPool(options_a, &clock);
+  pool_a->Start();
+  const std::string id = pool_a->Submit(NewJob("m"))->id;
   ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));  // a runs it
 
-  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(pool_b.ok()) << pool_b.status();
-  EXPECT_EQ((*pool_b)->recovered().requeued, 0);  // a is alive: not b's to recover
-  (*pool_b)->Start();
+  OtherProcess b = NewPoolOfAnotherProcess(options_b, &clock);
+  ASSERT_NE(b.pool, nullptr);
+  WorkerPool* const pool_b = b.pool.get();
+  EXPECT_EQ(pool_b->recovered().requeued, 0);  // a is alive: not b's to recover
+  pool_b->Start();
   clock.Advance(absl::Minutes(50));
-  EXPECT_EQ((*pool_a)->MaintainLeases().requeued, 0);  // a renews: until 1 h 50 min
+  EXPECT_EQ(pool_a->MaintainLeases().requeued, 0);  // a renews: until 1 h 50 min
   clock.Advance(absl::Minutes(50));
-  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 0);
-  EXPECT_EQ((*store_b)->Get(id)->state, JobState::kRunning);
+  EXPECT_EQ(pool_b->MaintainLeases().requeued, 0);
+  EXPECT_EQ(b.store->Get(id)->state, JobState::kRunning);
 
   // a freezes (renews nothing); after its lease b takes the job over.
   clock.Advance(absl::Minutes(61));
-  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 1);
-  EXPECT_EQ((*pool_b)->recovered().requeued, 1);  // the running total, for /metrics
+  EXPECT_EQ(pool_b->MaintainLeases().requeued, 1);
+  EXPECT_EQ(pool_b->recovered().requeued, 1);  // the running total, for /metrics
   Job job = WaitForState(id, JobState::kSucceeded);
   EXPECT_EQ(job.attempt_count, 2u);
   EXPECT_TRUE(artifacts_->Contains(job.result->artifact_sha256));
 
   // a wakes up: its renewal fails, and its run stops at the next batch.
-  (*pool_a)->MaintainLeases();
+  pool_a->MaintainLeases();
   engine_.release.Notify();
   const absl::Time give_up = absl::Now() + absl::Seconds(20);
   while (engine_.runs_returned.load() < 2 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
@@ -468,23 +484,20 @@ TEST_F(WorkerPoolTest, ARunnerWhoseJobWasRecoveredStopsBeforeTheJobRunsAgain) {
   WorkerPool::Options options_a;
   options_a.holder = "host-a:/data";
   options_a.lease = absl::Hours(1);  // renewed only by the test's MaintainLeases
-  options_a.idle_poll = absl::Milliseconds(20);
   WorkerPool::Options options_b = options_a;
   options_b.holder = "host-b:/data";
-  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
-  ASSERT_TRUE(store_b.ok()) << store_b.status();
-  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(pool_a.ok()) << pool_a.status();
-  (*pool_a)->Start();
-  const std::string id = (*pool_a)->Submit(NewJob("m"))->id;
+  auto pool_a = NewPool(options_a, &clock);
+  pool_a->Start();
+  const std::string id = pool_a->Submit(NewJob("m"))->id;
   ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(pool_b.ok()) << pool_b.status();  // never started: runs nothing
+  OtherProcess b = NewPoolOfAnotherProcess(options_b, &clock);
+  ASSERT_NE(b.pool, nullptr);
+  WorkerPool* const pool_b = b.pool.get();  // never started: runs nothing
 
   clock.Advance(absl::Minutes(61));
-  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 1);
+  EXPECT_EQ(pool_b->MaintainLeases().requeued, 1);
   EXPECT_EQ(store_->Get(id)->state, JobState::kQueued);
-  (*pool_a)->MaintainLeases();  // a wakes up: its renewal fails
+  pool_a->MaintainLeases();  // a wakes up: its renewal fails
   engine_.release.Notify();
   WaitForRuns(engine_, 1);
   // a's single worker then claims the queued job: attempt 2, all 10 batches.
@@ -505,21 +518,18 @@ TEST_F(WorkerPoolTest, ClaimingAJobAnEarlierAttemptStillRunsHereStopsThatAttempt
   options_a.holder = "host-a:/data";
   options_a.workers = 2;
   options_a.lease = absl::Hours(1);
-  options_a.idle_poll = absl::Milliseconds(20);
   WorkerPool::Options options_b = options_a;
   options_b.holder = "host-b:/data";
-  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
-  ASSERT_TRUE(store_b.ok()) << store_b.status();
-  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(pool_a.ok()) << pool_a.status();
-  (*pool_a)->Start();
-  const std::string id = (*pool_a)->Submit(NewJob("m"))->id;
+  auto pool_a = NewPool(options_a, &clock);
+  pool_a->Start();
+  const std::string id = pool_a->Submit(NewJob("m"))->id;
   ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(pool_b.ok()) << pool_b.status();
+  OtherProcess b = NewPoolOfAnotherProcess(options_b, &clock);
+  ASSERT_NE(b.pool, nullptr);
+  WorkerPool* const pool_b = b.pool.get();
 
   clock.Advance(absl::Minutes(61));
-  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 1);
+  EXPECT_EQ(pool_b->MaintainLeases().requeued, 1);
   // a's idle worker claims it (attempt 2) and runs it through.
   Job job = WaitForState(id, JobState::kSucceeded);
   EXPECT_EQ(job.attempt_count, 2u);
@@ -559,24 +569,21 @@ TEST_F(WorkerPoolTest, LeasesAreRenewedWhileRunningJobsDrainOnShutdown) {
   WorkerPool::Options options_a;
   options_a.holder = "host-a:/data";
   options_a.lease = absl::Milliseconds(30);  // renewed every 10 ms of real time, to 30 ms of `clock`
-  options_a.idle_poll = absl::Milliseconds(20);
   WorkerPool::Options options_b = options_a;
   options_b.holder = "host-b:/data";
-  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
-  ASSERT_TRUE(store_b.ok()) << store_b.status();
-  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(pool_a.ok()) << pool_a.status();
-  (*pool_a)->Start();
-  const std::string id = (*pool_a)->Submit(NewJob("m"))->id;
+  auto pool_a = NewPool(options_a, &clock);
+  pool_a->Start();
+  const std::string id = pool_a->Submit(NewJob("m"))->id;
   ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(pool_b.ok()) << pool_b.status();
+  OtherProcess b = NewPoolOfAnotherProcess(options_b, &clock);
+  ASSERT_NE(b.pool, nullptr);
+  WorkerPool* const pool_b = b.pool.get();
 
-  std::thread stopping([&] { (*pool_a)->Stop(); });
+  std::thread stopping([&] { pool_a->Stop(); });
   ASSERT_TRUE(engine_.stop_seen.WaitForNotificationWithTimeout(absl::Seconds(20)));
   clock.Advance(absl::Hours(1));  // far past the lease a had when it began to stop
   absl::SleepFor(absl::Milliseconds(300));  // 30 renewal periods of a's maintenance thread
-  EXPECT_EQ((*pool_b)->MaintainLeases().requeued, 0);
+  EXPECT_EQ(pool_b->MaintainLeases().requeued, 0);
   engine_.release_after_stop.Notify();
   stopping.join();
   Job job = *store_->Get(id);
@@ -658,36 +665,34 @@ TEST_F(WorkerPoolTest, WatchersOfAJobAnotherProcessRunsHearItsStateAndResult) {
   engine_.pause_at_batch = 2;
   WorkerPool::Options options_a;
   options_a.holder = "host-a:/data";
-  options_a.idle_poll = absl::Milliseconds(20);
   options_a.watch_sync = absl::Hours(1);  // the test syncs by calling SyncFollowedJobs
   WorkerPool::Options options_b = options_a;
   options_b.holder = "host-b:/data";
-  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
-  ASSERT_TRUE(store_b.ok()) << store_b.status();
-  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, Clock::Real());
-  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, Clock::Real());
-  ASSERT_TRUE(pool_a.ok() && pool_b.ok());
-  const std::string runs = (*pool_a)->Submit(NewJob("m"))->id;
-  const std::string waits = (*pool_a)->Submit(NewJob("q"))->id;
+  auto pool_a = NewPool(options_a);
+  OtherProcess b = NewPoolOfAnotherProcess(options_b);
+  ASSERT_NE(b.pool, nullptr);
+  WorkerPool* const pool_b = b.pool.get();
+  const std::string runs = pool_a->Submit(NewJob("m"))->id;
+  const std::string waits = pool_a->Submit(NewJob("q"))->id;
   CountingWatcher here, there, cancelled_there;
   auto load_a = [&](const std::string& id) { return [&, id] { return store_->Get(id); }; };
-  auto load_b = [&](const std::string& id) { return [&, id] { return (*store_b)->Get(id); }; };
-  ASSERT_TRUE((*pool_a)->events().Subscribe(runs, load_a(runs), &here).ok());
-  ASSERT_TRUE((*pool_b)->events().Subscribe(runs, load_b(runs), &there).ok());
-  ASSERT_TRUE((*pool_b)->events().Subscribe(waits, load_b(waits), &cancelled_there).ok());
+  auto load_b = [&](const std::string& id) { return [&, id] { return b.store->Get(id); }; };
+  ASSERT_TRUE(pool_a->events().Subscribe(runs, load_a(runs), &here).ok());
+  ASSERT_TRUE(pool_b->events().Subscribe(runs, load_b(runs), &there).ok());
+  ASSERT_TRUE(pool_b->events().Subscribe(waits, load_b(waits), &cancelled_there).ok());
 
-  (*pool_a)->Start();  // only a runs jobs
+  pool_a->Start();  // only a runs jobs
   ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  (*pool_a)->SyncFollowedJobs();  // a runs it: its runner tells `here`
-  (*pool_b)->SyncFollowedJobs();
-  (*pool_b)->SyncFollowedJobs();  // nothing new
+  pool_a->SyncFollowedJobs();  // a runs it: its runner tells `here`
+  pool_b->SyncFollowedJobs();
+  pool_b->SyncFollowedJobs();  // nothing new
   {
     absl::MutexLock lock(&there.mu);
     EXPECT_EQ(there.states, std::vector<JobState>{JobState::kRunning});
     EXPECT_EQ(there.phases, std::vector<JobPhase>{JobPhase::kCalibrating});
   }
-  ASSERT_TRUE((*pool_a)->Cancel(waits, "not needed").ok());
-  (*pool_b)->SyncFollowedJobs();
+  ASSERT_TRUE(pool_a->Cancel(waits, "not needed").ok());
+  pool_b->SyncFollowedJobs();
   ASSERT_TRUE(cancelled_there.done.HasBeenNotified());
   {
     absl::MutexLock lock(&cancelled_there.mu);
@@ -697,15 +702,15 @@ TEST_F(WorkerPoolTest, WatchersOfAJobAnotherProcessRunsHearItsStateAndResult) {
 
   engine_.release.Notify();
   ASSERT_TRUE(here.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  (*pool_a)->SyncFollowedJobs();
-  (*pool_b)->SyncFollowedJobs();
+  pool_a->SyncFollowedJobs();
+  pool_b->SyncFollowedJobs();
   ASSERT_TRUE(there.done.HasBeenNotified());
   {
     absl::MutexLock lock(&there.mu);
     EXPECT_EQ(there.states, (std::vector<JobState>{JobState::kRunning, JobState::kSucceeded}));
     EXPECT_EQ(there.result.artifact_sha256.size(), 64u);
   }
-  (*pool_b)->SyncFollowedJobs();  // the job is no longer followed: nothing more
+  pool_b->SyncFollowedJobs();  // the job is no longer followed: nothing more
   EXPECT_EQ(there.Count(JobEvent::Kind::kResult), 1);
   EXPECT_EQ(here.Count(JobEvent::Kind::kResult), 1);
   absl::MutexLock lock(&here.mu);
@@ -723,25 +728,24 @@ TEST_F(WorkerPoolTest, WatchersOfAJobDeletedElsewhereBeforeItsResultWasReadAreTo
   options_a.watch_sync = absl::Hours(1);  // the test syncs by calling SyncFollowedJobs
   WorkerPool::Options options_b = options_a;
   options_b.holder = "host-b:/data";
-  auto store_b = SqliteJobStore::Open(dir_ + "/jobs.db");
-  ASSERT_TRUE(store_b.ok()) << store_b.status();
-  auto pool_a = WorkerPool::Create(options_a, store_.get(), artifacts_.get(), &engine_, Clock::Real());
-  auto pool_b = WorkerPool::Create(options_b, store_b->get(), artifacts_.get(), &engine_, Clock::Real());
-  ASSERT_TRUE(pool_a.ok() && pool_b.ok());
-  const std::string id = (*pool_a)->Submit(NewJob("q"))->id;
+  auto pool_a = NewPool(options_a);
+  OtherProcess b = NewPoolOfAnotherProcess(options_b);
+  ASSERT_NE(b.pool, nullptr);
+  WorkerPool* const pool_b = b.pool.get();
+  const std::string id = pool_a->Submit(NewJob("q"))->id;
   CountingWatcher there;
-  ASSERT_TRUE((*pool_b)->events().Subscribe(id, [&] { return (*store_b)->Get(id); }, &there).ok());
-  (*pool_b)->SyncFollowedJobs();  // still queued: nothing new, still followed
+  ASSERT_TRUE(pool_b->events().Subscribe(id, [&] { return b.store->Get(id); }, &there).ok());
+  pool_b->SyncFollowedJobs();  // still queued: nothing new, still followed
   EXPECT_FALSE(there.gone.HasBeenNotified());
-  EXPECT_EQ((*pool_b)->events().WatcherCount(id), 1);
+  EXPECT_EQ(pool_b->events().WatcherCount(id), 1);
 
-  ASSERT_TRUE((*pool_a)->Cancel(id, "not needed").ok());
-  ASSERT_TRUE((*pool_a)->Delete(id).ok());
-  (*pool_b)->SyncFollowedJobs();
+  ASSERT_TRUE(pool_a->Cancel(id, "not needed").ok());
+  ASSERT_TRUE(pool_a->Delete(id).ok());
+  pool_b->SyncFollowedJobs();
   EXPECT_TRUE(there.gone.HasBeenNotified());
   EXPECT_EQ(there.Count(JobEvent::Kind::kResult), 0);
-  EXPECT_EQ((*pool_b)->events().WatcherCount(id), 0);
-  EXPECT_TRUE((*pool_b)->events().FollowedJobs().empty());
+  EXPECT_EQ(pool_b->events().WatcherCount(id), 0);
+  EXPECT_TRUE(pool_b->events().FollowedJobs().empty());
 }
 
 TEST_F(WorkerPoolTest, WatchersSeeProgressAndResult) {
