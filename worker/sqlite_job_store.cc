@@ -279,9 +279,8 @@ absl::StatusOr<Job> SqliteJobStore::Create(const Job& job, int64_t max_queued) {
   absl::MutexLock lock(&mu_);
   // Keys are per submitter: one's "nightly" is not another's. Stored as
   // owner, US, key (keys are printable ASCII, so no key holds the US).
-  const std::string stored_key =
-      job.owner.empty() || job.idempotency_key.empty() ? job.idempotency_key
-                                                       : absl::StrCat(job.owner, std::string(1, kKeyScope), job.idempotency_key);
+  std::string stored_key = job.idempotency_key;
+  if (!job.owner.empty() && !stored_key.empty()) stored_key.insert(0, job.owner + kKeyScope);
   QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   auto body = [&]() -> absl::StatusOr<Job> {
     if (!job.idempotency_key.empty()) {
