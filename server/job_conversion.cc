@@ -452,7 +452,8 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
           absl::StrCat("labels: key \"", label.substr(0, 63), "...\" is not 1 to 63 characters"));
     }
     if (value.size() > 256) {
-      return absl::InvalidArgumentError(absl::StrCat("labels[", label, "]: ", value.size(), " characters, at most 256"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("labels[", label, "]: ", value.size(), " characters, at most 256"));
     }
   }
   job.idempotency_key = key;
