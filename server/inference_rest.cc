@@ -55,6 +55,8 @@ std::string AllowedMethod(const std::vector<std::string>& parts) {
   return "GET";
 }
 
+Json DurationJson(const inference::StatisticDuration& d) { return Json{{"count", d.count()}, {"ns", d.ns()}}; }
+
 // /v2/models/{m}[/versions/{v}][/{action}] split into its parts.
 struct ModelPath {
   std::string name;
@@ -385,10 +387,6 @@ int HttpStatusForCode(absl::StatusCode code) {
 }
 
 bool InferenceRest::Owns(const std::string& path) { return path == "/v2" || absl::StartsWith(path, "/v2/"); }
-
-namespace {
-Json DurationJson(const inference::StatisticDuration& d) { return Json{{"count", d.count()}, {"ns", d.ns()}}; }
-}  // namespace
 
 HttpReply InferenceRest::StatsReply(const std::string& name, const std::string& version) {
   inference::ModelStatisticsRequest request;
