@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 
 namespace quantd::worker {
@@ -61,17 +62,20 @@ absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model,
     }
     ++running_;
   }
+  // Even if the pass throws: a slot never given back would stop every pass.
+  absl::Cleanup give_back_the_slot = [this] {
+    absl::MutexLock lock(&mu_);
+    --running_;
+    last_pass_end_ = clock_->Now();
+    last_pass_requests_ = 1;
+    // Requests that queued meanwhile may have found every slot busy.
+    if (!queues_.empty()) work_.Signal();
+  };
   InitThisThread();
   Pass pass;
   pass.model = std::move(model);
   pass.requests.push_back(std::move(request));
   RunPass(std::move(pass), /*offload=*/false);
-  absl::MutexLock lock(&mu_);
-  --running_;
-  last_pass_end_ = clock_->Now();
-  last_pass_requests_ = 1;
-  // Requests that queued meanwhile may have found every slot busy.
-  if (!queues_.empty()) work_.Signal();
   return absl::OkStatus();
 }
 
@@ -84,6 +88,8 @@ void DynamicBatcher::InitThisThread() {
 }
 
 void DynamicBatcher::Shutdown() {
+  // A second caller returns once the first one's joins are done.
+  absl::MutexLock joining(&shutdown_mu_);
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
@@ -91,6 +97,12 @@ void DynamicBatcher::Shutdown() {
     work_.SignalAll();
   }
   for (std::thread& thread : threads_) thread.join();
+  {
+    // And the passes that requests run on their own threads.
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_ == 0; };
+    mu_.Await(absl::Condition(&idle));
+  }
   {
     absl::MutexLock lock(&completions_mu_);
     completions_stopping_ = true;

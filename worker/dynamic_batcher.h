@@ -152,6 +152,7 @@ class DynamicBatcher {
   const Options options_;
   Clock* const clock_;
   const uint64_t id_;  // for thread_init's once-per-thread bookkeeping
+  absl::Mutex shutdown_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // held through Shutdown
   absl::Mutex mu_;
   absl::CondVar work_;
   absl::flat_hash_map<const BatchableModel*, ModelQueue> queues_ ABSL_GUARDED_BY(mu_);

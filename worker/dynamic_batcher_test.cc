@@ -275,6 +275,33 @@ TEST(DynamicBatcherTest, UnderLoadTheDelayCountsFromTheEndOfTheLastPass) {
   EXPECT_THAT(model->passes(), ElementsAre(1, 1));
 }
 
+// Shutdown returns only once a pass that a request runs on its own thread
+// has ended: after it, the batcher may be destroyed under that pass.
+TEST(DynamicBatcherTest, ShutdownWaitsForAPassRunningOnTheSubmittingThread) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
+  options.run_on_caller_when_idle = true;
+  DynamicBatcher batcher(options, Clock::Real());
+  model->Hold();
+  Outcome first;
+  std::thread caller([&] { ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok()); });
+  model->AwaitPasses(1);  // running on `caller`
+  absl::Notification shut_down;
+  std::thread stopping([&] {
+    batcher.Shutdown();
+    shut_down.Notify();
+  });
+  std::thread second_stop([&] { batcher.Shutdown(); });  // a second caller waits for the first
+  EXPECT_FALSE(shut_down.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  model->Release();
+  caller.join();
+  stopping.join();
+  second_stop.join();
+  EXPECT_TRUE(shut_down.HasBeenNotified());
+  ASSERT_TRUE(first.done.HasBeenNotified());
+  EXPECT_TRUE(first.output.ok());
+}
+
 TEST(DynamicBatcherTest, RequestsThatFindEverySlotBusyQueueAndRunCoalescedOnTheBatchersThread) {
   auto model = std::make_shared<FakeModel>();
   DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());

@@ -81,6 +81,7 @@ int ModelRepository::waiting_for_load() const {
 void ModelRepository::ForgetResolutions() {
   absl::MutexLock lock(&mu_);
   resolved_.clear();
+  ++resolution_generation_;
 }
 
 std::shared_ptr<const LoadedModel> ModelRepository::FindLoaded(const std::string& name, int64_t version) {
@@ -103,10 +104,12 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   QUANTD_RETURN_IF_ERROR(ParseName(name, "model_name", &base, &fp32));
   const absl::Time now = options_.clock->Now();
   std::optional<ModelVersion> remembered;
+  uint64_t generation = 0;
   {
     absl::MutexLock lock(&mu_);
     auto it = resolved_.find({base, version});
     if (it != resolved_.end() && now - it->second.second <= options_.resolve_ttl) remembered = it->second.first;
+    generation = resolution_generation_;
   }
   ModelVersion resolved;
   if (remembered.has_value()) {
@@ -114,7 +117,9 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   } else {
     QUANTD_ASSIGN_OR_RETURN(resolved, jobs_->GetModelVersion(base, version));
     absl::MutexLock lock(&mu_);
-    resolved_[{base, version}] = {resolved, now};
+    // Not if the versions changed while the store was read: this answer may
+    // predate the change, which is to be seen at once.
+    if (generation == resolution_generation_) resolved_[{base, version}] = {resolved, now};
   }
   const Key key{base, resolved.version, fp32};
   uint64_t attempt = 0;
@@ -145,6 +150,9 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     loading_[key] = attempt;
   }
   absl::StatusOr<std::unique_ptr<LoadedModel>> loaded = LoadUncached(name, fp32, resolved);
+  // Released after mu_ (declared before the lock): a model's last reference
+  // waits for its copy builder, and FindLoaded must not wait with it.
+  std::vector<std::shared_ptr<const LoadedModel>> evicted;
   absl::MutexLock lock(&mu_);
   loading_.erase(key);
   if (!loaded.ok()) {
@@ -161,6 +169,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   while (cached_bytes_ > options_.cache_bytes && lru_.size() > 1) {
     cached_bytes_ -= lru_.back().second->info().cost_bytes;
     cached_.erase(lru_.back().first);
+    evicted.push_back(std::move(lru_.back().second));
     lru_.pop_back();
   }
   return model;

@@ -129,6 +129,8 @@ class ModelRepository {
   std::map<Key, uint64_t> loading_ ABSL_GUARDED_BY(mu_);
   std::map<Key, std::pair<uint64_t, absl::Status>> failed_ ABSL_GUARDED_BY(mu_);
   uint64_t attempts_ ABSL_GUARDED_BY(mu_) = 0;
+  // Counts ForgetResolutions calls: a store answer read across one is not kept.
+  uint64_t resolution_generation_ ABSL_GUARDED_BY(mu_) = 0;
   int waiting_for_load_ ABSL_GUARDED_BY(mu_) = 0;
   // (base name, version as asked, 0 = newest) -> the version, and when resolved.
   std::map<std::pair<std::string, int64_t>, std::pair<ModelVersion, absl::Time>> resolved_ ABSL_GUARDED_BY(mu_);

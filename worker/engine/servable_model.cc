@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -84,10 +85,16 @@ class BatchSizeCopies {
     }
     pending_.push_back({shape, threads});
     if (!building_) {
-      building_ = true;
       // A finished builder has left mu_ for good; joining it is quick.
       if (builder_.joinable()) builder_.join();
-      builder_ = std::thread([this] { BuildPending(); });
+      try {
+        builder_ = std::thread([this] { BuildPending(); });
+        building_ = true;
+      } catch (const std::system_error&) {
+        // No thread now (the process's limit): this size may be asked again.
+        pending_.pop_back();
+        requested_.erase(shape[0]);
+      }
     }
     return nullptr;
   }
