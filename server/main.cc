@@ -6,12 +6,14 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
@@ -148,6 +150,30 @@ int WaitForShutdownSignal() {
   }
 }
 
+// --help (or -h, --helpfull, --helpshort): quantd's flags, sorted, on stdout,
+// exit 0, as quantctl and quantd-quantize answer it. (Abseil's own help
+// exits 1, which reads as a failure to scripts.)
+bool HelpRequested(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "-h" || arg == "--help" || arg == "-help" || arg == "--helpfull" || arg == "--helpshort") return true;
+  }
+  return false;
+}
+
+void PrintHelp() {
+  std::vector<const absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::EndsWith(flag->Filename(), "server/main.cc")) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(), [](const auto* a, const auto* b) { return a->Name() < b->Name(); });
+  std::cout << "quantd: " << absl::ProgramUsageMessage() << "\n\nflags (--flag=VALUE or --flag VALUE):\n";
+  for (const absl::CommandLineFlag* flag : flags) {
+    std::cout << "  --" << flag->Name() << " (default: " << flag->DefaultValue() << ")\n      " << flag->Help()
+              << "\n";
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -166,6 +192,10 @@ int main(int argc, char** argv) {
     for (char* c = argv[i] + 2; *c != '\0' && *c != '='; ++c) {
       if (*c == '-') *c = '_';
     }
+  }
+  if (HelpRequested(argc, argv)) {
+    PrintHelp();
+    return 0;
   }
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {

@@ -382,5 +382,17 @@ TEST(QuantdFlagsTest, InvalidWorkersFailsClearly) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(QuantdFlagsTest, HelpListsTheFlagsAndSucceeds) {
+  auto result = RunCommand({QUANTD_BIN, "--help"}, kCommandTimeout);
+  ASSERT_TRUE(result.ok()) << result.status();
+  // As quantctl and quantd-quantize: help is not a failure.
+  EXPECT_EQ(result->exit_code, 0) << result->err;
+  EXPECT_THAT(result->out, HasSubstr("--data_dir (default: ./data)"));
+  EXPECT_THAT(result->out, HasSubstr("--inference_threads"));
+  EXPECT_THAT(result->out, HasSubstr("--model_cache_bytes"));
+  // Only quantd's own flags, not those of the libraries linked in.
+  EXPECT_THAT(result->out, ::testing::Not(HasSubstr("--flagfile")));
+}
+
 }  // namespace
 }  // namespace quantd
