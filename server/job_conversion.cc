@@ -470,6 +470,23 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   return job;
 }
 
+std::string RequestFingerprint(const v1::QuantizeJobRequest& request) {
+  return engine::Sha256Hex(DeterministicBytes(request));
+}
+
+absl::StatusOr<std::optional<worker::Job>> JobOfRetry(const v1::QuantizeJobRequest& request, const std::string& owner,
+                                                      worker::JobStore& store) {
+  if (request.idempotency_key().empty()) return std::nullopt;
+  QUANTD_ASSIGN_OR_RETURN(std::optional<worker::Job> existing,
+                          store.FindByIdempotencyKey(owner, request.idempotency_key()));
+  if (existing.has_value() && existing->request_fingerprint != RequestFingerprint(request)) {
+    return absl::AlreadyExistsError(absl::StrCat("idempotency_key \"", request.idempotency_key(),
+                                                 "\" was already used by job ", existing->id,
+                                                 " with a different request"));
+  }
+  return existing;
+}
+
 void ToProto(const worker::JobResult& r, v1::JobResult* out) {
   out->set_artifact_id(r.artifact_id);
   out->set_artifact_sha256(r.artifact_sha256);

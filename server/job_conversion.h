@@ -6,6 +6,7 @@
 // fusion spec shape, blob ids, paths under the data root, dataset sizes).
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "worker/evaluation.h"
 #include "worker/job.h"
 #include "worker/job_events.h"
+#include "worker/job_store.h"
 
 namespace quantd {
 
@@ -47,6 +49,15 @@ class ReferenceResolver {
 // Validates `request` and builds the job to submit (no id yet).
 absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request,
                                            const ReferenceResolver& resolver);
+
+// What an idempotency key is checked against: the request's bytes, hashed.
+std::string RequestFingerprint(const v1::QuantizeJobRequest& request);
+
+// The job a retry of `request` by `owner` refers to (its idempotency key
+// already used): that job, ALREADY_EXISTS if it was made by another request,
+// nullopt if the key is new or none is given.
+absl::StatusOr<std::optional<worker::Job>> JobOfRetry(const v1::QuantizeJobRequest& request, const std::string& owner,
+                                                      worker::JobStore& store);
 
 void ToProto(const worker::Job& job, v1::Job* out);
 void ToProto(const worker::StoredBlob& blob, const std::vector<std::string>& active_job_ids, v1::BlobInfo* out);

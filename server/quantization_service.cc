@@ -496,6 +496,14 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
     v1::Job* response) {
   return Offload(context, "QuantizeJob", [this, context, request, response]() -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "QuantizeJob"));
+    // A retry gets its job back before anything is resolved: what the first
+    // request named may be gone by now.
+    absl::StatusOr<std::optional<worker::Job>> retried = JobOfRetry(*request, caller.name, deps_.pool->store());
+    if (!retried.ok()) return Audited(context, caller, "QuantizeJob", "", retried.status());
+    if (retried->has_value()) {
+      ToProto(**retried, response);
+      return Audited(context, caller, "QuantizeJob", (*retried)->id, absl::OkStatus());
+    }
     // No blob this job names may be deleted before the job is recorded.
     const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
     absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);

@@ -35,6 +35,11 @@ class JobStore {
   // existing job is returned instead (ALREADY_EXISTS if its fingerprint
   // differs). RESOURCE_EXHAUSTED if `max_queued` jobs are already QUEUED.
   virtual absl::StatusOr<Job> Create(const Job& job, int64_t max_queued) = 0;
+  // The job `owner` submitted with `idempotency_key`, if any. Asked before
+  // a request's references are resolved: a retry finds its job even after
+  // the blobs or files the first submission named are gone.
+  virtual absl::StatusOr<std::optional<Job>> FindByIdempotencyKey(const std::string& owner,
+                                                                  const std::string& idempotency_key) = 0;
   virtual absl::StatusOr<Job> Get(const std::string& id) = 0;
   // Newest first. `states` empty = all.
   virtual absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,

@@ -275,12 +275,33 @@ absl::StatusOr<Job> SqliteJobStore::Get(const std::string& id) {
   return GetLocked(id);
 }
 
+namespace {
+
+// Keys are per submitter: one's "nightly" is not another's. Stored as
+// owner, US, key (keys are printable ASCII, so no key holds the US).
+std::string StoredIdempotencyKey(const std::string& owner, const std::string& key) {
+  if (owner.empty() || key.empty()) return key;
+  return owner + kKeyScope + key;
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<Job>> SqliteJobStore::FindByIdempotencyKey(const std::string& owner,
+                                                                        const std::string& idempotency_key) {
+  if (idempotency_key.empty()) return std::nullopt;
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE idempotency_key = ?1"));
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, StoredIdempotencyKey(owner, idempotency_key));
+  QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return std::nullopt;
+  QUANTD_ASSIGN_OR_RETURN(Job job, ReadJob(s));
+  return job;
+}
+
 absl::StatusOr<Job> SqliteJobStore::Create(const Job& job, int64_t max_queued) {
   absl::MutexLock lock(&mu_);
-  // Keys are per submitter: one's "nightly" is not another's. Stored as
-  // owner, US, key (keys are printable ASCII, so no key holds the US).
-  std::string stored_key = job.idempotency_key;
-  if (!job.owner.empty() && !stored_key.empty()) stored_key.insert(0, job.owner + kKeyScope);
+  const std::string stored_key = StoredIdempotencyKey(job.owner, job.idempotency_key);
   QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   auto body = [&]() -> absl::StatusOr<Job> {
     if (!job.idempotency_key.empty()) {

@@ -22,6 +22,8 @@ class SqliteJobStore final : public JobStore {
   ~SqliteJobStore() override;
 
   absl::StatusOr<Job> Create(const Job& job, int64_t max_queued) override;
+  absl::StatusOr<std::optional<Job>> FindByIdempotencyKey(const std::string& owner,
+                                                          const std::string& idempotency_key) override;
   absl::StatusOr<Job> Get(const std::string& id) override;
   absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,
                                const std::string& page_token) override;

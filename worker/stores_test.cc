@@ -371,6 +371,12 @@ TEST(SqliteJobStoreTest, IdempotencyKeysArePerSubmitter) {
   absl::Status reused = (*store)->Create(other_a, 10).status();
   EXPECT_EQ(reused.code(), absl::StatusCode::kAlreadyExists);
   EXPECT_THAT(std::string(reused.message()), HasSubstr("idempotency_key \"nightly\" was already used by job a"));
+  // Looked up as Create does: per submitter.
+  EXPECT_EQ((*store)->FindByIdempotencyKey("team-a", "nightly").value()->id, "a");
+  EXPECT_EQ((*store)->FindByIdempotencyKey("team-b", "nightly").value()->id, "b");
+  EXPECT_EQ((*store)->FindByIdempotencyKey("team-c", "nightly").value(), std::nullopt);
+  EXPECT_EQ((*store)->FindByIdempotencyKey("team-a", "weekly").value(), std::nullopt);
+  EXPECT_EQ((*store)->FindByIdempotencyKey("team-a", "").value(), std::nullopt);
 }
 
 TEST(SqliteJobStoreTest, CancelRequestsAreForRunningJobsAndClearedByFinish) {

@@ -109,6 +109,9 @@ class FullDiskStore : public JobStore {
  public:
   explicit FullDiskStore(JobStore* real) : real_(real) {}
   absl::StatusOr<Job> Create(const Job& job, int64_t max_queued) override { return real_->Create(job, max_queued); }
+  absl::StatusOr<std::optional<Job>> FindByIdempotencyKey(const std::string& owner, const std::string& key) override {
+    return real_->FindByIdempotencyKey(owner, key);
+  }
   absl::StatusOr<Job> Get(const std::string& id) override { return real_->Get(id); }
   absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,
                                const std::string& page_token) override {

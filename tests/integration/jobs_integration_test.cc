@@ -1209,8 +1209,10 @@ TEST(JobsIntegrationTest, BlobsAreListedProtectedWhileUsedAndDeleted) {
   ASSERT_EQ(upload.exit_code, 0) << upload.err;
   const std::string blob = upload.out.substr(0, 64);
   EXPECT_THAT(quantd.Ctl({"blobs"}).out, HasSubstr(blob));
-  RunResult submitted = quantd.Ctl({"submit", "--model_blob=" + blob, absl::StrCat("--calib=", kCalib),
-                                    "--batch_size=10", absl::StrCat("--fusion=", kFusion)});
+  const std::vector<std::string> submit = {"submit", "--model_blob=" + blob, absl::StrCat("--calib=", kCalib),
+                                           "--batch_size=10", absl::StrCat("--fusion=", kFusion),
+                                           "--idempotency_key=blob-lifecycle"};
+  RunResult submitted = quantd.Ctl(submit);
   ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
   const std::string id = JobIdFrom(submitted.out);
   std::unique_ptr<Subprocess> watcher;
@@ -1226,6 +1228,23 @@ TEST(JobsIntegrationTest, BlobsAreListedProtectedWhileUsedAndDeleted) {
   EXPECT_THAT(quantd.Ctl({"blobs", blob}).err, HasSubstr("code 5"));
   EXPECT_THAT(quantd.Ctl({"blobs"}).out, Not(HasSubstr(blob)));
   EXPECT_THAT(quantd.log(), HasSubstr("method=DeleteBlob target=" + blob + " result=OK"));
+  // A retry of the submission (same key, same request) still gets its job,
+  // though the blob it names is gone; a new key needs the blob.
+  RunResult retried = quantd.Ctl(submit);
+  EXPECT_EQ(retried.exit_code, 0) << retried.err;
+  EXPECT_EQ(JobIdFrom(retried.out), id);
+  std::vector<std::string> fresh = submit;
+  fresh.back() = "--idempotency_key=blob-lifecycle-2";
+  RunResult refused_fresh = quantd.Ctl(fresh);
+  EXPECT_EQ(refused_fresh.exit_code, 1);
+  EXPECT_THAT(refused_fresh.err, HasSubstr("model.blob_id"));
+  // The same key with another request is refused, naming the job.
+  std::vector<std::string> other = submit;
+  other[3] = "--batch_size=20";
+  RunResult conflicting = quantd.Ctl(other);
+  EXPECT_EQ(conflicting.exit_code, 1);
+  EXPECT_THAT(conflicting.err, HasSubstr("code 6"));  // ALREADY_EXISTS
+  EXPECT_THAT(conflicting.err, HasSubstr("was already used by job " + id));
 }
 
 TEST(JobsIntegrationTest, AFullDataDirRefusesUploadsAndFailsJobsCleanly) {
