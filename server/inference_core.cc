@@ -137,7 +137,8 @@ absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadFo
 
 void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                                absl::AnyInvocable<void(absl::Status) &&> done,
-                               std::shared_ptr<const worker::LoadedModel> loaded_model) {
+                               std::shared_ptr<const worker::LoadedModel> loaded_model,
+                               worker::DynamicBatcher::Abandoned abandoned) {
   InferenceStats* stats = deps_.stats;
   auto fail_before_queue = [&](absl::Status status, const worker::ServedModelInfo& info) {
     if (stats != nullptr) stats->RecordRequest(info.name, info.version, status.code(), 0, nullptr);
@@ -174,9 +175,15 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
           parameters["executed_batch_size"].set_int64_param(ran.executed_batch_size);
           status = EncodeInferOutputs(request, info, *output, response);
         }
-        if (stats != nullptr) stats->RecordRequest(info.name, info.version, status.code(), samples, &ran);
+        // A request dropped before its pass (its caller gone) is counted
+        // without pass figures.
+        if (stats != nullptr) {
+          stats->RecordRequest(info.name, info.version, status.code(), samples,
+                               ran.executed_batch_size > 0 ? &ran : nullptr);
+        }
         std::move (*shared_done)(std::move(status));
-      });
+      },
+      std::move(abandoned));
   if (!queued.ok()) {
     if (stats != nullptr) stats->RecordRequest(info.name, info.version, queued.code(), 0, nullptr);
     std::move(*shared_done)(std::move(queued));

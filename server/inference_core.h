@@ -65,10 +65,12 @@ class InferenceCore {
   // thread, then queues on the batcher. `done` gets the outcome once
   // `response` is filled: on an inference thread, or on the caller's when
   // the request fails before the queue or runs there. `request` and
-  // `response` must stay alive until then.
+  // `response` must stay alive until then. `abandoned` (optional): whether
+  // the caller has gone, so that a request still queued then is not run.
   void ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                   absl::AnyInvocable<void(absl::Status) &&> done,
-                  std::shared_ptr<const worker::LoadedModel> loaded_model = nullptr);
+                  std::shared_ptr<const worker::LoadedModel> loaded_model = nullptr,
+                  worker::DynamicBatcher::Abandoned abandoned = nullptr);
 
   int64_t max_batch_size() const { return deps_.batcher->options().max_batch_size; }
 

@@ -97,12 +97,13 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
     }
     deps_.core->ModelInfer(
         *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); },
-        std::move(loaded));
+        std::move(loaded), [context] { return context->IsCancelled(); });
     return reactor;
   }
-  return Offload(context, "ModelInfer", [this, request, response](grpc::ServerUnaryReactor* reactor) {
-    deps_.core->ModelInfer(*request, response,
-                           [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
+  return Offload(context, "ModelInfer", [this, context, request, response](grpc::ServerUnaryReactor* reactor) {
+    deps_.core->ModelInfer(
+        *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); }, nullptr,
+        [context] { return context->IsCancelled(); });
   });
 }
 

@@ -32,12 +32,12 @@ DynamicBatcher::DynamicBatcher(const Options& options, Clock* clock)
 DynamicBatcher::~DynamicBatcher() { Shutdown(); }
 
 absl::Status DynamicBatcher::Submit(std::shared_ptr<const BatchableModel> model, std::vector<float> samples,
-                                    int64_t batch, Done done) {
+                                    int64_t batch, Done done, Abandoned abandoned) {
   if (batch < 1 || batch > options_.max_batch_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("batch of ", batch, " samples; 1..", options_.max_batch_size, " (--max_batch_size)"));
   }
-  Request request{std::move(samples), batch, std::move(done), clock_->Now()};
+  Request request{std::move(samples), batch, std::move(done), clock_->Now(), std::move(abandoned)};
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");
@@ -169,7 +169,28 @@ void DynamicBatcher::Loop() {
   mu_.Unlock();
 }
 
+void DynamicBatcher::DropAbandoned(Pass& pass) {
+  std::vector<Request> live;
+  live.reserve(pass.requests.size());
+  for (Request& r : pass.requests) {
+    if (!r.abandoned || !r.abandoned()) {
+      live.push_back(std::move(r));
+      continue;
+    }
+    BatchStats stats;
+    stats.queue_time = clock_->Now() - r.enqueued;
+    std::move(r.done)(absl::CancelledError("the caller went away (cancelled, or past its deadline) while the "
+                                           "request waited; it was not run"),
+                      stats);
+  }
+  pass.requests = std::move(live);
+}
+
 void DynamicBatcher::RunPass(Pass pass, bool offload) {
+  // A request run on its submitting thread has just arrived: only queued
+  // ones are checked.
+  if (offload) DropAbandoned(pass);
+  if (pass.requests.empty()) return;
   int64_t total = 0;
   for (const Request& r : pass.requests) total += r.batch;
   std::vector<float> samples;

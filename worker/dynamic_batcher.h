@@ -25,6 +25,10 @@
 // delay after that arrival. Callers get their rows through a callback, on
 // whichever thread ran the pass, or on a completion thread
 // (Options::completion_threads) for passes on the batcher's threads.
+// A queued request whose caller has gone (cancelled, or past its deadline)
+// by the time its pass starts is answered CANCELLED and left out of the
+// pass: under overload, timed-out requests would otherwise take the passes
+// of those still waiting.
 
 #include <atomic>
 #include <cstdint>
@@ -60,7 +64,7 @@ class BatchableModel {
 
 // How a request was run, for its response and the metrics.
 struct BatchStats {
-  int64_t executed_batch_size = 0;  // samples in the pass this request was part of
+  int64_t executed_batch_size = 0;  // samples in the pass this request was part of; 0: not run
   absl::Duration queue_time;        // from Submit to the start of the pass
   absl::Duration compute_time;      // the pass
   bool first_of_pass = false;       // exactly one request of each pass has it
@@ -93,6 +97,9 @@ class DynamicBatcher {
   // pass's error. Runs on the thread that ran the pass:
   // a batcher thread, or the submitting one before Submit returns.
   using Done = absl::AnyInvocable<void(absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) &&>;
+  // Whether the request's caller no longer waits for it; called from any
+  // thread, before its pass.
+  using Abandoned = std::function<bool()>;
 
   DynamicBatcher(const Options& options, Clock* clock);
   ~DynamicBatcher();
@@ -100,10 +107,11 @@ class DynamicBatcher {
   DynamicBatcher& operator=(const DynamicBatcher&) = delete;
 
   // Queues `batch` samples (1..max_batch_size) for `model`; `done` runs once
-  // they have run. RESOURCE_EXHAUSTED when the model's queue is full and
-  // UNAVAILABLE after Shutdown; `done` is not called then.
+  // they have run (or with CANCELLED, not run, once `abandoned` says so).
+  // RESOURCE_EXHAUSTED when the model's queue is full and UNAVAILABLE after
+  // Shutdown; `done` is not called then.
   absl::Status Submit(std::shared_ptr<const BatchableModel> model, std::vector<float> samples, int64_t batch,
-                      Done done);
+                      Done done, Abandoned abandoned = nullptr);
 
   // Runs every queued request, then stops the threads. Idempotent.
   void Shutdown();
@@ -117,6 +125,7 @@ class DynamicBatcher {
     int64_t batch = 0;
     Done done;
     absl::Time enqueued;
+    Abandoned abandoned;
   };
   struct ModelQueue {
     std::shared_ptr<const BatchableModel> model;
@@ -142,6 +151,8 @@ class DynamicBatcher {
   // Runs `pass`; delivers its results here, or on a completion thread when
   // `offload` and there are any.
   void RunPass(Pass pass, bool offload);
+  // Answers and removes the requests of `pass` whose callers have gone.
+  void DropAbandoned(Pass& pass);
   static void Deliver(Completion completion);
   // Takes the next batch that is due, oldest first; otherwise sets `*wake`
   // to when the earliest one will be.

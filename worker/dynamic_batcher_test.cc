@@ -1,5 +1,6 @@
 #include "worker/dynamic_batcher.h"
 
+#include <atomic>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -146,6 +147,55 @@ TEST(DynamicBatcherTest, RequestsThatQueueBehindARunningPassJoinTheNextWithoutSp
   ASSERT_TRUE(e.output.ok());
   EXPECT_THAT(e.output->values, ElementsAre(4001, 4011, 4021, 4031));
   EXPECT_EQ(c.stats.executed_batch_size, 3);
+}
+
+// Callers that went away while their requests waited (a client's deadline
+// passed behind a long pass) get CANCELLED and take no place in the pass;
+// the others' rows stay their own.
+TEST(DynamicBatcherTest, RequestsWhoseCallersWentAwayWhileQueuedAreNotRun) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(8, absl::ZeroDuration()), Clock::Real());
+  model->Hold();
+  Outcome first, gone, kept, also_gone, all_gone;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok());
+  model->AwaitPasses(1);
+  std::atomic<bool> caller_left{false};
+  auto submit_abandonable = [&](int64_t batch, float value, Outcome* outcome) {
+    return batcher.Submit(
+        model, Samples(batch, value), batch,
+        [outcome](absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) {
+          outcome->output = std::move(output);
+          outcome->stats = stats;
+          outcome->done.Notify();
+        },
+        [&caller_left] { return caller_left.load(); });
+  };
+  ASSERT_TRUE(submit_abandonable(2, 100, &gone).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 200, &kept).ok());
+  ASSERT_TRUE(submit_abandonable(1, 300, &also_gone).ok());
+  caller_left = true;
+  model->Release();
+  for (Outcome* o : {&first, &gone, &kept, &also_gone}) o->done.WaitForNotification();
+  EXPECT_THAT(model->passes(), ElementsAre(1, 1));  // kept ran alone
+  ASSERT_TRUE(kept.output.ok()) << kept.output.status();
+  EXPECT_THAT(kept.output->values, ElementsAre(2001, 2011));
+  EXPECT_EQ(kept.stats.executed_batch_size, 1);
+  for (Outcome* o : {&gone, &also_gone}) {
+    EXPECT_EQ(o->output.status().code(), absl::StatusCode::kCancelled);
+    EXPECT_EQ(o->stats.executed_batch_size, 0);  // never in a pass
+    EXPECT_FALSE(o->stats.first_of_pass);
+  }
+  // A pass whose every request was abandoned does not run at all.
+  model->Hold();
+  Outcome blocker;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &blocker).ok());
+  model->AwaitPasses(3);
+  ASSERT_TRUE(submit_abandonable(1, 400, &all_gone).ok());
+  model->Release();
+  blocker.done.WaitForNotification();
+  all_gone.done.WaitForNotification();
+  EXPECT_EQ(all_gone.output.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(model->passes(), ElementsAre(1, 1, 1));
 }
 
 TEST(DynamicBatcherTest, WithoutBatchingEveryRequestRunsAlone) {
