@@ -416,53 +416,98 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// DownloadArtifact: header, chunks, trailer. The artifact is looked up, read
-// and verified on the executor; the writes then only slice memory.
+// DownloadArtifact: header, chunks, trailer. The artifact is looked up, then
+// read and hashed a window of a few chunks at a time on the executor, so a
+// large one is never held whole; the writes only slice the window. Bytes
+// that do not hash to the artifact's sha256 end the stream DATA_LOSS in
+// place of the trailer (a client keeps a download only with the trailer).
 class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifactResponse> {
  public:
-  using Load = absl::AnyInvocable<absl::StatusOr<std::pair<v1::Artifact, std::string>>() &&>;
+  using Lookup = absl::AnyInvocable<absl::StatusOr<v1::Artifact>() &&>;
 
-  DownloadReactor(BlockingExecutor* executor, Load load, uint32_t chunk_size) : chunk_size_(chunk_size) {
-    if (!executor->TrySchedule([this, load = std::move(load)]() mutable { Start(std::move(load)()); })) {
-      Finish(ToGrpcStatus(Busy("DownloadArtifact", *executor)));
+  DownloadReactor(BlockingExecutor* executor, worker::ArtifactStore* artifacts, Lookup lookup, uint32_t chunk_size)
+      : executor_(executor), artifacts_(artifacts), chunk_size_(chunk_size) {
+    if (!executor_->TrySchedule([this, lookup = std::move(lookup)]() mutable { Start(std::move(lookup)()); })) {
+      Finish(ToGrpcStatus(Busy("DownloadArtifact", *executor_)));
     }
   }
 
   void OnWriteDone(bool ok) override {
     if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "download interrupted"));
     if (trailer_sent_) return Finish(grpc::Status::OK);
-    message_.Clear();
-    if (offset_ < bytes_.size()) {
-      size_t n = std::min<size_t>(chunk_size_, bytes_.size() - offset_);
-      message_.set_chunk_data(bytes_.substr(offset_, n));
-      offset_ += n;
-    } else {
-      message_.mutable_trailer()->set_sha256(sha256_);
-      message_.mutable_trailer()->set_size_bytes(bytes_.size());
-      trailer_sent_ = true;
+    if (window_position_ < window_.size()) return WriteChunk();
+    if (sent_ < size_) {
+      if (!executor_->TrySchedule([this] { ReadWindow(); })) {
+        Finish(ToGrpcStatus(Busy("DownloadArtifact", *executor_)));
+      }
+      return;
     }
+    // Every byte sent: the trailer, if they were the artifact's.
+    if (hash_.HexDigest() != sha256_) {
+      return Finish(ToGrpcStatus(absl::DataLossError(absl::StrCat("artifact ", artifact_id_,
+                                                                  " is corrupted in the store"))));
+    }
+    message_.Clear();
+    message_.mutable_trailer()->set_sha256(sha256_);
+    message_.mutable_trailer()->set_size_bytes(size_);
+    trailer_sent_ = true;
     StartWrite(&message_);
   }
 
   void OnDone() override { delete this; }
 
  private:
-  void Start(absl::StatusOr<std::pair<v1::Artifact, std::string>> loaded) {
-    if (!loaded.ok()) return Finish(ToGrpcStatus(loaded.status()));
-    bytes_ = std::move(loaded->second);
+  // Chunks per window read from the store.
+  static constexpr uint64_t kChunksPerWindow = 4;
+
+  // On the executor.
+  void Start(absl::StatusOr<v1::Artifact> artifact) {
+    if (!artifact.ok()) return Finish(ToGrpcStatus(artifact.status()));
+    artifact_id_ = artifact->id();
+    sha256_ = artifact->sha256();
+    size_ = artifact->size_bytes();
     auto* header = message_.mutable_header();
-    *header->mutable_artifact() = std::move(loaded->first);
-    sha256_ = header->artifact().sha256();
+    *header->mutable_artifact() = *std::move(artifact);
     header->set_sha256(sha256_);
-    header->set_size_bytes(bytes_.size());
+    header->set_size_bytes(size_);
     StartWrite(&message_);
   }
 
+  // On the executor; no write is outstanding.
+  void ReadWindow() {
+    absl::StatusOr<std::string> window =
+        artifacts_->ReadRange(sha256_, sent_, std::min<uint64_t>(kChunksPerWindow * chunk_size_, size_ - sent_));
+    if (window.ok() && window->empty()) {
+      window = absl::DataLossError(absl::StrCat("artifact ", artifact_id_, " is shorter in the store (", sent_,
+                                                " bytes) than recorded (", size_, ")"));
+    }
+    if (!window.ok()) return Finish(ToGrpcStatus(window.status()));
+    window_ = *std::move(window);
+    window_position_ = 0;
+    hash_.Update(window_);
+    WriteChunk();
+  }
+
+  void WriteChunk() {
+    const size_t n = std::min<size_t>(chunk_size_, window_.size() - window_position_);
+    message_.Clear();
+    message_.set_chunk_data(window_.substr(window_position_, n));
+    window_position_ += n;
+    sent_ += n;
+    StartWrite(&message_);
+  }
+
+  BlockingExecutor* const executor_;
+  worker::ArtifactStore* const artifacts_;
   const uint32_t chunk_size_;
-  std::string bytes_;
+  std::string artifact_id_;
   std::string sha256_;
+  uint64_t size_ = 0;
+  uint64_t sent_ = 0;
+  std::string window_;
+  size_t window_position_ = 0;
+  engine::Sha256 hash_;
   v1::DownloadArtifactResponse message_;
-  size_t offset_ = 0;
   bool trailer_sent_ = false;
 };
 
@@ -703,18 +748,17 @@ QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext* context,
   if (absl::StatusOr<Principal> caller = Admit(context, Role::kRead, "DownloadArtifact"); !caller.ok()) {
     return new RejectedWriteReactor<v1::DownloadArtifactResponse>(caller.status());
   }
-  auto load = [this, id = request->id()]() -> absl::StatusOr<std::pair<v1::Artifact, std::string>> {
+  auto lookup = [this, id = request->id()]() -> absl::StatusOr<v1::Artifact> {
     QUANTD_ASSIGN_OR_RETURN(worker::Job job, ArtifactJob(deps_.pool->store(), id));
     v1::Artifact artifact;
     ArtifactToProto(job, &artifact);
-    QUANTD_ASSIGN_OR_RETURN(std::string bytes, deps_.artifacts->Read(artifact.sha256()));
-    if (engine::Sha256Hex(bytes) != artifact.sha256()) {
-      return absl::DataLossError(absl::StrCat("artifact ", artifact.id(), " is corrupted in the store"));
+    if (!deps_.artifacts->Contains(artifact.sha256())) {
+      return absl::NotFoundError(absl::StrCat("artifact file ", artifact.sha256(), " is not in the store"));
     }
-    return std::make_pair(std::move(artifact), std::move(bytes));
+    return artifact;
   };
   uint32_t chunk = request->chunk_size() == 0 ? kDefaultChunk : std::min(request->chunk_size(), kMaxChunk);
-  return new DownloadReactor(deps_.executor, std::move(load), chunk);
+  return new DownloadReactor(deps_.executor, deps_.artifacts, std::move(lookup), chunk);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListModels(grpc::CallbackServerContext* context,

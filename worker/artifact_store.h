@@ -30,6 +30,10 @@ class ArtifactStore {
                                              const std::string& manifest_json) = 0;
   // The whole artifact. NOT_FOUND if absent.
   virtual absl::StatusOr<std::string> Read(const std::string& sha256) = 0;
+  // Up to `max_bytes` of the artifact from byte `offset` (fewer at its end,
+  // none past it), so that a large one is streamed without being held
+  // whole. NOT_FOUND if absent.
+  virtual absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) = 0;
   // Removes job `job_id`'s manifest of the artifact; the bytes stay.
   virtual absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) = 0;
   // Removes the artifact and every manifest of it.

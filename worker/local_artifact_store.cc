@@ -102,6 +102,23 @@ absl::StatusOr<std::string> LocalArtifactStore::Read(const std::string& sha256) 
   return data.str();
 }
 
+absl::StatusOr<std::string> LocalArtifactStore::ReadRange(const std::string& sha256, uint64_t offset,
+                                                          uint64_t max_bytes) {
+  if (!IsSha256Hex(sha256) || !Contains(sha256)) {
+    return absl::NotFoundError(absl::StrCat("artifact file ", sha256, " is not in the store"));
+  }
+  std::ifstream in(ArtifactPath(sha256), std::ios::binary);
+  in.seekg(0, std::ios::end);
+  const auto end = static_cast<uint64_t>(std::max<std::streamoff>(in.tellg(), 0));
+  if (!in) return absl::DataLossError(absl::StrCat("cannot read artifact ", sha256));
+  if (offset >= end) return std::string();
+  std::string data(static_cast<size_t>(std::min(max_bytes, end - offset)), '\0');
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(data.data(), static_cast<std::streamsize>(data.size()));
+  if (!in) return absl::DataLossError(absl::StrCat("cannot read artifact ", sha256, " at byte ", offset));
+  return data;
+}
+
 absl::Status LocalArtifactStore::RemoveManifest(const std::string& sha256, const std::string& job_id) {
   if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("bad artifact sha256");
   QUANTD_RETURN_IF_ERROR(CheckJobId(job_id));

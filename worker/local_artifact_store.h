@@ -24,6 +24,7 @@ class LocalArtifactStore final : public ArtifactStore {
   absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
                                      const std::string& manifest_json) override;
   absl::StatusOr<std::string> Read(const std::string& sha256) override;
+  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override;
   absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override;
   absl::Status Remove(const std::string& sha256) override;
   bool Contains(const std::string& sha256) override;

@@ -227,6 +227,9 @@ class FailingArtifactStore final : public ArtifactStore {
     release_.WaitForNotification();
     return absl::DataLossError("artifact: sha256 mismatch");
   }
+  absl::StatusOr<std::string> ReadRange(const std::string&, uint64_t, uint64_t) override {
+    return absl::DataLossError("artifact: sha256 mismatch");
+  }
   absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
     return real_->RemoveManifest(sha256, job_id);
   }
@@ -340,6 +343,9 @@ class HeldArtifactStore : public ArtifactStore {
     reading.Notify();
     if (!release.WaitForNotificationWithTimeout(absl::Seconds(30))) return absl::DeadlineExceededError("held");
     return real_->Read(sha256);
+  }
+  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override {
+    return real_->ReadRange(sha256, offset, max_bytes);
   }
   absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
     return real_->RemoveManifest(sha256, job_id);

@@ -543,6 +543,29 @@ TEST(LocalArtifactStoreTest, AWriteThatRunsOutOfRoomLeavesNothing) {
   EXPECT_EQ(*(*store)->Read(stored->sha256), std::string(10000, 'q'));
 }
 
+// Ranges stream an artifact piece by piece: what is asked for, fewer bytes
+// at the end, none past it; NOT_FOUND for an artifact not stored.
+TEST(LocalArtifactStoreTest, RangesReadThePiecesOfAnArtifact) {
+  auto store = LocalArtifactStore::Open(TempDir("artifact_ranges"));
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::string bytes;
+  for (int i = 0; i < 10000; ++i) bytes.push_back(static_cast<char>(i * 7));
+  absl::StatusOr<StoredArtifact> stored = (*store)->Put("job-1", bytes, "{}");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  std::string joined;
+  for (uint64_t offset = 0; offset < bytes.size(); offset += 3000) {
+    absl::StatusOr<std::string> piece = (*store)->ReadRange(stored->sha256, offset, 3000);
+    ASSERT_TRUE(piece.ok()) << piece.status();
+    EXPECT_EQ(piece->size(), std::min<size_t>(3000, bytes.size() - offset));
+    joined += *piece;
+  }
+  EXPECT_EQ(joined, bytes);
+  EXPECT_EQ(*(*store)->ReadRange(stored->sha256, 10000, 100), "");
+  EXPECT_EQ(*(*store)->ReadRange(stored->sha256, 1u << 30, 100), "");
+  EXPECT_EQ(*(*store)->ReadRange(stored->sha256, 9990, 0), "");
+  EXPECT_EQ((*store)->ReadRange(std::string(64, 'a'), 0, 10).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(BlobStoreTest, AnUploadThatRunsOutOfRoomIsResourceExhaustedAndLeavesNothing) {
   const std::string dir = TempDir("blobs_full");
   auto store = BlobStore::Open(dir, 1 << 20);

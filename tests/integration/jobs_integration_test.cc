@@ -231,6 +231,25 @@ TEST(JobsIntegrationTest, SubmitWaitEvaluateDownloadAndLoadInPyTorch) {
   EXPECT_EQ(python->exit_code, 0) << python->err;
   EXPECT_THAT(python->out, HasSubstr("(4, 10)"));
 
+  // Streamed in small chunks (many windows read from the store), the same
+  // bytes; an artifact damaged in the store ends the stream DATA_LOSS and
+  // leaves no file.
+  const std::string small_chunks = quantd.dir() + "/int8-small-chunks.pt";
+  RunResult chunked = quantd.Ctl({"download", artifact, "-o", small_chunks, "--chunk_size=1000"});
+  ASSERT_EQ(chunked.exit_code, 0) << chunked.err;
+  EXPECT_EQ(ReadFileOrEmpty(small_chunks), ReadFileOrEmpty(file));
+  const std::string stored = quantd.dir() + "/data/artifacts/" + sha + ".pt";
+  std::string damaged = ReadFileOrEmpty(stored);
+  ASSERT_FALSE(damaged.empty());
+  damaged[damaged.size() / 2] ^= 0x5a;
+  std::ofstream(stored, std::ios::binary | std::ios::trunc) << damaged;
+  const std::string refused_file = quantd.dir() + "/int8-damaged.pt";
+  RunResult refused = quantd.Ctl({"download", artifact, "-o", refused_file, "--chunk_size=4096"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_THAT(refused.err, HasSubstr("code 15"));  // DATA_LOSS
+  EXPECT_THAT(refused.err, HasSubstr("is corrupted in the store"));
+  EXPECT_FALSE(std::filesystem::exists(refused_file));
+
   RunResult artifacts = quantd.Ctl({"artifacts"});
   EXPECT_THAT(artifacts.out, HasSubstr(artifact));
   // Delete removes the job and, unused now, its artifact.
