@@ -86,6 +86,36 @@ absl::StatusOr<ModelPath> ParseModelPath(const std::vector<std::string>& parts) 
   return path;
 }
 
+// Deepest nesting of arrays and objects a request body may have: a body of
+// brackets alone would otherwise cost the parser tens of bytes per byte.
+constexpr int kMaxJsonNesting = 32;
+
+// Refuses a JSON text nested deeper than kMaxJsonNesting, before it is parsed
+// (brackets inside strings do not count).
+absl::Status CheckJsonNesting(absl::string_view text, absl::string_view field) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // the escaped character
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonNesting) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": JSON nested deeper than ", kMaxJsonNesting));
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return absl::OkStatus();
+}
+
 // JSON elements an infer request may hold beyond its input data (shapes,
 // parameters, ...).
 constexpr int64_t kJsonElementsBesideData = 1024;
@@ -153,6 +183,8 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
     }
     header_size = static_cast<size_t>(size);
   }
+  const absl::string_view header(call.body.data(), header_size);
+  if (absl::Status nesting = CheckJsonNesting(header, "body"); !nesting.ok()) return nesting;
   int64_t elements = 0;
   const Json::parser_callback_t count_elements = [&elements, max_elements](int, Json::parse_event_t event, Json&) {
     const bool element = event == Json::parse_event_t::value || event == Json::parse_event_t::array_end ||
@@ -423,13 +455,15 @@ HttpReply InferenceRest::StatsReply(const std::string& name, const std::string& 
 
 HttpReply InferenceRest::Handle(const HttpCall& call) {
   const std::string what = absl::StrCat(call.method, " ", call.path);
+  // HEAD is GET without the body (which the HTTP server leaves out).
+  const std::string method = call.method == "HEAD" ? "GET" : call.method;
   {
     const std::string allowed = AllowedMethod(absl::StrSplit(call.path, '/'));
-    if (!allowed.empty() && call.method != allowed) return MethodNotAllowed(what, allowed);
+    if (!allowed.empty() && method != allowed) return MethodNotAllowed(what, allowed);
   }
   // Liveness and readiness are open, like the gRPC health service.
-  if (call.path == "/v2/health/live" && call.method == "GET") return JsonReply(200, Json{{"live", true}});
-  if (call.path == "/v2/health/ready" && call.method == "GET") {
+  if (call.path == "/v2/health/live" && method == "GET") return JsonReply(200, Json{{"live", true}});
+  if (call.path == "/v2/health/ready" && method == "GET") {
     const bool ready = core_->ServerReady();
     // The protocol: 200 is true, a 4xx false (Kubernetes fails the probe).
     return JsonReply(ready ? 200 : 400, Json{{"ready", ready}});
@@ -451,6 +485,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   if (call.path == "/v2/repository/index") {
     inference::RepositoryIndexRequest request;
     if (!call.body.empty()) {
+      if (absl::Status nesting = CheckJsonNesting(call.body, "body"); !nesting.ok()) return ErrorReply(nesting);
       Json body = Json::parse(call.body, nullptr, /*allow_exceptions=*/false);
       if (body.is_discarded() || !body.is_object()) return ErrorReply(absl::InvalidArgumentError("body: a JSON object"));
       if (body.contains("ready")) {

@@ -1,20 +1,80 @@
 #include "server/metrics_http_server.h"
 
 #include <httplib.h>
+#include <nlohmann/json.hpp>
 #include <prometheus/text_serializer.h>
 
+#include <atomic>
+#include <exception>
 #include <fstream>
 #include <iterator>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/audit_log.h"
+#include "server/log.h"
 
 namespace quantd {
 namespace {
 
 int HttpStatusFor(absl::StatusCode code) {
   return code == absl::StatusCode::kPermissionDenied ? 403 : 401;
+}
+
+// An error as the client of `path` reads one: the protocol's JSON under /v2,
+// a line of text elsewhere.
+void SetError(const httplib::Request& request, httplib::Response& response, int status, const std::string& message) {
+  response.status = status;
+  if (absl::StartsWith(request.path, "/v2")) {
+    response.set_content(nlohmann::json{{"error", message}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                         "application/json");
+  } else {
+    response.set_content(absl::StrCat(message, "\n"), "text/plain");
+  }
+}
+
+// httplib 0.11 holds --max_body_bytes only against a Content-Length: a
+// chunked body, one read to the end of the connection, or a compressed one
+// (inflated without bound) would be read whole before any handler or
+// authentication runs. Bodies must therefore come plain, with their length.
+// Checked before the body is read; what it leaves unread ends the connection
+// within httplib's keep-alive count.
+httplib::Server::HandlerResponse RefuseUnboundedBodies(const httplib::Request& request, httplib::Response& response,
+                                                       size_t max_body_bytes) {
+  const bool takes_body = request.method == "POST" || request.method == "PUT" || request.method == "PATCH" ||
+                          request.method == "PRI" || request.has_header("Content-Length") ||
+                          request.has_header("Transfer-Encoding");
+  if (!takes_body) return httplib::Server::HandlerResponse::Unhandled;
+  if (request.has_header("Transfer-Encoding") || !request.has_header("Content-Length")) {
+    SetError(request, response, 411,
+             "send the body with a Content-Length header (chunked bodies and bodies without a length are refused)");
+    response.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  }
+  // Answered at once: httplib would first read (and drop) the whole body.
+  uint64_t length = 0;
+  if (!absl::SimpleAtoi(request.get_header_value("Content-Length"), &length)) {
+    SetError(request, response, 400, "Content-Length: not a number of bytes");
+    response.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  }
+  if (max_body_bytes > 0 && length > max_body_bytes) {
+    SetError(request, response, 413,
+             absl::StrCat("the body of ", length, " bytes is larger than the server accepts (", max_body_bytes, ")"));
+    response.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  }
+  const std::string encoding = absl::AsciiStrToLower(request.get_header_value("Content-Encoding"));
+  if (!encoding.empty() && encoding != "identity") {
+    SetError(request, response, 415,
+             absl::StrCat("Content-Encoding \"", encoding.substr(0, 40), "\" is refused: send the body uncompressed"));
+    response.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  }
+  return httplib::Server::HandlerResponse::Unhandled;
 }
 
 }  // namespace
@@ -96,10 +156,33 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     http.Delete(R"(/v2(/.*)?)", serve);
     http.Patch(R"(/v2(/.*)?)", serve);
   }
-  http.set_error_handler([](const httplib::Request& request, httplib::Response& response) {
-    if (response.status == 404 && response.body.empty()) {
-      response.set_content("not found; try /metrics or /v2\n", "text/plain");
+  http.set_pre_routing_handler(
+      [max_body_bytes = options.max_body_bytes](const httplib::Request& request, httplib::Response& response) {
+        return RefuseUnboundedBodies(request, response, max_body_bytes);
+      });
+  // httplib's own errors (a bad request line, a body over the limit) come
+  // without a body: given one here, JSON under /v2 as the protocol says.
+  http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& request,
+                                                                  httplib::Response& response) {
+    if (!response.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    if (response.status == 404) {
+      SetError(request, response, 404, "not found; try /metrics or /v2");
+    } else if (response.status == 413) {
+      SetError(request, response, 413, "the body is larger than the server accepts");
+    } else if (response.status == 400) {
+      SetError(request, response, 400, "malformed HTTP request or body");
+    } else if (response.status == 414) {
+      SetError(request, response, 414, "the request URI is too long");
+    } else {
+      SetError(request, response, response.status, absl::StrCat("HTTP ", response.status));
     }
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  // Without this, httplib puts the exception's text in a response header.
+  http.set_exception_handler([](const httplib::Request& request, httplib::Response& response, std::exception_ptr) {
+    LogLine(LogLevel::kError, absl::StrCat("quantd: HTTP ", request.method, " ", request.path.substr(0, 200),
+                                           " failed with an exception"));
+    SetError(request, response, 500, "internal error");
   });
   std::string host = options.host;
   if (!host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);
@@ -112,15 +195,31 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.host, ":", options.port,
                                                " (address in use or not local?)"));
   }
-  server->thread_ = std::thread([&http] { http.listen_after_bind(); });
+  std::atomic<bool>* stopping = &server->stopping_;
+  const int port = server->port_;
+  server->thread_ = std::thread([&http, stopping, port] {
+    // httplib leaves its accept loop for good on an accept error other than
+    // a full descriptor table (ENFILE, ENOMEM, ...): say so, as /metrics and
+    // /v2 are gone while gRPC still serves.
+    const bool ok = http.listen_after_bind();
+    if (!stopping->load()) {
+      LogLine(LogLevel::kError, absl::StrCat("quantd: the HTTP listener on port ", port, " stopped (",
+                                             ok ? "closed" : "accept failed",
+                                             "): /metrics and /v2 are no longer served; restart quantd"));
+    }
+  });
   // stop() is a no-op until the accept loop runs: wait for it, so that a
   // server destroyed right away cannot leave the loop (and the join) hanging.
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (!http.is_running() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  if (!http.is_running()) {
+    return absl::UnavailableError(absl::StrCat("the HTTP listener on port ", port, " did not start"));
+  }
   return server;
 }
 
 MetricsHttpServer::~MetricsHttpServer() {
+  stopping_ = true;
   if (http_ != nullptr) http_->stop();
   if (thread_.joinable()) thread_.join();
 }

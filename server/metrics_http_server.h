@@ -11,6 +11,7 @@
 #include <prometheus/collectable.h>
 #include <prometheus/registry.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -61,6 +62,7 @@ class MetricsHttpServer {
   std::unique_ptr<httplib::Server> http_;
   std::vector<std::shared_ptr<prometheus::Collectable>> sources_;
   std::thread thread_;
+  std::atomic<bool> stopping_{false};  // set before the listener is stopped on purpose
   int port_ = 0;
   bool tls_ = false;
 };

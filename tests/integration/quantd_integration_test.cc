@@ -26,6 +26,7 @@
 namespace quantd {
 namespace {
 
+using ::quantd::test_util::HttpExchange;
 using ::quantd::test_util::HttpGet;
 using ::quantd::test_util::MakeTempDir;
 using ::quantd::test_util::ReadFileOrEmpty;
@@ -328,6 +329,59 @@ TEST_F(QuantdIntegrationTest, PrometheusScrapesQuantdAndEvaluatesTheRules) {
   }
   ASSERT_TRUE(alerts.is_object());
   EXPECT_TRUE(alerts["data"]["alerts"].empty()) << alerts.dump();
+}
+
+// The HTTP port refuses bodies it could not bound before reading them
+// (chunked, without a length, compressed), JSON nested past any real
+// request's depth, and gives its own errors as the protocol's JSON; HEAD
+// works where GET does. The server keeps serving throughout.
+TEST_F(QuantdIntegrationTest, TheHttpEdgeRefusesBodiesItCannotBoundAndAnswersInJson) {
+  const int port = quantd_->metrics_port();
+  auto exchange = [port](const std::string& request) {
+    absl::StatusOr<test_util::HttpResponse> response = HttpExchange("127.0.0.1", port, request, absl::Seconds(10));
+    EXPECT_TRUE(response.ok()) << response.status();
+    return response.ok() ? *response : test_util::HttpResponse{};
+  };
+  auto error_of = [](const test_util::HttpResponse& response) {
+    nlohmann::json body = nlohmann::json::parse(response.body, nullptr, false);
+    return body.is_object() && body.contains("error") ? body["error"].get<std::string>() : "(no JSON error)";
+  };
+  test_util::HttpResponse chunked = exchange(
+      "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+      "5\r\n{\"rea\r\n");
+  EXPECT_EQ(chunked.status_code, 411) << chunked.headers;
+  EXPECT_THAT(error_of(chunked), HasSubstr("Content-Length"));
+  test_util::HttpResponse unsized = exchange(
+      "POST /v2/repository/index HTTP/1.0\r\nHost: q\r\nConnection: close\r\n\r\n{}");
+  EXPECT_EQ(unsized.status_code, 411) << unsized.headers;
+  test_util::HttpResponse gzipped = exchange(
+      "POST /v2/models/resnet8/infer HTTP/1.1\r\nHost: q\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n"
+      "Connection: close\r\n\r\nabcd");
+  EXPECT_EQ(gzipped.status_code, 415) << gzipped.headers;
+  EXPECT_THAT(error_of(gzipped), HasSubstr("uncompressed"));
+  const std::string deep = std::string(100, '[') + std::string(100, ']');
+  test_util::HttpResponse nested = exchange(absl::StrCat(
+      "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nContent-Length: ", deep.size(),
+      "\r\nConnection: close\r\n\r\n", deep));
+  EXPECT_EQ(nested.status_code, 400) << nested.headers;
+  EXPECT_THAT(error_of(nested), HasSubstr("nested deeper than 32"));
+  test_util::HttpResponse too_large = exchange(
+      "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nContent-Length: 999999999999\r\n"
+      "Connection: close\r\n\r\n{}");
+  EXPECT_EQ(too_large.status_code, 413) << too_large.headers;
+  EXPECT_THAT(error_of(too_large), HasSubstr("larger than the server accepts"));
+  test_util::HttpResponse bad_length = exchange(
+      "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nContent-Length: -2\r\nConnection: close\r\n\r\n{}");
+  EXPECT_EQ(bad_length.status_code, 400) << bad_length.headers;
+  EXPECT_THAT(error_of(bad_length), HasSubstr("Content-Length"));
+  test_util::HttpResponse head = exchange("HEAD /v2/health/live HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(head.status_code, 200) << head.headers;
+  EXPECT_TRUE(head.body.empty());
+  // Still serving.
+  auto live = HttpGet("127.0.0.1", port, "/v2/health/live", absl::Seconds(10));
+  ASSERT_TRUE(live.ok()) << live.status();
+  EXPECT_EQ(live->status_code, 200);
+  EXPECT_EQ(Quantctl({"health"}).exit_code, 0);
 }
 
 TEST_F(QuantdIntegrationTest, SigtermShutsDownGracefullyWithExitZero) {
