@@ -346,34 +346,28 @@ TEST_F(QuantdIntegrationTest, TheHttpEdgeRefusesBodiesItCannotBoundAndAnswersInJ
     nlohmann::json body = nlohmann::json::parse(response.body, nullptr, false);
     return body.is_object() && body.contains("error") ? body["error"].get<std::string>() : "(no JSON error)";
   };
-  test_util::HttpResponse chunked = exchange(
-      "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-      "5\r\n{\"rea\r\n");
-  EXPECT_EQ(chunked.status_code, 411) << chunked.headers;
-  EXPECT_THAT(error_of(chunked), HasSubstr("Content-Length"));
-  test_util::HttpResponse unsized = exchange(
-      "POST /v2/repository/index HTTP/1.0\r\nHost: q\r\nConnection: close\r\n\r\n{}");
-  EXPECT_EQ(unsized.status_code, 411) << unsized.headers;
-  test_util::HttpResponse gzipped = exchange(
-      "POST /v2/models/resnet8/infer HTTP/1.1\r\nHost: q\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n"
-      "Connection: close\r\n\r\nabcd");
-  EXPECT_EQ(gzipped.status_code, 415) << gzipped.headers;
-  EXPECT_THAT(error_of(gzipped), HasSubstr("uncompressed"));
   const std::string deep = std::string(100, '[') + std::string(100, ']');
-  test_util::HttpResponse nested = exchange(absl::StrCat(
-      "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nContent-Length: ", deep.size(),
-      "\r\nConnection: close\r\n\r\n", deep));
-  EXPECT_EQ(nested.status_code, 400) << nested.headers;
-  EXPECT_THAT(error_of(nested), HasSubstr("nested deeper than 32"));
-  test_util::HttpResponse too_large = exchange(
-      "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nContent-Length: 999999999999\r\n"
-      "Connection: close\r\n\r\n{}");
-  EXPECT_EQ(too_large.status_code, 413) << too_large.headers;
-  EXPECT_THAT(error_of(too_large), HasSubstr("larger than the server accepts"));
-  test_util::HttpResponse bad_length = exchange(
-      "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nContent-Length: -2\r\nConnection: close\r\n\r\n{}");
-  EXPECT_EQ(bad_length.status_code, 400) << bad_length.headers;
-  EXPECT_THAT(error_of(bad_length), HasSubstr("Content-Length"));
+  struct Case {
+    std::string request;  // as sent
+    int status;
+    std::string error;  // in the JSON error
+  };
+  const std::string index = "POST /v2/repository/index HTTP/1.1\r\nHost: q\r\nConnection: close\r\n";
+  const std::vector<Case> cases = {
+      {index + "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"rea\r\n", 411, "Content-Length"},
+      {"POST /v2/repository/index HTTP/1.0\r\nHost: q\r\nConnection: close\r\n\r\n{}", 411, "Content-Length"},
+      {"POST /v2/models/resnet8/infer HTTP/1.1\r\nHost: q\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n"
+       "Connection: close\r\n\r\nabcd",
+       415, "uncompressed"},
+      {absl::StrCat(index, "Content-Length: ", deep.size(), "\r\n\r\n", deep), 400, "nested deeper than 32"},
+      {index + "Content-Length: 999999999999\r\n\r\n{}", 413, "larger than the server accepts"},
+      {index + "Content-Length: -2\r\n\r\n{}", 400, "Content-Length"},
+  };
+  for (const Case& c : cases) {
+    test_util::HttpResponse response = exchange(c.request);
+    EXPECT_EQ(response.status_code, c.status) << c.request.substr(0, 120) << "\n" << response.headers;
+    EXPECT_THAT(error_of(response), HasSubstr(c.error)) << c.request.substr(0, 120);
+  }
   test_util::HttpResponse head = exchange("HEAD /v2/health/live HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(head.status_code, 200) << head.headers;
   EXPECT_TRUE(head.body.empty());
