@@ -79,14 +79,16 @@ std::vector<float> Samples(int64_t batch, float first) {
 }
 
 absl::Status Submit(DynamicBatcher& batcher, const std::shared_ptr<FakeModel>& model, int64_t batch, float first,
-                    Outcome* outcome) {
-  return batcher.Submit(model, Samples(batch, first), batch,
-                        [outcome](absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) {
-                          outcome->output = std::move(output);
-                          outcome->stats = stats;
-                          outcome->thread = std::this_thread::get_id();
-                          outcome->done.Notify();
-                        });
+                    Outcome* outcome, DynamicBatcher::Abandoned abandoned = nullptr) {
+  return batcher.Submit(
+      model, Samples(batch, first), batch,
+      [outcome](absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) {
+        outcome->output = std::move(output);
+        outcome->stats = stats;
+        outcome->thread = std::this_thread::get_id();
+        outcome->done.Notify();
+      },
+      std::move(abandoned));
 }
 
 DynamicBatcher::Options OneThread(int64_t max_batch_size, absl::Duration delay) {
@@ -160,19 +162,10 @@ TEST(DynamicBatcherTest, RequestsWhoseCallersWentAwayWhileQueuedAreNotRun) {
   ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok());
   model->AwaitPasses(1);
   std::atomic<bool> caller_left{false};
-  auto submit_abandonable = [&](int64_t batch, float value, Outcome* outcome) {
-    return batcher.Submit(
-        model, Samples(batch, value), batch,
-        [outcome](absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) {
-          outcome->output = std::move(output);
-          outcome->stats = stats;
-          outcome->done.Notify();
-        },
-        [&caller_left] { return caller_left.load(); });
-  };
-  ASSERT_TRUE(submit_abandonable(2, 100, &gone).ok());
+  const DynamicBatcher::Abandoned left = [&caller_left] { return caller_left.load(); };
+  ASSERT_TRUE(Submit(batcher, model, 2, 100, &gone, left).ok());
   ASSERT_TRUE(Submit(batcher, model, 1, 200, &kept).ok());
-  ASSERT_TRUE(submit_abandonable(1, 300, &also_gone).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 300, &also_gone, left).ok());
   caller_left = true;
   model->Release();
   for (Outcome* o : {&first, &gone, &kept, &also_gone}) o->done.WaitForNotification();
@@ -190,7 +183,7 @@ TEST(DynamicBatcherTest, RequestsWhoseCallersWentAwayWhileQueuedAreNotRun) {
   Outcome blocker;
   ASSERT_TRUE(Submit(batcher, model, 1, 0, &blocker).ok());
   model->AwaitPasses(3);
-  ASSERT_TRUE(submit_abandonable(1, 400, &all_gone).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 400, &all_gone, left).ok());
   model->Release();
   blocker.done.WaitForNotification();
   all_gone.done.WaitForNotification();
