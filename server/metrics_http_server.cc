@@ -48,31 +48,29 @@ httplib::Server::HandlerResponse RefuseUnboundedBodies(const httplib::Request& r
                           request.method == "PRI" || request.has_header("Content-Length") ||
                           request.has_header("Transfer-Encoding");
   if (!takes_body) return httplib::Server::HandlerResponse::Unhandled;
-  if (request.has_header("Transfer-Encoding") || !request.has_header("Content-Length")) {
-    SetError(request, response, 411,
-             "send the body with a Content-Length header (chunked bodies and bodies without a length are refused)");
+  // The body stays unread: the connection ends after the answer.
+  auto refuse = [&](int status, const std::string& message) {
+    SetError(request, response, status, message);
     response.set_header("Connection", "close");
     return httplib::Server::HandlerResponse::Handled;
+  };
+  if (request.has_header("Transfer-Encoding") || !request.has_header("Content-Length")) {
+    return refuse(411,
+                  "send the body with a Content-Length header (chunked bodies and bodies without a length are refused)");
   }
   // Answered at once: httplib would first read (and drop) the whole body.
   uint64_t length = 0;
   if (!absl::SimpleAtoi(request.get_header_value("Content-Length"), &length)) {
-    SetError(request, response, 400, "Content-Length: not a number of bytes");
-    response.set_header("Connection", "close");
-    return httplib::Server::HandlerResponse::Handled;
+    return refuse(400, "Content-Length: not a number of bytes");
   }
   if (max_body_bytes > 0 && length > max_body_bytes) {
-    SetError(request, response, 413,
-             absl::StrCat("the body of ", length, " bytes is larger than the server accepts (", max_body_bytes, ")"));
-    response.set_header("Connection", "close");
-    return httplib::Server::HandlerResponse::Handled;
+    return refuse(413, absl::StrCat("the body of ", length, " bytes is larger than the server accepts (",
+                                    max_body_bytes, ")"));
   }
   const std::string encoding = absl::AsciiStrToLower(request.get_header_value("Content-Encoding"));
   if (!encoding.empty() && encoding != "identity") {
-    SetError(request, response, 415,
-             absl::StrCat("Content-Encoding \"", encoding.substr(0, 40), "\" is refused: send the body uncompressed"));
-    response.set_header("Connection", "close");
-    return httplib::Server::HandlerResponse::Handled;
+    return refuse(415, absl::StrCat("Content-Encoding \"", encoding.substr(0, 40),
+                                    "\" is refused: send the body uncompressed"));
   }
   return httplib::Server::HandlerResponse::Unhandled;
 }
