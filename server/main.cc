@@ -37,6 +37,9 @@ ABSL_FLAG(int, queue_capacity, 100,
           "Jobs that may wait in the queue; QuantizeJob beyond it is RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{512} << 20,
           "Largest UploadModel/UploadDataset accepted, in bytes.");
+ABSL_FLAG(int64_t, upload_min_bytes_per_second, 4096,
+          "Past its first --upload_idle_timeout_seconds, an upload averaging fewer bytes per second since it "
+          "began is dropped (DEADLINE_EXCEEDED; its partial file and quota reservation go); 0 = no minimum.");
 ABSL_FLAG(int64_t, upload_idle_timeout_seconds, 60,
           "An UploadModel/UploadDataset stream that sends no message for this long is dropped "
           "(DEADLINE_EXCEEDED; its partial file and quota reservation go); 0 = never.");
@@ -239,6 +242,7 @@ int main(int argc, char** argv) {
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   options.upload_idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_upload_idle_timeout_seconds));
+  options.upload_min_bytes_per_second = absl::GetFlag(FLAGS_upload_min_bytes_per_second);
   options.keepalive_time = absl::Seconds(absl::GetFlag(FLAGS_keepalive_seconds));
   options.job_deadline_seconds = absl::GetFlag(FLAGS_job_deadline_seconds);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);

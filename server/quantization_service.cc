@@ -87,19 +87,34 @@ class RejectedWriteReactor final : public grpc::ServerWriteReactor<Response> {
 // so a call has at most one task queued. A client that sends nothing for
 // `idle_timeout` (alive, or gone without closing its connection) loses the
 // upload: its temporary file and quota reservation would otherwise stay for
-// as long as it holds the stream.
+// as long as it holds the stream. So does one that, past its first
+// `idle_timeout`, averages less than `min_bytes_per_second`: a byte sent now
+// and then would otherwise hold them as long.
+struct UploadLimits {
+  absl::Duration idle_timeout;       // zero: none
+  int64_t min_bytes_per_second = 0;  // zero: none
+  worker::Clock* clock = nullptr;    // never null
+};
+
+UploadLimits UploadLimitsOf(const QuantizationServiceImpl::Deps& deps) {
+  return UploadLimits{deps.upload_idle_timeout, deps.upload_min_bytes_per_second, deps.clock};
+}
+
 template <typename Request>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
   UploadReactor(grpc::CallbackServerContext* context, const worker::BlobStore* blobs, BlockingExecutor* executor,
-                v1::BlobInfo* response, Principal caller, absl::string_view method, absl::Duration idle_timeout)
+                v1::BlobInfo* response, Principal caller, absl::string_view method, const UploadLimits& limits)
       : context_(context),
         blobs_(blobs),
         executor_(executor),
         response_(response),
         caller_(std::move(caller)),
         method_(method),
-        idle_timeout_(idle_timeout) {
+        idle_timeout_(limits.idle_timeout),
+        min_bytes_per_second_(limits.min_bytes_per_second),
+        clock_(limits.clock),
+        started_(limits.clock->Now()) {
     Read();
   }
 
@@ -226,8 +241,23 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       if (upload_ == nullptr) return Fail(absl::InvalidArgumentError("metadata: required as the first message"));
       absl::Status status = upload_->Append(request_.chunk_data());
       if (!status.ok()) return Fail(status);
+      received_bytes_ += static_cast<int64_t>(request_.chunk_data().size());
+      if (absl::Status fast_enough = CheckRate(); !fast_enough.ok()) return Fail(fast_enough);
     }
     Read();
+  }
+
+  absl::Status CheckRate() const {
+    if (min_bytes_per_second_ <= 0) return absl::OkStatus();
+    const absl::Duration elapsed = clock_->Now() - started_;
+    if (elapsed <= idle_timeout_) return absl::OkStatus();
+    const double seconds = absl::ToDoubleSeconds(elapsed);
+    const double rate = static_cast<double>(received_bytes_) / seconds;
+    if (rate >= static_cast<double>(min_bytes_per_second_)) return absl::OkStatus();
+    return absl::DeadlineExceededError(absl::StrCat(
+        method_, ": ", received_bytes_, " bytes in ", static_cast<int64_t>(seconds), " s is ",
+        static_cast<int64_t>(rate), " bytes/s, below --upload_min_bytes_per_second=", min_bytes_per_second_,
+        "; the upload was dropped and nothing was stored"));
   }
 
   void Fail(const absl::Status& status) {
@@ -252,6 +282,10 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   const Principal caller_;
   const std::string method_;
   const absl::Duration idle_timeout_;  // zero: none
+  const int64_t min_bytes_per_second_;  // zero: none
+  worker::Clock* const clock_;
+  const absl::Time started_;
+  int64_t received_bytes_ = 0;  // chunk bytes stored (HandleRead only)
   bool admitted_ = false;  // the first message got an I/O thread (OnReadDone only)
   Request request_;
   std::unique_ptr<worker::BlobUpload> upload_;  // discarded, if still open, when we are deleted
@@ -647,7 +681,7 @@ grpc::ServerReadReactor<v1::UploadModelRequest>* QuantizationServiceImpl::Upload
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadModel");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadModelRequest>(caller.status());
   return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, deps_.executor, response, *caller,
-                                                   "UploadModel", deps_.upload_idle_timeout);
+                                                   "UploadModel", UploadLimitsOf(deps_));
 }
 
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::UploadDataset(
@@ -655,7 +689,7 @@ grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::Uplo
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadDataset");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadDatasetRequest>(caller.status());
   return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, deps_.executor, response, *caller,
-                                                     "UploadDataset", deps_.upload_idle_timeout);
+                                                     "UploadDataset", UploadLimitsOf(deps_));
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServerContext* context,

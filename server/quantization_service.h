@@ -19,6 +19,7 @@
 #include "server/job_conversion.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_store.h"
+#include "worker/clock.h"
 #include "worker/evaluation.h"
 #include "worker/model_repository.h"
 #include "worker/worker_pool.h"
@@ -48,6 +49,11 @@ class QuantizationServiceImpl final
     // An upload stream that sends no message for this long is dropped
     // (DEADLINE_EXCEEDED); zero: never.
     absl::Duration upload_idle_timeout = absl::ZeroDuration();
+    // Past its first upload_idle_timeout, an upload averaging fewer bytes per
+    // second since it began is dropped (DEADLINE_EXCEEDED); zero: no minimum.
+    int64_t upload_min_bytes_per_second = 0;
+    // Times uploads; never null.
+    worker::Clock* clock = worker::Clock::Real();
   };
   explicit QuantizationServiceImpl(const Deps& deps)
       : deps_(deps), resolver_(deps.data_dir, deps.blobs, deps.read_roots) {}

@@ -133,6 +133,10 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     return absl::InvalidArgumentError(absl::StrCat("--upload_idle_timeout_seconds must be in 0..86400 (0 = never), got ",
                                                    absl::ToDoubleSeconds(options.upload_idle_timeout)));
   }
+  if (options.upload_min_bytes_per_second < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--upload_min_bytes_per_second must be 0 (no minimum) or more, got ",
+                                                   options.upload_min_bytes_per_second));
+  }
   if (options.keepalive_time < absl::ZeroDuration() || options.keepalive_time > absl::Hours(24)) {
     return absl::InvalidArgumentError(absl::StrCat("--keepalive_seconds must be in 0..86400 (0 = never), got ",
                                                    absl::ToDoubleSeconds(options.keepalive_time)));
@@ -425,6 +429,8 @@ absl::Status QuantdServer::OpenStores() {
                                                    evaluation_options);
   deps.evaluator = evaluator_.get();
   deps.upload_idle_timeout = options_.upload_idle_timeout;
+  deps.upload_min_bytes_per_second = options_.upload_min_bytes_per_second;
+  if (options_.clock != nullptr) deps.clock = options_.clock;
   inference_executor_ =
       std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity);
   inference_stats_ = std::make_unique<InferenceStats>(*metrics_.registry());

@@ -28,6 +28,7 @@
 #include "worker/artifact_store.h"
 #include "worker/blob_collector.h"
 #include "worker/blob_store.h"
+#include "worker/clock.h"
 #include "worker/data_quota.h"
 #include "worker/data_dir_lock.h"
 #include "worker/dynamic_batcher.h"
@@ -62,6 +63,13 @@ class QuantdServer {
     // An upload stream that sends nothing for this long is dropped; zero:
     // never (--upload_idle_timeout_seconds; a duration for tests).
     absl::Duration upload_idle_timeout = absl::Seconds(60);
+    // Past its first `upload_idle_timeout`, an upload averaging fewer bytes
+    // per second since it began is dropped, so a client trickling a byte now
+    // and then does not hold its quota reservation; zero: no minimum
+    // (--upload_min_bytes_per_second).
+    int64_t upload_min_bytes_per_second = 4096;
+    // Times uploads; nullptr: the real clock (tests pass a fake one).
+    worker::Clock* clock = nullptr;
     // Each gRPC connection is pinged after this long without traffic, and
     // closed (ending its calls, e.g. watch streams) when the peer does not
     // answer within `keepalive_timeout`: a client that vanished without

@@ -397,6 +397,65 @@ TEST(ServerUploadIdleTest, AnUploadThatSendsNothingIsDropped) {
   std::filesystem::remove_all(options.data_dir);
 }
 
+// A client trickling bytes past its first idle timeout loses the upload,
+// on the server's clock (a fake one here): a byte now and then would
+// otherwise hold its quota reservation for as long as it keeps sending.
+TEST(ServerUploadIdleTest, AnUploadSlowerThanTheMinimumRateIsDropped) {
+  worker::FakeClock clock;
+  QuantdServer::Options options = LoopbackOptions(TempDir("upload_rate"));
+  options.upload_idle_timeout = absl::Seconds(60);
+  options.upload_min_bytes_per_second = 1000;
+  options.clock = &clock;
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
+  auto upload = [&](const std::vector<std::pair<absl::Duration, int>>& chunks, v1::BlobInfo* blob) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    auto writer = stub->UploadDataset(&context, blob);
+    int64_t total = 0;
+    for (const auto& [unused, bytes] : chunks) total += bytes;
+    v1::UploadDatasetRequest request;
+    request.mutable_metadata()->set_size_bytes(static_cast<uint64_t>(total));
+    EXPECT_TRUE(writer->Write(request));
+    for (const auto& [wait, bytes] : chunks) {
+      clock.Advance(wait);
+      request.Clear();
+      request.set_chunk_data(std::string(bytes, 'z'));
+      if (!writer->Write(request)) break;  // dropped
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  // The server starts the clock when the call reaches it and checks a chunk
+  // at the clock's time when it handles it, either of which may come after
+  // a later advance here: each case holds either way.
+  // 300 bytes in two minutes or more: past the first, far below 1000 bytes/s.
+  v1::BlobInfo slow;
+  grpc::Status status =
+      upload({{absl::Seconds(1), 100}, {absl::Seconds(120), 100}, {absl::Seconds(120), 100}}, &slow);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("UploadDataset: "));
+  EXPECT_THAT(status.error_message(), HasSubstr(" bytes/s, below --upload_min_bytes_per_second=1000; the upload was "
+                                                "dropped and nothing was stored"));
+  // As slow, but within the first minute: kept.
+  v1::BlobInfo early;
+  status = upload({{absl::Seconds(1), 100}, {absl::Seconds(58), 100}}, &early);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(early.size_bytes(), 200u);
+  // A long pause after a fast start, still 1000 bytes/s on average: kept.
+  v1::BlobInfo steady;
+  status = upload({{absl::ZeroDuration(), 70000}, {absl::Seconds(30), 1}, {absl::Seconds(31), 100}}, &steady);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(steady.size_bytes(), 70101u);
+  // Nothing is left of the dropped one.
+  for (const auto& entry : std::filesystem::directory_iterator(options.data_dir + "/blobs")) {
+    EXPECT_NE(entry.path().filename().string().rfind(".tmp.", 0), 0u) << entry.path();
+  }
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+}
+
 // A TCP relay on loopback to `target_port` that can freeze: it then moves no
 // byte either way and keeps both sockets open, as a client behind a cut
 // network or in a suspended VM does (no FIN, no RST ever reaches the server).
@@ -706,6 +765,10 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   bad.upload_idle_timeout = absl::Seconds(-1);
   EXPECT_THAT(QuantdServer::Start(bad).status().message(),
               HasSubstr("--upload_idle_timeout_seconds must be in 0..86400"));
+  bad = options;
+  bad.upload_min_bytes_per_second = -1;
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(),
+              HasSubstr("--upload_min_bytes_per_second must be 0 (no minimum) or more, got -1"));
   bad = options;
   bad.keepalive_time = absl::Seconds(-1);
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--keepalive_seconds must be in 0..86400"));
