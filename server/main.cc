@@ -38,8 +38,9 @@ ABSL_FLAG(int, queue_capacity, 100,
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{512} << 20,
           "Largest UploadModel/UploadDataset accepted, in bytes.");
 ABSL_FLAG(int64_t, upload_min_bytes_per_second, 4096,
-          "Past its first --upload_idle_timeout_seconds, an upload averaging fewer bytes per second since it "
-          "began is dropped (DEADLINE_EXCEEDED; its partial file and quota reservation go); 0 = no minimum.");
+          "Past its first --upload_idle_timeout_seconds (60 s when that is 0), an upload averaging fewer bytes per "
+          "second since it began is dropped (DEADLINE_EXCEEDED; its partial file and quota reservation go); "
+          "0 = no minimum.");
 ABSL_FLAG(int64_t, upload_idle_timeout_seconds, 60,
           "An UploadModel/UploadDataset stream that sends no message for this long is dropped "
           "(DEADLINE_EXCEEDED; its partial file and quota reservation go); 0 = never.");

@@ -88,8 +88,9 @@ class RejectedWriteReactor final : public grpc::ServerWriteReactor<Response> {
 // `idle_timeout` (alive, or gone without closing its connection) loses the
 // upload: its temporary file and quota reservation would otherwise stay for
 // as long as it holds the stream. So does one that, past its first
-// `idle_timeout`, averages less than `min_bytes_per_second`: a byte sent now
-// and then would otherwise hold them as long.
+// `idle_timeout` (a minute when that is zero), averages less than
+// `min_bytes_per_second`: a byte sent now and then would otherwise hold them
+// as long.
 struct UploadLimits {
   absl::Duration idle_timeout;       // zero: none
   int64_t min_bytes_per_second = 0;  // zero: none
@@ -249,8 +250,9 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
 
   absl::Status CheckRate() const {
     if (min_bytes_per_second_ <= 0) return absl::OkStatus();
+    const absl::Duration grace = idle_timeout_ > absl::ZeroDuration() ? idle_timeout_ : absl::Minutes(1);
     const absl::Duration elapsed = clock_->Now() - started_;
-    if (elapsed <= idle_timeout_) return absl::OkStatus();
+    if (elapsed <= grace) return absl::OkStatus();
     const double seconds = absl::ToDoubleSeconds(elapsed);
     const double rate = static_cast<double>(received_bytes_) / seconds;
     if (rate >= static_cast<double>(min_bytes_per_second_)) return absl::OkStatus();

@@ -49,8 +49,9 @@ class QuantizationServiceImpl final
     // An upload stream that sends no message for this long is dropped
     // (DEADLINE_EXCEEDED); zero: never.
     absl::Duration upload_idle_timeout = absl::ZeroDuration();
-    // Past its first upload_idle_timeout, an upload averaging fewer bytes per
-    // second since it began is dropped (DEADLINE_EXCEEDED); zero: no minimum.
+    // Past its first upload_idle_timeout (a minute when that is zero), an
+    // upload averaging fewer bytes per second since it began is dropped
+    // (DEADLINE_EXCEEDED); zero: no minimum.
     int64_t upload_min_bytes_per_second = 0;
     // Times uploads; never null.
     worker::Clock* clock = worker::Clock::Real();

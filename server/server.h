@@ -63,8 +63,8 @@ class QuantdServer {
     // An upload stream that sends nothing for this long is dropped; zero:
     // never (--upload_idle_timeout_seconds; a duration for tests).
     absl::Duration upload_idle_timeout = absl::Seconds(60);
-    // Past its first `upload_idle_timeout`, an upload averaging fewer bytes
-    // per second since it began is dropped, so a client trickling a byte now
+    // Past its first `upload_idle_timeout` (a minute when that is zero), an
+    // upload averaging fewer bytes per second since it began is dropped, so a client trickling a byte now
     // and then does not hold its quota reservation; zero: no minimum
     // (--upload_min_bytes_per_second).
     int64_t upload_min_bytes_per_second = 4096;

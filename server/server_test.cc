@@ -400,10 +400,14 @@ TEST(ServerUploadIdleTest, AnUploadThatSendsNothingIsDropped) {
 // A client trickling bytes past its first idle timeout loses the upload,
 // on the server's clock (a fake one here): a byte now and then would
 // otherwise hold its quota reservation for as long as it keeps sending.
-TEST(ServerUploadIdleTest, AnUploadSlowerThanTheMinimumRateIsDropped) {
+// The first minute is the grace either way: the idle timeout's, or one
+// minute when uploads never time out idle.
+class ServerUploadRateTest : public ::testing::TestWithParam<absl::Duration> {};
+
+TEST_P(ServerUploadRateTest, AnUploadSlowerThanTheMinimumRateIsDropped) {
   worker::FakeClock clock;
   QuantdServer::Options options = LoopbackOptions(TempDir("upload_rate"));
-  options.upload_idle_timeout = absl::Seconds(60);
+  options.upload_idle_timeout = GetParam();
   options.upload_min_bytes_per_second = 1000;
   options.clock = &clock;
   auto server = QuantdServer::Start(options);
@@ -427,9 +431,10 @@ TEST(ServerUploadIdleTest, AnUploadSlowerThanTheMinimumRateIsDropped) {
     writer->WritesDone();
     return writer->Finish();
   };
-  // The server starts the clock when the call reaches it and checks a chunk
-  // at the clock's time when it handles it, either of which may come after
-  // a later advance here: each case holds either way.
+  // The server checks a chunk at the clock's time when it handles it, which
+  // may come after a later advance here: each case holds either way. (Its
+  // clock starts with the call, before the first advance: on the in-process
+  // channel a client write returns only once the server is reading.)
   // 300 bytes in two minutes or more: past the first, far below 1000 bytes/s.
   v1::BlobInfo slow;
   grpc::Status status =
@@ -455,6 +460,10 @@ TEST(ServerUploadIdleTest, AnUploadSlowerThanTheMinimumRateIsDropped) {
   (*server)->Shutdown(absl::Seconds(5));
   std::filesystem::remove_all(options.data_dir);
 }
+
+INSTANTIATE_TEST_SUITE_P(IdleTimeouts, ServerUploadRateTest,
+                         ::testing::Values(absl::Seconds(60), absl::ZeroDuration()),
+                         [](const auto& info) { return info.param == absl::ZeroDuration() ? "Never" : "OneMinute"; });
 
 // A TCP relay on loopback to `target_port` that can freeze: it then moves no
 // byte either way and keeps both sockets open, as a client behind a cut

@@ -14,9 +14,13 @@ namespace {
 
 constexpr int kKeepBelowBytes = 1 << 30;
 
+// Debian 12's glibc (2.36) takes a threshold this high; glibcs that cap it
+// at 32 MiB get that. A trim threshold alone would be worse than glibc's
+// defaults (it fixes the mmap threshold at 128 KiB), so it comes second.
 [[maybe_unused]] const bool kTuned = [] {
-  mallopt(M_MMAP_THRESHOLD, kKeepBelowBytes);
-  mallopt(M_TRIM_THRESHOLD, kKeepBelowBytes);
+  if (mallopt(M_MMAP_THRESHOLD, kKeepBelowBytes) == 1 || mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1) {
+    mallopt(M_TRIM_THRESHOLD, kKeepBelowBytes);
+  }
   setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824",
          /*overwrite=*/0);
   return true;
