@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <numeric>
 
@@ -35,6 +36,24 @@ void AppendBytesElement(const std::string& value, std::string* out) {
 }
 
 }  // namespace
+
+absl::StatusOr<absl::Duration> InferQueueTimeout(const inference::ModelInferRequest& request) {
+  const auto it = request.parameters().find("timeout");
+  if (it == request.parameters().end()) return absl::InfiniteDuration();
+  const inference::InferParameter& timeout = it->second;
+  int64_t microseconds = -1;
+  if (timeout.parameter_choice_case() == inference::InferParameter::kInt64Param) {
+    microseconds = timeout.int64_param();
+  } else if (timeout.parameter_choice_case() == inference::InferParameter::kUint64Param &&
+             timeout.uint64_param() <= static_cast<uint64_t>(INT64_MAX)) {
+    microseconds = static_cast<int64_t>(timeout.uint64_param());
+  }
+  if (microseconds < 0) {
+    return absl::InvalidArgumentError(
+        "parameters[timeout]: microseconds the request may wait for its pass, an integer >= 0 (0: no limit)");
+  }
+  return microseconds == 0 ? absl::InfiniteDuration() : absl::Microseconds(microseconds);
+}
 
 const char* InputTensorName() { return kInputName; }
 const char* OutputTensorName() { return kOutputName; }

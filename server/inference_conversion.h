@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "inference/grpc_predict_v2.pb.h"
 #include "worker/engine/servable_model.h"
 #include "worker/model_repository.h"
@@ -30,6 +31,12 @@ struct DecodedBatch {
 // raw_input_contents or typed contents.
 absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest& request,
                                               const worker::ServedModelInfo& model, int64_t max_batch_size);
+
+// Triton's request parameter "timeout": how long, in microseconds, the
+// request may wait in the queue for its pass (an int64 or uint64 >= 0).
+// Absent or 0: no limit (InfiniteDuration). INVALID_ARGUMENT naming
+// parameters[timeout] otherwise.
+absl::StatusOr<absl::Duration> InferQueueTimeout(const inference::ModelInferRequest& request);
 
 // The model's input and output tensor names ("input", "output").
 const char* InputTensorName();

@@ -38,6 +38,29 @@ TEST(ParseModelVersionTest, EmptyIsNewestAndOnlyPositiveNumbersPass) {
   }
 }
 
+TEST(InferQueueTimeoutTest, MicrosecondsAsInt64OrUint64AndZeroOrAbsentMeansNoLimit) {
+  inference::ModelInferRequest request;
+  EXPECT_EQ(*InferQueueTimeout(request), absl::InfiniteDuration());
+  auto& timeout = (*request.mutable_parameters())["timeout"];
+  timeout.set_int64_param(0);
+  EXPECT_EQ(*InferQueueTimeout(request), absl::InfiniteDuration());
+  timeout.set_int64_param(2500);
+  EXPECT_EQ(*InferQueueTimeout(request), absl::Microseconds(2500));
+  timeout.set_uint64_param(7);  // Triton's clients may send either integer type
+  EXPECT_EQ(*InferQueueTimeout(request), absl::Microseconds(7));
+  inference::InferParameter negative, huge, text, fraction;
+  negative.set_int64_param(-1);
+  huge.set_uint64_param(uint64_t{1} << 63);
+  text.set_string_param("100");
+  fraction.set_double_param(1.5);
+  for (const inference::InferParameter& bad : {negative, huge, text, fraction}) {
+    timeout = bad;
+    absl::StatusOr<absl::Duration> parsed = InferQueueTimeout(request);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad.DebugString();
+    EXPECT_THAT(parsed.status().message(), HasSubstr("parameters[timeout]")) << bad.DebugString();
+  }
+}
+
 TEST(DecodeInferInputTest, RawUint8AndTypedFp32GiveTheSamePixels) {
   inference::ModelInferRequest raw = Request("UINT8", {2, 1, 2, 2});
   raw.add_raw_input_contents(std::string("\x00\x01\x02\xff\x10\x20\x30\x40", 8));

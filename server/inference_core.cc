@@ -156,6 +156,18 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
   if (!outputs.ok()) return fail_before_queue(outputs, info);
   absl::StatusOr<DecodedBatch> batch = DecodeInferInput(request, info, max_batch_size());
   if (!batch.ok()) return fail_before_queue(batch.status(), info);
+  absl::StatusOr<absl::Duration> timeout = InferQueueTimeout(request);
+  if (!timeout.ok()) return fail_before_queue(timeout.status(), info);
+  if (*timeout != absl::InfiniteDuration()) {
+    const absl::Time deadline = deps_.clock->Now() + *timeout;
+    abandoned = [caller_gone = std::move(abandoned), clock = deps_.clock, deadline, timeout = *timeout] {
+      absl::Status gone = caller_gone ? caller_gone() : absl::OkStatus();
+      if (!gone.ok() || clock->Now() < deadline) return gone;
+      return absl::DeadlineExceededError(absl::StrCat("parameters[timeout]: the request waited ",
+                                                      absl::FormatDuration(timeout),
+                                                      " for its pass, its timeout; it was not run"));
+    };
+  }
   const int64_t samples = batch->batch;
   // `done` moves into the callback only once the request is queued.
   auto shared_done = std::make_shared<absl::AnyInvocable<void(absl::Status) &&>>(std::move(done));

@@ -16,6 +16,7 @@
 #include "inference/grpc_predict_v2.pb.h"
 #include "server/health_service.h"
 #include "server/inference_stats.h"
+#include "worker/clock.h"
 #include "worker/dynamic_batcher.h"
 #include "worker/job_store.h"
 #include "worker/model_repository.h"
@@ -31,6 +32,8 @@ class InferenceCore {
     const HealthService* health = nullptr;
     InferenceStats* stats = nullptr;  // may be null
     std::string server_version;
+    // For requests' "timeout" parameters.
+    worker::Clock* clock = worker::Clock::Real();
   };
   explicit InferenceCore(const Deps& deps) : deps_(deps) {}
 
@@ -66,7 +69,9 @@ class InferenceCore {
   // `response` is filled: on an inference thread, or on the caller's when
   // the request fails before the queue or runs there. `request` and
   // `response` must stay alive until then. `abandoned` (optional): whether
-  // the caller has gone, so that a request still queued then is not run.
+  // the caller has gone, so that a request still queued then is not run;
+  // nor is one whose "timeout" parameter (InferQueueTimeout) has passed by
+  // its pass: DEADLINE_EXCEEDED.
   void ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                   absl::AnyInvocable<void(absl::Status) &&> done,
                   std::shared_ptr<const worker::LoadedModel> loaded_model = nullptr,

@@ -16,6 +16,16 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const abs
   return reactor;
 }
 
+// Whether the caller has gone (cancelled, or past its deadline), so that its
+// request, if still queued, is not run.
+worker::DynamicBatcher::Abandoned CallerGone(grpc::CallbackServerContext* context) {
+  return [context] {
+    if (!context->IsCancelled()) return absl::OkStatus();
+    return absl::CancelledError(
+        "the caller went away (cancelled, or past its deadline) while the request waited; it was not run");
+  };
+}
+
 }  // namespace
 
 template <typename Work>
@@ -97,13 +107,13 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
     }
     deps_.core->ModelInfer(
         *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); },
-        std::move(loaded), [context] { return context->IsCancelled(); });
+        std::move(loaded), CallerGone(context));
     return reactor;
   }
   return Offload(context, "ModelInfer", [this, context, request, response](grpc::ServerUnaryReactor* reactor) {
     deps_.core->ModelInfer(
         *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); }, nullptr,
-        [context] { return context->IsCancelled(); });
+        CallerGone(context));
   });
 }
 

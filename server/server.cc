@@ -458,6 +458,7 @@ absl::Status QuantdServer::OpenStores() {
   core.health = &health_;
   core.stats = inference_stats_.get();
   core.server_version = QuantdVersion();
+  if (options_.clock != nullptr) core.clock = options_.clock;
   inference_core_ = std::make_unique<InferenceCore>(core);
   InferenceServiceImpl::Deps inference;
   inference.core = inference_core_.get();

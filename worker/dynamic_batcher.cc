@@ -173,15 +173,14 @@ void DynamicBatcher::DropAbandoned(Pass& pass) {
   std::vector<Request> live;
   live.reserve(pass.requests.size());
   for (Request& r : pass.requests) {
-    if (!r.abandoned || !r.abandoned()) {
+    absl::Status unwanted = r.abandoned ? r.abandoned() : absl::OkStatus();
+    if (unwanted.ok()) {
       live.push_back(std::move(r));
       continue;
     }
     BatchStats stats;
     stats.queue_time = clock_->Now() - r.enqueued;
-    std::move(r.done)(absl::CancelledError("the caller went away (cancelled, or past its deadline) while the "
-                                           "request waited; it was not run"),
-                      stats);
+    std::move(r.done)(std::move(unwanted), stats);
   }
   pass.requests = std::move(live);
 }

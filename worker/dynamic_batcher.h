@@ -25,10 +25,11 @@
 // delay after that arrival. Callers get their rows through a callback, on
 // whichever thread ran the pass, or on a completion thread
 // (Options::completion_threads) for passes on the batcher's threads.
-// A queued request whose caller has gone (cancelled, or past its deadline)
-// by the time its pass starts is answered CANCELLED and left out of the
-// pass: under overload, timed-out requests would otherwise take the passes
-// of those still waiting.
+// A queued request whose caller has gone (cancelled, or past its deadline),
+// or whose own timeout has passed, by the time its pass starts is answered
+// with the reason its Abandoned callback gives and left out of the pass:
+// under overload, timed-out requests would otherwise take the passes of
+// those still waiting.
 
 #include <atomic>
 #include <cstdint>
@@ -97,9 +98,10 @@ class DynamicBatcher {
   // pass's error. Runs on the thread that ran the pass:
   // a batcher thread, or the submitting one before Submit returns.
   using Done = absl::AnyInvocable<void(absl::StatusOr<engine::ServingOutput> output, const BatchStats& stats) &&>;
-  // Whether the request's caller no longer waits for it; called from any
-  // thread, before its pass.
-  using Abandoned = std::function<bool()>;
+  // OK while the request's caller still waits for it; otherwise the status it
+  // is answered with, not run (CANCELLED for a caller gone, DEADLINE_EXCEEDED
+  // for a timeout passed, ...). Called from any thread, before its pass.
+  using Abandoned = std::function<absl::Status()>;
 
   DynamicBatcher(const Options& options, Clock* clock);
   ~DynamicBatcher();
@@ -107,7 +109,8 @@ class DynamicBatcher {
   DynamicBatcher& operator=(const DynamicBatcher&) = delete;
 
   // Queues `batch` samples (1..max_batch_size) for `model`; `done` runs once
-  // they have run (or with CANCELLED, not run, once `abandoned` says so).
+  // they have run (or, not run, with the status `abandoned` gives once it is
+  // not OK).
   // RESOURCE_EXHAUSTED when the model's queue is full and UNAVAILABLE after
   // Shutdown; `done` is not called then.
   absl::Status Submit(std::shared_ptr<const BatchableModel> model, std::vector<float> samples, int64_t batch,

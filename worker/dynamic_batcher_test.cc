@@ -152,8 +152,8 @@ TEST(DynamicBatcherTest, RequestsThatQueueBehindARunningPassJoinTheNextWithoutSp
 }
 
 // Callers that went away while their requests waited (a client's deadline
-// passed behind a long pass) get CANCELLED and take no place in the pass;
-// the others' rows stay their own.
+// passed behind a long pass) get the status their Abandoned callback gives
+// and take no place in the pass; the others' rows stay their own.
 TEST(DynamicBatcherTest, RequestsWhoseCallersWentAwayWhileQueuedAreNotRun) {
   auto model = std::make_shared<FakeModel>();
   DynamicBatcher batcher(OneThread(8, absl::ZeroDuration()), Clock::Real());
@@ -162,10 +162,15 @@ TEST(DynamicBatcherTest, RequestsWhoseCallersWentAwayWhileQueuedAreNotRun) {
   ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok());
   model->AwaitPasses(1);
   std::atomic<bool> caller_left{false};
-  const DynamicBatcher::Abandoned left = [&caller_left] { return caller_left.load(); };
+  const DynamicBatcher::Abandoned left = [&caller_left] {
+    return caller_left.load() ? absl::CancelledError("the caller left") : absl::OkStatus();
+  };
+  const DynamicBatcher::Abandoned timed_out = [&caller_left] {
+    return caller_left.load() ? absl::DeadlineExceededError("parameters[timeout] passed") : absl::OkStatus();
+  };
   ASSERT_TRUE(Submit(batcher, model, 2, 100, &gone, left).ok());
   ASSERT_TRUE(Submit(batcher, model, 1, 200, &kept).ok());
-  ASSERT_TRUE(Submit(batcher, model, 1, 300, &also_gone, left).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 300, &also_gone, timed_out).ok());
   caller_left = true;
   model->Release();
   for (Outcome* o : {&first, &gone, &kept, &also_gone}) o->done.WaitForNotification();
@@ -173,8 +178,9 @@ TEST(DynamicBatcherTest, RequestsWhoseCallersWentAwayWhileQueuedAreNotRun) {
   ASSERT_TRUE(kept.output.ok()) << kept.output.status();
   EXPECT_THAT(kept.output->values, ElementsAre(2001, 2011));
   EXPECT_EQ(kept.stats.executed_batch_size, 1);
+  EXPECT_EQ(gone.output.status(), absl::CancelledError("the caller left"));
+  EXPECT_EQ(also_gone.output.status(), absl::DeadlineExceededError("parameters[timeout] passed"));
   for (Outcome* o : {&gone, &also_gone}) {
-    EXPECT_EQ(o->output.status().code(), absl::StatusCode::kCancelled);
     EXPECT_EQ(o->stats.executed_batch_size, 0);  // never in a pass
     EXPECT_FALSE(o->stats.first_of_pass);
   }

@@ -568,6 +568,30 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
   bad = good;
   bad.set_id(std::string(2000, 'x'));
   expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "id: 2000 bytes");
+  bad = good;
+  (*bad.mutable_parameters())["timeout"].set_int64_param(-5);
+  expect_error(bad, grpc::StatusCode::INVALID_ARGUMENT, "parameters[timeout]");
+  {  // Triton's "timeout" parameter: a request still queued once its timeout
+     // has passed is not run. One sent within the batching delay (20 ms) of
+     // the last pass queues for up to that delay, far past 1 us; sent later
+     // (a stalled test machine), it runs at once on an idle server, so a
+     // few tries.
+    inference::ModelInferRequest hurried = good;
+    (*hurried.mutable_parameters())["timeout"].set_int64_param(1);
+    inference::ModelInferRequest patient = good;
+    (*patient.mutable_parameters())["timeout"].set_int64_param(60'000'000);
+    int expired = 0;
+    for (int attempt = 0; attempt < 5 && expired == 0; ++attempt) {
+      inference::ModelInferResponse response;
+      ASSERT_TRUE(Infer(*stub, patient, &response).ok());
+      grpc::Status late = Infer(*stub, hurried, &response);
+      if (late.ok()) continue;
+      EXPECT_EQ(late.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << late.error_message();
+      EXPECT_THAT(late.error_message(), HasSubstr("parameters[timeout]"));
+      ++expired;
+    }
+    EXPECT_EQ(expired, 1) << "no request with a 1 us timeout was ever dropped";
+  }
 
   {  // Triton's repository index, and quantctl's view.
     grpc::ClientContext context;
@@ -717,6 +741,9 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     expect_rest_error(v2 + "/models/nope/infer", body.dump(), 404, "nope");
     expect_rest_error(v2 + "/models/resnet8/versions/9/infer", body.dump(), 404, "no version 9");
     expect_rest_error(v2 + "/models/resnet8/infer", "{not json", 400, "body");
+    nlohmann::json no_timeout = body;
+    no_timeout["parameters"] = {{"timeout", -1}};
+    expect_rest_error(v2 + "/models/resnet8/infer", no_timeout.dump(), 400, "parameters[timeout]");
     nlohmann::json renamed = body;
     renamed["inputs"][0]["name"] = "pixels";
     expect_rest_error(v2 + "/models/resnet8/infer", renamed.dump(), 400, "inputs[0].name");
