@@ -8,7 +8,8 @@ namespace quantd::cli {
 int RunArtifacts(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
   auto a = ParseCommandArgs(args, {"job", "page_token"}, &error);
-  if (!a.has_value() || a->positional.size() > 1) {
+  if (a.has_value()) error = PositionalCountError(*a, 0, 1, "ARTIFACT_ID");
+  if (!error.empty()) {
     return context.UsageError(absl::StrCat("artifacts: ", error, "\nusage: artifacts [ARTIFACT_ID] [--job=JOB_ID]"));
   }
   auto stub = v1::QuantizationService::NewStub(context.channel);

@@ -122,6 +122,40 @@ TEST(CommandTableTest, HealthRejectsUnknownArguments) {
   EXPECT_THAT(err.str(), HasSubstr("unexpected argument \"stray\""));
 }
 
+// A wrong number of arguments says what the command takes and what it got,
+// before any call to the server.
+TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
+  CommandContext context;
+  struct Case {
+    int (*run)(const CommandContext&, const std::vector<std::string>&);
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {&RunDownload, {}, "download: ARTIFACT_ID required"},
+      {&RunDownload, {"art-1"}, "download: --output=FILE (or -o FILE) required"},
+      {&RunDownload, {"art-1", "art-2", "-o", "x.pt"}, "download: takes ARTIFACT_ID, got 2: \"art-1\" \"art-2\""},
+      {&RunUpload, {}, "upload: FILE required"},
+      {&RunModels, {"delete", "resnet8"}, "models: takes delete NAME VERSION, got 2: \"delete\" \"resnet8\""},
+      {&RunBlobs, {"delete"}, "blobs: takes delete BLOB_ID, got 1: \"delete\""},
+      {&RunJobs, {"extra"}, "jobs: takes no arguments, got 1: \"extra\""},
+      {&RunArtifacts, {"a", "b"}, "artifacts: takes ARTIFACT_ID, got 2: \"a\" \"b\""},
+      {&RunEval, {"a", "b", "--data=x.bin"}, "eval: takes NAME[:VERSION], got 2: \"a\" \"b\""},
+      {&RunInfer, {"resnet8"}, "infer: --data required"},
+  };
+  for (const Case& c : cases) {
+    std::ostringstream out, err;
+    context.out = &out;
+    context.err = &err;
+    EXPECT_EQ(c.run(context, c.args), kExitUsage) << c.says;
+    EXPECT_THAT(err.str(), HasSubstr(c.says));
+  }
+  std::string error;
+  std::optional<CommandArgs> short_output = ParseCommandArgs({"art-1", "-o=x.pt"}, {"o", "output"}, &error);
+  ASSERT_TRUE(short_output.has_value()) << error;
+  EXPECT_EQ(short_output->Get("o"), "x.pt");
+}
+
 // Image ranges past the file, however large the numbers, are usage errors
 // (first + count once overflowed past the bounds check into a crash).
 TEST(CommandTableTest, InferRefusesImageRangesPastTheFile) {

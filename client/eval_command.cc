@@ -95,8 +95,9 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
   std::string error;
   auto a = ParseCommandArgs(
       args, {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size"}, &error, {"skip_fp32"});
-  if (!a.has_value() || a->positional.size() != 1) {
-    return context.UsageError(absl::StrCat("eval: ", error.empty() ? "NAME[:VERSION] required" : error, "\n", kUsage));
+  if (a.has_value()) error = PositionalCountError(*a, 1, 1, "NAME[:VERSION]");
+  if (!error.empty()) {
+    return context.UsageError(absl::StrCat("eval: ", error, "\n", kUsage));
   }
   v1::EvaluateRequest request;
   const std::string& target = a->positional[0];

@@ -122,13 +122,16 @@ bool ReadNpy(const std::string& bytes, int64_t first, int64_t count, Images* out
 int RunInfer(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
   auto a = ParseCommandArgs(args, {"data", "data_format", "first", "count", "top"}, &error);
-  if (!a.has_value() || a->positional.size() != 1 || !a->Has("data")) {
-    return context.UsageError(absl::StrCat("infer: ", error.empty() ? "NAME and --data required" : error, "\n", kUsage));
+  if (a.has_value()) error = PositionalCountError(*a, 1, 1, "NAME[:VERSION]");
+  if (a.has_value() && error.empty() && !a->Has("data")) error = "--data required";
+  if (!error.empty()) {
+    return context.UsageError(absl::StrCat("infer: ", error, "\n", kUsage));
   }
   int64_t first = 0, count = 1, top = 3;
   for (auto [flag, value] : {std::pair<const char*, int64_t*>{"first", &first}, {"count", &count}, {"top", &top}}) {
     if (a->Has(flag) && (!absl::SimpleAtoi(a->Get(flag), value) || *value < (std::string(flag) == "first" ? 0 : 1))) {
-      return context.UsageError(absl::StrCat("infer: --", flag, ": \"", a->Get(flag), "\" is not a valid count"));
+      return context.UsageError(absl::StrCat("infer: --", flag, ": \"", a->Get(flag), "\" is not ",
+                                             std::string(flag) == "first" ? "an image index (0, 1, ...)" : "a count (1, 2, ...)"));
     }
   }
   std::ifstream in(a->Get("data"), std::ios::binary);
@@ -173,10 +176,13 @@ int RunInfer(const CommandContext& context, const std::vector<std::string>& args
   // BYTES: per element a 4-byte little-endian length, then "score:index[:label]".
   const std::string& raw = response.raw_output_contents(0);
   const int64_t k = response.outputs(0).shape(1);
-  std::string text = absl::StrFormat("%s version %s%s", response.model_name(), response.model_version(),
-                                     response.parameters().count("kernel_engine")
-                                         ? absl::StrCat(" (int8 on ", response.parameters().at("kernel_engine").string_param(), ")")
-                                         : "");
+  std::string ran_on;
+  if (auto it = response.parameters().find("kernel_engine"); it != response.parameters().end()) {
+    // The FP32 source model of a version (NAME.fp32) reports "fp32".
+    const std::string& engine = it->second.string_param();
+    ran_on = engine == "fp32" ? " (FP32)" : absl::StrCat(" (int8 on ", engine, ")");
+  }
+  std::string text = absl::StrFormat("%s version %s%s", response.model_name(), response.model_version(), ran_on);
   size_t at = 0;
   for (int64_t n = 0; n < count; ++n) {
     absl::StrAppend(&text, "\nimage ", first + n);

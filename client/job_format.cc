@@ -25,6 +25,16 @@ std::string CommandArgs::Get(const std::string& name, const std::string& fallbac
   return it == flags.end() ? fallback : it->second;
 }
 
+std::string PositionalCountError(const CommandArgs& a, size_t min, size_t max, const std::string& takes) {
+  const size_t n = a.positional.size();
+  if (n >= min && n <= max) return "";
+  if (n == 0) return absl::StrCat(takes, " required");
+  std::vector<std::string> quoted;
+  for (const std::string& p : a.positional) quoted.push_back(absl::StrCat("\"", p, "\""));
+  return absl::StrCat(max == 0 ? "takes no arguments" : absl::StrCat("takes ", takes), ", got ", n, ": ",
+                      absl::StrJoin(quoted, " "));
+}
+
 std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args,
                                             const std::vector<std::string>& allowed, std::string* error,
                                             const std::vector<std::string>& booleans) {
@@ -34,7 +44,7 @@ std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args
   CommandArgs parsed;
   for (size_t i = 0; i < args.size(); ++i) {
     std::string arg = args[i];
-    if (arg == "-o") arg = "--o";
+    if (arg == "-o" || absl::StartsWith(arg, "-o=")) arg = "-" + arg;
     if (!absl::StartsWith(arg, "--")) {
       parsed.positional.push_back(arg);
       continue;
@@ -169,6 +179,9 @@ std::string JobText(const v1::Job& job) {
                     "\n  size_bytes: ", r.artifact_size_bytes(), "\n  kernel_engine: ",
                     r.kernel_engine(), "\n  qconfig: ", r.qconfig_description(),
                     "\n  calibration_samples: ", r.calibration_samples());
+    if (r.model_version() > 0) {
+      absl::StrAppend(&text, "\n  published: ", r.model_name(), " version ", r.model_version());
+    }
     std::vector<std::string> groups;
     for (const auto& g : r.fused_groups()) groups.push_back("[" + absl::StrJoin(g.modules(), ",") + "]");
     absl::StrAppend(&text, "\n  fused: ", absl::StrJoin(groups, " "));
@@ -237,6 +250,7 @@ std::string EventText(const v1::JobEvent& e) {
       if (!r.error_message().empty()) return absl::StrCat(e.job_id(), " error: ", r.error_message());
       std::string text = absl::StrCat(e.job_id(), " result artifact ", r.artifact_id(), " sha256 ",
                                       r.artifact_sha256(), " size ", r.artifact_size_bytes());
+      if (r.model_version() > 0) absl::StrAppend(&text, " published ", r.model_name(), " version ", r.model_version());
       if (r.has_int8_accuracy()) {
         absl::StrAppend(&text, " int8 ", AccuracyText(r.int8_accuracy()), " fp32 ",
                         AccuracyText(r.fp32_accuracy()));

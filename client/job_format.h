@@ -19,7 +19,7 @@ namespace quantd::cli {
 // A command's flags and positional arguments. Value flags are "--name=VALUE"
 // or "--name VALUE" (a missing value is an error naming the flag); boolean
 // flags are "--name" (true) or "--name=true|false|1|0", stored as "true" or
-// "false"; "-o FILE" is "--o=FILE".
+// "false"; "-o FILE" and "-o=FILE" are "--o=FILE".
 struct CommandArgs {
   std::map<std::string, std::string> flags;
   std::vector<std::string> positional;
@@ -33,6 +33,11 @@ struct CommandArgs {
 std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args,
                                             const std::vector<std::string>& allowed, std::string* error,
                                             const std::vector<std::string>& booleans = {});
+
+// Why the arguments that are not flags do not fit a command that takes
+// `min`..`max` of them (`takes`, as its usage line names them, e.g.
+// "ARTIFACT_ID"); "" when they fit.
+std::string PositionalCountError(const CommandArgs& a, size_t min, size_t max, const std::string& takes);
 
 // A DatasetRef from --PREFIX=PATH | --PREFIX_blob=ID, --PREFIX_format=cifar10|npy
 // and --PREFIX_labels=PATH (false with *error naming the flag).

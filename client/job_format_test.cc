@@ -8,6 +8,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::Pair;
 using ::testing::UnorderedElementsAre;
 
@@ -56,6 +57,18 @@ TEST(ParseCommandArgsTest, UnknownFlagsAreNamed) {
   std::string error;
   EXPECT_FALSE(ParseCommandArgs({"--modle=m.pt"}, {"model"}, &error, {"wait"}).has_value());
   EXPECT_EQ(error, "unknown flag --modle");
+}
+
+// A job that published a version says which, as quantctl models lists it.
+TEST(JobTextTest, APublishedVersionIsNamed) {
+  v1::Job job;
+  job.set_id("job-1");
+  v1::JobResult& result = *job.mutable_result();
+  result.set_artifact_id("art-1");
+  EXPECT_THAT(JobText(job), Not(HasSubstr("published")));
+  result.set_model_name("resnet8");
+  result.set_model_version(2);
+  EXPECT_THAT(JobText(job), HasSubstr("\n  published: resnet8 version 2"));
 }
 
 }  // namespace

@@ -12,7 +12,8 @@ namespace quantd::cli {
 int RunJobs(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
   auto a = ParseCommandArgs(args, {"state", "page_size", "page_token"}, &error);
-  if (!a.has_value() || !a->positional.empty()) {
+  if (a.has_value()) error = PositionalCountError(*a, 0, 0, "");
+  if (!error.empty()) {
     return context.UsageError(absl::StrCat("jobs: ", error,
                                            "\nusage: jobs [--state=queued,running,...] [--page_size=N] [--page_token=T]"));
   }

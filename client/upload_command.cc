@@ -35,7 +35,8 @@ bool SendFile(std::ifstream& in, Writer* writer) {
 int RunUpload(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
   auto a = ParseCommandArgs(args, {"kind", "format", "sha256"}, &error);
-  if (!a.has_value() || a->positional.size() != 1) {
+  if (a.has_value()) error = PositionalCountError(*a, 1, 1, "FILE");
+  if (!error.empty()) {
     return context.UsageError(absl::StrCat(
         "upload: ", error, "\nusage: upload FILE [--kind=model|dataset] [--format=cifar10|npy] [--sha256=HEX]"));
   }

@@ -95,12 +95,14 @@ absl::Status InferenceCore::RepositoryIndex(const inference::RepositoryIndexRequ
 
 absl::Status InferenceCore::ModelStatistics(const inference::ModelStatisticsRequest& request,
                                             inference::ModelStatisticsResponse* response) {
+  QUANTD_ASSIGN_OR_RETURN(int64_t version, ParseModelVersion(request.version(), "version"));
   if (!request.name().empty()) {
     std::string base;
     bool fp32 = false;
     QUANTD_RETURN_IF_ERROR(worker::ModelRepository::ParseName(request.name(), "name", &base, &fp32));
+    // An unknown name or version is NOT_FOUND, as for metadata and infer.
+    QUANTD_RETURN_IF_ERROR(deps_.jobs->GetModelVersion(base, version).status());
   }
-  QUANTD_ASSIGN_OR_RETURN(int64_t version, ParseModelVersion(request.version(), "version"));
   if (deps_.stats != nullptr) deps_.stats->Fill(request.name(), version, response);
   return absl::OkStatus();
 }

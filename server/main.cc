@@ -4,9 +4,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
-#include <algorithm>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -201,7 +201,16 @@ int main(int argc, char** argv) {
     PrintHelp();
     return 0;
   }
+  // Abseil reports an unknown flag or a bad value (naming the flag) and
+  // calls exit(1), the code of a failed start. Exit 2 instead, the usage
+  // error of quantd's own checks below, of quantctl and of quantd-quantize.
+  static bool parsing_flags = false;
+  std::atexit([] {
+    if (parsing_flags) std::_Exit(2);
+  });
+  parsing_flags = true;
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  parsing_flags = false;
   if (positional.size() > 1) {
     // "--vet_models false" would otherwise leave the flag true, silently.
     std::cerr << "quantd: unexpected argument '" << positional[1]

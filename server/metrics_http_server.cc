@@ -1,6 +1,7 @@
 #include "server/metrics_http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 #include <nlohmann/json.hpp>
 #include <prometheus/text_serializer.h>
 
@@ -105,6 +106,14 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     server->http_ = std::make_unique<httplib::Server>();
   }
   httplib::Server& http = *server->http_;
+  // cpp-httplib sets SO_REUSEPORT on Linux, so a second quantd on a busy
+  // port would bind too and take half of its requests and scrapes. Only
+  // SO_REUSEADDR (a restart binds over connections in TIME_WAIT), as gRPC's
+  // port has (server.cc).
+  http.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   // A silent client holds one pool thread for at most this long.
   http.set_read_timeout(5, 0);
   http.set_write_timeout(5, 0);

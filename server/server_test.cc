@@ -23,6 +23,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include <grpcpp/create_channel.h>
 
@@ -115,6 +116,24 @@ TEST(ServerMetricsEndpointTest, BindsEphemeralMetricsPort) {
   EXPECT_NE((*server)->metrics_port(), (*server)->grpc_port());
   (*server)->Shutdown(absl::Seconds(5));
   std::filesystem::remove_all(options.data_dir);
+}
+
+// A second server on a busy HTTP port fails to start rather than sharing
+// the port (cpp-httplib's default SO_REUSEPORT would let it bind).
+TEST(ServerMetricsEndpointTest, ABusyMetricsPortIsRefused) {
+  QuantdServer::Options options = LoopbackOptions(TempDir("metrics_busy"));
+  options.metrics_port = 0;
+  auto first = QuantdServer::Start(options);
+  ASSERT_TRUE(first.ok()) << first.status();
+  QuantdServer::Options second = LoopbackOptions(TempDir("metrics_busy_second"));
+  second.metrics_port = (*first)->metrics_port();
+  auto refused = QuantdServer::Start(second);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr(absl::StrCat(":", second.metrics_port, " (address in use")));
+  (*first)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+  std::filesystem::remove_all(second.data_dir);
 }
 
 TEST_F(ServerTest, HealthServingForServerAndService) {

@@ -665,6 +665,15 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     grpc::ClientContext bad_context;
     request.set_version("x");
     EXPECT_EQ(stub->ModelStatistics(&bad_context, request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    // Unknown names and versions are NOT_FOUND, as for metadata and infer.
+    for (const auto& [name, version] : {std::pair<std::string, std::string>{"nope", ""}, {"resnet8", "7"}}) {
+      grpc::ClientContext unknown_context;
+      request.set_name(name);
+      request.set_version(version);
+      grpc::Status unknown = stub->ModelStatistics(&unknown_context, request, &response);
+      EXPECT_EQ(unknown.error_code(), grpc::StatusCode::NOT_FOUND) << name << " " << version;
+      EXPECT_THAT(unknown.error_message(), HasSubstr(name));
+    }
   }
   {  // REST (KServe v2) with curl: health, metadata, JSON and binary infer,
      // the same scores as gRPC, errors as {"error": ...} naming the field.
@@ -792,6 +801,8 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     CurlResult all_stats = Curl(v2 + "/models/stats");
     ASSERT_EQ(all_stats.status, 200) << all_stats.body;
     EXPECT_GE(nlohmann::json::parse(all_stats.body, nullptr, false)["model_stats"].size(), 2u) << all_stats.body;
+    EXPECT_EQ(Curl(v2 + "/models/nope/stats").status, 404);
+    EXPECT_EQ(Curl(v2 + "/models/resnet8/versions/7/stats").status, 404);
   }
   {  // The metrics count it: requests by code, samples and executed passes.
     CurlResult metrics = Curl(quantd.http_url() + "/metrics");

@@ -430,6 +430,21 @@ TEST(QuantdFlagsTest, InvalidWorkersFailsClearly) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(QuantdFlagsTest, UnknownFlagsAndUnparsableValuesAreUsageErrors) {
+  std::string dir = MakeTempDir("quantd_flags");
+  for (const auto& [flag, named] : std::vector<std::pair<std::string, std::string>>{
+           {"--bogus=1", "'bogus'"},
+           {"--grpc_port=abc", "'grpc_port'"},
+           {"--dynamic_batching=maybe", "'dynamic_batching'"}}) {
+    auto result = RunCommand({QUANTD_BIN, "--metrics_port=-1", flag, "--data_dir=" + dir + "/data"}, kCommandTimeout);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->exit_code, 2) << flag << ": " << result->err;  // as quantd's own checks, not a failed start
+    EXPECT_THAT(result->err, HasSubstr(named)) << flag;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/data")) << flag;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(QuantdFlagsTest, HelpListsTheFlagsAndSucceeds) {
   auto result = RunCommand({QUANTD_BIN, "--help"}, kCommandTimeout);
   ASSERT_TRUE(result.ok()) << result.status();
