@@ -1,7 +1,9 @@
 // quantctl download ARTIFACT_ID -o FILE: streams the artifact, checks its
 // sha256 and size against the header and trailer, then renames it into place.
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <ostream>
@@ -33,7 +35,10 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
   const std::string target = a->Has("output") ? a->Get("output") : a->Get("o");
   const std::string tmp = target + ".part";
   std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-  if (!out) return context.UsageError(absl::StrCat("download: cannot write ", tmp));
+  if (!out) {
+    *context.err << "quantctl: download: cannot write " << tmp << ": " << std::strerror(errno) << "\n";
+    return kExitFailure;
+  }
 
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;

@@ -101,7 +101,9 @@ std::string AccuracyText(const v1::Accuracy& a) {
 }  // namespace
 
 std::string JobLine(const v1::Job& job) {
-  return absl::StrCat(job.id(), "  ", State(job.state()), "  ", Phase(job.phase()), "  ",
+  // A queued job has no phase yet.
+  const std::string phase = job.phase() == v1::PHASE_UNSPECIFIED ? "-" : Phase(job.phase());
+  return absl::StrCat(job.id(), "  ", State(job.state()), "  ", phase, "  ",
                       google::protobuf::util::TimeUtil::ToString(job.create_time()),
                       job.result().artifact_id().empty() ? "" : "  " + job.result().artifact_id());
 }

@@ -198,9 +198,8 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
                                                    " values and arrays in the JSON body, more than a batch of "
                                                    "--max_batch_size samples of this model takes"));
   }
-  if (body.is_discarded() || !body.is_object()) {
-    return absl::InvalidArgumentError("body: not a JSON object (the inference request)");
-  }
+  if (body.is_discarded()) return absl::InvalidArgumentError("body: not valid JSON");
+  if (!body.is_object()) return absl::InvalidArgumentError("body: not a JSON object (the inference request)");
   request->set_model_name(path.name);
   request->set_model_version(path.version);
   if (body.contains("id")) {

@@ -175,7 +175,13 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     if (response.status == 404) {
       SetError(request, response, 404, "not found; try /metrics or /v2");
     } else if (response.status == 413) {
-      SetError(request, response, 413, "the body is larger than the server accepts");
+      // Bodies declaring more than the limit were refused before reading;
+      // this is cpp-httplib's own 8 KiB cap on form-encoded ones.
+      const bool form = absl::StartsWith(request.get_header_value("Content-Type"), "application/x-www-form-urlencoded");
+      SetError(request, response, 413,
+               form ? "a form-encoded body (the Content-Type curl -d sends) is limited to 8 KiB: send "
+                      "Content-Type: application/json"
+                    : "the body is larger than the server accepts");
     } else if (response.status == 400) {
       SetError(request, response, 400, "malformed HTTP request or body");
     } else if (response.status == 414) {

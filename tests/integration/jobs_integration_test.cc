@@ -749,7 +749,8 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     expect_rest_error(v2 + "/models/resnet8/infer", short_data.dump(), 400, "uint_contents");
     expect_rest_error(v2 + "/models/nope/infer", body.dump(), 404, "nope");
     expect_rest_error(v2 + "/models/resnet8/versions/9/infer", body.dump(), 404, "no version 9");
-    expect_rest_error(v2 + "/models/resnet8/infer", "{not json", 400, "body");
+    expect_rest_error(v2 + "/models/resnet8/infer", "{not json", 400, "body: not valid JSON");
+    expect_rest_error(v2 + "/models/resnet8/infer", "[1, 2]", 400, "body: not a JSON object");
     nlohmann::json no_timeout = body;
     no_timeout["parameters"] = {{"timeout", -1}};
     expect_rest_error(v2 + "/models/resnet8/infer", no_timeout.dump(), 400, "parameters[timeout]");

@@ -362,6 +362,10 @@ TEST_F(QuantdIntegrationTest, TheHttpEdgeRefusesBodiesItCannotBoundAndAnswersInJ
       {absl::StrCat(index, "Content-Length: ", deep.size(), "\r\n\r\n", deep), 400, "nested deeper than 32"},
       {index + "Content-Length: 999999999999\r\n\r\n{}", 413, "larger than the server accepts"},
       {index + "Content-Length: -2\r\n\r\n{}", 400, "Content-Length"},
+      // curl -d's default Content-Type: cpp-httplib caps it at 8 KiB.
+      {absl::StrCat(index, "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 9000\r\n\r\n",
+                    std::string(9000, 'x')),
+       413, "Content-Type: application/json"},
   };
   for (const Case& c : cases) {
     test_util::HttpResponse response = exchange(c.request);
