@@ -22,7 +22,9 @@ int RunBlobs(const CommandContext& context, const std::vector<std::string>& args
   std::string error;
   auto a = ParseCommandArgs(args, {"page_token"}, &error);
   const bool deleting = a.has_value() && !a->positional.empty() && a->positional[0] == "delete";
-  if (a.has_value()) error = deleting ? PositionalCountError(*a, 2, 2, "delete BLOB_ID") : PositionalCountError(*a, 0, 1, "BLOB_ID");
+  if (a.has_value()) {
+    error = deleting ? PositionalCountError(*a, 2, 2, "delete BLOB_ID") : PositionalCountError(*a, 0, 1, "BLOB_ID");
+  }
   if (!error.empty()) {
     return context.UsageError(absl::StrCat("blobs: ", error, "\nusage: blobs [BLOB_ID] | blobs delete BLOB_ID"));
   }

@@ -21,7 +21,9 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
   // --output as in quantd-quantize; -o for short.
   if (a.has_value() && a->Has("o") && a->Has("output")) error = "-o and --output name the same file: give one";
   if (a.has_value() && error.empty()) error = PositionalCountError(*a, 1, 1, "ARTIFACT_ID");
-  if (a.has_value() && error.empty() && !a->Has("o") && !a->Has("output")) error = "--output=FILE (or -o FILE) required";
+  if (a.has_value() && error.empty() && !a->Has("o") && !a->Has("output")) {
+    error = "--output=FILE (or -o FILE) required";
+  }
   if (!error.empty()) {
     return context.UsageError(absl::StrCat("download: ", error,
                                            "\nusage: download ARTIFACT_ID (--output=FILE | -o FILE) "

@@ -130,8 +130,8 @@ int RunInfer(const CommandContext& context, const std::vector<std::string>& args
   int64_t first = 0, count = 1, top = 3;
   for (auto [flag, value] : {std::pair<const char*, int64_t*>{"first", &first}, {"count", &count}, {"top", &top}}) {
     if (a->Has(flag) && (!absl::SimpleAtoi(a->Get(flag), value) || *value < (std::string(flag) == "first" ? 0 : 1))) {
-      return context.UsageError(absl::StrCat("infer: --", flag, ": \"", a->Get(flag), "\" is not ",
-                                             std::string(flag) == "first" ? "an image index (0, 1, ...)" : "a count (1, 2, ...)"));
+      const char* wanted = std::string(flag) == "first" ? "an image index (0, 1, ...)" : "a count (1, 2, ...)";
+      return context.UsageError(absl::StrCat("infer: --", flag, ": \"", a->Get(flag), "\" is not ", wanted));
     }
   }
   std::ifstream in(a->Get("data"), std::ios::binary);

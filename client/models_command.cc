@@ -21,7 +21,9 @@ int RunModels(const CommandContext& context, const std::vector<std::string>& arg
   std::string error;
   auto a = ParseCommandArgs(args, {}, &error);
   const bool deleting = a.has_value() && !a->positional.empty() && a->positional[0] == "delete";
-  if (a.has_value()) error = deleting ? PositionalCountError(*a, 3, 3, "delete NAME VERSION") : PositionalCountError(*a, 0, 1, "NAME");
+  if (a.has_value()) {
+    error = deleting ? PositionalCountError(*a, 3, 3, "delete NAME VERSION") : PositionalCountError(*a, 0, 1, "NAME");
+  }
   if (!error.empty()) {
     return context.UsageError(absl::StrCat("models: ", error, "\nusage: models [NAME] | models delete NAME VERSION"));
   }

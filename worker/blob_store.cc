@@ -66,7 +66,8 @@ absl::StatusOr<std::string> BlobStore::PathOf(const std::string& blob_id,
   std::string path = (fs::path(dir_) / blob_id).string();
   std::error_code error;
   if (!fs::is_regular_file(path, error)) {
-    return absl::NotFoundError(absl::StrCat(field, ": blob ", blob_id, " was never uploaded"));
+    return absl::NotFoundError(
+        absl::StrCat(field, ": blob ", blob_id, " is not in the store (never uploaded, or deleted)"));
   }
   return path;
 }
@@ -96,7 +97,9 @@ absl::StatusOr<StoredBlob> BlobStore::Stat(const std::string& blob_id, const std
 absl::Status BlobStore::Remove(const std::string& blob_id) const {
   QUANTD_ASSIGN_OR_RETURN(std::string path, PathOf(blob_id, "id"));
   if (::unlink(path.c_str()) != 0) {
-    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("blob ", blob_id, " was never uploaded"));
+    if (errno == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("blob ", blob_id, " is not in the store (never uploaded, or deleted)"));
+    }
     return absl::InternalError(absl::StrCat("cannot delete blob ", blob_id, ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
