@@ -165,9 +165,8 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
     abandoned = [caller_gone = std::move(abandoned), clock = deps_.clock, deadline, timeout = *timeout] {
       absl::Status gone = caller_gone ? caller_gone() : absl::OkStatus();
       if (!gone.ok() || clock->Now() < deadline) return gone;
-      return absl::DeadlineExceededError(absl::StrCat("parameters[timeout]: the request waited ",
-                                                      absl::FormatDuration(timeout),
-                                                      " for its pass, its timeout; it was not run"));
+      return absl::DeadlineExceededError(absl::StrCat("parameters[timeout]: its ", absl::FormatDuration(timeout),
+                                                      " passed while the request waited for a pass; it was not run"));
     };
   }
   const int64_t samples = batch->batch;

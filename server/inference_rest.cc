@@ -39,6 +39,19 @@ HttpReply ErrorReply(const absl::Status& status) {
   return reply;
 }
 
+// The tensor checks run on the protocol's gRPC message, where a REST
+// input's "data" became contents.uint_contents or fp32_contents: errors
+// about it name the field the REST client sent.
+absl::Status WithRestFieldNames(absl::Status status) {
+  for (const absl::string_view grpc_field : {"inputs[0].contents.uint_contents", "inputs[0].contents.fp32_contents"}) {
+    if (absl::StartsWith(status.message(), grpc_field)) {
+      return absl::Status(status.code(),
+                          absl::StrCat("inputs[0].data", status.message().substr(grpc_field.size())));
+    }
+  }
+  return status;
+}
+
 // 405 with the method the resource takes.
 HttpReply MethodNotAllowed(const std::string& what, const std::string& allowed) {
   HttpReply reply = JsonReply(405, Json{{"error", absl::StrCat(what, ": use ", allowed)}});
@@ -553,7 +566,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
       },
       *std::move(model));
   done.WaitForNotification();
-  if (!outcome.ok()) return ErrorReply(outcome);
+  if (!outcome.ok()) return ErrorReply(WithRestFieldNames(std::move(outcome)));
   return FromInferResponse(response, binary_outputs);
 }
 

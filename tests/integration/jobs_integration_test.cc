@@ -746,7 +746,8 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     expect_rest_error(v2 + "/models/resnet8/infer", wrong_shape.dump(), 400, "inputs[0].shape");
     nlohmann::json short_data = body;
     short_data["inputs"][0]["data"] = {1, 2, 3};
-    expect_rest_error(v2 + "/models/resnet8/infer", short_data.dump(), 400, "uint_contents");
+    expect_rest_error(v2 + "/models/resnet8/infer", short_data.dump(), 400,
+                      "inputs[0].data: 3 values, but [2, 3, 32, 32] holds 6144");
     expect_rest_error(v2 + "/models/nope/infer", body.dump(), 404, "nope");
     expect_rest_error(v2 + "/models/resnet8/versions/9/infer", body.dump(), 404, "no version 9");
     expect_rest_error(v2 + "/models/resnet8/infer", "{not json", 400, "body: not valid JSON");
