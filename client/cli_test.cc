@@ -142,6 +142,8 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunArtifacts, {"a", "b"}, "artifacts: takes ARTIFACT_ID, got 2: \"a\" \"b\""},
       {&RunEval, {"a", "b", "--data=x.bin"}, "eval: takes NAME[:VERSION], got 2: \"a\" \"b\""},
       {&RunInfer, {"resnet8"}, "infer: --data required"},
+      {&RunEval, {"--id=eval-1", "resnet8"}, "eval: takes no arguments, got 1: \"resnet8\""},
+      {&RunEval, {"--id=eval-1", "--data=x.bin"}, "eval: --id follows an evaluation already started; --data"},
   };
   for (const Case& c : cases) {
     std::ostringstream out, err;

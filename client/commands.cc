@@ -82,7 +82,7 @@ const std::vector<Command>& Commands() {
       {"eval", "NAME[:VERSION] --data=PATH [--data_format=cifar10|npy] [--max_samples=N] [--skip_fp32]",
        "evaluate a published version, int8 and FP32 side by side (top-1/5, per class, confusion)", &RunEval,
        "NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] [--data_labels=PATH] "
-       "[--max_samples=N] [--batch_size=N] [--skip_fp32]"},
+       "[--max_samples=N] [--batch_size=N] [--skip_fp32] | --id=EVALUATION_ID"},
       {"health", "[--service=NAME]",
        "check quantd's health (grpc.health.v1); exit 0 if SERVING", &RunHealth},
       {"infer", "NAME[:VERSION] --data=FILE [--data_format=cifar10|npy] [--first=N] [--count=N] [--top=K]",

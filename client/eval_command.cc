@@ -21,7 +21,8 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: eval NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] [--data_labels=PATH] "
-    "[--max_samples=N] [--batch_size=N] [--skip_fp32]";
+    "[--max_samples=N] [--batch_size=N] [--skip_fp32]\n"
+    "       eval --id=EVALUATION_ID (follow or show one already started)";
 
 std::string Percent(uint64_t part, uint64_t whole) {
   return whole == 0 ? "-" : absl::StrFormat("%.2f%%", 100.0 * static_cast<double>(part) / static_cast<double>(whole));
@@ -89,15 +90,81 @@ std::string ReportText(const v1::Evaluation& e) {
   return text;
 }
 
+// Follows `evaluation` until it ends (a live line on a terminal, a plain one
+// every few seconds on a pipe), then prints its report.
+int FollowEvaluation(const CommandContext& context, v1::QuantizationService::Stub& stub, v1::Evaluation evaluation) {
+  const bool terminal = context.out == &std::cout && ::isatty(STDOUT_FILENO) == 1 && !context.options.json;
+  const absl::Time start = absl::Now();
+  absl::Time last_line = start;
+  while (evaluation.state() == v1::EVALUATION_STATE_RUNNING) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // poll interval
+    grpc::ClientContext call;
+    context.PrepareCall(call);
+    v1::GetEvaluationRequest get;
+    get.set_id(evaluation.id());
+    grpc::Status status = stub.GetEvaluation(&call, get, &evaluation);
+    if (!status.ok()) return context.RpcFailed("get evaluation", status);
+    const absl::Duration elapsed = absl::Now() - start;
+    const double done = static_cast<double>(evaluation.samples_done());
+    const double total = static_cast<double>(evaluation.samples_total());
+    // The id, so that a user who stops following can come back (--id).
+    std::string line = absl::StrFormat("evaluation %s of %s version %d: %d/%d images, %s elapsed", evaluation.id(),
+                                       evaluation.model_name(), evaluation.model_version(), evaluation.samples_done(),
+                                       evaluation.samples_total(),
+                                       absl::FormatDuration(absl::Trunc(elapsed, absl::Seconds(1))));
+    if (done > 0 && total > done) {
+      absl::StrAppend(&line, ", about ",
+                      absl::FormatDuration(absl::Trunc(elapsed * ((total - done) / done), absl::Seconds(1))),
+                      " left");
+    }
+    if (terminal) {
+      *context.out << "\r\033[K" << line << std::flush;
+    } else if (!context.options.json && absl::Now() - last_line >= absl::Seconds(5)) {
+      *context.out << line << "\n";
+      last_line = absl::Now();
+    }
+  }
+  if (terminal) *context.out << "\r\033[K";
+  if (evaluation.state() != v1::EVALUATION_STATE_SUCCEEDED) {
+    if (context.options.json) context.Print(evaluation, "");
+    *context.err << "quantctl: evaluation " << evaluation.id() << " failed: " << evaluation.error_code() << ": "
+                 << evaluation.error() << "\n";
+    return kExitFailure;
+  }
+  context.Print(evaluation, ReportText(evaluation));
+  return kExitOk;
+}
+
 }  // namespace
 
 int RunEval(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
   auto a = ParseCommandArgs(
-      args, {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size"}, &error, {"skip_fp32"});
-  if (a.has_value()) error = PositionalCountError(*a, 1, 1, "NAME[:VERSION]");
+      args, {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size", "id"}, &error,
+      {"skip_fp32"});
+  if (a.has_value() && a->Has("id")) {
+    for (const char* other : {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size",
+                              "skip_fp32"}) {
+      if (a->Has(other)) error = absl::StrCat("--id follows an evaluation already started; --", other, " is not for it");
+    }
+    if (error.empty()) error = PositionalCountError(*a, 0, 0, "");
+    if (error.empty() && a->Get("id").empty()) error = "--id: an evaluation id (eval-...)";
+  } else if (a.has_value()) {
+    error = PositionalCountError(*a, 1, 1, "NAME[:VERSION]");
+  }
   if (!error.empty()) {
     return context.UsageError(absl::StrCat("eval: ", error, "\n", kUsage));
+  }
+  auto stub = v1::QuantizationService::NewStub(context.channel);
+  if (a->Has("id")) {
+    v1::Evaluation evaluation;
+    grpc::ClientContext call;
+    context.PrepareCall(call);
+    v1::GetEvaluationRequest get;
+    get.set_id(a->Get("id"));
+    grpc::Status status = stub->GetEvaluation(&call, get, &evaluation);
+    if (!status.ok()) return context.RpcFailed("get evaluation", status);
+    return FollowEvaluation(context, *stub, std::move(evaluation));
   }
   v1::EvaluateRequest request;
   const std::string& target = a->positional[0];
@@ -120,7 +187,6 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
   }
   request.set_skip_fp32(a->IsOn("skip_fp32"));
 
-  auto stub = v1::QuantizationService::NewStub(context.channel);
   v1::Evaluation evaluation;
   {
     grpc::ClientContext call;
@@ -128,45 +194,7 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
     grpc::Status status = stub->Evaluate(&call, request, &evaluation);
     if (!status.ok()) return context.RpcFailed("evaluate", status);
   }
-  // A live line on a terminal; on a pipe, a plain line every few seconds.
-  const bool terminal = context.out == &std::cout && ::isatty(STDOUT_FILENO) == 1 && !context.options.json;
-  const absl::Time start = absl::Now();
-  absl::Time last_line = start;
-  while (evaluation.state() == v1::EVALUATION_STATE_RUNNING) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // poll interval
-    grpc::ClientContext call;
-    context.PrepareCall(call);
-    v1::GetEvaluationRequest get;
-    get.set_id(evaluation.id());
-    grpc::Status status = stub->GetEvaluation(&call, get, &evaluation);
-    if (!status.ok()) return context.RpcFailed("get evaluation", status);
-    const absl::Duration elapsed = absl::Now() - start;
-    const double done = static_cast<double>(evaluation.samples_done());
-    const double total = static_cast<double>(evaluation.samples_total());
-    std::string line = absl::StrFormat("evaluating %s version %d: %d/%d images, %s elapsed", evaluation.model_name(),
-                                       evaluation.model_version(), evaluation.samples_done(),
-                                       evaluation.samples_total(), absl::FormatDuration(absl::Trunc(elapsed, absl::Seconds(1))));
-    if (done > 0 && total > done) {
-      absl::StrAppend(&line, ", about ",
-                      absl::FormatDuration(absl::Trunc(elapsed * ((total - done) / done), absl::Seconds(1))),
-                      " left");
-    }
-    if (terminal) {
-      *context.out << "\r\033[K" << line << std::flush;
-    } else if (!context.options.json && absl::Now() - last_line >= absl::Seconds(5)) {
-      *context.out << line << "\n";
-      last_line = absl::Now();
-    }
-  }
-  if (terminal) *context.out << "\r\033[K";
-  if (evaluation.state() != v1::EVALUATION_STATE_SUCCEEDED) {
-    if (context.options.json) context.Print(evaluation, "");
-    *context.err << "quantctl: evaluation " << evaluation.id() << " failed: " << evaluation.error_code() << ": "
-                 << evaluation.error() << "\n";
-    return kExitFailure;
-  }
-  context.Print(evaluation, ReportText(evaluation));
-  return kExitOk;
+  return FollowEvaluation(context, *stub, std::move(evaluation));
 }
 
 }  // namespace quantd::cli

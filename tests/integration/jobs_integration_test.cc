@@ -863,6 +863,16 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_THAT(eval.out, HasSubstr("confusion matrix, int8"));
     EXPECT_THAT(eval.out, HasSubstr("airplane"));
     std::cout << eval.out << "\n";
+    // The same evaluation again by its id (as after quantctl was stopped):
+    // the same report.
+    std::smatch id;
+    ASSERT_TRUE(std::regex_search(eval.out, id, std::regex("evaluation (eval-[0-9a-z-]+):"))) << eval.out;
+    RunResult again = quantd.Ctl({"eval", "--id=" + id[1].str()});
+    ASSERT_EQ(again.exit_code, 0) << again.err;
+    EXPECT_EQ(again.out, eval.out.substr(eval.out.find(id[0].str())));  // without progress lines
+    RunResult unknown_id = quantd.Ctl({"eval", "--id=eval-nope"});
+    EXPECT_EQ(unknown_id.exit_code, 1);
+    EXPECT_THAT(unknown_id.err, HasSubstr("code 5"));
 
     RunResult json = quantd.Ctl({"--json", "eval", "resnet8:1", absl::StrCat("--data=", kTest), "--max_samples=1000",
                                  "--batch_size=100", "--skip_fp32"});
