@@ -58,6 +58,7 @@ int RunBlobs(const CommandContext& context, const std::vector<std::string>& args
   for (const v1::BlobInfo& blob : response.blobs()) absl::StrAppend(&text, BlobText(blob), "\n");
   if (!response.next_page_token().empty()) absl::StrAppend(&text, "next page: --page_token=", response.next_page_token(), "\n");
   if (!text.empty()) text.pop_back();
+  if (text.empty()) text = "no blobs";
   context.Print(response, text);
   return kExitOk;
 }

@@ -41,6 +41,7 @@ int RunJobs(const CommandContext& context, const std::vector<std::string>& args)
   for (const v1::Job& job : response.jobs()) absl::StrAppend(&text, JobLine(job), "\n");
   if (!response.next_page_token().empty()) absl::StrAppend(&text, "next page: --page_token=", response.next_page_token(), "\n");
   if (!text.empty()) text.pop_back();
+  if (text.empty()) text = request.states().empty() ? "no jobs" : absl::StrCat("no jobs in state ", a->Get("state"));
   context.Print(response, text);
   return kExitOk;
 }

@@ -49,6 +49,11 @@ int RunModels(const CommandContext& context, const std::vector<std::string>& arg
   v1::ListModelsResponse response;
   grpc::Status status = stub->ListModels(&client_context, request, &response);
   if (!status.ok()) return context.RpcFailed("list models", status);
+  if (response.versions().empty()) {
+    context.Print(response, request.name().empty() ? "no published versions"
+                                                   : absl::StrCat("no published versions of ", request.name()));
+    return kExitOk;
+  }
   std::string text = absl::StrFormat("%-20s %7s  %-22s %-21s %-20s %-20s %s", "NAME", "VERSION", "JOB", "ARTIFACT",
                                      "INT8 TOP-1", "FP32 TOP-1", "LOADED");
   for (const v1::ModelVersionInfo& v : response.versions()) {

@@ -967,6 +967,9 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
   first_version.set_model_version("1");
   expect_error(first_version, grpc::StatusCode::NOT_FOUND, "resnet8");
   EXPECT_EQ(quantd.Ctl({"artifacts", result["artifactId"]}).exit_code, 0);
+  // Empty listings say so.
+  EXPECT_EQ(quantd.Ctl({"models", "nope"}).out, "no published versions of nope\n");
+  EXPECT_EQ(quantd.Ctl({"jobs", "--state=failed"}).out, "no jobs in state failed\n");
 }
 
 // Issue #12: quantd's range estimators are a custom qconfig away, from
