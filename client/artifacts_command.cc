@@ -33,7 +33,9 @@ int RunArtifacts(const CommandContext& context, const std::vector<std::string>& 
   std::string text;
   for (const v1::Artifact& artifact : response.artifacts()) absl::StrAppend(&text, ArtifactText(artifact), "\n");
   if (!text.empty()) text.pop_back();
-  if (text.empty()) text = request.job_id().empty() ? "no artifacts" : absl::StrCat("no artifacts of job ", request.job_id());
+  if (text.empty()) {
+    text = request.job_id().empty() ? "no artifacts" : absl::StrCat("no artifacts of job ", request.job_id());
+  }
   context.Print(response, text);
   return kExitOk;
 }
