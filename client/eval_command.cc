@@ -145,7 +145,9 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
   if (a.has_value() && a->Has("id")) {
     for (const char* other : {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size",
                               "skip_fp32"}) {
-      if (a->Has(other)) error = absl::StrCat("--id follows an evaluation already started; --", other, " is not for it");
+      if (a->Has(other)) {
+        error = absl::StrCat("--id follows an evaluation already started; --", other, " is not for it");
+      }
     }
     if (error.empty()) error = PositionalCountError(*a, 0, 0, "");
     if (error.empty() && a->Get("id").empty()) error = "--id: an evaluation id (eval-...)";
