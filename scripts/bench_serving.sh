@@ -77,9 +77,9 @@ start_quantd() {
 echo "bench_serving: quantizing ResNet8 on two servers (dynamic batching on, off) ..." >&2
 start_quantd batched
 start_quantd unbatched --dynamic_batching=false
-# The allocator the server runs on, as mapped (jemalloc unless built without it).
-allocator="glibc malloc"
-grep -q libjemalloc "/proc/${pids[0]}/maps" 2>/dev/null && allocator="jemalloc"
+# The allocator the server runs on and its options, as quantd logged them
+# (jemalloc unless built without it).
+allocator="$(sed -n 's/.*quantd: allocator: //p' "$work/batched/quantd.log" | head -1)"
 export QUANTD_BENCH_ALLOCATOR="$allocator"
 job_id="$("$build_dir/client/quantctl" --server="$grpc_batched" --json models resnet8 |
   /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["versions"][0]["jobId"])')"

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/allocator.h"
 #include "server/log.h"
 #include "server/server.h"
 #include "worker/engine/quantizer.h"
@@ -284,6 +285,7 @@ int main(int argc, char** argv) {
   }
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: cpu: ", quantd::engine::CpuInt8Info().Summary()));
+  quantd::LogLine(quantd::LogLevel::kInfo, absl::StrCat("quantd: allocator: ", quantd::AllocatorSummary()));
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: starting version=", quantd::QuantdVersion(),
                                " data_dir=", options.data_dir,

@@ -25,3 +25,6 @@ done
 grep -qx "errors: 0" <<<"$out" || fail "requests failed (want 'errors: 0')"
 # quantd is linked with jemalloc (CMake's QUANTD_JEMALLOC; setup.sh installs it).
 grep -qF "server allocator jemalloc" <<<"$out" || fail "quantd does not run on jemalloc"
+# With its oversize arena off (server/jemalloc_options.cc): FP32 passes on
+# large batches otherwise page-fault their activations in again every time.
+grep -qF "oversize_threshold=0 " <<<"$out" || fail "quantd's jemalloc runs with its oversize arena"
