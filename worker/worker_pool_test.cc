@@ -12,6 +12,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "worker/local_artifact_store.h"
 #include "worker/sqlite_job_store.h"
@@ -105,6 +106,7 @@ class FakeEngine : public QuantizationEngine {
 
 // A job store on a disk that is full for a while: the first `claim_failures`
 // ClaimNext and `finish_failures` Finish calls fail as SQLite does then.
+// It also records the latest lease a renewal extended to.
 class FullDiskStore : public JobStore {
  public:
   explicit FullDiskStore(JobStore* real) : real_(real) {}
@@ -123,7 +125,18 @@ class FullDiskStore : public JobStore {
     return real_->ClaimNext(now, holder, lease);
   }
   absl::Status RenewLease(const std::string& id, uint32_t attempt, absl::Time expires) override {
-    return real_->RenewLease(id, attempt, expires);
+    absl::Status renewed = real_->RenewLease(id, attempt, expires);
+    if (renewed.ok()) {
+      absl::MutexLock lock(&renewed_mu_);
+      renewed_until_ = std::max(renewed_until_, expires);
+    }
+    return renewed;
+  }
+  // Waits (real time, up to `timeout`) for a renewal that extends a lease past `t`.
+  bool WaitForRenewalPast(absl::Time t, absl::Duration timeout) {
+    absl::MutexLock lock(&renewed_mu_);
+    auto renewed = [this, t]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(renewed_mu_) { return renewed_until_ > t; };
+    return renewed_mu_.AwaitWithTimeout(absl::Condition(&renewed), timeout);
   }
   absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) override {
     return real_->SetPhase(id, attempt, phase);
@@ -196,6 +209,8 @@ class FullDiskStore : public JobStore {
     return absl::ResourceExhaustedError("sqlite step: database or disk is full (the disk holding the job store is full)");
   }
   JobStore* const real_;
+  absl::Mutex renewed_mu_;
+  absl::Time renewed_until_ ABSL_GUARDED_BY(renewed_mu_) = absl::InfinitePast();
 };
 
 class WorkerPoolTest : public ::testing::Test {
@@ -572,9 +587,13 @@ TEST_F(WorkerPoolTest, LeasesAreRenewedWhileRunningJobsDrainOnShutdown) {
   WorkerPool::Options options_a;
   options_a.holder = "host-a:/data";
   options_a.lease = absl::Milliseconds(30);  // renewed every 10 ms of real time, to 30 ms of `clock`
+  options_a.idle_poll = absl::Milliseconds(20);
   WorkerPool::Options options_b = options_a;
   options_b.holder = "host-b:/data";
-  auto pool_a = NewPool(options_a, &clock);
+  FullDiskStore store_a(store_.get());  // no failures: it reports a's renewals
+  auto created = WorkerPool::Create(options_a, &store_a, artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<WorkerPool> pool_a = std::move(*created);
   pool_a->Start();
   const std::string id = pool_a->Submit(NewJob("m"))->id;
   ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
@@ -585,7 +604,9 @@ TEST_F(WorkerPoolTest, LeasesAreRenewedWhileRunningJobsDrainOnShutdown) {
   std::thread stopping([&] { pool_a->Stop(); });
   ASSERT_TRUE(engine_.stop_seen.WaitForNotificationWithTimeout(absl::Seconds(20)));
   clock.Advance(absl::Hours(1));  // far past the lease a had when it began to stop
-  absl::SleepFor(absl::Milliseconds(300));  // 30 renewal periods of a's maintenance thread
+  // a's maintenance thread, while a drains, renews the lease on `clock`
+  // (waited for, not slept for: a loaded CI machine may be slow to run it).
+  EXPECT_TRUE(store_a.WaitForRenewalPast(clock.Now(), absl::Seconds(20)));
   EXPECT_EQ(pool_b->MaintainLeases().requeued, 0);
   engine_.release_after_stop.Notify();
   stopping.join();
