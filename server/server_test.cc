@@ -286,6 +286,77 @@ TEST_F(ServerTest, QuantizeJobValidatesWithoutLoadingTheModel) {
   }
 }
 
+// A watcher that stops reading must not make the server queue every event of
+// a long job for it: past 10000 unsent events its stream ends
+// RESOURCE_EXHAUSTED, in order up to there, and a new watch resumes after the
+// last event read. Over TCP, so HTTP/2 flow control is what stalls the writes.
+TEST_F(ServerTest, AWatchThatFallsTooFarBehindEndsResourceExhaustedAndResumes) {
+  server_->pool().Stop();  // no worker takes the job: this test publishes its events
+  worker::Job job;
+  job.id = "job-stalled-watch";
+  job.spec.model_path = "model.pt";
+  job.request_fingerprint = "stalled-watch";
+  absl::StatusOr<worker::Job> stored = server_->pool().store().Create(job, 100);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  // The client's receive window stays at 64 KiB (no BDP growth): the
+  // server's writes stall after about a thousand unread events.
+  grpc::ChannelArguments window;
+  window.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  window.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 * 1024);
+  auto stub = v1::QuantizationService::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", server_->grpc_port()), grpc::InsecureChannelCredentials(), window));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::WatchJobRequest request;
+  request.set_id(job.id);
+  auto reader = stub->WatchJob(&context, request);
+  v1::JobEvent event;
+  ASSERT_TRUE(reader->Read(&event));  // the snapshot: subscribed
+  ASSERT_TRUE(event.has_snapshot());
+
+  constexpr int kPublished = 30000;  // three times the limit, none read meanwhile
+  auto publish = [&](int batches_done) {
+    worker::JobEvent progress;
+    progress.kind = worker::JobEvent::Kind::kCalibrationProgress;
+    progress.batches_done = batches_done;
+    progress.batches_total = kPublished + 1;
+    server_->pool().events().Publish(*stored, progress);
+  };
+  for (int i = 1; i <= kPublished; ++i) publish(i);
+
+  int read = 0;
+  int64_t last_batches = 0;
+  uint64_t last_sequence = event.sequence();
+  while (reader->Read(&event)) {
+    ASSERT_TRUE(event.has_calibration_progress());
+    // No gap and no reordering in what did arrive.
+    EXPECT_EQ(event.calibration_progress().batches_done(), last_batches + 1);
+    EXPECT_GT(event.sequence(), last_sequence);
+    last_batches = event.calibration_progress().batches_done();
+    last_sequence = event.sequence();
+    ++read;
+  }
+  const grpc::Status ended = reader->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << ended.error_message();
+  EXPECT_THAT(ended.error_message(), HasSubstr("fell 10000 events behind"));
+  EXPECT_THAT(ended.error_message(), HasSubstr("after_sequence"));
+  EXPECT_LT(read, kPublished);
+
+  // Watching again after the last event read: the snapshot, then what comes next.
+  grpc::ClientContext again;
+  SetDeadline(again);
+  request.set_after_sequence(last_sequence);
+  auto resumed = stub->WatchJob(&again, request);
+  ASSERT_TRUE(resumed->Read(&event));
+  EXPECT_TRUE(event.has_snapshot());
+  publish(kPublished + 1);
+  ASSERT_TRUE(resumed->Read(&event));
+  EXPECT_EQ(event.calibration_progress().batches_done(), kPublished + 1);
+  EXPECT_GT(event.sequence(), last_sequence);
+  again.TryCancel();
+  EXPECT_EQ(resumed->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
 TEST_F(ServerTest, StreamingRpcsOnUnknownIdsAreNotFound) {
   auto stub = v1::QuantizationService::NewStub(channel_);
   {
