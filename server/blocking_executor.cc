@@ -3,12 +3,20 @@
 #include <algorithm>
 #include <utility>
 
+#include "worker/engine/base/thread_name.h"
+
 namespace quantd {
 
-BlockingExecutor::BlockingExecutor(int threads, int queue_capacity) : queue_capacity_(std::max(queue_capacity, 0)) {
+BlockingExecutor::BlockingExecutor(int threads, int queue_capacity, std::string thread_name)
+    : queue_capacity_(std::max(queue_capacity, 0)) {
   threads = std::max(threads, 1);
   threads_.reserve(threads);
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this, thread_name] {
+      NameThisThread(thread_name);
+      Loop();
+    });
+  }
 }
 
 BlockingExecutor::~BlockingExecutor() { Shutdown(); }

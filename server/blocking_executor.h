@@ -9,6 +9,7 @@
 // growing memory without limit.
 
 #include <deque>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -20,8 +21,9 @@ namespace quantd {
 
 class BlockingExecutor {
  public:
-  // `threads` >= 1 run tasks; at most `queue_capacity` wait for them.
-  BlockingExecutor(int threads, int queue_capacity);
+  // `threads` >= 1 run tasks; at most `queue_capacity` wait for them. The
+  // threads are named `thread_name` (see worker/engine/base/thread_name.h).
+  BlockingExecutor(int threads, int queue_capacity, std::string thread_name = "quantd-exec");
   ~BlockingExecutor();  // Shutdown()
   BlockingExecutor(const BlockingExecutor&) = delete;
   BlockingExecutor& operator=(const BlockingExecutor&) = delete;

@@ -1,11 +1,13 @@
 #include "server/blocking_executor.h"
 
 #include <atomic>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
+#include "worker/engine/base/thread_name.h"
 
 namespace quantd {
 namespace {
@@ -25,6 +27,20 @@ TEST(BlockingExecutorTest, RunsEveryTaskOnItsThreads) {
   }  // the destructor drains the queue
   EXPECT_EQ(ran.load(), 100);
   EXPECT_FALSE(ran_on_caller.load());
+}
+
+TEST(BlockingExecutorTest, ItsThreadsCarryTheNameGiven) {
+  std::string name;
+  {
+    BlockingExecutor executor(1, 1, "quantd-rpc");
+    absl::Notification ran;
+    ASSERT_TRUE(executor.TrySchedule([&] {
+      name = ThisThreadName();
+      ran.Notify();
+    }));
+    ran.WaitForNotification();
+  }
+  EXPECT_EQ(name, "quantd-rpc");
 }
 
 TEST(BlockingExecutorTest, AFullQueueRefusesAndAcceptsAgainOnceItDrains) {

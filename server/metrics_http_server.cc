@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "server/audit_log.h"
 #include "server/log.h"
+#include "worker/engine/base/thread_name.h"
 
 namespace quantd {
 namespace {
@@ -211,6 +212,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   std::atomic<bool>* stopping = &server->stopping_;
   const int port = server->port_;
   server->thread_ = std::thread([&http, stopping, port] {
+    NameThisThread("quantd-http");  // and the worker threads httplib starts from here
     // httplib leaves its accept loop for good on an accept error other than
     // a full descriptor table (ENFILE, ENOMEM, ...): say so, as /metrics and
     // /v2 are gone while gRPC still serves.

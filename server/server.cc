@@ -420,7 +420,7 @@ absl::Status QuantdServer::OpenStores() {
   deps.server_info.set_inference_threads(options_.inference_threads);
   deps.auth = auth_.get();
   deps.read_roots = options_.read_roots;
-  rpc_executor_ = std::make_unique<BlockingExecutor>(options_.rpc_threads, options_.rpc_queue_capacity);
+  rpc_executor_ = std::make_unique<BlockingExecutor>(options_.rpc_threads, options_.rpc_queue_capacity, "quantd-rpc");
   deps.executor = rpc_executor_.get();
   deps.models = models_.get();
   worker::Evaluator::Options evaluation_options;
@@ -432,7 +432,8 @@ absl::Status QuantdServer::OpenStores() {
   deps.upload_min_bytes_per_second = options_.upload_min_bytes_per_second;
   if (options_.clock != nullptr) deps.clock = options_.clock;
   inference_executor_ =
-      std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity);
+      std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity,
+                                         "quantd-load");
   inference_stats_ = std::make_unique<InferenceStats>(*metrics_.registry());
   worker::DynamicBatcher::Options batching;
   batching.threads = options_.inference_threads;

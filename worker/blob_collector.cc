@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/base/thread_name.h"
 
 namespace quantd::worker {
 
@@ -36,7 +37,10 @@ absl::StatusOr<std::vector<std::string>> CollectUnusedBlobs(const BlobStore& blo
 BlobCollector::BlobCollector(const BlobStore* blobs, JobStore* jobs, Clock* clock, absl::Duration ttl,
                              absl::Duration interval)
     : blobs_(blobs), jobs_(jobs), clock_(clock), ttl_(ttl), interval_(interval) {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    NameThisThread("quantd-blob-gc");
+    Loop();
+  });
 }
 
 BlobCollector::~BlobCollector() {

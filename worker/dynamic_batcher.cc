@@ -5,6 +5,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/thread_name.h"
 
 namespace quantd::worker {
 
@@ -25,8 +26,18 @@ DynamicBatcher::DynamicBatcher(const Options& options, Clock* clock)
     : options_(options), clock_(clock), id_(next_id_.fetch_add(1) + 1) {
   const int threads = this->threads();
   threads_.reserve(threads);
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
-  for (int i = 0; i < options_.completion_threads; ++i) completion_threads_.emplace_back([this] { CompletionLoop(); });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] {
+      NameThisThread("quantd-infer");
+      Loop();
+    });
+  }
+  for (int i = 0; i < options_.completion_threads; ++i) {
+    completion_threads_.emplace_back([this] {
+      NameThisThread("quantd-deliver");
+      CompletionLoop();
+    });
+  }
 }
 
 DynamicBatcher::~DynamicBatcher() { Shutdown(); }

@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/engine/base/thread_name.h"
 
 namespace quantd::worker {
 namespace {
@@ -70,6 +71,7 @@ struct Outcome {
   absl::StatusOr<engine::ServingOutput> output;
   BatchStats stats;
   std::thread::id thread;  // where `done` ran
+  std::string thread_name;  // and its name
 };
 
 std::vector<float> Samples(int64_t batch, float first) {
@@ -86,6 +88,7 @@ absl::Status Submit(DynamicBatcher& batcher, const std::shared_ptr<FakeModel>& m
         outcome->output = std::move(output);
         outcome->stats = stats;
         outcome->thread = std::this_thread::get_id();
+        outcome->thread_name = ThisThreadName();
         outcome->done.Notify();
       },
       std::move(abandoned));
@@ -118,6 +121,7 @@ TEST(DynamicBatcherTest, RequestsWithinTheDelayRunAsOneBatchAndEachGetsItsOwnRow
   ASSERT_TRUE(c.output.ok());
   EXPECT_THAT(c.output->values, ElementsAre(2001, 2011));
   EXPECT_EQ(b.stats.executed_batch_size, 4);
+  EXPECT_EQ(b.thread_name, "quantd-infer");  // a batcher thread ran the pass and delivered
 }
 
 TEST(DynamicBatcherTest, ALoneRequestRunsOnceItsDelayIsOver) {
@@ -461,6 +465,7 @@ TEST(DynamicBatcherTest, WithCompletionThreadsTheNextPassDoesNotWaitForTheLastOn
   a.may_finish.Notify();
   b.done.WaitForNotification();
   EXPECT_EQ(b.thread, a.thread);  // the completion thread
+  EXPECT_EQ(b.thread_name, "quantd-deliver");
   EXPECT_NE(b.thread, std::this_thread::get_id());
   ASSERT_TRUE(b.output.ok());
   EXPECT_THAT(b.output->values, ElementsAre(1001, 1011, 1021, 1031));

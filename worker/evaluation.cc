@@ -11,8 +11,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "worker/dataset_json.h"
-#include "worker/engine/data/batch_limits.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/thread_name.h"
+#include "worker/engine/data/batch_limits.h"
 #include "worker/engine/data/image_reader.h"
 #include "worker/engine/quantizer.h"
 
@@ -270,6 +271,7 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   auto done = std::make_shared<std::atomic<bool>>(false);
   std::shared_ptr<engine::ImageReader> open_reader = *std::move(reader);
   workers_.push_back(Worker{std::thread([this, evaluation, open_reader, done] {
+                              NameThisThread("quantd-eval");
                               Run(evaluation, open_reader, done.get());
                             }),
                             done});

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/thread_name.h"
 
 namespace quantd::worker {
 
@@ -44,8 +45,16 @@ WorkerPool::~WorkerPool() { Stop(); }
 void WorkerPool::Start() {
   absl::MutexLock lock(&mu_);
   if (!workers_.empty() || stopping_) return;
-  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
-  maintenance_ = std::thread([this] { MaintenanceLoop(); });
+  for (int i = 0; i < options_.workers; ++i) {
+    workers_.emplace_back([this] {
+      NameThisThread("quantd-job");
+      WorkerLoop();
+    });
+  }
+  maintenance_ = std::thread([this] {
+    NameThisThread("quantd-lease");
+    MaintenanceLoop();
+  });
 }
 
 void WorkerPool::Stop() {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/thread_name.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/runtime/prepack.h"
@@ -88,7 +89,10 @@ class BatchSizeCopies {
       // A finished builder has left mu_ for good; joining it is quick.
       if (builder_.joinable()) builder_.join();
       try {
-        builder_ = std::thread([this] { BuildPending(); });
+        builder_ = std::thread([this] {
+          NameThisThread("quantd-copies");
+          BuildPending();
+        });
         building_ = true;
       } catch (const std::system_error&) {
         // No thread now (the process's limit): this size may be asked again.
