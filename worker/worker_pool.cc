@@ -226,7 +226,11 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, job] : running_) running.emplace_back(id, job.attempt);
   }
-  const absl::Time expires = clock_->Now() + options_.lease;
+  // One reading of the clock for the round: the recovery below must not take
+  // a lease this round has just renewed for expired (a clock that jumps, or a
+  // thread stalled between the two, would otherwise requeue our own job).
+  const absl::Time now = clock_->Now();
+  const absl::Time expires = now + options_.lease;
   for (const auto& [id, attempt] : running) {
     const absl::Status renewed = store_->RenewLease(id, attempt, expires);
     if (renewed.code() != absl::StatusCode::kFailedPrecondition) {
@@ -251,7 +255,7 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
     }
   }
   absl::StatusOr<JobStore::RecoveryCounts> recovered =
-      store_->RecoverInterrupted(options_.max_attempts, clock_->Now(), /*restarted_holder=*/"");
+      store_->RecoverInterrupted(options_.max_attempts, now, /*restarted_holder=*/"");
   if (!recovered.ok()) {
     std::cerr << "quantd: cannot recover jobs whose lease ran out: " << recovered.status() << "\n";
     return {};

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -130,6 +131,7 @@ class FullDiskStore : public JobStore {
       absl::MutexLock lock(&renewed_mu_);
       renewed_until_ = std::max(renewed_until_, expires);
     }
+    if (after_renewal) after_renewal();
     return renewed;
   }
   // Waits (real time, up to `timeout`) for a renewal that extends a lease past `t`.
@@ -200,6 +202,7 @@ class FullDiskStore : public JobStore {
     return real_->DeleteModelVersion(name, version);
   }
 
+  std::function<void()> after_renewal;  // runs after each RenewLease (set before use)
   std::atomic<int> claim_failures{0};
   std::atomic<int> finish_failures{0};
   std::atomic<int> finish_calls{0};
@@ -580,6 +583,34 @@ TEST_F(WorkerPoolTest, GracefulShutdownRequeuesTheRunningJob) {
 // A stopping server keeps renewing the leases of the jobs that are still
 // draining (a batch or a model load is not interrupted), so that another
 // process does not take them for crashed and spend one of their attempts.
+// A round of lease maintenance reads the clock once: its recovery never takes
+// the lease it has just renewed for expired, even if the clock jumps (or the
+// thread stalls past the lease) between the renewal and the recovery.
+TEST_F(WorkerPoolTest, ALeaseRenewalIsNotUndoneByTheSameRoundsRecovery) {
+  FakeClock clock;
+  engine_.pause_at_batch = 2;
+  WorkerPool::Options options;
+  options.holder = "host-a:/data";
+  options.lease = absl::Hours(1);  // the maintenance thread stays out of the way
+  options.idle_poll = absl::Milliseconds(20);
+  FullDiskStore store(store_.get());  // no failures
+  auto created = WorkerPool::Create(options, &store, artifacts_.get(), &engine_, &clock);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<WorkerPool> pool = std::move(*created);
+  pool->Start();
+  const std::string id = pool->Submit(NewJob("m"))->id;
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  store.after_renewal = [&clock] { clock.Advance(absl::Hours(2)); };
+  EXPECT_EQ(pool->MaintainLeases().requeued, 0);
+  store.after_renewal = nullptr;
+  Job job = *store_->Get(id);
+  EXPECT_EQ(job.state, JobState::kRunning);
+  EXPECT_EQ(job.attempt_count, 1u);
+  engine_.release.Notify();
+  EXPECT_EQ(WaitForState(id, JobState::kSucceeded).attempt_count, 1u);
+  pool->Stop();
+}
+
 TEST_F(WorkerPoolTest, LeasesAreRenewedWhileRunningJobsDrainOnShutdown) {
   FakeClock clock;
   engine_.run_until_stopped_at_batch = 3;
