@@ -228,9 +228,11 @@ class WorkerPoolTest : public ::testing::Test {
     artifacts_ = *LocalArtifactStore::Open(dir_ + "/artifacts");
   }
 
-  std::unique_ptr<WorkerPool> NewPool(WorkerPool::Options options = {}, Clock* clock = Clock::Real()) {
+  // A pool on the test's store, or on `store` (a wrapper of it).
+  std::unique_ptr<WorkerPool> NewPool(WorkerPool::Options options = {}, Clock* clock = Clock::Real(),
+                                      JobStore* store = nullptr) {
     options.idle_poll = absl::Milliseconds(20);
-    auto pool = WorkerPool::Create(options, store_.get(), artifacts_.get(), &engine_, clock);
+    auto pool = WorkerPool::Create(options, store != nullptr ? store : store_.get(), artifacts_.get(), &engine_, clock);
     EXPECT_TRUE(pool.ok()) << pool.status();
     return std::move(*pool);
   }
@@ -592,11 +594,8 @@ TEST_F(WorkerPoolTest, ALeaseRenewalIsNotUndoneByTheSameRoundsRecovery) {
   WorkerPool::Options options;
   options.holder = "host-a:/data";
   options.lease = absl::Hours(1);  // the maintenance thread stays out of the way
-  options.idle_poll = absl::Milliseconds(20);
   FullDiskStore store(store_.get());  // no failures
-  auto created = WorkerPool::Create(options, &store, artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(created.ok()) << created.status();
-  std::unique_ptr<WorkerPool> pool = std::move(*created);
+  auto pool = NewPool(options, &clock, &store);
   pool->Start();
   const std::string id = pool->Submit(NewJob("m"))->id;
   ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
@@ -618,13 +617,10 @@ TEST_F(WorkerPoolTest, LeasesAreRenewedWhileRunningJobsDrainOnShutdown) {
   WorkerPool::Options options_a;
   options_a.holder = "host-a:/data";
   options_a.lease = absl::Milliseconds(30);  // renewed every 10 ms of real time, to 30 ms of `clock`
-  options_a.idle_poll = absl::Milliseconds(20);
   WorkerPool::Options options_b = options_a;
   options_b.holder = "host-b:/data";
   FullDiskStore store_a(store_.get());  // no failures: it reports a's renewals
-  auto created = WorkerPool::Create(options_a, &store_a, artifacts_.get(), &engine_, &clock);
-  ASSERT_TRUE(created.ok()) << created.status();
-  std::unique_ptr<WorkerPool> pool_a = std::move(*created);
+  auto pool_a = NewPool(options_a, &clock, &store_a);
   pool_a->Start();
   const std::string id = pool_a->Submit(NewJob("m"))->id;
   ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
