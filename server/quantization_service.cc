@@ -334,7 +334,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent>,
                                              "event read")));
       return;
     }
-    if (event.kind == worker::JobEvent::Kind::kSnapshot || event.sequence > after_sequence_) {
+    if (worker::ResumedWatchGets(event, after_sequence_)) {
       v1::JobEvent proto;
       ToProto(event, &proto);
       pending_.push_back(std::move(proto));

@@ -357,6 +357,80 @@ TEST_F(ServerTest, AWatchThatFallsTooFarBehindEndsResourceExhaustedAndResumes) {
   EXPECT_EQ(resumed->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
+// A client resumes with the last sequence it read. If the job finished
+// meanwhile, the server no longer follows it and replays its snapshot and
+// result with low numbers: the result still comes, and ends the stream.
+// A sequence from another process (here: a later generation, as a replica
+// started after this one numbers its events) skips nothing.
+TEST_F(ServerTest, AResumedWatchGetsTheResultOfAJobThatFinishedMeanwhile) {
+  server_->pool().Stop();  // no worker takes the job: this test publishes its events
+  worker::Job job;
+  job.id = "job-resumed-watch";
+  job.spec.model_path = "model.pt";
+  job.request_fingerprint = "resumed-watch";
+  absl::StatusOr<worker::Job> stored = server_->pool().store().Create(job, 100);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  auto stub = v1::QuantizationService::NewStub(channel_);
+  auto publish = [&](int batches_done) {
+    worker::JobEvent progress;
+    progress.kind = worker::JobEvent::Kind::kCalibrationProgress;
+    progress.batches_done = batches_done;
+    progress.batches_total = 10;
+    server_->pool().events().Publish(*stored, progress);
+  };
+  v1::WatchJobRequest request;
+  request.set_id(job.id);
+  v1::JobEvent event;
+  uint64_t last_sequence = 0;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    auto reader = stub->WatchJob(&context, request);
+    ASSERT_TRUE(reader->Read(&event));
+    ASSERT_TRUE(event.has_snapshot());
+    for (int i = 1; i <= 3; ++i) publish(i);
+    for (int i = 1; i <= 3; ++i) {
+      ASSERT_TRUE(reader->Read(&event));
+      EXPECT_EQ(event.calibration_progress().batches_done(), i);
+    }
+    last_sequence = event.sequence();
+    context.TryCancel();  // the connection drops
+    reader->Finish();
+  }
+
+  // Another replica, started later, numbers its events in a higher generation.
+  const uint64_t later_generation = ((last_sequence >> 32) + 1) << 32;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    request.set_after_sequence(later_generation + 50);
+    auto reader = stub->WatchJob(&context, request);
+    ASSERT_TRUE(reader->Read(&event));
+    ASSERT_TRUE(event.has_snapshot());
+    publish(4);
+    ASSERT_TRUE(reader->Read(&event));
+    EXPECT_EQ(event.calibration_progress().batches_done(), 4);
+    last_sequence = event.sequence();
+    context.TryCancel();
+    reader->Finish();
+  }
+
+  ASSERT_TRUE(server_->pool().Cancel(job.id, "no longer needed").ok());
+  grpc::ClientContext context;
+  SetDeadline(context);
+  request.set_after_sequence(last_sequence);
+  auto reader = stub->WatchJob(&context, request);
+  std::vector<v1::JobEvent> events;
+  while (reader->Read(&event)) events.push_back(event);
+  const grpc::Status ended = reader->Finish();
+  EXPECT_TRUE(ended.ok()) << ended.error_message();
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_TRUE(events[0].has_snapshot());
+  EXPECT_EQ(events[0].snapshot().state(), v1::JOB_STATE_CANCELLED);
+  ASSERT_TRUE(events[1].has_result());
+  EXPECT_THAT(events[1].result().error_message(), HasSubstr("no longer needed"));
+}
+
 TEST_F(ServerTest, StreamingRpcsOnUnknownIdsAreNotFound) {
   auto stub = v1::QuantizationService::NewStub(channel_);
   {

@@ -4,6 +4,12 @@
 
 namespace quantd::worker {
 
+bool ResumedWatchGets(const JobEvent& event, uint64_t after_sequence) {
+  if (event.kind == JobEvent::Kind::kSnapshot || event.kind == JobEvent::Kind::kResult) return true;
+  if ((event.sequence >> 32) != (after_sequence >> 32)) return true;
+  return event.sequence > after_sequence;
+}
+
 void JobEventHub::Publish(const Job& job, JobEvent event) {
   absl::MutexLock lock(&mu_);
   Followed& followed = jobs_[job.id];

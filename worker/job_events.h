@@ -38,6 +38,15 @@ struct JobEvent {
   JobResult result;       // kResult: the stream's last event
 };
 
+// Whether a watch resumed with `after_sequence` (the last sequence its client
+// read) should get `event`. The snapshot always goes: it brings the client up
+// to date. So does the result, which ends the stream: a finished job that the
+// hub no longer follows replays it with a low number. Numbers of another
+// process (another generation: a restart, or another replica sharing the job
+// store, which may have started later) are not comparable with this one's:
+// everything after the snapshot goes.
+bool ResumedWatchGets(const JobEvent& event, uint64_t after_sequence);
+
 // Receives events. Called with the hub's lock held: must not block and must
 // not call back into the hub.
 class JobWatcher {
@@ -56,8 +65,7 @@ class JobWatcher {
 // Event sequence numbers are (generation << 32) + n, n counting a job's
 // events from 1 in this process. The generation numbers server starts
 // (JobStore::NextGeneration), so a client resuming with the last sequence it
-// saw before a restart still gets everything after it, and a finished job's
-// replayed result is never skipped as old.
+// saw before a restart still gets everything after it.
 class JobEventHub {
  public:
   explicit JobEventHub(Clock* clock, uint64_t generation = 1) : clock_(clock), generation_(generation) {}
