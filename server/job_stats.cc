@@ -58,10 +58,12 @@ JobStats::JobStats(prometheus::Registry& registry)
       recovered_(prometheus::BuildCounter()
                      .Name("quantd_jobs_recovered_total")
                      .Help("Interrupted jobs this process recovered (its own after a restart, or any whose lease ran "
-                           "out), by outcome: requeued, or failed after their last attempt.")
+                           "out), by outcome: requeued, failed after their last attempt, or cancelled (a cancel was "
+                           "requested before the interruption).")
                      .Register(registry)),
       recovered_requeued_(recovered_.Add({{"outcome", "requeued"}})),
-      recovered_failed_(recovered_.Add({{"outcome", "failed"}})) {
+      recovered_failed_(recovered_.Add({{"outcome", "failed"}})),
+      recovered_cancelled_(recovered_.Add({{"outcome", "cancelled"}})) {
   // Every state and final state exists from the start: a rate over a series
   // that appears only with its first failure would miss that failure.
   for (worker::JobState state : {worker::JobState::kSucceeded, worker::JobState::kFailed,
@@ -120,11 +122,17 @@ void JobStats::CountRecovered(const worker::JobStore::RecoveryCounts& total) {
   absl::MutexLock lock(&mu_);
   const int requeued = total.requeued - recovered_counted_.requeued;
   const int failed = total.failed - recovered_counted_.failed;
+  const int cancelled = total.cancelled - recovered_counted_.cancelled;
   if (requeued > 0) recovered_requeued_.Increment(requeued);
+  // No runner reports these: the finished counts (and the job failure ratio)
+  // must see them.
   if (failed > 0) {
     recovered_failed_.Increment(failed);
-    // No runner reports these: the job failure ratio must see them.
     finished_.Add({{"state", Lower(worker::JobStateName(worker::JobState::kFailed))}}).Increment(failed);
+  }
+  if (cancelled > 0) {
+    recovered_cancelled_.Increment(cancelled);
+    finished_.Add({{"state", Lower(worker::JobStateName(worker::JobState::kCancelled))}}).Increment(cancelled);
   }
   recovered_counted_ = total;
 }

@@ -54,6 +54,7 @@ class JobStats : public worker::JobWatcher {
   prometheus::Family<prometheus::Counter>& recovered_;
   prometheus::Counter& recovered_requeued_;
   prometheus::Counter& recovered_failed_;
+  prometheus::Counter& recovered_cancelled_;
 
   absl::Mutex mu_;
   // Calibration samples seen so far per running job (progress is cumulative).

@@ -29,12 +29,14 @@ TEST(JobStatsTest, RecoveriesAreCountedOnceAndRecoveredFailuresAreFinishedJobs) 
   std::string text = Scrape(registry);
   EXPECT_THAT(text, HasSubstr("quantd_jobs_recovered_total{outcome=\"requeued\"} 0\n"));
   EXPECT_THAT(text, HasSubstr("quantd_jobs_recovered_total{outcome=\"failed\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("quantd_jobs_recovered_total{outcome=\"cancelled\"} 0\n"));
 
   stats.OnJobEvent(Finished("job-1", worker::JobState::kFailed));  // a runner's failure
   // The pool's running totals, read before each scrape: only what is new counts.
   stats.CountRecovered({.requeued = 2, .failed = 0});
   stats.CountRecovered({.requeued = 2, .failed = 0});
   stats.CountRecovered({.requeued = 3, .failed = 1});
+  stats.CountRecovered({.requeued = 3, .failed = 1, .cancelled = 2});
   text = Scrape(registry);
   EXPECT_THAT(text, HasSubstr("quantd_jobs_recovered_total{outcome=\"requeued\"} 3\n"));
   EXPECT_THAT(text, HasSubstr("quantd_jobs_recovered_total{outcome=\"failed\"} 1\n"));
@@ -42,6 +44,8 @@ TEST(JobStatsTest, RecoveriesAreCountedOnceAndRecoveredFailuresAreFinishedJobs) 
   // ratio sees it through this counter.
   EXPECT_THAT(text, HasSubstr("quantd_jobs_finished_total{state=\"failed\"} 2\n"));
   EXPECT_THAT(text, HasSubstr("quantd_jobs_finished_total{state=\"succeeded\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("quantd_jobs_recovered_total{outcome=\"cancelled\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("quantd_jobs_finished_total{state=\"cancelled\"} 2\n"));
 }
 
 }  // namespace

@@ -397,9 +397,9 @@ absl::Status QuantdServer::OpenStores() {
   publish_watcher_ = std::make_unique<PublishWatcher>(models_.get());
   pool_->events().AddObserver(publish_watcher_.get());
   if (const worker::JobStore::RecoveryCounts recovered = pool_->recovered();
-      recovered.requeued > 0 || recovered.failed > 0) {
+      recovered.requeued > 0 || recovered.failed > 0 || recovered.cancelled > 0) {
     LogLine(LogLevel::kInfo, absl::StrCat("quantd: recovered interrupted jobs: requeued=", recovered.requeued,
-                                          " failed=", recovered.failed));
+                                          " failed=", recovered.failed, " cancelled=", recovered.cancelled));
     job_stats_->CountRecovered(recovered);
   }
   if (pool_->swept().artifacts > 0 || pool_->swept().manifests > 0) {

@@ -179,9 +179,10 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       result.error_message = absl::StrCat("storing the artifact failed: ", stored.status().message());
     }
   } else if (stop->shutting_down.load() && !stop->cancelled.load() && !cancel_requested.has_value() &&
-             output.status().code() == absl::StatusCode::kCancelled) {
+             !deadline_hit && output.status().code() == absl::StatusCode::kCancelled) {
     // Interrupted by a graceful shutdown: back to the queue for the next start.
-    // An error of the job's own that came meanwhile is its outcome instead.
+    // An error of the job's own that came meanwhile (its deadline too) is its
+    // outcome instead.
     (void)store_->Release(job.id, job.attempt_count);
     job.state = JobState::kQueued;
     return job;

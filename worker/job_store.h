@@ -83,7 +83,9 @@ class JobStore {
   // Deletes a finished job (and the model version it published).
   // FAILED_PRECONDITION if it has not finished.
   // Then, if it held an artifact, calls `release` with the job and whether
-  // no other job holds that artifact, as WithArtifactLocked does.
+  // no other job holds that artifact, as WithArtifactLocked does. OK once the
+  // job is deleted, even if `release` then fails (logged: the artifact is
+  // left for the start-up sweep, RemoveUnheldArtifacts).
   using ReleaseArtifact = std::function<absl::Status(const Job& deleted, bool last_holder)>;
   virtual absl::Status Delete(const std::string& id, const ReleaseArtifact& release) = 0;
   // Calls `use` with whether no job holds `artifact_id` (ArtifactHolders'
@@ -119,13 +121,15 @@ class JobStore {
   // How many jobs are in each state (every process's: for metrics).
   virtual absl::StatusOr<std::map<JobState, int64_t>> CountByState() = 0;
   // Interrupted RUNNING jobs go back to QUEUED, or to FAILED once they have
-  // been started `max_attempts` times; returns how many of each. Interrupted
-  // means: the lease ran out before `now`, or the holder is
+  // been started `max_attempts` times, or to CANCELLED when a cancel was
+  // requested (RequestCancel) before the interruption; returns how many of
+  // each. Interrupted means: the lease ran out before `now`, or the holder is
   // `restarted_holder` (a process that has just started holds nothing yet;
   // "" = none).
   struct RecoveryCounts {
     int requeued = 0;
     int failed = 0;
+    int cancelled = 0;
   };
   virtual absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now,
                                                             const std::string& restarted_holder) = 0;

@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <iostream>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -606,9 +607,15 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
   if (!release || !has_artifact) return absl::OkStatus();
   // Files go only once the deletion is committed (a failed commit leaves the
   // job and its artifact both in place), and under the lock that pinning
-  // waits for.
-  return WithArtifactLockedLocked(job.result->artifact_id,
-                                  [&](bool unheld) { return release(job, /*last_holder=*/unheld); });
+  // waits for. The job is gone now whatever happens to its files: a caller
+  // told otherwise would retry into NOT_FOUND.
+  const absl::Status released = WithArtifactLockedLocked(
+      job.result->artifact_id, [&](bool unheld) { return release(job, /*last_holder=*/unheld); });
+  if (!released.ok()) {
+    std::cerr << "quantd: deleted job " << id << ", but not its artifact " << job.result->artifact_id
+              << " (the next start's sweep removes it if no job holds it): " << released << "\n";
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::string& artifact_id) {
@@ -666,13 +673,38 @@ absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterrupted(
 absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocked(
     uint32_t max_attempts, absl::Time now, const std::string& restarted_holder) {
   RecoveryCounts counts;
+  // ?1 = now, ?2 = the restarted holder ('' = none).
+  constexpr char kInterrupted[] =
+      "state = 2 AND (lease_us IS NULL OR lease_us < ?1 OR (?2 <> '' AND holder = ?2))";
+  // A cancel acknowledged before the interruption is the job's outcome: it
+  // must not run again (nor fail for having crashed).
+  std::vector<std::pair<std::string, std::string>> cancelled;  // id, reason
+  {
+    Stmt requested(db_, absl::StrCat("SELECT jobs.id, cancel_requests.reason FROM jobs JOIN cancel_requests "
+                                     "ON cancel_requests.id = jobs.id WHERE ", kInterrupted));
+    QUANTD_RETURN_IF_ERROR(requested.status());
+    requested.Bind(1, ToUs(now)).Bind(2, restarted_holder);
+    while (true) {
+      QUANTD_ASSIGN_OR_RETURN(bool row, requested.Step());
+      if (!row) break;
+      cancelled.emplace_back(requested.Text(0), requested.Text(1));
+    }
+  }
+  for (const auto& [id, reason] : cancelled) {
+    JobResult result;
+    result.error_code = absl::StatusCode::kCancelled;
+    result.error_message = reason.empty() ? std::string("cancelled by CancelJob") : absl::StrCat("cancelled: ", reason);
+    Stmt cancel(db_, "UPDATE jobs SET state = 5, finish_us = ?1, result = ?2, lease_us = NULL WHERE id = ?3");
+    QUANTD_RETURN_IF_ERROR(cancel.status());
+    cancel.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(result)).Bind(3, id);
+    QUANTD_RETURN_IF_ERROR(cancel.Step().status());
+    QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));
+    ++counts.cancelled;
+  }
   JobResult failed;
   failed.error_code = absl::StatusCode::kAborted;
   failed.error_message = absl::StrCat("the job crashed the server ", max_attempts,
                                       " times (interrupted while running); not retried again");
-  // ?1 = now, ?2 = the restarted holder ('' = none).
-  constexpr char kInterrupted[] =
-      "state = 2 AND (lease_us IS NULL OR lease_us < ?1 OR (?2 <> '' AND holder = ?2))";
   Stmt fail(db_, absl::StrCat("UPDATE jobs SET state = 4, finish_us = ?1, result = ?3, lease_us = NULL "
                               "WHERE ", kInterrupted, " AND attempt >= ?4"));
   QUANTD_RETURN_IF_ERROR(fail.status());

@@ -178,6 +178,56 @@ TEST(SqliteJobStoreTest, APinnedArtifactIsNotReleasedByDeletingAnIdenticalJob) {
   EXPECT_EQ(released.size(), 2u);
 }
 
+// A crash after a cancel was acknowledged: the restart's recovery cancels
+// the job instead of running it again; other interrupted jobs are requeued.
+TEST(SqliteJobStoreTest, RecoveryCancelsAnInterruptedJobWhoseCancelWasRequested) {
+  auto store = SqliteJobStore::Open(TempDir("recover_cancelled") + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  const absl::Time now = absl::FromUnixSeconds(10);
+  ASSERT_TRUE((*store)->Create(NewJob("a", 1), 10).ok());
+  ASSERT_TRUE((*store)->Create(NewJob("b", 2), 10).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());  // a
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());  // b
+  ASSERT_TRUE((*store)->RequestCancel("a", "wrong model").ok());
+  absl::StatusOr<JobStore::RecoveryCounts> recovered = (*store)->RecoverInterrupted(2, now, "local");
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ(recovered->cancelled, 1);
+  EXPECT_EQ(recovered->requeued, 1);
+  EXPECT_EQ(recovered->failed, 0);
+  Job a = *(*store)->Get("a");
+  EXPECT_EQ(a.state, JobState::kCancelled);
+  ASSERT_TRUE(a.result.has_value());
+  EXPECT_EQ(a.result->error_code, absl::StatusCode::kCancelled);
+  EXPECT_EQ(a.result->error_message, "cancelled: wrong model");
+  EXPECT_EQ(a.finish_time, now);
+  EXPECT_FALSE((*store)->CancelRequest("a")->has_value());
+  EXPECT_EQ((*store)->Get("b")->state, JobState::kQueued);
+}
+
+// Once the job's deletion is committed, the caller hears OK even if its
+// artifact could not be removed (the start-up sweep gets it): an error would
+// make the caller retry into NOT_FOUND.
+TEST(SqliteJobStoreTest, ADeletedJobIsReportedDeletedEvenIfItsArtifactStays) {
+  auto store = SqliteJobStore::Open(TempDir("delete_release_fails") + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  JobResult with_artifact;
+  with_artifact.artifact_id = "art-0456";
+  with_artifact.artifact_sha256 = std::string(64, 'b');
+  const absl::Time now = absl::FromUnixSeconds(10);
+  ASSERT_TRUE((*store)->Create(NewJob("a", 1), 10).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());
+  ASSERT_TRUE((*store)->Finish("a", 1, JobState::kSucceeded, with_artifact, now).ok());
+  int calls = 0;
+  EXPECT_TRUE((*store)->Delete("a", [&](const Job&, bool last_holder) {
+                        ++calls;
+                        EXPECT_TRUE(last_holder);
+                        return absl::UnavailableError("the artifact volume is gone");
+                      })
+                  .ok());
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ((*store)->Get("a").status().code(), absl::StatusCode::kNotFound);
+}
+
 // Another process (a second connection to the same file) cannot pin an
 // artifact while a deletion or a sweep decides whether to remove it: its
 // PinArtifact waits until the decision and the removal are done, and then

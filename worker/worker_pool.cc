@@ -127,7 +127,15 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
       return absl::FailedPreconditionError(
           absl::StrCat("job ", id, " has already finished (", JobStateName(job.state), ")"));
     }
+    // The request goes to the shared store first, whoever runs the job: that
+    // runner polls it between batches, and a job interrupted before it got
+    // there (a crash, a lease lost to another process that then claims it
+    // again) is recovered as CANCELLED instead of running again.
+    const absl::Status requested = store_->RequestCancel(id, reason);
+    if (requested.code() == absl::StatusCode::kFailedPrecondition) continue;  // no longer RUNNING
+    bool stopped_here = false;
     {
+      // Ours: stop it now rather than at its next poll of the store.
       absl::MutexLock lock(&mu_);
       auto it = running_.find(id);
       if (it != running_.end()) {
@@ -136,14 +144,15 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
           stop->cancel_reason = reason;
           stop->cancelled.store(true);
         }
-        return job;
+        stopped_here = true;
       }
     }
-    // Another process runs it: leave the request in the shared store, which
-    // that process's runner polls between batches.
-    const absl::Status requested = store_->RequestCancel(id, reason);
-    if (requested.ok()) return job;
-    if (requested.code() != absl::StatusCode::kFailedPrecondition) return requested;
+    if (!requested.ok() && !stopped_here) return requested;
+    if (!requested.ok()) {
+      std::cerr << "quantd: cancelling job " << id << " here only (the job store did not record it): "
+                << requested << "\n";
+    }
+    return job;
   }
   return absl::UnavailableError(absl::StrCat("job ", id, " kept changing state; try again"));
 }
@@ -260,12 +269,13 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
     std::cerr << "quantd: cannot recover jobs whose lease ran out: " << recovered.status() << "\n";
     return {};
   }
-  if (recovered->requeued > 0 || recovered->failed > 0) {
+  if (recovered->requeued > 0 || recovered->failed > 0 || recovered->cancelled > 0) {
     std::cerr << "quantd: recovered jobs whose lease ran out: requeued=" << recovered->requeued
-              << " failed=" << recovered->failed << "\n";
+              << " failed=" << recovered->failed << " cancelled=" << recovered->cancelled << "\n";
     absl::MutexLock lock(&mu_);
     recovered_.requeued += recovered->requeued;
     recovered_.failed += recovered->failed;
+    recovered_.cancelled += recovered->cancelled;
     ++wakeups_;
   }
   return *recovered;

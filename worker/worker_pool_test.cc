@@ -531,6 +531,46 @@ TEST_F(WorkerPoolTest, ARunnerWhoseJobWasRecoveredStopsBeforeTheJobRunsAgain) {
   EXPECT_EQ(engine_.batches_of("m"), 12);
 }
 
+// A cancel acknowledged while the job ran here, then an interruption before
+// the runner stopped (it froze past its lease; a crash is the same to the
+// store): the recovery makes the cancel the job's outcome instead of
+// running the job again.
+TEST_F(WorkerPoolTest, ACancelAcknowledgedBeforeAnInterruptionIsTheJobsOutcome) {
+  FakeClock clock;
+  engine_.pause_at_batch = 2;
+  WorkerPool::Options options_a;
+  options_a.holder = "host-a:/data";
+  options_a.lease = absl::Hours(1);  // renewed only by the test's MaintainLeases
+  WorkerPool::Options options_b = options_a;
+  options_b.holder = "host-b:/data";
+  auto pool_a = NewPool(options_a, &clock);
+  pool_a->Start();
+  const std::string id = pool_a->Submit(NewJob("m"))->id;
+  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(pool_a->Cancel(id, "not needed").ok());
+  EXPECT_EQ(store_->Get(id)->state, JobState::kRunning);  // stops at its next batch
+
+  OtherProcess b = NewPoolOfAnotherProcess(options_b, &clock);
+  ASSERT_NE(b.pool, nullptr);
+  clock.Advance(absl::Minutes(61));
+  const JobStore::RecoveryCounts recovered = b.pool->MaintainLeases();
+  EXPECT_EQ(recovered.cancelled, 1);
+  EXPECT_EQ(recovered.requeued, 0);
+  Job job = *store_->Get(id);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  ASSERT_TRUE(job.result.has_value());
+  EXPECT_EQ(job.result->error_code, absl::StatusCode::kCancelled);
+  EXPECT_EQ(job.result->error_message, "cancelled: not needed");
+  EXPECT_FALSE(store_->CancelRequest(id)->has_value());
+
+  engine_.release.Notify();
+  WaitForRuns(engine_, 1);
+  pool_a->Stop();
+  EXPECT_EQ(engine_.order().size(), 1u);  // never run again
+  EXPECT_EQ(store_->Get(id)->state, JobState::kCancelled);
+  EXPECT_EQ(store_->Get(id)->attempt_count, 1u);
+}
+
 // A process that froze past its lease claims its own job again (recovered,
 // queued) while its first runner still holds it: that runner stops at its
 // next batch instead of running unseen beside the new attempt.
@@ -656,6 +696,44 @@ TEST_F(WorkerPoolTest, AnErrorDuringShutdownFailsTheJobInsteadOfRequeueingIt) {
   ASSERT_TRUE(job.result.has_value());
   EXPECT_EQ(job.result->error_code, absl::StatusCode::kDataLoss);
   EXPECT_THAT(job.result->error_message, HasSubstr("calibration batch 3 is corrupt"));
+}
+
+// The job's deadline passes, and while its engine winds down the server
+// begins a graceful stop: the deadline is the job's outcome, not a job to
+// queue again for the next start.
+TEST_F(WorkerPoolTest, ADeadlineThatPassedBeforeAShutdownIsTheJobsOutcome) {
+  class StopsLate : public QuantizationEngine {
+   public:
+    StopsLate(FakeClock* clock, StopSignals* stop) : clock_(clock), stop_(stop) {}
+    absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+      if (!options.progress({engine::Phase::kCalibrating, 0, 10})) return absl::CancelledError("stopped");
+      clock_->Advance(absl::Hours(2));  // a batch that outlives the deadline
+      if (options.progress({engine::Phase::kCalibrating, 1, 10})) return absl::InternalError("the deadline went unseen");
+      stop_->shutting_down.store(true);  // SIGTERM while the batch winds down
+      return absl::CancelledError("stopped");
+    }
+
+   private:
+    FakeClock* const clock_;
+    StopSignals* const stop_;
+  };
+  FakeClock clock;
+  StopSignals stop;
+  StopsLate engine(&clock, &stop);
+  JobEventHub events(&clock);
+  JobRunner runner(store_.get(), artifacts_.get(), &engine, &events, &clock);
+  Job job = NewJob("m");
+  job.id = "job-deadline-then-stop";
+  ASSERT_TRUE(store_->Create(job, 10).ok());
+  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  const Job finished = runner.Run(**claimed, clock.Now() + absl::Hours(1), &stop);
+  EXPECT_EQ(finished.state, JobState::kFailed);
+  const Job stored = *store_->Get(job.id);
+  EXPECT_EQ(stored.state, JobState::kFailed);
+  ASSERT_TRUE(stored.result.has_value());
+  EXPECT_EQ(stored.result->error_code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(stored.result->error_message, HasSubstr("deadline passed during calibrating"));
 }
 
 TEST_F(WorkerPoolTest, DeletingOneOfTwoIdenticalJobsKeepsTheirArtifact) {
