@@ -229,7 +229,10 @@ absl::Status EncodeInferOutputs(const inference::ModelInferRequest& request, con
   for (int64_t n = 0; n < batch; ++n) {
     const float* scores = output.values.data() + n * classes;
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return scores[a] > scores[b]; });
+    // NaN (a model that overflowed) ranks last: a plain > is no ordering with it.
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return std::isnan(scores[b]) ? !std::isnan(scores[a]) : scores[a] > scores[b];
+    });
     for (int64_t k = 0; k < top_k; ++k) {
       const int64_t index = order[k];
       std::string text = absl::StrFormat("%f:%d", scores[index], index);

@@ -1,5 +1,6 @@
 #include "server/inference_conversion.h"
 
+#include <cmath>
 #include <cstring>
 
 #include <gmock/gmock.h>
@@ -26,6 +27,18 @@ inference::ModelInferRequest Request(const std::string& datatype, std::vector<in
   input->set_datatype(datatype);
   for (int64_t d : shape) input->add_shape(d);
   return request;
+}
+
+// The elements of a BYTES tensor: each a 4-byte little-endian length, then its bytes.
+std::vector<std::string> BytesElements(const std::string& raw) {
+  std::vector<std::string> elements;
+  for (size_t at = 0; at + 4 <= raw.size();) {
+    uint32_t size = 0;
+    std::memcpy(&size, raw.data() + at, 4);
+    elements.push_back(raw.substr(at + 4, size));
+    at += 4 + size;
+  }
+  return elements;
 }
 
 TEST(ParseModelVersionTest, EmptyIsNewestAndOnlyPositiveNumbersPass) {
@@ -166,14 +179,7 @@ TEST(EncodeInferOutputsTest, ScoresAreRawFp32AndClassificationIsTopKStrings) {
   ASSERT_TRUE(EncodeInferOutputs(request, Model(), output, &top).ok());
   EXPECT_EQ(top.outputs(0).datatype(), "BYTES");
   EXPECT_THAT(top.outputs(0).shape(), ElementsAre(2, 2));
-  std::vector<std::string> entries;
-  const std::string& raw = top.raw_output_contents(0);
-  for (size_t at = 0; at + 4 <= raw.size();) {
-    uint32_t size = 0;
-    std::memcpy(&size, raw.data() + at, 4);
-    entries.push_back(raw.substr(at + 4, size));
-    at += 4 + size;
-  }
+  const std::vector<std::string> entries = BytesElements(top.raw_output_contents(0));
   EXPECT_THAT(entries, ElementsAre("0.700000:1:one", "0.200000:2:two", "0.900000:0:zero", "0.050000:1:one"));
 
   wanted->set_name("logits");
@@ -181,6 +187,23 @@ TEST(EncodeInferOutputsTest, ScoresAreRawFp32AndClassificationIsTopKStrings) {
   absl::Status status = EncodeInferOutputs(request, Model(), output, &unknown);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("outputs[0].name"));
+}
+
+// A NaN score (an FP32 model that overflowed) ranks last wherever it sits.
+TEST(EncodeInferOutputsTest, ClassificationRanksNanLast) {
+  engine::ServingOutput output;
+  output.shape = {2, 3};
+  const float nan = std::nanf("");
+  output.values = {nan, 0.1f, 0.5f, 0.1f, nan, 0.5f};
+  inference::ModelInferRequest request;
+  auto* wanted = request.add_outputs();
+  wanted->set_name("output");
+  (*wanted->mutable_parameters())["classification"].set_int64_param(3);
+  inference::ModelInferResponse top;
+  ASSERT_TRUE(EncodeInferOutputs(request, Model(), output, &top).ok());
+  const std::vector<std::string> entries = BytesElements(top.raw_output_contents(0));
+  EXPECT_THAT(entries, ElementsAre("0.500000:2:two", "0.100000:1:one", "nan:0:zero",  //
+                                   "0.500000:2:two", "0.100000:0:zero", "nan:1:one"));
 }
 
 }  // namespace

@@ -133,8 +133,12 @@ absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadFo
   }
   // Labels only for published versions: a request for an unknown name is
   // counted under model="" (label values stay bounded).
-  if (deps_.stats != nullptr) deps_.stats->RecordRequest("", 0, failed.code(), 0, nullptr);
+  CountRefused(failed.code());
   return failed;
+}
+
+void InferenceCore::CountRefused(absl::StatusCode code) {
+  if (deps_.stats != nullptr) deps_.stats->RecordRequest("", 0, code, 0, nullptr);
 }
 
 void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,

@@ -59,6 +59,10 @@ class InferenceCore {
   // block (though on an idle batcher the pass itself runs on the caller).
   std::shared_ptr<const worker::LoadedModel> FindLoaded(const inference::ModelInferRequest& request);
 
+  // Counts a ModelInfer refused before it reached a model (the inference
+  // threads' queue full, the caller not admitted), under model="".
+  void CountRefused(absl::StatusCode code);
+
   // The request's model (model_name, model_version), loaded if need be on
   // the caller's thread; a failure is counted in the request metrics.
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> LoadForInfer(

@@ -30,21 +30,25 @@ worker::DynamicBatcher::Abandoned CallerGone(grpc::CallbackServerContext* contex
 
 template <typename Work>
 grpc::ServerUnaryReactor* InferenceServiceImpl::Offload(grpc::CallbackServerContext* context, const char* method,
-                                                        Work work) {
+                                                        Work work, bool counted) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto run = [this, reactor, context, method, work = std::move(work)]() mutable {
+  auto refuse = [this, reactor, counted](const absl::Status& status) {
+    if (counted) deps_.core->CountRefused(status.code());
+    reactor->Finish(ToGrpcStatus(status));
+  };
+  auto run = [this, refuse, reactor, context, method, work = std::move(work)]() mutable {
     absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, method);
     if (!caller.ok()) {
-      reactor->Finish(ToGrpcStatus(caller.status()));
+      refuse(caller.status());
       return;
     }
     work(reactor);
   };
   if (!deps_.executor->TrySchedule(std::move(run))) {
-    reactor->Finish(ToGrpcStatus(absl::ResourceExhaustedError(
+    refuse(absl::ResourceExhaustedError(
         absl::StrCat(method, ": ", deps_.executor->queue_capacity(),
                      " requests already wait for the inference threads (--inference_queue_capacity); retry "
-                     "with backoff"))));
+                     "with backoff")));
   }
   return reactor;
 }
@@ -102,6 +106,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, "ModelInfer");
     if (!caller.ok()) {
+      deps_.core->CountRefused(caller.status().code());
       reactor->Finish(ToGrpcStatus(caller.status()));
       return reactor;
     }
@@ -110,11 +115,14 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
         std::move(loaded), CallerGone(context));
     return reactor;
   }
-  return Offload(context, "ModelInfer", [this, context, request, response](grpc::ServerUnaryReactor* reactor) {
-    deps_.core->ModelInfer(
-        *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); }, nullptr,
-        CallerGone(context));
-  });
+  return Offload(
+      context, "ModelInfer",
+      [this, context, request, response](grpc::ServerUnaryReactor* reactor) {
+        deps_.core->ModelInfer(
+            *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); }, nullptr,
+            CallerGone(context));
+      },
+      /*counted=*/true);
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::RepositoryIndex(grpc::CallbackServerContext* context,

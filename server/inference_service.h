@@ -51,8 +51,12 @@ class InferenceServiceImpl final : public inference::GRPCInferenceService::Callb
  private:
   // Runs `work` on the executor once the caller may read; `work` answers
   // through the reactor's Finish itself.
+  // `counted`: a refusal here (executor full, caller not admitted) is
+  // counted in the inference request metrics, as ModelInfer's other
+  // outcomes are.
   template <typename Work>
-  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, const char* method, Work work);
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, const char* method, Work work,
+                                    bool counted = false);
 
   const Deps deps_;
 };

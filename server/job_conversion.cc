@@ -763,7 +763,8 @@ void ToProto(const worker::Evaluation& e, v1::Evaluation* out) {
     ToProto(*r.fp32, samples, report->mutable_fp32());
     report->set_agreement(static_cast<uint64_t>(r.agreement));
     for (int64_t v : r.per_class_agreement) report->add_per_class_agreement(static_cast<uint64_t>(v));
-    if (std::isfinite(r.output_sqnr_db)) report->set_output_sqnr_db(r.output_sqnr_db);
+    // Unset only for identical scores (+inf); -inf and NaN say what went wrong.
+    if (!(std::isinf(r.output_sqnr_db) && r.output_sqnr_db > 0)) report->set_output_sqnr_db(r.output_sqnr_db);
     for (int64_t v : r.first_disagreements) report->add_first_disagreements(static_cast<uint64_t>(v));
   }
 }

@@ -40,18 +40,44 @@ PrecisionResult DecodePrecision(const json& j) {
   return p;
 }
 
-// Index of the largest score; the first on ties (as argmax in PyTorch).
+// NaN scores (a model that overflowed) rank below every number, so that a
+// broken output is never counted as a correct prediction.
+
+// Index of the largest score; the first on ties (as argmax in PyTorch); 0 if
+// every score is NaN.
 int64_t ArgMax(const float* scores, int64_t classes) {
-  return std::max_element(scores, scores + classes) - scores;
+  int64_t best = 0;
+  for (int64_t c = 1; c < classes; ++c) {
+    if (scores[c] > scores[best] || (std::isnan(scores[best]) && !std::isnan(scores[c]))) best = c;
+  }
+  return best;
 }
 
 // Whether `label` is among the k best scores (ties count against it).
 bool InTopK(const float* scores, int64_t classes, int64_t label, int64_t k) {
+  if (std::isnan(scores[label])) return false;
   int64_t better = 0;
   for (int64_t c = 0; c < classes; ++c) {
     if (scores[c] > scores[label] || (scores[c] == scores[label] && c < label)) ++better;
   }
   return better < k;
+}
+
+// JSON has no infinities: +inf (identical scores) is null, as before there
+// were the others; -inf and NaN are strings.
+json SqnrToJson(double db) {
+  if (std::isfinite(db)) return json(db);
+  if (std::isnan(db)) return json("nan");
+  return db > 0 ? json(nullptr) : json("-inf");
+}
+
+double SqnrFromJson(const json& value) {
+  if (value.is_null()) return std::numeric_limits<double>::infinity();
+  if (value.is_string()) {
+    return value.get<std::string>() == "-inf" ? -std::numeric_limits<double>::infinity()
+                                              : std::numeric_limits<double>::quiet_NaN();
+  }
+  return value.get<double>();
 }
 
 }  // namespace
@@ -91,7 +117,7 @@ std::string EncodeEvaluation(const Evaluation& e) {
                    {"int8", EncodePrecision(r.int8)},
                    {"agreement", r.agreement},
                    {"per_class_agreement", r.per_class_agreement},
-                   {"output_sqnr_db", std::isfinite(r.output_sqnr_db) ? json(r.output_sqnr_db) : json(nullptr)},
+                   {"output_sqnr_db", SqnrToJson(r.output_sqnr_db)},
                    {"first_disagreements", r.first_disagreements}};
     if (r.fp32.has_value()) report["fp32"] = EncodePrecision(*r.fp32);
     j["report"] = std::move(report);
@@ -130,8 +156,7 @@ absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text) {
       if (r.contains("fp32")) report.fp32 = DecodePrecision(r.at("fp32"));
       report.agreement = r.at("agreement").get<int64_t>();
       report.per_class_agreement = r.at("per_class_agreement").get<std::vector<int64_t>>();
-      report.output_sqnr_db = r.at("output_sqnr_db").is_null() ? std::numeric_limits<double>::infinity()
-                                                               : r.at("output_sqnr_db").get<double>();
+      report.output_sqnr_db = SqnrFromJson(r.at("output_sqnr_db"));
       report.first_disagreements = r.at("first_disagreements").get<std::vector<int64_t>>();
       e.report = std::move(report);
     }
@@ -218,6 +243,8 @@ void EvaluationAccumulator::AddSeconds(double int8_seconds, double fp32_seconds)
 EvaluationReport EvaluationAccumulator::Finish() const {
   EvaluationReport report = report_;
   if (report.fp32.has_value()) {
+    // Identical scores: +inf. FP32 scores all zero and int8's not: -inf (log
+    // of 0). A score that is not finite: NaN.
     report.output_sqnr_db =
         noise_ == 0 ? std::numeric_limits<double>::infinity() : 10.0 * std::log10(signal_ / noise_);
   }

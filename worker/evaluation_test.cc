@@ -77,6 +77,42 @@ TEST(EvaluationAccumulatorTest, IdenticalScoresHaveInfiniteSqnr) {
   EXPECT_TRUE(std::isinf(acc.Finish().output_sqnr_db));
 }
 
+// A model that overflowed (NaN scores) is never right by accident: NaN
+// ranks below every number in top-1 and top-5.
+TEST(EvaluationAccumulatorTest, NanScoresAreNeverCorrect) {
+  EvaluationAccumulator acc(6, /*with_fp32=*/false);
+  const float nan = std::nanf("");
+  ASSERT_TRUE(acc.Add(0, {3}, std::vector<float>(6, nan), nullptr).ok());
+  // The label's score is the only number: top-1 despite the NaN before it.
+  ASSERT_TRUE(acc.Add(1, {2}, {nan, nan, 0.5f, nan, nan, nan}, nullptr).ok());
+  const EvaluationReport r = acc.Finish();
+  EXPECT_EQ(r.int8.top1_correct, 1);
+  EXPECT_EQ(r.int8.top5_correct, 1);
+  EXPECT_EQ(r.int8.confusion[2 * 6 + 2], 1);
+}
+
+// SQNR's two other non-finite values survive the stored record and mean
+// what they say: not "identical scores" (+inf).
+TEST(EvaluationCodecTest, NonFiniteSqnrRoundTrips) {
+  const std::vector<float> zeros(6, 0.0f), ones(6, 1.0f), nans(6, std::nanf(""));
+  for (const std::vector<float>* fp32 : {&zeros, &nans}) {
+    EvaluationAccumulator acc(6, /*with_fp32=*/true);
+    ASSERT_TRUE(acc.Add(0, {1}, ones, fp32).ok());
+    Evaluation e;
+    e.id = "eval-sqnr";
+    e.state = EvaluationState::kSucceeded;
+    e.report = acc.Finish();
+    absl::StatusOr<Evaluation> back = DecodeEvaluation(EncodeEvaluation(e));
+    ASSERT_TRUE(back.ok()) << back.status();
+    const double db = back->report->output_sqnr_db;
+    if (fp32 == &zeros) {
+      EXPECT_TRUE(std::isinf(db) && db < 0) << db;
+    } else {
+      EXPECT_TRUE(std::isnan(db)) << db;
+    }
+  }
+}
+
 TEST(EvaluationAccumulatorTest, ALabelOutsideTheClassesIsInvalidNamingTheSample) {
   EvaluationAccumulator acc(6, /*with_fp32=*/false);
   const absl::Status status = acc.Add(40, {0, 9}, Concat({Scores(0, 1), Scores(0, 1)}), nullptr);

@@ -241,11 +241,14 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
   const std::vector<int64_t>& s = model->info().input_shape;
   QUANTD_ASSIGN_OR_RETURN(engine::ServingOutput warm,
                           model->model_->Run(std::vector<float>(s[0] * s[1] * s[2], 0.0f), {1, s[0], s[1], s[2]}));
-  // Outputs are per sample: [N, ...] with N the batch.
-  if (warm.shape.empty() || warm.shape[0] != 1) {
-    return absl::FailedPreconditionError(absl::StrCat(what, ": its output for one sample has shape [",
-                                                      absl::StrJoin(warm.shape, ", "),
-                                                      "], not [1, ...]; only batched outputs can be served"));
+  // Outputs are per sample: [N, ...] with N the batch, and values per sample
+  // in at least one more dimension (what the protocol's encoders and
+  // Evaluate read: a [N] output would load, then fail every request).
+  if (warm.shape.size() < 2 || warm.shape[0] != 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": its output for a batch of one has shape [", absl::StrJoin(warm.shape, ", "),
+                     "]; only [N, ...] outputs (N samples, each with at least one dimension of values) "
+                     "can be served"));
   }
   model->info_.output_shape.assign(warm.shape.begin() + 1, warm.shape.end());
   return model;

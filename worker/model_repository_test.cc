@@ -14,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "worker/clock.h"
 #include "worker/evaluation.h"
@@ -174,31 +175,42 @@ TEST_F(ModelRepositoryTest, AnFp32SourceChangedSinceItsJobIsRefused) {
 // A model that sums its output to one number per call (not per sample)
 // quantizes, but cannot be served by sample: an error, where taking the
 // output's shape after the batch dimension read past a 0-D shape.
+// Refused at load, not at every request: a model whose output is one number
+// ([]) or one number per sample ([N]).
 TEST_F(ModelRepositoryTest, AModelWithoutABatchedOutputIsRefusedAtLoad) {
-  torch::jit::Module m("Summing");
-  m.register_parameter("w", at::ones({4, 3, 3, 3}) * 0.01, false);
-  m.define(R"(
+  const struct {
+    const char* name;
+    const char* reduction;
+    const char* shape;
+  } cases[] = {{"summing", "torch.sum(y)", "[]"}, {"scoring", "torch.sum(y, dim=[1, 2, 3])", "[1]"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    torch::jit::Module m(c.name);
+    m.register_parameter("w", at::ones({4, 3, 3, 3}) * 0.01, false);
+    m.define(absl::StrCat(R"(
     def forward(self, x):
-        return torch.sum(torch.relu(torch.conv2d(x, self.w)))
-  )");
-  const std::string path = engine::testing::MakeTempDir("summing") + "/summing.pt";
-  m.save(path);
-  engine::QuantizeOptions options;
-  options.model_path = path;
-  options.calibration.path = engine::testing::CalibrationPath();
-  options.calibration.limit = 20;
-  options.fusion.automatic = true;
-  options.qconfig.preset = "qnnpack";
-  options.quality_samples = 0;
-  auto model = engine::Quantize(options);
-  ASSERT_TRUE(model.ok()) << model.status();
-  Quantized summing;
-  summing.bytes = *(*model)->SerializeArtifact();
-  summing.report = (*model)->report();
-  Publish("s", "summing", path, summing);
-  const absl::Status refused = Repository()->Load("summing", 1).status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(refused.message()), HasSubstr("its output for one sample has shape [], not [1, ...]"));
+        y = torch.relu(torch.conv2d(x, self.w))
+        return )", c.reduction, "\n"));
+    const std::string path = engine::testing::MakeTempDir(c.name) + "/" + c.name + ".pt";
+    m.save(path);
+    engine::QuantizeOptions options;
+    options.model_path = path;
+    options.calibration.path = engine::testing::CalibrationPath();
+    options.calibration.limit = 20;
+    options.fusion.automatic = true;
+    options.qconfig.preset = "qnnpack";
+    options.quality_samples = 0;
+    auto model = engine::Quantize(options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    Quantized quantized;
+    quantized.bytes = *(*model)->SerializeArtifact();
+    quantized.report = (*model)->report();
+    Publish(absl::StrCat(c.name, "-job"), c.name, path, quantized);
+    const absl::Status refused = Repository()->Load(c.name, 1).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(refused.message()),
+                HasSubstr(absl::StrCat("its output for a batch of one has shape ", c.shape, ";")));
+  }
 }
 
 TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid) {

@@ -121,9 +121,16 @@ class SecureQuantd : public ::testing::Test {
   // curl's HTTP status for GET /metrics over HTTPS ("000": no HTTP at all),
   // presenting the client certificate `cert` ("" = none).
   std::string MetricsStatus(const std::string& token, const std::string& cert = "client") {
-    std::vector<std::string> argv = {"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                     "--cacert", dir_ + "/ca.pem",
-                                     absl::StrCat("https://127.0.0.1:", metrics_port_, "/metrics")};
+    return GetMetrics(token, cert, {"-o", "/dev/null", "-w", "%{http_code}"});
+  }
+  // The exposition itself.
+  std::string Metrics(const std::string& token) { return GetMetrics(token, "client", {}); }
+
+  std::string GetMetrics(const std::string& token, const std::string& cert, const std::vector<std::string>& output) {
+    std::vector<std::string> argv = {"/usr/bin/curl", "-s"};
+    argv.insert(argv.end(), output.begin(), output.end());
+    argv.insert(argv.end(),
+                {"--cacert", dir_ + "/ca.pem", absl::StrCat("https://127.0.0.1:", metrics_port_, "/metrics")});
     if (!cert.empty()) {
       argv.insert(argv.end(), {"--cert", dir_ + "/" + cert + ".pem", "--key", dir_ + "/" + cert + ".key"});
     }
@@ -168,6 +175,11 @@ TEST_F(SecureQuantd, TokensAndRolesDecideWhoMayDoWhat) {
   EXPECT_THAT(anonymous.err, HasSubstr("code 16"));
   EXPECT_THAT(anonymous.err, HasSubstr("no bearer token"));
   EXPECT_THAT(Ctl("a-token-nobody-issued-ever", {"jobs"}).err, HasSubstr("code 16"));
+  // An inference refused at the door counts as an inference request.
+  std::ofstream(dir_ + "/one.bin") << std::string(3073, '\0');  // one CIFAR-10 record
+  EXPECT_THAT(Ctl("", {"infer", "resnet8", "--data=" + dir_ + "/one.bin"}).err, HasSubstr("code 16"));
+  EXPECT_THAT(Metrics(kReadToken),
+              HasSubstr("quantd_inference_requests_total{code=\"UNAUTHENTICATED\",model=\"\",version=\"\"} 1"));
   {
     auto r = RunCommand({"/usr/bin/env", absl::StrCat("QUANTD_TOKEN=", kReadToken), QUANTCTL_BIN,
                          absl::StrCat("--server=127.0.0.1:", grpc_port_), "--tls_ca=" + dir_ + "/ca.pem",
