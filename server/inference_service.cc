@@ -28,28 +28,26 @@ worker::DynamicBatcher::Abandoned CallerGone(grpc::CallbackServerContext* contex
 
 }  // namespace
 
+absl::Status InferenceServiceImpl::Busy(const char* method) const {
+  return absl::ResourceExhaustedError(
+      absl::StrCat(method, ": ", deps_.executor->queue_capacity(),
+                   " requests already wait for the inference threads (--inference_queue_capacity); retry "
+                   "with backoff"));
+}
+
 template <typename Work>
 grpc::ServerUnaryReactor* InferenceServiceImpl::Offload(grpc::CallbackServerContext* context, const char* method,
-                                                        Work work, bool counted) {
+                                                        Work work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto refuse = [this, reactor, counted](const absl::Status& status) {
-    if (counted) deps_.core->CountRefused(status.code());
-    reactor->Finish(ToGrpcStatus(status));
-  };
-  auto run = [this, refuse, reactor, context, method, work = std::move(work)]() mutable {
+  auto run = [this, reactor, context, method, work = std::move(work)]() mutable {
     absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, method);
     if (!caller.ok()) {
-      refuse(caller.status());
+      reactor->Finish(ToGrpcStatus(caller.status()));
       return;
     }
     work(reactor);
   };
-  if (!deps_.executor->TrySchedule(std::move(run))) {
-    refuse(absl::ResourceExhaustedError(
-        absl::StrCat(method, ": ", deps_.executor->queue_capacity(),
-                     " requests already wait for the inference threads (--inference_queue_capacity); retry "
-                     "with backoff")));
-  }
+  if (!deps_.executor->TrySchedule(std::move(run))) reactor->Finish(ToGrpcStatus(Busy(method)));
   return reactor;
 }
 
@@ -99,30 +97,31 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelMetadata(grpc::CallbackServ
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerContext* context,
                                                            const inference::ModelInferRequest* request,
                                                            inference::ModelInferResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto refuse = [this, reactor](const absl::Status& status) {
+    deps_.core->CountRefused(status.code());  // counted with ModelInfer's other outcomes
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  };
+  // Admitted here (the tokens are in memory), before anything else: a caller
+  // without the read role can neither reorder the model cache nor learn from
+  // the timing whether a model is loaded.
+  if (absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, "ModelInfer"); !caller.ok()) {
+    return refuse(caller.status());
+  }
+  auto done = [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); };
   // A loaded model needs no disk or store access before its queue: checked
   // and queued right here, one thread hop less (and on an idle batcher, run
   // right here too; see worker/dynamic_batcher.h).
   if (std::shared_ptr<const worker::LoadedModel> loaded = deps_.core->FindLoaded(*request)) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, "ModelInfer");
-    if (!caller.ok()) {
-      deps_.core->CountRefused(caller.status().code());
-      reactor->Finish(ToGrpcStatus(caller.status()));
-      return reactor;
-    }
-    deps_.core->ModelInfer(
-        *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); },
-        std::move(loaded), CallerGone(context));
+    deps_.core->ModelInfer(*request, response, std::move(done), std::move(loaded), CallerGone(context));
     return reactor;
   }
-  return Offload(
-      context, "ModelInfer",
-      [this, context, request, response](grpc::ServerUnaryReactor* reactor) {
-        deps_.core->ModelInfer(
-            *request, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); }, nullptr,
-            CallerGone(context));
-      },
-      /*counted=*/true);
+  auto load_and_run = [this, context, request, response, done = std::move(done)]() mutable {
+    deps_.core->ModelInfer(*request, response, std::move(done), nullptr, CallerGone(context));
+  };
+  if (!deps_.executor->TrySchedule(std::move(load_and_run))) return refuse(Busy("ModelInfer"));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::RepositoryIndex(grpc::CallbackServerContext* context,

@@ -51,12 +51,10 @@ class InferenceServiceImpl final : public inference::GRPCInferenceService::Callb
  private:
   // Runs `work` on the executor once the caller may read; `work` answers
   // through the reactor's Finish itself.
-  // `counted`: a refusal here (executor full, caller not admitted) is
-  // counted in the inference request metrics, as ModelInfer's other
-  // outcomes are.
   template <typename Work>
-  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, const char* method, Work work,
-                                    bool counted = false);
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, const char* method, Work work);
+  // RESOURCE_EXHAUSTED: the inference threads' queue is full.
+  absl::Status Busy(const char* method) const;
 
   const Deps deps_;
 };
