@@ -279,6 +279,10 @@ std::string JsonLine(const google::protobuf::Message& message) {
 }
 
 int FollowJob(const CommandContext& context, const std::string& job_id) {
+  return FollowJob(context, job_id, absl::Minutes(5));
+}
+
+int FollowJob(const CommandContext& context, const std::string& job_id, absl::Duration reconnect_window) {
   auto stub = v1::QuantizationService::NewStub(context.channel);
   v1::JobEvent event;
   v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
@@ -289,15 +293,16 @@ int FollowJob(const CommandContext& context, const std::string& job_id) {
   absl::Time calibration_start = absl::InfinitePast();
   // A lost watch (the server restarting, or gone without closing: see the
   // channel's keepalive) is resumed after the last event seen, for as long as
-  // the server comes back within kReconnectWindow of the last contact. A
+  // the server comes back within `reconnect_window` of the moment the watch
+  // broke (a stream may stay quiet for long: a queued job, a long phase). A
   // watch that never got an event (a wrong address) fails at once.
-  constexpr absl::Duration kReconnectWindow = absl::Minutes(5);
   bool had_contact = false;
+  bool got_result = false;
   uint64_t last_sequence = 0;
-  absl::Time last_contact = absl::Now();
+  absl::Time broken_since = absl::InfiniteFuture();
   absl::Duration backoff = absl::Milliseconds(250);
   bool interruption_reported = false;
-  while (true) {
+  while (!got_result) {
     grpc::ClientContext client_context;
     context.PrepareCall(client_context, /*with_deadline=*/false);
     // A job may queue and run for long: the watch gets a day, not --timeout.
@@ -308,7 +313,7 @@ int FollowJob(const CommandContext& context, const std::string& job_id) {
     auto reader = stub->WatchJob(&client_context, request);
     while (reader->Read(&event)) {
       had_contact = true;
-      last_contact = absl::Now();
+      broken_since = absl::InfiniteFuture();
       backoff = absl::Milliseconds(250);
       interruption_reported = false;
       last_sequence = std::max<uint64_t>(last_sequence, event.sequence());
@@ -337,11 +342,14 @@ int FollowJob(const CommandContext& context, const std::string& job_id) {
       context.out->flush();
       if (event.has_snapshot()) state = event.snapshot().state();
       if (event.event_case() == v1::JobEvent::kStateChanged) state = event.state_changed();
+      // The last event: a stream that breaks after it is not watched again
+      // (the server would replay the result).
+      if (event.has_result()) got_result = true;
     }
     if (live_line) *context.out << "\n";
     live_line = false;
     grpc::Status status = reader->Finish();
-    if (status.ok()) break;
+    if (status.ok() || got_result) break;
     // CANCELLED too: this client never cancels its watch, but a server that
     // is stopping cancels the calls that reach it meanwhile. And
     // RESOURCE_EXHAUSTED: this client fell too far behind (a stalled
@@ -349,7 +357,8 @@ int FollowJob(const CommandContext& context, const std::string& job_id) {
     const bool server_away = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                              status.error_code() == grpc::StatusCode::CANCELLED ||
                              status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
-    if (!server_away || !had_contact || absl::Now() - last_contact > kReconnectWindow) {
+    if (broken_since == absl::InfiniteFuture()) broken_since = absl::Now();
+    if (!server_away || !had_contact || absl::Now() - broken_since > reconnect_window) {
       return context.RpcFailed("watch", status);
     }
     if (!interruption_reported) {

@@ -11,6 +11,7 @@
 
 #include <google/protobuf/message.h>
 
+#include "absl/time/time.h"
 #include "client/commands.h"
 #include "quantd/v1/quantd.grpc.pb.h"
 
@@ -57,8 +58,11 @@ std::string ArtifactText(const v1::Artifact& artifact);
 std::string JsonLine(const google::protobuf::Message& message);
 
 // Streams WatchJob until the job ends, printing each event. Returns kExitOk
-// if the job SUCCEEDED, kExitFailure otherwise.
+// if the job SUCCEEDED, kExitFailure otherwise. A watch that breaks after
+// its first event is resumed while the server answers again within
+// `reconnect_window` (5 minutes in the first form) of the break.
 int FollowJob(const CommandContext& context, const std::string& job_id);
+int FollowJob(const CommandContext& context, const std::string& job_id, absl::Duration reconnect_window);
 
 std::string ShortEnum(const std::string& name, const std::string& prefix);
 

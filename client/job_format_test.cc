@@ -1,7 +1,16 @@
 #include "client/job_format.h"
 
+#include <atomic>
+#include <memory>
+#include <sstream>
+#include <utility>
+
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+
+#include "absl/strings/str_split.h"
+#include "absl/strings/match.h"
 
 namespace quantd::cli {
 namespace {
@@ -69,6 +78,112 @@ TEST(JobTextTest, APublishedVersionIsNamed) {
   result.set_model_name("resnet8");
   result.set_model_version(2);
   EXPECT_THAT(JobText(job), HasSubstr("\n  published: resnet8 version 2"));
+}
+
+// A quantd that answers WatchJob from a script: each call writes its events,
+// stays quiet for a while, then ends with its status.
+class ScriptedWatch final : public v1::QuantizationService::Service {
+ public:
+  struct Call {
+    std::vector<v1::JobEvent> events;
+    absl::Duration quiet;
+    grpc::Status end;
+  };
+  explicit ScriptedWatch(std::vector<Call> calls) : calls_(std::move(calls)) {}
+
+  grpc::Status WatchJob(grpc::ServerContext*, const v1::WatchJobRequest*,
+                        grpc::ServerWriter<v1::JobEvent>* writer) override {
+    const size_t n = static_cast<size_t>(calls_made.fetch_add(1));
+    if (n >= calls_.size()) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no call scripted");
+    for (const v1::JobEvent& event : calls_[n].events) writer->Write(event);
+    absl::SleepFor(calls_[n].quiet);
+    return calls_[n].end;
+  }
+
+  std::atomic<int> calls_made{0};
+
+ private:
+  const std::vector<Call> calls_;
+};
+
+v1::JobEvent Snapshot(uint64_t sequence, v1::JobState state) {
+  v1::JobEvent event;
+  event.set_job_id("job-1");
+  event.set_sequence(sequence);
+  event.mutable_snapshot()->set_id("job-1");
+  event.mutable_snapshot()->set_state(state);
+  return event;
+}
+
+v1::JobEvent Succeeded(uint64_t sequence) {
+  v1::JobEvent event;
+  event.set_job_id("job-1");
+  event.set_sequence(sequence);
+  event.set_state_changed(v1::JOB_STATE_SUCCEEDED);
+  return event;
+}
+
+v1::JobEvent Result(uint64_t sequence) {
+  v1::JobEvent event;
+  event.set_job_id("job-1");
+  event.set_sequence(sequence);
+  event.mutable_result()->set_artifact_id("art-1");
+  return event;
+}
+
+class FollowJobTest : public ::testing::Test {
+ protected:
+  // Runs FollowJob against `script`; returns its exit code.
+  int Follow(std::vector<ScriptedWatch::Call> script, absl::Duration reconnect_window) {
+    service_ = std::make_unique<ScriptedWatch>(std::move(script));
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    CommandContext context;
+    context.channel = server_->InProcessChannel(grpc::ChannelArguments());
+    context.out = &out_;
+    context.err = &err_;
+    const int rc = FollowJob(context, "job-1", reconnect_window);
+    server_->Shutdown();
+    return rc;
+  }
+  int ResultLines() const {
+    int n = 0;
+    for (absl::string_view line : absl::StrSplit(out_.str(), '\n')) n += absl::StrContains(line, " result ");
+    return n;
+  }
+
+  std::unique_ptr<ScriptedWatch> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::ostringstream out_, err_;
+};
+
+// The stream broke right after the result (before its OK status): the job is
+// over, so it is not watched again (the server would replay the result).
+TEST_F(FollowJobTest, AWatchThatBreaksAfterTheResultEndsWithOneResult) {
+  const grpc::Status cut(grpc::StatusCode::UNAVAILABLE, "connection reset");
+  const int rc = Follow({{{Snapshot(1, v1::JOB_STATE_RUNNING), Succeeded(2), Result(3)}, absl::ZeroDuration(), cut},
+                         {{Snapshot(1, v1::JOB_STATE_SUCCEEDED), Result(2)}, absl::ZeroDuration(), grpc::Status::OK}},
+                        absl::Minutes(5));
+  EXPECT_EQ(rc, kExitOk) << err_.str();
+  EXPECT_EQ(service_->calls_made.load(), 1);
+  EXPECT_EQ(ResultLines(), 1) << out_.str();
+}
+
+// The reconnect window counts from the break, not from the last event: a
+// stream quiet for longer than the window (a queued job) is still resumed.
+TEST_F(FollowJobTest, AQuietWatchThatBreaksIsResumedWithinTheWindowOfTheBreak) {
+  const grpc::Status restart(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  const int rc =
+      Follow({{{Snapshot(1, v1::JOB_STATE_QUEUED)}, absl::Milliseconds(400), restart},
+              {{Snapshot((uint64_t{2} << 32) + 1, v1::JOB_STATE_SUCCEEDED), Result((uint64_t{2} << 32) + 2)},
+               absl::ZeroDuration(),
+               grpc::Status::OK}},
+             /*reconnect_window=*/absl::Milliseconds(300));
+  EXPECT_EQ(rc, kExitOk) << err_.str();
+  EXPECT_EQ(service_->calls_made.load(), 2);
+  EXPECT_EQ(ResultLines(), 1) << out_.str();
+  EXPECT_THAT(err_.str(), HasSubstr("was interrupted"));
 }
 
 }  // namespace
