@@ -210,12 +210,17 @@ absl::StatusOr<BlobInfo> BlobUpload::Commit() {
   ::close(fd_);
   fd_ = -1;
   std::string target = (fs::path(store_->dir()) / info.sha256).string();
-  std::error_code error;
-  info.already_existed = fs::is_regular_file(target, error);
-  if (::rename(tmp_path_.c_str(), target.c_str()) != 0) {
-    absl::Status status = ErrnoStatus(errno, "cannot store upload");
-    Discard();
-    return status;
+  {
+    // Not while the sweep decides on this blob (RemoveIf): it would delete the
+    // fresh file it saw as old, after this upload was told it was stored.
+    BlobStore::Use use(*store_);
+    std::error_code error;
+    info.already_existed = fs::is_regular_file(target, error);
+    if (::rename(tmp_path_.c_str(), target.c_str()) != 0) {
+      absl::Status status = ErrnoStatus(errno, "cannot store upload");
+      Discard();
+      return status;
+    }
   }
   tmp_path_.clear();
   int dir_fd = ::open(store_->dir().c_str(), O_RDONLY | O_DIRECTORY);

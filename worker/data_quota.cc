@@ -57,7 +57,8 @@ absl::Status DataQuota::CheckLocked(int64_t more_bytes, const std::string& what)
   if (max_bytes_ <= 0) return absl::OkStatus();
   absl::StatusOr<int64_t> used = UsedBytes();
   if (!used.ok()) return used.status();
-  if (*used + reserved_ + more_bytes > max_bytes_) {
+  // Compared without the sum, which a client's declared size could overflow.
+  if (more_bytes > max_bytes_ - *used - reserved_) {
     const std::string reserved =
         reserved_ > 0 ? absl::StrCat(" + ", reserved_, " reserved by uploads in progress") : "";
     return absl::ResourceExhaustedError(absl::StrCat(what, ": the data dir quota is full (", *used, " bytes used",

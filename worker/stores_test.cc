@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -741,6 +742,43 @@ TEST(BlobStoreTest, RemoveIfDecidesWithNoSubmitInBetween) {
   EXPECT_EQ((*blobs)->PathOf(blob->sha256, "id").status().code(), absl::StatusCode::kNotFound);
 }
 
+// The same bytes uploaded again while the sweep decides to remove the idle
+// blob: the upload's commit waits for the decision, so the fresh file it
+// reports as stored is not the one removed.
+TEST(BlobStoreTest, ACommitWaitsWhileTheSweepDecidesOnTheSameBlob) {
+  const std::string dir = TempDir("blob_commit_vs_sweep");
+  auto blobs = BlobStore::Open(dir, 1000);
+  ASSERT_TRUE(blobs.ok());
+  auto first = (*blobs)->BeginUpload("", 0);
+  ASSERT_TRUE((*first)->Append("bytes").ok());
+  absl::StatusOr<BlobInfo> blob = (*first)->Commit();
+  ASSERT_TRUE(blob.ok());
+  auto again = (*blobs)->BeginUpload("", 0);
+  ASSERT_TRUE((*again)->Append("bytes").ok());
+
+  absl::Notification deciding, committed;
+  bool committed_while_deciding = false;
+  absl::StatusOr<BlobInfo> second;
+  std::thread sweep([&] {
+    ASSERT_TRUE(*(*blobs)->RemoveIf(blob->sha256, [&] {
+      deciding.Notify();
+      committed_while_deciding = committed.WaitForNotificationWithTimeout(absl::Milliseconds(100));
+      return true;  // it looked idle
+    }));
+  });
+  deciding.WaitForNotification();
+  std::thread upload([&] {
+    second = (*again)->Commit();
+    committed.Notify();
+  });
+  sweep.join();
+  upload.join();
+  EXPECT_FALSE(committed_while_deciding);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(second->already_existed);  // the old file went first
+  EXPECT_TRUE((*blobs)->PathOf(blob->sha256, "id").ok()) << "a blob reported stored is gone";
+}
+
 TEST(BlobCollectorTest, CollectsOnlyIdleBlobsNoActiveJobUses) {
   const std::string dir = TempDir("gc");
   auto blobs = BlobStore::Open(dir + "/blobs", 1000);
@@ -870,6 +908,11 @@ TEST(DataQuotaTest, UploadsInProgressReserveTheirDeclaredSize) {
   auto second = (*blobs)->BeginUpload("", 60);
   ASSERT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(second.status().message(), HasSubstr("60 reserved by uploads in progress"));
+  // A declared size near the int64 limit (--max_upload_bytes may allow it)
+  // is refused, not wrapped around into room.
+  EXPECT_EQ(quota.Reserve(std::numeric_limits<int64_t>::max(), "metadata.size_bytes").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(quota.ReservedBytes(), 60);
   // Nor may an artifact take the reserved bytes.
   EXPECT_EQ((*artifacts)->Put("job-1", std::string(50, 'a'), "{}").status().code(),
             absl::StatusCode::kResourceExhausted);
