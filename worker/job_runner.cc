@@ -225,7 +225,19 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     finished = store_->Finish(job.id, job.attempt_count, final_state, result, now);
   }
   if (!finished.ok()) {
-    // Someone else owns the job now (another attempt); report what is stored.
+    // Someone else owns the job now (recovered after the lease ran out). The
+    // artifact this attempt stored goes unless a job holds it: one that
+    // stores the same bytes pins them first, under the same lock.
+    if (finished.code() == absl::StatusCode::kFailedPrecondition && !result.artifact_id.empty()) {
+      const absl::Status released = store_->WithArtifactLocked(result.artifact_id, [&](bool unheld) {
+        return unheld ? artifacts_->Remove(result.artifact_sha256) : absl::OkStatus();
+      });
+      if (!released.ok()) {
+        std::cerr << "quantd: job " << job.id << " attempt " << job.attempt_count << " lost its lease; its artifact "
+                  << result.artifact_id << " stays until the next start's sweep: " << released << "\n";
+      }
+    }
+    // Report what is stored.
     absl::StatusOr<Job> stored = store_->Get(job.id);
     return stored.ok() ? *stored : job;
   }

@@ -161,7 +161,9 @@ class FullDiskStore : public JobStore {
   }
   absl::StatusOr<uint64_t> NextGeneration() override { return real_->NextGeneration(); }
   absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) override {
-    return real_->PinArtifact(id, attempt, artifact_id);
+    absl::Status pinned = real_->PinArtifact(id, attempt, artifact_id);
+    if (after_pin) after_pin();
+    return pinned;
   }
   absl::Status Delete(const std::string& id, const ReleaseArtifact& release) override {
     return real_->Delete(id, release);
@@ -203,6 +205,7 @@ class FullDiskStore : public JobStore {
   }
 
   std::function<void()> after_renewal;  // runs after each RenewLease (set before use)
+  std::function<void()> after_pin;      // runs after each PinArtifact (set before use)
   std::atomic<int> claim_failures{0};
   std::atomic<int> finish_failures{0};
   std::atomic<int> finish_calls{0};
@@ -734,6 +737,31 @@ TEST_F(WorkerPoolTest, ADeadlineThatPassedBeforeAShutdownIsTheJobsOutcome) {
   ASSERT_TRUE(stored.result.has_value());
   EXPECT_EQ(stored.result->error_code, absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(stored.result->error_message, HasSubstr("deadline passed during calibrating"));
+}
+
+// The job's lease ran out while its runner stored the artifact, and another
+// process recovered it (here: failed it, out of attempts). The runner cannot
+// record its outcome; the artifact it stored is no job's, and goes.
+TEST_F(WorkerPoolTest, AnArtifactStoredByARunnerThatLostItsJobIsRemoved) {
+  FakeClock clock;
+  FullDiskStore store_a(store_.get());  // no failures: it reports the pin
+  store_a.after_pin = [&] {
+    EXPECT_EQ(store_->RecoverInterrupted(/*max_attempts=*/1, clock.Now() + absl::Hours(2), "")->failed, 1);
+  };
+  WorkerPool::Options options;
+  options.lease = absl::Hours(1);
+  auto pool = NewPool(options, &clock, &store_a);
+  pool->Start();
+  const std::string id = pool->Submit(NewJob("m"))->id;
+  WaitForRuns(engine_, 1);
+  pool->Stop();
+  const Job job = *store_->Get(id);
+  EXPECT_EQ(job.state, JobState::kFailed);
+  ASSERT_TRUE(job.result.has_value());
+  EXPECT_THAT(job.result->error_message, HasSubstr("not retried again"));
+  absl::StatusOr<std::map<std::string, std::vector<std::string>>> listed = artifacts_->List();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(listed->empty()) << listed->size() << " artifact(s) left behind";
 }
 
 TEST_F(WorkerPoolTest, DeletingOneOfTwoIdenticalJobsKeepsTheirArtifact) {
