@@ -138,7 +138,8 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     }
   }
 
-  // Whoever is last, this or a timer callback, deletes the reactor.
+  // Whoever is last, this, a timer callback or a Read() returning from
+  // StartRead, deletes the reactor.
   void OnDone() override {
     grpc::Alarm* pending = nullptr;
     {
@@ -149,26 +150,32 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         cancelling_ = true;  // the alarm must outlive Cancel()
       }
     }
-    if (pending != nullptr) {
-      pending->Cancel();  // its callback comes soon (no read restarts the timer now)
+    if (pending != nullptr) pending->Cancel();  // its callback comes soon (no read restarts the timer now)
+    bool last;
+    {
       absl::MutexLock lock(&mu_);
       cancelling_ = false;
-      if (timers_pending_ > 0) return;  // the callback deletes us
+      last = timers_pending_ == 0 && starting_reads_ == 0;
     }
-    delete this;
+    if (last) delete this;
   }
 
  private:
+  // The read starts after its idle timer is armed. A timer that fires before
+  // StartRead has been called (this thread stalled) leaves the drop to this
+  // thread, after StartRead: finishing first would let OnDone delete the
+  // reactor under it. Until then the reactor is kept (starting_reads_).
   void Read() {
+    uint64_t generation = 0;
     if (idle_timeout_ > absl::ZeroDuration()) {
       // A new alarm per read: a cancelled one may still be running its
       // callback. The old one goes outside the lock (its callback takes it).
       std::unique_ptr<grpc::Alarm> old;
       auto timer = std::make_unique<grpc::Alarm>();
       grpc::Alarm* raw = timer.get();
-      uint64_t generation;
       {
         absl::MutexLock lock(&mu_);
+        ++starting_reads_;
         ++timers_pending_;
         generation = ++read_generation_;
         reading_ = true;
@@ -177,8 +184,22 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       old.reset();
       raw->Set(absl::ToChronoTime(absl::Now() + idle_timeout_),
                [this, generation](bool fired) { OnIdleTimer(fired, generation); });
+    } else {
+      absl::MutexLock lock(&mu_);
+      ++starting_reads_;
     }
     this->StartRead(&request_);
+    bool drop = false;
+    bool last = false;
+    {
+      absl::MutexLock lock(&mu_);
+      --starting_reads_;
+      started_generation_ = std::max(started_generation_, generation);
+      drop = generation != 0 && dropped_before_start_ == generation;
+      last = done_ && starting_reads_ == 0 && timers_pending_ == 0 && !cancelling_;
+    }
+    if (drop) return DropIdle();  // finished here: OnDone comes later
+    if (last) delete this;
   }
 
   void OnIdleTimer(bool fired, uint64_t generation) {
@@ -188,10 +209,14 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       absl::MutexLock lock(&mu_);
       --timers_pending_;
       if (done_) {
-        last_after_done = timers_pending_ == 0 && !cancelling_;
+        last_after_done = timers_pending_ == 0 && starting_reads_ == 0 && !cancelling_;
       } else {
         expired = fired && reading_ && generation == read_generation_ && !finished_;
         if (expired) finished_ = true;
+        if (expired && started_generation_ < generation) {
+          dropped_before_start_ = generation;  // Read() drops it once its StartRead returns
+          expired = false;
+        }
       }
     }
     if (last_after_done) {
@@ -199,8 +224,14 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       return;
     }
     if (!expired) return;
-    // No read is being handled, nor will be (OnReadDone sees finished_):
-    // the partial file and its quota reservation go before the client hears.
+    // No read is being handled, nor will be (OnReadDone sees finished_). The
+    // partial file goes on the executor (an unlink of up to
+    // --max_upload_bytes is disk work), or here when it is shutting down.
+    if (!executor_->ScheduleContinuation([this] { DropIdle(); })) DropIdle();
+  }
+
+  // The partial file and its quota reservation go before the client hears.
+  void DropIdle() {
     upload_.reset();
     const absl::Status status = absl::DeadlineExceededError(absl::StrCat(
         method_, ": no message for ", absl::FormatDuration(idle_timeout_),
@@ -297,6 +328,9 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone called
   bool reading_ ABSL_GUARDED_BY(mu_) = false;   // a read is outstanding
   uint64_t read_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t started_generation_ ABSL_GUARDED_BY(mu_) = 0;    // the last read whose StartRead returned
+  uint64_t dropped_before_start_ ABSL_GUARDED_BY(mu_) = 0;  // a read whose timer fired before that
+  int starting_reads_ ABSL_GUARDED_BY(mu_) = 0;  // Read() calls not yet past StartRead
   int timers_pending_ ABSL_GUARDED_BY(mu_) = 0;  // alarm callbacks yet to run
   bool cancelling_ ABSL_GUARDED_BY(mu_) = false;  // OnDone is in timer_->Cancel()
   std::unique_ptr<grpc::Alarm> timer_ ABSL_GUARDED_BY(mu_);
@@ -473,8 +507,11 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
     if (trailer_sent_) return Finish(grpc::Status::OK);
     if (window_position_ < window_.size()) return WriteChunk();
     if (sent_ < size_) {
-      if (!executor_->TrySchedule([this] { ReadWindow(); })) {
-        Finish(ToGrpcStatus(Busy("DownloadArtifact", *executor_)));
+      // The next window of a download already admitted: past a full queue, as
+      // an upload's next chunk, so a burst of other calls cannot cut it off
+      // halfway (the client would start again from byte 0).
+      if (!executor_->ScheduleContinuation([this] { ReadWindow(); })) {
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
       }
       return;
     }
