@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "client/commands.h"
 #include "client/job_format.h"
 
@@ -144,6 +145,12 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunInfer, {"resnet8"}, "infer: --data required"},
       {&RunEval, {"--id=eval-1", "resnet8"}, "eval: takes no arguments, got 1: \"resnet8\""},
       {&RunEval, {"--id=eval-1", "--data=x.bin"}, "eval: --id follows an evaluation already started; --data"},
+      // A flag is not a job id sent to the server.
+      {&RunDelete, {"--id=job-1"}, "delete: unknown flag --id"},
+      {&RunJob, {"--verbose"}, "job: unknown flag --verbose"},
+      {&RunWatch, {"--follow", "job-1"}, "watch: unknown flag --follow"},
+      {&RunJob, {}, "job: JOB_ID required"},
+      {&RunDelete, {"job-1", "job-2"}, "delete: takes JOB_ID, got 2: \"job-1\" \"job-2\""},
   };
   for (const Case& c : cases) {
     std::ostringstream out, err;
@@ -178,6 +185,28 @@ TEST(CommandTableTest, InferRefusesImageRangesPastTheFile) {
     err.str("");
     EXPECT_EQ(RunInfer(context, args), kExitUsage) << range[0];
     EXPECT_THAT(err.str(), HasSubstr("past the file's 2")) << range[0];
+  }
+}
+
+// A .npy header whose shape multiplies past int64 (or just past the file)
+// is a usage error, not an overflow into a read far outside the file.
+TEST(CommandTableTest, InferRefusesANpyShapeLargerThanTheFile) {
+  const std::string path = ::testing::TempDir() + "/huge_shape.npy";
+  for (const char* shape : {"(2, 2097152, 2097152, 2097152)", "(1, 3, 32, 32)"}) {
+    std::string header = absl::StrCat("{'descr': '|u1', 'fortran_order': False, 'shape': ", shape, ", }");
+    header.resize(118, ' ');
+    header += '\n';  // 10 + 118 = 128 bytes before the data, as numpy aligns it
+    {
+      std::ofstream out(path, std::ios::binary);
+      out << std::string("\x93NUMPY\x01\x00", 8) << static_cast<char>(header.size() & 0xff)
+          << static_cast<char>(header.size() >> 8) << header << std::string(64, '\0');
+    }
+    CommandContext context;
+    std::ostringstream out, err;
+    context.out = &out;
+    context.err = &err;
+    EXPECT_EQ(RunInfer(context, {"resnet8", "--data", path, "--first=1"}), kExitUsage) << shape;
+    EXPECT_THAT(err.str(), HasSubstr("shorter than its shape")) << shape;
   }
 }
 

@@ -1,20 +1,23 @@
 // quantctl delete ID: DeleteJob (and its artifact if no other job has it).
 
+#include "absl/strings/str_cat.h"
 #include "client/job_format.h"
 
 namespace quantd::cli {
 
 int RunDelete(const CommandContext& context, const std::vector<std::string>& args) {
-  if (args.size() != 1) return context.UsageError("usage: delete JOB_ID");
+  std::string error;
+  const std::string id = OnlyJobId(args, &error);
+  if (!error.empty()) return context.UsageError(absl::StrCat("delete: ", error, "\nusage: delete JOB_ID"));
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
   context.PrepareCall(client_context);
   v1::DeleteJobRequest request;
-  request.set_id(args[0]);
+  request.set_id(id);
   v1::DeleteJobResponse response;
   grpc::Status status = stub->DeleteJob(&client_context, request, &response);
   if (!status.ok()) return context.RpcFailed("delete", status);
-  context.Print(response, "deleted " + args[0]);
+  context.Print(response, "deleted " + id);
   return kExitOk;
 }
 

@@ -91,8 +91,7 @@ bool ReadNpy(const std::string& bytes, int64_t first, int64_t count, Images* out
   if (close != std::string::npos) {
     for (absl::string_view part : absl::StrSplit(header.substr(open + 10, close - open - 10), ',', absl::SkipWhitespace())) {
       int64_t d = 0;
-      // Each dimension below 2^24 keeps the sample size's product in range.
-      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &d) || d < 1 || d >= (int64_t{1} << 24)) {
+      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &d) || d < 1) {
         dims.clear();  // not a shape we can use
         break;
       }
@@ -103,8 +102,16 @@ bool ReadNpy(const std::string& bytes, int64_t first, int64_t count, Images* out
     *error = "--data: .npy images must be [N, C, H, W]";
     return false;
   }
-  const int64_t sample = dims[1] * dims[2] * dims[3] * static_cast<int64_t>(element);
-  if (static_cast<int64_t>(bytes.size() - data_start) < dims[0] * sample) {
+  // Multiplied only while the product still fits in the file's bytes, so a
+  // crafted shape cannot overflow its way past this check.
+  const int64_t available = static_cast<int64_t>(bytes.size() - data_start);
+  int64_t sample = static_cast<int64_t>(element);
+  bool fits = true;
+  for (size_t i = 1; i < 4 && fits; ++i) {
+    fits = dims[i] <= available / sample;
+    if (fits) sample *= dims[i];
+  }
+  if (!fits || dims[0] > available / sample) {
     *error = "--data: the .npy file is shorter than its shape";
     return false;
   }

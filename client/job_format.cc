@@ -35,6 +35,12 @@ std::string PositionalCountError(const CommandArgs& a, size_t min, size_t max, c
                       absl::StrJoin(quoted, " "));
 }
 
+std::string OnlyJobId(const std::vector<std::string>& args, std::string* error) {
+  std::optional<CommandArgs> a = ParseCommandArgs(args, {}, error);
+  if (a.has_value()) *error = PositionalCountError(*a, 1, 1, "JOB_ID");
+  return error->empty() ? a->positional[0] : "";
+}
+
 std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args,
                                             const std::vector<std::string>& allowed, std::string* error,
                                             const std::vector<std::string>& booleans) {

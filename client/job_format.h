@@ -39,6 +39,10 @@ std::optional<CommandArgs> ParseCommandArgs(const std::vector<std::string>& args
 // `min`..`max` of them (`takes`, as its usage line names them, e.g.
 // "ARTIFACT_ID"); "" when they fit.
 std::string PositionalCountError(const CommandArgs& a, size_t min, size_t max, const std::string& takes);
+// The one JOB_ID of `job`, `watch` and `delete`, which take no flags: a flag
+// is "unknown flag --x", not a job id sent to the server. "" and `error` set
+// otherwise.
+std::string OnlyJobId(const std::vector<std::string>& args, std::string* error);
 
 // A DatasetRef from --PREFIX=PATH | --PREFIX_blob=ID, --PREFIX_format=cifar10|npy
 // and --PREFIX_labels=PATH (false with *error naming the flag).

@@ -1,13 +1,15 @@
 // quantctl watch ID: streams a job's events until it ends.
 
-#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "client/job_format.h"
 
 namespace quantd::cli {
 
 int RunWatch(const CommandContext& context, const std::vector<std::string>& args) {
-  if (args.size() != 1 || absl::StartsWith(args[0], "--")) return context.UsageError("usage: watch JOB_ID");
-  return FollowJob(context, args[0]);
+  std::string error;
+  const std::string id = OnlyJobId(args, &error);
+  if (!error.empty()) return context.UsageError(absl::StrCat("watch: ", error, "\nusage: watch JOB_ID"));
+  return FollowJob(context, id);
 }
 
 }  // namespace quantd::cli
