@@ -227,6 +227,12 @@ TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
       {{"--calib=c.bin", "--scale=nan"}, "--scale: a finite, non-zero number expected"},
       {{"--calib=c.bin", "--mean="}, "--mean: comma-separated numbers expected"},
       {{"--calib=c.bin", "--wait", "false"}, "unexpected argument \"false\""},
+      // 0 once reached the server as "unset", and ran with 99.99.
+      {{"--calib=c.bin", "--preset=custom", "--activation_observer=percentile", "--percentile=0"},
+       "--percentile must be a number in (0, 100], not \"0\""},
+      {{"--calib=c.bin", "--preset=custom", "--percentile=99"}, "--percentile: only with --activation_observer"},
+      {{"--calib=c.bin", "--tuning=v.bin", "--tolerance=nan"}, "--tolerance: a number of points in [0, 100]"},
+      {{"--calib=c.bin", "--tuning=v.bin", "--max_trials=5000"}, "--max_trials: a number in 1..1000"},
   };
   for (const auto& [extra, message] : cases) {
     std::vector<std::string> args = {"--model=m.pt"};

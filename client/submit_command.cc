@@ -99,8 +99,15 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
     c->set_weight_observer(weight);
     c->set_reduce_range(a.IsOn("reduce_range"));
     if (a.Has("percentile")) {
+      // As quantd-quantize. 0 would reach the server as "unset" (99.99).
       double percentile = 0;
-      if (!absl::SimpleAtod(a.Get("percentile"), &percentile)) return (*error = "--percentile: not a number", false);
+      if (!absl::SimpleAtod(a.Get("percentile"), &percentile) || !(percentile > 0 && percentile <= 100)) {
+        return (*error = absl::StrCat("--percentile must be a number in (0, 100], not \"", a.Get("percentile"), "\""),
+                false);
+      }
+      if (activation != v1::ACTIVATION_OBSERVER_PERCENTILE) {
+        return (*error = "--percentile: only with --activation_observer=percentile", false);
+      }
       c->set_percentile(percentile);
     }
   }
@@ -175,13 +182,15 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
     if (!SetDataset(a, "tuning", goal->mutable_tuning(), error)) return false;
     if (a.Has("tolerance")) {
       double points = 0;
-      if (!absl::SimpleAtod(a.Get("tolerance"), &points)) return (*error = "--tolerance: not a number", false);
+      if (!absl::SimpleAtod(a.Get("tolerance"), &points) || !(points >= 0 && points <= 100)) {
+        return (*error = "--tolerance: a number of points in [0, 100] expected", false);
+      }
       goal->set_tolerance(points);
     }
     if (a.Has("relative_tolerance")) goal->set_relative(a.IsOn("relative_tolerance"));
     if (a.Has("max_trials")) {
-      if (!absl::SimpleAtoi(a.Get("max_trials"), &n) || n == 0) {
-        return (*error = "--max_trials: a positive number expected", false);
+      if (!absl::SimpleAtoi(a.Get("max_trials"), &n) || n == 0 || n > 1000) {
+        return (*error = "--max_trials: a number in 1..1000 expected", false);
       }
       goal->set_max_trials(n);
     }
