@@ -141,6 +141,10 @@ bool InstallSignalHandlers() {
   // Past a file size limit (ulimit -f) a write fails with EFBIG, which the
   // stores report, instead of SIGXFSZ ending the whole server.
   ::signal(SIGXFSZ, SIG_IGN);
+  // An ignored SIGCHLD survives exec: whoever started quantd may have left
+  // it so, and the kernel would then reap the model-vetting children before
+  // quantd reads how they ended.
+  ::signal(SIGCHLD, SIG_DFL);
   return ::sigaction(SIGTERM, &action, nullptr) == 0 &&
          ::sigaction(SIGINT, &action, nullptr) == 0;
 }

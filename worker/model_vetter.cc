@@ -68,16 +68,16 @@ bool ReadUntilEof(int fd, absl::Time deadline, std::string* output) {
   }
 }
 
-// Waits for `pid` until `deadline`; false on timeout.
-bool WaitUntil(pid_t pid, absl::Time deadline, int* wait_status) {
+enum class Waited { kExited, kTimedOut, kLost };
+
+// Waits for `pid` until `deadline`. kLost: waitpid failed (the child was
+// reaped elsewhere, e.g. SIGCHLD ignored): how it ended is unknown.
+Waited WaitUntil(pid_t pid, absl::Time deadline, int* wait_status) {
   while (true) {
     const pid_t done = ::waitpid(pid, wait_status, WNOHANG);
-    if (done == pid) return true;
-    if (done < 0 && errno != EINTR) {
-      *wait_status = 0;
-      return true;
-    }
-    if (absl::Now() >= deadline) return false;
+    if (done == pid) return Waited::kExited;
+    if (done < 0 && errno != EINTR) return Waited::kLost;
+    if (absl::Now() >= deadline) return Waited::kTimedOut;
     absl::SleepFor(absl::Milliseconds(5));
   }
 }
@@ -152,9 +152,17 @@ absl::Status VetModelInChildProcess(const ModelVetterOptions& options, const std
   const absl::Time deadline = absl::Now() + options.timeout;
   std::string output;
   int wait_status = 0;
-  const bool finished = ReadUntilEof(pipe_fds[0], deadline, &output) && WaitUntil(pid, deadline, &wait_status);
+  const Waited waited =
+      ReadUntilEof(pipe_fds[0], deadline, &output) ? WaitUntil(pid, deadline, &wait_status) : Waited::kTimedOut;
+  const int wait_errno = errno;
   ::close(pipe_fds[0]);
-  if (!finished) {
+  if (waited == Waited::kLost) {
+    // Never taken for a clean exit: that would pass a model that crashed it.
+    return absl::InternalError(absl::StrCat("model vetter: lost the exit status of the child process loading ",
+                                            model_path, " (waitpid: ", std::strerror(wait_errno),
+                                            "; is SIGCHLD ignored?)"));
+  }
+  if (waited == Waited::kTimedOut) {
     ::kill(pid, SIGKILL);
     while (::waitpid(pid, &wait_status, 0) < 0 && errno == EINTR) {
     }

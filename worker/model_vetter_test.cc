@@ -5,6 +5,8 @@
 
 #include "worker/model_vetter.h"
 
+#include <signal.h>
+
 #include <fstream>
 #include <string>
 
@@ -67,6 +69,20 @@ TEST(ModelVetterTest, AHangingChildIsKilledAtTheTimeoutNamingTheFlag) {
     EXPECT_THAT(status.message(), AllOf(HasSubstr("--model_vet_seconds=0.3"), HasSubstr("/m.pt")));
     EXPECT_LT(absl::Now() - start, absl::Seconds(20)) << "the child was not killed";
   }
+}
+
+// With SIGCHLD ignored the kernel reaps the child itself: its exit status is
+// lost, and that must never pass as a clean load of a model that crashed it.
+TEST(ModelVetterTest, ALostExitStatusIsNeverTakenForASuccess) {
+  struct sigaction ignore = {}, before = {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  ASSERT_EQ(::sigaction(SIGCHLD, &ignore, &before), 0);
+  const absl::Status crashed = VetModelInChildProcess(Script("kill -SEGV $$"), "/m.pt");
+  ::sigaction(SIGCHLD, &before, nullptr);
+  EXPECT_EQ(crashed.code(), absl::StatusCode::kInternal) << crashed;
+  EXPECT_THAT(std::string(crashed.message()), HasSubstr("lost the exit status"));
+  EXPECT_THAT(std::string(crashed.message()), HasSubstr("/m.pt"));
 }
 
 TEST(ModelVetterTest, AProgramThatCannotStartIsInternalNamingIt) {
