@@ -306,13 +306,18 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
 }
 
 absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
-  QUANTD_ASSIGN_OR_RETURN(std::string text, store_->GetEvaluation(id));
-  QUANTD_ASSIGN_OR_RETURN(Evaluation evaluation, DecodeEvaluation(text));
-  if (evaluation.state != EvaluationState::kRunning) return evaluation;
+  // Looked up before the record is read: Run stores the final record, then
+  // leaves running_, so a record read after finding the evaluation not
+  // running here is final, or another server's (or a stopped one's). In the
+  // other order, one that finished in between read as stale.
+  bool running_here = false;
   {
     absl::MutexLock lock(&mu_);
-    if (running_.count(id) > 0) return evaluation;
+    running_here = running_.count(id) > 0;
   }
+  QUANTD_ASSIGN_OR_RETURN(std::string text, store_->GetEvaluation(id));
+  QUANTD_ASSIGN_OR_RETURN(Evaluation evaluation, DecodeEvaluation(text));
+  if (evaluation.state != EvaluationState::kRunning || running_here) return evaluation;
   if (clock_->Now() - evaluation.update_time > options_.stale_after) {
     evaluation.state = EvaluationState::kFailed;
     evaluation.error_code = absl::StatusCode::kAborted;
