@@ -59,15 +59,6 @@ HttpReply MethodNotAllowed(const std::string& what, const std::string& allowed) 
   return reply;
 }
 
-// The one method each /v2 resource takes: POST for inference and the
-// repository index, GET for the rest ("" for a path that is none of them).
-std::string AllowedMethod(const std::vector<std::string>& parts) {
-  // parts: "", "v2", ...
-  if (parts.size() >= 3 && parts[2] == "repository") return parts.size() == 4 && parts[3] == "index" ? "POST" : "";
-  if (parts.size() >= 3 && parts[2] == "models") return parts.back() == "infer" ? "POST" : "GET";
-  return "GET";
-}
-
 Json DurationJson(const inference::StatisticDuration& d) { return Json{{"count", d.count()}, {"ns", d.ns()}}; }
 
 // /v2/models/{m}[/versions/{v}][/{action}] split into its parts.
@@ -97,6 +88,20 @@ absl::StatusOr<ModelPath> ParseModelPath(const std::vector<std::string>& parts) 
     return absl::NotFoundError(absl::StrCat("no such endpoint: \"", path.action.substr(0, 40), "\""));
   }
   return path;
+}
+
+// The one method each /v2 resource takes: POST for inference and the
+// repository index, GET for the rest ("" for a path that is none of them).
+// A model may be called "infer": only the action is POST.
+std::string AllowedMethod(const std::vector<std::string>& parts) {
+  // parts: "", "v2", ...
+  if (parts.size() >= 3 && parts[2] == "repository") return parts.size() == 4 && parts[3] == "index" ? "POST" : "";
+  if (parts.size() >= 4 && parts[2] == "models") {
+    absl::StatusOr<ModelPath> path = ParseModelPath(parts);
+    if (!path.ok()) return "";  // the handler names what is wrong with it
+    return path->action == "infer" ? "POST" : "GET";
+  }
+  return "GET";
 }
 
 // Deepest nesting of arrays and objects a request body may have: a body of
@@ -497,6 +502,14 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   if (call.path == "/v2/repository/index") {
     inference::RepositoryIndexRequest request;
     if (!call.body.empty()) {
+      // Its one field is "ready": a large body is no index request, and
+      // parsing it whole would cost far more memory than its bytes.
+      constexpr size_t kMaxIndexBody = 4096;
+      if (call.body.size() > kMaxIndexBody) {
+        return ErrorReply(absl::InvalidArgumentError(
+            absl::StrCat("body: ", call.body.size(), " bytes; a repository index request takes at most ",
+                         kMaxIndexBody, " ({\"ready\": true|false})")));
+      }
       if (absl::Status nesting = CheckJsonNesting(call.body, "body"); !nesting.ok()) return ErrorReply(nesting);
       Json body = Json::parse(call.body, nullptr, /*allow_exceptions=*/false);
       if (body.is_discarded() || !body.is_object()) return ErrorReply(absl::InvalidArgumentError("body: a JSON object"));

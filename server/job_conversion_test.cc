@@ -103,5 +103,30 @@ TEST_F(ResolvePathTest, OversizedRequestsAndLabelsAreRefusedNamingTheField) {
   EXPECT_EQ(job->spec.qconfig.preset, "fbgemm");
 }
 
+// A custom qconfig's percentile: the share of values kept, in (0, 100], and
+// only for the percentile estimator (quantctl checks the same first).
+TEST_F(ResolvePathTest, ACustomPercentileOutOfRangeOrForAnotherObserverNamesTheField) {
+  const ReferenceResolver resolver = Resolver();
+  std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(3073, '\0');  // one record
+  v1::QuantizeJobRequest request;
+  request.mutable_model()->set_path("model.pt");
+  request.mutable_calibration()->mutable_dataset()->set_path("datasets/blobs/calib.bin");
+  request.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  v1::CustomQConfig* custom = request.mutable_qconfig()->mutable_custom();
+  custom->set_activation_observer(v1::ACTIVATION_OBSERVER_PERCENTILE);
+  custom->set_percentile(99.9);
+  absl::StatusOr<worker::Job> job = JobFromRequest(request, resolver);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_DOUBLE_EQ(job->spec.qconfig.percentile, 99.9);
+  custom->set_percentile(150);
+  absl::Status status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("qconfig.custom.percentile: 150 is not in (0, 100]"));
+  custom->set_percentile(99);
+  custom->set_activation_observer(v1::ACTIVATION_OBSERVER_HISTOGRAM);
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("qconfig.custom.percentile: only for activation_observer"));
+}
+
 }  // namespace
 }  // namespace quantd

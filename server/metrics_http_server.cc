@@ -46,9 +46,11 @@ void SetError(const httplib::Request& request, httplib::Response& response, int 
 // within httplib's keep-alive count.
 httplib::Server::HandlerResponse RefuseUnboundedBodies(const httplib::Request& request, httplib::Response& response,
                                                        size_t max_body_bytes) {
+  // The methods httplib reads a body for even without a length (to the end
+  // of the connection), DELETE among them.
   const bool takes_body = request.method == "POST" || request.method == "PUT" || request.method == "PATCH" ||
-                          request.method == "PRI" || request.has_header("Content-Length") ||
-                          request.has_header("Transfer-Encoding");
+                          request.method == "PRI" || request.method == "DELETE" ||
+                          request.has_header("Content-Length") || request.has_header("Transfer-Encoding");
   if (!takes_body) return httplib::Server::HandlerResponse::Unhandled;
   // The body stays unread: the connection ends after the answer.
   auto refuse = [&](int status, const std::string& message) {
@@ -56,6 +58,10 @@ httplib::Server::HandlerResponse RefuseUnboundedBodies(const httplib::Request& r
     response.set_header("Connection", "close");
     return httplib::Server::HandlerResponse::Handled;
   };
+  if (request.method == "DELETE" && !request.has_header("Transfer-Encoding") &&
+      !request.has_header("Content-Length")) {
+    return refuse(405, "no resource here takes DELETE");
+  }
   if (request.has_header("Transfer-Encoding") || !request.has_header("Content-Length")) {
     return refuse(411,
                   "send the body with a Content-Length header (chunked bodies and bodies without a length are refused)");
