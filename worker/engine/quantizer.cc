@@ -529,6 +529,20 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   }
   QuantizationPlan plan = PlanQuantization(impl->fused);
   report.fallbacks = plan.fallbacks;
+  // reduce_range's 7 bits do not hold where sigmoid/tanh codes (0..255)
+  // feed a conv or linear: the engines are assessed again for 8 bits.
+  auto widen_for_fixed_qparams = [&](const QuantizationPlan& p) -> absl::Status {
+    if (activation_quant_max >= 255 || !FixedQParamsCodesReachWeightedOps(impl->fused, p)) return absl::OkStatus();
+    activation_quant_max = 255;
+    for (KernelCandidate& c : candidates) c = AssessKernelEngine(c.engine, activation_quant_max, report.cpu);
+    if (!options.kernel_engine.empty() && !candidates[0].exact && options.strict_kernels) {
+      return absl::FailedPreconditionError(absl::StrCat("kernel_engine '", options.kernel_engine, "' ",
+                                                        candidates[0].why,
+                                                        " (sigmoid/tanh codes reach a conv or linear; strict kernels)"));
+    }
+    return absl::OkStatus();
+  };
+  QUANTD_RETURN_IF_ERROR(widen_for_fixed_qparams(plan));
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kCalibrating));
   const BatchProgress batch_progress = [&](int64_t done, int64_t total) {
@@ -629,6 +643,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     report.advice = std::move(tuned.advice);
     activation_quant_max = qconfig.activation.quant_max();
     candidates = {AssessKernelEngine(trial_engine, activation_quant_max, report.cpu)};
+    QUANTD_RETURN_IF_ERROR(widen_for_fixed_qparams(plan));
   }
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kConverting));

@@ -513,6 +513,49 @@ TEST(QuantizeKernelChoiceTest, SaturatingCpuGetsAnExactEngine) {
   EXPECT_FALSE((*model)->report().requirements.needs_non_saturating_u8s8);
 }
 
+// tanh on int8 takes LibTorch's fixed qparams: its codes span 0..255 with
+// reduce_range too. Where they feed a conv, the fbgemm preset's 7 bits do
+// not keep onednn exact on an AVX2 server: the artifact needs 8-bit-exact
+// kernels. Where tanh only feeds the output, the preset stays on onednn.
+TEST(QuantizeKernelChoiceTest, TanhCodesFeedingAConvNeedExactKernelsDespiteReduceRange) {
+  if (!HasEngine("onednn") || !HasEngine("qnnpack")) GTEST_SKIP() << "needs onednn and qnnpack";
+  for (const bool tanh_feeds_conv : {true, false}) {
+    SCOPED_TRACE(tanh_feeds_conv ? "tanh -> conv" : "conv -> tanh");
+    torch::jit::Module m("Tanh");
+    m.register_parameter("w1", at::randn({8, 3, 3, 3}) * 0.01, false);
+    m.register_parameter("w2", at::randn({10, 8, 1, 1}) * 0.3, false);
+    m.define(tanh_feeds_conv ? R"(
+    def forward(self, x):
+        y = torch.conv2d(torch.tanh(torch.conv2d(x, self.w1)), self.w2)
+        return torch.flatten(torch.adaptive_avg_pool2d(y, 1), 1)
+  )"
+                             : R"(
+    def forward(self, x):
+        y = torch.tanh(torch.conv2d(torch.relu(torch.conv2d(x, self.w1)), self.w2))
+        return torch.flatten(torch.adaptive_avg_pool2d(y, 1), 1)
+  )");
+    const std::string path = testing::MakeTempDir("tanh") + "/tanh.pt";
+    m.save(path);
+    QuantizeOptions options;
+    options.model_path = path;
+    options.calibration.path = testing::CalibrationPath();
+    options.calibration.samples_per_class = 5;
+    options.fusion.automatic = true;
+    options.qconfig.preset = "fbgemm";
+    options.cpu_for_testing = SaturatingCpu();
+    options.min_top1_agreement = 0;  // a random model: this test is about the kernel choice
+    options.min_output_sqnr_db = -100;
+    auto model = Quantize(options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const QuantizeReport& r = (*model)->report();
+    EXPECT_EQ(r.kernel_engine, tanh_feeds_conv ? "qnnpack" : "onednn");
+    EXPECT_EQ(r.requirements.activation_quant_max, tanh_feeds_conv ? 255 : 127);
+    const KernelCandidate* onednn = FindCandidate(r, "onednn");
+    ASSERT_NE(onednn, nullptr);
+    EXPECT_EQ(onednn->exact, !tanh_feeds_conv) << onednn->why;
+  }
+}
+
 TEST(QuantizeKernelChoiceTest, ANamedSaturatingEngineWarnsOrFailsWhenStrict) {
   if (!HasEngine("onednn") || !HasEngine("qnnpack")) GTEST_SKIP() << "needs onednn and qnnpack";
   QuantizeOptions options = ResNet8Options("onednn");

@@ -98,4 +98,28 @@ QuantizationPlan PlanQuantization(const Graph& graph, const std::set<std::string
   return plan;
 }
 
+bool FixedQParamsCodesReachWeightedOps(const Graph& graph, const QuantizationPlan& plan) {
+  auto role = [&](int node) { return plan.roles[static_cast<size_t>(node)]; };
+  std::vector<int> frontier;
+  for (const Node& node : graph.nodes) {
+    if (!node.removed && node.kind == OpKind::kFixedQParams && role(node.id) == NodeRole::kPassThrough) {
+      frontier.push_back(node.outputs[0]);
+    }
+  }
+  std::set<int> seen;
+  while (!frontier.empty()) {
+    const int value = frontier.back();
+    frontier.pop_back();
+    if (!seen.insert(value).second) continue;
+    for (int consumer : graph.Consumers(value)) {
+      const Node& node = graph.nodes[static_cast<size_t>(consumer)];
+      if (role(consumer) == NodeRole::kInt8 && (node.kind == OpKind::kConv2d || node.kind == OpKind::kLinear)) {
+        return true;
+      }
+      if (role(consumer) == NodeRole::kPassThrough) frontier.push_back(node.outputs[0]);
+    }
+  }
+  return false;
+}
+
 }  // namespace quantd::engine

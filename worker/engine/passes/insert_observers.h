@@ -37,6 +37,12 @@ struct QuantizationPlan {
 // outputs quantized again where int8 ops read them.
 QuantizationPlan PlanQuantization(const Graph& graph, const std::set<std::string>& keep_fp32 = {});
 
+// Whether codes of LibTorch's fixed int8 qparams (sigmoid, hardsigmoid, tanh
+// on int8: the whole 0..255 range, whatever the qconfig's activation range)
+// reach a conv or linear on int8 kernels through ops that keep their codes.
+// Such a model needs exact u8 x s8 kernels even with reduce_range.
+bool FixedQParamsCodesReachWeightedOps(const Graph& graph, const QuantizationPlan& plan);
+
 }  // namespace quantd::engine
 
 #endif  // QUANTD_WORKER_ENGINE_PASSES_INSERT_OBSERVERS_H_
