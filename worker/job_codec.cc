@@ -1,5 +1,8 @@
 #include "worker/job_codec.h"
 
+#include <cmath>
+#include <limits>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -23,20 +26,40 @@ std::optional<engine::Accuracy> DecodeAccuracy(const json& j) {
   return a;
 }
 
-json OptionalNumber(const std::optional<double>& v) { return v ? json(*v) : json(); }
+// JSON has no infinities or NaN (nlohmann writes them as null, which then
+// did not read back as a number and made the whole job unreadable): an SQNR
+// is +inf for identical outputs and -inf when the reference is all zero.
+json Number(double v) {
+  if (std::isfinite(v)) return json(v);
+  if (std::isnan(v)) return json("nan");
+  return json(v > 0 ? "inf" : "-inf");
+}
+double DecodeNumber(const json& j) {
+  if (j.is_string()) {
+    const std::string text = j.get<std::string>();
+    if (text == "inf") return std::numeric_limits<double>::infinity();
+    if (text == "-inf") return -std::numeric_limits<double>::infinity();
+    return std::numeric_limits<double>::quiet_NaN();
+  }
+  if (j.is_null()) return std::numeric_limits<double>::quiet_NaN();  // written before Number()
+  return j.get<double>();
+}
+
+json OptionalNumber(const std::optional<double>& v) { return v ? Number(*v) : json(); }
 std::optional<double> DecodeOptionalNumber(const json& j) {
-  return j.is_null() ? std::nullopt : std::optional<double>(j.get<double>());
+  return j.is_null() ? std::nullopt : std::optional<double>(DecodeNumber(j));
 }
 
 json EncodeScore(const engine::TrialScore& s) {
-  return json{{"top1", OptionalNumber(s.top1)}, {"agreement", s.agreement}, {"output_sqnr_db", s.output_sqnr_db}};
+  return json{{"top1", OptionalNumber(s.top1)}, {"agreement", Number(s.agreement)},
+              {"output_sqnr_db", Number(s.output_sqnr_db)}};
 }
 
 engine::TrialScore DecodeScore(const json& j) {
   engine::TrialScore s;
   s.top1 = DecodeOptionalNumber(j.at("top1"));
-  s.agreement = j.at("agreement").get<double>();
-  s.output_sqnr_db = j.at("output_sqnr_db").get<double>();
+  s.agreement = DecodeNumber(j.at("agreement"));
+  s.output_sqnr_db = DecodeNumber(j.at("output_sqnr_db"));
   return s;
 }
 
@@ -269,7 +292,7 @@ std::string EncodeJobResult(const JobResult& result) {
                           {"output_scale", l.output_scale},
                           {"output_zero_point", l.output_zero_point},
                           {"weight_scales", l.weight_scales},
-                          {"sqnr_db", l.sqnr_db.has_value() ? json(*l.sqnr_db) : json()}});
+                          {"sqnr_db", OptionalNumber(l.sqnr_db)}});
   }
   json fallbacks = json::array();
   for (const engine::FallbackReport& f : r.fallbacks) {
@@ -326,7 +349,7 @@ absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
       layer.output_scale = l.at("output_scale").get<double>();
       layer.output_zero_point = l.at("output_zero_point").get<int64_t>();
       layer.weight_scales = l.at("weight_scales").get<std::vector<float>>();
-      if (!l.at("sqnr_db").is_null()) layer.sqnr_db = l.at("sqnr_db").get<double>();
+      layer.sqnr_db = DecodeOptionalNumber(l.at("sqnr_db"));
       r.layers.push_back(std::move(layer));
     }
     r.calibration_samples = j.at("calibration_samples").get<int64_t>();

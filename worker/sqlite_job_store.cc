@@ -155,8 +155,16 @@ absl::StatusOr<Job> ReadJob(Stmt& s) {
   job.request_fingerprint = s.Text(11);
   job.attempt_count = static_cast<uint32_t>(s.Int(12));
   if (!s.IsNull(13)) {
-    QUANTD_ASSIGN_OR_RETURN(JobResult result, DecodeJobResult(s.Text(13)));
-    job.result = std::move(result);
+    // A result that does not read back (written by a bug, or damaged) must
+    // not make the job unlistable and undeletable: it reads as DATA_LOSS.
+    absl::StatusOr<JobResult> result = DecodeJobResult(s.Text(13));
+    if (result.ok()) {
+      job.result = *std::move(result);
+    } else {
+      job.result.emplace();
+      job.result->error_code = absl::StatusCode::kDataLoss;
+      job.result->error_message = std::string(result.status().message());
+    }
   }
   job.owner = s.Text(14);
   return job;
@@ -393,9 +401,11 @@ absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now, con
       JobResult failed;
       failed.error_code = absl::StatusCode::kDataLoss;
       failed.error_message = absl::StrCat("the stored job cannot be read back: ", job.status().message());
-      Stmt fail(db_, "UPDATE jobs SET state = 4, finish_us = ?1, result = ?2 WHERE id = ?3");
+      // Its spec is replaced by an empty one, so that the FAILED row can be
+      // listed, read and deleted (the reason says what was lost).
+      Stmt fail(db_, "UPDATE jobs SET state = 4, finish_us = ?1, result = ?2, spec = ?4 WHERE id = ?3");
       QUANTD_RETURN_IF_ERROR(fail.status());
-      fail.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(failed)).Bind(3, id);
+      fail.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(failed)).Bind(3, id).Bind(4, EncodeJobSpec(JobSpec{}));
       return fail.Step().status();
     };
     QUANTD_RETURN_IF_ERROR(EndTransaction(body()));

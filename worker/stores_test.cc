@@ -552,6 +552,60 @@ TEST(SqliteJobStoreTest, AnUndecodableRowFailsAndTheNextJobIsClaimed) {
   sqlite3_finalize(stmt);
   sqlite3_close(db);
   EXPECT_FALSE((*(*store)->ClaimNext(absl::FromUnixSeconds(4), "local", absl::Hours(1))).has_value());
+  // It can be listed, read and deleted like any failed job.
+  absl::StatusOr<JobPage> listed = (*store)->List({}, 10, "");
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->jobs.size(), 2u);
+  absl::StatusOr<Job> broken = (*store)->Get("broken");
+  ASSERT_TRUE(broken.ok()) << broken.status();
+  EXPECT_EQ(broken->result->error_code, absl::StatusCode::kDataLoss);
+  EXPECT_TRUE((*store)->Delete("broken", nullptr).ok());
+}
+
+// A result that does not read back (damaged) leaves the job readable, as
+// DATA_LOSS, and deletable; non-finite scores (an SQNR of -inf when the
+// reference output is all zero) read back as written.
+TEST(SqliteJobStoreTest, AResultThatDoesNotReadBackIsDataLossAndNonFiniteScoresRoundTrip) {
+  std::string path = TempDir("results") + "/jobs.db";
+  auto store = SqliteJobStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const absl::Time now = absl::FromUnixSeconds(10);
+  for (const char* id : {"tuned", "damaged"}) ASSERT_TRUE((*store)->Create(NewJob(id, 1), 10).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());
+  JobResult result;
+  engine::TuningReport tuning;
+  engine::Trial trial;
+  trial.score.agreement = 0.5;
+  trial.score.output_sqnr_db = -std::numeric_limits<double>::infinity();
+  tuning.trials.push_back(trial);
+  result.report.tuning = tuning;
+  engine::LayerReport layer;
+  layer.name = "conv1";
+  layer.sqnr_db = std::numeric_limits<double>::infinity();  // exact
+  result.report.layers.push_back(layer);
+  ASSERT_TRUE((*store)->Finish("tuned", 1, JobState::kSucceeded, result, now).ok());
+  absl::StatusOr<Job> tuned = (*store)->Get("tuned");
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  ASSERT_TRUE(tuned->result->report.tuning.has_value());
+  EXPECT_EQ(tuned->result->report.tuning->trials[0].score.output_sqnr_db, -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(tuned->result->report.layers[0].sqnr_db, std::numeric_limits<double>::infinity());
+
+  ASSERT_TRUE((*store)->Finish("damaged", 1, JobState::kSucceeded, JobResult{}, now).ok());
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "UPDATE jobs SET result = '{\"report\": 1}' WHERE id = 'damaged'", nullptr, nullptr,
+                           nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  absl::StatusOr<Job> damaged = (*store)->Get("damaged");
+  ASSERT_TRUE(damaged.ok()) << damaged.status();
+  EXPECT_EQ(damaged->result->error_code, absl::StatusCode::kDataLoss);
+  EXPECT_THAT(damaged->result->error_message, HasSubstr("unreadable"));
+  EXPECT_EQ((*store)->List({}, 10, "")->jobs.size(), 2u);
+  EXPECT_TRUE((*store)->Delete("damaged", nullptr).ok());
 }
 
 // Files this process writes stop at `bytes` while it lives (EFBIG, as on a
