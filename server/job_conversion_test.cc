@@ -128,5 +128,26 @@ TEST_F(ResolvePathTest, ACustomPercentileOutOfRangeOrForAnotherObserverNamesTheF
               HasSubstr("qconfig.custom.percentile: only for activation_observer"));
 }
 
+TEST_F(ResolvePathTest, AnAccuracyGoalOutOfRangeNamesTheField) {
+  const ReferenceResolver resolver = Resolver();
+  std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(3073, '\0');  // one record
+  v1::QuantizeJobRequest request;
+  request.mutable_model()->set_path("model.pt");
+  request.mutable_calibration()->mutable_dataset()->set_path("datasets/blobs/calib.bin");
+  request.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  v1::AccuracyGoal* goal = request.mutable_accuracy_goal();
+  goal->mutable_tuning()->set_path("datasets/blobs/calib.bin");
+  goal->mutable_tuning()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  goal->set_tolerance(0.5);
+  ASSERT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+  goal->set_tolerance(150);
+  absl::Status status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("accuracy_goal.tolerance: 150 is not a number of points in [0, 100]"));
+  goal->set_tolerance(0.5);
+  goal->set_max_trials(5000);
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(), HasSubstr("accuracy_goal.max_trials: at most 1000"));
+}
+
 }  // namespace
 }  // namespace quantd
