@@ -31,6 +31,16 @@ class ResolvePathTest : public ::testing::Test {
 
   ReferenceResolver Resolver() const { return ReferenceResolver(data_.string(), nullptr, {(root_ / "shared").string()}); }
 
+  // A valid request: model.pt calibrated on a CIFAR-10 file of one record.
+  v1::QuantizeJobRequest OneRecordRequest() const {
+    std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(3073, '\0');
+    v1::QuantizeJobRequest request;
+    request.mutable_model()->set_path("model.pt");
+    request.mutable_calibration()->mutable_dataset()->set_path("datasets/blobs/calib.bin");
+    request.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+    return request;
+  }
+
   fs::path root_;
   fs::path data_;
 };
@@ -76,11 +86,7 @@ TEST_F(ResolvePathTest, EscapesAndMissingFilesAreRefused) {
 // is held to a job description's size, and labels to labels' sizes.
 TEST_F(ResolvePathTest, OversizedRequestsAndLabelsAreRefusedNamingTheField) {
   const ReferenceResolver resolver = Resolver();
-  std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(3073, '\0');  // one record
-  v1::QuantizeJobRequest request;
-  request.mutable_model()->set_path("model.pt");
-  request.mutable_calibration()->mutable_dataset()->set_path("datasets/blobs/calib.bin");
-  request.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  v1::QuantizeJobRequest request = OneRecordRequest();
   ASSERT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
 
   v1::QuantizeJobRequest big = request;
@@ -107,11 +113,7 @@ TEST_F(ResolvePathTest, OversizedRequestsAndLabelsAreRefusedNamingTheField) {
 // only for the percentile estimator (quantctl checks the same first).
 TEST_F(ResolvePathTest, ACustomPercentileOutOfRangeOrForAnotherObserverNamesTheField) {
   const ReferenceResolver resolver = Resolver();
-  std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(3073, '\0');  // one record
-  v1::QuantizeJobRequest request;
-  request.mutable_model()->set_path("model.pt");
-  request.mutable_calibration()->mutable_dataset()->set_path("datasets/blobs/calib.bin");
-  request.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  v1::QuantizeJobRequest request = OneRecordRequest();
   v1::CustomQConfig* custom = request.mutable_qconfig()->mutable_custom();
   custom->set_activation_observer(v1::ACTIVATION_OBSERVER_PERCENTILE);
   custom->set_percentile(99.9);
@@ -130,11 +132,7 @@ TEST_F(ResolvePathTest, ACustomPercentileOutOfRangeOrForAnotherObserverNamesTheF
 
 TEST_F(ResolvePathTest, AnAccuracyGoalOutOfRangeNamesTheField) {
   const ReferenceResolver resolver = Resolver();
-  std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(3073, '\0');  // one record
-  v1::QuantizeJobRequest request;
-  request.mutable_model()->set_path("model.pt");
-  request.mutable_calibration()->mutable_dataset()->set_path("datasets/blobs/calib.bin");
-  request.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  v1::QuantizeJobRequest request = OneRecordRequest();
   v1::AccuracyGoal* goal = request.mutable_accuracy_goal();
   goal->mutable_tuning()->set_path("datasets/blobs/calib.bin");
   goal->mutable_tuning()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);

@@ -91,6 +91,24 @@ class ServerTest : public ::testing::Test {
     return prometheus::TextSerializer().Serialize(server_->metrics().registry()->Collect());
   }
 
+  // A queued job that no worker takes (the pool is stopped): the test
+  // publishes its events itself.
+  absl::StatusOr<worker::Job> JobNobodyRuns(const std::string& id) {
+    server_->pool().Stop();
+    worker::Job job;
+    job.id = id;
+    job.spec.model_path = "model.pt";
+    job.request_fingerprint = id;
+    return server_->pool().store().Create(job, 100);
+  }
+  void PublishProgress(const worker::Job& job, int batches_done, int batches_total) {
+    worker::JobEvent progress;
+    progress.kind = worker::JobEvent::Kind::kCalibrationProgress;
+    progress.batches_done = batches_done;
+    progress.batches_total = batches_total;
+    server_->pool().events().Publish(job, progress);
+  }
+
   std::string data_dir_;
   std::unique_ptr<QuantdServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -291,13 +309,9 @@ TEST_F(ServerTest, QuantizeJobValidatesWithoutLoadingTheModel) {
 // RESOURCE_EXHAUSTED, in order up to there, and a new watch resumes after the
 // last event read. Over TCP, so HTTP/2 flow control is what stalls the writes.
 TEST_F(ServerTest, AWatchThatFallsTooFarBehindEndsResourceExhaustedAndResumes) {
-  server_->pool().Stop();  // no worker takes the job: this test publishes its events
-  worker::Job job;
-  job.id = "job-stalled-watch";
-  job.spec.model_path = "model.pt";
-  job.request_fingerprint = "stalled-watch";
-  absl::StatusOr<worker::Job> stored = server_->pool().store().Create(job, 100);
+  absl::StatusOr<worker::Job> stored = JobNobodyRuns("job-stalled-watch");
   ASSERT_TRUE(stored.ok()) << stored.status();
+  const worker::Job& job = *stored;
   // The client's receive window stays at 64 KiB (no BDP growth): the
   // server's writes stall after about a thousand unread events.
   grpc::ChannelArguments window;
@@ -315,13 +329,7 @@ TEST_F(ServerTest, AWatchThatFallsTooFarBehindEndsResourceExhaustedAndResumes) {
   ASSERT_TRUE(event.has_snapshot());
 
   constexpr int kPublished = 30000;  // three times the limit, none read meanwhile
-  auto publish = [&](int batches_done) {
-    worker::JobEvent progress;
-    progress.kind = worker::JobEvent::Kind::kCalibrationProgress;
-    progress.batches_done = batches_done;
-    progress.batches_total = kPublished + 1;
-    server_->pool().events().Publish(*stored, progress);
-  };
+  auto publish = [&](int batches_done) { PublishProgress(job, batches_done, kPublished + 1); };
   for (int i = 1; i <= kPublished; ++i) publish(i);
 
   int read = 0;
@@ -363,21 +371,11 @@ TEST_F(ServerTest, AWatchThatFallsTooFarBehindEndsResourceExhaustedAndResumes) {
 // A sequence from another process (here: a later generation, as a replica
 // started after this one numbers its events) skips nothing.
 TEST_F(ServerTest, AResumedWatchGetsTheResultOfAJobThatFinishedMeanwhile) {
-  server_->pool().Stop();  // no worker takes the job: this test publishes its events
-  worker::Job job;
-  job.id = "job-resumed-watch";
-  job.spec.model_path = "model.pt";
-  job.request_fingerprint = "resumed-watch";
-  absl::StatusOr<worker::Job> stored = server_->pool().store().Create(job, 100);
+  absl::StatusOr<worker::Job> stored = JobNobodyRuns("job-resumed-watch");
   ASSERT_TRUE(stored.ok()) << stored.status();
+  const worker::Job& job = *stored;
   auto stub = v1::QuantizationService::NewStub(channel_);
-  auto publish = [&](int batches_done) {
-    worker::JobEvent progress;
-    progress.kind = worker::JobEvent::Kind::kCalibrationProgress;
-    progress.batches_done = batches_done;
-    progress.batches_total = 10;
-    server_->pool().events().Publish(*stored, progress);
-  };
+  auto publish = [&](int batches_done) { PublishProgress(job, batches_done, 10); };
   v1::WatchJobRequest request;
   request.set_id(job.id);
   v1::JobEvent event;

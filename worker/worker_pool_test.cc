@@ -259,6 +259,26 @@ class WorkerPoolTest : public ::testing::Test {
     return other;
   }
 
+  // A process's pool options: its lease holder name, a lease renewed only by
+  // the test's MaintainLeases.
+  static WorkerPool::Options HolderOptions(const std::string& holder) {
+    WorkerPool::Options options;
+    options.holder = holder;
+    options.lease = absl::Hours(1);
+    return options;
+  }
+
+  // Process a ("host-a:/data", one worker) runs job "m", paused before its
+  // second batch. Returns its pool and the job id ("" if it never paused).
+  std::pair<std::unique_ptr<WorkerPool>, std::string> StartJobPausedInA(FakeClock* clock) {
+    engine_.pause_at_batch = 2;
+    auto pool = NewPool(HolderOptions("host-a:/data"), clock);
+    pool->Start();
+    std::string id = pool->Submit(NewJob("m"))->id;
+    if (!engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20))) id.clear();
+    return {std::move(pool), id};
+  }
+
   static Job NewJob(const std::string& model) {
     Job job;
     job.spec.model_path = model;
@@ -506,17 +526,9 @@ void WaitForRuns(FakeEngine& engine, int runs) {
 // stops at its next batch, and the job then runs once more, from the queue.
 TEST_F(WorkerPoolTest, ARunnerWhoseJobWasRecoveredStopsBeforeTheJobRunsAgain) {
   FakeClock clock;
-  engine_.pause_at_batch = 2;
-  WorkerPool::Options options_a;
-  options_a.holder = "host-a:/data";
-  options_a.lease = absl::Hours(1);  // renewed only by the test's MaintainLeases
-  WorkerPool::Options options_b = options_a;
-  options_b.holder = "host-b:/data";
-  auto pool_a = NewPool(options_a, &clock);
-  pool_a->Start();
-  const std::string id = pool_a->Submit(NewJob("m"))->id;
-  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  OtherProcess b = NewPoolOfAnotherProcess(options_b, &clock);
+  auto [pool_a, id] = StartJobPausedInA(&clock);
+  ASSERT_FALSE(id.empty());
+  OtherProcess b = NewPoolOfAnotherProcess(HolderOptions("host-b:/data"), &clock);
   ASSERT_NE(b.pool, nullptr);
   WorkerPool* const pool_b = b.pool.get();  // never started: runs nothing
 
@@ -540,20 +552,12 @@ TEST_F(WorkerPoolTest, ARunnerWhoseJobWasRecoveredStopsBeforeTheJobRunsAgain) {
 // running the job again.
 TEST_F(WorkerPoolTest, ACancelAcknowledgedBeforeAnInterruptionIsTheJobsOutcome) {
   FakeClock clock;
-  engine_.pause_at_batch = 2;
-  WorkerPool::Options options_a;
-  options_a.holder = "host-a:/data";
-  options_a.lease = absl::Hours(1);  // renewed only by the test's MaintainLeases
-  WorkerPool::Options options_b = options_a;
-  options_b.holder = "host-b:/data";
-  auto pool_a = NewPool(options_a, &clock);
-  pool_a->Start();
-  const std::string id = pool_a->Submit(NewJob("m"))->id;
-  ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  auto [pool_a, id] = StartJobPausedInA(&clock);
+  ASSERT_FALSE(id.empty());
   ASSERT_TRUE(pool_a->Cancel(id, "not needed").ok());
   EXPECT_EQ(store_->Get(id)->state, JobState::kRunning);  // stops at its next batch
 
-  OtherProcess b = NewPoolOfAnotherProcess(options_b, &clock);
+  OtherProcess b = NewPoolOfAnotherProcess(HolderOptions("host-b:/data"), &clock);
   ASSERT_NE(b.pool, nullptr);
   clock.Advance(absl::Minutes(61));
   const JobStore::RecoveryCounts recovered = b.pool->MaintainLeases();
