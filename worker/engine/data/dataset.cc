@@ -355,9 +355,10 @@ class NpyDataset : public FileDataset {
       return absl::InvalidArgumentError(absl::StrCat("labels ", path, " must be 1-D with ", total, " entries"));
     }
     int64_t width = 0;
+    const bool signed_byte = h.descr == "|i1";  // -1 must read as -1, not 255
     if (h.descr == "<i8") width = 8;
     else if (h.descr == "<i4") width = 4;
-    else if (h.descr == "|u1" || h.descr == "<u1" || h.descr == "|i1") width = 1;
+    else if (h.descr == "|u1" || h.descr == "<u1" || signed_byte) width = 1;
     else return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": dtype ", h.descr, " is not supported"));
     RecordFile file;
     QUANTD_RETURN_IF_ERROR(file.Open(path));
@@ -372,6 +373,7 @@ class NpyDataset : public FileDataset {
       int64_t v = 0;
       if (width == 8) std::memcpy(&v, raw.data() + i * 8, 8);
       else if (width == 4) { int32_t x; std::memcpy(&x, raw.data() + i * 4, 4); v = x; }
+      else if (signed_byte) v = static_cast<signed char>(raw[static_cast<size_t>(i)]);
       else v = static_cast<unsigned char>(raw[static_cast<size_t>(i)]);
       if (v < 0) return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": negative label at ", i));
       labels_[static_cast<size_t>(i)] = v;

@@ -164,6 +164,27 @@ TEST(NpyDatasetTest, RejectsBadFiles) {
 }
 
 // A raw header dict, written with a valid .npy prefix and `data` after it.
+// Labels of dtype int8: -1 is a negative label, refused, not class 255.
+TEST(NpyDatasetTest, SignedByteLabelsKeepTheirSign) {
+  const std::string dir = testing::MakeTempDir("npy_i1_labels");
+  std::vector<uint8_t> images(2 * 4 * 4 * 3, 7);
+  WriteNpy(dir + "/images.npy", "|u1", {2, 4, 4, 3}, images.data(), images.size());
+  DatasetSpec spec;
+  spec.format = DatasetFormat::kNpy;
+  spec.path = dir + "/images.npy";
+  spec.labels_path = dir + "/labels.npy";
+  const std::vector<int8_t> fine = {3, 0};
+  WriteNpy(spec.labels_path, "|i1", {2}, fine.data(), fine.size());
+  auto dataset = OpenDataset(spec);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  EXPECT_EQ((*dataset)->ReadBatch(0, 2)->labels[0].item<int64_t>(), 3);
+  const std::vector<int8_t> negative = {3, -1};
+  WriteNpy(spec.labels_path, "|i1", {2}, negative.data(), negative.size());
+  const absl::Status refused = OpenDataset(spec).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("negative label at 1"), std::string::npos) << refused;
+}
+
 void WriteNpyWithHeader(const std::string& path, std::string header, const std::string& data) {
   header += '\n';
   std::ofstream out(path, std::ios::binary);
