@@ -224,9 +224,20 @@ absl::StatusOr<std::unique_ptr<ServableModel>> ServableModel::LoadInt8Artifact(c
   return GuardEntryPoint(absl::StrCat("loading ", name), [&]() -> absl::StatusOr<std::unique_ptr<ServableModel>> {
     torch::jit::Module module;
     std::istringstream stream(bytes);
-    // Packs are re-made on load for the engine set now.
-    QUANTD_RETURN_IF_ERROR(WithKernelEngine(kernel_engine, absl::StrCat("loading ", name),
-                                            [&]() { module = torch::jit::load(stream); }));
+    // Packs are re-made on load for the engine set now. An ErrorReport's
+    // what() is not called (see LoadFp32From).
+    bool compiles = true;
+    QUANTD_RETURN_IF_ERROR(WithKernelEngine(kernel_engine, absl::StrCat("loading ", name), [&]() {
+      try {
+        module = torch::jit::load(stream);
+      } catch (const torch::jit::ErrorReport&) {
+        compiles = false;
+      }
+    }));
+    if (!compiles) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("loading ", name, ": its code does not compile in this LibTorch (", TORCH_VERSION, ")"));
+    }
     module.eval();
     std::unique_ptr<BatchSizeCopies> copies;
     // qnnpack keeps no prepared state per shape.

@@ -51,6 +51,21 @@ std::vector<float> Images(int n) {
 
 std::vector<int64_t> Shape(int n) { return {n, 3, 32, 32}; }
 
+// An archive whose compile error throws while LibTorch renders it (found by
+// torchscript_import_fuzzer) is a status from the int8 loader too, as from
+// the FP32 one, not the end of the process.
+TEST(ServableModelTest, AnArchiveWhoseErrorMessageThrowsIsAStatusOnEitherLoader) {
+  std::ifstream in(testing::SourceDir() + "/tests/fuzz/corpus/torchscript_import_fuzzer/what_throws_while_rendering",
+                   std::ios::binary);
+  ASSERT_TRUE(in.good());
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const absl::Status int8 = ServableModel::LoadInt8Artifact(bytes, "qnnpack", "crafted", 0).status();
+  EXPECT_EQ(int8.code(), absl::StatusCode::kFailedPrecondition) << int8;
+  EXPECT_NE(int8.message().find("does not compile in this LibTorch"), std::string::npos) << int8;
+  const absl::Status fp32 = ServableModel::LoadFp32Bytes(bytes, "crafted").status();
+  EXPECT_EQ(fp32.code(), absl::StatusCode::kFailedPrecondition) << fp32;
+}
+
 TEST(ServableModelTest, BatchSizeCopiesGiveBitIdenticalOutputs) {
   ASSERT_FALSE(ResNet8Artifact().empty());
   auto model = ServableModel::LoadInt8Artifact(ResNet8Artifact(), "onednn", "resnet8", /*batch_size_copies=*/4);
