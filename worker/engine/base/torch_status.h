@@ -7,6 +7,7 @@
 #include <exception>
 #include <new>
 #include <string>
+#include <typeinfo>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -27,12 +28,23 @@ inline std::string FirstLine(const std::string& message) {
   return "(LibTorch gave no message)";
 }
 
+// The first line of `e`'s message. Not for torch::jit::ErrorReport (a
+// TorchScript compile error): LibTorch 1.13 renders its source context in
+// what(), which can throw inside noexcept and so end the process. Known by
+// its type's name, so that this header needs no LibTorch include.
+inline std::string ExceptionMessage(const std::exception& e) {
+  if (std::string(typeid(e).name()).find("ErrorReport") != std::string::npos) {
+    return "TorchScript code that does not compile in this LibTorch";
+  }
+  return FirstLine(e.what());
+}
+
 template <typename Fn>
 absl::Status TorchTry(const std::string& context, Fn&& fn) {
   try {
     return fn();
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(context, ": ", FirstLine(e.what())));
+    return absl::InternalError(absl::StrCat(context, ": ", ExceptionMessage(e)));
   }
 }
 
@@ -47,7 +59,7 @@ auto GuardEntryPoint(const std::string& context, Fn&& fn) -> decltype(fn()) {
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory"));
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(context, ": ", FirstLine(e.what())));
+    return absl::InternalError(absl::StrCat(context, ": ", ExceptionMessage(e)));
   } catch (...) {
     return absl::InternalError(absl::StrCat(context, ": an exception that is not a std::exception"));
   }
