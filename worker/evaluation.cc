@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "worker/dataset_json.h"
+#include "worker/json_number.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/thread_name.h"
 #include "worker/engine/data/batch_limits.h"
@@ -63,23 +64,6 @@ bool InTopK(const float* scores, int64_t classes, int64_t label, int64_t k) {
   return better < k;
 }
 
-// JSON has no infinities: +inf (identical scores) is null, as before there
-// were the others; -inf and NaN are strings.
-json SqnrToJson(double db) {
-  if (std::isfinite(db)) return json(db);
-  if (std::isnan(db)) return json("nan");
-  return db > 0 ? json(nullptr) : json("-inf");
-}
-
-double SqnrFromJson(const json& value) {
-  if (value.is_null()) return std::numeric_limits<double>::infinity();
-  if (value.is_string()) {
-    return value.get<std::string>() == "-inf" ? -std::numeric_limits<double>::infinity()
-                                              : std::numeric_limits<double>::quiet_NaN();
-  }
-  return value.get<double>();
-}
-
 }  // namespace
 
 const char* EvaluationStateName(EvaluationState state) {
@@ -117,7 +101,7 @@ std::string EncodeEvaluation(const Evaluation& e) {
                    {"int8", EncodePrecision(r.int8)},
                    {"agreement", r.agreement},
                    {"per_class_agreement", r.per_class_agreement},
-                   {"output_sqnr_db", SqnrToJson(r.output_sqnr_db)},
+                   {"output_sqnr_db", EncodeNumber(r.output_sqnr_db)},
                    {"first_disagreements", r.first_disagreements}};
     if (r.fp32.has_value()) report["fp32"] = EncodePrecision(*r.fp32);
     j["report"] = std::move(report);
@@ -156,7 +140,8 @@ absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text) {
       if (r.contains("fp32")) report.fp32 = DecodePrecision(r.at("fp32"));
       report.agreement = r.at("agreement").get<int64_t>();
       report.per_class_agreement = r.at("per_class_agreement").get<std::vector<int64_t>>();
-      report.output_sqnr_db = SqnrFromJson(r.at("output_sqnr_db"));
+      // null: +inf (identical scores), as records before EncodeNumber hold it.
+      report.output_sqnr_db = DecodeNumber(r.at("output_sqnr_db"), std::numeric_limits<double>::infinity());
       report.first_disagreements = r.at("first_disagreements").get<std::vector<int64_t>>();
       e.report = std::move(report);
     }

@@ -1,17 +1,19 @@
 #include "worker/job_codec.h"
 
-#include <cmath>
 #include <limits>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "worker/dataset_json.h"
+#include "worker/json_number.h"
 
 namespace quantd::worker {
 namespace {
 
 using nlohmann::json;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 json EncodeAccuracy(const std::optional<engine::Accuracy>& a) {
   if (!a.has_value()) return nullptr;
@@ -26,40 +28,21 @@ std::optional<engine::Accuracy> DecodeAccuracy(const json& j) {
   return a;
 }
 
-// JSON has no infinities or NaN (nlohmann writes them as null, which then
-// did not read back as a number and made the whole job unreadable): an SQNR
-// is +inf for identical outputs and -inf when the reference is all zero.
-json Number(double v) {
-  if (std::isfinite(v)) return json(v);
-  if (std::isnan(v)) return json("nan");
-  return json(v > 0 ? "inf" : "-inf");
-}
-double DecodeNumber(const json& j) {
-  if (j.is_string()) {
-    const std::string text = j.get<std::string>();
-    if (text == "inf") return std::numeric_limits<double>::infinity();
-    if (text == "-inf") return -std::numeric_limits<double>::infinity();
-    return std::numeric_limits<double>::quiet_NaN();
-  }
-  if (j.is_null()) return std::numeric_limits<double>::quiet_NaN();  // written before Number()
-  return j.get<double>();
-}
-
-json OptionalNumber(const std::optional<double>& v) { return v ? Number(*v) : json(); }
+json OptionalNumber(const std::optional<double>& v) { return v ? EncodeNumber(*v) : json(); }
 std::optional<double> DecodeOptionalNumber(const json& j) {
-  return j.is_null() ? std::nullopt : std::optional<double>(DecodeNumber(j));
+  return j.is_null() ? std::nullopt : std::optional<double>(DecodeNumber(j, kNaN));
 }
 
 json EncodeScore(const engine::TrialScore& s) {
-  return json{{"top1", OptionalNumber(s.top1)}, {"agreement", Number(s.agreement)},
-              {"output_sqnr_db", Number(s.output_sqnr_db)}};
+  return json{{"top1", OptionalNumber(s.top1)}, {"agreement", EncodeNumber(s.agreement)},
+              {"output_sqnr_db", EncodeNumber(s.output_sqnr_db)}};
 }
 
 engine::TrialScore DecodeScore(const json& j) {
   engine::TrialScore s;
   s.top1 = DecodeOptionalNumber(j.at("top1"));
-  s.agreement = DecodeNumber(j.at("agreement"));
-  s.output_sqnr_db = DecodeNumber(j.at("output_sqnr_db"));
+  s.agreement = DecodeNumber(j.at("agreement"), kNaN);
+  s.output_sqnr_db = DecodeNumber(j.at("output_sqnr_db"), kNaN);
   return s;
 }
 
