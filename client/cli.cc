@@ -67,7 +67,9 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
     // A value-taking global flag may also be written "--flag VALUE".
     auto take_value = [&]() -> absl::StatusOr<std::string> {
       if (value.has_value()) return std::string(*value);
-      if (i + 1 >= argv.size()) {
+      // As for command flags and quantd-quantize's: "--token --json" is a
+      // missing value, not the token "--json".
+      if (i + 1 >= argv.size() || absl::StartsWith(argv[i + 1], "--")) {
         return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
       }
       return argv[++i];

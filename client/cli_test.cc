@@ -46,6 +46,9 @@ TEST(ParseInvocationTest, TokenFromFlagOrEnvironmentAndTlsFlagsTogether) {
   ASSERT_TRUE(from_flag.ok());
   EXPECT_EQ(from_flag->options.token, "flag-token");  // the flag wins
   EXPECT_THAT(ParseInvocation({"--token=", "jobs"}).status().message(), HasSubstr("--token"));
+  // The next flag is not a value (it was sent as the token "--json").
+  EXPECT_THAT(ParseInvocation({"--token", "--json", "jobs"}).status().message(), HasSubstr("--token needs a value"));
+  EXPECT_THAT(ParseInvocation({"--server", "--json", "jobs"}).status().message(), HasSubstr("--server needs a value"));
 
   auto server_from_env = ParseInvocation({"jobs"}, "", "quantd.prod:50051");
   ASSERT_TRUE(server_from_env.ok());
@@ -233,6 +236,11 @@ TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
       {{"--calib=c.bin", "--preset=custom", "--percentile=99"}, "--percentile: only with --activation_observer"},
       {{"--calib=c.bin", "--tuning=v.bin", "--tolerance=nan"}, "--tolerance: a number of points in [0, 100]"},
       {{"--calib=c.bin", "--tuning=v.bin", "--max_trials=5000"}, "--max_trials: a number in 1..1000"},
+      // A path and a blob for one input: the blob silently won.
+      {{"--model_blob=" + std::string(64, 'b'), "--calib=c.bin"}, "--model and --model_blob name the same input"},
+      {{"--calib=c.bin", "--calib_blob=" + std::string(64, 'b')}, "--calib and --calib_blob name the same dataset"},
+      {{"--calib=c.bin", "--tuning=v.bin", "--tuning_blob=" + std::string(64, 'b')},
+       "--tuning and --tuning_blob name the same dataset"},
   };
   for (const auto& [extra, message] : cases) {
     std::vector<std::string> args = {"--model=m.pt"};

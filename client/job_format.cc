@@ -129,6 +129,11 @@ std::string DatasetFormatOf(const std::string& path, const std::string& flag, co
 }
 
 bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error) {
+  // The path and the blob are one oneof: the second set would silently win.
+  if (a.Has(prefix) && a.Has(prefix + "_blob")) {
+    *error = absl::StrCat("--", prefix, " and --", prefix, "_blob name the same dataset: give one");
+    return false;
+  }
   if (a.Has(prefix)) ref->set_path(a.Get(prefix));
   if (a.Has(prefix + "_blob")) ref->set_blob_id(a.Get(prefix + "_blob"));
   // A blob's name is not known here: CIFAR-10 binary unless --FLAG_format says.

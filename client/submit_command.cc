@@ -43,6 +43,9 @@ bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>
 }
 
 bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* error) {
+  if (a.Has("model") && a.Has("model_blob")) {
+    return (*error = "--model and --model_blob name the same input: give one", false);
+  }
   if (a.Has("model")) r->mutable_model()->set_path(a.Get("model"));
   if (a.Has("model_blob")) r->mutable_model()->set_blob_id(a.Get("model_blob"));
   if (a.Has("calib") || a.Has("calib_blob")) {

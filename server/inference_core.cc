@@ -13,6 +13,14 @@ namespace {
 
 constexpr char kPlatform[] = "pytorch_torchscript";
 
+// ModelReady's and ModelMetadata's field is "name" (ModelInfer's is
+// "model_name", which the repository's own check names).
+absl::Status CheckModelName(const std::string& name) {
+  std::string base;
+  bool fp32 = false;
+  return worker::ModelRepository::ParseName(name, "name", &base, &fp32);
+}
+
 }  // namespace
 
 bool InferenceCore::ServerReady() const {
@@ -21,6 +29,7 @@ bool InferenceCore::ServerReady() const {
 
 absl::StatusOr<bool> InferenceCore::ModelReady(const std::string& name, const std::string& version,
                                                const std::string& version_field) {
+  QUANTD_RETURN_IF_ERROR(CheckModelName(name));
   QUANTD_ASSIGN_OR_RETURN(int64_t number, ParseModelVersion(version, version_field));
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = deps_.models->Load(name, number);
   if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
@@ -55,6 +64,7 @@ void InferenceCore::ServerMetadata(inference::ServerMetadataResponse* response) 
 absl::Status InferenceCore::ModelMetadata(const std::string& name, const std::string& version,
                                           const std::string& version_field,
                                           inference::ModelMetadataResponse* response) {
+  QUANTD_RETURN_IF_ERROR(CheckModelName(name));
   QUANTD_ASSIGN_OR_RETURN(int64_t number, ParseModelVersion(version, version_field));
   QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const worker::LoadedModel> model, deps_.models->Load(name, number));
   if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
@@ -150,6 +160,8 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
     if (stats != nullptr) stats->RecordRequest(info.name, info.version, status.code(), 0, nullptr);
     std::move(done)(std::move(status));
   };
+  // The timeout counts from here, a cold model's load included.
+  const absl::Time received = deps_.clock->Now();
   std::shared_ptr<const worker::LoadedModel> model = std::move(loaded_model);
   if (model == nullptr) {
     absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded = LoadForInfer(request);
@@ -165,7 +177,7 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
   absl::StatusOr<absl::Duration> timeout = InferQueueTimeout(request);
   if (!timeout.ok()) return fail_before_queue(timeout.status(), info);
   if (*timeout != absl::InfiniteDuration()) {
-    const absl::Time deadline = deps_.clock->Now() + *timeout;
+    const absl::Time deadline = received + *timeout;
     abandoned = [caller_gone = std::move(abandoned), clock = deps_.clock, deadline, timeout = *timeout] {
       absl::Status gone = caller_gone ? caller_gone() : absl::OkStatus();
       if (!gone.ok() || clock->Now() < deadline) return gone;

@@ -466,12 +466,18 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     job.deadline = absl::FromUnixSeconds(d.seconds()) + absl::Nanoseconds(d.nanos());
   }
   job.request_echo = DeterministicBytes(request);
-  job.request_fingerprint = engine::Sha256Hex(job.request_echo);
+  job.request_fingerprint = RequestFingerprint(request);
   return job;
 }
 
 std::string RequestFingerprint(const v1::QuantizeJobRequest& request) {
-  return engine::Sha256Hex(DeterministicBytes(request));
+  // A retry computes its deadline anew (quantctl's --deadline_seconds is "now
+  // + N"), so the deadline is not part of "the same request"; the job keeps
+  // the first one's.
+  if (!request.has_deadline()) return engine::Sha256Hex(DeterministicBytes(request));
+  v1::QuantizeJobRequest without_deadline = request;
+  without_deadline.clear_deadline();
+  return engine::Sha256Hex(DeterministicBytes(without_deadline));
 }
 
 absl::StatusOr<std::optional<worker::Job>> JobOfRetry(const v1::QuantizeJobRequest& request, const std::string& owner,

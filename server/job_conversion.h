@@ -50,7 +50,8 @@ class ReferenceResolver {
 absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request,
                                            const ReferenceResolver& resolver);
 
-// What an idempotency key is checked against: the request's bytes, hashed.
+// What an idempotency key is checked against: the request's bytes without its
+// deadline (a retry computes its own), hashed.
 std::string RequestFingerprint(const v1::QuantizeJobRequest& request);
 
 // The job a retry of `request` by `owner` refers to (its idempotency key

@@ -147,5 +147,24 @@ TEST_F(ResolvePathTest, AnAccuracyGoalOutOfRangeNamesTheField) {
   EXPECT_THAT(JobFromRequest(request, resolver).status().message(), HasSubstr("accuracy_goal.max_trials: at most 1000"));
 }
 
+TEST(RequestFingerprintTest, ARetryWithAnotherDeadlineIsTheSameRequest) {
+  // quantctl --deadline_seconds sends "now + N": a retry of the same
+  // submission a second later was refused as another request.
+  v1::QuantizeJobRequest first;
+  first.mutable_model()->set_path("model.pt");
+  first.set_idempotency_key("k1");
+  first.mutable_deadline()->set_seconds(1800000000);
+  v1::QuantizeJobRequest retry = first;
+  retry.mutable_deadline()->set_seconds(1800000001);
+  EXPECT_EQ(RequestFingerprint(first), RequestFingerprint(retry));
+  v1::QuantizeJobRequest no_deadline = first;
+  no_deadline.clear_deadline();
+  EXPECT_EQ(RequestFingerprint(first), RequestFingerprint(no_deadline));
+
+  v1::QuantizeJobRequest other_model = first;
+  other_model.mutable_model()->set_path("other.pt");
+  EXPECT_NE(RequestFingerprint(first), RequestFingerprint(other_model));
+}
+
 }  // namespace
 }  // namespace quantd

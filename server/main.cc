@@ -206,6 +206,20 @@ int main(int argc, char** argv) {
     PrintHelp();
     return 0;
   }
+  // Abseil's own usage flags end in exit(0) inside flag parsing, which the
+  // exit-2 hook below turns into a silent exit 2: answered here instead.
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--version") {
+      std::cout << "quantd " << quantd::QuantdVersion() << "\n";
+      return 0;
+    }
+    if (absl::StartsWith(arg, "--help") || absl::StartsWith(arg, "--only_check_args") ||
+        absl::StartsWith(arg, "--version=")) {
+      std::cerr << "quantd: " << arg << ": not supported; --help lists the flags, --version prints the version\n";
+      return 2;
+    }
+  }
   // Abseil reports an unknown flag or a bad value (naming the flag) and
   // calls exit(1), the code of a failed start. Exit 2 instead, the usage
   // error of quantd's own checks below, of quantctl and of quantd-quantize.

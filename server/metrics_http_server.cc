@@ -179,7 +179,11 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& request,
                                                                   httplib::Response& response) {
     if (!response.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    if (response.status == 404) {
+    if (response.status == 404 && request.path == "/metrics") {
+      // Only GET is routed there: another method is not "not found".
+      SetError(request, response, 405, absl::StrCat("/metrics takes GET, not ", request.method.substr(0, 16)));
+      response.set_header("Allow", "GET");
+    } else if (response.status == 404) {
       SetError(request, response, 404, "not found; try /metrics or /v2");
     } else if (response.status == 413) {
       // Bodies declaring more than the limit were refused before reading;

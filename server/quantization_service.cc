@@ -585,7 +585,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
 };
 
 absl::StatusOr<worker::Job> ArtifactJob(worker::JobStore& store, const std::string& id) {
-  if (id.empty()) return absl::InvalidArgumentError("id: required");
+  QUANTD_RETURN_IF_ERROR(RequireId(id));
   QUANTD_ASSIGN_OR_RETURN(std::vector<worker::Job> jobs, store.JobsWithArtifact(id));
   if (jobs.empty()) return absl::NotFoundError(absl::StrCat("artifact \"", id, "\" not found"));
   return jobs.front();
@@ -710,7 +710,10 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
       return Audited(context, caller, "DeleteJob", "", status);
     }
     absl::Status deleted = deps_.pool->Delete(request->id());
-    if (deleted.ok()) deps_.models->ForgetResolutions();  // its model version is served no more, at once
+    if (deleted.ok()) {  // its model version is served no more, at once
+      deps_.models->ForgetResolutions();
+      deps_.models->DropUnpublished();
+    }
     return Audited(context, caller, "DeleteJob", request->id(), deleted);
   });
 }
@@ -866,7 +869,10 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteModelVersion(grpc::Call
     }
     const absl::Status deleted =
         deps_.pool->store().DeleteModelVersion(request->name(), static_cast<int64_t>(request->version()));
-    if (deleted.ok()) deps_.models->ForgetResolutions();  // served no more, at once
+    if (deleted.ok()) {  // served no more, at once
+      deps_.models->ForgetResolutions();
+      deps_.models->DropUnpublished();
+    }
     return Audited(context, caller, "DeleteModelVersion", target, deleted);
   });
 }

@@ -2,6 +2,9 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
 namespace quantd {
 namespace {
 
@@ -16,14 +19,26 @@ static_assert(static_cast<int>(absl::StatusCode::kCancelled) ==
 
 bool IsKnownCode(int code) { return code >= 0 && code <= 16; }
 
+// gRPC sends the message percent-encoded in a trailer, and a client refuses
+// metadata over 8 KiB (RESOURCE_EXHAUSTED, the real error lost). Messages echo
+// the caller's ids and paths, so a long one is cut: its head names the field.
+constexpr size_t kMaxMessageBytes = 1024;
+
+std::string BoundedMessage(absl::string_view message) {
+  if (message.size() <= kMaxMessageBytes) return std::string(message);
+  size_t keep = kMaxMessageBytes;
+  // Do not split a UTF-8 sequence: back off its continuation bytes.
+  while (keep > 0 && (static_cast<unsigned char>(message[keep]) & 0xC0) == 0x80) --keep;
+  return absl::StrCat(message.substr(0, keep), "... (", message.size() - keep, " more bytes cut)");
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   int code = static_cast<int>(status.code());
   if (!IsKnownCode(code)) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
-  return grpc::Status(static_cast<grpc::StatusCode>(code),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(code), BoundedMessage(status.message()));
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

@@ -10,8 +10,8 @@
 
 namespace quantd {
 
-// Same code (the two enums share numbering) and message. OK maps to OK with
-// no message.
+// Same code (the two enums share numbering) and message, the message cut to
+// its first KiB (it travels in a trailer). OK maps to OK with no message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // The reverse, for code that calls other gRPC services.

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
 namespace quantd {
 namespace {
 
@@ -17,6 +21,22 @@ TEST(StatusConversionTest, KeepsCodeAndMessage) {
 
   status = ToGrpcStatus(absl::UnimplementedError("later"));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+}
+
+TEST(StatusConversionTest, LongMessageIsCutKeepingItsHead) {
+  // An echoed 20000-character id once made the client fail with "received
+  // initial metadata size exceeds limit" instead of the error.
+  grpc::Status status = ToGrpcStatus(
+      absl::InvalidArgumentError(absl::StrCat("page_token: \"", std::string(20000, 'a'), "\" is not a token")));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(status.error_message().size(), 1100u);
+  EXPECT_EQ(status.error_message().rfind("page_token: \"aaa", 0), 0u);
+  EXPECT_NE(status.error_message().find("more bytes cut"), std::string::npos);
+
+  // A multi-byte character at the cut is not split.
+  std::string accented = std::string(1023, 'a') + "\xC3\xA9" + std::string(100, 'b');
+  std::string cut = ToGrpcStatus(absl::NotFoundError(accented)).error_message();
+  EXPECT_EQ(cut.substr(0, 1026), std::string(1023, 'a') + "...");
 }
 
 TEST(StatusConversionTest, EveryCodeRoundTrips) {

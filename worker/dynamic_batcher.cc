@@ -197,9 +197,9 @@ void DynamicBatcher::DropAbandoned(Pass& pass) {
 }
 
 void DynamicBatcher::RunPass(Pass pass, bool offload) {
-  // A request run on its submitting thread has just arrived: only queued
-  // ones are checked.
-  if (offload) DropAbandoned(pass);
+  // A request run on its submitting thread is checked too: it may have
+  // waited before Submit (a cold model's load) while its caller left.
+  DropAbandoned(pass);
   if (pass.requests.empty()) return;
   int64_t total = 0;
   for (const Request& r : pass.requests) total += r.batch;

@@ -298,6 +298,22 @@ TEST(DynamicBatcherTest, OnAnIdleBatcherARequestRunsOnTheSubmittingThreadWithout
   EXPECT_THAT(model->passes(), ElementsAre(2, 1, 1));
 }
 
+// A request may wait before Submit (a cold model's load); if its caller left
+// meanwhile, it is not run on the idle batcher's caller path either.
+TEST(DynamicBatcherTest, OnAnIdleBatcherARequestWhoseCallerLeftIsNotRun) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher::Options options = OneThread(8, absl::Hours(1));
+  options.run_on_caller_when_idle = true;
+  FakeClock clock;
+  DynamicBatcher batcher(options, &clock);
+  Outcome gone;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &gone, [] { return absl::CancelledError("the caller went away"); }).ok());
+  ASSERT_TRUE(gone.done.HasBeenNotified());
+  EXPECT_EQ(gone.output.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(model->passes(), ElementsAre());
+  EXPECT_EQ(gone.stats.executed_batch_size, 0);
+}
+
 TEST(BatchDueAtTest, TheDelayCountsFromArrivalOrTheLastPassEndButAtMostTwice) {
   const absl::Time t = absl::FromUnixSeconds(1000);
   const absl::Duration d = absl::Milliseconds(1);

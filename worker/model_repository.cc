@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/torch_status.h"
 #include "worker/engine/quantizer.h"
 
 namespace quantd::worker {
@@ -84,6 +85,30 @@ void ModelRepository::ForgetResolutions() {
   ++resolution_generation_;
 }
 
+void ModelRepository::DropUnpublished() {
+  std::vector<Key> keys;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, unused] : cached_) keys.push_back(key);
+  }
+  std::vector<Key> gone;
+  for (const Key& key : keys) {
+    absl::StatusOr<ModelVersion> version = jobs_->GetModelVersion(std::get<0>(key), std::get<1>(key));
+    if (!version.ok() && absl::IsNotFound(version.status())) gone.push_back(key);
+  }
+  // Released after mu_, as in Load.
+  std::vector<std::shared_ptr<const LoadedModel>> dropped;
+  absl::MutexLock lock(&mu_);
+  for (const Key& key : gone) {
+    auto it = cached_.find(key);
+    if (it == cached_.end()) continue;
+    cached_bytes_ -= it->second->second->info().cost_bytes;
+    dropped.push_back(std::move(it->second->second));
+    lru_.erase(it->second);
+    cached_.erase(it);
+  }
+}
+
 std::shared_ptr<const LoadedModel> ModelRepository::FindLoaded(const std::string& name, int64_t version) {
   std::string base;
   bool fp32 = false;
@@ -149,7 +174,12 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     attempt = ++attempts_;
     loading_[key] = attempt;
   }
-  absl::StatusOr<std::unique_ptr<LoadedModel>> loaded = LoadUncached(name, fp32, resolved);
+  // Whatever LoadUncached throws (std::bad_alloc reading a large artifact)
+  // becomes this attempt's failure: the loading mark must be cleared, or every
+  // later caller of this version would wait for it forever.
+  absl::StatusOr<std::unique_ptr<LoadedModel>> loaded = engine::GuardEntryPoint(
+      absl::StrCat("model ", name, " version ", resolved.version),
+      [&]() -> absl::StatusOr<std::unique_ptr<LoadedModel>> { return LoadUncached(name, fp32, resolved); });
   // Released after mu_ (declared before the lock): a model's last reference
   // waits for its copy builder, and FindLoaded must not wait with it.
   std::vector<std::shared_ptr<const LoadedModel>> evicted;
@@ -217,7 +247,13 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
     info.cost_bytes = static_cast<int64_t>(bytes.size());
     QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadFp32Bytes(bytes, job.spec.model_path));
   } else {
-    QUANTD_ASSIGN_OR_RETURN(std::string bytes, artifacts_->Read(result.artifact_sha256));
+    absl::StatusOr<std::string> read = artifacts_->Read(result.artifact_sha256);
+    if (!read.ok() && absl::IsNotFound(read.status())) {
+      // The version exists: NOT_FOUND would say it does not.
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": its artifact ", result.artifact_id, " is gone from the artifact store"));
+    }
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, std::move(read));
     if (engine::Sha256Hex(bytes) != result.artifact_sha256) {
       return absl::DataLossError(absl::StrCat(what, ": artifact ", result.artifact_id, " is corrupted in the store"));
     }

@@ -105,6 +105,10 @@ class ModelRepository {
   bool IsLoaded(const std::string& base_name, int64_t version, bool fp32) const;
   // Drops remembered resolutions: a version was published or deleted here.
   void ForgetResolutions();
+  // Drops loaded models whose version is no longer published (deleted here or
+  // by another replica), freeing their share of the byte budget. Reads the
+  // job store; never under a lock a request path holds.
+  void DropUnpublished();
 
   int64_t cached_bytes() const;
   int cached_models() const;

@@ -280,6 +280,84 @@ TEST_F(ModelRepositoryTest, CallersWaitingForAFailedLoadShareItsFailure) {
   EXPECT_EQ(failing.reads(), 2);
 }
 
+// Throws std::bad_alloc on its first read, as reading a large artifact may.
+class ThrowingArtifactStore final : public ArtifactStore {
+ public:
+  explicit ThrowingArtifactStore(ArtifactStore* real) : real_(real) {}
+  absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
+                                     const std::string& manifest_json) override {
+    return real_->Put(job_id, bytes, manifest_json);
+  }
+  absl::StatusOr<std::string> Read(const std::string& sha256) override {
+    if (!thrown_) {
+      thrown_ = true;
+      throw std::bad_alloc();
+    }
+    return real_->Read(sha256);
+  }
+  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override {
+    return real_->ReadRange(sha256, offset, max_bytes);
+  }
+  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
+    return real_->RemoveManifest(sha256, job_id);
+  }
+  absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
+  bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
+  absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
+
+ private:
+  ArtifactStore* const real_;
+  bool thrown_ = false;
+};
+
+// A load that threw once left its "loading" mark behind: every later load
+// of that version waited for it forever.
+TEST_F(ModelRepositoryTest, ALoadThatThrowsFailsThatLoadOnly) {
+  Publish("a", "resnet8");
+  ThrowingArtifactStore throwing(artifacts_.get());
+  auto repository = RepositoryOver(&throwing);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> first = repository->Load("resnet8", 0);
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kResourceExhausted) << first.status();
+  EXPECT_THAT(first.status().message(), HasSubstr("model resnet8 version 1"));
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> again = repository->Load("resnet8", 0);
+  EXPECT_TRUE(again.ok()) << again.status();
+}
+
+// The version exists, its artifact does not: not NOT_FOUND (which says there
+// is no such version, while ListModels shows it).
+TEST_F(ModelRepositoryTest, APublishedVersionWhoseArtifactIsGoneIsAFailedPrecondition) {
+  Publish("a", "resnet8");
+  auto job = jobs_->Get("a");
+  ASSERT_TRUE(job.ok());
+  ASSERT_TRUE(artifacts_->Remove(job->result->artifact_sha256).ok());
+  absl::Status status = Repository()->Load("resnet8", 0).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_THAT(status.message(), HasSubstr("is gone from the artifact store"));
+}
+
+// A deleted version's model kept its memory and its share of the budget
+// until evicted, which may be never.
+TEST_F(ModelRepositoryTest, ADeletedVersionLeavesTheCache) {
+  Publish("a", "resnet8");
+  Publish("b", "other");
+  auto repository = Repository();
+  ASSERT_TRUE(repository->Load("resnet8", 0).ok());
+  ASSERT_TRUE(repository->Load("resnet8.fp32", 0).ok());
+  ASSERT_TRUE(repository->Load("other", 0).ok());
+  const int64_t other_bytes = [&] {
+    auto other = repository->Load("other", 0);
+    return other.ok() ? (*other)->info().cost_bytes : -1;
+  }();
+  ASSERT_EQ(repository->cached_models(), 3);
+  ASSERT_TRUE(jobs_->DeleteModelVersion("resnet8", 1).ok());
+  repository->ForgetResolutions();
+  repository->DropUnpublished();
+  EXPECT_EQ(repository->cached_models(), 1);
+  EXPECT_EQ(repository->cached_bytes(), other_bytes);
+  EXPECT_TRUE(repository->IsLoaded("other", 1, false));
+  EXPECT_EQ(repository->Load("resnet8", 1).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(ModelRepositoryTest, BatchSizeCopiesCountAgainstTheBudgetUpToAnEighthOfIt) {
   Publish("a", "resnet8");
   const auto size = static_cast<int64_t>(ResNet8Int8().bytes.size());

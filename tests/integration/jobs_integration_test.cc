@@ -796,6 +796,11 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     CurlResult del = Curl(v2 + "/models/resnet8", {"-X", "DELETE"});
     EXPECT_EQ(del.status, 405) << del.body;
     EXPECT_THAT(del.body, HasSubstr("no resource here takes DELETE"));
+    // /metrics takes GET: POST is not "not found; try /metrics".
+    const std::string metrics_allow = quantd.dir() + "/metrics_allow.headers";
+    CurlResult post_metrics = Curl(quantd.http_url() + "/metrics", {"-X", "POST", "--data", "", "-D", metrics_allow});
+    EXPECT_EQ(post_metrics.status, 405) << post_metrics.body;
+    EXPECT_THAT(ReadFileOrEmpty(metrics_allow), HasSubstr("Allow: GET"));
     // A model may be called "infer": GET of that name is its metadata (none here).
     EXPECT_EQ(Curl(v2 + "/models/infer").status, 404);
     // The repository index takes {"ready": ...}, not a large body.
@@ -1707,6 +1712,20 @@ TEST(JobsIntegrationTest, BadInputsGetTheRightCodeAndTheServerKeepsServing) {
   EXPECT_THAT(unknown.err, HasSubstr("code 5"));
   EXPECT_THAT(quantd.Ctl({"cancel", "job-does-not-exist"}).err, HasSubstr("code 5"));
   EXPECT_THAT(quantd.Ctl({"watch", "job-does-not-exist"}).err, HasSubstr("code 5"));
+
+  // Long ids, tokens and paths are echoed in errors; once past gRPC's 8 KiB
+  // trailer limit the client saw "metadata size exceeds limit" (code 8).
+  const std::string long_value(20000, 'a');
+  RunResult long_artifact = quantd.Ctl({"artifacts", long_value});
+  EXPECT_THAT(long_artifact.err, HasSubstr("code 3"));
+  EXPECT_THAT(long_artifact.err, HasSubstr("id: 20000 characters"));
+  RunResult long_token = quantd.Ctl({"jobs", "--page_token=" + long_value});
+  EXPECT_THAT(long_token.err, HasSubstr("code 3"));
+  EXPECT_THAT(long_token.err, HasSubstr("page_token"));
+  RunResult long_path = quantd.Ctl({"submit", "--model=" + long_value, absl::StrCat("--calib=", kCalib)});
+  EXPECT_THAT(long_path.err, HasSubstr("code 5"));
+  EXPECT_THAT(long_path.err, HasSubstr("model.path"));
+  EXPECT_THAT(quantd.Ctl({"blobs", long_value}).err, HasSubstr("code 3"));
 
   EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
 }

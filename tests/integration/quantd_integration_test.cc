@@ -461,5 +461,20 @@ TEST(QuantdFlagsTest, HelpListsTheFlagsAndSucceeds) {
   EXPECT_THAT(result->out, ::testing::Not(HasSubstr("--flagfile")));
 }
 
+// Abseil's usage flags exited 0 inside flag parsing, which quantd's exit-2
+// hook turned into a silent exit 2 with nothing printed.
+TEST(QuantdFlagsTest, VersionPrintsAndOtherUsageFlagsAreRefusedByName) {
+  auto version = RunCommand({QUANTD_BIN, "--version"}, kCommandTimeout);
+  ASSERT_TRUE(version.ok()) << version.status();
+  EXPECT_EQ(version->exit_code, 0) << version->err;
+  EXPECT_THAT(version->out, ::testing::StartsWith("quantd "));
+  for (const char* flag : {"--helpmatch=grpc", "--only_check_args", "--help=false"}) {
+    auto refused = RunCommand({QUANTD_BIN, flag}, kCommandTimeout);
+    ASSERT_TRUE(refused.ok()) << refused.status();
+    EXPECT_EQ(refused->exit_code, 2) << flag;
+    EXPECT_THAT(refused->err, HasSubstr(flag)) << flag;
+  }
+}
+
 }  // namespace
 }  // namespace quantd

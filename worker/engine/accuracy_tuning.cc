@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -121,6 +122,7 @@ absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit
       return absl::InvalidArgumentError(absl::StrCat("accuracy_goal needs a classifier: the model's output has shape [",
                                                      absl::StrJoin(out.sizes(), ", "), "]"));
     }
+    QUANTD_RETURN_IF_ERROR(CheckLabelsInRange(b.labels, out.size(1), "accuracy_goal.tuning"));
     correct += out.argmax(1).eq(b.labels).sum().item<int64_t>();
     judge.images.push_back(b.images);
     judge.labels.push_back(b.labels);
@@ -185,7 +187,10 @@ absl::StatusOr<TrialScore> Score(const Int8Executor& executor, const JudgeSet& j
   const double n = static_cast<double>(std::max<int64_t>(1, judge.samples));
   if (judge.fp32_top1) score.top1 = static_cast<double>(correct) / n;
   score.agreement = classifier ? static_cast<double>(agree) / n : 0;
-  score.output_sqnr_db = noise > 0 ? 10 * std::log10(signal / noise) : 100.0;
+  // NaN in the int8 outputs ranks below every model (NaN > 0 is false).
+  score.output_sqnr_db = std::isnan(signal) || std::isnan(noise) ? -std::numeric_limits<double>::infinity()
+                         : noise > 0                              ? 10 * std::log10(signal / noise)
+                                                                  : 100.0;
   return score;
 }
 

@@ -164,6 +164,33 @@ absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8Unguarded(const 
   return predictions;
 }
 
+// The graph quantd calibrates and converts (imported, fused, folded,
+// equalized) must compute what the model computes: an op the importer
+// misreads would otherwise make a wrong int8 model that the quality gate,
+// which compares against this same graph, cannot see. Fusion changes FP32
+// rounding only: 60 dB of output SQNR is far above that and far below a
+// misread op.
+absl::Status CheckImportComputesTheModel(const Graph& graph, const at::Tensor& sample, const at::Tensor& expected) {
+  if (!sample.defined() || !expected.defined() || !at::isfinite(expected).all().item<bool>()) return absl::OkStatus();
+  QUANTD_ASSIGN_OR_RETURN(Fp32Executor executor, Fp32Executor::Create(&graph));
+  at::NoGradGuard no_grad;
+  QUANTD_ASSIGN_OR_RETURN(std::vector<c10::IValue> outputs, executor.Run({sample.clone()}));
+  if (outputs.size() != 1 || !outputs[0].isTensor()) return absl::OkStatus();  // said elsewhere
+  const at::Tensor got = outputs[0].toTensor().detach().to(at::kFloat);
+  if (got.sizes() != expected.sizes()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model: quantd's reading of this model gives an output of shape [", absl::StrJoin(got.sizes(), ", "),
+        "] where the model gives [", absl::StrJoin(expected.sizes(), ", "), "]; quantd cannot quantize it"));
+  }
+  const double sqnr = SqnrDb(expected.pow(2).sum().item<double>(), (got - expected).pow(2).sum().item<double>());
+  if (sqnr >= 60.0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "model: quantd's reading of this model does not compute what the model computes (%.1f dB output SQNR "
+      "against the model on the first calibration sample; an op quantd misreads, such as an in-place write "
+      "through a view); quantd cannot quantize it",
+      sqnr));
+}
+
 void SetIntraOpThreads(int threads) {
   // LibTorch's set_num_threads rebuilds the global thread pool QNNPACK's
   // kernels run on: done under onednn's lease, which no QNNPACK kernel
@@ -502,11 +529,15 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   // One sample through the FP32 model first: a dataset the model cannot take
   // (3 channels for a 1-channel model, a wrong size) is the request's error,
   // said before calibration, not an INTERNAL one from its first batch.
+  at::Tensor first_sample, first_output;
   if (calibration->size() > 0) {
     QUANTD_ASSIGN_OR_RETURN(Batch first, calibration->ReadBatch(0, 1));
+    first_sample = first.images;
     absl::Status runs = TorchTry("one sample", [&] {
       at::NoGradGuard no_grad;
-      impl->fp32_module.forward({first.images});
+      // A copy: the model may write into its input.
+      c10::IValue out = impl->fp32_module.forward({first.images.clone()});
+      if (out.isTensor()) first_output = out.toTensor().detach().to(at::kFloat);
       return absl::OkStatus();
     });
     if (!runs.ok()) {
@@ -527,6 +558,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   if (qconfig.equalization) {
     QUANTD_ASSIGN_OR_RETURN(equalized, Equalize(&impl->fused, qconfig, calibration.get(), options.batch_size));
   }
+  QUANTD_RETURN_IF_ERROR(CheckImportComputesTheModel(impl->fused, first_sample, first_output));
   QuantizationPlan plan = PlanQuantization(impl->fused);
   report.fallbacks = plan.fallbacks;
   // reduce_range's 7 bits do not hold where sigmoid/tanh codes (0..255)

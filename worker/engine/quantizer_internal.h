@@ -63,6 +63,7 @@ struct QuantizedModel::Impl {
             "evaluation needs a classifier: the ", int8 ? "int8" : "FP32", " model's output has shape [",
             absl::StrJoin(out.sizes(), ", "), "], not [", batch.labels.numel(), ", classes]"));
       }
+      QUANTD_RETURN_IF_ERROR(CheckLabelsInRange(batch.labels, out.size(1), "evaluation.dataset"));
       acc.correct += out.argmax(1).eq(batch.labels).sum().item<int64_t>();
       acc.total += batch.labels.numel();
       return absl::OkStatus();
@@ -70,6 +71,10 @@ struct QuantizedModel::Impl {
     return acc;
   }
 };
+
+// FAILED_PRECONDITION unless `graph` (imported, fused, folded, equalized)
+// gives `expected`, the model's own output on `sample`, to 60 dB of SQNR.
+absl::Status CheckImportComputesTheModel(const Graph& graph, const at::Tensor& sample, const at::Tensor& expected);
 
 }  // namespace quantd::engine
 

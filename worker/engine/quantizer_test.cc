@@ -5,6 +5,7 @@
 #include <torch/csrc/jit/serialization/import.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -134,6 +135,60 @@ TEST(QuantizeTest, ArtifactRunsInTheTorchScriptInterpreterLikeTheRuntime) {
 // that artifact, whatever engine another job left set. (On ResNet8's adds the
 // two arithmetics happen to agree; on random tensors they differ in ~0.1% of
 // codes, which is why the runtime does not leave the choice to global state.)
+// A QNNPACK conv runs on LibTorch's global thread pool, which
+// SetIntraOpThreads rebuilds under onednn's lease: a job's QNNPACK conv must
+// hold qnnpack's lease, or a thread count set elsewhere meanwhile (a new
+// thread's first call, an evaluation starting) hung it in the freed pool.
+TEST(QuantizeTest, QnnpackConvolutionsHoldTheirEnginesLease) {
+  const std::vector<std::string> engines = AvailableKernelEngineNames();
+  for (const char* needed : {"qnnpack", "onednn"}) {
+    if (std::find(engines.begin(), engines.end(), needed) == engines.end()) GTEST_SKIP() << "needs " << needed;
+  }
+  torch::jit::Module m("OneConv");  // no add or pooling: those took the lease already
+  m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
+  m.define(R"(
+    def forward(self, x):
+        return torch.conv2d(x, self.w)
+  )");
+  const std::string path = testing::MakeTempDir("one_conv") + "/one_conv.pt";
+  m.save(path);
+  QuantizeOptions options;
+  options.model_path = path;
+  options.calibration.path = testing::CalibrationPath();
+  options.calibration.limit = 16;
+  options.kernel_engine = "qnnpack";
+  options.quality_samples = 0;
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 4);
+  ASSERT_TRUE(batch.ok());
+  {
+    // Once first, so that this batch size's packs are made (prepacking takes
+    // the lease by itself).
+    at::NoGradGuard no_grad;
+    ASSERT_TRUE((*model)->impl().executor->Forward(batch->images).ok());
+  }
+  absl::Notification inside, leave, ran;
+  std::thread onednn_holder([&] {
+    EXPECT_TRUE(WithKernelEngine("onednn", "another engine's kernel", [&] {
+                  inside.Notify();
+                  leave.WaitForNotification();
+                }).ok());
+  });
+  inside.WaitForNotification();
+  std::thread pass([&] {
+    at::NoGradGuard no_grad;
+    EXPECT_TRUE((*model)->impl().executor->Forward(batch->images).ok());
+    ran.Notify();
+  });
+  EXPECT_FALSE(ran.WaitForNotificationWithTimeout(absl::Milliseconds(300)))
+      << "the QNNPACK conv ran while onednn held the engine";
+  leave.Notify();
+  onednn_holder.join();
+  pass.join();
+  EXPECT_TRUE(ran.HasBeenNotified());
+}
+
 TEST(QuantizeTest, QnnpackProgramAddsAsQnnpackWhateverTheGlobalEngine) {
   QuantizeOptions options = ResNet8Options("qnnpack");
   options.kernel_engine = "qnnpack";
@@ -310,6 +365,31 @@ TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   ASSERT_TRUE(int8.ok()) << int8.status();
   EXPECT_EQ(int8->total, 64);
   EXPECT_GE(int8->correct, 58) << "int8 agrees with FP32 on " << int8->correct << "/64";
+  // Labels outside the head's 4 classes (1-based: 1..4) were scored as
+  // silently wrong; Evaluate refused them, job evaluation did not.
+  {
+    std::string header = "{'descr': '<i8', 'fortran_order': False, 'shape': (64,), }";
+    while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+    header += '\n';
+    std::ofstream out(*dir_ + "/one_based_labels.npy", std::ios::binary);
+    out.write("\x93NUMPY\x01\x00", 8);
+    const uint16_t length = static_cast<uint16_t>(header.size());
+    out.write(reinterpret_cast<const char*>(&length), 2);
+    out << header;
+    for (int64_t i = 0; i < 64; ++i) {
+      const int64_t label = 1 + i % 4;
+      out.write(reinterpret_cast<const char*>(&label), 8);
+    }
+  }
+  DatasetSpec one_based = Options().calibration;
+  one_based.labels_path = *dir_ + "/one_based_labels.npy";
+  for (bool int8_side : {true, false}) {
+    auto refused = int8_side ? (*model)->EvaluateInt8(one_based, 64) : (*model)->EvaluateFp32(one_based, 64);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+    EXPECT_NE(refused.status().message().find("evaluation.dataset: a sample's label is 4, outside the model's 4 classes"),
+              std::string::npos)
+        << refused.status();
+  }
   auto predictions = (*model)->PredictInt8(against_fp32, 64);
   ASSERT_TRUE(predictions.ok()) << predictions.status();
   EXPECT_EQ(predictions->size(), 64u);
@@ -390,6 +470,88 @@ TEST(QuantizeTest, AModelReturningATupleIsRefusedBeforeCalibration) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("returns a tuple of 2 values"), std::string::npos) << s;
   EXPECT_EQ(calibration_batches, 0);
+}
+
+// In-place ops were imported as pure ones: later readers kept the value
+// before the write, so int8 skipped `relu_` (its output unread) and the
+// input's `sub_`. Now every later reader reads the written value.
+TEST(QuantizeTest, InPlaceWritesReachLaterReaders) {
+  at::manual_seed(7);
+  torch::jit::Module m("InPlace");
+  m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
+  m.register_parameter("b", at::full({8}, -0.5), false);
+  m.define(R"(
+    def forward(self, x):
+        x.sub_(128.0)
+        y = torch.conv2d(x, self.w, self.b)
+        torch.relu_(y)
+        return torch.max_pool2d(y, 2)
+  )");
+  const std::string path = testing::MakeTempDir("in_place") + "/in_place.pt";
+  m.save(path);
+  QuantizeOptions options;
+  options.model_path = path;
+  options.calibration.path = testing::CalibrationPath();
+  options.calibration.limit = 64;
+  options.quality_samples = 0;
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 16);
+  ASSERT_TRUE(batch.ok());
+  at::NoGradGuard no_grad;
+  const at::Tensor expected = m.forward({batch->images.clone()}).toTensor();
+  auto int8 = (*model)->impl().executor->Forward(batch->images.clone());
+  ASSERT_TRUE(int8.ok()) << int8.status();
+  EXPECT_GE(int8->min().item<float>(), 0.0f) << "relu_ was skipped";
+  const double noise = (*int8 - expected).pow(2).sum().item<double>();
+  const double signal = expected.pow(2).sum().item<double>();
+  EXPECT_GT(10 * std::log10(signal / noise), 25.0) << "int8 does not compute what the FP32 model does";
+}
+
+// The graph quantd calibrates and converts is checked against the model's
+// own output on a sample: an op the importer or fusion misreads (a computed
+// bias was once dropped by fusion) is refused, not made into a wrong model
+// that the quality gate, which compares against that same graph, passes.
+TEST(CheckImportComputesTheModelTest, RefusesAGraphThatComputesSomethingElse) {
+  torch::jit::Module m("Small");
+  m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
+  m.define(R"(
+    def forward(self, x):
+        return torch.relu(torch.conv2d(x, self.w))
+  )");
+  auto graph = ImportTorchScript(m);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  const at::Tensor sample = at::rand({1, 3, 8, 8});
+  at::NoGradGuard no_grad;
+  const at::Tensor expected = m.forward({sample}).toTensor();
+  EXPECT_TRUE(CheckImportComputesTheModel(*graph, sample, expected).ok());
+  const absl::Status other = CheckImportComputesTheModel(*graph, sample, expected * 1.1 + 0.1);
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition) << other;
+  EXPECT_NE(other.message().find("does not compute what the model computes"), std::string::npos) << other;
+  const absl::Status shape = CheckImportComputesTheModel(*graph, sample, expected.flatten());
+  EXPECT_EQ(shape.code(), absl::StatusCode::kFailedPrecondition) << shape;
+}
+
+// A write through a view changes the viewed tensor; int8 runs on other
+// tensors, so the write is lost there. The quality gate refuses the model.
+TEST(QuantizeTest, AWriteThroughAViewIsRefused) {
+  torch::jit::Module m("WriteThroughAView");
+  m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
+  m.register_parameter("b", at::full({8}, -0.5), false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.conv2d(x, self.w, self.b)
+        torch.relu_(y.view(-1))
+        return y
+  )");
+  const std::string path = testing::MakeTempDir("view_write") + "/view_write.pt";
+  m.save(path);
+  QuantizeOptions options;
+  options.model_path = path;
+  options.calibration.path = testing::CalibrationPath();
+  options.calibration.limit = 16;
+  const absl::Status status = Quantize(options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
 }
 
 // conv1's weights of 1e37 overflow float32 on raw pixels: infinities (and

@@ -48,8 +48,19 @@ Sym ConstantSym(c10::IValue v, std::string name = "") {
 OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
   const std::string op = node->kind().toQualString();
   auto is_value = [&](size_t i) { return i < args.size() && args[i].kind == Sym::Kind::kValue; };
-  if (op == "aten::conv2d" && args.size() == 7 && is_value(0) && args[1].IsConstant()) return OpKind::kConv2d;
-  if (op == "aten::linear" && is_value(0) && args[1].IsConstant()) return OpKind::kLinear;
+  auto all_constant = [&](size_t from) {
+    for (size_t i = from; i < args.size(); ++i) {
+      if (!args[i].IsConstant()) return false;
+    }
+    return true;
+  };
+  // Weights, bias and geometry must be constants: the int8 kernel is packed
+  // from them once (a computed bias, `b.to(x.dtype)`, was dropped). String
+  // padding ("same", "valid") has no prepacked form: it stays FP32.
+  if (op == "aten::conv2d" && args.size() == 7 && is_value(0) && all_constant(1) && !args[4].constant.isString()) {
+    return OpKind::kConv2d;
+  }
+  if (op == "aten::linear" && is_value(0) && all_constant(1)) return OpKind::kLinear;
   if (op == "aten::batch_norm" && is_value(0)) {
     for (size_t i = 1; i <= 4; ++i) {
       if (!args[i].IsConstant()) return OpKind::kGeneric;
@@ -71,7 +82,11 @@ OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
       args[2].constant.isScalar() && args[2].constant.toScalar().toDouble() == 0.0) {
     return OpKind::kPad;
   }
-  if (op == "aten::avg_pool2d") return OpKind::kAvgPool2d;
+  // With a divisor_override it is not an average: LibTorch's int8 kernels
+  // ignore it (qnnpack) or saturate at the input's scale (onednn).
+  if (op == "aten::avg_pool2d" && (args.size() < 7 || (args[6].IsConstant() && args[6].constant.isNone()))) {
+    return OpKind::kAvgPool2d;
+  }
   if (op == "aten::adaptive_avg_pool2d") return OpKind::kAdaptiveAvgPool2d;
   if (op == "aten::max_pool2d") return OpKind::kMaxPool2d;
   if (op == "aten::flatten") return OpKind::kFlatten;
@@ -404,7 +419,7 @@ class Importer {
 
   absl::StatusOr<Operand> ToOperand(const Sym& s, const std::string& where) {
     switch (s.kind) {
-      case Sym::Kind::kValue: return Operand::Value(s.value);
+      case Sym::Kind::kValue: return Operand::Value(Current(s.value));
       case Sym::Kind::kConstant: return Operand::Constant(s.constant, s.constant_name);
       case Sym::Kind::kList:
       case Sym::Kind::kTuple: {
@@ -458,8 +473,24 @@ class Importer {
       ir.outputs.push_back(s.value);
       (*env)[out] = s;
     }
+    // An op that writes its first argument (relu_, hardtanh_, add_, sub_,
+    // an nn.ReLU(inplace=True) called as a statement): every later reader of
+    // that tensor, in any frame, reads the op's output instead. The graph
+    // stays pure, and no kernel that makes a new tensor loses the write.
+    if (const c10::FunctionSchema* schema = node->maybeSchema();
+        schema != nullptr && !schema->arguments().empty() && !ir.outputs.empty() && !ir.inputs.empty() &&
+        ir.inputs[0].kind == Operand::Kind::kValue) {
+      const c10::AliasInfo* alias = schema->arguments()[0].alias_info();
+      if (alias != nullptr && alias->isWrite()) renamed_[ir.inputs[0].value] = ir.outputs[0];
+    }
     graph_->nodes.push_back(std::move(ir));
     return absl::OkStatus();
+  }
+
+  // The value a reader gets for `value`: its last in-place write's output.
+  int Current(int value) const {
+    for (auto it = renamed_.find(value); it != renamed_.end(); it = renamed_.find(value)) value = it->second;
+    return value;
   }
 
   // The node of a one-op graph, parsed once per op and kept in the Graph.
@@ -525,6 +556,7 @@ class Importer {
   Graph* graph_;
   int depth_ = 0;
   std::map<const char*, const jit::Node*> canonical_;
+  std::map<int, int> renamed_;  // value -> the output of an op that wrote it in place
 };
 
 }  // namespace

@@ -6,6 +6,11 @@
 #include <fstream>
 #include <map>
 
+#include <torch/script.h>
+
+#include <string>
+#include <vector>
+
 #include "worker/engine/testing/test_env.h"
 
 namespace quantd::engine {
@@ -33,6 +38,56 @@ TEST(ImportTorchScriptTest, ResNet8OpsKeepTheirModulePaths) {
   EXPECT_EQ(by_name["softmax"], OpKind::kSoftmax);
   EXPECT_EQ(graph->inputs.size(), 1u);
   EXPECT_EQ(graph->input_names[0], "x");
+}
+
+// What the int8 kernels cannot compute as written stays a generic (FP32) op:
+// a bias computed in forward (it was dropped from the packed kernel), string
+// padding (prepacking failed the job), sum pooling by divisor_override (int8
+// pooling ignored it or saturated).
+TEST(ImportTorchScriptTest, OpsTheInt8KernelsCannotTakeAsWrittenStayGeneric) {
+  torch::jit::Module m("Unusual");
+  m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
+  m.register_parameter("b", at::randn({4}), false);
+  m.define(R"(
+    def forward(self, x):
+        computed_bias = torch.conv2d(x, self.w, self.b.to(x.dtype))
+        same = torch.conv2d(x, self.w, self.b, 1, "same")
+        plain = torch.conv2d(x, self.w, self.b)
+        summed = torch.avg_pool2d(plain, [2, 2], [2, 2], [0, 0], False, True, 1)
+        averaged = torch.avg_pool2d(same, [2, 2], [2, 2], [0, 0], False, True, None)
+        return computed_bias.sum() + same.sum() + summed.sum() + averaged.sum()
+  )");
+  auto graph = ImportTorchScript(m);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  std::vector<OpKind> convs, pools;
+  for (const Node& n : graph->nodes) {
+    const std::string op = n.OpName();
+    if (op.find("conv2d") != std::string::npos) convs.push_back(n.kind);
+    if (op.find("avg_pool2d") != std::string::npos) pools.push_back(n.kind);
+  }
+  EXPECT_EQ(convs, (std::vector<OpKind>{OpKind::kGeneric, OpKind::kGeneric, OpKind::kConv2d})) << graph->Dump();
+  EXPECT_EQ(pools, (std::vector<OpKind>{OpKind::kGeneric, OpKind::kAvgPool2d})) << graph->Dump();
+}
+
+// An in-place op's later readers read what it wrote: relu_ on a conv's
+// output, then the output returned.
+TEST(ImportTorchScriptTest, LaterReadersOfAnInPlaceWriteReadItsOutput) {
+  torch::jit::Module m("InPlace");
+  m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.conv2d(x, self.w)
+        torch.relu_(y)
+        return y
+  )");
+  auto graph = ImportTorchScript(m);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  const Node* relu = nullptr;
+  for (const Node& n : graph->nodes) {
+    if (n.kind == OpKind::kRelu && !n.removed) relu = &n;
+  }
+  ASSERT_NE(relu, nullptr) << graph->Dump();
+  EXPECT_TRUE(graph->IsGraphOutput(relu->outputs[0])) << graph->Dump();
 }
 
 TEST(ImportTorchScriptTest, MissingFileIsInvalidArgument) {

@@ -1,7 +1,8 @@
 // HistogramObserver: a running 2048-bin histogram, merged across batches by
 // upsampling onto a common grid, then a greedy search for the [min, max] that
 // minimizes the L2 quantization error. Mirrors PyTorch 1.13 step by step,
-// including its quirk of building histograms over int()-truncated ranges.
+// including its quirk of building histograms over int()-truncated ranges; a
+// second histogram over the exact range serves quantd's other estimators.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,8 +23,8 @@ namespace {
 class HistogramObserver : public Observer {
  public:
   explicit HistogramObserver(const ObserverSpec& spec)
-      : spec_(spec), bins_(spec.bins), dst_nbins_(256), histogram_(static_cast<size_t>(spec.bins), 0.0f),
-        counter_(spec.bins) {}
+      : spec_(spec), bins_(spec.bins), dst_nbins_(256), pytorch_(spec.bins, /*truncate=*/true),
+        exact_(spec.bins, /*truncate=*/false) {}
 
   // Each chunk is binned at once, while it is hot in cache, over the range
   // the batch would get if it ended here. A later chunk that moves that
@@ -32,6 +33,10 @@ class HistogramObserver : public Observer {
     at::Tensor x = chunk.detach().to(at::kFloat);
     if (!x.is_non_overlapping_and_dense()) x = x.contiguous();  // element order does not matter here
     if (x.numel() == 0) return;
+    if (HasNaN(x.data_ptr<float>(), x.numel())) {
+      saw_nan_ = true;
+      return;
+    }
     const MinMax m = ParallelMinMax(x.data_ptr<float>(), x.numel());
     if (!std::isfinite(m.min) || !std::isfinite(m.max)) {
       // An overflow to infinity: no histogram can span it (binning and
@@ -42,49 +47,26 @@ class HistogramObserver : public Observer {
     batch_.min = std::min(batch_.min, m.min);
     batch_.max = std::max(batch_.max, m.max);
     chunks_.push_back(x);
-    // A first batch's range is its own truncated extrema, which each later
-    // chunk is likely to widen: count it once, at EndBatch.
-    if (Uninitialized()) return;
-    const HistcRange range = PlanBatch().range;
-    if (!counting_ || range != counted_range_) {
-      counter_.Clear();
-      counting_ = true;
-      counted_range_ = range;
-      first_counted_ = chunks_.size() - 1;
+    for (RunningHistogram* h : {&pytorch_, &exact_}) {
+      // A first batch's range is its own extrema, which each later chunk is
+      // likely to widen: count it once, at EndBatch.
+      if (h->Uninitialized()) continue;
+      const HistcRange range = PlanBatch(*h).range;
+      if (!h->counting || range != h->counted_range) {
+        h->counter.Clear();
+        h->counting = true;
+        h->counted_range = range;
+        h->first_counted = chunks_.size() - 1;
+      }
+      ParallelCount(x.data_ptr<float>(), x.numel(), range, &h->counter);
     }
-    ParallelCount(x.data_ptr<float>(), x.numel(), range);
   }
 
   void EndBatch() override {
     if (chunks_.empty()) return;
-    const BatchPlan plan = PlanBatch();  // if counting, its range is counted_range_: the last chunk saw the whole batch
-    if (!counting_) {
-      counter_.Clear();
-      first_counted_ = chunks_.size();
-    }
-    for (size_t i = 0; i < first_counted_; ++i) {
-      ParallelCount(chunks_[i].data_ptr<float>(), chunks_[i].numel(), plan.range);
-    }
-    std::vector<float> combined(static_cast<size_t>(bins_), 0.0f);
-    counter_.AddTo(&combined);
-    if (plan.restart) {
-      min_val_ = batch_.min;
-      max_val_ = batch_.max;
-    } else {
-      if (plan.adjusted.min == min_val_ && plan.adjusted.max == max_val_) {
-        for (int64_t b = 0; b < bins_; ++b) combined[static_cast<size_t>(b)] += histogram_[static_cast<size_t>(b)];
-      } else {
-        CombineHistograms(&combined, histogram_, spec_.upsample_rate, plan.adjusted.downsample_rate,
-                          plan.adjusted.start_idx);
-      }
-      min_val_ = plan.adjusted.min;
-      max_val_ = plan.adjusted.max;
-    }
-    histogram_ = std::move(combined);
+    for (RunningHistogram* h : {&pytorch_, &exact_}) EndBatch(h);
     chunks_.clear();
     batch_ = kNoData;
-    counting_ = false;
-    first_counted_ = 0;
   }
 
   absl::StatusOr<QParams> Compute() const override {
@@ -99,12 +81,14 @@ class HistogramObserver : public Observer {
       return absl::InvalidArgumentError(absl::StrCat("a histogram of ", spec_.bins, " bins cannot answer for ",
                                                      spec.Describe()));
     }
+    // PyTorch's torch.aminmax gives NaN here, and its observer then fails.
+    if (saw_nan_) return absl::FailedPreconditionError("values are NaN on the calibration data");
     if (saw_infinity_) return absl::FailedPreconditionError("values overflow to infinity on the calibration data");
-    if (Uninitialized()) return absl::FailedPreconditionError("observer saw no data");
+    if (pytorch_.Uninitialized()) return absl::FailedPreconditionError("observer saw no data");
     at::Tensor new_min, new_max;
     if (spec.estimator == RangeEstimator::kPyTorchL2) {
-      std::tie(new_min, new_max) = NonLinearParamSearch(at::scalar_tensor(min_val_, at::kFloat),
-                                                        at::scalar_tensor(max_val_, at::kFloat));
+      std::tie(new_min, new_max) = NonLinearParamSearch(at::scalar_tensor(pytorch_.min_val, at::kFloat),
+                                                        at::scalar_tensor(pytorch_.max_val, at::kFloat));
     } else {
       const ValueRange found = EstimateRange(spec);
       new_min = at::scalar_tensor(static_cast<float>(found.min), at::kFloat);
@@ -120,6 +104,61 @@ class HistogramObserver : public Observer {
   // Large chunks are split across the intra-op threads: extrema and integer
   // counts combine exactly in any order.
   static constexpr int64_t kGrain = 1 << 16;
+
+  static constexpr MinMax kNoData{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+
+  // A running histogram, merged across batches by upsampling onto a common
+  // grid. PyTorch 1.13 counts each batch over int()-truncated bounds
+  // (`truncate`): its bins do not span [min_val, max_val], and values past
+  // the truncated bounds are dropped. Its L2 search reads them as if they
+  // did, so PyTorch's presets must too. quantd's own estimators read the
+  // exact one, whose bins span `span`.
+  struct RunningHistogram {
+    RunningHistogram(int64_t bins, bool truncate)
+        : truncate(truncate), histogram(static_cast<size_t>(bins), 0.0f), counter(bins) {}
+    bool Uninitialized() const { return std::isinf(min_val) && min_val > 0 && std::isinf(max_val) && max_val < 0; }
+
+    const bool truncate;
+    float min_val = kNoData.min;  // float32 as PyTorch's min_val/max_val buffers
+    float max_val = kNoData.max;
+    std::vector<float> histogram;
+    HistcRange span;  // what the bins cover
+    // The open batch: counts of chunks_[first_counted..] over counted_range.
+    BinCounter counter;
+    bool counting = false;
+    HistcRange counted_range;
+    size_t first_counted = 0;
+  };
+
+  void EndBatch(RunningHistogram* h) {
+    const BatchPlan plan = PlanBatch(*h);  // if counting, its range is counted_range: the last chunk saw the whole batch
+    if (!h->counting) {
+      h->counter.Clear();
+      h->first_counted = chunks_.size();
+    }
+    for (size_t i = 0; i < h->first_counted; ++i) {
+      ParallelCount(chunks_[i].data_ptr<float>(), chunks_[i].numel(), plan.range, &h->counter);
+    }
+    std::vector<float> combined(static_cast<size_t>(bins_), 0.0f);
+    h->counter.AddTo(&combined);
+    if (plan.restart) {
+      h->min_val = batch_.min;
+      h->max_val = batch_.max;
+    } else {
+      if (plan.adjusted.min == h->min_val && plan.adjusted.max == h->max_val) {
+        for (int64_t b = 0; b < bins_; ++b) combined[static_cast<size_t>(b)] += h->histogram[static_cast<size_t>(b)];
+      } else {
+        CombineHistograms(&combined, h->histogram, spec_.upsample_rate, plan.adjusted.downsample_rate,
+                          plan.adjusted.start_idx);
+      }
+      h->min_val = plan.adjusted.min;
+      h->max_val = plan.adjusted.max;
+    }
+    h->histogram = std::move(combined);
+    h->span = plan.range;
+    h->counting = false;
+    h->first_counted = 0;
+  }
 
   MinMax ParallelMinMax(const float* data, int64_t n) {
     if (n < 2 * kGrain || at::get_num_threads() == 1) return FindMinMax(data, n);
@@ -138,9 +177,9 @@ class HistogramObserver : public Observer {
     return all;
   }
 
-  void ParallelCount(const float* data, int64_t n, HistcRange range) {
+  void ParallelCount(const float* data, int64_t n, HistcRange range, BinCounter* counter) {
     if (n < 2 * kGrain || at::get_num_threads() == 1) {
-      counter_.Add(data, n, range);
+      counter->Add(data, n, range);
       return;
     }
     const auto threads = static_cast<size_t>(at::get_num_threads());
@@ -153,42 +192,39 @@ class HistogramObserver : public Observer {
       thread_counters_[t].Add(data + begin, end - begin, range);
     });
     for (size_t t = 0; t < threads; ++t) {
-      if (used[t]) counter_.Merge(thread_counters_[t]);
+      if (used[t]) counter->Merge(thread_counters_[t]);
     }
   }
-
-  static constexpr MinMax kNoData{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
 
   // Python's int() on a 0-d tensor: truncation toward zero.
   static double Truncate(float v) { return static_cast<double>(static_cast<int64_t>(v)); }
 
-  bool Uninitialized() const { return std::isinf(min_val_) && min_val_ > 0 && std::isinf(max_val_) && max_val_ < 0; }
-
   // HistogramObserver.forward for the open batch: restart from it (first
   // batch, or all values seen so far equal), or merge onto an adjusted range;
-  // either way torch.histc over int()-truncated bounds.
+  // either way torch.histc over (for PyTorch's, int()-truncated) bounds.
   struct BatchPlan {
     bool restart = false;
     AdjustedRange adjusted;
     HistcRange range;
   };
-  BatchPlan PlanBatch() const {
+  BatchPlan PlanBatch(const RunningHistogram& h) const {
+    auto bound = [&h](float v) { return h.truncate ? Truncate(v) : static_cast<double>(v); };
     BatchPlan plan;
-    plan.restart = Uninitialized() || min_val_ == max_val_;
+    plan.restart = h.Uninitialized() || h.min_val == h.max_val;
     if (plan.restart) {
-      plan.range = ResolveHistcRange(Truncate(batch_.min), Truncate(batch_.max), batch_);
+      plan.range = ResolveHistcRange(bound(batch_.min), bound(batch_.max), batch_);
       return plan;
     }
-    plan.adjusted = AdjustMinMax(min_val_, max_val_, batch_, bins_, spec_.upsample_rate);
-    plan.range = ResolveHistcRange(Truncate(plan.adjusted.min), Truncate(plan.adjusted.max), batch_);
+    plan.adjusted = AdjustMinMax(h.min_val, h.max_val, batch_, bins_, spec_.upsample_rate);
+    plan.range = ResolveHistcRange(bound(plan.adjusted.min), bound(plan.adjusted.max), batch_);
     return plan;
   }
 
   ValueRange EstimateRange(const ObserverSpec& spec) const {
     ValueHistogram h;
-    h.min = min_val_;
-    h.max = max_val_;
-    h.counts.assign(histogram_.begin(), histogram_.end());
+    h.min = exact_.span.left;
+    h.max = exact_.span.right;
+    h.counts.assign(exact_.histogram.begin(), exact_.histogram.end());
     const int64_t levels = spec.quant_max() - spec.quant_min() + 1;
     switch (spec.estimator) {
       case RangeEstimator::kMse: return MseOptimalRange(h, levels);
@@ -201,12 +237,12 @@ class HistogramObserver : public Observer {
 
   std::pair<at::Tensor, at::Tensor> NonLinearParamSearch(const at::Tensor& min_val, const at::Tensor& max_val) const {
     at::Tensor bin_width = (max_val - min_val) / static_cast<double>(bins_);
-    const float* h = histogram_.data();
-    at::Tensor hist = at::tensor(histogram_, at::kFloat);
+    const float* h = pytorch_.histogram.data();
+    at::Tensor hist = at::tensor(pytorch_.histogram, at::kFloat);
     const double total = hist.sum().item<double>();
     // _compute_quantization_error reads the range back with .item().
     const double error_bin_width =
-        (static_cast<double>(max_val_) - static_cast<double>(min_val_)) /
+        (static_cast<double>(pytorch_.max_val) - static_cast<double>(pytorch_.min_val)) /
         static_cast<double>(bins_);
     at::Tensor csum_t = at::cumsum(hist, 0).contiguous();
     const float* csum = csum_t.data_ptr<float>();
@@ -251,19 +287,15 @@ class HistogramObserver : public Observer {
   ObserverSpec spec_;
   int64_t bins_;
   int64_t dst_nbins_;
-  std::vector<float> histogram_;
-  float min_val_ = kNoData.min;  // float32 as PyTorch's min_val/max_val buffers
-  float max_val_ = kNoData.max;
+  RunningHistogram pytorch_;  // PyTorch 1.13's, for its L2 search (bit-identical presets)
+  RunningHistogram exact_;    // over the exact range, for quantd's estimators
   mutable float searched_min_ = 0, searched_max_ = 0;
   // The open batch.
   MinMax batch_ = kNoData;
   std::vector<at::Tensor> chunks_;
-  BinCounter counter_;          // counts of chunks_[first_counted_..] over counted_range_
-  bool counting_ = false;
-  HistcRange counted_range_;
-  size_t first_counted_ = 0;
   std::vector<BinCounter> thread_counters_;  // scratch for ParallelCount
   bool saw_infinity_ = false;
+  bool saw_nan_ = false;
 };
 
 }  // namespace

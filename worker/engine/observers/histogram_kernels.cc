@@ -222,6 +222,13 @@ double QuantizationError(const float* hist, int64_t bins, double bin_width, int6
   return static_cast<double>(static_cast<float>(total));
 }
 
+bool HasNaN(const float* data, int64_t n) {
+  // Branch-free, so that it vectorizes: NaN is the one value unequal to itself.
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) nan |= data[i] != data[i];
+  return nan;
+}
+
 MinMax FindMinMax(const float* data, int64_t n) {
   if (CpuHasAvx512()) {
     MinMax result{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};

@@ -17,8 +17,9 @@ struct MinMax {
   float max = 0;
 };
 
-// NaNs are ignored (the observers never see them in practice).
+// NaNs are ignored: HasNaN finds them.
 MinMax FindMinMax(const float* data, int64_t n);
+bool HasNaN(const float* data, int64_t n);
 
 // The float32 outer bin edges torch.histc(x, bins, min=lo, max=hi) uses for
 // data whose extrema are `data`: when lo == hi the data's own range, and an

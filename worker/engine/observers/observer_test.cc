@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <string>
+
 #include "worker/engine/qconfig/qconfig.h"
 
 namespace quantd::engine {
@@ -215,6 +218,41 @@ TEST(HistogramObserverTest, RangeEstimatorsChooseFromTheSameHistogram) {
   const auto mse = range_of(RangeEstimator::kMse);
   EXPECT_GT(mse.second, 0.0f);
   EXPECT_NE(mse.second, percentile.second);
+}
+
+// PyTorch 1.13 counts over int()-truncated bounds: for values in [0, 1.85]
+// its bins cover [0, 1] and drop the rest. quantd's estimators once read
+// those counts as if they covered [0, 1.85], and percentile 99.9 gave 1.83
+// where the values' own 99.95th percentile is 1.52.
+TEST(HistogramObserverTest, RangeEstimatorsReadTheValuesTrueRange) {
+  at::manual_seed(0);
+  const at::Tensor x = at::relu(at::randn({20000}, at::TensorOptions().dtype(at::kFloat))) * 0.45;
+  ASSERT_GT(x.max().item<float>(), 1.0f);  // past int()'s bound
+  const float quantile = at::quantile(x, 0.9995).item<float>();
+  for (int batches : {1, 4}) {  // one batch, and merged across batches
+    ObserverSpec spec = Spec(ObserverKind::kHistogram, QScheme::kPerTensorAffine, false);
+    spec.estimator = RangeEstimator::kPercentile;
+    spec.percentile = 99.9;
+    auto observer = MakeObserver(spec);
+    ASSERT_TRUE(observer.ok());
+    for (const at::Tensor& part : x.chunk(batches)) (*observer)->Observe(part);
+    ASSERT_TRUE((*observer)->Compute().ok());
+    EXPECT_NEAR((*observer)->ObservedRange().second, quantile, 0.02) << batches << " batches";
+  }
+}
+
+// PyTorch's observer fails on NaN (its int(min_val) raises); quantd's
+// skipped the NaN and gave finite qparams from the rest.
+TEST(HistogramObserverTest, NaNActivationsAreAnError) {
+  at::Tensor x = at::randn({1000}, at::TensorOptions().dtype(at::kFloat));
+  x[3] = std::numeric_limits<float>::quiet_NaN();
+  auto observer = MakeObserver(Spec(ObserverKind::kHistogram, QScheme::kPerTensorAffine, false));
+  ASSERT_TRUE(observer.ok());
+  (*observer)->Observe(at::randn({1000}, at::TensorOptions().dtype(at::kFloat)));
+  (*observer)->Observe(x);
+  auto q = (*observer)->Compute();
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kFailedPrecondition) << q.status();
+  EXPECT_NE(q.status().message().find("NaN"), std::string::npos);
 }
 
 }  // namespace

@@ -13,11 +13,15 @@
 #include "worker/engine/base/torch_status.h"
 
 namespace quantd::engine {
-namespace {
 
-double Sqnr(double signal, double noise) {
+double SqnrDb(double signal, double noise) {
+  // A NaN output is no signal at all: the lowest score (NaN > 0 is false,
+  // and it once read as a perfect match).
+  if (std::isnan(signal) || std::isnan(noise)) return -std::numeric_limits<double>::infinity();
   return noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
 }
+
+namespace {
 
 // SQNR of a (possibly quantized) int8-side tensor against its FP32 reference
 // of the same shape. One pass in plain C++ in the tensor's memory order,
@@ -49,7 +53,7 @@ double TensorSqnr(const at::Tensor& t, const at::Tensor& reference) {
     const float* g = dense.data_ptr<float>();
     accumulate([&](int64_t i) { return static_cast<double>(g[i]); });
   }
-  return Sqnr(signal, noise);
+  return SqnrDb(signal, noise);
 }
 
 }  // namespace

@@ -32,7 +32,11 @@ struct Int8VsFp32 {
   std::optional<double> output_sqnr_db;         // the worst tensor output
 };
 
-// SQNR in dB is 10 log10 of signal energy over error energy. Runs `images`
+// SQNR in dB: 10 log10 of signal energy over error energy; +inf for no error,
+// -inf when either is NaN (a NaN output ranks below every model).
+double SqnrDb(double signal, double noise);
+
+// Runs `images`
 // through the int8 program; each int8 op's output is compared with
 // `layer_references` (FP32 values by value id, for the first images: as many
 // rows as kept) and the program's outputs with `fp32_outputs` (one per

@@ -365,7 +365,7 @@ at::Tensor ZeroPadInt8(const at::Tensor& q, const std::vector<int64_t>& pad) {
                                                zero_point, out_format);
   uint8_t* dst = reinterpret_cast<uint8_t*>(out.data_ptr());
   const uint8_t* src = reinterpret_cast<const uint8_t*>(q.data_ptr());
-  if (pad.size() == 4 && (channels_last || q.is_contiguous())) {
+  if (pad.size() == 4 && q.dim() == 4 && (channels_last || q.is_contiguous())) {
     // Rows are contiguous runs in both layouts: write each output row once,
     // fill and copied interior side by side.
     const int64_t n = q.size(0), c = q.size(1), h = q.size(2), w = q.size(3);

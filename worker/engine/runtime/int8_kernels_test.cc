@@ -44,7 +44,9 @@ TEST(ZeroPadInt8Test, SameAsPaddingTheFloatTensor) {
   at::manual_seed(4);
   const at::Tensor q = at::quantize_per_tensor(at::randn({2, 4, 5, 6}), 0.05, 130, at::kQUInt8);
   const at::Tensor pixel = at::quantize_per_tensor(at::randn({3, 4, 1, 1}), 0.05, 130, at::kQUInt8);  // both layouts
-  for (const at::Tensor& input : {q, q.contiguous(at::MemoryFormat::ChannelsLast), pixel}) {
+  // 3-D (a sequence after a linear layer): the 4-D fast path once read size(3).
+  const at::Tensor sequence = at::quantize_per_tensor(at::randn({2, 5, 6}), 0.05, 130, at::kQUInt8);
+  for (const at::Tensor& input : {q, q.contiguous(at::MemoryFormat::ChannelsLast), pixel, sequence}) {
     for (const std::vector<int64_t>& pad : std::vector<std::vector<int64_t>>{{0, 1, 0, 1}, {2, 0, 1, 3}, {1, 1}}) {
       const at::Tensor ours = ZeroPadInt8(input, pad);
       const at::Tensor expected = at::quantize_per_tensor(at::constant_pad_nd(input.dequantize(), pad, 0.0), 0.05, 130,

@@ -228,7 +228,16 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           stack.push_back(packs != nullptr && !(*packs)[k].isNone() ? (*packs)[k] : own_packs_[k]);
           stack.push_back(instr.scale);
           stack.push_back(instr.zero_point);
-          kernels_[k]->callBoxed(stack);
+          if (program_->kernel_engine == "qnnpack") {
+            // QNNPACK's kernels run on LibTorch's global thread pool, which
+            // at::set_num_threads rebuilds (elsewhere, under onednn's lease):
+            // without qnnpack's lease a job's pass hung in the freed pool.
+            absl::Status ran =
+                WithKernelEngine(program_->kernel_engine, instr.name, [&]() { kernels_[k]->callBoxed(stack); });
+            if (!ran.ok()) return ran;
+          } else {
+            kernels_[k]->callBoxed(stack);
+          }
           break;
         case InstrKind::kAdd: {
           c10::IValue a = EvaluateOperand(instr.inputs[0], slots);
