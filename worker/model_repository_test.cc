@@ -227,20 +227,17 @@ TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid
 
 // An artifact store whose reads wait for Release(), then fail as a corrupt
 // artifact would; it counts them.
-class FailingArtifactStore final : public ArtifactStore {
+// Passes every call to a real store; the fakes below override what they fake.
+class ForwardingArtifactStore : public ArtifactStore {
  public:
-  explicit FailingArtifactStore(ArtifactStore* real) : real_(real) {}
+  explicit ForwardingArtifactStore(ArtifactStore* real) : real_(real) {}
   absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
                                      const std::string& manifest_json) override {
     return real_->Put(job_id, bytes, manifest_json);
   }
-  absl::StatusOr<std::string> Read(const std::string&) override {
-    reads_.fetch_add(1);
-    release_.WaitForNotification();
-    return absl::DataLossError("artifact: sha256 mismatch");
-  }
-  absl::StatusOr<std::string> ReadRange(const std::string&, uint64_t, uint64_t) override {
-    return absl::DataLossError("artifact: sha256 mismatch");
+  absl::StatusOr<std::string> Read(const std::string& sha256) override { return real_->Read(sha256); }
+  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override {
+    return real_->ReadRange(sha256, offset, max_bytes);
   }
   absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
     return real_->RemoveManifest(sha256, job_id);
@@ -249,11 +246,26 @@ class FailingArtifactStore final : public ArtifactStore {
   bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
   absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
 
+ protected:
+  ArtifactStore* const real_;
+};
+
+class FailingArtifactStore final : public ForwardingArtifactStore {
+ public:
+  using ForwardingArtifactStore::ForwardingArtifactStore;
+  absl::StatusOr<std::string> Read(const std::string&) override {
+    reads_.fetch_add(1);
+    release_.WaitForNotification();
+    return absl::DataLossError("artifact: sha256 mismatch");
+  }
+  absl::StatusOr<std::string> ReadRange(const std::string&, uint64_t, uint64_t) override {
+    return absl::DataLossError("artifact: sha256 mismatch");
+  }
+
   void Release() { release_.Notify(); }
   int reads() const { return reads_.load(); }
 
  private:
-  ArtifactStore* const real_;
   absl::Notification release_;
   std::atomic<int> reads_{0};
 };
@@ -281,13 +293,9 @@ TEST_F(ModelRepositoryTest, CallersWaitingForAFailedLoadShareItsFailure) {
 }
 
 // Throws std::bad_alloc on its first read, as reading a large artifact may.
-class ThrowingArtifactStore final : public ArtifactStore {
+class ThrowingArtifactStore final : public ForwardingArtifactStore {
  public:
-  explicit ThrowingArtifactStore(ArtifactStore* real) : real_(real) {}
-  absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
-                                     const std::string& manifest_json) override {
-    return real_->Put(job_id, bytes, manifest_json);
-  }
+  using ForwardingArtifactStore::ForwardingArtifactStore;
   absl::StatusOr<std::string> Read(const std::string& sha256) override {
     if (!thrown_) {
       thrown_ = true;
@@ -295,18 +303,8 @@ class ThrowingArtifactStore final : public ArtifactStore {
     }
     return real_->Read(sha256);
   }
-  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override {
-    return real_->ReadRange(sha256, offset, max_bytes);
-  }
-  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
-    return real_->RemoveManifest(sha256, job_id);
-  }
-  absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
-  bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
-  absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
 
  private:
-  ArtifactStore* const real_;
   bool thrown_ = false;
 };
 
@@ -422,32 +420,16 @@ TEST_F(ModelRepositoryTest, ANewVersionIsSeenAfterTheResolutionTtlOrAtOnceWhenFo
 
 // Reads artifacts from the real store once released: a model load that
 // takes as long as the test wants.
-class HeldArtifactStore : public ArtifactStore {
+class HeldArtifactStore : public ForwardingArtifactStore {
  public:
-  explicit HeldArtifactStore(ArtifactStore* real) : real_(real) {}
-  absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
-                                     const std::string& manifest_json) override {
-    return real_->Put(job_id, bytes, manifest_json);
-  }
+  using ForwardingArtifactStore::ForwardingArtifactStore;
   absl::StatusOr<std::string> Read(const std::string& sha256) override {
     reading.Notify();
     if (!release.WaitForNotificationWithTimeout(absl::Seconds(30))) return absl::DeadlineExceededError("held");
     return real_->Read(sha256);
   }
-  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override {
-    return real_->ReadRange(sha256, offset, max_bytes);
-  }
-  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
-    return real_->RemoveManifest(sha256, job_id);
-  }
-  absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
-  bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
-  absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
 
   absl::Notification reading, release;
-
- private:
-  ArtifactStore* const real_;
 };
 
 // The evaluation's record once it is no longer RUNNING (or after a minute).

@@ -44,6 +44,18 @@ const LayerReport* FindLayer(const QuantizeReport& r, const std::string& name) {
   return nullptr;
 }
 
+// Saves `m` and returns options that calibrate it on the first `images`
+// calibration images.
+QuantizeOptions SavedModelOptions(const torch::jit::Module& m, const std::string& name, int64_t images) {
+  const std::string path = testing::MakeTempDir(name) + "/" + name + ".pt";
+  m.save(path);
+  QuantizeOptions options;
+  options.model_path = path;
+  options.calibration.path = testing::CalibrationPath();
+  options.calibration.limit = images;
+  return options;
+}
+
 // at::set_num_threads rebuilds QNNPACK's global thread pool: SetIntraOpThreads
 // waits until no QNNPACK kernel runs (accuracy-tuning trial threads set their
 // count through it, while served models may run on QNNPACK).
@@ -150,12 +162,7 @@ TEST(QuantizeTest, QnnpackConvolutionsHoldTheirEnginesLease) {
     def forward(self, x):
         return torch.conv2d(x, self.w)
   )");
-  const std::string path = testing::MakeTempDir("one_conv") + "/one_conv.pt";
-  m.save(path);
-  QuantizeOptions options;
-  options.model_path = path;
-  options.calibration.path = testing::CalibrationPath();
-  options.calibration.limit = 16;
+  QuantizeOptions options = SavedModelOptions(m, "one_conv", 16);
   options.kernel_engine = "qnnpack";
   options.quality_samples = 0;
   auto model = Quantize(options);
@@ -487,12 +494,7 @@ TEST(QuantizeTest, InPlaceWritesReachLaterReaders) {
         torch.relu_(y)
         return torch.max_pool2d(y, 2)
   )");
-  const std::string path = testing::MakeTempDir("in_place") + "/in_place.pt";
-  m.save(path);
-  QuantizeOptions options;
-  options.model_path = path;
-  options.calibration.path = testing::CalibrationPath();
-  options.calibration.limit = 64;
+  QuantizeOptions options = SavedModelOptions(m, "in_place", 64);
   options.quality_samples = 0;
   auto model = Quantize(options);
   ASSERT_TRUE(model.ok()) << model.status();
@@ -544,12 +546,7 @@ TEST(QuantizeTest, AWriteThroughAViewIsRefused) {
         torch.relu_(y.view(-1))
         return y
   )");
-  const std::string path = testing::MakeTempDir("view_write") + "/view_write.pt";
-  m.save(path);
-  QuantizeOptions options;
-  options.model_path = path;
-  options.calibration.path = testing::CalibrationPath();
-  options.calibration.limit = 16;
+  QuantizeOptions options = SavedModelOptions(m, "view_write", 16);
   const absl::Status status = Quantize(options).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
 }
