@@ -623,8 +623,11 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
       }
     }
   }
+  // Tuning and the best preset ask the same histograms for other estimators.
+  ObserverSpec calibration_activation = qconfig.activation;
+  calibration_activation.exact_histogram = tune;
   QUANTD_ASSIGN_OR_RETURN(CalibrationResult calibrated,
-                          Calibrate(impl->fused, calibration_plan, qconfig.activation, calibration.get(),
+                          Calibrate(impl->fused, calibration_plan, calibration_activation, calibration.get(),
                                     calibration_options, batch_progress));
   report.calibration_samples = calibrated.samples;
 

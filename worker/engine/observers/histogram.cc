@@ -24,7 +24,11 @@ class HistogramObserver : public Observer {
  public:
   explicit HistogramObserver(const ObserverSpec& spec)
       : spec_(spec), bins_(spec.bins), dst_nbins_(256), pytorch_(spec.bins, /*truncate=*/true),
-        exact_(spec.bins, /*truncate=*/false) {}
+        exact_(spec.bins, /*truncate=*/false) {
+    kept_.push_back(&pytorch_);
+    // Counting twice costs calibration time: only when something reads it.
+    if (spec.estimator != RangeEstimator::kPyTorchL2 || spec.exact_histogram) kept_.push_back(&exact_);
+  }
 
   // Each chunk is binned at once, while it is hot in cache, over the range
   // the batch would get if it ended here. A later chunk that moves that
@@ -47,7 +51,7 @@ class HistogramObserver : public Observer {
     batch_.min = std::min(batch_.min, m.min);
     batch_.max = std::max(batch_.max, m.max);
     chunks_.push_back(x);
-    for (RunningHistogram* h : {&pytorch_, &exact_}) {
+    for (RunningHistogram* h : kept_) {
       // A first batch's range is its own extrema, which each later chunk is
       // likely to widen: count it once, at EndBatch.
       if (h->Uninitialized()) continue;
@@ -64,7 +68,7 @@ class HistogramObserver : public Observer {
 
   void EndBatch() override {
     if (chunks_.empty()) return;
-    for (RunningHistogram* h : {&pytorch_, &exact_}) EndBatch(h);
+    for (RunningHistogram* h : kept_) EndBatch(h);
     chunks_.clear();
     batch_ = kNoData;
   }
@@ -90,6 +94,10 @@ class HistogramObserver : public Observer {
       std::tie(new_min, new_max) = NonLinearParamSearch(at::scalar_tensor(pytorch_.min_val, at::kFloat),
                                                         at::scalar_tensor(pytorch_.max_val, at::kFloat));
     } else {
+      if (kept_.back() != &exact_) {
+        return absl::FailedPreconditionError(absl::StrCat(spec.Describe(), " reads a histogram over the exact range, "
+                                                          "which this observer was not asked to keep"));
+      }
       const ValueRange found = EstimateRange(spec);
       new_min = at::scalar_tensor(static_cast<float>(found.min), at::kFloat);
       new_max = at::scalar_tensor(static_cast<float>(found.max), at::kFloat);
@@ -289,6 +297,7 @@ class HistogramObserver : public Observer {
   int64_t dst_nbins_;
   RunningHistogram pytorch_;  // PyTorch 1.13's, for its L2 search (bit-identical presets)
   RunningHistogram exact_;    // over the exact range, for quantd's estimators
+  std::vector<RunningHistogram*> kept_;  // pytorch_, and exact_ when asked for
   mutable float searched_min_ = 0, searched_max_ = 0;
   // The open batch.
   MinMax batch_ = kNoData;

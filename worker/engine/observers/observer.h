@@ -31,6 +31,10 @@ struct ObserverSpec {
   int64_t upsample_rate = 128;       // histogram
   RangeEstimator estimator = RangeEstimator::kPyTorchL2;  // histogram
   double percentile = 99.99;                              // RangeEstimator::kPercentile
+  // Histogram: also keep one over the values' exact range, which estimators
+  // other than PyTorch's read. Implied by such an estimator; set it when
+  // ComputeAs will ask for them (accuracy tuning, the best preset).
+  bool exact_histogram = false;
 
   std::string Describe() const;
   int64_t quant_min() const;

@@ -142,8 +142,15 @@ TEST(HistogramObserverTest, ComputeAsEqualsCalibratingWithThatSpec) {
   at::manual_seed(5);
   std::vector<at::Tensor> batches;
   for (int b = 0; b < 4; ++b) batches.push_back(at::relu(at::randn({20000}) * (3.0 + b)));
-  auto shared = MakeObserver(base);
+  ObserverSpec keeping_exact = base;
+  keeping_exact.exact_histogram = true;  // as the quantizer asks when it will tune
+  auto shared = MakeObserver(keeping_exact);
   for (const at::Tensor& batch : batches) (*shared)->Observe(batch);
+  // Without it, only PyTorch's own search can answer.
+  auto pytorch_only = MakeObserver(base);
+  for (const at::Tensor& batch : batches) (*pytorch_only)->Observe(batch);
+  EXPECT_TRUE((*pytorch_only)->ComputeAs(others[0], nullptr).ok());
+  EXPECT_EQ((*pytorch_only)->ComputeAs(others[2], nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
   for (const ObserverSpec& spec : others) {
     auto own = MakeObserver(spec);
     for (const at::Tensor& batch : batches) (*own)->Observe(batch);
