@@ -100,13 +100,16 @@ void ModelRepository::DropUnpublished() {
   std::vector<std::shared_ptr<const LoadedModel>> dropped;
   absl::MutexLock lock(&mu_);
   for (const Key& key : gone) {
-    auto it = cached_.find(key);
-    if (it == cached_.end()) continue;
-    cached_bytes_ -= it->second->second->info().cost_bytes;
-    dropped.push_back(std::move(it->second->second));
-    lru_.erase(it->second);
-    cached_.erase(it);
+    if (auto it = cached_.find(key); it != cached_.end()) dropped.push_back(UncacheLocked(it));
   }
+}
+
+std::shared_ptr<const LoadedModel> ModelRepository::UncacheLocked(CacheIndex::iterator entry) {
+  std::shared_ptr<const LoadedModel> model = std::move(entry->second->second);
+  cached_bytes_ -= model->info().cost_bytes;
+  lru_.erase(entry->second);
+  cached_.erase(entry);
+  return model;
 }
 
 std::shared_ptr<const LoadedModel> ModelRepository::FindLoaded(const std::string& name, int64_t version) {
@@ -197,10 +200,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   // Least recently used out, never the one just loaded; requests still
   // running on an evicted model keep it alive until they finish.
   while (cached_bytes_ > options_.cache_bytes && lru_.size() > 1) {
-    cached_bytes_ -= lru_.back().second->info().cost_bytes;
-    cached_.erase(lru_.back().first);
-    evicted.push_back(std::move(lru_.back().second));
-    lru_.pop_back();
+    evicted.push_back(UncacheLocked(cached_.find(lru_.back().first)));
   }
   return model;
 }

@@ -126,7 +126,11 @@ class ModelRepository {
   mutable absl::Mutex mu_;
   // Most recently used first.
   std::list<std::pair<Key, std::shared_ptr<const LoadedModel>>> lru_ ABSL_GUARDED_BY(mu_);
-  std::map<Key, decltype(lru_)::iterator> cached_ ABSL_GUARDED_BY(mu_);
+  using CacheIndex = std::map<Key, decltype(lru_)::iterator>;
+  CacheIndex cached_ ABSL_GUARDED_BY(mu_);
+  // Takes a loaded model out of the cache and its bytes out of the budget;
+  // returned so that its last reference drops after mu_ is released.
+  std::shared_ptr<const LoadedModel> UncacheLocked(CacheIndex::iterator entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Loads in progress, by attempt number; the last failed attempt per key.
   // Callers that waited for an attempt get its failure instead of trying
   // again one after another (a corrupt artifact fails once for them all).
