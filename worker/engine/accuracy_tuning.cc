@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "worker/engine/base/helper_threads.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/data/dataset.h"
@@ -157,10 +158,9 @@ absl::StatusOr<std::vector<at::Tensor>> RunBatches(const Int8Executor& executor,
       return absl::OkStatus();
     });
   };
-  std::vector<std::thread> helpers;
-  for (int k = 1; k < threads; ++k) helpers.emplace_back(work, k);
-  work(0);
-  for (std::thread& helper : helpers) helper.join();
+  // On kept threads: a thread started per trial took LibTorch's oneDNN
+  // descriptors with it at exit, and a later job failed inside oneDNN.
+  HelperThreads::Shared().Run(std::max(1, threads), work);
   if (threads > 1) SetIntraOpThreads(intra_op_threads);
   for (const absl::Status& status : statuses) QUANTD_RETURN_IF_ERROR(status);
   return outputs;

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <optional>
 #include <set>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/runtime/fp32_executor.h"
+#include "worker/engine/runtime/ideep_cache.h"
 #include "worker/engine/runtime/int8_kernels.h"
 #include "worker/engine/runtime/prepack.h"
 
@@ -121,6 +123,13 @@ void Int8Executor::FuseAddRelu(const Dataflow& flow) {
 }
 
 absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
+  // Also links ideep_cache.cc, whose initializer bounds ideep's cache.
+  static const bool warned_once = [] {
+    const std::string warning = IdeepCacheWarning();
+    if (!warning.empty()) std::fprintf(stderr, "quantd: warning: %s\n", warning.c_str());
+    return true;
+  }();
+  (void)warned_once;
   Int8Executor executor;
   executor.program_ = program;
   absl::Status status = TorchTry("preparing the int8 kernels", [&]() {
@@ -145,6 +154,13 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
       executor.prepack_args_.push_back(instr.prepack_args);
       executor.own_packs_.push_back(instr.packed);
     }
+    int64_t weight_bytes = 0;
+    for (const auto& args : executor.prepack_args_) {
+      if (!args.empty() && args[0].isTensor()) weight_bytes += static_cast<int64_t>(args[0].toTensor().nbytes());
+    }
+    executor.max_packed_batch_sizes_ = static_cast<size_t>(
+        std::clamp<int64_t>(kPackedWeightBudgetBytes / std::max<int64_t>(weight_bytes, 1),
+                            static_cast<int64_t>(kMinPackedBatchSizes), static_cast<int64_t>(kMaxPackedBatchSizes)));
     executor.add_relu_kernel_ = c10::Dispatcher::singleton().findSchemaOrThrow("quantized::add_relu", "");
     executor.add_then_relu_.assign(program->instrs.size(), 0);
     executor.relu_after_add_.assign(program->instrs.size(), 0);
@@ -169,7 +185,8 @@ Int8Executor::Int8Executor(Int8Executor&& other) noexcept
       add_relu_kernel_(std::move(other.add_relu_kernel_)),
       add_then_relu_(std::move(other.add_then_relu_)),
       relu_after_add_(std::move(other.relu_after_add_)),
-      dead_after_(std::move(other.dead_after_)) {
+      dead_after_(std::move(other.dead_after_)),
+      max_packed_batch_sizes_(other.max_packed_batch_sizes_) {
   std::lock_guard<std::mutex> lock(other.packs_mu_);
   packs_by_batch_ = std::move(other.packs_by_batch_);
 }
@@ -178,7 +195,7 @@ const std::vector<c10::IValue>* Int8Executor::PacksFor(int64_t batch_size) const
   std::lock_guard<std::mutex> lock(packs_mu_);
   auto it = packs_by_batch_.find(batch_size);
   if (it != packs_by_batch_.end()) return it->second.get();
-  if (packs_by_batch_.size() >= kMaxPackedBatchSizes) return nullptr;
+  if (packs_by_batch_.size() >= max_packed_batch_sizes_) return nullptr;
   auto packs = std::make_unique<std::vector<c10::IValue>>(program_->instrs.size());
   for (size_t k = 0; k < program_->instrs.size(); ++k) {
     const Instr& instr = program_->instrs[k];

@@ -108,8 +108,15 @@ class Int8Executor {
   void WidenRgbInputs(const Dataflow& flow);
   void FuseAddRelu(const Dataflow& flow);
   // Packs for one batch size, by instruction index (empty for non-kernels).
+  // LibTorch's onednn pack keeps the kernel of the first shape it runs, so a
+  // pack per batch size runs without ideep's per-call descriptor cache (see
+  // ideep_cache.h). The number of batch sizes packed is bounded by the bytes
+  // of the weight copies: 4 to 16 sizes, 64 MiB of copies.
   const std::vector<c10::IValue>* PacksFor(int64_t batch_size) const;
-  static constexpr size_t kMaxPackedBatchSizes = 4;
+  static constexpr size_t kMinPackedBatchSizes = 4;
+  static constexpr size_t kMaxPackedBatchSizes = 16;
+  static constexpr int64_t kPackedWeightBudgetBytes = int64_t{64} << 20;
+  size_t max_packed_batch_sizes_ = kMinPackedBatchSizes;
   mutable std::mutex packs_mu_;
   mutable std::map<int64_t, std::unique_ptr<std::vector<c10::IValue>>> packs_by_batch_ ABSL_GUARDED_BY(packs_mu_);
 };
