@@ -6,7 +6,6 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -158,8 +157,8 @@ absl::StatusOr<std::vector<at::Tensor>> RunBatches(const Int8Executor& executor,
       return absl::OkStatus();
     });
   };
-  // On kept threads: a thread started per trial took LibTorch's oneDNN
-  // descriptors with it at exit, and a later job failed inside oneDNN.
+  // On kept threads: with a thread started per trial, a job once crashed
+  // inside LibTorch's int8 convolution on such a thread (helper_threads.h).
   HelperThreads::Shared().Run(std::max(1, threads), work);
   if (threads > 1) SetIntraOpThreads(intra_op_threads);
   for (const absl::Status& status : statuses) QUANTD_RETURN_IF_ERROR(status);
