@@ -147,6 +147,13 @@ for row in (batched, batched_async):
               f"clients {row['client_cpu_us_per_image']:.0f} us")
 print(f"gRPC batch-1 p50 at 1 client: {one['p50_ms'] / b1['p50_ms']:.2f}x the in-process batch-1 latency "
       f"(target < 2; {one['p50_ms']:.3f} ms vs {b1['p50_ms']:.3f} ms)")
+floor = rows.get('gRPC ServerLive (no work: the floor)@1')
+if floor:
+    # What the ratio would be if quantd added nothing to a no-op call but a
+    # pass as fast as in-process back to back: at or above 2, the target is
+    # below what gRPC on this machine allows.
+    print(f"latency ratio floor: (no-op ServerLive p50 {floor['p50_ms']:.3f} ms + in-process batch 1 "
+          f"{b1['p50_ms']:.3f} ms) / in-process batch 1 = {(floor['p50_ms'] + b1['p50_ms']) / b1['p50_ms']:.2f}x")
 rounds = s.get('rounds', [])
 if rounds:
     print()

@@ -17,7 +17,7 @@ fail() {
 }
 for want in "in-process batch 256" "gRPC ModelInfer batch 1, dynamic batching, async clients" \
   "gRPC ModelInfer batch 1, no batching" "REST JSON infer batch 1" "16 clients, dynamic batching: " \
-  "gRPC batch-1 p50 at 1 client: " "1 paired rounds" "target >= 0.60: met in " \
+  "gRPC batch-1 p50 at 1 client: " "latency ratio floor: " "1 paired rounds" "target >= 0.60: met in " \
   "16 callback-API clients, dynamic batching vs in-process batch 256: " "in turns of 25 requests" \
   "the 1 rounds as one run: "; do
   grep -qF -- "$want" <<<"$out" || fail "no '$want' in the output"
