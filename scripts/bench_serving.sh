@@ -35,14 +35,8 @@ if [ "${QUANTD_BENCH_PIN:-0}" = "1" ]; then
   server_cpu=(taskset -c 1)
   client_cpu=(taskset -c 0)
 fi
-work="$(mktemp -d -t quantd-bench-serving.XXXXXX)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/lib/background_quantd.sh
+make_work_dir quantd-bench-serving
 
 fusion="conv1,bn1,relu1;layer1.conv1,layer1.bn1,layer1.relu1;layer1.conv2,layer1.bn2;layer2.conv1,layer2.bn1,layer2.relu1;layer2.conv2,layer2.bn2;layer3.conv1,layer3.bn1,layer3.relu1;layer3.conv2,layer3.bn2"
 
@@ -53,19 +47,9 @@ start_quantd() {
   local name="$1"
   shift
   local dir="$work/$name"
-  mkdir -p "$dir/data"
-  ln -s "$fixtures" "$dir/data/fixtures"
-  "${server_cpu[@]}" "$build_dir/server/quantd" --bind_address=127.0.0.1 --grpc_port=0 --metrics_port=0 --data_dir="$dir/data" \
-    --port_file="$dir/ports.json" --read_roots="$fixtures" --inference_threads="$threads" "${copies_flag[@]}" "$@" 2>"$dir/quantd.log" &
-  pids+=($!)
-  for _ in $(seq 1 300); do
-    [ -f "$dir/ports.json" ] && break
-    sleep 0.1  # waiting for the server to bind
-  done
-  [ -f "$dir/ports.json" ] || { echo "bench_serving: quantd did not start:" >&2; cat "$dir/quantd.log" >&2; exit 1; }
-  local grpc http
-  grpc="127.0.0.1:$(sed -n 's/.*"grpc_port": \([0-9]*\).*/\1/p' "$dir/ports.json")"
-  http="127.0.0.1:$(sed -n 's/.*"metrics_port": \([0-9]*\).*/\1/p' "$dir/ports.json")"
+  launch_quantd "$dir" "$fixtures" "${server_cpu[@]}" "$build_dir/server/quantd" --inference_threads="$threads" \
+    "${copies_flag[@]}" "$@"
+  local grpc="$launched_grpc" http="$launched_http"
   "$build_dir/client/quantctl" --server="$grpc" submit --model=fixtures/models/resnet8_fp32.torchscript.pt \
     --calib=fixtures/cifar10/calib_batch.bin --preset=fbgemm --fusion="$fusion" --model_name=resnet8 --wait \
     >"$dir/submit.log"

@@ -16,31 +16,16 @@ set -euo pipefail
 build_dir="$(cd "$2" && pwd)"
 fixtures="$(cd "$3" && pwd)"
 rounds="${4:-4}"
-work="$(mktemp -d -t quantd-long-run.XXXXXX)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$1/scripts/lib/background_quantd.sh"
+make_work_dir quantd-long-run
 fail() {
   echo "long_run: $1" >&2
   exit 1
 }
 
-mkdir -p "$work/data"
-ln -s "$fixtures" "$work/data/fixtures"
-"$build_dir/server/quantd" --bind_address=127.0.0.1 --grpc_port=0 --metrics_port=0 --data_dir="$work/data" \
-  --port_file="$work/ports.json" --read_roots="$fixtures" 2>"$work/quantd.log" &
-quantd_pid=$!
-pids+=("$quantd_pid")
-for _ in $(seq 1 300); do
-  [ -f "$work/ports.json" ] && break
-  sleep 0.1  # waiting for the server to bind
-done
-[ -f "$work/ports.json" ] || fail "quantd did not start: $(cat "$work/quantd.log")"
-export QUANTD_SERVER="127.0.0.1:$(sed -n 's/.*"grpc_port": \([0-9]*\).*/\1/p' "$work/ports.json")"
+launch_quantd "$work" "$fixtures" "$build_dir/server/quantd"
+quantd_pid="$launched_pid"
+export QUANTD_SERVER="$launched_grpc"
 quantctl="$build_dir/client/quantctl"
 json() { /usr/bin/python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
 
