@@ -536,9 +536,15 @@ TEST(CheckImportComputesTheModelTest, RefusesAGraphThatComputesSomethingElse) {
 
 // A write through a view changes the viewed tensor; int8 runs on other
 // tensors, so the write is lost there. The quality gate refuses the model.
+// Each output channel's weights sum to zero, so that on raw pixels (all
+// positive) about half the outputs are negative and the lost ReLU costs far
+// more than the gate allows. (With unconstrained random weights, some draws
+// made nearly all outputs positive, the ReLU a no-op, and the test flaky.)
 TEST(QuantizeTest, AWriteThroughAViewIsRefused) {
   torch::jit::Module m("WriteThroughAView");
-  m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
+  at::manual_seed(11);
+  const at::Tensor w = at::randn({8, 3, 3, 3}) * 0.01;
+  m.register_parameter("w", w - w.mean({1, 2, 3}, /*keepdim=*/true), false);
   m.register_parameter("b", at::full({8}, -0.5), false);
   m.define(R"(
     def forward(self, x):

@@ -1,9 +1,13 @@
 #include "worker/engine/testing/test_env.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +26,24 @@ const bool kEmulatedCpu = [] {
   if (emulate == nullptr || std::string(emulate) != "avx2") return false;
   setenv("DNNL_MAX_CPU_ISA", "AVX2", /*overwrite=*/0);
   setenv("ATEN_CPU_CAPABILITY", "avx2", /*overwrite=*/0);
+  return true;
+}();
+
+// LibTorch seeds its default generator nondeterministically in each process,
+// so a test that drew random weights without seeding drew other ones in every
+// run: one passed or failed by its draw (1 run in 20). Every test of a binary
+// that links this starts from the same seed, whatever ran before it.
+class SeedEachTest final : public ::testing::EmptyTestEventListener {
+  void OnTestStart(const ::testing::TestInfo&) override {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_current_seed(kTestSeed);
+  }
+  static constexpr uint64_t kTestSeed = 20261203;
+};
+
+const bool kSeedsEachTest = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new SeedEachTest);  // gtest owns it
   return true;
 }();
 
