@@ -98,20 +98,19 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   if (!options.tls_cert_file.empty()) {
     // With a client CA, httplib makes OpenSSL require a client certificate
     // it signed (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT).
-    auto https = std::make_unique<httplib::SSLServer>(
-        options.tls_cert_file.c_str(), options.tls_key_file.c_str(),
-        options.tls_client_ca_file.empty() ? nullptr : options.tls_client_ca_file.c_str());
-    if (!https->is_valid()) {
+    absl::StatusOr<PacedHttpServer> https = MakePacedHttpsServer(options.pace, options.tls_cert_file,
+                                                                 options.tls_key_file, options.tls_client_ca_file);
+    if (!https.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--tls_cert/--tls_key", options.tls_client_ca_file.empty() ? "" : "/--metrics_tls_client_ca",
-          ": cannot load ", options.tls_cert_file, " and ", options.tls_key_file,
-          options.tls_client_ca_file.empty() ? "" : absl::StrCat(" and ", options.tls_client_ca_file), " for HTTPS"));
+          "--tls_cert/--tls_key", options.tls_client_ca_file.empty() ? "" : "/--metrics_tls_client_ca", ": ",
+          https.status().message(), " for HTTPS"));
     }
-    server->http_ = std::move(https);
+    server->paced_ = *std::move(https);
     server->tls_ = true;
   } else {
-    server->http_ = std::make_unique<httplib::Server>();
+    server->paced_ = MakePacedHttpServer(options.pace);
   }
+  server->http_ = server->paced_.http.get();
   httplib::Server& http = *server->http_;
   // cpp-httplib sets SO_REUSEPORT on Linux, so a second quantd on a busy
   // port would bind too and take half of its requests and scrapes. Only
@@ -121,7 +120,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
-  // A silent client holds one pool thread for at most this long.
+  // One read or write waits at most this long (and a request, the pace's
+  // budget in all).
   http.set_read_timeout(5, 0);
   http.set_write_timeout(5, 0);
   Authenticator* auth = options.auth;
@@ -246,6 +246,9 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
 MetricsHttpServer::~MetricsHttpServer() {
   stopping_ = true;
   if (http_ != nullptr) http_->stop();
+  // Connections still open (idle keep-alive ones, slow clients) would hold
+  // the pool, and its join, until their own timeouts.
+  paced_.CloseConnections();
   if (thread_.joinable()) thread_.join();
 }
 

@@ -21,10 +21,7 @@
 #include "absl/status/statusor.h"
 #include "server/auth.h"
 #include "server/inference_rest.h"
-
-namespace httplib {
-class Server;
-}
+#include "server/paced_http_server.h"
 
 namespace quantd {
 
@@ -46,6 +43,8 @@ class MetricsHttpServer {
     InferenceRest* inference = nullptr;
     // Largest request body (an inference request's tensors).
     size_t max_body_bytes = size_t{64} << 20;
+    // How fast a request must arrive, and the connection pool's size.
+    ConnectionPace pace;
   };
   // /metrics serves what `sources` collect, in order (a registry, the
   // process metrics).
@@ -59,7 +58,8 @@ class MetricsHttpServer {
  private:
   MetricsHttpServer() = default;
 
-  std::unique_ptr<httplib::Server> http_;
+  PacedHttpServer paced_;
+  httplib::Server* http_ = nullptr;  // paced_'s
   std::vector<std::shared_ptr<prometheus::Collectable>> sources_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};  // set before the listener is stopped on purpose

@@ -1,0 +1,414 @@
+#include "server/paced_http_server.h"
+
+#include <fcntl.h>
+#include <httplib.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <functional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace quantd {
+
+class OpenConnections {
+ public:
+  // False once closing: the caller drops the connection at once.
+  bool Add(int fd) {
+    absl::MutexLock lock(&mu_);
+    if (closing_) return false;
+    fds_.insert(fd);
+    return true;
+  }
+  // Before the descriptor is closed, so that ShutdownAll never touches a
+  // number the process has reused.
+  void Remove(int fd) {
+    absl::MutexLock lock(&mu_);
+    fds_.erase(fd);
+  }
+  void ShutdownAll() {
+    absl::MutexLock lock(&mu_);
+    closing_ = true;
+    for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_set<int> fds_ ABSL_GUARDED_BY(mu_);
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+PacedHttpServer::PacedHttpServer() = default;
+PacedHttpServer::~PacedHttpServer() = default;
+PacedHttpServer::PacedHttpServer(PacedHttpServer&&) noexcept = default;
+PacedHttpServer& PacedHttpServer::operator=(PacedHttpServer&&) noexcept = default;
+
+void PacedHttpServer::CloseConnections() const {
+  if (connections != nullptr) connections->ShutdownAll();
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A request line and headers larger than this are refused (400).
+constexpr int64_t kMaxHeaderBytes = 64 * 1024;
+
+absl::Duration TimeoutOf(time_t sec, time_t usec) { return absl::Seconds(sec) + absl::Microseconds(usec); }
+
+// The time one request may still spend waiting on its socket.
+class RequestBudget {
+ public:
+  explicit RequestBudget(const ConnectionPace& pace) : pace_(pace) {}
+
+  void Reset() {
+    waited_ = absl::ZeroDuration();
+    moved_ = 0;
+    spent_ = false;
+    header_too_long_ = false;
+    header_bytes_ = 0;
+    in_header_ = true;
+    tail_ = 0;
+  }
+  // Follows the bytes httplib takes, while its request's header lasts
+  // (httplib 0.11 bounds neither a header line's length nor their number);
+  // false once the header passes kMaxHeaderBytes without its blank line.
+  bool TakeHeaderBytes(const char* data, size_t size) {
+    for (size_t i = 0; in_header_ && i < size; ++i) {
+      tail_ = (tail_ << 8) | static_cast<unsigned char>(data[i]);
+      ++header_bytes_;
+      if ((tail_ & 0xffffffffu) == 0x0d0a0d0au) in_header_ = false;
+    }
+    if (in_header_ && header_bytes_ > kMaxHeaderBytes) {
+      header_too_long_ = true;  // httplib answers 400; nothing more is read
+      return false;
+    }
+    return true;
+  }
+  // The request ran out of time or header space: whatever httplib
+  // answered, the connection ends.
+  bool ends_connection() const { return spent_ || header_too_long_; }
+  void Moved(ssize_t bytes) {
+    if (bytes > 0) moved_ += bytes;
+  }
+  // Waits up to `timeout` (one read or write), within the budget, for
+  // `events` on `fd`; true when it may go on (an error or hang-up included:
+  // the read or write that follows reports it).
+  bool Wait(int fd, short events, absl::Duration timeout) {
+    const absl::Duration left =
+        pace_.request_base +
+        absl::Seconds(static_cast<double>(moved_) / static_cast<double>(std::max<int64_t>(1, pace_.min_bytes_per_second))) -
+        waited_;
+    if (spent_ || left <= absl::ZeroDuration()) {
+      spent_ = true;
+      return false;
+    }
+    const absl::Duration wait = std::min(left, timeout);
+    pollfd p = {fd, events, 0};
+    const Clock::time_point start = Clock::now();
+    int ready;
+    do {
+      ready = ::poll(&p, 1, static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(wait))));
+    } while (ready < 0 && errno == EINTR);
+    waited_ += absl::FromChrono(Clock::now() - start);
+    // A wait the budget cut short spends it, whatever is left by the clock.
+    if (ready == 0 && left <= timeout) spent_ = true;
+    return ready > 0;
+  }
+
+ private:
+  const ConnectionPace pace_;
+  absl::Duration waited_;
+  int64_t moved_ = 0;
+  bool spent_ = false;
+  bool header_too_long_ = false;
+  int64_t header_bytes_ = 0;
+  bool in_header_ = true;
+  uint32_t tail_ = 0;  // the last four header bytes
+};
+
+std::string NumericHost(const sockaddr_storage& address, socklen_t length, int* port) {
+  char host[NI_MAXHOST] = "";
+  char service[NI_MAXSERV] = "";
+  if (::getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof(host), service,
+                    sizeof(service), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    *port = 0;
+    return "";
+  }
+  *port = std::atoi(service);
+  return host;
+}
+
+// A connection's stream, paced by its current request's budget.
+class PacedStream : public httplib::Stream {
+ public:
+  PacedStream(int fd, RequestBudget* budget, absl::Duration read_timeout, absl::Duration write_timeout)
+      : fd_(fd), budget_(budget), read_timeout_(read_timeout), write_timeout_(write_timeout) {}
+
+  // Bytes of a next request already received (pipelined).
+  virtual bool HasPending() const = 0;
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    sockaddr_storage address = {};
+    socklen_t length = sizeof(address);
+    port = 0;
+    ip.clear();
+    if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&address), &length) == 0) ip = NumericHost(address, length, &port);
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    sockaddr_storage address = {};
+    socklen_t length = sizeof(address);
+    port = 0;
+    ip.clear();
+    if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length) == 0) ip = NumericHost(address, length, &port);
+  }
+  socket_t socket() const override { return fd_; }
+
+ protected:
+  bool WaitReadable() const { return budget_->Wait(fd_, POLLIN, read_timeout_); }
+  bool WaitWritable() const { return budget_->Wait(fd_, POLLOUT, write_timeout_); }
+
+  const int fd_;
+  RequestBudget* const budget_;
+
+ private:
+  const absl::Duration read_timeout_;
+  const absl::Duration write_timeout_;
+};
+
+class PlainStream : public PacedStream {
+ public:
+  using PacedStream::PacedStream;
+
+  bool HasPending() const override { return begin_ < end_; }
+  bool is_readable() const override { return HasPending() || WaitReadable(); }
+  bool is_writable() const override { return WaitWritable(); }
+
+  // Buffered: httplib reads request lines a byte at a time.
+  ssize_t read(char* ptr, size_t size) override {
+    if (!HasPending()) {
+      if (!WaitReadable()) return -1;
+      ssize_t n;
+      do {
+        n = ::recv(fd_, buffer_, sizeof(buffer_), 0);
+      } while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;
+      budget_->Moved(n);
+      begin_ = 0;
+      end_ = static_cast<size_t>(n);
+    }
+    const size_t taken = std::min(size, end_ - begin_);
+    std::memcpy(ptr, buffer_ + begin_, taken);
+    begin_ += taken;
+    if (!budget_->TakeHeaderBytes(ptr, taken)) return -1;
+    return static_cast<ssize_t>(taken);
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!WaitWritable()) return -1;
+    ssize_t n;
+    do {
+      n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    budget_->Moved(n);
+    return n;
+  }
+
+ private:
+  char buffer_[16 * 1024];
+  size_t begin_ = 0;
+  size_t end_ = 0;
+};
+
+// TLS over a non-blocking socket: a record that arrives a byte at a time
+// waits in poll, on the budget, never inside OpenSSL.
+class TlsStream : public PacedStream {
+ public:
+  TlsStream(SSL* ssl, int fd, RequestBudget* budget, absl::Duration read_timeout, absl::Duration write_timeout)
+      : PacedStream(fd, budget, read_timeout, write_timeout), ssl_(ssl) {}
+
+  bool Handshake() {
+    return Retry([&] { return SSL_accept(ssl_); }) == 1;
+  }
+  bool HasPending() const override { return SSL_pending(ssl_) > 0; }
+  bool is_readable() const override { return HasPending() || WaitReadable(); }
+  bool is_writable() const override { return WaitWritable(); }
+  ssize_t read(char* ptr, size_t size) override {
+    const int n = Retry([&] { return SSL_read(ssl_, ptr, static_cast<int>(std::min<size_t>(size, INT32_MAX))); });
+    budget_->Moved(n);
+    if (n > 0 && !budget_->TakeHeaderBytes(ptr, static_cast<size_t>(n))) return -1;
+    return n;
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    const int n = Retry([&] { return SSL_write(ssl_, ptr, static_cast<int>(std::min<size_t>(size, INT32_MAX))); });
+    budget_->Moved(n);
+    return n;
+  }
+
+ private:
+  // Repeats `op` (with the same arguments, as OpenSSL asks) while it waits
+  // for the socket; its result, 0 at a clean close, -1 on failure.
+  template <typename Op>
+  int Retry(Op op) {
+    for (;;) {
+      ERR_clear_error();
+      const int n = op();
+      if (n > 0) return n;
+      switch (SSL_get_error(ssl_, n)) {
+        case SSL_ERROR_WANT_READ:
+          if (!WaitReadable()) return -1;
+          break;
+        case SSL_ERROR_WANT_WRITE:
+          if (!WaitWritable()) return -1;
+          break;
+        case SSL_ERROR_ZERO_RETURN:
+          return 0;
+        default:
+          return -1;
+      }
+    }
+  }
+
+  SSL* const ssl_;
+};
+
+using ServeOne = std::function<bool(httplib::Stream&, bool close_connection, bool& connection_closed)>;
+
+// Requests on one connection, keep-alive as httplib serves them: the wait
+// for a next request is bounded by the keep-alive timeout, each request by
+// its budget.
+bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t max_requests,
+                   absl::Duration keep_alive_timeout, const httplib::Server& server, const ServeOne& serve_one) {
+  bool ok = false;
+  for (size_t left = std::max<size_t>(1, max_requests); left > 0; --left) {
+    if (!stream.HasPending()) {
+      pollfd p = {fd, POLLIN, 0};
+      int ready;
+      do {
+        ready = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(keep_alive_timeout)));
+      } while (ready < 0 && errno == EINTR);
+      if (ready <= 0) break;
+    }
+    budget.Reset();
+    bool closed = false;
+    ok = serve_one(stream, left == 1 || !server.is_running(), closed);
+    if (!ok || closed || budget.ends_connection()) break;
+  }
+  return ok;
+}
+
+void CloseSocket(OpenConnections& connections, int fd) {
+  connections.Remove(fd);
+  ::shutdown(fd, SHUT_RDWR);
+  ::close(fd);
+}
+
+class PlainServer : public httplib::Server {
+ public:
+  PlainServer(const ConnectionPace& pace, std::shared_ptr<OpenConnections> connections)
+      : pace_(pace), connections_(std::move(connections)) {}
+
+ private:
+  bool process_and_close_socket(socket_t fd) override {
+    if (!connections_->Add(fd)) {
+      ::close(fd);
+      return false;
+    }
+    RequestBudget budget(pace_);
+    PlainStream stream(fd, &budget, TimeoutOf(read_timeout_sec_, read_timeout_usec_),
+                       TimeoutOf(write_timeout_sec_, write_timeout_usec_));
+    const bool ok = ServeRequests(fd, stream, budget, keep_alive_max_count_, absl::Seconds(keep_alive_timeout_sec_),
+                                  *this, [this](httplib::Stream& s, bool close, bool& closed) {
+                                    return process_request(s, close, closed, nullptr);
+                                  });
+    CloseSocket(*connections_, fd);
+    return ok;
+  }
+
+  const ConnectionPace pace_;
+  const std::shared_ptr<OpenConnections> connections_;
+};
+
+class TlsServer : public httplib::SSLServer {
+ public:
+  TlsServer(const ConnectionPace& pace, std::shared_ptr<OpenConnections> connections, const std::string& cert_file,
+            const std::string& key_file, const std::string& client_ca_file)
+      : httplib::SSLServer(cert_file.c_str(), key_file.c_str(),
+                           client_ca_file.empty() ? nullptr : client_ca_file.c_str()),
+        pace_(pace),
+        connections_(std::move(connections)) {}
+
+ private:
+  bool process_and_close_socket(socket_t fd) override {
+    if (!connections_->Add(fd)) {
+      ::close(fd);
+      return false;
+    }
+    bool ok = false;
+    SSL* ssl = SSL_new(ssl_context());
+    const int flags = ::fcntl(fd, F_GETFL, 0);
+    if (ssl != nullptr && flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 && SSL_set_fd(ssl, fd) == 1) {
+      RequestBudget budget(pace_);
+      TlsStream stream(ssl, fd, &budget, TimeoutOf(read_timeout_sec_, read_timeout_usec_),
+                       TimeoutOf(write_timeout_sec_, write_timeout_usec_));
+      // The handshake is the first request's: same budget.
+      if (stream.Handshake()) {
+        ok = ServeRequests(fd, stream, budget, keep_alive_max_count_, absl::Seconds(keep_alive_timeout_sec_), *this,
+                           [this, ssl](httplib::Stream& s, bool close, bool& closed) {
+                             return process_request(s, close, closed, [ssl](httplib::Request& r) { r.ssl = ssl; });
+                           });
+        SSL_shutdown(ssl);  // one close_notify, not waited for
+      }
+    }
+    if (ssl != nullptr) SSL_free(ssl);
+    ERR_clear_error();
+    CloseSocket(*connections_, fd);
+    return ok;
+  }
+
+  const ConnectionPace pace_;
+  const std::shared_ptr<OpenConnections> connections_;
+};
+
+template <typename Server>
+void UsePool(Server& server, const ConnectionPace& pace) {
+  const size_t threads = static_cast<size_t>(std::max(1, pace.threads));
+  server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+}
+
+}  // namespace
+
+PacedHttpServer MakePacedHttpServer(const ConnectionPace& pace) {
+  PacedHttpServer made;
+  made.connections = std::make_shared<OpenConnections>();
+  auto http = std::make_unique<PlainServer>(pace, made.connections);
+  UsePool(*http, pace);
+  made.http = std::move(http);
+  return made;
+}
+
+absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace, const std::string& cert_file,
+                                                     const std::string& key_file, const std::string& client_ca_file) {
+  PacedHttpServer made;
+  made.connections = std::make_shared<OpenConnections>();
+  auto https = std::make_unique<TlsServer>(pace, made.connections, cert_file, key_file, client_ca_file);
+  if (!https->is_valid()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot load ", cert_file, " and ", key_file,
+                                                   client_ca_file.empty() ? "" : absl::StrCat(" and ", client_ca_file)));
+  }
+  UsePool(*https, pace);
+  made.http = std::move(https);
+  return made;
+}
+
+}  // namespace quantd

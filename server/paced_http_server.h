@@ -1,0 +1,60 @@
+#ifndef QUANTD_SERVER_PACED_HTTP_SERVER_H_
+#define QUANTD_SERVER_PACED_HTTP_SERVER_H_
+
+// cpp-httplib servers whose connections must keep pace. httplib 0.11 bounds
+// each read and write (its read/write timeouts), not a request: a client
+// that sends one header line every few seconds keeps a pool thread forever,
+// and as many such clients as the pool has threads stop /metrics and /v2
+// (health probes included), and the shutdown that waits for those threads.
+// Here each request may spend `request_base` plus 1 s per
+// `min_bytes_per_second` it moved waiting on its socket (the handler's own
+// time does not count), a request line and headers 64 KiB in all (httplib
+// bounds neither a line's length nor their number), and CloseConnections()
+// ends every open connection at shutdown.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace quantd {
+
+struct ConnectionPace {
+  absl::Duration request_base = absl::Seconds(10);
+  int64_t min_bytes_per_second = int64_t{1} << 20;
+  // Pool threads serving connections (idle keep-alive ones hold one each).
+  int threads = 32;
+};
+
+class OpenConnections;
+
+// A server of plain HTTP, or of HTTPS with this PEM certificate chain and key
+// (and, if `client_ca_file` is set, mTLS against it).
+struct PacedHttpServer {
+  PacedHttpServer();
+  ~PacedHttpServer();
+  PacedHttpServer(PacedHttpServer&&) noexcept;
+  PacedHttpServer& operator=(PacedHttpServer&&) noexcept;
+
+  std::unique_ptr<httplib::Server> http;
+  std::shared_ptr<OpenConnections> connections;
+
+  // Shuts down every connection open now: their reads and writes fail, so
+  // the pool's threads finish. Call after http->stop().
+  void CloseConnections() const;
+};
+
+PacedHttpServer MakePacedHttpServer(const ConnectionPace& pace);
+// InvalidArgument if the certificate, key or CA cannot be loaded.
+absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace, const std::string& cert_file,
+                                                     const std::string& key_file, const std::string& client_ca_file);
+
+}  // namespace quantd
+
+#endif  // QUANTD_SERVER_PACED_HTTP_SERVER_H_
