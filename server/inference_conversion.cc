@@ -182,10 +182,14 @@ absl::StatusOr<int64_t> CheckInferOutputs(const inference::ModelInferRequest& re
           absl::StrCat("outputs[", i, "].name: \"", kOutputName, "\" requested twice"));
     }
     if (auto it = wanted.parameters().find("classification"); it != wanted.parameters().end()) {
-      if (it->second.parameter_choice_case() != inference::InferParameter::kInt64Param ||
-          it->second.int64_param() < 1) {
+      // Either integer type (Triton's clients send both); k past the classes
+      // is cut to them.
+      const inference::InferParameter& k = it->second;
+      const bool valid = (k.parameter_choice_case() == inference::InferParameter::kInt64Param && k.int64_param() >= 1) ||
+                         (k.parameter_choice_case() == inference::InferParameter::kUint64Param && k.uint64_param() >= 1);
+      if (!valid) {
         return absl::InvalidArgumentError(
-            absl::StrCat("outputs[", i, "].parameters[classification]: an int64 k >= 1"));
+            absl::StrCat("outputs[", i, "].parameters[classification]: an integer k >= 1"));
       }
       // Known before the pass when the model's output shape is ([N] +) [classes].
       if (!model.output_shape.empty() && model.output_shape.size() != 1) {
@@ -193,7 +197,9 @@ absl::StatusOr<int64_t> CheckInferOutputs(const inference::ModelInferRequest& re
             absl::StrCat("outputs[", i, "].parameters[classification]: needs [N, classes] scores; ", model.name,
                          " returns [N, ", absl::StrJoin(model.output_shape, ", "), "]"));
       }
-      top_k = it->second.int64_param();
+      top_k = k.parameter_choice_case() == inference::InferParameter::kInt64Param
+                  ? k.int64_param()
+                  : static_cast<int64_t>(std::min<uint64_t>(k.uint64_param(), INT64_MAX));
     }
   }
   return top_k;

@@ -155,7 +155,7 @@ TEST(CheckInferOutputsTest, BadOutputRequestsFailBeforeThePass) {
   EXPECT_THAT(not_scores.message(), HasSubstr("outputs[0].parameters[classification]: needs [N, classes] scores"));
   (*wanted->mutable_parameters())["classification"].set_string_param("top");
   EXPECT_THAT(CheckInferOutputs(request, scores).status().message(),
-              HasSubstr("outputs[0].parameters[classification]: an int64 k >= 1"));
+              HasSubstr("outputs[0].parameters[classification]: an integer k >= 1"));
   wanted->set_name("logits");
   EXPECT_THAT(CheckInferOutputs(request, scores).status().message(), HasSubstr("outputs[0].name"));
 }

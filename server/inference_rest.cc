@@ -155,6 +155,14 @@ absl::Status Flatten(const Json& data, const std::string& field, std::vector<con
 absl::Status ToParameter(const Json& value, const std::string& field, inference::InferParameter* parameter) {
   if (value.is_boolean()) {
     parameter->set_bool_param(value.get<bool>());
+  } else if (value.is_number_unsigned()) {
+    // Above INT64_MAX it would wrap to a negative int64.
+    const uint64_t number = value.get<uint64_t>();
+    if (number > static_cast<uint64_t>(INT64_MAX)) {
+      parameter->set_uint64_param(number);
+    } else {
+      parameter->set_int64_param(static_cast<int64_t>(number));
+    }
   } else if (value.is_number_integer()) {
     parameter->set_int64_param(value.get<int64_t>());
   } else if (value.is_number()) {
@@ -203,20 +211,29 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
   }
   const absl::string_view header(call.body.data(), header_size);
   if (absl::Status nesting = CheckJsonNesting(header, "body"); !nesting.ok()) return nesting;
+  // Keys count too: a dropped value still leaves its key in the object.
+  // Parsing stops at the first element past the limit, not at the end of
+  // the body.
+  struct TooManyElements {};
   int64_t elements = 0;
   const Json::parser_callback_t count_elements = [&elements, max_elements](int, Json::parse_event_t event, Json&) {
     const bool element = event == Json::parse_event_t::value || event == Json::parse_event_t::array_end ||
-                         event == Json::parse_event_t::object_end;
-    return !element || ++elements <= max_elements;
+                         event == Json::parse_event_t::object_end || event == Json::parse_event_t::key;
+    if (element && ++elements > max_elements) throw TooManyElements{};
+    return true;
   };
-  Json body = Json::parse(call.body.begin(), call.body.begin() + static_cast<std::ptrdiff_t>(header_size),
-                          count_elements, /*allow_exceptions=*/false);
-  if (elements > max_elements) {
+  Json body;
+  try {
+    body = Json::parse(call.body.begin(), call.body.begin() + static_cast<std::ptrdiff_t>(header_size),
+                       count_elements);
+  } catch (const TooManyElements&) {
     return absl::InvalidArgumentError(absl::StrCat("inputs: more than ", max_elements,
-                                                   " values and arrays in the JSON body, more than a batch of "
+                                                   " values, keys and arrays in the JSON body, more than a batch of "
                                                    "--max_batch_size samples of this model takes"));
+  } catch (const Json::exception& e) {
+    // nlohmann's message has the position (and "number overflow" for 1e309).
+    return absl::InvalidArgumentError(absl::StrCat("body: not valid JSON: ", e.what()));
   }
-  if (body.is_discarded()) return absl::InvalidArgumentError("body: not valid JSON");
   if (!body.is_object()) return absl::InvalidArgumentError("body: not a JSON object (the inference request)");
   request->set_model_name(path.name);
   request->set_model_version(path.version);
@@ -372,6 +389,16 @@ HttpReply FromInferResponse(const inference::ModelInferResponse& response, bool 
     } else if (tensor.datatype() == "FP32") {
       std::vector<float> values(raw.size() / sizeof(float));
       std::memcpy(values.data(), raw.data(), values.size() * sizeof(float));
+      // JSON has no number for them (nlohmann writes null): an FP32 model
+      // whose input overflowed it.
+      for (size_t j = 0; j < values.size(); ++j) {
+        if (!std::isfinite(values[j])) {
+          return ErrorReply(absl::FailedPreconditionError(absl::StrCat(
+              "outputs[", i, "].data[", j, "]: the model returned ", values[j],
+              ", which JSON cannot carry; ask for binary data (parameters.binary_data_output) to get the raw "
+              "FP32")));
+        }
+      }
       out["data"] = values;
     } else {  // BYTES: 4-byte little-endian length, then the bytes
       std::vector<std::string> values;

@@ -762,9 +762,21 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     // by row) has: refused while parsing.
     nlohmann::json too_many = body;
     too_many["inputs"][0]["data"] = std::vector<int>(2 * 64 * 3072 + 2000, 0);
-    expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "values and arrays in the JSON body");
+    expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "values, keys and arrays in the JSON body");
     too_many["inputs"][0]["data"] = std::vector<std::vector<int>>(2 * 64 * 3072 + 2000);
-    expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "values and arrays in the JSON body");
+    expect_rest_error(v2 + "/models/resnet8/infer", too_many.dump(), 400, "values, keys and arrays in the JSON body");
+    // Keys count too: a dropped value leaves its key in the parsed object.
+    nlohmann::json many_keys = body;
+    for (int k = 0; k < 2 * 64 * 3072 + 2000; ++k) many_keys["x"][absl::StrCat("k", k)] = 0;
+    expect_rest_error(v2 + "/models/resnet8/infer", many_keys.dump(), 400, "values, keys and arrays in the JSON body");
+    expect_rest_error(v2 + "/models/resnet8/infer", "{\"inputs\": [], \"x\": 1e309}", 400,
+                      "body: not valid JSON: [json.exception.out_of_range.406] number overflow");
+    // The FP32 source overflows on pixels of 3e38: JSON has no number for its
+    // NaN outputs, so the call says so instead of sending null.
+    nlohmann::json overflowing = body;
+    overflowing["inputs"][0]["datatype"] = "FP32";
+    overflowing["inputs"][0]["data"] = std::vector<float>(2 * 3072, 3e38f);
+    expect_rest_error(v2 + "/models/resnet8.fp32/infer", overflowing.dump(), 400, "which JSON cannot carry");
     EXPECT_EQ(Curl(v2 + "/models/nope/ready").status, 404);
     nlohmann::json huge_dim = body;
     huge_dim["inputs"][0]["shape"] = nlohmann::json::parse("[18446744073709551615, 3, 32, 32]");
@@ -828,8 +840,9 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_requests_total{code="OK",model="resnet8",version="1"})"));
     EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_requests_total{code="NOT_FOUND",model="",version=""})"));
     EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_executions_total{model="resnet8",version="1"})"));
+    // And the 2 images of the overflowing REST request: its pass ran.
     EXPECT_THAT(metrics.body, HasSubstr(absl::StrCat(R"(quantd_inference_samples_total{model="resnet8.fp32",version="1"} )",
-                                                     kServedImages, "\n")));
+                                                     kServedImages + 2, "\n")));
     EXPECT_THAT(metrics.body, HasSubstr("quantd_inference_queue_duration_seconds_bucket"));
     EXPECT_THAT(metrics.body, HasSubstr("quantd_inference_models_loaded 2"));
     // Jobs: what ran here, and the store's figures.
