@@ -289,6 +289,10 @@ absl::StatusOr<std::string> ReferenceResolver::ResolvePath(const std::string& pa
   fs::path full = fs::path(data_dir_) / relative;
   std::error_code error;
   if (!fs::is_regular_file(full, error)) {
+    if (fs::exists(full, error)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": \"", path, "\" is not a regular file (a directory, socket or FIFO)"));
+    }
     return absl::NotFoundError(
         absl::StrCat(field, ": \"", path, "\" does not exist under the data root"));
   }

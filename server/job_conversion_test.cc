@@ -76,6 +76,11 @@ TEST_F(ResolvePathTest, EscapesAndMissingFilesAreRefused) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(resolver.ResolvePath("/etc/hostname", "model.path").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(resolver.ResolvePath("missing.pt", "model.path").status().code(), absl::StatusCode::kNotFound);
+  // There, but not a file: the request is wrong, nothing is missing.
+  absl::StatusOr<std::string> folder = resolver.ResolvePath("datasets", "calibration.path");
+  ASSERT_FALSE(folder.ok());
+  EXPECT_EQ(folder.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(folder.status().message(), HasSubstr("calibration.path: \"datasets\" is not a regular file"));
   fs::create_symlink("/etc/hostname", data_ / "outside.pt");
   absl::StatusOr<std::string> outside = resolver.ResolvePath("outside.pt", "model.path");
   ASSERT_FALSE(outside.ok());

@@ -28,7 +28,10 @@ namespace {
 constexpr uint32_t kDefaultPageSize = 50;
 constexpr uint32_t kMaxPageSize = 1000;
 constexpr uint32_t kDefaultChunk = 1 << 20;
-constexpr uint32_t kMaxChunk = 4 << 20;
+// Below gRPC's default 4 MiB receive limit with room for the message's own
+// framing: a chunk of exactly 4 MiB is a 4 MiB + 6 byte message, which
+// default clients refuse.
+constexpr uint32_t kMaxChunk = (4 << 20) - (64 << 10);
 
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                       const absl::Status& status) {

@@ -165,6 +165,16 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     // bytes between storing them and recording the result.
     const std::string sha256 = engine::Sha256Hex(output->artifact);
     absl::Status pinned = store_->PinArtifact(job.id, job.attempt_count, ArtifactIdFor(sha256));
+    // A store busy past its own timeout (another writer on a shared one) is
+    // no reason to throw away a finished job: a few more tries.
+    absl::Duration pin_backoff = finish_retry_backoff_;
+    for (int attempt = 1; attempt <= 4 && pinned.code() == absl::StatusCode::kUnavailable &&
+                          !stop->shutting_down.load();
+         ++attempt) {
+      absl::SleepFor(pin_backoff);
+      pin_backoff *= 2;
+      pinned = store_->PinArtifact(job.id, job.attempt_count, ArtifactIdFor(sha256));
+    }
     absl::StatusOr<StoredArtifact> stored =
         pinned.ok() ? artifacts_->Put(job.id, output->artifact, output->manifest_json)
                     : absl::StatusOr<StoredArtifact>(pinned);

@@ -161,6 +161,8 @@ class FullDiskStore : public JobStore {
   }
   absl::StatusOr<uint64_t> NextGeneration() override { return real_->NextGeneration(); }
   absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) override {
+    pin_calls.fetch_add(1);
+    if (pin_busy.fetch_sub(1) > 0) return absl::UnavailableError("sqlite step: database is locked");
     absl::Status pinned = real_->PinArtifact(id, attempt, artifact_id);
     if (after_pin) after_pin();
     return pinned;
@@ -209,6 +211,8 @@ class FullDiskStore : public JobStore {
   std::atomic<int> claim_failures{0};
   std::atomic<int> finish_failures{0};
   std::atomic<int> finish_calls{0};
+  std::atomic<int> pin_busy{0};  // PinArtifact calls that find the store busy
+  std::atomic<int> pin_calls{0};
 
  private:
   static absl::Status Full() {
@@ -345,6 +349,41 @@ TEST_F(WorkerPoolTest, AJobsOutcomeIsRecordedOnceTheStoreCanWriteAgain) {
   EXPECT_EQ(done.attempt_count, 1u);
   EXPECT_EQ(full.finish_calls.load(), 5);  // four refused, the fifth recorded
   EXPECT_TRUE(artifacts_->Contains(done.result->artifact_sha256));
+}
+
+TEST_F(WorkerPoolTest, AStoreBusyWhileTheArtifactIsPinnedDoesNotFailTheJob) {
+  FullDiskStore busy(store_.get());
+  busy.pin_busy = 2;
+  WorkerPool::Options options;
+  options.idle_poll = absl::Milliseconds(5);
+  options.finish_retry_backoff = absl::Milliseconds(1);
+  auto pool = WorkerPool::Create(options, &busy, artifacts_.get(), &engine_, Clock::Real());
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  (*pool)->Start();
+  absl::StatusOr<Job> job = (*pool)->Submit(NewJob("m1"));
+  ASSERT_TRUE(job.ok()) << job.status();
+  Job done = WaitForState(job->id, JobState::kSucceeded);
+  EXPECT_EQ(busy.pin_calls.load(), 3);  // two busy, the third pinned
+  EXPECT_TRUE(artifacts_->Contains(done.result->artifact_sha256));
+}
+
+TEST_F(WorkerPoolTest, AStoreBusyForLongFailsTheJobWithoutAnArtifact) {
+  FullDiskStore busy(store_.get());
+  busy.pin_busy = 100;
+  WorkerPool::Options options;
+  options.idle_poll = absl::Milliseconds(5);
+  options.finish_retry_backoff = absl::Milliseconds(1);
+  auto pool = WorkerPool::Create(options, &busy, artifacts_.get(), &engine_, Clock::Real());
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  (*pool)->Start();
+  absl::StatusOr<Job> job = (*pool)->Submit(NewJob("m1"));
+  ASSERT_TRUE(job.ok()) << job.status();
+  Job done = WaitForState(job->id, JobState::kFailed);
+  EXPECT_EQ(busy.pin_calls.load(), 5);  // the first and four more
+  ASSERT_TRUE(done.result.has_value());
+  EXPECT_EQ(done.result->error_code, absl::StatusCode::kUnavailable);
+  EXPECT_THAT(done.result->error_message, HasSubstr("storing the artifact failed"));
+  EXPECT_TRUE(done.result->artifact_sha256.empty());
 }
 
 TEST_F(WorkerPoolTest, EngineErrorFailsTheJobWithItsCode) {
