@@ -27,6 +27,8 @@ namespace {
 
 constexpr uint32_t kDefaultPageSize = 50;
 constexpr uint32_t kMaxPageSize = 1000;
+// ListJobs pages end before this many bytes (under gRPC's default 4 MiB).
+constexpr size_t kMaxListBytes = size_t{3} << 20;
 constexpr uint32_t kDefaultChunk = 1 << 20;
 // Below gRPC's default 4 MiB receive limit with room for the message's own
 // framing: a chunk of exactly 4 MiB is a 4 MiB + 6 byte message, which
@@ -660,7 +662,23 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListJobs(
     }
     QUANTD_ASSIGN_OR_RETURN(worker::JobPage page, deps_.pool->store().List(states, PageSize(request->page_size()),
                                                                            request->page_token()));
-    for (const worker::Job& job : page.jobs) ToProto(job, response->add_jobs());
+    // A job echoes its request (up to 64 KiB) and its result (every tuning
+    // trial): a full page could pass gRPC's default 4 MiB receive limit.
+    // Cut it at the last job that fits, asking the store again for a page of
+    // that many so that its token continues from there.
+    size_t bytes = 0;
+    int fit = 0;
+    for (; fit < static_cast<int>(page.jobs.size()); ++fit) {
+      v1::Job* proto = response->add_jobs();
+      ToProto(page.jobs[static_cast<size_t>(fit)], proto);
+      bytes += proto->ByteSizeLong() + 8;  // and its field's tag and length
+      if (fit > 0 && bytes > kMaxListBytes) break;
+    }
+    if (fit < static_cast<int>(page.jobs.size())) {
+      response->clear_jobs();
+      QUANTD_ASSIGN_OR_RETURN(page, deps_.pool->store().List(states, fit, request->page_token()));
+      for (const worker::Job& job : page.jobs) ToProto(job, response->add_jobs());
+    }
     response->set_next_page_token(page.next_page_token);
     return absl::OkStatus();
   });

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -427,6 +428,44 @@ TEST_F(ServerTest, AResumedWatchGetsTheResultOfAJobThatFinishedMeanwhile) {
   EXPECT_EQ(events[0].snapshot().state(), v1::JOB_STATE_CANCELLED);
   ASSERT_TRUE(events[1].has_result());
   EXPECT_THAT(events[1].result().error_message(), HasSubstr("no longer needed"));
+}
+
+TEST_F(ServerTest, ListJobsPagesStayUnderGrpcsDefaultMessageLimit) {
+  // 80 jobs whose requests echo 60 KiB each (labels): 4.8 MB in one page of
+  // 100 would pass the 4 MiB a default client accepts.
+  server_->pool().Stop();
+  for (int i = 0; i < 80; ++i) {
+    v1::QuantizeJobRequest request;
+    request.mutable_model()->set_path("model.pt");
+    (*request.mutable_labels())["note"] = std::string(60 * 1024, static_cast<char>('a' + i % 26));
+    worker::Job job;
+    job.id = absl::StrCat("job-", 100 + i);
+    job.spec.model_path = "model.pt";
+    job.request_fingerprint = job.id;
+    job.request_echo = request.SerializeAsString();
+    ASSERT_TRUE(server_->pool().store().Create(job, 1000).ok());
+  }
+  auto stub = v1::QuantizationService::NewStub(channel_);
+  std::set<std::string> seen;
+  std::string token;
+  int pages = 0;
+  do {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::ListJobsRequest request;
+    request.set_page_size(100);
+    request.set_page_token(token);
+    v1::ListJobsResponse response;
+    const grpc::Status status = stub->ListJobs(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_LT(response.ByteSizeLong(), size_t{4} << 20);
+    EXPECT_GT(response.jobs_size(), 0);
+    for (const v1::Job& job : response.jobs()) EXPECT_TRUE(seen.insert(job.id()).second) << job.id() << " twice";
+    token = response.next_page_token();
+    ++pages;
+  } while (!token.empty() && pages < 10);
+  EXPECT_EQ(seen.size(), 80u);  // every job once, over more than one page
+  EXPECT_GE(pages, 2);
 }
 
 TEST_F(ServerTest, StreamingRpcsOnUnknownIdsAreNotFound) {

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "worker/directory_listing.h"
 #include "worker/engine/base/errno_status.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/local_artifact_store.h"
@@ -74,13 +75,12 @@ absl::StatusOr<std::string> BlobStore::PathOf(const std::string& blob_id,
 
 absl::StatusOr<std::vector<StoredBlob>> BlobStore::List() const {
   std::vector<StoredBlob> blobs;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(dir_, error)) {
+  const std::error_code error = ForEachDirectoryEntry(dir_, [this, &blobs](const fs::directory_entry& entry) {
     const std::string name = entry.path().filename().string();
-    if (!IsSha256Hex(name)) continue;  // temporaries
+    if (!IsSha256Hex(name)) return;  // temporaries
     absl::StatusOr<StoredBlob> blob = Stat(name, "blob_id");
     if (blob.ok()) blobs.push_back(std::move(*blob));
-  }
+  });
   if (error) return absl::InternalError(absl::StrCat("cannot list blobs in ", dir_, ": ", error.message()));
   std::sort(blobs.begin(), blobs.end(), [](const StoredBlob& a, const StoredBlob& b) { return a.id < b.id; });
   return blobs;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "worker/directory_listing.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/serialization/artifact_file.h"
@@ -26,12 +27,10 @@ bool IsSha256Hex(const std::string& s) {
 
 int RemoveTemporaryFiles(const std::string& dir) {
   int removed = 0;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(dir, error)) {
-    if (absl::StartsWith(entry.path().filename().string(), ".tmp.")) {
-      if (fs::remove(entry.path(), error)) ++removed;
-    }
-  }
+  (void)ForEachDirectoryEntry(dir, [&removed](const fs::directory_entry& entry) {
+    std::error_code error;
+    if (absl::StartsWith(entry.path().filename().string(), ".tmp.") && fs::remove(entry.path(), error)) ++removed;
+  });
   return removed;
 }
 
@@ -131,22 +130,21 @@ absl::Status LocalArtifactStore::Remove(const std::string& sha256) {
   if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("bad artifact sha256");
   std::error_code error;
   fs::remove(ArtifactPath(sha256), error);
-  for (const auto& entry : fs::directory_iterator(dir_, error)) {
+  (void)ForEachDirectoryEntry(dir_, [&sha256](const fs::directory_entry& entry) {
     const std::string name = entry.path().filename().string();
     if (absl::StartsWith(name, sha256 + ".") && absl::EndsWith(name, ".manifest.json")) {
       std::error_code ignored;
       fs::remove(entry.path(), ignored);
     }
-  }
+  });
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::map<std::string, std::vector<std::string>>> LocalArtifactStore::List() {
   std::map<std::string, std::vector<std::string>> listed;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(dir_, error)) {
+  const std::error_code error = ForEachDirectoryEntry(dir_, [&listed](const fs::directory_entry& entry) {
     const std::string name = entry.path().filename().string();
-    if (name.size() < 65 || name[64] != '.' || !IsSha256Hex(name.substr(0, 64))) continue;
+    if (name.size() < 65 || name[64] != '.' || !IsSha256Hex(name.substr(0, 64))) return;
     const std::string sha256 = name.substr(0, 64);
     const std::string rest = name.substr(65);
     if (rest == "pt") {
@@ -155,7 +153,7 @@ absl::StatusOr<std::map<std::string, std::vector<std::string>>> LocalArtifactSto
       const std::string job_id = rest.substr(0, rest.size() - std::string(".manifest.json").size());
       if (CheckJobId(job_id).ok()) listed[sha256].push_back(job_id);
     }
-  }
+  });
   if (error) return absl::InternalError(absl::StrCat("listing artifacts in ", dir_, ": ", error.message()));
   for (auto& [sha256, jobs] : listed) std::sort(jobs.begin(), jobs.end());
   return listed;
