@@ -151,6 +151,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   }
   const Key key{base, resolved.version, fp32};
   uint64_t attempt = 0;
+  uint64_t load_generation = 0;
   {
     absl::MutexLock lock(&mu_);
     // One load per version: later callers wait for the first one's, and
@@ -176,6 +177,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     }
     attempt = ++attempts_;
     loading_[key] = attempt;
+    load_generation = resolution_generation_;
   }
   // Whatever LoadUncached throws (std::bad_alloc reading a large artifact)
   // becomes this attempt's failure: the loading mark must be cleared, or every
@@ -194,6 +196,10 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   }
   failed_.erase(key);
   std::shared_ptr<const LoadedModel> model(std::move(*loaded));
+  // Versions changed while it loaded (a delete here, whose DropUnpublished
+  // could not see this load): served to this caller, not cached, so a
+  // deleted version keeps no budget. The next caller resolves again.
+  if (load_generation != resolution_generation_) return model;
   lru_.emplace_front(key, model);
   cached_[key] = lru_.begin();
   cached_bytes_ += model->info().cost_bytes;

@@ -432,6 +432,27 @@ class HeldArtifactStore : public ForwardingArtifactStore {
   absl::Notification reading, release;
 };
 
+// A load under way when its version was deleted put the model in the cache
+// after DropUnpublished had looked, where it kept its budget until evicted.
+TEST_F(ModelRepositoryTest, AVersionDeletedWhileItLoadsIsNotCached) {
+  Publish("a", "resnet8");
+  HeldArtifactStore held(artifacts_.get());
+  auto repository = RepositoryOver(&held);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> loaded;
+  std::thread loading([&] { loaded = repository->Load("resnet8", 1); });
+  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(jobs_->DeleteModelVersion("resnet8", 1).ok());
+  repository->ForgetResolutions();
+  repository->DropUnpublished();
+  held.release.Notify();
+  loading.join();
+  // The request that came before the delete is served; nothing stays.
+  EXPECT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(repository->cached_models(), 0);
+  EXPECT_EQ(repository->cached_bytes(), 0);
+  EXPECT_EQ(repository->Load("resnet8", 1).status().code(), absl::StatusCode::kNotFound);
+}
+
 // The evaluation's record once it is no longer RUNNING (or after a minute).
 absl::StatusOr<Evaluation> WaitUntilFinished(Evaluator& evaluator, const std::string& id) {
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
