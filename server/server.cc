@@ -311,6 +311,9 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
       if (auto published = self->job_store_->ListModelVersions(""); published.ok()) {
         self->inference_stats_->KeepOnly(*published);
       }
+      // Versions another replica deleted leave this one's cache (this
+      // replica's own deletes did at once).
+      self->models_->DropUnpublished();
       // Evaluations load and evict models too, without passing through the
       // inference path that updates these.
       self->inference_stats_->SetCache(self->models_->cached_models(), self->models_->cached_bytes());

@@ -107,7 +107,8 @@ class ModelRepository {
   void ForgetResolutions();
   // Drops loaded models whose version is no longer published (deleted here or
   // by another replica), freeing their share of the byte budget. Reads the
-  // job store; never under a lock a request path holds.
+  // job store; never under a lock a request path holds. The server calls it
+  // after its own deletes and before each /metrics scrape.
   void DropUnpublished();
 
   int64_t cached_bytes() const;
