@@ -138,12 +138,17 @@ class RequestBudget {
   uint32_t tail_ = 0;  // the last four header bytes
 };
 
-std::string NumericHost(const sockaddr_storage& address, socklen_t length, int* port) {
+// The numeric host and port of `fd`'s peer or own end (`get_name`:
+// getpeername or getsockname); "" and 0 if unknown.
+std::string Address(int (*get_name)(int, sockaddr*, socklen_t*), int fd, int* port) {
+  sockaddr_storage address = {};
+  socklen_t length = sizeof(address);
   char host[NI_MAXHOST] = "";
   char service[NI_MAXSERV] = "";
-  if (::getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof(host), service,
+  *port = 0;
+  if (get_name(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 ||
+      ::getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof(host), service,
                     sizeof(service), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-    *port = 0;
     return "";
   }
   *port = std::atoi(service);
@@ -159,20 +164,8 @@ class PacedStream : public httplib::Stream {
   // Bytes of a next request already received (pipelined).
   virtual bool HasPending() const = 0;
 
-  void get_remote_ip_and_port(std::string& ip, int& port) const override {
-    sockaddr_storage address = {};
-    socklen_t length = sizeof(address);
-    port = 0;
-    ip.clear();
-    if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&address), &length) == 0) ip = NumericHost(address, length, &port);
-  }
-  void get_local_ip_and_port(std::string& ip, int& port) const override {
-    sockaddr_storage address = {};
-    socklen_t length = sizeof(address);
-    port = 0;
-    ip.clear();
-    if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length) == 0) ip = NumericHost(address, length, &port);
-  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { ip = Address(::getpeername, fd_, &port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { ip = Address(::getsockname, fd_, &port); }
   socket_t socket() const override { return fd_; }
 
  protected:

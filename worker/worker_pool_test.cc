@@ -351,16 +351,19 @@ TEST_F(WorkerPoolTest, AJobsOutcomeIsRecordedOnceTheStoreCanWriteAgain) {
   EXPECT_TRUE(artifacts_->Contains(done.result->artifact_sha256));
 }
 
+WorkerPool::Options FastRetries() {
+  WorkerPool::Options options;
+  options.finish_retry_backoff = absl::Milliseconds(1);
+  return options;
+}
+
 TEST_F(WorkerPoolTest, AStoreBusyWhileTheArtifactIsPinnedDoesNotFailTheJob) {
   FullDiskStore busy(store_.get());
   busy.pin_busy = 2;
-  WorkerPool::Options options;
-  options.idle_poll = absl::Milliseconds(5);
-  options.finish_retry_backoff = absl::Milliseconds(1);
-  auto pool = WorkerPool::Create(options, &busy, artifacts_.get(), &engine_, Clock::Real());
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  (*pool)->Start();
-  absl::StatusOr<Job> job = (*pool)->Submit(NewJob("m1"));
+  auto pool = NewPool(FastRetries(), Clock::Real(), &busy);
+  ASSERT_NE(pool, nullptr);
+  pool->Start();
+  absl::StatusOr<Job> job = pool->Submit(NewJob("m1"));
   ASSERT_TRUE(job.ok()) << job.status();
   Job done = WaitForState(job->id, JobState::kSucceeded);
   EXPECT_EQ(busy.pin_calls.load(), 3);  // two busy, the third pinned
@@ -370,13 +373,10 @@ TEST_F(WorkerPoolTest, AStoreBusyWhileTheArtifactIsPinnedDoesNotFailTheJob) {
 TEST_F(WorkerPoolTest, AStoreBusyForLongFailsTheJobWithoutAnArtifact) {
   FullDiskStore busy(store_.get());
   busy.pin_busy = 100;
-  WorkerPool::Options options;
-  options.idle_poll = absl::Milliseconds(5);
-  options.finish_retry_backoff = absl::Milliseconds(1);
-  auto pool = WorkerPool::Create(options, &busy, artifacts_.get(), &engine_, Clock::Real());
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  (*pool)->Start();
-  absl::StatusOr<Job> job = (*pool)->Submit(NewJob("m1"));
+  auto pool = NewPool(FastRetries(), Clock::Real(), &busy);
+  ASSERT_NE(pool, nullptr);
+  pool->Start();
+  absl::StatusOr<Job> job = pool->Submit(NewJob("m1"));
   ASSERT_TRUE(job.ok()) << job.status();
   Job done = WaitForState(job->id, JobState::kFailed);
   EXPECT_EQ(busy.pin_calls.load(), 5);  // the first and four more
