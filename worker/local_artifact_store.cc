@@ -70,10 +70,14 @@ absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& job_id
                                                        const std::string& manifest_json) {
   QUANTD_RETURN_IF_ERROR(CheckJobId(job_id));
   StoredArtifact stored{engine::Sha256Hex(bytes), static_cast<int64_t>(bytes.size())};
+  // Held while the files are written (then counted as files): two workers
+  // storing at once, or a job beside an upload, cannot both take the room
+  // that is left.
+  DataQuota::Reservation room;
   if (quota_ != nullptr) {
     // Bytes already stored (an identical job's) cost only the manifest.
     const int64_t new_bytes = Contains(stored.sha256) ? 0 : static_cast<int64_t>(bytes.size());
-    QUANTD_RETURN_IF_ERROR(quota_->Check(new_bytes + static_cast<int64_t>(manifest_json.size()), "artifact"));
+    QUANTD_ASSIGN_OR_RETURN(room, quota_->Reserve(new_bytes + static_cast<int64_t>(manifest_json.size()), "artifact"));
   }
   // Manifest first: an artifact file that is visible always has a manifest.
   const std::string manifest = ManifestPath(stored.sha256, job_id);

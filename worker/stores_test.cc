@@ -949,6 +949,26 @@ TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) 
   EXPECT_TRUE(DataQuota(dir, 0).Check(int64_t{1} << 40, "anything").ok());  // 0 = no limit
 }
 
+TEST(DataQuotaTest, TwoArtifactsStoredAtOnceCannotBothTakeTheRoomLeft) {
+  // Room for one 60-byte artifact and its manifest, not two: whichever
+  // thread checks second sees the first one's reservation (a check alone
+  // let both through when they overlapped).
+  for (int round = 0; round < 20; ++round) {
+    const std::string dir = TempDir(absl::StrCat("quota_race_", round));
+    DataQuota quota(dir, 100);
+    auto artifacts = LocalArtifactStore::Open(dir + "/artifacts", &quota);
+    ASSERT_TRUE(artifacts.ok());
+    absl::Status first, second;
+    std::thread a([&] { first = (*artifacts)->Put("job-a", std::string(60, 'a'), "{}").status(); });
+    std::thread b([&] { second = (*artifacts)->Put("job-b", std::string(60, 'b'), "{}").status(); });
+    a.join();
+    b.join();
+    EXPECT_NE(first.ok(), second.ok()) << "round " << round << ": " << first << " / " << second;
+    EXPECT_EQ(quota.ReservedBytes(), 0);
+    EXPECT_LE(*quota.UsedBytes(), 100);
+  }
+}
+
 TEST(DataQuotaTest, UploadsInProgressReserveTheirDeclaredSize) {
   const std::string dir = TempDir("quota_reserve");
   DataQuota quota(dir, 100);
