@@ -12,6 +12,10 @@
 namespace quantd::worker {
 namespace {
 
+// Tries at recording a job's outcome when the store fails otherwise than
+// "full" or "busy": about 26 s of backoff at the default 100 ms.
+constexpr int kFinishRetriesOnOtherErrors = 10;
+
 class RealEngine final : public QuantizationEngine {
  public:
   explicit RealEngine(ModelVetter vet_model) : vet_model_(std::move(vet_model)) {}
@@ -223,16 +227,30 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   // A store that cannot write (a full disk) would leave the job RUNNING with
   // nobody running it: retry until the outcome is recorded. On shutdown the
   // next start re-queues it. Real time: this waits for space, not for a test.
+  // Other errors (a corrupt or read-only store) may never pass: after a few
+  // tries the runner lets go, and its lease, no longer renewed, runs out and
+  // the job is recovered like a crashed one, instead of this worker waiting
+  // forever with the job RUNNING.
   absl::Duration backoff = finish_retry_backoff_;
-  for (int attempt = 1; !finished.ok() && finished.code() != absl::StatusCode::kFailedPrecondition &&
-                        !stop->shutting_down.load();
-       ++attempt) {
+  auto worth_retrying = [&](int attempt) {
+    if (finished.ok() || finished.code() == absl::StatusCode::kFailedPrecondition || stop->shutting_down.load()) {
+      return false;
+    }
+    const bool transient = finished.code() == absl::StatusCode::kResourceExhausted ||
+                           finished.code() == absl::StatusCode::kUnavailable;
+    return transient || attempt <= kFinishRetriesOnOtherErrors;
+  };
+  for (int attempt = 1; worth_retrying(attempt); ++attempt) {
     if (attempt == 1 || attempt % 20 == 0) {
       std::cerr << "quantd: cannot record the outcome of job " << job.id << " (retrying): " << finished << "\n";
     }
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(5));
     finished = store_->Finish(job.id, job.attempt_count, final_state, result, now);
+  }
+  if (!finished.ok() && finished.code() != absl::StatusCode::kFailedPrecondition && !stop->shutting_down.load()) {
+    std::cerr << "quantd: giving up recording the outcome of job " << job.id << " (recovered when its lease runs out): "
+              << finished << "\n";
   }
   if (!finished.ok()) {
     // Someone else owns the job now (recovered after the lease ran out). The

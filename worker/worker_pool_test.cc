@@ -146,7 +146,9 @@ class FullDiskStore : public JobStore {
   absl::Status Finish(const std::string& id, uint32_t attempt, JobState state, const JobResult& result,
                       absl::Time now) override {
     finish_calls.fetch_add(1);
-    if (finish_failures.fetch_sub(1) > 0) return Full();
+    if (finish_failures.fetch_sub(1) > 0) {
+      return finish_corrupt ? absl::InternalError("sqlite step: database disk image is malformed") : Full();
+    }
     return real_->Finish(id, attempt, state, result, now);
   }
   absl::Status Release(const std::string& id, uint32_t attempt) override { return real_->Release(id, attempt); }
@@ -211,6 +213,7 @@ class FullDiskStore : public JobStore {
   std::atomic<int> claim_failures{0};
   std::atomic<int> finish_failures{0};
   std::atomic<int> finish_calls{0};
+  std::atomic<bool> finish_corrupt{false};  // Finish's failures are not "full" but INTERNAL
   std::atomic<int> pin_busy{0};  // PinArtifact calls that find the store busy
   std::atomic<int> pin_calls{0};
 
@@ -384,6 +387,25 @@ TEST_F(WorkerPoolTest, AStoreBusyForLongFailsTheJobWithoutAnArtifact) {
   EXPECT_EQ(done.result->error_code, absl::StatusCode::kUnavailable);
   EXPECT_THAT(done.result->error_message, HasSubstr("storing the artifact failed"));
   EXPECT_TRUE(done.result->artifact_sha256.empty());
+}
+
+// A store that fails for good (corrupt, read-only) held the worker forever,
+// renewing the job's lease: the job stayed RUNNING and the queue stalled.
+TEST_F(WorkerPoolTest, AStoreThatCannotRecordAnOutcomeForGoodLetsTheWorkerGoOn) {
+  FullDiskStore corrupt(store_.get());
+  corrupt.finish_corrupt = true;
+  corrupt.finish_failures = 11;  // the first try and ten more
+  auto pool = NewPool(FastRetries(), Clock::Real(), &corrupt);
+  ASSERT_NE(pool, nullptr);
+  pool->Start();
+  absl::StatusOr<Job> stuck = pool->Submit(NewJob("m1"));
+  ASSERT_TRUE(stuck.ok()) << stuck.status();
+  absl::StatusOr<Job> next = pool->Submit(NewJob("m2"));
+  ASSERT_TRUE(next.ok()) << next.status();
+  WaitForState(next->id, JobState::kSucceeded);
+  EXPECT_EQ(corrupt.finish_calls.load(), 12);
+  // Not recorded: RUNNING until its lease, no longer renewed, runs out.
+  EXPECT_EQ(store_->Get(stuck->id)->state, JobState::kRunning);
 }
 
 TEST_F(WorkerPoolTest, EngineErrorFailsTheJobWithItsCode) {
