@@ -147,8 +147,10 @@ absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadFo
   return failed;
 }
 
-void InferenceCore::CountRefused(absl::StatusCode code) {
-  if (deps_.stats != nullptr) deps_.stats->RecordRequest("", 0, code, 0, nullptr);
+void InferenceCore::CountRefused(absl::StatusCode code, const worker::ServedModelInfo* model) {
+  if (deps_.stats == nullptr) return;
+  deps_.stats->RecordRequest(model != nullptr ? model->name : "", model != nullptr ? model->version : 0, code, 0,
+                             nullptr);
 }
 
 void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,

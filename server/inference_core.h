@@ -60,8 +60,10 @@ class InferenceCore {
   std::shared_ptr<const worker::LoadedModel> FindLoaded(const inference::ModelInferRequest& request);
 
   // Counts a ModelInfer refused before it reached a model (the inference
-  // threads' queue full, the caller not admitted), under model="".
-  void CountRefused(absl::StatusCode code);
+  // threads' queue full, the caller not admitted), under model="", or under
+  // `model`'s labels when it was refused after the model was known (a REST
+  // body that does not parse).
+  void CountRefused(absl::StatusCode code, const worker::ServedModelInfo* model = nullptr);
 
   // The request's model (model_name, model_version), loaded if need be on
   // the caller's thread; a failure is counted in the request metrics.

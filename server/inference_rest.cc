@@ -594,7 +594,10 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   bool binary_outputs = false;
   absl::Status parsed =
       ToInferRequest(call, *path, 2 * batch_values + kJsonElementsBesideData, &request, &binary_outputs);
-  if (!parsed.ok()) return ErrorReply(parsed);
+  if (!parsed.ok()) {
+    core_->CountRefused(parsed.code(), &(*model)->info());  // as gRPC's decode errors are
+    return ErrorReply(parsed);
+  }
   inference::ModelInferResponse response;
   absl::Notification done;
   absl::Status outcome;

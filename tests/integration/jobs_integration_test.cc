@@ -750,7 +750,16 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
                       "inputs[0].data: 3 values, but [2, 3, 32, 32] holds 6144");
     expect_rest_error(v2 + "/models/nope/infer", body.dump(), 404, "nope");
     expect_rest_error(v2 + "/models/resnet8/versions/9/infer", body.dump(), 404, "no version 9");
+    // Counted with the model's other requests, as gRPC's decode errors are.
+    auto invalid_requests = [&]() -> int64_t {
+      const std::string series = R"(quantd_inference_requests_total{code="INVALID_ARGUMENT",model="resnet8",version="1"} )";
+      const std::string text = Curl(quantd.http_url() + "/metrics").body;
+      const size_t at = text.find(series);
+      return at == std::string::npos ? 0 : std::stoll(text.substr(at + series.size()));
+    };
+    const int64_t invalid_before = invalid_requests();
     expect_rest_error(v2 + "/models/resnet8/infer", "{not json", 400, "body: not valid JSON");
+    EXPECT_EQ(invalid_requests(), invalid_before + 1);
     expect_rest_error(v2 + "/models/resnet8/infer", "[1, 2]", 400, "body: not a JSON object");
     nlohmann::json no_timeout = body;
     no_timeout["parameters"] = {{"timeout", -1}};
