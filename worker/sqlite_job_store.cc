@@ -539,6 +539,9 @@ absl::StatusOr<Job> SqliteJobStore::CancelQueued(const std::string& id, const st
   if (!changed) {
     return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", JobStateName(job.state), ", not QUEUED"));
   }
+  // A cancel asked of an earlier attempt (released to the queue at a
+  // shutdown before it saw it) is answered now.
+  QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));
   return job;
 }
 

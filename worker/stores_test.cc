@@ -371,6 +371,22 @@ TEST(SqliteJobStoreTest, CountsJobsByState) {
                          {JobState::kQueued, 2}, {JobState::kRunning, 1}, {JobState::kFailed, 1}}));
 }
 
+// A cancel asked of a running attempt that a shutdown then released to the
+// queue: cancelling the queued job answers it, and nothing is left behind.
+TEST(SqliteJobStoreTest, CancellingAReleasedJobClearsTheCancelItsAttemptDidNotSee) {
+  auto store = SqliteJobStore::Open(TempDir("jobs_cancel_rows") + "/jobs.db");
+  ASSERT_TRUE(store.ok());
+  ASSERT_TRUE((*store)->Create(NewJob("a", 1), 10).ok());
+  auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(2), "host-1", absl::Seconds(30));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  ASSERT_TRUE((*store)->RequestCancel("a", "stop it").ok());
+  ASSERT_TRUE((*store)->Release("a", (*claimed)->attempt_count).ok());
+  ASSERT_EQ((*store)->Get("a")->state, JobState::kQueued);
+  ASSERT_EQ(*(*store)->CancelRequest("a"), std::optional<std::string>("stop it"));
+  ASSERT_TRUE((*store)->CancelQueued("a", "stop it", absl::FromUnixSeconds(3)).ok());
+  EXPECT_EQ(*(*store)->CancelRequest("a"), std::nullopt);
+}
+
 TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {
   auto store = SqliteJobStore::Open(TempDir("jobs") + "/jobs.db");
   ASSERT_TRUE(store.ok());
