@@ -67,6 +67,18 @@ constexpr int64_t kMaxHeaderBytes = 64 * 1024;
 
 absl::Duration TimeoutOf(time_t sec, time_t usec) { return absl::Seconds(sec) + absl::Microseconds(usec); }
 
+// poll(2) on one descriptor for at most `timeout` (at least 1 ms), through
+// signals: > 0 ready, 0 timed out, < 0 failed.
+int PollFor(int fd, short events, absl::Duration timeout) {
+  pollfd p = {fd, events, 0};
+  const int ms = static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(timeout)));
+  int ready;
+  do {
+    ready = ::poll(&p, 1, ms);
+  } while (ready < 0 && errno == EINTR);
+  return ready;
+}
+
 // The time one request may still spend waiting on its socket.
 class RequestBudget {
  public:
@@ -114,13 +126,8 @@ class RequestBudget {
       spent_ = true;
       return false;
     }
-    const absl::Duration wait = std::min(left, timeout);
-    pollfd p = {fd, events, 0};
     const Clock::time_point start = Clock::now();
-    int ready;
-    do {
-      ready = ::poll(&p, 1, static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(wait))));
-    } while (ready < 0 && errno == EINTR);
+    const int ready = PollFor(fd, events, std::min(left, timeout));
     waited_ += absl::FromChrono(Clock::now() - start);
     // A wait the budget cut short spends it, whatever is left by the clock.
     if (ready == 0 && left <= timeout) spent_ = true;
@@ -284,14 +291,7 @@ bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t ma
                    absl::Duration keep_alive_timeout, const httplib::Server& server, const ServeOne& serve_one) {
   bool ok = false;
   for (size_t left = std::max<size_t>(1, max_requests); left > 0; --left) {
-    if (!stream.HasPending()) {
-      pollfd p = {fd, POLLIN, 0};
-      int ready;
-      do {
-        ready = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(keep_alive_timeout)));
-      } while (ready < 0 && errno == EINTR);
-      if (ready <= 0) break;
-    }
+    if (!stream.HasPending() && PollFor(fd, POLLIN, keep_alive_timeout) <= 0) break;
     budget.Reset();
     bool closed = false;
     ok = serve_one(stream, left == 1 || !server.is_running(), closed);
