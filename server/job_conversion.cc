@@ -18,6 +18,7 @@
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
+#include "worker/input_locator.h"
 
 namespace quantd {
 namespace {
@@ -49,9 +50,16 @@ std::string DeterministicBytes(const google::protobuf::Message& message) {
   return bytes;
 }
 
-absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref,
-                                                   const std::string& field,
-                                                   const ReferenceResolver& resolver) {
+// What a resolved dataset names its files by: a job is stored and may run on
+// another replica; an evaluation opens its file here and now.
+enum class Naming { kReference, kLocalPath };
+
+absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref, const std::string& field,
+                                                   const ReferenceResolver& resolver, Naming naming) {
+  auto name = [naming](const ResolvedInput& input) {
+    return naming == Naming::kReference ? input.reference : input.local_path;
+  };
+  std::string local_path;  // checked below whatever the naming
   engine::DatasetSpec spec;
   switch (ref.format()) {
     case v1::DATASET_FORMAT_CIFAR10_BINARY:
@@ -69,24 +77,31 @@ absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref,
   }
   switch (ref.source_case()) {
     case v1::DatasetRef::kBlobId: {
-      QUANTD_ASSIGN_OR_RETURN(spec.path, resolver.ResolveBlob(ref.blob_id(), field + ".blob_id"));
+      QUANTD_ASSIGN_OR_RETURN(ResolvedInput input, resolver.ResolveBlob(ref.blob_id(), field + ".blob_id"));
+      local_path = input.local_path;
+      spec.path = name(input);
       break;
     }
     case v1::DatasetRef::kPath: {
-      QUANTD_ASSIGN_OR_RETURN(spec.path, resolver.ResolvePath(ref.path(), field + ".path"));
+      QUANTD_ASSIGN_OR_RETURN(ResolvedInput input, resolver.ResolvePath(ref.path(), field + ".path"));
+      local_path = input.local_path;
+      spec.path = name(input);
       break;
     }
     default:
       return absl::InvalidArgumentError(absl::StrCat(field, ": required (blob_id or path)"));
   }
   if (ref.labels_case() == v1::DatasetRef::kLabelsBlobId) {
-    QUANTD_ASSIGN_OR_RETURN(spec.labels_path, resolver.ResolveBlob(ref.labels_blob_id(), field + ".labels_blob_id"));
+    QUANTD_ASSIGN_OR_RETURN(ResolvedInput labels,
+                            resolver.ResolveBlob(ref.labels_blob_id(), field + ".labels_blob_id"));
+    spec.labels_path = name(labels);
   } else if (ref.labels_case() == v1::DatasetRef::kLabelsPath) {
-    QUANTD_ASSIGN_OR_RETURN(spec.labels_path, resolver.ResolvePath(ref.labels_path(), field + ".labels_path"));
+    QUANTD_ASSIGN_OR_RETURN(ResolvedInput labels, resolver.ResolvePath(ref.labels_path(), field + ".labels_path"));
+    spec.labels_path = name(labels);
   }
   if (spec.format == engine::DatasetFormat::kCifar10Binary) {
     std::error_code error;
-    const auto size = static_cast<int64_t>(fs::file_size(spec.path, error));
+    const auto size = static_cast<int64_t>(fs::file_size(local_path, error));
     if (error || size == 0 || size % kCifarRecordBytes != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           field, ": the file is ", error ? 0 : size, " bytes, not a whole number of ",
@@ -275,8 +290,8 @@ ReferenceResolver::ReferenceResolver(std::string data_dir, const worker::BlobSto
   }
 }
 
-absl::StatusOr<std::string> ReferenceResolver::ResolvePath(const std::string& path,
-                                                           const std::string& field) const {
+absl::StatusOr<ResolvedInput> ReferenceResolver::ResolvePath(const std::string& path,
+                                                             const std::string& field) const {
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty path"));
   fs::path relative(path);
   bool escapes = relative.is_absolute();
@@ -310,22 +325,25 @@ absl::StatusOr<std::string> ReferenceResolver::ResolvePath(const std::string& pa
         " in the data dir (the job store, artifacts, uploads and lock are not inputs; refer to an upload by "
         "its blob_id)"));
   }
+  if (data_root_end == data_root.end()) {
+    return ResolvedInput{resolved.string(), worker::DataDirReference(resolved.lexically_relative(data_root).string())};
+  }
   for (const fs::path& root : roots_) {
     auto [root_end, unused] = std::mismatch(root.begin(), root.end(), resolved.begin(), resolved.end());
-    if (root_end == root.end()) return resolved.string();
+    if (root_end == root.end()) return ResolvedInput{resolved.string(), resolved.string()};
   }
   return absl::InvalidArgumentError(absl::StrCat(
       field, ": \"", path, "\" is a link to ", resolved.string(),
       ", outside the data root; add its folder to quantd --read_roots to allow it"));
 }
 
-absl::StatusOr<std::string> ReferenceResolver::ResolveBlob(const std::string& blob_id,
-                                                           const std::string& field) const {
+absl::StatusOr<ResolvedInput> ReferenceResolver::ResolveBlob(const std::string& blob_id,
+                                                             const std::string& field) const {
   QUANTD_ASSIGN_OR_RETURN(std::string path, blobs_->PathOf(blob_id, field));
   // A blob a job was just submitted with is in use: garbage collection
   // counts its idle time from now.
   (void)blobs_->Touch(blob_id, clock_->Now());
-  return path;
+  return ResolvedInput{std::move(path), worker::BlobReference(blob_id)};
 }
 
 void ToProto(const worker::StoredBlob& blob, const std::vector<std::string>& active_job_ids, v1::BlobInfo* out) {
@@ -336,7 +354,7 @@ void ToProto(const worker::StoredBlob& blob, const std::vector<std::string>& act
   for (const std::string& id : active_job_ids) out->add_active_job_ids(id);
 }
 
-absl::StatusOr<std::string> ReferenceResolver::ResolveModel(const v1::ModelRef& model,
+absl::StatusOr<ResolvedInput> ReferenceResolver::ResolveModel(const v1::ModelRef& model,
                                                             const std::string& field) const {
   switch (model.source_case()) {
     case v1::ModelRef::kBlobId: return ResolveBlob(model.blob_id(), field + ".blob_id");
@@ -357,7 +375,8 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
                                                    " (labels, fusion groups, ...)"));
   }
   if (!request.has_model()) return absl::InvalidArgumentError("model: required (blob_id or path)");
-  QUANTD_ASSIGN_OR_RETURN(spec.model_path, resolver.ResolveModel(request.model(), "model"));
+  QUANTD_ASSIGN_OR_RETURN(ResolvedInput model, resolver.ResolveModel(request.model(), "model"));
+  spec.model_path = model.reference;
   QUANTD_RETURN_IF_ERROR(ApplyQConfig(request.qconfig(), &spec));
   QUANTD_RETURN_IF_ERROR(ApplyFusion(request, &spec));
 
@@ -369,7 +388,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     return absl::InvalidArgumentError("calibration.dataset: required");
   }
   const v1::CalibrationSpec& calibration = request.calibration();
-  QUANTD_ASSIGN_OR_RETURN(spec.calibration, ResolveDataset(calibration.dataset(), "calibration.dataset", resolver));
+  QUANTD_ASSIGN_OR_RETURN(spec.calibration, ResolveDataset(calibration.dataset(), "calibration.dataset", resolver, Naming::kReference));
   if (calibration.batch_size() > kMaxBatchSize) {
     return absl::InvalidArgumentError(absl::StrCat("calibration.batch_size: at most ", kMaxBatchSize));
   }
@@ -382,7 +401,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   if (request.has_evaluation()) {
     const v1::EvaluationSpec& evaluation = request.evaluation();
     if (!evaluation.has_dataset()) return absl::InvalidArgumentError("evaluation.dataset: required");
-    QUANTD_ASSIGN_OR_RETURN(engine::DatasetSpec eval, ResolveDataset(evaluation.dataset(), "evaluation.dataset", resolver));
+    QUANTD_ASSIGN_OR_RETURN(engine::DatasetSpec eval, ResolveDataset(evaluation.dataset(), "evaluation.dataset", resolver, Naming::kReference));
     if (evaluation.batch_size() > kMaxBatchSize) {
       return absl::InvalidArgumentError(absl::StrCat("evaluation.batch_size: at most ", kMaxBatchSize));
     }
@@ -416,7 +435,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     const v1::AccuracyGoal& g = request.accuracy_goal();
     if (!g.has_tuning()) return absl::InvalidArgumentError("accuracy_goal.tuning: required (a labelled dataset)");
     engine::AccuracyGoal goal;
-    QUANTD_ASSIGN_OR_RETURN(goal.tuning, ResolveDataset(g.tuning(), "accuracy_goal.tuning", resolver));
+    QUANTD_ASSIGN_OR_RETURN(goal.tuning, ResolveDataset(g.tuning(), "accuracy_goal.tuning", resolver, Naming::kReference));
     goal.tuning.preprocessing = preprocessing;
     goal.tuning.layout = layout;
     const double tolerance = g.has_tolerance() ? g.tolerance() : 0.1;
@@ -717,7 +736,7 @@ absl::StatusOr<worker::EvaluationSpec> EvaluationSpecFromRequest(const v1::Evalu
   spec.model_name = request.model_name();
   QUANTD_ASSIGN_OR_RETURN(spec.model_version, ParseModelVersion(request.model_version(), "model_version"));
   if (!request.has_dataset()) return absl::InvalidArgumentError("dataset: required");
-  QUANTD_ASSIGN_OR_RETURN(spec.dataset, ResolveDataset(request.dataset(), "dataset", resolver));
+  QUANTD_ASSIGN_OR_RETURN(spec.dataset, ResolveDataset(request.dataset(), "dataset", resolver, Naming::kLocalPath));
   spec.max_samples = request.max_samples();
   spec.batch_size = request.batch_size() == 0 ? 256 : request.batch_size();
   if (spec.batch_size > 4096) {

@@ -21,6 +21,12 @@
 
 namespace quantd {
 
+// A request's model or dataset reference, checked on this server.
+struct ResolvedInput {
+  std::string local_path;  // this server's file, to check or open now
+  std::string reference;   // what a stored job keeps (worker/input_locator.h)
+};
+
 // Resolves model and dataset references to local files.
 class ReferenceResolver {
  public:
@@ -33,11 +39,12 @@ class ReferenceResolver {
   // INVALID_ARGUMENT for an absolute path, one with "..", one that links out
   // of the allowed roots, or one that is (or links to) quantd's own state in
   // the data dir (worker/data_dir_layout.h); NOT_FOUND for a missing file or
-  // blob. Returns the resolved path.
-  absl::StatusOr<std::string> ResolvePath(const std::string& path, const std::string& field) const;
+  // blob. The local path is the file after symlinks; the reference is
+  // relative to the data dir, or that path when it lies under a read root.
+  absl::StatusOr<ResolvedInput> ResolvePath(const std::string& path, const std::string& field) const;
   // A blob's path; marks the blob used now (see BlobStore::Touch).
-  absl::StatusOr<std::string> ResolveBlob(const std::string& blob_id, const std::string& field) const;
-  absl::StatusOr<std::string> ResolveModel(const v1::ModelRef& model, const std::string& field) const;
+  absl::StatusOr<ResolvedInput> ResolveBlob(const std::string& blob_id, const std::string& field) const;
+  absl::StatusOr<ResolvedInput> ResolveModel(const v1::ModelRef& model, const std::string& field) const;
 
  private:
   std::string data_dir_;

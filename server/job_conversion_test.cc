@@ -9,6 +9,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "worker/input_locator.h"
+#include "worker/job_codec.h"
+
 namespace quantd {
 namespace {
 
@@ -47,17 +50,60 @@ class ResolvePathTest : public ::testing::Test {
 
 TEST_F(ResolvePathTest, InputsUnderTheDataDirAndReadRootsResolve) {
   const ReferenceResolver resolver = Resolver();
-  EXPECT_EQ(*resolver.ResolvePath("model.pt", "model.path"), fs::canonical(data_ / "model.pt").string());
+  absl::StatusOr<ResolvedInput> model = resolver.ResolvePath("model.pt", "model.path");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->local_path, fs::canonical(data_ / "model.pt").string());
+  EXPECT_EQ(model->reference, "data:model.pt");
   // Only the top of the data dir is quantd's: a dataset folder may hold a "blobs".
   EXPECT_TRUE(resolver.ResolvePath("datasets/blobs/calib.bin", "calibration.path").ok());
+  // A link under the data dir is followed once, here: the reference names
+  // the file it led to, under its root.
   fs::create_symlink(root_ / "shared", data_ / "shared");
-  EXPECT_TRUE(resolver.ResolvePath("shared/calib.bin", "calibration.path").ok());
+  absl::StatusOr<ResolvedInput> shared = resolver.ResolvePath("shared/calib.bin", "calibration.path");
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  EXPECT_EQ(shared->reference, fs::canonical(root_ / "shared/calib.bin").string());
+  fs::create_symlink(data_ / "datasets/blobs/calib.bin", data_ / "calib-link.bin");
+  EXPECT_EQ(resolver.ResolvePath("calib-link.bin", "calibration.path")->reference, "data:datasets/blobs/calib.bin");
+}
+
+// A stored job names its inputs so that any replica on a shared job store
+// finds them: no path of the server that accepted it (worker/input_locator.h).
+TEST_F(ResolvePathTest, AStoredJobKeepsReferencesNotThisServersPaths) {
+  v1::QuantizeJobRequest request = OneRecordRequest();
+  request.mutable_evaluation()->mutable_dataset()->set_path("datasets/blobs/calib.bin");
+  request.mutable_evaluation()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  absl::StatusOr<worker::Job> job = JobFromRequest(request, Resolver());
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->spec.model_path, "data:model.pt");
+  EXPECT_EQ(job->spec.calibration.path, "data:datasets/blobs/calib.bin");
+  ASSERT_TRUE(job->spec.evaluation.has_value());
+  EXPECT_EQ(job->spec.evaluation->path, "data:datasets/blobs/calib.bin");
+  EXPECT_THAT(worker::EncodeJobSpec(job->spec), ::testing::Not(HasSubstr(root_.string())));
+
+  // Another replica, with its own data dir holding the same relative files,
+  // runs the job on them.
+  const fs::path other = root_ / "replica-b";
+  fs::create_directories(other / "datasets/blobs");
+  std::ofstream(other / "model.pt") << "x";
+  std::ofstream(other / "datasets/blobs/calib.bin") << std::string(3073, '\0');
+  const worker::InputLocator locator(other.string(), nullptr);
+  absl::StatusOr<worker::JobSpec> local = worker::LocalizeJobSpec(job->spec, &locator);
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_EQ(local->model_path, fs::canonical(other / "model.pt").string());
+  EXPECT_EQ(local->calibration.path, fs::canonical(other / "datasets/blobs/calib.bin").string());
+  EXPECT_EQ(local->evaluation->path, local->calibration.path);
+
+  // One that lacks a file fails naming the field.
+  fs::remove(other / "model.pt");
+  absl::Status missing = worker::LocalizeJobSpec(job->spec, &locator).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.message(), HasSubstr("model: \"model.pt\""));
 }
 
 TEST_F(ResolvePathTest, QuantdsOwnStateIsNotAnInput) {
   const ReferenceResolver resolver = Resolver();
   for (const char* path : {"jobs.db", "jobs.db-wal", "LOCK", "artifacts/a.pt", "blobs/b", "./blobs/b"}) {
-    absl::StatusOr<std::string> resolved = resolver.ResolvePath(path, "model.path");
+    absl::StatusOr<ResolvedInput> resolved = resolver.ResolvePath(path, "model.path");
     ASSERT_FALSE(resolved.ok()) << path;
     EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument) << path;
     EXPECT_THAT(resolved.status().message(), HasSubstr("model.path")) << path;
@@ -65,7 +111,7 @@ TEST_F(ResolvePathTest, QuantdsOwnStateIsNotAnInput) {
   }
   // Nor through a link whose own name looks harmless.
   fs::create_symlink(data_ / "jobs.db", data_ / "calib.bin");
-  absl::StatusOr<std::string> linked = resolver.ResolvePath("calib.bin", "calibration.path");
+  absl::StatusOr<ResolvedInput> linked = resolver.ResolvePath("calib.bin", "calibration.path");
   ASSERT_FALSE(linked.ok());
   EXPECT_THAT(linked.status().message(), HasSubstr("quantd's own jobs.db"));
 }
@@ -77,12 +123,12 @@ TEST_F(ResolvePathTest, EscapesAndMissingFilesAreRefused) {
   EXPECT_EQ(resolver.ResolvePath("/etc/hostname", "model.path").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(resolver.ResolvePath("missing.pt", "model.path").status().code(), absl::StatusCode::kNotFound);
   // There, but not a file: the request is wrong, nothing is missing.
-  absl::StatusOr<std::string> folder = resolver.ResolvePath("datasets", "calibration.path");
+  absl::StatusOr<ResolvedInput> folder = resolver.ResolvePath("datasets", "calibration.path");
   ASSERT_FALSE(folder.ok());
   EXPECT_EQ(folder.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(folder.status().message(), HasSubstr("calibration.path: \"datasets\" is not a regular file"));
   fs::create_symlink("/etc/hostname", data_ / "outside.pt");
-  absl::StatusOr<std::string> outside = resolver.ResolvePath("outside.pt", "model.path");
+  absl::StatusOr<ResolvedInput> outside = resolver.ResolvePath("outside.pt", "model.path");
   ASSERT_FALSE(outside.ok());
   EXPECT_THAT(outside.status().message(), HasSubstr("outside the data root"));
 }

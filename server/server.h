@@ -28,6 +28,7 @@
 #include "worker/artifact_store.h"
 #include "worker/blob_collector.h"
 #include "worker/blob_store.h"
+#include "worker/input_locator.h"
 #include "worker/clock.h"
 #include "worker/data_quota.h"
 #include "worker/data_dir_lock.h"
@@ -176,6 +177,8 @@ class QuantdServer {
   std::unique_ptr<worker::JobStore> job_store_;
   std::unique_ptr<worker::ArtifactStore> artifact_store_;
   std::unique_ptr<worker::BlobStore> blob_store_;
+  // Jobs' input references -> this server's files (for the pool and models).
+  std::unique_ptr<worker::InputLocator> input_locator_;
   std::unique_ptr<worker::ModelRepository> models_;  // before the pool: its events reach it
   std::unique_ptr<worker::QuantizationEngine> engine_;
   std::unique_ptr<worker::WorkerPool> pool_;

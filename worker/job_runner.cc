@@ -116,7 +116,10 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     events_->Publish(job, event);
   };
 
-  engine::QuantizeOptions options = ToQuantizeOptions(job.spec);
+  // The store keeps references (input_locator.h); the engine reads this
+  // process's files. One that is not here fails the job naming its field.
+  const absl::StatusOr<JobSpec> local_spec = LocalizeJobSpec(job.spec, inputs_);
+  engine::QuantizeOptions options = ToQuantizeOptions(local_spec.ok() ? *local_spec : job.spec);
   options.max_batch_bytes = max_batch_bytes_;
   options.progress = [&](const engine::ProgressEvent& progress) {
     const JobPhase phase = FromEnginePhase(progress.phase);
@@ -157,11 +160,25 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   const bool expired_while_queued = job.deadline.has_value() && clock_->Now() > *job.deadline;
   absl::StatusOr<EngineOutput> output =
       expired_while_queued ? absl::StatusOr<EngineOutput>(absl::CancelledError("deadline passed while queued"))
+      : !local_spec.ok()   ? absl::StatusOr<EngineOutput>(local_spec.status())
                            : RunEngineGuarded(options);
   if (stop->lease_lost.load()) {
     // Recovered by another process: the store's row is its business now.
     absl::StatusOr<Job> stored = store_->Get(job.id);
     return stored.ok() ? *stored : job;
+  }
+  if (!output.ok() && stop->shutting_down.load() && !stop->cancelled.load() && !cancel_requested.has_value() &&
+      !deadline_hit && output.status().code() == absl::StatusCode::kCancelled) {
+    // Interrupted by a graceful shutdown: back to the queue for the next start.
+    // An error of the job's own that came meanwhile (its deadline too) is its
+    // outcome instead, and so is a cancel requested since the engine last
+    // asked: it was acknowledged, so the job must not run again.
+    absl::StatusOr<std::optional<std::string>> kept = store_->Release(job.id, job.attempt_count);
+    if (!kept.ok() || !kept->has_value()) {
+      job.state = JobState::kQueued;
+      return job;
+    }
+    cancel_requested = **kept;
   }
   if (output.ok()) {
     if (current != JobPhase::kStoring) enter_phase(JobPhase::kStoring);
@@ -192,14 +209,6 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       result.error_code = stored.status().code();
       result.error_message = absl::StrCat("storing the artifact failed: ", stored.status().message());
     }
-  } else if (stop->shutting_down.load() && !stop->cancelled.load() && !cancel_requested.has_value() &&
-             !deadline_hit && output.status().code() == absl::StatusCode::kCancelled) {
-    // Interrupted by a graceful shutdown: back to the queue for the next start.
-    // An error of the job's own that came meanwhile (its deadline too) is its
-    // outcome instead.
-    (void)store_->Release(job.id, job.attempt_count);
-    job.state = JobState::kQueued;
-    return job;
   } else if ((stop->cancelled.load() || cancel_requested.has_value()) &&
              output.status().code() == absl::StatusCode::kCancelled) {
     final_state = JobState::kCancelled;
@@ -218,7 +227,9 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     final_state = JobState::kFailed;
     result.error_code = output.status().code();
     if (result.error_code == absl::StatusCode::kOk) result.error_code = absl::StatusCode::kUnknown;
-    result.error_message = absl::StrCat(JobPhaseName(current), ": ", output.status().message());
+    result.error_message = absl::StrCat(
+        JobPhaseName(current), ": ",
+        local_spec.ok() ? ReferToInputs(output.status().message(), job.spec, *local_spec) : output.status().message());
   }
   enter_phase(JobPhase::kNone);
 

@@ -15,6 +15,7 @@
 #include "worker/artifact_store.h"
 #include "worker/clock.h"
 #include "worker/engine/quantizer.h"
+#include "worker/input_locator.h"
 #include "worker/job.h"
 #include "worker/job_events.h"
 #include "worker/job_store.h"
@@ -57,9 +58,9 @@ class JobRunner {
  public:
   JobRunner(JobStore* store, ArtifactStore* artifacts, QuantizationEngine* engine,
             JobEventHub* events, Clock* clock, int64_t max_batch_bytes = 0,
-            absl::Duration finish_retry_backoff = absl::Milliseconds(100))
+            absl::Duration finish_retry_backoff = absl::Milliseconds(100), const InputLocator* inputs = nullptr)
       : store_(store), artifacts_(artifacts), engine_(engine), events_(events), clock_(clock),
-        max_batch_bytes_(max_batch_bytes), finish_retry_backoff_(finish_retry_backoff) {}
+        max_batch_bytes_(max_batch_bytes), finish_retry_backoff_(finish_retry_backoff), inputs_(inputs) {}
 
   // `job` has just been claimed (RUNNING). `deadline` is absolute
   // (InfiniteFuture = none). Returns the job as recorded at the end.
@@ -75,6 +76,9 @@ class JobRunner {
   const int64_t max_batch_bytes_;
   // First wait before recording a job's outcome again (doubling, up to 5 s).
   const absl::Duration finish_retry_backoff_;
+  // Resolves the spec's input references to this process's files (see
+  // LocalizeJobSpec for null).
+  const InputLocator* const inputs_;
 };
 
 engine::QuantizeOptions ToQuantizeOptions(const JobSpec& spec);

@@ -62,8 +62,12 @@ class JobStore {
   virtual absl::Status Finish(const std::string& id, uint32_t attempt, JobState state,
                               const JobResult& result, absl::Time now) = 0;
   // RUNNING (this attempt) -> QUEUED again, not counting the attempt (a
-  // graceful shutdown interrupted it).
-  virtual absl::Status Release(const std::string& id, uint32_t attempt) = 0;
+  // graceful shutdown interrupted it). Unless a cancel was requested for it
+  // (acknowledged to a client, so it must not run again): then the job stays
+  // RUNNING and the request's reason is returned, for the caller to Finish
+  // it as CANCELLED. Checked and changed in one step, so a cancel cannot
+  // slip in between.
+  virtual absl::StatusOr<std::optional<std::string>> Release(const std::string& id, uint32_t attempt) = 0;
   // QUEUED -> CANCELLED. FAILED_PRECONDITION if the job is not QUEUED.
   virtual absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason,
                                            absl::Time now) = 0;

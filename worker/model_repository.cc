@@ -237,21 +237,28 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
   const std::string what = absl::StrCat("model ", name, " version ", version.version);
   std::unique_ptr<engine::ServableModel> servable;
   if (fp32) {
-    std::ifstream in(job.spec.model_path, std::ios::binary);
+    // The job's reference (input_locator.h), resolved on this replica.
+    const std::string& source = job.spec.model_path;
+    absl::StatusOr<std::string> local =
+        options_.inputs != nullptr ? options_.inputs->LocalPath(source, "model") : absl::StatusOr<std::string>(source);
+    if (!local.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source: ", local.status().message()));
+    }
+    std::ifstream in(*local, std::ios::binary);
     if (!in) {
-      return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source ", job.spec.model_path, " is gone"));
+      return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source ", source, " is gone"));
     }
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     // Loaded in this process, unlike a job's model (vetted in a child): only
     // the bytes the job loaded, checked, so a file replaced since cannot
     // bring a model LibTorch's loader crashes on.
     if (!result.report.model_sha256.empty() && engine::Sha256Hex(bytes) != result.report.model_sha256) {
-      return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source ", job.spec.model_path,
+      return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source ", source,
                                                         " changed since the job quantized it (sha256 differs); "
                                                         "publish a new version from the new file"));
     }
     info.cost_bytes = static_cast<int64_t>(bytes.size());
-    QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadFp32Bytes(bytes, job.spec.model_path));
+    QUANTD_ASSIGN_OR_RETURN(servable, engine::ServableModel::LoadFp32Bytes(bytes, source));
   } else {
     absl::StatusOr<std::string> read = artifacts_->Read(result.artifact_sha256);
     if (!read.ok() && absl::IsNotFound(read.status())) {

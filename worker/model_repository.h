@@ -31,6 +31,7 @@
 #include "worker/dynamic_batcher.h"
 #include "worker/engine/data/dataset_spec.h"
 #include "worker/engine/servable_model.h"
+#include "worker/input_locator.h"
 #include "worker/job_store.h"
 
 namespace quantd::worker {
@@ -87,6 +88,9 @@ class ModelRepository {
     // How long a version resolution (name, version or newest -> job) is reused.
     absl::Duration resolve_ttl = absl::Seconds(1);
     Clock* clock = Clock::Real();
+    // Resolves a version's FP32 source (its job's model reference) to this
+    // process's file; null: the job names an absolute path (tests).
+    const InputLocator* inputs = nullptr;
   };
   ModelRepository(JobStore* jobs, ArtifactStore* artifacts, const Options& options)
       : jobs_(jobs), artifacts_(artifacts), options_(options) {}

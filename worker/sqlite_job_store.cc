@@ -511,14 +511,26 @@ absl::StatusOr<std::optional<std::string>> SqliteJobStore::CancelRequest(const s
   return std::optional<std::string>(s.Text(0));
 }
 
-absl::Status SqliteJobStore::Release(const std::string& id, uint32_t attempt) {
+absl::StatusOr<std::optional<std::string>> SqliteJobStore::Release(const std::string& id, uint32_t attempt) {
   absl::MutexLock lock(&mu_);
   Stmt s(db_,
          "UPDATE jobs SET state = 1, phase = 0, attempt = attempt - 1, lease_us = NULL "
-         "WHERE id = ?1 AND state = 2 AND attempt = ?2");
+         "WHERE id = ?1 AND state = 2 AND attempt = ?2 AND NOT EXISTS (SELECT 1 FROM cancel_requests WHERE id = ?1)");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id).Bind(2, static_cast<int64_t>(attempt));
-  return s.Step().status();
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  if (sqlite3_changes(db_) == 1) return std::optional<std::string>();
+  // Not released: another attempt owns the job (nothing to do), or a cancel
+  // request kept it (the UPDATE checked for one in the same statement, so
+  // none slipped in between).
+  Stmt requested(db_,
+                 "SELECT reason FROM cancel_requests WHERE id = ?1 AND EXISTS "
+                 "(SELECT 1 FROM jobs WHERE id = ?1 AND state = 2 AND attempt = ?2)");
+  QUANTD_RETURN_IF_ERROR(requested.status());
+  requested.Bind(1, id).Bind(2, static_cast<int64_t>(attempt));
+  QUANTD_ASSIGN_OR_RETURN(bool row, requested.Step());
+  if (!row) return std::optional<std::string>();
+  return std::optional<std::string>(requested.Text(0));
 }
 
 absl::StatusOr<Job> SqliteJobStore::CancelQueued(const std::string& id, const std::string& reason,

@@ -33,7 +33,7 @@ class SqliteJobStore final : public JobStore {
   absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) override;
   absl::Status Finish(const std::string& id, uint32_t attempt, JobState state,
                       const JobResult& result, absl::Time now) override;
-  absl::Status Release(const std::string& id, uint32_t attempt) override;
+  absl::StatusOr<std::optional<std::string>> Release(const std::string& id, uint32_t attempt) override;
   absl::Status RequestCancel(const std::string& id, const std::string& reason) override;
   absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) override;
   absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason,

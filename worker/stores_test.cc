@@ -371,20 +371,37 @@ TEST(SqliteJobStoreTest, CountsJobsByState) {
                          {JobState::kQueued, 2}, {JobState::kRunning, 1}, {JobState::kFailed, 1}}));
 }
 
-// A cancel asked of a running attempt that a shutdown then released to the
-// queue: cancelling the queued job answers it, and nothing is left behind.
-TEST(SqliteJobStoreTest, CancellingAReleasedJobClearsTheCancelItsAttemptDidNotSee) {
+// A cancel asked of a running attempt that a shutdown then releases: the
+// job is not queued to run again (the cancel was acknowledged); the release
+// hands back the reason for the runner to record the cancellation.
+TEST(SqliteJobStoreTest, AJobWithACancelRequestIsNotReleasedToTheQueue) {
   auto store = SqliteJobStore::Open(TempDir("jobs_cancel_rows") + "/jobs.db");
   ASSERT_TRUE(store.ok());
   ASSERT_TRUE((*store)->Create(NewJob("a", 1), 10).ok());
+  ASSERT_TRUE((*store)->Create(NewJob("b", 2), 10).ok());
   auto claimed = (*store)->ClaimNext(absl::FromUnixSeconds(2), "host-1", absl::Seconds(30));
   ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  const uint32_t attempt = (*claimed)->attempt_count;
   ASSERT_TRUE((*store)->RequestCancel("a", "stop it").ok());
-  ASSERT_TRUE((*store)->Release("a", (*claimed)->attempt_count).ok());
-  ASSERT_EQ((*store)->Get("a")->state, JobState::kQueued);
-  ASSERT_EQ(*(*store)->CancelRequest("a"), std::optional<std::string>("stop it"));
-  ASSERT_TRUE((*store)->CancelQueued("a", "stop it", absl::FromUnixSeconds(3)).ok());
+  // Another attempt's release changes nothing and reports nothing.
+  absl::StatusOr<std::optional<std::string>> stale = (*store)->Release("a", attempt + 1);
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  EXPECT_EQ(*stale, std::nullopt);
+  absl::StatusOr<std::optional<std::string>> kept = (*store)->Release("a", attempt);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(*kept, std::optional<std::string>("stop it"));
+  ASSERT_EQ((*store)->Get("a")->state, JobState::kRunning);
+  ASSERT_TRUE((*store)->Finish("a", attempt, JobState::kCancelled, JobResult(), absl::FromUnixSeconds(3)).ok());
   EXPECT_EQ(*(*store)->CancelRequest("a"), std::nullopt);
+  // Without a request the job goes back to the queue, its attempt not counted.
+  auto next = (*store)->ClaimNext(absl::FromUnixSeconds(4), "host-1", absl::Seconds(30));
+  ASSERT_TRUE(next.ok() && next->has_value());
+  ASSERT_EQ((*next)->id, "b");
+  absl::StatusOr<std::optional<std::string>> released = (*store)->Release("b", (*next)->attempt_count);
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(*released, std::nullopt);
+  EXPECT_EQ((*store)->Get("b")->state, JobState::kQueued);
+  EXPECT_EQ((*store)->Get("b")->attempt_count, 0u);
 }
 
 TEST(SqliteJobStoreTest, IdempotencyKeyAndCapacity) {

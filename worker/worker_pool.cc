@@ -46,7 +46,8 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
 WorkerPool::WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
                        QuantizationEngine* engine, Clock* clock)
     : options_(options), store_(store), artifacts_(artifacts), clock_(clock), events_(clock),
-      runner_(store, artifacts, engine, &events_, clock, options.max_batch_bytes, options.finish_retry_backoff) {}
+      runner_(store, artifacts, engine, &events_, clock, options.max_batch_bytes, options.finish_retry_backoff,
+              options.inputs) {}
 
 WorkerPool::~WorkerPool() { Stop(); }
 

@@ -59,6 +59,9 @@ class WorkerPool {
     // How often watched jobs that this process does not run are read from
     // the store, to tell their watchers here what changed.
     absl::Duration watch_sync = absl::Seconds(1);
+    // Resolves jobs' input references to this process's files; null: specs
+    // name absolute paths (tests).
+    const InputLocator* inputs = nullptr;
   };
 
   // Recovers interrupted jobs; the threads start with Start().

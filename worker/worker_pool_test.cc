@@ -151,7 +151,9 @@ class FullDiskStore : public JobStore {
     }
     return real_->Finish(id, attempt, state, result, now);
   }
-  absl::Status Release(const std::string& id, uint32_t attempt) override { return real_->Release(id, attempt); }
+  absl::StatusOr<std::optional<std::string>> Release(const std::string& id, uint32_t attempt) override {
+    return real_->Release(id, attempt);
+  }
   absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason, absl::Time now) override {
     return real_->CancelQueued(id, reason, now);
   }
@@ -802,6 +804,44 @@ TEST_F(WorkerPoolTest, ADeadlineThatPassedBeforeAShutdownIsTheJobsOutcome) {
   ASSERT_TRUE(stored.result.has_value());
   EXPECT_EQ(stored.result->error_code, absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(stored.result->error_message, HasSubstr("deadline passed during calibrating"));
+}
+
+// A client's cancel lands after the engine last asked, and a graceful stop
+// follows before it asks again: the cancel was acknowledged, so the job is
+// CANCELLED, not queued to run again at the next start.
+TEST_F(WorkerPoolTest, ACancelRequestedJustBeforeAShutdownIsTheJobsOutcome) {
+  class CancelledThenStopped : public QuantizationEngine {
+   public:
+    CancelledThenStopped(JobStore* store, StopSignals* stop) : store_(store), stop_(stop) {}
+    absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+      if (!options.progress({engine::Phase::kCalibrating, 0, 10})) return absl::CancelledError("stopped");
+      EXPECT_TRUE(store_->RequestCancel("job-cancel-then-stop", "not needed").ok());  // CancelJob, elsewhere
+      stop_->shutting_down.store(true);  // SIGTERM before the next batch
+      return absl::CancelledError("stopped");
+    }
+
+   private:
+    JobStore* const store_;
+    StopSignals* const stop_;
+  };
+  FakeClock clock;
+  StopSignals stop;
+  CancelledThenStopped engine(store_.get(), &stop);
+  JobEventHub events(&clock);
+  JobRunner runner(store_.get(), artifacts_.get(), &engine, &events, &clock);
+  Job job = NewJob("m");
+  job.id = "job-cancel-then-stop";
+  ASSERT_TRUE(store_->Create(job, 10).ok());
+  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  const Job finished = runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  EXPECT_EQ(finished.state, JobState::kCancelled);
+  const Job stored = *store_->Get(job.id);
+  EXPECT_EQ(stored.state, JobState::kCancelled);
+  ASSERT_TRUE(stored.result.has_value());
+  EXPECT_EQ(stored.result->error_code, absl::StatusCode::kCancelled);
+  EXPECT_THAT(stored.result->error_message, HasSubstr("cancelled: not needed"));
+  EXPECT_EQ(*store_->CancelRequest(job.id), std::nullopt);
 }
 
 // The job's lease ran out while its runner stored the artifact, and another

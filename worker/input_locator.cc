@@ -1,0 +1,109 @@
+#include "worker/input_locator.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/string_view.h"
+#include "worker/engine/base/status_macros.h"
+
+namespace quantd::worker {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr absl::string_view kBlobPrefix = "blob:";
+constexpr absl::string_view kDataDirPrefix = "data:";
+
+absl::Status LocalizeDataset(engine::DatasetSpec& dataset, const std::string& field, const InputLocator* locator) {
+  auto localize = [&](std::string& reference, const std::string& which) -> absl::Status {
+    if (reference.empty()) return absl::OkStatus();
+    QUANTD_ASSIGN_OR_RETURN(reference, locator->LocalPath(reference, which));
+    return absl::OkStatus();
+  };
+  QUANTD_RETURN_IF_ERROR(localize(dataset.path, field));
+  return localize(dataset.labels_path, field + ".labels");
+}
+
+}  // namespace
+
+std::string BlobReference(const std::string& blob_id) { return absl::StrCat(kBlobPrefix, blob_id); }
+
+std::string DataDirReference(const std::string& relative) { return absl::StrCat(kDataDirPrefix, relative); }
+
+InputLocator::InputLocator(std::string data_dir, const BlobStore* blobs) : blobs_(blobs) {
+  std::error_code error;
+  fs::path canonical = fs::weakly_canonical(data_dir, error);
+  data_dir_ = error ? data_dir : canonical.string();
+}
+
+absl::StatusOr<std::string> InputLocator::LocalPath(const std::string& reference, const std::string& field) const {
+  if (absl::StartsWith(reference, kBlobPrefix)) {
+    if (blobs_ == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(field, ": ", reference, " needs a blob store"));
+    }
+    return blobs_->PathOf(reference.substr(kBlobPrefix.size()), field);
+  }
+  if (absl::StartsWith(reference, kDataDirPrefix)) {
+    const fs::path relative(reference.substr(kDataDirPrefix.size()));
+    bool escapes = relative.empty() || relative.is_absolute();
+    for (const fs::path& part : relative) escapes = escapes || part == "..";
+    if (escapes) return absl::InvalidArgumentError(absl::StrCat(field, ": \"", reference, "\" leaves the data dir"));
+    const fs::path full = fs::path(data_dir_) / relative;
+    std::error_code error;
+    if (!fs::is_regular_file(full, error)) {
+      return absl::NotFoundError(absl::StrCat(field, ": \"", relative.string(),
+                                              "\" is no longer a file under this server's data dir"));
+    }
+    // Submission resolved every link; one that appeared since could lead
+    // anywhere, so the job does not follow it.
+    const fs::path resolved = fs::canonical(full, error);
+    if (error || resolved != full) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          field, ": \"", relative.string(), "\" now leads through a symbolic link (none was there at submission)"));
+    }
+    return full.string();
+  }
+  if (fs::path(reference).is_absolute()) return reference;
+  return absl::InvalidArgumentError(absl::StrCat(field, ": \"", reference, "\" is not an input reference"));
+}
+
+absl::StatusOr<JobSpec> LocalizeJobSpec(const JobSpec& spec, const InputLocator* locator) {
+  if (locator == nullptr) return spec;
+  JobSpec local = spec;
+  QUANTD_ASSIGN_OR_RETURN(local.model_path, locator->LocalPath(spec.model_path, "model"));
+  QUANTD_RETURN_IF_ERROR(LocalizeDataset(local.calibration, "calibration.dataset", locator));
+  if (local.evaluation) QUANTD_RETURN_IF_ERROR(LocalizeDataset(*local.evaluation, "evaluation.dataset", locator));
+  if (local.accuracy_goal) {
+    QUANTD_RETURN_IF_ERROR(LocalizeDataset(local.accuracy_goal->tuning, "accuracy_goal.tuning", locator));
+  }
+  return local;
+}
+
+std::string ReferToInputs(absl::string_view message, const JobSpec& stored, const JobSpec& local) {
+  std::vector<std::pair<std::string, std::string>> names;  // local path, reference
+  auto add = [&names](const std::string& path, const std::string& reference) {
+    if (!path.empty() && path != reference) names.emplace_back(path, reference);
+  };
+  auto add_dataset = [&add](const engine::DatasetSpec& path, const engine::DatasetSpec& reference) {
+    add(path.path, reference.path);
+    add(path.labels_path, reference.labels_path);
+  };
+  add(local.model_path, stored.model_path);
+  add_dataset(local.calibration, stored.calibration);
+  if (local.evaluation && stored.evaluation) add_dataset(*local.evaluation, *stored.evaluation);
+  if (local.accuracy_goal && stored.accuracy_goal) add_dataset(local.accuracy_goal->tuning, stored.accuracy_goal->tuning);
+  // Longest first: one file's path may begin another's.
+  std::sort(names.begin(), names.end(), [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  std::string out(message);
+  for (const auto& [path, reference] : names) out = absl::StrReplaceAll(out, {{path, reference}});
+  return out;
+}
+
+}  // namespace quantd::worker
