@@ -184,6 +184,21 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (options.metrics_require_token && options.token_file.empty()) {
     return absl::InvalidArgumentError("--metrics_require_token needs --token_file");
   }
+  // Files the start reads: one that is missing or not PEM is a wrong flag,
+  // refused before the data dir is made (what they grant is checked later).
+  for (const auto& [flag, path] : {std::pair<const char*, const std::string*>{"--tls_cert", &options.tls_cert_file},
+                                   {"--tls_key", &options.tls_key_file},
+                                   {"--tls_client_ca", &options.tls_client_ca_file},
+                                   {"--metrics_tls_client_ca", &options.metrics_tls_client_ca_file}}) {
+    if (!path->empty()) QUANTD_RETURN_IF_ERROR(ReadPemFile(*path, flag).status());
+  }
+  if (!options.token_file.empty()) {
+    std::error_code error;
+    std::ifstream tokens(options.token_file);
+    if (!std::filesystem::is_regular_file(options.token_file, error) || !tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("--token_file: cannot read ", options.token_file));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -374,6 +389,7 @@ absl::Status QuantdServer::OpenStores() {
                           worker::LocalArtifactStore::Open((root / worker::kArtifactsDir).string(), quota_.get()));
   QUANTD_ASSIGN_OR_RETURN(blob_store_, worker::BlobStore::Open((root / worker::kBlobsDir).string(),
                                                                options_.max_upload_bytes, quota_.get()));
+  input_locator_ = std::make_unique<worker::InputLocator>(options_.data_dir, blob_store_.get());
   worker::ModelVetter vet_model;
   if (!options_.model_vet_command.empty()) {
     worker::ModelVetterOptions vetter;
@@ -388,6 +404,7 @@ absl::Status QuantdServer::OpenStores() {
   pool_options.queue_capacity = options_.queue_capacity;
   pool_options.max_batch_bytes = options_.max_batch_bytes;
   pool_options.holder = LeaseHolderName(options_.data_dir);
+  pool_options.inputs = input_locator_.get();
   if (options_.job_deadline_seconds > 0) {
     pool_options.job_deadline = absl::Seconds(options_.job_deadline_seconds);
   }
@@ -399,6 +416,7 @@ absl::Status QuantdServer::OpenStores() {
   worker::ModelRepository::Options repository;
   repository.cache_bytes = options_.model_cache_bytes;
   repository.batch_size_copies = options_.batch_size_copies;
+  repository.inputs = input_locator_.get();
   models_ = std::make_unique<worker::ModelRepository>(job_store_.get(), artifact_store_.get(), repository);
   publish_watcher_ = std::make_unique<PublishWatcher>(models_.get());
   pool_->events().AddObserver(publish_watcher_.get());
