@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -306,6 +307,52 @@ void CloseSocket(OpenConnections& connections, int fd) {
   ::close(fd);
 }
 
+// Set on the accepting thread while it runs a connection the pool has no
+// room for: process_and_close_socket then refuses it at once.
+thread_local bool t_refuse_connection = false;
+
+// httplib's pool, with a bound on the connections waiting for a thread.
+class BoundedPool : public httplib::TaskQueue {
+ public:
+  BoundedPool(size_t threads, int max_waiting) : pool_(threads), max_waiting_(max_waiting) {}
+
+  void enqueue(std::function<void()> fn) override {
+    if (waiting_.load() >= max_waiting_) {
+      // Run here, on the accepting thread: the connection's task only
+      // writes a 503 without waiting and closes it.
+      t_refuse_connection = true;
+      fn();
+      t_refuse_connection = false;
+      return;
+    }
+    ++waiting_;
+    pool_.enqueue([this, fn = std::move(fn)] {
+      --waiting_;
+      fn();
+    });
+  }
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  httplib::ThreadPool pool_;
+  const int max_waiting_;
+  std::atomic<int> waiting_{0};
+};
+
+// A connection the server has no room for: a 503 if the socket takes it now
+// (TLS cannot without a handshake), then closed.
+void Refuse(int fd, bool plain) {
+  if (plain) {
+    static constexpr char kBusy[] =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 65\r\n"
+        "Retry-After: 1\r\nConnection: close\r\n\r\n"
+        "{\"error\": \"too many HTTP connections waiting; retry in a moment\"}";
+    (void)::send(fd, kBusy, sizeof(kBusy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+  ::shutdown(fd, SHUT_RDWR);
+  ::close(fd);
+}
+
 class PlainServer : public httplib::Server {
  public:
   PlainServer(const ConnectionPace& pace, std::shared_ptr<OpenConnections> connections)
@@ -313,6 +360,10 @@ class PlainServer : public httplib::Server {
 
  private:
   bool process_and_close_socket(socket_t fd) override {
+    if (t_refuse_connection) {
+      Refuse(fd, /*plain=*/true);
+      return false;
+    }
     if (!connections_->Add(fd)) {
       ::close(fd);
       return false;
@@ -343,6 +394,10 @@ class TlsServer : public httplib::SSLServer {
 
  private:
   bool process_and_close_socket(socket_t fd) override {
+    if (t_refuse_connection) {
+      Refuse(fd, /*plain=*/false);
+      return false;
+    }
     if (!connections_->Add(fd)) {
       ::close(fd);
       return false;
@@ -376,7 +431,8 @@ class TlsServer : public httplib::SSLServer {
 template <typename Server>
 void UsePool(Server& server, const ConnectionPace& pace) {
   const size_t threads = static_cast<size_t>(std::max(1, pace.threads));
-  server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  const int max_waiting = std::max(0, pace.max_waiting);
+  server.new_task_queue = [threads, max_waiting] { return new BoundedPool(threads, max_waiting); };
 }
 
 }  // namespace

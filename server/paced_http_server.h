@@ -9,8 +9,9 @@
 // Here each request may spend `request_base` plus 1 s per
 // `min_bytes_per_second` it moved waiting on its socket (the handler's own
 // time does not count), a request line and headers 64 KiB in all (httplib
-// bounds neither a line's length nor their number), and CloseConnections()
-// ends every open connection at shutdown.
+// bounds neither a line's length nor their number), connections waiting for
+// a thread are bounded, and CloseConnections() ends every open connection at
+// shutdown.
 
 #include <cstdint>
 #include <memory>
@@ -30,6 +31,10 @@ struct ConnectionPace {
   int64_t min_bytes_per_second = int64_t{1} << 20;
   // Pool threads serving connections (idle keep-alive ones hold one each).
   int threads = 32;
+  // Connections accepted while every thread is busy wait for one, at most
+  // this many; the next is answered 503 at once and closed (each waiting one
+  // holds a descriptor and memory: httplib's own queue has no bound).
+  int max_waiting = 256;
 };
 
 class OpenConnections;
