@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "worker/dataset_json.h"
 #include "worker/json_number.h"
 #include "worker/engine/base/status_macros.h"
@@ -44,17 +45,20 @@ PrecisionResult DecodePrecision(const json& j) {
 // NaN scores (a model that overflowed) rank below every number, so that a
 // broken output is never counted as a correct prediction.
 
-// Index of the largest score; the first on ties (as argmax in PyTorch); 0 if
-// every score is NaN.
+// Index of the largest score; the first on ties (as argmax in PyTorch);
+// kNoClass if every score is NaN (no prediction: never correct, never
+// agreeing).
+constexpr int64_t kNoClass = -1;
 int64_t ArgMax(const float* scores, int64_t classes) {
   int64_t best = 0;
   for (int64_t c = 1; c < classes; ++c) {
     if (scores[c] > scores[best] || (std::isnan(scores[best]) && !std::isnan(scores[c]))) best = c;
   }
-  return best;
+  return std::isnan(scores[best]) ? kNoClass : best;
 }
 
-// Whether `label` is among the k best scores (ties count against it).
+// Whether `label` is among the k best scores, ranked as ArgMax ranks them
+// (on ties the lower index first).
 bool InTopK(const float* scores, int64_t classes, int64_t label, int64_t k) {
   if (std::isnan(scores[label])) return false;
   int64_t better = 0;
@@ -189,7 +193,9 @@ absl::Status EvaluationAccumulator::Add(int64_t first, const std::vector<int64_t
     ++report_.per_class_total[label];
     const float* q = int8.data() + i * classes;
     const int64_t q_top = ArgMax(q, classes);
-    ++report_.int8.confusion[label * classes + q_top];
+    // A row with no prediction has no cell: the row sums to fewer than its
+    // class's samples.
+    if (q_top != kNoClass) ++report_.int8.confusion[label * classes + q_top];
     if (q_top == label) {
       ++report_.int8.top1_correct;
       ++report_.int8.per_class_correct[label];
@@ -198,13 +204,13 @@ absl::Status EvaluationAccumulator::Add(int64_t first, const std::vector<int64_t
     if (fp32 == nullptr) continue;
     const float* f = fp32->data() + i * classes;
     const int64_t f_top = ArgMax(f, classes);
-    ++report_.fp32->confusion[label * classes + f_top];
+    if (f_top != kNoClass) ++report_.fp32->confusion[label * classes + f_top];
     if (f_top == label) {
       ++report_.fp32->top1_correct;
       ++report_.fp32->per_class_correct[label];
     }
     if (InTopK(f, classes, label, k)) ++report_.fp32->top5_correct;
-    if (f_top == q_top) {
+    if (f_top == q_top && f_top != kNoClass) {
       ++report_.agreement;
       ++report_.per_class_agreement[label];
     } else if (report_.first_disagreements.size() < EvaluationReport::kMaxDisagreements) {
@@ -249,9 +255,18 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   if (spec.max_samples < 0) return absl::InvalidArgumentError("max_samples: must be >= 0 (0 = all)");
   QUANTD_ASSIGN_OR_RETURN(ModelVersion version, store_->GetModelVersion(spec.model_name, spec.model_version));
   spec.model_version = version.version;
+  // A .npy is read in the layout the version was calibrated with (the
+  // request has no layout of its own), not guessed from its shape.
+  if (spec.dataset.format == engine::DatasetFormat::kNpy && (spec.dataset.layout.empty() || spec.dataset.layout == "auto")) {
+    if (absl::StatusOr<Job> job = store_->Get(version.job_id); job.ok() && !job->spec.calibration.layout.empty()) {
+      spec.dataset.layout = job->spec.calibration.layout;
+    }
+  }
   absl::StatusOr<std::unique_ptr<engine::ImageReader>> reader = engine::ImageReader::Open(spec.dataset);
   if (!reader.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset: ", reader.status().message()));
+    // The dataset's own code (NOT_FOUND, DATA_LOSS, RESOURCE_EXHAUSTED, ...),
+    // said of the request's field.
+    return absl::Status(reader.status().code(), absl::StrCat("dataset: ", reader.status().message()));
   }
   QUANTD_RETURN_IF_ERROR(
       engine::CheckBatchBytes((*reader)->sample_shape(), spec.batch_size, options_.max_batch_bytes, "batch_size"));
@@ -282,9 +297,10 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   running_.insert(evaluation.id);
   auto done = std::make_shared<std::atomic<bool>>(false);
   std::shared_ptr<engine::ImageReader> open_reader = *std::move(reader);
-  workers_.push_back(Worker{std::thread([this, evaluation, open_reader, done] {
+  // The reader is moved in, so that Run's reset closes the file.
+  workers_.push_back(Worker{std::thread([this, evaluation, open_reader = std::move(open_reader), done]() mutable {
                               NameThisThread("quantd-eval");
-                              Run(evaluation, open_reader, done.get());
+                              Run(std::move(evaluation), std::move(open_reader), done.get());
                             }),
                             done});
   return evaluation;
@@ -342,6 +358,8 @@ void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> 
     report = Evaluate(&evaluation, *reader);
   } catch (const std::exception& error) {  // e.g. bad_alloc: this evaluation fails, not the server
     report = absl::InternalError(absl::StrCat("evaluation stopped: ", error.what()));
+  } catch (...) {
+    report = absl::InternalError("evaluation stopped: an unknown exception");
   }
   reader.reset();  // the dataset's file is closed before the record says done
   evaluation.update_time = clock_->Now();
@@ -362,14 +380,21 @@ void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> 
 
 absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, engine::ImageReader& reader) {
   const EvaluationSpec& spec = evaluation->spec;
+  const absl::Status stopped = absl::UnavailableError("the server stopped during the evaluation; evaluate again");
   QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const LoadedModel> int8, models_->Load(spec.model_name, spec.model_version));
+  // A load may take a while (another caller's, a large model): other servers
+  // reading the record must not take this one for stopped meanwhile.
+  evaluation->update_time = clock_->Now();
+  Store(*evaluation);
   std::shared_ptr<const LoadedModel> fp32;
   if (!spec.skip_fp32) {
+    if (stopping_) return stopped;
     QUANTD_ASSIGN_OR_RETURN(fp32, models_->Load(absl::StrCat(spec.model_name, ".fp32"), spec.model_version));
   }
   if (reader.sample_shape() != int8->info().input_shape) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset: its samples are not ", spec.model_name,
-                                                   "'s input shape (as calibrated)"));
+    return absl::InvalidArgumentError(absl::StrCat("dataset: its samples are [", absl::StrJoin(reader.sample_shape(), ", "),
+                                                   "], not ", spec.model_name, "'s input shape [",
+                                                   absl::StrJoin(int8->info().input_shape, ", "), "] (as calibrated)"));
   }
   if (int8->info().output_shape.size() != 1) {
     return absl::FailedPreconditionError(absl::StrCat(spec.model_name, " does not output [N, classes] scores"));
@@ -381,15 +406,17 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
   evaluation->update_time = last_write;
   Store(*evaluation);
   for (int64_t start = 0; start < evaluation->samples_total; start += spec.batch_size) {
-    if (stopping_) return absl::UnavailableError("the server stopped during the evaluation; evaluate again");
+    if (stopping_) return stopped;
     const int64_t count = std::min(spec.batch_size, evaluation->samples_total - start);
     QUANTD_ASSIGN_OR_RETURN(engine::ImageBatch batch, reader.Read(start, count));
+    // Copied before the clock starts: each column's time is its pass only.
+    std::vector<float> int8_pixels = fp32 != nullptr ? batch.pixels : std::move(batch.pixels);
     const absl::Time t0 = clock_->Now();
-    QUANTD_ASSIGN_OR_RETURN(engine::ServingOutput q, int8->Run(fp32 != nullptr ? batch.pixels : std::move(batch.pixels),
-                                                               batch.count));
+    QUANTD_ASSIGN_OR_RETURN(engine::ServingOutput q, int8->Run(std::move(int8_pixels), batch.count));
     const absl::Time t1 = clock_->Now();
     std::optional<engine::ServingOutput> f;
     if (fp32 != nullptr) {
+      if (stopping_) return stopped;
       QUANTD_ASSIGN_OR_RETURN(f, fp32->Run(std::move(batch.pixels), batch.count));
     }
     const absl::Time t2 = clock_->Now();

@@ -91,6 +91,24 @@ TEST(EvaluationAccumulatorTest, NanScoresAreNeverCorrect) {
   EXPECT_EQ(r.int8.confusion[2 * 6 + 2], 1);
 }
 
+// An all-NaN row predicts nothing: not class 0 (once counted as correct for
+// label 0, and as agreeing when FP32 overflowed too), and no confusion cell.
+TEST(EvaluationAccumulatorTest, AnAllNanRowPredictsNoClassAtAll) {
+  EvaluationAccumulator acc(6, /*with_fp32=*/true);
+  const std::vector<float> nans(6, std::nanf(""));
+  ASSERT_TRUE(acc.Add(0, {0}, nans, &nans).ok());
+  const EvaluationReport r = acc.Finish();
+  EXPECT_EQ(r.int8.top1_correct, 0);
+  EXPECT_EQ(r.int8.per_class_correct[0], 0);
+  EXPECT_EQ(r.fp32->top1_correct, 0);
+  EXPECT_EQ(r.agreement, 0);
+  EXPECT_EQ(r.per_class_agreement[0], 0);
+  EXPECT_EQ(r.first_disagreements, std::vector<int64_t>{0});
+  for (int64_t cell : r.int8.confusion) EXPECT_EQ(cell, 0);
+  for (int64_t cell : r.fp32->confusion) EXPECT_EQ(cell, 0);
+  EXPECT_EQ(r.per_class_total[0], 1);
+}
+
 // SQNR's two other non-finite values survive the stored record and mean
 // what they say: not "identical scores" (+inf).
 TEST(EvaluationCodecTest, NonFiniteSqnrRoundTrips) {
