@@ -140,9 +140,12 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunDownload, {"art-1"}, "download: --output=FILE (or -o FILE) required"},
       {&RunDownload, {"art-1", "art-2", "-o", "x.pt"}, "download: takes ARTIFACT_ID, got 2: \"art-1\" \"art-2\""},
       {&RunUpload, {}, "upload: FILE required"},
+      {&RunUpload, {"m.pt", "--format=npy"}, "upload: --format is a dataset's"},
       {&RunModels, {"delete", "resnet8"}, "models: takes delete NAME VERSION, got 2: \"delete\" \"resnet8\""},
       {&RunBlobs, {"delete"}, "blobs: takes delete BLOB_ID, got 1: \"delete\""},
       {&RunJobs, {"extra"}, "jobs: takes no arguments, got 1: \"extra\""},
+      {&RunJobs, {"--state=running,bogus"}, "jobs: --state: unknown state \"bogus\""},
+      {&RunJobs, {"--state=unspecified"}, "jobs: --state: unknown state \"unspecified\""},
       {&RunArtifacts, {"a", "b"}, "artifacts: takes ARTIFACT_ID, got 2: \"a\" \"b\""},
       {&RunEval, {"a", "b", "--data=x.bin"}, "eval: takes NAME[:VERSION], got 2: \"a\" \"b\""},
       {&RunInfer, {"resnet8"}, "infer: --data required"},
@@ -213,6 +216,36 @@ TEST(CommandTableTest, InferRefusesANpyShapeLargerThanTheFile) {
   }
 }
 
+// Inputs that are not a dataset file, and a target with no name, are usage
+// errors before any call (a directory once crashed quantctl with an
+// uncaught exception; a 10-byte v2 .npy read past its end).
+TEST(CommandTableTest, InferRefusesFoldersTruncatedHeadersAndNamelessTargets) {
+  const std::string truncated = ::testing::TempDir() + "/truncated_v2.npy";
+  {
+    std::ofstream out(truncated, std::ios::binary);
+    out << std::string("\x93NUMPY\x02\x00\x10\x00", 10);
+  }
+  const std::string images = ::testing::TempDir() + "/one_image.bin";
+  {
+    std::ofstream out(images, std::ios::binary);
+    out << std::string(3073, '\0');
+  }
+  CommandContext context;
+  std::ostringstream out, err;
+  context.out = &out;
+  context.err = &err;
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"resnet8", "--data", ::testing::TempDir()}, "is not a readable file"},
+      {{"resnet8", "--data", truncated}, "--data: truncated .npy header"},
+      {{":3", "--data", images}, "NAME[:VERSION] needs a NAME"},
+  };
+  for (const auto& [args, message] : cases) {
+    err.str("");
+    EXPECT_EQ(RunInfer(context, args), kExitUsage) << message;
+    EXPECT_THAT(err.str(), HasSubstr(message));
+  }
+}
+
 // quantctl submit refuses, naming the flag and before any call, what
 // quantd-quantize refuses (the context has no channel: an RPC would crash).
 TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
@@ -226,6 +259,9 @@ TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
       {{"--calib=c.bin", "--fusion="}, "--fusion: no groups in \"\""},
       {{"--calib=c.bin", "--fusion=;"}, "--fusion: no groups"},
       {{"--calib=c.bin", "--eval_labels=l.npy"}, "--eval_labels: needs --eval or --eval_blob"},
+      // Dropped silently once, with no dataset to apply them to.
+      {{"--calib_format=npy"}, "--calib_format: needs --calib or --calib_blob"},
+      {{"--calib_labels=l.npy"}, "--calib_labels: needs --calib or --calib_blob"},
       {{"--calib=c.bin", "--batch_size=0"}, "--batch_size: a positive number expected"},
       {{"--calib=c.bin", "--scale=nan"}, "--scale: a finite, non-zero number expected"},
       {{"--calib=c.bin", "--mean="}, "--mean: comma-separated numbers expected"},

@@ -4,6 +4,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/pem_file.h"
@@ -56,8 +57,11 @@ void CommandContext::Print(const google::protobuf::Message& message,
 }
 
 int CommandContext::RpcFailed(const std::string& what, const grpc::Status& status) const {
-  *err << "quantctl: " << what << " failed (server " << options.server << "): code "
-       << static_cast<int>(status.error_code()) << ": " << status.error_message() << "\n";
+  // gRPC's codes are absl's, number for number.
+  const int code = static_cast<int>(status.error_code());
+  *err << "quantctl: " << what << " failed (server " << options.server << "): "
+       << absl::StatusCodeToString(static_cast<absl::StatusCode>(code)) << " (code " << code
+       << "): " << status.error_message() << "\n";
   return kExitFailure;
 }
 

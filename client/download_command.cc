@@ -44,7 +44,10 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
 
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.PrepareCall(client_context);
+  // No deadline on the whole stream: a large file may take longer than
+  // --timeout at any speed. The server drops a stalled upload, and the
+  // channel's keepalive a vanished peer.
+  context.PrepareCall(client_context, /*with_deadline=*/false);
   v1::DownloadArtifactRequest request;
   request.set_id(a->positional[0]);
   request.set_chunk_size(chunk_size);
@@ -74,8 +77,14 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
     return context.RpcFailed("download", status);
   }
   const std::string sha256 = hasher.HexDigest();
+  if (!out) {
+    // The bytes came; the disk did not take them (full, or a write error).
+    std::remove(tmp.c_str());
+    *context.err << "quantctl: download: cannot write " << tmp << " (disk full?); nothing kept\n";
+    return kExitFailure;
+  }
   if (!have_trailer || sha256 != header.sha256() || sha256 != trailer.sha256() ||
-      received != header.size_bytes() || !out) {
+      received != header.size_bytes()) {
     std::remove(tmp.c_str());
     *context.err << "quantctl: download of " << a->positional[0] << " is corrupt: got " << received
                  << " bytes with sha256 " << sha256 << ", expected " << header.size_bytes()
@@ -85,6 +94,7 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
   std::error_code rename_error;
   std::filesystem::rename(tmp, target, rename_error);
   if (rename_error) {
+    std::remove(tmp.c_str());
     *context.err << "quantctl: cannot rename " << tmp << " to " << target << ": " << rename_error.message() << "\n";
     return kExitFailure;
   }

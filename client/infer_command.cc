@@ -5,6 +5,7 @@
 // top K as "score index label", with its true label when the file has one.
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -62,6 +63,10 @@ bool ReadNpy(const std::string& bytes, int64_t first, int64_t count, Images* out
   }
   const int major = static_cast<uint8_t>(bytes[6]);
   const size_t length_bytes = major == 1 ? 2 : 4;
+  if (bytes.size() < 8 + length_bytes) {
+    *error = "--data: truncated .npy header";
+    return false;
+  }
   size_t header_length = 0;
   for (size_t i = 0; i < length_bytes; ++i) header_length |= static_cast<size_t>(static_cast<uint8_t>(bytes[8 + i])) << (8 * i);
   const size_t data_start = 8 + length_bytes + header_length;
@@ -141,6 +146,10 @@ int RunInfer(const CommandContext& context, const std::vector<std::string>& args
       return context.UsageError(absl::StrCat("infer: --", flag, ": \"", a->Get(flag), "\" is not ", wanted));
     }
   }
+  std::error_code file_error;
+  if (!std::filesystem::is_regular_file(a->Get("data"), file_error)) {
+    return context.UsageError(absl::StrCat("infer: --data: ", a->Get("data"), " is not a readable file"));
+  }
   std::ifstream in(a->Get("data"), std::ios::binary);
   if (!in) return context.UsageError(absl::StrCat("infer: --data: cannot read ", a->Get("data")));
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -157,6 +166,7 @@ int RunInfer(const CommandContext& context, const std::vector<std::string>& args
   inference::ModelInferRequest request;
   const std::string& target = a->positional[0];
   const size_t colon = target.find(':');
+  if (colon == 0) return context.UsageError(absl::StrCat("infer: \"", target, "\": NAME[:VERSION] needs a NAME"));
   request.set_model_name(target.substr(0, colon));
   if (colon != std::string::npos) request.set_model_version(target.substr(colon + 1));
   request.set_id(absl::StrCat("quantctl-", first));

@@ -22,7 +22,10 @@ int RunJobs(const CommandContext& context, const std::vector<std::string>& args)
     std::string name = absl::StrCat("JOB_STATE_", s);
     for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     v1::JobState state;
-    if (!v1::JobState_Parse(name, &state)) return context.UsageError(absl::StrCat("jobs: unknown state ", s));
+    if (!v1::JobState_Parse(name, &state) || state == v1::JOB_STATE_UNSPECIFIED) {
+      return context.UsageError(absl::StrCat("jobs: --state: unknown state \"", s,
+                                             "\" (queued, running, succeeded, failed or cancelled)"));
+    }
     request.add_states(state);
   }
   uint32_t page_size = 0;

@@ -50,6 +50,12 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
   if (a.Has("model_blob")) r->mutable_model()->set_blob_id(a.Get("model_blob"));
   if (a.Has("calib") || a.Has("calib_blob")) {
     if (!SetDataset(a, "calib", r->mutable_calibration()->mutable_dataset(), error)) return false;
+  } else {
+    // As for --eval_* and --tuning_*: a format or labels with no dataset
+    // to apply them to would be dropped silently.
+    for (const char* flag : {"calib_format", "calib_labels"}) {
+      if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --calib or --calib_blob"), false);
+    }
   }
   uint32_t n = 0;
   if (a.Has("batch_size")) {

@@ -43,6 +43,9 @@ int RunUpload(const CommandContext& context, const std::vector<std::string>& arg
   const std::string path = a->positional[0];
   const std::string kind = a->Get("kind", "model");
   if (kind != "model" && kind != "dataset") return context.UsageError("upload: --kind must be model or dataset");
+  if (kind == "model" && a->Has("format")) {
+    return context.UsageError("upload: --format is a dataset's (cifar10|npy): give it with --kind=dataset");
+  }
   std::error_code size_error;
   const uint64_t size = std::filesystem::file_size(path, size_error);
   std::ifstream in(path, std::ios::binary);
@@ -61,7 +64,10 @@ int RunUpload(const CommandContext& context, const std::vector<std::string>& arg
   const std::string filename = std::filesystem::path(path).filename().string();
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
-  context.PrepareCall(client_context);
+  // No deadline on the whole stream: a large file may take longer than
+  // --timeout at any speed. The server drops a stalled upload, and the
+  // channel's keepalive a vanished peer.
+  context.PrepareCall(client_context, /*with_deadline=*/false);
   v1::BlobInfo blob;
   grpc::Status status;
   if (kind == "model") {

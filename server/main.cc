@@ -220,6 +220,19 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // "--data_dir --workers=4" would make "--workers=4" the data dir (Abseil
+  // only logs a warning): a value flag followed by a flag has no value, as
+  // in quantctl and quantd-quantize.
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (!absl::StartsWith(arg, "--") || absl::StrContains(arg, '=')) continue;
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(arg.substr(2));
+    if (flag == nullptr || flag->IsOfType<bool>()) continue;
+    if (i + 1 >= argc || absl::StartsWith(argv[i + 1], "--")) {
+      std::cerr << "quantd: " << arg << " needs a value (" << arg << "=VALUE or " << arg << " VALUE)\n";
+      return 2;
+    }
+  }
   // Abseil reports an unknown flag or a bad value (naming the flag) and
   // calls exit(1), the code of a failed start. Exit 2 instead, the usage
   // error of quantd's own checks below, of quantctl and of quantd-quantize.

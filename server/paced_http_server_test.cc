@@ -24,11 +24,12 @@ namespace {
 
 // The HTTP edge with a pool of `threads` and a request budget of 300 ms plus
 // 1 s per MiB: small enough that slow clients run out of it quickly.
-std::unique_ptr<MetricsHttpServer> StartServer(int threads) {
+std::unique_ptr<MetricsHttpServer> StartServer(int threads, int max_waiting = 256) {
   MetricsHttpServer::Options options;
   options.host = "127.0.0.1";
   options.pace.request_base = absl::Milliseconds(300);
   options.pace.threads = threads;
+  options.pace.max_waiting = max_waiting;
   absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server = MetricsHttpServer::Start(options, {});
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;
@@ -43,7 +44,11 @@ class Connection {
     ::inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
     connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
   }
-  ~Connection() { ::close(fd_); }
+  ~Connection() { Close(); }
+  void Close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
 
   bool connected() const { return connected_; }
   bool Send(const std::string& bytes) { return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()); }
@@ -176,6 +181,31 @@ TEST(PacedHttpServerTest, StoppingEndsOpenConnectionsAtOnce) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   EXPECT_TRUE(idle.EndedWithin(absl::ZeroDuration()));
   EXPECT_EQ(idle.ReadAll(), "");
+}
+
+// httplib queues connections for its pool without a bound: a flood of them
+// would hold descriptors and memory until the server runs out. Past the
+// bound they are refused at once, and those already waiting are served.
+TEST(PacedHttpServerTest, ConnectionsBeyondTheWaitingBoundAreRefusedAtOnce) {
+  std::unique_ptr<MetricsHttpServer> server = StartServer(/*threads=*/1, /*max_waiting=*/1);
+  ASSERT_NE(server, nullptr);
+  // The one thread: a keep-alive connection between requests.
+  Connection busy(server->port());
+  ASSERT_TRUE(busy.Send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(absl::StartsWith(busy.ReadOneResponse(), "HTTP/1.1 200"));
+  Connection waiting(server->port());  // accepted and queued before the next
+  ASSERT_TRUE(waiting.connected());
+  Connection refused(server->port());
+  ASSERT_TRUE(refused.connected());
+  const std::string answer = refused.ReadAll();
+  EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 503")) << answer.substr(0, 200);
+  EXPECT_TRUE(absl::StrContains(answer, "too many HTTP connections waiting")) << answer;
+  EXPECT_FALSE(waiting.EndedWithin(absl::ZeroDuration()));
+  // The waiting one gets the thread once the busy one leaves.
+  busy.Close();
+  ASSERT_TRUE(waiting.Send("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+  const std::string served = waiting.ReadAll();
+  EXPECT_TRUE(absl::StartsWith(served, "HTTP/1.1 200")) << served.substr(0, 200);
 }
 
 }  // namespace

@@ -449,6 +449,28 @@ TEST(QuantdFlagsTest, UnknownFlagsAndUnparsableValuesAreUsageErrors) {
   std::filesystem::remove_all(dir);
 }
 
+// "--data_dir --workers=4" once started with a data dir named "--workers=4"
+// (Abseil only warned); a TLS or token file that cannot be read once made
+// the data dir, then failed to start (exit 1).
+TEST(QuantdFlagsTest, AMissingValueOrUnreadableFileIsAUsageErrorNamingTheFlag) {
+  std::string dir = MakeTempDir("quantd_flags");
+  const std::string data = "--data_dir=" + dir + "/data";
+  for (const auto& [args, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--bind_address", "--workers=2", data}, "--bind_address needs a value"},
+           {{data, "--token_file"}, "--token_file needs a value"},
+           {{data, "--token_file=" + dir + "/no-such-tokens"}, "--token_file: cannot read"},
+           {{data, "--tls_cert=" + dir + "/no-cert.pem", "--tls_key=" + dir + "/no-key.pem"}, "--tls_cert"}}) {
+    std::vector<std::string> command = {QUANTD_BIN, "--grpc_port=0", "--metrics_port", "-1"};
+    command.insert(command.end(), args.begin(), args.end());
+    auto result = RunCommand(command, kCommandTimeout);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->exit_code, 2) << says << ": " << result->err;
+    EXPECT_THAT(result->err, HasSubstr(says));
+    EXPECT_FALSE(std::filesystem::exists(dir + "/data")) << says;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(QuantdFlagsTest, HelpListsTheFlagsAndSucceeds) {
   auto result = RunCommand({QUANTD_BIN, "--help"}, kCommandTimeout);
   ASSERT_TRUE(result.ok()) << result.status();

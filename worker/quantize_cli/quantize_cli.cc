@@ -247,6 +247,10 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   QUANTD_ASSIGN_OR_RETURN(int64_t seed, get_int("seed", 0));
   o.calibration.seed = static_cast<uint64_t>(seed);
   o.calibration.layout = get("layout", "auto");
+  if (o.calibration.layout != "auto" && o.calibration.layout != "NCHW" && o.calibration.layout != "NHWC") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--layout must be NCHW, NHWC or auto, not '", o.calibration.layout, "'"));
+  }
   if (flags.count("scale") && (!absl::SimpleAtod(get("scale"), &o.calibration.preprocessing.scale) ||
                               !std::isfinite(o.calibration.preprocessing.scale) ||
                               o.calibration.preprocessing.scale == 0)) {
