@@ -47,6 +47,10 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
   bool flags_done = false;
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& arg = argv[i];
+    if (!flags_done && arg == "-h") {  // as quantd and quantd-quantize
+      invocation.help = true;
+      continue;
+    }
     if (flags_done || !absl::StartsWith(arg, "--") || arg == "--") {
       if (arg == "--" && !flags_done) {
         flags_done = true;
@@ -106,11 +110,13 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
       if (name == "tls_key") invocation.options.tls_key_file = *text;
     } else if (name == "help") {
       invocation.help = true;
+    } else if (name == "version" && invocation.command.empty()) {
+      invocation.version = true;
     } else {
       invocation.args.push_back(arg);  // the command's own flag
     }
   }
-  if (invocation.command.empty() && !invocation.help) {
+  if (invocation.command.empty() && !invocation.help && !invocation.version) {
     return absl::InvalidArgumentError("no command given (try --help)");
   }
   const GlobalOptions& o = invocation.options;

@@ -37,6 +37,7 @@ struct Invocation {
   // Everything after the command that is not a global flag.
   std::vector<std::string> args;
   bool help = false;
+  bool version = false;  // --version: print it and exit 0, as quantd does
 };
 
 // Parses argv[1..]. Global flags may appear before or after the command

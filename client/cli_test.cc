@@ -100,6 +100,17 @@ TEST(ParseInvocationTest, RequiresACommand) {
   auto help = ParseInvocation({"--help"});
   ASSERT_TRUE(help.ok());
   EXPECT_TRUE(help->help);
+  // -h and --version as quantd answers them (-h once said "no command given").
+  auto short_help = ParseInvocation({"-h"});
+  ASSERT_TRUE(short_help.ok()) << short_help.status();
+  EXPECT_TRUE(short_help->help);
+  auto command_help = ParseInvocation({"submit", "-h"});
+  ASSERT_TRUE(command_help.ok()) << command_help.status();
+  EXPECT_TRUE(command_help->help);
+  EXPECT_EQ(command_help->command, "submit");
+  auto version = ParseInvocation({"--version"});
+  ASSERT_TRUE(version.ok()) << version.status();
+  EXPECT_TRUE(version->version);
 }
 
 TEST(ParseInvocationTest, EmptyServerIsRejected) {
@@ -265,6 +276,7 @@ TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
       {{"--calib=c.bin", "--batch_size=0"}, "--batch_size: a positive number expected"},
       {{"--calib=c.bin", "--scale=nan"}, "--scale: a finite, non-zero number expected"},
       {{"--calib=c.bin", "--mean="}, "--mean: comma-separated numbers expected"},
+      {{"--calib=c.npy", "--layout=auto"}, "--layout must be NCHW or NHWC, not \"auto\""},
       {{"--calib=c.bin", "--wait", "false"}, "unexpected argument \"false\""},
       // 0 once reached the server as "unset", and ran with 99.99.
       {{"--calib=c.bin", "--preset=custom", "--activation_observer=percentile", "--percentile=0"},

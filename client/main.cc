@@ -11,7 +11,9 @@
 #include "client/cli.h"
 #include "client/commands.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int RunQuantctl(int argc, char** argv) {
   using namespace quantd::cli;
   std::vector<std::string> argv_rest(argv + 1, argv + argc);
   const char* environment_token = std::getenv("QUANTD_TOKEN");
@@ -21,6 +23,10 @@ int main(int argc, char** argv) {
   if (!invocation.ok()) {
     std::cerr << "quantctl: " << invocation.status().message() << "\n\n" << Usage();
     return kExitUsage;
+  }
+  if (invocation->version && !invocation->help) {
+    std::cout << "quantctl " << QUANTD_VERSION << "\n";
+    return kExitOk;
   }
   const Command* command = FindCommand(invocation->command);
   if (invocation->help) {
@@ -49,4 +55,18 @@ int main(int argc, char** argv) {
   context.out = &std::cout;
   context.err = &std::cerr;
   return command->run(context, invocation->args);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int code = RunQuantctl(argc, argv);
+  // An answer that did not reach stdout (a full disk, a closed pipe) is not
+  // a success, whatever the server said.
+  std::cout.flush();
+  if (code == quantd::cli::kExitOk && !std::cout) {
+    std::cerr << "quantctl: cannot write the answer to standard output\n";
+    return quantd::cli::kExitFailure;
+  }
+  return code;
 }

@@ -24,7 +24,7 @@ const char kSubmitUsage[] =
     "[--kernel_engine=E] [--strict_kernels] "
     "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
     "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
-    "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--idempotency_key=K] "
+    "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--layout=NCHW|NHWC] [--idempotency_key=K] "
     "[--deadline_seconds=N] [--model_name=NAME] [--tuning=PATH|--tuning_blob=ID [--tuning_format=F] "
     "[--tuning_labels=PATH] [--tolerance=POINTS] [--relative_tolerance] [--max_trials=N] "
     "[--time_budget_seconds=S] [--int8_only] [--max_fp32_layers=N] [--against_fp32]] [--wait]";
@@ -186,6 +186,18 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
   if (a.Has("std") && !ParseFloats(a.Get("std"), r->mutable_preprocessing()->mutable_std())) {
     return (*error = "--std: comma-separated numbers expected", false);
   }
+  if (a.Has("layout")) {
+    // quantd-quantize's flag. No "auto" here: a job's layout is fixed when it
+    // is submitted, and evaluations of its versions read .npy sets in it.
+    const std::string layout = a.Get("layout");
+    if (layout == "NCHW" || layout == "nchw") {
+      r->mutable_preprocessing()->set_input_layout(v1::TENSOR_LAYOUT_NCHW);
+    } else if (layout == "NHWC" || layout == "nhwc") {
+      r->mutable_preprocessing()->set_input_layout(v1::TENSOR_LAYOUT_NHWC);
+    } else {
+      return (*error = absl::StrCat("--layout must be NCHW or NHWC, not \"", layout, "\""), false);
+    }
+  }
   if (a.Has("tuning") || a.Has("tuning_blob")) {
     v1::AccuracyGoal* goal = r->mutable_accuracy_goal();
     if (!SetDataset(a, "tuning", goal->mutable_tuning(), error)) return false;
@@ -248,7 +260,7 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
        "batch_size", "samples_per_class", "seed", "preset", "activation_observer", "weight_observer",
        "percentile",
        "kernel_engine", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "fusion", "eval",
-       "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std",
+       "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std", "layout",
        "idempotency_key", "deadline_seconds", "model_name", "tuning", "tuning_blob", "tuning_format",
        "tuning_labels", "tolerance", "max_trials", "time_budget_seconds", "max_fp32_layers"},
       &error,

@@ -483,6 +483,31 @@ TEST(QuantdFlagsTest, HelpListsTheFlagsAndSucceeds) {
   EXPECT_THAT(result->out, ::testing::Not(HasSubstr("--flagfile")));
 }
 
+// The three tools answer -h, --help and --version alike: on stdout, exit 0.
+TEST(QuantdFlagsTest, EveryToolAnswersHelpAndVersionTheSameWay) {
+  for (const std::string tool : {QUANTD_BIN, QUANTCTL_BIN, QUANTIZE_BIN}) {
+    const std::string name = std::filesystem::path(tool).filename().string();
+    for (const char* flag : {"-h", "--help"}) {
+      auto help = RunCommand({tool, flag}, kCommandTimeout);
+      ASSERT_TRUE(help.ok()) << help.status();
+      EXPECT_EQ(help->exit_code, 0) << name << " " << flag << ": " << help->err;
+      EXPECT_THAT(help->out, HasSubstr("--")) << name << " " << flag;
+    }
+    auto version = RunCommand({tool, "--version"}, kCommandTimeout);
+    ASSERT_TRUE(version.ok()) << version.status();
+    EXPECT_EQ(version->exit_code, 0) << name << ": " << version->err;
+    EXPECT_THAT(version->out, ::testing::StartsWith(name + " ")) << name;
+  }
+}
+
+// An answer that never reached stdout is not a success (it once exited 0).
+TEST(QuantdFlagsTest, QuantctlFailsWhenItsAnswerCannotBeWritten) {
+  auto full = RunCommand({"/bin/sh", "-c", std::string(QUANTCTL_BIN) + " --help > /dev/full"}, kCommandTimeout);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->exit_code, 1) << full->err;
+  EXPECT_THAT(full->err, HasSubstr("cannot write the answer to standard output"));
+}
+
 // Abseil's usage flags exited 0 inside flag parsing, which quantd's exit-2
 // hook turned into a silent exit 2 with nothing printed.
 TEST(QuantdFlagsTest, VersionPrintsAndOtherUsageFlagsAreRefusedByName) {

@@ -6,6 +6,14 @@
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  // -h and --version as quantd and quantctl answer them.
+  for (std::string& arg : args) {
+    if (arg == "-h") arg = "--help";
+  }
+  if (args.size() == 1 && args[0] == "--version") {
+    std::cout << "quantd-quantize " << QUANTD_VERSION << "\n";
+    return 0;
+  }
   auto command = quantd::cli::ParseQuantizeArgs(args);
   if (!command.ok()) {
     if (command.status().message() == "help requested") {
