@@ -1,6 +1,8 @@
 #include "worker/dynamic_batcher.h"
 
 #include <algorithm>
+#include <iostream>
+#include <new>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
@@ -203,22 +205,33 @@ void DynamicBatcher::RunPass(Pass pass, bool offload) {
   if (pass.requests.empty()) return;
   int64_t total = 0;
   for (const Request& r : pass.requests) total += r.batch;
-  std::vector<float> samples;
-  if (pass.requests.size() == 1) {
-    samples = std::move(pass.requests.front().samples);
-  } else {
-    size_t values = 0;
-    for (const Request& r : pass.requests) values += r.samples.size();
-    samples.reserve(values);
-    for (Request& r : pass.requests) {
-      samples.insert(samples.end(), r.samples.begin(), r.samples.end());
-      std::vector<float>().swap(r.samples);
-    }
-  }
   Completion completion;
   completion.total = total;
   completion.start = clock_->Now();
-  completion.output = pass.model->Run(std::move(samples), total);
+  // Nothing thrown here may leave the thread (a batcher thread would end
+  // the process) or skip a request's answer: every request gets one.
+  try {
+    std::vector<float> samples;
+    if (pass.requests.size() == 1) {
+      samples = std::move(pass.requests.front().samples);
+    } else {
+      size_t values = 0;
+      for (const Request& r : pass.requests) values += r.samples.size();
+      samples.reserve(values);
+      for (Request& r : pass.requests) {
+        samples.insert(samples.end(), r.samples.begin(), r.samples.end());
+        std::vector<float>().swap(r.samples);
+      }
+    }
+    completion.output = pass.model->Run(std::move(samples), total);
+  } catch (const std::bad_alloc&) {
+    completion.output =
+        absl::ResourceExhaustedError(absl::StrCat("out of memory for a pass of ", total, " samples; retry smaller"));
+  } catch (const std::exception& e) {
+    completion.output = absl::InternalError(absl::StrCat("the pass failed: ", e.what()));
+  } catch (...) {
+    completion.output = absl::InternalError("the pass failed with an unknown exception");
+  }
   completion.end = clock_->Now();
   completion.requests = std::move(pass.requests);
   if (offload && !completion_threads_.empty()) {
@@ -268,21 +281,34 @@ void DynamicBatcher::Deliver(Completion completion) {
     stats.executed_batch_size = total;
     stats.queue_time = completion.start - r.enqueued;
     stats.compute_time = completion.end - completion.start;
+    absl::StatusOr<engine::ServingOutput> answer = absl::UnknownError("no answer");
     if (!output.ok()) {
-      std::move(r.done)(output.status(), stats);
-      continue;
-    }
-    engine::ServingOutput mine;
-    mine.shape = output->shape;
-    mine.shape[0] = r.batch;
-    const size_t count = per_sample * static_cast<size_t>(r.batch);
-    if (completion.requests.size() == 1) {
-      mine.values = std::move(output->values);
+      answer = output.status();
     } else {
-      mine.values.assign(output->values.begin() + offset, output->values.begin() + offset + count);
+      const size_t count = per_sample * static_cast<size_t>(r.batch);
+      try {
+        engine::ServingOutput mine;
+        mine.shape = output->shape;
+        mine.shape[0] = r.batch;
+        if (completion.requests.size() == 1) {
+          mine.values = std::move(output->values);
+        } else {
+          mine.values.assign(output->values.begin() + offset, output->values.begin() + offset + count);
+        }
+        answer = std::move(mine);
+      } catch (const std::bad_alloc&) {
+        answer = absl::ResourceExhaustedError("out of memory copying this request's outputs; retry");
+      }
+      offset += count;
     }
-    offset += count;
-    std::move(r.done)(std::move(mine), stats);
+    try {
+      std::move(r.done)(std::move(answer), stats);
+    } catch (const std::exception& e) {
+      // The caller's own encoding failed; the other requests still get theirs.
+      std::cerr << "quantd: answering an inference request failed: " << e.what() << "\n";
+    } catch (...) {
+      std::cerr << "quantd: answering an inference request failed with an unknown exception\n";
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <new>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -33,6 +34,7 @@ class FakeModel : public BatchableModel {
       mu_.Await(absl::Condition(
           +[](const bool* open) { return *open; }, &open_));
     }
+    if (throw_bad_alloc_) throw std::bad_alloc();
     if (!error_.ok()) return error_;
     engine::ServingOutput out;
     out.shape = {batch, kValuesPerSample};
@@ -58,12 +60,14 @@ class FakeModel : public BatchableModel {
     return passes_;
   }
   void FailWith(absl::Status error) { error_ = std::move(error); }
+  void ThrowBadAlloc(bool on) { throw_bad_alloc_ = on; }
 
  private:
   mutable absl::Mutex mu_;
   mutable std::vector<int64_t> passes_ ABSL_GUARDED_BY(mu_);
   bool open_ ABSL_GUARDED_BY(mu_) = true;
   absl::Status error_;
+  std::atomic<bool> throw_bad_alloc_{false};
 };
 
 // One request's outcome.
@@ -254,6 +258,28 @@ TEST(DynamicBatcherTest, AFailedPassFailsEachOfItsRequests) {
     EXPECT_EQ(o->output.status().code(), absl::StatusCode::kInternal);
   }
   EXPECT_THAT(model->passes(), ElementsAre(2));
+}
+
+// A pass that throws (out of memory) once ended the process from a batcher
+// thread: each of its requests is answered RESOURCE_EXHAUSTED instead, and
+// the batcher goes on serving.
+TEST(DynamicBatcherTest, APassThatThrowsAnswersEachRequestAndTheBatcherGoesOn) {
+  auto model = std::make_shared<FakeModel>();
+  model->ThrowBadAlloc(true);
+  DynamicBatcher batcher(OneThread(2, absl::ZeroDuration()), Clock::Real());
+  Outcome a, b;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &a).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());
+  for (Outcome* o : {&a, &b}) {
+    o->done.WaitForNotification();
+    EXPECT_EQ(o->output.status().code(), absl::StatusCode::kResourceExhausted);
+  }
+  model->ThrowBadAlloc(false);
+  Outcome after;
+  ASSERT_TRUE(Submit(batcher, model, 1, 5, &after).ok());
+  after.done.WaitForNotification();
+  ASSERT_TRUE(after.output.ok()) << after.output.status();
+  EXPECT_EQ(after.output->values.front(), 51.0f);
 }
 
 TEST(DynamicBatcherTest, ShutdownRunsWhatIsQueuedAndRefusesMore) {

@@ -177,7 +177,10 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     }
     attempt = ++attempts_;
     loading_[key] = attempt;
-    load_generation = resolution_generation_;
+    // The generation the version was resolved in, not now's: a delete
+    // between the resolution and here (or while this caller waited for
+    // another's load) must not leave the deleted version cached.
+    load_generation = generation;
   }
   // Whatever LoadUncached throws (std::bad_alloc reading a large artifact)
   // becomes this attempt's failure: the loading mark must be cleared, or every

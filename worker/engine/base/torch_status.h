@@ -43,8 +43,12 @@ template <typename Fn>
 absl::Status TorchTry(const std::string& context, Fn&& fn) {
   try {
     return fn();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory"));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat(context, ": ", ExceptionMessage(e)));
+  } catch (...) {
+    return absl::InternalError(absl::StrCat(context, ": an exception that is not a std::exception"));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <mutex>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -95,12 +96,14 @@ absl::Status WithKernelEngine(const std::string& kernel_engine, const std::strin
                               const std::function<void()>& fn) {
   QUANTD_ASSIGN_OR_RETURN(at::QEngine engine, FindEngine(kernel_engine));
   EngineLease::Get().Acquire(engine);
-  absl::Status status = TorchTry(absl::StrCat(what, " on ", kernel_engine), [&]() {
+  // Released however this ends: a lease kept by an exception (one thrown
+  // while TorchTry builds its message, under the OOM that caused the first)
+  // would block the other engine for good.
+  absl::Cleanup release = [] { EngineLease::Get().Release(); };
+  return TorchTry(absl::StrCat(what, " on ", kernel_engine), [&]() {
     fn();
     return absl::OkStatus();
   });
-  EngineLease::Get().Release();
-  return status;
 }
 
 void PrepareThreadForLibTorch() {

@@ -50,12 +50,14 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes
     ::unlink(tmp.c_str());
     return status;
   }
+  // The rename is durable only once the folder is synced: a caller told OK
+  // may record the file (a job's artifact) that a power loss would take.
   const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
-  return absl::OkStatus();
+  if (dir_fd < 0) return Errno("cannot open the folder to sync", dir.string());
+  const bool synced = ::fsync(dir_fd) == 0;
+  absl::Status status = synced ? absl::OkStatus() : Errno("cannot sync the folder", dir.string());
+  ::close(dir_fd);
+  return status;
 }
 
 }  // namespace quantd::engine
