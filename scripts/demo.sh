@@ -11,6 +11,12 @@ cd "$(dirname "$0")/.."
 fixtures="${1:-${QUANTD_FIXTURES:-../shared/fixtures}}"
 build_dir="${QUANTD_BUILD_DIR:-build}"
 
+# Before the build: without the fixtures there is no job to run.
+if [ ! -f "$fixtures/models/resnet8_fp32.torchscript.pt" ]; then
+  echo "demo: fixtures not found in $fixtures (see README, 'Fixtures')" >&2
+  exit 1
+fi
+
 scripts/build.sh
 
 mkdir -p data
@@ -61,10 +67,6 @@ echo "\$ quantctl --server=127.0.0.1:$grpc_port --json health"
 "$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --json health
 echo "metrics: http://127.0.0.1:$metrics_port/metrics"
 
-if [ ! -f "$fixtures/models/resnet8_fp32.torchscript.pt" ]; then
-  echo "demo: fixtures not found in $fixtures (see README, 'Fixtures')" >&2
-  exit 1
-fi
 quantctl=("$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --timeout=600)
 
 # The main job: upload the MLPerf Tiny ResNet8 and CIFAR-10, quantize with the

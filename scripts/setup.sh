@@ -4,7 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "setup: installing Debian packages needs root: run this as root, or install sudo" >&2
+    exit 1
+  fi
+  SUDO="sudo"
+fi
 
 DEB_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl ca-certificates
@@ -37,6 +43,9 @@ if [ "${QUANTD_SETUP_TEST_TOOLS:-1}" = "0" ]; then
   exit 0
 fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  # The package lists may be empty (a fresh container) when the Debian
+  # packages above were already there and no update ran.
+  $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q nodejs npm
 fi
 if [ ! -d tests/node/node_modules/grpc-js-reflection-client ]; then
