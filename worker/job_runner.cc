@@ -119,6 +119,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   // The store keeps references (input_locator.h); the engine reads this
   // process's files. One that is not here fails the job naming its field.
   const absl::StatusOr<JobSpec> local_spec = LocalizeJobSpec(job.spec, inputs_);
+  if (!local_spec.ok()) enter_phase(JobPhase::kLoading);  // where the job fails: "loading: model: ..."
   engine::QuantizeOptions options = ToQuantizeOptions(local_spec.ok() ? *local_spec : job.spec);
   options.max_batch_bytes = max_batch_bytes_;
   options.progress = [&](const engine::ProgressEvent& progress) {

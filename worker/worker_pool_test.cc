@@ -844,6 +844,23 @@ TEST_F(WorkerPoolTest, ACancelRequestedJustBeforeAShutdownIsTheJobsOutcome) {
   EXPECT_EQ(*store_->CancelRequest(job.id), std::nullopt);
 }
 
+// An input this process does not have (another replica took the upload)
+// fails the job while loading, naming the field, before the engine runs.
+TEST_F(WorkerPoolTest, AJobWhoseInputIsNotHereFailsWhileLoadingNamingTheField) {
+  const InputLocator locator(dir_, /*blobs=*/nullptr);
+  WorkerPool::Options options;
+  options.inputs = &locator;
+  auto pool = NewPool(options);
+  pool->Start();
+  const std::string id = pool->Submit(NewJob(DataDirReference("models/missing.pt")))->id;
+  const Job job = WaitForState(id, JobState::kFailed);
+  ASSERT_TRUE(job.result.has_value());
+  EXPECT_EQ(job.result->error_code, absl::StatusCode::kNotFound);
+  EXPECT_THAT(job.result->error_message, HasSubstr("loading: model: \"models/missing.pt\""));
+  pool->Stop();
+  EXPECT_EQ(engine_.runs_returned.load(), 0);  // the engine never ran
+}
+
 // The job's lease ran out while its runner stored the artifact, and another
 // process recovered it (here: failed it, out of attempts). The runner cannot
 // record its outcome; the artifact it stored is no job's, and goes.
