@@ -294,9 +294,7 @@ absl::StatusOr<ResolvedInput> ReferenceResolver::ResolvePath(const std::string& 
                                                              const std::string& field) const {
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty path"));
   fs::path relative(path);
-  bool escapes = relative.is_absolute();
-  for (const fs::path& part : relative) escapes = escapes || part == "..";
-  if (escapes) {
+  if (!worker::StaysUnderItsRoot(relative)) {
     return absl::InvalidArgumentError(absl::StrCat(
         field, ": \"", path, "\" is outside the data root (paths must be relative to --data_dir, "
         "without \"..\")"));

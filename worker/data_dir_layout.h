@@ -5,6 +5,7 @@
 // to the same folder, so they must not name these: a job could otherwise
 // read the job store, another user's upload by path, or the lock.
 
+#include <filesystem>
 #include <string_view>
 
 namespace quantd::worker {
@@ -19,6 +20,16 @@ inline constexpr std::string_view kDataDirLockFile = "LOCK";
 inline bool IsQuantdStateEntry(std::string_view top) {
   return top.substr(0, kJobStoreFile.size()) == kJobStoreFile || top == kArtifactsDir || top == kBlobsDir ||
          top == kDataDirLockFile;
+}
+
+// Whether `relative` names something under the folder it is relative to: not
+// empty, not absolute, no "..". (Links are the caller's to resolve.)
+inline bool StaysUnderItsRoot(const std::filesystem::path& relative) {
+  if (relative.empty() || relative.is_absolute()) return false;
+  for (const std::filesystem::path& part : relative) {
+    if (part == "..") return false;
+  }
+  return true;
 }
 
 }  // namespace quantd::worker

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
+#include "worker/data_dir_layout.h"
 #include "worker/engine/base/status_macros.h"
 
 namespace quantd::worker {
@@ -52,9 +53,7 @@ absl::StatusOr<std::string> InputLocator::LocalPath(const std::string& reference
   }
   if (absl::StartsWith(reference, kDataDirPrefix)) {
     const fs::path relative(reference.substr(kDataDirPrefix.size()));
-    bool escapes = relative.empty() || relative.is_absolute();
-    for (const fs::path& part : relative) escapes = escapes || part == "..";
-    if (escapes) return absl::InvalidArgumentError(absl::StrCat(field, ": \"", reference, "\" leaves the data dir"));
+    if (!StaysUnderItsRoot(relative)) return absl::InvalidArgumentError(absl::StrCat(field, ": \"", reference, "\" leaves the data dir"));
     const fs::path full = fs::path(data_dir_) / relative;
     std::error_code error;
     if (!fs::is_regular_file(full, error)) {
