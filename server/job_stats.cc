@@ -1,9 +1,12 @@
 #include "server/job_stats.h"
 
+#include <cstdint>
 #include <set>
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/time/time.h"
+#include "worker/evaluation.h"
 
 namespace quantd {
 namespace {
@@ -32,8 +35,8 @@ JobStats::JobStats(prometheus::Registry& registry)
                 .Register(registry)),
       accuracy_(prometheus::BuildGauge()
                     .Name("quantd_model_accuracy_ratio")
-                    .Help("Top-1 accuracy of each published model version as its job evaluated it, by precision "
-                          "(int8, fp32).")
+                    .Help("Top-1 accuracy of each published model version, by precision (int8, fp32): from its "
+                          "newest Evaluate with that precision, else as its job evaluated it.")
                     .Register(registry)),
       submitted_(prometheus::BuildCounter()
                      .Name("quantd_jobs_submitted_total")
@@ -152,14 +155,42 @@ void JobStats::Refresh(worker::JobStore& jobs, const worker::DataQuota* quota) {
   }
   absl::StatusOr<std::vector<worker::ModelVersion>> versions = jobs.ListModelVersions("");
   if (!versions.ok()) return;
+  // Each version's newest Evaluate per precision (version numbers are never
+  // used again, so none is another version's).
+  struct Evaluated {
+    double top1 = 0;
+    absl::Time finished = absl::InfinitePast();
+  };
+  std::map<std::tuple<std::string, int64_t, std::string>, Evaluated> evaluated;
+  if (absl::StatusOr<std::vector<std::string>> latest = jobs.LatestEvaluations(); latest.ok()) {
+    for (const std::string& record : *latest) {
+      absl::StatusOr<worker::Evaluation> e = worker::DecodeEvaluation(record);
+      if (!e.ok() || !e->report.has_value() || e->report->samples <= 0) continue;
+      const absl::Time finished = e->finish_time.value_or(e->update_time);
+      const double samples = static_cast<double>(e->report->samples);
+      auto keep = [&](const char* precision, const worker::PrecisionResult& result) {
+        Evaluated& slot = evaluated[{e->spec.model_name, e->spec.model_version, precision}];
+        if (finished < slot.finished) return;
+        slot.top1 = static_cast<double>(result.top1_correct) / samples;
+        slot.finished = finished;
+      };
+      keep("int8", e->report->int8);
+      if (e->report->fp32.has_value()) keep("fp32", *e->report->fp32);
+    }
+  }
   std::map<std::tuple<std::string, std::string, std::string>, double> now;
   for (const worker::ModelVersion& v : *versions) {
-    absl::StatusOr<worker::Job> job = jobs.Get(v.job_id);
-    if (!job.ok() || !job->result.has_value()) continue;
-    const engine::QuantizeReport& report = job->result->report;
     const std::string version = std::to_string(v.version);
-    if (report.int8_accuracy.has_value()) now[{v.name, version, "int8"}] = report.int8_accuracy->top1();
-    if (report.fp32_accuracy.has_value()) now[{v.name, version, "fp32"}] = report.fp32_accuracy->top1();
+    absl::StatusOr<worker::Job> job = jobs.Get(v.job_id);
+    if (job.ok() && job->result.has_value()) {
+      const engine::QuantizeReport& report = job->result->report;
+      if (report.int8_accuracy.has_value()) now[{v.name, version, "int8"}] = report.int8_accuracy->top1();
+      if (report.fp32_accuracy.has_value()) now[{v.name, version, "fp32"}] = report.fp32_accuracy->top1();
+    }
+    for (const char* precision : {"int8", "fp32"}) {
+      auto it = evaluated.find({v.name, v.version, precision});
+      if (it != evaluated.end()) now[{v.name, version, precision}] = it->second.top1;
+    }
   }
   absl::MutexLock lock(&mu_);
   for (auto it = accuracy_gauges_.begin(); it != accuracy_gauges_.end();) {

@@ -68,6 +68,18 @@ bool InTopK(const float* scores, int64_t classes, int64_t label, int64_t k) {
   return better < k;
 }
 
+// What the store selects LatestEvaluations by.
+JobStore::EvaluationIndex IndexOf(const Evaluation& e) {
+  JobStore::EvaluationIndex index;
+  index.model_name = e.spec.model_name;
+  index.model_version = e.spec.model_version;
+  if (e.state == EvaluationState::kSucceeded && e.report.has_value()) {
+    index.succeeded = e.finish_time.value_or(e.update_time);
+    index.has_fp32 = e.report->fp32.has_value();
+  }
+  return index;
+}
+
 }  // namespace
 
 const char* EvaluationStateName(EvaluationState state) {
@@ -285,7 +297,7 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
     return absl::ResourceExhaustedError(
         absl::StrCat(running_.size(), " evaluations already run on this server; retry when one has finished"));
   }
-  QUANTD_RETURN_IF_ERROR(store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation)));
+  QUANTD_RETURN_IF_ERROR(store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation)));
   for (auto it = workers_.begin(); it != workers_.end();) {
     if (it->done->load()) {
       it->thread.join();
@@ -345,7 +357,7 @@ void Evaluator::Store(const Evaluation& evaluation) {
   // A store that cannot write now (a full disk) loses only progress; the
   // final record is retried a few times.
   for (int attempt = 0; attempt < 5; ++attempt) {
-    if (store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation)).ok()) return;
+    if (store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation)).ok()) return;
     if (evaluation.state == EvaluationState::kRunning) return;
     absl::SleepFor(absl::Milliseconds(100 << attempt));  // backoff before retrying the final write
   }

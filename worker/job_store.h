@@ -119,9 +119,22 @@ class JobStore {
   // Unpublishes a version (its job and artifact stay). NOT_FOUND if absent.
   virtual absl::Status DeleteModelVersion(const std::string& name, int64_t version) = 0;
   // Evaluation records (worker/evaluation.h encodes them), by id: insert or
-  // replace, and read (NOT_FOUND naming the id).
-  virtual absl::Status PutEvaluation(const std::string& id, const std::string& record) = 0;
+  // replace, and read (NOT_FOUND naming the id). `index` is what
+  // LatestEvaluations selects by; the store never parses records.
+  struct EvaluationIndex {
+    std::string model_name;
+    int64_t model_version = 0;
+    std::optional<absl::Time> succeeded;  // set once the evaluation has succeeded
+    bool has_fp32 = false;                // its report has an FP32 column
+  };
+  virtual absl::Status PutEvaluation(const std::string& id, const std::string& record,
+                                     const EvaluationIndex& index) = 0;
   virtual absl::StatusOr<std::string> GetEvaluation(const std::string& id) = 0;
+  // For each model version: the record of its newest succeeded evaluation,
+  // and of its newest succeeded one with an FP32 column where that is
+  // another (for metrics; every process's). Records stored before indexes
+  // existed are not among them.
+  virtual absl::StatusOr<std::vector<std::string>> LatestEvaluations() = 0;
   // How many jobs are in each state (every process's: for metrics).
   virtual absl::StatusOr<std::map<JobState, int64_t>> CountByState() = 0;
   // Interrupted RUNNING jobs go back to QUEUED, or to FAILED once they have

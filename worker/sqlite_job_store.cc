@@ -48,7 +48,11 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 CREATE TABLE IF NOT EXISTS evaluations (
   id TEXT PRIMARY KEY,
-  record TEXT NOT NULL
+  record TEXT NOT NULL,
+  model_name TEXT,
+  model_version INTEGER,
+  succeeded_us INTEGER,
+  has_fp32 INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS model_versions (
   name TEXT NOT NULL,
@@ -228,19 +232,33 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
   QUANTD_RETURN_IF_ERROR(store->Exec(kSchema));
-  // Job stores from before jobs had owners and leases: every column added
-  // since is added here. A RUNNING row without a lease (lease_us NULL) is
-  // from a server that has stopped, so it counts as expired.
-  for (const auto& [name, definition] :
-       {std::pair<const char*, const char*>{"owner", "owner TEXT NOT NULL DEFAULT ''"},
-        {"holder", "holder TEXT NOT NULL DEFAULT ''"},
-        {"lease_us", "lease_us INTEGER"}}) {
-    Stmt column(db, "SELECT 1 FROM pragma_table_info('jobs') WHERE name = ?1");
+  // Job stores from before jobs had owners and leases, and evaluations
+  // indexes: every column added since is added here. A RUNNING row without a
+  // lease (lease_us NULL) is from a server that has stopped, so it counts as
+  // expired; an evaluation without an index is in no LatestEvaluations.
+  struct AddedColumn {
+    const char* table;
+    const char* name;
+    const char* definition;
+  };
+  for (const AddedColumn& added : {AddedColumn{"jobs", "owner", "owner TEXT NOT NULL DEFAULT ''"},
+                                   AddedColumn{"jobs", "holder", "holder TEXT NOT NULL DEFAULT ''"},
+                                   AddedColumn{"jobs", "lease_us", "lease_us INTEGER"},
+                                   AddedColumn{"evaluations", "model_name", "model_name TEXT"},
+                                   AddedColumn{"evaluations", "model_version", "model_version INTEGER"},
+                                   AddedColumn{"evaluations", "succeeded_us", "succeeded_us INTEGER"},
+                                   AddedColumn{"evaluations", "has_fp32", "has_fp32 INTEGER NOT NULL DEFAULT 0"}}) {
+    Stmt column(db, "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2");
     QUANTD_RETURN_IF_ERROR(column.status());
-    column.Bind(1, std::string(name));
+    column.Bind(1, std::string(added.table)).Bind(2, std::string(added.name));
     QUANTD_ASSIGN_OR_RETURN(bool present, column.Step());
-    if (!present) QUANTD_RETURN_IF_ERROR(store->Exec(absl::StrCat("ALTER TABLE jobs ADD COLUMN ", definition).c_str()));
+    if (!present) {
+      QUANTD_RETURN_IF_ERROR(
+          store->Exec(absl::StrCat("ALTER TABLE ", added.table, " ADD COLUMN ", added.definition).c_str()));
+    }
   }
+  QUANTD_RETURN_IF_ERROR(store->Exec(
+      "CREATE INDEX IF NOT EXISTS evaluations_latest ON evaluations(model_name, model_version, succeeded_us)"));
   return store;
 }
 
@@ -761,12 +779,38 @@ absl::StatusOr<std::vector<ModelVersion>> SqliteJobStore::ListModelVersions(cons
   return versions;
 }
 
-absl::Status SqliteJobStore::PutEvaluation(const std::string& id, const std::string& record) {
+absl::Status SqliteJobStore::PutEvaluation(const std::string& id, const std::string& record,
+                                           const EvaluationIndex& index) {
   absl::MutexLock lock(&mu_);
-  Stmt s(db_, "INSERT OR REPLACE INTO evaluations (id, record) VALUES (?1, ?2)");
+  Stmt s(db_,
+         "INSERT OR REPLACE INTO evaluations (id, record, model_name, model_version, succeeded_us, has_fp32) "
+         "VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
   QUANTD_RETURN_IF_ERROR(s.status());
-  s.Bind(1, id).Bind(2, record);
+  s.Bind(1, id).Bind(2, record).Bind(3, index.model_name).Bind(4, index.model_version);
+  if (index.succeeded.has_value()) s.Bind(5, ToUs(*index.succeeded)); else s.BindNull(5);
+  s.Bind(6, int64_t{index.has_fp32 ? 1 : 0});
   return s.Step().status();
+}
+
+absl::StatusOr<std::vector<std::string>> SqliteJobStore::LatestEvaluations() {
+  absl::MutexLock lock(&mu_);
+  // Each version's newest succeeded row, and its newest with FP32; a row
+  // that is both is returned once.
+  Stmt s(db_,
+         "SELECT e.record FROM evaluations e WHERE e.succeeded_us IS NOT NULL AND ("
+         "e.succeeded_us = (SELECT MAX(succeeded_us) FROM evaluations "
+         "WHERE model_name = e.model_name AND model_version = e.model_version) OR "
+         "(e.has_fp32 = 1 AND e.succeeded_us = (SELECT MAX(succeeded_us) FROM evaluations "
+         "WHERE model_name = e.model_name AND model_version = e.model_version AND has_fp32 = 1))) "
+         "ORDER BY e.succeeded_us, e.id");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  std::vector<std::string> records;
+  while (true) {
+    QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    records.push_back(s.Text(0));
+  }
+  return records;
 }
 
 absl::StatusOr<std::string> SqliteJobStore::GetEvaluation(const std::string& id) {

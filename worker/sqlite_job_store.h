@@ -52,8 +52,9 @@ class SqliteJobStore final : public JobStore {
                                                     const std::string& restarted_holder) override;
   absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) override;
   absl::StatusOr<std::map<JobState, int64_t>> CountByState() override;
-  absl::Status PutEvaluation(const std::string& id, const std::string& record) override;
+  absl::Status PutEvaluation(const std::string& id, const std::string& record, const EvaluationIndex& index) override;
   absl::StatusOr<std::string> GetEvaluation(const std::string& id) override;
+  absl::StatusOr<std::vector<std::string>> LatestEvaluations() override;
   absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) override;
   absl::Status DeleteModelVersion(const std::string& name, int64_t version) override;
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -320,6 +321,41 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
 
   // A published job's source model stays in use (its FP32 side is served).
   EXPECT_THAT(*(*store)->ActiveJobsUsing("/m.pt"), ::testing::ElementsAre("a", "e", "g"));
+}
+
+TEST(SqliteJobStoreTest, LatestEvaluationsAreEachVersionsNewestSucceededAndNewestWithFp32) {
+  const std::string path = TempDir("evaluations") + "/jobs.db";
+  {  // A store from before evaluations were indexed, with one record.
+    auto store = SqliteJobStore::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  for (const char* sql : {"DROP INDEX evaluations_latest", "DROP TABLE evaluations",
+                          "CREATE TABLE evaluations (id TEXT PRIMARY KEY, record TEXT NOT NULL)",
+                          "INSERT INTO evaluations VALUES ('old', 'old record')"}) {
+    ASSERT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sql << ": " << sqlite3_errmsg(db);
+  }
+  sqlite3_close(db);
+  auto store = SqliteJobStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(*(*store)->GetEvaluation("old"), "old record");
+  auto at = [](int64_t seconds) { return std::optional<absl::Time>(absl::FromUnixSeconds(seconds)); };
+  using Index = JobStore::EvaluationIndex;
+  // resnet8 v1: FP32 at 10, int8 only at 20, one still running, one failed
+  // (no index time); v2: one at 15; other v1: none succeeded.
+  ASSERT_TRUE((*store)->PutEvaluation("e1", "v1 with fp32", Index{"resnet8", 1, at(10), true}).ok());
+  ASSERT_TRUE((*store)->PutEvaluation("e2", "v1 int8 only", Index{"resnet8", 1, at(20), false}).ok());
+  ASSERT_TRUE((*store)->PutEvaluation("e3", "v1 running", Index{"resnet8", 1, std::nullopt, false}).ok());
+  ASSERT_TRUE((*store)->PutEvaluation("e4", "v2", Index{"resnet8", 2, at(15), true}).ok());
+  ASSERT_TRUE((*store)->PutEvaluation("e5", "other failed", Index{"other", 1, std::nullopt, false}).ok());
+  auto latest = (*store)->LatestEvaluations();
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_THAT(*latest, ::testing::ElementsAre("v1 with fp32", "v2", "v1 int8 only"));
+  // A newer evaluation with FP32 is both: returned once, and the older ones
+  // of its version are no longer.
+  ASSERT_TRUE((*store)->PutEvaluation("e3", "v1 done", Index{"resnet8", 1, at(30), true}).ok());
+  EXPECT_THAT(*(*store)->LatestEvaluations(), ::testing::ElementsAre("v2", "v1 done"));
 }
 
 TEST(SqliteJobStoreTest, ADeleteThatFailsHalfwayChangesNothing) {

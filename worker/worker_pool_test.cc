@@ -199,9 +199,10 @@ class FullDiskStore : public JobStore {
     return real_->ListModelVersions(name);
   }
   absl::StatusOr<std::map<JobState, int64_t>> CountByState() override { return real_->CountByState(); }
-  absl::Status PutEvaluation(const std::string& id, const std::string& record) override {
-    return real_->PutEvaluation(id, record);
+  absl::Status PutEvaluation(const std::string& id, const std::string& record, const EvaluationIndex& index) override {
+    return real_->PutEvaluation(id, record, index);
   }
+  absl::StatusOr<std::vector<std::string>> LatestEvaluations() override { return real_->LatestEvaluations(); }
   absl::StatusOr<std::string> GetEvaluation(const std::string& id) override { return real_->GetEvaluation(id); }
   absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) override {
     return real_->GetModelVersion(name, version);
