@@ -49,6 +49,6 @@ EXPOSE 50051 9464
 # Plaintext on 50051, the defaults below: with --tls_cert or another port,
 # override it (docker run --health-cmd ...); Kubernetes ignores it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
-  CMD ["/usr/local/bin/quantctl", "--server=127.0.0.1:50051", "--timeout=2", "health"]
+  CMD ["/usr/local/bin/quantctl", "--server=127.0.0.1:50051", "--timeout_seconds=2", "health"]
 ENTRYPOINT ["/usr/local/bin/quantd"]
 CMD ["--bind_address=0.0.0.0", "--grpc_port=50051", "--metrics_port=9464", "--data_dir=/var/lib/quantd"]

@@ -83,13 +83,13 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
       if (!server.ok()) return server.status();
       if (server->empty()) return absl::InvalidArgumentError("--server must not be empty");
       invocation.options.server = *server;
-    } else if (name == "timeout") {
+    } else if (name == "timeout_seconds" || name == "timeout") {  // --timeout: its old name
       absl::StatusOr<std::string> text = take_value();
       if (!text.ok()) return text.status();
       double seconds = 0;
       if (!absl::SimpleAtod(*text, &seconds) || !(seconds > 0 && seconds <= 366 * 86400)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "--timeout expects a positive number of seconds up to a year, got \"", *text, "\""));
+            "--", name, " expects a positive number of seconds up to a year, got \"", *text, "\""));
       }
       invocation.options.timeout_seconds = seconds;
     } else if (name == "json") {
@@ -130,12 +130,12 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
 }
 
 std::string GlobalUsage() {
-  return "usage: quantctl [--server=HOST:PORT] [--timeout=SECONDS] [--json] [--token=T] [--tls_ca=PEM] COMMAND "
+  return "usage: quantctl [--server=HOST:PORT] [--timeout_seconds=S] [--json] [--token=T] [--tls_ca=PEM] COMMAND "
          "[ARGS...]\n"
          "\n"
          "global flags:\n"
          "  --server=HOST:PORT  quantd gRPC address (default: $QUANTD_SERVER, else localhost:50051)\n"
-         "  --timeout=SECONDS   deadline of each RPC (default 10)\n"
+         "  --timeout_seconds=S deadline of each RPC (default 10; alias --timeout), as quantd's *_seconds flags\n"
          "  --json              print responses as JSON\n"
          "  --token=TOKEN       bearer token (default: $QUANTD_TOKEN)\n"
          "  --tls_ca=PEM        connect over TLS, trusting this CA (quantd's --tls_cert)\n"

@@ -4,7 +4,7 @@
 // quantctl's command line: global flags (anywhere before "--"), a command
 // name, and the command's own arguments.
 //
-//   quantctl [--server=HOST:PORT] [--timeout=SECONDS] [--json] [--token=T]
+//   quantctl [--server=HOST:PORT] [--timeout_seconds=S] [--json] [--token=T]
 //            [--tls_ca=PEM [--tls_cert=PEM --tls_key=PEM]] COMMAND [ARGS...]
 
 #include <string>

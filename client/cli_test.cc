@@ -29,7 +29,7 @@ TEST(ParseInvocationTest, Defaults) {
 
 TEST(ParseInvocationTest, GlobalFlagsBeforeAndAfterCommand) {
   auto invocation = ParseInvocation(
-      {"--server=10.0.0.1:1234", "--timeout", "2.5", "health", "--json", "--service=x"});
+      {"--server=10.0.0.1:1234", "--timeout_seconds", "2.5", "health", "--json", "--service=x"});
   ASSERT_TRUE(invocation.ok()) << invocation.status();
   EXPECT_EQ(invocation->options.server, "10.0.0.1:1234");
   EXPECT_DOUBLE_EQ(invocation->options.timeout_seconds, 2.5);
@@ -92,6 +92,14 @@ TEST(ParseInvocationTest, RejectsBadTimeouts) {
     EXPECT_THAT(std::string(invocation.status().message()), HasSubstr("--timeout")) << bad;
   }
   EXPECT_FALSE(ParseInvocation({"health", "--timeout"}).ok());
+  // The flag is named as quantd names durations; errors name the flag given.
+  auto named = ParseInvocation({"--timeout_seconds=0", "health"});
+  ASSERT_FALSE(named.ok());
+  EXPECT_THAT(std::string(named.status().message()), HasSubstr("--timeout_seconds expects"));
+  // --timeout stays as its old name.
+  auto old_name = ParseInvocation({"--timeout=4", "health"});
+  ASSERT_TRUE(old_name.ok()) << old_name.status();
+  EXPECT_DOUBLE_EQ(old_name->options.timeout_seconds, 4);
 }
 
 TEST(ParseInvocationTest, RequiresACommand) {
@@ -151,8 +159,14 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunDownload, {"art-1"}, "download: --output=FILE (or -o FILE) required"},
       {&RunDownload, {"art-1", "art-2", "-o", "x.pt"}, "download: takes ARTIFACT_ID, got 2: \"art-1\" \"art-2\""},
       {&RunUpload, {}, "upload: FILE required"},
-      {&RunUpload, {"m.pt", "--format=npy"}, "upload: --format is a dataset's"},
-      {&RunModels, {"delete", "resnet8"}, "models: takes delete NAME VERSION, got 2: \"delete\" \"resnet8\""},
+      {&RunUpload, {"m.pt", "--data_format=npy"}, "upload: --data_format is a dataset's"},
+      {&RunUpload, {"m.pt", "--format=npy"}, "upload: --data_format is a dataset's"},
+      {&RunUpload, {"d.bin", "--kind=dataset", "--format=npy", "--data_format=npy"}, "upload: --format is --data_format"},
+      {&RunModels, {"delete"}, "models: takes delete NAME:VERSION, got 1: \"delete\""},
+      {&RunModels, {"delete", "resnet8"}, "models delete: \"resnet8\": give NAME:VERSION"},
+      {&RunModels, {"delete", "resnet8:"}, "models delete: VERSION: \"\" is not 1, 2, ..."},
+      {&RunModels, {"delete", ":2"}, "models delete: \":2\": give NAME:VERSION"},
+      {&RunModels, {"delete", "resnet8", "1", "2"}, "models: takes delete NAME:VERSION, got 4"},
       {&RunBlobs, {"delete"}, "blobs: takes delete BLOB_ID, got 1: \"delete\""},
       {&RunJobs, {"extra"}, "jobs: takes no arguments, got 1: \"extra\""},
       {&RunJobs, {"--state=running,bogus"}, "jobs: --state: unknown state \"bogus\""},

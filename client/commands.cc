@@ -94,13 +94,13 @@ const std::vector<Command>& Commands() {
       {"job", "JOB_ID", "show one job with its result", &RunJob},
       {"jobs", "[--state=S,...] [--page_size=N] [--page_token=T]",
        "list jobs, newest first", &RunJobs},
-      {"models", "[NAME] | delete NAME VERSION",
+      {"models", "[NAME] | delete NAME:VERSION",
        "list published model versions (with accuracy and whether loaded), or unpublish one", &RunModels},
       {"submit", "(--file=JOB.json | --model=PATH --calib=PATH ...) [--wait]",
        "submit a quantization job (see `submit --help`); --wait follows it", &RunSubmit, kSubmitUsage},
-      {"upload", "FILE [--kind=model|dataset] [--format=cifar10|npy]",
+      {"upload", "FILE [--kind=model|dataset] [--data_format=cifar10|npy]",
        "upload a model or dataset; prints its blob id", &RunUpload,
-       "FILE [--kind=model|dataset] [--format=cifar10|npy (default: the extension)] [--sha256=HEX]"},
+       "FILE [--kind=model|dataset] [--data_format=cifar10|npy (default: the extension)] [--sha256=HEX]"},
       {"watch", "JOB_ID", "stream a job's events until it ends", &RunWatch},
   };
   return *commands;

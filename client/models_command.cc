@@ -1,4 +1,4 @@
-// quantctl models [NAME] | models delete NAME VERSION: ListModels, DeleteModelVersion.
+// quantctl models [NAME] | models delete NAME:VERSION: ListModels, DeleteModelVersion.
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -22,26 +22,41 @@ int RunModels(const CommandContext& context, const std::vector<std::string>& arg
   auto a = ParseCommandArgs(args, {}, &error);
   const bool deleting = a.has_value() && !a->positional.empty() && a->positional[0] == "delete";
   if (a.has_value()) {
-    error = deleting ? PositionalCountError(*a, 3, 3, "delete NAME VERSION") : PositionalCountError(*a, 0, 1, "NAME");
+    // NAME:VERSION as eval and infer take it; NAME VERSION as before.
+    error = deleting ? PositionalCountError(*a, 2, 3, "delete NAME:VERSION") : PositionalCountError(*a, 0, 1, "NAME");
   }
   if (!error.empty()) {
-    return context.UsageError(absl::StrCat("models: ", error, "\nusage: models [NAME] | models delete NAME VERSION"));
+    return context.UsageError(absl::StrCat("models: ", error, "\nusage: models [NAME] | models delete NAME:VERSION"));
+  }
+  v1::DeleteModelVersionRequest deletion;
+  uint64_t version = 0;
+  if (deleting) {  // checked before any connection is made
+    std::string name = a->positional[1];
+    std::string version_text;
+    if (a->positional.size() == 3) {
+      version_text = a->positional[2];
+    } else {
+      const size_t colon = name.find(':');
+      if (colon == std::string::npos || colon == 0) {
+        return context.UsageError(absl::StrCat("models delete: \"", name, "\": give NAME:VERSION, e.g. resnet8:2"));
+      }
+      version_text = name.substr(colon + 1);
+      name = name.substr(0, colon);
+    }
+    deletion.set_name(name);
+    if (!absl::SimpleAtoi(version_text, &version) || version == 0) {
+      return context.UsageError(absl::StrCat("models delete: VERSION: \"", version_text, "\" is not 1, 2, ..."));
+    }
+    deletion.set_version(version);
   }
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
   context.PrepareCall(client_context);
   if (deleting) {
-    v1::DeleteModelVersionRequest request;
-    request.set_name(a->positional[1]);
-    uint64_t version = 0;
-    if (!absl::SimpleAtoi(a->positional[2], &version) || version == 0) {
-      return context.UsageError(absl::StrCat("models delete: VERSION: \"", a->positional[2], "\" is not 1, 2, ..."));
-    }
-    request.set_version(version);
     v1::DeleteModelVersionResponse response;
-    grpc::Status status = stub->DeleteModelVersion(&client_context, request, &response);
+    grpc::Status status = stub->DeleteModelVersion(&client_context, deletion, &response);
     if (!status.ok()) return context.RpcFailed("delete model version", status);
-    context.Print(response, absl::StrCat("unpublished ", request.name(), " version ", version));
+    context.Print(response, absl::StrCat("unpublished ", deletion.name(), " version ", version));
     return kExitOk;
   }
   v1::ListModelsRequest request;

@@ -1,4 +1,4 @@
-// quantctl upload FILE [--kind=model|dataset] [--format=cifar10|npy]
+// quantctl upload FILE [--kind=model|dataset] [--data_format=cifar10|npy]
 // [--sha256=HEX]: streams a file in 1 MiB chunks; prints the blob id.
 
 #include <filesystem>
@@ -34,17 +34,20 @@ bool SendFile(std::ifstream& in, Writer* writer) {
 
 int RunUpload(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
-  auto a = ParseCommandArgs(args, {"kind", "format", "sha256"}, &error);
+  // --data_format as eval and infer name it; --format is its old name.
+  auto a = ParseCommandArgs(args, {"kind", "data_format", "format", "sha256"}, &error);
   if (a.has_value()) error = PositionalCountError(*a, 1, 1, "FILE");
+  if (error.empty() && a->Has("data_format") && a->Has("format")) error = "--format is --data_format: give one";
   if (!error.empty()) {
     return context.UsageError(absl::StrCat(
-        "upload: ", error, "\nusage: upload FILE [--kind=model|dataset] [--format=cifar10|npy] [--sha256=HEX]"));
+        "upload: ", error, "\nusage: upload FILE [--kind=model|dataset] [--data_format=cifar10|npy] [--sha256=HEX]"));
   }
   const std::string path = a->positional[0];
   const std::string kind = a->Get("kind", "model");
   if (kind != "model" && kind != "dataset") return context.UsageError("upload: --kind must be model or dataset");
-  if (kind == "model" && a->Has("format")) {
-    return context.UsageError("upload: --format is a dataset's (cifar10|npy): give it with --kind=dataset");
+  const bool format_given = a->Has("data_format") || a->Has("format");
+  if (kind == "model" && format_given) {
+    return context.UsageError("upload: --data_format is a dataset's (cifar10|npy): give it with --kind=dataset");
   }
   std::error_code size_error;
   const uint64_t size = std::filesystem::file_size(path, size_error);
@@ -81,17 +84,17 @@ int RunUpload(const CommandContext& context, const std::vector<std::string>& arg
     status = writer->Finish();
   } else {
     std::string format_error;
-    // The file's extension unless --format names it (as for --calib).
-    std::string format = a->Get("format");
+    // The file's extension unless --data_format names it (as for --calib).
+    std::string format = a->Has("data_format") ? a->Get("data_format") : a->Get("format");
     if (format.empty()) {
       format = absl::EndsWith(path, ".npy") ? "npy" : absl::EndsWith(path, ".bin") ? "cifar10" : "";
       if (format.empty()) {
         return context.UsageError(absl::StrCat("upload: cannot tell the format of \"", path,
                                                "\" (CIFAR-10 binary .bin or NumPy .npy); name it with "
-                                               "--format=cifar10|npy"));
+                                               "--data_format=cifar10|npy"));
       }
     } else if (format != "cifar10" && format != "npy") {
-      return context.UsageError("upload: --format must be cifar10 or npy");
+      return context.UsageError("upload: --data_format must be cifar10 or npy");
     }
     auto writer = stub->UploadDataset(&client_context, &blob);
     v1::UploadDatasetRequest first;

@@ -67,7 +67,7 @@ echo "\$ quantctl --server=127.0.0.1:$grpc_port --json health"
 "$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --json health
 echo "metrics: http://127.0.0.1:$metrics_port/metrics"
 
-quantctl=("$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --timeout=600)
+quantctl=("$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --timeout_seconds=600)
 
 # The main job: upload the MLPerf Tiny ResNet8 and CIFAR-10, quantize with the
 # embedded defaults (fbgemm preset, auto fusion, 1000 calibration images),
@@ -75,8 +75,8 @@ quantctl=("$build_dir/client/quantctl" --server="127.0.0.1:$grpc_port" --timeout
 echo
 echo "\$ quantctl upload ... (model, calibration set, test set)"
 model_blob="$("${quantctl[@]}" upload "$fixtures/models/resnet8_fp32.torchscript.pt" --kind=model | awk '{print $1}')"
-calib_blob="$("${quantctl[@]}" upload "$fixtures/cifar10/calib_batch.bin" --kind=dataset --format=cifar10 | awk '{print $1}')"
-test_blob="$("${quantctl[@]}" upload "$fixtures/cifar10/test_batch.bin" --kind=dataset --format=cifar10 | awk '{print $1}')"
+calib_blob="$("${quantctl[@]}" upload "$fixtures/cifar10/calib_batch.bin" --kind=dataset --data_format=cifar10 | awk '{print $1}')"
+test_blob="$("${quantctl[@]}" upload "$fixtures/cifar10/test_batch.bin" --kind=dataset --data_format=cifar10 | awk '{print $1}')"
 echo "model $model_blob"
 echo "calibration $calib_blob"
 echo "test $test_blob"

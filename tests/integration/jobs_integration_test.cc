@@ -1014,7 +1014,7 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
   EXPECT_THAT(models.out, HasSubstr("resnet8"));
   EXPECT_THAT(models.out, HasSubstr(absl::StrCat("(", job_int8_correct, "/", kServedImages, ")")));
   // Unpublished: no longer served (the job and artifact stay).
-  ASSERT_EQ(quantd.Ctl({"models", "delete", "resnet8", "1"}).exit_code, 0);
+  ASSERT_EQ(quantd.Ctl({"models", "delete", "resnet8:1"}).exit_code, 0);
   inference::ModelInferRequest first_version = good;
   first_version.set_model_version("1");
   expect_error(first_version, grpc::StatusCode::NOT_FOUND, "resnet8");

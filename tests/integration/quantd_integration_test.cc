@@ -127,7 +127,7 @@ class QuantdIntegrationTest : public ::testing::Test {
   // quantctl against the server under test.
   test_util::RunResult Quantctl(std::vector<std::string> args) {
     std::vector<std::string> argv = {QUANTCTL_BIN, "--server=" + quantd_->grpc_target(),
-                                     "--timeout=10"};
+                                     "--timeout_seconds=10"};
     argv.insert(argv.end(), args.begin(), args.end());
     auto result = RunCommand(argv, kCommandTimeout);
     EXPECT_TRUE(result.ok()) << result.status();
@@ -203,7 +203,7 @@ TEST_F(QuantdIntegrationTest, QuantctlHealthPrintsServing) {
 }
 
 TEST_F(QuantdIntegrationTest, QuantctlFailsClearlyWithoutAServer) {
-  auto result = RunCommand({QUANTCTL_BIN, "--server=127.0.0.1:1", "--timeout=2", "health"},
+  auto result = RunCommand({QUANTCTL_BIN, "--server=127.0.0.1:1", "--timeout_seconds=2", "health"},
                     kCommandTimeout);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->exit_code, 1);
@@ -396,7 +396,7 @@ TEST_F(QuantdIntegrationTest, SigtermShutsDownGracefullyWithExitZero) {
   EXPECT_THAT(log, HasSubstr("received SIGTERM"));
   EXPECT_THAT(log, HasSubstr("quantd: stopped"));
   // The port is closed now.
-  test_util::RunResult after = Quantctl({"--timeout=2", "health"});
+  test_util::RunResult after = Quantctl({"--timeout_seconds=2", "health"});
   EXPECT_NE(after.exit_code, 0);
 }
 

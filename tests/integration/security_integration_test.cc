@@ -106,7 +106,7 @@ class SecureQuantd : public ::testing::Test {
 
   // quantctl over mTLS with `token` (empty = none), plus `extra` flags.
   RunResult Ctl(const std::string& token, std::vector<std::string> args, std::vector<std::string> tls = {}) {
-    std::vector<std::string> argv = {QUANTCTL_BIN, absl::StrCat("--server=127.0.0.1:", grpc_port_), "--timeout=10"};
+    std::vector<std::string> argv = {QUANTCTL_BIN, absl::StrCat("--server=127.0.0.1:", grpc_port_), "--timeout_seconds=10"};
     if (tls.empty()) {
       tls = {"--tls_ca=" + dir_ + "/ca.pem", "--tls_cert=" + dir_ + "/client.pem", "--tls_key=" + dir_ + "/client.key"};
     }
@@ -247,7 +247,7 @@ TEST_F(SecureQuantd, UntrustedOrMissingClientCertificatesAndPlaintextAreRefused)
   EXPECT_THAT(rogue.err, HasSubstr("code 14"));  // the handshake fails: UNAVAILABLE
   RunResult no_cert = Ctl(kAdminToken, {"jobs"}, {"--tls_ca=" + dir_ + "/ca.pem"});
   EXPECT_THAT(no_cert.err, HasSubstr("code 14"));
-  RunResult plaintext = Ctl(kAdminToken, {"jobs"}, {"--timeout=3"});
+  RunResult plaintext = Ctl(kAdminToken, {"jobs"}, {"--timeout_seconds=3"});
   EXPECT_THAT(plaintext.err, HasSubstr("code 14"));
   // A client that does not trust the server's CA refuses it too.
   RunResult wrong_ca = Ctl(kAdminToken, {"jobs"},
