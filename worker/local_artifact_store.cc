@@ -64,6 +64,23 @@ absl::Status CheckJobId(const std::string& job_id) {
   return ok ? absl::OkStatus() : absl::InvalidArgumentError(absl::StrCat("bad job id for a manifest: \"", job_id, "\""));
 }
 
+// Whether the file at `path` holds exactly `bytes`.
+bool FileHolds(const std::string& path, const std::string& bytes) {
+  std::error_code error;
+  const uintmax_t size = fs::file_size(path, error);
+  if (error || size != bytes.size()) return false;
+  std::ifstream in(path, std::ios::binary);
+  std::string chunk(1 << 20, '\0');
+  size_t offset = 0;
+  while (offset < bytes.size()) {
+    const size_t want = std::min(chunk.size(), bytes.size() - offset);
+    if (!in.read(chunk.data(), static_cast<std::streamsize>(want))) return false;
+    if (bytes.compare(offset, want, chunk.data(), want) != 0) return false;
+    offset += want;
+  }
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& job_id, const std::string& bytes,
@@ -73,16 +90,19 @@ absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& job_id
   // Held while the files are written (then counted as files): two workers
   // storing at once, or a job beside an upload, cannot both take the room
   // that is left.
+  // Bytes already stored (an identical job's) are kept, and cost only the
+  // manifest, when they are intact: a file damaged since (a disk error, a
+  // hand edit) is replaced, so that running the job again repairs it.
+  const bool intact = FileHolds(ArtifactPath(stored.sha256), bytes);
   DataQuota::Reservation room;
   if (quota_ != nullptr) {
-    // Bytes already stored (an identical job's) cost only the manifest.
-    const int64_t new_bytes = Contains(stored.sha256) ? 0 : static_cast<int64_t>(bytes.size());
+    const int64_t new_bytes = intact ? 0 : static_cast<int64_t>(bytes.size());
     QUANTD_ASSIGN_OR_RETURN(room, quota_->Reserve(new_bytes + static_cast<int64_t>(manifest_json.size()), "artifact"));
   }
   // Manifest first: an artifact file that is visible always has a manifest.
   const std::string manifest = ManifestPath(stored.sha256, job_id);
   QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(manifest, manifest_json));
-  if (!Contains(stored.sha256)) {
+  if (!intact) {
     absl::Status written = engine::WriteFileAtomically(ArtifactPath(stored.sha256), bytes);
     if (!written.ok()) {
       // No manifest without its artifact (a full disk left one behind).

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -1101,6 +1102,36 @@ TEST(LocalArtifactStoreTest, PutReadRemoveAndCleansTemporaries) {
   EXPECT_TRUE((*store)->Put("job-1", "artifact bytes", "{}").ok());  // idempotent
   EXPECT_TRUE((*store)->Remove(stored->sha256).ok());
   EXPECT_EQ((*store)->Read(stored->sha256).status().code(), absl::StatusCode::kNotFound);
+}
+
+// An identical job keeps intact bytes as they are, and replaces bytes that
+// were damaged since they were stored (flipped or cut short).
+TEST(LocalArtifactStoreTest, AnIdenticalJobRepairsADamagedArtifactAndKeepsAnIntactOne) {
+  const std::string dir = TempDir("repair");
+  auto store = LocalArtifactStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  const std::string bytes(3 << 20, 'q');  // over one read chunk
+  auto stored = (*store)->Put("job-a", bytes, "{}");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  const std::string path = dir + "/" + stored->sha256 + ".pt";
+  auto inode = [&] {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? st.st_ino : ino_t{0};
+  };
+  const ino_t first = inode();
+  ASSERT_TRUE((*store)->Put("job-b", bytes, "{}").ok());
+  EXPECT_EQ(inode(), first) << "intact bytes were written again";
+  for (const bool truncate : {false, true}) {
+    {
+      std::fstream damage(path, std::ios::in | std::ios::out | std::ios::binary);
+      damage.seekp(static_cast<std::streamoff>(bytes.size() - 7));
+      damage.put('x');
+    }
+    if (truncate) fs::resize_file(path, bytes.size() / 2);
+    ASSERT_NE(*(*store)->Read(stored->sha256), bytes);
+    ASSERT_TRUE((*store)->Put("job-c", bytes, "{}").ok());
+    EXPECT_EQ(*(*store)->Read(stored->sha256), bytes) << (truncate ? "truncated" : "flipped");
+  }
 }
 
 // Identical jobs share the artifact's bytes; each keeps its own manifest
