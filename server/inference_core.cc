@@ -124,7 +124,7 @@ std::shared_ptr<const worker::LoadedModel> InferenceCore::FindLoaded(const infer
 }
 
 absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadForInfer(
-    const inference::ModelInferRequest& request) {
+    const inference::ModelInferRequest& request, const worker::ModelRepository::Gone& gone) {
   absl::Status failed;
   if (request.model_name().empty()) {
     failed = absl::InvalidArgumentError("model_name: required");
@@ -135,7 +135,7 @@ absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadFo
     absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded =
         deps_.models->FindLoaded(request.model_name(), *number);
     if (*loaded == nullptr) {
-      loaded = deps_.models->Load(request.model_name(), *number);
+      loaded = deps_.models->Load(request.model_name(), *number, gone);
       if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
     }
     if (loaded.ok()) return loaded;
@@ -164,9 +164,19 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
   };
   // The timeout counts from here, a cold model's load included.
   const absl::Time received = deps_.clock->Now();
+  absl::StatusOr<absl::Duration> timeout = InferQueueTimeout(request);
+  if (timeout.ok() && *timeout != absl::InfiniteDuration()) {
+    const absl::Time deadline = received + *timeout;
+    abandoned = [caller_gone = std::move(abandoned), clock = deps_.clock, deadline, timeout = *timeout] {
+      absl::Status gone = caller_gone ? caller_gone() : absl::OkStatus();
+      if (!gone.ok() || clock->Now() < deadline) return gone;
+      return absl::DeadlineExceededError(absl::StrCat("parameters[timeout]: its ", absl::FormatDuration(timeout),
+                                                      " passed while the request waited; it was not run"));
+    };
+  }
   std::shared_ptr<const worker::LoadedModel> model = std::move(loaded_model);
   if (model == nullptr) {
-    absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded = LoadForInfer(request);
+    absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded = LoadForInfer(request, abandoned);
     if (!loaded.ok()) return std::move(done)(loaded.status());  // counted by LoadForInfer
     model = *std::move(loaded);
   }
@@ -176,17 +186,7 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
   if (!outputs.ok()) return fail_before_queue(outputs, info);
   absl::StatusOr<DecodedBatch> batch = DecodeInferInput(request, info, max_batch_size());
   if (!batch.ok()) return fail_before_queue(batch.status(), info);
-  absl::StatusOr<absl::Duration> timeout = InferQueueTimeout(request);
   if (!timeout.ok()) return fail_before_queue(timeout.status(), info);
-  if (*timeout != absl::InfiniteDuration()) {
-    const absl::Time deadline = received + *timeout;
-    abandoned = [caller_gone = std::move(abandoned), clock = deps_.clock, deadline, timeout = *timeout] {
-      absl::Status gone = caller_gone ? caller_gone() : absl::OkStatus();
-      if (!gone.ok() || clock->Now() < deadline) return gone;
-      return absl::DeadlineExceededError(absl::StrCat("parameters[timeout]: its ", absl::FormatDuration(timeout),
-                                                      " passed while the request waited for a pass; it was not run"));
-    };
-  }
   const int64_t samples = batch->batch;
   // `done` moves into the callback only once the request is queued.
   auto shared_done = std::make_shared<absl::AnyInvocable<void(absl::Status) &&>>(std::move(done));

@@ -67,8 +67,10 @@ class InferenceCore {
 
   // The request's model (model_name, model_version), loaded if need be on
   // the caller's thread; a failure is counted in the request metrics.
+  // `gone` (optional): asked while waiting for another caller's load of the
+  // same version, which stops with its error (worker::ModelRepository::Load).
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> LoadForInfer(
-      const inference::ModelInferRequest& request);
+      const inference::ModelInferRequest& request, const worker::ModelRepository::Gone& gone = nullptr);
 
   // Loads (unless `loaded_model` is given) and checks on the caller's
   // thread, then queues on the batcher. `done` gets the outcome once
@@ -77,7 +79,8 @@ class InferenceCore {
   // `response` must stay alive until then. `abandoned` (optional): whether
   // the caller has gone, so that a request still queued then is not run;
   // nor is one whose "timeout" parameter (InferQueueTimeout) has passed by
-  // its pass: DEADLINE_EXCEEDED.
+  // its pass: DEADLINE_EXCEEDED. Both also end a wait for another request's
+  // load of the model.
   void ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                   absl::AnyInvocable<void(absl::Status) &&> done,
                   std::shared_ptr<const worker::LoadedModel> loaded_model = nullptr,

@@ -126,7 +126,8 @@ std::shared_ptr<const LoadedModel> ModelRepository::FindLoaded(const std::string
   return it->second->second;
 }
 
-absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const std::string& name, int64_t version) {
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const std::string& name, int64_t version,
+                                                                          const Gone& gone) {
   std::string base;
   bool fp32 = false;
   QUANTD_RETURN_IF_ERROR(ParseName(name, "model_name", &base, &fp32));
@@ -161,11 +162,21 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
       awaited = it->second;
       ++waiting_for_load_;
       std::pair<ModelRepository*, const Key*> waiting(this, &key);
-      mu_.Await(absl::Condition(
+      const absl::Condition loaded(
           +[](std::pair<ModelRepository*, const Key*>* arg) ABSL_NO_THREAD_SAFETY_ANALYSIS {
             return arg->first->loading_.count(*arg->second) == 0;
           },
-          &waiting));
+          &waiting);
+      if (gone == nullptr) {
+        mu_.Await(loaded);
+      } else {
+        while (!mu_.AwaitWithTimeout(loaded, kGoneCheckInterval)) {
+          if (absl::Status left = gone(); !left.ok()) {
+            --waiting_for_load_;
+            return left;
+          }
+        }
+      }
       --waiting_for_load_;
     }
     if (auto it = cached_.find(key); it != cached_.end()) {

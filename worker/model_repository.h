@@ -14,6 +14,7 @@
 // loaded model is cached as such (a version never changes).
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -26,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "worker/artifact_store.h"
 #include "worker/clock.h"
 #include "worker/dynamic_batcher.h"
@@ -99,8 +101,15 @@ class ModelRepository {
   static absl::Status ParseName(const std::string& name, const std::string& field, std::string* base, bool* fp32);
 
   // The addressed version, loaded (and cached). NOT_FOUND for an unknown
-  // name or version; FAILED_PRECONDITION when it cannot run here.
-  absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, int64_t version);
+  // name or version; FAILED_PRECONDITION when it cannot run here. A caller
+  // that waits for another's load of the same version asks `gone` (if set)
+  // every kGoneCheckInterval and stops waiting with its error (the caller
+  // cancelled, its deadline passed): a slow load does not keep the threads
+  // of callers that have left.
+  using Gone = std::function<absl::Status()>;
+  static constexpr absl::Duration kGoneCheckInterval = absl::Milliseconds(50);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, int64_t version,
+                                                          const Gone& gone = nullptr);
   // The addressed version if it is loaded and its resolution is fresh, with
   // no store or disk access (so callers may use it on threads that must not
   // block); nullptr otherwise.

@@ -453,6 +453,33 @@ TEST_F(ModelRepositoryTest, AVersionDeletedWhileItLoadsIsNotCached) {
   EXPECT_EQ(repository->Load("resnet8", 1).status().code(), absl::StatusCode::kNotFound);
 }
 
+// A caller waiting for another's load stops when it has gone (its client
+// cancelled, its deadline passed); the load goes on for the first caller.
+TEST_F(ModelRepositoryTest, ACallerThatLeftStopsWaitingForAnothersLoad) {
+  Publish("a", "resnet8");
+  HeldArtifactStore held(artifacts_.get());
+  auto repository = RepositoryOver(&held);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> first;
+  std::thread loading([&] { first = repository->Load("resnet8", 1); });
+  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  std::atomic<bool> left{false};
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> second;
+  std::thread waiting([&] {
+    second = repository->Load("resnet8", 1, [&] {
+      return left.load() ? absl::CancelledError("the caller went away") : absl::OkStatus();
+    });
+  });
+  while (repository->waiting_for_load() == 0) absl::SleepFor(absl::Milliseconds(1));  // until it waits
+  left = true;
+  waiting.join();  // while the first load is still held
+  EXPECT_EQ(second.status(), absl::CancelledError("the caller went away"));
+  EXPECT_EQ(repository->waiting_for_load(), 0);
+  held.release.Notify();
+  loading.join();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(repository->cached_models(), 1);
+}
+
 // The evaluation's record once it is no longer RUNNING (or after a minute).
 absl::StatusOr<Evaluation> WaitUntilFinished(Evaluator& evaluator, const std::string& id) {
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
