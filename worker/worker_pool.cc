@@ -33,14 +33,24 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
   // they pinned before the crash.
   // Housekeeping only: a store that cannot be listed now must not keep a
   // recovered server from starting.
-  absl::StatusOr<SweptArtifacts> swept = RemoveUnheldArtifacts(*artifacts, *store);
-  if (swept.ok()) {
-    pool->swept_ = *swept;
-  } else {
-    std::cerr << "quantd: removing artifacts no job holds failed (left for the next start): " << swept.status()
+  if (absl::StatusOr<SweptArtifacts> swept = pool->SweepArtifacts(); !swept.ok()) {
+    std::cerr << "quantd: removing artifacts no job holds failed (left for the next sweep): " << swept.status()
               << "\n";
   }
   return pool;
+}
+
+absl::StatusOr<SweptArtifacts> WorkerPool::SweepArtifacts() {
+  QUANTD_ASSIGN_OR_RETURN(SweptArtifacts swept, RemoveUnheldArtifacts(*artifacts_, *store_));
+  absl::MutexLock lock(&mu_);
+  swept_.artifacts += swept.artifacts;
+  swept_.manifests += swept.manifests;
+  return swept;
+}
+
+SweptArtifacts WorkerPool::swept() const {
+  absl::MutexLock lock(&mu_);
+  return swept_;
 }
 
 WorkerPool::WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
@@ -312,6 +322,7 @@ void WorkerPool::MaintenanceLoop() {
   // Real time: renewals are due in wall-clock terms whatever clock the leases
   // are measured on.
   absl::Time last_renewal = absl::Now();
+  absl::Time last_sweep = absl::Now();  // Create swept
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -322,6 +333,17 @@ void WorkerPool::MaintenanceLoop() {
     if (absl::Now() - last_renewal >= options_.lease / 3) {
       last_renewal = absl::Now();
       MaintainLeases();
+    }
+    if (absl::Now() - last_sweep >= options_.artifact_sweep) {
+      last_sweep = absl::Now();
+      absl::StatusOr<SweptArtifacts> swept = SweepArtifacts();
+      if (!swept.ok()) {
+        std::cerr << "quantd: removing artifacts no job holds failed (left for the next sweep): " << swept.status()
+                  << "\n";
+      } else if (swept->artifacts > 0 || swept->manifests > 0) {
+        std::cerr << "quantd: removed files no job holds: artifacts=" << swept->artifacts
+                  << " manifests=" << swept->manifests << "\n";
+      }
     }
   }
 }

@@ -62,6 +62,11 @@ class WorkerPool {
     // Resolves jobs' input references to this process's files; null: specs
     // name absolute paths (tests).
     const InputLocator* inputs = nullptr;
+    // How often artifact files that no job holds are removed while the
+    // server runs (they are at start-up too): what a job left after losing
+    // its lease, or a replica that crashed after storing; InfiniteDuration =
+    // only at start-up.
+    absl::Duration artifact_sweep = absl::Hours(1);
   };
 
   // Recovers interrupted jobs; the threads start with Start().
@@ -86,6 +91,10 @@ class WorkerPool {
   // changed: state, phase and result. The maintenance thread calls it every
   // `watch_sync`; so may tests.
   void SyncFollowedJobs();
+  // Removes artifact files no job holds (RemoveUnheldArtifacts) and adds
+  // what it removed to swept(). The maintenance thread calls it every
+  // `artifact_sweep`; so may tests.
+  absl::StatusOr<SweptArtifacts> SweepArtifacts();
 
   // Queues a new job (id, create time and attempt are filled in here) or
   // returns the job already submitted with the same idempotency key.
@@ -101,8 +110,9 @@ class WorkerPool {
   // Interrupted jobs this pool recovered so far: its own at start-up, then
   // any whose lease ran out (MaintainLeases).
   JobStore::RecoveryCounts recovered() const;
-  // What Create removed from the artifact store: files no job holds.
-  const SweptArtifacts& swept() const { return swept_; }
+  // What was removed from the artifact store since Create (at start-up,
+  // then by SweepArtifacts): files no job holds.
+  SweptArtifacts swept() const;
 
  private:
   WorkerPool(const Options& options, JobStore* store, ArtifactStore* artifacts,
@@ -118,7 +128,7 @@ class WorkerPool {
   Clock* const clock_;
   JobEventHub events_;
   JobRunner runner_;
-  SweptArtifacts swept_;
+  SweptArtifacts swept_ ABSL_GUARDED_BY(mu_);
 
   // Held from a claim until the job is in running_, and by
   // SyncFollowedJobs: so a job claimed here is never taken for one that runs

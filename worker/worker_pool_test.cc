@@ -526,6 +526,26 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kNotFound);
 }
 
+// Files no job holds are removed at start-up and by each later sweep (the
+// maintenance thread's, hourly by default) while jobs' artifacts stay.
+TEST_F(WorkerPoolTest, ArtifactsNoJobHoldsAreSweptWhileTheServerRuns) {
+  ASSERT_TRUE(artifacts_->Put("job-gone", "left at start", "{}").ok());
+  auto pool = NewPool();
+  EXPECT_EQ(pool->swept().artifacts, 1);
+  pool->Start();
+  const std::string id = pool->Submit(NewJob("m"))->id;
+  const std::string held = WaitForState(id, JobState::kSucceeded).result->artifact_sha256;
+  // Left by a job that lost its lease elsewhere, say, after the start.
+  auto orphan = artifacts_->Put("job-lost", "left while running", "{}");
+  ASSERT_TRUE(orphan.ok()) << orphan.status();
+  absl::StatusOr<SweptArtifacts> swept = pool->SweepArtifacts();
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(swept->artifacts, 1);
+  EXPECT_FALSE(artifacts_->Contains(orphan->sha256));
+  EXPECT_TRUE(artifacts_->Contains(held));
+  EXPECT_EQ(pool->swept().artifacts, 2);
+}
+
 // Two processes share one store (here: two pools, each on its own SQLite
 // connection to one file). While one renews its job's lease the other never
 // takes it; once it stops renewing (frozen), the other recovers and runs the
