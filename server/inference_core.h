@@ -33,7 +33,7 @@ class InferenceCore {
     InferenceStats* stats = nullptr;  // may be null
     std::string server_version;
     // For requests' "timeout" parameters.
-    worker::Clock* clock = worker::Clock::Real();
+    worker::Clock* clock = worker::Clock::Monotonic();
   };
   explicit InferenceCore(const Deps& deps) : deps_(deps) {}
 

@@ -475,7 +475,7 @@ absl::Status QuantdServer::OpenStores() {
   // run oneDNN on every core, fighting the other inference thread.
   const int intra_op_threads = engine::IntraOpThreads();
   batching.thread_init = [intra_op_threads] { engine::SetIntraOpThreads(intra_op_threads); };
-  batcher_ = std::make_unique<worker::DynamicBatcher>(batching, worker::Clock::Real());
+  batcher_ = std::make_unique<worker::DynamicBatcher>(batching, worker::Clock::Monotonic());
   InferenceCore::Deps core;
   core.models = models_.get();
   core.jobs = job_store_.get();

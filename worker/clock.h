@@ -3,6 +3,8 @@
 
 // Injected time, so tests can move it without sleeping.
 
+#include <chrono>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -14,8 +16,13 @@ class Clock {
  public:
   virtual ~Clock() = default;
   virtual absl::Time Now() = 0;
-  // The process-wide real clock.
+  // The process-wide real clock: dates (what is stored, shown or compared
+  // across processes).
   static Clock* Real();
+  // A clock for intervals within this process only (batching delays, request
+  // timeouts, cache TTLs): it never jumps when the system's time is set (a
+  // step back would hold a batch for as long), and its Now() is no date.
+  static Clock* Monotonic();
 };
 
 // A clock that moves only when told to.
@@ -42,6 +49,17 @@ inline Clock* Clock::Real() {
     absl::Time Now() override { return absl::Now(); }
   };
   static RealClock* clock = new RealClock();
+  return clock;
+}
+
+inline Clock* Clock::Monotonic() {
+  class MonotonicClock : public Clock {
+   public:
+    absl::Time Now() override {
+      return absl::UnixEpoch() + absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+    }
+  };
+  static MonotonicClock* clock = new MonotonicClock();
   return clock;
 }
 

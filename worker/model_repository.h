@@ -89,7 +89,7 @@ class ModelRepository {
     int batch_size_copies = engine::kDefaultBatchSizeCopies;
     // How long a version resolution (name, version or newest -> job) is reused.
     absl::Duration resolve_ttl = absl::Seconds(1);
-    Clock* clock = Clock::Real();
+    Clock* clock = Clock::Monotonic();  // intervals only
     // Resolves a version's FP32 source (its job's model reference) to this
     // process's file; null: the job names an absolute path (tests).
     const InputLocator* inputs = nullptr;

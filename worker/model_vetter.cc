@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "worker/clock.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/quantizer.h"
 
@@ -55,7 +56,7 @@ std::string LastLine(absl::string_view text) {
 bool ReadUntilEof(int fd, absl::Time deadline, std::string* output) {
   char buffer[4096];
   while (true) {
-    const absl::Duration left = deadline - absl::Now();
+    const absl::Duration left = deadline - Clock::Monotonic()->Now();
     if (left <= absl::ZeroDuration()) return false;
     pollfd poll_fd{fd, POLLIN, 0};
     const int ready = ::poll(&poll_fd, 1, static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1000)));
@@ -77,7 +78,7 @@ Waited WaitUntil(pid_t pid, absl::Time deadline, int* wait_status) {
     const pid_t done = ::waitpid(pid, wait_status, WNOHANG);
     if (done == pid) return Waited::kExited;
     if (done < 0 && errno != EINTR) return Waited::kLost;
-    if (absl::Now() >= deadline) return Waited::kTimedOut;
+    if (Clock::Monotonic()->Now() >= deadline) return Waited::kTimedOut;
     absl::SleepFor(absl::Milliseconds(5));
   }
 }
@@ -149,7 +150,7 @@ absl::Status VetModelInChildProcess(const ModelVetterOptions& options, const std
         absl::StrCat("model vetter: cannot start ", args[0], ": ", std::strerror(spawned)));
   }
 
-  const absl::Time deadline = absl::Now() + options.timeout;
+  const absl::Time deadline = Clock::Monotonic()->Now() + options.timeout;
   std::string output;
   int wait_status = 0;
   const Waited waited =
