@@ -424,7 +424,7 @@ class HeldArtifactStore : public ForwardingArtifactStore {
  public:
   using ForwardingArtifactStore::ForwardingArtifactStore;
   absl::StatusOr<std::string> Read(const std::string& sha256) override {
-    reading.Notify();
+    if (!reading.HasBeenNotified()) reading.Notify();  // the first read; loads after it pass
     if (!release.WaitForNotificationWithTimeout(absl::Seconds(30))) return absl::DeadlineExceededError("held");
     return real_->Read(sha256);
   }
@@ -451,6 +451,30 @@ TEST_F(ModelRepositoryTest, AVersionDeletedWhileItLoadsIsNotCached) {
   EXPECT_EQ(repository->cached_models(), 0);
   EXPECT_EQ(repository->cached_bytes(), 0);
   EXPECT_EQ(repository->Load("resnet8", 1).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A caller that waited for another's load, then loads itself (the first
+// load was not cached: its version was deleted meanwhile), loads under the
+// resolution it made before the delete: served to it, not cached either.
+TEST_F(ModelRepositoryTest, AVersionDeletedWhileACallerWaitsForAnothersLoadIsNotCached) {
+  Publish("a", "resnet8");
+  HeldArtifactStore held(artifacts_.get());
+  auto repository = RepositoryOver(&held);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> first, second;
+  std::thread loading([&] { first = repository->Load("resnet8", 1); });
+  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  std::thread waiting([&] { second = repository->Load("resnet8", 1); });
+  while (repository->waiting_for_load() == 0) absl::SleepFor(absl::Milliseconds(1));  // until it waits
+  ASSERT_TRUE(jobs_->DeleteModelVersion("resnet8", 1).ok());
+  repository->ForgetResolutions();
+  repository->DropUnpublished();
+  held.release.Notify();
+  loading.join();
+  waiting.join();
+  EXPECT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(repository->cached_models(), 0);
+  EXPECT_EQ(repository->cached_bytes(), 0);
 }
 
 // A caller waiting for another's load stops when it has gone (its client
