@@ -953,6 +953,52 @@ TEST_F(CoverageModelsTest, Relu6FusesIntoTheConvolutionBeforeIt) {
   EXPECT_TRUE(at::equal(artifact_out, (*ran)[0].toTensor()));
 }
 
+// In int8, a fused bound is made by the output's saturation only when its
+// code is the largest. With reduce_range (the fbgemm and x86 presets) the
+// bound observed in calibration gets code ~127 while the kernel's quint8
+// output goes on to 255: the codes above it are clamped, in quantd's runtime
+// and in the artifact alike.
+TEST_F(CoverageModelsTest, AFusedRelu6BoundsTheInt8ConvolutionUnderReduceRange) {
+  auto fused = ImportTorchScriptFile(*dir_ + "/inverted_residual.pt");
+  ASSERT_TRUE(fused.ok()) << fused.status();
+  FusionSpec automatic;
+  automatic.automatic = true;
+  ASSERT_TRUE(FuseModules(&*fused, automatic).ok());
+  constexpr float kBound = 0.25f;  // this model's depthwise outputs stay below 1: lowered to bite
+  for (Node& node : fused->nodes) {
+    if (node.name == "dw") node.fused_clamp_max = kBound;
+  }
+  const QuantizationPlan plan = PlanQuantization(*fused, {});
+  auto images = OpenDataset(Images());
+  ASSERT_TRUE(images.ok()) << images.status();
+  for (const std::string preset : {"fbgemm", "onednn"}) {
+    auto qconfig = QConfigPreset(preset);
+    ASSERT_TRUE(qconfig.ok());
+    auto calibrated = Calibrate(*fused, plan, qconfig->activation, images->get(), CalibrationOptions(), nullptr);
+    ASSERT_TRUE(calibrated.ok()) << calibrated.status();
+    std::vector<LayerReport> layers;
+    auto program = Convert(*fused, plan, calibrated->qparams, *qconfig, "onednn", &layers);
+    ASSERT_TRUE(program.ok()) << program.status();
+    auto int8 = Int8Executor::Create(&*program);
+    ASSERT_TRUE(int8.ok()) << int8.status();
+    at::manual_seed(1);
+    const at::Tensor x = at::rand({4, 3, 16, 16}) * 4;
+    at::Tensor dw_out;
+    auto ran = int8->Run({x}, [&](const Instr& instr, const at::Tensor& t) {
+      if (instr.name == "dw") dw_out = t;
+    });
+    ASSERT_TRUE(ran.ok()) << ran.status();
+    ASSERT_TRUE(dw_out.defined() && dw_out.is_quantized()) << preset;
+    const double scale = dw_out.q_scale();
+    const at::Tensor values = dw_out.dequantize();
+    EXPECT_LE(values.max().item<double>(), kBound + scale / 2 + 1e-7) << preset;
+    EXPECT_GT(values.ge(kBound - scale).sum().item<int64_t>(), 0) << preset << ": the bound must bite";
+    auto module = ProgramToModule(*program);
+    ASSERT_TRUE(module.ok()) << module.status();
+    EXPECT_TRUE(at::equal(module->forward({x}).toTensor(), (*ran)[0].toTensor())) << preset;
+  }
+}
+
 // SqueezeNet's fire module: cat on int8 tensors, sigmoid with LibTorch's
 // fixed int8 qparams.
 TEST_F(CoverageModelsTest, FireModuleCatsInInt8) {

@@ -7,6 +7,7 @@
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/passes/bias_correction.h"
 #include "worker/engine/passes/weight_rounding.h"
+#include "worker/engine/runtime/int8_kernels.h"
 #include "worker/engine/runtime/prepack.h"
 
 namespace quantd::engine {
@@ -180,6 +181,14 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         }
         instr.packed = *packed;
         layer.weight_scales = qw.qparams.scale;
+        // A ReLU6-like bound fused into the conv is left to the output's
+        // saturation only when its code is the largest: calibration saw at
+        // most the bound, but with reduce_range's 7 bits its code is ~127
+        // and the kernel's quint8 output goes on to 255 (twice the bound).
+        if (node.fused_relu && node.fused_clamp_max.has_value() &&
+            QuantizedCode(*node.fused_clamp_max, instr.scale, instr.zero_point, /*is_signed=*/false) < 255) {
+          instr.clamp_max = node.fused_clamp_max;
+        }
       }
       layers->push_back(std::move(layer));
     } else {

@@ -54,6 +54,16 @@ std::set<int> ValuesRead(const std::vector<Operand>& operands) {
   return std::set<int>(read.begin(), read.end());
 }
 
+// `q` with the codes above `max`'s code clamped to it (a bound fused into a
+// conv or linear that the output's saturation does not make; the artifact
+// writes the same on int_repr).
+at::Tensor ClampInt8Codes(const at::Tensor& q, double max) {
+  at::Tensor out = ClampInt8(q, std::nullopt, max);
+  if (out.defined()) return out;
+  const int64_t code = QuantizedCode(max, q.q_scale(), q.q_zero_point(), q.scalar_type() == at::kQInt8);
+  return at::_make_per_tensor_quantized_tensor(at::clamp_max(q.int_repr(), code), q.q_scale(), q.q_zero_point());
+}
+
 }  // namespace
 
 std::optional<ClampBounds> Int8ClampBounds(const Instr& instr) {
@@ -254,6 +264,9 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
             if (!ran.ok()) return ran;
           } else {
             kernels_[k]->callBoxed(stack);
+          }
+          if (instr.clamp_max && stack.size() == 1 && stack[0].isTensor()) {  // a bound the codes pass (convert.cc)
+            stack[0] = ClampInt8Codes(stack[0].toTensor(), *instr.clamp_max);
           }
           break;
         case InstrKind::kAdd: {

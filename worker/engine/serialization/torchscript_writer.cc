@@ -56,6 +56,20 @@ std::string DoubleLiteral(double v) {
   return s;
 }
 
+// `out = x` with its codes clamped to the bounds' codes, the bounds quantized
+// as LibTorch's quantized clamp quantizes them (a missing bound: open).
+std::string ClampCodes(const std::string& out, const std::string& x, const std::optional<double>& min,
+                       const std::optional<double>& max) {
+  const std::string q = absl::StrCat("torch.q_scale(", x, "), torch.q_zero_point(", x, ")");
+  auto code = [&](const std::optional<double>& bound) -> std::string {
+    if (!bound) return "None";
+    return absl::StrCat("torch.int_repr(torch.quantize_per_tensor(torch.tensor([", DoubleLiteral(*bound), "]), ", q,
+                        ", ", x, ".dtype))");
+  };
+  return absl::StrCat(out, " = torch._make_per_tensor_quantized_tensor(torch.clamp(torch.int_repr(", x, "), ",
+                      code(min), ", ", code(max), "), ", q, ")");
+}
+
 class SourceBuilder {
  public:
   explicit SourceBuilder(jit::Module* module) : module_(module) {}
@@ -125,7 +139,11 @@ class SourceBuilder {
       case InstrKind::kLinear: {
         const std::string packed = Attribute(instr.name + "_packed", instr.packed.type(), instr.packed);
         const char* op = instr.kind == InstrKind::kConv2d ? "conv2d" : "linear";
-        return absl::StrCat(lhs, " = ops.quantized.", op, relu, "(", in(0), ", ", packed, ", ", qparams(), ")");
+        std::string line =
+            absl::StrCat(lhs, " = ops.quantized.", op, relu, "(", in(0), ", ", packed, ", ", qparams(), ")");
+        // A fused bound the output's saturation does not make (convert.cc).
+        if (instr.clamp_max) absl::StrAppend(&line, "\n    ", ClampCodes(lhs, lhs, std::nullopt, instr.clamp_max));
+        return line;
       }
       case InstrKind::kAdd:
         return absl::StrCat(lhs, " = ops.quantized.add", relu, "(", in(0), ", ", in(1), ", ", qparams(), ")");
@@ -148,17 +166,8 @@ class SourceBuilder {
       case InstrKind::kOp: {
         if (std::optional<ClampBounds> clamp = Int8ClampBounds(instr)) {
           // On the codes, as the runtime does: LibTorch 1.13's QNNPACK clamp
-          // garbles channels-last tensors. The bounds are quantized like
-          // LibTorch's quantized clamp quantizes them.
-          const std::string x = in(0);
-          const std::string q = absl::StrCat("torch.q_scale(", x, "), torch.q_zero_point(", x, ")");
-          auto code = [&](const std::optional<double>& bound) -> std::string {
-            if (!bound) return "None";
-            return absl::StrCat("torch.int_repr(torch.quantize_per_tensor(torch.tensor([", DoubleLiteral(*bound),
-                                "]), ", q, ", ", x, ".dtype))");
-          };
-          return absl::StrCat(lhs, " = torch._make_per_tensor_quantized_tensor(torch.clamp(torch.int_repr(", x, "), ",
-                              code(clamp->min), ", ", code(clamp->max), "), ", q, ")");
+          // garbles channels-last tensors.
+          return ClampCodes(lhs, in(0), clamp->min, clamp->max);
         }
         const c10::Symbol op = instr.jit_node->kind();
         std::vector<std::string> args;
