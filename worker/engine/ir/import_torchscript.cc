@@ -419,7 +419,18 @@ class Importer {
 
   absl::StatusOr<Operand> ToOperand(const Sym& s, const std::string& where) {
     switch (s.kind) {
-      case Sym::Kind::kValue: return Operand::Value(Current(s.value));
+      case Sym::Kind::kValue: {
+        const int value = Current(s.value);
+        auto write = stale_.find(value);
+        if (write == stale_.end()) write = stale_.find(BaseOf(value));
+        if (write != stale_.end()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, " reads a tensor that ", write->second,
+              " changed in place through a view of it (a slice, view, reshape, ...); quantd cannot follow such a "
+              "write into int8: write it out of place (torch.cat, torch.where, ...)"));
+        }
+        return Operand::Value(value);
+      }
       case Sym::Kind::kConstant: return Operand::Constant(s.constant, s.constant_name);
       case Sym::Kind::kList:
       case Sym::Kind::kTuple: {
@@ -478,13 +489,44 @@ class Importer {
     // that tensor, in any frame, reads the op's output instead. The graph
     // stays pure, and no kernel that makes a new tensor loses the write.
     if (const c10::FunctionSchema* schema = node->maybeSchema();
-        schema != nullptr && !schema->arguments().empty() && !ir.outputs.empty() && !ir.inputs.empty() &&
-        ir.inputs[0].kind == Operand::Kind::kValue) {
+        schema != nullptr && !schema->arguments().empty() && !ir.outputs.empty() && !ir.inputs.empty()) {
       const c10::AliasInfo* alias = schema->arguments()[0].alias_info();
-      if (alias != nullptr && alias->isWrite()) renamed_[ir.inputs[0].value] = ir.outputs[0];
+      const bool writes_first = alias != nullptr && alias->isWrite();
+      const std::string op = absl::StrCat("'", node->kind().toQualString(), "' in ", Where(module));
+      if (writes_first && ir.inputs[0].kind == Operand::Kind::kConstant && ir.inputs[0].constant.isTensor() &&
+          ir.inputs[0].constant_name.empty()) {
+        // Folded at import (torch.zeros(...)) and shared by every run: the
+        // write would carry over from one run (and request) to the next. (A
+        // module's buffer, named, persists across calls in PyTorch too.)
+        return absl::InvalidArgumentError(absl::StrCat(
+            op, " writes in place into a tensor made of constants, which quantd computes once for every run; "
+                "use the op that returns a new tensor (add instead of add_, ...)"));
+      }
+      if (ir.inputs[0].kind == Operand::Kind::kValue) {
+        const int first = ir.inputs[0].value;
+        if (writes_first) {
+          // Through a view (a slice, view, reshape, ...): the write changes
+          // the tensor viewed too, which int8 keeps as its own copy.
+          if (auto base = view_base_.find(first); base != view_base_.end()) stale_[base->second] = op;
+          // And views of what it writes, made before the write, see it too.
+          for (const auto& [view, base] : view_base_) {
+            if (base == BaseOf(first) && view != first) stale_[view] = op;
+          }
+          renamed_[first] = ir.outputs[0];
+        } else if (alias != nullptr && ir.outputs.size() == 1 && schema->returns().size() == 1 &&
+                   schema->returns()[0].alias_info() != nullptr) {
+          view_base_[ir.outputs[0]] = BaseOf(first);  // a view of its first argument (or of what that views)
+        }
+      }
     }
     graph_->nodes.push_back(std::move(ir));
     return absl::OkStatus();
+  }
+
+  // The tensor `value` views, or itself.
+  int BaseOf(int value) const {
+    auto it = view_base_.find(value);
+    return it == view_base_.end() ? value : it->second;
   }
 
   // The value a reader gets for `value`: its last in-place write's output.
@@ -557,6 +599,8 @@ class Importer {
   int depth_ = 0;
   std::map<const char*, const jit::Node*> canonical_;
   std::map<int, int> renamed_;  // value -> the output of an op that wrote it in place
+  std::map<int, int> view_base_;  // a view's value -> the value it views
+  std::map<int, std::string> stale_;  // a value written through a view of it -> the op that wrote
 };
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "worker/engine/ir/import_torchscript.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -15,6 +16,8 @@
 
 namespace quantd::engine {
 namespace {
+
+using ::testing::HasSubstr;
 
 TEST(ImportTorchScriptTest, ResNet8OpsKeepTheirModulePaths) {
   auto graph = ImportTorchScriptFile(testing::ResNet8Path());
@@ -88,6 +91,54 @@ TEST(ImportTorchScriptTest, LaterReadersOfAnInPlaceWriteReadItsOutput) {
   }
   ASSERT_NE(relu, nullptr) << graph->Dump();
   EXPECT_TRUE(graph->IsGraphOutput(relu->outputs[0])) << graph->Dump();
+}
+
+// A write through a view changes the tensor viewed, which int8 keeps as its
+// own copy: a later reader of that tensor (or of another view of it) is
+// refused, naming both ops, instead of reading int8's unwritten copy. A write
+// whose tensor is not read again is fine, as is a write to a tensor alone.
+TEST(ImportTorchScriptTest, AReaderOfATensorWrittenThroughAViewIsRefused) {
+  auto import = [](const std::string& body) {
+    torch::jit::Module m("Views");
+    m.register_parameter("w", at::randn({4, 4, 3, 3}), false);
+    m.define("def forward(self, x):\n" + body);
+    return ImportTorchScript(m);
+  };
+  auto sliced = import(R"(
+        y = torch.conv2d(x, self.w)
+        y[:, :2].clamp_(max=1.0)
+        return torch.conv2d(y, self.w)
+  )");
+  ASSERT_FALSE(sliced.ok());
+  EXPECT_EQ(sliced.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(sliced.status().message()), HasSubstr("aten::conv2d"));
+  EXPECT_THAT(std::string(sliced.status().message()), HasSubstr("'aten::clamp_'"));
+  EXPECT_THAT(std::string(sliced.status().message()), HasSubstr("through a view"));
+  // A view made before a write to the tensor itself sees the write too.
+  auto earlier_view = import(R"(
+        y = torch.conv2d(x, self.w)
+        v = y.view(-1)
+        y.relu_()
+        return v
+  )");
+  ASSERT_FALSE(earlier_view.ok());
+  EXPECT_THAT(std::string(earlier_view.status().message()), HasSubstr("model output reads a tensor that 'aten::relu_'"));
+  // Fine: the viewed tensor is not read after the write.
+  auto flat = import(R"(
+        y = torch.conv2d(x, self.w).flatten(1)
+        y.relu_()
+        return y
+  )");
+  EXPECT_TRUE(flat.ok()) << flat.status();
+  // A tensor made of constants is computed once for every run: writing it
+  // in place would carry over between runs.
+  auto constant = import(R"(
+        s = torch.zeros(1, 4, 1, 1)
+        s.add_(torch.conv2d(x, self.w).mean(dim=[0, 2, 3], keepdim=True))
+        return s
+  )");
+  ASSERT_FALSE(constant.ok());
+  EXPECT_THAT(std::string(constant.status().message()), HasSubstr("tensor made of constants"));
 }
 
 TEST(ImportTorchScriptTest, MissingFileIsInvalidArgument) {
