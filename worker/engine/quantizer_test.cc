@@ -559,6 +559,34 @@ TEST(QuantizeTest, AWriteThroughAViewIsRefused) {
   EXPECT_NE(status.message().find("through a view"), std::string::npos) << status;
 }
 
+// Infinite and NaN constants of FP32 ops (a mask filled with -inf, a clamp
+// open below) are written so that TorchScript compiles them: the artifact
+// loads and computes what quantd's runtime computes.
+TEST(QuantizeTest, InfiniteConstantsReachTheArtifact) {
+  torch::jit::Module m("Infinite");
+  at::manual_seed(5);
+  m.register_parameter("w", at::randn({10, 3, 32, 32}) * 0.001, false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.flatten(torch.conv2d(x, self.w), 1)
+        y = y.masked_fill(y > 1000.0, float("-inf"))
+        y = torch.clamp(y, float("-inf"), 1000.0)
+        return torch.softmax(y, 1)
+  )");
+  QuantizeOptions options = SavedModelOptions(m, "infinite", 16);
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto bytes = (*model)->SerializeArtifact();
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  std::istringstream in(*bytes);
+  torch::jit::Module artifact = torch::jit::load(in);
+  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 8);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  auto ours = (*model)->impl().executor->Forward(batch->images);
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  EXPECT_TRUE(at::equal(artifact.forward({batch->images}).toTensor(), *ours));
+}
+
 // conv1's weights of 1e37 overflow float32 on raw pixels: infinities (and
 // then NaN) reach the observers. Before, the histogram observer cast them to
 // integers (undefined) and min/max observers made an infinite or NaN scale

@@ -7,6 +7,7 @@
 #include <cctype>
 #include <cstdio>
 #include <map>
+#include <cmath>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -47,6 +48,10 @@ std::string Identifier(const std::string& name) {
 }
 
 std::string DoubleLiteral(double v) {
+  // TorchScript's compiler knows no `inf` or `nan` names; float("...") it
+  // folds to the constant.
+  if (std::isnan(v)) return "float(\"nan\")";
+  if (std::isinf(v)) return v > 0 ? "float(\"inf\")" : "float(\"-inf\")";
   char buf[40];
   std::snprintf(buf, sizeof(buf), "%.17g", v);
   std::string s = buf;
