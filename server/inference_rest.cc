@@ -497,6 +497,16 @@ HttpReply InferenceRest::StatsReply(const std::string& name, const std::string& 
   return JsonReply(200, Json{{"model_stats", models}});
 }
 
+std::optional<HttpReply> InferenceRest::RefuseBeforeBody(const std::string& method, const std::string& path,
+                                                         const std::string& authorization,
+                                                         const std::string& remote) {
+  const std::string what = absl::StrCat(method.substr(0, 16), " ", path.substr(0, 256));
+  absl::StatusOr<Principal> caller = auth_->Authorize(authorization, Role::kRead, what);
+  if (caller.ok()) return std::nullopt;
+  AuditLine("", remote, what, "", caller.status());
+  return ErrorReply(caller.status());
+}
+
 HttpReply InferenceRest::Handle(const HttpCall& call) {
   const std::string what = absl::StrCat(call.method, " ", call.path);
   // HEAD is GET without the body (which the HTTP server leaves out).

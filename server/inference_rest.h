@@ -14,6 +14,7 @@
 // status of the gRPC code. No HTTP library here: the HTTP server hands over
 // the parts of a request that matter.
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,6 +51,12 @@ class InferenceRest {
   static bool Owns(const std::string& path);
   // Blocks until the answer is ready (an inference waits for its pass).
   HttpReply Handle(const HttpCall& call);
+  // For a request with a body, from its headers alone (before the body is
+  // read): nullopt when the caller may send it (every /v2 resource that
+  // takes a body needs the read role), else the refusal, audited. Handle
+  // checks again.
+  std::optional<HttpReply> RefuseBeforeBody(const std::string& method, const std::string& path,
+                                            const std::string& authorization, const std::string& remote);
 
  private:
   // Triton's statistics extension over REST: GET /v2/models/stats (every

@@ -9,6 +9,8 @@
 #include <exception>
 #include <fstream>
 #include <iterator>
+#include <optional>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -156,7 +158,9 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       call.path = request.path;
       call.authorization = request.get_header_value("Authorization");
       call.inference_header_length = request.get_header_value("Inference-Header-Content-Length");
-      call.body = request.body;
+      // Moved, not copied: a body may be --max_body_bytes, and httplib reads
+      // nothing of the request's body after its handler.
+      call.body = std::move(const_cast<httplib::Request&>(request).body);
       call.remote = request.remote_addr;
       HttpReply reply = rest->Handle(call);
       response.status = reply.status;
@@ -170,10 +174,26 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     http.Delete(R"(/v2(/.*)?)", serve);
     http.Patch(R"(/v2(/.*)?)", serve);
   }
-  http.set_pre_routing_handler(
-      [max_body_bytes = options.max_body_bytes](const httplib::Request& request, httplib::Response& response) {
-        return RefuseUnboundedBodies(request, response, max_body_bytes);
-      });
+  http.set_pre_routing_handler([max_body_bytes = options.max_body_bytes, rest = options.inference](
+                                    const httplib::Request& request, httplib::Response& response) {
+    if (RefuseUnboundedBodies(request, response, max_body_bytes) == httplib::Server::HandlerResponse::Handled) {
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    // A caller without the right token is refused from the headers, before
+    // httplib reads (and holds) a body of up to --max_body_bytes for it.
+    const std::string length = request.get_header_value("Content-Length");
+    if (rest != nullptr && !length.empty() && length != "0" && InferenceRest::Owns(request.path)) {
+      if (std::optional<HttpReply> refused = rest->RefuseBeforeBody(
+              request.method, request.path, request.get_header_value("Authorization"), request.remote_addr)) {
+        response.status = refused->status;
+        for (const auto& [name, value] : refused->headers) response.set_header(name, value);
+        response.set_content(std::move(refused->body), refused->content_type.c_str());
+        response.set_header("Connection", "close");  // the body stays unread
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
   // httplib's own errors (a bad request line, a body over the limit) come
   // without a body: given one here, JSON under /v2 as the protocol says.
   http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& request,

@@ -263,6 +263,30 @@ TEST_F(SecureQuantd, MetricsOverHttpsNeedAReadToken) {
   EXPECT_EQ(MetricsStatus(kReadToken), "200");
 }
 
+// A REST request whose token is missing is refused from its headers, before
+// its body is read: 24 MiB sent at 256 KiB/s would take over 90 s to read,
+// and the 401 comes within curl's 20 s.
+TEST_F(SecureQuantd, ARestBodyWithoutATokenIsRefusedBeforeItIsRead) {
+  const std::string body = dir_ + "/big.json";
+  {
+    std::ofstream out(body, std::ios::binary);
+    const std::string zeros(1 << 20, ' ');
+    for (int i = 0; i < 24; ++i) out << zeros;
+  }
+  for (const std::string token : {"", "a-token-nobody-issued-ever"}) {
+    std::vector<std::string> argv = {"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "20",
+                                     "--limit-rate", "256k", "--cacert", dir_ + "/ca.pem", "--cert",
+                                     dir_ + "/client.pem", "--key", dir_ + "/client.key", "-H",
+                                     "Content-Type: application/json", "--data-binary", "@" + body};
+    if (!token.empty()) argv.insert(argv.end(), {"-H", "Authorization: Bearer " + token});
+    argv.push_back(absl::StrCat("https://127.0.0.1:", metrics_port_, "/v2/models/resnet8/infer"));
+    auto r = RunCommand(argv, absl::Seconds(60));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->out, "401") << (token.empty() ? "no token" : "an unknown token");
+  }
+  EXPECT_EQ(MetricsStatus(kReadToken), "200");  // and the server goes on
+}
+
 // --metrics_tls_client_ca: without a certificate the CA signed, no HTTP at all.
 TEST_F(SecureQuantd, MetricsOverHttpsNeedATrustedClientCertificate) {
   EXPECT_EQ(MetricsStatus(kReadToken, ""), "000");
