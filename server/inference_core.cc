@@ -156,14 +156,14 @@ void InferenceCore::CountRefused(absl::StatusCode code, const worker::ServedMode
 void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                                absl::AnyInvocable<void(absl::Status) &&> done,
                                std::shared_ptr<const worker::LoadedModel> loaded_model,
-                               worker::DynamicBatcher::Abandoned abandoned) {
+                               worker::DynamicBatcher::Abandoned abandoned, std::optional<absl::Time> arrived) {
   InferenceStats* stats = deps_.stats;
   auto fail_before_queue = [&](absl::Status status, const worker::ServedModelInfo& info) {
     if (stats != nullptr) stats->RecordRequest(info.name, info.version, status.code(), 0, nullptr);
     std::move(done)(std::move(status));
   };
   // The timeout counts from here, a cold model's load included.
-  const absl::Time received = deps_.clock->Now();
+  const absl::Time received = arrived.value_or(deps_.clock->Now());
   absl::StatusOr<absl::Duration> timeout = InferQueueTimeout(request);
   if (timeout.ok() && *timeout != absl::InfiniteDuration()) {
     const absl::Time deadline = received + *timeout;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/functional/any_invocable.h"
@@ -81,10 +82,15 @@ class InferenceCore {
   // nor is one whose "timeout" parameter (InferQueueTimeout) has passed by
   // its pass: DEADLINE_EXCEEDED. Both also end a wait for another request's
   // load of the model.
+  // `received` (on deps' clock; default: now) is when the request arrived,
+  // which the timeout counts from: a caller that loaded the model before
+  // calling (REST, to bound its JSON) gives it.
   void ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                   absl::AnyInvocable<void(absl::Status) &&> done,
                   std::shared_ptr<const worker::LoadedModel> loaded_model = nullptr,
-                  worker::DynamicBatcher::Abandoned abandoned = nullptr);
+                  worker::DynamicBatcher::Abandoned abandoned = nullptr,
+                  std::optional<absl::Time> received = std::nullopt);
+  absl::Time Now() const { return deps_.clock->Now(); }
 
   int64_t max_batch_size() const { return deps_.batcher->options().max_batch_size; }
 

@@ -598,6 +598,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   inference::ModelInferRequest request;
   request.set_model_name(path->name);
   request.set_model_version(path->version);
+  const absl::Time received = core_->Now();  // parameters[timeout] counts from here, the load included
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = core_->LoadForInfer(request);
   if (!model.ok()) return ErrorReply(model.status());
   const int64_t batch_values = core_->max_batch_size() * (*model)->info().sample_values();
@@ -617,7 +618,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
         outcome = std::move(status);
         done.Notify();
       },
-      *std::move(model));
+      *std::move(model), nullptr, received);
   done.WaitForNotification();
   if (!outcome.ok()) return ErrorReply(WithRestFieldNames(std::move(outcome)));
   return FromInferResponse(response, binary_outputs);
