@@ -246,7 +246,10 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
     const Json& parameters = body["parameters"];
     if (!parameters.is_object()) return absl::InvalidArgumentError("parameters: an object");
     for (const auto& [key, value] : parameters.items()) {
-      if (key == "binary_data_output" && value.is_boolean()) *binary_outputs = value.get<bool>();
+      if (key == "binary_data_output") {
+        if (!value.is_boolean()) return absl::InvalidArgumentError("parameters.binary_data_output: a boolean");
+        *binary_outputs = value.get<bool>();
+      }
       absl::Status status = ToParameter(value, absl::StrCat("parameters.", key), &(*request->mutable_parameters())[key]);
       if (!status.ok()) return status;
     }
@@ -357,7 +360,8 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
       for (const auto& [key, value] : out["parameters"].items()) {
         if (key == "binary_data") {
           if (!value.is_boolean()) return absl::InvalidArgumentError(absl::StrCat(field, ".parameters.binary_data: a boolean"));
-          if (value.get<bool>()) *binary_outputs = true;
+          // The output's own choice over the request's (the model has one output).
+          *binary_outputs = value.get<bool>();
           continue;
         }
         absl::Status status = ToParameter(value, absl::StrCat(field, ".parameters.", key),

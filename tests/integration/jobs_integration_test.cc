@@ -750,6 +750,19 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
                       "inputs[0].data: 3 values, but [2, 3, 32, 32] holds 6144");
     expect_rest_error(v2 + "/models/nope/infer", body.dump(), 404, "nope");
     expect_rest_error(v2 + "/models/resnet8/versions/9/infer", body.dump(), 404, "no version 9");
+    // The output's own binary_data over the request's binary_data_output,
+    // which must be a boolean.
+    nlohmann::json json_output = body;
+    json_output["parameters"] = {{"binary_data_output", true}};
+    json_output["outputs"] = {{{"name", "output"}, {"parameters", {{"binary_data", false}}}}};
+    std::ofstream(body_file, std::ios::trunc) << json_output.dump();
+    CurlResult as_json = Curl(v2 + "/models/resnet8/infer",
+                              {"-H", "Content-Type: application/json", "--data-binary", "@" + body_file});
+    ASSERT_EQ(as_json.status, 200) << as_json.body;
+    EXPECT_EQ(nlohmann::json::parse(as_json.body, nullptr, false)["outputs"][0]["data"].get<std::vector<float>>(),
+              grpc_scores);
+    json_output["parameters"]["binary_data_output"] = "yes";
+    expect_rest_error(v2 + "/models/resnet8/infer", json_output.dump(), 400, "parameters.binary_data_output");
     // Counted with the model's other requests, as gRPC's decode errors are.
     auto invalid_requests = [&]() -> int64_t {
       const std::string series = R"(quantd_inference_requests_total{code="INVALID_ARGUMENT",model="resnet8",version="1"} )";
