@@ -43,6 +43,12 @@ HttpReply ErrorReply(const absl::Status& status) {
 // input's "data" became contents.uint_contents or fp32_contents: errors
 // about it name the field the REST client sent.
 absl::Status WithRestFieldNames(absl::Status status) {
+  // The binary tensor data extension's bytes for the (one) input.
+  constexpr absl::string_view kRaw = "raw_input_contents[0]";
+  if (absl::StartsWith(status.message(), kRaw)) {
+    return absl::Status(status.code(), absl::StrCat("inputs[0] binary data (parameters.binary_data_size)",
+                                                    status.message().substr(kRaw.size())));
+  }
   for (const absl::string_view grpc_field : {"inputs[0].contents.uint_contents", "inputs[0].contents.fp32_contents"}) {
     if (absl::StartsWith(status.message(), grpc_field)) {
       return absl::Status(status.code(),

@@ -173,6 +173,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     http.Put(R"(/v2(/.*)?)", serve);
     http.Delete(R"(/v2(/.*)?)", serve);
     http.Patch(R"(/v2(/.*)?)", serve);
+    http.Options(R"(/v2(/.*)?)", serve);
   }
   http.set_pre_routing_handler([max_body_bytes = options.max_body_bytes, rest = options.inference](
                                     const httplib::Request& request, httplib::Response& response) {

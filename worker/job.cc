@@ -78,6 +78,8 @@ absl::Status ValidateModelName(const std::string& name, const std::string& field
   };
   if (name.empty()) return bad("is empty");
   if (name.size() > 64) return bad("is longer than 64 characters");
+  // /v2/models/stats is every model's statistics (Triton's REST path).
+  if (name == "stats") return bad("is reserved: /v2/models/stats lists every model's statistics");
   for (size_t i = 0; i < name.size(); ++i) {
     const char c = name[i];
     const bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');

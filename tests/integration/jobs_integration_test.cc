@@ -731,6 +731,18 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     const size_t json_size = std::stoul(headers.substr(at + 33));
     ASSERT_EQ(binary.body.size(), json_size + 80) << binary.body;
     EXPECT_EQ(binary.body.substr(json_size), Scores(grpc_response));
+    {  // Binary data that does not fill the shape is named as REST sends it.
+      nlohmann::json short_header = header;
+      short_header["inputs"][0]["parameters"]["binary_data_size"] = 5;
+      const std::string short_text = short_header.dump();
+      std::ofstream(binary_file, std::ios::binary | std::ios::trunc) << short_text << test.pixels.substr(0, 5);
+      CurlResult short_binary = Curl(v2 + "/models/resnet8/infer",
+                                     {"-H", "Content-Type: application/octet-stream", "-H",
+                                      absl::StrCat("Inference-Header-Content-Length: ", short_text.size()),
+                                      "--data-binary", "@" + binary_file});
+      EXPECT_EQ(short_binary.status, 400) << short_binary.body;
+      EXPECT_THAT(short_binary.body, HasSubstr("inputs[0] binary data (parameters.binary_data_size)"));
+    }
 
     auto expect_rest_error = [&](const std::string& url, const std::string& payload, int status,
                                  const std::string& field) {
@@ -824,6 +836,10 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_EQ(put.status, 405) << put.body;
     EXPECT_THAT(put.body, HasSubstr(R"({"error":")"));
     EXPECT_THAT(put.body, HasSubstr("use GET"));
+    const std::string options_allow = quantd.dir() + "/options_allow.headers";
+    CurlResult options = Curl(v2 + "/health/live", {"-X", "OPTIONS", "-D", options_allow});
+    EXPECT_EQ(options.status, 405) << options.body;
+    EXPECT_THAT(ReadFileOrEmpty(options_allow), HasSubstr("Allow: GET"));
     // A DELETE without a length (curl sends none) is answered before its
     // body is read: httplib would read one to the end of the connection (a
     // 400 after its 5 s read timeout, before).
