@@ -74,6 +74,12 @@ void WorkerPool::Start() {
     NameThisThread("quantd-lease");
     MaintenanceLoop();
   });
+  if (options_.artifact_sweep != absl::InfiniteDuration()) {
+    sweeper_ = std::thread([this] {
+      NameThisThread("quantd-sweep");
+      SweepLoop();
+    });
+  }
 }
 
 void WorkerPool::Stop() {
@@ -92,6 +98,7 @@ void WorkerPool::Stop() {
     maintenance_stopping_ = true;
   }
   if (maintenance_.joinable()) maintenance_.join();
+  if (sweeper_.joinable()) sweeper_.join();
 }
 
 JobStore::RecoveryCounts WorkerPool::recovered() const {
@@ -322,7 +329,6 @@ void WorkerPool::MaintenanceLoop() {
   // Real time: renewals are due in wall-clock terms whatever clock the leases
   // are measured on.
   absl::Time last_renewal = absl::Now();
-  absl::Time last_sweep = absl::Now();  // Create swept
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -334,16 +340,25 @@ void WorkerPool::MaintenanceLoop() {
       last_renewal = absl::Now();
       MaintainLeases();
     }
-    if (absl::Now() - last_sweep >= options_.artifact_sweep) {
-      last_sweep = absl::Now();
-      absl::StatusOr<SweptArtifacts> swept = SweepArtifacts();
-      if (!swept.ok()) {
-        std::cerr << "quantd: removing artifacts no job holds failed (left for the next sweep): " << swept.status()
-                  << "\n";
-      } else if (swept->artifacts > 0 || swept->manifests > 0) {
-        std::cerr << "quantd: removed files no job holds: artifacts=" << swept->artifacts
-                  << " manifests=" << swept->manifests << "\n";
-      }
+  }
+}
+
+void WorkerPool::SweepLoop() {
+  // Its own thread: a slow sweep (many files, a busy store) must not hold
+  // up the lease renewals of the maintenance thread.
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&maintenance_stopping_), options_.artifact_sweep);
+      if (maintenance_stopping_) return;
+    }
+    absl::StatusOr<SweptArtifacts> swept = SweepArtifacts();
+    if (!swept.ok()) {
+      std::cerr << "quantd: removing artifacts no job holds failed (left for the next sweep): " << swept.status()
+                << "\n";
+    } else if (swept->artifacts > 0 || swept->manifests > 0) {
+      std::cerr << "quantd: removed files no job holds: artifacts=" << swept->artifacts
+                << " manifests=" << swept->manifests << "\n";
     }
   }
 }

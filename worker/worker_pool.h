@@ -92,7 +92,7 @@ class WorkerPool {
   // `watch_sync`; so may tests.
   void SyncFollowedJobs();
   // Removes artifact files no job holds (RemoveUnheldArtifacts) and adds
-  // what it removed to swept(). The maintenance thread calls it every
+  // what it removed to swept(). A thread of its own calls it every
   // `artifact_sweep`; so may tests.
   absl::StatusOr<SweptArtifacts> SweepArtifacts();
 
@@ -119,6 +119,7 @@ class WorkerPool {
              QuantizationEngine* engine, Clock* clock);
   void WorkerLoop();
   void MaintenanceLoop();
+  void SweepLoop();
   void ReportClaimErrorLocked(const absl::Status& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string NewJobId();
 
@@ -149,6 +150,7 @@ class WorkerPool {
   bool maintenance_stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;
   std::thread maintenance_;
+  std::thread sweeper_;  // SweepLoop, every options_.artifact_sweep
 };
 
 }  // namespace quantd::worker
