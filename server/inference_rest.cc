@@ -114,11 +114,32 @@ std::string AllowedMethod(const std::vector<std::string>& parts) {
 // brackets alone would otherwise cost the parser tens of bytes per byte.
 constexpr int kMaxJsonNesting = 32;
 
-// Refuses a JSON text nested deeper than kMaxJsonNesting, before it is parsed
-// (brackets inside strings do not count).
-absl::Status CheckJsonNesting(absl::string_view text, absl::string_view field) {
+// An inference request's path (counted in quantd_inference_requests_total
+// whatever its outcome).
+bool IsInferPath(absl::string_view path) {
+  const std::vector<std::string> parts = absl::StrSplit(path, '/');
+  if (parts.size() < 4 || parts[1] != "v2" || parts[2] != "models") return false;
+  absl::StatusOr<ModelPath> model = ParseModelPath(parts);
+  return model.ok() && model->action == "infer";
+}
+
+// Longest JSON string a request body may hold: its strings are ids, names,
+// datatypes and parameters (inputs are numbers), and the parser copies each
+// string at least twice before any field's own limit is checked.
+constexpr size_t kMaxJsonStringBytes = 64 * 1024;
+
+// Refuses a JSON text nested deeper than kMaxJsonNesting (brackets inside
+// strings do not count) or holding a string longer than kMaxJsonStringBytes,
+// before it is parsed.
+absl::Status CheckJsonBeforeParsing(absl::string_view text, absl::string_view field) {
   int depth = 0;
   bool in_string = false;
+  size_t string_start = 0;
+  auto too_long = [&](size_t end) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": a JSON string of ", end - string_start,
+                                                   " bytes at byte ", string_start, "; strings take at most ",
+                                                   kMaxJsonStringBytes));
+  };
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (in_string) {
@@ -126,9 +147,11 @@ absl::Status CheckJsonNesting(absl::string_view text, absl::string_view field) {
         ++i;  // the escaped character
       } else if (c == '"') {
         in_string = false;
+        if (i - string_start > kMaxJsonStringBytes) return too_long(i);
       }
     } else if (c == '"') {
       in_string = true;
+      string_start = i + 1;
     } else if (c == '[' || c == '{') {
       if (++depth > kMaxJsonNesting) {
         return absl::InvalidArgumentError(absl::StrCat(field, ": JSON nested deeper than ", kMaxJsonNesting));
@@ -137,6 +160,7 @@ absl::Status CheckJsonNesting(absl::string_view text, absl::string_view field) {
       --depth;
     }
   }
+  if (in_string && text.size() - string_start > kMaxJsonStringBytes) return too_long(text.size());
   return absl::OkStatus();
 }
 
@@ -216,7 +240,7 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
     header_size = static_cast<size_t>(size);
   }
   const absl::string_view header(call.body.data(), header_size);
-  if (absl::Status nesting = CheckJsonNesting(header, "body"); !nesting.ok()) return nesting;
+  if (absl::Status nesting = CheckJsonBeforeParsing(header, "body"); !nesting.ok()) return nesting;
   // Keys count too: a dropped value still leaves its key in the object.
   // Parsing stops at the first element past the limit, not at the end of
   // the body.
@@ -514,6 +538,7 @@ std::optional<HttpReply> InferenceRest::RefuseBeforeBody(const std::string& meth
   absl::StatusOr<Principal> caller = auth_->Authorize(authorization, Role::kRead, what);
   if (caller.ok()) return std::nullopt;
   AuditLine("", remote, what, "", caller.status());
+  if (IsInferPath(path)) core_->CountRefused(caller.status().code());  // as gRPC's refusals are
   return ErrorReply(caller.status());
 }
 
@@ -535,6 +560,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   absl::StatusOr<Principal> caller = auth_->Authorize(call.authorization, Role::kRead, what);
   if (!caller.ok()) {
     AuditLine("", call.remote, what, "", caller.status());
+    if (IsInferPath(call.path)) core_->CountRefused(caller.status().code());  // as gRPC's refusals are
     return ErrorReply(caller.status());
   }
   const std::vector<std::string> parts = absl::StrSplit(call.path, '/');
@@ -557,7 +583,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
             absl::StrCat("body: ", call.body.size(), " bytes; a repository index request takes at most ",
                          kMaxIndexBody, " ({\"ready\": true|false})")));
       }
-      if (absl::Status nesting = CheckJsonNesting(call.body, "body"); !nesting.ok()) return ErrorReply(nesting);
+      if (absl::Status nesting = CheckJsonBeforeParsing(call.body, "body"); !nesting.ok()) return ErrorReply(nesting);
       Json body = Json::parse(call.body, nullptr, /*allow_exceptions=*/false);
       if (body.is_discarded() || !body.is_object()) return ErrorReply(absl::InvalidArgumentError("body: a JSON object"));
       if (body.contains("ready")) {

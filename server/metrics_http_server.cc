@@ -58,6 +58,7 @@ httplib::Server::HandlerResponse RefuseUnboundedBodies(const httplib::Request& r
   auto refuse = [&](int status, const std::string& message) {
     SetError(request, response, status, message);
     response.set_header("Connection", "close");
+    EndConnectionAfterThisResponse();
     return httplib::Server::HandlerResponse::Handled;
   };
   if (request.method == "DELETE" && !request.has_header("Transfer-Encoding") &&
@@ -180,18 +181,41 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     if (RefuseUnboundedBodies(request, response, max_body_bytes) == httplib::Server::HandlerResponse::Handled) {
       return httplib::Server::HandlerResponse::Handled;
     }
+    uint64_t length = 0;  // RefuseUnboundedBodies has checked that a Content-Length is a number
+    if (!absl::SimpleAtoi(request.get_header_value("Content-Length"), &length) || length == 0) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    auto refuse = [&](int status, const std::string& message) {
+      SetError(request, response, status, message);
+      response.set_header("Connection", "close");  // the body stays unread
+      EndConnectionAfterThisResponse();
+      return httplib::Server::HandlerResponse::Handled;
+    };
+    // httplib does not read a body for these: its bytes would be parsed as
+    // the next request on the connection (a request smuggled past a proxy
+    // that took them for the body).
+    if (request.method == "GET" || request.method == "HEAD" || request.method == "OPTIONS") {
+      return refuse(400, absl::StrCat(request.method, " takes no body (Content-Length: ", length, ")"));
+    }
+    // Only /v2 takes a body. Elsewhere httplib would read all of it before
+    // answering 404 or 405, for any caller.
+    if (rest == nullptr || !InferenceRest::Owns(request.path)) {
+      if (request.path == "/metrics") {
+        response.set_header("Allow", "GET");
+        return refuse(405, absl::StrCat("/metrics takes GET, not ", request.method.substr(0, 16)));
+      }
+      return refuse(404, "not found; try /metrics or /v2");
+    }
     // A caller without the right token is refused from the headers, before
     // httplib reads (and holds) a body of up to --max_body_bytes for it.
-    const std::string length = request.get_header_value("Content-Length");
-    if (rest != nullptr && !length.empty() && length != "0" && InferenceRest::Owns(request.path)) {
-      if (std::optional<HttpReply> refused = rest->RefuseBeforeBody(
-              request.method, request.path, request.get_header_value("Authorization"), request.remote_addr)) {
-        response.status = refused->status;
-        for (const auto& [name, value] : refused->headers) response.set_header(name, value);
-        response.set_content(std::move(refused->body), refused->content_type.c_str());
-        response.set_header("Connection", "close");  // the body stays unread
-        return httplib::Server::HandlerResponse::Handled;
-      }
+    if (std::optional<HttpReply> refused = rest->RefuseBeforeBody(
+            request.method, request.path, request.get_header_value("Authorization"), request.remote_addr)) {
+      response.status = refused->status;
+      for (const auto& [name, value] : refused->headers) response.set_header(name, value);
+      response.set_content(std::move(refused->body), refused->content_type.c_str());
+      response.set_header("Connection", "close");  // the body stays unread
+      EndConnectionAfterThisResponse();
+      return httplib::Server::HandlerResponse::Handled;
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });

@@ -288,6 +288,10 @@ using ServeOne = std::function<bool(httplib::Stream&, bool close_connection, boo
 // Requests on one connection, keep-alive as httplib serves them: the wait
 // for a next request is bounded by the keep-alive timeout, each request by
 // its budget.
+// Set by a handler on the thread serving the connection: end it after this
+// response (the request's body was left unread).
+thread_local bool t_end_connection = false;
+
 bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t max_requests,
                    absl::Duration keep_alive_timeout, const httplib::Server& server, const ServeOne& serve_one) {
   bool ok = false;
@@ -295,11 +299,19 @@ bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t ma
     if (!stream.HasPending() && PollFor(fd, POLLIN, keep_alive_timeout) <= 0) break;
     budget.Reset();
     bool closed = false;
+    t_end_connection = false;
     ok = serve_one(stream, left == 1 || !server.is_running(), closed);
-    if (!ok || closed || budget.ends_connection()) break;
+    if (!ok || closed || budget.ends_connection() || t_end_connection) break;
   }
+  t_end_connection = false;
   return ok;
 }
+
+}  // namespace
+
+void EndConnectionAfterThisResponse() { t_end_connection = true; }
+
+namespace {
 
 void CloseSocket(OpenConnections& connections, int fd) {
   connections.Remove(fd);

@@ -55,6 +55,12 @@ struct PacedHttpServer {
   void CloseConnections() const;
 };
 
+// Called from a handler: the connection it serves ends once this response is
+// written (httplib 0.11 goes on reading a kept-alive connection whatever
+// the response's "Connection: close" says, so the bytes of a body left
+// unread would be parsed as the next request).
+void EndConnectionAfterThisResponse();
+
 PacedHttpServer MakePacedHttpServer(const ConnectionPace& pace);
 // InvalidArgument if the certificate, key or CA cannot be loaded.
 absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace, const std::string& cert_file,

@@ -16,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "server/auth.h"
+#include "server/inference_rest.h"
 #include "server/metrics_http_server.h"
 #include "tests/integration/test_util/http_get.h"
 
@@ -24,8 +26,9 @@ namespace {
 
 // The HTTP edge with a pool of `threads` and a request budget of 300 ms plus
 // 1 s per MiB: small enough that slow clients run out of it quickly.
-std::unique_ptr<MetricsHttpServer> StartServer(int threads, int max_waiting = 256) {
+std::unique_ptr<MetricsHttpServer> StartServer(int threads, int max_waiting = 256, InferenceRest* rest = nullptr) {
   MetricsHttpServer::Options options;
+  options.inference = rest;
   options.host = "127.0.0.1";
   options.pace.request_base = absl::Milliseconds(300);
   options.pace.threads = threads;
@@ -120,15 +123,19 @@ TEST(PacedHttpServerTest, ClientsThatDripHeadersLoseTheirThreadsAndOthersAreServ
 }
 
 TEST(PacedHttpServerTest, ABodyThatKeepsPaceMayTakeLongerThanTheBase) {
-  std::unique_ptr<MetricsHttpServer> server = StartServer(/*threads=*/2);
+  // Only /v2 reads a body. The repository index refuses one over 4 KiB
+  // after reading it, before it would need a model repository.
+  std::unique_ptr<Authenticator> auth = Authenticator::Disabled();
+  InferenceRest rest(/*core=*/nullptr, auth.get());
+  std::unique_ptr<MetricsHttpServer> server = StartServer(/*threads=*/2, /*max_waiting=*/256, &rest);
   ASSERT_NE(server, nullptr);
   // 1 MiB in 32 KiB pieces every 20 ms: about 0.65 s in all, over the 300 ms
-  // base but well within the 1 s that one MiB adds. Answered (with a 404:
-  // no /v2 here), not cut off.
+  // base but well within the 1 s that one MiB adds. Answered (with a 400),
+  // not cut off.
   const int64_t body_bytes = int64_t{1} << 20;
   Connection client(server->port());
   ASSERT_TRUE(client.connected());
-  ASSERT_TRUE(client.Send(absl::StrCat("POST /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+  ASSERT_TRUE(client.Send(absl::StrCat("POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                                        "Content-Type: application/octet-stream\r\nContent-Length: ",
                                        body_bytes, "\r\n\r\n")));
   const std::string piece(32 * 1024, 'x');
@@ -139,7 +146,8 @@ TEST(PacedHttpServerTest, ABodyThatKeepsPaceMayTakeLongerThanTheBase) {
   }
   EXPECT_GT(absl::Now() - start, absl::Milliseconds(300));
   const std::string answer = client.ReadAll();
-  EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 404")) << answer.substr(0, 200);
+  EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 400")) << answer.substr(0, 200);
+  EXPECT_TRUE(absl::StrContains(answer, "a repository index request takes at most 4096")) << answer.substr(0, 400);
 }
 
 // Header lines of 1 KiB (httplib refuses a line over 8 KiB by itself, but

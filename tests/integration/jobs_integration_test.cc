@@ -803,6 +803,11 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     nlohmann::json many_keys = body;
     for (int k = 0; k < 2 * 64 * 3072 + 2000; ++k) many_keys["x"][absl::StrCat("k", k)] = 0;
     expect_rest_error(v2 + "/models/resnet8/infer", many_keys.dump(), 400, "values, keys and arrays in the JSON body");
+    // One long string is one element: strings have their own bound, checked
+    // before the parser copies them.
+    nlohmann::json long_id = body;
+    long_id["id"] = std::string(4 << 20, 'i');
+    expect_rest_error(v2 + "/models/resnet8/infer", long_id.dump(), 400, "body: a JSON string of 4194304 bytes");
     expect_rest_error(v2 + "/models/resnet8/infer", "{\"inputs\": [], \"x\": 1e309}", 400,
                       "body: not valid JSON: [json.exception.out_of_range.406] number overflow");
     // The FP32 source overflows on pixels of 3e38: JSON has no number for its

@@ -372,6 +372,20 @@ TEST_F(QuantdIntegrationTest, TheHttpEdgeRefusesBodiesItCannotBoundAndAnswersInJ
     EXPECT_EQ(response.status_code, c.status) << c.request.substr(0, 120) << "\n" << response.headers;
     EXPECT_THAT(error_of(response), HasSubstr(c.error)) << c.request.substr(0, 120);
   }
+  // A GET's body would be read as the next request on the connection.
+  const std::string inner = "GET /v2/health/live HTTP/1.1\r\nHost: q\r\n\r\n";
+  test_util::HttpResponse smuggling = exchange(absl::StrCat(
+      "GET /v2/health/live HTTP/1.1\r\nHost: q\r\nContent-Length: ", inner.size(), "\r\n\r\n", inner));
+  EXPECT_EQ(smuggling.status_code, 400) << smuggling.headers;
+  EXPECT_THAT(error_of(smuggling), HasSubstr("GET takes no body"));
+  EXPECT_EQ(smuggling.body.find("HTTP/1.1"), std::string::npos) << "a second response: " << smuggling.body;
+  // Outside /v2 nothing takes a body: refused from the headers, before the
+  // 64 MiB declared here (and never sent) would be read.
+  for (const auto& [path, status] : std::vector<std::pair<std::string, int>>{{"/metrics", 405}, {"/elsewhere", 404}}) {
+    test_util::HttpResponse declared =
+        exchange(absl::StrCat("POST ", path, " HTTP/1.1\r\nHost: q\r\nContent-Length: 67108864\r\n\r\n{}"));
+    EXPECT_EQ(declared.status_code, status) << path << "\n" << declared.headers;
+  }
   test_util::HttpResponse head = exchange("HEAD /v2/health/live HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(head.status_code, 200) << head.headers;
   EXPECT_TRUE(head.body.empty());

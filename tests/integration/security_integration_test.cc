@@ -284,7 +284,9 @@ TEST_F(SecureQuantd, ARestBodyWithoutATokenIsRefusedBeforeItIsRead) {
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->out, "401") << (token.empty() ? "no token" : "an unknown token");
   }
-  EXPECT_EQ(MetricsStatus(kReadToken), "200");  // and the server goes on
+  // Counted as gRPC's refusals are, and the server goes on.
+  EXPECT_THAT(Metrics(kReadToken),
+              HasSubstr(R"(quantd_inference_requests_total{code="UNAUTHENTICATED",model="",version=""} 2)"));
 }
 
 // --metrics_tls_client_ca: without a certificate the CA signed, no HTTP at all.
