@@ -4,11 +4,19 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/status_conversion.h"
 
 namespace quantd {
 
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
+
+namespace {
+// Registered names are gRPC service names; a longer one is nobody's.
+constexpr size_t kMaxServiceNameBytes = 256;
+// Open Watch streams (each a reactor and its name) across all callers.
+constexpr size_t kMaxWatchers = 4096;
+}  // namespace
 
 // One Watch stream. Writes are serialized: at most one in flight, and only
 // the latest status is sent when several changes happen during a write.
@@ -33,6 +41,12 @@ class HealthService::WatchReactor
     absl::MutexLock lock(&mu_);
     end_requested_ = true;
     MaybeWriteLocked();
+  }
+
+  // Ends the stream with `status` before anything was sent.
+  void Refuse(grpc::Status status) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    FinishLocked(std::move(status));
   }
 
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
@@ -141,9 +155,8 @@ grpc::ServerUnaryReactor* HealthService::Check(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   ServingStatus status = GetServingStatus(request->service());
   if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
-    reactor->Finish(grpc::Status(
-        grpc::StatusCode::NOT_FOUND,
-        absl::StrCat("unknown service \"", request->service(), "\"")));
+    reactor->Finish(ToGrpcStatus(absl::NotFoundError(
+        absl::StrCat("service: unknown service \"", request->service().substr(0, kMaxServiceNameBytes), "\""))));
     return reactor;
   }
   response->set_status(status);
@@ -153,8 +166,21 @@ grpc::ServerUnaryReactor* HealthService::Check(
 
 grpc::ServerWriteReactor<HealthCheckResponse>* HealthService::Watch(
     grpc::CallbackServerContext* context, const HealthCheckRequest* request) {
+  // Health checks need no token: what an anonymous watch may hold is bounded.
+  if (request->service().size() > kMaxServiceNameBytes) {
+    auto* refused = new WatchReactor(this, "");
+    refused->Refuse(ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("service: ", request->service().size(), " bytes; a service name has at most ",
+                     kMaxServiceNameBytes))));
+    return refused;
+  }
   auto* watcher = new WatchReactor(this, request->service());
   absl::MutexLock lock(&mu_);
+  if (watchers_.size() >= kMaxWatchers) {
+    watcher->Refuse(ToGrpcStatus(absl::ResourceExhaustedError(
+        absl::StrCat(kMaxWatchers, " health watches are open; retry later or use Check"))));
+    return watcher;
+  }
   watchers_.insert(watcher);
   watcher->Notify(StatusLocked(request->service()));
   if (shutting_down_) watcher->EndStream();

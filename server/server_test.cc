@@ -167,6 +167,26 @@ TEST_F(ServerTest, HealthServingForServerAndService) {
 TEST_F(ServerTest, HealthUnknownServiceIsNotFound) {
   HealthCheckResponse response;
   EXPECT_EQ(Check("no.such.Service", &response).error_code(), grpc::StatusCode::NOT_FOUND);
+  // A name longer than a client's metadata limit is still NOT_FOUND, with a
+  // bounded message, not a trailer the client refuses.
+  grpc::Status long_name = Check(std::string(20000, 'a'), &response);
+  EXPECT_EQ(long_name.error_code(), grpc::StatusCode::NOT_FOUND) << long_name.error_message();
+  EXPECT_LT(long_name.error_message().size(), 2000u);
+}
+
+// Watches need no token, so what one may hold is bounded: a name no service
+// has is refused at once.
+TEST_F(ServerTest, HealthWatchOfAnOverlongNameIsRefused) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  HealthCheckRequest request;
+  request.set_service(std::string(100000, 'a'));
+  auto reader = Health::NewStub(channel_)->Watch(&context, request);
+  HealthCheckResponse response;
+  EXPECT_FALSE(reader->Read(&response));
+  grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("service: 100000 bytes"));
 }
 
 TEST_F(ServerTest, HealthNotServingOnceShuttingDown) {
