@@ -1,6 +1,8 @@
 #include "server/inference_core.h"
 
+#include <exception>
 #include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -196,21 +198,33 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
                                                                const worker::BatchStats& ran) {
         const worker::ServedModelInfo& info = model->info();
         absl::Status status = output.status();
-        if (output.ok()) {
-          response->set_model_name(info.name);
-          response->set_model_version(std::to_string(info.version));
-          response->set_id(request.id());
-          auto& parameters = *response->mutable_parameters();
-          parameters["kernel_engine"].set_string_param(info.kernel_engine);
-          // quantd's own: how many samples the pass this request joined had.
-          parameters["executed_batch_size"].set_int64_param(ran.executed_batch_size);
-          status = EncodeInferOutputs(request, info, *output, response);
+        // Whatever throws here, the caller is answered: a REST thread waits
+        // for it, and a gRPC call is finished only by it.
+        try {
+          if (output.ok()) {
+            response->set_model_name(info.name);
+            response->set_model_version(std::to_string(info.version));
+            response->set_id(request.id());
+            auto& parameters = *response->mutable_parameters();
+            parameters["kernel_engine"].set_string_param(info.kernel_engine);
+            // quantd's own: how many samples the pass this request joined had.
+            parameters["executed_batch_size"].set_int64_param(ran.executed_batch_size);
+            status = EncodeInferOutputs(request, info, *output, response);
+          }
+        } catch (const std::bad_alloc&) {
+          status = absl::ResourceExhaustedError("out of memory encoding the outputs; retry");
+        } catch (const std::exception& e) {
+          status = absl::InternalError(absl::StrCat("encoding the outputs failed: ", e.what()));
         }
         // A request dropped before its pass (its caller gone) is counted
         // without pass figures.
         if (stats != nullptr) {
-          stats->RecordRequest(info.name, info.version, status.code(), samples,
-                               ran.executed_batch_size > 0 ? &ran : nullptr);
+          try {
+            stats->RecordRequest(info.name, info.version, status.code(), samples,
+                                 ran.executed_batch_size > 0 ? &ran : nullptr);
+          } catch (const std::exception&) {
+            // Uncounted rather than unanswered.
+          }
         }
         std::move (*shared_done)(std::move(status));
       },
