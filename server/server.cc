@@ -319,7 +319,8 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     if (options.metrics_require_token) http.auth = server->auth_.get();
     http.inference = server->inference_rest_.get();
     QuantdServer* self = server.get();
-    http.before_scrape = [self] {
+    // Scrapes share refreshes (each walks the data dir and reads the store).
+    server->scrape_refresh_ = std::make_unique<CoalescedRefresh>([self] {
       self->job_stats_->Refresh(*self->job_store_, self->quota_.get());
       self->job_stats_->CountRecovered(self->pool_->recovered());
       // Deleted versions' inference series go (model names are users' input).
@@ -332,7 +333,8 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
       // Evaluations load and evict models too, without passing through the
       // inference path that updates these.
       self->inference_stats_->SetCache(self->models_->cached_models(), self->models_->cached_bytes());
-    };
+    });
+    http.before_scrape = [self] { self->scrape_refresh_->Run(); };
     QUANTD_ASSIGN_OR_RETURN(
         server->metrics_http_,
         MetricsHttpServer::Start(http, {server->metrics_.registry(), std::make_shared<ProcessMetrics>()}));

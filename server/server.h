@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "server/auth.h"
 #include "server/blocking_executor.h"
+#include "server/coalesced_refresh.h"
 #include "server/health_service.h"
 #include "server/inference_core.h"
 #include "server/inference_rest.h"
@@ -193,6 +194,7 @@ class QuantdServer {
   std::unique_ptr<InferenceServiceImpl> inference_service_;
   std::unique_ptr<InferenceRest> inference_rest_;
   std::unique_ptr<worker::BlobCollector> blob_collector_;
+  std::unique_ptr<CoalescedRefresh> scrape_refresh_;  // before metrics_http_, which calls it
   std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
