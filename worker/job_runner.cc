@@ -187,14 +187,20 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     // bytes between storing them and recording the result.
     const std::string sha256 = engine::Sha256Hex(output->artifact);
     absl::Status pinned = store_->PinArtifact(job.id, job.attempt_count, ArtifactIdFor(sha256));
-    // A store busy past its own timeout (another writer on a shared one) is
-    // no reason to throw away a finished job: a few more tries.
+    // A store busy past its own timeout (another writer on a shared one, a
+    // backup) or full is no reason to throw away a finished job, which may
+    // be an hour of tuning: retried as Finish is, while the lease is renewed,
+    // until the store answers, the server stops or the job is another's.
     absl::Duration pin_backoff = finish_retry_backoff_;
-    for (int attempt = 1; attempt <= 4 && pinned.code() == absl::StatusCode::kUnavailable &&
-                          !stop->shutting_down.load();
+    for (int attempt = 1; (pinned.code() == absl::StatusCode::kUnavailable ||
+                           pinned.code() == absl::StatusCode::kResourceExhausted) &&
+                          !stop->shutting_down.load() && !stop->lease_lost.load();
          ++attempt) {
+      if (attempt == 1 || attempt % 20 == 0) {
+        std::cerr << "quantd: cannot pin the artifact of job " << job.id << " (retrying): " << pinned << "\n";
+      }
       absl::SleepFor(pin_backoff);
-      pin_backoff *= 2;
+      pin_backoff = std::min(pin_backoff * 2, absl::Seconds(5));
       pinned = store_->PinArtifact(job.id, job.attempt_count, ArtifactIdFor(sha256));
     }
     absl::StatusOr<StoredArtifact> stored =

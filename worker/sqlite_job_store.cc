@@ -557,22 +557,30 @@ absl::StatusOr<Job> SqliteJobStore::CancelQueued(const std::string& id, const st
   JobResult result;
   result.error_code = absl::StatusCode::kCancelled;
   result.error_message = reason;
-  Stmt s(db_, "UPDATE jobs SET state = 5, finish_us = ?1, result = ?2 WHERE id = ?3 AND state = 1");
-  QUANTD_RETURN_IF_ERROR(s.status());
-  s.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(result)).Bind(3, id);
-  QUANTD_RETURN_IF_ERROR(s.Step().status());
-  // Read before GetLocked: whether this call made the change. A job already
-  // CANCELLED (by a concurrent CancelJob) is not QUEUED either, so only one
-  // caller publishes the cancellation's events.
-  const bool changed = sqlite3_changes(db_) == 1;
-  QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
-  if (!changed) {
-    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", JobStateName(job.state), ", not QUEUED"));
-  }
-  // A cancel asked of an earlier attempt (released to the queue at a
-  // shutdown before it saw it) is answered now.
-  QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));
-  return job;
+  // One transaction: a failure after the UPDATE (a busy store) must not leave
+  // the job CANCELLED while the caller is told the cancel failed.
+  QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  auto body = [&]() -> absl::StatusOr<Job> {
+    Stmt s(db_, "UPDATE jobs SET state = 5, finish_us = ?1, result = ?2 WHERE id = ?3 AND state = 1");
+    QUANTD_RETURN_IF_ERROR(s.status());
+    s.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(result)).Bind(3, id);
+    QUANTD_RETURN_IF_ERROR(s.Step().status());
+    // Read before GetLocked: whether this call made the change. A job already
+    // CANCELLED (by a concurrent CancelJob) is not QUEUED either, so only one
+    // caller publishes the cancellation's events.
+    const bool changed = sqlite3_changes(db_) == 1;
+    QUANTD_ASSIGN_OR_RETURN(Job job, GetLocked(id));
+    if (!changed) {
+      return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", JobStateName(job.state), ", not QUEUED"));
+    }
+    // A cancel asked of an earlier attempt (released to the queue at a
+    // shutdown before it saw it) is answered now.
+    QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));
+    return job;
+  };
+  absl::StatusOr<Job> cancelled = body();
+  QUANTD_RETURN_IF_ERROR(EndTransaction(cancelled.status()));
+  return cancelled;
 }
 
 absl::StatusOr<uint64_t> SqliteJobStore::NextGeneration() {

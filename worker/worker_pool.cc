@@ -20,6 +20,9 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
   if (options.holder.empty()) return absl::InvalidArgumentError("the lease holder name must not be empty");
   if (options.lease <= absl::ZeroDuration()) return absl::InvalidArgumentError("the job lease must be positive");
   if (options.watch_sync <= absl::ZeroDuration()) return absl::InvalidArgumentError("the watch sync period must be positive");
+  if (options.artifact_sweep <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the artifact sweep period must be positive (infinite: never)");
+  }
   std::unique_ptr<WorkerPool> pool(new WorkerPool(options, store, artifacts, engine, clock));
   QUANTD_ASSIGN_OR_RETURN(const uint64_t generation, store->NextGeneration());
   pool->events_.set_generation(generation);
@@ -326,9 +329,11 @@ void WorkerPool::SyncFollowedJobs() {
 }
 
 void WorkerPool::MaintenanceLoop() {
-  // Real time: renewals are due in wall-clock terms whatever clock the leases
-  // are measured on.
-  absl::Time last_renewal = absl::Now();
+  // Real elapsed time: renewals are due in wall-clock terms whatever clock
+  // the leases are measured on, and a step back of the system's time must
+  // not hold them off (another replica would take the job meanwhile).
+  Clock* const elapsed = Clock::Monotonic();
+  absl::Time last_renewal = elapsed->Now();
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -336,8 +341,8 @@ void WorkerPool::MaintenanceLoop() {
       if (maintenance_stopping_) return;
     }
     SyncFollowedJobs();
-    if (absl::Now() - last_renewal >= options_.lease / 3) {
-      last_renewal = absl::Now();
+    if (elapsed->Now() - last_renewal >= options_.lease / 3) {
+      last_renewal = elapsed->Now();
       MaintainLeases();
     }
   }
