@@ -5,8 +5,10 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <google/protobuf/util/time_util.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "client/commands.h"
 #include "client/job_format.h"
 
@@ -298,6 +300,10 @@ TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
       {{"--calib=c.bin", "--preset=custom", "--percentile=99"}, "--percentile: only with --activation_observer"},
       {{"--calib=c.bin", "--tuning=v.bin", "--tolerance=nan"}, "--tolerance: a number of points in [0, 100]"},
       {{"--calib=c.bin", "--tuning=v.bin", "--max_trials=5000"}, "--max_trials: a number in 1..1000"},
+      // Reached the server once, which named its own field.
+      {{"--calib=c.bin", "--min_top1_agreement=1.5"}, "--min_top1_agreement must be a fraction in 0..1"},
+      {{"--calib=c.bin", "--min_top1_agreement=nan"}, "--min_top1_agreement must be a finite number, not 'nan'"},
+      {{"--calib=c.bin", "--min_output_sqnr_db=inf"}, "--min_output_sqnr_db must be a finite number, not 'inf'"},
       // A path and a blob for one input: the blob silently won.
       {{"--model_blob=" + std::string(64, 'b'), "--calib=c.bin"}, "--model and --model_blob name the same input"},
       {{"--calib=c.bin", "--calib_blob=" + std::string(64, 'b')}, "--calib and --calib_blob name the same dataset"},
@@ -311,6 +317,21 @@ TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
     EXPECT_EQ(RunSubmit(context, args), kExitUsage) << message;
     EXPECT_THAT(err.str(), HasSubstr(message));
   }
+}
+
+// --deadline_seconds counts from now to the millisecond: from whole seconds
+// a deadline of 0.5 s was up to a second early, often already past.
+TEST(CommandTableTest, ADeadlineCountsFromNowToTheMillisecond) {
+  CommandArgs args;
+  args.flags = {{"model", "m.pt"}, {"calib", "c.bin"}, {"deadline_seconds", "0.5"}};
+  v1::QuantizeJobRequest request;
+  std::string error;
+  const int64_t before = absl::ToUnixMillis(absl::Now());
+  ASSERT_TRUE(QuantizeJobRequestFromFlags(args, &request, &error)) << error;
+  const int64_t after = absl::ToUnixMillis(absl::Now());
+  const int64_t deadline = google::protobuf::util::TimeUtil::TimestampToMilliseconds(request.deadline());
+  EXPECT_GE(deadline, before + 500);
+  EXPECT_LE(deadline, after + 500);
 }
 
 TEST(CommandTableTest, DatasetFormatIsNamedOrToldByTheExtension) {

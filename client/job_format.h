@@ -54,6 +54,10 @@ bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef*
 std::string DatasetFormatOf(const std::string& path, const std::string& flag, const std::string& format,
                             std::string* error);
 
+// `quantctl submit`'s request from its flags (false with *error naming the
+// flag).
+bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* error);
+
 std::string JobText(const v1::Job& job);
 std::string JobLine(const v1::Job& job);
 std::string EventText(const v1::JobEvent& event);

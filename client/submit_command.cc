@@ -42,7 +42,9 @@ bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>
   return !out->empty();
 }
 
-bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* error) {
+}  // namespace
+
+bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* error) {
   if (a.Has("model") && a.Has("model_blob")) {
     return (*error = "--model and --model_blob name the same input: give one", false);
   }
@@ -135,8 +137,12 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
   for (const char* flag : {"min_top1_agreement", "min_output_sqnr_db"}) {
     if (!a.Has(flag)) continue;
     double v = 0;
-    if (!absl::SimpleAtod(a.Get(flag), &v)) return (*error = absl::StrCat("--", flag, ": not a number"), false);
+    // As quantd-quantize checks them: named here, not by the server's field.
+    if (!absl::SimpleAtod(a.Get(flag), &v) || !std::isfinite(v)) {
+      return (*error = absl::StrCat("--", flag, " must be a finite number, not '", a.Get(flag), "'"), false);
+    }
     if (std::string(flag) == "min_top1_agreement") {
+      if (!(v >= 0 && v <= 1)) return (*error = "--min_top1_agreement must be a fraction in 0..1", false);
       gate->set_min_top1_agreement(v);
     } else {
       gate->set_min_output_sqnr_db(v);
@@ -244,13 +250,13 @@ bool FromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* err
     if (!absl::SimpleAtod(a.Get("deadline_seconds"), &seconds) || !(seconds > 0 && seconds <= 366 * 86400)) {
       return (*error = "--deadline_seconds: a positive number of seconds up to a year expected", false);
     }
+    // From now to the millisecond: whole seconds of now would make it up to
+    // a second early (a deadline of 0.5 s could be past on arrival).
     *r->mutable_deadline() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
-        static_cast<int64_t>((absl::ToUnixSeconds(absl::Now()) + seconds) * 1000));
+        absl::ToUnixMillis(absl::Now()) + std::llround(seconds * 1000));
   }
   return true;
 }
-
-}  // namespace
 
 int RunSubmit(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
@@ -282,7 +288,7 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
       return context.UsageError(absl::StrCat("submit: ", a->Get("file"), ": ", status.ToString()));
     }
   }
-  if (!FromFlags(*a, &request, &error)) return context.UsageError(absl::StrCat("submit: ", error));
+  if (!QuantizeJobRequestFromFlags(*a, &request, &error)) return context.UsageError(absl::StrCat("submit: ", error));
 
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
