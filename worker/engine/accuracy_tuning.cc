@@ -87,8 +87,13 @@ struct JudgeSet {
 bool IsClassifierOutput(const at::Tensor& t) { return t.dim() == 2 && t.size(1) > 1; }
 
 absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit::Module& fp32_module,
-                                      int64_t max_batch_bytes) {
+                                      int64_t max_batch_bytes, const std::vector<int64_t>& input_shape) {
   QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(goal.tuning));
+  if (!input_shape.empty() && dataset->sample_shape() != input_shape) {
+    return absl::InvalidArgumentError(absl::StrCat("accuracy_goal.tuning: its samples are [",
+                                                   absl::StrJoin(dataset->sample_shape(), ", "),
+                                                   "], not the calibration's [", absl::StrJoin(input_shape, ", "), "]"));
+  }
   if (!dataset->has_labels() && !goal.against_fp32) {
     return absl::InvalidArgumentError(
         "accuracy_goal.tuning: the tuning set has no labels (judging against FP32's predictions needs none)");
@@ -114,7 +119,8 @@ absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit
     QUANTD_ASSIGN_OR_RETURN(Batch b, dataset->ReadBatch(start, std::min(batch, dataset->size() - start)));
     at::Tensor out;
     QUANTD_RETURN_IF_ERROR(TorchTry("running the FP32 model on the tuning set", [&]() {
-      out = const_cast<torch::jit::Module&>(fp32_module).forward({b.images}).toTensor().to(at::kFloat);
+      // A copy: a model may write its input in place, and the images are kept.
+      out = const_cast<torch::jit::Module&>(fp32_module).forward({b.images.clone()}).toTensor().to(at::kFloat);
       return absl::OkStatus();
     }));
     if (goal.against_fp32 && IsClassifierOutput(out)) b.labels = out.argmax(1);
@@ -345,7 +351,7 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
   const bool labelled = setup.goal.has_value();
   JudgeSet judge;
   if (labelled) {
-    QUANTD_ASSIGN_OR_RETURN(judge, LoadLabelled(*setup.goal, *setup.fp32_module, setup.max_batch_bytes));
+    QUANTD_ASSIGN_OR_RETURN(judge, LoadLabelled(*setup.goal, *setup.fp32_module, setup.max_batch_bytes, setup.input_shape));
   } else {
     if (!setup.judge_images.defined() || setup.judge_images.size(0) == 0) {
       return absl::InvalidArgumentError("the best preset needs calibration images to compare with FP32");

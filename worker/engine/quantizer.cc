@@ -645,6 +645,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     setup.engine = trial_engine;
     setup.eight_bit_exact = eight_bit_exact;
     setup.fp32_module = &impl->fp32_module;
+    setup.input_shape = report.input_shape;
     setup.goal = options.accuracy_goal;
     setup.max_batch_bytes = options.max_batch_bytes;
     if (judged_samples > 0 && !impl->fused.outputs.empty() &&

@@ -32,6 +32,14 @@ struct QuantizedModel::Impl {
   absl::Status ForEachBatch(const DatasetSpec& spec, int64_t batch_size, const ProgressCallback& progress, Fn&& fn) const {
     QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(spec));
     if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
+    // The int8 program may be fixed to the calibration's image size (pooling
+    // folded into the classifier): other sizes would give wrong scores.
+    if (!report.input_shape.empty() && dataset->sample_shape() != report.input_shape) {
+      return absl::InvalidArgumentError(absl::StrCat("evaluation: its samples are [",
+                                                     absl::StrJoin(dataset->sample_shape(), ", "),
+                                                     "], not the calibration's [",
+                                                     absl::StrJoin(report.input_shape, ", "), "]"));
+    }
     QUANTD_RETURN_IF_ERROR(CheckBatchBytes(*dataset, batch_size, max_batch_bytes, "evaluation.batch_size"));
     const int64_t total = BatchCount(dataset->size(), batch_size);
     at::NoGradGuard no_grad;

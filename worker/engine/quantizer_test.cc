@@ -333,6 +333,38 @@ TEST_F(SmallModelTest, BatchesOverTheByteLimitAreRefused) {
   EXPECT_TRUE((*model)->EvaluateInt8(data, 16).ok());
 }
 
+// Evaluation images of another size than calibration's were scored anyway:
+// with pooling folded into the classifier (the best preset) the int8 output
+// grew columns and still looked like [N, classes]. Refused, naming it.
+TEST_F(SmallModelTest, AnEvaluationSetOfAnotherImageSizeIsRefused) {
+  auto model = Quantize(Options());
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto write_npy = [](const std::string& path, const std::string& descr, const std::string& shape,
+                      const std::string& data) {
+    std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+    while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+    header += '\n';
+    std::ofstream out(path, std::ios::binary);
+    out.write("\x93NUMPY\x01\x00", 8);
+    const uint16_t length = static_cast<uint16_t>(header.size());
+    out.write(reinterpret_cast<const char*>(&length), 2);
+    out << header << data;
+  };
+  write_npy(*dir_ + "/larger_images.npy", "|u1", "(4, 20, 20, 3)", std::string(4 * 20 * 20 * 3, '\x10'));
+  write_npy(*dir_ + "/larger_labels.npy", "<i8", "(4,)", std::string(4 * 8, '\0'));
+  DatasetSpec larger = Options().calibration;
+  larger.path = *dir_ + "/larger_images.npy";
+  larger.labels_path = *dir_ + "/larger_labels.npy";
+  for (bool int8_side : {true, false}) {
+    auto refused = int8_side ? (*model)->EvaluateInt8(larger, 4) : (*model)->EvaluateFp32(larger, 4);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+    EXPECT_NE(refused.status().message().find("evaluation: its samples are [3, 20, 20], not the calibration's "
+                                              "[3, 16, 16]"),
+              std::string::npos)
+        << refused.status();
+  }
+}
+
 TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   auto model = Quantize(Options());
   ASSERT_TRUE(model.ok()) << model.status();
@@ -508,6 +540,33 @@ TEST(QuantizeTest, InPlaceWritesReachLaterReaders) {
   const double noise = (*int8 - expected).pow(2).sum().item<double>();
   const double signal = expected.pow(2).sum().item<double>();
   EXPECT_GT(10 * std::log10(signal / noise), 25.0) << "int8 does not compute what the FP32 model does";
+}
+
+// The int8 program of a model that writes its input in place leaves the
+// caller's tensor alone: tuning and the quality check run many programs on
+// the same images, and each saw them shifted once more.
+TEST(QuantizeTest, AModelWritingItsInputInPlaceLeavesTheCallersImagesAlone) {
+  at::manual_seed(7);
+  torch::jit::Module m("InPlaceInput");
+  m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
+  m.register_parameter("b", at::full({8}, -0.5), false);
+  m.define(R"(
+    def forward(self, x):
+        x.sub_(128.0)
+        return torch.relu(torch.conv2d(x, self.w, self.b))
+  )");
+  QuantizeOptions options = SavedModelOptions(m, "in_place_input", 64);
+  options.quality_samples = 64;  // the check runs the int8 program on images it keeps
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 16);
+  ASSERT_TRUE(batch.ok());
+  const at::Tensor before = batch->images.clone();
+  auto first = (*model)->impl().executor->Forward(batch->images);
+  auto second = (*model)->impl().executor->Forward(batch->images);
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_TRUE(batch->images.equal(before)) << "the int8 program wrote the caller's images";
+  EXPECT_TRUE(first->equal(*second));
 }
 
 // The graph quantd calibrates and converts is checked against the model's

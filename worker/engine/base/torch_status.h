@@ -39,6 +39,23 @@ inline std::string ExceptionMessage(const std::exception& e) {
   return FirstLine(e.what());
 }
 
+// Whether `e` is LibTorch's CPU allocator failing: it throws c10::Error
+// ("DefaultCPUAllocator: can't allocate memory" / "not enough memory"), not
+// std::bad_alloc, so a batch too large for the machine would read INTERNAL.
+inline bool IsAllocationFailure(const std::exception& e) {
+  if (std::string(typeid(e).name()).find("ErrorReport") != std::string::npos) return false;
+  const std::string what = e.what();
+  return what.find("DefaultCPUAllocator") != std::string::npos;
+}
+
+// `e` as a status naming `context`: out of memory as RESOURCE_EXHAUSTED.
+inline absl::Status StatusFromException(const std::string& context, const std::exception& e) {
+  if (IsAllocationFailure(e)) {
+    return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory (", ExceptionMessage(e), ")"));
+  }
+  return absl::InternalError(absl::StrCat(context, ": ", ExceptionMessage(e)));
+}
+
 template <typename Fn>
 absl::Status TorchTry(const std::string& context, Fn&& fn) {
   try {
@@ -46,7 +63,7 @@ absl::Status TorchTry(const std::string& context, Fn&& fn) {
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory"));
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(context, ": ", ExceptionMessage(e)));
+    return StatusFromException(context, e);
   } catch (...) {
     return absl::InternalError(absl::StrCat(context, ": an exception that is not a std::exception"));
   }
@@ -63,7 +80,7 @@ auto GuardEntryPoint(const std::string& context, Fn&& fn) -> decltype(fn()) {
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory"));
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(context, ": ", ExceptionMessage(e)));
+    return StatusFromException(context, e);
   } catch (...) {
     return absl::InternalError(absl::StrCat(context, ": an exception that is not a std::exception"));
   }

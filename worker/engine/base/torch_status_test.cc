@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 namespace quantd::engine {
@@ -28,6 +29,17 @@ TEST(TorchStatusTest, OtherExceptionsKeepTheFirstLineOfTheirMessage) {
   EXPECT_EQ(tried.message(), "reading x: basic_string::substr");
   const absl::Status guarded = GuardEntryPoint("x", []() -> absl::Status { throw std::bad_alloc(); });
   EXPECT_EQ(guarded.code(), absl::StatusCode::kResourceExhausted);
+}
+
+// LibTorch's CPU allocator throws c10::Error, not std::bad_alloc: a tensor
+// too large for the machine is RESOURCE_EXHAUSTED all the same.
+TEST(TorchStatusTest, LibTorchsAllocationFailureIsResourceExhausted) {
+  const absl::Status tried = TorchTry("a huge batch", []() -> absl::Status {
+    at::Tensor t = at::empty({int64_t{1} << 50}, at::kFloat);  // 4 PiB
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(tried.code(), absl::StatusCode::kResourceExhausted) << tried;
+  EXPECT_NE(tried.message().find("a huge batch: out of memory"), absl::string_view::npos) << tried;
 }
 
 }  // namespace

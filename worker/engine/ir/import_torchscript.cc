@@ -83,8 +83,20 @@ OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
     return OpKind::kPad;
   }
   // With a divisor_override it is not an average: LibTorch's int8 kernels
-  // ignore it (qnnpack) or saturate at the input's scale (onednn).
-  if (op == "aten::avg_pool2d" && (args.size() < 7 || (args[6].IsConstant() && args[6].constant.isNone()))) {
+  // ignore it (qnnpack) or saturate at the input's scale (onednn). Nor with
+  // padding that the average leaves out (count_include_pad=False): qnnpack's
+  // kernel divides by the whole window at the borders.
+  auto pads_counted = [&] {
+    if (args.size() < 6) return true;  // the defaults: no padding, counted
+    bool no_padding = args[3].IsConstant() && args[3].constant.isIntList();
+    if (no_padding) {
+      for (int64_t p : args[3].constant.toIntVector()) no_padding = no_padding && p == 0;
+    }
+    const bool counted = args[5].IsConstant() && args[5].constant.isBool() && args[5].constant.toBool();
+    return no_padding || counted;
+  };
+  if (op == "aten::avg_pool2d" && (args.size() < 7 || (args[6].IsConstant() && args[6].constant.isNone())) &&
+      pads_counted()) {
     return OpKind::kAvgPool2d;
   }
   if (op == "aten::adaptive_avg_pool2d") return OpKind::kAdaptiveAvgPool2d;

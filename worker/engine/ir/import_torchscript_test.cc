@@ -46,7 +46,8 @@ TEST(ImportTorchScriptTest, ResNet8OpsKeepTheirModulePaths) {
 // What the int8 kernels cannot compute as written stays a generic (FP32) op:
 // a bias computed in forward (it was dropped from the packed kernel), string
 // padding (prepacking failed the job), sum pooling by divisor_override (int8
-// pooling ignored it or saturated).
+// pooling ignored it or saturated), an average leaving padding out (qnnpack's
+// int8 pooling divided by the whole window).
 TEST(ImportTorchScriptTest, OpsTheInt8KernelsCannotTakeAsWrittenStayGeneric) {
   torch::jit::Module m("Unusual");
   m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
@@ -58,7 +59,10 @@ TEST(ImportTorchScriptTest, OpsTheInt8KernelsCannotTakeAsWrittenStayGeneric) {
         plain = torch.conv2d(x, self.w, self.b)
         summed = torch.avg_pool2d(plain, [2, 2], [2, 2], [0, 0], False, True, 1)
         averaged = torch.avg_pool2d(same, [2, 2], [2, 2], [0, 0], False, True, None)
-        return computed_bias.sum() + same.sum() + summed.sum() + averaged.sum()
+        borders_left_out = torch.avg_pool2d(plain, [3, 3], [1, 1], [1, 1], False, False, None)
+        no_padding_to_leave_out = torch.avg_pool2d(plain, [2, 2], [2, 2], [0, 0], True, False, None)
+        return (computed_bias.sum() + same.sum() + summed.sum() + averaged.sum() + borders_left_out.sum() +
+                no_padding_to_leave_out.sum())
   )");
   auto graph = ImportTorchScript(m);
   ASSERT_TRUE(graph.ok()) << graph.status();
@@ -69,7 +73,8 @@ TEST(ImportTorchScriptTest, OpsTheInt8KernelsCannotTakeAsWrittenStayGeneric) {
     if (op.find("avg_pool2d") != std::string::npos) pools.push_back(n.kind);
   }
   EXPECT_EQ(convs, (std::vector<OpKind>{OpKind::kGeneric, OpKind::kGeneric, OpKind::kConv2d})) << graph->Dump();
-  EXPECT_EQ(pools, (std::vector<OpKind>{OpKind::kGeneric, OpKind::kAvgPool2d})) << graph->Dump();
+  EXPECT_EQ(pools, (std::vector<OpKind>{OpKind::kGeneric, OpKind::kAvgPool2d, OpKind::kGeneric, OpKind::kAvgPool2d}))
+      << graph->Dump();
 }
 
 // An in-place op's later readers read what it wrote: relu_ on a conv's

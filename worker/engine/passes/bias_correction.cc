@@ -39,11 +39,13 @@ absl::StatusOr<at::Tensor> CorrectedBias(const Node& node, const at::Tensor& qua
                          node.inputs[4].constant.toIntVector(), node.inputs[5].constant.toIntVector(), groups)
                   .mean({0, 2, 3});
     } else {
-      if (mean_input.dim() != 1 || mean_input.size(0) != weight.size(1)) {
+      if (mean_input.dim() < 1 || mean_input.size(-1) != weight.size(1)) {
         return absl::InternalError(absl::StrCat("mean input of shape [", absl::StrJoin(mean_input.sizes(), ", "),
                                                 "] for a linear layer over ", weight.size(1), " features"));
       }
-      shift = at::matmul(rounding, mean_input);
+      // On a [..., F] input (a sequence, an image's rows) the mean is kept per
+      // position; the layer's mean output shift is that of their mean.
+      shift = at::matmul(rounding, mean_input.reshape({-1, weight.size(1)}).mean(0));
     }
     corrected = bias.isTensor() ? bias.toTensor().to(at::kFloat) + shift : shift;
     return absl::OkStatus();

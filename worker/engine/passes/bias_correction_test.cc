@@ -86,6 +86,25 @@ TEST(BiasCorrectionTest, LinearLayerAndMissingBias) {
   EXPECT_LT((got - want).abs().max().item<double>(), 1e-4);
 }
 
+// A linear layer on a sequence ([N, T, F]): the mean is kept per position,
+// [T, F]. That failed the whole job with INTERNAL once.
+TEST(BiasCorrectionTest, LinearLayerOnASequence) {
+  at::manual_seed(5);
+  const at::Tensor x = at::rand({64, 7, 32}) * 10 + at::arange(7).view({1, 7, 1});
+  const at::Tensor w = at::randn({10, 32}) * 0.3;
+  const at::Tensor qw = QuantizePerChannel(w);
+  Node node;
+  node.kind = OpKind::kLinear;
+  node.name = "fc";
+  node.inputs = {Operand::Value(0), Operand::Constant(w), Operand::Constant(at::randn({10}))};
+  absl::StatusOr<at::Tensor> corrected = CorrectedBias(node, qw, x.mean(0));
+  ASSERT_TRUE(corrected.ok()) << corrected.status();
+  ASSERT_EQ(corrected->sizes(), at::IntArrayRef({10}));
+  const at::Tensor want = at::linear(x, w, node.inputs[2].constant.toTensor()).mean(std::vector<int64_t>{0, 1});
+  const at::Tensor got = at::linear(x, qw.dequantize(), *corrected).mean(std::vector<int64_t>{0, 1});
+  EXPECT_LT((got - want).abs().max().item<double>(), 1e-4);
+}
+
 TEST(BiasCorrectionTest, MeanOfTheWrongShapeIsAnError) {
   const at::Tensor w = at::randn({4, 3, 3, 3});
   const Node node = ConvNode(w, at::zeros({4}), 1, 1, 1);

@@ -97,6 +97,9 @@ absl::StatusOr<std::map<int, std::vector<int64_t>>> ValueShapes(const Graph& gra
   return shapes;
 }
 
+// The most weights a folded classifier may have (16 MiB as FP32).
+constexpr int64_t kMaxFoldedWeights = int64_t{4} << 20;
+
 }  // namespace
 
 absl::StatusOr<std::vector<std::vector<std::string>>> FoldGlobalPoolingIntoLinear(
@@ -130,6 +133,10 @@ absl::StatusOr<std::vector<std::vector<std::string>>> FoldGlobalPoolingIntoLinea
     const at::Tensor weight = linear.inputs[1].constant.toTensor();
     const int64_t channels = shape->second[1], h = shape->second[2], w = shape->second[3];
     if (weight.dim() != 2 || weight.size(1) != channels || weight.scalar_type() != at::kFloat) continue;
+    // The folded weights are the classifier's times H x W: worth it for a
+    // small head (ResNet8's 10 x 64 x 8 x 8), not for ResNet-50's (100M
+    // weights, 49x the head's work).
+    if (weight.size(0) * channels * h * w > kMaxFoldedWeights) continue;
 
     // The op to run: a one-node TorchScript graph the Graph keeps alive.
     auto op_graph = std::make_shared<torch::jit::Graph>();

@@ -66,6 +66,7 @@ TEST(FoldPoolingTest, GlobalAveragePoolingBeforeLinearBecomesOneConvolutionWithT
   }
 }
 
+// ... and heads whose folded weights would be too large to pay.
 TEST(FoldPoolingTest, LeavesPartialPoolingOtherReadersAndOtherSizesAlone) {
   struct Case {
     std::string pooling, returned;
@@ -78,6 +79,8 @@ TEST(FoldPoolingTest, LeavesPartialPoolingOtherReadersAndOtherSizesAlone) {
            {"torch.avg_pool2d(y, [8, 6], [1, 1], [0, 0], False, True, 7)", "z", 6, {3, 8, 6}},  // divisor
            {"torch.adaptive_avg_pool2d(y, [1, 1])", "(z, p)", 6, {3, 8, 6}},  // pooled value also returned
            {"torch.adaptive_avg_pool2d(y, [2, 2])", "z", 24, {3, 8, 6}},
+           // Global, but folded it would be 4 x 6 x 512 x 512 weights (over 4M).
+           {"torch.adaptive_avg_pool2d(y, [1, 1])", "z", 6, {3, 512, 512}},
        }) {
     SCOPED_TRACE(c.pooling + " returning " + c.returned);
     auto graph = ImportTorchScript(Head(c.pooling, c.returned, c.features));

@@ -163,6 +163,10 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
       executor.quantize_channels_.push_back(0);
       executor.prepack_args_.push_back(instr.prepack_args);
       executor.own_packs_.push_back(instr.packed);
+      if (instr.kind == InstrKind::kOp && instr.jit_node->maybeSchema() != nullptr &&
+          instr.jit_node->maybeSchema()->is_mutable()) {
+        executor.writes_in_place_ = true;
+      }
     }
     int64_t weight_bytes = 0;
     for (const auto& args : executor.prepack_args_) {
@@ -196,7 +200,8 @@ Int8Executor::Int8Executor(Int8Executor&& other) noexcept
       add_then_relu_(std::move(other.add_then_relu_)),
       relu_after_add_(std::move(other.relu_after_add_)),
       dead_after_(std::move(other.dead_after_)),
-      max_packed_batch_sizes_(other.max_packed_batch_sizes_) {
+      max_packed_batch_sizes_(other.max_packed_batch_sizes_),
+      writes_in_place_(other.writes_in_place_) {
   std::lock_guard<std::mutex> lock(other.packs_mu_);
   packs_by_batch_ = std::move(other.packs_by_batch_);
 }
@@ -228,7 +233,13 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
   const std::vector<c10::IValue>* packs =
       !inputs.empty() && inputs[0].isTensor() && inputs[0].toTensor().dim() > 0 ? PacksFor(inputs[0].toTensor().size(0))
                                                                                  : nullptr;
-  for (size_t i = 0; i < inputs.size(); ++i) slots[static_cast<size_t>(program_->inputs[i])] = inputs[i];
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    // A model that writes its input in place (x.sub_(m) first thing) must
+    // not write the caller's tensor: tuning and the quality check run many
+    // programs on the same images.
+    slots[static_cast<size_t>(program_->inputs[i])] =
+        writes_in_place_ && inputs[i].isTensor() ? c10::IValue(inputs[i].toTensor().clone()) : inputs[i];
+  }
   torch::jit::Stack stack;
   size_t k = 0;
   try {
@@ -346,8 +357,10 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
       // Free what no later instruction reads, as an interpreter would.
       for (int dead : dead_after_[k]) slots[static_cast<size_t>(dead)] = c10::IValue();
     }
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("running '", program_->instrs[k].name, "': out of memory"));
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("running '", program_->instrs[k].name, "': ", FirstLine(e.what())));
+    return StatusFromException(absl::StrCat("running '", program_->instrs[k].name, "'"), e);
   }
   std::vector<c10::IValue> outputs;
   for (const Operand& out : program_->outputs) outputs.push_back(EvaluateOperand(out, slots));

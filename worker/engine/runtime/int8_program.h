@@ -117,6 +117,7 @@ class Int8Executor {
   static constexpr size_t kMaxPackedBatchSizes = 16;
   static constexpr int64_t kPackedWeightBudgetBytes = int64_t{64} << 20;
   size_t max_packed_batch_sizes_ = kMinPackedBatchSizes;
+  bool writes_in_place_ = false;  // some FP32 op of the program writes a tensor in place
   mutable std::mutex packs_mu_;
   mutable std::map<int64_t, std::unique_ptr<std::vector<c10::IValue>>> packs_by_batch_ ABSL_GUARDED_BY(packs_mu_);
 };
