@@ -34,12 +34,35 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
+// The directories TempDir made for the running test, removed when it ends
+// (they were left in /tmp, hundreds a run).
+std::vector<fs::path>& DirsOfThisTest() {
+  static auto* dirs = new std::vector<fs::path>();
+  return *dirs;
+}
+
+class RemoveTempDirsAfterEachTest : public ::testing::EmptyTestEventListener {
+  void OnTestEnd(const ::testing::TestInfo&) override {
+    for (const fs::path& dir : DirsOfThisTest()) {
+      std::error_code ignored;
+      fs::remove_all(dir, ignored);
+    }
+    DirsOfThisTest().clear();
+  }
+};
+
+const bool kTempDirsRemoved = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new RemoveTempDirsAfterEachTest());
+  return true;
+}();
+
 std::string TempDir(const std::string& name) {
   fs::path dir = fs::temp_directory_path() /
                  (name + "_" + std::to_string(::getpid()) + "_" +
                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
   fs::remove_all(dir);
   fs::create_directories(dir);
+  DirsOfThisTest().push_back(dir);
   return dir.string();
 }
 

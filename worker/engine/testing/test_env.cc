@@ -9,6 +9,7 @@
 #include <fstream>
 #include <mutex>
 #include <sstream>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -63,12 +64,35 @@ std::string TestSetPath() { return FixturesDir() + "/cifar10/test_batch.bin"; }
 std::string ValidationPath() { return FixturesDir() + "/cifar10/val_batch.bin"; }
 std::string Python() { return "/usr/bin/python3"; }
 
+namespace {
+
+// The directories MakeTempDir made in this process, removed when it exits
+// (test suites share them across tests; they were left in /tmp).
+std::mutex temp_dirs_mu;
+std::vector<std::filesystem::path>* temp_dirs = nullptr;
+
+void RemoveTempDirs() {
+  std::lock_guard<std::mutex> lock(temp_dirs_mu);
+  for (const std::filesystem::path& dir : *temp_dirs) {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
+}
+
+}  // namespace
+
 std::string MakeTempDir(const std::string& name) {
   const char* base = std::getenv("TEST_TMPDIR");
   std::filesystem::path dir = std::filesystem::path(base ? base : std::filesystem::temp_directory_path().string()) /
                               absl::StrCat("quantd_", name, "_", ::getpid());
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  std::lock_guard<std::mutex> lock(temp_dirs_mu);
+  if (temp_dirs == nullptr) {
+    temp_dirs = new std::vector<std::filesystem::path>();
+    std::atexit(RemoveTempDirs);
+  }
+  temp_dirs->push_back(dir);
   return dir.string();
 }
 
