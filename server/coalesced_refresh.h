@@ -24,7 +24,9 @@ class CoalescedRefresh {
 
   void Run() ABSL_LOCKS_EXCLUDED(mu_) {
     const int64_t started_before = started_.load();
+    waiting_.fetch_add(1);
     absl::MutexLock lock(&mu_);
+    waiting_.fetch_sub(1);
     // Holding mu_, every refresh that began has finished: one that began
     // after this call covers it.
     if (started_.load() > started_before) return;
@@ -32,10 +34,14 @@ class CoalescedRefresh {
     refresh_();
   }
 
+  // Callers waiting for the refresh under way (for tests).
+  int waiting() const { return waiting_.load(); }
+
  private:
   const std::function<void()> refresh_;
   absl::Mutex mu_;  // held for the length of a refresh
   std::atomic<int64_t> started_{0};  // written only under mu_, read before taking it
+  std::atomic<int> waiting_{0};
 };
 
 }  // namespace quantd

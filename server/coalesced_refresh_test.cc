@@ -20,8 +20,9 @@ TEST(CoalescedRefreshTest, OneCallerRefreshesEachTime) {
 }
 
 // Callers that arrive during a refresh never run one beside it, each returns
-// only after a refresh that began after its call, and they share refreshes.
-TEST(CoalescedRefreshTest, ConcurrentCallersWaitForAFreshRefreshAndNeverOverlap) {
+// only after a refresh that began after its call, and all of them share the
+// one refresh that follows.
+TEST(CoalescedRefreshTest, CallersQueuedBehindARefreshShareTheNextOne) {
   std::atomic<int> started{0};
   std::atomic<int> finished{0};
   std::atomic<int> running{0};
@@ -50,6 +51,8 @@ TEST(CoalescedRefreshTest, ConcurrentCallersWaitForAFreshRefreshAndNeverOverlap)
       finished_at_return[i] = finished.load();
     });
   }
+  // Every caller queued behind the first refresh before it ends.
+  while (refresh.waiting() < kCallers) std::this_thread::yield();
   release_first.Notify();
   first.join();
   for (std::thread& t : callers) t.join();
@@ -57,9 +60,7 @@ TEST(CoalescedRefreshTest, ConcurrentCallersWaitForAFreshRefreshAndNeverOverlap)
   for (int i = 0; i < kCallers; ++i) {
     EXPECT_GT(finished_at_return[i], started_at_call[i]) << "caller " << i << " returned on an older refresh";
   }
-  // The first, and at most one per caller after it (typically one shared).
-  EXPECT_LE(started.load(), 1 + kCallers);
-  EXPECT_GE(started.load(), 2);
+  EXPECT_EQ(started.load(), 2) << "the eight callers did not share one refresh";
 }
 
 }  // namespace

@@ -355,19 +355,22 @@ TEST(DynamicBatcherTest, UnderLoadTheDelayCountsFromTheEndOfTheLastPass) {
   // instead it waits from then, for the clients just answered (up to twice
   // the delay after it arrived).
   auto model = std::make_shared<FakeModel>();
-  DynamicBatcher batcher(OneThread(8, absl::Milliseconds(100)), Clock::Real());
+  FakeClock clock;
+  DynamicBatcher batcher(OneThread(8, absl::Milliseconds(100)), &clock);
   model->Hold();
   Outcome first, b;
   ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok());
+  clock.Advance(absl::Milliseconds(100));  // first is due: its pass starts, and is held
   model->AwaitPasses(1);
-  ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());
-  absl::SleepFor(absl::Milliseconds(120));  // b's own delay is over while the pass runs
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &b).ok());  // b arrives at +100 ms
+  clock.Advance(absl::Milliseconds(120));  // b's own delay is over while the pass runs
   model->Release();
-  first.done.WaitForNotification();
-  const absl::Time pass_end = absl::Now();
+  first.done.WaitForNotification();  // the pass ends at +220 ms
+  absl::SleepFor(absl::Milliseconds(50));  // room for a batcher that ran b at once to do so
+  EXPECT_FALSE(b.done.HasBeenNotified()) << "b ran when the pass ended";
+  clock.Advance(absl::Milliseconds(80));  // +300 ms: 200 ms after b arrived, the cap
   b.done.WaitForNotification();
-  // Due 200 ms after b arrived (the cap), about 80 ms after the pass ended.
-  EXPECT_GE(absl::Now() - pass_end, absl::Milliseconds(20));
+  EXPECT_EQ(b.stats.queue_time, absl::Milliseconds(200));
   EXPECT_THAT(model->passes(), ElementsAre(1, 1));
 }
 
@@ -464,15 +467,18 @@ TEST(DynamicBatcherTest, ARequestThatFindsAPassRunningQueuesForABatcherThreadEve
   DynamicBatcher::Options options = OneThread(8, absl::Microseconds(50));
   options.threads = 2;
   options.run_on_caller_when_idle = true;
-  DynamicBatcher batcher(options, Clock::Real());
+  FakeClock clock;
+  DynamicBatcher batcher(options, &clock);
   model->Hold();
   Outcome first, b;
   std::thread caller([&] { ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok()); });
   model->AwaitPasses(1);
-  const absl::Time submitted = absl::Now();
   ASSERT_TRUE(Submit(batcher, other, 1, 100, &b).ok());  // the second slot, on a batcher thread
+  absl::SleepFor(absl::Milliseconds(50));  // room for a batcher that ran b at once to do so
+  EXPECT_FALSE(b.done.HasBeenNotified()) << "b did not wait for company";
+  clock.Advance(absl::Microseconds(50));
   b.done.WaitForNotification();
-  EXPECT_GE(absl::Now() - submitted, absl::Microseconds(50));  // it waited for company
+  EXPECT_EQ(b.stats.queue_time, absl::Microseconds(50));  // it waited for company, the delay
   EXPECT_NE(b.thread, std::this_thread::get_id());
   EXPECT_FALSE(first.done.HasBeenNotified());
   model->Release();

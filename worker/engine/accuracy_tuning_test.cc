@@ -96,6 +96,12 @@ TEST(AccuracyTuningTest, AnUnreachableGoalRunsEveryStageAndKeepsTheBestModelFoun
     if (trial.stage == "estimator") estimators.insert(trial.settings);
   }
   EXPECT_EQ(estimators.size(), 12u);
+  // Every stage ran: each layer alone in FP32, then at least one greedy step.
+  auto trials_of = [&](const std::string& stage) {
+    return std::count_if(t.trials.begin(), t.trials.end(), [&](const Trial& trial) { return trial.stage == stage; });
+  };
+  EXPECT_EQ(trials_of("sensitivity"), 13);
+  EXPECT_GE(trials_of("fallback"), 1);
   EXPECT_EQ(estimators.count("HistogramObserver[mse](quint8, per_tensor_affine) +bias_correction"), 1u);
   EXPECT_EQ(estimators.count("HistogramObserver[mse](quint8, per_tensor_affine) +fitted_rounding +bias_correction"),
             1u);

@@ -339,19 +339,10 @@ TEST_F(SmallModelTest, BatchesOverTheByteLimitAreRefused) {
 TEST_F(SmallModelTest, AnEvaluationSetOfAnotherImageSizeIsRefused) {
   auto model = Quantize(Options());
   ASSERT_TRUE(model.ok()) << model.status();
-  auto write_npy = [](const std::string& path, const std::string& descr, const std::string& shape,
-                      const std::string& data) {
-    std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
-    while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-    header += '\n';
-    std::ofstream out(path, std::ios::binary);
-    out.write("\x93NUMPY\x01\x00", 8);
-    const uint16_t length = static_cast<uint16_t>(header.size());
-    out.write(reinterpret_cast<const char*>(&length), 2);
-    out << header << data;
-  };
-  write_npy(*dir_ + "/larger_images.npy", "|u1", "(4, 20, 20, 3)", std::string(4 * 20 * 20 * 3, '\x10'));
-  write_npy(*dir_ + "/larger_labels.npy", "<i8", "(4,)", std::string(4 * 8, '\0'));
+  const std::vector<uint8_t> pixels(4 * 20 * 20 * 3, 16);
+  testing::WriteNpy(*dir_ + "/larger_images.npy", "|u1", {4, 20, 20, 3}, pixels.data(), pixels.size());
+  const std::vector<int64_t> labels(4, 0);
+  testing::WriteNpy(*dir_ + "/larger_labels.npy", "<i8", {4}, labels.data(), labels.size() * 8);
   DatasetSpec larger = Options().calibration;
   larger.path = *dir_ + "/larger_images.npy";
   larger.labels_path = *dir_ + "/larger_labels.npy";
@@ -407,18 +398,9 @@ TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   // Labels outside the head's 4 classes (1-based: 1..4) were scored as
   // silently wrong; Evaluate refused them, job evaluation did not.
   {
-    std::string header = "{'descr': '<i8', 'fortran_order': False, 'shape': (64,), }";
-    while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-    header += '\n';
-    std::ofstream out(*dir_ + "/one_based_labels.npy", std::ios::binary);
-    out.write("\x93NUMPY\x01\x00", 8);
-    const uint16_t length = static_cast<uint16_t>(header.size());
-    out.write(reinterpret_cast<const char*>(&length), 2);
-    out << header;
-    for (int64_t i = 0; i < 64; ++i) {
-      const int64_t label = 1 + i % 4;
-      out.write(reinterpret_cast<const char*>(&label), 8);
-    }
+    std::vector<int64_t> labels(64);
+    for (int64_t i = 0; i < 64; ++i) labels[static_cast<size_t>(i)] = 1 + i % 4;
+    testing::WriteNpy(*dir_ + "/one_based_labels.npy", "<i8", {64}, labels.data(), labels.size() * 8);
   }
   DatasetSpec one_based = Options().calibration;
   one_based.labels_path = *dir_ + "/one_based_labels.npy";

@@ -1,7 +1,6 @@
 #include "worker/engine/base/helper_threads.h"
 
 #include <algorithm>
-#include <atomic>
 #include <set>
 #include <thread>
 #include <vector>
@@ -55,16 +54,29 @@ TEST(HelperThreadsTest, LaterCallsReuseTheThreads) {
   EXPECT_EQ(helpers.size(), 2u);
 }
 
+// Calls may overlap: each gets helpers of its own at once, none waits
+// behind another call's task (in tuning that would be a stall).
 TEST(HelperThreadsTest, OverlappingCallsEachGetTheirThreads) {
   HelperThreads helpers;
-  std::atomic<int> done{0};
+  absl::Mutex mu;
+  int arrived = 0;
+  std::set<std::thread::id> threads;
   std::vector<std::thread> callers;
   for (int c = 0; c < 4; ++c) {
-    callers.emplace_back([&] { helpers.Run(2, [&](int) { ++done; }); });
+    callers.emplace_back([&] {
+      helpers.Run(2, [&](int) {
+        absl::MutexLock lock(&mu);
+        threads.insert(std::this_thread::get_id());
+        ++arrived;
+        // All eight tasks are running at once, or this waits forever.
+        mu.Await(absl::Condition(+[](int* n) { return *n == 8; }, &arrived));
+      });
+    });
   }
   for (std::thread& caller : callers) caller.join();
-  EXPECT_EQ(done.load(), 8);
-  EXPECT_LE(helpers.size(), 4u);
+  EXPECT_EQ(arrived, 8);
+  EXPECT_EQ(threads.size(), 8u);  // four callers and four helpers
+  EXPECT_EQ(helpers.size(), 4u);
 }
 
 TEST(HelperThreadsTest, OneRunsOnTheCallerAlone) {

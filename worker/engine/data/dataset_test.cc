@@ -76,28 +76,13 @@ TEST(StratifiedSelectionTest, TooFewSamplesInAClass) {
   EXPECT_NE(s.status().message().find("class 1 has only 1"), std::string::npos);
 }
 
-void WriteNpy(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape, const void* data,
-              size_t bytes) {
-  std::string dims;
-  for (int64_t d : shape) dims += std::to_string(d) + ", ";
-  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
-  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-  header += '\n';
-  std::ofstream out(path, std::ios::binary);
-  out.write("\x93NUMPY\x01\x00", 8);
-  const uint16_t len = static_cast<uint16_t>(header.size());
-  out.write(reinterpret_cast<const char*>(&len), 2);
-  out << header;
-  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
-}
-
 TEST(NpyDatasetTest, ReadsNhwcUint8AndNchwFloat) {
   const std::string dir = testing::MakeTempDir("npy");
   std::vector<uint8_t> nhwc(2 * 4 * 4 * 3);
   for (size_t i = 0; i < nhwc.size(); ++i) nhwc[i] = static_cast<uint8_t>(i);
-  WriteNpy(dir + "/nhwc.npy", "|u1", {2, 4, 4, 3}, nhwc.data(), nhwc.size());
+  testing::WriteNpy(dir + "/nhwc.npy", "|u1", {2, 4, 4, 3}, nhwc.data(), nhwc.size());
   std::vector<int64_t> labels = {1, 0};
-  WriteNpy(dir + "/labels.npy", "<i8", {2}, labels.data(), labels.size() * 8);
+  testing::WriteNpy(dir + "/labels.npy", "<i8", {2}, labels.data(), labels.size() * 8);
   DatasetSpec spec;
   spec.format = DatasetFormat::kNpy;
   spec.path = dir + "/nhwc.npy";
@@ -113,7 +98,7 @@ TEST(NpyDatasetTest, ReadsNhwcUint8AndNchwFloat) {
 
   std::vector<float> nchw(1 * 3 * 2 * 2);
   for (size_t i = 0; i < nchw.size(); ++i) nchw[i] = 0.5f * static_cast<float>(i);
-  WriteNpy(dir + "/nchw.npy", "<f4", {1, 3, 2, 2}, nchw.data(), nchw.size() * 4);
+  testing::WriteNpy(dir + "/nchw.npy", "<f4", {1, 3, 2, 2}, nchw.data(), nchw.size() * 4);
   spec.path = dir + "/nchw.npy";
   spec.labels_path.clear();
   spec.preprocessing.mean = {1.0, 1.0, 1.0};
@@ -131,7 +116,7 @@ TEST(NpyDatasetTest, ANonFiniteValueIsAnErrorNamingTheImage) {
   std::vector<float> images(3 * 3 * 2 * 2, 1.0f);
   images[1 * 12 + 5] = std::numeric_limits<float>::quiet_NaN();
   images[2 * 12 + 0] = std::numeric_limits<float>::infinity();
-  WriteNpy(dir + "/nan.npy", "<f4", {3, 3, 2, 2}, images.data(), images.size() * 4);
+  testing::WriteNpy(dir + "/nan.npy", "<f4", {3, 3, 2, 2}, images.data(), images.size() * 4);
   DatasetSpec spec;
   spec.format = DatasetFormat::kNpy;
   spec.path = dir + "/nan.npy";
@@ -153,12 +138,12 @@ TEST(NpyDatasetTest, RejectsBadFiles) {
   spec.path = dir + "/bad.npy";
   EXPECT_EQ(OpenDataset(spec).status().code(), absl::StatusCode::kInvalidArgument);
   std::vector<int32_t> ints(4);
-  WriteNpy(dir + "/ints.npy", "<i4", {1, 1, 2, 2}, ints.data(), 16);
+  testing::WriteNpy(dir + "/ints.npy", "<i4", {1, 1, 2, 2}, ints.data(), 16);
   spec.path = dir + "/ints.npy";
   auto s = OpenDataset(spec).status();
   EXPECT_NE(s.message().find("<i4"), std::string::npos) << s;
   std::vector<uint8_t> few(10);
-  WriteNpy(dir + "/short.npy", "|u1", {2, 3, 4, 4}, few.data(), few.size());
+  testing::WriteNpy(dir + "/short.npy", "|u1", {2, 3, 4, 4}, few.data(), few.size());
   spec.path = dir + "/short.npy";
   EXPECT_NE(OpenDataset(spec).status().message().find("truncated"), std::string::npos);
 }
@@ -168,18 +153,18 @@ TEST(NpyDatasetTest, RejectsBadFiles) {
 TEST(NpyDatasetTest, SignedByteLabelsKeepTheirSign) {
   const std::string dir = testing::MakeTempDir("npy_i1_labels");
   std::vector<uint8_t> images(2 * 4 * 4 * 3, 7);
-  WriteNpy(dir + "/images.npy", "|u1", {2, 4, 4, 3}, images.data(), images.size());
+  testing::WriteNpy(dir + "/images.npy", "|u1", {2, 4, 4, 3}, images.data(), images.size());
   DatasetSpec spec;
   spec.format = DatasetFormat::kNpy;
   spec.path = dir + "/images.npy";
   spec.labels_path = dir + "/labels.npy";
   const std::vector<int8_t> fine = {3, 0};
-  WriteNpy(spec.labels_path, "|i1", {2}, fine.data(), fine.size());
+  testing::WriteNpy(spec.labels_path, "|i1", {2}, fine.data(), fine.size());
   auto dataset = OpenDataset(spec);
   ASSERT_TRUE(dataset.ok()) << dataset.status();
   EXPECT_EQ((*dataset)->ReadBatch(0, 2)->labels[0].item<int64_t>(), 3);
   const std::vector<int8_t> negative = {3, -1};
-  WriteNpy(spec.labels_path, "|i1", {2}, negative.data(), negative.size());
+  testing::WriteNpy(spec.labels_path, "|i1", {2}, negative.data(), negative.size());
   const absl::Status refused = OpenDataset(spec).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
   EXPECT_NE(refused.message().find("negative label at 1"), std::string::npos) << refused;
@@ -238,9 +223,9 @@ TEST(NpyDatasetTest, MalformedHeadersAreInvalidArgumentNotACrash) {
 TEST(NpyDatasetTest, TruncatedLabelsAndUnsupportedVersion) {
   const std::string dir = testing::MakeTempDir("npy_labels");
   std::vector<uint8_t> images(2 * 3 * 4 * 4);
-  WriteNpy(dir + "/images.npy", "|u1", {2, 3, 4, 4}, images.data(), images.size());
+  testing::WriteNpy(dir + "/images.npy", "|u1", {2, 3, 4, 4}, images.data(), images.size());
   std::vector<int64_t> one_label = {1};
-  WriteNpy(dir + "/labels.npy", "<i8", {2}, one_label.data(), 8);  // promises 2 labels, has 1
+  testing::WriteNpy(dir + "/labels.npy", "<i8", {2}, one_label.data(), 8);  // promises 2 labels, has 1
   DatasetSpec spec;
   spec.format = DatasetFormat::kNpy;
   spec.path = dir + "/images.npy";

@@ -52,6 +52,7 @@ TEST(CalibrateTest, KeptReferencesEqualAFreshFp32Pass) {
   CalibrationOptions options;
   options.forward_batch_size = 25;
   options.reference_values = SqnrValues(*graph, plan);
+  ASSERT_GE(options.reference_values.size(), 13u) << "ResNet8's int8 layers are its references";
   options.reference_samples = 32;
   auto calibrated = Calibrate(*graph, plan, histogram, dataset->get(), options, nullptr);
   ASSERT_TRUE(calibrated.ok()) << calibrated.status();

@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
+#include <fstream>
 #include <set>
+#include <string>
 
 #include "worker/engine/runtime/prepack.h"
 
@@ -44,8 +47,25 @@ TEST(Int8CapabilitiesTest, OneDnnSaturatesExactlyWithoutVnni) {
 
 TEST(Int8CapabilitiesTest, ReportNamesTheCpuAndMatchesTheProbe) {
   const CpuInt8Report& cpu = CpuInt8Capabilities();
-  EXPECT_FALSE(cpu.kernel_isa.empty());
-  EXPECT_FALSE(cpu.Summary().empty());
+  // The CPU as /proc/cpuinfo names it, read here on its own.
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line, model_name, flags;
+  while (std::getline(cpuinfo, line) && (model_name.empty() || flags.empty())) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos || colon + 2 > line.size()) continue;
+    if (model_name.empty() && line.rfind("model name", 0) == 0) model_name = line.substr(colon + 2);
+    if (flags.empty() && line.rfind("flags", 0) == 0) flags = " " + line.substr(colon + 2) + " ";
+  }
+  while (!model_name.empty() && std::isspace(static_cast<unsigned char>(model_name.back()))) model_name.pop_back();
+  ASSERT_FALSE(model_name.empty()) << "no model name in /proc/cpuinfo";
+  EXPECT_EQ(cpu.model_name, model_name);
+  const bool avx2 = flags.find(" avx2 ") != std::string::npos;
+  EXPECT_EQ(std::find(cpu.features.begin(), cpu.features.end(), "avx2") != cpu.features.end(), avx2);
+  EXPECT_NE(cpu.Summary().find(model_name), std::string::npos) << cpu.Summary();
+  EXPECT_NE(cpu.Summary().find("quantd kernels " + cpu.kernel_isa), std::string::npos) << cpu.Summary();
+  if (!cpu.onednn_isa.empty()) {
+    EXPECT_NE(cpu.Summary().find("oneDNN isa " + cpu.onednn_isa), std::string::npos) << cpu.Summary();
+  }
   for (const std::string& engine : AvailableKernelEngineNames()) {
     auto ops = ProbeSaturatingOps(engine);
     ASSERT_TRUE(ops.ok()) << ops.status();

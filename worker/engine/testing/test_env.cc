@@ -96,6 +96,21 @@ std::string MakeTempDir(const std::string& name) {
   return dir.string();
 }
 
+void WriteNpy(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape, const void* data,
+              size_t bytes) {
+  std::string dims;
+  for (int64_t d : shape) dims += std::to_string(d) + ", ";
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::ofstream out(path, std::ios::binary);
+  out.write("\x93NUMPY\x01\x00", 8);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  out.write(reinterpret_cast<const char*>(&len), 2);
+  out << header;
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+}
+
 absl::StatusOr<std::string> RunCommand(const std::string& command) {
   const std::string err_file = MakeTempDir("cmd_stderr") + "/stderr.txt";
   FILE* pipe = ::popen(absl::StrCat(command, " 2>", err_file).c_str(), "r");

@@ -3,6 +3,8 @@
 
 // Paths and helpers shared by the engine's tests.
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,6 +26,11 @@ std::string ValidationPath();   // cifar10/val_batch.bin (2000 training images, 
 std::string Python();
 // A fresh empty directory under the test's temp dir.
 std::string MakeTempDir(const std::string& name);
+
+// A NumPy .npy file (format 1.0) of `bytes` bytes at `data`, with dtype
+// `descr` ("|u1", "<i8", "<f4", ...) and `shape`, C order.
+void WriteNpy(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape, const void* data,
+              size_t bytes);
 // Runs `command` through the shell; returns its stdout, or an error with its
 // exit status and stderr tail.
 absl::StatusOr<std::string> RunCommand(const std::string& command);
