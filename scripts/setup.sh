@@ -31,7 +31,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "setup: Debian packages already installed"
 fi
@@ -46,7 +46,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   # The package lists may be empty (a fresh container) when the Debian
   # packages above were already there and no update ran.
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q nodejs npm
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
 fi
 if [ ! -d tests/node/node_modules/grpc-js-reflection-client ]; then
   echo "setup: installing npm test tools into tests/node"

@@ -39,6 +39,6 @@ launch_quantd() {
     cat "$dir/quantd.log" >&2
     exit 1
   fi
-  launched_grpc="127.0.0.1:$(sed -n 's/.*"grpc_port": \([0-9]*\).*/\1/p' "$dir/ports.json")"
-  launched_http="127.0.0.1:$(sed -n 's/.*"metrics_port": \([0-9]*\).*/\1/p' "$dir/ports.json")"
+  launched_grpc="127.0.0.1:$(sed -n 's/.*"grpc_port": *\([0-9]*\).*/\1/p' "$dir/ports.json")"
+  launched_http="127.0.0.1:$(sed -n 's/.*"metrics_port": *\([0-9]*\).*/\1/p' "$dir/ports.json")"
 }

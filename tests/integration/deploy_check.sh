@@ -23,7 +23,7 @@ fi
 rendered="$(kubectl kustomize "$deploy")"
 for expected in "kind: Deployment" "kind: Service" "kind: ServiceMonitor" "kind: ConfigMap" \
     "runAsNonRoot: true" "readOnlyRootFilesystem: true" "startupProbe:" "readinessProbe:" \
-    "livenessProbe:" "path: /v2/health/ready" "tcpSocket:" "fsGroupChangePolicy: OnRootMismatch" "scheme: HTTPS" "name: metrics" \
+    "livenessProbe:" "path: /v2/health/ready" "- /usr/local/bin/quantctl" "- --tls_ca=/etc/quantd/tls/ca.crt" "fsGroupChangePolicy: OnRootMismatch" "scheme: HTTPS" "name: metrics" \
     "kind: PersistentVolumeClaim" "claimName: quantd-data" "--max_data_bytes=" "publishNotReadyAddresses: true" \
     "jobLabel: app.kubernetes.io/name" "name: http" \
     "secretName: quantd-tls" "secretName: quantd-tokens" "--tls_cert=/etc/quantd/tls/tls.crt" \
