@@ -628,6 +628,43 @@ TEST(QuantizeTest, InfiniteConstantsReachTheArtifact) {
   EXPECT_TRUE(at::equal(artifact.forward({batch->images}).toTensor(), *ours));
 }
 
+// ShuffleNet's channel split: chunk and split unpacked into pieces. The
+// pieces run in FP32 (read out of the list), each is quantized for the int8
+// layers that read it, and the artifact computes what quantd's runtime does.
+TEST(QuantizeTest, ChannelSplitsQuantizeAndReachTheArtifact) {
+  torch::jit::Module m("ChannelSplit");
+  at::manual_seed(9);
+  m.register_parameter("stem", at::randn({16, 3, 3, 3}) * 0.01, false);
+  m.register_parameter("branch", at::randn({8, 8, 3, 3}) * 0.1, false);
+  m.register_parameter("head", at::randn({10, 16}) * 0.1, false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.relu(torch.conv2d(x, self.stem, None, 1, 1))
+        a, b = y.chunk(2, 1)
+        y = torch.cat([a, torch.relu(torch.conv2d(b, self.branch, None, 1, 1))], 1)
+        p, q = torch.split(y, [6, 10], 1)
+        y = torch.cat([q, p], 1)
+        return torch.linear(torch.flatten(torch.adaptive_avg_pool2d(y, 1), 1), self.head)
+  )");
+  QuantizeOptions options = SavedModelOptions(m, "channel_split", 64);
+  options.qconfig.preset = "qnnpack";
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 16);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  at::NoGradGuard no_grad;
+  const at::Tensor expected = m.forward({batch->images.clone()}).toTensor();
+  auto ours = (*model)->impl().executor->Forward(batch->images);
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  const double noise = (*ours - expected).pow(2).sum().item<double>();
+  EXPECT_GT(10 * std::log10(expected.pow(2).sum().item<double>() / noise), 25.0);
+  auto bytes = (*model)->SerializeArtifact();
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  std::istringstream in(*bytes);
+  torch::jit::Module artifact = torch::jit::load(in);
+  EXPECT_TRUE(at::equal(artifact.forward({batch->images}).toTensor(), *ours));
+}
+
 // conv1's weights of 1e37 overflow float32 on raw pixels: infinities (and
 // then NaN) reach the observers. Before, the histogram observer cast them to
 // integers (undefined) and min/max observers made an infinite or NaN scale

@@ -145,6 +145,12 @@ bool IsZeroList(const Sym& s) {
   return true;
 }
 
+// An item of a tensor list an op made at run time.
+constexpr char kListItemIr[] = R"IR(
+graph(%l : Tensor[], %i : int):
+  %r : Tensor = aten::__getitem__(%l, %i)
+  return (%r))IR";
+
 // The scripted form of an op torch.jit.trace records differently: the node
 // to run and classify, and its arguments.
 struct CanonicalOp {
@@ -375,6 +381,18 @@ class Importer {
         for (size_t i = 0; i < src.items.size(); ++i) (*env)[node->outputs()[i]] = src.items[i];
         return absl::OkStatus();
       }
+      // A list an op makes at run time (a, b = x.chunk(2, 1), torch.split):
+      // each item is read out by its own node. The items of a list of views
+      // are views of what the list views (the importer's view tracking then
+      // sees writes through them).
+      if (kind == c10::prim::ListUnpack && src.kind == Sym::Kind::kValue) {
+        QUANTD_ASSIGN_OR_RETURN(const jit::Node* item, CanonicalNode(kListItemIr));
+        for (size_t i = 0; i < node->outputs().size(); ++i) {
+          QUANTD_RETURN_IF_ERROR(EmitAs(node, item, {src, ConstantSym(static_cast<int64_t>(i))}, {node->outputs()[i]},
+                                        env, module));
+        }
+        return absl::OkStatus();
+      }
     }
     if (kind == c10::prim::TupleIndex && in(0).kind == Sym::Kind::kTuple && in(1).IsConstant()) {
       (*env)[node->output()] = in(0).items.at(static_cast<size_t>(in(1).constant.toInt()));
@@ -475,6 +493,13 @@ class Importer {
       QUANTD_ASSIGN_OR_RETURN(op_node, CanonicalNode(scripted->ir));
       args = std::move(scripted->args);
     }
+    return EmitAs(node, op_node, std::move(args), {node->outputs().begin(), node->outputs().end()}, env, module);
+  }
+
+  // One IR node running `op_node` on `args`, for `source` (the model's node
+  // it stands for: its kind names it in errors), whose results are `outputs`.
+  absl::Status EmitAs(const jit::Node* node, const jit::Node* op_node, std::vector<Sym> args,
+                      const std::vector<const jit::Value*>& outputs, Env* env, const Sym& module) {
     Node ir;
     ir.id = static_cast<int>(graph_->nodes.size());
     ir.kind = ClassifyOp(op_node, args);
@@ -489,7 +514,7 @@ class Importer {
       QUANTD_ASSIGN_OR_RETURN(Operand o, ToOperand(s, absl::StrCat(node->kind().toQualString(), " in ", Where(module))));
       ir.inputs.push_back(std::move(o));
     }
-    for (const jit::Value* out : node->outputs()) {
+    for (const jit::Value* out : outputs) {
       Sym s;
       s.kind = Sym::Kind::kValue;
       s.value = graph_->NewValue();
@@ -500,7 +525,7 @@ class Importer {
     // an nn.ReLU(inplace=True) called as a statement): every later reader of
     // that tensor, in any frame, reads the op's output instead. The graph
     // stays pure, and no kernel that makes a new tensor loses the write.
-    if (const c10::FunctionSchema* schema = node->maybeSchema();
+    if (const c10::FunctionSchema* schema = op_node->maybeSchema();
         schema != nullptr && !schema->arguments().empty() && !ir.outputs.empty() && !ir.inputs.empty()) {
       const c10::AliasInfo* alias = schema->arguments()[0].alias_info();
       const bool writes_first = alias != nullptr && alias->isWrite();

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "worker/engine/testing/run_fp32.h"
 #include "worker/engine/testing/test_env.h"
 
 namespace quantd::engine {
@@ -144,6 +145,46 @@ TEST(ImportTorchScriptTest, AReaderOfATensorWrittenThroughAViewIsRefused) {
   )");
   ASSERT_FALSE(constant.ok());
   EXPECT_THAT(std::string(constant.status().message()), HasSubstr("tensor made of constants"));
+  // The pieces of chunk and split are views of what they split.
+  auto chunk_piece = import(R"(
+        y = torch.conv2d(x, self.w)
+        a, b = y.chunk(2, 1)
+        a.mul_(0.5)
+        return torch.conv2d(y, self.w)
+  )");
+  ASSERT_FALSE(chunk_piece.ok());
+  EXPECT_THAT(std::string(chunk_piece.status().message()), HasSubstr("'aten::mul_'"));
+  EXPECT_THAT(std::string(chunk_piece.status().message()), HasSubstr("through a view"));
+  auto split_piece = import(R"(
+        y = torch.conv2d(x, self.w)
+        a, b = torch.split(y, [1, 3], 1)
+        b.relu_()
+        return y
+  )");
+  ASSERT_FALSE(split_piece.ok());
+  EXPECT_THAT(std::string(split_piece.status().message()), HasSubstr("'aten::relu_'"));
+}
+
+// A list an op makes at run time, unpacked (a, b = x.chunk(2, 1)), becomes
+// one node per item: such models (ShuffleNet's channel split) were refused
+// for prim::ListUnpack.
+TEST(ImportTorchScriptTest, UnpackedChunksAndSplitsAreOneNodePerPiece) {
+  torch::jit::Module m("Split");
+  m.register_parameter("w", at::randn({4, 4, 3, 3}), false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.conv2d(x, self.w)
+        a, b = y.chunk(2, 1)
+        p, q, r = torch.split(y, [1, 1, 2], 1)
+        return torch.cat([b, a, r, q, p], 1)
+  )");
+  auto graph = ImportTorchScript(m);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  int items = 0;
+  for (const Node& n : graph->nodes) items += !n.removed && n.OpName() == "aten::__getitem__";
+  EXPECT_EQ(items, 5) << graph->Dump();
+  const at::Tensor x = at::randn({2, 4, 8, 8});
+  EXPECT_TRUE(at::equal(testing::RunFp32(*graph, x), m.forward({x}).toTensor()));
 }
 
 TEST(ImportTorchScriptTest, MissingFileIsInvalidArgument) {
