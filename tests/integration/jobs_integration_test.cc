@@ -1233,7 +1233,7 @@ TEST(JobsIntegrationTest, ThirdPartyJsonClientRunsTheSameJob) {
   EXPECT_EQ(second["submitted"]["id"], report["submitted"]["id"]);
 }
 
-TEST(JobsIntegrationTest, TwentyJobsRunInOrderAndAFullQueueRejects) {
+TEST(JobsIntegrationTest, TwentyConcurrentSubmitsFillTheQueueAndTheRestAreRejected) {
   Quantd quantd({"--workers=1", "--queue_capacity=5"});
   ASSERT_TRUE(quantd.Start());
   std::vector<std::unique_ptr<Subprocess>> clients;
