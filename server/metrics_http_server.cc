@@ -191,11 +191,12 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       EndConnectionAfterThisResponse();
       return httplib::Server::HandlerResponse::Handled;
     };
-    // httplib does not read a body for these: its bytes would be parsed as
-    // the next request on the connection (a request smuggled past a proxy
-    // that took them for the body).
-    if (request.method == "GET" || request.method == "HEAD" || request.method == "OPTIONS") {
-      return refuse(400, absl::StrCat(request.method, " takes no body (Content-Length: ", length, ")"));
+    // httplib reads a body for these methods only; for any other its bytes
+    // would be parsed as the next request on the connection (a request
+    // smuggled past a proxy that took them for the body).
+    if (request.method != "POST" && request.method != "PUT" && request.method != "PATCH" &&
+        request.method != "DELETE") {
+      return refuse(400, absl::StrCat(request.method.substr(0, 16), " takes no body (Content-Length: ", length, ")"));
     }
     // Only /v2 takes a body. Elsewhere httplib would read all of it before
     // answering 404 or 405, for any caller.

@@ -292,6 +292,24 @@ using ServeOne = std::function<bool(httplib::Stream&, bool close_connection, boo
 // response (the request's body was left unread).
 thread_local bool t_end_connection = false;
 
+// Closing a socket with unread bytes in its receive buffer sends a reset,
+// which can discard the response the peer has not read yet (off loopback,
+// its last segment is often still in flight). So what the client still sends
+// of a body left unread is read and dropped first, for at most a second and
+// 8 MiB; a client that read its answer closes long before.
+void DrainBeforeClose(int fd) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(1);
+  char buffer[16384];
+  size_t drained = 0;
+  while (drained < (size_t{8} << 20)) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration() || PollFor(fd, POLLIN, left) <= 0) break;
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n <= 0) break;
+    drained += static_cast<size_t>(n);
+  }
+}
+
 bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t max_requests,
                    absl::Duration keep_alive_timeout, const httplib::Server& server, const ServeOne& serve_one) {
   bool ok = false;
@@ -303,7 +321,9 @@ bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t ma
     ok = serve_one(stream, left == 1 || !server.is_running(), closed);
     if (!ok || closed || budget.ends_connection() || t_end_connection) break;
   }
+  const bool body_left_unread = t_end_connection;
   t_end_connection = false;
+  if (body_left_unread) DrainBeforeClose(fd);
   return ok;
 }
 

@@ -203,10 +203,28 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       pin_backoff = std::min(pin_backoff * 2, absl::Seconds(5));
       pinned = store_->PinArtifact(job.id, job.attempt_count, ArtifactIdFor(sha256));
     }
-    absl::StatusOr<StoredArtifact> stored =
-        pinned.ok() ? artifacts_->Put(job.id, output->artifact, output->manifest_json)
-                    : absl::StatusOr<StoredArtifact>(pinned);
-    if (stored.ok()) {
+    const bool store_busy = pinned.code() == absl::StatusCode::kUnavailable ||
+                            pinned.code() == absl::StatusCode::kResourceExhausted;
+    std::optional<std::string> cancelled_at_stop;
+    if (store_busy && stop->shutting_down.load() && !stop->lease_lost.load()) {
+      // Stopping with the store still busy: back to the queue, to run again
+      // at the next start, as an interrupted job does, not FAILED for it.
+      absl::StatusOr<std::optional<std::string>> kept = store_->Release(job.id, job.attempt_count);
+      if (!kept.ok() || !kept->has_value()) {
+        job.state = JobState::kQueued;
+        return job;
+      }
+      cancelled_at_stop = **kept;  // a cancel asked meanwhile: it is the outcome
+    }
+    if (cancelled_at_stop.has_value()) {
+      final_state = JobState::kCancelled;
+      result.error_code = absl::StatusCode::kCancelled;
+      result.error_message = cancelled_at_stop->empty() ? std::string("cancelled by CancelJob")
+                                                        : absl::StrCat("cancelled: ", *cancelled_at_stop);
+    } else if (absl::StatusOr<StoredArtifact> stored =
+                   pinned.ok() ? artifacts_->Put(job.id, output->artifact, output->manifest_json)
+                               : absl::StatusOr<StoredArtifact>(pinned);
+               stored.ok()) {
       result.report = std::move(output->report);
       result.artifact_sha256 = stored->sha256;
       result.artifact_size_bytes = stored->size_bytes;

@@ -397,6 +397,28 @@ TEST_F(WorkerPoolTest, AStoreBusyForLongStillKeepsTheFinishedJob) {
   EXPECT_TRUE(artifacts_->Contains(done.result->artifact_sha256));
 }
 
+// Stopping while the store is still busy: the finished job goes back to the
+// queue, to run again at the next start, instead of FAILED for the store.
+TEST_F(WorkerPoolTest, AStoreBusyWhenTheServerStopsRequeuesTheFinishedJob) {
+  FullDiskStore busy(store_.get());
+  busy.pin_busy = 1000000;
+  auto pool = NewPool(FastRetries(), Clock::Real(), &busy);
+  ASSERT_NE(pool, nullptr);
+  pool->Start();
+  absl::StatusOr<Job> job = pool->Submit(NewJob("m1"));
+  ASSERT_TRUE(job.ok()) << job.status();
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(30);
+       busy.pin_calls.load() < 3 && absl::Now() < give_up;) {
+    absl::SleepFor(absl::Milliseconds(5));  // waiting for the worker's retries
+  }
+  ASSERT_GE(busy.pin_calls.load(), 3);
+  pool->Stop();
+  absl::StatusOr<Job> stored = store_->Get(job->id);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->state, JobState::kQueued);
+  EXPECT_FALSE(stored->result.has_value());
+}
+
 // A store that fails for good (corrupt, read-only) held the worker forever,
 // renewing the job's lease: the job stayed RUNNING and the queue stalled.
 TEST_F(WorkerPoolTest, AStoreThatCannotRecordAnOutcomeForGoodLetsTheWorkerGoOn) {
@@ -562,8 +584,9 @@ TEST_F(WorkerPoolTest, TheSweepThreadSweepsEachPeriod) {
   pool->Start();
   auto orphan = artifacts_->Put("job-lost", "left while running", "{}");
   ASSERT_TRUE(orphan.ok()) << orphan.status();
+  // The sweep counts what it removed once it has removed it all.
   for (const absl::Time give_up = absl::Now() + absl::Seconds(30);
-       artifacts_->Contains(orphan->sha256) && absl::Now() < give_up;) {
+       (artifacts_->Contains(orphan->sha256) || pool->swept().artifacts < 1) && absl::Now() < give_up;) {
     absl::SleepFor(absl::Milliseconds(5));  // waiting for the pool's own thread
   }
   EXPECT_FALSE(artifacts_->Contains(orphan->sha256));

@@ -379,6 +379,11 @@ TEST_F(QuantdIntegrationTest, TheHttpEdgeRefusesBodiesItCannotBoundAndAnswersInJ
   EXPECT_EQ(smuggling.status_code, 400) << smuggling.headers;
   EXPECT_THAT(error_of(smuggling), HasSubstr("GET takes no body"));
   EXPECT_EQ(smuggling.body.find("HTTP/1.1"), std::string::npos) << "a second response: " << smuggling.body;
+  // Any method httplib reads no body for, not only GET.
+  test_util::HttpResponse trace = exchange(absl::StrCat(
+      "TRACE /v2/health/live HTTP/1.1\r\nHost: q\r\nContent-Length: ", inner.size(), "\r\n\r\n", inner));
+  EXPECT_EQ(trace.status_code, 400) << trace.headers;
+  EXPECT_THAT(error_of(trace), HasSubstr("TRACE takes no body"));
   // Outside /v2 nothing takes a body: refused from the headers, before the
   // 64 MiB declared here (and never sent) would be read.
   for (const auto& [path, status] : std::vector<std::pair<std::string, int>>{{"/metrics", 405}, {"/elsewhere", 404}}) {

@@ -92,7 +92,9 @@ absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit
   if (!input_shape.empty() && dataset->sample_shape() != input_shape) {
     return absl::InvalidArgumentError(absl::StrCat("accuracy_goal.tuning: its samples are [",
                                                    absl::StrJoin(dataset->sample_shape(), ", "),
-                                                   "], not the calibration's [", absl::StrJoin(input_shape, ", "), "]"));
+                                                   "], but the int8 model is fixed to the calibration's [",
+                                                   absl::StrJoin(input_shape, ", "),
+                                                   "] (its pooling is folded into the classifier)"));
   }
   if (!dataset->has_labels() && !goal.against_fp32) {
     return absl::InvalidArgumentError(

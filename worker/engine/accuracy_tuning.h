@@ -33,8 +33,8 @@ struct TuningSetup {
   std::string engine;              // the kernel engine every trial converts for
   bool eight_bit_exact = true;     // 8-bit activations are exact on `engine` here
   const torch::jit::Module* fp32_module = nullptr;
-  // The calibration's sample shape: the int8 program may be fixed to it
-  // (pooling folded into the classifier), so the tuning set must match it.
+  // The image shape the int8 program is fixed to (pooling folded into the
+  // classifier): the tuning set must match it. Empty: any.
   std::vector<int64_t> input_shape;
   // Labelled mode (accuracy-aware): judged on goal->tuning against its labels.
   std::optional<AccuracyGoal> goal;

@@ -553,6 +553,19 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     // Not in PyTorch's presets, whose int8 models it would change.
     QUANTD_ASSIGN_OR_RETURN(auto folded, FoldGlobalPoolingIntoLinear(&impl->fused, report.input_shape));
     report.fused_groups.insert(report.fused_groups.end(), folded.begin(), folded.end());
+    if (!folded.empty()) {
+      impl->fixed_input_shape = report.input_shape;
+      // Checked now, not after calibration and tuning: the sets that would
+      // be scored wrongly on a program fixed to this size.
+      if (options.evaluation) {
+        QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> evaluation, OpenDataset(*options.evaluation));
+        QUANTD_RETURN_IF_ERROR(impl->CheckFixedInputShape(*evaluation, "evaluation"));
+      }
+      if (options.accuracy_goal) {
+        QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> tuning, OpenDataset(options.accuracy_goal->tuning));
+        QUANTD_RETURN_IF_ERROR(impl->CheckFixedInputShape(*tuning, "accuracy_goal.tuning"));
+      }
+    }
   }
   std::vector<EqualizedPair> equalized;
   if (qconfig.equalization) {
@@ -645,7 +658,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     setup.engine = trial_engine;
     setup.eight_bit_exact = eight_bit_exact;
     setup.fp32_module = &impl->fp32_module;
-    setup.input_shape = report.input_shape;
+    setup.input_shape = impl->fixed_input_shape;
     setup.goal = options.accuracy_goal;
     setup.max_batch_bytes = options.max_batch_bytes;
     if (judged_samples > 0 && !impl->fused.outputs.empty() &&

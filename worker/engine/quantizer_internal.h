@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -26,20 +28,25 @@ struct QuantizedModel::Impl {
   std::unique_ptr<Int8Executor> executor;
   QuantizeReport report;
   int64_t max_batch_bytes = 0;  // QuantizeOptions::max_batch_bytes
+  // The image shape the int8 program is fixed to (pooling folded into the
+  // classifier, whose kernel is the calibration's feature map); empty when
+  // it takes other sizes as the model does.
+  std::vector<int64_t> fixed_input_shape;
+
+  // Other image sizes would give wrong scores on a program fixed to one.
+  absl::Status CheckFixedInputShape(const Dataset& dataset, const std::string& field) const {
+    if (fixed_input_shape.empty() || dataset.sample_shape() == fixed_input_shape) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": its samples are [", absl::StrJoin(dataset.sample_shape(), ", "), "], but the int8 model is fixed to "
+        "the calibration's [", absl::StrJoin(fixed_input_shape, ", "), "] (its pooling is folded into the classifier)"));
+  }
 
   // Runs `fn(logits, labels)` over a dataset in batches.
   template <typename Fn>
   absl::Status ForEachBatch(const DatasetSpec& spec, int64_t batch_size, const ProgressCallback& progress, Fn&& fn) const {
     QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(spec));
     if (batch_size <= 0) return absl::InvalidArgumentError("batch_size must be positive");
-    // The int8 program may be fixed to the calibration's image size (pooling
-    // folded into the classifier): other sizes would give wrong scores.
-    if (!report.input_shape.empty() && dataset->sample_shape() != report.input_shape) {
-      return absl::InvalidArgumentError(absl::StrCat("evaluation: its samples are [",
-                                                     absl::StrJoin(dataset->sample_shape(), ", "),
-                                                     "], not the calibration's [",
-                                                     absl::StrJoin(report.input_shape, ", "), "]"));
-    }
+    QUANTD_RETURN_IF_ERROR(CheckFixedInputShape(*dataset, "evaluation"));
     QUANTD_RETURN_IF_ERROR(CheckBatchBytes(*dataset, batch_size, max_batch_bytes, "evaluation.batch_size"));
     const int64_t total = BatchCount(dataset->size(), batch_size);
     at::NoGradGuard no_grad;

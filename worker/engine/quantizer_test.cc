@@ -333,29 +333,6 @@ TEST_F(SmallModelTest, BatchesOverTheByteLimitAreRefused) {
   EXPECT_TRUE((*model)->EvaluateInt8(data, 16).ok());
 }
 
-// Evaluation images of another size than calibration's were scored anyway:
-// with pooling folded into the classifier (the best preset) the int8 output
-// grew columns and still looked like [N, classes]. Refused, naming it.
-TEST_F(SmallModelTest, AnEvaluationSetOfAnotherImageSizeIsRefused) {
-  auto model = Quantize(Options());
-  ASSERT_TRUE(model.ok()) << model.status();
-  const std::vector<uint8_t> pixels(4 * 20 * 20 * 3, 16);
-  testing::WriteNpy(*dir_ + "/larger_images.npy", "|u1", {4, 20, 20, 3}, pixels.data(), pixels.size());
-  const std::vector<int64_t> labels(4, 0);
-  testing::WriteNpy(*dir_ + "/larger_labels.npy", "<i8", {4}, labels.data(), labels.size() * 8);
-  DatasetSpec larger = Options().calibration;
-  larger.path = *dir_ + "/larger_images.npy";
-  larger.labels_path = *dir_ + "/larger_labels.npy";
-  for (bool int8_side : {true, false}) {
-    auto refused = int8_side ? (*model)->EvaluateInt8(larger, 4) : (*model)->EvaluateFp32(larger, 4);
-    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
-    EXPECT_NE(refused.status().message().find("evaluation: its samples are [3, 20, 20], not the calibration's "
-                                              "[3, 16, 16]"),
-              std::string::npos)
-        << refused.status();
-  }
-}
-
 TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   auto model = Quantize(Options());
   ASSERT_TRUE(model.ok()) << model.status();
@@ -628,6 +605,49 @@ TEST(QuantizeTest, InfiniteConstantsReachTheArtifact) {
   EXPECT_TRUE(at::equal(artifact.forward({batch->images}).toTensor(), *ours));
 }
 
+// With pooling folded into the classifier (the best preset) the int8
+// program is fixed to the calibration's image size: an evaluation set of
+// another size was scored anyway, the folded classifier sliding over the
+// larger map. Refused now, before calibration; without the fold other sizes
+// evaluate as the model allows.
+TEST(QuantizeTest, OnlyAProgramFixedToTheCalibrationSizeRefusesOtherSizes) {
+  torch::jit::Module m("PooledHead");
+  at::manual_seed(4);
+  m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
+  m.register_parameter("fc", at::randn({4, 8}) * 0.1, false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.relu(torch.conv2d(x, self.w, None, 1, 1))
+        return torch.linear(torch.flatten(torch.adaptive_avg_pool2d(y, 1), 1), self.fc)
+  )");
+  QuantizeOptions options = SavedModelOptions(m, "pooled_head", 64);
+  const std::string dir = testing::MakeTempDir("other_size");
+  const std::vector<uint8_t> pixels(4 * 20 * 20 * 3, 16);
+  testing::WriteNpy(dir + "/images.npy", "|u1", {4, 20, 20, 3}, pixels.data(), pixels.size());
+  const std::vector<int64_t> labels(4, 0);
+  testing::WriteNpy(dir + "/labels.npy", "<i8", {4}, labels.data(), labels.size() * 8);
+  DatasetSpec smaller;
+  smaller.format = DatasetFormat::kNpy;
+  smaller.path = dir + "/images.npy";
+  smaller.labels_path = dir + "/labels.npy";
+
+  options.qconfig.preset = "best";
+  options.evaluation = smaller;
+  const absl::Status refused = Quantize(options).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("evaluation: its samples are [3, 20, 20], but the int8 model is fixed to the "
+                                   "calibration's [3, 32, 32]"),
+            std::string::npos)
+      << refused;
+
+  options.qconfig.preset = "qnnpack";
+  options.evaluation.reset();
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto other_size = (*model)->EvaluateInt8(smaller, 4);
+  EXPECT_TRUE(other_size.ok()) << other_size.status();
+}
+
 // ShuffleNet's channel split: chunk and split unpacked into pieces. The
 // pieces run in FP32 (read out of the list), each is quantized for the int8
 // layers that read it, and the artifact computes what quantd's runtime does.
@@ -650,6 +670,12 @@ TEST(QuantizeTest, ChannelSplitsQuantizeAndReachTheArtifact) {
   options.qconfig.preset = "qnnpack";
   auto model = Quantize(options);
   ASSERT_TRUE(model.ok()) << model.status();
+  // The convolutions, the cats and the classifier run on int8.
+  std::map<std::string, int> int8_ops;
+  for (const LayerReport& layer : (*model)->report().layers) ++int8_ops[layer.op];
+  EXPECT_EQ(int8_ops["conv2d"] + int8_ops["conv2d_relu"], 2) << "the stem's and the branch's convolutions";
+  EXPECT_EQ(int8_ops["cat"], 2);
+  EXPECT_EQ(int8_ops["linear"], 1);
   auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 16);
   ASSERT_TRUE(batch.ok()) << batch.status();
   at::NoGradGuard no_grad;

@@ -145,11 +145,31 @@ bool IsZeroList(const Sym& s) {
   return true;
 }
 
-// An item of a tensor list an op made at run time.
-constexpr char kListItemIr[] = R"IR(
+// An item of a list an op made at run time (chunk's tensors, size's ints),
+// by the list's element type.
+constexpr char kTensorListItemIr[] = R"IR(
 graph(%l : Tensor[], %i : int):
   %r : Tensor = aten::__getitem__(%l, %i)
   return (%r))IR";
+constexpr char kIntListItemIr[] = R"IR(
+graph(%l : int[], %i : int):
+  %r : int = aten::__getitem__(%l, %i)
+  return (%r))IR";
+constexpr char kFloatListItemIr[] = R"IR(
+graph(%l : float[], %i : int):
+  %r : float = aten::__getitem__(%l, %i)
+  return (%r))IR";
+
+const char* ListItemIr(const c10::TypePtr& list_type) {
+  const auto list = list_type->cast<c10::ListType>();
+  if (list == nullptr) return nullptr;
+  switch (list->getElementType()->kind()) {
+    case c10::TypeKind::TensorType: return kTensorListItemIr;
+    case c10::TypeKind::IntType: return kIntListItemIr;
+    case c10::TypeKind::FloatType: return kFloatListItemIr;
+    default: return nullptr;
+  }
+}
 
 // The scripted form of an op torch.jit.trace records differently: the node
 // to run and classify, and its arguments.
@@ -385,8 +405,11 @@ class Importer {
       // each item is read out by its own node. The items of a list of views
       // are views of what the list views (the importer's view tracking then
       // sees writes through them).
-      if (kind == c10::prim::ListUnpack && src.kind == Sym::Kind::kValue) {
-        QUANTD_ASSIGN_OR_RETURN(const jit::Node* item, CanonicalNode(kListItemIr));
+      if (const char* item_ir = kind == c10::prim::ListUnpack && src.kind == Sym::Kind::kValue
+                                    ? ListItemIr(node->input(0)->type())
+                                    : nullptr;
+          item_ir != nullptr) {
+        QUANTD_ASSIGN_OR_RETURN(const jit::Node* item, CanonicalNode(item_ir));
         for (size_t i = 0; i < node->outputs().size(); ++i) {
           QUANTD_RETURN_IF_ERROR(EmitAs(node, item, {src, ConstantSym(static_cast<int64_t>(i))}, {node->outputs()[i]},
                                         env, module));

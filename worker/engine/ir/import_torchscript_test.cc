@@ -165,9 +165,9 @@ TEST(ImportTorchScriptTest, AReaderOfATensorWrittenThroughAViewIsRefused) {
   EXPECT_THAT(std::string(split_piece.status().message()), HasSubstr("'aten::relu_'"));
 }
 
-// A list an op makes at run time, unpacked (a, b = x.chunk(2, 1)), becomes
-// one node per item: such models (ShuffleNet's channel split) were refused
-// for prim::ListUnpack.
+// A list an op makes at run time, unpacked (a, b = x.chunk(2, 1), or
+// n, c, h, w = y.shape), becomes one node per item: such models (ShuffleNet's
+// channel split) were refused for prim::ListUnpack.
 TEST(ImportTorchScriptTest, UnpackedChunksAndSplitsAreOneNodePerPiece) {
   torch::jit::Module m("Split");
   m.register_parameter("w", at::randn({4, 4, 3, 3}), false);
@@ -176,13 +176,14 @@ TEST(ImportTorchScriptTest, UnpackedChunksAndSplitsAreOneNodePerPiece) {
         y = torch.conv2d(x, self.w)
         a, b = y.chunk(2, 1)
         p, q, r = torch.split(y, [1, 1, 2], 1)
-        return torch.cat([b, a, r, q, p], 1)
+        n, c, h, w = y.shape
+        return torch.cat([b, a, r, q, p], 1).view(n, 2, c, h, w)
   )");
   auto graph = ImportTorchScript(m);
   ASSERT_TRUE(graph.ok()) << graph.status();
   int items = 0;
   for (const Node& n : graph->nodes) items += !n.removed && n.OpName() == "aten::__getitem__";
-  EXPECT_EQ(items, 5) << graph->Dump();
+  EXPECT_EQ(items, 5 + 4) << graph->Dump();  // five tensors, four ints
   const at::Tensor x = at::randn({2, 4, 8, 8});
   EXPECT_TRUE(at::equal(testing::RunFp32(*graph, x), m.forward({x}).toTensor()));
 }
