@@ -193,6 +193,34 @@ absl::Status WorkerPool::Delete(const std::string& id) {
   });
 }
 
+void WorkerPool::ReleaseUnstarted(const Job& job) {
+  // Claimed just as the pool stopped: back to the queue, never run. A busy
+  // store gets a few more tries (the job would otherwise stay RUNNING until
+  // its lease runs out, and count as an attempt that crashed), and a cancel
+  // asked before the claim is answered as the runner answers it.
+  absl::Duration backoff = options_.finish_retry_backoff;
+  absl::Status outcome;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    if (attempt > 0) {
+      absl::SleepFor(backoff);
+      backoff = std::min(backoff * 2, absl::Seconds(1));
+    }
+    absl::StatusOr<std::optional<std::string>> kept = store_->Release(job.id, job.attempt_count);
+    if (kept.ok() && !kept->has_value()) return;
+    if (kept.ok()) {
+      JobResult result;
+      result.error_code = absl::StatusCode::kCancelled;
+      result.error_message = (*kept)->empty() ? std::string("cancelled by CancelJob") : absl::StrCat("cancelled: ", **kept);
+      outcome = store_->Finish(job.id, job.attempt_count, JobState::kCancelled, result, clock_->Now());
+    } else {
+      outcome = kept.status();
+    }
+    if (outcome.ok() || outcome.code() == absl::StatusCode::kFailedPrecondition) return;  // done, or not ours
+  }
+  std::cerr << "quantd: job " << job.id << " was claimed as the server stopped and could not be put back (it is "
+            << "recovered when its lease runs out): " << outcome << "\n";
+}
+
 void WorkerPool::ReportClaimErrorLocked(const absl::Status& error) {
   // Queued jobs wait (a full disk: until space is freed); say so once per
   // distinct error and at most once a minute, not once per poll.
@@ -213,24 +241,29 @@ void WorkerPool::WorkerLoop() {
     }
     StopSignals stop;
     absl::StatusOr<std::optional<Job>> claimed;
+    std::optional<Job> claimed_while_stopping;
     {
       absl::MutexLock claiming(&claim_mu_);
       claimed = store_->ClaimNext(clock_->Now(), options_.holder, options_.lease);
       if (claimed.ok() && claimed->has_value()) {
         absl::MutexLock lock(&mu_);
         if (stopping_) {
-          (void)store_->Release((*claimed)->id, (*claimed)->attempt_count);
-          return;
-        }
-        auto [it, added] = running_.try_emplace((*claimed)->id, RunningJob{(*claimed)->attempt_count, &stop});
-        if (!added) {
-          // An earlier attempt still runs here: this process froze past its
-          // lease, and the job was recovered and queued again. That runner
-          // stops at its next batch and records nothing.
-          it->second.stop->lease_lost.store(true);
-          it->second = RunningJob{(*claimed)->attempt_count, &stop};
+          claimed_while_stopping = **claimed;  // released below, outside the locks
+        } else {
+          auto [it, added] = running_.try_emplace((*claimed)->id, RunningJob{(*claimed)->attempt_count, &stop});
+          if (!added) {
+            // An earlier attempt still runs here: this process froze past
+            // its lease, and the job was recovered and queued again. That
+            // runner stops at its next batch and records nothing.
+            it->second.stop->lease_lost.store(true);
+            it->second = RunningJob{(*claimed)->attempt_count, &stop};
+          }
         }
       }
+    }
+    if (claimed_while_stopping.has_value()) {
+      ReleaseUnstarted(*claimed_while_stopping);
+      return;
     }
     if (!claimed.ok() || !claimed->has_value()) {
       absl::MutexLock lock(&mu_);

@@ -121,6 +121,7 @@ class WorkerPool {
   void MaintenanceLoop();
   void SweepLoop();
   void ReportClaimErrorLocked(const absl::Status& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseUnstarted(const Job& job) ABSL_LOCKS_EXCLUDED(mu_, claim_mu_);
   std::string NewJobId();
 
   const Options options_;

@@ -123,7 +123,9 @@ class FullDiskStore : public JobStore {
   absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now, const std::string& holder,
                                                absl::Duration lease) override {
     if (claim_failures.fetch_sub(1) > 0) return Full();
-    return real_->ClaimNext(now, holder, lease);
+    absl::StatusOr<std::optional<Job>> claimed = real_->ClaimNext(now, holder, lease);
+    if (after_claim && claimed.ok() && claimed->has_value()) after_claim();
+    return claimed;
   }
   absl::Status RenewLease(const std::string& id, uint32_t attempt, absl::Time expires) override {
     absl::Status renewed = real_->RenewLease(id, attempt, expires);
@@ -152,6 +154,8 @@ class FullDiskStore : public JobStore {
     return real_->Finish(id, attempt, state, result, now);
   }
   absl::StatusOr<std::optional<std::string>> Release(const std::string& id, uint32_t attempt) override {
+    release_calls.fetch_add(1);
+    if (release_busy.fetch_sub(1) > 0) return absl::UnavailableError("sqlite step: database is locked");
     return real_->Release(id, attempt);
   }
   absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason, absl::Time now) override {
@@ -218,6 +222,9 @@ class FullDiskStore : public JobStore {
   std::atomic<int> finish_calls{0};
   std::atomic<bool> finish_corrupt{false};  // Finish's failures are not "full" but INTERNAL
   std::atomic<int> pin_busy{0};  // PinArtifact calls that find the store busy
+  std::atomic<int> release_calls{0};
+  std::atomic<int> release_busy{0};  // Release calls that find the store busy
+  std::function<void()> after_claim;  // after a ClaimNext that claimed a job
   std::atomic<int> pin_calls{0};
 
  private:
@@ -417,6 +424,36 @@ TEST_F(WorkerPoolTest, AStoreBusyWhenTheServerStopsRequeuesTheFinishedJob) {
   ASSERT_TRUE(stored.ok()) << stored.status();
   EXPECT_EQ(stored->state, JobState::kQueued);
   EXPECT_FALSE(stored->result.has_value());
+}
+
+// A job claimed just as the pool stops is put back in the queue, not run,
+// and a store busy at that moment gets more tries: the job stayed RUNNING
+// until its lease ran out, and counted as an attempt that crashed.
+TEST_F(WorkerPoolTest, AJobClaimedAsThePoolStopsGoesBackToTheQueueThroughABusyStore) {
+  FullDiskStore busy(store_.get());
+  busy.release_busy = 2;
+  absl::Notification claimed, stopping;
+  busy.after_claim = [&] {
+    claimed.Notify();
+    stopping.WaitForNotification();
+  };
+  WorkerPool::Options options = FastRetries();
+  options.workers = 1;
+  auto pool = NewPool(options, Clock::Real(), &busy);
+  ASSERT_NE(pool, nullptr);
+  pool->Start();
+  absl::StatusOr<Job> job = pool->Submit(NewJob("m1"));
+  ASSERT_TRUE(job.ok()) << job.status();
+  claimed.WaitForNotification();
+  std::thread stopper([&] { pool->Stop(); });
+  absl::SleepFor(absl::Milliseconds(200));  // Stop marks the pool stopping at once, then waits for the worker
+  stopping.Notify();
+  stopper.join();
+  EXPECT_EQ(busy.release_calls.load(), 3);  // two busy, the third released
+  absl::StatusOr<Job> stored = store_->Get(job->id);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->state, JobState::kQueued);
+  EXPECT_EQ(engine_.runs_returned.load(), 0) << "the job ran";
 }
 
 // A store that fails for good (corrupt, read-only) held the worker forever,
