@@ -8,6 +8,10 @@
 
 namespace quantd::worker {
 
+std::string CancelledMessage(const std::string& reason) {
+  return reason.empty() ? std::string("cancelled by CancelJob") : absl::StrCat("cancelled: ", reason);
+}
+
 const char* JobStateName(JobState state) {
   switch (state) {
     case JobState::kQueued: return "QUEUED";

@@ -24,6 +24,8 @@ enum class JobState { kQueued = 1, kRunning = 2, kSucceeded = 3, kFailed = 4, kC
 enum class JobPhase { kNone = 0, kLoading, kFusing, kCalibrating, kConverting, kEvaluating, kStoring, kTuning };
 
 const char* JobStateName(JobState state);
+// A cancelled job's error message for the reason CancelJob gave ("" = none).
+std::string CancelledMessage(const std::string& reason);
 const char* JobPhaseName(JobPhase phase);
 bool IsTerminal(JobState state);
 JobPhase FromEnginePhase(engine::Phase phase);

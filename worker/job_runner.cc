@@ -219,8 +219,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     if (cancelled_at_stop.has_value()) {
       final_state = JobState::kCancelled;
       result.error_code = absl::StatusCode::kCancelled;
-      result.error_message = cancelled_at_stop->empty() ? std::string("cancelled by CancelJob")
-                                                        : absl::StrCat("cancelled: ", *cancelled_at_stop);
+      result.error_message = CancelledMessage(*cancelled_at_stop);
     } else if (absl::StatusOr<StoredArtifact> stored =
                    pinned.ok() ? artifacts_->Put(job.id, output->artifact, output->manifest_json)
                                : absl::StatusOr<StoredArtifact>(pinned);
@@ -239,7 +238,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     final_state = JobState::kCancelled;
     result.error_code = absl::StatusCode::kCancelled;
     const std::string reason = stop->cancelled.load() ? stop->cancel_reason : *cancel_requested;
-    result.error_message = reason.empty() ? std::string("cancelled by CancelJob") : absl::StrCat("cancelled: ", reason);
+    result.error_message = CancelledMessage(reason);
   } else if (expired_while_queued) {
     final_state = JobState::kCancelled;
     result.error_code = absl::StatusCode::kDeadlineExceeded;

@@ -744,7 +744,7 @@ absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocke
   for (const auto& [id, reason] : cancelled) {
     JobResult result;
     result.error_code = absl::StatusCode::kCancelled;
-    result.error_message = reason.empty() ? std::string("cancelled by CancelJob") : absl::StrCat("cancelled: ", reason);
+    result.error_message = CancelledMessage(reason);
     Stmt cancel(db_, "UPDATE jobs SET state = 5, finish_us = ?1, result = ?2, lease_us = NULL WHERE id = ?3");
     QUANTD_RETURN_IF_ERROR(cancel.status());
     cancel.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(result)).Bind(3, id);

@@ -138,7 +138,7 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
     QUANTD_ASSIGN_OR_RETURN(Job job, store_->Get(id));
     if (job.state == JobState::kQueued) {
       absl::StatusOr<Job> cancelled =
-          store_->CancelQueued(id, reason.empty() ? "cancelled by CancelJob" : "cancelled: " + reason,
+          store_->CancelQueued(id, CancelledMessage(reason),
                                clock_->Now());
       if (cancelled.status().code() == absl::StatusCode::kFailedPrecondition) continue;  // claimed meanwhile
       if (!cancelled.ok()) return cancelled.status();
@@ -210,7 +210,7 @@ void WorkerPool::ReleaseUnstarted(const Job& job) {
     if (kept.ok()) {
       JobResult result;
       result.error_code = absl::StatusCode::kCancelled;
-      result.error_message = (*kept)->empty() ? std::string("cancelled by CancelJob") : absl::StrCat("cancelled: ", **kept);
+      result.error_message = CancelledMessage(**kept);
       outcome = store_->Finish(job.id, job.attempt_count, JobState::kCancelled, result, clock_->Now());
     } else {
       outcome = kept.status();
