@@ -26,6 +26,7 @@
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
 #include "worker/local_artifact_store.h"
+#include "worker/local_blob_store.h"
 #include "worker/model_vetter.h"
 #include "worker/sqlite_job_store.h"
 
@@ -389,7 +390,7 @@ absl::Status QuantdServer::OpenStores() {
   QUANTD_ASSIGN_OR_RETURN(job_store_, worker::SqliteJobStore::Open((root / worker::kJobStoreFile).string()));
   QUANTD_ASSIGN_OR_RETURN(artifact_store_,
                           worker::LocalArtifactStore::Open((root / worker::kArtifactsDir).string(), quota_.get()));
-  QUANTD_ASSIGN_OR_RETURN(blob_store_, worker::BlobStore::Open((root / worker::kBlobsDir).string(),
+  QUANTD_ASSIGN_OR_RETURN(blob_store_, worker::LocalBlobStore::Open((root / worker::kBlobsDir).string(),
                                                                options_.max_upload_bytes, quota_.get()));
   input_locator_ = std::make_unique<worker::InputLocator>(options_.data_dir, blob_store_.get());
   worker::ModelVetter vet_model;

@@ -1,10 +1,12 @@
 #ifndef QUANTD_WORKER_BLOB_STORE_H_
 #define QUANTD_WORKER_BLOB_STORE_H_
 
-// Uploaded models and datasets, content-addressed: <dir>/<sha256>. An upload
-// streams into a temporary file while it is hashed; it becomes visible only
-// after the size limit and the expected sha256 are checked, fsynced and
-// renamed into place.
+// Uploaded models and datasets, content-addressed by sha256 (the blob id).
+// An upload becomes visible only once it is complete and its size and
+// sha256 are checked. A local folder implements it (local_blob_store.h); a
+// store shared by several replicas (an S3-compatible bucket) would too, so
+// nothing above this interface may assume that the blobs live in this process
+// or on this machine.
 
 #include <cstdint>
 #include <memory>
@@ -16,8 +18,6 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "worker/data_quota.h"
-#include "worker/engine/base/sha256.h"
 
 namespace quantd::worker {
 
@@ -27,40 +27,7 @@ struct BlobInfo {
   bool already_existed = false;
 };
 
-class BlobStore;
-
-// One upload in progress. Destroying it without Commit() discards it.
-class BlobUpload {
- public:
-  ~BlobUpload();
-  BlobUpload(const BlobUpload&) = delete;
-  BlobUpload& operator=(const BlobUpload&) = delete;
-
-  // RESOURCE_EXHAUSTED once the upload exceeds the store's limit.
-  absl::Status Append(const std::string& chunk);
-  // DATA_LOSS if `expected_sha256` (non-empty) does not match, or fewer or
-  // more bytes arrived than declared (a cut-off or padded upload).
-  absl::StatusOr<BlobInfo> Commit();
-
- private:
-  friend class BlobStore;
-  BlobUpload(const BlobStore* store, std::string tmp_path, int fd, std::string expected_sha256,
-             int64_t declared_size, DataQuota::Reservation reservation);
-  void Discard();
-
-  const BlobStore* store_;
-  std::string tmp_path_;
-  int fd_;
-  std::string expected_sha256_;
-  int64_t declared_size_;  // 0 = not declared
-  int64_t size_ = 0;
-  int64_t unchecked_bytes_ = 0;  // received since the quota was last checked
-  // The declared size's share of the quota not yet in the temporary file.
-  DataQuota::Reservation reservation_;
-  engine::Sha256 hash_;
-};
-
-// A stored blob as the file system knows it.
+// A stored blob.
 struct StoredBlob {
   std::string id;  // = sha256
   int64_t size_bytes = 0;
@@ -69,22 +36,47 @@ struct StoredBlob {
   absl::Time last_used;
 };
 
+// One upload in progress. Destroying it without Commit() discards it.
+class BlobUpload {
+ public:
+  virtual ~BlobUpload() = default;
+  // RESOURCE_EXHAUSTED once the upload exceeds the store's limit.
+  virtual absl::Status Append(const std::string& chunk) = 0;
+  // DATA_LOSS if the expected sha256 (when given) does not match, or fewer or
+  // more bytes arrived than declared (a cut-off or padded upload); nothing is
+  // stored then.
+  virtual absl::StatusOr<BlobInfo> Commit() = 0;
+};
+
 class BlobStore {
  public:
-  // `quota` (optional, outlives the store) bounds what uploads may add.
-  static absl::StatusOr<std::unique_ptr<BlobStore>> Open(const std::string& dir, int64_t max_bytes,
-                                                         const DataQuota* quota = nullptr);
+  virtual ~BlobStore() = default;
 
   // Every stored blob, by id.
-  absl::StatusOr<std::vector<StoredBlob>> List() const;
-  // One blob; errors as PathOf.
-  absl::StatusOr<StoredBlob> Stat(const std::string& blob_id, const std::string& field) const;
+  virtual absl::StatusOr<std::vector<StoredBlob>> List() const = 0;
+  // One blob; INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown
+  // one. `field` names the request field in errors.
+  virtual absl::StatusOr<StoredBlob> Stat(const std::string& blob_id, const std::string& field) const = 0;
   // NOT_FOUND if it is not stored. Jobs already running keep their open file.
-  absl::Status Remove(const std::string& blob_id) const;
+  virtual absl::Status Remove(const std::string& blob_id) const = 0;
+  // Records a use (a job submitted with it) at `now`.
+  virtual absl::Status Touch(const std::string& blob_id, absl::Time now) const = 0;
+  // `expected_sha256` may be empty; `declared_size` 0 = unknown (otherwise
+  // checked against the limit at once and against what arrives).
+  virtual absl::StatusOr<std::unique_ptr<BlobUpload>> BeginUpload(const std::string& expected_sha256,
+                                                                  int64_t declared_size) const = 0;
+  // A file on this machine with the blob's bytes, for LibTorch and the
+  // dataset readers (a remote store would fetch it into a local cache).
+  // Errors as Stat.
+  virtual absl::StatusOr<std::string> PathOf(const std::string& blob_id, const std::string& field) const = 0;
+  // The largest upload accepted, in bytes.
+  virtual int64_t max_bytes() const = 0;
 
   // Held (shared) by a submit from resolving its blobs until its job is
-  // recorded, so that RemoveIf cannot delete a blob between a job's check
-  // and the job's record.
+  // recorded, and by a commit while it makes its blob visible, so that
+  // RemoveIf in this process cannot delete a blob between a job's check and
+  // the job's record. Across processes the collector's second look at the
+  // blob's last use (Touch, then Stat) is what protects a fresh submit.
   class Use {
    public:
     explicit Use(const BlobStore& store) : mu_(&store.use_mu_) { mu_->ReaderLock(); }
@@ -99,27 +91,8 @@ class BlobStore {
   // or running job uses it") says so; true if removed. Errors of either.
   absl::StatusOr<bool> RemoveIf(const std::string& blob_id,
                                 absl::FunctionRef<absl::StatusOr<bool>()> removable) const;
-  // Records a use (a job submitted with it) at `now`.
-  absl::Status Touch(const std::string& blob_id, absl::Time now) const;
-
-  // `expected_sha256` may be empty; `declared_size` 0 = unknown (otherwise
-  // checked against the limit at once and against what arrives).
-  absl::StatusOr<std::unique_ptr<BlobUpload>> BeginUpload(const std::string& expected_sha256,
-                                                          int64_t declared_size) const;
-  // Local path of a stored blob; INVALID_ARGUMENT for a malformed id,
-  // NOT_FOUND for an unknown one. `field` names the request field in errors.
-  absl::StatusOr<std::string> PathOf(const std::string& blob_id, const std::string& field) const;
-
-  int64_t max_bytes() const { return max_bytes_; }
-  const std::string& dir() const { return dir_; }
-  const DataQuota* quota() const { return quota_; }
 
  private:
-  BlobStore(std::string dir, int64_t max_bytes, const DataQuota* quota)
-      : dir_(std::move(dir)), max_bytes_(max_bytes), quota_(quota) {}
-  const std::string dir_;
-  const int64_t max_bytes_;
-  const DataQuota* const quota_;
   mutable absl::Mutex use_mu_;  // see Use
 };
 

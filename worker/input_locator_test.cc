@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "worker/local_blob_store.h"
 
 namespace quantd::worker {
 namespace {
@@ -26,7 +27,7 @@ class InputLocatorTest : public ::testing::Test {
     fs::create_directories(root_ / "elsewhere");
     std::ofstream(root_ / "data/datasets/calib.bin") << "calibration";
     std::ofstream(root_ / "elsewhere/calib.bin") << "not this one";
-    absl::StatusOr<std::unique_ptr<BlobStore>> blobs = BlobStore::Open((root_ / "data/blobs").string(), 1 << 20);
+    absl::StatusOr<std::unique_ptr<LocalBlobStore>> blobs = LocalBlobStore::Open((root_ / "data/blobs").string(), 1 << 20);
     ASSERT_TRUE(blobs.ok()) << blobs.status();
     blobs_ = std::move(*blobs);
   }

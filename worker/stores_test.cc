@@ -20,7 +20,7 @@
 #include "absl/synchronization/notification.h"
 #include "worker/artifact_sweep.h"
 #include "worker/blob_collector.h"
-#include "worker/blob_store.h"
+#include "worker/local_blob_store.h"
 #include "worker/data_quota.h"
 #include "worker/data_dir_lock.h"
 #include "worker/engine/base/sha256.h"
@@ -766,7 +766,7 @@ TEST(LocalArtifactStoreTest, RangesReadThePiecesOfAnArtifact) {
 
 TEST(BlobStoreTest, AnUploadThatRunsOutOfRoomIsResourceExhaustedAndLeavesNothing) {
   const std::string dir = TempDir("blobs_full");
-  auto store = BlobStore::Open(dir, 1 << 20);
+  auto store = LocalBlobStore::Open(dir, 1 << 20);
   ASSERT_TRUE(store.ok()) << store.status();
   absl::Status appended;
   {
@@ -783,7 +783,7 @@ TEST(BlobStoreTest, AnUploadThatRunsOutOfRoomIsResourceExhaustedAndLeavesNothing
 
 TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {
   std::string dir = TempDir("blobs");
-  auto store = BlobStore::Open(dir, 10);
+  auto store = LocalBlobStore::Open(dir, 10);
   ASSERT_TRUE(store.ok());
   const std::string sha = engine::Sha256Hex("hello world");
   EXPECT_EQ((*store)->BeginUpload("", 11).status().code(), absl::StatusCode::kResourceExhausted);
@@ -793,7 +793,7 @@ TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {
     EXPECT_TRUE((*upload)->Append("hello ").ok());
     EXPECT_EQ((*upload)->Append("world").code(), absl::StatusCode::kResourceExhausted);
   }
-  auto big = BlobStore::Open(dir, 100);
+  auto big = LocalBlobStore::Open(dir, 100);
   {
     auto upload = (*big)->BeginUpload(std::string(64, '0'), 0);
     ASSERT_TRUE((*upload)->Append("hello world").ok());
@@ -820,7 +820,7 @@ TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {
 
 TEST(BlobStoreTest, CutOffOrOversizedUploadsAgainstTheDeclaredSizeAreNeverBlobs) {
   std::string dir = TempDir("blobs");
-  auto store = BlobStore::Open(dir, 100);
+  auto store = LocalBlobStore::Open(dir, 100);
   ASSERT_TRUE(store.ok());
   EXPECT_EQ((*store)->BeginUpload("", -1).status().code(), absl::StatusCode::kInvalidArgument);
   {
@@ -854,7 +854,7 @@ TEST(DataDirLockTest, OneOwnerAtATimeAndTheRefusalNamesIt) {
 // idle for the TTL, never while a queued or running job refers to it.
 TEST(BlobStoreTest, RemoveIfDecidesWithNoSubmitInBetween) {
   const std::string dir = TempDir("blob_remove_if");
-  auto blobs = BlobStore::Open(dir, 1000);
+  auto blobs = LocalBlobStore::Open(dir, 1000);
   ASSERT_TRUE(blobs.ok());
   auto upload = (*blobs)->BeginUpload("", 0);
   ASSERT_TRUE((*upload)->Append("bytes").ok());
@@ -894,7 +894,7 @@ TEST(BlobStoreTest, RemoveIfDecidesWithNoSubmitInBetween) {
 // reports as stored is not the one removed.
 TEST(BlobStoreTest, ACommitWaitsWhileTheSweepDecidesOnTheSameBlob) {
   const std::string dir = TempDir("blob_commit_vs_sweep");
-  auto blobs = BlobStore::Open(dir, 1000);
+  auto blobs = LocalBlobStore::Open(dir, 1000);
   ASSERT_TRUE(blobs.ok());
   auto first = (*blobs)->BeginUpload("", 0);
   ASSERT_TRUE((*first)->Append("bytes").ok());
@@ -928,7 +928,7 @@ TEST(BlobStoreTest, ACommitWaitsWhileTheSweepDecidesOnTheSameBlob) {
 
 TEST(BlobCollectorTest, CollectsOnlyIdleBlobsNoActiveJobUses) {
   const std::string dir = TempDir("gc");
-  auto blobs = BlobStore::Open(dir + "/blobs", 1000);
+  auto blobs = LocalBlobStore::Open(dir + "/blobs", 1000);
   auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
   ASSERT_TRUE(blobs.ok() && jobs.ok());
   auto put = [&](const std::string& content) {
@@ -964,6 +964,64 @@ TEST(BlobCollectorTest, CollectsOnlyIdleBlobsNoActiveJobUses) {
   ASSERT_TRUE((*jobs)->Finish("q", 1, JobState::kSucceeded, result, now).ok());
   EXPECT_THAT(*CollectUnusedBlobs(**blobs, **jobs, now, absl::Hours(24)), ::testing::ElementsAre(used));
   EXPECT_EQ((*blobs)->Remove(used).code(), absl::StatusCode::kNotFound);
+}
+
+// Another replica sharing the blob store: its submit touches a blob between
+// this process's listing and its decision, outside this process's locks.
+class TouchedByAnotherReplica final : public BlobStore {
+ public:
+  TouchedByAnotherReplica(const BlobStore* shared, std::string blob_id, absl::Time when)
+      : shared_(shared), blob_id_(std::move(blob_id)), when_(when) {}
+  int stats() const { return stats_; }
+
+  absl::StatusOr<std::vector<StoredBlob>> List() const override { return shared_->List(); }
+  absl::StatusOr<StoredBlob> Stat(const std::string& id, const std::string& field) const override {
+    if (id == blob_id_ && stats_++ == 0) {
+      EXPECT_TRUE(shared_->Touch(id, when_).ok());
+    }
+    return shared_->Stat(id, field);
+  }
+  absl::Status Remove(const std::string& id) const override { return shared_->Remove(id); }
+  absl::Status Touch(const std::string& id, absl::Time now) const override { return shared_->Touch(id, now); }
+  absl::StatusOr<std::unique_ptr<BlobUpload>> BeginUpload(const std::string& sha256, int64_t size) const override {
+    return shared_->BeginUpload(sha256, size);
+  }
+  absl::StatusOr<std::string> PathOf(const std::string& id, const std::string& field) const override {
+    return shared_->PathOf(id, field);
+  }
+  int64_t max_bytes() const override { return shared_->max_bytes(); }
+
+ private:
+  const BlobStore* shared_;
+  const std::string blob_id_;
+  const absl::Time when_;
+  mutable int stats_ = 0;
+};
+
+TEST(BlobCollectorTest, ABlobAnotherReplicaSubmitsWithWhileTheSweepDecidesStays) {
+  const std::string dir = TempDir("gc_shared");
+  auto local = LocalBlobStore::Open(dir + "/blobs", 1000);
+  auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
+  ASSERT_TRUE(local.ok() && jobs.ok());
+  auto upload = (*local)->BeginUpload("", 0);
+  ASSERT_TRUE((*upload)->Append("model bytes").ok());
+  const std::string id = (*upload)->Commit()->sha256;
+  const absl::Time now = absl::FromUnixSeconds(2000000000);
+  ASSERT_TRUE((*local)->Touch(id, now - absl::Hours(48)).ok());
+
+  // Listed as idle for two days; the other replica's submit (now) lands
+  // before the decision, and its job is not recorded yet.
+  TouchedByAnotherReplica shared(local->get(), id, now);
+  auto removed = CollectUnusedBlobs(shared, **jobs, now, absl::Hours(24));
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_TRUE(removed->empty());
+  EXPECT_EQ(shared.stats(), 1) << "the decision did not look at the blob's last use again";
+  EXPECT_TRUE((*local)->PathOf(id, "id").ok()) << "a blob just submitted with was removed";
+
+  // Idle again a day later: collected.
+  removed = CollectUnusedBlobs(shared, **jobs, now + absl::Hours(25), absl::Hours(24));
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_THAT(*removed, ::testing::ElementsAre(id));
 }
 
 TEST(ArtifactSweepTest, RemovesWhatNoJobHoldsAndSparesWhatARunningJobPinned) {
@@ -1020,7 +1078,7 @@ TEST(ArtifactSweepTest, RemovesWhatNoJobHoldsAndSparesWhatARunningJobPinned) {
 TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) {
   const std::string dir = TempDir("quota");
   DataQuota quota(dir, 100);
-  auto blobs = BlobStore::Open(dir + "/blobs", 1000, &quota);
+  auto blobs = LocalBlobStore::Open(dir + "/blobs", 1000, &quota);
   auto artifacts = LocalArtifactStore::Open(dir + "/artifacts", &quota);
   ASSERT_TRUE(blobs.ok() && artifacts.ok());
   EXPECT_EQ((*blobs)->BeginUpload("", 101).status().code(), absl::StatusCode::kResourceExhausted);
@@ -1065,7 +1123,7 @@ TEST(DataQuotaTest, TwoArtifactsStoredAtOnceCannotBothTakeTheRoomLeft) {
 TEST(DataQuotaTest, UploadsInProgressReserveTheirDeclaredSize) {
   const std::string dir = TempDir("quota_reserve");
   DataQuota quota(dir, 100);
-  auto blobs = BlobStore::Open(dir + "/blobs", 1000, &quota);
+  auto blobs = LocalBlobStore::Open(dir + "/blobs", 1000, &quota);
   auto artifacts = LocalArtifactStore::Open(dir + "/artifacts", &quota);
   ASSERT_TRUE(blobs.ok() && artifacts.ok());
   // Each fits alone; together they would not.

@@ -11,7 +11,7 @@
 #include "quantd/v1/quantd.pb.h"
 #include "server/job_conversion.h"
 #include "tests/fuzz/fuzz_file.h"
-#include "worker/blob_store.h"
+#include "worker/local_blob_store.h"
 #include "worker/job_codec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -25,7 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return dir;
   }();
   static const quantd::worker::BlobStore* blobs =
-      quantd::worker::BlobStore::Open(*data_dir + "/blobs", 1 << 20)->release();
+      quantd::worker::LocalBlobStore::Open(*data_dir + "/blobs", 1 << 20)->release();
   static const quantd::ReferenceResolver* resolver = new quantd::ReferenceResolver(*data_dir, blobs);
 
   quantd::v1::QuantizeJobRequest request;
