@@ -8,7 +8,8 @@
 #                                              .device-deps/ (git-ignored; carried to the device)
 #   scripts/device_check.sh run                on the device: build the engine only against its
 #                                              LibTorch, quantize ResNet8 on the fbgemm and onednn
-#                                              kernels, compare with PyTorch eager on the same machine
+#                                              kernels, compare with PyTorch eager on the same machine,
+#                                              then the best preset over its 6 calibration sets
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deps="$PWD/.device-deps"
@@ -28,7 +29,8 @@ stage)
   cp -L /$lib/libcrypto.so.3 "$deps/$lib/"
   ln -sf libcrypto.so.3 "$deps/$lib/libcrypto.so"
   cp "$fixtures/models/resnet8_fp32.torchscript.pt" "$deps/fixtures/models/"
-  cp "$fixtures/cifar10/calib_batch.bin" "$fixtures/cifar10/test_batch.bin" "$deps/fixtures/cifar10/"
+  cp "$fixtures/cifar10/calib_batch.bin" "$fixtures/cifar10/val_batch.bin" "$fixtures/cifar10/test_batch.bin" \
+    "$deps/fixtures/cifar10/"
   cp -r "$fixtures/tools" "$deps/fixtures/"
   du -sh "$deps"
   ;;
@@ -42,7 +44,7 @@ run)
     -Dnlohmann_json_DIR="$deps/usr/share/cmake/nlohmann_json" \
     -DOPENSSL_INCLUDE_DIR="$deps/usr/include" -DOPENSSL_CRYPTO_LIBRARY="$deps/$lib/libcrypto.so" \
     -DQUANTD_FIXTURES_DIR="$deps/fixtures" >build-device.log 2>&1 || { tail -n 40 build-device.log; exit 1; }
-  cmake --build build-device -j"$(nproc)" --target quantd-quantize quantd-engine-bench >>build-device.log 2>&1 \
+  cmake --build build-device -j"$(nproc)" --target quantd-quantize quantd-engine-bench quantd-accuracy-bench >>build-device.log 2>&1 \
     || { grep -m 20 -E "error|Error" build-device.log; exit 1; }
   export LD_LIBRARY_PATH="$deps/$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   out="${OUT:-/tmp}"
@@ -76,6 +78,8 @@ print(f"{engine} kernels: quantd int8 {ours['accuracy']['int8']['correct']}/1000
 PY
   done
   ./build-device/worker/quantd-engine-bench "$deps/fixtures" --qconfig fbgemm --runs 3
+  # The best preset (issue #12) on this CPU's exact kernels: calib_batch.bin and seeds 1-5.
+  ./build-device/worker/quantd-accuracy-bench --fixtures="$deps/fixtures" --configs=best --threads="$(nproc)"
   ;;
 *)
   echo "usage: scripts/device_check.sh stage [FIXTURES] | run" >&2
