@@ -1,7 +1,5 @@
 #include "server/auth.h"
 
-#include <sys/stat.h>
-
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -26,18 +24,6 @@ bool SameDigest(absl::string_view a, absl::string_view b) {
   unsigned char diff = 0;
   for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
-}
-
-struct FileStamp {
-  int64_t mtime_ns = 0;
-  int64_t size = -1;
-};
-
-absl::StatusOr<FileStamp> Stamp(const std::string& path) {
-  struct stat st = {};
-  if (::stat(path.c_str(), &st) != 0) return absl::NotFoundError(absl::StrCat("token file ", path, " is missing"));
-  return FileStamp{static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
-                   static_cast<int64_t>(st.st_size)};
 }
 
 // The file's text; NOT_FOUND if it cannot be read.
@@ -117,7 +103,7 @@ std::unique_ptr<Authenticator> Authenticator::Disabled() {
 
 absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::FromFile(const std::string& token_file,
                                                                        worker::Clock* clock) {
-  absl::StatusOr<FileStamp> stamp = Stamp(token_file);
+  absl::StatusOr<FileStamp> stamp = StampOf(token_file, "token file");
   if (!stamp.ok()) return stamp.status();
   absl::StatusOr<std::string> text = ReadTokenFile(token_file);
   if (!text.ok()) return text.status();
@@ -130,8 +116,7 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::FromFile(const std
   std::unique_ptr<Authenticator> auth(new Authenticator(true, token_file, clock));
   absl::MutexLock lock(&auth->mu_);
   auth->tokens_ = std::move(*tokens);
-  auth->loaded_mtime_ns_ = stamp->mtime_ns;
-  auth->loaded_size_ = stamp->size;
+  auth->loaded_stamp_ = *stamp;
   auth->next_check_ = clock->Now() + kReloadCheckInterval;
   return auth;
 }
@@ -140,7 +125,7 @@ void Authenticator::ReloadIfChanged() {
   const absl::Time now = clock_->Now();
   if (now < next_check_) return;
   next_check_ = now + kReloadCheckInterval;
-  absl::StatusOr<FileStamp> stamp = Stamp(path_);
+  absl::StatusOr<FileStamp> stamp = StampOf(path_, "token file");
   absl::StatusOr<std::string> text = stamp.ok() ? ReadTokenFile(path_) : absl::StatusOr<std::string>(stamp.status());
   if (!text.ok()) {
     // Missing for a moment while a Secret's files are swapped: keep what is
@@ -153,9 +138,8 @@ void Authenticator::ReloadIfChanged() {
   }
   const bool was_missing = file_missing_;
   file_missing_ = false;
-  if (!was_missing && stamp->mtime_ns == loaded_mtime_ns_ && stamp->size == loaded_size_) return;
-  loaded_mtime_ns_ = stamp->mtime_ns;  // a bad file is reported once, not every second
-  loaded_size_ = stamp->size;
+  if (!was_missing && *stamp == loaded_stamp_) return;
+  loaded_stamp_ = *stamp;  // a bad file is reported once, not every second
   ParsedTokenFile parsed = ParseTokenLines(*text);
   if (!parsed.error.ok()) {
     // Nothing new is granted from a bad file, but what it no longer lists is

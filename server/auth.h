@@ -20,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/file_stamp.h"
 #include "worker/clock.h"
 
 namespace quantd {
@@ -76,8 +77,7 @@ class Authenticator {
   absl::Mutex mu_;
   std::vector<TokenEntry> tokens_ ABSL_GUARDED_BY(mu_);
   absl::Time next_check_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  int64_t loaded_mtime_ns_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t loaded_size_ ABSL_GUARDED_BY(mu_) = -1;
+  FileStamp loaded_stamp_ ABSL_GUARDED_BY(mu_);
   bool file_missing_ ABSL_GUARDED_BY(mu_) = false;
 };
 

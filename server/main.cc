@@ -63,6 +63,9 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, metrics_tls_client_ca, "",
           "PEM CA: HTTPS /metrics clients must present a certificate it signed (mTLS; needs "
           "--tls_cert).");
+ABSL_FLAG(int32_t, tls_reload_seconds, 60,
+          "How often the TLS files are looked at: a changed certificate, key or client CA is "
+          "served to new connections without a restart (1..86400).");
 ABSL_FLAG(std::string, token_file, "",
           "Bearer tokens, one per line: \"<name> <read|submit|admin> <token>\"; re-read when it "
           "changes. Empty = no authentication.");
@@ -291,6 +294,7 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.metrics_tls_client_ca_file = absl::GetFlag(FLAGS_metrics_tls_client_ca);
+  options.tls_reload_interval = absl::Seconds(absl::GetFlag(FLAGS_tls_reload_seconds));
   options.token_file = absl::GetFlag(FLAGS_token_file);
   options.metrics_require_token = absl::GetFlag(FLAGS_metrics_require_token);
   options.read_roots = absl::GetFlag(FLAGS_read_roots);

@@ -101,8 +101,9 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   if (!options.tls_cert_file.empty()) {
     // With a client CA, httplib makes OpenSSL require a client certificate
     // it signed (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT).
-    absl::StatusOr<PacedHttpServer> https = MakePacedHttpsServer(options.pace, options.tls_cert_file,
-                                                                 options.tls_key_file, options.tls_client_ca_file);
+    absl::StatusOr<PacedHttpServer> https = MakePacedHttpsServer(
+        options.pace, TlsFiles{options.tls_cert_file, options.tls_key_file, options.tls_client_ca_file},
+        options.tls_reload_interval);
     if (!https.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--tls_cert/--tls_key", options.tls_client_ca_file.empty() ? "" : "/--metrics_tls_client_ca", ": ",

@@ -35,6 +35,9 @@ class MetricsHttpServer {
     std::string tls_key_file;
     // With TLS: clients must present a certificate this PEM CA signed (mTLS).
     std::string tls_client_ca_file;
+    // With TLS: the three files are read again for new connections once they
+    // change, looked at no more often than this.
+    absl::Duration tls_reload_interval = absl::Seconds(60);
     // Set: /metrics needs a token with the read role.
     Authenticator* auth = nullptr;
     // Set: runs before each /metrics scrape (gauges read from the stores).

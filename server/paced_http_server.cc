@@ -20,6 +20,8 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "worker/clock.h"
+#include "worker/engine/base/status_macros.h"
 
 namespace quantd {
 
@@ -285,9 +287,6 @@ class TlsStream : public PacedStream {
 
 using ServeOne = std::function<bool(httplib::Stream&, bool close_connection, bool& connection_closed)>;
 
-// Requests on one connection, keep-alive as httplib serves them: the wait
-// for a next request is bounded by the keep-alive timeout, each request by
-// its budget.
 // Set by a handler on the thread serving the connection: end it after this
 // response (the request's body was left unread).
 thread_local bool t_end_connection = false;
@@ -310,6 +309,9 @@ void DrainBeforeClose(int fd) {
   }
 }
 
+// Requests on one connection, keep-alive as httplib serves them: the wait
+// for a next request is bounded by the keep-alive timeout, each request by
+// its budget.
 bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t max_requests,
                    absl::Duration keep_alive_timeout, const httplib::Server& server, const ServeOne& serve_one) {
   bool ok = false;
@@ -417,12 +419,15 @@ class PlainServer : public httplib::Server {
 
 class TlsServer : public httplib::SSLServer {
  public:
-  TlsServer(const ConnectionPace& pace, std::shared_ptr<OpenConnections> connections, const std::string& cert_file,
-            const std::string& key_file, const std::string& client_ca_file)
-      : httplib::SSLServer(cert_file.c_str(), key_file.c_str(),
-                           client_ca_file.empty() ? nullptr : client_ca_file.c_str()),
+  // httplib's context sets the protocol options and the verify mode; each
+  // connection then gets `identity`'s newest certificate, key and client CA.
+  TlsServer(const ConnectionPace& pace, std::shared_ptr<OpenConnections> connections, const TlsFiles& files,
+            std::unique_ptr<TlsIdentity> identity)
+      : httplib::SSLServer(files.cert.c_str(), files.key.c_str(),
+                           files.client_ca.empty() ? nullptr : files.client_ca.c_str()),
         pace_(pace),
-        connections_(std::move(connections)) {}
+        connections_(std::move(connections)),
+        identity_(std::move(identity)) {}
 
  private:
   bool process_and_close_socket(socket_t fd) override {
@@ -437,7 +442,8 @@ class TlsServer : public httplib::SSLServer {
     bool ok = false;
     SSL* ssl = SSL_new(ssl_context());
     const int flags = ::fcntl(fd, F_GETFL, 0);
-    if (ssl != nullptr && flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 && SSL_set_fd(ssl, fd) == 1) {
+    if (ssl != nullptr && identity_->ApplyTo(ssl) && flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 &&
+        SSL_set_fd(ssl, fd) == 1) {
       RequestBudget budget(pace_);
       TlsStream stream(ssl, fd, &budget, TimeoutOf(read_timeout_sec_, read_timeout_usec_),
                        TimeoutOf(write_timeout_sec_, write_timeout_usec_));
@@ -458,6 +464,7 @@ class TlsServer : public httplib::SSLServer {
 
   const ConnectionPace pace_;
   const std::shared_ptr<OpenConnections> connections_;
+  const std::unique_ptr<TlsIdentity> identity_;
 };
 
 template <typename Server>
@@ -478,14 +485,16 @@ PacedHttpServer MakePacedHttpServer(const ConnectionPace& pace) {
   return made;
 }
 
-absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace, const std::string& cert_file,
-                                                     const std::string& key_file, const std::string& client_ca_file) {
+absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace, const TlsFiles& files,
+                                                     absl::Duration reload_check_interval) {
+  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<TlsIdentity> identity,
+                          TlsIdentity::Load(files, reload_check_interval, worker::Clock::Real()));
   PacedHttpServer made;
   made.connections = std::make_shared<OpenConnections>();
-  auto https = std::make_unique<TlsServer>(pace, made.connections, cert_file, key_file, client_ca_file);
+  auto https = std::make_unique<TlsServer>(pace, made.connections, files, std::move(identity));
   if (!https->is_valid()) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot load ", cert_file, " and ", key_file,
-                                                   client_ca_file.empty() ? "" : absl::StrCat(" and ", client_ca_file)));
+    return absl::InvalidArgumentError(absl::StrCat("cannot load ", files.cert, " and ", files.key,
+                                                   files.client_ca.empty() ? "" : absl::StrCat(" and ", files.client_ca)));
   }
   UsePool(*https, pace);
   made.http = std::move(https);

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/tls_identity.h"
 
 namespace httplib {
 class Server;
@@ -39,8 +40,8 @@ struct ConnectionPace {
 
 class OpenConnections;
 
-// A server of plain HTTP, or of HTTPS with this PEM certificate chain and key
-// (and, if `client_ca_file` is set, mTLS against it).
+// A server of plain HTTP, or of HTTPS with a PEM certificate chain and key
+// (and, with a client CA, mTLS against it).
 struct PacedHttpServer {
   PacedHttpServer();
   ~PacedHttpServer();
@@ -63,8 +64,10 @@ void EndConnectionAfterThisResponse();
 
 PacedHttpServer MakePacedHttpServer(const ConnectionPace& pace);
 // InvalidArgument if the certificate, key or CA cannot be loaded.
-absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace, const std::string& cert_file,
-                                                     const std::string& key_file, const std::string& client_ca_file);
+// Certificate, key and client CA are read again for new connections once
+// their files change, looked at no more often than `reload_check_interval`.
+absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace, const TlsFiles& files,
+                                                     absl::Duration reload_check_interval);
 
 }  // namespace quantd
 

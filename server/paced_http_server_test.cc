@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -212,6 +213,29 @@ TEST(PacedHttpServerTest, ConnectionsBeyondTheWaitingBoundAreRefusedAtOnce) {
   ASSERT_TRUE(waiting.Send("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
   const std::string served = waiting.ReadAll();
   EXPECT_TRUE(absl::StartsWith(served, "HTTP/1.1 200")) << served.substr(0, 200);
+}
+
+// A body refused from its headers stays unread. Closing a socket with unread
+// bytes makes the kernel reset the connection, and a client still sending
+// would lose the answer to that reset; the server reads and drops the rest
+// of the body first (up to 8 MiB, 1 s).
+TEST(PacedHttpServerTest, ARefusedBodyIsDrainedSoTheClientReadsTheAnswer) {
+  std::unique_ptr<MetricsHttpServer> server = StartServer(/*threads=*/2);
+  ASSERT_NE(server, nullptr);
+  Connection client(server->port());
+  ASSERT_TRUE(client.connected());
+  // More than loopback's socket buffers hold, so most of it arrives after
+  // the answer was written.
+  const std::string body(6 << 20, 'x');
+  ASSERT_TRUE(client.Send(absl::StrCat("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: ", body.size(),
+                                       "\r\n\r\n")));
+  bool body_sent = false;
+  std::thread sender([&] { body_sent = client.Send(body); });
+  const std::string answer = client.ReadAll();
+  sender.join();
+  EXPECT_TRUE(body_sent) << "the connection was reset while the client sent its body";
+  EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 405")) << answer.substr(0, 200);
+  EXPECT_TRUE(absl::StrContains(answer, "/metrics takes GET")) << answer;
 }
 
 }  // namespace

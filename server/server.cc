@@ -14,6 +14,9 @@
 
 #include <google/protobuf/descriptor.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -21,6 +24,7 @@
 #include "server/log.h"
 #include "server/metrics_interceptor.h"
 #include "server/process_metrics.h"
+#include "server/tls_identity.h"
 #include "worker/data_dir_layout.h"
 #include "worker/engine/base/pem_file.h"
 #include "worker/engine/base/status_macros.h"
@@ -193,6 +197,21 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
                                    {"--metrics_tls_client_ca", &options.metrics_tls_client_ca_file}}) {
     if (!path->empty()) QUANTD_RETURN_IF_ERROR(ReadPemFile(*path, flag).status());
   }
+  if (options.tls_reload_interval < absl::Seconds(1) || options.tls_reload_interval > absl::Hours(24)) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls_reload_seconds must be in 1..86400, got ",
+                                                   absl::ToDoubleSeconds(options.tls_reload_interval)));
+  }
+  if (!options.tls_cert_file.empty()) {
+    // A key that does not match its certificate would only fail handshakes.
+    for (const auto& [flags, client_ca] :
+         {std::pair<const char*, const std::string*>{"--tls_cert/--tls_key/--tls_client_ca", &options.tls_client_ca_file},
+          {"--tls_cert/--tls_key/--metrics_tls_client_ca", &options.metrics_tls_client_ca_file}}) {
+      if (client_ca == &options.metrics_tls_client_ca_file && client_ca->empty()) continue;  // checked just above
+      absl::StatusOr<std::unique_ptr<TlsIdentity>> identity = TlsIdentity::Load(
+          TlsFiles{options.tls_cert_file, options.tls_key_file, *client_ca}, absl::Seconds(1), worker::Clock::Real());
+      if (!identity.ok()) return absl::InvalidArgumentError(absl::StrCat(flags, ": ", identity.status().message()));
+    }
+  }
   if (!options.token_file.empty()) {
     std::error_code error;
     std::ifstream tokens(options.token_file);
@@ -205,16 +224,22 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> GrpcCredentials(const QuantdServer::Options& options) {
   if (options.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions ssl;
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  QUANTD_ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.tls_cert_file, "--tls_cert"));
-  QUANTD_ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(options.tls_key_file, "--tls_key"));
-  ssl.pem_key_cert_pairs.push_back(std::move(pair));
-  if (!options.tls_client_ca_file.empty()) {
-    QUANTD_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(options.tls_client_ca_file, "--tls_client_ca"));
-    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  // gRPC reads the files again at every interval and serves what changed to
+  // new connections (a renewed certificate without a restart). It serves the
+  // pair as read, without checking that key and certificate match: the two
+  // must change in one step, as a Kubernetes Secret update swaps them.
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      options.tls_key_file, options.tls_cert_file, options.tls_client_ca_file,
+      static_cast<unsigned int>(absl::ToInt64Seconds(options.tls_reload_interval)));
+  grpc::experimental::TlsServerCredentialsOptions tls(provider);
+  tls.watch_identity_key_cert_pairs();
+  if (options.tls_client_ca_file.empty()) {
+    tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    tls.watch_root_certs();
+    tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   }
-  return grpc::SslServerCredentials(ssl);
+  return grpc::experimental::TlsServerCredentials(tls);
 }
 
 int ClampedMillis(absl::Duration d) {
@@ -317,6 +342,7 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     http.tls_cert_file = options.tls_cert_file;
     http.tls_key_file = options.tls_key_file;
     http.tls_client_ca_file = options.metrics_tls_client_ca_file;
+    http.tls_reload_interval = options.tls_reload_interval;
     if (options.metrics_require_token) http.auth = server->auth_.get();
     http.inference = server->inference_rest_.get();
     QuantdServer* self = server.get();

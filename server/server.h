@@ -93,6 +93,9 @@ class QuantdServer {
     std::string tls_client_ca_file;
     // The same for HTTPS /metrics (a scraper then needs a client certificate).
     std::string metrics_tls_client_ca_file;
+    // The TLS files are read again once they change (a renewed certificate
+    // is served without a restart), looked at this often; 1 s to 1 day.
+    absl::Duration tls_reload_interval = absl::Seconds(60);
     // Bearer tokens with roles (see server/auth.h); empty = no authentication.
     std::string token_file;
     // With a token file: /metrics needs a read token too (else it is open).

@@ -490,6 +490,35 @@ TEST(QuantdFlagsTest, AMissingValueOrUnreadableFileIsAUsageErrorNamingTheFlag) {
   std::filesystem::remove_all(dir);
 }
 
+// A key that does not match its certificate would only have failed every
+// handshake later; a reload interval out of range would have spun or never
+// looked.
+TEST(QuantdFlagsTest, AMismatchedTlsKeyOrReloadIntervalIsAUsageErrorNamingTheFlags) {
+  std::string dir = MakeTempDir("quantd_flags");
+  for (const std::string name : {"a", "b"}) {
+    auto made = RunCommand({"/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=" + name, "-keyout",
+                            dir + "/" + name + ".key", "-out", dir + "/" + name + ".pem"},
+                           kCommandTimeout);
+    ASSERT_TRUE(made.ok() && made->exit_code == 0) << (made.ok() ? made->err : made.status().ToString());
+  }
+  const std::string data = "--data_dir=" + dir + "/data";
+  for (const auto& [args, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{data, "--tls_cert=" + dir + "/a.pem", "--tls_key=" + dir + "/b.key"},
+            "--tls_cert/--tls_key/--tls_client_ca: key file " + dir + "/b.key does not match the certificate"},
+           {{data, "--tls_cert=" + dir + "/a.pem", "--tls_key=" + dir + "/a.key", "--tls_reload_seconds=0"},
+            "--tls_reload_seconds must be in 1..86400"}}) {
+    std::vector<std::string> command = {QUANTD_BIN, "--grpc_port=0", "--metrics_port", "-1"};
+    command.insert(command.end(), args.begin(), args.end());
+    auto result = RunCommand(command, kCommandTimeout);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->exit_code, 2) << says << ": " << result->err;
+    EXPECT_THAT(result->err, HasSubstr(says));
+    EXPECT_FALSE(std::filesystem::exists(dir + "/data")) << says;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(QuantdFlagsTest, HelpListsTheFlagsAndSucceeds) {
   auto result = RunCommand({QUANTD_BIN, "--help"}, kCommandTimeout);
   ASSERT_TRUE(result.ok()) << result.status();

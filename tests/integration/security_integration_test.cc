@@ -81,6 +81,7 @@ class SecureQuantd : public ::testing::Test {
                                      "--tls_key=" + dir_ + "/server.key",
                                      "--tls_client_ca=" + dir_ + "/ca.pem",
                                      "--metrics_tls_client_ca=" + dir_ + "/ca.pem",
+                                     "--tls_reload_seconds=1",
                                      "--token_file=" + dir_ + "/tokens",
                                      "--metrics_require_token"};
     Subprocess::Options options;
@@ -126,11 +127,12 @@ class SecureQuantd : public ::testing::Test {
   // The exposition itself.
   std::string Metrics(const std::string& token) { return GetMetrics(token, "client", {}); }
 
-  std::string GetMetrics(const std::string& token, const std::string& cert, const std::vector<std::string>& output) {
+  std::string GetMetrics(const std::string& token, const std::string& cert, const std::vector<std::string>& output,
+                         const std::string& server_ca = "ca") {
     std::vector<std::string> argv = {"/usr/bin/curl", "-s"};
     argv.insert(argv.end(), output.begin(), output.end());
-    argv.insert(argv.end(),
-                {"--cacert", dir_ + "/ca.pem", absl::StrCat("https://127.0.0.1:", metrics_port_, "/metrics")});
+    argv.insert(argv.end(), {"--cacert", dir_ + "/" + server_ca + ".pem",
+                             absl::StrCat("https://127.0.0.1:", metrics_port_, "/metrics")});
     if (!cert.empty()) {
       argv.insert(argv.end(), {"--cert", dir_ + "/" + cert + ".pem", "--key", dir_ + "/" + cert + ".key"});
     }
@@ -309,6 +311,43 @@ TEST_F(SecureQuantd, TheTokenFileIsReloadedWithoutARestart) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(Ctl(kReadToken, {"jobs"}).err, HasSubstr("code 16"));  // revoked
   EXPECT_THAT(log(), HasSubstr("reloaded 2 tokens"));
+}
+
+// A renewed server certificate (here from another CA, so that clients can
+// tell) is served on gRPC and HTTPS without a restart, once the files have
+// been swapped as a Kubernetes Secret update swaps them.
+TEST_F(SecureQuantd, ARenewedServerCertificateIsServedWithoutARestart) {
+  ASSERT_NO_FATAL_FAILURE(MakeCa(dir_, "new_ca"));
+  ASSERT_NO_FATAL_FAILURE(MakeCert(dir_, "new_ca", "new_server"));
+  const std::vector<std::string> trusting_new_ca = {"--tls_ca=" + dir_ + "/new_ca.pem",
+                                                    "--tls_cert=" + dir_ + "/client.pem",
+                                                    "--tls_key=" + dir_ + "/client.key"};
+  EXPECT_THAT(Ctl(kReadToken, {"jobs"}, trusting_new_ca).err, HasSubstr("code 14"));
+  EXPECT_EQ(GetMetrics(kReadToken, "client", {"-o", "/dev/null", "-w", "%{http_code}"}, "new_ca"), "000");
+
+  for (const char* ext : {".key", ".pem"}) {
+    fs::copy_file(dir_ + "/new_server" + ext, dir_ + "/swap" + ext);
+    fs::rename(dir_ + "/swap" + ext, dir_ + "/server" + ext);
+  }
+  // quantd looks at the files once a second (--tls_reload_seconds=1).
+  RunResult grpc;
+  std::string https;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  do {
+    grpc = Ctl(kReadToken, {"jobs"}, trusting_new_ca);
+    https = GetMetrics(kReadToken, "client", {"-o", "/dev/null", "-w", "%{http_code}"}, "new_ca");
+  } while ((grpc.exit_code != 0 || https != "200") && absl::Now() < deadline);
+  EXPECT_EQ(grpc.exit_code, 0) << grpc.err;
+  EXPECT_EQ(https, "200");
+  // The old certificate is no longer served, and the client CA still holds.
+  EXPECT_THAT(Ctl(kReadToken, {"jobs"}).err, HasSubstr("code 14"));
+  EXPECT_EQ(MetricsStatus(kReadToken), "000");
+  EXPECT_THAT(Ctl(kReadToken, {"jobs"},
+                  {"--tls_ca=" + dir_ + "/new_ca.pem", "--tls_cert=" + dir_ + "/rogue.pem",
+                   "--tls_key=" + dir_ + "/rogue.key"})
+                  .err,
+              HasSubstr("code 14"));
+  EXPECT_THAT(log(), HasSubstr("HTTPS: reloaded"));
 }
 
 }  // namespace
