@@ -468,6 +468,18 @@ TEST(QuantdFlagsTest, UnknownFlagsAndUnparsableValuesAreUsageErrors) {
   std::filesystem::remove_all(dir);
 }
 
+// quantd started with `args` exits 2 (a usage error, as quantd's own checks),
+// says `says` and has not made `data_dir`.
+void ExpectUsageError(const std::vector<std::string>& args, const std::string& says, const std::string& data_dir) {
+  std::vector<std::string> command = {QUANTD_BIN, "--grpc_port=0", "--metrics_port", "-1"};
+  command.insert(command.end(), args.begin(), args.end());
+  auto result = RunCommand(command, kCommandTimeout);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->exit_code, 2) << says << ": " << result->err;
+  EXPECT_THAT(result->err, HasSubstr(says));
+  EXPECT_FALSE(std::filesystem::exists(data_dir)) << says;
+}
+
 // "--data_dir --workers=4" once started with a data dir named "--workers=4"
 // (Abseil only warned); a TLS or token file that cannot be read once made
 // the data dir, then failed to start (exit 1).
@@ -479,13 +491,7 @@ TEST(QuantdFlagsTest, AMissingValueOrUnreadableFileIsAUsageErrorNamingTheFlag) {
            {{data, "--token_file"}, "--token_file needs a value"},
            {{data, "--token_file=" + dir + "/no-such-tokens"}, "--token_file: cannot read"},
            {{data, "--tls_cert=" + dir + "/no-cert.pem", "--tls_key=" + dir + "/no-key.pem"}, "--tls_cert"}}) {
-    std::vector<std::string> command = {QUANTD_BIN, "--grpc_port=0", "--metrics_port", "-1"};
-    command.insert(command.end(), args.begin(), args.end());
-    auto result = RunCommand(command, kCommandTimeout);
-    ASSERT_TRUE(result.ok()) << result.status();
-    EXPECT_EQ(result->exit_code, 2) << says << ": " << result->err;
-    EXPECT_THAT(result->err, HasSubstr(says));
-    EXPECT_FALSE(std::filesystem::exists(dir + "/data")) << says;
+    ExpectUsageError(args, says, dir + "/data");
   }
   std::filesystem::remove_all(dir);
 }
@@ -508,13 +514,7 @@ TEST(QuantdFlagsTest, AMismatchedTlsKeyOrReloadIntervalIsAUsageErrorNamingTheFla
             "--tls_cert/--tls_key/--tls_client_ca: key file " + dir + "/b.key does not match the certificate"},
            {{data, "--tls_cert=" + dir + "/a.pem", "--tls_key=" + dir + "/a.key", "--tls_reload_seconds=0"},
             "--tls_reload_seconds must be in 1..86400"}}) {
-    std::vector<std::string> command = {QUANTD_BIN, "--grpc_port=0", "--metrics_port", "-1"};
-    command.insert(command.end(), args.begin(), args.end());
-    auto result = RunCommand(command, kCommandTimeout);
-    ASSERT_TRUE(result.ok()) << result.status();
-    EXPECT_EQ(result->exit_code, 2) << says << ": " << result->err;
-    EXPECT_THAT(result->err, HasSubstr(says));
-    EXPECT_FALSE(std::filesystem::exists(dir + "/data")) << says;
+    ExpectUsageError(args, says, dir + "/data");
   }
   std::filesystem::remove_all(dir);
 }
