@@ -290,6 +290,11 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   return server;
 }
 
+std::optional<absl::Time> MetricsHttpServer::tls_certificate_expiry() const {
+  if (paced_.identity == nullptr) return std::nullopt;
+  return paced_.identity->certificate_expiry();
+}
+
 MetricsHttpServer::~MetricsHttpServer() {
   stopping_ = true;
   if (http_ != nullptr) http_->stop();

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,6 +58,8 @@ class MetricsHttpServer {
 
   int port() const { return port_; }
   bool tls() const { return tls_; }
+  // With TLS: when the certificate loaded now expires.
+  std::optional<absl::Time> tls_certificate_expiry() const;
 
  private:
   MetricsHttpServer() = default;

@@ -422,7 +422,7 @@ class TlsServer : public httplib::SSLServer {
   // httplib's context sets the protocol options and the verify mode; each
   // connection then gets `identity`'s newest certificate, key and client CA.
   TlsServer(const ConnectionPace& pace, std::shared_ptr<OpenConnections> connections, const TlsFiles& files,
-            std::unique_ptr<TlsIdentity> identity)
+            std::shared_ptr<TlsIdentity> identity)
       : httplib::SSLServer(files.cert.c_str(), files.key.c_str(),
                            files.client_ca.empty() ? nullptr : files.client_ca.c_str()),
         pace_(pace),
@@ -464,7 +464,7 @@ class TlsServer : public httplib::SSLServer {
 
   const ConnectionPace pace_;
   const std::shared_ptr<OpenConnections> connections_;
-  const std::unique_ptr<TlsIdentity> identity_;
+  const std::shared_ptr<TlsIdentity> identity_;
 };
 
 template <typename Server>
@@ -487,11 +487,10 @@ PacedHttpServer MakePacedHttpServer(const ConnectionPace& pace) {
 
 absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace, const TlsFiles& files,
                                                      absl::Duration reload_check_interval) {
-  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<TlsIdentity> identity,
-                          TlsIdentity::Load(files, reload_check_interval, worker::Clock::Real()));
   PacedHttpServer made;
+  QUANTD_ASSIGN_OR_RETURN(made.identity, TlsIdentity::Load(files, reload_check_interval, worker::Clock::Real()));
   made.connections = std::make_shared<OpenConnections>();
-  auto https = std::make_unique<TlsServer>(pace, made.connections, files, std::move(identity));
+  auto https = std::make_unique<TlsServer>(pace, made.connections, files, made.identity);
   if (!https->is_valid()) {
     return absl::InvalidArgumentError(absl::StrCat("cannot load ", files.cert, " and ", files.key,
                                                    files.client_ca.empty() ? "" : absl::StrCat(" and ", files.client_ca)));

@@ -50,6 +50,8 @@ struct PacedHttpServer {
 
   std::unique_ptr<httplib::Server> http;
   std::shared_ptr<OpenConnections> connections;
+  // HTTPS: the certificate, key and client CA its connections get.
+  std::shared_ptr<TlsIdentity> identity;
 
   // Shuts down every connection open now: their reads and writes fail, so
   // the pool's threads finish. Call after http->stop().

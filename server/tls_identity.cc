@@ -5,6 +5,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <ctime>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -19,6 +20,7 @@ struct TlsIdentity::Material {
   EVP_PKEY* key = nullptr;
   X509_STORE* client_ca_store = nullptr;
   STACK_OF(X509_NAME)* client_ca_names = nullptr;  // sent in the handshake's certificate request
+  absl::Time expiry;                                // the leaf's notAfter
 
   Material() = default;
   Material(const Material&) = delete;
@@ -59,6 +61,12 @@ absl::StatusOr<std::unique_ptr<TlsIdentity::Material>> ReadMaterial(const TlsFil
   if (material->leaf == nullptr || material->chain == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("certificate file ", files.cert, " holds no PEM certificate"));
   }
+  std::tm not_after = {};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(material->leaf), &not_after) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat("certificate file ", files.cert, ": unreadable expiry date"));
+  }
+  material->expiry = absl::FromTimeT(timegm(&not_after));
   BIO* key = BIO_new_file(files.key.c_str(), "r");
   if (key == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("cannot read key file ", files.key, ": ", OpenSslReason()));
@@ -165,6 +173,11 @@ bool TlsIdentity::ApplyTo(ssl_st* ssl) {
     SSL_set_client_CA_list(ssl, names);  // takes them
   }
   return true;
+}
+
+absl::Time TlsIdentity::certificate_expiry() const {
+  absl::MutexLock lock(&mu_);
+  return current_->expiry;
 }
 
 int TlsIdentity::loads() const {

@@ -43,6 +43,8 @@ class TlsIdentity {
 
   // How many times the files have loaded (1 after Load).
   int loads() const;
+  // When the loaded leaf certificate expires (its notAfter).
+  absl::Time certificate_expiry() const;
 
   struct Material;  // what one load read (OpenSSL objects)
 

@@ -34,12 +34,12 @@ using Cert = std::unique_ptr<X509, CertDeleter>;
 Key NewKey() { return Key(EVP_EC_gen("P-256")); }
 
 // A self-signed certificate named `cn`.
-Cert SelfSigned(EVP_PKEY* key, const std::string& cn) {
+Cert SelfSigned(EVP_PKEY* key, const std::string& cn, long lifetime_seconds = 3600) {
   Cert cert(X509_new());
   X509_set_version(cert.get(), 2);
   ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 1);
   X509_gmtime_adj(X509_getm_notBefore(cert.get()), 0);
-  X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()), lifetime_seconds);
   X509_NAME* name = X509_get_subject_name(cert.get());
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
   X509_set_issuer_name(cert.get(), name);
@@ -108,15 +108,18 @@ TEST_F(TlsIdentityTest, ARenewedCertificateIsServedOnceTheCheckIntervalHasPassed
   auto identity = TlsIdentity::Load(files_, absl::Seconds(60), &clock_);
   ASSERT_TRUE(identity.ok()) << identity.status();
   EXPECT_EQ(Served(**identity), "first");
+  const absl::Time now = absl::Now();  // the certificates' dates are real ones
+  EXPECT_LE(absl::AbsDuration((*identity)->certificate_expiry() - (now + absl::Hours(1))), absl::Seconds(5));
 
   Key second_key = NewKey();
-  ASSERT_NO_FATAL_FAILURE(WriteCert(files_.cert, SelfSigned(second_key.get(), "second").get()));
+  ASSERT_NO_FATAL_FAILURE(WriteCert(files_.cert, SelfSigned(second_key.get(), "second", 90 * 86400).get()));
   ASSERT_NO_FATAL_FAILURE(WriteKey(files_.key, second_key.get()));
   clock_.Advance(absl::Seconds(59));
   EXPECT_EQ(Served(**identity), "first") << "the files were looked at before the interval";
   clock_.Advance(absl::Seconds(1));
   EXPECT_EQ(Served(**identity), "second");
   EXPECT_EQ((*identity)->loads(), 2);
+  EXPECT_LE(absl::AbsDuration((*identity)->certificate_expiry() - (now + absl::Hours(90 * 24))), absl::Seconds(5));
   // Unchanged files are not read again.
   clock_.Advance(absl::Seconds(60));
   EXPECT_EQ(Served(**identity), "second");

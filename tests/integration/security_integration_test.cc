@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -263,6 +264,15 @@ TEST_F(SecureQuantd, MetricsOverHttpsNeedAReadToken) {
   EXPECT_EQ(MetricsStatus(""), "401");
   EXPECT_EQ(MetricsStatus("a-token-nobody-issued-ever"), "401");
   EXPECT_EQ(MetricsStatus(kReadToken), "200");
+  // The served certificate's expiry, for an alert before it lapses (openssl
+  // made it for 2 days).
+  std::smatch expiry;
+  const std::string metrics = Metrics(kReadToken);
+  ASSERT_TRUE(std::regex_search(metrics, expiry, std::regex("\nquantd_tls_certificate_expiry_timestamp_seconds ([0-9.e+]+)\n")))
+      << metrics.substr(0, 2000);
+  const double days_left = (std::stod(expiry[1]) - absl::ToUnixSeconds(absl::Now())) / 86400;
+  EXPECT_GT(days_left, 1.9);
+  EXPECT_LT(days_left, 2.1);
 }
 
 // A REST request whose token is missing is refused from its headers, before
