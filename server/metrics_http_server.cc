@@ -131,7 +131,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   Authenticator* auth = options.auth;
   const std::vector<std::shared_ptr<prometheus::Collectable>>* collected = &server->sources_;
   std::function<void()> before_scrape = options.before_scrape;
-  http.Get("/metrics", [auth, collected, before_scrape](const httplib::Request& request, httplib::Response& response) {
+  std::shared_ptr<TlsIdentity> identity = server->paced_.identity;
+  prometheus::Gauge* expiry = identity != nullptr ? options.tls_certificate_expiry : nullptr;
+  http.Get("/metrics", [auth, collected, before_scrape, identity, expiry](const httplib::Request& request,
+                                                                         httplib::Response& response) {
     if (auth != nullptr) {
       absl::StatusOr<Principal> caller = auth->Authorize(request.get_header_value("Authorization"), Role::kRead,
                                                          "GET /metrics");
@@ -144,6 +147,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       }
     }
     if (before_scrape) before_scrape();
+    if (expiry != nullptr) expiry->Set(static_cast<double>(absl::ToUnixSeconds(identity->certificate_expiry())));
     std::vector<prometheus::MetricFamily> families;
     for (const std::shared_ptr<prometheus::Collectable>& source : *collected) {
       std::vector<prometheus::MetricFamily> more = source->Collect();
@@ -288,11 +292,6 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::UnavailableError(absl::StrCat("the HTTP listener on port ", port, " did not start"));
   }
   return server;
-}
-
-std::optional<absl::Time> MetricsHttpServer::tls_certificate_expiry() const {
-  if (paced_.identity == nullptr) return std::nullopt;
-  return paced_.identity->certificate_expiry();
 }
 
 MetricsHttpServer::~MetricsHttpServer() {

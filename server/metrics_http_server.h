@@ -9,12 +9,12 @@
 // alone exceeds that, so pthread_create fails ("Cannot create threads").
 
 #include <prometheus/collectable.h>
+#include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
 #include <atomic>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,6 +43,9 @@ class MetricsHttpServer {
     Authenticator* auth = nullptr;
     // Set: runs before each /metrics scrape (gauges read from the stores).
     std::function<void()> before_scrape;
+    // Set, with TLS: given the loaded certificate's expiry (Unix seconds)
+    // at each scrape, after the scrape's own connection looked at the files.
+    prometheus::Gauge* tls_certificate_expiry = nullptr;
     // Set: /v2 serves the Open Inference Protocol's REST endpoints.
     InferenceRest* inference = nullptr;
     // Largest request body (an inference request's tensors).
@@ -58,8 +61,6 @@ class MetricsHttpServer {
 
   int port() const { return port_; }
   bool tls() const { return tls_; }
-  // With TLS: when the certificate loaded now expires.
-  std::optional<absl::Time> tls_certificate_expiry() const;
 
  private:
   MetricsHttpServer() = default;

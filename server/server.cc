@@ -362,23 +362,20 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
       // Evaluations load and evict models too, without passing through the
       // inference path that updates these.
       self->inference_stats_->SetCache(self->models_->cached_models(), self->models_->cached_bytes());
-      // The scrape's own connection has just looked at the TLS files.
-      if (self->tls_expiry_ != nullptr) {
-        self->tls_expiry_->Set(static_cast<double>(absl::ToUnixSeconds(*self->metrics_http_->tls_certificate_expiry())));
-      }
     });
     http.before_scrape = [self] { self->scrape_refresh_->Run(); };
+    if (!options.tls_cert_file.empty()) {
+      http.tls_certificate_expiry =
+          &prometheus::BuildGauge()
+               .Name("quantd_tls_certificate_expiry_timestamp_seconds")
+               .Help("When the certificate in --tls_cert, as last loaded, expires (Unix time).")
+               .Register(*server->metrics_.registry())
+               .Add({});
+    }
     QUANTD_ASSIGN_OR_RETURN(
         server->metrics_http_,
         MetricsHttpServer::Start(http, {server->metrics_.registry(), std::make_shared<ProcessMetrics>()}));
     server->metrics_port_ = server->metrics_http_->port();
-    if (server->metrics_http_->tls()) {
-      server->tls_expiry_ = &prometheus::BuildGauge()
-                                 .Name("quantd_tls_certificate_expiry_timestamp_seconds")
-                                 .Help("When the certificate in --tls_cert, as last loaded, expires (Unix time).")
-                                 .Register(*server->metrics_.registry())
-                                 .Add({});
-    }
   }
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

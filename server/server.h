@@ -8,7 +8,6 @@
 #include <string>
 
 #include <grpcpp/grpcpp.h>
-#include <prometheus/gauge.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -200,8 +199,6 @@ class QuantdServer {
   std::unique_ptr<worker::BlobCollector> blob_collector_;
   std::unique_ptr<CoalescedRefresh> scrape_refresh_;  // before metrics_http_, which calls it
   std::unique_ptr<MetricsHttpServer> metrics_http_;
-  // With TLS: quantd_tls_certificate_expiry_timestamp_seconds, set at scrapes.
-  prometheus::Gauge* tls_expiry_ = nullptr;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
   int metrics_port_ = -1;
