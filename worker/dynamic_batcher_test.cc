@@ -4,6 +4,7 @@
 #include <atomic>
 #include <memory>
 #include <new>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -280,6 +281,38 @@ TEST(DynamicBatcherTest, APassThatThrowsAnswersEachRequestAndTheBatcherGoesOn) {
   after.done.WaitForNotification();
   ASSERT_TRUE(after.output.ok()) << after.output.status();
   EXPECT_EQ(after.output->values.front(), 51.0f);
+}
+
+// A caller's answer callback that throws (its own encoding failed) must not
+// end the batcher thread or cost the other requests of its pass their answers.
+TEST(DynamicBatcherTest, ACallbackThatThrowsLeavesTheOtherRequestsOfItsPassAnswered) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(3, absl::InfiniteDuration()), Clock::Real());
+  Outcome before, after;
+  absl::Notification thrower_called;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &before).ok());
+  ASSERT_TRUE(batcher
+                  .Submit(
+                      model, Samples(1, 50), 1,
+                      [&thrower_called](absl::StatusOr<engine::ServingOutput>, const BatchStats&) {
+                        thrower_called.Notify();
+                        throw std::runtime_error("encoding failed");
+                      },
+                      nullptr)
+                  .ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 100, &after).ok());  // 3 samples: the batch is full
+  for (Outcome* o : {&before, &after}) o->done.WaitForNotification();
+  EXPECT_TRUE(thrower_called.HasBeenNotified());
+  EXPECT_THAT(model->passes(), ElementsAre(3));
+  ASSERT_TRUE(after.output.ok()) << after.output.status();
+  EXPECT_THAT(after.output->values, ElementsAre(1001, 1011));  // its own rows, after the thrower's
+
+  Outcome next;  // the batcher thread is still there
+  ASSERT_TRUE(Submit(batcher, model, 1, 5, &next).ok());
+  batcher.Shutdown();
+  ASSERT_TRUE(next.done.HasBeenNotified());
+  ASSERT_TRUE(next.output.ok()) << next.output.status();
+  EXPECT_EQ(next.output->values.front(), 51.0f);
 }
 
 TEST(DynamicBatcherTest, ShutdownRunsWhatIsQueuedAndRefusesMore) {
