@@ -117,8 +117,10 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
     deps_.core->ModelInfer(*request, response, std::move(done), std::move(loaded), CallerGone(context));
     return reactor;
   }
-  auto load_and_run = [this, context, request, response, done = std::move(done)]() mutable {
-    deps_.core->ModelInfer(*request, response, std::move(done), nullptr, CallerGone(context));
+  // Its "timeout" counts from now: the wait for a load thread is part of it.
+  auto load_and_run = [this, context, request, response, done = std::move(done),
+                       received = deps_.core->Now()]() mutable {
+    deps_.core->ModelInfer(*request, response, std::move(done), nullptr, CallerGone(context), received);
   };
   if (!deps_.executor->TrySchedule(std::move(load_and_run))) return refuse(Busy("ModelInfer"));
   return reactor;

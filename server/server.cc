@@ -456,6 +456,7 @@ absl::Status QuantdServer::OpenStores() {
   repository.cache_bytes = options_.model_cache_bytes;
   repository.batch_size_copies = options_.batch_size_copies;
   repository.inputs = input_locator_.get();
+  repository.refresh_in_background = true;  // models in use never wait on the load threads to re-resolve
   models_ = std::make_unique<worker::ModelRepository>(job_store_.get(), artifact_store_.get(), repository);
   publish_watcher_ = std::make_unique<PublishWatcher>(models_.get());
   pool_->events().AddObserver(publish_watcher_.get());

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/base/sha256.h"
+#include "worker/engine/base/thread_name.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/quantizer.h"
@@ -52,6 +53,31 @@ absl::StatusOr<engine::ServingOutput> LoadedModel::Run(std::vector<float> pixels
   return model_->Run(pixels, {batch, channels, sample[1], sample[2]});
 }
 
+ModelRepository::ModelRepository(JobStore* jobs, ArtifactStore* artifacts, const Options& options)
+    : jobs_(jobs), artifacts_(artifacts), options_(options) {
+  if (!options_.refresh_in_background) return;
+  refresher_ = std::thread([this] {
+    NameThisThread("quantd-resolve");
+    const absl::Duration interval = std::max(options_.resolve_ttl / 2, absl::Milliseconds(1));
+    while (true) {
+      {
+        absl::MutexLock lock(&refresher_mu_);
+        auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(refresher_mu_) { return stopping_; };
+        if (refresher_mu_.AwaitWithTimeout(absl::Condition(&stop), interval)) return;
+      }
+      RefreshResolutions();
+    }
+  });
+}
+
+ModelRepository::~ModelRepository() {
+  {
+    absl::MutexLock lock(&refresher_mu_);
+    stopping_ = true;
+  }
+  if (refresher_.joinable()) refresher_.join();
+}
+
 absl::Status ModelRepository::ParseName(const std::string& name, const std::string& field, std::string* base,
                                         bool* fp32) {
   *fp32 = absl::EndsWith(name, kFp32Suffix);
@@ -77,6 +103,36 @@ int ModelRepository::cached_models() const {
 int ModelRepository::waiting_for_load() const {
   absl::MutexLock lock(&mu_);
   return waiting_for_load_;
+}
+
+void ModelRepository::RefreshResolutions() {
+  const absl::Time now = options_.clock->Now();
+  std::vector<std::pair<std::string, int64_t>> due;
+  uint64_t generation = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    generation = resolution_generation_;
+    for (const auto& [asked, resolution] : resolved_) {
+      if (now - resolution.used <= options_.resolve_ttl && now - resolution.resolved >= options_.resolve_ttl / 2) {
+        due.push_back(asked);
+      }
+    }
+  }
+  for (const auto& asked : due) {
+    absl::StatusOr<ModelVersion> version = jobs_->GetModelVersion(asked.first, asked.second);
+    absl::MutexLock lock(&mu_);
+    // Forgotten meanwhile (a publish or delete here): callers resolve afresh.
+    if (generation != resolution_generation_) return;
+    auto it = resolved_.find(asked);
+    if (it == resolved_.end()) continue;
+    if (version.ok()) {
+      it->second.version = *std::move(version);
+      it->second.resolved = now;  // as of before the read: never fresher than it is
+    } else if (absl::IsNotFound(version.status())) {
+      resolved_.erase(it);
+    }
+    // Any other error (a busy store): the resolution ages out as before.
+  }
 }
 
 void ModelRepository::ForgetResolutions() {
@@ -119,8 +175,9 @@ std::shared_ptr<const LoadedModel> ModelRepository::FindLoaded(const std::string
   const absl::Time now = options_.clock->Now();
   absl::MutexLock lock(&mu_);
   auto resolution = resolved_.find({base, version});
-  if (resolution == resolved_.end() || now - resolution->second.second > options_.resolve_ttl) return nullptr;
-  auto it = cached_.find(Key{base, resolution->second.first.version, fp32});
+  if (resolution == resolved_.end() || now - resolution->second.resolved > options_.resolve_ttl) return nullptr;
+  resolution->second.used = now;
+  auto it = cached_.find(Key{base, resolution->second.version.version, fp32});
   if (it == cached_.end()) return nullptr;
   lru_.splice(lru_.begin(), lru_, it->second);
   return it->second->second;
@@ -137,7 +194,10 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   {
     absl::MutexLock lock(&mu_);
     auto it = resolved_.find({base, version});
-    if (it != resolved_.end() && now - it->second.second <= options_.resolve_ttl) remembered = it->second.first;
+    if (it != resolved_.end() && now - it->second.resolved <= options_.resolve_ttl) {
+      remembered = it->second.version;
+      it->second.used = now;
+    }
     generation = resolution_generation_;
   }
   ModelVersion resolved;
@@ -148,7 +208,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     absl::MutexLock lock(&mu_);
     // Not if the versions changed while the store was read: this answer may
     // predate the change, which is to be seen at once.
-    if (generation == resolution_generation_) resolved_[{base, version}] = {resolved, now};
+    if (generation == resolution_generation_) resolved_[{base, version}] = Resolution{resolved, now, now};
   }
   const Key key{base, resolved.version, fp32};
   uint64_t attempt = 0;

@@ -11,7 +11,9 @@
 // there, remembering the answer for `resolve_ttl` (1 s), so a version
 // published or deleted by another process is seen within that; one published
 // or deleted through this process is seen at once (ForgetResolutions). The
-// loaded model is cached as such (a version never changes).
+// loaded model is cached as such (a version never changes). Resolutions in
+// use are read again before they expire (RefreshResolutions), so a model in
+// steady use is always found without the store.
 
 #include <cstdint>
 #include <functional>
@@ -20,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -90,12 +93,17 @@ class ModelRepository {
     // How long a version resolution (name, version or newest -> job) is reused.
     absl::Duration resolve_ttl = absl::Seconds(1);
     Clock* clock = Clock::Monotonic();  // intervals only
+    // A thread ("quantd-resolve") that calls RefreshResolutions every
+    // resolve_ttl / 2 (on real time). Off in tests, which call it.
+    bool refresh_in_background = false;
     // Resolves a version's FP32 source (its job's model reference) to this
     // process's file; null: the job names an absolute path (tests).
     const InputLocator* inputs = nullptr;
   };
-  ModelRepository(JobStore* jobs, ArtifactStore* artifacts, const Options& options)
-      : jobs_(jobs), artifacts_(artifacts), options_(options) {}
+  ModelRepository(JobStore* jobs, ArtifactStore* artifacts, const Options& options);
+  ~ModelRepository();
+  ModelRepository(const ModelRepository&) = delete;
+  ModelRepository& operator=(const ModelRepository&) = delete;
 
   // Splits "<name>.fp32"; INVALID_ARGUMENT naming `field` for a bad name.
   static absl::Status ParseName(const std::string& name, const std::string& field, std::string* base, bool* fp32);
@@ -118,6 +126,14 @@ class ModelRepository {
   bool IsLoaded(const std::string& base_name, int64_t version, bool fp32) const;
   // Drops remembered resolutions: a version was published or deleted here.
   void ForgetResolutions();
+  // Reads again from the store each resolution used within the last
+  // resolve_ttl and resolved at least half of it ago (a version deleted
+  // meanwhile loses its resolution; a newest one moves on). Without it a
+  // model in steady use dropped out of FindLoaded once per resolve_ttl, and
+  // its requests then went to the load threads just to read the store,
+  // where they could queue behind another model's long load. Reads the store
+  // outside the lock.
+  void RefreshResolutions();
   // Drops loaded models whose version is no longer published (deleted here or
   // by another replica), freeing their share of the byte budget. Reads the
   // job store; never under a lock a request path holds. The server calls it
@@ -154,9 +170,18 @@ class ModelRepository {
   // Counts ForgetResolutions calls: a store answer read across one is not kept.
   uint64_t resolution_generation_ ABSL_GUARDED_BY(mu_) = 0;
   int waiting_for_load_ ABSL_GUARDED_BY(mu_) = 0;
-  // (base name, version as asked, 0 = newest) -> the version, and when resolved.
-  std::map<std::pair<std::string, int64_t>, std::pair<ModelVersion, absl::Time>> resolved_ ABSL_GUARDED_BY(mu_);
+  struct Resolution {
+    ModelVersion version;
+    absl::Time resolved;  // when read from the store
+    absl::Time used;      // when a caller last asked for it
+  };
+  // (base name, version as asked, 0 = newest) -> its resolution.
+  std::map<std::pair<std::string, int64_t>, Resolution> resolved_ ABSL_GUARDED_BY(mu_);
   int64_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+
+  absl::Mutex refresher_mu_;
+  bool stopping_ ABSL_GUARDED_BY(refresher_mu_) = false;
+  std::thread refresher_;
 };
 
 }  // namespace quantd::worker

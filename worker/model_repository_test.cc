@@ -418,6 +418,49 @@ TEST_F(ModelRepositoryTest, ANewVersionIsSeenAfterTheResolutionTtlOrAtOnceWhenFo
   EXPECT_EQ((*repository->Load("resnet8", 0))->info().version, 3);
 }
 
+// A model in steady use stays found without the store (its requests never
+// go to the load threads, where another model's long load could hold them,
+// just to resolve again), while what another replica publishes or deletes
+// is still seen within the TTL. One not asked for lately ages out as before.
+TEST_F(ModelRepositoryTest, ResolutionsInUseAreRefreshedBeforeTheyExpire) {
+  Publish("a", "resnet8");
+  Publish("x", "other");
+  auto repository = Repository();
+  ASSERT_EQ((*repository->Load("resnet8", 0))->info().version, 1);
+  ASSERT_EQ((*repository->Load("resnet8", 1))->info().version, 1);
+  ASSERT_TRUE(repository->Load("other", 0).ok());
+
+  clock_.Advance(absl::Milliseconds(300));
+  Publish("b", "resnet8");  // by another replica: this repository is not told
+  repository->RefreshResolutions();  // younger than half the TTL: not read again
+  ASSERT_NE(repository->FindLoaded("resnet8", 0), nullptr);
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0)->info().version, 1);
+
+  clock_.Advance(absl::Milliseconds(300));  // 0.6 s
+  ASSERT_NE(repository->FindLoaded("resnet8", 1), nullptr);
+  repository->RefreshResolutions();
+  // The newest moved on to version 2, not loaded yet: no model (a load).
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0), nullptr);
+  EXPECT_EQ((*repository->Load("resnet8", 0))->info().version, 2);
+
+  clock_.Advance(absl::Milliseconds(600));  // 1.2 s: "other" unused for longer than the TTL
+  ASSERT_NE(repository->FindLoaded("resnet8", 1), nullptr);
+  repository->RefreshResolutions();
+  clock_.Advance(absl::Milliseconds(500));  // 1.7 s
+  EXPECT_EQ(repository->FindLoaded("other", 0), nullptr);  // aged out: its next request asks the store
+  // Resolved at 1.2 s; without the refreshes it would have expired at 1 s.
+  ASSERT_NE(repository->FindLoaded("resnet8", 1), nullptr);
+  ASSERT_NE(repository->FindLoaded("resnet8", 0), nullptr);
+
+  // Deleted by another replica: the resolution goes at the next refresh.
+  ASSERT_TRUE(jobs_->DeleteModelVersion("resnet8", 1).ok());
+  ASSERT_NE(repository->FindLoaded("resnet8", 1), nullptr);  // still fresh
+  repository->RefreshResolutions();
+  EXPECT_EQ(repository->FindLoaded("resnet8", 1), nullptr);
+  EXPECT_EQ(repository->Load("resnet8", 1).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(repository->FindLoaded("resnet8", 0)->info().version, 2);
+}
+
 // Reads artifacts from the real store once released: a model load that
 // takes as long as the test wants.
 class HeldArtifactStore : public ForwardingArtifactStore {
