@@ -102,6 +102,9 @@ absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& job_id
   // Manifest first: an artifact file that is visible always has a manifest.
   const std::string manifest = ManifestPath(stored.sha256, job_id);
   QUANTD_RETURN_IF_ERROR(engine::WriteFileAtomically(manifest, manifest_json));
+  // Each file, once written, counts as a file: no longer also as reserved
+  // (another writer's check meanwhile would count its bytes twice).
+  room.Consume(static_cast<int64_t>(manifest_json.size()));
   if (!intact) {
     absl::Status written = engine::WriteFileAtomically(ArtifactPath(stored.sha256), bytes);
     if (!written.ok()) {
@@ -110,6 +113,7 @@ absl::StatusOr<StoredArtifact> LocalArtifactStore::Put(const std::string& job_id
       if (!Contains(stored.sha256)) fs::remove(manifest, ignored);
       return written;
     }
+    room.Consume(static_cast<int64_t>(bytes.size()));
   }
   return stored;
 }
