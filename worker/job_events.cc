@@ -10,6 +10,17 @@ bool ResumedWatchGets(const JobEvent& event, uint64_t after_sequence) {
   return event.sequence > after_sequence;
 }
 
+void JobEventHub::PublishOutcome(const Job& finished) {
+  JobEvent state_event;
+  state_event.kind = JobEvent::Kind::kStateChanged;
+  state_event.state = finished.state;
+  Publish(finished, state_event);
+  JobEvent result_event;
+  result_event.kind = JobEvent::Kind::kResult;
+  if (finished.result.has_value()) result_event.result = *finished.result;
+  Publish(finished, result_event);
+}
+
 void JobEventHub::Publish(const Job& job, JobEvent event) {
   absl::MutexLock lock(&mu_);
   Followed& followed = jobs_[job.id];

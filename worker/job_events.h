@@ -77,6 +77,8 @@ class JobEventHub {
   // Publishes `event` about `job` (its state after the event). A kResult
   // event ends the job's stream: its watchers are dropped afterwards.
   void Publish(const Job& job, JobEvent event);
+  // A finished job's two last events: its final state, then its result.
+  void PublishOutcome(const Job& finished);
 
   // Subscribes `watcher` to `job_id` and delivers the snapshot at once. If
   // the hub does not follow the job yet, `load` reads it (e.g. from the job

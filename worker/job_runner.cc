@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <exception>
 #include <iostream>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -181,6 +182,8 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     }
     cancel_requested = **kept;
   }
+  // A cancel acknowledged here after the engine last asked: nothing stored.
+  if (output.ok() && stop->cancelled.load()) output = absl::CancelledError("cancelled as the engine finished");
   if (output.ok()) {
     if (current != JobPhase::kStoring) enter_phase(JobPhase::kStoring);
     // Pinned first, so that deleting an identical job cannot remove these
@@ -258,7 +261,24 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   enter_phase(JobPhase::kNone);
 
   const absl::Time now = clock_->Now();
-  absl::Status finished = store_->Finish(job.id, job.attempt_count, final_state, result, now);
+  // What this attempt stored but no longer records (the job turned out
+  // cancelled): removed once recorded, unless another job holds it.
+  std::optional<std::pair<std::string, std::string>> stored_unrecorded;  // artifact id, sha256
+  auto record = [&]() {
+    absl::Status recorded = store_->Finish(job.id, job.attempt_count, final_state, result, now);
+    if (recorded.code() != absl::StatusCode::kAborted || final_state != JobState::kSucceeded) return recorded;
+    // A cancel acknowledged (through the store, maybe by another replica)
+    // while the artifact was stored: it is the outcome, as the client was told.
+    absl::StatusOr<std::optional<std::string>> reason = store_->CancelRequest(job.id);
+    if (!reason.ok()) return reason.status();
+    stored_unrecorded.emplace(result.artifact_id, result.artifact_sha256);
+    final_state = JobState::kCancelled;
+    result = JobResult();
+    result.error_code = absl::StatusCode::kCancelled;
+    result.error_message = CancelledMessage(reason->value_or("cancelled"));
+    return store_->Finish(job.id, job.attempt_count, final_state, result, now);
+  };
+  absl::Status finished = record();
   // A store that cannot write (a full disk) would leave the job RUNNING with
   // nobody running it: retry until the outcome is recorded. On shutdown the
   // next start re-queues it. Real time: this waits for space, not for a test.
@@ -281,24 +301,29 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     }
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(5));
-    finished = store_->Finish(job.id, job.attempt_count, final_state, result, now);
+    finished = record();
   }
   if (!finished.ok() && finished.code() != absl::StatusCode::kFailedPrecondition && !stop->shutting_down.load()) {
     std::cerr << "quantd: giving up recording the outcome of job " << job.id << " (recovered when its lease runs out): "
               << finished << "\n";
   }
+  // An artifact this attempt stored that no job records goes unless a job
+  // holds it: one that stores the same bytes pins them first, under the same lock.
+  auto remove_unless_held = [&](const std::string& artifact_id, const std::string& sha256, const char* why) {
+    const absl::Status released = store_->WithArtifactLocked(
+        artifact_id, [&](bool unheld) { return unheld ? artifacts_->Remove(sha256) : absl::OkStatus(); });
+    if (!released.ok()) {
+      std::cerr << "quantd: job " << job.id << " attempt " << job.attempt_count << " " << why << "; its artifact "
+                << artifact_id << " stays until the next start's sweep: " << released << "\n";
+    }
+  };
+  if (finished.ok() && stored_unrecorded.has_value() && !stored_unrecorded->first.empty()) {
+    remove_unless_held(stored_unrecorded->first, stored_unrecorded->second, "was cancelled as it finished");
+  }
   if (!finished.ok()) {
-    // Someone else owns the job now (recovered after the lease ran out). The
-    // artifact this attempt stored goes unless a job holds it: one that
-    // stores the same bytes pins them first, under the same lock.
+    // Someone else owns the job now (recovered after the lease ran out).
     if (finished.code() == absl::StatusCode::kFailedPrecondition && !result.artifact_id.empty()) {
-      const absl::Status released = store_->WithArtifactLocked(result.artifact_id, [&](bool unheld) {
-        return unheld ? artifacts_->Remove(result.artifact_sha256) : absl::OkStatus();
-      });
-      if (!released.ok()) {
-        std::cerr << "quantd: job " << job.id << " attempt " << job.attempt_count << " lost its lease; its artifact "
-                  << result.artifact_id << " stays until the next start's sweep: " << released << "\n";
-      }
+      remove_unless_held(result.artifact_id, result.artifact_sha256, "lost its lease");
     }
     // Report what is stored.
     absl::StatusOr<Job> stored = store_->Get(job.id);
@@ -307,14 +332,11 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   job.state = final_state;
   job.finish_time = now;
   job.result = result;
-  JobEvent state_event;
-  state_event.kind = JobEvent::Kind::kStateChanged;
-  state_event.state = final_state;
-  events_->Publish(job, state_event);
-  JobEvent result_event;
-  result_event.kind = JobEvent::Kind::kResult;
-  result_event.result = result;
-  events_->Publish(job, result_event);
+  // As stored: a published version's name and number are the store's.
+  if (absl::StatusOr<Job> stored = store_->Get(job.id); stored.ok() && stored->result.has_value()) {
+    job = *std::move(stored);
+  }
+  events_->PublishOutcome(job);
   return job;
 }
 

@@ -58,7 +58,10 @@ class JobStore {
   virtual absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) = 0;
   // RUNNING (this attempt) -> terminal state with result. A SUCCEEDED job
   // whose spec names a model is published, in the same transaction, as that
-  // name's next version (recorded in the stored result).
+  // name's next version (recorded in the stored result). SUCCEEDED is
+  // refused ABORTED, nothing changed, when a cancel was requested for the job
+  // (acknowledged to a client, who must not then find the job's model
+  // published): the caller records CANCELLED instead.
   virtual absl::Status Finish(const std::string& id, uint32_t attempt, JobState state,
                               const JobResult& result, absl::Time now) = 0;
   // RUNNING (this attempt) -> QUEUED again, not counting the attempt (a

@@ -469,6 +469,15 @@ absl::Status SqliteJobStore::FinishLocked(const std::string& id, uint32_t attemp
     return absl::FailedPreconditionError(absl::StrCat("job ", id, " attempt ", attempt, " is no longer running"));
   }
   QUANTD_ASSIGN_OR_RETURN(JobSpec spec, DecodeJobSpec(running.Text(0)));
+  if (state == JobState::kSucceeded) {
+    // In the same transaction as the outcome, so a cancel is either seen here
+    // or refused (the job no longer RUNNING) when it is asked for.
+    Stmt requested(db_, "SELECT 1 FROM cancel_requests WHERE id = ?1");
+    QUANTD_RETURN_IF_ERROR(requested.status());
+    requested.Bind(1, id);
+    QUANTD_ASSIGN_OR_RETURN(bool cancel_requested, requested.Step());
+    if (cancel_requested) return absl::AbortedError(absl::StrCat("job ", id, " was cancelled before it finished"));
+  }
   if (state == JobState::kSucceeded && !spec.model_name.empty()) {
     // Versions are counted, not computed from the rows: a deleted version's
     // number is never handed out again.

@@ -539,6 +539,14 @@ TEST(SqliteJobStoreTest, CancelRequestsAreForRunningJobsAndClearedByFinish) {
   auto seen = (*other)->CancelRequest("a");
   ASSERT_TRUE(seen.ok() && seen->has_value());
   EXPECT_EQ(**seen, "user asked");
+  // Acknowledged, so the job cannot succeed any more (its runner finished
+  // after it last looked): refused, nothing changed.
+  JobResult succeeded;
+  succeeded.artifact_id = "art-1";
+  EXPECT_EQ((*store)->Finish("a", 1, JobState::kSucceeded, succeeded, absl::FromUnixSeconds(3)).code(),
+            absl::StatusCode::kAborted);
+  EXPECT_EQ((*store)->Get("a")->state, JobState::kRunning);
+  EXPECT_TRUE((*store)->CancelRequest("a")->has_value());
   JobResult result;
   result.error_code = absl::StatusCode::kCancelled;
   ASSERT_TRUE((*store)->Finish("a", 1, JobState::kCancelled, result, absl::FromUnixSeconds(3)).ok());

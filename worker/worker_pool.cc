@@ -142,14 +142,7 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
                                clock_->Now());
       if (cancelled.status().code() == absl::StatusCode::kFailedPrecondition) continue;  // claimed meanwhile
       if (!cancelled.ok()) return cancelled.status();
-      JobEvent state_event;
-      state_event.kind = JobEvent::Kind::kStateChanged;
-      state_event.state = JobState::kCancelled;
-      events_.Publish(*cancelled, state_event);
-      JobEvent result_event;
-      result_event.kind = JobEvent::Kind::kResult;
-      if (cancelled->result.has_value()) result_event.result = *cancelled->result;
-      events_.Publish(*cancelled, result_event);
+      events_.PublishOutcome(*cancelled);
       return cancelled;
     }
     if (job.state != JobState::kRunning) {
@@ -212,6 +205,11 @@ void WorkerPool::ReleaseUnstarted(const Job& job) {
       result.error_code = absl::StatusCode::kCancelled;
       result.error_message = CancelledMessage(**kept);
       outcome = store_->Finish(job.id, job.attempt_count, JobState::kCancelled, result, clock_->Now());
+      if (outcome.ok()) {
+        // Told as the runner tells a job's end: watchers here and the metrics.
+        absl::StatusOr<Job> stored = store_->Get(job.id);
+        if (stored.ok()) events_.PublishOutcome(*stored);
+      }
     } else {
       outcome = kept.status();
     }

@@ -1140,7 +1140,9 @@ TEST_F(WorkerPoolTest, WatchersOfAJobDeletedElsewhereBeforeItsResultWasReadAreTo
 
 TEST_F(WorkerPoolTest, WatchersSeeProgressAndResult) {
   auto pool = NewPool();
-  std::string id = pool->Submit(NewJob("m"))->id;
+  Job job = NewJob("m");
+  job.spec.model_name = "resnet8";
+  std::string id = pool->Submit(job)->id;
   CountingWatcher a, b;
   auto load = [&]() { return pool->store().Get(id); };
   ASSERT_TRUE(pool->events().Subscribe(id, load, &a).ok());
@@ -1154,6 +1156,115 @@ TEST_F(WorkerPoolTest, WatchersSeeProgressAndResult) {
   int progress = 0;
   for (auto kind : a.kinds) progress += kind == JobEvent::Kind::kCalibrationProgress;
   EXPECT_EQ(progress, 11);  // 0/10 at the phase start, then one per batch
+  // The version the store published, as GetJob shows it (it was missing).
+  EXPECT_EQ(a.result.model_name, "resnet8");
+  EXPECT_EQ(a.result.model_version, 1);
+}
+
+// A cancel acknowledged after the engine last asked (here by another
+// replica, through the store, while the artifact is being stored) is the
+// job's outcome, as the client was told: no version is published, and the
+// artifact stored for it goes. It once ended SUCCEEDED, its model served.
+TEST_F(WorkerPoolTest, ACancelAcknowledgedWhileTheArtifactIsStoredIsTheJobsOutcome) {
+  FakeClock clock;
+  FullDiskStore store(store_.get());  // no failures: it reports the pin
+  store.after_pin = [&] { EXPECT_TRUE(store_->RequestCancel("job-late-cancel", "wrong model").ok()); };
+  JobEventHub events(&clock);
+  JobRunner runner(&store, artifacts_.get(), &engine_, &events, &clock);
+  Job job = NewJob("m");
+  job.id = "job-late-cancel";
+  job.spec.model_name = "resnet8";
+  ASSERT_TRUE(store_->Create(job, 10).ok());
+  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  StopSignals stop;
+  const Job finished = runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  EXPECT_EQ(store.pin_calls.load(), 1);
+  EXPECT_EQ(finished.state, JobState::kCancelled);
+  const Job stored = *store_->Get(job.id);
+  EXPECT_EQ(stored.state, JobState::kCancelled);
+  ASSERT_TRUE(stored.result.has_value());
+  EXPECT_EQ(stored.result->error_code, absl::StatusCode::kCancelled);
+  EXPECT_THAT(stored.result->error_message, HasSubstr("cancelled: wrong model"));
+  EXPECT_TRUE(stored.result->artifact_id.empty());
+  absl::StatusOr<std::vector<ModelVersion>> versions = store_->ListModelVersions("resnet8");
+  ASSERT_TRUE(versions.ok()) << versions.status();
+  EXPECT_TRUE(versions->empty());
+  absl::StatusOr<std::map<std::string, std::vector<std::string>>> listed = artifacts_->List();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(listed->empty()) << listed->size() << " artifact(s) left behind";
+  EXPECT_EQ(*store_->CancelRequest(job.id), std::nullopt);
+}
+
+// Cancelled here (CancelJob on this server) just as the engine returned:
+// nothing is stored.
+TEST_F(WorkerPoolTest, ACancelSeenAsTheEngineReturnsStoresNothing) {
+  class CancelledAsItReturns : public QuantizationEngine {
+   public:
+    explicit CancelledAsItReturns(StopSignals* stop) : stop_(stop) {}
+    absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+      if (!options.progress({engine::Phase::kConverting, 0, 0})) return absl::CancelledError("c");
+      stop_->cancel_reason = "not needed";
+      stop_->cancelled.store(true);  // after the last check
+      EngineOutput output;
+      output.artifact = "int8";
+      output.manifest_json = "{}";
+      return output;
+    }
+
+   private:
+    StopSignals* const stop_;
+  };
+  FakeClock clock;
+  StopSignals stop;
+  CancelledAsItReturns engine(&stop);
+  FullDiskStore store(store_.get());
+  JobEventHub events(&clock);
+  JobRunner runner(&store, artifacts_.get(), &engine, &events, &clock);
+  Job job = NewJob("m");
+  job.id = "job-cancelled-as-it-returns";
+  ASSERT_TRUE(store_->Create(job, 10).ok());
+  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  const Job finished = runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  EXPECT_EQ(finished.state, JobState::kCancelled);
+  EXPECT_EQ(store.pin_calls.load(), 0);
+  ASSERT_TRUE(finished.result.has_value());
+  EXPECT_THAT(finished.result->error_message, HasSubstr("cancelled: not needed"));
+  EXPECT_EQ(store_->Get(job.id)->state, JobState::kCancelled);
+}
+
+// A job claimed as the pool stops, with a cancel asked meanwhile, ends
+// CANCELLED without running; its watchers here (and the metrics, an
+// observer) hear it as they hear any job's end. They once heard nothing.
+TEST_F(WorkerPoolTest, AJobCancelledAsThePoolStopsIsToldToItsWatchers) {
+  FullDiskStore store(store_.get());
+  absl::Notification claimed, stopping;
+  store.after_claim = [&] {
+    claimed.Notify();
+    stopping.WaitForNotification();
+  };
+  WorkerPool::Options options = FastRetries();
+  options.workers = 1;
+  auto pool = NewPool(options, Clock::Real(), &store);
+  ASSERT_NE(pool, nullptr);
+  pool->Start();
+  absl::StatusOr<Job> job = pool->Submit(NewJob("m1"));
+  ASSERT_TRUE(job.ok()) << job.status();
+  claimed.WaitForNotification();
+  ASSERT_TRUE(store_->RequestCancel(job->id, "not needed").ok());
+  CountingWatcher watcher;
+  ASSERT_TRUE(pool->events().Subscribe(job->id, [&] { return store_->Get(job->id); }, &watcher).ok());
+  std::thread stopper([&] { pool->Stop(); });
+  absl::SleepFor(absl::Milliseconds(200));  // Stop marks the pool stopping at once, then waits for the worker
+  stopping.Notify();
+  stopper.join();
+  EXPECT_EQ(store_->Get(job->id)->state, JobState::kCancelled);
+  EXPECT_EQ(engine_.runs_returned.load(), 0) << "the job ran";
+  ASSERT_TRUE(watcher.done.HasBeenNotified());
+  absl::MutexLock lock(&watcher.mu);
+  EXPECT_EQ(watcher.states.back(), JobState::kCancelled);
+  EXPECT_THAT(watcher.result.error_message, HasSubstr("cancelled: not needed"));
 }
 
 }  // namespace
