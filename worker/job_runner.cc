@@ -16,6 +16,8 @@ namespace {
 // Tries at recording a job's outcome when the store fails otherwise than
 // "full" or "busy": about 26 s of backoff at the default 100 ms.
 constexpr int kFinishRetriesOnOtherErrors = 10;
+// While the server stops: about 3 s of tries in all (from 100 ms, doubling).
+constexpr int kFinishRetriesWhileStopping = 5;
 
 class RealEngine final : public QuantizationEngine {
  public:
@@ -280,17 +282,18 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   };
   absl::Status finished = record();
   // A store that cannot write (a full disk) would leave the job RUNNING with
-  // nobody running it: retry until the outcome is recorded. On shutdown the
-  // next start re-queues it. Real time: this waits for space, not for a test.
+  // nobody running it: retry until the outcome is recorded. While the server
+  // stops, a few quick tries only: what is still unrecorded then is re-queued
+  // by the next start and run again from the start, its artifact swept. Real
+  // time: this waits for space, not for a test.
   // Other errors (a corrupt or read-only store) may never pass: after a few
   // tries the runner lets go, and its lease, no longer renewed, runs out and
   // the job is recovered like a crashed one, instead of this worker waiting
   // forever with the job RUNNING.
   absl::Duration backoff = finish_retry_backoff_;
   auto worth_retrying = [&](int attempt) {
-    if (finished.ok() || finished.code() == absl::StatusCode::kFailedPrecondition || stop->shutting_down.load()) {
-      return false;
-    }
+    if (finished.ok() || finished.code() == absl::StatusCode::kFailedPrecondition) return false;
+    if (stop->shutting_down.load()) return attempt <= kFinishRetriesWhileStopping;
     const bool transient = finished.code() == absl::StatusCode::kResourceExhausted ||
                            finished.code() == absl::StatusCode::kUnavailable;
     return transient || attempt <= kFinishRetriesOnOtherErrors;

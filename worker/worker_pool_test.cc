@@ -426,6 +426,43 @@ TEST_F(WorkerPoolTest, AStoreBusyWhenTheServerStopsRequeuesTheFinishedJob) {
   EXPECT_FALSE(stored->result.has_value());
 }
 
+// A finished job whose outcome meets a busy store as the server stops gets a
+// few quick tries: it once got none, stayed RUNNING, and ran again from the
+// start at the next start (its stored artifact swept meanwhile).
+TEST_F(WorkerPoolTest, AnOutcomeMeetingABusyStoreAsTheServerStopsIsStillRecorded) {
+  class FinishesAsTheServerStops : public QuantizationEngine {
+   public:
+    explicit FinishesAsTheServerStops(StopSignals* stop) : stop_(stop) {}
+    absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+      if (!options.progress({engine::Phase::kConverting, 0, 0})) return absl::CancelledError("c");
+      stop_->shutting_down.store(true);  // SIGTERM after the last step
+      EngineOutput output;
+      output.artifact = "int8";
+      output.manifest_json = "{}";
+      return output;
+    }
+
+   private:
+    StopSignals* const stop_;
+  };
+  FakeClock clock;
+  StopSignals stop;
+  FinishesAsTheServerStops engine(&stop);
+  FullDiskStore store(store_.get());
+  store.finish_failures = 2;
+  JobEventHub events(&clock);
+  JobRunner runner(&store, artifacts_.get(), &engine, &events, &clock, int64_t{1} << 30, absl::Milliseconds(1));
+  Job job = NewJob("m");
+  job.id = "job-finished-as-stopping";
+  ASSERT_TRUE(store_->Create(job, 10).ok());
+  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  const Job finished = runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  EXPECT_EQ(store.finish_calls.load(), 3);
+  EXPECT_EQ(finished.state, JobState::kSucceeded);
+  EXPECT_EQ(store_->Get(job.id)->state, JobState::kSucceeded);
+}
+
 // A job claimed just as the pool stops is put back in the queue, not run,
 // and a store busy at that moment gets more tries: the job stayed RUNNING
 // until its lease ran out, and counted as an attempt that crashed.
