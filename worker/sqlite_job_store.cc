@@ -401,7 +401,7 @@ absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now, con
       // One statement: only the process whose UPDATE matched a QUEUED row owns it.
       Stmt s(db_,
              "UPDATE jobs SET state = 2, phase = 0, attempt = attempt + 1, start_us = ?1, holder = ?2, "
-             "lease_us = ?3 "
+             "lease_us = ?3, artifact_id = NULL "
              "WHERE seq = (SELECT seq FROM jobs WHERE state = 1 ORDER BY seq LIMIT 1) AND state = 1 "
              "RETURNING id");
       QUANTD_RETURN_IF_ERROR(s.status());
@@ -541,7 +541,7 @@ absl::StatusOr<std::optional<std::string>> SqliteJobStore::CancelRequest(const s
 absl::StatusOr<std::optional<std::string>> SqliteJobStore::Release(const std::string& id, uint32_t attempt) {
   absl::MutexLock lock(&mu_);
   Stmt s(db_,
-         "UPDATE jobs SET state = 1, phase = 0, attempt = attempt - 1, lease_us = NULL "
+         "UPDATE jobs SET state = 1, phase = 0, attempt = attempt - 1, lease_us = NULL, artifact_id = NULL "
          "WHERE id = ?1 AND state = 2 AND attempt = ?2 AND NOT EXISTS (SELECT 1 FROM cancel_requests WHERE id = ?1)");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id).Bind(2, static_cast<int64_t>(attempt));
@@ -754,7 +754,7 @@ absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocke
     JobResult result;
     result.error_code = absl::StatusCode::kCancelled;
     result.error_message = CancelledMessage(reason);
-    Stmt cancel(db_, "UPDATE jobs SET state = 5, finish_us = ?1, result = ?2, lease_us = NULL WHERE id = ?3");
+    Stmt cancel(db_, "UPDATE jobs SET state = 5, finish_us = ?1, result = ?2, lease_us = NULL, artifact_id = NULL WHERE id = ?3");
     QUANTD_RETURN_IF_ERROR(cancel.status());
     cancel.Bind(1, ToUs(now)).Bind(2, EncodeJobResult(result)).Bind(3, id);
     QUANTD_RETURN_IF_ERROR(cancel.Step().status());
@@ -765,14 +765,15 @@ absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocke
   failed.error_code = absl::StatusCode::kAborted;
   failed.error_message = absl::StrCat("the job crashed the server ", max_attempts,
                                       " times (interrupted while running); not retried again");
-  Stmt fail(db_, absl::StrCat("UPDATE jobs SET state = 4, finish_us = ?1, result = ?3, lease_us = NULL "
+  Stmt fail(db_, absl::StrCat("UPDATE jobs SET state = 4, finish_us = ?1, result = ?3, lease_us = NULL, artifact_id = NULL "
                               "WHERE ", kInterrupted, " AND attempt >= ?4"));
   QUANTD_RETURN_IF_ERROR(fail.status());
   fail.Bind(1, ToUs(now)).Bind(2, restarted_holder).Bind(3, EncodeJobResult(failed));
   fail.Bind(4, static_cast<int64_t>(max_attempts));
   QUANTD_RETURN_IF_ERROR(fail.Step().status());
   counts.failed = sqlite3_changes(db_);
-  Stmt requeue(db_, absl::StrCat("UPDATE jobs SET state = 1, phase = 0, lease_us = NULL WHERE ", kInterrupted));
+  Stmt requeue(db_, absl::StrCat("UPDATE jobs SET state = 1, phase = 0, lease_us = NULL, artifact_id = NULL WHERE ",
+                                 kInterrupted));
   QUANTD_RETURN_IF_ERROR(requeue.status());
   requeue.Bind(1, ToUs(now)).Bind(2, restarted_holder);
   QUANTD_RETURN_IF_ERROR(requeue.Step().status());

@@ -204,6 +204,51 @@ TEST(SqliteJobStoreTest, APinnedArtifactIsNotReleasedByDeletingAnIdenticalJob) {
   EXPECT_EQ(released.size(), 2u);
 }
 
+// An attempt's pin is its own: a job recovered (failed, cancelled or
+// requeued) or released holds nothing, and its artifact listing does not
+// show the identical job's artifact it had pinned as its own.
+TEST(SqliteJobStoreTest, AnInterruptedAttemptsPinIsDroppedWithIt) {
+  auto store = SqliteJobStore::Open(TempDir("stale_pins") + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  JobResult with_artifact;
+  with_artifact.artifact_id = "art-0123";
+  with_artifact.artifact_sha256 = std::string(64, 'a');
+  const absl::Time now = absl::FromUnixSeconds(10);
+  const absl::Time later = now + absl::Hours(2);  // every lease has run out
+  for (const char* id : {"done", "failed", "cancelled", "requeued", "released"}) {
+    ASSERT_TRUE((*store)->Create(NewJob(id, 1), 10).ok());
+  }
+  ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());  // done
+  ASSERT_TRUE((*store)->Finish("done", 1, JobState::kSucceeded, with_artifact, now).ok());
+  for (const char* id : {"failed", "cancelled", "requeued", "released"}) {
+    ASSERT_TRUE((*store)->ClaimNext(now, "local", absl::Hours(1)).ok());
+    ASSERT_TRUE((*store)->PinArtifact(id, 1, "art-0123").ok());
+  }
+  ASSERT_TRUE((*store)->RequestCancel("cancelled", "stop").ok());
+  ASSERT_TRUE((*store)->Release("released", 1).ok());
+  EXPECT_THAT(*(*store)->ArtifactHolders("art-0123"),
+              ::testing::UnorderedElementsAre("done", "failed", "cancelled", "requeued"));
+  absl::StatusOr<JobStore::RecoveryCounts> counts = (*store)->RecoverInterrupted(2, later, "");
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->cancelled, 1);
+  EXPECT_EQ(counts->requeued, 2);  // "failed" and "requeued", on their first attempt
+  // "failed" runs again (the oldest queued), pins again, and is interrupted for good.
+  absl::StatusOr<std::optional<Job>> again = (*store)->ClaimNext(later, "local", absl::Hours(1));
+  ASSERT_TRUE(again.ok() && again->has_value());
+  ASSERT_EQ((*again)->id, "failed");
+  ASSERT_TRUE((*store)->PinArtifact("failed", 2, "art-0123").ok());
+  counts = (*store)->RecoverInterrupted(2, later + absl::Hours(2), "");
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->failed, 1);
+  EXPECT_THAT(*(*store)->ArtifactHolders("art-0123"), ::testing::ElementsAre("done"));
+  for (const char* id : {"failed", "cancelled", "requeued", "released"}) {
+    absl::StatusOr<JobPage> listed = (*store)->ListArtifactJobs(id, 10, "");
+    ASSERT_TRUE(listed.ok()) << listed.status();
+    EXPECT_TRUE(listed->jobs.empty()) << id << " lists " << listed->jobs.front().id << "'s artifact as its own";
+  }
+  EXPECT_EQ((*store)->ListArtifactJobs("done", 10, "")->jobs.size(), 1u);
+}
+
 // A crash after a cancel was acknowledged: the restart's recovery cancels
 // the job instead of running it again; other interrupted jobs are requeued.
 TEST(SqliteJobStoreTest, RecoveryCancelsAnInterruptedJobWhoseCancelWasRequested) {
