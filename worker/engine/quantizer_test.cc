@@ -605,6 +605,38 @@ TEST(QuantizeTest, InfiniteConstantsReachTheArtifact) {
   EXPECT_TRUE(at::equal(artifact.forward({batch->images}).toTensor(), *ours));
 }
 
+// Indexing with a tensor (x[idx]) is aten::index(x, Tensor?[]): a bare list
+// literal in the artifact's code reads as List[Tensor], which newer
+// TorchScript refuses for it. An empty list argument (sum over dim=[]) was
+// written with annotate(), which a module's define() does not know: the job
+// failed after calibrating, storing the artifact. Both are typed variables now.
+TEST(QuantizeTest, ListArgumentsReachTheArtifactTyped) {
+  torch::jit::Module m("Indexed");
+  at::manual_seed(6);
+  m.register_parameter("w", at::randn({10, 3, 32, 32}) * 0.001, false);
+  m.register_buffer("order", at::arange(9, 0, -2, at::kLong));  // 9, 7, 5, 3, 1
+  m.define(R"(
+    def forward(self, x):
+        y = torch.flatten(torch.conv2d(x, self.w), 1)
+        z = y.t()[self.order].t()
+        return torch.softmax(z, 1) + 0.001 * torch.sum(z, [])
+  )");
+  QuantizeOptions options = SavedModelOptions(m, "indexed", 16);
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto bytes = (*model)->SerializeArtifact();
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  std::istringstream in(*bytes);
+  torch::jit::Module artifact = torch::jit::load(in);
+  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 8);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  auto ours = (*model)->impl().executor->Forward(batch->images);
+  ASSERT_TRUE(ours.ok()) << ours.status();
+  const at::Tensor theirs = artifact.forward({batch->images}).toTensor();
+  EXPECT_EQ(theirs.sizes(), (std::vector<int64_t>{8, 5}));
+  EXPECT_TRUE(at::equal(theirs, *ours));
+}
+
 // With pooling folded into the classifier (the best preset) the int8
 // program is fixed to the calibration's image size: an evaluation set of
 // another size was scored anyway, the folded classifier sliding over the

@@ -88,6 +88,8 @@ class SourceBuilder {
     src << "def forward(self, " << absl::StrJoin(params, ", ") << "):\n";
     for (const Instr& instr : program.instrs) {
       QUANTD_ASSIGN_OR_RETURN(std::string line, Line(instr));
+      for (const std::string& typed : typed_lists_) src << "    " << typed << "\n";
+      typed_lists_.clear();
       src << "    " << line << "\n";
     }
     std::vector<std::string> outs;
@@ -207,9 +209,27 @@ class SourceBuilder {
       if (o.list_type->kind() == c10::TypeKind::TupleType) {
         return absl::StrCat("(", absl::StrJoin(items, ", "), items.size() == 1 ? ",)" : ")");
       }
-      return absl::StrCat("[", absl::StrJoin(items, ", "), "]");
+      return ListLiteral(items, arg);
     }
     return ConstantLiteral(o.constant, o.constant_name, arg);
+  }
+
+  // A list literal reads as List[<its items' type>]: for a parameter of
+  // optional items (index's Tensor?[], x[idx]) the type is said, as newer
+  // TorchScript no longer converts one into the other.
+  std::string ListLiteral(const std::vector<std::string>& items, const c10::Argument* arg) {
+    const std::string list = absl::StrCat("[", absl::StrJoin(items, ", "), "]");
+    if (arg == nullptr) return list;
+    const auto* list_type = arg->type()->castRaw<c10::ListType>();
+    if (list_type == nullptr || list_type->getElementType()->kind() != c10::TypeKind::OptionalType) return list;
+    return TypedList(arg->type(), list);
+  }
+  // A variable of `type` holding `list`, defined just before the line that
+  // uses it (a module's define() knows no annotate()).
+  std::string TypedList(const c10::TypePtr& type, const std::string& list) {
+    const std::string name = absl::StrCat("t", typed_list_count_++);
+    typed_lists_.push_back(absl::StrCat(name, " : ", type->annotation_str(), " = ", list));
+    return name;
   }
 
   absl::StatusOr<std::string> ConstantLiteral(const c10::IValue& v, const std::string& name, const c10::Argument* arg) {
@@ -232,14 +252,14 @@ class SourceBuilder {
       auto list = v.toListRef();
       if (list.empty()) {
         if (arg == nullptr) return absl::InvalidArgumentError("cannot write an untyped empty list");
-        return absl::StrCat("annotate(", arg->type()->annotation_str(), ", [])");
+        return TypedList(arg->type(), "[]");
       }
       std::vector<std::string> items;
       for (const c10::IValue& item : list) {
         QUANTD_ASSIGN_OR_RETURN(std::string text, ConstantLiteral(item, name, nullptr));
         items.push_back(text);
       }
-      return absl::StrCat("[", absl::StrJoin(items, ", "), "]");
+      return ListLiteral(items, arg);
     }
     if (v.isTuple()) {
       std::vector<std::string> items;
@@ -254,6 +274,9 @@ class SourceBuilder {
 
   jit::Module* module_;
   std::map<int, std::string> names_;
+  // Typed list variables the line being written needs first.
+  std::vector<std::string> typed_lists_;
+  int typed_list_count_ = 0;
 };
 
 }  // namespace
