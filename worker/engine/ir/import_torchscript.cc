@@ -441,7 +441,26 @@ class Importer {
       all_constant = all_constant && s.IsConstant();
     }
     if (all_constant && node->outputs().size() > 0 && !node->kind().is_prim()) {
-      // Module attributes fed to pure ops (e.g. reading a buffer's shape).
+      // Folding runs the op once, here: right for pure ops on module
+      // attributes (e.g. reading a buffer's shape), wrong for one that
+      // PyTorch runs anew at every call with another outcome.
+      if (node->isNondeterministic()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("op ", kind.toQualString(), " in ", Where(module),
+                         " is random, and quantd would draw it once for every run; make it an input of forward"));
+      }
+      if (const c10::FunctionSchema* schema = node->maybeSchema(); schema != nullptr) {
+        for (size_t i = 0; i < schema->arguments().size() && i < node->inputs().size(); ++i) {
+          const c10::AliasInfo* alias = schema->arguments()[i].alias_info();
+          const Sym& written = in(i);
+          if (alias != nullptr && alias->isWrite() && !written.constant_name.empty()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "op ", kind.toQualString(), " in ", Where(module), " changes the module's state (",
+                written.constant_name, ") at every call, which quantd would do once, when it imports the model: "
+                "stateful models are not supported"));
+          }
+        }
+      }
       return FoldWithOperator(node, env, module);
     }
     if (all_constant && node->kind().is_prim()) return FoldWithOperator(node, env, module);

@@ -188,6 +188,45 @@ TEST(ImportTorchScriptTest, UnpackedChunksAndSplitsAreOneNodePerPiece) {
   EXPECT_TRUE(at::equal(testing::RunFp32(*graph, x), m.forward({x}).toTensor()));
 }
 
+// Ops whose arguments are all constants are run once, at import. A module
+// whose forward changes its own state, or draws random numbers, would then
+// be frozen at its first call: refused, naming the op and the state.
+TEST(ImportTorchScriptTest, StateChangesAndRandomOpsOnConstantsAreRefused) {
+  torch::jit::Module counter("Counter");
+  counter.register_buffer("calls", at::zeros({1}));
+  counter.register_parameter("w", at::randn({4, 3, 1, 1}), false);
+  counter.define(R"(
+    def forward(self, x):
+        self.calls.add_(1)
+        return torch.conv2d(x, self.w) * self.calls
+  )");
+  auto stateful = ImportTorchScript(counter);
+  ASSERT_FALSE(stateful.ok());
+  EXPECT_EQ(stateful.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(stateful.status().message()), HasSubstr("changes the module's state (calls)"));
+
+  torch::jit::Module noisy("Noisy");
+  noisy.define(R"(
+    def forward(self, x):
+        return x + torch.rand(3, 1, 1)
+  )");
+  auto random = ImportTorchScript(noisy);
+  ASSERT_FALSE(random.ok());
+  EXPECT_THAT(std::string(random.status().message()), HasSubstr("is random"));
+
+  // Pure ops on module state still fold (the buffer's shape, a scaled copy).
+  torch::jit::Module pure("Pure");
+  pure.register_buffer("scale", at::full({1}, 2.0));
+  pure.define(R"(
+    def forward(self, x):
+        return x * (self.scale * 3.0) + self.scale.size(0)
+  )");
+  auto folded = ImportTorchScript(pure);
+  ASSERT_TRUE(folded.ok()) << folded.status();
+  const at::Tensor x = at::randn({1, 3, 4, 4});
+  EXPECT_TRUE(at::allclose(testing::RunFp32(*folded, x), pure.forward({x}).toTensor()));
+}
+
 TEST(ImportTorchScriptTest, MissingFileIsInvalidArgument) {
   auto graph = ImportTorchScriptFile("/nonexistent/model.pt");
   EXPECT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument);
