@@ -54,6 +54,19 @@ absl::StatusOr<Role> ParseRole(absl::string_view name) {
   return absl::InvalidArgumentError(absl::StrCat("role '", name, "' is not read, submit or admin"));
 }
 
+namespace {
+
+constexpr size_t kMinTokenLength = 16;
+
+// A field of the token file, quoted for an error, unless it could be a token
+// (a line whose columns are swapped puts one where a name or role goes).
+std::string FieldForError(absl::string_view field) {
+  if (field.size() < kMinTokenLength) return absl::StrCat("'", field, "'");
+  return absl::StrCat("(", field.size(), " characters, not shown: it may be a token)");
+}
+
+}  // namespace
+
 ParsedTokenFile ParseTokenLines(absl::string_view text) {
   ParsedTokenFile parsed;
   int line_number = 0;
@@ -79,11 +92,12 @@ ParsedTokenFile ParseTokenLines(absl::string_view text) {
     }
     absl::StatusOr<Role> role = ParseRole(fields[1]);
     if (!role.ok()) {
-      malformed(std::string(role.status().message()));
+      malformed(absl::StrCat("role ", FieldForError(fields[1]), " is not read, submit or admin"));
       continue;
     }
-    if (fields[2].size() < 16) {
-      malformed(absl::StrCat("the token of '", fields[0], "' is shorter than 16 characters"));
+    if (fields[2].size() < kMinTokenLength) {
+      malformed(absl::StrCat("the token of ", FieldForError(fields[0]), " is shorter than ", kMinTokenLength,
+                             " characters"));
       continue;
     }
     parsed.entries.push_back({std::string(fields[0]), *role, engine::Sha256Hex(std::string(fields[2]))});

@@ -69,6 +69,13 @@ TEST(TokenFileTest, ErrorsNameTheLineAndNeverTheToken) {
   auto short_token = ParseTokenFile("x read short\n");
   EXPECT_THAT(short_token.status().message(), HasSubstr("shorter than 16"));
   EXPECT_THAT(short_token.status().message(), Not(HasSubstr("short\n")));
+  // Columns swapped: the token stands where the role or the name goes.
+  auto token_as_role = ParseTokenFile("ci " + secret + " admin\n");
+  EXPECT_THAT(token_as_role.status().message(), HasSubstr("line 1: role (27 characters, not shown"));
+  EXPECT_THAT(token_as_role.status().message(), Not(HasSubstr(secret)));
+  auto token_as_name = ParseTokenFile(secret + " admin ci\n");
+  EXPECT_THAT(token_as_name.status().message(), HasSubstr("shorter than 16"));
+  EXPECT_THAT(token_as_name.status().message(), Not(HasSubstr(secret)));
 }
 
 TEST(AuthenticatorTest, RolesIncludeTheOnesBelow) {
