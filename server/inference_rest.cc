@@ -462,6 +462,12 @@ Json TensorMetadata(const inference::ModelMetadataResponse::TensorMetadata& tens
           {"shape", std::vector<int64_t>(tensor.shape().begin(), tensor.shape().end())}};
 }
 
+// A request as errors and the audit log name it: a path of up to 8 KiB,
+// audited on every refusal, would cost that much log per request.
+std::string RequestWhat(const std::string& method, const std::string& path) {
+  return absl::StrCat(method.substr(0, 16), " ", path.substr(0, 256), path.size() > 256 ? "..." : "");
+}
+
 }  // namespace
 
 int HttpStatusForCode(absl::StatusCode code) {
@@ -534,7 +540,7 @@ HttpReply InferenceRest::StatsReply(const std::string& name, const std::string& 
 std::optional<HttpReply> InferenceRest::RefuseBeforeBody(const std::string& method, const std::string& path,
                                                          const std::string& authorization,
                                                          const std::string& remote) {
-  const std::string what = absl::StrCat(method.substr(0, 16), " ", path.substr(0, 256));
+  const std::string what = RequestWhat(method, path);
   absl::StatusOr<Principal> caller = auth_->Authorize(authorization, Role::kRead, what);
   if (caller.ok()) return std::nullopt;
   AuditLine("", remote, what, "", caller.status());
@@ -543,7 +549,7 @@ std::optional<HttpReply> InferenceRest::RefuseBeforeBody(const std::string& meth
 }
 
 HttpReply InferenceRest::Handle(const HttpCall& call) {
-  const std::string what = absl::StrCat(call.method, " ", call.path);
+  const std::string what = RequestWhat(call.method, call.path);
   // HEAD is GET without the body (which the HTTP server leaves out).
   const std::string method = call.method == "HEAD" ? "GET" : call.method;
   {

@@ -186,6 +186,11 @@ void PrintHelp() {
   }
 }
 
+// Whether only this machine can reach `address` (--bind_address).
+bool IsLoopbackAddress(absl::string_view address) {
+  return absl::StartsWith(address, "127.") || address == "localhost" || address == "::1" || address == "[::1]";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -251,6 +256,18 @@ int main(int argc, char** argv) {
     std::cerr << "quantd: unexpected argument '" << positional[1]
               << "': quantd takes only flags (--flag=VALUE or --flag VALUE; booleans --flag or --flag=false)\n";
     return 2;
+  }
+  // Given but empty (an unset variable: --token_file="$TOKENS"), these would
+  // turn auth or TLS off without a word: left out, they mean off.
+  for (int i = 1; i < argc; ++i) {
+    for (const char* flag : {"token_file", "tls_cert", "tls_key", "tls_client_ca", "metrics_tls_client_ca"}) {
+      const std::string name = absl::StrCat("--", flag);
+      const absl::string_view arg = argv[i];
+      if (arg == name + "=" || (arg == name && i + 1 < argc && argv[i + 1][0] == '\0')) {
+        std::cerr << "quantd: " << name << " is empty (an unset variable?); leave the flag out to run without it\n";
+        return 2;
+      }
+    }
   }
 #ifdef NDEBUG
   // Debian builds Abseil without NDEBUG, so every Mutex::Lock would also
@@ -328,6 +345,12 @@ int main(int argc, char** argv) {
                                " queue_capacity=", options.queue_capacity,
                                " tls=", options.tls_cert_file.empty() ? "off" : options.tls_client_ca_file.empty() ? "on" : "mtls",
                                " auth=", options.token_file.empty() ? "off" : "tokens"));
+  if (options.token_file.empty() && !IsLoopbackAddress(options.bind_address)) {
+    quantd::LogLine(quantd::LogLevel::kWarning,
+                    absl::StrCat("quantd: no --token_file: every caller that reaches ", options.bind_address,
+                                 " is an admin (submit, delete, upload); give --token_file, or "
+                                 "--bind_address=127.0.0.1 for this machine only"));
+  }
   auto server = quantd::QuantdServer::Start(options);
   if (!server.ok()) {
     quantd::LogLine(quantd::LogLevel::kError,

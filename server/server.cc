@@ -118,8 +118,11 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
   if (options.max_data_bytes < 0) {
     return absl::InvalidArgumentError("--max_data_bytes must be >= 0 (0 = no limit)");
   }
-  if (!(options.blob_ttl_seconds >= 0)) {
-    return absl::InvalidArgumentError("--blob_ttl_seconds must be >= 0 (0 = keep blobs)");
+  // Below a second the collector would spin, and delete uploads before the
+  // job that names them is submitted.
+  if (!(options.blob_ttl_seconds == 0 || (options.blob_ttl_seconds >= 1 && options.blob_ttl_seconds <= 1e9))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--blob_ttl_seconds must be 0 (keep blobs) or in 1..1e9, got ", options.blob_ttl_seconds));
   }
   if (!(options.model_vet_seconds > 0)) {
     return absl::InvalidArgumentError("--model_vet_seconds must be > 0");

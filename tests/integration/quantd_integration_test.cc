@@ -490,7 +490,12 @@ TEST(QuantdFlagsTest, AMissingValueOrUnreadableFileIsAUsageErrorNamingTheFlag) {
            {{"--bind_address", "--workers=2", data}, "--bind_address needs a value"},
            {{data, "--token_file"}, "--token_file needs a value"},
            {{data, "--token_file=" + dir + "/no-such-tokens"}, "--token_file: cannot read"},
-           {{data, "--tls_cert=" + dir + "/no-cert.pem", "--tls_key=" + dir + "/no-key.pem"}, "--tls_cert"}}) {
+           {{data, "--tls_cert=" + dir + "/no-cert.pem", "--tls_key=" + dir + "/no-key.pem"}, "--tls_cert"},
+           // Given empty (an unset variable), they turned auth or TLS off without a word.
+           {{data, "--token_file="}, "--token_file is empty"},
+           {{data, "--token_file", ""}, "--token_file is empty"},
+           {{data, "--tls_cert=", "--tls_key="}, "--tls_cert is empty"},
+           {{data, "--blob_ttl_seconds=0.001"}, "--blob_ttl_seconds must be 0 (keep blobs) or in 1..1e9"}}) {
     ExpectUsageError(args, says, dir + "/data");
   }
   std::filesystem::remove_all(dir);
