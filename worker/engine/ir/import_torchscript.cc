@@ -572,6 +572,14 @@ class Importer {
       const c10::AliasInfo* alias = schema->arguments()[0].alias_info();
       const bool writes_first = alias != nullptr && alias->isWrite();
       const std::string op = absl::StrCat("'", node->kind().toQualString(), "' in ", Where(module));
+      if (writes_first && (ir.inputs[0].kind == Operand::Kind::kList ||
+                           (ir.inputs[0].kind == Operand::Kind::kConstant && ir.inputs[0].constant.isList()))) {
+        // A list is rebuilt from its items at each use, so the change would be
+        // lost (or, on a list made at import, pile up from run to run).
+        return absl::InvalidArgumentError(absl::StrCat(
+            op, " changes a list in place, which quantd does not follow: build the list in one expression "
+                "(torch.cat([a, b], 1), not feats.append(b))"));
+      }
       if (writes_first && ir.inputs[0].kind == Operand::Kind::kConstant && ir.inputs[0].constant.isTensor() &&
           ir.inputs[0].constant_name.empty()) {
         // Folded at import (torch.zeros(...)) and shared by every run: the

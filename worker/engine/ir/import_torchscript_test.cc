@@ -227,6 +227,27 @@ TEST(ImportTorchScriptTest, StateChangesAndRandomOpsOnConstantsAreRefused) {
   EXPECT_TRUE(at::allclose(testing::RunFp32(*folded, x), pure.forward({x}).toTensor()));
 }
 
+// DenseNet's pattern: a list grown with append, then concatenated. The
+// append was lost (cat saw [x]) and the model refused for the wrong reason;
+// on a list made empty at import, each run's append piled up in it.
+TEST(ImportTorchScriptTest, ListsChangedInPlaceAreRefusedNamingTheOp) {
+  for (const std::string& start : {std::string("[x]"), std::string("[]")}) {
+    torch::jit::Module m("Dense");
+    m.register_parameter("w", at::randn({3, 3, 1, 1}), false);
+    m.define(absl::StrCat(R"(
+    def forward(self, x):
+        feats : List[Tensor] = )", start, R"(
+        feats.append(torch.conv2d(x, self.w))
+        return torch.cat(feats, 1)
+  )"));
+    auto graph = ImportTorchScript(m);
+    ASSERT_FALSE(graph.ok()) << start;
+    EXPECT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(graph.status().message()), HasSubstr("'aten::append' in "));
+    EXPECT_THAT(std::string(graph.status().message()), HasSubstr("changes a list in place"));
+  }
+}
+
 TEST(ImportTorchScriptTest, MissingFileIsInvalidArgument) {
   auto graph = ImportTorchScriptFile("/nonexistent/model.pt");
   EXPECT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument);
