@@ -52,14 +52,27 @@ absl::StatusOr<std::unique_ptr<TlsIdentity::Material>> ReadMaterial(const TlsFil
     return absl::InvalidArgumentError(absl::StrCat("cannot read certificate file ", files.cert, ": ", OpenSslReason()));
   }
   material->leaf = PEM_read_bio_X509(cert, nullptr, nullptr, nullptr);
+  std::string damaged_chain;
   if (material->leaf != nullptr) {
     material->chain = sk_X509_new_null();
     while (X509* next = PEM_read_bio_X509(cert, nullptr, nullptr, nullptr)) sk_X509_push(material->chain, next);
+    // The end of the file reads as "no start line"; anything else is a
+    // certificate after the first that does not parse (a file caught half
+    // written): served without it, clients could not build the chain.
+    const unsigned long end = ERR_peek_last_error();
+    if (end != 0 && !(ERR_GET_LIB(end) == ERR_LIB_PEM && ERR_GET_REASON(end) == PEM_R_NO_START_LINE)) {
+      damaged_chain = OpenSslReason();
+    }
   }
   BIO_free(cert);
-  ERR_clear_error();  // the end of the file reads as an error
+  ERR_clear_error();
   if (material->leaf == nullptr || material->chain == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("certificate file ", files.cert, " holds no PEM certificate"));
+  }
+  if (!damaged_chain.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("certificate file ", files.cert, ": certificate ",
+                                                   sk_X509_num(material->chain) + 2, " does not parse: ",
+                                                   damaged_chain));
   }
   std::tm not_after = {};
   if (ASN1_TIME_to_tm(X509_get0_notAfter(material->leaf), &not_after) != 1) {

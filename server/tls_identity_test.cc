@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <memory>
 #include <string>
 
@@ -186,6 +187,34 @@ TEST_F(TlsIdentityTest, LoadNamesTheFileThatFailed) {
   std::ofstream(files_.cert) << "not a certificate\n";
   identity = TlsIdentity::Load(files_, absl::Seconds(1), &clock_);
   EXPECT_THAT(identity.status().message(), HasSubstr("holds no PEM certificate"));
+}
+
+// A chain whose second certificate does not parse (a file caught half
+// written) once loaded as the leaf alone, without a word: clients that need
+// the intermediate then failed every handshake.
+TEST_F(TlsIdentityTest, ADamagedCertificateInTheChainKeepsTheLoadedOne) {
+  auto identity = TlsIdentity::Load(files_, absl::Seconds(1), &clock_);
+  ASSERT_TRUE(identity.ok()) << identity.status();
+  Key second_key = NewKey();
+  const std::string leaf_file = dir_ + "/leaf.pem";
+  ASSERT_NO_FATAL_FAILURE(WriteCert(leaf_file, SelfSigned(second_key.get(), "second").get()));
+  ASSERT_NO_FATAL_FAILURE(WriteCert(dir_ + "/intermediate.pem", SelfSigned(second_key.get(), "intermediate").get()));
+  std::stringstream leaf, intermediate;
+  leaf << std::ifstream(leaf_file).rdbuf();
+  intermediate << std::ifstream(dir_ + "/intermediate.pem").rdbuf();
+  const std::string half = intermediate.str().substr(0, intermediate.str().size() / 2) + "\n-----END CERTIFICATE-----\n";
+  std::ofstream(files_.cert) << leaf.str() << half;
+  ASSERT_NO_FATAL_FAILURE(WriteKey(files_.key, second_key.get()));
+
+  auto refused = TlsIdentity::Load(files_, absl::Seconds(1), &clock_);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("certificate 2 does not parse"));
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(Served(**identity), "first");  // kept until the chain is whole
+
+  std::ofstream(files_.cert) << leaf.str() << intermediate.str();
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(Served(**identity), "second");
 }
 
 }  // namespace
