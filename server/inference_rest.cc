@@ -641,7 +641,13 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   request.set_model_name(path->name);
   request.set_model_version(path->version);
   const absl::Time received = core_->Now();  // parameters[timeout] counts from here, the load included
-  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = core_->LoadForInfer(request);
+  // A client that closed its connection waits for nothing: its request
+  // leaves a wait for another's load, and is not run if still queued.
+  auto gone = [client_gone = call.client_gone]() {
+    if (!client_gone || !client_gone()) return absl::OkStatus();
+    return absl::CancelledError("the client closed its connection while the request waited; it was not run");
+  };
+  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = core_->LoadForInfer(request, gone);
   if (!model.ok()) return ErrorReply(model.status());
   const int64_t batch_values = core_->max_batch_size() * (*model)->info().sample_values();
   bool binary_outputs = false;
@@ -660,7 +666,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
         outcome = std::move(status);
         done.Notify();
       },
-      *std::move(model), nullptr, received);
+      *std::move(model), gone, received);
   done.WaitForNotification();
   if (!outcome.ok()) return ErrorReply(WithRestFieldNames(std::move(outcome)));
   return FromInferResponse(response, binary_outputs);

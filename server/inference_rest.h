@@ -14,6 +14,7 @@
 // status of the gRPC code. No HTTP library here: the HTTP server hands over
 // the parts of a request that matter.
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -33,6 +34,8 @@ struct HttpCall {
   std::string inference_header_length;
   std::string body;
   std::string remote;  // for the audit log
+  // Whether the client has gone (closed its connection); may be null.
+  std::function<bool()> client_gone;
 };
 
 struct HttpReply {

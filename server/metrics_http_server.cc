@@ -168,6 +168,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       // nothing of the request's body after its handler.
       call.body = std::move(const_cast<httplib::Request&>(request).body);
       call.remote = request.remote_addr;
+      call.client_gone = ClientGoneCheck();
       HttpReply reply = rest->Handle(call);
       response.status = reply.status;
       for (const auto& [name, value] : reply.headers) response.set_header(name, value);

@@ -290,6 +290,8 @@ using ServeOne = std::function<bool(httplib::Stream&, bool close_connection, boo
 // Set by a handler on the thread serving the connection: end it after this
 // response (the request's body was left unread).
 thread_local bool t_end_connection = false;
+// The socket of the connection this thread serves a request of, else -1.
+thread_local int t_connection_fd = -1;
 
 // Closing a socket with unread bytes in its receive buffer sends a reset,
 // which can discard the response the peer has not read yet (off loopback,
@@ -320,7 +322,9 @@ bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t ma
     budget.Reset();
     bool closed = false;
     t_end_connection = false;
+    t_connection_fd = fd;
     ok = serve_one(stream, left == 1 || !server.is_running(), closed);
+    t_connection_fd = -1;
     if (!ok || closed || budget.ends_connection() || t_end_connection) break;
   }
   const bool body_left_unread = t_end_connection;
@@ -332,6 +336,18 @@ bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t ma
 }  // namespace
 
 void EndConnectionAfterThisResponse() { t_end_connection = true; }
+
+std::function<bool()> ClientGoneCheck() {
+  const int fd = t_connection_fd;
+  if (fd < 0) return [] { return false; };
+  // The socket stays open while the handler runs. A client that closed
+  // (FIN: the read side hung up) or reset it is gone; one that sends its
+  // next request early is not.
+  return [fd] {
+    pollfd p{fd, POLLRDHUP, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+  };
+}
 
 namespace {
 

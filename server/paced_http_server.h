@@ -14,6 +14,7 @@
 // shutdown.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -63,6 +64,11 @@ struct PacedHttpServer {
 // the response's "Connection: close" says, so the bytes of a body left
 // unread would be parsed as the next request).
 void EndConnectionAfterThisResponse();
+
+// Called from a handler: a check, usable from any thread until the handler
+// returns, of whether the client has closed this request's connection (it
+// left: nobody will read the answer). Always false outside a paced server.
+std::function<bool()> ClientGoneCheck();
 
 PacedHttpServer MakePacedHttpServer(const ConnectionPace& pace);
 // InvalidArgument if the certificate, key or CA cannot be loaded.

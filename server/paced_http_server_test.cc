@@ -7,14 +7,19 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <httplib.h>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "server/auth.h"
@@ -236,6 +241,45 @@ TEST(PacedHttpServerTest, ARefusedBodyIsDrainedSoTheClientReadsTheAnswer) {
   EXPECT_TRUE(body_sent) << "the connection was reset while the client sent its body";
   EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 405")) << answer.substr(0, 200);
   EXPECT_TRUE(absl::StrContains(answer, "/metrics takes GET")) << answer;
+}
+
+// A REST request whose client closed its connection is not run (the check
+// is what InferenceRest gives the batcher): the handler's check turns true
+// once the client is gone, and is false while it waits.
+TEST(PacedHttpServerTest, AHandlerSeesItsClientCloseTheConnection) {
+  PacedHttpServer paced = MakePacedHttpServer(ConnectionPace{});
+  absl::Notification handling, client_closed, handled;
+  std::atomic<bool> gone_while_waiting{true}, gone_after_close{false};
+  paced.http->Get("/wait", [&](const httplib::Request&, httplib::Response& response) {
+    const std::function<bool()> gone = ClientGoneCheck();
+    gone_while_waiting = gone();
+    handling.Notify();
+    client_closed.WaitForNotificationWithTimeout(absl::Seconds(10));
+    for (const absl::Time give_up = absl::Now() + absl::Seconds(5); !gone() && absl::Now() < give_up;) {
+      absl::SleepFor(absl::Milliseconds(5));  // the FIN crossing loopback
+    }
+    gone_after_close = gone();
+    response.set_content("nobody reads this", "text/plain");
+    handled.Notify();
+  });
+  const int port = paced.http->bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread listener([&] { paced.http->listen_after_bind(); });
+  {
+    Connection client(port);
+    ASSERT_TRUE(client.connected());
+    ASSERT_TRUE(client.Send("GET /wait HTTP/1.1\r\nHost: x\r\n\r\n"));
+    ASSERT_TRUE(handling.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    client.Close();
+  }
+  client_closed.Notify();
+  EXPECT_TRUE(handled.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  paced.http->stop();
+  paced.CloseConnections();
+  listener.join();
+  EXPECT_FALSE(gone_while_waiting.load());
+  EXPECT_TRUE(gone_after_close.load());
+  EXPECT_FALSE(ClientGoneCheck()());  // outside a handler: never gone
 }
 
 }  // namespace
