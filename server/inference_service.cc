@@ -39,14 +39,13 @@ template <typename Work>
 grpc::ServerUnaryReactor* InferenceServiceImpl::Offload(grpc::CallbackServerContext* context, const char* method,
                                                         Work work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto run = [this, reactor, context, method, work = std::move(work)]() mutable {
-    absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, method);
-    if (!caller.ok()) {
-      reactor->Finish(ToGrpcStatus(caller.status()));
-      return;
-    }
-    work(reactor);
-  };
+  // Admitted here, before the queue (the tokens are in memory, as for
+  // ModelInfer): callers without a token take no place in it.
+  if (absl::StatusOr<Principal> caller = AdmitCall(*deps_.auth, context, Role::kRead, method); !caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  auto run = [reactor, work = std::move(work)]() mutable { work(reactor); };
   if (!deps_.executor->TrySchedule(std::move(run))) reactor->Finish(ToGrpcStatus(Busy(method)));
   return reactor;
 }
