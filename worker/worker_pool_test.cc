@@ -105,6 +105,24 @@ class FakeEngine : public QuantizationEngine {
   std::map<std::string, int> batches_by_model_ ABSL_GUARDED_BY(mu_);
 };
 
+// An engine that finishes at once, its last check passed, after
+// `as_it_returns` (a stop signal set just then: the server stopping, a cancel).
+class FinishesThen : public QuantizationEngine {
+ public:
+  explicit FinishesThen(std::function<void()> as_it_returns) : as_it_returns_(std::move(as_it_returns)) {}
+  absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+    if (!options.progress({engine::Phase::kConverting, 0, 0})) return absl::CancelledError("c");
+    as_it_returns_();
+    EngineOutput output;
+    output.artifact = "int8";
+    output.manifest_json = "{}";
+    return output;
+  }
+
+ private:
+  const std::function<void()> as_it_returns_;
+};
+
 // A job store on a disk that is full for a while: the first `claim_failures`
 // ClaimNext and `finish_failures` Finish calls fail as SQLite does then.
 // It also records the latest lease a renewal extended to.
@@ -309,6 +327,17 @@ class WorkerPoolTest : public ::testing::Test {
     return job;
   }
 
+  // Records `job` (its id set), claims it as process a would, and runs it
+  // with `runner` as a worker does; returns what the runner returned.
+  Job CreateClaimAndRun(JobRunner& runner, const Job& job, Clock& clock, StopSignals* stop,
+                        absl::Time deadline = absl::InfiniteFuture()) {
+    EXPECT_TRUE(store_->Create(job, 10).ok());
+    absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
+    EXPECT_TRUE(claimed.ok() && claimed->has_value());
+    if (!claimed.ok() || !claimed->has_value()) return job;
+    return runner.Run(**claimed, deadline, stop);
+  }
+
   // Polls the store until the job is in `state` (bounded).
   Job WaitForState(const std::string& id, JobState state) {
     const absl::Time deadline = absl::Now() + absl::Seconds(20);
@@ -430,34 +459,16 @@ TEST_F(WorkerPoolTest, AStoreBusyWhenTheServerStopsRequeuesTheFinishedJob) {
 // few quick tries: it once got none, stayed RUNNING, and ran again from the
 // start at the next start (its stored artifact swept meanwhile).
 TEST_F(WorkerPoolTest, AnOutcomeMeetingABusyStoreAsTheServerStopsIsStillRecorded) {
-  class FinishesAsTheServerStops : public QuantizationEngine {
-   public:
-    explicit FinishesAsTheServerStops(StopSignals* stop) : stop_(stop) {}
-    absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
-      if (!options.progress({engine::Phase::kConverting, 0, 0})) return absl::CancelledError("c");
-      stop_->shutting_down.store(true);  // SIGTERM after the last step
-      EngineOutput output;
-      output.artifact = "int8";
-      output.manifest_json = "{}";
-      return output;
-    }
-
-   private:
-    StopSignals* const stop_;
-  };
   FakeClock clock;
   StopSignals stop;
-  FinishesAsTheServerStops engine(&stop);
+  FinishesThen engine([&] { stop.shutting_down.store(true); });  // SIGTERM after the last step
   FullDiskStore store(store_.get());
   store.finish_failures = 2;
   JobEventHub events(&clock);
   JobRunner runner(&store, artifacts_.get(), &engine, &events, &clock, int64_t{1} << 30, absl::Milliseconds(1));
   Job job = NewJob("m");
   job.id = "job-finished-as-stopping";
-  ASSERT_TRUE(store_->Create(job, 10).ok());
-  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
-  ASSERT_TRUE(claimed.ok() && claimed->has_value());
-  const Job finished = runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  const Job finished = CreateClaimAndRun(runner, job, clock, &stop);
   EXPECT_EQ(store.finish_calls.load(), 3);
   EXPECT_EQ(finished.state, JobState::kSucceeded);
   EXPECT_EQ(store_->Get(job.id)->state, JobState::kSucceeded);
@@ -942,10 +953,7 @@ TEST_F(WorkerPoolTest, ADeadlineThatPassedBeforeAShutdownIsTheJobsOutcome) {
   JobRunner runner(store_.get(), artifacts_.get(), &engine, &events, &clock);
   Job job = NewJob("m");
   job.id = "job-deadline-then-stop";
-  ASSERT_TRUE(store_->Create(job, 10).ok());
-  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
-  ASSERT_TRUE(claimed.ok() && claimed->has_value());
-  const Job finished = runner.Run(**claimed, clock.Now() + absl::Hours(1), &stop);
+  const Job finished = CreateClaimAndRun(runner, job, clock, &stop, clock.Now() + absl::Hours(1));
   EXPECT_EQ(finished.state, JobState::kFailed);
   const Job stored = *store_->Get(job.id);
   EXPECT_EQ(stored.state, JobState::kFailed);
@@ -979,10 +987,7 @@ TEST_F(WorkerPoolTest, ACancelRequestedJustBeforeAShutdownIsTheJobsOutcome) {
   JobRunner runner(store_.get(), artifacts_.get(), &engine, &events, &clock);
   Job job = NewJob("m");
   job.id = "job-cancel-then-stop";
-  ASSERT_TRUE(store_->Create(job, 10).ok());
-  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
-  ASSERT_TRUE(claimed.ok() && claimed->has_value());
-  const Job finished = runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  const Job finished = CreateClaimAndRun(runner, job, clock, &stop);
   EXPECT_EQ(finished.state, JobState::kCancelled);
   const Job stored = *store_->Get(job.id);
   EXPECT_EQ(stored.state, JobState::kCancelled);
@@ -1211,11 +1216,8 @@ TEST_F(WorkerPoolTest, ACancelAcknowledgedWhileTheArtifactIsStoredIsTheJobsOutco
   Job job = NewJob("m");
   job.id = "job-late-cancel";
   job.spec.model_name = "resnet8";
-  ASSERT_TRUE(store_->Create(job, 10).ok());
-  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
-  ASSERT_TRUE(claimed.ok() && claimed->has_value());
   StopSignals stop;
-  const Job finished = runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  const Job finished = CreateClaimAndRun(runner, job, clock, &stop);
   EXPECT_EQ(store.pin_calls.load(), 1);
   EXPECT_EQ(finished.state, JobState::kCancelled);
   const Job stored = *store_->Get(job.id);
@@ -1236,34 +1238,18 @@ TEST_F(WorkerPoolTest, ACancelAcknowledgedWhileTheArtifactIsStoredIsTheJobsOutco
 // Cancelled here (CancelJob on this server) just as the engine returned:
 // nothing is stored.
 TEST_F(WorkerPoolTest, ACancelSeenAsTheEngineReturnsStoresNothing) {
-  class CancelledAsItReturns : public QuantizationEngine {
-   public:
-    explicit CancelledAsItReturns(StopSignals* stop) : stop_(stop) {}
-    absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
-      if (!options.progress({engine::Phase::kConverting, 0, 0})) return absl::CancelledError("c");
-      stop_->cancel_reason = "not needed";
-      stop_->cancelled.store(true);  // after the last check
-      EngineOutput output;
-      output.artifact = "int8";
-      output.manifest_json = "{}";
-      return output;
-    }
-
-   private:
-    StopSignals* const stop_;
-  };
   FakeClock clock;
   StopSignals stop;
-  CancelledAsItReturns engine(&stop);
+  FinishesThen engine([&] {
+    stop.cancel_reason = "not needed";
+    stop.cancelled.store(true);  // after the last check
+  });
   FullDiskStore store(store_.get());
   JobEventHub events(&clock);
   JobRunner runner(&store, artifacts_.get(), &engine, &events, &clock);
   Job job = NewJob("m");
   job.id = "job-cancelled-as-it-returns";
-  ASSERT_TRUE(store_->Create(job, 10).ok());
-  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
-  ASSERT_TRUE(claimed.ok() && claimed->has_value());
-  const Job finished = runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  const Job finished = CreateClaimAndRun(runner, job, clock, &stop);
   EXPECT_EQ(finished.state, JobState::kCancelled);
   EXPECT_EQ(store.pin_calls.load(), 0);
   ASSERT_TRUE(finished.result.has_value());

@@ -56,6 +56,27 @@ QuantizeOptions SavedModelOptions(const torch::jit::Module& m, const std::string
   return options;
 }
 
+// The artifact `model` writes, loaded in the TorchScript interpreter, gives
+// what its int8 program gives on the first 8 calibration images; returns
+// the artifact's outputs.
+at::Tensor ExpectArtifactComputesTheProgram(QuantizedModel& model, const QuantizeOptions& options) {
+  auto bytes = model.SerializeArtifact();
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  if (!bytes.ok()) return at::Tensor();
+  std::istringstream in(*bytes);
+  torch::jit::Module artifact = torch::jit::load(in);
+  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 8);
+  EXPECT_TRUE(batch.ok()) << batch.status();
+  if (!batch.ok()) return at::Tensor();
+  auto ours = model.impl().executor->Forward(batch->images);
+  EXPECT_TRUE(ours.ok()) << ours.status();
+  const at::Tensor theirs = artifact.forward({batch->images}).toTensor();
+  if (ours.ok()) {
+    EXPECT_TRUE(at::equal(theirs, *ours));
+  }
+  return theirs;
+}
+
 // at::set_num_threads rebuilds QNNPACK's global thread pool: SetIntraOpThreads
 // waits until no QNNPACK kernel runs (accuracy-tuning trial threads set their
 // count through it, while served models may run on QNNPACK).
@@ -594,15 +615,7 @@ TEST(QuantizeTest, InfiniteConstantsReachTheArtifact) {
   QuantizeOptions options = SavedModelOptions(m, "infinite", 16);
   auto model = Quantize(options);
   ASSERT_TRUE(model.ok()) << model.status();
-  auto bytes = (*model)->SerializeArtifact();
-  ASSERT_TRUE(bytes.ok()) << bytes.status();
-  std::istringstream in(*bytes);
-  torch::jit::Module artifact = torch::jit::load(in);
-  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 8);
-  ASSERT_TRUE(batch.ok()) << batch.status();
-  auto ours = (*model)->impl().executor->Forward(batch->images);
-  ASSERT_TRUE(ours.ok()) << ours.status();
-  EXPECT_TRUE(at::equal(artifact.forward({batch->images}).toTensor(), *ours));
+  ExpectArtifactComputesTheProgram(**model, options);
 }
 
 // Indexing with a tensor (x[idx]) is aten::index(x, Tensor?[]): a bare list
@@ -624,17 +637,7 @@ TEST(QuantizeTest, ListArgumentsReachTheArtifactTyped) {
   QuantizeOptions options = SavedModelOptions(m, "indexed", 16);
   auto model = Quantize(options);
   ASSERT_TRUE(model.ok()) << model.status();
-  auto bytes = (*model)->SerializeArtifact();
-  ASSERT_TRUE(bytes.ok()) << bytes.status();
-  std::istringstream in(*bytes);
-  torch::jit::Module artifact = torch::jit::load(in);
-  auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 8);
-  ASSERT_TRUE(batch.ok()) << batch.status();
-  auto ours = (*model)->impl().executor->Forward(batch->images);
-  ASSERT_TRUE(ours.ok()) << ours.status();
-  const at::Tensor theirs = artifact.forward({batch->images}).toTensor();
-  EXPECT_EQ(theirs.sizes(), (std::vector<int64_t>{8, 5}));
-  EXPECT_TRUE(at::equal(theirs, *ours));
+  EXPECT_EQ(ExpectArtifactComputesTheProgram(**model, options).sizes(), (std::vector<int64_t>{8, 5}));
 }
 
 // With pooling folded into the classifier (the best preset) the int8
