@@ -325,8 +325,10 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   }
   if (!finished.ok()) {
     // Someone else owns the job now (recovered after the lease ran out).
-    if (finished.code() == absl::StatusCode::kFailedPrecondition && !result.artifact_id.empty()) {
-      remove_unless_held(result.artifact_id, result.artifact_sha256, "lost its lease");
+    const auto [artifact_id, sha256] =
+        stored_unrecorded.value_or(std::make_pair(result.artifact_id, result.artifact_sha256));
+    if (finished.code() == absl::StatusCode::kFailedPrecondition && !artifact_id.empty()) {
+      remove_unless_held(artifact_id, sha256, "lost its lease");
     }
     // Report what is stored.
     absl::StatusOr<Job> stored = store_->Get(job.id);
