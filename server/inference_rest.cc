@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -49,11 +50,24 @@ absl::Status WithRestFieldNames(absl::Status status) {
     return absl::Status(status.code(), absl::StrCat("inputs[0] binary data (parameters.binary_data_size)",
                                                     status.message().substr(kRaw.size())));
   }
-  for (const absl::string_view grpc_field : {"inputs[0].contents.uint_contents", "inputs[0].contents.fp32_contents"}) {
+  // The message's first field as REST names it: tensor data, the version in
+  // the path, parameters as JSON object keys.
+  static constexpr std::pair<absl::string_view, absl::string_view> kRenamed[] = {
+      {"inputs[0].contents.uint_contents", "inputs[0].data"},
+      {"inputs[0].contents.fp32_contents", "inputs[0].data"},
+      {"model_version", "version"},
+      {"parameters[timeout]", "parameters.timeout"},
+  };
+  for (const auto& [grpc_field, rest_field] : kRenamed) {
     if (absl::StartsWith(status.message(), grpc_field)) {
-      return absl::Status(status.code(),
-                          absl::StrCat("inputs[0].data", status.message().substr(grpc_field.size())));
+      return absl::Status(status.code(), absl::StrCat(rest_field, status.message().substr(grpc_field.size())));
     }
+  }
+  // outputs[i].parameters[classification]
+  if (const size_t at = status.message().find(".parameters[classification]");
+      absl::StartsWith(status.message(), "outputs[") && at != absl::string_view::npos) {
+    return absl::Status(status.code(), absl::StrCat(status.message().substr(0, at), ".parameters.classification",
+                                                    status.message().substr(at + 27)));
   }
   return status;
 }
@@ -648,14 +662,14 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
     return absl::CancelledError("the client closed its connection while the request waited; it was not run");
   };
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = core_->LoadForInfer(request, gone);
-  if (!model.ok()) return ErrorReply(model.status());
+  if (!model.ok()) return ErrorReply(WithRestFieldNames(model.status()));
   const int64_t batch_values = core_->max_batch_size() * (*model)->info().sample_values();
   bool binary_outputs = false;
   absl::Status parsed =
       ToInferRequest(call, *path, 2 * batch_values + kJsonElementsBesideData, &request, &binary_outputs);
   if (!parsed.ok()) {
     core_->CountRefused(parsed.code(), &(*model)->info());  // as gRPC's decode errors are
-    return ErrorReply(parsed);
+    return ErrorReply(WithRestFieldNames(parsed));
   }
   inference::ModelInferResponse response;
   absl::Notification done;

@@ -788,7 +788,7 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     expect_rest_error(v2 + "/models/resnet8/infer", "[1, 2]", 400, "body: not a JSON object");
     nlohmann::json no_timeout = body;
     no_timeout["parameters"] = {{"timeout", -1}};
-    expect_rest_error(v2 + "/models/resnet8/infer", no_timeout.dump(), 400, "parameters[timeout]");
+    expect_rest_error(v2 + "/models/resnet8/infer", no_timeout.dump(), 400, "parameters.timeout: microseconds");
     nlohmann::json renamed = body;
     renamed["inputs"][0]["name"] = "pixels";
     expect_rest_error(v2 + "/models/resnet8/infer", renamed.dump(), 400, "inputs[0].name");
@@ -830,6 +830,14 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     expect_rest_error(v2 + "/models/resnet8/infer", strings.dump(), 400, "inputs[0].datatype");
     expect_rest_error(v2 + "/models/resnet8/versions//infer", body.dump(), 400, "version: empty");
     expect_rest_error(v2 + "/models/resnet8/versions/01/infer", body.dump(), 400, "version");
+    {
+      // Named as REST names it (the gRPC message's field is model_version).
+      std::ofstream(body_file, std::ios::trunc) << body.dump();
+      CurlResult r = Curl(v2 + "/models/resnet8/versions/01/infer",
+                          {"-H", "Content-Type: application/json", "--data-binary", "@" + body_file});
+      EXPECT_TRUE(absl::StartsWith(nlohmann::json::parse(r.body, nullptr, false).value("error", ""), "version: "))
+          << r.body;
+    }
     // Each resource takes one method: 405 with Allow and a JSON error.
     const std::string allow_file = quantd.dir() + "/allow.headers";
     CurlResult wrong_method = Curl(v2 + "/models/resnet8/infer", {"-D", allow_file});
