@@ -46,6 +46,9 @@ class OpenConnections {
     for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
   }
 
+  // Connections accepted and waiting for a pool thread.
+  std::atomic<int> waiting_for_thread{0};
+
  private:
   absl::Mutex mu_;
   absl::flat_hash_set<int> fds_ ABSL_GUARDED_BY(mu_);
@@ -311,14 +314,39 @@ void DrainBeforeClose(int fd) {
   }
 }
 
+// Whether a request arrives on the connection within the keep-alive
+// timeout. A connection idle for `yield_after` gives its thread up as soon as
+// another connection waits for one: idle keep-alive clients (a scraper, a
+// browser, a load generator between bursts) would otherwise hold every
+// thread for the whole timeout, and new connections, health probes among
+// them, would wait behind them or be refused. HTTP lets a server close an
+// idle connection at any time; its client reconnects.
+bool NextRequestArrives(int fd, PacedStream& stream, absl::Duration keep_alive_timeout, absl::Duration yield_after,
+                        const std::atomic<int>& waiting_for_thread) {
+  if (stream.HasPending()) return true;
+  const absl::Time idle_since = absl::Now();
+  if (PollFor(fd, POLLIN, std::min(keep_alive_timeout, yield_after)) > 0) return true;
+  // Past `yield_after`: short waits, each followed by a look at the queue.
+  constexpr absl::Duration kQueueCheckInterval = absl::Milliseconds(50);
+  for (;;) {
+    const absl::Duration left = keep_alive_timeout - (absl::Now() - idle_since);
+    if (left <= absl::ZeroDuration() || waiting_for_thread.load() > 0) return false;
+    const int ready = PollFor(fd, POLLIN, std::min(left, kQueueCheckInterval));
+    if (ready != 0) return ready > 0;
+  }
+}
+
 // Requests on one connection, keep-alive as httplib serves them: the wait
-// for a next request is bounded by the keep-alive timeout, each request by
-// its budget.
+// for a next request is bounded by the keep-alive timeout (and shortened
+// while others wait for a thread), each request by its budget.
 bool ServeRequests(int fd, PacedStream& stream, RequestBudget& budget, size_t max_requests,
-                   absl::Duration keep_alive_timeout, const httplib::Server& server, const ServeOne& serve_one) {
+                   absl::Duration keep_alive_timeout, const ConnectionPace& pace, const OpenConnections& connections,
+                   const httplib::Server& server, const ServeOne& serve_one) {
   bool ok = false;
   for (size_t left = std::max<size_t>(1, max_requests); left > 0; --left) {
-    if (!stream.HasPending() && PollFor(fd, POLLIN, keep_alive_timeout) <= 0) break;
+    if (!NextRequestArrives(fd, stream, keep_alive_timeout, pace.idle_yield_after, connections.waiting_for_thread)) {
+      break;
+    }
     budget.Reset();
     bool closed = false;
     t_end_connection = false;
@@ -364,10 +392,12 @@ thread_local bool t_refuse_connection = false;
 // httplib's pool, with a bound on the connections waiting for a thread.
 class BoundedPool : public httplib::TaskQueue {
  public:
-  BoundedPool(size_t threads, int max_waiting) : pool_(threads), max_waiting_(max_waiting) {}
+  BoundedPool(size_t threads, int max_waiting, std::shared_ptr<OpenConnections> connections)
+      : pool_(threads), max_waiting_(max_waiting), connections_(std::move(connections)) {}
 
   void enqueue(std::function<void()> fn) override {
-    if (waiting_.load() >= max_waiting_) {
+    std::atomic<int>& waiting = connections_->waiting_for_thread;
+    if (waiting.load() >= max_waiting_) {
       // Run here, on the accepting thread: the connection's task only
       // writes a 503 without waiting and closes it.
       t_refuse_connection = true;
@@ -375,9 +405,9 @@ class BoundedPool : public httplib::TaskQueue {
       t_refuse_connection = false;
       return;
     }
-    ++waiting_;
-    pool_.enqueue([this, fn = std::move(fn)] {
-      --waiting_;
+    ++waiting;
+    pool_.enqueue([&waiting, fn = std::move(fn)] {
+      --waiting;
       fn();
     });
   }
@@ -386,7 +416,7 @@ class BoundedPool : public httplib::TaskQueue {
  private:
   httplib::ThreadPool pool_;
   const int max_waiting_;
-  std::atomic<int> waiting_{0};
+  const std::shared_ptr<OpenConnections> connections_;  // outlives the pool's tasks
 };
 
 // A connection the server has no room for: a 503 if the socket takes it now
@@ -422,7 +452,7 @@ class PlainServer : public httplib::Server {
     PlainStream stream(fd, &budget, TimeoutOf(read_timeout_sec_, read_timeout_usec_),
                        TimeoutOf(write_timeout_sec_, write_timeout_usec_));
     const bool ok = ServeRequests(fd, stream, budget, keep_alive_max_count_, absl::Seconds(keep_alive_timeout_sec_),
-                                  *this, [this](httplib::Stream& s, bool close, bool& closed) {
+                                  pace_, *connections_, *this, [this](httplib::Stream& s, bool close, bool& closed) {
                                     return process_request(s, close, closed, nullptr);
                                   });
     CloseSocket(*connections_, fd);
@@ -465,7 +495,8 @@ class TlsServer : public httplib::SSLServer {
                        TimeoutOf(write_timeout_sec_, write_timeout_usec_));
       // The handshake is the first request's: same budget.
       if (stream.Handshake()) {
-        ok = ServeRequests(fd, stream, budget, keep_alive_max_count_, absl::Seconds(keep_alive_timeout_sec_), *this,
+        ok = ServeRequests(fd, stream, budget, keep_alive_max_count_, absl::Seconds(keep_alive_timeout_sec_), pace_,
+                           *connections_, *this,
                            [this, ssl](httplib::Stream& s, bool close, bool& closed) {
                              return process_request(s, close, closed, [ssl](httplib::Request& r) { r.ssl = ssl; });
                            });
@@ -484,10 +515,12 @@ class TlsServer : public httplib::SSLServer {
 };
 
 template <typename Server>
-void UsePool(Server& server, const ConnectionPace& pace) {
+void UsePool(Server& server, const ConnectionPace& pace, const std::shared_ptr<OpenConnections>& connections) {
   const size_t threads = static_cast<size_t>(std::max(1, pace.threads));
   const int max_waiting = std::max(0, pace.max_waiting);
-  server.new_task_queue = [threads, max_waiting] { return new BoundedPool(threads, max_waiting); };
+  server.new_task_queue = [threads, max_waiting, connections] {
+    return new BoundedPool(threads, max_waiting, connections);
+  };
 }
 
 }  // namespace
@@ -496,7 +529,7 @@ PacedHttpServer MakePacedHttpServer(const ConnectionPace& pace) {
   PacedHttpServer made;
   made.connections = std::make_shared<OpenConnections>();
   auto http = std::make_unique<PlainServer>(pace, made.connections);
-  UsePool(*http, pace);
+  UsePool(*http, pace, made.connections);
   made.http = std::move(http);
   return made;
 }
@@ -511,7 +544,7 @@ absl::StatusOr<PacedHttpServer> MakePacedHttpsServer(const ConnectionPace& pace,
     return absl::InvalidArgumentError(absl::StrCat("cannot load ", files.cert, " and ", files.key,
                                                    files.client_ca.empty() ? "" : absl::StrCat(" and ", files.client_ca)));
   }
-  UsePool(*https, pace);
+  UsePool(*https, pace, made.connections);
   made.http = std::move(https);
   return made;
 }

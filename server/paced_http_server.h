@@ -10,7 +10,8 @@
 // `min_bytes_per_second` it moved waiting on its socket (the handler's own
 // time does not count), a request line and headers 64 KiB in all (httplib
 // bounds neither a line's length nor their number), connections waiting for
-// a thread are bounded, and CloseConnections() ends every open connection at
+// a thread are bounded, an idle keep-alive connection gives its thread up to
+// a waiting one, and CloseConnections() ends every open connection at
 // shutdown.
 
 #include <cstdint>
@@ -33,6 +34,10 @@ struct ConnectionPace {
   int64_t min_bytes_per_second = int64_t{1} << 20;
   // Pool threads serving connections (idle keep-alive ones hold one each).
   int threads = 32;
+  // A keep-alive connection idle this long is closed as soon as another
+  // connection waits for a thread (otherwise it stays for the keep-alive
+  // timeout, 5 s).
+  absl::Duration idle_yield_after = absl::Milliseconds(500);
   // Connections accepted while every thread is busy wait for one, at most
   // this many; the next is answered 503 at once and closed (each waiting one
   // holds a descriptor and memory: httplib's own queue has no bound).

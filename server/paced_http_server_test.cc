@@ -220,6 +220,42 @@ TEST(PacedHttpServerTest, ConnectionsBeyondTheWaitingBoundAreRefusedAtOnce) {
   EXPECT_TRUE(absl::StartsWith(served, "HTTP/1.1 200")) << served.substr(0, 200);
 }
 
+// Idle keep-alive connections, as many as the pool has threads, would make
+// a new connection (a health probe) wait out the keep-alive timeout (5 s).
+// One idle past `idle_yield_after` (500 ms) is closed as soon as another
+// waits, and the new one is served.
+TEST(PacedHttpServerTest, IdleKeepAliveConnectionsYieldTheirThreadsToWaitingOnes) {
+  std::unique_ptr<MetricsHttpServer> server = StartServer(/*threads=*/2);
+  ASSERT_NE(server, nullptr);
+  std::vector<std::unique_ptr<Connection>> idle;
+  for (int i = 0; i < 2; ++i) {
+    idle.push_back(std::make_unique<Connection>(server->port()));
+    ASSERT_TRUE(idle.back()->Send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+    ASSERT_TRUE(absl::StartsWith(idle.back()->ReadOneResponse(), "HTTP/1.1 200"));
+  }
+  const absl::Time start = absl::Now();
+  absl::StatusOr<test_util::HttpResponse> probe =
+      test_util::HttpGet("127.0.0.1", server->port(), "/metrics", absl::Seconds(3));
+  ASSERT_TRUE(probe.ok()) << probe.status() << " after " << absl::Now() - start;
+  EXPECT_EQ(probe->status_code, 200);
+  // One of the idle connections gave its thread up: the server closed it.
+  EXPECT_TRUE(idle[0]->EndedWithin(absl::ZeroDuration()) || idle[1]->EndedWithin(absl::ZeroDuration()));
+}
+
+// Without others waiting, an idle connection stays open past
+// `idle_yield_after` and serves its next request.
+TEST(PacedHttpServerTest, AnIdleConnectionIsKeptWhileNoOneWaits) {
+  std::unique_ptr<MetricsHttpServer> server = StartServer(/*threads=*/2);
+  ASSERT_NE(server, nullptr);
+  Connection client(server->port());
+  ASSERT_TRUE(client.Send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+  ASSERT_TRUE(absl::StartsWith(client.ReadOneResponse(), "HTTP/1.1 200"));
+  absl::SleepFor(absl::Milliseconds(800));
+  EXPECT_FALSE(client.EndedWithin(absl::ZeroDuration()));
+  ASSERT_TRUE(client.Send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_TRUE(absl::StartsWith(client.ReadOneResponse(), "HTTP/1.1 200"));
+}
+
 // A body refused from its headers stays unread. Closing a socket with unread
 // bytes makes the kernel reset the connection, and a client still sending
 // would lose the answer to that reset; the server reads and drops the rest
