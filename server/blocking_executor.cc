@@ -1,8 +1,12 @@
 #include "server/blocking_executor.h"
 
 #include <algorithm>
+#include <exception>
+#include <new>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "server/log.h"
 #include "worker/engine/base/thread_name.h"
 
 namespace quantd {
@@ -65,7 +69,27 @@ void BlockingExecutor::Loop() {
       task = std::move(queue_.front());
       queue_.pop_front();
     }
-    std::move(task)();
+    try {
+      std::move(task)();
+    } catch (const std::exception& e) {
+      LogLine(LogLevel::kError, absl::StrCat("a task on ", ThisThreadName(), " threw: ", e.what()));
+    } catch (...) {
+      LogLine(LogLevel::kError, absl::StrCat("a task on ", ThisThreadName(), " threw a non-standard exception"));
+    }
+  }
+}
+
+absl::Status StatusOfTask(absl::string_view method, absl::AnyInvocable<absl::Status() &&> work) {
+  try {
+    return std::move(work)();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(method, ": the server ran out of memory; retry later"));
+  } catch (const std::exception& e) {
+    LogLine(LogLevel::kError, absl::StrCat(method, " threw: ", e.what()));
+    return absl::InternalError(absl::StrCat(method, " failed on the server: ", e.what()));
+  } catch (...) {
+    LogLine(LogLevel::kError, absl::StrCat(method, " threw a non-standard exception"));
+    return absl::InternalError(absl::StrCat(method, " failed on the server"));
   }
 }
 

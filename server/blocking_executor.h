@@ -15,6 +15,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 
 namespace quantd {
@@ -40,6 +42,9 @@ class BlockingExecutor {
   [[nodiscard]] bool ScheduleContinuation(absl::AnyInvocable<void() &&> task);
 
   // Refuses new tasks, runs the queued ones, joins the threads. Idempotent.
+  // A task that throws is logged and its thread goes on (an exception leaving
+  // a thread would end the process); callers that must answer for their task
+  // catch it themselves (StatusOfTask).
   void Shutdown();
 
   int queue_capacity() const { return queue_capacity_; }
@@ -56,6 +61,11 @@ class BlockingExecutor {
   std::vector<std::thread> threads_;  // written only in the constructor and Shutdown
   absl::Mutex join_mu_;  // one Shutdown joins
 };
+
+// What `work` returns; if it throws, RESOURCE_EXHAUSTED (std::bad_alloc) or
+// INTERNAL naming `method` and the exception: a handler that throws (a
+// protobuf or allocation failure) still answers its call.
+absl::Status StatusOfTask(absl::string_view method, absl::AnyInvocable<absl::Status() &&> work);
 
 }  // namespace quantd
 

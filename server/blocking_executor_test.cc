@@ -1,11 +1,14 @@
 #include "server/blocking_executor.h"
 
 #include <atomic>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
 #include "worker/engine/base/thread_name.h"
 
@@ -27,6 +30,33 @@ TEST(BlockingExecutorTest, RunsEveryTaskOnItsThreads) {
   }  // the destructor drains the queue
   EXPECT_EQ(ran.load(), 100);
   EXPECT_FALSE(ran_on_caller.load());
+}
+
+// An exception leaving a thread would end the process (std::terminate): a
+// task that throws is logged, and the thread runs the next task.
+TEST(BlockingExecutorTest, ATaskThatThrowsDoesNotEndItsThread) {
+  std::atomic<int> ran{0};
+  {
+    BlockingExecutor executor(1, 10);
+    ASSERT_TRUE(executor.TrySchedule([] { throw std::runtime_error("protobuf failed"); }));
+    ASSERT_TRUE(executor.TrySchedule([] { throw 42; }));
+    ASSERT_TRUE(executor.TrySchedule([&] { ++ran; }));
+  }
+  EXPECT_EQ(ran.load(), 1);
+}
+
+TEST(BlockingExecutorTest, StatusOfTaskAnswersForAThrowingHandler) {
+  EXPECT_EQ(StatusOfTask("GetJob", [] { return absl::NotFoundError("job \"x\" not found"); }),
+            absl::NotFoundError("job \"x\" not found"));
+  const absl::Status thrown =
+      StatusOfTask("ListJobs", []() -> absl::Status { throw std::runtime_error("CodedOutputStream failed"); });
+  EXPECT_EQ(thrown.code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(absl::StrContains(thrown.message(), "ListJobs")) << thrown;
+  EXPECT_TRUE(absl::StrContains(thrown.message(), "CodedOutputStream failed")) << thrown;
+  const absl::Status out_of_memory = StatusOfTask("GetArtifact", []() -> absl::Status { throw std::bad_alloc(); });
+  EXPECT_EQ(out_of_memory.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(out_of_memory.message(), "GetArtifact")) << out_of_memory;
+  EXPECT_EQ(StatusOfTask("Evaluate", []() -> absl::Status { throw 1; }).code(), absl::StatusCode::kInternal);
 }
 
 TEST(BlockingExecutorTest, ItsThreadsCarryTheNameGiven) {

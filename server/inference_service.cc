@@ -35,9 +35,8 @@ absl::Status InferenceServiceImpl::Busy(const char* method) const {
                    "with backoff"));
 }
 
-template <typename Work>
 grpc::ServerUnaryReactor* InferenceServiceImpl::Offload(grpc::CallbackServerContext* context, const char* method,
-                                                        Work work) {
+                                                        absl::AnyInvocable<absl::Status() &&> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // Admitted here, before the queue (the tokens are in memory, as for
   // ModelInfer): callers without a token take no place in it.
@@ -45,7 +44,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Offload(grpc::CallbackServerCont
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  auto run = [reactor, work = std::move(work)]() mutable { work(reactor); };
+  auto run = [reactor, method, work = std::move(work)]() mutable {
+    reactor->Finish(ToGrpcStatus(StatusOfTask(method, std::move(work))));
+  };
   if (!deps_.executor->TrySchedule(std::move(run))) reactor->Finish(ToGrpcStatus(Busy(method)));
   return reactor;
 }
@@ -68,28 +69,27 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ServerReady(grpc::CallbackServer
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelReady(grpc::CallbackServerContext* context,
                                                            const inference::ModelReadyRequest* request,
                                                            inference::ModelReadyResponse* response) {
-  return Offload(context, "ModelReady", [this, request, response](grpc::ServerUnaryReactor* reactor) {
+  return Offload(context, "ModelReady", [this, request, response]() -> absl::Status {
     absl::StatusOr<bool> ready = deps_.core->ModelReady(request->name(), request->version(), "version");
     if (ready.ok()) response->set_ready(*ready);
-    reactor->Finish(ToGrpcStatus(ready.status()));
+    return ready.status();
   });
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::ServerMetadata(grpc::CallbackServerContext* context,
                                                                const inference::ServerMetadataRequest*,
                                                                inference::ServerMetadataResponse* response) {
-  return Offload(context, "ServerMetadata", [this, response](grpc::ServerUnaryReactor* reactor) {
+  return Offload(context, "ServerMetadata", [this, response]() -> absl::Status {
     deps_.core->ServerMetadata(response);
-    reactor->Finish(grpc::Status::OK);
+    return absl::OkStatus();
   });
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelMetadata(grpc::CallbackServerContext* context,
                                                               const inference::ModelMetadataRequest* request,
                                                               inference::ModelMetadataResponse* response) {
-  return Offload(context, "ModelMetadata", [this, request, response](grpc::ServerUnaryReactor* reactor) {
-    reactor->Finish(
-        ToGrpcStatus(deps_.core->ModelMetadata(request->name(), request->version(), "version", response)));
+  return Offload(context, "ModelMetadata", [this, request, response]() -> absl::Status {
+    return deps_.core->ModelMetadata(request->name(), request->version(), "version", response);
   });
 }
 
@@ -128,16 +128,16 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
 grpc::ServerUnaryReactor* InferenceServiceImpl::RepositoryIndex(grpc::CallbackServerContext* context,
                                                                 const inference::RepositoryIndexRequest* request,
                                                                 inference::RepositoryIndexResponse* response) {
-  return Offload(context, "RepositoryIndex", [this, request, response](grpc::ServerUnaryReactor* reactor) {
-    reactor->Finish(ToGrpcStatus(deps_.core->RepositoryIndex(*request, response)));
+  return Offload(context, "RepositoryIndex", [this, request, response]() -> absl::Status {
+    return deps_.core->RepositoryIndex(*request, response);
   });
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelStatistics(grpc::CallbackServerContext* context,
                                                                 const inference::ModelStatisticsRequest* request,
                                                                 inference::ModelStatisticsResponse* response) {
-  return Offload(context, "ModelStatistics", [this, request, response](grpc::ServerUnaryReactor* reactor) {
-    reactor->Finish(ToGrpcStatus(deps_.core->ModelStatistics(*request, response)));
+  return Offload(context, "ModelStatistics", [this, request, response]() -> absl::Status {
+    return deps_.core->ModelStatistics(*request, response);
   });
 }
 

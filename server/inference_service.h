@@ -49,10 +49,10 @@ class InferenceServiceImpl final : public inference::GRPCInferenceService::Callb
                                             inference::ModelStatisticsResponse* response) override;
 
  private:
-  // Runs `work` on the executor once the caller may read; `work` answers
-  // through the reactor's Finish itself.
-  template <typename Work>
-  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, const char* method, Work work);
+  // Runs `work` on the executor once the caller may read, and finishes the
+  // call with what it returns.
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, const char* method,
+                                    absl::AnyInvocable<absl::Status() &&> work);
   // RESOURCE_EXHAUSTED: the inference threads' queue is full.
   absl::Status Busy(const char* method) const;
 

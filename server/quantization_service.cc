@@ -607,8 +607,9 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(grpc::CallbackServerC
                                                            absl::string_view method,
                                                            absl::AnyInvocable<absl::Status() &&> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!deps_.executor->TrySchedule(
-          [reactor, work = std::move(work)]() mutable { reactor->Finish(ToGrpcStatus(std::move(work)())); })) {
+  if (!deps_.executor->TrySchedule([reactor, method, work = std::move(work)]() mutable {
+        reactor->Finish(ToGrpcStatus(StatusOfTask(method, std::move(work))));
+      })) {
     reactor->Finish(ToGrpcStatus(Busy(method, *deps_.executor)));
   }
   return reactor;
