@@ -152,7 +152,17 @@ void Authenticator::ReloadIfChanged() {
   }
   const bool was_missing = file_missing_;
   file_missing_ = false;
-  if (!was_missing && *stamp == loaded_stamp_) return;
+  if (!was_missing && *stamp == loaded_stamp_) {
+    settling_stamp_ = FileStamp{};  // a change undone before it settled
+    return;
+  }
+  // A file rewritten in place (truncated, then written) reads empty or cut
+  // off for a moment, which would refuse every call until the next check:
+  // a change applies once the file is the same at two checks in a row.
+  if (*stamp != settling_stamp_) {
+    settling_stamp_ = *stamp;
+    return;
+  }
   loaded_stamp_ = *stamp;  // a bad file is reported once, not every second
   ParsedTokenFile parsed = ParseTokenLines(*text);
   if (!parsed.error.ok()) {

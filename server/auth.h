@@ -78,6 +78,8 @@ class Authenticator {
   std::vector<TokenEntry> tokens_ ABSL_GUARDED_BY(mu_);
   absl::Time next_check_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   FileStamp loaded_stamp_ ABSL_GUARDED_BY(mu_);
+  // A change seen at the last check, applied if the next one sees it again.
+  FileStamp settling_stamp_ ABSL_GUARDED_BY(mu_);
   bool file_missing_ ABSL_GUARDED_BY(mu_) = false;
 };
 

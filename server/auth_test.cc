@@ -118,6 +118,9 @@ TEST(AuthenticatorTest, ReloadsAChangedFileKeepsTokensWhenTheNewFileIsBad) {
   EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob").ok())
       << "checked at most once per second";
   clock.Advance(absl::Seconds(2));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob").ok())
+      << "a change applies once the file is the same at the next check";
+  clock.Advance(absl::Seconds(2));
   EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob").status().code(),
             absl::StatusCode::kUnauthenticated);
   EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", new_token), Role::kRead, "GetJob")->name, "late");
@@ -128,6 +131,8 @@ TEST(AuthenticatorTest, ReloadsAChangedFileKeepsTokensWhenTheNewFileIsBad) {
   const std::string newcomer = "a-newcomers-token-43";
   Write(path, absl::StrCat("broken line\nops admin ", kAdminToken, "\nnewcomer read ", newcomer, "\n"));
   clock.Advance(absl::Seconds(2));
+  (void)(*auth)->Authorize(absl::StrCat("Bearer ", kAdminToken), Role::kRead, "GetJob");  // the check that sees the change
+  clock.Advance(absl::Seconds(2));
   EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kAdminToken), Role::kAdmin, "DeleteJob").ok());
   EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", new_token), Role::kRead, "GetJob").status().code(),
             absl::StatusCode::kUnauthenticated);
@@ -137,6 +142,8 @@ TEST(AuthenticatorTest, ReloadsAChangedFileKeepsTokensWhenTheNewFileIsBad) {
   // Fixed, the file applies as written.
   Write(path, absl::StrCat("ops admin ", kAdminToken, "\nnewcomer read ", newcomer, "\n"));
   clock.Advance(absl::Seconds(2));
+  (void)(*auth)->Authorize(absl::StrCat("Bearer ", kAdminToken), Role::kRead, "GetJob");
+  clock.Advance(absl::Seconds(2));
   EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", newcomer), Role::kRead, "GetJob")->name, "newcomer");
 
   // Missing for a moment (a Secret's files being swapped): the loaded tokens stay.
@@ -144,11 +151,36 @@ TEST(AuthenticatorTest, ReloadsAChangedFileKeepsTokensWhenTheNewFileIsBad) {
   clock.Advance(absl::Seconds(2));
   EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", newcomer), Role::kRead, "GetJob").ok());
 
-  // Emptied on purpose: everyone is refused.
+  // Emptied on purpose: everyone is refused, once the empty file is seen
+  // at two checks (not a rewrite under way).
   Write(path, "# nobody for now\n");
+  clock.Advance(absl::Seconds(2));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kAdminToken), Role::kRead, "GetJob").ok());
   clock.Advance(absl::Seconds(2));
   EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", kAdminToken), Role::kRead, "GetJob").status().code(),
             absl::StatusCode::kUnauthenticated);
+  std::filesystem::remove(path);
+}
+
+// `echo ... > tokens` truncates the file, then writes it: a check between
+// the two reads it empty. Applied at once, that refused every call until
+// the next check; a change applies only once it is seen at two checks.
+TEST(AuthenticatorTest, AFileReadEmptyHalfwayThroughARewriteRefusesNobody) {
+  const std::string path = TokenFilePath();
+  Write(path, Tokens());
+  worker::FakeClock clock;
+  auto auth = Authenticator::FromFile(path, &clock);
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  Write(path, "");  // truncated
+  clock.Advance(absl::Seconds(2));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob").ok());
+  const std::string added = "a-token-added-by-the-rewrite";
+  Write(path, absl::StrCat(Tokens(), "new read ", added, "\n"));  // written
+  clock.Advance(absl::Seconds(2));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob").ok());
+  clock.Advance(absl::Seconds(2));
+  EXPECT_TRUE((*auth)->Authorize(absl::StrCat("Bearer ", kReadToken), Role::kRead, "GetJob").ok());
+  EXPECT_EQ((*auth)->Authorize(absl::StrCat("Bearer ", added), Role::kRead, "GetJob")->name, "new");
   std::filesystem::remove(path);
 }
 
