@@ -603,12 +603,20 @@ absl::StatusOr<Principal> QuantizationServiceImpl::Admit(grpc::CallbackServerCon
   return AdmitCall(*deps_.auth, context, required, method);
 }
 
-grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(grpc::CallbackServerContext* context,
-                                                           absl::string_view method,
-                                                           absl::AnyInvocable<absl::Status() &&> work) {
+grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(
+    grpc::CallbackServerContext* context, absl::string_view method, Role required,
+    absl::AnyInvocable<absl::Status(Principal caller) &&> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!deps_.executor->TrySchedule([reactor, method, work = std::move(work)]() mutable {
-        reactor->Finish(ToGrpcStatus(StatusOfTask(method, std::move(work))));
+  // Admitted here, before the queue (the tokens are in memory): callers
+  // without a token take no place in it.
+  absl::StatusOr<Principal> caller = Admit(context, required, method);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  if (!deps_.executor->TrySchedule([reactor, method, caller = *std::move(caller), work = std::move(work)]() mutable {
+        reactor->Finish(ToGrpcStatus(StatusOfTask(
+            method, [&caller, &work]() -> absl::Status { return std::move(work)(std::move(caller)); })));
       })) {
     reactor->Finish(ToGrpcStatus(Busy(method, *deps_.executor)));
   }
@@ -618,32 +626,31 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(grpc::CallbackServerC
 grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
     grpc::CallbackServerContext* context, const v1::QuantizeJobRequest* request,
     v1::Job* response) {
-  return Offload(context, "QuantizeJob", [this, context, request, response]() -> absl::Status {
-    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "QuantizeJob"));
-    // A retry gets its job back before anything is resolved: what the first
-    // request named may be gone by now.
-    absl::StatusOr<std::optional<worker::Job>> retried = JobOfRetry(*request, caller.name, deps_.pool->store());
-    if (!retried.ok()) return Audited(context, caller, "QuantizeJob", "", retried.status());
-    if (retried->has_value()) {
-      ToProto(**retried, response);
-      return Audited(context, caller, "QuantizeJob", (*retried)->id, absl::OkStatus());
-    }
-    // No blob this job names may be deleted before the job is recorded.
-    const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
-    absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
-    if (!job.ok()) return Audited(context, caller, "QuantizeJob", "", job.status());
-    job->owner = caller.name;
-    absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
-    if (!submitted.ok()) return Audited(context, caller, "QuantizeJob", "", submitted.status());
-    ToProto(*submitted, response);
-    return Audited(context, caller, "QuantizeJob", submitted->id, absl::OkStatus());
-  });
+  return Offload(
+      context, "QuantizeJob", Role::kSubmit, [this, context, request, response](Principal caller) -> absl::Status {
+        // A retry gets its job back before anything is resolved: what the first
+        // request named may be gone by now.
+        absl::StatusOr<std::optional<worker::Job>> retried = JobOfRetry(*request, caller.name, deps_.pool->store());
+        if (!retried.ok()) return Audited(context, caller, "QuantizeJob", "", retried.status());
+        if (retried->has_value()) {
+          ToProto(**retried, response);
+          return Audited(context, caller, "QuantizeJob", (*retried)->id, absl::OkStatus());
+        }
+        // No blob this job names may be deleted before the job is recorded.
+        const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
+        absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
+        if (!job.ok()) return Audited(context, caller, "QuantizeJob", "", job.status());
+        job->owner = caller.name;
+        absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
+        if (!submitted.ok()) return Audited(context, caller, "QuantizeJob", "", submitted.status());
+        ToProto(*submitted, response);
+        return Audited(context, caller, "QuantizeJob", submitted->id, absl::OkStatus());
+      });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetJob(
     grpc::CallbackServerContext* context, const v1::GetJobRequest* request, v1::Job* response) {
-  return Offload(context, "GetJob", [this, context, request, response]() -> absl::Status {
-    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "GetJob").status());
+  return Offload(context, "GetJob", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     QUANTD_RETURN_IF_ERROR(RequireId(request->id()));
     QUANTD_ASSIGN_OR_RETURN(worker::Job job, deps_.pool->store().Get(request->id()));
     ToProto(job, response);
@@ -654,8 +661,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::GetJob(
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListJobs(
     grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
     v1::ListJobsResponse* response) {
-  return Offload(context, "ListJobs", [this, context, request, response]() -> absl::Status {
-    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "ListJobs").status());
+  return Offload(context, "ListJobs", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     std::vector<worker::JobState> states;
     for (int state : request->states()) {
       QUANTD_ASSIGN_OR_RETURN(worker::JobState s, FromProto(static_cast<v1::JobState>(state)));
@@ -695,39 +701,38 @@ grpc::ServerWriteReactor<v1::JobEvent>* QuantizationServiceImpl::WatchJob(
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
     grpc::CallbackServerContext* context, const v1::CancelJobRequest* request, v1::Job* response) {
-  return Offload(context, "CancelJob", [this, context, request, response]() -> absl::Status {
-    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "CancelJob"));
-    if (absl::Status status = RequireId(request->id()); !status.ok()) {
-      return Audited(context, caller, "CancelJob", "", status);
-    }
-    // One submitter may not cancel another's job; an admin may cancel any.
-    // (Jobs stored before owners were kept have none: anyone may, as then.)
-    if (caller.role < Role::kAdmin) {
-      absl::StatusOr<worker::Job> stored = deps_.pool->store().Get(request->id());
-      if (!stored.ok()) return Audited(context, caller, "CancelJob", request->id(), stored.status());
-      if (!stored->owner.empty() && stored->owner != caller.name) {
-        return Audited(context, caller, "CancelJob", request->id(),
-                       absl::PermissionDeniedError(absl::StrCat(
-                           "CancelJob: job ", request->id(), " was submitted by \"", stored->owner,
-                           "\"; only its submitter or an admin may cancel it")));
-      }
-    }
-    if (request->reason().size() > 1024) {
-      return Audited(context, caller, "CancelJob", request->id(),
-                     absl::InvalidArgumentError(
-                         absl::StrCat("reason: ", request->reason().size(), " bytes, at most 1024")));
-    }
-    absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
-    if (job.ok()) ToProto(*job, response);
-    return Audited(context, caller, "CancelJob", request->id(), job.status());
-  });
+  return Offload(
+      context, "CancelJob", Role::kSubmit, [this, context, request, response](Principal caller) -> absl::Status {
+        if (absl::Status status = RequireId(request->id()); !status.ok()) {
+          return Audited(context, caller, "CancelJob", "", status);
+        }
+        // One submitter may not cancel another's job; an admin may cancel any.
+        // (Jobs stored before owners were kept have none: anyone may, as then.)
+        if (caller.role < Role::kAdmin) {
+          absl::StatusOr<worker::Job> stored = deps_.pool->store().Get(request->id());
+          if (!stored.ok()) return Audited(context, caller, "CancelJob", request->id(), stored.status());
+          if (!stored->owner.empty() && stored->owner != caller.name) {
+            return Audited(context, caller, "CancelJob", request->id(),
+                           absl::PermissionDeniedError(
+                               absl::StrCat("CancelJob: job ", request->id(), " was submitted by \"", stored->owner,
+                                            "\"; only its submitter or an admin may cancel it")));
+          }
+        }
+        if (request->reason().size() > 1024) {
+          return Audited(
+              context, caller, "CancelJob", request->id(),
+              absl::InvalidArgumentError(absl::StrCat("reason: ", request->reason().size(), " bytes, at most 1024")));
+        }
+        absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
+        if (job.ok()) ToProto(*job, response);
+        return Audited(context, caller, "CancelJob", request->id(), job.status());
+      });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
     grpc::CallbackServerContext* context, const v1::DeleteJobRequest* request,
     v1::DeleteJobResponse*) {
-  return Offload(context, "DeleteJob", [this, context, request]() -> absl::Status {
-    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kAdmin, "DeleteJob"));
+  return Offload(context, "DeleteJob", Role::kAdmin, [this, context, request](Principal caller) -> absl::Status {
     if (absl::Status status = RequireId(request->id()); !status.ok()) {
       return Audited(context, caller, "DeleteJob", "", status);
     }
@@ -759,8 +764,7 @@ grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::Uplo
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServerContext* context,
                                                              const v1::ListBlobsRequest* request,
                                                              v1::ListBlobsResponse* response) {
-  return Offload(context, "ListBlobs", [this, context, request, response]() -> absl::Status {
-    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "ListBlobs").status());
+  return Offload(context, "ListBlobs", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(std::vector<worker::StoredBlob> blobs, deps_.blobs->List());
     const size_t page_size =
         request->page_size() == 0 ? 100 : std::min<size_t>(request->page_size(), kMaxPageSize);
@@ -780,8 +784,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServe
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetBlob(grpc::CallbackServerContext* context,
                                                            const v1::GetBlobRequest* request, v1::BlobInfo* response) {
-  return Offload(context, "GetBlob", [this, context, request, response]() -> absl::Status {
-    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "GetBlob").status());
+  return Offload(context, "GetBlob", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(worker::StoredBlob blob, deps_.blobs->Stat(request->id(), "id"));
     QUANTD_ASSIGN_OR_RETURN(std::vector<std::string> users, deps_.pool->store().ActiveJobsUsing(blob.id));
     ToProto(blob, users, response);
@@ -792,8 +795,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::GetBlob(grpc::CallbackServerC
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteBlob(grpc::CallbackServerContext* context,
                                                               const v1::DeleteBlobRequest* request,
                                                               v1::DeleteBlobResponse*) {
-  return Offload(context, "DeleteBlob", [this, context, request]() -> absl::Status {
-    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kAdmin, "DeleteBlob"));
+  return Offload(context, "DeleteBlob", Role::kAdmin, [this, context, request](Principal caller) -> absl::Status {
     auto audited = [&](const absl::Status& status) {
       return Audited(context, caller, "DeleteBlob", request->id(), status);
     };
@@ -818,8 +820,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteBlob(grpc::CallbackServ
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(
     grpc::CallbackServerContext* context, const v1::GetArtifactRequest* request,
     v1::Artifact* response) {
-  return Offload(context, "GetArtifact", [this, context, request, response]() -> absl::Status {
-    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "GetArtifact").status());
+  return Offload(context, "GetArtifact", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(worker::Job job, ArtifactJob(deps_.pool->store(), request->id()));
     ArtifactToProto(job, response);
     return absl::OkStatus();
@@ -829,8 +830,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListArtifacts(
     grpc::CallbackServerContext* context, const v1::ListArtifactsRequest* request,
     v1::ListArtifactsResponse* response) {
-  return Offload(context, "ListArtifacts", [this, context, request, response]() -> absl::Status {
-    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "ListArtifacts").status());
+  return Offload(context, "ListArtifacts", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(worker::JobPage page,
                             deps_.pool->store().ListArtifactJobs(request->job_id(), PageSize(request->page_size()),
                                                                  request->page_token()));
@@ -862,8 +862,7 @@ QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext* context,
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListModels(grpc::CallbackServerContext* context,
                                                               const v1::ListModelsRequest* request,
                                                               v1::ListModelsResponse* response) {
-  return Offload(context, "ListModels", [this, context, request, response]() -> absl::Status {
-    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "ListModels").status());
+  return Offload(context, "ListModels", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     if (!request->name().empty()) QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request->name(), "name"));
     QUANTD_ASSIGN_OR_RETURN(std::vector<worker::ModelVersion> versions,
                             deps_.pool->store().ListModelVersions(request->name()));
@@ -878,49 +877,49 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListModels(grpc::CallbackServ
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteModelVersion(grpc::CallbackServerContext* context,
                                                                       const v1::DeleteModelVersionRequest* request,
                                                                       v1::DeleteModelVersionResponse*) {
-  return Offload(context, "DeleteModelVersion", [this, context, request]() -> absl::Status {
-    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kAdmin, "DeleteModelVersion"));
-    const std::string target = absl::StrCat(request->name(), "/", request->version());
-    if (absl::Status status = worker::ValidateModelName(request->name(), "name"); !status.ok()) {
-      return Audited(context, caller, "DeleteModelVersion", target, status);
-    }
-    if (request->version() == 0 || request->version() > static_cast<uint64_t>(INT64_MAX)) {
-      return Audited(context, caller, "DeleteModelVersion", target,
-                     absl::InvalidArgumentError(
-                         absl::StrCat("version: a version number (1, 2, ...), not ", request->version())));
-    }
-    const absl::Status deleted =
-        deps_.pool->store().DeleteModelVersion(request->name(), static_cast<int64_t>(request->version()));
-    if (deleted.ok()) {  // served no more, at once
-      deps_.models->ForgetResolutions();
-      deps_.models->DropUnpublished();
-    }
-    return Audited(context, caller, "DeleteModelVersion", target, deleted);
-  });
+  return Offload(
+      context, "DeleteModelVersion", Role::kAdmin, [this, context, request](Principal caller) -> absl::Status {
+        const std::string target = absl::StrCat(request->name(), "/", request->version());
+        if (absl::Status status = worker::ValidateModelName(request->name(), "name"); !status.ok()) {
+          return Audited(context, caller, "DeleteModelVersion", target, status);
+        }
+        if (request->version() == 0 || request->version() > static_cast<uint64_t>(INT64_MAX)) {
+          return Audited(context, caller, "DeleteModelVersion", target,
+                         absl::InvalidArgumentError(
+                             absl::StrCat("version: a version number (1, 2, ...), not ", request->version())));
+        }
+        const absl::Status deleted =
+            deps_.pool->store().DeleteModelVersion(request->name(), static_cast<int64_t>(request->version()));
+        if (deleted.ok()) {  // served no more, at once
+          deps_.models->ForgetResolutions();
+          deps_.models->DropUnpublished();
+        }
+        return Audited(context, caller, "DeleteModelVersion", target, deleted);
+      });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(grpc::CallbackServerContext* context,
                                                             const v1::EvaluateRequest* request,
                                                             v1::Evaluation* response) {
-  return Offload(context, "Evaluate", [this, context, request, response]() -> absl::Status {
-    // It takes compute like a job does: the submit role.
-    QUANTD_ASSIGN_OR_RETURN(Principal caller, Admit(context, Role::kSubmit, "Evaluate"));
-    // The dataset blob may not go before the evaluation has opened it.
-    const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
-    absl::StatusOr<worker::EvaluationSpec> spec = EvaluationSpecFromRequest(*request, resolver_);
-    if (!spec.ok()) return Audited(context, caller, "Evaluate", request->model_name(), spec.status());
-    absl::StatusOr<worker::Evaluation> started = deps_.evaluator->Start(*std::move(spec));
-    if (!started.ok()) return Audited(context, caller, "Evaluate", request->model_name(), started.status());
-    ToProto(*started, response);
-    return Audited(context, caller, "Evaluate", started->id, absl::OkStatus());
-  });
+  return Offload(context, "Evaluate", Role::kSubmit,
+                 [this, context, request, response](Principal caller) -> absl::Status {
+                   // It takes compute like a job does: the submit role.
+                   // The dataset blob may not go before the evaluation has opened it.
+                   const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
+                   absl::StatusOr<worker::EvaluationSpec> spec = EvaluationSpecFromRequest(*request, resolver_);
+                   if (!spec.ok()) return Audited(context, caller, "Evaluate", request->model_name(), spec.status());
+                   absl::StatusOr<worker::Evaluation> started = deps_.evaluator->Start(*std::move(spec));
+                   if (!started.ok())
+                     return Audited(context, caller, "Evaluate", request->model_name(), started.status());
+                   ToProto(*started, response);
+                   return Audited(context, caller, "Evaluate", started->id, absl::OkStatus());
+                 });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetEvaluation(grpc::CallbackServerContext* context,
                                                                  const v1::GetEvaluationRequest* request,
                                                                  v1::Evaluation* response) {
-  return Offload(context, "GetEvaluation", [this, context, request, response]() -> absl::Status {
-    QUANTD_RETURN_IF_ERROR(Admit(context, Role::kRead, "GetEvaluation").status());
+  return Offload(context, "GetEvaluation", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     QUANTD_RETURN_IF_ERROR(RequireId(request->id()));
     QUANTD_ASSIGN_OR_RETURN(worker::Evaluation evaluation, deps_.evaluator->Get(request->id()));
     ToProto(evaluation, response);

@@ -115,10 +115,11 @@ class QuantizationServiceImpl final
   // (the refusal is audited).
   absl::StatusOr<Principal> Admit(grpc::CallbackServerContext* context, Role required,
                                   absl::string_view method) const;
-  // Runs `work` on the executor and finishes the call with what it returns;
-  // RESOURCE_EXHAUSTED at once when the executor's queue is full.
-  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, absl::string_view method,
-                                    absl::AnyInvocable<absl::Status() &&> work);
+  // Admits the caller for `required`, then runs `work` on the executor and
+  // finishes the call with what it returns; RESOURCE_EXHAUSTED at once when
+  // the executor's queue is full.
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, absl::string_view method, Role required,
+                                    absl::AnyInvocable<absl::Status(Principal caller) &&> work);
 
   const Deps deps_;
   const ReferenceResolver resolver_;

@@ -956,6 +956,58 @@ TEST(ServerExecutorTest, BlockingWorkWaitsOnTheExecutorAndAFullQueueIsResourceEx
   std::filesystem::remove_all(options.data_dir);
 }
 
+// Tokens are in memory: a call is admitted before it queues for the RPC
+// executor, so callers without a valid token take no place in its queue
+// (a flood of them would otherwise crowd out those with one), and get the
+// answer that tells them why.
+TEST(ServerExecutorTest, CallsWithoutAValidTokenAreRefusedBeforeTheyQueue) {
+  const std::string dir = TempDir("admit_first");
+  std::filesystem::create_directories(dir);
+  const std::string token = "reader-token-0123456789";
+  std::ofstream(dir + "/tokens") << "reader read " << token << "\n";
+  QuantdServer::Options options = LoopbackOptions(dir + "/data");
+  options.token_file = dir + "/tokens";
+  options.rpc_threads = 1;
+  options.rpc_queue_capacity = 1;
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
+  BlockingExecutor& executor = (*server)->rpc_executor();
+  absl::Notification stuck, release;
+  ASSERT_TRUE(executor.TrySchedule([&] {
+    stuck.Notify();
+    release.WaitForNotification();
+  }));
+  stuck.WaitForNotification();
+  ASSERT_TRUE(executor.TrySchedule([] {}));  // the queue is full
+
+  auto get_job = [&](const std::string& authorization) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    if (!authorization.empty()) context.AddMetadata("authorization", authorization);
+    v1::GetJobRequest request;
+    request.set_id("job-1");
+    v1::Job job;
+    return stub->GetJob(&context, request, &job);
+  };
+  EXPECT_EQ(get_job("").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(get_job("Bearer not-a-token-at-all").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(get_job("Bearer " + token).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  {  // a role too low is refused before the queue too
+    grpc::ClientContext context;
+    SetDeadline(context);
+    context.AddMetadata("authorization", "Bearer " + token);
+    v1::DeleteJobRequest request;
+    request.set_id("job-1");
+    v1::DeleteJobResponse response;
+    EXPECT_EQ(stub->DeleteJob(&context, request, &response).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  release.Notify();
+  EXPECT_EQ(get_job("Bearer " + token).error_code(), grpc::StatusCode::NOT_FOUND);
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ServerOptionsTest, RejectsBadOptions) {
   QuantdServer::Options options;
   options.grpc_port = 0;
