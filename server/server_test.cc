@@ -1003,6 +1003,7 @@ TEST(ServerExecutorTest, CallsWithoutAValidTokenAreRefusedBeforeTheyQueue) {
     EXPECT_EQ(stub->DeleteJob(&context, request, &response).error_code(), grpc::StatusCode::PERMISSION_DENIED);
   }
   release.Notify();
+  for (int i = 0; i < 1000 && executor.queued() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
   EXPECT_EQ(get_job("Bearer " + token).error_code(), grpc::StatusCode::NOT_FOUND);
   (*server)->Shutdown(absl::Seconds(5));
   std::filesystem::remove_all(dir);
