@@ -18,24 +18,25 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
   // process is storing it.
   QUANTD_ASSIGN_OR_RETURN(const auto listed, artifacts.List());
   for (const auto& [sha256, manifests] : listed) {
-    QUANTD_ASSIGN_OR_RETURN(const std::vector<std::string> holding, jobs.ArtifactHolders(ArtifactIdFor(sha256)));
-    const std::set<std::string> holders(holding.begin(), holding.end());
-    if (holders.empty()) {
-      // Removed only if still unheld once pinning is locked out: an identical
-      // job elsewhere may have pinned it since.
-      const std::string& file = sha256;  // a structured binding cannot be captured in C++17
-      QUANTD_RETURN_IF_ERROR(jobs.WithArtifactLocked(ArtifactIdFor(file), [&](bool unheld) {
-        if (!unheld) return absl::OkStatus();  // the next sweep looks again
-        ++swept.artifacts;
-        return artifacts.Remove(file);
-      }));
-      continue;
-    }
-    for (const std::string& job_id : manifests) {
-      if (holders.count(job_id) > 0) continue;
-      QUANTD_RETURN_IF_ERROR(artifacts.RemoveManifest(sha256, job_id));
-      ++swept.manifests;
-    }
+    // Decided while pinning is locked out: a job that pins the artifact
+    // (an identical job, or an earlier holder run again) stores its bytes
+    // and manifest after the decision, never between it and the removal.
+    const std::string& file = sha256;  // a structured binding cannot be captured in C++17
+    const std::vector<std::string>& manifest_jobs = manifests;
+    QUANTD_RETURN_IF_ERROR(
+        jobs.WithArtifactLocked(ArtifactIdFor(file), [&](const std::vector<std::string>& holding) -> absl::Status {
+          if (holding.empty()) {
+            ++swept.artifacts;
+            return artifacts.Remove(file);
+          }
+          const std::set<std::string> holders(holding.begin(), holding.end());
+          for (const std::string& job_id : manifest_jobs) {
+            if (holders.count(job_id) > 0) continue;
+            QUANTD_RETURN_IF_ERROR(artifacts.RemoveManifest(file, job_id));
+            ++swept.manifests;
+          }
+          return absl::OkStatus();
+        }));
   }
   return swept;
 }

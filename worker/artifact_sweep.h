@@ -9,9 +9,10 @@
 // against the data quota forever.
 //
 // Run at start-up, after this server's interrupted jobs were requeued (their
-// stale pins no longer hold anything). Jobs running meanwhile, in this
-// process or another sharing the stores, keep what they store: they pin it
-// first.
+// stale pins no longer hold anything), and then periodically while workers
+// run. Jobs running meanwhile, in this process or another sharing the
+// stores, keep what they store: they pin it first, and each artifact's
+// files are decided on while pinning is locked out.
 
 #include "absl/status/statusor.h"
 #include "worker/artifact_store.h"

@@ -314,7 +314,9 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   // holds it: one that stores the same bytes pins them first, under the same lock.
   auto remove_unless_held = [&](const std::string& artifact_id, const std::string& sha256, const char* why) {
     const absl::Status released = store_->WithArtifactLocked(
-        artifact_id, [&](bool unheld) { return unheld ? artifacts_->Remove(sha256) : absl::OkStatus(); });
+        artifact_id, [&](const std::vector<std::string>& holders) {
+          return holders.empty() ? artifacts_->Remove(sha256) : absl::OkStatus();
+        });
     if (!released.ok()) {
       std::cerr << "quantd: job " << job.id << " attempt " << job.attempt_count << " " << why << "; its artifact "
                 << artifact_id << " stays until the next start's sweep: " << released << "\n";

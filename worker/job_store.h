@@ -95,12 +95,12 @@ class JobStore {
   // left for the start-up sweep, RemoveUnheldArtifacts).
   using ReleaseArtifact = std::function<absl::Status(const Job& deleted, bool last_holder)>;
   virtual absl::Status Delete(const std::string& id, const ReleaseArtifact& release) = 0;
-  // Calls `use` with whether no job holds `artifact_id` (ArtifactHolders'
-  // rule), while no PinArtifact can run, in this process or in any other
-  // sharing the store: so `use` may remove an unheld artifact without racing
-  // an identical job that is about to store it.
-  virtual absl::Status WithArtifactLocked(const std::string& artifact_id,
-                                          const std::function<absl::Status(bool unheld)>& use) = 0;
+  // Calls `use` with the jobs that hold `artifact_id` (ArtifactHolders),
+  // while no PinArtifact can run, in this process or in any other sharing
+  // the store: so `use` may remove an unheld artifact, or the manifests of
+  // jobs that do not hold it, without racing a job that is about to store it.
+  using ArtifactHoldersUse = std::function<absl::Status(const std::vector<std::string>& holders)>;
+  virtual absl::Status WithArtifactLocked(const std::string& artifact_id, const ArtifactHoldersUse& use) = 0;
   // QUEUED or RUNNING jobs whose spec mentions `needle` (a blob id, in the
   // path of a model or dataset), and SUCCEEDED jobs that published a model
   // version (their FP32 source model is served beside the int8 one), oldest

@@ -617,24 +617,20 @@ absl::Status SqliteJobStore::PinArtifact(const std::string& id, uint32_t attempt
   return absl::OkStatus();
 }
 
-absl::Status SqliteJobStore::WithArtifactLocked(const std::string& artifact_id,
-                                                const std::function<absl::Status(bool unheld)>& use) {
+absl::Status SqliteJobStore::WithArtifactLocked(const std::string& artifact_id, const ArtifactHoldersUse& use) {
   absl::MutexLock lock(&mu_);
   return WithArtifactLockedLocked(artifact_id, use);
 }
 
 absl::Status SqliteJobStore::WithArtifactLockedLocked(const std::string& artifact_id,
-                                                      const std::function<absl::Status(bool unheld)>& use) {
+                                                      const ArtifactHoldersUse& use) {
   // mu_ keeps this process's PinArtifact out; the write lock of BEGIN
   // IMMEDIATE keeps out every other connection's (PinArtifact writes) until
   // the ROLLBACK. Nothing is written here, so nothing can be lost by it.
   QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   absl::Status used = [&]() -> absl::Status {
-    Stmt holders(db_, absl::StrCat("SELECT COUNT(*) FROM jobs WHERE ", kHoldsArtifact));
-    QUANTD_RETURN_IF_ERROR(holders.status());
-    holders.Bind(1, artifact_id);
-    QUANTD_RETURN_IF_ERROR(holders.Step().status());
-    return use(holders.Int(0) == 0);
+    QUANTD_ASSIGN_OR_RETURN(const std::vector<std::string> holders, ArtifactHoldersLocked(artifact_id));
+    return use(holders);
   }();
   (void)Exec("ROLLBACK");
   return used;
@@ -670,7 +666,8 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
   // waits for. The job is gone now whatever happens to its files: a caller
   // told otherwise would retry into NOT_FOUND.
   const absl::Status released = WithArtifactLockedLocked(
-      job.result->artifact_id, [&](bool unheld) { return release(job, /*last_holder=*/unheld); });
+      job.result->artifact_id,
+      [&](const std::vector<std::string>& holders) { return release(job, /*last_holder=*/holders.empty()); });
   if (!released.ok()) {
     std::cerr << "quantd: deleted job " << id << ", but not its artifact " << job.result->artifact_id
               << " (the next start's sweep removes it if no job holds it): " << released << "\n";
@@ -690,6 +687,10 @@ absl::StatusOr<std::vector<Job>> SqliteJobStore::JobsWithArtifact(const std::str
 
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::ArtifactHolders(const std::string& artifact_id) {
   absl::MutexLock lock(&mu_);
+  return ArtifactHoldersLocked(artifact_id);
+}
+
+absl::StatusOr<std::vector<std::string>> SqliteJobStore::ArtifactHoldersLocked(const std::string& artifact_id) {
   Stmt s(db_, absl::StrCat("SELECT id FROM jobs WHERE ", kHoldsArtifact, " ORDER BY seq"));
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, artifact_id);

@@ -41,8 +41,7 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<uint64_t> NextGeneration() override;
   absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) override;
   absl::Status Delete(const std::string& id, const ReleaseArtifact& release) override;
-  absl::Status WithArtifactLocked(const std::string& artifact_id,
-                                  const std::function<absl::Status(bool unheld)>& use) override;
+  absl::Status WithArtifactLocked(const std::string& artifact_id, const ArtifactHoldersUse& use) override;
   absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override;
   absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) override;
   absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override;
@@ -68,8 +67,9 @@ class SqliteJobStore final : public JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Job> GetLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ClearCancelRequestLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status WithArtifactLockedLocked(const std::string& artifact_id,
-                                        const std::function<absl::Status(bool unheld)>& use)
+  absl::Status WithArtifactLockedLocked(const std::string& artifact_id, const ArtifactHoldersUse& use)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::vector<std::string>> ArtifactHoldersLocked(const std::string& artifact_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FinishLocked(const std::string& id, uint32_t attempt, JobState state, JobResult result,
                             absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -314,8 +314,8 @@ TEST(SqliteJobStoreTest, PinningWaitsWhileAnotherProcessDecidesToRemoveAnArtifac
 
   std::atomic<bool> pinned{false};
   std::thread pinning;
-  const absl::Status used = (*here)->WithArtifactLocked("art-0123", [&](bool unheld) {
-    EXPECT_TRUE(unheld);
+  const absl::Status used = (*here)->WithArtifactLocked("art-0123", [&](const std::vector<std::string>& holders) {
+    EXPECT_THAT(holders, ::testing::IsEmpty());
     pinning = std::thread([&] {
       EXPECT_TRUE((*there)->PinArtifact("storing", 1, "art-0123").ok());
       pinned = true;
@@ -328,12 +328,18 @@ TEST(SqliteJobStoreTest, PinningWaitsWhileAnotherProcessDecidesToRemoveAnArtifac
   pinning.join();
   EXPECT_TRUE(pinned.load());
   // Now held, and said so to the next one who looks.
-  ASSERT_TRUE((*here)->WithArtifactLocked("art-0123", [](bool unheld) {
-                       EXPECT_FALSE(unheld);
-                       return absl::OkStatus();
-                     }).ok());
+  ASSERT_TRUE((*here)
+                  ->WithArtifactLocked("art-0123",
+                                       [](const std::vector<std::string>& holders) {
+                                         EXPECT_THAT(holders, ::testing::ElementsAre("storing"));
+                                         return absl::OkStatus();
+                                       })
+                  .ok());
   // What `use` returns is what the call returns.
-  EXPECT_EQ((*here)->WithArtifactLocked("art-0123", [](bool) { return absl::DataLossError("disk"); }).code(),
+  EXPECT_EQ((*here)
+                ->WithArtifactLocked("art-0123",
+                                     [](const std::vector<std::string>&) { return absl::DataLossError("disk"); })
+                .code(),
             absl::StatusCode::kDataLoss);
 }
 

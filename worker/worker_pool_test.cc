@@ -15,6 +15,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "worker/artifact_sweep.h"
+#include "worker/engine/base/status_macros.h"
 #include "worker/local_artifact_store.h"
 #include "worker/sqlite_job_store.h"
 #include "worker/worker_pool.h"
@@ -196,8 +198,8 @@ class FullDiskStore : public JobStore {
   absl::Status Delete(const std::string& id, const ReleaseArtifact& release) override {
     return real_->Delete(id, release);
   }
-  absl::Status WithArtifactLocked(const std::string& artifact_id,
-                                  const std::function<absl::Status(bool unheld)>& use) override {
+  absl::Status WithArtifactLocked(const std::string& artifact_id, const ArtifactHoldersUse& use) override {
+    if (before_artifact_decision) before_artifact_decision();
     return real_->WithArtifactLocked(artifact_id, use);
   }
   absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override {
@@ -207,7 +209,9 @@ class FullDiskStore : public JobStore {
     return real_->JobsWithArtifact(artifact_id);
   }
   absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) override {
-    return real_->ArtifactHolders(artifact_id);
+    absl::StatusOr<std::vector<std::string>> holders = real_->ArtifactHolders(artifact_id);
+    if (before_artifact_decision) before_artifact_decision();
+    return holders;
   }
   absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
                                            const std::string& page_token) override {
@@ -235,6 +239,10 @@ class FullDiskStore : public JobStore {
 
   std::function<void()> after_renewal;  // runs after each RenewLease (set before use)
   std::function<void()> after_pin;      // runs after each PinArtifact (set before use)
+  // Runs as late as a caller can be outrun before it decides on an
+  // artifact's files: after ArtifactHolders read them, before
+  // WithArtifactLocked takes the lock (set before use).
+  std::function<void()> before_artifact_decision;
   std::atomic<int> claim_failures{0};
   std::atomic<int> finish_failures{0};
   std::atomic<int> finish_calls{0};
@@ -1037,6 +1045,54 @@ TEST_F(WorkerPoolTest, AnArtifactStoredByARunnerThatLostItsJobIsRemoved) {
   absl::StatusOr<std::map<std::string, std::vector<std::string>>> listed = artifacts_->List();
   ASSERT_TRUE(listed.ok()) << listed.status();
   EXPECT_TRUE(listed->empty()) << listed->size() << " artifact(s) left behind";
+}
+
+// A job run again (its lease ran out, so its pin was dropped) left its
+// manifest of an artifact another job holds. The sweep (hourly, while
+// workers run) must not remove that manifest once the job, running again,
+// has pinned the artifact to store it: the job would succeed without one.
+TEST_F(WorkerPoolTest, TheSweepKeepsTheManifestOfAJobThatPinsTheArtifactBeforeItDecides) {
+  const absl::Time now = absl::FromUnixSeconds(100);
+  const std::string bytes = "int8 bytes";
+  auto run_to_pin = [&](const std::string& id) -> absl::StatusOr<StoredArtifact> {
+    Job job = NewJob("m");
+    job.id = id;
+    QUANTD_RETURN_IF_ERROR(store_->Create(job, 10).status());
+    QUANTD_RETURN_IF_ERROR(store_->ClaimNext(now, "host-a:/data", absl::Hours(1)).status());
+    return artifacts_->Put(id, bytes, "{}");
+  };
+  absl::StatusOr<StoredArtifact> held = run_to_pin("job-held");
+  ASSERT_TRUE(held.ok()) << held.status();
+  const std::string artifact_id = ArtifactIdFor(held->sha256);
+  ASSERT_TRUE(store_->PinArtifact("job-held", 1, artifact_id).ok());
+  JobResult result;
+  result.artifact_id = artifact_id;
+  result.artifact_sha256 = held->sha256;
+  ASSERT_TRUE(store_->Finish("job-held", 1, JobState::kSucceeded, result, now).ok());
+  // "job-rerun": RUNNING, its manifest written by an earlier attempt, no pin.
+  ASSERT_TRUE(run_to_pin("job-rerun").ok());
+  const fs::path rerun_manifest = fs::path(dir_) / "artifacts" / (held->sha256 + ".job-rerun.manifest.json");
+  ASSERT_TRUE(fs::exists(rerun_manifest));
+
+  FullDiskStore store(store_.get());
+  int pins = 0;
+  store.before_artifact_decision = [&] {
+    if (pins++ == 0) {
+      EXPECT_TRUE(store_->PinArtifact("job-rerun", 1, artifact_id).ok());
+    }
+  };
+  absl::StatusOr<SweptArtifacts> swept = RemoveUnheldArtifacts(*artifacts_, store);
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(swept->manifests, 0);
+  EXPECT_TRUE(fs::exists(rerun_manifest));
+  // Once the rerun lets go of it (failed), its manifest goes.
+  ASSERT_TRUE(store_->Finish("job-rerun", 1, JobState::kFailed, JobResult(), now).ok());
+  store.before_artifact_decision = nullptr;
+  swept = RemoveUnheldArtifacts(*artifacts_, store);
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(swept->manifests, 1);
+  EXPECT_FALSE(fs::exists(rerun_manifest));
+  EXPECT_TRUE(artifacts_->Contains(held->sha256));
 }
 
 TEST_F(WorkerPoolTest, DeletingOneOfTwoIdenticalJobsKeepsTheirArtifact) {
