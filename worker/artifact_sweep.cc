@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/job.h"
 
@@ -17,17 +18,19 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
   // so any file listed here already has its holder recorded, whichever
   // process is storing it.
   QUANTD_ASSIGN_OR_RETURN(const auto listed, artifacts.List());
+  absl::Status first_error;
   for (const auto& [sha256, manifests] : listed) {
     // Decided while pinning is locked out: a job that pins the artifact
     // (an identical job, or an earlier holder run again) stores its bytes
     // and manifest after the decision, never between it and the removal.
     const std::string& file = sha256;  // a structured binding cannot be captured in C++17
     const std::vector<std::string>& manifest_jobs = manifests;
-    QUANTD_RETURN_IF_ERROR(
+    const absl::Status decided =
         jobs.WithArtifactLocked(ArtifactIdFor(file), [&](const std::vector<std::string>& holding) -> absl::Status {
           if (holding.empty()) {
+            QUANTD_RETURN_IF_ERROR(artifacts.Remove(file));
             ++swept.artifacts;
-            return artifacts.Remove(file);
+            return absl::OkStatus();
           }
           const std::set<std::string> holders(holding.begin(), holding.end());
           for (const std::string& job_id : manifest_jobs) {
@@ -36,7 +39,13 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
             ++swept.manifests;
           }
           return absl::OkStatus();
-        }));
+        });
+    // One file that cannot go does not keep the others.
+    if (!decided.ok() && first_error.ok()) first_error = decided;
+  }
+  if (!first_error.ok()) {
+    return absl::Status(first_error.code(), absl::StrCat(first_error.message(), " (removed ", swept.artifacts,
+                                                         " artifacts and ", swept.manifests, " manifests besides)"));
   }
   return swept;
 }

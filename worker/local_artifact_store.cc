@@ -10,7 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "worker/directory_listing.h"
 #include "worker/engine/base/sha256.h"
+#include "worker/engine/base/errno_status.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/sync_directory.h"
 #include "worker/engine/serialization/artifact_file.h"
 
 namespace quantd::worker {
@@ -150,22 +152,34 @@ absl::Status LocalArtifactStore::RemoveManifest(const std::string& sha256, const
   if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("bad artifact sha256");
   QUANTD_RETURN_IF_ERROR(CheckJobId(job_id));
   std::error_code error;
-  fs::remove(ManifestPath(sha256, job_id), error);
-  return absl::OkStatus();
+  if (!fs::remove(ManifestPath(sha256, job_id), error)) {
+    if (error) return ErrnoStatus(error.value(), absl::StrCat("cannot remove the manifest of job ", job_id));
+    return absl::OkStatus();  // none
+  }
+  return SyncDirectory(dir_);
 }
 
 absl::Status LocalArtifactStore::Remove(const std::string& sha256) {
   if (!IsSha256Hex(sha256)) return absl::InvalidArgumentError("bad artifact sha256");
+  // The bytes first: a manifest never outlives them for long (the sweep
+  // removes one left alone). The first error is the answer: the caller (a
+  // deletion, the sweep) must not count the files gone while they stay.
   std::error_code error;
   fs::remove(ArtifactPath(sha256), error);
-  (void)ForEachDirectoryEntry(dir_, [&sha256](const fs::directory_entry& entry) {
+  absl::Status status =
+      error ? ErrnoStatus(error.value(), absl::StrCat("cannot remove artifact ", sha256)) : absl::OkStatus();
+  const std::error_code listed = ForEachDirectoryEntry(dir_, [&](const fs::directory_entry& entry) {
     const std::string name = entry.path().filename().string();
     if (absl::StartsWith(name, sha256 + ".") && absl::EndsWith(name, ".manifest.json")) {
-      std::error_code ignored;
-      fs::remove(entry.path(), ignored);
+      std::error_code manifest_error;
+      if (!fs::remove(entry.path(), manifest_error) && manifest_error && status.ok()) {
+        status = ErrnoStatus(manifest_error.value(), absl::StrCat("cannot remove ", name));
+      }
     }
   });
-  return absl::OkStatus();
+  if (status.ok() && listed) status = ErrnoStatus(listed.value(), absl::StrCat("cannot list ", dir_));
+  if (status.ok()) status = SyncDirectory(dir_);
+  return status;
 }
 
 absl::StatusOr<std::map<std::string, std::vector<std::string>>> LocalArtifactStore::List() {

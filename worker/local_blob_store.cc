@@ -14,6 +14,7 @@
 #include "worker/directory_listing.h"
 #include "worker/engine/base/errno_status.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/base/sync_directory.h"
 #include "worker/local_artifact_store.h"
 
 namespace quantd::worker {
@@ -102,7 +103,8 @@ absl::Status LocalBlobStore::Remove(const std::string& blob_id) const {
     }
     return absl::InternalError(absl::StrCat("cannot delete blob ", blob_id, ": ", std::strerror(errno)));
   }
-  return absl::OkStatus();
+  // A deletion the caller was told of must not be undone by a power loss.
+  return SyncDirectory(dir_);
 }
 
 absl::Status LocalBlobStore::Touch(const std::string& blob_id, absl::Time now) const {
@@ -214,11 +216,9 @@ absl::StatusOr<BlobInfo> LocalBlobUpload::Commit() {
     }
   }
   tmp_path_.clear();
-  int dir_fd = ::open(store_->dir().c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  // Not stored until the rename is durable: the caller records jobs that
+  // name this blob. (A retry finds the bytes in place.)
+  QUANTD_RETURN_IF_ERROR(SyncDirectory(store_->dir()));
   return info;
 }
 

@@ -1244,6 +1244,31 @@ TEST(LocalArtifactStoreTest, PutReadRemoveAndCleansTemporaries) {
   EXPECT_EQ((*store)->Read(stored->sha256).status().code(), absl::StatusCode::kNotFound);
 }
 
+// A file that cannot be removed is an error, not a success: a deletion or a
+// sweep told OK counts the bytes gone while they stay (and count against the
+// quota). Removing what is already gone is fine. (The test runs as root, so
+// the failure is a non-empty folder where a file is expected.)
+TEST(LocalArtifactStoreTest, FilesThatCannotBeRemovedAreAnError) {
+  const std::string dir = TempDir("unremovable");
+  auto store = LocalArtifactStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  const std::string sha = engine::Sha256Hex("stuck bytes");
+  fs::create_directories((*store)->ArtifactPath(sha));
+  std::ofstream((*store)->ArtifactPath(sha) + "/inside") << "x";
+  const absl::Status removed = (*store)->Remove(sha);
+  EXPECT_FALSE(removed.ok());
+  EXPECT_THAT(std::string(removed.message()), HasSubstr(sha));
+  fs::create_directories((*store)->ManifestPath(sha, "job-1"));
+  std::ofstream((*store)->ManifestPath(sha, "job-1") + "/inside") << "x";
+  const absl::Status manifest_removed = (*store)->RemoveManifest(sha, "job-1");
+  EXPECT_FALSE(manifest_removed.ok());
+  EXPECT_THAT(std::string(manifest_removed.message()), HasSubstr("job-1"));
+  fs::remove_all(dir);
+  ASSERT_TRUE(fs::create_directories(dir));
+  EXPECT_TRUE((*store)->Remove(sha).ok());
+  EXPECT_TRUE((*store)->RemoveManifest(sha, "job-1").ok());
+}
+
 // An identical job keeps intact bytes as they are, and replaces bytes that
 // were damaged since they were stored (flipped or cut short).
 TEST(LocalArtifactStoreTest, AnIdenticalJobRepairsADamagedArtifactAndKeepsAnIntactOne) {

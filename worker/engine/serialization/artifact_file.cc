@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/errno_status.h"
+#include "worker/engine/base/sync_directory.h"
 
 namespace quantd::engine {
 namespace {
@@ -52,12 +53,7 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes
   }
   // The rename is durable only once the folder is synced: a caller told OK
   // may record the file (a job's artifact) that a power loss would take.
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir_fd < 0) return Errno("cannot open the folder to sync", dir.string());
-  const bool synced = ::fsync(dir_fd) == 0;
-  absl::Status status = synced ? absl::OkStatus() : Errno("cannot sync the folder", dir.string());
-  ::close(dir_fd);
-  return status;
+  return SyncDirectory(dir.string());
 }
 
 }  // namespace quantd::engine
