@@ -16,6 +16,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -227,6 +228,24 @@ int main(int argc, char** argv) {
       std::cerr << "quantd: " << arg << ": not supported; --help lists the flags, --version prints the version\n";
       return 2;
     }
+  }
+  // Abseil also takes "-token_file=...", but every check here looks at "--"
+  // (an empty "-token_file=" turned auth off silently): one dash is refused,
+  // as quantctl and quantd-quantize refuse it. A value after a flag that
+  // takes one ("--metrics_port -1") is not a flag.
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg.size() < 2 || arg[0] != '-' || arg[1] == '-' || !absl::ascii_isalpha(arg[1])) continue;
+    if (i > 1) {
+      const absl::string_view previous = argv[i - 1];
+      const absl::CommandLineFlag* flag =
+          absl::StartsWith(previous, "--") && !absl::StrContains(previous, '=')
+              ? absl::FindCommandLineFlag(previous.substr(2))
+              : nullptr;
+      if (flag != nullptr && !flag->IsOfType<bool>()) continue;
+    }
+    std::cerr << "quantd: " << arg << ": flags take two dashes (-" << arg << ")\n";
+    return 2;
   }
   // "--data_dir --workers=4" would make "--workers=4" the data dir (Abseil
   // only logs a warning): a value flag followed by a flag has no value, as

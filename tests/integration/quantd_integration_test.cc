@@ -495,6 +495,10 @@ TEST(QuantdFlagsTest, AMissingValueOrUnreadableFileIsAUsageErrorNamingTheFlag) {
            {{data, "--token_file="}, "--token_file is empty"},
            {{data, "--token_file", ""}, "--token_file is empty"},
            {{data, "--tls_cert=", "--tls_key="}, "--tls_cert is empty"},
+           // Abseil takes one dash too, past every check above ("-token_file=" ran without auth).
+           {{data, "-token_file="}, "-token_file=: flags take two dashes (--token_file=)"},
+           {{"-data_dir=" + dir + "/data"}, "flags take two dashes"},
+           {{data, "-version"}, "-version: flags take two dashes"},
            {{data, "--blob_ttl_seconds=0.001"}, "--blob_ttl_seconds must be 0 (keep blobs) or in 1..1e9"}}) {
     ExpectUsageError(args, says, dir + "/data");
   }
