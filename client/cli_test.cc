@@ -175,6 +175,12 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunJobs, {"--state=unspecified"}, "jobs: --state: unknown state \"unspecified\""},
       {&RunArtifacts, {"a", "b"}, "artifacts: takes ARTIFACT_ID, got 2: \"a\" \"b\""},
       {&RunEval, {"a", "b", "--data=x.bin"}, "eval: takes NAME[:VERSION], got 2: \"a\" \"b\""},
+      // NAME[:VERSION] is checked alike by every command that takes it.
+      {&RunEval, {"resnet8:abc", "--data=x.bin"}, "eval: VERSION: \"abc\" is not 1, 2, ..."},
+      {&RunEval, {":3", "--data=x.bin"}, "eval: \":3\": give NAME[:VERSION]"},
+      {&RunInfer, {"resnet8:0", "--data=x.bin"}, "infer: VERSION: \"0\" is not 1, 2, ..."},
+      {&RunInfer, {":3", "--data=x.bin"}, "infer: \":3\": give NAME[:VERSION]"},
+      {&RunModels, {"delete", "resnet8:01"}, "models delete: VERSION: \"01\" is not 1, 2, ..."},
       {&RunInfer, {"resnet8"}, "infer: --data required"},
       {&RunEval, {"--id=eval-1", "resnet8"}, "eval: takes no arguments, got 1: \"resnet8\""},
       {&RunEval, {"--id=eval-1", "--data=x.bin"}, "eval: --id follows an evaluation already started; --data"},
@@ -264,7 +270,7 @@ TEST(CommandTableTest, InferRefusesFoldersTruncatedHeadersAndNamelessTargets) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{"resnet8", "--data", ::testing::TempDir()}, "is not a readable file"},
       {{"resnet8", "--data", truncated}, "--data: truncated .npy header"},
-      {{":3", "--data", images}, "NAME[:VERSION] needs a NAME"},
+      {{":3", "--data", images}, "\":3\": give NAME[:VERSION]"},
   };
   for (const auto& [args, message] : cases) {
     err.str("");

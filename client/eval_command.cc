@@ -154,6 +154,10 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
   } else if (a.has_value()) {
     error = PositionalCountError(*a, 1, 1, "NAME[:VERSION]");
   }
+  ModelTarget target;
+  if (error.empty() && a.has_value() && !a->Has("id")) {
+    (void)ParseModelTarget(a->positional[0], /*version_required=*/false, &target, &error);
+  }
   if (!error.empty()) {
     return context.UsageError(absl::StrCat("eval: ", error, "\n", kUsage));
   }
@@ -169,10 +173,8 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
     return FollowEvaluation(context, *stub, std::move(evaluation));
   }
   v1::EvaluateRequest request;
-  const std::string& target = a->positional[0];
-  const size_t colon = target.find(':');
-  request.set_model_name(target.substr(0, colon));
-  if (colon != std::string::npos) request.set_model_version(target.substr(colon + 1));
+  request.set_model_name(target.name);
+  request.set_model_version(target.version);
   if (!a->Has("data") && !a->Has("data_blob")) {
     return context.UsageError(absl::StrCat("eval: --data or --data_blob required\n", kUsage));
   }

@@ -139,6 +139,10 @@ int RunInfer(const CommandContext& context, const std::vector<std::string>& args
   if (!error.empty()) {
     return context.UsageError(absl::StrCat("infer: ", error, "\n", kUsage));
   }
+  ModelTarget target;
+  if (!ParseModelTarget(a->positional[0], /*version_required=*/false, &target, &error)) {
+    return context.UsageError("infer: " + error);
+  }
   int64_t first = 0, count = 1, top = 3;
   for (auto [flag, value] : {std::pair<const char*, int64_t*>{"first", &first}, {"count", &count}, {"top", &top}}) {
     if (a->Has(flag) && (!absl::SimpleAtoi(a->Get(flag), value) || *value < (std::string(flag) == "first" ? 0 : 1))) {
@@ -164,11 +168,8 @@ int RunInfer(const CommandContext& context, const std::vector<std::string>& args
   if (!read) return context.UsageError("infer: " + error);
 
   inference::ModelInferRequest request;
-  const std::string& target = a->positional[0];
-  const size_t colon = target.find(':');
-  if (colon == 0) return context.UsageError(absl::StrCat("infer: \"", target, "\": NAME[:VERSION] needs a NAME"));
-  request.set_model_name(target.substr(0, colon));
-  if (colon != std::string::npos) request.set_model_version(target.substr(colon + 1));
+  request.set_model_name(target.name);
+  request.set_model_version(target.version);
   request.set_id(absl::StrCat("quantctl-", first));
   auto* input = request.add_inputs();
   input->set_name("input");

@@ -128,6 +128,30 @@ std::string DatasetFormatOf(const std::string& path, const std::string& flag, co
   return "";
 }
 
+bool ParseModelTarget(const std::string& text, bool version_required, ModelTarget* target, std::string* error) {
+  const size_t colon = text.find(':');
+  target->name = text.substr(0, colon);
+  target->version = colon == std::string::npos ? "" : text.substr(colon + 1);
+  if (target->name.empty()) {
+    *error = absl::StrCat("\"", text, "\": give NAME", version_required ? ":VERSION" : "[:VERSION]", ", e.g. resnet8:2");
+    return false;
+  }
+  if (colon == std::string::npos) {
+    if (!version_required) return true;
+    *error = absl::StrCat("\"", text, "\": give NAME:VERSION, e.g. resnet8:2");
+    return false;
+  }
+  // Digits, no leading zero ("01" is not version 1 to the server either).
+  const std::string& v = target->version;
+  const bool canonical = !v.empty() && v.size() <= 18 && v[0] >= '1' && v[0] <= '9' &&
+                         std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!canonical) {
+    *error = absl::StrCat("VERSION: \"", v, "\" is not 1, 2, ...", version_required ? "" : " (leave it out for the newest)");
+    return false;
+  }
+  return true;
+}
+
 bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error) {
   // The path and the blob are one oneof: the second set would silently win.
   if (a.Has(prefix) && a.Has(prefix + "_blob")) {

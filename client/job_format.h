@@ -44,6 +44,16 @@ std::string PositionalCountError(const CommandArgs& a, size_t min, size_t max, c
 // otherwise.
 std::string OnlyJobId(const std::vector<std::string>& args, std::string* error);
 
+// NAME[:VERSION], as `models delete`, `eval` and `infer` take a model
+// version: a NAME, and a VERSION of 1, 2, ... (absent: the newest, unless
+// `version_required`). Checked as the server checks it, so that a typo is a
+// usage error before any connection. False with *error saying what is wrong.
+struct ModelTarget {
+  std::string name;
+  std::string version;  // "" = the newest
+};
+bool ParseModelTarget(const std::string& text, bool version_required, ModelTarget* target, std::string* error);
+
 // A DatasetRef from --PREFIX=PATH | --PREFIX_blob=ID, --PREFIX_format=cifar10|npy
 // and --PREFIX_labels=PATH (false with *error naming the flag).
 bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef* ref, std::string* error);

@@ -31,22 +31,14 @@ int RunModels(const CommandContext& context, const std::vector<std::string>& arg
   v1::DeleteModelVersionRequest deletion;
   uint64_t version = 0;
   if (deleting) {  // checked before any connection is made
-    std::string name = a->positional[1];
-    std::string version_text;
-    if (a->positional.size() == 3) {
-      version_text = a->positional[2];
-    } else {
-      const size_t colon = name.find(':');
-      if (colon == std::string::npos || colon == 0) {
-        return context.UsageError(absl::StrCat("models delete: \"", name, "\": give NAME:VERSION, e.g. resnet8:2"));
-      }
-      version_text = name.substr(colon + 1);
-      name = name.substr(0, colon);
+    const std::string given =
+        a->positional.size() == 3 ? absl::StrCat(a->positional[1], ":", a->positional[2]) : a->positional[1];
+    ModelTarget target;
+    if (!ParseModelTarget(given, /*version_required=*/true, &target, &error) ||
+        !absl::SimpleAtoi(target.version, &version)) {
+      return context.UsageError(absl::StrCat("models delete: ", error));
     }
-    deletion.set_name(name);
-    if (!absl::SimpleAtoi(version_text, &version) || version == 0) {
-      return context.UsageError(absl::StrCat("models delete: VERSION: \"", version_text, "\" is not 1, 2, ..."));
-    }
+    deletion.set_name(target.name);
     deletion.set_version(version);
   }
   auto stub = v1::QuantizationService::NewStub(context.channel);
