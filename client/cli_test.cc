@@ -173,6 +173,9 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunJobs, {"extra"}, "jobs: takes no arguments, got 1: \"extra\""},
       {&RunJobs, {"--state=running,bogus"}, "jobs: --state: unknown state \"bogus\""},
       {&RunJobs, {"--state=unspecified"}, "jobs: --state: unknown state \"unspecified\""},
+      {&RunJobs, {"--state=,"}, "jobs: --state: no state given"},
+      {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--model_name="}, "--model_name is empty"},
+      {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--idempotency_key="}, "--idempotency_key is empty"},
       {&RunArtifacts, {"a", "b"}, "artifacts: takes ARTIFACT_ID, got 2: \"a\" \"b\""},
       {&RunEval, {"a", "b", "--data=x.bin"}, "eval: takes NAME[:VERSION], got 2: \"a\" \"b\""},
       // NAME[:VERSION] is checked alike by every command that takes it.

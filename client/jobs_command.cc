@@ -1,6 +1,8 @@
 // quantctl jobs: ListJobs, newest first.
 
 #include <ostream>
+#include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -18,7 +20,13 @@ int RunJobs(const CommandContext& context, const std::vector<std::string>& args)
                                            "\nusage: jobs [--state=queued,running,...] [--page_size=N] [--page_token=T]"));
   }
   v1::ListJobsRequest request;
-  for (absl::string_view s : absl::StrSplit(a->Get("state"), ',', absl::SkipEmpty())) {
+  const std::string state_list = a->Get("state");
+  const std::vector<absl::string_view> states = absl::StrSplit(state_list, ',', absl::SkipEmpty());
+  if (a->Has("state") && states.empty()) {
+    // Given empty (an unset variable), it would list every job.
+    return context.UsageError("jobs: --state: no state given (queued, running, succeeded, failed or cancelled)");
+  }
+  for (absl::string_view s : states) {
     std::string name = absl::StrCat("JOB_STATE_", s);
     for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     v1::JobState state;

@@ -243,6 +243,14 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
       if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob"), false);
     }
   }
+  // Given but empty (an unset variable: --model_name="$NAME"), the server
+  // would take them as not given: a job that is never published, or never
+  // deduplicated, without a word.
+  for (const char* flag : {"idempotency_key", "model_name"}) {
+    if (a.Has(flag) && a.Get(flag).empty()) {
+      return (*error = absl::StrCat("--", flag, " is empty (an unset variable?); leave the flag out for none"), false);
+    }
+  }
   if (a.Has("idempotency_key")) r->set_idempotency_key(a.Get("idempotency_key"));
   if (a.Has("model_name")) r->set_model_name(a.Get("model_name"));
   if (a.Has("deadline_seconds")) {
