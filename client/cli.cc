@@ -110,7 +110,7 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
       if (name == "tls_key") invocation.options.tls_key_file = *text;
     } else if (name == "help") {
       invocation.help = true;
-    } else if (name == "version" && invocation.command.empty()) {
+    } else if (name == "version") {  // anywhere, as quantd takes it
       invocation.version = true;
     } else {
       invocation.args.push_back(arg);  // the command's own flag

@@ -121,6 +121,9 @@ TEST(ParseInvocationTest, RequiresACommand) {
   auto version = ParseInvocation({"--version"});
   ASSERT_TRUE(version.ok()) << version.status();
   EXPECT_TRUE(version->version);
+  auto version_after_command = ParseInvocation({"health", "--version"});
+  ASSERT_TRUE(version_after_command.ok()) << version_after_command.status();
+  EXPECT_TRUE(version_after_command->version);
 }
 
 TEST(ParseInvocationTest, EmptyServerIsRejected) {

@@ -29,7 +29,7 @@ int RunQuantctl(int argc, char** argv) {
     return kExitOk;
   }
   const Command* command = FindCommand(invocation->command);
-  if (invocation->help) {
+  if (invocation->help && (command != nullptr || invocation->command.empty())) {
     std::cout << (command != nullptr ? CommandUsage(*command) : Usage());
     return kExitOk;
   }

@@ -550,11 +550,23 @@ TEST(QuantdFlagsTest, EveryToolAnswersHelpAndVersionTheSameWay) {
       EXPECT_EQ(help->exit_code, 0) << name << " " << flag << ": " << help->err;
       EXPECT_THAT(help->out, HasSubstr("--")) << name << " " << flag;
     }
-    auto version = RunCommand({tool, "--version"}, kCommandTimeout);
-    ASSERT_TRUE(version.ok()) << version.status();
-    EXPECT_EQ(version->exit_code, 0) << name << ": " << version->err;
-    EXPECT_THAT(version->out, ::testing::StartsWith(name + " ")) << name;
+    // --version alone, and after other flags or a command.
+    const std::string other = name == "quantctl" ? "health" : name == "quantd" ? "--workers=2" : "--quiet";
+    for (const std::vector<std::string>& args :
+         {std::vector<std::string>{"--version"}, std::vector<std::string>{other, "--version"}}) {
+      std::vector<std::string> command = {tool};
+      command.insert(command.end(), args.begin(), args.end());
+      auto version = RunCommand(command, kCommandTimeout);
+      ASSERT_TRUE(version.ok()) << version.status();
+      EXPECT_EQ(version->exit_code, 0) << name << " " << args.front() << ": " << version->err;
+      EXPECT_THAT(version->out, ::testing::StartsWith(name + " ")) << name << " " << args.front();
+    }
   }
+  // Help for a command that does not exist is an unknown command, not help.
+  auto unknown = RunCommand({QUANTCTL_BIN, "bogus", "--help"}, kCommandTimeout);
+  ASSERT_TRUE(unknown.ok()) << unknown.status();
+  EXPECT_EQ(unknown->exit_code, 2) << unknown->out;
+  EXPECT_THAT(unknown->err, HasSubstr("unknown command \"bogus\""));
 }
 
 // An answer that never reached stdout is not a success (it once exited 0).

@@ -10,9 +10,11 @@ int main(int argc, char** argv) {
   for (std::string& arg : args) {
     if (arg == "-h") arg = "--help";
   }
-  if (args.size() == 1 && args[0] == "--version") {
-    std::cout << "quantd-quantize " << QUANTD_VERSION << "\n";
-    return 0;
+  for (const std::string& arg : args) {
+    if (arg == "--version") {  // anywhere, as quantd and quantctl take it
+      std::cout << "quantd-quantize " << QUANTD_VERSION << "\n";
+      return 0;
+    }
   }
   auto command = quantd::cli::ParseQuantizeArgs(args);
   if (!command.ok()) {
