@@ -178,6 +178,11 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunJobs, {"--state=unspecified"}, "jobs: --state: unknown state \"unspecified\""},
       {&RunJobs, {"--state=,"}, "jobs: --state: no state given"},
       {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--model_name="}, "--model_name is empty"},
+      // Checked as quantd-quantize checks them (worker/engine/base/flag_values.h).
+      {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--kernel_engine=bogus"}, "--kernel_engine: unknown kernel engine"},
+      {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--std=,"}, "--std: comma-separated numbers expected"},
+      {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--tuning=v.bin", "--time_budget_seconds=100000"},
+       "--time_budget_seconds: a positive number up to 86400 expected"},
       {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--idempotency_key="}, "--idempotency_key is empty"},
       {&RunArtifacts, {"a", "b"}, "artifacts: takes ARTIFACT_ID, got 2: \"a\" \"b\""},
       {&RunEval, {"a", "b", "--data=x.bin"}, "eval: takes NAME[:VERSION], got 2: \"a\" \"b\""},
@@ -366,6 +371,20 @@ TEST(CommandTableTest, ACommandsHelpListsEveryFlag) {
   EXPECT_THAT(CommandUsage(*FindCommand("eval")), HasSubstr("--data_labels=PATH"));
   EXPECT_THAT(CommandUsage(*FindCommand("upload")), HasSubstr("--sha256=HEX"));
   EXPECT_THAT(CommandUsage(*FindCommand("download")), HasSubstr("--chunk_size=BYTES"));
+}
+
+// Names are taken in either case, as quantd-quantize takes them.
+TEST(SubmitFlagsTest, NamesAreTakenInEitherCase) {
+  CommandArgs a;
+  a.flags = {{"model", "m.pt"},   {"calib", "c.bin"},       {"preset", "CUSTOM"},
+             {"activation_observer", "MSE"}, {"kernel_engine", "OneDNN"}, {"layout", "nhwc"}};
+  v1::QuantizeJobRequest request;
+  std::string error;
+  ASSERT_TRUE(QuantizeJobRequestFromFlags(a, &request, &error)) << error;
+  EXPECT_TRUE(request.qconfig().has_custom());
+  EXPECT_EQ(request.qconfig().custom().activation_observer(), v1::ACTIVATION_OBSERVER_MSE);
+  EXPECT_EQ(request.qconfig().kernel_engine(), "onednn");
+  EXPECT_EQ(request.preprocessing().input_layout(), v1::TENSOR_LAYOUT_NHWC);
 }
 
 }  // namespace

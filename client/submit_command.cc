@@ -2,6 +2,7 @@
 // the job until it ends (exit 0 only if it SUCCEEDED).
 
 #include <cmath>
+#include <limits>
 #include <fstream>
 #include <ostream>
 #include <sstream>
@@ -9,10 +10,12 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/job_format.h"
+#include "worker/engine/base/flag_values.h"
 
 namespace quantd::cli {
 
@@ -31,15 +34,18 @@ const char kSubmitUsage[] =
 
 namespace {
 
-// "a,b,c" as finite numbers; an empty list is refused too (it would mean no
-// normalization, silently).
-bool ParseFloats(const std::string& text, google::protobuf::RepeatedField<float>* out) {
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    float v = 0;
-    if (!absl::SimpleAtof(part, &v) || !std::isfinite(v)) return false;
-    out->Add(v);
+// --mean/--std as quantd-quantize reads them (ParseNumberList).
+bool ParseFloats(const CommandArgs& a, const char* flag, google::protobuf::RepeatedField<float>* out,
+                 std::string* error) {
+  absl::StatusOr<std::vector<double>> numbers = ParseNumberList(a.Get(flag), absl::StrCat("--", flag));
+  if (!numbers.ok()) return (*error = std::string(numbers.status().message()), false);
+  for (double v : *numbers) {
+    if (!(std::abs(v) <= std::numeric_limits<float>::max())) {
+      return (*error = absl::StrCat("--", flag, ": ", v, " is too large"), false);
+    }
+    out->Add(static_cast<float>(v));
   }
-  return !out->empty();
+  return true;
 }
 
 }  // namespace
@@ -79,7 +85,7 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     return name;
   };
-  const bool custom = a.Has("preset") && a.Get("preset") == "custom";
+  const bool custom = a.Has("preset") && absl::AsciiStrToLower(a.Get("preset")) == "custom";
   if (a.Has("preset") && !custom) {
     v1::QConfigPreset preset;
     if (!v1::QConfigPreset_Parse(upper("QCONFIG_PRESET_" + a.Get("preset")), &preset)) {
@@ -122,7 +128,15 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
       c->set_percentile(percentile);
     }
   }
-  if (a.Has("kernel_engine")) r->mutable_qconfig()->set_kernel_engine(a.Get("kernel_engine"));
+  if (a.Has("kernel_engine")) {
+    const std::string engine = absl::AsciiStrToLower(a.Get("kernel_engine"));
+    if (!IsKernelEngineName(engine)) {
+      return (*error = absl::StrCat("--kernel_engine: unknown kernel engine \"", a.Get("kernel_engine"), "\" (",
+                                    kKernelEngineNames, ")"),
+              false);
+    }
+    r->mutable_qconfig()->set_kernel_engine(engine);
+  }
   if (a.Has("strict_kernels")) r->mutable_qconfig()->set_strict_kernels(a.IsOn("strict_kernels"));
   if (a.Has("bias_correction")) r->mutable_qconfig()->set_bias_correction(a.IsOn("bias_correction"));
   if (a.Has("fitted_rounding")) r->mutable_qconfig()->set_fitted_rounding(a.IsOn("fitted_rounding"));
@@ -186,12 +200,10 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     }
     r->mutable_preprocessing()->set_scale(scale);
   }
-  if (a.Has("mean") && !ParseFloats(a.Get("mean"), r->mutable_preprocessing()->mutable_mean())) {
-    return (*error = "--mean: comma-separated numbers expected", false);
+  if (a.Has("mean") && !ParseFloats(a, "mean", r->mutable_preprocessing()->mutable_mean(), error)) {
+    return false;
   }
-  if (a.Has("std") && !ParseFloats(a.Get("std"), r->mutable_preprocessing()->mutable_std())) {
-    return (*error = "--std: comma-separated numbers expected", false);
-  }
+  if (a.Has("std") && !ParseFloats(a, "std", r->mutable_preprocessing()->mutable_std(), error)) return false;
   if (a.Has("layout")) {
     // quantd-quantize's flag. No "auto" here: a job's layout is fixed when it
     // is submitted, and evaluations of its versions read .npy sets in it.
@@ -216,15 +228,18 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     }
     if (a.Has("relative_tolerance")) goal->set_relative(a.IsOn("relative_tolerance"));
     if (a.Has("max_trials")) {
-      if (!absl::SimpleAtoi(a.Get("max_trials"), &n) || n == 0 || n > 1000) {
-        return (*error = "--max_trials: a number in 1..1000 expected", false);
+      if (!absl::SimpleAtoi(a.Get("max_trials"), &n) || n == 0 || n > kMaxTrialsLimit) {
+        return (*error = absl::StrCat("--max_trials: a number in 1..", kMaxTrialsLimit, " expected"), false);
       }
       goal->set_max_trials(n);
     }
     if (a.Has("time_budget_seconds")) {
       double seconds = 0;
-      if (!absl::SimpleAtod(a.Get("time_budget_seconds"), &seconds) || !(seconds > 0)) {
-        return (*error = "--time_budget_seconds: a positive number expected", false);
+      if (!absl::SimpleAtod(a.Get("time_budget_seconds"), &seconds) ||
+          !(seconds > 0 && seconds <= kMaxTimeBudgetSeconds)) {
+        return (*error = absl::StrCat("--time_budget_seconds: a positive number up to ", kMaxTimeBudgetSeconds,
+                                      " expected"),
+                false);
       }
       goal->set_time_budget_seconds(seconds);
     }

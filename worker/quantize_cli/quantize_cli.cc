@@ -12,11 +12,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "worker/engine/base/flag_values.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/qconfig/qconfig.h"
 #include "worker/engine/serialization/artifact_file.h"
@@ -42,18 +44,6 @@ absl::StatusOr<engine::DatasetFormat> FormatOf(const std::string& path, const st
 
 // "a,b,c" as numbers; an error naming `flag` for anything else (before, a
 // typo dropped the value and with it the normalization, silently).
-absl::StatusOr<std::vector<double>> ParseDoubles(const std::string& text, const std::string& flag) {
-  std::vector<double> out;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    double v = 0;
-    if (!absl::SimpleAtod(part, &v) || !std::isfinite(v)) {
-      return absl::InvalidArgumentError(absl::StrCat(flag, ": \"", part, "\" is not a number"));
-    }
-    out.push_back(v);
-  }
-  return out;
-}
-
 }  // namespace
 
 std::string QuantizeUsage() {
@@ -214,6 +204,13 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       }
       value = args[++i];
     }
+    // Names in either case, as quantctl takes them ("FBGEMM", "nchw").
+    if (name == "preset" || name == "activation_observer" || name == "weight_observer" || name == "kernel_engine" ||
+        (name == "layout" && absl::AsciiStrToLower(value) == "auto")) {
+      value = absl::AsciiStrToLower(value);
+    } else if (name == "layout") {
+      value = absl::AsciiStrToUpper(value);
+    }
     flags[name] = value;
   }
   if (flags.count("help") && flags["help"] == "true") return absl::InvalidArgumentError("help requested");
@@ -256,8 +253,12 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
                               o.calibration.preprocessing.scale == 0)) {
     return absl::InvalidArgumentError("--scale must be a finite, non-zero number");
   }
-  QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.mean, ParseDoubles(get("mean"), "--mean"));
-  QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.std, ParseDoubles(get("std"), "--std"));
+  if (flags.count("mean")) {
+    QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.mean, ParseNumberList(get("mean"), "--mean"));
+  }
+  if (flags.count("std")) {
+    QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.std, ParseNumberList(get("std"), "--std"));
+  }
   QUANTD_ASSIGN_OR_RETURN(o.batch_size, get_int("batch_size", 100));
   if (o.batch_size == 0) return absl::InvalidArgumentError("--batch_size must be positive");
   const std::string qconfig = get("preset", "fbgemm");
@@ -296,6 +297,10 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     }
   }
   o.kernel_engine = get("kernel_engine");
+  if (flags.count("kernel_engine") && !IsKernelEngineName(o.kernel_engine)) {
+    return absl::InvalidArgumentError(absl::StrCat("--kernel_engine: unknown kernel engine \"", o.kernel_engine,
+                                                   "\" (", kKernelEngineNames, ")"));
+  }
   QUANTD_ASSIGN_OR_RETURN(o.fusion, ParseFusionSpec(get("fusion", "auto")));
   if (flags.count("eval")) {
     engine::DatasetSpec eval = o.calibration;
@@ -320,10 +325,14 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     goal.max_top1_drop = points / 100;
     goal.relative = get("relative_tolerance") == "true";
     QUANTD_ASSIGN_OR_RETURN(goal.max_trials, get_int("max_trials", goal.max_trials));
-    if (goal.max_trials == 0) return absl::InvalidArgumentError("--max_trials must be positive");
+    if (goal.max_trials == 0 || goal.max_trials > kMaxTrialsLimit) {
+      return absl::InvalidArgumentError(absl::StrCat("--max_trials: a number in 1..", kMaxTrialsLimit, " expected"));
+    }
     if (flags.count("time_budget_seconds") &&
-        (!absl::SimpleAtod(get("time_budget_seconds"), &goal.time_budget_seconds) || !(goal.time_budget_seconds > 0))) {
-      return absl::InvalidArgumentError("--time_budget_seconds must be a positive number");
+        (!absl::SimpleAtod(get("time_budget_seconds"), &goal.time_budget_seconds) ||
+         !(goal.time_budget_seconds > 0 && goal.time_budget_seconds <= kMaxTimeBudgetSeconds))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--time_budget_seconds: a positive number up to ", kMaxTimeBudgetSeconds, " expected"));
     }
     goal.allow_fp32_layers = get("int8_only") != "true";
     QUANTD_ASSIGN_OR_RETURN(goal.max_fp32_layers, get_int("max_fp32_layers", 0));

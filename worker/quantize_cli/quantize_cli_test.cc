@@ -94,6 +94,26 @@ TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
             "--percentile: only with --activation_observer=percentile");
   EXPECT_EQ(with({"--preset=custom", "--activation_observer=percentile", "--percentile=150"}).status().message(),
             "--percentile must be a number in (0, 100], not '150'");
+  // Checked as quantctl checks them (worker/engine/base/flag_values.h).
+  EXPECT_THAT(std::string(with({"--mean="}).status().message()),
+              ::testing::StartsWith("--mean: comma-separated numbers expected"));
+  EXPECT_THAT(std::string(with({"--std=,,"}).status().message()),
+              ::testing::StartsWith("--std: comma-separated numbers expected"));
+  EXPECT_EQ(with({"--kernel_engine", "bogus"}).status().message(),
+            "--kernel_engine: unknown kernel engine \"bogus\" (onednn, qnnpack, fbgemm or x86)");
+  EXPECT_EQ(with({"--tuning=v.bin", "--max_trials=5000"}).status().message(), "--max_trials: a number in 1..1000 expected");
+  EXPECT_EQ(with({"--tuning=v.bin", "--time_budget_seconds=inf"}).status().message(),
+            "--time_budget_seconds: a positive number up to 86400 expected");
+  // Names in either case, as quantctl takes them.
+  cmd = with({"--preset=FBGEMM", "--kernel_engine=OneDNN", "--layout=nhwc"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->options.qconfig.preset, "fbgemm");
+  EXPECT_EQ(cmd->options.kernel_engine, "onednn");
+  EXPECT_EQ(cmd->options.calibration.layout, "NHWC");
+  cmd = with({"--preset=Custom", "--activation_observer=MSE", "--layout=AUTO"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->options.qconfig.activation_observer, "mse");
+  EXPECT_EQ(cmd->options.calibration.layout, "auto");
   EXPECT_EQ(with({"--eval_format=npy"}).status().message(), "--eval_format needs --eval");
   EXPECT_EQ(with({"--tuning_format=npy"}).status().message(), "--tuning_format needs --tuning");
 }
