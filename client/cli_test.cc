@@ -164,6 +164,8 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunDownload, {"art-1"}, "download: --output=FILE (or -o FILE) required"},
       {&RunDownload, {"art-1", "art-2", "-o", "x.pt"}, "download: takes ARTIFACT_ID, got 2: \"art-1\" \"art-2\""},
       {&RunUpload, {}, "upload: FILE required"},
+      {&RunUpload, {"m.pt", "--sha256=zz"}, "upload: --sha256: \"zz\" is not 64 lower-case hex digits"},
+      {&RunUpload, {"m.pt", "--sha256="}, "upload: --sha256: \"\" is not 64 lower-case hex digits"},
       {&RunUpload, {"m.pt", "--data_format=npy"}, "upload: --data_format is a dataset's"},
       {&RunUpload, {"m.pt", "--format=npy"}, "upload: --data_format is a dataset's"},
       {&RunUpload, {"d.bin", "--kind=dataset", "--format=npy", "--data_format=npy"}, "upload: --format is --data_format"},

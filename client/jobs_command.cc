@@ -38,7 +38,8 @@ int RunJobs(const CommandContext& context, const std::vector<std::string>& args)
   }
   uint32_t page_size = 0;
   if (a->Has("page_size") && !absl::SimpleAtoi(a->Get("page_size"), &page_size)) {
-    return context.UsageError("jobs: --page_size must be a number");
+    return context.UsageError(
+        absl::StrCat("jobs: --page_size: \"", a->Get("page_size"), "\" is not a count (0 = the server's default)"));
   }
   request.set_page_size(page_size);
   request.set_page_token(a->Get("page_token"));

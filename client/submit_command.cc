@@ -26,7 +26,7 @@ const char kSubmitUsage[] =
     "[--reduce_range] [--percentile=P] [--bias_correction] [--fitted_rounding] [--cross_layer_equalization] "
     "[--kernel_engine=E] [--strict_kernels] "
     "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
-    "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] "
+    "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] [--eval_labels=PATH] "
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--layout=NCHW|NHWC] [--idempotency_key=K] "
     "[--deadline_seconds=N] [--model_name=NAME] [--tuning=PATH|--tuning_blob=ID [--tuning_format=F] "
     "[--tuning_labels=PATH] [--tolerance=POINTS] [--relative_tolerance] [--max_trials=N] "

@@ -1,6 +1,7 @@
 // quantctl upload FILE [--kind=model|dataset] [--data_format=cifar10|npy]
 // [--sha256=HEX]: streams a file in 1 MiB chunks; prints the blob id.
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <ostream>
@@ -48,6 +49,16 @@ int RunUpload(const CommandContext& context, const std::vector<std::string>& arg
   const bool format_given = a->Has("data_format") || a->Has("format");
   if (kind == "model" && format_given) {
     return context.UsageError("upload: --data_format is a dataset's (cifar10|npy): give it with --kind=dataset");
+  }
+  if (a->Has("sha256")) {  // as the server checks it, before the file is sent
+    const std::string given = a->Get("sha256");
+    const bool hex = given.size() == 64 && std::all_of(given.begin(), given.end(), [](char c) {
+                       return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+                     });
+    if (!hex) {
+      return context.UsageError(
+          absl::StrCat("upload: --sha256: \"", given.substr(0, 80), "\" is not 64 lower-case hex digits"));
+    }
   }
   std::error_code size_error;
   const uint64_t size = std::filesystem::file_size(path, size_error);
