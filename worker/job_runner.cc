@@ -184,6 +184,11 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     }
     cancel_requested = **kept;
   }
+  // What this attempt stored but does not record (storing failed halfway,
+  // or the job turned out cancelled): removed once the outcome is recorded,
+  // unless another job holds it.
+  std::optional<std::pair<std::string, std::string>> stored_unrecorded;  // artifact id, sha256
+  const char* unrecorded_why = "";
   // A cancel acknowledged here after the engine last asked: nothing stored.
   if (output.ok() && stop->cancelled.load()) output = absl::CancelledError("cancelled as the engine finished");
   if (output.ok()) {
@@ -237,6 +242,12 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       final_state = JobState::kFailed;
       result.error_code = stored.status().code();
       result.error_message = absl::StrCat("storing the artifact failed: ", stored.status().message());
+      // Files renamed into place before the failure (a folder sync that
+      // failed after the rename) would stay, counted against the quota.
+      if (pinned.ok()) {
+        stored_unrecorded.emplace(ArtifactIdFor(sha256), sha256);
+        unrecorded_why = "failed storing its artifact";
+      }
     }
   } else if ((stop->cancelled.load() || cancel_requested.has_value()) &&
              output.status().code() == absl::StatusCode::kCancelled) {
@@ -263,9 +274,6 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   enter_phase(JobPhase::kNone);
 
   const absl::Time now = clock_->Now();
-  // What this attempt stored but no longer records (the job turned out
-  // cancelled): removed once recorded, unless another job holds it.
-  std::optional<std::pair<std::string, std::string>> stored_unrecorded;  // artifact id, sha256
   auto record = [&]() {
     absl::Status recorded = store_->Finish(job.id, job.attempt_count, final_state, result, now);
     if (recorded.code() != absl::StatusCode::kAborted || final_state != JobState::kSucceeded) return recorded;
@@ -274,6 +282,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     absl::StatusOr<std::optional<std::string>> reason = store_->CancelRequest(job.id);
     if (!reason.ok()) return reason.status();
     stored_unrecorded.emplace(result.artifact_id, result.artifact_sha256);
+    unrecorded_why = "was cancelled as it finished";
     final_state = JobState::kCancelled;
     result = JobResult();
     result.error_code = absl::StatusCode::kCancelled;
@@ -311,11 +320,15 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
               << finished << "\n";
   }
   // An artifact this attempt stored that no job records goes unless a job
-  // holds it: one that stores the same bytes pins them first, under the same lock.
+  // holds it: one that stores the same bytes pins them first, under the same
+  // lock. Held by others, only this job's manifest goes (unless this job,
+  // run again by another worker, holds it itself).
   auto remove_unless_held = [&](const std::string& artifact_id, const std::string& sha256, const char* why) {
     const absl::Status released = store_->WithArtifactLocked(
         artifact_id, [&](const std::vector<std::string>& holders) {
-          return holders.empty() ? artifacts_->Remove(sha256) : absl::OkStatus();
+          if (holders.empty()) return artifacts_->Remove(sha256);
+          if (std::find(holders.begin(), holders.end(), job.id) != holders.end()) return absl::OkStatus();
+          return artifacts_->RemoveManifest(sha256, job.id);
         });
     if (!released.ok()) {
       std::cerr << "quantd: job " << job.id << " attempt " << job.attempt_count << " " << why << "; its artifact "
@@ -323,7 +336,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     }
   };
   if (finished.ok() && stored_unrecorded.has_value() && !stored_unrecorded->first.empty()) {
-    remove_unless_held(stored_unrecorded->first, stored_unrecorded->second, "was cancelled as it finished");
+    remove_unless_held(stored_unrecorded->first, stored_unrecorded->second, unrecorded_why);
   }
   if (!finished.ok()) {
     // Someone else owns the job now (recovered after the lease ran out).

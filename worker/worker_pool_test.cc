@@ -1313,6 +1313,65 @@ TEST_F(WorkerPoolTest, ACancelSeenAsTheEngineReturnsStoresNothing) {
   EXPECT_EQ(store_->Get(job.id)->state, JobState::kCancelled);
 }
 
+// An artifact store whose Put stores the files, then fails (a folder sync
+// that fails after the rename, say).
+class FailsAfterStoring : public ArtifactStore {
+ public:
+  explicit FailsAfterStoring(ArtifactStore* real) : real_(real) {}
+  absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
+                                     const std::string& manifest_json) override {
+    QUANTD_RETURN_IF_ERROR(real_->Put(job_id, bytes, manifest_json).status());
+    return absl::InternalError("cannot sync the folder artifacts: Input/output error");
+  }
+  absl::StatusOr<std::string> Read(const std::string& sha256) override { return real_->Read(sha256); }
+  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override {
+    return real_->ReadRange(sha256, offset, max_bytes);
+  }
+  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
+    return real_->RemoveManifest(sha256, job_id);
+  }
+  absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
+  bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
+  absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
+
+ private:
+  ArtifactStore* const real_;
+};
+
+// A job whose artifact failed to store is FAILED and leaves no files (they
+// counted against the quota until the hourly sweep); the bytes another job
+// holds stay, without the failed job's manifest.
+TEST_F(WorkerPoolTest, AJobThatFailsStoringItsArtifactLeavesNoFiles) {
+  FakeClock clock;
+  StopSignals stop;
+  FinishesThen engine([] {});
+  JobEventHub events(&clock);
+  FailsAfterStoring failing(artifacts_.get());
+  JobRunner runner(store_.get(), &failing, &engine, &events, &clock);
+  Job job = NewJob("m");
+  job.id = "job-store-fails";
+  const Job finished = CreateClaimAndRun(runner, job, clock, &stop);
+  EXPECT_EQ(finished.state, JobState::kFailed);
+  ASSERT_TRUE(finished.result.has_value());
+  EXPECT_THAT(finished.result->error_message, HasSubstr("storing the artifact failed: cannot sync the folder"));
+  absl::StatusOr<std::map<std::string, std::vector<std::string>>> listed = artifacts_->List();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(listed->empty()) << listed->size() << " artifact(s) left behind";
+
+  // The same bytes, held by a job that stored them fine.
+  JobRunner fine(store_.get(), artifacts_.get(), &engine, &events, &clock);
+  Job held = NewJob("m");
+  held.id = "job-held";
+  ASSERT_EQ(CreateClaimAndRun(fine, held, clock, &stop).state, JobState::kSucceeded);
+  Job again = NewJob("m");
+  again.id = "job-store-fails-again";
+  EXPECT_EQ(CreateClaimAndRun(runner, again, clock, &stop).state, JobState::kFailed);
+  listed = artifacts_->List();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_THAT(listed->begin()->second, ::testing::ElementsAre("job-held"));
+}
+
 // A job claimed as the pool stops, with a cancel asked meanwhile, ends
 // CANCELLED without running; its watchers here (and the metrics, an
 // observer) hear it as they hear any job's end. They once heard nothing.
