@@ -53,14 +53,15 @@ int64_t DataQuota::ReservedBytes() const {
   return reserved_;
 }
 
-absl::Status DataQuota::CheckLocked(int64_t more_bytes, const std::string& what) const {
+absl::Status DataQuota::CheckRoom(int64_t more_bytes, const std::string& what) const {
   if (max_bytes_ <= 0) return absl::OkStatus();
+  const int64_t reserved_before = ReservedBytes();
   absl::StatusOr<int64_t> used = UsedBytes();
   if (!used.ok()) return used.status();
   // Compared without the sum, which a client's declared size could overflow.
-  if (more_bytes > max_bytes_ - *used - reserved_) {
+  if (more_bytes > max_bytes_ - *used - reserved_before) {
     const std::string reserved =
-        reserved_ > 0 ? absl::StrCat(" + ", reserved_, " reserved by uploads in progress") : "";
+        reserved_before > 0 ? absl::StrCat(" + ", reserved_before, " reserved by uploads in progress") : "";
     return absl::ResourceExhaustedError(absl::StrCat(what, ": the data dir quota is full (", *used, " bytes used",
                                                      reserved, " + ", more_bytes, " needed > ", max_bytes_,
                                                      " allowed by --max_data_bytes); delete jobs or blobs"));
@@ -69,15 +70,16 @@ absl::Status DataQuota::CheckLocked(int64_t more_bytes, const std::string& what)
 }
 
 absl::Status DataQuota::Check(int64_t more_bytes, const std::string& what) const {
-  absl::MutexLock lock(&mu_);
-  return CheckLocked(more_bytes, what);
+  absl::MutexLock check_lock(&check_mu_);
+  return CheckRoom(more_bytes, what);
 }
 
 absl::StatusOr<DataQuota::Reservation> DataQuota::Reserve(int64_t bytes, const std::string& what) const {
-  absl::MutexLock lock(&mu_);
-  absl::Status room = CheckLocked(bytes, what);
+  absl::MutexLock check_lock(&check_mu_);
+  absl::Status room = CheckRoom(bytes, what);
   if (!room.ok()) return room;
   if (max_bytes_ <= 0 || bytes <= 0) return Reservation();  // nothing to hold
+  absl::MutexLock lock(&mu_);
   reserved_ += bytes;
   return Reservation(this, bytes);
 }

@@ -57,14 +57,20 @@ class DataQuota {
   absl::StatusOr<Reservation> Reserve(int64_t bytes, const std::string& what) const;
 
  private:
-  absl::Status CheckLocked(int64_t more_bytes, const std::string& what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Walks the data dir without mu_ (held, it would stall every upload
+  // chunk's Consume for the walk) but under check_mu_, so that no
+  // reservation is made meanwhile: the reserved bytes read before the walk
+  // are then at least those still reserved after it, and a file written
+  // during the walk is counted as reserved, written, or both.
+  absl::Status CheckRoom(int64_t more_bytes, const std::string& what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(check_mu_);
   void Return(int64_t bytes) const;
 
   const std::string root_;
   const int64_t max_bytes_;
-  // Held across the walk in Check, so that two writers cannot both see room
-  // for the same bytes.
-  mutable absl::Mutex mu_;
+  // Held across the walk in Check and Reserve, so that two writers cannot
+  // both see room for the same bytes.
+  mutable absl::Mutex check_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  mutable absl::Mutex mu_;  // never held across a walk
   mutable int64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
