@@ -12,8 +12,9 @@ WORKDIR /src
 COPY scripts/setup.sh scripts/setup.sh
 RUN QUANTD_SETUP_TEST_TOOLS=0 scripts/setup.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
-# RelWithDebInfo with warnings as warnings: the configuration every script
-# and CI build (GCC 12's -O3 warnings are not errors worth a failed image).
+# RelWithDebInfo, as scripts/build.sh and CI build it, but with warnings as
+# warnings (they build with -Werror; a new compiler's warning is not worth a
+# failed image).
 # Only the three programs, and at most 4 compilers at once: LibTorch units
 # take up to ~1 GB each.
 RUN rm -rf build && cmake -G Ninja -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANTD_WERROR=OFF \
@@ -48,7 +49,10 @@ VOLUME ["/var/lib/quantd"]
 EXPOSE 50051 9464
 # Plaintext on 50051, the defaults below: with --tls_cert or another port,
 # override it (docker run --health-cmd ...); Kubernetes ignores it.
+# A named service: the whole server's check also asks GetServerInfo, which
+# needs a token when --token_file is given (each check would be refused).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
-  CMD ["/usr/local/bin/quantctl", "--server=127.0.0.1:50051", "--timeout_seconds=2", "health"]
+  CMD ["/usr/local/bin/quantctl", "--server=127.0.0.1:50051", "--timeout_seconds=2", "health", \
+       "--service=quantd.v1.QuantizationService"]
 ENTRYPOINT ["/usr/local/bin/quantd"]
 CMD ["--bind_address=0.0.0.0", "--grpc_port=50051", "--metrics_port=9464", "--data_dir=/var/lib/quantd"]

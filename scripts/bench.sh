@@ -50,8 +50,13 @@ if [ -n "$emulate" ]; then
   export DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 fi
 echo "bench: PyTorch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)') eager mode ..." >&2
-/usr/bin/python3 tests/engine/pytorch_reference.py --fixtures "$fixtures" --qconfig fbgemm --bench --quantize-runs 5 \
-  2>/dev/null >"$out/pytorch.json"
+# PyTorch's warnings go to a file, shown if the reference fails.
+if ! /usr/bin/python3 tests/engine/pytorch_reference.py --fixtures "$fixtures" --qconfig fbgemm --bench \
+  --quantize-runs 5 2>"$out/pytorch.err" >"$out/pytorch.json"; then
+  echo "bench: the PyTorch reference failed:" >&2
+  cat "$out/pytorch.err" >&2
+  exit 1
+fi
 echo "bench: quantd ..." >&2
 "$build_dir/worker/quantd-engine-bench" "$fixtures" --qconfig fbgemm --runs 7 >"$out/quantd.json"
 

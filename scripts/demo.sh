@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The 30-second tour: sets up, builds, starts quantd on a free port with
-# ./data, checks its health with quantctl, and — once the engine's CLI is
-# built — quantizes the ResNet8 fixture to int8 and evaluates it, then serves
-# the published version (quantctl infer, REST metadata, quantctl eval).
+# ./data, checks its health with quantctl, quantizes the ResNet8 fixture to
+# int8 and evaluates it, then serves the published version (quantctl infer,
+# REST metadata, quantctl eval).
 #
 #   scripts/demo.sh [FIXTURES_DIR]     (or QUANTD_FIXTURES=...; default ../shared/fixtures)
 set -euo pipefail
@@ -84,8 +84,11 @@ echo
 echo "\$ quantctl submit --model_blob=... --calib_blob=... --eval_blob=... --preset=fbgemm --fusion=auto --model_name=resnet8 --wait"
 "${quantctl[@]}" submit --model_blob="$model_blob" --calib_blob="$calib_blob" --eval_blob="$test_blob" \
   --preset=fbgemm --fusion=auto --model_name=resnet8 --wait | tee data/demo-job.txt
-artifact_id="$(grep -o 'result artifact art-[0-9a-f]*' data/demo-job.txt | awk '{print $3}' | head -n 1)"
-if [ -n "$artifact_id" ]; then
+artifact_id="$(grep -o 'result artifact art-[0-9a-f]*' data/demo-job.txt | awk '{print $3}' | head -n 1 || true)"
+if [ -z "$artifact_id" ]; then
+  echo "demo: the job's output names no artifact (see data/demo-job.txt)" >&2
+  exit 1
+else
   "${quantctl[@]}" download "$artifact_id" -o data/resnet8_int8.pt
   engine="$(sed -n 's/^  kernel_engine: //p' data/demo-job.txt | head -n 1)"
   echo "demo: int8 artifact data/resnet8_int8.pt (load it in Python with torch.backends.quantized.engine = '$engine')"

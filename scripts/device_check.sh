@@ -56,9 +56,11 @@ run)
       --fusion "$spec" --output "$out/quantd_fbgemm_on_$engine.pt" --report "$out/quantd_fbgemm_on_$engine.json" \
       --eval "$deps/fixtures/cifar10/test_batch.bin" | grep -E "kernel engine|top-1|timings"
     "$py" tests/engine/pytorch_reference.py --fixtures "$deps/fixtures" --qconfig fbgemm --engine "$engine" \
-      2>/dev/null >"$out/pytorch_fbgemm_on_$engine.json"
+      2>"$out/pytorch_fbgemm_on_$engine.err" >"$out/pytorch_fbgemm_on_$engine.json" ||
+      { cat "$out/pytorch_fbgemm_on_$engine.err" >&2; exit 1; }
     "$py" tests/engine/pytorch_reference.py --fixtures "$deps/fixtures" --engine "$engine" \
-      --artifact "$out/quantd_fbgemm_on_$engine.pt" 2>/dev/null >"$out/artifact_fbgemm_on_$engine.json"
+      --artifact "$out/quantd_fbgemm_on_$engine.pt" 2>"$out/artifact_fbgemm_on_$engine.err" \
+      >"$out/artifact_fbgemm_on_$engine.json" || { cat "$out/artifact_fbgemm_on_$engine.err" >&2; exit 1; }
     "$py" - "$out" "$engine" <<'PY'
 import json, sys
 out, engine = sys.argv[1], sys.argv[2]
