@@ -259,6 +259,25 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   absl::StatusOr<std::unique_ptr<LoadedModel>> loaded = engine::GuardEntryPoint(
       absl::StrCat("model ", name, " version ", resolved.version),
       [&]() -> absl::StatusOr<std::unique_ptr<LoadedModel>> { return LoadUncached(name, fp32, resolved); });
+  // Versions changed while it loaded (any job's publish here, or a delete,
+  // whose DropUnpublished could not see this load): cached only if the store
+  // still publishes this version as resolved, read after the change, so
+  // that a deleted version keeps no budget. Meanwhile the loading mark
+  // stays: callers waiting for this load go on waiting, and share it (each
+  // loaded its own copy, one after another, when a publish of any model
+  // came during a cold load).
+  bool verified = false;
+  uint64_t verified_generation = 0;
+  if (loaded.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      verified_generation = resolution_generation_;
+    }
+    if (load_generation != verified_generation) {
+      absl::StatusOr<ModelVersion> still = jobs_->GetModelVersion(base, resolved.version);
+      verified = still.ok() && still->job_id == resolved.job_id;
+    }
+  }
   // Released after mu_ (declared before the lock): a model's last reference
   // waits for its copy builder, and FindLoaded must not wait with it.
   std::vector<std::shared_ptr<const LoadedModel>> evicted;
@@ -270,10 +289,10 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   }
   failed_.erase(key);
   std::shared_ptr<const LoadedModel> model(std::move(*loaded));
-  // Versions changed while it loaded (a delete here, whose DropUnpublished
-  // could not see this load): served to this caller, not cached, so a
-  // deleted version keeps no budget. The next caller resolves again.
-  if (load_generation != resolution_generation_) return model;
+  // Served to this caller, not cached: the next caller resolves again.
+  const bool current = load_generation == resolution_generation_ ||
+                       (verified && verified_generation == resolution_generation_);
+  if (!current) return model;
   lru_.emplace_front(key, model);
   cached_[key] = lru_.begin();
   cached_bytes_ += model->info().cost_bytes;

@@ -520,6 +520,32 @@ TEST_F(ModelRepositoryTest, AVersionDeletedWhileACallerWaitsForAnothersLoadIsNot
   EXPECT_EQ(repository->cached_bytes(), 0);
 }
 
+// Another job's publish (any model's) forgets every resolution. One that
+// came during a cold load left the load uncached, and each caller waiting
+// for it then loaded its own copy, one after another, none cached. The
+// version still published as resolved is cached, and its waiters share it.
+TEST_F(ModelRepositoryTest, AnotherPublishDuringALoadLeavesItCachedAndShared) {
+  Publish("a", "resnet8");
+  HeldArtifactStore held(artifacts_.get());
+  auto repository = RepositoryOver(&held);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> first, second;
+  std::thread loading([&] { first = repository->Load("resnet8", 1); });
+  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  std::thread waiting([&] { second = repository->Load("resnet8", 1); });
+  while (repository->waiting_for_load() == 0) absl::SleepFor(absl::Milliseconds(1));  // until it waits
+  Publish("b", "other");
+  repository->ForgetResolutions();  // as the server's publish watcher does
+  held.release.Notify();
+  loading.join();
+  waiting.join();
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(first->get(), second->get());  // one load
+  EXPECT_EQ(repository->cached_models(), 1);
+  ASSERT_TRUE(repository->Load("resnet8", 1).ok());
+  EXPECT_EQ(repository->Load("resnet8", 1)->get(), first->get());
+}
+
 // A caller waiting for another's load stops when it has gone (its client
 // cancelled, its deadline passed); the load goes on for the first caller.
 TEST_F(ModelRepositoryTest, ACallerThatLeftStopsWaitingForAnothersLoad) {
