@@ -182,18 +182,48 @@ void DynamicBatcher::Loop() {
   mu_.Unlock();
 }
 
+namespace {
+
+// A request's answer; what its callback throws (the caller's own encoding,
+// out of memory) is logged, never let out: it runs on a batcher thread, or
+// on a submitting one with other requests still to answer.
+void Answer(DynamicBatcher::Done done, absl::StatusOr<engine::ServingOutput> answer, const BatchStats& stats) {
+  try {
+    std::move(done)(std::move(answer), stats);
+  } catch (const std::exception& e) {
+    std::cerr << "quantd: answering an inference request failed: " << e.what() << "\n";
+  } catch (...) {
+    std::cerr << "quantd: answering an inference request failed with an unknown exception\n";
+  }
+}
+
+// Why the request's caller no longer wants it (OK: it does). A check that
+// throws ends its own request only.
+absl::Status Unwanted(const DynamicBatcher::Abandoned& abandoned) {
+  if (!abandoned) return absl::OkStatus();
+  try {
+    return abandoned();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory checking whether the caller is still there; retry");
+  } catch (...) {
+    return absl::InternalError("checking whether the caller is still there failed");
+  }
+}
+
+}  // namespace
+
 void DynamicBatcher::DropAbandoned(Pass& pass) {
   std::vector<Request> live;
   live.reserve(pass.requests.size());
   for (Request& r : pass.requests) {
-    absl::Status unwanted = r.abandoned ? r.abandoned() : absl::OkStatus();
+    absl::Status unwanted = Unwanted(r.abandoned);
     if (unwanted.ok()) {
       live.push_back(std::move(r));
       continue;
     }
     BatchStats stats;
     stats.queue_time = clock_->Now() - r.enqueued;
-    std::move(r.done)(std::move(unwanted), stats);
+    Answer(std::move(r.done), std::move(unwanted), stats);
   }
   pass.requests = std::move(live);
 }
@@ -301,14 +331,7 @@ void DynamicBatcher::Deliver(Completion completion) {
       }
       offset += count;
     }
-    try {
-      std::move(r.done)(std::move(answer), stats);
-    } catch (const std::exception& e) {
-      // The caller's own encoding failed; the other requests still get theirs.
-      std::cerr << "quantd: answering an inference request failed: " << e.what() << "\n";
-    } catch (...) {
-      std::cerr << "quantd: answering an inference request failed with an unknown exception\n";
-    }
+    Answer(std::move(r.done), std::move(answer), stats);  // the others still get theirs
   }
 }
 

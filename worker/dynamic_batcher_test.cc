@@ -315,6 +315,40 @@ TEST(DynamicBatcherTest, ACallbackThatThrowsLeavesTheOtherRequestsOfItsPassAnswe
   EXPECT_EQ(next.output->values.front(), 51.0f);
 }
 
+// Dropping the requests whose callers left runs their checks and answers
+// on a batcher thread too: a check or an answer that throws there ended the
+// process. It ends its own request only.
+TEST(DynamicBatcherTest, AnAbandonedCheckOrAnswerThatThrowsEndsItsOwnRequestOnly) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(3, absl::InfiniteDuration()), Clock::Real());
+  Outcome kept, check_threw;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &kept).ok());
+  ASSERT_TRUE(
+      Submit(batcher, model, 1, 50, &check_threw, []() -> absl::Status { throw std::bad_alloc(); }).ok());
+  absl::Notification thrower_called;
+  ASSERT_TRUE(batcher
+                  .Submit(
+                      model, Samples(1, 100), 1,
+                      [&thrower_called](absl::StatusOr<engine::ServingOutput>, const BatchStats&) {
+                        thrower_called.Notify();
+                        throw std::runtime_error("encoding failed");
+                      },
+                      [] { return absl::CancelledError("the caller left"); })
+                  .ok());  // 3 samples: the batch is full
+  kept.done.WaitForNotification();
+  check_threw.done.WaitForNotification();
+  EXPECT_TRUE(thrower_called.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(kept.output.ok()) << kept.output.status();
+  EXPECT_EQ(check_threw.output.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(model->passes(), ElementsAre(1));  // only the one still wanted
+
+  Outcome next;  // the batcher thread is still there
+  ASSERT_TRUE(Submit(batcher, model, 1, 5, &next).ok());
+  batcher.Shutdown();
+  ASSERT_TRUE(next.done.HasBeenNotified());
+  EXPECT_TRUE(next.output.ok()) << next.output.status();
+}
+
 TEST(DynamicBatcherTest, ShutdownRunsWhatIsQueuedAndRefusesMore) {
   auto model = std::make_shared<FakeModel>();
   DynamicBatcher batcher(OneThread(8, absl::InfiniteDuration()), Clock::Real());
