@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
+#include <system_error>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -306,15 +308,30 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
       ++it;
     }
   }
+  workers_.reserve(workers_.size() + 1);  // so that the push_back below cannot throw
   running_.insert(evaluation.id);
   auto done = std::make_shared<std::atomic<bool>>(false);
   std::shared_ptr<engine::ImageReader> open_reader = *std::move(reader);
-  // The reader is moved in, so that Run's reset closes the file.
-  workers_.push_back(Worker{std::thread([this, evaluation, open_reader = std::move(open_reader), done]() mutable {
-                              NameThisThread("quantd-eval");
-                              Run(std::move(evaluation), std::move(open_reader), done.get());
-                            }),
-                            done});
+  std::thread thread;
+  try {
+    // The reader is moved in, so that Run's reset closes the file.
+    thread = std::thread([this, evaluation, open_reader = std::move(open_reader), done]() mutable {
+      NameThisThread("quantd-eval");
+      Run(std::move(evaluation), std::move(open_reader), done.get());
+    });
+  } catch (const std::system_error& error) {
+    // No thread (the process's limit): not left RUNNING, holding a slot.
+    running_.erase(evaluation.id);
+    const absl::Status refused = absl::ResourceExhaustedError(
+        absl::StrCat("cannot start a thread for the evaluation (", error.what(), "); retry later"));
+    evaluation.state = EvaluationState::kFailed;
+    evaluation.error_code = refused.code();
+    evaluation.error_message = std::string(refused.message());
+    evaluation.finish_time = evaluation.update_time = clock_->Now();
+    (void)store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation));
+    return refused;
+  }
+  workers_.push_back(Worker{std::move(thread), done});
   return evaluation;
 }
 
@@ -324,9 +341,19 @@ absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
   // running here is final, or another server's (or a stopped one's). In the
   // other order, one that finished in between read as stale.
   bool running_here = false;
+  std::optional<Evaluation> unstored;
   {
     absl::MutexLock lock(&mu_);
     running_here = running_.count(id) > 0;
+    if (auto it = unstored_.find(id); it != unstored_.end()) unstored = it->second;
+  }
+  if (unstored.has_value()) {
+    // Written again; kept until it takes.
+    if (store_->PutEvaluation(id, EncodeEvaluation(*unstored), IndexOf(*unstored)).ok()) {
+      absl::MutexLock lock(&mu_);
+      unstored_.erase(id);
+    }
+    return *unstored;
   }
   QUANTD_ASSIGN_OR_RETURN(std::string text, store_->GetEvaluation(id));
   QUANTD_ASSIGN_OR_RETURN(Evaluation evaluation, DecodeEvaluation(text));
@@ -353,14 +380,17 @@ void Evaluator::Shutdown() {
   for (Worker& worker : workers) worker.thread.join();
 }
 
-void Evaluator::Store(const Evaluation& evaluation) {
+bool Evaluator::Store(const Evaluation& evaluation) {
   // A store that cannot write now (a full disk) loses only progress; the
   // final record is retried a few times.
-  for (int attempt = 0; attempt < 5; ++attempt) {
-    if (store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation)).ok()) return;
-    if (evaluation.state == EvaluationState::kRunning) return;
-    absl::SleepFor(absl::Milliseconds(100 << attempt));  // backoff before retrying the final write
+  constexpr int kAttempts = 5;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    if (store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation)).ok()) return true;
+    if (evaluation.state == EvaluationState::kRunning) return true;
+    // Real time: this waits for the disk, not for a test.
+    if (attempt + 1 < kAttempts) absl::SleepFor(absl::Milliseconds(100 << attempt));
   }
+  return false;
 }
 
 void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> reader, std::atomic<bool>* done) {
@@ -384,8 +414,11 @@ void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> 
     evaluation.error_code = report.status().code();
     evaluation.error_message = std::string(report.status().message());
   }
-  Store(evaluation);
+  const bool stored = Store(evaluation);
   absl::MutexLock lock(&mu_);
+  // Not stored: kept here, or its report would be lost, and the stale
+  // RUNNING record read as a stopped server's.
+  if (!stored) unstored_[evaluation.id] = evaluation;
   running_.erase(evaluation.id);
   done->store(true);
 }

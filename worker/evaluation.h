@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -151,7 +152,8 @@ class Evaluator {
   // a blob deleted after Start cannot take it away.
   void Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> reader, std::atomic<bool>* done);
   absl::StatusOr<EvaluationReport> Evaluate(Evaluation* evaluation, engine::ImageReader& reader);
-  void Store(const Evaluation& evaluation);
+  // False when a final record could not be written (after a few tries).
+  bool Store(const Evaluation& evaluation);
 
   JobStore* const store_;
   ModelRepository* const models_;
@@ -163,6 +165,9 @@ class Evaluator {
   // model load or a batch takes.
   std::set<std::string> running_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  // Finished evaluations whose final record the store refused (a full disk):
+  // answered from here, and written again at each Get until it takes.
+  std::map<std::string, Evaluation> unstored_ ABSL_GUARDED_BY(mu_);
   struct Worker {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;

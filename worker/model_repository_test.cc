@@ -22,6 +22,7 @@
 #include "worker/engine/testing/test_env.h"
 #include "worker/local_artifact_store.h"
 #include "worker/sqlite_job_store.h"
+#include "worker/testing/forwarding_job_store.h"
 
 namespace quantd::worker {
 namespace {
@@ -626,6 +627,51 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   // Finished records are never stale, wherever they are read.
   clock_.Advance(absl::Hours(1));
   EXPECT_EQ(other.Get(started->id)->state, EvaluationState::kSucceeded);
+}
+
+// A store that refuses finished evaluation records while `full` (a full
+// disk); progress records pass.
+class FullForFinishedEvaluations : public testing::ForwardingJobStore {
+ public:
+  using ForwardingJobStore::ForwardingJobStore;
+  absl::Status PutEvaluation(const std::string& id, const std::string& record, const EvaluationIndex& index) override {
+    absl::StatusOr<Evaluation> decoded = DecodeEvaluation(record);
+    if (full.load() && decoded.ok() && decoded->state != EvaluationState::kRunning) {
+      return absl::ResourceExhaustedError("sqlite step: database or disk is full");
+    }
+    return real_->PutEvaluation(id, record, index);
+  }
+  std::atomic<bool> full{true};
+};
+
+// The final record the store would not take was lost: its report gone, and
+// the RUNNING record left behind read as a stopped server's (FAILED) two
+// minutes later. The evaluator answers it from memory and writes it again
+// until the store takes it.
+TEST_F(ModelRepositoryTest, AnEvaluationWhoseFinalRecordTheStoreRefusesIsStillAnswered) {
+  Publish("a", "resnet8");
+  auto repository = Repository();
+  FullForFinishedEvaluations store(jobs_.get());
+  Evaluator::Options options;
+  options.stale_after = absl::Minutes(2);
+  Evaluator evaluator(&store, repository.get(), &clock_, options);
+  EvaluationSpec spec;
+  spec.model_name = "resnet8";
+  spec.dataset.path = engine::testing::CalibrationPath();
+  spec.max_samples = 100;
+  spec.skip_fp32 = true;
+  auto started = evaluator.Start(spec);
+  ASSERT_TRUE(started.ok()) << started.status();
+  absl::StatusOr<Evaluation> done = WaitUntilFinished(evaluator, started->id);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state, EvaluationState::kSucceeded) << done->error_message;
+  EXPECT_EQ(done->samples_done, 100);
+  EXPECT_EQ(DecodeEvaluation(*jobs_->GetEvaluation(started->id))->state, EvaluationState::kRunning);
+  clock_.Advance(absl::Minutes(10));
+  EXPECT_EQ(evaluator.Get(started->id)->state, EvaluationState::kSucceeded);
+  store.full = false;  // room again: the next Get writes it
+  EXPECT_EQ(evaluator.Get(started->id)->state, EvaluationState::kSucceeded);
+  EXPECT_EQ(DecodeEvaluation(*jobs_->GetEvaluation(started->id))->state, EvaluationState::kSucceeded);
 }
 
 // Its dataset is opened when the evaluation starts: the file (an uploaded

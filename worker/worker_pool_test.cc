@@ -19,6 +19,7 @@
 #include "worker/engine/base/status_macros.h"
 #include "worker/local_artifact_store.h"
 #include "worker/sqlite_job_store.h"
+#include "worker/testing/forwarding_job_store.h"
 #include "worker/worker_pool.h"
 
 namespace quantd::worker {
@@ -128,18 +129,9 @@ class FinishesThen : public QuantizationEngine {
 // A job store on a disk that is full for a while: the first `claim_failures`
 // ClaimNext and `finish_failures` Finish calls fail as SQLite does then.
 // It also records the latest lease a renewal extended to.
-class FullDiskStore : public JobStore {
+class FullDiskStore : public testing::ForwardingJobStore {
  public:
-  explicit FullDiskStore(JobStore* real) : real_(real) {}
-  absl::StatusOr<Job> Create(const Job& job, int64_t max_queued) override { return real_->Create(job, max_queued); }
-  absl::StatusOr<std::optional<Job>> FindByIdempotencyKey(const std::string& owner, const std::string& key) override {
-    return real_->FindByIdempotencyKey(owner, key);
-  }
-  absl::StatusOr<Job> Get(const std::string& id) override { return real_->Get(id); }
-  absl::StatusOr<JobPage> List(const std::vector<JobState>& states, int page_size,
-                               const std::string& page_token) override {
-    return real_->List(states, page_size, page_token);
-  }
+  explicit FullDiskStore(JobStore* real) : ForwardingJobStore(real) {}
   absl::StatusOr<std::optional<Job>> ClaimNext(absl::Time now, const std::string& holder,
                                                absl::Duration lease) override {
     if (claim_failures.fetch_sub(1) > 0) return Full();
@@ -162,9 +154,6 @@ class FullDiskStore : public JobStore {
     auto renewed = [this, t]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(renewed_mu_) { return renewed_until_ > t; };
     return renewed_mu_.AwaitWithTimeout(absl::Condition(&renewed), timeout);
   }
-  absl::Status SetPhase(const std::string& id, uint32_t attempt, JobPhase phase) override {
-    return real_->SetPhase(id, attempt, phase);
-  }
   absl::Status Finish(const std::string& id, uint32_t attempt, JobState state, const JobResult& result,
                       absl::Time now) override {
     finish_calls.fetch_add(1);
@@ -178,16 +167,6 @@ class FullDiskStore : public JobStore {
     if (release_busy.fetch_sub(1) > 0) return absl::UnavailableError("sqlite step: database is locked");
     return real_->Release(id, attempt);
   }
-  absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason, absl::Time now) override {
-    return real_->CancelQueued(id, reason, now);
-  }
-  absl::Status RequestCancel(const std::string& id, const std::string& reason) override {
-    return real_->RequestCancel(id, reason);
-  }
-  absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) override {
-    return real_->CancelRequest(id);
-  }
-  absl::StatusOr<uint64_t> NextGeneration() override { return real_->NextGeneration(); }
   absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) override {
     pin_calls.fetch_add(1);
     if (pin_busy.fetch_sub(1) > 0) return absl::UnavailableError("sqlite step: database is locked");
@@ -195,46 +174,14 @@ class FullDiskStore : public JobStore {
     if (after_pin) after_pin();
     return pinned;
   }
-  absl::Status Delete(const std::string& id, const ReleaseArtifact& release) override {
-    return real_->Delete(id, release);
-  }
   absl::Status WithArtifactLocked(const std::string& artifact_id, const ArtifactHoldersUse& use) override {
     if (before_artifact_decision) before_artifact_decision();
     return real_->WithArtifactLocked(artifact_id, use);
-  }
-  absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override {
-    return real_->ActiveJobsUsing(needle);
-  }
-  absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override {
-    return real_->JobsWithArtifact(artifact_id);
   }
   absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) override {
     absl::StatusOr<std::vector<std::string>> holders = real_->ArtifactHolders(artifact_id);
     if (before_artifact_decision) before_artifact_decision();
     return holders;
-  }
-  absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
-                                           const std::string& page_token) override {
-    return real_->ListArtifactJobs(job_id, page_size, page_token);
-  }
-  absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now,
-                                                    const std::string& restarted_holder) override {
-    return real_->RecoverInterrupted(max_attempts, now, restarted_holder);
-  }
-  absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) override {
-    return real_->ListModelVersions(name);
-  }
-  absl::StatusOr<std::map<JobState, int64_t>> CountByState() override { return real_->CountByState(); }
-  absl::Status PutEvaluation(const std::string& id, const std::string& record, const EvaluationIndex& index) override {
-    return real_->PutEvaluation(id, record, index);
-  }
-  absl::StatusOr<std::vector<std::string>> LatestEvaluations() override { return real_->LatestEvaluations(); }
-  absl::StatusOr<std::string> GetEvaluation(const std::string& id) override { return real_->GetEvaluation(id); }
-  absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) override {
-    return real_->GetModelVersion(name, version);
-  }
-  absl::Status DeleteModelVersion(const std::string& name, int64_t version) override {
-    return real_->DeleteModelVersion(name, version);
   }
 
   std::function<void()> after_renewal;  // runs after each RenewLease (set before use)
@@ -257,7 +204,6 @@ class FullDiskStore : public JobStore {
   static absl::Status Full() {
     return absl::ResourceExhaustedError("sqlite step: database or disk is full (the disk holding the job store is full)");
   }
-  JobStore* const real_;
   absl::Mutex renewed_mu_;
   absl::Time renewed_until_ ABSL_GUARDED_BY(renewed_mu_) = absl::InfinitePast();
 };
