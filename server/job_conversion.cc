@@ -111,6 +111,14 @@ absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref, co
   return spec;
 }
 
+// .npy images carry no labels (CIFAR-10 records do): a use that needs them
+// is refused at submit, not after calibration and tuning have run.
+absl::Status RequireLabels(const engine::DatasetSpec& spec, const std::string& field, const std::string& why) {
+  if (spec.format != engine::DatasetFormat::kNpy || !spec.labels_path.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ".labels_path (or .labels_blob_id): required for .npy images ", why));
+}
+
 absl::StatusOr<engine::Preprocessing> ToPreprocessing(const v1::Preprocessing& p, std::string* layout) {
   engine::Preprocessing out;
   if (p.has_scale()) {
@@ -392,6 +400,10 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   }
   spec.batch_size = calibration.batch_size() == 0 ? 100 : calibration.batch_size();
   spec.calibration.samples_per_class = calibration.samples_per_class();
+  if (spec.calibration.samples_per_class > 0) {
+    QUANTD_RETURN_IF_ERROR(
+        RequireLabels(spec.calibration, "calibration.dataset", "with calibration.samples_per_class (per class)"));
+  }
   spec.calibration.seed = calibration.seed();
   spec.calibration.preprocessing = preprocessing;
   spec.calibration.layout = layout;
@@ -403,6 +415,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     if (evaluation.batch_size() > kMaxBatchSize) {
       return absl::InvalidArgumentError(absl::StrCat("evaluation.batch_size: at most ", kMaxBatchSize));
     }
+    QUANTD_RETURN_IF_ERROR(RequireLabels(eval, "evaluation.dataset", "to evaluate"));
     eval.limit = evaluation.max_samples();
     eval.preprocessing = preprocessing;
     eval.layout = layout;
@@ -434,6 +447,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     if (!g.has_tuning()) return absl::InvalidArgumentError("accuracy_goal.tuning: required (a labelled dataset)");
     engine::AccuracyGoal goal;
     QUANTD_ASSIGN_OR_RETURN(goal.tuning, ResolveDataset(g.tuning(), "accuracy_goal.tuning", resolver, Naming::kReference));
+    QUANTD_RETURN_IF_ERROR(RequireLabels(goal.tuning, "accuracy_goal.tuning", "to tune on"));
     goal.tuning.preprocessing = preprocessing;
     goal.tuning.layout = layout;
     const double tolerance = g.has_tolerance() ? g.tolerance() : 0.1;
@@ -449,6 +463,10 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
       return absl::InvalidArgumentError("accuracy_goal.time_budget_seconds: seconds in [0, 86400] (0 = 60)");
     }
     goal.time_budget_seconds = g.time_budget_seconds() == 0 ? 60 : g.time_budget_seconds();
+    if (g.int8_only() && g.max_fp32_layers() > 0) {
+      return absl::InvalidArgumentError(
+          "accuracy_goal.max_fp32_layers: not with accuracy_goal.int8_only (no layer stays FP32)");
+    }
     goal.allow_fp32_layers = !g.int8_only();
     goal.max_fp32_layers = g.max_fp32_layers();
     goal.against_fp32 = g.against_fp32();
@@ -485,6 +503,12 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
       return absl::InvalidArgumentError("deadline: not a valid timestamp (years 1..9999, nanos 0..999999999)");
     }
     job.deadline = absl::FromUnixSeconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+    // Queued only to be cancelled by the first worker that looks at it.
+    if (const absl::Time now = resolver.Now(); *job.deadline <= now) {
+      return absl::InvalidArgumentError(absl::StrCat("deadline: ", absl::FormatTime(*job.deadline, absl::UTCTimeZone()),
+                                                     " has passed (now ", absl::FormatTime(now, absl::UTCTimeZone()),
+                                                     ")"));
+    }
   }
   job.request_echo = DeterministicBytes(request);
   job.request_fingerprint = RequestFingerprint(request);

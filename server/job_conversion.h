@@ -45,6 +45,8 @@ class ReferenceResolver {
   // A blob's path; marks the blob used now (see BlobStore::Touch).
   absl::StatusOr<ResolvedInput> ResolveBlob(const std::string& blob_id, const std::string& field) const;
   absl::StatusOr<ResolvedInput> ResolveModel(const v1::ModelRef& model, const std::string& field) const;
+  // The time requests are checked against (a deadline must be after it).
+  absl::Time Now() const { return clock_->Now(); }
 
  private:
   std::string data_dir_;

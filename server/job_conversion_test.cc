@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/time/clock.h"
 #include "worker/input_locator.h"
 #include "worker/job_codec.h"
 
@@ -196,6 +197,53 @@ TEST_F(ResolvePathTest, AnAccuracyGoalOutOfRangeNamesTheField) {
   goal->set_tolerance(0.5);
   goal->set_max_trials(5000);
   EXPECT_THAT(JobFromRequest(request, resolver).status().message(), HasSubstr("accuracy_goal.max_trials: at most 1000"));
+}
+
+// Refused at submit, not after calibration and tuning ran: .npy images
+// without labels where labels are needed; a deadline already passed (the job
+// was queued, then cancelled by the first worker); a limit that cannot apply.
+TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
+  const ReferenceResolver resolver = Resolver();
+  std::ofstream(data_ / "datasets/blobs/images.npy") << "x";
+  std::ofstream(data_ / "datasets/blobs/labels.npy") << "x";
+  auto npy = [](v1::DatasetRef* ref, bool labelled) {
+    ref->set_path("datasets/blobs/images.npy");
+    ref->set_format(v1::DATASET_FORMAT_NPY);
+    if (labelled) ref->set_labels_path("datasets/blobs/labels.npy");
+  };
+  v1::QuantizeJobRequest request = OneRecordRequest();
+  npy(request.mutable_evaluation()->mutable_dataset(), /*labelled=*/false);
+  absl::Status status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("evaluation.dataset.labels_path (or .labels_blob_id): required"));
+  npy(request.mutable_evaluation()->mutable_dataset(), /*labelled=*/true);
+  EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+
+  request = OneRecordRequest();
+  npy(request.mutable_calibration()->mutable_dataset(), /*labelled=*/false);
+  EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+  request.mutable_calibration()->set_samples_per_class(10);
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("calibration.dataset.labels_path (or .labels_blob_id): required for .npy images with "
+                        "calibration.samples_per_class"));
+
+  request = OneRecordRequest();
+  npy(request.mutable_accuracy_goal()->mutable_tuning(), /*labelled=*/false);
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("accuracy_goal.tuning.labels_path (or .labels_blob_id): required"));
+  npy(request.mutable_accuracy_goal()->mutable_tuning(), /*labelled=*/true);
+  request.mutable_accuracy_goal()->set_int8_only(true);
+  request.mutable_accuracy_goal()->set_max_fp32_layers(3);
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("accuracy_goal.max_fp32_layers: not with accuracy_goal.int8_only"));
+
+  request = OneRecordRequest();
+  request.mutable_deadline()->set_seconds(1);  // 1970
+  status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("deadline: 1970-01-01T00:00:01+00:00 has passed"));
+  request.mutable_deadline()->set_seconds(absl::ToUnixSeconds(absl::Now() + absl::Hours(1)));
+  EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
 }
 
 TEST(RequestFingerprintTest, ARetryWithAnotherDeadlineIsTheSameRequest) {

@@ -29,6 +29,20 @@ std::optional<engine::Accuracy> DecodeAccuracy(const json& j) {
 }
 
 json OptionalNumber(const std::optional<double>& v) { return v ? EncodeNumber(*v) : json(); }
+// Arrays of numbers, each as EncodeNumber writes it (a weight's scale is
+// inf for an inf weight, whose model the quality gate may still keep).
+template <typename T>
+json EncodeNumbers(const std::vector<T>& values) {
+  json out = json::array();
+  for (T v : values) out.push_back(EncodeNumber(static_cast<double>(v)));
+  return out;
+}
+template <typename T>
+std::vector<T> DecodeNumbers(const json& j) {
+  std::vector<T> out;
+  for (const json& v : j) out.push_back(static_cast<T>(DecodeNumber(v, kNaN)));
+  return out;
+}
 std::optional<double> DecodeOptionalNumber(const json& j) {
   return j.is_null() ? std::nullopt : std::optional<double>(DecodeNumber(j, kNaN));
 }
@@ -55,13 +69,13 @@ json EncodeTuning(const engine::TuningReport& t) {
                           {"settings", trial.settings},
                           {"fp32_layers", trial.fp32_layers},
                           {"score", EncodeScore(trial.score)},
-                          {"seconds", trial.seconds},
+                          {"seconds", EncodeNumber(trial.seconds)},
                           {"meets_goal", trial.meets_goal},
                           {"error", trial.error}});
   }
   json sensitivity = json::array();
   for (const engine::LayerSensitivity& s : t.sensitivity) {
-    sensitivity.push_back(json{{"layer", s.layer}, {"gain", s.gain}, {"sqnr_db", OptionalNumber(s.sqnr_db)}});
+    sensitivity.push_back(json{{"layer", s.layer}, {"gain", EncodeNumber(s.gain)}, {"sqnr_db", OptionalNumber(s.sqnr_db)}});
   }
   return json{{"judged_on", t.judged_on},
               {"samples", t.samples},
@@ -74,7 +88,7 @@ json EncodeTuning(const engine::TuningReport& t) {
               {"trials", trials},
               {"sensitivity", sensitivity},
               {"fp32_layers", t.fp32_layers},
-              {"seconds", t.seconds}};
+              {"seconds", EncodeNumber(t.seconds)}};
 }
 
 engine::TuningReport DecodeTuning(const json& j) {
@@ -95,17 +109,17 @@ engine::TuningReport DecodeTuning(const json& j) {
     trial.settings = r.at("settings").get<std::string>();
     trial.fp32_layers = r.at("fp32_layers").get<std::vector<std::string>>();
     trial.score = DecodeScore(r.at("score"));
-    trial.seconds = r.at("seconds").get<double>();
+    trial.seconds = DecodeNumber(r.at("seconds"), kNaN);
     trial.meets_goal = r.at("meets_goal").get<bool>();
     trial.error = r.at("error").get<std::string>();
     t.trials.push_back(std::move(trial));
   }
   for (const json& s : j.at("sensitivity")) {
-    t.sensitivity.push_back({s.at("layer").get<std::string>(), s.at("gain").get<double>(),
+    t.sensitivity.push_back({s.at("layer").get<std::string>(), DecodeNumber(s.at("gain"), kNaN),
                              DecodeOptionalNumber(s.at("sqnr_db"))});
   }
   t.fp32_layers = j.at("fp32_layers").get<std::vector<std::string>>();
-  t.seconds = j.at("seconds").get<double>();
+  t.seconds = DecodeNumber(j.at("seconds"), kNaN);
   return t;
 }
 
@@ -272,9 +286,9 @@ std::string EncodeJobResult(const JobResult& result) {
   for (const engine::LayerReport& l : r.layers) {
     layers.push_back(json{{"name", l.name},
                           {"op", l.op},
-                          {"output_scale", l.output_scale},
+                          {"output_scale", EncodeNumber(l.output_scale)},
                           {"output_zero_point", l.output_zero_point},
-                          {"weight_scales", l.weight_scales},
+                          {"weight_scales", EncodeNumbers(l.weight_scales)},
                           {"sqnr_db", OptionalNumber(l.sqnr_db)}});
   }
   json fallbacks = json::array();
@@ -283,7 +297,7 @@ std::string EncodeJobResult(const JobResult& result) {
   }
   json timings = json::array();
   for (const PhaseTiming& t : result.phase_timings) {
-    timings.push_back(json{{"phase", JobPhaseName(t.phase)}, {"seconds", t.seconds}});
+    timings.push_back(json{{"phase", JobPhaseName(t.phase)}, {"seconds", EncodeNumber(t.seconds)}});
   }
   json j{{"artifact_id", result.artifact_id},
          {"artifact_sha256", result.artifact_sha256},
@@ -329,9 +343,9 @@ absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
       engine::LayerReport layer;
       layer.name = l.at("name").get<std::string>();
       layer.op = l.at("op").get<std::string>();
-      layer.output_scale = l.at("output_scale").get<double>();
+      layer.output_scale = DecodeNumber(l.at("output_scale"), kNaN);
       layer.output_zero_point = l.at("output_zero_point").get<int64_t>();
-      layer.weight_scales = l.at("weight_scales").get<std::vector<float>>();
+      layer.weight_scales = DecodeNumbers<float>(l.at("weight_scales"));
       layer.sqnr_db = DecodeOptionalNumber(l.at("sqnr_db"));
       r.layers.push_back(std::move(layer));
     }
@@ -344,7 +358,7 @@ absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
     r.model_sha256 = j.value("model_sha256", std::string());
     for (const json& t : j.at("phase_timings")) {
       result.phase_timings.push_back(
-          {JobPhaseFromName(t.at("phase").get<std::string>()), t.at("seconds").get<double>()});
+          {JobPhaseFromName(t.at("phase").get<std::string>()), DecodeNumber(t.at("seconds"), kNaN)});
     }
     // Absent from rows stored before model versions: none.
     result.model_name = j.value("model_name", std::string());

@@ -235,6 +235,15 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
                                : absl::StatusOr<StoredArtifact>(pinned);
                stored.ok()) {
       result.report = std::move(output->report);
+      // What the engine wrote about its inputs names this replica's files
+      // ("/data/blobs/<sha> (2000 labelled images)"): the client's
+      // references instead, as in errors.
+      if (local_spec.ok()) {
+        auto refer = [&](std::string& text) { text = ReferToInputs(text, job.spec, *local_spec); };
+        if (result.report.tuning.has_value()) refer(result.report.tuning->judged_on);
+        for (std::string& advice : result.report.advice) refer(advice);
+        for (std::string& warning : result.report.warnings) refer(warning);
+      }
       result.artifact_sha256 = stored->sha256;
       result.artifact_size_bytes = stored->size_bytes;
       result.artifact_id = ArtifactIdFor(stored->sha256);

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -735,13 +736,23 @@ TEST(SqliteJobStoreTest, AResultThatDoesNotReadBackIsDataLossAndNonFiniteScoresR
   engine::LayerReport layer;
   layer.name = "conv1";
   layer.sqnr_db = std::numeric_limits<double>::infinity();  // exact
+  // A model with an inf weight: scales that are not finite (the quality
+  // gate's allow_low_quality keeps it). They made the whole result unreadable.
+  layer.output_scale = std::numeric_limits<double>::infinity();
+  layer.weight_scales = {0.5f, std::numeric_limits<float>::infinity()};
   result.report.layers.push_back(layer);
+  tuning.seconds = std::numeric_limits<double>::quiet_NaN();
+  result.report.tuning = tuning;
   ASSERT_TRUE((*store)->Finish("tuned", 1, JobState::kSucceeded, result, now).ok());
   absl::StatusOr<Job> tuned = (*store)->Get("tuned");
   ASSERT_TRUE(tuned.ok()) << tuned.status();
   ASSERT_TRUE(tuned->result->report.tuning.has_value());
   EXPECT_EQ(tuned->result->report.tuning->trials[0].score.output_sqnr_db, -std::numeric_limits<double>::infinity());
   EXPECT_EQ(tuned->result->report.layers[0].sqnr_db, std::numeric_limits<double>::infinity());
+  EXPECT_EQ(tuned->result->report.layers[0].output_scale, std::numeric_limits<double>::infinity());
+  EXPECT_THAT(tuned->result->report.layers[0].weight_scales,
+              ::testing::ElementsAre(0.5f, std::numeric_limits<float>::infinity()));
+  EXPECT_TRUE(std::isnan(tuned->result->report.tuning->seconds));
 
   ASSERT_TRUE((*store)->Finish("damaged", 1, JobState::kSucceeded, JobResult{}, now).ok());
   {

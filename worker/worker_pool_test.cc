@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -27,6 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Pretends to quantize: LOADING, FUSING, `batches` CALIBRATING batches,
 // CONVERTING, STORING. Can stop before a batch until released, and moves a
@@ -1257,6 +1259,46 @@ TEST_F(WorkerPoolTest, ACancelSeenAsTheEngineReturnsStoresNothing) {
   ASSERT_TRUE(finished.result.has_value());
   EXPECT_THAT(finished.result->error_message, HasSubstr("cancelled: not needed"));
   EXPECT_EQ(store_->Get(job.id)->state, JobState::kCancelled);
+}
+
+// A job's result shows the client's references, never this server's files:
+// the engine's descriptions of its inputs (the tuning set it judged on,
+// advice, warnings) name local paths.
+TEST_F(WorkerPoolTest, AResultNamesTheInputsAsTheClientDidNotThisServersFiles) {
+  fs::create_directories(dir_ + "/datasets");
+  std::ofstream(dir_ + "/datasets/val.bin") << "x";
+  const InputLocator locator(dir_, /*blobs=*/nullptr);
+  class DescribesItsInputs : public QuantizationEngine {
+   public:
+    absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+      EngineOutput output;
+      output.artifact = "int8";
+      output.manifest_json = "{}";
+      engine::TuningReport tuning;
+      tuning.judged_on = options.calibration.path + " (1 labelled image)";
+      output.report.tuning = tuning;
+      output.report.advice.push_back("calibrate on more of " + options.calibration.path);
+      output.report.warnings.push_back(options.calibration.path + " is small");
+      return output;
+    }
+  } engine;
+  FakeClock clock;
+  StopSignals stop;
+  JobEventHub events(&clock);
+  JobRunner runner(store_.get(), artifacts_.get(), &engine, &events, &clock, 0, absl::Milliseconds(1), &locator);
+  Job job = NewJob(DataDirReference("datasets/val.bin"));
+  job.id = "job-described";
+  job.spec.calibration.path = DataDirReference("datasets/val.bin");
+  const Job finished = CreateClaimAndRun(runner, job, clock, &stop);
+  ASSERT_EQ(finished.state, JobState::kSucceeded) << finished.result->error_message;
+  absl::StatusOr<Job> stored = store_->Get(job.id);
+  ASSERT_TRUE(stored.ok() && stored->result.has_value()) << stored.status();
+  const engine::QuantizeReport& report = stored->result->report;
+  ASSERT_TRUE(report.tuning.has_value());
+  for (const std::string& text : {report.tuning->judged_on, report.advice.at(0), report.warnings.at(0)}) {
+    EXPECT_THAT(text, Not(HasSubstr(dir_))) << text;
+    EXPECT_THAT(text, HasSubstr("datasets/val.bin")) << text;
+  }
 }
 
 // An artifact store whose Put stores the files, then fails (a folder sync
