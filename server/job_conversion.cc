@@ -16,6 +16,7 @@
 #include "server/inference_conversion.h"
 #include "worker/data_dir_layout.h"
 #include "worker/engine/base/sha256.h"
+#include "worker/engine/base/errno_status.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/quantizer.h"
 #include "worker/input_locator.h"
@@ -102,10 +103,12 @@ absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref, co
   if (spec.format == engine::DatasetFormat::kCifar10Binary) {
     std::error_code error;
     const auto size = static_cast<int64_t>(fs::file_size(local_path, error));
-    if (error || size == 0 || size % kCifarRecordBytes != 0) {
+    const std::string source = absl::StrCat(field, ref.source_case() == v1::DatasetRef::kBlobId ? ".blob_id" : ".path");
+    if (error) return ErrnoStatus(error.value(), absl::StrCat(source, ": cannot read the file's size"));
+    if (size == 0 || size % kCifarRecordBytes != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          field, ": the file is ", error ? 0 : size, " bytes, not a whole number of ",
-          kCifarRecordBytes, "-byte CIFAR-10 records (truncated or not CIFAR-10 binary?)"));
+          source, ": the file is ", size, " bytes, not a whole number of ", kCifarRecordBytes,
+          "-byte CIFAR-10 records (truncated or not CIFAR-10 binary?)"));
     }
   }
   return spec;

@@ -244,6 +244,12 @@ TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
   EXPECT_THAT(status.message(), HasSubstr("deadline: 1970-01-01T00:00:01+00:00 has passed"));
   request.mutable_deadline()->set_seconds(absl::ToUnixSeconds(absl::Now() + absl::Hours(1)));
   EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+
+  // A CIFAR-10 file cut short: the message names the field that gave it.
+  request = OneRecordRequest();
+  std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(10, '\0');
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("calibration.dataset.path: the file is 10 bytes, not a whole number of 3073-byte"));
 }
 
 TEST(RequestFingerprintTest, ARetryWithAnotherDeadlineIsTheSameRequest) {

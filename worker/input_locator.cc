@@ -69,7 +69,22 @@ absl::StatusOr<std::string> InputLocator::LocalPath(const std::string& reference
     }
     return full.string();
   }
-  if (fs::path(reference).is_absolute()) return reference;
+  if (fs::path(reference).is_absolute()) {
+    // A file under a read root, stored as submission resolved it (every
+    // link followed): a link that appeared since (a folder of the shared
+    // mount swapped for one) could lead out of the roots, into quantd's own
+    // state even; the job does not follow it.
+    std::error_code error;
+    if (!fs::is_regular_file(reference, error)) {
+      return absl::NotFoundError(absl::StrCat(field, ": \"", reference, "\" is no longer a file"));
+    }
+    const fs::path resolved = fs::canonical(reference, error);
+    if (error || resolved != fs::path(reference)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          field, ": \"", reference, "\" now leads through a symbolic link (none was there at submission)"));
+    }
+    return reference;
+  }
   return absl::InvalidArgumentError(absl::StrCat(field, ": \"", reference, "\" is not an input reference"));
 }
 

@@ -93,6 +93,20 @@ TEST_F(InputLocatorTest, ALinkThatAppearedAfterSubmissionIsNotFollowed) {
   absl::Status status = locator.LocalPath(DataDirReference("datasets/calib.bin"), "calibration.dataset").status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(status.message(), HasSubstr("symbolic link"));
+
+  // A read root's file (stored as an absolute path) likewise: its folder
+  // swapped for a link that leads elsewhere (here into the data dir).
+  fs::create_directories(root_ / "shared/sets");
+  std::ofstream(root_ / "shared/sets/calib.bin") << "shared";
+  const std::string shared = (root_ / "shared/sets/calib.bin").string();
+  EXPECT_EQ(*locator.LocalPath(shared, "calibration.dataset"), shared);
+  fs::rename(root_ / "shared/sets", root_ / "shared/old");
+  fs::create_directory_symlink(root_ / "elsewhere/datasets", root_ / "shared/sets");
+  status = locator.LocalPath(shared, "calibration.dataset").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(status.message(), HasSubstr("symbolic link"));
+  fs::remove(root_ / "shared/sets");
+  EXPECT_EQ(locator.LocalPath(shared, "calibration.dataset").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(InputLocatorTest, ASpecIsLocalizedWholeOrNotAtAll) {
