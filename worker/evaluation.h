@@ -131,7 +131,11 @@ class Evaluator {
     // --max_batch_bytes); 0 = no limit.
     int64_t max_batch_bytes = 0;
   };
-  Evaluator(JobStore* store, ModelRepository* models, Clock* clock, const Options& options);
+  // `clock` gives the records' times; `interval_clock` (steady: a wall
+  // clock stepped by NTP made negative or huge timings) the passes' seconds
+  // and the progress interval.
+  Evaluator(JobStore* store, ModelRepository* models, Clock* clock, const Options& options,
+            Clock* interval_clock = Clock::Monotonic());
   ~Evaluator();
   Evaluator(const Evaluator&) = delete;
   Evaluator& operator=(const Evaluator&) = delete;
@@ -158,6 +162,7 @@ class Evaluator {
   JobStore* const store_;
   ModelRepository* const models_;
   Clock* const clock_;
+  Clock* const interval_clock_;
   const Options options_;
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;

@@ -666,6 +666,10 @@ TEST_F(ModelRepositoryTest, AnEvaluationWhoseFinalRecordTheStoreRefusesIsStillAn
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->state, EvaluationState::kSucceeded) << done->error_message;
   EXPECT_EQ(done->samples_done, 100);
+  // Timed on a steady clock, not the records' clock (here a fake one that
+  // does not move; a wall clock stepped back gave negative seconds).
+  ASSERT_TRUE(done->report.has_value());
+  EXPECT_GT(done->report->int8.seconds, 0);
   EXPECT_EQ(DecodeEvaluation(*jobs_->GetEvaluation(started->id))->state, EvaluationState::kRunning);
   clock_.Advance(absl::Minutes(10));
   EXPECT_EQ(evaluator.Get(started->id)->state, EvaluationState::kSucceeded);
