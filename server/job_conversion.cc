@@ -92,11 +92,15 @@ absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref, co
     default:
       return absl::InvalidArgumentError(absl::StrCat(field, ": required (blob_id or path)"));
   }
-  if (ref.labels_case() == v1::DatasetRef::kLabelsBlobId) {
+  // CIFAR-10 records carry their labels: labels beside them are ignored, as
+  // the API says, not resolved (a missing file refused the job, and a labels
+  // blob expiring while the job queued failed it).
+  const bool labels_used = spec.format == engine::DatasetFormat::kNpy;
+  if (labels_used && ref.labels_case() == v1::DatasetRef::kLabelsBlobId) {
     QUANTD_ASSIGN_OR_RETURN(ResolvedInput labels,
                             resolver.ResolveBlob(ref.labels_blob_id(), field + ".labels_blob_id"));
     spec.labels_path = name(labels);
-  } else if (ref.labels_case() == v1::DatasetRef::kLabelsPath) {
+  } else if (labels_used && ref.labels_case() == v1::DatasetRef::kLabelsPath) {
     QUANTD_ASSIGN_OR_RETURN(ResolvedInput labels, resolver.ResolvePath(ref.labels_path(), field + ".labels_path"));
     spec.labels_path = name(labels);
   }

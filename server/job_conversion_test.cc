@@ -245,6 +245,15 @@ TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
   request.mutable_deadline()->set_seconds(absl::ToUnixSeconds(absl::Now() + absl::Hours(1)));
   EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
 
+  // Labels beside CIFAR-10 records (which carry theirs) are ignored, as the
+  // API says: not resolved (a missing one refused the job; an expired blob
+  // failed it at run time) nor kept with the job.
+  request = OneRecordRequest();
+  request.mutable_calibration()->mutable_dataset()->set_labels_path("datasets/blobs/no-such-labels.npy");
+  absl::StatusOr<worker::Job> ignored = JobFromRequest(request, resolver);
+  ASSERT_TRUE(ignored.ok()) << ignored.status();
+  EXPECT_TRUE(ignored->spec.calibration.labels_path.empty());
+
   // A CIFAR-10 file cut short: the message names the field that gave it.
   request = OneRecordRequest();
   std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(10, '\0');
