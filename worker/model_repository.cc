@@ -211,6 +211,8 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     if (generation == resolution_generation_) resolved_[{base, version}] = Resolution{resolved, now, now};
   }
   const Key key{base, resolved.version, fp32};
+  // Released after mu_, as below.
+  std::vector<std::shared_ptr<const LoadedModel>> revived_evictions;
   uint64_t attempt = 0;
   uint64_t load_generation = 0;
   {
@@ -245,6 +247,15 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     }
     if (auto it = failed_.find(key); awaited.has_value() && it != failed_.end() && it->second.first == *awaited) {
       return it->second.second;
+    }
+    // Evicted but still held: back in the cache, not loaded twice (under
+    // the same rule as a load's: not across a change of versions).
+    if (auto it = evicted_in_use_.find(key); it != evicted_in_use_.end() && generation == resolution_generation_) {
+      if (std::shared_ptr<const LoadedModel> alive = it->second.lock()) {
+        CacheLocked(key, alive, &revived_evictions);
+        return alive;
+      }
+      evicted_in_use_.erase(it);
     }
     attempt = ++attempts_;
     loading_[key] = attempt;
@@ -293,15 +304,26 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   const bool current = load_generation == resolution_generation_ ||
                        (verified && verified_generation == resolution_generation_);
   if (!current) return model;
-  lru_.emplace_front(key, model);
-  cached_[key] = lru_.begin();
+  CacheLocked(key, model, &evicted);
+  return model;
+}
+
+void ModelRepository::CacheLocked(const Key& key, std::shared_ptr<const LoadedModel> model,
+                                  std::vector<std::shared_ptr<const LoadedModel>>* evicted) {
+  evicted_in_use_.erase(key);
   cached_bytes_ += model->info().cost_bytes;
-  // Least recently used out, never the one just loaded; requests still
+  lru_.emplace_front(key, std::move(model));
+  cached_[key] = lru_.begin();
+  // Least recently used out, never the one just cached; requests still
   // running on an evicted model keep it alive until they finish.
   while (cached_bytes_ > options_.cache_bytes && lru_.size() > 1) {
-    evicted.push_back(UncacheLocked(cached_.find(lru_.back().first)));
+    const Key out = lru_.back().first;
+    evicted->push_back(UncacheLocked(cached_.find(out)));
+    evicted_in_use_[out] = evicted->back();
   }
-  return model;
+  for (auto it = evicted_in_use_.begin(); it != evicted_in_use_.end();) {
+    it = it->second.expired() ? evicted_in_use_.erase(it) : std::next(it);
+  }
 }
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const std::string& name, bool fp32,

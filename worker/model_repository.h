@@ -178,6 +178,14 @@ class ModelRepository {
   // (base name, version as asked, 0 = newest) -> its resolution.
   std::map<std::pair<std::string, int64_t>, Resolution> resolved_ ABSL_GUARDED_BY(mu_);
   int64_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Models the budget evicted that someone still holds (an evaluation's
+  // int8 model, evicted by its FP32 twin's load): a Load puts such a model
+  // back in the cache instead of loading a second copy beside it.
+  std::map<Key, std::weak_ptr<const LoadedModel>> evicted_in_use_ ABSL_GUARDED_BY(mu_);
+  // Caches `model` under `key`, evicting the least recently used beyond the
+  // budget into `evicted` (released by the caller after mu_).
+  void CacheLocked(const Key& key, std::shared_ptr<const LoadedModel> model,
+                   std::vector<std::shared_ptr<const LoadedModel>>* evicted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex refresher_mu_;
   bool stopping_ ABSL_GUARDED_BY(refresher_mu_) = false;

@@ -401,6 +401,48 @@ TEST_F(ModelRepositoryTest, TheCacheKeepsItsByteBudgetLeastRecentlyUsedOut) {
   EXPECT_FALSE(repository->IsLoaded("first", 1, false));
 }
 
+// Counts artifact reads (each a model load).
+class CountingArtifactStore : public ForwardingArtifactStore {
+ public:
+  using ForwardingArtifactStore::ForwardingArtifactStore;
+  absl::StatusOr<std::string> Read(const std::string& sha256) override {
+    reads.fetch_add(1);
+    return real_->Read(sha256);
+  }
+  std::atomic<int> reads{0};
+};
+
+// An evaluation holds its int8 model for hours; the budget may evict it
+// meanwhile (its FP32 twin's load did). The next request for that version
+// loaded a second copy beside the held one, outside the budget, and split
+// its requests over two batcher queues. The held model goes back in the
+// cache instead.
+TEST_F(ModelRepositoryTest, AnEvictedModelStillInUseGoesBackInTheCacheNotLoadedTwice) {
+  Publish("a", "first");
+  Publish("b", "second");
+  const auto size = static_cast<int64_t>(ResNet8Int8().bytes.size());
+  CountingArtifactStore counting(artifacts_.get());
+  auto repository = RepositoryOver(&counting, size);  // room for one
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> held = repository->Load("first", 0);
+  ASSERT_TRUE(held.ok()) << held.status();
+  ASSERT_TRUE(repository->Load("second", 0).ok());  // evicts "first", still held
+  EXPECT_FALSE(repository->IsLoaded("first", 1, false));
+  const int reads = counting.reads.load();
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> again = repository->Load("first", 0);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->get(), held->get());
+  EXPECT_EQ(counting.reads.load(), reads);  // not read again
+  EXPECT_TRUE(repository->IsLoaded("first", 1, false));
+  EXPECT_EQ(repository->cached_models(), 1);
+  EXPECT_EQ(repository->cached_bytes(), size);
+  // Once nobody holds it, an evicted model is loaded afresh.
+  ASSERT_TRUE(repository->Load("second", 0).ok());
+  held = absl::StatusOr<std::shared_ptr<const LoadedModel>>();
+  again = absl::StatusOr<std::shared_ptr<const LoadedModel>>();
+  ASSERT_TRUE(repository->Load("first", 0).ok());
+  EXPECT_GT(counting.reads.load(), reads);
+}
+
 TEST_F(ModelRepositoryTest, ANewVersionIsSeenAfterTheResolutionTtlOrAtOnceWhenForgotten) {
   Publish("a", "resnet8");
   auto repository = Repository();
