@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -874,6 +875,20 @@ TEST_F(ServerTest, ShutdownStopsServingAndIsIdempotent) {
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("in use by another quantd"));
 }
 
+// Runs a task on `executor`'s one thread that holds it until `release`.
+bool OccupyTheOnlyThread(BlockingExecutor& executor, absl::Notification& release) {
+  // Shared: the task may still be inside Notify() when the wait returns.
+  auto stuck = std::make_shared<absl::Notification>();
+  if (!executor.TrySchedule([stuck, &release] {
+        stuck->Notify();
+        release.WaitForNotification();
+      })) {
+    return false;
+  }
+  stuck->WaitForNotification();
+  return true;
+}
+
 // Handlers hand their store and file work to the RPC executor: while its
 // threads are stuck, calls that need them wait (and beyond its queue are
 // refused at once), but gRPC's own threads still answer everything else.
@@ -886,13 +901,8 @@ TEST(ServerExecutorTest, BlockingWorkWaitsOnTheExecutorAndAFullQueueIsResourceEx
   auto channel = (*server)->InProcessChannel();
   auto stub = v1::QuantizationService::NewStub(channel);
   BlockingExecutor& executor = (*server)->rpc_executor();
-
-  absl::Notification stuck, release;
-  ASSERT_TRUE(executor.TrySchedule([&] {
-    stuck.Notify();
-    release.WaitForNotification();
-  }));
-  stuck.WaitForNotification();
+  absl::Notification release;
+  ASSERT_TRUE(OccupyTheOnlyThread(executor, release));
 
   // One GetJob and one WatchJob fill the queue.
   grpc::Status waiting_status;
@@ -973,12 +983,8 @@ TEST(ServerExecutorTest, CallsWithoutAValidTokenAreRefusedBeforeTheyQueue) {
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
   BlockingExecutor& executor = (*server)->rpc_executor();
-  absl::Notification stuck, release;
-  ASSERT_TRUE(executor.TrySchedule([&] {
-    stuck.Notify();
-    release.WaitForNotification();
-  }));
-  stuck.WaitForNotification();
+  absl::Notification release;
+  ASSERT_TRUE(OccupyTheOnlyThread(executor, release));
   ASSERT_TRUE(executor.TrySchedule([] {}));  // the queue is full
 
   auto get_job = [&](const std::string& authorization) {

@@ -22,6 +22,7 @@
 #include "worker/engine/testing/test_env.h"
 #include "worker/local_artifact_store.h"
 #include "worker/sqlite_job_store.h"
+#include "worker/testing/forwarding_artifact_store.h"
 #include "worker/testing/forwarding_job_store.h"
 
 namespace quantd::worker {
@@ -226,31 +227,10 @@ TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid
   EXPECT_EQ(repository->cached_models(), 0);
 }
 
+using testing::ForwardingArtifactStore;
+
 // An artifact store whose reads wait for Release(), then fail as a corrupt
 // artifact would; it counts them.
-// Passes every call to a real store; the fakes below override what they fake.
-class ForwardingArtifactStore : public ArtifactStore {
- public:
-  explicit ForwardingArtifactStore(ArtifactStore* real) : real_(real) {}
-  absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
-                                     const std::string& manifest_json) override {
-    return real_->Put(job_id, bytes, manifest_json);
-  }
-  absl::StatusOr<std::string> Read(const std::string& sha256) override { return real_->Read(sha256); }
-  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override {
-    return real_->ReadRange(sha256, offset, max_bytes);
-  }
-  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
-    return real_->RemoveManifest(sha256, job_id);
-  }
-  absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
-  bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
-  absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
-
- protected:
-  ArtifactStore* const real_;
-};
-
 class FailingArtifactStore final : public ForwardingArtifactStore {
  public:
   using ForwardingArtifactStore::ForwardingArtifactStore;
@@ -616,6 +596,16 @@ TEST_F(ModelRepositoryTest, ACallerThatLeftStopsWaitingForAnothersLoad) {
   EXPECT_EQ(repository->cached_models(), 1);
 }
 
+// resnet8's int8 column alone on the first 100 images of `dataset`.
+EvaluationSpec Int8OnFirst100(const std::string& dataset) {
+  EvaluationSpec spec;
+  spec.model_name = "resnet8";
+  spec.dataset.path = dataset;
+  spec.max_samples = 100;
+  spec.skip_fp32 = true;
+  return spec;
+}
+
 // The evaluation's record once it is no longer RUNNING (or after a minute).
 absl::StatusOr<Evaluation> WaitUntilFinished(Evaluator& evaluator, const std::string& id) {
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
@@ -637,12 +627,7 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   options.stale_after = absl::Minutes(2);
   Evaluator evaluator(jobs_.get(), repository.get(), &clock_, options);
 
-  EvaluationSpec spec;
-  spec.model_name = "resnet8";
-  spec.dataset.path = engine::testing::CalibrationPath();
-  spec.max_samples = 100;
-  spec.skip_fp32 = true;
-  auto started = evaluator.Start(spec);
+  auto started = evaluator.Start(Int8OnFirst100(engine::testing::CalibrationPath()));
   ASSERT_TRUE(started.ok()) << started.status();
   ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
   // The model takes 10 minutes to load: still RUNNING, not taken for the
@@ -697,12 +682,7 @@ TEST_F(ModelRepositoryTest, AnEvaluationWhoseFinalRecordTheStoreRefusesIsStillAn
   Evaluator::Options options;
   options.stale_after = absl::Minutes(2);
   Evaluator evaluator(&store, repository.get(), &clock_, options);
-  EvaluationSpec spec;
-  spec.model_name = "resnet8";
-  spec.dataset.path = engine::testing::CalibrationPath();
-  spec.max_samples = 100;
-  spec.skip_fp32 = true;
-  auto started = evaluator.Start(spec);
+  auto started = evaluator.Start(Int8OnFirst100(engine::testing::CalibrationPath()));
   ASSERT_TRUE(started.ok()) << started.status();
   absl::StatusOr<Evaluation> done = WaitUntilFinished(evaluator, started->id);
   ASSERT_TRUE(done.ok()) << done.status();
@@ -730,12 +710,7 @@ TEST_F(ModelRepositoryTest, AnEvaluationReadsTheDatasetItOpenedAtStart) {
   const std::string copy = engine::testing::MakeTempDir("evaluation_dataset") + "/calib.bin";
   std::filesystem::copy_file(engine::testing::CalibrationPath(), copy,
                              std::filesystem::copy_options::overwrite_existing);
-  EvaluationSpec spec;
-  spec.model_name = "resnet8";
-  spec.dataset.path = copy;
-  spec.max_samples = 100;
-  spec.skip_fp32 = true;
-  auto started = evaluator.Start(spec);
+  auto started = evaluator.Start(Int8OnFirst100(copy));
   ASSERT_TRUE(started.ok()) << started.status();
   // Held in loading the model, before any image is read: the file goes.
   ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));

@@ -20,6 +20,7 @@
 #include "worker/engine/base/status_macros.h"
 #include "worker/local_artifact_store.h"
 #include "worker/sqlite_job_store.h"
+#include "worker/testing/forwarding_artifact_store.h"
 #include "worker/testing/forwarding_job_store.h"
 #include "worker/worker_pool.h"
 
@@ -1303,27 +1304,14 @@ TEST_F(WorkerPoolTest, AResultNamesTheInputsAsTheClientDidNotThisServersFiles) {
 
 // An artifact store whose Put stores the files, then fails (a folder sync
 // that fails after the rename, say).
-class FailsAfterStoring : public ArtifactStore {
+class FailsAfterStoring : public testing::ForwardingArtifactStore {
  public:
-  explicit FailsAfterStoring(ArtifactStore* real) : real_(real) {}
+  using ForwardingArtifactStore::ForwardingArtifactStore;
   absl::StatusOr<StoredArtifact> Put(const std::string& job_id, const std::string& bytes,
                                      const std::string& manifest_json) override {
     QUANTD_RETURN_IF_ERROR(real_->Put(job_id, bytes, manifest_json).status());
     return absl::InternalError("cannot sync the folder artifacts: Input/output error");
   }
-  absl::StatusOr<std::string> Read(const std::string& sha256) override { return real_->Read(sha256); }
-  absl::StatusOr<std::string> ReadRange(const std::string& sha256, uint64_t offset, uint64_t max_bytes) override {
-    return real_->ReadRange(sha256, offset, max_bytes);
-  }
-  absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override {
-    return real_->RemoveManifest(sha256, job_id);
-  }
-  absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
-  bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
-  absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
-
- private:
-  ArtifactStore* const real_;
 };
 
 // A job whose artifact failed to store is FAILED and leaves no files (they
