@@ -156,15 +156,19 @@ void Authenticator::ReloadIfChanged() {
     settling_stamp_ = FileStamp{};  // a change undone before it settled
     return;
   }
+  ParsedTokenFile parsed = ParseTokenLines(*text);
   // A file rewritten in place (truncated, then written) reads empty or cut
-  // off for a moment, which would refuse every call until the next check:
-  // a change applies once the file is the same at two checks in a row.
-  if (*stamp != settling_stamp_) {
+  // off for a moment, which would refuse every call until the next check.
+  // A file that looks whole (parses, lists tokens, ends its last line)
+  // applies at once: a revocation must not wait. One that does not applies
+  // once it is the same at the next check.
+  const bool looks_whole = parsed.error.ok() && !parsed.entries.empty() && !text->empty() && text->back() == '\n';
+  if (!looks_whole && *stamp != settling_stamp_) {
     settling_stamp_ = *stamp;
     return;
   }
+  settling_stamp_ = FileStamp{};
   loaded_stamp_ = *stamp;  // a bad file is reported once, not every second
-  ParsedTokenFile parsed = ParseTokenLines(*text);
   if (!parsed.error.ok()) {
     // Nothing new is granted from a bad file, but what it no longer lists is
     // revoked: a typo must not keep a token alive that the edit removed.

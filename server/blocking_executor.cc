@@ -69,12 +69,17 @@ void BlockingExecutor::Loop() {
       task = std::move(queue_.front());
       queue_.pop_front();
     }
+    // A task that must answer its call catches for itself (StatusOfTask):
+    // one that throws past that would leave its call hanging, unanswered,
+    // so the process ends, as it would anyway, but saying why.
     try {
       std::move(task)();
     } catch (const std::exception& e) {
-      LogLine(LogLevel::kError, absl::StrCat("a task on ", ThisThreadName(), " threw: ", e.what()));
+      LogLine(LogLevel::kError, absl::StrCat("a task on ", ThisThreadName(), " threw: ", e.what(), "; ending"));
+      std::terminate();
     } catch (...) {
-      LogLine(LogLevel::kError, absl::StrCat("a task on ", ThisThreadName(), " threw a non-standard exception"));
+      LogLine(LogLevel::kError, absl::StrCat("a task on ", ThisThreadName(), " threw; ending"));
+      std::terminate();
     }
   }
 }

@@ -42,9 +42,9 @@ class BlockingExecutor {
   [[nodiscard]] bool ScheduleContinuation(absl::AnyInvocable<void() &&> task);
 
   // Refuses new tasks, runs the queued ones, joins the threads. Idempotent.
-  // A task that throws is logged and its thread goes on (an exception leaving
-  // a thread would end the process); callers that must answer for their task
-  // catch it themselves (StatusOfTask).
+  // A task that throws ends the process (logged first): it would leave its
+  // call unanswered. Tasks that answer a call catch for themselves
+  // (StatusOfTask).
   void Shutdown();
 
   int queue_capacity() const { return queue_capacity_; }

@@ -32,19 +32,6 @@ TEST(BlockingExecutorTest, RunsEveryTaskOnItsThreads) {
   EXPECT_FALSE(ran_on_caller.load());
 }
 
-// An exception leaving a thread would end the process (std::terminate): a
-// task that throws is logged, and the thread runs the next task.
-TEST(BlockingExecutorTest, ATaskThatThrowsDoesNotEndItsThread) {
-  std::atomic<int> ran{0};
-  {
-    BlockingExecutor executor(1, 10);
-    ASSERT_TRUE(executor.TrySchedule([] { throw std::runtime_error("protobuf failed"); }));
-    ASSERT_TRUE(executor.TrySchedule([] { throw 42; }));
-    ASSERT_TRUE(executor.TrySchedule([&] { ++ran; }));
-  }
-  EXPECT_EQ(ran.load(), 1);
-}
-
 TEST(BlockingExecutorTest, StatusOfTaskAnswersForAThrowingHandler) {
   EXPECT_EQ(StatusOfTask("GetJob", [] { return absl::NotFoundError("job \"x\" not found"); }),
             absl::NotFoundError("job \"x\" not found"));
