@@ -510,8 +510,11 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
       return absl::InvalidArgumentError("deadline: not a valid timestamp (years 1..9999, nanos 0..999999999)");
     }
     job.deadline = absl::FromUnixSeconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-    // Queued only to be cancelled by the first worker that looks at it.
-    if (const absl::Time now = resolver.Now(); *job.deadline <= now) {
+    // Queued only to be cancelled by the first worker that looks at it. A
+    // minute's slack: quantctl's deadline is the client's clock plus N
+    // seconds, and clocks differ.
+    constexpr absl::Duration kClockSkew = absl::Minutes(1);
+    if (const absl::Time now = resolver.Now(); *job.deadline <= now - kClockSkew) {
       return absl::InvalidArgumentError(absl::StrCat("deadline: ", absl::FormatTime(*job.deadline, absl::UTCTimeZone()),
                                                      " has passed (now ", absl::FormatTime(now, absl::UTCTimeZone()),
                                                      ")"));

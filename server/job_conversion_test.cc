@@ -244,6 +244,9 @@ TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
   EXPECT_THAT(status.message(), HasSubstr("deadline: 1970-01-01T00:00:01+00:00 has passed"));
   request.mutable_deadline()->set_seconds(absl::ToUnixSeconds(absl::Now() + absl::Hours(1)));
   EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+  // Seconds behind: a client whose clock is behind the server's.
+  request.mutable_deadline()->set_seconds(absl::ToUnixSeconds(absl::Now() - absl::Seconds(10)));
+  EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
 
   // Labels beside CIFAR-10 records (which carry theirs) are ignored, as the
   // API says: not resolved (a missing one refused the job; an expired blob

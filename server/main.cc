@@ -229,6 +229,20 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // Flags from a file or the environment would pass every check below (an
+  // empty --token_file there would run without auth): refused, as quantctl
+  // and quantd-quantize know no such flags.
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    for (const absl::string_view indirect : {"flagfile", "fromenv", "tryfromenv"}) {
+      const std::string flag = absl::StrCat("--", indirect);
+      if (arg == flag || absl::StartsWith(arg, flag + "=") || arg == absl::StrCat("-", indirect) ||
+          absl::StartsWith(arg, absl::StrCat("-", indirect, "="))) {
+        std::cerr << "quantd: " << arg << ": not supported; give every flag on the command line\n";
+        return 2;
+      }
+    }
+  }
   // Abseil also takes "-token_file=...", but every check here looks at "--"
   // (an empty "-token_file=" turned auth off silently): one dash is refused,
   // as quantctl and quantd-quantize refuse it. A value after a flag that

@@ -310,8 +310,8 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
     }
   }
   workers_.reserve(workers_.size() + 1);  // so that the push_back below cannot throw
-  running_.insert(evaluation.id);
   auto done = std::make_shared<std::atomic<bool>>(false);
+  running_.insert(evaluation.id);
   std::shared_ptr<engine::ImageReader> open_reader = *std::move(reader);
   std::thread thread;
   try {
@@ -320,8 +320,9 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
       NameThisThread("quantd-eval");
       Run(std::move(evaluation), std::move(open_reader), done.get());
     });
-  } catch (const std::system_error& error) {
-    // No thread (the process's limit): not left RUNNING, holding a slot.
+  } catch (const std::exception& error) {
+    // No thread (the process's limit, or memory): not left RUNNING, holding
+    // a slot; its record says so, from here if the store will not take it.
     running_.erase(evaluation.id);
     const absl::Status refused = absl::ResourceExhaustedError(
         absl::StrCat("cannot start a thread for the evaluation (", error.what(), "); retry later"));
@@ -329,7 +330,9 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
     evaluation.error_code = refused.code();
     evaluation.error_message = std::string(refused.message());
     evaluation.finish_time = evaluation.update_time = clock_->Now();
-    (void)store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation));
+    if (!store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation)).ok()) {
+      unstored_[evaluation.id] = evaluation;
+    }
     return refused;
   }
   workers_.push_back(Worker{std::move(thread), done});

@@ -499,6 +499,9 @@ TEST(QuantdFlagsTest, AMissingValueOrUnreadableFileIsAUsageErrorNamingTheFlag) {
            {{data, "-token_file="}, "-token_file=: flags take two dashes (--token_file=)"},
            {{"-data_dir=" + dir + "/data"}, "flags take two dashes"},
            {{data, "-version"}, "-version: flags take two dashes"},
+           // A flag file would pass every check above.
+           {{data, "--flagfile=" + dir + "/flags"}, "--flagfile=" + dir + "/flags: not supported"},
+           {{data, "--fromenv=token_file"}, "--fromenv=token_file: not supported"},
            {{data, "--blob_ttl_seconds=0.001"}, "--blob_ttl_seconds must be 0 (keep blobs) or in 1..1e9"}}) {
     ExpectUsageError(args, says, dir + "/data");
   }
