@@ -241,34 +241,47 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
     const char* name;
     const char* definition;
   };
-  // Looked for and added in one write transaction: two processes opening
-  // an old store at once would both see a column missing, and the second's
-  // ALTER would fail ("duplicate column").
-  QUANTD_RETURN_IF_ERROR(store->Exec("BEGIN IMMEDIATE"));
-  const absl::Status migrated = [&]() -> absl::Status {
-    for (const AddedColumn& added : {AddedColumn{"jobs", "owner", "owner TEXT NOT NULL DEFAULT ''"},
-                                     AddedColumn{"jobs", "holder", "holder TEXT NOT NULL DEFAULT ''"},
-                                     AddedColumn{"jobs", "lease_us", "lease_us INTEGER"},
-                                     AddedColumn{"evaluations", "model_name", "model_name TEXT"},
-                                     AddedColumn{"evaluations", "model_version", "model_version INTEGER"},
-                                     AddedColumn{"evaluations", "succeeded_us", "succeeded_us INTEGER"},
-                                     AddedColumn{"evaluations", "has_fp32", "has_fp32 INTEGER NOT NULL DEFAULT 0"}}) {
-      Stmt column(db, "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2");
-      QUANTD_RETURN_IF_ERROR(column.status());
-      column.Bind(1, std::string(added.table)).Bind(2, std::string(added.name));
-      QUANTD_ASSIGN_OR_RETURN(bool present, column.Step());
-      if (!present) {
-        QUANTD_RETURN_IF_ERROR(
-            store->Exec(absl::StrCat("ALTER TABLE ", added.table, " ADD COLUMN ", added.definition).c_str()));
-      }
-    }
-    return absl::OkStatus();
-  }();
-  if (!migrated.ok()) {
-    (void)store->Exec("ROLLBACK");
-    return migrated;
+  static constexpr AddedColumn kAdded[] = {
+      {"jobs", "owner", "owner TEXT NOT NULL DEFAULT ''"},
+      {"jobs", "holder", "holder TEXT NOT NULL DEFAULT ''"},
+      {"jobs", "lease_us", "lease_us INTEGER"},
+      {"evaluations", "model_name", "model_name TEXT"},
+      {"evaluations", "model_version", "model_version INTEGER"},
+      {"evaluations", "succeeded_us", "succeeded_us INTEGER"},
+      {"evaluations", "has_fp32", "has_fp32 INTEGER NOT NULL DEFAULT 0"}};
+  auto present = [db](const AddedColumn& added) -> absl::StatusOr<bool> {
+    Stmt column(db, "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2");
+    QUANTD_RETURN_IF_ERROR(column.status());
+    column.Bind(1, std::string(added.table)).Bind(2, std::string(added.name));
+    return column.Step();
+  };
+  bool any_missing = false;
+  for (const AddedColumn& added : kAdded) {
+    QUANTD_ASSIGN_OR_RETURN(bool there, present(added));
+    any_missing = any_missing || !there;
   }
-  QUANTD_RETURN_IF_ERROR(store->Exec("COMMIT"));
+  if (any_missing) {
+    // Looked for again and added in one write transaction: two processes
+    // opening an old store at once would both see a column missing, and
+    // the second's ALTER would fail ("duplicate column"). (Only then: a
+    // write lock at every open would wait on another process's writes.)
+    QUANTD_RETURN_IF_ERROR(store->Exec("BEGIN IMMEDIATE"));
+    const absl::Status migrated = [&]() -> absl::Status {
+      for (const AddedColumn& added : kAdded) {
+        QUANTD_ASSIGN_OR_RETURN(bool there, present(added));
+        if (!there) {
+          QUANTD_RETURN_IF_ERROR(
+              store->Exec(absl::StrCat("ALTER TABLE ", added.table, " ADD COLUMN ", added.definition).c_str()));
+        }
+      }
+      return absl::OkStatus();
+    }();
+    if (!migrated.ok()) {
+      (void)store->Exec("ROLLBACK");
+      return migrated;
+    }
+    QUANTD_RETURN_IF_ERROR(store->Exec("COMMIT"));
+  }
   QUANTD_RETURN_IF_ERROR(store->Exec(
       "CREATE INDEX IF NOT EXISTS evaluations_latest ON evaluations(model_name, model_version, succeeded_us)"));
   return store;
