@@ -23,6 +23,9 @@ namespace quantd::worker {
 struct SweptArtifacts {
   int artifacts = 0;  // removed with all their manifests
   int manifests = 0;  // removed alone (their artifact is held by other jobs)
+  // The first file that could not be removed (the sweep goes on past it);
+  // OK when none.
+  absl::Status first_error;
 };
 
 absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, JobStore& jobs);

@@ -45,6 +45,10 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
 
 absl::StatusOr<SweptArtifacts> WorkerPool::SweepArtifacts() {
   QUANTD_ASSIGN_OR_RETURN(SweptArtifacts swept, RemoveUnheldArtifacts(*artifacts_, *store_));
+  if (!swept.first_error.ok()) {
+    std::cerr << "quantd: a file no job holds could not be removed (left for the next sweep): " << swept.first_error
+              << "\n";
+  }
   absl::MutexLock lock(&mu_);
   swept_.artifacts += swept.artifacts;
   swept_.manifests += swept.manifests;
