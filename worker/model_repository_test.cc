@@ -3,6 +3,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -498,6 +499,27 @@ class HeldArtifactStore : public ForwardingArtifactStore {
   absl::Notification reading, release;
 };
 
+// resnet8 version 1 loaded by one caller (its read held) while a second
+// waits for that load; `meanwhile` runs with both in flight, then the read
+// is released. The callers' outcomes in `first` and `second`.
+void LoadWithAWaiter(ModelRepository& repository, HeldArtifactStore& held,
+                     absl::StatusOr<std::shared_ptr<const LoadedModel>>* first,
+                     absl::StatusOr<std::shared_ptr<const LoadedModel>>* second,
+                     const std::function<void()>& meanwhile) {
+  std::thread loading([&] { *first = repository.Load("resnet8", 1); });
+  std::thread waiting;
+  if (held.reading.WaitForNotificationWithTimeout(absl::Seconds(20))) {
+    waiting = std::thread([&] { *second = repository.Load("resnet8", 1); });
+    while (repository.waiting_for_load() == 0) absl::SleepFor(absl::Milliseconds(1));  // until it waits
+    meanwhile();
+  } else {
+    ADD_FAILURE() << "the first load never read its artifact";
+  }
+  held.release.Notify();
+  loading.join();
+  if (waiting.joinable()) waiting.join();
+}
+
 // A load under way when its version was deleted put the model in the cache
 // after DropUnpublished had looked, where it kept its budget until evicted.
 TEST_F(ModelRepositoryTest, AVersionDeletedWhileItLoadsIsNotCached) {
@@ -527,16 +549,11 @@ TEST_F(ModelRepositoryTest, AVersionDeletedWhileACallerWaitsForAnothersLoadIsNot
   HeldArtifactStore held(artifacts_.get());
   auto repository = RepositoryOver(&held);
   absl::StatusOr<std::shared_ptr<const LoadedModel>> first, second;
-  std::thread loading([&] { first = repository->Load("resnet8", 1); });
-  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  std::thread waiting([&] { second = repository->Load("resnet8", 1); });
-  while (repository->waiting_for_load() == 0) absl::SleepFor(absl::Milliseconds(1));  // until it waits
-  ASSERT_TRUE(jobs_->DeleteModelVersion("resnet8", 1).ok());
-  repository->ForgetResolutions();
-  repository->DropUnpublished();
-  held.release.Notify();
-  loading.join();
-  waiting.join();
+  LoadWithAWaiter(*repository, held, &first, &second, [&] {
+    ASSERT_TRUE(jobs_->DeleteModelVersion("resnet8", 1).ok());
+    repository->ForgetResolutions();
+    repository->DropUnpublished();
+  });
   EXPECT_TRUE(first.ok()) << first.status();
   EXPECT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(repository->cached_models(), 0);
@@ -552,15 +569,10 @@ TEST_F(ModelRepositoryTest, AnotherPublishDuringALoadLeavesItCachedAndShared) {
   HeldArtifactStore held(artifacts_.get());
   auto repository = RepositoryOver(&held);
   absl::StatusOr<std::shared_ptr<const LoadedModel>> first, second;
-  std::thread loading([&] { first = repository->Load("resnet8", 1); });
-  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  std::thread waiting([&] { second = repository->Load("resnet8", 1); });
-  while (repository->waiting_for_load() == 0) absl::SleepFor(absl::Milliseconds(1));  // until it waits
-  Publish("b", "other");
-  repository->ForgetResolutions();  // as the server's publish watcher does
-  held.release.Notify();
-  loading.join();
-  waiting.join();
+  LoadWithAWaiter(*repository, held, &first, &second, [&] {
+    Publish("b", "other");
+    repository->ForgetResolutions();  // as the server's publish watcher does
+  });
   ASSERT_TRUE(first.ok()) << first.status();
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(first->get(), second->get());  // one load
