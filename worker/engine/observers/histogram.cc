@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -153,7 +154,9 @@ class HistogramObserver : public Observer {
       h->min_val = batch_.min;
       h->max_val = batch_.max;
     } else {
-      if (plan.adjusted.min == h->min_val && plan.adjusted.max == h->max_val) {
+      if (!plan.adjusted.old_fits) {
+        AddAsOneBin(h->histogram, h->min_val, h->max_val, plan.range, &combined);
+      } else if (plan.adjusted.min == h->min_val && plan.adjusted.max == h->max_val) {
         for (int64_t b = 0; b < bins_; ++b) combined[static_cast<size_t>(b)] += h->histogram[static_cast<size_t>(b)];
       } else {
         CombineHistograms(&combined, h->histogram, spec_.upsample_rate, plan.adjusted.downsample_rate,
@@ -166,6 +169,19 @@ class HistogramObserver : public Observer {
     h->span = plan.range;
     h->counting = false;
     h->first_counted = 0;
+  }
+
+  // An old histogram narrower than a bin of the new range (PyTorch cannot
+  // merge it): its count goes to the bin that holds its middle.
+  void AddAsOneBin(const std::vector<float>& old_hist, float old_min, float old_max, HistcRange range,
+                   std::vector<float>* combined) const {
+    double total = 0;
+    for (float c : old_hist) total += c;
+    const double middle = (static_cast<double>(old_min) + static_cast<double>(old_max)) / 2;
+    const double width = static_cast<double>(range.right) - static_cast<double>(range.left);
+    const double at = width > 0 ? (middle - range.left) / width * static_cast<double>(bins_) : 0;
+    const auto bin = static_cast<size_t>(std::clamp<double>(std::floor(at), 0, static_cast<double>(bins_ - 1)));
+    (*combined)[bin] += static_cast<float>(total);
   }
 
   MinMax ParallelMinMax(const float* data, int64_t n) {

@@ -343,7 +343,15 @@ AdjustedRange AdjustMinMax(float old_min, float old_max, MinMax batch, int64_t b
   const float hist_bin_width = (old_max - old_min) / static_cast<float>(bins * upsample);
   const float coarse_width = static_cast<float>(bins) * hist_bin_width;
   const float span = combined_max - r.min;
-  r.downsample_rate = static_cast<int64_t>(std::ceil(span / coarse_width));
+  const float rate = std::ceil(span / coarse_width);
+  // Also false for a width that underflowed to 0 (rate +inf, or NaN).
+  if (!(rate <= static_cast<float>(kMaxDownsampleRate))) {
+    r.max = combined_max;
+    r.downsample_rate = 0;
+    r.old_fits = false;
+    return r;
+  }
+  r.downsample_rate = static_cast<int64_t>(rate);
   const float e = static_cast<float>(r.downsample_rate) * coarse_width - span;
   r.max = combined_max + e;
   r.start_idx = static_cast<int64_t>(std::nearbyint((old_min - r.min) / hist_bin_width));

@@ -59,11 +59,18 @@ std::vector<float> Histc(const float* data, int64_t n, int64_t bins, double lo, 
 // the old histogram's range [old_min, old_max] and the batch's extrema give
 // the combined range (its max relaxed so the old bins map onto a grid
 // `upsample` times finer), the downsample rate and the old range's start bin.
+// When the old range is so narrow against the new one that the rate would
+// pass kMaxDownsampleRate (PyTorch then allocates bins * rate floats and
+// fails; the rate may not even fit an int64), `old_fits` is false, the range
+// is the batch's and the old range's extrema, and the rate and start are 0:
+// the old histogram is less than a bin of the new one.
+inline constexpr int64_t kMaxDownsampleRate = int64_t{1} << 24;
 struct AdjustedRange {
   float min = 0;
   float max = 0;
   int64_t downsample_rate = 1;
   int64_t start_idx = 0;
+  bool old_fits = true;
 };
 AdjustedRange AdjustMinMax(float old_min, float old_max, MinMax batch, int64_t bins, int64_t upsample);
 

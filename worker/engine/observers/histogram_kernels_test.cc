@@ -134,6 +134,24 @@ TEST(AdjustMinMaxTest, MatchesPyTorchsTensorArithmetic) {
   }
 }
 
+// A first batch spanning 1e-37 then one spanning 10: the rate (about 1e43)
+// fits no int64. PyTorch would allocate 2048 * rate floats and fail; the cast
+// was undefined behaviour, and the merge then indexed outside the histogram.
+TEST(AdjustMinMaxTest, AnOldRangeTooNarrowToMergeIsFlagged) {
+  const AdjustedRange r = AdjustMinMax(1e-37f, 2e-37f, MinMax{0.0f, 10.0f}, 2048, 128);
+  EXPECT_FALSE(r.old_fits);
+  EXPECT_EQ(r.min, 0.0f);
+  EXPECT_EQ(r.max, 10.0f);
+  // A width that underflows to zero (denormal bounds) is flagged too.
+  EXPECT_FALSE(AdjustMinMax(1e-45f, 3e-45f, MinMax{-1.0f, 1.0f}, 2048, 128).old_fits);
+  // At the largest rate that fits, the merge still happens: the rate is the
+  // new span in old widths times the upsample factor.
+  const AdjustedRange widest =
+      AdjustMinMax(0.0f, 1.0f, MinMax{0.0f, static_cast<float>(kMaxDownsampleRate / 128)}, 2048, 128);
+  EXPECT_TRUE(widest.old_fits);
+  EXPECT_EQ(widest.downsample_rate, kMaxDownsampleRate);
+}
+
 // PyTorch 1.13's HistogramObserver._combine_histograms, in tensor ops.
 std::vector<float> ReferenceCombine(const std::vector<float>& new_hist, const std::vector<float>& old_hist,
                                     int64_t upsample, int64_t downsample, int64_t start_idx) {

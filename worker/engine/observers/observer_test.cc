@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <limits>
 #include <string>
 
@@ -245,6 +246,35 @@ TEST(HistogramObserverTest, RangeEstimatorsReadTheValuesTrueRange) {
     for (const at::Tensor& part : x.chunk(batches)) (*observer)->Observe(part);
     ASSERT_TRUE((*observer)->Compute().ok());
     EXPECT_NEAR((*observer)->ObservedRange().second, quantile, 0.02) << batches << " batches";
+  }
+}
+
+// An activation whose first batch spans 1e-37 (PyTorch cannot merge the next
+// batch into that histogram) keeps its counts, in the one bin of the wider
+// range that holds them. Percentile 99 of 1000 values near 0 and 10 from 1
+// to 10 leaves 5 values out at each end: it spans about [0, 6].
+TEST(HistogramObserverTest, AFirstBatchTooNarrowToMergeKeepsItsCounts) {
+  for (RangeEstimator estimator : {RangeEstimator::kPyTorchL2, RangeEstimator::kPercentile}) {
+    ObserverSpec spec = Spec(ObserverKind::kHistogram, QScheme::kPerTensorAffine, false);
+    spec.estimator = estimator;
+    spec.percentile = 99;
+    auto observer = MakeObserver(spec);
+    ASSERT_TRUE(observer.ok());
+    (*observer)->Observe(at::linspace(1e-37, 2e-37, 1000, at::kFloat));
+    (*observer)->Observe(at::linspace(1, 10, 10, at::kFloat));
+    auto q = (*observer)->Compute();
+    ASSERT_TRUE(q.ok()) << q.status();
+    EXPECT_TRUE(std::isfinite(q->scale[0]) && q->scale[0] > 0);
+    const auto [lo, hi] = (*observer)->ObservedRange();
+    EXPECT_GE(lo, 0.0f);
+    EXPECT_LT(lo, 0.1f);
+    if (estimator == RangeEstimator::kPercentile) {
+      EXPECT_GT(hi, 5.0f);  // the new counts are there
+      EXPECT_LT(hi, 7.0f);
+    } else {
+      EXPECT_GT(hi, 0.0f);
+      EXPECT_LE(hi, 10.0f);
+    }
   }
 }
 
