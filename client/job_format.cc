@@ -305,6 +305,95 @@ std::string ArtifactText(const v1::Artifact& a) {
   return text;
 }
 
+namespace {
+
+std::string Percent(uint64_t part, uint64_t whole) {
+  return whole == 0 ? "-" : absl::StrFormat("%.2f%%", 100.0 * static_cast<double>(part) / static_cast<double>(whole));
+}
+
+std::string ClassName(const v1::EvaluationReport& r, int c) {
+  return c < r.class_names_size() ? r.class_names(c) : absl::StrCat("class ", c);
+}
+
+}  // namespace
+
+std::string EvaluationText(const v1::Evaluation& e) {
+  const v1::EvaluationReport& r = e.report();
+  const bool fp32 = r.has_fp32();
+  const int classes = static_cast<int>(r.classes());
+  std::string text = absl::StrFormat("evaluation %s: %s version %d on %d images (int8 on %s)\n\n", e.id(),
+                                     e.model_name(), e.model_version(), r.samples(), r.kernel_engine());
+  absl::StrAppend(&text, absl::StrFormat("%-10s %-22s %-22s %s\n", "", "TOP-1", "TOP-5", "IMAGES/S"));
+  auto column = [&](const char* name, const v1::PrecisionEvaluation& p) {
+    absl::StrAppend(&text, absl::StrFormat("%-10s %-22s %-22s %.0f\n", name,
+                                           absl::StrFormat("%s (%d)", Percent(p.top1_correct(), r.samples()),
+                                                           p.top1_correct()),
+                                           absl::StrFormat("%s (%d)", Percent(p.top5_correct(), r.samples()),
+                                                           p.top5_correct()),
+                                           p.images_per_second()));
+  };
+  column("int8", r.int8());
+  if (fp32) {
+    column("fp32", r.fp32());
+    absl::StrAppend(&text, absl::StrFormat("\nint8/FP32 top-1 agreement: %s (%d/%d); output SQNR: %s\n",
+                                           Percent(r.agreement(), r.samples()), r.agreement(), r.samples(),
+                                           r.has_output_sqnr_db() ? absl::StrFormat("%.1f dB", r.output_sqnr_db())
+                                                                  : "identical scores"));
+    if (r.first_disagreements_size() > 0) {
+      absl::StrAppend(&text, "first disagreeing images: ", absl::StrJoin(r.first_disagreements(), ", "), "\n");
+    }
+  }
+  // Columns as wide as their longest entry: class names and counts of any
+  // length stay aligned.
+  size_t name_width = 5;  // "CLASS"
+  for (int c = 0; c < classes; ++c) name_width = std::max(name_width, ClassName(r, c).size());
+  const int index_width = static_cast<int>(std::to_string(std::max(classes - 1, 0)).size());
+  absl::StrAppend(&text, absl::StrFormat("\n%*s  %-*s %7s  %-11s %-11s %s\n", index_width, "#",
+                                         static_cast<int>(name_width), "CLASS", "IMAGES", "INT8 TOP-1",
+                                         fp32 ? "FP32 TOP-1" : "", fp32 ? "AGREEMENT" : ""));
+  for (int c = 0; c < classes; ++c) {
+    const uint64_t total = c < r.per_class_total_size() ? r.per_class_total(c) : 0;
+    const uint64_t int8_correct = c < r.int8().per_class_correct_size() ? r.int8().per_class_correct(c) : 0;
+    const uint64_t fp32_correct = c < r.fp32().per_class_correct_size() ? r.fp32().per_class_correct(c) : 0;
+    std::string line = absl::StrFormat("%*d  %-*s %7d  %-11s %-11s %s", index_width, c, static_cast<int>(name_width),
+                                       ClassName(r, c), total, Percent(int8_correct, total),
+                                       fp32 ? Percent(fp32_correct, total) : "",
+                                       fp32 && c < r.per_class_agreement_size()
+                                           ? Percent(r.per_class_agreement(c), total)
+                                           : "");
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    absl::StrAppend(&text, line, "\n");
+  }
+  auto grid = [&](const char* name, const v1::PrecisionEvaluation& p) {
+    if (classes > kMaxGridClasses) {
+      absl::StrAppend(&text, "\nconfusion matrix, ", name, ": ", classes, " x ", classes,
+                      ", too wide to print (--json has it)\n");
+      return;
+    }
+    uint64_t largest = 0;
+    for (uint64_t count : p.confusion()) largest = std::max(largest, count);
+    const int width =
+        static_cast<int>(std::max<size_t>({std::to_string(largest).size(), static_cast<size_t>(index_width), 3}));
+    absl::StrAppend(&text, "\nconfusion matrix, ", name, " (rows: true class, columns: predicted class #)\n",
+                    absl::StrFormat("%*s  %-*s", index_width, "", static_cast<int>(name_width), ""));
+    for (int c = 0; c < classes; ++c) absl::StrAppend(&text, absl::StrFormat(" %*d", width, c));
+    absl::StrAppend(&text, "\n");
+    for (int t = 0; t < classes; ++t) {
+      absl::StrAppend(&text, absl::StrFormat("%*d  %-*s", index_width, t, static_cast<int>(name_width),
+                                             ClassName(r, t)));
+      for (int c = 0; c < classes; ++c) {
+        const int i = t * classes + c;
+        absl::StrAppend(&text, absl::StrFormat(" %*d", width, i < p.confusion_size() ? p.confusion(i) : 0));
+      }
+      absl::StrAppend(&text, "\n");
+    }
+  };
+  grid("int8", r.int8());
+  if (fp32) grid("fp32", r.fp32());
+  if (!text.empty() && text.back() == '\n') text.pop_back();
+  return text;
+}
+
 std::string JsonLine(const google::protobuf::Message& message) {
   google::protobuf::util::JsonPrintOptions options;
   options.always_print_primitive_fields = true;
@@ -405,6 +494,83 @@ int FollowJob(const CommandContext& context, const std::string& job_id, absl::Du
     backoff = std::min(backoff * 2, absl::Seconds(2));
   }
   return state == v1::JOB_STATE_SUCCEEDED ? kExitOk : kExitFailure;
+}
+
+int FollowEvaluation(const CommandContext& context, v1::QuantizationService::StubInterface& stub,
+                     v1::Evaluation evaluation, absl::Duration reconnect_window) {
+  const bool terminal = context.out == &std::cout && ::isatty(STDOUT_FILENO) == 1 && !context.options.json;
+  // Time left comes from the rate seen while following (an evaluation
+  // followed again with --id may be far along); elapsed from its start, on
+  // the server's clock where this one agrees.
+  const absl::Time start = absl::Now();
+  const uint64_t done_at_start = evaluation.samples_done();
+  absl::Time created = start;
+  if (evaluation.has_create_time()) {
+    created = std::min(start, absl::FromUnixSeconds(evaluation.create_time().seconds()) +
+                                  absl::Nanoseconds(evaluation.create_time().nanos()));
+  }
+  absl::Time last_line = start;
+  absl::Time broken_since = absl::InfiniteFuture();
+  absl::Duration backoff = absl::Milliseconds(250);
+  while (evaluation.state() == v1::EVALUATION_STATE_RUNNING) {
+    absl::SleepFor(absl::Milliseconds(200));  // poll interval
+    grpc::ClientContext call;
+    context.PrepareCall(call);
+    v1::GetEvaluationRequest get;
+    get.set_id(evaluation.id());
+    v1::Evaluation polled;
+    grpc::Status status = stub.GetEvaluation(&call, get, &polled);
+    if (!status.ok()) {
+      const bool server_away = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                               status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+      const absl::Time now = absl::Now();
+      if (!server_away || (broken_since != absl::InfiniteFuture() && now - broken_since > reconnect_window)) {
+        if (terminal) *context.out << "\n";
+        return context.RpcFailed("get evaluation", status);
+      }
+      if (broken_since == absl::InfiniteFuture()) {
+        broken_since = now;
+        if (terminal) *context.out << "\n";
+        *context.err << "quantctl: polling evaluation " << evaluation.id() << " failed (" << status.error_message()
+                     << "); it runs on, asking again once the server answers\n";
+      }
+      absl::SleepFor(backoff);
+      backoff = std::min(backoff * 2, absl::Seconds(2));
+      continue;
+    }
+    evaluation = std::move(polled);
+    broken_since = absl::InfiniteFuture();
+    backoff = absl::Milliseconds(250);
+    const absl::Time now = absl::Now();
+    const uint64_t done = evaluation.samples_done();
+    const uint64_t total = evaluation.samples_total();
+    // The id, so that a user who stops following can come back (--id).
+    std::string line = absl::StrFormat("evaluation %s of %s version %d: %d/%d images, %s elapsed", evaluation.id(),
+                                       evaluation.model_name(), evaluation.model_version(), done, total,
+                                       absl::FormatDuration(absl::Trunc(now - created, absl::Seconds(1))));
+    if (done > done_at_start && total > done) {
+      const double per_image = absl::ToDoubleSeconds(now - start) / static_cast<double>(done - done_at_start);
+      absl::StrAppend(&line, ", about ",
+                      absl::FormatDuration(absl::Trunc(
+                          absl::Seconds(per_image * static_cast<double>(total - done)), absl::Seconds(1))),
+                      " left");
+    }
+    if (terminal) {
+      *context.out << "\r\033[K" << line << std::flush;
+    } else if (!context.options.json && now - last_line >= absl::Seconds(5)) {
+      *context.out << line << "\n";
+      last_line = now;
+    }
+  }
+  if (terminal) *context.out << "\r\033[K";
+  if (evaluation.state() != v1::EVALUATION_STATE_SUCCEEDED) {
+    if (context.options.json) context.Print(evaluation, "");
+    *context.err << "quantctl: evaluation " << evaluation.id() << " failed: " << evaluation.error_code() << ": "
+                 << evaluation.error() << "\n";
+    return kExitFailure;
+  }
+  context.Print(evaluation, EvaluationText(evaluation));
+  return kExitOk;
 }
 
 }  // namespace quantd::cli

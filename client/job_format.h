@@ -72,6 +72,10 @@ std::string JobText(const v1::Job& job);
 std::string JobLine(const v1::Job& job);
 std::string EventText(const v1::JobEvent& event);
 std::string ArtifactText(const v1::Artifact& artifact);
+// A finished evaluation's report as tables; the confusion matrices as grids
+// (columns by class index) up to kMaxGridClasses classes.
+inline constexpr int kMaxGridClasses = 32;
+std::string EvaluationText(const v1::Evaluation& evaluation);
 // Compact one-line JSON (for streams under --json).
 std::string JsonLine(const google::protobuf::Message& message);
 
@@ -81,6 +85,12 @@ std::string JsonLine(const google::protobuf::Message& message);
 // `reconnect_window` (5 minutes in the first form) of the break.
 int FollowJob(const CommandContext& context, const std::string& job_id);
 int FollowJob(const CommandContext& context, const std::string& job_id, absl::Duration reconnect_window);
+// Polls `evaluation` until it ends (a live line on a terminal, a plain one
+// every few seconds on a pipe), then prints its report. A server that stops
+// answering (UNAVAILABLE, DEADLINE_EXCEEDED) is asked again while it comes
+// back within `reconnect_window`: the evaluation runs on without the client.
+int FollowEvaluation(const CommandContext& context, v1::QuantizationService::StubInterface& stub,
+                     v1::Evaluation evaluation, absl::Duration reconnect_window);
 
 std::string ShortEnum(const std::string& name, const std::string& prefix);
 

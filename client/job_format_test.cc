@@ -186,5 +186,109 @@ TEST_F(FollowJobTest, AQuietWatchThatBreaksIsResumedWithinTheWindowOfTheBreak) {
   EXPECT_THAT(err_.str(), HasSubstr("was interrupted"));
 }
 
+v1::Evaluation FinishedEvaluation(int classes, bool named) {
+  v1::Evaluation e;
+  e.set_id("eval-1");
+  e.set_state(v1::EVALUATION_STATE_SUCCEEDED);
+  v1::EvaluationReport& r = *e.mutable_report();
+  r.set_classes(static_cast<uint32_t>(classes));
+  r.set_samples(static_cast<uint64_t>(classes) * 1000);
+  for (int c = 0; c < classes; ++c) {
+    if (named) r.add_class_names(c == 1 ? "a rather long class name" : absl::StrCat("c", c));
+    r.add_per_class_total(1000);
+    r.mutable_int8()->add_per_class_correct(900);
+    for (int p = 0; p < classes; ++p) r.mutable_int8()->add_confusion(p == c ? 900 : (p == 0 ? 100 : 0));
+  }
+  return e;
+}
+
+// Unnamed classes ("class 0", "class 1", ...) once all headed their grid
+// column "class ", and a long name shifted its rows: columns are class
+// numbers now, and names pad to the longest.
+TEST(EvaluationTextTest, GridColumnsAreClassNumbersAndRowsStayAligned) {
+  for (bool named : {false, true}) {
+    const std::string text = EvaluationText(FinishedEvaluation(12, named));
+    const size_t grid = text.find("confusion matrix, int8");
+    ASSERT_NE(grid, std::string::npos) << text;
+    std::vector<std::string> lines = absl::StrSplit(text.substr(grid), '\n');
+    ASSERT_EQ(lines.size(), 14u) << text;  // title, header, 12 rows
+    EXPECT_THAT(lines[1], HasSubstr("   0   1   2")) << lines[1];
+    EXPECT_THAT(lines[1], HasSubstr("  10  11")) << lines[1];
+    for (size_t i = 2; i < lines.size(); ++i) {
+      EXPECT_EQ(lines[i].size(), lines[1].size()) << "row " << i - 2 << ": " << lines[i];
+    }
+    EXPECT_THAT(lines[2], HasSubstr(" 900")) << lines[2];
+  }
+}
+
+TEST(EvaluationTextTest, AGridTooWideToReadIsLeftToJson) {
+  const std::string text = EvaluationText(FinishedEvaluation(kMaxGridClasses + 1, false));
+  EXPECT_THAT(text, HasSubstr("confusion matrix, int8: 33 x 33, too wide to print (--json has it)"));
+  EXPECT_THAT(text, HasSubstr("32  class 32")) << text;  // the per-class table is all there
+}
+
+// A quantd that answers GetEvaluation from a script of statuses; OK answers
+// the evaluation done.
+class ScriptedEvaluation final : public v1::QuantizationService::Service {
+ public:
+  explicit ScriptedEvaluation(std::vector<grpc::Status> answers) : answers_(std::move(answers)) {}
+  grpc::Status GetEvaluation(grpc::ServerContext*, const v1::GetEvaluationRequest*,
+                             v1::Evaluation* evaluation) override {
+    const size_t n = static_cast<size_t>(calls_made.fetch_add(1));
+    if (n >= answers_.size()) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no call scripted");
+    if (answers_[n].ok()) *evaluation = FinishedEvaluation(2, true);
+    return answers_[n];
+  }
+  std::atomic<int> calls_made{0};
+
+ private:
+  const std::vector<grpc::Status> answers_;
+};
+
+class FollowEvaluationTest : public ::testing::Test {
+ protected:
+  int Follow(std::vector<grpc::Status> answers, absl::Duration reconnect_window) {
+    service_ = std::make_unique<ScriptedEvaluation>(std::move(answers));
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    CommandContext context;
+    context.channel = server_->InProcessChannel(grpc::ChannelArguments());
+    context.out = &out_;
+    context.err = &err_;
+    auto stub = v1::QuantizationService::NewStub(context.channel);
+    v1::Evaluation running;
+    running.set_id("eval-1");
+    running.set_state(v1::EVALUATION_STATE_RUNNING);
+    const int rc = FollowEvaluation(context, *stub, running, reconnect_window);
+    server_->Shutdown();
+    return rc;
+  }
+  std::unique_ptr<ScriptedEvaluation> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::ostringstream out_, err_;
+};
+
+// One failed poll (a restart, a slow answer) ended `quantctl eval` with a
+// failure while the evaluation ran on.
+TEST_F(FollowEvaluationTest, APollThatFailsOnTheWayIsAskedAgain) {
+  const int rc = Follow({grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection refused"),
+                         grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "slow"), grpc::Status::OK},
+                        absl::Minutes(5));
+  EXPECT_EQ(rc, kExitOk) << err_.str();
+  EXPECT_EQ(service_->calls_made.load(), 3);
+  EXPECT_THAT(err_.str(), HasSubstr("it runs on, asking again"));
+  EXPECT_THAT(out_.str(), HasSubstr("evaluation eval-1"));
+}
+
+TEST_F(FollowEvaluationTest, OtherErrorsAndAServerAwayTooLongEndIt) {
+  EXPECT_EQ(Follow({grpc::Status(grpc::StatusCode::NOT_FOUND, "no evaluation eval-1")}, absl::Minutes(5)),
+            kExitFailure);
+  EXPECT_EQ(service_->calls_made.load(), 1);
+  const grpc::Status away(grpc::StatusCode::UNAVAILABLE, "connection refused");
+  EXPECT_EQ(Follow({away, away, away, away, grpc::Status::OK}, absl::Milliseconds(300)), kExitFailure);
+  EXPECT_LT(service_->calls_made.load(), 5);
+}
+
 }  // namespace
 }  // namespace quantd::cli
