@@ -187,6 +187,12 @@ EvaluationAccumulator::EvaluationAccumulator(int64_t classes, bool with_fp32) {
   }
 }
 
+absl::Status EvaluationAccumulator::CheckLabel(int64_t sample, int64_t label, int64_t classes) {
+  if (label >= 0 && label < classes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("dataset: the label of sample ", sample, " is ", label,
+                                                 ", outside the model's ", classes, " classes"));
+}
+
 absl::Status EvaluationAccumulator::Add(int64_t first, const std::vector<int64_t>& labels,
                                         const std::vector<float>& int8, const std::vector<float>* fp32) {
   const int64_t classes = report_.classes;
@@ -200,10 +206,7 @@ absl::Status EvaluationAccumulator::Add(int64_t first, const std::vector<int64_t
   const int64_t k = std::min<int64_t>(5, classes);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t label = labels[i];
-    if (label < 0 || label >= classes) {
-      return absl::InvalidArgumentError(absl::StrCat("dataset: the label of sample ", first + i, " is ", label,
-                                                     ", outside the model's ", classes, " classes"));
-    }
+    QUANTD_RETURN_IF_ERROR(CheckLabel(first + i, label, classes));
     ++report_.per_class_total[label];
     const float* q = int8.data() + i * classes;
     const int64_t q_top = ArgMax(q, classes);
@@ -448,8 +451,21 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
   if (int8->info().output_shape.size() != 1) {
     return absl::FailedPreconditionError(absl::StrCat(spec.model_name, " does not output [N, classes] scores"));
   }
-  QUANTD_RETURN_IF_ERROR(EvaluationAccumulator::CheckClasses(spec.model_name, int8->info().output_shape[0]));
-  EvaluationAccumulator accumulator(int8->info().output_shape[0], fp32 != nullptr);
+  const int64_t classes = int8->info().output_shape[0];
+  QUANTD_RETURN_IF_ERROR(EvaluationAccumulator::CheckClasses(spec.model_name, classes));
+  if (fp32 != nullptr && fp32->info().output_shape != int8->info().output_shape) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        spec.model_name, ".fp32 (version ", spec.model_version, "'s FP32 source) outputs [",
+        absl::StrJoin(fp32->info().output_shape, ", "), "] scores per image, its int8 model [",
+        absl::StrJoin(int8->info().output_shape, ", "), "]: evaluate with skip_fp32"));
+  }
+  // The labels are in memory: one outside the model's classes is found
+  // before the passes, not after them.
+  const std::vector<int64_t> labels = reader.Labels(evaluation->samples_total);
+  for (size_t i = 0; i < labels.size(); ++i) {
+    QUANTD_RETURN_IF_ERROR(EvaluationAccumulator::CheckLabel(static_cast<int64_t>(i), labels[i], classes));
+  }
+  EvaluationAccumulator accumulator(classes, fp32 != nullptr);
   // Loaded: other servers reading the record count the first batch from now.
   absl::Time last_write = interval_clock_->Now();
   evaluation->update_time = clock_->Now();
@@ -479,7 +495,9 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
     }
   }
   EvaluationReport report = accumulator.Finish();
-  report.class_names = int8->info().labels;
+  // Names come with the calibration set's format (CIFAR-10's ten): a model
+  // with another number of outputs has none.
+  if (static_cast<int64_t>(int8->info().labels.size()) == classes) report.class_names = int8->info().labels;
   report.kernel_engine = int8->info().kernel_engine;
   return report;
 }

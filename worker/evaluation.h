@@ -98,6 +98,8 @@ class EvaluationAccumulator {
   // (FAILED_PRECONDITION naming it) before anything is sized from it.
   static constexpr int64_t kMaxClasses = 1000;
   static absl::Status CheckClasses(const std::string& model_name, int64_t classes);
+  // A sample's label must name one of the model's classes.
+  static absl::Status CheckLabel(int64_t sample, int64_t label, int64_t classes);
 
   EvaluationAccumulator(int64_t classes, bool with_fp32);
   // A batch starting at sample `first`: its labels, and its scores

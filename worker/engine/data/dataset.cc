@@ -107,6 +107,15 @@ class FileDataset : public Dataset {
     return batch;
   }
 
+  std::vector<int64_t> SelectedLabels(int64_t count) const override {
+    std::vector<int64_t> labels;
+    if (!has_labels()) return labels;
+    const auto n = static_cast<size_t>(std::clamp<int64_t>(count, 0, size()));
+    labels.reserve(n);
+    for (size_t i = 0; i < n; ++i) labels.push_back(labels_[static_cast<size_t>(selection_[i])]);
+    return labels;
+  }
+
   absl::StatusOr<std::string> Fingerprint() const override {
     Sha256 hasher;
     for (const std::string& path : files_) {

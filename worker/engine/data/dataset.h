@@ -31,6 +31,9 @@ class Dataset {
   virtual std::vector<int64_t> sample_shape() const = 0;  // {C, H, W}
   // Selected samples [start, start + count), in selection order.
   virtual absl::StatusOr<Batch> ReadBatch(int64_t start, int64_t count) = 0;
+  // The labels of the first `count` selected samples, without reading their
+  // images (both formats hold labels in memory); empty without labels.
+  virtual std::vector<int64_t> SelectedLabels(int64_t count) const = 0;
   // sha256 of the underlying file(s) and of the selection.
   virtual absl::StatusOr<std::string> Fingerprint() const = 0;
 };

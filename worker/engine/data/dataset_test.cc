@@ -170,6 +170,39 @@ TEST(NpyDatasetTest, SignedByteLabelsKeepTheirSign) {
   EXPECT_NE(refused.message().find("negative label at 1"), std::string::npos) << refused;
 }
 
+// An evaluation checks its labels before running the models: they are read
+// in selection order, without the images, and only as many as asked for.
+TEST(NpyDatasetTest, SelectedLabelsFollowTheSelectionWithoutReadingImages) {
+  const std::string dir = testing::MakeTempDir("npy_selected_labels");
+  std::vector<uint8_t> images(6 * 4 * 4 * 3, 7);
+  testing::WriteNpy(dir + "/images.npy", "|u1", {6, 4, 4, 3}, images.data(), images.size());
+  DatasetSpec spec;
+  spec.format = DatasetFormat::kNpy;
+  spec.path = dir + "/images.npy";
+  spec.labels_path = dir + "/labels.npy";
+  const std::vector<int64_t> labels = {0, 1, 0, 1, 0, 12};
+  testing::WriteNpy(spec.labels_path, "<i8", {6}, labels.data(), labels.size() * sizeof(int64_t));
+  auto dataset = OpenDataset(spec);
+  ASSERT_TRUE(dataset.ok()) << dataset.status();
+  EXPECT_EQ((*dataset)->SelectedLabels(100), labels);
+  EXPECT_EQ((*dataset)->SelectedLabels(2), std::vector<int64_t>({0, 1}));
+  EXPECT_TRUE((*dataset)->SelectedLabels(0).empty());
+  // A stratified selection: the labels of the samples it picked, in its order.
+  spec.samples_per_class = 1;
+  auto stratified = OpenDataset(spec);
+  ASSERT_TRUE(stratified.ok()) << stratified.status();
+  std::vector<int64_t> read;
+  for (int64_t i = 0; i < (*stratified)->size(); ++i) {
+    read.push_back((*stratified)->ReadBatch(i, 1)->labels[0].item<int64_t>());
+  }
+  EXPECT_EQ((*stratified)->SelectedLabels(100), read);
+  EXPECT_EQ(read.size(), 3u);
+  // No labels file: none.
+  spec.samples_per_class = 0;
+  spec.labels_path.clear();
+  EXPECT_TRUE((*OpenDataset(spec))->SelectedLabels(6).empty());
+}
+
 void WriteNpyWithHeader(const std::string& path, std::string header, const std::string& data) {
   header += '\n';
   std::ofstream out(path, std::ios::binary);

@@ -36,6 +36,8 @@ class DatasetImageReader : public ImageReader {
     });
   }
 
+  std::vector<int64_t> Labels(int64_t count) const override { return dataset_->SelectedLabels(count); }
+
  private:
   std::unique_ptr<Dataset> dataset_;
 };

@@ -30,6 +30,8 @@ class ImageReader {
   virtual int64_t size() const = 0;
   virtual std::vector<int64_t> sample_shape() const = 0;  // {C, H, W}
   virtual absl::StatusOr<ImageBatch> Read(int64_t start, int64_t count) = 0;
+  // The labels of the first `count` samples, read without their images.
+  virtual std::vector<int64_t> Labels(int64_t count) const = 0;
 };
 
 }  // namespace quantd::engine
