@@ -618,6 +618,34 @@ TEST(QuantizeTest, InfiniteConstantsReachTheArtifact) {
   ExpectArtifactComputesTheProgram(**model, options);
 }
 
+// A clamp open above (clamp(x, 0, inf), ONNX's Clip(0, FLT_MAX)) is a ReLU:
+// its bound once quantized to code 0 (the float-to-integer cast of infinity
+// is undefined), and the int8 output was all zeros, fused into the conv or
+// not. Bounds past kOpenClampBound are open too.
+TEST(QuantizeTest, AClampOpenAboveIsAReluFusedOrNot) {
+  for (const char* bound : {"float(\"inf\")", "3.0e38"}) {
+    torch::jit::Module m("OpenClamp");
+    at::manual_seed(8);
+    m.register_parameter("w1", at::randn({8, 3, 3, 3}) * 0.05, false);
+    m.register_parameter("w2", at::randn({10, 8, 30, 30}) * 0.01, false);
+    m.define(absl::StrCat(R"(
+    def forward(self, x):
+        y = torch.clamp(torch.conv2d(x, self.w1), 0.0, )", bound, R"()
+        return torch.flatten(torch.conv2d(y, self.w2), 1)
+  )"));
+    for (bool automatic : {true, false}) {
+      QuantizeOptions options = SavedModelOptions(m, "open_clamp", 16);
+      options.fusion.automatic = automatic;
+      auto model = Quantize(options);
+      ASSERT_TRUE(model.ok()) << bound << " " << automatic << ": " << model.status();
+      const QualityReport& quality = (*model)->report().quality;
+      ASSERT_TRUE(quality.output_sqnr_db.has_value());
+      EXPECT_GT(*quality.output_sqnr_db, 20.0) << bound << " " << automatic;
+      ExpectArtifactComputesTheProgram(**model, options);
+    }
+  }
+}
+
 // Indexing with a tensor (x[idx]) is aten::index(x, Tensor?[]): a bare list
 // literal in the artifact's code reads as List[Tensor], which newer
 // TorchScript refuses for it. An empty list argument (sum over dim=[]) was

@@ -1,6 +1,7 @@
 #include "worker/engine/ir/graph.h"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 namespace quantd::engine {
@@ -41,7 +42,9 @@ std::optional<ClampBounds> ClampBoundsOf(const torch::jit::Node* op, const std::
   if (op == nullptr || inputs.empty()) return std::nullopt;
   auto bound = [](const Operand& operand) -> std::optional<double> {
     if (operand.kind != Operand::Kind::kConstant || !operand.constant.isScalar()) return std::nullopt;
-    return operand.constant.toScalar().toDouble();
+    const double value = operand.constant.toScalar().toDouble();
+    if (!(std::abs(value) <= kOpenClampBound)) return std::nullopt;  // also NaN
+    return value;
   };
   const std::string kind = op->kind().toQualString();
   if (kind == "aten::relu6" || kind == "aten::relu6_") return ClampBounds{0.0, 6.0};

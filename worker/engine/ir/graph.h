@@ -115,7 +115,11 @@ struct Graph {
 void CollectValues(const Operand& operand, std::vector<int>* out);
 
 // The bounds of a clamp-like op (clamp, hardtanh, relu6, in place or not)
-// given its TorchScript node and inputs, if it is one; a missing bound is open.
+// given its TorchScript node and inputs, if it is one; a missing bound is open,
+// and so is an infinite one or one past kOpenClampBound (clamp(x, 0, inf),
+// ONNX's Clip(0, FLT_MAX)): no int8 code reaches it, and quantizing it would
+// overflow (LibTorch's quantized clamp then gives all zeros).
+inline constexpr double kOpenClampBound = 1e12;
 struct ClampBounds {
   std::optional<double> min, max;
 };

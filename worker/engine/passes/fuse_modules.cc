@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <limits>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -36,11 +38,14 @@ absl::StatusOr<int> ResolveNode(const Graph& graph, const std::string& entry, co
 }
 
 // The upper bound of a clamp that starts at 0 (relu6, hardtanh(0, max),
-// clamp(0, max)): a ReLU that a convolution can take in too.
+// clamp(0, max)): a ReLU that a convolution can take in too. An open upper
+// bound (clamp(0, inf)) is +inf: a plain ReLU.
 std::optional<double> ReluLikeUpperBound(const Node& node) {
   if (node.kind != OpKind::kClamp) return std::nullopt;
   const std::optional<ClampBounds> bounds = ClampBoundsOf(node.jit_node, node.inputs);
-  if (!bounds || bounds->min != 0.0 || !bounds->max || !(*bounds->max > 0)) return std::nullopt;
+  if (!bounds || bounds->min != 0.0) return std::nullopt;
+  if (!bounds->max) return std::numeric_limits<double>::infinity();
+  if (!(*bounds->max > 0)) return std::nullopt;
   return bounds->max;
 }
 
@@ -124,7 +129,10 @@ absl::Status ApplyGroup(Graph* graph, const std::vector<int>& ids) {
           head.kind == OpKind::kAdd) {
         head.fused_relu = true;
       }
-      if (next.kind == OpKind::kClamp) head.fused_clamp_max = ReluLikeUpperBound(next);
+      if (next.kind == OpKind::kClamp) {
+        const std::optional<double> upper = ReluLikeUpperBound(next);
+        if (upper && std::isfinite(*upper)) head.fused_clamp_max = upper;
+      }
     }
     head.fused_names.push_back(next.name);
     next.removed = true;

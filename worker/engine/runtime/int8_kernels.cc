@@ -283,7 +283,11 @@ at::Tensor ReluInt8(const at::Tensor& q) {
 
 int64_t QuantizedCode(double value, double scale, int64_t zero_point, bool is_signed) {
   const float inv_scale = 1.0f / static_cast<float>(scale);
-  const int64_t code = zero_point + static_cast<int64_t>(std::nearbyint(static_cast<float>(value) * inv_scale));
+  float steps = std::nearbyint(static_cast<float>(value) * inv_scale);
+  // Past any code either way (and in range for the cast, which is undefined
+  // for infinity): the clamp below decides. NaN reads as the zero point.
+  steps = std::isnan(steps) ? 0.0f : std::clamp(steps, -65536.0f, 65536.0f);
+  const int64_t code = zero_point + static_cast<int64_t>(steps);
   return is_signed ? std::min<int64_t>(std::max<int64_t>(code, -128), 127)
                    : std::min<int64_t>(std::max<int64_t>(code, 0), 255);
 }
