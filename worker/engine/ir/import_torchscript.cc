@@ -69,7 +69,16 @@ OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
     return OpKind::kGeneric;
   }
   if (op == "aten::relu" || op == "aten::relu_") return OpKind::kRelu;
-  if ((op == "aten::add" || op == "aten::add_") && args.size() == 3 && is_value(0) && is_value(1) &&
+  // A tensor the int8 add can take: not a number (x + x.size(1) is
+  // aten::add(Tensor, Scalar)), nor a tensor known to hold integers.
+  auto is_float_tensor = [&](size_t i) {
+    if (!is_value(i) || i >= node->inputs().size()) return false;
+    const auto tensor = node->input(i)->type()->cast<c10::TensorType>();
+    if (tensor == nullptr) return false;
+    const auto dtype = tensor->scalarType();
+    return !dtype.has_value() || c10::isFloatingType(*dtype);
+  };
+  if ((op == "aten::add" || op == "aten::add_") && args.size() == 3 && is_float_tensor(0) && is_float_tensor(1) &&
       args[2].IsConstant() && args[2].constant.isInt() && args[2].constant.toInt() == 1) {
     return OpKind::kAdd;
   }
@@ -100,7 +109,20 @@ OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
     return OpKind::kAvgPool2d;
   }
   if (op == "aten::adaptive_avg_pool2d") return OpKind::kAdaptiveAvgPool2d;
-  if (op == "aten::max_pool2d") return OpKind::kMaxPool2d;
+  // Not with both padding and dilation: LibTorch 1.13's QNNPACK kernel is
+  // wrong there (errors of 130-190 codes), so it stays FP32.
+  if (op == "aten::max_pool2d") {
+    auto all_equal = [&](size_t i, int64_t value) {
+      if (i >= args.size()) return true;  // the default: no padding, dilation 1
+      if (!args[i].IsConstant() || !args[i].constant.isIntList()) return false;
+      for (int64_t v : args[i].constant.toIntVector()) {
+        if (v != value) return false;
+      }
+      return true;
+    };
+    if (!all_equal(3, 0) && !all_equal(4, 1)) return OpKind::kGeneric;
+    return OpKind::kMaxPool2d;
+  }
   if (op == "aten::flatten") return OpKind::kFlatten;
   if (op == "aten::softmax") return OpKind::kSoftmax;
   auto constant_bound = [&](size_t i) {
@@ -417,8 +439,18 @@ class Importer {
         return absl::OkStatus();
       }
     }
-    if (kind == c10::prim::TupleIndex && in(0).kind == Sym::Kind::kTuple && in(1).IsConstant()) {
-      (*env)[node->output()] = in(0).items.at(static_cast<size_t>(in(1).constant.toInt()));
+    if (kind == c10::prim::TupleIndex && in(0).kind == Sym::Kind::kTuple && in(1).IsConstant() &&
+        in(1).constant.isInt()) {
+      // Python's indexing: -1 is the last item.
+      const auto size = static_cast<int64_t>(in(0).items.size());
+      int64_t index = in(1).constant.toInt();
+      if (index < 0) index += size;
+      if (index < 0 || index >= size) {
+        return absl::InvalidArgumentError(absl::StrCat("tuple index ", in(1).constant.toInt(),
+                                                       " is out of range for a tuple of ", size, " in ",
+                                                       Where(module)));
+      }
+      (*env)[node->output()] = in(0).items[static_cast<size_t>(index)];
       return absl::OkStatus();
     }
     if (kind == c10::prim::unchecked_cast) {

@@ -78,6 +78,64 @@ TEST(ImportTorchScriptTest, OpsTheInt8KernelsCannotTakeAsWrittenStayGeneric) {
       << graph->Dump();
 }
 
+// Max pooling with both padding and dilation stays FP32 (LibTorch 1.13's
+// QNNPACK kernel is wrong there; either alone is fine). An add of a number
+// or of an integer tensor is not an int8 add: it got an observer that
+// calibration never fed ("observer saw no data" after the whole run).
+TEST(ImportTorchScriptTest, PoolingAndAddsTheInt8KernelsGetWrongStayGeneric) {
+  torch::jit::Module m("PoolAdd");
+  m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.conv2d(x, self.w)
+        both = torch.max_pool2d(y, [3, 3], [1, 1], [1, 1], [2, 2], False)
+        padded = torch.max_pool2d(y, [3, 3], [1, 1], [1, 1], [1, 1], False)
+        dilated = torch.max_pool2d(y, [3, 3], [1, 1], [0, 0], [2, 2], False)
+        plain = torch.max_pool2d(y, [2, 2])
+        counted = y + y.size(1)
+        tensors = y + y
+        integers = y + torch.ones([1], dtype=4)  # int64
+        return both.sum() + padded.sum() + dilated.sum() + plain.sum() + counted.sum() + tensors.sum() + integers.sum()
+  )");
+  auto graph = ImportTorchScript(m);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  std::vector<OpKind> pools, adds;
+  for (const Node& n : graph->nodes) {
+    const std::string op = n.OpName();
+    if (op.find("max_pool2d") != std::string::npos) pools.push_back(n.kind);
+    if (op == "aten::add" && n.inputs[0].kind == Operand::Kind::kValue) adds.push_back(n.kind);
+  }
+  EXPECT_EQ(pools, (std::vector<OpKind>{OpKind::kGeneric, OpKind::kMaxPool2d, OpKind::kMaxPool2d,
+                                         OpKind::kMaxPool2d}))
+      << graph->Dump();
+  ASSERT_GE(adds.size(), 3u) << graph->Dump();
+  EXPECT_EQ(std::vector<OpKind>(adds.begin(), adds.begin() + 3),
+            (std::vector<OpKind>{OpKind::kGeneric, OpKind::kAdd, OpKind::kGeneric}))
+      << graph->Dump();
+}
+
+// A tuple indexed with -1 through a function's parameter is its last item,
+// as in Python (the import failed with vector::_M_range_check); an index
+// past the end is an error naming it.
+TEST(ImportTorchScriptTest, NegativeTupleIndicesCountFromTheEnd) {
+  torch::jit::Module m("Pick");
+  m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
+  m.define(R"(
+    def pick(self, t: Tuple[Tensor, Tensor], i: int):
+        return t[i]
+
+    def forward(self, x):
+        y = torch.conv2d(x, self.w)
+        return self.pick((y, y * 2.0), -1)
+  )");
+  auto graph = ImportTorchScript(m);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  const at::Tensor x = at::randn({1, 3, 8, 8});
+  const at::Tensor ran = testing::RunFp32(*graph, x);
+  ASSERT_TRUE(ran.defined());
+  EXPECT_TRUE(at::allclose(ran, m.forward({x}).toTensor()));
+}
+
 // An in-place op's later readers read what it wrote: relu_ on a conv's
 // output, then the output returned.
 TEST(ImportTorchScriptTest, LaterReadersOfAnInPlaceWriteReadItsOutput) {
