@@ -618,6 +618,24 @@ TEST(QuantizeTest, InfiniteConstantsReachTheArtifact) {
   ExpectArtifactComputesTheProgram(**model, options);
 }
 
+// A device argument of an op that runs at run time (a size from the input)
+// reaches the artifact: writing it failed the job after calibration,
+// conversion and the quality check had all passed.
+TEST(QuantizeTest, DeviceConstantsReachTheArtifact) {
+  torch::jit::Module m("Device");
+  at::manual_seed(9);
+  m.register_parameter("w", at::randn({10, 3, 32, 32}) * 0.001, false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.flatten(torch.conv2d(x, self.w), 1)
+        return y + torch.zeros([x.size(0), 10], dtype=6, device=torch.device("cpu"))
+  )");
+  QuantizeOptions options = SavedModelOptions(m, "device", 16);
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ExpectArtifactComputesTheProgram(**model, options);
+}
+
 // A clamp open above (clamp(x, 0, inf), ONNX's Clip(0, FLT_MAX)) is a ReLU:
 // its bound once quantized to code 0 (the float-to-integer cast of infinity
 // is undefined), and the int8 output was all zeros, fused into the conv or

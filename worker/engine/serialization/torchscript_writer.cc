@@ -248,6 +248,9 @@ class SourceBuilder {
     if (v.isTensor()) {
       return Attribute(name.empty() ? "constant" : name, c10::TensorType::get(), v);
     }
+    // torch.zeros(n, device=torch.device("cpu")) with a size known only at
+    // run time keeps its device argument.
+    if (v.isDevice()) return absl::StrCat("torch.device(\"", v.toDevice().str(), "\")");
     if (v.isList()) {
       auto list = v.toListRef();
       if (list.empty()) {
