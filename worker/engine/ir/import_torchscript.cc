@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
@@ -150,6 +151,19 @@ OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
     return OpKind::kDropout;
   }
   return OpKind::kGeneric;
+}
+
+// The argument of an op that turns on its training behaviour: dropout's
+// `train`, batch_norm's `training`. torch.jit.trace records it as a constant,
+// so a model traced before model.eval() keeps it on.
+std::optional<size_t> TrainingFlag(const std::string& op) {
+  for (const char* dropout : {"aten::dropout", "aten::dropout_", "aten::feature_dropout", "aten::feature_dropout_",
+                              "aten::alpha_dropout", "aten::alpha_dropout_", "aten::feature_alpha_dropout",
+                              "aten::feature_alpha_dropout_"}) {
+    if (op == dropout) return 2;
+  }
+  if (op == "aten::batch_norm") return 5;
+  return std::nullopt;
 }
 
 bool IsConstantOne(const Sym& s) {
@@ -489,13 +503,26 @@ class Importer {
             return absl::InvalidArgumentError(absl::StrCat(
                 "op ", kind.toQualString(), " in ", Where(module), " changes the module's state (",
                 written.constant_name, ") at every call, which quantd would do once, when it imports the model: "
-                "stateful models are not supported"));
+                "stateful models are not supported",
+                absl::EndsWith(written.constant_name, "num_batches_tracked")
+                    ? " (a BatchNorm counting its batches: the model was traced in training mode; call "
+                      "model.eval() before torch.jit.trace)"
+                    : ""));
           }
         }
       }
       return FoldWithOperator(node, env, module);
     }
     if (all_constant && node->kind().is_prim()) return FoldWithOperator(node, env, module);
+    if (const std::optional<size_t> flag = TrainingFlag(kind.toQualString()); flag && *flag < node->inputs().size()) {
+      const Sym& training = in(*flag);
+      if (training.IsConstant() && training.constant.isBool() && training.constant.toBool()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "op ", kind.toQualString(), " in ", Where(module),
+            " runs in training mode (random at every call, or normalizing by each batch's statistics): "
+            "if the model was traced, call model.eval() before torch.jit.trace"));
+      }
+    }
     return Emit(node, env, module);
   }
 

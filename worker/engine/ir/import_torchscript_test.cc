@@ -285,6 +285,37 @@ TEST(ImportTorchScriptTest, StateChangesAndRandomOpsOnConstantsAreRefused) {
   EXPECT_TRUE(at::allclose(testing::RunFp32(*folded, x), pure.forward({x}).toTensor()));
 }
 
+// A model traced before model.eval() keeps dropout's `train` and
+// batch_norm's `training` on, and counts BatchNorm's batches: the import says
+// so (the errors blamed a misread op, or a stateful model).
+TEST(ImportTorchScriptTest, OpsInTrainingModeAreRefusedSayingSo) {
+  auto import = [](const std::string& body) {
+    torch::jit::Module m("Trained");
+    m.register_parameter("w", at::randn({4, 3, 1, 1}), false);
+    m.register_buffer("mean", at::zeros({4}));
+    m.register_buffer("var", at::ones({4}));
+    m.register_buffer("num_batches_tracked", at::zeros({}, at::kLong));
+    m.define("def forward(self, x):\n    y = torch.conv2d(x, self.w)\n" + body);
+    return ImportTorchScript(m);
+  };
+  for (const std::string& body : {std::string("    return torch.dropout(y, 0.5, True)\n"),
+                                  std::string("    return torch.batch_norm(y, None, None, self.mean, self.var, True, "
+                                              "0.1, 1e-5, False)\n")}) {
+    auto graph = import(body);
+    ASSERT_FALSE(graph.ok()) << body;
+    EXPECT_EQ(graph.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(graph.status().message()), HasSubstr("runs in training mode")) << graph.status();
+    EXPECT_THAT(std::string(graph.status().message()), HasSubstr("model.eval() before torch.jit.trace"));
+  }
+  auto counting = import("    self.num_batches_tracked.add_(1)\n    return y\n");
+  ASSERT_FALSE(counting.ok());
+  EXPECT_THAT(std::string(counting.status().message()), HasSubstr("traced in training mode")) << counting.status();
+  // Off, they import: dropout is the identity, batch_norm uses its statistics.
+  EXPECT_TRUE(import("    return torch.dropout(y, 0.5, False)\n").ok());
+  EXPECT_TRUE(
+      import("    return torch.batch_norm(y, None, None, self.mean, self.var, False, 0.1, 1e-5, False)\n").ok());
+}
+
 // DenseNet's pattern: a list grown with append, then concatenated. The
 // append was lost (cat saw [x]) and the model refused for the wrong reason;
 // on a list made empty at import, each run's append piled up in it.
