@@ -8,6 +8,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <regex>
 #include <unordered_map>
 
@@ -650,6 +651,16 @@ class Importer {
       }
       if (ir.inputs[0].kind == Operand::Kind::kValue) {
         const int first = ir.inputs[0].value;
+        // feats[0].relu_() on a list built in forward: eager PyTorch's list
+        // sees the write, TorchScript 1.13's does not (the scripted model
+        // computes another function than its Python source), and int8's cat
+        // would read the unwritten item either way.
+        if (writes_first && picked_from_list_.count(first) > 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              op, " writes in place into an item of a list, which eager PyTorch and TorchScript compute "
+                  "differently (TorchScript's list does not see the write): build the list from "
+                  "what it should hold ([a.relu(), b])"));
+        }
         if (writes_first) {
           // Through a view (a slice, view, reshape, ...): the write changes
           // the tensor viewed too, which int8 keeps as its own copy.
@@ -664,6 +675,10 @@ class Importer {
           view_base_[ir.outputs[0]] = BaseOf(first);  // a view of its first argument (or of what that views)
         }
       }
+    }
+    if (ir.inputs.size() == 2 && ir.inputs[0].kind == Operand::Kind::kList && ir.outputs.size() == 1 &&
+        std::string(op_node->kind().toQualString()) == "aten::__getitem__") {
+      picked_from_list_.insert(ir.outputs[0]);
     }
     graph_->nodes.push_back(std::move(ir));
     return absl::OkStatus();
@@ -746,6 +761,7 @@ class Importer {
   std::map<const char*, const jit::Node*> canonical_;
   std::map<int, int> renamed_;  // value -> the output of an op that wrote it in place
   std::map<int, int> view_base_;  // a view's value -> the value it views
+  std::set<int> picked_from_list_;  // values __getitem__ read out of a list
   std::map<int, std::string> stale_;  // a value written through a view of it -> the op that wrote
 };
 
