@@ -811,7 +811,9 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteBlob(grpc::CallbackServ
     if (!*removed) {
       return audited(absl::FailedPreconditionError(absl::StrCat("blob ", blob->id, " is used by ",
                                                                 absl::StrJoin(users, ", "),
-                                                                "; cancel or wait for those jobs first")));
+                                                                "; wait for (or cancel) those queued or running, and "
+                                                                "unpublish the model versions of those that "
+                                                                "published it as their source model")));
     }
     return audited(absl::OkStatus());
   });

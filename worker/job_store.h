@@ -103,8 +103,8 @@ class JobStore {
   virtual absl::Status WithArtifactLocked(const std::string& artifact_id, const ArtifactHoldersUse& use) = 0;
   // QUEUED or RUNNING jobs whose spec mentions `needle` (a blob id, in the
   // path of a model or dataset), and SUCCEEDED jobs that published a model
-  // version (their FP32 source model is served beside the int8 one), oldest
-  // first.
+  // version whose source model's path mentions it (the FP32 source is served
+  // beside the int8 one; their datasets are free to go), oldest first.
   virtual absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) = 0;
   // Succeeded jobs that produced this artifact, oldest first.
   virtual absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) = 0;

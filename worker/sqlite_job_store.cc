@@ -724,10 +724,13 @@ absl::StatusOr<std::vector<std::string>> SqliteJobStore::ArtifactHoldersLocked(c
 
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::ActiveJobsUsing(const std::string& needle) {
   absl::MutexLock lock(&mu_);
-  // instr(), not LIKE: the needle is matched literally.
+  // instr(), not LIKE: the needle is matched literally. A published job
+  // holds its source model only, not the datasets it was calibrated,
+  // tuned or evaluated on.
   Stmt s(db_,
-         "SELECT id FROM jobs WHERE (state IN (1, 2) OR id IN (SELECT job_id FROM model_versions)) "
-         "AND instr(spec, ?1) > 0 ORDER BY seq");
+         "SELECT id FROM jobs WHERE (state IN (1, 2) AND instr(spec, ?1) > 0) "
+         "OR (id IN (SELECT job_id FROM model_versions) AND instr(json_extract(spec, '$.model_path'), ?1) > 0) "
+         "ORDER BY seq");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, needle);
   return ReadIds(s);

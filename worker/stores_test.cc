@@ -395,8 +395,13 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
   ASSERT_TRUE((*store)->Finish("g", 1, JobState::kSucceeded, result, now).ok());
   EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->version, 4);
 
-  // A published job's source model stays in use (its FP32 side is served).
+  // A published job's source model stays in use (its FP32 side is served);
+  // its calibration set does not (it was never swept, and DeleteBlob named
+  // a finished job to wait for).
   EXPECT_THAT(*(*store)->ActiveJobsUsing("/m.pt"), ::testing::ElementsAre("a", "e", "g"));
+  EXPECT_THAT(*(*store)->ActiveJobsUsing("/c.bin"), ::testing::IsEmpty());
+  ASSERT_TRUE((*store)->Create(NewJob("queued", 3), 10).ok());
+  EXPECT_THAT(*(*store)->ActiveJobsUsing("/c.bin"), ::testing::ElementsAre("queued"));
 }
 
 TEST(SqliteJobStoreTest, LatestEvaluationsAreEachVersionsNewestSucceededAndNewestWithFp32) {
