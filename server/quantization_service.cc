@@ -614,7 +614,17 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  if (!deps_.executor->TrySchedule([reactor, method, caller = *std::move(caller), work = std::move(work)]() mutable {
+  if (!deps_.executor->TrySchedule([reactor, context, method, caller = *std::move(caller),
+                                    work = std::move(work)]() mutable {
+        // A caller that went away while the call waited (cancelled, or past
+        // its deadline) saw it fail: a submit or delete done now would be one
+        // it believes was not, and a retry would do it twice.
+        if (context->IsCancelled()) {
+          reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                                       absl::StrCat(method, ": the caller went away (cancelled, or past its deadline) "
+                                                            "while the call waited for an RPC thread; it was not run")));
+          return;
+        }
         reactor->Finish(ToGrpcStatus(StatusOfTask(
             method, [&caller, &work]() -> absl::Status { return std::move(work)(std::move(caller)); })));
       })) {

@@ -966,6 +966,54 @@ TEST(ServerExecutorTest, BlockingWorkWaitsOnTheExecutorAndAFullQueueIsResourceEx
   std::filesystem::remove_all(options.data_dir);
 }
 
+// A call whose caller went away while it waited in the queue (its deadline
+// passed) is not run: the client saw DEADLINE_EXCEEDED, so a delete (or a
+// submit) done afterwards would be one it believes failed.
+TEST(ServerExecutorTest, AQueuedCallWhoseCallerWentAwayIsNotRun) {
+  QuantdServer::Options options = LoopbackOptions(TempDir("caller_gone"));
+  options.rpc_threads = 1;
+  options.rpc_queue_capacity = 4;
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
+  v1::BlobInfo blob;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    auto writer = stub->UploadModel(&context, &blob);
+    v1::UploadModelRequest chunk;
+    chunk.mutable_metadata()->set_filename("model.pt");
+    writer->Write(chunk);
+    chunk.Clear();
+    chunk.set_chunk_data("hello world");
+    writer->Write(chunk);
+    writer->WritesDone();
+    ASSERT_TRUE(writer->Finish().ok());
+  }
+  BlockingExecutor& executor = (*server)->rpc_executor();
+  absl::Notification release;
+  ASSERT_TRUE(OccupyTheOnlyThread(executor, release));
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    v1::DeleteBlobRequest request;
+    request.set_id(blob.blob_id());
+    v1::DeleteBlobResponse response;
+    EXPECT_EQ(stub->DeleteBlob(&context, request, &response).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  release.Notify();
+  // The executor runs in order: the delete's turn came before this.
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::GetBlobRequest request;
+  request.set_id(blob.blob_id());
+  v1::BlobInfo still;
+  const grpc::Status status = stub->GetBlob(&context, request, &still);
+  EXPECT_TRUE(status.ok()) << "the blob was deleted after its caller gave up: " << status.error_message();
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+}
+
 // Tokens are in memory: a call is admitted before it queues for the RPC
 // executor, so callers without a valid token take no place in its queue
 // (a flood of them would otherwise crowd out those with one), and get the
