@@ -72,7 +72,7 @@ int CommandContext::UsageError(const std::string& message) const {
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command>* commands = new std::vector<Command>{
-      {"artifacts", "[ARTIFACT_ID] [--job=JOB_ID]",
+      {"artifacts", "[ARTIFACT_ID] [--job=JOB_ID] [--page_size=N] [--page_token=T]",
        "list int8 artifacts, newest first, or show one", &RunArtifacts,
        "[ARTIFACT_ID] [--job=JOB_ID] [--page_token=T]"},
       {"blobs", "[BLOB_ID] | delete BLOB_ID",

@@ -843,6 +843,8 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListArtifacts(
     grpc::CallbackServerContext* context, const v1::ListArtifactsRequest* request,
     v1::ListArtifactsResponse* response) {
   return Offload(context, "ListArtifacts", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
+    // A job that does not exist is NOT_FOUND, not a job without artifacts.
+    if (!request->job_id().empty()) QUANTD_RETURN_IF_ERROR(deps_.pool->store().Get(request->job_id()).status());
     QUANTD_ASSIGN_OR_RETURN(worker::JobPage page,
                             deps_.pool->store().ListArtifactJobs(request->job_id(), PageSize(request->page_size()),
                                                                  request->page_token()));

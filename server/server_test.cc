@@ -513,6 +513,16 @@ TEST_F(ServerTest, StreamingRpcsOnUnknownIdsAreNotFound) {
     EXPECT_FALSE(reader->Read(&chunk));
     EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
   }
+  {  // the artifacts of a job that does not exist: not an empty list
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::ListArtifactsRequest request;
+    request.set_job_id("job-typo");
+    v1::ListArtifactsResponse response;
+    grpc::Status status = stub->ListArtifacts(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(status.error_message(), HasSubstr("job-typo"));
+  }
 }
 
 TEST_F(ServerTest, UploadModelStoresContentAddressedAndChecksSha) {
