@@ -402,11 +402,12 @@ std::string JsonLine(const google::protobuf::Message& message) {
   return json;
 }
 
-int FollowJob(const CommandContext& context, const std::string& job_id) {
-  return FollowJob(context, job_id, absl::Minutes(5));
+int FollowJob(const CommandContext& context, const std::string& job_id, bool job_exists) {
+  return FollowJob(context, job_id, absl::Minutes(5), job_exists);
 }
 
-int FollowJob(const CommandContext& context, const std::string& job_id, absl::Duration reconnect_window) {
+int FollowJob(const CommandContext& context, const std::string& job_id, absl::Duration reconnect_window,
+              bool job_exists) {
   auto stub = v1::QuantizationService::NewStub(context.channel);
   v1::JobEvent event;
   v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
@@ -420,7 +421,7 @@ int FollowJob(const CommandContext& context, const std::string& job_id, absl::Du
   // the server comes back within `reconnect_window` of the moment the watch
   // broke (a stream may stay quiet for long: a queued job, a long phase). A
   // watch that never got an event (a wrong address) fails at once.
-  bool had_contact = false;
+  bool had_contact = job_exists;
   bool got_result = false;
   uint64_t last_sequence = 0;
   absl::Time broken_since = absl::InfiniteFuture();

@@ -82,9 +82,13 @@ std::string JsonLine(const google::protobuf::Message& message);
 // Streams WatchJob until the job ends, printing each event. Returns kExitOk
 // if the job SUCCEEDED, kExitFailure otherwise. A watch that breaks after
 // its first event is resumed while the server answers again within
-// `reconnect_window` (5 minutes in the first form) of the break.
-int FollowJob(const CommandContext& context, const std::string& job_id);
-int FollowJob(const CommandContext& context, const std::string& job_id, absl::Duration reconnect_window);
+// `reconnect_window` (5 minutes in the first form) of the break; so is one
+// that never got an event when `job_exists` (submit --wait: the server
+// just answered with the job, so a busy or restarting server is no reason
+// to give up on it and have the user submit it again).
+int FollowJob(const CommandContext& context, const std::string& job_id, bool job_exists = false);
+int FollowJob(const CommandContext& context, const std::string& job_id, absl::Duration reconnect_window,
+              bool job_exists = false);
 // Polls `evaluation` until it ends (a live line on a terminal, a plain one
 // every few seconds on a pipe), then prints its report. A server that stops
 // answering (UNAVAILABLE, DEADLINE_EXCEEDED) is asked again while it comes

@@ -134,7 +134,7 @@ v1::JobEvent Result(uint64_t sequence) {
 class FollowJobTest : public ::testing::Test {
  protected:
   // Runs FollowJob against `script`; returns its exit code.
-  int Follow(std::vector<ScriptedWatch::Call> script, absl::Duration reconnect_window) {
+  int Follow(std::vector<ScriptedWatch::Call> script, absl::Duration reconnect_window, bool job_exists = false) {
     service_ = std::make_unique<ScriptedWatch>(std::move(script));
     grpc::ServerBuilder builder;
     builder.RegisterService(service_.get());
@@ -143,7 +143,7 @@ class FollowJobTest : public ::testing::Test {
     context.channel = server_->InProcessChannel(grpc::ChannelArguments());
     context.out = &out_;
     context.err = &err_;
-    const int rc = FollowJob(context, "job-1", reconnect_window);
+    const int rc = FollowJob(context, "job-1", reconnect_window, job_exists);
     server_->Shutdown();
     return rc;
   }
@@ -225,6 +225,21 @@ TEST(EvaluationTextTest, AGridTooWideToReadIsLeftToJson) {
   const std::string text = EvaluationText(FinishedEvaluation(kMaxGridClasses + 1, false));
   EXPECT_THAT(text, HasSubstr("confusion matrix, int8: 33 x 33, too wide to print (--json has it)"));
   EXPECT_THAT(text, HasSubstr("32  class 32")) << text;  // the per-class table is all there
+}
+
+// submit --wait: the job was just created, so a first watch refused for a
+// busy queue (or a restart) is retried; a bare watch of an id that may be
+// wrong fails at once.
+TEST_F(FollowJobTest, AFirstWatchRefusedIsRetriedOnlyForAJobJustSubmitted) {
+  const grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED, "1000 calls already wait (--rpc_queue_capacity)");
+  const std::vector<ScriptedWatch::Call> script = {
+      {{}, absl::ZeroDuration(), busy},
+      {{Snapshot(1, v1::JOB_STATE_SUCCEEDED), Result(2)}, absl::ZeroDuration(), grpc::Status::OK}};
+  EXPECT_EQ(Follow(script, absl::Minutes(5), /*job_exists=*/true), kExitOk) << err_.str();
+  EXPECT_EQ(service_->calls_made.load(), 2);
+  EXPECT_EQ(ResultLines(), 1) << out_.str();
+  EXPECT_EQ(Follow(script, absl::Minutes(5)), kExitFailure);
+  EXPECT_EQ(service_->calls_made.load(), 1);
 }
 
 // A quantd that answers GetEvaluation from a script of statuses; OK answers

@@ -325,7 +325,7 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
     *context.out << job.id() << " " << ShortEnum(v1::JobState_Name(job.state()), "JOB_STATE_") << "\n";
   }
   if (!a->IsOn("wait")) return kExitOk;
-  int rc = FollowJob(context, job.id());
+  int rc = FollowJob(context, job.id(), /*job_exists=*/true);
   if (!context.options.json) {
     grpc::ClientContext get_context;
     context.PrepareCall(get_context);
