@@ -32,7 +32,7 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
   uint32_t chunk_size = 0;  // the server's default
   if (a->Has("chunk_size") && (!absl::SimpleAtoi(a->Get("chunk_size"), &chunk_size) || chunk_size == 0)) {
     return context.UsageError(absl::StrCat("download: --chunk_size: \"", a->Get("chunk_size"),
-                                           "\" is not a positive number of bytes (the server caps it at 4 MiB)"));
+                                           "\" is not a positive number of bytes (the server caps it at 4 MiB - 64 KiB)"));
   }
   const std::string target = a->Has("output") ? a->Get("output") : a->Get("o");
   const std::string tmp = target + ".part";
