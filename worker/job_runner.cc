@@ -204,7 +204,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     absl::Duration pin_backoff = finish_retry_backoff_;
     for (int attempt = 1; (pinned.code() == absl::StatusCode::kUnavailable ||
                            pinned.code() == absl::StatusCode::kResourceExhausted) &&
-                          !stop->shutting_down.load() && !stop->lease_lost.load();
+                          !stop->shutting_down.load() && !stop->lease_lost.load() && !stop->cancelled.load();
          ++attempt) {
       if (attempt == 1 || attempt % 20 == 0) {
         std::cerr << "quantd: cannot pin the artifact of job " << job.id << " (retrying): " << pinned << "\n";
@@ -225,6 +225,11 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
         return job;
       }
       cancelled_at_stop = **kept;  // a cancel asked meanwhile: it is the outcome
+    }
+    // Cancelled here while the store was busy (CancelJob could not record it
+    // and told the client it was cancelled here): that is the outcome.
+    if (!cancelled_at_stop.has_value() && !pinned.ok() && stop->cancelled.load()) {
+      cancelled_at_stop = stop->cancel_reason;
     }
     if (cancelled_at_stop.has_value()) {
       final_state = JobState::kCancelled;
@@ -283,19 +288,26 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   enter_phase(JobPhase::kNone);
 
   const absl::Time now = clock_->Now();
+  auto cancel_instead = [&](const std::string& reason) {
+    stored_unrecorded.emplace(result.artifact_id, result.artifact_sha256);
+    unrecorded_why = "was cancelled as it finished";
+    final_state = JobState::kCancelled;
+    result = JobResult();
+    result.error_code = absl::StatusCode::kCancelled;
+    result.error_message = CancelledMessage(reason);
+  };
   auto record = [&]() {
+    // Cancelled here after the engine returned, by a CancelJob the store
+    // did not record (it told the client the job was cancelled here): the
+    // store has no cancel row to refuse the success with.
+    if (final_state == JobState::kSucceeded && stop->cancelled.load()) cancel_instead(stop->cancel_reason);
     absl::Status recorded = store_->Finish(job.id, job.attempt_count, final_state, result, now);
     if (recorded.code() != absl::StatusCode::kAborted || final_state != JobState::kSucceeded) return recorded;
     // A cancel acknowledged (through the store, maybe by another replica)
     // while the artifact was stored: it is the outcome, as the client was told.
     absl::StatusOr<std::optional<std::string>> reason = store_->CancelRequest(job.id);
     if (!reason.ok()) return reason.status();
-    stored_unrecorded.emplace(result.artifact_id, result.artifact_sha256);
-    unrecorded_why = "was cancelled as it finished";
-    final_state = JobState::kCancelled;
-    result = JobResult();
-    result.error_code = absl::StatusCode::kCancelled;
-    result.error_message = CancelledMessage(reason->value_or("cancelled"));
+    cancel_instead(reason->value_or("cancelled"));
     return store_->Finish(job.id, job.attempt_count, final_state, result, now);
   };
   absl::Status finished = record();

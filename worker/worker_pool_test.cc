@@ -1240,6 +1240,51 @@ TEST_F(WorkerPoolTest, ACancelAcknowledgedWhileTheArtifactIsStoredIsTheJobsOutco
   EXPECT_EQ(*store_->CancelRequest(job.id), std::nullopt);
 }
 
+// CancelJob on this server while the store could not record the request
+// (busy past its timeout): the job is cancelled here only, and the client
+// was told so. The store has no cancel row to refuse the success with, so
+// the runner itself must not record one: the job ended SUCCEEDED and
+// published its version. Cancelled after the pin, and during a busy pin.
+TEST_F(WorkerPoolTest, ACancelOnlyThisServerKnowsOfIsTheJobsOutcome) {
+  for (const bool while_busy : {false, true}) {
+    SCOPED_TRACE(while_busy ? "cancelled while the pin waits for a busy store" : "cancelled after the pin");
+    FakeClock clock;
+    FullDiskStore store(store_.get());
+    StopSignals stop;
+    auto cancel_here = [&stop] {
+      stop.cancel_reason = "wrong model";
+      stop.cancelled.store(true);
+    };
+    std::thread canceller;
+    if (while_busy) {
+      store.pin_busy = 1000000;
+      canceller = std::thread([&] {
+        while (store.pin_calls.load() < 3) absl::SleepFor(absl::Milliseconds(1));
+        cancel_here();
+      });
+    } else {
+      store.after_pin = cancel_here;
+    }
+    JobEventHub events(&clock);
+    JobRunner runner(&store, artifacts_.get(), &engine_, &events, &clock, /*max_batch_bytes=*/0,
+                     /*finish_retry_backoff=*/absl::Milliseconds(1));
+    Job job = NewJob("m");
+    job.id = while_busy ? "job-cancel-busy" : "job-cancel-here";
+    job.spec.model_name = job.id;
+    const Job finished = CreateClaimAndRun(runner, job, clock, &stop);
+    if (canceller.joinable()) canceller.join();
+    EXPECT_EQ(finished.state, JobState::kCancelled);
+    const Job stored = *store_->Get(job.id);
+    EXPECT_EQ(stored.state, JobState::kCancelled);
+    ASSERT_TRUE(stored.result.has_value());
+    EXPECT_THAT(stored.result->error_message, HasSubstr("wrong model"));
+    EXPECT_TRUE(store_->ListModelVersions(job.id)->empty());
+    absl::StatusOr<std::map<std::string, std::vector<std::string>>> listed = artifacts_->List();
+    ASSERT_TRUE(listed.ok()) << listed.status();
+    EXPECT_TRUE(listed->empty()) << listed->size() << " artifact(s) left behind";
+  }
+}
+
 // Cancelled here (CancelJob on this server) just as the engine returned:
 // nothing is stored.
 TEST_F(WorkerPoolTest, ACancelSeenAsTheEngineReturnsStoresNothing) {
