@@ -82,6 +82,28 @@ absl::StatusOr<EngineOutput> JobRunner::RunEngineGuarded(const engine::QuantizeO
   }
 }
 
+absl::StatusOr<std::optional<std::string>> JobRunner::ReleaseRetrying(const Job& job) {
+  // A release that fails leaves the job RUNNING with this attempt counted:
+  // the next start takes it for crashed, and at the last attempt FAILs it.
+  // The store being busy is often why the job is being released at all, so
+  // it gets a few tries, as the outcome of a stopping server does.
+  absl::Duration backoff = finish_retry_backoff_;
+  absl::StatusOr<std::optional<std::string>> kept = store_->Release(job.id, job.attempt_count);
+  for (int attempt = 1; attempt < kFinishRetriesWhileStopping + 1 &&
+                        (kept.status().code() == absl::StatusCode::kUnavailable ||
+                         kept.status().code() == absl::StatusCode::kResourceExhausted);
+       ++attempt) {
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
+    kept = store_->Release(job.id, job.attempt_count);
+  }
+  if (!kept.ok()) {
+    std::cerr << "quantd: job " << job.id << " could not be put back in the queue (it is recovered when its lease "
+              << "runs out, as a crashed attempt): " << kept.status() << "\n";
+  }
+  return kept;
+}
+
 Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   job.state = JobState::kRunning;
   job.phase = JobPhase::kNone;
@@ -177,7 +199,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     // An error of the job's own that came meanwhile (its deadline too) is its
     // outcome instead, and so is a cancel requested since the engine last
     // asked: it was acknowledged, so the job must not run again.
-    absl::StatusOr<std::optional<std::string>> kept = store_->Release(job.id, job.attempt_count);
+    absl::StatusOr<std::optional<std::string>> kept = ReleaseRetrying(job);
     if (!kept.ok() || !kept->has_value()) {
       job.state = JobState::kQueued;
       return job;
@@ -219,7 +241,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     if (store_busy && stop->shutting_down.load() && !stop->lease_lost.load()) {
       // Stopping with the store still busy: back to the queue, to run again
       // at the next start, as an interrupted job does, not FAILED for it.
-      absl::StatusOr<std::optional<std::string>> kept = store_->Release(job.id, job.attempt_count);
+      absl::StatusOr<std::optional<std::string>> kept = ReleaseRetrying(job);
       if (!kept.ok() || !kept->has_value()) {
         job.state = JobState::kQueued;
         return job;

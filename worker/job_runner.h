@@ -68,6 +68,8 @@ class JobRunner {
 
  private:
   absl::StatusOr<EngineOutput> RunEngineGuarded(const engine::QuantizeOptions& options);
+  // JobStore::Release, retried a few times while the store is busy.
+  absl::StatusOr<std::optional<std::string>> ReleaseRetrying(const Job& job);
   JobStore* const store_;
   ArtifactStore* const artifacts_;
   QuantizationEngine* const engine_;

@@ -788,16 +788,22 @@ TEST_F(WorkerPoolTest, ClaimingAJobAnEarlierAttemptStillRunsHereStopsThatAttempt
   EXPECT_EQ(store_->Get(id)->attempt_count, 2u);
 }
 
+// A store busy at that moment (often why the server is being stopped) gets
+// a few tries: the release once got one, and the job stayed RUNNING with the
+// attempt counted, to be FAILED at the next start on its last attempt.
 TEST_F(WorkerPoolTest, GracefulShutdownRequeuesTheRunningJob) {
   engine_.run_until_stopped_at_batch = 3;
   std::string id;
+  FullDiskStore busy(store_.get());
+  busy.release_busy = 2;
   {
-    auto pool = NewPool();
+    auto pool = NewPool(FastRetries(), Clock::Real(), &busy);
     pool->Start();
     id = pool->Submit(NewJob("m"))->id;
     ASSERT_TRUE(engine_.paused.WaitForNotificationWithTimeout(absl::Seconds(20)));
     pool->Stop();
   }
+  EXPECT_EQ(busy.release_calls.load(), 3);  // two busy, the third released
   Job job = *store_->Get(id);
   EXPECT_EQ(job.state, JobState::kQueued);
   EXPECT_FALSE(job.result.has_value());
