@@ -1,5 +1,6 @@
 #include "worker/job_events.h"
 
+#include <optional>
 #include <utility>
 
 namespace quantd::worker {
@@ -30,7 +31,10 @@ void JobEventHub::Publish(const Job& job, JobEvent event) {
   event.sequence = Sequence(++followed.sequence);
   for (const auto& [token, watcher] : followed.watchers) watcher->OnJobEvent(event);
   for (JobWatcher* observer : observers_) observer->OnJobEvent(event);
-  if (event.kind == JobEvent::Kind::kResult) jobs_.erase(job.id);
+  if (event.kind == JobEvent::Kind::kResult) {
+    jobs_.erase(job.id);
+    ++streams_ended_;
+  }
 }
 
 void JobEventHub::NotifyObservers(const Job& job, JobEvent event) {
@@ -48,42 +52,58 @@ void JobEventHub::AddObserver(JobWatcher* observer) {
 absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,
                                                 const std::function<absl::StatusOr<Job>()>& load,
                                                 JobWatcher* watcher) {
-  absl::MutexLock lock(&mu_);
-  if (closed_) return absl::UnavailableError("the server is shutting down; watch again once it is back");
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) {
-    absl::StatusOr<Job> job = load();
-    if (!job.ok()) return job.status();
+  std::optional<absl::StatusOr<Job>> loaded;
+  uint64_t ended_before_load = 0;
+  for (int tries = 0;; ++tries) {
+    if (tries > 0) {
+      loaded = load();
+    }
+    absl::MutexLock lock(&mu_);
+    if (closed_) return absl::UnavailableError("the server is shutting down; watch again once it is back");
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {
+      // Not followed: read it from the store, outside the lock. A stream that
+      // ended meanwhile (a result published here) may have been this job's,
+      // and the read older than it: read again (a few times; past that, the
+      // store sync corrects a stale snapshot within its period).
+      if (!loaded.has_value() || (streams_ended_ != ended_before_load && tries < 3)) {
+        ended_before_load = streams_ended_;
+        loaded.reset();
+        continue;
+      }
+      if (!loaded->ok()) return loaded->status();
+      const Job& job = **loaded;
+      JobEvent snapshot;
+      snapshot.kind = JobEvent::Kind::kSnapshot;
+      snapshot.job_id = job_id;
+      snapshot.time = clock_->Now();
+      snapshot.sequence = Sequence(1);
+      snapshot.snapshot = job;
+      if (IsTerminal(job.state)) {
+        watcher->OnJobEvent(snapshot);
+        JobEvent result;
+        result.kind = JobEvent::Kind::kResult;
+        result.job_id = job_id;
+        result.time = snapshot.time;
+        result.sequence = Sequence(2);
+        if (job.result.has_value()) result.result = *job.result;
+        watcher->OnJobEvent(result);
+        return 0;
+      }
+      it = jobs_.emplace(job_id, Followed{job, 0, {}}).first;
+    }
+    Followed& followed = it->second;
     JobEvent snapshot;
     snapshot.kind = JobEvent::Kind::kSnapshot;
     snapshot.job_id = job_id;
     snapshot.time = clock_->Now();
-    snapshot.sequence = Sequence(1);
-    snapshot.snapshot = *job;
-    if (IsTerminal(job->state)) {
-      watcher->OnJobEvent(snapshot);
-      JobEvent result;
-      result.kind = JobEvent::Kind::kResult;
-      result.job_id = job_id;
-      result.time = snapshot.time;
-      result.sequence = Sequence(2);
-      if (job->result.has_value()) result.result = *job->result;
-      watcher->OnJobEvent(result);
-      return 0;
-    }
-    it = jobs_.emplace(job_id, Followed{*job, 0, {}}).first;
+    snapshot.sequence = Sequence(followed.sequence);
+    snapshot.snapshot = followed.job;
+    watcher->OnJobEvent(snapshot);
+    uint64_t token = next_token_++;
+    followed.watchers[token] = watcher;
+    return token;
   }
-  Followed& followed = it->second;
-  JobEvent snapshot;
-  snapshot.kind = JobEvent::Kind::kSnapshot;
-  snapshot.job_id = job_id;
-  snapshot.time = clock_->Now();
-  snapshot.sequence = Sequence(followed.sequence);
-  snapshot.snapshot = followed.job;
-  watcher->OnJobEvent(snapshot);
-  uint64_t token = next_token_++;
-  followed.watchers[token] = watcher;
-  return token;
 }
 
 void JobEventHub::Unsubscribe(const std::string& job_id, uint64_t token) {
@@ -142,6 +162,7 @@ void JobEventHub::PublishStoredChange(const Job& stored) {
     if (stored.result.has_value()) event.result = *stored.result;
     tell_watchers(event);
     jobs_.erase(it);
+    ++streams_ended_;
   }
 }
 
@@ -151,6 +172,7 @@ void JobEventHub::PublishStoredGone(const std::string& job_id) {
   if (it == jobs_.end()) return;
   for (const auto& [token, watcher] : it->second.watchers) watcher->OnJobGone(job_id);
   jobs_.erase(it);
+  ++streams_ended_;
 }
 
 int JobEventHub::WatcherCount(const std::string& job_id) {

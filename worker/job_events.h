@@ -82,7 +82,8 @@ class JobEventHub {
 
   // Subscribes `watcher` to `job_id` and delivers the snapshot at once. If
   // the hub does not follow the job yet, `load` reads it (e.g. from the job
-  // store). A finished job's snapshot is followed by its result and no
+  // store), without the hub's lock: a store slow to answer holds up neither
+  // publishing nor Unsubscribe (which gRPC threads call). A finished job's snapshot is followed by its result and no
   // subscription is kept (returns 0). Otherwise returns a token for
   // Unsubscribe.
   absl::StatusOr<uint64_t> Subscribe(const std::string& job_id,
@@ -134,6 +135,10 @@ class JobEventHub {
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<JobWatcher*> observers_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  // Counts the streams ended (results published, jobs gone): a Subscribe
+  // that read a job from the store without mu_ tries again if one ended
+  // meanwhile, since it may have been that job's.
+  uint64_t streams_ended_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace quantd::worker

@@ -1406,6 +1406,48 @@ TEST(JobEventHubTest, SequencesKeepIncreasingAcrossServerStarts) {
   EXPECT_GT(resumed.events[1].sequence, last_seen);  // WatchJob would not skip it
 }
 
+// The store read of a job the hub does not follow runs without the hub's
+// lock: a store busy for seconds held up every publish, and Unsubscribe on
+// gRPC's threads. A result published during the read (this process finished
+// the job) makes it read again, so the watch is not left on a stale RUNNING.
+TEST(JobEventHubTest, SubscribeReadsTheStoreWithoutTheHubsLock) {
+  FakeClock clock;
+  JobEventHub hub(&clock);
+  Job job = NewJob("j", 1);
+  job.state = JobState::kRunning;
+  int loads = 0;
+  bool others_went_on = false;
+  auto load = [&]() -> absl::StatusOr<Job> {
+    ++loads;
+    if (loads == 1) {
+      absl::Notification answered;
+      std::thread other([&] {
+        (void)hub.WatcherCount("another-job");  // takes the hub's lock
+        answered.Notify();
+      });
+      others_went_on = answered.WaitForNotificationWithTimeout(absl::Seconds(10));
+      other.join();
+      Job finished = job;
+      finished.state = JobState::kSucceeded;
+      hub.PublishOutcome(finished);  // the job ends here while it is read
+      return job;                    // what the store said before that
+    }
+    Job finished = job;
+    finished.state = JobState::kSucceeded;
+    return finished;
+  };
+  RecordingWatcher watcher;
+  absl::StatusOr<uint64_t> token = hub.Subscribe("j", load, &watcher);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_TRUE(others_went_on) << "the hub's lock was held while the store was read";
+  EXPECT_EQ(loads, 2);
+  EXPECT_EQ(*token, 0u);  // finished: no subscription kept
+  ASSERT_EQ(watcher.events.size(), 2u);
+  EXPECT_EQ(watcher.events[0].snapshot.state, JobState::kSucceeded);
+  EXPECT_EQ(watcher.events[1].kind, JobEvent::Kind::kResult);
+  EXPECT_EQ(hub.WatcherCount("j"), 0);
+}
+
 TEST(JobEventHubTest, LateWatcherGetsSnapshotFirstThenEvents) {
   FakeClock clock;
   JobEventHub hub(&clock);
