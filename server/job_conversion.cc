@@ -799,6 +799,7 @@ void ToProto(const worker::Evaluation& e, v1::Evaluation* out) {
     case worker::EvaluationState::kRunning: out->set_state(v1::EVALUATION_STATE_RUNNING); break;
     case worker::EvaluationState::kSucceeded: out->set_state(v1::EVALUATION_STATE_SUCCEEDED); break;
     case worker::EvaluationState::kFailed: out->set_state(v1::EVALUATION_STATE_FAILED); break;
+    case worker::EvaluationState::kCancelled: out->set_state(v1::EVALUATION_STATE_CANCELLED); break;
   }
   out->set_model_name(e.spec.model_name);
   out->set_model_version(e.spec.model_version);
@@ -806,7 +807,7 @@ void ToProto(const worker::Evaluation& e, v1::Evaluation* out) {
   if (e.finish_time.has_value()) *out->mutable_finish_time() = ToTimestamp(*e.finish_time);
   out->set_samples_done(static_cast<uint64_t>(e.samples_done));
   out->set_samples_total(static_cast<uint64_t>(e.samples_total));
-  if (e.state == worker::EvaluationState::kFailed) {
+  if (e.state == worker::EvaluationState::kFailed || e.state == worker::EvaluationState::kCancelled) {
     out->set_error_code(absl::StatusCodeToString(e.error_code));
     out->set_error(e.error_message);
   }

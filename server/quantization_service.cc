@@ -922,6 +922,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(grpc::CallbackServer
                    const worker::BlobStore::Use blobs_in_use(*deps_.blobs);
                    absl::StatusOr<worker::EvaluationSpec> spec = EvaluationSpecFromRequest(*request, resolver_);
                    if (!spec.ok()) return Audited(context, caller, "Evaluate", request->model_name(), spec.status());
+                   spec->owner = caller.name;
                    absl::StatusOr<worker::Evaluation> started = deps_.evaluator->Start(*std::move(spec));
                    if (!started.ok())
                      return Audited(context, caller, "Evaluate", request->model_name(), started.status());
@@ -939,6 +940,36 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::GetEvaluation(grpc::CallbackS
     ToProto(evaluation, response);
     return absl::OkStatus();
   });
+}
+
+grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelEvaluation(grpc::CallbackServerContext* context,
+                                                                    const v1::CancelEvaluationRequest* request,
+                                                                    v1::Evaluation* response) {
+  return Offload(
+      context, "CancelEvaluation", Role::kSubmit,
+      [this, context, request, response](Principal caller) -> absl::Status {
+        auto audited = [&](const absl::Status& status) {
+          return Audited(context, caller, "CancelEvaluation", request->id(), status);
+        };
+        if (absl::Status status = RequireId(request->id()); !status.ok()) return audited(status);
+        if (request->reason().size() > 1024) {
+          return audited(absl::InvalidArgumentError(absl::StrCat("reason: ", request->reason().size(),
+                                                                 " bytes, at most 1024")));
+        }
+        // As CancelJob: one submitter may not stop another's evaluation.
+        if (caller.role < Role::kAdmin) {
+          absl::StatusOr<worker::Evaluation> stored = deps_.evaluator->Get(request->id());
+          if (!stored.ok()) return audited(stored.status());
+          if (!stored->spec.owner.empty() && stored->spec.owner != caller.name) {
+            return audited(absl::PermissionDeniedError(
+                absl::StrCat("CancelEvaluation: evaluation ", request->id(), " was started by \"", stored->spec.owner,
+                             "\"; only who started it or an admin may cancel it")));
+          }
+        }
+        absl::StatusOr<worker::Evaluation> evaluation = deps_.evaluator->Cancel(request->id(), request->reason());
+        if (evaluation.ok()) ToProto(*evaluation, response);
+        return audited(evaluation.status());
+      });
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,

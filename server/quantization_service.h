@@ -106,6 +106,9 @@ class QuantizationServiceImpl final
                                      v1::Evaluation* response) override;
   grpc::ServerUnaryReactor* GetEvaluation(grpc::CallbackServerContext* context,
                                           const v1::GetEvaluationRequest* request, v1::Evaluation* response) override;
+  grpc::ServerUnaryReactor* CancelEvaluation(grpc::CallbackServerContext* context,
+                                             const v1::CancelEvaluationRequest* request,
+                                             v1::Evaluation* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;

@@ -79,6 +79,7 @@ JobStore::EvaluationIndex IndexOf(const Evaluation& e) {
     index.succeeded = e.finish_time.value_or(e.update_time);
     index.has_fp32 = e.report->fp32.has_value();
   }
+  index.finished = e.state != EvaluationState::kRunning;
   return index;
 }
 
@@ -89,6 +90,7 @@ const char* EvaluationStateName(EvaluationState state) {
     case EvaluationState::kRunning: return "RUNNING";
     case EvaluationState::kSucceeded: return "SUCCEEDED";
     case EvaluationState::kFailed: return "FAILED";
+    case EvaluationState::kCancelled: return "CANCELLED";
   }
   return "RUNNING";
 }
@@ -101,6 +103,7 @@ std::string EncodeEvaluation(const Evaluation& e) {
             {"max_samples", e.spec.max_samples},
             {"batch_size", e.spec.batch_size},
             {"skip_fp32", e.spec.skip_fp32},
+            {"owner", e.spec.owner},
             {"state", static_cast<int>(e.state)},
             {"create_us", absl::ToUnixMicros(e.create_time)},
             {"update_us", absl::ToUnixMicros(e.update_time)},
@@ -138,6 +141,7 @@ absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text) {
     e.spec.max_samples = j.at("max_samples").get<int64_t>();
     e.spec.batch_size = j.at("batch_size").get<int64_t>();
     e.spec.skip_fp32 = j.at("skip_fp32").get<bool>();
+    if (j.contains("owner")) e.spec.owner = j.at("owner").get<std::string>();  // older records have none
     e.state = static_cast<EvaluationState>(j.at("state").get<int>());
     e.create_time = absl::FromUnixMicros(j.at("create_us").get<int64_t>());
     e.update_time = absl::FromUnixMicros(j.at("update_us").get<int64_t>());
@@ -375,6 +379,31 @@ absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
   return evaluation;
 }
 
+absl::StatusOr<Evaluation> Evaluator::Cancel(const std::string& id, const std::string& reason) {
+  QUANTD_ASSIGN_OR_RETURN(Evaluation evaluation, Get(id));
+  if (evaluation.state != EvaluationState::kRunning) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("evaluation ", id, " has already finished (", EvaluationStateName(evaluation.state), ")"));
+  }
+  bool here = false;
+  {
+    absl::MutexLock lock(&mu_);
+    here = running_.count(id) > 0;
+    if (here) cancelled_.emplace(id, reason);  // the first reason stays
+  }
+  // Through the store too: another server may run it, and this one may stop.
+  const absl::Status requested = store_->RequestEvaluationCancel(id, reason);
+  if (!requested.ok() && !here) return requested;
+  return evaluation;
+}
+
+std::optional<std::string> Evaluator::CancelledHere(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = cancelled_.find(id);
+  if (it == cancelled_.end()) return std::nullopt;
+  return it->second;
+}
+
 void Evaluator::Shutdown() {
   std::vector<Worker> workers;
   {
@@ -417,12 +446,14 @@ void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> 
     evaluation.state = EvaluationState::kSucceeded;
     evaluation.report = std::move(*report);
   } else {
-    evaluation.state = EvaluationState::kFailed;
+    const bool cancelled = report.status().code() == absl::StatusCode::kCancelled;
+    evaluation.state = cancelled ? EvaluationState::kCancelled : EvaluationState::kFailed;
     evaluation.error_code = report.status().code();
     evaluation.error_message = std::string(report.status().message());
   }
   const bool stored = Store(evaluation);
   absl::MutexLock lock(&mu_);
+  cancelled_.erase(evaluation.id);
   // Not stored: kept here, or its report would be lost, and the stale
   // RUNNING record read as a stopped server's.
   if (!stored) unstored_[evaluation.id] = evaluation;
@@ -433,6 +464,20 @@ void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> 
 absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, engine::ImageReader& reader) {
   const EvaluationSpec& spec = evaluation->spec;
   const absl::Status stopped = absl::UnavailableError("the server stopped during the evaluation; evaluate again");
+  // A cancel asked here, or (polled with each progress write) through the
+  // store by any server.
+  auto cancelled = [&]() -> std::optional<absl::Status> {
+    std::optional<std::string> reason = CancelledHere(evaluation->id);
+    if (!reason.has_value()) return std::nullopt;
+    return absl::CancelledError(reason->empty() ? "cancelled" : absl::StrCat("cancelled: ", *reason));
+  };
+  auto poll_store = [&] {
+    absl::StatusOr<std::optional<std::string>> requested = store_->CancelRequest(evaluation->id);
+    if (requested.ok() && requested->has_value()) {
+      absl::MutexLock lock(&mu_);
+      cancelled_.emplace(evaluation->id, **requested);
+    }
+  };
   QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const LoadedModel> int8, models_->Load(spec.model_name, spec.model_version));
   // A load may take a while (another caller's, a large model): other servers
   // reading the record must not take this one for stopped meanwhile.
@@ -470,8 +515,10 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
   absl::Time last_write = interval_clock_->Now();
   evaluation->update_time = clock_->Now();
   Store(*evaluation);
+  poll_store();  // asked elsewhere while the models loaded
   for (int64_t start = 0; start < evaluation->samples_total; start += spec.batch_size) {
     if (stopping_) return stopped;
+    if (std::optional<absl::Status> status = cancelled()) return *status;
     const int64_t count = std::min(spec.batch_size, evaluation->samples_total - start);
     QUANTD_ASSIGN_OR_RETURN(engine::ImageBatch batch, reader.Read(start, count));
     // Copied before the clock starts: each column's time is its pass only.
@@ -492,6 +539,7 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
       evaluation->update_time = clock_->Now();
       Store(*evaluation);
       last_write = t2;
+      poll_store();
     }
   }
   EvaluationReport report = accumulator.Finish();

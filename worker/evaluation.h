@@ -34,7 +34,7 @@
 
 namespace quantd::worker {
 
-enum class EvaluationState { kRunning = 1, kSucceeded = 2, kFailed = 3 };
+enum class EvaluationState { kRunning = 1, kSucceeded = 2, kFailed = 3, kCancelled = 4 };
 const char* EvaluationStateName(EvaluationState state);
 
 struct EvaluationSpec {
@@ -44,6 +44,7 @@ struct EvaluationSpec {
   int64_t max_samples = 0;  // 0 = all
   int64_t batch_size = 256;
   bool skip_fp32 = false;
+  std::string owner;  // the caller's token name, who (with admins) may cancel it
 };
 
 struct PrecisionResult {
@@ -149,6 +150,11 @@ class Evaluator {
   absl::StatusOr<Evaluation> Start(EvaluationSpec spec);
   // From the store, by any server on it. NOT_FOUND for an unknown id.
   absl::StatusOr<Evaluation> Get(const std::string& id);
+  // Asks a running evaluation to stop, wherever it runs (through the store;
+  // here at once): it ends CANCELLED at its next batch. Returns its record
+  // as it was; NOT_FOUND for an unknown id, FAILED_PRECONDITION for one that
+  // has finished.
+  absl::StatusOr<Evaluation> Cancel(const std::string& id, const std::string& reason);
   // Stops running evaluations (stored as FAILED, UNAVAILABLE: the server
   // stopped) and joins their threads. Idempotent.
   void Shutdown();
@@ -171,6 +177,10 @@ class Evaluator {
   // Ids of the evaluations this server runs: never stale, however long a
   // model load or a batch takes.
   std::set<std::string> running_ ABSL_GUARDED_BY(mu_);
+  // Cancels of evaluations running here: id -> reason.
+  std::map<std::string, std::string> cancelled_ ABSL_GUARDED_BY(mu_);
+  // The reason of a cancel of `id` asked here, if any.
+  std::optional<std::string> CancelledHere(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   // Finished evaluations whose final record the store refused (a full disk):
   // answered from here, and written again at each Get until it takes.

@@ -79,7 +79,12 @@ class JobStore {
   // the job is not RUNNING.
   virtual absl::Status RequestCancel(const std::string& id, const std::string& reason) = 0;
   // The reason given with a pending cancel request; nullopt if there is none.
+  // Also for evaluations (RequestEvaluationCancel).
   virtual absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) = 0;
+  // Records a request to cancel a stored evaluation, for whichever process
+  // runs it (it polls CancelRequest); cleared when a finished record of it is
+  // put. NOT_FOUND if there is no such evaluation.
+  virtual absl::Status RequestEvaluationCancel(const std::string& id, const std::string& reason) = 0;
   // 1 the first time, then one more on each call, durably: numbers each
   // start of a server on this store (WatchJob sequences build on it).
   virtual absl::StatusOr<uint64_t> NextGeneration() = 0;
@@ -129,6 +134,7 @@ class JobStore {
     int64_t model_version = 0;
     std::optional<absl::Time> succeeded;  // set once the evaluation has succeeded
     bool has_fp32 = false;                // its report has an FP32 column
+    bool finished = false;                // no longer running (its cancel request goes)
   };
   virtual absl::Status PutEvaluation(const std::string& id, const std::string& record,
                                      const EvaluationIndex& index) = 0;

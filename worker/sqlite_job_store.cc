@@ -553,6 +553,18 @@ absl::Status SqliteJobStore::RequestCancel(const std::string& id, const std::str
   return absl::OkStatus();
 }
 
+absl::Status SqliteJobStore::RequestEvaluationCancel(const std::string& id, const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "INSERT OR REPLACE INTO cancel_requests (id, reason) "
+         "SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM evaluations WHERE id = ?1)");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id).Bind(2, reason);
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  if (sqlite3_changes(db_) != 1) return absl::NotFoundError(absl::StrCat("no evaluation ", id));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::optional<std::string>> SqliteJobStore::CancelRequest(const std::string& id) {
   absl::MutexLock lock(&mu_);
   Stmt s(db_, "SELECT reason FROM cancel_requests WHERE id = ?1");
@@ -836,7 +848,8 @@ absl::Status SqliteJobStore::PutEvaluation(const std::string& id, const std::str
   s.Bind(1, id).Bind(2, record).Bind(3, index.model_name).Bind(4, index.model_version);
   if (index.succeeded.has_value()) s.Bind(5, ToUs(*index.succeeded)); else s.BindNull(5);
   s.Bind(6, int64_t{index.has_fp32 ? 1 : 0});
-  return s.Step().status();
+  QUANTD_RETURN_IF_ERROR(s.Step().status());
+  return index.finished ? ClearCancelRequestLocked(id) : absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::LatestEvaluations() {

@@ -36,6 +36,7 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<std::optional<std::string>> Release(const std::string& id, uint32_t attempt) override;
   absl::Status RequestCancel(const std::string& id, const std::string& reason) override;
   absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) override;
+  absl::Status RequestEvaluationCancel(const std::string& id, const std::string& reason) override;
   absl::StatusOr<Job> CancelQueued(const std::string& id, const std::string& reason,
                                    absl::Time now) override;
   absl::StatusOr<uint64_t> NextGeneration() override;

@@ -404,6 +404,26 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
   EXPECT_THAT(*(*store)->ActiveJobsUsing("/c.bin"), ::testing::ElementsAre("queued"));
 }
 
+// A cancel of an evaluation goes through the store, for whichever server
+// runs it; a finished record clears it.
+TEST(SqliteJobStoreTest, EvaluationCancelRequestsLastUntilTheEvaluationFinishes) {
+  auto store = SqliteJobStore::Open(TempDir("evaluation_cancel") + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->RequestEvaluationCancel("eval-nope", "x").code(), absl::StatusCode::kNotFound);
+  JobStore::EvaluationIndex running;
+  running.model_name = "resnet8";
+  ASSERT_TRUE((*store)->PutEvaluation("eval-1", "{}", running).ok());
+  EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::nullopt);
+  ASSERT_TRUE((*store)->RequestEvaluationCancel("eval-1", "wrong dataset").ok());
+  EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::optional<std::string>("wrong dataset"));
+  ASSERT_TRUE((*store)->PutEvaluation("eval-1", "{}", running).ok());  // progress: still asked
+  EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::optional<std::string>("wrong dataset"));
+  JobStore::EvaluationIndex finished = running;
+  finished.finished = true;
+  ASSERT_TRUE((*store)->PutEvaluation("eval-1", "{}", finished).ok());
+  EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::nullopt);
+}
+
 TEST(SqliteJobStoreTest, LatestEvaluationsAreEachVersionsNewestSucceededAndNewestWithFp32) {
   const std::string path = TempDir("evaluations") + "/jobs.db";
   {  // A store from before evaluations were indexed, with one record.

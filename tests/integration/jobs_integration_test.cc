@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "inference/grpc_predict_v2.grpc.pb.h"
+#include "quantd/v1/quantd.grpc.pb.h"
 #include "tests/integration/test_util/subprocess.h"
 
 namespace quantd {
@@ -997,6 +998,41 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     RunResult missing = quantd.Ctl({"eval", "resnet8:9", absl::StrCat("--data=", kTest)});
     EXPECT_NE(missing.exit_code, 0);
     EXPECT_THAT(missing.err, HasSubstr("no version 9"));
+
+    // A long evaluation started by mistake is cancelled (it held one of the
+    // server's evaluation slots to the end): CANCELLED at its next batch,
+    // with the reason; cancelling it again is FAILED_PRECONDITION.
+    auto quantd_stub = v1::QuantizationService::NewStub(channel);
+    v1::EvaluateRequest long_one;
+    long_one.set_model_name("resnet8");
+    long_one.mutable_dataset()->set_path(kTest);
+    long_one.mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+    long_one.set_batch_size(1);
+    v1::Evaluation started;
+    {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      ASSERT_TRUE(quantd_stub->Evaluate(&context, long_one, &started).ok());
+    }
+    RunResult cancel = quantd.Ctl({"cancel", started.id(), "--reason=wrong dataset"});
+    ASSERT_EQ(cancel.exit_code, 0) << cancel.out << cancel.err;
+    EXPECT_THAT(cancel.out, HasSubstr("cancel requested"));
+    RunResult followed = quantd.Ctl({"eval", "--id=" + started.id()});
+    EXPECT_EQ(followed.exit_code, 1);
+    EXPECT_THAT(followed.err, HasSubstr("CANCELLED: cancelled: wrong dataset")) << followed.err;
+    v1::Evaluation ended;
+    {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      v1::GetEvaluationRequest get;
+      get.set_id(started.id());
+      ASSERT_TRUE(quantd_stub->GetEvaluation(&context, get, &ended).ok());
+    }
+    EXPECT_EQ(ended.state(), v1::EVALUATION_STATE_CANCELLED);
+    EXPECT_LT(ended.samples_done(), ended.samples_total());
+    RunResult cancelled_again = quantd.Ctl({"cancel", started.id()});
+    EXPECT_EQ(cancelled_again.exit_code, 1);
+    EXPECT_THAT(cancelled_again.err, HasSubstr("code 9"));
   }
   {  // quantctl infer: images from a local file, top K with class names.
     RunResult infer = quantd.Ctl({"infer", "resnet8", "--data=" + std::string(FIXTURES_DIR) + "/cifar10/test_batch.bin",

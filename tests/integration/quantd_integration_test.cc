@@ -159,7 +159,7 @@ TEST_F(QuantdIntegrationTest, ThirdPartyReflectionClientSeesTheApi) {
               IsSupersetOf({"QuantizeJob", "GetJob", "ListJobs", "WatchJob", "CancelJob",
                             "DeleteJob", "UploadModel", "UploadDataset", "GetArtifact",
                             "ListArtifacts", "DownloadArtifact", "ListModels", "DeleteModelVersion",
-                            "Evaluate"}));
+                            "Evaluate", "GetEvaluation", "CancelEvaluation"}));
   EXPECT_EQ(report["quantize_job"]["request_type"], "quantd.v1.QuantizeJobRequest");
   EXPECT_EQ(report["quantize_job"]["response_type"], "quantd.v1.Job");
   EXPECT_THAT(report["quantize_job"]["request_fields"].get<std::vector<std::string>>(),

@@ -53,6 +53,9 @@ class ForwardingJobStore : public JobStore {
   absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) override {
     return real_->CancelRequest(id);
   }
+  absl::Status RequestEvaluationCancel(const std::string& id, const std::string& reason) override {
+    return real_->RequestEvaluationCancel(id, reason);
+  }
   absl::StatusOr<uint64_t> NextGeneration() override { return real_->NextGeneration(); }
   absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) override {
     return real_->PinArtifact(id, attempt, artifact_id);
