@@ -119,6 +119,12 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   absl::Time phase_start = clock_->Now();
   bool deadline_hit = false;
   std::optional<std::string> cancel_requested;  // the reason, when requested through the store
+  // Once the job was recovered by another process (or by this one, as a new
+  // attempt), its events are that attempt's: this one's would mix in, and
+  // one after the new attempt's result would reopen its closed stream.
+  auto publish = [&](const JobEvent& event) {
+    if (!stop->lease_lost.load()) events_->Publish(job, event);
+  };
 
   auto enter_phase = [&](JobPhase phase) {
     const absl::Time now = clock_->Now();
@@ -128,7 +134,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       JobEvent event;
       event.kind = JobEvent::Kind::kPhaseFinished;
       event.phase = timing;
-      events_->Publish(job, event);
+      publish(event);
     }
     current = phase;
     phase_start = now;
@@ -138,7 +144,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     JobEvent event;
     event.kind = JobEvent::Kind::kPhaseStarted;
     event.phase.phase = phase;
-    events_->Publish(job, event);
+    publish(event);
   };
 
   // The store keeps references (input_locator.h); the engine reads this
@@ -156,7 +162,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       event.batches_done = progress.batches_done;
       event.batches_total = progress.batches_total;
       event.samples_done = progress.batches_done * job.spec.batch_size;
-      events_->Publish(job, event);
+      publish(event);
     }
     if (phase == JobPhase::kTuning && progress.trial != nullptr) {
       JobEvent event;
@@ -164,7 +170,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       event.trial = *progress.trial;
       event.batches_done = progress.batches_done;
       event.batches_total = progress.batches_total;
-      events_->Publish(job, event);
+      publish(event);
     }
     if (stop->cancelled.load() || stop->shutting_down.load() || stop->lease_lost.load()) return false;
     // A cancel requested through the store, possibly by another server process.

@@ -1246,6 +1246,27 @@ TEST_F(WorkerPoolTest, ACancelAcknowledgedWhileTheArtifactIsStoredIsTheJobsOutco
   EXPECT_EQ(*store_->CancelRequest(job.id), std::nullopt);
 }
 
+// A runner whose job was recovered (its lease lost) publishes nothing more:
+// its phase and progress events mixed into the new attempt's stream, and one
+// after that attempt's result reopened the closed stream as RUNNING.
+TEST_F(WorkerPoolTest, ARunnerThatLostItsLeasePublishesNoMoreEvents) {
+  FakeClock clock;
+  JobEventHub events(&clock);
+  JobRunner runner(store_.get(), artifacts_.get(), &engine_, &events, &clock);
+  Job job = NewJob("m");
+  job.id = "job-lost";
+  ASSERT_TRUE(store_->Create(job, 10).ok());
+  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(clock.Now(), "host-a:/data", absl::Hours(10));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  CountingWatcher watcher;
+  ASSERT_TRUE(events.Subscribe(job.id, [&]() -> absl::StatusOr<Job> { return **claimed; }, &watcher).ok());
+  StopSignals stop;
+  stop.lease_lost.store(true);  // recovered elsewhere before the runner got going
+  runner.Run(**claimed, absl::InfiniteFuture(), &stop);
+  EXPECT_EQ(watcher.Count(JobEvent::Kind::kPhaseStarted), 0);
+  EXPECT_EQ(watcher.Count(JobEvent::Kind::kCalibrationProgress), 0);
+}
+
 // CancelJob on this server while the store could not record the request
 // (busy past its timeout): the job is cancelled here only, and the client
 // was told so. The store has no cancel row to refuse the success with, so
