@@ -72,9 +72,9 @@ int CommandContext::UsageError(const std::string& message) const {
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command>* commands = new std::vector<Command>{
-      {"artifacts", "[ARTIFACT_ID] [--job=JOB_ID] [--page_size=N] [--page_token=T]",
+      {"artifacts", "[ARTIFACT_ID] [--job=JOB_ID]",
        "list int8 artifacts, newest first, or show one", &RunArtifacts,
-       "[ARTIFACT_ID] [--job=JOB_ID] [--page_token=T]"},
+       "[ARTIFACT_ID] [--job=JOB_ID] [--page_size=N] [--page_token=T]"},
       {"blobs", "[BLOB_ID] | delete BLOB_ID",
        "list uploaded blobs (with the jobs using them), show one, or delete one", &RunBlobs,
        "[BLOB_ID] [--page_token=T] | delete BLOB_ID"},

@@ -522,8 +522,12 @@ int FollowEvaluation(const CommandContext& context, v1::QuantizationService::Stu
     v1::Evaluation polled;
     grpc::Status status = stub.GetEvaluation(&call, get, &polled);
     if (!status.ok()) {
+      // As FollowJob: a server away, slow, busy (its RPC queue is full) or
+      // stopping (it cancels calls that reach it meanwhile).
       const bool server_away = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                               status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+                               status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                               status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+                               status.error_code() == grpc::StatusCode::CANCELLED;
       const absl::Time now = absl::Now();
       if (!server_away || (broken_since != absl::InfiniteFuture() && now - broken_since > reconnect_window)) {
         if (terminal) *context.out << "\n";
@@ -566,8 +570,9 @@ int FollowEvaluation(const CommandContext& context, v1::QuantizationService::Stu
   if (terminal) *context.out << "\r\033[K";
   if (evaluation.state() != v1::EVALUATION_STATE_SUCCEEDED) {
     if (context.options.json) context.Print(evaluation, "");
-    *context.err << "quantctl: evaluation " << evaluation.id() << " failed: " << evaluation.error_code() << ": "
-                 << evaluation.error() << "\n";
+    *context.err << "quantctl: evaluation " << evaluation.id()
+                 << (evaluation.state() == v1::EVALUATION_STATE_CANCELLED ? " was cancelled: " : " failed: ")
+                 << evaluation.error_code() << ": " << evaluation.error() << "\n";
     return kExitFailure;
   }
   context.Print(evaluation, EvaluationText(evaluation));

@@ -92,7 +92,8 @@ int FollowJob(const CommandContext& context, const std::string& job_id, absl::Du
 // Polls `evaluation` until it ends (a live line on a terminal, a plain one
 // every few seconds on a pipe), then prints its report. A server that stops
 // answering (UNAVAILABLE, DEADLINE_EXCEEDED) is asked again while it comes
-// back within `reconnect_window`: the evaluation runs on without the client.
+// back within `reconnect_window` (or answers RESOURCE_EXHAUSTED or CANCELLED:
+// busy, or stopping): the evaluation runs on without the client.
 int FollowEvaluation(const CommandContext& context, v1::QuantizationService::StubInterface& stub,
                      v1::Evaluation evaluation, absl::Duration reconnect_window);
 

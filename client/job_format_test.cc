@@ -131,19 +131,28 @@ v1::JobEvent Result(uint64_t sequence) {
   return event;
 }
 
+// A server with `service` only, and a quantctl context on it writing to
+// `out` and `err`.
+std::unique_ptr<grpc::Server> StartScripted(grpc::Service* service) {
+  grpc::ServerBuilder builder;
+  builder.RegisterService(service);
+  return builder.BuildAndStart();
+}
+CommandContext ContextOn(grpc::Server& server, std::ostream* out, std::ostream* err) {
+  CommandContext context;
+  context.channel = server.InProcessChannel(grpc::ChannelArguments());
+  context.out = out;
+  context.err = err;
+  return context;
+}
+
 class FollowJobTest : public ::testing::Test {
  protected:
   // Runs FollowJob against `script`; returns its exit code.
   int Follow(std::vector<ScriptedWatch::Call> script, absl::Duration reconnect_window, bool job_exists = false) {
     service_ = std::make_unique<ScriptedWatch>(std::move(script));
-    grpc::ServerBuilder builder;
-    builder.RegisterService(service_.get());
-    server_ = builder.BuildAndStart();
-    CommandContext context;
-    context.channel = server_->InProcessChannel(grpc::ChannelArguments());
-    context.out = &out_;
-    context.err = &err_;
-    const int rc = FollowJob(context, "job-1", reconnect_window, job_exists);
+    server_ = StartScripted(service_.get());
+    const int rc = FollowJob(ContextOn(*server_, &out_, &err_), "job-1", reconnect_window, job_exists);
     server_->Shutdown();
     return rc;
   }
@@ -264,13 +273,8 @@ class FollowEvaluationTest : public ::testing::Test {
  protected:
   int Follow(std::vector<grpc::Status> answers, absl::Duration reconnect_window) {
     service_ = std::make_unique<ScriptedEvaluation>(std::move(answers));
-    grpc::ServerBuilder builder;
-    builder.RegisterService(service_.get());
-    server_ = builder.BuildAndStart();
-    CommandContext context;
-    context.channel = server_->InProcessChannel(grpc::ChannelArguments());
-    context.out = &out_;
-    context.err = &err_;
+    server_ = StartScripted(service_.get());
+    const CommandContext context = ContextOn(*server_, &out_, &err_);
     auto stub = v1::QuantizationService::NewStub(context.channel);
     v1::Evaluation running;
     running.set_id("eval-1");
@@ -288,10 +292,12 @@ class FollowEvaluationTest : public ::testing::Test {
 // failure while the evaluation ran on.
 TEST_F(FollowEvaluationTest, APollThatFailsOnTheWayIsAskedAgain) {
   const int rc = Follow({grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection refused"),
-                         grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "slow"), grpc::Status::OK},
+                         grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "slow"),
+                         grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "--rpc_queue_capacity"),
+                         grpc::Status::OK},
                         absl::Minutes(5));
   EXPECT_EQ(rc, kExitOk) << err_.str();
-  EXPECT_EQ(service_->calls_made.load(), 3);
+  EXPECT_EQ(service_->calls_made.load(), 4);
   EXPECT_THAT(err_.str(), HasSubstr("it runs on, asking again"));
   EXPECT_THAT(out_.str(), HasSubstr("evaluation eval-1"));
 }

@@ -33,6 +33,7 @@
 #include "quantd/v1/quantd.grpc.pb.h"
 #include "server/cpu_budget.h"
 #include "worker/engine/quantizer.h"
+#include "worker/evaluation.h"
 
 namespace quantd {
 namespace {
@@ -1022,6 +1023,61 @@ TEST(ServerExecutorTest, AQueuedCallWhoseCallerWentAwayIsNotRun) {
   EXPECT_TRUE(status.ok()) << "the blob was deleted after its caller gave up: " << status.error_message();
   (*server)->Shutdown(absl::Seconds(5));
   std::filesystem::remove_all(options.data_dir);
+}
+
+// An evaluation belongs to whoever started it: another submitter may not
+// cancel it (an admin may). The cancel goes through the store, for the
+// server that runs it (here a record of another server's, still fresh).
+TEST(ServerEvaluationTest, OnlyWhoStartedAnEvaluationOrAnAdminMayCancelIt) {
+  const std::string dir = TempDir("cancel_evaluation");
+  std::filesystem::create_directories(dir);
+  const std::string alice = "alice-token-0123456789", bob = "bob-token-0123456789",
+                    root = "root-token-0123456789";
+  std::ofstream(dir + "/tokens") << "alice submit " << alice << "\nbob submit " << bob << "\nroot admin " << root
+                                 << "\n";
+  QuantdServer::Options options = LoopbackOptions(dir + "/data");
+  options.token_file = dir + "/tokens";
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  worker::Evaluation running;
+  running.id = "eval-alices";
+  running.spec.model_name = "resnet8";
+  running.spec.model_version = 1;
+  running.spec.owner = "alice";
+  running.create_time = running.update_time = absl::Now();
+  running.samples_total = 10000;
+  ASSERT_TRUE((*server)->pool().store().PutEvaluation(running.id, worker::EncodeEvaluation(running), {}).ok());
+  auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
+  auto cancel = [&](const std::string& token, const std::string& id, v1::Evaluation* evaluation) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    context.AddMetadata("authorization", "Bearer " + token);
+    v1::CancelEvaluationRequest request;
+    request.set_id(id);
+    request.set_reason("wrong dataset");
+    return stub->CancelEvaluation(&context, request, evaluation);
+  };
+  v1::Evaluation evaluation;
+  grpc::Status refused = cancel(bob, running.id, &evaluation);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("\"alice\""));
+  EXPECT_EQ(*(*server)->pool().store().CancelRequest(running.id), std::nullopt);
+  EXPECT_EQ(cancel(bob, "eval-nope", &evaluation).error_code(), grpc::StatusCode::NOT_FOUND);
+  for (const std::string& token : {alice, root}) {
+    grpc::Status ok = cancel(token, running.id, &evaluation);
+    ASSERT_TRUE(ok.ok()) << ok.error_message();
+    EXPECT_EQ(evaluation.state(), v1::EVALUATION_STATE_RUNNING);  // ends at its next batch, where it runs
+    EXPECT_EQ(*(*server)->pool().store().CancelRequest(running.id), std::optional<std::string>("wrong dataset"));
+  }
+  // Finished: FAILED_PRECONDITION, and no request left behind.
+  running.state = worker::EvaluationState::kSucceeded;
+  worker::JobStore::EvaluationIndex finished;
+  finished.finished = true;
+  ASSERT_TRUE((*server)->pool().store().PutEvaluation(running.id, worker::EncodeEvaluation(running), finished).ok());
+  EXPECT_EQ(cancel(alice, running.id, &evaluation).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(*(*server)->pool().store().CancelRequest(running.id), std::nullopt);
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(dir);
 }
 
 // Tokens are in memory: a call is admitted before it queues for the RPC

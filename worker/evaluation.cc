@@ -393,7 +393,8 @@ absl::StatusOr<Evaluation> Evaluator::Cancel(const std::string& id, const std::s
   }
   // Through the store too: another server may run it, and this one may stop.
   const absl::Status requested = store_->RequestEvaluationCancel(id, reason);
-  if (!requested.ok() && !here) return requested;
+  // Finished since Get looked (here too: its final record is stored).
+  if (!requested.ok() && (!here || requested.code() == absl::StatusCode::kFailedPrecondition)) return requested;
   return evaluation;
 }
 
@@ -485,6 +486,7 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
   Store(*evaluation);
   std::shared_ptr<const LoadedModel> fp32;
   if (!spec.skip_fp32) {
+    if (std::optional<absl::Status> status = cancelled()) return *status;
     if (stopping_) return stopped;
     QUANTD_ASSIGN_OR_RETURN(fp32, models_->Load(absl::StrCat(spec.model_name, ".fp32"), spec.model_version));
   }
@@ -517,8 +519,9 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
   Store(*evaluation);
   poll_store();  // asked elsewhere while the models loaded
   for (int64_t start = 0; start < evaluation->samples_total; start += spec.batch_size) {
-    if (stopping_) return stopped;
+    // A cancel first: one asked just before a shutdown is the outcome.
     if (std::optional<absl::Status> status = cancelled()) return *status;
+    if (stopping_) return stopped;
     const int64_t count = std::min(spec.batch_size, evaluation->samples_total - start);
     QUANTD_ASSIGN_OR_RETURN(engine::ImageBatch batch, reader.Read(start, count));
     // Copied before the clock starts: each column's time is its pass only.
@@ -528,6 +531,7 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
     const absl::Time t1 = interval_clock_->Now();
     std::optional<engine::ServingOutput> f;
     if (fp32 != nullptr) {
+      if (std::optional<absl::Status> status = cancelled()) return *status;
       if (stopping_) return stopped;
       QUANTD_ASSIGN_OR_RETURN(f, fp32->Run(std::move(batch.pixels), batch.count));
     }

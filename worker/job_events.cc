@@ -33,7 +33,7 @@ void JobEventHub::Publish(const Job& job, JobEvent event) {
   for (JobWatcher* observer : observers_) observer->OnJobEvent(event);
   if (event.kind == JobEvent::Kind::kResult) {
     jobs_.erase(job.id);
-    ++streams_ended_;
+    StreamEnded(job.id);
   }
 }
 
@@ -66,7 +66,7 @@ absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,
       // ended meanwhile (a result published here) may have been this job's,
       // and the read older than it: read again (a few times; past that, the
       // store sync corrects a stale snapshot within its period).
-      if (!loaded.has_value() || (streams_ended_ != ended_before_load && tries < 3)) {
+      if (!loaded.has_value() || (EndedSince(job_id, ended_before_load) && tries < 3)) {
         ended_before_load = streams_ended_;
         loaded.reset();
         continue;
@@ -104,6 +104,21 @@ absl::StatusOr<uint64_t> JobEventHub::Subscribe(const std::string& job_id,
     followed.watchers[token] = watcher;
     return token;
   }
+}
+
+void JobEventHub::StreamEnded(const std::string& job_id) {
+  recently_ended_.emplace_back(++streams_ended_, job_id);
+  if (recently_ended_.size() > kRecentlyEnded) recently_ended_.pop_front();
+}
+
+bool JobEventHub::EndedSince(const std::string& job_id, uint64_t count) const {
+  if (streams_ended_ == count) return false;
+  // Some that ended since are no longer kept: one of them may be this job.
+  if (recently_ended_.empty() || recently_ended_.front().first > count + 1) return true;
+  for (auto it = recently_ended_.rbegin(); it != recently_ended_.rend() && it->first > count; ++it) {
+    if (it->second == job_id) return true;
+  }
+  return false;
 }
 
 void JobEventHub::Unsubscribe(const std::string& job_id, uint64_t token) {
@@ -161,8 +176,8 @@ void JobEventHub::PublishStoredChange(const Job& stored) {
     event.kind = JobEvent::Kind::kResult;
     if (stored.result.has_value()) event.result = *stored.result;
     tell_watchers(event);
+    StreamEnded(it->first);
     jobs_.erase(it);
-    ++streams_ended_;
   }
 }
 
@@ -172,7 +187,7 @@ void JobEventHub::PublishStoredGone(const std::string& job_id) {
   if (it == jobs_.end()) return;
   for (const auto& [token, watcher] : it->second.watchers) watcher->OnJobGone(job_id);
   jobs_.erase(it);
-  ++streams_ended_;
+  StreamEnded(job_id);
 }
 
 int JobEventHub::WatcherCount(const std::string& job_id) {

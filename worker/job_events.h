@@ -6,6 +6,7 @@
 // with no gap and no reordering between the two (both happen under one lock).
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <string>
@@ -135,10 +136,15 @@ class JobEventHub {
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<JobWatcher*> observers_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  // Counts the streams ended (results published, jobs gone): a Subscribe
-  // that read a job from the store without mu_ tries again if one ended
-  // meanwhile, since it may have been that job's.
+  // The streams ended (results published, jobs gone), numbered, the last
+  // kRecentlyEnded kept: a Subscribe that read a job from the store without
+  // mu_ reads again if that job's ended meanwhile (or may have: the ones
+  // since its read were no longer all kept).
+  static constexpr size_t kRecentlyEnded = 1024;
+  void StreamEnded(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool EndedSince(const std::string& job_id, uint64_t count) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t streams_ended_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<std::pair<uint64_t, std::string>> recently_ended_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quantd::worker

@@ -244,7 +244,8 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
     const bool store_busy = pinned.code() == absl::StatusCode::kUnavailable ||
                             pinned.code() == absl::StatusCode::kResourceExhausted;
     std::optional<std::string> cancelled_at_stop;
-    if (store_busy && stop->shutting_down.load() && !stop->lease_lost.load()) {
+    // (Not one cancelled here: back in the queue it would run again.)
+    if (store_busy && stop->shutting_down.load() && !stop->lease_lost.load() && !stop->cancelled.load()) {
       // Stopping with the store still busy: back to the queue, to run again
       // at the next start, as an interrupted job does, not FAILED for it.
       absl::StatusOr<std::optional<std::string>> kept = ReleaseRetrying(job);

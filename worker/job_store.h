@@ -83,7 +83,8 @@ class JobStore {
   virtual absl::StatusOr<std::optional<std::string>> CancelRequest(const std::string& id) = 0;
   // Records a request to cancel a stored evaluation, for whichever process
   // runs it (it polls CancelRequest); cleared when a finished record of it is
-  // put. NOT_FOUND if there is no such evaluation.
+  // put. NOT_FOUND if there is no such evaluation, FAILED_PRECONDITION if its
+  // record is not RUNNING.
   virtual absl::Status RequestEvaluationCancel(const std::string& id, const std::string& reason) = 0;
   // 1 the first time, then one more on each call, durably: numbers each
   // start of a server on this store (WatchJob sequences build on it).

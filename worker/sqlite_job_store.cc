@@ -555,14 +555,22 @@ absl::Status SqliteJobStore::RequestCancel(const std::string& id, const std::str
 
 absl::Status SqliteJobStore::RequestEvaluationCancel(const std::string& id, const std::string& reason) {
   absl::MutexLock lock(&mu_);
+  // Only while its record says RUNNING (state 1 in the record's JSON): one
+  // that finished since the caller looked must not get a request that no
+  // final record will clear.
   Stmt s(db_,
-         "INSERT OR REPLACE INTO cancel_requests (id, reason) "
-         "SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM evaluations WHERE id = ?1)");
+         "INSERT OR REPLACE INTO cancel_requests (id, reason) SELECT ?1, ?2 WHERE EXISTS "
+         "(SELECT 1 FROM evaluations WHERE id = ?1 AND json_extract(record, '$.state') = 1)");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id).Bind(2, reason);
   QUANTD_RETURN_IF_ERROR(s.Step().status());
-  if (sqlite3_changes(db_) != 1) return absl::NotFoundError(absl::StrCat("no evaluation ", id));
-  return absl::OkStatus();
+  if (sqlite3_changes(db_) == 1) return absl::OkStatus();
+  Stmt exists(db_, "SELECT 1 FROM evaluations WHERE id = ?1");
+  QUANTD_RETURN_IF_ERROR(exists.status());
+  exists.Bind(1, id);
+  QUANTD_ASSIGN_OR_RETURN(bool row, exists.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no evaluation ", id));
+  return absl::FailedPreconditionError(absl::StrCat("evaluation ", id, " has finished"));
 }
 
 absl::StatusOr<std::optional<std::string>> SqliteJobStore::CancelRequest(const std::string& id) {

@@ -412,15 +412,19 @@ TEST(SqliteJobStoreTest, EvaluationCancelRequestsLastUntilTheEvaluationFinishes)
   EXPECT_EQ((*store)->RequestEvaluationCancel("eval-nope", "x").code(), absl::StatusCode::kNotFound);
   JobStore::EvaluationIndex running;
   running.model_name = "resnet8";
-  ASSERT_TRUE((*store)->PutEvaluation("eval-1", "{}", running).ok());
+  const std::string running_record = R"({"state": 1})";  // as EncodeEvaluation writes RUNNING
+  ASSERT_TRUE((*store)->PutEvaluation("eval-1", running_record, running).ok());
   EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::nullopt);
   ASSERT_TRUE((*store)->RequestEvaluationCancel("eval-1", "wrong dataset").ok());
   EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::optional<std::string>("wrong dataset"));
-  ASSERT_TRUE((*store)->PutEvaluation("eval-1", "{}", running).ok());  // progress: still asked
+  ASSERT_TRUE((*store)->PutEvaluation("eval-1", running_record, running).ok());  // progress: still asked
   EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::optional<std::string>("wrong dataset"));
   JobStore::EvaluationIndex finished = running;
   finished.finished = true;
-  ASSERT_TRUE((*store)->PutEvaluation("eval-1", "{}", finished).ok());
+  ASSERT_TRUE((*store)->PutEvaluation("eval-1", R"({"state": 2})", finished).ok());
+  EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::nullopt);
+  // Finished since the caller looked: no request that nothing would clear.
+  EXPECT_EQ((*store)->RequestEvaluationCancel("eval-1", "late").code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::nullopt);
 }
 
@@ -1466,6 +1470,25 @@ TEST(JobEventHubTest, SubscribeReadsTheStoreWithoutTheHubsLock) {
   EXPECT_EQ(watcher.events[0].snapshot.state, JobState::kSucceeded);
   EXPECT_EQ(watcher.events[1].kind, JobEvent::Kind::kResult);
   EXPECT_EQ(hub.WatcherCount("j"), 0);
+
+  // Another job's stream ending meanwhile is no reason to read again (on a
+  // busy server such ends used up the tries).
+  Job other = NewJob("other", 2);
+  other.state = JobState::kSucceeded;
+  Job k = NewJob("k", 3);
+  k.state = JobState::kRunning;
+  int k_loads = 0;
+  auto load_k = [&]() -> absl::StatusOr<Job> {
+    ++k_loads;
+    hub.PublishOutcome(other);
+    return k;
+  };
+  RecordingWatcher on_k;
+  absl::StatusOr<uint64_t> k_token = hub.Subscribe("k", load_k, &on_k);
+  ASSERT_TRUE(k_token.ok()) << k_token.status();
+  EXPECT_EQ(k_loads, 1);
+  EXPECT_NE(*k_token, 0u);
+  EXPECT_EQ(hub.WatcherCount("k"), 1);
 }
 
 TEST(JobEventHubTest, LateWatcherGetsSnapshotFirstThenEvents) {

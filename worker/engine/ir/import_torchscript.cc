@@ -72,7 +72,8 @@ OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
   }
   if (op == "aten::relu" || op == "aten::relu_") return OpKind::kRelu;
   // A tensor the int8 add can take: not a number (x + x.size(1) is
-  // aten::add(Tensor, Scalar)), nor a tensor known to hold integers.
+  // aten::add(Tensor, Scalar)), nor a tensor known to hold integers (traced
+  // graphs know dtypes; scripted ones do not, and pass as float here).
   auto is_float_tensor = [&](size_t i) {
     if (!is_value(i) || i >= node->inputs().size()) return false;
     const auto tensor = node->input(i)->type()->cast<c10::TensorType>();
@@ -112,7 +113,9 @@ OpKind ClassifyOp(const jit::Node* node, const std::vector<Sym>& args) {
   }
   if (op == "aten::adaptive_avg_pool2d") return OpKind::kAdaptiveAvgPool2d;
   // Not with both padding and dilation: LibTorch 1.13's QNNPACK kernel is
-  // wrong there (errors of 130-190 codes), so it stays FP32.
+  // wrong there (errors of 130-190 codes), so it stays FP32 (also on onednn,
+  // which would be exact: the engine is chosen after import; the cost is a
+  // dequantize and quantize around a rare op).
   if (op == "aten::max_pool2d") {
     auto all_equal = [&](size_t i, int64_t value) {
       if (i >= args.size()) return true;  // the default: no padding, dilation 1

@@ -81,8 +81,10 @@ TEST(ImportTorchScriptTest, OpsTheInt8KernelsCannotTakeAsWrittenStayGeneric) {
 
 // Max pooling with both padding and dilation stays FP32 (LibTorch 1.13's
 // QNNPACK kernel is wrong there; either alone is fine). An add of a number
-// or of an integer tensor is not an int8 add: it got an observer that
-// calibration never fed ("observer saw no data" after the whole run).
+// is not an int8 add: it got an observer that calibration never fed
+// ("observer saw no data" after the whole run). (An integer tensor is
+// recognised only where the graph knows its dtype, as traced ones do; the
+// constant one here is folded, so its add was never an int8 add.)
 TEST(ImportTorchScriptTest, PoolingAndAddsTheInt8KernelsGetWrongStayGeneric) {
   torch::jit::Module m("PoolAdd");
   m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
