@@ -11,7 +11,7 @@ int RunCancel(const CommandContext& context, const std::vector<std::string>& arg
   std::string error;
   auto a = ParseCommandArgs(args, {"reason"}, &error);
   if (!a.has_value() || a->positional.size() != 1) {
-    if (error.empty()) error = a.has_value() && a->positional.size() > 1 ? "one ID at a time" : "JOB_ID required";
+    if (error.empty()) error = a.has_value() && a->positional.size() > 1 ? "one ID at a time" : "a JOB_ID or EVALUATION_ID required";
     return context.UsageError(absl::StrCat("cancel: ", error, "\nusage: cancel (JOB_ID | EVALUATION_ID) [--reason=TEXT]"));
   }
   auto stub = v1::QuantizationService::NewStub(context.channel);

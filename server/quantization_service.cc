@@ -1,6 +1,7 @@
 #include "server/quantization_service.h"
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <limits>
 #include <memory>
@@ -618,8 +619,9 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(
                                     work = std::move(work)]() mutable {
         // A caller that went away while the call waited (cancelled, or past
         // its deadline) saw it fail: a submit or delete done now would be one
-        // it believes was not, and a retry would do it twice.
-        if (context->IsCancelled()) {
+        // it believes was not, and a retry would do it twice. The deadline is
+        // compared too: gRPC may mark the call cancelled only a little later.
+        if (context->IsCancelled() || context->deadline() <= std::chrono::system_clock::now()) {
           reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED,
                                        absl::StrCat(method, ": the caller went away (cancelled, or past its deadline) "
                                                             "while the call waited for an RPC thread; it was not run")));
