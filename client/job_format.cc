@@ -307,6 +307,16 @@ std::string ArtifactText(const v1::Artifact& a) {
 
 namespace {
 
+// A status that says the server is away for now, not that the call is
+// wrong: UNAVAILABLE (down, restarting), CANCELLED (a stopping server
+// cancels the calls that reach it), RESOURCE_EXHAUSTED (its RPC queue is
+// full, or a watch fell too far behind). Worth asking again.
+bool ServerAway(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         status.error_code() == grpc::StatusCode::CANCELLED ||
+         status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
 std::string Percent(uint64_t part, uint64_t whole) {
   return whole == 0 ? "-" : absl::StrFormat("%.2f%%", 100.0 * static_cast<double>(part) / static_cast<double>(whole));
 }
@@ -475,13 +485,9 @@ int FollowJob(const CommandContext& context, const std::string& job_id, absl::Du
     live_line = false;
     grpc::Status status = reader->Finish();
     if (status.ok() || got_result) break;
-    // CANCELLED too: this client never cancels its watch, but a server that
-    // is stopping cancels the calls that reach it meanwhile. And
-    // RESOURCE_EXHAUSTED: this client fell too far behind (a stalled
-    // terminal); it resumes from the last event it printed.
-    const bool server_away = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                             status.error_code() == grpc::StatusCode::CANCELLED ||
-                             status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+    // (This client never cancels its watch; after RESOURCE_EXHAUSTED for a
+    // stalled terminal it resumes from the last event it printed.)
+    const bool server_away = ServerAway(status);
     if (broken_since == absl::InfiniteFuture()) broken_since = absl::Now();
     if (!server_away || !had_contact || absl::Now() - broken_since > reconnect_window) {
       return context.RpcFailed("watch", status);
@@ -522,12 +528,9 @@ int FollowEvaluation(const CommandContext& context, v1::QuantizationService::Stu
     v1::Evaluation polled;
     grpc::Status status = stub.GetEvaluation(&call, get, &polled);
     if (!status.ok()) {
-      // As FollowJob: a server away, slow, busy (its RPC queue is full) or
-      // stopping (it cancels calls that reach it meanwhile).
-      const bool server_away = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                               status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
-                               status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
-                               status.error_code() == grpc::StatusCode::CANCELLED;
+      // As FollowJob, and a slow answer (each poll has --timeout_seconds;
+      // the watch has a day).
+      const bool server_away = ServerAway(status) || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
       const absl::Time now = absl::Now();
       if (!server_away || (broken_since != absl::InfiniteFuture() && now - broken_since > reconnect_window)) {
         if (terminal) *context.out << "\n";

@@ -635,6 +635,22 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(
   return reactor;
 }
 
+namespace {
+
+// One submitter may not stop another's work (a job, an evaluation); an
+// admin may stop any. Records from before owners were kept have none:
+// anyone may, as then.
+// `what` names it ("job job-1 was submitted by"), `owner_word` the owner
+// ("its submitter").
+absl::Status OnlyOwnerOrAdmin(const Principal& caller, const std::string& owner, absl::string_view method,
+                              absl::string_view what, absl::string_view owner_word) {
+  if (caller.role >= Role::kAdmin || owner.empty() || owner == caller.name) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat(method, ": ", what, " \"", owner, "\"; only ", owner_word, " or an admin may cancel it"));
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
     grpc::CallbackServerContext* context, const v1::QuantizeJobRequest* request,
     v1::Job* response) {
@@ -718,17 +734,13 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
         if (absl::Status status = RequireId(request->id()); !status.ok()) {
           return Audited(context, caller, "CancelJob", "", status);
         }
-        // One submitter may not cancel another's job; an admin may cancel any.
-        // (Jobs stored before owners were kept have none: anyone may, as then.)
         if (caller.role < Role::kAdmin) {
           absl::StatusOr<worker::Job> stored = deps_.pool->store().Get(request->id());
           if (!stored.ok()) return Audited(context, caller, "CancelJob", request->id(), stored.status());
-          if (!stored->owner.empty() && stored->owner != caller.name) {
-            return Audited(context, caller, "CancelJob", request->id(),
-                           absl::PermissionDeniedError(
-                               absl::StrCat("CancelJob: job ", request->id(), " was submitted by \"", stored->owner,
-                                            "\"; only its submitter or an admin may cancel it")));
-          }
+          const absl::Status allowed = OnlyOwnerOrAdmin(
+              caller, stored->owner, "CancelJob", absl::StrCat("job ", request->id(), " was submitted by"),
+              "its submitter");
+          if (!allowed.ok()) return Audited(context, caller, "CancelJob", request->id(), allowed);
         }
         if (request->reason().size() > 1024) {
           return Audited(
@@ -958,15 +970,13 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelEvaluation(grpc::Callba
           return audited(absl::InvalidArgumentError(absl::StrCat("reason: ", request->reason().size(),
                                                                  " bytes, at most 1024")));
         }
-        // As CancelJob: one submitter may not stop another's evaluation.
         if (caller.role < Role::kAdmin) {
           absl::StatusOr<worker::Evaluation> stored = deps_.evaluator->Get(request->id());
           if (!stored.ok()) return audited(stored.status());
-          if (!stored->spec.owner.empty() && stored->spec.owner != caller.name) {
-            return audited(absl::PermissionDeniedError(
-                absl::StrCat("CancelEvaluation: evaluation ", request->id(), " was started by \"", stored->spec.owner,
-                             "\"; only who started it or an admin may cancel it")));
-          }
+          const absl::Status allowed =
+              OnlyOwnerOrAdmin(caller, stored->spec.owner, "CancelEvaluation",
+                               absl::StrCat("evaluation ", request->id(), " was started by"), "who started it");
+          if (!allowed.ok()) return audited(allowed);
         }
         absl::StatusOr<worker::Evaluation> evaluation = deps_.evaluator->Cancel(request->id(), request->reason());
         if (evaluation.ok()) ToProto(*evaluation, response);

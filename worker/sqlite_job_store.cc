@@ -539,17 +539,21 @@ absl::Status SqliteJobStore::ClearCancelRequestLocked(const std::string& id) {
   return s.Step().status();
 }
 
-absl::Status SqliteJobStore::RequestCancel(const std::string& id, const std::string& reason) {
-  absl::MutexLock lock(&mu_);
-  Stmt s(db_,
-         "INSERT OR REPLACE INTO cancel_requests (id, reason) "
-         "SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND state = 2)");
+absl::StatusOr<bool> SqliteJobStore::InsertCancelRequestLocked(const std::string& id, const std::string& reason,
+                                                               const char* running) {
+  Stmt s(db_, absl::StrCat("INSERT OR REPLACE INTO cancel_requests (id, reason) SELECT ?1, ?2 WHERE EXISTS (",
+                           running, ")"));
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id).Bind(2, reason);
   QUANTD_RETURN_IF_ERROR(s.Step().status());
-  if (sqlite3_changes(db_) != 1) {
-    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is not RUNNING"));
-  }
+  return sqlite3_changes(db_) == 1;
+}
+
+absl::Status SqliteJobStore::RequestCancel(const std::string& id, const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  QUANTD_ASSIGN_OR_RETURN(bool inserted,
+                          InsertCancelRequestLocked(id, reason, "SELECT 1 FROM jobs WHERE id = ?1 AND state = 2"));
+  if (!inserted) return absl::FailedPreconditionError(absl::StrCat("job ", id, " is not RUNNING"));
   return absl::OkStatus();
 }
 
@@ -558,13 +562,11 @@ absl::Status SqliteJobStore::RequestEvaluationCancel(const std::string& id, cons
   // Only while its record says RUNNING (state 1 in the record's JSON): one
   // that finished since the caller looked must not get a request that no
   // final record will clear.
-  Stmt s(db_,
-         "INSERT OR REPLACE INTO cancel_requests (id, reason) SELECT ?1, ?2 WHERE EXISTS "
-         "(SELECT 1 FROM evaluations WHERE id = ?1 AND json_extract(record, '$.state') = 1)");
-  QUANTD_RETURN_IF_ERROR(s.status());
-  s.Bind(1, id).Bind(2, reason);
-  QUANTD_RETURN_IF_ERROR(s.Step().status());
-  if (sqlite3_changes(db_) == 1) return absl::OkStatus();
+  QUANTD_ASSIGN_OR_RETURN(
+      bool inserted,
+      InsertCancelRequestLocked(id, reason,
+                                "SELECT 1 FROM evaluations WHERE id = ?1 AND json_extract(record, '$.state') = 1"));
+  if (inserted) return absl::OkStatus();
   Stmt exists(db_, "SELECT 1 FROM evaluations WHERE id = ?1");
   QUANTD_RETURN_IF_ERROR(exists.status());
   exists.Bind(1, id);

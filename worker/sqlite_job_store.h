@@ -68,6 +68,10 @@ class SqliteJobStore final : public JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Job> GetLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ClearCancelRequestLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records `reason` for `id` if the query `running` (reading ?1) finds a
+  // row; whether it did.
+  absl::StatusOr<bool> InsertCancelRequestLocked(const std::string& id, const std::string& reason,
+                                                 const char* running) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WithArtifactLockedLocked(const std::string& artifact_id, const ArtifactHoldersUse& use)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<std::string>> ArtifactHoldersLocked(const std::string& artifact_id)
