@@ -6,11 +6,14 @@
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/version.h>
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
 #include <regex>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
@@ -360,6 +363,7 @@ class Importer {
         s.path = path;
         (*env)[node->output()] = s;
       } else {
+        if (attr.isTensor()) attributes_.emplace_back(attr.toTensor(), path);
         (*env)[node->output()] = ConstantSym(attr, path);
       }
       return absl::OkStatus();
@@ -503,16 +507,23 @@ class Importer {
         for (size_t i = 0; i < schema->arguments().size() && i < node->inputs().size(); ++i) {
           const c10::AliasInfo* alias = schema->arguments()[i].alias_info();
           const Sym& written = in(i);
-          if (alias != nullptr && alias->isWrite() && !written.constant_name.empty()) {
+          if (alias == nullptr || !alias->isWrite()) continue;
+          // A module attribute, or a view of one (self.w[0].add_(1)).
+          std::string state = written.constant_name;
+          if (state.empty() && written.constant.isTensor()) state = AttributeViewedBy(written.constant.toTensor());
+          if (!state.empty()) {
             return absl::InvalidArgumentError(absl::StrCat(
-                "op ", kind.toQualString(), " in ", Where(module), " changes the module's state (",
-                written.constant_name, ") at every call, which quantd would do once, when it imports the model: "
+                "op ", kind.toQualString(), " in ", Where(module), " changes the module's state (", state,
+                ") at every call, which quantd would do once, when it imports the model: "
                 "stateful models are not supported",
-                absl::EndsWith(written.constant_name, "num_batches_tracked")
+                absl::EndsWith(state, "num_batches_tracked")
                     ? " (a BatchNorm counting its batches: the model was traced in training mode; call "
                       "model.eval() before torch.jit.trace)"
                     : ""));
           }
+          // A tensor made at import (torch.zeros(...)), changed at import
+          // too: ops emitted before the write read it as it was.
+          if (written.constant.isTensor()) KeepWhatEarlierReadersRead(written.constant.toTensor());
         }
       }
       return FoldWithOperator(node, env, module);
@@ -687,6 +698,39 @@ class Importer {
     return absl::OkStatus();
   }
 
+  // The module attribute `tensor` is or views ("" if none).
+  std::string AttributeViewedBy(const at::Tensor& tensor) const {
+    for (const auto& [attribute, path] : attributes_) {
+      if (attribute.defined() && tensor.defined() && tensor.is_alias_of(attribute)) return path;
+    }
+    return "";
+  }
+
+  // Gives each emitted op that reads `written` (or a view of it) its own copy
+  // of the values it read, before a fold changes them in place.
+  void KeepWhatEarlierReadersRead(const at::Tensor& written) {
+    std::function<void(Operand*)> keep = [&](Operand* o) {
+      if (o->kind == Operand::Kind::kList) {
+        for (Operand& item : o->items) keep(&item);
+        return;
+      }
+      if (o->kind != Operand::Kind::kConstant) return;
+      if (o->constant.isTensor()) {
+        const at::Tensor& read = o->constant.toTensor();
+        if (read.defined() && read.is_alias_of(written)) o->constant = read.clone();
+      } else if (o->constant.isTensorList()) {
+        c10::List<at::Tensor> copy;
+        for (const at::Tensor& read : o->constant.toTensorVector()) {
+          copy.push_back(read.defined() && read.is_alias_of(written) ? read.clone() : read);
+        }
+        o->constant = copy;
+      }
+    };
+    for (Node& n : graph_->nodes) {
+      for (Operand& o : n.inputs) keep(&o);
+    }
+  }
+
   // The tensor `value` views, or itself.
   int BaseOf(int value) const {
     auto it = view_base_.find(value);
@@ -766,6 +810,7 @@ class Importer {
   std::map<int, int> view_base_;  // a view's value -> the value it views
   std::set<int> picked_from_list_;  // values __getitem__ read out of a list
   std::map<int, std::string> stale_;  // a value written through a view of it -> the op that wrote
+  std::vector<std::pair<at::Tensor, std::string>> attributes_;  // module tensors read, with their paths
 };
 
 }  // namespace

@@ -300,6 +300,18 @@ TEST(ImportTorchScriptTest, StateChangesAndRandomOpsOnConstantsAreRefused) {
   EXPECT_EQ(stateful.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(stateful.status().message()), HasSubstr("changes the module's state (calls)"));
 
+  // Through a view of the buffer, the same.
+  torch::jit::Module viewed("ViewedCounter");
+  viewed.register_buffer("calls", at::zeros({2}));
+  viewed.define(R"(
+    def forward(self, x):
+        self.calls[0].add_(1)
+        return x * self.calls[0]
+  )");
+  auto through_view = ImportTorchScript(viewed);
+  ASSERT_FALSE(through_view.ok());
+  EXPECT_THAT(std::string(through_view.status().message()), HasSubstr("changes the module's state (calls)"));
+
   torch::jit::Module noisy("Noisy");
   noisy.define(R"(
     def forward(self, x):
@@ -320,6 +332,28 @@ TEST(ImportTorchScriptTest, StateChangesAndRandomOpsOnConstantsAreRefused) {
   ASSERT_TRUE(folded.ok()) << folded.status();
   const at::Tensor x = at::randn({1, 3, 4, 4});
   EXPECT_TRUE(at::allclose(testing::RunFp32(*folded, x), pure.forward({x}).toTensor()));
+}
+
+// A tensor made of constants and changed in place, all at import: an op
+// emitted before the write reads it as it was (it read the written values,
+// and the import's own first-sample check then failed, blaming the import).
+TEST(ImportTorchScriptTest, OpsBeforeAnImportTimeWriteReadTheTensorAsItWas) {
+  torch::jit::Module m("Offsets");
+  m.define(R"(
+    def forward(self, x):
+        c = torch.zeros(1, 3, 1, 1)
+        y = x + c
+        w = torch.cat([x, c.expand(2, 3, 4, 4)], 1)
+        v = x * c.expand(2, 3, 4, 4)
+        c.add_(1.0)
+        return y * c + w[:, 3:] + v
+  )");
+  auto graph = ImportTorchScript(m);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  const at::Tensor x = at::randn({2, 3, 4, 4});
+  const at::Tensor expected = m.forward({x}).toTensor();
+  ASSERT_TRUE(at::equal(expected, x));
+  EXPECT_TRUE(at::equal(testing::RunFp32(*graph, x), expected)) << graph->Dump();
 }
 
 // A model traced before model.eval() keeps dropout's `train` and
