@@ -50,7 +50,8 @@ ABSL_FLAG(int64_t, keepalive_seconds, 60,
           "Each gRPC connection quiet this long is pinged; one whose peer does not answer within "
           "20 s is closed with its calls (watch streams of a vanished client); 0 = never.");
 ABSL_FLAG(double, job_deadline_seconds, 3600,
-          "Longest a job may run once started (it then FAILS with DEADLINE_EXCEEDED); 0 = none.");
+          "Longest one start of a job may run (it then FAILS with DEADLINE_EXCEEDED); a job started "
+          "again after its server stopped gets the same again; 0 = none.");
 ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound ports as JSON to this file once serving.");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,

@@ -37,7 +37,8 @@ class WorkerPool {
     int workers = 1;
     // QUEUED jobs allowed at once; Submit beyond it is RESOURCE_EXHAUSTED.
     int64_t queue_capacity = 64;
-    // Longest a job may run (from its start); InfiniteDuration = no limit.
+    // Longest one start of a job may run (a job claimed again after its
+    // server stopped gets it anew); InfiniteDuration = no limit.
     absl::Duration job_deadline = absl::InfiniteDuration();
     // A job found RUNNING after this many starts is failed, not retried.
     uint32_t max_attempts = 2;
