@@ -246,6 +246,56 @@ TEST(QuantizeTest, QnnpackProgramAddsAsQnnpackWhateverTheGlobalEngine) {
   at::globalContext().setQEngine(before);
 }
 
+// Scales at the observer's floor (a weight channel pruned to zero, a branch
+// that stayed zero through calibration) reach QNNPACK's int32 bias and int8
+// add: the bias wrapped around (channel 1, meant to give 3.0, gave -2.0)
+// and the add asserted inside LibTorch, failing the job. Both engines now
+// compute the FP32 model within a few output steps.
+TEST(QuantizeTest, ScalesAtTheObserversFloorFitQnnpacksBiasAndAdd) {
+  torch::jit::Module m("PrunedChannel");
+  at::manual_seed(12);
+  at::Tensor w = at::randn({4, 3, 3, 3}) * 0.2;
+  w[1].zero_();
+  m.register_parameter("w", w, false);
+  m.register_parameter("b", at::tensor({0.1f, 3.0f, -0.2f, 0.3f}), false);
+  m.register_parameter("w2", at::randn({4, 3, 3, 3}) * 0.2, false);
+  m.register_parameter("b2", at::full({4}, -3000.0f), false);
+  m.define(R"(
+    def forward(self, x):
+        x = x / 255.0
+        y = torch.conv2d(x, self.w, self.b)
+        dead = torch.relu(torch.conv2d(x, self.w2, self.b2))
+        return torch.flatten(y + dead, 1)
+  )");
+  const std::vector<std::string> available = AvailableKernelEngineNames();
+  // Fused, the dead branch's ReLU leaves it all zeros (the smallest scale);
+  // unfused, its codes keep the conv's scale, 2^8 times the add's output's
+  // and more.
+  for (const bool fused : {true, false}) {
+    for (const char* engine : {"qnnpack", "onednn"}) {
+      if (std::find(available.begin(), available.end(), engine) == available.end()) continue;
+      QuantizeOptions options = SavedModelOptions(m, "pruned_channel", 32);
+      options.fusion.automatic = fused;
+      options.kernel_engine = engine;
+      auto model = Quantize(options);
+      ASSERT_TRUE(model.ok()) << engine << " fused " << fused << ": " << model.status();
+      auto batch = (*OpenDataset(options.calibration))->ReadBatch(0, 8);
+      ASSERT_TRUE(batch.ok());
+      at::NoGradGuard no_grad;
+      auto ours = (*model)->impl().executor->Forward(batch->images);
+      ASSERT_TRUE(ours.ok()) << ours.status();
+      const at::Tensor fp32 = m.forward({batch->images}).toTensor();
+      const at::Tensor pruned = ours->view({8, 4, -1}).select(1, 1);
+      // Unfused, the add's output step is raised to 1/128 of the dead
+      // branch's (0.18; an input's own rounding is 64 times that).
+      const float step = fused ? 0.04 : 0.2;
+      EXPECT_LT((pruned - 3.0).abs().max().item<float>(), step) << engine << " fused " << fused;
+      EXPECT_LT((*ours - fp32).abs().max().item<float>(), 2 * step) << engine << " fused " << fused;
+      ExpectArtifactComputesTheProgram(**model, options);
+    }
+  }
+}
+
 // The batch count was (size + batch_size - 1) / batch_size: a huge
 // batch_size overflowed it to zero batches, and calibration saw no data.
 TEST(QuantizeTest, AHugeBatchSizeIsOneBatch) {

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
@@ -52,6 +55,90 @@ std::vector<c10::IValue> PrepackArgs(const Node& node, const at::Tensor& qweight
   return {qweight, bias};
 }
 
+// QNNPACK rounds a conv's or linear's bias to int32 at input scale x weight
+// scale. A channel of zero weights (a BatchNorm channel pruned to gamma = 0)
+// has the observer's smallest scale, as has an input that was zero all
+// through calibration: the bias wrapped around (a channel meant to give 3.0
+// gave -2.0). Such channels take the smallest scale at which the bias fits
+// in half of int32 (the rest is for the products), their weights rounded
+// again to it: a zero channel's codes stay zero, so oneDNN, which keeps the
+// bias in float, computes what it did.
+at::Tensor FitBiasInInt32(const at::Tensor& qweight, const c10::IValue& bias, double input_scale) {
+  if (!bias.isTensor() || !bias.toTensor().defined() || bias.toTensor().numel() == 0) return qweight;
+  const at::Tensor needed = bias.toTensor().to(at::kDouble).abs().flatten() / (input_scale * std::ldexp(1.0, 30));
+  if (qweight.qscheme() == at::kPerChannelAffine || qweight.qscheme() == at::kPerChannelSymmetric) {
+    const at::Tensor scales = qweight.q_per_channel_scales().to(at::kDouble);
+    if (needed.numel() != scales.numel() || !at::gt(needed, scales).any().item<bool>()) return qweight;
+    return at::quantize_per_channel(qweight.dequantize(), at::maximum(scales, needed * (1 + 1e-6)),
+                                    qweight.q_per_channel_zero_points(), qweight.q_per_channel_axis(), at::kQInt8);
+  }
+  const double largest = needed.max().item<double>();
+  if (largest <= qweight.q_scale()) return qweight;
+  return at::quantize_per_tensor(qweight.dequantize(), largest * (1 + 1e-6), qweight.q_zero_point(), at::kQInt8);
+}
+
+// QNNPACK's int8 add takes inputs whose scale is 2^-14 to 2^8 times the
+// output's only (LibTorch asserts otherwise, and the job failed). Where an
+// input was (nearly) zero all through calibration, its scale is the
+// observer's smallest: it is raised to 2^-13 of the output's, still a
+// fraction of an output code; where an input's step is 2^8 output steps or
+// more, the output's scale is raised to 1/128 of it (a fraction of that
+// input's own rounding error). The adds are looked at again until
+// none needs it. Other kernels compute what they did wherever no add needs
+// it.
+// The value whose scale an int8 value's tensor carries: ops that pass int8
+// codes through (relu, max_pool, flatten, pad, ...) keep their input's. -1
+// where the program does not set it.
+int ScaleSource(const Graph& graph, const QuantizationPlan& plan, const std::map<int, const Node*>& producer,
+                int value) {
+  for (size_t hops = 0; hops <= graph.nodes.size(); ++hops) {
+    if (!plan.int8_value[static_cast<size_t>(value)]) return value;  // quantized from FP32 with its own
+    auto it = producer.find(value);
+    if (it == producer.end()) return -1;
+    const Node& node = *it->second;
+    const NodeRole role = plan.roles[static_cast<size_t>(node.id)];
+    if (role == NodeRole::kInt8) return value;
+    if (role != NodeRole::kPassThrough || node.inputs.empty() || node.inputs[0].kind != Operand::Kind::kValue) {
+      return -1;
+    }
+    value = node.inputs[0].value;
+  }
+  return -1;
+}
+
+std::map<int, QParams> FitAddScales(const Graph& graph, const QuantizationPlan& plan,
+                                    const std::map<int, const Node*>& producer,
+                                    const std::map<int, QParams>& activation_qparams) {
+  std::map<int, QParams> qparams = activation_qparams;
+  for (int sweep = 0; sweep < 8; ++sweep) {
+    bool changed = false;
+    for (const Node& node : graph.nodes) {
+      if (node.removed || node.kind != OpKind::kAdd || plan.roles[static_cast<size_t>(node.id)] != NodeRole::kInt8) {
+        continue;
+      }
+      auto out = qparams.find(node.outputs[0]);
+      if (out == qparams.end() || out->second.per_channel) continue;
+      for (int i = 0; i < 2; ++i) {
+        if (node.inputs[static_cast<size_t>(i)].kind != Operand::Kind::kValue) continue;
+        const int source = ScaleSource(graph, plan, producer, node.inputs[static_cast<size_t>(i)].value);
+        auto in = source < 0 ? qparams.end() : qparams.find(source);
+        if (in == qparams.end() || in->second.per_channel) continue;
+        float& in_scale = in->second.scale[0];
+        float& out_scale = out->second.scale[0];
+        if (in_scale < out_scale * std::ldexp(1.0f, -14)) {
+          in_scale = out_scale * std::ldexp(1.0f, -13);
+          changed = true;
+        } else if (in_scale >= out_scale * std::ldexp(1.0f, 8)) {
+          out_scale = in_scale * std::ldexp(1.0f, -7);
+          changed = true;
+        }
+      }
+    }
+    if (!changed) break;
+  }
+  return qparams;
+}
+
 std::string Int8OpName(const Node& node) {
   return absl::StrCat(OpKindName(node.kind), node.fused_relu ? "_relu" : "");
 }
@@ -59,10 +146,16 @@ std::string Int8OpName(const Node& node) {
 }  // namespace
 
 absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan,
-                                const std::map<int, QParams>& activation_qparams, const QConfig& qconfig,
+                                const std::map<int, QParams>& calibrated_qparams, const QConfig& qconfig,
                                 const std::string& kernel_engine, std::vector<LayerReport>* layers,
                                 const std::map<int, at::Tensor>& input_means,
                                 const std::map<int, at::Tensor>& input_second_moments) {
+  std::map<int, const Node*> producer_node;
+  for (const Node& node : graph.nodes) {
+    if (node.removed) continue;
+    for (int v : node.outputs) producer_node[v] = &node;
+  }
+  const std::map<int, QParams> activation_qparams = FitAddScales(graph, plan, producer_node, calibrated_qparams);
   Program program;
   program.inputs = graph.inputs;
   program.input_types = graph.input_types;
@@ -173,6 +266,14 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
           QUANTD_ASSIGN_OR_RETURN(at::Tensor bias, CorrectedBias(node, qw.weight, mean->second));
           instr.prepack_args[1] = bias;
         }
+        if (const int source = ScaleSource(graph, plan, producer_node, node.inputs[0].value); source >= 0) {
+          QUANTD_ASSIGN_OR_RETURN(const QParams* in_q, qparams_of(source));
+          QUANTD_RETURN_IF_ERROR(TorchTry(absl::StrCat("fitting the bias of '", node.name, "' in int32"), [&]() {
+            instr.prepack_args[0] = FitBiasInInt32(instr.prepack_args[0].toTensor(), instr.prepack_args[1],
+                                                   static_cast<double>(in_q->scale[0]));
+            return absl::OkStatus();
+          }));
+        }
         auto packed = node.kind == OpKind::kConv2d ? PrepackConv2d(kernel_engine, instr.prepack_args)
                                                    : PrepackLinear(kernel_engine, instr.prepack_args);
         if (!packed.ok()) {
@@ -181,6 +282,11 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         }
         instr.packed = *packed;
         layer.weight_scales = qw.qparams.scale;
+        if (const at::Tensor& fitted = instr.prepack_args[0].toTensor(); !fitted.is_same(qw.weight)) {
+          const at::Tensor scales = qw.qparams.per_channel ? fitted.q_per_channel_scales().to(at::kFloat).contiguous()
+                                                           : at::full({1}, fitted.q_scale(), at::kFloat);
+          layer.weight_scales.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
+        }
         // A ReLU6-like bound fused into the conv is left to the output's
         // saturation only when its code is the largest: calibration saw at
         // most the bound, but with reduce_range's 7 bits its code is ~127
