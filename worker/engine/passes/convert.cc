@@ -26,6 +26,14 @@ absl::StatusOr<QuantizedWeight> QuantizeWeight(const Node& node, const QConfig& 
   QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Observer> observer, MakeObserver(qconfig.weight));
   observer->Observe(w);
   QUANTD_ASSIGN_OR_RETURN(QParams q, observer->Compute());
+  // LibTorch takes a NaN or infinite scale, and the layer outputs NaN.
+  for (float scale : q.scale) {
+    if (!std::isfinite(scale) || !(scale > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", node.name, "': its weights", node.fused_names.empty() ? "" : " (BatchNorm folded in)",
+                       " hold NaN or infinite values, which int8 cannot represent"));
+    }
+  }
   for (int64_t zp : q.zero_point) {
     if (zp != 0 && engine == "onednn") {
       return absl::InvalidArgumentError(absl::StrCat("'", node.name, "': weight observer ", qconfig.weight.Describe(),

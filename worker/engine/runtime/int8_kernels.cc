@@ -28,7 +28,8 @@ at::Tensor RawBytes(const at::Tensor& q) {
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void QuantizePlane(const float* __restrict plane, int64_t hw, float inv_scale, float zp, uint8_t* __restrict out) {
   for (int64_t p = 0; p < hw; ++p) {
-    const float v = std::min(std::max(zp + std::nearbyint(plane[p] * inv_scale), 0.0f), 255.0f);
+    // 0 first: NaN compares false, so it becomes 0, not an undefined cast.
+    const float v = std::min(std::max(0.0f, zp + std::nearbyint(plane[p] * inv_scale)), 255.0f);
     out[p] = static_cast<uint8_t>(v);
   }
 }
