@@ -30,10 +30,11 @@ bool InferenceCore::ServerReady() const {
 }
 
 absl::StatusOr<bool> InferenceCore::ModelReady(const std::string& name, const std::string& version,
-                                               const std::string& version_field) {
+                                               const std::string& version_field,
+                                               const worker::ModelRepository::Gone& gone) {
   QUANTD_RETURN_IF_ERROR(CheckModelName(name));
   QUANTD_ASSIGN_OR_RETURN(int64_t number, ParseModelVersion(version, version_field));
-  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = deps_.models->Load(name, number);
+  absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = deps_.models->Load(name, number, gone);
   if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
   // Unknown names are an error, and so is a failure that may pass (the job
   // store unavailable, ...): "not ready" is for a version that cannot run here.
@@ -65,10 +66,11 @@ void InferenceCore::ServerMetadata(inference::ServerMetadataResponse* response) 
 
 absl::Status InferenceCore::ModelMetadata(const std::string& name, const std::string& version,
                                           const std::string& version_field,
-                                          inference::ModelMetadataResponse* response) {
+                                          inference::ModelMetadataResponse* response,
+                                          const worker::ModelRepository::Gone& gone) {
   QUANTD_RETURN_IF_ERROR(CheckModelName(name));
   QUANTD_ASSIGN_OR_RETURN(int64_t number, ParseModelVersion(version, version_field));
-  QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const worker::LoadedModel> model, deps_.models->Load(name, number));
+  QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const worker::LoadedModel> model, deps_.models->Load(name, number, gone));
   if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
   const worker::ServedModelInfo& info = model->info();
   response->set_name(info.name);

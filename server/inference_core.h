@@ -42,11 +42,13 @@ class InferenceCore {
   // Whether the version can serve here; NOT_FOUND for an unknown one.
   // `version` is the protocol's string ("" = newest), `version_field` names
   // it in errors.
+  // `gone` (optional): as for LoadForInfer.
   absl::StatusOr<bool> ModelReady(const std::string& name, const std::string& version,
-                                  const std::string& version_field);
+                                  const std::string& version_field, const worker::ModelRepository::Gone& gone = nullptr);
   void ServerMetadata(inference::ServerMetadataResponse* response) const;
   absl::Status ModelMetadata(const std::string& name, const std::string& version, const std::string& version_field,
-                             inference::ModelMetadataResponse* response);
+                             inference::ModelMetadataResponse* response,
+                             const worker::ModelRepository::Gone& gone = nullptr);
   absl::Status RepositoryIndex(const inference::RepositoryIndexRequest& request,
                                inference::RepositoryIndexResponse* response);
   // Triton's statistics of this process's requests; INVALID_ARGUMENT for a

@@ -629,14 +629,20 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   absl::StatusOr<ModelPath> path = ParseModelPath(parts);
   if (!path.ok()) return ErrorReply(path.status());
   if (path->action == "stats") return StatsReply(path->name, path->version);
+  // A client that closed its connection waits for nothing: its request
+  // leaves a wait for another's load, and is not run if still queued.
+  auto gone = [client_gone = call.client_gone]() {
+    if (!client_gone || !client_gone()) return absl::OkStatus();
+    return absl::CancelledError("the client closed its connection while the request waited; it was not run");
+  };
   if (path->action == "ready") {
-    absl::StatusOr<bool> ready = core_->ModelReady(path->name, path->version, "version");
+    absl::StatusOr<bool> ready = core_->ModelReady(path->name, path->version, "version", gone);
     if (!ready.ok()) return ErrorReply(ready.status());
     return JsonReply(*ready ? 200 : 400, Json{{"name", path->name}, {"ready", *ready}});
   }
   if (path->action.empty()) {
     inference::ModelMetadataResponse metadata;
-    absl::Status status = core_->ModelMetadata(path->name, path->version, "version", &metadata);
+    absl::Status status = core_->ModelMetadata(path->name, path->version, "version", &metadata, gone);
     if (!status.ok()) return ErrorReply(status);
     Json inputs = Json::array();
     for (const auto& t : metadata.inputs()) inputs.push_back(TensorMetadata(t));
@@ -655,12 +661,6 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   request.set_model_name(path->name);
   request.set_model_version(path->version);
   const absl::Time received = core_->Now();  // parameters[timeout] counts from here, the load included
-  // A client that closed its connection waits for nothing: its request
-  // leaves a wait for another's load, and is not run if still queued.
-  auto gone = [client_gone = call.client_gone]() {
-    if (!client_gone || !client_gone()) return absl::OkStatus();
-    return absl::CancelledError("the client closed its connection while the request waited; it was not run");
-  };
   absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> model = core_->LoadForInfer(request, gone);
   if (!model.ok()) return ErrorReply(WithRestFieldNames(model.status()));
   const int64_t batch_values = core_->max_batch_size() * (*model)->info().sample_values();

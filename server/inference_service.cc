@@ -1,5 +1,6 @@
 #include "server/inference_service.h"
 
+#include <chrono>
 #include <memory>
 #include <utility>
 
@@ -20,7 +21,9 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const abs
 // request, if still queued, is not run.
 worker::DynamicBatcher::Abandoned CallerGone(grpc::CallbackServerContext* context) {
   return [context] {
-    if (!context->IsCancelled()) return absl::OkStatus();
+    // The deadline compared too: gRPC may mark the call cancelled only
+    // after a pass has taken it.
+    if (!context->IsCancelled() && context->deadline() > std::chrono::system_clock::now()) return absl::OkStatus();
     return absl::CancelledError(
         "the caller went away (cancelled, or past its deadline) while the request waited; it was not run");
   };
@@ -44,7 +47,13 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Offload(grpc::CallbackServerCont
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  auto run = [reactor, method, work = std::move(work)]() mutable {
+  auto run = [reactor, context, method, work = std::move(work)]() mutable {
+    // A caller that left while this waited for a thread (a probe's short
+    // deadline) starts no load.
+    if (absl::Status gone = CallerGone(context)(); !gone.ok()) {
+      reactor->Finish(ToGrpcStatus(gone));
+      return;
+    }
     reactor->Finish(ToGrpcStatus(StatusOfTask(method, std::move(work))));
   };
   if (!deps_.executor->TrySchedule(std::move(run))) reactor->Finish(ToGrpcStatus(Busy(method)));
@@ -69,8 +78,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ServerReady(grpc::CallbackServer
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelReady(grpc::CallbackServerContext* context,
                                                            const inference::ModelReadyRequest* request,
                                                            inference::ModelReadyResponse* response) {
-  return Offload(context, "ModelReady", [this, request, response]() -> absl::Status {
-    absl::StatusOr<bool> ready = deps_.core->ModelReady(request->name(), request->version(), "version");
+  return Offload(context, "ModelReady", [this, context, request, response]() -> absl::Status {
+    absl::StatusOr<bool> ready =
+        deps_.core->ModelReady(request->name(), request->version(), "version", CallerGone(context));
     if (ready.ok()) response->set_ready(*ready);
     return ready.status();
   });
@@ -88,8 +98,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ServerMetadata(grpc::CallbackSer
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelMetadata(grpc::CallbackServerContext* context,
                                                               const inference::ModelMetadataRequest* request,
                                                               inference::ModelMetadataResponse* response) {
-  return Offload(context, "ModelMetadata", [this, request, response]() -> absl::Status {
-    return deps_.core->ModelMetadata(request->name(), request->version(), "version", response);
+  return Offload(context, "ModelMetadata", [this, context, request, response]() -> absl::Status {
+    return deps_.core->ModelMetadata(request->name(), request->version(), "version", response, CallerGone(context));
   });
 }
 

@@ -233,7 +233,12 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
         mu_.Await(loaded);
       } else {
         while (!mu_.AwaitWithTimeout(loaded, kGoneCheckInterval)) {
-          if (absl::Status left = gone(); !left.ok()) {
+          // Asked unlocked: it may make a system call (a REST client's
+          // socket), and every warm request takes this lock.
+          mu_.Unlock();
+          absl::Status left = gone();
+          mu_.Lock();
+          if (!left.ok()) {
             --waiting_for_load_;
             return left;
           }
