@@ -123,6 +123,23 @@ void DynamicBatcher::Shutdown() {
   for (std::thread& thread : completion_threads_) thread.join();
 }
 
+namespace {
+
+// Why the request's caller no longer wants it (OK: it does). A check that
+// throws ends its own request only.
+absl::Status Unwanted(const DynamicBatcher::Abandoned& abandoned) {
+  if (!abandoned) return absl::OkStatus();
+  try {
+    return abandoned();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory checking whether the caller is still there; retry");
+  } catch (...) {
+    return absl::InternalError("checking whether the caller is still there failed");
+  }
+}
+
+}  // namespace
+
 bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
   const absl::Time now = clock_->Now();
   ModelQueue* due = nullptr;
@@ -141,14 +158,20 @@ bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
   if (due == nullptr) return false;
   pass->model = due->model;
   int64_t samples = 0;
+  int64_t taken = 0;
   while (!due->requests.empty()) {
     Request& next = due->requests.front();
     if (!pass->requests.empty() && (!options_.batching || samples + next.batch > options_.max_batch_size)) break;
-    samples += next.batch;
-    pass->requests.push_back(std::move(next));
+    taken += next.batch;
+    if (absl::Status unwanted = Unwanted(next.abandoned); !unwanted.ok()) {
+      pass->abandoned.emplace_back(std::move(next), std::move(unwanted));
+    } else {
+      samples += next.batch;
+      pass->requests.push_back(std::move(next));
+    }
     due->requests.pop_front();
   }
-  due->samples -= samples;
+  due->samples -= taken;
   if (due->requests.empty()) queues_.erase(pass->model.get());
   return true;
 }
@@ -168,8 +191,12 @@ void DynamicBatcher::Loop() {
       RunPass(std::move(pass), /*offload=*/true);
       mu_.Lock();
       --running_;
-      last_pass_end_ = clock_->Now();
-      last_pass_requests_ = requests;
+      // A pass of abandoned requests only ran nothing: it does not count
+      // as the last pass.
+      if (requests > 0) {
+        last_pass_end_ = clock_->Now();
+        last_pass_requests_ = requests;
+      }
       continue;
     }
     if (stopping_ && queues_.empty()) break;
@@ -197,22 +224,15 @@ void Answer(DynamicBatcher::Done done, absl::StatusOr<engine::ServingOutput> ans
   }
 }
 
-// Why the request's caller no longer wants it (OK: it does). A check that
-// throws ends its own request only.
-absl::Status Unwanted(const DynamicBatcher::Abandoned& abandoned) {
-  if (!abandoned) return absl::OkStatus();
-  try {
-    return abandoned();
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError("out of memory checking whether the caller is still there; retry");
-  } catch (...) {
-    return absl::InternalError("checking whether the caller is still there failed");
-  }
-}
-
 }  // namespace
 
 void DynamicBatcher::DropAbandoned(Pass& pass) {
+  for (auto& [r, unwanted] : pass.abandoned) {
+    BatchStats stats;
+    stats.queue_time = clock_->Now() - r.enqueued;
+    Answer(std::move(r.done), std::move(unwanted), stats);
+  }
+  pass.abandoned.clear();
   std::vector<Request> live;
   live.reserve(pass.requests.size());
   for (Request& r : pass.requests) {

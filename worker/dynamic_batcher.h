@@ -138,6 +138,8 @@ class DynamicBatcher {
   struct Pass {
     std::shared_ptr<const BatchableModel> model;
     std::vector<Request> requests;
+    // Found abandoned while the pass was taken: answered, not run.
+    std::vector<std::pair<Request, absl::Status>> abandoned;
   };
 
   // One pass's results, ready to hand to its requests' callbacks.
@@ -158,7 +160,8 @@ class DynamicBatcher {
   void DropAbandoned(Pass& pass);
   static void Deliver(Completion completion);
   // Takes the next batch that is due, oldest first; otherwise sets `*wake`
-  // to when the earliest one will be.
+  // to when the earliest one will be. Requests whose callers have gone take
+  // no room in it: they go to the pass's `abandoned`.
   bool TakeDuePass(Pass* pass, absl::Time* wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void InitThisThread();
 

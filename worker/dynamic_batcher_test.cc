@@ -207,6 +207,32 @@ TEST(DynamicBatcherTest, RequestsWhoseCallersWentAwayWhileQueuedAreNotRun) {
   EXPECT_THAT(model->passes(), ElementsAre(1, 1, 1));
 }
 
+// Abandoned requests take no room in a pass: the live ones behind them
+// fill it (they were counted towards max_batch_size, and the pass ran
+// smaller while live requests waited for the next).
+TEST(DynamicBatcherTest, AbandonedRequestsLeaveTheirRoomInAPassToLiveOnes) {
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(3, absl::ZeroDuration()), Clock::Real());
+  model->Hold();
+  Outcome first, gone, a, b, c;
+  ASSERT_TRUE(Submit(batcher, model, 1, 0, &first).ok());
+  model->AwaitPasses(1);
+  std::atomic<bool> caller_left{false};
+  ASSERT_TRUE(Submit(batcher, model, 2, 100, &gone, [&caller_left] {
+                return caller_left.load() ? absl::CancelledError("the caller left") : absl::OkStatus();
+              }).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 200, &a).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 300, &b).ok());
+  ASSERT_TRUE(Submit(batcher, model, 1, 400, &c).ok());
+  caller_left = true;
+  model->Release();
+  for (Outcome* o : {&first, &gone, &a, &b, &c}) o->done.WaitForNotification();
+  EXPECT_THAT(model->passes(), ElementsAre(1, 3));
+  EXPECT_EQ(gone.output.status(), absl::CancelledError("the caller left"));
+  ASSERT_TRUE(c.output.ok()) << c.output.status();
+  EXPECT_THAT(c.output->values, ElementsAre(4001, 4011));
+}
+
 TEST(DynamicBatcherTest, WithoutBatchingEveryRequestRunsAlone) {
   auto model = std::make_shared<FakeModel>();
   DynamicBatcher::Options options = OneThread(8, absl::ZeroDuration());
