@@ -327,7 +327,7 @@ class KernelChooser {
     choice = {preferred.engine, "no kernel engine is exact here", candidates};
     report_->warnings.push_back(absl::StrCat("no kernel engine computes this qconfig exactly on this CPU: '",
                                              preferred.engine, "' ", preferred.why,
-                                             "; a qconfig with reduce_range (e.g. fbgemm) would be exact"));
+                                             "; a qconfig with reduce_range (e.g. fbgemm) would be exact within the calibrated range"));
     return ConvertFor(preferred.engine);
   }
 

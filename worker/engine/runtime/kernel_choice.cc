@@ -44,7 +44,9 @@ KernelCandidate AssessKernelEngine(const std::string& engine, int64_t activation
                                 : absl::StrCat("measured exact with 8-bit activations on ", WhereSaturating(cpu));
   } else if (activation_quant_max <= 127) {
     c.exact = true;
-    c.why = "7-bit activations (reduce_range): u7 x s8 pair sums fit in int16";
+    c.why =
+        "7-bit activations (reduce_range): u7 x s8 pair sums fit in int16 (values past the calibrated range "
+        "take codes above 127, which may saturate)";
   } else {
     c.exact = false;
     c.why = absl::StrCat("sums u8 x s8 pairs in int16 with saturation on ", WhereSaturating(cpu),
