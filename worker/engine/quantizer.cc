@@ -307,14 +307,26 @@ class KernelChooser {
     std::unique_ptr<Converted> chosen;
     std::optional<size_t> fastest;
     for (size_t i = 0; i < candidates.size(); ++i) {
-      QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Converted> converted, ConvertFor(candidates[i].engine));
-      if (timing_images_.defined() && timing_images_.size(0) > 0) {
-        QUANTD_ASSIGN_OR_RETURN(candidates[i].ms_per_image, MsPerImage(*converted->executor, timing_images_));
+      // An engine that cannot run this model (a LibTorch kernel's own
+      // limits) drops out; the job fails only if the one it needs does.
+      absl::StatusOr<std::unique_ptr<Converted>> converted = ConvertFor(candidates[i].engine);
+      if (converted.ok() && timing_images_.defined() && timing_images_.size(0) > 0) {
+        absl::StatusOr<double> ms = MsPerImage(*(*converted)->executor, timing_images_);
+        if (ms.ok()) {
+          candidates[i].ms_per_image = *ms;
+        } else {
+          converted = ms.status();
+        }
+      }
+      if (!converted.ok()) {
+        candidates[i].exact = false;
+        candidates[i].why = absl::StrCat("failed on this model: ", converted.status().message());
+        continue;
       }
       if (!candidates[i].exact) continue;
       if (!fastest || candidates[i].ms_per_image.value_or(0) < candidates[*fastest].ms_per_image.value_or(0)) {
         fastest = i;
-        chosen = std::move(converted);
+        chosen = std::move(*converted);
       }
     }
     if (fastest) {
