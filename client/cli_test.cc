@@ -162,6 +162,8 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
   const std::vector<Case> cases = {
       {&RunDownload, {}, "download: ARTIFACT_ID required"},
       {&RunDownload, {"art-1"}, "download: --output=FILE (or -o FILE) required"},
+      {&RunDownload, {"art-1", "--output="}, "download: --output is empty"},
+      {&RunDownload, {"art-1", "-o", ""}, "download: -o is empty"},
       {&RunDownload, {"art-1", "art-2", "-o", "x.pt"}, "download: takes ARTIFACT_ID, got 2: \"art-1\" \"art-2\""},
       {&RunUpload, {}, "upload: FILE required"},
       {&RunUpload, {"m.pt", "--sha256=zz"}, "upload: --sha256: \"zz\" is not 64 lower-case hex digits"},
@@ -182,7 +184,7 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--model_name="}, "--model_name is empty"},
       // Checked as quantd-quantize checks them (worker/engine/base/flag_values.h).
       {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--kernel_engine=bogus"}, "--kernel_engine: unknown kernel engine"},
-      {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--std=,"}, "--std: comma-separated numbers expected"},
+      {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--std=,"}, "--std: a number left out in \",\""},
       {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--tuning=v.bin", "--time_budget_seconds=100000"},
        "--time_budget_seconds: a positive number up to 86400 expected"},
       {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--idempotency_key="}, "--idempotency_key is empty"},
@@ -302,13 +304,29 @@ TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{"--calib=c.dat"}, "--calib: cannot tell the format of \"c.dat\""},
       {{"--calib=c.bin", "--calib_format=csv"}, "--calib_format must be cifar10 or npy, not \"csv\""},
-      {{"--calib=c.bin", "--fusion="}, "--fusion: no groups in \"\""},
+      {{"--calib=c.bin", "--fusion="}, "--fusion is empty"},
+      // What fusion refuses after loading the model, and a spec file
+      // (quantd-quantize reads one; a job's groups travel in the request).
+      {{"--calib=c.bin", "--fusion=conv1"}, "--fusion: group \"conv1\" needs two or more modules"},
+      {{"--calib=c.bin", "--fusion=conv1,bn1;bn1,relu1"}, "--fusion: module \"bn1\" is in two groups"},
+      {{"--calib=c.bin", "--fusion=spec.json"}, "--fusion: groups go inline here"},
+      // The server's limits, as quantd-quantize checks them.
+      {{"--calib=c.bin", "--batch_size=20000"}, "--batch_size: a number in 1..10000 expected"},
+      {{"--calib=c.bin", "--quality_samples=50000"}, "--quality_samples: a number in 0..10000 expected"},
+      // The enums' UNSPECIFIED reached the server as "not given".
+      {{"--calib=c.bin", "--preset=unspecified"}, "--preset: unknown preset \"unspecified\""},
+      {{"--calib=c.bin", "--preset=custom", "--activation_observer=unspecified"},
+       "--activation_observer: unknown observer \"unspecified\""},
+      {{"--calib=c.bin", "--preset=custom", "--weight_observer=unspecified"},
+       "--weight_observer: unknown observer \"unspecified\""},
+      // Given empty, a file flag read as not given.
+      {{"--calib=c.bin", "--calib_labels="}, "--calib_labels is empty"},
       {{"--calib=c.bin", "--fusion=;"}, "--fusion: no groups"},
       {{"--calib=c.bin", "--eval_labels=l.npy"}, "--eval_labels: needs --eval or --eval_blob"},
       // Dropped silently once, with no dataset to apply them to.
       {{"--calib_format=npy"}, "--calib_format: needs --calib or --calib_blob"},
       {{"--calib_labels=l.npy"}, "--calib_labels: needs --calib or --calib_blob"},
-      {{"--calib=c.bin", "--batch_size=0"}, "--batch_size: a positive number expected"},
+      {{"--calib=c.bin", "--batch_size=0"}, "--batch_size: a number in 1..10000 expected"},
       {{"--calib=c.bin", "--scale=nan"}, "--scale: a finite, non-zero number expected"},
       {{"--calib=c.bin", "--mean="}, "--mean: comma-separated numbers expected"},
       {{"--calib=c.npy", "--layout=auto"}, "--layout must be NCHW or NHWC, not \"auto\""},
@@ -332,6 +350,17 @@ TEST(CommandTableTest, SubmitRefusesWhatQuantdQuantizeRefuses) {
   for (const auto& [extra, message] : cases) {
     std::vector<std::string> args = {"--model=m.pt"};
     args.insert(args.end(), extra.begin(), extra.end());
+    err.str("");
+    EXPECT_EQ(RunSubmit(context, args), kExitUsage) << message;
+    EXPECT_THAT(err.str(), HasSubstr(message));
+  }
+  // Without a model or a calibration set (flags or --file), naming the
+  // flags; the server named its fields, and quantctl exited 1.
+  for (const auto& [args, message] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{}, "a model is required: --model or --model_blob"},
+           {{"--calib=c.bin"}, "a model is required: --model or --model_blob"},
+           {{"--model=m.pt"}, "a calibration set is required: --calib or --calib_blob"}}) {
     err.str("");
     EXPECT_EQ(RunSubmit(context, args), kExitUsage) << message;
     EXPECT_THAT(err.str(), HasSubstr(message));
@@ -379,7 +408,7 @@ TEST(CommandTableTest, ACommandsHelpListsEveryFlag) {
 TEST(SubmitFlagsTest, NamesAreTakenInEitherCase) {
   CommandArgs a;
   a.flags = {{"model", "m.pt"},   {"calib", "c.bin"},       {"preset", "CUSTOM"},
-             {"activation_observer", "MSE"}, {"kernel_engine", "OneDNN"}, {"layout", "nhwc"}};
+             {"activation_observer", "MSE"}, {"kernel_engine", "OneDNN"}, {"layout", "Nhwc"}};
   v1::QuantizeJobRequest request;
   std::string error;
   ASSERT_TRUE(QuantizeJobRequestFromFlags(a, &request, &error)) << error;

@@ -24,6 +24,10 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
   if (a.has_value() && error.empty() && !a->Has("o") && !a->Has("output")) {
     error = "--output=FILE (or -o FILE) required";
   }
+  // Empty (an unset variable), it wrote "./.part" and failed at the very end.
+  if (a.has_value() && error.empty() && (a->Has("o") ? a->Get("o") : a->Get("output")).empty()) {
+    error = absl::StrCat(a->Has("o") ? "-o" : "--output", " is empty (an unset variable?)");
+  }
   if (!error.empty()) {
     return context.UsageError(absl::StrCat("download: ", error,
                                            "\nusage: download ARTIFACT_ID (--output=FILE | -o FILE) "

@@ -11,6 +11,7 @@
 #include <google/protobuf/util/time_util.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -51,6 +52,16 @@ bool ParseFloats(const CommandArgs& a, const char* flag, google::protobuf::Repea
 }  // namespace
 
 bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r, std::string* error) {
+  // Given but empty (an unset variable: --model_name="$NAME"), the server
+  // would take them as not given: a job that is never published, or never
+  // deduplicated, without a word.
+  for (const char* flag : {"idempotency_key", "model_name", "model", "model_blob", "calib", "calib_blob",
+                           "calib_labels", "eval", "eval_blob", "eval_labels", "tuning", "tuning_blob",
+                           "tuning_labels", "fusion", "file"}) {
+    if (a.Has(flag) && a.Get(flag).empty()) {
+      return (*error = absl::StrCat("--", flag, " is empty (an unset variable?); leave the flag out for none"), false);
+    }
+  }
   if (a.Has("model") && a.Has("model_blob")) {
     return (*error = "--model and --model_blob name the same input: give one", false);
   }
@@ -67,8 +78,8 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
   }
   uint32_t n = 0;
   if (a.Has("batch_size")) {
-    if (!absl::SimpleAtoi(a.Get("batch_size"), &n) || n == 0) {
-      return (*error = "--batch_size: a positive number expected", false);
+    if (!absl::SimpleAtoi(a.Get("batch_size"), &n) || n == 0 || n > kMaxBatchSize) {
+      return (*error = absl::StrCat("--batch_size: a number in 1..", kMaxBatchSize, " expected"), false);
     }
     r->mutable_calibration()->set_batch_size(n);
   }
@@ -88,7 +99,9 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
   const bool custom = a.Has("preset") && absl::AsciiStrToLower(a.Get("preset")) == "custom";
   if (a.Has("preset") && !custom) {
     v1::QConfigPreset preset;
-    if (!v1::QConfigPreset_Parse(upper("QCONFIG_PRESET_" + a.Get("preset")), &preset)) {
+    // The enum's UNSPECIFIED would reach the server as "not given".
+    if (!v1::QConfigPreset_Parse(upper("QCONFIG_PRESET_" + a.Get("preset")), &preset) ||
+        preset == v1::QCONFIG_PRESET_UNSPECIFIED) {
       return (*error = absl::StrCat("--preset: unknown preset \"", a.Get("preset"), "\""), false);
     }
     r->mutable_qconfig()->set_preset(preset);
@@ -100,7 +113,8 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     v1::CustomQConfig* c = r->mutable_qconfig()->mutable_custom();
     v1::ActivationObserver activation = v1::ACTIVATION_OBSERVER_HISTOGRAM;
     if (a.Has("activation_observer") &&
-        !v1::ActivationObserver_Parse(upper("ACTIVATION_OBSERVER_" + a.Get("activation_observer")), &activation)) {
+        (!v1::ActivationObserver_Parse(upper("ACTIVATION_OBSERVER_" + a.Get("activation_observer")), &activation) ||
+         activation == v1::ACTIVATION_OBSERVER_UNSPECIFIED)) {
       return (*error = absl::StrCat("--activation_observer: unknown observer \"", a.Get("activation_observer"),
                                     "\" (minmax, moving_average_minmax, histogram, mse, percentile or entropy)"),
               false);
@@ -108,7 +122,8 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     c->set_activation_observer(activation);
     v1::WeightObserver weight = v1::WEIGHT_OBSERVER_PER_CHANNEL_SYMMETRIC;
     if (a.Has("weight_observer") &&
-        !v1::WeightObserver_Parse(upper("WEIGHT_OBSERVER_" + a.Get("weight_observer")), &weight)) {
+        (!v1::WeightObserver_Parse(upper("WEIGHT_OBSERVER_" + a.Get("weight_observer")), &weight) ||
+         weight == v1::WEIGHT_OBSERVER_UNSPECIFIED)) {
       return (*error = absl::StrCat("--weight_observer: unknown observer \"", a.Get("weight_observer"),
                                     "\" (per_channel_symmetric, per_tensor_symmetric or per_tensor_affine)"),
               false);
@@ -145,7 +160,9 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
   }
   v1::QualityGate* gate = r->mutable_quality_gate();
   if (a.Has("quality_samples")) {
-    if (!absl::SimpleAtoi(a.Get("quality_samples"), &n)) return (*error = "--quality_samples: not a number", false);
+    if (!absl::SimpleAtoi(a.Get("quality_samples"), &n) || n > kMaxQualitySamples) {
+      return (*error = absl::StrCat("--quality_samples: a number in 0..", kMaxQualitySamples, " expected"), false);
+    }
     gate->set_samples(n);
   }
   for (const char* flag : {"min_top1_agreement", "min_output_sqnr_db"}) {
@@ -165,20 +182,19 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
   if (a.Has("allow_low_quality")) gate->set_allow_low_quality(a.IsOn("allow_low_quality"));
   if (gate->ByteSizeLong() == 0) r->clear_quality_gate();
   if (a.Has("fusion")) {
-    const std::string fusion = a.Get("fusion");
-    if (fusion == "auto") {
-      r->mutable_fusion()->set_auto_(true);
-    } else if (fusion == "none") {
-      r->mutable_fusion()->set_auto_(false);
+    if (absl::EndsWith(a.Get("fusion"), ".json")) {
+      // quantd-quantize reads such a file; a job's spec travels in its request.
+      return (*error = "--fusion: groups go inline here (a,b,c;d,e), or as fusion.groups in --file's JSON", false);
+    }
+    absl::StatusOr<FusionFlag> fusion = ParseFusionFlag(a.Get("fusion"));  // as quantd-quantize checks it
+    if (!fusion.ok()) return (*error = std::string(fusion.status().message()), false);
+    if (fusion->groups.empty()) {
+      r->mutable_fusion()->set_auto_(fusion->automatic);
     } else {
       auto* groups = r->mutable_fusion()->mutable_groups();
-      for (absl::string_view group : absl::StrSplit(fusion, ';', absl::SkipEmpty())) {
+      for (const std::vector<std::string>& group : fusion->groups) {
         auto* g = groups->add_groups();
-        for (absl::string_view m : absl::StrSplit(group, ',')) g->add_modules(std::string(m));
-      }
-      // As quantd-quantize: no groups is a mistake, not "no fusion" (that is --fusion=none).
-      if (groups->groups_size() == 0) {
-        return (*error = absl::StrCat("--fusion: no groups in \"", fusion, "\" (auto, none, or a,b;c,d)"), false);
+        for (const std::string& m : group) g->add_modules(m);
       }
     }
   }
@@ -207,13 +223,13 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
   if (a.Has("layout")) {
     // quantd-quantize's flag. No "auto" here: a job's layout is fixed when it
     // is submitted, and evaluations of its versions read .npy sets in it.
-    const std::string layout = a.Get("layout");
-    if (layout == "NCHW" || layout == "nchw") {
+    const std::string layout = absl::AsciiStrToUpper(a.Get("layout"));
+    if (layout == "NCHW") {
       r->mutable_preprocessing()->set_input_layout(v1::TENSOR_LAYOUT_NCHW);
-    } else if (layout == "NHWC" || layout == "nhwc") {
+    } else if (layout == "NHWC") {
       r->mutable_preprocessing()->set_input_layout(v1::TENSOR_LAYOUT_NHWC);
     } else {
-      return (*error = absl::StrCat("--layout must be NCHW or NHWC, not \"", layout, "\""), false);
+      return (*error = absl::StrCat("--layout must be NCHW or NHWC, not \"", a.Get("layout"), "\""), false);
     }
   }
   if (a.Has("tuning") || a.Has("tuning_blob")) {
@@ -256,14 +272,6 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     for (const char* flag : {"tuning_format", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
                              "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32"}) {
       if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob"), false);
-    }
-  }
-  // Given but empty (an unset variable: --model_name="$NAME"), the server
-  // would take them as not given: a job that is never published, or never
-  // deduplicated, without a word.
-  for (const char* flag : {"idempotency_key", "model_name"}) {
-    if (a.Has(flag) && a.Get(flag).empty()) {
-      return (*error = absl::StrCat("--", flag, " is empty (an unset variable?); leave the flag out for none"), false);
     }
   }
   if (a.Has("idempotency_key")) r->set_idempotency_key(a.Get("idempotency_key"));
@@ -312,6 +320,15 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
     }
   }
   if (!QuantizeJobRequestFromFlags(*a, &request, &error)) return context.UsageError(absl::StrCat("submit: ", error));
+  // Required, from the flags or --file: said here, naming the flags, not
+  // by the server naming its fields.
+  if (request.model().path().empty() && request.model().blob_id().empty()) {
+    return context.UsageError(absl::StrCat("submit: a model is required: --model or --model_blob\nusage: ", kSubmitUsage));
+  }
+  if (request.calibration().dataset().path().empty() && request.calibration().dataset().blob_id().empty()) {
+    return context.UsageError(
+        absl::StrCat("submit: a calibration set is required: --calib or --calib_blob\nusage: ", kSubmitUsage));
+  }
 
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/inference_conversion.h"
+#include "worker/engine/base/flag_values.h"
 #include "worker/data_dir_layout.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/errno_status.h"
@@ -28,7 +29,6 @@ namespace fs = std::filesystem;
 using google::protobuf::util::TimeUtil;
 
 constexpr int64_t kCifarRecordBytes = 1 + 3 * 32 * 32;
-constexpr uint32_t kMaxBatchSize = 10000;
 
 // Timestamp's range (0001-01-01 .. 9999-12-31): protobuf aborts the process
 // on a value outside it, so every conversion clamps or validates.
@@ -432,7 +432,9 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
 
   const v1::QualityGate& gate = request.quality_gate();
   if (gate.has_samples()) {
-    if (gate.samples() > 10000) return absl::InvalidArgumentError("quality_gate.samples: at most 10000");
+    if (gate.samples() > kMaxQualitySamples) {
+      return absl::InvalidArgumentError(absl::StrCat("quality_gate.samples: at most ", kMaxQualitySamples));
+    }
     spec.quality_samples = gate.samples();
   }
   if (gate.has_min_top1_agreement()) {

@@ -115,23 +115,11 @@ booleans --name or --name=true|false; dashes and underscores are the same
 
 absl::StatusOr<engine::FusionSpec> ParseFusionSpec(const std::string& value) {
   engine::FusionSpec spec;
-  if (value == "auto") {
-    spec.automatic = true;
-    return spec;
-  }
-  if (value == "none") return spec;
   if (!absl::EndsWith(value, ".json")) {
-    // quantctl's inline syntax: "conv1,bn1,relu1;layer1.0.conv1,layer1.0.bn1".
-    for (absl::string_view group : absl::StrSplit(value, ';', absl::SkipEmpty())) {
-      std::vector<std::string> names = absl::StrSplit(group, ',');
-      for (const std::string& name : names) {
-        if (name.empty()) {
-          return absl::InvalidArgumentError(absl::StrCat("--fusion: an empty module path in group \"", group, "\""));
-        }
-      }
-      spec.groups.push_back(std::move(names));
-    }
-    if (spec.groups.empty()) return absl::InvalidArgumentError("--fusion: no groups in \"" + value + "\"");
+    // quantctl's syntax, checked as quantctl checks it.
+    QUANTD_ASSIGN_OR_RETURN(FusionFlag fusion, ParseFusionFlag(value));
+    spec.automatic = fusion.automatic;
+    spec.groups = std::move(fusion.groups);
     return spec;
   }
   std::ifstream in(value);
@@ -175,6 +163,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       "max_trials", "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32", "bias_correction",
       "fitted_rounding", "cross_layer_equalization"};
   std::map<std::string, std::string> flags;
+  std::map<std::string, std::string> spelled;  // flag -> the name it was given as
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (!absl::StartsWith(arg, "--")) {
@@ -188,9 +177,15 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       name = name.substr(0, eq);
     }
     std::replace(name.begin(), name.end(), '-', '_');
+    const std::string typed = name;
     if (auto alias = kAliases.find(name); alias != kAliases.end()) name = alias->second;
     // Before its value is looked for: "--verbose --quiet" is an unknown flag.
     if (!kKnown.count(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    if (auto earlier = spelled.find(name); earlier != spelled.end() && earlier->second != typed) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", earlier->second, " and --", typed, " are the same flag: give one"));
+    }
+    spelled[name] = typed;
     if (kBoolFlags.count(name)) {
       // "--flag" alone is true; "--flag=VALUE" must be a boolean.
       bool on = true;
@@ -214,6 +209,14 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     flags[name] = value;
   }
   if (flags.count("help") && flags["help"] == "true") return absl::InvalidArgumentError("help requested");
+  // Given but empty (an unset variable: --report="$OUT"), a file flag would
+  // read as not given: no report written, no labels, without a word.
+  for (const char* flag : {"model", "output", "report", "calib", "calib_labels", "eval", "eval_labels", "tuning",
+                           "tuning_labels", "fusion"}) {
+    if (auto it = flags.find(flag); it != flags.end() && it->second.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--", spelled[flag], " is empty (an unset variable?)"));
+    }
+  }
   auto get = [&](const std::string& name, const std::string& fallback = "") {
     auto it = flags.find(name);
     return it == flags.end() ? fallback : it->second;
@@ -260,7 +263,9 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     QUANTD_ASSIGN_OR_RETURN(o.calibration.preprocessing.std, ParseNumberList(get("std"), "--std"));
   }
   QUANTD_ASSIGN_OR_RETURN(o.batch_size, get_int("batch_size", 100));
-  if (o.batch_size == 0) return absl::InvalidArgumentError("--batch_size must be positive");
+  if (o.batch_size == 0 || o.batch_size > kMaxBatchSize) {
+    return absl::InvalidArgumentError(absl::StrCat("--batch_size: a number in 1..", kMaxBatchSize, " expected"));
+  }
   const std::string qconfig = get("preset", "fbgemm");
   if (qconfig == "custom") {
     o.qconfig.preset = "";
@@ -268,12 +273,19 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     o.qconfig.weight_observer = get("weight_observer", "per_channel_symmetric");
     o.qconfig.reduce_range = get("reduce_range") == "true";
     // Checked here, so that a mistake is a usage error naming its flag, as in quantctl.
-    if (absl::Status observers = engine::CustomQConfig(o.qconfig.activation_observer, o.qconfig.weight_observer,
-                                                       o.qconfig.reduce_range)
-                                     .status();
-        !observers.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--activation_observer/--weight_observer: ", observers.message()));
+    // The activation observer alone first (with the default weights): the
+    // error names the flag that is wrong.
+    if (absl::Status activation =
+            engine::CustomQConfig(o.qconfig.activation_observer, "per_channel_symmetric", o.qconfig.reduce_range)
+                .status();
+        !activation.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--activation_observer: ", activation.message()));
+    }
+    if (absl::Status weight = engine::CustomQConfig(o.qconfig.activation_observer, o.qconfig.weight_observer,
+                                                    o.qconfig.reduce_range)
+                                  .status();
+        !weight.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--weight_observer: ", weight.message()));
     }
     if (flags.count("percentile")) {
       if (!absl::SimpleAtod(get("percentile"), &o.qconfig.percentile) ||
@@ -290,10 +302,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     if (absl::Status preset = engine::QConfigPreset(qconfig).status(); !preset.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("--preset: ", preset.message()));
     }
-    if (flags.count("activation_observer") || flags.count("weight_observer") || flags.count("reduce_range") ||
-        flags.count("percentile")) {
-      return absl::InvalidArgumentError(
-          "--activation_observer/--weight_observer/--reduce_range/--percentile need --preset custom");
+    for (const char* flag : {"activation_observer", "weight_observer", "reduce_range", "percentile"}) {
+      if (flags.count(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": needs --preset custom"));
     }
   }
   o.kernel_engine = get("kernel_engine");
@@ -365,6 +375,9 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   o.qconfig.equalization = get("cross_layer_equalization") == "true";
   o.allow_low_quality = get("allow_low_quality") == "true";
   QUANTD_ASSIGN_OR_RETURN(o.quality_samples, get_int("quality_samples", o.quality_samples));
+  if (o.quality_samples > kMaxQualitySamples) {
+    return absl::InvalidArgumentError(absl::StrCat("--quality_samples: a number in 0..", kMaxQualitySamples, " expected"));
+  }
   for (auto [name, target] : {std::pair<const char*, double*>{"min_top1_agreement", &o.min_top1_agreement},
                               {"min_output_sqnr_db", &o.min_output_sqnr_db}}) {
     if (flags.count(name) && (!absl::SimpleAtod(get(name), target) || !std::isfinite(*target))) {

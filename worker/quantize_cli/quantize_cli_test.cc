@@ -88,8 +88,20 @@ TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
   EXPECT_EQ(with({"--min_output_sqnr_db=inf"}).status().message(),
             "--min_output_sqnr_db must be a finite number, not 'inf'");
   EXPECT_THAT(std::string(with({"--preset=bogus"}).status().message()), ::testing::StartsWith("--preset: "));
+  // Each error names the one flag that is wrong.
   EXPECT_THAT(std::string(with({"--preset=custom", "--weight_observer=bogus"}).status().message()),
-              ::testing::StartsWith("--activation_observer/--weight_observer: "));
+              ::testing::StartsWith("--weight_observer: "));
+  EXPECT_THAT(std::string(with({"--preset=custom", "--activation_observer=bogus"}).status().message()),
+              ::testing::StartsWith("--activation_observer: "));
+  EXPECT_EQ(with({"--reduce_range"}).status().message(), "--reduce_range: needs --preset custom");
+  // quantctl's and the server's limits.
+  EXPECT_EQ(with({"--batch_size=20000"}).status().message(), "--batch_size: a number in 1..10000 expected");
+  EXPECT_EQ(with({"--quality_samples=50000"}).status().message(), "--quality_samples: a number in 0..10000 expected");
+  // A flag and its older name together, or a file flag given empty, are
+  // refused (the last one won; no report was written).
+  EXPECT_EQ(with({"--calibration=d.bin"}).status().message(), "--calib and --calibration are the same flag: give one");
+  EXPECT_EQ(with({"--report="}).status().message(), "--report is empty (an unset variable?)");
+  EXPECT_EQ(with({"--mean=1,,2"}).status().message(), "--mean: a number left out in \"1,,2\"");
   EXPECT_EQ(with({"--preset=custom", "--activation_observer=mse", "--percentile=99"}).status().message(),
             "--percentile: only with --activation_observer=percentile");
   EXPECT_EQ(with({"--preset=custom", "--activation_observer=percentile", "--percentile=150"}).status().message(),
@@ -97,8 +109,7 @@ TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
   // Checked as quantctl checks them (worker/engine/base/flag_values.h).
   EXPECT_THAT(std::string(with({"--mean="}).status().message()),
               ::testing::StartsWith("--mean: comma-separated numbers expected"));
-  EXPECT_THAT(std::string(with({"--std=,,"}).status().message()),
-              ::testing::StartsWith("--std: comma-separated numbers expected"));
+  EXPECT_THAT(std::string(with({"--std=,,"}).status().message()), ::testing::StartsWith("--std: a number left out"));
   EXPECT_EQ(with({"--kernel_engine", "bogus"}).status().message(),
             "--kernel_engine: unknown kernel engine \"bogus\" (onednn, qnnpack, fbgemm or x86)");
   EXPECT_EQ(with({"--tuning=v.bin", "--max_trials=5000"}).status().message(), "--max_trials: a number in 1..1000 expected");
@@ -134,6 +145,13 @@ TEST(ParseQuantizeArgsTest, FusionTakesQuantctlsInlineGroupsNoneAutoOrAFile) {
   EXPECT_FALSE(none->options.fusion.automatic);
   EXPECT_TRUE(none->options.fusion.groups.empty());
   EXPECT_EQ(fusion("conv1,,bn1").status().message(), "--fusion: an empty module path in group \"conv1,,bn1\"");
+  // What fusion would refuse once the model had loaded (exit 1), refused
+  // here; auto and none in either case.
+  EXPECT_THAT(std::string(fusion("conv1").status().message()), ::testing::HasSubstr("needs two or more modules"));
+  EXPECT_THAT(std::string(fusion("conv1,bn1;conv1,bn2").status().message()), ::testing::HasSubstr("in two groups"));
+  auto automatic = fusion("AUTO");
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  EXPECT_TRUE(automatic->options.fusion.automatic);
   EXPECT_EQ(fusion("missing.json").status().code(), absl::StatusCode::kNotFound);
 }
 

@@ -1,7 +1,11 @@
 #include "worker/engine/base/flag_values.h"
 
 #include <cmath>
+#include <set>
+#include <string>
+#include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -14,8 +18,14 @@ bool IsKernelEngineName(absl::string_view name) {
 
 absl::StatusOr<std::vector<double>> ParseNumberList(absl::string_view text, absl::string_view flag) {
   std::vector<double> numbers;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+  if (text.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": comma-separated numbers expected, got \"\""));
+  }
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
     double value = 0;
+    if (part.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": a number left out in \"", text, "\""));
+    }
     if (!absl::SimpleAtod(part, &value) || !std::isfinite(value)) {
       return absl::InvalidArgumentError(absl::StrCat(flag, ": \"", part, "\" is not a number"));
     }
@@ -25,6 +35,37 @@ absl::StatusOr<std::vector<double>> ParseNumberList(absl::string_view text, absl
     return absl::InvalidArgumentError(absl::StrCat(flag, ": comma-separated numbers expected, got \"", text, "\""));
   }
   return numbers;
+}
+
+absl::StatusOr<FusionFlag> ParseFusionFlag(absl::string_view text) {
+  FusionFlag fusion;
+  const std::string lower = absl::AsciiStrToLower(text);
+  if (lower == "auto") {
+    fusion.automatic = true;
+    return fusion;
+  }
+  if (lower == "none") return fusion;
+  std::set<std::string> seen;
+  for (absl::string_view group : absl::StrSplit(text, ';', absl::SkipEmpty())) {
+    std::vector<std::string> names = absl::StrSplit(group, ',');
+    for (const std::string& name : names) {
+      if (name.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("--fusion: an empty module path in group \"", group, "\""));
+      }
+      if (!seen.insert(name).second) {
+        return absl::InvalidArgumentError(absl::StrCat("--fusion: module \"", name, "\" is in two groups"));
+      }
+    }
+    if (names.size() < 2) {
+      return absl::InvalidArgumentError(absl::StrCat("--fusion: group \"", group,
+                                                     "\" needs two or more modules (auto, none, or a,b;c,d)"));
+    }
+    fusion.groups.push_back(std::move(names));
+  }
+  if (fusion.groups.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--fusion: no groups in \"", text, "\" (auto, none, or a,b;c,d)"));
+  }
+  return fusion;
 }
 
 }  // namespace quantd

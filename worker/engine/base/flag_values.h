@@ -20,13 +20,30 @@ namespace quantd {
 bool IsKernelEngineName(absl::string_view name);
 constexpr char kKernelEngineNames[] = "onednn, qnnpack, fbgemm or x86";
 
+// Most images in one calibration or evaluation batch, and in the quality
+// check.
+constexpr int64_t kMaxBatchSize = 10000;
+constexpr int64_t kMaxQualitySamples = 10000;
+
 // An accuracy-aware job's budgets.
 constexpr int64_t kMaxTrialsLimit = 1000;
 constexpr double kMaxTimeBudgetSeconds = 86400;
 
-// "a,b,c" as finite numbers, at least one: an empty list would mean no
-// normalization, silently. INVALID_ARGUMENT naming `flag` ("--mean").
+// "a,b,c" as finite numbers, at least one and none left out ("1,,2"): an
+// empty list would mean no normalization, silently. INVALID_ARGUMENT naming
+// `flag` ("--mean").
 absl::StatusOr<std::vector<double>> ParseNumberList(absl::string_view text, absl::string_view flag);
+
+// --fusion's value: "auto" or "none" (either case), or groups inline,
+// "conv1,bn1,relu1;layer1.conv1,layer1.bn1": each of two or more module
+// paths, none empty, no module in two groups. INVALID_ARGUMENT naming
+// --fusion, so that either tool refuses before any work what fusion would
+// refuse after loading the model.
+struct FusionFlag {
+  bool automatic = false;
+  std::vector<std::vector<std::string>> groups;  // empty with automatic off: none
+};
+absl::StatusOr<FusionFlag> ParseFusionFlag(absl::string_view text);
 
 }  // namespace quantd
 
