@@ -20,7 +20,8 @@ if ! command -v kubectl >/dev/null; then
   echo "deploy_check: kubectl not installed; skipping the kustomize render"
   exit 77
 fi
-rendered="$(kubectl kustomize "$deploy")"
+# deploy/, and the Operator's ServiceMonitor applied beside it.
+rendered="$(kubectl kustomize "$deploy"; cat "$deploy/operator/servicemonitor.yaml")"
 for expected in "kind: Deployment" "kind: Service" "kind: ServiceMonitor" "kind: ConfigMap" \
     "runAsNonRoot: true" "readOnlyRootFilesystem: true" "startupProbe:" "readinessProbe:" \
     "livenessProbe:" "path: /v2/health/ready" "- /usr/local/bin/quantctl" "- --tls_ca=/etc/quantd/tls/ca.crt" "fsGroupChangePolicy: OnRootMismatch" "scheme: HTTPS" "name: metrics" \
