@@ -52,6 +52,7 @@ void InferenceStats::RecordRequest(const std::string& model, int64_t version, ab
                                    int64_t samples, const worker::BatchStats* ran) {
   absl::MutexLock lock(&mu_);
   PerVersion& stats = versions_[{model, version}];
+  stats.last_recorded = ++recorded_;
   const std::string v = version > 0 ? std::to_string(version) : "";
   prometheus::Counter*& requests = stats.requests[code];
   if (requests == nullptr) {
@@ -91,7 +92,12 @@ void InferenceStats::RecordRequest(const std::string& model, int64_t version, ab
   }
 }
 
-void InferenceStats::KeepOnly(const std::vector<worker::ModelVersion>& published) {
+uint64_t InferenceStats::Mark() const {
+  absl::MutexLock lock(&mu_);
+  return recorded_;
+}
+
+void InferenceStats::KeepOnly(const std::vector<worker::ModelVersion>& published, uint64_t mark) {
   std::set<std::pair<std::string, int64_t>> versions;
   std::set<std::string> names = {""};  // requests that named no published model stay counted
   for (const worker::ModelVersion& v : published) {
@@ -104,7 +110,8 @@ void InferenceStats::KeepOnly(const std::vector<worker::ModelVersion>& published
   std::set<prometheus::Histogram*> orphaned_queue, orphaned_compute;
   for (auto it = versions_.begin(); it != versions_.end();) {
     const auto& [model, version] = it->first;
-    const bool kept = model.empty() || (version == 0 ? names.count(model) > 0 : versions.count(it->first) > 0);
+    const bool kept = model.empty() || it->second.last_recorded > mark ||
+                      (version == 0 ? names.count(model) > 0 : versions.count(it->first) > 0);
     if (kept) {
       ++it;
       continue;

@@ -36,10 +36,15 @@ class InferenceStats {
                      const worker::BatchStats* ran);
   // After a model is loaded or evicted.
   void SetCache(int models, int64_t bytes);
+  // How many requests have been recorded: taken before the published
+  // versions are listed, for KeepOnly.
+  uint64_t Mark() const;
   // Drops the series and statistics of versions no longer published (and
   // of names with none left), so deleted versions do not stay exported for
-  // the life of the process. `published`: the job store's versions.
-  void KeepOnly(const std::vector<worker::ModelVersion>& published);
+  // the life of the process. `published`: the job store's versions, listed
+  // after `mark` (Mark()): a version with requests since then stays (it was
+  // published after the listing, and its counts restarted from zero).
+  void KeepOnly(const std::vector<worker::ModelVersion>& published, uint64_t mark);
   // Triton's ModelStatistics for `name` ("" = all) and `version` (0 = all),
   // from this process's requests, sorted by name and version.
   void Fill(const std::string& name, int64_t version, inference::ModelStatisticsResponse* response) const;
@@ -58,6 +63,7 @@ class InferenceStats {
     uint64_t ns = 0;
   };
   struct PerVersion {
+    uint64_t last_recorded = 0;  // recorded_ at its last request
     uint64_t last_inference_ms = 0;
     uint64_t inference_count = 0;
     uint64_t execution_count = 0;
@@ -72,6 +78,7 @@ class InferenceStats {
   };
   mutable absl::Mutex mu_;
   std::map<std::pair<std::string, int64_t>, PerVersion> versions_ ABSL_GUARDED_BY(mu_);
+  uint64_t recorded_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace quantd

@@ -40,7 +40,7 @@ TEST(InferenceStatsTest, DeletedVersionsLoseTheirSeriesPublishedOnesKeepThem) {
   EXPECT_THAT(before, HasSubstr("quantd_inference_queue_duration_seconds_count{model=\"mobilenet\"}"));
 
   // resnet8 version 1 and all of mobilenet were deleted.
-  stats.KeepOnly({Version("resnet8", 2)});
+  stats.KeepOnly({Version("resnet8", 2)}, stats.Mark());
   const std::string after = Exposition(registry);
   EXPECT_THAT(after, Not(HasSubstr("model=\"resnet8\",version=\"1\"")));
   EXPECT_THAT(after, HasSubstr("quantd_inference_requests_total{code=\"OK\",model=\"resnet8\",version=\"2\"}"));
@@ -60,6 +60,27 @@ TEST(InferenceStatsTest, DeletedVersionsLoseTheirSeriesPublishedOnesKeepThem) {
   stats.RecordRequest("mobilenet", 2, absl::StatusCode::kOk, 1, &ran);
   EXPECT_THAT(Exposition(registry),
               HasSubstr("quantd_inference_requests_total{code=\"OK\",model=\"mobilenet\",version=\"2\"} 1"));
+}
+
+// A scrape lists the published versions, then drops the others' series: a
+// version published after the listing and served before the drop kept
+// nothing of its first requests (its counters restarted from zero).
+TEST(InferenceStatsTest, AVersionServedAfterTheListingKeepsItsSeries) {
+  prometheus::Registry registry;
+  InferenceStats stats(registry);
+  worker::BatchStats ran;
+  ran.first_of_pass = true;
+  ran.executed_batch_size = 1;
+  stats.RecordRequest("resnet8", 1, absl::StatusCode::kOk, 1, &ran);
+  const uint64_t mark = stats.Mark();
+  const std::vector<worker::ModelVersion> listed = {Version("resnet8", 1)};
+  stats.RecordRequest("resnet8", 2, absl::StatusCode::kOk, 1, &ran);  // published after the listing
+  stats.KeepOnly(listed, mark);
+  EXPECT_THAT(Exposition(registry),
+              HasSubstr("quantd_inference_requests_total{code=\"OK\",model=\"resnet8\",version=\"2\"} 1"));
+  // At the next scrape it is listed, or (deleted) dropped.
+  stats.KeepOnly(listed, stats.Mark());
+  EXPECT_THAT(Exposition(registry), Not(HasSubstr("version=\"2\"")));
 }
 
 }  // namespace

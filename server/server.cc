@@ -356,8 +356,9 @@ absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
       self->job_stats_->Refresh(*self->job_store_, self->quota_.get());
       self->job_stats_->CountRecovered(self->pool_->recovered());
       // Deleted versions' inference series go (model names are users' input).
+      const uint64_t mark = self->inference_stats_->Mark();
       if (auto published = self->job_store_->ListModelVersions(""); published.ok()) {
-        self->inference_stats_->KeepOnly(*published);
+        self->inference_stats_->KeepOnly(*published, mark);
       }
       // Versions another replica deleted leave this one's cache (this
       // replica's own deletes did at once).
