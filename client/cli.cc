@@ -45,6 +45,7 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
   invocation.options.token = environment_token;
   if (!environment_server.empty()) invocation.options.server = environment_server;
   bool flags_done = false;
+  std::string timeout_spelled;  // --timeout_seconds or its old name, once given
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& arg = argv[i];
     if (!flags_done && arg == "-h") {  // as quantd and quantd-quantize
@@ -84,6 +85,11 @@ absl::StatusOr<Invocation> ParseInvocation(const std::vector<std::string>& argv,
       if (server->empty()) return absl::InvalidArgumentError("--server must not be empty");
       invocation.options.server = *server;
     } else if (name == "timeout_seconds" || name == "timeout") {  // --timeout: its old name
+      if (!timeout_spelled.empty() && timeout_spelled != name) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", timeout_spelled, " and --", name, " are the same flag: give one"));
+      }
+      timeout_spelled = name;
       absl::StatusOr<std::string> text = take_value();
       if (!text.ok()) return text.status();
       double seconds = 0;

@@ -98,6 +98,10 @@ TEST(ParseInvocationTest, RejectsBadTimeouts) {
   auto named = ParseInvocation({"--timeout_seconds=0", "health"});
   ASSERT_FALSE(named.ok());
   EXPECT_THAT(std::string(named.status().message()), HasSubstr("--timeout_seconds expects"));
+  // Both names at once: the last one silently won.
+  auto both = ParseInvocation({"--timeout=5", "--timeout_seconds=1", "health"});
+  ASSERT_FALSE(both.ok());
+  EXPECT_EQ(both.status().message(), "--timeout and --timeout_seconds are the same flag: give one");
   // --timeout stays as its old name.
   auto old_name = ParseInvocation({"--timeout=4", "health"});
   ASSERT_TRUE(old_name.ok()) << old_name.status();
