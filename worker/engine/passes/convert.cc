@@ -85,18 +85,9 @@ at::Tensor FitBiasInInt32(const at::Tensor& qweight, const c10::IValue& bias, do
   return at::quantize_per_tensor(qweight.dequantize(), largest * (1 + 1e-6), qweight.q_zero_point(), at::kQInt8);
 }
 
-// QNNPACK's int8 add takes inputs whose scale is 2^-14 to 2^8 times the
-// output's only (LibTorch asserts otherwise, and the job failed). Where an
-// input was (nearly) zero all through calibration, its scale is the
-// observer's smallest: it is raised to 2^-13 of the output's, still a
-// fraction of an output code; where an input's step is 2^8 output steps or
-// more, the output's scale is raised to 1/128 of it (a fraction of that
-// input's own rounding error). The adds are looked at again until
-// none needs it. Other kernels compute what they did wherever no add needs
-// it.
 // The value whose scale an int8 value's tensor carries: ops that pass int8
 // codes through (relu, max_pool, flatten, pad, ...) keep their input's. -1
-// where the program does not set it.
+// where the program does not set it (sigmoid's and tanh's are LibTorch's).
 int ScaleSource(const Graph& graph, const QuantizationPlan& plan, const std::map<int, const Node*>& producer,
                 int value) {
   for (size_t hops = 0; hops <= graph.nodes.size(); ++hops) {
@@ -106,7 +97,8 @@ int ScaleSource(const Graph& graph, const QuantizationPlan& plan, const std::map
     const Node& node = *it->second;
     const NodeRole role = plan.roles[static_cast<size_t>(node.id)];
     if (role == NodeRole::kInt8) return value;
-    if (role != NodeRole::kPassThrough || node.inputs.empty() || node.inputs[0].kind != Operand::Kind::kValue) {
+    if (role != NodeRole::kPassThrough || node.kind == OpKind::kFixedQParams || node.inputs.empty() ||
+        node.inputs[0].kind != Operand::Kind::kValue) {
       return -1;
     }
     value = node.inputs[0].value;
@@ -114,6 +106,15 @@ int ScaleSource(const Graph& graph, const QuantizationPlan& plan, const std::map
   return -1;
 }
 
+// QNNPACK's int8 add takes inputs whose scale is 2^-14 to 2^8 times the
+// output's only (LibTorch asserts otherwise, and the job failed). Where an
+// input was (nearly) zero all through calibration, its scale is the
+// observer's smallest: it is raised to 2^-13 of the output's, still a
+// fraction of an output code; where an input's step is 2^8 output steps or
+// more, the output's scale is raised to 1/128 of it (a fraction of that
+// input's own rounding error). The adds are looked at again until
+// none needs it. Other kernels compute what they did wherever no add needs
+// it.
 std::map<int, QParams> FitAddScales(const Graph& graph, const QuantizationPlan& plan,
                                     const std::map<int, const Node*>& producer,
                                     const std::map<int, QParams>& activation_qparams) {
