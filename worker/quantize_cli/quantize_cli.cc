@@ -141,6 +141,7 @@ absl::StatusOr<engine::FusionSpec> ParseFusionSpec(const std::string& value) {
     }
     spec.groups.push_back(std::move(names));
   }
+  QUANTD_RETURN_IF_ERROR(CheckFusionGroups(spec.groups));  // as for groups inline
   return spec;
 }
 

@@ -251,6 +251,12 @@ TEST(ParseFusionSpecTest, ReadsGroupsFromJson) {
   std::ofstream(dir + "/broken.json") << "[[";
   EXPECT_NE(ParseFusionSpec(dir + "/broken.json").status().message().find("not valid JSON"), std::string::npos);
   EXPECT_EQ(ParseFusionSpec(dir + "/missing.json").status().code(), absl::StatusCode::kNotFound);
+  // The groups a spec file holds are checked as groups inline are.
+  std::ofstream(dir + "/single.json") << R"([["conv1","bn1"],["relu1"]])";
+  EXPECT_EQ(ParseFusionSpec(dir + "/single.json").status().message(),
+            "--fusion: group \"relu1\" needs two or more modules (auto, none, or a,b;c,d)");
+  std::ofstream(dir + "/twice.json") << R"([["conv1","bn1"],["bn1","relu1"]])";
+  EXPECT_EQ(ParseFusionSpec(dir + "/twice.json").status().message(), "--fusion: module \"bn1\" is in two groups");
 }
 
 TEST(RunQuantizeTest, WritesArtifactAndReport) {

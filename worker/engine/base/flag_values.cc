@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
 namespace quantd {
@@ -37,6 +38,27 @@ absl::StatusOr<std::vector<double>> ParseNumberList(absl::string_view text, absl
   return numbers;
 }
 
+absl::Status CheckFusionGroups(const std::vector<std::vector<std::string>>& groups) {
+  if (groups.empty()) return absl::InvalidArgumentError("--fusion: no groups (auto, none, or a,b;c,d)");
+  std::set<std::string> seen;
+  for (const std::vector<std::string>& group : groups) {
+    const std::string listed = absl::StrJoin(group, ",");
+    for (const std::string& name : group) {
+      if (name.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("--fusion: an empty module path in group \"", listed, "\""));
+      }
+      if (!seen.insert(name).second) {
+        return absl::InvalidArgumentError(absl::StrCat("--fusion: module \"", name, "\" is in two groups"));
+      }
+    }
+    if (group.size() < 2) {
+      return absl::InvalidArgumentError(absl::StrCat("--fusion: group \"", listed,
+                                                     "\" needs two or more modules (auto, none, or a,b;c,d)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<FusionFlag> ParseFusionFlag(absl::string_view text) {
   FusionFlag fusion;
   const std::string lower = absl::AsciiStrToLower(text);
@@ -45,26 +67,13 @@ absl::StatusOr<FusionFlag> ParseFusionFlag(absl::string_view text) {
     return fusion;
   }
   if (lower == "none") return fusion;
-  std::set<std::string> seen;
   for (absl::string_view group : absl::StrSplit(text, ';', absl::SkipEmpty())) {
-    std::vector<std::string> names = absl::StrSplit(group, ',');
-    for (const std::string& name : names) {
-      if (name.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat("--fusion: an empty module path in group \"", group, "\""));
-      }
-      if (!seen.insert(name).second) {
-        return absl::InvalidArgumentError(absl::StrCat("--fusion: module \"", name, "\" is in two groups"));
-      }
-    }
-    if (names.size() < 2) {
-      return absl::InvalidArgumentError(absl::StrCat("--fusion: group \"", group,
-                                                     "\" needs two or more modules (auto, none, or a,b;c,d)"));
-    }
-    fusion.groups.push_back(std::move(names));
+    fusion.groups.push_back(absl::StrSplit(group, ','));
   }
   if (fusion.groups.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("--fusion: no groups in \"", text, "\" (auto, none, or a,b;c,d)"));
   }
+  if (absl::Status checked = CheckFusionGroups(fusion.groups); !checked.ok()) return checked;
   return fusion;
 }
 

@@ -44,6 +44,8 @@ struct FusionFlag {
   std::vector<std::vector<std::string>> groups;  // empty with automatic off: none
 };
 absl::StatusOr<FusionFlag> ParseFusionFlag(absl::string_view text);
+// The same checks for groups from elsewhere (quantd-quantize's .json spec).
+absl::Status CheckFusionGroups(const std::vector<std::vector<std::string>>& groups);
 
 }  // namespace quantd
 
