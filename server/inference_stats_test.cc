@@ -22,14 +22,20 @@ worker::ModelVersion Version(const std::string& name, int64_t version) {
   return v;
 }
 
+// A request that ran alone in its pass.
+worker::BatchStats PassOfOne() {
+  worker::BatchStats ran;
+  ran.first_of_pass = true;
+  ran.executed_batch_size = 1;
+  return ran;
+}
+
 // Series of deleted versions went on being exported for the life of the
 // process; the names come from users, so they grew without bound.
 TEST(InferenceStatsTest, DeletedVersionsLoseTheirSeriesPublishedOnesKeepThem) {
   prometheus::Registry registry;
   InferenceStats stats(registry);
-  worker::BatchStats ran;
-  ran.first_of_pass = true;
-  ran.executed_batch_size = 1;
+  const worker::BatchStats ran = PassOfOne();
   stats.RecordRequest("resnet8", 1, absl::StatusCode::kOk, 1, &ran);
   stats.RecordRequest("resnet8", 2, absl::StatusCode::kOk, 1, &ran);
   stats.RecordRequest("resnet8.fp32", 2, absl::StatusCode::kOk, 1, &ran);
@@ -68,9 +74,7 @@ TEST(InferenceStatsTest, DeletedVersionsLoseTheirSeriesPublishedOnesKeepThem) {
 TEST(InferenceStatsTest, AVersionServedAfterTheListingKeepsItsSeries) {
   prometheus::Registry registry;
   InferenceStats stats(registry);
-  worker::BatchStats ran;
-  ran.first_of_pass = true;
-  ran.executed_batch_size = 1;
+  const worker::BatchStats ran = PassOfOne();
   stats.RecordRequest("resnet8", 1, absl::StatusCode::kOk, 1, &ran);
   const uint64_t mark = stats.Mark();
   const std::vector<worker::ModelVersion> listed = {Version("resnet8", 1)};
