@@ -274,19 +274,27 @@ class HistogramObserver : public Observer {
     double alpha = 0.0, beta = 1.0;
     int64_t start_bin = 0, end_bin = bins_ - 1;
     double norm_min = std::numeric_limits<double>::infinity();
+    // Where cSum is non-decreasing, PyTorch's linear scans are binary
+    // searches. Merged histograms are interpolated in float32, and past 2^24
+    // counts some bins come out slightly negative: cSum then dips, and only
+    // the scans stop where PyTorch's do.
+    const bool non_decreasing = std::is_sorted(csum, csum + bins_);
     while (alpha < beta) {
       const double next_alpha = alpha + stepsize;
       const double next_beta = beta - stepsize;
-      // cSum is non-decreasing, so PyTorch's linear scans are binary searches.
       const float lo_threshold = static_cast<float>(next_alpha * total);
       const float hi_threshold = static_cast<float>(next_beta * total);
-      int64_t l = std::lower_bound(csum + start_bin, csum + end_bin, lo_threshold) - csum;
+      // l: scanning up from start_bin while cSum[l] < lo and l < end_bin;
       // r: scanning down from end_bin while cSum[r] > hi and r > start_bin.
-      int64_t r = end_bin;
-      {
+      int64_t l = start_bin, r = end_bin;
+      if (non_decreasing) {
+        l = std::lower_bound(csum + start_bin, csum + end_bin, lo_threshold) - csum;
         const float* first_above = std::upper_bound(csum + start_bin + 1, csum + end_bin + 1, hi_threshold);
         r = std::max<int64_t>(start_bin, (first_above - csum) - 1);
         if (first_above == csum + start_bin + 1) r = start_bin;
+      } else {
+        while (l < end_bin && csum[l] < lo_threshold) ++l;
+        while (r > start_bin && csum[r] > hi_threshold) --r;
       }
       int64_t next_start_bin = start_bin, next_end_bin = end_bin;
       if ((l - start_bin) > (end_bin - r)) {

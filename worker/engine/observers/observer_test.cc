@@ -97,6 +97,24 @@ TEST(HistogramObserverTest, MatchesPyTorchOnALoneOutlier) {
   EXPECT_EQ(q->zero_point[0], 1);
 }
 
+// Merging batches interpolates PyTorch's histogram in float32: past 2^24
+// counts some bins go slightly negative, and its cumulative sum dips. The
+// search must then scan as PyTorch does: a binary search on that sum stopped
+// at another bin (range 505.10 here, scale 1.9808). Figures from torch.ao's
+// HistogramObserver on the same batches (same generator and seed).
+TEST(HistogramObserverTest, MatchesPyTorchWhenMergedCountsDip) {
+  auto observer = MakeObserver(Spec(ObserverKind::kHistogram, QScheme::kPerTensorAffine, false));
+  ASSERT_TRUE(observer.ok());
+  at::manual_seed(121);
+  for (int i = 0; i < 5; ++i) {
+    (*observer)->Observe(at::relu(at::randn({50, 8, 16, 16})).pow(3) * std::pow(1.0 + i, 1.5));
+  }
+  auto q = (*observer)->Compute();
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_FLOAT_EQ(q->scale[0], 2.0267493724823f);
+  EXPECT_EQ(q->zero_point[0], 0);
+}
+
 // Calibration observes each sub-batch as soon as it is computed. Batches fed
 // that way, in pieces, must give what the same batches give whole, also when
 // a late piece moves the batch's range (its earlier pieces are recounted) and
