@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/data/image_reader.h"
+#include "worker/engine/predicted_class.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/servable_model.h"
 
@@ -123,8 +124,7 @@ absl::StatusOr<Scores> Score(const quantd::engine::ServableModel& model, const q
 }
 
 int64_t Argmax(const Scores& s, int64_t i) {
-  const float* row = s.values.data() + i * s.classes;
-  return std::max_element(row, row + s.classes) - row;
+  return quantd::engine::PredictedClass(s.values.data() + i * s.classes, s.classes);
 }
 
 }  // namespace
@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < test->count; ++i) {
         const int64_t p = Argmax(*int8, i);
         correct += p == test->labels[i];
-        agree += p == Argmax(*fp32, i);
+        agree += quantd::engine::SamePrediction(p, Argmax(*fp32, i));
       }
       for (size_t k = 0; k < fp32->values.size(); ++k) {
         const double d = static_cast<double>(int8->values[k]) - fp32->values[k];

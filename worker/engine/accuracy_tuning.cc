@@ -17,6 +17,7 @@
 #include "worker/engine/data/dataset.h"
 #include "worker/engine/passes/compare_with_fp32.h"
 #include "worker/engine/passes/convert.h"
+#include "worker/engine/predicted_class.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/runtime/int8_program.h"
 
@@ -125,13 +126,28 @@ absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit
       out = const_cast<torch::jit::Module&>(fp32_module).forward({b.images.clone()}).toTensor().to(at::kFloat);
       return absl::OkStatus();
     }));
-    if (goal.against_fp32 && IsClassifierOutput(out)) b.labels = out.argmax(1);
-    if (!IsClassifierOutput(out) || !b.labels.defined() || out.size(0) != b.labels.numel()) {
+    if (!IsClassifierOutput(out)) {
+      return absl::InvalidArgumentError(absl::StrCat("accuracy_goal needs a classifier: the model's output has shape [",
+                                                     absl::StrJoin(out.sizes(), ", "), "]"));
+    }
+    const at::Tensor predicted = PredictedClasses(out);
+    if (goal.against_fp32) {
+      // FP32's predictions are the labels: an image it predicts nothing for
+      // (NaN scores) would be a label no model can match.
+      const at::Tensor none = predicted.eq(kNoClass).nonzero();
+      if (none.numel() > 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("accuracy_goal.against_fp32: the FP32 model's scores are NaN on image ",
+                         start + none[0].item<int64_t>(), " of ", goal.tuning.path, ", so it has no prediction to match"));
+      }
+      b.labels = predicted;
+    }
+    if (!b.labels.defined() || out.size(0) != b.labels.numel()) {
       return absl::InvalidArgumentError(absl::StrCat("accuracy_goal needs a classifier: the model's output has shape [",
                                                      absl::StrJoin(out.sizes(), ", "), "]"));
     }
     QUANTD_RETURN_IF_ERROR(CheckLabelsInRange(b.labels, out.size(1), "accuracy_goal.tuning"));
-    correct += out.argmax(1).eq(b.labels).sum().item<int64_t>();
+    correct += predicted.eq(b.labels).sum().item<int64_t>();
     judge.images.push_back(b.images);
     judge.labels.push_back(b.labels);
     judge.fp32.push_back(out);
@@ -186,18 +202,18 @@ absl::StatusOr<TrialScore> Score(const Int8Executor& executor, const JudgeSet& j
     noise += (out - ref).pow(2).sum().item<double>();
     classifier = classifier && IsClassifierOutput(ref);
     if (!classifier) continue;
-    const at::Tensor predicted = out.argmax(1);
-    agree += predicted.eq(ref.argmax(1)).sum().item<int64_t>();
+    const at::Tensor predicted = PredictedClasses(out);
+    agree += CountAgreeing(predicted, PredictedClasses(ref));
     if (judge.labels[b].defined()) correct += predicted.eq(judge.labels[b]).sum().item<int64_t>();
   }
   TrialScore score;
   const double n = static_cast<double>(std::max<int64_t>(1, judge.samples));
   if (judge.fp32_top1) score.top1 = static_cast<double>(correct) / n;
   score.agreement = classifier ? static_cast<double>(agree) / n : 0;
-  // NaN in the int8 outputs ranks below every model (NaN > 0 is false).
-  score.output_sqnr_db = std::isnan(signal) || std::isnan(noise) ? -std::numeric_limits<double>::infinity()
-                         : noise > 0                              ? 10 * std::log10(signal / noise)
-                                                                  : 100.0;
+  // NaN in the int8 outputs ranks below every model (SqnrDb); no error at
+  // all is 100 dB, a finite figure for the trial table.
+  const double sqnr = SqnrDb(signal, noise);
+  score.output_sqnr_db = sqnr == std::numeric_limits<double>::infinity() ? 100.0 : sqnr;
   return score;
 }
 

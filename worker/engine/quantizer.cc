@@ -157,7 +157,7 @@ absl::StatusOr<std::vector<int64_t>> QuantizedModel::PredictInt8Unguarded(const 
   std::vector<int64_t> predictions;
   QUANTD_RETURN_IF_ERROR(impl_->ForEachBatch(dataset, batch_size, nullptr, [&](const Batch& batch) -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(at::Tensor out, impl_->executor->Forward(batch.images));
-    at::Tensor arg = out.argmax(1).contiguous();
+    const at::Tensor arg = PredictedClasses(out);
     predictions.insert(predictions.end(), arg.data_ptr<int64_t>(), arg.data_ptr<int64_t>() + arg.numel());
     return absl::OkStatus();
   }));

@@ -121,7 +121,8 @@ class QuantizedModel {
                                         const ProgressCallback& progress = nullptr) const;
   absl::StatusOr<Accuracy> EvaluateFp32(const DatasetSpec& dataset, int64_t batch_size,
                                         const ProgressCallback& progress = nullptr) const;
-  // Argmax predictions of the int8 model for every sample of a dataset.
+  // The int8 model's predicted class for every sample of a dataset
+  // (predicted_class.h: kNoClass for NaN scores).
   absl::StatusOr<std::vector<int64_t>> PredictInt8(const DatasetSpec& dataset, int64_t batch_size) const;
 
   struct Impl;

@@ -15,6 +15,7 @@
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/data/dataset.h"
 #include "worker/engine/ir/graph.h"
+#include "worker/engine/passes/compare_with_fp32.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/runtime/int8_program.h"
 
@@ -79,7 +80,7 @@ struct QuantizedModel::Impl {
             absl::StrJoin(out.sizes(), ", "), "], not [", batch.labels.numel(), ", classes]"));
       }
       QUANTD_RETURN_IF_ERROR(CheckLabelsInRange(batch.labels, out.size(1), "evaluation.dataset"));
-      acc.correct += out.argmax(1).eq(batch.labels).sum().item<int64_t>();
+      acc.correct += PredictedClasses(out).eq(batch.labels).sum().item<int64_t>();
       acc.total += batch.labels.numel();
       return absl::OkStatus();
     }));

@@ -11,14 +11,31 @@
 #include "absl/strings/str_join.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
+#include "worker/engine/predicted_class.h"
 
 namespace quantd::engine {
 
 double SqnrDb(double signal, double noise) {
   // A NaN output is no signal at all: the lowest score (NaN > 0 is false,
-  // and it once read as a perfect match).
-  if (std::isnan(signal) || std::isnan(noise)) return -std::numeric_limits<double>::infinity();
+  // and it once read as a perfect match). So is an infinite reference: its
+  // error is infinite too, inf / inf is NaN, and a NaN SQNR passed the quality
+  // check (NaN < minimum is false).
+  if (std::isnan(signal) || std::isnan(noise) || std::isinf(signal)) return -std::numeric_limits<double>::infinity();
   return noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
+}
+
+at::Tensor PredictedClasses(const at::Tensor& scores) {
+  const at::Tensor s = (scores.is_quantized() ? scores.dequantize() : scores).detach().to(at::kFloat).contiguous();
+  const int64_t rows = s.size(0), classes = s.size(1);
+  at::Tensor predicted = at::empty({rows}, at::kLong);
+  const float* row = s.data_ptr<float>();
+  int64_t* out = predicted.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows; ++i) out[i] = PredictedClass(row + i * classes, classes);
+  return predicted;
+}
+
+int64_t CountAgreeing(const at::Tensor& a, const at::Tensor& b) {
+  return a.eq(b).logical_and(a.ne(kNoClass)).sum().item<int64_t>();
 }
 
 namespace {
@@ -112,9 +129,9 @@ absl::StatusOr<Int8VsFp32> CompareWithFp32(const Int8Executor& int8, const at::T
       const double sqnr = TensorSqnr(got, ref);
       result.output_sqnr_db = std::min(result.output_sqnr_db.value_or(sqnr), sqnr);
       result.samples = got.dim() > 0 ? got.size(0) : 1;
-      if (got.dim() == 2 && got.size(1) > 1 && !result.top1_agreement) {
-        const at::Tensor same = got.argmax(1).eq(ref.argmax(1));
-        result.top1_agreement = same.to(at::kDouble).mean().item<double>();
+      if (got.dim() == 2 && got.size(0) > 0 && got.size(1) > 1 && !result.top1_agreement) {
+        result.top1_agreement = static_cast<double>(CountAgreeing(PredictedClasses(got), PredictedClasses(ref))) /
+                                static_cast<double>(got.size(0));
       }
     }
     return absl::OkStatus();

@@ -36,6 +36,13 @@ struct Int8VsFp32 {
 // -inf when either is NaN (a NaN output ranks below every model).
 double SqnrDb(double signal, double noise);
 
+// The class each row of classifier scores ([N, C], float or quantized)
+// predicts, as PredictedClass ranks them (predicted_class.h): int64 [N],
+// kNoClass for a row of NaN.
+at::Tensor PredictedClasses(const at::Tensor& scores);
+// How many rows of two PredictedClasses agree (the same class, and a class).
+int64_t CountAgreeing(const at::Tensor& a, const at::Tensor& b);
+
 // Runs `images`
 // through the int8 program; each int8 op's output is compared with
 // `layer_references` (FP32 values by value id, for the first images: as many
