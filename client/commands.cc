@@ -83,10 +83,11 @@ const std::vector<Command>& Commands() {
       {"delete", "JOB_ID", "delete a finished job (and its artifact if unused)", &RunDelete},
       {"download", "ARTIFACT_ID --output=FILE", "download an artifact, verifying its sha256",
        &RunDownload, "ARTIFACT_ID (--output=FILE | -o FILE) [--chunk_size=BYTES]"},
-      {"eval", "NAME[:VERSION] --data=PATH [--data_format=cifar10|npy] [--max_samples=N] [--skip_fp32]",
+      {"eval", "NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] [--max_samples=N] ...",
        "evaluate a published version, int8 and FP32 side by side (top-1/5, per class, confusion)", &RunEval,
-       "NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] [--data_labels=PATH] "
-       "[--max_samples=N] [--batch_size=N] [--skip_fp32] | --id=EVALUATION_ID"},
+       "NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] "
+       "[--data_labels=PATH | --data_labels_blob=ID] [--max_samples=N] [--batch_size=N] [--skip_fp32] "
+       "| --id=EVALUATION_ID"},
       {"health", "[--service=NAME]",
        "check quantd's health (grpc.health.v1); exit 0 if SERVING", &RunHealth},
       {"infer", "NAME[:VERSION] --data=FILE [--data_format=cifar10|npy] [--first=N] [--count=N] [--top=K]",

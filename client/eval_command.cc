@@ -11,7 +11,8 @@ namespace quantd::cli {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: eval NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] [--data_labels=PATH] "
+    "usage: eval NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] "
+    "[--data_labels=PATH | --data_labels_blob=ID] "
     "[--max_samples=N] [--batch_size=N] [--skip_fp32]\n"
     "       eval --id=EVALUATION_ID (follow or show one already started)";
 
@@ -20,11 +21,12 @@ constexpr char kUsage[] =
 int RunEval(const CommandContext& context, const std::vector<std::string>& args) {
   std::string error;
   auto a = ParseCommandArgs(
-      args, {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size", "id"}, &error,
+      args, {"data", "data_blob", "data_format", "data_labels", "data_labels_blob", "max_samples", "batch_size", "id"},
+      &error,
       {"skip_fp32"});
   if (a.has_value() && a->Has("id")) {
-    for (const char* other : {"data", "data_blob", "data_format", "data_labels", "max_samples", "batch_size",
-                              "skip_fp32"}) {
+    for (const char* other : {"data", "data_blob", "data_format", "data_labels", "data_labels_blob", "max_samples",
+                              "batch_size", "skip_fp32"}) {
       if (a->Has(other)) {
         error = absl::StrCat("--id follows an evaluation already started; --", other, " is not for it");
       }
@@ -41,8 +43,8 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
   if (!error.empty()) {
     return context.UsageError(absl::StrCat("eval: ", error, "\n", kUsage));
   }
-  auto stub = v1::QuantizationService::NewStub(context.channel);
   if (a->Has("id")) {
+    auto stub = v1::QuantizationService::NewStub(context.channel);
     v1::Evaluation evaluation;
     grpc::ClientContext call;
     context.PrepareCall(call);
@@ -71,6 +73,7 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
   }
   request.set_skip_fp32(a->IsOn("skip_fp32"));
 
+  auto stub = v1::QuantizationService::NewStub(context.channel);
   v1::Evaluation evaluation;
   {
     grpc::ClientContext call;

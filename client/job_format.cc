@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "worker/engine/base/flag_values.h"
 
 namespace quantd::cli {
 
@@ -166,7 +167,22 @@ bool SetDataset(const CommandArgs& a, const std::string& prefix, v1::DatasetRef*
                     : DatasetFormatOf("", prefix, a.Get(prefix + "_format", "cifar10"), error);
   if (format.empty()) return false;
   ref->set_format(format == "npy" ? v1::DATASET_FORMAT_NPY : v1::DATASET_FORMAT_CIFAR10_BINARY);
-  if (a.Has(prefix + "_labels")) ref->set_labels_path(a.Get(prefix + "_labels"));
+  const std::string labels = prefix + "_labels", labels_blob = prefix + "_labels_blob";
+  if (a.Has(labels) && a.Has(labels_blob)) {
+    *error = absl::StrCat("--", labels, " and --", labels_blob, " name the same labels: give one");
+    return false;
+  }
+  // The server ignores labels beside CIFAR-10 records, which carry their own:
+  // a user giving them expects them to be used.
+  for (const std::string& flag : {labels, labels_blob}) {
+    if (!a.Has(flag)) continue;
+    if (absl::Status status = CheckLabelsFlag("--" + flag, format); !status.ok()) {
+      *error = std::string(status.message());
+      return false;
+    }
+  }
+  if (a.Has(labels)) ref->set_labels_path(a.Get(labels));
+  if (a.Has(labels_blob)) ref->set_labels_blob_id(a.Get(labels_blob));
   return true;
 }
 

@@ -22,15 +22,15 @@ namespace quantd::cli {
 
 const char kSubmitUsage[] =
     "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
-    "[--calib_format=cifar10|npy] [--calib_labels=PATH] [--batch_size=N] [--samples_per_class=N] "
+    "[--calib_format=cifar10|npy] [--calib_labels=PATH|--calib_labels_blob=ID] [--batch_size=N] [--samples_per_class=N] "
     "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack|best|custom] [--activation_observer=O] [--weight_observer=W] "
     "[--reduce_range] [--percentile=P] [--bias_correction] [--fitted_rounding] [--cross_layer_equalization] "
     "[--kernel_engine=E] [--strict_kernels] "
     "[--quality_samples=N] [--min_top1_agreement=F] [--min_output_sqnr_db=DB] [--allow_low_quality] "
-    "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] [--eval_labels=PATH] "
+    "[--fusion=auto|none|a,b,c;d,e] [--eval=PATH|--eval_blob=ID] [--eval_format=F] [--eval_labels=PATH|--eval_labels_blob=ID] "
     "[--eval_max_samples=N] [--scale=X] [--mean=a,b,c] [--std=a,b,c] [--layout=NCHW|NHWC] [--idempotency_key=K] "
     "[--deadline_seconds=N] [--model_name=NAME] [--tuning=PATH|--tuning_blob=ID [--tuning_format=F] "
-    "[--tuning_labels=PATH] [--tolerance=POINTS] [--relative_tolerance] [--max_trials=N] "
+    "[--tuning_labels=PATH|--tuning_labels_blob=ID] [--tolerance=POINTS] [--relative_tolerance] [--max_trials=N] "
     "[--time_budget_seconds=S] [--int8_only] [--max_fp32_layers=N] [--against_fp32]] [--wait]";
 
 namespace {
@@ -56,8 +56,9 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
   // would take them as not given: a job that is never published, or never
   // deduplicated, without a word.
   for (const char* flag : {"idempotency_key", "model_name", "model", "model_blob", "calib", "calib_blob",
-                           "calib_labels", "eval", "eval_blob", "eval_labels", "tuning", "tuning_blob",
-                           "tuning_labels", "fusion", "file"}) {
+                           "calib_labels", "calib_labels_blob", "eval", "eval_blob", "eval_labels",
+                           "eval_labels_blob", "tuning", "tuning_blob", "tuning_labels", "tuning_labels_blob", "fusion",
+                           "file"}) {
     if (a.Has(flag) && a.Get(flag).empty()) {
       return (*error = absl::StrCat("--", flag, " is empty (an unset variable?); leave the flag out for none"), false);
     }
@@ -72,7 +73,7 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
   } else {
     // As for --eval_* and --tuning_*: a format or labels with no dataset
     // to apply them to would be dropped silently.
-    for (const char* flag : {"calib_format", "calib_labels"}) {
+    for (const char* flag : {"calib_format", "calib_labels", "calib_labels_blob"}) {
       if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --calib or --calib_blob"), false);
     }
   }
@@ -205,7 +206,7 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
       r->mutable_evaluation()->set_max_samples(n);
     }
   } else {
-    for (const char* flag : {"eval_format", "eval_labels", "eval_max_samples"}) {
+    for (const char* flag : {"eval_format", "eval_labels", "eval_labels_blob", "eval_max_samples"}) {
       if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --eval or --eval_blob"), false);
     }
   }
@@ -269,7 +270,7 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     }
     if (a.Has("against_fp32")) goal->set_against_fp32(a.IsOn("against_fp32"));
   } else {
-    for (const char* flag : {"tuning_format", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
+    for (const char* flag : {"tuning_format", "tuning_labels", "tuning_labels_blob", "tolerance", "relative_tolerance", "max_trials",
                              "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32"}) {
       if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob"), false);
     }
@@ -293,13 +294,13 @@ int RunSubmit(const CommandContext& context, const std::vector<std::string>& arg
   std::string error;
   auto a = ParseCommandArgs(
       args,
-      {"file", "model", "model_blob", "calib", "calib_blob", "calib_format", "calib_labels",
+      {"file", "model", "model_blob", "calib", "calib_blob", "calib_format", "calib_labels", "calib_labels_blob",
        "batch_size", "samples_per_class", "seed", "preset", "activation_observer", "weight_observer",
        "percentile",
        "kernel_engine", "quality_samples", "min_top1_agreement", "min_output_sqnr_db", "fusion", "eval",
-       "eval_blob", "eval_format", "eval_labels", "eval_max_samples", "scale", "mean", "std", "layout",
+       "eval_blob", "eval_format", "eval_labels", "eval_labels_blob", "eval_max_samples", "scale", "mean", "std", "layout",
        "idempotency_key", "deadline_seconds", "model_name", "tuning", "tuning_blob", "tuning_format",
-       "tuning_labels", "tolerance", "max_trials", "time_budget_seconds", "max_fp32_layers"},
+       "tuning_labels", "tuning_labels_blob", "tolerance", "max_trials", "time_budget_seconds", "max_fp32_layers"},
       &error,
       {"reduce_range", "bias_correction", "fitted_rounding", "cross_layer_equalization", "strict_kernels",
        "allow_low_quality", "relative_tolerance", "int8_only", "against_fp32", "wait"});

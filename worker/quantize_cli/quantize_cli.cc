@@ -42,8 +42,10 @@ absl::StatusOr<engine::DatasetFormat> FormatOf(const std::string& path, const st
                                                  "_format=cifar10|npy"));
 }
 
-// "a,b,c" as numbers; an error naming `flag` for anything else (before, a
-// typo dropped the value and with it the normalization, silently).
+absl::Status CheckLabels(const std::string& flag, engine::DatasetFormat format) {
+  return CheckLabelsFlag(flag, format == engine::DatasetFormat::kNpy ? "npy" : "cifar10");
+}
+
 }  // namespace
 
 std::string QuantizeUsage() {
@@ -244,6 +246,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   if (o.calibration.path.empty()) return absl::InvalidArgumentError("--calib is required");
   QUANTD_ASSIGN_OR_RETURN(o.calibration.format, FormatOf(o.calibration.path, "--calib", get("calib_format")));
   o.calibration.labels_path = get("calib_labels");
+  if (flags.count("calib_labels")) QUANTD_RETURN_IF_ERROR(CheckLabels("--calib_labels", o.calibration.format));
   QUANTD_ASSIGN_OR_RETURN(o.calibration.samples_per_class, get_int("samples_per_class", 0));
   QUANTD_ASSIGN_OR_RETURN(int64_t seed, get_int("seed", 0));
   o.calibration.seed = static_cast<uint64_t>(seed);
@@ -318,6 +321,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     eval.path = get("eval");
     QUANTD_ASSIGN_OR_RETURN(eval.format, FormatOf(eval.path, "--eval", get("eval_format")));
     eval.labels_path = get("eval_labels");
+    if (flags.count("eval_labels")) QUANTD_RETURN_IF_ERROR(CheckLabels("--eval_labels", eval.format));
     eval.samples_per_class = 0;
     o.evaluation = eval;
   }
@@ -327,6 +331,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     goal.tuning.path = get("tuning");
     QUANTD_ASSIGN_OR_RETURN(goal.tuning.format, FormatOf(goal.tuning.path, "--tuning", get("tuning_format")));
     goal.tuning.labels_path = get("tuning_labels");
+    if (flags.count("tuning_labels")) QUANTD_RETURN_IF_ERROR(CheckLabels("--tuning_labels", goal.tuning.format));
     goal.tuning.samples_per_class = 0;
     double points = 0.1;
     if (flags.count("tolerance") && (!absl::SimpleAtod(get("tolerance"), &points) || !(points >= 0 && points <= 100))) {

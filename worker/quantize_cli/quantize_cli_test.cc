@@ -167,6 +167,30 @@ TEST(ParseQuantizeArgsTest, ADatasetsFormatIsNamedOrToldByItsExtension) {
             "--eval_format must be cifar10 or npy, not 'png'");
 }
 
+// CIFAR-10 records carry their labels: a labels file beside them was
+// ignored, even one that does not exist (quantctl refuses it alike).
+TEST(ParseQuantizeArgsTest, LabelsGoOnlyWithNpyImages) {
+  const std::vector<std::string> base = {"--model=m.pt", "--output=o.pt"};
+  auto parse = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), base.begin(), base.end());
+    return ParseQuantizeArgs(extra);
+  };
+  EXPECT_EQ(parse({"--calib=c.bin", "--calib_labels=l.npy"}).status().message(),
+            "--calib_labels: CIFAR-10 records carry their labels; a labels file goes with .npy images");
+  EXPECT_THAT(std::string(parse({"--calib=c.npy", "--eval=e.bin", "--eval_labels=l.npy"}).status().message()),
+              ::testing::StartsWith("--eval_labels: CIFAR-10 records"));
+  EXPECT_THAT(std::string(parse({"--calib=c.bin", "--tuning=t.dat", "--tuning_format=cifar10",
+                                 "--tuning_labels=l.npy"})
+                              .status()
+                              .message()),
+              ::testing::StartsWith("--tuning_labels: CIFAR-10 records"));
+  auto npy = parse({"--calib=c.npy", "--calib_labels=l.npy", "--eval=e.dat", "--eval_format=npy",
+                    "--eval_labels=el.npy"});
+  ASSERT_TRUE(npy.ok()) << npy.status();
+  EXPECT_EQ(npy->options.calibration.labels_path, "l.npy");
+  EXPECT_EQ(npy->options.evaluation->labels_path, "el.npy");
+}
+
 TEST(ParseQuantizeArgsTest, BiasCorrectionWithAnyPreset) {
   auto cmd =
       ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=onednn", "--bias_correction"});

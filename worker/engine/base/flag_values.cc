@@ -38,6 +38,12 @@ absl::StatusOr<std::vector<double>> ParseNumberList(absl::string_view text, absl
   return numbers;
 }
 
+absl::Status CheckLabelsFlag(absl::string_view labels_flag, absl::string_view format) {
+  if (format == "npy") return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(labels_flag, ": CIFAR-10 records carry their labels; a labels file goes with .npy images"));
+}
+
 absl::Status CheckFusionGroups(const std::vector<std::vector<std::string>>& groups) {
   if (groups.empty()) return absl::InvalidArgumentError("--fusion: no groups (auto, none, or a,b;c,d)");
   std::set<std::string> seen;

@@ -47,6 +47,12 @@ absl::StatusOr<FusionFlag> ParseFusionFlag(absl::string_view text);
 // The same checks for groups from elsewhere (quantd-quantize's .json spec).
 absl::Status CheckFusionGroups(const std::vector<std::vector<std::string>>& groups);
 
+// A labels flag (`labels_flag`, e.g. "--calib_labels") beside a dataset of
+// `format` ("cifar10" or "npy"): CIFAR-10 records carry their labels, and a
+// labels file given with them would be ignored without a word.
+// INVALID_ARGUMENT naming the flag.
+absl::Status CheckLabelsFlag(absl::string_view labels_flag, absl::string_view format);
+
 }  // namespace quantd
 
 #endif  // QUANTD_WORKER_ENGINE_BASE_FLAG_VALUES_H_
