@@ -19,6 +19,7 @@
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/errno_status.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/data/image_reader.h"
 #include "worker/engine/quantizer.h"
 #include "worker/input_locator.h"
 
@@ -51,16 +52,14 @@ std::string DeterministicBytes(const google::protobuf::Message& message) {
   return bytes;
 }
 
-// What a resolved dataset names its files by: a job is stored and may run on
-// another replica; an evaluation opens its file here and now.
-enum class Naming { kReference, kLocalPath };
-
+// The dataset with its files named by references (a job is stored and may
+// run on another replica); `local`, when given, gets the same spec with this
+// replica's files (an evaluation opens them here and now).
 absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref, const std::string& field,
-                                                   const ReferenceResolver& resolver, Naming naming) {
-  auto name = [naming](const ResolvedInput& input) {
-    return naming == Naming::kReference ? input.reference : input.local_path;
-  };
-  std::string local_path;  // checked below whatever the naming
+                                                   const ReferenceResolver& resolver,
+                                                   engine::DatasetSpec* local = nullptr) {
+  std::string local_path, local_labels_path;
+  auto name = [](const ResolvedInput& input) { return input.reference; };
   engine::DatasetSpec spec;
   switch (ref.format()) {
     case v1::DATASET_FORMAT_CIFAR10_BINARY:
@@ -100,9 +99,16 @@ absl::StatusOr<engine::DatasetSpec> ResolveDataset(const v1::DatasetRef& ref, co
     QUANTD_ASSIGN_OR_RETURN(ResolvedInput labels,
                             resolver.ResolveBlob(ref.labels_blob_id(), field + ".labels_blob_id"));
     spec.labels_path = name(labels);
+    local_labels_path = labels.local_path;
   } else if (labels_used && ref.labels_case() == v1::DatasetRef::kLabelsPath) {
     QUANTD_ASSIGN_OR_RETURN(ResolvedInput labels, resolver.ResolvePath(ref.labels_path(), field + ".labels_path"));
     spec.labels_path = name(labels);
+    local_labels_path = labels.local_path;
+  }
+  if (local != nullptr) {
+    *local = spec;
+    local->path = local_path;
+    local->labels_path = local_labels_path;
   }
   if (spec.format == engine::DatasetFormat::kCifar10Binary) {
     std::error_code error;
@@ -124,6 +130,24 @@ absl::Status RequireLabels(const engine::DatasetSpec& spec, const std::string& f
   if (spec.format != engine::DatasetFormat::kNpy || !spec.labels_path.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat(field, ".labels_path (or .labels_blob_id): required for .npy images ", why));
+}
+
+// A .npy set's files opened as the job will open them (header, dtype, shape
+// in the job's layout, labels and their count, enough samples per class), so
+// that a bad file is refused at submit, not after calibration and tuning.
+// `referenced` is the stored spec, `local` the same files here. CIFAR-10
+// files were checked by size in ResolveDataset: their labels are in every
+// record, and reading them all would slow every submit.
+absl::Status CheckNpyFiles(const engine::DatasetSpec& referenced, engine::DatasetSpec local, const std::string& field) {
+  if (referenced.format != engine::DatasetFormat::kNpy) return absl::OkStatus();
+  const std::string path = local.path, labels_path = local.labels_path;
+  local = referenced;
+  local.path = path;
+  local.labels_path = labels_path;
+  const absl::Status status = engine::CheckDatasetFiles(local);
+  if (status.ok()) return status;
+  return absl::Status(status.code(),
+                      absl::StrCat(field, ": ", worker::ReferToDataset(status.message(), referenced, local)));
 }
 
 absl::StatusOr<engine::Preprocessing> ToPreprocessing(const v1::Preprocessing& p, std::string* layout) {
@@ -401,7 +425,9 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     return absl::InvalidArgumentError("calibration.dataset: required");
   }
   const v1::CalibrationSpec& calibration = request.calibration();
-  QUANTD_ASSIGN_OR_RETURN(spec.calibration, ResolveDataset(calibration.dataset(), "calibration.dataset", resolver, Naming::kReference));
+  engine::DatasetSpec local_calibration;
+  QUANTD_ASSIGN_OR_RETURN(spec.calibration,
+                          ResolveDataset(calibration.dataset(), "calibration.dataset", resolver, &local_calibration));
   if (calibration.batch_size() > kMaxBatchSize) {
     return absl::InvalidArgumentError(absl::StrCat("calibration.batch_size: at most ", kMaxBatchSize));
   }
@@ -414,11 +440,14 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   spec.calibration.seed = calibration.seed();
   spec.calibration.preprocessing = preprocessing;
   spec.calibration.layout = layout;
+  QUANTD_RETURN_IF_ERROR(CheckNpyFiles(spec.calibration, local_calibration, "calibration.dataset"));
 
   if (request.has_evaluation()) {
     const v1::EvaluationSpec& evaluation = request.evaluation();
     if (!evaluation.has_dataset()) return absl::InvalidArgumentError("evaluation.dataset: required");
-    QUANTD_ASSIGN_OR_RETURN(engine::DatasetSpec eval, ResolveDataset(evaluation.dataset(), "evaluation.dataset", resolver, Naming::kReference));
+    engine::DatasetSpec local_eval;
+    QUANTD_ASSIGN_OR_RETURN(engine::DatasetSpec eval,
+                            ResolveDataset(evaluation.dataset(), "evaluation.dataset", resolver, &local_eval));
     if (evaluation.batch_size() > kMaxBatchSize) {
       return absl::InvalidArgumentError(absl::StrCat("evaluation.batch_size: at most ", kMaxBatchSize));
     }
@@ -426,6 +455,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     eval.limit = evaluation.max_samples();
     eval.preprocessing = preprocessing;
     eval.layout = layout;
+    QUANTD_RETURN_IF_ERROR(CheckNpyFiles(eval, local_eval, "evaluation.dataset"));
     spec.evaluation = eval;
     spec.evaluation_batch_size = evaluation.batch_size() == 0 ? 256 : evaluation.batch_size();
   }
@@ -455,10 +485,12 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     const v1::AccuracyGoal& g = request.accuracy_goal();
     if (!g.has_tuning()) return absl::InvalidArgumentError("accuracy_goal.tuning: required (a labelled dataset)");
     engine::AccuracyGoal goal;
-    QUANTD_ASSIGN_OR_RETURN(goal.tuning, ResolveDataset(g.tuning(), "accuracy_goal.tuning", resolver, Naming::kReference));
+    engine::DatasetSpec local_tuning;
+    QUANTD_ASSIGN_OR_RETURN(goal.tuning, ResolveDataset(g.tuning(), "accuracy_goal.tuning", resolver, &local_tuning));
     QUANTD_RETURN_IF_ERROR(RequireLabels(goal.tuning, "accuracy_goal.tuning", "to tune on"));
     goal.tuning.preprocessing = preprocessing;
     goal.tuning.layout = layout;
+    QUANTD_RETURN_IF_ERROR(CheckNpyFiles(goal.tuning, local_tuning, "accuracy_goal.tuning"));
     const double tolerance = g.has_tolerance() ? g.tolerance() : 0.1;
     if (!(tolerance >= 0 && tolerance <= 100)) {
       return absl::InvalidArgumentError(
@@ -770,7 +802,8 @@ absl::StatusOr<worker::EvaluationSpec> EvaluationSpecFromRequest(const v1::Evalu
   spec.model_name = request.model_name();
   QUANTD_ASSIGN_OR_RETURN(spec.model_version, ParseModelVersion(request.model_version(), "model_version"));
   if (!request.has_dataset()) return absl::InvalidArgumentError("dataset: required");
-  QUANTD_ASSIGN_OR_RETURN(spec.dataset, ResolveDataset(request.dataset(), "dataset", resolver, Naming::kLocalPath));
+  QUANTD_ASSIGN_OR_RETURN(spec.dataset_reference, ResolveDataset(request.dataset(), "dataset", resolver, &spec.dataset));
+  QUANTD_RETURN_IF_ERROR(RequireLabels(spec.dataset, "dataset", "to evaluate"));
   spec.max_samples = request.max_samples();
   spec.batch_size = request.batch_size() == 0 ? 256 : request.batch_size();
   if (spec.batch_size > 4096) {

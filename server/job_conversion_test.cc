@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -199,13 +200,29 @@ TEST_F(ResolvePathTest, AnAccuracyGoalOutOfRangeNamesTheField) {
   EXPECT_THAT(JobFromRequest(request, resolver).status().message(), HasSubstr("accuracy_goal.max_trials: at most 1000"));
 }
 
+// A .npy file of `shape` and `descr` ("|u1", "<i8"), data all zero.
+void WriteNpy(const fs::path& path, const std::string& descr, const std::vector<int64_t>& shape, size_t item_bytes) {
+  std::string dims;
+  size_t items = 1;
+  for (int64_t d : shape) {
+    dims += std::to_string(d) + ", ";
+    items *= static_cast<size_t>(d);
+  }
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << "\x93NUMPY" << '\x01' << '\x00' << static_cast<char>(header.size() & 0xff)
+      << static_cast<char>(header.size() >> 8) << header << std::string(items * item_bytes, '\0');
+}
+
 // Refused at submit, not after calibration and tuning ran: .npy images
 // without labels where labels are needed; a deadline already passed (the job
 // was queued, then cancelled by the first worker); a limit that cannot apply.
 TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
   const ReferenceResolver resolver = Resolver();
-  std::ofstream(data_ / "datasets/blobs/images.npy") << "x";
-  std::ofstream(data_ / "datasets/blobs/labels.npy") << "x";
+  WriteNpy(data_ / "datasets/blobs/images.npy", "|u1", {2, 3, 4, 4}, 1);
+  WriteNpy(data_ / "datasets/blobs/labels.npy", "<i8", {2}, 8);
   auto npy = [](v1::DatasetRef* ref, bool labelled) {
     ref->set_path("datasets/blobs/images.npy");
     ref->set_format(v1::DATASET_FORMAT_NPY);
@@ -256,6 +273,29 @@ TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
   absl::StatusOr<worker::Job> ignored = JobFromRequest(request, resolver);
   ASSERT_TRUE(ignored.ok()) << ignored.status();
   EXPECT_TRUE(ignored->spec.calibration.labels_path.empty());
+
+  // A .npy set's files are opened at submit as the job opens them: a bad
+  // file failed the job only when it was read (an evaluation set after
+  // calibration and tuning). Messages name the field and the files as the
+  // client knows them, not by this server's paths.
+  request = OneRecordRequest();
+  npy(request.mutable_evaluation()->mutable_dataset(), /*labelled=*/true);
+  WriteNpy(data_ / "datasets/blobs/labels.npy", "<i8", {3}, 8);
+  status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(),
+              HasSubstr("evaluation.dataset: labels data:datasets/blobs/labels.npy must be 1-D with 2 entries"));
+  EXPECT_THAT(status.message(), ::testing::Not(HasSubstr(root_.string())));
+  WriteNpy(data_ / "datasets/blobs/labels.npy", "<i8", {2}, 8);
+  WriteNpy(data_ / "datasets/blobs/images.npy", "<f8", {2, 3, 4, 4}, 8);
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("evaluation.dataset: data:datasets/blobs/images.npy: image dtype <f8 is not supported"));
+  WriteNpy(data_ / "datasets/blobs/images.npy", "|u1", {2, 3, 4, 4}, 1);
+  request = OneRecordRequest();
+  npy(request.mutable_calibration()->mutable_dataset(), /*labelled=*/true);
+  request.mutable_calibration()->set_samples_per_class(3);  // two images, both of class 0
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("calibration.dataset: samples_per_class=3 but class 0 has only 2 samples"));
 
   // A CIFAR-10 file cut short: the message names the field that gave it.
   request = OneRecordRequest();

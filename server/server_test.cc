@@ -261,6 +261,15 @@ TEST_F(ServerTest, UnknownJobsAndEvaluationsAreNotFoundAndBadEvaluationsNameTheF
   status = evaluate(bad);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
   EXPECT_THAT(status.error_message(), HasSubstr("dataset.path"));
+  // .npy images without their labels, named as a job's are (it said "no
+  // labels" after the version was looked up, naming this server's path).
+  std::ofstream(data_dir_ + "/nested/data/images.npy") << "x";
+  bad.mutable_dataset()->set_format(v1::DATASET_FORMAT_NPY);
+  bad.mutable_dataset()->set_path("images.npy");
+  status = evaluate(bad);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("dataset.labels_path (or .labels_blob_id): required for .npy images to evaluate"));
 
   grpc::ClientContext get_context;
   SetDeadline(get_context);

@@ -14,11 +14,13 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "worker/dataset_json.h"
+#include "worker/input_locator.h"
 #include "worker/json_number.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/thread_name.h"
 #include "worker/engine/data/batch_limits.h"
 #include "worker/engine/data/image_reader.h"
+#include "worker/engine/predicted_class.h"
 #include "worker/engine/quantizer.h"
 
 namespace quantd::worker {
@@ -44,22 +46,7 @@ PrecisionResult DecodePrecision(const json& j) {
   return p;
 }
 
-// NaN scores (a model that overflowed) rank below every number, so that a
-// broken output is never counted as a correct prediction.
-
-// Index of the largest score; the first on ties (as argmax in PyTorch);
-// kNoClass if every score is NaN (no prediction: never correct, never
-// agreeing).
-constexpr int64_t kNoClass = -1;
-int64_t ArgMax(const float* scores, int64_t classes) {
-  int64_t best = 0;
-  for (int64_t c = 1; c < classes; ++c) {
-    if (scores[c] > scores[best] || (std::isnan(scores[best]) && !std::isnan(scores[c]))) best = c;
-  }
-  return std::isnan(scores[best]) ? kNoClass : best;
-}
-
-// Whether `label` is among the k best scores, ranked as ArgMax ranks them
+// Whether `label` is among the k best scores, ranked as PredictedClass ranks them
 // (on ties the lower index first).
 bool InTopK(const float* scores, int64_t classes, int64_t label, int64_t k) {
   if (std::isnan(scores[label])) return false;
@@ -68,6 +55,19 @@ bool InTopK(const float* scores, int64_t classes, int64_t label, int64_t k) {
     if (scores[c] > scores[label] || (scores[c] == scores[label] && c < label)) ++better;
   }
   return better < k;
+}
+
+// A dataset whose samples are not the model's input; a .npy's shape depends
+// on the layout it was read in, which the message names.
+std::string SampleShapeMismatch(const std::vector<int64_t>& samples, const EvaluationSpec& spec,
+                                const std::vector<int64_t>& input_shape) {
+  std::string read_as;
+  if (spec.dataset.format == engine::DatasetFormat::kNpy && !spec.dataset.layout.empty() && spec.dataset.layout != "auto") {
+    read_as = absl::StrCat(" (read as ", spec.dataset.layout, ", the layout version ", spec.model_version,
+                           " was calibrated in)");
+  }
+  return absl::StrCat("dataset: its samples are [", absl::StrJoin(samples, ", "), "]", read_as, ", not ",
+                      spec.model_name, "'s input shape [", absl::StrJoin(input_shape, ", "), "] (as calibrated)");
 }
 
 // What the store selects LatestEvaluations by.
@@ -213,10 +213,10 @@ absl::Status EvaluationAccumulator::Add(int64_t first, const std::vector<int64_t
     QUANTD_RETURN_IF_ERROR(CheckLabel(first + i, label, classes));
     ++report_.per_class_total[label];
     const float* q = int8.data() + i * classes;
-    const int64_t q_top = ArgMax(q, classes);
+    const int64_t q_top = engine::PredictedClass(q, classes);
     // A row with no prediction has no cell: the row sums to fewer than its
     // class's samples.
-    if (q_top != kNoClass) ++report_.int8.confusion[label * classes + q_top];
+    if (q_top != engine::kNoClass) ++report_.int8.confusion[label * classes + q_top];
     if (q_top == label) {
       ++report_.int8.top1_correct;
       ++report_.int8.per_class_correct[label];
@@ -224,14 +224,14 @@ absl::Status EvaluationAccumulator::Add(int64_t first, const std::vector<int64_t
     if (InTopK(q, classes, label, k)) ++report_.int8.top5_correct;
     if (fp32 == nullptr) continue;
     const float* f = fp32->data() + i * classes;
-    const int64_t f_top = ArgMax(f, classes);
-    if (f_top != kNoClass) ++report_.fp32->confusion[label * classes + f_top];
+    const int64_t f_top = engine::PredictedClass(f, classes);
+    if (f_top != engine::kNoClass) ++report_.fp32->confusion[label * classes + f_top];
     if (f_top == label) {
       ++report_.fp32->top1_correct;
       ++report_.fp32->per_class_correct[label];
     }
     if (InTopK(f, classes, label, k)) ++report_.fp32->top5_correct;
-    if (f_top == q_top && f_top != kNoClass) {
+    if (engine::SamePrediction(f_top, q_top)) {
       ++report_.agreement;
       ++report_.per_class_agreement[label];
     } else if (report_.first_disagreements.size() < EvaluationReport::kMaxDisagreements) {
@@ -277,18 +277,29 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   if (spec.max_samples < 0) return absl::InvalidArgumentError("max_samples: must be >= 0 (0 = all)");
   QUANTD_ASSIGN_OR_RETURN(ModelVersion version, store_->GetModelVersion(spec.model_name, spec.model_version));
   spec.model_version = version.version;
+  const absl::StatusOr<Job> job = store_->Get(version.job_id);
   // A .npy is read in the layout the version was calibrated with (the
   // request has no layout of its own), not guessed from its shape.
-  if (spec.dataset.format == engine::DatasetFormat::kNpy && (spec.dataset.layout.empty() || spec.dataset.layout == "auto")) {
-    if (absl::StatusOr<Job> job = store_->Get(version.job_id); job.ok() && !job->spec.calibration.layout.empty()) {
-      spec.dataset.layout = job->spec.calibration.layout;
-    }
+  const bool npy = spec.dataset.format == engine::DatasetFormat::kNpy;
+  if (npy && (spec.dataset.layout.empty() || spec.dataset.layout == "auto")) {
+    if (job.ok() && !job->spec.calibration.layout.empty()) spec.dataset.layout = job->spec.calibration.layout;
   }
+  auto refer = [&spec](absl::string_view message) {
+    return spec.dataset_reference.path.empty() ? std::string(message)
+                                               : ReferToDataset(message, spec.dataset_reference, spec.dataset);
+  };
   absl::StatusOr<std::unique_ptr<engine::ImageReader>> reader = engine::ImageReader::Open(spec.dataset);
   if (!reader.ok()) {
     // The dataset's own code (NOT_FOUND, DATA_LOSS, RESOURCE_EXHAUSTED, ...),
     // said of the request's field.
-    return absl::Status(reader.status().code(), absl::StrCat("dataset: ", reader.status().message()));
+    return absl::Status(reader.status().code(), absl::StrCat("dataset: ", refer(reader.status().message())));
+  }
+  // Refused here, not by the evaluation after the models have loaded.
+  if (job.ok() && job->result.has_value()) {
+    const std::vector<int64_t>& input_shape = job->result->report.input_shape;
+    if (!input_shape.empty() && (*reader)->sample_shape() != input_shape) {
+      return absl::InvalidArgumentError(SampleShapeMismatch((*reader)->sample_shape(), spec, input_shape));
+    }
   }
   QUANTD_RETURN_IF_ERROR(
       engine::CheckBatchBytes((*reader)->sample_shape(), spec.batch_size, options_.max_batch_bytes, "batch_size"));
@@ -450,7 +461,10 @@ void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> 
     const bool cancelled = report.status().code() == absl::StatusCode::kCancelled;
     evaluation.state = cancelled ? EvaluationState::kCancelled : EvaluationState::kFailed;
     evaluation.error_code = report.status().code();
-    evaluation.error_message = std::string(report.status().message());
+    evaluation.error_message =
+        evaluation.spec.dataset_reference.path.empty()
+            ? std::string(report.status().message())
+            : ReferToDataset(report.status().message(), evaluation.spec.dataset_reference, evaluation.spec.dataset);
   }
   const bool stored = Store(evaluation);
   absl::MutexLock lock(&mu_);
@@ -491,9 +505,7 @@ absl::StatusOr<EvaluationReport> Evaluator::Evaluate(Evaluation* evaluation, eng
     QUANTD_ASSIGN_OR_RETURN(fp32, models_->Load(absl::StrCat(spec.model_name, ".fp32"), spec.model_version));
   }
   if (reader.sample_shape() != int8->info().input_shape) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset: its samples are [", absl::StrJoin(reader.sample_shape(), ", "),
-                                                   "], not ", spec.model_name, "'s input shape [",
-                                                   absl::StrJoin(int8->info().input_shape, ", "), "] (as calibrated)"));
+    return absl::InvalidArgumentError(SampleShapeMismatch(reader.sample_shape(), spec, int8->info().input_shape));
   }
   if (int8->info().output_shape.size() != 1) {
     return absl::FailedPreconditionError(absl::StrCat(spec.model_name, " does not output [N, classes] scores"));

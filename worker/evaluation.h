@@ -40,7 +40,10 @@ const char* EvaluationStateName(EvaluationState state);
 struct EvaluationSpec {
   std::string model_name;     // a published name (not its ".fp32" twin)
   int64_t model_version = 0;  // 0 = newest; resolved when the evaluation starts
-  engine::DatasetSpec dataset;
+  engine::DatasetSpec dataset;  // this server's files
+  // The same files by the references the client knows them by, for errors
+  // (no server layout in a message); not stored. Empty: `dataset`'s names.
+  engine::DatasetSpec dataset_reference;
   int64_t max_samples = 0;  // 0 = all
   int64_t batch_size = 256;
   bool skip_fp32 = false;

@@ -23,13 +23,16 @@ constexpr absl::string_view kBlobPrefix = "blob:";
 constexpr absl::string_view kDataDirPrefix = "data:";
 
 absl::Status LocalizeDataset(engine::DatasetSpec& dataset, const std::string& field, const InputLocator* locator) {
-  auto localize = [&](std::string& reference, const std::string& which) -> absl::Status {
+  // Errors name the request's field: an upload was given as a blob id.
+  auto localize = [&](std::string& reference, const std::string& path_field,
+                      const std::string& blob_field) -> absl::Status {
     if (reference.empty()) return absl::OkStatus();
-    QUANTD_ASSIGN_OR_RETURN(reference, locator->LocalPath(reference, which));
+    const bool blob = absl::StartsWith(reference, kBlobPrefix);
+    QUANTD_ASSIGN_OR_RETURN(reference, locator->LocalPath(reference, absl::StrCat(field, blob ? blob_field : path_field)));
     return absl::OkStatus();
   };
-  QUANTD_RETURN_IF_ERROR(localize(dataset.path, field));
-  return localize(dataset.labels_path, field + ".labels");
+  QUANTD_RETURN_IF_ERROR(localize(dataset.path, ".path", ".blob_id"));
+  return localize(dataset.labels_path, ".labels_path", ".labels_blob_id");
 }
 
 }  // namespace
@@ -100,24 +103,46 @@ absl::StatusOr<JobSpec> LocalizeJobSpec(const JobSpec& spec, const InputLocator*
   return local;
 }
 
-std::string ReferToInputs(absl::string_view message, const JobSpec& stored, const JobSpec& local) {
-  std::vector<std::pair<std::string, std::string>> names;  // local path, reference
-  auto add = [&names](const std::string& path, const std::string& reference) {
-    if (!path.empty() && path != reference) names.emplace_back(path, reference);
-  };
-  auto add_dataset = [&add](const engine::DatasetSpec& path, const engine::DatasetSpec& reference) {
-    add(path.path, reference.path);
-    add(path.labels_path, reference.labels_path);
-  };
-  add(local.model_path, stored.model_path);
-  add_dataset(local.calibration, stored.calibration);
-  if (local.evaluation && stored.evaluation) add_dataset(*local.evaluation, *stored.evaluation);
-  if (local.accuracy_goal && stored.accuracy_goal) add_dataset(local.accuracy_goal->tuning, stored.accuracy_goal->tuning);
+namespace {
+
+// Pairs of this replica's file name and the reference the client knows it by.
+using FileNames = std::vector<std::pair<std::string, std::string>>;
+
+void AddName(FileNames& names, const std::string& path, const std::string& reference) {
+  if (!path.empty() && path != reference) names.emplace_back(path, reference);
+}
+
+void AddDatasetNames(FileNames& names, const engine::DatasetSpec& local, const engine::DatasetSpec& stored) {
+  AddName(names, local.path, stored.path);
+  AddName(names, local.labels_path, stored.labels_path);
+}
+
+std::string ReplaceNames(absl::string_view message, FileNames names) {
   // Longest first: one file's path may begin another's.
   std::sort(names.begin(), names.end(), [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
   std::string out(message);
   for (const auto& [path, reference] : names) out = absl::StrReplaceAll(out, {{path, reference}});
   return out;
+}
+
+}  // namespace
+
+std::string ReferToInputs(absl::string_view message, const JobSpec& stored, const JobSpec& local) {
+  FileNames names;
+  AddName(names, local.model_path, stored.model_path);
+  AddDatasetNames(names, local.calibration, stored.calibration);
+  if (local.evaluation && stored.evaluation) AddDatasetNames(names, *local.evaluation, *stored.evaluation);
+  if (local.accuracy_goal && stored.accuracy_goal) {
+    AddDatasetNames(names, local.accuracy_goal->tuning, stored.accuracy_goal->tuning);
+  }
+  return ReplaceNames(message, std::move(names));
+}
+
+std::string ReferToDataset(absl::string_view message, const engine::DatasetSpec& stored,
+                           const engine::DatasetSpec& local) {
+  FileNames names;
+  AddDatasetNames(names, local, stored);
+  return ReplaceNames(message, std::move(names));
 }
 
 }  // namespace quantd::worker

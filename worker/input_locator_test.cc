@@ -131,7 +131,8 @@ TEST_F(InputLocatorTest, ASpecIsLocalizedWholeOrNotAtAll) {
   spec.evaluation->labels_path = BlobReference(std::string(64, 'b'));
   absl::Status missing = LocalizeJobSpec(spec, &locator).status();
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(missing.message(), HasSubstr("evaluation.dataset.labels"));
+  // Named as the request's field: the labels were given as a blob id.
+  EXPECT_THAT(missing.message(), HasSubstr("evaluation.dataset.labels_blob_id: blob"));
 
   // Without a locator (worker tests with fake engines) the spec is as it was.
   absl::StatusOr<JobSpec> unchanged = LocalizeJobSpec(spec, nullptr);
@@ -153,6 +154,16 @@ TEST_F(InputLocatorTest, ErrorsNameInputsByTheirReferences) {
       absl::StrCat("CIFAR-10 file ", local->calibration.path, " is truncated; model ", local->model_path), spec, *local);
   EXPECT_EQ(message, absl::StrCat("CIFAR-10 file data:datasets/calib.bin is truncated; model ", spec.model_path));
   EXPECT_THAT(message, ::testing::Not(HasSubstr(root_.string())));
+
+  // One dataset's files alike (an evaluation's).
+  engine::DatasetSpec stored;
+  stored.path = BlobReference(Upload("images"));
+  stored.labels_path = DataDirReference("datasets/labels.npy");
+  engine::DatasetSpec here;
+  here.path = (root_ / "data/blobs/x").string();
+  here.labels_path = (root_ / "data/datasets/labels.npy").string();
+  EXPECT_EQ(ReferToDataset(absl::StrCat(here.labels_path, ": 9 labels for ", here.path), stored, here),
+            absl::StrCat("data:datasets/labels.npy: 9 labels for ", stored.path));
 }
 
 }  // namespace

@@ -999,6 +999,31 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_NE(missing.exit_code, 0);
     EXPECT_THAT(missing.err, HasSubstr("no version 9"));
 
+    // Images of another layout than the version's are refused when the
+    // evaluation starts, not after the models have loaded, saying how the
+    // file was read and naming no path of this server.
+    {
+      std::string header = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 32, 32, 3), }";
+      while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+      header += '\n';
+      std::ofstream npy(quantd.dir() + "/data/nhwc.npy", std::ios::binary);
+      npy << "\x93NUMPY" << '\x01' << '\x00' << static_cast<char>(header.size()) << '\x00' << header
+          << std::string(2 * 32 * 32 * 3, '\x01');
+      std::string labels = "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }";
+      while ((10 + labels.size() + 1) % 64 != 0) labels += ' ';
+      labels += '\n';
+      std::ofstream labels_npy(quantd.dir() + "/data/nhwc_labels.npy", std::ios::binary);
+      labels_npy << "\x93NUMPY" << '\x01' << '\x00' << static_cast<char>(labels.size()) << '\x00' << labels
+                 << std::string(16, '\0');
+    }
+    RunResult nhwc = quantd.Ctl({"eval", "resnet8:1", "--data=nhwc.npy", "--data_format=npy",
+                                 "--data_labels=nhwc_labels.npy"});
+    EXPECT_EQ(nhwc.exit_code, 1) << nhwc.out << nhwc.err;
+    EXPECT_THAT(nhwc.err, HasSubstr("code 3"));
+    EXPECT_THAT(nhwc.err, HasSubstr("dataset: its samples are [32, 32, 3] (read as NCHW, the layout version 1 was "
+                                    "calibrated in), not resnet8's input shape [3, 32, 32]"));
+    EXPECT_THAT(nhwc.err, Not(HasSubstr(quantd.dir())));
+
     // A long evaluation started by mistake is cancelled (it held one of the
     // server's evaluation slots to the end): CANCELLED at its next batch,
     // with the reason; cancelling it again is FAILED_PRECONDITION.

@@ -54,4 +54,10 @@ absl::StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const DatasetSpec
   return std::make_unique<DatasetImageReader>(std::move(dataset));
 }
 
+absl::Status CheckDatasetFiles(const DatasetSpec& spec) {
+  DatasetSpec raw = spec;
+  raw.preprocessing = Preprocessing();
+  return OpenDataset(raw).status();
+}
+
 }  // namespace quantd::engine

@@ -34,6 +34,12 @@ class ImageReader {
   virtual std::vector<int64_t> Labels(int64_t count) const = 0;
 };
 
+// Opens `spec`'s files as a job will (a .npy header, dtype and shape in
+// `spec.layout`, a labels file and its count) without reading images, so
+// that a bad file is refused when a job is submitted, not after calibration
+// and tuning have run. The dataset's own codes and messages.
+absl::Status CheckDatasetFiles(const DatasetSpec& spec);
+
 }  // namespace quantd::engine
 
 #endif  // QUANTD_WORKER_ENGINE_DATA_IMAGE_READER_H_
