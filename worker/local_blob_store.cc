@@ -52,7 +52,8 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> LocalBlobStore::BeginUpload(
     QUANTD_ASSIGN_OR_RETURN(reservation, quota_->Reserve(declared_size, "upload"));
   }
   std::string tmp = (fs::path(dir_) / ".tmp.upload.XXXXXX").string();
-  int fd = ::mkstemp(tmp.data());
+  // Close-on-exec: model vetting spawns children while uploads are open.
+  int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) {
     return ErrnoStatus(errno, "cannot create upload file");
   }

@@ -126,6 +126,10 @@ absl::Status VetModelInChildProcess(const ModelVetterOptions& options, const std
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 1);
   posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 2);
+  // Nothing else of the server's: the child reads an untrusted model, and
+  // an upload or artifact being written (a temporary file), the job store or
+  // a client's socket held open by it would outlive their use here.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
   posix_spawnattr_t attributes;
   posix_spawnattr_init(&attributes);
   sigset_t no_signals;

@@ -5,7 +5,9 @@
 
 #include "worker/model_vetter.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <string>
@@ -43,6 +45,19 @@ TEST(ModelVetterTest, TheChildsOwnStatusIsPassedOn) {
   status = VetModelInChildProcess(Script(R"(printf 'status 8\nout of memory\n'; exit 2)"), "/m.pt");
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(status.message(), "out of memory");
+}
+
+// The child reads an untrusted model: it gets none of the server's files
+// (an upload being written, the job store), only stdin, stdout and stderr.
+TEST(ModelVetterTest, TheChildInheritsNoDescriptorButItsStandardOnes) {
+  const int fd = ::open("/dev/null", O_RDONLY);  // no O_CLOEXEC, as std::fstream opens files
+  ASSERT_GE(fd, 3);
+  const absl::Status status = VetModelInChildProcess(
+      Script("test -e /proc/self/fd/" + std::to_string(fd) + " && { echo \"inherited fd " + std::to_string(fd) +
+             "\"; exit 3; }; exit 0"),
+      "/m.pt");
+  ::close(fd);
+  EXPECT_TRUE(status.ok()) << status;
 }
 
 TEST(ModelVetterTest, ACrashIsInvalidArgumentNamingTheSignalAndTheModel) {

@@ -25,7 +25,9 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view bytes
   const std::filesystem::path target(path);
   const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
   std::string tmp = (dir / (".tmp." + target.filename().string() + ".XXXXXX")).string();
-  const int fd = mkstemp(tmp.data());
+  // Close-on-exec: the server spawns children (model vetting) while an
+  // artifact is written; they must not hold it open.
+  const int fd = mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) return Errno("cannot create a temporary file in", dir.string());
   size_t written = 0;
   while (written < bytes.size()) {
