@@ -440,6 +440,10 @@ absl::StatusOr<std::optional<Job>> SqliteJobStore::ClaimNext(absl::Time now, con
         claimed = std::move(*job);
         return absl::OkStatus();
       }
+      // Only a spec that does not decode is lost for good. Any other error
+      // (an I/O error, out of memory) rolls the claim back: the job stays
+      // QUEUED for the next claim, its spec untouched.
+      if (job.status().code() != absl::StatusCode::kDataLoss) return job.status();
       undecodable = true;
       JobResult failed;
       failed.error_code = absl::StatusCode::kDataLoss;
@@ -700,6 +704,9 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
     QUANTD_RETURN_IF_ERROR(s.status());
     s.Bind(1, id);
     QUANTD_RETURN_IF_ERROR(s.Step().status());
+    // Read before the transaction: another replica (or a retry landing on
+    // one) may have deleted it since, and only one of them did.
+    if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
     QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));  // one left by a crashed runner
     Stmt unpublish(db_, "DELETE FROM model_versions WHERE job_id = ?1");
     QUANTD_RETURN_IF_ERROR(unpublish.status());
