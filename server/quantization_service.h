@@ -53,8 +53,9 @@ class QuantizationServiceImpl final
     // upload averaging fewer bytes per second since it began is dropped
     // (DEADLINE_EXCEEDED); zero: no minimum.
     int64_t upload_min_bytes_per_second = 0;
-    // Times uploads; never null.
-    worker::Clock* clock = worker::Clock::Real();
+    // Times uploads (intervals: a system clock set forward once dropped
+    // every upload in progress as too slow); never null.
+    worker::Clock* clock = worker::Clock::Monotonic();
   };
   explicit QuantizationServiceImpl(const Deps& deps)
       : deps_(deps), resolver_(deps.data_dir, deps.blobs, deps.read_roots) {}

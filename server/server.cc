@@ -448,6 +448,7 @@ absl::Status QuantdServer::OpenStores() {
   pool_options.max_batch_bytes = options_.max_batch_bytes;
   pool_options.holder = LeaseHolderName(options_.data_dir);
   pool_options.inputs = input_locator_.get();
+  pool_options.interval_clock = worker::Clock::Monotonic();
   if (options_.job_deadline_seconds > 0) {
     pool_options.job_deadline = absl::Seconds(options_.job_deadline_seconds);
   }

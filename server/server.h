@@ -70,8 +70,8 @@ class QuantdServer {
     // and then does not hold its quota reservation; zero: no minimum
     // (--upload_min_bytes_per_second).
     int64_t upload_min_bytes_per_second = 4096;
-    // Times uploads and requests' "timeout" parameters; nullptr: the real
-    // clock (tests pass a fake one).
+    // Times uploads and requests' "timeout" parameters; nullptr: a clock
+    // that never jumps (tests pass a fake one).
     worker::Clock* clock = nullptr;
     // Each gRPC connection is pinged after this long without traffic, and
     // closed (ending its calls, e.g. watch streams) when the peer does not

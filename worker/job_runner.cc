@@ -104,7 +104,10 @@ absl::StatusOr<std::optional<std::string>> JobRunner::ReleaseRetrying(const Job&
   return kept;
 }
 
-Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
+Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Duration budget) {
+  // On the interval clock: a system clock set forward by an hour (a VM
+  // resumed, NTP stepping) once failed every running job at once.
+  const absl::Time budget_end = interval_clock_->Now() + budget;
   job.state = JobState::kRunning;
   job.phase = JobPhase::kNone;
   {
@@ -116,7 +119,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
 
   JobResult result;
   JobPhase current = JobPhase::kNone;
-  absl::Time phase_start = clock_->Now();
+  absl::Time phase_start = interval_clock_->Now();
   bool deadline_hit = false;
   std::optional<std::string> cancel_requested;  // the reason, when requested through the store
   // Once the job was recovered by another process (or by this one, as a new
@@ -127,7 +130,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
   };
 
   auto enter_phase = [&](JobPhase phase) {
-    const absl::Time now = clock_->Now();
+    const absl::Time now = interval_clock_->Now();
     if (current != JobPhase::kNone) {
       PhaseTiming timing{current, absl::ToDoubleSeconds(now - phase_start)};
       result.phase_timings.push_back(timing);
@@ -179,7 +182,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop) {
       cancel_requested = **requested;
       return false;
     }
-    if (clock_->Now() > deadline) {
+    if (clock_->Now() > deadline || interval_clock_->Now() > budget_end) {
       deadline_hit = true;
       return false;
     }

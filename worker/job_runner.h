@@ -56,15 +56,21 @@ struct StopSignals {
 
 class JobRunner {
  public:
+  // `clock` gives dates (stored times, a job's own deadline); durations
+  // (the run's budget, phase timings) are measured on `interval_clock`,
+  // which never jumps when the system time is set (null: `clock`).
   JobRunner(JobStore* store, ArtifactStore* artifacts, QuantizationEngine* engine,
             JobEventHub* events, Clock* clock, int64_t max_batch_bytes = 0,
-            absl::Duration finish_retry_backoff = absl::Milliseconds(100), const InputLocator* inputs = nullptr)
+            absl::Duration finish_retry_backoff = absl::Milliseconds(100), const InputLocator* inputs = nullptr,
+            Clock* interval_clock = nullptr)
       : store_(store), artifacts_(artifacts), engine_(engine), events_(events), clock_(clock),
-        max_batch_bytes_(max_batch_bytes), finish_retry_backoff_(finish_retry_backoff), inputs_(inputs) {}
+        interval_clock_(interval_clock != nullptr ? interval_clock : clock), max_batch_bytes_(max_batch_bytes),
+        finish_retry_backoff_(finish_retry_backoff), inputs_(inputs) {}
 
-  // `job` has just been claimed (RUNNING). `deadline` is absolute
-  // (InfiniteFuture = none). Returns the job as recorded at the end.
-  Job Run(Job job, absl::Time deadline, StopSignals* stop);
+  // `job` has just been claimed (RUNNING). `deadline` is a date (the job's
+  // own; InfiniteFuture = none), `budget` the longest this run may take
+  // (InfiniteDuration = no limit). Returns the job as recorded at the end.
+  Job Run(Job job, absl::Time deadline, StopSignals* stop, absl::Duration budget = absl::InfiniteDuration());
 
  private:
   absl::StatusOr<EngineOutput> RunEngineGuarded(const engine::QuantizeOptions& options);
@@ -75,6 +81,7 @@ class JobRunner {
   QuantizationEngine* const engine_;
   JobEventHub* const events_;
   Clock* const clock_;
+  Clock* const interval_clock_;
   const int64_t max_batch_bytes_;
   // First wait before recording a job's outcome again (doubling, up to 5 s).
   const absl::Duration finish_retry_backoff_;

@@ -64,7 +64,7 @@ WorkerPool::WorkerPool(const Options& options, JobStore* store, ArtifactStore* a
                        QuantizationEngine* engine, Clock* clock)
     : options_(options), store_(store), artifacts_(artifacts), clock_(clock), events_(clock),
       runner_(store, artifacts, engine, &events_, clock, options.max_batch_bytes, options.finish_retry_backoff,
-              options.inputs) {}
+              options.inputs, options.interval_clock) {}
 
 WorkerPool::~WorkerPool() { Stop(); }
 
@@ -277,12 +277,10 @@ void WorkerPool::WorkerLoop() {
       continue;
     }
     Job job = std::move(**claimed);
-    absl::Time deadline = absl::InfiniteFuture();
-    if (options_.job_deadline != absl::InfiniteDuration()) {
-      deadline = clock_->Now() + options_.job_deadline;
-    }
-    if (job.deadline.has_value() && *job.deadline < deadline) deadline = *job.deadline;
-    runner_.Run(std::move(job), deadline, &stop);
+    // The job's own deadline is a date; the server-wide limit a duration
+    // from this start, measured on the runner's interval clock.
+    const absl::Time deadline = job.deadline.value_or(absl::InfiniteFuture());
+    runner_.Run(std::move(job), deadline, &stop, options_.job_deadline);
     absl::MutexLock lock(&mu_);
     for (auto it = running_.begin(); it != running_.end(); ++it) {
       if (it->second.stop == &stop) {

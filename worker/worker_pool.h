@@ -40,6 +40,10 @@ class WorkerPool {
     // Longest one start of a job may run (a job claimed again after its
     // server stopped gets it anew); InfiniteDuration = no limit.
     absl::Duration job_deadline = absl::InfiniteDuration();
+    // What job_deadline and phase timings are measured on: a clock that
+    // never jumps (Clock::Monotonic()) in a server; null: the pool's clock
+    // (tests that move a fake one).
+    Clock* interval_clock = nullptr;
     // A job found RUNNING after this many starts is failed, not retried.
     uint32_t max_attempts = 2;
     // Per-batch memory bound passed to the engine (0 = none).

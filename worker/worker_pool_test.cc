@@ -562,6 +562,22 @@ TEST_F(WorkerPoolTest, DeadlineFailsTheJobOnTheFakeClock) {
   EXPECT_EQ(engine_.batches_run.load(), 5);
 }
 
+// --job_deadline_seconds is a duration from the start, on the interval
+// clock: the system time set forward (a VM resumed, NTP stepping) once failed
+// every running job at once.
+TEST_F(WorkerPoolTest, TheServerWideLimitIgnoresTheSystemTimeBeingSet) {
+  FakeClock dates, intervals;
+  engine_.clock = &dates;  // each batch sets the date a second forward; no time passes
+  WorkerPool::Options options;
+  options.job_deadline = absl::Seconds(4);
+  options.interval_clock = &intervals;
+  auto pool = NewPool(options, &dates);
+  pool->Start();
+  Job job = WaitForState(pool->Submit(NewJob("dated"))->id, JobState::kSucceeded);
+  EXPECT_EQ(engine_.batches_run.load(), 10);
+  for (const PhaseTiming& timing : job.result->phase_timings) EXPECT_EQ(timing.seconds, 0) << JobPhaseName(timing.phase);
+}
+
 // job.proto: a job whose deadline passes while it is still queued is cancelled.
 TEST_F(WorkerPoolTest, DeadlinePassedWhileQueuedCancelsWithoutRunning) {
   FakeClock clock;
