@@ -49,6 +49,12 @@ class HistogramObserver : public Observer {
       saw_infinity_ = true;
       return;
     }
+    if (std::max(std::abs(m.min), std::abs(m.max)) >= kTruncationLimit) {
+      // PyTorch's int() of such a bound fails ("Overflow when unpacking
+      // long"), and the cast to int64 is undefined: a range of no use anyway.
+      saw_too_large_ = true;
+      return;
+    }
     batch_.min = std::min(batch_.min, m.min);
     batch_.max = std::max(batch_.max, m.max);
     chunks_.push_back(x);
@@ -89,6 +95,10 @@ class HistogramObserver : public Observer {
     // PyTorch's torch.aminmax gives NaN here, and its observer then fails.
     if (saw_nan_) return absl::FailedPreconditionError("values are NaN on the calibration data");
     if (saw_infinity_) return absl::FailedPreconditionError("values overflow to infinity on the calibration data");
+    if (saw_too_large_) {
+      return absl::FailedPreconditionError(
+          "values reach 2^63 or more on the calibration data, too large for PyTorch's histogram observer");
+    }
     if (pytorch_.Uninitialized()) return absl::FailedPreconditionError("observer saw no data");
     at::Tensor new_min, new_max;
     if (spec.estimator == RangeEstimator::kPyTorchL2) {
@@ -220,7 +230,9 @@ class HistogramObserver : public Observer {
     }
   }
 
-  // Python's int() on a 0-d tensor: truncation toward zero.
+  // Python's int() on a 0-d tensor: truncation toward zero. Batches with a
+  // value this large are refused before (Observe).
+  static constexpr float kTruncationLimit = 9.2233720368547758e18f;  // 2^63
   static double Truncate(float v) { return static_cast<double>(static_cast<int64_t>(v)); }
 
   // HistogramObserver.forward for the open batch: restart from it (first
@@ -328,6 +340,7 @@ class HistogramObserver : public Observer {
   std::vector<at::Tensor> chunks_;
   std::vector<BinCounter> thread_counters_;  // scratch for ParallelCount
   bool saw_infinity_ = false;
+  bool saw_too_large_ = false;
   bool saw_nan_ = false;
 };
 

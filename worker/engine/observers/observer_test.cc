@@ -310,5 +310,17 @@ TEST(HistogramObserverTest, NaNActivationsAreAnError) {
   EXPECT_NE(q.status().message().find("NaN"), std::string::npos);
 }
 
+// PyTorch's int() of a bound at 2^63 or more fails; the cast to int64 was
+// undefined (INT64_MIN here: an empty histogram, a range-wide scale and
+// every ordinary activation quantized to 0).
+TEST(HistogramObserverTest, ValuesPastTwoToTheSixtyThreeAreAnError) {
+  auto observer = MakeObserver(Spec(ObserverKind::kHistogram, QScheme::kPerTensorAffine, false));
+  ASSERT_TRUE(observer.ok());
+  (*observer)->Observe(at::tensor({0.f, 1.f, 2e19f}));
+  auto q = (*observer)->Compute();
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kFailedPrecondition) << q.status();
+  EXPECT_NE(q.status().message().find("2^63"), std::string::npos) << q.status();
+}
+
 }  // namespace
 }  // namespace quantd::engine
