@@ -6,6 +6,7 @@
 #include <cmath>
 #include <future>
 #include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/status_macros.h"
@@ -40,6 +41,14 @@ void KeepReference(const at::Tensor& t, bool blocked, int64_t row, int64_t rows,
   } else {
     rows_out.copy_(t.narrow(0, 0, k));
   }
+}
+
+// The first `k` images of a tapped value (plain, or `blocked`: [N, C/B, H,
+// W, B]) as plain [k, C, H, W] (or [k, F]).
+at::Tensor PlainImages(const at::Tensor& t, bool blocked, int64_t k) {
+  const at::Tensor first = t.narrow(0, 0, k);
+  if (!blocked) return first;
+  return first.permute({0, 1, 4, 2, 3}).reshape({k, t.size(1) * t.size(4), t.size(2), t.size(3)});
 }
 
 // Adds the images of a tapped value (plain, or `blocked`) to `*sum` (double,
@@ -89,15 +98,12 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
     int64_t& rows = keep_rows[static_cast<size_t>(v)];
     rows = std::max(rows, std::min(options.output_samples, dataset->size()));
   }
-  // Copies of the layers' inputs for the first images, reduced to second
-  // moments at the end.
-  std::vector<int64_t> keep_input_rows(static_cast<size_t>(graph.num_values), 0);
-  if (options.second_moment_samples > 0) {
-    for (int v : BiasCorrectionInputs(graph)) {
-      keep_input_rows[static_cast<size_t>(v)] = std::min(options.second_moment_samples, dataset->size());
-    }
-  }
-  std::map<int, at::Tensor> inputs;
+  // The layers' inputs for the first images, reduced to second moments as
+  // they come.
+  std::optional<InputMomentAccumulator> input_moments;
+  if (options.second_moment_samples > 0) input_moments.emplace(graph);
+  const int64_t moment_rows = std::min(options.second_moment_samples, dataset->size());
+  absl::Status moments_status;
   std::vector<char> keep_mean(static_cast<size_t>(graph.num_values), 0);
   for (int v : options.mean_values) keep_mean[static_cast<size_t>(v)] = 1;
   std::map<int, at::Tensor> sums;
@@ -125,9 +131,10 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
         if (first_image < rows) {
           KeepReference(t, layout == TapLayout::kBlocked, first_image, rows, &result.references[value]);
         }
-        const int64_t input_rows = keep_input_rows[static_cast<size_t>(value)];
-        if (first_image < input_rows) {
-          KeepReference(t, layout == TapLayout::kBlocked, first_image, input_rows, &inputs[value]);
+        if (input_moments && t.dim() > 0 && first_image < moment_rows && input_moments->Wants(value) &&
+            moments_status.ok()) {
+          moments_status = input_moments->Add(
+              value, PlainImages(t, layout == TapLayout::kBlocked, std::min(t.size(0), moment_rows - first_image)));
         }
         if (keep_mean[static_cast<size_t>(value)]) AddToSum(t, layout == TapLayout::kBlocked, &sums[value]);
         Observer* o = observers[static_cast<size_t>(value)].get();
@@ -155,7 +162,7 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
       if (!options.overlap) {
         for (int v : plan.observed_values) observers[static_cast<size_t>(v)]->EndBatch();
       }
-      return absl::OkStatus();
+      return moments_status;
     });
     if (!status.ok()) {
       (void)finish_pending();
@@ -174,8 +181,8 @@ absl::StatusOr<CalibrationResult> Calibrate(const Graph& graph, const Quantizati
   }
   QUANTD_RETURN_IF_ERROR(finish_pending());
   result.samples = dataset->size();
-  if (!inputs.empty()) {
-    QUANTD_ASSIGN_OR_RETURN(result.input_second_moments, InputSecondMoments(graph, inputs));
+  if (input_moments) {
+    QUANTD_ASSIGN_OR_RETURN(result.input_second_moments, input_moments->Finish());
   }
   for (auto& [value, sum] : sums) {
     result.means[value] = (sum / static_cast<double>(result.samples)).to(at::kFloat);

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
 
 namespace quantd::engine {
@@ -50,36 +51,96 @@ at::Tensor ConvPatchMoments(const Node& node, const at::Tensor& x, int64_t* coun
 
 }  // namespace
 
-absl::StatusOr<std::map<int, at::Tensor>> InputSecondMoments(const Graph& graph,
-                                                              const std::map<int, at::Tensor>& inputs) {
-  std::map<int, at::Tensor> moments;
+InputMomentAccumulator::InputMomentAccumulator(const Graph& graph) {
   for (const Node& node : graph.nodes) {
     if (node.removed || (node.kind != OpKind::kConv2d && node.kind != OpKind::kLinear)) continue;
     if (node.inputs.empty() || node.inputs[0].kind != Operand::Kind::kValue) continue;
     const at::Tensor weight = node.inputs[1].constant.toTensor();
-    const int64_t columns = weight.numel() / weight.size(0);
-    if (columns > kMaxRoundingColumns) continue;
-    auto input = inputs.find(node.inputs[0].value);
-    if (input == inputs.end()) {
-      return absl::InternalError(absl::StrCat("weight rounding: no calibration inputs of '", node.name, "'"));
+    if (weight.numel() / weight.size(0) > kMaxRoundingColumns) continue;
+    Input& input = inputs_[node.inputs[0].value];
+    if (node.kind == OpKind::kConv2d) {
+      input.convs.push_back(NodeSum{&node, at::Tensor(), 0});
+    } else {
+      input.linears.push_back(&node);
     }
-    absl::Status status = TorchTry(absl::StrCat("input statistics of '", node.name, "'"), [&]() -> absl::Status {
-      at::NoGradGuard no_grad;
-      const at::Tensor& x = input->second;
-      if (node.kind == OpKind::kConv2d) {
-        if (x.dim() != 4) return absl::InternalError(absl::StrCat("conv input of ", x.dim(), " dimensions"));
-        int64_t count = 0;
-        const at::Tensor sum = ConvPatchMoments(node, x, &count);
-        moments[node.id] = sum / static_cast<double>(std::max<int64_t>(count, 1));
-      } else {
-        const at::Tensor rows = x.reshape({-1, weight.size(1)}).to(at::kDouble);
-        moments[node.id] = (at::matmul(rows.t(), rows) / static_cast<double>(rows.size(0))).unsqueeze(0);
+    nodes_.push_back(&node);
+  }
+}
+
+absl::Status InputMomentAccumulator::ReducePending(Input& input) {
+  if (!input.pending.defined() || input.pending.size(0) == 0) return absl::OkStatus();
+  for (NodeSum& conv : input.convs) {
+    absl::Status status = TorchTry(absl::StrCat("input statistics of '", conv.node->name, "'"), [&]() -> absl::Status {
+      if (input.pending.dim() != 4) {
+        return absl::InternalError(absl::StrCat("conv input of ", input.pending.dim(), " dimensions"));
       }
+      int64_t count = 0;
+      const at::Tensor sum = ConvPatchMoments(*conv.node, input.pending, &count);
+      conv.sum = conv.sum.defined() ? conv.sum + sum : sum;
+      conv.count += count;
+      return absl::OkStatus();
+    });
+    if (!status.ok()) return status;
+  }
+  input.pending = at::Tensor();
+  return absl::OkStatus();
+}
+
+absl::Status InputMomentAccumulator::Add(int value, const at::Tensor& images) {
+  auto it = inputs_.find(value);
+  if (it == inputs_.end() || images.dim() == 0 || images.size(0) == 0) return absl::OkStatus();
+  Input& input = it->second;
+  at::NoGradGuard no_grad;
+  if (!input.linears.empty()) input.rows.push_back(images.clone());
+  if (input.convs.empty()) return absl::OkStatus();
+  // Chunks of kChunkImages counted from the first image, as
+  // InputSecondMoments chunks a whole tensor.
+  for (int64_t first = 0; first < images.size(0);) {
+    const int64_t have = input.pending.defined() ? input.pending.size(0) : 0;
+    const int64_t take = std::min(kChunkImages - have, images.size(0) - first);
+    const at::Tensor part = images.narrow(0, first, take);
+    input.pending = have == 0 ? part.clone() : at::cat({input.pending, part});
+    first += take;
+    if (input.pending.size(0) == kChunkImages) QUANTD_RETURN_IF_ERROR(ReducePending(input));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<int, at::Tensor>> InputMomentAccumulator::Finish() {
+  std::map<int, at::Tensor> moments;
+  for (auto& [value, input] : inputs_) QUANTD_RETURN_IF_ERROR(ReducePending(input));
+  for (const Node* node : nodes_) {
+    Input& input = inputs_.at(node->inputs[0].value);
+    if (node->kind == OpKind::kConv2d) {
+      for (const NodeSum& conv : input.convs) {
+        if (conv.node != node) continue;
+        if (!conv.sum.defined()) {
+          return absl::InternalError(absl::StrCat("weight rounding: no calibration inputs of '", node->name, "'"));
+        }
+        moments[node->id] = conv.sum / static_cast<double>(std::max<int64_t>(conv.count, 1));
+      }
+      continue;
+    }
+    if (input.rows.empty()) {
+      return absl::InternalError(absl::StrCat("weight rounding: no calibration inputs of '", node->name, "'"));
+    }
+    absl::Status status = TorchTry(absl::StrCat("input statistics of '", node->name, "'"), [&]() -> absl::Status {
+      at::NoGradGuard no_grad;
+      const at::Tensor weight = node->inputs[1].constant.toTensor();
+      const at::Tensor rows = at::cat(input.rows).reshape({-1, weight.size(1)}).to(at::kDouble);
+      moments[node->id] = (at::matmul(rows.t(), rows) / static_cast<double>(rows.size(0))).unsqueeze(0);
       return absl::OkStatus();
     });
     if (!status.ok()) return status;
   }
   return moments;
+}
+
+absl::StatusOr<std::map<int, at::Tensor>> InputSecondMoments(const Graph& graph,
+                                                              const std::map<int, at::Tensor>& inputs) {
+  InputMomentAccumulator accumulator(graph);
+  for (const auto& [value, x] : inputs) QUANTD_RETURN_IF_ERROR(accumulator.Add(value, x));
+  return accumulator.Finish();
 }
 
 absl::StatusOr<at::Tensor> RoundToInputs(const Node& node, const at::Tensor& quantized_weight,

@@ -40,6 +40,40 @@ inline constexpr int64_t kMaxRoundingColumns = 1152;
 absl::StatusOr<std::map<int, at::Tensor>> InputSecondMoments(const Graph& graph,
                                                               const std::map<int, at::Tensor>& inputs);
 
+// The same statistics gathered as calibration runs, images arriving in order
+// a few at a time: convolutions' inputs are reduced 16 images at a time, as
+// InputSecondMoments reduces a whole tensor (same figures, bit for bit), so
+// the layers' inputs are never all kept (256 images of ResNet-50's at 224x224
+// came to 9 GB). Linear layers' inputs (at most kMaxRoundingColumns floats an
+// image) are kept.
+class InputMomentAccumulator {
+ public:
+  explicit InputMomentAccumulator(const Graph& graph);
+  // Whether `value` is the input of a node whose statistics are gathered.
+  bool Wants(int value) const { return inputs_.count(value) > 0; }
+  // The next images of `value` ([k, C, H, W] or [k, F]); copied or reduced
+  // at once, so the caller's tensor may change afterwards.
+  absl::Status Add(int value, const at::Tensor& images);
+  // E[x x^T] by node id, as InputSecondMoments.
+  absl::StatusOr<std::map<int, at::Tensor>> Finish();
+
+ private:
+  struct NodeSum {
+    const Node* node;
+    at::Tensor sum;  // double [G, D, D]
+    int64_t count = 0;
+  };
+  struct Input {
+    std::vector<NodeSum> convs;
+    std::vector<const Node*> linears;
+    at::Tensor pending;  // conv images not yet reduced, < 16
+    std::vector<at::Tensor> rows;  // linear inputs, all
+  };
+  absl::Status ReducePending(Input& input);
+  std::map<int, Input> inputs_;
+  std::vector<const Node*> nodes_;  // in graph order
+};
+
 // `quantized_weight` (the node's weight rounded to nearest, per channel or
 // per tensor) re-rounded against `second_moment` (from InputSecondMoments):
 // same qparams, integers chosen column by column to cancel the output error.

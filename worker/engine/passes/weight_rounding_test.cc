@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <vector>
 
@@ -112,6 +113,47 @@ TEST(WeightRoundingTest, LayersTooWideForTheFactorizationAreLeftOut) {
   auto moments = InputSecondMoments(graph, {{0, at::randn({2, 64, 8, 8})}});
   ASSERT_TRUE(moments.ok()) << moments.status();
   EXPECT_TRUE(moments->empty());
+}
+
+// Calibration feeds the accumulator a few images at a time (its sub-batches,
+// here 7, so that pieces straddle the 16-image chunks): the statistics must
+// be those of the whole tensor, bit for bit, so that fitted rounding (and the
+// best preset's models) do not depend on the batch size.
+TEST(WeightRoundingTest, StatisticsGatheredInPiecesEqualTheWholeTensors) {
+  at::manual_seed(9);
+  Graph graph;
+  Node conv = Conv(at::randn({8, 4, 3, 3}), 1, 1, 1);
+  conv.id = 0;
+  conv.outputs = {1};
+  Node linear;
+  linear.kind = OpKind::kLinear;
+  linear.name = "fc";
+  linear.id = 1;
+  linear.inputs = {Operand::Value(2), Operand::Constant(at::randn({10, 12})), Operand::Constant(c10::IValue())};
+  linear.outputs = {3};
+  graph.nodes = {conv, linear};
+  graph.inputs = {0, 2};
+  graph.num_values = 4;
+  const at::Tensor images = CorrelatedImages(37, 4, 6);
+  const at::Tensor features = at::randn({37, 12});
+  auto whole = InputSecondMoments(graph, {{0, images}, {2, features}});
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ASSERT_EQ(whole->size(), 2u);
+
+  InputMomentAccumulator pieces(graph);
+  EXPECT_TRUE(pieces.Wants(0));
+  EXPECT_TRUE(pieces.Wants(2));
+  EXPECT_FALSE(pieces.Wants(1));
+  for (int64_t first = 0; first < 37; first += 7) {
+    const int64_t n = std::min<int64_t>(7, 37 - first);
+    at::Tensor piece = images.narrow(0, first, n).clone();
+    ASSERT_TRUE(pieces.Add(0, piece).ok());
+    piece.fill_(1e6);  // the caller's tensor may be overwritten (in-place ops) once added
+    ASSERT_TRUE(pieces.Add(2, features.narrow(0, first, n)).ok());
+  }
+  auto gathered = pieces.Finish();
+  ASSERT_TRUE(gathered.ok()) << gathered.status();
+  for (int node : {0, 1}) EXPECT_TRUE(at::equal(gathered->at(node), whole->at(node))) << node;
 }
 
 }  // namespace
