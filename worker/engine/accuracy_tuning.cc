@@ -408,7 +408,8 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
       std::vector<LayerReport> layer_reports;
       QUANTD_ASSIGN_OR_RETURN(Program program, Convert(fused, plan, qparams, qconfig, setup.engine, &layer_reports,
                                                        setup.calibrated->means,
-                                                       setup.calibrated->input_second_moments));
+                                                       setup.calibrated->input_second_moments,
+                                                       setup.calibrated->fitted_weights.get()));
       QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(&program));
       QUANTD_ASSIGN_OR_RETURN(score, Score(executor, judge));
       if (fp32.empty() && setup.sqnr_images.defined() && setup.sqnr_images.size(0) > 0) {

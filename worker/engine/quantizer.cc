@@ -348,7 +348,8 @@ class KernelChooser {
     auto converted = std::make_unique<Converted>();
     QUANTD_ASSIGN_OR_RETURN(Program program, Convert(fused_, plan_, calibrated_.qparams, qconfig_, engine,
                                                      &converted->layers, calibrated_.means,
-                                                     calibrated_.input_second_moments));
+                                                     calibrated_.input_second_moments,
+                                                     calibrated_.fitted_weights.get()));
     converted->program = std::make_unique<Program>(std::move(program));
     QUANTD_ASSIGN_OR_RETURN(Int8Executor executor, Int8Executor::Create(converted->program.get()));
     converted->executor = std::make_unique<Int8Executor>(std::move(executor));

@@ -15,6 +15,7 @@
 #include "worker/engine/ir/graph.h"
 #include "worker/engine/observers/observer.h"
 #include "worker/engine/passes/insert_observers.h"
+#include "worker/engine/passes/weight_rounding.h"
 
 namespace quantd::engine {
 
@@ -40,6 +41,9 @@ struct CalibrationResult {
   // and linear node's input patches over the first images, by node id
   // (InputSecondMoments): fitted weight rounding's statistics.
   std::map<int, at::Tensor> input_second_moments;
+  // Weights fitted to those statistics, shared by every conversion from this
+  // calibration (tuning trials, the final one).
+  std::shared_ptr<FittedWeights> fitted_weights = std::make_shared<FittedWeights>();
 };
 
 struct CalibrationOptions {

@@ -158,7 +158,8 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
                                 const std::map<int, QParams>& calibrated_qparams, const QConfig& qconfig,
                                 const std::string& kernel_engine, std::vector<LayerReport>* layers,
                                 const std::map<int, at::Tensor>& input_means,
-                                const std::map<int, at::Tensor>& input_second_moments) {
+                                const std::map<int, at::Tensor>& input_second_moments,
+                                FittedWeights* fitted_weights) {
   std::map<int, const Node*> producer_node;
   for (const Node& node : graph.nodes) {
     if (node.removed) continue;
@@ -262,7 +263,9 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
         QUANTD_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeWeight(node, qconfig, kernel_engine));
         if (qconfig.fitted_rounding) {
           if (auto moments = input_second_moments.find(node.id); moments != input_second_moments.end()) {
-            QUANTD_ASSIGN_OR_RETURN(qw.weight, RoundToInputs(node, qw.weight, moments->second));
+            QUANTD_ASSIGN_OR_RETURN(qw.weight, fitted_weights != nullptr
+                                                   ? fitted_weights->RoundToInputs(node, qw.weight, moments->second)
+                                                   : RoundToInputs(node, qw.weight, moments->second));
           }
         }
         instr.prepack_args = PrepackArgs(node, qw.weight);

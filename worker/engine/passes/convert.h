@@ -9,7 +9,8 @@
 // BiasCorrectionInputs) correct each int8 conv/linear bias. With
 // qconfig.fitted_rounding, weights are rounded against
 // `input_second_moments` (InputSecondMoments, by node id) where a node has
-// them, and to nearest elsewhere.
+// them, and to nearest elsewhere; through `fitted_weights` when given (fits
+// reused between conversions from one calibration).
 
 #include <map>
 #include <string>
@@ -19,6 +20,7 @@
 #include "worker/engine/ir/graph.h"
 #include "worker/engine/observers/observer.h"
 #include "worker/engine/passes/insert_observers.h"
+#include "worker/engine/passes/weight_rounding.h"
 #include "worker/engine/qconfig/qconfig.h"
 #include "worker/engine/report.h"
 #include "worker/engine/runtime/int8_program.h"
@@ -29,7 +31,8 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
                                 const std::map<int, QParams>& activation_qparams, const QConfig& qconfig,
                                 const std::string& kernel_engine, std::vector<LayerReport>* layers,
                                 const std::map<int, at::Tensor>& input_means = {},
-                                const std::map<int, at::Tensor>& input_second_moments = {});
+                                const std::map<int, at::Tensor>& input_second_moments = {},
+                                FittedWeights* fitted_weights = nullptr);
 
 }  // namespace quantd::engine
 

@@ -210,4 +210,50 @@ absl::StatusOr<at::Tensor> RoundToInputs(const Node& node, const at::Tensor& qua
   return rounded;
 }
 
+namespace {
+
+// The same quantized tensor: scheme, qparams and integers.
+bool SameQuantized(const at::Tensor& a, const at::Tensor& b) {
+  if (a.qscheme() != b.qscheme() || !a.sizes().equals(b.sizes())) return false;
+  if (a.qscheme() == at::kPerChannelAffine || a.qscheme() == at::kPerChannelSymmetric) {
+    if (a.q_per_channel_axis() != b.q_per_channel_axis() ||
+        !at::equal(a.q_per_channel_scales(), b.q_per_channel_scales()) ||
+        !at::equal(a.q_per_channel_zero_points(), b.q_per_channel_zero_points())) {
+      return false;
+    }
+  } else if (a.q_scale() != b.q_scale() || a.q_zero_point() != b.q_zero_point()) {
+    return false;
+  }
+  return at::equal(a.int_repr(), b.int_repr());
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> FittedWeights::RoundToInputs(const Node& node, const at::Tensor& quantized_weight,
+                                                        const at::Tensor& second_moment) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = by_node_.find(node.id);
+    if (it != by_node_.end() && it->second.second_moment.is_same(second_moment)) {
+      bool same = false;
+      absl::Status status = TorchTry("comparing weights with the fitted ones", [&]() {
+        same = SameQuantized(it->second.nearest, quantized_weight);
+        return absl::OkStatus();
+      });
+      if (!status.ok()) return status;
+      if (same) return it->second.fitted;
+    }
+  }
+  QUANTD_ASSIGN_OR_RETURN(at::Tensor fitted, engine::RoundToInputs(node, quantized_weight, second_moment));
+  absl::MutexLock lock(&mu_);
+  by_node_[node.id] = Fit{quantized_weight, second_moment, fitted};
+  ++fits_;
+  return fitted;
+}
+
+int64_t FittedWeights::fits() const {
+  absl::MutexLock lock(&mu_);
+  return fits_;
+}
+
 }  // namespace quantd::engine

@@ -22,7 +22,9 @@
 #include <map>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "worker/engine/ir/graph.h"
 
 namespace quantd::engine {
@@ -46,6 +48,26 @@ absl::StatusOr<std::map<int, at::Tensor>> InputSecondMoments(const Graph& graph,
 // the layers' inputs are never all kept (256 images of ResNet-50's at 224x224
 // came to 9 GB). Linear layers' inputs (at most kMaxRoundingColumns floats an
 // image) are kept.
+// RoundToInputs's results by node, reused while the weights rounded to
+// nearest and the statistics they are fitted against are the same: tuning
+// trials and the final conversion change activation ranges, not weight
+// qparams, and a fit costs O(out x D^2) per layer. Safe to share between
+// threads.
+class FittedWeights {
+ public:
+  absl::StatusOr<at::Tensor> RoundToInputs(const Node& node, const at::Tensor& quantized_weight,
+                                           const at::Tensor& second_moment) ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t fits() const ABSL_LOCKS_EXCLUDED(mu_);  // computed, not reused (tests)
+
+ private:
+  struct Fit {
+    at::Tensor nearest, second_moment, fitted;
+  };
+  mutable absl::Mutex mu_;
+  std::map<int, Fit> by_node_ ABSL_GUARDED_BY(mu_);
+  int64_t fits_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 class InputMomentAccumulator {
  public:
   explicit InputMomentAccumulator(const Graph& graph);

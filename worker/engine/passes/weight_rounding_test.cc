@@ -115,6 +115,34 @@ TEST(WeightRoundingTest, LayersTooWideForTheFactorizationAreLeftOut) {
   EXPECT_TRUE(moments->empty());
 }
 
+// Tuning converts once per trial from one calibration: the same weights
+// and statistics give the same fit, computed once.
+TEST(WeightRoundingTest, FitsAreReusedForTheSameWeightsAndStatistics) {
+  at::manual_seed(3);
+  const at::Tensor w = at::randn({8, 4, 3, 3});
+  Graph graph = OneNodeGraph(Conv(w, 1, 1, 1));
+  auto moments = InputSecondMoments(graph, {{0, CorrelatedImages(16, 4, 6)}});
+  ASSERT_TRUE(moments.ok()) << moments.status();
+  const at::Tensor nearest = RoundToNearest(w);
+  FittedWeights fitted;
+  auto first = fitted.RoundToInputs(graph.nodes[0], nearest, moments->at(0));
+  auto again = fitted.RoundToInputs(graph.nodes[0], RoundToNearest(w), moments->at(0));
+  ASSERT_TRUE(first.ok() && again.ok());
+  EXPECT_EQ(fitted.fits(), 1);
+  EXPECT_TRUE(at::equal(again->int_repr(), first->int_repr()));
+  auto direct = RoundToInputs(graph.nodes[0], nearest, moments->at(0));
+  ASSERT_TRUE(direct.ok());
+  EXPECT_TRUE(at::equal(direct->int_repr(), first->int_repr()));
+
+  // Other qparams (another weight observer): fitted anew.
+  const at::Tensor coarser =
+      at::quantize_per_channel(w, nearest.q_per_channel_scales() * 2, nearest.q_per_channel_zero_points(), 0, at::kQInt8);
+  auto other = fitted.RoundToInputs(graph.nodes[0], coarser, moments->at(0));
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(fitted.fits(), 2);
+  EXPECT_TRUE(at::equal(other->q_per_channel_scales(), coarser.q_per_channel_scales()));
+}
+
 // Calibration feeds the accumulator a few images at a time (its sub-batches,
 // here 7, so that pieces straddle the 16-image chunks): the statistics must
 // be those of the whole tensor, bit for bit, so that fitted rounding (and the
