@@ -93,7 +93,8 @@ class JobStore {
   // (this attempt) is about to hold, so that deleting an identical job does
   // not remove it in between. Finish replaces it with the result's.
   virtual absl::Status PinArtifact(const std::string& id, uint32_t attempt, const std::string& artifact_id) = 0;
-  // Deletes a finished job (and the model version it published).
+  // Deletes a finished job (and the model version it published, with its
+  // evaluations).
   // FAILED_PRECONDITION if it has not finished.
   // Then, if it held an artifact, calls `release` with the job and whether
   // no other job holds that artifact, as WithArtifactLocked does. OK once the
@@ -125,7 +126,8 @@ class JobStore {
   virtual absl::StatusOr<std::vector<ModelVersion>> ListModelVersions(const std::string& name) = 0;
   // One version; `version` 0 = the newest. NOT_FOUND naming what is missing.
   virtual absl::StatusOr<ModelVersion> GetModelVersion(const std::string& name, int64_t version) = 0;
-  // Unpublishes a version (its job and artifact stay). NOT_FOUND if absent.
+  // Unpublishes a version (its job and artifact stay) and deletes its
+  // evaluations. NOT_FOUND if absent.
   virtual absl::Status DeleteModelVersion(const std::string& name, int64_t version) = 0;
   // Evaluation records (worker/evaluation.h encodes them), by id: insert or
   // replace, and read (NOT_FOUND naming the id). `index` is what
@@ -142,8 +144,8 @@ class JobStore {
   virtual absl::StatusOr<std::string> GetEvaluation(const std::string& id) = 0;
   // For each model version: the record of its newest succeeded evaluation,
   // and of its newest succeeded one with an FP32 column where that is
-  // another (for metrics; every process's). Records stored before indexes
-  // existed are not among them.
+  // another (for metrics; every process's), for versions still published.
+  // Records stored before indexes existed are not among them.
   virtual absl::StatusOr<std::vector<std::string>> LatestEvaluations() = 0;
   // How many jobs are in each state (every process's: for metrics).
   virtual absl::StatusOr<std::map<JobState, int64_t>> CountByState() = 0;

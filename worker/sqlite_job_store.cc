@@ -708,6 +708,13 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
     // one) may have deleted it since, and only one of them did.
     if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("job \"", id, "\" not found"));
     QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));  // one left by a crashed runner
+    // Its version's evaluations go with it: nothing else ever deletes them.
+    Stmt evaluations(db_,
+                     "DELETE FROM evaluations WHERE (model_name, model_version) IN "
+                     "(SELECT name, version FROM model_versions WHERE job_id = ?1)");
+    QUANTD_RETURN_IF_ERROR(evaluations.status());
+    evaluations.Bind(1, id);
+    QUANTD_RETURN_IF_ERROR(evaluations.Step().status());
     Stmt unpublish(db_, "DELETE FROM model_versions WHERE job_id = ?1");
     QUANTD_RETURN_IF_ERROR(unpublish.status());
     unpublish.Bind(1, id);
@@ -879,6 +886,9 @@ absl::StatusOr<std::vector<std::string>> SqliteJobStore::LatestEvaluations() {
          "WHERE model_name = e.model_name AND model_version = e.model_version) OR "
          "(e.has_fp32 = 1 AND e.succeeded_us = (SELECT MAX(succeeded_us) FROM evaluations "
          "WHERE model_name = e.model_name AND model_version = e.model_version AND has_fp32 = 1))) "
+         // An evaluation that was running when its version was deleted
+         // writes its record after the deletion.
+         "AND EXISTS (SELECT 1 FROM model_versions v WHERE v.name = e.model_name AND v.version = e.model_version) "
          "ORDER BY e.succeeded_us, e.id");
   QUANTD_RETURN_IF_ERROR(s.status());
   std::vector<std::string> records;
@@ -930,14 +940,23 @@ absl::StatusOr<ModelVersion> SqliteJobStore::GetModelVersion(const std::string& 
 
 absl::Status SqliteJobStore::DeleteModelVersion(const std::string& name, int64_t version) {
   absl::MutexLock lock(&mu_);
-  Stmt s(db_, "DELETE FROM model_versions WHERE name = ?1 AND version = ?2");
-  QUANTD_RETURN_IF_ERROR(s.status());
-  s.Bind(1, name).Bind(2, version);
-  QUANTD_RETURN_IF_ERROR(s.Step().status());
-  if (sqlite3_changes(db_) != 1) {
-    return absl::NotFoundError(absl::StrCat("model \"", name, "\" has no version ", version));
-  }
-  return absl::OkStatus();
+  QUANTD_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  absl::Status deleted = [&]() -> absl::Status {
+    Stmt s(db_, "DELETE FROM model_versions WHERE name = ?1 AND version = ?2");
+    QUANTD_RETURN_IF_ERROR(s.status());
+    s.Bind(1, name).Bind(2, version);
+    QUANTD_RETURN_IF_ERROR(s.Step().status());
+    if (sqlite3_changes(db_) != 1) {
+      return absl::NotFoundError(absl::StrCat("model \"", name, "\" has no version ", version));
+    }
+    // Its evaluations go with it (version numbers are never handed out
+    // again): nothing else ever deletes them, and each Evaluate adds one.
+    Stmt evaluations(db_, "DELETE FROM evaluations WHERE model_name = ?1 AND model_version = ?2");
+    QUANTD_RETURN_IF_ERROR(evaluations.status());
+    evaluations.Bind(1, name).Bind(2, version);
+    return evaluations.Step().status();
+  }();
+  return EndTransaction(deleted);
 }
 
 }  // namespace quantd::worker

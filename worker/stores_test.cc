@@ -447,6 +447,15 @@ TEST(SqliteJobStoreTest, LatestEvaluationsAreEachVersionsNewestSucceededAndNewes
   EXPECT_EQ(*(*store)->GetEvaluation("old"), "old record");
   auto at = [](int64_t seconds) { return std::optional<absl::Time>(absl::FromUnixSeconds(seconds)); };
   using Index = JobStore::EvaluationIndex;
+  // Jobs j1 and j2 publish resnet8 v1 and v2, j3 other v1.
+  for (const auto& [id, name] : std::vector<std::pair<std::string, std::string>>{
+           {"j1", "resnet8"}, {"j2", "resnet8"}, {"j3", "other"}}) {
+    Job job = NewJob(id, 1);
+    job.spec.model_name = name;
+    ASSERT_TRUE((*store)->Create(job, 10).ok());
+    ASSERT_TRUE((*store)->ClaimNext(absl::FromUnixSeconds(5), "local", absl::Hours(1)).ok());
+    ASSERT_TRUE((*store)->Finish(id, 1, JobState::kSucceeded, JobResult(), absl::FromUnixSeconds(5)).ok());
+  }
   // resnet8 v1: FP32 at 10, int8 only at 20, one still running, one failed
   // (no index time); v2: one at 15; other v1: none succeeded.
   ASSERT_TRUE((*store)->PutEvaluation("e1", "v1 with fp32", Index{"resnet8", 1, at(10), true}).ok());
@@ -461,6 +470,22 @@ TEST(SqliteJobStoreTest, LatestEvaluationsAreEachVersionsNewestSucceededAndNewes
   // of its version are no longer.
   ASSERT_TRUE((*store)->PutEvaluation("e3", "v1 done", Index{"resnet8", 1, at(30), true}).ok());
   EXPECT_THAT(*(*store)->LatestEvaluations(), ::testing::ElementsAre("v2", "v1 done"));
+
+  // A version's evaluations go with it, unpublished or with its job: nothing
+  // else deleted them, and every Evaluate adds one.
+  ASSERT_TRUE((*store)->DeleteModelVersion("resnet8", 1).ok());
+  for (const char* id : {"e1", "e2", "e3"}) {
+    EXPECT_EQ((*store)->GetEvaluation(id).status().code(), absl::StatusCode::kNotFound) << id;
+  }
+  EXPECT_THAT(*(*store)->LatestEvaluations(), ::testing::ElementsAre("v2"));
+  ASSERT_TRUE((*store)->Delete("j3", nullptr).ok());
+  EXPECT_EQ((*store)->GetEvaluation("e5").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE((*store)->GetEvaluation("e4").ok());
+  // One written after its version was deleted (it was running) is kept for
+  // GetEvaluation but is no version's latest.
+  ASSERT_TRUE((*store)->PutEvaluation("e6", "v1 late", Index{"resnet8", 1, at(40), true}).ok());
+  EXPECT_TRUE((*store)->GetEvaluation("e6").ok());
+  EXPECT_THAT(*(*store)->LatestEvaluations(), ::testing::ElementsAre("v2"));
 }
 
 TEST(SqliteJobStoreTest, ADeleteThatFailsHalfwayChangesNothing) {
