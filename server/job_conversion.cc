@@ -329,6 +329,43 @@ ReferenceResolver::ReferenceResolver(std::string data_dir, const worker::BlobSto
   }
 }
 
+namespace {
+
+// Whether `text` is well-formed UTF-8 (no overlong forms, surrogates or code
+// points past U+10FFFF).
+bool IsUtf8(absl::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
+    const unsigned char lead = byte(i);
+    size_t length = 0;
+    uint32_t code = 0;
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    } else if ((lead & 0xE0) == 0xC0) {
+      length = 2, code = lead & 0x1F;
+    } else if ((lead & 0xF0) == 0xE0) {
+      length = 3, code = lead & 0x0F;
+    } else if ((lead & 0xF8) == 0xF0) {
+      length = 4, code = lead & 0x07;
+    } else {
+      return false;
+    }
+    if (i + length > text.size()) return false;
+    for (size_t k = 1; k < length; ++k) {
+      if ((byte(i + k) & 0xC0) != 0x80) return false;
+      code = (code << 6) | (byte(i + k) & 0x3F);
+    }
+    static constexpr uint32_t kSmallest[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < kSmallest[length] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    i += length;
+  }
+  return true;
+}
+
+}  // namespace
+
 absl::StatusOr<ResolvedInput> ReferenceResolver::ResolvePath(const std::string& path,
                                                              const std::string& field) const {
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty path"));
@@ -353,6 +390,13 @@ absl::StatusOr<ResolvedInput> ReferenceResolver::ResolvePath(const std::string& 
   // (a link changed later cannot redirect it).
   const fs::path resolved = fs::canonical(full, error);
   if (error) return absl::NotFoundError(absl::StrCat(field, ": \"", path, "\" cannot be resolved: ", error.message()));
+  // The job is stored as JSON text: a name that is not UTF-8 (a link to a
+  // Latin-1 folder) would be stored altered, and the job fail on a path
+  // nobody gave.
+  if (!IsUtf8(resolved.string())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": \"", path, "\" leads to a file whose path is not UTF-8; give a path (or link) in UTF-8"));
+  }
   // quantd's own files are not inputs, whatever name or link leads to them.
   const fs::path& data_root = roots_.front();
   auto [data_root_end, inside] = std::mismatch(data_root.begin(), data_root.end(), resolved.begin(), resolved.end());

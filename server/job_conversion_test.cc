@@ -200,6 +200,21 @@ TEST_F(ResolvePathTest, AnAccuracyGoalOutOfRangeNamesTheField) {
   EXPECT_THAT(JobFromRequest(request, resolver).status().message(), HasSubstr("accuracy_goal.max_trials: at most 1000"));
 }
 
+// The job is stored as JSON text: a link to a file whose name is not UTF-8
+// was stored with the name altered, and the job failed NOT_FOUND on a path
+// nobody gave.
+TEST_F(ResolvePathTest, ALinkToAPathThatIsNotUtf8IsRefused) {
+  const ReferenceResolver resolver = Resolver();
+  std::ofstream(data_ / "datasets/caf\xe9.bin") << std::string(3073, '\0');
+  fs::create_symlink(data_ / "datasets/caf\xe9.bin", data_ / "datasets/latin1.bin");
+  absl::Status status = resolver.ResolvePath("datasets/latin1.bin", "calibration.dataset.path").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("calibration.dataset.path: \"datasets/latin1.bin\" leads to a file whose "
+                                          "path is not UTF-8"));
+  std::ofstream(data_ / "datasets/caf\xc3\xa9.bin") << std::string(3073, '\0');  // café in UTF-8
+  EXPECT_TRUE(resolver.ResolvePath("datasets/caf\xc3\xa9.bin", "calibration.dataset.path").ok());
+}
+
 // A .npy file of `shape` and `descr` ("|u1", "<i8"), data all zero.
 void WriteNpy(const fs::path& path, const std::string& descr, const std::vector<int64_t>& shape, size_t item_bytes) {
   std::string dims;
