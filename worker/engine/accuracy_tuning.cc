@@ -146,7 +146,7 @@ absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit
       return absl::InvalidArgumentError(absl::StrCat("accuracy_goal needs a classifier: the model's output has shape [",
                                                      absl::StrJoin(out.sizes(), ", "), "]"));
     }
-    QUANTD_RETURN_IF_ERROR(CheckLabelsInRange(b.labels, out.size(1), "accuracy_goal.tuning"));
+    QUANTD_RETURN_IF_ERROR(CheckLabelsInRange(b.labels, out.size(1), "accuracy_goal.tuning", start));
     correct += predicted.eq(b.labels).sum().item<int64_t>();
     judge.images.push_back(b.images);
     judge.labels.push_back(b.labels);

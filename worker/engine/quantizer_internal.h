@@ -79,7 +79,7 @@ struct QuantizedModel::Impl {
             "evaluation needs a classifier: the ", int8 ? "int8" : "FP32", " model's output has shape [",
             absl::StrJoin(out.sizes(), ", "), "], not [", batch.labels.numel(), ", classes]"));
       }
-      QUANTD_RETURN_IF_ERROR(CheckLabelsInRange(batch.labels, out.size(1), "evaluation.dataset"));
+      QUANTD_RETURN_IF_ERROR(CheckLabelsInRange(batch.labels, out.size(1), "evaluation.dataset", acc.total));
       acc.correct += PredictedClasses(out).eq(batch.labels).sum().item<int64_t>();
       acc.total += batch.labels.numel();
       return absl::OkStatus();

@@ -447,15 +447,17 @@ TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {
   // silently wrong; Evaluate refused them, job evaluation did not.
   {
     std::vector<int64_t> labels(64);
-    for (int64_t i = 0; i < 64; ++i) labels[static_cast<size_t>(i)] = 1 + i % 4;
+    // 1-based from sample 40 on: the first outside is sample 43's 4, in
+    // the third batch of 16.
+    for (int64_t i = 0; i < 64; ++i) labels[static_cast<size_t>(i)] = (i < 40 ? 0 : 1) + i % 4;
     testing::WriteNpy(*dir_ + "/one_based_labels.npy", "<i8", {64}, labels.data(), labels.size() * 8);
   }
   DatasetSpec one_based = Options().calibration;
   one_based.labels_path = *dir_ + "/one_based_labels.npy";
   for (bool int8_side : {true, false}) {
-    auto refused = int8_side ? (*model)->EvaluateInt8(one_based, 64) : (*model)->EvaluateFp32(one_based, 64);
+    auto refused = int8_side ? (*model)->EvaluateInt8(one_based, 16) : (*model)->EvaluateFp32(one_based, 16);
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
-    EXPECT_NE(refused.status().message().find("evaluation.dataset: a sample's label is 4, outside the model's 4 classes"),
+    EXPECT_NE(refused.status().message().find("evaluation.dataset: sample 43's label is 4, outside the model's 4 classes"),
               std::string::npos)
         << refused.status();
   }

@@ -423,13 +423,15 @@ absl::StatusOr<std::vector<int64_t>> StratifiedSelection(const std::vector<int64
   return chosen;
 }
 
-absl::Status CheckLabelsInRange(const at::Tensor& labels, int64_t classes, absl::string_view field) {
+absl::Status CheckLabelsInRange(const at::Tensor& labels, int64_t classes, absl::string_view field,
+                                int64_t first_sample) {
   if (labels.numel() == 0) return absl::OkStatus();
   const at::Tensor outside = labels.lt(0).logical_or(labels.ge(classes));
   if (!outside.any().item<bool>()) return absl::OkStatus();
-  const int64_t label = labels.masked_select(outside)[0].item<int64_t>();
-  return absl::InvalidArgumentError(absl::StrCat(field, ": a sample's label is ", label, ", outside the model's ",
-                                                 classes, " classes (labels are 0..", classes - 1, ")"));
+  const int64_t at = outside.nonzero()[0][0].item<int64_t>();
+  return absl::InvalidArgumentError(absl::StrCat(field, ": sample ", first_sample + at, "'s label is ",
+                                                 labels[at].item<int64_t>(), ", outside the model's ", classes,
+                                                 " classes (labels are 0..", classes - 1, ")"));
 }
 
 absl::Status CheckBatchBytes(const Dataset& dataset, int64_t batch_size, int64_t max_bytes, absl::string_view field) {

@@ -45,7 +45,8 @@ absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec);
 // Labels must each name one of the model's `classes` outputs: one outside
 // (1-based labels, a 10-class file for a 5-class model) would silently count
 // as wrong. INVALID_ARGUMENT naming `field` and the label.
-absl::Status CheckLabelsInRange(const at::Tensor& labels, int64_t classes, absl::string_view field);
+absl::Status CheckLabelsInRange(const at::Tensor& labels, int64_t classes, absl::string_view field,
+                                int64_t first_sample = 0);
 
 // CheckBatchBytes (batch_limits.h) for this dataset's images.
 absl::Status CheckBatchBytes(const Dataset& dataset, int64_t batch_size, int64_t max_bytes, absl::string_view field);
