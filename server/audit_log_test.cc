@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
 namespace quantd {
 namespace {
 
@@ -20,6 +24,23 @@ TEST(AuditTextTest, CallerChosenValuesCannotForgeFieldsOrLines) {
                       absl::NotFoundError("no \"job-x\"\\")),
             "audit: who=- peer=ipv6:[::1]:5 method=\"GET /v2/x who=admin result=OK\" "
             "target=\"job-x\\x0aresult=OK\" result=NOT_FOUND message=\"no \\\"job-x\\\"\\\\\"");
+}
+
+// Targets and messages echo what a caller sent: one Evaluate with a model
+// name of 120000 control bytes wrote a 480 KB line (a 7 MiB expected_sha256,
+// a 29 MB one). Each field is cut, saying how much was left out.
+TEST(AuditTextTest, CallerChosenValuesAreCut) {
+  const std::string huge(120000, '\x01');
+  const std::string line = AuditText("ci", "ipv4:10.0.0.7:1", "Evaluate", huge,
+                                     absl::InvalidArgumentError(absl::StrCat("model_name: \"", huge, "\"")));
+  EXPECT_LT(line.size(), 2500u);
+  EXPECT_NE(line.find("target=\"\\x01"), std::string::npos) << line.substr(0, 200);
+  EXPECT_NE(line.find("...(119744 more bytes)\" result=INVALID_ARGUMENT"), std::string::npos);
+  EXPECT_NE(line.find("...(119758 more bytes)\""), std::string::npos);
+  // Not inside a UTF-8 sequence: 255 ASCII bytes, then "é" straddling 256.
+  const std::string text = std::string(255, 'a') + "\xc3\xa9" + std::string(10, 'b');
+  EXPECT_NE(AuditText("ci", "p", "M", text, absl::OkStatus()).find(std::string(255, 'a') + "...(12 more bytes)"),
+            std::string::npos);
 }
 
 }  // namespace
