@@ -20,6 +20,21 @@
 
 namespace quantd::worker {
 
+namespace {
+// Bytes an upload of undeclared size reserves at a time.
+constexpr int64_t kUndeclaredUploadStep = int64_t{16} << 20;
+
+// A step of an undeclared upload: 16 MiB (or `at_least`, a larger chunk)
+// where there is room, else exactly `at_least`, so that a small upload is
+// not refused for room it will not use. Each reservation measures the data
+// dir: one per step, not per chunk, while there is room.
+absl::StatusOr<DataQuota::Reservation> ReserveStep(const DataQuota& quota, int64_t at_least) {
+  absl::StatusOr<DataQuota::Reservation> step = quota.Reserve(std::max(kUndeclaredUploadStep, at_least), "upload");
+  if (step.ok() || step.status().code() != absl::StatusCode::kResourceExhausted) return step;
+  return quota.Reserve(at_least, "upload");
+}
+}  // namespace
+
 namespace fs = std::filesystem;
 
 absl::StatusOr<std::unique_ptr<LocalBlobStore>> LocalBlobStore::Open(const std::string& dir, int64_t max_bytes,
@@ -49,7 +64,10 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> LocalBlobStore::BeginUpload(
   }
   DataQuota::Reservation reservation;
   if (quota_ != nullptr) {
-    QUANTD_ASSIGN_OR_RETURN(reservation, quota_->Reserve(declared_size, "upload"));
+    // An undeclared size reserves a step now, and each next one before its
+    // bytes are written (LocalBlobUpload::Append).
+    QUANTD_ASSIGN_OR_RETURN(reservation, declared_size > 0 ? quota_->Reserve(declared_size, "upload")
+                                                           : ReserveStep(*quota_, 0));
   }
   std::string tmp = (fs::path(dir_) / ".tmp.upload.XXXXXX").string();
   // Close-on-exec: model vetting spawns children while uploads are open.
@@ -160,16 +178,19 @@ absl::Status LocalBlobUpload::Append(const std::string& chunk) {
     return absl::InvalidArgumentError(absl::StrCat("upload sends more than metadata.size_bytes (",
                                                    declared_size_, " bytes)"));
   }
-  // Undeclared sizes: look at the quota again every 16 MiB received.
-  unchecked_bytes_ += static_cast<int64_t>(chunk.size());
-  if (store_->quota() != nullptr && declared_size_ == 0 && unchecked_bytes_ >= (16 << 20)) {
-    // Earlier chunks are already in the temporary file, which UsedBytes counts.
-    absl::Status room = store_->quota()->Check(static_cast<int64_t>(chunk.size()), "upload");
-    unchecked_bytes_ = 0;
-    if (!room.ok()) {
+  // Undeclared sizes: room for the next step is reserved before it is
+  // written (earlier chunks are in the temporary file, which the quota
+  // counts). Checked only every 16 MiB received, uploads under 16 MiB were
+  // never checked, and any number of them overran the quota together.
+  if (store_->quota() != nullptr && declared_size_ == 0 &&
+      reservation_.bytes() < static_cast<int64_t>(chunk.size())) {
+    absl::StatusOr<DataQuota::Reservation> more =
+        ReserveStep(*store_->quota(), static_cast<int64_t>(chunk.size()));
+    if (!more.ok()) {
       Discard();
-      return room;
+      return more.status();
     }
+    reservation_ = *std::move(more);  // what was left of the last step goes back
   }
   hash_.Update(chunk);
   size_t written = 0;
@@ -209,6 +230,7 @@ absl::StatusOr<BlobInfo> LocalBlobUpload::Commit() {
   }
   ::close(fd_);
   fd_ = -1;
+  reservation_.Release();  // every byte is in the file: the rest of a step goes back
   std::string target = (fs::path(store_->dir()) / info.sha256).string();
   {
     // Not while the sweep decides on this blob (RemoveIf): it would delete the

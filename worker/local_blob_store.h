@@ -43,7 +43,6 @@ class LocalBlobUpload final : public BlobUpload {
   std::string expected_sha256_;
   int64_t declared_size_;  // 0 = not declared
   int64_t size_ = 0;
-  int64_t unchecked_bytes_ = 0;  // received since the quota was last checked
   // The declared size's share of the quota not yet in the temporary file.
   DataQuota::Reservation reservation_;
   engine::Sha256 hash_;

@@ -1244,6 +1244,36 @@ TEST(DataQuotaTest, TwoArtifactsStoredAtOnceCannotBothTakeTheRoomLeft) {
   }
 }
 
+// An upload that declares no size reserves room before each step is
+// written. Checked only every 16 MiB received, uploads under 16 MiB were
+// never checked: six of 15 MiB stored 94 MB against a 20 MB quota.
+TEST(DataQuotaTest, UploadsOfUndeclaredSizeReserveBeforeTheyWrite) {
+  const std::string dir = TempDir("quota_undeclared");
+  DataQuota quota(dir, 100);
+  auto blobs = LocalBlobStore::Open(dir + "/blobs", 1000, &quota);
+  ASSERT_TRUE(blobs.ok());
+  auto first = (*blobs)->BeginUpload("", 0);
+  auto second = (*blobs)->BeginUpload("", 0);
+  ASSERT_TRUE(first.ok() && second.ok());  // no room for a 16 MiB step: none taken yet
+  ASSERT_TRUE((*first)->Append(std::string(60, 'x')).ok());
+  absl::Status refused = (*second)->Append(std::string(60, 'y'));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("--max_data_bytes"));
+  ASSERT_TRUE((*first)->Commit().ok());
+  EXPECT_EQ(*quota.UsedBytes(), 60);
+  EXPECT_EQ(quota.ReservedBytes(), 0);
+  // With room, one reservation covers many chunks.
+  DataQuota roomy(dir, int64_t{1} << 30);
+  auto blobs_roomy = LocalBlobStore::Open(dir + "/blobs", 1000, &roomy);
+  auto third = (*blobs_roomy)->BeginUpload("", 0);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(roomy.ReservedBytes(), int64_t{16} << 20);
+  ASSERT_TRUE((*third)->Append(std::string(10, 'z')).ok());
+  EXPECT_EQ(roomy.ReservedBytes(), (int64_t{16} << 20) - 10);
+  ASSERT_TRUE((*third)->Commit().ok());
+  EXPECT_EQ(roomy.ReservedBytes(), 0);
+}
+
 TEST(DataQuotaTest, UploadsInProgressReserveTheirDeclaredSize) {
   const std::string dir = TempDir("quota_reserve");
   DataQuota quota(dir, 100);
