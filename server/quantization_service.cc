@@ -35,6 +35,9 @@ constexpr uint32_t kDefaultChunk = 1 << 20;
 // framing: a chunk of exactly 4 MiB is a 4 MiB + 6 byte message, which
 // default clients refuse.
 constexpr uint32_t kMaxChunk = (4 << 20) - (64 << 10);
+// Smaller ones are sent this big: a read token asking for 1-byte chunks made
+// a 100 MB artifact 25 million store reads on the shared RPC threads.
+constexpr uint32_t kMinChunk = 4 << 10;
 
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                       const absl::Status& status) {
@@ -883,7 +886,8 @@ QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext* context,
     }
     return artifact;
   };
-  uint32_t chunk = request->chunk_size() == 0 ? kDefaultChunk : std::min(request->chunk_size(), kMaxChunk);
+  const uint32_t chunk =
+      request->chunk_size() == 0 ? kDefaultChunk : std::clamp(request->chunk_size(), kMinChunk, kMaxChunk);
   return new DownloadReactor(deps_.executor, deps_.artifacts, std::move(lookup), chunk);
 }
 

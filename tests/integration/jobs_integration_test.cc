@@ -250,6 +250,26 @@ TEST(JobsIntegrationTest, SubmitWaitEvaluateDownloadAndLoadInPyTorch) {
   RunResult chunked = quantd.Ctl({"download", artifact, "-o", small_chunks, "--chunk_size=1000"});
   ASSERT_EQ(chunked.exit_code, 0) << chunked.err;
   EXPECT_EQ(ReadFileOrEmpty(small_chunks), ReadFileOrEmpty(file));
+  {  // Below 4 KiB chunks are sent 4 KiB big: 1-byte ones cost a store read each.
+    auto stub = v1::QuantizationService::NewStub(
+        grpc::CreateChannel(quantd.target(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::DownloadArtifactRequest request;
+    request.set_id(artifact);
+    request.set_chunk_size(1);
+    auto reader = stub->DownloadArtifact(&context, request);
+    v1::DownloadArtifactResponse response;
+    size_t largest = 0, chunks = 0;
+    while (reader->Read(&response)) {
+      if (response.payload_case() != v1::DownloadArtifactResponse::kChunkData) continue;
+      largest = std::max(largest, response.chunk_data().size());
+      ++chunks;
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(largest, std::min<size_t>(4096, ReadFileOrEmpty(file).size()));
+    EXPECT_EQ(chunks, (ReadFileOrEmpty(file).size() + 4095) / 4096);
+  }
   const std::string stored = quantd.dir() + "/data/artifacts/" + sha + ".pt";
   std::string damaged = ReadFileOrEmpty(stored);
   ASSERT_FALSE(damaged.empty());
