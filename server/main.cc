@@ -385,6 +385,14 @@ int main(int argc, char** argv) {
                                  " is an admin (submit, delete, upload); give --token_file, or "
                                  "--bind_address=127.0.0.1 for this machine only"));
   }
+  if (!options.tls_client_ca_file.empty() && options.metrics_tls_client_ca_file.empty() && options.metrics_port >= 0) {
+    // The HTTP port serves the same inference API (REST /v2): mTLS on gRPC
+    // alone leaves it to tokens and server-side TLS.
+    quantd::LogLine(quantd::LogLevel::kWarning,
+                    "quantd: --tls_client_ca requires client certificates on gRPC only; the HTTP port (REST "
+                    "inference under /v2, /metrics, the health probes) takes any client: give "
+                    "--metrics_tls_client_ca for it too (probes then need a certificate), or --metrics_port=-1");
+  }
   auto server = quantd::QuantdServer::Start(options);
   if (!server.ok()) {
     quantd::LogLine(quantd::LogLevel::kError,

@@ -308,6 +308,28 @@ TEST_F(SecureQuantd, MetricsOverHttpsNeedATrustedClientCertificate) {
   EXPECT_EQ(MetricsStatus(kReadToken, "client"), "200");
 }
 
+// The HTTP port serves REST inference too: mTLS on gRPC alone leaves it to
+// tokens, which quantd says at start. (This fixture gives both flags.)
+TEST_F(SecureQuantd, MutualTlsOnGrpcAloneIsWarnedAbout) {
+  EXPECT_THAT(log(), Not(HasSubstr("--tls_client_ca requires client certificates on gRPC only")));
+  const std::string log_path = dir_ + "/grpc_mtls_only.log";
+  Subprocess::Options options;
+  options.stderr_path = log_path;
+  auto child = Subprocess::Start({QUANTD_BIN, "--bind_address=127.0.0.1", "--grpc_port=0", "--metrics_port=0",
+                                  "--data_dir=" + dir_ + "/data2", "--port_file=" + dir_ + "/ports2.json",
+                                  "--tls_cert=" + dir_ + "/server.pem", "--tls_key=" + dir_ + "/server.key",
+                                  "--tls_client_ca=" + dir_ + "/ca.pem", "--token_file=" + dir_ + "/tokens"},
+                                 options);
+  ASSERT_TRUE(child.ok()) << child.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline && !fs::exists(dir_ + "/ports2.json") && !(*child)->Poll().has_value()) {
+    (*child)->WaitFor(absl::Milliseconds(20));
+  }
+  EXPECT_THAT(ReadFileOrEmpty(log_path),
+              HasSubstr("--tls_client_ca requires client certificates on gRPC only; the HTTP port (REST inference "
+                        "under /v2, /metrics, the health probes) takes any client"));
+}
+
 TEST_F(SecureQuantd, TheTokenFileIsReloadedWithoutARestart) {
   const std::string late = "late-token-91c4e0b2aa";
   EXPECT_THAT(Ctl(late, {"jobs"}).err, HasSubstr("code 16"));
