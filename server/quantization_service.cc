@@ -618,22 +618,39 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  if (!deps_.executor->TrySchedule([reactor, context, method, caller = *std::move(caller),
-                                    work = std::move(work)]() mutable {
+  // Calls that change state (those of submit and admin roles) audit their
+  // own outcome; one that never ran, or threw, is audited here.
+  const bool mutating = required >= Role::kSubmit;
+  const std::string who = caller->name;
+  auto audit_unrun = [mutating, context, method, who](const absl::Status& status) {
+    if (mutating) AuditLine(who, context->peer(), method, "", status);
+  };
+  if (!deps_.executor->TrySchedule([reactor, context, method, caller = *std::move(caller), work = std::move(work),
+                                    audit_unrun]() mutable {
         // A caller that went away while the call waited (cancelled, or past
         // its deadline) saw it fail: a submit or delete done now would be one
         // it believes was not, and a retry would do it twice. The deadline is
         // compared too: gRPC may mark the call cancelled only a little later.
         if (context->IsCancelled() || context->deadline() <= std::chrono::system_clock::now()) {
-          reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED,
-                                       absl::StrCat(method, ": the caller went away (cancelled, or past its deadline) "
-                                                            "while the call waited for an RPC thread; it was not run")));
+          const absl::Status gone = absl::CancelledError(
+              absl::StrCat(method, ": the caller went away (cancelled, or past its deadline) while the call waited "
+                                   "for an RPC thread; it was not run"));
+          audit_unrun(gone);
+          reactor->Finish(ToGrpcStatus(gone));
           return;
         }
-        reactor->Finish(ToGrpcStatus(StatusOfTask(
-            method, [&caller, &work]() -> absl::Status { return std::move(work)(std::move(caller)); })));
+        bool returned = false;
+        const absl::Status status = StatusOfTask(method, [&caller, &work, &returned]() -> absl::Status {
+          absl::Status result = std::move(work)(std::move(caller));
+          returned = true;
+          return result;
+        });
+        if (!returned) audit_unrun(status);  // it threw: its own line may be missing
+        reactor->Finish(ToGrpcStatus(status));
       })) {
-    reactor->Finish(ToGrpcStatus(Busy(method, *deps_.executor)));
+    const absl::Status busy = Busy(method, *deps_.executor);
+    audit_unrun(busy);
+    reactor->Finish(ToGrpcStatus(busy));
   }
   return reactor;
 }

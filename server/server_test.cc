@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <prometheus/text_serializer.h>
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <set>
@@ -1134,6 +1136,54 @@ TEST(ServerExecutorTest, CallsWithoutAValidTokenAreRefusedBeforeTheyQueue) {
   release.Notify();
   for (int i = 0; i < 1000 && executor.queued() > 0; ++i) absl::SleepFor(absl::Milliseconds(10));
   EXPECT_EQ(get_job("Bearer " + token).error_code(), grpc::StatusCode::NOT_FOUND);
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(dir);
+}
+
+// A call that changes state but never runs (the RPC threads are busy) is
+// audited all the same: the audit log said nothing of it.
+TEST(ServerExecutorTest, AMutatingCallRefusedAsBusyIsAudited) {
+  const std::string dir = TempDir("audit_busy");
+  std::filesystem::create_directories(dir);
+  const std::string token = "submit-token-0123456789";
+  std::ofstream(dir + "/tokens") << "ci submit " << token << "\n";
+  QuantdServer::Options options = LoopbackOptions(dir + "/data");
+  options.token_file = dir + "/tokens";
+  options.rpc_threads = 1;
+  options.rpc_queue_capacity = 1;
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
+  BlockingExecutor& executor = (*server)->rpc_executor();
+  absl::Notification release;
+  ASSERT_TRUE(OccupyTheOnlyThread(executor, release));
+  ASSERT_TRUE(executor.TrySchedule([] {}));  // the queue is full
+
+  // The log goes to stderr: caught in a file for the call.
+  const std::string log_path = dir + "/stderr.log";
+  const int saved_stderr = ::dup(2);
+  const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(log_fd, 0);
+  ::dup2(log_fd, 2);
+  grpc::Status status;
+  {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    context.AddMetadata("authorization", "Bearer " + token);
+    v1::CancelJobRequest request;
+    request.set_id("job-1");
+    v1::Job job;
+    status = stub->CancelJob(&context, request, &job);
+  }
+  ::dup2(saved_stderr, 2);
+  ::close(saved_stderr);
+  ::close(log_fd);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  std::ifstream in(log_path);
+  const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(log, ::testing::HasSubstr("audit: who=ci peer="));
+  EXPECT_THAT(log, ::testing::HasSubstr("method=CancelJob target=- result=RESOURCE_EXHAUSTED"));
+  release.Notify();
   (*server)->Shutdown(absl::Seconds(5));
   std::filesystem::remove_all(dir);
 }
