@@ -292,6 +292,19 @@ TEST(QuantizeTest, ScalesAtTheObserversFloorFitQnnpacksBiasAndAdd) {
       EXPECT_LT((pruned - 3.0).abs().max().item<float>(), step) << engine << " fused " << fused;
       EXPECT_LT((*ours - fp32).abs().max().item<float>(), 2 * step) << engine << " fused " << fused;
       ExpectArtifactComputesTheProgram(**model, options);
+      // The report (and so the manifest) holds the scales the int8 weights
+      // hold: raised for the bias, they are doubles, once rounded to float.
+      for (const Instr& instr : (*model)->impl().program->instrs) {
+        if (instr.kind != InstrKind::kConv2d) continue;
+        const at::Tensor weight = instr.prepack_args[0].toTensor();
+        const LayerReport* layer = FindLayer((*model)->report(), instr.name);
+        ASSERT_NE(layer, nullptr) << instr.name;
+        ASSERT_EQ(layer->weight_scales.size(), static_cast<size_t>(weight.size(0))) << instr.name;
+        for (int64_t c = 0; c < weight.size(0); ++c) {
+          EXPECT_EQ(layer->weight_scales[static_cast<size_t>(c)], weight.q_per_channel_scales()[c].item<double>())
+              << engine << " " << instr.name << "[" << c << "]";
+        }
+      }
     }
   }
 }
@@ -713,6 +726,28 @@ TEST(QuantizeTest, AClampOpenAboveIsAReluFusedOrNot) {
       EXPECT_GT(*quality.output_sqnr_db, 20.0) << bound << " " << automatic;
       ExpectArtifactComputesTheProgram(**model, options);
     }
+  }
+}
+
+// A clamp with no finite bound (clamp(x, max=inf), clamp(x, -1e20, 1e20))
+// does nothing to int8 codes: the runtime kept them, but the artifact was
+// written as torch.clamp with neither bound, which raises on every forward,
+// in Python and in quantd's own serving.
+TEST(QuantizeTest, AClampWithNoFiniteBoundIsNoOpInTheArtifact) {
+  for (const char* bounds : {"None, float(\"inf\")", "-1.0e20, 1.0e20"}) {
+    torch::jit::Module m("UnboundedClamp");
+    at::manual_seed(8);
+    m.register_parameter("w1", at::randn({8, 3, 3, 3}) * 0.05, false);
+    m.register_parameter("w2", at::randn({10, 8, 30, 30}) * 0.01, false);
+    m.define(absl::StrCat(R"(
+    def forward(self, x):
+        y = torch.clamp(torch.conv2d(x, self.w1), )", bounds, R"()
+        return torch.flatten(torch.conv2d(y, self.w2), 1)
+  )"));
+    QuantizeOptions options = SavedModelOptions(m, "unbounded_clamp", 16);
+    auto model = Quantize(options);
+    ASSERT_TRUE(model.ok()) << bounds << ": " << model.status();
+    ExpectArtifactComputesTheProgram(**model, options);
   }
 }
 

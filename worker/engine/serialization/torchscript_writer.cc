@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/base/status_macros.h"
@@ -65,6 +66,9 @@ std::string DoubleLiteral(double v) {
 // as LibTorch's quantized clamp quantizes them (a missing bound: open).
 std::string ClampCodes(const std::string& out, const std::string& x, const std::optional<double>& min,
                        const std::optional<double>& max) {
+  // Neither bound (both infinite or past kOpenClampBound): the runtime keeps
+  // the codes, and torch.clamp with two None raises.
+  if (!min && !max) return absl::StrCat(out, " = ", x);
   const std::string q = absl::StrCat("torch.q_scale(", x, "), torch.q_zero_point(", x, ")");
   auto code = [&](const std::optional<double>& bound) -> std::string {
     if (!bound) return "None";
@@ -238,10 +242,23 @@ class SourceBuilder {
     if (v.isInt()) return absl::StrCat(v.toInt());
     if (v.isDouble()) return DoubleLiteral(v.toDouble());
     if (v.isString()) {
+      // TorchScript's lexer takes \n, \t and octal escapes (not \r or \x):
+      // a raw line break failed define(), and the job, when it was stored.
       std::string s = "\"";
       for (char c : v.toStringRef()) {
-        if (c == '"' || c == '\\') s.push_back('\\');
-        s.push_back(c);
+        const auto byte = static_cast<unsigned char>(c);
+        if (c == '"' || c == '\\') {
+          s.push_back('\\');
+          s.push_back(c);
+        } else if (c == '\n') {
+          s += "\\n";
+        } else if (c == '\t') {
+          s += "\\t";
+        } else if (byte < 0x20 || byte == 0x7f) {
+          absl::StrAppendFormat(&s, "\\%03o", byte);
+        } else {
+          s.push_back(c);
+        }
       }
       return s + "\"";
     }
