@@ -648,7 +648,7 @@ void ToProto(const worker::JobResult& r, v1::JobResult* out) {
     layer->set_op(l.op);
     layer->set_output_scale(l.output_scale);
     layer->set_output_zero_point(l.output_zero_point);
-    for (float s : l.weight_scales) layer->add_weight_scales(s);
+    for (double s : l.weight_scales) layer->add_weight_scales(s);
     if (l.sqnr_db.has_value()) layer->set_sqnr_db(*l.sqnr_db);
   }
   if (r.report.fp32_accuracy.has_value()) AccuracyToProto(*r.report.fp32_accuracy, out->mutable_fp32_accuracy());

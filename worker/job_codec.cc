@@ -345,7 +345,7 @@ absl::StatusOr<JobResult> DecodeJobResult(const std::string& text) {
       layer.op = l.at("op").get<std::string>();
       layer.output_scale = DecodeNumber(l.at("output_scale"), kNaN);
       layer.output_zero_point = l.at("output_zero_point").get<int64_t>();
-      layer.weight_scales = DecodeNumbers<float>(l.at("weight_scales"));
+      layer.weight_scales = DecodeNumbers<double>(l.at("weight_scales"));
       layer.sqnr_db = DecodeOptionalNumber(l.at("sqnr_db"));
       r.layers.push_back(std::move(layer));
     }

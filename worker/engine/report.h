@@ -19,7 +19,7 @@ struct LayerReport {
   std::string op;  // conv2d_relu, linear, add_relu, quantize, ...
   double output_scale = 0;
   int64_t output_zero_point = 0;
-  std::vector<float> weight_scales;
+  std::vector<double> weight_scales;  // as the int8 weights hold them
   std::optional<double> sqnr_db;  // int8 output vs FP32, on calibration batches
 };
 

@@ -293,11 +293,13 @@ absl::StatusOr<Program> Convert(const Graph& graph, const QuantizationPlan& plan
                               absl::StrCat("prepacking the weights of '", node.name, "': ", packed.status().message()));
         }
         instr.packed = *packed;
-        layer.weight_scales = qw.qparams.scale;
+        layer.weight_scales.assign(qw.qparams.scale.begin(), qw.qparams.scale.end());
         if (const at::Tensor& fitted = instr.prepack_args[0].toTensor(); !fitted.is_same(qw.weight)) {
-          const at::Tensor scales = qw.qparams.per_channel ? fitted.q_per_channel_scales().to(at::kFloat).contiguous()
-                                                           : at::full({1}, fitted.q_scale(), at::kFloat);
-          layer.weight_scales.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
+          // Raised for the int32 bias (FitBiasInInt32): double scales, kept
+          // as they are (the manifest once rounded them to float).
+          const at::Tensor scales = qw.qparams.per_channel ? fitted.q_per_channel_scales().to(at::kDouble).contiguous()
+                                                           : at::full({1}, fitted.q_scale(), at::kDouble);
+          layer.weight_scales.assign(scales.data_ptr<double>(), scales.data_ptr<double>() + scales.numel());
         }
         // A ReLU6-like bound fused into the conv is left to the output's
         // saturation only when its code is the largest: calibration saw at
