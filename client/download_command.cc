@@ -1,16 +1,20 @@
 // quantctl download ARTIFACT_ID -o FILE: streams the artifact, checks its
 // sha256 and size against the header and trailer, then renames it into place.
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <ostream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/base/sha256.h"
+#include "worker/engine/base/sync_directory.h"
 #include "client/job_format.h"
 
 namespace quantd::cli {
@@ -39,12 +43,23 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
                                            "\" is not a positive number of bytes (the server caps it at 4 MiB - 64 KiB)"));
   }
   const std::string target = a->Has("output") ? a->Get("output") : a->Get("o");
-  const std::string tmp = target + ".part";
-  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-  if (!out) {
-    *context.err << "quantctl: download: cannot write " << tmp << ": " << std::strerror(errno) << "\n";
+  // A name of its own: two downloads to one file once shared "FILE.part",
+  // one truncating what the other had written.
+  std::string tmp = target + ".part.XXXXXX";
+  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) {
+    *context.err << "quantctl: download: cannot write " << target << ".part.*: " << std::strerror(errno) << "\n";
     return kExitFailure;
   }
+  bool written = true;  // every byte received is in the file
+  auto write_all = [&](const std::string& bytes) {
+    for (size_t done = 0; written && done < bytes.size();) {
+      const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) written = false;
+      else done += static_cast<size_t>(n);
+    }
+  };
 
   auto stub = v1::QuantizationService::NewStub(context.channel);
   grpc::ClientContext client_context;
@@ -69,19 +84,26 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
       have_trailer = true;
     }
     if (message.payload_case() == v1::DownloadArtifactResponse::kChunkData) {
-      out.write(message.chunk_data().data(), static_cast<std::streamsize>(message.chunk_data().size()));
+      write_all(message.chunk_data());
       hasher.Update(message.chunk_data());
       received += message.chunk_data().size();
     }
   }
   grpc::Status status = reader->Finish();
-  out.close();
+  // On disk before it is renamed into place and said verified: after a power
+  // loss the file would otherwise be there, empty or cut short.
+  if (written && ::fsync(fd) != 0) written = false;
+  // Not mkostemp's 0600: the mode a file written by hand gets (umask applies).
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  (void)::fchmod(fd, 0666 & ~mask);
+  ::close(fd);
   if (!status.ok()) {
     std::remove(tmp.c_str());
     return context.RpcFailed("download", status);
   }
   const std::string sha256 = hasher.HexDigest();
-  if (!out) {
+  if (!written) {
     // The bytes came; the disk did not take them (full, or a write error).
     std::remove(tmp.c_str());
     *context.err << "quantctl: download: cannot write " << tmp << " (disk full?); nothing kept\n";
@@ -101,6 +123,10 @@ int RunDownload(const CommandContext& context, const std::vector<std::string>& a
     std::remove(tmp.c_str());
     *context.err << "quantctl: cannot rename " << tmp << " to " << target << ": " << rename_error.message() << "\n";
     return kExitFailure;
+  }
+  const std::string folder = std::filesystem::path(target).parent_path().string();
+  if (absl::Status synced = SyncDirectory(folder.empty() ? "." : folder); !synced.ok()) {
+    *context.err << "quantctl: download: " << synced.message() << " (the file is in place, not yet durable)\n";
   }
   context.Print(header, absl::StrCat(sha256, "  ", received, "  ", target));
   return kExitOk;
