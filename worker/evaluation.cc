@@ -284,15 +284,13 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   if (npy && (spec.dataset.layout.empty() || spec.dataset.layout == "auto")) {
     if (job.ok() && !job->spec.calibration.layout.empty()) spec.dataset.layout = job->spec.calibration.layout;
   }
-  auto refer = [&spec](absl::string_view message) {
-    return spec.dataset_reference.path.empty() ? std::string(message)
-                                               : ReferToDataset(message, spec.dataset_reference, spec.dataset);
-  };
   absl::StatusOr<std::unique_ptr<engine::ImageReader>> reader = engine::ImageReader::Open(spec.dataset);
   if (!reader.ok()) {
     // The dataset's own code (NOT_FOUND, DATA_LOSS, RESOURCE_EXHAUSTED, ...),
     // said of the request's field.
-    return absl::Status(reader.status().code(), absl::StrCat("dataset: ", refer(reader.status().message())));
+    return absl::Status(reader.status().code(),
+                        absl::StrCat("dataset: ",
+                                     ReferToDataset(reader.status().message(), spec.dataset_reference, spec.dataset)));
   }
   // Refused here, not by the evaluation after the models have loaded.
   if (job.ok() && job->result.has_value()) {
@@ -462,9 +460,7 @@ void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> 
     evaluation.state = cancelled ? EvaluationState::kCancelled : EvaluationState::kFailed;
     evaluation.error_code = report.status().code();
     evaluation.error_message =
-        evaluation.spec.dataset_reference.path.empty()
-            ? std::string(report.status().message())
-            : ReferToDataset(report.status().message(), evaluation.spec.dataset_reference, evaluation.spec.dataset);
+        ReferToDataset(report.status().message(), evaluation.spec.dataset_reference, evaluation.spec.dataset);
   }
   const bool stored = Store(evaluation);
   absl::MutexLock lock(&mu_);

@@ -109,7 +109,7 @@ namespace {
 using FileNames = std::vector<std::pair<std::string, std::string>>;
 
 void AddName(FileNames& names, const std::string& path, const std::string& reference) {
-  if (!path.empty() && path != reference) names.emplace_back(path, reference);
+  if (!path.empty() && !reference.empty() && path != reference) names.emplace_back(path, reference);
 }
 
 void AddDatasetNames(FileNames& names, const engine::DatasetSpec& local, const engine::DatasetSpec& stored) {

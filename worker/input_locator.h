@@ -53,7 +53,8 @@ absl::StatusOr<JobSpec> LocalizeJobSpec(const JobSpec& spec, const InputLocator*
 // `stored`) with this replica's file names replaced by the references the
 // client knows them by: no server layout in a job's result.
 std::string ReferToInputs(absl::string_view message, const JobSpec& stored, const JobSpec& local);
-// The same for one dataset's files (an evaluation's).
+// The same for one dataset's files (an evaluation's); a file with no
+// reference keeps its name.
 std::string ReferToDataset(absl::string_view message, const engine::DatasetSpec& stored,
                            const engine::DatasetSpec& local);
 

@@ -164,6 +164,9 @@ TEST_F(InputLocatorTest, ErrorsNameInputsByTheirReferences) {
   here.labels_path = (root_ / "data/datasets/labels.npy").string();
   EXPECT_EQ(ReferToDataset(absl::StrCat(here.labels_path, ": 9 labels for ", here.path), stored, here),
             absl::StrCat("data:datasets/labels.npy: 9 labels for ", stored.path));
+  // No reference (an evaluation started in-process): names kept.
+  EXPECT_EQ(ReferToDataset(absl::StrCat(here.path, " is short"), engine::DatasetSpec(), here),
+            absl::StrCat(here.path, " is short"));
 }
 
 }  // namespace
