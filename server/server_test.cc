@@ -898,6 +898,19 @@ TEST_F(ServerTest, ShutdownStopsServingAndIsIdempotent) {
 }
 
 // Runs a task on `executor`'s one thread that holds it until `release`.
+// A server on `dir` with one token (`token_line`: "<name> <role> <token>")
+// and one RPC thread with room for one queued call.
+absl::StatusOr<std::unique_ptr<QuantdServer>> StartWithOneRpcThread(const std::string& dir,
+                                                                   const std::string& token_line) {
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/tokens") << token_line << "\n";
+  QuantdServer::Options options = LoopbackOptions(dir + "/data");
+  options.token_file = dir + "/tokens";
+  options.rpc_threads = 1;
+  options.rpc_queue_capacity = 1;
+  return QuantdServer::Start(options);
+}
+
 bool OccupyTheOnlyThread(BlockingExecutor& executor, absl::Notification& release) {
   // Shared: the task may still be inside Notify() when the wait returns.
   auto stuck = std::make_shared<absl::Notification>();
@@ -1097,14 +1110,8 @@ TEST(ServerEvaluationTest, OnlyWhoStartedAnEvaluationOrAnAdminMayCancelIt) {
 // answer that tells them why.
 TEST(ServerExecutorTest, CallsWithoutAValidTokenAreRefusedBeforeTheyQueue) {
   const std::string dir = TempDir("admit_first");
-  std::filesystem::create_directories(dir);
   const std::string token = "reader-token-0123456789";
-  std::ofstream(dir + "/tokens") << "reader read " << token << "\n";
-  QuantdServer::Options options = LoopbackOptions(dir + "/data");
-  options.token_file = dir + "/tokens";
-  options.rpc_threads = 1;
-  options.rpc_queue_capacity = 1;
-  auto server = QuantdServer::Start(options);
+  auto server = StartWithOneRpcThread(dir, "reader read " + token);
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
   BlockingExecutor& executor = (*server)->rpc_executor();
@@ -1144,14 +1151,8 @@ TEST(ServerExecutorTest, CallsWithoutAValidTokenAreRefusedBeforeTheyQueue) {
 // audited all the same: the audit log said nothing of it.
 TEST(ServerExecutorTest, AMutatingCallRefusedAsBusyIsAudited) {
   const std::string dir = TempDir("audit_busy");
-  std::filesystem::create_directories(dir);
   const std::string token = "submit-token-0123456789";
-  std::ofstream(dir + "/tokens") << "ci submit " << token << "\n";
-  QuantdServer::Options options = LoopbackOptions(dir + "/data");
-  options.token_file = dir + "/tokens";
-  options.rpc_threads = 1;
-  options.rpc_queue_capacity = 1;
-  auto server = QuantdServer::Start(options);
+  auto server = StartWithOneRpcThread(dir, "ci submit " + token);
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
   BlockingExecutor& executor = (*server)->rpc_executor();
