@@ -19,6 +19,7 @@
 #include "worker/engine/base/thread_name.h"
 #include "worker/engine/base/torch_status.h"
 #include "worker/engine/quantizer.h"
+#include "worker/engine/runtime/onednn_post_ops.h"
 #include "worker/engine/runtime/prepack.h"
 
 namespace quantd::engine {
@@ -47,6 +48,12 @@ absl::StatusOr<ServingOutput> Forward(torch::jit::Module& module, const at::Tens
   output.shape = out.sizes().vec();
   output.values.assign(out.data_ptr<float>(), out.data_ptr<float>() + out.numel());
   return output;
+}
+
+// A loaded artifact's int8 kernels without fused ReLUs where that is how
+// they run safely (see onednn_post_ops.h); before its first forward.
+void UnfuseRelu(torch::jit::Module& module, const std::string& kernel_engine) {
+  if (auto forward = module.find_method("forward")) UnfuseInt8Relu(*forward->graph(), kernel_engine);
 }
 
 // LibTorch's oneDNN int8 convolutions (1.13) keep one prepared primitive per
@@ -149,6 +156,7 @@ class BatchSizeCopies {
       std::istringstream stream(bytes_);
       QUANTD_RETURN_IF_ERROR(WithKernelEngine(kernel_engine_, name_, [&]() { *module = torch::jit::load(stream); }));
       module->eval();
+      UnfuseRelu(*module, kernel_engine_);
       at::Tensor zeros = torch::zeros(wanted.shape, torch::kFloat32);
       // Two passes: the first also profiles the TorchScript graph.
       for (int i = 0; i < 2; ++i) QUANTD_RETURN_IF_ERROR(Forward(*module, zeros, kernel_engine_, name_).status());
@@ -239,6 +247,7 @@ absl::StatusOr<std::unique_ptr<ServableModel>> ServableModel::LoadInt8Artifact(c
           absl::StrCat("loading ", name, ": its code does not compile in this LibTorch (", TORCH_VERSION, ")"));
     }
     module.eval();
+    UnfuseRelu(module, kernel_engine);
     std::unique_ptr<BatchSizeCopies> copies;
     // qnnpack keeps no prepared state per shape.
     if (kernel_engine == "onednn" && batch_size_copies > 0) {

@@ -20,7 +20,10 @@ namespace quantd::engine {
 // a thread started and ended per accuracy trial, a quantization job once
 // crashed inside LibTorch's int8 convolution on such a thread (the 4th job of
 // 48, with runtime/ideep_cache.h's fix in place); with the helpers kept, the
-// same jobs finish.
+// same jobs finished, until CI crashed once more at the 6th. The cause was
+// oneDNN rebuilding kernels with post-ops from freed descriptors, closed by
+// runtime/onednn_post_ops.h; kept threads still spare each trial setting up
+// LibTorch's thread pools.
 class HelperThreads {
  public:
   HelperThreads() = default;

@@ -19,7 +19,9 @@ namespace quantd::engine {
 // reuses a descriptor only for its thread's very next call with the same key,
 // whose primitive oneDNN still holds. The int8 runtime keeps its own packed
 // weights (and so its primitives) per batch size, so steady-state serving does
-// not depend on ideep's cache. See also base/helper_threads.h.
+// not depend on ideep's cache. See also base/helper_threads.h. Both only
+// narrowed the failure; what closes it is running int8 kernels without
+// post-ops (onednn_post_ops.h).
 inline constexpr char kIdeepCacheCapacityVariable[] = "LRU_CACHE_CAPACITY";
 
 // The capacity ideep reads, as set in the environment.

@@ -1,6 +1,7 @@
 #include "worker/engine/runtime/int8_program.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -13,19 +14,22 @@
 #include "worker/engine/runtime/fp32_executor.h"
 #include "worker/engine/runtime/ideep_cache.h"
 #include "worker/engine/runtime/int8_kernels.h"
+#include "worker/engine/runtime/onednn_post_ops.h"
 #include "worker/engine/runtime/prepack.h"
 
 namespace quantd::engine {
 namespace {
 
 // The quantized kernel an instruction calls; none for the others.
-std::optional<c10::OperatorHandle> KernelFor(const Instr& instr) {
+// `relu_on_codes`: a conv2d or linear with ReLU calls the plain kernel.
+std::optional<c10::OperatorHandle> KernelFor(const Instr& instr, bool relu_on_codes) {
   auto& dispatcher = c10::Dispatcher::singleton();
+  const bool fused_relu = instr.relu && !relu_on_codes;
   switch (instr.kind) {
     case InstrKind::kConv2d:
-      return dispatcher.findSchemaOrThrow(instr.relu ? "quantized::conv2d_relu" : "quantized::conv2d", "new");
+      return dispatcher.findSchemaOrThrow(fused_relu ? "quantized::conv2d_relu" : "quantized::conv2d", "new");
     case InstrKind::kLinear:
-      return dispatcher.findSchemaOrThrow(instr.relu ? "quantized::linear_relu" : "quantized::linear", "");
+      return dispatcher.findSchemaOrThrow(fused_relu ? "quantized::linear_relu" : "quantized::linear", "");
     case InstrKind::kAdd:
       return dispatcher.findSchemaOrThrow(instr.relu ? "quantized::add_relu" : "quantized::add", "");
     case InstrKind::kQuantizedOp:
@@ -156,7 +160,10 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
       executor.pads_.push_back(instr.kind == InstrKind::kPad ? instr.inputs[1].constant.toIntVector()
                                                              : std::vector<int64_t>());
       executor.ops_.push_back(instr.kind == InstrKind::kOp ? instr.jit_node->getOperation() : torch::jit::Operation(nullptr));
-      executor.kernels_.push_back(KernelFor(instr));
+      const bool relu_on_codes = instr.relu && UnfusesInt8Relu(program->kernel_engine) &&
+                                 (instr.kind == InstrKind::kConv2d || instr.kind == InstrKind::kLinear);
+      executor.relu_on_codes_.push_back(relu_on_codes);
+      executor.kernels_.push_back(KernelFor(instr, relu_on_codes));
       executor.int8_relu_.push_back(instr.kind == InstrKind::kOp && instr.on_int8 &&
                                     instr.jit_node->kind() == c10::Symbol::fromQualString("aten::relu"));
       executor.clamps_.push_back(Int8ClampBounds(instr));
@@ -190,6 +197,7 @@ Int8Executor::Int8Executor(Int8Executor&& other) noexcept
     : program_(other.program_),
       ops_(std::move(other.ops_)),
       kernels_(std::move(other.kernels_)),
+      relu_on_codes_(std::move(other.relu_on_codes_)),
       pads_(std::move(other.pads_)),
       int8_relu_(std::move(other.int8_relu_)),
       clamps_(std::move(other.clamps_)),
@@ -206,9 +214,9 @@ Int8Executor::Int8Executor(Int8Executor&& other) noexcept
   packs_by_batch_ = std::move(other.packs_by_batch_);
 }
 
-const std::vector<c10::IValue>* Int8Executor::PacksFor(int64_t batch_size) const {
+const std::vector<c10::IValue>* Int8Executor::PacksFor(int64_t batch_size, int threads) const {
   std::lock_guard<std::mutex> lock(packs_mu_);
-  auto it = packs_by_batch_.find(batch_size);
+  auto it = packs_by_batch_.find({batch_size, threads});
   if (it != packs_by_batch_.end()) return it->second.get();
   if (packs_by_batch_.size() >= max_packed_batch_sizes_) return nullptr;
   auto packs = std::make_unique<std::vector<c10::IValue>>(program_->instrs.size());
@@ -220,7 +228,7 @@ const std::vector<c10::IValue>* Int8Executor::PacksFor(int64_t batch_size) const
     if (!packed.ok()) return nullptr;  // the program's own packs still work
     (*packs)[k] = *packed;
   }
-  return packs_by_batch_.emplace(batch_size, std::move(packs)).first->second.get();
+  return packs_by_batch_.emplace(std::make_pair(batch_size, threads), std::move(packs)).first->second.get();
 }
 
 absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10::IValue>& inputs,
@@ -231,8 +239,9 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
   }
   std::vector<c10::IValue> slots(static_cast<size_t>(program_->num_slots));
   const std::vector<c10::IValue>* packs =
-      !inputs.empty() && inputs[0].isTensor() && inputs[0].toTensor().dim() > 0 ? PacksFor(inputs[0].toTensor().size(0))
-                                                                                 : nullptr;
+      !inputs.empty() && inputs[0].isTensor() && inputs[0].toTensor().dim() > 0
+          ? PacksFor(inputs[0].toTensor().size(0), at::get_num_threads())
+          : nullptr;
   for (size_t i = 0; i < inputs.size(); ++i) {
     // A model that writes its input in place (x.sub_(m) first thing) must
     // not write the caller's tensor: tuning and the quality check run many
@@ -275,6 +284,10 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
             if (!ran.ok()) return ran;
           } else {
             kernels_[k]->callBoxed(stack);
+          }
+          if (relu_on_codes_[k] && stack.size() == 1 && stack[0].isTensor()) {
+            at::Tensor out = ReluInt8(stack[0].toTensor());
+            stack[0] = out.defined() ? std::move(out) : at::relu(stack[0].toTensor());
           }
           if (instr.clamp_max && stack.size() == 1 && stack[0].isTensor()) {  // a bound the codes pass (convert.cc)
             stack[0] = ClampInt8Codes(stack[0].toTensor(), *instr.clamp_max);

@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -82,6 +83,7 @@ class Int8Executor {
   const Program* program_ = nullptr;
   mutable std::vector<torch::jit::Operation> ops_;  // kOp, by instruction index
   std::vector<std::optional<c10::OperatorHandle>> kernels_;  // quantized::*, by instruction index
+  std::vector<char> relu_on_codes_;  // conv2d / linear whose ReLU runs on the codes (onednn_post_ops.h)
   std::vector<std::vector<int64_t>> pads_;      // kPad amounts, by instruction index
   std::vector<bool> int8_relu_;                 // kOp aten::relu on int8 (own kernel), by instruction index
   std::vector<std::optional<ClampBounds>> clamps_;  // kOp clamp-likes on int8 (own kernel), by instruction index
@@ -107,19 +109,21 @@ class Int8Executor {
   };
   void WidenRgbInputs(const Dataflow& flow);
   void FuseAddRelu(const Dataflow& flow);
-  // Packs for one batch size, by instruction index (empty for non-kernels).
-  // LibTorch's onednn pack keeps the kernel of the first shape it runs, so a
-  // pack per batch size runs without ideep's per-call descriptor cache (see
-  // ideep_cache.h). The number of batch sizes packed is bounded by the bytes
-  // of the weight copies: 4 to 16 sizes, 64 MiB of copies.
-  const std::vector<c10::IValue>* PacksFor(int64_t batch_size) const;
+  // Packs for one batch size and intra-op thread count, by instruction index
+  // (empty for non-kernels). LibTorch's onednn pack keeps the kernel of the
+  // first shape and thread count it runs, so a pack per pair runs without
+  // ideep's per-call descriptor cache (see ideep_cache.h); accuracy trials run
+  // on one thread beside passes on all. The number of pairs packed is bounded
+  // by the bytes of the weight copies: 4 to 16, 64 MiB of copies.
+  const std::vector<c10::IValue>* PacksFor(int64_t batch_size, int threads) const;
   static constexpr size_t kMinPackedBatchSizes = 4;
   static constexpr size_t kMaxPackedBatchSizes = 16;
   static constexpr int64_t kPackedWeightBudgetBytes = int64_t{64} << 20;
   size_t max_packed_batch_sizes_ = kMinPackedBatchSizes;
   bool writes_in_place_ = false;  // some FP32 op of the program writes a tensor in place
   mutable std::mutex packs_mu_;
-  mutable std::map<int64_t, std::unique_ptr<std::vector<c10::IValue>>> packs_by_batch_ ABSL_GUARDED_BY(packs_mu_);
+  mutable std::map<std::pair<int64_t, int>, std::unique_ptr<std::vector<c10::IValue>>> packs_by_batch_
+      ABSL_GUARDED_BY(packs_mu_);
 };
 
 }  // namespace quantd::engine
