@@ -29,9 +29,10 @@ namespace quantd::engine {
 // on the codes on `kernel_engine`.
 bool UnfusesInt8Relu(const std::string& kernel_engine);
 
-// Rewrites every quantized::conv2d_relu / linear_relu call in `graph` (a
-// loaded artifact's forward) into the plain kernel followed by an in-place
-// ReLU, when UnfusesInt8Relu(kernel_engine). Returns how many it rewrote.
+// Rewrites every quantized::conv2d_relu / linear_relu call in `graph`'s top
+// block (a loaded artifact's forward, which quantd writes straight-line) into
+// the plain kernel followed by an in-place ReLU, when
+// UnfusesInt8Relu(kernel_engine). Returns how many it rewrote.
 int UnfuseInt8Relu(torch::jit::Graph& graph, const std::string& kernel_engine);
 
 }  // namespace quantd::engine
