@@ -130,6 +130,7 @@ std::shared_ptr<const worker::LoadedModel> InferenceCore::FindLoaded(const infer
 absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadForInfer(
     const inference::ModelInferRequest& request, const worker::ModelRepository::Gone& gone) {
   absl::Status failed;
+  int64_t resolved_version = 0;
   if (request.model_name().empty()) {
     failed = absl::InvalidArgumentError("model_name: required");
   } else if (absl::StatusOr<int64_t> number = ParseModelVersion(request.model_version(), "model_version");
@@ -139,15 +140,21 @@ absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadFo
     absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> loaded =
         deps_.models->FindLoaded(request.model_name(), *number);
     if (*loaded == nullptr) {
-      loaded = deps_.models->Load(request.model_name(), *number, gone);
+      loaded = deps_.models->Load(request.model_name(), *number, gone, &resolved_version);
       if (deps_.stats != nullptr) deps_.stats->SetCache(deps_.models->cached_models(), deps_.models->cached_bytes());
     }
     if (loaded.ok()) return loaded;
     failed = loaded.status();
   }
   // Labels only for published versions: a request for an unknown name is
-  // counted under model="" (label values stay bounded).
-  CountRefused(failed.code());
+  // counted under model="" (label values stay bounded). One that failed
+  // after its version resolved (an artifact gone or corrupted in the store)
+  // counts against that version, where a per-model error alert sees it.
+  if (resolved_version > 0 && deps_.stats != nullptr) {
+    deps_.stats->RecordRequest(request.model_name(), resolved_version, failed.code(), 0, nullptr);
+  } else {
+    CountRefused(failed.code());
+  }
   return failed;
 }
 

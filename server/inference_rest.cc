@@ -562,6 +562,10 @@ std::optional<HttpReply> InferenceRest::RefuseBeforeBody(const std::string& meth
   return ErrorReply(caller.status());
 }
 
+std::string InferenceRest::AllowedMethodFor(const std::string& path) {
+  return Owns(path) ? AllowedMethod(absl::StrSplit(path, '/')) : "";
+}
+
 HttpReply InferenceRest::Handle(const HttpCall& call) {
   const std::string what = RequestWhat(call.method, call.path);
   // HEAD is GET without the body (which the HTTP server leaves out).

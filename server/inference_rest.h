@@ -52,6 +52,9 @@ class InferenceRest {
 
   // Whether `path` is one of ours (/v2 or below it).
   static bool Owns(const std::string& path);
+  // The method the /v2 resource at `path` takes ("GET" or "POST"), or ""
+  // where there is none.
+  static std::string AllowedMethodFor(const std::string& path);
   // Blocks until the answer is ready (an inference waits for its pass).
   HttpReply Handle(const HttpCall& call);
   // For a request with a body, from its headers alone (before the body is

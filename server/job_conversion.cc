@@ -11,6 +11,7 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/util/time_util.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/inference_conversion.h"
@@ -146,8 +147,25 @@ absl::Status CheckNpyFiles(const engine::DatasetSpec& referenced, engine::Datase
   local.labels_path = labels_path;
   const absl::Status status = engine::CheckDatasetFiles(local);
   if (status.ok()) return status;
+  // The request's preprocessing does not fit the file's channels: that
+  // field is what to change.
+  if (absl::StartsWith(status.message(), "preprocessing.")) return status;
   return absl::Status(status.code(),
                       absl::StrCat(field, ": ", worker::ReferToDataset(status.message(), referenced, local)));
+}
+
+// CIFAR-10 images have 3 channels: a mean or std of another length failed
+// the job once it ran (.npy files are checked against their header by
+// CheckNpyFiles).
+absl::Status CheckCifarChannels(const engine::DatasetSpec& dataset) {
+  if (dataset.format != engine::DatasetFormat::kCifar10Binary) return absl::OkStatus();
+  auto check = [](const char* name, const std::vector<double>& values) {
+    if (values.empty() || values.size() == 3) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("preprocessing.", name, ": ", values.size(),
+                                                   " values; CIFAR-10 images have 3 channels, one value each"));
+  };
+  QUANTD_RETURN_IF_ERROR(check("mean", dataset.preprocessing.mean));
+  return check("std", dataset.preprocessing.std);
 }
 
 absl::StatusOr<engine::Preprocessing> ToPreprocessing(const v1::Preprocessing& p, std::string* layout) {
@@ -484,6 +502,7 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
   spec.calibration.seed = calibration.seed();
   spec.calibration.preprocessing = preprocessing;
   spec.calibration.layout = layout;
+  QUANTD_RETURN_IF_ERROR(CheckCifarChannels(spec.calibration));
   QUANTD_RETURN_IF_ERROR(CheckNpyFiles(spec.calibration, local_calibration, "calibration.dataset"));
 
   if (request.has_evaluation()) {

@@ -312,6 +312,30 @@ TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
   EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
               HasSubstr("calibration.dataset: samples_per_class=3 but class 0 has only 2 samples"));
 
+  // A mean or std without one value per channel failed the job once it
+  // ran: refused at submit, for CIFAR-10's 3 channels and a .npy file's.
+  request = OneRecordRequest();
+  request.mutable_preprocessing()->add_mean(1);
+  request.mutable_preprocessing()->add_mean(2);
+  status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "preprocessing.mean: 2 values; CIFAR-10 images have 3 channels, one value each");
+  request.mutable_preprocessing()->add_mean(3);
+  EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+  request.mutable_preprocessing()->add_std(4);
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("preprocessing: mean and std must have one value per channel each"));
+  request.mutable_preprocessing()->clear_mean();
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("preprocessing.std: 1 values; CIFAR-10 images have 3 channels"));
+  request = OneRecordRequest();
+  npy(request.mutable_calibration()->mutable_dataset(), /*labelled=*/false);
+  request.mutable_preprocessing()->add_mean(1);
+  request.mutable_preprocessing()->add_mean(2);
+  status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("preprocessing.mean has 2 values, the images have 3 channels"));
+
   // A CIFAR-10 file cut short: the message names the field that gave it.
   request = OneRecordRequest();
   std::ofstream(data_ / "datasets/blobs/calib.bin", std::ios::trunc) << std::string(10, '\0');

@@ -6,7 +6,8 @@
 // calibration images); gauges are read from the job store at each scrape, so
 // with several replicas on one store each reports the same shared figures
 // (aggregate them with max, not sum): jobs by state, each published
-// version's accuracy as its job measured it, and the data dir's bytes.
+// version's accuracy (newest Evaluate with FP32, else its job's), and the data
+// dir's bytes.
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -14,6 +15,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <array>
 #include <map>
 #include <string>
 #include <tuple>
@@ -47,6 +49,7 @@ class JobStats : public worker::JobWatcher {
   prometheus::Family<prometheus::Histogram>& phase_seconds_;
   prometheus::Family<prometheus::Gauge>& jobs_;
   prometheus::Family<prometheus::Gauge>& accuracy_;
+  prometheus::Family<prometheus::Gauge>& accuracy_samples_;
   prometheus::Counter& submitted_;
   prometheus::Counter& calibration_samples_;
   prometheus::Family<prometheus::Counter>& tuning_trials_;
@@ -60,9 +63,16 @@ class JobStats : public worker::JobWatcher {
   // Calibration samples seen so far per running job (progress is cumulative).
   absl::flat_hash_map<std::string, int64_t> calibrated_ ABSL_GUARDED_BY(mu_);
   worker::JobStore::RecoveryCounts recovered_counted_ ABSL_GUARDED_BY(mu_);
+  // Gauges by up to three label values, and those now exported of a family.
+  using GaugeValues = std::map<std::tuple<std::string, std::string, std::string>, double>;
+  using GaugeIndex = std::map<std::tuple<std::string, std::string, std::string>, prometheus::Gauge*>;
+  // Sets `family` to `values` (labelled by `label_names`; a third name ""
+  // for two labels), removing the gauges in `exported` that have none.
+  static void SetGauges(prometheus::Family<prometheus::Gauge>& family, const GaugeValues& values,
+                        const std::array<std::string, 3>& label_names, GaugeIndex* exported);
   // The accuracy gauges now exported, to drop those of deleted versions.
-  std::map<std::tuple<std::string, std::string, std::string>, prometheus::Gauge*> accuracy_gauges_
-      ABSL_GUARDED_BY(mu_);
+  GaugeIndex accuracy_gauges_ ABSL_GUARDED_BY(mu_);
+  GaugeIndex accuracy_samples_gauges_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quantd

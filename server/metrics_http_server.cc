@@ -63,7 +63,13 @@ httplib::Server::HandlerResponse RefuseUnboundedBodies(const httplib::Request& r
   };
   if (request.method == "DELETE" && !request.has_header("Transfer-Encoding") &&
       !request.has_header("Content-Length")) {
-    return refuse(405, "no resource here takes DELETE");
+    // A 405 says what the resource takes (HTTP requires Allow on it).
+    const std::string allowed =
+        request.path == "/metrics" ? "GET" : InferenceRest::AllowedMethodFor(request.path);
+    if (allowed.empty()) return refuse(404, "not found; try /metrics or /v2");
+    response.set_header("Allow", allowed);
+    return refuse(405, absl::StrCat("no resource here takes DELETE; ", request.path.substr(0, 256), " takes ",
+                                    allowed));
   }
   if (request.has_header("Transfer-Encoding") || !request.has_header("Content-Length")) {
     return refuse(411,

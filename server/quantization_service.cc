@@ -5,6 +5,7 @@
 #include <deque>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include <grpcpp/alarm.h>
@@ -63,7 +64,7 @@ absl::Status RequireId(const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("id: required");
   // Ids are short ("job-" and 20 hex digits); a long one would be echoed in
   // full by the not-found message, past gRPC's trailer limit.
-  if (id.size() > 128) return absl::InvalidArgumentError(absl::StrCat("id: ", id.size(), " characters, no id is"));
+  if (id.size() > 128) return absl::InvalidArgumentError(absl::StrCat("id: ", id.size(), " characters; an id has at most 128"));
   return absl::OkStatus();
 }
 
@@ -809,6 +810,14 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServe
                                                              const v1::ListBlobsRequest* request,
                                                              v1::ListBlobsResponse* response) {
   return Offload(context, "ListBlobs", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
+    // A token is a blob id (64 hex digits), as ListJobs's is a number: any
+    // other one was not issued here and once listed nothing, with OK.
+    const std::string& token = request->page_token();
+    if (!token.empty() && (token.size() != 64 || token.find_first_not_of("0123456789abcdef") != std::string::npos)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_token: \"", token.substr(0, 80), token.size() > 80 ? "...\"" : "\"",
+                       " is not a token this server issued"));
+    }
     QUANTD_ASSIGN_OR_RETURN(std::vector<worker::StoredBlob> blobs, deps_.blobs->List());
     const size_t page_size =
         request->page_size() == 0 ? 100 : std::min<size_t>(request->page_size(), kMaxPageSize);
@@ -878,11 +887,21 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListArtifacts(
     v1::ListArtifactsResponse* response) {
   return Offload(context, "ListArtifacts", Role::kRead, [this, request, response](const Principal&) -> absl::Status {
     // A job that does not exist is NOT_FOUND, not a job without artifacts.
-    if (!request->job_id().empty()) QUANTD_RETURN_IF_ERROR(deps_.pool->store().Get(request->job_id()).status());
+    std::optional<worker::Job> asked;
+    if (!request->job_id().empty()) {
+      QUANTD_ASSIGN_OR_RETURN(asked, deps_.pool->store().Get(request->job_id()));
+    }
     QUANTD_ASSIGN_OR_RETURN(worker::JobPage page,
                             deps_.pool->store().ListArtifactJobs(request->job_id(), PageSize(request->page_size()),
                                                                  request->page_token()));
-    for (const worker::Job& job : page.jobs) ArtifactToProto(job, response->add_artifacts());
+    for (const worker::Job& job : page.jobs) {
+      // Jobs that made the same bytes share one artifact, listed by the
+      // first of them; asked for by another job, it is that job's (its id,
+      // time and accuracy), not the first's.
+      const bool as_asked = asked.has_value() && asked->result.has_value() && job.result.has_value() &&
+                            asked->result->artifact_id == job.result->artifact_id;
+      ArtifactToProto(as_asked ? *asked : job, response->add_artifacts());
+    }
     response->set_next_page_token(page.next_page_token);
     return absl::OkStatus();
   });

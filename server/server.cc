@@ -1,5 +1,7 @@
 #include "server/server.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -88,10 +90,34 @@ ServerMetrics::Options MetricsOptions() {
   return options;
 }
 
-absl::Status ValidateOptions(const QuantdServer::Options& options) {
-  if (options.bind_address.empty()) {
-    return absl::InvalidArgumentError("--bind_address must not be empty");
+// An IPv4 or IPv6 address (bracketed or not), or a host name this machine
+// resolves ("localhost"). Anything else failed only when the listeners
+// bound, as a failed start naming the metrics port.
+absl::Status CheckBindAddress(const std::string& address) {
+  if (address.empty()) return absl::InvalidArgumentError("--bind_address must not be empty");
+  std::string host = address;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  unsigned char buffer[sizeof(in6_addr)];
+  if (inet_pton(AF_INET, host.c_str(), buffer) == 1 || inet_pton(AF_INET6, host.c_str(), buffer) == 1) {
+    return absl::OkStatus();
   }
+  const bool looks_numeric = host.find_first_not_of("0123456789.") == std::string::npos;
+  const bool host_name_characters =
+      host.size() <= 253 &&
+      host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") == std::string::npos;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (!looks_numeric && host_name_characters && getaddrinfo(host.c_str(), nullptr, &hints, &found) == 0) {
+    freeaddrinfo(found);
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("--bind_address: \"", address.substr(0, 80),
+                                                 "\" is not an IP address nor a host name this machine resolves"));
+}
+
+absl::Status ValidateOptions(const QuantdServer::Options& options) {
+  QUANTD_RETURN_IF_ERROR(CheckBindAddress(options.bind_address));
   if (options.grpc_port < 0 || options.grpc_port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("--grpc_port ", options.grpc_port, " is not in 0..65535"));
@@ -494,6 +520,7 @@ absl::Status QuantdServer::OpenStores() {
   deps.models = models_.get();
   worker::Evaluator::Options evaluation_options;
   evaluation_options.max_batch_bytes = options_.max_batch_bytes;
+  evaluation_options.runner = LeaseHolderName(options_.data_dir);
   evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(),
                                                    evaluation_options);
   deps.evaluator = evaluator_.get();

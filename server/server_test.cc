@@ -238,6 +238,14 @@ TEST_F(ServerTest, UnknownJobsAndEvaluationsAreNotFoundAndBadEvaluationsNameTheF
   grpc::Status status = stub->GetJob(&context, request, &job);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(status.error_message(), HasSubstr("job-1"));
+  {
+    grpc::ClientContext long_context;
+    SetDeadline(long_context);
+    request.set_id(std::string(200, 'j'));
+    status = stub->GetJob(&long_context, request, &job);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(status.error_message(), "id: 200 characters; an id has at most 128");
+  }
 
   auto evaluate = [&](const v1::EvaluateRequest& request) {
     grpc::ClientContext context;
@@ -567,6 +575,29 @@ TEST_F(ServerTest, UploadModelStoresContentAddressedAndChecksSha) {
   EXPECT_FALSE(blob.already_existed());
   EXPECT_TRUE(upload("", &blob).ok());
   EXPECT_TRUE(blob.already_existed());
+
+  // Listed; a page token that no page gave is refused as ListJobs refuses
+  // one (it once answered an empty page, OK).
+  auto list = [&](const std::string& token, v1::ListBlobsResponse* response) {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::ListBlobsRequest request;
+    request.set_page_token(token);
+    return stub->ListBlobs(&context, request, response);
+  };
+  v1::ListBlobsResponse listed;
+  ASSERT_TRUE(list("", &listed).ok());
+  ASSERT_EQ(listed.blobs_size(), 1);
+  EXPECT_EQ(listed.blobs(0).blob_id(), sha);
+  EXPECT_TRUE(listed.next_page_token().empty());
+  for (const std::string& token : {std::string("zzz"), std::string(64, 'Z'), sha + "0"}) {
+    status = list(token, &listed);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << token;
+    EXPECT_THAT(status.error_message(), HasSubstr("page_token: \"")) << token;
+  }
+  v1::ListBlobsResponse after_last;
+  ASSERT_TRUE(list(sha, &after_last).ok());  // a real id: the blobs after it
+  EXPECT_EQ(after_last.blobs_size(), 0);
 
   // A declared size past int64 once read as negative ("-1 is negative").
   grpc::ClientContext context;

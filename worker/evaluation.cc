@@ -111,6 +111,10 @@ std::string EncodeEvaluation(const Evaluation& e) {
             {"samples_total", e.samples_total},
             {"error_code", static_cast<int>(e.error_code)},
             {"error_message", e.error_message}};
+  if (!e.runner.empty()) {
+    j["runner"] = e.runner;
+    j["runner_incarnation"] = e.runner_incarnation;
+  }
   if (e.finish_time.has_value()) j["finish_us"] = absl::ToUnixMicros(*e.finish_time);
   if (e.report.has_value()) {
     const EvaluationReport& r = *e.report;
@@ -150,6 +154,10 @@ absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text) {
     e.samples_total = j.at("samples_total").get<int64_t>();
     e.error_code = static_cast<absl::StatusCode>(j.at("error_code").get<int>());
     e.error_message = j.at("error_message").get<std::string>();
+    if (j.contains("runner")) {  // older records have none
+      e.runner = j.at("runner").get<std::string>();
+      e.runner_incarnation = j.at("runner_incarnation").get<std::string>();
+    }
     if (j.contains("report")) {
       const json& r = j.at("report");
       EvaluationReport report;
@@ -265,7 +273,12 @@ EvaluationReport EvaluationAccumulator::Finish() const {
 
 Evaluator::Evaluator(JobStore* store, ModelRepository* models, Clock* clock, const Options& options,
                      Clock* interval_clock)
-    : store_(store), models_(models), clock_(clock), interval_clock_(interval_clock), options_(options) {}
+    : store_(store),
+      models_(models),
+      clock_(clock),
+      interval_clock_(interval_clock),
+      options_(options),
+      incarnation_(NewTimeOrderedId("process", absl::Now())) {}
 
 Evaluator::~Evaluator() { Shutdown(); }
 
@@ -305,6 +318,8 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
   evaluation.create_time = clock_->Now();
   evaluation.update_time = evaluation.create_time;
   evaluation.id = NewTimeOrderedId("eval", evaluation.create_time);
+  evaluation.runner = options_.runner;
+  evaluation.runner_incarnation = incarnation_;
   evaluation.spec = std::move(spec);
   evaluation.samples_total = (*reader)->size();
   if (evaluation.spec.max_samples > 0) {
@@ -378,6 +393,20 @@ absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
   QUANTD_ASSIGN_OR_RETURN(std::string text, store_->GetEvaluation(id));
   QUANTD_ASSIGN_OR_RETURN(Evaluation evaluation, DecodeEvaluation(text));
   if (evaluation.state != EvaluationState::kRunning || running_here) return evaluation;
+  if (!options_.runner.empty() && evaluation.runner == options_.runner &&
+      evaluation.runner_incarnation != incarnation_) {
+    // This server's, from before it restarted: written as FAILED, so that
+    // every server on the store reads it so at once too.
+    evaluation.state = EvaluationState::kFailed;
+    evaluation.error_code = absl::StatusCode::kAborted;
+    evaluation.error_message =
+        absl::StrCat("the server running it restarted after ", evaluation.samples_done, " of ",
+                     evaluation.samples_total, " samples; evaluate again");
+    evaluation.finish_time = evaluation.update_time = clock_->Now();
+    // Best effort: unwritten, it still reads so here, and stale elsewhere.
+    store_->PutEvaluation(id, EncodeEvaluation(evaluation), IndexOf(evaluation)).IgnoreError();
+    return evaluation;
+  }
   if (clock_->Now() - evaluation.update_time > options_.stale_after) {
     evaluation.state = EvaluationState::kFailed;
     evaluation.error_code = absl::StatusCode::kAborted;

@@ -88,6 +88,11 @@ struct Evaluation {
   std::optional<EvaluationReport> report;  // SUCCEEDED
   absl::StatusCode error_code = absl::StatusCode::kOk;
   std::string error_message;  // FAILED
+  // Which server runs it (its lease holder name, as for jobs) and which
+  // process of that server: a record left RUNNING by an earlier process of
+  // the same server is known to be dead at once. Empty in older records.
+  std::string runner;
+  std::string runner_incarnation;
 };
 
 // The record as stored (JSON) and back.
@@ -129,6 +134,11 @@ class Evaluator {
     // A RUNNING record that no server here runs and that was not updated
     // for this long belongs to a server that stopped: it reads as FAILED.
     absl::Duration stale_after = absl::Minutes(2);
+    // This server's name on the store (its job lease holder name). A
+    // RUNNING record of this runner that this process did not start was
+    // left by an earlier process of this server, so it reads as FAILED at
+    // once (only one process serves a data dir). Empty: staleness only.
+    std::string runner;
     // LibTorch intra-op threads of an evaluation's thread; 0 = LibTorch's
     // default for a new thread. (Set to 1 here, the FP32 column ran at 421
     // images/s instead of 2646 on a 2-core EPYC: left at the default.)
@@ -175,6 +185,8 @@ class Evaluator {
   Clock* const clock_;
   Clock* const interval_clock_;
   const Options options_;
+  // Tells this process's records from those of earlier ones of the same runner.
+  const std::string incarnation_;
   std::atomic<bool> stopping_{false};
   absl::Mutex mu_;
   // Ids of the evaluations this server runs: never stale, however long a

@@ -162,6 +162,8 @@ TEST(EvaluationCodecTest, ARecordRoundTrips) {
   e.finish_time = e.update_time;
   e.samples_done = 500;
   e.samples_total = 500;
+  e.runner = "host:/data";
+  e.runner_incarnation = "process-1";
   EvaluationAccumulator acc(6, true);
   const std::vector<float> q = Scores(1, 2), f = Scores(1, 3);
   ASSERT_TRUE(acc.Add(0, {1}, q, &f).ok());
@@ -181,6 +183,8 @@ TEST(EvaluationCodecTest, ARecordRoundTrips) {
   EXPECT_EQ(back->report->fp32->top1_correct, 1);
   EXPECT_DOUBLE_EQ(back->report->output_sqnr_db, e.report->output_sqnr_db);
   EXPECT_EQ(back->report->class_names[5], "f");
+  EXPECT_EQ(back->runner, "host:/data");
+  EXPECT_EQ(back->runner_incarnation, "process-1");
   EXPECT_EQ(DecodeEvaluation("{").status().code(), absl::StatusCode::kDataLoss);
 }
 

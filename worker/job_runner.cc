@@ -156,6 +156,8 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
   if (!local_spec.ok()) enter_phase(JobPhase::kLoading);  // where the job fails: "loading: model: ..."
   engine::QuantizeOptions options = ToQuantizeOptions(local_spec.ok() ? *local_spec : job.spec);
   options.max_batch_bytes = max_batch_bytes_;
+  engine::QuantizeReport refused_report;
+  options.refused_report = &refused_report;
   options.progress = [&](const engine::ProgressEvent& progress) {
     const JobPhase phase = FromEnginePhase(progress.phase);
     if (phase != current) enter_phase(phase);
@@ -316,6 +318,15 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
     result.error_message = absl::StrCat(
         JobPhaseName(current), ": ",
         local_spec.ok() ? ReferToInputs(output.status().message(), job.spec, *local_spec) : output.status().message());
+    // Refused by the quality gate: what was measured stays in the result
+    // (it once said 0 calibration samples and no layers).
+    if (!refused_report.quality.message.empty() && !refused_report.quality.passed) {
+      result.report = std::move(refused_report);
+      if (local_spec.ok()) {
+        for (std::string& advice : result.report.advice) advice = ReferToInputs(advice, job.spec, *local_spec);
+        for (std::string& warning : result.report.warnings) warning = ReferToInputs(warning, job.spec, *local_spec);
+      }
+    }
   }
   enter_phase(JobPhase::kNone);
 

@@ -184,7 +184,8 @@ std::shared_ptr<const LoadedModel> ModelRepository::FindLoaded(const std::string
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const std::string& name, int64_t version,
-                                                                          const Gone& gone) {
+                                                                          const Gone& gone,
+                                                                          int64_t* resolved_version) {
   std::string base;
   bool fp32 = false;
   QUANTD_RETURN_IF_ERROR(ParseName(name, "model_name", &base, &fp32));
@@ -210,6 +211,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     // predate the change, which is to be seen at once.
     if (generation == resolution_generation_) resolved_[{base, version}] = Resolution{resolved, now, now};
   }
+  if (resolved_version != nullptr) *resolved_version = resolved.version;
   const Key key{base, resolved.version, fp32};
   // Released after mu_, as below.
   std::vector<std::shared_ptr<const LoadedModel>> revived_evictions;

@@ -113,11 +113,14 @@ class ModelRepository {
   // that waits for another's load of the same version asks `gone` (if set)
   // every kGoneCheckInterval and stops waiting with its error (the caller
   // cancelled, its deadline passed): a slow load does not keep the threads
-  // of callers that have left.
+  // of callers that have left. `resolved_version` (optional) gets the
+  // version number once the address resolves, so a load that fails after
+  // that can be counted against the published version.
   using Gone = std::function<absl::Status()>;
   static constexpr absl::Duration kGoneCheckInterval = absl::Milliseconds(50);
   absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, int64_t version,
-                                                          const Gone& gone = nullptr);
+                                                          const Gone& gone = nullptr,
+                                                          int64_t* resolved_version = nullptr);
   // The addressed version if it is loaded and its resolution is fresh, with
   // no store or disk access (so callers may use it on threads that must not
   // block); nullptr otherwise.

@@ -310,9 +310,17 @@ TEST_F(ModelRepositoryTest, APublishedVersionWhoseArtifactIsGoneIsAFailedPrecond
   auto job = jobs_->Get("a");
   ASSERT_TRUE(job.ok());
   ASSERT_TRUE(artifacts_->Remove(job->result->artifact_sha256).ok());
-  absl::Status status = Repository()->Load("resnet8", 0).status();
+  auto repository = Repository();
+  int64_t resolved = -1;
+  absl::Status status = repository->Load("resnet8", 0, nullptr, &resolved).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_THAT(status.message(), HasSubstr("is gone from the artifact store"));
+  // Said, so that the server counts the failure against version 1 (it once
+  // counted it under model="", where a per-model alert never looks).
+  EXPECT_EQ(resolved, 1);
+  resolved = -1;
+  EXPECT_EQ(repository->Load("resnet9", 0, nullptr, &resolved).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(resolved, -1);  // no such version: nothing to count it against
 }
 
 // A deleted version's model kept its memory and its share of the budget
@@ -666,6 +674,45 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   // Finished records are never stale, wherever they are read.
   clock_.Advance(absl::Hours(1));
   EXPECT_EQ(other.Get(started->id)->state, EvaluationState::kSucceeded);
+}
+
+// After a crash the restarted server (the same runner on the same store)
+// answered its own dead evaluation RUNNING for two more minutes, and
+// `quantctl eval --id` waited that long: it is FAILED at once now, for every
+// server on the store. Another runner's record still waits for staleness.
+TEST_F(ModelRepositoryTest, AnEvaluationLeftRunningByThisServersLastProcessFailsAtOnce) {
+  Publish("a", "resnet8");
+  HeldArtifactStore held(artifacts_.get());
+  auto repository = RepositoryOver(&held);
+  Evaluator::Options options;
+  options.stale_after = absl::Minutes(2);
+  options.runner = "host:/data";
+  auto before_crash = std::make_unique<Evaluator>(jobs_.get(), repository.get(), &clock_, options);
+  auto started = before_crash->Start(Int8OnFirst100(engine::testing::CalibrationPath()));
+  ASSERT_TRUE(started.ok()) << started.status();
+  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(before_crash->Get(started->id)->state, EvaluationState::kRunning);
+
+  Evaluator::Options other_options = options;
+  other_options.runner = "other-host:/data";
+  auto other_repository = Repository();
+  Evaluator other(jobs_.get(), other_repository.get(), &clock_, other_options);
+  EXPECT_EQ(other.Get(started->id)->state, EvaluationState::kRunning);  // not stale yet
+
+  // The same runner in a new process (the clock has not moved).
+  auto restarted_repository = Repository();
+  Evaluator restarted(jobs_.get(), restarted_repository.get(), &clock_, options);
+  absl::StatusOr<Evaluation> after = restarted.Get(started->id);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->state, EvaluationState::kFailed);
+  EXPECT_EQ(after->error_code, absl::StatusCode::kAborted);
+  EXPECT_THAT(after->error_message, HasSubstr("the server running it restarted after 0 of 100 samples"));
+  // Written: the other server reads it FAILED too.
+  EXPECT_EQ(DecodeEvaluation(*jobs_->GetEvaluation(started->id))->state, EvaluationState::kFailed);
+  EXPECT_EQ(other.Get(started->id)->state, EvaluationState::kFailed);
+
+  held.release.Notify();
+  before_crash.reset();  // joins its thread
 }
 
 // A store that refuses finished evaluation records while `full` (a full

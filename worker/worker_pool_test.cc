@@ -81,6 +81,15 @@ class FakeEngine : public QuantizationEngine {
       if (!progress({engine::Phase::kCalibrating, b, batches})) return absl::CancelledError("c");
     }
     if (!progress({engine::Phase::kConverting, 0, 0})) return absl::CancelledError("c");
+    if (options.model_path == "low_quality") {  // as the quality gate refuses a model
+      engine::QuantizeReport refused;
+      refused.calibration_samples = batches * options.batch_size;
+      refused.quality.passed = false;
+      refused.quality.message = "int8 agrees with FP32 on 12% of 100 images";
+      refused.advice.push_back("keep conv1 in FP32");
+      if (options.refused_report != nullptr) *options.refused_report = refused;
+      return absl::FailedPreconditionError(refused.quality.message);
+    }
     EngineOutput output;
     output.artifact = "int8 of " + options.model_path;
     output.manifest_json = "{}";
@@ -486,6 +495,20 @@ TEST_F(WorkerPoolTest, EngineErrorFailsTheJobWithItsCode) {
   Job job = WaitForState(pool->Submit(NewJob("bad"))->id, JobState::kFailed);
   EXPECT_EQ(job.result->error_code, absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(job.result->error_message, HasSubstr("not a TorchScript file"));
+}
+
+// A job the quality gate refuses keeps what was measured in its result: it
+// once said 0 calibration samples, with no advice.
+TEST_F(WorkerPoolTest, AJobRefusedByTheQualityGateKeepsItsReport) {
+  auto pool = NewPool();
+  pool->Start();
+  Job job = WaitForState(pool->Submit(NewJob("low_quality"))->id, JobState::kFailed);
+  EXPECT_EQ(job.result->error_code, absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(job.result->error_message, HasSubstr("agrees with FP32 on 12%"));
+  EXPECT_GT(job.result->report.calibration_samples, 0);
+  EXPECT_FALSE(job.result->report.quality.passed);
+  EXPECT_THAT(job.result->report.advice, ::testing::ElementsAre("keep conv1 in FP32"));
+  EXPECT_TRUE(job.result->artifact_id.empty());
 }
 
 // A throw from inside an engine once ended the process (std::terminate on

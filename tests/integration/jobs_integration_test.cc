@@ -877,9 +877,15 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     // A DELETE without a length (curl sends none) is answered before its
     // body is read: httplib would read one to the end of the connection (a
     // 400 after its 5 s read timeout, before).
-    CurlResult del = Curl(v2 + "/models/resnet8", {"-X", "DELETE"});
+    const std::string delete_allow = quantd.dir() + "/delete_allow.headers";
+    CurlResult del = Curl(v2 + "/models/resnet8", {"-X", "DELETE", "-D", delete_allow});
     EXPECT_EQ(del.status, 405) << del.body;
-    EXPECT_THAT(del.body, HasSubstr("no resource here takes DELETE"));
+    EXPECT_THAT(del.body, HasSubstr("no resource here takes DELETE; /v2/models/resnet8 takes GET"));
+    EXPECT_THAT(ReadFileOrEmpty(delete_allow), HasSubstr("Allow: GET"));  // it once had none
+    const std::string delete_infer_allow = quantd.dir() + "/delete_infer_allow.headers";
+    EXPECT_EQ(Curl(v2 + "/models/resnet8/infer", {"-X", "DELETE", "-D", delete_infer_allow}).status, 405);
+    EXPECT_THAT(ReadFileOrEmpty(delete_infer_allow), HasSubstr("Allow: POST"));
+    EXPECT_EQ(Curl(quantd.http_url() + "/nowhere", {"-X", "DELETE"}).status, 404);
     // /metrics takes GET: POST is not "not found; try /metrics".
     const std::string metrics_allow = quantd.dir() + "/metrics_allow.headers";
     CurlResult post_metrics = Curl(quantd.http_url() + "/metrics", {"-X", "POST", "--data", "", "-D", metrics_allow});
@@ -1003,17 +1009,20 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     int64_t first_correct = 0;
     for (size_t i = 0; i < kSubset; ++i) first_correct += int8.predictions[i] == test.labels[i];
     EXPECT_EQ(diagonal, first_correct);
-    // The accuracy gauge follows each precision's newest evaluation: int8
-    // from this one, FP32 from the one before (which measured it).
+    // The accuracy gauges keep both figures of the newest evaluation that
+    // measured both (the one before), on its images: this int8-only one
+    // once replaced the int8 figure alone, beside FP32 from other images.
     ASSERT_NE(first_correct * kServedImages, int64_t{job_int8_correct} * kSubset) << "the figures must differ";
     CurlResult metrics = Curl(quantd.http_url() + "/metrics");
     ASSERT_EQ(metrics.status, 200);
     EXPECT_THAT(metrics.body, HasSubstr(absl::StrCat(
                                   "quantd_model_accuracy_ratio{model=\"resnet8\",precision=\"int8\",version=\"1\"} ",
-                                  static_cast<double>(first_correct) / kSubset)));
+                                  static_cast<double>(job_int8_correct) / kServedImages)));
     EXPECT_THAT(metrics.body, HasSubstr(absl::StrCat(
                                   "quantd_model_accuracy_ratio{model=\"resnet8\",precision=\"fp32\",version=\"1\"} ",
                                   static_cast<double>(job_fp32_correct) / kServedImages)));
+    EXPECT_THAT(metrics.body, HasSubstr(absl::StrCat("quantd_model_accuracy_samples{model=\"resnet8\",version=\"1\"} ",
+                                                     kServedImages, "\n")));
 
     RunResult missing = quantd.Ctl({"eval", "resnet8:9", absl::StrCat("--data=", kTest)});
     EXPECT_NE(missing.exit_code, 0);
@@ -1376,6 +1385,18 @@ TEST(JobsIntegrationTest, TwentyJobsWithOneWorkerAllFinishInOrder) {
   }
   RunResult list = quantd.Ctl({"--json", "jobs", "--page_size=1000"});
   EXPECT_EQ(nlohmann::json::parse(list.out)["jobs"].size(), 20u);
+  // The same request made the same bytes: one artifact, listed by its first
+  // job; asked for by another job, it names that job (it once named the
+  // first).
+  nlohmann::json artifacts = nlohmann::json::parse(quantd.Ctl({"--json", "artifacts"}).out, nullptr, false);
+  ASSERT_TRUE(artifacts.is_object());
+  ASSERT_EQ(artifacts["artifacts"].size(), 1u) << artifacts.dump();
+  EXPECT_EQ(artifacts["artifacts"][0]["jobId"], ids[0]);
+  nlohmann::json of_job = nlohmann::json::parse(quantd.Ctl({"--json", "artifacts", "--job=" + ids[7]}).out, nullptr, false);
+  ASSERT_TRUE(of_job.is_object());
+  ASSERT_EQ(of_job["artifacts"].size(), 1u) << of_job.dump();
+  EXPECT_EQ(of_job["artifacts"][0]["jobId"], ids[7]);
+  EXPECT_EQ(of_job["artifacts"][0]["id"], artifacts["artifacts"][0]["id"]);
 }
 
 // Starts `quantctl watch ID` into a file and waits for `needle` in it.

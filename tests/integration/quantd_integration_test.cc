@@ -502,7 +502,11 @@ TEST(QuantdFlagsTest, AMissingValueOrUnreadableFileIsAUsageErrorNamingTheFlag) {
            // A flag file would pass every check above.
            {{data, "--flagfile=" + dir + "/flags"}, "--flagfile=" + dir + "/flags: not supported"},
            {{data, "--fromenv=token_file"}, "--fromenv=token_file: not supported"},
-           {{data, "--blob_ttl_seconds=0.001"}, "--blob_ttl_seconds must be 0 (keep blobs) or in 1..1e9"}}) {
+           {{data, "--blob_ttl_seconds=0.001"}, "--blob_ttl_seconds must be 0 (keep blobs) or in 1..1e9"},
+           // Once a failed start (exit 1) that named the metrics port.
+           {{data, "--bind_address=999.1.1.1"},
+            "--bind_address: \"999.1.1.1\" is not an IP address nor a host name this machine resolves"},
+           {{data, "--bind_address=no host"}, "--bind_address: \"no host\" is not an IP address"}}) {
     ExpectUsageError(args, says, dir + "/data");
   }
   std::filesystem::remove_all(dir);

@@ -766,7 +766,10 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
       }
     }
     if (!report.quality.passed) {
-      if (!options.allow_low_quality) return absl::FailedPreconditionError(report.quality.message);
+      if (!options.allow_low_quality) {
+        if (options.refused_report != nullptr) *options.refused_report = report;
+        return absl::FailedPreconditionError(report.quality.message);
+      }
       report.warnings.push_back(absl::StrCat("quality check failed, kept because low quality is allowed: ",
                                              report.quality.message));
     }

@@ -105,6 +105,10 @@ struct QuantizeOptions {
   // evaluation); 0 = no limit. A larger batch_size is INVALID_ARGUMENT.
   int64_t max_batch_bytes = 0;
   ProgressCallback progress;
+  // Set: gets what was measured (calibration, per-layer SQNR, the quality
+  // verdict, advice) when the quality gate refuses the model, so a failed
+  // job can say why it failed.
+  QuantizeReport* refused_report = nullptr;
 };
 
 class QuantizedModel {

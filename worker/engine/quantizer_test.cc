@@ -1347,11 +1347,20 @@ TEST_F(CoverageModelsTest, FallbacksKeepTheArtifactWritable) {
 TEST_F(CoverageModelsTest, ABrokenInt8ModelFailsWithAMessage) {
   for (const std::string model : {"broken", "broken_traced"}) {
     QuantizeOptions options = Options(model, "fbgemm");
+    QuantizeReport refused;
+    options.refused_report = &refused;
     const absl::Status status = Quantize(options).status();
     EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
     EXPECT_NE(status.message().find("broken"), std::string::npos) << status;
     EXPECT_NE(status.message().find("agrees with FP32"), std::string::npos) << status;
     EXPECT_NE(status.message().find("fc ("), std::string::npos) << "names the worst layer: " << status;
+    // What was measured comes with the refusal (a failed job once reported
+    // 0 calibration samples and no layers).
+    EXPECT_FALSE(refused.quality.passed);
+    EXPECT_EQ(refused.quality.message, status.message());
+    EXPECT_GT(refused.calibration_samples, 0);
+    EXPECT_FALSE(refused.layers.empty());
+    options.refused_report = nullptr;
 
     options.allow_low_quality = true;
     auto kept = Quantize(options);

@@ -54,10 +54,6 @@ absl::StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const DatasetSpec
   return std::make_unique<DatasetImageReader>(std::move(dataset));
 }
 
-absl::Status CheckDatasetFiles(const DatasetSpec& spec) {
-  DatasetSpec raw = spec;
-  raw.preprocessing = Preprocessing();
-  return OpenDataset(raw).status();
-}
+absl::Status CheckDatasetFiles(const DatasetSpec& spec) { return OpenDataset(spec).status(); }
 
 }  // namespace quantd::engine

@@ -37,7 +37,8 @@ class ImageReader {
 // Opens `spec`'s files as a job will (a .npy header, dtype and shape in
 // `spec.layout`, a labels file and its count) without reading images, so
 // that a bad file is refused when a job is submitted, not after calibration
-// and tuning have run. The dataset's own codes and messages.
+// and tuning have run; a preprocessing mean or std without one value per
+// channel of its images is refused too. The dataset's own codes and messages.
 absl::Status CheckDatasetFiles(const DatasetSpec& spec);
 
 }  // namespace quantd::engine
