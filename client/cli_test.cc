@@ -411,7 +411,8 @@ TEST(CommandTableTest, DatasetFormatIsNamedOrToldByTheExtension) {
 // "quantctl submit --help": every flag of the command, not the one-line row.
 TEST(CommandTableTest, ACommandsHelpListsEveryFlag) {
   const std::string submit = CommandUsage(*FindCommand("submit"));
-  EXPECT_THAT(submit, HasSubstr("usage: quantctl [GLOBAL FLAGS] submit (--file=JOB.json"));
+  EXPECT_THAT(submit, HasSubstr("usage: quantctl [GLOBAL FLAGS] submit [--file=JOB.json]"));
+  EXPECT_THAT(submit, HasSubstr("a flag beside --file sets its field over the file's"));
   EXPECT_THAT(submit, HasSubstr("--against_fp32"));
   EXPECT_THAT(submit, HasSubstr("--wait"));
   EXPECT_THAT(CommandUsage(*FindCommand("health")), HasSubstr("health [--service=NAME]"));

@@ -97,7 +97,7 @@ const std::vector<Command>& Commands() {
        "list jobs, newest first", &RunJobs},
       {"models", "[NAME] | delete NAME:VERSION",
        "list published model versions (with accuracy and whether loaded), or unpublish one", &RunModels},
-      {"submit", "(--file=JOB.json | --model=PATH --calib=PATH ...) [--wait]",
+      {"submit", "[--file=JOB.json] --model=PATH --calib=PATH ... [--wait]",
        "submit a quantization job (see `submit --help`); --wait follows it", &RunSubmit, kSubmitUsage},
       {"upload", "FILE [--kind=model|dataset] [--data_format=cifar10|npy]",
        "upload a model or dataset; prints its blob id", &RunUpload,

@@ -21,7 +21,9 @@
 namespace quantd::cli {
 
 const char kSubmitUsage[] =
-    "submit (--file=JOB.json | --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID) "
+    "submit [--file=JOB.json] --model=PATH|--model_blob=ID --calib=PATH|--calib_blob=ID "
+    "(the model and calibration set from the flags or the file's JSON request; a flag beside --file sets "
+    "its field over the file's) "
     "[--calib_format=cifar10|npy] [--calib_labels=PATH|--calib_labels_blob=ID] [--batch_size=N] [--samples_per_class=N] "
     "[--seed=N] [--preset=fbgemm|x86|onednn|qnnpack|best|custom] [--activation_observer=O] [--weight_observer=W] "
     "[--reduce_range] [--percentile=P] [--bias_correction] [--fitted_rounding] [--cross_layer_equalization] "
