@@ -24,6 +24,7 @@
 #include "server/allocator.h"
 #include "server/log.h"
 #include "server/server.h"
+#include "worker/engine/base/crash_report.h"
 #include "worker/engine/quantizer.h"
 #include "worker/model_vetter.h"
 
@@ -323,6 +324,9 @@ int main(int argc, char** argv) {
   if (const std::string model = absl::GetFlag(FLAGS_vet_model_file); !model.empty()) {
     return quantd::worker::RunModelVetterChild(model);
   }
+  // After the vetting child's branch: a model that crashes LibTorch's loader
+  // is an expected death there, reported by the parent.
+  quantd::engine::InstallCrashReport(argv[0]);
 
   if (!InstallSignalHandlers()) {
     quantd::LogLine(quantd::LogLevel::kError, "quantd: cannot install signal handlers");

@@ -64,7 +64,9 @@ absl::Status RequireId(const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("id: required");
   // Ids are short ("job-" and 20 hex digits); a long one would be echoed in
   // full by the not-found message, past gRPC's trailer limit.
-  if (id.size() > 128) return absl::InvalidArgumentError(absl::StrCat("id: ", id.size(), " characters; an id has at most 128"));
+  if (id.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat("id: ", id.size(), " characters; an id has at most 128"));
+  }
   return absl::OkStatus();
 }
 

@@ -1392,7 +1392,8 @@ TEST(JobsIntegrationTest, TwentyJobsWithOneWorkerAllFinishInOrder) {
   ASSERT_TRUE(artifacts.is_object());
   ASSERT_EQ(artifacts["artifacts"].size(), 1u) << artifacts.dump();
   EXPECT_EQ(artifacts["artifacts"][0]["jobId"], ids[0]);
-  nlohmann::json of_job = nlohmann::json::parse(quantd.Ctl({"--json", "artifacts", "--job=" + ids[7]}).out, nullptr, false);
+  nlohmann::json of_job =
+      nlohmann::json::parse(quantd.Ctl({"--json", "artifacts", "--job=" + ids[7]}).out, nullptr, false);
   ASSERT_TRUE(of_job.is_object());
   ASSERT_EQ(of_job["artifacts"].size(), 1u) << of_job.dump();
   EXPECT_EQ(of_job["artifacts"][0]["jobId"], ids[7]);

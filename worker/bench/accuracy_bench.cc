@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/data/image_reader.h"
+#include "worker/engine/base/crash_report.h"
 #include "worker/engine/predicted_class.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/servable_model.h"
@@ -130,6 +131,8 @@ int64_t Argmax(const Scores& s, int64_t i) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // CI's 48-job run once died of SIGSEGV with no trace: the stack goes to stderr.
+  quantd::engine::InstallCrashReport(argv[0]);
   const std::string fixtures = Flag(argc, argv, "fixtures");
   int seeds = 5, threads = 2;
   int64_t test_images = 10000;

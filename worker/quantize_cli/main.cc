@@ -2,9 +2,11 @@
 #include <string>
 #include <vector>
 
+#include "worker/engine/base/crash_report.h"
 #include "worker/quantize_cli/quantize_cli.h"
 
 int main(int argc, char** argv) {
+  quantd::engine::InstallCrashReport(argv[0]);
   std::vector<std::string> args(argv + 1, argv + argc);
   // -h and --version as quantd and quantctl answer them.
   for (std::string& arg : args) {
