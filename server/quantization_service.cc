@@ -815,7 +815,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServe
     // A token is a blob id (64 hex digits), as ListJobs's is a number: any
     // other one was not issued here and once listed nothing, with OK.
     const std::string& token = request->page_token();
-    if (!token.empty() && (token.size() != 64 || token.find_first_not_of("0123456789abcdef") != std::string::npos)) {
+    if (!token.empty() && !engine::IsSha256Hex(token)) {
       return absl::InvalidArgumentError(
           absl::StrCat("page_token: \"", token.substr(0, 80), token.size() > 80 ? "...\"" : "\"",
                        " is not a token this server issued"));

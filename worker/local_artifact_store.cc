@@ -20,14 +20,6 @@ namespace quantd::worker {
 
 namespace fs = std::filesystem;
 
-bool IsSha256Hex(const std::string& s) {
-  if (s.size() != 64) return false;
-  for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
 int RemoveTemporaryFiles(const std::string& dir) {
   int removed = 0;
   (void)ForEachDirectoryEntry(dir, [&removed](const fs::directory_entry& entry) {

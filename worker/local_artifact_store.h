@@ -10,6 +10,7 @@
 #include <string>
 
 #include "worker/artifact_store.h"
+#include "worker/engine/base/sha256.h"
 #include "worker/data_quota.h"
 
 namespace quantd::worker {
@@ -42,8 +43,7 @@ class LocalArtifactStore final : public ArtifactStore {
 // Removes files named ".tmp.*" directly in `dir` (left by a crash during an
 // atomic write). Returns how many.
 int RemoveTemporaryFiles(const std::string& dir);
-// Whether `s` is 64 lower-case hex digits.
-bool IsSha256Hex(const std::string& s);
+using engine::IsSha256Hex;
 
 }  // namespace quantd::worker
 

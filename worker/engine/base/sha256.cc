@@ -39,6 +39,10 @@ std::string Sha256::HexDigest() {
   return hex;
 }
 
+bool IsSha256Hex(std::string_view s) {
+  return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
+}
+
 std::string Sha256Hex(std::string_view data) {
   Sha256 hasher;
   hasher.Update(data);

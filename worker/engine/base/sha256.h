@@ -26,6 +26,9 @@ class Sha256 {
 };
 
 std::string Sha256Hex(std::string_view data);
+// Whether `s` is 64 lower-case hex digits: a digest as Sha256Hex writes it
+// (artifact and blob ids).
+bool IsSha256Hex(std::string_view s);
 absl::StatusOr<std::string> Sha256File(const std::string& path);
 
 }  // namespace quantd::engine
