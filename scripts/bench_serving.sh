@@ -180,6 +180,15 @@ if all(k in pooled for k in ('in_process_batch256', 'grpc_batched_16', 'in_proce
           f"batch 256 {b256p:.0f}: {on16 / b256p:.2f} (target >= 0.60); gRPC batch-1 p50 at 1 client {g1p:.3f} ms "
           f"against in-process batch 1 {b1p:.3f} ms: {g1p / b1p:.2f}x (target < 2)")
 print(f"errors: {errors}")
+# Why requests failed, row by row (the message of each kind and how often).
+failed = [(r['path'] + f", {r['concurrency']} clients", r.get('error_kinds', {})) for r in s['rows']]
+failed += [(f"round {i} {k}", row.get('error_kinds', {})) for i, r in enumerate(rounds, 1) for k, row in r.items()]
+for where, kinds in failed:
+    for what, n in kinds.items():
+        print(f"  {where}: {n} x {what}")
+retries = s.get('connect_retries', [])
+if retries:
+    print(f"connections that needed a second attempt before their row: {len(retries)} ({'; '.join(retries)})")
 empty = [r['path'] + f", {r['concurrency']} clients" for r in s['rows'] if r['images'] == 0]
 empty += [f"round {i} {k}" for i, r in enumerate(rounds, 1) for k, row in r.items() if row['images'] == 0]
 if empty:

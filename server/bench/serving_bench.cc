@@ -33,6 +33,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <fstream>
 #include <iostream>
@@ -42,11 +43,13 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -58,6 +61,37 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// What failed requests said, by message, for the row being measured: a
+// failed smoke run must say why, not just how many.
+class ErrorTally {
+ public:
+  void Note(const std::string& what) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counts_[what.substr(0, 300)];
+  }
+  // The messages noted since the last Take.
+  std::map<std::string, int64_t> Take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::exchange(counts_, {});
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, int64_t> counts_;
+};
+ErrorTally error_tally;
+
+bool Ok(const grpc::Status& status) {
+  if (!status.ok()) error_tally.Note(absl::StrCat("gRPC code ", status.error_code(), ": ", status.error_message()));
+  return status.ok();
+}
+template <typename T>
+bool Ok(const absl::StatusOr<T>& result) {
+  const absl::Status& status = result.status();
+  if (!status.ok()) error_tally.Note(status.ToString());
+  return status.ok();
+}
+
 struct Row {
   std::string path;
   int concurrency = 1;
@@ -65,6 +99,7 @@ struct Row {
   double seconds = 0;
   std::vector<double> latencies_ms;
   int64_t errors = 0;
+  std::map<std::string, int64_t> error_kinds;  // message -> count
   double client_cpu_s = -1;  // this process (the clients, or the in-process passes)
   double server_cpu_s = -1;  // the server's process_cpu_seconds_total; -1: not measured
   bool skipped() const { return seconds < 0; }
@@ -77,7 +112,7 @@ struct Row {
     return {{"path", path},           {"concurrency", concurrency},
             {"images", images},       {"images_per_s", seconds > 0 ? images / seconds : 0.0},
             {"p50_ms", pct(0.50)},    {"p99_ms", pct(0.99)},
-            {"errors", errors},
+            {"errors", errors},       {"error_kinds", error_kinds},
             {"client_cpu_us_per_image", PerImageUs(client_cpu_s)},
             {"server_cpu_us_per_image", PerImageUs(server_cpu_s)}};
   }
@@ -118,6 +153,7 @@ class CpuMeter {
  public:
   CpuMeter() : own_(OwnCpuSeconds()), server_(ServerCpuSeconds()) {}
   void Finish(Row& row) const {
+    for (const auto& [what, count] : error_tally.Take()) row.error_kinds[what] += count;
     row.client_cpu_s = OwnCpuSeconds() - own_;
     const double server = ServerCpuSeconds();
     if (server_ >= 0 && server >= 0) row.server_cpu_s = server - server_;
@@ -212,6 +248,7 @@ std::pair<Row, Row> MeasureInterleaved(const std::string& path_a, CallA call_a, 
         row.latencies_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
       }
       spent += std::chrono::duration<double>(Clock::now() - begin).count();
+      for (const auto& [what, count] : error_tally.Take()) row.error_kinds[what] += count;
     };
     while (spent_a < seconds || spent_b < seconds) {
       run_slice(rows.first, call_a, spent_a);
@@ -258,6 +295,7 @@ Row MeasureAsync(const std::string& path, int concurrency, double seconds, const
       if (status.ok()) {
         client.latencies.push_back(std::chrono::duration<double, std::milli>(Clock::now() - client.t0).count());
       } else {
+        Ok(status);
         ++client.errors;
       }
       if (!stop.load()) return send(c);
@@ -370,7 +408,7 @@ int main(int argc, char** argv) {
   (void)(*model)->Run(one, {1, 3, 32, 32});  // warm-up
   Add(rows, Measure("in-process batch 1", 1, 1, seconds, [&](int, int64_t) {
                    UseOneIntraOpThread();
-                   return (*model)->Run(one, {1, 3, 32, 32}).ok();
+                   return Ok((*model)->Run(one, {1, 3, 32, 32}));
                  }));
   if (Wanted("in-process batch 1, 1 ms idle before each", 1)) {
     // The same pass after 1 ms idle each time, as a server thread woken per
@@ -383,24 +421,25 @@ int main(int argc, char** argv) {
       while (Clock::now() < end) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the idle gap being measured
         const auto t0 = Clock::now();
-        if (!(*model)->Run(one, {1, 3, 32, 32}).ok()) ++idle.errors;
+        if (!Ok((*model)->Run(one, {1, 3, 32, 32}))) ++idle.errors;
         idle.latencies_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
         ++idle.images;
       }
     });
     runner.join();
     idle.seconds = seconds;
+    idle.error_kinds = error_tally.Take();
     Add(rows, idle);
   }
   // The largest pass 16 batch-1 clients can form, on one thread.
   const std::vector<float> sixteen = floats(0, 16);
   Add(rows, Measure("in-process batch 16", 1, 16, seconds, [&](int, int64_t) {
                    UseOneIntraOpThread();
-                   return (*model)->Run(sixteen, {16, 3, 32, 32}).ok();
+                   return Ok((*model)->Run(sixteen, {16, 3, 32, 32}));
                  }));
   Add(rows, Measure("in-process batch 256", threads, 256, seconds, [&](int, int64_t) {
                    UseOneIntraOpThread();
-                   return (*model)->Run(many, {256, 3, 32, 32}).ok();
+                   return Ok((*model)->Run(many, {256, 3, 32, 32}));
                  }));
 
   // The servers' /metrics, for the CPU each row costs them.
@@ -418,13 +457,31 @@ int main(int argc, char** argv) {
   // The floor: a gRPC call that does nothing (ServerLive), from 1 and 16
   // clients: what requests/s the RPC alone allows on this machine.
   // A connection per client, as separate processes would have.
-  auto stubs_to = [](const std::string& target, int clients) {
+  // Each connection is made before its row starts: the rows measure calls on
+  // open connections. A connection whose first attempt fails is retried
+  // here (gRPC fails calls at once while it backs off) and is listed in
+  // connect_retries, which the table prints; none within 20 s ends the run.
+  std::vector<std::string> connect_retries;
+  auto stubs_to = [&](const std::string& target, int clients) {
     std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> stubs;
+    const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(20);  // for them all
     for (int c = 0; c < clients; ++c) {
       grpc::ChannelArguments args;
       args.SetInt("quantd.bench.client", c);
-      stubs.push_back(inference::GRPCInferenceService::NewStub(
-          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+      const auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+      bool failed_once = false;
+      grpc_connectivity_state state = channel->GetState(/*try_to_connect=*/true);
+      for (; state != GRPC_CHANNEL_READY && std::chrono::system_clock::now() < deadline;
+           state = channel->GetState(/*try_to_connect=*/true)) {
+        if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) failed_once = true;
+        channel->WaitForStateChange(state, deadline);
+      }
+      if (state != GRPC_CHANNEL_READY) {
+        std::cerr << "quantd-serving-bench: no connection to " << target << " after 20 s (client " << c << ")\n";
+        std::exit(1);
+      }
+      if (failed_once) connect_retries.push_back(absl::StrCat("connection ", c, " to ", target));
+      stubs.push_back(inference::GRPCInferenceService::NewStub(channel));
     }
     return stubs;
   };
@@ -433,7 +490,7 @@ int main(int argc, char** argv) {
     Add(rows, Measure("gRPC ServerLive (no work: the floor)", clients, 1, seconds, [&](int c, int64_t) {
                      inference::ServerLiveResponse response;
                      grpc::ClientContext context;
-                     return stubs[c]->ServerLive(&context, inference::ServerLiveRequest(), &response).ok();
+                     return Ok(stubs[c]->ServerLive(&context, inference::ServerLiveRequest(), &response));
                    }));
   }
   // gRPC ModelInfer, batch-1 requests.
@@ -456,7 +513,7 @@ int main(int argc, char** argv) {
       inference::ModelInferResponse response;
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-      return (*clients)[c]->ModelInfer(&context, request, &response).ok();
+      return Ok((*clients)[c]->ModelInfer(&context, request, &response));
     };
   };
   auto grpc_rows = [&](const std::string& target, const std::string& label) {
@@ -494,7 +551,14 @@ int main(int argc, char** argv) {
   }
   Add(rows, Measure("REST JSON infer batch 1, dynamic batching", 1, 1, seconds, [&](int, int64_t i) {
                    auto response = client.Post("/v2/models/resnet8/infer", bodies[i % 64], "application/json");
-                   return response && response->status == 200;
+                   if (!response) {
+                     error_tally.Note(absl::StrCat("HTTP: ", httplib::to_string(response.error())));
+                     return false;
+                   }
+                   if (response->status != 200) {
+                     error_tally.Note(absl::StrCat("HTTP ", response->status, ": ", response->body));
+                   }
+                   return response->status == 200;
                  }));
   report["rows"] = rows;
 
@@ -524,7 +588,7 @@ int main(int argc, char** argv) {
     measure("in_process_batch256", Measure("round: in-process batch 256", threads, 256, round_seconds,
                                            [&](int, int64_t) {
                                              UseOneIntraOpThread();
-                                             return (*model)->Run(many, {256, 3, 32, 32}).ok();
+                                             return Ok((*model)->Run(many, {256, 3, 32, 32}));
                                            }));
     metered_server = batched_http.get();
     measure("grpc_batched_16", Measure("round: gRPC ModelInfer batch 1, dynamic batching", 16, 1, round_seconds,
@@ -544,7 +608,7 @@ int main(int argc, char** argv) {
       // The latency pair in turns, so that both see the same moments.
       auto [in_process, grpc_one] = MeasureInterleaved(
           "round: in-process batch 1",
-          [&](int, int64_t i) { return (*model)->Run(singles[i % singles.size()], {1, 3, 32, 32}).ok(); },
+          [&](int, int64_t i) { return Ok((*model)->Run(singles[i % singles.size()], {1, 3, 32, 32})); },
           "round: gRPC ModelInfer batch 1, dynamic batching", infer_from(batched1), round_seconds);
       measure("in_process_batch1", std::move(in_process));
       measure("grpc_batched_1", std::move(grpc_one));
@@ -555,6 +619,7 @@ int main(int argc, char** argv) {
     if (!r.empty()) paired.push_back(r);
   }
   report["rounds"] = paired;
+  report["connect_retries"] = connect_retries;
   nlohmann::json pooled_json = nlohmann::json::object();
   for (auto& [key, row] : pooled) pooled_json[key] = row.Json();
   report["pooled_rounds"] = pooled_json;
