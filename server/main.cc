@@ -44,6 +44,9 @@ ABSL_FLAG(int64_t, upload_min_bytes_per_second, 4096,
           "Past its first --upload_idle_timeout_seconds (60 s when that is 0), an upload averaging fewer bytes per "
           "second since it began is dropped (DEADLINE_EXCEEDED; its partial file and quota reservation go); "
           "0 = no minimum.");
+ABSL_FLAG(int, max_concurrent_uploads, 64,
+          "Uploads (UploadModel and UploadDataset together) in progress at once; beyond it an upload is "
+          "RESOURCE_EXHAUSTED at its start. 0 = no cap.");
 ABSL_FLAG(int64_t, upload_idle_timeout_seconds, 60,
           "An UploadModel/UploadDataset stream that sends no message for this long is dropped "
           "(DEADLINE_EXCEEDED; its partial file and quota reservation go); 0 = never.");
@@ -343,6 +346,7 @@ int main(int argc, char** argv) {
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   options.upload_idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_upload_idle_timeout_seconds));
   options.upload_min_bytes_per_second = absl::GetFlag(FLAGS_upload_min_bytes_per_second);
+  options.max_concurrent_uploads = absl::GetFlag(FLAGS_max_concurrent_uploads);
   options.keepalive_time = absl::Seconds(absl::GetFlag(FLAGS_keepalive_seconds));
   options.job_deadline_seconds = absl::GetFlag(FLAGS_job_deadline_seconds);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);

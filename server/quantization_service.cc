@@ -60,6 +60,12 @@ absl::Status Busy(absl::string_view method, const BlockingExecutor& executor) {
       " calls already wait for its I/O threads, --rpc_queue_capacity); retry with backoff"));
 }
 
+absl::Status TooManyUploads(absl::string_view method, const UploadSlots& slots) {
+  return absl::ResourceExhaustedError(absl::StrCat(method, ": ", slots.capacity(),
+                                                   " uploads are in progress (--max_concurrent_uploads); nothing was "
+                                                   "stored, retry with backoff"));
+}
+
 absl::Status RequireId(const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("id: required");
   // Ids are short ("job-" and 20 hex digits); a long one would be echoed in
@@ -117,8 +123,10 @@ template <typename Request>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
   UploadReactor(grpc::CallbackServerContext* context, const worker::BlobStore* blobs, BlockingExecutor* executor,
-                v1::BlobInfo* response, Principal caller, absl::string_view method, const UploadLimits& limits)
-      : context_(context),
+                v1::BlobInfo* response, Principal caller, absl::string_view method, const UploadLimits& limits,
+                UploadSlots::Slot slot)
+      : slot_(std::move(slot)),
+        context_(context),
         blobs_(blobs),
         executor_(executor),
         response_(response),
@@ -245,6 +253,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   // The partial file and its quota reservation go before the client hears.
   void DropIdle() {
     upload_.reset();
+    slot_.reset();
     const absl::Status status = absl::DeadlineExceededError(absl::StrCat(
         method_, ": no message for ", absl::FormatDuration(idle_timeout_),
         " (--upload_idle_timeout_seconds); the upload was dropped and nothing was stored"));
@@ -317,9 +326,12 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       if (finished_) return;
       finished_ = true;
     }
+    slot_.reset();  // only the caller that set finished_ gets here
     this->Finish(status);
   }
 
+  // Given back as the call finishes: a client that has its answer may upload again at once.
+  std::optional<UploadSlots::Slot> slot_;
   grpc::CallbackServerContext* const context_;
   const worker::BlobStore* blobs_;
   BlockingExecutor* const executor_;
@@ -796,16 +808,26 @@ grpc::ServerReadReactor<v1::UploadModelRequest>* QuantizationServiceImpl::Upload
     grpc::CallbackServerContext* context, v1::BlobInfo* response) {
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadModel");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadModelRequest>(caller.status());
+  std::optional<UploadSlots::Slot> slot = deps_.upload_slots->TryTake();
+  if (!slot.has_value()) {
+    return new RejectedReadReactor<v1::UploadModelRequest>(
+        Audited(context, *caller, "UploadModel", "", TooManyUploads("UploadModel", *deps_.upload_slots)));
+  }
   return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, deps_.executor, response, *caller,
-                                                   "UploadModel", UploadLimitsOf(deps_));
+                                                   "UploadModel", UploadLimitsOf(deps_), std::move(*slot));
 }
 
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::UploadDataset(
     grpc::CallbackServerContext* context, v1::BlobInfo* response) {
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadDataset");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadDatasetRequest>(caller.status());
+  std::optional<UploadSlots::Slot> slot = deps_.upload_slots->TryTake();
+  if (!slot.has_value()) {
+    return new RejectedReadReactor<v1::UploadDatasetRequest>(
+        Audited(context, *caller, "UploadDataset", "", TooManyUploads("UploadDataset", *deps_.upload_slots)));
+  }
   return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, deps_.executor, response, *caller,
-                                                     "UploadDataset", UploadLimitsOf(deps_));
+                                                     "UploadDataset", UploadLimitsOf(deps_), std::move(*slot));
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServerContext* context,

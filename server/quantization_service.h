@@ -17,6 +17,7 @@
 #include "server/auth.h"
 #include "server/blocking_executor.h"
 #include "server/job_conversion.h"
+#include "server/upload_slots.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_store.h"
 #include "worker/clock.h"
@@ -53,6 +54,8 @@ class QuantizationServiceImpl final
     // upload averaging fewer bytes per second since it began is dropped
     // (DEADLINE_EXCEEDED); zero: no minimum.
     int64_t upload_min_bytes_per_second = 0;
+    // Uploads in progress at once, both methods together; never null.
+    UploadSlots* upload_slots = nullptr;
     // Times uploads (intervals: a system clock set forward once dropped
     // every upload in progress as too slow); never null.
     worker::Clock* clock = worker::Clock::Monotonic();

@@ -169,6 +169,10 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     return absl::InvalidArgumentError(absl::StrCat("--upload_idle_timeout_seconds must be in 0..86400 (0 = never), got ",
                                                    absl::ToDoubleSeconds(options.upload_idle_timeout)));
   }
+  if (options.max_concurrent_uploads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_concurrent_uploads must be 0 (no cap) or more, got ",
+                                                   options.max_concurrent_uploads));
+  }
   if (options.upload_min_bytes_per_second < 0) {
     return absl::InvalidArgumentError(absl::StrCat("--upload_min_bytes_per_second must be 0 (no minimum) or more, got ",
                                                    options.upload_min_bytes_per_second));
@@ -206,6 +210,15 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     if (root.empty() || root[0] != '/') {
       return absl::InvalidArgumentError(
           absl::StrCat("--read_roots: \"", root, "\" is not an absolute folder (entries are comma-separated)"));
+    }
+  }
+  for (const std::string& root : options.read_roots) {
+    // A mistyped root would only show later, as every path under it refused
+    // for being outside the data root.
+    std::error_code error;
+    if (!std::filesystem::is_directory(root, error)) {
+      return absl::InvalidArgumentError(absl::StrCat("--read_roots: \"", root, "\" is not a folder on this machine",
+                                                     error ? absl::StrCat(" (", error.message(), ")") : ""));
     }
   }
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
@@ -526,6 +539,8 @@ absl::Status QuantdServer::OpenStores() {
   deps.evaluator = evaluator_.get();
   deps.upload_idle_timeout = options_.upload_idle_timeout;
   deps.upload_min_bytes_per_second = options_.upload_min_bytes_per_second;
+  upload_slots_ = std::make_unique<UploadSlots>(options_.max_concurrent_uploads);
+  deps.upload_slots = upload_slots_.get();
   if (options_.clock != nullptr) deps.clock = options_.clock;
   inference_executor_ =
       std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity,

@@ -26,6 +26,7 @@
 #include "server/metrics.h"
 #include "server/metrics_http_server.h"
 #include "server/quantization_service.h"
+#include "server/upload_slots.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_collector.h"
 #include "worker/blob_store.h"
@@ -70,6 +71,10 @@ class QuantdServer {
     // and then does not hold its quota reservation; zero: no minimum
     // (--upload_min_bytes_per_second).
     int64_t upload_min_bytes_per_second = 4096;
+    // Uploads (UploadModel and UploadDataset together) in progress at once;
+    // beyond it an upload is RESOURCE_EXHAUSTED at its start; 0 = no cap
+    // (--max_concurrent_uploads).
+    int max_concurrent_uploads = 64;
     // Times uploads and requests' "timeout" parameters; nullptr: a clock
     // that never jumps (tests pass a fake one).
     worker::Clock* clock = nullptr;
@@ -162,6 +167,7 @@ class QuantdServer {
   worker::WorkerPool& pool() { return *pool_; }
   ServerMetrics& metrics() { return metrics_; }
   BlockingExecutor& rpc_executor() { return *rpc_executor_; }
+  int uploads_in_progress() const { return upload_slots_->in_use(); }
   // A channel to this server that bypasses the network (for tests).
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
@@ -188,6 +194,7 @@ class QuantdServer {
   std::unique_ptr<worker::WorkerPool> pool_;
   // After the stores and pool it uses; stopped once gRPC has stopped.
   std::unique_ptr<BlockingExecutor> rpc_executor_;
+  std::unique_ptr<UploadSlots> upload_slots_;  // held by upload calls: outlives gRPC, as the executor does
   std::unique_ptr<QuantizationServiceImpl> quantization_service_;
   std::unique_ptr<worker::Evaluator> evaluator_;
   std::unique_ptr<BlockingExecutor> inference_executor_;

@@ -672,6 +672,67 @@ TEST(ServerUploadIdleTest, AnUploadThatSendsNothingIsDropped) {
   std::filesystem::remove_all(options.data_dir);
 }
 
+// Uploads past --max_concurrent_uploads are refused at their start, both
+// methods counting together, and a finished upload frees its place.
+TEST(ServerUploadCapTest, AnUploadPastTheCapIsResourceExhaustedUntilOneFinishes) {
+  QuantdServer::Options options = LoopbackOptions(TempDir("upload_cap"));
+  options.max_concurrent_uploads = 1;
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
+  const std::string bytes = "a dataset's bytes";
+
+  grpc::ClientContext open_context;
+  SetDeadline(open_context);
+  v1::BlobInfo open_blob;
+  auto open = stub->UploadDataset(&open_context, &open_blob);
+  v1::UploadDatasetRequest metadata;
+  metadata.mutable_metadata()->set_size_bytes(bytes.size());
+  ASSERT_TRUE(open->Write(metadata));
+  // The call has reached the server once it holds its place.
+  for (int waited_ms = 0; (*server)->uploads_in_progress() < 1 && waited_ms < 5000; waited_ms += 5) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ((*server)->uploads_in_progress(), 1);
+
+  grpc::ClientContext refused_context;
+  SetDeadline(refused_context);
+  v1::BlobInfo refused_blob;
+  auto refused = stub->UploadModel(&refused_context, &refused_blob);
+  v1::UploadModelRequest model_metadata;
+  model_metadata.mutable_metadata()->set_size_bytes(bytes.size());
+  refused->Write(model_metadata);  // may fail: the server may have ended the call already
+  refused->WritesDone();
+  grpc::Status status = refused->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("UploadModel: 1 uploads are in progress (--max_concurrent_uploads); nothing was stored"));
+
+  v1::UploadDatasetRequest chunk;
+  chunk.set_chunk_data(bytes);
+  ASSERT_TRUE(open->Write(chunk));
+  open->WritesDone();
+  status = open->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(open_blob.size_bytes(), bytes.size());
+
+  // Its place was given back before its client heard: the next upload goes in.
+  EXPECT_EQ((*server)->uploads_in_progress(), 0);
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::BlobInfo blob;
+  auto writer = stub->UploadModel(&context, &blob);
+  ASSERT_TRUE(writer->Write(model_metadata));
+  v1::UploadModelRequest model_chunk;
+  model_chunk.set_chunk_data(bytes);
+  ASSERT_TRUE(writer->Write(model_chunk));
+  writer->WritesDone();
+  status = writer->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+}
+
 // A client trickling bytes past its first idle timeout loses the upload,
 // on the server's clock (a fake one here): a byte now and then would
 // otherwise hold its quota reservation for as long as it keeps sending.
@@ -1264,6 +1325,10 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   EXPECT_THAT(QuantdServer::Start(bad).status().message(),
               HasSubstr("--upload_min_bytes_per_second must be 0 (no minimum) or more, got -1"));
   bad = options;
+  bad.max_concurrent_uploads = -1;
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(),
+              HasSubstr("--max_concurrent_uploads must be 0 (no cap) or more, got -1"));
+  bad = options;
   bad.keepalive_time = absl::Seconds(-1);
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--keepalive_seconds must be in 0..86400"));
   bad = options;
@@ -1274,6 +1339,9 @@ TEST(ServerOptionsTest, RejectsBadOptions) {
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--read_roots: \"\" is not an absolute"));
   bad.read_roots = {"datasets"};
   EXPECT_THAT(QuantdServer::Start(bad).status().message(), HasSubstr("--read_roots"));
+  bad.read_roots = {options.data_dir + "/no-such-folder"};  // a typo: every path under it would be refused later
+  EXPECT_THAT(QuantdServer::Start(bad).status().message(),
+              HasSubstr("--read_roots: \"" + options.data_dir + "/no-such-folder\" is not a folder on this machine"));
 }
 
 TEST(ServerOptionsTest, DataDirThatIsAFileFails) {
