@@ -804,30 +804,37 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
   });
 }
 
+namespace {
+
+// An upload for an admitted caller, or RESOURCE_EXHAUSTED when
+// --max_concurrent_uploads are in progress.
+template <typename Request>
+grpc::ServerReadReactor<Request>* StartUpload(const QuantizationServiceImpl::Deps& deps,
+                                              grpc::CallbackServerContext* context, v1::BlobInfo* response,
+                                              const Principal& caller, absl::string_view method) {
+  std::optional<UploadSlots::Slot> slot = deps.upload_slots->TryTake();
+  if (!slot.has_value()) {
+    return new RejectedReadReactor<Request>(
+        Audited(context, caller, method, "", TooManyUploads(method, *deps.upload_slots)));
+  }
+  return new UploadReactor<Request>(context, deps.blobs, deps.executor, response, caller, method,
+                                    UploadLimitsOf(deps), std::move(*slot));
+}
+
+}  // namespace
+
 grpc::ServerReadReactor<v1::UploadModelRequest>* QuantizationServiceImpl::UploadModel(
     grpc::CallbackServerContext* context, v1::BlobInfo* response) {
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadModel");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadModelRequest>(caller.status());
-  std::optional<UploadSlots::Slot> slot = deps_.upload_slots->TryTake();
-  if (!slot.has_value()) {
-    return new RejectedReadReactor<v1::UploadModelRequest>(
-        Audited(context, *caller, "UploadModel", "", TooManyUploads("UploadModel", *deps_.upload_slots)));
-  }
-  return new UploadReactor<v1::UploadModelRequest>(context, deps_.blobs, deps_.executor, response, *caller,
-                                                   "UploadModel", UploadLimitsOf(deps_), std::move(*slot));
+  return StartUpload<v1::UploadModelRequest>(deps_, context, response, *caller, "UploadModel");
 }
 
 grpc::ServerReadReactor<v1::UploadDatasetRequest>* QuantizationServiceImpl::UploadDataset(
     grpc::CallbackServerContext* context, v1::BlobInfo* response) {
   absl::StatusOr<Principal> caller = Admit(context, Role::kSubmit, "UploadDataset");
   if (!caller.ok()) return new RejectedReadReactor<v1::UploadDatasetRequest>(caller.status());
-  std::optional<UploadSlots::Slot> slot = deps_.upload_slots->TryTake();
-  if (!slot.has_value()) {
-    return new RejectedReadReactor<v1::UploadDatasetRequest>(
-        Audited(context, *caller, "UploadDataset", "", TooManyUploads("UploadDataset", *deps_.upload_slots)));
-  }
-  return new UploadReactor<v1::UploadDatasetRequest>(context, deps_.blobs, deps_.executor, response, *caller,
-                                                     "UploadDataset", UploadLimitsOf(deps_), std::move(*slot));
+  return StartUpload<v1::UploadDatasetRequest>(deps_, context, response, *caller, "UploadDataset");
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::ListBlobs(grpc::CallbackServerContext* context,
