@@ -1155,6 +1155,18 @@ TEST(ServerEvaluationTest, OnlyWhoStartedAnEvaluationOrAnAdminMayCancelIt) {
   options.token_file = dir + "/tokens";
   auto server = QuantdServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
+  // resnet8 v1, published by a job that nobody ran (the store keeps
+  // evaluations only of published versions).
+  (*server)->pool().Stop();
+  worker::Job job;
+  job.id = "job-published";
+  job.spec.model_path = "model.pt";
+  job.spec.model_name = "resnet8";
+  job.request_fingerprint = job.id;
+  worker::JobStore& store = (*server)->pool().store();
+  ASSERT_TRUE(store.Create(job, 100).ok());
+  ASSERT_TRUE(store.ClaimNext(absl::Now(), "test", absl::Hours(1)).ok());
+  ASSERT_TRUE(store.Finish(job.id, 1, worker::JobState::kSucceeded, worker::JobResult(), absl::Now()).ok());
   worker::Evaluation running;
   running.id = "eval-alices";
   running.spec.model_name = "resnet8";
@@ -1162,7 +1174,10 @@ TEST(ServerEvaluationTest, OnlyWhoStartedAnEvaluationOrAnAdminMayCancelIt) {
   running.spec.owner = "alice";
   running.create_time = running.update_time = absl::Now();
   running.samples_total = 10000;
-  ASSERT_TRUE((*server)->pool().store().PutEvaluation(running.id, worker::EncodeEvaluation(running), {}).ok());
+  worker::JobStore::EvaluationIndex index;
+  index.model_name = "resnet8";
+  index.model_version = 1;
+  ASSERT_TRUE(store.PutEvaluation(running.id, worker::EncodeEvaluation(running), index).ok());
   auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
   auto cancel = [&](const std::string& token, const std::string& id, v1::Evaluation* evaluation) {
     grpc::ClientContext context;
@@ -1187,9 +1202,9 @@ TEST(ServerEvaluationTest, OnlyWhoStartedAnEvaluationOrAnAdminMayCancelIt) {
   }
   // Finished: FAILED_PRECONDITION, and no request left behind.
   running.state = worker::EvaluationState::kSucceeded;
-  worker::JobStore::EvaluationIndex finished;
+  worker::JobStore::EvaluationIndex finished = index;
   finished.finished = true;
-  ASSERT_TRUE((*server)->pool().store().PutEvaluation(running.id, worker::EncodeEvaluation(running), finished).ok());
+  ASSERT_TRUE(store.PutEvaluation(running.id, worker::EncodeEvaluation(running), finished).ok());
   EXPECT_EQ(cancel(alice, running.id, &evaluation).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(*(*server)->pool().store().CancelRequest(running.id), std::nullopt);
   (*server)->Shutdown(absl::Seconds(5));

@@ -460,7 +460,15 @@ bool Evaluator::Store(const Evaluation& evaluation) {
   // final record is retried a few times.
   constexpr int kAttempts = 5;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
-    if (store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation)).ok()) return true;
+    const absl::Status put = store_->PutEvaluation(evaluation.id, EncodeEvaluation(evaluation), IndexOf(evaluation));
+    if (put.ok()) return true;
+    if (absl::IsNotFound(put)) {
+      // Its model version was deleted, and its evaluations with it: this
+      // one stops and leaves no record (nothing to keep).
+      absl::MutexLock lock(&mu_);
+      cancelled_.emplace(evaluation.id, "its model version was deleted");
+      return true;
+    }
     if (evaluation.state == EvaluationState::kRunning) return true;
     // Real time: this waits for the disk, not for a test.
     if (attempt + 1 < kAttempts) absl::SleepFor(absl::Milliseconds(100 << attempt));

@@ -177,7 +177,8 @@ class Evaluator {
   // a blob deleted after Start cannot take it away.
   void Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> reader, std::atomic<bool>* done);
   absl::StatusOr<EvaluationReport> Evaluate(Evaluation* evaluation, engine::ImageReader& reader);
-  // False when a final record could not be written (after a few tries).
+  // False when a final record could not be written (after a few tries);
+  // true, with the evaluation cancelled, when its version was deleted.
   bool Store(const Evaluation& evaluation);
 
   JobStore* const store_;

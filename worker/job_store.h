@@ -131,7 +131,9 @@ class JobStore {
   virtual absl::Status DeleteModelVersion(const std::string& name, int64_t version) = 0;
   // Evaluation records (worker/evaluation.h encodes them), by id: insert or
   // replace, and read (NOT_FOUND naming the id). `index` is what
-  // LatestEvaluations selects by; the store never parses records.
+  // LatestEvaluations selects by; the store never parses records. A put for
+  // a version that is not published (deleted while it ran) stores nothing
+  // and is NOT_FOUND.
   struct EvaluationIndex {
     std::string model_name;
     int64_t model_version = 0;

@@ -715,6 +715,32 @@ TEST_F(ModelRepositoryTest, AnEvaluationLeftRunningByThisServersLastProcessFails
   before_crash.reset();  // joins its thread
 }
 
+// Unpublishing a version deletes its evaluations: one running then kept
+// running and wrote its record back, which then stayed with no version.
+TEST_F(ModelRepositoryTest, AnEvaluationWhoseVersionIsDeletedWhileItRunsLeavesNoRecord) {
+  Publish("a", "resnet8");
+  HeldArtifactStore held(artifacts_.get());
+  auto repository = RepositoryOver(&held);
+  Evaluator evaluator(jobs_.get(), repository.get(), &clock_, Evaluator::Options());
+  auto started = evaluator.Start(Int8OnFirst100(engine::testing::CalibrationPath()));
+  ASSERT_TRUE(started.ok()) << started.status();
+  ASSERT_TRUE(held.reading.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(jobs_->DeleteModelVersion("resnet8", 1).ok());
+  held.release.Notify();
+  evaluator.Shutdown();  // joins it, however far it got
+  const absl::Status gone = evaluator.Get(started->id).status();
+  EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound) << gone;
+  EXPECT_THAT(std::string(gone.message()), HasSubstr("an evaluation goes with its model version"));
+  EXPECT_EQ(jobs_->GetEvaluation(started->id).status().code(), absl::StatusCode::kNotFound);
+  // The store refuses a record for a version that is not published.
+  JobStore::EvaluationIndex index;
+  index.model_name = "resnet8";
+  index.model_version = 1;
+  const absl::Status put = jobs_->PutEvaluation("eval-x", "{}", index);
+  EXPECT_EQ(put.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(put.message()), HasSubstr("model version resnet8:1 was deleted"));
+}
+
 // A store that refuses finished evaluation records while `full` (a full
 // disk); progress records pass.
 class FullForFinishedEvaluations : public testing::ForwardingJobStore {

@@ -865,14 +865,22 @@ absl::StatusOr<std::vector<ModelVersion>> SqliteJobStore::ListModelVersions(cons
 absl::Status SqliteJobStore::PutEvaluation(const std::string& id, const std::string& record,
                                            const EvaluationIndex& index) {
   absl::MutexLock lock(&mu_);
+  // Only while its version is published: deleting the version deletes its
+  // evaluations, and one running then must not write its record back.
   Stmt s(db_,
          "INSERT OR REPLACE INTO evaluations (id, record, model_name, model_version, succeeded_us, has_fp32) "
-         "VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+         "SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS "
+         "(SELECT 1 FROM model_versions WHERE name = ?3 AND version = ?4)");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id).Bind(2, record).Bind(3, index.model_name).Bind(4, index.model_version);
   if (index.succeeded.has_value()) s.Bind(5, ToUs(*index.succeeded)); else s.BindNull(5);
   s.Bind(6, int64_t{index.has_fp32 ? 1 : 0});
   QUANTD_RETURN_IF_ERROR(s.Step().status());
+  if (sqlite3_changes(db_) == 0) {
+    ClearCancelRequestLocked(id).IgnoreError();  // nothing will read it
+    return absl::NotFoundError(absl::StrCat("model version ", index.model_name, ":", index.model_version,
+                                            " was deleted"));
+  }
   return index.finished ? ClearCancelRequestLocked(id) : absl::OkStatus();
 }
 
@@ -906,7 +914,10 @@ absl::StatusOr<std::string> SqliteJobStore::GetEvaluation(const std::string& id)
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id);
   QUANTD_ASSIGN_OR_RETURN(bool row, s.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("evaluation \"", id.substr(0, 64), "\" not found"));
+  if (!row) {
+    return absl::NotFoundError(absl::StrCat("evaluation \"", id.substr(0, 64),
+                                            "\" not found (an evaluation goes with its model version)"));
+  }
   return s.Text(0);
 }
 

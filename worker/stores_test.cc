@@ -79,6 +79,15 @@ Job NewJob(const std::string& id, int64_t seconds, const std::string& key = "") 
   return job;
 }
 
+// Job `id` published as the next version of `name` (a job that succeeded).
+void Publish(JobStore& store, const std::string& id, const std::string& name) {
+  Job job = NewJob(id, 1);
+  job.spec.model_name = name;
+  ASSERT_TRUE(store.Create(job, 10).ok());
+  ASSERT_TRUE(store.ClaimNext(absl::FromUnixSeconds(5), "local", absl::Hours(1)).ok());
+  ASSERT_TRUE(store.Finish(id, 1, JobState::kSucceeded, JobResult(), absl::FromUnixSeconds(5)).ok());
+}
+
 TEST(SqliteJobStoreTest, CreateGetListClaimFinish) {
   auto store = SqliteJobStore::Open(TempDir("jobs") + "/jobs.db");
   ASSERT_TRUE(store.ok()) << store.status();
@@ -410,8 +419,10 @@ TEST(SqliteJobStoreTest, EvaluationCancelRequestsLastUntilTheEvaluationFinishes)
   auto store = SqliteJobStore::Open(TempDir("evaluation_cancel") + "/jobs.db");
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ((*store)->RequestEvaluationCancel("eval-nope", "x").code(), absl::StatusCode::kNotFound);
+  Publish(**store, "j1", "resnet8");
   JobStore::EvaluationIndex running;
   running.model_name = "resnet8";
+  running.model_version = 1;
   const std::string running_record = R"({"state": 1})";  // as EncodeEvaluation writes RUNNING
   ASSERT_TRUE((*store)->PutEvaluation("eval-1", running_record, running).ok());
   EXPECT_EQ(*(*store)->CancelRequest("eval-1"), std::nullopt);
@@ -448,14 +459,9 @@ TEST(SqliteJobStoreTest, LatestEvaluationsAreEachVersionsNewestSucceededAndNewes
   auto at = [](int64_t seconds) { return std::optional<absl::Time>(absl::FromUnixSeconds(seconds)); };
   using Index = JobStore::EvaluationIndex;
   // Jobs j1 and j2 publish resnet8 v1 and v2, j3 other v1.
-  for (const auto& [id, name] : std::vector<std::pair<std::string, std::string>>{
-           {"j1", "resnet8"}, {"j2", "resnet8"}, {"j3", "other"}}) {
-    Job job = NewJob(id, 1);
-    job.spec.model_name = name;
-    ASSERT_TRUE((*store)->Create(job, 10).ok());
-    ASSERT_TRUE((*store)->ClaimNext(absl::FromUnixSeconds(5), "local", absl::Hours(1)).ok());
-    ASSERT_TRUE((*store)->Finish(id, 1, JobState::kSucceeded, JobResult(), absl::FromUnixSeconds(5)).ok());
-  }
+  Publish(**store, "j1", "resnet8");
+  Publish(**store, "j2", "resnet8");
+  Publish(**store, "j3", "other");
   // resnet8 v1: FP32 at 10, int8 only at 20, one still running, one failed
   // (no index time); v2: one at 15; other v1: none succeeded.
   ASSERT_TRUE((*store)->PutEvaluation("e1", "v1 with fp32", Index{"resnet8", 1, at(10), true}).ok());
@@ -481,10 +487,11 @@ TEST(SqliteJobStoreTest, LatestEvaluationsAreEachVersionsNewestSucceededAndNewes
   ASSERT_TRUE((*store)->Delete("j3", nullptr).ok());
   EXPECT_EQ((*store)->GetEvaluation("e5").status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE((*store)->GetEvaluation("e4").ok());
-  // One written after its version was deleted (it was running) is kept for
-  // GetEvaluation but is no version's latest.
-  ASSERT_TRUE((*store)->PutEvaluation("e6", "v1 late", Index{"resnet8", 1, at(40), true}).ok());
-  EXPECT_TRUE((*store)->GetEvaluation("e6").ok());
+  // One running when its version was deleted does not write itself back:
+  // it came back and stayed, with no version.
+  const absl::Status late = (*store)->PutEvaluation("e6", "v1 late", Index{"resnet8", 1, at(40), true});
+  EXPECT_EQ(late.code(), absl::StatusCode::kNotFound) << late;
+  EXPECT_EQ((*store)->GetEvaluation("e6").status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(*(*store)->LatestEvaluations(), ::testing::ElementsAre("v2"));
 }
 
