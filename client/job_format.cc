@@ -535,6 +535,14 @@ int FollowEvaluation(const CommandContext& context, v1::QuantizationService::Stu
   absl::Time last_line = start;
   absl::Time broken_since = absl::InfiniteFuture();
   absl::Duration backoff = absl::Milliseconds(250);
+  if (!terminal && evaluation.state() == v1::EVALUATION_STATE_RUNNING) {
+    // The id at once, for a script that may want to cancel it: on stdout
+    // with the progress lines, or beside --json's output on stderr.
+    std::ostream& to = context.options.json ? *context.err : *context.out;
+    to << "evaluation " << evaluation.id() << " of " << evaluation.model_name() << " version "
+       << evaluation.model_version() << " is running (quantctl cancel " << evaluation.id() << " stops it)"
+       << std::endl;
+  }
   while (evaluation.state() == v1::EVALUATION_STATE_RUNNING) {
     absl::SleepFor(absl::Milliseconds(200));  // poll interval
     grpc::ClientContext call;
@@ -582,7 +590,7 @@ int FollowEvaluation(const CommandContext& context, v1::QuantizationService::Stu
     if (terminal) {
       *context.out << "\r\033[K" << line << std::flush;
     } else if (!context.options.json && now - last_line >= absl::Seconds(5)) {
-      *context.out << line << "\n";
+      *context.out << line << std::endl;  // a pipe reads each line as it comes
       last_line = now;
     }
   }

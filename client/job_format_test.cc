@@ -271,13 +271,16 @@ class ScriptedEvaluation final : public v1::QuantizationService::Service {
 
 class FollowEvaluationTest : public ::testing::Test {
  protected:
-  int Follow(std::vector<grpc::Status> answers, absl::Duration reconnect_window) {
+  int Follow(std::vector<grpc::Status> answers, absl::Duration reconnect_window, bool json = false) {
     service_ = std::make_unique<ScriptedEvaluation>(std::move(answers));
     server_ = StartScripted(service_.get());
-    const CommandContext context = ContextOn(*server_, &out_, &err_);
+    CommandContext context = ContextOn(*server_, &out_, &err_);
+    context.options.json = json;
     auto stub = v1::QuantizationService::NewStub(context.channel);
     v1::Evaluation running;
     running.set_id("eval-1");
+    running.set_model_name("resnet8");
+    running.set_model_version(1);
     running.set_state(v1::EVALUATION_STATE_RUNNING);
     const int rc = FollowEvaluation(context, *stub, running, reconnect_window);
     server_->Shutdown();
@@ -300,6 +303,21 @@ TEST_F(FollowEvaluationTest, APollThatFailsOnTheWayIsAskedAgain) {
   EXPECT_EQ(service_->calls_made.load(), 4);
   EXPECT_THAT(err_.str(), HasSubstr("it runs on, asking again"));
   EXPECT_THAT(out_.str(), HasSubstr("evaluation eval-1"));
+}
+
+// Piped, the id came only with the first progress line 5 s in (and a
+// buffered one later still): a script could not cancel what it started.
+// It comes before the first poll now, on stderr beside --json.
+TEST_F(FollowEvaluationTest, TheIdIsPrintedBeforeTheFirstPoll) {
+  const grpc::Status gone(grpc::StatusCode::NOT_FOUND, "no evaluation eval-1");
+  EXPECT_EQ(Follow({gone}, absl::Minutes(5)), kExitFailure);
+  EXPECT_THAT(out_.str(), testing::StartsWith("evaluation eval-1 of resnet8 version 1 is running (quantctl cancel eval-1 "
+                                              "stops it)\n"));
+  out_.str("");
+  err_.str("");
+  EXPECT_EQ(Follow({gone}, absl::Minutes(5), /*json=*/true), kExitFailure);
+  EXPECT_EQ(out_.str(), "");  // stdout stays JSON
+  EXPECT_THAT(err_.str(), HasSubstr("evaluation eval-1 of resnet8 version 1 is running (quantctl cancel eval-1 stops it)"));
 }
 
 TEST_F(FollowEvaluationTest, OtherErrorsAndAServerAwayTooLongEndIt) {
