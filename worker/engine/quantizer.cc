@@ -539,25 +539,42 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
       CheckBatchBytes(*calibration, options.batch_size, options.max_batch_bytes, "calibration.batch_size"));
   QUANTD_ASSIGN_OR_RETURN(report.calibration_sha256, calibration->Fingerprint());
   report.input_shape = calibration->sample_shape();
-  // One sample through the FP32 model first: a dataset the model cannot take
-  // (3 channels for a 1-channel model, a wrong size) is the request's error,
-  // said before calibration, not an INTERNAL one from its first batch.
+  // One sample of each set through the FP32 model first: a dataset the model
+  // cannot take (3 channels for a 1-channel model, a wrong size, the wrong
+  // layout) is the request's error, said before calibration, not an
+  // INTERNAL one from its first batch (for the evaluation set, after
+  // calibration and tuning).
   at::Tensor first_sample, first_output;
-  if (calibration->size() > 0) {
-    QUANTD_ASSIGN_OR_RETURN(Batch first, calibration->ReadBatch(0, 1));
-    first_sample = first.images;
+  auto run_one_sample = [&](Dataset& dataset, const std::string& field) -> absl::Status {
+    if (dataset.size() == 0) return absl::OkStatus();
+    QUANTD_ASSIGN_OR_RETURN(Batch first, dataset.ReadBatch(0, 1));
+    at::Tensor output;
     absl::Status runs = TorchTry("one sample", [&] {
       at::NoGradGuard no_grad;
       // A copy: the model may write into its input.
       c10::IValue out = impl->fp32_module.forward({first.images.clone()});
-      if (out.isTensor()) first_output = out.toTensor().detach().to(at::kFloat);
+      if (out.isTensor()) output = out.toTensor().detach().to(at::kFloat);
       return absl::OkStatus();
     });
     if (!runs.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("calibration: the model does not run on the dataset's samples of "
-                                                     "shape [", absl::StrJoin(report.input_shape, ", "),
+      return absl::InvalidArgumentError(absl::StrCat(field, ": the model does not run on the dataset's samples of "
+                                                     "shape [", absl::StrJoin(dataset.sample_shape(), ", "),
                                                      "] (", runs.message(), ")"));
     }
+    if (&dataset == calibration.get()) {
+      first_sample = first.images;
+      first_output = output;
+    }
+    return absl::OkStatus();
+  };
+  QUANTD_RETURN_IF_ERROR(run_one_sample(*calibration, "calibration"));
+  if (options.evaluation) {
+    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> evaluation, OpenDataset(*options.evaluation));
+    QUANTD_RETURN_IF_ERROR(run_one_sample(*evaluation, "evaluation"));
+  }
+  if (options.accuracy_goal) {
+    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> tuning, OpenDataset(options.accuracy_goal->tuning));
+    QUANTD_RETURN_IF_ERROR(run_one_sample(*tuning, "accuracy_goal.tuning"));
   }
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));

@@ -816,6 +816,66 @@ TEST(QuantizeTest, OnlyAProgramFixedToTheCalibrationSizeRefusesOtherSizes) {
   EXPECT_TRUE(other_size.ok()) << other_size.status();
 }
 
+// An evaluation or tuning set the model cannot take (here NHWC files read
+// as NCHW: 20 channels for a 3-channel model) failed the job with INTERNAL
+// once calibration (and tuning) had run. Each set's first sample goes
+// through the FP32 model before calibration now, as the calibration set's.
+TEST(QuantizeTest, AnEvaluationOrTuningSetTheModelCannotTakeIsRefusedBeforeCalibration) {
+  torch::jit::Module m("PooledHead");
+  at::manual_seed(4);
+  m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
+  m.register_parameter("fc", at::randn({4, 8}) * 0.1, false);
+  m.define(R"(
+    def forward(self, x):
+        y = torch.relu(torch.conv2d(x, self.w, None, 1, 1))
+        return torch.linear(torch.flatten(torch.adaptive_avg_pool2d(y, 1), 1), self.fc)
+  )");
+  QuantizeOptions options = SavedModelOptions(m, "wrong_layout", 64);
+  options.qconfig.preset = "qnnpack";
+  const std::string dir = testing::MakeTempDir("wrong_layout_sets");
+  const std::vector<uint8_t> pixels(4 * 20 * 20 * 3, 16);
+  testing::WriteNpy(dir + "/images.npy", "|u1", {4, 20, 20, 3}, pixels.data(), pixels.size());
+  const std::vector<int64_t> labels(4, 0);
+  testing::WriteNpy(dir + "/labels.npy", "<i8", {4}, labels.data(), labels.size() * 8);
+  DatasetSpec nhwc_read_as_nchw;
+  nhwc_read_as_nchw.format = DatasetFormat::kNpy;
+  nhwc_read_as_nchw.path = dir + "/images.npy";
+  nhwc_read_as_nchw.labels_path = dir + "/labels.npy";
+  nhwc_read_as_nchw.layout = "NCHW";
+  std::vector<Phase> phases;
+  options.progress = [&](const ProgressEvent& p) {
+    phases.push_back(p.phase);
+    return true;
+  };
+
+  options.evaluation = nhwc_read_as_nchw;
+  absl::Status refused = Quantize(options).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_EQ(refused.message().rfind("evaluation: the model does not run on the dataset's samples of shape [20, 20, 3]",
+                                    0),
+            0u)
+      << refused;
+  const auto calibrated = [&] { return std::find(phases.begin(), phases.end(), Phase::kCalibrating) != phases.end(); };
+  EXPECT_FALSE(calibrated());
+
+  options.evaluation.reset();
+  AccuracyGoal goal;
+  goal.tuning = nhwc_read_as_nchw;
+  options.accuracy_goal = goal;
+  refused = Quantize(options).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_EQ(refused.message().rfind("accuracy_goal.tuning: the model does not run on the dataset's samples of shape", 0),
+            0u)
+      << refused;
+  EXPECT_FALSE(calibrated());
+
+  // Read in their own layout, the same files are fine.
+  nhwc_read_as_nchw.layout = "NHWC";
+  options.accuracy_goal.reset();
+  options.evaluation = nhwc_read_as_nchw;
+  EXPECT_TRUE(Quantize(options).ok());
+}
+
 // ShuffleNet's channel split: chunk and split unpacked into pieces. The
 // pieces run in FP32 (read out of the list), each is quantized for the int8
 // layers that read it, and the artifact computes what quantd's runtime does.
