@@ -438,6 +438,52 @@ TEST(SubmitFlagsTest, LabelsGoByPathOrBlob) {
   EXPECT_EQ(request.evaluation().dataset().labels_path(), "e_labels.npy");
 }
 
+// --file as a template: flags that refine a part of the request (a custom
+// qconfig's observers, the evaluation's sample cap, the accuracy goal's
+// settings) apply to that part when the file has it. They were refused as
+// needing the flag that names it, and a custom qconfig's fields the flags
+// left out were reset to their defaults.
+TEST(SubmitFlagsTest, FlagsRefineWhatTheFileRequestHas) {
+  v1::QuantizeJobRequest request;
+  request.mutable_qconfig()->mutable_custom()->set_activation_observer(v1::ACTIVATION_OBSERVER_PERCENTILE);
+  request.mutable_qconfig()->mutable_custom()->set_weight_observer(v1::WEIGHT_OBSERVER_PER_TENSOR_AFFINE);
+  request.mutable_qconfig()->mutable_custom()->set_reduce_range(true);
+  request.mutable_evaluation()->mutable_dataset()->set_path("test.bin");
+  request.mutable_accuracy_goal()->mutable_tuning()->set_path("val.bin");
+  CommandArgs a;
+  a.flags = {{"percentile", "99.9"},       {"eval_max_samples", "100"}, {"tolerance", "0.5"},
+             {"max_fp32_layers", "0"},     {"max_trials", "3"}};
+  std::string error;
+  ASSERT_TRUE(QuantizeJobRequestFromFlags(a, &request, &error)) << error;
+  const v1::CustomQConfig& custom = request.qconfig().custom();
+  EXPECT_EQ(custom.activation_observer(), v1::ACTIVATION_OBSERVER_PERCENTILE);
+  EXPECT_EQ(custom.weight_observer(), v1::WEIGHT_OBSERVER_PER_TENSOR_AFFINE);  // kept
+  EXPECT_TRUE(custom.reduce_range());                                          // kept
+  EXPECT_DOUBLE_EQ(custom.percentile(), 99.9);
+  EXPECT_EQ(request.evaluation().max_samples(), 100u);
+  EXPECT_EQ(request.evaluation().dataset().path(), "test.bin");
+  EXPECT_DOUBLE_EQ(request.accuracy_goal().tolerance(), 0.5);
+  EXPECT_EQ(request.accuracy_goal().max_trials(), 3u);
+  EXPECT_EQ(request.accuracy_goal().tuning().path(), "val.bin");
+
+  // Without them in the file, each still names what it needs; a preset
+  // given as a flag replaces the file's custom qconfig.
+  for (const auto& [flag, message] : std::vector<std::pair<std::string, std::string>>{
+           {"percentile", "--percentile: needs --preset=custom (or qconfig.custom in --file)"},
+           {"eval_max_samples", "--eval_max_samples: needs --eval or --eval_blob (or evaluation in --file)"},
+           {"tolerance", "--tolerance: needs --tuning or --tuning_blob (or accuracy_goal in --file)"}}) {
+    v1::QuantizeJobRequest empty;
+    CommandArgs b;
+    b.flags = {{flag, "1"}};
+    EXPECT_FALSE(QuantizeJobRequestFromFlags(b, &empty, &error)) << flag;
+    EXPECT_EQ(error, message);
+  }
+  CommandArgs preset;
+  preset.flags = {{"preset", "onednn"}, {"reduce_range", "true"}};
+  EXPECT_FALSE(QuantizeJobRequestFromFlags(preset, &request, &error));
+  EXPECT_EQ(error, "--reduce_range: needs --preset=custom (or qconfig.custom in --file)");
+}
+
 // Names are taken in either case, as quantd-quantize takes them.
 TEST(SubmitFlagsTest, NamesAreTakenInEitherCase) {
   CommandArgs a;

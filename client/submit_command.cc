@@ -99,7 +99,10 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     return name;
   };
-  const bool custom = a.Has("preset") && absl::AsciiStrToLower(a.Get("preset")) == "custom";
+  // Custom from --preset=custom or, with no --preset, from --file's
+  // qconfig.custom: the flags below then set their fields over the file's.
+  const bool custom =
+      a.Has("preset") ? absl::AsciiStrToLower(a.Get("preset")) == "custom" : r->qconfig().has_custom();
   if (a.Has("preset") && !custom) {
     v1::QConfigPreset preset;
     // The enum's UNSPECIFIED would reach the server as "not given".
@@ -110,11 +113,15 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     r->mutable_qconfig()->set_preset(preset);
   }
   for (const char* flag : {"activation_observer", "weight_observer", "reduce_range", "percentile"}) {
-    if (a.Has(flag) && !custom) return (*error = absl::StrCat("--", flag, ": needs --preset=custom"), false);
+    if (a.Has(flag) && !custom) {
+      return (*error = absl::StrCat("--", flag, ": needs --preset=custom (or qconfig.custom in --file)"), false);
+    }
   }
   if (custom) {
     v1::CustomQConfig* c = r->mutable_qconfig()->mutable_custom();
-    v1::ActivationObserver activation = v1::ACTIVATION_OBSERVER_HISTOGRAM;
+    v1::ActivationObserver activation = c->activation_observer() == v1::ACTIVATION_OBSERVER_UNSPECIFIED
+                                            ? v1::ACTIVATION_OBSERVER_HISTOGRAM
+                                            : c->activation_observer();
     if (a.Has("activation_observer") &&
         (!v1::ActivationObserver_Parse(upper("ACTIVATION_OBSERVER_" + a.Get("activation_observer")), &activation) ||
          activation == v1::ACTIVATION_OBSERVER_UNSPECIFIED)) {
@@ -123,7 +130,9 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
               false);
     }
     c->set_activation_observer(activation);
-    v1::WeightObserver weight = v1::WEIGHT_OBSERVER_PER_CHANNEL_SYMMETRIC;
+    v1::WeightObserver weight = c->weight_observer() == v1::WEIGHT_OBSERVER_UNSPECIFIED
+                                    ? v1::WEIGHT_OBSERVER_PER_CHANNEL_SYMMETRIC
+                                    : c->weight_observer();
     if (a.Has("weight_observer") &&
         (!v1::WeightObserver_Parse(upper("WEIGHT_OBSERVER_" + a.Get("weight_observer")), &weight) ||
          weight == v1::WEIGHT_OBSERVER_UNSPECIFIED)) {
@@ -132,7 +141,7 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
               false);
     }
     c->set_weight_observer(weight);
-    c->set_reduce_range(a.IsOn("reduce_range"));
+    if (a.Has("reduce_range")) c->set_reduce_range(a.IsOn("reduce_range"));
     if (a.Has("percentile")) {
       // As quantd-quantize. 0 would reach the server as "unset" (99.99).
       double percentile = 0;
@@ -201,16 +210,21 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
       }
     }
   }
+  // The evaluation set from the flags, or --file's that they refine.
   if (a.Has("eval") || a.Has("eval_blob")) {
     if (!SetDataset(a, "eval", r->mutable_evaluation()->mutable_dataset(), error)) return false;
-    if (a.Has("eval_max_samples")) {
-      if (!absl::SimpleAtoi(a.Get("eval_max_samples"), &n)) return (*error = "--eval_max_samples: not a number", false);
-      r->mutable_evaluation()->set_max_samples(n);
-    }
   } else {
-    for (const char* flag : {"eval_format", "eval_labels", "eval_labels_blob", "eval_max_samples"}) {
+    // A format or labels describe the set named beside them.
+    for (const char* flag : {"eval_format", "eval_labels", "eval_labels_blob"}) {
       if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --eval or --eval_blob"), false);
     }
+  }
+  if (a.Has("eval_max_samples")) {
+    if (!r->has_evaluation()) {
+      return (*error = "--eval_max_samples: needs --eval or --eval_blob (or evaluation in --file)", false);
+    }
+    if (!absl::SimpleAtoi(a.Get("eval_max_samples"), &n)) return (*error = "--eval_max_samples: not a count", false);
+    r->mutable_evaluation()->set_max_samples(n);
   }
   if (a.Has("scale")) {
     float scale = 0;
@@ -235,9 +249,16 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
       return (*error = absl::StrCat("--layout must be NCHW or NHWC, not \"", a.Get("layout"), "\""), false);
     }
   }
+  // The tuning set from the flags, or --file's accuracy_goal that they refine.
   if (a.Has("tuning") || a.Has("tuning_blob")) {
+    if (!SetDataset(a, "tuning", r->mutable_accuracy_goal()->mutable_tuning(), error)) return false;
+  } else {
+    for (const char* flag : {"tuning_format", "tuning_labels", "tuning_labels_blob"}) {
+      if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob"), false);
+    }
+  }
+  if (r->has_accuracy_goal()) {
     v1::AccuracyGoal* goal = r->mutable_accuracy_goal();
-    if (!SetDataset(a, "tuning", goal->mutable_tuning(), error)) return false;
     if (a.Has("tolerance")) {
       double points = 0;
       if (!absl::SimpleAtod(a.Get("tolerance"), &points) || !(points >= 0 && points <= 100)) {
@@ -265,16 +286,19 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     if (a.Has("int8_only")) goal->set_int8_only(a.IsOn("int8_only"));
     if (a.Has("max_fp32_layers")) {
       uint32_t n = 0;
-      if (!absl::SimpleAtoi(a.Get("max_fp32_layers"), &n) || n == 0) {
-        return (*error = "--max_fp32_layers: a positive number expected", false);
+      if (!absl::SimpleAtoi(a.Get("max_fp32_layers"), &n)) {
+        return (*error = "--max_fp32_layers: a count expected (0 = no cap)", false);
       }
       goal->set_max_fp32_layers(n);
     }
     if (a.Has("against_fp32")) goal->set_against_fp32(a.IsOn("against_fp32"));
   } else {
-    for (const char* flag : {"tuning_format", "tuning_labels", "tuning_labels_blob", "tolerance", "relative_tolerance", "max_trials",
-                             "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32"}) {
-      if (a.Has(flag)) return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob"), false);
+    for (const char* flag : {"tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
+                             "max_fp32_layers", "against_fp32"}) {
+      if (a.Has(flag)) {
+        return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob (or accuracy_goal in --file)"),
+                false);
+      }
     }
   }
   if (a.Has("idempotency_key")) r->set_idempotency_key(a.Get("idempotency_key"));

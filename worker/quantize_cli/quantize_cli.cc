@@ -99,7 +99,7 @@ booleans --name or --name=true|false; dashes and underscores are the same
   --max_trials N             trial budget (default 40)
   --time_budget_seconds S    time budget for the whole job (default 60)
   --int8_only                never keep a layer in FP32 (try range estimators only)
-  --max_fp32_layers N        keep at most N layers in FP32 (default: no cap)
+  --max_fp32_layers N        keep at most N layers in FP32 (default and 0: no cap)
   --against_fp32             judge top-1 against the FP32 model's predictions, not the labels:
                              --tolerance then bounds disagreement with FP32 (no labels needed)
   --eval PATH                labeled set (.bin, or .npy with --eval_labels) for FP32 and int8 top-1
@@ -352,9 +352,6 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     }
     goal.allow_fp32_layers = get("int8_only") != "true";
     QUANTD_ASSIGN_OR_RETURN(goal.max_fp32_layers, get_int("max_fp32_layers", 0));
-    if (flags.count("max_fp32_layers") && goal.max_fp32_layers < 1) {
-      return absl::InvalidArgumentError("--max_fp32_layers must be positive");
-    }
     goal.against_fp32 = get("against_fp32") == "true";
     o.accuracy_goal = goal;
   } else {

@@ -242,11 +242,10 @@ TEST(ParseQuantizeArgsTest, AccuracyGoalFlags) {
   cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--max_fp32_layers=2"});
   ASSERT_TRUE(cmd.ok()) << cmd.status();
   EXPECT_EQ(cmd->options.accuracy_goal->max_fp32_layers, 2);
-  EXPECT_EQ(
-      ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--max_fp32_layers=0"})
-          .status()
-          .message(),
-      "--max_fp32_layers must be positive");
+  // 0 is no cap, as in the API and quantctl (it was refused here only).
+  cmd = ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--max_fp32_layers=0"});
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  EXPECT_EQ(cmd->options.accuracy_goal->max_fp32_layers, 0);
   EXPECT_EQ(
       ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--max_fp32_layers=2"}).status().message(),
       "--max_fp32_layers needs --tuning");
