@@ -197,7 +197,7 @@ void Authenticator::ReloadIfChanged() {
 }
 
 absl::StatusOr<Principal> Authenticator::Authorize(absl::string_view authorization, Role required,
-                                                   absl::string_view what) {
+                                                   absl::string_view what, std::string* identified) {
   if (!enabled_) return Principal{"anonymous", Role::kAdmin};
   absl::string_view value = absl::StripAsciiWhitespace(authorization);
   if (value.empty()) {
@@ -211,6 +211,7 @@ absl::StatusOr<Principal> Authenticator::Authorize(absl::string_view authorizati
   ReloadIfChanged();
   for (const TokenEntry& entry : tokens_) {
     if (!SameDigest(entry.token_sha256, digest)) continue;
+    if (identified != nullptr) *identified = entry.name;
     if (static_cast<int>(entry.role) < static_cast<int>(required)) {
       return absl::PermissionDeniedError(absl::StrCat(what, " needs the ", RoleName(required), " role; '",
                                                       entry.name, "' has ", RoleName(entry.role)));

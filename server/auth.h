@@ -64,7 +64,10 @@ class Authenticator {
   // ("Bearer <token>"), empty when absent. UNAUTHENTICATED for a missing,
   // malformed or unknown token; PERMISSION_DENIED when its role is below
   // `required`. `what` (e.g. "QuantizeJob") goes into the message.
-  absl::StatusOr<Principal> Authorize(absl::string_view authorization, Role required, absl::string_view what);
+  // `identified`, when given, gets the name of a token that was recognized,
+  // also when its role is too low (for the audit log).
+  absl::StatusOr<Principal> Authorize(absl::string_view authorization, Role required, absl::string_view what,
+                                      std::string* identified = nullptr);
 
  private:
   Authenticator(bool enabled, std::string path, worker::Clock* clock)

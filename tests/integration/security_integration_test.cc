@@ -162,6 +162,9 @@ TEST_F(SecureQuantd, TokensAndRolesDecideWhoMayDoWhat) {
   EXPECT_EQ(upload_as_reader.exit_code, 1);
   EXPECT_THAT(upload_as_reader.err, HasSubstr("code 7"));  // PERMISSION_DENIED
   EXPECT_THAT(upload_as_reader.err, HasSubstr("UploadModel needs the submit role"));
+  // Audited under the token's name (it was "who=-").
+  EXPECT_THAT(log(), ::testing::ContainsRegex("audit: who=reader peer=[^ ]+ method=UploadModel target=- "
+                                              "result=PERMISSION_DENIED"));
 
   // submit: may upload and submit, may not delete.
   std::ofstream(dir_ + "/model.bin") << "not a model, but bytes";
