@@ -10,6 +10,10 @@ int RunArtifacts(const CommandContext& context, const std::vector<std::string>& 
   std::string error;
   auto a = ParseCommandArgs(args, {"job", "page_size", "page_token"}, &error);
   if (a.has_value()) error = PositionalCountError(*a, 0, 1, "ARTIFACT_ID");
+  // Empty, the filter would be off: every artifact listed as the job's.
+  if (error.empty() && a->Has("job") && a->Get("job").empty()) {
+    error = "--job is empty (an unset variable?); leave the flag out for every job's artifacts";
+  }
   uint32_t page_size = 0;
   if (error.empty() && a->Has("page_size") && !absl::SimpleAtoi(a->Get("page_size"), &page_size)) {
     error = absl::StrCat("--page_size: \"", a->Get("page_size"), "\" is not a count (0 = the server's default)");

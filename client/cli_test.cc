@@ -193,6 +193,9 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
        "--time_budget_seconds: a positive number up to 86400 expected"},
       {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--idempotency_key="}, "--idempotency_key is empty"},
       {&RunArtifacts, {"a", "b"}, "artifacts: takes ARTIFACT_ID, got 2: \"a\" \"b\""},
+      // Empty, the job filter was off and every artifact was listed.
+      {&RunArtifacts, {"--job="}, "artifacts: --job is empty (an unset variable?)"},
+      {&RunSubmit, {"--model=m.pt", "--calib=c.bin", "--seed=-1"}, "--seed: not a count (0 or more)"},
       {&RunEval, {"a", "b", "--data=x.bin"}, "eval: takes NAME[:VERSION], got 2: \"a\" \"b\""},
       // NAME[:VERSION] is checked alike by every command that takes it.
       {&RunEval, {"resnet8:abc", "--data=x.bin"}, "eval: VERSION: \"abc\" is not 1, 2, ..."},

@@ -87,12 +87,12 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     r->mutable_calibration()->set_batch_size(n);
   }
   if (a.Has("samples_per_class")) {
-    if (!absl::SimpleAtoi(a.Get("samples_per_class"), &n)) return (*error = "--samples_per_class: not a number", false);
+    if (!absl::SimpleAtoi(a.Get("samples_per_class"), &n)) return (*error = "--samples_per_class: not a count", false);
     r->mutable_calibration()->set_samples_per_class(n);
   }
   if (a.Has("seed")) {
     uint64_t seed = 0;
-    if (!absl::SimpleAtoi(a.Get("seed"), &seed)) return (*error = "--seed: not a number", false);
+    if (!absl::SimpleAtoi(a.Get("seed"), &seed)) return (*error = "--seed: not a count (0 or more)", false);
     r->mutable_calibration()->set_seed(seed);
   }
   auto upper = [](std::string name) {
