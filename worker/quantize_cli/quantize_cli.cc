@@ -248,6 +248,11 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   o.calibration.labels_path = get("calib_labels");
   if (flags.count("calib_labels")) QUANTD_RETURN_IF_ERROR(CheckLabels("--calib_labels", o.calibration.format));
   QUANTD_ASSIGN_OR_RETURN(o.calibration.samples_per_class, get_int("samples_per_class", 0));
+  // As quantd refuses such a job at submit: said before anything runs.
+  if (o.calibration.samples_per_class > 0 && o.calibration.format == engine::DatasetFormat::kNpy &&
+      o.calibration.labels_path.empty()) {
+    return absl::InvalidArgumentError("--calib_labels: required for .npy images with --samples_per_class (per class)");
+  }
   QUANTD_ASSIGN_OR_RETURN(int64_t seed, get_int("seed", 0));
   o.calibration.seed = static_cast<uint64_t>(seed);
   o.calibration.layout = get("layout", "auto");
@@ -322,6 +327,9 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     QUANTD_ASSIGN_OR_RETURN(eval.format, FormatOf(eval.path, "--eval", get("eval_format")));
     eval.labels_path = get("eval_labels");
     if (flags.count("eval_labels")) QUANTD_RETURN_IF_ERROR(CheckLabels("--eval_labels", eval.format));
+    if (eval.format == engine::DatasetFormat::kNpy && eval.labels_path.empty()) {
+      return absl::InvalidArgumentError("--eval_labels: required for .npy images to evaluate");
+    }
     eval.samples_per_class = 0;
     o.evaluation = eval;
   }

@@ -249,6 +249,18 @@ TEST(ParseQuantizeArgsTest, AccuracyGoalFlags) {
   EXPECT_EQ(
       ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--max_fp32_layers=2"}).status().message(),
       "--max_fp32_layers needs --tuning");
+  // Labels a .npy set needs, named as flags before anything runs (they were
+  // runtime errors, exit 1, naming no flag).
+  EXPECT_EQ(ParseQuantizeArgs({"--model=m.pt", "--calib=c.npy", "--output=o.pt", "--samples_per_class=3"})
+                .status()
+                .message(),
+            "--calib_labels: required for .npy images with --samples_per_class (per class)");
+  EXPECT_EQ(
+      ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--eval=e.npy"}).status().message(),
+      "--eval_labels: required for .npy images to evaluate");
+  EXPECT_TRUE(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--eval=e.npy",
+                                 "--eval_labels=l.npy"})
+                  .ok());
   EXPECT_EQ(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tolerance=0.2"}).status().message(),
             "--tolerance needs --tuning");
   EXPECT_NE(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--tolerance=x"})
