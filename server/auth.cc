@@ -1,5 +1,6 @@
 #include "server/auth.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -100,7 +101,17 @@ ParsedTokenFile ParseTokenLines(absl::string_view text) {
                              " characters"));
       continue;
     }
-    parsed.entries.push_back({std::string(fields[0]), *role, engine::Sha256Hex(std::string(fields[2]))});
+    std::string digest = engine::Sha256Hex(std::string(fields[2]));
+    // One token under two names: the first line won, and the second's role
+    // was ignored without a word.
+    const auto same = std::find_if(parsed.entries.begin(), parsed.entries.end(),
+                                   [&](const TokenEntry& e) { return e.token_sha256 == digest; });
+    if (same != parsed.entries.end()) {
+      malformed(absl::StrCat("the token of ", FieldForError(fields[0]), " is also the token of ",
+                             FieldForError(same->name), ": each token names one caller"));
+      continue;
+    }
+    parsed.entries.push_back({std::string(fields[0]), *role, std::move(digest)});
   }
   return parsed;
 }

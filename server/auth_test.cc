@@ -76,6 +76,16 @@ TEST(TokenFileTest, ErrorsNameTheLineAndNeverTheToken) {
   auto token_as_name = ParseTokenFile(secret + " admin ci\n");
   EXPECT_THAT(token_as_name.status().message(), HasSubstr("shorter than 16"));
   EXPECT_THAT(token_as_name.status().message(), Not(HasSubstr(secret)));
+  // One token under two names: the first line won and the second's role
+  // was dropped without a word.
+  auto twice = ParseTokenFile("x read " + secret + "\ny admin " + secret + "\n");
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(twice.status().message(), HasSubstr("line 2: the token of 'y' is also the token of 'x'"));
+  EXPECT_THAT(twice.status().message(), Not(HasSubstr(secret)));
+  // One name with two tokens is a rotation: both stand.
+  auto rotation = ParseTokenFile("ci submit 0123456789abcdef\nci submit fedcba9876543210\n");
+  ASSERT_TRUE(rotation.ok()) << rotation.status();
+  EXPECT_EQ(rotation->size(), 2u);
 }
 
 TEST(AuthenticatorTest, RolesIncludeTheOnesBelow) {

@@ -262,6 +262,11 @@ absl::Status ValidateOptions(const QuantdServer::Options& options) {
     if (!std::filesystem::is_regular_file(options.token_file, error) || !tokens) {
       return absl::InvalidArgumentError(absl::StrCat("--token_file: cannot read ", options.token_file));
     }
+    // Its lines too: a malformed file is a wrong flag value (exit 2), as a
+    // missing one is.
+    absl::StatusOr<std::unique_ptr<Authenticator>> parsed =
+        Authenticator::FromFile(options.token_file, worker::Clock::Real());
+    if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("--token_file: ", parsed.status().message()));
   }
   return absl::OkStatus();
 }

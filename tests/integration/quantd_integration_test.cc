@@ -486,8 +486,12 @@ void ExpectUsageError(const std::vector<std::string>& args, const std::string& s
 TEST(QuantdFlagsTest, AMissingValueOrUnreadableFileIsAUsageErrorNamingTheFlag) {
   std::string dir = MakeTempDir("quantd_flags");
   const std::string data = "--data_dir=" + dir + "/data";
+  // Read but malformed: a failed start (exit 1), where a missing file was a usage error.
+  std::ofstream(dir + "/bad-tokens") << "ci reader 0123456789abcdef\n";
   for (const auto& [args, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
            {{"--bind_address", "--workers=2", data}, "--bind_address needs a value"},
+           {{data, "--token_file=" + dir + "/bad-tokens"}, "--token_file: token file " + dir +
+                                                                "/bad-tokens: line 1: role 'reader' is not read"},
            {{data, "--token_file"}, "--token_file needs a value"},
            {{data, "--token_file=" + dir + "/no-such-tokens"}, "--token_file: cannot read"},
            {{data, "--tls_cert=" + dir + "/no-cert.pem", "--tls_key=" + dir + "/no-key.pem"}, "--tls_cert"},
