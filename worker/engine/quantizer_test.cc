@@ -395,6 +395,13 @@ TEST_F(SmallModelTest, BatchesOverTheByteLimitAreRefused) {
   EXPECT_NE(refused.message().find("calibration.batch_size: 16 images of 3x16x16 float32 take 49152 bytes"),
             std::string::npos)
       << refused;
+  EXPECT_NE(refused.message().find("; at most 15"), std::string::npos) << refused;
+  // Smaller than one image: "at most 0" was no advice.
+  options.max_batch_bytes = 1000;
+  refused = Quantize(options).status();
+  EXPECT_NE(refused.message().find("not even one image (3072 bytes) fits: raise --max_batch_bytes"),
+            std::string::npos)
+      << refused;
   options.max_batch_bytes = 49152;
   auto model = Quantize(options);
   ASSERT_TRUE(model.ok()) << model.status();

@@ -32,8 +32,11 @@ absl::Status CheckBatchBytes(const std::vector<int64_t>& sample_shape, int64_t b
     return absl::InvalidArgumentError(absl::StrCat(field, ": ", batch_size, " images of ",
                                                    absl::StrJoin(sample_shape, "x"), " float32 take ",
                                                    batch_size * image_bytes, " bytes, over the limit of ", max_bytes,
-                                                   " per batch (quantd --max_batch_bytes); at most ",
-                                                   max_bytes / image_bytes));
+                                                   " per batch (quantd --max_batch_bytes); ",
+                                                   max_bytes < image_bytes
+                                                       ? absl::StrCat("not even one image (", image_bytes,
+                                                                      " bytes) fits: raise --max_batch_bytes")
+                                                       : absl::StrCat("at most ", max_bytes / image_bytes)));
   }
   return absl::OkStatus();
 }
