@@ -218,10 +218,10 @@ absl::StatusOr<BlobInfo> LocalBlobUpload::Commit() {
   }
   if (!expected_sha256_.empty() && expected_sha256_ != info.sha256) {
     Discard();
-    return absl::DataLossError(absl::StrCat("upload corrupted: received ", info.size_bytes,
-                                            " bytes with sha256 ", info.sha256,
-                                            ", but metadata.expected_sha256 is ",
-                                            expected_sha256_));
+    // The client's hash or its bytes are wrong: from here the two look alike.
+    return absl::DataLossError(absl::StrCat("received ", info.size_bytes, " bytes with sha256 ", info.sha256,
+                                            ", but metadata.expected_sha256 is ", expected_sha256_,
+                                            " (a wrong hash given, or bytes changed on the way); nothing was stored"));
   }
   if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0) {
     absl::Status status = ErrnoStatus(errno, "cannot sync upload");
