@@ -50,6 +50,11 @@ int RunUpload(const CommandContext& context, const std::vector<std::string>& arg
   if (kind == "model" && format_given) {
     return context.UsageError("upload: --data_format is a dataset's (cifar10|npy): give it with --kind=dataset");
   }
+  if (!a->Has("kind") && (absl::EndsWith(path, ".bin") || absl::EndsWith(path, ".npy"))) {
+    // A dataset's extension: uploaded as a model, it was refused only at submit.
+    *context.err << "quantctl: upload: " << path
+                 << " goes as a model (--kind=model, the default); a dataset needs --kind=dataset\n";
+  }
   if (a->Has("sha256")) {  // as the server checks it, before the file is sent
     const std::string given = a->Get("sha256");
     const bool hex = given.size() == 64 && std::all_of(given.begin(), given.end(), [](char c) {

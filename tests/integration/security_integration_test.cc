@@ -170,6 +170,9 @@ TEST_F(SecureQuantd, TokensAndRolesDecideWhoMayDoWhat) {
   std::ofstream(dir_ + "/model.bin") << "not a model, but bytes";
   RunResult upload = Ctl(kSubmitToken, {"upload", dir_ + "/model.bin"});
   EXPECT_EQ(upload.exit_code, 0) << upload.err;
+  // A dataset's extension without --kind: said, and still a model.
+  EXPECT_THAT(upload.err, HasSubstr("model.bin goes as a model (--kind=model, the default); a dataset needs "
+                                    "--kind=dataset"));
   RunResult delete_as_ci = Ctl(kSubmitToken, {"delete", "job-x"});
   EXPECT_THAT(delete_as_ci.err, HasSubstr("code 7"));
   // admin: admitted (the job does not exist: NOT_FOUND, past the gate).
