@@ -383,10 +383,16 @@ absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
     if (auto it = unstored_.find(id); it != unstored_.end()) unstored = it->second;
   }
   if (unstored.has_value()) {
-    // Written again; kept until it takes.
-    if (store_->PutEvaluation(id, EncodeEvaluation(*unstored), IndexOf(*unstored)).ok()) {
+    // Written again; kept until it takes, or until its version is deleted
+    // (and with it its evaluations).
+    const absl::Status put = store_->PutEvaluation(id, EncodeEvaluation(*unstored), IndexOf(*unstored));
+    if (put.ok() || absl::IsNotFound(put)) {
       absl::MutexLock lock(&mu_);
       unstored_.erase(id);
+    }
+    if (absl::IsNotFound(put)) {  // gone with its version: the store says so
+      const absl::Status gone = store_->GetEvaluation(id).status();
+      if (!gone.ok()) return gone;
     }
     return *unstored;
   }

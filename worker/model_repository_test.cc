@@ -785,6 +785,26 @@ TEST_F(ModelRepositoryTest, AnEvaluationWhoseFinalRecordTheStoreRefusesIsStillAn
   EXPECT_EQ(DecodeEvaluation(*jobs_->GetEvaluation(started->id))->state, EvaluationState::kSucceeded);
 }
 
+// Held in memory for want of room, an evaluation whose version is then
+// deleted goes with it: it was written again on every GetEvaluation.
+TEST_F(ModelRepositoryTest, AnEvaluationHeldInMemoryGoesWithItsDeletedVersion) {
+  Publish("a", "resnet8");
+  auto repository = Repository();
+  FullForFinishedEvaluations store(jobs_.get());
+  Evaluator evaluator(&store, repository.get(), &clock_, Evaluator::Options());
+  auto started = evaluator.Start(Int8OnFirst100(engine::testing::CalibrationPath()));
+  ASSERT_TRUE(started.ok()) << started.status();
+  absl::StatusOr<Evaluation> done = WaitUntilFinished(evaluator, started->id);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state, EvaluationState::kSucceeded) << done->error_message;
+  ASSERT_TRUE(jobs_->DeleteModelVersion("resnet8", 1).ok());
+  store.full = false;
+  const absl::Status gone = evaluator.Get(started->id).status();
+  EXPECT_EQ(gone.code(), absl::StatusCode::kNotFound) << gone;
+  EXPECT_EQ(evaluator.Get(started->id).status().code(), absl::StatusCode::kNotFound);  // not kept either
+  EXPECT_EQ(jobs_->GetEvaluation(started->id).status().code(), absl::StatusCode::kNotFound);
+}
+
 // Its dataset is opened when the evaluation starts: the file (an uploaded
 // blob, say) may be deleted afterwards, the evaluation reads what it opened.
 TEST_F(ModelRepositoryTest, AnEvaluationReadsTheDatasetItOpenedAtStart) {
