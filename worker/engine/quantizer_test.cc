@@ -780,12 +780,8 @@ TEST(QuantizeTest, ListArgumentsReachTheArtifactTyped) {
   EXPECT_EQ(ExpectArtifactComputesTheProgram(**model, options).sizes(), (std::vector<int64_t>{8, 5}));
 }
 
-// With pooling folded into the classifier (the best preset) the int8
-// program is fixed to the calibration's image size: an evaluation set of
-// another size was scored anyway, the folded classifier sliding over the
-// larger map. Refused now, before calibration; without the fold other sizes
-// evaluate as the model allows.
-TEST(QuantizeTest, OnlyAProgramFixedToTheCalibrationSizeRefusesOtherSizes) {
+// conv -> ReLU -> global average pooling -> linear: any image size runs.
+torch::jit::Module PooledHead() {
   torch::jit::Module m("PooledHead");
   at::manual_seed(4);
   m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
@@ -795,6 +791,16 @@ TEST(QuantizeTest, OnlyAProgramFixedToTheCalibrationSizeRefusesOtherSizes) {
         y = torch.relu(torch.conv2d(x, self.w, None, 1, 1))
         return torch.linear(torch.flatten(torch.adaptive_avg_pool2d(y, 1), 1), self.fc)
   )");
+  return m;
+}
+
+// With pooling folded into the classifier (the best preset) the int8
+// program is fixed to the calibration's image size: an evaluation set of
+// another size was scored anyway, the folded classifier sliding over the
+// larger map. Refused now, before calibration; without the fold other sizes
+// evaluate as the model allows.
+TEST(QuantizeTest, OnlyAProgramFixedToTheCalibrationSizeRefusesOtherSizes) {
+  torch::jit::Module m = PooledHead();
   QuantizeOptions options = SavedModelOptions(m, "pooled_head", 64);
   const std::string dir = testing::MakeTempDir("other_size");
   const std::vector<uint8_t> pixels(4 * 20 * 20 * 3, 16);
@@ -828,15 +834,7 @@ TEST(QuantizeTest, OnlyAProgramFixedToTheCalibrationSizeRefusesOtherSizes) {
 // once calibration (and tuning) had run. Each set's first sample goes
 // through the FP32 model before calibration now, as the calibration set's.
 TEST(QuantizeTest, AnEvaluationOrTuningSetTheModelCannotTakeIsRefusedBeforeCalibration) {
-  torch::jit::Module m("PooledHead");
-  at::manual_seed(4);
-  m.register_parameter("w", at::randn({8, 3, 3, 3}) * 0.01, false);
-  m.register_parameter("fc", at::randn({4, 8}) * 0.1, false);
-  m.define(R"(
-    def forward(self, x):
-        y = torch.relu(torch.conv2d(x, self.w, None, 1, 1))
-        return torch.linear(torch.flatten(torch.adaptive_avg_pool2d(y, 1), 1), self.fc)
-  )");
+  torch::jit::Module m = PooledHead();
   QuantizeOptions options = SavedModelOptions(m, "wrong_layout", 64);
   options.qconfig.preset = "qnnpack";
   const std::string dir = testing::MakeTempDir("wrong_layout_sets");
