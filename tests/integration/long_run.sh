@@ -47,7 +47,8 @@ submit() {
   version="$("$quantctl" --json models resnet8 |
     json "[v['version'] for v in d['versions'] if v['jobId'] == '$job'][0]")"
   "$quantctl" --timeout_seconds=300 --json eval "resnet8:$version" --data=fixtures/cifar10/test_batch.bin \
-    --max_samples=2000 --skip_fp32 >"$work/$name.eval.json" 2>&1 || fail "evaluation of $name failed: $(tail -5 "$work/$name.eval.json")"
+    --max_samples=2000 --skip_fp32 >"$work/$name.eval.json" 2>"$work/$name.eval.err" ||
+    fail "evaluation of $name failed: $(tail -5 "$work/$name.eval.err")"
   top1="$(json 'd["report"]["int8"]["top1Correct"]' <"$work/$name.eval.json")"
   echo "$name $preset $artifact $version $top1" >>"$work/results"
 }
