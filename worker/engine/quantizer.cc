@@ -568,13 +568,15 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     return absl::OkStatus();
   };
   QUANTD_RETURN_IF_ERROR(run_one_sample(*calibration, "calibration"));
+  // Open until the best preset's fold has checked their image size too.
+  std::unique_ptr<Dataset> evaluation_set, tuning_set;
   if (options.evaluation) {
-    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> evaluation, OpenDataset(*options.evaluation));
-    QUANTD_RETURN_IF_ERROR(run_one_sample(*evaluation, "evaluation"));
+    QUANTD_ASSIGN_OR_RETURN(evaluation_set, OpenDataset(*options.evaluation));
+    QUANTD_RETURN_IF_ERROR(run_one_sample(*evaluation_set, "evaluation"));
   }
   if (options.accuracy_goal) {
-    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> tuning, OpenDataset(options.accuracy_goal->tuning));
-    QUANTD_RETURN_IF_ERROR(run_one_sample(*tuning, "accuracy_goal.tuning"));
+    QUANTD_ASSIGN_OR_RETURN(tuning_set, OpenDataset(options.accuracy_goal->tuning));
+    QUANTD_RETURN_IF_ERROR(run_one_sample(*tuning_set, "accuracy_goal.tuning"));
   }
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));
@@ -587,16 +589,12 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
       impl->fixed_input_shape = report.input_shape;
       // Checked now, not after calibration and tuning: the sets that would
       // be scored wrongly on a program fixed to this size.
-      if (options.evaluation) {
-        QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> evaluation, OpenDataset(*options.evaluation));
-        QUANTD_RETURN_IF_ERROR(impl->CheckFixedInputShape(*evaluation, "evaluation"));
-      }
-      if (options.accuracy_goal) {
-        QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> tuning, OpenDataset(options.accuracy_goal->tuning));
-        QUANTD_RETURN_IF_ERROR(impl->CheckFixedInputShape(*tuning, "accuracy_goal.tuning"));
-      }
+      if (evaluation_set) QUANTD_RETURN_IF_ERROR(impl->CheckFixedInputShape(*evaluation_set, "evaluation"));
+      if (tuning_set) QUANTD_RETURN_IF_ERROR(impl->CheckFixedInputShape(*tuning_set, "accuracy_goal.tuning"));
     }
   }
+  evaluation_set.reset();  // read again where they are scored
+  tuning_set.reset();
   std::vector<EqualizedPair> equalized;
   if (qconfig.equalization) {
     QUANTD_ASSIGN_OR_RETURN(equalized, Equalize(&impl->fused, qconfig, calibration.get(), options.batch_size));
