@@ -233,7 +233,8 @@ std::string JobText(const v1::Job& job) {
                     r.kernel_engine(), "\n  qconfig: ", r.qconfig_description(),
                     "\n  calibration_samples: ", r.calibration_samples());
     if (r.model_version() > 0) {
-      absl::StrAppend(&text, "\n  published: ", r.model_name(), " version ", r.model_version());
+      absl::StrAppend(&text, "\n  published: ", r.model_name(), " version ", r.model_version(),
+                      r.model_version_deleted() ? " (since deleted)" : "");
     }
     std::vector<std::string> groups;
     for (const auto& g : r.fused_groups()) groups.push_back("[" + absl::StrJoin(g.modules(), ",") + "]");
@@ -303,7 +304,10 @@ std::string EventText(const v1::JobEvent& e) {
       if (!r.error_message().empty()) return absl::StrCat(e.job_id(), " error: ", r.error_message());
       std::string text = absl::StrCat(e.job_id(), " result artifact ", r.artifact_id(), " sha256 ",
                                       r.artifact_sha256(), " size ", r.artifact_size_bytes());
-      if (r.model_version() > 0) absl::StrAppend(&text, " published ", r.model_name(), " version ", r.model_version());
+      if (r.model_version() > 0) {
+        absl::StrAppend(&text, " published ", r.model_name(), " version ", r.model_version(),
+                        r.model_version_deleted() ? " (since deleted)" : "");
+      }
       if (r.has_int8_accuracy()) {
         absl::StrAppend(&text, " int8 ", AccuracyText(r.int8_accuracy()), " fp32 ",
                         AccuracyText(r.fp32_accuracy()));
@@ -564,7 +568,8 @@ int FollowEvaluation(const CommandContext& context, v1::QuantizationService::Stu
         broken_since = now;
         if (terminal) *context.out << "\n";
         *context.err << "quantctl: polling evaluation " << evaluation.id() << " failed (" << status.error_message()
-                     << "); it runs on, asking again once the server answers\n";
+                     << "); asking again once the server answers (if the server stopped, the evaluation "
+                        "ended with it)\n";
       }
       absl::SleepFor(backoff);
       backoff = std::min(backoff * 2, absl::Seconds(2));

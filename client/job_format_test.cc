@@ -77,7 +77,9 @@ TEST(JobTextTest, APublishedVersionIsNamed) {
   EXPECT_THAT(JobText(job), Not(HasSubstr("published")));
   result.set_model_name("resnet8");
   result.set_model_version(2);
-  EXPECT_THAT(JobText(job), HasSubstr("\n  published: resnet8 version 2"));
+  EXPECT_THAT(JobText(job), HasSubstr("\n  published: resnet8 version 2\n"));
+  result.set_model_version_deleted(true);
+  EXPECT_THAT(JobText(job), HasSubstr("\n  published: resnet8 version 2 (since deleted)\n"));
 }
 
 // A quantd that answers WatchJob from a script: each call writes its events,
@@ -301,7 +303,7 @@ TEST_F(FollowEvaluationTest, APollThatFailsOnTheWayIsAskedAgain) {
                         absl::Minutes(5));
   EXPECT_EQ(rc, kExitOk) << err_.str();
   EXPECT_EQ(service_->calls_made.load(), 4);
-  EXPECT_THAT(err_.str(), HasSubstr("it runs on, asking again"));
+  EXPECT_THAT(err_.str(), HasSubstr("); asking again once the server answers"));
   EXPECT_THAT(out_.str(), HasSubstr("evaluation eval-1"));
 }
 

@@ -680,6 +680,7 @@ void ToProto(const worker::JobResult& r, v1::JobResult* out) {
   out->set_calibration_samples(static_cast<uint64_t>(r.report.calibration_samples));
   out->set_model_name(r.model_name);
   out->set_model_version(static_cast<uint64_t>(r.model_version));
+  out->set_model_version_deleted(r.model_version_deleted);
   for (int64_t d : r.report.input_shape) out->add_input_shape(d);
   out->set_error_message(r.error_message);
   out->set_error_code(static_cast<int32_t>(r.error_code));
@@ -861,6 +862,13 @@ absl::StatusOr<worker::EvaluationSpec> EvaluationSpecFromRequest(const v1::Evalu
                                                                  const ReferenceResolver& resolver) {
   worker::EvaluationSpec spec;
   if (request.model_name().empty()) return absl::InvalidArgumentError("model_name: required");
+  if (absl::EndsWith(request.model_name(), ".fp32")) {
+    // Served under that name, so not a bad name: the wrong one here.
+    const std::string base = request.model_name().substr(0, request.model_name().size() - 5);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model_name: \"", request.model_name().substr(0, 80), "\" is a version's FP32 source; evaluate the published name \"",
+        base.substr(0, 75), "\", which measures its int8 model and this FP32 source side by side"));
+  }
   QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request.model_name(), "model_name"));
   spec.model_name = request.model_name();
   QUANTD_ASSIGN_OR_RETURN(spec.model_version, ParseModelVersion(request.model_version(), "model_version"));

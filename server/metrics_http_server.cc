@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <fstream>
@@ -29,10 +30,11 @@ int HttpStatusFor(absl::StatusCode code) {
 }
 
 // An error as the client of `path` reads one: the protocol's JSON under /v2,
-// a line of text elsewhere.
+// a line of text elsewhere. Before the path is known (a request line too
+// long to parse) it may be /v2's client: JSON too.
 void SetError(const httplib::Request& request, httplib::Response& response, int status, const std::string& message) {
   response.status = status;
-  if (absl::StartsWith(request.path, "/v2")) {
+  if (request.path.empty() || absl::StartsWith(request.path, "/v2")) {
     response.set_content(nlohmann::json{{"error", message}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
                          "application/json");
   } else {
@@ -75,10 +77,19 @@ httplib::Server::HandlerResponse RefuseUnboundedBodies(const httplib::Request& r
     return refuse(411,
                   "send the body with a Content-Length header (chunked bodies and bodies without a length are refused)");
   }
+  // One length, in digits only: httplib frames the body by the first
+  // Content-Length and absl::SimpleAtoi takes "+2". A proxy in front that
+  // framed it otherwise (by the last one, or refusing "+2") would pass on
+  // bytes that quantd then reads as a further request: smuggled past it.
+  if (const size_t count = request.get_header_value_count("Content-Length"); count != 1) {
+    return refuse(400, absl::StrCat("Content-Length: given ", count, " times; send it once"));
+  }
   // Answered at once: httplib would first read (and drop) the whole body.
+  const std::string& declared = request.get_header_value("Content-Length");
   uint64_t length = 0;
-  if (!absl::SimpleAtoi(request.get_header_value("Content-Length"), &length)) {
-    return refuse(400, "Content-Length: not a number of bytes");
+  if (declared.empty() || !std::all_of(declared.begin(), declared.end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(declared, &length)) {
+    return refuse(400, "Content-Length: not a number of bytes (digits only)");
   }
   if (max_body_bytes > 0 && length > max_body_bytes) {
     return refuse(413, absl::StrCat("the body of ", length, " bytes is larger than the server accepts (",

@@ -6,6 +6,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <type_traits>
 #include <utility>
 
 #include <grpcpp/alarm.h>
@@ -23,6 +24,7 @@
 #include "server/status_conversion.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
+#include "worker/engine/data/dataset_bytes_check.h"
 
 namespace quantd {
 namespace {
@@ -267,6 +269,9 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       // bytes are not a blob, however many arrived.
       if (context_->IsCancelled()) return Fail(absl::CancelledError("upload cancelled; nothing was stored"));
       if (upload_ == nullptr) return Fail(absl::InvalidArgumentError("metadata: required as the first message"));
+      if (format_check_.has_value()) {
+        if (absl::Status whole = format_check_->Finish(); !whole.ok()) return Fail(FormatMismatch(whole));
+      }
       absl::StatusOr<worker::BlobInfo> info = upload_->Commit();
       if (!info.ok()) return Fail(info.status());
       response_->set_blob_id(info->sha256);
@@ -290,8 +295,28 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
                                         static_cast<int64_t>(request_.metadata().size_bytes()));
       if (!upload.ok()) return Fail(upload.status());
       upload_ = std::move(*upload);
+      if constexpr (std::is_same_v<Request, v1::UploadDatasetRequest>) {
+        // A dataset whose bytes contradict its format is refused now, not
+        // when a job first opens it.
+        declared_format_ = request_.metadata().format();
+        switch (declared_format_) {
+          case v1::DATASET_FORMAT_CIFAR10_BINARY:
+            format_check_.emplace(engine::DatasetFormat::kCifar10Binary);
+            break;
+          case v1::DATASET_FORMAT_NPY:
+            format_check_.emplace(engine::DatasetFormat::kNpy);
+            break;
+          default:
+            break;
+        }
+      }
     } else {
       if (upload_ == nullptr) return Fail(absl::InvalidArgumentError("metadata: required as the first message"));
+      if (format_check_.has_value()) {
+        if (absl::Status bytes = format_check_->Add(request_.chunk_data()); !bytes.ok()) {
+          return Fail(FormatMismatch(bytes));
+        }
+      }
       absl::Status status = upload_->Append(request_.chunk_data());
       if (!status.ok()) return Fail(status);
       received_bytes_ += static_cast<int64_t>(request_.chunk_data().size());
@@ -312,6 +337,12 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         method_, ": ", received_bytes_, " bytes in ", static_cast<int64_t>(seconds), " s is ",
         static_cast<int64_t>(rate), " bytes/s, below --upload_min_bytes_per_second=", min_bytes_per_second_,
         "; the upload was dropped and nothing was stored"));
+  }
+
+  absl::Status FormatMismatch(const absl::Status& why) const {
+    return absl::InvalidArgumentError(absl::StrCat("metadata.format: the file is not ",
+                                                   v1::DatasetFormat_Name(declared_format_), ": ", why.message(),
+                                                   "; nothing was stored"));
   }
 
   void Fail(const absl::Status& status) {
@@ -346,6 +377,9 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   bool admitted_ = false;  // the first message got an I/O thread (OnReadDone only)
   Request request_;
   std::unique_ptr<worker::BlobUpload> upload_;  // discarded, if still open, when we are deleted
+  // UploadDataset: the declared format, checked against the bytes (HandleRead only).
+  v1::DatasetFormat declared_format_ = v1::DATASET_FORMAT_UNSPECIFIED;
+  std::optional<engine::DatasetBytesCheck> format_check_;
 
   absl::Mutex mu_;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish called

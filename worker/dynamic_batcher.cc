@@ -146,7 +146,7 @@ bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
   *wake = absl::InfiniteFuture();
   for (auto& [key, queue] : queues_) {
     const absl::Time head = queue.requests.front().enqueued;
-    const bool full = !options_.batching || queue.samples >= options_.max_batch_size;
+    const bool full = !options_.batching || !queue.model->coalesces() || queue.samples >= options_.max_batch_size;
     const absl::Time due_at =
         full || stopping_ ? head : BatchDueAt(head, last_pass_end_, options_.max_queue_delay);
     if (due_at > now) {
@@ -157,11 +157,12 @@ bool DynamicBatcher::TakeDuePass(Pass* pass, absl::Time* wake) {
   }
   if (due == nullptr) return false;
   pass->model = due->model;
+  const bool coalesce = options_.batching && due->model->coalesces();
   int64_t samples = 0;
   int64_t taken = 0;
   while (!due->requests.empty()) {
     Request& next = due->requests.front();
-    if (!pass->requests.empty() && (!options_.batching || samples + next.batch > options_.max_batch_size)) break;
+    if (!pass->requests.empty() && (!coalesce || samples + next.batch > options_.max_batch_size)) break;
     taken += next.batch;
     if (absl::Status unwanted = Unwanted(next.abandoned); !unwanted.ok()) {
       pass->abandoned.emplace_back(std::move(next), std::move(unwanted));

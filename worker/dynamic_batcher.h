@@ -61,6 +61,10 @@ class BatchableModel {
  public:
   virtual ~BatchableModel() = default;
   virtual absl::StatusOr<engine::ServingOutput> Run(std::vector<float> samples, int64_t batch) const = 0;
+  // false: each request runs as a pass of its own. For a model whose scores
+  // depend on the pass's size (FP32 kernels add in another order at another
+  // batch size), so that coalescing never changes a request's answer.
+  virtual bool coalesces() const { return true; }
 };
 
 // How a request was run, for its response and the metrics.

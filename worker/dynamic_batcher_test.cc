@@ -71,6 +71,12 @@ class FakeModel : public BatchableModel {
   std::atomic<bool> throw_bad_alloc_{false};
 };
 
+// A model whose scores would change with the pass's size (FP32).
+class AloneModel : public FakeModel {
+ public:
+  bool coalesces() const override { return false; }
+};
+
 // One request's outcome.
 struct Outcome {
   absl::Notification done;
@@ -247,6 +253,28 @@ TEST(DynamicBatcherTest, WithoutBatchingEveryRequestRunsAlone) {
   model->Release();
   for (Outcome* o : {&a, &b, &c}) o->done.WaitForNotification();
   EXPECT_THAT(model->passes(), ElementsAre(1, 1, 2));
+}
+
+// With batching on, a model that does not coalesce runs each request as a
+// pass of its own, at once when due (no delay waiting for others), while
+// another model's requests still coalesce.
+TEST(DynamicBatcherTest, AModelThatDoesNotCoalesceRunsEachRequestAloneBesideOnesThatDo) {
+  auto alone = std::make_shared<AloneModel>();
+  auto model = std::make_shared<FakeModel>();
+  DynamicBatcher batcher(OneThread(8, absl::Hours(1)), Clock::Real());
+  Outcome a, b, c, d, e;
+  ASSERT_TRUE(Submit(batcher, alone, 1, 0, &a).ok());
+  ASSERT_TRUE(Submit(batcher, alone, 2, 100, &b).ok());
+  ASSERT_TRUE(Submit(batcher, alone, 1, 200, &c).ok());
+  for (Outcome* o : {&a, &b, &c}) o->done.WaitForNotification();  // not after the hour's delay
+  EXPECT_THAT(alone->passes(), ElementsAre(1, 2, 1));
+  ASSERT_TRUE(b.output.ok());
+  EXPECT_THAT(b.output->values, ElementsAre(1001, 1011, 1021, 1031));
+  EXPECT_EQ(b.stats.executed_batch_size, 2);
+  ASSERT_TRUE(Submit(batcher, model, 4, 300, &d).ok());
+  ASSERT_TRUE(Submit(batcher, model, 4, 400, &e).ok());  // 8: full, so due
+  for (Outcome* o : {&d, &e}) o->done.WaitForNotification();
+  EXPECT_THAT(model->passes(), ElementsAre(8));
 }
 
 TEST(DynamicBatcherTest, AFullModelQueueIsResourceExhaustedAndOtherModelsStillQueue) {

@@ -70,6 +70,8 @@ struct JobResult {
   // The model version this job published (set by JobStore::Finish); 0 = none.
   std::string model_name;
   int64_t model_version = 0;
+  // Read from the store, never stored: the version was deleted since.
+  bool model_version_deleted = false;
   absl::StatusCode error_code = absl::StatusCode::kOk;
   std::string error_message;
 };

@@ -205,7 +205,15 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
   if (remembered.has_value()) {
     resolved = *std::move(remembered);
   } else {
-    QUANTD_ASSIGN_OR_RETURN(resolved, jobs_->GetModelVersion(base, version));
+    absl::StatusOr<ModelVersion> found = jobs_->GetModelVersion(base, version);
+    if (!found.ok()) {
+      // The store names the published model; the request named its FP32 source.
+      if (!fp32) return found.status();
+      return absl::Status(found.status().code(),
+                          absl::StrCat("model \"", name, "\" (the FP32 source of a version of \"", base,
+                                       "\"): ", found.status().message()));
+    }
+    resolved = *std::move(found);
     absl::MutexLock lock(&mu_);
     // Not if the versions changed while the store was read: this answer may
     // predate the change, which is to be seen at once.

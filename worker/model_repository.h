@@ -71,6 +71,9 @@ class LoadedModel : public BatchableModel {
   // `pixels`: `batch` samples of info().input_shape, before preprocessing
   // (applied here, in place).
   absl::StatusOr<engine::ServingOutput> Run(std::vector<float> pixels, int64_t batch) const override;
+  // int8 kernels give each sample the same integers at any batch size; FP32
+  // ones do not (1e-5 apart), so an FP32 model's requests run alone.
+  bool coalesces() const override { return !info_.fp32; }
 
  private:
   friend class ModelRepository;

@@ -223,6 +223,12 @@ TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid
   const absl::Status missing = repository->Load("resnet8", 9).status();
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(missing.message()), HasSubstr("no version 9"));
+  // Asked for by its FP32 source's name, the error names that.
+  const absl::Status missing_fp32 = repository->Load("resnet8.fp32", 9).status();
+  EXPECT_EQ(missing_fp32.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing_fp32.message()),
+              HasSubstr("model \"resnet8.fp32\" (the FP32 source of a version of \"resnet8\"): "));
+  EXPECT_THAT(std::string(missing_fp32.message()), HasSubstr("no version 9"));
   EXPECT_EQ(repository->Load("Bad Name", 0).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(repository->FindLoaded("resnet8", 0), nullptr);  // nothing loaded yet
   EXPECT_EQ(repository->cached_models(), 0);

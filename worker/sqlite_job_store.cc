@@ -72,7 +72,8 @@ constexpr char kKeyScope = '\x1f';
 
 constexpr char kColumns[] =
     "seq, id, state, phase, create_us, start_us, finish_us, deadline_us, spec, request, "
-    "idempotency_key, fingerprint, attempt, result, owner";
+    "idempotency_key, fingerprint, attempt, result, owner, "
+    "EXISTS (SELECT 1 FROM model_versions WHERE model_versions.job_id = jobs.id)";
 
 // A full disk (SQLITE_FULL, or an I/O error whose errno says so) is
 // RESOURCE_EXHAUSTED: the caller can retry once space is freed.
@@ -171,6 +172,9 @@ absl::StatusOr<Job> ReadJob(Stmt& s) {
     }
   }
   job.owner = s.Text(14);
+  // The result keeps the version it published; whether that version is
+  // still served is the model_versions table's to say.
+  if (job.result && job.result->model_version > 0) job.result->model_version_deleted = s.Int(15) == 0;
   return job;
 }
 
@@ -828,8 +832,11 @@ absl::StatusOr<JobStore::RecoveryCounts> SqliteJobStore::RecoverInterruptedLocke
   }
   JobResult failed;
   failed.error_code = absl::StatusCode::kAborted;
-  failed.error_message = absl::StrCat("the job crashed the server ", max_attempts,
-                                      " times (interrupted while running); not retried again");
+  // Interrupted is all the store knows: the job may have crashed its server,
+  // or the server was killed or lost its lease for another reason.
+  failed.error_message = absl::StrCat("the job was interrupted while running ", max_attempts,
+                                      " times (its server crashed, was killed or lost the job's lease); "
+                                      "not retried again");
   Stmt fail(db_, absl::StrCat("UPDATE jobs SET state = 4, finish_us = ?1, result = ?3, lease_us = NULL, artifact_id = NULL "
                               "WHERE ", kInterrupted, " AND attempt >= ?4"));
   QUANTD_RETURN_IF_ERROR(fail.status());

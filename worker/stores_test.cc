@@ -380,6 +380,7 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->result->model_name, "resnet8");
   EXPECT_EQ(d->result->model_version, 3);
+  EXPECT_FALSE(d->result->model_version_deleted);
   EXPECT_EQ((*store)->Get("f")->result->model_version, 0);
   EXPECT_EQ((*store)->ListModelVersions("")->size(), 4u);
 
@@ -395,6 +396,18 @@ TEST(SqliteJobStoreTest, SucceededJobsPublishNumberedVersionsThatAreNeverReused)
   ASSERT_TRUE((*store)->DeleteModelVersion("resnet8", 3).ok());
   EXPECT_EQ((*store)->DeleteModelVersion("resnet8", 3).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->version, 2);
+  // Its job still says which version it published, and that it is gone.
+  d = (*store)->Get("d");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->result->model_version, 3);
+  EXPECT_TRUE(d->result->model_version_deleted);
+  auto listed = (*store)->List({}, 10, "");
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->jobs.size(), 6u);
+  for (const Job& job : listed->jobs) {
+    ASSERT_TRUE(job.result.has_value()) << job.id;
+    EXPECT_EQ(job.result->model_version_deleted, job.id == "d") << job.id;
+  }
   ASSERT_TRUE((*store)->Delete("b", nullptr).ok());
   EXPECT_EQ((*store)->GetModelVersion("resnet8", 0)->version, 1);
   Job g = NewJob("g", 2);
@@ -689,7 +702,7 @@ TEST(SqliteJobStoreTest, RecoveryRequeuesThenFailsAfterTwoCrashes) {
   EXPECT_EQ(counts->failed, 1);
   auto job = (*store)->Get("x");
   EXPECT_EQ(job->state, JobState::kFailed);
-  EXPECT_THAT(job->result->error_message, HasSubstr("crashed the server 2 times"));
+  EXPECT_THAT(job->result->error_message, HasSubstr("interrupted while running 2 times"));
 }
 
 // Several processes may share a store: a job another live process holds is

@@ -379,6 +379,23 @@ TEST_F(QuantdIntegrationTest, TheHttpEdgeRefusesBodiesItCannotBoundAndAnswersInJ
   EXPECT_EQ(smuggling.status_code, 400) << smuggling.headers;
   EXPECT_THAT(error_of(smuggling), HasSubstr("GET takes no body"));
   EXPECT_EQ(smuggling.body.find("HTTP/1.1"), std::string::npos) << "a second response: " << smuggling.body;
+  // Nor may a body be framed otherwise by a proxy in front: two lengths (a
+  // proxy may take the last), or one that is not plain digits.
+  const std::string infer = "POST /v2/models/resnet8/infer HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n";
+  for (const std::string& lengths :
+       {absl::StrCat("Content-Length: 2\r\nContent-Length: ", 2 + inner.size(), "\r\n"),
+        absl::StrCat("Content-Length: ", 2 + inner.size(), "\r\nContent-Length: ", 2 + inner.size(), "\r\n"),
+        absl::StrCat("Content-Length: +", 2 + inner.size(), "\r\n")}) {
+    test_util::HttpResponse framed = exchange(absl::StrCat(infer, lengths, "\r\n{}", inner));
+    EXPECT_EQ(framed.status_code, 400) << lengths << framed.headers;
+    EXPECT_THAT(error_of(framed), HasSubstr("Content-Length: ")) << lengths;
+    EXPECT_EQ(framed.body.find("HTTP/1.1"), std::string::npos) << lengths << "a second response: " << framed.body;
+  }
+  // A request line too long to parse: its path is unknown, the error JSON.
+  test_util::HttpResponse too_long =
+      exchange(absl::StrCat("GET /v2/models/", std::string(9000, 'a'), " HTTP/1.1\r\nHost: q\r\n\r\n"));
+  EXPECT_EQ(too_long.status_code, 414) << too_long.headers;
+  EXPECT_THAT(error_of(too_long), HasSubstr("too long"));
   // Any method httplib reads no body for, not only GET.
   test_util::HttpResponse trace = exchange(absl::StrCat(
       "TRACE /v2/health/live HTTP/1.1\r\nHost: q\r\nContent-Length: ", inner.size(), "\r\n\r\n", inner));

@@ -18,6 +18,7 @@
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
+#include "worker/engine/data/dataset_bytes_check.h"
 
 namespace quantd::engine {
 namespace {
@@ -182,15 +183,12 @@ class FileDataset : public Dataset {
 
 class Cifar10Dataset : public FileDataset {
  public:
-  static constexpr int64_t kRecord = 1 + 3 * 32 * 32;
+  static constexpr int64_t kRecord = kCifar10RecordBytes;
 
   absl::Status Open(const DatasetSpec& spec) {
     QUANTD_RETURN_IF_ERROR(images_.Open(spec.path));
     files_.push_back(spec.path);
-    if (images_.size() % kRecord != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("CIFAR-10 file ", spec.path, " is truncated or not CIFAR-10 binary: ",
-                                                     images_.size(), " bytes is not a multiple of ", kRecord));
-    }
+    QUANTD_RETURN_IF_ERROR(CheckCifar10Size(images_.size(), absl::StrCat("CIFAR-10 file ", spec.path)));
     const int64_t total = images_.size() / kRecord;
     channels_ = 3;
     height_ = width_ = 32;
