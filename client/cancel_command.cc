@@ -35,7 +35,11 @@ int RunCancel(const CommandContext& context, const std::vector<std::string>& arg
   v1::Job job;
   grpc::Status status = stub->CancelJob(&client_context, request, &job);
   if (!status.ok()) return context.RpcFailed("cancel", status);
-  context.Print(job, JobLine(job));
+  // A running job still reads RUNNING here: it ends at its next check.
+  context.Print(job, job.state() == v1::JOB_STATE_CANCELLED
+                         ? JobLine(job)
+                         : absl::StrCat(JobLine(job), "\ncancel recorded: the job ends CANCELLED at its next check "
+                                                      "(quantctl watch ", job.id(), " shows it)"));
   return kExitOk;
 }
 

@@ -491,6 +491,12 @@ int FollowJob(const CommandContext& context, const std::string& job_id, absl::Du
         live_line = true;
         continue;
       }
+      // A state the snapshot (or the last event) already printed says nothing
+      // new to a reader; --json keeps every event.
+      if (!context.options.json && event.event_case() == v1::JobEvent::kStateChanged &&
+          event.state_changed() == state) {
+        continue;
+      }
       if (live_line) *context.out << "\n";
       live_line = false;
       *context.out << (context.options.json ? JsonLine(event) : EventText(event)) << "\n";

@@ -181,6 +181,21 @@ TEST_F(FollowJobTest, AWatchThatBreaksAfterTheResultEndsWithOneResult) {
   EXPECT_EQ(ResultLines(), 1) << out_.str();
 }
 
+// A state change to the state the snapshot printed (a job claimed as its
+// watch began) printed RUNNING twice; the real changes still print.
+TEST_F(FollowJobTest, AStateTheSnapshotAlreadyShowedIsNotPrintedAgain) {
+  v1::JobEvent running = Succeeded(2);
+  running.set_state_changed(v1::JOB_STATE_RUNNING);
+  const int rc = Follow({{{Snapshot(1, v1::JOB_STATE_RUNNING), running, Succeeded(3), Result(4)},
+                          absl::ZeroDuration(),
+                          grpc::Status::OK}},
+                        absl::Minutes(5));
+  EXPECT_EQ(rc, kExitOk) << err_.str();
+  EXPECT_THAT(out_.str(), Not(HasSubstr("state RUNNING"))) << out_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("job-1 state SUCCEEDED")) << out_.str();
+  EXPECT_EQ(ResultLines(), 1) << out_.str();
+}
+
 // The reconnect window counts from the break, not from the last event: a
 // stream quiet for longer than the window (a queued job) is still resumed.
 TEST_F(FollowJobTest, AQuietWatchThatBreaksIsResumedWithinTheWindowOfTheBreak) {

@@ -61,11 +61,11 @@ int RunModels(const CommandContext& context, const std::vector<std::string>& arg
                                                    : absl::StrCat("no published versions of ", request.name()));
     return kExitOk;
   }
-  std::string text = absl::StrFormat("%-20s %7s  %-22s %-21s %-20s %-20s %s", "NAME", "VERSION", "JOB", "ARTIFACT",
+  std::string text = absl::StrFormat("%-20s %7s  %-24s %-21s %-20s %-20s %s", "NAME", "VERSION", "JOB", "ARTIFACT",
                                      "INT8 TOP-1", "FP32 TOP-1", "LOADED");
   for (const v1::ModelVersionInfo& v : response.versions()) {
     absl::StrAppend(&text, "\n",
-                    absl::StrFormat("%-20s %7d  %-22s %-21s %-20s %-20s %s", v.name(), v.version(), v.job_id(),
+                    absl::StrFormat("%-20s %7d  %-24s %-21s %-20s %-20s %s", v.name(), v.version(), v.job_id(),
                                     v.artifact_id(), AccuracyText(v.int8_accuracy()),
                                     AccuracyText(v.fp32_accuracy()), v.loaded() ? "yes" : "no"));
   }

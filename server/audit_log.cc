@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "server/log.h"
+#include "worker/engine/base/log.h"
 
 namespace quantd {
 namespace {

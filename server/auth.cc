@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "server/log.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/sha256.h"
 
 namespace quantd {

@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "server/log.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/thread_name.h"
 
 namespace quantd {

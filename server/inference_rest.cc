@@ -37,6 +37,9 @@ HttpReply JsonReply(int status, const Json& body) {
 HttpReply ErrorReply(const absl::Status& status) {
   HttpReply reply = JsonReply(HttpStatusForCode(status.code()), Json{{"error", std::string(status.message())}});
   if (status.code() == absl::StatusCode::kUnauthenticated) reply.headers.emplace_back("WWW-Authenticate", "Bearer");
+  // A full queue drains within a pass or two: worth a retry soon, as the
+  // 503 for a full connection queue says too.
+  if (status.code() == absl::StatusCode::kResourceExhausted) reply.headers.emplace_back("Retry-After", "1");
   return reply;
 }
 

@@ -73,7 +73,13 @@ JobStats::JobStats(prometheus::Registry& registry)
                      .Register(registry)),
       recovered_requeued_(recovered_.Add({{"outcome", "requeued"}})),
       recovered_failed_(recovered_.Add({{"outcome", "failed"}})),
-      recovered_cancelled_(recovered_.Add({{"outcome", "cancelled"}})) {
+      recovered_cancelled_(recovered_.Add({{"outcome", "cancelled"}})),
+      evaluations_finished_(prometheus::BuildCounter()
+                                .Name("quantd_evaluations_finished_total")
+                                .Help("Evaluations (Evaluate) this process ran to an end, by final state "
+                                      "(succeeded, failed, cancelled).")
+                                .Register(registry)) {
+  for (const char* state : {"succeeded", "failed", "cancelled"}) evaluations_finished_.Add({{"state", state}});
   // Every state and final state exists from the start: a rate over a series
   // that appears only with its first failure would miss that failure.
   for (worker::JobState state : {worker::JobState::kSucceeded, worker::JobState::kFailed,
@@ -126,6 +132,10 @@ void JobStats::OnJobEvent(const worker::JobEvent& event) {
     default:
       break;
   }
+}
+
+void JobStats::CountEvaluationFinished(absl::string_view state) {
+  evaluations_finished_.Add({{"state", absl::AsciiStrToLower(state)}}).Increment();
 }
 
 void JobStats::CountRecovered(const worker::JobStore::RecoveryCounts& total) {

@@ -21,6 +21,7 @@
 #include <tuple>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "worker/data_quota.h"
@@ -43,6 +44,9 @@ class JobStats : public worker::JobWatcher {
   // the pool's running total): jobs put back in the queue, and jobs failed
   // after their last attempt, which are also finished jobs.
   void CountRecovered(const worker::JobStore::RecoveryCounts& total);
+  // An evaluation run here ended in `state` ("SUCCEEDED", "FAILED" or
+  // "CANCELLED", as EvaluationStateName gives it).
+  void CountEvaluationFinished(absl::string_view state);
 
  private:
   prometheus::Family<prometheus::Counter>& finished_;
@@ -58,6 +62,7 @@ class JobStats : public worker::JobWatcher {
   prometheus::Counter& recovered_requeued_;
   prometheus::Counter& recovered_failed_;
   prometheus::Counter& recovered_cancelled_;
+  prometheus::Family<prometheus::Counter>& evaluations_finished_;
 
   absl::Mutex mu_;
   // Calibration samples seen so far per running job (progress is cumulative).

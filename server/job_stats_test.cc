@@ -55,6 +55,20 @@ TEST(JobStatsTest, RecoveriesAreCountedOnceAndRecoveredFailuresAreFinishedJobs) 
   EXPECT_THAT(text, HasSubstr("quantd_jobs_finished_total{state=\"cancelled\"} 2\n"));
 }
 
+// Evaluations that fail or are cancelled left no trace in the metrics.
+TEST(JobStatsTest, EvaluationsAreCountedByFinalStateFromTheStart) {
+  prometheus::Registry registry;
+  JobStats stats(registry);
+  EXPECT_THAT(Scrape(registry), HasSubstr("quantd_evaluations_finished_total{state=\"failed\"} 0\n"));
+  stats.CountEvaluationFinished(worker::EvaluationStateName(worker::EvaluationState::kSucceeded));
+  stats.CountEvaluationFinished(worker::EvaluationStateName(worker::EvaluationState::kCancelled));
+  stats.CountEvaluationFinished(worker::EvaluationStateName(worker::EvaluationState::kCancelled));
+  const std::string text = Scrape(registry);
+  EXPECT_THAT(text, HasSubstr("quantd_evaluations_finished_total{state=\"succeeded\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("quantd_evaluations_finished_total{state=\"cancelled\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("quantd_evaluations_finished_total{state=\"failed\"} 0\n"));
+}
+
 // A job's store with version 1 of "resnet8" published, its job having
 // evaluated int8 8500 and FP32 8719 of 10000 images.
 std::unique_ptr<worker::SqliteJobStore> StoreWithAPublishedVersion() {

@@ -22,7 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/allocator.h"
-#include "server/log.h"
+#include "worker/engine/base/log.h"
 #include "server/server.h"
 #include "worker/engine/base/crash_report.h"
 #include "worker/engine/quantizer.h"

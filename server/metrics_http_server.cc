@@ -19,7 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/audit_log.h"
-#include "server/log.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/thread_name.h"
 
 namespace quantd {

@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "server/log.h"
+#include "worker/engine/base/log.h"
 #include "server/status_conversion.h"
 
 namespace quantd {

@@ -25,7 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/cpu_budget.h"
-#include "server/log.h"
+#include "worker/engine/base/log.h"
 #include "server/metrics_interceptor.h"
 #include "server/process_metrics.h"
 #include "server/tls_identity.h"
@@ -539,6 +539,9 @@ absl::Status QuantdServer::OpenStores() {
   worker::Evaluator::Options evaluation_options;
   evaluation_options.max_batch_bytes = options_.max_batch_bytes;
   evaluation_options.runner = LeaseHolderName(options_.data_dir);
+  evaluation_options.on_finished = [stats = job_stats_.get()](worker::EvaluationState state) {
+    stats->CountEvaluationFinished(worker::EvaluationStateName(state));
+  };
   evaluator_ = std::make_unique<worker::Evaluator>(job_store_.get(), models_.get(), worker::Clock::Real(),
                                                    evaluation_options);
   deps.evaluator = evaluator_.get();

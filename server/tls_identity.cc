@@ -10,7 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "server/log.h"
+#include "worker/engine/base/log.h"
 
 namespace quantd {
 

@@ -1,9 +1,9 @@
 #include "worker/blob_collector.h"
 
-#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/thread_name.h"
 
 namespace quantd::worker {
@@ -60,10 +60,10 @@ void BlobCollector::Loop() {
     }
     absl::StatusOr<std::vector<std::string>> removed = CollectUnusedBlobs(*blobs_, *jobs_, clock_->Now(), ttl_);
     if (!removed.ok()) {
-      std::cerr << "quantd: blob collection failed: " << removed.status() << "\n";
+      Log(LogLevel::kWarning, "quantd: blob collection failed: ", removed.status());
     } else if (!removed->empty()) {
-      std::cerr << absl::StrCat("quantd: deleted ", removed->size(), " blob(s) unused for ",
-                                absl::FormatDuration(ttl_), ": ", absl::StrJoin(*removed, " "), "\n");
+      Log(LogLevel::kInfo, absl::StrCat("quantd: deleted ", removed->size(), " blob(s) unused for ",
+                                        absl::FormatDuration(ttl_), ": ", absl::StrJoin(*removed, " ")));
     }
   }
 }

@@ -1,12 +1,12 @@
 #include "worker/dynamic_batcher.h"
 
 #include <algorithm>
-#include <iostream>
 #include <new>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/thread_name.h"
 
 namespace quantd::worker {
@@ -219,9 +219,9 @@ void Answer(DynamicBatcher::Done done, absl::StatusOr<engine::ServingOutput> ans
   try {
     std::move(done)(std::move(answer), stats);
   } catch (const std::exception& e) {
-    std::cerr << "quantd: answering an inference request failed: " << e.what() << "\n";
+    Log(LogLevel::kError, "quantd: answering an inference request failed: ", e.what());
   } catch (...) {
-    std::cerr << "quantd: answering an inference request failed with an unknown exception\n";
+    Log(LogLevel::kError, "quantd: answering an inference request failed with an unknown exception");
   }
 }
 

@@ -506,6 +506,7 @@ void Evaluator::Run(Evaluation evaluation, std::shared_ptr<engine::ImageReader> 
         ReferToDataset(report.status().message(), evaluation.spec.dataset_reference, evaluation.spec.dataset);
   }
   const bool stored = Store(evaluation);
+  if (options_.on_finished) options_.on_finished(evaluation.state);
   absl::MutexLock lock(&mu_);
   cancelled_.erase(evaluation.id);
   // Not stored: kept here, or its report would be lost, and the stale

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <map>
@@ -146,6 +147,9 @@ class Evaluator {
     // Most bytes one batch of float32 images may take (quantd's
     // --max_batch_bytes); 0 = no limit.
     int64_t max_batch_bytes = 0;
+    // Called with the final state of each evaluation run here, once its
+    // record is written (metrics); may be empty.
+    std::function<void(EvaluationState)> on_finished;
   };
   // `clock` gives the records' times; `interval_clock` (steady: a wall
   // clock stepped by NTP made negative or huge timings) the passes' seconds

@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <exception>
-#include <iostream>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 
@@ -98,8 +98,9 @@ absl::StatusOr<std::optional<std::string>> JobRunner::ReleaseRetrying(const Job&
     kept = store_->Release(job.id, job.attempt_count);
   }
   if (!kept.ok()) {
-    std::cerr << "quantd: job " << job.id << " could not be put back in the queue (it is recovered when its lease "
-              << "runs out, as a crashed attempt): " << kept.status() << "\n";
+    Log(LogLevel::kWarning, "quantd: job ", job.id,
+        " could not be put back in the queue (it is recovered when its lease ",
+        "runs out, as a crashed attempt): ", kept.status());
   }
   return kept;
 }
@@ -240,7 +241,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
                           !stop->shutting_down.load() && !stop->lease_lost.load() && !stop->cancelled.load();
          ++attempt) {
       if (attempt == 1 || attempt % 20 == 0) {
-        std::cerr << "quantd: cannot pin the artifact of job " << job.id << " (retrying): " << pinned << "\n";
+        Log(LogLevel::kWarning, "quantd: cannot pin the artifact of job ", job.id, " (retrying): ", pinned);
       }
       absl::SleepFor(pin_backoff);
       pin_backoff = std::min(pin_backoff * 2, absl::Seconds(5));
@@ -373,15 +374,15 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
   };
   for (int attempt = 1; worth_retrying(attempt); ++attempt) {
     if (attempt == 1 || attempt % 20 == 0) {
-      std::cerr << "quantd: cannot record the outcome of job " << job.id << " (retrying): " << finished << "\n";
+      Log(LogLevel::kWarning, "quantd: cannot record the outcome of job ", job.id, " (retrying): ", finished);
     }
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(5));
     finished = record();
   }
   if (!finished.ok() && finished.code() != absl::StatusCode::kFailedPrecondition && !stop->shutting_down.load()) {
-    std::cerr << "quantd: giving up recording the outcome of job " << job.id << " (recovered when its lease runs out): "
-              << finished << "\n";
+    Log(LogLevel::kError, "quantd: giving up recording the outcome of job ", job.id,
+        " (recovered when its lease runs out): ", finished);
   }
   // An artifact this attempt stored that no job records goes unless a job
   // holds it: one that stores the same bytes pins them first, under the same
@@ -395,8 +396,8 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
           return artifacts_->RemoveManifest(sha256, job.id);
         });
     if (!released.ok()) {
-      std::cerr << "quantd: job " << job.id << " attempt " << job.attempt_count << " " << why << "; its artifact "
-                << artifact_id << " stays until the next start's sweep: " << released << "\n";
+      Log(LogLevel::kWarning, "quantd: job ", job.id, " attempt ", job.attempt_count, " ", why, "; its artifact ",
+          artifact_id, " stays until the next start's sweep: ", released);
     }
   };
   if (finished.ok() && stored_unrecorded.has_value() && !stored_unrecorded->first.empty()) {

@@ -4,14 +4,14 @@
 #include <cctype>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "worker/directory_listing.h"
-#include "worker/engine/base/sha256.h"
 #include "worker/engine/base/errno_status.h"
+#include "worker/engine/base/log.h"
+#include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/sync_directory.h"
 #include "worker/engine/serialization/artifact_file.h"
@@ -147,7 +147,7 @@ namespace {
 // fails does not undo them, though: logged, not answered as a failure.
 void LogUnsyncedRemoval(const std::string& dir) {
   if (absl::Status synced = SyncDirectory(dir); !synced.ok()) {
-    std::cerr << "quantd: removed artifact files, but " << synced << "\n";
+    Log(LogLevel::kWarning, "quantd: removed artifact files, but ", synced);
   }
 }
 

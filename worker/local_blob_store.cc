@@ -4,16 +4,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <algorithm>
 #include <filesystem>
-#include <iostream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "worker/directory_listing.h"
 #include "worker/engine/base/errno_status.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/sync_directory.h"
 #include "worker/local_artifact_store.h"
@@ -127,7 +127,7 @@ absl::Status LocalBlobStore::Remove(const std::string& blob_id) const {
   // that fails does not undo it, though: logged, not answered as a failure
   // (a retry would find nothing to delete).
   if (absl::Status synced = SyncDirectory(dir_); !synced.ok()) {
-    std::cerr << "quantd: deleted blob " << blob_id << ", but " << synced << "\n";
+    Log(LogLevel::kWarning, "quantd: deleted blob ", blob_id, ", but ", synced);
   }
   return absl::OkStatus();
 }

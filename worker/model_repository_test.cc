@@ -651,6 +651,12 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   auto repository = RepositoryOver(&held);
   Evaluator::Options options;
   options.stale_after = absl::Minutes(2);
+  absl::Mutex finished_mu;
+  std::vector<EvaluationState> finished;  // what on_finished reported (metrics)
+  options.on_finished = [&](EvaluationState state) {
+    absl::MutexLock lock(&finished_mu);
+    finished.push_back(state);
+  };
   Evaluator evaluator(jobs_.get(), repository.get(), &clock_, options);
 
   auto started = evaluator.Start(Int8OnFirst100(engine::testing::CalibrationPath()));
@@ -680,6 +686,9 @@ TEST_F(ModelRepositoryTest, AnEvaluationThisServerRunsIsNeverStaleOneLeftByAStop
   // Finished records are never stale, wherever they are read.
   clock_.Advance(absl::Hours(1));
   EXPECT_EQ(other.Get(started->id)->state, EvaluationState::kSucceeded);
+  evaluator.Shutdown();  // joins the evaluation's thread, past its on_finished
+  absl::MutexLock lock(&finished_mu);
+  EXPECT_THAT(finished, ::testing::ElementsAre(EvaluationState::kSucceeded));
 }
 
 // After a crash the restarted server (the same runner on the same store)

@@ -2,13 +2,13 @@
 
 #include <sqlite3.h>
 
-#include <iostream>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/base/errno_status.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/job_codec.h"
 
@@ -734,8 +734,8 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
       job.result->artifact_id,
       [&](const std::vector<std::string>& holders) { return release(job, /*last_holder=*/holders.empty()); });
   if (!released.ok()) {
-    std::cerr << "quantd: deleted job " << id << ", but not its artifact " << job.result->artifact_id
-              << " (the next start's sweep removes it if no job holds it): " << released << "\n";
+    Log(LogLevel::kWarning, "quantd: deleted job ", id, ", but not its artifact ", job.result->artifact_id,
+        " (the next start's sweep removes it if no job holds it): ", released);
   }
   return absl::OkStatus();
 }

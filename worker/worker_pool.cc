@@ -1,12 +1,12 @@
 #include "worker/worker_pool.h"
 
 #include <algorithm>
-#include <iostream>
 #include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/thread_name.h"
 
@@ -37,8 +37,8 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
   // Housekeeping only: a store that cannot be listed now must not keep a
   // recovered server from starting.
   if (absl::StatusOr<SweptArtifacts> swept = pool->SweepArtifacts(); !swept.ok()) {
-    std::cerr << "quantd: removing artifacts no job holds failed (left for the next sweep): " << swept.status()
-              << "\n";
+    Log(LogLevel::kWarning,
+        "quantd: removing artifacts no job holds failed (left for the next sweep): ", swept.status());
   }
   return pool;
 }
@@ -46,8 +46,8 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
 absl::StatusOr<SweptArtifacts> WorkerPool::SweepArtifacts() {
   QUANTD_ASSIGN_OR_RETURN(SweptArtifacts swept, RemoveUnheldArtifacts(*artifacts_, *store_));
   if (!swept.first_error.ok()) {
-    std::cerr << "quantd: a file no job holds could not be removed (left for the next sweep): " << swept.first_error
-              << "\n";
+    Log(LogLevel::kWarning,
+        "quantd: a file no job holds could not be removed (left for the next sweep): ", swept.first_error);
   }
   absl::MutexLock lock(&mu_);
   swept_.artifacts += swept.artifacts;
@@ -175,8 +175,8 @@ absl::StatusOr<Job> WorkerPool::Cancel(const std::string& id, const std::string&
     }
     if (!requested.ok() && !stopped_here) return requested;
     if (!requested.ok()) {
-      std::cerr << "quantd: cancelling job " << id << " here only (the job store did not record it): "
-                << requested << "\n";
+      Log(LogLevel::kWarning, "quantd: cancelling job ", id,
+          " here only (the job store did not record it): ", requested);
     }
     return job;
   }
@@ -219,8 +219,9 @@ void WorkerPool::ReleaseUnstarted(const Job& job) {
     }
     if (outcome.ok() || outcome.code() == absl::StatusCode::kFailedPrecondition) return;  // done, or not ours
   }
-  std::cerr << "quantd: job " << job.id << " was claimed as the server stopped and could not be put back (it is "
-            << "recovered when its lease runs out): " << outcome << "\n";
+  Log(LogLevel::kWarning, "quantd: job ", job.id,
+      " was claimed as the server stopped and could not be put back (it is ",
+      "recovered when its lease runs out): ", outcome);
 }
 
 void WorkerPool::ReportClaimErrorLocked(const absl::Status& error) {
@@ -230,7 +231,7 @@ void WorkerPool::ReportClaimErrorLocked(const absl::Status& error) {
   if (error.ToString() == last_claim_error_ && now - last_claim_error_time_ < absl::Minutes(1)) return;
   last_claim_error_ = error.ToString();
   last_claim_error_time_ = now;
-  std::cerr << "quantd: cannot claim the next queued job (queued jobs wait): " << error << "\n";
+  Log(LogLevel::kWarning, "quantd: cannot claim the next queued job (queued jobs wait): ", error);
 }
 
 void WorkerPool::WorkerLoop() {
@@ -307,7 +308,7 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
     if (renewed.code() != absl::StatusCode::kFailedPrecondition) {
       // Any other error (a locked or full store) is retried at the next round,
       // well before the lease runs out.
-      if (!renewed.ok()) std::cerr << "quantd: cannot renew the lease of job " << id << ": " << renewed << "\n";
+      if (!renewed.ok()) Log(LogLevel::kWarning, "quantd: cannot renew the lease of job ", id, ": ", renewed);
       continue;
     }
     // Not running this attempt any more: either its runner has just recorded
@@ -319,8 +320,8 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
     auto it = running_.find(id);
     if (it != running_.end() && it->second.attempt == attempt) {
       if (!finished) {  // quiet for the usual case, an outcome just recorded
-        std::cerr << "quantd: job " << id << " attempt " << attempt
-                  << " lost its lease (recovered after it ran out); stopping it\n";
+        Log(LogLevel::kWarning, "quantd: job ", id, " attempt ", attempt,
+            " lost its lease (recovered after it ran out); stopping it");
       }
       it->second.stop->lease_lost.store(true);
     }
@@ -328,12 +329,12 @@ JobStore::RecoveryCounts WorkerPool::MaintainLeases() {
   absl::StatusOr<JobStore::RecoveryCounts> recovered =
       store_->RecoverInterrupted(options_.max_attempts, now, /*restarted_holder=*/"");
   if (!recovered.ok()) {
-    std::cerr << "quantd: cannot recover jobs whose lease ran out: " << recovered.status() << "\n";
+    Log(LogLevel::kWarning, "quantd: cannot recover jobs whose lease ran out: ", recovered.status());
     return {};
   }
   if (recovered->requeued > 0 || recovered->failed > 0 || recovered->cancelled > 0) {
-    std::cerr << "quantd: recovered jobs whose lease ran out: requeued=" << recovered->requeued
-              << " failed=" << recovered->failed << " cancelled=" << recovered->cancelled << "\n";
+    Log(LogLevel::kWarning, "quantd: recovered jobs whose lease ran out: requeued=", recovered->requeued,
+        " failed=", recovered->failed, " cancelled=", recovered->cancelled);
     absl::MutexLock lock(&mu_);
     recovered_.requeued += recovered->requeued;
     recovered_.failed += recovered->failed;
@@ -392,11 +393,11 @@ void WorkerPool::SweepLoop() {
     }
     absl::StatusOr<SweptArtifacts> swept = SweepArtifacts();
     if (!swept.ok()) {
-      std::cerr << "quantd: removing artifacts no job holds failed (left for the next sweep): " << swept.status()
-                << "\n";
+      Log(LogLevel::kWarning,
+          "quantd: removing artifacts no job holds failed (left for the next sweep): ", swept.status());
     } else if (swept->artifacts > 0 || swept->manifests > 0) {
-      std::cerr << "quantd: removed files no job holds: artifacts=" << swept->artifacts
-                << " manifests=" << swept->manifests << "\n";
+      Log(LogLevel::kInfo, "quantd: removed files no job holds: artifacts=", swept->artifacts,
+          " manifests=", swept->manifests);
     }
   }
 }

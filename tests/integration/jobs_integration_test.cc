@@ -1615,6 +1615,9 @@ TEST(JobsIntegrationTest, CancelDuringCalibrationAndTheWorkerGoesOn) {
   ASSERT_TRUE(WatchUntil(quantd, first, " calibration ", &watcher));
   RunResult cancel = quantd.Ctl({"cancel", first, "--reason=test"});
   EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
+  // Still RUNNING when answered, it says that the cancel took.
+  EXPECT_THAT(cancel.out, ::testing::AnyOf(HasSubstr("CANCELLED"), HasSubstr("\ncancel recorded: the job ends CANCELLED")))
+      << cancel.out;
   nlohmann::json job = quantd.WaitDone(first);
   EXPECT_EQ(job["state"], "JOB_STATE_CANCELLED");
   EXPECT_EQ(job["phase"], "PHASE_CALIBRATING");
