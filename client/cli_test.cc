@@ -485,6 +485,20 @@ TEST(SubmitFlagsTest, FlagsRefineWhatTheFileRequestHas) {
   preset.flags = {{"preset", "onednn"}, {"reduce_range", "true"}};
   EXPECT_FALSE(QuantizeJobRequestFromFlags(preset, &request, &error));
   EXPECT_EQ(error, "--reduce_range: needs --preset=custom (or qconfig.custom in --file)");
+  // A boolean given as false is as good as left out (wrappers pass --X=$X).
+  CommandArgs off;
+  off.flags = {{"model", "m.pt"},         {"calib", "c.bin"},          {"preset", "onednn"},
+               {"reduce_range", "false"}, {"against_fp32", "false"}, {"int8_only", "false"}};
+  v1::QuantizeJobRequest plain;
+  EXPECT_TRUE(QuantizeJobRequestFromFlags(off, &plain, &error)) << error;
+  EXPECT_FALSE(plain.has_accuracy_goal());
+  // As the server refuses it, before anything is sent.
+  CommandArgs capped;
+  capped.flags = {{"model", "m.pt"}, {"calib", "c.bin"}, {"tuning", "v.bin"}, {"int8_only", "true"},
+                  {"max_fp32_layers", "2"}};
+  v1::QuantizeJobRequest tuned;
+  EXPECT_FALSE(QuantizeJobRequestFromFlags(capped, &tuned, &error));
+  EXPECT_EQ(error, "--max_fp32_layers: not with --int8_only (no layer stays FP32)");
 }
 
 // Names are taken in either case, as quantd-quantize takes them.

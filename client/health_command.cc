@@ -58,10 +58,17 @@ int RunHealth(const CommandContext& context, const std::vector<std::string>& arg
     grpc::ClientContext info_context;
     context.PrepareCall(info_context);
     // A server without GetServerInfo (older quantd) still reports its health.
-    if (!v1::QuantizationService::NewStub(context.channel)
-             ->GetServerInfo(&info_context, v1::GetServerInfoRequest(), &info)
-             .ok()) {
+    // Health needs no token but the server's details do: a refused token is
+    // said, as the health alone would hide it until the next command.
+    const grpc::Status details = v1::QuantizationService::NewStub(context.channel)
+                                     ->GetServerInfo(&info_context, v1::GetServerInfoRequest(), &info);
+    if (!details.ok()) {
       info.Clear();
+      if (details.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+          details.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+        *context.err << "quantctl: health: the server's details were refused (" << details.error_message()
+                     << "): check --token or QUANTD_TOKEN\n";
+      }
     }
   }
   if (info.version().empty()) {

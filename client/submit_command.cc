@@ -112,8 +112,15 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     }
     r->mutable_qconfig()->set_preset(preset);
   }
+  // A boolean given as false is as good as left out (a wrapper passing
+  // --reduce_range=$RR must not fail for RR=false).
+  auto given = [&a](const std::string& flag) {
+    const bool boolean = flag == "reduce_range" || flag == "int8_only" || flag == "against_fp32" ||
+                         flag == "relative_tolerance";
+    return a.Has(flag) && (!boolean || a.IsOn(flag));
+  };
   for (const char* flag : {"activation_observer", "weight_observer", "reduce_range", "percentile"}) {
-    if (a.Has(flag) && !custom) {
+    if (given(flag) && !custom) {
       return (*error = absl::StrCat("--", flag, ": needs --preset=custom (or qconfig.custom in --file)"), false);
     }
   }
@@ -292,10 +299,13 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
       goal->set_max_fp32_layers(n);
     }
     if (a.Has("against_fp32")) goal->set_against_fp32(a.IsOn("against_fp32"));
+    if (goal->int8_only() && goal->max_fp32_layers() > 0) {
+      return (*error = "--max_fp32_layers: not with --int8_only (no layer stays FP32)", false);
+    }
   } else {
     for (const char* flag : {"tolerance", "relative_tolerance", "max_trials", "time_budget_seconds", "int8_only",
                              "max_fp32_layers", "against_fp32"}) {
-      if (a.Has(flag)) {
+      if (given(flag)) {
         return (*error = absl::StrCat("--", flag, ": needs --tuning or --tuning_blob (or accuracy_goal in --file)"),
                 false);
       }

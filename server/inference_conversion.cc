@@ -62,7 +62,7 @@ absl::StatusOr<int64_t> ParseModelVersion(const std::string& version, const std:
   if (version.empty()) return 0;
   int64_t v = 0;
   // Digits only, no leading zero: "01", "+1" and " 1" are not version 1.
-  const bool canonical = version.size() <= 18 && version[0] >= '1' && version[0] <= '9' &&
+  const bool canonical = version.size() <= 19 && version[0] >= '1' && version[0] <= '9' &&
                          std::all_of(version.begin(), version.end(), [](char c) { return c >= '0' && c <= '9'; });
   if (!canonical || !absl::SimpleAtoi(version, &v) || v < 1) {
     return absl::InvalidArgumentError(

@@ -44,7 +44,10 @@ std::vector<std::string> BytesElements(const std::string& raw) {
 TEST(ParseModelVersionTest, EmptyIsNewestAndOnlyPositiveNumbersPass) {
   EXPECT_EQ(*ParseModelVersion("", "model_version"), 0);
   EXPECT_EQ(*ParseModelVersion("12", "model_version"), 12);
-  for (const char* bad : {"0", "-1", "v1", "1.5", "latest"}) {
+  // Any version number int64 holds is one (one that is not published is
+  // NOT_FOUND later, not a malformed version).
+  EXPECT_EQ(*ParseModelVersion("9223372036854775807", "model_version"), INT64_MAX);
+  for (const char* bad : {"0", "-1", "v1", "1.5", "latest", "9223372036854775808", "01", "+1"}) {
     absl::StatusOr<int64_t> v = ParseModelVersion(bad, "model_version");
     EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_THAT(v.status().message(), HasSubstr("model_version")) << bad;

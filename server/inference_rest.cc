@@ -249,10 +249,10 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
   size_t header_size = call.body.size();
   if (!call.inference_header_length.empty()) {
     uint64_t size = 0;
-    if (!absl::SimpleAtoi(call.inference_header_length, &size) || size > call.body.size()) {
+    if (!absl::SimpleAtoi(call.inference_header_length, &size) || size == 0 || size > call.body.size()) {
       return absl::InvalidArgumentError(absl::StrCat(kBinaryHeader, ": \"", call.inference_header_length.substr(0, 20),
                                                      "\" is not a length within the body's ", call.body.size(),
-                                                     " bytes"));
+                                                     " bytes (the JSON header's, at least 1)"));
     }
     header_size = static_cast<size_t>(size);
   }
@@ -384,8 +384,12 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
     }
   }
   if (binary_offset != call.body.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("body: ", call.body.size() - binary_offset,
-                                                   " bytes after the inputs' binary data"));
+    // Binary data the sizes do not cover: most likely a binary_data_size
+    // that is short of its tensor's bytes.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "body: ", call.body.size() - binary_offset, " bytes after the inputs' binary data: the inputs' "
+        "parameters.binary_data_size add up to ", binary_offset - header_size, " of the ",
+        call.body.size() - header_size, " bytes that follow the JSON header"));
   }
   if (request->raw_input_contents_size() > 0 && request->raw_input_contents_size() != request->inputs_size()) {
     return absl::InvalidArgumentError("inputs: binary data for some inputs and JSON data for others");

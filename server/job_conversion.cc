@@ -546,11 +546,18 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
 
   if (request.has_accuracy_goal()) {
     const v1::AccuracyGoal& g = request.accuracy_goal();
-    if (!g.has_tuning()) return absl::InvalidArgumentError("accuracy_goal.tuning: required (a labelled dataset)");
+    if (!g.has_tuning()) {
+      return absl::InvalidArgumentError(
+          "accuracy_goal.tuning: required (a labelled dataset, or any with accuracy_goal.against_fp32)");
+    }
     engine::AccuracyGoal goal;
     engine::DatasetSpec local_tuning;
     QUANTD_ASSIGN_OR_RETURN(goal.tuning, ResolveDataset(g.tuning(), "accuracy_goal.tuning", resolver, &local_tuning));
-    QUANTD_RETURN_IF_ERROR(RequireLabels(goal.tuning, "accuracy_goal.tuning", "to tune on"));
+    // Judged against FP32's own predictions, the set needs no labels.
+    if (!g.against_fp32()) {
+      QUANTD_RETURN_IF_ERROR(RequireLabels(goal.tuning, "accuracy_goal.tuning",
+                                           "to tune on (or set accuracy_goal.against_fp32, which needs none)"));
+    }
     goal.tuning.preprocessing = preprocessing;
     goal.tuning.layout = layout;
     QUANTD_RETURN_IF_ERROR(CheckNpyFiles(goal.tuning, local_tuning, "accuracy_goal.tuning"));

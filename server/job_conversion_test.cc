@@ -263,6 +263,10 @@ TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
   npy(request.mutable_accuracy_goal()->mutable_tuning(), /*labelled=*/false);
   EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
               HasSubstr("accuracy_goal.tuning.labels_path (or .labels_blob_id): required"));
+  // Judged against FP32's predictions, an unlabelled set is what it is for.
+  request.mutable_accuracy_goal()->set_against_fp32(true);
+  EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+  request.mutable_accuracy_goal()->set_against_fp32(false);
   npy(request.mutable_accuracy_goal()->mutable_tuning(), /*labelled=*/true);
   request.mutable_accuracy_goal()->set_int8_only(true);
   request.mutable_accuracy_goal()->set_max_fp32_layers(3);

@@ -62,13 +62,14 @@ ABSL_FLAG(double, shutdown_grace_seconds, 10,
           "On SIGTERM/SIGINT, how long in-flight RPCs may take to finish.");
 ABSL_FLAG(bool, log_rpcs, false, "Log one debug line per finished RPC.");
 ABSL_FLAG(std::string, tls_cert, "",
-          "PEM certificate chain: serve gRPC and /metrics over TLS (with --tls_key).");
+          "PEM certificate chain: serve gRPC and the HTTP port (/metrics, REST /v2, health probes) "
+          "over TLS (with --tls_key).");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA: gRPC clients must present a certificate it signed (mTLS).");
 ABSL_FLAG(std::string, metrics_tls_client_ca, "",
-          "PEM CA: HTTPS /metrics clients must present a certificate it signed (mTLS; needs "
-          "--tls_cert).");
+          "PEM CA: clients of the HTTPS port (/metrics, REST /v2, health probes) must present a "
+          "certificate it signed (mTLS; needs --tls_cert).");
 ABSL_FLAG(int32_t, tls_reload_seconds, 60,
           "How often the TLS files are looked at: a changed certificate, key or client CA is "
           "served to new connections without a restart (1..86400).");

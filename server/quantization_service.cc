@@ -34,6 +34,9 @@ constexpr uint32_t kMaxPageSize = 1000;
 // ListJobs pages end before this many bytes (under gRPC's default 4 MiB).
 constexpr size_t kMaxListBytes = size_t{3} << 20;
 constexpr uint32_t kDefaultChunk = 1 << 20;
+// What a job's result (report, layers, trial table) may add to its record,
+// checked against the data dir quota at submit.
+constexpr int64_t kJobResultAllowance = 64 << 10;
 // Below gRPC's default 4 MiB receive limit with room for the message's own
 // framing: a chunk of exactly 4 MiB is a 4 MiB + 6 byte message, which
 // default clients refuse.
@@ -738,6 +741,14 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::QuantizeJob(
         absl::StatusOr<worker::Job> job = JobFromRequest(*request, resolver_);
         if (!job.ok()) return Audited(context, caller, "QuantizeJob", "", job.status());
         job->owner = caller.name;
+        // A job's record (its request, later its result and trial table)
+        // goes into the job store under the data dir: it must fit the quota
+        // as an upload must. Twice the request, and room for its result.
+        if (deps_.quota != nullptr) {
+          const absl::Status room = deps_.quota->Check(
+              2 * static_cast<int64_t>(request->ByteSizeLong()) + kJobResultAllowance, "QuantizeJob's job record");
+          if (!room.ok()) return Audited(context, caller, "QuantizeJob", "", room);
+        }
         absl::StatusOr<worker::Job> submitted = deps_.pool->Submit(std::move(*job));
         if (!submitted.ok()) return Audited(context, caller, "QuantizeJob", "", submitted.status());
         ToProto(*submitted, response);

@@ -20,6 +20,7 @@
 #include "server/upload_slots.h"
 #include "worker/artifact_store.h"
 #include "worker/blob_store.h"
+#include "worker/data_quota.h"
 #include "worker/clock.h"
 #include "worker/evaluation.h"
 #include "worker/model_repository.h"
@@ -56,6 +57,9 @@ class QuantizationServiceImpl final
     int64_t upload_min_bytes_per_second = 0;
     // Uploads in progress at once, both methods together; never null.
     UploadSlots* upload_slots = nullptr;
+    // The data dir's byte budget, which the job store's records count
+    // against too: a submit that finds it full is refused. Null: none.
+    const worker::DataQuota* quota = nullptr;
     // Times uploads (intervals: a system clock set forward once dropped
     // every upload in progress as too slow); never null.
     worker::Clock* clock = worker::Clock::Monotonic();

@@ -365,7 +365,10 @@ absl::Status QuantdServer::CheckOptions(const Options& options) { return Validat
 QuantdServer::QuantdServer(const Options& options)
     : options_(WithResolvedDefaults(options)),
       metrics_(MetricsOptions()),
-      health_({quantd::v1::QuantizationService::service_full_name()}) {}
+      // The inference service by name too: Kubernetes' gRPC probe of a
+      // KServe-style deployment names it.
+      health_({quantd::v1::QuantizationService::service_full_name(),
+               inference::GRPCInferenceService::service_full_name()}) {}
 
 absl::StatusOr<std::unique_ptr<QuantdServer>> QuantdServer::Start(
     const Options& options) {
@@ -549,6 +552,7 @@ absl::Status QuantdServer::OpenStores() {
   deps.upload_min_bytes_per_second = options_.upload_min_bytes_per_second;
   upload_slots_ = std::make_unique<UploadSlots>(options_.max_concurrent_uploads);
   deps.upload_slots = upload_slots_.get();
+  deps.quota = options_.max_data_bytes > 0 ? quota_.get() : nullptr;
   if (options_.clock != nullptr) deps.clock = options_.clock;
   inference_executor_ =
       std::make_unique<BlockingExecutor>(options_.inference_threads, options_.inference_queue_capacity,

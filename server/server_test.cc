@@ -160,7 +160,7 @@ TEST(ServerMetricsEndpointTest, ABusyMetricsPortIsRefused) {
 }
 
 TEST_F(ServerTest, HealthServingForServerAndService) {
-  for (const std::string service : {"", "quantd.v1.QuantizationService"}) {
+  for (const std::string service : {"", "quantd.v1.QuantizationService", "inference.GRPCInferenceService"}) {
     HealthCheckResponse response;
     grpc::Status status = Check(service, &response);
     ASSERT_TRUE(status.ok()) << service << ": " << status.error_message();
@@ -726,6 +726,38 @@ TEST(ServerUploadIdleTest, AnUploadThatSendsNothingIsDropped) {
     EXPECT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(blob.size_bytes(), 3u << 20);
   }
+  (*server)->Shutdown(absl::Seconds(5));
+  std::filesystem::remove_all(options.data_dir);
+}
+
+// The job store is under the data dir too: a submit that finds the quota
+// full is refused (the store once grew past it, one accepted job at a time).
+TEST(ServerQuotaTest, ASubmitThatFindsTheDataDirQuotaFullIsResourceExhausted) {
+  QuantdServer::Options options = LoopbackOptions(TempDir("quota_jobs"));
+  options.max_data_bytes = 4 << 20;  // the job store takes about 140 kB of it
+  auto server = QuantdServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::QuantizationService::NewStub((*server)->InProcessChannel());
+  std::ofstream(options.data_dir + "/m.pt") << "PK";
+  std::ofstream(options.data_dir + "/c.bin", std::ios::binary) << std::string(3073, '\x01');
+  v1::QuantizeJobRequest request;
+  request.mutable_model()->set_path("m.pt");
+  request.mutable_calibration()->mutable_dataset()->set_path("c.bin");
+  request.mutable_calibration()->mutable_dataset()->set_format(v1::DATASET_FORMAT_CIFAR10_BINARY);
+  auto submit = [&] {
+    grpc::ClientContext context;
+    SetDeadline(context);
+    v1::Job job;
+    return stub->QuantizeJob(&context, request, &job);
+  };
+  std::ofstream(options.data_dir + "/filler", std::ios::binary) << std::string((4 << 20) - (64 << 10), 'f');
+  grpc::Status full = submit();
+  EXPECT_EQ(full.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << full.error_message();
+  EXPECT_THAT(full.error_message(), HasSubstr("QuantizeJob's job record"));
+  EXPECT_THAT(full.error_message(), HasSubstr("--max_data_bytes"));
+  std::filesystem::remove(options.data_dir + "/filler");
+  grpc::Status room = submit();
+  EXPECT_TRUE(room.ok()) << room.error_message();
   (*server)->Shutdown(absl::Seconds(5));
   std::filesystem::remove_all(options.data_dir);
 }

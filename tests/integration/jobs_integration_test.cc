@@ -759,16 +759,29 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     ASSERT_EQ(binary.body.size(), json_size + 80) << binary.body;
     EXPECT_EQ(binary.body.substr(json_size), Scores(grpc_response));
     {  // Binary data that does not fill the shape is named as REST sends it.
+      auto post_binary = [&](const std::string& header_length) {
+        return Curl(v2 + "/models/resnet8/infer",
+                    {"-H", "Content-Type: application/octet-stream", "-H",
+                     "Inference-Header-Content-Length: " + header_length, "--data-binary", "@" + binary_file});
+      };
       nlohmann::json short_header = header;
       short_header["inputs"][0]["parameters"]["binary_data_size"] = 5;
       const std::string short_text = short_header.dump();
       std::ofstream(binary_file, std::ios::binary | std::ios::trunc) << short_text << test.pixels.substr(0, 5);
-      CurlResult short_binary = Curl(v2 + "/models/resnet8/infer",
-                                     {"-H", "Content-Type: application/octet-stream", "-H",
-                                      absl::StrCat("Inference-Header-Content-Length: ", short_text.size()),
-                                      "--data-binary", "@" + binary_file});
+      CurlResult short_binary = post_binary(std::to_string(short_text.size()));
       EXPECT_EQ(short_binary.status, 400) << short_binary.body;
       EXPECT_THAT(short_binary.body, HasSubstr("inputs[0] binary data (parameters.binary_data_size)"));
+      // A size short of the bytes sent says what the sizes cover.
+      std::ofstream(binary_file, std::ios::binary | std::ios::trunc) << short_text << test.pixels.substr(0, 3072);
+      CurlResult uncovered = post_binary(std::to_string(short_text.size()));
+      EXPECT_EQ(uncovered.status, 400) << uncovered.body;
+      EXPECT_THAT(uncovered.body, HasSubstr("3067 bytes after the inputs' binary data: the inputs' "
+                                            "parameters.binary_data_size add up to 5 of the 3072 bytes"));
+      // An empty JSON header is named as the header that says so.
+      CurlResult empty_header = post_binary("0");
+      EXPECT_EQ(empty_header.status, 400) << empty_header.body;
+      EXPECT_THAT(nlohmann::json::parse(empty_header.body, nullptr, false).value("error", ""),
+                  HasSubstr("Inference-Header-Content-Length: \"0\" is not a length"));
     }
 
     auto expect_rest_error = [&](const std::string& url, const std::string& payload, int status,
@@ -1818,16 +1831,19 @@ TEST(JobsIntegrationTest, BadInputsGetTheRightCodeAndTheServerKeepsServing) {
   EXPECT_EQ(failed["result"]["errorCode"], 3);
   EXPECT_FALSE(failed["result"]["errorMessage"].get<std::string>().empty());
 
-  // A truncated dataset: rejected at submit.
+  // A truncated dataset: refused as it is uploaded, and as a path at submit.
   {
     std::ifstream in(std::string(FIXTURES_DIR) + "/cifar10/calib_batch.bin", std::ios::binary);
     std::string bytes(5000, '\0');
     in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     std::ofstream(dir + "/truncated.bin", std::ios::binary) << bytes;
+    std::ofstream(dir + "/data/truncated.bin", std::ios::binary) << bytes;
   }
   RunResult data = quantd.Ctl({"upload", dir + "/truncated.bin", "--kind=dataset"});
-  ASSERT_EQ(data.exit_code, 0) << data.err;
-  RunResult truncated = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), "--calib_blob=" + data.out.substr(0, 64)});
+  EXPECT_EQ(data.exit_code, 1);
+  EXPECT_THAT(data.err, HasSubstr("code 3"));
+  EXPECT_THAT(data.err, HasSubstr("metadata.format: the file is not DATASET_FORMAT_CIFAR10_BINARY"));
+  RunResult truncated = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), "--calib=truncated.bin"});
   EXPECT_EQ(truncated.exit_code, 1);
   EXPECT_THAT(truncated.err, HasSubstr("code 3"));
   EXPECT_THAT(truncated.err, HasSubstr("calibration.dataset"));

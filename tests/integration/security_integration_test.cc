@@ -202,6 +202,7 @@ TEST_F(SecureQuantd, TokensAndRolesDecideWhoMayDoWhat) {
   RunResult health = Ctl("", {"health"});
   EXPECT_EQ(health.exit_code, 0) << health.err;
   EXPECT_EQ(health.out, "SERVING\n");  // without a token, no server details
+  EXPECT_THAT(health.err, HasSubstr("the server's details were refused"));  // and it says why
   EXPECT_THAT(Ctl(kReadToken, {"health"}).out, HasSubstr("cpu:"));
 
   // The audit log: who did what, with which result; refusals too; no token.

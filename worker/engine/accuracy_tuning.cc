@@ -325,17 +325,29 @@ std::vector<std::string> Advise(const TuningSetup& setup, const SearchGoal& goal
     if (!parts.empty()) {
       advice.push_back(
           absl::StrCat("least accurate int8 layers (output SQNR against FP32): ", absl::StrJoin(parts, ", "),
-                       outcome.sensitivity.empty()
-                           ? "; accuracy-aware mode with a labelled tuning set measures what keeping each in FP32 gains"
+                       !outcome.sensitivity.empty() ? ""
+                       : !labelled ? "; accuracy-aware mode with a labelled tuning set measures what keeping each in "
+                                     "FP32 gains"
+                       : !goal.allow_fp32_layers
+                           ? "; without int8_only, the search measures what keeping each in FP32 gains"
                            : ""));
     }
   }
   if (labelled && !outcome.met && outcome.best >= 0) {
     const Trial& b = outcome.trials[static_cast<size_t>(outcome.best)];
     const double target = *judge.fp32_top1 - goal.max_top1_drop;
+    // What could still meet it depends on what ended the search.
+    const std::string remedy =
+        outcome.stopped_because == "FP32 layer cap" ? "a higher max_fp32_layers, or a larger tolerance, may meet it"
+        : outcome.stopped_because == "search done"
+            ? (goal.allow_fp32_layers ? "every candidate and FP32 layer set was tried: only a larger tolerance may "
+                                        "meet it"
+                                      : "every estimator was tried: allowing FP32 layers (without int8_only), or a "
+                                        "larger tolerance, may meet it")
+            : "a larger trial or time budget, or a larger tolerance, may meet it";
     advice.push_back(absl::StrCat("the goal was missed by ", Points(target - *b.score.top1), " after ",
-                                  outcome.trials.size(), " trials (stopped: ", outcome.stopped_because,
-                                  "); a larger trial or time budget, or a larger tolerance, may meet it"));
+                                  outcome.trials.size(), " trials (stopped: ", outcome.stopped_because, "); ",
+                                  remedy));
   }
   return advice;
 }

@@ -26,6 +26,48 @@
 namespace quantd::cli {
 namespace {
 
+// The same file, by path or (both existing) by identity: a hard link or
+// "./x" is the same file as "x".
+bool SameFile(const std::string& a, const std::string& b) {
+  std::error_code error;
+  if (std::filesystem::exists(a, error) && std::filesystem::exists(b, error)) {
+    return std::filesystem::equivalent(a, b, error);
+  }
+  // Absolute first: weakly_canonical keeps "c.bin" relative but resolves "./c.bin".
+  return std::filesystem::weakly_canonical(std::filesystem::absolute(a, error), error) ==
+         std::filesystem::weakly_canonical(std::filesystem::absolute(b, error), error);
+}
+
+// --output and --report are written once the job is done: naming an input,
+// or each other, would replace it without a word.
+absl::Status CheckOutputsAreNotInputs(const QuantizeCommand& cmd) {
+  const engine::QuantizeOptions& o = cmd.options;
+  std::vector<std::pair<std::string, std::string>> inputs = {{"--model", o.model_path},
+                                                             {"--calib", o.calibration.path},
+                                                             {"--calib_labels", o.calibration.labels_path}};
+  if (o.evaluation.has_value()) {
+    inputs.insert(inputs.end(), {{"--eval", o.evaluation->path}, {"--eval_labels", o.evaluation->labels_path}});
+  }
+  if (o.accuracy_goal.has_value()) {
+    inputs.insert(inputs.end(),
+                  {{"--tuning", o.accuracy_goal->tuning.path}, {"--tuning_labels", o.accuracy_goal->tuning.labels_path}});
+  }
+  std::vector<std::pair<std::string, std::string>> outputs = {{"--output", cmd.output_path}};
+  if (!cmd.report_path.empty()) outputs.emplace_back("--report", cmd.report_path);
+  for (const auto& [flag, path] : outputs) {
+    for (const auto& [input_flag, input] : inputs) {
+      if (!input.empty() && SameFile(path, input)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(flag, ": \"", path, "\" is the ", input_flag, " file; writing it would replace that input"));
+      }
+    }
+  }
+  if (!cmd.report_path.empty() && SameFile(cmd.output_path, cmd.report_path)) {
+    return absl::InvalidArgumentError("--report: the same file as --output; give each its own");
+  }
+  return absl::OkStatus();
+}
+
 // `format` from --FLAG_format (cifar10 | npy, as quantctl's); empty: told by
 // the file's extension.
 absl::StatusOr<engine::DatasetFormat> FormatOf(const std::string& path, const std::string& flag,
@@ -224,6 +266,12 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     auto it = flags.find(name);
     return it == flags.end() ? fallback : it->second;
   };
+  // Given, and for a boolean given as true: --int8_only=false is as good as
+  // left out (a wrapper passing --int8_only=$X must not fail for X=false).
+  auto given = [&](const std::string& name) {
+    auto it = flags.find(name);
+    return it != flags.end() && (kBoolFlags.count(name) == 0 || it->second == "true");
+  };
   auto get_int = [&](const std::string& name, int64_t fallback) -> absl::StatusOr<int64_t> {
     auto it = flags.find(name);
     if (it == flags.end()) return fallback;
@@ -312,7 +360,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       return absl::InvalidArgumentError(absl::StrCat("--preset: ", preset.message()));
     }
     for (const char* flag : {"activation_observer", "weight_observer", "reduce_range", "percentile"}) {
-      if (flags.count(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": needs --preset custom"));
+      if (given(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": needs --preset custom"));
     }
   }
   o.kernel_engine = get("kernel_engine");
@@ -361,11 +409,19 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     goal.allow_fp32_layers = get("int8_only") != "true";
     QUANTD_ASSIGN_OR_RETURN(goal.max_fp32_layers, get_int("max_fp32_layers", 0));
     goal.against_fp32 = get("against_fp32") == "true";
+    // As quantd refuses such a job at submit: said before anything runs.
+    if (!goal.allow_fp32_layers && goal.max_fp32_layers > 0) {
+      return absl::InvalidArgumentError("--max_fp32_layers: not with --int8_only (no layer stays FP32)");
+    }
+    if (!goal.against_fp32 && goal.tuning.format == engine::DatasetFormat::kNpy && goal.tuning.labels_path.empty()) {
+      return absl::InvalidArgumentError(
+          "--tuning_labels: required for .npy images to tune on (or --against_fp32, which needs none)");
+    }
     o.accuracy_goal = goal;
   } else {
     for (const char* flag : {"tuning_format", "tuning_labels", "tolerance", "relative_tolerance", "max_trials",
                              "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32"}) {
-      if (flags.count(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --tuning"));
+      if (given(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --tuning"));
     }
   }
   if (!flags.count("eval")) {
@@ -398,6 +454,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   if (!(o.min_top1_agreement >= 0 && o.min_top1_agreement <= 1)) {
     return absl::InvalidArgumentError("--min_top1_agreement must be a fraction in 0..1");
   }
+  QUANTD_RETURN_IF_ERROR(CheckOutputsAreNotInputs(cmd));
   return cmd;
 }
 

@@ -127,6 +127,39 @@ TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
   EXPECT_EQ(cmd->options.calibration.layout, "auto");
   EXPECT_EQ(with({"--eval_format=npy"}).status().message(), "--eval_format needs --eval");
   EXPECT_EQ(with({"--tuning_format=npy"}).status().message(), "--tuning_format needs --tuning");
+  // A boolean given as false is as good as left out (wrappers pass --X=$X).
+  EXPECT_TRUE(with({"--reduce_range=false"}).ok());
+  EXPECT_TRUE(with({"--int8_only=false", "--against_fp32=false", "--relative_tolerance=false"}).ok());
+  EXPECT_EQ(with({"--int8_only"}).status().message(), "--int8_only needs --tuning");
+  // What quantd refuses at submit is a usage error here too, before anything runs.
+  EXPECT_EQ(with({"--tuning=v.bin", "--int8_only", "--max_fp32_layers=2"}).status().message(),
+            "--max_fp32_layers: not with --int8_only (no layer stays FP32)");
+  EXPECT_EQ(with({"--tuning=v.npy"}).status().message(),
+            "--tuning_labels: required for .npy images to tune on (or --against_fp32, which needs none)");
+  EXPECT_TRUE(with({"--tuning=v.npy", "--against_fp32"}).ok());
+}
+
+// The output and the report are written at the end: naming an input, or
+// each other, replaced that file and exited 0.
+TEST(ParseQuantizeArgsTest, AnOutputThatNamesAnInputOrTheOtherOutputIsRefused) {
+  auto parse = [](std::vector<std::string> args) { return std::string(ParseQuantizeArgs(args).status().message()); };
+  EXPECT_EQ(parse({"--model=m.pt", "--calib=c.bin", "--output=m.pt"}),
+            "--output: \"m.pt\" is the --model file; writing it would replace that input");
+  EXPECT_EQ(parse({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--report=./c.bin"}),
+            "--report: \"./c.bin\" is the --calib file; writing it would replace that input");
+  EXPECT_EQ(parse({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--report=v.bin"}),
+            "--report: \"v.bin\" is the --tuning file; writing it would replace that input");
+  EXPECT_EQ(parse({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--report=o.pt"}),
+            "--report: the same file as --output; give each its own");
+  // A hard link is the same file under another name.
+  const std::string dir = ::testing::TempDir() + "/quantize_cli_links";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/model.pt") << "x";
+  std::filesystem::remove(dir + "/linked.pt");
+  std::filesystem::create_hard_link(dir + "/model.pt", dir + "/linked.pt");
+  EXPECT_THAT(parse({"--model=" + dir + "/model.pt", "--calib=c.bin", "--output=" + dir + "/linked.pt"}),
+              ::testing::HasSubstr("is the --model file"));
+  std::filesystem::remove_all(dir);
 }
 
 // The same --fusion values as quantctl submit's, and a .json file.

@@ -133,6 +133,9 @@ absl::StatusOr<SearchOutcome> SearchForAccuracy(const std::vector<std::string>& 
     if (!status.ok()) return status;
     SearchOutcome& out = search.out();
     out.best = search.Best(/*int8_only=*/false);
+    // A budget that ran out in the estimator stage, after a trial met the
+    // goal, read "met (trial budget)".
+    if (out.met) out.stopped_because = "goal met";
     if (out.stopped_because.empty()) out.stopped_because = "search done";
     return std::move(out);
   };

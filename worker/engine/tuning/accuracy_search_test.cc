@@ -130,6 +130,20 @@ TEST(AccuracySearchTest, ALayerThatDoesNotHelpTheSetIsLeftInInt8) {
   EXPECT_EQ(out->trials[static_cast<size_t>(out->best)].fp32_layers, (std::vector<std::string>{"conv1", "add"}));
 }
 
+// The estimator stage runs on after a trial meets the goal; a budget that
+// then runs out still reports the goal met (it read "met (trial budget)").
+TEST(AccuracySearchTest, AGoalMetBeforeTheBudgetRanOutIsReportedAsMet) {
+  ScriptedModel model({0.872, 0.860, 0.862, 0.850}, {});
+  SearchGoal goal = Goal(0.8725, 0.001);
+  goal.max_trials = 2;
+  auto out = SearchForAccuracy(kCandidates, kLayers, goal, model.Runner(), model.Now());
+  ASSERT_TRUE(out.ok());
+  EXPECT_TRUE(out->met);
+  EXPECT_EQ(out->stopped_because, "goal met");
+  EXPECT_EQ(out->trials.size(), 2u);
+  EXPECT_EQ(out->best, 0);
+}
+
 TEST(AccuracySearchTest, BudgetsStopTheSearchAndTheBestFoundIsReturned) {
   ScriptedModel model({0.860, 0.864, 0.862, 0.850}, {{"conv1", 0.001}});
   SearchGoal goal = Goal(0.8725, 0.001);
