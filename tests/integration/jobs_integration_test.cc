@@ -1548,14 +1548,35 @@ TEST(JobsIntegrationTest, BlobsAreListedProtectedWhileUsedAndDeleted) {
 }
 
 TEST(JobsIntegrationTest, AFullDataDirRefusesUploadsAndFailsJobsCleanly) {
-  Quantd quantd({"--max_data_bytes=60000"});  // below one ResNet8 artifact
+  auto bytes_under = [](const std::string& dir) {
+    int64_t total = 0;
+    for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+      if (entry.is_regular_file()) total += static_cast<int64_t>(entry.file_size());
+    }
+    return total;
+  };
+  int64_t fresh = 0;  // a fresh data dir: the job store
+  {
+    Quantd full({"--max_data_bytes=60000"});  // below one ResNet8 artifact
+    ASSERT_TRUE(full.Start());
+    fresh = bytes_under(full.dir() + "/data");
+    RunResult upload = full.Ctl({"upload", std::string(FIXTURES_DIR) + "/models/resnet8_fp32.torchscript.pt"});
+    EXPECT_EQ(upload.exit_code, 1);
+    EXPECT_THAT(upload.err, HasSubstr("code 8"));  // RESOURCE_EXHAUSTED
+    EXPECT_THAT(upload.err, HasSubstr("--max_data_bytes"));
+    // No room for a job's record either: refused at submit (the job store
+    // once grew past the quota one accepted job at a time).
+    RunResult refused = full.Ctl(SubmitArgs({"--samples_per_class=5"}));
+    EXPECT_EQ(refused.exit_code, 1);
+    EXPECT_THAT(refused.err, HasSubstr("code 8"));
+    EXPECT_THAT(refused.err, HasSubstr("QuantizeJob's job record"));
+  }
+  // Room for the record (twice the request and 64 KiB) but not for the
+  // ~100 kB artifact: the job runs and FAILS cleanly when it stores.
+  Quantd quantd({absl::StrCat("--max_data_bytes=", fresh + 90000)});
   ASSERT_TRUE(quantd.Start());
-  RunResult upload = quantd.Ctl({"upload", std::string(FIXTURES_DIR) + "/models/resnet8_fp32.torchscript.pt"});
-  EXPECT_EQ(upload.exit_code, 1);
-  EXPECT_THAT(upload.err, HasSubstr("code 8"));  // RESOURCE_EXHAUSTED
-  EXPECT_THAT(upload.err, HasSubstr("--max_data_bytes"));
   RunResult job = quantd.Ctl(SubmitArgs({"--samples_per_class=5", "--wait"}));
-  EXPECT_EQ(job.exit_code, 1);
+  EXPECT_EQ(job.exit_code, 1) << job.err;
   nlohmann::json failed = quantd.Job(JobIdFrom(job.out));
   EXPECT_EQ(failed["state"], "JOB_STATE_FAILED");
   EXPECT_EQ(failed["result"]["errorCode"], 8);

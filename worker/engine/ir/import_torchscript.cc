@@ -824,12 +824,48 @@ std::string UnmangledTypeName(const c10::ClassTypePtr& type) {
   return name;
 }
 
+namespace {
+
+// The first op of an already quantized model (quantd's artifacts, PyTorch's
+// converted models) in `module` or its submodules, if any. Such a model went
+// through every phase as if FP32 and failed only when stored, on its packed
+// weights ("cannot write a constant of type Object").
+std::optional<std::string> QuantizedOpIn(const jit::Module& module) {
+  static const std::set<std::string> kQuantizing = {"aten::quantize_per_tensor", "aten::quantize_per_channel"};
+  for (const jit::Module& m : module.modules()) {
+    for (const jit::Method& method : m.get_methods()) {
+      std::vector<const jit::Block*> blocks = {method.graph()->block()};
+      while (!blocks.empty()) {
+        const jit::Block* block = blocks.back();
+        blocks.pop_back();
+        for (const jit::Node* node : block->nodes()) {
+          const std::string kind = node->kind().toQualString();
+          if (absl::StartsWith(kind, "quantized::") || kQuantizing.count(kind) > 0) return kind;
+          for (const jit::Block* inner : node->blocks()) blocks.push_back(inner);
+        }
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 absl::StatusOr<Graph> ImportTorchScript(torch::jit::Module module) {
   Graph graph;
   QUANTD_RETURN_IF_ERROR(TorchTry("switching the model to eval mode", [&]() {
     module.eval();
     return absl::OkStatus();
   }));
+  std::optional<std::string> quantized;
+  QUANTD_RETURN_IF_ERROR(TorchTry("reading the model's methods", [&]() {
+    quantized = QuantizedOpIn(module);
+    return absl::OkStatus();
+  }));
+  if (quantized.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat("the model is already quantized (it calls ", *quantized,
+                                                   "): give the FP32 model it was made from"));
+  }
   graph.module = std::move(module);
   Importer importer(&graph);
   absl::Status status = TorchTry("reading the model's forward", [&]() { return importer.Run(); });

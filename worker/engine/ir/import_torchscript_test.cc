@@ -120,6 +120,21 @@ TEST(ImportTorchScriptTest, PoolingAndAddsTheInt8KernelsGetWrongStayGeneric) {
 // A tuple indexed with -1 through a function's parameter is its last item,
 // as in Python (the import failed with vector::_M_range_check); an index
 // past the end is an error naming it.
+// An int8 model given as the FP32 one ran every phase and failed only when
+// stored ("cannot write a constant of type Object"): refused at import.
+TEST(ImportTorchScriptTest, AnAlreadyQuantizedModelIsRefusedNamingItsOp) {
+  torch::jit::Module m("Quantized");
+  m.define(R"(
+    def forward(self, x):
+        q = torch.quantize_per_tensor(x, 0.1, 0, 13)  # 13: torch.quint8
+        return q.dequantize()
+  )");
+  const absl::Status status = ImportTorchScript(m).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            "the model is already quantized (it calls aten::quantize_per_tensor): give the FP32 model it was made from");
+}
+
 TEST(ImportTorchScriptTest, NegativeTupleIndicesCountFromTheEnd) {
   torch::jit::Module m("Pick");
   m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
