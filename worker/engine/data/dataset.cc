@@ -198,7 +198,7 @@ class Cifar10Dataset : public FileDataset {
     for (int64_t i = 0; i < total; ++i) {
       in.read(record.data(), kRecord);
       const int label = static_cast<unsigned char>(record[0]);
-      if (label > 9) {
+      if (label >= kCifar10Classes) {
         return absl::InvalidArgumentError(absl::StrCat("CIFAR-10 file ", spec.path, ": record ", i, " has label ", label,
                                                        " (must be 0..9)"));
       }
@@ -266,7 +266,7 @@ absl::StatusOr<NpyHeader> ReadNpyHeader(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open .npy file ", path));
   char magic[8];
   in.read(magic, 8);
-  if (in.gcount() != 8 || std::string(magic, 6) != "\x93NUMPY") {
+  if (in.gcount() != 8 || absl::string_view(magic, kNpyMagic.size()) != kNpyMagic) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not a .npy file (bad magic)"));
   }
   const int major = static_cast<unsigned char>(magic[6]);

@@ -6,12 +6,6 @@
 #include "absl/strings/str_cat.h"
 
 namespace quantd::engine {
-namespace {
-
-constexpr absl::string_view kNpyMagic("\x93NUMPY", 6);
-constexpr int kCifar10Classes = 10;
-
-}  // namespace
 
 absl::Status CheckCifar10Size(int64_t size_bytes, absl::string_view what) {
   if (size_bytes == 0) return absl::InvalidArgumentError(absl::StrCat(what, " is empty: it holds no CIFAR-10 record"));

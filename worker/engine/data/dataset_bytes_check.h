@@ -14,8 +14,11 @@
 
 namespace quantd::engine {
 
-// One CIFAR-10 binary record: a label byte, then 3x32x32 pixels.
+// One CIFAR-10 binary record: a label byte (0-9), then 3x32x32 pixels.
 inline constexpr int64_t kCifar10RecordBytes = 1 + 3 * 32 * 32;
+inline constexpr int kCifar10Classes = 10;
+// What every .npy file starts with.
+inline constexpr absl::string_view kNpyMagic("\x93NUMPY", 6);
 
 // INVALID_ARGUMENT unless `size_bytes` is a whole number of CIFAR-10 records;
 // `what` names the file in the message.
