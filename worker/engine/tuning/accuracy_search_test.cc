@@ -130,35 +130,35 @@ TEST(AccuracySearchTest, ALayerThatDoesNotHelpTheSetIsLeftInInt8) {
   EXPECT_EQ(out->trials[static_cast<size_t>(out->best)].fp32_layers, (std::vector<std::string>{"conv1", "add"}));
 }
 
-// The estimator stage runs on after a trial meets the goal; a budget that
-// then runs out still reports the goal met (it read "met (trial budget)").
-TEST(AccuracySearchTest, AGoalMetBeforeTheBudgetRanOutIsReportedAsMet) {
-  ScriptedModel model({0.872, 0.860, 0.862, 0.850}, {});
-  SearchGoal goal = Goal(0.8725, 0.001);
-  goal.max_trials = 2;
-  auto out = SearchForAccuracy(kCandidates, kLayers, goal, model.Runner(), model.Now());
-  ASSERT_TRUE(out.ok());
-  EXPECT_TRUE(out->met);
-  EXPECT_EQ(out->stopped_because, "goal met");
-  EXPECT_EQ(out->trials.size(), 2u);
-  EXPECT_EQ(out->best, 0);
-}
-
+// A trial budget ends the search and the best found is returned. The
+// estimator stage runs on after a trial meets the goal; a budget that then
+// runs out still reports the goal met (it read "met (trial budget)").
 TEST(AccuracySearchTest, BudgetsStopTheSearchAndTheBestFoundIsReturned) {
-  ScriptedModel model({0.860, 0.864, 0.862, 0.850}, {{"conv1", 0.001}});
-  SearchGoal goal = Goal(0.8725, 0.001);
-  goal.max_trials = 3;
-  auto out = SearchForAccuracy(kCandidates, kLayers, goal, model.Runner(), model.Now());
-  ASSERT_TRUE(out.ok());
-  EXPECT_FALSE(out->met);
-  EXPECT_EQ(out->stopped_because, "trial budget");
-  EXPECT_EQ(out->trials.size(), 3u);
-  EXPECT_EQ(out->best, 1);
+  struct Case {
+    std::vector<double> top1;
+    int64_t max_trials;
+    bool met;
+    const char* stopped_because;
+    int best;
+  };
+  for (const Case& c : {Case{{0.860, 0.864, 0.862, 0.850}, 3, false, "trial budget", 1},
+                        Case{{0.872, 0.860, 0.862, 0.850}, 2, true, "goal met", 0}}) {
+    ScriptedModel model(c.top1, {{"conv1", 0.001}});
+    SearchGoal goal = Goal(0.8725, 0.001);
+    goal.max_trials = c.max_trials;
+    auto out = SearchForAccuracy(kCandidates, kLayers, goal, model.Runner(), model.Now());
+    ASSERT_TRUE(out.ok());
+    EXPECT_EQ(out->met, c.met) << c.stopped_because;
+    EXPECT_EQ(out->stopped_because, c.stopped_because);
+    EXPECT_EQ(out->trials.size(), static_cast<size_t>(c.max_trials));
+    EXPECT_EQ(out->best, c.best) << c.stopped_because;
+  }
 
+  SearchGoal goal = Goal(0.8725, 0.001);
   ScriptedModel timed({0.860, 0.864, 0.862, 0.850}, {});
   goal.max_trials = 100;
   goal.time_budget = absl::Seconds(6);  // each trial takes one fake second
-  out = SearchForAccuracy(kCandidates, kLayers, goal, timed.Runner(), timed.Now());
+  auto out = SearchForAccuracy(kCandidates, kLayers, goal, timed.Runner(), timed.Now());
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->stopped_because, "time budget");
   EXPECT_EQ(out->trials.size(), 5u);  // a sixth would leave no second for the final conversion
