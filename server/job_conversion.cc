@@ -23,6 +23,7 @@
 #include "worker/engine/data/image_reader.h"
 #include "worker/engine/quantizer.h"
 #include "worker/input_locator.h"
+#include "worker/model_repository.h"
 
 namespace quantd {
 namespace {
@@ -869,14 +870,15 @@ absl::StatusOr<worker::EvaluationSpec> EvaluationSpecFromRequest(const v1::Evalu
                                                                  const ReferenceResolver& resolver) {
   worker::EvaluationSpec spec;
   if (request.model_name().empty()) return absl::InvalidArgumentError("model_name: required");
-  if (absl::EndsWith(request.model_name(), ".fp32")) {
+  std::string base;
+  bool fp32 = false;
+  QUANTD_RETURN_IF_ERROR(worker::ModelRepository::ParseName(request.model_name(), "model_name", &base, &fp32));
+  if (fp32) {
     // Served under that name, so not a bad name: the wrong one here.
-    const std::string base = request.model_name().substr(0, request.model_name().size() - 5);
     return absl::InvalidArgumentError(absl::StrCat(
-        "model_name: \"", request.model_name().substr(0, 80), "\" is a version's FP32 source; evaluate the published name \"",
-        base.substr(0, 75), "\", which measures its int8 model and this FP32 source side by side"));
+        "model_name: \"", request.model_name(), "\" is a version's FP32 source; evaluate the published name \"",
+        base, "\", which measures its int8 model and this FP32 source side by side"));
   }
-  QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request.model_name(), "model_name"));
   spec.model_name = request.model_name();
   QUANTD_ASSIGN_OR_RETURN(spec.model_version, ParseModelVersion(request.model_version(), "model_version"));
   if (!request.has_dataset()) return absl::InvalidArgumentError("dataset: required");
