@@ -499,6 +499,13 @@ TEST(SubmitFlagsTest, FlagsRefineWhatTheFileRequestHas) {
   v1::QuantizeJobRequest tuned;
   EXPECT_FALSE(QuantizeJobRequestFromFlags(capped, &tuned, &error));
   EXPECT_EQ(error, "--max_fp32_layers: not with --int8_only (no layer stays FP32)");
+  CommandArgs strict;
+  strict.flags = {{"model", "m.pt"}, {"calib", "c.bin"}, {"strict_kernels", "true"}};
+  v1::QuantizeJobRequest unnamed_engine;
+  EXPECT_FALSE(QuantizeJobRequestFromFlags(strict, &unnamed_engine, &error));
+  EXPECT_EQ(error, "--strict_kernels: only with --kernel_engine (without one an exact engine is chosen)");
+  strict.flags["kernel_engine"] = "qnnpack";
+  EXPECT_TRUE(QuantizeJobRequestFromFlags(strict, &unnamed_engine, &error)) << error;
 }
 
 // Names are taken in either case, as quantd-quantize takes them.

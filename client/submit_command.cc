@@ -172,6 +172,10 @@ bool QuantizeJobRequestFromFlags(const CommandArgs& a, v1::QuantizeJobRequest* r
     r->mutable_qconfig()->set_kernel_engine(engine);
   }
   if (a.Has("strict_kernels")) r->mutable_qconfig()->set_strict_kernels(a.IsOn("strict_kernels"));
+  // (One set by --file alone is the server's to name, as its field.)
+  if (a.IsOn("strict_kernels") && r->qconfig().kernel_engine().empty()) {
+    return (*error = "--strict_kernels: only with --kernel_engine (without one an exact engine is chosen)", false);
+  }
   if (a.Has("bias_correction")) r->mutable_qconfig()->set_bias_correction(a.IsOn("bias_correction"));
   if (a.Has("fitted_rounding")) r->mutable_qconfig()->set_fitted_rounding(a.IsOn("fitted_rounding"));
   if (a.Has("cross_layer_equalization")) {

@@ -5,7 +5,7 @@
 namespace quantd {
 
 absl::StatusOr<Principal> AdmitCall(Authenticator& auth, grpc::CallbackServerContext* context, Role required,
-                                    absl::string_view method) {
+                                    absl::string_view method, absl::string_view target) {
   absl::string_view authorization;
   const auto& metadata = context->client_metadata();
   if (auto it = metadata.find("authorization"); it != metadata.end()) {
@@ -15,7 +15,7 @@ absl::StatusOr<Principal> AdmitCall(Authenticator& auth, grpc::CallbackServerCon
   // beyond one's role are what the audit log is for.
   std::string who;
   absl::StatusOr<Principal> caller = auth.Authorize(authorization, required, method, &who);
-  if (!caller.ok()) AuditLine(who, context->peer(), method, "", caller.status());
+  if (!caller.ok()) AuditLine(who, context->peer(), method, target, caller.status());
   return caller;
 }
 

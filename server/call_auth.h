@@ -12,9 +12,10 @@
 namespace quantd {
 
 // The caller, if its token allows `required`; else the status to answer
-// (the refusal is audited).
+// (the refusal is audited, with `target`: the job, blob or version the call
+// named, so that attempts on it beyond one's role are found by its id).
 absl::StatusOr<Principal> AdmitCall(Authenticator& auth, grpc::CallbackServerContext* context, Role required,
-                                    absl::string_view method);
+                                    absl::string_view method, absl::string_view target = "");
 
 }  // namespace quantd
 

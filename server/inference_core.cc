@@ -94,14 +94,17 @@ absl::Status InferenceCore::RepositoryIndex(const inference::RepositoryIndexRequ
                                             inference::RepositoryIndexResponse* response) {
   QUANTD_ASSIGN_OR_RETURN(std::vector<worker::ModelVersion> versions, deps_.jobs->ListModelVersions(""));
   for (const worker::ModelVersion& v : versions) {
+    // Every published version can serve: one not loaded yet loads on its
+    // first request, as ModelReady does, so it is READY here too (with
+    // `ready` set a fresh server would otherwise list nothing it serves).
     for (const bool fp32 : {false, true}) {
-      const bool loaded = deps_.models->IsLoaded(v.name, v.version, fp32);
-      if (request.ready() && !loaded) continue;
       auto* entry = response->add_models();
       entry->set_name(fp32 ? absl::StrCat(v.name, ".fp32") : v.name);
       entry->set_version(std::to_string(v.version));
-      entry->set_state(loaded ? "READY" : "UNAVAILABLE");
-      if (!loaded) entry->set_reason("not loaded; loads on its first request");
+      entry->set_state("READY");
+      if (!deps_.models->IsLoaded(v.name, v.version, fp32)) {
+        entry->set_reason("not loaded yet: loads and warms up on its first request");
+      }
     }
   }
   return absl::OkStatus();

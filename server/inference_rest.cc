@@ -133,11 +133,15 @@ constexpr int kMaxJsonNesting = 32;
 
 // An inference request's path (counted in quantd_inference_requests_total
 // whatever its outcome).
-bool IsInferPath(absl::string_view path) {
+// Whether the call is an inference request, counted in the request metrics
+// when refused, as gRPC's ModelInfer is: also one whose model name or
+// version is empty (which gRPC counts under model="").
+bool IsInferCall(absl::string_view method, absl::string_view path) {
+  if (method != "POST") return false;
   const std::vector<std::string> parts = absl::StrSplit(path, '/');
-  if (parts.size() < 4 || parts[1] != "v2" || parts[2] != "models") return false;
+  if (parts.size() < 5 || parts[1] != "v2" || parts[2] != "models" || parts.back() != "infer") return false;
   absl::StatusOr<ModelPath> model = ParseModelPath(parts);
-  return model.ok() && model->action == "infer";
+  return model.ok() ? model->action == "infer" : model.status().code() == absl::StatusCode::kInvalidArgument;
 }
 
 // Longest JSON string a request body may hold: its strings are ids, names,
@@ -565,7 +569,7 @@ std::optional<HttpReply> InferenceRest::RefuseBeforeBody(const std::string& meth
   absl::StatusOr<Principal> caller = auth_->Authorize(authorization, Role::kRead, what);
   if (caller.ok()) return std::nullopt;
   AuditLine("", remote, what, "", caller.status());
-  if (IsInferPath(path)) core_->CountRefused(caller.status().code());  // as gRPC's refusals are
+  if (IsInferCall(method, path)) core_->CountRefused(caller.status().code());  // as gRPC's refusals are
   return ErrorReply(caller.status());
 }
 
@@ -591,7 +595,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   absl::StatusOr<Principal> caller = auth_->Authorize(call.authorization, Role::kRead, what);
   if (!caller.ok()) {
     AuditLine("", call.remote, what, "", caller.status());
-    if (IsInferPath(call.path)) core_->CountRefused(caller.status().code());  // as gRPC's refusals are
+    if (IsInferCall(method, call.path)) core_->CountRefused(caller.status().code());  // as gRPC's refusals are
     return ErrorReply(caller.status());
   }
   const std::vector<std::string> parts = absl::StrSplit(call.path, '/');
@@ -638,7 +642,10 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
   }
   if (call.path == "/v2/models/stats") return StatsReply("", "");
   absl::StatusOr<ModelPath> path = ParseModelPath(parts);
-  if (!path.ok()) return ErrorReply(path.status());
+  if (!path.ok()) {
+    if (IsInferCall(method, call.path)) core_->CountRefused(path.status().code());
+    return ErrorReply(path.status());
+  }
   if (path->action == "stats") return StatsReply(path->name, path->version);
   // A client that closed its connection waits for nothing: its request
   // leaves a wait for another's load, and is not run if still queued.

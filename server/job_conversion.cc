@@ -222,6 +222,10 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
                                                      absl::StrJoin(available, ", "), ")"));
     }
   }
+  if (q.strict_kernels() && q.kernel_engine().empty()) {
+    return absl::InvalidArgumentError(
+        "qconfig.strict_kernels: only with qconfig.kernel_engine (without one an exact engine is chosen)");
+  }
   spec->kernel_engine = q.kernel_engine();
   spec->strict_kernels = q.strict_kernels();
   spec->qconfig.bias_correction = q.bias_correction();

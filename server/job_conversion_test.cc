@@ -274,6 +274,11 @@ TEST_F(ResolvePathTest, WhatWouldFailOnlyAfterTheJobRanIsRefusedAtSubmit) {
               HasSubstr("accuracy_goal.max_fp32_layers: not with accuracy_goal.int8_only"));
 
   request = OneRecordRequest();
+  request.mutable_qconfig()->set_strict_kernels(true);
+  EXPECT_THAT(JobFromRequest(request, resolver).status().message(),
+              HasSubstr("qconfig.strict_kernels: only with qconfig.kernel_engine"));
+
+  request = OneRecordRequest();
   request.mutable_deadline()->set_seconds(1);  // 1970
   status = JobFromRequest(request, resolver).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);

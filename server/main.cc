@@ -193,6 +193,55 @@ void PrintHelp() {
   }
 }
 
+// What a flag's value must be, said as quantctl and quantd-quantize say it.
+std::string ExpectedValue(const absl::CommandLineFlag& flag) {
+  if (flag.IsOfType<bool>()) return "true or false";
+  if (flag.IsOfType<int>() || flag.IsOfType<int64_t>()) return "an integer";
+  if (flag.IsOfType<double>()) return "a number";
+  return "a valid value";
+}
+
+// Unknown flags and values that do not parse, reported in the form of the
+// other tools ("quantd: --grpc_port: 'abc' is not an integer"), not in
+// Abseil's ("ERROR: Illegal value 'abc' specified for flag 'grpc_port'").
+// Run after the checks that every value flag has a value.
+bool FlagsParse(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") break;  // the rest are arguments, for Abseil too
+    if (!absl::StartsWith(arg, "--")) continue;
+    const absl::string_view body = arg.substr(2);
+    const size_t equals = body.find('=');
+    const absl::string_view name = body.substr(0, equals);
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && absl::StartsWith(name, "no") && equals == absl::string_view::npos) {
+      // Abseil's --noFLAG for a boolean.
+      if (absl::CommandLineFlag* negated = absl::FindCommandLineFlag(name.substr(2));
+          negated != nullptr && negated->IsOfType<bool>()) {
+        continue;
+      }
+    }
+    if (flag == nullptr) {
+      std::cerr << "quantd: --" << name << ": unknown flag (quantd --help lists them)\n";
+      return false;
+    }
+    absl::string_view value;
+    if (equals != absl::string_view::npos) {
+      value = body.substr(equals + 1);
+    } else if (flag->IsOfType<bool>() || i + 1 >= argc) {
+      continue;
+    } else {
+      value = argv[++i];
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      std::cerr << "quantd: --" << name << ": '" << value << "' is not " << ExpectedValue(*flag) << "\n";
+      return false;
+    }
+  }
+  return true;
+}
+
 // Whether only this machine can reach `address` (--bind_address).
 bool IsLoopbackAddress(absl::string_view address) {
   return absl::StartsWith(address, "127.") || address == "localhost" || address == "::1" || address == "[::1]";
@@ -280,9 +329,10 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  // Abseil reports an unknown flag or a bad value (naming the flag) and
-  // calls exit(1), the code of a failed start. Exit 2 instead, the usage
-  // error of quantd's own checks below, of quantctl and of quantd-quantize.
+  if (!FlagsParse(argc, argv)) return 2;
+  // Abseil reports what got past that and calls exit(1), the code of a
+  // failed start. Exit 2 instead, the usage error of quantd's own checks
+  // below, of quantctl and of quantd-quantize.
   static bool parsing_flags = false;
   std::atexit([] {
     if (parsing_flags) std::_Exit(2);

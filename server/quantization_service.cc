@@ -655,17 +655,17 @@ absl::StatusOr<worker::Job> ArtifactJob(worker::JobStore& store, const std::stri
 }  // namespace
 
 absl::StatusOr<Principal> QuantizationServiceImpl::Admit(grpc::CallbackServerContext* context, Role required,
-                                                         absl::string_view method) const {
-  return AdmitCall(*deps_.auth, context, required, method);
+                                                         absl::string_view method, absl::string_view target) const {
+  return AdmitCall(*deps_.auth, context, required, method, target);
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Offload(
     grpc::CallbackServerContext* context, absl::string_view method, Role required,
-    absl::AnyInvocable<absl::Status(Principal caller) &&> work) {
+    absl::AnyInvocable<absl::Status(Principal caller) &&> work, absl::string_view target) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // Admitted here, before the queue (the tokens are in memory): callers
   // without a token take no place in it.
-  absl::StatusOr<Principal> caller = Admit(context, required, method);
+  absl::StatusOr<Principal> caller = Admit(context, required, method, target);
   if (!caller.ok()) {
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
@@ -830,7 +830,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
         absl::StatusOr<worker::Job> job = deps_.pool->Cancel(request->id(), request->reason());
         if (job.ok()) ToProto(*job, response);
         return Audited(context, caller, "CancelJob", request->id(), job.status());
-      });
+      }, request->id());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
@@ -846,7 +846,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
       deps_.models->DropUnpublished();
     }
     return Audited(context, caller, "DeleteJob", request->id(), deleted);
-  });
+  }, request->id());
 }
 
 namespace {
@@ -945,7 +945,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteBlob(grpc::CallbackServ
                                                                 "published it as their source model")));
     }
     return audited(absl::OkStatus());
-  });
+  }, request->id());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetArtifact(
@@ -1039,7 +1039,8 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteModelVersion(grpc::Call
           deps_.models->DropUnpublished();
         }
         return Audited(context, caller, "DeleteModelVersion", target, deleted);
-      });
+      },
+      absl::StrCat(request->name(), "/", request->version()));
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(grpc::CallbackServerContext* context,
@@ -1058,7 +1059,8 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::Evaluate(grpc::CallbackServer
                      return Audited(context, caller, "Evaluate", request->model_name(), started.status());
                    ToProto(*started, response);
                    return Audited(context, caller, "Evaluate", started->id, absl::OkStatus());
-                 });
+                 },
+                 request->model_name());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetEvaluation(grpc::CallbackServerContext* context,
@@ -1097,7 +1099,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelEvaluation(grpc::Callba
         absl::StatusOr<worker::Evaluation> evaluation = deps_.evaluator->Cancel(request->id(), request->reason());
         if (evaluation.ok()) ToProto(*evaluation, response);
         return audited(evaluation.status());
-      });
+      }, request->id());
 }
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,

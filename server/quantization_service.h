@@ -124,13 +124,15 @@ class QuantizationServiceImpl final
  private:
   // The caller, if its token allows `required`; else the status to answer
   // (the refusal is audited).
-  absl::StatusOr<Principal> Admit(grpc::CallbackServerContext* context, Role required,
-                                  absl::string_view method) const;
+  absl::StatusOr<Principal> Admit(grpc::CallbackServerContext* context, Role required, absl::string_view method,
+                                  absl::string_view target = "") const;
   // Admits the caller for `required`, then runs `work` on the executor and
   // finishes the call with what it returns; RESOURCE_EXHAUSTED at once when
-  // the executor's queue is full.
+  // the executor's queue is full. `target` names what the call acts on in
+  // the audit line of a refusal.
   grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* context, absl::string_view method, Role required,
-                                    absl::AnyInvocable<absl::Status(Principal caller) &&> work);
+                                    absl::AnyInvocable<absl::Status(Principal caller) &&> work,
+                                    absl::string_view target = "");
 
   const Deps deps_;
   const ReferenceResolver resolver_;

@@ -422,6 +422,17 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     inference::ServerReadyResponse ready;
     ASSERT_TRUE(stub->ServerReady(&context, inference::ServerReadyRequest(), &ready).ok());
     EXPECT_TRUE(ready.ready());
+    // Not loaded yet (the FP32 source never is by a job), yet servable: the
+    // index lists both as READY, as ModelReady would answer, saying so.
+    grpc::ClientContext index_context;
+    inference::RepositoryIndexRequest index_request;
+    index_request.set_ready(true);
+    inference::RepositoryIndexResponse index;
+    ASSERT_TRUE(stub->RepositoryIndex(&index_context, index_request, &index).ok());
+    ASSERT_EQ(index.models_size(), 2) << index.DebugString();
+    EXPECT_EQ(index.models(1).name(), "resnet8.fp32");
+    EXPECT_EQ(index.models(1).state(), "READY");
+    EXPECT_THAT(index.models(1).reason(), HasSubstr("loads and warms up on its first request"));
     grpc::ClientContext metadata_context;
     inference::ModelMetadataRequest request;
     request.set_name("resnet8");
@@ -624,6 +635,9 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_EQ(index.models(0).name(), "resnet8");
     EXPECT_EQ(index.models(1).name(), "resnet8.fp32");
     EXPECT_EQ(index.models(0).state(), "READY");
+    EXPECT_EQ(index.models(1).state(), "READY");
+    EXPECT_EQ(index.models(0).reason(), "") << "both are loaded now";
+    EXPECT_EQ(index.models(1).reason(), "");
   }
   // Dynamic batching: 16 clients sending batch-1 requests at once get the
   // scores of the same images run alone, bit for bit. The FP32 source's
@@ -816,8 +830,8 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     json_output["parameters"]["binary_data_output"] = "yes";
     expect_rest_error(v2 + "/models/resnet8/infer", json_output.dump(), 400, "parameters.binary_data_output");
     // Counted with the model's other requests, as gRPC's decode errors are.
-    auto invalid_requests = [&]() -> int64_t {
-      const std::string series = R"(quantd_inference_requests_total{code="INVALID_ARGUMENT",model="resnet8",version="1"} )";
+    auto invalid_requests = [&](const std::string& labels = R"(model="resnet8",version="1")") -> int64_t {
+      const std::string series = absl::StrCat(R"(quantd_inference_requests_total{code="INVALID_ARGUMENT",)", labels, "} ");
       const std::string text = Curl(quantd.http_url() + "/metrics").body;
       const size_t at = text.find(series);
       return at == std::string::npos ? 0 : std::stoll(text.substr(at + series.size()));
@@ -868,7 +882,12 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     nlohmann::json strings = body;
     strings["inputs"][0]["datatype"] = "BYTES";
     expect_rest_error(v2 + "/models/resnet8/infer", strings.dump(), 400, "inputs[0].datatype");
+    // An empty version or name is an inference request refused, counted
+    // under model="" as gRPC's ModelInfer without a model_name is.
+    const int64_t unnamed_before = invalid_requests(R"(model="",version="")");
     expect_rest_error(v2 + "/models/resnet8/versions//infer", body.dump(), 400, "version: empty");
+    expect_rest_error(v2 + "/models//infer", body.dump(), 400, "model name: empty");
+    EXPECT_EQ(invalid_requests(R"(model="",version="")"), unnamed_before + 2);
     expect_rest_error(v2 + "/models/resnet8/versions/01/infer", body.dump(), 400, "version");
     {
       // Named as REST names it (the gRPC message's field is model_version).

@@ -473,9 +473,11 @@ TEST(QuantdFlagsTest, InvalidWorkersFailsClearly) {
 TEST(QuantdFlagsTest, UnknownFlagsAndUnparsableValuesAreUsageErrors) {
   std::string dir = MakeTempDir("quantd_flags");
   for (const auto& [flag, named] : std::vector<std::pair<std::string, std::string>>{
-           {"--bogus=1", "'bogus'"},
-           {"--grpc_port=abc", "'grpc_port'"},
-           {"--dynamic_batching=maybe", "'dynamic_batching'"}}) {
+           {"--bogus=1", "quantd: --bogus: unknown flag (quantd --help lists them)"},
+           {"--grpc_port=abc", "quantd: --grpc_port: 'abc' is not an integer"},
+           {"--max_batch_size=1e3", "quantd: --max_batch_size: '1e3' is not an integer"},
+           {"--job_deadline_seconds=soon", "quantd: --job_deadline_seconds: 'soon' is not a number"},
+           {"--dynamic_batching=maybe", "quantd: --dynamic_batching: 'maybe' is not true or false"}}) {
     auto result = RunCommand({QUANTD_BIN, "--metrics_port=-1", flag, "--data_dir=" + dir + "/data"}, kCommandTimeout);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(result->exit_code, 2) << flag << ": " << result->err;  // as quantd's own checks, not a failed start

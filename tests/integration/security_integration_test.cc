@@ -211,6 +211,9 @@ TEST_F(SecureQuantd, TokensAndRolesDecideWhoMayDoWhat) {
   EXPECT_THAT(text, HasSubstr("method=UploadModel target=" + upload.out.substr(0, 64) + " result=OK"));
   EXPECT_THAT(text, HasSubstr("who=ops peer="));
   EXPECT_THAT(text, HasSubstr("method=DeleteJob target=job-x result=NOT_FOUND"));
+  // A call refused for its role names what it was aimed at (it was "-").
+  EXPECT_THAT(text, ::testing::ContainsRegex("audit: who=ci peer=[^ ]+ method=DeleteJob target=job-x "
+                                             "result=PERMISSION_DENIED"));
   EXPECT_THAT(text, HasSubstr("method=ListJobs target=- result=UNAUTHENTICATED"));
   for (const char* token : {kReadToken, kSubmitToken, kAdminToken}) EXPECT_THAT(text, Not(HasSubstr(token)));
 }

@@ -437,6 +437,11 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
   cmd.quiet = get("quiet") == "true";
   o.overlap_observers = get("overlap_observers") == "true";
   o.strict_kernels = get("strict_kernels") == "true";
+  // Without a named engine quantd picks an exact one: there is nothing to be strict about.
+  if (o.strict_kernels && o.kernel_engine.empty()) {
+    return absl::InvalidArgumentError("--strict_kernels: only with --kernel_engine (without one an exact engine is "
+                                      "chosen)");
+  }
   o.qconfig.bias_correction = get("bias_correction") == "true";
   o.qconfig.fitted_rounding = get("fitted_rounding") == "true";
   o.qconfig.equalization = get("cross_layer_equalization") == "true";

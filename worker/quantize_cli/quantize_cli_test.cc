@@ -137,6 +137,10 @@ TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
   EXPECT_EQ(with({"--tuning=v.npy"}).status().message(),
             "--tuning_labels: required for .npy images to tune on (or --against_fp32, which needs none)");
   EXPECT_TRUE(with({"--tuning=v.npy", "--against_fp32"}).ok());
+  // Without a named engine an exact one is chosen: nothing to be strict about.
+  EXPECT_EQ(with({"--strict_kernels"}).status().message(),
+            "--strict_kernels: only with --kernel_engine (without one an exact engine is chosen)");
+  EXPECT_TRUE(with({"--strict_kernels=false"}).ok());
 }
 
 // The output and the report are written at the end: naming an input, or
