@@ -19,6 +19,7 @@
 #include "worker/data_dir_layout.h"
 #include "worker/engine/base/sha256.h"
 #include "worker/engine/base/errno_status.h"
+#include "worker/engine/base/log.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/data/image_reader.h"
 #include "worker/engine/quantizer.h"
@@ -429,6 +430,21 @@ absl::StatusOr<ResolvedInput> ReferenceResolver::ResolvePath(const std::string& 
         " in the data dir (the job store, artifacts, uploads and lock are not inputs; refer to an upload by "
         "its blob_id)"));
   }
+  // A hard link has no other name to give it away: compared by inode.
+  if (struct stat file; ::stat(resolved.c_str(), &file) == 0 && file.st_nlink > 1) {
+    std::vector<std::string> own_files = {std::string(worker::kDataDirLockFile)};
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+      own_files.push_back(std::string(worker::kJobStoreFile) + suffix);
+    }
+    for (const std::string& own_file : own_files) {
+      struct stat own;
+      if (::stat((data_root / own_file).c_str(), &own) == 0 && own.st_dev == file.st_dev && own.st_ino == file.st_ino) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": \"", path, "\" is a hard link to quantd's own ",
+                                                       own_file, " in the data dir (the job store and lock are not "
+                                                       "inputs)"));
+      }
+    }
+  }
   if (data_root_end == data_root.end()) {
     return ResolvedInput{resolved.string(), worker::DataDirReference(resolved.lexically_relative(data_root).string())};
   }
@@ -436,9 +452,13 @@ absl::StatusOr<ResolvedInput> ReferenceResolver::ResolvePath(const std::string& 
     auto [root_end, unused] = std::mismatch(root.begin(), root.end(), resolved.begin(), resolved.end());
     if (root_end == root.end()) return ResolvedInput{resolved.string(), resolved.string()};
   }
+  // The target is the operator's to see (logged), not the caller's: the
+  // error would tell any submitter where links lead on the server.
+  Log(LogLevel::kWarning, field, ": \"", path, "\" was refused: it is a link to ", resolved.string(),
+      ", outside the data dir and --read_roots");
   return absl::InvalidArgumentError(absl::StrCat(
-      field, ": \"", path, "\" is a link to ", resolved.string(),
-      ", outside the data root; add its folder to quantd --read_roots to allow it"));
+      field, ": \"", path, "\" is a link to a file outside the data root and --read_roots (the server's log ",
+      "names it; an operator may add its folder to quantd --read_roots)"));
 }
 
 absl::StatusOr<ResolvedInput> ReferenceResolver::ResolveBlob(const std::string& blob_id,

@@ -19,6 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class ResolvePathTest : public ::testing::Test {
  protected:
@@ -116,6 +117,16 @@ TEST_F(ResolvePathTest, QuantdsOwnStateIsNotAnInput) {
   absl::StatusOr<ResolvedInput> linked = resolver.ResolvePath("calib.bin", "calibration.path");
   ASSERT_FALSE(linked.ok());
   EXPECT_THAT(linked.status().message(), HasSubstr("quantd's own jobs.db"));
+  // Nor through a hard link, which has no other name to give it away.
+  fs::create_hard_link(data_ / "jobs.db", data_ / "hard.bin");
+  absl::StatusOr<ResolvedInput> hard = resolver.ResolvePath("hard.bin", "calibration.path");
+  ASSERT_FALSE(hard.ok());
+  EXPECT_EQ(hard.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(hard.status().message(), HasSubstr("calibration.path: \"hard.bin\" is a hard link to quantd's own jobs.db"));
+  // A hard link between two inputs is an input.
+  std::ofstream(data_ / "one.bin") << "x";
+  fs::create_hard_link(data_ / "one.bin", data_ / "two.bin");
+  EXPECT_TRUE(resolver.ResolvePath("two.bin", "calibration.path").ok());
 }
 
 TEST_F(ResolvePathTest, EscapesAndMissingFilesAreRefused) {
@@ -132,7 +143,9 @@ TEST_F(ResolvePathTest, EscapesAndMissingFilesAreRefused) {
   fs::create_symlink("/etc/hostname", data_ / "outside.pt");
   absl::StatusOr<ResolvedInput> outside = resolver.ResolvePath("outside.pt", "model.path");
   ASSERT_FALSE(outside.ok());
-  EXPECT_THAT(outside.status().message(), HasSubstr("outside the data root"));
+  EXPECT_THAT(outside.status().message(), HasSubstr("is a link to a file outside the data root"));
+  // Where it leads is for the server's log, not for any submitter.
+  EXPECT_THAT(outside.status().message(), Not(HasSubstr("/etc/hostname")));
 }
 
 // A job's request is kept and echoed in every GetJob and ListJobs page: it

@@ -133,7 +133,10 @@ class JobStore {
   // replace, and read (NOT_FOUND naming the id). `index` is what
   // LatestEvaluations selects by; the store never parses records. A put for
   // a version that is not published (deleted while it ran) stores nothing
-  // and is NOT_FOUND.
+  // and is NOT_FOUND. A finished put keeps the newest
+  // kEvaluationsKeptPerVersion records of its version and deletes older
+  // finished ones, but not those LatestEvaluations returns.
+  static constexpr int64_t kEvaluationsKeptPerVersion = 100;
   struct EvaluationIndex {
     std::string model_name;
     int64_t model_version = 0;

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
   model_name TEXT,
   model_version INTEGER,
   succeeded_us INTEGER,
-  has_fp32 INTEGER NOT NULL DEFAULT 0
+  has_fp32 INTEGER NOT NULL DEFAULT 0,
+  finished INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS model_versions (
   name TEXT NOT NULL,
@@ -252,7 +253,9 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
       {"evaluations", "model_name", "model_name TEXT"},
       {"evaluations", "model_version", "model_version INTEGER"},
       {"evaluations", "succeeded_us", "succeeded_us INTEGER"},
-      {"evaluations", "has_fp32", "has_fp32 INTEGER NOT NULL DEFAULT 0"}};
+      {"evaluations", "has_fp32", "has_fp32 INTEGER NOT NULL DEFAULT 0"},
+      // Rows from before it read as running: never pruned.
+      {"evaluations", "finished", "finished INTEGER NOT NULL DEFAULT 0"}};
   auto present = [db](const AddedColumn& added) -> absl::StatusOr<bool> {
     Stmt column(db, "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2");
     QUANTD_RETURN_IF_ERROR(column.status());
@@ -875,20 +878,41 @@ absl::Status SqliteJobStore::PutEvaluation(const std::string& id, const std::str
   // Only while its version is published: deleting the version deletes its
   // evaluations, and one running then must not write its record back.
   Stmt s(db_,
-         "INSERT OR REPLACE INTO evaluations (id, record, model_name, model_version, succeeded_us, has_fp32) "
-         "SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS "
+         "INSERT OR REPLACE INTO evaluations "
+         "(id, record, model_name, model_version, succeeded_us, has_fp32, finished) "
+         "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS "
          "(SELECT 1 FROM model_versions WHERE name = ?3 AND version = ?4)");
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, id).Bind(2, record).Bind(3, index.model_name).Bind(4, index.model_version);
   if (index.succeeded.has_value()) s.Bind(5, ToUs(*index.succeeded)); else s.BindNull(5);
-  s.Bind(6, int64_t{index.has_fp32 ? 1 : 0});
+  s.Bind(6, int64_t{index.has_fp32 ? 1 : 0}).Bind(7, int64_t{index.finished ? 1 : 0});
   QUANTD_RETURN_IF_ERROR(s.Step().status());
   if (sqlite3_changes(db_) == 0) {
     ClearCancelRequestLocked(id).IgnoreError();  // nothing will read it
     return absl::NotFoundError(absl::StrCat("model version ", index.model_name, ":", index.model_version,
                                             " was deleted"));
   }
-  return index.finished ? ClearCancelRequestLocked(id) : absl::OkStatus();
+  if (!index.finished) return absl::OkStatus();
+  QUANTD_RETURN_IF_ERROR(ClearCancelRequestLocked(id));
+  // Every Evaluate adds a record: past the newest kEvaluationsKeptPerVersion
+  // of a version, finished ones go, except those LatestEvaluations returns
+  // (ids are ordered by creation time).
+  Stmt prune(db_,
+             "DELETE FROM evaluations WHERE model_name = ?1 AND model_version = ?2 AND finished = 1 "
+             "AND id NOT IN (SELECT id FROM evaluations WHERE model_name = ?1 AND model_version = ?2 "
+             "ORDER BY id DESC LIMIT ?3) "
+             "AND id NOT IN (SELECT id FROM evaluations WHERE model_name = ?1 AND model_version = ?2 "
+             "AND succeeded_us IS NOT NULL ORDER BY succeeded_us DESC, id DESC LIMIT 1) "
+             "AND id NOT IN (SELECT id FROM evaluations WHERE model_name = ?1 AND model_version = ?2 "
+             "AND succeeded_us IS NOT NULL AND has_fp32 = 1 ORDER BY succeeded_us DESC, id DESC LIMIT 1)");
+  QUANTD_RETURN_IF_ERROR(prune.status());
+  prune.Bind(1, index.model_name).Bind(2, index.model_version).Bind(3, kEvaluationsKeptPerVersion);
+  // The record is stored either way: a prune that failed is tried again by the next one.
+  if (const absl::Status pruned = prune.Step().status(); !pruned.ok()) {
+    Log(LogLevel::kWarning, "job store: old evaluations of ", index.model_name, ":", index.model_version,
+        " were not pruned: ", pruned.message());
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::LatestEvaluations() {

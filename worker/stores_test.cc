@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "worker/artifact_sweep.h"
 #include "worker/blob_collector.h"
@@ -506,6 +507,38 @@ TEST(SqliteJobStoreTest, LatestEvaluationsAreEachVersionsNewestSucceededAndNewes
   EXPECT_EQ(late.code(), absl::StatusCode::kNotFound) << late;
   EXPECT_EQ((*store)->GetEvaluation("e6").status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(*(*store)->LatestEvaluations(), ::testing::ElementsAre("v2"));
+}
+
+// Every Evaluate adds a record: a version keeps its newest 100, and always
+// those its metrics come from and those still running.
+TEST(SqliteJobStoreTest, AVersionKeepsItsNewestEvaluationsAndTheOnesItsMetricsUse) {
+  auto store = SqliteJobStore::Open(TempDir("evaluation_pruning") + "/jobs.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  Publish(**store, "j1", "resnet8");
+  Publish(**store, "j2", "other");
+  using Index = JobStore::EvaluationIndex;
+  Index fp32{"resnet8", 1, absl::FromUnixSeconds(1), true};
+  fp32.finished = true;
+  ASSERT_TRUE((*store)->PutEvaluation("e000", "oldest, with fp32", fp32).ok());
+  ASSERT_TRUE((*store)->PutEvaluation("e001", "running", Index{"resnet8", 1, std::nullopt, false}).ok());
+  Index other{"other", 1, std::nullopt, false};
+  other.finished = true;
+  ASSERT_TRUE((*store)->PutEvaluation("o000", "another model's", other).ok());
+  Index failed{"resnet8", 1, std::nullopt, false};
+  failed.finished = true;
+  constexpr int kFailed = 104;  // e002..e105: with e000 and e001, 106 records
+  for (int i = 2; i < 2 + kFailed; ++i) {
+    ASSERT_TRUE((*store)->PutEvaluation(absl::StrFormat("e%03d", i), "failed", failed).ok()) << i;
+  }
+  ASSERT_EQ(JobStore::kEvaluationsKeptPerVersion, 100);
+  for (int i = 2; i < 6; ++i) {  // the oldest finished beyond the newest 100
+    EXPECT_EQ((*store)->GetEvaluation(absl::StrFormat("e%03d", i)).status().code(), absl::StatusCode::kNotFound)
+        << i;
+  }
+  for (const char* kept : {"e006", "e105", "e000", "e001", "o000"}) {
+    EXPECT_TRUE((*store)->GetEvaluation(kept).ok()) << kept;
+  }
+  EXPECT_THAT(*(*store)->LatestEvaluations(), ::testing::ElementsAre("oldest, with fp32"));
 }
 
 TEST(SqliteJobStoreTest, ADeleteThatFailsHalfwayChangesNothing) {
