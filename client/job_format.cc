@@ -197,6 +197,20 @@ std::string TrialText(const v1::TuningTrial& t) {
   return text;
 }
 
+// One trial as a line of its own (watch, submit --wait): each figure named,
+// since no table header is above it.
+std::string TrialLine(const v1::TuningTrial& t) {
+  std::string text = absl::StrCat(t.stage(), ": ");
+  if (!t.error().empty()) return absl::StrCat(text, "failed: ", t.error());
+  absl::StrAppend(&text, "top-1 ", t.has_top1() ? absl::StrFormat("%.2f%%", 100 * t.top1()) : std::string("-"),
+                  absl::StrFormat(", agreement %.2f%%, SQNR %.2f dB, %.2f s, ", 100 * t.top1_agreement(),
+                                  t.output_sqnr_db(), t.seconds()),
+                  "activations ", t.activation_observer());
+  if (t.fp32_layers_size() > 0) absl::StrAppend(&text, ", FP32: ", absl::StrJoin(t.fp32_layers(), ", "));
+  if (t.meets_goal()) absl::StrAppend(&text, " (meets goal)");
+  return text;
+}
+
 std::string TuningText(const v1::TuningReport& t) {
   std::string text = absl::StrCat("\n  tuning: on ", t.judged_on());
   if (t.has_target_top1()) {
@@ -298,7 +312,7 @@ std::string EventText(const v1::JobEvent& e) {
                           e.calibration_progress().batches_total());
     case v1::JobEvent::kTuningProgress:
       return absl::StrCat(e.job_id(), " trial ", e.tuning_progress().trials_done(), "/",
-                          e.tuning_progress().trial_budget(), ":", TrialText(e.tuning_progress().trial()));
+                          e.tuning_progress().trial_budget(), " ", TrialLine(e.tuning_progress().trial()));
     case v1::JobEvent::kResult: {
       const v1::JobResult& r = e.result();
       if (!r.error_message().empty()) return absl::StrCat(e.job_id(), " error: ", r.error_message());

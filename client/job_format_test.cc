@@ -82,6 +82,28 @@ TEST(JobTextTest, APublishedVersionIsNamed) {
   EXPECT_THAT(JobText(job), HasSubstr("\n  published: resnet8 version 2 (since deleted)\n"));
 }
 
+// A streamed trial has no table header above it: its figures are named.
+TEST(JobTextTest, AStreamedTrialNamesItsFigures) {
+  v1::JobEvent event;
+  event.set_job_id("job-1");
+  v1::TuningProgress& progress = *event.mutable_tuning_progress();
+  progress.set_trials_done(3);
+  progress.set_trial_budget(40);
+  v1::TuningTrial& trial = *progress.mutable_trial();
+  trial.set_stage("fallback");
+  trial.set_top1(0.8712);
+  trial.set_top1_agreement(0.981);
+  trial.set_output_sqnr_db(21.5);
+  trial.set_seconds(1.25);
+  trial.set_activation_observer("mse");
+  trial.add_fp32_layers("conv1");
+  trial.set_meets_goal(true);
+  EXPECT_EQ(EventText(event), "job-1 trial 3/40 fallback: top-1 87.12%, agreement 98.10%, SQNR 21.50 dB, "
+                              "1.25 s, activations mse, FP32: conv1 (meets goal)");
+  trial.set_error("out of time");
+  EXPECT_EQ(EventText(event), "job-1 trial 3/40 fallback: failed: out of time");
+}
+
 // A quantd that answers WatchJob from a script: each call writes its events,
 // stays quiet for a while, then ends with its status.
 class ScriptedWatch final : public v1::QuantizationService::Service {

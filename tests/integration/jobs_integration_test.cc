@@ -1251,8 +1251,8 @@ TEST(JobsIntegrationTest, AccuracyAwareJobReportsEveryTrialOnWatchAndInMetrics) 
                                  "--tolerance=0.2", "--max_trials=15", "--max_fp32_layers=3",
                                  "--time_budget_seconds=600", "--wait"});
   ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
-  EXPECT_THAT(submit.out, HasSubstr(" trial 1/15:"));
-  EXPECT_THAT(submit.out, HasSubstr(" trial 15/15:"));
+  EXPECT_THAT(submit.out, HasSubstr(" trial 1/15 estimator: top-1 "));
+  EXPECT_THAT(submit.out, HasSubstr(" trial 15/15 "));
   EXPECT_THAT(submit.out, HasSubstr("val_batch.bin (2000 images, FP32's predictions as labels): FP32 top-1 "
                                     "100.00%, goal >= 99.80%; NOT met (trial budget)"));
   nlohmann::json job = quantd.Job(JobIdFrom(submit.out));
