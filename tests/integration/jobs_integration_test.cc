@@ -393,6 +393,17 @@ std::string Scores(const inference::ModelInferResponse& response) {
 // Under the sanitizers (about 30 times slower) the same checks run on the
 // first kServedImages (1000) test images, against the job's own figures on those.
 
+// Triton's repository index of the models ready to serve.
+inference::RepositoryIndexResponse ReadyIndex(inference::GRPCInferenceService::Stub& stub) {
+  grpc::ClientContext context;
+  inference::RepositoryIndexRequest request;
+  request.set_ready(true);
+  inference::RepositoryIndexResponse index;
+  const grpc::Status status = stub.RepositoryIndex(&context, request, &index);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return index;
+}
+
 TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly) {
   // A long batching delay, so concurrent requests surely meet (a full batch
   // of 64 never waits). Two inference threads: on 2 CPUs every CPU runs
@@ -424,11 +435,7 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_TRUE(ready.ready());
     // Not loaded yet (the FP32 source never is by a job), yet servable: the
     // index lists both as READY, as ModelReady would answer, saying so.
-    grpc::ClientContext index_context;
-    inference::RepositoryIndexRequest index_request;
-    index_request.set_ready(true);
-    inference::RepositoryIndexResponse index;
-    ASSERT_TRUE(stub->RepositoryIndex(&index_context, index_request, &index).ok());
+    const inference::RepositoryIndexResponse index = ReadyIndex(*stub);
     ASSERT_EQ(index.models_size(), 2) << index.DebugString();
     EXPECT_EQ(index.models(1).name(), "resnet8.fp32");
     EXPECT_EQ(index.models(1).state(), "READY");
@@ -626,11 +633,7 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
   }
 
   {  // Triton's repository index, and quantctl's view.
-    grpc::ClientContext context;
-    inference::RepositoryIndexRequest request;
-    request.set_ready(true);
-    inference::RepositoryIndexResponse index;
-    ASSERT_TRUE(stub->RepositoryIndex(&context, request, &index).ok());
+    const inference::RepositoryIndexResponse index = ReadyIndex(*stub);
     ASSERT_EQ(index.models_size(), 2) << index.DebugString();
     EXPECT_EQ(index.models(0).name(), "resnet8");
     EXPECT_EQ(index.models(1).name(), "resnet8.fp32");
