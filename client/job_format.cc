@@ -282,7 +282,10 @@ std::string JobText(const v1::Job& job) {
       if (q.has_top1_agreement()) {
         absl::StrAppend(&text, absl::StrFormat(" top-1 agreement %.1f%%", 100 * q.top1_agreement()));
       }
-      if (q.has_output_sqnr_db()) absl::StrAppend(&text, absl::StrFormat(" output SQNR %.1f dB", q.output_sqnr_db()));
+      if (q.has_output_sqnr_db()) {
+        absl::StrAppend(&text, q.has_top1_agreement() ? "," : "",
+                        absl::StrFormat(" output SQNR %.1f dB", q.output_sqnr_db()));
+      }
     }
   }
   if (r.has_tuning()) absl::StrAppend(&text, TuningText(r.tuning()));

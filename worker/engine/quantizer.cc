@@ -367,9 +367,16 @@ class KernelChooser {
 
 // Advice for a run that measured no alternatives: where the error is, and
 // what would measure the fixes.
+// Whether any layer of the converted model runs on int8 kernels.
+bool AnyInt8Layer(const QuantizeReport& report) {
+  return std::any_of(report.layers.begin(), report.layers.end(),
+                     [](const LayerReport& layer) { return layer.op != "quantize"; });
+}
+
 std::vector<std::string> UnmeasuredAdvice(const QuantizeReport& report, const QConfig& qconfig) {
   std::vector<std::string> advice;
-  if (qconfig.activation.reduce_range && AssessKernelEngine(report.kernel_engine, 255, report.cpu).exact) {
+  if (qconfig.activation.reduce_range && AnyInt8Layer(report) &&
+      AssessKernelEngine(report.kernel_engine, 255, report.cpu).exact) {
     advice.push_back(absl::StrCat("reduce_range: kernel engine '", report.kernel_engine,
                                   "' computes 8-bit activations exactly on this CPU, so the 7-bit activations of ",
                                   qconfig.name, " are not needed here and usually cost accuracy; the best preset or "
@@ -545,15 +552,24 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   // INTERNAL one from its first batch (for the evaluation set, after
   // calibration and tuning).
   at::Tensor first_sample, first_output;
-  auto run_one_sample = [&](Dataset& dataset, const std::string& field) -> absl::Status {
+  // `scored`: top-1 is measured on the set (evaluation, tuning), so the model
+  // must be a classifier; `labelled`: against the set's labels, which must
+  // then be among its classes (not when tuning against FP32's predictions).
+  auto run_one_sample = [&](Dataset& dataset, const std::string& field, bool scored,
+                            bool labelled) -> absl::Status {
     if (dataset.size() == 0) return absl::OkStatus();
     QUANTD_ASSIGN_OR_RETURN(Batch first, dataset.ReadBatch(0, 1));
     at::Tensor output;
+    std::string output_type;
     absl::Status runs = TorchTry("one sample", [&] {
       at::NoGradGuard no_grad;
       // A copy: the model may write into its input.
       c10::IValue out = impl->fp32_module.forward({first.images.clone()});
-      if (out.isTensor()) output = out.toTensor().detach().to(at::kFloat);
+      if (out.isTensor()) {
+        output = out.toTensor().detach().to(at::kFloat);
+      } else {
+        output_type = out.type()->annotation_str();
+      }
       return absl::OkStatus();
     });
     if (!runs.ok()) {
@@ -561,22 +577,41 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
                                                      "shape [", absl::StrJoin(dataset.sample_shape(), ", "),
                                                      "] (", runs.message(), ")"));
     }
+    if (!output.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat("model: forward returns ", output_type,
+                                                     "; quantd quantizes and serves models with one tensor output "
+                                                     "(return only the one to serve)"));
+    }
+    // Said now, not once calibration (and tuning) are done.
+    if (scored) {
+      if (output.dim() != 2 || output.size(1) < 2) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": scoring top-1 needs a classifier, but the model's "
+                                                       "output for one sample has shape [",
+                                                       absl::StrJoin(output.sizes(), ", "), "], not [1, classes]"));
+      }
+    }
+    if (scored && labelled) {
+      const std::vector<int64_t> labels = dataset.SelectedLabels(dataset.size());
+      QUANTD_RETURN_IF_ERROR(
+          CheckLabelsInRange(at::tensor(labels), output.size(1), field, /*first_sample=*/0));
+    }
     if (&dataset == calibration.get()) {
       first_sample = first.images;
       first_output = output;
     }
     return absl::OkStatus();
   };
-  QUANTD_RETURN_IF_ERROR(run_one_sample(*calibration, "calibration"));
+  QUANTD_RETURN_IF_ERROR(run_one_sample(*calibration, "calibration", /*scored=*/false, /*labelled=*/false));
   // Open until the best preset's fold has checked their image size too.
   std::unique_ptr<Dataset> evaluation_set, tuning_set;
   if (options.evaluation) {
     QUANTD_ASSIGN_OR_RETURN(evaluation_set, OpenDataset(*options.evaluation));
-    QUANTD_RETURN_IF_ERROR(run_one_sample(*evaluation_set, "evaluation"));
+    QUANTD_RETURN_IF_ERROR(run_one_sample(*evaluation_set, "evaluation", /*scored=*/true, /*labelled=*/true));
   }
   if (options.accuracy_goal) {
     QUANTD_ASSIGN_OR_RETURN(tuning_set, OpenDataset(options.accuracy_goal->tuning));
-    QUANTD_RETURN_IF_ERROR(run_one_sample(*tuning_set, "accuracy_goal.tuning"));
+    QUANTD_RETURN_IF_ERROR(run_one_sample(*tuning_set, "accuracy_goal.tuning", /*scored=*/true,
+                                          /*labelled=*/!options.accuracy_goal->against_fp32));
   }
 
   QUANTD_RETURN_IF_ERROR(enter(Phase::kFusing));
@@ -770,6 +805,11 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     auto it = comparison.layer_sqnr_db.find(layer.name);
     if (it != comparison.layer_sqnr_db.end()) layer.sqnr_db = it->second;
     report.layers.push_back(std::move(layer));
+  }
+  if (!AnyInt8Layer(report)) {
+    report.warnings.push_back(
+        "no op of this model runs on int8 kernels (each is an FP32 fallback, listed with its reason): the artifact "
+        "computes what the FP32 model computes, with no int8 speed-up");
   }
   if (!tune) report.advice = UnmeasuredAdvice(report, qconfig);
   if (qconfig.equalization) report.advice.push_back(EqualizationAdvice(equalized));

@@ -536,6 +536,8 @@ TEST(QuantizeTest, ADatasetTheModelCannotTakeIsTheRequestsError) {
   const absl::Status s = Quantize(options).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("does not run on the dataset's samples of shape [3, 32, 32]"), std::string::npos) << s;
+  // With LibTorch's reason, not the interpreter's header line.
+  EXPECT_NE(s.message().find("expected input[1, 3, 32, 32] to have 1 channels"), std::string::npos) << s;
 }
 
 TEST(QuantizeTest, AModelReturningATupleIsRefusedBeforeCalibration) {
@@ -561,6 +563,109 @@ TEST(QuantizeTest, AModelReturningATupleIsRefusedBeforeCalibration) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("returns a tuple of 2 values"), std::string::npos) << s;
   EXPECT_EQ(calibration_batches, 0);
+}
+
+// What a model's one sample already shows is said before calibration: a
+// list output, a set scored on a model that is no classifier, labels beyond
+// its classes (each was found only after calibration, or at EVALUATING).
+TEST(QuantizeTest, OutputsTheRequestCannotUseAreRefusedBeforeCalibration) {
+  const std::string dir = testing::MakeTempDir("unusable_outputs");
+  auto model = [&](const std::string& name, const std::string& body) {
+    torch::jit::Module m(name);
+    m.register_parameter("w", at::ones({4, 3, 3, 3}), false);
+    m.define(body);
+    const std::string path = dir + "/" + name + ".pt";
+    m.save(path);
+    return path;
+  };
+  const std::string listed = model("Listed", R"(
+    def forward(self, x) -> List[Tensor]:
+        y = torch.conv2d(x, self.w)
+        return [y, torch.relu(y)]
+  )");
+  const std::string maps = model("Maps", R"(
+    def forward(self, x):
+        return torch.conv2d(x, self.w)
+  )");
+  const std::string three_classes = model("Three", R"(
+    def forward(self, x):
+        return torch.conv2d(x, self.w).mean([2, 3])[:, :3]
+  )");
+  int calibration_batches = 0;
+  auto quantize = [&](const std::string& path, bool evaluate) {
+    QuantizeOptions options;
+    options.model_path = path;
+    options.calibration.path = testing::CalibrationPath();
+    options.fusion.automatic = true;
+    if (evaluate) {
+      DatasetSpec evaluation;
+      evaluation.path = testing::CalibrationPath();
+      options.evaluation = evaluation;
+    }
+    options.progress = [&](const ProgressEvent& p) {
+      if (p.phase == Phase::kCalibrating && p.batches_done > 0) ++calibration_batches;
+      return true;
+    };
+    return Quantize(options).status();
+  };
+  absl::Status s = quantize(listed, false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(s.message(), "model: forward returns List[Tensor]; quantd quantizes and serves models with one tensor "
+                         "output (return only the one to serve)");
+  s = quantize(maps, true);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(s.message(), "evaluation: scoring top-1 needs a classifier, but the model's output for one sample has "
+                         "shape [1, 4, 30, 30], not [1, classes]");
+  EXPECT_TRUE(quantize(maps, false).ok()) << "a feature map is fine to quantize, only not to score";
+  // A model with no op on int8 kernels is not a silent success.
+  const std::string pooled = model("Pooled", R"(
+    def forward(self, x):
+        return x.mean([2, 3])
+  )");
+  QuantizeOptions options;
+  options.model_path = pooled;
+  options.calibration.path = testing::CalibrationPath();
+  options.fusion.automatic = true;
+  absl::StatusOr<std::unique_ptr<QuantizedModel>> nothing_int8 = Quantize(options);
+  ASSERT_TRUE(nothing_int8.ok()) << nothing_int8.status();
+  const std::vector<std::string>& warnings = (*nothing_int8)->report().warnings;
+  EXPECT_TRUE(std::any_of(warnings.begin(), warnings.end(), [](const std::string& w) {
+    return w.rfind("no op of this model runs on int8 kernels", 0) == 0;
+  })) << ::testing::PrintToString(warnings);
+  for (const std::string& advice : (*nothing_int8)->report().advice) {
+    EXPECT_EQ(advice.find("reduce_range"), std::string::npos) << advice;  // there are no int8 activations
+  }
+  calibration_batches = 0;
+  s = quantize(three_classes, true);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(s.message().rfind("evaluation: sample ", 0), 0u) << s;
+  EXPECT_NE(s.message().find("outside the model's 3 classes (labels are 0..2)"), std::string::npos) << s;
+  EXPECT_EQ(calibration_batches, 0);
+}
+
+// padding='same' is a string LibTorch's int8 convs cannot take: the conv
+// stays FP32 and its fallback says why (it said "no int8 kernel for
+// aten::conv2d", which has one).
+TEST(QuantizeTest, AConvWithStringPaddingSaysWhyItStaysFp32) {
+  torch::jit::Module m("Same");
+  m.register_parameter("w", at::randn({4, 3, 3, 3}) * 0.1, false);
+  m.define(R"(
+    def forward(self, x):
+        return torch.conv2d(x, self.w, None, [1, 1], "same").mean([2, 3])
+  )");
+  const std::string path = testing::MakeTempDir("same_padding") + "/same.pt";
+  m.save(path);
+  QuantizeOptions options;
+  options.model_path = path;
+  options.calibration.path = testing::CalibrationPath();
+  options.fusion.automatic = true;
+  absl::StatusOr<std::unique_ptr<QuantizedModel>> model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::vector<FallbackReport>& fallbacks = (*model)->report().fallbacks;
+  const auto conv = std::find_if(fallbacks.begin(), fallbacks.end(),
+                                 [](const FallbackReport& f) { return f.op == "aten::conv2d"; });
+  ASSERT_NE(conv, fallbacks.end());
+  EXPECT_EQ(conv->reason.rfind("conv2d with padding='same' has no int8 kernel", 0), 0u) << conv->reason;
 }
 
 // In-place ops were imported as pure ones: later readers kept the value

@@ -558,7 +558,9 @@ absl::Status RunQuantize(const QuantizeCommand& command, std::ostream& out) {
     out << std::fixed << std::setprecision(1) << "quality: " << (r.quality.passed ? "passed" : "FAILED") << " on "
         << r.quality.samples << " calibration images:";
     if (r.quality.top1_agreement) out << " top-1 agreement with FP32 " << 100 * *r.quality.top1_agreement << "%";
-    if (r.quality.output_sqnr_db) out << ", output SQNR " << *r.quality.output_sqnr_db << " dB";
+    if (r.quality.output_sqnr_db) {
+      out << (r.quality.top1_agreement ? "," : "") << " output SQNR " << *r.quality.output_sqnr_db << " dB";
+    }
     out << std::defaultfloat << "\n";
   }
   if (r.tuning) PrintTuning(*r.tuning, out);

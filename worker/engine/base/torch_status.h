@@ -4,6 +4,8 @@
 // LibTorch reports errors by throwing c10::Error (and sometimes std::exception).
 // The engine never lets them escape: wrap calls with QUANTD_TORCH_TRY.
 
+#include <algorithm>
+#include <cctype>
 #include <exception>
 #include <new>
 #include <string>
@@ -28,6 +30,31 @@ inline std::string FirstLine(const std::string& message) {
   return "(LibTorch gave no message)";
 }
 
+// A TorchScript module that fails while it runs says so on its first line,
+// then gives its TorchScript traceback, then the cause as "RuntimeError:
+// ...": that cause line, or else the first line.
+inline std::string CauseLine(const std::string& message) {
+  const std::string first = FirstLine(message);
+  if (first.rfind("The following operation failed in the TorchScript interpreter", 0) != 0) return first;
+  size_t start = 0;
+  while (start < message.size()) {
+    const size_t end = std::min(message.find('\n', start), message.size());
+    const std::string line = message.substr(start, end - start);
+    const size_t colon = line.find(": ");
+    if (colon != std::string::npos && colon > 0) {
+      const std::string name = line.substr(0, colon);
+      bool identifier = true;
+      for (char c : name) identifier = identifier && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.');
+      const auto ends_with = [&](const std::string& suffix) {
+        return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+      };
+      if (identifier && (ends_with("Error") || ends_with("Exception"))) return line;
+    }
+    start = end + 1;
+  }
+  return first;
+}
+
 // The first line of `e`'s message. Not for torch::jit::ErrorReport (a
 // TorchScript compile error): LibTorch 1.13 renders its source context in
 // what(), which can throw inside noexcept and so end the process. Known by
@@ -36,7 +63,7 @@ inline std::string ExceptionMessage(const std::exception& e) {
   if (std::string(typeid(e).name()).find("ErrorReport") != std::string::npos) {
     return "TorchScript code that does not compile in this LibTorch";
   }
-  return FirstLine(e.what());
+  return CauseLine(e.what());
 }
 
 // Whether `e` is LibTorch's CPU allocator failing: it throws c10::Error

@@ -31,6 +31,25 @@ TEST(TorchStatusTest, OtherExceptionsKeepTheFirstLineOfTheirMessage) {
   EXPECT_EQ(guarded.code(), absl::StatusCode::kResourceExhausted);
 }
 
+// A TorchScript module failing as it runs: the cause, not the interpreter's
+// header line, which says nothing of it.
+TEST(TorchStatusTest, AnInterpreterFailureKeepsItsCause) {
+  const std::string message =
+      "The following operation failed in the TorchScript interpreter.\n"
+      "Traceback of TorchScript (most recent call last):\n"
+      "  File \"code/__torch__.py\", line 9, in forward\n"
+      "    return torch.conv2d(x, w)\n"
+      "           ~~~~~~~~~~~~ <--- HERE\n"
+      "RuntimeError: Given groups=1, weight of size [4, 1, 3, 3], expected input[1, 3, 32, 32] to have 1 channels\n";
+  const absl::Status tried = TorchTry("one sample", [&]() -> absl::Status { throw std::runtime_error(message); });
+  EXPECT_EQ(tried.message(),
+            "one sample: RuntimeError: Given groups=1, weight of size [4, 1, 3, 3], expected input[1, 3, 32, 32] to "
+            "have 1 channels");
+  // Without a cause line, the header is all there is.
+  EXPECT_EQ(CauseLine("The following operation failed in the TorchScript interpreter.\nno cause here"),
+            "The following operation failed in the TorchScript interpreter.");
+}
+
 // LibTorch's CPU allocator throws c10::Error, not std::bad_alloc: a tensor
 // too large for the machine is RESOURCE_EXHAUSTED all the same.
 TEST(TorchStatusTest, LibTorchsAllocationFailureIsResourceExhausted) {

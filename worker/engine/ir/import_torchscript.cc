@@ -18,6 +18,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/str_join.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/torch_status.h"
 
@@ -272,8 +275,16 @@ class Importer {
     self.object = object;
     self.path = "";
     args.push_back(self);
+    const std::vector<c10::Argument>& schema = forward->getSchema().arguments();
     for (size_t i = 1; i < fg->inputs().size(); ++i) {
       const jit::Value* in = fg->inputs()[i];
+      // An argument after the input with a default (k: int = 2, y:
+      // Optional[Tensor] = None) keeps it: a caller passing the input alone
+      // gets that default, and branches on it fold here.
+      if (i >= 2 && i < schema.size() && schema[i].default_value().has_value()) {
+        args.push_back(ConstantSym(*schema[i].default_value()));
+        continue;
+      }
       Sym s;
       s.kind = Sym::Kind::kValue;
       s.value = graph_->NewValue();
@@ -324,6 +335,46 @@ class Importer {
       QUANTD_RETURN_IF_ERROR(WalkNode(node, env, module));
     }
     return absl::OkStatus();
+  }
+
+  // PyTorch's own code running here, as Python names it ("torch.nn.Upsample",
+  // "torch.nn.functional.interpolate"), or "": a torch.nn function called,
+  // else the module if it is one of torch.nn's.
+  std::string PyTorchCode(const Sym& module) const {
+    // "__torch__.torch.nn.functional.___torch_mangle_1.interpolate" is
+    // torch.nn.functional.interpolate; "" unless it is PyTorch's.
+    auto python_name = [](const std::string& qualified) -> std::string {
+      absl::string_view name = qualified;
+      if (!absl::ConsumePrefix(&name, "__torch__.") || !absl::StartsWith(name, "torch.")) return "";
+      std::vector<std::string> parts;
+      for (absl::string_view part : absl::StrSplit(name, '.')) {
+        if (!absl::StartsWith(part, "___torch_mangle_")) parts.emplace_back(part);
+      }
+      return absl::StrJoin(parts, ".");
+    };
+    std::string module_type;
+    if (module.kind == Sym::Kind::kModule && module.object != nullptr) {
+      module_type = python_name(module.object->type()->name()->qualifiedName());
+      // torch.nn.modules.upsampling.Upsample: torch.nn.Upsample, as users write it.
+      if (!absl::StartsWith(module_type, "torch.nn.")) {
+        module_type.clear();
+      } else {
+        module_type = absl::StrCat("torch.nn.", module_type.substr(module_type.rfind('.') + 1));
+      }
+    }
+    for (auto it = functions_.rbegin(); it != functions_.rend(); ++it) {
+      if (std::string function = python_name(*it); !function.empty()) {
+        return module_type.empty() ? function : absl::StrCat(module_type, "'s call of ", function);
+      }
+    }
+    return module_type;
+  }
+
+  // Why PyTorch's own scripted code stops the import, and what to do.
+  static std::string UnfollowedLibraryCode() {
+    return ", whose scripted code branches or loops on its input's shape, which quantd's import cannot follow; "
+           "save the model with torch.jit.trace instead (traced, it runs as recorded, in FP32 where it has no "
+           "int8 kernel)";
   }
 
   std::string Where(const Sym& module) const {
@@ -388,7 +439,10 @@ class Importer {
       std::vector<Sym> args;
       for (size_t i = 1; i < node->inputs().size(); ++i) args.push_back(in(i));
       std::vector<Sym> outs;
-      QUANTD_RETURN_IF_ERROR(WalkGraph(*jit::toGraphFunction(*fn.function).graph(), args, module, &outs));
+      functions_.push_back(fn.function->qualname().qualifiedName());
+      const absl::Status walked = WalkGraph(*jit::toGraphFunction(*fn.function).graph(), args, module, &outs);
+      functions_.pop_back();
+      QUANTD_RETURN_IF_ERROR(walked);
       return BindOutputs(node, outs, env);
     }
     if (kind == c10::prim::If) {
@@ -400,6 +454,8 @@ class Importer {
         taken = node->blocks()[1];  // an input check: assume it passes
       } else if (BlockRaises(node->blocks()[1]) && !BlockRaises(node->blocks()[0])) {
         taken = node->blocks()[0];
+      } else if (const std::string library = PyTorchCode(module); !library.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(Where(module), " runs ", library, UnfollowedLibraryCode()));
       } else {
         return absl::InvalidArgumentError(
             absl::StrCat("data-dependent control flow (prim::If) in ", Where(module), " is not supported"));
@@ -410,6 +466,9 @@ class Importer {
       return BindOutputs(node, outs, env);
     }
     if (kind == c10::prim::Loop) {
+      if (const std::string library = PyTorchCode(module); !library.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(Where(module), " runs ", library, UnfollowedLibraryCode()));
+      }
       return absl::InvalidArgumentError(absl::StrCat("loops (prim::Loop) in ", Where(module), " are not supported"));
     }
     if (kind == c10::prim::RaiseException) {
@@ -805,6 +864,7 @@ class Importer {
 
   Graph* graph_;
   int depth_ = 0;
+  std::vector<std::string> functions_;  // qualified names of the functions being walked, outermost first
   std::map<const char*, const jit::Node*> canonical_;
   std::map<int, int> renamed_;  // value -> the output of an op that wrote it in place
   std::map<int, int> view_base_;  // a view's value -> the value it views

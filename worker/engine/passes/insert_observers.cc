@@ -46,6 +46,13 @@ std::string Fp32Reason(const Node& node, bool input_is_int8) {
     case OpKind::kBatchNorm:
       return "batch_norm not fused into a conv has no int8 kernel here";
     case OpKind::kGeneric:
+      // A conv the int8 kernels would take, but for its padding.
+      if (node.OpName() == "aten::conv2d" && node.inputs.size() == 7 &&
+          node.inputs[4].kind == Operand::Kind::kConstant && node.inputs[4].constant.isString()) {
+        return absl::StrCat("conv2d with padding='", node.inputs[4].constant.toStringRef(),
+                            "' has no int8 kernel (LibTorch's take padding as numbers: for 'same' with stride 1 "
+                            "and an odd kernel k, padding=k//2 computes the same)");
+      }
       return absl::StrCat("no int8 kernel for ", node.OpName());
     default:
       return input_is_int8 ? "unsupported arguments for the int8 kernel" : "its input is FP32";
