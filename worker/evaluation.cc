@@ -416,9 +416,12 @@ absl::StatusOr<Evaluation> Evaluator::Get(const std::string& id) {
   if (clock_->Now() - evaluation.update_time > options_.stale_after) {
     evaluation.state = EvaluationState::kFailed;
     evaluation.error_code = absl::StatusCode::kAborted;
-    evaluation.error_message =
-        absl::StrCat("no progress for ", absl::FormatDuration(clock_->Now() - evaluation.update_time),
-                     ": the server running it stopped; evaluate again");
+    // The same text at every read: it names the last progress, not the
+    // time since, which grew with each poll.
+    evaluation.error_message = absl::StrCat(
+        "no progress since ", absl::FormatTime(absl::RFC3339_sec, evaluation.update_time, absl::UTCTimeZone()),
+        " (more than ", absl::FormatDuration(options_.stale_after),
+        "): the server running it stopped; evaluate again");
   }
   return evaluation;
 }

@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/base/status_macros.h"
@@ -30,6 +31,14 @@ absl::StatusOr<int> ResolveNode(const Graph& graph, const std::string& entry, co
   }
   if (nodes.size() == 1) return nodes[0];
   if (nodes.empty()) {
+    // A container with no op of its own runs: its submodules' ops are its.
+    for (const Node& n : graph.nodes) {
+      if (!n.removed && absl::StartsWith(n.module_path, entry + ".")) {
+        return absl::InvalidArgumentError(absl::StrCat("fusion group ", group, ": '", entry,
+                                                       "' is a container module (its ops run in its submodules); "
+                                                       "name one of them, e.g. '", n.name, "'"));
+      }
+    }
     return absl::InvalidArgumentError(
         absl::StrCat("fusion group ", group, ": no module or op named '", entry, "' runs in the model's forward"));
   }
@@ -173,8 +182,9 @@ std::vector<std::vector<int>> FindFusableGroups(const Graph& graph) {
           group.push_back(next);
         }
         break;
+      // Not a batch_norm without its conv: it runs in FP32 here (no int8
+      // kernel), so fusing its ReLU would list as fused what is no int8 op.
       case OpKind::kLinear:
-      case OpKind::kBatchNorm:
       case OpKind::kAdd:
         if (kind_of(next) == OpKind::kRelu) group.push_back(next);
         break;

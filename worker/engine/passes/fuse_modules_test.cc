@@ -81,6 +81,30 @@ TEST(FuseModulesTest, ContainerModulesAreAmbiguous) {
   EXPECT_NE(s.message().find("layer1:add"), std::string::npos) << s;
 }
 
+// A container with no op of its own (its submodules run them) is named as
+// one too; it was "no module or op named 'head' runs in the model's forward".
+TEST(FuseModulesTest, AContainerWithoutOpsOfItsOwnIsNamedAsOne) {
+  torch::jit::Module act("Act");
+  act.define("def forward(self, x):\n    return torch.relu(x)\n");
+  torch::jit::Module head("Head");
+  head.register_module("act", act);
+  head.define("def forward(self, x):\n    return self.act.forward(x)\n");
+  torch::jit::Module root("Root");
+  root.register_parameter("w", at::randn({4, 3, 3, 3}), false);
+  root.register_module("head", head);
+  root.define("def forward(self, x):\n    return self.head.forward(torch.conv2d(x, self.w))\n");
+  auto graph = ImportTorchScript(root);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  FusionSpec spec;
+  spec.groups = {{"head", "conv2d"}};
+  absl::Status s = FuseModules(&*graph, spec).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'head' is a container module (its ops run in its submodules); name one of them, e.g. "
+                             "'head.act"),
+            std::string::npos)
+      << s;
+}
+
 TEST(FuseModulesTest, IntermediateWithAnotherConsumerIsRejected) {
   const std::string dir = testing::MakeTempDir("fuse_small_model");
   auto made = testing::RunCommand(testing::Python() + " " + testing::SourceDir() +
