@@ -65,6 +65,12 @@ JobStats::JobStats(prometheus::Registry& registry)
                           .Help("Bytes in regular files under --data_dir (job store, artifacts, blobs).")
                           .Register(registry)
                           .Add({})),
+      data_dir_limit_bytes_(prometheus::BuildGauge()
+                                .Name("quantd_data_dir_limit_bytes")
+                                .Help("--max_data_bytes: what quantd_data_dir_bytes may reach before uploads, "
+                                      "artifacts and submits are refused (RESOURCE_EXHAUSTED); 0 = no limit.")
+                                .Register(registry)
+                                .Add({})),
       recovered_(prometheus::BuildCounter()
                      .Name("quantd_jobs_recovered_total")
                      .Help("Interrupted jobs this process recovered (its own after a restart, or any whose lease ran "
@@ -169,6 +175,7 @@ void JobStats::Refresh(worker::JobStore& jobs, const worker::DataQuota* quota) {
   }
   if (quota != nullptr) {
     if (absl::StatusOr<int64_t> used = quota->UsedBytes(); used.ok()) data_dir_bytes_.Set(static_cast<double>(*used));
+    data_dir_limit_bytes_.Set(static_cast<double>(quota->max_bytes()));
   }
   absl::StatusOr<std::vector<worker::ModelVersion>> versions = jobs.ListModelVersions("");
   if (!versions.ok()) return;

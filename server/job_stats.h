@@ -58,6 +58,7 @@ class JobStats : public worker::JobWatcher {
   prometheus::Counter& calibration_samples_;
   prometheus::Family<prometheus::Counter>& tuning_trials_;
   prometheus::Gauge& data_dir_bytes_;
+  prometheus::Gauge& data_dir_limit_bytes_;
   prometheus::Family<prometheus::Counter>& recovered_;
   prometheus::Counter& recovered_requeued_;
   prometheus::Counter& recovered_failed_;

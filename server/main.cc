@@ -96,6 +96,11 @@ ABSL_FLAG(bool, vet_models, true,
           "models in the server process (trusted models only).");
 ABSL_FLAG(double, model_vet_seconds, 120,
           "How long the child loading a job's model may take before the job fails.");
+ABSL_FLAG(int64_t, model_vet_memory_bytes, 0,
+          "Address space the model-vetting child may add to what it maps at start; 0 = the "
+          "machine's memory and swap, or the cgroup's limit if less. In a container whose memory "
+          "limit quantd itself shares, set it below what quantd leaves free: a child that "
+          "outgrows the container would take the server down with it (OOM killer).");
 ABSL_FLAG(std::string, vet_model_file, "",
           "Internal (what quantd runs as the child of --vet_models): load this TorchScript "
           "model, print why it fails, exit 0 when it loads.");
@@ -376,7 +381,7 @@ int main(int argc, char** argv) {
   quantd::SetDebugLogging(absl::GetFlag(FLAGS_log_rpcs));
   quantd::engine::InitializeRuntime(absl::GetFlag(FLAGS_intra_op_threads));
   if (const std::string model = absl::GetFlag(FLAGS_vet_model_file); !model.empty()) {
-    return quantd::worker::RunModelVetterChild(model);
+    return quantd::worker::RunModelVetterChild(model, absl::GetFlag(FLAGS_model_vet_memory_bytes));
   }
   // After the vetting child's branch: a model that crashes LibTorch's loader
   // is an expected death there, reported by the parent.
@@ -411,7 +416,13 @@ int main(int argc, char** argv) {
   options.max_data_bytes = absl::GetFlag(FLAGS_max_data_bytes);
   options.max_batch_bytes = absl::GetFlag(FLAGS_max_batch_bytes);
   options.blob_ttl_seconds = absl::GetFlag(FLAGS_blob_ttl_seconds);
-  if (absl::GetFlag(FLAGS_vet_models)) options.model_vet_command = {"/proc/self/exe", "--vet_model_file"};
+  if (const int64_t vet_memory = absl::GetFlag(FLAGS_model_vet_memory_bytes); vet_memory < 0) {
+    std::cerr << "quantd: --model_vet_memory_bytes must be >= 0, got " << vet_memory << "\n";
+    return 2;
+  } else if (absl::GetFlag(FLAGS_vet_models)) {
+    options.model_vet_command = {"/proc/self/exe", absl::StrCat("--model_vet_memory_bytes=", vet_memory),
+                                 "--vet_model_file"};
+  }
   options.model_vet_seconds = absl::GetFlag(FLAGS_model_vet_seconds);
   options.rpc_threads = absl::GetFlag(FLAGS_rpc_threads);
   options.rpc_queue_capacity = absl::GetFlag(FLAGS_rpc_queue_capacity);

@@ -20,6 +20,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -222,7 +223,7 @@ uint64_t MappedBytes() {
 
 }  // namespace
 
-int RunModelVetterChild(const std::string& model_path) {
+int RunModelVetterChild(const std::string& model_path, int64_t memory_bytes) {
   // Descriptors other server threads had open without O_CLOEXEC when this
   // process was spawned are not ours to hold.
   ::close_range(3, ~0U, 0);
@@ -235,13 +236,23 @@ int RunModelVetterChild(const std::string& model_path) {
   // filled memory until the OOM killer came. The child's address space is
   // capped at what the machine holds, so such a request fails at once.
   // On top of what is mapped already (under ASan, terabytes of shadow).
-  if (const uint64_t machine = MachineMemoryBytes(); machine > 0) {
+  // In a container the cgroup's limit is shared with the server, so its
+  // operator may cap the child lower (--model_vet_memory_bytes).
+  const uint64_t room = memory_bytes > 0 ? static_cast<uint64_t>(memory_bytes) : MachineMemoryBytes();
+  if (room > 0) {
     struct rlimit cap;
-    cap.rlim_cur = cap.rlim_max = MappedBytes() + machine;
+    cap.rlim_cur = cap.rlim_max = MappedBytes() + room;
     ::setrlimit(RLIMIT_AS, &cap);
   }
-  const absl::Status loaded = engine::CheckModelLoads(model_path);
+  absl::Status loaded = engine::CheckModelLoads(model_path);
   if (loaded.ok()) return 0;
+  // The loader reports an allocation it could not make as out of memory,
+  // as INVALID_ARGUMENT when a bad archive asked for it: either way, say
+  // which cap it met.
+  if (memory_bytes > 0 && absl::StrContains(loaded.message(), "out of memory")) {
+    loaded = absl::ResourceExhaustedError(absl::StrCat(loaded.message(), " (the model-vetting child may use ",
+                                                       memory_bytes, " more bytes, --model_vet_memory_bytes)"));
+  }
   std::printf("%s%d\n%s\n", kStatusPrefix, static_cast<int>(loaded.code()), std::string(loaded.message()).c_str());
   std::fflush(stdout);
   return kRejected;

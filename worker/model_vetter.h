@@ -10,6 +10,7 @@
 // deterministic, the same bytes take the same path twice.
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -56,8 +57,10 @@ class CachingModelVetter {
 };
 
 // The child's side (quantd --vet_model_file=PATH): engine::CheckModelLoads, the
-// outcome on stdout, and the exit code the parent reads.
-int RunModelVetterChild(const std::string& model_path);
+// outcome on stdout, and the exit code the parent reads. Its address space
+// may grow by `memory_bytes` (quantd --model_vet_memory_bytes; 0 = the
+// machine's memory and swap, or its cgroup's limit if less).
+int RunModelVetterChild(const std::string& model_path, int64_t memory_bytes = 0);
 
 }  // namespace quantd::worker
 

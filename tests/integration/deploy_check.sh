@@ -26,7 +26,8 @@ for expected in "kind: Deployment" "kind: Service" "kind: ServiceMonitor" "kind:
     "runAsNonRoot: true" "readOnlyRootFilesystem: true" "startupProbe:" "readinessProbe:" \
     "livenessProbe:" "path: /v2/health/ready" "- /usr/local/bin/quantctl" "- --tls_ca=/etc/quantd/tls/ca.crt" "fsGroupChangePolicy: OnRootMismatch" "scheme: HTTPS" "name: metrics" \
     "kind: PersistentVolumeClaim" "claimName: quantd-data" "--max_data_bytes=" "publishNotReadyAddresses: true" \
-    "jobLabel: app.kubernetes.io/name" "name: http" \
+    "jobLabel: app.kubernetes.io/name" "name: https" "name: tls-grpc" "namespace: quantd" "kind: Namespace" \
+    "--model_vet_memory_bytes=" "- --service=inference.GRPCInferenceService" \
     "secretName: quantd-tls" "secretName: quantd-tokens" "--tls_cert=/etc/quantd/tls/tls.crt" \
     "--token_file=/etc/quantd/tokens/tokens" "scheme: https" "bearerTokenSecret:"; do
   grep -qF -- "$expected" <<<"$rendered" || fail "rendered manifests lack '$expected'"

@@ -1846,6 +1846,32 @@ TEST(JobsIntegrationTest, ModelsThatCrashLibTorchsLoaderFailOnlyTheirJob) {
   EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
 }
 
+// In a container the child shares the server's memory limit: capped by
+// --model_vet_memory_bytes, a model that needs more fails its job naming the
+// flag, before it could bring the OOM killer to the server.
+TEST(JobsIntegrationTest, TheVettingChildKeepsToItsMemoryCap) {
+  Quantd quantd({"--model_vet_memory_bytes=16777216"});  // 16 MiB
+  ASSERT_TRUE(quantd.Start());
+  // A classifier with a 64 MiB weight: loading it needs more than the cap.
+  const std::string model = quantd.dir() + "/data/wide.pt";
+  auto made = RunCommand({"/usr/bin/python3", "-c",
+                          "import sys, torch\n"
+                          "m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 5461), "
+                          "torch.nn.Linear(5461, 10))\n"
+                          "torch.jit.script(m.eval()).save(sys.argv[1])\n",
+                          model},
+                         absl::Seconds(120));
+  ASSERT_TRUE(made.ok());
+  ASSERT_EQ(made->exit_code, 0) << made->err;
+  RunResult r = quantd.Ctl({"submit", "--model=wide.pt", absl::StrCat("--calib=", kCalib), "--wait"});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  nlohmann::json job = quantd.Job(JobIdFrom(r.out));
+  EXPECT_EQ(job["state"], "JOB_STATE_FAILED");
+  EXPECT_EQ(job["result"].value("errorCode", 0), 8);  // RESOURCE_EXHAUSTED
+  EXPECT_THAT(job["result"].value("errorMessage", ""), HasSubstr("may use 16777216 more bytes, --model_vet_memory_bytes"));
+  EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
+}
+
 // Why: without the child the same file takes the whole server down.
 TEST(JobsIntegrationTest, WithoutVettingALoaderCrashEndsTheServer) {
   Quantd quantd({"--vet_models=false"});
