@@ -131,11 +131,10 @@ std::string AllowedMethod(const std::vector<std::string>& parts) {
 // brackets alone would otherwise cost the parser tens of bytes per byte.
 constexpr int kMaxJsonNesting = 32;
 
-// An inference request's path (counted in quantd_inference_requests_total
-// whatever its outcome).
-// Whether the call is an inference request, counted in the request metrics
-// when refused, as gRPC's ModelInfer is: also one whose model name or
-// version is empty (which gRPC counts under model="").
+// Whether the call is an inference request (counted in
+// quantd_inference_requests_total whatever its outcome, as gRPC's ModelInfer
+// is): also one whose model name or version is empty, which gRPC counts
+// under model="".
 bool IsInferCall(absl::string_view method, absl::string_view path) {
   if (method != "POST") return false;
   const std::vector<std::string> parts = absl::StrSplit(path, '/');

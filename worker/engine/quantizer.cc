@@ -365,13 +365,14 @@ class KernelChooser {
   QuantizeReport* const report_;
 };
 
-// Advice for a run that measured no alternatives: where the error is, and
-// what would measure the fixes.
 // Whether any layer of the converted model runs on int8 kernels.
 bool AnyInt8Layer(const QuantizeReport& report) {
   return std::any_of(report.layers.begin(), report.layers.end(),
                      [](const LayerReport& layer) { return layer.op != "quantize"; });
 }
+
+// Advice for a run that measured no alternatives: where the error is, and
+// what would measure the fixes.
 
 std::vector<std::string> UnmeasuredAdvice(const QuantizeReport& report, const QConfig& qconfig) {
   std::vector<std::string> advice;
@@ -583,12 +584,10 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
                                                      "(return only the one to serve)"));
     }
     // Said now, not once calibration (and tuning) are done.
-    if (scored) {
-      if (output.dim() != 2 || output.size(1) < 2) {
-        return absl::InvalidArgumentError(absl::StrCat(field, ": scoring top-1 needs a classifier, but the model's "
-                                                       "output for one sample has shape [",
-                                                       absl::StrJoin(output.sizes(), ", "), "], not [1, classes]"));
-      }
+    if (scored && (output.dim() != 2 || output.size(1) < 2)) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": scoring top-1 needs a classifier, but the model's "
+                                                     "output for one sample has shape [",
+                                                     absl::StrJoin(output.sizes(), ", "), "], not [1, classes]"));
     }
     if (scored && labelled) {
       const std::vector<int64_t> labels = dataset.SelectedLabels(dataset.size());
