@@ -471,6 +471,12 @@ class Importer {
       }
       return absl::InvalidArgumentError(absl::StrCat("loops (prim::Loop) in ", Where(module), " are not supported"));
     }
+    // Most often a dict output ({"logits": y}): say what quantd takes.
+    if (kind == c10::prim::DictConstruct) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a dict (prim::DictConstruct) in ", Where(module),
+          ": quantd takes models whose forward computes and returns one tensor (return the tensor itself)"));
+    }
     if (kind == c10::prim::RaiseException) {
       return absl::InvalidArgumentError(absl::StrCat("the model raises an exception in ", Where(module)));
     }

@@ -175,6 +175,20 @@ TEST(ImportTorchScriptTest, LaterReadersOfAnInPlaceWriteReadItsOutput) {
   EXPECT_TRUE(graph->IsGraphOutput(relu->outputs[0])) << graph->Dump();
 }
 
+// A dict output was "unsupported TorchScript op prim::DictConstruct".
+TEST(ImportTorchScriptTest, ADictOutputSaysWhatQuantdTakes) {
+  torch::jit::Module m("Named");
+  m.register_parameter("w", at::randn({4, 3, 3, 3}), false);
+  m.define(R"(
+    def forward(self, x) -> Dict[str, Tensor]:
+        return {"logits": torch.conv2d(x, self.w)}
+  )");
+  const absl::Status refused = ImportTorchScript(m).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.message(), "a dict (prim::DictConstruct) in the model's forward: quantd takes models whose "
+                               "forward computes and returns one tensor (return the tensor itself)");
+}
+
 // An item of a list built in forward, written in place (feats[0].relu_()):
 // eager PyTorch's list sees the write, TorchScript 1.13's does not (tested
 // in Python), and int8's cat read the unwritten item. Refused, whether the
