@@ -569,33 +569,28 @@ TEST(QuantizeTest, AModelReturningATupleIsRefusedBeforeCalibration) {
 // list output, a set scored on a model that is no classifier, labels beyond
 // its classes (each was found only after calibration, or at EVALUATING).
 TEST(QuantizeTest, OutputsTheRequestCannotUseAreRefusedBeforeCalibration) {
-  const std::string dir = testing::MakeTempDir("unusable_outputs");
-  auto model = [&](const std::string& name, const std::string& body) {
+  auto model = [](const std::string& name, const std::string& body) {
     torch::jit::Module m(name);
     m.register_parameter("w", at::ones({4, 3, 3, 3}), false);
     m.define(body);
-    const std::string path = dir + "/" + name + ".pt";
-    m.save(path);
-    return path;
+    return m;
   };
-  const std::string listed = model("Listed", R"(
+  const torch::jit::Module listed = model("Listed", R"(
     def forward(self, x) -> List[Tensor]:
         y = torch.conv2d(x, self.w)
         return [y, torch.relu(y)]
   )");
-  const std::string maps = model("Maps", R"(
+  const torch::jit::Module maps = model("Maps", R"(
     def forward(self, x):
         return torch.conv2d(x, self.w)
   )");
-  const std::string three_classes = model("Three", R"(
+  const torch::jit::Module three_classes = model("Three", R"(
     def forward(self, x):
         return torch.conv2d(x, self.w).mean([2, 3])[:, :3]
   )");
   int calibration_batches = 0;
-  auto quantize = [&](const std::string& path, bool evaluate) {
-    QuantizeOptions options;
-    options.model_path = path;
-    options.calibration.path = testing::CalibrationPath();
+  auto quantize = [&](const torch::jit::Module& m, const std::string& name, bool evaluate) {
+    QuantizeOptions options = SavedModelOptions(m, name, 100);
     options.fusion.automatic = true;
     if (evaluate) {
       DatasetSpec evaluation;
@@ -606,27 +601,30 @@ TEST(QuantizeTest, OutputsTheRequestCannotUseAreRefusedBeforeCalibration) {
       if (p.phase == Phase::kCalibrating && p.batches_done > 0) ++calibration_batches;
       return true;
     };
-    return Quantize(options).status();
+    return Quantize(options);
   };
-  absl::Status s = quantize(listed, false);
+  absl::Status s = quantize(listed, "listed", false).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_EQ(s.message(), "model: forward returns List[Tensor]; quantd quantizes and serves models with one tensor "
                          "output (return only the one to serve)");
-  s = quantize(maps, true);
+  s = quantize(maps, "maps", true).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_EQ(s.message(), "evaluation: scoring top-1 needs a classifier, but the model's output for one sample has "
                          "shape [1, 4, 30, 30], not [1, classes]");
-  EXPECT_TRUE(quantize(maps, false).ok()) << "a feature map is fine to quantize, only not to score";
+  EXPECT_EQ(calibration_batches, 0);
+  EXPECT_TRUE(quantize(maps, "maps", false).ok()) << "a feature map is fine to quantize, only not to score";
+  calibration_batches = 0;
+  s = quantize(three_classes, "three_classes", true).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(s.message().rfind("evaluation: sample ", 0), 0u) << s;
+  EXPECT_NE(s.message().find("outside the model's 3 classes (labels are 0..2)"), std::string::npos) << s;
+  EXPECT_EQ(calibration_batches, 0);
   // A model with no op on int8 kernels is not a silent success.
-  const std::string pooled = model("Pooled", R"(
+  const torch::jit::Module pooled = model("Pooled", R"(
     def forward(self, x):
         return x.mean([2, 3])
   )");
-  QuantizeOptions options;
-  options.model_path = pooled;
-  options.calibration.path = testing::CalibrationPath();
-  options.fusion.automatic = true;
-  absl::StatusOr<std::unique_ptr<QuantizedModel>> nothing_int8 = Quantize(options);
+  absl::StatusOr<std::unique_ptr<QuantizedModel>> nothing_int8 = quantize(pooled, "pooled", false);
   ASSERT_TRUE(nothing_int8.ok()) << nothing_int8.status();
   const std::vector<std::string>& warnings = (*nothing_int8)->report().warnings;
   EXPECT_TRUE(std::any_of(warnings.begin(), warnings.end(), [](const std::string& w) {
@@ -635,12 +633,6 @@ TEST(QuantizeTest, OutputsTheRequestCannotUseAreRefusedBeforeCalibration) {
   for (const std::string& advice : (*nothing_int8)->report().advice) {
     EXPECT_EQ(advice.find("reduce_range"), std::string::npos) << advice;  // there are no int8 activations
   }
-  calibration_batches = 0;
-  s = quantize(three_classes, true);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_EQ(s.message().rfind("evaluation: sample ", 0), 0u) << s;
-  EXPECT_NE(s.message().find("outside the model's 3 classes (labels are 0..2)"), std::string::npos) << s;
-  EXPECT_EQ(calibration_batches, 0);
 }
 
 // padding='same' is a string LibTorch's int8 convs cannot take: the conv
@@ -653,11 +645,7 @@ TEST(QuantizeTest, AConvWithStringPaddingSaysWhyItStaysFp32) {
     def forward(self, x):
         return torch.conv2d(x, self.w, None, [1, 1], "same").mean([2, 3])
   )");
-  const std::string path = testing::MakeTempDir("same_padding") + "/same.pt";
-  m.save(path);
-  QuantizeOptions options;
-  options.model_path = path;
-  options.calibration.path = testing::CalibrationPath();
+  QuantizeOptions options = SavedModelOptions(m, "same_padding", 100);
   options.fusion.automatic = true;
   absl::StatusOr<std::unique_ptr<QuantizedModel>> model = Quantize(options);
   ASSERT_TRUE(model.ok()) << model.status();
