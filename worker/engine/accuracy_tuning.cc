@@ -85,8 +85,6 @@ struct JudgeSet {
   std::optional<double> fp32_top1;
 };
 
-bool IsClassifierOutput(const at::Tensor& t) { return t.dim() == 2 && t.size(1) > 1; }
-
 absl::StatusOr<JudgeSet> LoadLabelled(const AccuracyGoal& goal, const torch::jit::Module& fp32_module,
                                       int64_t max_batch_bytes, const std::vector<int64_t>& input_shape) {
   QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Dataset> dataset, OpenDataset(goal.tuning));

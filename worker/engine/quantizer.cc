@@ -584,7 +584,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
                                                      "(return only the one to serve)"));
     }
     // Said now, not once calibration (and tuning) are done.
-    if (scored && (output.dim() != 2 || output.size(1) < 2)) {
+    if (scored && !IsClassifierOutput(output)) {
       return absl::InvalidArgumentError(absl::StrCat(field, ": scoring top-1 needs a classifier, but the model's "
                                                      "output for one sample has shape [",
                                                      absl::StrJoin(output.sizes(), ", "), "], not [1, classes]"));

@@ -48,6 +48,9 @@ absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec);
 absl::Status CheckLabelsInRange(const at::Tensor& labels, int64_t classes, absl::string_view field,
                                 int64_t first_sample = 0);
 
+// Whether a model's output can be scored for top-1: [N, classes], two classes or more.
+inline bool IsClassifierOutput(const at::Tensor& t) { return t.dim() == 2 && t.size(1) > 1; }
+
 // CheckBatchBytes (batch_limits.h) for this dataset's images.
 absl::Status CheckBatchBytes(const Dataset& dataset, int64_t batch_size, int64_t max_bytes, absl::string_view field);
 
