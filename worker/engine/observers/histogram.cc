@@ -130,8 +130,9 @@ class HistogramObserver : public Observer {
   // grid. PyTorch 1.13 counts each batch over int()-truncated bounds
   // (`truncate`): its bins do not span [min_val, max_val], and values past
   // the truncated bounds are dropped. Its L2 search reads them as if they
-  // did, so PyTorch's presets must too. quantd's own estimators read the
-  // exact one, whose bins span `span`.
+  // did, so PyTorch's presets must too, and they merge with its rounding
+  // (CombineHistograms). quantd's own estimators read the exact one, whose
+  // bins span `span`, merged without it (SpreadHistogram).
   struct RunningHistogram {
     RunningHistogram(int64_t bins, bool truncate)
         : truncate(truncate), histogram(static_cast<size_t>(bins), 0.0f), counter(bins) {}
@@ -168,9 +169,12 @@ class HistogramObserver : public Observer {
         AddAsOneBin(h->histogram, h->min_val, h->max_val, plan.range, &combined);
       } else if (plan.adjusted.min == h->min_val && plan.adjusted.max == h->max_val) {
         for (int64_t b = 0; b < bins_; ++b) combined[static_cast<size_t>(b)] += h->histogram[static_cast<size_t>(b)];
-      } else {
+      } else if (h->truncate) {  // PyTorch's, rounding included (its L2 search reads it)
         CombineHistograms(&combined, h->histogram, spec_.upsample_rate, plan.adjusted.downsample_rate,
                           plan.adjusted.start_idx);
+      } else {
+        SpreadHistogram(&combined, h->histogram, spec_.upsample_rate, plan.adjusted.downsample_rate,
+                        plan.adjusted.start_idx);
       }
       h->min_val = plan.adjusted.min;
       h->max_val = plan.adjusted.max;

@@ -210,6 +210,25 @@ void CombineHistograms(std::vector<float>* new_hist, const std::vector<float>& o
   }
 }
 
+void SpreadHistogram(std::vector<float>* new_hist, const std::vector<float>& old_hist, int64_t upsample,
+                     int64_t downsample, int64_t start_idx) {
+  const int64_t bins = static_cast<int64_t>(old_hist.size());
+  const int64_t fine = bins * downsample;
+  const int64_t old_end = start_idx + bins * upsample;
+  for (int64_t k = 0; k < bins; ++k) {
+    const int64_t begin = std::max(k * downsample, start_idx);
+    const int64_t end = std::min({fine, k * downsample + downsample, old_end});
+    double share = 0.0;
+    for (int64_t j = begin; j < end;) {
+      const int64_t src = (j - start_idx) / upsample;
+      const int64_t run_end = std::min(end, start_idx + (src + 1) * upsample);
+      share += static_cast<double>(old_hist[static_cast<size_t>(src)]) * static_cast<double>(run_end - j);
+      j = run_end;
+    }
+    if (share != 0.0) (*new_hist)[static_cast<size_t>(k)] += static_cast<float>(share / static_cast<double>(upsample));
+  }
+}
+
 double QuantizationError(const float* hist, int64_t bins, double bin_width, int64_t start_bin, int64_t end_bin,
                          int64_t dst_bins) {
   const double dst_bin_width = bin_width * static_cast<double>(end_bin - start_bin + 1) / static_cast<double>(dst_bins);

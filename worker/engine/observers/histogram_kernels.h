@@ -81,6 +81,16 @@ AdjustedRange AdjustMinMax(float old_min, float old_max, MinMax batch, int64_t b
 void CombineHistograms(std::vector<float>* new_hist, const std::vector<float>& old_hist, int64_t upsample,
                        int64_t downsample, int64_t start_idx);
 
+// The same spreading and resampling without PyTorch's rounding: it keeps the
+// running integral of the previous bin in float32, so past about a million
+// counts every resampled bin is off by up to a ulp of the running total over
+// `upsample`, negative ones included (in empty bins too). Each merge adds such
+// errors, and an estimator walking the cumulative counts stops short of the
+// top values. Here each new bin gets exactly its share of the old counts:
+// never negative, and the counts add up.
+void SpreadHistogram(std::vector<float>* new_hist, const std::vector<float>& old_hist, int64_t upsample,
+                     int64_t downsample, int64_t start_idx);
+
 // HistogramObserver._compute_quantization_error for bins
 // [start_bin, end_bin] mapped onto `dst_bins` quantization levels.
 double QuantizationError(const float* hist, int64_t bins, double bin_width, int64_t start_bin, int64_t end_bin,

@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include "worker/engine/base/cpu_features.h"
 
 namespace quantd::engine {
@@ -195,6 +199,35 @@ TEST(CombineHistogramsTest, MatchesPyTorchAtObserverSizes) {
   at::Tensor old_t = (at::floor(at::rand({bins}) * 5000) / 128 + at::rand({bins}) * 1e-3).contiguous();
   ExpectCombineMatches(old_t, at::floor(at::rand({bins}) * 5000).contiguous(), 128,
                        {{128, 0}, {129, 0}, {131, 300}, {200, 40000}});
+}
+
+// Past a million counts PyTorch's merge leaves negative counts in empty bins
+// and loses mass; SpreadHistogram gives each new bin its exact share.
+TEST(SpreadHistogramTest, KeepsEveryCountWhereCombineRoundsItAway) {
+  const int64_t bins = 2048, upsample = 128;
+  std::vector<float> old_hist(static_cast<size_t>(bins), 0.0f);
+  double total = 0;
+  for (int64_t i = 0; i < bins / 2; ++i) {  // the upper half stays empty
+    old_hist[static_cast<size_t>(i)] = static_cast<float>(4000 - 3 * i) + 0.37f;
+    total += old_hist[static_cast<size_t>(i)];
+  }
+  ASSERT_GT(total, 1e6);
+  for (auto [downsample, start] : std::vector<std::pair<int64_t, int64_t>>{{128, 0}, {131, 0}, {200, 40000}}) {
+    std::vector<float> pytorch(static_cast<size_t>(bins), 0.0f), spread(static_cast<size_t>(bins), 0.0f);
+    CombineHistograms(&pytorch, old_hist, upsample, downsample, start);
+    SpreadHistogram(&spread, old_hist, upsample, downsample, start);
+    EXPECT_LT(*std::min_element(pytorch.begin(), pytorch.end()), 0.0f) << "PyTorch's rounding no longer shows";
+    EXPECT_GE(*std::min_element(spread.begin(), spread.end()), 0.0f);
+    double spread_total = 0;
+    for (float c : spread) spread_total += c;
+    EXPECT_NEAR(spread_total, total, total * 1e-6) << downsample << " " << start;
+    // Where the old bins end, so do the new ones: the last bin holding counts
+    // is the one the last old count maps into.
+    const int64_t last_fine = start + (bins / 2) * upsample - 1;
+    const int64_t last = static_cast<int64_t>(std::find_if(spread.rbegin(), spread.rend(), [](float c) { return c > 0; }) -
+                                              spread.rbegin());
+    EXPECT_EQ(bins - 1 - last, last_fine / downsample) << downsample << " " << start;
+  }
 }
 
 TEST(QuantizationErrorTest, GrowsWhenTheRangeClipsMass) {
