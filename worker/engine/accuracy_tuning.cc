@@ -338,8 +338,10 @@ std::vector<std::string> Advise(const TuningSetup& setup, const SearchGoal& goal
     const std::string remedy =
         outcome.stopped_because == "FP32 layer cap" ? "a higher max_fp32_layers, or a larger tolerance, may meet it"
         : outcome.stopped_because == "search done"
-            ? (goal.allow_fp32_layers ? "every candidate and FP32 layer set was tried: only a larger tolerance may "
-                                        "meet it"
+            ? (goal.allow_fp32_layers
+                   ? "the greedy stage tried each layer once, in order of sensitivity, and kept those that brought "
+                     "the model closer to FP32; sets of FP32 layers it did not try may meet it (all of them do), and "
+                     "so may a larger tolerance"
                                       : "every estimator was tried: allowing FP32 layers (without int8_only), or a "
                                         "larger tolerance, may meet it")
             : "a larger trial or time budget, or a larger tolerance, may meet it";

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/quantizer_internal.h"
 #include "worker/engine/testing/test_env.h"
@@ -153,6 +154,32 @@ TEST(AccuracyTuningTest, AnUnreachableGoalRunsEveryStageAndKeepsTheBestModelFoun
 
 // The goal met by a range estimator: no layer leaves int8, and the search
 // ends after the estimators.
+// A search that ran to its end without meeting the goal says what it did
+// not try: the greedy stage adds each layer once, so larger FP32 sets (the
+// whole FP32 model among them) may still meet it.
+TEST(AccuracyTuningTest, ASearchDoneShortOfTheGoalSaysWhichSetsItLeftUntried) {
+  QuantizeOptions options = ResNet8Options("fbgemm");
+  options.accuracy_goal = ValidationGoal(1000);
+  options.accuracy_goal->against_fp32 = true;
+  options.accuracy_goal->max_top1_drop = 0;  // every one of 1000 predictions as FP32's
+  options.accuracy_goal->max_trials = 1000;
+  options.accuracy_goal->time_budget_seconds = 3600;
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const QuantizeReport& r = (*model)->report();
+  const TuningReport& t = *r.tuning;
+  ASSERT_FALSE(t.met) << "the greedy set reached 100% agreement: " << absl::StrJoin(t.fp32_layers, ", ");
+  EXPECT_EQ(t.stopped_because, "search done");
+  EXPECT_LT(t.fp32_layers.size(), t.sensitivity.size());
+  const auto missed = std::find_if(r.advice.begin(), r.advice.end(), [](const std::string& a) {
+    return a.rfind("the goal was missed by ", 0) == 0;
+  });
+  ASSERT_NE(missed, r.advice.end());
+  EXPECT_NE(missed->find("(stopped: search done); the greedy stage tried each layer once"), std::string::npos)
+      << *missed;
+  EXPECT_NE(missed->find("sets of FP32 layers it did not try may meet it"), std::string::npos) << *missed;
+}
+
 TEST(AccuracyTuningTest, AGoalMetByAnEstimatorKeepsTheModelFullyInt8) {
   QuantizeOptions options = ResNet8Options("onednn");
   options.accuracy_goal = ValidationGoal(500);
