@@ -312,8 +312,11 @@ absl::StatusOr<Evaluation> Evaluator::Start(EvaluationSpec spec) {
       return absl::InvalidArgumentError(SampleShapeMismatch((*reader)->sample_shape(), spec, input_shape));
     }
   }
-  QUANTD_RETURN_IF_ERROR(
-      engine::CheckBatchBytes((*reader)->sample_shape(), spec.batch_size, options_.max_batch_bytes, "batch_size"));
+  // No batch holds more than the images evaluated.
+  const int64_t evaluated =
+      spec.max_samples > 0 ? std::min(spec.max_samples, (*reader)->size()) : (*reader)->size();
+  QUANTD_RETURN_IF_ERROR(engine::CheckBatchBytes((*reader)->sample_shape(), std::min(spec.batch_size, evaluated),
+                                                 options_.max_batch_bytes, "batch_size"));
   Evaluation evaluation;
   evaluation.create_time = clock_->Now();
   evaluation.update_time = evaluation.create_time;

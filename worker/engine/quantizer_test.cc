@@ -422,6 +422,17 @@ TEST_F(SmallModelTest, BatchesOverTheByteLimitAreRefused) {
   DatasetSpec data = Options().calibration;
   EXPECT_EQ((*model)->EvaluateInt8(data, 32).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE((*model)->EvaluateInt8(data, 16).ok());
+  // No batch holds more than the set's 64 images: a batch size above that
+  // (a default of 100 or 256) asks for no more than the set takes.
+  options.max_batch_bytes = 64 * 3072;
+  options.batch_size = 1000;
+  auto whole = Quantize(options);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_TRUE((*whole)->EvaluateInt8(data, 1000).ok());
+  options.max_batch_bytes = 64 * 3072 - 1;
+  refused = Quantize(options).status();
+  EXPECT_NE(refused.message().find("calibration.batch_size: 64 images of 3x16x16 float32"), std::string::npos)
+      << refused;
 }
 
 TEST_F(SmallModelTest, DepthwiseMaxPoolLinearReluAndAFallback) {

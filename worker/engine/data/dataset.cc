@@ -433,7 +433,9 @@ absl::Status CheckLabelsInRange(const at::Tensor& labels, int64_t classes, absl:
 }
 
 absl::Status CheckBatchBytes(const Dataset& dataset, int64_t batch_size, int64_t max_bytes, absl::string_view field) {
-  return CheckBatchBytes(dataset.sample_shape(), batch_size, max_bytes, field);
+  // No batch holds more than the set: a default batch size larger than a
+  // small set of large images is not a request for more memory.
+  return CheckBatchBytes(dataset.sample_shape(), std::min(batch_size, dataset.size()), max_bytes, field);
 }
 
 absl::StatusOr<std::unique_ptr<Dataset>> OpenDataset(const DatasetSpec& spec) {

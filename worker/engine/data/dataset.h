@@ -51,7 +51,8 @@ absl::Status CheckLabelsInRange(const at::Tensor& labels, int64_t classes, absl:
 // Whether a model's output can be scored for top-1: [N, classes], two classes or more.
 inline bool IsClassifierOutput(const at::Tensor& t) { return t.dim() == 2 && t.size(1) > 1; }
 
-// CheckBatchBytes (batch_limits.h) for this dataset's images.
+// CheckBatchBytes (batch_limits.h) for this dataset's images, in batches of
+// `batch_size` or, where the dataset is smaller, the whole dataset.
 absl::Status CheckBatchBytes(const Dataset& dataset, int64_t batch_size, int64_t max_bytes, absl::string_view field);
 
 // The parsed dict of a .npy header ("{'descr': '<f4', 'fortran_order': False,
