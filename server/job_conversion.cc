@@ -287,6 +287,12 @@ absl::Status ApplyQConfig(const v1::QConfig& q, worker::JobSpec* spec) {
       }
       spec->qconfig.percentile = c.percentile();
     }
+    // Refused now, not at CONVERTING after a whole calibration.
+    if (q.kernel_engine() == "onednn" && spec->qconfig.weight_observer == "per_tensor_affine") {
+      return absl::InvalidArgumentError(
+          "qconfig.custom.weight_observer: WEIGHT_OBSERVER_PER_TENSOR_AFFINE gives weight zero points, which "
+          "qconfig.kernel_engine \"onednn\" rejects (use a symmetric weight observer, or kernel engine qnnpack)");
+    }
   } else {
     // Unset: the preset made for the requested kernel engine (the API's
     // promise); fbgemm's, the PyTorch default, when no engine is named.
@@ -607,6 +613,12 @@ absl::StatusOr<worker::Job> JobFromRequest(const v1::QuantizeJobRequest& request
     goal.max_fp32_layers = g.max_fp32_layers();
     goal.against_fp32 = g.against_fp32();
     spec.accuracy_goal = goal;
+    const std::string& observer = spec.qconfig.activation_observer;
+    if (spec.qconfig.preset.empty() && (observer == "minmax" || observer == "moving_average_minmax")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "qconfig.custom.activation_observer: accuracy_goal tries range estimators on the calibration's histograms, "
+          "which the ", observer, " observer does not keep (use a preset, or histogram, mse, percentile or entropy)"));
+    }
   }
 
   if (!request.model_name().empty()) {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -11,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/time/clock.h"
+#include "worker/engine/quantizer.h"
 #include "worker/input_locator.h"
 #include "worker/job_codec.h"
 
@@ -211,6 +213,30 @@ TEST_F(ResolvePathTest, AnAccuracyGoalOutOfRangeNamesTheField) {
   goal->set_tolerance(0.5);
   goal->set_max_trials(5000);
   EXPECT_THAT(JobFromRequest(request, resolver).status().message(), HasSubstr("accuracy_goal.max_trials: at most 1000"));
+  // Tuning reads histograms, which a MinMax observer does not keep.
+  goal->set_max_trials(10);
+  request.mutable_qconfig()->mutable_custom()->set_activation_observer(v1::ACTIVATION_OBSERVER_MINMAX);
+  status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("qconfig.custom.activation_observer: accuracy_goal tries range estimators"));
+  request.mutable_qconfig()->mutable_custom()->set_activation_observer(v1::ACTIVATION_OBSERVER_MSE);
+  EXPECT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+}
+
+// onednn takes no weight zero points: refused at submit, not after calibration.
+TEST_F(ResolvePathTest, AffineWeightsOnOnednnAreRefusedAtSubmit) {
+  const ReferenceResolver resolver = Resolver();
+  v1::QuantizeJobRequest request = OneRecordRequest();
+  request.mutable_qconfig()->mutable_custom()->set_weight_observer(v1::WEIGHT_OBSERVER_PER_TENSOR_AFFINE);
+  request.mutable_qconfig()->set_kernel_engine("qnnpack");
+  ASSERT_TRUE(JobFromRequest(request, resolver).ok()) << JobFromRequest(request, resolver).status();
+  const std::vector<std::string> engines = engine::AvailableKernelEngines();
+  if (std::find(engines.begin(), engines.end(), "onednn") == engines.end()) GTEST_SKIP() << "no onednn here";
+  request.mutable_qconfig()->set_kernel_engine("onednn");
+  const absl::Status status = JobFromRequest(request, resolver).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("qconfig.custom.weight_observer: WEIGHT_OBSERVER_PER_TENSOR_AFFINE gives "
+                                          "weight zero points, which qconfig.kernel_engine \"onednn\" rejects"));
 }
 
 // The job is stored as JSON text: a link to a file whose name is not UTF-8

@@ -493,6 +493,12 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
                                                      "' is not compiled into this LibTorch (available: ",
                                                      absl::StrJoin(available, ", "), ")"));
     }
+    // Refused before calibration, not when converting the first layer.
+    if (options.kernel_engine == "onednn" && WeightsHaveZeroPoints(qconfig)) {
+      return absl::InvalidArgumentError(absl::StrCat("kernel_engine 'onednn' rejects weight zero points, which weight "
+                                                     "observer ", qconfig.weight.Describe(), " gives; use a symmetric "
+                                                     "weight observer or kernel engine qnnpack"));
+    }
     candidates.push_back(AssessKernelEngine(options.kernel_engine, activation_quant_max, report.cpu));
     if (!candidates[0].exact && options.strict_kernels) {
       return absl::FailedPreconditionError(absl::StrCat("kernel_engine '", options.kernel_engine, "' ",

@@ -368,6 +368,12 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     return absl::InvalidArgumentError(absl::StrCat("--kernel_engine: unknown kernel engine \"", o.kernel_engine,
                                                    "\" (", kKernelEngineNames, ")"));
   }
+  // As quantd refuses such a job at submit: said before anything runs.
+  if (o.kernel_engine == "onednn" && o.qconfig.weight_observer == "per_tensor_affine") {
+    return absl::InvalidArgumentError(
+        "--weight_observer: per_tensor_affine gives weight zero points, which --kernel_engine=onednn rejects (use "
+        "a symmetric weight observer, or --kernel_engine=qnnpack)");
+  }
   QUANTD_ASSIGN_OR_RETURN(o.fusion, ParseFusionSpec(get("fusion", "auto")));
   if (flags.count("eval")) {
     engine::DatasetSpec eval = o.calibration;
@@ -412,6 +418,12 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     // As quantd refuses such a job at submit: said before anything runs.
     if (!goal.allow_fp32_layers && goal.max_fp32_layers > 0) {
       return absl::InvalidArgumentError("--max_fp32_layers: not with --int8_only (no layer stays FP32)");
+    }
+    const std::string& observer = o.qconfig.activation_observer;
+    if (o.qconfig.preset.empty() && (observer == "minmax" || observer == "moving_average_minmax")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--activation_observer: --tuning tries range estimators on the calibration's histograms, which ", observer,
+          " does not keep (use a preset, or histogram, mse, percentile or entropy)"));
     }
     if (!goal.against_fp32 && goal.tuning.format == engine::DatasetFormat::kNpy && goal.tuning.labels_path.empty()) {
       return absl::InvalidArgumentError(

@@ -310,6 +310,25 @@ TEST(ParseQuantizeArgsTest, AccuracyGoalFlags) {
                 .message()
                 .find("--tuning"),
             std::string::npos);
+  // Conflicts the request alone shows are usage errors, before calibration.
+  EXPECT_EQ(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin", "--preset=custom",
+                               "--activation_observer=moving_average_minmax"})
+                .status()
+                .message(),
+            "--activation_observer: --tuning tries range estimators on the calibration's histograms, which "
+            "moving_average_minmax does not keep (use a preset, or histogram, mse, percentile or entropy)");
+  EXPECT_TRUE(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--tuning=v.bin",
+                                 "--preset=custom", "--activation_observer=mse"})
+                  .ok());
+  EXPECT_EQ(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=custom",
+                               "--weight_observer=per_tensor_affine", "--kernel_engine=onednn"})
+                .status()
+                .message(),
+            "--weight_observer: per_tensor_affine gives weight zero points, which --kernel_engine=onednn rejects (use "
+            "a symmetric weight observer, or --kernel_engine=qnnpack)");
+  EXPECT_TRUE(ParseQuantizeArgs({"--model=m.pt", "--calib=c.bin", "--output=o.pt", "--preset=custom",
+                                 "--weight_observer=per_tensor_affine", "--kernel_engine=qnnpack"})
+                  .ok());
 }
 
 TEST(ParseFusionSpecTest, ReadsGroupsFromJson) {
