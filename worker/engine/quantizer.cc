@@ -565,6 +565,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
   auto run_one_sample = [&](Dataset& dataset, const std::string& field, bool scored,
                             bool labelled) -> absl::Status {
     if (dataset.size() == 0) return absl::OkStatus();
+    QUANTD_RETURN_IF_ERROR(dataset.CheckFinite());
     QUANTD_ASSIGN_OR_RETURN(Batch first, dataset.ReadBatch(0, 1));
     at::Tensor output;
     std::string output_type;

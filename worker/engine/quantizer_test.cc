@@ -385,6 +385,30 @@ class SmallModelTest : public ::testing::Test {
 };
 std::string* SmallModelTest::dir_ = nullptr;
 
+// A NaN or infinity in a float evaluation set is found before calibration,
+// not when its batch is scored after calibration and conversion.
+TEST_F(SmallModelTest, ANonFiniteImageInAnEvaluationSetIsRefusedBeforeCalibration) {
+  std::vector<float> pixels(static_cast<size_t>(20 * 16 * 16 * 3), 100.0f);
+  pixels[static_cast<size_t>(19 * 16 * 16 * 3 + 5)] = std::numeric_limits<float>::infinity();  // the last image
+  testing::WriteNpy(*dir_ + "/infinite.npy", "<f4", {20, 16, 16, 3}, pixels.data(), pixels.size() * 4);
+  std::vector<int64_t> labels(20, 1);
+  testing::WriteNpy(*dir_ + "/infinite_labels.npy", "<i8", {20}, labels.data(), labels.size() * 8);
+  QuantizeOptions options = Options();
+  DatasetSpec evaluation = options.calibration;
+  evaluation.path = *dir_ + "/infinite.npy";
+  evaluation.labels_path = *dir_ + "/infinite_labels.npy";
+  options.evaluation = evaluation;
+  int calibration_batches = 0;
+  options.progress = [&](const ProgressEvent& p) {
+    if (p.phase == Phase::kCalibrating && p.batches_done > 0) ++calibration_batches;
+    return true;
+  };
+  const absl::Status s = Quantize(options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("infinite.npy: image 19 has an infinite value"), std::string::npos) << s;
+  EXPECT_EQ(calibration_batches, 0);
+}
+
 // A batch's memory is bounded by bytes: 16 images of 3x16x16 float32 are
 // 49152 bytes.
 TEST_F(SmallModelTest, BatchesOverTheByteLimitAreRefused) {

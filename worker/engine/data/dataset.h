@@ -36,6 +36,10 @@ class Dataset {
   virtual std::vector<int64_t> SelectedLabels(int64_t count) const = 0;
   // sha256 of the underlying file(s) and of the selection.
   virtual absl::StatusOr<std::string> Fingerprint() const = 0;
+  // INVALID_ARGUMENT naming the first selected image that holds a NaN or an
+  // infinity, read now rather than when its batch comes (after calibration,
+  // for an evaluation set). Only float files are read: uint8 cannot hold one.
+  virtual absl::Status CheckFinite() = 0;
 };
 
 // Opens and validates a dataset file before anything is allocated from its
