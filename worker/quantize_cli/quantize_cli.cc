@@ -301,8 +301,12 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       o.calibration.labels_path.empty()) {
     return absl::InvalidArgumentError("--calib_labels: required for .npy images with --samples_per_class (per class)");
   }
-  QUANTD_ASSIGN_OR_RETURN(int64_t seed, get_int("seed", 0));
-  o.calibration.seed = static_cast<uint64_t>(seed);
+  // The API's full uint64 range, as quantctl takes it: a job's selection can
+  // be reproduced here with its seed.
+  if (flags.count("seed") && !absl::SimpleAtoi(get("seed"), &o.calibration.seed)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--seed must be an integer in 0..18446744073709551615, not '", get("seed"), "'"));
+  }
   o.calibration.layout = get("layout", "auto");
   if (o.calibration.layout != "auto" && o.calibration.layout != "NCHW" && o.calibration.layout != "NHWC") {
     return absl::InvalidArgumentError(

@@ -78,6 +78,10 @@ TEST(ParseQuantizeArgsTest, BooleansValuesAndNumbersAreCheckedNamingTheFlag) {
   EXPECT_EQ(with({"--std=nan"}).status().message(), "--std: \"nan\" is not a number");
   EXPECT_EQ(with({"--intra_op_threads=0"}).status().message(), "--intra_op_threads must be in 1..1024, not 0");
   EXPECT_EQ(with({"--help"}).status().message(), "help requested");
+  // Seeds span the API's uint64, as in quantctl.
+  EXPECT_EQ(with({"--seed=18446744073709551615"})->options.calibration.seed, UINT64_MAX);
+  EXPECT_EQ(with({"--seed=-1"}).status().message(), "--seed must be an integer in 0..18446744073709551615, not '-1'");
+  EXPECT_EQ(with({"--seed=18446744073709551616"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(with({"--help=false"}).ok());
   // Unknown before its value is looked for; the canonical name in errors.
   EXPECT_EQ(with({"--verbose", "--quiet"}).status().message(), "unknown flag --verbose");

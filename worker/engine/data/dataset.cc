@@ -372,12 +372,20 @@ class NpyDataset : public FileDataset {
     if (h.shape.size() != 1 || h.shape[0] != total) {
       return absl::InvalidArgumentError(absl::StrCat("labels ", path, " must be 1-D with ", total, " entries"));
     }
-    int64_t width = 0;
-    const bool signed_byte = h.descr == "|i1";  // -1 must read as -1, not 255
-    if (h.descr == "<i8") width = 8;
-    else if (h.descr == "<i4") width = 4;
-    else if (h.descr == "|u1" || h.descr == "<u1" || signed_byte) width = 1;
-    else return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": dtype ", h.descr, " is not supported"));
+    // Any integer dtype: byte order ('<', '>', '|', '=' native little-endian
+    // here), kind ('i' or 'u') and width.
+    const std::string& d = h.descr;
+    int width = 0;
+    if (d.size() == 3 && (d[0] == '<' || d[0] == '>' || d[0] == '|' || d[0] == '=') && (d[1] == 'i' || d[1] == 'u')) {
+      width = d[2] - '0';
+    }
+    if (width != 1 && width != 2 && width != 4 && width != 8) {
+      return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": dtype ", d,
+                                                     " is not supported (an integer dtype: int8..int64, "
+                                                     "uint8..uint64)"));
+    }
+    const bool is_signed = d[1] == 'i';
+    const bool big_endian = d[0] == '>' && width > 1;
     RecordFile file;
     QUANTD_RETURN_IF_ERROR(file.Open(path));
     if (file.size() - h.data_offset < total * width) {  // total is already bounded by the image file
@@ -388,13 +396,17 @@ class NpyDataset : public FileDataset {
     QUANTD_RETURN_IF_ERROR(file.Read(h.data_offset, raw.data(), total * width));
     labels_.resize(static_cast<size_t>(total));
     for (int64_t i = 0; i < total; ++i) {
-      int64_t v = 0;
-      if (width == 8) std::memcpy(&v, raw.data() + i * 8, 8);
-      else if (width == 4) { int32_t x; std::memcpy(&x, raw.data() + i * 4, 4); v = x; }
-      else if (signed_byte) v = static_cast<signed char>(raw[static_cast<size_t>(i)]);
-      else v = static_cast<unsigned char>(raw[static_cast<size_t>(i)]);
-      if (v < 0) return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": negative label at ", i));
-      labels_[static_cast<size_t>(i)] = v;
+      uint64_t bits = 0;  // the value's bytes, least significant first
+      for (int b = 0; b < width; ++b) {
+        const auto byte = static_cast<unsigned char>(raw[static_cast<size_t>(i * width + (big_endian ? width - 1 - b : b))]);
+        bits |= static_cast<uint64_t>(byte) << (8 * b);
+      }
+      const bool negative = is_signed && (bits >> (8 * width - 1)) != 0;
+      if (negative) return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": negative label at ", i));
+      if (bits > static_cast<uint64_t>(INT64_MAX)) {
+        return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": label ", bits, " at ", i, " is too large"));
+      }
+      labels_[static_cast<size_t>(i)] = static_cast<int64_t>(bits);
     }
     files_.push_back(path);
     return absl::OkStatus();

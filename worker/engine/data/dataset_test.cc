@@ -148,6 +148,44 @@ TEST(NpyDatasetTest, RejectsBadFiles) {
   EXPECT_NE(OpenDataset(spec).status().message().find("truncated"), std::string::npos);
 }
 
+// Labels of any integer dtype and byte order read as the same classes; a
+// float dtype is refused naming what is taken.
+TEST(NpyDatasetTest, LabelsOfEveryIntegerDtypeAndByteOrder) {
+  const std::string dir = testing::MakeTempDir("npy_int_labels");
+  std::vector<uint8_t> images(2 * 4 * 4 * 3, 7);
+  testing::WriteNpy(dir + "/images.npy", "|u1", {2, 4, 4, 3}, images.data(), images.size());
+  DatasetSpec spec;
+  spec.format = DatasetFormat::kNpy;
+  spec.path = dir + "/images.npy";
+  spec.labels_path = dir + "/labels.npy";
+  const struct {
+    const char* descr;
+    std::vector<uint8_t> bytes;  // the labels 3 and 258 (or 9 where one byte cannot hold 258)
+    int64_t second;
+  } cases[] = {
+      {"<u2", {3, 0, 2, 1}, 258},
+      {">i2", {0, 3, 1, 2}, 258},
+      {"<u4", {3, 0, 0, 0, 2, 1, 0, 0}, 258},
+      {">u8", {0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 2}, 258},
+      {">i8", {0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 2}, 258},
+      {"|i1", {3, 9}, 9},
+  };
+  for (const auto& c : cases) {
+    testing::WriteNpy(spec.labels_path, c.descr, {2}, c.bytes.data(), c.bytes.size());
+    auto dataset = OpenDataset(spec);
+    ASSERT_TRUE(dataset.ok()) << c.descr << ": " << dataset.status();
+    EXPECT_EQ((*dataset)->SelectedLabels(2), (std::vector<int64_t>{3, c.second})) << c.descr;
+  }
+  const std::vector<uint8_t> negative = {0, 3, 0xff, 0xff};  // >i2: 3, -1
+  testing::WriteNpy(spec.labels_path, ">i2", {2}, negative.data(), negative.size());
+  EXPECT_NE(OpenDataset(spec).status().message().find("negative label at 1"), std::string::npos);
+  const std::vector<float> floats = {3, 1};
+  testing::WriteNpy(spec.labels_path, "<f4", {2}, floats.data(), floats.size() * 4);
+  EXPECT_NE(OpenDataset(spec).status().message().find("dtype <f4 is not supported (an integer dtype"),
+            std::string::npos)
+      << OpenDataset(spec).status();
+}
+
 // A raw header dict, written with a valid .npy prefix and `data` after it.
 // Labels of dtype int8: -1 is a negative label, refused, not class 255.
 TEST(NpyDatasetTest, SignedByteLabelsKeepTheirSign) {
