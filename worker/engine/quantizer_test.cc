@@ -27,6 +27,15 @@
 namespace quantd::engine {
 namespace {
 
+// A progress callback that counts the calibration batches run into
+// `*batches`: a request refused before calibration leaves it at 0.
+ProgressCallback CountCalibrationBatches(int* batches) {
+  return [batches](const ProgressEvent& p) {
+    if (p.phase == Phase::kCalibrating && p.batches_done > 0) ++*batches;
+    return true;
+  };
+}
+
 QuantizeOptions ResNet8Options(const std::string& preset) {
   QuantizeOptions options;
   options.model_path = testing::ResNet8Path();
@@ -399,10 +408,7 @@ TEST_F(SmallModelTest, ANonFiniteImageInAnEvaluationSetIsRefusedBeforeCalibratio
   evaluation.labels_path = *dir_ + "/infinite_labels.npy";
   options.evaluation = evaluation;
   int calibration_batches = 0;
-  options.progress = [&](const ProgressEvent& p) {
-    if (p.phase == Phase::kCalibrating && p.batches_done > 0) ++calibration_batches;
-    return true;
-  };
+  options.progress = CountCalibrationBatches(&calibration_batches);
   const absl::Status s = Quantize(options).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("infinite.npy: image 19 has an infinite value"), std::string::npos) << s;
@@ -590,10 +596,7 @@ TEST(QuantizeTest, AModelReturningATupleIsRefusedBeforeCalibration) {
   options.calibration.path = testing::CalibrationPath();
   options.fusion.automatic = true;
   int calibration_batches = 0;
-  options.progress = [&](const ProgressEvent& p) {
-    if (p.phase == Phase::kCalibrating && p.batches_done > 0) ++calibration_batches;
-    return true;
-  };
+  options.progress = CountCalibrationBatches(&calibration_batches);
   const absl::Status s = Quantize(options).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("returns a tuple of 2 values"), std::string::npos) << s;
@@ -632,10 +635,7 @@ TEST(QuantizeTest, OutputsTheRequestCannotUseAreRefusedBeforeCalibration) {
       evaluation.path = testing::CalibrationPath();
       options.evaluation = evaluation;
     }
-    options.progress = [&](const ProgressEvent& p) {
-      if (p.phase == Phase::kCalibrating && p.batches_done > 0) ++calibration_batches;
-      return true;
-    };
+    options.progress = CountCalibrationBatches(&calibration_batches);
     return Quantize(options);
   };
   absl::Status s = quantize(listed, "listed", false).status();

@@ -398,8 +398,8 @@ class NpyDataset : public FileDataset {
     for (int64_t i = 0; i < total; ++i) {
       uint64_t bits = 0;  // the value's bytes, least significant first
       for (int b = 0; b < width; ++b) {
-        const auto byte = static_cast<unsigned char>(raw[static_cast<size_t>(i * width + (big_endian ? width - 1 - b : b))]);
-        bits |= static_cast<uint64_t>(byte) << (8 * b);
+        const size_t at = static_cast<size_t>(i * width + (big_endian ? width - 1 - b : b));
+        bits |= static_cast<uint64_t>(static_cast<unsigned char>(raw[at])) << (8 * b);
       }
       const bool negative = is_signed && (bits >> (8 * width - 1)) != 0;
       if (negative) return absl::InvalidArgumentError(absl::StrCat("labels ", path, ": negative label at ", i));

@@ -148,16 +148,22 @@ TEST(NpyDatasetTest, RejectsBadFiles) {
   EXPECT_NE(OpenDataset(spec).status().message().find("truncated"), std::string::npos);
 }
 
-// Labels of any integer dtype and byte order read as the same classes; a
-// float dtype is refused naming what is taken.
-TEST(NpyDatasetTest, LabelsOfEveryIntegerDtypeAndByteOrder) {
-  const std::string dir = testing::MakeTempDir("npy_int_labels");
+// A .npy of two 4x4 uint8 images in `dir`, and the spec that reads it with
+// labels from dir/labels.npy (which the caller writes).
+DatasetSpec TwoImagesWithLabels(const std::string& dir) {
   std::vector<uint8_t> images(2 * 4 * 4 * 3, 7);
   testing::WriteNpy(dir + "/images.npy", "|u1", {2, 4, 4, 3}, images.data(), images.size());
   DatasetSpec spec;
   spec.format = DatasetFormat::kNpy;
   spec.path = dir + "/images.npy";
   spec.labels_path = dir + "/labels.npy";
+  return spec;
+}
+
+// Labels of any integer dtype and byte order read as the same classes; a
+// float dtype is refused naming what is taken.
+TEST(NpyDatasetTest, LabelsOfEveryIntegerDtypeAndByteOrder) {
+  const DatasetSpec spec = TwoImagesWithLabels(testing::MakeTempDir("npy_int_labels"));
   const struct {
     const char* descr;
     std::vector<uint8_t> bytes;  // the labels 3 and 258 (or 9 where one byte cannot hold 258)
@@ -189,13 +195,7 @@ TEST(NpyDatasetTest, LabelsOfEveryIntegerDtypeAndByteOrder) {
 // A raw header dict, written with a valid .npy prefix and `data` after it.
 // Labels of dtype int8: -1 is a negative label, refused, not class 255.
 TEST(NpyDatasetTest, SignedByteLabelsKeepTheirSign) {
-  const std::string dir = testing::MakeTempDir("npy_i1_labels");
-  std::vector<uint8_t> images(2 * 4 * 4 * 3, 7);
-  testing::WriteNpy(dir + "/images.npy", "|u1", {2, 4, 4, 3}, images.data(), images.size());
-  DatasetSpec spec;
-  spec.format = DatasetFormat::kNpy;
-  spec.path = dir + "/images.npy";
-  spec.labels_path = dir + "/labels.npy";
+  const DatasetSpec spec = TwoImagesWithLabels(testing::MakeTempDir("npy_i1_labels"));
   const std::vector<int8_t> fine = {3, 0};
   testing::WriteNpy(spec.labels_path, "|i1", {2}, fine.data(), fine.size());
   auto dataset = OpenDataset(spec);

@@ -224,9 +224,9 @@ TEST(SpreadHistogramTest, KeepsEveryCountWhereCombineRoundsItAway) {
     // Where the old bins end, so do the new ones: the last bin holding counts
     // is the one the last old count maps into.
     const int64_t last_fine = start + (bins / 2) * upsample - 1;
-    const int64_t last = static_cast<int64_t>(std::find_if(spread.rbegin(), spread.rend(), [](float c) { return c > 0; }) -
-                                              spread.rbegin());
-    EXPECT_EQ(bins - 1 - last, last_fine / downsample) << downsample << " " << start;
+    const auto holds_counts = [](float c) { return c > 0; };
+    const int64_t empty_at_top = std::find_if(spread.rbegin(), spread.rend(), holds_counts) - spread.rbegin();
+    EXPECT_EQ(bins - 1 - empty_at_top, last_fine / downsample) << downsample << " " << start;
   }
 }
 

@@ -288,7 +288,8 @@ std::optional<Rebuilt> RebuildFromCachedCopy(bool relu) {
   const size_t first_size = malloc_usable_size(reinterpret_cast<void*>(*first_bytes));
   first_pd.reset();
   FreedBytesHold hold;
-  EXPECT_TRUE(hold.Cover(*first_bytes, first_size)) << "could not hold the freed descriptor's " << first_size << " bytes";
+  EXPECT_TRUE(hold.Cover(*first_bytes, first_size))
+      << "could not hold the freed descriptor's " << first_size << " bytes";
 #endif
   const int capacity = dnnl::get_primitive_cache_capacity();
   dnnl::set_primitive_cache_capacity(0);  // evicts the cached primitive
