@@ -22,7 +22,9 @@ namespace quantd::engine {
 // 48, with runtime/ideep_cache.h's fix in place); with the helpers kept, the
 // same jobs finished, until CI crashed once more at the 6th. The cause was
 // oneDNN rebuilding kernels with post-ops from freed descriptors, closed by
-// runtime/onednn_post_ops.h; kept threads still spare each trial setting up
+// runtime/onednn_post_ops.h; the crash that was left on trial threads was
+// two of them making the first call on one LibTorch pack at once (closed in
+// runtime/int8_program.h). Kept threads still spare each trial setting up
 // LibTorch's thread pools.
 class HelperThreads {
  public:

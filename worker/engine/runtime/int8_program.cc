@@ -114,7 +114,7 @@ void Int8Executor::WidenRgbInputs(const Dataflow& flow) {
     if (!packed_all) continue;  // keep this input as it is
     for (size_t i = 0; i < readers.size(); ++i) {
       prepack_args_[readers[i]] = std::move(args[i]);
-      own_packs_[readers[i]] = std::move(packs[i]);
+      own_->packs[readers[i]] = std::move(packs[i]);
     }
     quantize_channels_[k] = 4;
   }
@@ -156,6 +156,7 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
     for (const auto& [value, readers] : flow.readers) {
       if (flow.outputs.count(value) == 0) executor.dead_after_[readers.back()].push_back(value);
     }
+    std::vector<c10::IValue> own_packs;
     for (const Instr& instr : program->instrs) {
       executor.pads_.push_back(instr.kind == InstrKind::kPad ? instr.inputs[1].constant.toIntVector()
                                                              : std::vector<int64_t>());
@@ -169,12 +170,13 @@ absl::StatusOr<Int8Executor> Int8Executor::Create(const Program* program) {
       executor.clamps_.push_back(Int8ClampBounds(instr));
       executor.quantize_channels_.push_back(0);
       executor.prepack_args_.push_back(instr.prepack_args);
-      executor.own_packs_.push_back(instr.packed);
+      own_packs.push_back(instr.packed);
       if (instr.kind == InstrKind::kOp && instr.jit_node->maybeSchema() != nullptr &&
           instr.jit_node->maybeSchema()->is_mutable()) {
         executor.writes_in_place_ = true;
       }
     }
+    executor.own_ = std::make_unique<PackSet>(std::move(own_packs));
     int64_t weight_bytes = 0;
     for (const auto& args : executor.prepack_args_) {
       if (!args.empty() && args[0].isTensor()) weight_bytes += static_cast<int64_t>(args[0].toTensor().nbytes());
@@ -203,7 +205,7 @@ Int8Executor::Int8Executor(Int8Executor&& other) noexcept
       clamps_(std::move(other.clamps_)),
       quantize_channels_(std::move(other.quantize_channels_)),
       prepack_args_(std::move(other.prepack_args_)),
-      own_packs_(std::move(other.own_packs_)),
+      own_(std::move(other.own_)),
       add_relu_kernel_(std::move(other.add_relu_kernel_)),
       add_then_relu_(std::move(other.add_then_relu_)),
       relu_after_add_(std::move(other.relu_after_add_)),
@@ -214,21 +216,27 @@ Int8Executor::Int8Executor(Int8Executor&& other) noexcept
   packs_by_batch_ = std::move(other.packs_by_batch_);
 }
 
-const std::vector<c10::IValue>* Int8Executor::PacksFor(int64_t batch_size, int threads) const {
+Int8Executor::PackSet::PackSet(std::vector<c10::IValue> packs_by_instr)
+    : packs(std::move(packs_by_instr)), called(std::make_unique<std::atomic<bool>[]>(packs.size())) {
+  for (size_t k = 0; k < packs.size(); ++k) called[k].store(false, std::memory_order_relaxed);
+}
+
+Int8Executor::PackSet* Int8Executor::PacksFor(int64_t batch_size, int threads) const {
   std::lock_guard<std::mutex> lock(packs_mu_);
   auto it = packs_by_batch_.find({batch_size, threads});
   if (it != packs_by_batch_.end()) return it->second.get();
   if (packs_by_batch_.size() >= max_packed_batch_sizes_) return nullptr;
-  auto packs = std::make_unique<std::vector<c10::IValue>>(program_->instrs.size());
+  std::vector<c10::IValue> packs(program_->instrs.size());
   for (size_t k = 0; k < program_->instrs.size(); ++k) {
     const Instr& instr = program_->instrs[k];
     if (prepack_args_[k].empty()) continue;
     auto packed = instr.kind == InstrKind::kConv2d ? PrepackConv2d(program_->kernel_engine, prepack_args_[k])
                                                    : PrepackLinear(program_->kernel_engine, prepack_args_[k]);
     if (!packed.ok()) return nullptr;  // the program's own packs still work
-    (*packs)[k] = *packed;
+    packs[k] = *packed;
   }
-  return packs_by_batch_.emplace(std::make_pair(batch_size, threads), std::move(packs)).first->second.get();
+  return packs_by_batch_.emplace(std::make_pair(batch_size, threads), std::make_unique<PackSet>(std::move(packs)))
+      .first->second.get();
 }
 
 absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10::IValue>& inputs,
@@ -238,7 +246,7 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
         absl::StrCat("the model takes ", program_->inputs.size(), " inputs, got ", inputs.size()));
   }
   std::vector<c10::IValue> slots(static_cast<size_t>(program_->num_slots));
-  const std::vector<c10::IValue>* packs =
+  PackSet* packs =
       !inputs.empty() && inputs[0].isTensor() && inputs[0].toTensor().dim() > 0
           ? PacksFor(inputs[0].toTensor().size(0), at::get_num_threads())
           : nullptr;
@@ -270,9 +278,13 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           stack.push_back(EvaluateOperand(instr.inputs[0], slots).toTensor().dequantize().contiguous());
           break;
         case InstrKind::kConv2d:
-        case InstrKind::kLinear:
+        case InstrKind::kLinear: {
+          PackSet& set = packs != nullptr && !packs->packs[k].isNone() ? *packs : *own_;
+          // A pack's first call runs alone (see PackSet).
+          std::unique_lock<std::mutex> first_call(first_calls_mu_, std::defer_lock);
+          if (!set.called[k].load(std::memory_order_acquire)) first_call.lock();
           stack.push_back(EvaluateOperand(instr.inputs[0], slots));
-          stack.push_back(packs != nullptr && !(*packs)[k].isNone() ? (*packs)[k] : own_packs_[k]);
+          stack.push_back(set.packs[k]);
           stack.push_back(instr.scale);
           stack.push_back(instr.zero_point);
           if (program_->kernel_engine == "qnnpack") {
@@ -285,6 +297,10 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
           } else {
             kernels_[k]->callBoxed(stack);
           }
+          if (first_call.owns_lock()) {
+            set.called[k].store(true, std::memory_order_release);
+            first_call.unlock();
+          }
           if (relu_on_codes_[k] && stack.size() == 1 && stack[0].isTensor()) {
             at::Tensor out = ReluInt8(stack[0].toTensor());
             stack[0] = out.defined() ? std::move(out) : at::relu(stack[0].toTensor());
@@ -293,6 +309,7 @@ absl::StatusOr<std::vector<c10::IValue>> Int8Executor::Run(const std::vector<c10
             stack[0] = ClampInt8Codes(stack[0].toTensor(), *instr.clamp_max);
           }
           break;
+        }
         case InstrKind::kAdd: {
           c10::IValue a = EvaluateOperand(instr.inputs[0], slots);
           c10::IValue b = EvaluateOperand(instr.inputs[1], slots);

@@ -8,6 +8,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -80,6 +81,20 @@ class Int8Executor {
   absl::StatusOr<at::Tensor> Forward(const at::Tensor& input) const;
 
  private:
+  // A pack per conv2d / linear instruction. A pack's first call runs alone
+  // (under first_calls_mu_): LibTorch 1.13's onednn pack sets itself up on
+  // its first call and replaces its weights by a copy laid out for the
+  // kernel it picked, inside a call_once that does not keep out another
+  // thread's call reading those weights meanwhile. Two accuracy-trial
+  // threads making the first call on one fresh pack crashed (SIGSEGV at 0x8
+  // inside LibTorch), as plain LibTorch doing the same does. Later calls
+  // only read the pack and run concurrently.
+  struct PackSet {
+    explicit PackSet(std::vector<c10::IValue> packs_by_instr);
+    std::vector<c10::IValue> packs;               // by instruction index; None for the others
+    std::unique_ptr<std::atomic<bool>[]> called;  // a call on packs[k] has returned
+  };
+
   const Program* program_ = nullptr;
   mutable std::vector<torch::jit::Operation> ops_;  // kOp, by instruction index
   std::vector<std::optional<c10::OperatorHandle>> kernels_;  // quantized::*, by instruction index
@@ -92,7 +107,7 @@ class Int8Executor {
   // as is), and the conv packs' arguments and default packs.
   std::vector<int64_t> quantize_channels_;
   std::vector<std::vector<c10::IValue>> prepack_args_;
-  std::vector<c10::IValue> own_packs_;
+  std::unique_ptr<PackSet> own_;  // the program's packs, but for widened inputs
   // An int8 add whose only reader is an int8 ReLU runs as add_relu when no tap
   // watches (the ReLU keeps the add's qparams, so the codes are the same) and
   // the ReLU passes its input on, by instruction index.
@@ -115,15 +130,15 @@ class Int8Executor {
   // ideep's per-call descriptor cache (see ideep_cache.h); accuracy trials run
   // on one thread beside passes on all. The number of pairs packed is bounded
   // by the bytes of the weight copies: 4 to 16, 64 MiB of copies.
-  const std::vector<c10::IValue>* PacksFor(int64_t batch_size, int threads) const;
+  PackSet* PacksFor(int64_t batch_size, int threads) const;
   static constexpr size_t kMinPackedBatchSizes = 4;
   static constexpr size_t kMaxPackedBatchSizes = 16;
   static constexpr int64_t kPackedWeightBudgetBytes = int64_t{64} << 20;
   size_t max_packed_batch_sizes_ = kMinPackedBatchSizes;
   bool writes_in_place_ = false;  // some FP32 op of the program writes a tensor in place
   mutable std::mutex packs_mu_;
-  mutable std::map<std::pair<int64_t, int>, std::unique_ptr<std::vector<c10::IValue>>> packs_by_batch_
-      ABSL_GUARDED_BY(packs_mu_);
+  mutable std::map<std::pair<int64_t, int>, std::unique_ptr<PackSet>> packs_by_batch_ ABSL_GUARDED_BY(packs_mu_);
+  mutable std::mutex first_calls_mu_;
 };
 
 }  // namespace quantd::engine
