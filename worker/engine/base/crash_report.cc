@@ -80,8 +80,15 @@ void OnFatalSignal(int signal, siginfo_t* info, void*) {
     Write("  ");
     // A return address is one past its call: look up the call itself.
     void* pc = static_cast<char*>(frames[i]) - (i > 0 ? 1 : 0);
-    Write(absl::Symbolize(pc, name, sizeof(name)) ? name : "(unknown)");
-    Write("\n");
+    if (absl::Symbolize(pc, name, sizeof(name))) {
+      Write(name);
+      Write("\n");
+    } else {
+      // A stripped library (Debian's LibTorch, oneDNN): its file and the
+      // offset in it, which objdump places without the process's layout.
+      // glibc writes it without allocating.
+      backtrace_symbols_fd(&frames[i], 1, STDERR_FILENO);
+    }
   }
   // Dies of the same signal (SA_RESETHAND restored the default action), as
   // it would have without this report.
