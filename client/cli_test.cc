@@ -204,6 +204,9 @@ TEST(CommandTableTest, WrongArgumentCountsSayWhatIsMissingOrExtra) {
       {&RunInfer, {":3", "--data=x.bin"}, "infer: \":3\": give NAME[:VERSION]"},
       {&RunModels, {"delete", "resnet8:01"}, "models delete: VERSION: \"01\" is not 1, 2, ..."},
       {&RunInfer, {"resnet8"}, "infer: --data required"},
+      {&RunEval, {"resnet8", "--data=x.bin", "--batch_size=0"}, "eval: --batch_size: a number in 1..4096 expected"},
+      {&RunEval, {"resnet8", "--data=x.bin", "--batch_size=5000"}, "eval: --batch_size: a number in 1..4096 expected"},
+      {&RunEval, {"resnet8", "--data=x.bin", "--max_samples=-1"}, "eval: --max_samples: \"-1\" is not a count"},
       {&RunEval, {"--id=eval-1", "resnet8"}, "eval: takes no arguments, got 1: \"resnet8\""},
       {&RunEval, {"--id=eval-1", "--data=x.bin"}, "eval: --id follows an evaluation already started; --data"},
       // Ignored by the server beside CIFAR-10 records: a missing file went unnoticed.

@@ -61,15 +61,21 @@ int RunEval(const CommandContext& context, const std::vector<std::string>& args)
     return context.UsageError(absl::StrCat("eval: --data or --data_blob required\n", kUsage));
   }
   if (!SetDataset(*a, "data", request.mutable_dataset(), &error)) return context.UsageError("eval: " + error);
-  for (const char* flag : {"max_samples", "batch_size"}) {
-    if (!a->Has(flag)) continue;
-    uint32_t value = 0;
-    // --max_samples=0 is all of them; a batch of 0 is a mistake (as in submit).
-    if (!absl::SimpleAtoi(a->Get(flag), &value) || (value == 0 && std::string(flag) == "batch_size")) {
-      return context.UsageError(absl::StrCat("eval: --", flag, ": \"", a->Get(flag), "\" is not a count"));
+  if (a->Has("max_samples")) {
+    uint32_t value = 0;  // 0: all of them
+    if (!absl::SimpleAtoi(a->Get("max_samples"), &value)) {
+      return context.UsageError(absl::StrCat("eval: --max_samples: \"", a->Get("max_samples"), "\" is not a count"));
     }
-    if (std::string(flag) == "max_samples") request.set_max_samples(value);
-    if (std::string(flag) == "batch_size") request.set_batch_size(value);
+    request.set_max_samples(value);
+  }
+  if (a->Has("batch_size")) {
+    constexpr uint32_t kMaxEvaluationBatch = 4096;  // the server's limit for Evaluate
+    uint32_t value = 0;
+    if (!absl::SimpleAtoi(a->Get("batch_size"), &value) || value == 0 || value > kMaxEvaluationBatch) {
+      return context.UsageError(absl::StrCat("eval: --batch_size: a number in 1..", kMaxEvaluationBatch,
+                                             " expected, got \"", a->Get("batch_size"), "\""));
+    }
+    request.set_batch_size(value);
   }
   request.set_skip_fp32(a->IsOn("skip_fp32"));
 

@@ -145,6 +145,7 @@ booleans --name or --name=true|false; dashes and underscores are the same
   --against_fp32             judge top-1 against the FP32 model's predictions, not the labels:
                              --tolerance then bounds disagreement with FP32 (no labels needed)
   --eval PATH                labeled set (.bin, or .npy with --eval_labels) for FP32 and int8 top-1
+  --eval_max_samples N       evaluate the first N images of --eval only (default and 0: all)
   --quality_samples N        calibration images the int8-vs-FP32 check compares (default 100; 0 = off)
   --min_top1_agreement F     least top-1 agreement with FP32, 0..1 (default 0.8)
   --min_output_sqnr_db DB    least output SQNR against FP32 (default 10)
@@ -203,7 +204,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       "model", "calib", "calib_format", "calib_labels", "eval_format", "tuning_format", "samples_per_class", "seed",
       "batch_size", "preset", "activation_observer", "weight_observer", "reduce_range", "percentile", "kernel_engine",
       "strict_kernels", "fusion", "layout", "scale", "mean", "std", "output", "report", "eval", "eval_labels",
-      "intra_op_threads", "quiet", "help", "overlap_observers", "quality_samples", "min_top1_agreement",
+      "eval_max_samples", "intra_op_threads", "quiet", "help", "overlap_observers", "quality_samples", "min_top1_agreement",
       "min_output_sqnr_db", "allow_low_quality", "tuning", "tuning_labels", "tolerance", "relative_tolerance",
       "max_trials", "time_budget_seconds", "int8_only", "max_fp32_layers", "against_fp32", "bias_correction",
       "fitted_rounding", "cross_layer_equalization"};
@@ -389,6 +390,8 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
       return absl::InvalidArgumentError("--eval_labels: required for .npy images to evaluate");
     }
     eval.samples_per_class = 0;
+    // As quantctl's flag of the same name: the first N images, 0 = all.
+    QUANTD_ASSIGN_OR_RETURN(eval.limit, get_int("eval_max_samples", 0));
     o.evaluation = eval;
   }
   if (flags.count("tuning")) {
@@ -441,7 +444,7 @@ absl::StatusOr<QuantizeCommand> ParseQuantizeArgs(const std::vector<std::string>
     }
   }
   if (!flags.count("eval")) {
-    for (const char* flag : {"eval_format", "eval_labels"}) {
+    for (const char* flag : {"eval_format", "eval_labels", "eval_max_samples"}) {
       if (flags.count(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --eval"));
     }
   }

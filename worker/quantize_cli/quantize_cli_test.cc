@@ -230,6 +230,14 @@ TEST(ParseQuantizeArgsTest, LabelsGoOnlyWithNpyImages) {
   ASSERT_TRUE(npy.ok()) << npy.status();
   EXPECT_EQ(npy->options.calibration.labels_path, "l.npy");
   EXPECT_EQ(npy->options.evaluation->labels_path, "el.npy");
+  EXPECT_EQ(npy->options.evaluation->limit, 0);  // all
+  // quantctl's flag: the first N images.
+  auto first = parse({"--calib=c.bin", "--eval=e.bin", "--eval_max_samples=500"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->options.evaluation->limit, 500);
+  EXPECT_EQ(parse({"--calib=c.bin", "--eval_max_samples=500"}).status().message(), "--eval_max_samples needs --eval");
+  EXPECT_THAT(std::string(parse({"--calib=c.bin", "--eval=e.bin", "--eval_max_samples=-1"}).status().message()),
+              ::testing::StartsWith("--eval_max_samples must be a non-negative integer"));
 }
 
 TEST(ParseQuantizeArgsTest, BiasCorrectionWithAnyPreset) {

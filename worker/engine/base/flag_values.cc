@@ -1,6 +1,7 @@
 #include "worker/engine/base/flag_values.h"
 
 #include <cmath>
+#include <limits>
 #include <set>
 #include <string>
 #include <utility>
@@ -29,6 +30,10 @@ absl::StatusOr<std::vector<double>> ParseNumberList(absl::string_view text, absl
     }
     if (!absl::SimpleAtod(part, &value) || !std::isfinite(value)) {
       return absl::InvalidArgumentError(absl::StrCat(flag, ": \"", part, "\" is not a number"));
+    }
+    // The API carries them as float32: one tool must not take what the other refuses.
+    if (std::abs(value) > std::numeric_limits<float>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", part, " is too large"));
     }
     numbers.push_back(value);
   }

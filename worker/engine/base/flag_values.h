@@ -29,9 +29,9 @@ constexpr int64_t kMaxQualitySamples = 10000;
 constexpr int64_t kMaxTrialsLimit = 1000;
 constexpr double kMaxTimeBudgetSeconds = 86400;
 
-// "a,b,c" as finite numbers, at least one and none left out ("1,,2"): an
-// empty list would mean no normalization, silently. INVALID_ARGUMENT naming
-// `flag` ("--mean").
+// "a,b,c" as finite numbers within float32's range (the API's type), at
+// least one and none left out ("1,,2"): an empty list would mean no
+// normalization, silently. INVALID_ARGUMENT naming `flag` ("--mean").
 absl::StatusOr<std::vector<double>> ParseNumberList(absl::string_view text, absl::string_view flag);
 
 // --fusion's value: "auto" or "none" (either case), or groups inline,

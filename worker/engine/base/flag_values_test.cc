@@ -51,7 +51,7 @@ TEST(ParseNumberListTest, FiniteNumbersNoneLeftOut) {
   auto numbers = ParseNumberList("125.3, 123.0,113.9", "--mean");
   ASSERT_TRUE(numbers.ok()) << numbers.status();
   EXPECT_THAT(*numbers, ElementsAre(125.3, 123.0, 113.9));
-  for (const char* text : {"", "1,,2", "1,2,", "1,nan", "1,inf", "x"}) {
+  for (const char* text : {"", "1,,2", "1,2,", "1,nan", "1,inf", "x", "1,1e39", "-1e39"}) {
     auto bad = ParseNumberList(text, "--mean");
     ASSERT_FALSE(bad.ok()) << text;
     EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--mean: ")) << text;
