@@ -472,7 +472,8 @@ absl::StatusOr<TunedSettings> TuneQuantization(const TuningSetup& setup) {
   report.judged_on = judge.description;
   report.samples = judge.samples;
   report.fp32_top1 = judge.fp32_top1;
-  if (labelled) report.target_top1 = *judge.fp32_top1 - goal.max_top1_drop;
+  // A tolerance above FP32's top-1 allows any model: the goal is 0, not below.
+  if (labelled) report.target_top1 = std::max(0.0, *judge.fp32_top1 - goal.max_top1_drop);
   report.met = outcome.met;
   report.stopped_because = outcome.stopped_because;
   report.best_trial = outcome.best;

@@ -197,6 +197,35 @@ TEST(AccuracyTuningTest, AGoalMetByAnEstimatorKeepsTheModelFullyInt8) {
   ASSERT_EQ((*model)->report().fallbacks.size(), 1u);  // softmax only
 }
 
+// A tolerance above FP32's top-1 allows any model: the goal is 0%, not a
+// negative figure; the evaluation's advice says a drop as a drop and a gain
+// as a gain, never "a drop of -0.25 points".
+TEST(AccuracyTuningTest, AToleranceAboveFp32sTop1MakesAGoalOfZero) {
+  QuantizeOptions options = ResNet8Options("onednn");
+  options.accuracy_goal = ValidationGoal(100);
+  options.accuracy_goal->max_top1_drop = 1.0;  // 100 points, above FP32's top-1 on any set
+  DatasetSpec evaluation;
+  evaluation.path = testing::ValidationPath();
+  evaluation.limit = 100;
+  options.evaluation = evaluation;
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const QuantizeReport& report = (*model)->report();
+  ASSERT_TRUE(report.tuning->target_top1.has_value());
+  EXPECT_EQ(*report.tuning->target_top1, 0.0);
+  EXPECT_TRUE(report.tuning->met);
+  bool said = false;
+  for (const std::string& advice : report.advice) {
+    if (advice.find("on the evaluation set") == std::string::npos) continue;
+    said = true;
+    EXPECT_EQ(advice.find(" -"), std::string::npos) << "a negative figure: " << advice;
+    EXPECT_TRUE(advice.find("a drop of") != std::string::npos || advice.find("points above FP32") != std::string::npos)
+        << advice;
+    EXPECT_NE(advice.find("within it"), std::string::npos) << advice;
+  }
+  EXPECT_TRUE(said);
+}
+
 TEST(AccuracyTuningTest, TheBestPresetPicksTheEstimatorClosestToFp32OnCalibrationImages) {
   auto model = Quantize(ResNet8Options("best"));
   ASSERT_TRUE(model.ok()) << model.status();

@@ -847,18 +847,20 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
       const AccuracyGoal& goal = *options.accuracy_goal;
       const double allowed = goal.relative ? goal.max_top1_drop * fp32.top1() : goal.max_top1_drop;
       const double drop = fp32.top1() - int8.top1();
+      const std::string change = drop >= 0 ? absl::StrFormat("a drop of %.2f points", 100 * drop)
+                                            : absl::StrFormat("%.2f points above FP32", -100 * drop);
       if (goal.against_fp32) {
         // There the tolerance bounds disagreement with FP32, not this drop:
         // no verdict against it.
         report.advice.push_back(absl::StrFormat(
-            "on the evaluation set %s: int8 top-1 %.2f%% against FP32 %.2f%%, a drop of %.2f points (the goal "
+            "on the evaluation set %s: int8 top-1 %.2f%% against FP32 %.2f%%, %s (the goal "
             "bounded disagreement with FP32's predictions on the tuning set, not this drop)",
-            options.evaluation->path, 100 * int8.top1(), 100 * fp32.top1(), 100 * drop));
+            options.evaluation->path, 100 * int8.top1(), 100 * fp32.top1(), change));
       } else {
         report.advice.push_back(absl::StrFormat(
-            "on the evaluation set %s: int8 top-1 %.2f%% against FP32 %.2f%%, a drop of %.2f points for a tolerance "
-            "of %.2f: %s",
-            options.evaluation->path, 100 * int8.top1(), 100 * fp32.top1(), 100 * drop, 100 * allowed,
+            "on the evaluation set %s: int8 top-1 %.2f%% against FP32 %.2f%%, %s for a tolerance "
+            "of %.2f points: %s",
+            options.evaluation->path, 100 * int8.top1(), 100 * fp32.top1(), change, 100 * allowed,
             drop <= allowed + 1e-12 ? "within it" : absl::StrFormat("missed by %.2f points", 100 * (drop - allowed))));
       }
     }

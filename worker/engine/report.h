@@ -102,7 +102,7 @@ struct TuningReport {
   std::string judged_on;              // "val_batch.bin (2000 labelled images)", "first 1000 calibration images"
   int64_t samples = 0;
   std::optional<double> fp32_top1;   // labelled sets only
-  std::optional<double> target_top1;  // fp32_top1 minus the tolerance
+  std::optional<double> target_top1;  // fp32_top1 minus the tolerance, at least 0
   bool met = false;
   std::string stopped_because;
   int best_trial = -1;
