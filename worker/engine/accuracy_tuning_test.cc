@@ -226,6 +226,35 @@ TEST(AccuracyTuningTest, AToleranceAboveFp32sTop1MakesAGoalOfZero) {
   EXPECT_TRUE(said);
 }
 
+// Tuning on the calibration set, or evaluating on the tuning set, is
+// allowed but said: the figures it gives flatter the model.
+TEST(AccuracyTuningTest, ATuningSetThatIsAlsoTheCalibrationOrEvaluationSetIsWarnedOf) {
+  QuantizeOptions options = ResNet8Options("onednn");
+  options.accuracy_goal = ValidationGoal(100);
+  options.accuracy_goal->tuning.path = testing::CalibrationPath();
+  options.accuracy_goal->max_top1_drop = 1.0;  // met at once
+  DatasetSpec evaluation;
+  evaluation.path = testing::CalibrationPath();
+  evaluation.limit = 100;
+  options.evaluation = evaluation;
+  auto model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::vector<std::string>& warnings = (*model)->report().warnings;
+  auto warned = [&](const std::string& start) {
+    return std::any_of(warnings.begin(), warnings.end(),
+                       [&](const std::string& w) { return w.rfind(start, 0) == 0; });
+  };
+  EXPECT_TRUE(warned("accuracy_goal.tuning: " + testing::CalibrationPath() + " is also the calibration set"));
+  EXPECT_TRUE(warned("evaluation: " + testing::CalibrationPath() + " is also the tuning set"));
+
+  // Separate sets: no such warning.
+  options.accuracy_goal->tuning.path = testing::ValidationPath();
+  options.evaluation->path = testing::TestSetPath();
+  model = Quantize(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  for (const std::string& w : (*model)->report().warnings) EXPECT_EQ(w.find("is also the"), std::string::npos) << w;
+}
+
 TEST(AccuracyTuningTest, TheBestPresetPicksTheEstimatorClosestToFp32OnCalibrationImages) {
   auto model = Quantize(ResNet8Options("best"));
   ASSERT_TRUE(model.ok()) << model.status();

@@ -8,6 +8,7 @@
 #include <malloc.h>
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <map>
 
@@ -218,6 +219,32 @@ absl::StatusOr<std::string> KernelEngineForArtifact(const ArtifactRequirements& 
 std::string TorchVersion() { return TORCH_VERSION; }
 
 namespace {
+
+// Whether two dataset paths name one file (a blob referenced twice, or one
+// path spelled two ways).
+bool SameFile(const std::string& a, const std::string& b) {
+  std::error_code error;
+  return !a.empty() && !b.empty() && std::filesystem::equivalent(a, b, error) && !error;
+}
+
+// Warnings for a tuning set that is also the calibration or evaluation set:
+// allowed (a user may have nothing else), but the figures then mislead.
+std::vector<std::string> OverlappingSetWarnings(const QuantizeOptions& options) {
+  std::vector<std::string> warnings;
+  if (!options.accuracy_goal) return warnings;
+  const std::string& tuning = options.accuracy_goal->tuning.path;
+  if (SameFile(tuning, options.calibration.path)) {
+    warnings.push_back(absl::StrCat(
+        "accuracy_goal.tuning: ", tuning, " is also the calibration set: trials are judged on images calibration "
+        "fitted its ranges to, which favours overfitted ranges; a separate labelled set judges them fairly"));
+  }
+  if (options.evaluation && SameFile(tuning, options.evaluation->path)) {
+    warnings.push_back(absl::StrCat(
+        "evaluation: ", options.evaluation->path, " is also the tuning set: the search chose the model on these "
+        "images, so the evaluation overstates its accuracy on new data"));
+  }
+  return warnings;
+}
 
 // A program converted for one kernel engine, with its executor (which points
 // into the program: both on the heap, so they move together).
@@ -471,6 +498,7 @@ absl::StatusOr<std::unique_ptr<QuantizedModel::Impl>> QuantizeUnguarded(const Qu
     }
     if (goal.tuning.path.empty()) return absl::InvalidArgumentError("accuracy_goal.tuning: no dataset given");
   }
+  for (std::string& warning : OverlappingSetWarnings(options)) report.warnings.push_back(std::move(warning));
   const bool tune = options.accuracy_goal.has_value() || best_preset;
   if (tune && qconfig.activation.kind != ObserverKind::kHistogram) {
     return absl::InvalidArgumentError(absl::StrCat(
