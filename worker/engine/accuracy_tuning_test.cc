@@ -197,18 +197,25 @@ TEST(AccuracyTuningTest, AGoalMetByAnEstimatorKeepsTheModelFullyInt8) {
   ASSERT_EQ((*model)->report().fallbacks.size(), 1u);  // softmax only
 }
 
+// A goal any model meets (a tolerance of 100 points, above FP32's top-1 on
+// any set), judged on the first 100 images of `tuning`, and an evaluation on
+// the first 100 of `evaluation`.
+QuantizeOptions GoalOfAnyModel(const std::string& tuning, const std::string& evaluation) {
+  QuantizeOptions options = ResNet8Options("onednn");
+  options.accuracy_goal = ValidationGoal(100);
+  options.accuracy_goal->tuning.path = tuning;
+  options.accuracy_goal->max_top1_drop = 1.0;
+  options.evaluation.emplace();
+  options.evaluation->path = evaluation;
+  options.evaluation->limit = 100;
+  return options;
+}
+
 // A tolerance above FP32's top-1 allows any model: the goal is 0%, not a
 // negative figure; the evaluation's advice says a drop as a drop and a gain
 // as a gain, never "a drop of -0.25 points".
 TEST(AccuracyTuningTest, AToleranceAboveFp32sTop1MakesAGoalOfZero) {
-  QuantizeOptions options = ResNet8Options("onednn");
-  options.accuracy_goal = ValidationGoal(100);
-  options.accuracy_goal->max_top1_drop = 1.0;  // 100 points, above FP32's top-1 on any set
-  DatasetSpec evaluation;
-  evaluation.path = testing::ValidationPath();
-  evaluation.limit = 100;
-  options.evaluation = evaluation;
-  auto model = Quantize(options);
+  auto model = Quantize(GoalOfAnyModel(testing::ValidationPath(), testing::ValidationPath()));
   ASSERT_TRUE(model.ok()) << model.status();
   const QuantizeReport& report = (*model)->report();
   ASSERT_TRUE(report.tuning->target_top1.has_value());
@@ -229,14 +236,7 @@ TEST(AccuracyTuningTest, AToleranceAboveFp32sTop1MakesAGoalOfZero) {
 // Tuning on the calibration set, or evaluating on the tuning set, is
 // allowed but said: the figures it gives flatter the model.
 TEST(AccuracyTuningTest, ATuningSetThatIsAlsoTheCalibrationOrEvaluationSetIsWarnedOf) {
-  QuantizeOptions options = ResNet8Options("onednn");
-  options.accuracy_goal = ValidationGoal(100);
-  options.accuracy_goal->tuning.path = testing::CalibrationPath();
-  options.accuracy_goal->max_top1_drop = 1.0;  // met at once
-  DatasetSpec evaluation;
-  evaluation.path = testing::CalibrationPath();
-  evaluation.limit = 100;
-  options.evaluation = evaluation;
+  QuantizeOptions options = GoalOfAnyModel(testing::CalibrationPath(), testing::CalibrationPath());
   auto model = Quantize(options);
   ASSERT_TRUE(model.ok()) << model.status();
   const std::vector<std::string>& warnings = (*model)->report().warnings;
