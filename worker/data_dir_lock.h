@@ -15,17 +15,24 @@ namespace quantd::worker {
 
 class DataDirLock {
  public:
-  // An exclusive, non-blocking flock on <data_dir>/LOCK, which also records
-  // the owner's pid and host. FAILED_PRECONDITION naming the owner when it is
-  // held. The kernel drops the lock when the process dies, however it dies.
+  // Exclusive, non-blocking flocks on the data dir itself and on
+  // <data_dir>/LOCK, which also records the owner's pid and host.
+  // FAILED_PRECONDITION naming the owner when either is held. The kernel
+  // drops them when the process dies, however it dies, so LOCK keeps a dead
+  // pid after a crash: it is not a pidfile to clean up. The directory's lock
+  // holds even if LOCK is deleted (that let a second quantd start and take
+  // the first one's running jobs); where a file system cannot lock a
+  // directory (NFS emulates flock with locks that need write access), LOCK's
+  // alone guards.
   static absl::StatusOr<std::unique_ptr<DataDirLock>> Acquire(const std::string& data_dir);
   ~DataDirLock();
   DataDirLock(const DataDirLock&) = delete;
   DataDirLock& operator=(const DataDirLock&) = delete;
 
  private:
-  explicit DataDirLock(int fd) : fd_(fd) {}
-  const int fd_;
+  DataDirLock(int dir_fd, int file_fd) : dir_fd_(dir_fd), file_fd_(file_fd) {}
+  const int dir_fd_;  // -1 where the directory cannot be locked
+  const int file_fd_;
 };
 
 }  // namespace quantd::worker
