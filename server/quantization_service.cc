@@ -994,7 +994,10 @@ QuantizationServiceImpl::DownloadArtifact(grpc::CallbackServerContext* context,
     v1::Artifact artifact;
     ArtifactToProto(job, &artifact);
     if (!deps_.artifacts->Contains(artifact.sha256())) {
-      return absl::NotFoundError(absl::StrCat("artifact file ", artifact.sha256(), " is not in the store"));
+      // The artifact exists (it is listed): NOT_FOUND would say it does not.
+      // The same code and words as serving its version.
+      return absl::FailedPreconditionError(absl::StrCat("artifact ", artifact.id(), " is gone from the artifact store (",
+                                                        artifact.sha256(), "); rerunning its job stores it again"));
     }
     return artifact;
   };

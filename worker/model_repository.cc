@@ -383,6 +383,13 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
     // the bytes the job loaded, checked, so a file replaced since cannot
     // bring a model LibTorch's loader crashes on.
     if (!result.report.model_sha256.empty() && engine::Sha256Hex(bytes) != result.report.model_sha256) {
+      if (absl::StartsWith(source, BlobReference(""))) {
+        // An upload is named by its sha256: other bytes under that name are
+        // damage in the store, not a newer file.
+        return absl::DataLossError(absl::StrCat(what, ": its FP32 source ", source,
+                                                " is corrupted in the blob store (its bytes no longer match their "
+                                                "sha256); upload the original file again"));
+      }
       return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source ", source,
                                                         " changed since the job quantized it (sha256 differs); "
                                                         "publish a new version from the new file"));

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,10 +19,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "worker/clock.h"
-#include "worker/evaluation.h"
 #include "worker/engine/quantizer.h"
 #include "worker/engine/testing/test_env.h"
+#include "worker/evaluation.h"
+#include "worker/input_locator.h"
 #include "worker/local_artifact_store.h"
+#include "worker/local_blob_store.h"
 #include "worker/sqlite_job_store.h"
 #include "worker/testing/forwarding_artifact_store.h"
 #include "worker/testing/forwarding_job_store.h"
@@ -173,6 +176,35 @@ TEST_F(ModelRepositoryTest, AnFp32SourceChangedSinceItsJobIsRefused) {
   std::filesystem::copy_file(engine::testing::ResNet8Path(), copy, std::filesystem::copy_options::overwrite_existing);
   repository->ForgetResolutions();
   EXPECT_TRUE(repository->Load("resnet8.fp32", 1).ok());
+}
+
+// An uploaded FP32 source is named by its sha256: other bytes under that
+// name are damage in the blob store (DATA_LOSS, as for a damaged artifact),
+// not a newer file to publish a version from.
+TEST_F(ModelRepositoryTest, AnUploadedFp32SourceDamagedInTheBlobStoreIsDataLoss) {
+  const std::string dir = engine::testing::MakeTempDir("fp32_blob");
+  auto blobs = LocalBlobStore::Open(dir + "/blobs", int64_t{1} << 30);
+  ASSERT_TRUE(blobs.ok()) << blobs.status();
+  std::ifstream in(engine::testing::ResNet8Path(), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto upload = (*blobs)->BeginUpload("", static_cast<int64_t>(bytes.size()));
+  ASSERT_TRUE(upload.ok()) << upload.status();
+  ASSERT_TRUE((*upload)->Append(bytes).ok());
+  auto stored = (*upload)->Commit();
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  Publish("a", "resnet8", BlobReference(stored->sha256));
+  InputLocator inputs(dir, blobs->get());
+  ModelRepository::Options options;
+  options.clock = &clock_;
+  options.inputs = &inputs;
+  EXPECT_TRUE(ModelRepository(jobs_.get(), artifacts_.get(), options).Load("resnet8.fp32", 1).ok());
+
+  auto path = (*blobs)->PathOf(stored->sha256, "model");
+  ASSERT_TRUE(path.ok()) << path.status();
+  std::filesystem::resize_file(*path, bytes.size() - 1);
+  const absl::Status damaged = ModelRepository(jobs_.get(), artifacts_.get(), options).Load("resnet8.fp32", 1).status();
+  EXPECT_EQ(damaged.code(), absl::StatusCode::kDataLoss) << damaged;
+  EXPECT_THAT(std::string(damaged.message()), HasSubstr("is corrupted in the blob store"));
 }
 
 // A model that sums its output to one number per call (not per sample)

@@ -284,6 +284,14 @@ TEST(JobsIntegrationTest, SubmitWaitEvaluateDownloadAndLoadInPyTorch) {
 
   RunResult artifacts = quantd.Ctl({"artifacts"});
   EXPECT_THAT(artifacts.out, HasSubstr(artifact));
+  // Its file gone (a volume not mounted, a file deleted): the artifact is
+  // still listed, so not NOT_FOUND, but what serving its version says.
+  ASSERT_TRUE(std::filesystem::remove(stored));
+  RunResult missing = quantd.Ctl({"download", artifact, "-o", refused_file});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.err, HasSubstr("code 9"));  // FAILED_PRECONDITION
+  EXPECT_THAT(missing.err, HasSubstr(absl::StrCat("artifact ", artifact, " is gone from the artifact store")));
+  EXPECT_FALSE(std::filesystem::exists(refused_file));
   // Delete removes the job and, unused now, its artifact.
   EXPECT_EQ(quantd.Ctl({"delete", JobIdFrom(submit.out)}).exit_code, 0);
   RunResult gone = quantd.Ctl({"artifacts", artifact});
