@@ -36,6 +36,7 @@
 #include "worker/local_artifact_store.h"
 #include "worker/local_blob_store.h"
 #include "worker/model_vetter.h"
+#include "worker/published_artifacts_check.h"
 #include "worker/sqlite_job_store.h"
 
 #ifndef QUANTD_VERSION
@@ -356,6 +357,25 @@ QuantdServer::Options WithResolvedDefaults(QuantdServer::Options options) {
   return options;
 }
 
+// A warning per published artifact the store lacks (a volume not mounted, a
+// wrong --data_dir, files deleted): said at start, not at a client's first
+// failed inference. The server starts regardless: other versions serve.
+void LogMissingPublishedArtifacts(worker::JobStore& jobs, worker::ArtifactStore& artifacts,
+                                  const std::string& data_dir) {
+  absl::StatusOr<std::vector<worker::MissingArtifact>> missing = worker::FindMissingPublishedArtifacts(jobs, artifacts);
+  if (!missing.ok()) {
+    LogLine(LogLevel::kWarning,
+            absl::StrCat("quantd: could not check the published versions' artifacts: ", missing.status().message()));
+    return;
+  }
+  for (const worker::MissingArtifact& m : *missing) {
+    LogLine(LogLevel::kWarning,
+            absl::StrCat("quantd: artifact ", m.artifact_id, " is missing from the artifact store under ", data_dir,
+                         ": versions ", absl::StrJoin(m.versions, ", "),
+                         " cannot be served until it is back (restore the files or rerun its job)"));
+  }
+}
+
 }  // namespace
 
 const char* QuantdVersion() { return QUANTD_VERSION; }
@@ -518,6 +538,7 @@ absl::Status QuantdServer::OpenStores() {
                                           " failed=", recovered.failed, " cancelled=", recovered.cancelled));
     job_stats_->CountRecovered(recovered);
   }
+  LogMissingPublishedArtifacts(*job_store_, *artifact_store_, options_.data_dir);
   if (pool_->swept().artifacts > 0 || pool_->swept().manifests > 0) {
     LogLine(LogLevel::kInfo, absl::StrCat("quantd: removed files no job holds: artifacts=", pool_->swept().artifacts,
                                           " manifests=", pool_->swept().manifests));

@@ -11,6 +11,7 @@
 #include <optional>
 #include <atomic>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -28,6 +29,7 @@
 #include "worker/engine/base/sha256.h"
 #include "worker/job_events.h"
 #include "worker/local_artifact_store.h"
+#include "worker/published_artifacts_check.h"
 #include "worker/sqlite_job_store.h"
 
 namespace quantd::worker {
@@ -87,6 +89,42 @@ void Publish(JobStore& store, const std::string& id, const std::string& name) {
   ASSERT_TRUE(store.Create(job, 10).ok());
   ASSERT_TRUE(store.ClaimNext(absl::FromUnixSeconds(5), "local", absl::Hours(1)).ok());
   ASSERT_TRUE(store.Finish(id, 1, JobState::kSucceeded, JobResult(), absl::FromUnixSeconds(5)).ok());
+}
+
+// Published versions whose artifact file is gone (a volume not mounted,
+// files deleted by hand) are found at start-up, by artifact.
+TEST(PublishedArtifactsCheckTest, NamesEachMissingArtifactWithTheVersionsOnIt) {
+  const std::string dir = TempDir("published_check");
+  auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  auto artifacts = LocalArtifactStore::Open(dir + "/artifacts");
+  ASSERT_TRUE(artifacts.ok()) << artifacts.status();
+  auto kept = (*artifacts)->Put("a", "kept bytes", "{}");
+  auto lost = (*artifacts)->Put("b", "lost bytes", "{}");
+  ASSERT_TRUE(kept.ok() && lost.ok());
+  // a: resnet8:1 on the kept bytes; b, c: resnet8:2 and other:1 on the lost
+  // ones; d: a job with that artifact but no name (not served).
+  for (const auto& [id, name, stored] : std::vector<std::tuple<std::string, std::string, StoredArtifact>>{
+           {"a", "resnet8", *kept}, {"b", "resnet8", *lost}, {"c", "other", *lost}, {"d", "", *lost}}) {
+    Job job = NewJob(id, 1);
+    job.spec.model_name = name;
+    ASSERT_TRUE((*jobs)->Create(job, 10).ok());
+    ASSERT_TRUE((*jobs)->ClaimNext(absl::FromUnixSeconds(5), "local", absl::Hours(1)).ok());
+    JobResult result;
+    result.artifact_sha256 = stored.sha256;
+    result.artifact_id = ArtifactIdFor(stored.sha256);
+    ASSERT_TRUE((*jobs)->Finish(id, 1, JobState::kSucceeded, result, absl::FromUnixSeconds(5)).ok());
+  }
+  auto none = FindMissingPublishedArtifacts(**jobs, **artifacts);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+
+  ASSERT_TRUE(fs::remove(fs::path(dir) / "artifacts" / (lost->sha256 + ".pt")));
+  auto missing = FindMissingPublishedArtifacts(**jobs, **artifacts);
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  ASSERT_EQ(missing->size(), 1u);
+  EXPECT_EQ((*missing)[0].artifact_id, ArtifactIdFor(lost->sha256));
+  EXPECT_THAT((*missing)[0].versions, ::testing::ElementsAre("other:1", "resnet8:2"));
 }
 
 TEST(SqliteJobStoreTest, CreateGetListClaimFinish) {
@@ -1030,6 +1068,22 @@ TEST(DataDirLockTest, OneOwnerAtATimeAndTheRefusalNamesIt) {
   EXPECT_THAT(second.status().message(), HasSubstr(absl::StrCat("pid ", ::getpid())));
   first->reset();
   EXPECT_TRUE(DataDirLock::Acquire(dir).ok());  // released with its owner
+}
+
+// LOCK keeps a dead owner's pid after a crash and reads like a stale pidfile.
+// Deleting it while quantd ran let a second quantd start on the same data
+// dir, which re-queued the first one's running job as its own interrupted
+// one: the directory's own lock still refuses it.
+TEST(DataDirLockTest, DeletingTheLockFileDoesNotLetASecondOwnerIn) {
+  const std::string dir = TempDir("lock_deleted");
+  auto first = DataDirLock::Acquire(dir);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(fs::remove(fs::path(dir) / "LOCK"));
+  auto second = DataDirLock::Acquire(dir);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(second.status().message(), HasSubstr("is in use by another quantd (its LOCK file was deleted"));
+  first->reset();
+  EXPECT_TRUE(DataDirLock::Acquire(dir).ok());
 }
 
 // Blob life cycle: listed, touched by use, collected only when unused and

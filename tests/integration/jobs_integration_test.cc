@@ -1508,6 +1508,27 @@ TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) 
   EXPECT_TRUE(TemporaryFiles(quantd.dir() + "/data/blobs").empty());
 }
 
+// Published versions whose artifact is gone from the store (a volume not
+// mounted, files deleted by hand) are named in the start-up log, not found
+// only when a client's inference fails; the server serves the rest.
+TEST(JobsIntegrationTest, AMissingPublishedArtifactIsLoggedAtStart) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  RunResult submit = quantd.Ctl(SubmitArgs({"--model_name=r8", "--batch_size=10", "--wait"}));
+  ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
+  const std::string sha = quantd.Job(JobIdFrom(submit.out))["result"]["artifactSha256"];
+  ASSERT_TRUE(quantd.child().Signal(SIGTERM));
+  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(30)).has_value());
+  EXPECT_THAT(quantd.log(), ::testing::Not(HasSubstr("is missing from the artifact store")));
+  ASSERT_TRUE(fs::remove(quantd.dir() + "/data/artifacts/" + sha + ".pt"));
+  ASSERT_TRUE(quantd.Start());
+  EXPECT_THAT(quantd.log(), HasSubstr(absl::StrCat("WARNING quantd: artifact art-", sha.substr(0, 16),
+                                                   " is missing from the artifact store under ")));
+  EXPECT_THAT(quantd.log(), HasSubstr(": versions r8:1 cannot be served until it is back"));
+  RunResult health = quantd.Ctl({"health"});
+  EXPECT_EQ(health.exit_code, 0) << health.err;
+}
+
 // A second quantd on the same data dir (a rolling update on a shared
 // volume) used to re-queue the first one's running job: it ran twice. Now it
 // refuses to start, and the first one's job runs once.
