@@ -140,7 +140,7 @@ namespace {
 // ones gRPC may start before main().
 int signal_pipe[2] = {-1, -1};
 
-void OnShutdownSignal(int signal_number) {
+void OnSignal(int signal_number) {
   const unsigned char byte = static_cast<unsigned char>(signal_number);
   const int saved_errno = errno;
   [[maybe_unused]] ssize_t ignored = ::write(signal_pipe[1], &byte, 1);
@@ -150,7 +150,7 @@ void OnShutdownSignal(int signal_number) {
 bool InstallSignalHandlers() {
   if (::pipe(signal_pipe) != 0) return false;
   struct sigaction action = {};
-  action.sa_handler = OnShutdownSignal;
+  action.sa_handler = OnSignal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;
   // Past a file size limit (ulimit -f) a write fails with EFBIG, which the
@@ -160,11 +160,14 @@ bool InstallSignalHandlers() {
   // it so, and the kernel would then reap the model-vetting children before
   // quantd reads how they ended.
   ::signal(SIGCHLD, SIG_DFL);
-  return ::sigaction(SIGTERM, &action, nullptr) == 0 &&
-         ::sigaction(SIGINT, &action, nullptr) == 0;
+  // SIGHUP (a closed terminal or SSH session, or an operator expecting a
+  // reload) is read and logged, not the default death mid-job: quantd
+  // rereads its tokens and TLS files by itself.
+  return ::sigaction(SIGTERM, &action, nullptr) == 0 && ::sigaction(SIGINT, &action, nullptr) == 0 &&
+         ::sigaction(SIGHUP, &action, nullptr) == 0;
 }
 
-int WaitForShutdownSignal() {
+int WaitForSignal() {
   unsigned char byte = 0;
   while (true) {
     ssize_t n = ::read(signal_pipe[0], &byte, 1);
@@ -490,7 +493,12 @@ int main(int argc, char** argv) {
     }
   }
 
-  const int signal_number = WaitForShutdownSignal();
+  int signal_number = WaitForSignal();
+  for (; signal_number == SIGHUP; signal_number = WaitForSignal()) {
+    quantd::LogLine(quantd::LogLevel::kInfo,
+                    "quantd: received SIGHUP, ignored: tokens and TLS files are reread by themselves; SIGTERM or "
+                    "SIGINT stops quantd");
+  }
   const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",

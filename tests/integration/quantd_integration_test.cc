@@ -436,6 +436,22 @@ TEST_F(QuantdIntegrationTest, SigtermShutsDownGracefullyWithExitZero) {
   EXPECT_NE(after.exit_code, 0);
 }
 
+// SIGHUP (a closed terminal, or a reload an operator expects) used to kill
+// quantd like a crash, counting its running job's attempt; now it is logged
+// and ignored.
+TEST_F(QuantdIntegrationTest, SighupIsLoggedAndIgnored) {
+  ASSERT_TRUE(quantd_->child().Signal(SIGHUP));
+  for (int i = 0; i < 100 && quantd_->log().find("received SIGHUP") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_THAT(quantd_->log(), HasSubstr("received SIGHUP, ignored"));
+  EXPECT_EQ(Quantctl({"health"}).exit_code, 0);
+  ASSERT_TRUE(quantd_->child().Signal(SIGTERM));
+  std::optional<int> code = quantd_->child().WaitFor(kShutdownTimeout);
+  ASSERT_TRUE(code.has_value()) << quantd_->log();
+  EXPECT_EQ(*code, 0) << quantd_->log();
+}
+
 TEST_F(QuantdIntegrationTest, SigintAlsoExitsZero) {
   ASSERT_TRUE(quantd_->child().Signal(SIGINT));
   std::optional<int> code = quantd_->child().WaitFor(kShutdownTimeout);
