@@ -80,7 +80,7 @@ const std::vector<Command>& Commands() {
        "[BLOB_ID] [--page_token=T] | delete BLOB_ID"},
       {"cancel", "(JOB_ID | EVALUATION_ID) [--reason=TEXT]",
        "cancel a queued job at once, a running job or evaluation at its next batch", &RunCancel},
-      {"delete", "JOB_ID", "delete a finished job (and its artifact if unused)", &RunDelete},
+      {"delete", "JOB_ID", "delete a finished job (its artifact if unused, and the model version it published)", &RunDelete},
       {"download", "ARTIFACT_ID --output=FILE", "download an artifact, verifying its sha256",
        &RunDownload, "ARTIFACT_ID (--output=FILE | -o FILE) [--chunk_size=BYTES]"},
       {"eval", "NAME[:VERSION] (--data=PATH | --data_blob=ID) [--data_format=cifar10|npy] [--max_samples=N] ...",

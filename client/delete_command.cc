@@ -1,4 +1,5 @@
-// quantctl delete ID: DeleteJob (and its artifact if no other job has it).
+// quantctl delete ID: DeleteJob (and its artifact if no other job has it, and
+// the model version it published).
 
 #include "absl/strings/str_cat.h"
 #include "client/job_format.h"
@@ -17,7 +18,11 @@ int RunDelete(const CommandContext& context, const std::vector<std::string>& arg
   v1::DeleteJobResponse response;
   grpc::Status status = stub->DeleteJob(&client_context, request, &response);
   if (!status.ok()) return context.RpcFailed("delete", status);
-  context.Print(response, "deleted " + id);
+  context.Print(response, response.unpublished_model_name().empty()
+                              ? "deleted " + id
+                              : absl::StrCat("deleted ", id, "; the model version it published, ",
+                                             response.unpublished_model_name(), ":",
+                                             response.unpublished_model_version(), ", is unpublished"));
   return kExitOk;
 }
 

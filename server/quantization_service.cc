@@ -835,15 +835,23 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::CancelJob(
 
 grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
     grpc::CallbackServerContext* context, const v1::DeleteJobRequest* request,
-    v1::DeleteJobResponse*) {
-  return Offload(context, "DeleteJob", Role::kAdmin, [this, context, request](Principal caller) -> absl::Status {
+    v1::DeleteJobResponse* response) {
+  return Offload(context, "DeleteJob", Role::kAdmin, [this, context, request, response](Principal caller) -> absl::Status {
     if (absl::Status status = RequireId(request->id()); !status.ok()) {
       return Audited(context, caller, "DeleteJob", "", status);
     }
+    // The version it published goes with it: said in the response, so that
+    // pruning old jobs does not take served versions offline unsaid.
+    absl::StatusOr<worker::Job> job = deps_.pool->store().Get(request->id());
     absl::Status deleted = deps_.pool->Delete(request->id());
     if (deleted.ok()) {  // its model version is served no more, at once
       deps_.models->ForgetResolutions();
       deps_.models->DropUnpublished();
+      if (job.ok() && job->result.has_value() && !job->result->model_name.empty() &&
+          job->result->model_version > 0 && !job->result->model_version_deleted) {
+        response->set_unpublished_model_name(job->result->model_name);
+        response->set_unpublished_model_version(job->result->model_version);
+      }
     }
     return Audited(context, caller, "DeleteJob", request->id(), deleted);
   }, request->id());

@@ -1527,6 +1527,11 @@ TEST(JobsIntegrationTest, AMissingPublishedArtifactIsLoggedAtStart) {
   EXPECT_THAT(quantd.log(), HasSubstr(": versions r8:1 cannot be served until it is back"));
   RunResult health = quantd.Ctl({"health"});
   EXPECT_EQ(health.exit_code, 0) << health.err;
+  // Deleting the job unpublishes its version, and says so.
+  RunResult deleted = quantd.Ctl({"delete", JobIdFrom(submit.out)});
+  EXPECT_EQ(deleted.exit_code, 0) << deleted.err;
+  EXPECT_THAT(deleted.out, HasSubstr("; the model version it published, r8:1, is unpublished"));
+  EXPECT_THAT(quantd.Ctl({"models"}).out, ::testing::Not(HasSubstr("r8")));
 }
 
 // A second quantd on the same data dir (a rolling update on a shared
