@@ -1311,6 +1311,36 @@ TEST(ArtifactSweepTest, RemovesWhatNoJobHoldsAndSparesWhatARunningJobPinned) {
   EXPECT_EQ(swept->artifacts + swept->manifests, 0);
 }
 
+// A jobs.db restored from a backup is older than the artifacts: the files of
+// jobs made after its newest job are their only record and stay. Files of
+// older jobs it does not know (deleted, or failed) still go.
+TEST(ArtifactSweepTest, KeepsTheFilesOfJobsNewerThanEveryJobTheStoreKnows) {
+  const std::string dir = TempDir("sweep_restored");
+  auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
+  auto artifacts = LocalArtifactStore::Open(dir + "/artifacts");
+  ASSERT_TRUE(jobs.ok() && artifacts.ok());
+  auto id_at = [](int64_t seconds) { return NewTimeOrderedId("job", absl::FromUnixSeconds(seconds)); };
+  const std::string known = id_at(100), older = id_at(50), newer = id_at(200), newer_too = id_at(300);
+  // The store knows one job (at 100 s), which failed: it holds nothing.
+  ASSERT_TRUE((*jobs)->Create(NewJob(known, 100), 10).ok());
+  ASSERT_TRUE((*jobs)->ClaimNext(absl::FromUnixSeconds(100), "local", absl::Hours(1)).ok());
+  ASSERT_TRUE((*jobs)->Finish(known, 1, JobState::kFailed, JobResult(), absl::FromUnixSeconds(100)).ok());
+  auto gone = (*artifacts)->Put(older, "deleted job's bytes", "{}");  // a job deleted before the backup
+  auto kept = (*artifacts)->Put(newer, "newer job's bytes", "{}");
+  auto shared = (*artifacts)->Put(newer_too, "newer job's bytes", "{}");  // the same bytes, a second manifest
+  auto failed = (*artifacts)->Put(known, "failed job's bytes", "{}");
+  ASSERT_TRUE(gone.ok() && kept.ok() && shared.ok() && failed.ok());
+
+  auto swept = RemoveUnheldArtifacts(**artifacts, **jobs);
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(swept->artifacts, 2);  // the deleted job's and the failed job's
+  EXPECT_EQ(swept->kept_newer, 1);
+  EXPECT_FALSE((*artifacts)->Contains(gone->sha256));
+  EXPECT_FALSE((*artifacts)->Contains(failed->sha256));
+  ASSERT_TRUE((*artifacts)->Contains(kept->sha256));
+  EXPECT_THAT((*artifacts)->List()->at(kept->sha256), ::testing::UnorderedElementsAre(newer, newer_too));
+}
+
 TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) {
   const std::string dir = TempDir("quota");
   DataQuota quota(dir, 100);
