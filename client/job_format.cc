@@ -474,6 +474,10 @@ int FollowJob(const CommandContext& context, const std::string& job_id, absl::Du
   absl::Time broken_since = absl::InfiniteFuture();
   absl::Duration backoff = absl::Milliseconds(250);
   bool interruption_reported = false;
+  // When the watched attempt started: a snapshot after a reconnect with
+  // another start is the job run again from the start (its server crashed or
+  // stopped meanwhile), whose earlier events this watch did not see.
+  std::optional<std::pair<int64_t, int32_t>> attempt_started;
   while (!got_result) {
     grpc::ClientContext client_context;
     context.PrepareCall(client_context, /*with_deadline=*/false);
@@ -516,6 +520,15 @@ int FollowJob(const CommandContext& context, const std::string& job_id, absl::Du
       }
       if (live_line) *context.out << "\n";
       live_line = false;
+      if (event.has_snapshot() && event.snapshot().has_start_time()) {
+        const std::pair<int64_t, int32_t> started = {event.snapshot().start_time().seconds(),
+                                                     event.snapshot().start_time().nanos()};
+        if (attempt_started.has_value() && *attempt_started != started && !context.options.json) {
+          *context.out << event.job_id() << " runs again from the start (attempt " << event.snapshot().attempt_count()
+                       << "): its server stopped while it ran; this watch missed the new attempt's first events\n";
+        }
+        attempt_started = started;
+      }
       *context.out << (context.options.json ? JsonLine(event) : EventText(event)) << "\n";
       context.out->flush();
       if (event.has_snapshot()) state = event.snapshot().state();

@@ -234,6 +234,38 @@ TEST_F(FollowJobTest, AQuietWatchThatBreaksIsResumedWithinTheWindowOfTheBreak) {
   EXPECT_THAT(err_.str(), HasSubstr("was interrupted"));
 }
 
+// A job run again from the start after its server stopped (a new attempt,
+// another start time in the snapshot) is said, not spliced into the first
+// attempt's timeline.
+TEST_F(FollowJobTest, AJobRunAgainFromTheStartAfterAReconnectIsSaid) {
+  const grpc::Status restart(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  v1::JobEvent first = Snapshot(1, v1::JOB_STATE_RUNNING);
+  first.mutable_snapshot()->mutable_start_time()->set_seconds(100);
+  first.mutable_snapshot()->set_attempt_count(1);
+  v1::JobEvent again = Snapshot((uint64_t{2} << 32) + 1, v1::JOB_STATE_RUNNING);
+  again.mutable_snapshot()->mutable_start_time()->set_seconds(160);
+  again.mutable_snapshot()->set_attempt_count(2);
+  const int rc = Follow({{{first}, absl::ZeroDuration(), restart},
+                         {{again, Succeeded((uint64_t{2} << 32) + 2), Result((uint64_t{2} << 32) + 3)},
+                          absl::ZeroDuration(),
+                          grpc::Status::OK}},
+                        absl::Minutes(5));
+  EXPECT_EQ(rc, kExitOk) << err_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("job-1 runs again from the start (attempt 2)")) << out_.str();
+
+  // The same attempt seen again after a reconnect says nothing of the kind.
+  out_.str("");
+  v1::JobEvent same = again;
+  same.set_sequence((uint64_t{3} << 32) + 1);
+  const int resumed = Follow({{{again}, absl::ZeroDuration(), restart},
+                              {{same, Succeeded((uint64_t{3} << 32) + 2), Result((uint64_t{3} << 32) + 3)},
+                               absl::ZeroDuration(),
+                               grpc::Status::OK}},
+                             absl::Minutes(5));
+  EXPECT_EQ(resumed, kExitOk) << err_.str();
+  EXPECT_THAT(out_.str(), Not(HasSubstr("runs again"))) << out_.str();
+}
+
 v1::Evaluation FinishedEvaluation(int classes, bool named) {
   v1::Evaluation e;
   e.set_id("eval-1");
