@@ -1534,6 +1534,27 @@ TEST(JobsIntegrationTest, AMissingPublishedArtifactIsLoggedAtStart) {
   EXPECT_THAT(quantd.Ctl({"models"}).out, ::testing::Not(HasSubstr("r8")));
 }
 
+// A job store older than the artifacts (a jobs.db restored from a backup;
+// here, one made anew) does not make the start-up sweep delete the newer
+// jobs' artifacts and manifests, their only record: they stay, and the log
+// says why.
+TEST(JobsIntegrationTest, AnOlderJobStoreKeepsTheNewerJobsArtifacts) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  RunResult submit = quantd.Ctl(SubmitArgs({"--batch_size=10", "--wait"}));
+  ASSERT_EQ(submit.exit_code, 0) << submit.out << submit.err << quantd.log();
+  const std::string sha = quantd.Job(JobIdFrom(submit.out))["result"]["artifactSha256"];
+  ASSERT_TRUE(quantd.child().Signal(SIGTERM));
+  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(30)).has_value());
+  for (const auto& entry : fs::directory_iterator(quantd.dir() + "/data")) {
+    if (absl::StartsWith(entry.path().filename().string(), "jobs.db")) fs::remove(entry.path());
+  }
+  ASSERT_TRUE(quantd.Start());
+  EXPECT_THAT(quantd.log(), HasSubstr("WARNING quantd: kept 1 artifact files of jobs newer than every job in the job "
+                                      "store"));
+  EXPECT_TRUE(fs::exists(quantd.dir() + "/data/artifacts/" + sha + ".pt"));
+}
+
 // A second quantd on the same data dir (a rolling update on a shared
 // volume) used to re-queue the first one's running job: it ran twice. Now it
 // refuses to start, and the first one's job runs once.
