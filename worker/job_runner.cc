@@ -396,8 +396,11 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
           return artifacts_->RemoveManifest(sha256, job.id);
         });
     if (!released.ok()) {
-      Log(LogLevel::kWarning, "quantd: job ", job.id, " attempt ", job.attempt_count, " ", why, "; its artifact ",
-          artifact_id, " stays until the next start's sweep: ", released);
+      // Only what this attempt added: the bytes when no job holds them,
+      // else just this job's manifest (held bytes are never at stake).
+      Log(LogLevel::kWarning, "quantd: job ", job.id, " attempt ", job.attempt_count, " ", why,
+          "; what it added to artifact ", artifact_id, " (its manifest, and the bytes unless another job holds them) "
+          "is left for the next sweep: ", released);
     }
   };
   if (finished.ok() && stored_unrecorded.has_value() && !stored_unrecorded->first.empty()) {
