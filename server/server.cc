@@ -539,10 +539,10 @@ absl::Status QuantdServer::OpenStores() {
     job_stats_->CountRecovered(recovered);
   }
   LogMissingPublishedArtifacts(*job_store_, *artifact_store_, options_.data_dir);
-  if (pool_->swept().kept_newer > 0) {
+  if (pool_->swept().kept_unknown > 0) {
     LogLine(LogLevel::kWarning,
-            absl::StrCat("quantd: kept ", pool_->swept().kept_newer,
-                         " artifact files of jobs newer than every job in the job store (was an older jobs.db "
+            absl::StrCat("quantd: kept ", pool_->swept().kept_unknown,
+                         " artifact files of jobs the job store has no record of (was an older jobs.db "
                          "restored?): they are those jobs' only record, so they are not removed"));
   }
   if (pool_->swept().artifacts > 0 || pool_->swept().manifests > 0) {

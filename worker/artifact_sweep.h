@@ -6,9 +6,10 @@
 // artifact stored by a job that then crashed and failed, or was rerun with
 // other bytes; a manifest of a job that no longer holds the artifact; a
 // manifest left without its bytes. Without it those files would count
-// against the data quota forever. Files of jobs newer than every job the
-// store knows are kept: the store is then older than them (a jobs.db
-// restored from a backup), and they are those jobs' only record.
+// against the data quota forever. Files of jobs the store never knew
+// (neither a record nor a deletion) are kept: the store is then older than
+// them (a jobs.db restored from a backup), and they are those jobs' only
+// record.
 //
 // Run at start-up, after this server's interrupted jobs were requeued (their
 // stale pins no longer hold anything), and then periodically while workers
@@ -25,10 +26,10 @@ namespace quantd::worker {
 struct SweptArtifacts {
   int artifacts = 0;  // removed with all their manifests
   int manifests = 0;  // removed alone (their artifact is held by other jobs)
-  // Files kept because a job they name is newer than every job in the job
-  // store (an older jobs.db restored): an artifact with its manifests, or a
-  // manifest, each counted once per sweep.
-  int kept_newer = 0;
+  // Files kept because a job they name is unknown to the job store (an
+  // older jobs.db restored): an artifact with its manifests, or a manifest,
+  // each counted once per sweep.
+  int kept_unknown = 0;
   // The first file that could not be removed (the sweep goes on past it);
   // OK when none.
   absl::Status first_error;

@@ -118,6 +118,10 @@ class JobStore {
   // Ids of the jobs that hold this artifact: SUCCEEDED with it, or RUNNING
   // with it pinned (about to store it, in whichever process).
   virtual absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) = 0;
+  // Whether Delete removed job `id` from this store. A job neither here nor
+  // deleted is one this store never knew (it is older than the job: a
+  // restored backup), whose files the artifact sweep keeps.
+  virtual absl::StatusOr<bool> WasDeleted(const std::string& id) = 0;
   // Distinct artifacts of succeeded jobs, newest first: the oldest job of
   // each. `job_id` non-empty = only that job's artifact.
   virtual absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,

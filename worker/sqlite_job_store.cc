@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS evaluations (
   has_fp32 INTEGER NOT NULL DEFAULT 0,
   finished INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS deleted_jobs (
+  id TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS model_versions (
   name TEXT NOT NULL,
   version INTEGER NOT NULL,
@@ -725,7 +728,13 @@ absl::Status SqliteJobStore::Delete(const std::string& id, const ReleaseArtifact
     Stmt unpublish(db_, "DELETE FROM model_versions WHERE job_id = ?1");
     QUANTD_RETURN_IF_ERROR(unpublish.status());
     unpublish.Bind(1, id);
-    return unpublish.Step().status();
+    QUANTD_RETURN_IF_ERROR(unpublish.Step().status());
+    // Remembered, so that the artifact sweep removes what this deletion
+    // leaves behind, and keeps the files of jobs this store never knew.
+    Stmt remember(db_, "INSERT OR IGNORE INTO deleted_jobs (id) VALUES (?1)");
+    QUANTD_RETURN_IF_ERROR(remember.status());
+    remember.Bind(1, id);
+    return remember.Step().status();
   }();
   QUANTD_RETURN_IF_ERROR(EndTransaction(deleted));
   if (!release || !has_artifact) return absl::OkStatus();
@@ -763,6 +772,14 @@ absl::StatusOr<std::vector<std::string>> SqliteJobStore::ArtifactHoldersLocked(c
   QUANTD_RETURN_IF_ERROR(s.status());
   s.Bind(1, artifact_id);
   return ReadIds(s);
+}
+
+absl::StatusOr<bool> SqliteJobStore::WasDeleted(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_, "SELECT id FROM deleted_jobs WHERE id = ?1");
+  QUANTD_RETURN_IF_ERROR(s.status());
+  s.Bind(1, id);
+  return s.Step();
 }
 
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::ActiveJobsUsing(const std::string& needle) {

@@ -45,6 +45,7 @@ class SqliteJobStore final : public JobStore {
   absl::Status WithArtifactLocked(const std::string& artifact_id, const ArtifactHoldersUse& use) override;
   absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override;
   absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) override;
+  absl::StatusOr<bool> WasDeleted(const std::string& id) override;
   absl::StatusOr<std::vector<std::string>> ActiveJobsUsing(const std::string& needle) override;
   absl::StatusOr<JobPage> ListArtifactJobs(const std::string& job_id, int page_size,
                                            const std::string& page_token) override;

@@ -1272,7 +1272,7 @@ TEST(ArtifactSweepTest, RemovesWhatNoJobHoldsAndSparesWhatARunningJobPinned) {
   auto rerun = (*artifacts)->Put("rerun", "int8 bytes", "{}");
   auto crashed = (*artifacts)->Put("crashed", "other bytes", "{}");
   ASSERT_TRUE(held.ok() && rerun.ok() && crashed.ok());
-  for (const char* id : {"held", "rerun", "crashed"}) {
+  for (const char* id : {"held", "rerun", "crashed", "lost"}) {
     ASSERT_TRUE((*jobs)->Create(NewJob(id, 1), 10).ok());
     ASSERT_TRUE((*jobs)->ClaimNext(now, "local", absl::Hours(1)).ok());
     JobResult result;
@@ -1312,33 +1312,52 @@ TEST(ArtifactSweepTest, RemovesWhatNoJobHoldsAndSparesWhatARunningJobPinned) {
 }
 
 // A jobs.db restored from a backup is older than the artifacts: the files of
-// jobs made after its newest job are their only record and stay. Files of
-// older jobs it does not know (deleted, or failed) still go.
-TEST(ArtifactSweepTest, KeepsTheFilesOfJobsNewerThanEveryJobTheStoreKnows) {
+// jobs it never knew are their only record and stay, also once the store
+// has newer jobs of its own. Files of jobs it deleted (a removal that failed
+// after the deletion) or that failed still go.
+TEST(ArtifactSweepTest, KeepsTheFilesOfJobsTheStoreNeverKnew) {
   const std::string dir = TempDir("sweep_restored");
   auto jobs = SqliteJobStore::Open(dir + "/jobs.db");
   auto artifacts = LocalArtifactStore::Open(dir + "/artifacts");
   ASSERT_TRUE(jobs.ok() && artifacts.ok());
-  auto id_at = [](int64_t seconds) { return NewTimeOrderedId("job", absl::FromUnixSeconds(seconds)); };
-  const std::string known = id_at(100), older = id_at(50), newer = id_at(200), newer_too = id_at(300);
-  // The store knows one job (at 100 s), which failed: it holds nothing.
-  ASSERT_TRUE((*jobs)->Create(NewJob(known, 100), 10).ok());
-  ASSERT_TRUE((*jobs)->ClaimNext(absl::FromUnixSeconds(100), "local", absl::Hours(1)).ok());
-  ASSERT_TRUE((*jobs)->Finish(known, 1, JobState::kFailed, JobResult(), absl::FromUnixSeconds(100)).ok());
-  auto gone = (*artifacts)->Put(older, "deleted job's bytes", "{}");  // a job deleted before the backup
-  auto kept = (*artifacts)->Put(newer, "newer job's bytes", "{}");
-  auto shared = (*artifacts)->Put(newer_too, "newer job's bytes", "{}");  // the same bytes, a second manifest
-  auto failed = (*artifacts)->Put(known, "failed job's bytes", "{}");
-  ASSERT_TRUE(gone.ok() && kept.ok() && shared.ok() && failed.ok());
+  auto finish = [&](const std::string& id, JobState state, const std::string& bytes) {
+    ASSERT_TRUE((*jobs)->Create(NewJob(id, 100), 10).ok());
+    ASSERT_TRUE((*jobs)->ClaimNext(absl::FromUnixSeconds(100), "local", absl::Hours(1)).ok());
+    JobResult result;
+    if (state == JobState::kSucceeded) {
+      result.artifact_sha256 = engine::Sha256Hex(bytes);
+      result.artifact_id = ArtifactIdFor(result.artifact_sha256);
+    }
+    ASSERT_TRUE((*jobs)->Finish(id, 1, state, result, absl::FromUnixSeconds(100)).ok());
+  };
+  finish("failed", JobState::kFailed, "");
+  finish("deleted", JobState::kSucceeded, "deleted job's bytes");
+  auto unreleased = [](const Job&, bool) { return absl::InternalError("disk"); };  // its files stay
+  ASSERT_TRUE((*jobs)->Delete("deleted", unreleased).ok());
+  EXPECT_TRUE(*(*jobs)->WasDeleted("deleted"));
+  EXPECT_FALSE(*(*jobs)->WasDeleted("failed"));
+  auto deleted = (*artifacts)->Put("deleted", "deleted job's bytes", "{}");
+  auto failed = (*artifacts)->Put("failed", "failed job's bytes", "{}");
+  auto kept = (*artifacts)->Put("unknown", "unknown job's bytes", "{}");
+  auto shared = (*artifacts)->Put("unknown-too", "unknown job's bytes", "{}");  // the same bytes, a second manifest
+  ASSERT_TRUE(deleted.ok() && failed.ok() && kept.ok() && shared.ok());
 
   auto swept = RemoveUnheldArtifacts(**artifacts, **jobs);
   ASSERT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(swept->artifacts, 2);  // the deleted job's and the failed job's
-  EXPECT_EQ(swept->kept_newer, 1);
-  EXPECT_FALSE((*artifacts)->Contains(gone->sha256));
+  EXPECT_EQ(swept->kept_unknown, 1);
+  EXPECT_FALSE((*artifacts)->Contains(deleted->sha256));
   EXPECT_FALSE((*artifacts)->Contains(failed->sha256));
   ASSERT_TRUE((*artifacts)->Contains(kept->sha256));
-  EXPECT_THAT((*artifacts)->List()->at(kept->sha256), ::testing::UnorderedElementsAre(newer, newer_too));
+  EXPECT_THAT((*artifacts)->List()->at(kept->sha256), ::testing::UnorderedElementsAre("unknown", "unknown-too"));
+
+  // A newer job of the store's own changes nothing for them.
+  finish("newer", JobState::kFailed, "");
+  swept = RemoveUnheldArtifacts(**artifacts, **jobs);
+  ASSERT_TRUE(swept.ok()) << swept.status();
+  EXPECT_EQ(swept->artifacts, 0);
+  EXPECT_EQ(swept->kept_unknown, 1);
+  EXPECT_TRUE((*artifacts)->Contains(kept->sha256));
 }
 
 TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) {

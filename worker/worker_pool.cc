@@ -52,7 +52,7 @@ absl::StatusOr<SweptArtifacts> WorkerPool::SweepArtifacts() {
   absl::MutexLock lock(&mu_);
   swept_.artifacts += swept.artifacts;
   swept_.manifests += swept.manifests;
-  swept_.kept_newer += swept.kept_newer;
+  swept_.kept_unknown += swept.kept_unknown;
   return swept;
 }
 

@@ -293,6 +293,18 @@ class WorkerPoolTest : public ::testing::Test {
     return job;
   }
 
+  // A job `id` that ran (in another process, say) and FAILED holding no
+  // artifact: files it left are the sweep's to remove. (Files of a job the
+  // store never knew are kept: see artifact_sweep.h.)
+  void RecordFailedJob(const std::string& id) {
+    Job job = NewJob(id);
+    job.id = id;
+    ASSERT_TRUE(store_->Create(job, 10).ok());
+    absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(absl::Now(), "host-b:/data", absl::Hours(1));
+    ASSERT_TRUE(claimed.ok() && claimed->has_value());
+    ASSERT_TRUE(store_->Finish(id, 1, JobState::kFailed, JobResult(), absl::Now()).ok());
+  }
+
   // Records `job` (its id set), claims it as process a would, and runs it
   // with `runner` as a worker does; returns what the runner returned.
   Job CreateClaimAndRun(JobRunner& runner, const Job& job, Clock& clock, StopSignals* stop,
@@ -637,6 +649,8 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
 // Files no job holds are removed at start-up and by each later sweep (the
 // sweep thread's, hourly by default) while jobs' artifacts stay.
 TEST_F(WorkerPoolTest, ArtifactsNoJobHoldsAreSweptWhileTheServerRuns) {
+  RecordFailedJob("job-gone");
+  RecordFailedJob("job-lost");
   ASSERT_TRUE(artifacts_->Put("job-gone", "left at start", "{}").ok());
   WorkerPool::Options options;
   options.artifact_sweep = absl::Hours(1);
@@ -659,6 +673,7 @@ TEST_F(WorkerPoolTest, ArtifactsNoJobHoldsAreSweptWhileTheServerRuns) {
 // The sweep thread runs on its own period; a period of zero or less would
 // make it a loop that lists every file nonstop, so it is refused.
 TEST_F(WorkerPoolTest, TheSweepThreadSweepsEachPeriod) {
+  RecordFailedJob("job-lost");
   WorkerPool::Options options;
   options.artifact_sweep = absl::Milliseconds(20);
   auto pool = NewPool(options);

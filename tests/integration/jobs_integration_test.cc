@@ -1535,10 +1535,10 @@ TEST(JobsIntegrationTest, AMissingPublishedArtifactIsLoggedAtStart) {
 }
 
 // A job store older than the artifacts (a jobs.db restored from a backup;
-// here, one made anew) does not make the start-up sweep delete the newer
-// jobs' artifacts and manifests, their only record: they stay, and the log
-// says why.
-TEST(JobsIntegrationTest, AnOlderJobStoreKeepsTheNewerJobsArtifacts) {
+// here, one made anew) does not make the start-up sweep delete the
+// artifacts and manifests of jobs it never knew, their only record: they
+// stay, and the log says why, also after the store has newer jobs.
+TEST(JobsIntegrationTest, AnOlderJobStoreKeepsTheArtifactsOfJobsItNeverKnew) {
   Quantd quantd;
   ASSERT_TRUE(quantd.Start());
   RunResult submit = quantd.Ctl(SubmitArgs({"--batch_size=10", "--wait"}));
@@ -1550,8 +1550,16 @@ TEST(JobsIntegrationTest, AnOlderJobStoreKeepsTheNewerJobsArtifacts) {
     if (absl::StartsWith(entry.path().filename().string(), "jobs.db")) fs::remove(entry.path());
   }
   ASSERT_TRUE(quantd.Start());
-  EXPECT_THAT(quantd.log(), HasSubstr("WARNING quantd: kept 1 artifact files of jobs newer than every job in the job "
-                                      "store"));
+  EXPECT_THAT(quantd.log(), HasSubstr("WARNING quantd: kept 1 artifact files of jobs the job store has no record of"));
+  EXPECT_TRUE(fs::exists(quantd.dir() + "/data/artifacts/" + sha + ".pt"));
+  // Still kept once the store has a newer job of its own, at the next start
+  // (they were deleted then).
+  RunResult another = quantd.Ctl(SubmitArgs({"--batch_size=10", "--seed=7", "--wait"}));
+  ASSERT_EQ(another.exit_code, 0) << another.out << another.err << quantd.log();
+  ASSERT_TRUE(quantd.child().Signal(SIGTERM));
+  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(30)).has_value());
+  ASSERT_TRUE(quantd.Start());
+  EXPECT_THAT(quantd.log(), HasSubstr("WARNING quantd: kept 1 artifact files of jobs the job store has no record of"));
   EXPECT_TRUE(fs::exists(quantd.dir() + "/data/artifacts/" + sha + ".pt"));
 }
 

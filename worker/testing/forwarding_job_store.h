@@ -72,6 +72,7 @@ class ForwardingJobStore : public JobStore {
   absl::StatusOr<std::vector<Job>> JobsWithArtifact(const std::string& artifact_id) override {
     return real_->JobsWithArtifact(artifact_id);
   }
+  absl::StatusOr<bool> WasDeleted(const std::string& id) override { return real_->WasDeleted(id); }
   absl::StatusOr<std::vector<std::string>> ArtifactHolders(const std::string& artifact_id) override {
     return real_->ArtifactHolders(artifact_id);
   }
