@@ -69,6 +69,10 @@ class BlobStore {
   // dataset readers (a remote store would fetch it into a local cache).
   // Errors as Stat.
   virtual absl::StatusOr<std::string> PathOf(const std::string& blob_id, const std::string& field) const = 0;
+  // PathOf, with the file's bytes checked against the blob id first: what a
+  // job or an evaluation reads. DATA_LOSS, naming `field`, when they no
+  // longer hash to it (damage in the store: the upload is the only copy).
+  virtual absl::StatusOr<std::string> VerifiedPathOf(const std::string& blob_id, const std::string& field) const = 0;
   // The largest upload accepted, in bytes.
   virtual int64_t max_bytes() const = 0;
 

@@ -52,7 +52,8 @@ absl::StatusOr<std::string> InputLocator::LocalPath(const std::string& reference
     if (blobs_ == nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(field, ": ", reference, " needs a blob store"));
     }
-    return blobs_->PathOf(reference.substr(kBlobPrefix.size()), field);
+    // Read with its bytes checked: a blob is the only copy of an upload.
+    return blobs_->VerifiedPathOf(reference.substr(kBlobPrefix.size()), field);
   }
   if (absl::StartsWith(reference, kDataDirPrefix)) {
     const fs::path relative(reference.substr(kDataDirPrefix.size()));

@@ -34,7 +34,8 @@ class InputLocator {
 
   // This replica's file for `reference`. `field` names the job field in
   // errors ("calibration.dataset", ...). NOT_FOUND for a blob or file that
-  // is not here; FAILED_PRECONDITION for a data-dir path that now leads
+  // is not here; DATA_LOSS for a blob whose bytes no longer match its id;
+  // FAILED_PRECONDITION for a data-dir path that now leads
   // through a link (it was resolved without one at submission);
   // INVALID_ARGUMENT for a reference that is none of the forms above.
   absl::StatusOr<std::string> LocalPath(const std::string& reference, const std::string& field) const;

@@ -63,6 +63,18 @@ TEST_F(InputLocatorTest, EachFormResolvesToThisReplicasFile) {
   EXPECT_EQ(*locator.LocalPath(absolute, "calibration"), absolute);
 }
 
+// A queued job reads its upload when it runs: bytes damaged since its
+// submission fail it DATA_LOSS, naming the field, instead of being read.
+TEST_F(InputLocatorTest, ABlobDamagedInTheStoreIsDataLossNamingTheField) {
+  const InputLocator locator((root_ / "data").string(), blobs_.get());
+  const std::string blob = Upload("calibration images");
+  ASSERT_TRUE(locator.LocalPath(BlobReference(blob), "calibration.dataset.blob_id").ok());
+  std::ofstream(root_ / "data/blobs" / blob, std::ios::binary | std::ios::trunc) << "calibration imageS";
+  const absl::Status damaged = locator.LocalPath(BlobReference(blob), "calibration.dataset.blob_id").status();
+  EXPECT_EQ(damaged.code(), absl::StatusCode::kDataLoss) << damaged;
+  EXPECT_THAT(damaged.message(), HasSubstr("calibration.dataset.blob_id: blob " + blob + " is corrupted"));
+}
+
 TEST_F(InputLocatorTest, WhatIsNotHereOrNotAReferenceFailsNamingTheField) {
   const InputLocator locator((root_ / "data").string(), blobs_.get());
   const std::string absent(64, 'a');

@@ -14,6 +14,7 @@
 #include "worker/directory_listing.h"
 #include "worker/engine/base/errno_status.h"
 #include "worker/engine/base/log.h"
+#include "worker/engine/base/sha256.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/engine/base/sync_directory.h"
 #include "worker/local_artifact_store.h"
@@ -90,6 +91,24 @@ absl::StatusOr<std::string> LocalBlobStore::PathOf(const std::string& blob_id,
   if (!fs::is_regular_file(path, error)) {
     return absl::NotFoundError(
         absl::StrCat(field, ": blob ", blob_id, " is not in the store (never uploaded, or deleted)"));
+  }
+  return path;
+}
+
+absl::StatusOr<std::string> LocalBlobStore::VerifiedPathOf(const std::string& blob_id,
+                                                            const std::string& field) const {
+  QUANTD_ASSIGN_OR_RETURN(std::string path, PathOf(blob_id, field));
+  absl::StatusOr<std::string> digest = engine::Sha256File(path);
+  if (!digest.ok()) {
+    // Not the file's name: the caller knows the blob by its id.
+    Log(LogLevel::kWarning, "quantd: cannot read blob ", path, ": ", digest.status());
+    return absl::Status(digest.status().code(),
+                        absl::StrCat(field, ": blob ", blob_id, " cannot be read from the blob store"));
+  }
+  if (*digest != blob_id) {
+    return absl::DataLossError(absl::StrCat(field, ": blob ", blob_id,
+                                            " is corrupted in the blob store (its bytes now hash to ", *digest,
+                                            "); upload the original file again"));
   }
   return path;
 }

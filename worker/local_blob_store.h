@@ -62,6 +62,7 @@ class LocalBlobStore final : public BlobStore {
                                                           int64_t declared_size) const override;
   // The blob's own file in the folder.
   absl::StatusOr<std::string> PathOf(const std::string& blob_id, const std::string& field) const override;
+  absl::StatusOr<std::string> VerifiedPathOf(const std::string& blob_id, const std::string& field) const override;
   int64_t max_bytes() const override { return max_bytes_; }
 
   const std::string& dir() const { return dir_; }

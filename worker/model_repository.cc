@@ -372,7 +372,12 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> ModelRepository::LoadUncached(const
     absl::StatusOr<std::string> local =
         options_.inputs != nullptr ? options_.inputs->LocalPath(source, "model") : absl::StatusOr<std::string>(source);
     if (!local.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(what, ": its FP32 source: ", local.status().message()));
+      // Damage in the blob store stays DATA_LOSS; anything else is a source
+      // that is no longer servable here.
+      const absl::StatusCode code = local.status().code() == absl::StatusCode::kDataLoss
+                                        ? absl::StatusCode::kDataLoss
+                                        : absl::StatusCode::kFailedPrecondition;
+      return absl::Status(code, absl::StrCat(what, ": its FP32 source: ", local.status().message()));
     }
     std::ifstream in(*local, std::ios::binary);
     if (!in) {

@@ -37,6 +37,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // The directories TempDir made for the running test, removed when it ends
 // (they were left in /tmp, hundreds a run).
@@ -1038,6 +1039,38 @@ TEST(BlobStoreTest, UploadVerifiesShaAndLimit) {
   EXPECT_EQ(files, 1);
 }
 
+TEST(BlobStoreTest, VerifiedPathOfFindsABlobWhoseBytesChangedInTheStore) {
+  const std::string dir = TempDir("blobs");
+  auto store = LocalBlobStore::Open(dir, 100);
+  ASSERT_TRUE(store.ok());
+  auto upload = (*store)->BeginUpload("", 0);
+  ASSERT_TRUE(upload.ok() && (*upload)->Append("hello world").ok());
+  auto info = (*upload)->Commit();
+  ASSERT_TRUE(info.ok()) << info.status();
+  absl::StatusOr<std::string> intact = (*store)->VerifiedPathOf(info->sha256, "calibration.dataset.blob_id");
+  ASSERT_TRUE(intact.ok()) << intact.status();
+  EXPECT_EQ(*intact, *(*store)->PathOf(info->sha256, "x"));
+
+  // One byte flipped on disk, then the file cut short: both are damage.
+  for (const std::string& damaged : {std::string("hello World"), std::string("hello")}) {
+    {
+      std::ofstream out(*intact, std::ios::binary | std::ios::trunc);
+      out << damaged;
+    }
+    const absl::Status status = (*store)->VerifiedPathOf(info->sha256, "calibration.dataset.blob_id").status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+    EXPECT_THAT(status.message(), HasSubstr("calibration.dataset.blob_id: blob " + info->sha256 +
+                                            " is corrupted in the blob store (its bytes now hash to " +
+                                            engine::Sha256Hex(damaged)));
+    EXPECT_THAT(status.message(), Not(HasSubstr(dir))) << "no server paths in a client's error";
+    // Only what reads the bytes checks them: listing and deleting still work.
+    EXPECT_TRUE((*store)->PathOf(info->sha256, "x").ok());
+  }
+  EXPECT_EQ((*store)->VerifiedPathOf(std::string(64, 'c'), "model.blob_id").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ((*store)->VerifiedPathOf("xyz", "model.blob_id").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(BlobStoreTest, CutOffOrOversizedUploadsAgainstTheDeclaredSizeAreNeverBlobs) {
   std::string dir = TempDir("blobs");
   auto store = LocalBlobStore::Open(dir, 100);
@@ -1224,6 +1257,9 @@ class TouchedByAnotherReplica final : public BlobStore {
   }
   absl::StatusOr<std::string> PathOf(const std::string& id, const std::string& field) const override {
     return shared_->PathOf(id, field);
+  }
+  absl::StatusOr<std::string> VerifiedPathOf(const std::string& id, const std::string& field) const override {
+    return shared_->VerifiedPathOf(id, field);
   }
   int64_t max_bytes() const override { return shared_->max_bytes(); }
 

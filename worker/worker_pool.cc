@@ -24,13 +24,38 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(
     return absl::InvalidArgumentError("the artifact sweep period must be positive (infinite: never)");
   }
   std::unique_ptr<WorkerPool> pool(new WorkerPool(options, store, artifacts, engine, clock));
-  QUANTD_ASSIGN_OR_RETURN(const uint64_t generation, store->NextGeneration());
-  pool->events_.set_generation(generation);
-  QUANTD_ASSIGN_OR_RETURN(const JobStore::RecoveryCounts recovered,
-                          store->RecoverInterrupted(options.max_attempts, clock->Now(), options.holder));
+  // A store that cannot write for now (a full disk, a busy shared store)
+  // must not keep the server from serving what it has: both writes below
+  // wait. Any other error is the store's state, and is the caller's.
+  auto for_now = [](const absl::Status& status) {
+    return status.code() == absl::StatusCode::kResourceExhausted || status.code() == absl::StatusCode::kUnavailable;
+  };
+  absl::StatusOr<uint64_t> generation = store->NextGeneration();
+  if (!generation.ok()) {
+    const absl::Status unnumbered = generation.status();
+    if (!for_now(unnumbered)) return unnumbered;
+    // Watch streams only compare generations for equality: a random one
+    // above any the store's counter reaches differs from every earlier start.
+    std::random_device seed;
+    generation = std::uniform_int_distribution<uint64_t>(uint64_t{1} << 31, (uint64_t{1} << 32) - 1)(seed);
+    Log(LogLevel::kWarning, "quantd: cannot number this start in the job store (", unnumbered,
+        "); its watch events are numbered from generation ", *generation);
+  }
+  pool->events_.set_generation(*generation);
+  absl::StatusOr<JobStore::RecoveryCounts> recovered =
+      store->RecoverInterrupted(options.max_attempts, clock->Now(), options.holder);
+  if (!recovered.ok()) {
+    if (!for_now(recovered.status())) return recovered.status();
+    Log(LogLevel::kWarning, "quantd: cannot recover the jobs this server was running when it stopped yet (",
+        recovered.status(), "); no job starts here until they are, tried again every ", options.idle_poll);
+  }
   {
     absl::MutexLock lock(&pool->mu_);
-    pool->recovered_ = recovered;
+    if (recovered.ok()) {
+      pool->recovered_ = *recovered;
+    } else {
+      pool->startup_recovery_pending_ = true;
+    }
   }
   // After the recovery: this holder's interrupted jobs no longer hold what
   // they pinned before the crash.
@@ -225,6 +250,31 @@ void WorkerPool::ReleaseUnstarted(const Job& job) {
       "recovered when its lease runs out): ", outcome);
 }
 
+absl::Status WorkerPool::FinishStartupRecovery() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!startup_recovery_pending_) return absl::OkStatus();
+  }
+  // Under claim_mu_: recovering this holder's jobs must not take one this
+  // process has just claimed for interrupted.
+  absl::StatusOr<JobStore::RecoveryCounts> recovered =
+      store_->RecoverInterrupted(options_.max_attempts, clock_->Now(), options_.holder);
+  if (!recovered.ok()) {
+    return absl::Status(recovered.status().code(),
+                        absl::StrCat("the jobs this server was running when it stopped are not recovered yet: ",
+                                     recovered.status().message()));
+  }
+  Log(LogLevel::kInfo, "quantd: recovered the jobs this server was running when it stopped: requeued=",
+      recovered->requeued, " failed=", recovered->failed, " cancelled=", recovered->cancelled);
+  absl::MutexLock lock(&mu_);
+  startup_recovery_pending_ = false;
+  recovered_.requeued += recovered->requeued;
+  recovered_.failed += recovered->failed;
+  recovered_.cancelled += recovered->cancelled;
+  ++wakeups_;
+  return absl::OkStatus();
+}
+
 void WorkerPool::ReportClaimErrorLocked(const absl::Status& error) {
   // Queued jobs wait (a full disk: until space is freed); say so once per
   // distinct error and at most once a minute, not once per poll.
@@ -248,7 +298,9 @@ void WorkerPool::WorkerLoop() {
     std::optional<Job> claimed_while_stopping;
     {
       absl::MutexLock claiming(&claim_mu_);
-      claimed = store_->ClaimNext(clock_->Now(), options_.holder, options_.lease);
+      const absl::Status recovered = FinishStartupRecovery();
+      claimed = recovered.ok() ? store_->ClaimNext(clock_->Now(), options_.holder, options_.lease)
+                               : absl::StatusOr<std::optional<Job>>(recovered);
       if (claimed.ok() && claimed->has_value()) {
         absl::MutexLock lock(&mu_);
         if (stopping_) {

@@ -7,8 +7,9 @@
 // leases, re-queues jobs whose lease ran out (another process sharing the
 // store died or froze), and keeps watchers of jobs run elsewhere informed.
 // On creation, jobs interrupted by a crash of this holder are re-queued at
-// once (or failed after too many attempts). Cancel and delete go through
-// here too.
+// once (or failed after too many attempts); if the store cannot write then
+// (a full disk), the workers do it before their first claim. Cancel and
+// delete go through here too.
 
 #include <atomic>
 #include <memory>
@@ -74,7 +75,8 @@ class WorkerPool {
     absl::Duration artifact_sweep = absl::Hours(1);
   };
 
-  // Recovers interrupted jobs; the threads start with Start().
+  // Recovers interrupted jobs; the threads start with Start(). A store that
+  // cannot write for now (RESOURCE_EXHAUSTED, UNAVAILABLE) does not fail it.
   static absl::StatusOr<std::unique_ptr<WorkerPool>> Create(
       const Options& options, JobStore* store, ArtifactStore* artifacts,
       QuantizationEngine* engine, Clock* clock);
@@ -125,6 +127,9 @@ class WorkerPool {
   void WorkerLoop();
   void MaintenanceLoop();
   void SweepLoop();
+  // Recovers this holder's interrupted jobs if the store could not at
+  // Create (a full disk); OK once done. Workers claim nothing before.
+  absl::Status FinishStartupRecovery() ABSL_EXCLUSIVE_LOCKS_REQUIRED(claim_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   void ReportClaimErrorLocked(const absl::Status& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseUnstarted(const Job& job) ABSL_LOCKS_EXCLUDED(mu_, claim_mu_);
   std::string NewJobId();
@@ -145,6 +150,7 @@ class WorkerPool {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;
   JobStore::RecoveryCounts recovered_ ABSL_GUARDED_BY(mu_);
+  bool startup_recovery_pending_ ABSL_GUARDED_BY(mu_) = false;  // see FinishStartupRecovery
   std::string last_claim_error_ ABSL_GUARDED_BY(mu_);
   absl::Time last_claim_error_time_ ABSL_GUARDED_BY(mu_);
   struct RunningJob {

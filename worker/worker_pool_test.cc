@@ -166,6 +166,17 @@ class FullDiskStore : public testing::ForwardingJobStore {
     auto renewed = [this, t]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(renewed_mu_) { return renewed_until_ > t; };
     return renewed_mu_.AwaitWithTimeout(absl::Condition(&renewed), timeout);
   }
+  absl::StatusOr<uint64_t> NextGeneration() override {
+    if (generation_failures.fetch_sub(1) > 0) return Full();
+    return real_->NextGeneration();
+  }
+  absl::StatusOr<RecoveryCounts> RecoverInterrupted(uint32_t max_attempts, absl::Time now,
+                                                    const std::string& restarted_holder) override {
+    if (recover_failures.fetch_sub(1) > 0) {
+      return recover_corrupt ? absl::InternalError("sqlite step: database disk image is malformed") : Full();
+    }
+    return real_->RecoverInterrupted(max_attempts, now, restarted_holder);
+  }
   absl::Status Finish(const std::string& id, uint32_t attempt, JobState state, const JobResult& result,
                       absl::Time now) override {
     finish_calls.fetch_add(1);
@@ -203,6 +214,9 @@ class FullDiskStore : public testing::ForwardingJobStore {
   // WithArtifactLocked takes the lock (set before use).
   std::function<void()> before_artifact_decision;
   std::atomic<int> claim_failures{0};
+  std::atomic<int> generation_failures{0};
+  std::atomic<int> recover_failures{0};     // every RecoverInterrupted, the maintenance rounds' too
+  std::atomic<bool> recover_corrupt{false};  // RecoverInterrupted's failures are INTERNAL
   std::atomic<int> finish_failures{0};
   std::atomic<int> finish_calls{0};
   std::atomic<bool> finish_corrupt{false};  // Finish's failures are not "full" but INTERNAL
@@ -644,6 +658,54 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kOk);
   EXPECT_FALSE(artifacts_->Contains(sha));
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kNotFound);
+}
+
+// A server started on a full disk serves, instead of exiting: it numbers its
+// watch events without the store, and recovers the job it was running when
+// it stopped once the store can write, before it claims any other (the
+// recovery takes this holder's jobs for interrupted: one claimed here first
+// would be taken too). A store that is damaged, not full, still fails the start.
+TEST_F(WorkerPoolTest, AStartOnAFullDiskRecoversItsInterruptedJobOnceTheStoreCanWrite) {
+  std::string interrupted;
+  {
+    auto pool = NewPool();
+    interrupted = pool->Submit(NewJob("m"))->id;
+  }
+  ASSERT_TRUE(store_->ClaimNext(absl::Now(), "local", absl::Hours(1)).ok());  // then the process died
+  {
+    FullDiskStore corrupt(store_.get());
+    corrupt.recover_failures = 1;
+    corrupt.recover_corrupt = true;
+    EXPECT_EQ(WorkerPool::Create({}, &corrupt, artifacts_.get(), &engine_, Clock::Real()).status().code(),
+              absl::StatusCode::kInternal);
+  }
+  FullDiskStore full(store_.get());
+  full.generation_failures = 1;
+  full.recover_failures = 3;  // Create's, then the first two workers' tries
+  WorkerPool::Options options;
+  options.workers = 2;
+  auto pool = NewPool(options, Clock::Real(), &full);
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(pool->recovered().requeued, 0);
+  EXPECT_EQ(store_->Get(interrupted)->state, JobState::kRunning);
+  // Numbered apart from every start the store counted.
+  const std::string queued = pool->Submit(NewJob("n"))->id;
+  CountingWatcher watcher;
+  ASSERT_TRUE(pool->events().Subscribe(queued, [&] { return store_->Get(queued); }, &watcher).ok());
+
+  pool->Start();
+  const Job recovered = WaitForState(interrupted, JobState::kSucceeded);
+  const Job later = WaitForState(queued, JobState::kSucceeded);
+  EXPECT_LE(full.recover_failures.load(), 0);
+  EXPECT_EQ(pool->recovered().requeued, 1);
+  EXPECT_EQ(recovered.attempt_count, 2u);
+  // The older job ran first: nothing was claimed before the recovery.
+  ASSERT_TRUE(recovered.start_time.has_value() && later.start_time.has_value());
+  EXPECT_LE(*recovered.start_time, *later.start_time);
+  EXPECT_EQ(later.attempt_count, 1u);
+  ASSERT_TRUE(watcher.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_GE(watcher.last_sequence >> 32, uint64_t{1} << 31);
+  EXPECT_LT(watcher.last_sequence >> 32, uint64_t{1} << 32);
 }
 
 // Files no job holds are removed at start-up and by each later sweep (the

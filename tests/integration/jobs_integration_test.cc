@@ -1078,6 +1078,29 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_NE(missing.exit_code, 0);
     EXPECT_THAT(missing.err, HasSubstr("no version 9"));
 
+    // An uploaded dataset whose bytes changed in the blob store (the upload
+    // is its only copy) is DATA_LOSS naming the field, for an evaluation and
+    // a job alike, not images read from damaged bytes.
+    {
+      RunResult upload = quantd.Ctl({"upload", std::string(FIXTURES_DIR) + "/cifar10/calib_batch.bin", "--kind=dataset"});
+      ASSERT_EQ(upload.exit_code, 0) << upload.err;
+      const std::string blob = upload.out.substr(0, 64);
+      {
+        std::fstream file(quantd.dir() + "/data/blobs/" + blob, std::ios::in | std::ios::out | std::ios::binary);
+        file.seekp(5000);
+        file.put('\x7f');
+      }
+      RunResult damaged_eval = quantd.Ctl({"eval", "resnet8:1", "--data_blob=" + blob});
+      EXPECT_EQ(damaged_eval.exit_code, 1) << damaged_eval.out;
+      EXPECT_THAT(damaged_eval.err, HasSubstr("code 15"));  // DATA_LOSS
+      EXPECT_THAT(damaged_eval.err, HasSubstr("dataset.blob_id: blob " + blob + " is corrupted in the blob store"));
+      RunResult damaged_job = quantd.Ctl({"submit", absl::StrCat("--model=", kModel), "--calib_blob=" + blob});
+      EXPECT_EQ(damaged_job.exit_code, 1) << damaged_job.out;
+      EXPECT_THAT(damaged_job.err, HasSubstr("code 15"));
+      EXPECT_THAT(damaged_job.err, HasSubstr("calibration.dataset.blob_id: blob " + blob));
+      EXPECT_THAT(damaged_job.err, HasSubstr("upload the original file again"));
+    }
+
     // Images of another layout than the version's are refused when the
     // evaluation starts, not after the models have loaded, saying how the
     // file was read and naming no path of this server.
@@ -1749,13 +1772,18 @@ TEST(JobsIntegrationTest, CancelDuringCalibrationAndTheWorkerGoesOn) {
 }
 
 // quantd in a mount namespace of its own with its data dir on a tmpfs of
-// `size`; a 450 KiB "ballast" file there stands for what an operator can
-// delete to make room. Empty where this machine allows neither a mount
-// namespace as root nor a user namespace.
-std::vector<std::string> SmallDiskLauncher(const std::string& data_dir, const std::string& size) {
+// `size`, which `prepare` (shell commands; "$0" is the data dir) fills
+// before quantd starts. By default a 450 KiB "ballast" file there stands for
+// what an operator can delete to make room. Empty where this machine allows
+// neither a mount namespace as root nor a user namespace.
+std::vector<std::string> SmallDiskLauncher(const std::string& data_dir, const std::string& size,
+                                           const std::string& prepare = "") {
   const std::string script = absl::StrCat(
-      "mount -t tmpfs -o size=", size, " tmpfs \"$0\" && ln -s '", fs::canonical(FIXTURES_DIR).string(),
-      "' \"$0/fixtures\" && head -c 460800 /dev/zero > \"$0/ballast\" && exec \"$@\"");
+      "mount -t tmpfs -o size=", size, " tmpfs \"$0\" && ",
+      prepare.empty() ? absl::StrCat("ln -s '", fs::canonical(FIXTURES_DIR).string(),
+                                     "' \"$0/fixtures\" && head -c 460800 /dev/zero > \"$0/ballast\"")
+                      : prepare,
+      " && exec \"$@\"");
   for (std::vector<std::string> unshare :
        {std::vector<std::string>{"/usr/bin/unshare", "--mount", "--propagation", "private"},
         std::vector<std::string>{"/usr/bin/unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"}}) {
@@ -1768,6 +1796,41 @@ std::vector<std::string> SmallDiskLauncher(const std::string& data_dir, const st
     }
   }
   return {};
+}
+
+// quantd killed while it runs a job, then started again on its data dir
+// copied to a disk with not a byte free: it serves (health, the job list)
+// instead of exiting, and its log says that the interrupted job waits. Once
+// room is made, without a restart, the job is recovered and finishes.
+TEST(JobsIntegrationTest, AServerStartedOnAFullDiskServesAndRecoversItsJobOnceThereIsRoom) {
+  Quantd quantd;
+  ASSERT_TRUE(quantd.Start());
+  std::unique_ptr<Subprocess> watcher;
+  const std::string id = SubmitAndWatchUntilCalibrating(quantd, &watcher);
+  ASSERT_FALSE(id.empty()) << quantd.log();
+  ASSERT_TRUE(quantd.child().Signal(SIGKILL));
+  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(10)).has_value());
+  const std::string saved = quantd.dir() + "/saved";
+  fs::copy(quantd.dir() + "/data", saved, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  // `head` stops with "No space left on device": the filler takes every byte.
+  std::vector<std::string> launcher = SmallDiskLauncher(
+      quantd.dir() + "/data", "16m", absl::StrCat("cp -a '", saved, "/.' \"$0\" && { head -c 32M /dev/zero > \"$0/filler\" 2>/dev/null; true; }"));
+  if (launcher.empty()) GTEST_SKIP() << "no mount namespace on this machine (unshare refused)";
+  quantd.set_launcher(launcher);
+  ASSERT_TRUE(quantd.Start()) << quantd.log();
+  const int pid = nlohmann::json::parse(ReadFileOrEmpty(quantd.dir() + "/ports.json"))["pid"].get<int>();
+  const std::string data = absl::StrCat("/proc/", pid, "/root", quantd.dir(), "/data");
+  ASSERT_TRUE(fs::exists(data + "/filler"));
+  EXPECT_THAT(quantd.Ctl({"health"}).out, StartsWith("SERVING\n"));
+  EXPECT_THAT(quantd.Ctl({"jobs"}).out, HasSubstr(id));
+  EXPECT_THAT(quantd.log(), HasSubstr("cannot recover the jobs this server was running when it stopped yet"));
+  EXPECT_EQ(quantd.Job(id)["state"], "JOB_STATE_RUNNING");
+
+  fs::remove(data + "/filler");
+  nlohmann::json job = quantd.WaitDone(id);
+  EXPECT_EQ(job["state"], "JOB_STATE_SUCCEEDED") << job.dump() << quantd.log();
+  EXPECT_EQ(job["attemptCount"], 2);
+  EXPECT_THAT(quantd.log(), HasSubstr("recovered the jobs this server was running when it stopped: requeued=1"));
 }
 
 // The data dir on a 1000 KiB filesystem: jobs run until it is full, then one
