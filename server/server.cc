@@ -369,9 +369,12 @@ void LogMissingPublishedArtifacts(worker::JobStore& jobs, worker::ArtifactStore&
     return;
   }
   for (const worker::MissingArtifact& m : *missing) {
+    const std::string what =
+        m.found_bytes < 0 ? absl::StrCat("is missing from the artifact store under ", data_dir)
+                          : absl::StrCat("is ", m.found_bytes, " bytes in the artifact store under ", data_dir,
+                                         ", not the ", m.recorded_bytes, " its job stored (damaged)");
     LogLine(LogLevel::kWarning,
-            absl::StrCat("quantd: artifact ", m.artifact_id, " is missing from the artifact store under ", data_dir,
-                         ": versions ", absl::StrJoin(m.versions, ", "),
+            absl::StrCat("quantd: artifact ", m.artifact_id, " ", what, ": versions ", absl::StrJoin(m.versions, ", "),
                          " cannot be served until it is back (restore the files or rerun its job)"));
   }
 }

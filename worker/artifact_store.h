@@ -39,6 +39,8 @@ class ArtifactStore {
   // Removes the artifact and every manifest of it.
   virtual absl::Status Remove(const std::string& sha256) = 0;
   virtual bool Contains(const std::string& sha256) = 0;
+  // The stored artifact's size in bytes. NOT_FOUND if absent.
+  virtual absl::StatusOr<int64_t> SizeOf(const std::string& sha256) = 0;
   // Every stored artifact (by sha256) with the job ids of its manifests; an
   // artifact whose bytes are missing but whose manifests are not is listed
   // too.

@@ -207,6 +207,17 @@ absl::StatusOr<std::map<std::string, std::vector<std::string>>> LocalArtifactSto
   return listed;
 }
 
+absl::StatusOr<int64_t> LocalArtifactStore::SizeOf(const std::string& sha256) {
+  std::error_code error;
+  const uintmax_t size = IsSha256Hex(sha256) && fs::is_regular_file(ArtifactPath(sha256), error)
+                             ? fs::file_size(ArtifactPath(sha256), error)
+                             : static_cast<uintmax_t>(-1);
+  if (error || size == static_cast<uintmax_t>(-1)) {
+    return absl::NotFoundError(absl::StrCat("artifact file ", sha256, " is not in the store"));
+  }
+  return static_cast<int64_t>(size);
+}
+
 bool LocalArtifactStore::Contains(const std::string& sha256) {
   std::error_code error;
   return IsSha256Hex(sha256) && fs::is_regular_file(ArtifactPath(sha256), error);

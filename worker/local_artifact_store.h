@@ -29,6 +29,7 @@ class LocalArtifactStore final : public ArtifactStore {
   absl::Status RemoveManifest(const std::string& sha256, const std::string& job_id) override;
   absl::Status Remove(const std::string& sha256) override;
   bool Contains(const std::string& sha256) override;
+  absl::StatusOr<int64_t> SizeOf(const std::string& sha256) override;
   absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override;
 
   std::string ArtifactPath(const std::string& sha256) const;

@@ -114,17 +114,28 @@ TEST(PublishedArtifactsCheckTest, NamesEachMissingArtifactWithTheVersionsOnIt) {
     JobResult result;
     result.artifact_sha256 = stored.sha256;
     result.artifact_id = ArtifactIdFor(stored.sha256);
+    result.artifact_size_bytes = stored.size_bytes;
     ASSERT_TRUE((*jobs)->Finish(id, 1, JobState::kSucceeded, result, absl::FromUnixSeconds(5)).ok());
   }
   auto none = FindMissingPublishedArtifacts(**jobs, **artifacts);
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_TRUE(none->empty());
 
+  // Cut short: its size is not the one the job recorded.
+  fs::resize_file(fs::path(dir) / "artifacts" / (lost->sha256 + ".pt"), 3);
+  auto short_file = FindMissingPublishedArtifacts(**jobs, **artifacts);
+  ASSERT_TRUE(short_file.ok()) << short_file.status();
+  ASSERT_EQ(short_file->size(), 1u);
+  EXPECT_EQ((*short_file)[0].artifact_id, ArtifactIdFor(lost->sha256));
+  EXPECT_EQ((*short_file)[0].found_bytes, 3);
+  EXPECT_EQ((*short_file)[0].recorded_bytes, lost->size_bytes);
+
   ASSERT_TRUE(fs::remove(fs::path(dir) / "artifacts" / (lost->sha256 + ".pt")));
   auto missing = FindMissingPublishedArtifacts(**jobs, **artifacts);
   ASSERT_TRUE(missing.ok()) << missing.status();
   ASSERT_EQ(missing->size(), 1u);
   EXPECT_EQ((*missing)[0].artifact_id, ArtifactIdFor(lost->sha256));
+  EXPECT_EQ((*missing)[0].found_bytes, -1);
   EXPECT_THAT((*missing)[0].versions, ::testing::ElementsAre("other:1", "resnet8:2"));
 }
 

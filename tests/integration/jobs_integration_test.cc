@@ -1543,7 +1543,17 @@ TEST(JobsIntegrationTest, AMissingPublishedArtifactIsLoggedAtStart) {
   ASSERT_TRUE(quantd.child().Signal(SIGTERM));
   ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(30)).has_value());
   EXPECT_THAT(quantd.log(), ::testing::Not(HasSubstr("is missing from the artifact store")));
-  ASSERT_TRUE(fs::remove(quantd.dir() + "/data/artifacts/" + sha + ".pt"));
+  // Cut to 0 bytes (a disk that lost it, a copy that failed): damaged.
+  const std::string file = quantd.dir() + "/data/artifacts/" + sha + ".pt";
+  const std::uintmax_t stored = fs::file_size(file);
+  fs::resize_file(file, 0);
+  ASSERT_TRUE(quantd.Start());
+  EXPECT_THAT(quantd.log(), HasSubstr(absl::StrCat("WARNING quantd: artifact art-", sha.substr(0, 16),
+                                                   " is 0 bytes in the artifact store under ")));
+  EXPECT_THAT(quantd.log(), HasSubstr(absl::StrCat(", not the ", stored, " its job stored (damaged): versions r8:1")));
+  ASSERT_TRUE(quantd.child().Signal(SIGTERM));
+  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(30)).has_value());
+  ASSERT_TRUE(fs::remove(file));
   ASSERT_TRUE(quantd.Start());
   EXPECT_THAT(quantd.log(), HasSubstr(absl::StrCat("WARNING quantd: artifact art-", sha.substr(0, 16),
                                                    " is missing from the artifact store under ")));

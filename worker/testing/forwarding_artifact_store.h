@@ -29,6 +29,7 @@ class ForwardingArtifactStore : public ArtifactStore {
   }
   absl::Status Remove(const std::string& sha256) override { return real_->Remove(sha256); }
   bool Contains(const std::string& sha256) override { return real_->Contains(sha256); }
+  absl::StatusOr<int64_t> SizeOf(const std::string& sha256) override { return real_->SizeOf(sha256); }
   absl::StatusOr<std::map<std::string, std::vector<std::string>>> List() override { return real_->List(); }
 
  protected:
