@@ -660,54 +660,6 @@ TEST_F(WorkerPoolTest, RestartRequeuesInterruptedJobAndDeleteRemovesArtifact) {
   EXPECT_EQ(pool->Delete(id).code(), absl::StatusCode::kNotFound);
 }
 
-// A server started on a full disk serves, instead of exiting: it numbers its
-// watch events without the store, and recovers the job it was running when
-// it stopped once the store can write, before it claims any other (the
-// recovery takes this holder's jobs for interrupted: one claimed here first
-// would be taken too). A store that is damaged, not full, still fails the start.
-TEST_F(WorkerPoolTest, AStartOnAFullDiskRecoversItsInterruptedJobOnceTheStoreCanWrite) {
-  std::string interrupted;
-  {
-    auto pool = NewPool();
-    interrupted = pool->Submit(NewJob("m"))->id;
-  }
-  ASSERT_TRUE(store_->ClaimNext(absl::Now(), "local", absl::Hours(1)).ok());  // then the process died
-  {
-    FullDiskStore corrupt(store_.get());
-    corrupt.recover_failures = 1;
-    corrupt.recover_corrupt = true;
-    EXPECT_EQ(WorkerPool::Create({}, &corrupt, artifacts_.get(), &engine_, Clock::Real()).status().code(),
-              absl::StatusCode::kInternal);
-  }
-  FullDiskStore full(store_.get());
-  full.generation_failures = 1;
-  full.recover_failures = 3;  // Create's, then the first two workers' tries
-  WorkerPool::Options options;
-  options.workers = 2;
-  auto pool = NewPool(options, Clock::Real(), &full);
-  ASSERT_NE(pool, nullptr);
-  EXPECT_EQ(pool->recovered().requeued, 0);
-  EXPECT_EQ(store_->Get(interrupted)->state, JobState::kRunning);
-  // Numbered apart from every start the store counted.
-  const std::string queued = pool->Submit(NewJob("n"))->id;
-  CountingWatcher watcher;
-  ASSERT_TRUE(pool->events().Subscribe(queued, [&] { return store_->Get(queued); }, &watcher).ok());
-
-  pool->Start();
-  const Job recovered = WaitForState(interrupted, JobState::kSucceeded);
-  const Job later = WaitForState(queued, JobState::kSucceeded);
-  EXPECT_LE(full.recover_failures.load(), 0);
-  EXPECT_EQ(pool->recovered().requeued, 1);
-  EXPECT_EQ(recovered.attempt_count, 2u);
-  // The older job ran first: nothing was claimed before the recovery.
-  ASSERT_TRUE(recovered.start_time.has_value() && later.start_time.has_value());
-  EXPECT_LE(*recovered.start_time, *later.start_time);
-  EXPECT_EQ(later.attempt_count, 1u);
-  ASSERT_TRUE(watcher.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  EXPECT_GE(watcher.last_sequence >> 32, uint64_t{1} << 31);
-  EXPECT_LT(watcher.last_sequence >> 32, uint64_t{1} << 32);
-}
-
 // Files no job holds are removed at start-up and by each later sweep (the
 // sweep thread's, hourly by default) while jobs' artifacts stay.
 TEST_F(WorkerPoolTest, ArtifactsNoJobHoldsAreSweptWhileTheServerRuns) {
@@ -1214,6 +1166,54 @@ class CountingWatcher : public JobWatcher {
   absl::Notification done;
   absl::Notification gone;
 };
+
+// A server started on a full disk serves, instead of exiting: it numbers its
+// watch events without the store, and recovers the job it was running when
+// it stopped once the store can write, before it claims any other (the
+// recovery takes this holder's jobs for interrupted: one claimed here first
+// would be taken too). A store that is damaged, not full, still fails the start.
+TEST_F(WorkerPoolTest, AStartOnAFullDiskRecoversItsInterruptedJobOnceTheStoreCanWrite) {
+  std::string interrupted;
+  {
+    auto pool = NewPool();
+    interrupted = pool->Submit(NewJob("m"))->id;
+  }
+  ASSERT_TRUE(store_->ClaimNext(absl::Now(), "local", absl::Hours(1)).ok());  // then the process died
+  {
+    FullDiskStore corrupt(store_.get());
+    corrupt.recover_failures = 1;
+    corrupt.recover_corrupt = true;
+    EXPECT_EQ(WorkerPool::Create({}, &corrupt, artifacts_.get(), &engine_, Clock::Real()).status().code(),
+              absl::StatusCode::kInternal);
+  }
+  FullDiskStore full(store_.get());
+  full.generation_failures = 1;
+  full.recover_failures = 3;  // Create's, then the first two workers' tries
+  WorkerPool::Options options;
+  options.workers = 2;
+  auto pool = NewPool(options, Clock::Real(), &full);
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(pool->recovered().requeued, 0);
+  EXPECT_EQ(store_->Get(interrupted)->state, JobState::kRunning);
+  // Numbered apart from every start the store counted.
+  const std::string queued = pool->Submit(NewJob("n"))->id;
+  CountingWatcher watcher;
+  ASSERT_TRUE(pool->events().Subscribe(queued, [&] { return store_->Get(queued); }, &watcher).ok());
+
+  pool->Start();
+  const Job recovered = WaitForState(interrupted, JobState::kSucceeded);
+  const Job later = WaitForState(queued, JobState::kSucceeded);
+  EXPECT_LE(full.recover_failures.load(), 0);
+  EXPECT_EQ(pool->recovered().requeued, 1);
+  EXPECT_EQ(recovered.attempt_count, 2u);
+  // The older job ran first: nothing was claimed before the recovery.
+  ASSERT_TRUE(recovered.start_time.has_value() && later.start_time.has_value());
+  EXPECT_LE(*recovered.start_time, *later.start_time);
+  EXPECT_EQ(later.attempt_count, 1u);
+  ASSERT_TRUE(watcher.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_GE(watcher.last_sequence >> 32, uint64_t{1} << 31);
+  EXPECT_LT(watcher.last_sequence >> 32, uint64_t{1} << 32);
+}
 
 // A watcher here of a job that another process runs or cancels (a second
 // pool on its own connection to the same file) learns from the store what
