@@ -44,9 +44,10 @@ std::string Field(absl::string_view value) {
 }  // namespace
 
 std::string AuditText(absl::string_view who, absl::string_view peer, absl::string_view method,
-                      absl::string_view target, const absl::Status& result) {
+                      absl::string_view target, const absl::Status& result, const AuditEffects& effects) {
   std::string line = absl::StrCat("audit: who=", Field(who), " peer=", Field(peer), " method=", Field(method),
                                   " target=", Field(target), " result=", absl::StatusCodeToString(result.code()));
+  for (const auto& [key, value] : effects) absl::StrAppend(&line, " ", key, "=", Field(value));
   if (!result.ok()) {
     std::string message = Field(result.message());
     if (message.front() != '"') message = absl::StrCat("\"", message, "\"");
@@ -56,8 +57,8 @@ std::string AuditText(absl::string_view who, absl::string_view peer, absl::strin
 }
 
 void AuditLine(absl::string_view who, absl::string_view peer, absl::string_view method, absl::string_view target,
-               const absl::Status& result) {
-  LogLine(LogLevel::kInfo, AuditText(who, peer, method, target, result));
+               const absl::Status& result, const AuditEffects& effects) {
+  LogLine(LogLevel::kInfo, AuditText(who, peer, method, target, result, effects));
 }
 
 }  // namespace quantd

@@ -17,6 +17,15 @@ TEST(AuditTextTest, PlainValuesAsTheyAre) {
             "message=\"ListJobs: no bearer token\"");
 }
 
+// What a call changed beyond its target follows the result, quoted like any
+// caller-chosen value (a model name).
+TEST(AuditTextTest, EffectsFollowTheResult) {
+  EXPECT_EQ(AuditText("ops", "ipv4:10.0.0.7:1", "DeleteJob", "job-1", absl::OkStatus(), {{"unpublished", "r8/2"}}),
+            "audit: who=ops peer=ipv4:10.0.0.7:1 method=DeleteJob target=job-1 result=OK unpublished=r8/2");
+  EXPECT_EQ(AuditText("ops", "-", "DeleteJob", "job-1", absl::OkStatus(), {{"unpublished", "a b=c/1"}}),
+            "audit: who=ops peer=- method=DeleteJob target=job-1 result=OK unpublished=\"a b=c/1\"");
+}
+
 // A caller-chosen target or URL path cannot add fields or lines: before, only
 // line breaks were escaped, and "x who=admin result=OK" read as fields.
 TEST(AuditTextTest, CallerChosenValuesCannotForgeFieldsOrLines) {

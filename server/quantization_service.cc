@@ -844,6 +844,7 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
     // pruning old jobs does not take served versions offline unsaid.
     absl::StatusOr<worker::Job> job = deps_.pool->store().Get(request->id());
     absl::Status deleted = deps_.pool->Delete(request->id());
+    AuditEffects effects;
     if (deleted.ok()) {  // its model version is served no more, at once
       deps_.models->ForgetResolutions();
       deps_.models->DropUnpublished();
@@ -851,9 +852,12 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::DeleteJob(
           job->result->model_version > 0 && !job->result->model_version_deleted) {
         response->set_unpublished_model_name(job->result->model_name);
         response->set_unpublished_model_version(job->result->model_version);
+        effects.emplace_back("unpublished",
+                             absl::StrCat(job->result->model_name, "/", job->result->model_version));
       }
     }
-    return Audited(context, caller, "DeleteJob", request->id(), deleted);
+    AuditLine(caller.name, context->peer(), "DeleteJob", request->id(), deleted, effects);
+    return deleted;
   }, request->id());
 }
 

@@ -122,6 +122,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
   JobPhase current = JobPhase::kNone;
   absl::Time phase_start = interval_clock_->Now();
   bool deadline_hit = false;
+  bool budget_hit = false;  // the server's limit on one run, not the job's own deadline
   std::optional<std::string> cancel_requested;  // the reason, when requested through the store
   // Once the job was recovered by another process (or by this one, as a new
   // attempt), its events are that attempt's: this one's would mix in, and
@@ -187,6 +188,7 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
     }
     if (clock_->Now() > deadline || interval_clock_->Now() > budget_end) {
       deadline_hit = true;
+      budget_hit = clock_->Now() <= deadline;
       return false;
     }
     return true;
@@ -311,7 +313,12 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
   } else if (deadline_hit) {
     final_state = JobState::kFailed;
     result.error_code = absl::StatusCode::kDeadlineExceeded;
-    result.error_message = absl::StrCat("the job's deadline passed during ", JobPhaseName(current));
+    // Which limit: the client's to change, or the operator's.
+    result.error_message =
+        budget_hit ? absl::StrCat("the server's limit on one run of a job (", absl::FormatDuration(budget),
+                                  ", quantd --job_deadline_seconds) passed during ", JobPhaseName(current))
+                   : absl::StrCat("the job's deadline (", absl::FormatTime(deadline, absl::UTCTimeZone()),
+                                  ", its request's deadline) passed during ", JobPhaseName(current));
   } else {
     final_state = JobState::kFailed;
     result.error_code = output.status().code();

@@ -608,6 +608,9 @@ TEST_F(WorkerPoolTest, DeadlineFailsTheJobOnTheFakeClock) {
   pool->Start();
   Job job = WaitForState(pool->Submit(NewJob("slow"))->id, JobState::kFailed);
   EXPECT_EQ(job.result->error_code, absl::StatusCode::kDeadlineExceeded);
+  // Named as the operator's limit, not the client's deadline.
+  EXPECT_THAT(job.result->error_message,
+              HasSubstr("the server's limit on one run of a job (4s, quantd --job_deadline_seconds) passed during "));
   EXPECT_EQ(engine_.batches_run.load(), 5);
 }
 
@@ -984,13 +987,16 @@ TEST_F(WorkerPoolTest, ADeadlineThatPassedBeforeAShutdownIsTheJobsOutcome) {
   JobRunner runner(store_.get(), artifacts_.get(), &engine, &events, &clock);
   Job job = NewJob("m");
   job.id = "job-deadline-then-stop";
-  const Job finished = CreateClaimAndRun(runner, job, clock, &stop, clock.Now() + absl::Hours(1));
+  const absl::Time deadline = clock.Now() + absl::Hours(1);
+  const Job finished = CreateClaimAndRun(runner, job, clock, &stop, deadline);
   EXPECT_EQ(finished.state, JobState::kFailed);
   const Job stored = *store_->Get(job.id);
   EXPECT_EQ(stored.state, JobState::kFailed);
   ASSERT_TRUE(stored.result.has_value());
   EXPECT_EQ(stored.result->error_code, absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(stored.result->error_message, HasSubstr("deadline passed during calibrating"));
+  EXPECT_THAT(stored.result->error_message,
+              HasSubstr(absl::StrCat("the job's deadline (", absl::FormatTime(deadline, absl::UTCTimeZone()),
+                                     ", its request's deadline) passed during calibrating")));
 }
 
 // A client's cancel lands after the engine last asked, and a graceful stop

@@ -1564,6 +1564,8 @@ TEST(JobsIntegrationTest, AMissingPublishedArtifactIsLoggedAtStart) {
   RunResult deleted = quantd.Ctl({"delete", JobIdFrom(submit.out)});
   EXPECT_EQ(deleted.exit_code, 0) << deleted.err;
   EXPECT_THAT(deleted.out, HasSubstr("; the model version it published, r8:1, is unpublished"));
+  EXPECT_THAT(quantd.log(), HasSubstr(absl::StrCat("method=DeleteJob target=", JobIdFrom(submit.out),
+                                                   " result=OK unpublished=r8/1")));
   EXPECT_THAT(quantd.Ctl({"models"}).out, ::testing::Not(HasSubstr("r8")));
 }
 
