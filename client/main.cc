@@ -21,7 +21,13 @@ int RunQuantctl(int argc, char** argv) {
   auto invocation = ParseInvocation(argv_rest, environment_token == nullptr ? "" : environment_token,
                                     environment_server == nullptr ? "" : environment_server);
   if (!invocation.ok()) {
-    std::cerr << "quantctl: " << invocation.status().message() << "\n\n" << Usage();
+    // One line naming the flag, as quantd's and quantd-quantize's: a page of
+    // usage after it would scroll the error away. Bare `quantctl` gets the page.
+    if (argv_rest.empty()) {
+      std::cerr << Usage();
+    } else {
+      std::cerr << "quantctl: " << invocation.status().message() << " (quantctl --help lists the flags and commands)\n";
+    }
     return kExitUsage;
   }
   if (invocation->version && !invocation->help) {
@@ -34,7 +40,7 @@ int RunQuantctl(int argc, char** argv) {
     return kExitOk;
   }
   if (command == nullptr) {
-    std::cerr << "quantctl: unknown command \"" << invocation->command << "\"\n\n" << Usage();
+    std::cerr << "quantctl: unknown command \"" << invocation->command << "\" (quantctl --help lists the commands)\n";
     return kExitUsage;
   }
   CommandContext context;

@@ -615,6 +615,29 @@ TEST(QuantdFlagsTest, EveryToolAnswersHelpAndVersionTheSameWay) {
   EXPECT_THAT(unknown->err, HasSubstr("unknown command \"bogus\""));
 }
 
+// A wrong flag is one line naming it and where the flags are listed, from
+// each tool: quantctl and quantd-quantize once printed a page of usage after
+// it, scrolling the error away. Bare quantctl still gets the page.
+TEST(QuantdFlagsTest, AWrongFlagIsOneLineNamingItFromEveryTool) {
+  for (const auto& [command, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{QUANTD_BIN, "--bogus=1"}, "quantd: --bogus: unknown flag (quantd --help lists them)\n"},
+           {{QUANTCTL_BIN, "--timeout_seconds=abc", "jobs"},
+            "quantctl: --timeout_seconds expects a positive number of seconds up to a year, got \"abc\" "
+            "(quantctl --help lists the flags and commands)\n"},
+           {{QUANTCTL_BIN, "bogus"}, "quantctl: unknown command \"bogus\" (quantctl --help lists the commands)\n"},
+           {{QUANTIZE_BIN, "--model=m.pt", "--bogus=1"},
+            "quantd-quantize: unknown flag --bogus (quantd-quantize --help lists the flags)\n"}}) {
+    auto result = RunCommand(command, kCommandTimeout);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->exit_code, 2) << command[1];
+    EXPECT_EQ(result->err, says) << command[1];
+  }
+  auto bare = RunCommand({QUANTCTL_BIN}, kCommandTimeout);
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(bare->exit_code, 2);
+  EXPECT_THAT(bare->err, HasSubstr("global flags:"));
+}
+
 // An answer that never reached stdout is not a success (it once exited 0).
 TEST(QuantdFlagsTest, QuantctlFailsWhenItsAnswerCannotBeWritten) {
   auto full = RunCommand({"/bin/sh", "-c", std::string(QUANTCTL_BIN) + " --help > /dev/full"}, kCommandTimeout);

@@ -24,7 +24,13 @@ int main(int argc, char** argv) {
       std::cout << quantd::cli::QuantizeUsage();
       return 0;
     }
-    std::cerr << "quantd-quantize: " << command.status().message() << "\n\n" << quantd::cli::QuantizeUsage();
+    // One line naming the flag, as quantd's and quantctl's; bare
+    // `quantd-quantize` gets the whole usage.
+    if (args.empty()) {
+      std::cerr << quantd::cli::QuantizeUsage();
+    } else {
+      std::cerr << "quantd-quantize: " << command.status().message() << " (quantd-quantize --help lists the flags)\n";
+    }
     return 2;
   }
   absl::Status status = quantd::cli::RunQuantize(*command, std::cout);
