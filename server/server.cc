@@ -542,15 +542,19 @@ absl::Status QuantdServer::OpenStores() {
     job_stats_->CountRecovered(recovered);
   }
   LogMissingPublishedArtifacts(*job_store_, *artifact_store_, options_.data_dir);
-  if (pool_->swept().kept_unknown > 0) {
+  const worker::SweptArtifacts swept = pool_->swept();
+  if (swept.kept_unknown > 0) {
     LogLine(LogLevel::kWarning,
-            absl::StrCat("quantd: kept ", pool_->swept().kept_unknown,
-                         " artifact files of jobs the job store has no record of (was an older jobs.db "
-                         "restored?): they are those jobs' only record, so they are not removed"));
+            absl::StrCat("quantd: kept ", swept.kept_unknown, " artifact files of jobs the job store has no record of (",
+                         worker::FirstNames(swept.unknown_jobs),
+                         "; was an older jobs.db restored?): they are those jobs' only record, so they are not removed"));
   }
-  if (pool_->swept().artifacts > 0 || pool_->swept().manifests > 0) {
-    LogLine(LogLevel::kInfo, absl::StrCat("quantd: removed files no job holds: artifacts=", pool_->swept().artifacts,
-                                          " manifests=", pool_->swept().manifests));
+  if (swept.artifacts > 0 || swept.manifests > 0) {
+    LogLine(LogLevel::kInfo, absl::StrCat("quantd: removed files no job holds: artifacts=", swept.artifacts,
+                                          swept.removed_ids.empty()
+                                              ? ""
+                                              : absl::StrCat(" (", worker::FirstNames(swept.removed_ids), ")"),
+                                          " manifests=", swept.manifests));
   }
   QuantizationServiceImpl::Deps deps;
   deps.data_dir = options_.data_dir;

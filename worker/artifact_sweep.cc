@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "worker/engine/base/status_macros.h"
 #include "worker/job.h"
 
@@ -85,6 +87,7 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
     // too), and only of files some job does not hold (few). A job known now
     // stays known, or becomes deleted: neither is unknown.
     const std::set<std::string> unknown = UnknownJobs(jobs, manifest_jobs);
+    swept.unknown_jobs.insert(unknown.begin(), unknown.end());
     int kept = 0;
     if (holding.ok() && UnheldFiles(*holding, manifest_jobs, unknown, &kept).empty()) {
       swept.kept_unknown += kept;
@@ -100,6 +103,7 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
           if (unheld.artifact) {
             QUANTD_RETURN_IF_ERROR(artifacts.Remove(file));
             ++swept.artifacts;
+            swept.removed_ids.insert(ArtifactIdFor(file));
           }
           for (const std::string& job_id : unheld.manifests) {
             QUANTD_RETURN_IF_ERROR(artifacts.RemoveManifest(file, job_id));
@@ -112,6 +116,12 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
     if (!decided.ok() && swept.first_error.ok()) swept.first_error = decided;
   }
   return swept;
+}
+
+std::string FirstNames(const std::set<std::string>& names, size_t most) {
+  if (names.size() <= most) return absl::StrJoin(names, ", ");
+  std::vector<std::string> first(names.begin(), std::next(names.begin(), static_cast<std::ptrdiff_t>(most)));
+  return absl::StrCat(absl::StrJoin(first, ", "), " and ", names.size() - most, " more");
 }
 
 }  // namespace quantd::worker

@@ -17,6 +17,9 @@
 // stores, keep what they store: they pin it first, and each artifact's
 // files are decided on while pinning is locked out.
 
+#include <set>
+#include <string>
+
 #include "absl/status/statusor.h"
 #include "worker/artifact_store.h"
 #include "worker/job_store.h"
@@ -30,12 +33,20 @@ struct SweptArtifacts {
   // older jobs.db restored): an artifact with its manifests, or a manifest,
   // each counted once per sweep.
   int kept_unknown = 0;
+  // What the log names: the artifacts removed ("art-…") and the jobs unknown
+  // to the store whose files were kept. Sets: a periodic sweep adds to them
+  // only what it has not named before.
+  std::set<std::string> removed_ids;
+  std::set<std::string> unknown_jobs;
   // The first file that could not be removed (the sweep goes on past it);
   // OK when none.
   absl::Status first_error;
 };
 
 absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, JobStore& jobs);
+
+// "a, b, c and 4 more": at most `most` of `names`, for a log line.
+std::string FirstNames(const std::set<std::string>& names, size_t most = 10);
 
 }  // namespace quantd::worker
 

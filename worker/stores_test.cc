@@ -1393,6 +1393,10 @@ TEST(ArtifactSweepTest, KeepsTheFilesOfJobsTheStoreNeverKnew) {
   ASSERT_TRUE(swept.ok()) << swept.status();
   EXPECT_EQ(swept->artifacts, 2);  // the deleted job's and the failed job's
   EXPECT_EQ(swept->kept_unknown, 1);
+  // Named for the log: the artifacts removed, the unknown jobs kept.
+  EXPECT_THAT(swept->removed_ids, ::testing::UnorderedElementsAre(ArtifactIdFor(deleted->sha256),
+                                                                  ArtifactIdFor(failed->sha256)));
+  EXPECT_THAT(swept->unknown_jobs, ::testing::UnorderedElementsAre("unknown", "unknown-too"));
   EXPECT_FALSE((*artifacts)->Contains(deleted->sha256));
   EXPECT_FALSE((*artifacts)->Contains(failed->sha256));
   ASSERT_TRUE((*artifacts)->Contains(kept->sha256));
@@ -1405,6 +1409,12 @@ TEST(ArtifactSweepTest, KeepsTheFilesOfJobsTheStoreNeverKnew) {
   EXPECT_EQ(swept->artifacts, 0);
   EXPECT_EQ(swept->kept_unknown, 1);
   EXPECT_TRUE((*artifacts)->Contains(kept->sha256));
+}
+
+TEST(ArtifactSweepTest, FirstNamesSaysHowManyItLeftOut) {
+  EXPECT_EQ(FirstNames({}), "");
+  EXPECT_EQ(FirstNames({"b", "a"}), "a, b");
+  EXPECT_EQ(FirstNames({"a", "b", "c", "d"}, 2), "a, b and 2 more");
 }
 
 TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) {

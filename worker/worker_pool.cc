@@ -78,6 +78,13 @@ absl::StatusOr<SweptArtifacts> WorkerPool::SweepArtifacts() {
   swept_.artifacts += swept.artifacts;
   swept_.manifests += swept.manifests;
   swept_.kept_unknown += swept.kept_unknown;
+  // Bounded: names for the log, not a record of every sweep.
+  for (const std::string& id : swept.removed_ids) {
+    if (swept_.removed_ids.size() < 100) swept_.removed_ids.insert(id);
+  }
+  for (const std::string& job : swept.unknown_jobs) {
+    if (swept_.unknown_jobs.size() < 100) swept_.unknown_jobs.insert(job);
+  }
   return swept;
 }
 
@@ -450,6 +457,7 @@ void WorkerPool::SweepLoop() {
           "quantd: removing artifacts no job holds failed (left for the next sweep): ", swept.status());
     } else if (swept->artifacts > 0 || swept->manifests > 0) {
       Log(LogLevel::kInfo, "quantd: removed files no job holds: artifacts=", swept->artifacts,
+          swept->removed_ids.empty() ? "" : absl::StrCat(" (", FirstNames(swept->removed_ids), ")"),
           " manifests=", swept->manifests);
     }
   }

@@ -1585,7 +1585,9 @@ TEST(JobsIntegrationTest, AnOlderJobStoreKeepsTheArtifactsOfJobsItNeverKnew) {
     if (absl::StartsWith(entry.path().filename().string(), "jobs.db")) fs::remove(entry.path());
   }
   ASSERT_TRUE(quantd.Start());
-  EXPECT_THAT(quantd.log(), HasSubstr("WARNING quantd: kept 1 artifact files of jobs the job store has no record of"));
+  // Named, so an operator knows which jobs to look for.
+  EXPECT_THAT(quantd.log(), HasSubstr(absl::StrCat("WARNING quantd: kept 1 artifact files of jobs the job store has no "
+                                                   "record of (", JobIdFrom(submit.out), "; was an older jobs.db")));
   EXPECT_TRUE(fs::exists(quantd.dir() + "/data/artifacts/" + sha + ".pt"));
   // Still kept once the store has a newer job of its own, at the next start
   // (they were deleted then).
