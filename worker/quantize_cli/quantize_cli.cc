@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/base/flag_values.h"
 #include "worker/engine/base/status_macros.h"
@@ -526,9 +527,24 @@ void PrintTuning(const engine::TuningReport& t, std::ostream& out) {
 
 }  // namespace
 
+namespace {
+
+// The engine says its options as the API names them (a server's client sets
+// preprocessing.std); this tool's user set a flag.
+absl::Status InFlagTerms(const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrReplaceAll(status.message(), {{"preprocessing.mean", "--mean"},
+                                                                           {"preprocessing.std", "--std"},
+                                                                           {"preprocessing.scale", "--scale"},
+                                                                           {"samples_per_class=", "--samples_per_class="}}));
+}
+
+}  // namespace
+
 absl::Status RunQuantize(const QuantizeCommand& command, std::ostream& out) {
   engine::InitializeRuntime(command.threads);
-  QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<engine::QuantizedModel> model, engine::Quantize(command.options));
+  absl::StatusOr<std::unique_ptr<engine::QuantizedModel>> quantized = engine::Quantize(command.options);
+  if (!quantized.ok()) return InFlagTerms(quantized.status());
+  std::unique_ptr<engine::QuantizedModel> model = std::move(*quantized);
   QUANTD_ASSIGN_OR_RETURN(std::string bytes, model->SerializeArtifact());
   const engine::QuantizeReport& r = model->report();
   if (!command.report_path.empty()) {

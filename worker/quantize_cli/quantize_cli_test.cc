@@ -378,6 +378,27 @@ TEST(RunQuantizeTest, WritesArtifactAndReport) {
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator()), 2);
 }
 
+// What the engine finds wrong with the options is said in this tool's flags,
+// not in the API's field names (preprocessing.std).
+TEST(RunQuantizeTest, OptionsTheEngineRefusesAreNamedByTheirFlags) {
+  for (const auto& [extra, says] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--std=0,1,1"}, "--std has a zero"},
+           {{"--mean=1,2"}, "--mean has 2 values, the images have 3 channels"},
+           {{"--samples_per_class=5000"}, "--samples_per_class=5000 but class 0 has only 100 samples"}}) {
+    const std::string dir = testing::MakeTempDir("cli_flag_terms");
+    std::vector<std::string> args = BaseArgs(dir);
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto cmd = ParseQuantizeArgs(args);
+    ASSERT_TRUE(cmd.ok()) << cmd.status();
+    std::ostringstream out;
+    const absl::Status status = RunQuantize(*cmd, out);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << extra[0] << ": " << status;
+    EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr(says)) << status;
+    EXPECT_THAT(std::string(status.message()), ::testing::Not(::testing::HasSubstr("preprocessing."))) << status;
+    EXPECT_TRUE(DirIsEmpty(dir)) << extra[0];
+  }
+}
+
 // Each bad input fails with a message naming the problem and leaves nothing behind.
 TEST(RunQuantizeTest, BadInputsLeaveNoPartialArtifact) {
   const std::string inputs = testing::MakeTempDir("cli_bad_inputs");
