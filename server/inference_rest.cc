@@ -26,6 +26,34 @@ using Json = nlohmann::json;
 
 constexpr char kBinaryHeader[] = "Inference-Header-Content-Length";
 
+// Counts a JSON text's values, keys, arrays and objects without building it,
+// and stops the parse past `max` (sax_parse then returns false). A syntax
+// error also stops it: the parse that follows reports it.
+class ElementCounter {
+ public:
+  explicit ElementCounter(int64_t max) : max_(max) {}
+  bool too_many() const { return count_ > max_; }
+
+  bool null() { return Add(); }
+  bool boolean(bool) { return Add(); }
+  bool number_integer(Json::number_integer_t) { return Add(); }
+  bool number_unsigned(Json::number_unsigned_t) { return Add(); }
+  bool number_float(Json::number_float_t, const Json::string_t&) { return Add(); }
+  bool string(Json::string_t&) { return Add(); }
+  bool binary(Json::binary_t&) { return Add(); }
+  bool start_object(std::size_t) { return true; }
+  bool key(Json::string_t&) { return Add(); }  // a key counts: a dropped value still leaves it
+  bool end_object() { return Add(); }
+  bool start_array(std::size_t) { return true; }
+  bool end_array() { return Add(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
+
+ private:
+  bool Add() { return ++count_ <= max_; }
+  const int64_t max_;
+  int64_t count_ = 0;
+};
+
 HttpReply JsonReply(int status, const Json& body) {
   HttpReply reply;
   reply.status = status;
@@ -261,25 +289,21 @@ absl::Status ToInferRequest(const HttpCall& call, const ModelPath& path, int64_t
   }
   const absl::string_view header(call.body.data(), header_size);
   if (absl::Status nesting = CheckJsonBeforeParsing(header, "body"); !nesting.ok()) return nesting;
-  // Keys count too: a dropped value still leaves its key in the object.
-  // Parsing stops at the first element past the limit, not at the end of
-  // the body.
-  struct TooManyElements {};
-  int64_t elements = 0;
-  const Json::parser_callback_t count_elements = [&elements, max_elements](int, Json::parse_event_t event, Json&) {
-    const bool element = event == Json::parse_event_t::value || event == Json::parse_event_t::array_end ||
-                         event == Json::parse_event_t::object_end || event == Json::parse_event_t::key;
-    if (element && ++elements > max_elements) throw TooManyElements{};
-    return true;
-  };
-  Json body;
-  try {
-    body = Json::parse(call.body.begin(), call.body.begin() + static_cast<std::ptrdiff_t>(header_size),
-                       count_elements);
-  } catch (const TooManyElements&) {
+  // Counted before a document is built, stopping at the first element past
+  // the limit, not at the end of the body. (nlohmann's parser callback, used
+  // for this before, scans the enclosing array at each object's end: 100 000
+  // objects in one array took 2 s of CPU.)
+  ElementCounter counter(max_elements);
+  const auto begin = call.body.begin();
+  const auto end = call.body.begin() + static_cast<std::ptrdiff_t>(header_size);
+  if (!Json::sax_parse(begin, end, &counter) && counter.too_many()) {
     return absl::InvalidArgumentError(absl::StrCat("inputs: more than ", max_elements,
                                                    " values, keys and arrays in the JSON body, more than a batch of "
                                                    "--max_batch_size samples of this model takes"));
+  }
+  Json body;
+  try {
+    body = Json::parse(begin, end);
   } catch (const Json::exception& e) {
     // nlohmann's message has the position (and "number overflow" for 1e309).
     return absl::InvalidArgumentError(absl::StrCat("body: not valid JSON: ", e.what()));

@@ -1,12 +1,17 @@
 #include "server/metrics_http_server.h"
 
 #include <httplib.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <nlohmann/json.hpp>
 #include <prometheus/text_serializer.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
 #include <exception>
 #include <fstream>
 #include <iterator>
@@ -137,10 +142,20 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   // port would bind too and take half of its requests and scrapes. Only
   // SO_REUSEADDR (a restart binds over connections in TIME_WAIT), as gRPC's
   // port has (server.cc).
-  http.set_socket_options([](socket_t sock) {
+  // TCP_NODELAY: httplib writes a response's headers and body apart, and
+  // with Nagle's algorithm the body then waited for the client's delayed ACK:
+  // every request after the first on a kept-alive connection took 40 ms.
+  // Accepted sockets inherit it from the listening one on Linux.
+  auto listening = std::make_shared<int>(-1);
+  http.set_socket_options([listening](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
+    *listening = sock;  // the last one tried is the one bound
   });
+  // httplib closes a connection after 5 requests by default: pooled clients
+  // then reconnect all the time.
+  http.set_keep_alive_max_count(1000);
   // One read or write waits at most this long (and a request, the pace's
   // budget in all).
   http.set_read_timeout(5, 0);
@@ -264,6 +279,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
                     : "the body is larger than the server accepts");
     } else if (response.status == 400) {
       SetError(request, response, 400, "malformed HTTP request or body");
+      // httplib keeps the connection after a request line it cannot parse,
+      // and would read that request's header lines as further requests.
+      response.set_header("Connection", "close");
+      EndConnectionAfterThisResponse();
     } else if (response.status == 414) {
       SetError(request, response, 414, "the request URI is too long");
     } else {
@@ -287,6 +306,15 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   if (server->port_ <= 0) {
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.host, ":", options.port,
                                                " (address in use or not local?)"));
+  }
+  // httplib listens with a backlog of 5: a burst of new connections (a load
+  // balancer's pool, many clients at once) then waited for SYN retransmits,
+  // a second each, or was reset. Listening again only raises the backlog.
+  int accepting = 0;
+  socklen_t length = sizeof(accepting);
+  if (*listening >= 0 && getsockopt(*listening, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) == 0 &&
+      accepting == 1 && ::listen(*listening, SOMAXCONN) != 0) {
+    LogLine(LogLevel::kWarning, absl::StrCat("quantd: cannot raise the HTTP port's listen backlog: ", std::strerror(errno)));
   }
   std::atomic<bool>* stopping = &server->stopping_;
   const int port = server->port_;

@@ -2,10 +2,12 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <atomic>
 #include <functional>
@@ -19,6 +21,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -240,6 +243,71 @@ TEST(PacedHttpServerTest, IdleKeepAliveConnectionsYieldTheirThreadsToWaitingOnes
   EXPECT_EQ(probe->status_code, 200);
   // One of the idle connections gave its thread up: the server closed it.
   EXPECT_TRUE(idle[0]->EndedWithin(absl::ZeroDuration()) || idle[1]->EndedWithin(absl::ZeroDuration()));
+}
+
+// httplib keeps a connection after a request line it cannot parse and read
+// that request's header lines as requests of their own: a header that looked
+// like "GET /metrics HTTP/1.1" was served (request smuggling past a proxy
+// that reads the line otherwise). Now the 400 ends the connection.
+TEST(PacedHttpServerTest, AMalformedRequestLineEndsItsConnection) {
+  std::unique_ptr<MetricsHttpServer> server = StartServer(/*threads=*/2);
+  ASSERT_NE(server, nullptr);
+  for (const std::string& line : {std::string("FOO /x HTTP/1.1"), std::string("GET /metrics HTTP/2.0"),
+                                  std::string("GET /metrics")}) {
+    Connection client(server->port());
+    ASSERT_TRUE(client.Send(line + "\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const std::string answer = client.ReadAll();  // to the close, which must come
+    EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 400")) << line << ": " << answer;
+    EXPECT_NE(answer.find("malformed HTTP request"), std::string::npos) << answer;
+    EXPECT_EQ(answer.find("HTTP/1.1", 1), std::string::npos) << line << ": a second answer: " << answer;
+  }
+}
+
+// Pooled clients (load balancers, HTTP client libraries) reuse a connection:
+// httplib closed it after 5 requests. And it wrote headers and body apart
+// without TCP_NODELAY, so each request after the first waited 40 ms for the
+// client's delayed ACK: the listening socket has TCP_NODELAY, which accepted
+// ones inherit, and a listen backlog above httplib's 5.
+TEST(PacedHttpServerTest, AKeptAliveConnectionServesManyRequestsOnANoDelaySocket) {
+  std::unique_ptr<MetricsHttpServer> server = StartServer(/*threads=*/2);
+  ASSERT_NE(server, nullptr);
+  Connection client(server->port());
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_TRUE(client.Send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const std::string answer = client.ReadOneResponse();
+    ASSERT_TRUE(absl::StartsWith(answer, "HTTP/1.1 200")) << "request " << i << ": " << answer;
+    EXPECT_EQ(absl::AsciiStrToLower(answer).find("connection: close"), std::string::npos) << "request " << i;
+  }
+  // This process's listening socket on the port.
+  int listening = -1;
+  for (int fd = 0; fd < 1024 && listening < 0; ++fd) {
+    sockaddr_in address = {};
+    socklen_t length = sizeof(address);
+    int accepting = 0;
+    socklen_t accepting_length = sizeof(accepting);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0 && address.sin_family == AF_INET &&
+        ntohs(address.sin_port) == server->port() &&
+        ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &accepting_length) == 0 && accepting == 1) {
+      listening = fd;
+    }
+  }
+  ASSERT_GE(listening, 0);
+  int nodelay = 0;
+  socklen_t length = sizeof(nodelay);
+  ASSERT_EQ(::getsockopt(listening, IPPROTO_TCP, TCP_NODELAY, &nodelay, &length), 0);
+  EXPECT_EQ(nodelay, 1);
+  // The backlog shows as a listening socket's Send-Q in ss (iproute2).
+  if (::access("/usr/bin/ss", X_OK) == 0 || ::access("/bin/ss", X_OK) == 0) {
+    FILE* ss = ::popen(absl::StrCat("ss -ltnH 'sport = :", server->port(), "'").c_str(), "r");
+    ASSERT_NE(ss, nullptr);
+    char line[512] = {};
+    const bool read = std::fgets(line, sizeof(line), ss) != nullptr;
+    ::pclose(ss);
+    ASSERT_TRUE(read);
+    std::vector<std::string> columns = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    ASSERT_GE(columns.size(), 3u) << line;
+    EXPECT_GT(std::atoi(columns[2].c_str()), 5) << line;
+  }
 }
 
 // Without others waiting, an idle connection stays open past
