@@ -20,6 +20,12 @@
 namespace quantd::cli {
 namespace {
 
+// `count` images from index `first` do not fit in a file of `total`.
+std::string PastTheFile(int64_t first, int64_t count, int64_t total) {
+  return absl::StrCat("--first/--count: ", count, count == 1 ? " image" : " images", " from index ", first,
+                      " run past the file's ", total, total == 1 ? " image" : " images");
+}
+
 constexpr char kUsage[] =
     "usage: infer NAME[:VERSION] --data=FILE [--data_format=cifar10|npy] [--first=N] [--count=N] [--top=K]";
 
@@ -42,7 +48,7 @@ bool ReadCifar(const std::string& bytes, int64_t first, int64_t count, Images* o
     return false;
   }
   if (count > total || first > total - count) {  // first + count could overflow
-    *error = absl::StrCat("--first/--count: ", count, " images from ", first, " are past the file's ", total);
+    *error = PastTheFile(first, count, total);
     return false;
   }
   out->datatype = "UINT8";
@@ -121,7 +127,7 @@ bool ReadNpy(const std::string& bytes, int64_t first, int64_t count, Images* out
     return false;
   }
   if (count > dims[0] || first > dims[0] - count) {
-    *error = absl::StrCat("--first/--count: ", count, " images from ", first, " are past the file's ", dims[0]);
+    *error = PastTheFile(first, count, dims[0]);
     return false;
   }
   out->shape = {count, dims[1], dims[2], dims[3]};

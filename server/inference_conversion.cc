@@ -158,10 +158,20 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
       decoded.pixels[i] = static_cast<float>(values[i]);
     }
   }
+  // An int8 model quantizes its input as LibTorch does, whose float-to-int
+  // conversion overflows for values near 1e19 times the input's scale: such
+  // an image read as all zero (black), with no error. No image has values
+  // anywhere near the bound.
+  constexpr float kInt8InputBound = 1e12f;
   for (size_t i = 0; i < decoded.pixels.size(); ++i) {
     if (!std::isfinite(decoded.pixels[i])) {
       return absl::InvalidArgumentError(
           absl::StrCat("inputs[0]: value ", i, " is ", decoded.pixels[i], " (NaN and infinite values are refused)"));
+    }
+    if (!model.fp32 && std::fabs(decoded.pixels[i]) > kInt8InputBound) {
+      return absl::InvalidArgumentError(absl::StrCat("inputs[0]: value ", i, " is ", decoded.pixels[i],
+                                                     " (an int8 model takes values within +-1e12: beyond, its input "
+                                                     "quantization overflows)"));
     }
   }
   return decoded;

@@ -121,6 +121,17 @@ TEST(DecodeInferInputTest, EachMistakeNamesItsField) {
   inference::ModelInferRequest nan = Request("FP32", {1, 1, 2, 2});
   for (float v : {1.0f, std::nanf(""), 2.0f, 3.0f}) nan.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
   EXPECT_THAT(error(nan), HasSubstr("NaN"));
+  // Values whose quantization overflows (LibTorch read 1.9e19 as 0) are refused
+  // for an int8 model; its FP32 source takes them.
+  inference::ModelInferRequest huge = Request("FP32", {1, 1, 2, 2});
+  for (float v : {1.0f, 1.9e19f, 2.0f, 3.0f}) huge.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
+  EXPECT_THAT(error(huge), HasSubstr("inputs[0]: value 1 is 1.9e+19 (an int8 model takes values within +-1e12"));
+  worker::ServedModelInfo fp32 = Model();
+  fp32.fp32 = true;
+  EXPECT_TRUE(DecodeInferInput(huge, fp32, 4).ok());
+  inference::ModelInferRequest large = Request("FP32", {1, 1, 2, 2});
+  for (float v : {1.0f, -1e12f, 2.0f, 3.0f}) large.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
+  EXPECT_TRUE(DecodeInferInput(large, Model(), 4).ok());
   inference::ModelInferRequest renamed = Request("UINT8", {1, 1, 2, 2});
   renamed.mutable_inputs(0)->set_name("pixels");
   renamed.add_raw_input_contents(std::string(4, '\0'));

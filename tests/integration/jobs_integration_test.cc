@@ -1179,7 +1179,7 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     RunResult past = quantd.Ctl({"infer", "resnet8", "--data=" + std::string(FIXTURES_DIR) + "/cifar10/test_batch.bin",
                                  "--first=9999", "--count=2"});
     EXPECT_EQ(past.exit_code, 2);
-    EXPECT_THAT(past.err, HasSubstr("--first/--count"));
+    EXPECT_THAT(past.err, HasSubstr("--first/--count: 2 images from index 9999 run past the file's 10000 images"));
   }
   {  // A quantization job alongside inference: inference never fails nor
      // changes its answers, and the job's artifact is byte-identical to the
