@@ -68,6 +68,13 @@ int RunModels(const CommandContext& context, const std::vector<std::string>& arg
                     absl::StrFormat("%-20s %7d  %-24s %-21s %-20s %-20s %s", v.name(), v.version(), v.job_id(),
                                     v.artifact_id(), AccuracyText(v.int8_accuracy()),
                                     AccuracyText(v.fp32_accuracy()), v.loaded() ? "yes" : "no"));
+    // The columns are the job's own figures; a later Evaluate goes below.
+    if (v.has_last_evaluation()) {
+      const v1::EvaluationSummary& e = v.last_evaluation();
+      absl::StrAppend(&text, "\n", std::string(29, ' '), "last evaluation ", e.evaluation_id(), ": int8 ",
+                      AccuracyText(e.int8_accuracy()),
+                      e.has_fp32_accuracy() ? absl::StrCat(", fp32 ", AccuracyText(e.fp32_accuracy())) : "");
+    }
   }
   context.Print(response, text);
   return kExitOk;

@@ -856,12 +856,23 @@ void ToProto(const engine::ArtifactRequirements& r, v1::ArtifactRequirements* ou
   out->set_needs_non_saturating_u8s8(r.needs_non_saturating_u8s8);
 }
 
-void ToProto(const worker::ModelVersion& version, const worker::Job* job, bool loaded, v1::ModelVersionInfo* out) {
+void ToProto(const worker::ModelVersion& version, const worker::Job* job, bool loaded,
+             const worker::Evaluation* last_evaluation, v1::ModelVersionInfo* out) {
   out->set_name(version.name);
   out->set_version(static_cast<uint64_t>(version.version));
   out->set_job_id(version.job_id);
   *out->mutable_create_time() = ToTimestamp(version.create_time);
   out->set_loaded(loaded);
+  if (last_evaluation != nullptr && last_evaluation->report.has_value()) {
+    const worker::EvaluationReport& report = *last_evaluation->report;
+    v1::EvaluationSummary* summary = out->mutable_last_evaluation();
+    summary->set_evaluation_id(last_evaluation->id);
+    *summary->mutable_finish_time() = ToTimestamp(last_evaluation->finish_time.value_or(last_evaluation->update_time));
+    AccuracyToProto(engine::Accuracy{report.int8.top1_correct, report.samples}, summary->mutable_int8_accuracy());
+    if (report.fp32.has_value()) {
+      AccuracyToProto(engine::Accuracy{report.fp32->top1_correct, report.samples}, summary->mutable_fp32_accuracy());
+    }
+  }
   if (job == nullptr || !job->result.has_value()) return;
   out->set_artifact_id(job->result->artifact_id);
   if (job->result->report.int8_accuracy) AccuracyToProto(*job->result->report.int8_accuracy, out->mutable_int8_accuracy());

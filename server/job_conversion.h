@@ -76,11 +76,13 @@ void ToProto(const worker::JobEvent& event, v1::JobEvent* out);
 void ToProto(const engine::Trial& trial, v1::TuningTrial* out);
 void ToProto(const engine::CpuInt8Report& cpu, v1::CpuInfo* out);
 void ToProto(const engine::ArtifactRequirements& requirements, v1::ArtifactRequirements* out);
+// A published version; `job` (the one that published it) adds its artifact
+// and accuracies when known, `last_evaluation` (NewestSucceededEvaluations)
+// the newest Evaluate's top-1 when there is one.
+void ToProto(const worker::ModelVersion& version, const worker::Job* job, bool loaded,
+             const worker::Evaluation* last_evaluation, v1::ModelVersionInfo* out);
 // The artifact made by `job` (a SUCCEEDED job), with the kernel engine this
 // server runs it on (engine::KernelEngineForArtifact).
-// A published version; `job` (the one that published it) adds its artifact
-// and accuracies when known.
-void ToProto(const worker::ModelVersion& version, const worker::Job* job, bool loaded, v1::ModelVersionInfo* out);
 void ArtifactToProto(const worker::Job& job, v1::Artifact* out);
 
 absl::StatusOr<worker::JobState> FromProto(v1::JobState state);

@@ -1025,9 +1025,12 @@ grpc::ServerUnaryReactor* QuantizationServiceImpl::ListModels(grpc::CallbackServ
     if (!request->name().empty()) QUANTD_RETURN_IF_ERROR(worker::ValidateModelName(request->name(), "name"));
     QUANTD_ASSIGN_OR_RETURN(std::vector<worker::ModelVersion> versions,
                             deps_.pool->store().ListModelVersions(request->name()));
+    const auto evaluated = worker::NewestSucceededEvaluations(deps_.pool->store());
     for (const worker::ModelVersion& v : versions) {
       absl::StatusOr<worker::Job> job = deps_.pool->store().Get(v.job_id);
-      ToProto(v, job.ok() ? &*job : nullptr, deps_.models->IsLoaded(v.name, v.version, false), response->add_versions());
+      const auto evaluation = evaluated.find({v.name, v.version});
+      ToProto(v, job.ok() ? &*job : nullptr, deps_.models->IsLoaded(v.name, v.version, false),
+              evaluation != evaluated.end() ? &evaluation->second : nullptr, response->add_versions());
     }
     return absl::OkStatus();
   });

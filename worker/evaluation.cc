@@ -181,6 +181,22 @@ absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text) {
   }
 }
 
+std::map<std::pair<std::string, int64_t>, Evaluation> NewestSucceededEvaluations(JobStore& store) {
+  std::map<std::pair<std::string, int64_t>, Evaluation> newest;
+  absl::StatusOr<std::vector<std::string>> latest = store.LatestEvaluations();
+  if (!latest.ok()) return newest;
+  for (const std::string& record : *latest) {
+    absl::StatusOr<Evaluation> e = DecodeEvaluation(record);
+    if (!e.ok() || e->state != EvaluationState::kSucceeded || !e->report.has_value() || e->report->samples <= 0) {
+      continue;
+    }
+    const absl::Time finished = e->finish_time.value_or(e->update_time);
+    auto [it, added] = newest.try_emplace({e->spec.model_name, e->spec.model_version}, *e);
+    if (!added && finished > it->second.finish_time.value_or(it->second.update_time)) it->second = *std::move(e);
+  }
+  return newest;
+}
+
 absl::Status EvaluationAccumulator::CheckClasses(const std::string& model_name, int64_t classes) {
   if (classes >= 1 && classes <= kMaxClasses) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat("model_name: ", model_name.substr(0, 64), " outputs ", classes,

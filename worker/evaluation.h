@@ -96,6 +96,11 @@ struct Evaluation {
   std::string runner_incarnation;
 };
 
+// The newest succeeded evaluation with a report of each published version
+// (name, version) among the store's LatestEvaluations; records that do not
+// decode are skipped.
+std::map<std::pair<std::string, int64_t>, Evaluation> NewestSucceededEvaluations(JobStore& store);
+
 // The record as stored (JSON) and back.
 std::string EncodeEvaluation(const Evaluation& evaluation);
 absl::StatusOr<Evaluation> DecodeEvaluation(const std::string& text);

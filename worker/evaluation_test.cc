@@ -1,10 +1,13 @@
 #include "worker/evaluation.h"
 
 #include <cmath>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/testing/forwarding_job_store.h"
 
 namespace quantd::worker {
 namespace {
@@ -146,6 +149,50 @@ TEST(EvaluationAccumulatorTest, ModelsWithTooManyClassesAreRefusedBeforeAnything
   EXPECT_EQ(huge.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(huge.message()), HasSubstr("model_name: big outputs 1000000 classes"));
   EXPECT_FALSE(EvaluationAccumulator::CheckClasses("none", 0).ok());
+}
+
+// A store whose LatestEvaluations are the given records (nothing else is
+// called).
+class StoredRecords : public testing::ForwardingJobStore {
+ public:
+  explicit StoredRecords(std::vector<std::string> records)
+      : ForwardingJobStore(nullptr), records_(std::move(records)) {}
+  absl::StatusOr<std::vector<std::string>> LatestEvaluations() override { return records_; }
+
+ private:
+  std::vector<std::string> records_;
+};
+
+// What ListModels shows as each version's last evaluation: the newest that
+// succeeded, whatever ran or failed after it.
+TEST(NewestSucceededEvaluationsTest, TheNewestSucceededOneOfEachVersion) {
+  auto record = [](const std::string& id, const std::string& model, int64_t version, EvaluationState state,
+                   int64_t finished_s, int correct) {
+    Evaluation e;
+    e.id = id;
+    e.spec.model_name = model;
+    e.spec.model_version = version;
+    e.state = state;
+    e.update_time = absl::FromUnixSeconds(finished_s);
+    if (state != EvaluationState::kRunning) e.finish_time = e.update_time;
+    if (state == EvaluationState::kSucceeded) {
+      EvaluationAccumulator acc(6, false);
+      for (int i = 0; i < 4; ++i) EXPECT_TRUE(acc.Add(i, {i < correct ? 1 : 2}, Scores(1, 2), nullptr).ok());
+      e.report = acc.Finish();
+    }
+    return EncodeEvaluation(e);
+  };
+  StoredRecords store({record("eval-b", "r8", 1, EvaluationState::kSucceeded, 20, 3),
+                       record("eval-a", "r8", 1, EvaluationState::kSucceeded, 10, 1),
+                       record("eval-c", "r8", 1, EvaluationState::kFailed, 30, 0),
+                       record("eval-d", "r8", 2, EvaluationState::kRunning, 40, 0),
+                       record("eval-e", "other", 1, EvaluationState::kSucceeded, 5, 2), "not a record"});
+  const auto newest = NewestSucceededEvaluations(store);
+  ASSERT_EQ(newest.size(), 2u);
+  EXPECT_EQ(newest.at({"r8", 1}).id, "eval-b");
+  EXPECT_EQ(newest.at({"r8", 1}).report->int8.top1_correct, 3);
+  EXPECT_EQ(newest.at({"other", 1}).id, "eval-e");
+  EXPECT_EQ(newest.count({"r8", 2}), 0u);
 }
 
 TEST(EvaluationCodecTest, ARecordRoundTrips) {

@@ -1079,6 +1079,15 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
                                   static_cast<double>(job_fp32_correct) / kServedImages)));
     EXPECT_THAT(metrics.body, HasSubstr(absl::StrCat("quantd_model_accuracy_samples{model=\"resnet8\",version=\"1\"} ",
                                                      kServedImages, "\n")));
+    // quantctl models shows the job's figures and, below, the newest
+    // evaluation's (this int8-only one), as ListModels carries them.
+    RunResult models = quantd.Ctl({"models", "resnet8"});
+    ASSERT_EQ(models.exit_code, 0) << models.err;
+    const std::string last = absl::StrCat("last evaluation ", e["id"].get<std::string>(), ": int8 ",
+                                          absl::StrFormat("%.2f%% (%d/%d)", 100.0 * first_correct / kSubset,
+                                                          first_correct, kSubset),
+                                          "\n");
+    EXPECT_THAT(models.out + "\n", HasSubstr(last)) << models.out;
 
     RunResult missing = quantd.Ctl({"eval", "resnet8:9", absl::StrCat("--data=", kTest)});
     EXPECT_NE(missing.exit_code, 0);
