@@ -71,6 +71,29 @@ absl::StatusOr<int64_t> ParseModelVersion(const std::string& version, const std:
   return v;
 }
 
+namespace {
+
+// Typed contents in a field other than the datatype's own (Triton refuses
+// them too): ignored, they were a silent mistake.
+absl::Status CheckOnlyTheDatatypesField(const inference::InferTensorContents& contents, bool fp32,
+                                        const std::string& datatype) {
+  const std::pair<const char*, int> fields[] = {
+      {"bool_contents", contents.bool_contents_size()},     {"int_contents", contents.int_contents_size()},
+      {"int64_contents", contents.int64_contents_size()},   {"uint_contents", fp32 ? contents.uint_contents_size() : 0},
+      {"uint64_contents", contents.uint64_contents_size()}, {"fp32_contents", fp32 ? 0 : contents.fp32_contents_size()},
+      {"fp64_contents", contents.fp64_contents_size()},     {"bytes_contents", contents.bytes_contents_size()}};
+  for (const auto& [name, size] : fields) {
+    if (size > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("inputs[0].contents.", name, ": ", size, " values, but a ",
+                                                     datatype, " input takes only ",
+                                                     fp32 ? "fp32_contents" : "uint_contents"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest& request,
                                               const worker::ServedModelInfo& model, int64_t max_batch_size) {
   // Echoed in the response: an id, not a payload.
@@ -126,6 +149,8 @@ absl::StatusOr<DecodedBatch> DecodeInferInput(const inference::ModelInferRequest
                                                      " bytes, but ", input.datatype(), " ", ShapeText(shape), " is ",
                                                      want));
     }
+  } else if (absl::Status other = CheckOnlyTheDatatypesField(input.contents(), fp32, input.datatype()); !other.ok()) {
+    return other;
   } else if (fp32 && input.contents().fp32_contents_size() != count) {
     return absl::InvalidArgumentError(absl::StrCat("inputs[0].contents.fp32_contents: ",
                                                    input.contents().fp32_contents_size(), " values, but ",

@@ -121,6 +121,16 @@ TEST(DecodeInferInputTest, EachMistakeNamesItsField) {
   inference::ModelInferRequest nan = Request("FP32", {1, 1, 2, 2});
   for (float v : {1.0f, std::nanf(""), 2.0f, 3.0f}) nan.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
   EXPECT_THAT(error(nan), HasSubstr("NaN"));
+  // Values in another field than the datatype's are refused, not ignored.
+  inference::ModelInferRequest mixed = Request("UINT8", {1, 1, 2, 2});
+  for (uint32_t v : {1u, 2u, 3u, 4u}) mixed.mutable_inputs(0)->mutable_contents()->add_uint_contents(v);
+  mixed.mutable_inputs(0)->mutable_contents()->add_fp32_contents(1.0f);
+  EXPECT_THAT(error(mixed), HasSubstr("inputs[0].contents.fp32_contents: 1 values, but a UINT8 input takes only "
+                                      "uint_contents"));
+  inference::ModelInferRequest wrong = Request("FP32", {1, 1, 2, 2});
+  for (uint32_t v : {1u, 2u, 3u, 4u}) wrong.mutable_inputs(0)->mutable_contents()->add_uint_contents(v);
+  EXPECT_THAT(error(wrong), HasSubstr("inputs[0].contents.uint_contents: 4 values, but a FP32 input takes only "
+                                      "fp32_contents"));
   // Values whose quantization overflows (LibTorch read 1.9e19 as 0) are refused
   // for an int8 model; its FP32 source takes them.
   inference::ModelInferRequest huge = Request("FP32", {1, 1, 2, 2});
