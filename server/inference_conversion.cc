@@ -284,4 +284,22 @@ absl::Status EncodeInferOutputs(const inference::ModelInferRequest& request, con
   return absl::OkStatus();
 }
 
+absl::Status CheckOutputsFitJson(const inference::ModelInferResponse& response) {
+  for (int i = 0; i < response.outputs_size() && i < response.raw_output_contents_size(); ++i) {
+    if (response.outputs(i).datatype() != "FP32") continue;
+    const std::string& raw = response.raw_output_contents(i);
+    for (size_t j = 0; j < raw.size() / sizeof(float); ++j) {
+      float value = 0;
+      std::memcpy(&value, raw.data() + j * sizeof(float), sizeof(float));
+      // An FP32 model whose input overflowed it.
+      if (!std::isfinite(value)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "outputs[", i, "].data[", j, "]: the model returned ", value,
+            ", which JSON cannot carry; ask for binary data (parameters.binary_data_output) to get the raw FP32"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace quantd

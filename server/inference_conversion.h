@@ -48,6 +48,10 @@ const char* OutputTensorName();
 absl::StatusOr<int64_t> CheckInferOutputs(const inference::ModelInferRequest& request,
                                           const worker::ServedModelInfo& model);
 
+// FAILED_PRECONDITION naming the first non-finite FP32 output value: JSON
+// has no number for it (REST without binary outputs).
+absl::Status CheckOutputsFitJson(const inference::ModelInferResponse& response);
+
 // Fills the response's outputs from `output`: the scores as FP32 in
 // raw_output_contents, or per requested output with a "classification"
 // parameter k, the top k per sample as BYTES "score:index[:label]".

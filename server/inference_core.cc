@@ -170,7 +170,8 @@ void InferenceCore::CountRefused(absl::StatusCode code, const worker::ServedMode
 void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                                absl::AnyInvocable<void(absl::Status) &&> done,
                                std::shared_ptr<const worker::LoadedModel> loaded_model,
-                               worker::DynamicBatcher::Abandoned abandoned, std::optional<absl::Time> arrived) {
+                               worker::DynamicBatcher::Abandoned abandoned, std::optional<absl::Time> arrived,
+                               bool json_outputs) {
   InferenceStats* stats = deps_.stats;
   auto fail_before_queue = [&](absl::Status status, const worker::ServedModelInfo& info) {
     if (stats != nullptr) stats->RecordRequest(info.name, info.version, status.code(), 0, nullptr);
@@ -206,8 +207,8 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
   auto shared_done = std::make_shared<absl::AnyInvocable<void(absl::Status) &&>>(std::move(done));
   absl::Status queued = deps_.batcher->Submit(
       model, std::move(batch->pixels), samples,
-      [model, &request, response, shared_done, stats, samples](absl::StatusOr<engine::ServingOutput> output,
-                                                               const worker::BatchStats& ran) {
+      [model, &request, response, shared_done, stats, samples, json_outputs](
+          absl::StatusOr<engine::ServingOutput> output, const worker::BatchStats& ran) {
         const worker::ServedModelInfo& info = model->info();
         absl::Status status = output.status();
         // Whatever throws here, the caller is answered: a REST thread waits
@@ -222,6 +223,9 @@ void InferenceCore::ModelInfer(const inference::ModelInferRequest& request, infe
             // quantd's own: how many samples the pass this request joined had.
             parameters["executed_batch_size"].set_int64_param(ran.executed_batch_size);
             status = EncodeInferOutputs(request, info, *output, response);
+            // Counted as the client is answered: a REST JSON reply cannot
+            // carry NaN scores.
+            if (status.ok() && json_outputs) status = CheckOutputsFitJson(*response);
           }
         } catch (const std::bad_alloc&) {
           status = absl::ResourceExhaustedError("out of memory encoding the outputs; retry");

@@ -86,12 +86,14 @@ class InferenceCore {
   // load of the model.
   // `received` (on deps' clock; default: now) is when the request arrived,
   // which the timeout counts from: a caller that loaded the model before
-  // calling (REST, to bound its JSON) gives it.
+  // calling (REST, to bound its JSON) gives it. `json_outputs`: the answer
+  // goes out as JSON (REST), so non-finite scores fail the request
+  // (CheckOutputsFitJson), counted as such.
   void ModelInfer(const inference::ModelInferRequest& request, inference::ModelInferResponse* response,
                   absl::AnyInvocable<void(absl::Status) &&> done,
                   std::shared_ptr<const worker::LoadedModel> loaded_model = nullptr,
                   worker::DynamicBatcher::Abandoned abandoned = nullptr,
-                  std::optional<absl::Time> received = std::nullopt);
+                  std::optional<absl::Time> received = std::nullopt, bool json_outputs = false);
   absl::Time Now() const { return deps_.clock->Now(); }
 
   int64_t max_batch_size() const { return deps_.batcher->options().max_batch_size; }

@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "server/audit_log.h"
+#include "server/inference_conversion.h"
 
 namespace quantd {
 namespace {
@@ -469,18 +470,10 @@ HttpReply FromInferResponse(const inference::ModelInferResponse& response, bool 
       out["parameters"] = {{"binary_data_size", raw.size()}};
       binary += raw;
     } else if (tensor.datatype() == "FP32") {
+      // Checked, and counted, by the core (nlohmann would write null).
+      if (absl::Status fits = CheckOutputsFitJson(response); !fits.ok()) return ErrorReply(fits);
       std::vector<float> values(raw.size() / sizeof(float));
       std::memcpy(values.data(), raw.data(), values.size() * sizeof(float));
-      // JSON has no number for them (nlohmann writes null): an FP32 model
-      // whose input overflowed it.
-      for (size_t j = 0; j < values.size(); ++j) {
-        if (!std::isfinite(values[j])) {
-          return ErrorReply(absl::FailedPreconditionError(absl::StrCat(
-              "outputs[", i, "].data[", j, "]: the model returned ", values[j],
-              ", which JSON cannot carry; ask for binary data (parameters.binary_data_output) to get the raw "
-              "FP32")));
-        }
-      }
       out["data"] = values;
     } else {  // BYTES: 4-byte little-endian length, then the bytes
       std::vector<std::string> values;
@@ -721,7 +714,7 @@ HttpReply InferenceRest::Handle(const HttpCall& call) {
         outcome = std::move(status);
         done.Notify();
       },
-      *std::move(model), gone, received);
+      *std::move(model), gone, received, /*json_outputs=*/!binary_outputs);
   done.WaitForNotification();
   if (!outcome.ok()) return ErrorReply(WithRestFieldNames(std::move(outcome)));
   return FromInferResponse(response, binary_outputs);

@@ -841,8 +841,9 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     json_output["parameters"]["binary_data_output"] = "yes";
     expect_rest_error(v2 + "/models/resnet8/infer", json_output.dump(), 400, "parameters.binary_data_output");
     // Counted with the model's other requests, as gRPC's decode errors are.
-    auto invalid_requests = [&](const std::string& labels = R"(model="resnet8",version="1")") -> int64_t {
-      const std::string series = absl::StrCat(R"(quantd_inference_requests_total{code="INVALID_ARGUMENT",)", labels, "} ");
+    auto invalid_requests = [&](const std::string& labels = R"(model="resnet8",version="1")",
+                                const std::string& code = "INVALID_ARGUMENT") -> int64_t {
+      const std::string series = absl::StrCat(R"(quantd_inference_requests_total{code=")", code, R"(",)", labels, "} ");
       const std::string text = Curl(quantd.http_url() + "/metrics").body;
       const size_t at = text.find(series);
       return at == std::string::npos ? 0 : std::stoll(text.substr(at + series.size()));
@@ -886,7 +887,11 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     nlohmann::json overflowing = body;
     overflowing["inputs"][0]["datatype"] = "FP32";
     overflowing["inputs"][0]["data"] = std::vector<float>(2 * 3072, 3e38f);
+    const std::string fp32_labels = R"(model="resnet8.fp32",version="1")";
+    const int64_t unfit_before = invalid_requests(fp32_labels, "FAILED_PRECONDITION");
     expect_rest_error(v2 + "/models/resnet8.fp32/infer", overflowing.dump(), 400, "which JSON cannot carry");
+    // Counted as answered (it was counted OK before).
+    EXPECT_EQ(invalid_requests(fp32_labels, "FAILED_PRECONDITION"), unfit_before + 1);
     EXPECT_EQ(Curl(v2 + "/models/nope/ready").status, 404);
     nlohmann::json huge_dim = body;
     huge_dim["inputs"][0]["shape"] = nlohmann::json::parse("[18446744073709551615, 3, 32, 32]");
@@ -973,10 +978,11 @@ TEST(JobsIntegrationTest, APublishedVersionServesTheOpenInferenceProtocolExactly
     EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_requests_total{code="OK",model="resnet8",version="1"})"));
     EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_requests_total{code="NOT_FOUND",model="",version=""})"));
     EXPECT_THAT(metrics.body, HasSubstr(R"(quantd_inference_executions_total{model="resnet8",version="1"})"));
-    // The 10000 served images, the 2 x 64 batch-1 requests of the batching
-    // check, and the 2 images of the overflowing REST request: its pass ran.
+    // The 10000 served images and the 2 x 64 batch-1 requests of the batching
+    // check; not the 2 images of the overflowing REST request, whose pass ran
+    // but whose answer failed (counted as served before 2026-12-06).
     EXPECT_THAT(metrics.body, HasSubstr(absl::StrCat(R"(quantd_inference_samples_total{model="resnet8.fp32",version="1"} )",
-                                                     kServedImages + 2 * 64 + 2, "\n")));
+                                                     kServedImages + 2 * 64, "\n")));
     EXPECT_THAT(metrics.body, HasSubstr("quantd_inference_queue_duration_seconds_bucket"));
     EXPECT_THAT(metrics.body, HasSubstr("quantd_inference_models_loaded 2"));
     // Jobs: what ran here, and the store's figures.
