@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -502,7 +503,22 @@ int main(int argc, char** argv) {
   const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
   quantd::LogLine(quantd::LogLevel::kInfo,
                   absl::StrCat("quantd: received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
-                               ", shutting down (grace ", absl::FormatDuration(grace), ")"));
+                               ", shutting down (grace ", absl::FormatDuration(grace),
+                               "; a second SIGTERM or SIGINT stops at once)"));
+  // A second request to stop (Ctrl-C again, an impatient supervisor) ends
+  // the process now, as a crash would: nothing is lost (writes are atomic,
+  // the running job is queued again at the next start). Before, it went
+  // unheard while the stop waited out its grace.
+  std::thread([] {
+    for (int again = WaitForSignal();; again = WaitForSignal()) {
+      if (again == SIGHUP) continue;
+      quantd::LogLine(quantd::LogLevel::kWarning,
+                      absl::StrCat("quantd: received ", again == SIGTERM ? "SIGTERM" : "SIGINT",
+                                   " again while shutting down: stopping now, without waiting for in-flight calls "
+                                   "(a running job runs again at the next start)"));
+      ::_exit(128 + again);
+    }
+  }).detach();
   (*server)->Shutdown(grace);
   quantd::LogLine(quantd::LogLevel::kInfo, "quantd: stopped");
   return EXIT_SUCCESS;

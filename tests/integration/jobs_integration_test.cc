@@ -1752,6 +1752,33 @@ TEST(JobsIntegrationTest, ABatchOverTheByteLimitFailsTheJobNamingTheField) {
 // shutdown; `quantctl watch` then waits for the server and, once it is back
 // on its address, resumes after the last event it saw and ends with the
 // job's result.
+// A graceful stop waits up to its grace for calls in flight (here an upload
+// that went quiet); a second SIGTERM during it stops quantd at once (it went
+// unheard before), saying so, with 128 + the signal as its exit code.
+TEST(JobsIntegrationTest, ASecondSigtermDuringTheGraceStopsAtOnce) {
+  Quantd quantd({"--shutdown_grace_seconds=120"});
+  ASSERT_TRUE(quantd.Start());
+  auto stub = v1::QuantizationService::NewStub(grpc::CreateChannel(quantd.target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::BlobInfo info;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadModelRequest>> upload = stub->UploadModel(&context, &info);
+  v1::UploadModelRequest first;
+  first.mutable_metadata()->set_size_bytes(1000);
+  ASSERT_TRUE(upload->Write(first));
+  v1::UploadModelRequest chunk;
+  chunk.set_chunk_data(std::string(10, 'x'));
+  ASSERT_TRUE(upload->Write(chunk));  // the server has taken the call once this is written
+  ASSERT_TRUE(quantd.child().Signal(SIGTERM));
+  EXPECT_FALSE(quantd.child().WaitFor(absl::Seconds(2)).has_value()) << "the first SIGTERM waits for the upload";
+  ASSERT_TRUE(quantd.child().Signal(SIGTERM));
+  const std::optional<int> code = quantd.child().WaitFor(absl::Seconds(20));
+  ASSERT_TRUE(code.has_value()) << quantd.log();
+  EXPECT_EQ(*code, 128 + SIGTERM);
+  EXPECT_THAT(quantd.log(), HasSubstr("a second SIGTERM or SIGINT stops at once"));
+  EXPECT_THAT(quantd.log(), HasSubstr("received SIGTERM again while shutting down: stopping now"));
+  context.TryCancel();
+}
+
 TEST(JobsIntegrationTest, GracefulShutdownEndsWatchesAndRequeuesTheRunningJob) {
   Quantd quantd({"--shutdown_grace_seconds=30"});
   ASSERT_TRUE(quantd.Start());
