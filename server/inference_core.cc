@@ -130,6 +130,12 @@ std::shared_ptr<const worker::LoadedModel> InferenceCore::FindLoaded(const infer
   return deps_.models->FindLoaded(request.model_name(), *number);
 }
 
+absl::Status InferenceCore::KnownAbsent(const inference::ModelInferRequest& request) {
+  absl::StatusOr<int64_t> number = ParseModelVersion(request.model_version(), "model_version");
+  if (!number.ok() || request.model_name().empty()) return absl::OkStatus();
+  return deps_.models->KnownAbsent(request.model_name(), *number);
+}
+
 absl::StatusOr<std::shared_ptr<const worker::LoadedModel>> InferenceCore::LoadForInfer(
     const inference::ModelInferRequest& request, const worker::ModelRepository::Gone& gone) {
   absl::Status failed;

@@ -61,6 +61,9 @@ class InferenceCore {
   // the disk before queueing, so it may be called on a thread that must not
   // block (though on an idle batcher the pass itself runs on the caller).
   std::shared_ptr<const worker::LoadedModel> FindLoaded(const inference::ModelInferRequest& request);
+  // NOT_FOUND when the request's model or version was just found not to
+  // exist (ModelRepository::KnownAbsent), else OK; no store access either.
+  absl::Status KnownAbsent(const inference::ModelInferRequest& request);
 
   // Counts a ModelInfer refused before it reached a model (the inference
   // threads' queue full, the caller not admitted), under model="", or under

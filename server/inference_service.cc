@@ -126,6 +126,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(grpc::CallbackServerC
     deps_.core->ModelInfer(*request, response, std::move(done), std::move(loaded), CallerGone(context));
     return reactor;
   }
+  // A name or version just found not to exist is told so at once, not
+  // queued for a load thread (where a full queue answered "retry").
+  if (absl::Status absent = deps_.core->KnownAbsent(*request); !absent.ok()) return refuse(absent);
   // Its "timeout" counts from now: the wait for a load thread is part of it.
   auto load_and_run = [this, context, request, response, done = std::move(done),
                        received = deps_.core->Now()]() mutable {

@@ -138,6 +138,7 @@ void ModelRepository::RefreshResolutions() {
 void ModelRepository::ForgetResolutions() {
   absl::MutexLock lock(&mu_);
   resolved_.clear();
+  absent_.clear();
   ++resolution_generation_;
 }
 
@@ -166,6 +167,14 @@ std::shared_ptr<const LoadedModel> ModelRepository::UncacheLocked(CacheIndex::it
   lru_.erase(entry->second);
   cached_.erase(entry);
   return model;
+}
+
+absl::Status ModelRepository::KnownAbsent(const std::string& name, int64_t version) {
+  const absl::Time now = options_.clock->Now();
+  absl::MutexLock lock(&mu_);
+  auto it = absent_.find({name, version});
+  if (it == absent_.end() || now - it->second.first > options_.resolve_ttl) return absl::OkStatus();
+  return it->second.second;
 }
 
 std::shared_ptr<const LoadedModel> ModelRepository::FindLoaded(const std::string& name, int64_t version) {
@@ -208,10 +217,19 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRepository::Load(const s
     absl::StatusOr<ModelVersion> found = jobs_->GetModelVersion(base, version);
     if (!found.ok()) {
       // The store names the published model; the request named its FP32 source.
-      if (!fp32) return found.status();
-      return absl::Status(found.status().code(),
-                          absl::StrCat("model \"", name, "\" (the FP32 source of a version of \"", base,
-                                       "\"): ", found.status().message()));
+      const absl::Status failed =
+          !fp32 ? found.status()
+                : absl::Status(found.status().code(),
+                               absl::StrCat("model \"", name, "\" (the FP32 source of a version of \"", base,
+                                            "\"): ", found.status().message()));
+      if (absl::IsNotFound(failed)) {
+        absl::MutexLock lock(&mu_);
+        if (generation == resolution_generation_) {
+          if (absent_.size() >= kMaxAbsent) absent_.clear();
+          absent_[{name, version}] = {now, failed};
+        }
+      }
+      return failed;
     }
     resolved = *std::move(found);
     absl::MutexLock lock(&mu_);

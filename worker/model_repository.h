@@ -128,6 +128,12 @@ class ModelRepository {
   // no store or disk access (so callers may use it on threads that must not
   // block); nullptr otherwise.
   std::shared_ptr<const LoadedModel> FindLoaded(const std::string& name, int64_t version);
+  // NOT_FOUND, as Load answered it, when Load found no such name or version
+  // within the last resolve_ttl (no store access, as FindLoaded): a request
+  // for it is refused at once instead of queueing for a load thread, where,
+  // under load, it was told RESOURCE_EXHAUSTED ("retry") for a typo. OK
+  // when not known to be absent.
+  absl::Status KnownAbsent(const std::string& name, int64_t version);
   // Whether that version is loaded now (no loading, no store access).
   bool IsLoaded(const std::string& base_name, int64_t version, bool fp32) const;
   // Drops remembered resolutions: a version was published or deleted here.
@@ -183,6 +189,10 @@ class ModelRepository {
   };
   // (base name, version as asked, 0 = newest) -> its resolution.
   std::map<std::pair<std::string, int64_t>, Resolution> resolved_ ABSL_GUARDED_BY(mu_);
+  // (name as asked, version as asked) -> when the store said it has none,
+  // and what Load answered. Bounded: cleared when full.
+  static constexpr size_t kMaxAbsent = 1024;
+  std::map<std::pair<std::string, int64_t>, std::pair<absl::Time, absl::Status>> absent_ ABSL_GUARDED_BY(mu_);
   int64_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Models the budget evicted that someone still holds (an evaluation's
   // int8 model, evicted by its FP32 twin's load): a Load puts such a model

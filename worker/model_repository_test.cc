@@ -266,6 +266,27 @@ TEST_F(ModelRepositoryTest, UnknownNamesAndVersionsAreNotFoundAndBadNamesInvalid
   EXPECT_EQ(repository->cached_models(), 0);
 }
 
+// What Load just found absent is known so without the store (a request for
+// it is refused at once instead of queueing for a load thread), for
+// resolve_ttl, or until a version is published or deleted here.
+TEST_F(ModelRepositoryTest, WhatLoadFoundAbsentIsKnownForTheResolveTtl) {
+  Publish("a", "resnet8");
+  auto repository = Repository();
+  EXPECT_TRUE(repository->KnownAbsent("nope", 0).ok());  // not asked yet
+  const absl::Status missing = repository->Load("nope", 0).status();
+  ASSERT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(repository->KnownAbsent("nope", 0), missing);
+  EXPECT_EQ(repository->Load("resnet8.fp32", 9).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(repository->KnownAbsent("resnet8.fp32", 9).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(repository->KnownAbsent("resnet8", 9).ok());  // the int8 name was not asked
+  EXPECT_TRUE(repository->KnownAbsent("resnet8", 0).ok());  // it exists
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_TRUE(repository->KnownAbsent("nope", 0).ok()) << "past resolve_ttl the store is asked again";
+  EXPECT_FALSE(repository->Load("nope", 0).ok());
+  repository->ForgetResolutions();  // a version was published here
+  EXPECT_TRUE(repository->KnownAbsent("nope", 0).ok());
+}
+
 using testing::ForwardingArtifactStore;
 
 // An artifact store whose reads wait for Release(), then fail as a corrupt
