@@ -1521,6 +1521,18 @@ std::string SubmitAndWatchUntilCalibrating(Quantd& quantd, std::unique_ptr<Subpr
   return WatchUntil(quantd, id, " calibration ", watcher) ? id : "";
 }
 
+// Starts `quantd`, submits a job as above and kills quantd (SIGKILL) once
+// the job calibrates; returns the job's id, "" on failure.
+std::string StartAndKillDuringCalibration(Quantd& quantd) {
+  if (!quantd.Start()) return "";
+  std::unique_ptr<Subprocess> watcher;
+  const std::string id = SubmitAndWatchUntilCalibrating(quantd, &watcher);
+  if (id.empty() || !quantd.child().Signal(SIGKILL) || !quantd.child().WaitFor(absl::Seconds(10)).has_value()) {
+    return "";
+  }
+  return id;
+}
+
 TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) {
   std::string reference;
   {
@@ -1531,12 +1543,8 @@ TEST(JobsIntegrationTest, KillDuringCalibrationThenRestartGivesTheSameArtifact) 
     reference = quantd.Job(JobIdFrom(r.out))["result"]["artifactSha256"];
   }
   Quantd quantd({"--metrics_port=0"});
-  ASSERT_TRUE(quantd.Start());
-  std::unique_ptr<Subprocess> watcher;
-  const std::string id = SubmitAndWatchUntilCalibrating(quantd, &watcher);
+  const std::string id = StartAndKillDuringCalibration(quantd);
   ASSERT_FALSE(id.empty()) << quantd.log();
-  ASSERT_TRUE(quantd.child().Signal(SIGKILL));
-  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(10)).has_value());
   ASSERT_TRUE(quantd.Start());
   EXPECT_THAT(quantd.log(), HasSubstr("requeued=1"));
   nlohmann::json job = quantd.WaitDone(id);
@@ -1866,12 +1874,8 @@ std::vector<std::string> SmallDiskLauncher(const std::string& data_dir, const st
 // room is made, without a restart, the job is recovered and finishes.
 TEST(JobsIntegrationTest, AServerStartedOnAFullDiskServesAndRecoversItsJobOnceThereIsRoom) {
   Quantd quantd;
-  ASSERT_TRUE(quantd.Start());
-  std::unique_ptr<Subprocess> watcher;
-  const std::string id = SubmitAndWatchUntilCalibrating(quantd, &watcher);
+  const std::string id = StartAndKillDuringCalibration(quantd);
   ASSERT_FALSE(id.empty()) << quantd.log();
-  ASSERT_TRUE(quantd.child().Signal(SIGKILL));
-  ASSERT_TRUE(quantd.child().WaitFor(absl::Seconds(10)).has_value());
   const std::string saved = quantd.dir() + "/saved";
   fs::copy(quantd.dir() + "/data", saved, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
   // `head` stops with "No space left on device": the filler takes every byte.
