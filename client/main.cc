@@ -8,6 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/match.h"
 #include "client/cli.h"
 #include "client/commands.h"
 
@@ -26,7 +27,9 @@ int RunQuantctl(int argc, char** argv) {
     if (argv_rest.empty()) {
       std::cerr << Usage();
     } else {
-      std::cerr << "quantctl: " << invocation.status().message() << " (quantctl --help lists the flags and commands)\n";
+      const bool hinted = absl::StrContains(invocation.status().message(), "--help");
+      std::cerr << "quantctl: " << invocation.status().message()
+                << (hinted ? "" : " (quantctl --help lists the flags and commands)") << "\n";
     }
     return kExitUsage;
   }

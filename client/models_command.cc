@@ -71,7 +71,7 @@ int RunModels(const CommandContext& context, const std::vector<std::string>& arg
     // The columns are the job's own figures; a later Evaluate goes below.
     if (v.has_last_evaluation()) {
       const v1::EvaluationSummary& e = v.last_evaluation();
-      absl::StrAppend(&text, "\n", std::string(29, ' '), "last evaluation ", e.evaluation_id(), ": int8 ",
+      absl::StrAppend(&text, "\n", std::string(30, ' '), "last evaluation ", e.evaluation_id(), ": int8 ",
                       AccuracyText(e.int8_accuracy()),
                       e.has_fp32_accuracy() ? absl::StrCat(", fp32 ", AccuracyText(e.fp32_accuracy())) : "");
     }

@@ -469,12 +469,14 @@ absl::StatusOr<ResolvedInput> ReferenceResolver::ResolvePath(const std::string& 
 
 absl::StatusOr<ResolvedInput> ReferenceResolver::ResolveBlob(const std::string& blob_id,
                                                              const std::string& field) const {
+  QUANTD_ASSIGN_OR_RETURN(std::string path, blobs_->PathOf(blob_id, field));
+  // A blob a job was just submitted with is in use: garbage collection
+  // counts its idle time from now. First, so that another replica's
+  // collector sees the use while the bytes are hashed below.
+  (void)blobs_->Touch(blob_id, clock_->Now());
   // Checked now, so a damaged upload is refused at submission rather than
   // failing the job later (the job checks it again when it reads it).
-  QUANTD_ASSIGN_OR_RETURN(std::string path, blobs_->VerifiedPathOf(blob_id, field));
-  // A blob a job was just submitted with is in use: garbage collection
-  // counts its idle time from now.
-  (void)blobs_->Touch(blob_id, clock_->Now());
+  QUANTD_RETURN_IF_ERROR(blobs_->VerifiedPathOf(blob_id, field).status());
   return ResolvedInput{std::move(path), worker::BlobReference(blob_id)};
 }
 

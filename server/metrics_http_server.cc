@@ -1,8 +1,6 @@
 #include "server/metrics_http_server.h"
 
 #include <httplib.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <nlohmann/json.hpp>
 #include <prometheus/text_serializer.h>
@@ -146,11 +144,11 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   // with Nagle's algorithm the body then waited for the client's delayed ACK:
   // every request after the first on a kept-alive connection took 40 ms.
   // Accepted sockets inherit it from the listening one on Linux.
+  http.set_tcp_nodelay(true);
   auto listening = std::make_shared<int>(-1);
   http.set_socket_options([listening](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
     *listening = sock;  // the last one tried is the one bound
   });
   // httplib closes a connection after 5 requests by default: pooled clients

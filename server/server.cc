@@ -546,14 +546,17 @@ absl::Status QuantdServer::OpenStores() {
   if (swept.kept_unknown > 0) {
     LogLine(LogLevel::kWarning,
             absl::StrCat("quantd: kept ", swept.kept_unknown, " artifact files of jobs the job store has no record of (",
-                         worker::FirstNames(swept.unknown_jobs),
+                         worker::FirstNames(swept.unknown_jobs, swept.unknown_jobs.size()),
                          "; was an older jobs.db restored?): they are those jobs' only record, so they are not removed"));
   }
   if (swept.artifacts > 0 || swept.manifests > 0) {
     LogLine(LogLevel::kInfo, absl::StrCat("quantd: removed files no job holds: artifacts=", swept.artifacts,
                                           swept.removed_ids.empty()
                                               ? ""
-                                              : absl::StrCat(" (", worker::FirstNames(swept.removed_ids), ")"),
+                                              : absl::StrCat(" (",
+                                                             worker::FirstNames(swept.removed_ids,
+                                                                                static_cast<size_t>(swept.artifacts)),
+                                                             ")"),
                                           " manifests=", swept.manifests));
   }
   QuantizationServiceImpl::Deps deps;

@@ -118,10 +118,11 @@ absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, J
   return swept;
 }
 
-std::string FirstNames(const std::set<std::string>& names, size_t most) {
-  if (names.size() <= most) return absl::StrJoin(names, ", ");
-  std::vector<std::string> first(names.begin(), std::next(names.begin(), static_cast<std::ptrdiff_t>(most)));
-  return absl::StrCat(absl::StrJoin(first, ", "), " and ", names.size() - most, " more");
+std::string FirstNames(const std::set<std::string>& names, size_t total, size_t most) {
+  const size_t shown = std::min(most, names.size());
+  std::vector<std::string> first(names.begin(), std::next(names.begin(), static_cast<std::ptrdiff_t>(shown)));
+  const size_t left = std::max(total, names.size()) - shown;
+  return left == 0 ? absl::StrJoin(first, ", ") : absl::StrCat(absl::StrJoin(first, ", "), " and ", left, " more");
 }
 
 }  // namespace quantd::worker

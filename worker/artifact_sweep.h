@@ -45,8 +45,9 @@ struct SweptArtifacts {
 
 absl::StatusOr<SweptArtifacts> RemoveUnheldArtifacts(ArtifactStore& artifacts, JobStore& jobs);
 
-// "a, b, c and 4 more": at most `most` of `names`, for a log line.
-std::string FirstNames(const std::set<std::string>& names, size_t most = 10);
+// "a, b, c and 4 more": at most `most` of `names`, for a log line, of
+// `total` in all (names may hold only the first of them).
+std::string FirstNames(const std::set<std::string>& names, size_t total, size_t most = 10);
 
 }  // namespace quantd::worker
 

@@ -186,9 +186,11 @@ Job JobRunner::Run(Job job, absl::Time deadline, StopSignals* stop, absl::Durati
       cancel_requested = **requested;
       return false;
     }
-    if (clock_->Now() > deadline || interval_clock_->Now() > budget_end) {
+    const absl::Time date = clock_->Now(), elapsed = interval_clock_->Now();
+    if (date > deadline || elapsed > budget_end) {
       deadline_hit = true;
-      budget_hit = clock_->Now() <= deadline;
+      // Both may have passed by this check: blamed is the one that passed first.
+      budget_hit = elapsed > budget_end && (date <= deadline || date - (elapsed - budget_end) < deadline);
       return false;
     }
     return true;

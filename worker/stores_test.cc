@@ -1412,9 +1412,11 @@ TEST(ArtifactSweepTest, KeepsTheFilesOfJobsTheStoreNeverKnew) {
 }
 
 TEST(ArtifactSweepTest, FirstNamesSaysHowManyItLeftOut) {
-  EXPECT_EQ(FirstNames({}), "");
-  EXPECT_EQ(FirstNames({"b", "a"}), "a, b");
-  EXPECT_EQ(FirstNames({"a", "b", "c", "d"}, 2), "a, b and 2 more");
+  EXPECT_EQ(FirstNames({}, 0), "");
+  EXPECT_EQ(FirstNames({"b", "a"}, 2), "a, b");
+  EXPECT_EQ(FirstNames({"a", "b", "c", "d"}, 4, 2), "a, b and 2 more");
+  // Of more than the set kept.
+  EXPECT_EQ(FirstNames({"a", "b", "c"}, 150, 2), "a, b and 148 more");
 }
 
 TEST(DataQuotaTest, UploadsAndArtifactsBeyondTheQuotaAreRefusedAndLeaveNothing) {

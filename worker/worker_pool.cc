@@ -78,13 +78,12 @@ absl::StatusOr<SweptArtifacts> WorkerPool::SweepArtifacts() {
   swept_.artifacts += swept.artifacts;
   swept_.manifests += swept.manifests;
   swept_.kept_unknown += swept.kept_unknown;
-  // Bounded: names for the log, not a record of every sweep.
+  // Names for the log: the removed ones bounded (their count is exact), not
+  // a record of every sweep; the unknown jobs are as many as their files.
   for (const std::string& id : swept.removed_ids) {
     if (swept_.removed_ids.size() < 100) swept_.removed_ids.insert(id);
   }
-  for (const std::string& job : swept.unknown_jobs) {
-    if (swept_.unknown_jobs.size() < 100) swept_.unknown_jobs.insert(job);
-  }
+  swept_.unknown_jobs.insert(swept.unknown_jobs.begin(), swept.unknown_jobs.end());
   return swept;
 }
 
@@ -457,7 +456,9 @@ void WorkerPool::SweepLoop() {
           "quantd: removing artifacts no job holds failed (left for the next sweep): ", swept.status());
     } else if (swept->artifacts > 0 || swept->manifests > 0) {
       Log(LogLevel::kInfo, "quantd: removed files no job holds: artifacts=", swept->artifacts,
-          swept->removed_ids.empty() ? "" : absl::StrCat(" (", FirstNames(swept->removed_ids), ")"),
+          swept->removed_ids.empty()
+              ? ""
+              : absl::StrCat(" (", FirstNames(swept->removed_ids, static_cast<size_t>(swept->artifacts)), ")"),
           " manifests=", swept->manifests);
     }
   }

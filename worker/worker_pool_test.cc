@@ -999,6 +999,43 @@ TEST_F(WorkerPoolTest, ADeadlineThatPassedBeforeAShutdownIsTheJobsOutcome) {
                                      ", its request's deadline) passed during calibrating")));
 }
 
+// A batch long enough for both limits to pass blames the one that passed
+// first: here the server's limit (2 h from the start) before the job's own
+// deadline (3 h), both seen at 4 h.
+TEST_F(WorkerPoolTest, WhenBothLimitsPassTheFirstToPassIsNamed) {
+  class OneLongBatch : public QuantizationEngine {
+   public:
+    OneLongBatch(FakeClock* dates, FakeClock* intervals) : dates_(dates), intervals_(intervals) {}
+    absl::StatusOr<EngineOutput> Run(const engine::QuantizeOptions& options) override {
+      if (!options.progress({engine::Phase::kCalibrating, 0, 10})) return absl::CancelledError("stopped");
+      dates_->Advance(absl::Hours(4));
+      intervals_->Advance(absl::Hours(4));
+      if (options.progress({engine::Phase::kCalibrating, 1, 10})) return absl::InternalError("the limits went unseen");
+      return absl::CancelledError("stopped");
+    }
+
+   private:
+    FakeClock* const dates_;
+    FakeClock* const intervals_;
+  };
+  FakeClock dates, intervals;
+  OneLongBatch engine(&dates, &intervals);
+  JobEventHub events(&dates);
+  JobRunner runner(store_.get(), artifacts_.get(), &engine, &events, &dates, 0, absl::Milliseconds(100), nullptr,
+                   &intervals);
+  Job job = NewJob("m");
+  job.id = "job-both-limits";
+  ASSERT_TRUE(store_->Create(job, 10).ok());
+  absl::StatusOr<std::optional<Job>> claimed = store_->ClaimNext(dates.Now(), "host-a:/data", absl::Hours(10));
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  StopSignals stop;
+  const Job finished = runner.Run(**claimed, dates.Now() + absl::Hours(3), &stop, absl::Hours(2));
+  ASSERT_TRUE(finished.result.has_value());
+  EXPECT_EQ(finished.result->error_code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(finished.result->error_message,
+              HasSubstr("the server's limit on one run of a job (2h, quantd --job_deadline_seconds) passed during"));
+}
+
 // A client's cancel lands after the engine last asked, and a graceful stop
 // follows before it asks again: the cancel was acknowledged, so the job is
 // CANCELLED, not queued to run again at the next start.
